@@ -1,0 +1,227 @@
+"""The ``kavier`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from kavier_opendc import __version__
+from kavier_opendc.errors import KavierError, KavierInputError
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got '{text}'") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
+        return v
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got '{text}'") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {v}")
+    return v
+
+
+def load_workload(path: str, fmt: str | None = None, seed: int | None = None):
+    """A trace file (CSV/Parquet/JSONL) or a synthetic workload description (YAML/JSON object)."""
+    from kavier_opendc.workload.synthetic import load_synthetic_spec
+    from kavier_opendc.workload.trace import load_trace
+
+    p = Path(path)
+    if p.suffix.lower() in (".yaml", ".yml") or (p.suffix.lower() == ".json" and _is_json_object(p)):
+        if fmt:
+            raise KavierInputError("--trace-format applies to trace files, not to synthetic workload "
+                                   "descriptions", source=str(p), location="--trace-format")
+        return load_synthetic_spec(p)
+    return load_trace(p, fmt)
+
+
+def _is_json_object(p: Path) -> bool:
+    try:
+        with open(p) as fh:
+            head = fh.read(1 << 16).lstrip()
+    except OSError:
+        return False
+    if not head.startswith("{"):
+        return False
+    first_line = head.splitlines()[0] if head else ""
+    try:
+        obj = json.loads(first_line)
+        # one object per line (JSON Lines) is a trace; a multi-line object is a description
+        return not isinstance(obj, dict) or "timestamp" not in obj and "input_length" not in obj \
+            and "num_input_tokens" not in obj
+    except json.JSONDecodeError:
+        return True
+
+
+def _catalog(files: list[str] | None):
+    from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
+
+    cat = default_catalog()
+    for f in files or []:
+        cat = load_catalog_file(f, base=cat)
+    return cat
+
+
+# ----------------------------------------------------------------- simulate
+def add_simulate_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--model", required=True, help="LLM name from the catalogue (case-insensitive), e.g. Llama-3-8B")
+    ap.add_argument("--gpu", required=True, help="GPU name from the catalogue (case-insensitive), e.g. A100-80GB")
+    ap.add_argument("--trace", required=True,
+                    help="trace file (CSV, Parquet or JSON Lines: kavier, azure, mooncake or vidur layout, "
+                         "detected from the columns) or a synthetic workload description (YAML/JSON)")
+    ap.add_argument("--out", required=True, help="output directory for requests.parquet, summary.json, "
+                                                 "timeline.parquet")
+    ap.add_argument("--trace-format", default=None, help="force the trace layout: kavier, azure, mooncake, vidur")
+    ap.add_argument("--replicas", type=_positive_int("--replicas"), default=1,
+                    help="number of serving replicas (default 1)")
+    ap.add_argument("--tp", type=_positive_int("--tp"), default=1,
+                    help="tensor-parallel GPUs per replica (default 1)")
+    ap.add_argument("--max-num-seqs", type=_positive_int("--max-num-seqs"), default=256,
+                    help="most sequences running at once per replica (vLLM max_num_seqs, default 256)")
+    ap.add_argument("--max-batched-tokens", type=_positive_int("--max-batched-tokens"), default=8192,
+                    help="token budget per iteration, prefill chunks plus decodes (vLLM "
+                         "max_num_batched_tokens, default 8192)")
+    ap.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9,
+                    help="fraction of GPU memory vLLM may use for weights, activations and KV cache (default 0.9)")
+    ap.add_argument("--num-kv-blocks", type=_positive_int("--num-kv-blocks"), default=None,
+                    help="override the KV capacity per replica, in 16-token blocks (default: derived from memory)")
+    ap.add_argument("--kv-cache", choices=["on", "off"], default="on",
+                    help="'off' recomputes the whole context at every decode step (seed paper, experiment 2)")
+    ap.add_argument("--prefix-cache", default="none", help="prefix-cache policy (this version: none)")
+    ap.add_argument("--router", default="round-robin",
+                    help="round-robin, least-outstanding, least-kv or random (default round-robin)")
+    ap.add_argument("--seed", type=int, default=0, help="seed for the random router and synthetic workloads")
+    ap.add_argument("--exact", action="store_true",
+                    help="step every iteration instead of advancing decode runs in closed form (same results, slower)")
+    ap.add_argument("--catalog", action="append", metavar="FILE",
+                    help="extra model/GPU catalogue (JSON/YAML, schemas/catalog.schema.json); repeatable")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stdout")
+
+
+def cmd_simulate(args) -> int:
+    from kavier_opendc.engine.simulator import SimConfig, simulate
+    from kavier_opendc.outputs import check_writable_dir, write_simulation
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    check_writable_dir(out)
+    cat = _catalog(args.catalog)
+    model, gpu = cat.model(args.model), cat.gpu(args.gpu)
+    cfg = SimConfig(model=model, gpu=gpu, replicas=args.replicas, tp=args.tp, max_num_seqs=args.max_num_seqs,
+                    max_batched_tokens=args.max_batched_tokens,
+                    gpu_memory_utilization=args.gpu_memory_utilization, kv_cache=args.kv_cache == "on",
+                    prefix_cache=args.prefix_cache.lower(), router=args.router, seed=args.seed,
+                    exact=args.exact, num_kv_blocks=args.num_kv_blocks)
+    cfg.validate()
+    trace = load_workload(args.trace, args.trace_format, args.seed)
+    result = simulate(trace, cfg, progress=False if args.quiet else None)
+    summary = write_simulation(result, out)
+    if not args.quiet:
+        print(format_summary(summary, out, time.perf_counter() - t0))
+    return 0
+
+
+def format_summary(s: dict, out: Path, wall: float) -> str:
+    c = s["config"]
+
+    def ms(d):
+        return "n/a" if d["mean"] is None else f"mean {d['mean'] * 1e3:.1f} / p50 {d['p50'] * 1e3:.1f} / " \
+                                             f"p99 {d['p99'] * 1e3:.1f} ms"
+    lines = [
+        f"{c['model']} on {c['replicas']} x {c['tp']} x {c['gpu']} ({c['router']}, KV cache {c['kv_cache']}, "
+        f"{c['kv_capacity_tokens_per_replica']} KV tokens/replica)",
+        f"requests     {s['num_finished']} finished, {s['num_rejected']} rejected, makespan {s['makespan_s']:.1f} s",
+        f"throughput   {s['output_tokens_per_s']:.1f} output tok/s, {s['total_tokens_per_s']:.1f} total tok/s",
+        f"TTFT         {ms(s['ttft_s'])}",
+        f"TPOT         {ms(s['tpot_s'])}",
+        f"E2E          {ms(s['e2e_s'])}",
+        f"GPU util     {s['gpu_utilization_mean']:.3f} mean, KV peak {s['kv_utilization_peak']:.3f}, "
+        f"preemptions {s['preemptions']}",
+        f"wrote        {out}/requests.parquet, summary.json, timeline.parquet in {wall:.2f} s",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- demo
+DEMO_WORKLOAD = Path(__file__).resolve().parent / "data" / "demo_workload.yaml"
+
+
+def cmd_demo(args) -> int:
+    """The built-in example: Llama-3-8B on 2 x A100-80GB serving the demo chat workload."""
+    ns = build_parser().parse_args(["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB",
+                                    "--replicas", "2", "--router", "least-kv", "--trace", str(DEMO_WORKLOAD),
+                                    "--out", args.out] + (["--quiet"] if args.quiet else []))
+    return cmd_simulate(ns)
+
+
+# ----------------------------------------------------------------- catalog
+def cmd_catalog(args) -> int:
+    cat = _catalog(args.catalog)
+    if args.what in ("models", "all"):
+        print("Models (layers, hidden, heads/kv, params, dtype):")
+        for m in cat.models():
+            print(f"  {m.name:<18} {m.num_layers:>3} {m.hidden_size:>6} {m.num_attention_heads:>3}/"
+                  f"{m.num_kv_heads:<3} {m.total_params / 1e9:7.2f}B {m.dtype}")
+    if args.what in ("gpus", "all"):
+        print("GPUs (dense FP16 TFLOP/s, GB/s, GiB, idle-max W, $/h):")
+        for g in cat.gpus():
+            print(f"  {g.name:<10} {g.peak_fp16_tflops:8.1f} {g.mem_bandwidth_gbs:7.0f} {g.memory_gib:5.0f} "
+                  f"{g.idle_power_w:4.0f}-{g.max_power_w:<5.0f} {g.price_per_hour:5.2f}")
+    return 0
+
+
+# ----------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="kavier", description="Kavier-OpenDC: cache-aware LLM inference "
+                                 "simulation co-simulated with OpenDC for power, energy and carbon.")
+    ap.add_argument("--version", action="version", version=f"kavier-opendc {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sim = sub.add_parser("simulate", help="simulate serving a trace (performance only, no JVM)",
+                         description="Simulate an LLM serving cluster (continuous batching, chunked prefill, "
+                                     "KV-cache memory, preemption, routing) on a trace and write "
+                                     "requests.parquet, summary.json and timeline.parquet.")
+    add_simulate_args(sim)
+    sim.set_defaults(func=cmd_simulate)
+    d = sub.add_parser("demo", help="run the built-in example (synthetic multi-turn chat on 2 x A100-80GB)")
+    d.add_argument("--out", required=True, help="output directory")
+    d.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stdout")
+    d.set_defaults(func=cmd_demo)
+    c = sub.add_parser("catalog", help="list the built-in (and your) models and GPUs")
+    c.add_argument("what", nargs="?", choices=["models", "gpus", "all"], default="all")
+    c.add_argument("--catalog", action="append", metavar="FILE", help="extra catalogue file; repeatable")
+    c.set_defaults(func=cmd_catalog)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except KavierError as exc:
+        msg = " ".join(str(exc).split("\n")) if "\n" not in str(exc).strip() else str(exc)
+        print(f"kavier: error: {msg}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("kavier: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

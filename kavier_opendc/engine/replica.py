@@ -1,0 +1,495 @@
+"""One serving replica: vLLM (v1)-style continuous batching over a KV-block pool.
+
+Scheduling, at every iteration boundary (vLLM v1 ``Scheduler.schedule``):
+1. Running requests, in admission order, each get their next tokens within the
+   iteration's token budget (``max_batched_tokens``): one token for a decoding
+   sequence, the next prompt chunk for one still in prefill (chunked prefill).
+   KV blocks (16 tokens each) are allocated for the new tokens; when the pool is
+   empty the *last* running request (the newest) is preempted: its blocks are
+   freed and it goes back to the front of the waiting queue, to be recomputed
+   from scratch later (prompt plus the tokens it already generated).
+2. If nothing was preempted, waiting requests are admitted in FIFO order while
+   the budget lasts, fewer than ``max_num_seqs`` run, and their first chunk's
+   blocks fit.
+
+A request of P prompt tokens that has generated g tokens holds P+g tokens, of
+which ``computed`` have KV; an iteration computes the rest (or a chunk of it)
+and, once all are computed, samples token g+1. Blocks held between iterations
+are ceil(computed / 16).
+
+Speed: decoding sequences are stored *lazily* against the replica's decode
+counter G (computed = c_off + G, generated = g_off + G), so one iteration, or
+a run of many identical decode-only iterations, advances them all in O(1). A
+run is advanced in closed form up to the next event: a completion, the
+iteration whose blocks would no longer fit, or an arrival routed here (which
+cuts the run at the first boundary at or after it). ``exact`` mode takes one
+iteration per event instead; both give the same per-request results.
+"""
+
+from __future__ import annotations
+
+import heapq
+from array import array
+from collections import deque
+
+from kavier_opendc.engine.cost_model import BLOCK_SIZE, CostModel, DecodeRun
+
+WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
+_MASK = BLOCK_SIZE - 1
+
+
+def blocks_for(tokens: int) -> int:
+    return (tokens + _MASK) // BLOCK_SIZE
+
+
+class Req:
+    """A request inside the engine (exists from arrival to completion only)."""
+
+    __slots__ = ("idx", "arrival", "prompt", "out", "gen", "computed", "c_off", "g_off",
+                 "ver", "state", "first_sched", "first_token", "preempt", "cached")
+
+    def __init__(self, idx: int, arrival: float, prompt: int, out: int):
+        self.idx, self.arrival, self.prompt, self.out = idx, arrival, prompt, out
+        self.gen = 0
+        self.computed = 0
+        self.c_off = self.g_off = 0
+        self.ver = 0
+        self.state = WAITING
+        self.first_sched = -1.0
+        self.first_token = -1.0
+        self.preempt = 0
+        self.cached = 0
+
+
+class Results:
+    """Per-request outcome arrays, filled as requests finish."""
+
+    def __init__(self, n: int):
+        import numpy as np
+
+        self.replica = np.full(n, -1, dtype=np.int32)
+        self.first_sched = np.full(n, np.nan)
+        self.first_token = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.preemptions = np.zeros(n, dtype=np.int32)
+        self.cached = np.zeros(n, dtype=np.int64)
+        self.status = np.zeros(n, dtype=np.int8)  # 0 pending, 1 finished, 2 rejected
+
+
+class Timeline:
+    """Piecewise-constant activity segments of one replica, merged on the fly.
+
+    Adjacent segments whose activity differs by less than ``merge_tol`` are
+    folded into one (duration-weighted means), so the timeline grows with the
+    number of changes, not with the number of iterations.
+    """
+
+    __slots__ = ("start", "end", "util", "batch", "kv", "prefill", "decode", "merge_tol")
+
+    def __init__(self, merge_tol: float = 1e-3):
+        # compact typed arrays: a million-request run has millions of segments
+        self.start = array("d")
+        self.end = array("d")
+        self.util = array("d")
+        self.batch = array("d")
+        self.kv = array("d")
+        self.prefill = array("q")
+        self.decode = array("q")
+        self.merge_tol = merge_tol
+
+    def add(self, t0: float, t1: float, util: float, batch: float, kv: float,
+            prefill: int, decode: int) -> None:
+        if t1 <= t0:
+            return
+        if self.end and self.end[-1] == t0 and abs(self.util[-1] - util) <= self.merge_tol:
+            a = self.end[-1] - self.start[-1]
+            b = t1 - t0
+            w = a + b
+            self.util[-1] = (self.util[-1] * a + util * b) / w
+            self.batch[-1] = (self.batch[-1] * a + batch * b) / w
+            self.kv[-1] = (self.kv[-1] * a + kv * b) / w
+            self.prefill[-1] += prefill
+            self.decode[-1] += decode
+            self.end[-1] = t1
+            return
+        self.start.append(t0)
+        self.end.append(t1)
+        self.util.append(util)
+        self.batch.append(batch)
+        self.kv.append(kv)
+        self.prefill.append(prefill)
+        self.decode.append(decode)
+
+
+class Replica:
+    def __init__(self, idx: int, cm: CostModel, capacity_blocks: int, *, max_num_seqs: int,
+                 max_batched_tokens: int, kv_cache: bool, exact: bool, results: Results,
+                 merge_tol: float = 1e-3):
+        self.idx = idx
+        self.cm = cm
+        self.capacity = capacity_blocks
+        self.max_num_seqs = max_num_seqs
+        self.budget = max_batched_tokens
+        self.kv_on = kv_cache
+        self.fast = not exact and kv_cache
+        self.res = results
+        self.timeline = Timeline(merge_tol)
+        self.running: list[Req] = []
+        self.waiting: deque[Req] = deque()
+        self.G = 0
+        self.hist = [0] * BLOCK_SIZE       # decoders by c_off mod 16
+        self.ctx_off_sum = 0               # sum of c_off over decoders
+        self.D = 0                         # decoding sequences
+        self.done_heap: list = []          # (G at completion, idx, ver, req)
+        self.used = 0                      # KV blocks allocated
+        self.peak_used = 0
+        self.n_prefilling = 0
+        self.outstanding = 0               # requests routed here and not finished
+        self.version = 0                   # invalidates stale heap events
+        self.t = 0.0                       # time of the latest applied boundary
+        self.busy = False                  # an event for this replica is in the heap
+        self.next_time = 0.0
+        self.pending = None                # iteration(s) in flight
+        self.iterations = 0
+        self.preemptions = 0
+        self.busy_time = 0.0
+
+    # ------------------------------------------------------------ decoders
+    def _add_decoder(self, req: Req) -> None:
+        g = self.G
+        req.state = DECODE
+        req.c_off = c = req.computed - g
+        req.g_off = req.gen - g
+        self.hist[c & _MASK] += 1
+        self.ctx_off_sum += c
+        self.D += 1
+        heapq.heappush(self.done_heap, (req.out - req.g_off, req.idx, req.ver, req))
+
+    def _remove_decoder(self, req: Req) -> None:
+        g = self.G
+        req.computed = req.c_off + g
+        req.gen = req.g_off + g
+        self.hist[req.c_off & _MASK] -= 1
+        self.ctx_off_sum -= req.c_off
+        self.D -= 1
+        req.ver += 1
+        req.state = PREFILL  # caller sets the final state
+
+    def _blocks_held(self, req: Req) -> int:
+        comp = req.c_off + self.G if req.state == DECODE else req.computed
+        return blocks_for(comp) if self.kv_on else 0
+
+    def kv_load_at(self, now: float) -> float:
+        """Fraction of KV blocks allocated at the latest scheduling point before ``now``."""
+        p = self.pending
+        used = self.used
+        if p is not None and p[0] == 2:
+            _, t0, n, drun, _alloc0 = p
+            k = drun.iterations_until(now - t0, n)
+            used += self._run_blocks(k) - _alloc0
+        return used / self.capacity if self.capacity else 1.0
+
+    def _run_blocks(self, n: int) -> int:
+        """New blocks the decoders need over n more iterations: f(n) = D*q + #{p < r}."""
+        if n <= 0 or not self.kv_on:
+            return 0
+        q, r = divmod(n, BLOCK_SIZE)
+        g = self.G
+        hist = self.hist
+        extra = 0
+        for p in range(r):  # free slots p in the last block: needs a block once n > p
+            extra += hist[(-p - g) & _MASK]
+        return self.D * q + extra
+
+    def _max_run_for_blocks(self, free: int) -> int:
+        d = self.D
+        if not self.kv_on or d == 0:
+            return 1 << 62
+        q = free // d
+        rem = free - q * d
+        g = self.G
+        hist = self.hist
+        cum = 0
+        r = 0
+        for p in range(BLOCK_SIZE - 1):
+            cum += hist[(-p - g) & _MASK]
+            if cum > rem:
+                break
+            r = p + 1
+        return q * BLOCK_SIZE + r
+
+    # ------------------------------------------------------------ arrivals
+    def enqueue(self, req: Req) -> None:
+        self.waiting.append(req)
+        self.outstanding += 1
+
+    def cut(self, now: float) -> float:
+        """An arrival routed here at ``now``: end a decode run at the first boundary >= now.
+
+        Returns the (possibly earlier) time of this replica's next boundary.
+        """
+        p = self.pending
+        if p is None or p[0] != 2:
+            return self.next_time
+        _, t0, n, drun, alloc0 = p
+        k = drun.iterations_until(now - t0, n)
+        if k < n:
+            self.pending = (2, t0, k, drun, alloc0)
+            self.next_time = t0 + drun.total_time(k)
+            self.version += 1
+        return self.next_time
+
+    # ------------------------------------------------------------ boundary
+    def boundary(self, t: float) -> float | None:
+        """Apply the iteration(s) ending at ``t``, schedule the next; return its end time or None if idle."""
+        if self.pending is not None:
+            self._apply(t)
+        elif t > self.t:  # waking up from idle
+            self.timeline.add(self.t, t, 0.0, 0.0, self.used / self.capacity if self.capacity else 0.0, 0, 0)
+        self.t = t
+        return self._schedule(t)
+
+    def _finish(self, req: Req, t: float) -> None:
+        res = self.res
+        i = req.idx
+        res.first_sched[i] = req.first_sched
+        res.first_token[i] = req.first_token
+        res.finish[i] = t
+        res.preemptions[i] = req.preempt
+        res.cached[i] = req.cached
+        res.status[i] = 1
+        res.replica[i] = self.idx
+        req.state = DONE
+        self.outstanding -= 1
+        self.running.remove(req)
+
+    def _apply(self, t: float) -> None:
+        p = self.pending
+        self.pending = None
+        if p[0] == 2:  # a decode run of n iterations
+            _, t0, n, drun, alloc0 = p
+            self.used += self._run_blocks(n) - alloc0
+            self.G += n
+            self.iterations += n
+            flops, byts = drun.totals(n)
+            d = self.D
+            self.timeline.add(t0, t, self.cm.activity(t - t0, flops, byts), d,
+                              self.used / self.capacity if self.capacity else 0.0, 0, d * n)
+            self.busy_time += t - t0
+        else:
+            _, t0, dec_all, skipped, chunks, flops, byts, batch, ptoks, dtoks = p
+            for req in skipped:          # decoders left out of this iteration stay put
+                self._remove_decoder(req)
+            if dec_all or skipped:
+                self.G += 1
+            for req in skipped:
+                self._add_decoder(req)
+            self.iterations += 1
+            self.timeline.add(t0, t, self.cm.activity(t - t0, flops, byts), batch,
+                              self.used / self.capacity if self.capacity else 0.0, ptoks, dtoks)
+            self.busy_time += t - t0
+            for req, n in chunks:
+                req.computed += n
+                if req.computed >= req.prompt + req.gen:   # all tokens computed: sample one
+                    req.gen += 1
+                    if req.first_token < 0:
+                        req.first_token = t
+                    self.n_prefilling -= 1
+                    if req.gen >= req.out:
+                        self.used -= self._blocks_held(req)
+                        req.state = DONE
+                        self._finish(req, t)
+                    else:
+                        self._add_decoder(req)
+        # completions of decoders
+        heap = self.done_heap
+        g = self.G
+        while heap and heap[0][0] <= g:
+            _, _, ver, req = heapq.heappop(heap)
+            if ver != req.ver or req.state != DECODE:
+                continue
+            self.used -= blocks_for(req.c_off + g) if self.kv_on else 0
+            self._remove_decoder(req)
+            if req.first_token < 0:
+                req.first_token = t
+            self._finish(req, t)
+
+    def _preempt(self, victim: Req) -> None:
+        held = self._blocks_held(victim)
+        if victim.state == DECODE:
+            self._remove_decoder(victim)
+        else:
+            self.n_prefilling -= 1
+        self.used -= held
+        victim.computed = 0
+        victim.state = WAITING
+        victim.preempt += 1
+        self.preemptions += 1
+        self.waiting.appendleft(victim)
+
+    def _schedule(self, t: float) -> float | None:
+        running = self.running
+        if not running and not self.waiting:
+            self.busy = False
+            return None
+        self.busy = True
+        kv_on = self.kv_on
+        budget = self.budget
+        cap = self.capacity
+        g = self.G
+        alloc = 0
+        chunks: list = []
+        skipped: list = []
+        dec_all = False
+        preempted = False
+        n_tok = 0
+        pairs = 0
+        kv_read = 0
+        d = self.D
+        h0 = self.hist[(-g) & _MASK] if kv_on else 0
+        free = cap - self.used if kv_on else 1 << 62
+        bulk = (kv_on and d <= budget and h0 <= free
+                and (self.n_prefilling == 0 or (self.n_prefilling == 1 and running[-1].state == PREFILL)))
+        if bulk and self.n_prefilling == 1 and budget - d > 0:
+            req = running[-1]
+            comp = req.computed
+            need = req.prompt + req.gen - comp
+            if need > budget - d:
+                need = budget - d
+            if blocks_for(comp + need) - blocks_for(comp) > free - h0:
+                bulk = False
+        if bulk:
+            dec_all = d > 0
+            alloc = h0
+            budget -= d
+            n_tok = d
+            ctx = self.ctx_off_sum + d * g           # cached tokens of all decoders
+            pairs = ctx + d
+            kv_read = ctx
+            if self.n_prefilling == 1 and budget > 0:
+                req = running[-1]
+                comp = req.computed
+                need = req.prompt + req.gen - comp
+                if need > budget:
+                    need = budget
+                alloc += blocks_for(comp + need) - blocks_for(comp)
+                budget -= need
+                chunks.append((req, need))
+                n_tok += need
+                pairs += need * comp + need * (need + 1) // 2
+                kv_read += comp
+        else:
+            # generic path: walk the running list in order, preempting the newest when blocks run out
+            i = 0
+            n_dec = 0
+            while i < len(running) and budget > 0:
+                req = running[i]
+                if req.state == DECODE:
+                    comp = req.c_off + g
+                    need = 1
+                else:
+                    comp = req.computed
+                    need = req.prompt + req.gen - comp
+                    if need > budget:
+                        need = budget
+                nb = blocks_for(comp + need) - blocks_for(comp) if kv_on else 0
+                self_preempted = False
+                while nb > cap - self.used - alloc:
+                    victim = running.pop()
+                    self._preempt(victim)
+                    preempted = True
+                    if victim is req:
+                        self_preempted = True
+                        break
+                if self_preempted:
+                    break
+                alloc += nb
+                budget -= need
+                if req.state == DECODE:
+                    n_dec += 1
+                    if kv_on:
+                        n_tok += 1
+                        pairs += comp + 1
+                        kv_read += comp
+                    else:  # no KV cache: recompute the whole context for every new token
+                        c = comp + 1
+                        n_tok += c
+                        pairs += c * (c + 1) // 2
+                else:
+                    chunks.append((req, need))
+                    if kv_on:
+                        n_tok += need
+                        pairs += need * comp + need * (need + 1) // 2
+                        kv_read += comp
+                    else:
+                        c = comp + need
+                        n_tok += c
+                        pairs += c * (c + 1) // 2
+                i += 1
+            for req in running[i:]:
+                if req.state == DECODE:
+                    skipped.append(req)
+            dec_all = n_dec > 0 and not skipped
+        # admit waiting requests (only when nothing was preempted, as vLLM does)
+        if not preempted:
+            waiting = self.waiting
+            max_seqs = self.max_num_seqs
+            while waiting and budget > 0 and len(running) < max_seqs:
+                req = waiting[0]
+                comp = req.computed
+                need = req.prompt + req.gen - comp
+                if need > budget:
+                    need = budget
+                nb = blocks_for(comp + need) - blocks_for(comp) if kv_on else 0
+                if nb > cap - self.used - alloc:
+                    break
+                waiting.popleft()
+                running.append(req)
+                req.state = PREFILL
+                self.n_prefilling += 1
+                if req.first_sched < 0:
+                    req.first_sched = t
+                alloc += nb
+                budget -= need
+                chunks.append((req, need))
+                if kv_on:
+                    n_tok += need
+                    pairs += need * comp + need * (need + 1) // 2
+                    kv_read += comp
+                else:
+                    c = comp + need
+                    n_tok += c
+                    pairs += c * (c + 1) // 2
+        if n_tok == 0:
+            # nothing schedulable (cannot happen with a feasible request; guard against livelock)
+            self.busy = False
+            return None
+        # a decode-only iteration that will repeat unchanged: advance a whole run
+        if self.fast and bulk and not chunks and d > 0:
+            heap = self.done_heap
+            while heap[0][2] != heap[0][3].ver:
+                heapq.heappop(heap)
+            n = heap[0][0] - g
+            nb_max = self._max_run_for_blocks(cap - self.used)
+            if nb_max < n:
+                n = nb_max
+            if n > 1:
+                drun = self.cm.decode_run(d, self.ctx_off_sum + d * g)
+                self.used += alloc
+                if self.used > self.peak_used:
+                    self.peak_used = self.used
+                self.pending = (2, t, n, drun, alloc)
+                self.next_time = t + drun.total_time(n)
+                self.version += 1
+                return self.next_time
+        self.used += alloc
+        if self.used > self.peak_used:
+            self.peak_used = self.used
+        dt, flops, byts = self.cm.iteration(n_tok, pairs, kv_read)
+        ptoks = sum(n for _, n in chunks)
+        dtoks = (d if dec_all else 0) if not skipped else (d - len(skipped))
+        self.pending = (1, t, dec_all, skipped, chunks, flops, byts,
+                        dtoks + len(chunks), ptoks, dtoks)
+        self.next_time = t + dt
+        self.version += 1
+        return self.next_time

@@ -1,0 +1,148 @@
+"""The discrete-event loop: arrivals -> router -> replicas (input D).
+
+Events are request arrivals (known in advance from the trace) and replica
+iteration boundaries (in a heap). At equal times an arrival is handled first,
+so a request arriving exactly at a boundary is seen by that boundary's
+scheduling. Every trace row ends as exactly one result row: finished, or
+rejected when it can never fit in a replica's KV memory.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel, Efficiency
+from kavier_opendc.engine.replica import Replica, Req, Results, blocks_for
+from kavier_opendc.engine.router import Router, normalise_router
+from kavier_opendc.errors import KavierInputError
+from kavier_opendc.progress import Progress
+from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
+from kavier_opendc.workload.trace import Trace
+
+
+@dataclass
+class SimConfig:
+    model: ModelSpec
+    gpu: GPUSpec
+    replicas: int = 1
+    tp: int = 1
+    max_num_seqs: int = 256
+    max_batched_tokens: int = 8192
+    gpu_memory_utilization: float = 0.9
+    kv_cache: bool = True
+    prefix_cache: str = "none"
+    router: str = "round-robin"
+    seed: int = 0
+    exact: bool = False
+    efficiency: Efficiency = DEFAULT_EFFICIENCY
+    timeline_merge_tol: float = 1e-3
+    num_kv_blocks: int | None = None  # override the memory-derived KV capacity
+
+    def validate(self) -> None:
+        checks = [
+            ("--replicas", self.replicas >= 1, "an integer >= 1"),
+            ("--tp", self.tp >= 1, "an integer >= 1"),
+            ("--max-num-seqs", self.max_num_seqs >= 1, "an integer >= 1"),
+            ("--max-batched-tokens", self.max_batched_tokens >= 1, "an integer >= 1"),
+            ("--gpu-memory-utilization", 0.0 < self.gpu_memory_utilization <= 1.0, "a fraction in (0, 1]"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise KavierInputError("invalid value", location=name, expected=expected)
+        if self.prefix_cache not in ("none", "off"):
+            raise KavierInputError(f"prefix cache policy '{self.prefix_cache}' is not available in this "
+                                   "version of the engine", location="--prefix-cache", expected="none")
+        self.router = normalise_router(self.router)
+
+
+@dataclass
+class SimulationResult:
+    trace: Trace
+    config: SimConfig
+    results: Results
+    replicas: list[Replica]
+    capacity_blocks: int
+    wall_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def makespan_s(self) -> float:
+        f = self.results.finish
+        return float(np.nanmax(f)) if np.isfinite(f).any() else 0.0
+
+
+def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> SimulationResult:
+    """Run the serving simulation of ``trace`` under ``cfg``."""
+    cfg.validate()
+    t_wall = time.perf_counter()
+    cm = CostModel(cfg.model, cfg.gpu, cfg.tp, cfg.efficiency)
+    cap = (cfg.num_kv_blocks if cfg.num_kv_blocks is not None else
+           cm.kv_capacity_blocks(cfg.gpu_memory_utilization, cfg.max_batched_tokens, cfg.max_num_seqs))
+    if cfg.kv_cache and cap <= 0:
+        raise KavierInputError(
+            f"{cfg.model.name} ({cfg.model.weight_bytes / 2**30:.1f} GiB of weights) leaves no room for "
+            f"a KV cache on {cfg.tp} x {cfg.gpu.name} ({cfg.gpu.memory_gib:g} GiB each) at "
+            f"gpu_memory_utilization={cfg.gpu_memory_utilization}", location="--model/--gpu/--tp",
+            expected="a larger GPU, more tensor parallelism, or a smaller model")
+    n = len(trace)
+    res = Results(n)
+    reps = [Replica(i, cm, cap, max_num_seqs=cfg.max_num_seqs, max_batched_tokens=cfg.max_batched_tokens,
+                    kv_cache=cfg.kv_cache, exact=cfg.exact, results=res, merge_tol=cfg.timeline_merge_tol)
+            for i in range(cfg.replicas)]
+    router = Router(cfg.router, reps, cfg.seed)
+    arrivals = trace.arrival_s.tolist()
+    prompts = trace.num_input_tokens.tolist()
+    outs = trace.num_output_tokens.tolist()
+    heap: list = []
+    push, pop = heapq.heappush, heapq.heappop
+    bar = Progress(n, "simulate", enabled=progress)
+    inf = math.inf
+    i = 0
+    kv_on = cfg.kv_cache
+    while True:
+        ta = arrivals[i] if i < n else inf
+        if heap and heap[0][0] < ta:
+            t, ver, r = pop(heap)
+            rep = reps[r]
+            if ver != rep.version:
+                continue
+            nt = rep.boundary(t)
+            if nt is not None:
+                push(heap, (nt, rep.version, r))
+            continue
+        if i >= n:
+            break
+        # arrival
+        r = router.choose(ta)
+        rep = reps[r]
+        p, o = prompts[i], outs[i]
+        if kv_on and blocks_for(p + o - 1) > cap:
+            res.status[i] = 2
+            res.replica[i] = r
+        else:
+            rep.enqueue(Req(i, ta, p, o))
+            if not rep.busy:
+                rep.busy = True
+                rep.version += 1
+                push(heap, (ta, rep.version, r))
+            elif rep.pending is not None and rep.pending[0] == 2:
+                old = rep.version
+                nt = rep.cut(ta)
+                if rep.version != old:
+                    push(heap, (nt, rep.version, r))
+        i += 1
+        if not i & 0x3FFF:
+            bar.update(i)
+    bar.close()
+    result = SimulationResult(trace, cfg, res, reps, cap)
+    end = result.makespan_s
+    for rep in reps:  # every replica idles until the last request of the whole system finishes
+        if rep.t < end:
+            rep.timeline.add(rep.t, end, 0.0, 0.0, 0.0, 0, 0)
+    result.wall_s = time.perf_counter() - t_wall
+    return result

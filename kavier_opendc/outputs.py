@@ -1,0 +1,232 @@
+"""Simulation outputs (CONTRACT.md): requests.parquet, summary.json, timeline.parquet.
+
+Outputs are staged in a hidden sibling folder and moved into place only when
+every file is complete, so a failed run never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kavier_opendc import __version__
+from kavier_opendc.errors import KavierInputError
+
+STATUS_NAMES = np.array(["pending", "finished", "rejected"])
+
+
+def check_writable_dir(out: Path, what: str = "--out") -> None:
+    """Fail early, before any work, when ``out`` cannot be created or written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise KavierInputError(f"output path {out} exists and is not a directory", location=what,
+                               expected="a directory path")
+    parent = out if out.exists() else out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:  # a real probe: permission bits do not tell for root, read-only mounts or /proc
+        probe = tempfile.mkdtemp(prefix=".kavier-probe-", dir=parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise KavierInputError(f"cannot write to {out}: {exc.strerror or exc} in {parent}", location=what,
+                               expected="a writable directory") from None
+
+
+@contextlib.contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """Yield a staging folder; on success its files are moved into ``out``."""
+    out = Path(out)
+    check_writable_dir(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise KavierInputError(f"cannot write to {out}: {exc.strerror or exc}", location="--out",
+                               expected="a writable directory") from None
+    try:
+        yield stage
+        out.mkdir(parents=True, exist_ok=True)
+        for item in sorted(stage.iterdir()):
+            dest = out / item.name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            os.replace(item, dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(_jsonable(data), fh, indent=2, allow_nan=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def write_parquet_atomic(path: Path, table: pa.Table) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if math.isfinite(v) else None
+    return x
+
+
+def stats(values: np.ndarray) -> dict:
+    """mean/p50/p90/p99 (and max) of the finite values; nulls when there are none."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
+    p50, p90, p99 = np.percentile(v, [50, 90, 99])
+    return {"mean": float(v.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
+            "max": float(v.max())}
+
+
+def requests_table(result) -> pa.Table:
+    tr, r = result.trace, result.results
+    n = len(tr)
+    arrival = tr.arrival_s
+    out = tr.num_output_tokens
+    ttft = r.first_token - arrival
+    e2e = r.finish - arrival
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(out > 1, (r.finish - r.first_token) / np.maximum(out - 1, 1), np.nan)
+    cols = {
+        "request_id": pa.array(np.arange(n, dtype=np.int64)),
+        "replica": pa.array(r.replica.astype(np.int32)),
+        "arrival_s": pa.array(arrival),
+        "num_input_tokens": pa.array(tr.num_input_tokens.astype(np.int64)),
+        "num_output_tokens": pa.array(out.astype(np.int64)),
+        "cached_tokens": pa.array(r.cached),
+        "queue_s": pa.array(r.first_sched - arrival),
+        "ttft_s": pa.array(ttft),
+        "tpot_s": pa.array(tpot),
+        "e2e_s": pa.array(e2e),
+        "finish_s": pa.array(r.finish),
+        "preemptions": pa.array(r.preemptions.astype(np.int32)),
+        "status": pa.array(STATUS_NAMES[r.status].tolist(), type=pa.string()),
+    }
+    if tr.session_id is not None:
+        cols["session_id"] = pa.array(np.asarray(tr.session_id, dtype=np.int64))
+    return pa.table(cols)
+
+
+def timeline_table(result) -> pa.Table:
+    cfg = result.config
+    parts = {k: [] for k in ("replica", "start_s", "end_s", "gpu_utilization", "batch_size",
+                             "kv_utilization", "prefill_tokens", "decode_tokens")}
+    for rep in result.replicas:
+        tl = rep.timeline
+        m = len(tl.start)
+        parts["replica"].append(np.full(m, rep.idx, dtype=np.int32))
+        parts["start_s"].append(np.asarray(tl.start, dtype=np.float64))
+        parts["end_s"].append(np.asarray(tl.end, dtype=np.float64))
+        parts["gpu_utilization"].append(np.asarray(tl.util, dtype=np.float64))
+        parts["batch_size"].append(np.asarray(tl.batch, dtype=np.float64))
+        parts["kv_utilization"].append(np.asarray(tl.kv, dtype=np.float64))
+        parts["prefill_tokens"].append(np.asarray(tl.prefill, dtype=np.int64))
+        parts["decode_tokens"].append(np.asarray(tl.decode, dtype=np.int64))
+    cols = {k: np.concatenate(v) if v else np.array([]) for k, v in parts.items()}
+    toks = cols["prefill_tokens"] + cols["decode_tokens"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(toks > 0, cols["prefill_tokens"] / np.maximum(toks, 1), 0.0)
+    m = len(cols["replica"])
+    table = {k: pa.array(v) for k, v in cols.items()}
+    table["prefill_share"] = pa.array(share)  # phase mix: share of the segment's tokens that are prompt tokens
+    table["gpu"] = pa.array([cfg.gpu.name] * m, type=pa.string())
+    table["tp"] = pa.array(np.full(m, cfg.tp, dtype=np.int32))
+    table["model"] = pa.array([cfg.model.name] * m, type=pa.string())
+    return pa.table(table)
+
+
+def summary_dict(result) -> dict:
+    tr, r, cfg = result.trace, result.results, result.config
+    done = r.status == 1
+    arrival = tr.arrival_s
+    makespan = result.makespan_s
+    inp = tr.num_input_tokens[done].sum(dtype=np.int64)
+    outp = tr.num_output_tokens[done].sum(dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(tr.num_output_tokens > 1,
+                        (r.finish - r.first_token) / np.maximum(tr.num_output_tokens - 1, 1), np.nan)
+    busy_weighted = 0.0
+    total_time = 0.0
+    kv_peak = 0.0
+    for rep in result.replicas:
+        tl = rep.timeline
+        d = np.asarray(tl.end) - np.asarray(tl.start)
+        busy_weighted += float(np.dot(d, np.asarray(tl.util))) if d.size else 0.0
+        total_time += float(d.sum())
+        kv_peak = max(kv_peak, rep.peak_used / rep.capacity if rep.capacity else 0.0)
+    prompt_all = tr.num_input_tokens.sum(dtype=np.int64)
+    cached = r.cached.sum(dtype=np.int64)
+    wall = result.wall_s
+    return {
+        "num_requests": int(len(tr)),
+        "num_finished": int(done.sum()),
+        "num_rejected": int((r.status == 2).sum()),
+        "makespan_s": makespan,
+        "request_throughput_per_s": float(done.sum() / makespan) if makespan > 0 else 0.0,
+        "output_tokens_per_s": float(outp / makespan) if makespan > 0 else 0.0,
+        "total_tokens_per_s": float((inp + outp) / makespan) if makespan > 0 else 0.0,
+        "input_tokens": int(inp),
+        "output_tokens": int(outp),
+        "ttft_s": stats(r.first_token - arrival),
+        "tpot_s": stats(tpot),
+        "e2e_s": stats(r.finish - arrival),
+        "queue_s": stats(r.first_sched - arrival),
+        "prefix_cache_hit_ratio": float(cached / prompt_all) if prompt_all else 0.0,
+        "cached_tokens": int(cached),
+        "preemptions": int(r.preemptions.sum()),
+        "gpu_utilization_mean": busy_weighted / total_time if total_time > 0 else 0.0,
+        "kv_utilization_peak": kv_peak,
+        "config": {
+            "model": cfg.model.name, "gpu": cfg.gpu.name, "replicas": cfg.replicas, "tp": cfg.tp,
+            "max_num_seqs": cfg.max_num_seqs, "max_batched_tokens": cfg.max_batched_tokens,
+            "gpu_memory_utilization": cfg.gpu_memory_utilization,
+            "kv_cache": "on" if cfg.kv_cache else "off", "prefix_cache": cfg.prefix_cache,
+            "router": cfg.router, "seed": cfg.seed, "mode": "exact" if cfg.exact else "fast",
+            "kv_capacity_blocks_per_replica": result.capacity_blocks,
+            "kv_capacity_tokens_per_replica": result.capacity_blocks * 16,
+            "efficiency": {k: getattr(cfg.efficiency, k) for k in cfg.efficiency.__dataclass_fields__},
+        },
+        "trace": {"source": str(tr.source), "format": tr.format},
+        "engine": {
+            "version": __version__,
+            "iterations": int(sum(rep.iterations for rep in result.replicas)),
+            "wall_s": wall,
+            "requests_per_s": float(len(tr) / wall) if wall > 0 else None,
+        },
+    }
+
+
+def write_simulation(result, out_dir: Path) -> dict:
+    """Write the three simulation outputs into ``out_dir`` (staged, all or nothing)."""
+    summary = summary_dict(result)
+    with staged_output(Path(out_dir)) as stage:
+        write_parquet_atomic(stage / "requests.parquet", requests_table(result))
+        write_parquet_atomic(stage / "timeline.parquet", timeline_table(result))
+        write_json_atomic(stage / "summary.json", summary)
+    return summary

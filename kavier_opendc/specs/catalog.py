@@ -1,0 +1,623 @@
+"""LLM (input A) and GPU (input B) specifications and their catalogues.
+
+The built-in numbers live in ``models.yaml`` and ``gpus.yaml`` next to this
+module, each entry naming its public source. Users extend the catalogue with
+their own JSON/YAML file validated against ``schemas/catalog.schema.json``.
+Names are case-insensitive keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture numbers of one LLM (decoder-only transformer)."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_kv_heads: int              # < num_attention_heads for GQA/MQA
+    ffn_size: int                  # intermediate size of one (expert) MLP
+    vocab_size: int
+    total_params: float            # all weights, counted once
+    active_params: float           # weights touched per token (MoE: shared + top-k experts)
+    dtype: str = "fp16"            # default serving precision
+    head_dim: int | None = None    # defaults to hidden_size / num_attention_heads
+    num_experts: int = 1           # MoE: experts per layer (1 = dense)
+    experts_per_token: int = 1     # MoE: top-k
+    max_context: int = 4096
+    source: str = ""
+    # Added by the catalogue: lookup aliases and the architecture details that
+    # the exact parameter count depends on (defaults = Llama-style decoder).
+    aliases: tuple[str, ...] = field(default=(), compare=False)
+    tie_word_embeddings: bool = False  # lm_head shares the input embedding
+    gated_mlp: bool = True             # SwiGLU (3 matrices); False = 2-matrix MLP (OPT)
+    qkv_bias: bool = False             # bias on q/k/v projections only (Qwen2)
+    linear_bias: bool = False          # bias on every linear layer (OPT)
+    norm: str = "rmsnorm"              # "rmsnorm" or "layernorm" (with bias)
+    learned_pos_embeddings: int = 0    # rows of a learned position table (OPT)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 1
+
+    @property
+    def bytes_per_param(self) -> float:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.total_params * self.bytes_per_param
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        """K and V for every layer of one token (bytes), KV cache in model dtype."""
+        return 2.0 * self.num_layers * self.num_kv_heads * self.dim_head * self.bytes_per_param
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """Datasheet numbers of one GPU (per device)."""
+
+    name: str
+    vendor: str
+    peak_fp16_tflops: float        # dense FP16/BF16 tensor throughput, TFLOP/s
+    mem_bandwidth_gbs: float       # HBM/GDDR bandwidth, GB/s (1e9 B/s)
+    memory_gib: float              # device memory, GiB
+    idle_power_w: float
+    max_power_w: float             # board power / TDP
+    price_per_hour: float          # USD per GPU-hour, default on-demand price
+    interconnect_gbs: float        # GPU-GPU bandwidth per direction (NVLink/xGMI or PCIe), GB/s
+    pcie_gbs: float                # host link bandwidth per direction, GB/s
+    boost_clock_mhz: float         # OpenDC coreSpeed
+    num_sms: int                   # streaming multiprocessors / compute units: OpenDC coreCount
+    source: str = ""
+    extra: dict = field(default_factory=dict, compare=False)
+    aliases: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def peak_flops(self) -> float:
+        return self.peak_fp16_tflops * 1e12
+
+    @property
+    def mem_bandwidth(self) -> float:
+        return self.mem_bandwidth_gbs * 1e9
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_gib * 2**30
+
+
+# ---------------------------------------------------------------------------
+# Catalogue loading: built-in YAML files, user JSON/YAML files, lookups.
+# ---------------------------------------------------------------------------
+
+import copy  # noqa: E402
+import dataclasses  # noqa: E402
+import difflib  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+from collections.abc import Iterable, Mapping  # noqa: E402
+from importlib import resources  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import yaml  # noqa: E402
+from jsonschema import Draft202012Validator  # noqa: E402
+
+from kavier_opendc.errors import KavierInputError  # noqa: E402
+
+SCHEMA_FILE = "catalog.schema.json"
+BUILTIN_FILES = ("models.yaml", "gpus.yaml")
+CATALOG_EXTENSIONS = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+
+_MODEL_INT_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads",
+                     "ffn_size", "vocab_size", "head_dim", "num_experts",
+                     "experts_per_token", "max_context", "learned_pos_embeddings")
+_MODEL_FLOAT_FIELDS = ("total_params", "active_params")
+_GPU_FLOAT_FIELDS = ("peak_fp16_tflops", "mem_bandwidth_gbs", "memory_gib", "idle_power_w",
+                     "max_power_w", "price_per_hour", "interconnect_gbs", "pcie_gbs",
+                     "boost_clock_mhz")
+_GPU_INT_FIELDS = ("num_sms",)
+_NUMERIC_FIELDS = {
+    "models": set(_MODEL_INT_FIELDS) | set(_MODEL_FLOAT_FIELDS),
+    "gpus": set(_GPU_FLOAT_FIELDS) | set(_GPU_INT_FIELDS),
+}
+# YAML 1.1 (PyYAML) reads "8.03e9" or "1e9" as strings; in numeric fields we
+# accept them as the numbers a user obviously meant (YAML 1.2 / JSON syntax).
+_YAML12_FLOAT = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][-+]?\d+)?$")
+
+
+# --------------------------------------------------------------- schema ----
+
+def _schema_path() -> Path:
+    packaged = resources.files("kavier_opendc").joinpath("schemas", SCHEMA_FILE)
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "schemas" / SCHEMA_FILE  # source checkout
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_schema() -> dict:
+    return json.loads(_schema_path().read_text(encoding="utf-8"))
+
+
+def catalog_schema() -> dict:
+    """The catalogue JSON Schema (Draft 2020-12), as a fresh dict."""
+    return copy.deepcopy(_cached_schema())
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> Draft202012Validator:
+    schema = _cached_schema()
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+# -------------------------------------------------------------- parsing ----
+
+class _StrictYAMLLoader(yaml.SafeLoader):
+    """Safe loader that rejects duplicate keys in a mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = key_node.value
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key!r} (first at line {seen[key].line + 1})",
+                        key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictYAMLLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                  _StrictYAMLLoader.construct_mapping)
+
+
+def _parse_text(text: str, fmt: str, source: str) -> Any:
+    if fmt == "json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise KavierInputError(
+                f"invalid JSON syntax at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+                source=source) from None
+    try:
+        return yaml.load(text, Loader=_StrictYAMLLoader)  # noqa: S506 (safe loader subclass)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise KavierInputError(f"invalid YAML syntax{where}: {what}", source=source) from None
+    except yaml.YAMLError as exc:
+        raise KavierInputError(f"invalid YAML: {exc}", source=source) from None
+
+
+def _read_document(path: Path) -> tuple[Any, str]:
+    source = str(path)
+    fmt = CATALOG_EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        raise KavierInputError(
+            f"unsupported catalogue file extension {path.suffix or '(none)'!r}",
+            source=source, expected="a .json, .yaml or .yml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KavierInputError("catalogue file not found", source=source) from None
+    except IsADirectoryError:
+        raise KavierInputError("is a directory, not a catalogue file", source=source) from None
+    except UnicodeDecodeError as exc:
+        raise KavierInputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})",
+                               source=source) from None
+    except OSError as exc:
+        raise KavierInputError(f"cannot read catalogue file: {exc.strerror or exc}",
+                               source=source) from None
+    return _parse_text(text, fmt, source), fmt
+
+
+# ----------------------------------------------------------- validation ----
+
+def _json_path(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _path_sort_key(parts: tuple, top_order: Mapping[Any, int]) -> tuple:
+    """Order problems as they appear in the file: top-level keys in file order,
+    list items by index, other keys alphabetically."""
+    key = []
+    for depth, p in enumerate(parts):
+        if isinstance(p, int) and not isinstance(p, bool):
+            key.append((0, p, ""))
+        elif depth == 0:
+            key.append((1, top_order.get(p, len(top_order)), str(p)))
+        else:
+            key.append((1, 0, str(p)))
+    return tuple(key)
+
+
+def _coerce_yaml_numbers(data: Any) -> Any:
+    """In numeric fields, turn YAML-1.2 number strings like '8.03e9' into numbers."""
+    if not isinstance(data, dict):
+        return data
+    for section, fields in _NUMERIC_FIELDS.items():
+        entries = data.get(section)
+        if not isinstance(entries, list):
+            continue
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            for key in fields & set(k for k in entry if isinstance(k, str)):
+                value = entry[key]
+                if isinstance(value, str) and _YAML12_FLOAT.match(value.strip()):
+                    number = float(value.replace("_", ""))
+                    entry[key] = int(number) if number.is_integer() else number
+    return data
+
+
+def _schema_problems(data: Any) -> list[tuple[tuple, str]]:
+    problems: list[tuple[tuple, str]] = []
+    for err in _validator().iter_errors(data):
+        path = tuple(err.absolute_path)
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            allowed = sorted(err.schema.get("properties", {}))
+            for key in err.instance:
+                if key in allowed:
+                    continue
+                hint = difflib.get_close_matches(str(key), allowed, n=1)
+                msg = f"unknown key {key!r}"
+                msg += f" (did you mean {hint[0]!r}?)" if hint else f" (allowed keys: {', '.join(allowed)})"
+                problems.append((path + (key,), msg))
+        elif err.validator == "required" and isinstance(err.instance, dict):
+            for key in err.validator_value:
+                if key not in err.instance:
+                    problems.append((path + (key,), "required field is missing"))
+        elif err.validator == "type":
+            types = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+            problems.append((path, f"{_short(err.instance)} is not of type "
+                                   + " or ".join(repr(t) for t in types)))
+        elif err.validator == "pattern" and err.validator_value == r"^\S(.*\S)?$":
+            problems.append((path, f"{err.instance!r} must not start or end with whitespace"))
+        else:
+            problems.append((path, err.message))
+    # A negative value violates both minimum and exclusiveMinimum: keep one message.
+    with_minimum = {p for p, m in problems if "is less than the minimum of" in m}
+    problems = [(p, m) for p, m in problems
+                if not (p in with_minimum and "less than or equal to the minimum" in m)]
+    return problems
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + " ...>"
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _non_finite(data: Any, path: tuple = ()) -> list[tuple[tuple, str]]:
+    if isinstance(data, float) and not math.isfinite(data):
+        return [(path, f"{data!r} is not a finite number")]
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in _non_finite(v, path + (k,))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in _non_finite(v, path + (i,))]
+    return []
+
+
+def _semantic_problems(data: Any) -> list[tuple[tuple, str]]:
+    """Cross-field checks that JSON Schema cannot express."""
+    problems = _non_finite(data)
+    if not isinstance(data, dict):
+        return problems
+    for section in ("models", "gpus"):
+        entries = data.get(section)
+        if not isinstance(entries, list):
+            continue
+        owners: dict[str, tuple] = {}
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue
+            keys = [("name", entry.get("name"))]
+            aliases = entry.get("aliases")
+            if isinstance(aliases, list):
+                keys += [(("aliases", j), a) for j, a in enumerate(aliases)]
+            for field_path, value in keys:
+                if not isinstance(value, str):
+                    continue
+                key = _key(value)
+                fp = field_path if isinstance(field_path, tuple) else (field_path,)
+                if key in owners and owners[key][0] != i:
+                    problems.append(((section, i) + fp,
+                                     f"name or alias {value!r} is already used by "
+                                     f"{_json_path((section,) + owners[key])}"))
+                else:
+                    owners.setdefault(key, (i,) + fp)
+            g = entry.get
+            if section == "models":
+                heads, kv = g("num_attention_heads"), g("num_kv_heads")
+                if _is_num(heads) and _is_num(kv) and kv > 0 and heads % kv:
+                    problems.append(((section, i, "num_kv_heads"),
+                                     f"{kv} does not divide num_attention_heads ({heads})"))
+                hidden = g("hidden_size")
+                if (g("head_dim") is None and _is_num(hidden) and _is_num(heads)
+                        and heads > 0 and hidden % heads):
+                    problems.append(((section, i, "head_dim"),
+                                     f"required because hidden_size ({hidden}) is not a "
+                                     f"multiple of num_attention_heads ({heads})"))
+                ne, k = g("num_experts", 1), g("experts_per_token", 1)
+                if _is_num(ne) and _is_num(k) and k > ne:
+                    problems.append(((section, i, "experts_per_token"),
+                                     f"{k} is more than num_experts ({ne})"))
+                tot, act = g("total_params"), g("active_params")
+                if _is_num(tot) and _is_num(act) and act > tot:
+                    problems.append(((section, i, "active_params"),
+                                     f"{act} is more than total_params ({tot})"))
+            else:
+                idle, peak = g("idle_power_w"), g("max_power_w")
+                if _is_num(idle) and _is_num(peak) and idle > peak:
+                    problems.append(((section, i, "idle_power_w"),
+                                     f"{idle} is more than max_power_w ({peak})"))
+    return problems
+
+
+def validate_catalog_data(data: Any, source: str = "<catalogue>") -> None:
+    """Raise one KavierInputError listing every problem of a parsed catalogue document."""
+    problems = _schema_problems(data) + _semantic_problems(data)
+    if not problems:
+        return
+    unique: dict[tuple[tuple, str], None] = {}
+    for path, msg in problems:
+        unique.setdefault((tuple(path), msg), None)
+    top_order = {k: i for i, k in enumerate(data)} if isinstance(data, dict) else {}
+    ordered = sorted(unique, key=lambda pm: (_path_sort_key(pm[0], top_order), pm[1]))
+    lines = [f"{_json_path(p)}: {m}" for p, m in ordered]
+    n = len(lines)
+    exc = KavierInputError(
+        f"invalid catalogue, {n} problem{'s' if n != 1 else ''}: " + "; ".join(lines),
+        source=source,
+        expected="an object with optional 'models' and 'gpus' lists as described by "
+                 "schemas/catalog.schema.json")
+    exc.problems = lines  # type: ignore[attr-defined]
+    raise exc
+
+
+# -------------------------------------------------------- spec building ----
+
+def _model_from_entry(entry: Mapping[str, Any]) -> ModelSpec:
+    kw = dict(entry)
+    for name in _MODEL_INT_FIELDS:
+        if kw.get(name) is not None:
+            kw[name] = int(kw[name])
+    kw.setdefault("active_params", kw["total_params"])
+    for name in _MODEL_FLOAT_FIELDS:
+        kw[name] = float(kw[name])
+    kw["aliases"] = tuple(kw.get("aliases", ()))
+    return ModelSpec(**kw)
+
+
+def _gpu_from_entry(entry: Mapping[str, Any]) -> GPUSpec:
+    kw = dict(entry)
+    for name in _GPU_FLOAT_FIELDS:
+        kw[name] = float(kw[name])
+    for name in _GPU_INT_FIELDS:
+        kw[name] = int(kw[name])
+    kw["aliases"] = tuple(kw.get("aliases", ()))
+    kw["extra"] = dict(kw.get("extra", {}))
+    return GPUSpec(**kw)
+
+
+def spec_to_entry(spec: ModelSpec | GPUSpec) -> dict[str, Any]:
+    """A catalogue-file entry (plain dict) for one spec; inverse of loading."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if f.name == "aliases":
+            if value:
+                out["aliases"] = list(value)
+            continue
+        if f.name == "extra":
+            if value:
+                out["extra"] = copy.deepcopy(value)
+            continue
+        if f.name == "head_dim" and value is None:
+            continue
+        out[f.name] = value
+    return out
+
+
+def catalog_from_data(data: Any, source: str = "<catalogue>") -> Catalog:
+    """Validate a parsed catalogue document and build a Catalog of just its entries."""
+    if data is None:  # an empty file adds nothing
+        data = {}
+    validate_catalog_data(data, source)
+    return Catalog(models=[_model_from_entry(e) for e in data.get("models", [])],
+                   gpus=[_gpu_from_entry(e) for e in data.get("gpus", [])],
+                   sources=[source])
+
+
+# --------------------------------------------------------------- lookups ----
+
+def _key(name: str) -> str:
+    return name.strip().lower()
+
+
+def _loose(key: str) -> str:
+    return re.sub(r"[\s_\-]+", "", key)
+
+
+class Catalog:
+    """Model and GPU specs keyed by lower-cased name, with aliases.
+
+    ``model(name)`` / ``gpu(name)`` look a name up case-insensitively: first the
+    canonical names, then the aliases, then a match ignoring spaces, '-' and '_'.
+    """
+
+    def __init__(self, models: Iterable[ModelSpec] = (), gpus: Iterable[GPUSpec] = (),
+                 *, sources: Iterable[str] = ()):
+        self.model_specs: dict[str, ModelSpec] = {}
+        self.gpu_specs: dict[str, GPUSpec] = {}
+        self.model_aliases: dict[str, str] = {}   # alias key -> canonical key
+        self.gpu_aliases: dict[str, str] = {}
+        self.sources: tuple[str, ...] = tuple(sources)
+        for m in models:
+            self._add(self.model_specs, self.model_aliases, m)
+        for g in gpus:
+            self._add(self.gpu_specs, self.gpu_aliases, g)
+
+    @staticmethod
+    def _add(table: dict, aliases: dict, spec) -> None:
+        key = _key(spec.name)
+        table[key] = spec
+        for alias in spec.aliases:
+            aliases[_key(alias)] = key
+
+    # -- lookups ----------------------------------------------------------
+    def model(self, name: str | ModelSpec) -> ModelSpec:
+        if isinstance(name, ModelSpec):
+            return name
+        return self._resolve(self.model_specs, self.model_aliases, name, "model")
+
+    def gpu(self, name: str | GPUSpec) -> GPUSpec:
+        if isinstance(name, GPUSpec):
+            return name
+        return self._resolve(self.gpu_specs, self.gpu_aliases, name, "GPU")
+
+    def has_model(self, name: str) -> bool:
+        return self._find(self.model_specs, self.model_aliases, name) is not None
+
+    def has_gpu(self, name: str) -> bool:
+        return self._find(self.gpu_specs, self.gpu_aliases, name) is not None
+
+    @staticmethod
+    def _find(table: dict, aliases: dict, name: Any):
+        if not isinstance(name, str):
+            return None
+        key = _key(name)
+        if key in table:
+            return table[key]
+        if aliases.get(key) in table:
+            return table[aliases[key]]
+        loose = _loose(key)
+        hits = {k for k in table if _loose(k) == loose}
+        hits |= {t for a, t in aliases.items() if _loose(a) == loose and t in table}
+        if len(hits) == 1:
+            return table[hits.pop()]
+        return None
+
+    def _resolve(self, table: dict, aliases: dict, name: Any, kind: str):
+        spec = self._find(table, aliases, name)
+        if spec is not None:
+            return spec
+        known = [s.name for s in table.values()]
+        if not isinstance(name, str):
+            raise KavierInputError(f"{kind} name must be a string, got {name!r}",
+                                   expected=f"one of: {', '.join(known)}")
+        candidates = {**{k: table[k].name for k in table},
+                      **{a: table[t].name for a, t in aliases.items() if t in table}}
+        close = difflib.get_close_matches(_key(name), list(candidates), n=3, cutoff=0.6)
+        hint = ""
+        if close:
+            hint = " Did you mean " + " or ".join(
+                dict.fromkeys(repr(candidates[c]) for c in close)) + "?"
+        raise KavierInputError(
+            f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(known)}. "
+            f"Add your own with a catalogue file (schemas/catalog.schema.json)")
+
+    # -- listing ----------------------------------------------------------
+    def models(self) -> list[ModelSpec]:
+        return list(self.model_specs.values())
+
+    def gpus(self) -> list[GPUSpec]:
+        return list(self.gpu_specs.values())
+
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.model_specs.values()]
+
+    def gpu_names(self) -> list[str]:
+        return [g.name for g in self.gpu_specs.values()]
+
+    # -- combining --------------------------------------------------------
+    def merged(self, other: Catalog) -> Catalog:
+        """A new catalogue: this one plus ``other``; ``other`` wins on equal names."""
+        out = Catalog(sources=self.sources + tuple(s for s in other.sources
+                                                   if s not in self.sources))
+        out.model_specs = {**self.model_specs, **other.model_specs}
+        out.gpu_specs = {**self.gpu_specs, **other.gpu_specs}
+        out.model_aliases = {**self.model_aliases, **other.model_aliases}
+        out.gpu_aliases = {**self.gpu_aliases, **other.gpu_aliases}
+        return out
+
+    def to_dict(self) -> dict[str, list[dict[str, Any]]]:
+        """The catalogue as a document that ``catalog_from_data`` accepts."""
+        return {"models": [spec_to_entry(m) for m in self.models()],
+                "gpus": [spec_to_entry(g) for g in self.gpus()]}
+
+    def __len__(self) -> int:
+        return len(self.model_specs) + len(self.gpu_specs)
+
+    def __repr__(self) -> str:
+        return f"Catalog({len(self.model_specs)} models, {len(self.gpu_specs)} GPUs)"
+
+
+# ---------------------------------------------------------- entry points ----
+
+@functools.lru_cache(maxsize=1)
+def _builtin_catalog() -> Catalog:
+    cat = Catalog()
+    here = resources.files("kavier_opendc.specs")
+    for fname in BUILTIN_FILES:
+        source = f"kavier_opendc/specs/{fname}"
+        data = _coerce_yaml_numbers(_parse_text(here.joinpath(fname).read_text(encoding="utf-8"),
+                                                "yaml", source))
+        cat = cat.merged(catalog_from_data(data, source))
+    return cat
+
+
+def default_catalog() -> Catalog:
+    """The built-in catalogue (cached; copy-on-merge, so callers cannot change it)."""
+    return _builtin_catalog()
+
+
+def load_catalog_file(path: str | Path, base: Catalog | None = None) -> Catalog:
+    """Read a JSON/YAML catalogue file, validate it, and return ``base`` merged with it.
+
+    ``base`` defaults to the built-in catalogue. Every problem in the file is
+    reported in one :class:`KavierInputError` naming the file and the JSON path.
+    """
+    path = Path(path)
+    data, fmt = _read_document(path)
+    if fmt == "yaml":
+        data = _coerce_yaml_numbers(data)
+    user = catalog_from_data(data, source=str(path))
+    return (base if base is not None else default_catalog()).merged(user)
+
+
+def load_catalog_files(paths: Iterable[str | Path], base: Catalog | None = None) -> Catalog:
+    """Apply several catalogue files in order (later files override earlier ones)."""
+    cat = base if base is not None else default_catalog()
+    for p in paths:
+        cat = load_catalog_file(p, base=cat)
+    return cat

@@ -1,0 +1,823 @@
+"""Request traces: the in-memory :class:`Trace` and :func:`load_trace`.
+
+``load_trace`` reads CSV, Parquet and JSON Lines files (the file type comes
+from the extension; ``.gz`` compression is accepted for CSV and JSON Lines)
+and recognises four layouts by their columns:
+
+========  ===========================================================  ==================
+format    columns                                                      arrival time
+========  ===========================================================  ==================
+kavier    ``num_input_tokens``, ``num_output_tokens``; optional        ``arrival_time_s``
+          ``arrival_time_s``, ``session_id``, ``input_tokens``,        (seconds)
+          ``hash_ids``, ``n``
+azure     ``TIMESTAMP``, ``ContextTokens``, ``GeneratedTokens``        date-time strings
+mooncake  ``timestamp``, ``input_length``, ``output_length``;          milliseconds
+          optional ``hash_ids`` (one per 512-token block)
+vidur     ``num_prefill_tokens``, ``num_decode_tokens``; optional      ``arrived_at``
+          ``arrived_at``  (also Splitwise/Sarathi length files)        (seconds)
+========  ===========================================================  ==================
+
+The input files of the Kavier prototype (``session_id, turn_id, ts,
+num_input_tokens, num_output_tokens, input_tokens, output_tokens``) load as
+the kavier layout.  Like the prototype itself, which replays such a file in
+row order, the loader ignores ``turn_id``, ``ts`` (in the prototype's example
+a per-session offset, not a global clock) and ``output_tokens``; such a file
+is an offline batch unless it also has ``arrival_time_s``.
+
+Every row is validated with vectorised checks; the first problem is reported
+as a :class:`~kavier_opendc.errors.KavierInputError` naming the file, the
+1-based data row (and, for JSON Lines, the line) and the offending value.
+Arrival times are re-based so that the first request arrives at 0; a trace
+without arrival times is an offline batch (every request arrives at 0).
+
+Conventions of the loaded :class:`Trace`:
+
+* ``session_id``: whatever the file holds (ints or strings) is mapped to dense
+  int64 indices 0, 1, 2, ... in order of first appearance.
+* ``input_tokens`` / ``hash_ids``: a list per request.  An empty cell means
+  "unknown" and loads as an empty list.  A non-empty ``input_tokens`` list
+  must have exactly ``num_input_tokens`` entries.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from kavier_opendc.errors import KavierInputError
+
+TRACE_FORMATS: tuple[str, ...] = ("kavier", "azure", "mooncake", "vidur")
+_FORMAT_ALIASES = {"native": "kavier", "splitwise": "vidur", "sarathi": "vidur"}
+
+CSV_EXTENSIONS = (".csv",)
+PARQUET_EXTENSIONS = (".parquet", ".pq")
+JSONL_EXTENSIONS = (".jsonl", ".ndjson", ".json")
+_SUPPORTED_EXT_TEXT = ".csv, .parquet, .pq, .jsonl, .ndjson, .json (optionally .gz for CSV/JSON)"
+
+# Guard against values that cannot be represented exactly as int64 via float64.
+_MAX_EXACT = float(2**53)
+
+
+@dataclass
+class Trace:
+    """A sequence of inference requests, sorted by arrival time."""
+
+    arrival_s: np.ndarray                      # float64, first == 0.0, non-decreasing
+    num_input_tokens: np.ndarray               # int64 >= 1
+    num_output_tokens: np.ndarray              # int64 >= 1
+    session_id: np.ndarray | None = None       # int64 dense session index, or None
+    hash_ids: list[list[int]] | None = None    # per request: prefix-block hashes
+    hash_block_size: int = 512
+    input_tokens: list[list[int]] | None = None  # per request token ids, or None
+    n: np.ndarray | None = None                # int64 >= 1 samples per prompt, or None
+    source: str = ""                           # file path or description
+    format: str = ""                           # kavier|azure|mooncake|vidur|synthetic
+
+    def __len__(self) -> int:
+        return int(self.num_input_tokens.shape[0])
+
+    def total_tokens(self) -> int:
+        """Sum of input and output tokens over all requests."""
+        return int(self.num_input_tokens.sum(dtype=np.int64) + self.num_output_tokens.sum(dtype=np.int64))
+
+    def to_frame(self) -> pd.DataFrame:
+        """The trace as a DataFrame in the kavier native layout."""
+        cols: dict[str, Any] = {
+            "arrival_time_s": self.arrival_s,
+            "num_input_tokens": self.num_input_tokens,
+            "num_output_tokens": self.num_output_tokens,
+        }
+        if self.session_id is not None:
+            cols["session_id"] = self.session_id
+        if self.n is not None:
+            cols["n"] = self.n
+        if self.input_tokens is not None:
+            cols["input_tokens"] = self.input_tokens
+        if self.hash_ids is not None:
+            cols["hash_ids"] = self.hash_ids
+        return pd.DataFrame(cols)
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+@dataclass(frozen=True)
+class _Layout:
+    name: str
+    input_col: str
+    output_col: str
+    time_col: str | None
+    time_kind: str              # "seconds" | "milliseconds" | "datetime"
+    time_required: bool
+    optional: tuple[str, ...] = ()
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        req = [self.input_col, self.output_col]
+        if self.time_col and self.time_required:
+            req.insert(0, self.time_col)
+        return tuple(req)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        cols = list(self.required)
+        if self.time_col and not self.time_required:
+            cols.append(self.time_col)
+        cols.extend(self.optional)
+        return tuple(cols)
+
+    def describe(self) -> str:
+        opt = [c for c in self.columns if c not in self.required]
+        text = f"{self.name}: " + ", ".join(self.required)
+        if opt:
+            text += " (optional: " + ", ".join(opt) + ")"
+        return text
+
+
+_LAYOUTS: dict[str, _Layout] = {
+    "kavier": _Layout("kavier", "num_input_tokens", "num_output_tokens", "arrival_time_s", "seconds",
+                      False, ("session_id", "input_tokens", "hash_ids", "n")),
+    "azure": _Layout("azure", "ContextTokens", "GeneratedTokens", "TIMESTAMP", "datetime", True),
+    "mooncake": _Layout("mooncake", "input_length", "output_length", "timestamp", "milliseconds",
+                        True, ("hash_ids",)),
+    "vidur": _Layout("vidur", "num_prefill_tokens", "num_decode_tokens", "arrived_at", "seconds", False),
+}
+# Detection order when a file happens to carry the token columns of several layouts.
+_DETECT_ORDER = ("kavier", "mooncake", "azure", "vidur")
+
+
+def _expected_layouts_text() -> str:
+    return "; ".join(_LAYOUTS[f].describe() for f in TRACE_FORMATS)
+
+
+def detect_format(columns: Sequence[str]) -> str | None:
+    """The layout whose token-count columns are all present, or None."""
+    cols = set(columns)
+    for name in _DETECT_ORDER:
+        lay = _LAYOUTS[name]
+        if lay.input_col in cols and lay.output_col in cols:
+            return name
+    return None
+
+
+def _normalise_format(fmt: str, source: str | None = None) -> str:
+    key = str(fmt).strip().lower()
+    key = _FORMAT_ALIASES.get(key, key)
+    if key not in _LAYOUTS:
+        raise KavierInputError(
+            f"unknown trace format {fmt!r}; known formats are {', '.join(TRACE_FORMATS)} "
+            f"(columns: {_expected_layouts_text()})",
+            source=source, location="trace format",
+        )
+    return key
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Source:
+    """A file being read plus how to name a data row in messages."""
+
+    def __init__(self, path: str, lines: np.ndarray | Callable[[], np.ndarray] | None = None):
+        self.path = path
+        self._lines = lines  # 1-based line numbers of JSON Lines records (or a function giving them)
+
+    @property
+    def lines(self) -> np.ndarray | None:
+        if callable(self._lines):
+            self._lines = self._lines()
+        return self._lines
+
+    def where(self, i: int) -> str:
+        lines = self.lines
+        if lines is not None and i < len(lines):
+            return f"row {i + 1} (line {int(lines[i])})"
+        return f"row {i + 1}"
+
+    def error(self, i: int | None, message: str) -> KavierInputError:
+        return KavierInputError(message, source=self.path,
+                                location=None if i is None else self.where(i))
+
+
+def _file_kind(path: Path) -> tuple[str, str | None]:
+    """(kind, compression) from the file name."""
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = None
+    if suffixes and suffixes[-1] == ".gz":
+        compression = "gzip"
+        suffixes = suffixes[:-1]
+    ext = suffixes[-1] if suffixes else ""
+    if ext in CSV_EXTENSIONS:
+        return "csv", compression
+    if ext in PARQUET_EXTENSIONS and compression is None:
+        return "parquet", None
+    if ext in JSONL_EXTENSIONS:
+        return "jsonl", compression
+    shown = "".join(path.suffixes) or "(none)"
+    raise KavierInputError(
+        f"unsupported file extension {shown!r}; expected one of {_SUPPORTED_EXT_TEXT}",
+        source=str(path),
+    )
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise KavierInputError("file not found", source=str(path),
+                               expected="an existing CSV, Parquet or JSON Lines trace file")
+    if path.is_dir():
+        raise KavierInputError("is a directory, not a trace file", source=str(path))
+    if not os.access(path, os.R_OK):
+        raise KavierInputError("file is not readable (permission denied)", source=str(path))
+
+
+def _clean_columns(df: pd.DataFrame) -> pd.DataFrame:
+    renamed = {c: c.strip() for c in df.columns if isinstance(c, str) and c != c.strip()}
+    return df.rename(columns=renamed) if renamed else df
+
+
+def _pick_layout(src: _Source, columns: Sequence[str], fmt: str | None) -> _Layout:
+    found = ", ".join(map(str, columns)) or "(none)"
+    if fmt is not None:
+        lay = _LAYOUTS[_normalise_format(fmt, src.path)]
+        missing = [c for c in lay.required if c not in columns]
+        if missing:
+            raise KavierInputError(
+                f"missing required column(s) {', '.join(missing)} for trace format {lay.name!r}; "
+                f"columns found: {found}; expected {lay.describe()}",
+                source=src.path, location="columns")
+        return lay
+    name = detect_format(columns)
+    if name is None:
+        raise KavierInputError(
+            f"cannot recognise the trace layout; columns found: {found}; expected the columns of one "
+            f"of these formats: {_expected_layouts_text()}",
+            source=src.path, location="columns")
+    lay = _LAYOUTS[name]
+    missing = [c for c in lay.required if c not in columns]
+    if missing:
+        raise KavierInputError(
+            f"looks like a {lay.name!r} trace but is missing required column(s) {', '.join(missing)}; "
+            f"columns found: {found}; expected {lay.describe()}",
+            source=src.path, location="columns")
+    return lay
+
+
+def _read_csv(path: Path, compression: str | None, fmt: str | None) -> tuple[pd.DataFrame, _Layout, _Source]:
+    src = _Source(str(path))
+    try:
+        header = pd.read_csv(path, nrows=0, compression=compression)
+    except pd.errors.EmptyDataError:
+        raise KavierInputError("file is empty; expected a header row and at least one request",
+                               source=str(path)) from None
+    except (UnicodeDecodeError, OSError, EOFError, pd.errors.ParserError, ValueError) as exc:
+        raise KavierInputError(f"cannot read the CSV header: {_one_line(exc)}", source=str(path)) from None
+    columns = [c.strip() if isinstance(c, str) else str(c) for c in header.columns]
+    lay = _pick_layout(src, columns, fmt)
+    df = _csv_frame(path, compression)
+    wanted = set(lay.columns)
+    return df[[c for c in df.columns if c in wanted]], lay, src
+
+
+def _csv_frame(path: Path, compression: str | None) -> pd.DataFrame:
+    """The whole CSV file as a DataFrame; malformed files raise KavierInputError."""
+    # No usecols: with it pandas silently drops surplus fields of malformed rows (for
+    # example an unquoted JSON list), which must be reported instead.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, compression=compression, low_memory=False, index_col=False)
+    except (UnicodeDecodeError, OSError, EOFError, pd.errors.ParserError, pd.errors.ParserWarning,
+            ValueError) as exc:
+        row = _ragged_csv_row(path, compression)
+        raise KavierInputError(f"cannot parse the CSV file: {_one_line(exc)}", source=str(path),
+                               location=row,
+                               expected="the same number of comma-separated fields on every line; "
+                                        "quote JSON lists such as \"[1, 2]\"") from None
+    return _clean_columns(df)
+
+
+def _ragged_csv_row(path: Path, compression: str | None) -> str | None:
+    """Name the first data row whose field count differs from the header's (error path only)."""
+    import csv
+
+    try:
+        opener = gzip.open if compression == "gzip" else open
+        with opener(path, "rt", newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                return None
+            for i, fields in enumerate(reader, start=1):
+                if fields and len(fields) != len(header):
+                    return (f"row {i} (line {reader.line_num}) has {len(fields)} fields but the header "
+                            f"has {len(header)}")
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return None
+
+
+def _read_parquet(path: Path, fmt: str | None) -> tuple[pd.DataFrame, _Layout, _Source]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = _Source(str(path))
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise KavierInputError(f"cannot read the Parquet file: {_one_line(exc)}", source=str(path),
+                               expected="a valid Parquet file") from None
+    names = list(schema.names)
+    lay = _pick_layout(src, [n.strip() for n in names], fmt)
+    wanted = [n for n in names if n.strip() in set(lay.columns)]
+    try:
+        table = pq.read_table(path, columns=wanted)
+        df = table.to_pandas()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise KavierInputError(f"cannot read the Parquet file: {_one_line(exc)}", source=str(path)) from None
+    return _clean_columns(df), lay, src
+
+
+def _read_text(path: Path, compression: str | None) -> tuple[bytes, str]:
+    """Raw bytes and decoded UTF-8 text of a (possibly gzip-compressed) text file."""
+    try:
+        if compression == "gzip":
+            with gzip.open(path, "rb") as fh:
+                raw = fh.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise KavierInputError(f"cannot read the file: {_one_line(exc)}", source=str(path)) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise KavierInputError(f"not UTF-8 text (byte {exc.start}); expected JSON Lines",
+                               source=str(path), location=f"line {line}") from None
+    return raw, text
+
+
+def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], _Source, list[str]]:
+    """Records of JSON Lines text (or a JSON array of objects), their source and column names."""
+    stripped = text.lstrip()
+    if not stripped:
+        raise KavierInputError("file is empty; expected one JSON object per line", source=str(path))
+
+    if stripped[0] == "[":
+        # A whole-file JSON array of records (accepted for .json files).
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise KavierInputError(f"invalid JSON: {exc.msg}", source=str(path),
+                                   location=f"line {exc.lineno}, column {exc.colno}") from None
+        line_numbers = None
+    else:
+        all_lines = text.split("\n")  # JSON Lines separator (not str.splitlines' extra breaks)
+        keep = [i for i, ln in enumerate(all_lines) if ln.strip()]
+        lines = [all_lines[i] for i in keep]
+        line_numbers = np.asarray(keep, dtype=np.int64) + 1
+        records = None
+        try:  # fast path: one parser call for the whole file
+            records = json.loads("[" + ",".join(lines) + "]")
+            if len(records) != len(lines):
+                records = None
+        except (json.JSONDecodeError, RecursionError):
+            records = None
+        if records is None:  # slow path: find the offending line
+            records = []
+            for ln_no, ln in zip(line_numbers, lines):
+                try:
+                    records.append(json.loads(ln))
+                except json.JSONDecodeError as exc:
+                    snippet = ln.strip()
+                    if len(snippet) > 80:
+                        snippet = snippet[:77] + "..."
+                    raise KavierInputError(
+                        f"invalid JSON ({exc.msg} at column {exc.colno}): {snippet!r}; "
+                        "expected one JSON object per line",
+                        source=str(path), location=f"row {len(records) + 1} (line {int(ln_no)})") from None
+        del lines, all_lines
+    src = _Source(str(path), line_numbers)
+    if not isinstance(records, list):
+        raise KavierInputError("expected JSON Lines (one object per line) or a JSON array of objects",
+                               source=str(path))
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise src.error(i, f"is {type(rec).__name__} {_short(rec)}; expected a JSON object "
+                               "such as {\"input_length\": ..., \"output_length\": ...}")
+    if not records:
+        raise KavierInputError("trace contains no requests", source=str(path))
+    columns = [str(k) for k in dict.fromkeys(chain.from_iterable(records))]
+    return records, src, columns
+
+
+def _records_frame(records: list[dict], columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: _series_from_values([rec.get(c) for rec in records]) for c in columns})
+
+
+def _nonblank_line_numbers(raw: bytes) -> np.ndarray:
+    """1-based numbers of the non-blank lines of a text (for error messages)."""
+    return np.asarray([no for no, line in enumerate(raw.split(b"\n"), start=1) if line.strip()],
+                      dtype=np.int64)
+
+
+def _read_jsonl_arrow(path: Path, raw: bytes, fmt: str | None) -> tuple[pd.DataFrame, _Layout, _Source] | None:
+    """Fast path through pyarrow's JSON reader; None when it cannot read the data.
+
+    Anything pyarrow rejects (invalid JSON, mixed types, non-objects) goes to
+    the pure-Python reader, which locates the offending line.
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.json as pj
+
+        table = pj.read_json(pa.BufferReader(raw))
+    except Exception:  # noqa: BLE001 - fall back to the precise reader
+        return None
+    if table.num_rows == 0:
+        return None
+    src = _Source(str(path), lambda: _nonblank_line_numbers(raw))
+    columns = list(table.column_names)
+    lay = _pick_layout(src, columns, fmt)
+    wanted = [c for c in columns if c in set(lay.columns)]
+    for c in ("hash_ids", "input_tokens"):
+        if c in wanted:
+            t = table.schema.field(c).type
+            ok = (pa.types.is_null(t) or pa.types.is_string(t)
+                  or ((pa.types.is_list(t) or pa.types.is_large_list(t))
+                      and (pa.types.is_integer(t.value_type) or pa.types.is_null(t.value_type))))
+            if not ok:  # e.g. one float promoted the whole column: let the precise reader name the row
+                return None
+    try:
+        df = table.select(wanted).to_pandas()
+    except (pa.ArrowException, ValueError, TypeError):
+        return None
+    return df, lay, src
+
+
+def _read_jsonl(path: Path, compression: str | None, fmt: str | None) -> tuple[pd.DataFrame, _Layout, _Source]:
+    raw, text = _read_text(path, compression)
+    if not text.strip():
+        raise KavierInputError("file is empty; expected one JSON object per line", source=str(path))
+    if not text.lstrip().startswith("["):
+        fast = _read_jsonl_arrow(path, raw, fmt)
+        if fast is not None:
+            return fast
+    del raw
+    records, src, columns = _parse_jsonl(path, text)
+    del text
+    lay = _pick_layout(src, columns, fmt)
+    present = set(columns)
+    df = _records_frame(records, [c for c in lay.columns if c in present])
+    return df, lay, src
+
+
+def _series_from_values(values: list) -> pd.Series:
+    """A Series from JSON values; list-valued cells stay Python lists."""
+    if values and any(isinstance(v, (list, dict)) for v in values[:50]):
+        arr = np.empty(len(values), dtype=object)
+        arr[:] = values
+        return pd.Series(arr, dtype=object)
+    return pd.Series(values)
+
+
+def _read_table(path: str | Path, fmt: str | None) -> tuple[pd.DataFrame, _Layout, _Source]:
+    p = Path(path)
+    kind, compression = _file_kind(p)
+    _check_file(p)
+    if kind == "csv":
+        return _read_csv(p, compression, fmt)
+    if kind == "parquet":
+        return _read_parquet(p, fmt)
+    return _read_jsonl(p, compression, fmt)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    if isinstance(value, np.generic):
+        value = value.item()
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first(mask: np.ndarray) -> int | None:
+    idx = np.flatnonzero(mask)
+    return int(idx[0]) if idx.size else None
+
+
+def _numeric_values(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 values with NaN for missing/bad, mask of cells that are present but not numbers)."""
+    dtype = s.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return np.full(len(s), np.nan), np.ones(len(s), dtype=bool)
+    if pd.api.types.is_numeric_dtype(dtype):
+        return s.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(s), dtype=bool)
+    present = s.notna().to_numpy()
+    if dtype == object:
+        is_bool = np.fromiter((isinstance(v, (bool, np.bool_)) for v in s), dtype=bool, count=len(s))
+        is_container = np.fromiter((isinstance(v, (list, dict, tuple, np.ndarray)) for v in s),
+                                   dtype=bool, count=len(s))
+        bad_obj = is_bool | is_container
+        if bad_obj.any():
+            s = s.where(~bad_obj, None)
+    else:
+        bad_obj = np.zeros(len(s), dtype=bool)
+    try:
+        num = pd.to_numeric(s, errors="coerce")
+    except Exception:  # noqa: BLE001 - e.g. Arrow-backed strings pandas cannot convert
+        num = pd.Series([_to_float(v) for v in s])
+    vals = np.array(num.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64, copy=True)
+    nonnum = (np.isnan(vals) & present) | bad_obj
+    vals[bad_obj] = np.nan
+    return vals, nonnum
+
+
+def _to_float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _int_column(src: _Source, s: pd.Series, column: str, meaning: str, minimum: int = 1) -> np.ndarray:
+    """Validate a column of integer counts >= ``minimum``; return int64."""
+    what = f"{column} ({meaning})" if meaning else column
+    dtype = s.dtype
+    if pd.api.types.is_integer_dtype(dtype) and not s.isna().any():
+        arr = np.array(s.to_numpy(dtype=np.int64), dtype=np.int64, copy=True)  # writable, owned
+        bad = _first(arr < minimum)
+        if bad is not None:
+            raise src.error(bad, _too_small_message(what, int(arr[bad]), minimum))
+        return arr
+    vals, nonnum = _numeric_values(s)
+    finite = np.isfinite(vals)
+    missing = np.isnan(vals) & ~nonnum
+    infinite = np.isinf(vals)
+    with np.errstate(invalid="ignore"):
+        nonint = finite & (vals != np.floor(vals))
+        small = finite & (vals < minimum)
+        huge = finite & (np.abs(vals) > _MAX_EXACT)
+    bad = _first(nonnum | missing | infinite | nonint | small | huge)
+    if bad is not None:
+        raw = s.iloc[bad]
+        if nonnum[bad]:
+            msg = f"{what} is {_short(raw)}, which is not a number; expected an integer >= {minimum}"
+        elif missing[bad]:
+            msg = f"{what} is missing (empty cell, null or NaN); expected an integer >= {minimum}"
+        elif infinite[bad]:
+            msg = f"{what} is {_short(raw)}; expected a finite integer >= {minimum}"
+        elif nonint[bad]:
+            msg = (f"{what} is {_short(raw)}, which is not a whole number; token counts must be "
+                   f"integers >= {minimum}")
+        elif small[bad]:
+            msg = _too_small_message(what, vals[bad], minimum)
+        else:
+            msg = f"{what} is {_short(raw)}, which is too large; expected an integer below 2**53"
+        raise src.error(bad, msg)
+    return vals.astype(np.int64)
+
+
+def _too_small_message(what: str, value: float, minimum: int) -> str:
+    v = int(value) if float(value).is_integer() else value
+    if v == 0 and "output" in what:
+        return (f"{what} is 0; at least one output token is required (every request generates "
+                "at least one token); expected an integer >= 1")
+    if v < 0:
+        return f"{what} is {v}, which is negative; expected an integer >= {minimum}"
+    return f"{what} is {v}; expected an integer >= {minimum}"
+
+
+def _time_seconds(src: _Source, s: pd.Series, column: str, kind: str) -> np.ndarray:
+    """Arrival times in seconds (not yet re-based), validated and checked to be sorted."""
+    if kind == "datetime":
+        secs = _datetime_seconds(src, s, column)
+    else:
+        vals, nonnum = _numeric_values(s)
+        missing = np.isnan(vals) & ~nonnum
+        infinite = np.isinf(vals)
+        bad = _first(nonnum | missing | infinite)
+        if bad is not None:
+            raw = s.iloc[bad]
+            unit = "seconds" if kind == "seconds" else "milliseconds"
+            if nonnum[bad]:
+                msg = f"{column} is {_short(raw)}, which is not a number; expected a time in {unit}"
+            elif missing[bad]:
+                msg = f"{column} is missing (empty cell, null or NaN); expected a time in {unit}"
+            else:
+                msg = f"{column} is {_short(raw)}; expected a finite time in {unit}"
+            raise src.error(bad, msg)
+        secs = vals / 1000.0 if kind == "milliseconds" else vals
+    back = _first(np.diff(secs) < 0)
+    if back is not None:
+        i = back + 1
+        raise src.error(
+            i, f"{column} goes backwards: {_short(s.iloc[i])} is earlier than {_short(s.iloc[i - 1])} "
+               f"in {src.where(i - 1)}; requests must be sorted by arrival time")
+    return secs
+
+
+def _datetime_seconds(src: _Source, s: pd.Series, column: str) -> np.ndarray:
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        ts = s
+        bad_value = np.zeros(len(s), dtype=bool)
+    else:
+        if pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+            raise src.error(0, f"{column} is {_short(s.iloc[0])}; expected a date-time string such as "
+                               "'2023-11-16 18:15:46.6805900'")
+        strs = s.astype("string") if s.dtype == object else s
+        try:
+            ts = pd.to_datetime(strs, format="ISO8601", utc=True, errors="coerce")
+        except (ValueError, TypeError, OverflowError):
+            ts = pd.to_datetime(strs, format="mixed", utc=True, errors="coerce")
+        bad_value = (ts.isna() & s.notna()).to_numpy()
+    missing = (ts.isna()).to_numpy() & ~bad_value
+    bad = _first(bad_value | missing)
+    if bad is not None:
+        if bad_value[bad]:
+            msg = (f"{column} is {_short(s.iloc[bad])}, which is not a date-time; expected a string "
+                   "such as '2023-11-16 18:15:46.6805900'")
+        else:
+            msg = f"{column} is missing (empty cell or null); expected a date-time"
+        raise src.error(bad, msg)
+    return (ts - ts.iloc[0]).dt.total_seconds().to_numpy(dtype=np.float64)
+
+
+def _list_column(src: _Source, s: pd.Series, column: str) -> list[list[int]]:
+    """A column of integer lists (JSON strings in CSV, lists in JSON/Parquet); empty cells -> []."""
+    values = s.tolist()
+    n = len(values)
+    out: list[Any] = [None] * n
+    str_idx = []
+    for i, v in enumerate(values):
+        if isinstance(v, list):
+            out[i] = v
+        elif isinstance(v, np.ndarray):
+            out[i] = v.tolist()
+        elif isinstance(v, str):
+            str_idx.append(i)
+        elif v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+            out[i] = []
+        elif isinstance(v, tuple):
+            out[i] = list(v)
+        else:
+            raise src.error(i, f"{column} is {_short(v)}; expected a list of integers such as [0, 1, 2]")
+    if str_idx:
+        texts = [values[i].strip() or "[]" for i in str_idx]
+        parsed = None
+        try:
+            parsed = json.loads("[" + ",".join(texts) + "]")
+            if len(parsed) != len(texts):
+                parsed = None
+        except (json.JSONDecodeError, RecursionError):
+            parsed = None
+        if parsed is None:
+            parsed = []
+            for i, t in zip(str_idx, texts):
+                try:
+                    parsed.append(json.loads(t))
+                except json.JSONDecodeError:
+                    raise src.error(i, f"{column} is {_short(t)}, which is not a JSON list; expected a "
+                                       "list of integers such as [0, 1, 2]") from None
+        for i, p in zip(str_idx, parsed):
+            out[i] = p
+    types = set(map(type, out))
+    if not types <= {list}:
+        for i, v in enumerate(out):
+            if not isinstance(v, list):
+                raise src.error(i, f"{column} is {_short(values[i])}; expected a list of integers")
+    elem_types = set(map(type, chain.from_iterable(out)))
+    if not elem_types <= {int}:
+        for i, v in enumerate(out):
+            for x in v:
+                if type(x) is not int:
+                    raise src.error(i, f"{column} contains {_short(x)}; expected a list of integers")
+    return out
+
+
+def _build(df: pd.DataFrame, lay: _Layout, src: _Source) -> Trace:
+    if len(df) == 0:
+        raise KavierInputError("trace contains no requests (only a header)", source=src.path,
+                               expected="at least one data row")
+    native = lay.name == "kavier"
+    n_in = _int_column(src, df[lay.input_col], lay.input_col, "" if native else "input tokens", 1)
+    n_out = _int_column(src, df[lay.output_col], lay.output_col, "" if native else "output tokens", 1)
+    if lay.time_col and lay.time_col in df.columns:
+        secs = _time_seconds(src, df[lay.time_col], lay.time_col, lay.time_kind)
+        arrival = secs - secs[0]
+    else:
+        arrival = np.zeros(len(df), dtype=np.float64)
+    trace = Trace(arrival_s=np.ascontiguousarray(arrival, dtype=np.float64),
+                  num_input_tokens=n_in, num_output_tokens=n_out,
+                  source=src.path, format=lay.name)
+    if "session_id" in lay.optional and "session_id" in df.columns:
+        s = df["session_id"]
+        miss = _first(s.isna().to_numpy())
+        if miss is not None:
+            raise src.error(miss, "session_id is missing (empty cell, null or NaN); expected a session "
+                                  "identifier (integer or string) in every row")
+        codes, _ = pd.factorize(s, sort=False)
+        trace.session_id = codes.astype(np.int64)
+    if "n" in lay.optional and "n" in df.columns:
+        trace.n = _int_column(src, df["n"], "n", "samples per prompt", 1)
+    if "hash_ids" in lay.optional and "hash_ids" in df.columns:
+        trace.hash_ids = _list_column(src, df["hash_ids"], "hash_ids")
+    if "input_tokens" in lay.optional and "input_tokens" in df.columns:
+        toks = _list_column(src, df["input_tokens"], "input_tokens")
+        lens = np.fromiter(map(len, toks), dtype=np.int64, count=len(toks))
+        bad = _first((lens != 0) & (lens != n_in))
+        if bad is not None:
+            raise src.error(bad, f"input_tokens has {int(lens[bad])} token ids but num_input_tokens is "
+                                 f"{int(n_in[bad])}; expected one token id per input token (or an empty cell)")
+        trace.input_tokens = toks
+    return trace
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_trace(path: str | Path, fmt: str | None = None) -> Trace:
+    """Load a request trace, auto-detecting its layout unless ``fmt`` names one.
+
+    Raises :class:`KavierInputError` for a missing/unreadable file, an
+    unsupported extension, unknown columns or any invalid row.
+    """
+    if fmt is not None:
+        _normalise_format(fmt, str(path))  # reject unknown names before touching the file
+    df, lay, src = _read_table(path, fmt)
+    return _build(df, lay, src)
+
+
+def read_length_column(path: str | Path, column: str) -> np.ndarray:
+    """The integer column ``column`` (values >= 1) of a CSV/Parquet/JSON Lines file.
+
+    Used for empirical length distributions from files that are not traces.
+    """
+    p = Path(path)
+    kind, compression = _file_kind(p)
+    _check_file(p)
+    src = _Source(str(p))
+    try:
+        if kind == "csv":
+            df = _csv_frame(p, compression)
+        elif kind == "parquet":
+            df = pd.read_parquet(p)
+        else:
+            records, src, columns = _parse_jsonl(p, _read_text(p, compression)[1])
+            if column not in columns:
+                raise KavierInputError(f"has no column {column!r}; columns found: {', '.join(columns)}",
+                                       source=str(p), location="columns")
+            df = _records_frame(records, [column])
+    except KavierInputError:
+        raise
+    except pd.errors.EmptyDataError:
+        raise KavierInputError("file is empty", source=str(p)) from None
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file
+        raise KavierInputError(f"cannot read the file: {_one_line(exc)}", source=str(p)) from None
+    df = _clean_columns(df)
+    if column not in df.columns:
+        raise KavierInputError(f"has no column {column!r}; columns found: "
+                               f"{', '.join(map(str, df.columns)) or '(none)'}", source=str(p),
+                               location="columns")
+    if len(df) == 0:
+        raise KavierInputError("contains no rows", source=str(p))
+    return _int_column(src, df[column], column, "", 1)
+
+
+def write_trace(trace: Trace, path: str | Path) -> Path:
+    """Write ``trace`` in the kavier native layout (CSV, Parquet or JSON Lines by extension)."""
+    p = Path(path)
+    kind, compression = _file_kind(p)
+    df = trace.to_frame()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "parquet":
+        df.to_parquet(p, index=False)
+    elif kind == "csv":
+        for col in ("input_tokens", "hash_ids"):
+            if col in df.columns:
+                df[col] = [json.dumps(v) for v in df[col]]
+        df.to_csv(p, index=False, compression=compression)
+    else:
+        # json.dumps writes floats with repr (exact round trip); pandas' to_json rounds them.
+        names = list(df.columns)
+        columns = [df[c].tolist() for c in names]
+        opener = gzip.open if compression == "gzip" else open
+        with opener(p, "wt", encoding="utf-8") as fh:
+            for row in zip(*columns):
+                fh.write(json.dumps(dict(zip(names, row))))
+                fh.write("\n")
+    return p

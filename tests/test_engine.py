@@ -1,0 +1,233 @@
+"""Serving engine: hand-computed cases, invariants, fast-vs-exact equivalence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace
+from kavier_opendc.engine.cost_model import CostModel
+from kavier_opendc.engine.simulator import SimConfig, simulate
+from kavier_opendc.errors import KavierInputError
+from kavier_opendc.specs import default_catalog
+
+
+def toy(**kw) -> SimConfig:
+    base = dict(model=TOY_MODEL, gpu=TOY_GPU, efficiency=TOY_EFF, num_kv_blocks=10_000)
+    base.update(kw)
+    return SimConfig(**base)
+
+
+def run(arrivals, prompts, outputs, **kw):
+    return simulate(make_trace(arrivals, prompts, outputs), toy(**kw), progress=False)
+
+
+# ------------------------------------------------------------------ by hand
+def test_one_request_alone_by_hand():
+    # prefill 100 tokens: t_c = 2e9*100/1e14 + 4*128*(100*101/2)/1e14 = 2.0000258560e-3
+    #                     t_m = (2e9 + 512*100)/1e12                  = 2.0000512e-3   (memory-bound)
+    t1 = 2.0000512e-3 + 1e-3
+    # decode with 100 then 101 cached tokens: bytes = 2e9 + 512*(c + 1)
+    t2 = (2e9 + 512 * 101) / 1e12 + 1e-3
+    t3 = (2e9 + 512 * 102) / 1e12 + 1e-3
+    res = run([0.0], [100], [3]).results
+    assert res.first_sched[0] == 0.0
+    assert res.first_token[0] == pytest.approx(t1, rel=1e-12)
+    assert res.finish[0] == pytest.approx(t1 + t2 + t3, rel=1e-12)
+    assert res.finish[0] == pytest.approx(0.009000155136, rel=1e-12)
+
+
+def test_two_requests_batched_by_hand():
+    # one prefill iteration of 200 tokens, compute-bound:
+    # t_c = 2e9*200/1e14 + 4*128*(2*5050)/1e14 = 4.000051712e-3 > t_m = (2e9 + 512*200)/1e12
+    t1 = 4.000051712e-3 + 1e-3
+    # one decode iteration of 2 sequences with 100 cached tokens each: bytes = 2e9 + 512*(200 + 2)
+    t2 = (2e9 + 512 * 202) / 1e12 + 1e-3
+    res = run([0.0, 0.0], [100, 100], [2, 2]).results
+    assert np.allclose(res.first_token, t1, rtol=1e-12)
+    assert np.allclose(res.finish, t1 + t2, rtol=1e-12)
+    assert res.finish[0] == pytest.approx(0.008000155136, rel=1e-12)
+
+
+def test_token_budget_chunks_prefill_by_hand():
+    # budget 64: a 100-token prompt is prefilled in chunks of 64 and 36; the second chunk attends 64 cached
+    t1 = (2e9 + 512 * 64) / 1e12 + 1e-3                     # chunk 1: memory-bound
+    t2 = (2e9 + 512 * (64 + 36)) / 1e12 + 1e-3              # chunk 2 reads 64 cached tokens, writes 36
+    res = run([0.0], [100], [1], max_batched_tokens=64).results
+    assert res.first_token[0] == pytest.approx(t1 + t2, rel=1e-12)
+    assert res.finish[0] == res.first_token[0]
+
+
+def test_kv_cache_off_recomputes_context_by_hand():
+    t1 = 2.0000512e-3 + 1e-3                                       # prefill as with KV on
+    # decode without KV cache: recompute all 101 tokens (compute-bound)
+    t2 = (2e9 * 101 + 4 * 128 * (101 * 102 / 2)) / 1e14 + 1e-3
+    t3 = (2e9 * 102 + 4 * 128 * (102 * 103 / 2)) / 1e14 + 1e-3
+    on = run([0.0], [100], [3]).results
+    off = run([0.0], [100], [3], kv_cache=False).results
+    assert off.first_token[0] == pytest.approx(t1, rel=1e-12)
+    assert off.finish[0] == pytest.approx(t1 + t2 + t3, rel=1e-12)
+    assert off.finish[0] > on.finish[0]
+
+
+def test_preemption_by_recomputation():
+    # 13 blocks of 16 tokens. A and B (96-token prompts) take 6 blocks each. Their first decode step
+    # needs a 7th block each: A gets the last free block, B (the newest running) is preempted,
+    # goes back to the waiting queue and is recomputed (96 prompt + 1 generated token) after A ends.
+    cfg = dict(num_kv_blocks=13)
+    r = run([0.0, 0.0], [96, 96], [20, 20], **cfg)
+    res = r.results
+    assert list(res.preemptions) == [0, 1]
+    assert res.finish[0] < res.finish[1]
+    cm = CostModel(TOY_MODEL, TOY_GPU, 1, TOY_EFF)
+    t_prefill = cm.iteration(192, 2 * (96 * 97 // 2), 0)[0]
+    assert res.first_token[0] == pytest.approx(t_prefill, rel=1e-12)
+    assert res.first_token[1] == pytest.approx(t_prefill, rel=1e-12)   # its first token stays
+    # A then decodes alone: 19 iterations with 96..114 cached tokens
+    t = t_prefill + sum(cm.iteration(1, c + 1, c)[0] for c in range(96, 115))
+    assert res.finish[0] == pytest.approx(t, rel=1e-12)
+    # B is recomputed (97 tokens) when A has freed its blocks, then decodes 18 more tokens
+    t += cm.iteration(97, 97 * 98 // 2, 0)[0]
+    t += sum(cm.iteration(1, c + 1, c)[0] for c in range(97, 115))
+    assert res.finish[1] == pytest.approx(t, rel=1e-12)
+    assert all(rep.peak_used <= 13 for rep in r.replicas)
+
+
+def test_request_that_can_never_fit_is_rejected_not_lost():
+    r = run([0.0, 0.0], [100, 10_000], [5, 5], num_kv_blocks=100)
+    assert list(r.results.status) == [1, 2]
+    assert np.isnan(r.results.finish[1])
+
+
+def test_waiting_request_arrives_during_decode_run():
+    # the second request arrives while the first decodes: it is scheduled at the first boundary after it
+    r = run([0.0, 0.0105], [100, 100], [50, 5])
+    cm = CostModel(TOY_MODEL, TOY_GPU, 1, TOY_EFF)
+    t = cm.iteration(100, 5050, 0)[0]
+    c = 100
+    while t < 0.0105:
+        t += cm.iteration(1, c + 1, c)[0]
+        c += 1
+    assert r.results.first_sched[1] == pytest.approx(t, rel=1e-12)
+
+
+def test_tensor_parallel_adds_allreduce_and_splits_work():
+    cat = default_catalog()
+    m, g = cat.model("Llama-3-70B"), cat.gpu("H100-SXM")
+    one = CostModel(m, g, 4)
+    two = CostModel(m, g, 8)
+    t4 = one.iteration(1, 1000, 999)[0]
+    t8 = two.iteration(1, 1000, 999)[0]
+    assert t8 < t4                                 # more GPUs share the weights
+    assert two.s_comm_fixed > 0 and two.s_comm_per_token > one.s_comm_per_token
+    with pytest.raises(KavierInputError):
+        CostModel(m, g, 3)                        # 64 heads cannot be split over 3 GPUs
+
+
+def test_kv_capacity_from_memory():
+    cat = default_catalog()
+    cm = CostModel(cat.model("Llama-3-8B"), cat.gpu("A100-80GB"), 1)
+    blocks = cm.kv_capacity_blocks(0.9)
+    # 72 GiB usable - 14.96 GiB weights - ~2 GiB activations/runtime, 2 MiB per block: 27k-28.5k blocks
+    assert 27_000 < blocks < 28_500
+    assert cm.kv_capacity_blocks(0.5) < blocks
+    too_small = CostModel(cat.model("Llama-3-70B"), cat.gpu("A10"), 1)
+    assert too_small.kv_capacity_blocks() == 0
+    with pytest.raises(KavierInputError, match="no room for a KV cache"):
+        simulate(make_trace([0.0], [10], [10]), SimConfig(model=cat.model("Llama-3-70B"), gpu=cat.gpu("A10")))
+
+
+# ------------------------------------------------------------------ invariants
+def _random_trace(seed, n_max=120):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, n_max))
+    gaps = rng.exponential(float(rng.uniform(0.001, 0.05)), n)
+    gaps[0] = 0.0
+    return make_trace(np.cumsum(gaps), rng.integers(1, 600, n), rng.integers(1, 200, n))
+
+
+def check_invariants(result, capacity=None):
+    tr, res = result.trace, result.results
+    assert (res.status != 0).all()                                 # no request lost
+    done = res.status == 1
+    a = tr.arrival_s[done]
+    assert (res.first_sched[done] >= a).all()
+    assert (res.first_token[done] >= res.first_sched[done]).all()
+    assert (res.finish[done] >= res.first_token[done]).all()       # ttft <= e2e
+    prefill = decode = 0
+    for rep in result.replicas:
+        assert rep.used == 0 and rep.D == 0 and not rep.running and not rep.waiting
+        assert rep.peak_used <= rep.capacity                       # memory never over capacity
+        tl = rep.timeline
+        st_, en = np.asarray(tl.start), np.asarray(tl.end)
+        assert (en > st_).all() and np.allclose(st_[1:], en[:-1], rtol=0, atol=1e-12)  # contiguous, forward
+        assert st_[0] == 0.0
+        u = np.asarray(tl.util)
+        assert ((u >= 0) & (u <= 1)).all()
+        prefill += sum(tl.prefill)
+        decode += sum(tl.decode)
+    # token conservation: every prompt token is prefilled, every output token after the first decoded;
+    # recomputation after preemption only adds prefill work
+    need_prefill = int(tr.num_input_tokens[done].sum())
+    need_decode = int((tr.num_output_tokens[done] - 1).sum())
+    if res.preemptions.sum() == 0:
+        assert prefill == need_prefill and decode == need_decode
+    else:
+        assert prefill + decode >= need_prefill + need_decode
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), replicas=st.integers(1, 3), blocks=st.integers(40, 400),
+       seqs=st.integers(1, 32), budget=st.integers(8, 1024),
+       router=st.sampled_from(["round-robin", "least-outstanding", "least-kv", "random"]))
+def test_invariants_and_fast_equals_exact(seed, replicas, blocks, seqs, budget, router):
+    trace = _random_trace(seed)
+    kw = dict(replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget,
+              router=router, seed=seed)
+    fast = simulate(trace, toy(**kw), progress=False)
+    exact = simulate(trace, toy(exact=True, **kw), progress=False)
+    check_invariants(fast)
+    check_invariants(exact)
+    for name in ("first_sched", "first_token", "finish"):
+        x, y = getattr(fast.results, name), getattr(exact.results, name)
+        assert np.array_equal(np.isnan(x), np.isnan(y))
+        ok = ~np.isnan(y)
+        assert np.allclose(x[ok], y[ok], rtol=1e-9, atol=0)
+    assert np.array_equal(fast.results.preemptions, exact.results.preemptions)
+    assert np.array_equal(fast.results.replica, exact.results.replica)
+    assert sum(r.iterations for r in fast.replicas) == sum(r.iterations for r in exact.replicas)
+
+
+@pytest.mark.parametrize("gpu", ["A10", "A100-80GB", "H100-SXM"])
+def test_fast_equals_exact_real_catalogue(gpu):
+    cat = default_catalog()
+    rng = np.random.default_rng(7)
+    n = 400
+    trace = make_trace(np.cumsum(rng.exponential(0.05, n)) - 0.0, rng.integers(1, 4000, n),
+                       rng.integers(1, 1000, n))
+    trace.arrival_s -= trace.arrival_s[0]
+    kw = dict(model=cat.model("Llama-3-8B"), gpu=cat.gpu(gpu), replicas=2, router="least-kv")
+    fast = simulate(trace, SimConfig(**kw), progress=False)
+    exact = simulate(trace, SimConfig(exact=True, **kw), progress=False)
+    check_invariants(fast)
+    for name in ("first_sched", "first_token", "finish"):
+        assert np.allclose(getattr(fast.results, name), getattr(exact.results, name), rtol=1e-9, atol=0)
+
+
+def test_deterministic():
+    trace = _random_trace(3)
+    a = simulate(trace, toy(replicas=2, router="random", seed=5), progress=False).results
+    b = simulate(trace, toy(replicas=2, router="random", seed=5), progress=False).results
+    assert np.array_equal(a.finish, b.finish) and np.array_equal(a.replica, b.replica)
+
+
+def test_routers_balance():
+    trace = make_trace(np.zeros(8), [50] * 8, [10] * 8)
+    rr = simulate(trace, toy(replicas=4), progress=False).results
+    assert list(rr.replica) == [0, 1, 2, 3, 0, 1, 2, 3]
+    lo = simulate(trace, toy(replicas=4, router="least-outstanding"), progress=False).results
+    assert sorted(np.bincount(lo.replica)) == [2, 2, 2, 2]
+    with pytest.raises(KavierInputError, match="unknown router"):
+        simulate(trace, toy(router="sticky"), progress=False)
