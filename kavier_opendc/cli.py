@@ -24,6 +24,18 @@ def _positive_int(name: str):
     return parse
 
 
+def _count_or_inf(text: str) -> float:
+    if text.strip().lower() in ("inf", "infinite", "unbounded"):
+        return float("inf")
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'inf', got '{text}'") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
+    return float(v)
+
+
 def _fraction(text: str) -> float:
     try:
         v = float(text)
@@ -100,7 +112,23 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
                     help="override the KV capacity per replica, in 16-token blocks (default: derived from memory)")
     ap.add_argument("--kv-cache", choices=["on", "off"], default="on",
                     help="'off' recomputes the whole context at every decode step (seed paper, experiment 2)")
-    ap.add_argument("--prefix-cache", default="none", help="prefix-cache policy (this version: none)")
+    ap.add_argument("--prefix-cache", default="auto", metavar="POLICY",
+                    help="prefix-cache policy: block (vLLM automatic prefix caching over 16-token KV blocks), "
+                         "prefill / full (the Kavier paper's prompt cache: a repeated prompt skips prefill / "
+                         "prefill and decode), none, or auto (default: block when the trace has token ids, "
+                         "hash_ids or session ids, else none)")
+    ap.add_argument("--prefix-cache-min-tokens", type=int, default=0, metavar="N",
+                    help="prompts shorter than N tokens never enter the prefix cache (default 0)")
+    ap.add_argument("--prefix-cache-scope", choices=["global", "session"], default="global",
+                    help="share cached prefixes across all users (global) or only within a session")
+    ap.add_argument("--prefix-cache-capacity-prompts", type=_count_or_inf, default=float("inf"), metavar="N|inf",
+                    help="prefill/full policies: prompts kept in the LRU prompt cache (default inf)")
+    ap.add_argument("--prefix-cache-capacity-tokens", type=_count_or_inf, default=None, metavar="N|inf",
+                    help="block policy: keep evictable cached blocks in a pool of N tokens (or inf: never "
+                         "evict) instead of in the GPU's free KV memory (default: GPU memory bounds the cache)")
+    ap.add_argument("--host-cache-gb", type=float, default=0.0, metavar="GB",
+                    help="block policy: a second cache tier in host memory per replica; blocks evicted from "
+                         "the GPU go there and come back over PCIe instead of being recomputed (default 0)")
     ap.add_argument("--router", default="round-robin",
                     help="round-robin, least-outstanding, least-kv or random (default round-robin)")
     ap.add_argument("--seed", type=int, default=0, help="seed for the random router and synthetic workloads")
@@ -123,7 +151,11 @@ def cmd_simulate(args) -> int:
     cfg = SimConfig(model=model, gpu=gpu, replicas=args.replicas, tp=args.tp, max_num_seqs=args.max_num_seqs,
                     max_batched_tokens=args.max_batched_tokens,
                     gpu_memory_utilization=args.gpu_memory_utilization, kv_cache=args.kv_cache == "on",
-                    prefix_cache=args.prefix_cache.lower(), router=args.router, seed=args.seed,
+                    prefix_cache=args.prefix_cache.lower(), prefix_min_tokens=args.prefix_cache_min_tokens,
+                    prefix_scope=args.prefix_cache_scope,
+                    prefix_capacity_prompts=args.prefix_cache_capacity_prompts,
+                    prefix_capacity_tokens=args.prefix_cache_capacity_tokens, host_memory_gb=args.host_cache_gb,
+                    router=args.router, seed=args.seed,
                     exact=args.exact, num_kv_blocks=args.num_kv_blocks)
     cfg.validate()
     trace = load_workload(args.trace, args.trace_format, args.seed)
@@ -150,6 +182,8 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
         f"E2E          {ms(s['e2e_s'])}",
         f"GPU util     {s['gpu_utilization_mean']:.3f} mean, KV peak {s['kv_utilization_peak']:.3f}, "
         f"preemptions {s['preemptions']}",
+        f"prefix cache {s['prefix_cache']['policy']}: hit ratio {s['prefix_cache_hit_ratio']:.3f}, "
+        f"{s['prefix_cache']['evictions']} evictions",
         f"wrote        {out}/requests.parquet, summary.json, timeline.parquet in {wall:.2f} s",
     ]
     return "\n".join(lines)
@@ -195,10 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
                                      "requests.parquet, summary.json and timeline.parquet.")
     add_simulate_args(sim)
     sim.set_defaults(func=cmd_simulate)
-    d = sub.add_parser("demo", help="run the built-in example (synthetic multi-turn chat on 2 x A100-80GB)")
-    d.add_argument("--out", required=True, help="output directory")
-    d.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stdout")
-    d.set_defaults(func=cmd_demo)
+    # the experiment pipeline (kavier run, validate, sweep, efficiency, demo) registers its own commands
+    import importlib
+    import importlib.util
+
+    cli_pipeline = (importlib.import_module("kavier_opendc.cli_pipeline")
+                    if importlib.util.find_spec("kavier_opendc.cli_pipeline") else None)
+    registered = set(cli_pipeline.register(sub)) if cli_pipeline is not None else set()
+    if "demo" not in registered:
+        d = sub.add_parser("demo", help="run the built-in example (synthetic multi-turn chat on 2 x A100-80GB)")
+        d.add_argument("--out", required=True, help="output directory")
+        d.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stdout")
+        d.set_defaults(func=cmd_demo)
     c = sub.add_parser("catalog", help="list the built-in (and your) models and GPUs")
     c.add_argument("what", nargs="?", choices=["models", "gpus", "all"], default="all")
     c.add_argument("--catalog", action="append", metavar="FILE", help="extra catalogue file; repeatable")

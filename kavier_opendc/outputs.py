@@ -155,10 +155,42 @@ def timeline_table(result) -> pa.Table:
     m = len(cols["replica"])
     table = {k: pa.array(v) for k, v in cols.items()}
     table["prefill_share"] = pa.array(share)  # phase mix: share of the segment's tokens that are prompt tokens
-    table["gpu"] = pa.array([cfg.gpu.name] * m, type=pa.string())
-    table["tp"] = pa.array(np.full(m, cfg.tp, dtype=np.int32))
-    table["model"] = pa.array([cfg.model.name] * m, type=pa.string())
+    rep_of = cols["replica"]
+    names = np.array([r.cm.gpu.name for r in result.replicas], dtype=object)
+    tps = np.array([r.cm.tp for r in result.replicas], dtype=np.int32)
+    models = np.array([r.cm.model.name for r in result.replicas], dtype=object)
+    table["gpu"] = pa.array(names[rep_of].tolist() if m else [], type=pa.string())
+    table["tp"] = pa.array(tps[rep_of] if m else np.array([], dtype=np.int32))
+    table["model"] = pa.array(models[rep_of].tolist() if m else [], type=pa.string())
     return pa.table(table)
+
+
+def prefix_summary(result) -> dict:
+    """Prefix-cache statistics: hits per tier, evictions, prefill work saved."""
+    reps = result.replicas
+    policy = reps[0].policy if reps else "none"
+    index = reps[0].index if reps else None
+    cached = int(result.results.cached.sum(dtype=np.int64))
+    flops_per_token = 2.0 * reps[0].cm.model.active_params if reps else 0.0
+    out = {
+        "policy": policy,
+        "identity_source": index.source if index is not None else None,
+        "scope": result.config.prefix_scope,
+        "min_tokens": result.config.prefix_min_tokens,
+        "hit_tokens_gpu": 0, "hit_tokens_host": 0, "evictions": 0, "host_evictions": 0, "prompt_hits": 0,
+        "prefill_tokens_saved": cached,
+        "prefill_flops_saved": cached * flops_per_token,
+    }
+    for r in reps:
+        if r.pc is not None:
+            out["hit_tokens_gpu"] += r.pc.hits_gpu_blocks * 16
+            out["hit_tokens_host"] += r.pc.hits_host_blocks * 16
+            out["evictions"] += r.pc.evictions
+            out["host_evictions"] += r.pc.host_evictions
+        if r.prompt_cache is not None:
+            out["prompt_hits"] += r.prompt_cache.hits
+            out["evictions"] += r.prompt_cache.evictions
+    return out
 
 
 def summary_dict(result) -> dict:
@@ -183,6 +215,7 @@ def summary_dict(result) -> dict:
     prompt_all = tr.num_input_tokens.sum(dtype=np.int64)
     cached = r.cached.sum(dtype=np.int64)
     wall = result.wall_s
+    groups = cfg.replica_groups()
     return {
         "num_requests": int(len(tr)),
         "num_finished": int(done.sum()),
@@ -199,14 +232,21 @@ def summary_dict(result) -> dict:
         "queue_s": stats(r.first_sched - arrival),
         "prefix_cache_hit_ratio": float(cached / prompt_all) if prompt_all else 0.0,
         "cached_tokens": int(cached),
+        "prefix_cache": prefix_summary(result),
         "preemptions": int(r.preemptions.sum()),
         "gpu_utilization_mean": busy_weighted / total_time if total_time > 0 else 0.0,
         "kv_utilization_peak": kv_peak,
         "config": {
-            "model": cfg.model.name, "gpu": cfg.gpu.name, "replicas": cfg.replicas, "tp": cfg.tp,
+            "model": groups[0].model.name, "gpu": groups[0].gpu.name,
+            "replicas": len(result.replicas), "tp": groups[0].tp,
+            "replica_groups": [{"model": g.model.name, "gpu": g.gpu.name, "replicas": g.replicas, "tp": g.tp}
+                               for g in groups],
             "max_num_seqs": cfg.max_num_seqs, "max_batched_tokens": cfg.max_batched_tokens,
             "gpu_memory_utilization": cfg.gpu_memory_utilization,
             "kv_cache": "on" if cfg.kv_cache else "off", "prefix_cache": cfg.prefix_cache,
+            "prefix_cache_capacity_tokens": cfg.prefix_capacity_tokens,
+            "prefix_cache_capacity_prompts": cfg.prefix_capacity_prompts,
+            "host_cache_gb": cfg.host_memory_gb,
             "router": cfg.router, "seed": cfg.seed, "mode": "exact" if cfg.exact else "fast",
             "kv_capacity_blocks_per_replica": result.capacity_blocks,
             "kv_capacity_tokens_per_replica": result.capacity_blocks * 16,

@@ -33,6 +33,7 @@ from array import array
 from collections import deque
 
 from kavier_opendc.engine.cost_model import BLOCK_SIZE, CostModel, DecodeRun
+from kavier_opendc.engine.kv_cache import PrefixCache, PromptCache
 
 WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
 _MASK = BLOCK_SIZE - 1
@@ -46,7 +47,8 @@ class Req:
     """A request inside the engine (exists from arrival to completion only)."""
 
     __slots__ = ("idx", "arrival", "prompt", "out", "gen", "computed", "c_off", "g_off",
-                 "ver", "state", "first_sched", "first_token", "preempt", "cached")
+                 "ver", "state", "first_sched", "first_token", "preempt", "cached",
+                 "uids", "usizes", "held", "held_blocks")
 
     def __init__(self, idx: int, arrival: float, prompt: int, out: int):
         self.idx, self.arrival, self.prompt, self.out = idx, arrival, prompt, out
@@ -59,6 +61,10 @@ class Req:
         self.first_token = -1.0
         self.preempt = 0
         self.cached = 0
+        self.uids = None          # prefix-cache unit identities of the prompt (loaded at admission)
+        self.usizes = None
+        self.held = 0             # leading units referenced in the prefix cache
+        self.held_blocks = 0
 
 
 class Results:
@@ -124,7 +130,7 @@ class Timeline:
 class Replica:
     def __init__(self, idx: int, cm: CostModel, capacity_blocks: int, *, max_num_seqs: int,
                  max_batched_tokens: int, kv_cache: bool, exact: bool, results: Results,
-                 merge_tol: float = 1e-3):
+                 merge_tol: float = 1e-3, prefix=None):
         self.idx = idx
         self.cm = cm
         self.capacity = capacity_blocks
@@ -153,6 +159,25 @@ class Replica:
         self.iterations = 0
         self.preemptions = 0
         self.busy_time = 0.0
+        # prefix caching (see kv_cache.py); ``prefix`` is the simulator's PrefixSetup or None
+        self.policy = prefix.policy if prefix is not None and kv_cache else "none"
+        self.index = prefix.index if prefix is not None else None
+        self.min_tokens = prefix.min_tokens if prefix is not None else 0
+        self.pc = None
+        self.prompt_cache = None
+        self.extra_time = 0.0          # host-to-GPU cache transfers of the iteration being scheduled
+        if self.policy == "block":
+            block_bytes = BLOCK_SIZE * cm.kv_bytes_per_token
+            cap_blocks = None
+            if prefix.capacity_tokens is not None:
+                cap_blocks = (float("inf") if prefix.capacity_tokens == float("inf")
+                              else int(prefix.capacity_tokens // BLOCK_SIZE))
+            host_blocks = int(prefix.host_memory_gb * 1e9 // block_bytes) if prefix.host_memory_gb else 0
+            self.pc = PrefixCache(capacity_blocks, capacity_blocks=cap_blocks, host_capacity_blocks=host_blocks,
+                                  min_tokens=self.min_tokens)
+            self.host_s_per_block = block_bytes / (cm.gpu.pcie_gbs * 1e9 * cm.tp)
+        elif self.policy in ("prefill", "full"):
+            self.prompt_cache = PromptCache(prefix.capacity_prompts)
 
     # ------------------------------------------------------------ decoders
     def _add_decoder(self, req: Req) -> None:
@@ -175,9 +200,57 @@ class Replica:
         req.ver += 1
         req.state = PREFILL  # caller sets the final state
 
-    def _blocks_held(self, req: Req) -> int:
-        comp = req.c_off + self.G if req.state == DECODE else req.computed
-        return blocks_for(comp) if self.kv_on else 0
+    def _release(self, req: Req, computed: int) -> None:
+        """Free the KV blocks of a request leaving the GPU (finished or preempted).
+
+        With prefix caching its cached units stay in memory as evictable (tail
+        first); with sessions, its completed answer blocks are cached too.
+        """
+        blocks = blocks_for(computed) if self.kv_on else 0
+        pc = self.pc
+        if pc is None or req.uids is None:
+            self.used -= blocks
+            return
+        held = req.held
+        hb = req.held_blocks
+        ids = req.uids[:held]
+        if (self.index.source == "sessions" and held == len(req.uids) and req.prompt >= self.min_tokens):
+            for uid in self.index.output_units(req.idx, hb, computed >> 4):
+                if not pc.register(uid, 1):
+                    self.used += pc.take(uid) - 1
+                ids.append(uid)
+                hb += 1
+        self.used -= blocks - hb
+        ids.reverse()
+        self.used -= pc.release(ids)
+        req.held = 0
+        req.held_blocks = 0
+
+    def _register(self, req: Req) -> None:
+        """Units whose blocks this request has just computed become reusable by others."""
+        pc = self.pc
+        uids, sizes = req.uids, req.usizes
+        h, hb, comp = req.held, req.held_blocks, req.computed
+        n = len(uids)
+        while h < n:
+            b = sizes[h]
+            if (hb + b) * BLOCK_SIZE > comp:
+                break
+            uid = uids[h]
+            if not pc.register(uid, b):      # an equal unit was cached meanwhile: share it, drop our copy
+                self.used += pc.take(uid) - b
+            h += 1
+            hb += b
+        req.held = h
+        req.held_blocks = hb
+
+    def _fit(self) -> None:
+        """Evict LRU cached units until referenced plus cached blocks fit in GPU memory."""
+        pc = self.pc
+        if pc is not None:
+            free_plain = self.capacity - self.used - pc.evictable_in_gpu()
+            if free_plain < 0:
+                pc.make_room(free_plain, 0)
 
     def kv_load_at(self, now: float) -> float:
         """Fraction of KV blocks allocated at the latest scheduling point before ``now``."""
@@ -262,6 +335,8 @@ class Replica:
         req.state = DONE
         self.outstanding -= 1
         self.running.remove(req)
+        if self.prompt_cache is not None and req.prompt >= self.min_tokens:
+            self.prompt_cache.insert(self.index.prompt_key(i))
 
     def _apply(self, t: float) -> None:
         p = self.pending
@@ -269,6 +344,7 @@ class Replica:
         if p[0] == 2:  # a decode run of n iterations
             _, t0, n, drun, alloc0 = p
             self.used += self._run_blocks(n) - alloc0
+            self._fit()
             self.G += n
             self.iterations += n
             flops, byts = drun.totals(n)
@@ -288,16 +364,18 @@ class Replica:
             self.timeline.add(t0, t, self.cm.activity(t - t0, flops, byts), batch,
                               self.used / self.capacity if self.capacity else 0.0, ptoks, dtoks)
             self.busy_time += t - t0
+            pc = self.pc
             for req, n in chunks:
                 req.computed += n
+                if pc is not None and req.uids and req.prompt >= self.min_tokens:
+                    self._register(req)
                 if req.computed >= req.prompt + req.gen:   # all tokens computed: sample one
                     req.gen += 1
                     if req.first_token < 0:
                         req.first_token = t
                     self.n_prefilling -= 1
                     if req.gen >= req.out:
-                        self.used -= self._blocks_held(req)
-                        req.state = DONE
+                        self._release(req, req.computed)
                         self._finish(req, t)
                     else:
                         self._add_decoder(req)
@@ -308,19 +386,18 @@ class Replica:
             _, _, ver, req = heapq.heappop(heap)
             if ver != req.ver or req.state != DECODE:
                 continue
-            self.used -= blocks_for(req.c_off + g) if self.kv_on else 0
             self._remove_decoder(req)
+            self._release(req, req.computed)
             if req.first_token < 0:
                 req.first_token = t
             self._finish(req, t)
 
     def _preempt(self, victim: Req) -> None:
-        held = self._blocks_held(victim)
         if victim.state == DECODE:
             self._remove_decoder(victim)
         else:
             self.n_prefilling -= 1
-        self.used -= held
+        self._release(victim, victim.computed)
         victim.computed = 0
         victim.state = WAITING
         victim.preempt += 1
@@ -434,21 +511,49 @@ class Replica:
         if not preempted:
             waiting = self.waiting
             max_seqs = self.max_num_seqs
+            pc = self.pc
             while waiting and budget > 0 and len(running) < max_seqs:
                 req = waiting[0]
                 comp = req.computed
-                need = req.prompt + req.gen - comp
+                total = req.prompt + req.gen
+                k = hb = hk = hhb = revive = 0
+                if comp == 0:
+                    if pc is not None:
+                        uids = req.uids
+                        if uids is None:
+                            uids, req.usizes = self.index.prompt_units(req.idx)
+                            req.uids = uids
+                        if uids:  # longest cached prefix, leaving at least one token to compute
+                            k, hb, hk, hhb, revive = pc.match(uids, req.usizes, (total - 1) // BLOCK_SIZE)
+                            comp = (hb + hhb) * BLOCK_SIZE
+                    elif (self.prompt_cache is not None and req.first_sched < 0
+                          and self.prompt_cache.lookup(self.index.prompt_key(req.idx))):
+                        comp = total - 1   # the whole prompt is cached: only the last token is computed
+                need = total - comp
                 if need > budget:
                     need = budget
-                nb = blocks_for(comp + need) - blocks_for(comp) if kv_on else 0
-                if nb > cap - self.used - alloc:
+                nb = blocks_for(comp + need) - hb if kv_on else 0
+                if nb + revive > cap - self.used - alloc:
                     break
                 waiting.popleft()
                 running.append(req)
                 req.state = PREFILL
                 self.n_prefilling += 1
+                if k:
+                    self.used += pc.acquire(req.uids, req.usizes, k)
+                if hk:
+                    pc.load_from_host(req.uids, req.usizes, k, hk)
+                    self.extra_time += hhb * self.host_s_per_block
+                if comp:
+                    req.held = k + hk
+                    req.held_blocks = hb + hhb
+                    req.computed = comp
+                    if pc is not None:
+                        pc.hits_gpu_blocks += hb
+                        pc.hits_host_blocks += hhb
                 if req.first_sched < 0:
                     req.first_sched = t
+                    req.cached = comp
                 alloc += nb
                 budget -= need
                 chunks.append((req, need))
@@ -476,6 +581,7 @@ class Replica:
             if n > 1:
                 drun = self.cm.decode_run(d, self.ctx_off_sum + d * g)
                 self.used += alloc
+                self._fit()
                 if self.used > self.peak_used:
                     self.peak_used = self.used
                 self.pending = (2, t, n, drun, alloc)
@@ -483,9 +589,13 @@ class Replica:
                 self.version += 1
                 return self.next_time
         self.used += alloc
+        self._fit()
         if self.used > self.peak_used:
             self.peak_used = self.used
         dt, flops, byts = self.cm.iteration(n_tok, pairs, kv_read)
+        if self.extra_time:
+            dt += self.extra_time
+            self.extra_time = 0.0
         ptoks = sum(n for _, n in chunks)
         dtoks = (d if dec_all else 0) if not skipped else (d - len(skipped))
         self.pending = (1, t, dec_all, skipped, chunks, flops, byts,

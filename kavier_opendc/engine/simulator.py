@@ -22,7 +22,32 @@ from kavier_opendc.engine.router import Router, normalise_router
 from kavier_opendc.errors import KavierInputError
 from kavier_opendc.progress import Progress
 from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
+from kavier_opendc.workload.prefix import PrefixIndex
 from kavier_opendc.workload.trace import Trace
+
+PREFIX_POLICIES = ("auto", "none", "block", "prefill", "full")
+
+
+@dataclass
+class PrefixSetup:
+    """What each replica needs to know about prefix caching."""
+
+    policy: str
+    index: PrefixIndex | None
+    min_tokens: int = 0
+    capacity_prompts: float = math.inf
+    capacity_tokens: float | None = None
+    host_memory_gb: float = 0.0
+
+
+@dataclass(frozen=True)
+class ReplicaGroup:
+    """Replicas of one model on one GPU type (several groups = a heterogeneous ecosystem, DP1)."""
+
+    model: ModelSpec
+    gpu: GPUSpec
+    replicas: int = 1
+    tp: int = 1
 
 
 @dataclass
@@ -35,13 +60,24 @@ class SimConfig:
     max_batched_tokens: int = 8192
     gpu_memory_utilization: float = 0.9
     kv_cache: bool = True
-    prefix_cache: str = "none"
+    prefix_cache: str = "auto"          # auto | none | block | prefill | full
+    prefix_min_tokens: int = 0           # prompts shorter than this never enter the cache
+    prefix_capacity_prompts: float = math.inf   # prompt-level policies: LRU capacity in prompts
+    prefix_scope: str = "global"         # global | session
+    prefix_capacity_tokens: float | None = None  # None: bounded by GPU memory; a number or inf: own pool
+    host_memory_gb: float = 0.0          # second cache tier in host DRAM per replica (block policy)
     router: str = "round-robin"
     seed: int = 0
     exact: bool = False
     efficiency: Efficiency = DEFAULT_EFFICIENCY
     timeline_merge_tol: float = 1e-3
     num_kv_blocks: int | None = None  # override the memory-derived KV capacity
+    groups: list[ReplicaGroup] | None = None  # heterogeneous replica groups; None = one group from above
+
+    def replica_groups(self) -> list[ReplicaGroup]:
+        if self.groups:
+            return list(self.groups)
+        return [ReplicaGroup(self.model, self.gpu, self.replicas, self.tp)]
 
     def validate(self) -> None:
         checks = [
@@ -51,12 +87,23 @@ class SimConfig:
             ("--max-batched-tokens", self.max_batched_tokens >= 1, "an integer >= 1"),
             ("--gpu-memory-utilization", 0.0 < self.gpu_memory_utilization <= 1.0, "a fraction in (0, 1]"),
         ]
+        for i, g in enumerate(self.groups or []):
+            checks.append((f"groups[{i}].replicas", g.replicas >= 1, "an integer >= 1"))
+            checks.append((f"groups[{i}].tp", g.tp >= 1, "an integer >= 1"))
         for name, ok, expected in checks:
             if not ok:
                 raise KavierInputError("invalid value", location=name, expected=expected)
-        if self.prefix_cache not in ("none", "off"):
-            raise KavierInputError(f"prefix cache policy '{self.prefix_cache}' is not available in this "
-                                   "version of the engine", location="--prefix-cache", expected="none")
+        self.prefix_cache = {"off": "none", "vllm": "block"}.get(self.prefix_cache.lower(), self.prefix_cache.lower())
+        if self.prefix_cache not in PREFIX_POLICIES:
+            raise KavierInputError(f"unknown prefix cache policy '{self.prefix_cache}'", location="--prefix-cache",
+                                   expected="one of " + ", ".join(PREFIX_POLICIES))
+        if self.prefix_scope not in ("global", "session"):
+            raise KavierInputError(f"unknown prefix cache scope '{self.prefix_scope}'",
+                                   location="--prefix-cache-scope", expected="global or session")
+        if self.prefix_min_tokens < 0 or self.host_memory_gb < 0 or self.prefix_capacity_prompts < 0 or (
+                self.prefix_capacity_tokens is not None and self.prefix_capacity_tokens < 0):
+            raise KavierInputError("prefix cache sizes must be >= 0", location="--prefix-cache-*",
+                                   expected="non-negative numbers")
         self.router = normalise_router(self.router)
 
 
@@ -66,7 +113,7 @@ class SimulationResult:
     config: SimConfig
     results: Results
     replicas: list[Replica]
-    capacity_blocks: int
+    capacity_blocks: int          # per replica of the first group (see each replica's .capacity)
     wall_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -80,20 +127,25 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     """Run the serving simulation of ``trace`` under ``cfg``."""
     cfg.validate()
     t_wall = time.perf_counter()
-    cm = CostModel(cfg.model, cfg.gpu, cfg.tp, cfg.efficiency)
-    cap = (cfg.num_kv_blocks if cfg.num_kv_blocks is not None else
-           cm.kv_capacity_blocks(cfg.gpu_memory_utilization, cfg.max_batched_tokens, cfg.max_num_seqs))
-    if cfg.kv_cache and cap <= 0:
-        raise KavierInputError(
-            f"{cfg.model.name} ({cfg.model.weight_bytes / 2**30:.1f} GiB of weights) leaves no room for "
-            f"a KV cache on {cfg.tp} x {cfg.gpu.name} ({cfg.gpu.memory_gib:g} GiB each) at "
-            f"gpu_memory_utilization={cfg.gpu_memory_utilization}", location="--model/--gpu/--tp",
-            expected="a larger GPU, more tensor parallelism, or a smaller model")
     n = len(trace)
     res = Results(n)
-    reps = [Replica(i, cm, cap, max_num_seqs=cfg.max_num_seqs, max_batched_tokens=cfg.max_batched_tokens,
-                    kv_cache=cfg.kv_cache, exact=cfg.exact, results=res, merge_tol=cfg.timeline_merge_tol)
-            for i in range(cfg.replicas)]
+    prefix = _prefix_setup(trace, cfg)
+    reps: list[Replica] = []
+    for group in cfg.replica_groups():
+        cm = CostModel(group.model, group.gpu, group.tp, cfg.efficiency)
+        cap = (cfg.num_kv_blocks if cfg.num_kv_blocks is not None else
+               cm.kv_capacity_blocks(cfg.gpu_memory_utilization, cfg.max_batched_tokens, cfg.max_num_seqs))
+        if cfg.kv_cache and cap <= 0:
+            raise KavierInputError(
+                f"{group.model.name} ({group.model.weight_bytes / 2**30:.1f} GiB of weights) leaves no room for "
+                f"a KV cache on {group.tp} x {group.gpu.name} ({group.gpu.memory_gib:g} GiB each) at "
+                f"gpu_memory_utilization={cfg.gpu_memory_utilization}", location="--model/--gpu/--tp",
+                expected="a larger GPU, more tensor parallelism, or a smaller model")
+        for _ in range(group.replicas):
+            reps.append(Replica(len(reps), cm, cap, max_num_seqs=cfg.max_num_seqs,
+                                max_batched_tokens=cfg.max_batched_tokens, kv_cache=cfg.kv_cache,
+                                exact=cfg.exact, results=res, merge_tol=cfg.timeline_merge_tol, prefix=prefix))
+    cap = reps[0].capacity
     router = Router(cfg.router, reps, cfg.seed)
     arrivals = trace.arrival_s.tolist()
     prompts = trace.num_input_tokens.tolist()
@@ -104,6 +156,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     inf = math.inf
     i = 0
     kv_on = cfg.kv_cache
+    full_cache = prefix is not None and prefix.policy == "full" and kv_on
     while True:
         ta = arrivals[i] if i < n else inf
         if heap and heap[0][0] < ta:
@@ -121,8 +174,14 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
         r = router.choose(ta)
         rep = reps[r]
         p, o = prompts[i], outs[i]
-        if kv_on and blocks_for(p + o - 1) > cap:
+        if kv_on and blocks_for(p + o - 1) > rep.capacity:
             res.status[i] = 2
+            res.replica[i] = r
+        elif full_cache and rep.prompt_cache.lookup(prefix.index.prompt_key(i)):
+            # the answer is served from the cache: done on arrival, nothing runs on the GPU
+            res.first_sched[i] = res.first_token[i] = res.finish[i] = ta
+            res.cached[i] = p
+            res.status[i] = 1
             res.replica[i] = r
         else:
             rep.enqueue(Req(i, ta, p, o))
@@ -146,3 +205,21 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             rep.timeline.add(rep.t, end, 0.0, 0.0, 0.0, 0, 0)
     result.wall_s = time.perf_counter() - t_wall
     return result
+
+
+def _prefix_setup(trace: Trace, cfg: SimConfig) -> PrefixSetup | None:
+    policy = cfg.prefix_cache
+    if policy == "none" or not cfg.kv_cache:
+        return None
+    index = PrefixIndex(trace, scope=cfg.prefix_scope, min_tokens=cfg.prefix_min_tokens)
+    if policy == "auto":
+        policy = "block" if index.available else "none"
+        if policy == "none":
+            return None
+    elif not index.available:
+        raise KavierInputError(
+            f"prefix cache policy '{policy}' needs prompt identities, but the trace has no token ids "
+            "(input_tokens), no prefix-block hashes (hash_ids) and no session ids", source=str(trace.source),
+            location="--prefix-cache", expected="a trace with input_tokens, hash_ids or session_id, or policy none")
+    return PrefixSetup(policy, index, cfg.prefix_min_tokens, cfg.prefix_capacity_prompts,
+                       cfg.prefix_capacity_tokens, cfg.host_memory_gb)
