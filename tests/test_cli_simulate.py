@@ -100,7 +100,7 @@ def test_help_documents_every_flag():
 @pytest.mark.parametrize("args,needle", [
     (["--model", "gpt-9"], "unknown model 'gpt-9'"),
     (["--gpu", "TPU"], "unknown GPU 'TPU'"),
-    (["--router", "sticky"], "unknown router"),
+    (["--router", "magic-router"], "unknown router"),
     (["--replicas", "0"], "--replicas must be >= 1"),
     (["--tp", "3"], "cannot be split evenly"),
     (["--prefix-cache", "magic"], "--prefix-cache"),

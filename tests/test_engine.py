@@ -230,4 +230,4 @@ def test_routers_balance():
     lo = simulate(trace, toy(replicas=4, router="least-outstanding"), progress=False).results
     assert sorted(np.bincount(lo.replica)) == [2, 2, 2, 2]
     with pytest.raises(KavierInputError, match="unknown router"):
-        simulate(trace, toy(router="sticky"), progress=False)
+        simulate(trace, toy(router="magic-router"), progress=False)

@@ -125,9 +125,28 @@ class PrefixCache:
             h += 1
         return k, blocks, h - k, hb, revive
 
-    def matched_blocks(self, ids: list, sizes: list, max_blocks: int) -> int:
-        """Blocks of the longest prefix present in GPU memory (for routers)."""
-        return self.match(ids, sizes, max_blocks)[1]
+    def matched_blocks(self, ids: list, sizes: list, max_blocks: int, gone: set | frozenset = frozenset()) -> int:
+        """Blocks of the longest prefix present in GPU memory, ignoring units in ``gone`` (for routers)."""
+        size = self.size
+        blocks = 0
+        for uid, b in zip(ids, sizes):
+            if uid not in size or uid in gone or blocks + b > max_blocks:
+                break
+            blocks += b
+        return blocks
+
+    def lru_head(self, blocks: int) -> set:
+        """Units that evicting ``blocks`` blocks from the GPU pool would remove (the LRU head)."""
+        if blocks <= 0 or self.separate:
+            return set()
+        out = set()
+        got = 0
+        for uid, b in self.lru.items():
+            if got >= blocks:
+                break
+            out.add(uid)
+            got += b
+        return out
 
     def take(self, uid) -> int:
         """Reference one cached unit; returns its blocks if it left the evictable LRU, else 0."""

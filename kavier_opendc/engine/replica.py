@@ -252,15 +252,29 @@ class Replica:
             if free_plain < 0:
                 pc.make_room(free_plain, 0)
 
+    def _blocks_allocated_at(self, now: float) -> int:
+        """Blocks allocated at the latest scheduling point before ``now`` (inside a decode run, too)."""
+        p = self.pending
+        if p is not None and p[0] == 2:
+            _, t0, n, drun, alloc0 = p
+            return self.used + self._run_blocks(drun.iterations_until(now - t0, n)) - alloc0
+        return self.used
+
     def kv_load_at(self, now: float) -> float:
         """Fraction of KV blocks allocated at the latest scheduling point before ``now``."""
-        p = self.pending
-        used = self.used
-        if p is not None and p[0] == 2:
-            _, t0, n, drun, _alloc0 = p
-            k = drun.iterations_until(now - t0, n)
-            used += self._run_blocks(k) - _alloc0
-        return used / self.capacity if self.capacity else 1.0
+        return self._blocks_allocated_at(now) / self.capacity if self.capacity else 1.0
+
+    def cached_prefix_blocks(self, req: Req, now: float) -> int:
+        """Blocks of ``req``'s prompt this replica holds in GPU memory at ``now`` (prefix-affinity routing)."""
+        pc = self.pc
+        if pc is None or not req.uids:
+            return 0
+        gone: set | frozenset = frozenset()
+        if self.pending is not None and self.pending[0] == 2:
+            # a decode run applies its evictions when it ends: those due by ``now`` already happened
+            used = self._blocks_allocated_at(now)
+            gone = pc.lru_head(used + pc.evictable_in_gpu() - self.capacity)
+        return pc.matched_blocks(req.uids, req.usizes, (req.prompt - 1) // BLOCK_SIZE, gone)
 
     def _run_blocks(self, n: int) -> int:
         """New blocks the decoders need over n more iterations: f(n) = D*q + #{p < r}."""

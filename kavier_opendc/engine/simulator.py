@@ -146,7 +146,8 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
                                 max_batched_tokens=cfg.max_batched_tokens, kv_cache=cfg.kv_cache,
                                 exact=cfg.exact, results=res, merge_tol=cfg.timeline_merge_tol, prefix=prefix))
     cap = reps[0].capacity
-    router = Router(cfg.router, reps, cfg.seed)
+    router = Router(cfg.router, reps, cfg.seed, sessions=trace.session_id)
+    affinity = router.policy == "prefix-affinity" and prefix is not None and prefix.policy == "block"
     arrivals = trace.arrival_s.tolist()
     prompts = trace.num_input_tokens.tolist()
     outs = trace.num_output_tokens.tolist()
@@ -171,9 +172,12 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
         if i >= n:
             break
         # arrival
-        r = router.choose(ta)
-        rep = reps[r]
         p, o = prompts[i], outs[i]
+        req = Req(i, ta, p, o)
+        if affinity:
+            req.uids, req.usizes = prefix.index.prompt_units(i)
+        r = router.choose(ta, req)
+        rep = reps[r]
         if kv_on and blocks_for(p + o - 1) > rep.capacity:
             res.status[i] = 2
             res.replica[i] = r
@@ -184,7 +188,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             res.status[i] = 1
             res.replica[i] = r
         else:
-            rep.enqueue(Req(i, ta, p, o))
+            rep.enqueue(req)
             if not rep.busy:
                 rep.busy = True
                 rep.version += 1
