@@ -130,6 +130,8 @@ def requests_table(result) -> pa.Table:
     }
     if tr.session_id is not None:
         cols["session_id"] = pa.array(np.asarray(tr.session_id, dtype=np.int64))
+    if tr.n is not None:
+        cols["n"] = pa.array(np.asarray(tr.n, dtype=np.int64))   # samples per prompt; each has num_output_tokens
     return pa.table(cols)
 
 
@@ -199,7 +201,8 @@ def summary_dict(result) -> dict:
     arrival = tr.arrival_s
     makespan = result.makespan_s
     inp = tr.num_input_tokens[done].sum(dtype=np.int64)
-    outp = tr.num_output_tokens[done].sum(dtype=np.int64)
+    samples = np.asarray(tr.n, dtype=np.int64) if tr.n is not None else 1
+    outp = (tr.num_output_tokens * samples)[done].sum(dtype=np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(tr.num_output_tokens > 1,
                         (r.finish - r.first_token) / np.maximum(tr.num_output_tokens - 1, 1), np.nan)

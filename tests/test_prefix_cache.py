@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -201,7 +202,8 @@ def _check_cache_invariants(result):
             assert pc.lru_blocks <= rep.capacity
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get('KAVIER_PROP_EXAMPLES', 30)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 100_000), blocks=st.integers(60, 600), replicas=st.integers(1, 3),
        router=st.sampled_from(["round-robin", "prefix-affinity", "session-affinity", "least-kv"]),
        kind=st.sampled_from(["hash", "sessions"]), host=st.sampled_from([0.0, 0.001]))
@@ -254,3 +256,44 @@ def test_cache_invariants_and_fast_equals_exact(seed, blocks, replicas, router, 
         assert np.allclose(x[ok], y[ok], rtol=1e-9, atol=0)
     assert np.array_equal(fast.results.cached, exact.results.cached)
     assert np.array_equal(fast.results.replica, exact.results.replica)
+
+
+# ------------------------------------------------------------------ branching prompts (DP3)
+def test_branching_prefill_once_decode_n_by_hand():
+    # one 100-token prompt, n=4 samples of 3 tokens: one prefill, then 4 sequences decode together
+    tr = trace([0.0], [100], [3], n=np.array([4]))
+    r = simulate(tr, toy(), progress=False)
+    t1 = 2.0000512e-3 + 1e-3                           # the prefill, as for a single sample
+    t2 = (2e9 + 512 * (4 * 100 + 4)) / 1e12 + 1e-3      # 4 decodes over 100 cached tokens each
+    t3 = (2e9 + 512 * (4 * 101 + 4)) / 1e12 + 1e-3
+    assert r.results.first_token[0] == pytest.approx(t1, rel=1e-12)
+    assert r.results.finish[0] == pytest.approx(t1 + t2 + t3, rel=1e-12)
+    rep = r.replicas[0]
+    assert sum(rep.timeline.prefill) == 100 and sum(rep.timeline.decode) == 4 * 2
+    # 6 full prompt blocks shared; the partial 7th copied once per extra sample (copy-on-write)
+    assert rep.peak_used == 6 + 4
+    assert rep.used == 0 and r.results.status[0] == 1
+
+
+def test_branching_copy_on_write_refused_means_recompute():
+    # 8 blocks: the prompt takes 7, two extra samples want a copy of the partial block: one fits
+    tr = trace([0.0], [100], [2], n=np.array([3]))
+    r = simulate(tr, toy(num_kv_blocks=8), progress=False)
+    assert r.results.status[0] == 1
+    assert r.results.preemptions[0] == 1               # the third sample waited and was recomputed
+    assert sum(r.replicas[0].timeline.prefill) == 100 + 101
+    assert r.replicas[0].peak_used <= 8
+
+
+def test_branching_fast_equals_exact():
+    rng = np.random.default_rng(11)
+    n = 60
+    tr = trace(np.cumsum(rng.exponential(0.02, n)) - 0.0, rng.integers(10, 500, n), rng.integers(1, 80, n),
+               n=rng.integers(1, 5, n))
+    tr.arrival_s -= tr.arrival_s[0]
+    kw = dict(num_kv_blocks=300, max_batched_tokens=512)
+    a = simulate(tr, toy(**kw), progress=False).results
+    b = simulate(tr, toy(exact=True, **kw), progress=False).results
+    assert (a.status == 1).all()
+    assert np.allclose(a.finish, b.finish, rtol=1e-9, atol=0)
+    assert np.array_equal(a.preemptions, b.preemptions)

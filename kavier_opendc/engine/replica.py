@@ -48,7 +48,7 @@ class Req:
 
     __slots__ = ("idx", "arrival", "prompt", "out", "gen", "computed", "c_off", "g_off",
                  "ver", "state", "first_sched", "first_token", "preempt", "cached",
-                 "uids", "usizes", "held", "held_blocks")
+                 "uids", "usizes", "held", "held_blocks", "n", "fork")
 
     def __init__(self, idx: int, arrival: float, prompt: int, out: int):
         self.idx, self.arrival, self.prompt, self.out = idx, arrival, prompt, out
@@ -65,6 +65,19 @@ class Req:
         self.usizes = None
         self.held = 0             # leading units referenced in the prefix cache
         self.held_blocks = 0
+        self.n = 1                # samples of this prompt (branching, DP3)
+        self.fork = None          # Fork shared with its sibling samples, while they share prompt blocks
+
+
+class Fork:
+    """Sibling samples of one prompt sharing its full prompt blocks (and the parent's cached units)."""
+
+    __slots__ = ("alive", "shared", "units")
+
+    def __init__(self, shared: int, units: list):
+        self.alive = 1            # members still holding the shared blocks
+        self.shared = shared      # full prompt blocks, held once for all members
+        self.units = units        # prefix-cache units among them (released when the last member leaves)
 
 
 class Results:
@@ -80,6 +93,7 @@ class Results:
         self.preemptions = np.zeros(n, dtype=np.int32)
         self.cached = np.zeros(n, dtype=np.int64)
         self.status = np.zeros(n, dtype=np.int8)  # 0 pending, 1 finished, 2 rejected
+        self.remaining = None     # per request: samples still running (only for traces with n > 1)
 
 
 class Timeline:
@@ -146,7 +160,8 @@ class Replica:
         self.hist = [0] * BLOCK_SIZE       # decoders by c_off mod 16
         self.ctx_off_sum = 0               # sum of c_off over decoders
         self.D = 0                         # decoding sequences
-        self.done_heap: list = []          # (G at completion, idx, ver, req)
+        self.done_heap: list = []          # (G at completion, seq, ver, req)
+        self._heap_seq = 0
         self.used = 0                      # KV blocks allocated
         self.peak_used = 0
         self.n_prefilling = 0
@@ -188,7 +203,8 @@ class Replica:
         self.hist[c & _MASK] += 1
         self.ctx_off_sum += c
         self.D += 1
-        heapq.heappush(self.done_heap, (req.out - req.g_off, req.idx, req.ver, req))
+        self._heap_seq += 1   # unique, deterministic tie-break (samples of one prompt share idx)
+        heapq.heappush(self.done_heap, (req.out - req.g_off, self._heap_seq, req.ver, req))
 
     def _remove_decoder(self, req: Req) -> None:
         g = self.G
@@ -208,6 +224,18 @@ class Replica:
         """
         blocks = blocks_for(computed) if self.kv_on else 0
         pc = self.pc
+        fork = req.fork
+        if fork is not None:
+            # own blocks go now; the shared prompt blocks when the last sibling leaves
+            req.fork = None
+            self.used -= blocks - fork.shared if self.kv_on else 0
+            fork.alive -= 1
+            if fork.alive == 0 and self.kv_on:
+                units = fork.units
+                self.used -= fork.shared - sum(pc.size[u] for u in units) if units else fork.shared
+                if units:
+                    self.used -= pc.release(units[::-1])
+            return
         if pc is None or req.uids is None:
             self.used -= blocks
             return
@@ -243,6 +271,30 @@ class Replica:
             hb += b
         req.held = h
         req.held_blocks = hb
+
+    def _head_eviction_limit(self) -> int:
+        """New blocks the decoders may take before an eviction reaches the waiting head's cached prefix.
+
+        Returns -1 when no closed-form bound holds (host tier), so the caller steps one iteration.
+        """
+        pc = self.pc
+        if pc.separate:
+            return 1 << 62
+        if pc.host_cap:
+            return -1
+        req = self.waiting[0]
+        if req.computed or not req.uids:
+            return 1 << 62
+        k = pc.match(req.uids, req.usizes, (req.prompt + req.gen - 1) // BLOCK_SIZE)[0]
+        mine = {u for u in req.uids[:k] if u in pc.lru}
+        if not mine:
+            return 1 << 62
+        before = 0
+        for uid, b in pc.lru.items():
+            if uid in mine:
+                break
+            before += b
+        return self.capacity - self.used - pc.lru_blocks + before
 
     def _fit(self) -> None:
         """Evict LRU cached units until referenced plus cached blocks fit in GPU memory."""
@@ -339,12 +391,21 @@ class Replica:
     def _finish(self, req: Req, t: float) -> None:
         res = self.res
         i = req.idx
-        res.first_sched[i] = req.first_sched
-        res.first_token[i] = req.first_token
-        res.finish[i] = t
-        res.preemptions[i] = req.preempt
-        res.cached[i] = req.cached
-        res.status[i] = 1
+        if res.remaining is not None:      # branching prompts: the request ends with its last sample
+            res.remaining[i] -= 1
+            res.preemptions[i] += req.preempt
+            last = res.remaining[i] <= 0
+        else:
+            res.preemptions[i] = req.preempt
+            last = True
+        if req.cached:
+            res.cached[i] = req.cached
+        if res.first_sched[i] != res.first_sched[i]:   # NaN: not set yet
+            res.first_sched[i] = req.first_sched
+            res.first_token[i] = req.first_token
+        res.finish[i] = t                  # events come in time order: the last sample sets it
+        if last:
+            res.status[i] = 1
         res.replica[i] = self.idx
         req.state = DONE
         self.outstanding -= 1
@@ -388,6 +449,8 @@ class Replica:
                     if req.first_token < 0:
                         req.first_token = t
                     self.n_prefilling -= 1
+                    if req.n > 1 and req.gen == 1:
+                        self._fork(req, t)
                     if req.gen >= req.out:
                         self._release(req, req.computed)
                         self._finish(req, t)
@@ -405,6 +468,46 @@ class Replica:
             if req.first_token < 0:
                 req.first_token = t
             self._finish(req, t)
+
+    def _fork(self, req: Req, t: float) -> None:
+        """Branching (DP3): after the shared prefill, the prompt's n samples decode separately.
+
+        Full prompt blocks stay shared; each new sample copies the partly
+        filled last prompt block (copy-on-write at the first divergent block).
+        A sample whose copy does not fit waits, to be recomputed like a
+        preempted request.
+        """
+        n = req.n
+        req.n = 1
+        shared = req.prompt // BLOCK_SIZE
+        units = req.uids[:req.held] if req.uids is not None else []
+        fork = Fork(shared, units)
+        req.fork = fork
+        req.held = req.held_blocks = 0
+        cow = 1 if self.kv_on and req.prompt % BLOCK_SIZE else 0
+        for _ in range(n - 1):
+            child = Req(req.idx, req.arrival, req.prompt, req.out)
+            child.first_sched = req.first_sched
+            child.first_token = t
+            child.gen = 1
+            self.outstanding += 1
+            if cow and self.capacity - self.used < cow:
+                child.state = WAITING
+                child.preempt = 1
+                self.preemptions += 1
+                self.waiting.appendleft(child)
+                continue
+            self.used += cow
+            self._fit()
+            child.computed = req.computed
+            child.fork = fork
+            fork.alive += 1
+            self.running.append(child)
+            if child.gen >= child.out:
+                self._release(child, child.computed)
+                self._finish(child, t)
+            else:
+                self._add_decoder(child)
 
     def _preempt(self, victim: Req) -> None:
         if victim.state == DECODE:
@@ -590,6 +693,16 @@ class Replica:
                 heapq.heappop(heap)
             n = heap[0][0] - g
             nb_max = self._max_run_for_blocks(cap - self.used)
+            if self.pc is not None and self.waiting and len(running) < self.max_num_seqs and budget > 0:
+                # the waiting head was refused for lack of blocks; evicting its own cached prefix would
+                # shrink what it needs, so the run must end before the LRU reaches that prefix
+                limit = self._head_eviction_limit()
+                if limit < 0:
+                    nb_max = 0
+                else:
+                    nb2 = self._max_run_for_blocks(limit)
+                    if nb2 < nb_max:
+                        nb_max = nb2
             if nb_max < n:
                 n = nb_max
             if n > 1:

@@ -151,6 +151,9 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     arrivals = trace.arrival_s.tolist()
     prompts = trace.num_input_tokens.tolist()
     outs = trace.num_output_tokens.tolist()
+    samples = trace.n.tolist() if trace.n is not None and (trace.n > 1).any() else None
+    if samples is not None:
+        res.remaining = np.asarray(trace.n, dtype=np.int32).copy()
     heap: list = []
     push, pop = heapq.heappush, heapq.heappop
     bar = Progress(n, "simulate", enabled=progress)
@@ -174,6 +177,8 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
         # arrival
         p, o = prompts[i], outs[i]
         req = Req(i, ta, p, o)
+        if samples is not None:
+            req.n = samples[i]
         if affinity:
             req.uids, req.usizes = prefix.index.prompt_units(i)
         r = router.choose(ta, req)
