@@ -23,3 +23,22 @@ def test_a10_prefill_and_decode_mape_within_5_percent():
     assert dec <= 5.0, f"decode MAPE {dec:.2f}%"
     # and better than the Kavier prototype on both
     assert pre < 7.39 and dec < 4.00
+
+
+def _power_calibration():
+    spec = importlib.util.spec_from_file_location("calibrate_power", REPO / "bench" / "calibrate_power.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_timeline_activity_predicts_measured_gpu_power():
+    cal = _power_calibration()
+    rows = cal.load_rows(shared("measurements/gpu_power_vllm_batch.csv"))
+    mape, table = cal.evaluate(rows, cal.DEFAULT_EFFICIENCY)
+    assert len(table) == 16
+    assert mape <= 8.0, f"power MAPE {mape:.2f}%"
+    # power rises with the batch for every GPU/model pair, as measured
+    for g, m in {(t[0], t[1]) for t in table}:
+        sims = [t[4] for t in sorted(table, key=lambda t: t[2]) if t[0] == g and t[1] == m]
+        assert sims == sorted(sims)
