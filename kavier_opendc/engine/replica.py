@@ -535,6 +535,7 @@ class Replica:
         chunks: list = []
         skipped: list = []
         dec_all = False
+        n_dec = 0                                  # decoders in this iteration
         preempted = False
         n_tok = 0
         pairs = 0
@@ -554,6 +555,7 @@ class Replica:
                 bulk = False
         if bulk:
             dec_all = d > 0
+            n_dec = d
             alloc = h0
             budget -= d
             n_tok = d
@@ -575,7 +577,6 @@ class Replica:
         else:
             # generic path: walk the running list in order, preempting the newest when blocks run out
             i = 0
-            n_dec = 0
             while i < len(running) and budget > 0:
                 req = running[i]
                 if req.state == DECODE:
@@ -724,9 +725,8 @@ class Replica:
             dt += self.extra_time
             self.extra_time = 0.0
         ptoks = sum(n for _, n in chunks)
-        dtoks = (d if dec_all else 0) if not skipped else (d - len(skipped))
         self.pending = (1, t, dec_all, skipped, chunks, flops, byts,
-                        dtoks + len(chunks), ptoks, dtoks)
+                        n_dec + len(chunks), ptoks, n_dec)
         self.next_time = t + dt
         self.version += 1
         return self.next_time
