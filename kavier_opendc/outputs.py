@@ -65,20 +65,38 @@ def staged_output(out: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file through a temporary sibling and a rename: readers never see half a file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(_jsonable(data), fh, indent=2, allow_nan=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """JSON (numpy scalars converted, NaN and infinities written as null), atomically."""
+    atomic_write_text(path, json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
 
 
 def write_parquet_atomic(path: Path, table: pa.Table) -> None:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _jsonable(x):
@@ -136,7 +154,6 @@ def requests_table(result) -> pa.Table:
 
 
 def timeline_table(result) -> pa.Table:
-    cfg = result.config
     parts = {k: [] for k in ("replica", "start_s", "end_s", "gpu_utilization", "batch_size",
                              "kv_utilization", "prefill_tokens", "decode_tokens")}
     for rep in result.replicas:

@@ -32,7 +32,7 @@ import heapq
 from array import array
 from collections import deque
 
-from kavier_opendc.engine.cost_model import BLOCK_SIZE, CostModel, DecodeRun
+from kavier_opendc.engine.cost_model import BLOCK_SIZE, CostModel
 from kavier_opendc.engine.kv_cache import PrefixCache, PromptCache
 
 WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3

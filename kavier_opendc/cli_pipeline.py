@@ -1,0 +1,262 @@
+"""The experiment pipeline's commands: run, validate, sweep, efficiency, demo.
+
+`kavier_opendc.cli` calls :func:`register` with its sub-parsers. Every
+command returns an exit code and raises :class:`KavierError` subclasses for
+user errors (printed by ``cli.main`` without a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from kavier_opendc.errors import KavierInputError
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DEMO_EXPERIMENT = DATA_DIR / "demo_experiment.yaml"
+DEMO_SWEEP = DATA_DIR / "demo_sweep.yaml"
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got '{text}'") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
+        return v
+    return parse
+
+
+def _command_line(argv_name: str = "kavier") -> str:
+    return " ".join([argv_name] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+# ----------------------------------------------------------------- run
+def add_run_args(ap: argparse.ArgumentParser, experiment: bool = True) -> None:
+    if experiment:
+        ap.add_argument("experiment", metavar="EXPERIMENT",
+                        help="experiment file (JSON or YAML, schemas/experiment.schema.json)")
+    ap.add_argument("--out", required=True, metavar="DIR",
+                    help="output folder: report.json, report.md, plots/, simulation/, opendc/")
+    ap.add_argument("--no-opendc", action="store_true",
+                    help="skip OpenDC: simulation and the performance report only (no JVM needed)")
+    ap.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+    ap.add_argument("--quiet", action="store_true", help="no progress on stderr and no summary on stdout")
+
+
+def _run_file(path: Path, args, command: str) -> int:
+    from kavier_opendc.experiment import load_experiment
+    from kavier_opendc.pipeline import format_run_summary, run_experiment
+
+    exp = load_experiment(path, opendc=False if args.no_opendc else None)
+    res = run_experiment(exp, Path(args.out), opendc=False if args.no_opendc else None, plots=not args.no_plots,
+                         quiet=args.quiet, command=command)
+    if not args.quiet:
+        print(format_run_summary(res.report, Path(args.out), res.wall_s))
+    return 0
+
+
+def cmd_run(args) -> int:
+    """kavier run EXPERIMENT --out DIR [--no-opendc]"""
+    return _run_file(Path(args.experiment), args, _command_line())
+
+
+# ----------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    """The built-in demo experiment, run exactly as `kavier run` would."""
+    if args.init:
+        return _demo_init(Path(args.init))
+    if not args.out:
+        raise KavierInputError("give --out DIR (or --init DIR to copy the demo's input files)", location="--out")
+    if not args.no_opendc:
+        # the demo must run on any fresh machine: without a working OpenDC bridge it still gives the
+        # performance report, and says loudly why the sustainability part is missing
+        from kavier_opendc.errors import KavierRuntimeError
+        from kavier_opendc.pipeline import check_opendc_available
+
+        try:
+            check_opendc_available()
+        except KavierRuntimeError as exc:
+            print(f"kavier: warning: running the demo without OpenDC (performance report only): {exc}",
+                  file=sys.stderr)
+            args.no_opendc = True
+    return _run_file(DEMO_EXPERIMENT, args, _command_line())
+
+
+def _demo_init(dest: Path) -> int:
+    """Copy the demo experiment (as experiment.yaml), its workload and a demo
+    sweep into ``dest``: a starting point for your own experiment folder,
+    e.g. the one docker-compose mounts."""
+    dest.mkdir(parents=True, exist_ok=True)
+    files = {DEMO_EXPERIMENT: "experiment.yaml", DATA_DIR / "demo_workload.yaml": "demo_workload.yaml"}
+    if DEMO_SWEEP.is_file():
+        files[DEMO_SWEEP] = "sweep.yaml"
+    for src, name in files.items():
+        target = dest / name
+        if target.exists():
+            raise KavierInputError(f"{target} exists; not overwriting it", location="--init",
+                                   expected="a folder without experiment.yaml/sweep.yaml/demo_workload.yaml")
+    for src, name in files.items():
+        text = src.read_text(encoding="utf-8")
+        if name == "sweep.yaml":
+            text = text.replace("base: demo_experiment.yaml", "base: experiment.yaml")
+        (dest / name).write_text(text, encoding="utf-8")
+    print(f"wrote {', '.join(str(dest / n) for n in files.values())}")
+    print(f"run it with: kavier run {dest / 'experiment.yaml'} --out {dest / 'results'}")
+    return 0
+
+
+# ----------------------------------------------------------------- validate
+def cmd_validate(args) -> int:
+    """Validate experiment or sweep files; report every problem with its JSON path."""
+    from kavier_opendc.errors import KavierError
+    from kavier_opendc.experiment import load_experiment, load_trace_for, read_document
+    from kavier_opendc.sweep import is_sweep_document, load_sweep
+
+    failed = 0
+    for f in args.files:
+        path = Path(f)
+        try:
+            doc = read_document(path)
+            if is_sweep_document(doc):
+                sweep = load_sweep(path, opendc=False if args.no_opendc else None)
+                print(f"{path}: valid sweep, {len(sweep.runs)} configurations "
+                      f"({' x '.join(str(len(a.values)) for a in sweep.axes)})")
+                continue
+            exp = load_experiment(path, opendc=False if args.no_opendc else None)
+            trace = load_trace_for(exp)
+            print(f"{path}: valid experiment '{exp.name}': {exp.describe()}, {len(trace)} requests"
+                  + ("" if exp.opendc_enabled and not args.no_opendc else " (OpenDC off)"))
+        except KavierError as exc:
+            failed += 1
+            text = str(exc)
+            print(f"kavier: error: {text}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+# ----------------------------------------------------------------- sweep
+def cmd_sweep(args) -> int:
+    """kavier sweep SWEEP_FILE --out DIR [--jobs N]"""
+    from kavier_opendc.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(Path(args.sweep), opendc=False if args.no_opendc else None)
+    t0 = time.perf_counter()
+    res = run_sweep(sweep, Path(args.out), jobs=args.jobs, run_plots=args.run_plots, quiet=args.quiet,
+                    retry_failed=True, command=_command_line())
+    if not args.quiet:
+        print(res.summary_text(time.perf_counter() - t0))
+    return 0 if res.failed == 0 else 3
+
+
+# ----------------------------------------------------------------- efficiency
+def cmd_efficiency(args) -> int:
+    """The Kavier prototype's efficiency summary from its tasks.parquet and
+    OpenDC's powerSource.parquet, with the J-to-Wh error fixed."""
+    import pandas as pd
+
+    from kavier_opendc.reports.efficiency import prototype_efficiency_summary
+
+    def read(path: str, what: str, cols: list[str]):
+        p = Path(path)
+        if not p.is_file():
+            raise KavierInputError(f"{what} not found", source=str(p), expected="a Parquet file")
+        try:
+            df = pd.read_parquet(p)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
+            raise KavierInputError(f"cannot read Parquet ({type(exc).__name__}: {exc})", source=str(p)) from None
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise KavierInputError(f"missing column(s) {', '.join(missing)}; columns found: "
+                                   f"{', '.join(map(str, df.columns))}", source=str(p),
+                                   expected=f"the {what} layout with {', '.join(cols)}")
+        return df
+
+    tasks = read(args.tasks, "tasks file", ["duration"] + ([] if args.total_tokens is not None else ["total_tokens"]))
+    ps = read(args.opendc, "OpenDC powerSource file", ["energy_usage", "carbon_emission"])
+    if args.duration_unit == "s":
+        tasks = tasks.assign(duration=tasks["duration"] * 1000.0)
+    s = prototype_efficiency_summary(tasks, ps, args.price, args.total_tokens)
+    if s["total_tokens"] <= 0 or s["total_latency_s"] <= 0:
+        raise KavierInputError(f"total_tokens={s['total_tokens']}, total_latency_s={s['total_latency_s']}",
+                               source=args.tasks, expected="positive token counts and task durations")
+    print("\n----------  Efficiency summary  ----------")
+    for k, v in s.items():
+        if k == "note":
+            continue
+        print(f"{k:>55}: {v:,.6g}")
+    print("------------------------------------------")
+    print("Note: " + s["note"])
+    if args.out:
+        from kavier_opendc.outputs import write_json_atomic
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, s)
+        print(f"\nSaved -> {out}")
+    return 0
+
+
+# ----------------------------------------------------------------- registration
+def register(sub) -> list[str]:
+    """Add run, validate, sweep, efficiency and demo to the ``kavier`` parser."""
+    run = sub.add_parser("run", help="run an experiment end to end: simulation, OpenDC, reports",
+                         description="Run an experiment file end to end: trace -> serving simulation -> OpenDC "
+                                     "export -> OpenDC (through the bridge) -> report.json, report.md and plots. "
+                                     "The output folder holds a file INCOMPLETE while running or after a failure.")
+    add_run_args(run)
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="run the built-in demo experiment (as `kavier run` would)",
+                          description="Run the built-in demo experiment (kavier_opendc/data/demo_experiment.yaml: "
+                                      "synthetic multi-turn chat on Llama-3-8B, 4 x A100-80GB in 2 hosts, a synthetic "
+                                      "daily carbon cycle) exactly as `kavier run` would.")
+    demo.add_argument("--out", metavar="DIR", help="output folder (as for kavier run)")
+    demo.add_argument("--no-opendc", action="store_true", help="skip OpenDC (performance report only)")
+    demo.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+    demo.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    demo.add_argument("--init", metavar="DIR", help="instead of running, copy the demo experiment, workload and "
+                                                   "sweep into DIR as a starting point")
+    demo.set_defaults(func=cmd_demo)
+
+    val = sub.add_parser("validate", help="check experiment or sweep files and report every problem",
+                         description="Validate experiment (or sweep) files against their schemas and check their "
+                                     "meaning (catalogue names, files, datacenter size); every problem is reported "
+                                     "with its JSON path. Exit status 0 when all are valid.")
+    val.add_argument("files", nargs="+", metavar="FILE")
+    val.add_argument("--no-opendc", action="store_true", help="validate as for a run without OpenDC")
+    val.set_defaults(func=cmd_validate)
+
+    sw = sub.add_parser("sweep", help="run the cartesian product of experiment variations in parallel",
+                        description="Run a sweep (schemas/sweep.schema.json): a base experiment and axes whose "
+                                    "cartesian product gives the configurations; runs in parallel worker processes "
+                                    "(one JVM each), skips finished runs when restarted, and writes comparison.csv, "
+                                    "comparison.md and comparison plots.")
+    sw.add_argument("sweep", metavar="SWEEP_FILE")
+    sw.add_argument("--out", required=True, metavar="DIR", help="sweep output folder (runs/<id>/ per configuration)")
+    sw.add_argument("--jobs", type=_positive_int("--jobs"), default=2, help="parallel worker processes (default 2)")
+    sw.add_argument("--no-opendc", action="store_true", help="skip OpenDC in every run")
+    sw.add_argument("--run-plots", action="store_true", help="also draw each run's own plots (slower)")
+    sw.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    sw.set_defaults(func=cmd_sweep)
+
+    ef = sub.add_parser("efficiency", help="the Kavier prototype's efficiency summary, unit error fixed",
+                        description="Reproduce the Kavier prototype's efficiency summary (financial, energy and "
+                                    "carbon efficiency per million tokens per second) from its tasks.parquet "
+                                    "(duration in ms, total_tokens) and OpenDC's powerSource.parquet "
+                                    "(energy_usage J, carbon_emission g), with joules converted to Wh correctly "
+                                    "(/3600; the prototype divides by 1000).")
+    ef.add_argument("--tasks", required=True, metavar="TASKS", help="the prototype's tasks.parquet")
+    ef.add_argument("--opendc", required=True, metavar="POWERSOURCE", help="OpenDC's powerSource.parquet")
+    ef.add_argument("--price", type=float, default=10.0, help="GPU-hour price (default 10.0, the prototype's)")
+    ef.add_argument("--total-tokens", type=float, default=None,
+                    help="tokens to divide by (default: sum of the tasks' total_tokens column)")
+    ef.add_argument("--duration-unit", choices=["ms", "s"], default="ms",
+                    help="unit of the tasks' duration column (the prototype's formula assumes ms)")
+    ef.add_argument("--out", metavar="JSON", help="also save the summary as JSON")
+    ef.set_defaults(func=cmd_efficiency)
+    return ["run", "demo", "validate", "sweep", "efficiency"]
+

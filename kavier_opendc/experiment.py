@@ -1,0 +1,848 @@
+"""Experiment files: one JSON/YAML document describing a whole `kavier run`.
+
+An experiment names the LLM and GPU (or several replica groups), the prompt
+trace (a file or a synthetic workload description), the serving setup, the
+datacenter OpenDC simulates (inline or a file, validated by
+``schemas/datacenter.schema.json``), the carbon trace, prices, latency SLOs,
+the seed and OpenDC export options. It is validated against
+``schemas/experiment.schema.json`` and then checked for meaning (catalogue
+names, files that must exist, a datacenter large enough for the replicas);
+:func:`experiment_problems` returns *every* problem with its JSON path and
+:func:`load_experiment` raises them all in one :class:`KavierInputError`.
+
+Relative paths are resolved against the folder of the experiment file.
+
+Minimal example (YAML)::
+
+    name: chat-on-a100
+    model: Llama-3-8B
+    gpu: A100-80GB
+    trace: workload.yaml            # a trace file or a synthetic description
+    serving: {replicas: 2, router: least-kv}
+    datacenter:
+      hosts: [{name: node, gpus_per_host: 2, cpu: {cores: 32, mhz: 2600}, memory_gib: 512}]
+    carbon: {synthetic: {mean: 300, amplitude: 120}}
+    slo: {ttft_s: 2.0, tpot_s: 0.1}
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from kavier_opendc.errors import KavierInputError
+
+SCHEMA_FILE = "experiment.schema.json"
+PREFIX_POLICIES = ("auto", "none", "off", "block", "vllm", "prefill", "full")
+SERVING_DEFAULTS = {"max_num_seqs": 256, "max_batched_tokens": 8192, "gpu_memory_utilization": 0.9,
+                    "num_kv_blocks": None, "kv_cache": True, "router": "round-robin", "exact": False}
+GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization")
+TRACE_FORMATS = ("kavier", "native", "azure", "mooncake", "vidur", "splitwise", "sarathi")
+SYNTHETIC_SUFFIXES = (".yaml", ".yml")
+
+Problem = tuple[tuple, str]
+
+
+# --------------------------------------------------------------------------
+# Data classes
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One replica group after catalogue lookup."""
+
+    model: Any                   # ModelSpec
+    gpu: Any                     # GPUSpec
+    replicas: int = 1
+    tp: int = 1
+    name: str = "group0"
+    limits: Mapping[str, Any] = field(default_factory=dict)  # per-group batching overrides
+    path: str = "serving"
+
+    @property
+    def gpus(self) -> int:
+        return self.replicas * self.tp
+
+
+@dataclass
+class Experiment:
+    """A validated experiment (see the module docstring)."""
+
+    data: dict                       # the document as written (after YAML/JSON parsing)
+    source: str                      # experiment file, or a label
+    base_dir: Path                   # relative paths are resolved against it
+    name: str
+    seed: int
+    catalog: Any                     # Catalog
+    groups: list[GroupSpec]
+    serving: dict                    # normalised serving options (SERVING_DEFAULTS + prefix_cache dict)
+    trace: dict                      # {"kind": file|synthetic, "path": Path|None, "format", "inline"}
+    datacenter: dict | None          # datacenter description (carbon keys removed when `carbon` overrides)
+    datacenter_base: Path
+    datacenter_source: str
+    carbon: dict | None              # {"kind": trace|region|synthetic, "path": Path|None, "params": dict}
+    prices: dict                     # {"currency", "gpu_hour": {gpu: price}, "electricity_per_kwh"}
+    slo: dict                        # {"ttft_s": float|None, "tpot_s": float|None}
+    opendc_enabled: bool
+    export_opts: dict
+    input_files: list[tuple[str, Path]] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path | None:
+        p = Path(self.source)
+        return p if p.is_file() else None
+
+    def gpu_counts(self) -> dict[str, int]:
+        """GPUs serving the replicas, per GPU type (replicas x tp summed over groups)."""
+        out: dict[str, int] = {}
+        for g in self.groups:
+            out[g.gpu.name] = out.get(g.gpu.name, 0) + g.gpus
+        return out
+
+    def describe(self) -> str:
+        parts = [f"{g.replicas} x {g.tp} x {g.gpu.name} ({g.model.name})" for g in self.groups]
+        return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------
+# Reading documents
+# --------------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loader that rejects duplicate keys and reads YAML 1.2 floats
+    such as ``1e-3`` (PyYAML's YAML 1.1 reads them as strings)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key_node.value!r} (first at line {seen[key_node.value].line + 1})",
+                        key_node.start_mark)
+                seen[key_node.value] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)[eE][-+]?\d+$"),
+    list("-+0123456789."))
+
+
+def read_document(path: str | Path, what: str = "experiment") -> Any:
+    """Parse a JSON or YAML file (by extension; YAML otherwise), with syntax
+    errors reported as :class:`KavierInputError` naming the line and column."""
+    p = Path(path)
+    src = str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KavierInputError(f"{what} file not found", source=src,
+                               expected=f"an existing JSON or YAML {what} file") from None
+    except IsADirectoryError:
+        raise KavierInputError(f"is a directory, not an {what} file", source=src) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KavierInputError(f"cannot read the file: {exc}", source=src) from None
+    return parse_text(text, "json" if p.suffix.lower() == ".json" else "yaml", src)
+
+
+def parse_text(text: str, fmt: str, source: str) -> Any:
+    if fmt == "json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise KavierInputError(f"invalid JSON syntax: {exc.msg}", source=source,
+                                   location=f"line {exc.lineno}, column {exc.colno}") from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        raise KavierInputError(f"invalid YAML syntax: {exc.problem or exc}", source=source,
+                               location=loc) from None
+    except yaml.YAMLError as exc:
+        raise KavierInputError(f"invalid YAML: {exc}", source=source) from None
+
+
+# --------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------
+
+def _schema_file(name: str) -> Path:
+    packaged = resources.files("kavier_opendc").joinpath("schemas", name)
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "schemas" / name  # source checkout
+
+
+@functools.lru_cache(maxsize=None)
+def _load_schema(name: str) -> dict:
+    return json.loads(_schema_file(name).read_text(encoding="utf-8"))
+
+
+def experiment_schema() -> dict:
+    """The experiment JSON Schema (Draft 2020-12), as a fresh dict."""
+    return copy.deepcopy(_load_schema(SCHEMA_FILE))
+
+
+@functools.lru_cache(maxsize=None)
+def schema_validator(name: str = SCHEMA_FILE) -> Draft202012Validator:
+    """A validator for one of our schemas, with the other schemas registered
+    so that ``$ref`` between them (experiment -> datacenter, synthetic) resolve."""
+    from referencing import Registry, Resource
+
+    resources_ = []
+    for other in ("datacenter.schema.json", "synthetic_workload.schema.json", "experiment.schema.json",
+                  "sweep.schema.json"):
+        try:
+            s = _load_schema(other)
+        except (FileNotFoundError, OSError):
+            continue
+        resources_.append((s["$id"], Resource.from_contents(s)))
+    registry = Registry().with_resources(resources_)
+    schema = _load_schema(name)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, registry=registry)
+
+
+def json_path(parts) -> str:
+    """('serving', 'replica_groups', 0, 'gpu') -> 'serving.replica_groups[0].gpu'."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def schema_problems(data: Any, validator: Draft202012Validator, skip: tuple | None = None) -> list[Problem]:
+    """Schema violations as (path, message) with readable messages; errors
+    under the path ``skip`` are left out (checked elsewhere)."""
+    problems: list[Problem] = []
+    for err in validator.iter_errors(data):
+        problems.extend(_explain(err))
+    if skip is not None:
+        problems = [(p, m) for p, m in problems if tuple(p[:len(skip)]) != skip]
+    return problems
+
+
+def _explain(err) -> list[Problem]:
+    path = tuple(err.absolute_path)
+    kind = err.validator
+    if kind == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = sorted(err.schema.get("properties", {}))
+        out = []
+        for key in err.instance:
+            if key in allowed:
+                continue
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            msg = f"unknown key {key!r}"
+            msg += f" (did you mean {hint[0]!r}?)" if hint else (
+                f" (allowed keys: {', '.join(allowed)})" if allowed else "")
+            out.append((path + (key,), msg))
+        return out or [(path, err.message)]
+    if kind == "required" and isinstance(err.instance, dict):
+        return [(path + (k,), "required field is missing") for k in err.validator_value if k not in err.instance]
+    if kind in ("oneOf", "anyOf"):
+        branches: dict[int, list] = {}
+        for sub in err.context or []:
+            branches.setdefault(sub.schema_path[0] if sub.schema_path else 0, []).append(sub)
+        # branches whose shape fits (no type error at this level), fewest top-level complaints first
+        fits = [(idx, errs) for idx, errs in branches.items()
+                if not any(e.validator == "type" and tuple(e.absolute_path) == path for e in errs)]
+        if fits:
+            def score(item):
+                errs = item[1]
+                top = sum(1 for e in errs if tuple(e.absolute_path) == path)
+                return (top, -max(len(e.absolute_path) for e in errs))
+            best = min(fits, key=score)[1]
+            out: list[Problem] = []
+            for e in best:
+                out.extend(_explain(e))
+            if out:
+                return out
+        return [(path, f"{_short(err.instance)} is not valid here: expected "
+                       f"{_describe_alternatives(err.validator_value)}")]
+    if kind == "type":
+        want = err.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        return [(path, f"{_short(err.instance)} has the wrong type (expected {want})")]
+    if kind == "enum":
+        return [(path, f"{_short(err.instance)} is not one of {', '.join(map(repr, err.validator_value))}")]
+    if kind in ("minProperties", "maxProperties") and isinstance(err.instance, dict):
+        props = sorted(err.schema.get("properties", {}))
+        return [(path, f"give exactly one of {', '.join(props)} (found {len(err.instance)})")]
+    return [(path, err.message)]
+
+
+def _describe_alternatives(options) -> str:
+    parts = []
+    for o in options or []:
+        if not isinstance(o, dict):
+            continue
+        t = o.get("type")
+        if t == "object" and o.get("required"):
+            parts.append("an object with " + ", ".join(o["required"]))
+        elif t:
+            parts.append(f"a {t}" if isinstance(t, str) else " or ".join(t))
+        elif "enum" in o:
+            parts.append("one of " + ", ".join(map(repr, o["enum"])))
+    return " or ".join(parts) or "a valid value"
+
+
+# --------------------------------------------------------------------------
+# Loading and checking
+# --------------------------------------------------------------------------
+
+def _raise(problems: list[Problem], source: str, what: str = "experiment") -> None:
+    unique: dict[tuple, None] = {}
+    for p, m in problems:
+        unique.setdefault((tuple(p), m), None)
+    lines = [f"{json_path(p)}: {m}" for p, m in unique]
+    n = len(lines)
+    schema = f"schemas/{what}.schema.json"
+    if n == 1:
+        exc = KavierInputError(f"invalid {what}: {lines[0]} (see {schema})", source=source)
+    else:
+        exc = KavierInputError(f"invalid {what}, {n} problems:\n  " + "\n  ".join(lines)
+                               + f"\n(see {schema})", source=source)
+    exc.problems = lines  # type: ignore[attr-defined]
+    raise exc
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _msg(exc: KavierInputError, drop_source: str | None = None) -> str:
+    text = str(exc)
+    if drop_source and text.startswith(drop_source + ": "):
+        text = text[len(drop_source) + 2:]
+    return text
+
+
+def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source: str = "<experiment>",
+                        opendc: bool | None = None) -> tuple[list[Problem], Experiment | None]:
+    """Every problem of an experiment document, and the experiment when there are none.
+
+    ``opendc``: whether OpenDC will run (None: as the document says), which
+    makes the datacenter required.
+    """
+    from kavier_opendc.specs import default_catalog, load_catalog_file
+
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    if not isinstance(data, dict):
+        return [((), f"the document is {type(data).__name__ if data is not None else 'empty'}, "
+                     "not a mapping (expected keys such as model, gpu, trace, serving, datacenter)")], None
+    problems: list[Problem] = []
+    dc_is_obj = isinstance(data.get("datacenter"), dict)
+    problems += schema_problems(data, schema_validator(), skip=("datacenter",) if dc_is_obj else None)
+    problems += _non_finite(data)
+    inputs: list[tuple[str, Path]] = []
+
+    # catalogue
+    cat = default_catalog()
+    for i, f in enumerate(data.get("catalog") or []):
+        if not isinstance(f, str):
+            continue
+        p = _resolve(base, f)
+        try:
+            cat = load_catalog_file(p, base=cat)
+            inputs.append((f"catalog[{i}]", p))
+        except KavierInputError as exc:
+            problems.append((("catalog", i), str(exc)))
+
+    serving = data.get("serving") if isinstance(data.get("serving"), dict) else {}
+    groups = _groups(data, serving, cat, problems)
+
+    # serving options
+    norm = dict(SERVING_DEFAULTS)
+    for k in SERVING_DEFAULTS:
+        if k in serving:
+            norm[k] = serving[k]
+    kv = norm["kv_cache"]
+    norm["kv_cache"] = (kv == "on") if isinstance(kv, str) else bool(kv)
+    pc = serving.get("prefix_cache")  # absent: the engine's default policy
+    pc = {"policy": pc} if isinstance(pc, str) else (dict(pc) if isinstance(pc, dict) else {})
+    if isinstance(pc.get("policy"), str):
+        pc["policy"] = pc["policy"].strip().lower()
+        if pc["policy"] not in PREFIX_POLICIES:
+            hint = difflib.get_close_matches(pc["policy"], PREFIX_POLICIES, n=1)
+            where = ("serving", "prefix_cache") + (("policy",) if isinstance(serving.get("prefix_cache"), dict) else ())
+            problems.append((where, f"unknown prefix-cache policy {pc['policy']!r}"
+                             + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                             + f"; expected one of {', '.join(PREFIX_POLICIES)}"))
+    norm["prefix_cache"] = pc
+    if isinstance(norm["router"], str):
+        from kavier_opendc.engine.router import normalise_router
+        try:
+            norm["router"] = normalise_router(norm["router"])
+        except KavierInputError as exc:
+            problems.append((("serving", "router"), str(exc).replace("--router: ", "")))
+
+    # KV memory: does the model leave room for a KV cache on the GPU?
+    if norm["kv_cache"] and norm["num_kv_blocks"] is None:
+        from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel
+        for g in groups:
+            lim = {**{k: norm[k] for k in GROUP_LIMIT_KEYS}, **dict(g.limits)}
+            try:
+                if not (isinstance(lim["gpu_memory_utilization"], (int, float))
+                        and isinstance(lim["max_batched_tokens"], int) and isinstance(lim["max_num_seqs"], int)):
+                    continue
+                cap = CostModel(g.model, g.gpu, g.tp, DEFAULT_EFFICIENCY).kv_capacity_blocks(
+                    lim["gpu_memory_utilization"], lim["max_batched_tokens"], lim["max_num_seqs"])
+            except Exception:  # noqa: BLE001 - a broken spec is reported elsewhere
+                continue
+            if cap <= 0:
+                problems.append(((*_split(g.path), "tp"),
+                                 f"{g.model.name} ({g.model.weight_bytes / 2**30:.1f} GiB of weights) leaves no "
+                                 f"room for a KV cache on {g.tp} x {g.gpu.name} ({g.gpu.memory_gib:g} GiB each) at "
+                                 f"gpu_memory_utilization={lim['gpu_memory_utilization']}; use a larger GPU, "
+                                 "more tensor parallelism or a smaller model"))
+
+    # trace
+    trace = _trace(data.get("trace"), base, problems, inputs)
+
+    # OpenDC
+    od = data.get("opendc") if isinstance(data.get("opendc"), dict) else {}
+    enabled = od.get("enabled", True) if opendc is None else bool(opendc)
+    enabled = bool(enabled) if isinstance(enabled, bool) else True
+    export_opts = dict(od.get("export") or {}) if isinstance(od.get("export"), dict) else {}
+
+    # carbon
+    carbon = _carbon(data.get("carbon"), base, data, problems, inputs)
+
+    # datacenter
+    dc_data, dc_base, dc_source = None, base, source
+    dcv = data.get("datacenter")
+    if dcv is None:
+        if enabled:
+            problems.append((("datacenter",), "required to run OpenDC (or turn OpenDC off: "
+                                              "`kavier run --no-opendc` or opendc.enabled: false)"))
+    elif isinstance(dcv, str):
+        p = _resolve(base, dcv)
+        try:
+            dc_data = read_document(p, "datacenter")
+            dc_base, dc_source = p.resolve().parent, str(p)
+            inputs.append(("datacenter", p))
+        except KavierInputError as exc:
+            problems.append((("datacenter",), str(exc)))
+    elif isinstance(dcv, dict):
+        dc_data = copy.deepcopy(dcv)
+    if dc_data is not None:
+        problems += _datacenter(dc_data, dc_base, dc_source, source, cat, groups, carbon is not None,
+                                enabled, export_opts, inputs)
+
+    # prices
+    prices = {"currency": "USD", "gpu_hour": {}, "electricity_per_kwh": None}
+    pr = data.get("prices") if isinstance(data.get("prices"), dict) else {}
+    if isinstance(pr.get("currency"), str):
+        prices["currency"] = pr["currency"]
+    if isinstance(pr.get("electricity_per_kwh"), (int, float)):
+        prices["electricity_per_kwh"] = float(pr["electricity_per_kwh"])
+    given: dict[str, float] = {}
+    for name, price in (pr.get("gpu_hour") or {}).items() if isinstance(pr.get("gpu_hour"), dict) else []:
+        try:
+            given[cat.gpu(name).name] = float(price)
+        except KavierInputError as exc:
+            problems.append((("prices", "gpu_hour", name), str(exc)))
+        except (TypeError, ValueError):
+            pass
+    for g in groups:
+        prices["gpu_hour"][g.gpu.name] = given.get(g.gpu.name, float(g.gpu.price_per_hour))
+    for name, price in given.items():
+        prices["gpu_hour"].setdefault(name, price)
+
+    slo_in = data.get("slo") if isinstance(data.get("slo"), dict) else {}
+    slo = {"ttft_s": slo_in.get("ttft_s"), "tpot_s": slo_in.get("tpot_s")}
+
+    name = data.get("name") if isinstance(data.get("name"), str) else None
+    if name is None:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(source).stem).strip("-.") or "experiment"
+        if not name[0].isalnum():
+            name = "x" + name
+    seed = data.get("seed", 0) if isinstance(data.get("seed"), int) else 0
+
+    if problems:
+        return problems, None
+    exp = Experiment(data=data, source=source, base_dir=base, name=name, seed=seed, catalog=cat,
+                     groups=groups, serving=norm, trace=trace, datacenter=dc_data, datacenter_base=dc_base,
+                     datacenter_source=dc_source, carbon=carbon, prices=prices, slo=slo,
+                     opendc_enabled=enabled, export_opts=export_opts, input_files=inputs)
+    # the engine's own checks (e.g. options the engine version does not support)
+    try:
+        from kavier_opendc.pipeline import sim_config_from_experiment
+        sim_config_from_experiment(exp).validate()
+    except KavierInputError as exc:
+        loc = getattr(exc, "location", None) or ""
+        return [(_engine_path(loc), _msg(exc).replace(f"{loc}: ", "", 1) if loc else _msg(exc))], None
+    return [], exp
+
+
+_ENGINE_LOCATIONS = {"--replicas": ("serving", "replicas"), "--tp": ("serving", "tp"),
+                     "--max-num-seqs": ("serving", "max_num_seqs"),
+                     "--max-batched-tokens": ("serving", "max_batched_tokens"),
+                     "--gpu-memory-utilization": ("serving", "gpu_memory_utilization"),
+                     "--prefix-cache": ("serving", "prefix_cache"), "--router": ("serving", "router")}
+
+
+def _engine_path(loc: str) -> tuple:
+    if loc in _ENGINE_LOCATIONS:
+        return _ENGINE_LOCATIONS[loc]
+    if loc.startswith("serving"):
+        return _split(loc)
+    if loc.startswith("groups["):
+        return ("serving", "replica_" + loc.split(".")[0]) + tuple(_split(loc)[1:])
+    return ("serving",)
+
+
+def _split(path: str) -> tuple:
+    out: list = []
+    for part in path.split("."):
+        m = re.fullmatch(r"([^\[]+)((?:\[\d+\])*)", part)
+        if not m:
+            out.append(part)
+            continue
+        out.append(m.group(1))
+        out += [int(x) for x in re.findall(r"\[(\d+)\]", m.group(2))]
+    return tuple(out)
+
+
+def _non_finite(data: Any, path: tuple = ()) -> list[Problem]:
+    if isinstance(data, float) and not math.isfinite(data):
+        return [(path, f"{data!r} is not a finite number")]
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in _non_finite(v, path + (k,))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in _non_finite(v, path + (i,))]
+    return []
+
+
+def _lookup(cat, kind: str, name: Any, path: tuple, problems: list[Problem]):
+    if not isinstance(name, str) or not name:
+        return None
+    try:
+        return cat.model(name) if kind == "model" else cat.gpu(name)
+    except KavierInputError as exc:
+        problems.append((path, str(exc)))
+        return None
+
+
+def _groups(data: dict, serving: dict, cat, problems: list[Problem]) -> list[GroupSpec]:
+    groups: list[GroupSpec] = []
+    rg = serving.get("replica_groups")
+    if isinstance(rg, list) and rg:
+        for key in ("replicas", "tp"):
+            if key in serving:
+                problems.append((("serving", key), "not allowed together with serving.replica_groups "
+                                                   "(give replicas and tp per group)"))
+        names = set()
+        for i, g in enumerate(rg):
+            if not isinstance(g, dict):
+                continue
+            path = ("serving", "replica_groups", i)
+            mname = g.get("model", data.get("model"))
+            gname = g.get("gpu", data.get("gpu"))
+            if mname is None:
+                problems.append((path + ("model",), "required field is missing (no top-level model either)"))
+            if gname is None:
+                problems.append((path + ("gpu",), "required field is missing (no top-level gpu either)"))
+            m = _lookup(cat, "model", mname, path + ("model",) if "model" in g else ("model",), problems)
+            gp = _lookup(cat, "gpu", gname, path + ("gpu",) if "gpu" in g else ("gpu",), problems)
+            name = g.get("name", f"group{i}")
+            if name in names:
+                problems.append((path + ("name",), f"duplicate group name {name!r}"))
+            names.add(name)
+            reps, tp = g.get("replicas", 1), g.get("tp", 1)
+            if m is not None and gp is not None and isinstance(reps, int) and isinstance(tp, int):
+                groups.append(GroupSpec(m, gp, reps, tp, str(name),
+                                        {k: g[k] for k in GROUP_LIMIT_KEYS if k in g}, json_path(path)))
+        return groups
+    if "model" not in data:
+        problems.append((("model",), "required field is missing (or give serving.replica_groups)"))
+    if "gpu" not in data:
+        problems.append((("gpu",), "required field is missing (or give serving.replica_groups)"))
+    m = _lookup(cat, "model", data.get("model"), ("model",), problems)
+    gp = _lookup(cat, "gpu", data.get("gpu"), ("gpu",), problems)
+    reps, tp = serving.get("replicas", 1), serving.get("tp", 1)
+    if m is not None and gp is not None and isinstance(reps, int) and isinstance(tp, int) \
+            and not isinstance(reps, bool) and not isinstance(tp, bool):
+        groups.append(GroupSpec(m, gp, reps, tp, "group0", {}, "serving"))
+    return groups
+
+
+def _trace(tv: Any, base: Path, problems: list[Problem], inputs: list) -> dict:
+    out: dict[str, Any] = {"kind": None, "path": None, "format": None, "inline": None}
+    if isinstance(tv, str):
+        p = _resolve(base, tv)
+        out.update(kind="synthetic" if p.suffix.lower() in SYNTHETIC_SUFFIXES else "file", path=p)
+        loc: tuple = ("trace",)
+    elif isinstance(tv, dict) and "file" in tv and isinstance(tv["file"], str):
+        p = _resolve(base, tv["file"])
+        out.update(kind="synthetic" if p.suffix.lower() in SYNTHETIC_SUFFIXES else "file", path=p,
+                   format=tv.get("format"))
+        loc = ("trace", "file")
+        fmt = tv.get("format")
+        if isinstance(fmt, str) and fmt.strip().lower() not in TRACE_FORMATS:
+            hint = difflib.get_close_matches(fmt.strip().lower(), TRACE_FORMATS, n=1)
+            problems.append((("trace", "format"), f"unknown trace format {fmt!r}"
+                             + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                             + f"; expected one of {', '.join(TRACE_FORMATS)}"))
+    elif isinstance(tv, dict) and "synthetic" in tv:
+        s = tv["synthetic"]
+        if isinstance(s, str):
+            p = _resolve(base, s)
+            out.update(kind="synthetic", path=p)
+            loc = ("trace", "synthetic")
+        else:
+            out.update(kind="synthetic", inline=s if isinstance(s, dict) else None)
+            return out
+    else:
+        return out
+    p = out["path"]
+    if not p.exists():
+        problems.append((loc, f"file {str(p)!r} not found (paths are relative to the experiment file's folder)"))
+    elif p.is_dir():
+        problems.append((loc, f"{str(p)!r} is a directory, not a trace file"))
+    else:
+        inputs.append(("trace", p))
+    return out
+
+
+def _carbon(cv: Any, base: Path, data: dict, problems: list[Problem], inputs: list) -> dict | None:
+    if not isinstance(cv, dict) or len(cv) != 1:
+        return None
+    from kavier_opendc.opendc import carbon as C
+
+    kind, value = next(iter(cv.items()))
+    if kind == "synthetic":
+        params = dict(value) if isinstance(value, dict) else {}
+        try:
+            C.synthetic_carbon_profile(**{**params, "days": min(float(params.get("days", 1.0)), 0.05)})
+        except KavierInputError as exc:
+            problems.append((("carbon", "synthetic"), str(exc)))
+        except (TypeError, ValueError):
+            pass
+        return {"kind": "synthetic", "path": None, "params": params}
+    if not isinstance(value, str):
+        return None
+    year = None
+    dcv = data.get("datacenter")
+    if isinstance(dcv, dict) and isinstance(dcv.get("start"), str):
+        try:
+            year = datetime.fromisoformat(dcv["start"]).year
+        except ValueError:
+            pass
+    try:
+        if kind == "trace":
+            p = _resolve(base, value).resolve()
+            if not p.is_file():
+                raise KavierInputError(f"carbon trace {str(p)!r} not found (paths are relative to the "
+                                       "experiment file's folder)")
+        else:
+            p = C.resolve_carbon_trace(value, base, year=year, location=f"carbon.{kind}")
+        C.read_carbon_trace(p)
+    except KavierInputError as exc:
+        problems.append((("carbon", kind), str(exc).replace(f"carbon.{kind}: ", "", 1)))
+        return None
+    inputs.append(("carbon", p))
+    return {"kind": kind, "path": p, "params": {}}
+
+
+def _datacenter(dc: dict, dc_base: Path, dc_source: str, exp_source: str, cat, groups: list[GroupSpec],
+                carbon_override: bool, enabled: bool, export_opts: dict, inputs: list) -> list[Problem]:
+    from kavier_opendc.opendc import topology as T
+
+    prefix: tuple = ("datacenter",)
+    if not isinstance(dc, dict):
+        return [(prefix, f"the datacenter description is {type(dc).__name__}, not a mapping")]
+    if carbon_override:  # the experiment's `carbon` replaces the datacenter's own trace
+        dc.pop("region", None)
+        if isinstance(dc.get("power_source"), dict):
+            dc["power_source"].pop("carbon_trace", None)
+    gpus = sorted({g.gpu.name for g in groups})
+    if len(gpus) == 1 and isinstance(dc.get("hosts"), list):
+        # host groups that name no GPU run the replicas' GPU (also for user-catalogue GPUs)
+        for h in dc["hosts"]:
+            if isinstance(h, dict) and "gpu" not in h and h.get("gpus_per_host", 0):
+                h["gpu"] = gpus[0]
+    where = "" if dc_source == exp_source else f" (in {dc_source})"
+    try:
+        d = T.load_datacenter(dc, catalog=cat, base_dir=dc_base, source=dc_source)
+    except KavierInputError as exc:
+        lines = getattr(exc, "problems", None)
+        if not lines:
+            return [(prefix, _msg(exc, dc_source))]
+        out = []
+        for line in lines:
+            p, _, m = line.partition(": ")
+            out.append((prefix + (_split(p) if p != "(top level)" else ()), m + where))
+        return out
+    if d.power_source.carbon_trace is not None:
+        inputs.append(("carbon", Path(d.power_source.carbon_trace)))
+    problems: list[Problem] = []
+    for i, h in enumerate(d.hosts):
+        if h.gpu is not None and gpus and h.gpu.name not in gpus:
+            problems.append((prefix + ("hosts", i, "gpu"),
+                             f"{h.gpu.name!r} but the replicas run on {', '.join(map(repr, gpus))}{where}; "
+                             "leave 'gpu' out to use the replicas' GPU"))
+    if problems or not enabled or len(groups) != 1:
+        return problems
+    g = groups[0]
+    try:
+        hosts = T.opendc_hosts(d.with_gpu(g.gpu))
+        T.plan_tasks(hosts, g.replicas, g.tp, g.gpu.name, source=dc_source)
+    except KavierInputError as exc:
+        problems.append((prefix + ("hosts",), _msg(exc, dc_source).replace("hosts: ", "", 1) + where))
+    return problems
+
+
+def load_experiment(path_or_dict: str | Path | Mapping, *, base_dir: str | Path | None = None,
+                    source: str | None = None, opendc: bool | None = None) -> Experiment:
+    """Read, validate and check an experiment; raise every problem at once.
+
+    ``path_or_dict``: a JSON/YAML file or an already parsed mapping (then
+    relative paths are resolved against ``base_dir``, default the current
+    folder, and messages name ``source``).
+    """
+    if isinstance(path_or_dict, Mapping):
+        data = copy.deepcopy(dict(path_or_dict))
+        src = source or "<experiment>"
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+        exp_file = None
+    else:
+        p = Path(path_or_dict)
+        data = read_document(p)
+        src = source or str(p)
+        base = Path(base_dir) if base_dir is not None else p.resolve().parent
+        exp_file = p
+    problems, exp = experiment_problems(data, base_dir=base, source=src, opendc=opendc)
+    if problems:
+        _raise(problems, src)
+    assert exp is not None
+    if exp_file is not None:
+        exp.input_files.insert(0, ("experiment", exp_file))
+    return exp
+
+
+def load_trace_for(exp: Experiment):
+    """The experiment's trace (read from its file or generated)."""
+    from kavier_opendc.workload.synthetic import load_synthetic_spec
+    from kavier_opendc.workload.trace import load_trace
+
+    t = exp.trace
+    if t["kind"] == "synthetic":
+        if t["inline"] is not None:
+            spec = dict(t["inline"])
+            spec.setdefault("seed", exp.seed)
+            try:
+                return load_synthetic_spec(spec, base_dir=exp.base_dir)
+            except KavierInputError as exc:
+                raise KavierInputError(f"trace.synthetic: {exc}", source=exp.source) from None
+        return load_synthetic_spec(t["path"])
+    if Path(t["path"]).suffix.lower() == ".json":
+        from kavier_opendc.cli import load_workload  # a JSON file is a description or JSON Lines
+        return load_workload(str(t["path"]), t["format"])
+    return load_trace(t["path"], t["format"])
+
+
+def synthetic_input_files(exp: Experiment) -> list[tuple[str, Path]]:
+    """Files a synthetic description refers to (histograms), for checksums."""
+    spec, base = None, exp.base_dir
+    if exp.trace["kind"] == "synthetic":
+        if exp.trace["inline"] is not None:
+            spec = exp.trace["inline"]
+        elif exp.trace["path"] is not None:
+            try:
+                spec = read_document(exp.trace["path"], "workload")
+                base = Path(exp.trace["path"]).resolve().parent
+            except KavierInputError:
+                spec = None
+    out: list[tuple[str, Path]] = []
+
+    def walk(x, path):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k == "file" and isinstance(v, str):
+                    p = _resolve(base, v)
+                    if p.is_file():
+                        out.append((f"trace.{path}.file".replace("..", "."), p))
+                else:
+                    walk(v, f"{path}.{k}" if path else k)
+    walk(spec, "")
+    return out
+
+
+def with_overrides(data: Mapping, overrides: Mapping[str, Any]) -> dict:
+    """A deep copy of ``data`` with dotted-path overrides applied, e.g.
+    ``{"serving.replicas": 4, "serving.prefix_cache.policy": "block"}``.
+    Intermediate mappings are created; a string prefix_cache becomes
+    ``{"policy": ...}`` when one of its knobs is set."""
+    out = copy.deepcopy(dict(data))
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        cur = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = cur.get(part)
+            if part == "prefix_cache" and isinstance(nxt, str):
+                nxt = {"policy": nxt}
+                cur[part] = nxt
+            if not isinstance(nxt, dict):
+                nxt = {}
+                cur[part] = nxt
+            cur = nxt
+        last = parts[-1]
+        if last in ("region", "trace", "synthetic") and parts[:-1] == ["carbon"]:
+            cur.clear()  # carbon takes exactly one source
+        cur[last] = copy.deepcopy(value)
+    return out
+
+
+def to_jsonable(exp: Experiment) -> dict:
+    """A summary of the resolved experiment for provenance."""
+    return {
+        "name": exp.name,
+        "source": exp.source,
+        "seed": exp.seed,
+        "replica_groups": [{"name": g.name, "model": g.model.name, "gpu": g.gpu.name, "replicas": g.replicas,
+                            "tp": g.tp, **dict(g.limits)} for g in exp.groups],
+        "serving": {k: v for k, v in exp.serving.items()},
+        "trace": {"kind": exp.trace["kind"], "path": None if exp.trace["path"] is None else str(exp.trace["path"]),
+                  "format": exp.trace["format"], "inline": exp.trace["inline"] is not None},
+        "carbon": None if exp.carbon is None else {"kind": exp.carbon["kind"],
+                                                   "path": None if exp.carbon["path"] is None
+                                                   else str(exp.carbon["path"]),
+                                                   "params": exp.carbon["params"]},
+        "prices": exp.prices,
+        "slo": exp.slo,
+        "opendc": {"enabled": exp.opendc_enabled, "export": exp.export_opts},
+    }
+
+
+__all__ = ["Experiment", "GroupSpec", "experiment_problems", "experiment_schema", "json_path", "load_experiment",
+           "load_trace_for", "read_document", "schema_validator", "with_overrides"]

@@ -1,0 +1,577 @@
+"""`kavier run`: trace -> simulation -> OpenDC export -> OpenDC -> reports.
+
+Output folder layout (``--out DIR``)::
+
+    DIR/experiment.json          the experiment as run (paths made absolute)
+    DIR/simulation/              requests.parquet, summary.json, timeline.parquet
+    DIR/opendc/                  workload/{tasks,fragments}.parquet, topology.json,
+                                 experiment.json, export.json, carbon/ (generated
+                                 carbon trace), output/ (OpenDC's raw output),
+                                 sustainability.json
+    DIR/plots/*.png
+    DIR/report.md, DIR/report.json   (report.json is written last)
+
+All or nothing: while a run is in progress, and after it failed, ``DIR``
+holds a file ``INCOMPLETE`` (with the stage and the error); ``report.json``
+exists only in a complete run, and a complete run has no ``INCOMPLETE``.
+Re-running into a folder that holds an earlier run replaces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from kavier_opendc import __version__
+from kavier_opendc.errors import KavierError, KavierInputError, KavierRuntimeError
+from kavier_opendc.experiment import Experiment, to_jsonable
+
+INCOMPLETE = "INCOMPLETE"
+#: experiment prefix-cache knob -> SimConfig field names to try, in order
+PREFIX_KNOB_FIELDS = {"min_prompt_tokens": ("prefix_min_tokens",), "capacity_prompts": ("prefix_capacity_prompts",),
+                      "scope": ("prefix_scope",), "capacity_tokens": ("prefix_capacity_tokens",),
+                      "host_memory_gb": ("host_memory_gb",)}
+RUN_ENTRIES = ("simulation", "opendc", "plots", "report.json", "report.md", "experiment.json", INCOMPLETE)
+
+
+# --------------------------------------------------------------------------
+# Experiment -> engine configuration (the one place to adapt to the engine)
+# --------------------------------------------------------------------------
+
+def sim_config_from_experiment(exp: Experiment):
+    """The engine's :class:`SimConfig` for an experiment.
+
+    One replica group maps onto SimConfig's model/gpu/replicas/tp; several
+    groups use the engine's ``groups`` (``ReplicaGroup``) when the engine
+    has them. Prefix-cache knobs are passed to SimConfig fields named
+    ``prefix_cache_<knob>`` (or ``<knob>``); a knob the engine does not know
+    is an error naming ``serving.prefix_cache.<knob>``.
+    """
+    from kavier_opendc.engine import simulator as S
+
+    srv = exp.serving
+    groups = exp.groups
+    fields = {f.name for f in dataclasses.fields(S.SimConfig)}
+    g0 = groups[0]
+    for i, g in enumerate(groups):
+        for k, v in g.limits.items():
+            if v != srv[k] and len(groups) > 1:
+                raise KavierInputError(
+                    f"per-group {k} ({v}) differs from serving.{k} ({srv[k]}); this engine version applies one "
+                    "setting to every group", location=f"serving.replica_groups[{i}].{k}",
+                    expected=f"the same value as serving.{k}, or leave it out")
+    limits = {k: g0.limits.get(k, srv[k]) for k in ("max_num_seqs", "max_batched_tokens",
+                                                     "gpu_memory_utilization")}
+    kwargs: dict[str, Any] = dict(model=g0.model, gpu=g0.gpu, replicas=g0.replicas, tp=g0.tp,
+                                  kv_cache=bool(srv["kv_cache"]), router=srv["router"], seed=exp.seed,
+                                  exact=bool(srv["exact"]), **limits)
+    if srv.get("num_kv_blocks") is not None:
+        kwargs["num_kv_blocks"] = srv["num_kv_blocks"]
+    pc = dict(srv["prefix_cache"])
+    if pc.get("policy") is not None:
+        kwargs["prefix_cache"] = pc["policy"]
+    pc.pop("policy", None)
+    for knob, value in pc.items():
+        if value == "inf":
+            value = math.inf
+        for cand in PREFIX_KNOB_FIELDS.get(knob, ()) + (f"prefix_cache_{knob}", f"prefix_{knob}", knob):
+            if cand in fields:
+                kwargs[cand] = value
+                break
+        else:
+            raise KavierInputError(f"the prefix-cache option {knob!r} is not supported by this engine version",
+                                   location=f"serving.prefix_cache.{knob}", expected="policy only")
+    if len(groups) > 1:
+        if "groups" not in fields or not hasattr(S, "ReplicaGroup"):
+            raise KavierInputError(f"{len(groups)} replica groups: heterogeneous replica groups are not yet "
+                                   "supported by this engine version", location="serving.replica_groups",
+                                   expected="one group")
+        kwargs["groups"] = [S.ReplicaGroup(g.model, g.gpu, g.replicas, g.tp) for g in groups]
+        kwargs["replicas"] = sum(g.replicas for g in groups)
+    return S.SimConfig(**kwargs)
+
+
+# --------------------------------------------------------------------------
+# Progress per stage
+# --------------------------------------------------------------------------
+
+class Stages:
+    """Prints one line per stage to stderr (unless quiet) and times them."""
+
+    def __init__(self, names: list[str], *, quiet: bool = False, stream=None, prefix: str = "kavier"):
+        self.names = names
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.prefix = prefix
+        self.times: dict[str, float] = {}
+        self.current: str | None = None
+        self.t0 = time.perf_counter()
+
+    @property
+    def tty(self) -> bool:
+        return not self.quiet and getattr(self.stream, "isatty", lambda: False)()
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.stream, flush=True)
+
+    @contextmanager
+    def stage(self, name: str, detail: str = "") -> Iterator[None]:
+        k = self.names.index(name) + 1 if name in self.names else len(self.times) + 1
+        self.current = name
+        self.say(f"[{k}/{len(self.names)}] {name}" + (f": {detail}" if detail else ""))
+        t0 = self.t0 = time.perf_counter()
+        yield
+        self.times[name] = time.perf_counter() - t0
+        self.current = None
+
+    def bar(self, label: str):
+        from kavier_opendc.progress import Progress
+
+        p = Progress(1.0, f"      {label}", enabled=self.tty, stream=self.stream)
+
+        def update(frac: float) -> None:
+            p.update(frac)
+            if frac >= 1.0:
+                p.close()
+        return update
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def prepare_out_dir(out: Path) -> None:
+    """Make ``out`` ready for a run: create it, or clear an earlier run in it.
+    A non-empty folder that does not hold a kavier run is refused."""
+    from kavier_opendc.outputs import check_writable_dir
+
+    out = Path(out)
+    check_writable_dir(out)
+    if out.exists():
+        entries = [p for p in out.iterdir()]
+        known = {p.name for p in entries} & set(RUN_ENTRIES)
+        if entries and not known:
+            raise KavierInputError(f"output folder {out} is not empty and holds no earlier kavier run",
+                                   location="--out", expected="a new or empty folder, or one written by kavier run")
+        for p in entries:
+            if p.name in RUN_ENTRIES:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_marker(out: Path, text: str) -> None:
+    from kavier_opendc.outputs import atomic_write_text
+    atomic_write_text(Path(out) / INCOMPLETE, text)
+
+
+def absolutized(exp: Experiment) -> dict:
+    """The experiment document with every relative path made absolute, so the
+    copy in the output folder runs from anywhere."""
+    import copy
+
+    d = copy.deepcopy(exp.data)
+    base = exp.base_dir
+
+    def ab(v):
+        p = Path(v).expanduser()
+        return str(p if p.is_absolute() else (base / p).resolve())
+    t = d.get("trace")
+    if isinstance(t, str):
+        d["trace"] = ab(t)
+    elif isinstance(t, dict):
+        if isinstance(t.get("file"), str):
+            t["file"] = ab(t["file"])
+        if isinstance(t.get("synthetic"), str):
+            t["synthetic"] = ab(t["synthetic"])
+        elif isinstance(t.get("synthetic"), dict):
+            _abs_files(t["synthetic"], ab)
+    if isinstance(d.get("datacenter"), str):
+        d["datacenter"] = ab(d["datacenter"])
+    elif isinstance(d.get("datacenter"), dict):
+        ps = d["datacenter"].get("power_source")
+        if isinstance(ps, dict) and isinstance(ps.get("carbon_trace"), str):
+            from kavier_opendc.opendc.carbon import looks_like_path
+            if looks_like_path(ps["carbon_trace"]):
+                ps["carbon_trace"] = ab(ps["carbon_trace"])
+    if isinstance(d.get("catalog"), list):
+        d["catalog"] = [ab(c) if isinstance(c, str) else c for c in d["catalog"]]
+    c = d.get("carbon")
+    if isinstance(c, dict) and isinstance(c.get("trace"), str):
+        c["trace"] = ab(c["trace"])
+    return d
+
+
+def _abs_files(x, ab) -> None:
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if k == "file" and isinstance(v, str):
+                x[k] = ab(v)
+            else:
+                _abs_files(v, ab)
+
+
+def carbon_trace_for(exp: Experiment, odc_dir: Path, makespan_s: float, start: str) -> tuple[Path | None, dict]:
+    """The carbon trace the power source uses: the experiment's (resolved or
+    generated into ``odc_dir/carbon/``) or None to keep the datacenter's own."""
+    from kavier_opendc.opendc import carbon as C
+
+    if exp.carbon is None:
+        return None, {}
+    if exp.carbon["kind"] != "synthetic":
+        return Path(exp.carbon["path"]), {"kind": exp.carbon["kind"], "path": str(exp.carbon["path"])}
+    params = dict(exp.carbon["params"])
+    t0 = datetime.fromisoformat(start)
+    midnight = t0.replace(hour=0, minute=0, second=0, microsecond=0)
+    need_days = math.ceil(((t0 - midnight).total_seconds() + makespan_s) / 86400.0) + 1
+    params["days"] = max(float(params.get("days", 1.0)), float(need_days))
+    params.setdefault("start", midnight.strftime("%Y-%m-%dT%H:%M:%S"))
+    path = odc_dir / "carbon" / "synthetic_carbon.parquet"
+    C.write_synthetic_carbon_trace(path, **params)
+    return path, {"kind": "synthetic", "path": str(path), "params": params}
+
+
+def datacenter_for(exp: Experiment, carbon_path: Path | None):
+    """The validated :class:`Datacenter`, with the experiment's carbon trace."""
+    import copy
+
+    from kavier_opendc.opendc.topology import load_datacenter
+
+    dc = copy.deepcopy(exp.datacenter)
+    if carbon_path is not None:
+        dc.pop("region", None)
+        ps = dc.setdefault("power_source", {})
+        ps["carbon_trace"] = str(Path(carbon_path).resolve())
+    return load_datacenter(dc, catalog=exp.catalog, base_dir=exp.datacenter_base, source=exp.datacenter_source)
+
+
+def bridge_jar_flavour(jar: Path) -> str:
+    """'full', 'lite' (the gateway without OpenDC) or 'unknown', from the jar's manifest."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(jar) as zf:
+            manifest = zf.read("META-INF/MANIFEST.MF").decode("utf-8", "replace")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return "unknown"
+    for line in manifest.splitlines():
+        if line.startswith("Kavier-Bridge-Flavour:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def check_opendc_available() -> None:
+    """Fail before any work when OpenDC cannot run (no jar, a lite jar, or no Java 21+)."""
+    from kavier_opendc.opendc.bridge import BUILD_COMMAND, find_bridge_jar, find_java
+
+    hint = " To get the performance report without OpenDC, add --no-opendc."
+    try:
+        jar = find_bridge_jar()
+        find_java()
+    except KavierRuntimeError as exc:
+        raise KavierRuntimeError(f"{exc}{hint}") from None
+    if bridge_jar_flavour(jar) == "lite":
+        raise KavierRuntimeError(f"The OpenDC bridge jar {jar} is a lite build without OpenDC (OpenDC's artifacts "
+                                 f"could not be resolved when it was built); build the real one with "
+                                 f"'{BUILD_COMMAND}'.{hint}")
+
+
+def _library_versions() -> dict[str, str]:
+    out = {}
+    for mod in ("numpy", "pandas", "pyarrow", "matplotlib", "py4j"):
+        try:
+            from importlib.metadata import version
+            out[mod] = version(mod)
+        except Exception:  # noqa: BLE001
+            pass
+    return out
+
+
+def _trim_sustainability(rec: dict, out: Path) -> dict:
+    keep = ("energy_wh", "avg_power_w", "peak_power_w", "peak_interval_avg_power_w", "carbon_g", "duration_s",
+            "grid_energy_wh", "gpu_energy_wh", "cpu_energy_wh", "idle_energy_wh", "dynamic_energy_wh",
+            "carbon_intensity_avg_g_per_kwh", "start_epoch_ms", "per_host", "per_gpu", "battery", "tasks")
+    s = {k: rec.get(k) for k in keep}
+    raw = rec.get("raw_output")
+    if raw:
+        try:
+            s["raw_output"] = str(Path(raw).resolve().relative_to(out.resolve()))
+        except ValueError:
+            s["raw_output"] = str(raw)
+    exp = rec.get("export") or {}
+    s["export"] = {k: exp.get(k) for k in ("mode", "tolerance", "interval_s", "start", "tasks", "fragments",
+                                           "timeline_segments", "compression_ratio", "max_abs_utilization_error",
+                                           "gpu_energy_linear_wh", "cpu_load_cores") if k in exp}
+    return s
+
+
+# --------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class RunResult:
+    out: Path
+    report: dict
+    wall_s: float
+
+
+def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | None = None, plots: bool = True,
+                   quiet: bool = False, bridge=None, command: str | None = None, trace=None,
+                   stages: Stages | None = None, bridge_info: dict | None = None) -> RunResult:
+    """Run an experiment end to end into ``out`` (see the module docstring).
+
+    ``opendc``: override the experiment's ``opendc.enabled``; ``bridge``: an
+    open :class:`OpenDCBridge` to reuse (sweeps), else one is started for the
+    run; ``trace``: an already loaded trace (else it is loaded here, before the
+    output folder is touched).
+    """
+    from kavier_opendc.experiment import load_trace_for, synthetic_input_files
+
+    t_start = time.perf_counter()
+    started = _utc_now()
+    out = Path(out)
+    use_opendc = exp.opendc_enabled if opendc is None else bool(opendc)
+    if use_opendc and exp.datacenter is None:
+        raise KavierInputError("no datacenter: OpenDC needs one", source=exp.source, location="datacenter",
+                               expected="a datacenter description, or --no-opendc")
+    names = ["trace", "simulate"] + (["export", "opendc"] if use_opendc else []) + ["report"]
+    st = stages or Stages(names, quiet=quiet)
+    st.names = names
+    if use_opendc and bridge is None:
+        check_opendc_available()
+    cfg = sim_config_from_experiment(exp)
+    cfg.validate()
+    # input errors first, before the output folder is touched
+    with st.stage("trace", exp.trace["path"].name if exp.trace["path"] is not None else "inline synthetic"):
+        if trace is None:
+            trace = load_trace_for(exp)
+        st.say(f"      {len(trace)} requests, {trace.total_tokens():,} tokens ({trace.format})")
+    prepare_out_dir(out)
+    _write_marker(out, f"kavier run in progress since {started} (pid {os.getpid()}); this folder is not a "
+                       "complete result until this file is gone.\n")
+    try:
+        report = _run_stages(exp, out, trace, cfg, st, use_opendc, plots, quiet, bridge, bridge_info,
+                             command, started, t_start, synthetic_input_files(exp))
+    except BaseException as exc:
+        what = st.current or "run"
+        if isinstance(exc, KeyboardInterrupt):
+            text = "interrupted (KeyboardInterrupt)"
+        elif isinstance(exc, KavierError):
+            text = str(exc)
+        else:
+            text = "".join(traceback.format_exception(exc)).strip()
+        try:
+            _write_marker(out, f"kavier run FAILED during stage '{what}' at {_utc_now()}:\n{text}\n\n"
+                               "The files in this folder are partial; rerun the experiment.\n")
+        except OSError:
+            pass
+        raise
+    (out / INCOMPLETE).unlink()
+    return RunResult(out, report, time.perf_counter() - t_start)
+
+
+def _run_stages(exp: Experiment, out: Path, trace, cfg, st: Stages, use_opendc: bool, plots: bool, quiet: bool,
+                bridge, bridge_info, command, started, t_start, extra_inputs) -> dict:
+    import pandas as pd
+
+    from kavier_opendc.engine.simulator import simulate
+    from kavier_opendc.outputs import write_json_atomic, write_simulation
+    from kavier_opendc.reports.efficiency import efficiency_report
+    from kavier_opendc.reports.report import write_report
+
+    write_json_atomic(out / "experiment.json", absolutized(exp))
+    sim_dir = out / "simulation"
+    with st.stage("simulate", exp.describe()):
+        result = simulate(trace, cfg, progress=st.tty)
+        summary = write_simulation(result, sim_dir)
+        st.say(f"      {summary['num_finished']} finished, makespan {summary['makespan_s']:.1f} s, "
+               f"{summary['output_tokens_per_s']:.1f} output tok/s, TTFT p99 "
+               f"{(summary['ttft_s']['p99'] or 0) * 1e3:.1f} ms")
+    requests = pd.read_parquet(sim_dir / "requests.parquet")
+    sustainability = None
+    power = None
+    host = None
+    carbon_info: dict = {}
+    dc_dict = None
+    if use_opendc:
+        from kavier_opendc.opendc.results import run_opendc_dir, sustainability_record
+        from kavier_opendc.opendc.topology import write_opendc_inputs
+
+        odc = out / "opendc"
+        with st.stage("export", "timeline -> OpenDC tasks, fragments, topology, experiment"):
+            odc.mkdir(parents=True, exist_ok=True)
+            from kavier_opendc.opendc.topology import DEFAULT_START
+            start = exp.datacenter.get("start", DEFAULT_START)
+            carbon_path, carbon_info = carbon_trace_for(exp, odc, summary["makespan_s"], start)
+            dc = datacenter_for(exp, carbon_path)
+            dc_dict = dc.to_dict()
+            if carbon_path is None and dc.power_source.carbon_trace is not None:
+                carbon_info = {"kind": "datacenter", "path": str(dc.power_source.carbon_trace)}
+            stats = write_opendc_inputs(sim_dir, dc, odc, **exp.export_opts)
+            st.say(f"      {stats['tasks']} task(s), {stats['fragments']} fragments from "
+                   f"{stats['timeline_segments']} timeline segments ({stats['mode']})")
+        with st.stage("opendc", "running OpenDC through the bridge"):
+            own = bridge is None
+            if own:
+                from kavier_opendc.opendc.bridge import OpenDCBridge
+                bridge = OpenDCBridge(cwd=odc)
+                bridge.start()
+            try:
+                if bridge_info is None:
+                    try:
+                        bridge_info = bridge.info()
+                    except KavierError:
+                        bridge_info = {}
+                res = run_opendc_dir(odc, progress=st.bar("opendc"), bridge=bridge)
+            finally:
+                if own:
+                    bridge.close()
+            power = res.get("power")
+            sustainability = _trim_sustainability(sustainability_record(res), out)
+            if res.get("raw_output"):
+                hp = Path(res["raw_output"]) / "host.parquet"
+                if hp.is_file():
+                    host = pd.read_parquet(hp, columns=None)
+            st.say(f"      {sustainability['energy_wh']:.2f} Wh, avg {sustainability['avg_power_w']:.0f} W, "
+                   f"peak {sustainability['peak_power_w']:.0f} W, {sustainability['carbon_g']:.2f} gCO2")
+
+    with st.stage("report", "report.json, report.md" + (", plots" if plots else "")):
+        eff = efficiency_report(summary, requests, sustainability, gpu_counts=exp.gpu_counts(),
+                                prices=exp.prices, slo=exp.slo)
+        plot_files: list[str] = []
+        if plots:
+            plot_files = make_run_plots(out, requests, sim_dir, exp, sustainability, power, host,
+                                        carbon_info.get("path"))
+        inputs = []
+        seen = set()
+        gen_carbon = carbon_info.get("kind") == "synthetic"
+        for role, p in list(exp.input_files) + list(extra_inputs) + (
+                [("carbon (generated)", Path(carbon_info["path"]))] if gen_carbon else []):
+            p = Path(p)
+            key = (role, str(p.resolve()))
+            if key in seen or not p.is_file():
+                continue
+            seen.add(key)
+            inputs.append({"role": role, "path": str(p.resolve()), "sha256": sha256_file(p),
+                           "bytes": p.stat().st_size})
+        bi = bridge_info or {}
+        prov = {
+            "kavier_opendc_version": __version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "libraries": _library_versions(),
+            "opendc_version": bi.get("opendc_version"),
+            "bridge_version": bi.get("bridge_version"),
+            "java_version": bi.get("java_version"),
+            "seed": exp.seed,
+            "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+            "cwd": os.getcwd(),
+            "started_utc": started,
+            "finished_utc": _utc_now(),
+            "wall_s": time.perf_counter() - t_start,
+            "stages_s": dict(st.times),
+            "inputs": inputs,
+            "engine": summary.get("engine"),
+        }
+        exp_summary = to_jsonable(exp)
+        if carbon_info:
+            exp_summary["carbon"] = carbon_info
+        report = {
+            "performance": summary,
+            "sustainability": sustainability,
+            "efficiency": eff,
+            "provenance": prov,
+            "experiment": exp_summary,
+            "datacenter": dc_dict,
+            "plots": plot_files,
+            "outputs": {"simulation": "simulation", "opendc": "opendc" if use_opendc else None,
+                        "report_md": "report.md"},
+        }
+        prov["stages_s"]["report"] = time.perf_counter() - st.t0
+        write_report(out, report)
+    report["provenance"]["stages_s"] = dict(st.times)
+    return report
+
+
+def make_run_plots(out: Path, requests, sim_dir: Path, exp: Experiment, sustainability, power, host,
+                   carbon_path: str | None = None) -> list[str]:
+    """All PNG plots of a run under ``out/plots``; returns paths relative to ``out``."""
+    import pandas as pd
+
+    from kavier_opendc.reports import plots as P
+
+    d = out / "plots"
+    files = [P.latency_cdfs(requests, d / "latency_cdf.png", exp.slo),
+             P.gpu_utilization(pd.read_parquet(sim_dir / "timeline.parquet"), d / "gpu_utilization.png"),
+             P.cache_hit_ratio(requests, d / "cache_hit_ratio.png")]
+    if sustainability is not None:
+        files.append(P.host_power(host, d / "power.png"))
+        trace = None
+        if carbon_path:
+            from kavier_opendc.opendc.carbon import read_carbon_trace
+            try:
+                trace = read_carbon_trace(carbon_path)
+            except KavierError:
+                trace = None
+        files.append(P.carbon(power, d / "carbon.png", sustainability.get("start_epoch_ms"), trace))
+        files.append(P.energy_breakdown(sustainability, d / "energy_breakdown.png"))
+    return [str(Path(f).relative_to(out)) for f in files]
+
+
+def format_run_summary(report: dict, out: Path, wall_s: float) -> str:
+    """The few lines `kavier run` prints on stdout."""
+    p, s, e = report["performance"], report.get("sustainability"), report["efficiency"]
+    cur = e.get("currency", "USD")
+
+    def ms(d):
+        return "n/a" if d.get("p50") is None else f"p50 {d['p50'] * 1e3:.1f} / p99 {d['p99'] * 1e3:.1f} ms"
+    lines = [
+        f"{report['experiment']['name']}: " + ", ".join(
+            f"{g['replicas']} x {g['tp']} x {g['gpu']} ({g['model']})" for g in report["experiment"]["replica_groups"]),
+        f"requests     {p['num_finished']} finished, {p['num_rejected']} rejected, makespan {p['makespan_s']:.1f} s",
+        f"throughput   {p['output_tokens_per_s']:.1f} output tok/s, {p['total_tokens_per_s']:.1f} total tok/s",
+        f"TTFT         {ms(p['ttft_s'])}",
+        f"TPOT         {ms(p['tpot_s'])}",
+    ]
+    if e.get("slo_attainment") is not None:
+        lines.append(f"SLOs         {e['slo_attainment']:.1%} of requests met both, goodput {e['goodput_rps']:.3f} req/s")
+    if s is not None:
+        lines.append(f"energy       {s['energy_wh']:.2f} Wh, avg {s['avg_power_w']:.0f} W, peak {s['peak_power_w']:.0f} W, "
+                     f"carbon {s['carbon_g']:.2f} gCO2")
+        lines.append(f"efficiency   {e['wh_per_mtoken']:.1f} Wh/Mtoken, {e['gco2_per_mtoken']:.1f} gCO2/Mtoken, "
+                     f"{e['cost_per_mtoken']:.3f} {cur}/Mtoken")
+    else:
+        lines.append(f"cost         {e['cost_per_mtoken']:.3f} {cur}/Mtoken (GPU-hours only; no OpenDC)")
+    lines.append(f"wrote        {out}/report.json, report.md, plots/ in {wall_s:.1f} s")
+    return "\n".join(lines)
+
+
+ProgressFn = Callable[[float], object]

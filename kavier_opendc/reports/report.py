@@ -1,0 +1,237 @@
+"""report.json and report.md of a run: performance, sustainability, efficiency, provenance."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kavier_opendc.reports.efficiency import DEFINITIONS
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+# (key, label, unit) of the efficiency table in report.md
+EFFICIENCY_ROWS = [
+    ("wh_per_mtoken", "Energy per million tokens (input + output)", "Wh/Mtoken"),
+    ("wh_per_mtoken_output", "Energy per million output tokens", "Wh/Mtoken"),
+    ("gco2_per_mtoken", "Carbon per million tokens (input + output)", "gCO2/Mtoken"),
+    ("gco2_per_mtoken_output", "Carbon per million output tokens", "gCO2/Mtoken"),
+    ("cost_per_mtoken", "Cost per million tokens (input + output)", "{cur}/Mtoken"),
+    ("cost_per_mtoken_output", "Cost per million output tokens", "{cur}/Mtoken"),
+    ("gpu_hours", "GPU-hours", "h"),
+    ("gpu_cost", "GPU cost", "{cur}"),
+    ("electricity_cost", "Electricity cost", "{cur}"),
+    ("total_cost", "Total cost", "{cur}"),
+    ("goodput_rps", "Goodput (requests meeting both SLOs)", "req/s"),
+    ("goodput_tokens_per_s", "Goodput in tokens", "tokens/s"),
+    ("slo_attainment", "SLO attainment", "fraction"),
+    ("throughput_mtokens_per_s", "Throughput", "Mtokens/s"),
+    ("cost_per_mtoken_per_s", "Kavier paper: financial efficiency", "{cur} per (Mtoken/s)"),
+    ("wh_per_mtoken_per_s", "Kavier paper: energy efficiency", "Wh per (Mtoken/s)"),
+    ("kgco2_per_mtoken_per_s", "Kavier paper: carbon efficiency", "kgCO2 per (Mtoken/s)"),
+]
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+    """A number for a table: 4 significant digits, thousands separators for big ones."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "n/a"
+        if x != 0 and (abs(x) >= 1e6 or abs(x) < 1e-3):
+            return f"{x:.{digits - 1}e}"
+        if abs(x) >= 1000:
+            return f"{x:,.1f}"
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def _ms(d: Mapping[str, Any] | None, key: str) -> str:
+    if not d or d.get(key) is None:
+        return "n/a"
+    return f"{d[key] * 1000:.1f}"
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The human summary of a run, with the metric definitions."""
+    perf = report["performance"]
+    sus = report.get("sustainability")
+    eff = report["efficiency"]
+    prov = report["provenance"]
+    exp = report.get("experiment", {})
+    cur = eff.get("currency", "USD")
+    lines: list[str] = []
+    add = lines.append
+    add(f"# Kavier-OpenDC report: {exp.get('name', 'experiment')}")
+    add("")
+    add(f"Generated {prov.get('finished_utc', '')} by kavier-opendc {prov.get('kavier_opendc_version', '')}"
+        + (f" with OpenDC {prov['opendc_version']}" if prov.get("opendc_version") else "")
+        + ("" if sus is not None else " (performance only: OpenDC was not run)") + ".")
+    add("")
+    add("## Setup")
+    add("")
+    add("| | |")
+    add("|---|---|")
+    for g in exp.get("replica_groups", []):
+        add(f"| replicas | {g['replicas']} replica(s) of {g['model']}, each on {g['tp']} x {g['gpu']} "
+            f"(tensor parallel {g['tp']}) |")
+    srv = exp.get("serving", {})
+    pc = srv.get("prefix_cache", {})
+    effective = (perf.get("config") or {}).get("prefix_cache")
+    pc_text = effective or (pc.get("policy") if isinstance(pc, dict) else pc) or "engine default"
+    extra = {k: v for k, v in (pc.items() if isinstance(pc, dict) else []) if k != "policy"}
+    if extra:
+        pc_text += " (" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")"
+    add(f"| serving | router {srv.get('router')}, max_num_seqs {srv.get('max_num_seqs')}, max_batched_tokens "
+        f"{srv.get('max_batched_tokens')}, gpu_memory_utilization {srv.get('gpu_memory_utilization')}, "
+        f"KV cache {'on' if srv.get('kv_cache') else 'off'}, prefix cache {pc_text} |")
+    tr = exp.get("trace", {})
+    add(f"| trace | {tr.get('kind')}: {tr.get('path') or 'inline description'} ({fmt(perf.get('num_requests'))} "
+        "requests) |")
+    if report.get("datacenter"):
+        dc = report["datacenter"]
+        hosts = "; ".join(f"{h['count']} x {h['name']} ({h['gpus_per_host']} x {h.get('gpu') or '-'} GPUs, "
+                          f"{h['cpu']['count']} x {h['cpu']['cores']} cores)" for h in dc.get("hosts", []))
+        add(f"| datacenter | {hosts}; start {dc.get('start')} UTC |")
+    if exp.get("carbon"):
+        c = exp["carbon"]
+        params = ", ".join(f"{k}={v}" for k, v in (c.get("params") or {}).items())
+        add(f"| carbon trace | {c['kind']}" + (f": {c['path']}" if c.get("path") else "")
+            + (f" ({params})" if params else "") + " |")
+    slo = eff.get("slo", {})
+    add(f"| SLOs | TTFT <= {slo.get('ttft_s', 'n/a')} s, TPOT <= {slo.get('tpot_s', 'n/a')} s |")
+    add(f"| seed | {prov.get('seed')} |")
+    add("")
+
+    add("## Performance")
+    add("")
+    add(f"{fmt(perf['num_finished'])} of {fmt(perf['num_requests'])} requests finished "
+        f"({fmt(perf.get('num_rejected', 0))} rejected) in a makespan of {perf['makespan_s']:.1f} s: "
+        f"{perf['output_tokens_per_s']:.1f} output tokens/s, {perf['total_tokens_per_s']:.1f} total tokens/s, "
+        f"{perf.get('request_throughput_per_s', 0):.3f} requests/s.")
+    add("")
+    add("| latency (ms) | mean | p50 | p90 | p99 |")
+    add("|---|---:|---:|---:|---:|")
+    for key, label in (("ttft_s", "TTFT (arrival to first token)"), ("tpot_s", "TPOT (per output token after the first)"),
+                       ("e2e_s", "end-to-end"), ("queue_s", "queueing")):
+        d = perf.get(key)
+        if d:
+            add(f"| {label} | {_ms(d, 'mean')} | {_ms(d, 'p50')} | {_ms(d, 'p90')} | {_ms(d, 'p99')} |")
+    add("")
+    add(f"Prefix-cache hit ratio {perf.get('prefix_cache_hit_ratio', 0):.1%} (cached prompt tokens / all prompt "
+        f"tokens), preemptions {fmt(perf.get('preemptions'))}, mean GPU utilisation "
+        f"{perf.get('gpu_utilization_mean', 0):.3f}, peak KV-cache utilisation {perf.get('kv_utilization_peak', 0):.3f}.")
+    add("")
+
+    add("## Sustainability (OpenDC)")
+    add("")
+    if sus is None:
+        add("Not computed: OpenDC was not run (`--no-opendc` or `opendc.enabled: false`).")
+    else:
+        add("| metric | value |")
+        add("|---|---:|")
+        add(f"| energy, all hosts | {fmt(sus['energy_wh'])} Wh |")
+        for k, label in (("gpu_energy_wh", "of which GPUs"), ("cpu_energy_wh", "of which CPUs"),
+                         ("idle_energy_wh", "of which idle (static) power"),
+                         ("dynamic_energy_wh", "of which utilisation-dependent")):
+            if sus.get(k) is not None:
+                add(f"| {label} | {fmt(sus[k])} Wh |")
+        add(f"| average power | {fmt(sus['avg_power_w'])} W |")
+        add(f"| peak power | {fmt(sus['peak_power_w'])} W |")
+        add(f"| carbon emissions | {fmt(sus['carbon_g'])} gCO2 |")
+        if sus.get("carbon_intensity_avg_g_per_kwh") is not None:
+            add(f"| energy-weighted grid carbon intensity | {fmt(sus['carbon_intensity_avg_g_per_kwh'])} gCO2/kWh |")
+        add(f"| simulated duration | {fmt(sus.get('duration_s'))} s |")
+        add("")
+        if sus.get("per_host"):
+            add("| host | energy (Wh) | GPU (Wh) | CPU (Wh) | idle (Wh) | avg power (W) | peak power (W) |")
+            add("|---|---:|---:|---:|---:|---:|---:|")
+            for h in sus["per_host"]:
+                add(f"| {h['host_name']} | {fmt(h['energy_wh'])} | {fmt(h.get('gpu_energy_wh'))} | "
+                    f"{fmt(h.get('cpu_energy_wh'))} | {fmt(h.get('idle_energy_wh'))} | {fmt(h.get('avg_power_w'))} | "
+                    f"{fmt(h.get('peak_power_w'))} |")
+            add("")
+        if sus.get("per_gpu"):
+            add("| host | GPU | energy (Wh) | avg power (W) | peak power (W) | avg utilisation |")
+            add("|---|---:|---:|---:|---:|---:|")
+            for g in sus["per_gpu"]:
+                add(f"| {g['host_name']} | {g['gpu_index']} | {fmt(g['energy_wh'])} | {fmt(g.get('avg_power_w'))} | "
+                    f"{fmt(g.get('peak_power_w'))} | {fmt(g.get('avg_utilization'))} |")
+            add("")
+        add("Energy is OpenDC's `energy_usage` (J) summed over hosts and intervals and divided by 3600 (J to Wh).")
+    add("")
+
+    add("## Efficiency")
+    add("")
+    add("| metric | value | unit | definition |")
+    add("|---|---:|---|---|")
+    for key, label, unit in EFFICIENCY_ROWS:
+        add(f"| {label} (`{key}`) | {fmt(eff.get(key))} | {unit.format(cur=cur)} | {DEFINITIONS.get(key, '')} |")
+    add("")
+    add(f"Tokens: {fmt(eff['tokens'])} ({fmt(eff['tokens_input'])} input + {fmt(eff['tokens_output'])} output) "
+        f"over a window of {eff['window_s']:.1f} s. Prices: "
+        + ", ".join(f"{k} {v:g} {cur}/GPU-hour" for k, v in eff.get("gpu_hour_price", {}).items())
+        + (f", electricity {eff['electricity_per_kwh']:g} {cur}/kWh" if eff.get("electricity_per_kwh") is not None
+           else ", electricity not priced") + ".")
+    add("")
+    add("**Comparability with the Kavier paper.** The paper reports efficiency per *million tokens per second*: a "
+        "total (cost, Wh, kgCO2) divided by the throughput in Mtokens/s (`*_per_mtoken_per_s` above). Dividing by "
+        "a throughput rewards fast runs twice, so the per-million-token metrics (`*_per_mtoken`) are the ones to "
+        "compare configurations with; the paper's are given for comparison with its numbers. The prototype's "
+        "energy figure divided joules by 1000 to get 'Wh'; here 1 Wh = 3600 J.")
+    add("")
+
+    plots = report.get("plots") or []
+    if plots:
+        add("## Plots")
+        add("")
+        for p in plots:
+            add(f"![{Path(p).stem}]({p})")
+            add("")
+
+    add("## Definitions")
+    add("")
+    for k, v in DEFINITIONS.items():
+        add(f"- `{k}`: {v}")
+    add("- TTFT: arrival to first output token; TPOT: (last token - first token) / (output tokens - 1); "
+        "end-to-end: arrival to last token; percentiles over finished requests.")
+    add("")
+
+    add("## Provenance")
+    add("")
+    add(f"- command: `{prov.get('command')}`")
+    add(f"- kavier-opendc {prov.get('kavier_opendc_version')}, Python {prov.get('python')}, "
+        + ", ".join(f"{k} {v}" for k, v in (prov.get("libraries") or {}).items()))
+    if prov.get("opendc_version"):
+        add(f"- OpenDC {prov['opendc_version']} (bridge {prov.get('bridge_version')}, Java "
+            f"{prov.get('java_version')})")
+    add(f"- seed {prov.get('seed')}; started {prov.get('started_utc')}, finished {prov.get('finished_utc')} "
+        f"({prov.get('wall_s', 0):.1f} s)")
+    add("- stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in (prov.get("stages_s") or {}).items()))
+    add("")
+    add("| input | sha256 | path |")
+    add("|---|---|---|")
+    for f in prov.get("inputs", []):
+        add(f"| {f['role']} | `{f['sha256'][:16]}…` | {f['path']} |")
+    add("")
+    return "\n".join(lines)
+
+
+def write_report(out_dir: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write report.md, then report.json (atomically, report.json last)."""
+    from kavier_opendc.outputs import write_json_atomic
+    from kavier_opendc.outputs import atomic_write_text
+
+    out_dir = Path(out_dir)
+    md = out_dir / REPORT_MD
+    atomic_write_text(md, render_markdown(report))
+    js = out_dir / REPORT_JSON
+    write_json_atomic(js, dict(report))
+    return js, md

@@ -1,0 +1,523 @@
+"""`kavier sweep`: the cartesian product of experiment variations, in parallel.
+
+A sweep file (``schemas/sweep.schema.json``) names a base experiment and
+axes; each axis is a list of values for a dotted experiment path (``gpu``,
+``serving.replicas``, ``serving.prefix_cache.policy``, ``carbon.region``,
+...) or of labelled variants that set several paths at once::
+
+    name: gpu-x-replicas-x-cache
+    base: experiment.yaml
+    axes:
+      gpu: [A100-80GB, H100-SXM]
+      serving.replicas: [2, 4]
+      serving.prefix_cache.policy: [none, block]
+
+Every configuration is validated before anything runs. Runs go to
+``DIR/runs/<id>/`` (each a complete `kavier run` output) in ``--jobs``
+worker processes; each worker keeps one OpenDC JVM for all its runs.
+
+Resuming: a finished run gets a marker ``DIR/runs/<id>/DONE`` holding a hash
+of its configuration (the experiment document and its input files). A
+restarted sweep skips runs whose marker matches and redoes the others
+(interrupted runs have no marker). ``DIR/sweep_log.jsonl`` records every
+start, finish, failure and skip with the worker's pid and timestamps.
+
+Results: ``DIR/comparison.csv``, ``DIR/comparison.md`` and plots under
+``DIR/plots/`` (energy per token vs p99 TTFT, and bars of the key metrics).
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kavier_opendc.errors import KavierError, KavierInputError
+from kavier_opendc.experiment import (
+    _raise,
+    experiment_problems,
+    json_path,
+    read_document,
+    schema_problems,
+    schema_validator,
+    with_overrides,
+)
+
+SCHEMA_FILE = "sweep.schema.json"
+DONE = "DONE"
+LOG = "sweep_log.jsonl"
+
+TABLE_COLUMNS = [
+    ("num_finished", "finished"), ("makespan_s", "makespan (s)"), ("output_tokens_per_s", "output tok/s"),
+    ("ttft_p50_s", "TTFT p50 (s)"), ("ttft_p99_s", "TTFT p99 (s)"), ("tpot_p50_s", "TPOT p50 (s)"),
+    ("tpot_p99_s", "TPOT p99 (s)"), ("e2e_p99_s", "E2E p99 (s)"), ("prefix_cache_hit_ratio", "prefix hit ratio"),
+    ("gpu_utilization_mean", "GPU util"), ("slo_attainment", "SLO attainment"), ("goodput_rps", "goodput (req/s)"),
+    ("energy_wh", "energy (Wh)"), ("avg_power_w", "avg power (W)"), ("carbon_g", "carbon (g)"),
+    ("wh_per_mtoken", "Wh/Mtoken"), ("gco2_per_mtoken", "gCO2/Mtoken"), ("cost_per_mtoken", "cost/Mtoken"),
+    ("wh_per_mtoken_per_s", "Wh/(Mtoken/s)"), ("kgco2_per_mtoken_per_s", "kgCO2/(Mtoken/s)"),
+    ("cost_per_mtoken_per_s", "cost/(Mtoken/s)"),
+]
+
+
+@dataclass
+class Variant:
+    label: str
+    set: dict[str, Any]
+
+
+@dataclass
+class Axis:
+    name: str
+    values: list[Variant]
+
+
+@dataclass
+class RunSpec:
+    index: int
+    id: str
+    labels: dict[str, str]          # axis name -> label
+    overrides: dict[str, Any]
+    document: dict                  # the experiment document of this run (absolute paths)
+    base_dir: str
+    source: str
+    config_hash: str = ""
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{_short_axis(k)}={v}" for k, v in self.labels.items())
+
+
+@dataclass
+class Sweep:
+    name: str
+    source: str
+    axes: list[Axis]
+    runs: list[RunSpec]
+    opendc: bool | None
+    jobs: int | None = None
+
+
+def is_sweep_document(doc: Any) -> bool:
+    return isinstance(doc, dict) and "axes" in doc and "base" in doc
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (int, float)) or value is None:
+        return json.dumps(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _slug(text: str, limit: int = 60) -> str:
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-._")
+    return s[:limit].rstrip("-.") or "run"
+
+
+def _axes(doc: dict, problems: list) -> list[Axis]:
+    axes: list[Axis] = []
+    raw = doc.get("axes")
+    if isinstance(raw, dict):
+        for path, values in raw.items():
+            if isinstance(values, list):
+                axes.append(Axis(path, [Variant(_label(v), {path: v}) for v in values]))
+    elif isinstance(raw, list):
+        for i, a in enumerate(raw):
+            if not isinstance(a, dict) or not isinstance(a.get("values"), list):
+                continue
+            vs = []
+            for j, v in enumerate(a["values"]):
+                if isinstance(v, dict) and "set" in v and isinstance(v["set"], dict):
+                    vs.append(Variant(str(v.get("label") or _label(v["set"])), dict(v["set"])))
+                elif "path" in a:
+                    vs.append(Variant(_label(v), {a["path"]: v}))
+                else:
+                    problems.append((("axes", i, "values", j), "a plain value needs the axis' 'path' "
+                                                               "(or write {label, set: {path: value}})"))
+            axes.append(Axis(str(a.get("name")), vs))
+    names = [a.name for a in axes]
+    for n in set(names):
+        if names.count(n) > 1:
+            problems.append((("axes",), f"axis name {n!r} is used twice"))
+    for a in axes:
+        labels = [v.label for v in a.values]
+        for lab in set(labels):
+            if labels.count(lab) > 1:
+                problems.append((("axes", a.name), f"value {lab!r} appears twice"))
+    return axes
+
+
+def _short_axis(name: str) -> str:
+    return name.split(".")[-1]
+
+
+def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
+    """Read and validate a sweep file and every configuration it produces."""
+    from kavier_opendc.pipeline import absolutized
+
+    p = Path(path)
+    doc = read_document(p, "sweep")
+    src = str(p)
+    base_dir = p.resolve().parent
+    if not isinstance(doc, dict):
+        _raise([((), "the document is not a mapping (expected base and axes)")], src, "sweep")
+    problems = schema_problems(doc, schema_validator(SCHEMA_FILE))
+    axes = _axes(doc, problems)
+    base = doc.get("base")
+    base_doc, exp_base, exp_src = None, base_dir, src
+    if isinstance(base, str):
+        bp = (base_dir / base) if not Path(base).is_absolute() else Path(base)
+        try:
+            base_doc = read_document(bp)
+            exp_base, exp_src = bp.resolve().parent, str(bp)
+        except KavierInputError as exc:
+            problems.append((("base",), str(exc)))
+    elif isinstance(base, dict):
+        base_doc = copy.deepcopy(base)
+    if base_doc is not None and not isinstance(base_doc, dict):
+        problems.append((("base",), "the base experiment is not a mapping"))
+        base_doc = None
+    if problems or base_doc is None:
+        _raise(problems or [(("base",), "missing")], src, "sweep")
+
+    name = doc.get("name") or _slug(p.stem)
+    runs: list[RunSpec] = []
+    exp_problems: list = []
+    combos = list(itertools.product(*[a.values for a in axes]))
+    for i, combo in enumerate(combos):
+        overrides: dict[str, Any] = {}
+        for v in combo:
+            overrides.update(v.set)
+        labels = {a.name: v.label for a, v in zip(axes, combo)}
+        rid = f"r{i:03d}-" + _slug("_".join(f"{_short_axis(k)}-{v}" for k, v in labels.items()), 70)
+        rdoc = with_overrides(base_doc, overrides)
+        rdoc["name"] = _slug(f"{name}-{rid}", 100)
+        where = f"configuration {i} ({', '.join(f'{k}={v}' for k, v in labels.items())})"
+        probs, exp = experiment_problems(rdoc, base_dir=exp_base, source=f"{exp_src} [{where}]", opendc=opendc)
+        if probs:
+            for pth, msg in probs:
+                exp_problems.append(((f"{where}: {json_path(pth)}",), msg))
+            continue
+        adoc = absolutized(exp)
+        spec = RunSpec(i, rid, labels, overrides, adoc, str(exp_base), f"{src} [{where}]")
+        spec.config_hash = config_hash(adoc, exp, opendc)
+        runs.append(spec)
+    if exp_problems:
+        _raise(exp_problems, src, "sweep")
+    return Sweep(str(name), src, axes, runs, opendc, doc.get("jobs"))
+
+
+def config_hash(document: Mapping, exp, opendc: bool | None) -> str:
+    """Hash of a run's configuration: its document, its input files' bytes and the OpenDC switch."""
+    from kavier_opendc.pipeline import sha256_file
+
+    h = hashlib.sha256()
+    h.update(json.dumps(document, sort_keys=True, default=str).encode())
+    h.update(json.dumps({"opendc": opendc}).encode())
+    for role, p in exp.input_files:
+        try:
+            h.update(f"{role}:{sha256_file(Path(p))}".encode())
+        except OSError:
+            h.update(f"{role}:missing".encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------
+# Workers
+# --------------------------------------------------------------------------
+
+_BRIDGE = None
+_BRIDGE_INFO: dict | None = None
+
+
+def _close_bridge() -> None:
+    global _BRIDGE
+    if _BRIDGE is not None:
+        try:
+            _BRIDGE.close()
+        finally:
+            _BRIDGE = None
+
+
+def _worker_bridge():
+    """This worker's OpenDC JVM, started on first use and reused for all its runs."""
+    global _BRIDGE, _BRIDGE_INFO
+    if _BRIDGE is not None and not _BRIDGE.alive:
+        _close_bridge()
+    if _BRIDGE is None:
+        from kavier_opendc.opendc.bridge import OpenDCBridge
+        b = OpenDCBridge()
+        b.start()
+        _BRIDGE = b
+        atexit.register(_close_bridge)
+        try:
+            _BRIDGE_INFO = b.info()
+        except KavierError:
+            _BRIDGE_INFO = {}
+    return _BRIDGE, _BRIDGE_INFO
+
+
+def run_one(spec: dict, run_dir: str, opendc: bool | None, run_plots: bool, command: str) -> dict:
+    """Run one configuration (in a worker process) and write its DONE marker."""
+    from kavier_opendc.experiment import load_experiment
+    from kavier_opendc.outputs import write_json_atomic
+    from kavier_opendc.pipeline import run_experiment
+
+    t0 = time.time()
+    out = {"id": spec["id"], "pid": os.getpid(), "start": t0}
+    try:
+        exp = load_experiment(spec["document"], base_dir=spec["base_dir"], source=spec["source"], opendc=opendc)
+        use = exp.opendc_enabled if opendc is None else opendc
+        bridge, info = _worker_bridge() if use else (None, None)
+        res = run_experiment(exp, Path(run_dir), opendc=opendc, plots=run_plots, quiet=True, bridge=bridge,
+                             bridge_info=info, command=command)
+        write_json_atomic(Path(run_dir) / DONE, {"config_hash": spec["config_hash"], "id": spec["id"],
+                                                 "finished": time.time(), "wall_s": res.wall_s,
+                                                 "pid": os.getpid()})
+        out.update(status="done", wall_s=res.wall_s)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
+        from kavier_opendc.opendc.bridge import OpenDCBridgeError
+        if isinstance(exc, OpenDCBridgeError):
+            _close_bridge()  # a fresh JVM for the next run
+        out.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+    out["end"] = time.time()
+    return out
+
+
+# --------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------
+
+@dataclass
+class SweepResult:
+    out: Path
+    table: Any
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    ran: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def summary_text(self, wall_s: float) -> str:
+        lines = [f"sweep: {self.done} run(s) done now, {self.skipped} skipped (already done), "
+                 f"{self.failed} failed, in {wall_s:.1f} s"]
+        for rid, err in self.errors.items():
+            lines.append(f"  FAILED {rid}: {err.splitlines()[0] if err else ''}")
+        lines.append(f"wrote {self.out}/comparison.csv, comparison.md, plots/")
+        return "\n".join(lines)
+
+
+def _log(out: Path, **rec) -> None:
+    rec.setdefault("time", time.time())
+    with open(out / LOG, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(rec, default=str) + "\n")
+
+
+def run_is_done(run_dir: Path, config_hash: str) -> bool:
+    """A finished run: DONE marker with the same configuration hash, report.json, no INCOMPLETE."""
+    from kavier_opendc.pipeline import INCOMPLETE
+
+    marker = run_dir / DONE
+    if not marker.is_file() or (run_dir / INCOMPLETE).exists() or not (run_dir / "report.json").is_file():
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("config_hash") == config_hash
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bool = False, quiet: bool = False,
+              retry_failed: bool = True, command: str = "kavier sweep") -> SweepResult:
+    """Run every configuration not yet done, then write the comparison."""
+    import multiprocessing as mp
+    import sys
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from kavier_opendc.outputs import write_json_atomic
+    from kavier_opendc.outputs import check_writable_dir
+    from kavier_opendc.pipeline import check_opendc_available
+
+    out = Path(out)
+    check_writable_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(exist_ok=True)
+    write_json_atomic(out / "sweep.json", {
+        "name": sweep.name, "source": sweep.source,
+        "axes": [{"name": a.name, "values": [{"label": v.label, "set": v.set} for v in a.values]} for a in sweep.axes],
+        "runs": [{"id": r.id, "labels": r.labels, "overrides": r.overrides, "config_hash": r.config_hash}
+                 for r in sweep.runs]})
+    todo, skipped = [], []
+    for r in sweep.runs:
+        (skipped if run_is_done(out / "runs" / r.id, r.config_hash) else todo).append(r)
+    res = SweepResult(out, None, skipped=len(skipped))
+
+    def say(text: str) -> None:
+        if not quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    for r in skipped:
+        _log(out, event="skip", id=r.id)
+    needs_opendc = any(r.document.get("opendc", {}).get("enabled", True) for r in todo) \
+        if sweep.opendc is None else sweep.opendc
+    if todo and needs_opendc:
+        check_opendc_available()
+    n_jobs = max(1, min(jobs or sweep.jobs or 2, len(todo) or 1))
+    say(f"sweep {sweep.name}: {len(sweep.runs)} configurations, {len(skipped)} already done, "
+        f"{len(todo)} to run in {n_jobs} worker(s)")
+    if todo:
+        ctx = mp.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx)
+        futures = {}
+        try:
+            for r in todo:
+                spec = {"id": r.id, "document": r.document, "base_dir": r.base_dir, "source": r.source,
+                        "config_hash": r.config_hash}
+                rd = out / "runs" / r.id
+                (rd / DONE).unlink(missing_ok=True)
+                _log(out, event="submit", id=r.id)
+                futures[pool.submit(run_one, spec, str(rd), sweep.opendc, run_plots, command)] = r
+            pending = set(futures)
+            k = 0
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    r = futures[f]
+                    k += 1
+                    try:
+                        rec = f.result()
+                    except Exception as exc:  # noqa: BLE001 - a worker died
+                        rec = {"id": r.id, "status": "failed", "error": f"worker failed: {exc}"}
+                    _log(out, event=rec["status"], **{k2: v for k2, v in rec.items() if k2 != "status"})
+                    if rec["status"] == "done":
+                        res.done += 1
+                        res.ran.append(r.id)
+                        say(f"[{k}/{len(todo)}] {r.id} done in {rec.get('wall_s', 0):.1f} s (pid {rec.get('pid')})")
+                    else:
+                        res.failed += 1
+                        res.errors[r.id] = rec.get("error", "")
+                        say(f"[{k}/{len(todo)}] {r.id} FAILED: {rec.get('error', '')}")
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            _log(out, event="interrupted")
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    table = comparison_table(sweep, out)
+    res.table = table
+    write_comparison(sweep, out, table)
+    return res
+
+
+# --------------------------------------------------------------------------
+# Comparison
+# --------------------------------------------------------------------------
+
+def _row(report: dict) -> dict[str, Any]:
+    p, s, e = report["performance"], report.get("sustainability") or {}, report["efficiency"]
+
+    def q(d, k):
+        return None if not d or d.get(k) is None else float(d[k])
+    return {
+        "num_requests": p.get("num_requests"), "num_finished": p.get("num_finished"),
+        "makespan_s": p.get("makespan_s"), "output_tokens_per_s": p.get("output_tokens_per_s"),
+        "total_tokens_per_s": p.get("total_tokens_per_s"),
+        "ttft_p50_s": q(p.get("ttft_s"), "p50"), "ttft_p99_s": q(p.get("ttft_s"), "p99"),
+        "tpot_p50_s": q(p.get("tpot_s"), "p50"), "tpot_p99_s": q(p.get("tpot_s"), "p99"),
+        "e2e_p99_s": q(p.get("e2e_s"), "p99"),
+        "prefix_cache_hit_ratio": p.get("prefix_cache_hit_ratio"), "gpu_utilization_mean": p.get("gpu_utilization_mean"),
+        "preemptions": p.get("preemptions"),
+        "slo_attainment": e.get("slo_attainment"), "goodput_rps": e.get("goodput_rps"),
+        "energy_wh": s.get("energy_wh"), "avg_power_w": s.get("avg_power_w"), "peak_power_w": s.get("peak_power_w"),
+        "carbon_g": s.get("carbon_g"),
+        "wh_per_mtoken": e.get("wh_per_mtoken"), "gco2_per_mtoken": e.get("gco2_per_mtoken"),
+        "cost_per_mtoken": e.get("cost_per_mtoken"), "wh_per_mtoken_per_s": e.get("wh_per_mtoken_per_s"),
+        "kgco2_per_mtoken_per_s": e.get("kgco2_per_mtoken_per_s"),
+        "cost_per_mtoken_per_s": e.get("cost_per_mtoken_per_s"), "currency": e.get("currency"),
+        "wall_s": (report.get("provenance") or {}).get("wall_s"),
+    }
+
+
+def comparison_table(sweep: Sweep, out: Path):
+    """One row per configuration (finished or not) with the key metrics."""
+    import pandas as pd
+
+    rows = []
+    for r in sweep.runs:
+        rd = out / "runs" / r.id
+        row: dict[str, Any] = {"run": r.id, "label": r.label, **{a.name: r.labels[a.name] for a in sweep.axes}}
+        if run_is_done(rd, r.config_hash):
+            try:
+                rep = json.loads((rd / "report.json").read_text(encoding="utf-8"))
+                row.update(status="done", **_row(rep))
+            except (OSError, json.JSONDecodeError, KeyError) as exc:
+                row.update(status=f"unreadable report ({exc})")
+        else:
+            row.update(status="failed" if (rd / "INCOMPLETE").exists() else "not run")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(v: Any) -> str:
+    from kavier_opendc.reports.report import fmt
+    if isinstance(v, float) and math.isnan(v):
+        return "n/a"
+    return fmt(v)
+
+
+def write_comparison(sweep: Sweep, out: Path, table) -> None:
+    """comparison.csv (every column), comparison.md (the key ones) and plots."""
+    from kavier_opendc.outputs import atomic_write_text
+    from kavier_opendc.reports import plots as P
+
+    tmp = out / ".comparison.csv.tmp"
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, out / "comparison.csv")
+    axes = [a.name for a in sweep.axes]
+    has_energy = "energy_wh" in table and table["energy_wh"].notna().any()
+    cols = ["ttft_p50_s", "ttft_p99_s", "tpot_p99_s", "e2e_p99_s", "prefix_cache_hit_ratio", "slo_attainment",
+            "goodput_rps"] + (["energy_wh", "carbon_g", "wh_per_mtoken", "gco2_per_mtoken"] if has_energy else []) \
+        + ["cost_per_mtoken"]
+    names = dict(TABLE_COLUMNS)
+    cur = next((c for c in table.get("currency", []) if isinstance(c, str)), "USD") if len(table) else "USD"
+    head = ["run"] + axes + [names.get(c, c).replace("cost", cur) for c in cols] + ["status"]
+    lines = [f"# Sweep {sweep.name}", "",
+             f"{len(table)} configurations ({' x '.join(f'{len(a.values)} {a.name}' for a in sweep.axes)}); "
+             f"source {sweep.source}.", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * (1 + len(axes)) + ["---:"] * len(cols)
+                                                            + ["---"]) + "|"]
+    for _, row in table.iterrows():
+        vals = [str(row["run"])] + [str(row[a]) for a in axes] + [_fmt(row.get(c)) for c in cols] + [str(row["status"])]
+        lines.append("| " + " | ".join(vals) + " |")
+    lines += ["", "Definitions: as in each run's report.md (tokens = input + output tokens of finished requests; "
+                  "energy from OpenDC, J / 3600 = Wh; cost = GPU-hours of the serving GPUs x price + electricity).",
+              "", "![trade-off](plots/tradeoff.png)", "", "![metrics](plots/metrics.png)", ""]
+    atomic_write_text(out / "comparison.md", "\n".join(lines))
+    pd_dir = out / "plots"
+    if has_energy:
+        P.sweep_tradeoff(table, pd_dir / "tradeoff.png", x="ttft_p99_s", y="wh_per_mtoken")
+        P.sweep_tradeoff(table, pd_dir / "tradeoff_carbon.png", x="ttft_p99_s", y="gco2_per_mtoken",
+                         ylabel="carbon per million tokens (gCO2/Mtoken)")
+        metrics = [("ttft_p99_s", "p99 TTFT (s)"), ("wh_per_mtoken", "energy (Wh/Mtoken)"),
+                   ("gco2_per_mtoken", "carbon (gCO2/Mtoken)"), ("cost_per_mtoken", f"cost ({cur}/Mtoken)")]
+    else:
+        P.sweep_tradeoff(table, pd_dir / "tradeoff.png", x="ttft_p99_s", y="cost_per_mtoken",
+                         ylabel=f"cost per million tokens ({cur}/Mtoken)")
+        metrics = [("ttft_p99_s", "p99 TTFT (s)"), ("tpot_p99_s", "p99 TPOT (s)"),
+                   ("prefix_cache_hit_ratio", "prefix hit ratio"), ("cost_per_mtoken", f"cost ({cur}/Mtoken)")]
+    P.sweep_bars(table, metrics, pd_dir / "metrics.png", title=f"Sweep {sweep.name}")
+
+
