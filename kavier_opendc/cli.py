@@ -12,7 +12,7 @@ from kavier_opendc import __version__
 from kavier_opendc.errors import KavierError, KavierInputError
 
 
-def _positive_int(name: str):
+def positive_int(name: str):
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -97,18 +97,18 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", required=True, help="output directory for requests.parquet, summary.json, "
                                                  "timeline.parquet")
     ap.add_argument("--trace-format", default=None, help="force the trace layout: kavier, azure, mooncake, vidur")
-    ap.add_argument("--replicas", type=_positive_int("--replicas"), default=1,
+    ap.add_argument("--replicas", type=positive_int("--replicas"), default=1,
                     help="number of serving replicas (default 1)")
-    ap.add_argument("--tp", type=_positive_int("--tp"), default=1,
+    ap.add_argument("--tp", type=positive_int("--tp"), default=1,
                     help="tensor-parallel GPUs per replica (default 1)")
-    ap.add_argument("--max-num-seqs", type=_positive_int("--max-num-seqs"), default=256,
+    ap.add_argument("--max-num-seqs", type=positive_int("--max-num-seqs"), default=256,
                     help="most sequences running at once per replica (vLLM max_num_seqs, default 256)")
-    ap.add_argument("--max-batched-tokens", type=_positive_int("--max-batched-tokens"), default=8192,
+    ap.add_argument("--max-batched-tokens", type=positive_int("--max-batched-tokens"), default=8192,
                     help="token budget per iteration, prefill chunks plus decodes (vLLM "
                          "max_num_batched_tokens, default 8192)")
     ap.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9,
                     help="fraction of GPU memory vLLM may use for weights, activations and KV cache (default 0.9)")
-    ap.add_argument("--num-kv-blocks", type=_positive_int("--num-kv-blocks"), default=None,
+    ap.add_argument("--num-kv-blocks", type=positive_int("--num-kv-blocks"), default=None,
                     help="override the KV capacity per replica, in 16-token blocks (default: derived from memory)")
     ap.add_argument("--kv-cache", choices=["on", "off"], default="on",
                     help="'off' recomputes the whole context at every decode step (seed paper, experiment 2)")

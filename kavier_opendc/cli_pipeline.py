@@ -13,23 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+from kavier_opendc.cli import positive_int
 from kavier_opendc.errors import KavierInputError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEMO_EXPERIMENT = DATA_DIR / "demo_experiment.yaml"
 DEMO_SWEEP = DATA_DIR / "demo_sweep.yaml"
-
-
-def _positive_int(name: str):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got '{text}'") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
-        return v
-    return parse
 
 
 def _command_line(argv_name: str = "kavier") -> str:
@@ -237,7 +226,7 @@ def register(sub) -> list[str]:
                                     "comparison.md and comparison plots.")
     sw.add_argument("sweep", metavar="SWEEP_FILE")
     sw.add_argument("--out", required=True, metavar="DIR", help="sweep output folder (runs/<id>/ per configuration)")
-    sw.add_argument("--jobs", type=_positive_int("--jobs"), default=2, help="parallel worker processes (default 2)")
+    sw.add_argument("--jobs", type=positive_int("--jobs"), default=2, help="parallel worker processes (default 2)")
     sw.add_argument("--no-opendc", action="store_true", help="skip OpenDC in every run")
     sw.add_argument("--run-plots", action="store_true", help="also draw each run's own plots (slower)")
     sw.add_argument("--quiet", action="store_true", help="no progress and no summary")

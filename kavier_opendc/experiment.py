@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
+from kavier_opendc.validation import Problem, explain_schema_error, json_path
 from kavier_opendc.errors import KavierInputError
 
 SCHEMA_FILE = "experiment.schema.json"
@@ -53,7 +54,6 @@ GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilizatio
 TRACE_FORMATS = ("kavier", "native", "azure", "mooncake", "vidur", "splitwise", "sarathi")
 SYNTHETIC_SUFFIXES = (".yaml", ".yml")
 
-Problem = tuple[tuple, str]
 
 
 # --------------------------------------------------------------------------
@@ -223,95 +223,15 @@ def schema_validator(name: str = SCHEMA_FILE) -> Draft202012Validator:
     return Draft202012Validator(schema, registry=registry)
 
 
-def json_path(parts) -> str:
-    """('serving', 'replica_groups', 0, 'gpu') -> 'serving.replica_groups[0].gpu'."""
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def schema_problems(data: Any, validator: Draft202012Validator, skip: tuple | None = None) -> list[Problem]:
     """Schema violations as (path, message) with readable messages; errors
     under the path ``skip`` are left out (checked elsewhere)."""
     problems: list[Problem] = []
     for err in validator.iter_errors(data):
-        problems.extend(_explain(err))
+        problems.extend(explain_schema_error(err))
     if skip is not None:
         problems = [(p, m) for p, m in problems if tuple(p[:len(skip)]) != skip]
     return problems
-
-
-def _explain(err) -> list[Problem]:
-    path = tuple(err.absolute_path)
-    kind = err.validator
-    if kind == "additionalProperties" and isinstance(err.instance, dict):
-        allowed = sorted(err.schema.get("properties", {}))
-        out = []
-        for key in err.instance:
-            if key in allowed:
-                continue
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            msg = f"unknown key {key!r}"
-            msg += f" (did you mean {hint[0]!r}?)" if hint else (
-                f" (allowed keys: {', '.join(allowed)})" if allowed else "")
-            out.append((path + (key,), msg))
-        return out or [(path, err.message)]
-    if kind == "required" and isinstance(err.instance, dict):
-        return [(path + (k,), "required field is missing") for k in err.validator_value if k not in err.instance]
-    if kind in ("oneOf", "anyOf"):
-        branches: dict[int, list] = {}
-        for sub in err.context or []:
-            branches.setdefault(sub.schema_path[0] if sub.schema_path else 0, []).append(sub)
-        # branches whose shape fits (no type error at this level), fewest top-level complaints first
-        fits = [(idx, errs) for idx, errs in branches.items()
-                if not any(e.validator == "type" and tuple(e.absolute_path) == path for e in errs)]
-        if fits:
-            def score(item):
-                errs = item[1]
-                top = sum(1 for e in errs if tuple(e.absolute_path) == path)
-                return (top, -max(len(e.absolute_path) for e in errs))
-            best = min(fits, key=score)[1]
-            out: list[Problem] = []
-            for e in best:
-                out.extend(_explain(e))
-            if out:
-                return out
-        return [(path, f"{_short(err.instance)} is not valid here: expected "
-                       f"{_describe_alternatives(err.validator_value)}")]
-    if kind == "type":
-        want = err.validator_value
-        want = " or ".join(want) if isinstance(want, list) else want
-        return [(path, f"{_short(err.instance)} has the wrong type (expected {want})")]
-    if kind == "enum":
-        return [(path, f"{_short(err.instance)} is not one of {', '.join(map(repr, err.validator_value))}")]
-    if kind in ("minProperties", "maxProperties") and isinstance(err.instance, dict):
-        props = sorted(err.schema.get("properties", {}))
-        return [(path, f"give exactly one of {', '.join(props)} (found {len(err.instance)})")]
-    return [(path, err.message)]
-
-
-def _describe_alternatives(options) -> str:
-    parts = []
-    for o in options or []:
-        if not isinstance(o, dict):
-            continue
-        t = o.get("type")
-        if t == "object" and o.get("required"):
-            parts.append("an object with " + ", ".join(o["required"]))
-        elif t:
-            parts.append(f"a {t}" if isinstance(t, str) else " or ".join(t))
-        elif "enum" in o:
-            parts.append("one of " + ", ".join(map(repr, o["enum"])))
-    return " or ".join(parts) or "a valid value"
 
 
 # --------------------------------------------------------------------------

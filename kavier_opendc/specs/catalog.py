@@ -8,7 +8,24 @@ Names are case-insensitive keys.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import difflib
+import functools
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from kavier_opendc.errors import KavierInputError
+from kavier_opendc.validation import explain_schema_error, json_path
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
@@ -101,22 +118,6 @@ class GPUSpec:
 # Catalogue loading: built-in YAML files, user JSON/YAML files, lookups.
 # ---------------------------------------------------------------------------
 
-import copy  # noqa: E402
-import dataclasses  # noqa: E402
-import difflib  # noqa: E402
-import functools  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-from collections.abc import Iterable, Mapping  # noqa: E402
-from importlib import resources  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import yaml  # noqa: E402
-from jsonschema import Draft202012Validator  # noqa: E402
-
-from kavier_opendc.errors import KavierInputError  # noqa: E402
 
 SCHEMA_FILE = "catalog.schema.json"
 BUILTIN_FILES = ("models.yaml", "gpus.yaml")
@@ -233,16 +234,6 @@ def _read_document(path: Path) -> tuple[Any, str]:
 
 # ----------------------------------------------------------- validation ----
 
-def _json_path(parts: Iterable[Any]) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
 def _path_sort_key(parts: tuple, top_order: Mapping[Any, int]) -> tuple:
     """Order problems as they appear in the file: top-level keys in file order,
     list items by index, other keys alphabetically."""
@@ -279,38 +270,15 @@ def _coerce_yaml_numbers(data: Any) -> Any:
 def _schema_problems(data: Any) -> list[tuple[tuple, str]]:
     problems: list[tuple[tuple, str]] = []
     for err in _validator().iter_errors(data):
-        path = tuple(err.absolute_path)
-        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-            allowed = sorted(err.schema.get("properties", {}))
-            for key in err.instance:
-                if key in allowed:
-                    continue
-                hint = difflib.get_close_matches(str(key), allowed, n=1)
-                msg = f"unknown key {key!r}"
-                msg += f" (did you mean {hint[0]!r}?)" if hint else f" (allowed keys: {', '.join(allowed)})"
-                problems.append((path + (key,), msg))
-        elif err.validator == "required" and isinstance(err.instance, dict):
-            for key in err.validator_value:
-                if key not in err.instance:
-                    problems.append((path + (key,), "required field is missing"))
-        elif err.validator == "type":
-            types = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
-            problems.append((path, f"{_short(err.instance)} is not of type "
-                                   + " or ".join(repr(t) for t in types)))
-        elif err.validator == "pattern" and err.validator_value == r"^\S(.*\S)?$":
-            problems.append((path, f"{err.instance!r} must not start or end with whitespace"))
+        if err.validator == "pattern" and err.validator_value == r"^\S(.*\S)?$":
+            problems.append((tuple(err.absolute_path), f"{err.instance!r} must not start or end with whitespace"))
         else:
-            problems.append((path, err.message))
+            problems.extend(explain_schema_error(err))
     # A negative value violates both minimum and exclusiveMinimum: keep one message.
     with_minimum = {p for p, m in problems if "is less than the minimum of" in m}
     problems = [(p, m) for p, m in problems
                 if not (p in with_minimum and "less than or equal to the minimum" in m)]
     return problems
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 5] + " ...>"
 
 
 def _is_num(value: Any) -> bool:
@@ -352,7 +320,7 @@ def _semantic_problems(data: Any) -> list[tuple[tuple, str]]:
                 if key in owners and owners[key][0] != i:
                     problems.append(((section, i) + fp,
                                      f"name or alias {value!r} is already used by "
-                                     f"{_json_path((section,) + owners[key])}"))
+                                     f"{json_path((section,) + owners[key])}"))
                 else:
                     owners.setdefault(key, (i,) + fp)
             g = entry.get
@@ -393,7 +361,7 @@ def validate_catalog_data(data: Any, source: str = "<catalogue>") -> None:
         unique.setdefault((tuple(path), msg), None)
     top_order = {k: i for i, k in enumerate(data)} if isinstance(data, dict) else {}
     ordered = sorted(unique, key=lambda pm: (_path_sort_key(pm[0], top_order), pm[1]))
-    lines = [f"{_json_path(p)}: {m}" for p, m in ordered]
+    lines = [f"{json_path(p)}: {m}" for p, m in ordered]
     n = len(lines)
     exc = KavierInputError(
         f"invalid catalogue, {n} problem{'s' if n != 1 else ''}: " + "; ".join(lines),

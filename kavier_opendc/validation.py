@@ -1,0 +1,93 @@
+"""Turning JSON Schema validation errors into one-line problems with JSON paths.
+
+Every input file format (catalogues, datacenters, experiments, sweeps,
+synthetic workloads) is checked against its schema in ``schemas/``; this is
+the one place that words the problems the same way for all of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+Problem = tuple[tuple, str]
+
+
+def json_path(parts) -> str:
+    """('serving', 'replica_groups', 0, 'gpu') -> 'serving.replica_groups[0].gpu'."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _describe_alternatives(options) -> str:
+    parts = []
+    for o in options or []:
+        if not isinstance(o, dict):
+            continue
+        t = o.get("type")
+        if t == "object" and o.get("required"):
+            parts.append("an object with " + ", ".join(o["required"]))
+        elif t:
+            parts.append(f"a {t}" if isinstance(t, str) else " or ".join(t))
+        elif "enum" in o:
+            parts.append("one of " + ", ".join(map(repr, o["enum"])))
+    return " or ".join(parts) or "a valid value"
+
+
+def explain_schema_error(err) -> list[Problem]:
+    path = tuple(err.absolute_path)
+    kind = err.validator
+    if kind == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = sorted(err.schema.get("properties", {}))
+        out = []
+        for key in err.instance:
+            if key in allowed:
+                continue
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            msg = f"unknown key {key!r}"
+            msg += f" (did you mean {hint[0]!r}?)" if hint else (
+                f" (allowed keys: {', '.join(allowed)})" if allowed else "")
+            out.append((path + (key,), msg))
+        return out or [(path, err.message)]
+    if kind == "required" and isinstance(err.instance, dict):
+        return [(path + (k,), "required field is missing") for k in err.validator_value if k not in err.instance]
+    if kind in ("oneOf", "anyOf"):
+        branches: dict[int, list] = {}
+        for sub in err.context or []:
+            branches.setdefault(sub.schema_path[0] if sub.schema_path else 0, []).append(sub)
+        # branches whose shape fits (no type error at this level), fewest top-level complaints first
+        fits = [(idx, errs) for idx, errs in branches.items()
+                if not any(e.validator == "type" and tuple(e.absolute_path) == path for e in errs)]
+        if fits:
+            def score(item):
+                errs = item[1]
+                top = sum(1 for e in errs if tuple(e.absolute_path) == path)
+                return (top, -max(len(e.absolute_path) for e in errs))
+            best = min(fits, key=score)[1]
+            out: list[Problem] = []
+            for e in best:
+                out.extend(explain_schema_error(e))
+            if out:
+                return out
+        return [(path, f"{short(err.instance)} is not valid here: expected "
+                       f"{_describe_alternatives(err.validator_value)}")]
+    if kind == "type":
+        want = err.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        return [(path, f"{short(err.instance)} has the wrong type (expected {want})")]
+    if kind == "enum":
+        return [(path, f"{short(err.instance)} is not one of {', '.join(map(repr, err.validator_value))}")]
+    if kind in ("minProperties", "maxProperties") and isinstance(err.instance, dict):
+        props = sorted(err.schema.get("properties", {}))
+        return [(path, f"give exactly one of {', '.join(props)} (found {len(err.instance)})")]
+    return [(path, err.message)]
