@@ -32,10 +32,10 @@ from collections import OrderedDict
 class PrefixCache:
     __slots__ = ("gpu_capacity", "separate", "pool_cap", "ref", "size", "lru", "lru_blocks",
                  "host", "host_blocks", "host_cap", "evictions", "host_evictions", "hits_gpu_blocks",
-                 "hits_host_blocks", "min_tokens")
+                 "hits_host_blocks")
 
     def __init__(self, gpu_capacity: int, *, capacity_blocks: float | None = None,
-                 host_capacity_blocks: int = 0, min_tokens: int = 0):
+                 host_capacity_blocks: int = 0):
         self.gpu_capacity = gpu_capacity
         self.separate = capacity_blocks is not None       # evictable units outside GPU memory
         self.pool_cap = capacity_blocks if capacity_blocks is not None else 0
@@ -50,7 +50,6 @@ class PrefixCache:
         self.host_evictions = 0
         self.hits_gpu_blocks = 0
         self.hits_host_blocks = 0
-        self.min_tokens = min_tokens
 
     # --------------------------------------------------------------- memory
     def evictable_in_gpu(self) -> int:

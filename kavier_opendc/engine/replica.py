@@ -177,7 +177,7 @@ class Replica:
         # prefix caching (see kv_cache.py); ``prefix`` is the simulator's PrefixSetup or None
         self.policy = prefix.policy if prefix is not None and kv_cache else "none"
         self.index = prefix.index if prefix is not None else None
-        self.min_tokens = prefix.min_tokens if prefix is not None else 0
+        self.min_tokens = prefix.min_tokens if prefix is not None else 0   # shorter prompts are never cached
         self.pc = None
         self.prompt_cache = None
         self.extra_time = 0.0          # host-to-GPU cache transfers of the iteration being scheduled
@@ -188,8 +188,7 @@ class Replica:
                 cap_blocks = (float("inf") if prefix.capacity_tokens == float("inf")
                               else int(prefix.capacity_tokens // BLOCK_SIZE))
             host_blocks = int(prefix.host_memory_gb * 1e9 // block_bytes) if prefix.host_memory_gb else 0
-            self.pc = PrefixCache(capacity_blocks, capacity_blocks=cap_blocks, host_capacity_blocks=host_blocks,
-                                  min_tokens=self.min_tokens)
+            self.pc = PrefixCache(capacity_blocks, capacity_blocks=cap_blocks, host_capacity_blocks=host_blocks)
             self.host_s_per_block = block_bytes / (cm.gpu.pcie_gbs * 1e9 * cm.tp)
         elif self.policy in ("prefill", "full"):
             self.prompt_cache = PromptCache(prefix.capacity_prompts)

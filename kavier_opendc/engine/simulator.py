@@ -220,7 +220,7 @@ def _prefix_setup(trace: Trace, cfg: SimConfig) -> PrefixSetup | None:
     policy = cfg.prefix_cache
     if policy == "none" or not cfg.kv_cache:
         return None
-    index = PrefixIndex(trace, scope=cfg.prefix_scope, min_tokens=cfg.prefix_min_tokens)
+    index = PrefixIndex(trace, scope=cfg.prefix_scope)
     if policy == "auto":
         policy = "block" if index.available else "none"
         if policy == "none":

@@ -32,10 +32,9 @@ SOURCES = ("tokens", "hash_ids", "sessions")
 
 
 class PrefixIndex:
-    def __init__(self, trace: Trace, scope: str = "global", min_tokens: int = 0):
+    def __init__(self, trace: Trace, scope: str = "global"):
         self.trace = trace
         self.scope = scope
-        self.min_tokens = min_tokens
         if trace.input_tokens is not None and any(len(t) for t in trace.input_tokens):
             self.source = "tokens"
         elif trace.hash_ids is not None and any(len(h) for h in trace.hash_ids):
@@ -74,8 +73,6 @@ class PrefixIndex:
     def prompt_units(self, i: int) -> tuple[list, list]:
         """Identities and sizes (in blocks) of the full blocks of request i's prompt, in order."""
         p = int(self.trace.num_input_tokens[i])
-        if p < self.min_tokens:
-            return [], []
         full = p // BLOCK_SIZE
         src = self.source
         if src == "sessions":
@@ -107,7 +104,7 @@ class PrefixIndex:
 
     def output_units(self, i: int, first_block: int, end_block: int) -> list:
         """Identities of blocks first_block..end_block-1 beyond the prompt (known only for sessions)."""
-        if self.source != "sessions" or int(self.trace.num_input_tokens[i]) < self.min_tokens:
+        if self.source != "sessions":
             return []
         base = self._session_base(i)
         return [base | j for j in range(first_block, end_block)]
