@@ -281,9 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--datacenter", required=True, help="datacenter description (JSON/YAML, "
                                                        "schemas/datacenter.schema.json)")
     e.add_argument("--out", required=True, help="OpenDC experiment directory to write")
-    e.add_argument("--mode", choices=["adaptive", "interval", "segments"], default="adaptive",
+    e.add_argument("--mode", choices=["adaptive", "interval", "segments", "per-request"], default="adaptive",
                    help="adaptive: merge timeline segments whose utilisation differs by at most --tolerance "
-                        "(default); interval: fixed --interval bins; segments: one fragment per segment")
+                        "(default); interval: fixed --interval bins; segments: one fragment per segment; "
+                        "per-request: one task per request (the Kavier prototype's way)")
     e.add_argument("--tolerance", type=float, default=0.02, help="adaptive merging tolerance (default 0.02)")
     e.add_argument("--interval", type=float, default=0.1, help="bin length in seconds for --mode interval")
     e.add_argument("--start", default=None, help="calendar start of the run (ISO date; default: the datacenter's)")

@@ -250,3 +250,61 @@ def test_battery_charges_when_carbon_is_low(tmp_path, bridge):
     assert r["grid_energy_wh"] > r["energy_wh"]
     # near the trough the intensity is ~100 gCO2/kWh
     assert r["carbon_g"] == pytest.approx(r["grid_energy_wh"] / 1000 * 100, rel=0.01)
+
+
+def test_two_gpu_types_placed_by_type_energy_by_hand(tmp_path, bridge):
+    """2 x A100-80GB tp=1 + 1 x H100-SXM tp=2 on one 2-GPU A100 host and one
+    2-GPU H100 host. The H100 task (264 GPU cores) is written first and fits
+    only the H100 host (the A100 host has 216 cores); the A100 tasks then
+    find the H100 host full. Energy by hand with each type's power model."""
+    T = 120.0
+    us = {0: 0.8, 1: 0.3, 2: 0.5}
+    groups = [("Llama-3-8B", "A100-80GB", 2, 1), ("Llama-3-70B", "H100-SXM", 1, 2)]
+    per_rep = [(g, tp) for _, g, n, tp in groups for _ in range(n)]
+    sim = tmp_path / "sim"
+    sim.mkdir()
+    rows = [{"replica": r, "start_s": 0.0, "end_s": T, "gpu_utilization": u, "batch_size": 1.0,
+             "kv_utilization": 0.0, "prefill_tokens": 0, "decode_tokens": 0, "gpu": per_rep[r][0],
+             "tp": per_rep[r][1], "model": groups[0 if r < 2 else 1][0]} for r, u in us.items()]
+    pd.DataFrame(rows).astype({"replica": "int32", "tp": "int32"}).to_parquet(sim / "timeline.parquet", index=False)
+    (sim / "summary.json").write_text(json.dumps({"makespan_s": T, "config": {
+        "model": "Llama-3-8B", "gpu": "A100-80GB", "replicas": 3, "tp": 1,
+        "replica_groups": [{"model": m, "gpu": g, "replicas": n, "tp": tp} for m, g, n, tp in groups]}}))
+    h100_idle, h100_max = 70.0, 700.0                   # H100-SXM catalogue watts
+    d = datacenter(gpus_per_host=2)
+    d["hosts"].append({"name": "h100", "count": 1, "gpus_per_host": 2, "gpu": "H100-SXM",
+                       "cpu": {"cores": CORES, "mhz": MHZ},
+                       "cpu_power_model": {"model": "linear", "idle_w": I_CPU, "max_w": M_CPU},
+                       "memory_gib": 512})
+    stats = write_opendc_inputs(sim, d, tmp_path / "odc", cpu_load_cores=0.0)
+    assert stats["tasks"] == 3 and stats["placement"]["tasks_not_pinned"] == [0, 1]
+    r = run_opendc_dir(tmp_path / "odc", bridge=bridge)
+    hosts = r["tasks"]["hosts"]
+    assert hosts["2"].startswith("h100")
+    assert hosts["0"].startswith("node") and hosts["1"].startswith("node")
+    a100_j = 2 * I_GPU * T + (M_GPU - I_GPU) * (us[0] + us[1]) * T
+    h100_j = 2 * h100_idle * T + (h100_max - h100_idle) * 2 * us[2] * T
+    assert r["gpu_energy_wh"] * 3600 == pytest.approx(a100_j + h100_j, rel=0.01)
+    assert r["energy_wh"] * 3600 == pytest.approx(a100_j + h100_j + 2 * I_CPU * T, rel=0.01)
+    assert stats["gpu_energy_linear_wh"] * 3600 == pytest.approx(a100_j + h100_j, rel=1e-9)
+
+
+def test_per_request_export_loads_and_runs(tmp_path, bridge):
+    """The per-request export loads in OpenDC and every request task runs;
+    OpenDC's FIFO 1-second scheduling delays them, so only the file format
+    and completion are checked, and the energy is reported for comparison."""
+    T = 60.0
+    sim = write_sim(tmp_path / "sim", {0: [(0.0, T, 0.5)]})
+    n = 20
+    arrival = np.linspace(0.0, T - 5.0, n)
+    pd.DataFrame({"request_id": np.arange(n), "replica": np.zeros(n, np.int32), "arrival_s": arrival,
+                  "num_input_tokens": np.full(n, 100), "num_output_tokens": np.full(n, 20),
+                  "e2e_s": np.full(n, 5.0), "finish_s": arrival + 5.0,
+                  "status": ["finished"] * n}).to_parquet(sim / "requests.parquet", index=False)
+    stats = write_opendc_inputs(sim, datacenter(), tmp_path / "odc", mode="per-request", cpu_load_cores=0.0)
+    assert stats["tasks"] == n
+    r = run_opendc_dir(tmp_path / "odc", bridge=bridge)
+    assert r["tasks"]["tasks"] == n
+    assert set(r["tasks"]["states"]) <= {"COMPLETED", "TERMINATED"}
+    print("\nper-request: OpenDC energy", r["energy_wh"], "Wh; export estimate (GPU)",
+          stats["gpu_energy_linear_wh"], "Wh")

@@ -36,6 +36,37 @@ checked against the real simulator through the bridge):
 * A replica with tp GPUs is one task when tp <= the GPUs of one OpenDC host,
   otherwise ceil(tp / host GPUs) tasks holding its GPUs in parts, each with
   the replica's utilisation over time.
+
+Several GPU types (heterogeneous replica groups)
+------------------------------------------------
+Each host group names its GPU type with ``gpu`` (a catalogue name, or an
+object with the name and overrides). A host group without ``gpu`` runs the
+simulation's GPU when the simulation uses one GPU type; when its replicas
+run on several types, every host group with GPUs must name one. Each host
+group becomes its own OpenDC host entry (or entries, after the 4-GPU split)
+with that GPU's ``coreCount`` (SMs), ``coreSpeed`` (boost MHz) and power
+model (idle/max watts from the catalogue unless ``gpu_power_model`` or the
+``gpu`` overrides say otherwise). :func:`plan_replicas` places every replica
+on host entries of its own GPU type (first fit decreasing per type) and
+reports a shortage per type. Example::
+
+    hosts:
+      - {name: a100, count: 1, gpus_per_host: 4, gpu: A100-80GB,
+         cpu: {cores: 32, mhz: 2400}, memory_gib: 512}
+      - {name: h100, count: 1, gpus_per_host: 4, gpu: H100-SXM,
+         gpu_power_model: {model: linear, idle_w: 90, max_w: 700},
+         cpu: {cores: 32, mhz: 2400}, memory_gib: 1024}
+
+Caveat: OpenDC v2.4u's schedulers know nothing of GPU types (the
+``ProvisionedCpuGpuCores`` filters compare only free GPU *cores*, CPU cores
+and memory, and the experiment's filter specs offer no GPU filter). The
+plan is what we intend and what the statistics are computed for; OpenDC
+follows it for sure only when no host of another type could take a task.
+The export therefore writes the tasks in decreasing order of requested GPU
+cores (OpenDC's loader sorts tasks by submission time, stably, and schedules
+them FIFO, so the largest requests are placed first, while their own hosts
+are still free) and lists in its statistics (``placement.tasks_not_pinned``)
+the tasks that a host of another GPU type could also accept.
 """
 
 from __future__ import annotations
@@ -238,6 +269,14 @@ class Datacenter:
 
     def physical_gpus(self) -> int:
         return sum(h.count * h.gpus_per_host for h in self.hosts)
+
+    def gpu_types(self) -> list[str]:
+        """Names of the GPU types the host groups name (in order of first appearance)."""
+        out: list[str] = []
+        for h in self.gpu_hosts():
+            if h.gpu is not None and h.gpu.name not in out:
+                out.append(h.gpu.name)
+        return out
 
     def with_gpu(self, gpu) -> "Datacenter":
         """Fill in ``gpu`` for host groups that have GPUs but name none."""
@@ -652,9 +691,10 @@ def opendc_hosts(datacenter: Datacenter, gpu=None) -> list[OpenDCHost]:
     for gi, h in enumerate(datacenter.hosts):
         n = h.gpus_per_host
         if n > 0 and h.gpu is None:
-            raise KavierInputError("the host group names no GPU and none was given by the simulation",
-                                   source=datacenter.source, location=f"{h.path}.gpu",
-                                   expected="a GPU name from the catalogue")
+            raise KavierInputError("the host group names no GPU type and the simulation does not give exactly "
+                                   "one", source=datacenter.source, location=f"{h.path}.gpu",
+                                   expected="a GPU name from the catalogue (required for every host group with "
+                                            "GPUs when the replicas run on several GPU types)")
         mem_mib = int(round(h.memory_gib * 1024))
         g = h.gpu
         gp = h.gpu_power()
@@ -717,11 +757,105 @@ class TaskPlan:
     gpus: int                  # physical GPUs held
     host_entry: int            # planned OpenDC host entry (index into opendc_hosts)
     host_instance: int         # which of that entry's `count` copies
+    gpu_type: str | None = None  # GPU type the replica runs on (None: any GPU host)
+
+
+def _replica_parts(tp: int, largest: int) -> list[int]:
+    """GPUs of each task of a replica of ``tp`` GPUs when one OpenDC host holds at most ``largest``."""
+    if tp <= largest:
+        return [tp]
+    k = math.ceil(tp / largest)
+    return [tp // k + (1 if j < tp % k else 0) for j in range(k)]
+
+
+def plan_replicas(hosts: list[OpenDCHost], replicas: list[tuple[str | None, int]], *,
+                  source: str | None = None) -> list[TaskPlan]:
+    """Place heterogeneous replicas onto the OpenDC hosts of their GPU type.
+
+    ``replicas[r]`` is ``(gpu_type, tp)`` of replica ``r`` (``gpu_type``
+    None: any host with GPUs). A replica's task(s) go only to host entries
+    whose GPU model is that type. A replica whose tp fits one OpenDC host of
+    its type is one task holding all its GPUs on one host; a larger one is
+    split into ceil(tp / largest host of the type) tasks. Placement is first
+    fit decreasing (larger replicas first, ties in replica order) per GPU
+    type; the returned plans are in replica order with task ids 0, 1, ...
+    Raises :class:`KavierInputError`, naming the GPU type and the counts,
+    when a type has too few GPU slots.
+    """
+    if not replicas:
+        raise KavierInputError("no replicas to place", source=source, location="simulation config",
+                               expected="at least one replica")
+    for r, (_, tp) in enumerate(replicas):
+        if tp < 1:
+            raise KavierInputError(f"replica {r} has tp={tp}", source=source, location="simulation config",
+                                   expected="a positive tensor-parallel degree")
+    free: list[list[int]] = [[h.physical_gpus] * h.count for h in hosts]
+    placed: dict[int, list[TaskPlan]] = {}
+    types: dict[str, str | None] = {}
+    for gtype, _ in replicas:
+        types.setdefault("" if gtype is None else gtype.strip().lower(), gtype)
+    for key, gtype in types.items():
+        members = [r for r, (g, _) in enumerate(replicas) if ("" if g is None else g.strip().lower()) == key]
+        eligible = [i for i, h in enumerate(hosts) if h.physical_gpus > 0 and
+                    (gtype is None or _same_gpu(h.gpu_model, gtype))]
+        label = "" if gtype is None else f" of type {gtype!r}"
+        if not eligible:
+            present = sorted({re.sub(r" x\d+$", "", h.gpu_model) for h in hosts if h.physical_gpus > 0})
+            raise KavierInputError(
+                f"the datacenter has no host with GPUs{label} but {len(members)} replica(s) of the simulation "
+                f"run on it (host GPU types: {', '.join(present) or 'none'})", source=source,
+                location="hosts", expected=f"at least one host group with gpus_per_host > 0 and gpu: {gtype}"
+                if gtype else "at least one host group with gpus_per_host > 0")
+        largest = max(hosts[i].physical_gpus for i in eligible)
+        order = sorted(members, key=lambda r: -replicas[r][1])      # stable: ties keep replica order
+        done = 0
+        for r in order:
+            tp = replicas[r][1]
+            parts = _replica_parts(tp, largest)
+            got: list[TaskPlan] = []
+            for p, g in enumerate(parts):
+                spot = next(((i, c) for i in eligible for c in range(hosts[i].count) if free[i][c] >= g), None)
+                if spot is None:
+                    for t in got:                                       # keep the message's counts exact
+                        free[t.host_entry][t.host_instance] += t.gpus
+                    raise KavierInputError(_shortage(hosts, eligible, [replicas[m][1] for m in members],
+                                                     gtype, done, parts), source=source, location="hosts",
+                                           expected="more hosts or GPUs per host (gpus_per_host, count)"
+                                           + (f" in host groups with gpu: {gtype}" if gtype else ""))
+                i, c = spot
+                free[i][c] -= g
+                got.append(TaskPlan(-1, r, p, g, i, c, gtype))
+            placed[r] = got
+            done += 1
+    plans: list[TaskPlan] = []
+    for r in range(len(replicas)):
+        for t in placed[r]:
+            plans.append(dataclasses.replace(t, task_id=len(plans)))
+    return plans
+
+
+def _shortage(hosts: list[OpenDCHost], eligible: list[int], tps: list[int], gtype: str | None,
+              fitted: int, parts: list[int]) -> str:
+    need = sum(tps)
+    have = sum(hosts[i].physical_gpus * hosts[i].count for i in eligible)
+    by_tp: dict[int, int] = {}
+    for tp in tps:
+        by_tp[tp] = by_tp.get(tp, 0) + 1
+    mix = " + ".join(f"{n} x tp={tp}" for tp, n in sorted(by_tp.items(), reverse=True))
+    label = "" if gtype is None else f" of type {gtype!r}"
+    where = ", ".join(f"{hosts[i].count} x {hosts[i].physical_gpus} on '{hosts[i].name}'" for i in eligible)
+    how = ("each replica's GPUs on one host" if len(parts) == 1 else
+           f"a replica in parts of {parts} GPUs, each part on one host")
+    return (f"the datacenter has too few GPU slots{label}: the simulation needs {len(tps)} replica(s)"
+            f"{label} ({mix}) = {need} GPUs ({how}), but the "
+            f"hosts with that GPU have {have} GPU slot(s) ({where}) and only {fitted} of the "
+            f"{len(tps)} replica(s) fit")
 
 
 def plan_tasks(hosts: list[OpenDCHost], replicas: int, tp: int, gpu_name: str | None = None, *,
                source: str | None = None) -> list[TaskPlan]:
-    """Place ``replicas`` replicas of ``tp`` GPUs onto the OpenDC hosts.
+    """Place ``replicas`` replicas of ``tp`` GPUs of type ``gpu_name`` onto
+    the OpenDC hosts (see :func:`plan_replicas`, the heterogeneous form).
 
     A replica whose tp fits one OpenDC host (tp <= 4 when split) is one task
     whose GPUs are all on one host; a larger one is split into
@@ -732,44 +866,7 @@ def plan_tasks(hosts: list[OpenDCHost], replicas: int, tp: int, gpu_name: str | 
     if replicas < 1 or tp < 1:
         raise KavierInputError(f"replicas={replicas}, tp={tp}", source=source,
                                location="simulation config", expected="positive integers")
-    eligible = [i for i, h in enumerate(hosts) if h.physical_gpus > 0 and
-                (gpu_name is None or _same_gpu(h.gpu_model, gpu_name))]
-    if not eligible:
-        raise KavierInputError(
-            f"the datacenter has no host with GPUs of type {gpu_name!r}", source=source,
-            location="hosts", expected="at least one host group with gpus_per_host > 0 and that GPU")
-    largest = max(hosts[i].physical_gpus for i in eligible)
-    if tp <= largest:
-        parts = [tp]
-    else:
-        k = math.ceil(tp / largest)
-        parts = [tp // k + (1 if j < tp % k else 0) for j in range(k)]
-    free: list[list[int]] = [[hosts[i].physical_gpus] * hosts[i].count for i in range(len(hosts))]
-    plans: list[TaskPlan] = []
-    tid = 0
-    need = replicas * tp
-    for r in range(replicas):
-        for p, g in enumerate(parts):
-            placed = False
-            for i in eligible:
-                for c in range(hosts[i].count):
-                    if free[i][c] >= g:
-                        free[i][c] -= g
-                        plans.append(TaskPlan(tid, r, p, g, i, c))
-                        placed = True
-                        break
-                if placed:
-                    break
-            if not placed:
-                have = sum(hosts[i].physical_gpus * hosts[i].count for i in eligible)
-                raise KavierInputError(
-                    f"the datacenter has too few GPU slots: the simulation needs {replicas} replica(s) x "
-                    f"tp={tp} = {need} GPUs{'' if gpu_name is None else ' of type ' + repr(gpu_name)} "
-                    f"(each replica's GPUs on one host, parts of {parts} GPUs), but only "
-                    f"{r} replica(s) fit on {have} GPU(s)", source=source, location="hosts",
-                    expected="more hosts or GPUs per host (gpus_per_host, count)")
-            tid += 1
-    return plans
+    return plan_replicas(hosts, [(gpu_name, tp)] * replicas, source=source)
 
 
 def _same_gpu(model_name: str, gpu_name: str) -> bool:
