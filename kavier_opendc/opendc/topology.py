@@ -73,13 +73,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import functools
 import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -90,6 +89,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from kavier_opendc.outputs import write_json_atomic
+from kavier_opendc.validation import explain_schema_error, json_path
 from kavier_opendc.errors import KavierInputError
 
 SCHEMA_FILE = "datacenter.schema.json"
@@ -379,16 +379,6 @@ def _watts(x: float | None) -> str:
     return f"{_num(x or 0.0)} W"
 
 
-def _json_path(parts: Iterable[Any]) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
 def _schema_path() -> Path:
     try:
         packaged = resources.files("kavier_opendc").joinpath("schemas", SCHEMA_FILE)
@@ -420,24 +410,11 @@ def _schema_problems(data: Any) -> list[tuple[tuple, str]]:
     problems: list[tuple[tuple, str]] = []
     for err in _validator().iter_errors(data):
         path = tuple(err.absolute_path)
-        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-            allowed = sorted(err.schema.get("properties", {}))
-            for key in err.instance:
-                if key in allowed:
-                    continue
-                hint = difflib.get_close_matches(str(key), allowed, n=1)
-                msg = f"unknown key {key!r}"
-                msg += f" (did you mean {hint[0]!r}?)" if hint else f" (allowed keys: {', '.join(allowed)})"
-                problems.append((path + (key,), msg))
-        elif err.validator == "required" and isinstance(err.instance, dict):
-            for key in err.validator_value:
-                if key not in err.instance:
-                    problems.append((path + (key,), "required field is missing"))
-        elif err.validator == "oneOf" and path and path[-1] == "gpu":
+        if err.validator == "oneOf" and path and path[-1] == "gpu":
             problems.append((path, f"{err.instance!r} is neither a GPU name nor an object "
                                    "{name, overrides...} (see schemas/datacenter.schema.json)"))
         else:
-            problems.append((path, err.message))
+            problems.extend(explain_schema_error(err))
     return problems
 
 
@@ -527,7 +504,7 @@ def _raise_problems(problems: list[tuple[tuple, str]], src: str) -> None:
     unique: dict[tuple[tuple, str], None] = {}
     for path, msg in problems:
         unique.setdefault((tuple(path), msg), None)
-    lines = [f"{_json_path(p)}: {m}" for p, m in unique]
+    lines = [f"{json_path(p)}: {m}" for p, m in unique]
     n = len(lines)
     exc = KavierInputError(
         f"invalid datacenter description, {n} problem{'s' if n != 1 else ''}: " + "; ".join(lines),
@@ -611,7 +588,7 @@ def _build(data: dict, base: Path, src: str, get_catalog) -> tuple[Datacenter | 
             gpu_power_spec=dict(gpm), cpu_cores=int(cpu["cores"]), cpu_mhz=float(cpu["mhz"]),
             cpu_count=int(cpu.get("count", 1)), cpu_power=cpu_power,
             memory_gib=float(h["memory_gib"]), cpu_model=str(cpu.get("model", "unknown")),
-            cpu_vendor=str(cpu.get("vendor", "unknown")), path=_json_path(path)))
+            cpu_vendor=str(cpu.get("vendor", "unknown")), path=json_path(path)))
 
     start = data.get("start", DEFAULT_START)
     try:
