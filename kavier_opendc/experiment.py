@@ -31,7 +31,6 @@ import copy
 import difflib
 import functools
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
-from kavier_opendc.validation import Problem, explain_schema_error, json_path
+from kavier_opendc.validation import Problem, explain_schema_error, json_path, non_finite
 from kavier_opendc.errors import KavierInputError
 
 SCHEMA_FILE = "experiment.schema.json"
@@ -282,7 +281,7 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
     problems: list[Problem] = []
     dc_is_obj = isinstance(data.get("datacenter"), dict)
     problems += schema_problems(data, schema_validator(), skip=("datacenter",) if dc_is_obj else None)
-    problems += _non_finite(data)
+    problems += non_finite(data)
     inputs: list[tuple[str, Path]] = []
 
     # catalogue
@@ -453,14 +452,6 @@ def _split(path: str) -> tuple:
     return tuple(out)
 
 
-def _non_finite(data: Any, path: tuple = ()) -> list[Problem]:
-    if isinstance(data, float) and not math.isfinite(data):
-        return [(path, f"{data!r} is not a finite number")]
-    if isinstance(data, dict):
-        return [p for k, v in data.items() for p in _non_finite(v, path + (k,))]
-    if isinstance(data, list):
-        return [p for i, v in enumerate(data) for p in _non_finite(v, path + (i,))]
-    return []
 
 
 def _lookup(cat, kind: str, name: Any, path: tuple, problems: list[Problem]):

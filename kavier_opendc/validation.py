@@ -8,6 +8,7 @@ the one place that words the problems the same way for all of them.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 Problem = tuple[tuple, str]
@@ -91,3 +92,14 @@ def explain_schema_error(err) -> list[Problem]:
         props = sorted(err.schema.get("properties", {}))
         return [(path, f"give exactly one of {', '.join(props)} (found {len(err.instance)})")]
     return [(path, err.message)]
+
+
+def non_finite(data: Any, path: tuple = ()) -> list[Problem]:
+    """NaN and infinities anywhere in a parsed document (JSON Schema lets them pass as numbers)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [(path, f"{data!r} is not a finite number")]
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in non_finite(v, path + (k,))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in non_finite(v, path + (i,))]
+    return []

@@ -570,9 +570,6 @@ class Replica:
                 alloc += blocks_for(comp + need) - blocks_for(comp)
                 budget -= need
                 chunks.append((req, need))
-                n_tok += need
-                pairs += need * comp + need * (need + 1) // 2
-                kv_read += comp
         else:
             # generic path: walk the running list in order, preempting the newest when blocks run out
             i = 0
@@ -611,14 +608,6 @@ class Replica:
                         pairs += c * (c + 1) // 2
                 else:
                     chunks.append((req, need))
-                    if kv_on:
-                        n_tok += need
-                        pairs += need * comp + need * (need + 1) // 2
-                        kv_read += comp
-                    else:
-                        c = comp + need
-                        n_tok += c
-                        pairs += c * (c + 1) // 2
                 i += 1
             for req in running[i:]:
                 if req.state == DECODE:
@@ -674,14 +663,16 @@ class Replica:
                 alloc += nb
                 budget -= need
                 chunks.append((req, need))
-                if kv_on:
-                    n_tok += need
-                    pairs += need * comp + need * (need + 1) // 2
-                    kv_read += comp
-                else:
-                    c = comp + need
-                    n_tok += c
-                    pairs += c * (c + 1) // 2
+        for req, need in chunks:  # prefill chunks: ``need`` new tokens on top of ``computed`` cached ones
+            comp = req.computed
+            if kv_on:
+                n_tok += need
+                pairs += need * comp + need * (need + 1) // 2
+                kv_read += comp
+            else:  # no KV cache: the chunk recomputes the context before it too
+                c = comp + need
+                n_tok += c
+                pairs += c * (c + 1) // 2
         if n_tok == 0:
             # nothing schedulable (cannot happen with a feasible request; guard against livelock)
             self.busy = False

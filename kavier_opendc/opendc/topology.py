@@ -89,7 +89,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from kavier_opendc.outputs import write_json_atomic
-from kavier_opendc.validation import explain_schema_error, json_path
+from kavier_opendc.validation import explain_schema_error, json_path, non_finite
 from kavier_opendc.errors import KavierInputError
 
 SCHEMA_FILE = "datacenter.schema.json"
@@ -418,14 +418,6 @@ def _schema_problems(data: Any) -> list[tuple[tuple, str]]:
     return problems
 
 
-def _non_finite(data: Any, path: tuple = ()) -> list[tuple[tuple, str]]:
-    if isinstance(data, float) and not math.isfinite(data):
-        return [(path, f"{data!r} is not a finite number")]
-    if isinstance(data, dict):
-        return [p for k, v in data.items() for p in _non_finite(v, path + (k,))]
-    if isinstance(data, list):
-        return [p for i, v in enumerate(data) for p in _non_finite(v, path + (i,))]
-    return []
 
 
 def _read_description(path: Path) -> Any:
@@ -490,7 +482,7 @@ def load_datacenter(path_or_dict: str | os.PathLike | Mapping[str, Any] | Datace
     if not isinstance(data, dict):
         raise KavierInputError(f"the document is {type(data).__name__}, not an object", source=src,
                                expected="a mapping with at least 'hosts' (schemas/datacenter.schema.json)")
-    problems = _schema_problems(data) + _non_finite(data)
+    problems = _schema_problems(data) + non_finite(data)
     if problems:
         _raise_problems(problems, src)
     cat = catalog

@@ -13,7 +13,6 @@ import dataclasses
 import difflib
 import functools
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from kavier_opendc.errors import KavierInputError
-from kavier_opendc.validation import explain_schema_error, json_path
+from kavier_opendc.validation import explain_schema_error, json_path, non_finite
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
@@ -285,19 +284,11 @@ def _is_num(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _non_finite(data: Any, path: tuple = ()) -> list[tuple[tuple, str]]:
-    if isinstance(data, float) and not math.isfinite(data):
-        return [(path, f"{data!r} is not a finite number")]
-    if isinstance(data, dict):
-        return [p for k, v in data.items() for p in _non_finite(v, path + (k,))]
-    if isinstance(data, list):
-        return [p for i, v in enumerate(data) for p in _non_finite(v, path + (i,))]
-    return []
 
 
 def _semantic_problems(data: Any) -> list[tuple[tuple, str]]:
     """Cross-field checks that JSON Schema cannot express."""
-    problems = _non_finite(data)
+    problems = non_finite(data)
     if not isinstance(data, dict):
         return problems
     for section in ("models", "gpus"):
