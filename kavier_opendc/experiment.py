@@ -622,12 +622,15 @@ def _datacenter(dc: dict, dc_base: Path, dc_source: str, exp_source: str, cat, g
             problems.append((prefix + ("hosts", i, "gpu"),
                              f"{h.gpu.name!r} but the replicas run on {', '.join(map(repr, gpus))}{where}; "
                              "leave 'gpu' out to use the replicas' GPU"))
-    if problems or not enabled or len(groups) != 1:
+    if problems or not enabled or not groups:
         return problems
-    g = groups[0]
-    try:
-        hosts = T.opendc_hosts(d.with_gpu(g.gpu))
-        T.plan_tasks(hosts, g.replicas, g.tp, g.gpu.name, source=dc_source)
+    try:  # enough GPU slots of each type for every replica (the export places them the same way)
+        if len(groups) == 1:
+            g = groups[0]
+            T.plan_tasks(T.opendc_hosts(d.with_gpu(g.gpu)), g.replicas, g.tp, g.gpu.name, source=dc_source)
+        else:
+            T.plan_replicas(T.opendc_hosts(d), [(g.gpu.name, g.tp) for g in groups for _ in range(g.replicas)],
+                            source=dc_source)
     except KavierInputError as exc:
         problems.append((prefix + ("hosts",), _msg(exc, dc_source).replace("hosts: ", "", 1) + where))
     return problems

@@ -240,3 +240,24 @@ def test_cli_run_invalid_experiment_leaves_nothing(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "invalid YAML" in r.stderr and "line 4" in r.stderr
     assert not out.exists()
+
+
+def test_heterogeneous_groups_need_slots_of_each_gpu_type(tmp_path):
+    workload = Path(__file__).resolve().parents[1] / "kavier_opendc" / "data" / "demo_workload.yaml"
+    doc = {
+        "name": "het", "model": "Llama-3-8B", "trace": str(workload),
+        "serving": {"replica_groups": [{"model": "Llama-3-8B", "gpu": "A100-80GB", "replicas": 2},
+                                       {"model": "Llama-3-8B", "gpu": "H100-SXM", "replicas": 3}]},
+        "datacenter": {"name": "mixed", "power_source": {"name": "grid"}, "hosts": [
+            {"name": "a100", "count": 1, "gpus_per_host": 2, "gpu": "A100-80GB",
+             "cpu": {"cores": 32, "mhz": 2400}, "memory_gib": 512},
+            {"name": "h100", "count": 1, "gpus_per_host": 2, "gpu": "H100-SXM",
+             "cpu": {"cores": 32, "mhz": 2400}, "memory_gib": 512}]},
+        "carbon": {"synthetic": {"mean": 300}},
+    }
+    with pytest.raises(KavierInputError, match="too few GPU slots of type 'H100-SXM'") as exc:
+        load_experiment(doc, base_dir=tmp_path)
+    assert "datacenter.hosts" in str(exc.value)
+    doc["datacenter"]["hosts"][1]["gpus_per_host"] = 4
+    exp = load_experiment(doc, base_dir=tmp_path)
+    assert [g.replicas for g in exp.groups] == [2, 3]
