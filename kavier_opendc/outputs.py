@@ -272,6 +272,13 @@ def summary_dict(result) -> dict:
             "kv_capacity_tokens_per_replica": result.capacity_blocks * 16,
             "efficiency": {k: getattr(cfg.efficiency, k) for k in cfg.efficiency.__dataclass_fields__},
         },
+        "replicas": [
+            {"replica": rep.idx, "model": rep.cm.model.name, "gpu": rep.cm.gpu.name, "tp": rep.cm.tp,
+             "busy_s": rep.busy_time, "busy_fraction": rep.busy_time / makespan if makespan > 0 else 0.0,
+             "iterations": rep.iterations, "preemptions": rep.preemptions,
+             "kv_capacity_blocks": rep.capacity,
+             "kv_utilization_peak": rep.peak_used / rep.capacity if rep.capacity else 0.0}
+            for rep in result.replicas],
         "trace": {"source": str(tr.source), "format": tr.format},
         "engine": {
             "version": __version__,
