@@ -110,6 +110,10 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
                     help="fraction of GPU memory vLLM may use for weights, activations and KV cache (default 0.9)")
     ap.add_argument("--num-kv-blocks", type=positive_int("--num-kv-blocks"), default=None,
                     help="override the KV capacity per replica, in 16-token blocks (default: derived from memory)")
+    ap.add_argument("--max-model-len", type=positive_int("--max-model-len"), default=None, metavar="N",
+                    help="reject requests whose prompt plus output exceed N tokens, as a server with this "
+                         "context length would (default: no limit; summary.json counts the requests longer "
+                         "than the model's context window)")
     ap.add_argument("--kv-cache", choices=["on", "off"], default="on",
                     help="'off' recomputes the whole context at every decode step (seed paper, experiment 2)")
     ap.add_argument("--prefix-cache", default="auto", metavar="POLICY",
@@ -156,7 +160,7 @@ def cmd_simulate(args) -> int:
                     prefix_capacity_prompts=args.prefix_cache_capacity_prompts,
                     prefix_capacity_tokens=args.prefix_cache_capacity_tokens, host_memory_gb=args.host_cache_gb,
                     router=args.router, seed=args.seed,
-                    exact=args.exact, num_kv_blocks=args.num_kv_blocks)
+                    exact=args.exact, num_kv_blocks=args.num_kv_blocks, max_model_len=args.max_model_len)
     cfg.validate()
     trace = load_workload(args.trace, args.trace_format, args.seed)
     result = simulate(trace, cfg, progress=False if args.quiet else None)
@@ -186,6 +190,9 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
         f"{s['prefix_cache']['evictions']} evictions",
         f"wrote        {out}/requests.parquet, summary.json, timeline.parquet in {wall:.2f} s",
     ]
+    if s.get("num_over_model_context") and c.get("max_model_len") is None:
+        lines.insert(-1, f"note         {s['num_over_model_context']} requests are longer than {c['model']}'s context "
+                         "window; a real server would refuse them (--max-model-len N does)")
     return "\n".join(lines)
 
 

@@ -48,7 +48,8 @@ from kavier_opendc.errors import KavierInputError
 SCHEMA_FILE = "experiment.schema.json"
 PREFIX_POLICIES = ("auto", "none", "off", "block", "vllm", "prefill", "full")
 SERVING_DEFAULTS = {"max_num_seqs": 256, "max_batched_tokens": 8192, "gpu_memory_utilization": 0.9,
-                    "num_kv_blocks": None, "kv_cache": True, "router": "round-robin", "exact": False}
+                    "num_kv_blocks": None, "max_model_len": None, "kv_cache": True, "router": "round-robin",
+                    "exact": False}
 GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization")
 TRACE_FORMATS = ("kavier", "native", "azure", "mooncake", "vidur", "splitwise", "sarathi")
 SYNTHETIC_SUFFIXES = (".yaml", ".yml")

@@ -236,10 +236,16 @@ def summary_dict(result) -> dict:
     cached = r.cached.sum(dtype=np.int64)
     wall = result.wall_s
     groups = cfg.replica_groups()
+    tr_rep = r.replica
     return {
         "num_requests": int(len(tr)),
         "num_finished": int(done.sum()),
         "num_rejected": int((r.status == 2).sum()),
+        # requests longer than the model's context window (a real server would refuse them;
+        # --max-model-len makes the simulator refuse them too)
+        "num_over_model_context": int(sum(
+            int(((tr.num_input_tokens + tr.num_output_tokens)[tr_rep == rep.idx] > rep.cm.model.max_context).sum())
+            for rep in result.replicas)),
         "makespan_s": makespan,
         "request_throughput_per_s": float(done.sum() / makespan) if makespan > 0 else 0.0,
         "output_tokens_per_s": float(outp / makespan) if makespan > 0 else 0.0,
@@ -270,6 +276,7 @@ def summary_dict(result) -> dict:
             "router": cfg.router, "seed": cfg.seed, "mode": "exact" if cfg.exact else "fast",
             "kv_capacity_blocks_per_replica": result.capacity_blocks,
             "kv_capacity_tokens_per_replica": result.capacity_blocks * 16,
+            "max_model_len": cfg.max_model_len,
             "efficiency": {k: getattr(cfg.efficiency, k) for k in cfg.efficiency.__dataclass_fields__},
         },
         "replicas": [

@@ -79,6 +79,8 @@ def sim_config_from_experiment(exp: Experiment):
                                   exact=bool(srv["exact"]), **limits)
     if srv.get("num_kv_blocks") is not None:
         kwargs["num_kv_blocks"] = srv["num_kv_blocks"]
+    if srv.get("max_model_len") is not None:
+        kwargs["max_model_len"] = srv["max_model_len"]
     pc = dict(srv["prefix_cache"])
     if pc.get("policy") is not None:
         kwargs["prefix_cache"] = pc["policy"]

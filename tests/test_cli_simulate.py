@@ -57,6 +57,9 @@ def test_simulate_writes_contract_outputs(tmp_path, small_trace):
     for k in ("mean", "p50", "p90", "p99"):
         assert summary["ttft_s"][k] is not None
     assert summary["num_requests"] == 50
+    assert [r["replica"] for r in summary["replicas"]] == [0, 1]
+    assert all(0 < r["busy_fraction"] <= 1 for r in summary["replicas"])
+    assert summary["num_over_model_context"] == 0
     tl = pq.read_table(out / "timeline.parquet").to_pandas()
     for c in TL_COLS:
         assert c in tl.columns
@@ -93,7 +96,9 @@ def test_help_documents_every_flag():
     assert r.returncode == 0
     for flag in ("--model", "--gpu", "--trace", "--out", "--replicas", "--tp", "--max-num-seqs",
                  "--max-batched-tokens", "--kv-cache", "--prefix-cache", "--router", "--seed", "--exact",
-                 "--trace-format", "--gpu-memory-utilization", "--catalog"):
+                 "--trace-format", "--gpu-memory-utilization", "--catalog", "--max-model-len",
+                 "--prefix-cache-min-tokens", "--prefix-cache-scope", "--prefix-cache-capacity-prompts",
+                 "--prefix-cache-capacity-tokens", "--host-cache-gb", "--num-kv-blocks", "--quiet"):
         assert flag in r.stdout
 
 

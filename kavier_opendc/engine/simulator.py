@@ -72,6 +72,7 @@ class SimConfig:
     efficiency: Efficiency = DEFAULT_EFFICIENCY
     timeline_merge_tol: float = 1e-3
     num_kv_blocks: int | None = None  # override the memory-derived KV capacity
+    max_model_len: int | None = None  # reject requests whose prompt + output exceed this (vLLM max_model_len)
     groups: list[ReplicaGroup] | None = None  # heterogeneous replica groups; None = one group from above
 
     def replica_groups(self) -> list[ReplicaGroup]:
@@ -86,6 +87,7 @@ class SimConfig:
             ("--max-num-seqs", self.max_num_seqs >= 1, "an integer >= 1"),
             ("--max-batched-tokens", self.max_batched_tokens >= 1, "an integer >= 1"),
             ("--gpu-memory-utilization", 0.0 < self.gpu_memory_utilization <= 1.0, "a fraction in (0, 1]"),
+            ("--max-model-len", self.max_model_len is None or self.max_model_len >= 2, "an integer >= 2"),
         ]
         for i, g in enumerate(self.groups or []):
             checks.append((f"groups[{i}].replicas", g.replicas >= 1, "an integer >= 1"))
@@ -161,6 +163,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     i = 0
     kv_on = cfg.kv_cache
     full_cache = prefix is not None and prefix.policy == "full" and kv_on
+    max_len = cfg.max_model_len
     while True:
         ta = arrivals[i] if i < n else inf
         if heap and heap[0][0] < ta:
@@ -183,7 +186,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             req.uids, req.usizes = prefix.index.prompt_units(i)
         r = router.choose(ta, req)
         rep = reps[r]
-        if kv_on and blocks_for(p + o - 1) > rep.capacity:
+        if (kv_on and blocks_for(p + o - 1) > rep.capacity) or (max_len is not None and p + o > max_len):
             res.status[i] = 2
             res.replica[i] = r
         elif full_cache and rep.prompt_cache.lookup(prefix.index.prompt_key(i)):
