@@ -29,20 +29,19 @@ from __future__ import annotations
 
 import copy
 import difflib
-import functools
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator
 
-from kavier_opendc.validation import Problem, explain_schema_error, json_path, non_finite
+from kavier_opendc.validation import (Problem, explain_schema_error, json_path, load_schema, non_finite,
+                                      schema_validator)
 from kavier_opendc.errors import KavierInputError
 
 SCHEMA_FILE = "experiment.schema.json"
@@ -186,41 +185,11 @@ def parse_text(text: str, fmt: str, source: str) -> Any:
 # Schema
 # --------------------------------------------------------------------------
 
-def _schema_file(name: str) -> Path:
-    packaged = resources.files("kavier_opendc").joinpath("schemas", name)
-    if packaged.is_file():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "schemas" / name  # source checkout
-
-
-@functools.lru_cache(maxsize=None)
-def _load_schema(name: str) -> dict:
-    return json.loads(_schema_file(name).read_text(encoding="utf-8"))
-
-
 def experiment_schema() -> dict:
     """The experiment JSON Schema (Draft 2020-12), as a fresh dict."""
-    return copy.deepcopy(_load_schema(SCHEMA_FILE))
+    return copy.deepcopy(load_schema(SCHEMA_FILE))
 
 
-@functools.lru_cache(maxsize=None)
-def schema_validator(name: str = SCHEMA_FILE) -> Draft202012Validator:
-    """A validator for one of our schemas, with the other schemas registered
-    so that ``$ref`` between them (experiment -> datacenter, synthetic) resolve."""
-    from referencing import Registry, Resource
-
-    resources_ = []
-    for other in ("datacenter.schema.json", "synthetic_workload.schema.json", "experiment.schema.json",
-                  "sweep.schema.json"):
-        try:
-            s = _load_schema(other)
-        except (FileNotFoundError, OSError):
-            continue
-        resources_.append((s["$id"], Resource.from_contents(s)))
-    registry = Registry().with_resources(resources_)
-    schema = _load_schema(name)
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema, registry=registry)
 
 
 def schema_problems(data: Any, validator: Draft202012Validator, skip: tuple | None = None) -> list[Problem]:
@@ -281,7 +250,7 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
                      "not a mapping (expected keys such as model, gpu, trace, serving, datacenter)")], None
     problems: list[Problem] = []
     dc_is_obj = isinstance(data.get("datacenter"), dict)
-    problems += schema_problems(data, schema_validator(), skip=("datacenter",) if dc_is_obj else None)
+    problems += schema_problems(data, schema_validator(SCHEMA_FILE), skip=("datacenter",) if dc_is_obj else None)
     problems += non_finite(data)
     inputs: list[tuple[str, Path]] = []
 

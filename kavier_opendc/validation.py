@@ -8,8 +8,14 @@ the one place that words the problems the same way for all of them.
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 import math
+from importlib import resources
+from pathlib import Path
 from typing import Any
+
+from jsonschema import Draft202012Validator
 
 Problem = tuple[tuple, str]
 
@@ -103,3 +109,36 @@ def non_finite(data: Any, path: tuple = ()) -> list[Problem]:
     if isinstance(data, list):
         return [p for i, v in enumerate(data) for p in non_finite(v, path + (i,))]
     return []
+
+
+def schema_file(name: str) -> Path:
+    """A schema of ``schemas/``: the packaged copy, or the source checkout's."""
+    packaged = resources.files("kavier_opendc").joinpath("schemas", name)
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "schemas" / name  # source checkout
+
+
+@functools.lru_cache(maxsize=None)
+def load_schema(name: str) -> dict:
+    return json.loads(schema_file(name).read_text(encoding="utf-8"))
+
+
+@functools.lru_cache(maxsize=None)
+def schema_validator(name: str) -> Draft202012Validator:
+    """A validator for one of our schemas, with the other schemas registered
+    so that ``$ref`` between them (experiment -> datacenter, synthetic) resolve."""
+    from referencing import Registry, Resource
+
+    resources_ = []
+    for other in ("datacenter.schema.json", "synthetic_workload.schema.json", "experiment.schema.json",
+                  "sweep.schema.json"):
+        try:
+            s = load_schema(other)
+        except (FileNotFoundError, OSError):
+            continue
+        resources_.append((s["$id"], Resource.from_contents(s)))
+    registry = Registry().with_resources(resources_)
+    schema = load_schema(name)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, registry=registry)

@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -81,7 +80,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +87,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from kavier_opendc.outputs import write_json_atomic
-from kavier_opendc.validation import explain_schema_error, json_path, non_finite
+from kavier_opendc.validation import explain_schema_error, json_path, non_finite, load_schema, schema_validator
 from kavier_opendc.errors import KavierInputError
 
 SCHEMA_FILE = "datacenter.schema.json"
@@ -379,31 +377,13 @@ def _watts(x: float | None) -> str:
     return f"{_num(x or 0.0)} W"
 
 
-def _schema_path() -> Path:
-    try:
-        packaged = resources.files("kavier_opendc").joinpath("schemas", SCHEMA_FILE)
-        if packaged.is_file():
-            return Path(str(packaged))
-    except (ModuleNotFoundError, FileNotFoundError):  # pragma: no cover
-        pass
-    return Path(__file__).resolve().parents[2] / "schemas" / SCHEMA_FILE
-
-
-@functools.lru_cache(maxsize=1)
-def _cached_schema() -> dict:
-    return json.loads(_schema_path().read_text(encoding="utf-8"))
-
-
 def datacenter_schema() -> dict:
-    """The datacenter JSON Schema (Draft 2020-12), as a fresh dict."""
-    return copy.deepcopy(_cached_schema())
+    """The JSON Schema (Draft 2020-12) of these files, as a fresh dict."""
+    return copy.deepcopy(load_schema(SCHEMA_FILE))
 
 
-@functools.lru_cache(maxsize=1)
 def _validator() -> Draft202012Validator:
-    schema = _cached_schema()
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return schema_validator(SCHEMA_FILE)
 
 
 def _schema_problems(data: Any) -> list[tuple[tuple, str]]:

@@ -24,7 +24,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from kavier_opendc.errors import KavierInputError
-from kavier_opendc.validation import explain_schema_error, json_path, non_finite
+from kavier_opendc.validation import explain_schema_error, json_path, non_finite, load_schema, schema_validator
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
@@ -141,28 +141,13 @@ _YAML12_FLOAT = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][-
 
 # --------------------------------------------------------------- schema ----
 
-def _schema_path() -> Path:
-    packaged = resources.files("kavier_opendc").joinpath("schemas", SCHEMA_FILE)
-    if packaged.is_file():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parents[2] / "schemas" / SCHEMA_FILE  # source checkout
-
-
-@functools.lru_cache(maxsize=1)
-def _cached_schema() -> dict:
-    return json.loads(_schema_path().read_text(encoding="utf-8"))
-
-
 def catalog_schema() -> dict:
-    """The catalogue JSON Schema (Draft 2020-12), as a fresh dict."""
-    return copy.deepcopy(_cached_schema())
+    """The JSON Schema (Draft 2020-12) of these files, as a fresh dict."""
+    return copy.deepcopy(load_schema(SCHEMA_FILE))
 
 
-@functools.lru_cache(maxsize=1)
 def _validator() -> Draft202012Validator:
-    schema = _cached_schema()
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return schema_validator(SCHEMA_FILE)
 
 
 # -------------------------------------------------------------- parsing ----

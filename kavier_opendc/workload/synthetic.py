@@ -79,6 +79,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kavier_opendc.errors import KavierInputError
+from kavier_opendc.validation import schema_file, schema_validator
 from kavier_opendc.workload.trace import Trace, load_trace, read_length_column
 
 ARRIVAL_KINDS: tuple[str, ...] = ("poisson", "gamma", "constant", "batch")
@@ -838,17 +839,11 @@ def _block_hashes(n_in: np.ndarray, owner: np.ndarray, shared: int, block: int) 
 
 def schema_path() -> Path:
     """The packaged JSON Schema for synthetic workload specs."""
-    return Path(__file__).resolve().parent.parent / "schemas" / _SCHEMA_NAME
+    return schema_file(_SCHEMA_NAME)
 
 
-@functools.lru_cache(maxsize=1)
 def _validator():
-    import jsonschema
-
-    with open(schema_path(), encoding="utf-8") as fh:
-        schema = json.load(fh)
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)
+    return schema_validator(_SCHEMA_NAME)
 
 
 def _read_spec_file(path: Path) -> Any:
