@@ -7,15 +7,16 @@ import importlib.util
 from conftest import REPO, shared
 
 
-def _calibration():
-    spec = importlib.util.spec_from_file_location("calibrate_a10", REPO / "bench" / "calibrate_a10.py")
+def _bench(name: str):
+    """Import a script of bench/ (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def test_a10_prefill_and_decode_mape_within_5_percent():
-    cal = _calibration()
+    cal = _bench("calibrate_a10")
     rows = cal.load_rows(shared("measurements/kavier_a10_llama3_8b_vllm.csv"))
     pre, dec, table = cal.evaluate(rows, cal.DEFAULT_EFFICIENCY)
     assert len(table) == 9
@@ -25,15 +26,8 @@ def test_a10_prefill_and_decode_mape_within_5_percent():
     assert pre < 7.39 and dec < 4.00
 
 
-def _power_calibration():
-    spec = importlib.util.spec_from_file_location("calibrate_power", REPO / "bench" / "calibrate_power.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_timeline_activity_predicts_measured_gpu_power():
-    cal = _power_calibration()
+    cal = _bench("calibrate_power")
     rows = cal.load_rows(shared("measurements/gpu_power_vllm_batch.csv"))
     mape, table = cal.evaluate(rows, cal.DEFAULT_EFFICIENCY)
     assert len(table) == 16
