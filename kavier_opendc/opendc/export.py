@@ -324,6 +324,17 @@ def _conv_tp(x) -> int:
     return v if v is not None else -1
 
 
+def _read_output_table(path: Path, not_found: str) -> pd.DataFrame:
+    """One Parquet output of ``kavier simulate``, with a clear error when it is missing or unreadable."""
+    if not path.is_file():
+        raise KavierInputError(not_found, source=str(path),
+                               expected="a simulation output folder written by `kavier simulate`")
+    try:
+        return pq.read_table(path).to_pandas()
+    except Exception as exc:
+        raise KavierInputError(f"cannot read Parquet ({exc})", source=str(path)) from None
+
+
 def read_simulation(sim_dir: str | os.PathLike) -> Simulation:
     """Read and check ``SIM_DIR/timeline.parquet`` and ``SIM_DIR/summary.json``.
 
@@ -336,13 +347,7 @@ def read_simulation(sim_dir: str | os.PathLike) -> Simulation:
     sim_dir = Path(sim_dir)
     tl_path = sim_dir / "timeline.parquet"
     src = str(tl_path)
-    if not tl_path.is_file():
-        raise KavierInputError("timeline not found", source=src,
-                               expected="a simulation output folder written by `kavier simulate`")
-    try:
-        tl = pq.read_table(tl_path).to_pandas()
-    except Exception as exc:
-        raise KavierInputError(f"cannot read Parquet ({exc})", source=src) from None
+    tl = _read_output_table(tl_path, "timeline not found")
     missing = [c for c in TIMELINE_REQUIRED if c not in tl.columns]
     if missing:
         raise KavierInputError(f"missing column(s) {missing}", source=src,
@@ -902,13 +907,7 @@ def read_requests(sim: Simulation) -> tuple[pd.DataFrame, int]:
     samples); also the number of requests left out (not finished)."""
     path = Path(sim.sim_dir) / "requests.parquet"
     src = str(path)
-    if not path.is_file():
-        raise KavierInputError("requests not found (needed by the per-request export)", source=src,
-                               expected="a simulation output folder written by `kavier simulate`")
-    try:
-        df = pq.read_table(path).to_pandas()
-    except Exception as exc:
-        raise KavierInputError(f"cannot read Parquet ({exc})", source=src) from None
+    df = _read_output_table(path, "requests not found (needed by the per-request export)")
     missing = [c for c in REQUESTS_REQUIRED if c not in df.columns]
     if "e2e_s" not in df.columns and "finish_s" not in df.columns:
         missing.append("e2e_s (or finish_s)")
