@@ -25,7 +25,7 @@ DEFAULT_TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "trace
 
 def main(argv: list[str] | None = None) -> int:
     from kavier_opendc.engine.simulator import SimConfig, simulate
-    from kavier_opendc.outputs import write_simulation
+    from kavier_opendc.engine.outputs import write_simulation
     from kavier_opendc.specs import default_catalog
     from kavier_opendc.workload.synthetic import LengthSpec, synthetic_trace
     from kavier_opendc.workload.trace import load_trace

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kavier_opendc.errors import KavierInputError, KavierRuntimeError
+from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
 from kavier_opendc.opendc import bridge as br
 from kavier_opendc.opendc.bridge import (
     OpenDCBridge,

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from kavier_opendc.errors import KavierInputError
+from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.specs.catalog import (
     Catalog,
     GPUSpec,

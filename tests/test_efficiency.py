@@ -59,8 +59,8 @@ def run_dir(tmp_path_factory):
     """A tiny experiment through the real OpenDC when the bridge is built, else
     through the stand-in bridge (the hand check is about the efficiency
     arithmetic on whatever OpenDC reported)."""
-    from kavier_opendc.experiment import load_experiment
-    from kavier_opendc.pipeline import run_experiment
+    from kavier_opendc.experiments.experiment import load_experiment
+    from kavier_opendc.experiments.pipeline import run_experiment
 
     tmp = tmp_path_factory.mktemp("eff")
     p = tiny_experiment(tmp)

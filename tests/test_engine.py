@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace
 from kavier_opendc.engine.cost_model import CostModel
 from kavier_opendc.engine.simulator import SimConfig, simulate
-from kavier_opendc.errors import KavierInputError
+from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.specs import default_catalog
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kavier_opendc.errors import KavierInputError
-from kavier_opendc.experiment import experiment_problems, json_path, load_experiment, with_overrides
-from kavier_opendc.pipeline import sim_config_from_experiment
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.experiments.experiment import experiment_problems, json_path, load_experiment, with_overrides
+from kavier_opendc.experiments.engine_config import sim_config_from_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "kavier_opendc" / "data"

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kavier_opendc.errors import KavierInputError
+from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.opendc import carbon as C
 from kavier_opendc.opendc.export import (
     FRAGMENTS_SCHEMA,
@@ -29,13 +29,9 @@ from kavier_opendc.opendc.export import (
     read_simulation,
 )
 from kavier_opendc.opendc.results import read_opendc_output, run_opendc_dir
-from kavier_opendc.opendc.topology import (
-    load_datacenter,
-    opendc_hosts,
-    plan_replicas,
-    plan_tasks,
-    write_opendc_inputs,
-)
+from kavier_opendc.opendc.datacenter import load_datacenter
+from kavier_opendc.opendc.inputs import write_opendc_inputs
+from kavier_opendc.opendc.topology import opendc_hosts, plan_replicas, plan_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 A100_CAP = 108 * 1410.0          # SMs x boost MHz of one A100-80GB (catalogue)

@@ -16,7 +16,7 @@ import pytest
 
 from kavier_opendc.opendc import carbon as C
 from kavier_opendc.opendc.results import run_opendc_dir
-from kavier_opendc.opendc.topology import write_opendc_inputs
+from kavier_opendc.opendc.inputs import write_opendc_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 JAR = REPO / "opendc-bridge" / "target" / "kavier-opendc-bridge.jar"

@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from kavier_opendc.errors import KavierRuntimeError
-from kavier_opendc.experiment import load_experiment
-from kavier_opendc.pipeline import INCOMPLETE, run_experiment, sha256_file
+from kavier_opendc.base.errors import KavierRuntimeError
+from kavier_opendc.experiments.experiment import load_experiment
+from kavier_opendc.experiments.pipeline import INCOMPLETE, run_experiment, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "kavier_opendc" / "data"
@@ -32,7 +32,7 @@ DATA = REPO / "kavier_opendc" / "data"
 def opendc_jar() -> Path | None:
     """The bridge jar with OpenDC inside, or None."""
     from kavier_opendc.opendc.bridge import find_bridge_jar
-    from kavier_opendc.pipeline import bridge_jar_flavour
+    from kavier_opendc.experiments.pipeline import bridge_jar_flavour
     try:
         jar = find_bridge_jar()
     except KavierRuntimeError:
@@ -230,7 +230,7 @@ def test_foreign_non_empty_folder_is_refused(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    from kavier_opendc.errors import KavierInputError
+    from kavier_opendc.base.errors import KavierInputError
     with pytest.raises(KavierInputError, match="not empty"):
         run_experiment(exp, out, opendc=False, quiet=True)
     assert (out / "thesis.tex").read_text() == "precious"

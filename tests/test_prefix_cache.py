@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, shared
 from kavier_opendc.engine import replica as replica_mod
 from kavier_opendc.engine.simulator import SimConfig, simulate
-from kavier_opendc.errors import KavierInputError
+from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.specs import default_catalog
 from kavier_opendc.workload.trace import Trace, load_trace
 

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from kavier_opendc.errors import KavierInputError
-from kavier_opendc.sweep import DONE, LOG, load_sweep
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.experiments.sweep import DONE, LOG, load_sweep
 from test_pipeline import HAVE_OPENDC, tiny_experiment
 
 FLAGS = [] if HAVE_OPENDC else ["--no-opendc"]

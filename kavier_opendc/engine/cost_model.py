@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kavier_opendc.errors import KavierInputError
+from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
 
 BLOCK_SIZE = 16  # tokens per KV block, vLLM's default

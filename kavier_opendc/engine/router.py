@@ -7,7 +7,7 @@ Ties go to the lowest replica index, so routing is deterministic.
 
 from __future__ import annotations
 
-from kavier_opendc.errors import KavierInputError
+from kavier_opendc.base.errors import KavierInputError
 
 ROUTERS = ("round-robin", "least-outstanding", "least-kv", "random", "session-affinity", "prefix-affinity")
 _ALIASES = {"rr": "round-robin", "roundrobin": "round-robin", "lor": "least-outstanding",

@@ -19,8 +19,8 @@ import numpy as np
 from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel, Efficiency
 from kavier_opendc.engine.replica import Replica, Req, Results, blocks_for
 from kavier_opendc.engine.router import Router, normalise_router
-from kavier_opendc.errors import KavierInputError
-from kavier_opendc.progress import Progress
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.progress import Progress
 from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
 from kavier_opendc.workload.prefix import PrefixIndex
 from kavier_opendc.workload.trace import Trace

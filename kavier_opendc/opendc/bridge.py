@@ -45,7 +45,7 @@ import weakref
 from pathlib import Path
 from typing import Callable, Iterable
 
-from kavier_opendc.errors import KavierError, KavierInputError, KavierRuntimeError
+from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
 
 __all__ = [
     "MIN_JAVA_VERSION",

@@ -32,8 +32,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kavier_opendc.outputs import write_parquet_atomic
-from kavier_opendc.errors import KavierInputError
+from kavier_opendc.base.atomic import write_parquet_atomic
+from kavier_opendc.base.errors import KavierInputError
 
 #: The exact Arrow schema OpenDC expects for a carbon trace.
 CARBON_SCHEMA = pa.schema(

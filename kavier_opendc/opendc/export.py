@@ -64,18 +64,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kavier_opendc.outputs import write_parquet_atomic
-from kavier_opendc.errors import KavierInputError
-from kavier_opendc.opendc.topology import (
-    DEFAULT_START,
-    Datacenter,
-    OpenDCHost,
-    TaskPlan,
-    _same_gpu,
-    load_datacenter,
-    opendc_hosts,
-    plan_replicas,
-)
+from kavier_opendc.base.atomic import write_parquet_atomic
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.opendc.datacenter import DEFAULT_START, Datacenter, load_datacenter
+from kavier_opendc.opendc.topology import OpenDCHost, TaskPlan, opendc_hosts, plan_replicas, same_gpu
 
 MODES = ("adaptive", "interval", "segments", "per-request")
 #: OpenDC prefab schedulers whose filters look at GPUs (VGpuFilter: free GPU cores).
@@ -639,7 +631,7 @@ def _prepare(sim_dir, datacenter, start: str | None, cpu_load_cores: float, *, c
         t["power"] = dc.hosts[first.group].gpu_power(t["spec"])   # one physical GPU (not aggregated)
         t["capacity_mhz"] = float(t["spec"].num_sms) * float(t["spec"].boost_clock_mhz)
         t["max_host_gpu_cores"] = max(h.gpus * h.gpu_core_count for h in hosts
-                                      if h.physical_gpus > 0 and _same_gpu(h.gpu_model, t["spec"].name))
+                                      if h.physical_gpus > 0 and same_gpu(h.gpu_model, t["spec"].name))
     return _Prepared(sim, dc, hosts, plans, specs, start, sub_ms, cpu_count, per_type)
 
 
@@ -660,7 +652,7 @@ def _placement(prep: _Prepared, task_ids, gpu_count, cpu_count, mem_mib, task_ty
         if key not in verdict:
             loose = False
             for h in prep.hosts:
-                if h.physical_gpus > 0 and _same_gpu(h.gpu_model, gtype):
+                if h.physical_gpus > 0 and same_gpu(h.gpu_model, gtype):
                     continue
                 if not gpu_aware or (h.physical_gpus > 0 and h.gpus * h.gpu_core_count >= key[1]
                                      and h.cpu_cores * h.cpu_count >= key[2] and h.memory_mib >= key[3]):
@@ -723,7 +715,7 @@ def _type_stats(prep: _Prepared) -> dict[str, Any]:
     }
 
 
-def _export(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", tolerance: float = DEFAULT_TOLERANCE,
+def export_with_hosts(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", tolerance: float = DEFAULT_TOLERANCE,
             interval_s: float = DEFAULT_INTERVAL_S, start: str | None = None,
             cpu_load_cores: float = DEFAULT_CPU_LOAD_CORES, pad_to_makespan: bool = True
             ) -> tuple[dict, Datacenter, list[OpenDCHost]]:
@@ -1116,7 +1108,7 @@ def export_workload(sim_dir: str | os.PathLike, out_dir: str | os.PathLike, data
     GPUs' linear power models, the placement check (``placement``), the
     task -> replica map and the paths.
     """
-    stats, _, _ = _export(sim_dir, out_dir, datacenter, mode=mode, tolerance=tolerance,
+    stats, _, _ = export_with_hosts(sim_dir, out_dir, datacenter, mode=mode, tolerance=tolerance,
                           interval_s=interval_s, start=start, cpu_load_cores=cpu_load_cores,
                           pad_to_makespan=pad_to_makespan)
     return stats

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from kavier_opendc.errors import KavierInputError, KavierRuntimeError
+from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
 
 OUTPUT_FILES = ("host", "powerSource", "task", "service", "battery")
 #: OpenDC's default power model when a topology gives none (TopologySpecs.kt).
@@ -370,7 +370,7 @@ def _json_default(x):
 
 def write_sustainability(path: str | os.PathLike, result: dict[str, Any]) -> Path:
     """Write ``sustainability.json`` atomically."""
-    from kavier_opendc.outputs import write_json_atomic
+    from kavier_opendc.base.atomic import write_json_atomic
     path = Path(path)
     write_json_atomic(path, sustainability_record(result))
     return path

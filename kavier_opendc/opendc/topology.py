@@ -1,12 +1,9 @@
-"""Datacenter description -> OpenDC topology and experiment JSON.
+"""A datacenter description as OpenDC's topology: hosts under the 4-GPU limit, replica placement, topology and experiment JSON.
 
-A datacenter description (JSON or YAML, validated by
-``schemas/datacenter.schema.json``) names host groups (GPUs per host, the GPU
-type from the catalogue, CPU, memory, power models), the power source with its
-carbon trace, an optional battery, the start date and the export interval.
-:func:`load_datacenter` validates it (reporting every problem with its JSON
-path) and :func:`write_opendc_inputs` turns a simulation's timeline plus the
-datacenter into OpenDC's own inputs::
+The description itself is read by ``datacenter.py``;
+:func:`kavier_opendc.opendc.inputs.write_opendc_inputs` uses this module and
+``export.py`` to turn a simulation's timeline plus the datacenter into
+OpenDC's own inputs::
 
     out_dir/workload/tasks.parquet
     out_dir/workload/fragments.parquet
@@ -71,240 +68,17 @@ the tasks that a host of another GPU type could also accept.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import math
-import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from jsonschema import Draft202012Validator
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.opendc.datacenter import Datacenter, PowerModel, opendc_decimal
 
-from kavier_opendc.outputs import write_json_atomic
-from kavier_opendc.validation import explain_schema_error, json_path, non_finite, load_schema, schema_validator
-from kavier_opendc.errors import KavierInputError
-
-SCHEMA_FILE = "datacenter.schema.json"
 MAX_GPUS_PER_OPENDC_HOST = 4
-DEFAULT_START = "2022-01-01T00:00:00"
-DEFAULT_EXPORT_INTERVAL_S = 1
-DEFAULT_ALLOCATION_POLICY = "ProvisionedCpuGpuCores"
-POWER_MODEL_TYPES = ("constant", "linear", "square", "cubic", "sqrt", "mse", "asymptotic")
-#: OpenDC's own default power model of a host CPU (TopologySpecs.kt PowerModelSpec.DFLT).
-DEFAULT_CPU_POWER = {"model": "linear", "idle_w": 200.0, "max_w": 400.0}
-
-
-# --------------------------------------------------------------------------
-# Data classes
-# --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PowerModel:
-    """An OpenDC power model: power = idle + (max - idle) * f(u)."""
-
-    model: str = "linear"
-    idle_w: float = 0.0
-    max_w: float = 0.0
-    power_w: float | None = None          # 'constant' model only
-    calibration_factor: float = 1.0       # 'mse'
-    asym_util: float = 0.0                # 'asymptotic'
-    dvfs: bool = True                     # 'asymptotic'
-
-    def scaled(self, factor: float) -> "PowerModel":
-        """The same curve with all powers multiplied by ``factor``."""
-        return dataclasses.replace(
-            self, idle_w=self.idle_w * factor, max_w=self.max_w * factor,
-            power_w=None if self.power_w is None else self.power_w * factor)
-
-    def power(self, u: float) -> float:
-        """Power in W at utilisation ``u`` for the curves whose formula is a
-        plain function of u (constant, linear, square, cubic, sqrt)."""
-        u = min(max(float(u), 0.0), 1.0)
-        if self.model == "constant":
-            return float(self.power_w if self.power_w is not None else 0.0)
-        f = {"linear": u, "square": u * u, "cubic": u ** 3, "sqrt": math.sqrt(u)}.get(self.model)
-        if f is None:
-            raise NotImplementedError(f"power({self.model}) is only computed inside OpenDC")
-        return self.idle_w + (self.max_w - self.idle_w) * f
-
-    @property
-    def static_w(self) -> float:
-        """Power drawn at zero utilisation."""
-        return float(self.power_w or 0.0) if self.model == "constant" else self.idle_w
-
-    def to_opendc(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"modelType": self.model,
-                               "idlePower": _watts(self.idle_w),
-                               "maxPower": _watts(self.max_w)}
-        if self.model == "constant":
-            out["power"] = _watts(self.power_w or 0.0)
-        if self.model == "mse":
-            out["calibrationFactor"] = float(self.calibration_factor)
-        if self.model == "asymptotic":
-            out["asymUtil"] = float(self.asym_util)
-            out["dvfs"] = bool(self.dvfs)
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {"model": self.model, "idle_w": self.idle_w, "max_w": self.max_w}
-        if self.power_w is not None:
-            d["power_w"] = self.power_w
-        if self.model == "mse":
-            d["calibration_factor"] = self.calibration_factor
-        if self.model == "asymptotic":
-            d["asym_util"] = self.asym_util
-            d["dvfs"] = self.dvfs
-        return d
-
-
-@dataclass(frozen=True)
-class HostGroup:
-    """``count`` identical physical hosts as described by the user."""
-
-    name: str
-    count: int
-    gpus_per_host: int
-    gpu: Any | None                     # GPUSpec, None = GPU of the simulation
-    gpu_power_spec: Mapping[str, Any]   # user's gpu_power_model (may lack idle/max)
-    cpu_cores: int                      # per CPU
-    cpu_mhz: float
-    cpu_count: int
-    cpu_power: PowerModel
-    memory_gib: float
-    cpu_model: str = "unknown"
-    cpu_vendor: str = "unknown"
-    path: str = "hosts[0]"              # JSON path in the description
-
-    @property
-    def total_cores(self) -> int:
-        return self.cpu_cores * self.cpu_count
-
-    def gpu_power(self, gpu=None) -> PowerModel | None:
-        """GPU power model: the user's, with idle/max defaulting to the GPU's
-        catalogue watts."""
-        gpu = gpu if gpu is not None else self.gpu
-        if self.gpus_per_host == 0 or gpu is None:
-            return None
-        s = dict(self.gpu_power_spec or {})
-        return PowerModel(
-            model=s.get("model", "linear"),
-            idle_w=float(s.get("idle_w", gpu.idle_power_w)),
-            max_w=float(s.get("max_w", gpu.max_power_w)),
-            power_w=float(s["power_w"]) if "power_w" in s else (
-                float(gpu.max_power_w) if s.get("model") == "constant" else None),
-            calibration_factor=float(s.get("calibration_factor", 1.0)),
-            asym_util=float(s.get("asym_util", 0.0)),
-            dvfs=bool(s.get("dvfs", True)),
-        )
-
-
-@dataclass(frozen=True)
-class PowerSource:
-    name: str = "PowerSource"
-    max_power_w: float | None = None
-    carbon_trace: Path | None = None    # absolute
-
-
-@dataclass(frozen=True)
-class Battery:
-    name: str
-    capacity_kwh: float
-    charging_speed_w: float
-    policy: Mapping[str, Any]
-    initial_charge_kwh: float = 0.0
-    embodied_carbon_g: float | None = None
-    expected_lifetime_years: float | None = None
-
-    def to_opendc(self) -> dict[str, Any]:
-        pol = dict(self.policy)
-        p: dict[str, Any] = {"type": pol["type"]}
-        if pol["type"] == "single":
-            p["carbonThreshold"] = float(pol["carbon_threshold"])
-        elif pol["type"] == "double":
-            p["lowerThreshold"] = float(pol["lower_threshold"])
-            p["upperThreshold"] = float(pol["upper_threshold"])
-        else:
-            p["startingThreshold"] = float(pol["starting_threshold"])
-            p["windowSize"] = int(pol["window_size"])
-        out: dict[str, Any] = {"name": self.name, "capacity": float(self.capacity_kwh),
-                               "chargingSpeed": float(self.charging_speed_w),
-                               "initialCharge": float(self.initial_charge_kwh),
-                               "batteryPolicy": p}
-        if self.embodied_carbon_g is not None:
-            out["embodiedCarbon"] = float(self.embodied_carbon_g)
-        if self.expected_lifetime_years is not None:
-            out["expectedLifetime"] = float(self.expected_lifetime_years)
-        return out
-
-
-@dataclass(frozen=True)
-class Datacenter:
-    """A validated datacenter description."""
-
-    hosts: tuple[HostGroup, ...]
-    name: str = "datacenter"
-    gpu_host_limit: str = "split"
-    power_source: PowerSource = field(default_factory=PowerSource)
-    battery: Battery | None = None
-    start: str = DEFAULT_START
-    export_interval_s: int = DEFAULT_EXPORT_INTERVAL_S
-    allocation_policy: str = DEFAULT_ALLOCATION_POLICY
-    source: str | None = None           # file it was read from, for messages
-    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def start_datetime(self) -> datetime:
-        return datetime.fromisoformat(self.start)
-
-    def gpu_hosts(self) -> list[HostGroup]:
-        return [h for h in self.hosts if h.gpus_per_host > 0]
-
-    def physical_gpus(self) -> int:
-        return sum(h.count * h.gpus_per_host for h in self.hosts)
-
-    def gpu_types(self) -> list[str]:
-        """Names of the GPU types the host groups name (in order of first appearance)."""
-        out: list[str] = []
-        for h in self.gpu_hosts():
-            if h.gpu is not None and h.gpu.name not in out:
-                out.append(h.gpu.name)
-        return out
-
-    def with_gpu(self, gpu) -> "Datacenter":
-        """Fill in ``gpu`` for host groups that have GPUs but name none."""
-        hosts = tuple(dataclasses.replace(h, gpu=gpu) if (h.gpus_per_host > 0 and h.gpu is None) else h
-                      for h in self.hosts)
-        return dataclasses.replace(self, hosts=hosts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "gpu_host_limit": self.gpu_host_limit,
-            "start": self.start,
-            "export_interval_s": self.export_interval_s,
-            "allocation_policy": self.allocation_policy,
-            "hosts": [{
-                "name": h.name, "count": h.count, "gpus_per_host": h.gpus_per_host,
-                "gpu": None if h.gpu is None else h.gpu.name,
-                "gpu_power_model": None if h.gpu_power() is None else h.gpu_power().to_dict(),
-                "cpu": {"cores": h.cpu_cores, "mhz": h.cpu_mhz, "count": h.cpu_count},
-                "cpu_power_model": h.cpu_power.to_dict(),
-                "memory_gib": h.memory_gib,
-            } for h in self.hosts],
-            "power_source": {
-                "name": self.power_source.name,
-                "max_power_w": self.power_source.max_power_w,
-                "carbon_trace": None if self.power_source.carbon_trace is None
-                else str(self.power_source.carbon_trace),
-            },
-            "battery": None if self.battery is None else dataclasses.asdict(self.battery),
-        }
 
 
 @dataclass(frozen=True)
@@ -340,7 +114,7 @@ class OpenDCHost:
         out: dict[str, Any] = {
             "name": self.name,
             "count": int(self.count),
-            "cpu": {"coreCount": int(self.cpu_cores), "coreSpeed": f"{_num(self.cpu_mhz)} MHz",
+            "cpu": {"coreCount": int(self.cpu_cores), "coreSpeed": f"{opendc_decimal(self.cpu_mhz)} MHz",
                     "count": int(self.cpu_count), "modelName": self.cpu_model,
                     "vendor": self.cpu_vendor},
             "memory": {"memorySize": f"{int(self.memory_mib)} MiB"},
@@ -350,267 +124,14 @@ class OpenDCHost:
             out["gpu"] = {
                 "count": int(self.gpus),
                 "coreCount": int(self.gpu_core_count),
-                "coreSpeed": f"{_num(self.gpu_mhz)} MHz",
+                "coreSpeed": f"{opendc_decimal(self.gpu_mhz)} MHz",
                 "memorySize": f"{int(self.gpu_memory_mib)} MiB",
-                "memoryBandwidth": f"{_num(self.gpu_bandwidth_gbs)} GB/s",
+                "memoryBandwidth": f"{opendc_decimal(self.gpu_bandwidth_gbs)} GB/s",
                 "modelName": self.gpu_model,
                 "vendor": self.gpu_vendor,
             }
             out["gpuPowerModel"] = self.gpu_power.to_opendc()
         return out
-
-
-# --------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------
-
-def _num(x: float) -> str:
-    """A decimal literal OpenDC's unit parser accepts (no exponent with '+')."""
-    x = float(x)
-    if x.is_integer():
-        return str(int(x))
-    text = f"{x:.9f}".rstrip("0").rstrip(".")
-    return text
-
-
-def _watts(x: float | None) -> str:
-    return f"{_num(x or 0.0)} W"
-
-
-def datacenter_schema() -> dict:
-    """The JSON Schema (Draft 2020-12) of these files, as a fresh dict."""
-    return copy.deepcopy(load_schema(SCHEMA_FILE))
-
-
-def _validator() -> Draft202012Validator:
-    return schema_validator(SCHEMA_FILE)
-
-
-def _schema_problems(data: Any) -> list[tuple[tuple, str]]:
-    problems: list[tuple[tuple, str]] = []
-    for err in _validator().iter_errors(data):
-        path = tuple(err.absolute_path)
-        if err.validator == "oneOf" and path and path[-1] == "gpu":
-            problems.append((path, f"{err.instance!r} is neither a GPU name nor an object "
-                                   "{name, overrides...} (see schemas/datacenter.schema.json)"))
-        else:
-            problems.extend(explain_schema_error(err))
-    return problems
-
-
-
-
-def _read_description(path: Path) -> Any:
-    src = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise KavierInputError("datacenter file not found", source=src,
-                               expected="a JSON or YAML datacenter description") from None
-    except IsADirectoryError:
-        raise KavierInputError("is a directory, not a datacenter file", source=src) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KavierInputError(f"cannot read datacenter file: {exc}", source=src) from None
-    if path.suffix.lower() == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise KavierInputError(f"invalid JSON syntax at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-                                   source=src) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise KavierInputError(f"invalid YAML syntax{where}: {exc.problem or exc}", source=src) from None
-    except yaml.YAMLError as exc:
-        raise KavierInputError(f"invalid YAML: {exc}", source=src) from None
-
-
-def _default_catalog():
-    from kavier_opendc.specs import default_catalog  # lazy: catalogue loads YAML
-    return default_catalog()
-
-
-# --------------------------------------------------------------------------
-# Loading and validation
-# --------------------------------------------------------------------------
-
-def load_datacenter(path_or_dict: str | os.PathLike | Mapping[str, Any] | Datacenter, *,
-                    catalog=None, base_dir: str | os.PathLike | None = None,
-                    source: str | None = None) -> Datacenter:
-    """Read and validate a datacenter description.
-
-    ``path_or_dict`` is a JSON/YAML file or an already parsed mapping (then
-    relative paths are resolved against ``base_dir``, default the current
-    folder, and messages name ``source``). GPU names are looked up in
-    ``catalog`` (default: the built-in catalogue). Every problem is reported
-    in one :class:`KavierInputError` with its JSON path, e.g.
-    ``hosts[0].cpu.cores: 0 is less than the minimum of 1``.
-    """
-    if isinstance(path_or_dict, Datacenter):
-        return path_or_dict
-    if isinstance(path_or_dict, Mapping):
-        data = copy.deepcopy(dict(path_or_dict))
-        src = source or "<datacenter>"
-        base = Path(base_dir) if base_dir is not None else Path.cwd()
-    else:
-        p = Path(path_or_dict)
-        data = _read_description(p)
-        src = source or str(p)
-        base = Path(base_dir) if base_dir is not None else p.resolve().parent
-    if not isinstance(data, dict):
-        raise KavierInputError(f"the document is {type(data).__name__}, not an object", source=src,
-                               expected="a mapping with at least 'hosts' (schemas/datacenter.schema.json)")
-    problems = _schema_problems(data) + non_finite(data)
-    if problems:
-        _raise_problems(problems, src)
-    cat = catalog
-    dc, problems = _build(data, base, src, lambda: cat if cat is not None else _default_catalog())
-    if problems:
-        _raise_problems(problems, src)
-    return dc
-
-
-def _raise_problems(problems: list[tuple[tuple, str]], src: str) -> None:
-    unique: dict[tuple[tuple, str], None] = {}
-    for path, msg in problems:
-        unique.setdefault((tuple(path), msg), None)
-    lines = [f"{json_path(p)}: {m}" for p, m in unique]
-    n = len(lines)
-    exc = KavierInputError(
-        f"invalid datacenter description, {n} problem{'s' if n != 1 else ''}: " + "; ".join(lines),
-        source=src, expected="a description as in schemas/datacenter.schema.json")
-    exc.problems = lines  # type: ignore[attr-defined]
-    raise exc
-
-
-def _power_model(spec: Mapping[str, Any] | None, default: Mapping[str, Any], path: tuple,
-                 problems: list) -> PowerModel:
-    s = dict(default)
-    s.update(spec or {})
-    model = s.get("model", "linear")
-    idle = float(s.get("idle_w", 0.0))
-    mx = float(s.get("max_w", idle))
-    if model == "constant" and "power_w" not in s:
-        problems.append((path + ("power_w",), "required for the 'constant' power model"))
-    if mx < idle:
-        problems.append((path + ("max_w",), f"{mx:g} W is less than idle_w ({idle:g} W)"))
-    return PowerModel(model=model, idle_w=idle, max_w=mx,
-                      power_w=float(s["power_w"]) if "power_w" in s else None,
-                      calibration_factor=float(s.get("calibration_factor", 1.0)),
-                      asym_util=float(s.get("asym_util", 0.0)), dvfs=bool(s.get("dvfs", True)))
-
-
-_GPU_OVERRIDES = ("idle_power_w", "max_power_w", "num_sms", "boost_clock_mhz", "memory_gib",
-                  "mem_bandwidth_gbs", "vendor")
-
-
-def _build(data: dict, base: Path, src: str, get_catalog) -> tuple[Datacenter | None, list]:
-    problems: list[tuple[tuple, str]] = []
-    hosts: list[HostGroup] = []
-    names: set[str] = set()
-    for i, h in enumerate(data["hosts"]):
-        path = ("hosts", i)
-        name = h.get("name", f"host{i}")
-        if name in names:
-            problems.append((path + ("name",), f"duplicate host name {name!r}"))
-        names.add(name)
-        gpus = int(h.get("gpus_per_host", 0))
-        gpu_spec = None
-        gref = h.get("gpu")
-        if gref is not None:
-            if gpus == 0:
-                problems.append((path + ("gpus_per_host",), "must be at least 1 when 'gpu' is given"))
-            gname = gref if isinstance(gref, str) else gref["name"]
-            try:
-                gpu_spec = get_catalog().gpu(gname)
-            except KavierInputError as exc:
-                problems.append((path + (("gpu",) if isinstance(gref, str) else ("gpu", "name")),
-                                 str(exc)))
-            if gpu_spec is not None and isinstance(gref, dict):
-                over = {k: gref[k] for k in _GPU_OVERRIDES if k in gref}
-                if over:
-                    gpu_spec = dataclasses.replace(gpu_spec, **over)
-            if gpu_spec is not None and gpu_spec.idle_power_w > gpu_spec.max_power_w:
-                problems.append((path + ("gpu",), f"idle power {gpu_spec.idle_power_w:g} W exceeds "
-                                 f"max power {gpu_spec.max_power_w:g} W"))
-        gpm = h.get("gpu_power_model") or {}
-        if gpm and gpus == 0:
-            problems.append((path + ("gpu_power_model",), "given for a host without GPUs (gpus_per_host is 0)"))
-        if gpm.get("model") == "constant" and "power_w" not in gpm:
-            problems.append((path + ("gpu_power_model", "power_w"), "required for the 'constant' power model"))
-        if "idle_w" in gpm and "max_w" in gpm and gpm["max_w"] < gpm["idle_w"]:
-            problems.append((path + ("gpu_power_model", "max_w"),
-                             f"{gpm['max_w']:g} W is less than idle_w ({gpm['idle_w']:g} W)"))
-        if gpu_spec is not None:
-            idle = gpm.get("idle_w", gpu_spec.idle_power_w)
-            mx = gpm.get("max_w", gpu_spec.max_power_w)
-            if ("idle_w" in gpm) != ("max_w" in gpm) and mx < idle:
-                problems.append((path + ("gpu_power_model",),
-                                 f"max power {mx:g} W is less than idle power {idle:g} W"))
-        cpu = h["cpu"]
-        cpu_power = _power_model(h.get("cpu_power_model"), DEFAULT_CPU_POWER if "cpu_power_model" not in h
-                                 else {"model": "linear"}, path + ("cpu_power_model",), problems)
-        cpm = h.get("cpu_power_model")
-        if cpm is not None and cpm.get("model", "linear") != "constant" and not ("idle_w" in cpm and "max_w" in cpm):
-            problems.append((path + ("cpu_power_model",), "needs both idle_w and max_w"))
-        hosts.append(HostGroup(
-            name=name, count=int(h.get("count", 1)), gpus_per_host=gpus, gpu=gpu_spec,
-            gpu_power_spec=dict(gpm), cpu_cores=int(cpu["cores"]), cpu_mhz=float(cpu["mhz"]),
-            cpu_count=int(cpu.get("count", 1)), cpu_power=cpu_power,
-            memory_gib=float(h["memory_gib"]), cpu_model=str(cpu.get("model", "unknown")),
-            cpu_vendor=str(cpu.get("vendor", "unknown")), path=json_path(path)))
-
-    start = data.get("start", DEFAULT_START)
-    try:
-        start_dt = datetime.fromisoformat(start)
-        start = start_dt.strftime("%Y-%m-%dT%H:%M:%S") + (
-            f".{start_dt.microsecond:06d}".rstrip("0") if start_dt.microsecond else "")
-    except ValueError as exc:
-        problems.append((("start",), f"{start!r} is not a valid date-time ({exc})"))
-        start_dt = datetime.fromisoformat(DEFAULT_START)
-
-    ps = data.get("power_source", {})
-    trace_ref = ps.get("carbon_trace", data.get("region"))
-    trace_path = None
-    if trace_ref is not None:
-        from kavier_opendc.opendc.carbon import resolve_carbon_trace, read_carbon_trace
-        loc = "power_source.carbon_trace" if "carbon_trace" in ps else "region"
-        try:
-            trace_path = resolve_carbon_trace(trace_ref, base, year=start_dt.year, source=None, location=None)
-            read_carbon_trace(trace_path)
-        except KavierInputError as exc:
-            problems.append(((tuple(loc.split("."))), str(exc)))
-            trace_path = None
-    power_source = PowerSource(name=ps.get("name", "PowerSource"),
-                               max_power_w=float(ps["max_power_w"]) if "max_power_w" in ps else None,
-                               carbon_trace=trace_path)
-    battery = None
-    if "battery" in data:
-        b = data["battery"]
-        if "initial_charge_kwh" in b and b["initial_charge_kwh"] > b["capacity_kwh"]:
-            problems.append((("battery", "initial_charge_kwh"),
-                             f"{b['initial_charge_kwh']:g} kWh exceeds capacity_kwh ({b['capacity_kwh']:g})"))
-        pol = b["policy"]
-        if pol.get("type") == "double" and "lower_threshold" in pol and "upper_threshold" in pol \
-                and pol["lower_threshold"] > pol["upper_threshold"]:
-            problems.append((("battery", "policy", "lower_threshold"), "is above upper_threshold"))
-        battery = Battery(name=b.get("name", "Battery"), capacity_kwh=float(b["capacity_kwh"]),
-                          charging_speed_w=float(b["charging_speed_w"]), policy=dict(pol),
-                          initial_charge_kwh=float(b.get("initial_charge_kwh", 0.0)),
-                          embodied_carbon_g=b.get("embodied_carbon_g"),
-                          expected_lifetime_years=b.get("expected_lifetime_years"))
-    if problems:
-        return None, problems
-    dc = Datacenter(hosts=tuple(hosts), name=data.get("name", "datacenter"),
-                    gpu_host_limit=data.get("gpu_host_limit", "split"), power_source=power_source,
-                    battery=battery, start=start,
-                    export_interval_s=int(data.get("export_interval_s", DEFAULT_EXPORT_INTERVAL_S)),
-                    allocation_policy=data.get("allocation_policy", DEFAULT_ALLOCATION_POLICY),
-                    source=src, raw=data)
-    return dc, []
-
 
 # --------------------------------------------------------------------------
 # OpenDC hosts: the 4-GPU limit
@@ -746,7 +267,7 @@ def plan_replicas(hosts: list[OpenDCHost], replicas: list[tuple[str | None, int]
     for key, gtype in types.items():
         members = [r for r, (g, _) in enumerate(replicas) if ("" if g is None else g.strip().lower()) == key]
         eligible = [i for i, h in enumerate(hosts) if h.physical_gpus > 0 and
-                    (gtype is None or _same_gpu(h.gpu_model, gtype))]
+                    (gtype is None or same_gpu(h.gpu_model, gtype))]
         label = "" if gtype is None else f" of type {gtype!r}"
         if not eligible:
             present = sorted({re.sub(r" x\d+$", "", h.gpu_model) for h in hosts if h.physical_gpus > 0})
@@ -818,7 +339,7 @@ def plan_tasks(hosts: list[OpenDCHost], replicas: int, tp: int, gpu_name: str | 
     return plan_replicas(hosts, [(gpu_name, tp)] * replicas, source=source)
 
 
-def _same_gpu(model_name: str, gpu_name: str) -> bool:
+def same_gpu(model_name: str, gpu_name: str) -> bool:
     a = re.sub(r" x\d+$", "", model_name).strip().lower()
     return a == gpu_name.strip().lower()
 
@@ -857,38 +378,3 @@ def experiment_dict(out_dir: Path, datacenter: Datacenter, *, name: str = "kavie
         "allocationPolicies": [{"type": "prefab", "policyName": datacenter.allocation_policy}],
         "exportModels": [{"exportInterval": int(datacenter.export_interval_s)}],
     }
-
-
-def write_opendc_inputs(sim_dir: str | os.PathLike, datacenter, out_dir: str | os.PathLike,
-                        **export_opts) -> dict[str, Any]:
-    """Write OpenDC's inputs for a simulation: ``out_dir/workload/tasks.parquet``,
-    ``out_dir/workload/fragments.parquet``, ``out_dir/topology.json`` and
-    ``out_dir/experiment.json`` (absolute paths), plus ``out_dir/export.json``
-    with the export statistics.
-
-    ``datacenter`` is a :class:`Datacenter`, a path or a mapping
-    (:func:`load_datacenter`). ``export_opts`` go to
-    :func:`kavier_opendc.opendc.export.export_workload` (mode, tolerance,
-    interval_s, start, cpu_load_cores, ...). Returns the export statistics with
-    the paths written.
-    """
-    from kavier_opendc.opendc.export import _export  # circular at import time
-
-    dc = load_datacenter(datacenter)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stats, dc_used, hosts = _export(sim_dir, out / "workload", dc, **export_opts)
-    start = stats["start"]
-    topo = topology_dict(dc_used, hosts=hosts)
-    exp = experiment_dict(out, dc_used, start=start)
-    write_json_atomic(out / "topology.json", topo)
-    write_json_atomic(out / "experiment.json", exp)
-    stats["topology"] = str((out / "topology.json").resolve())
-    stats["experiment"] = str((out / "experiment.json").resolve())
-    stats["datacenter"] = dc_used.to_dict()
-    stats["opendc_hosts"] = [{"name": h.name, "count": h.count, "gpus": h.gpus,
-                              "physical_gpus": h.physical_gpus, "gpu_capacity_mhz": h.gpu_capacity_mhz,
-                              "cpu_cores": h.cpu_cores * h.cpu_count, "memory_mib": h.memory_mib}
-                             for h in hosts]
-    write_json_atomic(out / "export.json", stats)
-    return stats

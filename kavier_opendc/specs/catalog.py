@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
-from kavier_opendc.errors import KavierInputError
-from kavier_opendc.validation import explain_schema_error, json_path, non_finite, load_schema, schema_validator
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.validation import explain_schema_error, json_path, non_finite, load_schema, schema_validator
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 

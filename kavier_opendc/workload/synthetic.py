@@ -78,8 +78,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from kavier_opendc.errors import KavierInputError
-from kavier_opendc.validation import schema_file, schema_validator
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.validation import schema_file, schema_validator
 from kavier_opendc.workload.trace import Trace, load_trace, read_length_column
 
 ARRIVAL_KINDS: tuple[str, ...] = ("poisson", "gamma", "constant", "batch")

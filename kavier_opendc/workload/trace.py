@@ -25,7 +25,7 @@ a per-session offset, not a global clock) and ``output_tokens``; such a file
 is an offline batch unless it also has ``arrival_time_s``.
 
 Every row is validated with vectorised checks; the first problem is reported
-as a :class:`~kavier_opendc.errors.KavierInputError` naming the file, the
+as a :class:`~kavier_opendc.base.errors.KavierInputError` naming the file, the
 1-based data row (and, for JSON Lines, the line) and the offending value.
 Arrival times are re-based so that the first request arrives at 0; a trace
 without arrival times is an offline batch (every request arrives at 0).
@@ -54,7 +54,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from kavier_opendc.errors import KavierInputError
+from kavier_opendc.base.errors import KavierInputError
 
 TRACE_FORMATS: tuple[str, ...] = ("kavier", "azure", "mooncake", "vidur")
 _FORMAT_ALIASES = {"native": "kavier", "splitwise": "vidur", "sarathi": "vidur"}

@@ -116,7 +116,7 @@ def schema_file(name: str) -> Path:
     packaged = resources.files("kavier_opendc").joinpath("schemas", name)
     if packaged.is_file():
         return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "schemas" / name  # source checkout
+    return Path(__file__).resolve().parents[2] / "schemas" / name  # source checkout
 
 
 @functools.lru_cache(maxsize=None)

@@ -35,74 +35,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kavier_opendc import __version__
-from kavier_opendc.errors import KavierError, KavierInputError, KavierRuntimeError
-from kavier_opendc.experiment import Experiment, to_jsonable
+from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
+from kavier_opendc.experiments.engine_config import sim_config_from_experiment
+from kavier_opendc.experiments.experiment import Experiment, to_jsonable
 
 INCOMPLETE = "INCOMPLETE"
-#: experiment prefix-cache knob -> SimConfig field names to try, in order
-PREFIX_KNOB_FIELDS = {"min_prompt_tokens": ("prefix_min_tokens",), "capacity_prompts": ("prefix_capacity_prompts",),
-                      "scope": ("prefix_scope",), "capacity_tokens": ("prefix_capacity_tokens",),
-                      "host_memory_gb": ("host_memory_gb",)}
 RUN_ENTRIES = ("simulation", "opendc", "plots", "report.json", "report.md", "experiment.json", INCOMPLETE)
-
-
-# --------------------------------------------------------------------------
-# Experiment -> engine configuration (the one place to adapt to the engine)
-# --------------------------------------------------------------------------
-
-def sim_config_from_experiment(exp: Experiment):
-    """The engine's :class:`SimConfig` for an experiment.
-
-    One replica group maps onto SimConfig's model/gpu/replicas/tp; several
-    groups use the engine's ``groups`` (``ReplicaGroup``) when the engine
-    has them. Prefix-cache knobs are passed to SimConfig fields named
-    ``prefix_cache_<knob>`` (or ``<knob>``); a knob the engine does not know
-    is an error naming ``serving.prefix_cache.<knob>``.
-    """
-    from kavier_opendc.engine import simulator as S
-
-    srv = exp.serving
-    groups = exp.groups
-    fields = {f.name for f in dataclasses.fields(S.SimConfig)}
-    g0 = groups[0]
-    for i, g in enumerate(groups):
-        for k, v in g.limits.items():
-            if v != srv[k] and len(groups) > 1:
-                raise KavierInputError(
-                    f"per-group {k} ({v}) differs from serving.{k} ({srv[k]}); this engine version applies one "
-                    "setting to every group", location=f"serving.replica_groups[{i}].{k}",
-                    expected=f"the same value as serving.{k}, or leave it out")
-    limits = {k: g0.limits.get(k, srv[k]) for k in ("max_num_seqs", "max_batched_tokens",
-                                                     "gpu_memory_utilization")}
-    kwargs: dict[str, Any] = dict(model=g0.model, gpu=g0.gpu, replicas=g0.replicas, tp=g0.tp,
-                                  kv_cache=bool(srv["kv_cache"]), router=srv["router"], seed=exp.seed,
-                                  exact=bool(srv["exact"]), **limits)
-    if srv.get("num_kv_blocks") is not None:
-        kwargs["num_kv_blocks"] = srv["num_kv_blocks"]
-    if srv.get("max_model_len") is not None:
-        kwargs["max_model_len"] = srv["max_model_len"]
-    pc = dict(srv["prefix_cache"])
-    if pc.get("policy") is not None:
-        kwargs["prefix_cache"] = pc["policy"]
-    pc.pop("policy", None)
-    for knob, value in pc.items():
-        if value == "inf":
-            value = math.inf
-        for cand in PREFIX_KNOB_FIELDS.get(knob, ()) + (f"prefix_cache_{knob}", f"prefix_{knob}", knob):
-            if cand in fields:
-                kwargs[cand] = value
-                break
-        else:
-            raise KavierInputError(f"the prefix-cache option {knob!r} is not supported by this engine version",
-                                   location=f"serving.prefix_cache.{knob}", expected="policy only")
-    if len(groups) > 1:
-        if "groups" not in fields or not hasattr(S, "ReplicaGroup"):
-            raise KavierInputError(f"{len(groups)} replica groups: heterogeneous replica groups are not yet "
-                                   "supported by this engine version", location="serving.replica_groups",
-                                   expected="one group")
-        kwargs["groups"] = [S.ReplicaGroup(g.model, g.gpu, g.replicas, g.tp) for g in groups]
-        kwargs["replicas"] = sum(g.replicas for g in groups)
-    return S.SimConfig(**kwargs)
 
 
 # --------------------------------------------------------------------------
@@ -140,7 +78,7 @@ class Stages:
         self.current = None
 
     def bar(self, label: str):
-        from kavier_opendc.progress import Progress
+        from kavier_opendc.base.progress import Progress
 
         p = Progress(1.0, f"      {label}", enabled=self.tty, stream=self.stream)
 
@@ -170,7 +108,7 @@ def _utc_now() -> str:
 def prepare_out_dir(out: Path) -> None:
     """Make ``out`` ready for a run: create it, or clear an earlier run in it.
     A non-empty folder that does not hold a kavier run is refused."""
-    from kavier_opendc.outputs import check_writable_dir
+    from kavier_opendc.base.atomic import check_writable_dir
 
     out = Path(out)
     check_writable_dir(out)
@@ -190,7 +128,7 @@ def prepare_out_dir(out: Path) -> None:
 
 
 def _write_marker(out: Path, text: str) -> None:
-    from kavier_opendc.outputs import atomic_write_text
+    from kavier_opendc.base.atomic import atomic_write_text
     atomic_write_text(Path(out) / INCOMPLETE, text)
 
 
@@ -264,7 +202,7 @@ def datacenter_for(exp: Experiment, carbon_path: Path | None):
     """The validated :class:`Datacenter`, with the experiment's carbon trace."""
     import copy
 
-    from kavier_opendc.opendc.topology import load_datacenter
+    from kavier_opendc.opendc.datacenter import load_datacenter
 
     dc = copy.deepcopy(exp.datacenter)
     if carbon_path is not None:
@@ -355,7 +293,7 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
     run; ``trace``: an already loaded trace (else it is loaded here, before the
     output folder is touched).
     """
-    from kavier_opendc.experiment import load_trace_for, synthetic_input_files
+    from kavier_opendc.experiments.experiment import load_trace_for, synthetic_input_files
 
     t_start = time.perf_counter()
     started = _utc_now()
@@ -405,7 +343,8 @@ def _run_stages(exp: Experiment, out: Path, trace, cfg, st: Stages, use_opendc: 
     import pandas as pd
 
     from kavier_opendc.engine.simulator import simulate
-    from kavier_opendc.outputs import write_json_atomic, write_simulation
+    from kavier_opendc.base.atomic import write_json_atomic
+    from kavier_opendc.engine.outputs import write_simulation
     from kavier_opendc.reports.efficiency import efficiency_report
     from kavier_opendc.reports.report import write_report
 
@@ -425,12 +364,12 @@ def _run_stages(exp: Experiment, out: Path, trace, cfg, st: Stages, use_opendc: 
     dc_dict = None
     if use_opendc:
         from kavier_opendc.opendc.results import run_opendc_dir, sustainability_record
-        from kavier_opendc.opendc.topology import write_opendc_inputs
+        from kavier_opendc.opendc.inputs import write_opendc_inputs
 
         odc = out / "opendc"
         with st.stage("export", "timeline -> OpenDC tasks, fragments, topology, experiment"):
             odc.mkdir(parents=True, exist_ok=True)
-            from kavier_opendc.opendc.topology import DEFAULT_START
+            from kavier_opendc.opendc.datacenter import DEFAULT_START
             start = exp.datacenter.get("start", DEFAULT_START)
             carbon_path, carbon_info = carbon_trace_for(exp, odc, summary["makespan_s"], start)
             dc = datacenter_for(exp, carbon_path)
@@ -546,34 +485,6 @@ def make_run_plots(out: Path, requests, sim_dir: Path, exp: Experiment, sustaina
         files.append(P.carbon(power, d / "carbon.png", sustainability.get("start_epoch_ms"), trace))
         files.append(P.energy_breakdown(sustainability, d / "energy_breakdown.png"))
     return [str(Path(f).relative_to(out)) for f in files]
-
-
-def format_run_summary(report: dict, out: Path, wall_s: float) -> str:
-    """The few lines `kavier run` prints on stdout."""
-    p, s, e = report["performance"], report.get("sustainability"), report["efficiency"]
-    cur = e.get("currency", "USD")
-
-    def ms(d):
-        return "n/a" if d.get("p50") is None else f"p50 {d['p50'] * 1e3:.1f} / p99 {d['p99'] * 1e3:.1f} ms"
-    lines = [
-        f"{report['experiment']['name']}: " + ", ".join(
-            f"{g['replicas']} x {g['tp']} x {g['gpu']} ({g['model']})" for g in report["experiment"]["replica_groups"]),
-        f"requests     {p['num_finished']} finished, {p['num_rejected']} rejected, makespan {p['makespan_s']:.1f} s",
-        f"throughput   {p['output_tokens_per_s']:.1f} output tok/s, {p['total_tokens_per_s']:.1f} total tok/s",
-        f"TTFT         {ms(p['ttft_s'])}",
-        f"TPOT         {ms(p['tpot_s'])}",
-    ]
-    if e.get("slo_attainment") is not None:
-        lines.append(f"SLOs         {e['slo_attainment']:.1%} of requests met both, goodput {e['goodput_rps']:.3f} req/s")
-    if s is not None:
-        lines.append(f"energy       {s['energy_wh']:.2f} Wh, avg {s['avg_power_w']:.0f} W, peak {s['peak_power_w']:.0f} W, "
-                     f"carbon {s['carbon_g']:.2f} gCO2")
-        lines.append(f"efficiency   {e['wh_per_mtoken']:.1f} Wh/Mtoken, {e['gco2_per_mtoken']:.1f} gCO2/Mtoken, "
-                     f"{e['cost_per_mtoken']:.3f} {cur}/Mtoken")
-    else:
-        lines.append(f"cost         {e['cost_per_mtoken']:.3f} {cur}/Mtoken (GPU-hours only; no OpenDC)")
-    lines.append(f"wrote        {out}/report.json, report.md, plots/ in {wall_s:.1f} s")
-    return "\n".join(lines)
 
 
 ProgressFn = Callable[[float], object]

@@ -6,110 +6,15 @@ every file is complete, so a failed run never leaves a half-written result.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from kavier_opendc import __version__
-from kavier_opendc.errors import KavierInputError
+from kavier_opendc.base.atomic import staged_output, write_json_atomic, write_parquet_atomic
 
 STATUS_NAMES = np.array(["pending", "finished", "rejected"])
-
-
-def check_writable_dir(out: Path, what: str = "--out") -> None:
-    """Fail early, before any work, when ``out`` cannot be created or written."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise KavierInputError(f"output path {out} exists and is not a directory", location=what,
-                               expected="a directory path")
-    parent = out if out.exists() else out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    try:  # a real probe: permission bits do not tell for root, read-only mounts or /proc
-        probe = tempfile.mkdtemp(prefix=".kavier-probe-", dir=parent)
-        os.rmdir(probe)
-    except OSError as exc:
-        raise KavierInputError(f"cannot write to {out}: {exc.strerror or exc} in {parent}", location=what,
-                               expected="a writable directory") from None
-
-
-@contextlib.contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """Yield a staging folder; on success its files are moved into ``out``."""
-    out = Path(out)
-    check_writable_dir(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    except OSError as exc:
-        raise KavierInputError(f"cannot write to {out}: {exc.strerror or exc}", location="--out",
-                               expected="a writable directory") from None
-    try:
-        yield stage
-        out.mkdir(parents=True, exist_ok=True)
-        for item in sorted(stage.iterdir()):
-            dest = out / item.name
-            if dest.is_dir() and not dest.is_symlink():
-                shutil.rmtree(dest)
-            os.replace(item, dest)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary sibling and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """JSON (numpy scalars converted, NaN and infinities written as null), atomically."""
-    atomic_write_text(path, json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
-
-
-def write_parquet_atomic(path: Path, table: pa.Table) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return v if math.isfinite(v) else None
-    return x
 
 
 def stats(values: np.ndarray) -> dict:

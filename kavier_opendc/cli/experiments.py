@@ -2,7 +2,8 @@
 
 `kavier_opendc.cli` calls :func:`register` with its sub-parsers. Every
 command returns an exit code and raises :class:`KavierError` subclasses for
-user errors (printed by ``cli.main`` without a traceback).
+user errors (printed by ``cli.main`` without a traceback). The work is done by
+``kavier_opendc.experiments``; this module parses and prints.
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from kavier_opendc.cli import positive_int
-from kavier_opendc.errors import KavierInputError
-
-DATA_DIR = Path(__file__).resolve().parent / "data"
-DEMO_EXPERIMENT = DATA_DIR / "demo_experiment.yaml"
-DEMO_SWEEP = DATA_DIR / "demo_sweep.yaml"
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.cli.args import positive_int
+from kavier_opendc.experiments.demo import DEMO_EXPERIMENT, copy_demo_inputs
 
 
 def _command_line(argv_name: str = "kavier") -> str:
@@ -39,8 +37,8 @@ def add_run_args(ap: argparse.ArgumentParser, experiment: bool = True) -> None:
 
 
 def _run_file(path: Path, args, command: str) -> int:
-    from kavier_opendc.experiment import load_experiment
-    from kavier_opendc.pipeline import format_run_summary, run_experiment
+    from kavier_opendc.experiments.experiment import load_experiment
+    from kavier_opendc.experiments.pipeline import run_experiment
 
     exp = load_experiment(path, opendc=False if args.no_opendc else None)
     res = run_experiment(exp, Path(args.out), opendc=False if args.no_opendc else None, plots=not args.no_plots,
@@ -65,8 +63,8 @@ def cmd_demo(args) -> int:
     if not args.no_opendc:
         # the demo must run on any fresh machine: without a working OpenDC bridge it still gives the
         # performance report, and says loudly why the sustainability part is missing
-        from kavier_opendc.errors import KavierRuntimeError
-        from kavier_opendc.pipeline import check_opendc_available
+        from kavier_opendc.base.errors import KavierRuntimeError
+        from kavier_opendc.experiments.pipeline import check_opendc_available
 
         try:
             check_opendc_available()
@@ -78,34 +76,47 @@ def cmd_demo(args) -> int:
 
 
 def _demo_init(dest: Path) -> int:
-    """Copy the demo experiment (as experiment.yaml), its workload and a demo
-    sweep into ``dest``: a starting point for your own experiment folder,
-    e.g. the one docker-compose mounts."""
-    dest.mkdir(parents=True, exist_ok=True)
-    files = {DEMO_EXPERIMENT: "experiment.yaml", DATA_DIR / "demo_workload.yaml": "demo_workload.yaml"}
-    if DEMO_SWEEP.is_file():
-        files[DEMO_SWEEP] = "sweep.yaml"
-    for src, name in files.items():
-        target = dest / name
-        if target.exists():
-            raise KavierInputError(f"{target} exists; not overwriting it", location="--init",
-                                   expected="a folder without experiment.yaml/sweep.yaml/demo_workload.yaml")
-    for src, name in files.items():
-        text = src.read_text(encoding="utf-8")
-        if name == "sweep.yaml":
-            text = text.replace("base: demo_experiment.yaml", "base: experiment.yaml")
-        (dest / name).write_text(text, encoding="utf-8")
-    print(f"wrote {', '.join(str(dest / n) for n in files.values())}")
+    """Copy the demo's input files into ``dest`` and say how to run them."""
+    written = copy_demo_inputs(dest)
+    print(f"wrote {', '.join(str(p) for p in written)}")
     print(f"run it with: kavier run {dest / 'experiment.yaml'} --out {dest / 'results'}")
     return 0
+
+
+def format_run_summary(report: dict, out: Path, wall_s: float) -> str:
+    """The few lines `kavier run` prints on stdout."""
+    p, s, e = report["performance"], report.get("sustainability"), report["efficiency"]
+    cur = e.get("currency", "USD")
+
+    def ms(d):
+        return "n/a" if d.get("p50") is None else f"p50 {d['p50'] * 1e3:.1f} / p99 {d['p99'] * 1e3:.1f} ms"
+    lines = [
+        f"{report['experiment']['name']}: " + ", ".join(
+            f"{g['replicas']} x {g['tp']} x {g['gpu']} ({g['model']})" for g in report["experiment"]["replica_groups"]),
+        f"requests     {p['num_finished']} finished, {p['num_rejected']} rejected, makespan {p['makespan_s']:.1f} s",
+        f"throughput   {p['output_tokens_per_s']:.1f} output tok/s, {p['total_tokens_per_s']:.1f} total tok/s",
+        f"TTFT         {ms(p['ttft_s'])}",
+        f"TPOT         {ms(p['tpot_s'])}",
+    ]
+    if e.get("slo_attainment") is not None:
+        lines.append(f"SLOs         {e['slo_attainment']:.1%} of requests met both, goodput {e['goodput_rps']:.3f} req/s")
+    if s is not None:
+        lines.append(f"energy       {s['energy_wh']:.2f} Wh, avg {s['avg_power_w']:.0f} W, peak {s['peak_power_w']:.0f} W, "
+                     f"carbon {s['carbon_g']:.2f} gCO2")
+        lines.append(f"efficiency   {e['wh_per_mtoken']:.1f} Wh/Mtoken, {e['gco2_per_mtoken']:.1f} gCO2/Mtoken, "
+                     f"{e['cost_per_mtoken']:.3f} {cur}/Mtoken")
+    else:
+        lines.append(f"cost         {e['cost_per_mtoken']:.3f} {cur}/Mtoken (GPU-hours only; no OpenDC)")
+    lines.append(f"wrote        {out}/report.json, report.md, plots/ in {wall_s:.1f} s")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------- validate
 def cmd_validate(args) -> int:
     """Validate experiment or sweep files; report every problem with its JSON path."""
-    from kavier_opendc.errors import KavierError
-    from kavier_opendc.experiment import load_experiment, load_trace_for, read_document
-    from kavier_opendc.sweep import is_sweep_document, load_sweep
+    from kavier_opendc.base.errors import KavierError
+    from kavier_opendc.experiments.experiment import load_experiment, load_trace_for, read_document
+    from kavier_opendc.experiments.sweep import is_sweep_document, load_sweep
 
     failed = 0
     for f in args.files:
@@ -131,7 +142,7 @@ def cmd_validate(args) -> int:
 # ----------------------------------------------------------------- sweep
 def cmd_sweep(args) -> int:
     """kavier sweep SWEEP_FILE --out DIR [--jobs N]"""
-    from kavier_opendc.sweep import load_sweep, run_sweep
+    from kavier_opendc.experiments.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(Path(args.sweep), opendc=False if args.no_opendc else None)
     t0 = time.perf_counter()
@@ -181,7 +192,7 @@ def cmd_efficiency(args) -> int:
     print("------------------------------------------")
     print("Note: " + s["note"])
     if args.out:
-        from kavier_opendc.outputs import write_json_atomic
+        from kavier_opendc.base.atomic import write_json_atomic
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, s)
@@ -190,7 +201,7 @@ def cmd_efficiency(args) -> int:
 
 
 # ----------------------------------------------------------------- registration
-def register(sub) -> list[str]:
+def register(sub) -> None:
     """Add run, validate, sweep, efficiency and demo to the ``kavier`` parser."""
     run = sub.add_parser("run", help="run an experiment end to end: simulation, OpenDC, reports",
                          description="Run an experiment file end to end: trace -> serving simulation -> OpenDC "
@@ -247,5 +258,4 @@ def register(sub) -> list[str]:
                     help="unit of the tasks' duration column (the prototype's formula assumes ms)")
     ef.add_argument("--out", metavar="JSON", help="also save the summary as JSON")
     ef.set_defaults(func=cmd_efficiency)
-    return ["run", "demo", "validate", "sweep", "efficiency"]
 

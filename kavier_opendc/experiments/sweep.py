@@ -42,14 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kavier_opendc.errors import KavierError, KavierInputError
-from kavier_opendc.experiment import (
-    _raise,
+from kavier_opendc.base.errors import KavierError, KavierInputError
+from kavier_opendc.base.validation import json_path, schema_validator
+from kavier_opendc.experiments.experiment import (
     experiment_problems,
-    json_path,
+    raise_problems,
     read_document,
     schema_problems,
-    schema_validator,
     with_overrides,
 )
 
@@ -165,14 +164,14 @@ def _short_axis(name: str) -> str:
 
 def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
     """Read and validate a sweep file and every configuration it produces."""
-    from kavier_opendc.pipeline import absolutized
+    from kavier_opendc.experiments.pipeline import absolutized
 
     p = Path(path)
     doc = read_document(p, "sweep")
     src = str(p)
     base_dir = p.resolve().parent
     if not isinstance(doc, dict):
-        _raise([((), "the document is not a mapping (expected base and axes)")], src, "sweep")
+        raise_problems([((), "the document is not a mapping (expected base and axes)")], src, "sweep")
     problems = schema_problems(doc, schema_validator(SCHEMA_FILE))
     axes = _axes(doc, problems)
     base = doc.get("base")
@@ -190,7 +189,7 @@ def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
         problems.append((("base",), "the base experiment is not a mapping"))
         base_doc = None
     if problems or base_doc is None:
-        _raise(problems or [(("base",), "missing")], src, "sweep")
+        raise_problems(problems or [(("base",), "missing")], src, "sweep")
 
     name = doc.get("name") or _slug(p.stem)
     runs: list[RunSpec] = []
@@ -215,13 +214,13 @@ def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
         spec.config_hash = config_hash(adoc, exp, opendc)
         runs.append(spec)
     if exp_problems:
-        _raise(exp_problems, src, "sweep")
+        raise_problems(exp_problems, src, "sweep")
     return Sweep(str(name), src, axes, runs, opendc, doc.get("jobs"))
 
 
 def config_hash(document: Mapping, exp, opendc: bool | None) -> str:
     """Hash of a run's configuration: its document, its input files' bytes and the OpenDC switch."""
-    from kavier_opendc.pipeline import sha256_file
+    from kavier_opendc.experiments.pipeline import sha256_file
 
     h = hashlib.sha256()
     h.update(json.dumps(document, sort_keys=True, default=str).encode())
@@ -271,9 +270,9 @@ def _worker_bridge():
 
 def run_one(spec: dict, run_dir: str, opendc: bool | None, run_plots: bool, command: str) -> dict:
     """Run one configuration (in a worker process) and write its DONE marker."""
-    from kavier_opendc.experiment import load_experiment
-    from kavier_opendc.outputs import write_json_atomic
-    from kavier_opendc.pipeline import run_experiment
+    from kavier_opendc.experiments.experiment import load_experiment
+    from kavier_opendc.base.atomic import write_json_atomic
+    from kavier_opendc.experiments.pipeline import run_experiment
 
     t0 = time.time()
     out = {"id": spec["id"], "pid": os.getpid(), "start": t0}
@@ -329,7 +328,7 @@ def _log(out: Path, **rec) -> None:
 
 def run_is_done(run_dir: Path, config_hash: str) -> bool:
     """A finished run: DONE marker with the same configuration hash, report.json, no INCOMPLETE."""
-    from kavier_opendc.pipeline import INCOMPLETE
+    from kavier_opendc.experiments.pipeline import INCOMPLETE
 
     marker = run_dir / DONE
     if not marker.is_file() or (run_dir / INCOMPLETE).exists() or not (run_dir / "report.json").is_file():
@@ -347,9 +346,9 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
     import sys
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    from kavier_opendc.outputs import write_json_atomic
-    from kavier_opendc.outputs import check_writable_dir
-    from kavier_opendc.pipeline import check_opendc_available
+    from kavier_opendc.base.atomic import write_json_atomic
+    from kavier_opendc.base.atomic import check_writable_dir
+    from kavier_opendc.experiments.pipeline import check_opendc_available
 
     out = Path(out)
     check_writable_dir(out)
@@ -480,7 +479,7 @@ def _fmt(v: Any) -> str:
 
 def write_comparison(sweep: Sweep, out: Path, table) -> None:
     """comparison.csv (every column), comparison.md (the key ones) and plots."""
-    from kavier_opendc.outputs import atomic_write_text
+    from kavier_opendc.base.atomic import atomic_write_text
     from kavier_opendc.reports import plots as P
 
     tmp = out / ".comparison.csv.tmp"

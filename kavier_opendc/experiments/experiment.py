@@ -40,9 +40,9 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
-from kavier_opendc.validation import (Problem, explain_schema_error, json_path, load_schema, non_finite,
-                                      schema_validator)
-from kavier_opendc.errors import KavierInputError
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.validation import (Problem, explain_schema_error, json_path, load_schema, non_finite,
+                                           schema_validator)
 
 SCHEMA_FILE = "experiment.schema.json"
 PREFIX_POLICIES = ("auto", "none", "off", "block", "vllm", "prefill", "full")
@@ -207,7 +207,7 @@ def schema_problems(data: Any, validator: Draft202012Validator, skip: tuple | No
 # Loading and checking
 # --------------------------------------------------------------------------
 
-def _raise(problems: list[Problem], source: str, what: str = "experiment") -> None:
+def raise_problems(problems: list[Problem], source: str, what: str = "experiment") -> None:
     unique: dict[tuple, None] = {}
     for p, m in problems:
         unique.setdefault((tuple(p), m), None)
@@ -385,7 +385,7 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
                      opendc_enabled=enabled, export_opts=export_opts, input_files=inputs)
     # the engine's own checks (e.g. options the engine version does not support)
     try:
-        from kavier_opendc.pipeline import sim_config_from_experiment
+        from kavier_opendc.experiments.engine_config import sim_config_from_experiment
         sim_config_from_experiment(exp).validate()
     except KavierInputError as exc:
         loc = getattr(exc, "location", None) or ""
@@ -558,6 +558,7 @@ def _carbon(cv: Any, base: Path, data: dict, problems: list[Problem], inputs: li
 def _datacenter(dc: dict, dc_base: Path, dc_source: str, exp_source: str, cat, groups: list[GroupSpec],
                 carbon_override: bool, enabled: bool, export_opts: dict, inputs: list) -> list[Problem]:
     from kavier_opendc.opendc import topology as T
+    from kavier_opendc.opendc.datacenter import load_datacenter
 
     prefix: tuple = ("datacenter",)
     if not isinstance(dc, dict):
@@ -574,7 +575,7 @@ def _datacenter(dc: dict, dc_base: Path, dc_source: str, exp_source: str, cat, g
                 h["gpu"] = gpus[0]
     where = "" if dc_source == exp_source else f" (in {dc_source})"
     try:
-        d = T.load_datacenter(dc, catalog=cat, base_dir=dc_base, source=dc_source)
+        d = load_datacenter(dc, catalog=cat, base_dir=dc_base, source=dc_source)
     except KavierInputError as exc:
         lines = getattr(exc, "problems", None)
         if not lines:
@@ -627,7 +628,7 @@ def load_experiment(path_or_dict: str | Path | Mapping, *, base_dir: str | Path 
         exp_file = p
     problems, exp = experiment_problems(data, base_dir=base, source=src, opendc=opendc)
     if problems:
-        _raise(problems, src)
+        raise_problems(problems, src)
     assert exp is not None
     if exp_file is not None:
         exp.input_files.insert(0, ("experiment", exp_file))
@@ -650,7 +651,7 @@ def load_trace_for(exp: Experiment):
                 raise KavierInputError(f"trace.synthetic: {exc}", source=exp.source) from None
         return load_synthetic_spec(t["path"])
     if Path(t["path"]).suffix.lower() == ".json":
-        from kavier_opendc.cli import load_workload  # a JSON file is a description or JSON Lines
+        from kavier_opendc.workload.load import load_workload  # a JSON file is a description or JSON Lines
         return load_workload(str(t["path"]), t["format"])
     return load_trace(t["path"], t["format"])
 

@@ -1,0 +1,52 @@
+"""The ``kavier`` command line: one module per command group, each parsing arguments and printing.
+
+The work itself happens in the layers below (``experiments``, ``reports``,
+``opendc``, ``engine``, ``workload``, ``specs``); a command module only turns
+arguments into calls and results into text. :func:`main` prints every
+:class:`KavierError` as one paragraph without a traceback.
+
+    simulate.py     kavier simulate
+    experiments.py  kavier run, demo, validate, sweep, efficiency
+    opendc.py       kavier export-opendc, opendc
+    catalog.py      kavier catalog
+    args.py         argument types shared by the groups
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kavier_opendc import __version__
+from kavier_opendc.base.errors import KavierError
+from kavier_opendc.cli import catalog, experiments, opendc, simulate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="kavier", description="Kavier-OpenDC: cache-aware LLM inference "
+                                 "simulation co-simulated with OpenDC for power, energy and carbon.")
+    ap.add_argument("--version", action="version", version=f"kavier-opendc {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    # registration order is the order of `kavier --help`
+    simulate.register(sub)
+    experiments.register(sub)
+    opendc.register(sub)
+    catalog.register(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except KavierError as exc:
+        msg = " ".join(str(exc).split("\n")) if "\n" not in str(exc).strip() else str(exc)
+        print(f"kavier: error: {msg}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("kavier: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,27 @@
+"""``kavier catalog``: print the models and GPUs the simulator knows (inputs A and B)."""
+
+from __future__ import annotations
+
+from kavier_opendc.cli.args import catalog_with
+
+
+def cmd_catalog(args) -> int:
+    cat = catalog_with(args.catalog)
+    if args.what in ("models", "all"):
+        print("Models (layers, hidden, heads/kv, params, dtype):")
+        for m in cat.models():
+            print(f"  {m.name:<18} {m.num_layers:>3} {m.hidden_size:>6} {m.num_attention_heads:>3}/"
+                  f"{m.num_kv_heads:<3} {m.total_params / 1e9:7.2f}B {m.dtype}")
+    if args.what in ("gpus", "all"):
+        print("GPUs (dense FP16 TFLOP/s, GB/s, GiB, idle-max W, $/h):")
+        for g in cat.gpus():
+            print(f"  {g.name:<10} {g.peak_fp16_tflops:8.1f} {g.mem_bandwidth_gbs:7.0f} {g.memory_gib:5.0f} "
+                  f"{g.idle_power_w:4.0f}-{g.max_power_w:<5.0f} {g.price_per_hour:5.2f}")
+    return 0
+
+
+def register(sub) -> None:
+    c = sub.add_parser("catalog", help="list the built-in (and your) models and GPUs")
+    c.add_argument("what", nargs="?", choices=["models", "gpus", "all"], default="all")
+    c.add_argument("--catalog", action="append", metavar="FILE", help="extra catalogue file; repeatable")
+    c.set_defaults(func=cmd_catalog)

@@ -1,0 +1,85 @@
+"""``kavier export-opendc`` and ``kavier opendc``: a simulation's timeline to OpenDC, and OpenDC runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kavier_opendc.base.errors import KavierInputError
+
+
+def cmd_export_opendc(args) -> int:
+    """A simulation's timeline as OpenDC's workload, topology and experiment."""
+    from kavier_opendc.opendc.datacenter import load_datacenter
+    from kavier_opendc.opendc.inputs import write_opendc_inputs
+    from kavier_opendc.base.atomic import check_writable_dir
+
+    sim = Path(args.sim_dir)
+    for name in ("timeline.parquet", "summary.json"):
+        if not (sim / name).is_file():
+            raise KavierInputError(f"{sim / name} not found", source=str(sim), location=name,
+                                   expected="the output directory of 'kavier simulate'")
+    datacenter = load_datacenter(args.datacenter)
+    opts = {"mode": args.mode, "tolerance": args.tolerance, "interval_s": args.interval}
+    if args.start:
+        opts["start"] = args.start
+    out = Path(args.out)
+    check_writable_dir(out)
+    # experiment.json holds absolute paths into ``out``, so it is written in place; a marker
+    # says the directory is incomplete until every file is there
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / "INCOMPLETE"
+    marker.write_text("kavier export-opendc did not finish\n")
+    stats = write_opendc_inputs(sim, datacenter, out, **opts)
+    marker.unlink()
+    if not args.quiet:
+        print(f"wrote {out}/workload/tasks.parquet, workload/fragments.parquet, topology.json, experiment.json")
+        print(f"export: {stats['mode']} mode, tolerance {stats['tolerance']}: {stats['fragments']} fragments "
+              f"from {stats['timeline_segments']} timeline segments, GPU energy (linear model) "
+              f"{stats['gpu_energy_linear_wh']:.3f} Wh")
+    return 0
+
+
+def cmd_opendc(args) -> int:
+    """Run an OpenDC experiment directory through the bridge; write sustainability.json."""
+    from kavier_opendc.opendc.results import run_opendc_dir
+    from kavier_opendc.base.progress import Progress
+
+    d = Path(args.dir)
+    if not (d / "experiment.json").is_file():
+        raise KavierInputError(f"{d / 'experiment.json'} not found", source=str(d), location="experiment.json",
+                               expected="a directory with experiment.json, topology.json and workload/")
+    bar = Progress(1.0, "opendc", enabled=False if args.quiet else None)
+    try:
+        result = run_opendc_dir(d, progress=bar.update)
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(f"energy {result['energy_wh']:.3f} Wh, average power {result['avg_power_w']:.1f} W, "
+              f"peak {result['peak_power_w']:.1f} W, carbon {result['carbon_g']:.3f} g")
+        print(f"wrote {d}/sustainability.json and OpenDC's output under {d}/output/")
+    return 0
+
+
+def register(sub) -> None:
+    e = sub.add_parser("export-opendc", help="turn a simulation's timeline into an OpenDC experiment",
+                       description="Write DIR/workload/tasks.parquet, DIR/workload/fragments.parquet, "
+                                   "DIR/topology.json and DIR/experiment.json in OpenDC's formats.")
+    e.add_argument("sim_dir", help="output directory of 'kavier simulate'")
+    e.add_argument("--datacenter", required=True, help="datacenter description (JSON/YAML, "
+                                                       "schemas/datacenter.schema.json)")
+    e.add_argument("--out", required=True, help="OpenDC experiment directory to write")
+    e.add_argument("--mode", choices=["adaptive", "interval", "segments", "per-request"], default="adaptive",
+                   help="adaptive: merge timeline segments whose utilisation differs by at most --tolerance "
+                        "(default); interval: fixed --interval bins; segments: one fragment per segment; "
+                        "per-request: one task per request (the Kavier prototype's way)")
+    e.add_argument("--tolerance", type=float, default=0.02, help="adaptive merging tolerance (default 0.02)")
+    e.add_argument("--interval", type=float, default=0.1, help="bin length in seconds for --mode interval")
+    e.add_argument("--start", default=None, help="calendar start of the run (ISO date; default: the datacenter's)")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_export_opendc)
+    o = sub.add_parser("opendc", help="run an OpenDC experiment directory through the bridge",
+                       description="Run DIR/experiment.json with the real OpenDC (JVM, Py4J), put OpenDC's "
+                                   "output under DIR/output/ and write DIR/sustainability.json.")
+    o.add_argument("dir", help="directory with experiment.json, topology.json and workload/")
+    o.add_argument("--quiet", action="store_true")
+    o.set_defaults(func=cmd_opendc)

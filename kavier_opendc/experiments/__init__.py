@@ -1,0 +1,11 @@
+"""Experiments: the experiment file and its schema, the run pipeline, sweeps (OpenDC's opendc-experiments).
+
+    experiment.py     read and check an experiment file (schemas/experiment.schema.json)
+    engine_config.py  an experiment's serving setup as the engine's SimConfig
+    pipeline.py       `kavier run`: trace -> simulation -> OpenDC -> reports, in stages
+    sweep.py          the cartesian product of experiment variations, run in parallel
+    demo.py           the built-in demo's files
+
+This layer calls every layer below it (reports, opendc, engine, workload,
+specs, base) and is called only by the command line.
+"""
