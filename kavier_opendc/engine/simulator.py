@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel, Efficiency
+from kavier_opendc.engine.cost_model import BLOCK_SIZE, DEFAULT_EFFICIENCY, CostModel, Efficiency
 from kavier_opendc.engine.replica import Replica, Req, Results, blocks_for
 from kavier_opendc.engine.router import Router, normalise_router
 from kavier_opendc.base.errors import KavierInputError
@@ -223,7 +223,7 @@ def _prefix_setup(trace: Trace, cfg: SimConfig) -> PrefixSetup | None:
     policy = cfg.prefix_cache
     if policy == "none" or not cfg.kv_cache:
         return None
-    index = PrefixIndex(trace, scope=cfg.prefix_scope)
+    index = PrefixIndex(trace, block_size=BLOCK_SIZE, scope=cfg.prefix_scope)
     if policy == "auto":
         policy = "block" if index.available else "none"
         if policy == "none":

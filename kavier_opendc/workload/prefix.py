@@ -3,7 +3,7 @@
 The simulator never sees text, so reuse between requests is decided by
 *identities* of prompt pieces, taken from the trace in this order:
 
-1. ``input_tokens`` (token ids): one unit per full 16-token block, identified
+1. ``input_tokens`` (token ids): one unit per full KV block (16 tokens in vLLM), identified
    by a hash of its tokens chained with the previous block's identity (as
    vLLM's block hashes);
 2. ``hash_ids`` (Mooncake): one unit per hash block (``hash_block_size``
@@ -25,15 +25,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from kavier_opendc.engine.cost_model import BLOCK_SIZE
 from kavier_opendc.workload.trace import Trace
 
 SOURCES = ("tokens", "hash_ids", "sessions")
 
 
 class PrefixIndex:
-    def __init__(self, trace: Trace, scope: str = "global"):
+    """The identities of each request's prompt blocks, read from the trace.
+
+    ``block_size`` is the serving engine's KV block size in tokens (the engine
+    passes its own, so that a unit here is exactly one of its blocks)."""
+
+    def __init__(self, trace: Trace, *, block_size: int, scope: str = "global"):
         self.trace = trace
+        self.block_size = block_size
         self.scope = scope
         if trace.input_tokens is not None and any(len(t) for t in trace.input_tokens):
             self.source = "tokens"
@@ -46,7 +51,7 @@ class PrefixIndex:
         self.sessions = trace.session_id
         self._epoch = self._session_epochs() if self.source == "sessions" else None
         hb = int(getattr(trace, "hash_block_size", 512) or 512)
-        self.unit_blocks = max(1, hb // BLOCK_SIZE)
+        self.unit_blocks = max(1, hb // block_size)
 
     @property
     def available(self) -> bool:
@@ -73,7 +78,8 @@ class PrefixIndex:
     def prompt_units(self, i: int) -> tuple[list, list]:
         """Identities and sizes (in blocks) of the full blocks of request i's prompt, in order."""
         p = int(self.trace.num_input_tokens[i])
-        full = p // BLOCK_SIZE
+        block = self.block_size
+        full = p // block
         src = self.source
         if src == "sessions":
             base = self._session_base(i)
@@ -96,8 +102,8 @@ class PrefixIndex:
             toks = self.trace.input_tokens[i]
             h = ("s", int(self.sessions[i])) if self.scope == "session" and self.sessions is not None else 0
             ids = []
-            for j in range(min(full, len(toks) // BLOCK_SIZE)):
-                h = hash((h, tuple(toks[j * BLOCK_SIZE:(j + 1) * BLOCK_SIZE])))
+            for j in range(min(full, len(toks) // block)):
+                h = hash((h, tuple(toks[j * block:(j + 1) * block])))
                 ids.append(h)
             return ids, [1] * len(ids)
         return [], []
