@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kavier_opendc.engine.cost_model import BLOCK_SIZE, DEFAULT_EFFICIENCY, CostModel, Efficiency
-from kavier_opendc.engine.replica import Replica, Req, Results, blocks_for
+from kavier_opendc.engine.replica import Replica
+from kavier_opendc.engine.request import Req, blocks_for
+from kavier_opendc.engine.results import Results
 from kavier_opendc.engine.router import Router, normalise_router
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.progress import Progress

@@ -1,0 +1,62 @@
+"""The engine's request records (Vidur's entities): a request in flight, and sibling samples sharing a prompt.
+
+A :class:`Req` exists from arrival to completion only; what outlives it is
+written into :class:`kavier_opendc.engine.results.Results`.
+"""
+
+from __future__ import annotations
+
+from kavier_opendc.engine.cost_model import BLOCK_SIZE
+
+#: a request's life: queued, computing its prompt (or recomputing after preemption), decoding, finished
+WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
+#: tokens -> position inside a KV block (BLOCK_SIZE is a power of two)
+BLOCK_MASK = BLOCK_SIZE - 1
+
+
+def blocks_for(tokens: int) -> int:
+    """KV blocks that hold ``tokens`` tokens."""
+    return (tokens + BLOCK_MASK) // BLOCK_SIZE
+
+
+class Req:
+    """A request inside the engine (exists from arrival to completion only).
+
+    A request of ``prompt`` tokens that has generated ``gen`` tokens holds
+    prompt + gen tokens, of which ``computed`` have KV. While decoding, those
+    two are stored lazily against the replica's decode counter G (see
+    decode_state.py): computed = c_off + G, gen = g_off + G.
+    """
+
+    __slots__ = ("idx", "arrival", "prompt", "out", "gen", "computed", "c_off", "g_off",
+                 "ver", "state", "first_sched", "first_token", "preempt", "cached",
+                 "uids", "usizes", "held", "held_blocks", "n", "fork")
+
+    def __init__(self, idx: int, arrival: float, prompt: int, out: int):
+        self.idx, self.arrival, self.prompt, self.out = idx, arrival, prompt, out
+        self.gen = 0
+        self.computed = 0
+        self.c_off = self.g_off = 0
+        self.ver = 0              # bumped whenever the request leaves the decoders: stale heap entries skip
+        self.state = WAITING
+        self.first_sched = -1.0
+        self.first_token = -1.0
+        self.preempt = 0
+        self.cached = 0
+        self.uids = None          # prefix-cache unit identities of the prompt (loaded at admission)
+        self.usizes = None
+        self.held = 0             # leading units referenced in the prefix cache
+        self.held_blocks = 0
+        self.n = 1                # samples of this prompt (branching, DP3)
+        self.fork = None          # Fork shared with its sibling samples, while they share prompt blocks
+
+
+class Fork:
+    """Sibling samples of one prompt sharing its full prompt blocks (and the parent's cached units)."""
+
+    __slots__ = ("alive", "shared", "units")
+
+    def __init__(self, shared: int, units: list):
+        self.alive = 1            # members still holding the shared blocks
+        self.shared = shared      # full prompt blocks, held once for all members
+        self.units = units        # prefix-cache units among them (released when the last member leaves)

@@ -1,0 +1,309 @@
+"""Batch formation: which requests run in a replica's next iteration, and with how many tokens (vLLM v1's scheduler).
+
+At every iteration boundary (vLLM v1 ``Scheduler.schedule``):
+
+1. Running requests, in admission order, each get their next tokens within the
+   iteration's token budget (``max_batched_tokens``): one token for a decoding
+   sequence, the next prompt chunk for one still in prefill (chunked prefill).
+   KV blocks (16 tokens each) are allocated for the new tokens; when the pool is
+   empty the *last* running request (the newest) is preempted: its blocks are
+   freed and it goes back to the front of the waiting queue, to be recomputed
+   from scratch later (prompt plus the tokens it already generated).
+2. If nothing was preempted, waiting requests are admitted in FIFO order while
+   the budget lasts, fewer than ``max_num_seqs`` run, and their first chunk's
+   blocks fit (after the longest cached prefix is taken from the prefix cache).
+3. A decode-only iteration that would repeat unchanged becomes a *decode run*
+   of n iterations, advanced in closed form up to the next event (see
+   decode_state.py).
+
+The result is the replica's ``pending`` work: ``(1, t0, ...)`` for one
+iteration or ``(2, t0, n, decode_run, blocks)`` for a decode run;
+:class:`kavier_opendc.engine.replica.Replica` applies it when it ends.
+"""
+
+from __future__ import annotations
+
+from kavier_opendc.engine.cost_model import BLOCK_SIZE
+from kavier_opendc.engine.request import BLOCK_MASK, DECODE, PREFILL, WAITING, Req, blocks_for
+
+
+class Scheduler:
+    """The scheduling half of a replica: forms each iteration's batch over the replica's state.
+
+    :class:`~kavier_opendc.engine.replica.Replica` derives from it and owns
+    the state scheduled over: ``running`` (admission order) and ``waiting``
+    (FIFO) queues, the KV block count ``used`` of ``capacity``, the lazy
+    decode state ``dec``, the prefix cache ``pc`` or prompt cache, and the
+    limits ``budget`` (tokens per iteration) and ``max_num_seqs``. The methods
+    are on the replica itself (not a separate object) because they run once
+    per iteration, where an extra indirection on every field would cost.
+    """
+
+    def _schedule(self, t: float) -> float | None:
+        """Form the iteration starting at ``t``; return its end time, or None when idle."""
+        running = self.running
+        if not running and not self.waiting:
+            self.busy = False
+            return None
+        self.busy = True
+        (bulk, budget, alloc, chunks, skipped, dec_all, n_dec, preempted,
+         n_tok, pairs, kv_read) = self._schedule_running()
+        # admit waiting requests (only when nothing was preempted, as vLLM does)
+        if not preempted and self.waiting:
+            budget, alloc = self._admit_waiting(t, budget, alloc, chunks)
+        kv_on = self.kv_on
+        for req, need in chunks:  # prefill chunks: ``need`` new tokens on top of ``computed`` cached ones
+            comp = req.computed
+            if kv_on:
+                n_tok += need
+                pairs += need * comp + need * (need + 1) // 2
+                kv_read += comp
+            else:  # no KV cache: the chunk recomputes the context before it too
+                c = comp + need
+                n_tok += c
+                pairs += c * (c + 1) // 2
+        if n_tok == 0:
+            # nothing schedulable (cannot happen with a feasible request; guard against livelock)
+            self.busy = False
+            return None
+        # a decode-only iteration that will repeat unchanged: advance a whole run
+        if self.fast and bulk and not chunks and self.dec.D > 0:
+            end = self._start_decode_run(t, alloc, budget)
+            if end is not None:
+                return end
+        self.used += alloc
+        self._fit()
+        if self.used > self.peak_used:
+            self.peak_used = self.used
+        dt, flops, byts = self.cm.iteration(n_tok, pairs, kv_read)
+        if self.extra_time:
+            dt += self.extra_time
+            self.extra_time = 0.0
+        ptoks = sum(n for _, n in chunks)
+        self.pending = (1, t, dec_all, skipped, chunks, flops, byts,
+                        n_dec + len(chunks), ptoks, n_dec)
+        self.next_time = t + dt
+        self.version += 1
+        return self.next_time
+
+    def _schedule_running(self) -> tuple:
+        """Step 1: the running requests' tokens in this iteration.
+
+        Fast path (``bulk``): every decoder takes one token and at most one
+        prefill chunk follows, all without preemption, counted from the decode
+        state's aggregates instead of walking the list.
+        """
+        running = self.running
+        kv_on = self.kv_on
+        budget = self.budget
+        dec = self.dec
+        g = dec.G
+        d = dec.D
+        alloc = 0
+        chunks: list = []
+        h0 = dec.hist[(-g) & BLOCK_MASK] if kv_on else 0
+        free = self.capacity - self.used if kv_on else 1 << 62
+        bulk = (kv_on and d <= budget and h0 <= free
+                and (self.n_prefilling == 0 or (self.n_prefilling == 1 and running[-1].state == PREFILL)))
+        if bulk and self.n_prefilling == 1 and budget - d > 0:
+            req = running[-1]
+            comp = req.computed
+            need = req.prompt + req.gen - comp
+            if need > budget - d:
+                need = budget - d
+            if blocks_for(comp + need) - blocks_for(comp) > free - h0:
+                bulk = False
+        if not bulk:
+            return (False,) + self._walk_running(budget, g)
+        alloc = h0
+        budget -= d
+        ctx = dec.ctx_off_sum + d * g           # cached tokens of all decoders
+        if self.n_prefilling == 1 and budget > 0:
+            req = running[-1]
+            comp = req.computed
+            need = req.prompt + req.gen - comp
+            if need > budget:
+                need = budget
+            alloc += blocks_for(comp + need) - blocks_for(comp)
+            budget -= need
+            chunks.append((req, need))
+        return True, budget, alloc, chunks, [], d > 0, d, False, d, ctx + d, ctx
+
+    def _walk_running(self, budget: int, g: int) -> tuple:
+        """Step 1, generic path: walk the running list in order, preempting the newest when blocks run out."""
+        running = self.running
+        kv_on = self.kv_on
+        cap = self.capacity
+        alloc = 0
+        chunks: list = []
+        skipped: list = []
+        n_dec = 0                                  # decoders in this iteration
+        preempted = False
+        n_tok = 0
+        pairs = 0
+        kv_read = 0
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            if req.state == DECODE:
+                comp = req.c_off + g
+                need = 1
+            else:
+                comp = req.computed
+                need = req.prompt + req.gen - comp
+                if need > budget:
+                    need = budget
+            nb = blocks_for(comp + need) - blocks_for(comp) if kv_on else 0
+            self_preempted = False
+            while nb > cap - self.used - alloc:
+                victim = running.pop()
+                self._preempt(victim)
+                preempted = True
+                if victim is req:
+                    self_preempted = True
+                    break
+            if self_preempted:
+                break
+            alloc += nb
+            budget -= need
+            if req.state == DECODE:
+                n_dec += 1
+                if kv_on:
+                    n_tok += 1
+                    pairs += comp + 1
+                    kv_read += comp
+                else:  # no KV cache: recompute the whole context for every new token
+                    c = comp + 1
+                    n_tok += c
+                    pairs += c * (c + 1) // 2
+            else:
+                chunks.append((req, need))
+            i += 1
+        for req in running[i:]:
+            if req.state == DECODE:
+                skipped.append(req)
+        dec_all = n_dec > 0 and not skipped
+        return budget, alloc, chunks, skipped, dec_all, n_dec, preempted, n_tok, pairs, kv_read
+
+    def _admit_waiting(self, t: float, budget: int, alloc: int, chunks: list) -> tuple[int, int]:
+        """Step 2: admit waiting requests in FIFO order, each with its longest cached prefix; returns budget, alloc."""
+        running = self.running
+        waiting = self.waiting
+        kv_on = self.kv_on
+        cap = self.capacity
+        max_seqs = self.max_num_seqs
+        pc = self.pc
+        while waiting and budget > 0 and len(running) < max_seqs:
+            req = waiting[0]
+            comp = req.computed
+            total = req.prompt + req.gen
+            k = hb = hk = hhb = revive = 0
+            if comp == 0:
+                if pc is not None:
+                    uids = req.uids
+                    if uids is None:
+                        uids, req.usizes = self.index.prompt_units(req.idx)
+                        req.uids = uids
+                    if uids:  # longest cached prefix, leaving at least one token to compute
+                        k, hb, hk, hhb, revive = pc.match(uids, req.usizes, (total - 1) // BLOCK_SIZE)
+                        comp = (hb + hhb) * BLOCK_SIZE
+                elif (self.prompt_cache is not None and req.first_sched < 0
+                      and self.prompt_cache.lookup(self.index.prompt_key(req.idx))):
+                    comp = total - 1   # the whole prompt is cached: only the last token is computed
+            need = total - comp
+            if need > budget:
+                need = budget
+            nb = blocks_for(comp + need) - hb if kv_on else 0
+            if nb + revive > cap - self.used - alloc:
+                break
+            waiting.popleft()
+            running.append(req)
+            req.state = PREFILL
+            self.n_prefilling += 1
+            if k:
+                self.used += pc.acquire(req.uids, req.usizes, k)
+            if hk:
+                pc.load_from_host(req.uids, req.usizes, k, hk)
+                self.extra_time += hhb * self.host_s_per_block
+            if comp:
+                req.held = k + hk
+                req.held_blocks = hb + hhb
+                req.computed = comp
+                if pc is not None:
+                    pc.hits_gpu_blocks += hb
+                    pc.hits_host_blocks += hhb
+            if req.first_sched < 0:
+                req.first_sched = t
+                req.cached = comp
+            alloc += nb
+            budget -= need
+            chunks.append((req, need))
+        return budget, alloc
+
+    def _start_decode_run(self, t: float, alloc: int, budget: int) -> float | None:
+        """Step 3: turn a decode-only iteration into a run up to the next event; None when it is one iteration."""
+        dec = self.dec
+        g = dec.G
+        d = dec.D
+        n = dec.next_completion() - g
+        nb_max = self._max_run_for_blocks(self.capacity - self.used)
+        if self.pc is not None and self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
+            # the waiting head was refused for lack of blocks; evicting its own cached prefix would
+            # shrink what it needs, so the run must end before the LRU reaches that prefix
+            limit = self._head_eviction_limit()
+            if limit < 0:
+                nb_max = 0
+            else:
+                nb2 = self._max_run_for_blocks(limit)
+                if nb2 < nb_max:
+                    nb_max = nb2
+        if nb_max < n:
+            n = nb_max
+        if n <= 1:
+            return None
+        drun = self.cm.decode_run(d, dec.ctx_off_sum + d * g)
+        self.used += alloc
+        self._fit()
+        if self.used > self.peak_used:
+            self.peak_used = self.used
+        self.pending = (2, t, n, drun, alloc)
+        self.next_time = t + drun.total_time(n)
+        self.version += 1
+        return self.next_time
+
+    def _head_eviction_limit(self) -> int:
+        """New blocks the decoders may take before an eviction reaches the waiting head's cached prefix.
+
+        Returns -1 when no closed-form bound holds (host tier), so the caller steps one iteration.
+        """
+        pc = self.pc
+        if pc.separate:
+            return 1 << 62
+        if pc.host_cap:
+            return -1
+        req = self.waiting[0]
+        if req.computed or not req.uids:
+            return 1 << 62
+        k = pc.match(req.uids, req.usizes, (req.prompt + req.gen - 1) // BLOCK_SIZE)[0]
+        mine = {u for u in req.uids[:k] if u in pc.lru}
+        if not mine:
+            return 1 << 62
+        before = 0
+        for uid, b in pc.lru.items():
+            if uid in mine:
+                break
+            before += b
+        return self.capacity - self.used - pc.lru_blocks + before
+
+    def _preempt(self, victim: Req) -> None:
+        """Free ``victim``'s blocks and put it back at the head of the queue, to be recomputed."""
+        if victim.state == DECODE:
+            self.dec.remove(victim)
+        else:
+            self.n_prefilling -= 1
+        self._release(victim, victim.computed)
+        victim.computed = 0
+        victim.state = WAITING
+        victim.preempt += 1
+        self.preemptions += 1
+        self.waiting.appendleft(victim)
