@@ -1,36 +1,47 @@
-"""A minimal progress bar: drawn on a terminal, silent otherwise."""
+"""Progress bars on stderr (tqdm: rate and ETA), drawn on a terminal only so logs and pipes stay clean."""
 
 from __future__ import annotations
 
 import sys
-import time
+
+from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, total: float, label: str, enabled: bool | None = None, stream=None):
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
+    """A bar over ``total`` units, moved to absolute positions with :meth:`update`.
+
+    ``enabled=None`` draws it only when ``stream`` is a terminal; a disabled
+    bar costs one attribute test per update. Callers report absolute progress
+    (requests routed, a fraction of OpenDC's run), so :meth:`update` takes the
+    position reached, not an increment.
+    """
+
+    def __init__(self, total: float, label: str, enabled: bool | None = None, stream=None, unit: str = "it"):
+        stream = stream or sys.stderr
+        self.enabled = getattr(stream, "isatty", lambda: False)() if enabled is None else enabled
         self.total = max(total, 1e-12)
-        self.label = label
-        self._last = 0.0
-        self._t0 = time.perf_counter()
+        self._bar = None
+        if self.enabled:
+            # a fractional total (a share of a run) shows as a percentage; a count shows its rate
+            fractional = total <= 1.0
+            self._bar = tqdm(total=self.total, desc=label, file=stream, mininterval=0.1, unit=unit,
+                             dynamic_ncols=True, leave=True,
+                             bar_format=("{desc} {percentage:5.1f}%|{bar}| {elapsed}<{remaining}"
+                                         if fractional else None))
 
     def update(self, done: float, force: bool = False) -> None:
-        if not self.enabled:
+        bar = self._bar
+        if bar is None:
             return
-        now = time.perf_counter()
-        if not force and now - self._last < 0.1:
-            return
-        self._last = now
-        frac = min(1.0, done / self.total)
-        width = 30
-        fill = int(frac * width)
-        bar = "#" * fill + "-" * (width - fill)
-        self.stream.write(f"\r{self.label} [{bar}] {frac * 100:5.1f}% {now - self._t0:6.1f}s")
-        self.stream.flush()
+        step = min(done, self.total) - bar.n
+        if step > 0:
+            bar.update(step)
+        if force:
+            bar.refresh()
 
     def close(self) -> None:
-        if self.enabled:
-            self.update(self.total, force=True)
-            self.stream.write("\n")
-            self.stream.flush()
+        bar = self._bar
+        if bar is not None:
+            self.update(self.total)
+            bar.close()
+            self._bar = None

@@ -160,7 +160,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
         res.remaining = np.asarray(trace.n, dtype=np.int32).copy()
     heap: list = []
     push, pop = heapq.heappush, heapq.heappop
-    bar = Progress(n, "simulate", enabled=progress)
+    bar = Progress(n, "simulate", enabled=progress, unit="req")
     inf = math.inf
     i = 0
     kv_on = cfg.kv_cache
