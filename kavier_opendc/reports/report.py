@@ -59,14 +59,11 @@ def _ms(d: Mapping[str, Any] | None, key: str) -> str:
     return f"{d[key] * 1000:.1f}"
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
-    """The human summary of a run, with the metric definitions."""
-    perf = report["performance"]
+def _title(report: Mapping[str, Any]) -> list[str]:
+    """The title line and what produced the report."""
     sus = report.get("sustainability")
-    eff = report["efficiency"]
     prov = report["provenance"]
     exp = report.get("experiment", {})
-    cur = eff.get("currency", "USD")
     lines: list[str] = []
     add = lines.append
     add(f"# Kavier-OpenDC report: {exp.get('name', 'experiment')}")
@@ -75,6 +72,17 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         + (f" with OpenDC {prov['opendc_version']}" if prov.get("opendc_version") else "")
         + ("" if sus is not None else " (performance only: OpenDC was not run)") + ".")
     add("")
+    return lines
+
+
+def _setup(report: Mapping[str, Any]) -> list[str]:
+    """What was simulated: replicas, serving, trace, datacenter, carbon, SLOs, seed."""
+    perf = report["performance"]
+    eff = report["efficiency"]
+    prov = report["provenance"]
+    exp = report.get("experiment", {})
+    lines: list[str] = []
+    add = lines.append
     add("## Setup")
     add("")
     add("| | |")
@@ -109,7 +117,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     add(f"| SLOs | TTFT <= {slo.get('ttft_s', 'n/a')} s, TPOT <= {slo.get('tpot_s', 'n/a')} s |")
     add(f"| seed | {prov.get('seed')} |")
     add("")
+    return lines
 
+
+def _performance(report: Mapping[str, Any]) -> list[str]:
+    """Throughput, latency percentiles and cache behaviour (from the engine)."""
+    perf = report["performance"]
+    lines: list[str] = []
+    add = lines.append
     add("## Performance")
     add("")
     add(f"{fmt(perf['num_finished'])} of {fmt(perf['num_requests'])} requests finished "
@@ -129,7 +144,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"tokens), preemptions {fmt(perf.get('preemptions'))}, mean GPU utilisation "
         f"{perf.get('gpu_utilization_mean', 0):.3f}, peak KV-cache utilisation {perf.get('kv_utilization_peak', 0):.3f}.")
     add("")
+    return lines
 
+
+def _sustainability(report: Mapping[str, Any]) -> list[str]:
+    """Energy, power and carbon from OpenDC, per host and per GPU."""
+    sus = report.get("sustainability")
+    lines: list[str] = []
+    add = lines.append
     add("## Sustainability (OpenDC)")
     add("")
     if sus is None:
@@ -167,7 +189,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             add("")
         add("Energy is OpenDC's `energy_usage` (J) summed over hosts and intervals and divided by 3600 (J to Wh).")
     add("")
+    return lines
 
+
+def _efficiency(report: Mapping[str, Any]) -> list[str]:
+    """Per-token energy, carbon and cost, and the Kavier paper's metrics."""
+    eff = report["efficiency"]
+    cur = eff.get("currency", "USD")
+    lines: list[str] = []
+    add = lines.append
     add("## Efficiency")
     add("")
     add("| metric | value | unit | definition |")
@@ -187,7 +217,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "compare configurations with; the paper's are given for comparison with its numbers. The prototype's "
         "energy figure divided joules by 1000 to get 'Wh'; here 1 Wh = 3600 J.")
     add("")
+    return lines
 
+
+def _plots(report: Mapping[str, Any]) -> list[str]:
+    """The run's PNG plots."""
+    lines: list[str] = []
+    add = lines.append
     plots = report.get("plots") or []
     if plots:
         add("## Plots")
@@ -195,7 +231,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         for p in plots:
             add(f"![{Path(p).stem}]({p})")
             add("")
+    return lines
 
+
+def _definitions(report: Mapping[str, Any]) -> list[str]:
+    """What each metric means."""
+    lines: list[str] = []
+    add = lines.append
     add("## Definitions")
     add("")
     for k, v in DEFINITIONS.items():
@@ -203,7 +245,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     add("- TTFT: arrival to first output token; TPOT: (last token - first token) / (output tokens - 1); "
         "end-to-end: arrival to last token; percentiles over finished requests.")
     add("")
+    return lines
 
+
+def _provenance(report: Mapping[str, Any]) -> list[str]:
+    """Command, versions, seed, stage times and input checksums."""
+    prov = report["provenance"]
+    lines: list[str] = []
+    add = lines.append
     add("## Provenance")
     add("")
     add(f"- command: `{prov.get('command')}`")
@@ -221,7 +270,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for f in prov.get("inputs", []):
         add(f"| {f['role']} | `{f['sha256'][:16]}…` | {f['path']} |")
     add("")
-    return "\n".join(lines)
+    return lines
+
+
+SECTIONS = (_title, _setup, _performance, _sustainability, _efficiency, _plots, _definitions, _provenance)
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The human summary of a run, with the metric definitions: one section after another."""
+    return "\n".join(line for section in SECTIONS for line in section(report))
 
 
 def write_report(out_dir: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
