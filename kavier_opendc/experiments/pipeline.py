@@ -337,126 +337,169 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
 
 def _run_stages(exp: Experiment, out: Path, trace, cfg, st: Stages, use_opendc: bool, plots: bool, quiet: bool,
                 bridge, bridge_info, command, started, t_start, extra_inputs) -> dict:
+    """The stages after the trace is loaded: simulate, export, OpenDC, report; returns the report."""
     import pandas as pd
 
-    from kavier_opendc.engine.simulator import simulate
     from kavier_opendc.base.atomic import write_json_atomic
-    from kavier_opendc.engine.outputs import write_simulation
-    from kavier_opendc.reports.efficiency import efficiency_report
-    from kavier_opendc.reports.report import write_report
 
     write_json_atomic(out / "experiment.json", absolutized(exp))
     sim_dir = out / "simulation"
+    summary = _stage_simulate(exp, trace, cfg, sim_dir, st)
+    requests = pd.read_parquet(sim_dir / "requests.parquet")
+    opendc_run = OpenDCRun(bridge_info=bridge_info)
+    if use_opendc:
+        odc = out / "opendc"
+        _stage_export(exp, sim_dir, summary, odc, st, opendc_run)
+        _stage_opendc(odc, out, st, bridge, opendc_run)
+    with st.stage("report", "report.json, report.md" + (", plots" if plots else "")):
+        report = _stage_report(exp, out, sim_dir, summary, requests, opendc_run, st, use_opendc, plots,
+                               command, started, t_start, extra_inputs)
+    report["provenance"]["stages_s"] = dict(st.times)
+    return report
+
+
+@dataclasses.dataclass
+class OpenDCRun:
+    """What the export and OpenDC stages hand to the report (all None/empty without OpenDC)."""
+
+    carbon_info: dict = dataclasses.field(default_factory=dict)   # the carbon trace used: kind, path, params
+    datacenter: dict | None = None        # the datacenter as exported
+    bridge_info: dict | None = None       # OpenDC, bridge and Java versions (given by a sweep, or asked)
+    sustainability: dict | None = None    # energy, power, carbon (sustainability_record, trimmed)
+    power: Any = None                     # OpenDC's power samples
+    host: Any = None                      # OpenDC's host.parquet, for the plots
+
+
+def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> dict:
+    """The serving simulation, written to ``sim_dir``; returns summary.json's content."""
+    from kavier_opendc.engine.outputs import write_simulation
+    from kavier_opendc.engine.simulator import simulate
+
     with st.stage("simulate", exp.describe()):
         result = simulate(trace, cfg, progress=st.tty)
         summary = write_simulation(result, sim_dir)
         st.say(f"      {summary['num_finished']} finished, makespan {summary['makespan_s']:.1f} s, "
                f"{summary['output_tokens_per_s']:.1f} output tok/s, TTFT p99 "
                f"{(summary['ttft_s']['p99'] or 0) * 1e3:.1f} ms")
-    requests = pd.read_parquet(sim_dir / "requests.parquet")
-    sustainability = None
-    power = None
-    host = None
-    carbon_info: dict = {}
-    dc_dict = None
-    if use_opendc:
-        from kavier_opendc.opendc.results import run_opendc_dir, sustainability_record
-        from kavier_opendc.opendc.inputs import write_opendc_inputs
+    return summary
 
-        odc = out / "opendc"
-        with st.stage("export", "timeline -> OpenDC tasks, fragments, topology, experiment"):
-            odc.mkdir(parents=True, exist_ok=True)
-            from kavier_opendc.opendc.datacenter import DEFAULT_START
-            start = exp.datacenter.get("start", DEFAULT_START)
-            carbon_path, carbon_info = carbon_trace_for(exp, odc, summary["makespan_s"], start)
-            dc = datacenter_for(exp, carbon_path)
-            dc_dict = dc.to_dict()
-            if carbon_path is None and dc.power_source.carbon_trace is not None:
-                carbon_info = {"kind": "datacenter", "path": str(dc.power_source.carbon_trace)}
-            stats = write_opendc_inputs(sim_dir, dc, odc, **exp.export_opts)
-            st.say(f"      {stats['tasks']} task(s), {stats['fragments']} fragments from "
-                   f"{stats['timeline_segments']} timeline segments ({stats['mode']})")
-        with st.stage("opendc", "running OpenDC through the bridge"):
-            own = bridge is None
+
+def _stage_export(exp: Experiment, sim_dir: Path, summary: dict, odc: Path, st: Stages, run: OpenDCRun) -> None:
+    """The timeline as OpenDC's workload, the datacenter as its topology, and the carbon trace."""
+    from kavier_opendc.opendc.datacenter import DEFAULT_START
+    from kavier_opendc.opendc.inputs import write_opendc_inputs
+
+    with st.stage("export", "timeline -> OpenDC tasks, fragments, topology, experiment"):
+        odc.mkdir(parents=True, exist_ok=True)
+        start = exp.datacenter.get("start", DEFAULT_START)
+        carbon_path, run.carbon_info = carbon_trace_for(exp, odc, summary["makespan_s"], start)
+        dc = datacenter_for(exp, carbon_path)
+        run.datacenter = dc.to_dict()
+        if carbon_path is None and dc.power_source.carbon_trace is not None:
+            run.carbon_info = {"kind": "datacenter", "path": str(dc.power_source.carbon_trace)}
+        stats = write_opendc_inputs(sim_dir, dc, odc, **exp.export_opts)
+        st.say(f"      {stats['tasks']} task(s), {stats['fragments']} fragments from "
+               f"{stats['timeline_segments']} timeline segments ({stats['mode']})")
+
+
+def _stage_opendc(odc: Path, out: Path, st: Stages, bridge, run: OpenDCRun) -> None:
+    """OpenDC on the exported inputs, through ``bridge`` or a bridge started (and closed) here."""
+    import pandas as pd
+
+    from kavier_opendc.opendc.results import run_opendc_dir, sustainability_record
+
+    with st.stage("opendc", "running OpenDC through the bridge"):
+        own = bridge is None
+        if own:
+            from kavier_opendc.opendc.bridge import OpenDCBridge
+            bridge = OpenDCBridge(cwd=odc)
+            bridge.start()
+        try:
+            if run.bridge_info is None:
+                try:
+                    run.bridge_info = bridge.info()
+                except KavierError:
+                    run.bridge_info = {}
+            res = run_opendc_dir(odc, progress=st.bar("opendc"), bridge=bridge)
+        finally:
             if own:
-                from kavier_opendc.opendc.bridge import OpenDCBridge
-                bridge = OpenDCBridge(cwd=odc)
-                bridge.start()
-            try:
-                if bridge_info is None:
-                    try:
-                        bridge_info = bridge.info()
-                    except KavierError:
-                        bridge_info = {}
-                res = run_opendc_dir(odc, progress=st.bar("opendc"), bridge=bridge)
-            finally:
-                if own:
-                    bridge.close()
-            power = res.get("power")
-            sustainability = _trim_sustainability(sustainability_record(res), out)
-            if res.get("raw_output"):
-                hp = Path(res["raw_output"]) / "host.parquet"
-                if hp.is_file():
-                    host = pd.read_parquet(hp, columns=None)
-            st.say(f"      {sustainability['energy_wh']:.2f} Wh, avg {sustainability['avg_power_w']:.0f} W, "
-                   f"peak {sustainability['peak_power_w']:.0f} W, {sustainability['carbon_g']:.2f} gCO2")
+                bridge.close()
+        run.power = res.get("power")
+        sustainability = run.sustainability = _trim_sustainability(sustainability_record(res), out)
+        if res.get("raw_output"):
+            hp = Path(res["raw_output"]) / "host.parquet"
+            if hp.is_file():
+                run.host = pd.read_parquet(hp, columns=None)
+        st.say(f"      {sustainability['energy_wh']:.2f} Wh, avg {sustainability['avg_power_w']:.0f} W, "
+               f"peak {sustainability['peak_power_w']:.0f} W, {sustainability['carbon_g']:.2f} gCO2")
 
-    with st.stage("report", "report.json, report.md" + (", plots" if plots else "")):
-        eff = efficiency_report(summary, requests, sustainability, gpu_counts=exp.gpu_counts(),
-                                prices=exp.prices, slo=exp.slo)
-        plot_files: list[str] = []
-        if plots:
-            plot_files = make_run_plots(out, requests, sim_dir, exp, sustainability, power, host,
-                                        carbon_info.get("path"))
-        inputs = []
-        seen = set()
-        gen_carbon = carbon_info.get("kind") == "synthetic"
-        for role, p in list(exp.input_files) + list(extra_inputs) + (
-                [("carbon (generated)", Path(carbon_info["path"]))] if gen_carbon else []):
-            p = Path(p)
-            key = (role, str(p.resolve()))
-            if key in seen or not p.is_file():
-                continue
-            seen.add(key)
-            inputs.append({"role": role, "path": str(p.resolve()), "sha256": sha256_file(p),
-                           "bytes": p.stat().st_size})
-        bi = bridge_info or {}
-        prov = {
-            "kavier_opendc_version": __version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "libraries": _library_versions(),
-            "opendc_version": bi.get("opendc_version"),
-            "bridge_version": bi.get("bridge_version"),
-            "java_version": bi.get("java_version"),
-            "seed": exp.seed,
-            "command": command or " ".join(shlex.quote(a) for a in sys.argv),
-            "cwd": os.getcwd(),
-            "started_utc": started,
-            "finished_utc": _utc_now(),
-            "wall_s": time.perf_counter() - t_start,
-            "stages_s": dict(st.times),
-            "inputs": inputs,
-            "engine": summary.get("engine"),
-        }
-        exp_summary = to_jsonable(exp)
-        if carbon_info:
-            exp_summary["carbon"] = carbon_info
-        report = {
-            "performance": summary,
-            "sustainability": sustainability,
-            "efficiency": eff,
-            "provenance": prov,
-            "experiment": exp_summary,
-            "datacenter": dc_dict,
-            "plots": plot_files,
-            "outputs": {"simulation": "simulation", "opendc": "opendc" if use_opendc else None,
-                        "report_md": "report.md"},
-        }
-        prov["stages_s"]["report"] = time.perf_counter() - st.t0
-        write_report(out, report)
-    report["provenance"]["stages_s"] = dict(st.times)
+
+def _stage_report(exp: Experiment, out: Path, sim_dir: Path, summary: dict, requests, run: OpenDCRun, st: Stages,
+                  use_opendc: bool, plots: bool, command, started, t_start, extra_inputs) -> dict:
+    """Efficiency, plots and provenance; writes report.md and report.json (last) and returns the report."""
+    from kavier_opendc.reports.efficiency import efficiency_report
+    from kavier_opendc.reports.report import write_report
+
+    eff = efficiency_report(summary, requests, run.sustainability, gpu_counts=exp.gpu_counts(),
+                            prices=exp.prices, slo=exp.slo)
+    plot_files: list[str] = []
+    if plots:
+        plot_files = make_run_plots(out, requests, sim_dir, exp, run.sustainability, run.power, run.host,
+                                    run.carbon_info.get("path"))
+    inputs = _input_checksums(exp, extra_inputs, run.carbon_info)
+    bi = run.bridge_info or {}
+    prov = {
+        "kavier_opendc_version": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "libraries": _library_versions(),
+        "opendc_version": bi.get("opendc_version"),
+        "bridge_version": bi.get("bridge_version"),
+        "java_version": bi.get("java_version"),
+        "seed": exp.seed,
+        "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        "cwd": os.getcwd(),
+        "started_utc": started,
+        "finished_utc": _utc_now(),
+        "wall_s": time.perf_counter() - t_start,
+        "stages_s": dict(st.times),
+        "inputs": inputs,
+        "engine": summary.get("engine"),
+    }
+    exp_summary = to_jsonable(exp)
+    if run.carbon_info:
+        exp_summary["carbon"] = run.carbon_info
+    report = {
+        "performance": summary,
+        "sustainability": run.sustainability,
+        "efficiency": eff,
+        "provenance": prov,
+        "experiment": exp_summary,
+        "datacenter": run.datacenter,
+        "plots": plot_files,
+        "outputs": {"simulation": "simulation", "opendc": "opendc" if use_opendc else None,
+                    "report_md": "report.md"},
+    }
+    prov["stages_s"]["report"] = time.perf_counter() - st.t0
+    write_report(out, report)
     return report
+
+
+def _input_checksums(exp: Experiment, extra_inputs, carbon_info: dict) -> list[dict]:
+    """Role, path, sha256 and size of every input file of the run (each once)."""
+    inputs = []
+    seen = set()
+    gen_carbon = carbon_info.get("kind") == "synthetic"
+    for role, p in list(exp.input_files) + list(extra_inputs) + (
+            [("carbon (generated)", Path(carbon_info["path"]))] if gen_carbon else []):
+        p = Path(p)
+        key = (role, str(p.resolve()))
+        if key in seen or not p.is_file():
+            continue
+        seen.add(key)
+        inputs.append({"role": role, "path": str(p.resolve()), "sha256": sha256_file(p),
+                       "bytes": p.stat().st_size})
+    return inputs
 
 
 def make_run_plots(out: Path, requests, sim_dir: Path, exp: Experiment, sustainability, power, host,
