@@ -82,29 +82,28 @@ def _private(name: str) -> bool:
 
 
 def test_no_private_name_is_imported_from_another_module():
+    """Neither ``from m import _x`` nor ``m._x`` / ``Imported._x`` on something another module defines."""
     modules = _modules()
     found = []
     for mod, path in modules.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        module_aliases = {}  # local name -> kavier_opendc module it stands for
+        imported = {}  # local name -> the kavier_opendc module (or module.name) it stands for
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kavier_opendc"):
                 for alias in node.names:
-                    target = f"{node.module}.{alias.name}"
-                    if target in modules:
-                        module_aliases[alias.asname or alias.name] = target
-                    elif _private(alias.name) and node.module != mod:
+                    imported[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                    if _private(alias.name) and node.module != mod:
                         found.append(f"{mod}:{node.lineno} imports {alias.name} from {node.module}")
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name.startswith("kavier_opendc") and alias.asname:
-                        module_aliases[alias.asname] = alias.name
+                        imported[alias.asname] = alias.name
         for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                    and node.value.id in module_aliases and _private(node.attr)
-                    and module_aliases[node.value.id] != mod):
+                    and node.value.id in imported and _private(node.attr)
+                    and not imported[node.value.id].startswith(mod + ".")):
                 found.append(f"{mod}:{node.lineno} uses {node.value.id}.{node.attr} "
-                             f"({module_aliases[node.value.id]})")
+                             f"({imported[node.value.id]})")
     assert not found, "private names used across modules:\n" + "\n".join(found)
 
 
