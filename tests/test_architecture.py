@@ -107,6 +107,11 @@ def test_no_private_name_is_imported_from_another_module():
     assert not found, "private names used across modules:\n" + "\n".join(found)
 
 
+def test_every_module_says_what_it_is_for():
+    missing = [mod for mod, path in _modules().items() if not ast.get_docstring(ast.parse(path.read_text()))]
+    assert not missing, "modules without a docstring: " + ", ".join(missing)
+
+
 def test_command_line_entry_points():
     """`kavier` (kavier_opendc.cli:main) and `python -m kavier_opendc.cli` both work."""
     from kavier_opendc.cli import main

@@ -1,0 +1,12 @@
+"""Input D, the serving simulation: an event loop over a router and vLLM-style replicas.
+
+    simulator.py     the discrete-event loop (arrivals -> router -> replicas) and SimConfig
+    router.py        which replica an arriving request goes to
+    replica.py       one replica's state; applies the iterations its scheduler forms
+    scheduler.py     batch formation: running requests, admission, preemption, decode runs
+    decode_state.py  the decoders, held lazily against one counter
+    kv_cache.py      the prefix cache (KV block pool, LRU, host tier) and the prompt cache
+    cost_model.py    how long one batched forward pass takes (roofline)
+    request.py       the request records; results.py the per-request results arrays
+    timeline.py      a replica's activity over time; outputs.py the Parquet/JSON outputs
+"""

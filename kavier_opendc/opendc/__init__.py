@@ -1,0 +1,10 @@
+"""The OpenDC side: the datacenter, the export of a simulation as OpenDC inputs, the bridge, the results.
+
+    datacenter.py  the datacenter description (hosts, power models, power source, battery)
+    topology.py    OpenDC hosts under the 4-GPU limit, replica placement, topology/experiment JSON
+    export.py      a simulation's timeline as OpenDC tasks and fragments (Parquet)
+    inputs.py      every OpenDC input for one simulation, written together
+    carbon.py      carbon-intensity traces
+    bridge.py      the Py4J bridge to the real OpenDC on the JVM
+    results.py     OpenDC's output as energy, power and carbon
+"""

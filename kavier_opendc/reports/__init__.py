@@ -1,0 +1,1 @@
+"""The reports of a run: performance, sustainability and efficiency (report.json, report.md, plots)."""
