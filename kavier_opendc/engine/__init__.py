@@ -6,7 +6,7 @@
     scheduler.py     batch formation: running requests, admission, preemption, decode runs
     decode_state.py  the decoders, held lazily against one counter
     kv_cache.py      the prefix cache (KV block pool, LRU, host tier) and the prompt cache
-    cost_model.py    how long one batched forward pass takes (roofline)
+    cost_model.py    how long one batched forward pass takes
     request.py       the request records; results.py the per-request results arrays
     timeline.py      a replica's activity over time; outputs.py the Parquet/JSON outputs
 """
