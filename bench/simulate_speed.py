@@ -9,6 +9,7 @@ to show that memory stays bounded.
     python bench/simulate_speed.py
     python bench/simulate_speed.py --exact
     python bench/simulate_speed.py --synthetic 1000000
+    python bench/simulate_speed.py --trace ../shared/data/traces/mooncake_conversation.jsonl --prefix-cache block
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--router", default="round-robin")
     ap.add_argument("--exact", action="store_true", help="step every iteration")
+    ap.add_argument("--prefix-cache", default="auto", metavar="POLICY",
+                    help="prefix-cache policy as for kavier simulate (default auto: block when the trace has "
+                         "hash_ids, token ids or sessions)")
     ap.add_argument("--synthetic", type=int, default=0, metavar="N",
                     help="instead of --trace, N synthetic requests (Poisson, ShareGPT-like lengths)")
     ap.add_argument("--rate", type=float, default=None, help="synthetic arrival rate (default: 2.5 req/s per replica)")
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cat = default_catalog()
     cfg = SimConfig(model=cat.model(args.model), gpu=cat.gpu(args.gpu), replicas=args.replicas,
-                    router=args.router, exact=args.exact)
+                    router=args.router, exact=args.exact, prefix_cache=args.prefix_cache)
     best = None
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     wall, load, sim, write, n, result = best
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"trace        {name} ({n} requests), {cfg.model.name} on {cfg.replicas} x {cfg.gpu.name}, "
-          f"{'exact' if cfg.exact else 'fast'} mode")
+          f"{'exact' if cfg.exact else 'fast'} mode, prefix cache {result.replicas[0].policy}")
     print(f"makespan     {result.makespan_s:.1f} s simulated, "
           f"{sum(r.iterations for r in result.replicas)} iterations")
     print(f"wall         {wall:.3f} s (load {load:.3f}, simulate {sim:.3f}, write {write:.3f})")
