@@ -53,6 +53,34 @@ def cmd_run(args) -> int:
     return _run_file(Path(args.experiment), args, _command_line())
 
 
+def format_run_summary(report: dict, out: Path, wall_s: float) -> str:
+    """The few lines `kavier run` prints on stdout."""
+    p, s, e = report["performance"], report.get("sustainability"), report["efficiency"]
+    cur = e.get("currency", "USD")
+
+    def ms(d):
+        return "n/a" if d.get("p50") is None else f"p50 {d['p50'] * 1e3:.1f} / p99 {d['p99'] * 1e3:.1f} ms"
+    lines = [
+        f"{report['experiment']['name']}: " + ", ".join(
+            f"{g['replicas']} x {g['tp']} x {g['gpu']} ({g['model']})" for g in report["experiment"]["replica_groups"]),
+        f"requests     {p['num_finished']} finished, {p['num_rejected']} rejected, makespan {p['makespan_s']:.1f} s",
+        f"throughput   {p['output_tokens_per_s']:.1f} output tok/s, {p['total_tokens_per_s']:.1f} total tok/s",
+        f"TTFT         {ms(p['ttft_s'])}",
+        f"TPOT         {ms(p['tpot_s'])}",
+    ]
+    if e.get("slo_attainment") is not None:
+        lines.append(f"SLOs         {e['slo_attainment']:.1%} of requests met both, goodput {e['goodput_rps']:.3f} req/s")
+    if s is not None:
+        lines.append(f"energy       {s['energy_wh']:.2f} Wh, avg {s['avg_power_w']:.0f} W, peak {s['peak_power_w']:.0f} W, "
+                     f"carbon {s['carbon_g']:.2f} gCO2")
+        lines.append(f"efficiency   {e['wh_per_mtoken']:.1f} Wh/Mtoken, {e['gco2_per_mtoken']:.1f} gCO2/Mtoken, "
+                     f"{e['cost_per_mtoken']:.3f} {cur}/Mtoken")
+    else:
+        lines.append(f"cost         {e['cost_per_mtoken']:.3f} {cur}/Mtoken (GPU-hours only; no OpenDC)")
+    lines.append(f"wrote        {out}/report.json, report.md, plots/ in {wall_s:.1f} s")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
     """The built-in demo experiment, run exactly as `kavier run` would."""
@@ -81,34 +109,6 @@ def _demo_init(dest: Path) -> int:
     print(f"wrote {', '.join(str(p) for p in written)}")
     print(f"run it with: kavier run {dest / 'experiment.yaml'} --out {dest / 'results'}")
     return 0
-
-
-def format_run_summary(report: dict, out: Path, wall_s: float) -> str:
-    """The few lines `kavier run` prints on stdout."""
-    p, s, e = report["performance"], report.get("sustainability"), report["efficiency"]
-    cur = e.get("currency", "USD")
-
-    def ms(d):
-        return "n/a" if d.get("p50") is None else f"p50 {d['p50'] * 1e3:.1f} / p99 {d['p99'] * 1e3:.1f} ms"
-    lines = [
-        f"{report['experiment']['name']}: " + ", ".join(
-            f"{g['replicas']} x {g['tp']} x {g['gpu']} ({g['model']})" for g in report["experiment"]["replica_groups"]),
-        f"requests     {p['num_finished']} finished, {p['num_rejected']} rejected, makespan {p['makespan_s']:.1f} s",
-        f"throughput   {p['output_tokens_per_s']:.1f} output tok/s, {p['total_tokens_per_s']:.1f} total tok/s",
-        f"TTFT         {ms(p['ttft_s'])}",
-        f"TPOT         {ms(p['tpot_s'])}",
-    ]
-    if e.get("slo_attainment") is not None:
-        lines.append(f"SLOs         {e['slo_attainment']:.1%} of requests met both, goodput {e['goodput_rps']:.3f} req/s")
-    if s is not None:
-        lines.append(f"energy       {s['energy_wh']:.2f} Wh, avg {s['avg_power_w']:.0f} W, peak {s['peak_power_w']:.0f} W, "
-                     f"carbon {s['carbon_g']:.2f} gCO2")
-        lines.append(f"efficiency   {e['wh_per_mtoken']:.1f} Wh/Mtoken, {e['gco2_per_mtoken']:.1f} gCO2/Mtoken, "
-                     f"{e['cost_per_mtoken']:.3f} {cur}/Mtoken")
-    else:
-        lines.append(f"cost         {e['cost_per_mtoken']:.3f} {cur}/Mtoken (GPU-hours only; no OpenDC)")
-    lines.append(f"wrote        {out}/report.json, report.md, plots/ in {wall_s:.1f} s")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------- validate

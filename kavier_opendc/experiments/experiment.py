@@ -242,8 +242,6 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
     ``opendc``: whether OpenDC will run (None: as the document says), which
     makes the datacenter required.
     """
-    from kavier_opendc.specs import default_catalog, load_catalog_file
-
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     if not isinstance(data, dict):
         return [((), f"the document is {type(data).__name__ if data is not None else 'empty'}, "
@@ -254,7 +252,61 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
     problems += non_finite(data)
     inputs: list[tuple[str, Path]] = []
 
-    # catalogue
+    cat = _catalog(data, base, problems, inputs)
+
+    serving = data.get("serving") if isinstance(data.get("serving"), dict) else {}
+    groups = _groups(data, serving, cat, problems)
+
+    norm = _serving(serving, problems)
+
+    _check_kv_room(norm, groups, problems)
+
+    # trace
+    trace = _trace(data.get("trace"), base, problems, inputs)
+
+    # OpenDC
+    od = data.get("opendc") if isinstance(data.get("opendc"), dict) else {}
+    enabled = od.get("enabled", True) if opendc is None else bool(opendc)
+    enabled = bool(enabled) if isinstance(enabled, bool) else True
+    export_opts = dict(od.get("export") or {}) if isinstance(od.get("export"), dict) else {}
+
+    # carbon
+    carbon = _carbon(data.get("carbon"), base, data, problems, inputs)
+
+    dc_data, dc_base, dc_source = _datacenter_document(data.get("datacenter"), base, source, enabled,
+                                                       problems, inputs)
+    if dc_data is not None:
+        problems += _datacenter(dc_data, dc_base, dc_source, source, cat, groups, carbon is not None,
+                                enabled, export_opts, inputs)
+
+    prices = _prices(data, cat, groups, problems)
+
+    slo_in = data.get("slo") if isinstance(data.get("slo"), dict) else {}
+    slo = {"ttft_s": slo_in.get("ttft_s"), "tpot_s": slo_in.get("tpot_s")}
+
+    name = _experiment_name(data, source)
+    seed = data.get("seed", 0) if isinstance(data.get("seed"), int) else 0
+
+    if problems:
+        return problems, None
+    exp = Experiment(data=data, source=source, base_dir=base, name=name, seed=seed, catalog=cat,
+                     groups=groups, serving=norm, trace=trace, datacenter=dc_data, datacenter_base=dc_base,
+                     datacenter_source=dc_source, carbon=carbon, prices=prices, slo=slo,
+                     opendc_enabled=enabled, export_opts=export_opts, input_files=inputs)
+    # the engine's own checks (e.g. options the engine version does not support)
+    try:
+        from kavier_opendc.experiments.engine_config import sim_config_from_experiment
+        sim_config_from_experiment(exp).validate()
+    except KavierInputError as exc:
+        loc = getattr(exc, "location", None) or ""
+        return [(_engine_path(loc), _msg(exc).replace(f"{loc}: ", "", 1) if loc else _msg(exc))], None
+    return [], exp
+
+
+def _catalog(data: dict, base: Path, problems: list[Problem], inputs: list):
+    """The built-in catalogue extended by the experiment's ``catalog`` files."""
+    from kavier_opendc.specs import default_catalog, load_catalog_file
+
     cat = default_catalog()
     for i, f in enumerate(data.get("catalog") or []):
         if not isinstance(f, str):
@@ -265,11 +317,11 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
             inputs.append((f"catalog[{i}]", p))
         except KavierInputError as exc:
             problems.append((("catalog", i), str(exc)))
+    return cat
 
-    serving = data.get("serving") if isinstance(data.get("serving"), dict) else {}
-    groups = _groups(data, serving, cat, problems)
 
-    # serving options
+def _serving(serving: dict, problems: list[Problem]) -> dict:
+    """The serving options with defaults filled in, kv_cache as a bool, prefix_cache as a dict, router normalised."""
     norm = dict(SERVING_DEFAULTS)
     for k in SERVING_DEFAULTS:
         if k in serving:
@@ -293,42 +345,36 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
             norm["router"] = normalise_router(norm["router"])
         except KavierInputError as exc:
             problems.append((("serving", "router"), str(exc).replace("--router: ", "")))
+    return norm
 
-    # KV memory: does the model leave room for a KV cache on the GPU?
-    if norm["kv_cache"] and norm["num_kv_blocks"] is None:
-        from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel
-        for g in groups:
-            lim = {**{k: norm[k] for k in GROUP_LIMIT_KEYS}, **dict(g.limits)}
-            try:
-                if not (isinstance(lim["gpu_memory_utilization"], (int, float))
-                        and isinstance(lim["max_batched_tokens"], int) and isinstance(lim["max_num_seqs"], int)):
-                    continue
-                cap = CostModel(g.model, g.gpu, g.tp, DEFAULT_EFFICIENCY).kv_capacity_blocks(
-                    lim["gpu_memory_utilization"], lim["max_batched_tokens"], lim["max_num_seqs"])
-            except Exception:  # noqa: BLE001 - a broken spec is reported elsewhere
+
+def _check_kv_room(norm: dict, groups: list[GroupSpec], problems: list[Problem]) -> None:
+    """KV memory: does each group's model leave room for a KV cache on its GPUs?"""
+    if not norm["kv_cache"] or norm["num_kv_blocks"] is not None:
+        return
+    from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel
+    for g in groups:
+        lim = {**{k: norm[k] for k in GROUP_LIMIT_KEYS}, **dict(g.limits)}
+        try:
+            if not (isinstance(lim["gpu_memory_utilization"], (int, float))
+                    and isinstance(lim["max_batched_tokens"], int) and isinstance(lim["max_num_seqs"], int)):
                 continue
-            if cap <= 0:
-                problems.append(((*_split(g.path), "tp"),
-                                 f"{g.model.name} ({g.model.weight_bytes / 2**30:.1f} GiB of weights) leaves no "
-                                 f"room for a KV cache on {g.tp} x {g.gpu.name} ({g.gpu.memory_gib:g} GiB each) at "
-                                 f"gpu_memory_utilization={lim['gpu_memory_utilization']}; use a larger GPU, "
-                                 "more tensor parallelism or a smaller model"))
+            cap = CostModel(g.model, g.gpu, g.tp, DEFAULT_EFFICIENCY).kv_capacity_blocks(
+                lim["gpu_memory_utilization"], lim["max_batched_tokens"], lim["max_num_seqs"])
+        except Exception:  # noqa: BLE001 - a broken spec is reported elsewhere
+            continue
+        if cap <= 0:
+            problems.append(((*_split(g.path), "tp"),
+                             f"{g.model.name} ({g.model.weight_bytes / 2**30:.1f} GiB of weights) leaves no "
+                             f"room for a KV cache on {g.tp} x {g.gpu.name} ({g.gpu.memory_gib:g} GiB each) at "
+                             f"gpu_memory_utilization={lim['gpu_memory_utilization']}; use a larger GPU, "
+                             "more tensor parallelism or a smaller model"))
 
-    # trace
-    trace = _trace(data.get("trace"), base, problems, inputs)
 
-    # OpenDC
-    od = data.get("opendc") if isinstance(data.get("opendc"), dict) else {}
-    enabled = od.get("enabled", True) if opendc is None else bool(opendc)
-    enabled = bool(enabled) if isinstance(enabled, bool) else True
-    export_opts = dict(od.get("export") or {}) if isinstance(od.get("export"), dict) else {}
-
-    # carbon
-    carbon = _carbon(data.get("carbon"), base, data, problems, inputs)
-
-    # datacenter
+def _datacenter_document(dcv: Any, base: Path, source: str, enabled: bool, problems: list[Problem],
+                         inputs: list) -> tuple[dict | None, Path, str]:
+    """The datacenter description (inline or a file), the folder its paths are relative to, and its source."""
     dc_data, dc_base, dc_source = None, base, source
-    dcv = data.get("datacenter")
     if dcv is None:
         if enabled:
             problems.append((("datacenter",), "required to run OpenDC (or turn OpenDC off: "
@@ -343,11 +389,11 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
             problems.append((("datacenter",), str(exc)))
     elif isinstance(dcv, dict):
         dc_data = copy.deepcopy(dcv)
-    if dc_data is not None:
-        problems += _datacenter(dc_data, dc_base, dc_source, source, cat, groups, carbon is not None,
-                                enabled, export_opts, inputs)
+    return dc_data, dc_base, dc_source
 
-    # prices
+
+def _prices(data: dict, cat, groups: list[GroupSpec], problems: list[Problem]) -> dict:
+    """Currency, GPU-hour price per GPU type (the catalogue's unless given) and electricity price."""
     prices = {"currency": "USD", "gpu_hour": {}, "electricity_per_kwh": None}
     pr = data.get("prices") if isinstance(data.get("prices"), dict) else {}
     if isinstance(pr.get("currency"), str):
@@ -366,31 +412,17 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
         prices["gpu_hour"][g.gpu.name] = given.get(g.gpu.name, float(g.gpu.price_per_hour))
     for name, price in given.items():
         prices["gpu_hour"].setdefault(name, price)
+    return prices
 
-    slo_in = data.get("slo") if isinstance(data.get("slo"), dict) else {}
-    slo = {"ttft_s": slo_in.get("ttft_s"), "tpot_s": slo_in.get("tpot_s")}
 
+def _experiment_name(data: dict, source: str) -> str:
+    """The experiment's name, or one made from its file name."""
     name = data.get("name") if isinstance(data.get("name"), str) else None
     if name is None:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(source).stem).strip("-.") or "experiment"
         if not name[0].isalnum():
             name = "x" + name
-    seed = data.get("seed", 0) if isinstance(data.get("seed"), int) else 0
-
-    if problems:
-        return problems, None
-    exp = Experiment(data=data, source=source, base_dir=base, name=name, seed=seed, catalog=cat,
-                     groups=groups, serving=norm, trace=trace, datacenter=dc_data, datacenter_base=dc_base,
-                     datacenter_source=dc_source, carbon=carbon, prices=prices, slo=slo,
-                     opendc_enabled=enabled, export_opts=export_opts, input_files=inputs)
-    # the engine's own checks (e.g. options the engine version does not support)
-    try:
-        from kavier_opendc.experiments.engine_config import sim_config_from_experiment
-        sim_config_from_experiment(exp).validate()
-    except KavierInputError as exc:
-        loc = getattr(exc, "location", None) or ""
-        return [(_engine_path(loc), _msg(exc).replace(f"{loc}: ", "", 1) if loc else _msg(exc))], None
-    return [], exp
+    return name
 
 
 _ENGINE_LOCATIONS = {"--replicas": ("serving", "replicas"), "--tp": ("serving", "tp"),

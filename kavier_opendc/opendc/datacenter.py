@@ -392,6 +392,7 @@ _GPU_OVERRIDES = ("idle_power_w", "max_power_w", "num_sms", "boost_clock_mhz", "
 
 
 def _build(data: dict, base: Path, src: str, get_catalog) -> tuple[Datacenter | None, list]:
+    """The Datacenter of a schema-valid description, or every problem of its meaning."""
     problems: list[tuple[tuple, str]] = []
     hosts: list[HostGroup] = []
     names: set[str] = set()
@@ -401,91 +402,10 @@ def _build(data: dict, base: Path, src: str, get_catalog) -> tuple[Datacenter | 
         if name in names:
             problems.append((path + ("name",), f"duplicate host name {name!r}"))
         names.add(name)
-        gpus = int(h.get("gpus_per_host", 0))
-        gpu_spec = None
-        gref = h.get("gpu")
-        if gref is not None:
-            if gpus == 0:
-                problems.append((path + ("gpus_per_host",), "must be at least 1 when 'gpu' is given"))
-            gname = gref if isinstance(gref, str) else gref["name"]
-            try:
-                gpu_spec = get_catalog().gpu(gname)
-            except KavierInputError as exc:
-                problems.append((path + (("gpu",) if isinstance(gref, str) else ("gpu", "name")),
-                                 str(exc)))
-            if gpu_spec is not None and isinstance(gref, dict):
-                over = {k: gref[k] for k in _GPU_OVERRIDES if k in gref}
-                if over:
-                    gpu_spec = dataclasses.replace(gpu_spec, **over)
-            if gpu_spec is not None and gpu_spec.idle_power_w > gpu_spec.max_power_w:
-                problems.append((path + ("gpu",), f"idle power {gpu_spec.idle_power_w:g} W exceeds "
-                                 f"max power {gpu_spec.max_power_w:g} W"))
-        gpm = h.get("gpu_power_model") or {}
-        if gpm and gpus == 0:
-            problems.append((path + ("gpu_power_model",), "given for a host without GPUs (gpus_per_host is 0)"))
-        if gpm.get("model") == "constant" and "power_w" not in gpm:
-            problems.append((path + ("gpu_power_model", "power_w"), "required for the 'constant' power model"))
-        if "idle_w" in gpm and "max_w" in gpm and gpm["max_w"] < gpm["idle_w"]:
-            problems.append((path + ("gpu_power_model", "max_w"),
-                             f"{gpm['max_w']:g} W is less than idle_w ({gpm['idle_w']:g} W)"))
-        if gpu_spec is not None:
-            idle = gpm.get("idle_w", gpu_spec.idle_power_w)
-            mx = gpm.get("max_w", gpu_spec.max_power_w)
-            if ("idle_w" in gpm) != ("max_w" in gpm) and mx < idle:
-                problems.append((path + ("gpu_power_model",),
-                                 f"max power {mx:g} W is less than idle power {idle:g} W"))
-        cpu = h["cpu"]
-        cpu_power = _power_model(h.get("cpu_power_model"), DEFAULT_CPU_POWER if "cpu_power_model" not in h
-                                 else {"model": "linear"}, path + ("cpu_power_model",), problems)
-        cpm = h.get("cpu_power_model")
-        if cpm is not None and cpm.get("model", "linear") != "constant" and not ("idle_w" in cpm and "max_w" in cpm):
-            problems.append((path + ("cpu_power_model",), "needs both idle_w and max_w"))
-        hosts.append(HostGroup(
-            name=name, count=int(h.get("count", 1)), gpus_per_host=gpus, gpu=gpu_spec,
-            gpu_power_spec=dict(gpm), cpu_cores=int(cpu["cores"]), cpu_mhz=float(cpu["mhz"]),
-            cpu_count=int(cpu.get("count", 1)), cpu_power=cpu_power,
-            memory_gib=float(h["memory_gib"]), cpu_model=str(cpu.get("model", "unknown")),
-            cpu_vendor=str(cpu.get("vendor", "unknown")), path=json_path(path)))
-
-    start = data.get("start", DEFAULT_START)
-    try:
-        start_dt = datetime.fromisoformat(start)
-        start = start_dt.strftime("%Y-%m-%dT%H:%M:%S") + (
-            f".{start_dt.microsecond:06d}".rstrip("0") if start_dt.microsecond else "")
-    except ValueError as exc:
-        problems.append((("start",), f"{start!r} is not a valid date-time ({exc})"))
-        start_dt = datetime.fromisoformat(DEFAULT_START)
-
-    ps = data.get("power_source", {})
-    trace_ref = ps.get("carbon_trace", data.get("region"))
-    trace_path = None
-    if trace_ref is not None:
-        from kavier_opendc.opendc.carbon import resolve_carbon_trace, read_carbon_trace
-        loc = "power_source.carbon_trace" if "carbon_trace" in ps else "region"
-        try:
-            trace_path = resolve_carbon_trace(trace_ref, base, year=start_dt.year, source=None, location=None)
-            read_carbon_trace(trace_path)
-        except KavierInputError as exc:
-            problems.append(((tuple(loc.split("."))), str(exc)))
-            trace_path = None
-    power_source = PowerSource(name=ps.get("name", "PowerSource"),
-                               max_power_w=float(ps["max_power_w"]) if "max_power_w" in ps else None,
-                               carbon_trace=trace_path)
-    battery = None
-    if "battery" in data:
-        b = data["battery"]
-        if "initial_charge_kwh" in b and b["initial_charge_kwh"] > b["capacity_kwh"]:
-            problems.append((("battery", "initial_charge_kwh"),
-                             f"{b['initial_charge_kwh']:g} kWh exceeds capacity_kwh ({b['capacity_kwh']:g})"))
-        pol = b["policy"]
-        if pol.get("type") == "double" and "lower_threshold" in pol and "upper_threshold" in pol \
-                and pol["lower_threshold"] > pol["upper_threshold"]:
-            problems.append((("battery", "policy", "lower_threshold"), "is above upper_threshold"))
-        battery = Battery(name=b.get("name", "Battery"), capacity_kwh=float(b["capacity_kwh"]),
-                          charging_speed_w=float(b["charging_speed_w"]), policy=dict(pol),
-                          initial_charge_kwh=float(b.get("initial_charge_kwh", 0.0)),
-                          embodied_carbon_g=b.get("embodied_carbon_g"),
-                          expected_lifetime_years=b.get("expected_lifetime_years"))
+        hosts.append(_host_group(h, name, path, get_catalog, problems))
+    start, start_dt = _start(data, problems)
+    power_source = _power_source(data, base, start_dt.year, problems)
+    battery = _battery(data["battery"], problems) if "battery" in data else None
     if problems:
         return None, problems
     dc = Datacenter(hosts=tuple(hosts), name=data.get("name", "datacenter"),
@@ -495,3 +415,101 @@ def _build(data: dict, base: Path, src: str, get_catalog) -> tuple[Datacenter | 
                     allocation_policy=data.get("allocation_policy", DEFAULT_ALLOCATION_POLICY),
                     source=src, raw=data)
     return dc, []
+
+
+def _host_group(h: dict, name: str, path: tuple, get_catalog, problems: list) -> HostGroup:
+    """One host group: its GPU (catalogue entry with overrides), power models and CPU."""
+    gpus = int(h.get("gpus_per_host", 0))
+    gpu_spec = None
+    gref = h.get("gpu")
+    if gref is not None:
+        if gpus == 0:
+            problems.append((path + ("gpus_per_host",), "must be at least 1 when 'gpu' is given"))
+        gname = gref if isinstance(gref, str) else gref["name"]
+        try:
+            gpu_spec = get_catalog().gpu(gname)
+        except KavierInputError as exc:
+            problems.append((path + (("gpu",) if isinstance(gref, str) else ("gpu", "name")),
+                             str(exc)))
+        if gpu_spec is not None and isinstance(gref, dict):
+            over = {k: gref[k] for k in _GPU_OVERRIDES if k in gref}
+            if over:
+                gpu_spec = dataclasses.replace(gpu_spec, **over)
+        if gpu_spec is not None and gpu_spec.idle_power_w > gpu_spec.max_power_w:
+            problems.append((path + ("gpu",), f"idle power {gpu_spec.idle_power_w:g} W exceeds "
+                             f"max power {gpu_spec.max_power_w:g} W"))
+    gpm = h.get("gpu_power_model") or {}
+    if gpm and gpus == 0:
+        problems.append((path + ("gpu_power_model",), "given for a host without GPUs (gpus_per_host is 0)"))
+    if gpm.get("model") == "constant" and "power_w" not in gpm:
+        problems.append((path + ("gpu_power_model", "power_w"), "required for the 'constant' power model"))
+    if "idle_w" in gpm and "max_w" in gpm and gpm["max_w"] < gpm["idle_w"]:
+        problems.append((path + ("gpu_power_model", "max_w"),
+                         f"{gpm['max_w']:g} W is less than idle_w ({gpm['idle_w']:g} W)"))
+    if gpu_spec is not None:
+        idle = gpm.get("idle_w", gpu_spec.idle_power_w)
+        mx = gpm.get("max_w", gpu_spec.max_power_w)
+        if ("idle_w" in gpm) != ("max_w" in gpm) and mx < idle:
+            problems.append((path + ("gpu_power_model",),
+                             f"max power {mx:g} W is less than idle power {idle:g} W"))
+    cpu = h["cpu"]
+    cpu_power = _power_model(h.get("cpu_power_model"), DEFAULT_CPU_POWER if "cpu_power_model" not in h
+                             else {"model": "linear"}, path + ("cpu_power_model",), problems)
+    cpm = h.get("cpu_power_model")
+    if cpm is not None and cpm.get("model", "linear") != "constant" and not ("idle_w" in cpm and "max_w" in cpm):
+        problems.append((path + ("cpu_power_model",), "needs both idle_w and max_w"))
+    return HostGroup(
+        name=name, count=int(h.get("count", 1)), gpus_per_host=gpus, gpu=gpu_spec,
+        gpu_power_spec=dict(gpm), cpu_cores=int(cpu["cores"]), cpu_mhz=float(cpu["mhz"]),
+        cpu_count=int(cpu.get("count", 1)), cpu_power=cpu_power,
+        memory_gib=float(h["memory_gib"]), cpu_model=str(cpu.get("model", "unknown")),
+        cpu_vendor=str(cpu.get("vendor", "unknown")), path=json_path(path))
+
+
+def _start(data: dict, problems: list) -> tuple[str, datetime]:
+    """The calendar start, normalised to ISO seconds (microseconds kept when given)."""
+    start = data.get("start", DEFAULT_START)
+    try:
+        start_dt = datetime.fromisoformat(start)
+        start = start_dt.strftime("%Y-%m-%dT%H:%M:%S") + (
+            f".{start_dt.microsecond:06d}".rstrip("0") if start_dt.microsecond else "")
+    except ValueError as exc:
+        problems.append((("start",), f"{start!r} is not a valid date-time ({exc})"))
+        start_dt = datetime.fromisoformat(DEFAULT_START)
+    return start, start_dt
+
+
+def _power_source(data: dict, base: Path, year: int, problems: list) -> PowerSource:
+    """The power source and its carbon trace (a file, or a region's trace for the start year)."""
+    ps = data.get("power_source", {})
+    trace_ref = ps.get("carbon_trace", data.get("region"))
+    trace_path = None
+    if trace_ref is not None:
+        from kavier_opendc.opendc.carbon import resolve_carbon_trace, read_carbon_trace
+        loc = "power_source.carbon_trace" if "carbon_trace" in ps else "region"
+        try:
+            trace_path = resolve_carbon_trace(trace_ref, base, year=year, source=None, location=None)
+            read_carbon_trace(trace_path)
+        except KavierInputError as exc:
+            problems.append(((tuple(loc.split("."))), str(exc)))
+            trace_path = None
+    power_source = PowerSource(name=ps.get("name", "PowerSource"),
+                               max_power_w=float(ps["max_power_w"]) if "max_power_w" in ps else None,
+                               carbon_trace=trace_path)
+    return power_source
+
+
+def _battery(b: dict, problems: list) -> Battery:
+    """The optional battery and its charging policy."""
+    if "initial_charge_kwh" in b and b["initial_charge_kwh"] > b["capacity_kwh"]:
+        problems.append((("battery", "initial_charge_kwh"),
+                         f"{b['initial_charge_kwh']:g} kWh exceeds capacity_kwh ({b['capacity_kwh']:g})"))
+    pol = b["policy"]
+    if pol.get("type") == "double" and "lower_threshold" in pol and "upper_threshold" in pol \
+            and pol["lower_threshold"] > pol["upper_threshold"]:
+        problems.append((("battery", "policy", "lower_threshold"), "is above upper_threshold"))
+    return Battery(name=b.get("name", "Battery"), capacity_kwh=float(b["capacity_kwh"]),
+                   charging_speed_w=float(b["charging_speed_w"]), policy=dict(pol),
+                   initial_charge_kwh=float(b.get("initial_charge_kwh", 0.0)),
+                   embodied_carbon_g=b.get("embodied_carbon_g"),
+                   expected_lifetime_years=b.get("expected_lifetime_years"))
