@@ -25,12 +25,13 @@ iteration per event instead; both give the same per-request results.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 
 from kavier_opendc.engine.cost_model import BLOCK_SIZE, CostModel
 from kavier_opendc.engine.decode_state import DecodeState
 from kavier_opendc.engine.kv_cache import PrefixCache, PromptCache
-from kavier_opendc.engine.request import DONE, WAITING, Fork, Req, blocks_for
+from kavier_opendc.engine.request import DECODE, DONE, WAITING, Fork, Req, blocks_for
 from kavier_opendc.engine.results import Results
 from kavier_opendc.engine.scheduler import Scheduler
 from kavier_opendc.engine.timeline import Timeline
@@ -90,14 +91,6 @@ class Replica(Scheduler):
     def D(self) -> int:
         """Decoding sequences."""
         return self.dec.D
-
-    def _run_blocks(self, n: int) -> int:
-        """New blocks the decoders need over n more iterations."""
-        return self.dec.blocks_needed(n) if self.kv_on else 0
-
-    def _max_run_for_blocks(self, free: int) -> int:
-        """The most decode iterations whose new blocks fit in ``free`` blocks."""
-        return self.dec.max_iterations_for(free) if self.kv_on else 1 << 62
 
     # ------------------------------------------------------------ KV blocks and the prefix cache
     def _release(self, req: Req, computed: int) -> None:
@@ -169,7 +162,7 @@ class Replica(Scheduler):
         p = self.pending
         if p is not None and p[0] == 2:
             _, t0, n, drun, alloc0 = p
-            return self.used + self._run_blocks(drun.iterations_until(now - t0, n)) - alloc0
+            return self.used + self.dec.blocks_needed(drun.iterations_until(now - t0, n)) - alloc0
         return self.used
 
     def kv_load_at(self, now: float) -> float:
@@ -232,7 +225,7 @@ class Replica(Scheduler):
         self.pending = None
         if p[0] == 2:  # a decode run of n iterations
             _, t0, n, drun, alloc0 = p
-            self.used += self._run_blocks(n) - alloc0
+            self.used += self.dec.blocks_needed(n) - alloc0
             self._fit()
             self.dec.G += n
             self.iterations += n
@@ -271,9 +264,14 @@ class Replica(Scheduler):
                         self._finish(req, t)
                     else:
                         self.dec.add(req)
-        # completions of decoders
+        # completions of decoders (inline: this runs once per iteration)
         dec = self.dec
-        for req in dec.pop_finished():
+        heap = dec.done_heap
+        g = dec.G
+        while heap and heap[0][0] <= g:
+            _, _, ver, req = heapq.heappop(heap)
+            if ver != req.ver or req.state != DECODE:
+                continue                    # stale: the request left the decoders since it was pushed
             dec.remove(req)
             self._release(req, req.computed)
             if req.first_token < 0:

@@ -23,6 +23,8 @@ iteration or ``(2, t0, n, decode_run, blocks)`` for a decode run;
 
 from __future__ import annotations
 
+import heapq
+
 from kavier_opendc.engine.cost_model import BLOCK_SIZE
 from kavier_opendc.engine.request import BLOCK_MASK, DECODE, PREFILL, WAITING, Req, blocks_for
 
@@ -40,18 +42,64 @@ class Scheduler:
     """
 
     def _schedule(self, t: float) -> float | None:
-        """Form the iteration starting at ``t``; return its end time, or None when idle."""
+        """Form the iteration starting at ``t``; return its end time, or None when idle.
+
+        NOTE: the common case (every decoder plus at most one prefill chunk, then a decode run) is
+        inlined here rather than cut into helpers: this runs once per iteration, and a call per step
+        costs a few percent of the whole simulation. The rare paths (walking the running list with
+        preemption, admitting waiting requests) are methods of their own.
+        """
         running = self.running
         if not running and not self.waiting:
             self.busy = False
             return None
         self.busy = True
-        (bulk, budget, alloc, chunks, skipped, dec_all, n_dec, preempted,
-         n_tok, pairs, kv_read) = self._schedule_running()
-        # admit waiting requests (only when nothing was preempted, as vLLM does)
+        # step 1: the running requests' tokens. Fast path (``bulk``): every decoder takes one token and at
+        # most one prefill chunk follows, without preemption, counted from the decode state's aggregates
+        # instead of walking the list (inlined: this runs once per iteration)
+        kv_on = self.kv_on
+        budget = self.budget
+        dec = self.dec
+        g = dec.G
+        d = dec.D
+        h0 = dec.hist[(-g) & BLOCK_MASK] if kv_on else 0
+        free = self.capacity - self.used if kv_on else 1 << 62
+        n_prefilling = self.n_prefilling
+        bulk = (kv_on and d <= budget and h0 <= free
+                and (n_prefilling == 0 or (n_prefilling == 1 and running[-1].state == PREFILL)))
+        if bulk and n_prefilling == 1 and budget - d > 0:
+            req = running[-1]
+            comp = req.computed
+            need = req.prompt + req.gen - comp
+            if need > budget - d:
+                need = budget - d
+            if blocks_for(comp + need) - blocks_for(comp) > free - h0:
+                bulk = False
+        if bulk:
+            chunks: list = []
+            skipped: list = []
+            preempted = False
+            dec_all = d > 0
+            n_dec = n_tok = d
+            alloc = h0
+            budget -= d
+            kv_read = dec.ctx_off_sum + d * g      # cached tokens of all decoders
+            pairs = kv_read + d
+            if n_prefilling == 1 and budget > 0:
+                req = running[-1]
+                comp = req.computed
+                need = req.prompt + req.gen - comp
+                if need > budget:
+                    need = budget
+                alloc += blocks_for(comp + need) - blocks_for(comp)
+                budget -= need
+                chunks.append((req, need))
+        else:
+            (budget, alloc, chunks, skipped, dec_all, n_dec, preempted,
+             n_tok, pairs, kv_read) = self._walk_running(budget, g)
+        # step 2: admit waiting requests (only when nothing was preempted, as vLLM does)
         if not preempted and self.waiting:
             budget, alloc = self._admit_waiting(t, budget, alloc, chunks)
-        kv_on = self.kv_on
         for req, need in chunks:  # prefill chunks: ``need`` new tokens on top of ``computed`` cached ones
             comp = req.computed
             if kv_on:
@@ -66,11 +114,36 @@ class Scheduler:
             # nothing schedulable (cannot happen with a feasible request; guard against livelock)
             self.busy = False
             return None
-        # a decode-only iteration that will repeat unchanged: advance a whole run
-        if self.fast and bulk and not chunks and self.dec.D > 0:
-            end = self._start_decode_run(t, alloc, budget)
-            if end is not None:
-                return end
+        # step 3: a decode-only iteration that will repeat unchanged: advance a whole run up to the next
+        # event. Only in fast mode, which needs the KV cache on, so block counts come from the decode state.
+        if self.fast and bulk and not chunks and d > 0:
+            heap = dec.done_heap
+            while heap[0][2] != heap[0][3].ver:    # drop stale completions
+                heapq.heappop(heap)
+            n = heap[0][0] - g
+            nb_max = dec.max_iterations_for(self.capacity - self.used)
+            if self.pc is not None and self.waiting and len(running) < self.max_num_seqs and budget > 0:
+                # the waiting head was refused for lack of blocks; evicting its own cached prefix would
+                # shrink what it needs, so the run must end before the LRU reaches that prefix
+                limit = self._head_eviction_limit()
+                if limit < 0:
+                    nb_max = 0
+                else:
+                    nb2 = dec.max_iterations_for(limit)
+                    if nb2 < nb_max:
+                        nb_max = nb2
+            if nb_max < n:
+                n = nb_max
+            if n > 1:
+                drun = self.cm.decode_run(d, dec.ctx_off_sum + d * g)
+                self.used += alloc
+                self._fit()
+                if self.used > self.peak_used:
+                    self.peak_used = self.used
+                self.pending = (2, t, n, drun, alloc)
+                self.next_time = t + drun.total_time(n)
+                self.version += 1
+                return self.next_time
         self.used += alloc
         self._fit()
         if self.used > self.peak_used:
@@ -86,51 +159,10 @@ class Scheduler:
         self.version += 1
         return self.next_time
 
-    def _schedule_running(self) -> tuple:
-        """Step 1: the running requests' tokens in this iteration.
-
-        Fast path (``bulk``): every decoder takes one token and at most one
-        prefill chunk follows, all without preemption, counted from the decode
-        state's aggregates instead of walking the list.
-        """
-        running = self.running
-        kv_on = self.kv_on
-        budget = self.budget
-        dec = self.dec
-        g = dec.G
-        d = dec.D
-        alloc = 0
-        chunks: list = []
-        h0 = dec.hist[(-g) & BLOCK_MASK] if kv_on else 0
-        free = self.capacity - self.used if kv_on else 1 << 62
-        bulk = (kv_on and d <= budget and h0 <= free
-                and (self.n_prefilling == 0 or (self.n_prefilling == 1 and running[-1].state == PREFILL)))
-        if bulk and self.n_prefilling == 1 and budget - d > 0:
-            req = running[-1]
-            comp = req.computed
-            need = req.prompt + req.gen - comp
-            if need > budget - d:
-                need = budget - d
-            if blocks_for(comp + need) - blocks_for(comp) > free - h0:
-                bulk = False
-        if not bulk:
-            return (False,) + self._walk_running(budget, g)
-        alloc = h0
-        budget -= d
-        ctx = dec.ctx_off_sum + d * g           # cached tokens of all decoders
-        if self.n_prefilling == 1 and budget > 0:
-            req = running[-1]
-            comp = req.computed
-            need = req.prompt + req.gen - comp
-            if need > budget:
-                need = budget
-            alloc += blocks_for(comp + need) - blocks_for(comp)
-            budget -= need
-            chunks.append((req, need))
-        return True, budget, alloc, chunks, [], d > 0, d, False, d, ctx + d, ctx
-
     def _walk_running(self, budget: int, g: int) -> tuple:
-        """Step 1, generic path: walk the running list in order, preempting the newest when blocks run out."""
+        """Step 1, generic path: walk the running list in order, preempting the newest when blocks run out.
+
+        Returns budget, alloc, chunks, skipped, dec_all, n_dec, preempted, n_tok, pairs, kv_read."""
         running = self.running
         kv_on = self.kv_on
         cap = self.capacity
@@ -239,37 +271,6 @@ class Scheduler:
             budget -= need
             chunks.append((req, need))
         return budget, alloc
-
-    def _start_decode_run(self, t: float, alloc: int, budget: int) -> float | None:
-        """Step 3: turn a decode-only iteration into a run up to the next event; None when it is one iteration."""
-        dec = self.dec
-        g = dec.G
-        d = dec.D
-        n = dec.next_completion() - g
-        nb_max = self._max_run_for_blocks(self.capacity - self.used)
-        if self.pc is not None and self.waiting and len(self.running) < self.max_num_seqs and budget > 0:
-            # the waiting head was refused for lack of blocks; evicting its own cached prefix would
-            # shrink what it needs, so the run must end before the LRU reaches that prefix
-            limit = self._head_eviction_limit()
-            if limit < 0:
-                nb_max = 0
-            else:
-                nb2 = self._max_run_for_blocks(limit)
-                if nb2 < nb_max:
-                    nb_max = nb2
-        if nb_max < n:
-            n = nb_max
-        if n <= 1:
-            return None
-        drun = self.cm.decode_run(d, dec.ctx_off_sum + d * g)
-        self.used += alloc
-        self._fit()
-        if self.used > self.peak_used:
-            self.peak_used = self.used
-        self.pending = (2, t, n, drun, alloc)
-        self.next_time = t + drun.total_time(n)
-        self.version += 1
-        return self.next_time
 
     def _head_eviction_limit(self) -> int:
         """New blocks the decoders may take before an eviction reaches the waiting head's cached prefix.
