@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from kavier_opendc.opendc import carbon as C
-from kavier_opendc.opendc.results import run_opendc_dir
 from kavier_opendc.opendc.inputs import write_opendc_inputs
+from kavier_opendc.opendc.results import run_opendc_dir
 
 REPO = Path(__file__).resolve().parents[1]
 JAR = REPO / "opendc-bridge" / "target" / "kavier-opendc-bridge.jar"
