@@ -307,7 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("what", nargs="?", choices=["models", "gpus", "all"], default="all")
     c.add_argument("--catalog", action="append", metavar="FILE", help="extra catalogue file; repeatable")
     c.set_defaults(func=cmd_catalog)
+    b = sub.add_parser("bridge", add_help=False, prefix_chars="\0",
+                       help="build or check the OpenDC bridge jar: kavier bridge build|check|run ... "
+                            "(kavier bridge --help)")
+    b.add_argument("bridge_args", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bridge)
     return ap
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from kavier_opendc.opendc.bridge import bridge_main
+
+    return bridge_main(args.bridge_args, prog="kavier bridge")
 
 
 def main(argv: list[str] | None = None) -> int:

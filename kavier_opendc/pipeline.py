@@ -274,24 +274,9 @@ def datacenter_for(exp: Experiment, carbon_path: Path | None):
     return load_datacenter(dc, catalog=exp.catalog, base_dir=exp.datacenter_base, source=exp.datacenter_source)
 
 
-def bridge_jar_flavour(jar: Path) -> str:
-    """'full', 'lite' (the gateway without OpenDC) or 'unknown', from the jar's manifest."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(jar) as zf:
-            manifest = zf.read("META-INF/MANIFEST.MF").decode("utf-8", "replace")
-    except (OSError, KeyError, zipfile.BadZipFile):
-        return "unknown"
-    for line in manifest.splitlines():
-        if line.startswith("Kavier-Bridge-Flavour:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def check_opendc_available() -> None:
     """Fail before any work when OpenDC cannot run (no jar, a lite jar, or no Java 21+)."""
-    from kavier_opendc.opendc.bridge import BUILD_COMMAND, find_bridge_jar, find_java
+    from kavier_opendc.opendc.bridge import BUILD_COMMAND, find_bridge_jar, find_java, jar_flavour
 
     hint = " To get the performance report without OpenDC, add --no-opendc."
     try:
@@ -299,7 +284,7 @@ def check_opendc_available() -> None:
         find_java()
     except KavierRuntimeError as exc:
         raise KavierRuntimeError(f"{exc}{hint}") from None
-    if bridge_jar_flavour(jar) == "lite":
+    if jar_flavour(jar) == "lite":
         raise KavierRuntimeError(f"The OpenDC bridge jar {jar} is a lite build without OpenDC (OpenDC's artifacts "
                                  f"could not be resolved when it was built); build the real one with "
                                  f"'{BUILD_COMMAND}'.{hint}")

@@ -21,27 +21,13 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import needs_opendc
 from kavier_opendc.errors import KavierRuntimeError
 from kavier_opendc.experiment import load_experiment
 from kavier_opendc.pipeline import INCOMPLETE, run_experiment, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "kavier_opendc" / "data"
-
-
-def opendc_jar() -> Path | None:
-    """The bridge jar with OpenDC inside, or None."""
-    from kavier_opendc.opendc.bridge import find_bridge_jar
-    from kavier_opendc.pipeline import bridge_jar_flavour
-    try:
-        jar = find_bridge_jar()
-    except KavierRuntimeError:
-        return None
-    return None if bridge_jar_flavour(jar) == "lite" else jar
-
-
-HAVE_OPENDC = opendc_jar() is not None
-needs_opendc = pytest.mark.skipif(not HAVE_OPENDC, reason="OpenDC bridge jar not built (make bridge)")
 
 
 class FakeOpenDC:

@@ -74,6 +74,7 @@ from kavier_opendc.opendc.topology import (
     _same_gpu,
     load_datacenter,
     opendc_hosts,
+    opendc_host_name,
     plan_replicas,
 )
 
@@ -793,7 +794,7 @@ def _export(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", tolerance: 
         per_task.append({"task_id": p.task_id, "replica": p.replica, "part": p.part, "gpus": p.gpus,
                          "gpu": spec.name, "tp": tp, "model": sim.replica_model[p.replica],
                          "fragments": int(dur.size), "duration_ms": total_ms,
-                         "planned_host": f"{hosts[p.host_entry].name}#{p.host_instance}"})
+                         "planned_host": opendc_host_name(hosts[p.host_entry], p.host_instance)})
 
     # largest GPU request first: OpenDC keeps file order for equal submission times (FIFO)
     order = sorted(range(len(plans)), key=lambda i: (-task_rows["gpu_count"][i], i))
