@@ -11,7 +11,8 @@ from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
 from kavier_opendc.workload.trace import Trace
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The project's shared data (never committed): beside the checkout, or where $KAVIER_SHARED_DATA says.
+SHARED_DATA = Path(os.environ.get("KAVIER_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 # ------------------------------------------------------------------------------ OpenDC availability
 # One place decides whether the real OpenDC can run. A test that needs it is skipped with a reason that

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import OPENDC_SKIP, skip_without_opendc
+from conftest import OPENDC_SKIP, SHARED_DATA, skip_without_opendc
 from kavier_opendc.errors import KavierInputError, KavierRuntimeError
 from kavier_opendc.opendc import bridge as br
 from kavier_opendc.opendc.bridge import (
@@ -34,7 +34,7 @@ from kavier_opendc.opendc.bridge import (
     seed_output_dirs,
 )
 
-CARBON_TRACE = br.REPO_ROOT.parent / "shared" / "data" / "carbon" / "NL_2022.parquet"
+CARBON_TRACE = SHARED_DATA / "carbon" / "NL_2022.parquet"
 
 # The hand-computable experiment: one host, one GPU, linear GPU power model from I to M watts, the GPU
 # busy at utilisation U for T seconds, the CPU drawing nothing.

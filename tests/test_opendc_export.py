@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import SHARED_DATA
 from kavier_opendc.errors import KavierInputError
 from kavier_opendc.opendc import carbon as C
 from kavier_opendc.opendc.export import (
@@ -39,7 +40,7 @@ from kavier_opendc.opendc.topology import (
 
 REPO = Path(__file__).resolve().parents[1]
 A100_CAP = 108 * 1410.0          # SMs x boost MHz of one A100-80GB (catalogue)
-SHARED_CARBON = Path("/work/shared/data/carbon")
+SHARED_CARBON = SHARED_DATA / "carbon"
 
 
 # ----------------------------------------------------------------- helpers --
