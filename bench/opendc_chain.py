@@ -50,7 +50,7 @@ def one_gpu_experiment(row: dict, work: Path) -> Path:
     gpu = GPU_NAMES.get(row["gpu"], row["gpu"])
     name = f"{gpu}-{MODEL_NAMES[row['model']]}-b{b}"
     trace = work / f"{name}.csv"
-    trace.write_text("arrival_time_s,prompt_tokens,output_tokens\n"
+    trace.write_text("arrival_time_s,num_input_tokens,num_output_tokens\n"
                      + "".join(f"0,{n_in},{n_out}\n" for _ in range(b)))
     exp = {
         "name": name, "model": MODEL_NAMES[row["model"]], "gpu": gpu, "trace": trace.name,

@@ -189,6 +189,15 @@ def prepare_out_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _kept_performance_results(out: Path, stage: str) -> str:
+    """What survives a failure after the simulation (OpenDC, export, report): the performance results."""
+    sim = Path(out) / "simulation"
+    if stage in ("trace", "simulate", "run") or not (sim / "summary.json").is_file():
+        return ""
+    return (f"The simulation had finished: its performance results in {sim} (requests.parquet, summary.json, "
+            f"timeline.parquet) are complete; 'kavier run --no-opendc' writes the report without OpenDC.")
+
+
 def _write_marker(out: Path, text: str) -> None:
     from kavier_opendc.outputs import atomic_write_text
     atomic_write_text(Path(out) / INCOMPLETE, text)
@@ -375,11 +384,15 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
             text = str(exc)
         else:
             text = "".join(traceback.format_exception(exc)).strip()
+        kept = _kept_performance_results(out, what)
         try:
             _write_marker(out, f"kavier run FAILED during stage '{what}' at {_utc_now()}:\n{text}\n\n"
-                               "The files in this folder are partial; rerun the experiment.\n")
+                               + (kept + "\n" if kept else "")
+                               + "The files in this folder are partial; rerun the experiment.\n")
         except OSError:
             pass
+        if kept and isinstance(exc, KavierRuntimeError):
+            exc.args = (f"{exc} {kept}",) + exc.args[1:]
         raise
     (out / INCOMPLETE).unlink()
     return RunResult(out, report, time.perf_counter() - t_start)
