@@ -105,6 +105,7 @@ def fragments(work: Path) -> None:
     results = {}
     for label, extra in (("adaptive 0.02", ["--mode", "adaptive", "--tolerance", "0.02"]),
                          ("adaptive 0.05", ["--mode", "adaptive", "--tolerance", "0.05"]),
+                         ("adaptive 0.1", ["--mode", "adaptive", "--tolerance", "0.1"]),
                          ("interval 0.1 s", ["--mode", "interval", "--interval", "0.1"])):
         odc = work / ("odc-" + label.replace(" ", "-"))
         kavier("export-opendc", sim, "--datacenter", dc, "--out", odc, *extra, "--quiet")
@@ -113,11 +114,13 @@ def fragments(work: Path) -> None:
         kavier("opendc", odc, "--quiet")
         wall = time.monotonic() - t0
         sus = json.loads((odc / "sustainability.json").read_text())
-        results[label] = (n_frag, sus["energy_wh"], sus["gpu_energy_wh"], wall)
+        results[label] = (n_frag, sus["energy_wh"], sus["gpu_energy_wh"], sus["peak_power_w"], wall)
     base = results["interval 0.1 s"]
-    print(f"{'export':<16} {'fragments':>10} {'OpenDC Wh':>10} {'GPU Wh':>9} {'vs interval':>12} {'OpenDC s':>9}")
-    for label, (n, e, g, wall) in results.items():
-        print(f"{label:<16} {n:>10,} {e:>10.3f} {g:>9.3f} {100 * (e - base[1]) / base[1]:>+11.3f}% {wall:>9.1f}")
+    print(f"{'export':<16} {'fragments':>10} {'OpenDC Wh':>10} {'GPU Wh':>9} {'vs interval':>12} {'peak W':>7} "
+          f"{'OpenDC s':>9}")
+    for label, (n, e, g, peak, wall) in results.items():
+        print(f"{label:<16} {n:>10,} {e:>10.3f} {g:>9.3f} {100 * (e - base[1]) / base[1]:>+11.3f}% {peak:>7.0f} "
+              f"{wall:>9.1f}")
     for label, (n, *_rest) in results.items():
         if label != "interval 0.1 s":
             print(f"{label}: {base[0] / n:.1f}x fewer fragments than the 0.1 s interval export")
