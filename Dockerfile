@@ -1,6 +1,6 @@
 # Kavier-OpenDC in a container: Python 3.11, a Temurin JDK 21, Maven, the
 # OpenDC bridge jar and the `kavier` command. The steps mirror the README's
-# set-up (`make setup`): pip install the package with its extras, then build
+# set-up (`make setup`): pip install the package with its test extra, then build
 # the bridge jar with Maven (python -m kavier_opendc.opendc.bridge build).
 #
 #   docker build -t kavier-opendc .
@@ -32,12 +32,12 @@ WORKDIR /opt/kavier-opendc
 COPY opendc-bridge/pom.xml opendc-bridge/pom.xml
 RUN mvn -B -q -f opendc-bridge/pom.xml dependency:go-offline || true
 
-# 2. the package, installed as `make setup` does: pip install -e '.[test,plots]'
-COPY pyproject.toml README.md Makefile ./
+# 2. the package, installed as `make setup` does: pip install -e '.[test]'
+COPY pyproject.toml setup.py MANIFEST.in README.md Makefile ./
 COPY schemas ./schemas
 COPY kavier_opendc ./kavier_opendc
 COPY opendc-bridge ./opendc-bridge
-RUN python -m pip install -e '.[test,plots]'
+RUN python -m pip install -e '.[test]'
 
 # 3. the OpenDC bridge jar, as `make bridge` does (opendc-bridge/target/kavier-opendc-bridge.jar)
 RUN python -m kavier_opendc.opendc.bridge build \

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.specs import default_catalog
 from kavier_opendc.workload.trace import Trace
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "measurements" / "kavier_a10_llama3_8b_vllm.csv"
+DATA = Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") / "measurements" / "kavier_a10_llama3_8b_vllm.csv"
 
 
 def load_rows(path: Path = DATA) -> list[dict]:

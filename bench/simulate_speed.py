@@ -15,13 +15,14 @@ to show that memory stays bounded.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "azure_llm_2023_conv.csv"
+DEFAULT_TRACE = Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") / "traces" / "azure_llm_2023_conv.csv"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,71 @@ from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
 from kavier_opendc.workload.trace import Trace
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The project's shared data (never committed): beside the checkout, or where $KAVIER_SHARED_DATA says.
+SHARED_DATA = Path(os.environ.get("KAVIER_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+# ------------------------------------------------------------------------------ OpenDC availability
+# One place decides whether the real OpenDC can run. A test that needs it is skipped with a reason that
+# starts with OPENDC_SKIP; such skips are counted in one line at the end of the run, and they fail the run
+# under KAVIER_REQUIRE_OPENDC=1 (set by .ci/run). Under CI=true no test may be skipped at all.
+OPENDC_SKIP = "OpenDC unavailable"
+
+
+def _opendc_problem() -> str | None:
+    from kavier_opendc.base.errors import KavierRuntimeError
+    from kavier_opendc.opendc.bridge import BUILD_COMMAND, find_bridge_jar, find_java, jar_flavour
+
+    try:
+        jar = find_bridge_jar()
+        find_java()
+    except KavierRuntimeError as exc:
+        return str(exc).split(". ")[0]
+    if jar_flavour(jar) == "lite":
+        return f"{jar} is a lite build without OpenDC; build the real one with '{BUILD_COMMAND}'"
+    return None
+
+
+OPENDC_PROBLEM = _opendc_problem()
+HAVE_OPENDC = OPENDC_PROBLEM is None
+needs_opendc = pytest.mark.skipif(not HAVE_OPENDC, reason=f"{OPENDC_SKIP}: {OPENDC_PROBLEM}")
+
+
+def skip_without_opendc() -> None:
+    if not HAVE_OPENDC:
+        pytest.skip(f"{OPENDC_SKIP}: {OPENDC_PROBLEM}")
+
+
+_opendc_skips: list[str] = []
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = _skip_reason(report)
+    is_opendc = OPENDC_SKIP in reason
+    if is_opendc:
+        _opendc_skips.append(item.nodeid)
+    if os.environ.get("CI") == "true" or (is_opendc and os.environ.get("KAVIER_REQUIRE_OPENDC") == "1"):
+        report.outcome = "failed"
+        report.longrepr = (f"skipped where no skip is allowed (CI=true or KAVIER_REQUIRE_OPENDC=1): {reason}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _opendc_skips:
+        terminalreporter.write_line(
+            f"{len(_opendc_skips)} test(s) needing OpenDC did not run: {OPENDC_PROBLEM}"
+            + (" (a failure under KAVIER_REQUIRE_OPENDC=1)" if os.environ.get("KAVIER_REQUIRE_OPENDC") == "1"
+               else " (set KAVIER_REQUIRE_OPENDC=1 to make this a failure)"))
 
 
 def shared(rel: str) -> Path:

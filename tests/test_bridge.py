@@ -1,8 +1,8 @@
 """End-to-end tests of the Py4J bridge to the real OpenDC (no mocks).
 
 They start the bridge jar built by ``make bridge`` (opendc-bridge/target/kavier-opendc-bridge.jar, or the
-jar named by KAVIER_BRIDGE_JAR) and are skipped only when that jar is not built. Tests that need OpenDC
-itself are also skipped when KAVIER_BRIDGE_JAR names a "lite" jar, which has only the gateway.
+jar named by KAVIER_BRIDGE_JAR) and are skipped only when that jar is not built (a failure in CI, see
+conftest.py). Tests that need OpenDC itself also need the full jar, not a "lite" one.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import OPENDC_SKIP, SHARED_DATA, skip_without_opendc
 from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
 from kavier_opendc.opendc import bridge as br
 from kavier_opendc.opendc.bridge import (
@@ -33,7 +34,7 @@ from kavier_opendc.opendc.bridge import (
     seed_output_dirs,
 )
 
-CARBON_TRACE = br.REPO_ROOT.parent / "shared" / "data" / "carbon" / "NL_2022.parquet"
+CARBON_TRACE = SHARED_DATA / "carbon" / "NL_2022.parquet"
 
 # The hand-computable experiment: one host, one GPU, linear GPU power model from I to M watts, the GPU
 # busy at utilisation U for T seconds, the CPU drawing nothing.
@@ -49,27 +50,18 @@ SUBMISSION_MS = 1_640_995_200_000  # 2022-01-01T00:00:00Z
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-def _jar_flavour(jar: Path) -> str:
-    with zipfile.ZipFile(jar) as zf:
-        manifest = zf.read("META-INF/MANIFEST.MF").decode("utf-8", "replace")
-    for line in manifest.splitlines():
-        if line.startswith("Kavier-Bridge-Flavour:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 @pytest.fixture(scope="session")
 def bridge_jar() -> Path:
+    """Any built bridge jar (a lite one is enough for the gateway tests)."""
     try:
         return find_bridge_jar()
     except KavierRuntimeError as e:
-        pytest.skip(f"OpenDC bridge jar not built: {e}")
+        pytest.skip(f"{OPENDC_SKIP}: {e}")
 
 
 @pytest.fixture(scope="session")
 def opendc_jar(bridge_jar: Path) -> Path:
-    if _jar_flavour(bridge_jar) == "lite":
-        pytest.skip(f"{bridge_jar} is a lite build without OpenDC; build the real one with 'make bridge'")
+    skip_without_opendc()
     return bridge_jar
 
 

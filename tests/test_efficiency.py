@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from kavier_opendc.reports import efficiency as E
-from test_pipeline import HAVE_OPENDC, FakeOpenDC, tiny_experiment
+from conftest import HAVE_OPENDC
+from test_pipeline import FakeOpenDC, tiny_experiment
 
 EXACT = dict(rel=1e-9, abs=1e-12)
 

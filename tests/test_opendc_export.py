@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import SHARED_DATA
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.opendc import carbon as C
 from kavier_opendc.opendc.export import (
@@ -35,7 +36,7 @@ from kavier_opendc.opendc.topology import opendc_hosts, plan_replicas, plan_task
 
 REPO = Path(__file__).resolve().parents[1]
 A100_CAP = 108 * 1410.0          # SMs x boost MHz of one A100-80GB (catalogue)
-SHARED_CARBON = Path("/work/shared/data/carbon")
+SHARED_CARBON = SHARED_DATA / "carbon"
 
 
 # ----------------------------------------------------------------- helpers --
@@ -285,9 +286,11 @@ def test_eight_gpu_host_split_into_two_four_gpu_hosts(tmp_path):
     stats = write_opendc_inputs(sim, d, tmp_path / "odc")
     topo = json.loads((tmp_path / "odc" / "topology.json").read_text())
     hosts = topo["clusters"][0]["hosts"]
-    assert len(hosts) == 1
+    # one OpenDC entry per physical host, named as the reports name it
+    assert [h["name"] for h in hosts] == ["node-0", "node-1"]
+    assert hosts[0] == dict(hosts[1], name="node-0")
     h = hosts[0]
-    assert h["count"] == 2 and h["gpu"]["count"] == 4
+    assert h["count"] == 1 and h["gpu"]["count"] == 4
     assert h["gpu"]["coreCount"] == 108 and h["gpu"]["coreSpeed"] == "1410 MHz"
     assert h["cpu"] == {"coreCount": 32, "coreSpeed": "2400 MHz", "count": 1,
                         "modelName": "unknown", "vendor": "unknown"}
@@ -296,7 +299,7 @@ def test_eight_gpu_host_split_into_two_four_gpu_hosts(tmp_path):
     assert h["memory"] == {"memorySize": "524288 MiB"}
     # two replicas of tp=2 per 4-GPU host, each replica's GPUs on one host
     planned = [t["planned_host"] for t in stats["task_map"]]
-    assert planned == ["node#0", "node#0", "node#1", "node#1"]
+    assert planned == ["node-0", "node-0", "node-1", "node-1"]
     # only known release-format keys
     cluster_keys = {"name", "count", "hosts", "powerSource", "battery"}
     host_keys = {"name", "cpu", "count", "memory", "gpu", "cpuPowerModel", "gpuPowerModel",
@@ -636,7 +639,7 @@ def test_two_gpu_types_export_and_topology(tmp_path):
     assert hosts["h100"]["cpuPowerModel"] == {"modelType": "linear", "idlePower": "150 W", "maxPower": "350 W"}
     # the plan puts each replica on a host of its type
     planned = {m["replica"]: (m["gpu"], m["planned_host"]) for m in stats["task_map"]}
-    assert planned == {0: ("A100-80GB", "a100#0"), 1: ("A100-80GB", "a100#0"), 2: ("H100-SXM", "h100#0")}
+    assert planned == {0: ("A100-80GB", "a100"), 1: ("A100-80GB", "a100"), 2: ("H100-SXM", "h100")}
     assert stats["gpu"] == ["A100-80GB", "H100-SXM"] and stats["tp"] == [1, 2]
     assert stats["gpu_capacity_mhz_per_gpu"] == pytest.approx({"A100-80GB": A100_CAP, "H100-SXM": H100_CAP})
     assert [(g["gpu"], g["replicas"], g["tp"]) for g in stats["replica_groups"]] == \

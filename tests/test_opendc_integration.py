@@ -18,12 +18,11 @@ from kavier_opendc.opendc import carbon as C
 from kavier_opendc.opendc.inputs import write_opendc_inputs
 from kavier_opendc.opendc.results import run_opendc_dir
 
-REPO = Path(__file__).resolve().parents[1]
-JAR = REPO / "opendc-bridge" / "target" / "kavier-opendc-bridge.jar"
-NL = Path("/work/shared/data/carbon/NL_2022.parquet")
+from conftest import SHARED_DATA, needs_opendc
 
-pytestmark = pytest.mark.skipif(not JAR.is_file(), reason=f"OpenDC bridge jar not built ({JAR}); "
-                                                          "build it with `make bridge`")
+NL = SHARED_DATA / "carbon" / "NL_2022.parquet"
+
+pytestmark = needs_opendc
 
 I_GPU, M_GPU = 60.0, 400.0             # A100-80GB catalogue idle/max W
 I_CPU, M_CPU = 100.0, 300.0            # CPU power model of the test host
@@ -150,6 +149,16 @@ def test_exported_workload_runs_and_places_replicas(tmp_path, bridge):
     assert len(hosts) == 4 and all(h is not None for h in hosts.values())
     per_host = pd.Series(list(hosts.values())).value_counts()
     assert sorted(per_host.tolist()) == [2, 2]                  # two tp=2 replicas per 4-GPU host
+    # hosts are reported under the names of the topology file (the export's plan uses the same names)
+    topo_names = [h["name"] for h in json.loads((tmp_path / "odc" / "topology.json").read_text())
+                  ["clusters"][0]["hosts"]]
+    assert sorted(set(hosts.values())) == sorted(topo_names) == ["node-0", "node-1"]
+    assert sorted(h["host_name"] for h in r["per_host"]) == ["node-0", "node-1"]
+    assert {t["planned_host"] for t in stats["task_map"]} == set(topo_names)
+    # one time base for task times: simulation ms since the start, submissions at 0
+    tasks = r["tasks"]
+    assert tasks["submission_time_ms"] == [0, 0, 0, 0]
+    assert all(0 <= s <= f <= T * 1000 + 1 for s, f in zip(tasks["schedule_time_ms"], tasks["finish_time_ms"]))
     assert set(r["tasks"]["states"]) <= {"COMPLETED", "TERMINATED"}
     # GPU energy: 8 idle GPUs + dynamic part of 2 GPUs per replica; CPU idle (both halves)
     gpu_j = 8 * I_GPU * T + (M_GPU - I_GPU) * 2 * sum(us) * T

@@ -21,27 +21,13 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import needs_opendc
 from kavier_opendc.base.errors import KavierRuntimeError
 from kavier_opendc.experiments.experiment import load_experiment
 from kavier_opendc.experiments.pipeline import INCOMPLETE, run_experiment, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "kavier_opendc" / "data"
-
-
-def opendc_jar() -> Path | None:
-    """The bridge jar with OpenDC inside, or None."""
-    from kavier_opendc.opendc.bridge import find_bridge_jar
-    from kavier_opendc.experiments.pipeline import bridge_jar_flavour
-    try:
-        jar = find_bridge_jar()
-    except KavierRuntimeError:
-        return None
-    return None if bridge_jar_flavour(jar) == "lite" else jar
-
-
-HAVE_OPENDC = opendc_jar() is not None
-needs_opendc = pytest.mark.skipif(not HAVE_OPENDC, reason="OpenDC bridge jar not built (make bridge)")
 
 
 class FakeOpenDC:
@@ -297,3 +283,38 @@ def test_demo_end_to_end_with_real_opendc(tmp_path):
     assert wall < 120, f"demo took {wall:.1f} s"
     assert rep["performance"]["num_finished"] == 3000
     assert len(rep["sustainability"]["per_host"]) == 2
+
+
+@needs_opendc
+def test_jvm_killed_mid_run_keeps_the_performance_results(tmp_path):
+    """The JVM dies (SIGKILL) while OpenDC runs: a clear error, the run marked INCOMPLETE, and the
+    simulation's performance results kept complete."""
+    import os
+    import signal
+
+    from kavier_opendc.opendc.bridge import OpenDCBridge, OpenDCBridgeError
+
+    class KilledMidRun(OpenDCBridge):
+        def run(self, experiment_json, progress=None, **kw):
+            def kill_when_started(fraction: float) -> None:
+                if fraction == 0.0:
+                    os.kill(self.pid, signal.SIGKILL)
+                if progress is not None:
+                    progress(fraction)
+            return super().run(experiment_json, progress=kill_when_started, **kw)
+
+    exp = load_experiment(tiny_experiment(tmp_path))
+    out = tmp_path / "out"
+    with KilledMidRun() as bridge:
+        with pytest.raises(OpenDCBridgeError) as info:
+            run_experiment(exp, out, bridge=bridge, quiet=True)
+    message = str(info.value)
+    assert info.value.kind == "JVM_DIED" and "SIGKILL" in message
+    assert "performance results" in message and str(out / "simulation") in message
+    marker = (out / INCOMPLETE).read_text()
+    assert "FAILED during stage 'opendc'" in marker and "performance results" in marker
+    assert not (out / "report.json").exists()
+    requests = pd.read_parquet(out / "simulation" / "requests.parquet")
+    summary = json.loads((out / "simulation" / "summary.json").read_text())
+    assert len(requests) == summary["num_requests"] == 60
+    assert pd.read_parquet(out / "simulation" / "timeline.parquet")["end_s"].max() > 0

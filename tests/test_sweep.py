@@ -20,7 +20,8 @@ import yaml
 
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.experiments.sweep import DONE, LOG, load_sweep
-from test_pipeline import HAVE_OPENDC, tiny_experiment
+from conftest import HAVE_OPENDC
+from test_pipeline import tiny_experiment
 
 FLAGS = [] if HAVE_OPENDC else ["--no-opendc"]
 

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import SHARED_DATA
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.workload.synthetic import (
     LengthSpec,
@@ -23,7 +24,7 @@ from kavier_opendc.workload.synthetic import (
 from kavier_opendc.workload.trace import Trace
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
+DATA = SHARED_DATA / "traces"
 SHAREGPT = DATA / "sharegpt_lengths_llama2.csv"
 
 

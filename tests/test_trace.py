@@ -16,10 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import SHARED_DATA
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.workload.trace import TRACE_FORMATS, Trace, detect_format, load_trace, write_trace
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
+DATA = SHARED_DATA / "traces"
 
 
 def shared(name: str) -> Path:

@@ -9,6 +9,7 @@ arguments into calls and results into text. :func:`main` prints every
     experiments.py  kavier run, demo, validate, sweep, efficiency
     opendc.py       kavier export-opendc, opendc
     catalog.py      kavier catalog
+    bridge.py       kavier bridge (build or check the OpenDC bridge jar)
     args.py         argument types shared by the groups
 """
 
@@ -19,7 +20,7 @@ import sys
 
 from kavier_opendc import __version__
 from kavier_opendc.base.errors import KavierError
-from kavier_opendc.cli import catalog, experiments, opendc, simulate
+from kavier_opendc.cli import bridge, catalog, experiments, opendc, simulate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiments.register(sub)
     opendc.register(sub)
     catalog.register(sub)
+    bridge.register(sub)
     return ap
 
 

@@ -124,6 +124,15 @@ def prepare_out_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _kept_performance_results(out: Path, stage: str) -> str:
+    """What survives a failure after the simulation (OpenDC, export, report): the performance results."""
+    sim = Path(out) / "simulation"
+    if stage in ("trace", "simulate", "run") or not (sim / "summary.json").is_file():
+        return ""
+    return (f"The simulation had finished: its performance results in {sim} (requests.parquet, summary.json, "
+            f"timeline.parquet) are complete; 'kavier run --no-opendc' writes the report without OpenDC.")
+
+
 def _write_marker(out: Path, text: str) -> None:
     from kavier_opendc.base.atomic import atomic_write_text
     atomic_write_text(Path(out) / INCOMPLETE, text)
@@ -209,24 +218,9 @@ def datacenter_for(exp: Experiment, carbon_path: Path | None):
     return load_datacenter(dc, catalog=exp.catalog, base_dir=exp.datacenter_base, source=exp.datacenter_source)
 
 
-def bridge_jar_flavour(jar: Path) -> str:
-    """'full', 'lite' (the gateway without OpenDC) or 'unknown', from the jar's manifest."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(jar) as zf:
-            manifest = zf.read("META-INF/MANIFEST.MF").decode("utf-8", "replace")
-    except (OSError, KeyError, zipfile.BadZipFile):
-        return "unknown"
-    for line in manifest.splitlines():
-        if line.startswith("Kavier-Bridge-Flavour:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def check_opendc_available() -> None:
     """Fail before any work when OpenDC cannot run (no jar, a lite jar, or no Java 21+)."""
-    from kavier_opendc.opendc.bridge import BUILD_COMMAND, find_bridge_jar, find_java
+    from kavier_opendc.opendc.bridge import BUILD_COMMAND, find_bridge_jar, find_java, jar_flavour
 
     hint = " To get the performance report without OpenDC, add --no-opendc."
     try:
@@ -234,7 +228,7 @@ def check_opendc_available() -> None:
         find_java()
     except KavierRuntimeError as exc:
         raise KavierRuntimeError(f"{exc}{hint}") from None
-    if bridge_jar_flavour(jar) == "lite":
+    if jar_flavour(jar) == "lite":
         raise KavierRuntimeError(f"The OpenDC bridge jar {jar} is a lite build without OpenDC (OpenDC's artifacts "
                                  f"could not be resolved when it was built); build the real one with "
                                  f"'{BUILD_COMMAND}'.{hint}")
@@ -325,11 +319,15 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
             text = str(exc)
         else:
             text = "".join(traceback.format_exception(exc)).strip()
+        kept = _kept_performance_results(out, what)
         try:
             _write_marker(out, f"kavier run FAILED during stage '{what}' at {_utc_now()}:\n{text}\n\n"
-                               "The files in this folder are partial; rerun the experiment.\n")
+                               + (kept + "\n" if kept else "")
+                               + "The files in this folder are partial; rerun the experiment.\n")
         except OSError:
             pass
+        if kept and isinstance(exc, KavierRuntimeError):
+            exc.args = (f"{exc} {kept}",) + exc.args[1:]
         raise
     (out / INCOMPLETE).unlink()
     return RunResult(out, report, time.perf_counter() - t_start)

@@ -19,9 +19,9 @@ or, to run several experiments in one JVM::
 Security: the gateway listens on 127.0.0.1 on a port the OS picks, and only accepts a client that presents
 a random token, handed to the JVM in the environment (``KAVIER_BRIDGE_TOKEN``), never on its command line.
 
-Command line (used by the Makefile)::
+Command line (``kavier bridge ...`` and the Makefile call it)::
 
-    python -m kavier_opendc.opendc.bridge build [--with-tests] [--lite]
+    python -m kavier_opendc.opendc.bridge build [--with-tests] [--lite] [--opendc-repo DIR]
     python -m kavier_opendc.opendc.bridge check
     python -m kavier_opendc.opendc.bridge run EXPERIMENT_JSON
 """
@@ -57,6 +57,9 @@ __all__ = [
     "OpenDCInputError",
     "build_bridge_jar",
     "find_bridge_jar",
+    "jar_flavour",
+    "jar_search_path",
+    "user_jar",
     "find_java",
     "java_version",
     "run_opendc_experiment",
@@ -73,11 +76,49 @@ READY_PREFIX = "KAVIER_BRIDGE_READY"
 JAR_NAME = "kavier-opendc-bridge.jar"
 LITE_JAR_NAME = "kavier-opendc-bridge-lite.jar"
 
+OPENDC_REPO_ENV = "KAVIER_OPENDC_REPO"
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BRIDGE_DIR = REPO_ROOT / "opendc-bridge"
-DEFAULT_JAR = BRIDGE_DIR / "target" / JAR_NAME
-#: The one command that builds the jar (a Makefile target that calls ``build_bridge_jar``).
-BUILD_COMMAND = "make bridge"
+#: The bridge's Maven project in a source checkout.
+CHECKOUT_BRIDGE_DIR = REPO_ROOT / "opendc-bridge"
+#: The same Maven project as shipped inside an installed package (copied there by setup.py).
+PACKAGED_BRIDGE_DIR = Path(__file__).resolve().parent / "bridge_project"
+BRIDGE_DIR = CHECKOUT_BRIDGE_DIR
+#: Where a source checkout's Maven build puts the jar.
+DEFAULT_JAR = CHECKOUT_BRIDGE_DIR / "target" / JAR_NAME
+#: The one command that builds the jar, in a checkout and in a pip-installed package alike.
+BUILD_COMMAND = "kavier bridge build"
+
+
+def in_source_checkout() -> bool:
+    """True when this package runs from a source checkout that holds the bridge's Maven project."""
+    return (CHECKOUT_BRIDGE_DIR / "pom.xml").is_file()
+
+
+def user_data_dir() -> Path:
+    """Per-user folder for the jar a pip-installed package builds: ``$XDG_DATA_HOME/kavier-opendc``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / "kavier-opendc"
+
+
+def user_jar() -> Path:
+    return user_data_dir() / JAR_NAME
+
+
+def jar_flavour(jar: str | os.PathLike[str]) -> str:
+    """'full', 'lite' (the gateway without OpenDC) or 'unknown', from the jar's manifest."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(jar) as zf:
+            manifest = zf.read("META-INF/MANIFEST.MF").decode("utf-8", "replace")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return "unknown"
+    for line in manifest.splitlines():
+        if line.startswith("Kavier-Bridge-Flavour:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
 
 #: Folders searched for JDKs after JAVA_HOME, as glob patterns of ``java`` executables.
 JAVA_SEARCH_PATTERNS = (
@@ -241,34 +282,86 @@ def find_java(min_version: int = MIN_JAVA_VERSION, *, require_jdk: bool = False)
 # ---------------------------------------------------------------------------------------------- jar
 
 
+def jar_search_path() -> list[Path]:
+    """Where the launcher looks for the jar, in order (after ``$KAVIER_BRIDGE_JAR``)."""
+    paths = [DEFAULT_JAR] if in_source_checkout() else []
+    return [*paths, user_jar()]
+
+
 def find_bridge_jar() -> Path:
-    """The bridge jar: ``$KAVIER_BRIDGE_JAR`` if set, else ``opendc-bridge/target/kavier-opendc-bridge.jar``."""
+    """The bridge jar: ``$KAVIER_BRIDGE_JAR`` if set, else the first built one of :func:`jar_search_path`."""
     explicit = os.environ.get(JAR_ENV)
     if explicit:
         jar = Path(explicit).expanduser()
         if not jar.is_file():
             raise KavierRuntimeError(
-                f"{JAR_ENV}={explicit} does not name an existing file. Unset it to use {DEFAULT_JAR}, "
-                f"or build the bridge with '{BUILD_COMMAND}'."
+                f"{JAR_ENV}={explicit} does not name an existing file. Unset it to use the jar that "
+                f"'{BUILD_COMMAND}' builds, or point it at a built jar."
             )
         return jar.resolve()
-    if not DEFAULT_JAR.is_file():
-        raise KavierRuntimeError(
-            f"The OpenDC bridge jar {DEFAULT_JAR} is not built. Build it with '{BUILD_COMMAND}' "
-            f"(Maven and a JDK {MIN_JAVA_VERSION}+ are needed, and access to Maven Central for OpenDC's "
-            f"artifacts), or point {JAR_ENV} at a built jar."
+    searched = jar_search_path()
+    for jar in searched:
+        if jar.is_file():
+            return jar
+    raise KavierRuntimeError(
+        f"The OpenDC bridge jar is not built (looked for {' and '.join(map(str, searched))}). Build it with "
+        f"'{BUILD_COMMAND}' (Maven and a JDK {MIN_JAVA_VERSION}+ are needed, and OpenDC's artifacts from "
+        f"Maven Central, or a local Maven repository named by ${OPENDC_REPO_ENV}), or point {JAR_ENV} at a "
+        f"built jar."
+    )
+
+
+def opendc_repo_url(directory: str | os.PathLike[str]) -> str:
+    """The absolute ``file://`` URL Maven needs for a local repository folder holding OpenDC's artifacts."""
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        raise KavierInputError(
+            f"{OPENDC_REPO_ENV}/--opendc-repo names {directory}, which is not a folder. Expected a local Maven "
+            f"repository (Maven 2 layout) that holds org/opendc/... , e.g. the shared opendc-m2 folder."
         )
-    return DEFAULT_JAR
+    if not (path / "org" / "opendc").is_dir():
+        raise KavierInputError(
+            f"{OPENDC_REPO_ENV}/--opendc-repo names {path}, which has no org/opendc/ folder: it is not a Maven "
+            f"repository with OpenDC's artifacts."
+        )
+    return path.resolve().as_uri()
+
+
+def _build_dirs(lite: bool) -> tuple[Path, Path]:
+    """(Maven project folder to build in, folder the jar ends up in).
+
+    A source checkout builds in place (``opendc-bridge/target``). An installed package copies its shipped
+    sources into a per-user build folder (site-packages may be read-only) and puts the jar in
+    :func:`user_data_dir`, which the launcher also searches.
+    """
+    if in_source_checkout():
+        return CHECKOUT_BRIDGE_DIR, CHECKOUT_BRIDGE_DIR / "target"
+    if not (PACKAGED_BRIDGE_DIR / "pom.xml").is_file():
+        raise KavierRuntimeError(
+            f"This installation ships no bridge sources ({PACKAGED_BRIDGE_DIR} is missing); reinstall the "
+            f"package from its source ('pip install .') or download a built jar and set {JAR_ENV}."
+        )
+    build_dir = user_data_dir() / "bridge-build"
+    if build_dir.exists():
+        shutil.rmtree(build_dir / "src", ignore_errors=True)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(PACKAGED_BRIDGE_DIR / "src", build_dir / "src", dirs_exist_ok=True)
+    shutil.copy2(PACKAGED_BRIDGE_DIR / "pom.xml", build_dir / "pom.xml")
+    return build_dir, user_data_dir()
 
 
 def build_bridge_jar(*, run_tests: bool = False, lite: bool = False, quiet: bool = True,
                      opendc_version: str | None = None, update: bool = False,
-                     maven: str | None = None) -> Path:
+                     maven: str | None = None, opendc_repo: str | os.PathLike[str] | None = None) -> Path:
     """Builds the bridge jar with Maven on a JDK >= 21 and returns its path.
 
+    OpenDC comes from Maven Central, or also from the local Maven repository ``opendc_repo`` (default
+    ``$KAVIER_OPENDC_REPO``) for air-gapped sites and mirrors without ``org/opendc/``.
     ``lite`` builds ``kavier-opendc-bridge-lite.jar`` without OpenDC (gateway plumbing only);
     ``update`` passes ``-U`` so Maven retries downloads that failed before.
     """
+    repo = opendc_repo if opendc_repo is not None else (os.environ.get(OPENDC_REPO_ENV) or None)
+    repo_url = opendc_repo_url(repo) if repo else None
     mvn = maven or shutil.which("mvn") or shutil.which("mvn.cmd")
     if not mvn:
         raise KavierRuntimeError(
@@ -278,6 +371,7 @@ def build_bridge_jar(*, run_tests: bool = False, lite: bool = False, quiet: bool
     java = find_java(require_jdk=True)
     java_home = Path(os.path.realpath(java)).parent.parent
     env = dict(os.environ, JAVA_HOME=str(java_home))
+    project_dir, jar_dir = _build_dirs(lite)
     cmd = [mvn, "-B", "-Dstyle.color=never"]
     if update:
         cmd.append("-U")  # re-check artifacts whose download failed before (Maven caches failures)
@@ -290,7 +384,9 @@ def build_bridge_jar(*, run_tests: bool = False, lite: bool = False, quiet: bool
         cmd.append("-Dbridge.lite")
     if opendc_version:
         cmd.append(f"-Dopendc.version={opendc_version}")
-    proc = subprocess.run(cmd, cwd=BRIDGE_DIR, env=env, capture_output=True, text=True, check=False)
+    if repo_url:
+        cmd.append(f"-Dopendc.repo={repo_url}")
+    proc = subprocess.run(cmd, cwd=project_dir, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         output = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr).strip().splitlines()
         tail = "\n".join(line for line in output[-40:]
@@ -298,18 +394,27 @@ def build_bridge_jar(*, run_tests: bool = False, lite: bool = False, quiet: bool
         hint = ""
         if "org.opendc" in tail and ("Could not find" in tail or "Could not resolve" in tail
                                      or "was not found" in tail):
-            hint = (" Maven could not download OpenDC's artifacts (org.opendc.*) from Maven Central: "
-                    "check network access to repo.maven.apache.org or your mirror settings.")
+            where = f"Maven Central or {repo}" if repo else "Maven Central"
+            hint = (f" Maven could not download OpenDC's artifacts (org.opendc.*) from {where}: check network "
+                    f"access or your mirror settings, or name a local Maven repository that holds them with "
+                    f"{OPENDC_REPO_ENV}=DIR (or --opendc-repo DIR).")
             if "previous attempt" in tail:
                 hint += " Maven cached that failure; retry with '--update' (mvn -U) once the network works."
         raise KavierRuntimeError(
-            f"Building the OpenDC bridge failed ({' '.join(cmd)} in {BRIDGE_DIR}, "
+            f"Building the OpenDC bridge failed ({' '.join(cmd)} in {project_dir}, "
             f"JAVA_HOME={java_home}, exit code {proc.returncode}).{hint}\n{tail}"
         )
-    jar = BRIDGE_DIR / "target" / (LITE_JAR_NAME if lite else JAR_NAME)
-    if not jar.is_file():
-        raise KavierRuntimeError(f"Maven succeeded but {jar} was not produced.")
-    return jar
+    name = LITE_JAR_NAME if lite else JAR_NAME
+    built = project_dir / "target" / name
+    if not built.is_file():
+        raise KavierRuntimeError(f"Maven succeeded but {built} was not produced.")
+    if jar_dir != built.parent:
+        jar_dir.mkdir(parents=True, exist_ok=True)
+        tmp = jar_dir / (name + ".tmp")
+        shutil.copy2(built, tmp)
+        os.replace(tmp, jar_dir / name)
+        return jar_dir / name
+    return built
 
 
 def seed_output_dirs(output_folder: str | os.PathLike[str]) -> list[Path]:
@@ -703,15 +808,19 @@ def run_opendc_experiment(experiment_json: str | os.PathLike[str], progress: Pro
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kavier_opendc.opendc.bridge",
+def bridge_main(argv: list[str] | None = None, prog: str = "python -m kavier_opendc.opendc.bridge") -> int:
+    """``kavier bridge build|check|run``: build the jar, check it, or run one OpenDC experiment."""
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Build, check or run the Kavier-OpenDC bridge.")
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build opendc-bridge/target/kavier-opendc-bridge.jar with Maven")
+    build = sub.add_parser("build", help="build the bridge jar with Maven (opendc-bridge/target/ in a source "
+                                          "checkout, else the per-user data folder)")
     build.add_argument("--with-tests", action="store_true", help="also run the bridge's JUnit tests")
     build.add_argument("--lite", action="store_true", help="build the gateway without OpenDC")
     build.add_argument("--opendc-version", default=None, help="OpenDC release (default: the pom's)")
     build.add_argument("--update", action="store_true", help="mvn -U: retry downloads that failed before")
+    build.add_argument("--opendc-repo", metavar="DIR", default=None,
+                       help=f"a local Maven repository holding OpenDC's artifacts (default ${OPENDC_REPO_ENV})")
     build.add_argument("--verbose", action="store_true", help="show Maven's output")
     sub.add_parser("check", help="start the bridge and print versions")
     run = sub.add_parser("run", help="run an OpenDC experiment JSON through the bridge")
@@ -720,8 +829,11 @@ def _main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build":
             t0 = time.monotonic()
+            print("building the OpenDC bridge jar with Maven (minutes the first time, while Maven downloads "
+                  "OpenDC and its dependencies) ...", file=sys.stderr, flush=True)
             jar = build_bridge_jar(run_tests=args.with_tests, lite=args.lite, quiet=not args.verbose,
-                                   opendc_version=args.opendc_version, update=args.update)
+                                   opendc_version=args.opendc_version, update=args.update,
+                                   opendc_repo=args.opendc_repo)
             print(f"built {jar} in {time.monotonic() - t0:.1f} s")
         elif args.command == "check":
             with OpenDCBridge() as bridge:
@@ -743,4 +855,4 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(bridge_main())

@@ -67,7 +67,8 @@ import pyarrow.parquet as pq
 from kavier_opendc.base.atomic import write_parquet_atomic
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.opendc.datacenter import DEFAULT_START, Datacenter, load_datacenter
-from kavier_opendc.opendc.topology import OpenDCHost, TaskPlan, opendc_hosts, plan_replicas, same_gpu
+from kavier_opendc.opendc.topology import (OpenDCHost, TaskPlan, opendc_host_name, opendc_hosts, plan_replicas,
+                                          same_gpu)
 
 MODES = ("adaptive", "interval", "segments", "per-request")
 #: OpenDC prefab schedulers whose filters look at GPUs (VGpuFilter: free GPU cores).
@@ -785,7 +786,7 @@ def export_with_hosts(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", t
         per_task.append({"task_id": p.task_id, "replica": p.replica, "part": p.part, "gpus": p.gpus,
                          "gpu": spec.name, "tp": tp, "model": sim.replica_model[p.replica],
                          "fragments": int(dur.size), "duration_ms": total_ms,
-                         "planned_host": f"{hosts[p.host_entry].name}#{p.host_instance}"})
+                         "planned_host": opendc_host_name(hosts[p.host_entry], p.host_instance)})
 
     # largest GPU request first: OpenDC keeps file order for equal submission times (FIFO)
     order = sorted(range(len(plans)), key=lambda i: (-task_rows["gpu_count"][i], i))

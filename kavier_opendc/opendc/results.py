@@ -318,7 +318,7 @@ def read_opendc_output(output_dir: str | os.PathLike, *, topology: str | os.Path
         "start_epoch_ms": start_abs,
         "per_host": per_host,
         "per_gpu": per_gpu,
-        "tasks": _task_summary(task),
+        "tasks": _task_summary(task, start_abs),
         "battery": _battery_summary(battery),
         "export": export_stats,
         "raw_output": str(raw),
@@ -328,14 +328,25 @@ def read_opendc_output(output_dir: str | os.PathLike, *, topology: str | os.Path
     return result
 
 
-def _task_summary(task: pd.DataFrame | None) -> dict | None:
+def _task_summary(task: pd.DataFrame | None, start_epoch_ms: int | None) -> dict | None:
+    """Per-task times, all in milliseconds of simulation time since the run's start.
+
+    OpenDC's task.parquet mixes time bases: ``submission_time`` is epoch ms (as the workload gave it),
+    ``schedule_time`` and ``finish_time`` are simulation ms from 0. Submission times are shifted by the
+    run's start (``timestamp_absolute - timestamp`` of the host rows; else the earliest submission, which is
+    where OpenDC starts its clock), so every ``*_ms`` here shares one base.
+    """
     if task is None or not len(task):
         return None
     last = task.sort_values("timestamp").groupby("task_id").tail(1)
-    out = {"tasks": int(last["task_id"].nunique())}
-    for col in ("schedule_time", "submission_time", "finish_time"):
+    out: dict[str, Any] = {"tasks": int(last["task_id"].nunique()), "time_base": "simulation ms since start"}
+    if "submission_time" in last and last["submission_time"].notna().any():
+        if start_epoch_ms is None:
+            start_epoch_ms = int(task["submission_time"].min())
+    for col in ("submission_time", "schedule_time", "finish_time"):
         if col in last:
-            out[col + "_ms"] = [None if pd.isna(x) else int(x) for x in last[col]]
+            shift = start_epoch_ms if col == "submission_time" and start_epoch_ms is not None else 0
+            out[col + "_ms"] = [None if pd.isna(x) else int(x) - shift for x in last[col]]
     if "task_state" in last:
         out["states"] = {str(k): int(v) for k, v in last["task_state"].value_counts().items()}
     if "host_name" in last:

@@ -110,6 +110,16 @@ class OpenDCHost:
         """Capacity of one OpenDC GPU (coreCount x coreSpeed)."""
         return self.gpu_core_count * self.gpu_mhz
 
+    def to_opendc_entries(self) -> list[dict[str, Any]]:
+        """One OpenDC host entry per physical host, named ``<name>-<i>`` when there are several.
+
+        OpenDC names the hosts of a ``count: n`` entry ``name``, ``name-0``, ... , which users cannot map
+        back to the topology; explicit entries give every host the name the reports show.
+        """
+        if self.count <= 1:
+            return [self.to_opendc()]
+        return [dict(self.to_opendc(), name=opendc_host_name(self, i), count=1) for i in range(self.count)]
+
     def to_opendc(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name,
@@ -132,6 +142,11 @@ class OpenDCHost:
             }
             out["gpuPowerModel"] = self.gpu_power.to_opendc()
         return out
+
+
+def opendc_host_name(host: OpenDCHost, instance: int) -> str:
+    """The name OpenDC reports for physical host ``instance`` of a host entry."""
+    return host.name if host.count <= 1 else f"{host.name}-{instance}"
 
 # --------------------------------------------------------------------------
 # OpenDC hosts: the 4-GPU limit
@@ -358,7 +373,7 @@ def topology_dict(datacenter: Datacenter, gpu=None, hosts: list[OpenDCHost] | No
     if ps.carbon_trace is not None:
         psj["carbonTracePath"] = str(Path(ps.carbon_trace).resolve())
     cluster: dict[str, Any] = {"name": datacenter.name,
-                               "hosts": [h.to_opendc() for h in hosts],
+                               "hosts": [e for h in hosts for e in h.to_opendc_entries()],
                                "powerSource": psj}
     if datacenter.battery is not None:
         cluster["battery"] = datacenter.battery.to_opendc()

@@ -23,6 +23,11 @@ public final class BridgeException extends RuntimeException {
         BAD_CARBON_TRACE,
         /** The jar was built without OpenDC (lite build) or OpenDC's entry points are missing. */
         OPENDC_MISSING,
+        /**
+         * OpenDC's installation is broken: a class or method it needs is missing or incompatible at run time
+         * (NoClassDefFoundError, ClassNotFoundException, NoSuchMethodError, ...). Not the user's input.
+         */
+        OPENDC_INSTALLATION,
         /** OpenDC failed while simulating for another reason. */
         OPENDC_FAILURE,
         /** Another experiment is still running in this JVM. */

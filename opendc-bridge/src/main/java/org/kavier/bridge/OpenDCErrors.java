@@ -34,6 +34,9 @@ final class OpenDCErrors {
             return be;
         }
         String what = describe(error);
+        if (isInstallationFailure(error)) {
+            return installation("reading experiment " + experimentPath, what, error);
+        }
         String lower = what.toLowerCase(Locale.ROOT);
         if (lower.contains("path to the workload")) {
             return new BridgeException(BridgeException.Kind.BAD_WORKLOAD,
@@ -58,6 +61,9 @@ final class OpenDCErrors {
         }
         String what = describe(error);
         String where = "scenario " + scenario.id() + " seed " + seed;
+        if (isInstallationFailure(error)) {
+            return installation("simulating " + where, what, error);
+        }
         switch (classify(error)) {
             case BAD_CARBON_TRACE:
                 return new BridgeException(BridgeException.Kind.BAD_CARBON_TRACE,
@@ -118,6 +124,29 @@ final class OpenDCErrors {
             return BridgeException.Kind.BAD_WORKLOAD;
         }
         return BridgeException.Kind.OPENDC_FAILURE;
+    }
+
+    /**
+     * A class or method that OpenDC needs is missing or incompatible: the jar was built with a broken
+     * dependency set (for example a POM naming the multiplatform 'kotlin-logging' root artifact, which gives
+     * Maven no JVM classes). Linkage errors can hide behind wrappers, so the whole cause chain is checked.
+     */
+    static boolean isInstallationFailure(Throwable error) {
+        for (Throwable t : chain(error)) {
+            if (t instanceof LinkageError || t instanceof ClassNotFoundException) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private static BridgeException installation(String during, String what, Throwable error) {
+        return new BridgeException(BridgeException.Kind.OPENDC_INSTALLATION,
+                "OpenDC's installation is broken (a class it needs is missing or incompatible) while " + during
+                        + ": " + what + ". This is not a problem with your input files: rebuild the bridge jar "
+                        + "('kavier bridge build' or 'make bridge') so that OpenDC's full runtime class path is "
+                        + "inside it.",
+                error);
     }
 
     /** "Outer: message; caused by Root: message" without repeating identical messages. */

@@ -1,10 +1,10 @@
 package org.kavier.bridge;
 
+import static org.junit.jupiter.api.Assertions.assertDoesNotThrow;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
-import static org.junit.jupiter.api.Assumptions.assumeFalse;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.io.IOException;
@@ -122,13 +122,36 @@ class BridgeEntryPointTest {
     }
 
     @Test
-    void liteBuildExplainsThatOpenDCIsMissing(@TempDir Path tmp) throws Exception {
-        assumeFalse(openDC(), "OpenDC is on the class path");
+    void openDCPresenceMatchesTheBuildFlavour(@TempDir Path tmp) throws Exception {
+        // The full jar must carry OpenDC (no silent lite build); the lite jar must say that OpenDC is missing.
+        if (!"lite".equals(System.getProperty("kavier.bridge.flavour"))) {
+            assertTrue(openDC(), "the full bridge build has no OpenDC on its class path");
+            // JVM classes of OpenDC's multiplatform dependencies: a POM naming only a root artifact
+            // (e.g. 'kotlin-logging') leaves them out and OpenDC dies with NoClassDefFoundError.
+            for (String cls : List.of("mu.KotlinLogging", "com.github.ajalt.clikt.core.CliktCommand",
+                    "kotlinx.coroutines.CoroutineScope", "kotlinx.serialization.json.Json")) {
+                assertDoesNotThrow(() -> Class.forName(cls), cls + " is missing from the bridge jar");
+            }
+            return;
+        }
+        assertFalse(openDC(), "the lite bridge build has OpenDC on its class path");
         TinyExperiment exp = new TinyExperiment(tmp).writeAll();
         BridgeEntryPoint bridge = new BridgeEntryPoint();
         BridgeException e = assertThrows(BridgeException.class, () -> bridge.runExperiment(exp.experiment.toString()));
         assertEquals(BridgeException.Kind.OPENDC_MISSING, e.getKind(), e.getMessage());
         assertEquals(BridgeEntryPoint.FAILED, bridge.getState());
+    }
+
+    @Test
+    void missingClassIsAnInstallationFailureNotBadInput() {
+        Throwable missing = new IllegalStateException("init",
+                new NoClassDefFoundError("mu/KotlinLogging"));
+        BridgeException loading = OpenDCErrors.whileLoading("/x/experiment.json", missing);
+        assertEquals(BridgeException.Kind.OPENDC_INSTALLATION, loading.getKind(), loading.getMessage());
+        assertTrue(loading.getMessage().contains("mu/KotlinLogging"), loading.getMessage());
+        assertTrue(loading.getMessage().contains("not a problem with your input"), loading.getMessage());
+        assertTrue(OpenDCErrors.isInstallationFailure(new ClassNotFoundException("org.opendc.X")));
+        assertFalse(OpenDCErrors.isInstallationFailure(new RuntimeException("Unexpected JSON token")));
     }
 
     @Test
