@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kavier_opendc import cli_pipeline
 
     cli_pipeline.register(sub)
+    from kavier_opendc import cli_measure  # kavier trace, kavier compare
+
+    cli_measure.add_parsers(sub)
     e = sub.add_parser("export-opendc", help="turn a simulation's timeline into an OpenDC experiment",
                        description="Write DIR/workload/tasks.parquet, DIR/workload/fragments.parquet, "
                                    "DIR/topology.json and DIR/experiment.json in OpenDC's formats.")
