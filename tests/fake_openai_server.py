@@ -20,7 +20,10 @@ the receipt time (no drift), so the programmed latencies are known exactly.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
+import selectors
 import sys
 import time
 
@@ -34,22 +37,22 @@ DEFAULTS = {
     "tpot_per_token_s": 0.0,
     "natural_length": 5,          # tokens produced before EOS when ignore_eos is not set
     "tokenize": True,             # serve /tokenize
+    "list_models": True,          # serve /v1/models
     "mode": "normal",             # normal | error_mid_stream | close_mid_stream | hang | invalid_json |
                                   # malformed_lines | non_streaming | no_usage | http_500
     "fail_after_tokens": 2,       # error_mid_stream / close_mid_stream / hang / invalid_json
-    "fail_every": 1,              # apply the failure mode to every n-th request (by arrival order)
+    "fail_from": 0,               # the failure mode applies from this completion request on (0: the first)
+    "fail_every": 1,              # ... and then to every n-th one (by arrival order)
     "max_model_len": 4096,
 }
 
 
 async def sleep_until(deadline: float) -> None:
-    """Wake at ``deadline`` (perf_counter) within a few microseconds: the event loop's timers are
-    late by up to a millisecond (epoll's resolution), so the last stretch yields in a busy loop."""
-    delay = deadline - time.perf_counter() - 0.0015
+    """Wake at ``deadline`` (perf_counter).  The server's event loop runs on select(), whose timeout
+    has microsecond resolution (epoll's is a millisecond), so its timers are not late by design."""
+    delay = deadline - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
-    while time.perf_counter() < deadline:
-        await asyncio.sleep(0)
 
 
 def count_tokens(text: str) -> int:
@@ -84,6 +87,8 @@ class FakeServer:
 
     # ------------------------------------------------------------------ OpenAI-compatible API
     async def models(self, request: web.Request) -> web.Response:
+        if not self.cfg["list_models"]:
+            raise web.HTTPNotFound()
         return web.json_response({"object": "list", "data": [{"id": m, "object": "model", "owned_by": "test"}
                                                              for m in self.cfg["models"]]})
 
@@ -120,7 +125,7 @@ class FakeServer:
         n_out = max_tokens if body.get("ignore_eos") else min(max_tokens, cfg["natural_length"])
         ttft = cfg["ttft_base_s"] + cfg["ttft_per_token_s"] * p
         tpot = cfg["tpot_base_s"] + cfg["tpot_per_token_s"] * p
-        failing = (idx % max(1, int(cfg["fail_every"]))) == 0
+        failing = idx >= cfg["fail_from"] and (idx - cfg["fail_from"]) % max(1, int(cfg["fail_every"])) == 0
         mode = cfg["mode"] if failing else "normal"
         created = int(time.time())
         rid = f"cmpl-{idx}"
@@ -196,12 +201,16 @@ async def _serve() -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
+    logging.getLogger("aiohttp").setLevel(logging.CRITICAL)   # a client hanging up is part of the tests
+    gc.freeze()         # no collector pauses over the start-up objects while serving
     print(f"PORT {port}", flush=True)
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
+    loop = asyncio.SelectorEventLoop(selectors.SelectSelector())
+    asyncio.set_event_loop(loop)
     try:
-        asyncio.run(_serve())
+        loop.run_until_complete(_serve())
     except KeyboardInterrupt:
         sys.exit(0)

@@ -96,8 +96,10 @@ def _is_table_csv(path: Path) -> bool:
     return {"reality_prefill", "reality_decode"} <= {str(c).strip() for c in header}
 
 
-def load_side(path: Path, role: str) -> Side:
-    """A simulation or measurement: a requests directory or an A10-layout table."""
+def load_side(path: Path, role: str, prefer_table: bool = False) -> Side:
+    """A simulation or measurement: a requests directory or an A10-layout table.
+
+    A sweep's directory holds both; its table is taken when ``prefer_table``."""
     path = Path(path)
     what = "SIM_DIR" if role == "simulated" else "MEASURED_DIR"
     if not path.exists():
@@ -111,11 +113,11 @@ def load_side(path: Path, role: str) -> Side:
             return _requests_side(path, path.with_name("summary.json"), what)
         raise KavierInputError("is neither an A10-layout table (CSV with reality_prefill, reality_decode, ...) "
                                "nor a requests.parquet", source=str(path), location=what)
+    tables = [path / n for n in TABLE_FILE_NAMES if (path / n).is_file() and _is_table_csv(path / n)]
+    if tables and (prefer_table or not (path / "requests.parquet").is_file()):
+        return Side("table", tables[0], _read_table(tables[0]))
     if (path / "requests.parquet").is_file():
         return _requests_side(path / "requests.parquet", path / "summary.json", what)
-    for name in TABLE_FILE_NAMES:
-        if (path / name).is_file() and _is_table_csv(path / name):
-            return Side("table", path / name, _read_table(path / name))
     raise KavierInputError(f"{path} has no requests.parquet (nor measurements.csv)", location=what,
                            expected="the output directory of 'kavier simulate' or 'kavier trace'")
 
@@ -436,8 +438,11 @@ def report_markdown(result: dict, plots: list[str]) -> str:
 
 def compare_paths(sim_path: Path, meas_path: Path, out: Path, simulate=None) -> dict:
     """Compare, then write compare.json, report.md, per_request.csv and the plots into ``out``."""
-    sim = load_side(sim_path, "simulated")
-    meas = load_side(meas_path, "measured")
+    sim = load_side(sim_path, "simulated", prefer_table=bool(simulate))
+    meas = load_side(meas_path, "measured", prefer_table=bool(simulate))
+    if sim.kind != meas.kind:      # a sweep's directory next to a table: compare the tables
+        sim = load_side(sim_path, "simulated", prefer_table=True)
+        meas = load_side(meas_path, "measured", prefer_table=True)
     if sim.kind != meas.kind:
         raise KavierInputError(f"cannot compare a {sim.kind} input ({sim.path}) with a {meas.kind} input "
                                f"({meas.path})", location="SIM_DIR/MEASURED_DIR",

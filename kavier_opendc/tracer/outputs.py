@@ -6,7 +6,8 @@
     status``) and the tracer's own: ``start_s, send_s, first_token_s, client_wait_s,
     target_input_tokens, target_output_tokens, expected_input_tokens,
     num_chunks, token_times_s`` (list: arrival of every streamed chunk with
-    text), ``finish_reason, error_kind, error, http_status, attempts``.
+    text), ``sse_ignored_lines`` (comments and lines that were not data),
+    ``finish_reason, error_kind, error, http_status, attempts``.
 ``summary.json``      the simulator's summary keys, plus ``complete``,
     ``status`` and how the measurement was taken.
 ``measurements.csv``  (sweep) prefill and decode times per length, in the
@@ -64,6 +65,7 @@ def requests_frame(m: Measurement) -> pd.DataFrame:
             "client_wait_s": r.send_s - r.arrival_s,
             "target_input_tokens": r.target_input_tokens, "target_output_tokens": r.target_output_tokens,
             "expected_input_tokens": r.expected_input_tokens, "num_chunks": r.num_chunks,
+            "sse_ignored_lines": r.ignored_lines,
             "token_times_s": list(r.token_times_s), "finish_reason": r.finish_reason,
             "error_kind": r.error_kind, "error": r.error, "http_status": r.http_status, "attempts": r.attempts,
         })
@@ -77,7 +79,8 @@ _SCHEMA = pa.schema([
     ("finish_s", pa.float64()), ("preemptions", pa.int32()), ("status", pa.string()),
     ("start_s", pa.float64()), ("send_s", pa.float64()), ("first_token_s", pa.float64()), ("client_wait_s", pa.float64()),
     ("target_input_tokens", pa.int64()), ("target_output_tokens", pa.int64()),
-    ("expected_input_tokens", pa.int64()), ("num_chunks", pa.int64()), ("token_times_s", pa.list_(pa.float64())),
+    ("expected_input_tokens", pa.int64()), ("num_chunks", pa.int64()), ("sse_ignored_lines", pa.int64()),
+    ("token_times_s", pa.list_(pa.float64())),
     ("finish_reason", pa.string()), ("error_kind", pa.string()), ("error", pa.string()),
     ("http_status", pa.int32()), ("attempts", pa.int32()),
 ])

@@ -16,6 +16,7 @@ measured, marked incomplete.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 import time
@@ -145,6 +146,8 @@ async def measure(endpoint: Endpoint, plans: list[Plan], *, mode: str, concurren
                 sem.release()
                 bar.update(1)
 
+        gc.collect()
+        gc.freeze()       # the collector then skips every object made so far: no long pauses mid-run
         t0 = time.perf_counter()
         for rec, plan, (text, _) in zip(records, plans, prompts):
             if stop.is_set():
@@ -166,6 +169,7 @@ async def measure(endpoint: Endpoint, plans: list[Plan], *, mode: str, concurren
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         bar.close()
+        gc.unfreeze()
     return Measurement(mode=mode, records=records, interrupted=stop.is_set(), prompt_method=builder.method,
                        chars_per_token=builder.chars_per_token, endpoint_info=info, started_at_utc=started,
                        wall_s=time.perf_counter() - t_wall)
