@@ -372,3 +372,15 @@ def test_endpoint_normalisation():
     assert normalise_endpoint("localhost:8000") == "http://localhost:8000"
     assert normalise_endpoint("http://h:1/v1/") == "http://h:1"
     assert normalise_endpoint("https://h/api/v1/completions") == "https://h/api"
+
+
+def test_replay_then_compare_with_a_simulation(srv, tmp_path):
+    srv.configure(ttft_base_s=0.004, tpot_base_s=0.004)
+    trace = write_trace(tmp_path / "t.csv", [20, 40, 80, 30], [5, 8, 3, 6], [0.0, 0.01, 0.02, 0.03])
+    assert trace_cli(srv, tmp_path / "meas", "--trace", str(trace)) == 0
+    assert main(["simulate", "--model", "Llama-3-8B", "--gpu", "A10", "--trace", str(trace),
+                 "--out", str(tmp_path / "sim"), "--quiet"]) == 0
+    assert main(["compare", str(tmp_path / "sim"), str(tmp_path / "meas"), "--out", str(tmp_path / "c"),
+                 "--quiet"]) == 0
+    r = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert r["matched"] == 4 and r["token_count_mismatches"] == 0
