@@ -117,8 +117,6 @@ class FakeServer:
         self.seen += 1
         if body.get("model") not in cfg["models"]:
             return self._error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
-        if cfg["mode"] == "http_500":
-            return self._error(500, "internal server error (programmed)", "InternalServerError")
         prompt = body.get("prompt", "")
         p = count_tokens(prompt)
         max_tokens = int(body.get("max_tokens") or 16)
@@ -127,6 +125,8 @@ class FakeServer:
         tpot = cfg["tpot_base_s"] + cfg["tpot_per_token_s"] * p
         failing = idx >= cfg["fail_from"] and (idx - cfg["fail_from"]) % max(1, int(cfg["fail_every"])) == 0
         mode = cfg["mode"] if failing else "normal"
+        if mode == "http_500":
+            return self._error(500, "internal server error (programmed)", "InternalServerError")
         created = int(time.time())
         rid = f"cmpl-{idx}"
 

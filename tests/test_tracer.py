@@ -384,3 +384,16 @@ def test_replay_then_compare_with_a_simulation(srv, tmp_path):
                  "--quiet"]) == 0
     r = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert r["matched"] == 4 and r["token_count_mismatches"] == 0
+
+
+def test_no_retries_by_default_and_retries_on_request(srv, tmp_path):
+    trace = write_trace(tmp_path / "t.csv", [10] * 3, [3] * 3)
+    srv.configure(mode="http_500", fail_from=1, fail_every=1000, ttft_base_s=0.001, tpot_base_s=0.001)
+    assert trace_cli(srv, tmp_path / "a", "--trace", str(trace), "--concurrency", "1") == 0
+    df = pd.read_parquet(tmp_path / "a" / "requests.parquet")
+    assert list(df["status"]) == ["error", "finished", "finished"] and df["attempts"].tolist() == [1, 1, 1]
+    assert df["http_status"].iloc[0] == 500 and df["error_kind"].iloc[0] == "http"
+    srv.configure(mode="http_500", fail_from=1, fail_every=1000, ttft_base_s=0.001, tpot_base_s=0.001)
+    assert trace_cli(srv, tmp_path / "b", "--trace", str(trace), "--concurrency", "1", "--retries", "1") == 0
+    df = pd.read_parquet(tmp_path / "b" / "requests.parquet")
+    assert (df["status"] == "finished").all() and df["attempts"].tolist() == [2, 1, 1]

@@ -432,7 +432,7 @@ def report_markdown(result: dict, plots: list[str]) -> str:
         if result.get("token_count_mismatches"):
             lines += ["", f"Note: {result['token_count_mismatches']} matched requests have different token "
                           "counts on the two sides (the server produced other lengths than the trace asked)."]
-    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    lines += ["", "## Plots", ""] + ([f"![{p}]({p})" for p in plots] or [result.get("plots_note", "none")]) + [""]
     return "\n".join(lines)
 
 
@@ -454,7 +454,11 @@ def compare_paths(sim_path: Path, meas_path: Path, out: Path, simulate=None) -> 
     else:
         result, per = compare_requests(sim, meas)
     with staged_output(Path(out)) as stage:
-        plots = plot_table(per, stage) if sim.kind == "table" else plot_requests(per, stage)
+        try:
+            plots = plot_table(per, stage) if sim.kind == "table" else plot_requests(per, stage)
+        except ImportError:            # matplotlib is the 'plots' extra
+            plots = []
+            result["plots_note"] = "matplotlib is not installed (pip install 'kavier-opendc[plots]'): no plots"
         result["plots"] = plots
         atomic_write_text(stage / "per_request.csv", per.to_csv(index=False))
         atomic_write_text(stage / "report.md", report_markdown(result, plots))
@@ -473,5 +477,5 @@ def format_result(result: dict, out: Path) -> str:
         tp = result["throughput"]["output_tokens_per_s"]
         body.append(f"throughput output tok/s error {_pct(tp['error_pct'])}")
         head = f"{result['matched']} matched requests"
-    return "\n".join([head, *body, f"wrote {out}/report.md, compare.json, per_request.csv, "
-                      + ", ".join(result["plots"])])
+    return "\n".join([head, *body, f"wrote {out}/report.md, compare.json, per_request.csv"
+                      + "".join(f", {p}" for p in result["plots"])])

@@ -182,6 +182,8 @@ def write_measurement(m: Measurement, out: Path) -> dict:
         write_json_atomic(stage / "summary.json", summary)
         if not summary["complete"]:
             atomic_write_text(stage / "INCOMPLETE", f"kavier trace did not complete: {summary['status']}\n")
-    if summary["complete"] and (Path(out) / "INCOMPLETE").exists():
-        (Path(out) / "INCOMPLETE").unlink()
+    stale = (["INCOMPLETE"] if summary["complete"] else []) + ([MEASUREMENTS_FILE] if m.mode != "sweep" else [])
+    for name in stale:                 # left by an earlier run into the same directory
+        if (Path(out) / name).is_file():
+            (Path(out) / name).unlink()
     return summary

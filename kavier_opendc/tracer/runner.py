@@ -30,6 +30,10 @@ from kavier_opendc.tracer.client import Endpoint, RequestRecord
 from kavier_opendc.tracer.prompts import PromptBuilder
 
 
+class Interrupted(Exception):
+    """SIGINT before anything was measured: nothing to write."""
+
+
 @dataclass
 class Plan:
     request_id: int
@@ -79,7 +83,7 @@ def sweep_plans(prompt_lengths: list[int], output_lengths: list[int], repetition
 
 # ------------------------------------------------------------------ the loop
 async def _until(aw, stop: asyncio.Event) -> bool:
-    """Await ``aw`` unless ``stop`` is set first; True when ``aw`` completed."""
+    """Await ``aw`` unless ``stop`` is set first; True when ``aw`` completed (its error propagates)."""
     task = asyncio.ensure_future(aw)
     stopper = asyncio.ensure_future(stop.wait())
     try:
@@ -87,6 +91,7 @@ async def _until(aw, stop: asyncio.Event) -> bool:
     finally:
         stopper.cancel()
     if task in done:
+        task.result()          # its exception, if any, is the caller's
         return True
     task.cancel()
     try:
@@ -109,10 +114,13 @@ async def measure(endpoint: Endpoint, plans: list[Plan], *, mode: str, concurren
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t_wall = time.perf_counter()
     async with endpoint:
-        info = await endpoint.check()
+        checked = asyncio.ensure_future(endpoint.check())
+        if not await _until(checked, stop):
+            raise Interrupted
+        info = checked.result()
         builder = PromptBuilder(endpoint, seed)
         if not await _until(builder.calibrate(time.perf_counter()), stop):
-            raise KeyboardInterrupt
+            raise Interrupted
         sem_build = asyncio.Semaphore(16)
 
         async def build(plan: Plan):
@@ -121,14 +129,14 @@ async def measure(endpoint: Endpoint, plans: list[Plan], *, mode: str, concurren
 
         built = asyncio.gather(*(build(p) for p in plans))
         if not await _until(built, stop):
-            raise KeyboardInterrupt
+            raise Interrupted
         prompts = built.result()
         for i in range(warmup):           # warm the server (CUDA graphs, caches); not recorded
             w = plans[i % len(plans)] if plans else Plan(0, 0.0, 16, 4)
             text, _ = await builder.build(-10 - i, w.input_tokens)
             if not await _until(endpoint.stream(RequestRecord(-1, 0.0, 0, 0), text, w.output_tokens,
                                                 time.perf_counter()), stop):
-                raise KeyboardInterrupt
+                raise Interrupted
         records = [RequestRecord(p.request_id, p.arrival_s, p.input_tokens, p.output_tokens,
                                  expected_input_tokens=prompts[i][1]) for i, p in enumerate(plans)]
         bar = _progress(len(plans), mode, progress)
@@ -193,4 +201,7 @@ def run_measurement(endpoint: Endpoint, plans: list[Plan], **kw) -> Measurement:
             if installed:
                 loop.remove_signal_handler(signal.SIGINT)
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except Interrupted:
+        raise KeyboardInterrupt from None
