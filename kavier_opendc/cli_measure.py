@@ -9,7 +9,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from kavier_opendc.errors import KavierInputError, KavierRuntimeError
 
@@ -125,15 +124,6 @@ def _load_trace(path: str, fmt: str | None):
     return load_trace(p, fmt)
 
 
-def _public_url(url: str) -> str:
-    """The URL without user:password (which would be a credential)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
 def cmd_trace(args) -> int:
     from kavier_opendc.outputs import check_writable_dir
     from kavier_opendc.tracer.client import Endpoint, api_key_from_env
@@ -178,7 +168,7 @@ def cmd_trace(args) -> int:
                         concurrency=concurrency, ignore_eos=not args.no_ignore_eos, retries=args.retries)
     m = run_measurement(endpoint, plans, mode=args.mode, concurrency=concurrency, seed=args.seed, warmup=warmup,
                         progress=False if args.quiet else None)
-    m.settings = {"endpoint": _public_url(endpoint.base), "model": args.model, "concurrency": concurrency,
+    m.settings = {"endpoint": endpoint.public, "model": args.model, "concurrency": concurrency,
                   "timeout_s": args.timeout, "connect_timeout_s": args.connect_timeout,
                   "read_timeout_s": args.read_timeout, "retries": args.retries,
                   "ignore_eos": not args.no_ignore_eos, "seed": args.seed, "warmup": warmup,
@@ -192,7 +182,7 @@ def cmd_trace(args) -> int:
               "marked incomplete (summary.json \"complete\": false)", file=sys.stderr)
         return 130
     if summary["status"] == "all_failed":
-        raise KavierRuntimeError(f"all {summary['num_requests']} requests to {_public_url(endpoint.base)} failed "
+        raise KavierRuntimeError(f"all {summary['num_requests']} requests to {endpoint.public} failed "
                                  f"(first error: {summary['first_error']}); {out} is marked incomplete")
     if summary["num_failed"]:
         print(f"kavier: warning: {summary['num_failed']} of {summary['num_requests']} requests failed "

@@ -90,6 +90,15 @@ def normalise_endpoint(endpoint: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}"
 
 
+def public_url(url: str) -> str:
+    """The URL without user:password (a credential must not reach messages or outputs)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
 def api_key_from_env(environ) -> str | None:
     for name in API_KEY_ENV:
         if environ.get(name):
@@ -128,6 +137,7 @@ class Endpoint:
                  connect_timeout_s: float = 10.0, read_timeout_s: float = 60.0, concurrency: int = 1,
                  ignore_eos: bool = True, retries: int = 0, extra_body: dict | None = None):
         self.base = normalise_endpoint(base_url)
+        self.public = public_url(self.base)
         self.model = model
         self._api_key = api_key
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s,
@@ -190,7 +200,7 @@ class Endpoint:
     # ------------------------------------------------------------------ the preflight check
     async def check(self) -> dict:
         """Fail with one clear error if the endpoint cannot be measured; return what was learnt."""
-        where = self.base
+        where = self.public
         try:
             status, obj = await self._get_json("/v1/models")
         except (aiohttp.ClientConnectorError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:

@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from kavier_opendc.errors import KavierInputError
 from kavier_opendc.tracer.client import Endpoint, RequestRecord
 from kavier_opendc.tracer.prompts import PromptBuilder
 
