@@ -458,7 +458,7 @@ def compare_paths(sim_path: Path, meas_path: Path, out: Path, simulate=None) -> 
             plots = plot_table(per, stage) if sim.kind == "table" else plot_requests(per, stage)
         except ImportError:            # matplotlib is the 'plots' extra
             plots = []
-            result["plots_note"] = "matplotlib is not installed (pip install 'kavier-opendc[plots]'): no plots"
+            result["plots_note"] = "matplotlib is not installed: no plots"
         result["plots"] = plots
         atomic_write_text(stage / "per_request.csv", per.to_csv(index=False))
         atomic_write_text(stage / "report.md", report_markdown(result, plots))
