@@ -400,3 +400,36 @@ def test_no_retries_by_default_and_retries_on_request(srv, tmp_path):
     assert trace_cli(srv, tmp_path / "b", "--trace", str(trace), "--concurrency", "1", "--retries", "1") == 0
     df = pd.read_parquet(tmp_path / "b" / "requests.parquet")
     assert (df["status"] == "finished").all() and df["attempts"].tolist() == [2, 1, 1]
+
+
+def test_measurement_arithmetic_exactly():
+    """The columns from the raw timestamps, independent of any clock: TTFT and e2e from the send time,
+    TPOT over the tokens after the first, the server's usage counts, failures without latencies."""
+    from kavier_opendc.tracer.client import RequestRecord
+    from kavier_opendc.tracer.outputs import requests_frame, summary_dict, sweep_frame
+    from kavier_opendc.tracer.runner import Measurement
+
+    ok = RequestRecord(0, 1.0, 100, 4, start_s=1.25, send_s=1.5, first_token_s=1.75, last_token_s=2.5,
+                       token_times_s=[1.75, 2.0, 2.25, 2.5], prompt_tokens=101, completion_tokens=4,
+                       num_chunks=4, status="finished")
+    one = RequestRecord(1, 2.0, 10, 1, send_s=2.0, first_token_s=2.125, last_token_s=2.125,
+                        token_times_s=[2.125], prompt_tokens=10, completion_tokens=1, num_chunks=1,
+                        status="finished")
+    bad = RequestRecord(2, 3.0, 10, 5, send_s=3.0, token_times_s=[3.5], status="error", error_kind="timeout",
+                        error="no answer")
+    m = Measurement("sweep", [ok, one, bad])
+    df = requests_frame(m)
+    assert df["ttft_s"].tolist()[:2] == [0.25, 0.125]
+    assert df["e2e_s"].tolist()[:2] == [1.0, 0.125]
+    assert df["tpot_s"].iloc[0] == 0.25 and np.isnan(df["tpot_s"].iloc[1])
+    assert df["client_wait_s"].tolist() == [0.5, 0.0, 0.0]
+    assert df["num_input_tokens"].tolist()[:2] == [101, 10] and df["finish_s"].iloc[0] == 2.5
+    assert np.isnan(df["ttft_s"].iloc[2]) and np.isnan(df["e2e_s"].iloc[2])
+    s = summary_dict(m)
+    assert s["num_finished"] == 2 and s["num_failed"] == 1 and s["status"] == "some_failed"
+    assert s["makespan_s"] == 2.5 and s["output_tokens_per_s"] == 5 / 2.5 and s["input_tokens"] == 111
+    assert s["input_token_mismatches"] == 1       # 101 processed where 100 were asked
+    rows = sweep_frame(m).set_index("prompt_size")
+    assert rows.loc[100, "reality_prefill"] == 0.25 and rows.loc[100, "reality_decode"] == 0.75
+    assert rows.loc[100, "prefill_input_tokens"] == 101 and rows.loc[100, "decode_output_tokens"] == 4
+    assert len(rows) == 2                          # the failed request has no row
