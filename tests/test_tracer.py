@@ -134,10 +134,11 @@ def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spac
 
     Wall-clock bounds need CPUs: where other programs keep the few CPUs busy, the OS may not run the test
     server (or the tracer) on time.  A run that misses the bound is repeated (at most 8 runs); the test
-    passes when one run meets it for every request.  A run counts against the tracer only when it was
-    checkable: the test server kept its own programme (it reports how late it wrote any token, at most
-    0.5 ms) and other programs left the test at least 1.5 CPU cores.  When no run met the bound and none
-    was checkable the test is skipped, saying so.  Each run's numbers are printed."""
+    passes when one run with ``concurrency`` streams open at once meets it for every request.  A run
+    counts against the tracer only when it was checkable: the test server kept its own programme (it
+    reports how late it wrote any token, at most 0.5 ms) and other programs left the test at least 1.5
+    CPU cores.  When no run met the bound and none was checkable the test is skipped, saying so.  Each
+    run's numbers are printed."""
     rng = np.random.default_rng(concurrency)
     prompts = rng.integers(10, 50, size=n)
     # at 64, arrivals 3 ms apart and >= 14 tokens 16+ ms apart: the first request still streams when the
@@ -160,16 +161,18 @@ def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spac
         assert (df["status"] == "finished").all()
         assert (df["num_input_tokens"] == prompts).all()       # prompts built to the exact token count
         assert (df["num_output_tokens"] == outputs).all()      # ignore_eos: the asked length
-        assert st["max_open_streams"] == concurrency           # as many in flight as allowed, no more
+        assert st["max_open_streams"] <= concurrency           # never more in flight than allowed
+        full = st["max_open_streams"] == concurrency           # ... and this run had that many at once
         err = _timing_errors(df, cfg)
         late = st["lateness_max_s"]
-        if late <= 0.0005 and (others is None or others <= cpus - 1.5):
+        if full and late <= 0.0005 and (others is None or others <= cpus - 1.5):
             checkable.append(err)
         print(f"concurrency {concurrency}, run {attempt + 1}: max |measured - programmed| ms "
               + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in err.items())
               + f"; test server late by up to {late * 1e3:.3f} ms; other programs used "
-              + ("?" if others is None else f"{others:.2f}") + f" of {cpus} CPUs")
-        if max(err[k] for k in ("ttft", "tpot", "e2e")) <= TOL_S:
+              + ("?" if others is None else f"{others:.2f}") + f" of {cpus} CPUs; "
+              + f"{st['max_open_streams']} streams at once")
+        if full and max(err[k] for k in ("ttft", "tpot", "e2e")) <= TOL_S:
             break
     else:
         if not checkable:
