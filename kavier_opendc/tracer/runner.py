@@ -155,28 +155,30 @@ async def measure(endpoint: Endpoint, plans: list[Plan], *, mode: str, concurren
 
         gc.collect()
         gc.freeze()       # the collector then skips every object made so far: no long pauses mid-run
-        t0 = time.perf_counter()
-        for rec, plan, (text, _) in zip(records, plans, prompts):
-            if stop.is_set():
-                break
-            delay = t0 + plan.arrival_s - time.perf_counter()
-            if delay > 0 and not await _until(asyncio.sleep(delay), stop):
-                break
-            if not await _until(sem.acquire(), stop):
-                break
-            tasks.add(asyncio.create_task(one(rec, text, plan.output_tokens)))
-        pending = {t for t in tasks if not t.done()}
-        while pending and not stop.is_set():
-            stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
+        try:
+            t0 = time.perf_counter()
+            for rec, plan, (text, _) in zip(records, plans, prompts):
+                if stop.is_set():
+                    break
+                delay = t0 + plan.arrival_s - time.perf_counter()
+                if delay > 0 and not await _until(asyncio.sleep(delay), stop):
+                    break
+                if not await _until(sem.acquire(), stop):
+                    break
+                tasks.add(asyncio.create_task(one(rec, text, plan.output_tokens)))
             pending = {t for t in tasks if not t.done()}
-        for t in pending:
-            t.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        bar.close()
-        gc.unfreeze()
+            while pending and not stop.is_set():
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                pending = {t for t in tasks if not t.done()}
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            bar.close()
+            gc.unfreeze()
     return Measurement(mode=mode, records=records, interrupted=stop.is_set(), prompt_method=builder.method,
                        chars_per_token=builder.chars_per_token, endpoint_info=info, started_at_utc=started,
                        wall_s=time.perf_counter() - t_wall)
