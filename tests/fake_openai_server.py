@@ -1,0 +1,216 @@
+"""A small OpenAI-compatible streaming server for the tracer's tests (no GPU, no model).
+
+Run as a script: ``python tests/fake_openai_server.py`` prints ``PORT <n>`` on stdout
+once it listens on 127.0.0.1 (a free port chosen by the OS), then serves until killed.
+
+Endpoints: ``GET /v1/models``, ``POST /tokenize`` (vLLM's), ``POST /v1/completions``
+(streaming SSE with ``data:`` lines and ``[DONE]``, or a plain JSON reply), and two test
+hooks: ``POST /_config`` (merge a JSON object into the behaviour below) and
+``GET /_stats`` (requests seen, most streams open at once, headers of the last request).
+
+Tokenizer: one BOS token plus one token per whitespace-separated word, except words
+longer than 8 characters, which count as two.
+
+Timing: a request with P prompt tokens is answered with its first token
+``ttft_base_s + ttft_per_token_s * P`` after the server received it and its k-th token
+(k = 0, 1, ...) at ``ttft + k * (tpot_base_s + tpot_per_token_s * P)``, scheduled against
+the receipt time (no drift), so the programmed latencies are known exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import selectors
+import sys
+import time
+
+from aiohttp import web
+
+DEFAULTS = {
+    "models": ["fake-model"],
+    "ttft_base_s": 0.010,
+    "ttft_per_token_s": 0.0,
+    "tpot_base_s": 0.010,
+    "tpot_per_token_s": 0.0,
+    "natural_length": 5,          # tokens produced before EOS when ignore_eos is not set
+    "tokenize": True,             # serve /tokenize
+    "list_models": True,          # serve /v1/models
+    "mode": "normal",             # normal | error_mid_stream | close_mid_stream | hang | invalid_json |
+                                  # malformed_lines | non_streaming | no_usage | http_500
+    "fail_after_tokens": 2,       # error_mid_stream / close_mid_stream / hang / invalid_json
+    "fail_from": 0,               # the failure mode applies from this completion request on (0: the first)
+    "fail_every": 1,              # ... and then to every n-th one (by arrival order)
+    "max_model_len": 4096,
+}
+
+
+async def sleep_until(deadline: float) -> None:
+    """Wake at ``deadline`` (perf_counter).  The server's event loop runs on select(), whose timeout
+    has microsecond resolution (epoll's is a millisecond), so its timers are not late by design."""
+    delay = deadline - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def count_tokens(text: str) -> int:
+    return 1 + sum(2 if len(w) > 8 else 1 for w in text.split())
+
+
+class FakeServer:
+    def __init__(self):
+        self.cfg = dict(DEFAULTS)
+        self.seen = 0
+        self.open_streams = 0
+        self.max_open_streams = 0
+        self.last_headers: dict = {}
+        self.bodies: list = []
+        self.lateness: list = []      # actual minus scheduled write time of every token, seconds
+
+    # ------------------------------------------------------------------ hooks
+    async def config(self, request: web.Request) -> web.Response:
+        self.cfg.update(await request.json())   # a new configuration also resets the statistics
+        self.seen = 0
+        self.max_open_streams = 0
+        self.bodies = []
+        self.lateness = []
+        return web.json_response(self.cfg)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"seen": self.seen, "max_open_streams": self.max_open_streams,
+                                  "open_streams": self.open_streams, "last_headers": self.last_headers,
+                                  "bodies": self.bodies[-5:],
+                                  "lateness_max_s": max(self.lateness, default=0.0),
+                                  "lateness_mean_s": sum(self.lateness) / max(1, len(self.lateness))})
+
+    # ------------------------------------------------------------------ OpenAI-compatible API
+    async def models(self, request: web.Request) -> web.Response:
+        if not self.cfg["list_models"]:
+            raise web.HTTPNotFound()
+        return web.json_response({"object": "list", "data": [{"id": m, "object": "model", "owned_by": "test"}
+                                                             for m in self.cfg["models"]]})
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        if not self.cfg["tokenize"]:
+            raise web.HTTPNotFound()
+        body = await request.json()
+        n = count_tokens(body.get("prompt", ""))
+        return web.json_response({"count": n, "max_model_len": self.cfg["max_model_len"],
+                                  "tokens": list(range(n))})
+
+    def _error(self, status: int, message: str, kind: str) -> web.Response:
+        return web.json_response({"object": "error", "message": message, "type": kind, "param": None,
+                                  "code": status}, status=status)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        t_recv = time.perf_counter()
+        cfg = self.cfg
+        self.last_headers = {k: v for k, v in request.headers.items()}
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return self._error(400, "invalid JSON body", "BadRequestError")
+        self.bodies.append(body)
+        idx = self.seen
+        self.seen += 1
+        if body.get("model") not in cfg["models"]:
+            return self._error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+        prompt = body.get("prompt", "")
+        p = count_tokens(prompt)
+        max_tokens = int(body.get("max_tokens") or 16)
+        n_out = max_tokens if body.get("ignore_eos") else min(max_tokens, cfg["natural_length"])
+        ttft = cfg["ttft_base_s"] + cfg["ttft_per_token_s"] * p
+        tpot = cfg["tpot_base_s"] + cfg["tpot_per_token_s"] * p
+        failing = idx >= cfg["fail_from"] and (idx - cfg["fail_from"]) % max(1, int(cfg["fail_every"])) == 0
+        mode = cfg["mode"] if failing else "normal"
+        if mode == "http_500":
+            return self._error(500, "internal server error (programmed)", "InternalServerError")
+        created = int(time.time())
+        rid = f"cmpl-{idx}"
+
+        def chunk(text: str, finish=None) -> bytes:
+            obj = {"id": rid, "object": "text_completion", "created": created, "model": body["model"],
+                   "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+            return f"data: {json.dumps(obj)}\n\n".encode()
+
+        if mode == "non_streaming" or not body.get("stream"):
+            await sleep_until(t_recv + ttft + (n_out - 1) * tpot)
+            return web.json_response({"id": rid, "object": "text_completion", "created": created,
+                                      "model": body["model"],
+                                      "choices": [{"index": 0, "text": " tok" * n_out, "finish_reason": "length"}],
+                                      "usage": {"prompt_tokens": p, "completion_tokens": n_out,
+                                                "total_tokens": p + n_out}})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        self.open_streams += 1
+        self.max_open_streams = max(self.max_open_streams, self.open_streams)
+        try:
+            for k in range(n_out):
+                if mode in ("error_mid_stream", "close_mid_stream", "hang", "invalid_json") \
+                        and k == cfg["fail_after_tokens"]:
+                    if mode == "error_mid_stream":
+                        err = {"error": {"object": "error", "message": "CUDA out of memory (programmed)",
+                                         "type": "InternalServerError", "code": 500}}
+                        await resp.write(f"data: {json.dumps(err)}\n\n".encode())
+                        await resp.write(b"data: [DONE]\n\n")
+                        return resp
+                    if mode == "close_mid_stream":
+                        request.transport.close()
+                        return resp
+                    if mode == "hang":
+                        await asyncio.sleep(3600)
+                    if mode == "invalid_json":
+                        await resp.write(b'data: {"id": "broken", "choices": [\n\n')
+                        await resp.write(b"data: [DONE]\n\n")
+                        return resp
+                await sleep_until(t_recv + ttft + k * tpot)
+                if mode == "malformed_lines":
+                    await resp.write(b": keep-alive comment\n\nevent: ping\n\nthis line is not SSE\n\n"
+                                     b"data:\n\n")
+                finish = "length" if k == n_out - 1 and n_out == max_tokens else (
+                    "stop" if k == n_out - 1 else None)
+                self.lateness.append(time.perf_counter() - (t_recv + ttft + k * tpot))
+                await resp.write(chunk(f" t{k}", finish))
+            so = body.get("stream_options") or {}
+            if so.get("include_usage") and mode != "no_usage":
+                usage = {"id": rid, "object": "text_completion", "created": created, "model": body["model"],
+                         "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": n_out,
+                                                  "total_tokens": p + n_out}}
+                await resp.write(f"data: {json.dumps(usage)}\n\n".encode())
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
+        finally:
+            self.open_streams -= 1
+
+
+def make_app() -> web.Application:
+    srv = FakeServer()
+    app = web.Application()
+    app.add_routes([web.get("/v1/models", srv.models), web.post("/tokenize", srv.tokenize),
+                    web.post("/v1/completions", srv.completions), web.post("/_config", srv.config),
+                    web.get("/_stats", srv.stats)])
+    return app
+
+
+async def _serve() -> None:
+    runner = web.AppRunner(make_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    logging.getLogger("aiohttp").setLevel(logging.CRITICAL)   # a client hanging up is part of the tests
+    gc.freeze()         # no collector pauses over the start-up objects while serving
+    print(f"PORT {port}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    loop = asyncio.SelectorEventLoop(selectors.SelectSelector())
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_serve())
+    except KeyboardInterrupt:
+        sys.exit(0)
