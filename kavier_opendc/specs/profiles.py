@@ -292,6 +292,14 @@ def profile_to_entry(profile: GPUProfile) -> dict[str, Any]:
     return out
 
 
+def profile_summary(profile: GPUProfile) -> dict[str, Any]:
+    """The profile as a run summary shows it: every number and its provenance, the curves by group size."""
+    out = profile_to_entry(profile)
+    if "allreduce" in out:
+        out["allreduce"] = {str(c["gpus"]): f"{len(c['sizes_bytes'])} measured sizes" for c in out["allreduce"]}
+    return out
+
+
 def _round(x: float) -> float:
     return float(f"{x:.6g}")
 
