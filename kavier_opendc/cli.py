@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("what", nargs="?", choices=["models", "gpus", "all"], default="all")
     c.add_argument("--catalog", action="append", metavar="FILE", help="extra catalogue file; repeatable")
     c.set_defaults(func=cmd_catalog)
+    from kavier_opendc import cli_calibrate
+
+    cli_calibrate.add_parser(sub)
     return ap
 
 

@@ -386,7 +386,11 @@ def calibrate_all(obs: list[Observation], catalog: Catalog, *, base: Catalog | N
     for o in obs:
         by_gpu[o.gpu].append(o)
     fits: dict[str, Fit] = {}
-    work = Catalog(models=catalog.models(), gpus=[dataclasses.replace(g, profile=None) for g in catalog.gpus()])
+    # what a GPU inherits: the catalogue's measured profiles of GPUs these observations do not refit
+    keep = [p for p in catalog.profile_specs.values()
+            if p.status == "measured" and catalog.has_gpu(p.gpu) and catalog.gpu(p.gpu).name not in by_gpu]
+    work = Catalog(models=catalog.models(), gpus=[dataclasses.replace(g, profile=None) for g in catalog.gpus()],
+                   profiles=keep)
     # order: GPUs with operator times first, then the others (they may inherit)
     order = sorted(by_gpu, key=lambda g: (not any(o.kind in ("gemm", "allreduce") for o in by_gpu[g]), g))
     for name in order:

@@ -76,14 +76,26 @@ def all_profiles(cal: Calibration, only_fitted: bool = False) -> list[GPUProfile
 
 def write_catalog(path: str | Path, profiles: list[GPUProfile], header: str) -> str:
     """The catalogue document (YAML text) with ``profiles``; written to ``path`` atomically."""
-    body = yaml.safe_dump({"profiles": [profile_to_entry(p) for p in profiles]}, sort_keys=False, width=110,
-                          allow_unicode=True)
+    body = yaml.dump({"profiles": [profile_to_entry(p) for p in profiles]}, Dumper=_Dumper, sort_keys=False,
+                     width=110, allow_unicode=True)
     text = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines()) + body
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return text
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, except lists of numbers (the all-reduce curves), which stay on a few lines."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list):
+    flow = bool(data) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
 
 
 # --------------------------------------------------------------- errors ----
@@ -117,7 +129,8 @@ def _mapes(obs: list[Observation], fits: dict[str, Fit], catalog: Catalog, defau
     return errs
 
 
-def error_table(cal: Calibration, catalog: Catalog) -> list[ErrorRow]:
+def error_table(cal: Calibration, catalog: Catalog, loso: bool = True) -> list[ErrorRow]:
+    """MAPE per (source, GPU, kind); with ``loso`` also refit without each source and predict it."""
     rejected = {id(o) for f in cal.fits.values() for o, _ in f.rejected}
     kept = [o for o in cal.observations if id(o) not in rejected]
     nrej: dict[tuple, int] = defaultdict(int)
@@ -125,13 +138,14 @@ def error_table(cal: Calibration, catalog: Catalog) -> list[ErrorRow]:
         for o, _ in f.rejected:
             nrej[_key(o)] += 1
     full = _mapes(kept, cal.fits, catalog)
-    loso: dict[tuple, list[float]] = {}
-    for src in sorted({o.source for o in kept}):
+    left_out: dict[tuple, list[float]] = {}
+    for src in sorted({o.source for o in kept}) if loso else ():
         rest = [o for o in cal.observations if o.source != src]
         fits = calibrate_all(rest, catalog) if rest else {}
-        loso.update(_mapes([o for o in kept if o.source == src], fits, catalog))
+        left_out.update(_mapes([o for o in kept if o.source == src], fits, catalog))
     return [ErrorRow(k[0], k[1], k[2], len(v), nrej[k], 100.0 * float(np.mean(v)),
-                     100.0 * float(np.mean(loso[k]))) for k, v in sorted(full.items())]
+                     100.0 * float(np.mean(left_out[k])) if k in left_out else float("nan"))
+            for k, v in sorted(full.items())]
 
 
 def error_markdown(rows: list[ErrorRow]) -> str:
@@ -139,7 +153,8 @@ def error_markdown(rows: list[ErrorRow]) -> str:
              "|---|---|---|---:|---:|---:|"]
     for r in rows:
         n = f"{r.rows}" + (f" (+{r.rejected} rejected)" if r.rejected else "")
-        lines.append(f"| {r.source} | {r.gpu} | {r.kind} | {n} | {r.mape:.1f} % | {r.loso_mape:.1f} % |")
+        loso = "-" if r.loso_mape != r.loso_mape else f"{r.loso_mape:.1f} %"
+        lines.append(f"| {r.source} | {r.gpu} | {r.kind} | {n} | {r.mape:.1f} % | {loso} |")
     return "\n".join(lines)
 
 
