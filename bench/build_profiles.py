@@ -19,6 +19,7 @@ separately and not used by the simulator.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -53,7 +54,8 @@ Formulas: kavier_opendc/specs/profiles.py."""
 
 def builtin_catalog_without_profiles() -> Catalog:
     cat = default_catalog()
-    return Catalog(models=cat.models(), gpus=[g for g in cat.gpus()], sources=cat.sources)
+    return Catalog(models=cat.models(), gpus=[dataclasses.replace(g, profile=None) for g in cat.gpus()],
+                   sources=cat.sources)
 
 
 def main(argv: list[str] | None = None) -> int:

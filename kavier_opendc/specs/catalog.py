@@ -565,7 +565,8 @@ class Catalog:
         return list(self.model_specs.values())
 
     def gpus(self) -> list[GPUSpec]:
-        return list(self.gpu_specs.values())
+        """Every GPU, with its efficiency profile attached."""
+        return [self.gpu(g) for g in self.gpu_specs.values()]
 
     def model_names(self) -> list[str]:
         return [m.name for m in self.model_specs.values()]
