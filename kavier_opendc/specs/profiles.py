@@ -100,7 +100,7 @@ class GPUProfile:
     act_passes: float = 0.0         # elementwise traffic per token and layer, in (hidden + ffn/T) activations
     attn_prefill_eff: float = 0.5   # prefill attention (FlashAttention): achieved / peak FLOP/s
     attn_decode_mbu: float = 0.6    # decode attention (paged KV reads): achieved / peak bandwidth
-    overhead_fixed_s: float = 0.002  # framework time per iteration (scheduler, sampler, launches)
+    overhead_fixed_s: float = 0.001  # framework time per iteration (scheduler, sampler, launches)
     overhead_per_seq_s: float = 0.0  # framework time per running sequence per iteration
     allreduce: tuple[AllReduceCurve, ...] = ()
     allreduce_link_gbs: float = 0.0  # interconnect (GB/s per direction) the curves were measured on
@@ -304,7 +304,8 @@ def _round(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-ASSUMED_OVERHEAD = ("assumed: vLLM v1 with CUDA graphs, 2 ms per iteration and nothing per sequence "
+ASSUMED_OVERHEAD = ("assumed: vLLM v1 with CUDA graphs and asynchronous scheduling, 1 ms of unhidden CPU time per "
+                    "iteration and nothing per sequence "
                     "(no vLLM v1 measurement in the calibration data)")
 
 
