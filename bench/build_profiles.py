@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -58,6 +59,25 @@ def builtin_catalog_without_profiles() -> Catalog:
                    sources=cat.sources)
 
 
+def with_power_weights(profiles: list, base: Catalog) -> list:
+    """Activity power weights fitted on measured GPU power (bench/calibrate_power.py) with these profiles."""
+    spec = importlib.util.spec_from_file_location("calibrate_power", REPO / "bench" / "calibrate_power.py")
+    power = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(power)
+    if not power.DATA.exists():
+        return profiles
+    cat = base.merged(Catalog(profiles=profiles))
+    weights = power.fit_weights(power.load_rows(), cat)
+    out = []
+    for p in profiles:
+        wc, wm = weights.get(p.gpu, weights["*"])
+        how = (f"fitted on measured power of {p.gpu} (gpu_power_vllm_batch.csv, bench/calibrate_power.py)"
+               if p.gpu in weights else "fitted on all GPUs of gpu_power_vllm_batch.csv (no power data of this GPU)")
+        prov = {**p.provenance, "power_compute_weight": how, "power_memory_weight": how}
+        out.append(dataclasses.replace(p, power_compute_weight=wc, power_memory_weight=wm, provenance=prov))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare with the committed file instead of writing it")
@@ -70,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     base = builtin_catalog_without_profiles()
     cal = calibrate_files(sources(), base)
-    profiles = all_profiles(cal)
+    profiles = with_power_weights(all_profiles(cal), base)
     if args.check:
         tmp = Path(args.out).with_name("profiles.check.yaml")
         text = write_catalog(tmp, profiles, HEADER)

@@ -6,13 +6,14 @@ Llama-3-8B, 1024 input and 1024 output tokens, batch 1-64, on one A100-40GB
 and one H100). Each row is simulated (a batch of identical requests arriving
 together); the simulated timeline's activity u gives a power
 idle + (max - idle) * u with the catalogue's idle and maximum power (the
-linear model OpenDC uses). Two global weights (compute, memory) of the
-activity are chosen on a grid to minimise the mean absolute percentage error;
-they are the defaults of ``GPUProfile.power_compute_weight`` and
-``power_memory_weight`` (specs/profiles.py), written into every profile by
-bench/build_profiles.py.
+linear model OpenDC uses). Two weights (compute, memory) of the activity
+are chosen on a grid to minimise the mean absolute percentage error, per GPU
+with measurements and over all rows for the others: bench/build_profiles.py
+calls ``fit_weights`` and writes them into each profile
+(``power_compute_weight``, ``power_memory_weight``).
 
 Usage: python bench/calibrate_power.py [--fit]
+Without --fit: the error of each GPU profile's own weights; --fit: one pair for all.
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ def load_rows(path: Path = DATA) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def simulated_power(row: dict, weights: tuple[float, float] | None = None) -> float:
+def simulated_power(row: dict, weights: tuple[float, float] | None = None, catalog=None) -> float:
     """Average GPU power (W) of one measurement row as the simulator predicts it.
 
-    ``weights`` (compute, memory) replace the GPU profile's activity weights.
+    ``weights`` (compute, memory) replace the GPU profile's activity weights;
+    ``catalog`` (default: the built-in one) gives the GPU and its profile.
     """
-    cat = default_catalog()
+    cat = catalog or default_catalog()
     gpu = cat.gpu(row["gpu"])
     eff = gpu.profile
     if weights is not None:
@@ -68,15 +70,24 @@ def evaluate(rows: list[dict], weights: tuple[float, float] | None = None) -> tu
     return float(np.mean([abs(t[5]) for t in table])), table
 
 
-def fit(rows: list[dict]) -> tuple[float, float]:
+def fit_weights(rows: list[dict], catalog=None) -> dict[str, tuple[float, float]]:
+    """Weights per measured GPU (catalogue name) and, under '*', over all rows."""
+    cat = catalog or default_catalog()
+    out = {"*": fit(rows, cat)}
+    for name in sorted({cat.gpu(r["gpu"]).name for r in rows}):
+        out[name] = fit([r for r in rows if cat.gpu(r["gpu"]).name == name], cat)
+    return out
+
+
+def fit(rows: list[dict], catalog=None) -> tuple[float, float]:
     """Grid search of the two weights (activity is linear in them, so two simulations per row suffice)."""
-    cat = default_catalog()
+    cat = catalog or default_catalog()
     parts = []
     for r in rows:
         gpu = cat.gpu(r["gpu"])
         span = gpu.max_power_w - gpu.idle_power_w
-        u_c = (simulated_power(r, (1.0, 0.0)) - gpu.idle_power_w) / span
-        u_m = (simulated_power(r, (0.0, 1.0)) - gpu.idle_power_w) / span
+        u_c = (simulated_power(r, (1.0, 0.0), cat) - gpu.idle_power_w) / span
+        u_m = (simulated_power(r, (0.0, 1.0), cat) - gpu.idle_power_w) / span
         parts.append((u_c, u_m, gpu.idle_power_w, span, float(r["avg_power_w"])))
     best = None
     for wc in np.arange(0.0, 4.001, 0.05):
@@ -95,12 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measurements not found: {DATA}", file=sys.stderr)
         return 1
     rows = load_rows()
-    prof = default_catalog().gpu(rows[0]["gpu"]).profile
-    weights = (prof.power_compute_weight, prof.power_memory_weight)
+    weights = None  # each GPU's profile
     if args.fit:
         weights = fit(rows)
     mape, table = evaluate(rows, weights)
-    print(f"weights: compute {weights[0]}, memory {weights[1]}")
+    if weights is None:
+        for name in sorted({default_catalog().gpu(r["gpu"]).name for r in rows}):
+            p = default_catalog().gpu(name).profile
+            print(f"{name}: weights compute {p.power_compute_weight}, memory {p.power_memory_weight}")
+    else:
+        print(f"weights (all GPUs): compute {weights[0]}, memory {weights[1]}")
     print("| GPU | model | batch | measured W | simulated W | err % |")
     print("|---|---|---:|---:|---:|---:|")
     for g, m, b, meas, sim, err in table:

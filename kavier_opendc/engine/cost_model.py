@@ -28,12 +28,13 @@ the timeline that OpenDC turns into watts, is
 with F its FLOPs (2 x active parameters per token + 4 L H_q d_head per
 attended pair) and B its HBM bytes (weights read once + KV read and
 written): achieved FLOP/s and achieved bytes/s, each relative to the
-datasheet peak, weighted by how much power each draws. The weights w_c = 1.2
-and w_m = 0.85 (the profile's ``power_compute_weight`` / ``power_memory_weight``)
-come from measured GPU power of vLLM serving (Argonne LLM-Inference-Bench:
-A100-40GB and H100, Llama-2-7B and Llama-3-8B, batch 1-64;
-``bench/calibrate_power.py --fit``: 7.3 % mean absolute error on those 16
-measurements with a linear power model between idle and maximum power).
+datasheet peak, weighted by how much power each draws. The weights w_c and
+w_m are the profile's ``power_compute_weight`` / ``power_memory_weight``,
+fitted on measured GPU power of vLLM serving (Argonne LLM-Inference-Bench:
+A100-40GB and H100, Llama-2-7B and Llama-3-8B, batch 1-64) per GPU where
+measured and over all rows for the other GPUs (``bench/build_profiles.py``
+with ``bench/calibrate_power.py``): 7.6 % mean absolute error on those 16
+measurements with a linear power model between idle and maximum power.
 """
 
 from __future__ import annotations
