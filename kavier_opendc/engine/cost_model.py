@@ -102,10 +102,15 @@ class CostModel:
         # a simulation sees a few thousand distinct values at most.
         self._body: dict[int, float] = {}
         self._seq: dict[int, float] = {}
+        # dense models read the same weight bytes whatever the batch
+        self._dense_weight_bytes = (timer.body_bytes + timer.head_bytes) if timer.expert_bytes == 0.0 else None
+        self._s_per_attn_token = self.s_per_attn_pair + self.s_per_kv_token  # a decode step's pair reads a KV token
 
     # ----------------------------------------------------------------- memory
     def weight_read_bytes(self, n_tokens: int) -> float:
         """Weight bytes read by one iteration over ``n_tokens`` tokens (MoE: experts touched)."""
+        if self._dense_weight_bytes is not None:
+            return self._dense_weight_bytes
         t = self.timer
         return t.body_read_bytes(n_tokens) + t.head_bytes
 
@@ -151,10 +156,18 @@ class CostModel:
         prefill chunks); unknown (None) counts every token as one.
         """
         kv_tokens = kv_read_tokens + n_tokens
-        t = (self.body_time(n_tokens) + self.seq_time(n_tokens if n_seqs is None else n_seqs)
-             + attn_pairs * self.s_per_attn_pair + kv_tokens * self.s_per_kv_token)
+        if n_seqs is None:
+            n_seqs = n_tokens
+        body = self._body.get(n_tokens)
+        if body is None:
+            body = self.body_time(n_tokens)
+        seq = self._seq.get(n_seqs)
+        if seq is None:
+            seq = self.seq_time(n_seqs)
+        t = body + seq + attn_pairs * self.s_per_attn_pair + kv_tokens * self.s_per_kv_token
         flops = n_tokens * self.flops_per_lin_token + attn_pairs * self.flops_per_attn_pair
-        byts = self.weight_read_bytes(n_tokens) + self.kv_bytes_per_token * kv_tokens
+        wb = self._dense_weight_bytes
+        byts = (wb if wb is not None else self.weight_read_bytes(n_tokens)) + self.kv_bytes_per_token * kv_tokens
         return t, flops, byts
 
     def activity(self, duration: float, flops: float, byts: float) -> float:
@@ -185,10 +198,17 @@ class DecodeRun:
 
     def __init__(self, cm: CostModel, d: int, ctx_sum: int):
         self.cm, self.d, self.ctx_sum = cm, d, ctx_sum
-        self.wb = cm.weight_read_bytes(d)
-        per_pair = cm.s_per_attn_pair + cm.s_per_kv_token
-        self.a = cm.body_time(d) + cm.seq_time(d) + per_pair * ctx_sum
-        self.b = per_pair * d
+        wb = cm._dense_weight_bytes
+        self.wb = wb if wb is not None else cm.weight_read_bytes(d)
+        body = cm._body.get(d)
+        if body is None:
+            body = cm.body_time(d)
+        seq = cm._seq.get(d)
+        if seq is None:
+            seq = cm.seq_time(d)
+        per_token = cm._s_per_attn_token
+        self.a = body + seq + per_token * ctx_sum
+        self.b = per_token * d
 
     def time_of(self, k: int) -> float:
         """Duration of iteration k (1-based), exactly as CostModel.iteration computes it."""
@@ -210,22 +230,25 @@ class DecodeRun:
         return flops, byts
 
     def iterations_until(self, dt: float, n_max: int) -> int:
-        """Smallest n in 1..n_max with total_time(n) >= dt (n_max if none)."""
-        if self.total_time(n_max) < dt:
+        """Smallest n in 1..n_max with total_time(n) >= dt (n_max if none).
+
+        total_time is a quadratic in n: solve it, then step by one where
+        rounding put the root on the wrong side.
+        """
+        a, b = self.a, self.b
+        if a * n_max + b * (n_max * (n_max + 1) / 2.0) < dt:
             return n_max
-        lo, hi = 1, n_max
-        if self.b > 0.0:  # start the bisection at the root of the quadratic
-            a, b = self.a + self.b / 2.0, self.b / 2.0
-            guess = int((-a + math.sqrt(a * a + 4.0 * b * dt)) / (2.0 * b))
-            lo, hi = max(1, min(n_max, guess - 2)), min(n_max, max(1, guess + 2))
-            if self.total_time(lo) >= dt:
-                lo = 1
-            if self.total_time(hi) < dt:
-                hi = n_max
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.total_time(mid) >= dt:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+        if b > 0.0:
+            lin = a + b / 2.0
+            n = math.ceil((2.0 * dt) / (lin + math.sqrt(lin * lin + 2.0 * b * dt)))
+        else:
+            n = math.ceil(dt / a) if a > 0.0 else 1
+        if n < 1:
+            n = 1
+        elif n > n_max:
+            n = n_max
+        while n > 1 and self.total_time(n - 1) >= dt:
+            n -= 1
+        while n < n_max and self.total_time(n) < dt:
+            n += 1
+        return n
