@@ -32,7 +32,7 @@ import numpy as np
 
 from kavier_opendc.calibration.layouts import Observation
 from kavier_opendc.specs.catalog import Catalog, GPUSpec
-from kavier_opendc.specs.profiles import AllReduceCurve, GPUProfile, IterationTimer, KNEE_MAX
+from kavier_opendc.specs.profiles import AllReduceCurve, GPUProfile, IterationTimer
 
 E2E_KINDS = ("prefill", "decode", "tpot")
 DEFAULT_FRAMEWORK = "default"
@@ -375,7 +375,7 @@ def _weighted_sq_error(obs: list[Observation], prof: GPUProfile, fws: dict[str, 
 
 # ----------------------------------------------------------- many GPUs ----
 
-def calibrate_all(obs: list[Observation], catalog: Catalog, *, base: Catalog | None = None) -> dict[str, Fit]:
+def calibrate_all(obs: list[Observation], catalog: Catalog) -> dict[str, Fit]:
     """Fit every GPU that has observations.
 
     GPUs whose observations fit kernels come first; the others (and every
