@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import importlib.util
 import sys
+import tempfile
 from pathlib import Path
 
 from kavier_opendc.calibration.layouts import ReadOptions
@@ -92,9 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     cal = calibrate_files(sources(), base)
     profiles = with_power_weights(all_profiles(cal), base)
     if args.check:
-        tmp = Path(args.out).with_name("profiles.check.yaml")
-        text = write_catalog(tmp, profiles, HEADER)
-        tmp.unlink()
+        with tempfile.TemporaryDirectory() as d:
+            text = write_catalog(Path(d) / "profiles.yaml", profiles, HEADER)
         same = Path(args.out).read_text(encoding="utf-8") == text
         print("profiles.yaml is up to date" if same else "profiles.yaml differs from a rebuild")
         return 0 if same else 1
