@@ -1,29 +1,28 @@
-"""Calibrate the cost model's efficiency constants on the A10 measurements.
+"""Check the A10 profile against the A10 measurements, through the whole simulator.
 
 Data: ../shared/data/measurements/kavier_a10_llama3_8b_vllm.csv (vLLM,
 Llama-3-8B FP16, one A10, single requests; Kavier reproducibility capsule).
 Each row gives a prefill time (TTFT of a prompt alone) and a decode time (end
-to end minus TTFT, 7-token prompt). The five global constants of
-``Efficiency`` (mfu, attn_eff, mbu, overlap, overhead_s) are chosen to minimise the mean
-of the prefill and decode MAPEs over *all* rows at once (coordinate search
-over a bounded, physically plausible box); no row gets its own constant.
+to end minus TTFT, 7-token prompt). The A10's profile is fitted on this table
+(with the other GPUs' data) by ``bench/build_profiles.py`` / ``kavier
+calibrate``, by minimising the relative error over *all* rows at once; no row
+gets its own constant. This script simulates every row with the engine and
+prints the table and the MAPEs.
 
-Usage: python bench/calibrate_a10.py [--fit]
-Without --fit it prints the table and MAPEs of the constants in the code.
+Usage: python bench/calibrate_a10.py
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, Efficiency
+from kavier_opendc.specs.profiles import GPUProfile
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.specs import default_catalog
 from kavier_opendc.workload.trace import Trace
@@ -36,7 +35,7 @@ def load_rows(path: Path = DATA) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-def single_request(prompt: int, output: int, eff: Efficiency) -> tuple[float, float]:
+def single_request(prompt: int, output: int, eff: GPUProfile | None = None) -> tuple[float, float]:
     """(TTFT, e2e - TTFT) of one request alone on one A10 serving Llama-3-8B."""
     cat = default_catalog()
     trace = Trace(np.zeros(1), np.array([prompt], dtype=np.int64), np.array([output], dtype=np.int64))
@@ -45,7 +44,8 @@ def single_request(prompt: int, output: int, eff: Efficiency) -> tuple[float, fl
     return float(res.first_token[0]), float(res.finish[0] - res.first_token[0])
 
 
-def evaluate(rows: list[dict], eff: Efficiency) -> tuple[float, float, list[tuple]]:
+def evaluate(rows: list[dict], eff: GPUProfile | None = None) -> tuple[float, float, list[tuple]]:
+    """(prefill MAPE %, decode MAPE %, table) of ``eff`` (default: the catalogue's A10 profile)."""
     table = []
     for r in rows:
         ttft, _ = single_request(int(r["prefill_input_tokens"]), 1, eff)
@@ -57,42 +57,18 @@ def evaluate(rows: list[dict], eff: Efficiency) -> tuple[float, float, list[tupl
     return pre, dec, table
 
 
-BOUNDS = {"mfu": (0.2, 0.9), "attn_eff": (0.1, 0.9), "mbu": (0.5, 0.95), "overlap": (0.0, 1.0),
-          "overhead_s": (0.0, 0.02)}
-
-
-def fit(rows: list[dict], start: Efficiency) -> Efficiency:
-    best = start
-    best_score = sum(evaluate(rows, best)[:2])
-    step = {k: (hi - lo) / 4 for k, (lo, hi) in BOUNDS.items()}
-    for _ in range(60):
-        improved = False
-        for k, (lo, hi) in BOUNDS.items():
-            for sign in (1, -1):
-                v = min(hi, max(lo, getattr(best, k) + sign * step[k]))
-                cand = dataclasses.replace(best, **{k: v})
-                score = sum(evaluate(rows, cand)[:2])
-                if score < best_score - 1e-9:
-                    best, best_score, improved = cand, score, True
-        if not improved:
-            step = {k: s / 2 for k, s in step.items()}
-            if max(s / (BOUNDS[k][1] - BOUNDS[k][0]) for k, s in step.items()) < 1e-3:
-                break
-    return best
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fit", action="store_true", help="search the constants instead of using the code's")
-    args = ap.parse_args(argv)
+    ap.parse_args(argv)
     if not DATA.exists():
         print(f"measurements not found: {DATA}", file=sys.stderr)
         return 1
     rows = load_rows()
-    eff = fit(rows, DEFAULT_EFFICIENCY) if args.fit else DEFAULT_EFFICIENCY
+    eff = default_catalog().gpu("A10").profile
     pre, dec, table = evaluate(rows, eff)
-    print(f"constants: mfu={eff.mfu:.4f} attn_eff={eff.attn_eff:.4f} mbu={eff.mbu:.4f} "
-          f"overlap={eff.overlap:.4f} overhead_s={eff.overhead_s:.5f}")
+    print(f"A10 profile ({eff.status}): gemm_mbu={eff.gemm_mbu:.4f} gemm_mfu={eff.gemm_mfu:.4f} "
+          f"attn_prefill_eff={eff.attn_prefill_eff:.4f} attn_decode_mbu={eff.attn_decode_mbu:.4f} "
+          f"overhead_fixed_s={eff.overhead_fixed_s:.5f}")
     print("| prompt | real prefill s | sim prefill s | err % | Kavier proto s | out tokens | real decode s "
           "| sim decode s | err % | Kavier proto s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -18,7 +18,7 @@ def _bench(name: str):
 def test_a10_prefill_and_decode_mape_within_5_percent():
     cal = _bench("calibrate_a10")
     rows = cal.load_rows(shared("measurements/kavier_a10_llama3_8b_vllm.csv"))
-    pre, dec, table = cal.evaluate(rows, cal.DEFAULT_EFFICIENCY)
+    pre, dec, table = cal.evaluate(rows)
     assert len(table) == 9
     assert pre <= 5.0, f"prefill MAPE {pre:.2f}%"
     assert dec <= 5.0, f"decode MAPE {dec:.2f}%"
@@ -29,7 +29,7 @@ def test_a10_prefill_and_decode_mape_within_5_percent():
 def test_timeline_activity_predicts_measured_gpu_power():
     cal = _bench("calibrate_power")
     rows = cal.load_rows(shared("measurements/gpu_power_vllm_batch.csv"))
-    mape, table = cal.evaluate(rows, cal.DEFAULT_EFFICIENCY)
+    mape, table = cal.evaluate(rows)
     assert len(table) == 16
     assert mape <= 8.0, f"power MAPE {mape:.2f}%"
     # power rises with the batch for every GPU/model pair, as measured

@@ -64,7 +64,8 @@ def run_dir(tmp_path_factory):
     from kavier_opendc.experiments.pipeline import run_experiment
 
     tmp = tmp_path_factory.mktemp("eff")
-    p = tiny_experiment(tmp)
+    # SLOs between the faster and the slower requests of this run (A100-80GB profile)
+    p = tiny_experiment(tmp, slo={"ttft_s": 0.04, "tpot_s": 0.012})
     run_experiment(load_experiment(p), tmp / "out", bridge=None if HAVE_OPENDC else FakeOpenDC(), quiet=True,
                    plots=False)
     return p, tmp / "out"

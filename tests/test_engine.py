@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace
+from conftest import TOY_BODY, TOY_EFF, TOY_GPU, TOY_HEAD, TOY_MODEL, make_trace, toy_time
 from kavier_opendc.engine.cost_model import CostModel
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.base.errors import KavierInputError
@@ -25,46 +25,55 @@ def run(arrivals, prompts, outputs, **kw):
 
 
 # ------------------------------------------------------------------ by hand
+def test_toy_formula_by_hand():
+    # prefill 100 tokens: the body GEMM is exactly at the ridge (100 FLOP/byte): 2e9 B / 1e12 = 2e-3 s;
+    # LM head for 1 sequence: 256 kB / 1e12; attention: 512 * 5050 / 1e14 + 512 * 100 / 1e12; overhead 1 ms
+    assert toy_time(100, 1, 5050, 100) == pytest.approx(
+        (2e9 - 256_000) / 1e12 + 256_000 / 1e12 + 512 * 5050 / 1e14 + 512 * 100 / 1e12 + 1e-3, rel=1e-15)
+    assert toy_time(100, 1, 5050, 100) == pytest.approx(0.003000077056, rel=1e-12)
+    cm = CostModel(TOY_MODEL, TOY_GPU, 1, TOY_EFF)
+    for shape in [(100, 1, 5050, 0), (1, 1, 101, 100), (200, 2, 10100, 0), (1000, 3, 1e5, 500)]:
+        n, s, pairs, kv = shape
+        assert cm.iteration(n, pairs, kv, s)[0] == pytest.approx(toy_time(n, s, pairs, kv + n), rel=1e-12)
+
+
 def test_one_request_alone_by_hand():
-    # prefill 100 tokens: t_c = 2e9*100/1e14 + 4*128*(100*101/2)/1e14 = 2.0000258560e-3
-    #                     t_m = (2e9 + 512*100)/1e12                  = 2.0000512e-3   (memory-bound)
-    t1 = 2.0000512e-3 + 1e-3
-    # decode with 100 then 101 cached tokens: bytes = 2e9 + 512*(c + 1)
-    t2 = (2e9 + 512 * 101) / 1e12 + 1e-3
-    t3 = (2e9 + 512 * 102) / 1e12 + 1e-3
+    t1 = toy_time(100, 1, 5050, 100)                   # prefill: 100 tokens written to the KV cache
+    t2 = toy_time(1, 1, 101, 101)                      # decode with 100 cached tokens (+1 written)
+    t3 = toy_time(1, 1, 102, 102)
     res = run([0.0], [100], [3]).results
     assert res.first_sched[0] == 0.0
     assert res.first_token[0] == pytest.approx(t1, rel=1e-12)
     assert res.finish[0] == pytest.approx(t1 + t2 + t3, rel=1e-12)
-    assert res.finish[0] == pytest.approx(0.009000155136, rel=1e-12)
+    assert res.finish[0] == pytest.approx(0.00900018203136, rel=1e-12)
 
 
 def test_two_requests_batched_by_hand():
-    # one prefill iteration of 200 tokens, compute-bound:
-    # t_c = 2e9*200/1e14 + 4*128*(2*5050)/1e14 = 4.000051712e-3 > t_m = (2e9 + 512*200)/1e12
-    t1 = 4.000051712e-3 + 1e-3
-    # one decode iteration of 2 sequences with 100 cached tokens each: bytes = 2e9 + 512*(200 + 2)
-    t2 = (2e9 + 512 * 202) / 1e12 + 1e-3
+    # one prefill iteration of 200 tokens, compute-bound body GEMM: 2 * (1e9 - 128000) * 200 / 1e14
+    t1 = toy_time(200, 2, 2 * 5050, 200)
+    assert t1 == pytest.approx(2 * TOY_BODY * 200 / 1e14 + 2 * TOY_HEAD / 1e12 + 512 * 10100 / 1e14
+                               + 512 * 200 / 1e12 + 1e-3, rel=1e-15)
+    # one decode iteration of 2 sequences with 100 cached tokens each
+    t2 = toy_time(2, 2, 202, 202)
     res = run([0.0, 0.0], [100, 100], [2, 2]).results
     assert np.allclose(res.first_token, t1, rtol=1e-12)
     assert np.allclose(res.finish, t1 + t2, rtol=1e-12)
-    assert res.finish[0] == pytest.approx(0.008000155136, rel=1e-12)
 
 
 def test_token_budget_chunks_prefill_by_hand():
     # budget 64: a 100-token prompt is prefilled in chunks of 64 and 36; the second chunk attends 64 cached
-    t1 = (2e9 + 512 * 64) / 1e12 + 1e-3                     # chunk 1: memory-bound
-    t2 = (2e9 + 512 * (64 + 36)) / 1e12 + 1e-3              # chunk 2 reads 64 cached tokens, writes 36
+    t1 = toy_time(64, 1, 64 * 65 / 2, 64)
+    t2 = toy_time(36, 1, 36 * 64 + 36 * 37 / 2, 64 + 36)   # reads 64 cached tokens, writes 36
     res = run([0.0], [100], [1], max_batched_tokens=64).results
     assert res.first_token[0] == pytest.approx(t1 + t2, rel=1e-12)
     assert res.finish[0] == res.first_token[0]
 
 
 def test_kv_cache_off_recomputes_context_by_hand():
-    t1 = 2.0000512e-3 + 1e-3                                       # prefill as with KV on
+    t1 = toy_time(100, 1, 5050, 100)                                 # prefill as with KV on
     # decode without KV cache: recompute all 101 tokens (compute-bound)
-    t2 = (2e9 * 101 + 4 * 128 * (101 * 102 / 2)) / 1e14 + 1e-3
-    t3 = (2e9 * 102 + 4 * 128 * (102 * 103 / 2)) / 1e14 + 1e-3
+    t2 = toy_time(101, 1, 101 * 102 / 2, 101)
+    t3 = toy_time(102, 1, 102 * 103 / 2, 102)
     on = run([0.0], [100], [3]).results
     off = run([0.0], [100], [3], kv_cache=False).results
     assert off.first_token[0] == pytest.approx(t1, rel=1e-12)
@@ -82,15 +91,15 @@ def test_preemption_by_recomputation():
     assert list(res.preemptions) == [0, 1]
     assert res.finish[0] < res.finish[1]
     cm = CostModel(TOY_MODEL, TOY_GPU, 1, TOY_EFF)
-    t_prefill = cm.iteration(192, 2 * (96 * 97 // 2), 0)[0]
+    t_prefill = cm.iteration(192, 2 * (96 * 97 // 2), 0, 2)[0]
     assert res.first_token[0] == pytest.approx(t_prefill, rel=1e-12)
     assert res.first_token[1] == pytest.approx(t_prefill, rel=1e-12)   # its first token stays
     # A then decodes alone: 19 iterations with 96..114 cached tokens
-    t = t_prefill + sum(cm.iteration(1, c + 1, c)[0] for c in range(96, 115))
+    t = t_prefill + sum(cm.iteration(1, c + 1, c, 1)[0] for c in range(96, 115))
     assert res.finish[0] == pytest.approx(t, rel=1e-12)
     # B is recomputed (97 tokens) when A has freed its blocks, then decodes 18 more tokens
-    t += cm.iteration(97, 97 * 98 // 2, 0)[0]
-    t += sum(cm.iteration(1, c + 1, c)[0] for c in range(97, 115))
+    t += cm.iteration(97, 97 * 98 // 2, 0, 1)[0]
+    t += sum(cm.iteration(1, c + 1, c, 1)[0] for c in range(97, 115))
     assert res.finish[1] == pytest.approx(t, rel=1e-12)
     assert all(rep.peak_used <= 13 for rep in r.replicas)
 
@@ -105,10 +114,10 @@ def test_waiting_request_arrives_during_decode_run():
     # the second request arrives while the first decodes: it is scheduled at the first boundary after it
     r = run([0.0, 0.0105], [100, 100], [50, 5])
     cm = CostModel(TOY_MODEL, TOY_GPU, 1, TOY_EFF)
-    t = cm.iteration(100, 5050, 0)[0]
+    t = cm.iteration(100, 5050, 0, 1)[0]
     c = 100
     while t < 0.0105:
-        t += cm.iteration(1, c + 1, c)[0]
+        t += cm.iteration(1, c + 1, c, 1)[0]
         c += 1
     assert r.results.first_sched[1] == pytest.approx(t, rel=1e-12)
 
@@ -121,7 +130,10 @@ def test_tensor_parallel_adds_allreduce_and_splits_work():
     t4 = one.iteration(1, 1000, 999)[0]
     t8 = two.iteration(1, 1000, 999)[0]
     assert t8 < t4                                 # more GPUs share the weights
-    assert two.s_comm_fixed > 0 and two.s_comm_per_token > one.s_comm_per_token
+    assert one.timer.allreduces == two.timer.allreduces == 2 * m.num_layers
+    prof = g.profile
+    assert 0 < prof.allreduce_time(2**20, 4, g.interconnect_gbs) < prof.allreduce_time(2**26, 4, g.interconnect_gbs)
+    assert CostModel(m, g, 1).timer.allreduces == 0
     with pytest.raises(KavierInputError):
         CostModel(m, g, 3)                        # 64 heads cannot be split over 3 GPUs
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, shared
+from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, shared, toy_time
 from kavier_opendc.engine import replica as replica_mod
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.base.errors import KavierInputError
@@ -263,9 +263,9 @@ def test_branching_prefill_once_decode_n_by_hand():
     # one 100-token prompt, n=4 samples of 3 tokens: one prefill, then 4 sequences decode together
     tr = trace([0.0], [100], [3], n=np.array([4]))
     r = simulate(tr, toy(), progress=False)
-    t1 = 2.0000512e-3 + 1e-3                           # the prefill, as for a single sample
-    t2 = (2e9 + 512 * (4 * 100 + 4)) / 1e12 + 1e-3      # 4 decodes over 100 cached tokens each
-    t3 = (2e9 + 512 * (4 * 101 + 4)) / 1e12 + 1e-3
+    t1 = toy_time(100, 1, 5050, 100)                   # the prefill, as for a single sample
+    t2 = toy_time(4, 4, 4 * 101, 4 * 101)              # 4 decodes over 100 cached tokens each
+    t3 = toy_time(4, 4, 4 * 102, 4 * 102)
     assert r.results.first_token[0] == pytest.approx(t1, rel=1e-12)
     assert r.results.finish[0] == pytest.approx(t1 + t2 + t3, rel=1e-12)
     rep = r.replicas[0]

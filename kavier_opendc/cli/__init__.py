@@ -9,6 +9,7 @@ arguments into calls and results into text. :func:`main` prints every
     experiments.py  kavier run, demo, validate, sweep, efficiency
     opendc.py       kavier export-opendc, opendc
     catalog.py      kavier catalog
+    calibrate.py    kavier calibrate (fit GPU profiles from measurements)
     bridge.py       kavier bridge (build or check the OpenDC bridge jar)
     measure.py      kavier trace, compare (measure a real deployment, compare the simulator with it)
     args.py         argument types shared by the groups
@@ -21,7 +22,7 @@ import sys
 
 from kavier_opendc import __version__
 from kavier_opendc.base.errors import KavierError
-from kavier_opendc.cli import bridge, catalog, experiments, measure, opendc, simulate
+from kavier_opendc.cli import bridge, calibrate, catalog, experiments, measure, opendc, simulate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiments.register(sub)
     opendc.register(sub)
     catalog.register(sub)
+    calibrate.register(sub)
     bridge.register(sub)
     measure.register(sub)
     return ap

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from kavier_opendc import __version__
 from kavier_opendc.base.atomic import staged_output, write_json_atomic, write_parquet_atomic
+from kavier_opendc.specs.profiles import profile_summary
 
 STATUS_NAMES = np.array(["pending", "finished", "rejected"])
 
@@ -182,7 +183,7 @@ def summary_dict(result) -> dict:
             "kv_capacity_blocks_per_replica": result.capacity_blocks,
             "kv_capacity_tokens_per_replica": result.capacity_blocks * 16,
             "max_model_len": cfg.max_model_len,
-            "efficiency": {k: getattr(cfg.efficiency, k) for k in cfg.efficiency.__dataclass_fields__},
+            "efficiency": profile_summary(result.replicas[0].cm.eff),
         },
         "replicas": [
             {"replica": rep.idx, "model": rep.cm.model.name, "gpu": rep.cm.gpu.name, "tp": rep.cm.tp,

@@ -148,7 +148,7 @@ class Scheduler:
         self._fit()
         if self.used > self.peak_used:
             self.peak_used = self.used
-        dt, flops, byts = self.cm.iteration(n_tok, pairs, kv_read)
+        dt, flops, byts = self.cm.iteration(n_tok, pairs, kv_read, n_dec + len(chunks))
         if self.extra_time:
             dt += self.extra_time
             self.extra_time = 0.0

@@ -25,6 +25,7 @@ from jsonschema import Draft202012Validator
 
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import explain_schema_error, json_path, non_finite, load_schema, schema_validator
+from kavier_opendc.specs.profiles import GPUProfile, derive_profile, profile_from_entry, profile_to_entry
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
@@ -99,6 +100,8 @@ class GPUSpec:
     source: str = ""
     extra: dict = field(default_factory=dict, compare=False)
     aliases: tuple[str, ...] = field(default=(), compare=False)
+    # The efficiency profile (specs/profiles.py) the catalogue attaches on lookup.
+    profile: Any = field(default=None, compare=False, repr=False)
 
     @property
     def peak_flops(self) -> float:
@@ -119,7 +122,7 @@ class GPUSpec:
 
 
 SCHEMA_FILE = "catalog.schema.json"
-BUILTIN_FILES = ("models.yaml", "gpus.yaml")
+BUILTIN_FILES = ("models.yaml", "gpus.yaml", "profiles.yaml")
 CATALOG_EXTENSIONS = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
 _MODEL_INT_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads",
@@ -327,9 +330,34 @@ def _semantic_problems(data: Any) -> list[tuple[tuple, str]]:
     return problems
 
 
+def _profile_problems(data: Any) -> list[tuple[tuple, str]]:
+    """Physical checks of the ``profiles`` entries (efficiencies <= 1, overheads >= 0, ...)."""
+    problems: list[tuple[tuple, str]] = []
+    entries = data.get("profiles") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return problems
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("gpu"), str):
+            continue
+        key = _key(entry["gpu"])
+        if key in seen:
+            problems.append((("profiles", i, "gpu"), f"{entry['gpu']!r} already has a profile at "
+                                                     f"{json_path(('profiles', seen[key]))}"))
+        seen.setdefault(key, i)
+        try:
+            prof = profile_from_entry(entry)
+        except (TypeError, ValueError, KeyError):
+            continue  # the schema check reports the shape problem
+        problems.extend((("profiles", i, name), msg) for name, msg in prof.problems())
+    return problems
+
+
 def validate_catalog_data(data: Any, source: str = "<catalogue>") -> None:
     """Raise one KavierInputError listing every problem of a parsed catalogue document."""
     problems = _schema_problems(data) + _semantic_problems(data)
+    if not _schema_problems(data):
+        problems += _profile_problems(data)
     if not problems:
         return
     unique: dict[tuple[tuple, str], None] = {}
@@ -342,7 +370,7 @@ def validate_catalog_data(data: Any, source: str = "<catalogue>") -> None:
     exc = KavierInputError(
         f"invalid catalogue, {n} problem{'s' if n != 1 else ''}: " + "; ".join(lines),
         source=source,
-        expected="an object with optional 'models' and 'gpus' lists as described by "
+        expected="an object with optional 'models', 'gpus' and 'profiles' lists as described by "
                  "schemas/catalog.schema.json")
     exc.problems = lines  # type: ignore[attr-defined]
     raise exc
@@ -388,6 +416,8 @@ def spec_to_entry(spec: ModelSpec | GPUSpec) -> dict[str, Any]:
             continue
         if f.name == "head_dim" and value is None:
             continue
+        if f.name == "profile":
+            continue
         out[f.name] = value
     return out
 
@@ -399,6 +429,7 @@ def catalog_from_data(data: Any, source: str = "<catalogue>") -> Catalog:
     validate_catalog_data(data, source)
     return Catalog(models=[_model_from_entry(e) for e in data.get("models", [])],
                    gpus=[_gpu_from_entry(e) for e in data.get("gpus", [])],
+                   profiles=[profile_from_entry(e) for e in data.get("profiles", [])],
                    sources=[source])
 
 
@@ -420,11 +451,16 @@ class Catalog:
     """
 
     def __init__(self, models: Iterable[ModelSpec] = (), gpus: Iterable[GPUSpec] = (),
-                 *, sources: Iterable[str] = ()):
+                 *, profiles: Iterable[GPUProfile] = (), sources: Iterable[str] = ()):
         self.model_specs: dict[str, ModelSpec] = {}
         self.gpu_specs: dict[str, GPUSpec] = {}
         self.model_aliases: dict[str, str] = {}   # alias key -> canonical key
         self.gpu_aliases: dict[str, str] = {}
+        # profiles given by catalogue files, keyed by the GPU name they name (lower-cased);
+        # a GPU without one gets a derived profile on lookup (cached in _derived)
+        self.profile_specs: dict[str, GPUProfile] = {_key(p.gpu): p for p in profiles}
+        self._derived: dict[str, GPUProfile] = {}
+        self._attached: dict[str, GPUSpec] = {}   # GPU key -> its spec with the profile attached
         self.sources: tuple[str, ...] = tuple(sources)
         for m in models:
             self._add(self.model_specs, self.model_aliases, m)
@@ -445,9 +481,43 @@ class Catalog:
         return self._resolve(self.model_specs, self.model_aliases, name, "model")
 
     def gpu(self, name: str | GPUSpec) -> GPUSpec:
-        if isinstance(name, GPUSpec):
-            return name
-        return self._resolve(self.gpu_specs, self.gpu_aliases, name, "GPU")
+        """The GPU's spec with its efficiency profile attached (``spec.profile``)."""
+        spec = name if isinstance(name, GPUSpec) else self._resolve(self.gpu_specs, self.gpu_aliases, name, "GPU")
+        if spec.profile is not None:
+            return spec
+        key = _key(spec.name)
+        if self.gpu_specs.get(key) is spec:  # one object per catalogue GPU, whatever name it is looked up by
+            if key not in self._attached:
+                self._attached[key] = dataclasses.replace(spec, profile=self.profile_for(spec))
+            return self._attached[key]
+        return dataclasses.replace(spec, profile=self.profile_for(spec))
+
+    # -- efficiency profiles ---------------------------------------------
+    def _profile_key(self, name: str) -> str | None:
+        spec = self._find(self.gpu_specs, self.gpu_aliases, name)
+        return _key(spec.name) if spec is not None else None
+
+    def measured_profiles(self) -> dict[str, tuple[GPUSpec, GPUProfile]]:
+        """GPU key -> (spec, profile) for every catalogue GPU with a measured profile."""
+        out = {}
+        for key, prof in self.profile_specs.items():
+            gkey = self._profile_key(prof.gpu) or key
+            if prof.status == "measured" and gkey in self.gpu_specs:
+                out[gkey] = (self.gpu_specs[gkey], prof)
+        return out
+
+    def profile_for(self, gpu: str | GPUSpec) -> GPUProfile:
+        """The profile of a GPU: its own from a catalogue file, else derived from the nearest measured GPU."""
+        spec = gpu if isinstance(gpu, GPUSpec) else self._resolve(self.gpu_specs, self.gpu_aliases, gpu, "GPU")
+        key = _key(spec.name)
+        own = self.profile_specs.get(key)
+        if own is None:  # a profile may name the GPU by an alias
+            own = next((p for p in self.profile_specs.values() if self._profile_key(p.gpu) == key), None)
+        if own is not None:
+            return own
+        if key not in self._derived:
+            self._derived[key] = derive_profile(spec, self.measured_profiles())
+        return self._derived[key]
 
     def has_model(self, name: str) -> bool:
         return self._find(self.model_specs, self.model_aliases, name) is not None
@@ -495,7 +565,8 @@ class Catalog:
         return list(self.model_specs.values())
 
     def gpus(self) -> list[GPUSpec]:
-        return list(self.gpu_specs.values())
+        """Every GPU, with its efficiency profile attached."""
+        return [self.gpu(g) for g in self.gpu_specs.values()]
 
     def model_names(self) -> list[str]:
         return [m.name for m in self.model_specs.values()]
@@ -512,12 +583,16 @@ class Catalog:
         out.gpu_specs = {**self.gpu_specs, **other.gpu_specs}
         out.model_aliases = {**self.model_aliases, **other.model_aliases}
         out.gpu_aliases = {**self.gpu_aliases, **other.gpu_aliases}
+        out.profile_specs = {**self.profile_specs, **other.profile_specs}
         return out
 
     def to_dict(self) -> dict[str, list[dict[str, Any]]]:
         """The catalogue as a document that ``catalog_from_data`` accepts."""
-        return {"models": [spec_to_entry(m) for m in self.models()],
-                "gpus": [spec_to_entry(g) for g in self.gpus()]}
+        out = {"models": [spec_to_entry(m) for m in self.models()],
+               "gpus": [spec_to_entry(g) for g in self.gpus()]}
+        if self.profile_specs:
+            out["profiles"] = [profile_to_entry(p) for p in self.profile_specs.values()]
+        return out
 
     def __len__(self) -> int:
         return len(self.model_specs) + len(self.gpu_specs)
@@ -556,7 +631,13 @@ def load_catalog_file(path: str | Path, base: Catalog | None = None) -> Catalog:
     if fmt == "yaml":
         data = _coerce_yaml_numbers(data)
     user = catalog_from_data(data, source=str(path))
-    return (base if base is not None else default_catalog()).merged(user)
+    merged = (base if base is not None else default_catalog()).merged(user)
+    for i, prof in enumerate(user.profile_specs.values()):
+        if not merged.has_gpu(prof.gpu):
+            raise KavierInputError(
+                f"profiles[{i}].gpu: no GPU named {prof.gpu!r} in the catalogue", source=str(path),
+                expected="the name of a built-in GPU or of one in this or an earlier catalogue file")
+    return merged
 
 
 def load_catalog_files(paths: Iterable[str | Path], base: Catalog | None = None) -> Catalog:

@@ -1,0 +1,403 @@
+"""Fit a GPU's efficiency profile to observations, and measure how well it predicts them.
+
+Each kind of measurement fits what it measures:
+
+* operator times (one layer's GEMMs vs tokens) -> ``gemm_mbu``, ``gemm_mfu``,
+  ``gemm_knee``: for a fixed knee p the smooth roofline
+  t^p = (W / BW)^p mbu^-p + (F / PEAK)^p mfu^-p is linear in (mbu^-p, mfu^-p),
+  so each p is a weighted linear least-squares problem and p is searched;
+* all-reduce times -> one monotone curve per group size (a larger message
+  never takes less time: each point is the least time measured at that size
+  or above);
+* end-to-end times (single requests, step times, serving TPOT) -> attention
+  efficiencies and per-framework overheads: with the GEMM and all-reduce
+  terms known, an end-to-end time is linear in (1/attn_prefill_eff,
+  1/attn_decode_mbu, overhead_fixed_s, overhead_per_seq_s), solved by
+  bounded linear least squares on relative errors, every source weighted
+  equally. A GPU without operator times gets its GEMM efficiencies from the
+  end-to-end times too (Nelder-Mead over mbu and mfu around that linear fit).
+
+Rows that are physically impossible (faster than the datasheet peaks allow at
+100 % efficiency) are left out and listed in ``rejected``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kavier_opendc.calibration.layouts import Observation
+from kavier_opendc.specs.catalog import Catalog, GPUSpec
+from kavier_opendc.specs.profiles import AllReduceCurve, GPUProfile, IterationTimer
+
+E2E_KINDS = ("prefill", "decode", "tpot")
+DEFAULT_FRAMEWORK = "default"
+
+
+@dataclass
+class Overheads:
+    """Software time of one framework: per iteration, per sequence and per token in the batch.
+
+    vLLM's overhead does not grow with the tokens (its kernels are what the
+    profile times), so the default framework's ``per_token_s`` stays 0; other
+    harnesses (Splitwise's, unnamed) prefill well below the GEMM speed that
+    Vidur measures on the same GPUs, and that extra time per token is theirs.
+    """
+
+    fixed_s: float = 0.0
+    per_seq_s: float = 0.0
+    per_token_s: float = 0.0
+
+
+@dataclass
+class Fit:
+    """A fitted profile, the overheads of each framework seen, and what was left out."""
+
+    profile: GPUProfile
+    frameworks: dict[str, Overheads] = field(default_factory=dict)
+    rejected: list[tuple[Observation, str]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------- prediction --
+
+def predict(obs: Observation, profile: GPUProfile, gpu: GPUSpec, overheads: Overheads | None = None) -> float:
+    """The profile's prediction (s) of one observation."""
+    if obs.kind == "gemm":
+        return (profile.gemm_time(obs.weight_bytes, obs.flops, gpu.peak_flops, gpu.mem_bandwidth)
+                + profile.layer_fixed_s
+                + obs.tokens * profile.act_passes * obs.act_bytes_per_token / (profile.gemm_mbu * gpu.mem_bandwidth))
+    if obs.kind == "allreduce":
+        return profile.allreduce_time(obs.size_bytes, obs.gpus, gpu.interconnect_gbs)
+    extra = 0.0
+    if overheads is not None:
+        profile = dataclasses.replace(profile, overhead_fixed_s=overheads.fixed_s,
+                                      overhead_per_seq_s=overheads.per_seq_s)
+        extra = overheads.per_token_s * sum(w * s.n_tokens for w, s in obs.iterations)
+    timer = IterationTimer(obs.model, gpu, obs.tp, profile)
+    return extra + sum(w * timer.time(s) for w, s in obs.iterations)
+
+
+def ideal_time(obs: Observation, gpu: GPUSpec) -> float:
+    """A lower bound: the observation's FLOPs at 100 % of the datasheet peak."""
+    if obs.kind == "gemm":
+        return obs.flops / gpu.peak_flops
+    if obs.kind == "allreduce" or obs.model is None:
+        return 0.0
+    timer = IterationTimer(obs.model, gpu, obs.tp, GPUProfile(gpu.name))
+    return sum(w * s.n_tokens * timer.flops_per_body_token / timer.peak for w, s in obs.iterations)
+
+
+def mape(obs: list[Observation], fit: Fit, gpu: GPUSpec) -> float:
+    errs = [abs(predict(o, fit.profile, gpu, fit.frameworks.get(o.framework)) - o.measured_s) / o.measured_s
+            for o in obs]
+    return 100.0 * float(np.mean(errs)) if errs else float("nan")
+
+
+# ------------------------------------------------------------------- GEMMs --
+
+def fit_gemm(obs: list[Observation], gpu: GPUSpec) -> tuple[float, float, float, float, float]:
+    """(mbu, mfu, knee, layer_fixed_s, act_passes) minimising the relative squared error of layer times.
+
+    Nelder-Mead over (log mbu, log mfu, log(knee - 1)); for each trial the
+    elementwise floor and traffic are a non-negative linear least-squares fit.
+    """
+    w = np.array([o.weight_bytes / gpu.mem_bandwidth for o in obs])
+    f = np.array([o.flops / gpu.peak_flops for o in obs])
+    act = np.array([o.tokens * o.act_bytes_per_token / gpu.mem_bandwidth for o in obs])
+    t = np.array([o.measured_s for o in obs])
+
+    def solve(x: np.ndarray) -> tuple[float, float, float, float, float, float]:
+        mbu, mfu, p = math.exp(x[0]), math.exp(x[1]), 1.0 + math.exp(x[2])
+        tm, tc = w / mbu, f / mfu
+        hi, lo = np.maximum(tm, tc), np.minimum(tm, tc)
+        g = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+        a = np.column_stack([np.ones_like(t), act / mbu]) / t[:, None]
+        c = _bounded_lstsq(a, 1.0 - g / t, np.zeros(2), np.ones(2, dtype=bool))
+        err = (g + c[0] + c[1] * act / mbu) / t - 1.0
+        penalty = 1e3 * (max(0.0, mbu - 1.0) + max(0.0, mfu - 1.0))
+        return float(np.mean(err ** 2)) + penalty, mbu, mfu, p, float(c[0]), float(c[1])
+
+    # start: bandwidth of the fewest tokens, FLOP/s of the most
+    small, large = np.argmin(f), np.argmax(f)
+    x0 = np.log([min(0.95, w[small] / t[small]), min(0.95, f[large] / t[large]), 1.0])
+    best = None
+    for start in (x0, x0 + np.array([0.0, 0.0, 1.5])):
+        x = _nelder_mead(lambda v: solve(v)[0], start, iters=600)
+        x = _nelder_mead(lambda v: solve(v)[0], x, step=0.02, iters=600)
+        r = solve(x)
+        if best is None or r[0] < best[0]:
+            best = r
+    _, mbu, mfu, p, fixed, passes = best
+    return mbu, mfu, p, fixed, passes
+
+
+# -------------------------------------------------------------- all-reduce --
+
+def fit_allreduce(obs: list[Observation]) -> tuple[AllReduceCurve, ...]:
+    """One curve per group size: the median per size, made non-decreasing by isotonic regression.
+
+    A larger message never takes less time; where the measurements say so
+    (noise at a few microseconds) the pooled least-squares monotone fit
+    (pool-adjacent-violators) replaces them.
+    """
+    by_gpus: dict[int, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for o in obs:
+        by_gpus[o.gpus][o.size_bytes].append(o.measured_s)
+    curves = []
+    for g in sorted(by_gpus):
+        sizes = sorted(by_gpus[g])
+        times = _isotonic([float(np.median(by_gpus[g][s])) for s in sizes])
+        curves.append(AllReduceCurve(g, tuple(float(s) for s in sizes), tuple(times)))
+    return tuple(curves)
+
+
+def _isotonic(values: list[float]) -> list[float]:
+    """Non-decreasing least-squares fit (pool adjacent violators), on log values (relative errors)."""
+    blocks: list[list[float]] = []  # [mean of logs, count]
+    for v in values:
+        blocks.append([math.log(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, n2 = blocks.pop()
+            m1, n1 = blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    out: list[float] = []
+    for m, n in blocks:
+        out += [math.exp(m)] * int(n)
+    return out
+
+
+# -------------------------------------------------------------- end to end --
+
+def _features(obs: Observation, gpu: GPUSpec, profile: GPUProfile) -> tuple[float, np.ndarray]:
+    """(known time, coefficients of [1/attn_prefill_eff, 1/attn_decode_mbu, fixed, per_seq, per_token])."""
+    timer = IterationTimer(obs.model, gpu, obs.tp, dataclasses.replace(
+        profile, overhead_fixed_s=0.0, overhead_per_seq_s=0.0))
+    known = 0.0
+    coef = np.zeros(5)
+    for w, s in obs.iterations:
+        known += w * (timer.body_time(s.n_tokens) + timer.seq_time(s.n_seqs))
+        coef += w * np.array([s.attn_pairs * timer.flops_per_attn_pair / timer.peak,
+                              (s.kv_read_tokens + s.n_tokens) * timer.kv_bytes_per_token / timer.bw,
+                              1.0, s.n_seqs, s.n_tokens])
+    return known, coef
+
+
+def _bounded_lstsq(a: np.ndarray, b: np.ndarray, lower: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """min ||a x - b|| with x >= lower, only ``free`` columns fitted (others at their lower bound)."""
+    x = lower.copy()
+    active = free.copy()
+    for _ in range(a.shape[1] + 1):
+        if not active.any():
+            break
+        rhs = b - a[:, ~active] @ x[~active]
+        sol, *_ = np.linalg.lstsq(a[:, active], rhs, rcond=None)
+        x[active] = sol
+        bad = active & (x < lower)
+        if not bad.any():
+            return x
+        worst = np.argmin(np.where(bad, x - lower, np.inf))
+        x[worst] = lower[worst]
+        active[worst] = False
+        x[~active] = lower[~active]
+    return np.maximum(x, lower)
+
+
+PRIOR_WEIGHT = 0.02  # pulls parameters the data cannot determine to the inherited values
+
+
+def fit_end_to_end(obs: list[Observation], gpu: GPUSpec, profile: GPUProfile,
+                   fit_attention: bool = True) -> tuple[GPUProfile, dict[str, Overheads]]:
+    """Attention efficiencies (unless ``fit_attention`` is False) and each framework's overheads.
+
+    Parameters x = [1/attn_prefill_eff, 1/attn_decode_mbu, then per framework
+    fixed, per-sequence, per-token]; every row is a relative error, every
+    source weighs the same, and a weak prior row keeps the inherited prefill
+    attention efficiency where the data says little. ``attn_decode_mbu`` is
+    set to ``gemm_mbu``: KV traffic streams HBM like weight reads, and
+    end-to-end times cannot separate it from per-sequence overhead.
+    """
+    frameworks = sorted({o.framework for o in obs})
+    nf = len(frameworks)
+    npar = 2 + 3 * nf
+    per_source = defaultdict(int)
+    for o in obs:
+        per_source[o.source] += 1
+    rows, rhs = [], []
+    for o in obs:
+        known, c = _features(o, gpu, profile)
+        weight = 1.0 / math.sqrt(per_source[o.source])
+        row = np.zeros(npar)
+        row[:2] = c[:2]
+        k = 2 + 3 * frameworks.index(o.framework)
+        row[k:k + 3] = c[2:]
+        rows.append(row * weight / o.measured_s)
+        rhs.append((o.measured_s - known) * weight / o.measured_s)
+    x0 = np.array([1.0 / profile.attn_prefill_eff, 1.0 / profile.gemm_mbu] + [0.0] * (3 * nf))
+    if fit_attention:
+        for j in range(1):
+            row = np.zeros(npar)
+            row[j] = PRIOR_WEIGHT / x0[j]
+            rows.append(row)
+            rhs.append(PRIOR_WEIGHT)
+    a, b = np.array(rows), np.array(rhs)
+    lower = np.array([1.0, 1.0] + [0.0] * (3 * nf))
+    free = np.ones(npar, dtype=bool)
+    # KV reads and writes stream HBM as the GEMMs' weight reads do: the decode attention bandwidth is
+    # the measured GEMM bandwidth (end-to-end times cannot tell KV time from per-sequence overhead)
+    free[1], lower[1] = False, x0[1]
+    if not fit_attention:
+        free[0] = False
+        lower[0] = x0[0]
+    for k, fw in enumerate(frameworks):
+        # a per-sequence overhead is only identifiable with batches of several sizes
+        seqs = {round(s.n_seqs, 6) for o in obs if o.framework == fw for _, s in o.iterations}
+        if len(seqs) < 3:
+            free[3 + 3 * k] = False
+        if fw == DEFAULT_FRAMEWORK:
+            free[4 + 3 * k] = False
+    x = _bounded_lstsq(a, b, lower, free)
+    prof = dataclasses.replace(profile, attn_prefill_eff=1.0 / x[0], attn_decode_mbu=1.0 / x[1])
+    fws = {fw: Overheads(*(float(v) for v in x[2 + 3 * k:5 + 3 * k])) for k, fw in enumerate(frameworks)}
+    return prof, fws
+
+
+def _nelder_mead(f, x0: np.ndarray, step: float = 0.15, iters: int = 300) -> np.ndarray:
+    n = len(x0)
+    simplex = [x0] + [x0 + step * np.eye(n)[i] for i in range(n)]
+    values = [f(x) for x in simplex]
+    for _ in range(iters):
+        order = np.argsort(values)
+        simplex, values = [simplex[i] for i in order], [values[i] for i in order]
+        if abs(values[-1] - values[0]) < 1e-12:
+            break
+        centroid = np.mean(simplex[:-1], axis=0)
+        xr = centroid + (centroid - simplex[-1])
+        fr = f(xr)
+        if fr < values[0]:
+            xe = centroid + 2.0 * (centroid - simplex[-1])
+            fe = f(xe)
+            simplex[-1], values[-1] = (xe, fe) if fe < fr else (xr, fr)
+        elif fr < values[-2]:
+            simplex[-1], values[-1] = xr, fr
+        else:
+            xc = centroid + 0.5 * (simplex[-1] - centroid)
+            fc = f(xc)
+            if fc < values[-1]:
+                simplex[-1], values[-1] = xc, fc
+            else:
+                simplex = [simplex[0] + 0.5 * (x - simplex[0]) for x in simplex]
+                values = [f(x) for x in simplex]
+    return simplex[int(np.argmin(values))]
+
+
+# --------------------------------------------------------------- one GPU ----
+
+def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, kernels_from_e2e: bool = True) -> Fit:
+    """Fit ``gpu``'s profile to its observations, starting from (and inheriting from) ``base``.
+
+    ``base`` provides every number the observations cannot determine (a
+    derived profile of the same architecture, or the built-in one).
+    """
+    rejected = []
+    kept = []
+    for o in obs:
+        ideal = ideal_time(o, gpu)
+        if o.measured_s < ideal:
+            rejected.append((o, f"{o.measured_s * 1e3:.3g} ms is faster than the datasheet peak allows "
+                                f"({ideal * 1e3:.3g} ms at 100 % of {gpu.peak_fp16_tflops:g} TFLOP/s per GPU)"))
+        else:
+            kept.append(o)
+    gemm = [o for o in kept if o.kind == "gemm"]
+    ar = [o for o in kept if o.kind == "allreduce"]
+    e2e = [o for o in kept if o.kind in E2E_KINDS]
+    prof = dataclasses.replace(base, gpu=gpu.name, derived_from="", provenance={})
+    prov: dict[str, str] = {}
+    sources = lambda rows: ", ".join(sorted({o.source.rsplit('/', 1)[-1] for o in rows}))  # noqa: E731
+    if gemm:
+        mbu, mfu, knee, fixed, passes = fit_gemm(gemm, gpu)
+        prof = dataclasses.replace(prof, gemm_mbu=mbu, gemm_mfu=mfu, gemm_knee=knee, layer_fixed_s=fixed,
+                                   act_passes=passes)
+        for k in ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes"):
+            prov[k] = f"fitted on {len(gemm)} operator times ({sources(gemm)})"
+    if ar:
+        prof = dataclasses.replace(prof, allreduce=fit_allreduce(ar), allreduce_link_gbs=gpu.interconnect_gbs)
+        prov["allreduce"] = f"measured NCCL curves ({sources(ar)}), made monotone"
+    frameworks: dict[str, Overheads] = {}
+    default_seen = any(o.framework == DEFAULT_FRAMEWORK for o in e2e)
+    # end-to-end sources of other frameworks alone cannot separate kernels from software overhead
+    fit_kernels = bool(e2e) and (default_seen or bool(gemm))
+    if e2e:
+        if not gemm and fit_kernels and kernels_from_e2e:
+            def loss(x: np.ndarray) -> float:
+                mbu, mfu = math.exp(x[0]), math.exp(x[1])
+                if mbu > 1.0 or mfu > 1.0:
+                    return 1e6 + mbu + mfu
+                trial = dataclasses.replace(prof, gemm_mbu=mbu, gemm_mfu=mfu)
+                p2, fws = fit_end_to_end(e2e, gpu, trial)
+                return _weighted_sq_error(e2e, p2, fws, gpu)
+
+            x = _nelder_mead(loss, np.log([prof.gemm_mbu, prof.gemm_mfu]))
+            prof = dataclasses.replace(prof, gemm_mbu=math.exp(x[0]), gemm_mfu=math.exp(x[1]))
+            for k in ("gemm_mbu", "gemm_mfu"):
+                prov[k] = f"fitted on {len(e2e)} end-to-end times ({sources(e2e)})"
+        prof, frameworks = fit_end_to_end(e2e, gpu, prof, fit_attention=fit_kernels)
+        if fit_kernels:
+            prov["attn_prefill_eff"] = f"fitted on {len(e2e)} end-to-end times ({sources(e2e)})"
+            prov["attn_decode_mbu"] = ("= gemm_mbu: KV reads stream HBM like weight reads (end-to-end times "
+                                       "cannot separate KV time from per-sequence overhead)")
+        if DEFAULT_FRAMEWORK in frameworks:
+            d = frameworks[DEFAULT_FRAMEWORK]
+            prof = dataclasses.replace(prof, overhead_fixed_s=d.fixed_s, overhead_per_seq_s=d.per_seq_s)
+            dsrc = [o for o in e2e if o.framework == DEFAULT_FRAMEWORK]
+            for k in ("overhead_fixed_s", "overhead_per_seq_s"):
+                prov[k] = f"fitted on {sources(dsrc)} (marked as the default framework)"
+    for name in ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes", "attn_prefill_eff", "attn_decode_mbu",
+                 "overhead_fixed_s", "overhead_per_seq_s", "allreduce"):
+        if name not in prov:
+            prov[name] = base.provenance.get(name) or base.provenance.get("all") or f"inherited from {base.gpu}"
+    measured = bool(gemm or ar or fit_kernels)
+    prof = dataclasses.replace(prof, status="measured" if measured else "derived",
+                               derived_from="" if measured else (base.derived_from or base.gpu),
+                               provenance=prov)
+    return Fit(prof, frameworks, rejected)
+
+
+def _weighted_sq_error(obs: list[Observation], prof: GPUProfile, fws: dict[str, Overheads], gpu: GPUSpec) -> float:
+    per_source = defaultdict(list)
+    for o in obs:
+        per_source[o.source].append((predict(o, prof, gpu, fws.get(o.framework)) - o.measured_s) / o.measured_s)
+    return float(np.mean([np.mean(np.square(v)) for v in per_source.values()]))
+
+
+# ----------------------------------------------------------- many GPUs ----
+
+def calibrate_all(obs: list[Observation], catalog: Catalog) -> dict[str, Fit]:
+    """Fit every GPU that has observations.
+
+    GPUs whose observations fit kernels come first; the others (and every
+    number a GPU's data cannot determine) inherit from the nearest of those of
+    the same architecture, as the catalogue derives profiles.
+    """
+    by_gpu: dict[str, list[Observation]] = defaultdict(list)
+    for o in obs:
+        by_gpu[o.gpu].append(o)
+    fits: dict[str, Fit] = {}
+    # what a GPU inherits: the catalogue's measured profiles of GPUs these observations do not refit
+    keep = [p for p in catalog.profile_specs.values()
+            if p.status == "measured" and catalog.has_gpu(p.gpu) and catalog.gpu(p.gpu).name not in by_gpu]
+    work = Catalog(models=catalog.models(), gpus=[dataclasses.replace(g, profile=None) for g in catalog.gpus()],
+                   profiles=keep)
+    # order: GPUs with operator times first, then the others (they may inherit)
+    order = sorted(by_gpu, key=lambda g: (not any(o.kind in ("gemm", "allreduce") for o in by_gpu[g]), g))
+    for name in order:
+        gpu = dataclasses.replace(catalog.gpu(name), profile=None)
+        inherit = work.profile_for(gpu)
+        fit = calibrate_gpu(by_gpu[name], gpu, inherit)
+        fits[name] = fit
+        if fit.profile.status == "measured":
+            work = work.merged(Catalog(profiles=[fit.profile]))
+    return fits

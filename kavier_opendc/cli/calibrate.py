@@ -1,0 +1,92 @@
+"""``kavier calibrate``: fit GPU efficiency profiles to measurement files.
+
+Reads one or more measurement files (layouts in
+``kavier_opendc/calibration/layouts.py`` and the README), fits a profile per
+GPU they measure, writes a catalogue file with a ``profiles`` list that
+``--catalog`` accepts, and prints the profiles and the error of their
+predictions per file (with ``--loso``, also leaving each file out in turn).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kavier_opendc.base.errors import KavierInputError
+
+HEADER = """GPU efficiency profiles written by 'kavier calibrate' from:
+{files}
+Use with --catalog (kavier_opendc/specs/profiles.py documents every field)."""
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``calibrate`` to the ``kavier`` sub-command parser."""
+    p = subparsers.add_parser(
+        "calibrate", help="fit GPU efficiency profiles to measurements; write a catalogue file",
+        description="Fit per-GPU efficiency profiles (GEMM, attention, all-reduce, framework overhead) to "
+                    "measurement files and write them as a catalogue file for --catalog. Layouts (detected from "
+                    "the CSV header): single-request (the Kavier A10 table; needs --model/--gpu), operator "
+                    "(per-layer GEMM times vs tokens), allreduce (NCCL time vs bytes and GPUs), step-times "
+                    "(prefill and decode-step times with TP), serving (batch size, TPOT, throughput).")
+    p.add_argument("files", nargs="+", metavar="FILE", help="measurement CSV files")
+    p.add_argument("--out", required=True, help="catalogue file to write (.yaml or .json)")
+    p.add_argument("--model", help="model of single-request files (catalogue name)")
+    p.add_argument("--gpu", help="GPU of single-request files (catalogue name)")
+    p.add_argument("--tp", type=int, default=1, help="tensor parallelism of single-request files (default 1)")
+    p.add_argument("--layout", choices=["single-request", "operator", "allreduce", "step-times", "serving"],
+                   help="force the layout of every file instead of detecting it")
+    p.add_argument("--default-framework", action="store_true",
+                   help="the files' end-to-end times are of the framework the simulator models (vLLM v1): their "
+                        "overheads become the profile's own (otherwise each file's overheads are fitted apart)")
+    p.add_argument("--max-batched-tokens", type=int, default=8192,
+                   help="token budget that chunked single-request prefills (default 8192)")
+    p.add_argument("--prompt-tokens", type=float, default=100.0,
+                   help="mean prompt length of serving files without avg_input_tokens (default 100)")
+    p.add_argument("--catalog", action="append", metavar="FILE", help="extra catalogue file; repeatable")
+    p.add_argument("--loso", action="store_true", help="also report the leave-one-source-out error")
+    p.set_defaults(func=cmd_calibrate)
+    return p
+
+
+def cmd_calibrate(args) -> int:
+    from kavier_opendc.calibration.layouts import ReadOptions
+    from kavier_opendc.calibration.report import (Source, all_profiles, calibrate_files, describe_profiles,
+                                                  error_markdown, error_table, write_catalog)
+    from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise KavierInputError("the catalogue file must end in .yaml, .yml or .json", location="--out")
+    if not out.parent.exists():
+        raise KavierInputError("directory does not exist", source=str(out.parent), location="--out")
+    cat = default_catalog()
+    for f in args.catalog or []:
+        cat = load_catalog_file(f, base=cat)
+    opts = ReadOptions(model=args.model, gpu=args.gpu, tp=args.tp, max_batched_tokens=args.max_batched_tokens,
+                       prompt_tokens=args.prompt_tokens, default_framework=args.default_framework)
+    cal = calibrate_files([Source(f, opts, args.layout) for f in args.files], cat)
+    profiles = all_profiles(cal, only_fitted=True)
+    header = HEADER.format(files="\n".join(f"  {f} ({cal.layouts[f]})" for f in args.files))
+    if out.suffix.lower() == ".json":
+        import json
+
+        from kavier_opendc.specs.profiles import profile_to_entry
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"description": header, "profiles": [profile_to_entry(p) for p in profiles]},
+                                  indent=2), encoding="utf-8")
+        tmp.replace(out)
+    else:
+        write_catalog(out, profiles, header)
+    load_catalog_file(out, base=cat)  # what we wrote is a valid catalogue
+    print(describe_profiles(profiles))
+    for fit in cal.fits.values():
+        for o, why in fit.rejected:
+            print(f"left out {o.source} line {o.row}: {why}")
+    for name, fit in cal.fits.items():
+        for fw, o in fit.frameworks.items():
+            print(f"{name}: overheads of {fw}: {o.fixed_s * 1e3:.2f} ms/iteration, {o.per_seq_s * 1e6:.1f} us/sequence, "
+                  f"{o.per_token_s * 1e6:.2f} us/token")
+    rows = error_table(cal, cat, loso=args.loso)
+    print(error_markdown(rows))
+    print(f"wrote {out} (use it with --catalog {out})")
+    return 0

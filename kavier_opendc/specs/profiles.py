@@ -1,0 +1,352 @@
+"""Per-GPU efficiency profiles: how close each GPU's kernels come to its datasheet.
+
+A :class:`GPUProfile` holds the few measured numbers that turn datasheet peaks
+into achieved speed on one GPU type, and the kernel-time formulas that use
+them. The serving engine's cost model (``engine/cost_model.py``) and the
+calibration (``kavier_opendc/calibration``) both time an iteration with these
+functions, so what is fitted is exactly what is simulated.
+
+One iteration of ``n`` tokens for ``s`` sequences on a TP group of ``T`` GPUs
+runs, in this order, kernels whose times add up (they run one after another
+on the stream; each kernel is its own roofline):
+
+    t_gemm  = ||( W_body(n) / (mbu * BW),  F_body(n) / (mfu * PEAK) )||_p      linear layers
+            + L * (layer_fixed_s + n * act_passes * (hidden + ffn/T) * bytes / (mbu * BW_gpu))
+                                                                             norms, activation, rope, adds
+            + ||( W_head / (mbu * BW),     F_head(s) / (mfu * PEAK) )||_p      LM head, sampled tokens only
+    t_attn  = F_attn / (attn_prefill_eff * PEAK)                             FlashAttention FLOPs
+            + KV_bytes / (attn_decode_mbu * BW)                              paged-attention KV traffic
+    t_comm  = 2 * L * allreduce(n * hidden * bytes, T)                       measured NCCL curve
+    t_over  = overhead_fixed_s + overhead_per_seq_s * s                      framework (vLLM v1, CUDA graphs)
+
+``||(a, b)||_p = (a^p + b^p)^(1/p)`` is a smooth roofline: a GEMM that streams
+its weights once is memory-bound for few tokens (arithmetic intensity = n
+FLOP/byte in fp16, whatever the layer's shape) and compute-bound for many, and
+``p`` (``gemm_knee``) says how sharp the measured transition is (p = inf is
+the ideal roofline max). PEAK and BW are the whole TP group's datasheet
+numbers (T x per GPU), so tensor parallelism is never faster than the ideal
+split. Efficiencies are fractions of the GPU's own datasheet peaks, so a GPU
+without measurements inherits them from the nearest measured GPU of the same
+architecture and is "scaled by its datasheet" automatically; its all-reduce
+curve is rescaled by the ratio of interconnect bandwidths.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
+
+STATUSES = ("measured", "derived", "assumed")
+# Fields of GPUProfile that are numbers with a provenance entry each.
+NUMERIC_FIELDS = ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes",
+                  "attn_prefill_eff", "attn_decode_mbu",
+                  "overhead_fixed_s", "overhead_per_seq_s", "power_compute_weight",
+                  "power_memory_weight")
+KNEE_MAX = 1e3  # p above this is the ideal roofline max(a, b)
+
+
+@dataclass(frozen=True)
+class AllReduceCurve:
+    """Measured all-reduce time vs message size for one group size, inside one node.
+
+    ``sizes`` ascending bytes, ``seconds`` the time of one all-reduce at each
+    size, non-decreasing (a larger message never takes less time; measurement
+    noise at small sizes is removed when the curve is fitted). Between points
+    the time is interpolated linearly; below the smallest size it is the
+    smallest size's time (latency floor), above the largest it grows with the
+    last segment's slope (bandwidth-bound).
+    """
+
+    gpus: int
+    sizes: tuple[float, ...]
+    seconds: tuple[float, ...]
+
+    def time(self, size_bytes: float) -> float:
+        xs, ys = self.sizes, self.seconds
+        if size_bytes <= xs[0]:
+            return ys[0]
+        if size_bytes >= xs[-1]:
+            if len(xs) == 1:
+                return ys[0]
+            slope = max(0.0, (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
+            return ys[-1] + slope * (size_bytes - xs[-1])
+        i = bisect.bisect_right(xs, size_bytes)
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return y0 + (y1 - y0) * (size_bytes - x0) / (x1 - x0)
+
+
+@dataclass(frozen=True)
+class GPUProfile:
+    """Achieved efficiencies of one GPU type (see the module doc for the formulas).
+
+    ``status`` is ``measured`` (fitted on measurements of this GPU),
+    ``derived`` (inherited from ``derived_from``, a measured GPU, scaled by
+    datasheet numbers) or ``assumed`` (no measured GPU to inherit from).
+    ``provenance`` maps each number to where it comes from.
+    """
+
+    gpu: str
+    status: str = "assumed"
+    gemm_mbu: float = 0.75          # GEMM weight streaming: achieved / peak HBM bandwidth
+    gemm_mfu: float = 0.70          # large GEMMs: achieved / peak dense FP16 FLOP/s
+    gemm_knee: float = 2.0          # p of the smooth roofline (memory -> compute transition)
+    layer_fixed_s: float = 0.0      # per decoder layer: the small elementwise kernels' floor (s)
+    act_passes: float = 0.0         # elementwise traffic per token and layer, in (hidden + ffn/T) activations
+    attn_prefill_eff: float = 0.5   # prefill attention (FlashAttention): achieved / peak FLOP/s
+    attn_decode_mbu: float = 0.6    # decode attention (paged KV reads): achieved / peak bandwidth
+    overhead_fixed_s: float = 0.001  # framework time per iteration (scheduler, sampler, launches)
+    overhead_per_seq_s: float = 0.0  # framework time per running sequence per iteration
+    allreduce: tuple[AllReduceCurve, ...] = ()
+    allreduce_link_gbs: float = 0.0  # interconnect (GB/s per direction) the curves were measured on
+    # power-relevant activity weights (bench/calibrate_power.py), see engine/cost_model.py
+    power_compute_weight: float = 1.2
+    power_memory_weight: float = 0.85
+    derived_from: str = ""
+    provenance: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    # ------------------------------------------------------------ kernels ----
+    def gemm_time(self, weight_bytes: float, flops: float, peak_flops: float, bandwidth: float) -> float:
+        """Time of GEMMs that read ``weight_bytes`` once and do ``flops`` (smooth roofline)."""
+        t_m = weight_bytes / (self.gemm_mbu * bandwidth)
+        t_c = flops / (self.gemm_mfu * peak_flops)
+        p = self.gemm_knee
+        if p >= KNEE_MAX:
+            return t_m if t_m > t_c else t_c
+        hi, lo = (t_m, t_c) if t_m > t_c else (t_c, t_m)
+        if hi <= 0.0:
+            return 0.0
+        return hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+
+    def allreduce_time(self, size_bytes: float, gpus: int, link_gbs: float) -> float:
+        """One all-reduce of ``size_bytes`` over ``gpus`` GPUs whose links give ``link_gbs``.
+
+        Uses the measured curve of the same group size (else the nearest one,
+        at the size that moves the same bytes per link: ring all-reduce sends
+        2 (T-1)/T of the message), evaluated at the size that takes as long on
+        the measured interconnect as ``size_bytes`` on this one.
+        """
+        if gpus <= 1:
+            return 0.0
+        if not self.allreduce:
+            # no curve at all: latency + ring traffic at the link's datasheet bandwidth
+            return 10e-6 + 2.0 * (gpus - 1) / gpus * size_bytes / (link_gbs * 1e9)
+        curve = min(self.allreduce, key=lambda c: (abs(c.gpus - gpus), -c.gpus))
+        size = size_bytes * ((gpus - 1) / gpus) / ((curve.gpus - 1) / curve.gpus)
+        if self.allreduce_link_gbs > 0 and link_gbs > 0:
+            size *= self.allreduce_link_gbs / link_gbs
+        return curve.time(size)
+
+    # ------------------------------------------------------------- checks ----
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, message) for every physically impossible number."""
+        out = []
+        for name in ("gemm_mbu", "gemm_mfu", "attn_prefill_eff", "attn_decode_mbu"):
+            v = getattr(self, name)
+            if not (0.0 < v <= 1.0):
+                out.append((name, f"{v} is not a fraction of the datasheet peak in (0, 1]"))
+        if not self.gemm_knee >= 1.0:
+            out.append(("gemm_knee", f"{self.gemm_knee} is below 1 (the transition cannot be slower than a sum)"))
+        for name in ("overhead_fixed_s", "overhead_per_seq_s", "layer_fixed_s", "act_passes"):
+            if getattr(self, name) < 0:
+                out.append((name, f"{getattr(self, name)} is negative"))
+        if self.status not in STATUSES:
+            out.append(("status", f"{self.status!r} is not one of {', '.join(STATUSES)}"))
+        for c in self.allreduce:
+            if c.gpus < 2 or len(c.sizes) != len(c.seconds) or not c.sizes:
+                out.append(("allreduce", f"curve for {c.gpus} GPUs is malformed"))
+            elif any(b <= a for a, b in zip(c.sizes, c.sizes[1:])) or any(
+                    b < a for a, b in zip(c.seconds, c.seconds[1:])) or c.seconds[0] < 0:
+                out.append(("allreduce", f"curve for {c.gpus} GPUs must have increasing sizes and "
+                                         f"non-decreasing, non-negative times"))
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Iteration time, as one formula for both the engine and the calibration.
+# ---------------------------------------------------------------------------
+
+def model_weight_split(model: ModelSpec) -> tuple[float, float]:
+    """(body parameters, LM-head parameters) that take part in matrix products.
+
+    The input embedding is a lookup (no FLOPs, a few rows read), so it is left
+    out unless it is tied to the LM head, which is a (vocab x hidden) GEMM run
+    only for the tokens that are sampled.
+    """
+    head = float(model.vocab_size * model.hidden_size)
+    embedding = 0.0 if model.tie_word_embeddings else head
+    body = max(0.0, model.total_params - embedding - head)
+    return body, head
+
+
+@dataclass(frozen=True)
+class IterationShape:
+    """The work of one iteration on one replica (all TP GPUs together)."""
+
+    n_tokens: float        # tokens through the linear layers
+    n_seqs: float          # sequences that sample a token (LM head, per-sequence overhead)
+    attn_pairs: float      # (query, key) pairs attended
+    kv_read_tokens: float  # cached tokens whose K/V are read
+
+
+class IterationTimer:
+    """Iteration times of one model on one GPU type with TP degree ``tp`` under ``profile``."""
+
+    def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int, profile: GPUProfile):
+        self.model, self.gpu, self.tp, self.profile = model, gpu, tp, profile
+        bpe = model.bytes_per_param
+        self.peak = gpu.peak_flops * tp
+        self.bw = gpu.mem_bandwidth * tp
+        body, head = model_weight_split(model)
+        self.head_bytes = head * bpe
+        self.body_bytes = body * bpe
+        if model.num_experts > 1:
+            self.expert_bytes = ((3.0 if model.gated_mlp else 2.0) * model.hidden_size * model.ffn_size
+                                 * model.num_layers * model.num_experts * bpe)
+            self.shared_bytes = max(0.0, self.body_bytes - self.expert_bytes)
+        else:
+            self.expert_bytes = 0.0
+            self.shared_bytes = self.body_bytes
+        active_body = max(0.0, model.active_params - (model.total_params - body))
+        self.flops_per_body_token = 2.0 * active_body
+        self.flops_per_head_token = 2.0 * head
+        self.flops_per_attn_pair = 4.0 * model.num_layers * model.num_attention_heads * model.dim_head
+        kv_heads_per_gpu = max(1, -(-model.num_kv_heads // tp))
+        self.kv_bytes_per_token = 2.0 * model.num_layers * kv_heads_per_gpu * model.dim_head * bpe * tp
+        self.s_per_attn_pair = self.flops_per_attn_pair / (profile.attn_prefill_eff * self.peak)
+        self.s_per_kv_byte = 1.0 / (profile.attn_decode_mbu * self.bw)
+        self.allreduce_bytes_per_token = model.hidden_size * bpe
+        self.allreduces = 2 * model.num_layers if tp > 1 else 0
+        # elementwise kernels: a floor per layer, and activation traffic per token on each GPU
+        ffn_active = model.ffn_size * (model.experts_per_token if model.num_experts > 1 else 1)
+        self.layer_fixed = model.num_layers * profile.layer_fixed_s
+        self.s_per_token_elementwise = (model.num_layers * profile.act_passes * (model.hidden_size + ffn_active / tp)
+                                        * bpe / (profile.gemm_mbu * gpu.mem_bandwidth))
+
+    def body_read_bytes(self, n_tokens: float) -> float:
+        """Linear-layer weight bytes read for ``n_tokens`` tokens (MoE: only experts some token hits)."""
+        if self.expert_bytes == 0.0:
+            return self.body_bytes
+        e, k = self.model.num_experts, self.model.experts_per_token
+        touched = 1.0 - (1.0 - k / e) ** n_tokens
+        return self.shared_bytes + self.expert_bytes * touched
+
+    def body_time(self, n_tokens: float) -> float:
+        """Linear layers plus the TP all-reduces: depends on the token count only."""
+        p = self.profile
+        t = p.gemm_time(self.body_read_bytes(n_tokens), n_tokens * self.flops_per_body_token, self.peak, self.bw)
+        t += self.layer_fixed + n_tokens * self.s_per_token_elementwise
+        if self.allreduces:
+            t += self.allreduces * p.allreduce_time(n_tokens * self.allreduce_bytes_per_token, self.tp,
+                                                    self.gpu.interconnect_gbs)
+        return t
+
+    def seq_time(self, n_seqs: float) -> float:
+        """LM head and framework overhead: depends on the sampled sequences only."""
+        p = self.profile
+        t = p.overhead_fixed_s + p.overhead_per_seq_s * n_seqs
+        if n_seqs > 0:
+            t += p.gemm_time(self.head_bytes, n_seqs * self.flops_per_head_token, self.peak, self.bw)
+        return t
+
+    def attn_time(self, attn_pairs: float, kv_tokens: float) -> float:
+        return attn_pairs * self.s_per_attn_pair + kv_tokens * self.kv_bytes_per_token * self.s_per_kv_byte
+
+    def time(self, shape: IterationShape) -> float:
+        return (self.body_time(shape.n_tokens) + self.seq_time(shape.n_seqs)
+                + self.attn_time(shape.attn_pairs, shape.kv_read_tokens + shape.n_tokens))
+
+
+# ---------------------------------------------------------------------------
+# Catalogue entries (the ``profiles`` list of a catalogue file) and derivation.
+# ---------------------------------------------------------------------------
+
+def profile_from_entry(entry: Mapping[str, Any]) -> GPUProfile:
+    kw = {k: v for k, v in entry.items() if k not in ("allreduce", "provenance")}
+    curves = tuple(AllReduceCurve(int(c["gpus"]), tuple(float(x) for x in c["sizes_bytes"]),
+                                  tuple(float(x) for x in c["seconds"]))
+                   for c in entry.get("allreduce", ()))
+    for name in NUMERIC_FIELDS + ("allreduce_link_gbs",):
+        if name in kw:
+            kw[name] = float(kw[name])
+    return GPUProfile(allreduce=curves, provenance=dict(entry.get("provenance", {})), **kw)
+
+
+def profile_to_entry(profile: GPUProfile) -> dict[str, Any]:
+    out: dict[str, Any] = {"gpu": profile.gpu, "status": profile.status}
+    if profile.derived_from:
+        out["derived_from"] = profile.derived_from
+    for name in NUMERIC_FIELDS:
+        out[name] = _round(getattr(profile, name))
+    if profile.allreduce:
+        out["allreduce_link_gbs"] = profile.allreduce_link_gbs
+        out["allreduce"] = [{"gpus": c.gpus, "sizes_bytes": [int(x) if float(x).is_integer() else x for x in c.sizes],
+                             "seconds": [_round(x) for x in c.seconds]} for c in profile.allreduce]
+    if profile.provenance:
+        out["provenance"] = dict(profile.provenance)
+    return out
+
+
+def profile_summary(profile: GPUProfile) -> dict[str, Any]:
+    """The profile as a run summary shows it: every number and its provenance, the curves by group size."""
+    out = profile_to_entry(profile)
+    if "allreduce" in out:
+        out["allreduce"] = {str(c["gpus"]): f"{len(c['sizes_bytes'])} measured sizes" for c in out["allreduce"]}
+    return out
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+ASSUMED_OVERHEAD = ("assumed: vLLM v1 with CUDA graphs and asynchronous scheduling, 1 ms of unhidden CPU time per "
+                    "iteration and nothing per sequence "
+                    "(no vLLM v1 measurement in the calibration data)")
+
+
+def assumed_profile(gpu: str) -> GPUProfile:
+    """Round, typical numbers for a GPU nothing measured can be inherited from."""
+    prov = {name: "assumed: typical value, no measurement" for name in NUMERIC_FIELDS}
+    prov["overhead_fixed_s"] = prov["overhead_per_seq_s"] = ASSUMED_OVERHEAD
+    prov["power_compute_weight"] = prov["power_memory_weight"] = "bench/calibrate_power.py (Argonne A100/H100 power)"
+    prov["allreduce"] = "assumed: 10 us + ring traffic at the interconnect's datasheet bandwidth"
+    return GPUProfile(gpu=gpu, status="assumed", provenance=prov)
+
+
+def architecture(gpu: GPUSpec) -> str:
+    """The GPU's architecture family (first word of ``extra.architecture``), '' if unknown."""
+    arch = str((gpu.extra or {}).get("architecture", "")).strip()
+    return arch.split()[0].lower() if arch else ""
+
+
+def derive_profile(gpu: GPUSpec, measured: Mapping[str, tuple[GPUSpec, GPUProfile]]) -> GPUProfile:
+    """A profile for ``gpu`` from the nearest measured GPU (same architecture first).
+
+    "Nearest" is the measured GPU of the same architecture family whose
+    datasheet (peak FLOP/s, bandwidth, interconnect, form factor) is closest
+    in log distance; without one, the closest measured GPU of any family. The
+    efficiencies are fractions of the datasheet peaks and are kept; the
+    all-reduce curve is rescaled to this GPU's interconnect when it is used.
+    """
+    if not measured:
+        return assumed_profile(gpu.name)
+    arch = architecture(gpu)
+    same = {k: v for k, v in measured.items() if arch and architecture(v[0]) == arch}
+    pool = same or measured
+
+    def distance(spec: GPUSpec) -> float:
+        return (abs(math.log(spec.peak_flops / gpu.peak_flops)) + abs(math.log(spec.mem_bandwidth / gpu.mem_bandwidth))
+                + 0.5 * abs(math.log(spec.interconnect_gbs / gpu.interconnect_gbs)))
+
+    src_spec, src = min(pool.values(), key=lambda v: (distance(v[0]), v[0].name))
+    how = "same architecture" if same else f"no measured {arch or 'same-architecture'} GPU; nearest datasheet"
+    note = (f"derived from {src_spec.name} ({how}): efficiencies are fractions of {gpu.name}'s own datasheet "
+            f"peaks; all-reduce curve rescaled from {src.allreduce_link_gbs or src_spec.interconnect_gbs:g} to "
+            f"{gpu.interconnect_gbs:g} GB/s")
+    return dataclasses.replace(src, gpu=gpu.name, status="derived", derived_from=src_spec.name,
+                               provenance={"all": note})
