@@ -12,6 +12,7 @@ arguments into calls and results into text. :func:`main` prints every
     calibrate.py    kavier calibrate (fit GPU profiles from measurements)
     bridge.py       kavier bridge (build or check the OpenDC bridge jar)
     measure.py      kavier trace, compare (measure a real deployment, compare the simulator with it)
+    plan.py         kavier plan (capacity planning under latency SLOs)
     args.py         argument types shared by the groups
 """
 
@@ -22,7 +23,7 @@ import sys
 
 from kavier_opendc import __version__
 from kavier_opendc.base.errors import KavierError
-from kavier_opendc.cli import bridge, calibrate, catalog, experiments, measure, opendc, simulate
+from kavier_opendc.cli import bridge, calibrate, catalog, experiments, measure, opendc, plan, simulate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.register(sub)
     bridge.register(sub)
     measure.register(sub)
+    plan.register(sub)
     return ap
 
 

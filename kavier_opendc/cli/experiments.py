@@ -113,9 +113,10 @@ def _demo_init(dest: Path) -> int:
 
 # ----------------------------------------------------------------- validate
 def cmd_validate(args) -> int:
-    """Validate experiment or sweep files; report every problem with its JSON path."""
+    """Validate experiment, sweep or plan files; report every problem with its JSON path."""
     from kavier_opendc.base.errors import KavierError
     from kavier_opendc.experiments.experiment import load_experiment, load_trace_for, read_document
+    from kavier_opendc.experiments.plan_file import is_plan_document, load_plan
     from kavier_opendc.experiments.sweep import is_sweep_document, load_sweep
 
     failed = 0
@@ -123,6 +124,11 @@ def cmd_validate(args) -> int:
         path = Path(f)
         try:
             doc = read_document(path)
+            if is_plan_document(doc):
+                plan = load_plan(path, opendc=False if args.no_opendc else None)
+                print(f"{path}: valid plan '{plan.name}', {len(plan.shapes)} candidate shapes x replicas "
+                      f"{plan.units[0]}..{plan.units[1]}")
+                continue
             if is_sweep_document(doc):
                 sweep = load_sweep(path, opendc=False if args.no_opendc else None)
                 print(f"{path}: valid sweep, {len(sweep.runs)} configurations "
@@ -147,7 +153,7 @@ def cmd_sweep(args) -> int:
     sweep = load_sweep(Path(args.sweep), opendc=False if args.no_opendc else None)
     t0 = time.perf_counter()
     res = run_sweep(sweep, Path(args.out), jobs=args.jobs, run_plots=args.run_plots, quiet=args.quiet,
-                    retry_failed=True, command=_command_line())
+                    retry_failed=True, command=_command_line(), scheduler=args.scheduler)
     if not args.quiet:
         print(res.summary_text(time.perf_counter() - t0))
     return 0 if res.failed == 0 else 3
@@ -222,7 +228,7 @@ def register(sub) -> None:
                                                    "sweep into DIR as a starting point")
     demo.set_defaults(func=cmd_demo)
 
-    val = sub.add_parser("validate", help="check experiment or sweep files and report every problem",
+    val = sub.add_parser("validate", help="check experiment, sweep or plan files and report every problem",
                          description="Validate experiment (or sweep) files against their schemas and check their "
                                      "meaning (catalogue names, files, datacenter size); every problem is reported "
                                      "with its JSON path. Exit status 0 when all are valid.")
@@ -232,12 +238,16 @@ def register(sub) -> None:
 
     sw = sub.add_parser("sweep", help="run the cartesian product of experiment variations in parallel",
                         description="Run a sweep (schemas/sweep.schema.json): a base experiment and axes whose "
-                                    "cartesian product gives the configurations; runs in parallel worker processes "
-                                    "(one JVM each), skips finished runs when restarted, and writes comparison.csv, "
-                                    "comparison.md and comparison plots.")
+                                    "cartesian product gives the configurations; runs them on a Dask cluster (local "
+                                    "worker processes, or --scheduler; one JVM per worker), skips finished runs when "
+                                    "restarted, and writes comparison.csv, comparison.md and comparison plots.")
     sw.add_argument("sweep", metavar="SWEEP_FILE")
     sw.add_argument("--out", required=True, metavar="DIR", help="sweep output folder (runs/<id>/ per configuration)")
-    sw.add_argument("--jobs", type=positive_int("--jobs"), default=2, help="parallel worker processes (default 2)")
+    sw.add_argument("--jobs", type=positive_int("--jobs"), default=2,
+                    help="worker processes of the local Dask cluster (default 2)")
+    sw.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                    help="run on an existing Dask cluster through its scheduler instead of a local one "
+                         "(inputs travel to the workers, outputs come back to --out)")
     sw.add_argument("--no-opendc", action="store_true", help="skip OpenDC in every run")
     sw.add_argument("--run-plots", action="store_true", help="also draw each run's own plots (slower)")
     sw.add_argument("--quiet", action="store_true", help="no progress and no summary")

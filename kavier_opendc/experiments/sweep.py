@@ -13,14 +13,16 @@ axes; each axis is a list of values for a dotted experiment path (``gpu``,
       serving.prefix_cache.policy: [none, block]
 
 Every configuration is validated before anything runs. Runs go to
-``DIR/runs/<id>/`` (each a complete `kavier run` output) in ``--jobs``
-worker processes; each worker keeps one OpenDC JVM for all its runs.
+``DIR/runs/<id>/`` (each a complete `kavier run` output), computed on a Dask
+cluster (``executor.py``): ``--jobs`` local worker processes, or an existing
+cluster (``--scheduler tcp://HOST:PORT``); each worker keeps one OpenDC JVM
+for all its runs.
 
 Resuming: a finished run gets a marker ``DIR/runs/<id>/DONE`` holding a hash
 of its configuration (the experiment document and its input files). A
 restarted sweep skips runs whose marker matches and redoes the others
 (interrupted runs have no marker). ``DIR/sweep_log.jsonl`` records every
-start, finish, failure and skip with the worker's pid and timestamps.
+start, finish, failure and skip with the worker's name, pid and timestamps.
 
 Results: ``DIR/comparison.csv``, ``DIR/comparison.md`` and plots under
 ``DIR/plots/`` (energy per token vs p99 TTFT, and bars of the key metrics).
@@ -28,7 +30,6 @@ Results: ``DIR/comparison.csv``, ``DIR/comparison.md`` and plots under
 
 from __future__ import annotations
 
-import atexit
 import copy
 import hashlib
 import itertools
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kavier_opendc.base.errors import KavierError, KavierInputError
+from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import json_path, schema_validator
 from kavier_opendc.experiments.experiment import (
     experiment_problems,
@@ -234,70 +235,6 @@ def config_hash(document: Mapping, exp, opendc: bool | None) -> str:
 
 
 # --------------------------------------------------------------------------
-# Workers
-# --------------------------------------------------------------------------
-
-_BRIDGE = None
-_BRIDGE_INFO: dict | None = None
-
-
-def _close_bridge() -> None:
-    global _BRIDGE
-    if _BRIDGE is not None:
-        try:
-            _BRIDGE.close()
-        finally:
-            _BRIDGE = None
-
-
-def _worker_bridge():
-    """This worker's OpenDC JVM, started on first use and reused for all its runs."""
-    global _BRIDGE, _BRIDGE_INFO
-    if _BRIDGE is not None and not _BRIDGE.alive:
-        _close_bridge()
-    if _BRIDGE is None:
-        from kavier_opendc.opendc.bridge import OpenDCBridge
-        b = OpenDCBridge()
-        b.start()
-        _BRIDGE = b
-        atexit.register(_close_bridge)
-        try:
-            _BRIDGE_INFO = b.info()
-        except KavierError:
-            _BRIDGE_INFO = {}
-    return _BRIDGE, _BRIDGE_INFO
-
-
-def run_one(spec: dict, run_dir: str, opendc: bool | None, run_plots: bool, command: str) -> dict:
-    """Run one configuration (in a worker process) and write its DONE marker."""
-    from kavier_opendc.experiments.experiment import load_experiment
-    from kavier_opendc.base.atomic import write_json_atomic
-    from kavier_opendc.experiments.pipeline import run_experiment
-
-    t0 = time.time()
-    out = {"id": spec["id"], "pid": os.getpid(), "start": t0}
-    try:
-        exp = load_experiment(spec["document"], base_dir=spec["base_dir"], source=spec["source"], opendc=opendc)
-        use = exp.opendc_enabled if opendc is None else opendc
-        bridge, info = _worker_bridge() if use else (None, None)
-        res = run_experiment(exp, Path(run_dir), opendc=opendc, plots=run_plots, quiet=True, bridge=bridge,
-                             bridge_info=info, command=command)
-        write_json_atomic(Path(run_dir) / DONE, {"config_hash": spec["config_hash"], "id": spec["id"],
-                                                 "finished": time.time(), "wall_s": res.wall_s,
-                                                 "pid": os.getpid()})
-        out.update(status="done", wall_s=res.wall_s)
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
-        from kavier_opendc.opendc.bridge import OpenDCBridgeError
-        if isinstance(exc, OpenDCBridgeError):
-            _close_bridge()  # a fresh JVM for the next run
-        out.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-    out["end"] = time.time()
-    return out
-
-
-# --------------------------------------------------------------------------
 # The sweep
 # --------------------------------------------------------------------------
 
@@ -340,11 +277,12 @@ def run_is_done(run_dir: Path, config_hash: str) -> bool:
 
 
 def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bool = False, quiet: bool = False,
-              retry_failed: bool = True, command: str = "kavier sweep") -> SweepResult:
-    """Run every configuration not yet done, then write the comparison."""
-    import multiprocessing as mp
+              retry_failed: bool = True, command: str = "kavier sweep", scheduler: str | None = None) -> SweepResult:
+    """Run every configuration not yet done, then write the comparison.
+
+    The runs go to a Dask cluster (``experiments/executor.py``): a local one with ``jobs`` worker processes,
+    or the existing one whose scheduler listens at ``scheduler`` (``tcp://HOST:PORT``)."""
     import sys
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from kavier_opendc.base.atomic import write_json_atomic
     from kavier_opendc.base.atomic import check_writable_dir
@@ -375,46 +313,37 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
     if todo and needs_opendc:
         check_opendc_available()
     n_jobs = max(1, min(jobs or sweep.jobs or 2, len(todo) or 1))
+    where = f"on the Dask cluster at {scheduler}" if scheduler else f"in {n_jobs} local worker process(es)"
     say(f"sweep {sweep.name}: {len(sweep.runs)} configurations, {len(skipped)} already done, "
-        f"{len(todo)} to run in {n_jobs} worker(s)")
+        f"{len(todo)} to run {where}")
     if todo:
-        ctx = mp.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx)
-        futures = {}
-        try:
+        from kavier_opendc.experiments.executor import RunExecutor, RunTask
+
+        def log(**rec) -> None:
+            _log(out, **rec)
+        with RunExecutor(jobs=n_jobs, scheduler=scheduler, log=log, say=say) as ex:
             for r in todo:
-                spec = {"id": r.id, "document": r.document, "base_dir": r.base_dir, "source": r.source,
-                        "config_hash": r.config_hash}
                 rd = out / "runs" / r.id
                 (rd / DONE).unlink(missing_ok=True)
                 _log(out, event="submit", id=r.id)
-                futures[pool.submit(run_one, spec, str(rd), sweep.opendc, run_plots, command)] = r
-            pending = set(futures)
-            k = 0
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    r = futures[f]
-                    k += 1
-                    try:
-                        rec = f.result()
-                    except Exception as exc:  # noqa: BLE001 - a worker died
-                        rec = {"id": r.id, "status": "failed", "error": f"worker failed: {exc}"}
-                    _log(out, event=rec["status"], **{k2: v for k2, v in rec.items() if k2 != "status"})
-                    if rec["status"] == "done":
+                ex.submit(RunTask(r.id, r.document, r.base_dir, r.source, rd, sweep.opendc, run_plots, command))
+            by_id = {r.id: r for r in todo}
+            try:
+                for rec in ex.completed():
+                    r = by_id[rec.task.id]
+                    if rec.status == "done":
+                        write_json_atomic(rec.task.run_dir / DONE, {
+                            "config_hash": r.config_hash, "id": r.id, "finished": rec.end, "wall_s": rec.wall_s,
+                            "pid": rec.pid, "worker": rec.worker})
                         res.done += 1
                         res.ran.append(r.id)
-                        say(f"[{k}/{len(todo)}] {r.id} done in {rec.get('wall_s', 0):.1f} s (pid {rec.get('pid')})")
                     else:
                         res.failed += 1
-                        res.errors[r.id] = rec.get("error", "")
-                        say(f"[{k}/{len(todo)}] {r.id} FAILED: {rec.get('error', '')}")
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            _log(out, event="interrupted")
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+                        res.errors[r.id] = rec.error
+                    say(ex.progress(rec, total=len(todo)))
+            except KeyboardInterrupt:
+                _log(out, event="interrupted")
+                raise
     table = comparison_table(sweep, out)
     res.table = table
     write_comparison(sweep, out, table)
@@ -425,7 +354,8 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
 # Comparison
 # --------------------------------------------------------------------------
 
-def _row(report: dict) -> dict[str, Any]:
+def report_row(report: dict) -> dict[str, Any]:
+    """The key metrics of one run's report.json, flat (one row of a comparison table)."""
     p, s, e = report["performance"], report.get("sustainability") or {}, report["efficiency"]
 
     def q(d, k):
@@ -461,7 +391,7 @@ def comparison_table(sweep: Sweep, out: Path):
         if run_is_done(rd, r.config_hash):
             try:
                 rep = json.loads((rd / "report.json").read_text(encoding="utf-8"))
-                row.update(status="done", **_row(rep))
+                row.update(status="done", **report_row(rep))
             except (OSError, json.JSONDecodeError, KeyError) as exc:
                 row.update(status=f"unreadable report ({exc})")
         else:

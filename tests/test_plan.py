@@ -1,0 +1,148 @@
+"""`kavier plan`: a hand-checkable answer, resuming, validation, max-rate mode, the Pareto front.
+
+The hand-checkable case: bursts of 3 requests arrive at the same instant, every 20 s (the system is empty
+again long before the next burst); each replica serves one request at a time (max_num_seqs 1) and the
+round-robin router sends the 3 requests of a burst to replicas 0, 1, 2 (mod the replica count). With 3 or
+more replicas every request starts at once: TTFT = one 100-token prefill (tens of ms). With 2, the third
+request of a burst waits for the first to finish its 200 output tokens (> 1 s). The SLO (max TTFT <= 0.5 s)
+therefore holds from exactly 3 replicas. Runs without OpenDC (the search is the point, not energy).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.experiments.plan import pareto_front
+from kavier_opendc.experiments.plan_file import EXAMPLE_PLAN, load_plan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bursts_plan(tmp: Path, **over) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows = [{"arrival_time_s": 20.0 * b, "num_input_tokens": 100, "num_output_tokens": 200}
+            for b in range(4) for _ in range(3)]
+    pd.DataFrame(rows).to_csv(tmp / "bursts.csv", index=False)
+    doc = {
+        "name": "bursts", "model": "Llama-3-8B",
+        "traffic": {"workload": "bursts.csv"},
+        "slo": {"ttft_s": 0.5, "percentile": 100},
+        "candidates": {"gpu": ["A100-80GB"], "tp": [1], "prefix_cache": ["none"], "router": ["round-robin"],
+                       "max_num_seqs": [1], "replicas": {"min": 1, "max": 6}},
+        "datacenter": {"hosts": [{"name": "node", "gpus_per_host": 4, "cpu": {"cores": 16, "mhz": 2000},
+                                  "memory_gib": 256}]},
+        "carbon": {"synthetic": {"mean": 250, "amplitude": 0}},
+        "objective": "cost",
+    }
+    doc.update(over)
+    p = tmp / "plan.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def plan_cli(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "plan", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("plan")
+    plan = bursts_plan(tmp)
+    out = tmp / "out"
+    r = plan_cli(plan, "--out", out, "--no-opendc")
+    assert r.returncode == 0, r.stderr
+    return plan, out, r
+
+
+def test_plan_finds_exactly_three_replicas(planned):
+    _, out, r = planned
+    summary = json.loads((out / "plan.json").read_text())
+    [shape] = summary["shapes"]
+    assert shape["status"] == "feasible" and shape["replicas"] == 3
+    assert summary["chosen"]["replicas"] == 3
+    assert "chosen (cost): A100-80GB, TP1, prefix none, round-robin, seqs 1, 3 replica(s) = 3 GPU(s)" in r.stdout
+    evals = pd.read_csv(out / "evaluations.csv").set_index("replicas")
+    # bisection: 6 (meets), then 2 and 3 (or 3 and 2); never the whole range
+    assert len(evals) <= 4 and set(evals.index) >= {2, 3, 6}
+    assert not evals.loc[2, "meets_slo"] and evals.loc[3, "meets_slo"]
+    assert evals.loc[3, "ttft_q_s"] < 0.2 < 1.0 < evals.loc[2, "ttft_q_s"]
+    # each evaluated run is a complete `kavier run` output
+    for run in evals["run"]:
+        rd = out / "runs" / run
+        assert (rd / "report.json").is_file() and (rd / "DONE").is_file() and not (rd / "INCOMPLETE").exists()
+    for f in ("plan.md", "candidates.csv", "candidates.md", "front.csv"):
+        assert (out / f).is_file()
+
+
+def test_rerun_with_another_objective_reuses_every_run(planned):
+    plan, out, _ = planned
+    r = plan_cli(plan, "--out", out, "--no-opendc", "--objective", "energy")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "plan.json").read_text())
+    assert summary["simulations"]["run_now"] == {"no_opendc": 0, "opendc": 0}
+    assert summary["simulations"]["reused"] == summary["simulations"]["total"] >= 3
+    assert summary["objective"] == "energy" and summary["chosen"]["replicas"] == 3
+
+
+def test_a_shape_that_never_meets_the_slo_is_pruned_after_one_run(tmp_path):
+    plan = bursts_plan(tmp_path, slo={"ttft_s": 0.001, "percentile": 100},
+                       candidates={"gpu": ["A100-80GB"], "max_num_seqs": [1], "router": ["round-robin"],
+                                   "prefix_cache": ["none"], "replicas": {"max": 4}})
+    r = plan_cli(plan, "--out", tmp_path / "out", "--no-opendc")
+    assert r.returncode == 3, r.stderr
+    summary = json.loads((tmp_path / "out" / "plan.json").read_text())
+    [shape] = summary["shapes"]
+    assert shape["status"] == "infeasible" and shape["search_runs"] == 1
+    assert "misses the SLOs even at 4 replicas" in shape["why"]
+    assert "no candidate meets the SLOs" in r.stdout
+
+
+def test_max_sustainable_rate(tmp_path):
+    # a steady trace (one request a second); its arrival times are scaled to each probed rate
+    tmp_path.mkdir(exist_ok=True)
+    pd.DataFrame([{"arrival_time_s": float(i), "num_input_tokens": 1000, "num_output_tokens": 300}
+                  for i in range(300)]).to_csv(tmp_path / "steady.csv", index=False)
+    plan = bursts_plan(tmp_path, traffic={"workload": "steady.csv", "rate": 1.0},
+                       candidates={"gpu": ["A100-80GB"], "prefix_cache": ["none"], "replicas": 1},
+                       slo={"ttft_s": 0.5, "tpot_s": 0.05, "percentile": 90},
+                       max_rate={"low": 0.5, "high": 200, "tolerance": 0.25})
+    r = plan_cli(plan, "--out", tmp_path / "out", "--no-opendc", "--max-rate", "--jobs", "1")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "out" / "max_rate.json").read_text())
+    rate = res["max_rate_rps"]
+    assert 0.5 <= rate < 200
+    probes = {p["rate"]: p["meets"] for p in res["probes"]}
+    assert all(m for q, m in probes.items() if q <= rate) and not any(m for q, m in probes.items() if q > rate * 1.25)
+    assert "max sustainable rate of A100-80GB" in r.stdout
+
+
+def test_validate_knows_plan_files(tmp_path):
+    plan = bursts_plan(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "validate", str(plan), str(EXAMPLE_PLAN)],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "valid plan 'bursts', 1 candidate shapes x replicas 1..6" in r.stdout
+    assert "valid plan 'chat-capacity', 8 candidate shapes" in r.stdout
+    bad = bursts_plan(tmp_path / "bad", candidates={"gpu": ["A100-80GB", "NoSuchGPU"], "tp": [0]},
+                      objective="speed")
+    with pytest.raises(KavierInputError) as ei:
+        load_plan(bad)
+    text = str(ei.value)
+    assert "candidates.tp[0]" in text and "objective" in text
+    bad2 = bursts_plan(tmp_path / "bad2", candidates={"gpu": ["NoSuchGPU"]})
+    with pytest.raises(KavierInputError, match="candidate NoSuchGPU, TP1, prefix block: gpu: unknown GPU 'NoSuchGPU'"):
+        load_plan(bad2)
+
+
+def test_pareto_front():
+    rows = [{"a": 1, "b": 3}, {"a": 2, "b": 2}, {"a": 3, "b": 1}, {"a": 3, "b": 3}, {"a": 2, "b": None}]
+    assert pareto_front(rows, ("a", "b")) == [0, 1, 2]
