@@ -59,6 +59,20 @@ TOPIC = "kavier-run"
 PLUGIN_NAME = "kavier-opendc-bridge"
 # What a local cluster allows a run whose worker died: one more try.
 LOCAL_ALLOWED_FAILURES = 1
+# The local cluster's settings. NOTE: a run is one long CPU-bound task, so Dask's statistical profiler
+# (sampling every worker thread every 10 ms), frequent event-loop and system monitoring and work stealing only
+# take CPU (and the GIL) from the runs on a small machine; no memory limit, as with the process pool this replaced.
+LOCAL_CONFIG = {
+    "distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES,
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.admin.tick.interval": "500ms",      # the event-loop health check (default every 20 ms)
+    "distributed.admin.tick.limit": "30s",
+    "distributed.scheduler.work-stealing": False,    # queued tasks go to a worker only when it is free anyway
+    # the workers' environment as this process has it; Dask would set MALLOC_TRIM_THRESHOLD_ (glibc returns
+    # freed memory at once, slowing allocation-heavy pandas and numpy code) and one BLAS thread
+    "distributed.nanny.pre-spawn-environ": {},
+}
 
 
 @dataclass
@@ -101,6 +115,7 @@ class RunRecord:
 # This worker process's OpenDC bridge and what it says about itself; None until the first run that needs it.
 _BRIDGE = None
 _BRIDGE_INFO: dict | None = None
+_BRIDGE_LOCK = threading.RLock()
 # path -> (size, mtime_ns, sha256) of input files this worker has hashed, so a big trace is hashed once.
 _HASHES: dict[str, tuple[int, int, str]] = {}
 
@@ -118,24 +133,40 @@ def close_worker_bridge() -> None:
 def worker_bridge():
     """This worker's OpenDC JVM, started on first use and reused for all its runs."""
     global _BRIDGE, _BRIDGE_INFO
-    if _BRIDGE is not None and not _BRIDGE.alive:
-        close_worker_bridge()
-    if _BRIDGE is None:
-        from kavier_opendc.opendc.bridge import OpenDCBridge
+    with _BRIDGE_LOCK:  # the prestart thread and a run may ask at once
+        if _BRIDGE is not None and not _BRIDGE.alive:
+            close_worker_bridge()
+        if _BRIDGE is None:
+            from kavier_opendc.opendc.bridge import OpenDCBridge
 
-        bridge = OpenDCBridge()
-        bridge.start()
-        _BRIDGE = bridge
-        atexit.register(close_worker_bridge)
-        try:
-            _BRIDGE_INFO = bridge.info()
-        except KavierError:
-            _BRIDGE_INFO = {}
-    return _BRIDGE, _BRIDGE_INFO
+            bridge = OpenDCBridge()
+            bridge.start()
+            _BRIDGE = bridge
+            atexit.register(close_worker_bridge)
+            try:
+                _BRIDGE_INFO = bridge.info()
+            except KavierError:
+                _BRIDGE_INFO = {}
+        return _BRIDGE, _BRIDGE_INFO
+
+
+def _prestart_bridge() -> None:
+    try:
+        worker_bridge()
+    except Exception:  # noqa: BLE001 - the first run that needs the JVM starts it again and reports why not
+        pass
 
 
 class BridgeOwner(WorkerPlugin):
-    """Closes the worker's OpenDC JVM when the worker shuts down."""
+    """Owns the worker's OpenDC JVM: with ``prestart``, boots it in the background as the worker joins (so it
+    starts while the first run loads its trace and simulates); closes it when the worker shuts down."""
+
+    def __init__(self, prestart: bool = False):
+        self.prestart = prestart
+
+    def setup(self, worker) -> None:  # noqa: ARG002 - Dask's signature
+        if self.prestart:
+            threading.Thread(target=_prestart_bridge, name="kavier-bridge-prestart", daemon=True).start()
 
     def teardown(self, worker) -> None:  # noqa: ARG002 - Dask's signature
         close_worker_bridge()
@@ -296,15 +327,17 @@ class RunExecutor:
     """Runs :class:`RunTask`s on a local or remote Dask cluster and hands back :class:`RunRecord`s as they finish.
 
     Use as a context manager; :meth:`submit` any time (also while iterating :meth:`completed`).
+    ``prestart_opendc``: the runs will need OpenDC, so each worker boots its JVM as it joins.
     ``log(event=..., **fields)`` receives start, done and failed events; ``say(text)`` one progress line per
     finished run with the counts of runs done, running, failed and queued.
     """
 
-    def __init__(self, *, jobs: int = 2, scheduler: str | None = None,
+    def __init__(self, *, jobs: int = 2, scheduler: str | None = None, prestart_opendc: bool = False,
                  log: Callable[..., None] | None = None, say: Callable[[str], None] | None = None):
         self.jobs = max(1, int(jobs))
         self.scheduler = scheduler
         self.remote = scheduler is not None
+        self.prestart_opendc = prestart_opendc
         self.log = log or (lambda **_: None)
         self.say = say or (lambda _text: None)
         self.client = None
@@ -328,11 +361,11 @@ class RunExecutor:
             except (OSError, TimeoutError) as exc:
                 raise KavierRuntimeError(f"cannot reach the Dask scheduler {self.scheduler}: {exc}") from None
         else:
-            with dask.config.set({"distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES}):
+            with dask.config.set(LOCAL_CONFIG):
                 self.cluster = LocalCluster(n_workers=self.jobs, threads_per_worker=1, processes=True,
-                                            dashboard_address=None, silence_logs=logging.ERROR)
+                                            memory_limit=0, dashboard_address=None, silence_logs=logging.ERROR)
                 self.client = Client(self.cluster)
-        self.client.register_plugin(BridgeOwner(), name=PLUGIN_NAME)
+        self.client.register_plugin(BridgeOwner(self.prestart_opendc), name=PLUGIN_NAME)
         self.client.subscribe_topic(TOPIC, self._on_event)
         self._as_completed = as_completed()
         return self

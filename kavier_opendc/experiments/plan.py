@@ -161,7 +161,8 @@ class PlanRuns:
         if self.executor is None:
             from kavier_opendc.experiments.executor import RunExecutor
 
-            self.executor = RunExecutor(jobs=self.jobs, scheduler=self.scheduler, log=self.log, say=self.say)
+            self.executor = RunExecutor(jobs=self.jobs, scheduler=self.scheduler, log=self.log, say=self.say,
+                                        prestart_opendc=opendc)
             self.executor.__enter__()
         (rd / DONE).unlink(missing_ok=True)
         self._waiting[rid] = (token, key, h)
@@ -524,7 +525,8 @@ def write_plan_outputs(plan: Plan, out: Path, summary: dict, runs: PlanRuns) -> 
     write_json_atomic(out / "plan.json", summary)
     text = summary_text(summary)
     cols = [("shape", "shape"), ("status", "status"), ("replicas", "replicas"), ("gpus", "GPUs"),
-            ("cost_per_mtoken", "cost/Mtoken"), ("wh_per_mtoken", "Wh/Mtoken"), ("gco2_per_mtoken", "gCO2/Mtoken"),
+            ("cost_per_mtoken", "cost/Mtoken"), ("wh_per_mtoken", "Wh/Mtoken"),
+            ("wh_per_mtoken_estimate", "GPU Wh/Mtoken (estimate)"), ("gco2_per_mtoken", "gCO2/Mtoken"),
             ("ttft_p99_s", "TTFT p99 (s)"), ("tpot_p99_s", "TPOT p99 (s)"), ("on_front", "front"),
             ("search_runs", "runs"), ("why", "why not")]
     table = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]

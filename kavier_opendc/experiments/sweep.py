@@ -321,7 +321,8 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
 
         def log(**rec) -> None:
             _log(out, **rec)
-        with RunExecutor(jobs=n_jobs, scheduler=scheduler, log=log, say=say) as ex:
+        with RunExecutor(jobs=n_jobs, scheduler=scheduler, prestart_opendc=bool(needs_opendc), log=log,
+                         say=say) as ex:
             for r in todo:
                 rd = out / "runs" / r.id
                 (rd / DONE).unlink(missing_ok=True)
