@@ -146,3 +146,15 @@ def test_validate_knows_plan_files(tmp_path):
 def test_pareto_front():
     rows = [{"a": 1, "b": 3}, {"a": 2, "b": 2}, {"a": 3, "b": 1}, {"a": 3, "b": 3}, {"a": 2, "b": None}]
     assert pareto_front(rows, ("a", "b")) == [0, 1, 2]
+
+
+def test_gpu_mixes_become_replica_groups_on_sized_host_groups(tmp_path):
+    plan = load_plan(bursts_plan(tmp_path, candidates={"mixes": [{"A100-80GB": 1, "H100-SXM": 2}], "tp": [2],
+                                                        "replicas": {"max": 3}}))
+    [shape] = plan.shapes
+    assert shape.gpu_label == "1xA100-80GB+2xH100-SXM" and shape.replicas_of(3) == 9
+    doc = plan.experiment(shape, 3, plan.workload, opendc=True)
+    assert doc["serving"]["replica_groups"] == [{"name": "A100-80GB", "gpu": "A100-80GB", "replicas": 3, "tp": 2},
+                                                {"name": "H100-SXM", "gpu": "H100-SXM", "replicas": 6, "tp": 2}]
+    # 4-GPU hosts hold two TP2 replicas each
+    assert [(h["gpu"], h["count"]) for h in doc["datacenter"]["hosts"]] == [("A100-80GB", 2), ("H100-SXM", 3)]

@@ -127,11 +127,19 @@ class PlanRuns:
         self.simulated = {"no_opendc": 0, "opendc": 0}             # runs this invocation computed
         self.reused = 0
         self.evaluations: list[Evaluation] = []
+        self._traffic: dict[float | None, Path] = {}               # rate -> the workload file at that rate
 
     def log(self, **rec) -> None:
         rec.setdefault("time", time.time())
         with open(self.out / LOG, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec, default=str) + "\n")
+
+    def traffic(self, rate: float | None = None) -> Path:
+        """The workload at ``rate`` (default the plan's), written once per rate and invocation."""
+        rate = rate if rate is not None else self.plan.rate
+        if rate not in self._traffic:
+            self._traffic[rate] = traffic_at(self.plan, rate, self.out / "traffic")
+        return self._traffic[rate]
 
     def run_id(self, shape: Shape, units: int, opendc: bool, rate: float | None) -> str:
         rid = f"{shape.slug}_n{units}"
@@ -145,7 +153,7 @@ class PlanRuns:
         from kavier_opendc.experiments.experiment import load_experiment
         from kavier_opendc.experiments.pipeline import absolutized
 
-        traffic = traffic_at(self.plan, rate if rate is not None else self.plan.rate, self.out / "traffic")
+        traffic = self.traffic(rate)
         doc = self.plan.experiment(shape, units, traffic, opendc=opendc)
         rid = self.run_id(shape, units, opendc, rate)
         exp = load_experiment(doc, base_dir=self.plan.base_dir, source=f"{self.plan.source} [{rid}]", opendc=opendc)
@@ -358,7 +366,7 @@ def run_plan(plan: Plan, out: Path, *, jobs: int = 2, scheduler: str | None = No
     try:
         say("[1/3] feasibility: the smallest replica count meeting the SLOs, per shape (no OpenDC)")
         for s in searches:
-            probs = shape_problems(plan, s.shape, hi, traffic_at(plan, plan.rate, out / "traffic"), opendc)
+            probs = shape_problems(plan, s.shape, hi, runs.traffic(), opendc)
             if probs:
                 s.state, s.why = "invalid", "cannot run: " + "; ".join(probs)
                 say(f"  pruned {s.shape.label}: {s.why}")

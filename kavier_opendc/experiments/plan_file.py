@@ -89,7 +89,7 @@ class Shape:
                         + ([self.router] if self.router else [])
                         + ([f"seqs{self.max_num_seqs}"] if self.max_num_seqs else [])
                         + ([f"tok{self.max_batched_tokens}"] if self.max_batched_tokens else []))
-        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text)
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
     def replicas_of(self, units: int) -> int:
         """Replicas in ``units`` copies of the mix (a single GPU type: ``units`` replicas)."""
@@ -324,8 +324,9 @@ def traffic_at(plan: Plan, rate: float | None, folder: Path) -> Path:
     own = (len(trace) - 1) / span
     scaled = dataclasses.replace(trace, arrival_s=trace.arrival_s * (own / float(rate)))
     out = folder / f"{plan.workload.stem}-rate{tag}.parquet"
-    if not out.is_file():
-        write_trace(scaled, out)
+    tmp = folder / f".{out.stem}.tmp.parquet"
+    write_trace(scaled, tmp)
+    tmp.replace(out)
     return out
 
 
