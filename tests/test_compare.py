@@ -58,7 +58,7 @@ def test_a10_mape_equals_the_calibration_script():
     spec = importlib.util.spec_from_file_location("calibrate_a10", REPO / "bench" / "calibrate_a10.py")
     cal = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cal)
-    pre, dec, _ = cal.evaluate(cal.load_rows(table), cal.DEFAULT_EFFICIENCY)
+    pre, dec, _ = cal.evaluate(cal.load_rows(table))
     cat = default_catalog()
     side = Side("table", table, _read_table(table))
     r, _ = compare_tables(side, side, (cat.model("Llama-3-8B"), cat.gpu("A10")))

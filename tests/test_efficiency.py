@@ -124,8 +124,10 @@ def test_sustainability_energy_is_joules_over_3600(run_dir):
     sus = json.loads((out / "opendc" / "sustainability.json").read_text())
     host = next((out / "opendc" / "output").rglob("host.parquet"))
     ps = next((out / "opendc" / "output").rglob("powerSource.parquet"))
-    assert sus["energy_wh"] == pytest.approx(pd.read_parquet(host)["energy_usage"].sum() / 3600.0, **EXACT)
-    assert sus["carbon_g"] == pytest.approx(pd.read_parquet(ps)["carbon_emission"].sum(), **EXACT)
+    # OpenDC writes float32 columns: sum them in float64, as the reader does
+    energy_j = pd.read_parquet(host)["energy_usage"].astype("float64").sum()
+    assert sus["energy_wh"] == pytest.approx(energy_j / 3600.0, **EXACT)
+    assert sus["carbon_g"] == pytest.approx(pd.read_parquet(ps)["carbon_emission"].astype("float64").sum(), **EXACT)
 
 
 # ----------------------------------------------------------------- the Kavier prototype

@@ -20,6 +20,7 @@ from conftest import SHARED_DATA
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.opendc import carbon as C
 from kavier_opendc.opendc.export import (
+    merge_short,
     FRAGMENTS_SCHEMA,
     TASKS_SCHEMA,
     attribute_gpu_time,
@@ -148,10 +149,42 @@ def test_adaptive_merge_by_hand(tmp_path):
     u = f["gpu_usage"].to_numpy() / A100_CAP
     assert u == pytest.approx([(0.50 + 0.51 + 2 * 0.52) / 4, (0.80 + 0.5 * 0.81) / 1.5, 0.0], rel=1e-12)
     assert stats["max_abs_utilization_error"] == pytest.approx(0.5125 - 0.50, abs=1e-12)
-    # a tighter tolerance merges nothing here
-    stats2 = export_workload(sim, tmp_path / "wl2", dc(), tolerance=0.005)
+    # a tighter tolerance merges nothing here, without a minimum fragment length
+    stats2 = export_workload(sim, tmp_path / "wl2", dc(), tolerance=0.005, min_fragment_s=0)
     assert stats2["fragments"] == 6
     assert frags(tmp_path / "wl2")["duration"].tolist() == [1000, 1000, 2000, 1000, 500, 500]
+    # by default no fragment is shorter than the datacenter's 1 s export interval: the two 0.5 s pieces merge
+    stats3 = export_workload(sim, tmp_path / "wl3", dc(), tolerance=0.005)
+    f3 = frags(tmp_path / "wl3")
+    assert stats3["min_fragment_s"] == 1.0 and f3["duration"].tolist() == [1000, 1000, 2000, 1000, 1000]
+    assert f3["gpu_usage"].to_numpy()[-1] / A100_CAP == pytest.approx((0.81 * 0.5 + 0.0 * 0.5) / 1.0, rel=1e-12)
+    assert stats3["max_abs_utilization_error"] == pytest.approx(0.405, abs=1e-12)
+    assert stats3["gpu_energy_linear_wh"] == pytest.approx(stats2["gpu_energy_linear_wh"], rel=1e-12)
+
+
+def test_merge_short_by_hand():
+    # long pieces stay; runs of short ones merge until they reach the minimum; a short run before a long
+    # piece closes there
+    d, u = merge_short(np.array([300, 300, 500, 2000, 100, 1500]), np.array([1.0, 0.0, 0.5, 0.2, 1.0, 0.3]), 1000)
+    assert d.tolist() == [1100, 2000, 100, 1500]
+    assert u == pytest.approx([(300 + 250) / 1100, 0.2, 1.0, 0.3], rel=1e-12)
+    d, u = merge_short(np.array([10] * 250), np.tile([0.0, 1.0], 125), 1000)
+    assert d.tolist() == [1000, 1000, 500] and u == pytest.approx([0.5, 0.5, 0.5])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3000), st.floats(0, 1)), min_size=1, max_size=80),
+       st.integers(0, 2000))
+def test_merge_short_preserves_energy_and_bounds_count(pieces, min_ms):
+    d = np.array([p[0] for p in pieces], dtype=np.int64)
+    u = np.array([p[1] for p in pieces])
+    dm, um = merge_short(d, u, min_ms)
+    assert dm.sum() == d.sum() and float(np.dot(dm, um)) == pytest.approx(float(np.dot(d, u)), rel=1e-9, abs=1e-9)
+    assert ((um >= -1e-12) & (um <= 1 + 1e-12)).all()
+    if min_ms > 1:
+        # every fragment is long, or is a short run cut short by a long neighbour or the end
+        n_long = int((d >= min_ms).sum())
+        assert dm.size <= 2 * n_long + 1 + d.sum() // min_ms
 
 
 def test_merge_adaptive_function_and_zero_tolerance():

@@ -470,3 +470,21 @@ def test_measurement_arithmetic_exactly():
     assert rows.loc[100, "reality_prefill"] == 0.25 and rows.loc[100, "reality_decode"] == 0.75
     assert rows.loc[100, "prefill_input_tokens"] == 101 and rows.loc[100, "decode_output_tokens"] == 4
     assert len(rows) == 2                          # the failed request has no row
+
+
+def test_sweep_output_feeds_kavier_calibrate(srv, tmp_path):
+    """The sweep's measurements.csv is a calibration input as it is: `kavier calibrate` fits an A10
+    profile from it and writes a catalogue file that `--catalog` accepts. The programmed times are
+    physically possible for Llama-3-8B on an A10 (its 16 GB of weights take >= 27 ms to stream)."""
+    srv.configure(ttft_base_s=0.040, ttft_per_token_s=0.0002, tpot_base_s=0.032, tpot_per_token_s=0.0)
+    out = tmp_path / "sweep"
+    assert trace_cli(srv, out, "--mode", "sweep", "--prompt-lengths", "16,64,128", "--output-lengths", "4,8",
+                     "--repetitions", "1") == 0
+    cat = tmp_path / "a10-measured.yaml"
+    assert main(["calibrate", str(out / "measurements.csv"), "--model", "Llama-3-8B", "--gpu", "A10",
+                 "--out", str(cat)]) == 0
+    from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
+
+    catalog = load_catalog_file(cat, base=default_catalog())
+    assert catalog.gpu("A10").profile is not None
+    assert main(["catalog", "gpus", "--catalog", str(cat)]) == 0

@@ -19,7 +19,8 @@ def cmd_export_opendc(args) -> int:
             raise KavierInputError(f"{sim / name} not found", source=str(sim), location=name,
                                    expected="the output directory of 'kavier simulate'")
     datacenter = load_datacenter(args.datacenter)
-    opts = {"mode": args.mode, "tolerance": args.tolerance, "interval_s": args.interval}
+    opts = {"mode": args.mode, "tolerance": args.tolerance, "interval_s": args.interval,
+            "min_fragment_s": args.min_fragment}
     if args.start:
         opts["start"] = args.start
     out = Path(args.out)
@@ -73,6 +74,9 @@ def register(sub) -> None:
                         "(default); interval: fixed --interval bins; segments: one fragment per segment; "
                         "per-request: one task per request (the Kavier prototype's way)")
     e.add_argument("--tolerance", type=float, default=0.02, help="adaptive merging tolerance (default 0.02)")
+    e.add_argument("--min-fragment", type=float, default=None, metavar="SECONDS",
+                   help="adaptive mode: no fragment shorter than this, shorter runs merged by their mean "
+                        "(default: the datacenter's export_interval_s; 0: tolerance merging only)")
     e.add_argument("--interval", type=float, default=0.1, help="bin length in seconds for --mode interval")
     e.add_argument("--start", default=None, help="calendar start of the run (ISO date; default: the datacenter's)")
     e.add_argument("--quiet", action="store_true")

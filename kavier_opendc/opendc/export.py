@@ -22,6 +22,12 @@ Modes
     fragment carries the duration-weighted mean utilisation, so under a
     linear power model the GPU energy is the same as without merging, and no
     segment deviates from its fragment's value by more than ``tolerance``.
+    Then runs of fragments shorter than ``min_fragment_s`` (default: the
+    datacenter's ``export_interval_s``, the resolution at which OpenDC reports
+    power anyway) are merged into fragments of at least that length, again by
+    their duration-weighted mean: a lightly loaded replica whose timeline
+    flips between idle and busy every few milliseconds no longer costs a
+    fragment per flip. ``min_fragment_s: 0`` keeps the tolerance merge only.
 ``interval``
     Fixed bins of ``interval_s`` seconds (the Kavier prototype's way), each
     with the time-weighted mean utilisation over the bin.
@@ -143,6 +149,37 @@ def merge_adaptive(durations_ms: np.ndarray, util: np.ndarray, tolerance: float
     group = np.repeat(np.arange(idx.size), np.diff(np.append(idx, u.size)))
     err = float(np.max(np.abs(u - mean[group]))) if u.size else 0.0
     return dur.astype(np.int64), mean, err
+
+
+def merge_short(durations_ms: np.ndarray, util: np.ndarray, min_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge runs of consecutive pieces shorter than ``min_ms`` into pieces of at least ``min_ms``.
+
+    Pieces already ``min_ms`` long stay as they are; short pieces between them are grouped greedily
+    (a group closes once it reaches ``min_ms``, or when a long piece follows). Utilisation is the
+    duration-weighted mean, so the utilisation integral (and linear-model energy) is unchanged.
+    """
+    d = np.asarray(durations_ms, dtype=np.int64)
+    u = np.asarray(util, dtype=np.float64)
+    if min_ms <= 1 or d.size < 2:
+        return d, u
+    starts = []
+    acc = 0                                     # duration of the open group of short pieces (0: none open)
+    for i, x in enumerate(d.tolist()):
+        if x >= min_ms:
+            starts.append(i)                    # a long piece stands alone (closing any open group)
+            acc = 0
+        elif acc == 0:
+            starts.append(i)                    # a short piece opens a group
+            acc = x
+        else:
+            acc += x
+        if acc >= min_ms:
+            acc = 0
+        elif acc and i + 1 < d.size and d[i + 1] >= min_ms:
+            acc = 0
+    idx = np.asarray(starts, dtype=np.int64)
+    dur = np.add.reduceat(d, idx)
+    return dur.astype(np.int64), np.add.reduceat(u * d, idx) / dur
 
 
 def interval_bins(bounds_s: np.ndarray, util: np.ndarray, interval_s: float
@@ -581,7 +618,11 @@ class _Prepared:
     per_type: dict[str, dict]      # GPU name -> {spec, entries, cpu_mhz, mem_ratio_mib, power}
 
 
-def _check_options(mode: str, tolerance: float, interval_s: float, cpu_load_cores: float) -> None:
+def _check_options(mode: str, tolerance: float, interval_s: float, cpu_load_cores: float,
+                   min_fragment_s: float | None = None) -> None:
+    if min_fragment_s is not None and not (math.isfinite(min_fragment_s) and min_fragment_s >= 0):
+        raise KavierInputError(f"min_fragment_s {min_fragment_s!r}", location="min_fragment_s",
+                               expected="a non-negative duration in seconds (0: no minimum)")
     if mode not in MODES:
         raise KavierInputError(f"unknown export mode {mode!r}", location="mode", expected=" or ".join(MODES))
     if not (math.isfinite(tolerance) and tolerance >= 0):
@@ -718,14 +759,17 @@ def _type_stats(prep: _Prepared) -> dict[str, Any]:
 
 def export_with_hosts(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", tolerance: float = DEFAULT_TOLERANCE,
             interval_s: float = DEFAULT_INTERVAL_S, start: str | None = None,
-            cpu_load_cores: float = DEFAULT_CPU_LOAD_CORES, pad_to_makespan: bool = True
-            ) -> tuple[dict, Datacenter, list[OpenDCHost]]:
-    _check_options(mode, tolerance, interval_s, cpu_load_cores)
+            cpu_load_cores: float = DEFAULT_CPU_LOAD_CORES, pad_to_makespan: bool = True,
+            min_fragment_s: float | None = None) -> tuple[dict, Datacenter, list[OpenDCHost]]:
+    _check_options(mode, tolerance, interval_s, cpu_load_cores, min_fragment_s)
     if mode == "per-request":
         prep = _prepare(sim_dir, datacenter, start, cpu_load_cores, check_cpu=False)
         return _export_per_request(prep, out_dir, cpu_load_cores), prep.dc, prep.hosts
     prep = _prepare(sim_dir, datacenter, start, cpu_load_cores, check_cpu=True)
     sim, hosts, plans, cpu_count = prep.sim, prep.hosts, prep.plans, prep.cpu_count
+    if min_fragment_s is None:
+        min_fragment_s = float(prep.dc.export_interval_s)
+    min_fragment_ms = int(to_ms(min_fragment_s))
 
     makespan_ms = int(to_ms(sim.makespan_s))
     groups = {int(r): g for r, g in sim.timeline.groupby("replica", sort=True)}
@@ -750,7 +794,11 @@ def export_with_hosts(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", t
             else:
                 seg_ms = np.diff(to_ms(bounds))
                 if mode == "adaptive":
-                    dur, u, err = merge_adaptive(seg_ms, util, tolerance)
+                    dur, u, _ = merge_adaptive(seg_ms, util, tolerance)
+                    dur, u = merge_short(dur, u, min_fragment_ms)
+                    keep = seg_ms > 0
+                    group = np.searchsorted(np.cumsum(dur), np.cumsum(seg_ms[keep]) - 1, side="right")
+                    err = float(np.max(np.abs(util[keep] - u[group]))) if dur.size else 0.0
                 else:
                     keep = seg_ms > 0
                     dur, u, err = seg_ms[keep], util[keep], 0.0
@@ -796,6 +844,7 @@ def export_with_hosts(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", t
     stats: dict[str, Any] = {
         "mode": mode,
         "tolerance": float(tolerance) if mode == "adaptive" else None,
+        "min_fragment_s": float(min_fragment_s) if mode == "adaptive" else None,
         "interval_s": float(interval_s) if mode == "interval" else None,
         "start": prep.start,
         "submission_time_ms": prep.sub_ms,
@@ -1052,12 +1101,13 @@ def export_workload(sim_dir: str | os.PathLike, out_dir: str | os.PathLike, data
                     mode: str = "adaptive", tolerance: float = DEFAULT_TOLERANCE,
                     interval_s: float = DEFAULT_INTERVAL_S, start: str | None = None,
                     cpu_load_cores: float = DEFAULT_CPU_LOAD_CORES,
-                    pad_to_makespan: bool = True) -> dict[str, Any]:
+                    pad_to_makespan: bool = True, min_fragment_s: float | None = None) -> dict[str, Any]:
     """Write ``out_dir/tasks.parquet`` and ``out_dir/fragments.parquet`` for
     the simulation in ``sim_dir`` on ``datacenter`` (a :class:`Datacenter`,
     a description file or a mapping).
 
-    ``mode``: ``adaptive`` (merge within ``tolerance``), ``interval`` (bins of
+    ``mode``: ``adaptive`` (merge within ``tolerance``, then no fragment shorter than
+    ``min_fragment_s``, default the datacenter's export interval), ``interval`` (bins of
     ``interval_s``), ``segments`` (one fragment per timeline segment) or
     ``per-request`` (below). ``start``: the calendar start (UTC, default the
     datacenter's ``start``, else 2022-01-01T00:00:00) stamped as every replica
@@ -1111,7 +1161,7 @@ def export_workload(sim_dir: str | os.PathLike, out_dir: str | os.PathLike, data
     """
     stats, _, _ = export_with_hosts(sim_dir, out_dir, datacenter, mode=mode, tolerance=tolerance,
                           interval_s=interval_s, start=start, cpu_load_cores=cpu_load_cores,
-                          pad_to_makespan=pad_to_makespan)
+                          pad_to_makespan=pad_to_makespan, min_fragment_s=min_fragment_s)
     return stats
 
 
