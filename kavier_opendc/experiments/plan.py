@@ -351,7 +351,7 @@ def run_plan(plan: Plan, out: Path, *, jobs: int = 2, scheduler: str | None = No
     objective = objective or plan.objective
     out = Path(out)
     check_writable_dir(out)
-    if opendc:
+    if opendc and scheduler is None:  # a remote cluster's workers have their own OpenDC
         check_opendc_available()
     (out / "runs").mkdir(parents=True, exist_ok=True)
 

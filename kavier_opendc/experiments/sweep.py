@@ -310,7 +310,7 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
         _log(out, event="skip", id=r.id)
     needs_opendc = any(r.document.get("opendc", {}).get("enabled", True) for r in todo) \
         if sweep.opendc is None else sweep.opendc
-    if todo and needs_opendc:
+    if todo and needs_opendc and scheduler is None:  # a remote cluster's workers have their own OpenDC
         check_opendc_available()
     n_jobs = max(1, min(jobs or sweep.jobs or 2, len(todo) or 1))
     where = f"on the Dask cluster at {scheduler}" if scheduler else f"in {n_jobs} local worker process(es)"
