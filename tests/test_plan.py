@@ -11,6 +11,7 @@ therefore holds from exactly 3 replicas. Runs without OpenDC (the search is the 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,9 +49,10 @@ def bursts_plan(tmp: Path, **over) -> Path:
     return p
 
 
-def plan_cli(*args, timeout=300) -> subprocess.CompletedProcess:
+def plan_cli(*args, timeout=300, cwd=REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "plan", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +117,8 @@ def test_max_sustainable_rate(tmp_path):
                        candidates={"gpu": ["A100-80GB"], "prefix_cache": ["none"], "replicas": 1},
                        slo={"ttft_s": 0.5, "tpot_s": 0.05, "percentile": 90},
                        max_rate={"low": 0.5, "high": 200, "tolerance": 0.25})
-    r = plan_cli(plan, "--out", tmp_path / "out", "--no-opendc", "--max-rate", "--jobs", "1")
+    # a relative --out: the scaled traces it holds are still found
+    r = plan_cli(plan, "--out", "out", "--no-opendc", "--max-rate", "--jobs", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "out" / "max_rate.json").read_text())
     rate = res["max_rate_rps"]

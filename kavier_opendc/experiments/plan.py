@@ -349,7 +349,7 @@ def run_plan(plan: Plan, out: Path, *, jobs: int = 2, scheduler: str | None = No
 
     t0 = time.perf_counter()
     objective = objective or plan.objective
-    out = Path(out)
+    out = Path(out).resolve()  # the experiments name their traffic file by its absolute path
     check_writable_dir(out)
     if opendc and scheduler is None:  # a remote cluster's workers have their own OpenDC
         check_opendc_available()
@@ -590,7 +590,7 @@ def run_max_rate(plan: Plan, out: Path, *, jobs: int = 1, scheduler: str | None 
     if low >= high:
         raise KavierInputError(f"max_rate.low {low:g} is not below max_rate.high {high:g}", source=plan.source,
                                location="max_rate")
-    out = Path(out)
+    out = Path(out).resolve()  # the experiments name their traffic file by its absolute path
     check_writable_dir(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
 

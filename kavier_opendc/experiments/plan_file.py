@@ -299,6 +299,7 @@ def traffic_at(plan: Plan, rate: float | None, folder: Path) -> Path:
     a synthetic description gets ``rate`` set; a trace's arrival times are scaled by its mean rate / ``rate``."""
     if rate is None:
         return plan.workload
+    folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     tag = f"{rate:.6g}".replace(".", "p")
     if plan.workload.suffix.lower() in SYNTHETIC_SUFFIXES:
