@@ -163,7 +163,7 @@ def _prestart_bridge() -> None:
 
 class BridgeOwner(WorkerPlugin):
     """Owns the worker's OpenDC JVM: with ``prestart``, boots it in the background as the worker joins (so it
-    starts while the first run loads its trace and simulates); closes it when the worker shuts down."""
+    is up, or nearly, when the first run needs it); closes it when the worker shuts down."""
 
     def __init__(self, prestart: bool = False):
         self.prestart = prestart
