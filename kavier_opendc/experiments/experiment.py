@@ -41,6 +41,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.documents import SafeDocumentLoader, load_json, load_yaml
 from kavier_opendc.base.validation import (Problem, explain_schema_error, json_path, load_schema, non_finite,
                                            schema_validator)
 
@@ -120,26 +121,11 @@ class Experiment:
 # Reading documents
 # --------------------------------------------------------------------------
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML loader that rejects duplicate keys and reads YAML 1.2 floats
-    such as ``1e-3`` (PyYAML's YAML 1.1 reads them as strings)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, Any] = {}
-            for key_node, _ in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                if key_node.value in seen:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
-                        f"found duplicate key {key_node.value!r} (first at line {seen[key_node.value].line + 1})",
-                        key_node.start_mark)
-                seen[key_node.value] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)
+class _Loader(SafeDocumentLoader):
+    """Safe YAML loader (duplicate keys and hostile documents refused, see ``base/documents.py``) that
+    reads YAML 1.2 floats such as ``1e-3`` (PyYAML's YAML 1.1 reads them as strings)."""
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)[eE][-+]?\d+$"),
@@ -166,12 +152,12 @@ def read_document(path: str | Path, what: str = "experiment") -> Any:
 def parse_text(text: str, fmt: str, source: str) -> Any:
     if fmt == "json":
         try:
-            return json.loads(text)
+            return load_json(text, source)
         except json.JSONDecodeError as exc:
             raise KavierInputError(f"invalid JSON syntax: {exc.msg}", source=source,
                                    location=f"line {exc.lineno}, column {exc.colno}") from None
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return load_yaml(text, source, _Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
+from kavier_opendc.base.documents import load_json, load_yaml
 from kavier_opendc.base.validation import explain_schema_error, json_path, non_finite, load_schema, schema_validator
 from kavier_opendc.base.errors import KavierInputError
 
@@ -298,12 +299,12 @@ def _read_description(path: Path) -> Any:
         raise KavierInputError(f"cannot read datacenter file: {exc}", source=src) from None
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            return load_json(text, src)
         except json.JSONDecodeError as exc:
             raise KavierInputError(f"invalid JSON syntax at line {exc.lineno}, column {exc.colno}: {exc.msg}",
                                    source=src) from None
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text, src)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
