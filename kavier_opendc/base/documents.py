@@ -67,7 +67,7 @@ SafeDocumentLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TA
 
 def _check_bytes(text: str, source: str) -> None:
     if len(text) > limits.DOCUMENT_BYTES.value:
-        raise KavierInputError(limits.DOCUMENT_BYTES.exceeded("the file", len(text)), source=source)
+        raise KavierInputError("the file is too large: " + limits.DOCUMENT_BYTES.above(len(text)), source=source)
 
 
 def _expanded_nodes(root: yaml.Node) -> int:

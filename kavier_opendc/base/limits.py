@@ -35,7 +35,7 @@ class Limit:
 
     def exceeded(self, field: str, value: Any) -> str:
         """The message for ``value`` of ``field`` above this limit."""
-        return f"{field} is {self.above(value)}"
+        return f"{field}: {self.above(value)}"
 
 
 def _shown(value: Any) -> str:
@@ -52,6 +52,9 @@ CONTEXT_TOKENS = Limit(10_000_000, "tokens",
 #: Replicas, hosts and GPUs of one simulation.
 GPUS = Limit(1_000_000, "GPUs",
              "five times the largest GPU cluster ever built, which has about 200,000 GPUs")
+#: Serving replicas of one simulation (each holds at least one GPU).
+REPLICAS = Limit(GPUS.value, "replicas", "each needs a GPU, and no datacenter holds more than "
+                                         f"{int(GPUS.value):,}")
 #: GPUs in one host (one server or one rack-scale NVLink domain).
 GPUS_PER_HOST = Limit(128, "GPUs per host", "the densest servers and NVLink racks hold 8 to 72 GPUs")
 #: Sequences running at once per replica.
@@ -124,7 +127,7 @@ def check(field: str, value: Any, limit: Limit) -> str | None:
 #: name in that schema gets ``maximum`` (and ``x-kavier-limit`` naming the Limit, for the wording).
 SCHEMA_LIMITS: dict[str, dict[str, str]] = {
     "experiment.schema.json": {
-        "replicas": "GPUS", "tp": "TP", "max_num_seqs": "NUM_SEQS", "max_batched_tokens": "BATCHED_TOKENS",
+        "replicas": "REPLICAS", "tp": "TP", "max_num_seqs": "NUM_SEQS", "max_batched_tokens": "BATCHED_TOKENS",
         "num_kv_blocks": "KV_BLOCKS", "max_model_len": "CONTEXT_TOKENS", "min_prompt_tokens": "CONTEXT_TOKENS",
         "capacity_tokens": "CACHE_TOKENS", "capacity_prompts": "GPUS", "host_memory_gb": "MEMORY_GB",
         "ttft_s": "DURATION_S", "tpot_s": "DURATION_S", "seed": "SEED", "interval_s": "DURATION_S",

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from kavier_opendc.base.errors import KavierInputError
-from kavier_opendc.cli.args import positive_int
+from kavier_opendc.base import limits
+from kavier_opendc.cli.args import bounded_float, positive_int
 from kavier_opendc.experiments.demo import DEMO_EXPERIMENT, copy_demo_inputs
 
 
@@ -237,7 +238,7 @@ def register(sub) -> None:
                                     "comparison.md and comparison plots.")
     sw.add_argument("sweep", metavar="SWEEP_FILE")
     sw.add_argument("--out", required=True, metavar="DIR", help="sweep output folder (runs/<id>/ per configuration)")
-    sw.add_argument("--jobs", type=positive_int("--jobs"), default=2, help="parallel worker processes (default 2)")
+    sw.add_argument("--jobs", type=positive_int("--jobs", limits.JOBS), default=2, help="parallel worker processes (default 2)")
     sw.add_argument("--no-opendc", action="store_true", help="skip OpenDC in every run")
     sw.add_argument("--run-plots", action="store_true", help="also draw each run's own plots (slower)")
     sw.add_argument("--quiet", action="store_true", help="no progress and no summary")
@@ -251,8 +252,8 @@ def register(sub) -> None:
                                     "(/3600; the prototype divides by 1000).")
     ef.add_argument("--tasks", required=True, metavar="TASKS", help="the prototype's tasks.parquet")
     ef.add_argument("--opendc", required=True, metavar="POWERSOURCE", help="OpenDC's powerSource.parquet")
-    ef.add_argument("--price", type=float, default=10.0, help="GPU-hour price (default 10.0, the prototype's)")
-    ef.add_argument("--total-tokens", type=float, default=None,
+    ef.add_argument("--price", type=bounded_float("--price"), default=10.0, help="GPU-hour price (default 10.0, the prototype's)")
+    ef.add_argument("--total-tokens", type=bounded_float("--total-tokens", exclusive=True), default=None,
                     help="tokens to divide by (default: sum of the tasks' total_tokens column)")
     ef.add_argument("--duration-unit", choices=["ms", "s"], default="ms",
                     help="unit of the tasks' duration column (the prototype's formula assumes ms)")

@@ -48,7 +48,7 @@ from kavier_opendc.base.validation import (Problem, explain_schema_error, json_p
 SCHEMA_FILE = "experiment.schema.json"
 PREFIX_POLICIES = ("auto", "none", "off", "block", "vllm", "prefill", "full")
 SERVING_DEFAULTS = {"max_num_seqs": 256, "max_batched_tokens": 8192, "gpu_memory_utilization": 0.9,
-                    "num_kv_blocks": None, "max_model_len": None, "kv_cache": True, "router": "round-robin",
+                    "num_kv_blocks": None, "max_model_len": None, "allow_long_max_model_len": False, "kv_cache": True, "router": "round-robin",
                     "exact": False}
 GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization")
 TRACE_FORMATS = ("kavier", "native", "azure", "mooncake", "vidur", "splitwise", "sarathi")
@@ -273,20 +273,33 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
     name = _experiment_name(data, source)
     seed = data.get("seed", 0) if isinstance(data.get("seed"), int) else 0
 
+    problems += _engine_problems(norm, groups, seed)
     if problems:
         return problems, None
     exp = Experiment(data=data, source=source, base_dir=base, name=name, seed=seed, catalog=cat,
                      groups=groups, serving=norm, trace=trace, datacenter=dc_data, datacenter_base=dc_base,
                      datacenter_source=dc_source, carbon=carbon, prices=prices, slo=slo,
                      opendc_enabled=enabled, export_opts=export_opts, input_files=inputs)
-    # the engine's own checks (e.g. options the engine version does not support)
+    return [], exp
+
+
+def _engine_problems(norm: dict, groups: list[GroupSpec], seed: int) -> list[Problem]:
+    """The engine's own checks of the serving setup (TP against the model's heads, max_model_len against
+    its context window, sizes), named by their ``serving.*`` paths; run with the other checks, so that
+    they are reported before any trace is loaded."""
+    from types import SimpleNamespace
+
+    from kavier_opendc.experiments.engine_config import sim_config_from_experiment
+    if not groups:
+        return []
     try:
-        from kavier_opendc.experiments.engine_config import sim_config_from_experiment
-        sim_config_from_experiment(exp).validate()
+        sim_config_from_experiment(SimpleNamespace(serving=norm, groups=groups, seed=seed)).validate()
     except KavierInputError as exc:
         loc = getattr(exc, "location", None) or ""
-        return [(_engine_path(loc), _msg(exc).replace(f"{loc}: ", "", 1) if loc else _msg(exc))], None
-    return [], exp
+        return [(_engine_path(loc), _msg(exc).replace(f"{loc}: ", "", 1) if loc else _msg(exc))]
+    except (TypeError, ValueError, AttributeError):
+        return []  # a value of the wrong type: the schema has reported it
+    return []
 
 
 def _catalog(data: dict, base: Path, problems: list[Problem], inputs: list):
@@ -415,7 +428,11 @@ _ENGINE_LOCATIONS = {"--replicas": ("serving", "replicas"), "--tp": ("serving", 
                      "--max-num-seqs": ("serving", "max_num_seqs"),
                      "--max-batched-tokens": ("serving", "max_batched_tokens"),
                      "--gpu-memory-utilization": ("serving", "gpu_memory_utilization"),
-                     "--prefix-cache": ("serving", "prefix_cache"), "--router": ("serving", "router")}
+                     "--prefix-cache": ("serving", "prefix_cache"), "--router": ("serving", "router"),
+                     "--max-model-len": ("serving", "max_model_len"), "--num-kv-blocks": ("serving", "num_kv_blocks"),
+                     "--prefix-cache-min-tokens": ("serving", "prefix_cache", "min_prompt_tokens"),
+                     "--prefix-cache-capacity-tokens": ("serving", "prefix_cache", "capacity_tokens"),
+                     "--host-cache-gb": ("serving", "prefix_cache", "host_memory_gb")}
 
 
 def _engine_path(loc: str) -> tuple:

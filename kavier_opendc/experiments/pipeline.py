@@ -300,7 +300,12 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
         check_opendc_available()
     cfg = sim_config_from_experiment(exp)
     cfg.validate()
-    # input errors first, before the output folder is touched
+    for warning in cfg.warnings():
+        print(f"kavier: warning: {warning}", file=sys.stderr)
+    # input errors first, before the output folder is touched; the folder's own problems (a file in
+    # the way, no permission) before the trace is loaded
+    from kavier_opendc.base.atomic import check_writable_dir
+    check_writable_dir(out)
     with st.stage("trace", exp.trace["path"].name if exp.trace["path"] is not None else "inline synthetic"):
         if trace is None:
             trace = load_trace_for(exp)

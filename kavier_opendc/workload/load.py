@@ -13,6 +13,9 @@ from kavier_opendc.workload.trace import load_trace
 def load_workload(path: str, fmt: str | None = None, seed: int | None = None):
     """A trace file (CSV/Parquet/JSONL) or a synthetic workload description (YAML/JSON object)."""
     p = Path(path)
+    if p.is_dir():
+        raise KavierInputError("is a directory, not a trace file or workload description", source=str(p),
+                               expected="a CSV, Parquet or JSON Lines trace, or a YAML/JSON synthetic workload")
     if p.suffix.lower() in (".yaml", ".yml") or (p.suffix.lower() == ".json" and is_json_object(p)):
         if fmt:
             raise KavierInputError("--trace-format applies to trace files, not to synthetic workload "
@@ -35,5 +38,5 @@ def is_json_object(p: Path) -> bool:
         # one object per line (JSON Lines) is a trace; a multi-line object is a description
         return not isinstance(obj, dict) or "timestamp" not in obj and "input_length" not in obj \
             and "num_input_tokens" not in obj
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return True

@@ -492,8 +492,8 @@ def _series_from_values(values: list) -> pd.Series:
 
 def _read_table(path: str | Path, fmt: str | None) -> tuple[pd.DataFrame, _Layout, _Source]:
     p = Path(path)
-    kind, compression = _file_kind(p)
     _check_file(p)
+    kind, compression = _file_kind(p)
     if kind == "csv":
         return _read_csv(p, compression, fmt)
     if kind == "parquet":
@@ -768,8 +768,8 @@ def read_length_column(path: str | Path, column: str) -> np.ndarray:
     Used for empirical length distributions from files that are not traces.
     """
     p = Path(path)
-    kind, compression = _file_kind(p)
     _check_file(p)
+    kind, compression = _file_kind(p)
     src = _Source(str(p))
     try:
         if kind == "csv":
