@@ -33,6 +33,9 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", required=True, help="output directory for requests.parquet, summary.json, "
                                                  "timeline.parquet")
     ap.add_argument("--trace-format", default=None, help="force the trace layout: kavier, azure, mooncake, vidur")
+    ap.add_argument("--keep-overlong-requests", action="store_true",
+                    help="keep trace rows longer than any model's context (10M tokens) as rejected requests "
+                         "instead of refusing the trace")
     ap.add_argument("--replicas", type=positive_int("--replicas", limits.REPLICAS), default=1,
                     help="number of serving replicas (default 1)")
     ap.add_argument("--tp", type=positive_int("--tp", limits.TP), default=1,
@@ -108,7 +111,7 @@ def cmd_simulate(args) -> int:
     cfg.validate()
     for warning in cfg.warnings():
         print(f"kavier: warning: {warning}", file=sys.stderr)
-    trace = load_workload(args.trace, args.trace_format, args.seed)
+    trace = load_workload(args.trace, args.trace_format, args.seed, keep_overlong=args.keep_overlong_requests)
     result = simulate(trace, cfg, progress=False if args.quiet else None)
     summary = write_simulation(result, out)
     if not args.quiet:

@@ -219,7 +219,9 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     i = 0
     kv_on = cfg.kv_cache
     full_cache = prefix is not None and prefix.policy == "full" and kv_on
-    max_len = cfg.max_model_len
+    # no request longer than any model's context is ever served (a trace keeps such rows only when asked
+    # to, as rejected requests)
+    max_len = min(cfg.max_model_len or limits.CONTEXT_TOKENS.value, limits.CONTEXT_TOKENS.value)
     while True:
         ta = arrivals[i] if i < n else inf
         if heap and heap[0][0] < ta:
@@ -242,7 +244,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             req.uids, req.usizes = prefix.index.prompt_units(i)
         r = router.choose(ta, req)
         rep = reps[r]
-        if (kv_on and blocks_for(p + o - 1) > rep.capacity) or (max_len is not None and p + o > max_len):
+        if (kv_on and blocks_for(p + o - 1) > rep.capacity) or p + o > max_len:
             res.status[i] = 2
             res.replica[i] = r
         elif full_cache and rep.prompt_cache.lookup(prefix.index.prompt_key(i)):

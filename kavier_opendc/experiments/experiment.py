@@ -513,7 +513,7 @@ def _groups(data: dict, serving: dict, cat, problems: list[Problem]) -> list[Gro
 
 
 def _trace(tv: Any, base: Path, problems: list[Problem], inputs: list) -> dict:
-    out: dict[str, Any] = {"kind": None, "path": None, "format": None, "inline": None}
+    out: dict[str, Any] = {"kind": None, "path": None, "format": None, "inline": None, "keep_overlong": False}
     if isinstance(tv, str):
         p = _resolve(base, tv)
         out.update(kind="synthetic" if p.suffix.lower() in SYNTHETIC_SUFFIXES else "file", path=p)
@@ -521,7 +521,7 @@ def _trace(tv: Any, base: Path, problems: list[Problem], inputs: list) -> dict:
     elif isinstance(tv, dict) and "file" in tv and isinstance(tv["file"], str):
         p = _resolve(base, tv["file"])
         out.update(kind="synthetic" if p.suffix.lower() in SYNTHETIC_SUFFIXES else "file", path=p,
-                   format=tv.get("format"))
+                   format=tv.get("format"), keep_overlong=tv.get("keep_overlong_requests") is True)
         loc = ("trace", "file")
         fmt = tv.get("format")
         if isinstance(fmt, str) and fmt.strip().lower() not in TRACE_FORMATS:
@@ -687,8 +687,8 @@ def load_trace_for(exp: Experiment):
         return load_synthetic_spec(t["path"])
     if Path(t["path"]).suffix.lower() == ".json":
         from kavier_opendc.workload.load import load_workload  # a JSON file is a description or JSON Lines
-        return load_workload(str(t["path"]), t["format"])
-    return load_trace(t["path"], t["format"])
+        return load_workload(str(t["path"]), t["format"], keep_overlong=t.get("keep_overlong", False))
+    return load_trace(t["path"], t["format"], keep_overlong=t.get("keep_overlong", False))
 
 
 def synthetic_input_files(exp: Experiment) -> list[tuple[str, Path]]:

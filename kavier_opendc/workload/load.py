@@ -10,8 +10,9 @@ from kavier_opendc.workload.synthetic import load_synthetic_spec
 from kavier_opendc.workload.trace import load_trace
 
 
-def load_workload(path: str, fmt: str | None = None, seed: int | None = None):
-    """A trace file (CSV/Parquet/JSONL) or a synthetic workload description (YAML/JSON object)."""
+def load_workload(path: str, fmt: str | None = None, seed: int | None = None, *, keep_overlong: bool = False):
+    """A trace file (CSV/Parquet/JSONL) or a synthetic workload description (YAML/JSON object);
+    ``keep_overlong``: see :func:`~kavier_opendc.workload.trace.load_trace`."""
     p = Path(path)
     if p.is_dir():
         raise KavierInputError("is a directory, not a trace file or workload description", source=str(p),
@@ -21,7 +22,7 @@ def load_workload(path: str, fmt: str | None = None, seed: int | None = None):
             raise KavierInputError("--trace-format applies to trace files, not to synthetic workload "
                                    "descriptions", source=str(p), location="--trace-format")
         return load_synthetic_spec(p)
-    return load_trace(p, fmt)
+    return load_trace(p, fmt, keep_overlong=keep_overlong)
 
 
 def is_json_object(p: Path) -> bool:
