@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base import limits
+from kavier_opendc.cli import text
 from kavier_opendc.cli.args import bounded_float, positive_int
 from kavier_opendc.experiments.demo import DEMO_EXPERIMENT, copy_demo_inputs
 
@@ -45,7 +46,7 @@ def _run_file(path: Path, args, command: str) -> int:
     res = run_experiment(exp, Path(args.out), opendc=False if args.no_opendc else None, plots=not args.no_plots,
                          quiet=args.quiet, command=command)
     if not args.quiet:
-        print(format_run_summary(res.report, Path(args.out), res.wall_s))
+        print(format_run_summary(res.report, Path(args.out), res.wall_s, plots=not args.no_plots))
     return 0
 
 
@@ -54,13 +55,13 @@ def cmd_run(args) -> int:
     return _run_file(Path(args.experiment), args, _command_line())
 
 
-def format_run_summary(report: dict, out: Path, wall_s: float) -> str:
+def format_run_summary(report: dict, out: Path, wall_s: float, plots: bool = True) -> str:
     """The few lines `kavier run` prints on stdout."""
     p, s, e = report["performance"], report.get("sustainability"), report["efficiency"]
     cur = e.get("currency", "USD")
 
     def ms(d):
-        return "n/a" if d.get("p50") is None else f"p50 {d['p50'] * 1e3:.1f} / p99 {d['p99'] * 1e3:.1f} ms"
+        return text.latencies(d, ("p50", "p99"))
     lines = [
         f"{report['experiment']['name']}: " + ", ".join(
             f"{g['replicas']} x {g['tp']} x {g['gpu']} ({g['model']})" for g in report["experiment"]["replica_groups"]),
@@ -69,6 +70,7 @@ def format_run_summary(report: dict, out: Path, wall_s: float) -> str:
         f"TTFT         {ms(p['ttft_s'])}",
         f"TPOT         {ms(p['tpot_s'])}",
     ]
+    lines.append(f"GPU busy     {text.gpu_line(p)}")
     if e.get("slo_attainment") is not None:
         lines.append(f"SLOs         {e['slo_attainment']:.1%} of requests met both, goodput {e['goodput_rps']:.3f} req/s")
     if s is not None:
@@ -78,7 +80,11 @@ def format_run_summary(report: dict, out: Path, wall_s: float) -> str:
                      f"{e['cost_per_mtoken']:.3f} {cur}/Mtoken")
     else:
         lines.append(f"cost         {e['cost_per_mtoken']:.3f} {cur}/Mtoken (GPU-hours only; no OpenDC)")
-    lines.append(f"wrote        {out}/report.json, report.md, plots/ in {wall_s:.1f} s")
+    note = text.offline_batch_note(p)
+    if note:
+        lines.append(f"note         {note}")
+    written = "report.json, report.md" + ("" if not plots else ", plots/")
+    lines.append(f"wrote        {out}/{written} in {wall_s:.1f} s")
     return "\n".join(lines)
 
 

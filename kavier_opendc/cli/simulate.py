@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from kavier_opendc.base import limits
+from kavier_opendc.cli import text
 from kavier_opendc.cli.args import (bounded_float, bounded_int, catalog_with, count_or_inf, fraction,
                                      positive_int, seed)
 from kavier_opendc.engine.router import ROUTERS
@@ -121,20 +122,16 @@ def cmd_simulate(args) -> int:
 
 def format_summary(s: dict, out: Path, wall: float) -> str:
     c = s["config"]
-
-    def ms(d):
-        return "n/a" if d["mean"] is None else f"mean {d['mean'] * 1e3:.1f} / p50 {d['p50'] * 1e3:.1f} / " \
-                                             f"p99 {d['p99'] * 1e3:.1f} ms"
     lines = [
         f"{c['model']} on {c['replicas']} x {c['tp']} x {c['gpu']} ({c['router']}, KV cache {c['kv_cache']}, "
         f"{c['kv_capacity_tokens_per_replica']} KV tokens/replica)",
         f"requests     {s['num_finished']} finished, {s['num_rejected']} rejected, makespan {s['makespan_s']:.1f} s",
         f"throughput   {s['output_tokens_per_s']:.1f} output tok/s, {s['total_tokens_per_s']:.1f} total tok/s",
-        f"TTFT         {ms(s['ttft_s'])}",
-        f"TPOT         {ms(s['tpot_s'])}",
-        f"E2E          {ms(s['e2e_s'])}",
-        f"GPU util     {s['gpu_utilization_mean']:.3f} mean, KV peak {s['kv_utilization_peak']:.3f}, "
-        f"preemptions {s['preemptions']}",
+        f"TTFT         {text.latencies(s['ttft_s'])}",
+        f"TPOT         {text.latencies(s['tpot_s'])}",
+        f"E2E          {text.latencies(s['e2e_s'])}",
+        f"GPU busy     {text.gpu_line(s)}",
+        f"KV cache     peak {s['kv_utilization_peak']:.3f}, preemptions {s['preemptions']}",
         f"prefix cache {s['prefix_cache']['policy']}: hit ratio {s['prefix_cache_hit_ratio']:.3f}, "
         f"{s['prefix_cache']['evictions']} evictions",
         f"wrote        {out}/requests.parquet, summary.json, timeline.parquet in {wall:.2f} s",
@@ -142,6 +139,9 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
     if s.get("num_over_model_context") and c.get("max_model_len") is None:
         lines.insert(-1, f"note         {s['num_over_model_context']} requests are longer than {c['model']}'s context "
                          "window; a real server would refuse them (--max-model-len N does)")
+    note = text.offline_batch_note(s)
+    if note:
+        lines.insert(-1, f"note         {note}")
     return "\n".join(lines)
 
 

@@ -166,7 +166,11 @@ def summary_dict(result) -> dict:
         "cached_tokens": int(cached),
         "prefix_cache": prefix_summary(result),
         "preemptions": int(r.preemptions.sum()),
+        # the timeline's power-relevant activity (what OpenDC's power model gets), time-weighted
         "gpu_utilization_mean": busy_weighted / total_time if total_time > 0 else 0.0,
+        # the load a user means by utilisation: the fraction of the makespan the GPUs were computing
+        "gpu_busy_fraction_mean": (sum(rep.busy_time for rep in result.replicas)
+                                   / (len(result.replicas) * makespan)) if makespan > 0 else 0.0,
         "kv_utilization_peak": kv_peak,
         "config": {
             "model": groups[0].model.name, "gpu": groups[0].gpu.name,
@@ -192,7 +196,8 @@ def summary_dict(result) -> dict:
              "kv_capacity_blocks": rep.capacity,
              "kv_utilization_peak": rep.peak_used / rep.capacity if rep.capacity else 0.0}
             for rep in result.replicas],
-        "trace": {"source": str(tr.source), "format": tr.format},
+        "trace": {"source": str(tr.source), "format": tr.format,
+                  "offline_batch": not getattr(tr, "timed", True)},
         "engine": {
             "version": __version__,
             "iterations": int(sum(rep.iterations for rep in result.replicas)),

@@ -509,7 +509,11 @@ def run_opendc_dir(dir: str | os.PathLike, progress: Callable | None = None, *,
     marker = out / INCOMPLETE_MARKER
     marker.write_text("OpenDC run in progress or failed; rerun `kavier opendc` on this folder.\n",
                       encoding="utf-8")
-    run_path, exp, topo = prepare_experiment(d)
+    try:
+        run_path, exp, topo = prepare_experiment(d)
+    except KavierInputError:
+        shutil.rmtree(out, ignore_errors=True)  # nothing ran: leave no output/ behind
+        raise
     if bridge is not None:
         result_dir = bridge.run(run_path, progress=progress)
     else:

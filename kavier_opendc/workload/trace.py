@@ -83,6 +83,7 @@ class Trace:
     n: np.ndarray | None = None                # int64 >= 1 samples per prompt, or None
     source: str = ""                           # file path or description
     format: str = ""                           # kavier|azure|mooncake|vidur|synthetic
+    timed: bool = True                         # False: the file had no arrival times (an offline batch at 0)
 
     def __len__(self) -> int:
         return int(self.num_input_tokens.shape[0])
@@ -787,7 +788,8 @@ def _build(df: pd.DataFrame, lay: _Layout, src: _Source, keep_overlong: bool = F
         arrival = np.zeros(len(df), dtype=np.float64)
     trace = Trace(arrival_s=np.ascontiguousarray(arrival, dtype=np.float64),
                   num_input_tokens=n_in, num_output_tokens=n_out,
-                  source=src.path, format=lay.name)
+                  source=src.path, format=lay.name,
+                  timed=bool(lay.time_col and lay.time_col in df.columns))
     if "session_id" in lay.optional and "session_id" in df.columns:
         s = df["session_id"]
         miss = _first(s.isna().to_numpy())

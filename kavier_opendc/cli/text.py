@@ -1,0 +1,47 @@
+"""Wording shared by the printed summaries of ``kavier simulate`` and ``kavier run``.
+
+Latencies are printed in the unit that suits their size (ms, s, min, h: an
+overloaded run's TTFT of two hours reads "2.1 h", not "7580914.2 ms"), one
+unit per line so that the numbers of a line compare at a glance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+#: (unit, seconds per unit, use it while the largest value is below this many seconds)
+_UNITS = (("ms", 1e-3, 10.0), ("s", 1.0, 600.0), ("min", 60.0, 3 * 3600.0), ("h", 3600.0, float("inf")))
+
+
+def duration_unit(largest_s: float) -> tuple[str, float]:
+    """The unit for a line whose largest value is ``largest_s`` seconds, and its size in seconds."""
+    for name, size, below in _UNITS:
+        if largest_s < below:
+            return name, size
+    return _UNITS[-1][0], _UNITS[-1][1]
+
+
+def latencies(stats: Mapping, keys: tuple[str, ...] = ("mean", "p50", "p99")) -> str:
+    """'mean 84.7 / p50 62.1 / p99 463.7 ms' in a unit that fits the largest of ``keys``."""
+    values = {k: stats.get(k) for k in keys if stats.get(k) is not None}
+    if not values:
+        return "n/a"
+    unit, size = duration_unit(max(abs(v) for v in values.values()))
+    digits = 1 if unit == "ms" else 2
+    return " / ".join(f"{k} {v / size:.{digits}f}" for k, v in values.items()) + f" {unit}"
+
+
+def offline_batch_note(summary: Mapping) -> str | None:
+    """The note for a trace without arrival times (every request at 0), or None."""
+    if (summary.get("trace") or {}).get("offline_batch"):
+        return ("the trace has no arrival times: all requests arrive at 0 (an offline batch), so latencies "
+                "include waiting for the whole batch")
+    return None
+
+
+def gpu_line(summary: Mapping) -> str:
+    """Busy fraction (the load) and the power-relevant activity (what OpenDC's power model gets)."""
+    busy = summary.get("gpu_busy_fraction_mean")
+    busy_text = f"{busy:.1%} of the time" if busy is not None else "n/a"
+    return (f"{busy_text}, power-relevant activity {summary.get('gpu_utilization_mean', 0.0):.3f} "
+            "(mean over replicas)")
