@@ -120,30 +120,90 @@ def _demo_init(dest: Path) -> int:
 
 # ----------------------------------------------------------------- validate
 def cmd_validate(args) -> int:
-    """Validate experiment or sweep files; report every problem with its JSON path."""
+    """Validate experiment, sweep, workload, datacenter or catalogue files; report every problem with its path."""
     from kavier_opendc.base.errors import KavierError
-    from kavier_opendc.experiments.experiment import load_experiment, load_trace_for, read_document
-    from kavier_opendc.experiments.sweep import is_sweep_document, load_sweep
+    from kavier_opendc.experiments.experiment import read_document
 
     failed = 0
     for f in args.files:
         path = Path(f)
         try:
-            doc = read_document(path)
-            if is_sweep_document(doc):
-                sweep = load_sweep(path, opendc=False if args.no_opendc else None)
-                print(f"{path}: valid sweep, {len(sweep.runs)} configurations "
-                      f"({' x '.join(str(len(a.values)) for a in sweep.axes)})")
-                continue
-            exp = load_experiment(path, opendc=False if args.no_opendc else None)
-            trace = load_trace_for(exp)
-            print(f"{path}: valid experiment '{exp.name}': {exp.describe()}, {len(trace)} requests"
-                  + ("" if exp.opendc_enabled and not args.no_opendc else " (OpenDC off)"))
+            doc = read_document(path, "input")
+            print(_validate_document(path, doc, args.no_opendc))
         except KavierError as exc:
             failed += 1
-            text = str(exc)
-            print(f"kavier: error: {text}", file=sys.stderr)
+            print(f"kavier: error: {exc}", file=sys.stderr)
     return 2 if failed else 0
+
+
+#: keys that tell the kinds of input file apart (an experiment is everything else)
+_WORKLOAD_KEYS = {"input", "output", "num_requests", "rate", "arrival", "sessions"}
+_CATALOG_KEYS = {"models", "gpus", "profiles"}
+
+
+def _document_kind(doc) -> str:
+    from kavier_opendc.experiments.sweep import is_sweep_document
+
+    if is_sweep_document(doc):
+        return "sweep"
+    if isinstance(doc, dict):
+        keys = set(doc)
+        if doc.get("kind") == "synthetic" or ("input" in keys and "output" in keys
+                                               and not keys & {"trace", "model", "gpu", "serving"}):
+            return "workload"
+        if keys and keys <= _CATALOG_KEYS | {"$schema"}:
+            return "catalog"
+        if "hosts" in keys and not keys & {"trace", "model", "gpu", "serving"}:
+            return "datacenter"
+    return "experiment"
+
+
+def _validate_document(path: Path, doc, no_opendc: bool) -> str:
+    """One line saying what the file is and that it is valid (errors are raised)."""
+    kind = _document_kind(doc)
+    if kind == "sweep":
+        from kavier_opendc.experiments.sweep import load_sweep
+
+        sweep = load_sweep(path, opendc=False if no_opendc else None)
+        return (f"{path}: valid sweep, {len(sweep.runs)} configurations "
+                f"({' x '.join(str(len(a.values)) for a in sweep.axes)})" + _opendc_status(
+                    not no_opendc and any(r.document.get("opendc", {}).get("enabled", True) for r in sweep.runs)))
+    if kind == "workload":
+        from kavier_opendc.workload.synthetic import load_synthetic_spec
+
+        trace = load_synthetic_spec(path)
+        return f"{path}: valid synthetic workload, {len(trace)} requests, {trace.total_tokens():,} tokens"
+    if kind == "catalog":
+        from kavier_opendc.specs.catalog import load_catalog_file
+
+        load_catalog_file(path)
+        return (f"{path}: valid catalogue (" + ", ".join(f"{len(doc.get(k) or [])} {k}" for k in
+                                                          ("models", "gpus", "profiles") if k in doc) + ")")
+    if kind == "datacenter":
+        from kavier_opendc.opendc.datacenter import load_datacenter
+
+        load_datacenter(path)
+        return f"{path}: valid datacenter description"
+    from kavier_opendc.experiments.experiment import load_experiment, load_trace_for
+
+    exp = load_experiment(path, opendc=False if no_opendc else None)
+    trace = load_trace_for(exp)
+    return (f"{path}: valid experiment '{exp.name}': {exp.describe()}, {len(trace)} requests"
+            + _opendc_status(exp.opendc_enabled and not no_opendc))
+
+
+def _opendc_status(wanted: bool) -> str:
+    """Whether the OpenDC part of the run can run on this machine."""
+    if not wanted:
+        return " (OpenDC off)"
+    from kavier_opendc.base.errors import KavierRuntimeError
+    from kavier_opendc.experiments.pipeline import check_opendc_available
+
+    try:
+        check_opendc_available()
+    except KavierRuntimeError as exc:
+        return f"; OpenDC is NOT available here, so `kavier run` would stop: {exc}"
+    return "; OpenDC is available (bridge jar and Java found)"
 
 
 # ----------------------------------------------------------------- sweep
@@ -230,10 +290,14 @@ def register(sub) -> None:
     demo.set_defaults(func=cmd_demo)
 
     val = sub.add_parser("validate", help="check experiment or sweep files and report every problem",
-                         description="Validate experiment (or sweep) files against their schemas and check their "
-                                     "meaning (catalogue names, files, datacenter size); every problem is reported "
-                                     "with its JSON path. Exit status 0 when all are valid.")
-    val.add_argument("files", nargs="+", metavar="FILE")
+                         description="Validate experiment, sweep, synthetic workload, datacenter or catalogue files "
+                                     "against their schemas and check their meaning (catalogue names, files, "
+                                     "datacenter size); every problem is reported with its JSON path, and for a run "
+                                     "that needs OpenDC whether it is available here. Exit status 0 when all are "
+                                     "valid.")
+    val.add_argument("files", nargs="+", metavar="FILE",
+                     help="experiment, sweep, synthetic workload, datacenter or catalogue files (JSON or YAML); "
+                          "the kind is recognised from the keys")
     val.add_argument("--no-opendc", action="store_true", help="validate as for a run without OpenDC")
     val.set_defaults(func=cmd_validate)
 
@@ -242,7 +306,8 @@ def register(sub) -> None:
                                     "cartesian product gives the configurations; runs in parallel worker processes "
                                     "(one JVM each), skips finished runs when restarted, and writes comparison.csv, "
                                     "comparison.md and comparison plots.")
-    sw.add_argument("sweep", metavar="SWEEP_FILE")
+    sw.add_argument("sweep", metavar="SWEEP_FILE",
+                    help="sweep file (JSON or YAML, schemas/sweep.schema.json): a base experiment and its axes")
     sw.add_argument("--out", required=True, metavar="DIR", help="sweep output folder (runs/<id>/ per configuration)")
     sw.add_argument("--jobs", type=positive_int("--jobs", limits.JOBS), default=2, help="parallel worker processes (default 2)")
     sw.add_argument("--no-opendc", action="store_true", help="skip OpenDC in every run")

@@ -61,7 +61,7 @@ def requests_table(result) -> pa.Table:
 
 def timeline_table(result) -> pa.Table:
     parts = {k: [] for k in ("replica", "start_s", "end_s", "gpu_utilization", "batch_size",
-                             "kv_utilization", "prefill_tokens", "decode_tokens")}
+                             "kv_utilization", "kv_cached", "prefill_tokens", "decode_tokens")}
     for rep in result.replicas:
         tl = rep.timeline
         m = len(tl.start)
@@ -71,6 +71,7 @@ def timeline_table(result) -> pa.Table:
         parts["gpu_utilization"].append(np.asarray(tl.util, dtype=np.float64))
         parts["batch_size"].append(np.asarray(tl.batch, dtype=np.float64))
         parts["kv_utilization"].append(np.asarray(tl.kv, dtype=np.float64))
+        parts["kv_cached"].append(np.asarray(tl.cached, dtype=np.float64))
         parts["prefill_tokens"].append(np.asarray(tl.prefill, dtype=np.int64))
         parts["decode_tokens"].append(np.asarray(tl.decode, dtype=np.int64))
     cols = {k: np.concatenate(v) if v else np.array([]) for k, v in parts.items()}
