@@ -55,6 +55,8 @@ GPUS = Limit(1_000_000, "GPUs",
 #: Serving replicas of one simulation (each holds at least one GPU).
 REPLICAS = Limit(GPUS.value, "replicas", "each needs a GPU, and no datacenter holds more than "
                                          f"{int(GPUS.value):,}")
+#: Hosts of one datacenter.
+HOSTS = Limit(GPUS.value, "hosts", "no datacenter holds more hosts than the largest cluster has GPUs")
 #: GPUs in one host (one server or one rack-scale NVLink domain).
 GPUS_PER_HOST = Limit(128, "GPUs per host", "the densest servers and NVLink racks hold 8 to 72 GPUs")
 #: Sequences running at once per replica.
@@ -133,7 +135,7 @@ SCHEMA_LIMITS: dict[str, dict[str, str]] = {
         "ttft_s": "DURATION_S", "tpot_s": "DURATION_S", "seed": "SEED", "interval_s": "DURATION_S",
     },
     "datacenter.schema.json": {
-        "count": "GPUS", "gpus_per_host": "GPUS_PER_HOST", "cores": "CORES", "memory_gib": "MEMORY_GB",
+        "count": "HOSTS", "gpus_per_host": "GPUS_PER_HOST", "cores": "CORES", "memory_gib": "MEMORY_GB",
         "export_interval_s": "DURATION_S", "watts": "POWER_W", "max_power_w": "POWER_W",
         "idle_w": "POWER_W", "max_w": "POWER_W",
     },

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 #: (unit, seconds per unit, use it while the largest value is below this many seconds)
-_UNITS = (("ms", 1e-3, 10.0), ("s", 1.0, 600.0), ("min", 60.0, 3 * 3600.0), ("h", 3600.0, float("inf")))
+_UNITS = (("ms", 1e-3, 10.0), ("s", 1.0, 600.0), ("min", 60.0, 2 * 3600.0), ("h", 3600.0, float("inf")))
 
 
 def duration_unit(largest_s: float) -> tuple[str, float]:
@@ -27,7 +27,7 @@ def latencies(stats: Mapping, keys: tuple[str, ...] = ("mean", "p50", "p99")) ->
     if not values:
         return "n/a"
     unit, size = duration_unit(max(abs(v) for v in values.values()))
-    digits = 1 if unit == "ms" else 2
+    digits = 1 if unit in ("ms", "min") else 2
     return " / ".join(f"{k} {v / size:.{digits}f}" for k, v in values.items()) + f" {unit}"
 
 
