@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from kavier_opendc.cli import text
 from kavier_opendc.cli.args import seed
 from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
 
@@ -194,8 +195,7 @@ def cmd_trace(args) -> int:
 
 def _format(s: dict, out: Path, files: str) -> str:
     def ms(d):
-        return "n/a" if d["mean"] is None else (f"mean {d['mean'] * 1e3:.1f} / p50 {d['p50'] * 1e3:.1f} / "
-                                                f"p99 {d['p99'] * 1e3:.1f} ms")
+        return text.latencies(d)
     c = s["config"]
     return "\n".join([
         f"{c['model']} at {c['endpoint']} ({c['mode']}, concurrency {c['concurrency']}, prompts by "

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kavier_opendc import __version__
+from kavier_opendc.base.units import latencies
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
 from kavier_opendc.experiments.engine_config import sim_config_from_experiment
 from kavier_opendc.experiments.experiment import Experiment, to_jsonable
@@ -382,8 +383,8 @@ def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> d
         result = simulate(trace, cfg, progress=st.tty)
         summary = write_simulation(result, sim_dir)
         st.say(f"      {summary['num_finished']} finished, makespan {summary['makespan_s']:.1f} s, "
-               f"{summary['output_tokens_per_s']:.1f} output tok/s, TTFT p99 "
-               f"{(summary['ttft_s']['p99'] or 0) * 1e3:.1f} ms")
+               f"{summary['output_tokens_per_s']:.1f} output tok/s, TTFT "
+               f"{latencies(summary['ttft_s'], ('p99',))}")
     return summary
 
 
