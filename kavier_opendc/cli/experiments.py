@@ -128,12 +128,27 @@ def cmd_validate(args) -> int:
     for f in args.files:
         path = Path(f)
         try:
+            if _is_trace_file(path):
+                from kavier_opendc.workload.trace import load_trace
+
+                trace = load_trace(path)
+                print(f"{path}: valid {trace.format} trace, {len(trace)} requests, {trace.total_tokens():,} tokens"
+                      + ("" if trace.timed else " (no arrival times: an offline batch)"))
+                continue
             doc = read_document(path, "input")
             print(_validate_document(path, doc, args.no_opendc))
         except KavierError as exc:
             failed += 1
             print(f"kavier: error: {exc}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def _is_trace_file(path: Path) -> bool:
+    from kavier_opendc.workload.trace import CSV_EXTENSIONS, JSONL_EXTENSIONS, PARQUET_EXTENSIONS
+
+    suffixes = [x.lower() for x in path.suffixes if x.lower() != ".gz"]
+    return bool(suffixes) and suffixes[-1] in (*CSV_EXTENSIONS, *PARQUET_EXTENSIONS, *JSONL_EXTENSIONS) \
+        and suffixes[-1] != ".json"
 
 
 #: keys that tell the kinds of input file apart (an experiment is everything else)
@@ -296,8 +311,8 @@ def register(sub) -> None:
                                      "that needs OpenDC whether it is available here. Exit status 0 when all are "
                                      "valid.")
     val.add_argument("files", nargs="+", metavar="FILE",
-                     help="experiment, sweep, synthetic workload, datacenter or catalogue files (JSON or YAML); "
-                          "the kind is recognised from the keys")
+                     help="experiment, sweep, synthetic workload, datacenter or catalogue files (JSON or YAML; "
+                          "the kind is recognised from the keys) or trace files (CSV, Parquet, JSON Lines)")
     val.add_argument("--no-opendc", action="store_true", help="validate as for a run without OpenDC")
     val.set_defaults(func=cmd_validate)
 

@@ -272,7 +272,9 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     end = result.makespan_s
     for rep in reps:  # every replica idles until the last request of the whole system finishes
         if rep.t < end:
-            rep.timeline.add(rep.t, end, 0.0, 0.0, 0.0, 0, 0)
+            gc = rep.gpu_cache  # its cached prefixes stay in memory while it idles
+            rep.timeline.add(rep.t, end, 0.0, 0.0, 0.0, 0, 0,
+                             gc.lru_blocks / rep.capacity if gc is not None and rep.capacity else 0.0)
     result.wall_s = time.perf_counter() - t_wall
     return result
 
