@@ -101,6 +101,8 @@ CASES: list[tuple[str, dict[str, str], list[str], list[str]]] = [
     ("trace-hash-ids-not-a-list", {"t.jsonl": '{"timestamp": 0, "input_length": 10, "output_length": 3, "hash_ids": "x"}\n'},
      SIM + ["{d}/t.jsonl"], ["t.jsonl", "row 1", "hash_ids"]),
     ("trace-deep-json-array", {"t.json": "[" + deep_json(50_000) + "]"}, SIM + ["{d}/t.json"], ["t.json", "nested"]),
+    ("trace-validate-duplicate-column", {"t.csv": "num_input_tokens,num_input_tokens,num_output_tokens\n5,5,3\n"},
+     ["validate", "{d}/t.csv"], ["t.csv", "columns", "'num_input_tokens' appears more than once"]),
     ("trace-bad-format-name", {"t.csv": OK_CSV}, SIM + ["{d}/t.csv", "--trace-format", "nope"], ["t.csv", "nope"]),
     # ---------------------------------------------------------------- synthetic workloads
     ("workload-absurd-requests", {"w.yaml": WORKLOAD.replace("10\n", "1000000000000\n", 1)},

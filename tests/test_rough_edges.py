@@ -136,6 +136,9 @@ def test_validate_recognises_a_workload_and_says_whether_opendc_is_available(tmp
     assert rc == 0 and "OpenDC is" in out
     rc, out, _ = run(["validate", DEMO_EXPERIMENT, "--no-opendc"])
     assert rc == 0 and "(OpenDC off)" in out
+    (tmp_path / "t.csv").write_text(OK_CSV)
+    rc, out, _ = run(["validate", tmp_path / "t.csv"])
+    assert rc == 0 and "valid kavier trace, 2 requests" in out and "offline batch" in out
 
 
 def test_no_plots_does_not_claim_plots(tmp_path):
