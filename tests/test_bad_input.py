@@ -195,6 +195,14 @@ CASES: list[tuple[str, dict[str, str], list[str], list[str]]] = [
                 " idle_power_w: 50, max_power_w: 300, price_per_hour: 1, interconnect_gbs: 100, pcie_gbs: 32,"
                 " boost_clock_mhz: 1500, num_sms: 100}\n"},
      ["catalog", "--catalog", "{d}/c.yaml"], ["c.yaml", "gpus[0].memory_gib", "limit"]),
+    ("catalog-absurd-context",
+     {"c.yaml": "models:\n  - {name: M, num_layers: 32, hidden_size: 4096, num_attention_heads: 32, num_kv_heads: 8,"
+                " ffn_size: 14336, vocab_size: 128256, total_params: 8.0e+9, dtype: bf16, max_context: 1000000000000}\n"},
+     ["catalog", "--catalog", "{d}/c.yaml"], ["c.yaml", "models[0].max_context", "limit"]),
+    ("catalog-absurd-params",
+     {"c.yaml": "models:\n  - {name: M, num_layers: 32, hidden_size: 4096, num_attention_heads: 32, num_kv_heads: 8,"
+                " ffn_size: 14336, vocab_size: 128256, total_params: 1.0e+20, dtype: bf16}\n"},
+     ["catalog", "--catalog", "{d}/c.yaml"], ["c.yaml", "models[0].total_params", "limit"]),
     ("catalog-deep-yaml", {"c.yaml": "models: " + deep_json()}, ["catalog", "--catalog", "{d}/c.yaml"],
      ["c.yaml", "nested deeper"]),
     ("catalog-duplicate-key", {"c.yaml": "models: []\nmodels: []\n"}, ["catalog", "--catalog", "{d}/c.yaml"],

@@ -131,7 +131,7 @@ SCHEMA_LIMITS: dict[str, dict[str, str]] = {
     "experiment.schema.json": {
         "replicas": "REPLICAS", "tp": "TP", "max_num_seqs": "NUM_SEQS", "max_batched_tokens": "BATCHED_TOKENS",
         "num_kv_blocks": "KV_BLOCKS", "max_model_len": "CONTEXT_TOKENS", "min_prompt_tokens": "CONTEXT_TOKENS",
-        "capacity_tokens": "CACHE_TOKENS", "capacity_prompts": "GPUS", "host_memory_gb": "MEMORY_GB",
+        "capacity_tokens": "CACHE_TOKENS", "host_memory_gb": "MEMORY_GB",
         "ttft_s": "DURATION_S", "tpot_s": "DURATION_S", "seed": "SEED", "interval_s": "DURATION_S",
     },
     "datacenter.schema.json": {
