@@ -56,6 +56,20 @@ def test_max_model_len_beyond_the_window_only_with_override_and_a_warning(tmp_pa
     assert json.loads((tmp_path / "r" / "report.json").read_text())["performance"]["config"]["max_model_len"] == 100000
 
 
+# ----------------------------------------------------------------- 2. honest documents still load
+def test_yaml_anchors_and_aliases_of_normal_size_still_work(tmp_path):
+    (tmp_path / "t.csv").write_text(OK_CSV)
+    (tmp_path / "e.yaml").write_text(EXPERIMENT + "prices: {electricity_per_kwh: &p 0.2, gpu_hour: {A100-80GB: *p}}\n")
+    rc, out, err = run(["validate", tmp_path / "e.yaml"])
+    assert rc == 0, err
+
+
+def test_a_large_description_is_refused_quickly(tmp_path):
+    (tmp_path / "w.yaml").write_text("description: '" + "x" * (int(limits.DOCUMENT_BYTES.value) + 10) + "'\n")
+    rc, _, err = run(["validate", tmp_path / "w.yaml"])
+    assert rc == 2 and "too large" in err and "w.yaml" in err
+
+
 # ----------------------------------------------------------------- 6. nothing half-written
 def test_out_problems_come_before_the_trace_is_read(tmp_path):
     (tmp_path / "t.csv").write_text("bad,columns\n1,2\n")   # would fail if it were read

@@ -94,7 +94,7 @@ DOCUMENT_DEPTH = Limit(64, "levels", "deeper documents can only be hostile, and 
 #: Values of a YAML document once its aliases are expanded ("billion laughs").
 DOCUMENT_NODES = Limit(1_000_000, "values", "aliases that expand exponentially would never finish")
 #: Size of an experiment, sweep, datacenter, catalogue or workload description file.
-DOCUMENT_BYTES = Limit(64 * 2**20, "characters", "descriptions are kilobytes; put data in trace files")
+DOCUMENT_BYTES = Limit(8 * 2**20, "characters", "descriptions are kilobytes; put data in trace files")
 
 #: Estimated memory per request of a run: trace columns, one engine record, results and outputs.
 BYTES_PER_REQUEST = 1_500
