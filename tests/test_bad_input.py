@@ -251,6 +251,10 @@ CASES: list[tuple[str, dict[str, str], list[str], list[str]]] = [
      ["--price"]),
     ("cli-trace-negative-seed", {}, ["trace", "http://127.0.0.1:9", "--model", "m", "--out", "{d}/out",
                                      "--seed", "-2"], ["--seed"]),
+    ("calibrate-directory", {"mdir/keep.txt": ""}, ["calibrate", "{d}/mdir", "--out", "{d}/out.yaml"],
+     ["mdir", "is a directory"]),
+    ("sweep-is-a-directory", {"sdir/keep.txt": ""}, ["sweep", "{d}/sdir", "--out", "{d}/out"],
+     ["sdir", "is a directory, not a sweep file"]),
     ("cli-calibrate-zero-tp", {}, ["calibrate", "{d}/m.csv", "--out", "{d}/out.yaml", "--tp", "0"], ["--tp"]),
 ]
 

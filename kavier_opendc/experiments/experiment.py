@@ -143,7 +143,8 @@ def read_document(path: str | Path, what: str = "experiment") -> Any:
         raise KavierInputError(f"{what} file not found", source=src,
                                expected=f"an existing JSON or YAML {what} file") from None
     except IsADirectoryError:
-        raise KavierInputError(f"is a directory, not an {what} file", source=src) from None
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise KavierInputError(f"is a directory, not {article} {what} file", source=src) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise KavierInputError(f"cannot read the file: {exc}", source=src) from None
     return parse_text(text, "json" if p.suffix.lower() == ".json" else "yaml", src)
