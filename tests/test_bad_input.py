@@ -52,7 +52,7 @@ def experiment(**serving) -> str:
 
 
 # (id, files {name: text}, argv, needles that the message must contain)
-CASES: list[tuple[str, dict[str, str], list[str], list[str]]] = [
+CASES: list[tuple[str, dict[str, str | bytes], list[str], list[str]]] = [
     # ---------------------------------------------------------------- traces
     ("trace-duplicate-column", {"t.csv": "num_input_tokens,num_output_tokens,num_output_tokens\n5,3,4\n"},
      SIM + ["{d}/t.csv"], ["t.csv", "columns", "'num_output_tokens' appears more than once"]),
@@ -103,6 +103,8 @@ CASES: list[tuple[str, dict[str, str], list[str], list[str]]] = [
     ("trace-deep-json-array", {"t.json": "[" + deep_json(50_000) + "]"}, SIM + ["{d}/t.json"], ["t.json", "nested"]),
     ("trace-validate-duplicate-column", {"t.csv": "num_input_tokens,num_input_tokens,num_output_tokens\n5,5,3\n"},
      ["validate", "{d}/t.csv"], ["t.csv", "columns", "'num_input_tokens' appears more than once"]),
+    ("trace-binary-json", {"t.json": b"\x87\xff{\x00"}, SIM + ["{d}/t.json"], ["t.json", "not UTF-8"]),
+    ("experiment-binary", {"e.yaml": b"\x87\xff\x00model"}, RUN, ["e.yaml"]),
     ("trace-bad-format-name", {"t.csv": OK_CSV}, SIM + ["{d}/t.csv", "--trace-format", "nope"], ["t.csv", "nope"]),
     # ---------------------------------------------------------------- synthetic workloads
     ("workload-absurd-requests", {"w.yaml": WORKLOAD.replace("10\n", "1000000000000\n", 1)},
@@ -279,11 +281,14 @@ SUBPROCESS_CASES = [
 ]
 
 
-def _write(d: Path, files: dict[str, str]) -> None:
-    for name, text in files.items():
+def _write(d: Path, files: dict[str, str | bytes]) -> None:
+    for name, content in files.items():
         p = d / name
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text, encoding="utf-8")
+        if isinstance(content, bytes):
+            p.write_bytes(content)
+        else:
+            p.write_text(content, encoding="utf-8")
 
 
 def _argv(argv: list[str], d: Path) -> list[str]:

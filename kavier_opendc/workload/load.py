@@ -27,10 +27,10 @@ def load_workload(path: str, fmt: str | None = None, seed: int | None = None, *,
 
 def is_json_object(p: Path) -> bool:
     try:
-        with open(p) as fh:
+        with open(p, encoding="utf-8") as fh:
             head = fh.read(1 << 16).lstrip()
-    except OSError:
-        return False
+    except (OSError, UnicodeDecodeError):
+        return False  # the trace reader reports what is wrong with the file
     if not head.startswith("{"):
         return False
     first_line = head.splitlines()[0] if head else ""
