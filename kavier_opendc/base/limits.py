@@ -72,6 +72,14 @@ CACHE_TOKENS = Limit(10**12, "tokens", "a petabyte-scale KV pool; use 'inf' for 
 MEMORY_GB = Limit(1_048_576, "GB", "a petabyte; no single host or GPU holds more memory")
 #: Simulated time: arrival spans, think times, durations, intervals.
 DURATION_S = Limit(10 * 365 * 86_400, "s", "ten years of simulated time")
+#: Simulated time in minutes (carbon profile steps).
+DURATION_MIN = Limit(DURATION_S.value / 60, "min", "ten years of simulated time")
+#: Simulated time in days (carbon profiles).
+DURATION_DAYS = Limit(DURATION_S.value / 86_400, "days", "ten years of simulated time")
+#: Turns of one conversation.
+TURNS = Limit(1_000_000, "turns", "a conversation that long would exceed any context window")
+#: Coefficient of variation of inter-arrival times.
+CV = Limit(1_000, "", "beyond it every request arrives in one burst (and the gamma draws underflow)")
 #: Arrival rate, requests per second.
 RATE_RPS = Limit(1e9, "requests/s", "a thousand times all LLM traffic on Earth")
 #: Configurations of one sweep.
@@ -133,6 +141,7 @@ SCHEMA_LIMITS: dict[str, dict[str, str]] = {
         "num_kv_blocks": "KV_BLOCKS", "max_model_len": "CONTEXT_TOKENS", "min_prompt_tokens": "CONTEXT_TOKENS",
         "capacity_tokens": "CACHE_TOKENS", "host_memory_gb": "MEMORY_GB",
         "ttft_s": "DURATION_S", "tpot_s": "DURATION_S", "seed": "SEED", "interval_s": "DURATION_S",
+        "step_minutes": "DURATION_MIN", "days": "DURATION_DAYS",
     },
     "datacenter.schema.json": {
         "count": "HOSTS", "gpus_per_host": "GPUS_PER_HOST", "cores": "CORES", "memory_gib": "MEMORY_GB",
@@ -144,7 +153,8 @@ SCHEMA_LIMITS: dict[str, dict[str, str]] = {
         "max_context": "CONTEXT_TOKENS", "idle_power_w": "POWER_W", "max_power_w": "POWER_W",
     },
     "synthetic_workload.schema.json": {
-        "num_requests": "REQUESTS", "num_sessions": "REQUESTS", "rate": "RATE_RPS",
+        "num_requests": "REQUESTS", "num_sessions": "REQUESTS", "rate": "RATE_RPS", "cv": "CV",
+        "input": "CONTEXT_TOKENS", "output": "CONTEXT_TOKENS", "turns": "TURNS",
         "shared_prefix_tokens": "CONTEXT_TOKENS", "hash_block_size": "CONTEXT_TOKENS", "seed": "SEED",
         "value": "CONTEXT_TOKENS", "low": "CONTEXT_TOKENS", "high": "CONTEXT_TOKENS",
         "min": "CONTEXT_TOKENS", "max": "CONTEXT_TOKENS", "median": "CONTEXT_TOKENS",

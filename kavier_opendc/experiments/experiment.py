@@ -563,8 +563,8 @@ def _carbon(cv: Any, base: Path, data: dict, problems: list[Problem], inputs: li
             C.synthetic_carbon_profile(**{**params, "days": min(float(params.get("days", 1.0)), 0.05)})
         except KavierInputError as exc:
             problems.append((("carbon", "synthetic"), str(exc)))
-        except (TypeError, ValueError):
-            pass
+        except (TypeError, ValueError, OverflowError):
+            pass  # a value of the wrong type or size: the schema has reported it
         return {"kind": "synthetic", "path": None, "params": params}
     if not isinstance(value, str):
         return None
