@@ -104,7 +104,9 @@ DOCUMENT_NODES = Limit(1_000_000, "values", "aliases that expand exponentially w
 #: Size of an experiment, sweep, datacenter, catalogue or workload description file.
 DOCUMENT_BYTES = Limit(8 * 2**20, "characters", "descriptions are kilobytes; put data in trace files")
 
-#: Estimated memory per request of a run: trace columns, one engine record, results and outputs.
+#: Memory per request of a run (trace columns, engine record, results, outputs): measured about 850 bytes
+#: (``python bench/simulate_speed.py --synthetic 400000`` peaks at 437 MiB); 1,500 leaves room for sessions
+#: and prefix identities.
 BYTES_PER_REQUEST = 1_500
 
 
