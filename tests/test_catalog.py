@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from kavier_opendc.base import limits
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.specs.catalog import (
     Catalog,
@@ -363,7 +364,7 @@ def gpu_entries(draw):
         "vendor": draw(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20)),
         "peak_fp16_tflops": draw(_pos),
         "mem_bandwidth_gbs": draw(_pos),
-        "memory_gib": draw(_pos),
+        "memory_gib": draw(st.floats(min_value=1e-3, max_value=limits.MEMORY_GB.value)),  # within the limit
         "idle_power_w": draw(st.floats(min_value=0.0, max_value=1.0)) * max_power,
         "max_power_w": max_power,
         "price_per_hour": draw(st.floats(min_value=0.0, max_value=1000.0)),

@@ -420,7 +420,7 @@ def test_write_trace_round_trip(tmp_path):
 def kavier_tables(draw):
     n = draw(st.integers(1, 25))
     with_tokens = draw(st.booleans())
-    max_in = 12 if with_tokens else 10**7
+    max_in = 12 if with_tokens else 9 * 10**6  # prompt + output stays within the 10M-token context limit
     cols: dict = {
         "num_input_tokens": draw(st.lists(st.integers(1, max_in), min_size=n, max_size=n)),
         "num_output_tokens": draw(st.lists(st.integers(1, 10**6), min_size=n, max_size=n)),
@@ -436,7 +436,10 @@ def kavier_tables(draw):
     if draw(st.booleans()):
         cols["n"] = draw(st.lists(st.integers(1, 8), min_size=n, max_size=n))
     if draw(st.booleans()):
-        cols["hash_ids"] = draw(st.lists(st.lists(st.integers(0, 2**62), max_size=5), min_size=n, max_size=n))
+        # one id per 512 prompt tokens (the last partial), or none for the row
+        base = draw(st.integers(0, 2**62 - 2 * 10**5))
+        cols["hash_ids"] = [list(range(base + i, base + i - (-k // 512))) if draw(st.booleans()) else []
+                            for i, k in enumerate(cols["num_input_tokens"])]
     if with_tokens:
         cols["input_tokens"] = [draw(st.lists(st.integers(0, 200_000), min_size=k, max_size=k))
                                 for k in cols["num_input_tokens"]]

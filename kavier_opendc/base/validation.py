@@ -7,6 +7,7 @@ the one place that words the problems the same way for all of them.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import json
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
+
+from kavier_opendc.base import limits
 
 Problem = tuple[tuple, str]
 
@@ -88,6 +91,8 @@ def explain_schema_error(err) -> list[Problem]:
                 return out
         return [(path, f"{short(err.instance)} is not valid here: expected "
                        f"{_describe_alternatives(err.validator_value)}")]
+    if kind == "maximum" and isinstance(err.schema, dict) and err.schema.get("x-kavier-limit"):
+        return [(path, limits.named(err.schema["x-kavier-limit"]).above(err.instance))]
     if kind == "type":
         want = err.validator_value
         want = " or ".join(want) if isinstance(want, list) else want
@@ -137,8 +142,10 @@ def schema_validator(name: str) -> Draft202012Validator:
             s = load_schema(other)
         except (FileNotFoundError, OSError):
             continue
+        s = limits.with_limits(copy.deepcopy(s), other)
         resources_.append((s["$id"], Resource.from_contents(s)))
     registry = Registry().with_resources(resources_)
-    schema = load_schema(name)
+    # the validator checks the size limits of ``base/limits.py`` as well; the schema files stay as written
+    schema = limits.with_limits(copy.deepcopy(load_schema(name)), name)
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema, registry=registry)

@@ -117,7 +117,9 @@ class _Rows:
                              for i, r in enumerate(reader)]
         except FileNotFoundError:
             raise KavierInputError("measurement file not found", source=str(path)) from None
-        except (UnicodeDecodeError, csv.Error) as exc:
+        except IsADirectoryError:
+            raise KavierInputError("is a directory, not a measurement file", source=str(path)) from None
+        except (UnicodeDecodeError, csv.Error, OSError) as exc:
             raise KavierInputError(f"not a readable CSV file ({exc})", source=str(path)) from None
         if not self.header:
             raise KavierInputError("empty file: no header row", source=str(path),

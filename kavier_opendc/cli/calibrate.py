@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kavier_opendc.base import limits
+from kavier_opendc.cli.args import bounded_float, positive_int
 from kavier_opendc.base.errors import KavierInputError
 
 HEADER = """GPU efficiency profiles written by 'kavier calibrate' from:
@@ -32,15 +34,15 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="catalogue file to write (.yaml or .json)")
     p.add_argument("--model", help="model of single-request files (catalogue name)")
     p.add_argument("--gpu", help="GPU of single-request files (catalogue name)")
-    p.add_argument("--tp", type=int, default=1, help="tensor parallelism of single-request files (default 1)")
+    p.add_argument("--tp", type=positive_int("--tp", limits.TP), default=1, help="tensor parallelism of single-request files (default 1)")
     p.add_argument("--layout", choices=["single-request", "operator", "allreduce", "step-times", "serving"],
                    help="force the layout of every file instead of detecting it")
     p.add_argument("--default-framework", action="store_true",
                    help="the files' end-to-end times are of the framework the simulator models (vLLM v1): their "
                         "overheads become the profile's own (otherwise each file's overheads are fitted apart)")
-    p.add_argument("--max-batched-tokens", type=int, default=8192,
+    p.add_argument("--max-batched-tokens", type=positive_int("--max-batched-tokens", limits.BATCHED_TOKENS), default=8192,
                    help="token budget that chunked single-request prefills (default 8192)")
-    p.add_argument("--prompt-tokens", type=float, default=100.0,
+    p.add_argument("--prompt-tokens", type=bounded_float("--prompt-tokens", 0.0, limits.CONTEXT_TOKENS, exclusive=True), default=100.0,
                    help="mean prompt length of serving files without avg_input_tokens (default 100)")
     p.add_argument("--catalog", action="append", metavar="FILE", help="extra catalogue file; repeatable")
     p.add_argument("--loso", action="store_true", help="also report the leave-one-source-out error")

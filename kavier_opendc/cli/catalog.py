@@ -22,6 +22,7 @@ def cmd_catalog(args) -> int:
 
 def register(sub) -> None:
     c = sub.add_parser("catalog", help="list the built-in (and your) models and GPUs")
-    c.add_argument("what", nargs="?", choices=["models", "gpus", "all"], default="all")
+    c.add_argument("what", nargs="?", choices=["models", "gpus", "all"], default="all",
+                   help="what to list: models, gpus or all (default all)")
     c.add_argument("--catalog", action="append", metavar="FILE", help="extra catalogue file; repeatable")
     c.set_defaults(func=cmd_catalog)

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 from kavier_opendc.base.errors import KavierInputError
-from kavier_opendc.cli.args import positive_int
+from kavier_opendc.base import limits
+from kavier_opendc.cli import text
+from kavier_opendc.cli.args import bounded_float, positive_int
 from kavier_opendc.experiments.demo import DEMO_EXPERIMENT, copy_demo_inputs
 
 
@@ -44,7 +46,7 @@ def _run_file(path: Path, args, command: str) -> int:
     res = run_experiment(exp, Path(args.out), opendc=False if args.no_opendc else None, plots=not args.no_plots,
                          quiet=args.quiet, command=command)
     if not args.quiet:
-        print(format_run_summary(res.report, Path(args.out), res.wall_s))
+        print(format_run_summary(res.report, Path(args.out), res.wall_s, plots=not args.no_plots))
     return 0
 
 
@@ -53,13 +55,13 @@ def cmd_run(args) -> int:
     return _run_file(Path(args.experiment), args, _command_line())
 
 
-def format_run_summary(report: dict, out: Path, wall_s: float) -> str:
+def format_run_summary(report: dict, out: Path, wall_s: float, plots: bool = True) -> str:
     """The few lines `kavier run` prints on stdout."""
     p, s, e = report["performance"], report.get("sustainability"), report["efficiency"]
     cur = e.get("currency", "USD")
 
     def ms(d):
-        return "n/a" if d.get("p50") is None else f"p50 {d['p50'] * 1e3:.1f} / p99 {d['p99'] * 1e3:.1f} ms"
+        return text.latencies(d, ("p50", "p99"))
     lines = [
         f"{report['experiment']['name']}: " + ", ".join(
             f"{g['replicas']} x {g['tp']} x {g['gpu']} ({g['model']})" for g in report["experiment"]["replica_groups"]),
@@ -68,6 +70,7 @@ def format_run_summary(report: dict, out: Path, wall_s: float) -> str:
         f"TTFT         {ms(p['ttft_s'])}",
         f"TPOT         {ms(p['tpot_s'])}",
     ]
+    lines.append(f"GPU busy     {text.gpu_line(p)}")
     if e.get("slo_attainment") is not None:
         lines.append(f"SLOs         {e['slo_attainment']:.1%} of requests met both, goodput {e['goodput_rps']:.3f} req/s")
     if s is not None:
@@ -77,7 +80,11 @@ def format_run_summary(report: dict, out: Path, wall_s: float) -> str:
                      f"{e['cost_per_mtoken']:.3f} {cur}/Mtoken")
     else:
         lines.append(f"cost         {e['cost_per_mtoken']:.3f} {cur}/Mtoken (GPU-hours only; no OpenDC)")
-    lines.append(f"wrote        {out}/report.json, report.md, plots/ in {wall_s:.1f} s")
+    note = text.offline_batch_note(p)
+    if note:
+        lines.append(f"note         {note}")
+    written = "report.json, report.md" + ("" if not plots else ", plots/")
+    lines.append(f"wrote        {out}/{written} in {wall_s:.1f} s")
     return "\n".join(lines)
 
 
@@ -113,36 +120,114 @@ def _demo_init(dest: Path) -> int:
 
 # ----------------------------------------------------------------- validate
 def cmd_validate(args) -> int:
-    """Validate experiment, sweep or plan files; report every problem with its JSON path."""
+    """Validate experiment, sweep, plan, workload, datacenter or catalogue files; report every problem."""
     from kavier_opendc.base.errors import KavierError
-    from kavier_opendc.experiments.experiment import load_experiment, load_trace_for, read_document
-    from kavier_opendc.experiments.plan_file import is_plan_document, load_plan
-    from kavier_opendc.experiments.sweep import is_sweep_document, load_sweep
+    from kavier_opendc.experiments.experiment import read_document
 
     failed = 0
     for f in args.files:
         path = Path(f)
         try:
-            doc = read_document(path)
-            if is_plan_document(doc):
-                plan = load_plan(path, opendc=False if args.no_opendc else None)
-                print(f"{path}: valid plan '{plan.name}', {len(plan.shapes)} candidate shapes x replicas "
-                      f"{plan.units[0]}..{plan.units[1]}")
+            if _is_trace_file(path):
+                from kavier_opendc.workload.trace import load_trace
+
+                trace = load_trace(path)
+                print(f"{path}: valid {trace.format} trace, {len(trace)} requests, {trace.total_tokens():,} tokens"
+                      + ("" if trace.timed else " (no arrival times: an offline batch)"))
                 continue
-            if is_sweep_document(doc):
-                sweep = load_sweep(path, opendc=False if args.no_opendc else None)
-                print(f"{path}: valid sweep, {len(sweep.runs)} configurations "
-                      f"({' x '.join(str(len(a.values)) for a in sweep.axes)})")
-                continue
-            exp = load_experiment(path, opendc=False if args.no_opendc else None)
-            trace = load_trace_for(exp)
-            print(f"{path}: valid experiment '{exp.name}': {exp.describe()}, {len(trace)} requests"
-                  + ("" if exp.opendc_enabled and not args.no_opendc else " (OpenDC off)"))
+            doc = read_document(path, "input")
+            print(_validate_document(path, doc, args.no_opendc))
         except KavierError as exc:
             failed += 1
-            text = str(exc)
-            print(f"kavier: error: {text}", file=sys.stderr)
+            print(f"kavier: error: {exc}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def _is_trace_file(path: Path) -> bool:
+    from kavier_opendc.workload.trace import CSV_EXTENSIONS, JSONL_EXTENSIONS, PARQUET_EXTENSIONS
+
+    suffixes = [x.lower() for x in path.suffixes if x.lower() != ".gz"]
+    return bool(suffixes) and suffixes[-1] in (*CSV_EXTENSIONS, *PARQUET_EXTENSIONS, *JSONL_EXTENSIONS) \
+        and suffixes[-1] != ".json"
+
+
+#: keys that tell the kinds of input file apart (an experiment is everything else)
+_WORKLOAD_KEYS = {"input", "output", "num_requests", "rate", "arrival", "sessions"}
+_CATALOG_KEYS = {"models", "gpus", "profiles"}
+
+
+def _document_kind(doc) -> str:
+    from kavier_opendc.experiments.plan_file import is_plan_document
+    from kavier_opendc.experiments.sweep import is_sweep_document
+
+    if is_plan_document(doc):
+        return "plan"
+    if is_sweep_document(doc):
+        return "sweep"
+    if isinstance(doc, dict):
+        keys = set(doc)
+        if doc.get("kind") == "synthetic" or ("input" in keys and "output" in keys
+                                               and not keys & {"trace", "model", "gpu", "serving"}):
+            return "workload"
+        if keys and keys <= _CATALOG_KEYS | {"$schema"}:
+            return "catalog"
+        if "hosts" in keys and not keys & {"trace", "model", "gpu", "serving"}:
+            return "datacenter"
+    return "experiment"
+
+
+def _validate_document(path: Path, doc, no_opendc: bool) -> str:
+    """One line saying what the file is and that it is valid (errors are raised)."""
+    kind = _document_kind(doc)
+    if kind == "plan":
+        from kavier_opendc.experiments.plan_file import load_plan
+
+        plan = load_plan(path, opendc=False if no_opendc else None)
+        return (f"{path}: valid plan '{plan.name}', {len(plan.shapes)} candidate shapes x replicas "
+                f"{plan.units[0]}..{plan.units[1]}" + _opendc_status(not no_opendc))
+    if kind == "sweep":
+        from kavier_opendc.experiments.sweep import load_sweep
+
+        sweep = load_sweep(path, opendc=False if no_opendc else None)
+        return (f"{path}: valid sweep, {len(sweep.runs)} configurations "
+                f"({' x '.join(str(len(a.values)) for a in sweep.axes)})" + _opendc_status(
+                    not no_opendc and any(r.document.get("opendc", {}).get("enabled", True) for r in sweep.runs)))
+    if kind == "workload":
+        from kavier_opendc.workload.synthetic import load_synthetic_spec
+
+        trace = load_synthetic_spec(path)
+        return f"{path}: valid synthetic workload, {len(trace)} requests, {trace.total_tokens():,} tokens"
+    if kind == "catalog":
+        from kavier_opendc.specs.catalog import load_catalog_file
+
+        load_catalog_file(path)
+        return (f"{path}: valid catalogue (" + ", ".join(f"{len(doc.get(k) or [])} {k}" for k in
+                                                          ("models", "gpus", "profiles") if k in doc) + ")")
+    if kind == "datacenter":
+        from kavier_opendc.opendc.datacenter import load_datacenter
+
+        load_datacenter(path)
+        return f"{path}: valid datacenter description"
+    from kavier_opendc.experiments.experiment import load_experiment, load_trace_for
+
+    exp = load_experiment(path, opendc=False if no_opendc else None)
+    trace = load_trace_for(exp)
+    return (f"{path}: valid experiment '{exp.name}': {exp.describe()}, {len(trace)} requests"
+            + _opendc_status(exp.opendc_enabled and not no_opendc))
+
+
+def _opendc_status(wanted: bool) -> str:
+    """Whether the OpenDC part of the run can run on this machine."""
+    if not wanted:
+        return " (OpenDC off)"
+    from kavier_opendc.base.errors import KavierRuntimeError
+    from kavier_opendc.experiments.pipeline import check_opendc_available
+
+    try:
+        check_opendc_available()
+    except KavierRuntimeError as exc:
+        return f"; OpenDC is NOT available here, so `kavier run` would stop: {exc}"
+    return "; OpenDC is available (bridge jar and Java found)"
 
 
 # ----------------------------------------------------------------- sweep
@@ -229,10 +314,14 @@ def register(sub) -> None:
     demo.set_defaults(func=cmd_demo)
 
     val = sub.add_parser("validate", help="check experiment, sweep or plan files and report every problem",
-                         description="Validate experiment (or sweep) files against their schemas and check their "
-                                     "meaning (catalogue names, files, datacenter size); every problem is reported "
-                                     "with its JSON path. Exit status 0 when all are valid.")
-    val.add_argument("files", nargs="+", metavar="FILE")
+                         description="Validate experiment, sweep, plan, synthetic workload, datacenter or catalogue files "
+                                     "against their schemas and check their meaning (catalogue names, files, "
+                                     "datacenter size); every problem is reported with its JSON path, and for a run "
+                                     "that needs OpenDC whether it is available here. Exit status 0 when all are "
+                                     "valid.")
+    val.add_argument("files", nargs="+", metavar="FILE",
+                     help="experiment, sweep, plan, synthetic workload, datacenter or catalogue files (JSON or YAML; "
+                          "the kind is recognised from the keys) or trace files (CSV, Parquet, JSON Lines)")
     val.add_argument("--no-opendc", action="store_true", help="validate as for a run without OpenDC")
     val.set_defaults(func=cmd_validate)
 
@@ -241,9 +330,10 @@ def register(sub) -> None:
                                     "cartesian product gives the configurations; runs them on a Dask cluster (local "
                                     "worker processes, or --scheduler; one JVM per worker), skips finished runs when "
                                     "restarted, and writes comparison.csv, comparison.md and comparison plots.")
-    sw.add_argument("sweep", metavar="SWEEP_FILE")
+    sw.add_argument("sweep", metavar="SWEEP_FILE",
+                    help="sweep file (JSON or YAML, schemas/sweep.schema.json): a base experiment and its axes")
     sw.add_argument("--out", required=True, metavar="DIR", help="sweep output folder (runs/<id>/ per configuration)")
-    sw.add_argument("--jobs", type=positive_int("--jobs"), default=2,
+    sw.add_argument("--jobs", type=positive_int("--jobs", limits.JOBS), default=2,
                     help="worker processes of the local Dask cluster (default 2)")
     sw.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                     help="run on an existing Dask cluster through its scheduler instead of a local one "
@@ -261,8 +351,8 @@ def register(sub) -> None:
                                     "(/3600; the prototype divides by 1000).")
     ef.add_argument("--tasks", required=True, metavar="TASKS", help="the prototype's tasks.parquet")
     ef.add_argument("--opendc", required=True, metavar="POWERSOURCE", help="OpenDC's powerSource.parquet")
-    ef.add_argument("--price", type=float, default=10.0, help="GPU-hour price (default 10.0, the prototype's)")
-    ef.add_argument("--total-tokens", type=float, default=None,
+    ef.add_argument("--price", type=bounded_float("--price"), default=10.0, help="GPU-hour price (default 10.0, the prototype's)")
+    ef.add_argument("--total-tokens", type=bounded_float("--total-tokens", exclusive=True), default=None,
                     help="tokens to divide by (default: sum of the tasks' total_tokens column)")
     ef.add_argument("--duration-unit", choices=["ms", "s"], default="ms",
                     help="unit of the tasks' duration column (the prototype's formula assumes ms)")

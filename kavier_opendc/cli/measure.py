@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from kavier_opendc.cli import text
+from kavier_opendc.cli.args import seed
 from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
 
 DEFAULT_PROMPT_LENGTHS = "64,128,256,512,1024,2048"
@@ -86,7 +88,7 @@ def register(sub) -> None:
                         "is a different measurement)")
     t.add_argument("--no-ignore-eos", action="store_true",
                    help="do not send ignore_eos (for servers that reject it); output lengths may then fall short")
-    t.add_argument("--seed", type=int, default=0, help="seed for prompts and --rate arrivals (default 0)")
+    t.add_argument("--seed", type=seed, default=0, help="seed for prompts and --rate arrivals (default 0)")
     t.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stdout")
     t.set_defaults(func=cmd_trace)
 
@@ -193,8 +195,7 @@ def cmd_trace(args) -> int:
 
 def _format(s: dict, out: Path, files: str) -> str:
     def ms(d):
-        return "n/a" if d["mean"] is None else (f"mean {d['mean'] * 1e3:.1f} / p50 {d['p50'] * 1e3:.1f} / "
-                                                f"p99 {d['p99'] * 1e3:.1f} ms")
+        return text.latencies(d)
     c = s["config"]
     return "\n".join([
         f"{c['model']} at {c['endpoint']} ({c['mode']}, concurrency {c['concurrency']}, prompts by "

@@ -61,7 +61,7 @@ def requests_table(result) -> pa.Table:
 
 def timeline_table(result) -> pa.Table:
     parts = {k: [] for k in ("replica", "start_s", "end_s", "gpu_utilization", "batch_size",
-                             "kv_utilization", "prefill_tokens", "decode_tokens")}
+                             "kv_utilization", "kv_cached", "prefill_tokens", "decode_tokens")}
     for rep in result.replicas:
         tl = rep.timeline
         m = len(tl.start)
@@ -71,6 +71,7 @@ def timeline_table(result) -> pa.Table:
         parts["gpu_utilization"].append(np.asarray(tl.util, dtype=np.float64))
         parts["batch_size"].append(np.asarray(tl.batch, dtype=np.float64))
         parts["kv_utilization"].append(np.asarray(tl.kv, dtype=np.float64))
+        parts["kv_cached"].append(np.asarray(tl.cached, dtype=np.float64))
         parts["prefill_tokens"].append(np.asarray(tl.prefill, dtype=np.int64))
         parts["decode_tokens"].append(np.asarray(tl.decode, dtype=np.int64))
     cols = {k: np.concatenate(v) if v else np.array([]) for k, v in parts.items()}
@@ -166,7 +167,11 @@ def summary_dict(result) -> dict:
         "cached_tokens": int(cached),
         "prefix_cache": prefix_summary(result),
         "preemptions": int(r.preemptions.sum()),
+        # the timeline's power-relevant activity (what OpenDC's power model gets), time-weighted
         "gpu_utilization_mean": busy_weighted / total_time if total_time > 0 else 0.0,
+        # the load a user means by utilisation: the fraction of the makespan the GPUs were computing
+        "gpu_busy_fraction_mean": (sum(rep.busy_time for rep in result.replicas)
+                                   / (len(result.replicas) * makespan)) if makespan > 0 else 0.0,
         "kv_utilization_peak": kv_peak,
         "config": {
             "model": groups[0].model.name, "gpu": groups[0].gpu.name,
@@ -192,7 +197,8 @@ def summary_dict(result) -> dict:
              "kv_capacity_blocks": rep.capacity,
              "kv_utilization_peak": rep.peak_used / rep.capacity if rep.capacity else 0.0}
             for rep in result.replicas],
-        "trace": {"source": str(tr.source), "format": tr.format},
+        "trace": {"source": str(tr.source), "format": tr.format,
+                  "offline_batch": not getattr(tr, "timed", True)},
         "engine": {
             "version": __version__,
             "iterations": int(sum(rep.iterations for rep in result.replicas)),

@@ -72,6 +72,7 @@ class Replica(Scheduler):
         self.index = prefix.index if prefix is not None else None
         self.min_tokens = prefix.min_tokens if prefix is not None else 0   # shorter prompts are never cached
         self.pc = None
+        self.gpu_cache = None          # the prefix cache when its blocks live in GPU memory (for the timeline)
         self.prompt_cache = None
         self.extra_time = 0.0          # host-to-GPU cache transfers of the iteration being scheduled
         if self.policy == "block":
@@ -82,6 +83,8 @@ class Replica(Scheduler):
                               else int(prefix.capacity_tokens // BLOCK_SIZE))
             host_blocks = int(prefix.host_memory_gb * 1e9 // block_bytes) if prefix.host_memory_gb else 0
             self.pc = PrefixCache(capacity_blocks, capacity_blocks=cap_blocks, host_capacity_blocks=host_blocks)
+            if not self.pc.separate:
+                self.gpu_cache = self.pc
             self.host_s_per_block = block_bytes / (cm.gpu.pcie_gbs * 1e9 * cm.tp)
         elif self.policy in ("prefill", "full"):
             self.prompt_cache = PromptCache(prefix.capacity_prompts)
@@ -208,7 +211,9 @@ class Replica(Scheduler):
         if self.pending is not None:
             self._apply(t)
         elif t > self.t:  # waking up from idle
-            self.timeline.add(self.t, t, 0.0, 0.0, self.used / self.capacity if self.capacity else 0.0, 0, 0)
+            gc = self.gpu_cache
+            self.timeline.add(self.t, t, 0.0, 0.0, self.used / self.capacity if self.capacity else 0.0, 0, 0,
+                              gc.lru_blocks / self.capacity if gc is not None and self.capacity else 0.0)
         self.t = t
         return self._schedule(t)
 
@@ -231,8 +236,10 @@ class Replica(Scheduler):
             self.iterations += n
             flops, byts = drun.totals(n)
             d = self.dec.D
+            gc = self.gpu_cache
             self.timeline.add(t0, t, self.cm.activity(t - t0, flops, byts), d,
-                              self.used / self.capacity if self.capacity else 0.0, 0, d * n)
+                              self.used / self.capacity if self.capacity else 0.0, 0, d * n,
+                              gc.lru_blocks / self.capacity if gc is not None and self.capacity else 0.0)
             self.busy_time += t - t0
         else:
             _, t0, dec_all, skipped, chunks, flops, byts, batch, ptoks, dtoks = p
@@ -244,8 +251,10 @@ class Replica(Scheduler):
             for req in skipped:
                 dec.add(req)
             self.iterations += 1
+            gc = self.gpu_cache
             self.timeline.add(t0, t, self.cm.activity(t - t0, flops, byts), batch,
-                              self.used / self.capacity if self.capacity else 0.0, ptoks, dtoks)
+                              self.used / self.capacity if self.capacity else 0.0, ptoks, dtoks,
+                              gc.lru_blocks / self.capacity if gc is not None and self.capacity else 0.0)
             self.busy_time += t - t0
             pc = self.pc
             for req, n in chunks:

@@ -21,6 +21,7 @@ from kavier_opendc.engine.replica import Replica
 from kavier_opendc.engine.request import Req, blocks_for
 from kavier_opendc.engine.results import Results
 from kavier_opendc.engine.router import Router, normalise_router
+from kavier_opendc.base import limits
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.progress import Progress
 from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
@@ -75,6 +76,7 @@ class SimConfig:
     timeline_merge_tol: float = 1e-3
     num_kv_blocks: int | None = None  # override the memory-derived KV capacity
     max_model_len: int | None = None  # reject requests whose prompt + output exceed this (vLLM max_model_len)
+    allow_long_max_model_len: bool = False  # accept max_model_len above the model's context window (a warning)
     groups: list[ReplicaGroup] | None = None  # heterogeneous replica groups; None = one group from above
 
     def replica_groups(self) -> list[ReplicaGroup]:
@@ -83,6 +85,8 @@ class SimConfig:
         return [ReplicaGroup(self.model, self.gpu, self.replicas, self.tp)]
 
     def validate(self) -> None:
+        """Refuse settings no server could run, before any allocation (names as ``kavier simulate``'s flags;
+        experiments map them to their ``serving.*`` fields)."""
         checks = [
             ("--replicas", self.replicas >= 1, "an integer >= 1"),
             ("--tp", self.tp >= 1, "an integer >= 1"),
@@ -97,6 +101,8 @@ class SimConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise KavierInputError("invalid value", location=name, expected=expected)
+        self._check_sizes()
+        self._check_groups()
         self.prefix_cache = {"off": "none", "vllm": "block"}.get(self.prefix_cache.lower(), self.prefix_cache.lower())
         if self.prefix_cache not in PREFIX_POLICIES:
             raise KavierInputError(f"unknown prefix cache policy '{self.prefix_cache}'", location="--prefix-cache",
@@ -109,6 +115,54 @@ class SimConfig:
             raise KavierInputError("prefix cache sizes must be >= 0", location="--prefix-cache-*",
                                    expected="non-negative numbers")
         self.router = normalise_router(self.router)
+
+
+    def _check_sizes(self) -> None:
+        sizes = [("--replicas", sum(g.replicas for g in self.replica_groups()), limits.REPLICAS),
+                 ("--max-num-seqs", self.max_num_seqs, limits.NUM_SEQS),
+                 ("--max-batched-tokens", self.max_batched_tokens, limits.BATCHED_TOKENS),
+                 ("--num-kv-blocks", self.num_kv_blocks, limits.KV_BLOCKS),
+                 ("--max-model-len", self.max_model_len, limits.CONTEXT_TOKENS),
+                 ("--prefix-cache-min-tokens", self.prefix_min_tokens, limits.CONTEXT_TOKENS),
+                 ("--host-cache-gb", self.host_memory_gb, limits.MEMORY_GB)]
+        if self.prefix_capacity_tokens != math.inf:
+            sizes.append(("--prefix-cache-capacity-tokens", self.prefix_capacity_tokens, limits.CACHE_TOKENS))
+        gpus = sum(g.replicas * g.tp for g in self.replica_groups())
+        sizes.append(("--replicas x --tp", gpus, limits.GPUS))
+        for name, value, limit in sizes:
+            if limits.check(name, value, limit):
+                raise KavierInputError(limit.above(value), location=name)
+
+    def _check_groups(self) -> None:
+        """Per replica group: the TP degree must split the model's heads, and --max-model-len must fit its
+        context window (vLLM refuses a longer one unless VLLM_ALLOW_LONG_MAX_MODEL_LEN is set)."""
+        for i, g in enumerate(self.replica_groups()):
+            where = "--tp" if not self.groups else f"groups[{i}].tp"
+            if g.tp > limits.TP.value:
+                raise KavierInputError(limits.TP.above(g.tp), location=where)
+            if g.model.num_attention_heads % g.tp != 0:
+                raise KavierInputError(
+                    f"{g.model.name} has {g.model.num_attention_heads} attention heads, which cannot be "
+                    f"split evenly over {g.tp} GPUs", location=where,
+                    expected="a TP degree that divides the number of attention heads")
+            if (self.max_model_len is not None and self.max_model_len > g.model.max_context
+                    and not self.allow_long_max_model_len):
+                raise KavierInputError(
+                    f"{self.max_model_len} is longer than {g.model.name}'s context window of "
+                    f"{g.model.max_context} tokens; a server refuses it (vLLM unless "
+                    "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1); allow it explicitly with --allow-long-max-model-len "
+                    "(serving.allow_long_max_model_len: true in an experiment)", location="--max-model-len")
+
+    def warnings(self) -> list[str]:
+        """What a run under this configuration should warn about (printed by the CLI)."""
+        out = []
+        if self.max_model_len is not None and self.allow_long_max_model_len:
+            for g in self.replica_groups():
+                if self.max_model_len > g.model.max_context:
+                    out.append(f"max_model_len {self.max_model_len} is longer than {g.model.name}'s context "
+                               f"window of {g.model.max_context} tokens (allowed explicitly); its outputs "
+                               "beyond the window would be unreliable on a real server")
+        return out
 
 
 @dataclass
@@ -165,7 +219,9 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     i = 0
     kv_on = cfg.kv_cache
     full_cache = prefix is not None and prefix.policy == "full" and kv_on
-    max_len = cfg.max_model_len
+    # no request longer than any model's context is ever served (a trace keeps such rows only when asked
+    # to, as rejected requests)
+    max_len = min(cfg.max_model_len or limits.CONTEXT_TOKENS.value, limits.CONTEXT_TOKENS.value)
     while True:
         ta = arrivals[i] if i < n else inf
         if heap and heap[0][0] < ta:
@@ -188,7 +244,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             req.uids, req.usizes = prefix.index.prompt_units(i)
         r = router.choose(ta, req)
         rep = reps[r]
-        if (kv_on and blocks_for(p + o - 1) > rep.capacity) or (max_len is not None and p + o > max_len):
+        if (kv_on and blocks_for(p + o - 1) > rep.capacity) or p + o > max_len:
             res.status[i] = 2
             res.replica[i] = r
         elif full_cache and rep.prompt_cache.lookup(prefix.index.prompt_key(i)):
@@ -216,7 +272,9 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     end = result.makespan_s
     for rep in reps:  # every replica idles until the last request of the whole system finishes
         if rep.t < end:
-            rep.timeline.add(rep.t, end, 0.0, 0.0, 0.0, 0, 0)
+            gc = rep.gpu_cache  # its cached prefixes stay in memory while it idles
+            rep.timeline.add(rep.t, end, 0.0, 0.0, 0.0, 0, 0,
+                             gc.lru_blocks / rep.capacity if gc is not None and rep.capacity else 0.0)
     result.wall_s = time.perf_counter() - t_wall
     return result
 

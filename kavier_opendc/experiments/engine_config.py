@@ -48,6 +48,8 @@ def sim_config_from_experiment(exp: Experiment):
         kwargs["num_kv_blocks"] = srv["num_kv_blocks"]
     if srv.get("max_model_len") is not None:
         kwargs["max_model_len"] = srv["max_model_len"]
+    if srv.get("allow_long_max_model_len"):
+        kwargs["allow_long_max_model_len"] = True
     pc = dict(srv["prefix_cache"])
     if pc.get("policy") is not None:
         kwargs["prefix_cache"] = pc["policy"]

@@ -261,6 +261,19 @@ def _announce(event: str, payload: dict, **extra) -> dict:
     return rec
 
 
+def mark_failed_run(run_dir: Path, error: str) -> None:
+    """A run that failed before its own folder was prepared still gets an INCOMPLETE marker."""
+    from kavier_opendc.experiments.pipeline import INCOMPLETE
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / INCOMPLETE).exists():
+            (run_dir / INCOMPLETE).write_text(f"kavier sweep: this run FAILED before it started:\n{error}\n",
+                                              encoding="utf-8")
+    except OSError:
+        pass
+
+
 def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
     """On a worker: run one experiment. Returns a plain record; with ``files`` (a remote cluster) the inputs
     are checked or mirrored here and the output folder comes back as ``archive`` (tar.gz bytes)."""
@@ -286,6 +299,7 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
         if isinstance(exc, OpenDCBridgeError):
             close_worker_bridge()  # a fresh JVM for the next run
         out.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        mark_failed_run(run_dir, out["error"])
     if ship:
         try:
             out["archive"] = _pack(run_dir) if run_dir.is_dir() else None

@@ -41,13 +41,14 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.documents import SafeDocumentLoader, load_json, load_yaml
 from kavier_opendc.base.validation import (Problem, explain_schema_error, json_path, load_schema, non_finite,
                                            schema_validator)
 
 SCHEMA_FILE = "experiment.schema.json"
 PREFIX_POLICIES = ("auto", "none", "off", "block", "vllm", "prefill", "full")
 SERVING_DEFAULTS = {"max_num_seqs": 256, "max_batched_tokens": 8192, "gpu_memory_utilization": 0.9,
-                    "num_kv_blocks": None, "max_model_len": None, "kv_cache": True, "router": "round-robin",
+                    "num_kv_blocks": None, "max_model_len": None, "allow_long_max_model_len": False, "kv_cache": True, "router": "round-robin",
                     "exact": False}
 GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization")
 TRACE_FORMATS = ("kavier", "native", "azure", "mooncake", "vidur", "splitwise", "sarathi")
@@ -120,26 +121,11 @@ class Experiment:
 # Reading documents
 # --------------------------------------------------------------------------
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML loader that rejects duplicate keys and reads YAML 1.2 floats
-    such as ``1e-3`` (PyYAML's YAML 1.1 reads them as strings)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, Any] = {}
-            for key_node, _ in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                if key_node.value in seen:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
-                        f"found duplicate key {key_node.value!r} (first at line {seen[key_node.value].line + 1})",
-                        key_node.start_mark)
-                seen[key_node.value] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)
+class _Loader(SafeDocumentLoader):
+    """Safe YAML loader (duplicate keys and hostile documents refused, see ``base/documents.py``) that
+    reads YAML 1.2 floats such as ``1e-3`` (PyYAML's YAML 1.1 reads them as strings)."""
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)[eE][-+]?\d+$"),
@@ -157,7 +143,8 @@ def read_document(path: str | Path, what: str = "experiment") -> Any:
         raise KavierInputError(f"{what} file not found", source=src,
                                expected=f"an existing JSON or YAML {what} file") from None
     except IsADirectoryError:
-        raise KavierInputError(f"is a directory, not an {what} file", source=src) from None
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise KavierInputError(f"is a directory, not {article} {what} file", source=src) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise KavierInputError(f"cannot read the file: {exc}", source=src) from None
     return parse_text(text, "json" if p.suffix.lower() == ".json" else "yaml", src)
@@ -166,12 +153,12 @@ def read_document(path: str | Path, what: str = "experiment") -> Any:
 def parse_text(text: str, fmt: str, source: str) -> Any:
     if fmt == "json":
         try:
-            return json.loads(text)
+            return load_json(text, source)
         except json.JSONDecodeError as exc:
             raise KavierInputError(f"invalid JSON syntax: {exc.msg}", source=source,
                                    location=f"line {exc.lineno}, column {exc.colno}") from None
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return load_yaml(text, source, _Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
@@ -287,20 +274,33 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
     name = _experiment_name(data, source)
     seed = data.get("seed", 0) if isinstance(data.get("seed"), int) else 0
 
+    problems += _engine_problems(norm, groups, seed)
     if problems:
         return problems, None
     exp = Experiment(data=data, source=source, base_dir=base, name=name, seed=seed, catalog=cat,
                      groups=groups, serving=norm, trace=trace, datacenter=dc_data, datacenter_base=dc_base,
                      datacenter_source=dc_source, carbon=carbon, prices=prices, slo=slo,
                      opendc_enabled=enabled, export_opts=export_opts, input_files=inputs)
-    # the engine's own checks (e.g. options the engine version does not support)
+    return [], exp
+
+
+def _engine_problems(norm: dict, groups: list[GroupSpec], seed: int) -> list[Problem]:
+    """The engine's own checks of the serving setup (TP against the model's heads, max_model_len against
+    its context window, sizes), named by their ``serving.*`` paths; run with the other checks, so that
+    they are reported before any trace is loaded."""
+    from types import SimpleNamespace
+
+    from kavier_opendc.experiments.engine_config import sim_config_from_experiment
+    if not groups:
+        return []
     try:
-        from kavier_opendc.experiments.engine_config import sim_config_from_experiment
-        sim_config_from_experiment(exp).validate()
+        sim_config_from_experiment(SimpleNamespace(serving=norm, groups=groups, seed=seed)).validate()
     except KavierInputError as exc:
         loc = getattr(exc, "location", None) or ""
-        return [(_engine_path(loc), _msg(exc).replace(f"{loc}: ", "", 1) if loc else _msg(exc))], None
-    return [], exp
+        return [(_engine_path(loc), _msg(exc).replace(f"{loc}: ", "", 1) if loc else _msg(exc))]
+    except (TypeError, ValueError, AttributeError):
+        return []  # a value of the wrong type: the schema has reported it
+    return []
 
 
 def _catalog(data: dict, base: Path, problems: list[Problem], inputs: list):
@@ -429,7 +429,11 @@ _ENGINE_LOCATIONS = {"--replicas": ("serving", "replicas"), "--tp": ("serving", 
                      "--max-num-seqs": ("serving", "max_num_seqs"),
                      "--max-batched-tokens": ("serving", "max_batched_tokens"),
                      "--gpu-memory-utilization": ("serving", "gpu_memory_utilization"),
-                     "--prefix-cache": ("serving", "prefix_cache"), "--router": ("serving", "router")}
+                     "--prefix-cache": ("serving", "prefix_cache"), "--router": ("serving", "router"),
+                     "--max-model-len": ("serving", "max_model_len"), "--num-kv-blocks": ("serving", "num_kv_blocks"),
+                     "--prefix-cache-min-tokens": ("serving", "prefix_cache", "min_prompt_tokens"),
+                     "--prefix-cache-capacity-tokens": ("serving", "prefix_cache", "capacity_tokens"),
+                     "--host-cache-gb": ("serving", "prefix_cache", "host_memory_gb")}
 
 
 def _engine_path(loc: str) -> tuple:
@@ -510,7 +514,7 @@ def _groups(data: dict, serving: dict, cat, problems: list[Problem]) -> list[Gro
 
 
 def _trace(tv: Any, base: Path, problems: list[Problem], inputs: list) -> dict:
-    out: dict[str, Any] = {"kind": None, "path": None, "format": None, "inline": None}
+    out: dict[str, Any] = {"kind": None, "path": None, "format": None, "inline": None, "keep_overlong": False}
     if isinstance(tv, str):
         p = _resolve(base, tv)
         out.update(kind="synthetic" if p.suffix.lower() in SYNTHETIC_SUFFIXES else "file", path=p)
@@ -518,7 +522,7 @@ def _trace(tv: Any, base: Path, problems: list[Problem], inputs: list) -> dict:
     elif isinstance(tv, dict) and "file" in tv and isinstance(tv["file"], str):
         p = _resolve(base, tv["file"])
         out.update(kind="synthetic" if p.suffix.lower() in SYNTHETIC_SUFFIXES else "file", path=p,
-                   format=tv.get("format"))
+                   format=tv.get("format"), keep_overlong=tv.get("keep_overlong_requests") is True)
         loc = ("trace", "file")
         fmt = tv.get("format")
         if isinstance(fmt, str) and fmt.strip().lower() not in TRACE_FORMATS:
@@ -559,8 +563,8 @@ def _carbon(cv: Any, base: Path, data: dict, problems: list[Problem], inputs: li
             C.synthetic_carbon_profile(**{**params, "days": min(float(params.get("days", 1.0)), 0.05)})
         except KavierInputError as exc:
             problems.append((("carbon", "synthetic"), str(exc)))
-        except (TypeError, ValueError):
-            pass
+        except (TypeError, ValueError, OverflowError):
+            pass  # a value of the wrong type or size: the schema has reported it
         return {"kind": "synthetic", "path": None, "params": params}
     if not isinstance(value, str):
         return None
@@ -684,8 +688,8 @@ def load_trace_for(exp: Experiment):
         return load_synthetic_spec(t["path"])
     if Path(t["path"]).suffix.lower() == ".json":
         from kavier_opendc.workload.load import load_workload  # a JSON file is a description or JSON Lines
-        return load_workload(str(t["path"]), t["format"])
-    return load_trace(t["path"], t["format"])
+        return load_workload(str(t["path"]), t["format"], keep_overlong=t.get("keep_overlong", False))
+    return load_trace(t["path"], t["format"], keep_overlong=t.get("keep_overlong", False))
 
 
 def synthetic_input_files(exp: Experiment) -> list[tuple[str, Path]]:

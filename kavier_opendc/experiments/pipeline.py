@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kavier_opendc import __version__
+from kavier_opendc.base.units import latencies
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
 from kavier_opendc.experiments.engine_config import sim_config_from_experiment
 from kavier_opendc.experiments.experiment import Experiment, to_jsonable
@@ -300,7 +301,12 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
         check_opendc_available()
     cfg = sim_config_from_experiment(exp)
     cfg.validate()
-    # input errors first, before the output folder is touched
+    for warning in cfg.warnings():
+        print(f"kavier: warning: {warning}", file=sys.stderr)
+    # input errors first, before the output folder is touched; the folder's own problems (a file in
+    # the way, no permission) before the trace is loaded
+    from kavier_opendc.base.atomic import check_writable_dir
+    check_writable_dir(out)
     with st.stage("trace", exp.trace["path"].name if exp.trace["path"] is not None else "inline synthetic"):
         if trace is None:
             trace = load_trace_for(exp)
@@ -377,8 +383,8 @@ def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> d
         result = simulate(trace, cfg, progress=st.tty)
         summary = write_simulation(result, sim_dir)
         st.say(f"      {summary['num_finished']} finished, makespan {summary['makespan_s']:.1f} s, "
-               f"{summary['output_tokens_per_s']:.1f} output tok/s, TTFT p99 "
-               f"{(summary['ttft_s']['p99'] or 0) * 1e3:.1f} ms")
+               f"{summary['output_tokens_per_s']:.1f} output tok/s, TTFT "
+               f"{latencies(summary['ttft_s'], ('p99',))}")
     return summary
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kavier_opendc.base import limits
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import json_path, schema_validator
 from kavier_opendc.experiments.experiment import (
@@ -195,6 +196,10 @@ def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
     name = doc.get("name") or _slug(p.stem)
     runs: list[RunSpec] = []
     exp_problems: list = []
+    count = math.prod(len(a.values) for a in axes)
+    if count > limits.SWEEP_RUNS.value:
+        raise_problems([(("axes",), f"{' x '.join(str(len(a.values)) for a in axes)} values give "
+                                    + limits.SWEEP_RUNS.above(count))], src, "sweep")
     combos = list(itertools.product(*[a.values for a in axes]))
     for i, combo in enumerate(combos):
         overrides: dict[str, Any] = {}
@@ -291,9 +296,10 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
     out = Path(out)
     check_writable_dir(out)
     out.mkdir(parents=True, exist_ok=True)
+    _begin_sweep(out)
     (out / "runs").mkdir(exist_ok=True)
     write_json_atomic(out / "sweep.json", {
-        "name": sweep.name, "source": sweep.source,
+        "name": sweep.name, "source": sweep.source, "complete": False,
         "axes": [{"name": a.name, "values": [{"label": v.label, "set": v.set} for v in a.values]} for a in sweep.axes],
         "runs": [{"id": r.id, "labels": r.labels, "overrides": r.overrides, "config_hash": r.config_hash}
                  for r in sweep.runs]})
@@ -348,7 +354,35 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
     table = comparison_table(sweep, out)
     res.table = table
     write_comparison(sweep, out, table)
+    _end_sweep(out, res)
     return res
+
+
+def _begin_sweep(out: Path) -> None:
+    """Mark the sweep folder incomplete until every run is done, and drop a previous comparison
+    (it is written again at the end), so that a failing sweep never looks complete."""
+    from kavier_opendc.base.atomic import atomic_write_text
+    from kavier_opendc.experiments.pipeline import INCOMPLETE
+
+    atomic_write_text(out / INCOMPLETE, f"kavier sweep in progress since {time.strftime('%Y-%m-%dT%H:%M:%S')} "
+                                        f"(pid {os.getpid()}); this folder is not complete until this file is gone.\n")
+    for name in ("comparison.csv", "comparison.md"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _end_sweep(out: Path, res: SweepResult) -> None:
+    """sweep.json says complete and the INCOMPLETE marker goes only when no run failed."""
+    from kavier_opendc.base.atomic import atomic_write_text, write_json_atomic
+    from kavier_opendc.experiments.pipeline import INCOMPLETE
+
+    if res.failed:
+        atomic_write_text(out / INCOMPLETE, f"kavier sweep finished with {res.failed} failed run(s); rerun it to "
+                                            "retry them (finished runs are kept):\n"
+                          + "".join(f"  {rid}: {err}\n" for rid, err in res.errors.items()))
+        return
+    doc = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+    write_json_atomic(out / "sweep.json", {**doc, "complete": True})
+    (out / INCOMPLETE).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------
@@ -424,7 +458,10 @@ def write_comparison(sweep: Sweep, out: Path, table) -> None:
     names = dict(TABLE_COLUMNS)
     cur = next((c for c in table.get("currency", []) if isinstance(c, str)), "USD") if len(table) else "USD"
     head = ["run"] + axes + [names.get(c, c).replace("cost", cur) for c in cols] + ["status"]
-    lines = [f"# Sweep {sweep.name}", "",
+    unfinished = int((table["status"] != "done").sum()) if len(table) else 0
+    lines = [f"# Sweep {sweep.name}", ""] + ([
+        f"**Incomplete: {unfinished} of {len(table)} configurations did not finish** (see INCOMPLETE and "
+        "the status column); rerun the sweep to retry them.", ""] if unfinished else []) + [
              f"{len(table)} configurations ({' x '.join(f'{len(a.values)} {a.name}' for a in sweep.axes)}); "
              f"source {sweep.source}.", "",
              "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * (1 + len(axes)) + ["---:"] * len(cols)

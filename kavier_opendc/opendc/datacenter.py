@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
+from kavier_opendc.base import limits
+from kavier_opendc.base.documents import load_json, load_yaml
 from kavier_opendc.base.validation import explain_schema_error, json_path, non_finite, load_schema, schema_validator
 from kavier_opendc.base.errors import KavierInputError
 
@@ -298,12 +300,12 @@ def _read_description(path: Path) -> Any:
         raise KavierInputError(f"cannot read datacenter file: {exc}", source=src) from None
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            return load_json(text, src)
         except json.JSONDecodeError as exc:
             raise KavierInputError(f"invalid JSON syntax at line {exc.lineno}, column {exc.colno}: {exc.msg}",
                                    source=src) from None
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text, src)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -348,6 +350,8 @@ def load_datacenter(path_or_dict: str | os.PathLike | Mapping[str, Any] | Datace
         raise KavierInputError(f"the document is {type(data).__name__}, not an object", source=src,
                                expected="a mapping with at least 'hosts' (schemas/datacenter.schema.json)")
     problems = _schema_problems(data) + non_finite(data)
+    if not problems:
+        problems = _size_problems(data)
     if problems:
         _raise_problems(problems, src)
     cat = catalog
@@ -355,6 +359,19 @@ def load_datacenter(path_or_dict: str | os.PathLike | Mapping[str, Any] | Datace
     if problems:
         _raise_problems(problems, src)
     return dc
+
+
+def _size_problems(data: dict) -> list[tuple[tuple, str]]:
+    """Hosts and GPUs of the whole datacenter within ``base/limits.py`` (each entry is checked by the
+    schema; together they could still describe more than any datacenter holds)."""
+    hosts = [h for h in data.get("hosts") or [] if isinstance(h, dict)]
+    count = sum(int(h.get("count", 1)) for h in hosts)
+    gpus = sum(int(h.get("count", 1)) * int(h.get("gpus_per_host", 0)) for h in hosts)
+    if count > limits.HOSTS.value:
+        return [(("hosts",), f"{count:,} hosts in all: " + limits.HOSTS.above(count))]
+    if gpus > limits.GPUS.value:
+        return [(("hosts",), f"{gpus:,} GPUs in all: " + limits.GPUS.above(gpus))]
+    return []
 
 
 def _raise_problems(problems: list[tuple[tuple, str]], src: str) -> None:

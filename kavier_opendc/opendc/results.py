@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from kavier_opendc.base.documents import load_json
 from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
 
 OUTPUT_FILES = ("host", "powerSource", "task", "service", "battery")
@@ -409,7 +410,7 @@ def prepare_experiment(dir: str | os.PathLike) -> tuple[Path, dict, Path | None]
         raise KavierInputError("experiment file not found", source=src,
                                expected="DIR/experiment.json (written by `kavier export-opendc`)")
     try:
-        exp = json.loads(exp_path.read_text(encoding="utf-8"))
+        exp = load_json(exp_path.read_text(encoding="utf-8"), src)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise KavierInputError(f"invalid JSON ({exc})", source=src) from None
     if not isinstance(exp, dict):
@@ -440,7 +441,7 @@ def prepare_experiment(dir: str | os.PathLike) -> tuple[Path, dict, Path | None]
             t["pathToFile"] = str(tp)
             changed = True
         try:
-            topo = json.loads(tp.read_text(encoding="utf-8"))
+            topo = load_json(tp.read_text(encoding="utf-8"), str(tp))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise KavierInputError(f"invalid JSON ({exc})", source=str(tp)) from None
         tchanged = False
@@ -508,7 +509,11 @@ def run_opendc_dir(dir: str | os.PathLike, progress: Callable | None = None, *,
     marker = out / INCOMPLETE_MARKER
     marker.write_text("OpenDC run in progress or failed; rerun `kavier opendc` on this folder.\n",
                       encoding="utf-8")
-    run_path, exp, topo = prepare_experiment(d)
+    try:
+        run_path, exp, topo = prepare_experiment(d)
+    except KavierInputError:
+        shutil.rmtree(out, ignore_errors=True)  # nothing ran: leave no output/ behind
+        raise
     if bridge is not None:
         result_dir = bridge.run(run_path, progress=progress)
     else:

@@ -86,10 +86,11 @@ def latency_cdfs(requests: pd.DataFrame, path: Path, slo: Mapping[str, Any] | No
         pos = x[x > 0]
         if pos.size and pos.max() / max(pos.min(), 1e-12) > 200:
             ax.set_xscale("log")
+        marks = []
         for q, ls in ((50, ":"), (99, "--")):
             xq = float(np.percentile(x, q))
             ax.axvline(xq, color="0.35", ls=ls, lw=1)
-            ax.text(xq, 0.03 if q == 50 else 0.12, f" p{q} {xq:.3g} {unit}", fontsize=8, color="0.25")
+            marks.append((xq, 0.03 if q == 50 else 0.12, f"p{q} {xq:.3g} {unit}", "0.25"))
         if target is not None:
             xt = target * scale
             ax.axvline(xt, color=COLORS[3], lw=1.5, ls="-.")
@@ -97,7 +98,9 @@ def latency_cdfs(requests: pd.DataFrame, path: Path, slo: Mapping[str, Any] | No
             lo, hi = ax.get_xlim()
             if xt * 1.3 > hi and ax.get_xscale() == "linear":
                 ax.set_xlim(lo, xt * 1.3)
-            ax.text(xt, 0.5, f" SLO {xt:g} {unit}\n ({met:.1%} met)", fontsize=8, color=COLORS[3])
+            marks.append((xt, 0.5, f"SLO {xt:g} {unit}\n({met:.1%} met)", COLORS[3]))
+        for xm, ym, label_text, color in marks:
+            _label_inside(ax, xm, ym, label_text, color)
         ax.set_xlabel(f"{label} ({unit})")
         ax.set_ylabel("fraction of requests")
         ax.set_ylim(0, 1.0)
@@ -105,6 +108,16 @@ def latency_cdfs(requests: pd.DataFrame, path: Path, slo: Mapping[str, Any] | No
         ax.set_title(label)
     fig.suptitle(title or f"Latency CDFs ({len(fin)} finished requests)")
     return _save(fig, path)
+
+
+def _label_inside(ax, x: float, y: float, text: str, color) -> None:
+    """A label beside the vertical line at data ``x``, on the side that keeps it inside the axes
+    (a p99 near the right edge would otherwise spill into the next panel)."""
+    frac = ax.transAxes.inverted().transform(ax.transData.transform((x, 0.0)))[0]
+    right_half = frac > 0.55
+    ax.text(x, y, (text + " ") if right_half else (" " + text), fontsize=8, color=color,
+            ha="right" if right_half else "left", clip_on=True,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})
 
 
 def _binned_mean(start: np.ndarray, end: np.ndarray, value: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -127,10 +140,19 @@ def _binned_mean(start: np.ndarray, end: np.ndarray, value: np.ndarray, edges: n
         return np.where(width > 0, np.diff(integ) / width, 0.0)
 
 
+#: up to this many replicas, one line each; beyond, the mean with a min-max band
+MAX_REPLICA_LINES = 4
+
+
 def gpu_utilization(timeline: pd.DataFrame, path: Path, bins: int = 300, title: str | None = None) -> Path:
-    """GPU utilisation and KV-cache utilisation over time, per replica
-    (time-weighted means over ``bins`` bins). More than 8 replicas are shown
-    as mean with a min-max band."""
+    """Two panels over time (time-weighted means over ``bins`` bins):
+
+    - the GPUs' power-relevant activity (the timeline's ``gpu_utilization``, what OpenDC's power model
+      gets), one line per replica up to :data:`MAX_REPLICA_LINES`, beyond that the mean over replicas
+      with a min-max band;
+    - the KV cache as stacked areas, mean over replicas: blocks used by running requests, blocks free
+      but holding cached prefixes (evicted first when memory is needed), and free blocks.
+    """
     fig, axes = _figure(11.0, 6.0, 2, 1, sharex=True)
     ax_u, ax_kv = axes[0][0], axes[1][0]
     if timeline.empty:
@@ -141,32 +163,45 @@ def gpu_utilization(timeline: pd.DataFrame, path: Path, bins: int = 300, title: 
     edges = np.linspace(0.0, t_end, bins + 1)
     mid = (edges[:-1] + edges[1:]) / 2 / div
     reps = sorted(timeline["replica"].unique())
-    series = {}
+    util, used, cached = {}, {}, {}
     for r in reps:
         seg = timeline[timeline["replica"] == r]
         s = seg["start_s"].to_numpy(np.float64)
         e = seg["end_s"].to_numpy(np.float64)
-        series[r] = (_binned_mean(s, e, seg["gpu_utilization"].to_numpy(np.float64), edges),
-                     _binned_mean(s, e, seg["kv_utilization"].to_numpy(np.float64), edges)
-                     if "kv_utilization" in seg else np.zeros(bins))
+        util[r] = _binned_mean(s, e, seg["gpu_utilization"].to_numpy(np.float64), edges)
+        used[r] = (_binned_mean(s, e, seg["kv_utilization"].to_numpy(np.float64), edges)
+                   if "kv_utilization" in seg else np.zeros(bins))
+        cached[r] = (_binned_mean(s, e, seg["kv_cached"].to_numpy(np.float64), edges)
+                     if "kv_cached" in seg else np.zeros(bins))
     gpu_of = {}
     if "gpu" in timeline:
         gpu_of = timeline.groupby("replica")["gpu"].first().to_dict()
-    for ax, k, label in ((ax_u, 0, "GPU utilisation (0-1)"), (ax_kv, 1, "KV-cache utilisation (0-1)")):
-        if len(reps) <= 8:
-            for i, r in enumerate(reps):
-                lab = f"replica {r}" + (f" ({gpu_of[r]})" if r in gpu_of else "")
-                ax.plot(mid, series[r][k], lw=1.2, color=COLORS[i % len(COLORS)], label=lab)
-        else:
-            m = np.vstack([series[r][k] for r in reps])
-            ax.fill_between(mid, m.min(0), m.max(0), color=COLORS[0], alpha=0.25, label="min-max over replicas")
-            ax.plot(mid, m.mean(0), color=COLORS[0], lw=1.5, label=f"mean of {len(reps)} replicas")
-        ax.set_ylabel(label)
-        ax.set_ylim(0, 1.05)
-        ax.grid(alpha=0.3)
-    ax_u.legend(fontsize=8, loc="upper right", ncol=2)
+    if len(reps) <= MAX_REPLICA_LINES:
+        for i, r in enumerate(reps):
+            lab = f"replica {r}" + (f" ({gpu_of[r]})" if r in gpu_of else "")
+            ax_u.plot(mid, util[r], lw=1.2, color=COLORS[i % len(COLORS)], label=lab)
+    else:
+        m = np.vstack([util[r] for r in reps])
+        ax_u.fill_between(mid, m.min(0), m.max(0), color=COLORS[0], alpha=0.25, lw=0,
+                          label=f"min-max over {len(reps)} replicas")
+        ax_u.plot(mid, m.mean(0), color=COLORS[0], lw=1.5, label="mean over replicas")
+    ax_u.set_ylabel("GPU activity, power-relevant (0-1)")
+    ax_u.set_ylim(0, 1.05)
+    ax_u.grid(alpha=0.3)
+    # the legend sits outside the axes, so it never hides data
+    ax_u.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+    u = np.clip(np.vstack([used[r] for r in reps]).mean(0), 0.0, 1.0)
+    c = np.clip(np.vstack([cached[r] for r in reps]).mean(0), 0.0, 1.0 - u)
+    ax_kv.stackplot(mid, u, c, 1.0 - u - c, colors=[COLORS[3], COLORS[1], "#dddddd"], lw=0,
+                    labels=["used by running requests", "cached prefixes (free, evictable)", "free"])
+    ax_kv.set_ylabel("KV-cache blocks (fraction)")
+    ax_kv.set_ylim(0, 1.0)
+    ax_kv.grid(alpha=0.3)
+    ax_kv.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+                 title=f"mean of {len(reps)} replica{'s' if len(reps) != 1 else ''}", title_fontsize=8)
     ax_kv.set_xlabel(f"simulated time ({unit})")
-    fig.suptitle(title or "GPU and KV-cache utilisation per replica "
+    fig.suptitle(title or "GPU activity and KV-cache memory per replica "
                  f"(mean over {t_end / bins:.3g} s bins)")
     return _save(fig, path)
 

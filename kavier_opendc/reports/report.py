@@ -141,8 +141,14 @@ def _performance(report: Mapping[str, Any]) -> list[str]:
             add(f"| {label} | {_ms(d, 'mean')} | {_ms(d, 'p50')} | {_ms(d, 'p90')} | {_ms(d, 'p99')} |")
     add("")
     add(f"Prefix-cache hit ratio {perf.get('prefix_cache_hit_ratio', 0):.1%} (cached prompt tokens / all prompt "
-        f"tokens), preemptions {fmt(perf.get('preemptions'))}, mean GPU utilisation "
-        f"{perf.get('gpu_utilization_mean', 0):.3f}, peak KV-cache utilisation {perf.get('kv_utilization_peak', 0):.3f}.")
+        f"tokens), preemptions {fmt(perf.get('preemptions'))}, GPUs busy "
+        f"{perf.get('gpu_busy_fraction_mean', 0):.1%} of the time (mean power-relevant activity "
+        f"{perf.get('gpu_utilization_mean', 0):.3f}, what OpenDC's power model gets), peak KV-cache utilisation "
+        f"{perf.get('kv_utilization_peak', 0):.3f}.")
+    if (perf.get("trace") or {}).get("offline_batch"):
+        add("")
+        add("Note: the trace has no arrival times, so every request arrives at 0 (an offline batch); latencies "
+            "include waiting for the rest of the batch.")
     add("")
     return lines
 

@@ -24,6 +24,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.documents import load_json, load_yaml
 from kavier_opendc.base.validation import explain_schema_error, json_path, non_finite, load_schema, schema_validator
 from kavier_opendc.specs.profiles import GPUProfile, derive_profile, profile_from_entry, profile_to_entry
 
@@ -155,39 +156,18 @@ def _validator() -> Draft202012Validator:
 
 # -------------------------------------------------------------- parsing ----
 
-class _StrictYAMLLoader(yaml.SafeLoader):
-    """Safe loader that rejects duplicate keys in a mapping."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, Any] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-                    continue
-                key = key_node.value
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
-                        f"found duplicate key {key!r} (first at line {seen[key].line + 1})",
-                        key_node.start_mark)
-                seen[key] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)
-
-
-_StrictYAMLLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                                  _StrictYAMLLoader.construct_mapping)
 
 
 def _parse_text(text: str, fmt: str, source: str) -> Any:
     if fmt == "json":
         try:
-            return json.loads(text)
+            return load_json(text, source)
         except json.JSONDecodeError as exc:
             raise KavierInputError(
                 f"invalid JSON syntax at line {exc.lineno}, column {exc.colno}: {exc.msg}",
                 source=source) from None
     try:
-        return yaml.load(text, Loader=_StrictYAMLLoader)  # noqa: S506 (safe loader subclass)
+        return load_yaml(text, source)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

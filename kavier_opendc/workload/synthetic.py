@@ -78,6 +78,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from kavier_opendc.base import limits
+from kavier_opendc.base.documents import load_json, load_yaml
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import schema_file, schema_validator
 from kavier_opendc.workload.distributions import LengthSpec, SessionSpec, is_int, is_num
@@ -191,6 +193,7 @@ def _parse_params(p: Mapping[str, Any], base_dir) -> tuple[dict, list[str]]:
     elif not is_int(n) or n < 1:
         problems.append(f"$.num_requests: {n!r} must be an integer >= 1")
     out["num_requests"] = int(n) if is_int(n) else None
+    problems += _size_problems(out, p)
     for key, lo in (("shared_prefix_tokens", 0), ("hash_block_size", 1)):
         v = p.get(key, 0 if key == "shared_prefix_tokens" else 512)
         if not is_int(v) or v < lo:
@@ -237,6 +240,41 @@ def _parse_params(p: Mapping[str, Any], base_dir) -> tuple[dict, list[str]]:
     return out, problems
 
 
+def _size_problems(out: dict, p: Mapping[str, Any]) -> list[str]:
+    """Sizes no machine could generate or simulate (``base/limits.py``), found before any allocation."""
+    problems = []
+    requests = limits.requests_limit()
+    n = out["num_requests"]
+    if n is not None and n > requests.value:
+        problems.append(f"$.num_requests: {requests.above(n)}")
+    sessions = p.get("sessions")
+    num_sessions = sessions.get("num_sessions") if isinstance(sessions, Mapping) else None
+    if is_int(num_sessions) and num_sessions > requests.value:
+        problems.append(f"$.sessions.num_sessions: {requests.above(num_sessions)}")
+    rate = out["rate"]
+    if rate is not None and rate > limits.RATE_RPS.value:
+        problems.append(f"$.rate: {limits.RATE_RPS.above(rate)}")
+    if rate is not None and rate > 0 and n is not None and out["arrival"] != "batch":
+        span = n / rate
+        if span > limits.DURATION_S.value:
+            problems.append(f"$.rate: {rate:g} requests/s spreads {n:,} requests over {span:.3g} s, above the "
+                            f"limit of {limits.DURATION_S.text()} ({limits.DURATION_S.why})")
+    return problems
+
+
+def _check_generated(n_in: np.ndarray, n_out: np.ndarray, source: str | None, accumulate: bool) -> None:
+    """Lengths beyond any model's context (an unclipped heavy tail, a conversation that grows without
+    end) are an error naming the field, not requests nobody could serve."""
+    lim = limits.CONTEXT_TOKENS
+    for role, arr in (("input", n_in), ("output", n_out)):
+        if arr.size and int(arr.max()) > lim.value:
+            how = " (with the conversation so far, sessions.accumulate_context)" if accumulate and role == "input" \
+                else ""
+            raise KavierInputError(f"$.{role}: one request gets {int(arr.max()):,} tokens{how}, above the limit "
+                                   f"of {lim.text()} ({lim.why}); give the distribution a smaller 'max'",
+                                   source=source or "synthetic workload")
+
+
 def _problems_text(problems: list[str]) -> str:
     n = len(problems)
     return (f"invalid synthetic workload description ({n} problem{'s' if n != 1 else ''}): "
@@ -267,6 +305,11 @@ def _generate(p: dict, base_dir, source: str | None) -> Trace:
     else:
         turn_counts = _draw_turns(sess, p["num_requests"], rng_sess, base_dir)
         n = int(turn_counts.sum())
+        requests = limits.requests_limit()
+        if n > requests.value:
+            raise KavierInputError(f"$.sessions: {turn_counts.size:,} sessions give {n:,} requests, above the "
+                                   f"limit of {requests.text()} ({requests.why}); give num_requests to cap them",
+                                   source=source or "synthetic workload")
         s_count = turn_counts.size
         s_rate = sess.rate if sess.rate is not None else (None if rate is None else
                                                           rate / float(turn_counts.mean()))
@@ -312,6 +355,7 @@ def _generate(p: dict, base_dir, source: str | None) -> Trace:
         n_in = new_in
     if p["shared_prefix_tokens"]:
         n_in = n_in + p["shared_prefix_tokens"]
+    _check_generated(n_in, n_out, source, accumulate)
 
     # ---- prefix-block hashes (generation order)
     hashes = None
@@ -420,14 +464,14 @@ def _read_spec_file(path: Path) -> Any:
         raise KavierInputError(f"cannot read the file: {exc}", source=str(path)) from None
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            return load_json(text, str(path))
         except json.JSONDecodeError as exc:
             raise KavierInputError(f"invalid JSON: {exc.msg}", source=str(path),
                                    location=f"line {exc.lineno}, column {exc.colno}") from None
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         loc = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else None
@@ -438,7 +482,15 @@ def _read_spec_file(path: Path) -> Any:
 def validate_synthetic_spec(spec: Any) -> list[str]:
     """Every schema violation of ``spec``, as ``"<json path>: <message>"`` strings."""
     errors = sorted(_validator().iter_errors(spec), key=lambda e: (list(map(str, e.absolute_path)), e.message))
-    return [f"{e.json_path}: {e.message}" for e in errors]
+    return [f"{e.json_path}: {_schema_message(e)}" for e in errors]
+
+
+def _schema_message(err) -> str:
+    """jsonschema's message, or the size limit's own wording (``base/limits.py``)."""
+    name = err.schema.get("x-kavier-limit") if isinstance(err.schema, dict) else None
+    if err.validator == "maximum" and name:
+        return limits.named(name).above(err.instance)
+    return err.message
 
 
 def load_synthetic_spec(path_or_dict: str | os.PathLike | Mapping, base_dir: str | os.PathLike | None = None) -> Trace:

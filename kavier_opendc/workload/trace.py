@@ -54,6 +54,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from kavier_opendc.base import limits
 from kavier_opendc.base.errors import KavierInputError
 
 TRACE_FORMATS: tuple[str, ...] = ("kavier", "azure", "mooncake", "vidur")
@@ -82,6 +83,7 @@ class Trace:
     n: np.ndarray | None = None                # int64 >= 1 samples per prompt, or None
     source: str = ""                           # file path or description
     format: str = ""                           # kavier|azure|mooncake|vidur|synthetic
+    timed: bool = True                         # False: the file had no arrival times (an offline batch at 0)
 
     def __len__(self) -> int:
         return int(self.num_input_tokens.shape[0])
@@ -282,10 +284,35 @@ def _read_csv(path: Path, compression: str | None, fmt: str | None) -> tuple[pd.
     except (UnicodeDecodeError, OSError, EOFError, pd.errors.ParserError, ValueError) as exc:
         raise KavierInputError(f"cannot read the CSV header: {_one_line(exc)}", source=str(path)) from None
     columns = [c.strip() if isinstance(c, str) else str(c) for c in header.columns]
+    _check_unique_columns(src, _raw_csv_header(path, compression) or columns)
     lay = _pick_layout(src, columns, fmt)
     df = _csv_frame(path, compression)
     wanted = set(lay.columns)
     return df[[c for c in df.columns if c in wanted]], lay, src
+
+
+def _raw_csv_header(path: Path, compression: str | None) -> list[str] | None:
+    """The header's field names as written (pandas renames a repeated name to 'name.1')."""
+    import csv
+
+    try:
+        opener = gzip.open if compression == "gzip" else open
+        with opener(path, "rt", newline="", encoding="utf-8") as fh:
+            fields = next(csv.reader(fh), None)
+    except (OSError, UnicodeDecodeError, csv.Error, EOFError):
+        return None
+    return [f.strip() for f in fields] if fields else None
+
+
+def _check_unique_columns(src: _Source, columns: Sequence[str]) -> None:
+    """A column named twice leaves the reader to pick one of them silently: an error instead."""
+    seen: set[str] = set()
+    for c in columns:
+        if c in seen:
+            raise KavierInputError(f"column {c!r} appears more than once; columns found: "
+                                   f"{', '.join(map(str, columns))}", source=src.path, location="columns",
+                                   expected="each column once")
+        seen.add(c)
 
 
 def _csv_frame(path: Path, compression: str | None) -> pd.DataFrame:
@@ -337,6 +364,7 @@ def _read_parquet(path: Path, fmt: str | None) -> tuple[pd.DataFrame, _Layout, _
         raise KavierInputError(f"cannot read the Parquet file: {_one_line(exc)}", source=str(path),
                                expected="a valid Parquet file") from None
     names = list(schema.names)
+    _check_unique_columns(src, [n.strip() for n in names])
     lay = _pick_layout(src, [n.strip() for n in names], fmt)
     wanted = [n for n in names if n.strip() in set(lay.columns)]
     try:
@@ -366,6 +394,21 @@ def _read_text(path: Path, compression: str | None) -> tuple[bytes, str]:
     return raw, text
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object names a key twice (a column that appears twice)."""
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], _Source, list[str]]:
     """Records of JSON Lines text (or a JSON array of objects), their source and column names."""
     stripped = text.lstrip()
@@ -375,10 +418,16 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], _Source, list[str]]
     if stripped[0] == "[":
         # A whole-file JSON array of records (accepted for .json files).
         try:
-            records = json.loads(text)
+            records = json.loads(text, object_pairs_hook=_unique_object)
         except json.JSONDecodeError as exc:
             raise KavierInputError(f"invalid JSON: {exc.msg}", source=str(path),
                                    location=f"line {exc.lineno}, column {exc.colno}") from None
+        except _DuplicateKey as exc:
+            raise KavierInputError(f"column {str(exc)!r} appears more than once in a record", source=str(path),
+                                   expected="each key once per record") from None
+        except RecursionError:
+            raise KavierInputError(f"nested deeper than Python can parse ({limits.DOCUMENT_DEPTH.why})",
+                                   source=str(path)) from None
         line_numbers = None
     else:
         all_lines = text.split("\n")  # JSON Lines separator (not str.splitlines' extra breaks)
@@ -387,16 +436,23 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], _Source, list[str]]
         line_numbers = np.asarray(keep, dtype=np.int64) + 1
         records = None
         try:  # fast path: one parser call for the whole file
-            records = json.loads("[" + ",".join(lines) + "]")
+            records = json.loads("[" + ",".join(lines) + "]", object_pairs_hook=_unique_object)
             if len(records) != len(lines):
                 records = None
-        except (json.JSONDecodeError, RecursionError):
+        except (json.JSONDecodeError, RecursionError, _DuplicateKey):
             records = None
         if records is None:  # slow path: find the offending line
             records = []
             for ln_no, ln in zip(line_numbers, lines):
+                where = f"row {len(records) + 1} (line {int(ln_no)})"
                 try:
-                    records.append(json.loads(ln))
+                    records.append(json.loads(ln, object_pairs_hook=_unique_object))
+                except _DuplicateKey as exc:
+                    raise KavierInputError(f"column {str(exc)!r} appears more than once", source=str(path),
+                                           location=where, expected="each key once per record") from None
+                except RecursionError:
+                    raise KavierInputError("nested too deeply to be a trace record", source=str(path),
+                                           location=where, expected="one flat JSON object per line") from None
                 except json.JSONDecodeError as exc:
                     snippet = ln.strip()
                     if len(snippet) > 80:
@@ -492,8 +548,8 @@ def _series_from_values(values: list) -> pd.Series:
 
 def _read_table(path: str | Path, fmt: str | None) -> tuple[pd.DataFrame, _Layout, _Source]:
     p = Path(path)
-    kind, compression = _file_kind(p)
     _check_file(p)
+    kind, compression = _file_kind(p)
     if kind == "csv":
         return _read_csv(p, compression, fmt)
     if kind == "parquet":
@@ -622,6 +678,13 @@ def _time_seconds(src: _Source, s: pd.Series, column: str, kind: str) -> np.ndar
                 msg = f"{column} is {_short(raw)}; expected a finite time in {unit}"
             raise src.error(bad, msg)
         secs = vals / 1000.0 if kind == "milliseconds" else vals
+    if secs.size:
+        with np.errstate(invalid="ignore"):
+            far = _first(secs - secs[0] > limits.DURATION_S.value)
+        if far is not None:
+            lim = limits.DURATION_S
+            raise src.error(far, f"{column} is {_short(s.iloc[far])}, {secs[far] - secs[0]:.3g} s after the first "
+                                 f"request, above the limit of {lim.text()} ({lim.why})")
     back = _first(np.diff(secs) < 0)
     if back is not None:
         i = back + 1
@@ -709,13 +772,15 @@ def _list_column(src: _Source, s: pd.Series, column: str) -> list[list[int]]:
     return out
 
 
-def _build(df: pd.DataFrame, lay: _Layout, src: _Source) -> Trace:
+def _build(df: pd.DataFrame, lay: _Layout, src: _Source, keep_overlong: bool = False) -> Trace:
     if len(df) == 0:
         raise KavierInputError("trace contains no requests (only a header)", source=src.path,
                                expected="at least one data row")
     native = lay.name == "kavier"
     n_in = _int_column(src, df[lay.input_col], lay.input_col, "" if native else "input tokens", 1)
     n_out = _int_column(src, df[lay.output_col], lay.output_col, "" if native else "output tokens", 1)
+    if not keep_overlong:
+        _check_context(src, lay, n_in, n_out)
     if lay.time_col and lay.time_col in df.columns:
         secs = _time_seconds(src, df[lay.time_col], lay.time_col, lay.time_kind)
         arrival = secs - secs[0]
@@ -723,7 +788,8 @@ def _build(df: pd.DataFrame, lay: _Layout, src: _Source) -> Trace:
         arrival = np.zeros(len(df), dtype=np.float64)
     trace = Trace(arrival_s=np.ascontiguousarray(arrival, dtype=np.float64),
                   num_input_tokens=n_in, num_output_tokens=n_out,
-                  source=src.path, format=lay.name)
+                  source=src.path, format=lay.name,
+                  timed=bool(lay.time_col and lay.time_col in df.columns))
     if "session_id" in lay.optional and "session_id" in df.columns:
         s = df["session_id"]
         miss = _first(s.isna().to_numpy())
@@ -736,6 +802,7 @@ def _build(df: pd.DataFrame, lay: _Layout, src: _Source) -> Trace:
         trace.n = _int_column(src, df["n"], "n", "samples per prompt", 1)
     if "hash_ids" in lay.optional and "hash_ids" in df.columns:
         trace.hash_ids = _list_column(src, df["hash_ids"], "hash_ids")
+        _check_hash_ids(src, lay, trace.hash_ids, n_in, trace.hash_block_size)
     if "input_tokens" in lay.optional and "input_tokens" in df.columns:
         toks = _list_column(src, df["input_tokens"], "input_tokens")
         lens = np.fromiter(map(len, toks), dtype=np.int64, count=len(toks))
@@ -747,19 +814,42 @@ def _build(df: pd.DataFrame, lay: _Layout, src: _Source) -> Trace:
     return trace
 
 
+def _check_context(src: _Source, lay: _Layout, n_in: np.ndarray, n_out: np.ndarray) -> None:
+    """A request longer than any model's context is a data error, unless the user keeps such rows."""
+    lim = limits.CONTEXT_TOKENS
+    total = n_in + n_out
+    bad = _first(total > lim.value)
+    if bad is not None:
+        raise src.error(bad, f"{lay.input_col} + {lay.output_col} = {int(total[bad]):,} tokens, above the limit "
+                             f"of {lim.text()} ({lim.why}); fix the row, or keep such rows as rejected "
+                             "requests with --keep-overlong-requests (trace.keep_overlong_requests: true)")
+
+
+def _check_hash_ids(src: _Source, lay: _Layout, hash_ids: list[list[int]], n_in: np.ndarray, block: int) -> None:
+    """One hash id per ``block`` prompt tokens, the last block partial (Mooncake's definition)."""
+    counts = np.fromiter(map(len, hash_ids), dtype=np.int64, count=len(hash_ids))
+    want = -(-n_in // block)
+    bad = _first((counts != 0) & (counts != want))
+    if bad is not None:
+        raise src.error(bad, f"hash_ids has {int(counts[bad])} ids but {lay.input_col} is {int(n_in[bad])}, which "
+                             f"needs {int(want[bad])} (one per {block} prompt tokens, the last one partial)")
+
+
 # --------------------------------------------------------------------------- public API
 
 
-def load_trace(path: str | Path, fmt: str | None = None) -> Trace:
+def load_trace(path: str | Path, fmt: str | None = None, *, keep_overlong: bool = False) -> Trace:
     """Load a request trace, auto-detecting its layout unless ``fmt`` names one.
 
     Raises :class:`KavierInputError` for a missing/unreadable file, an
-    unsupported extension, unknown columns or any invalid row.
+    unsupported extension, unknown or duplicated columns or any invalid row.
+    ``keep_overlong`` keeps rows longer than any model's context (the
+    simulator rejects them) instead of refusing the file.
     """
     if fmt is not None:
         _normalise_format(fmt, str(path))  # reject unknown names before touching the file
     df, lay, src = _read_table(path, fmt)
-    return _build(df, lay, src)
+    return _build(df, lay, src, keep_overlong)
 
 
 def read_length_column(path: str | Path, column: str) -> np.ndarray:
@@ -768,8 +858,8 @@ def read_length_column(path: str | Path, column: str) -> np.ndarray:
     Used for empirical length distributions from files that are not traces.
     """
     p = Path(path)
-    kind, compression = _file_kind(p)
     _check_file(p)
+    kind, compression = _file_kind(p)
     src = _Source(str(p))
     try:
         if kind == "csv":
