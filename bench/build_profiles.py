@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +32,7 @@ from kavier_opendc.calibration.report import (Source, all_profiles, calibrate_fi
 from kavier_opendc.specs.catalog import Catalog, default_catalog
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("KAVIER_SHARED_DATA") or REPO.parent / "shared" / "data")
 OUT = REPO / "kavier_opendc" / "specs" / "profiles.yaml"
 
 
