@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ import pytest
 
 from conftest import OPENDC_SKIP, SHARED_DATA, skip_without_opendc
 from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
-from kavier_opendc.opendc import bridge as br
 from kavier_opendc.opendc.bridge import (
     OpenDCBridge,
     OpenDCBridgeError,

@@ -147,6 +147,27 @@ def load_json(text: str, source: str) -> Any:
     return data
 
 
+def parse_document(text: str, fmt: str, source: str,
+                   loader: type[SafeDocumentLoader] = SafeDocumentLoader) -> Any:
+    """Parse ``text`` as ``fmt`` ("json" or "yaml"); every syntax error becomes one KavierInputError naming the
+    file, line and column (the one wording for all input documents)."""
+    if fmt == "json":
+        try:
+            return load_json(text, source)
+        except json.JSONDecodeError as exc:
+            raise KavierInputError(f"invalid JSON syntax: {exc.msg}", source=source,
+                                   location=f"line {exc.lineno}, column {exc.colno}") from None
+    try:
+        return load_yaml(text, source, loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        what = " ".join(str(x) for x in (exc.context, exc.problem) if x) or str(exc)
+        raise KavierInputError(f"invalid YAML syntax: {what}", source=source, location=loc) from None
+    except yaml.YAMLError as exc:
+        raise KavierInputError(f"invalid YAML: {exc}", source=source) from None
+
+
 def nesting_depth(data: Any) -> int:
     """How deeply lists and mappings nest in ``data`` (iterative: safe on any depth)."""
     deepest = 0

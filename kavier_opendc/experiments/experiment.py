@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,11 +36,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonschema import Draft202012Validator
 
 from kavier_opendc.base.errors import KavierInputError
-from kavier_opendc.base.documents import SafeDocumentLoader, load_json, load_yaml
+from kavier_opendc.base.documents import SafeDocumentLoader, parse_document
 from kavier_opendc.base.validation import (Problem, explain_schema_error, json_path, load_schema, non_finite,
                                            schema_validator)
 
@@ -151,21 +149,8 @@ def read_document(path: str | Path, what: str = "experiment") -> Any:
 
 
 def parse_text(text: str, fmt: str, source: str) -> Any:
-    if fmt == "json":
-        try:
-            return load_json(text, source)
-        except json.JSONDecodeError as exc:
-            raise KavierInputError(f"invalid JSON syntax: {exc.msg}", source=source,
-                                   location=f"line {exc.lineno}, column {exc.colno}") from None
-    try:
-        return load_yaml(text, source, _Loader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        loc = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
-        raise KavierInputError(f"invalid YAML syntax: {exc.problem or exc}", source=source,
-                               location=loc) from None
-    except yaml.YAMLError as exc:
-        raise KavierInputError(f"invalid YAML: {exc}", source=source) from None
+    """Parse an input document's text (YAML 1.2 floats such as ``1e-3`` read as numbers)."""
+    return parse_document(text, fmt, source, _Loader)
 
 
 # --------------------------------------------------------------------------

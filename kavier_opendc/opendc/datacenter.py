@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -21,11 +20,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonschema import Draft202012Validator
 
 from kavier_opendc.base import limits
-from kavier_opendc.base.documents import load_json, load_yaml
+from kavier_opendc.base.documents import parse_document
 from kavier_opendc.base.validation import explain_schema_error, json_path, non_finite, load_schema, schema_validator
 from kavier_opendc.base.errors import KavierInputError
 
@@ -298,20 +296,7 @@ def _read_description(path: Path) -> Any:
         raise KavierInputError("is a directory, not a datacenter file", source=src) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise KavierInputError(f"cannot read datacenter file: {exc}", source=src) from None
-    if path.suffix.lower() == ".json":
-        try:
-            return load_json(text, src)
-        except json.JSONDecodeError as exc:
-            raise KavierInputError(f"invalid JSON syntax at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-                                   source=src) from None
-    try:
-        return load_yaml(text, src)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise KavierInputError(f"invalid YAML syntax{where}: {exc.problem or exc}", source=src) from None
-    except yaml.YAMLError as exc:
-        raise KavierInputError(f"invalid YAML: {exc}", source=src) from None
+    return parse_document(text, "json" if path.suffix.lower() == ".json" else "yaml", src)
 
 
 def _default_catalog():

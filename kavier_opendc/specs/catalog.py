@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import difflib
 import functools
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,11 +19,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonschema import Draft202012Validator
 
 from kavier_opendc.base.errors import KavierInputError
-from kavier_opendc.base.documents import load_json, load_yaml
+from kavier_opendc.base.documents import parse_document
 from kavier_opendc.base.validation import explain_schema_error, json_path, non_finite, load_schema, schema_validator
 from kavier_opendc.specs.profiles import GPUProfile, derive_profile, profile_from_entry, profile_to_entry
 
@@ -158,25 +156,6 @@ def _validator() -> Draft202012Validator:
 
 
 
-def _parse_text(text: str, fmt: str, source: str) -> Any:
-    if fmt == "json":
-        try:
-            return load_json(text, source)
-        except json.JSONDecodeError as exc:
-            raise KavierInputError(
-                f"invalid JSON syntax at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-                source=source) from None
-    try:
-        return load_yaml(text, source)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
-        raise KavierInputError(f"invalid YAML syntax{where}: {what}", source=source) from None
-    except yaml.YAMLError as exc:
-        raise KavierInputError(f"invalid YAML: {exc}", source=source) from None
-
-
 def _read_document(path: Path) -> tuple[Any, str]:
     source = str(path)
     fmt = CATALOG_EXTENSIONS.get(path.suffix.lower())
@@ -196,7 +175,7 @@ def _read_document(path: Path) -> tuple[Any, str]:
     except OSError as exc:
         raise KavierInputError(f"cannot read catalogue file: {exc.strerror or exc}",
                                source=source) from None
-    return _parse_text(text, fmt, source), fmt
+    return parse_document(text, fmt, source), fmt
 
 
 # ----------------------------------------------------------- validation ----
@@ -589,7 +568,7 @@ def _builtin_catalog() -> Catalog:
     here = resources.files("kavier_opendc.specs")
     for fname in BUILTIN_FILES:
         source = f"kavier_opendc/specs/{fname}"
-        data = _coerce_yaml_numbers(_parse_text(here.joinpath(fname).read_text(encoding="utf-8"),
+        data = _coerce_yaml_numbers(parse_document(here.joinpath(fname).read_text(encoding="utf-8"),
                                                 "yaml", source))
         cat = cat.merged(catalog_from_data(data, source))
     return cat

@@ -71,7 +71,6 @@ share ids across its turns, and every partially filled last block is unique.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -79,7 +78,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kavier_opendc.base import limits
-from kavier_opendc.base.documents import load_json, load_yaml
+from kavier_opendc.base.documents import parse_document
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import schema_file, schema_validator
 from kavier_opendc.workload.distributions import LengthSpec, SessionSpec, is_int, is_num
@@ -462,21 +461,7 @@ def _read_spec_file(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise KavierInputError(f"cannot read the file: {exc}", source=str(path)) from None
-    if path.suffix.lower() == ".json":
-        try:
-            return load_json(text, str(path))
-        except json.JSONDecodeError as exc:
-            raise KavierInputError(f"invalid JSON: {exc.msg}", source=str(path),
-                                   location=f"line {exc.lineno}, column {exc.colno}") from None
-    import yaml
-
-    try:
-        return load_yaml(text, str(path))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        loc = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise KavierInputError(f"invalid YAML: {problem}", source=str(path), location=loc) from None
+    return parse_document(text, "json" if path.suffix.lower() == ".json" else "yaml", str(path))
 
 
 def validate_synthetic_spec(spec: Any) -> list[str]:
