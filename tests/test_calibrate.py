@@ -6,10 +6,14 @@ import csv
 import dataclasses
 from pathlib import Path
 
+import itertools
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import shared
-from kavier_opendc.calibration.fit import calibrate_all, predict
+from kavier_opendc.calibration.fit import Overheads, _isotonic_relative_l1, calibrate_all, predict
 from kavier_opendc.calibration.layouts import ReadOptions, read_measurements
 from kavier_opendc.cli import main as kavier
 from kavier_opendc.base.errors import KavierInputError
@@ -89,6 +93,57 @@ def test_round_trip_recovers_the_profile_within_2_percent(tmp_path, capsys):
         assert b.seconds == pytest.approx(a.seconds, rel=1e-5)
     text = capsys.readouterr().out
     assert "| ops.csv | A100-80GB | gemm |" in text and "wrote" in text
+
+
+def test_harness_overheads_of_a_step_times_file_are_fitted_back(tmp_path):
+    """A non-default harness: its four overheads per TP degree (the per-token² one included) come back."""
+    files = synthetic_files(tmp_path, TRUE)
+    harness = {2: Overheads(9e-3, 0.2e-3, 20e-6, 3e-9), 4: Overheads(15e-3, 0.25e-3, 12e-6, 5e-9)}
+    gpu = dataclasses.replace(CAT.gpu(GPU), profile=None)
+    header = ["model", "gpu", "tp", "prompt_size", "batch_size", "token_size", "prompt_time_ms", "token_time_ms"]
+    rows = [["Llama-2-70B", GPU, tp, p, b, 128, 1, 1] for tp in (2, 4)
+            for p, b in [(128, 1), (512, 1), (2048, 1), (8192, 1), (512, 4), (512, 16), (512, 64)]]
+    path = _write(tmp_path / "steps.csv", header, rows)
+    _, obs = read_measurements(path, CAT)
+    for i, row in enumerate(rows):
+        row[6] = predict(obs[2 * i], TRUE, gpu, harness[row[2]]) * 1e3
+        row[7] = predict(obs[2 * i + 1], TRUE, gpu, harness[row[2]]) * 1e3
+    _write(path, header, rows)
+    obs = []
+    for f in (files[0], files[1], files[2], path):
+        obs += read_measurements(f, CAT, ReadOptions(model="Llama-3-8B", gpu=GPU, default_framework=True)
+                                 if f == files[2] else ReadOptions())[1]
+    fit = calibrate_all(obs, CAT)[GPU]
+    assert fit.profile.attn_prefill_eff == pytest.approx(TRUE.attn_prefill_eff, rel=0.02)
+    for tp, want in harness.items():
+        got = fit.frameworks[f"steps.csv tp{tp}"]
+        for name in ("fixed_s", "per_seq_s", "per_token_s", "per_token_sq_s"):
+            assert getattr(got, name) == pytest.approx(getattr(want, name), rel=0.02), (tp, name)
+    assert fit.frameworks["default"].per_token_sq_s == 0.0  # vLLM's time does not grow with the batch's tokens
+
+
+def test_allreduce_curve_is_the_monotone_curve_of_least_relative_error():
+    # worked by hand: 1, 3, 2, 4 -> lowering 3 to 2 costs 1/3, raising 2 to 3 costs 1/2
+    assert _isotonic_relative_l1([[1.0], [3.0], [2.0], [4.0]]) == [1.0, 2.0, 2.0, 4.0]
+    # a slow outlier at the smallest size is lowered (4/5 of one row) rather than the two later raised (8/1)
+    assert _isotonic_relative_l1([[5.0], [1.0], [1.0]]) == [1.0, 1.0, 1.0]
+    # several measurements at one size: one value for them all
+    assert _isotonic_relative_l1([[2.0, 4.0], [1.0]]) == [1.0, 1.0]
+
+
+def _relative_l1(values: list[float], groups: list[list[float]]) -> float:
+    return sum(abs(v - y) / y for v, ys in zip(values, groups) for y in ys)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([0.01, 0.02, 0.03, 0.05, 0.08]), min_size=1, max_size=2),
+                min_size=1, max_size=5))
+def test_allreduce_curve_fit_is_optimal_and_monotone(groups):
+    got = _isotonic_relative_l1(groups)
+    assert all(a <= b for a, b in zip(got, got[1:]))
+    values = sorted({y for ys in groups for y in ys})
+    best = min(_relative_l1(list(c), groups) for c in itertools.combinations_with_replacement(values, len(groups)))
+    assert _relative_l1(got, groups) == pytest.approx(best, abs=1e-9)
 
 
 def test_single_request_layout_alone_fits_kernels_and_overhead(tmp_path):

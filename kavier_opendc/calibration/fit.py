@@ -7,8 +7,8 @@ Each kind of measurement fits what it measures:
   t^p = (W / BW)^p mbu^-p + (F / PEAK)^p mfu^-p is linear in (mbu^-p, mfu^-p),
   so each p is a weighted linear least-squares problem and p is searched;
 * all-reduce times -> one monotone curve per group size (a larger message
-  never takes less time: each point is the least time measured at that size
-  or above);
+  never takes less time), the non-decreasing curve with the least mean
+  relative error over every measured time;
 * end-to-end times (single requests, step times, serving TPOT) -> attention
   efficiencies and per-framework overheads: with the GEMM and all-reduce
   terms known, an end-to-end time is linear in (1/attn_prefill_eff,
@@ -40,17 +40,22 @@ DEFAULT_FRAMEWORK = "default"
 
 @dataclass
 class Overheads:
-    """Software time of one framework: per iteration, per sequence and per token in the batch.
+    """Software time of one framework: per iteration, per sequence, per token and per token² in the batch.
 
     vLLM's overhead does not grow with the tokens (its kernels are what the
-    profile times), so the default framework's ``per_token_s`` stays 0; other
-    harnesses (Splitwise's, unnamed) prefill well below the GEMM speed that
-    Vidur measures on the same GPUs, and that extra time per token is theirs.
+    profile times), so the default framework's ``per_token_s`` and
+    ``per_token_sq_s`` stay 0. Other harnesses (Splitwise's, unnamed) prefill
+    well below the GEMM speed that Vidur measures on the same GPUs, and their
+    time per prompt token grows with the tokens in the iteration (at TP 4-8,
+    about twice as much per token beyond 2,048 tokens), equally for one long
+    prompt and for many short ones: an attention or kernel cost would depend
+    on each prompt's own length, so that extra time is the harness's.
     """
 
     fixed_s: float = 0.0
     per_seq_s: float = 0.0
     per_token_s: float = 0.0
+    per_token_sq_s: float = 0.0
 
 
 @dataclass
@@ -76,7 +81,8 @@ def predict(obs: Observation, profile: GPUProfile, gpu: GPUSpec, overheads: Over
     if overheads is not None:
         profile = dataclasses.replace(profile, overhead_fixed_s=overheads.fixed_s,
                                       overhead_per_seq_s=overheads.per_seq_s)
-        extra = overheads.per_token_s * sum(w * s.n_tokens for w, s in obs.iterations)
+        extra = sum(w * (overheads.per_token_s * s.n_tokens + overheads.per_token_sq_s * s.n_tokens ** 2)
+                    for w, s in obs.iterations)
     timer = IterationTimer(obs.model, gpu, obs.tp, profile)
     return extra + sum(w * timer.time(s) for w, s in obs.iterations)
 
@@ -138,11 +144,13 @@ def fit_gemm(obs: list[Observation], gpu: GPUSpec) -> tuple[float, float, float,
 # -------------------------------------------------------------- all-reduce --
 
 def fit_allreduce(obs: list[Observation]) -> tuple[AllReduceCurve, ...]:
-    """One curve per group size: the median per size, made non-decreasing by isotonic regression.
+    """One curve per group size: the non-decreasing curve closest to every measured time.
 
-    A larger message never takes less time; where the measurements say so
-    (noise at a few microseconds) the pooled least-squares monotone fit
-    (pool-adjacent-violators) replaces them.
+    A larger message never takes less time. Small-message times are noisy and
+    bimodal (a 2-GPU 264 kB all-reduce measured faster than a 10 kB one), so
+    the curve minimises the mean relative error (what MAPE counts) over all
+    measurements rather than fitting a mean per size: a weighted-L1 isotonic
+    regression, whose values are among the measured ones.
     """
     by_gpus: dict[int, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for o in obs:
@@ -150,39 +158,59 @@ def fit_allreduce(obs: list[Observation]) -> tuple[AllReduceCurve, ...]:
     curves = []
     for g in sorted(by_gpus):
         sizes = sorted(by_gpus[g])
-        times = _isotonic([float(np.median(by_gpus[g][s])) for s in sizes])
+        times = _isotonic_relative_l1([by_gpus[g][s] for s in sizes])
         curves.append(AllReduceCurve(g, tuple(float(s) for s in sizes), tuple(times)))
     return tuple(curves)
 
 
-def _isotonic(values: list[float]) -> list[float]:
-    """Non-decreasing least-squares fit (pool adjacent violators), on log values (relative errors)."""
-    blocks: list[list[float]] = []  # [mean of logs, count]
-    for v in values:
-        blocks.append([math.log(v), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            m2, n2 = blocks.pop()
-            m1, n1 = blocks.pop()
-            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
-    out: list[float] = []
-    for m, n in blocks:
-        out += [math.exp(m)] * int(n)
+def _isotonic_relative_l1(groups: list[list[float]]) -> list[float]:
+    """Non-decreasing values v_i minimising sum_i sum_{y in groups[i]} |v_i - y| / y.
+
+    Dynamic programming over the candidate values (every measured time: an
+    optimal weighted-L1 isotonic fit takes its values among the data); ties
+    go to the smaller value, so the result is deterministic.
+    """
+    cand = np.array(sorted({y for ys in groups for y in ys}))
+    best = np.zeros(len(cand))
+    choice: list[np.ndarray] = []
+    for ys in groups:
+        y = np.array(ys)
+        cost = np.abs(cand[:, None] - y[None, :]).dot(1.0 / y)
+        arg = np.zeros(len(cand), dtype=int)  # index of the best previous value <= this one
+        run, run_at = math.inf, 0
+        for j in range(len(cand)):
+            if best[j] < run:
+                run, run_at = best[j], j
+            arg[j] = run_at
+        best = best[arg] + cost
+        choice.append(arg)
+    j = int(np.argmin(best))
+    out = [0.0] * len(groups)
+    for i in range(len(groups) - 1, -1, -1):
+        out[i] = float(cand[j])
+        j = int(choice[i][j])
     return out
 
 
 # -------------------------------------------------------------- end to end --
 
+# the per-token² column is fitted in s per (1,000 tokens)², so that its numbers are of the others' size
+SQ_SCALE = 1e-6
+N_OVERHEADS = 4  # fixed, per sequence, per token, per token²
+
+
 def _features(obs: Observation, gpu: GPUSpec, profile: GPUProfile) -> tuple[float, np.ndarray]:
-    """(known time, coefficients of [1/attn_prefill_eff, 1/attn_decode_mbu, fixed, per_seq, per_token])."""
+    """(known time, coefficients of [1/attn_prefill_eff, 1/attn_decode_mbu, fixed, per_seq, per_token,
+    per_token² (scaled by SQ_SCALE)])."""
     timer = IterationTimer(obs.model, gpu, obs.tp, dataclasses.replace(
         profile, overhead_fixed_s=0.0, overhead_per_seq_s=0.0))
     known = 0.0
-    coef = np.zeros(5)
+    coef = np.zeros(2 + N_OVERHEADS)
     for w, s in obs.iterations:
         known += w * (timer.body_time(s.n_tokens) + timer.seq_time(s.n_seqs))
         coef += w * np.array([s.attn_pairs * timer.flops_per_attn_pair / timer.peak,
                               (s.kv_read_tokens + s.n_tokens) * timer.kv_bytes_per_token / timer.bw,
-                              1.0, s.n_seqs, s.n_tokens])
+                              1.0, s.n_seqs, s.n_tokens, s.n_tokens ** 2 * SQ_SCALE])
     return known, coef
 
 
@@ -214,7 +242,7 @@ def fit_end_to_end(obs: list[Observation], gpu: GPUSpec, profile: GPUProfile,
     """Attention efficiencies (unless ``fit_attention`` is False) and each framework's overheads.
 
     Parameters x = [1/attn_prefill_eff, 1/attn_decode_mbu, then per framework
-    fixed, per-sequence, per-token]; every row is a relative error, every
+    fixed, per-sequence, per-token, per-token²]; every row is a relative error, every
     source weighs the same, and a weak prior row keeps the inherited prefill
     attention efficiency where the data says little. ``attn_decode_mbu`` is
     set to ``gemm_mbu``: KV traffic streams HBM like weight reads, and
@@ -222,7 +250,8 @@ def fit_end_to_end(obs: list[Observation], gpu: GPUSpec, profile: GPUProfile,
     """
     frameworks = sorted({o.framework for o in obs})
     nf = len(frameworks)
-    npar = 2 + 3 * nf
+    m = N_OVERHEADS
+    npar = 2 + m * nf
     per_source = defaultdict(int)
     for o in obs:
         per_source[o.source] += 1
@@ -232,11 +261,11 @@ def fit_end_to_end(obs: list[Observation], gpu: GPUSpec, profile: GPUProfile,
         weight = 1.0 / math.sqrt(per_source[o.source])
         row = np.zeros(npar)
         row[:2] = c[:2]
-        k = 2 + 3 * frameworks.index(o.framework)
-        row[k:k + 3] = c[2:]
+        k = 2 + m * frameworks.index(o.framework)
+        row[k:k + m] = c[2:]
         rows.append(row * weight / o.measured_s)
         rhs.append((o.measured_s - known) * weight / o.measured_s)
-    x0 = np.array([1.0 / profile.attn_prefill_eff, 1.0 / profile.gemm_mbu] + [0.0] * (3 * nf))
+    x0 = np.array([1.0 / profile.attn_prefill_eff, 1.0 / profile.gemm_mbu] + [0.0] * (m * nf))
     if fit_attention:
         for j in range(1):
             row = np.zeros(npar)
@@ -244,7 +273,7 @@ def fit_end_to_end(obs: list[Observation], gpu: GPUSpec, profile: GPUProfile,
             rows.append(row)
             rhs.append(PRIOR_WEIGHT)
     a, b = np.array(rows), np.array(rhs)
-    lower = np.array([1.0, 1.0] + [0.0] * (3 * nf))
+    lower = np.array([1.0, 1.0] + [0.0] * (m * nf))
     free = np.ones(npar, dtype=bool)
     # KV reads and writes stream HBM as the GEMMs' weight reads do: the decode attention bandwidth is
     # the measured GEMM bandwidth (end-to-end times cannot tell KV time from per-sequence overhead)
@@ -256,12 +285,15 @@ def fit_end_to_end(obs: list[Observation], gpu: GPUSpec, profile: GPUProfile,
         # a per-sequence overhead is only identifiable with batches of several sizes
         seqs = {round(s.n_seqs, 6) for o in obs if o.framework == fw for _, s in o.iterations}
         if len(seqs) < 3:
-            free[3 + 3 * k] = False
+            free[3 + m * k] = False
         if fw == DEFAULT_FRAMEWORK:
-            free[4 + 3 * k] = False
+            free[4 + m * k] = free[5 + m * k] = False
     x = _bounded_lstsq(a, b, lower, free)
     prof = dataclasses.replace(profile, attn_prefill_eff=1.0 / x[0], attn_decode_mbu=1.0 / x[1])
-    fws = {fw: Overheads(*(float(v) for v in x[2 + 3 * k:5 + 3 * k])) for k, fw in enumerate(frameworks)}
+    fws = {}
+    for k, fw in enumerate(frameworks):
+        fixed, per_seq, per_token, per_token_sq = (float(v) for v in x[2 + m * k:2 + m * (k + 1)])
+        fws[fw] = Overheads(fixed, per_seq, per_token, per_token_sq * SQ_SCALE)
     return prof, fws
 
 
@@ -325,7 +357,7 @@ def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, ker
             prov[k] = f"fitted on {len(gemm)} operator times ({sources(gemm)})"
     if ar:
         prof = dataclasses.replace(prof, allreduce=fit_allreduce(ar), allreduce_link_gbs=gpu.interconnect_gbs)
-        prov["allreduce"] = f"measured NCCL curves ({sources(ar)}), made monotone"
+        prov["allreduce"] = f"measured NCCL curves ({sources(ar)}), monotone, least relative error"
     frameworks: dict[str, Overheads] = {}
     default_seen = any(o.framework == DEFAULT_FRAMEWORK for o in e2e)
     # end-to-end sources of other frameworks alone cannot separate kernels from software overhead

@@ -87,7 +87,7 @@ def cmd_calibrate(args) -> int:
     for name, fit in cal.fits.items():
         for fw, o in fit.frameworks.items():
             print(f"{name}: overheads of {fw}: {o.fixed_s * 1e3:.2f} ms/iteration, {o.per_seq_s * 1e6:.1f} us/sequence, "
-                  f"{o.per_token_s * 1e6:.2f} us/token")
+                  f"{o.per_token_s * 1e6:.2f} us/token, {o.per_token_sq_s * 1e12:.3g} ps/token²")
     rows = error_table(cal, cat, loso=args.loso)
     print(error_markdown(rows))
     print(f"wrote {out} (use it with --catalog {out})")
