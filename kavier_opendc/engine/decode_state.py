@@ -11,7 +11,9 @@ heap of their completion counters.
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import itertools
 
 from kavier_opendc.engine.cost_model import BLOCK_SIZE
 from kavier_opendc.engine.request import BLOCK_MASK, DECODE, PREFILL, Req
@@ -61,11 +63,14 @@ class DecodeState:
         if n <= 0:
             return 0
         q, r = divmod(n, BLOCK_SIZE)
-        g = self.G
+        if r == 0:
+            return self.D * q
+        # decoders with p < r free slots in their last block: hist[(-p - G) mod B] for p = 0..r-1, a
+        # descending run of indices from (-G) mod B that may wrap; summed by slices (runs once per iteration)
         hist = self.hist
-        extra = 0
-        for p in range(r):  # free slots p in the last block: needs a block once n > p
-            extra += hist[(-p - g) & BLOCK_MASK]
+        start = (-self.G) & BLOCK_MASK
+        lo = start - r + 1
+        extra = sum(hist[lo:start + 1]) if lo >= 0 else sum(hist[:start + 1]) + sum(hist[BLOCK_SIZE + lo:])
         return self.D * q + extra
 
     def max_iterations_for(self, free: int) -> int:
@@ -75,13 +80,8 @@ class DecodeState:
             return 1 << 62
         q = free // d
         rem = free - q * d
-        g = self.G
+        # the largest r < BLOCK_SIZE whose first r positions (as in blocks_needed) hold at most rem decoders
         hist = self.hist
-        cum = 0
-        r = 0
-        for p in range(BLOCK_SIZE - 1):
-            cum += hist[(-p - g) & BLOCK_MASK]
-            if cum > rem:
-                break
-            r = p + 1
-        return q * BLOCK_SIZE + r
+        start = (-self.G) & BLOCK_MASK
+        order = hist[start::-1] + hist[:start:-1]
+        return q * BLOCK_SIZE + min(bisect.bisect_right(list(itertools.accumulate(order)), rem), BLOCK_SIZE - 1)

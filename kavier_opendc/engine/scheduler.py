@@ -121,19 +121,23 @@ class Scheduler:
             while heap[0][2] != heap[0][3].ver:    # drop stale completions
                 heapq.heappop(heap)
             n = heap[0][0] - g
-            nb_max = dec.max_iterations_for(self.capacity - self.used)
+            free = self.capacity - self.used
+            # n iterations need at most d blocks per BLOCK_SIZE iterations begun: only when that bound
+            # does not fit can the free blocks, not the next completion, end the run
+            if d * ((n + BLOCK_SIZE - 1) // BLOCK_SIZE) > free:
+                nb_max = dec.max_iterations_for(free)
+                if nb_max < n:
+                    n = nb_max
             if self.pc is not None and self.waiting and len(running) < self.max_num_seqs and budget > 0:
                 # the waiting head was refused for lack of blocks; evicting its own cached prefix would
                 # shrink what it needs, so the run must end before the LRU reaches that prefix
                 limit = self._head_eviction_limit()
                 if limit < 0:
-                    nb_max = 0
+                    n = 0
                 else:
                     nb2 = dec.max_iterations_for(limit)
-                    if nb2 < nb_max:
-                        nb_max = nb2
-            if nb_max < n:
-                n = nb_max
+                    if nb2 < n:
+                        n = nb2
             if n > 1:
                 drun = self.cm.decode_run(d, dec.ctx_off_sum + d * g)
                 self.used += alloc
