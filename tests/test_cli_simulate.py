@@ -60,6 +60,11 @@ def test_simulate_writes_contract_outputs(tmp_path, small_trace):
     assert [r["replica"] for r in summary["replicas"]] == [0, 1]
     assert all(0 < r["busy_fraction"] <= 1 for r in summary["replicas"])
     assert summary["num_over_model_context"] == 0
+    # a timed trace is served as by vllm serve: vLLM v1's A100 defaults, reported with where they come from
+    cfg = summary["config"]
+    assert (cfg["usage"], cfg["max_batched_tokens"], cfg["max_num_seqs"]) == ("server", 2048, 256)
+    assert cfg["batch_limits"] == "vLLM v1 defaults (server)"
+    assert all(r["max_batched_tokens"] == 2048 for r in summary["replicas"])
     tl = pq.read_table(out / "timeline.parquet").to_pandas()
     for c in TL_COLS:
         assert c in tl.columns

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import TOY_BODY, TOY_EFF, TOY_GPU, TOY_HEAD, TOY_MODEL, make_trace, toy_time
 from kavier_opendc.engine.cost_model import CostModel
+from kavier_opendc.engine.scheduler import vllm_batch_limits
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.specs import default_catalog
@@ -67,6 +70,37 @@ def test_token_budget_chunks_prefill_by_hand():
     res = run([0.0], [100], [1], max_batched_tokens=64).results
     assert res.first_token[0] == pytest.approx(t1 + t2, rel=1e-12)
     assert res.finish[0] == res.first_token[0]
+
+
+@pytest.mark.parametrize("gpu, server, offline", [
+    ("A10", (2048, 256), (8192, 256)), ("L40S", (2048, 256), (8192, 256)),
+    ("A100-40GB", (2048, 256), (8192, 256)), ("A100-80GB", (2048, 256), (8192, 256)),  # A100s: never the large
+    ("H100-SXM", (8192, 1024), (16384, 1024)), ("H200", (8192, 1024), (16384, 1024)),
+    ("MI300X", (8192, 1024), (16384, 1024))])
+def test_vllm_v1_batch_limits_by_gpu_and_usage(gpu, server, offline):
+    spec = default_catalog().gpu(gpu)
+    assert vllm_batch_limits(spec, "server") == server
+    assert vllm_batch_limits(spec, "offline") == offline
+
+
+def test_unset_limits_are_vllm_v1_defaults_for_the_usage():
+    """A 3,000-token prompt on an A100: chunked at 2,048 tokens as a server, one iteration offline."""
+    a100 = dataclasses.replace(TOY_GPU, name="A100-toy")
+    t_server = toy_time(2048, 1, 2048 * 2049 / 2, 2048) + toy_time(952, 1, 952 * 2048 + 952 * 953 / 2, 3000)
+    t_offline = toy_time(3000, 1, 3000 * 3001 / 2, 3000)
+    # arrivals spread in time: a server (auto); the second request arrives long after the first finished
+    res = run([0.0, 100.0], [3000, 10], [1, 1], gpu=a100)
+    assert res.usage == "server" and res.replicas[0].budget == 2048 and res.replicas[0].max_num_seqs == 256
+    assert res.results.first_token[0] == pytest.approx(t_server, rel=1e-12)
+    # everything at once: an offline batch (the LLM class)
+    res = run([0.0, 0.0], [3000, 3000], [1, 1], gpu=a100, max_num_seqs=1)
+    assert res.usage == "offline" and res.replicas[0].budget == 8192 and res.replicas[0].max_num_seqs == 1
+    assert res.results.first_token[0] == pytest.approx(t_offline, rel=1e-12)
+    # usage given explicitly wins over the trace; given limits win over both
+    assert run([0.0], [3000], [1], gpu=a100, usage="server").replicas[0].budget == 2048
+    assert run([0.0, 50.0], [3000, 1], [1, 1], gpu=a100, max_batched_tokens=512).replicas[0].budget == 512
+    big = run([0.0, 100.0], [3000, 10], [1, 1], gpu=dataclasses.replace(TOY_GPU, name="H100-toy"))
+    assert (big.replicas[0].budget, big.replicas[0].max_num_seqs) == (8192, 1024)
 
 
 def test_kv_cache_off_recomputes_context_by_hand():

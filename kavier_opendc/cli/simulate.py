@@ -41,11 +41,16 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
                     help="number of serving replicas (default 1)")
     ap.add_argument("--tp", type=positive_int("--tp", limits.TP), default=1,
                     help="tensor-parallel GPUs per replica (default 1)")
-    ap.add_argument("--max-num-seqs", type=positive_int("--max-num-seqs", limits.NUM_SEQS), default=256,
-                    help="most sequences running at once per replica (vLLM max_num_seqs, default 256)")
-    ap.add_argument("--max-batched-tokens", type=positive_int("--max-batched-tokens", limits.BATCHED_TOKENS), default=8192,
-                    help="token budget per iteration, prefill chunks plus decodes (vLLM "
-                         "max_num_batched_tokens, default 8192)")
+    ap.add_argument("--max-num-seqs", type=positive_int("--max-num-seqs", limits.NUM_SEQS), default=None,
+                    help="most sequences running at once per replica (vLLM max_num_seqs; default vLLM v1's: "
+                         "1024 on GPUs of 70 GiB or more other than A100, else 256)")
+    ap.add_argument("--max-batched-tokens", type=positive_int("--max-batched-tokens", limits.BATCHED_TOKENS), default=None,
+                    help="token budget per iteration, prefill chunks plus decodes (vLLM max_num_batched_tokens; "
+                         "default vLLM v1's: as a server 8192 on GPUs of 70 GiB or more other than A100, else "
+                         "2048; offline 16384 and 8192)")
+    ap.add_argument("--usage", choices=("auto", "server", "offline"), default="auto",
+                    help="whose vLLM v1 batch defaults apply: server (vllm serve), offline (the LLM class), or "
+                         "auto: offline when every request arrives at once (default)")
     ap.add_argument("--gpu-memory-utilization", type=fraction, default=0.9,
                     help="fraction of GPU memory vLLM may use for weights, activations and KV cache (default 0.9)")
     ap.add_argument("--num-kv-blocks", type=positive_int("--num-kv-blocks", limits.KV_BLOCKS), default=None,
@@ -100,7 +105,7 @@ def cmd_simulate(args) -> int:
     cat = catalog_with(args.catalog)
     model, gpu = cat.model(args.model), cat.gpu(args.gpu)
     cfg = SimConfig(model=model, gpu=gpu, replicas=args.replicas, tp=args.tp, max_num_seqs=args.max_num_seqs,
-                    max_batched_tokens=args.max_batched_tokens,
+                    max_batched_tokens=args.max_batched_tokens, usage=args.usage,
                     gpu_memory_utilization=args.gpu_memory_utilization, kv_cache=args.kv_cache == "on",
                     prefix_cache=args.prefix_cache.lower(), prefix_min_tokens=args.prefix_cache_min_tokens,
                     prefix_scope=args.prefix_cache_scope,

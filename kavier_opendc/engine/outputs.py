@@ -178,7 +178,12 @@ def summary_dict(result) -> dict:
             "replicas": len(result.replicas), "tp": groups[0].tp,
             "replica_groups": [{"model": g.model.name, "gpu": g.gpu.name, "replicas": g.replicas, "tp": g.tp}
                                for g in groups],
-            "max_num_seqs": cfg.max_num_seqs, "max_batched_tokens": cfg.max_batched_tokens,
+            # the limits of the first group's replicas (each replica's own are under "replicas"); "given", or
+            # vLLM v1's defaults for that GPU and usage
+            "max_num_seqs": result.replicas[0].max_num_seqs, "max_batched_tokens": result.replicas[0].budget,
+            "usage": result.usage,
+            "batch_limits": ("given" if cfg.max_num_seqs is not None and cfg.max_batched_tokens is not None
+                             else f"vLLM v1 defaults ({result.usage})"),
             "gpu_memory_utilization": cfg.gpu_memory_utilization,
             "kv_cache": "on" if cfg.kv_cache else "off", "prefix_cache": cfg.prefix_cache,
             "prefix_cache_capacity_tokens": cfg.prefix_capacity_tokens,
@@ -194,6 +199,7 @@ def summary_dict(result) -> dict:
             {"replica": rep.idx, "model": rep.cm.model.name, "gpu": rep.cm.gpu.name, "tp": rep.cm.tp,
              "busy_s": rep.busy_time, "busy_fraction": rep.busy_time / makespan if makespan > 0 else 0.0,
              "iterations": rep.iterations, "preemptions": rep.preemptions,
+             "max_num_seqs": rep.max_num_seqs, "max_batched_tokens": rep.budget,
              "kv_capacity_blocks": rep.capacity,
              "kv_utilization_peak": rep.peak_used / rep.capacity if rep.capacity else 0.0}
             for rep in result.replicas],

@@ -27,6 +27,27 @@ import heapq
 
 from kavier_opendc.engine.cost_model import BLOCK_SIZE
 from kavier_opendc.engine.request import BLOCK_MASK, DECODE, PREFILL, WAITING, Req, blocks_for
+from kavier_opendc.specs.catalog import GPUSpec
+
+USAGES = ("server", "offline")
+
+
+def vllm_batch_limits(gpu: GPUSpec, usage: str) -> tuple[int, int]:
+    """(max_batched_tokens, max_num_seqs) that vLLM v1 picks when none are given.
+
+    vLLM v1 (``EngineArgs.get_batch_defaults`` in vllm/engine/arg_utils.py)
+    sizes them by GPU and use: GPUs with at least 70 GiB that are not A100s
+    (H100, H200, B200, MI300X) get 8,192 tokens per iteration as an API server
+    (``vllm serve``) and 16,384 offline (the ``LLM`` class), and 1,024
+    sequences; every other GPU (A100 included: larger budgets lowered its
+    throughput, vLLM PR #17885) 2,048 as a server, 8,192 offline, and 256.
+    """
+    if usage not in USAGES:
+        raise ValueError(f"usage must be one of {USAGES}, not {usage!r}")
+    large = gpu.memory_gib >= 70 and "a100" not in gpu.name.lower()
+    if large:
+        return (8192 if usage == "server" else 16384), 1024
+    return (2048 if usage == "server" else 8192), 256
 
 
 class Scheduler:

@@ -21,6 +21,7 @@ from kavier_opendc.engine.replica import Replica
 from kavier_opendc.engine.request import Req, blocks_for
 from kavier_opendc.engine.results import Results
 from kavier_opendc.engine.router import Router, normalise_router
+from kavier_opendc.engine.scheduler import USAGES, vllm_batch_limits
 from kavier_opendc.base import limits
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.progress import Progress
@@ -59,8 +60,9 @@ class SimConfig:
     gpu: GPUSpec
     replicas: int = 1
     tp: int = 1
-    max_num_seqs: int = 256
-    max_batched_tokens: int = 8192
+    max_num_seqs: int | None = None        # None: vLLM v1's default for the GPU and usage (vllm_batch_limits)
+    max_batched_tokens: int | None = None  # None: likewise
+    usage: str = "auto"                    # server (vllm serve) | offline (LLM class) | auto: from the trace
     gpu_memory_utilization: float = 0.9
     kv_cache: bool = True
     prefix_cache: str = "auto"          # auto | none | block | prefill | full
@@ -90,8 +92,10 @@ class SimConfig:
         checks = [
             ("--replicas", self.replicas >= 1, "an integer >= 1"),
             ("--tp", self.tp >= 1, "an integer >= 1"),
-            ("--max-num-seqs", self.max_num_seqs >= 1, "an integer >= 1"),
-            ("--max-batched-tokens", self.max_batched_tokens >= 1, "an integer >= 1"),
+            ("--max-num-seqs", self.max_num_seqs is None or self.max_num_seqs >= 1, "an integer >= 1"),
+            ("--max-batched-tokens", self.max_batched_tokens is None or self.max_batched_tokens >= 1,
+             "an integer >= 1"),
+            ("--usage", self.usage in ("auto",) + USAGES, "auto, server or offline"),
             ("--gpu-memory-utilization", 0.0 < self.gpu_memory_utilization <= 1.0, "a fraction in (0, 1]"),
             ("--max-model-len", self.max_model_len is None or self.max_model_len >= 2, "an integer >= 2"),
         ]
@@ -153,6 +157,20 @@ class SimConfig:
                     "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1); allow it explicitly with --allow-long-max-model-len "
                     "(serving.allow_long_max_model_len: true in an experiment)", location="--max-model-len")
 
+    def resolved_usage(self, trace: Trace) -> str:
+        """``server`` or ``offline``: as given, or (auto) offline when every request arrives at once."""
+        if self.usage != "auto":
+            return self.usage
+        arrivals = trace.arrival_s
+        at_once = not getattr(trace, "timed", True) or (len(arrivals) > 0 and arrivals.max() == arrivals.min())
+        return "offline" if at_once else "server"
+
+    def batch_limits(self, group: ReplicaGroup, usage: str) -> tuple[int, int]:
+        """(max_batched_tokens, max_num_seqs) of ``group``'s replicas: the given ones, else vLLM v1's."""
+        tokens, seqs = vllm_batch_limits(group.gpu, usage)
+        return (self.max_batched_tokens if self.max_batched_tokens is not None else tokens,
+                self.max_num_seqs if self.max_num_seqs is not None else seqs)
+
     def warnings(self) -> list[str]:
         """What a run under this configuration should warn about (printed by the CLI)."""
         out = []
@@ -172,6 +190,7 @@ class SimulationResult:
     results: Results
     replicas: list[Replica]
     capacity_blocks: int          # per replica of the first group (see each replica's .capacity)
+    usage: str = "server"         # the usage whose vLLM batch limits apply (SimConfig.resolved_usage)
     wall_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -189,10 +208,12 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     res = Results(n)
     prefix = _prefix_setup(trace, cfg)
     reps: list[Replica] = []
+    usage = cfg.resolved_usage(trace)
     for group in cfg.replica_groups():
         cm = CostModel(group.model, group.gpu, group.tp, cfg.efficiency)
+        max_tokens, max_seqs = cfg.batch_limits(group, usage)
         cap = (cfg.num_kv_blocks if cfg.num_kv_blocks is not None else
-               cm.kv_capacity_blocks(cfg.gpu_memory_utilization, cfg.max_batched_tokens, cfg.max_num_seqs))
+               cm.kv_capacity_blocks(cfg.gpu_memory_utilization, max_tokens, max_seqs))
         if cfg.kv_cache and cap <= 0:
             raise KavierInputError(
                 f"{group.model.name} ({group.model.weight_bytes / 2**30:.1f} GiB of weights) leaves no room for "
@@ -200,8 +221,8 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
                 f"gpu_memory_utilization={cfg.gpu_memory_utilization}", location="--model/--gpu/--tp",
                 expected="a larger GPU, more tensor parallelism, or a smaller model")
         for _ in range(group.replicas):
-            reps.append(Replica(len(reps), cm, cap, max_num_seqs=cfg.max_num_seqs,
-                                max_batched_tokens=cfg.max_batched_tokens, kv_cache=cfg.kv_cache,
+            reps.append(Replica(len(reps), cm, cap, max_num_seqs=max_seqs,
+                                max_batched_tokens=max_tokens, kv_cache=cfg.kv_cache,
                                 exact=cfg.exact, results=res, merge_tol=cfg.timeline_merge_tol, prefix=prefix))
     cap = reps[0].capacity
     router = Router(cfg.router, reps, cfg.seed, sessions=trace.session_id)
@@ -268,7 +289,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
         if not i & 0x3FFF:
             bar.update(i)
     bar.close()
-    result = SimulationResult(trace, cfg, res, reps, cap)
+    result = SimulationResult(trace, cfg, res, reps, cap, usage=usage)
     end = result.makespan_s
     for rep in reps:  # every replica idles until the last request of the whole system finishes
         if rep.t < end:

@@ -36,14 +36,15 @@ def sim_config_from_experiment(exp: Experiment):
         for k, v in g.limits.items():
             if v != srv[k] and len(groups) > 1:
                 raise KavierInputError(
-                    f"per-group {k} ({v}) differs from serving.{k} ({srv[k]}); this engine version applies one "
+                    f"per-group {k} ({v}) differs from serving.{k} "
+                    f"({'vLLM v1 default' if srv[k] is None else srv[k]}); this engine version applies one "
                     "setting to every group", location=f"serving.replica_groups[{i}].{k}",
                     expected=f"the same value as serving.{k}, or leave it out")
     limits = {k: g0.limits.get(k, srv[k]) for k in ("max_num_seqs", "max_batched_tokens",
                                                      "gpu_memory_utilization")}
     kwargs: dict[str, Any] = dict(model=g0.model, gpu=g0.gpu, replicas=g0.replicas, tp=g0.tp,
                                   kv_cache=bool(srv["kv_cache"]), router=srv["router"], seed=exp.seed,
-                                  exact=bool(srv["exact"]), **limits)
+                                  exact=bool(srv["exact"]), usage=srv.get("usage") or "auto", **limits)
     if srv.get("num_kv_blocks") is not None:
         kwargs["num_kv_blocks"] = srv["num_kv_blocks"]
     if srv.get("max_model_len") is not None:

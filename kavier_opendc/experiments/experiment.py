@@ -45,7 +45,7 @@ from kavier_opendc.base.validation import (Problem, explain_schema_error, json_p
 
 SCHEMA_FILE = "experiment.schema.json"
 PREFIX_POLICIES = ("auto", "none", "off", "block", "vllm", "prefill", "full")
-SERVING_DEFAULTS = {"max_num_seqs": 256, "max_batched_tokens": 8192, "gpu_memory_utilization": 0.9,
+SERVING_DEFAULTS = {"max_num_seqs": None, "max_batched_tokens": None, "usage": "auto", "gpu_memory_utilization": 0.9,
                     "num_kv_blocks": None, "max_model_len": None, "allow_long_max_model_len": False, "kv_cache": True, "router": "round-robin",
                     "exact": False}
 GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization")
@@ -338,9 +338,17 @@ def _check_kv_room(norm: dict, groups: list[GroupSpec], problems: list[Problem])
     if not norm["kv_cache"] or norm["num_kv_blocks"] is not None:
         return
     from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel
+    from kavier_opendc.engine.scheduler import vllm_batch_limits
     for g in groups:
         lim = {**{k: norm[k] for k in GROUP_LIMIT_KEYS}, **dict(g.limits)}
         try:
+            # unset limits are vLLM v1's for the GPU (the trace, which decides auto usage, is not read yet:
+            # a server's, whose smaller token budget reserves less activation memory)
+            tokens, seqs = vllm_batch_limits(g.gpu, norm.get("usage") if norm.get("usage") == "offline" else "server")
+            if lim["max_batched_tokens"] is None:
+                lim["max_batched_tokens"] = tokens
+            if lim["max_num_seqs"] is None:
+                lim["max_num_seqs"] = seqs
             if not (isinstance(lim["gpu_memory_utilization"], (int, float))
                     and isinstance(lim["max_batched_tokens"], int) and isinstance(lim["max_num_seqs"], int)):
                 continue
@@ -412,7 +420,7 @@ def _experiment_name(data: dict, source: str) -> str:
 
 _ENGINE_LOCATIONS = {"--replicas": ("serving", "replicas"), "--tp": ("serving", "tp"),
                      "--max-num-seqs": ("serving", "max_num_seqs"),
-                     "--max-batched-tokens": ("serving", "max_batched_tokens"),
+                     "--max-batched-tokens": ("serving", "max_batched_tokens"), "--usage": ("serving", "usage"),
                      "--gpu-memory-utilization": ("serving", "gpu_memory_utilization"),
                      "--prefix-cache": ("serving", "prefix_cache"), "--router": ("serving", "router"),
                      "--max-model-len": ("serving", "max_model_len"), "--num-kv-blocks": ("serving", "num_kv_blocks"),
