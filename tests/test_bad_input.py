@@ -154,6 +154,8 @@ CASES: list[tuple[str, dict[str, str | bytes], list[str], list[str]]] = [
      ["e.yaml", "serving.prefix_cache.host_memory_gb", "limit"]),
     ("experiment-absurd-batched-tokens", {"e.yaml": experiment(max_batched_tokens=10**12), "t.csv": OK_CSV}, RUN,
      ["e.yaml", "serving.max_batched_tokens", "limit"]),
+    ("experiment-unknown-usage", {"e.yaml": experiment(usage="batch"), "t.csv": OK_CSV}, RUN,
+     ["e.yaml", "serving.usage", "offline"]),
     ("experiment-negative-seed", {"e.yaml": EXPERIMENT + "seed: -1\n", "t.csv": OK_CSV}, RUN, ["e.yaml", "seed"]),
     ("experiment-trace-is-a-directory", {"e.yaml": EXPERIMENT.replace("t.csv", "tdir"), "tdir/keep.txt": ""}, RUN,
      ["e.yaml", "trace", "is a directory"]),
