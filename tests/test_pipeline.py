@@ -249,6 +249,9 @@ def test_demo_no_opendc_and_init(tmp_path):
     rep = check_complete_run(tmp_path / "demo", opendc=False)
     assert rep["experiment"]["name"] == "demo-chat-llama3-8b-a100"
     assert rep["performance"]["num_requests"] == 3000
+    # the demo leaves the batch limits to vLLM v1: a server on A100s, and report.md says which were used
+    assert "max_num_seqs 256, max_batched_tokens 2048 (vLLM v1 server defaults)" in \
+        (tmp_path / "demo" / "report.md").read_text()
     r = cli("demo", "--init", tmp_path / "exp")
     assert r.returncode == 0, r.stderr
     assert {p.name for p in (tmp_path / "exp").iterdir()} >= {"experiment.yaml", "demo_workload.yaml"}

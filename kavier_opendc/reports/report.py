@@ -97,8 +97,12 @@ def _setup(report: Mapping[str, Any]) -> list[str]:
     extra = {k: v for k, v in (pc.items() if isinstance(pc, dict) else []) if k != "policy"}
     if extra:
         pc_text += " (" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")"
-    add(f"| serving | router {srv.get('router')}, max_num_seqs {srv.get('max_num_seqs')}, max_batched_tokens "
-        f"{srv.get('max_batched_tokens')}, gpu_memory_utilization {srv.get('gpu_memory_utilization')}, "
+    # the limits the engine used (vLLM v1's defaults for the GPU and usage when the experiment leaves them out)
+    run_cfg = perf.get("config") or {}
+    limits = {k: run_cfg.get(k, srv.get(k)) for k in ("max_num_seqs", "max_batched_tokens")}
+    origin = "" if run_cfg.get("batch_limits", "given") == "given" else f" (vLLM v1 {run_cfg.get('usage')} defaults)"
+    add(f"| serving | router {srv.get('router')}, max_num_seqs {limits['max_num_seqs']}, max_batched_tokens "
+        f"{limits['max_batched_tokens']}{origin}, gpu_memory_utilization {srv.get('gpu_memory_utilization')}, "
         f"KV cache {'on' if srv.get('kv_cache') else 'off'}, prefix cache {pc_text} |")
     tr = exp.get("trace", {})
     add(f"| trace | {tr.get('kind')}: {tr.get('path') or 'inline description'} ({fmt(perf.get('num_requests'))} "
