@@ -124,10 +124,34 @@ def test_tensor_parallel_never_faster_than_the_ideal_split(gpu):
 def test_overheads_and_kernel_times_non_negative(gpu):
     p = CAT.gpu(gpu).profile
     assert p.overhead_fixed_s >= 0 and p.overhead_per_seq_s >= 0 and p.layer_fixed_s >= 0 and p.act_passes >= 0
+    assert p.custom_allreduce_latency_s >= 0
     for size in [0, 1, 2048, 2**20, 2**30]:
         for tp in (2, 4, 8):
-            assert p.allreduce_time(size, tp, CAT.gpu(gpu).interconnect_gbs) >= 0
+            for nvlink in (True, False):
+                assert p.allreduce_time(size, tp, CAT.gpu(gpu).interconnect_gbs, nvlink) >= 0
     assert all(c.seconds == tuple(sorted(c.seconds)) for c in p.allreduce)
+
+
+def test_vllm_custom_allreduce_by_hand():
+    """TP 2/4/6/8 over NVLink up to 8 MiB: one synchronisation plus the peers' data over the links."""
+    g = CAT.gpu("H100-SXM")
+    p = g.profile
+    lat, bw = p.custom_allreduce_latency_s, g.interconnect_gbs * 1e9
+    # a decode step's 16 KiB message over 4 GPUs: one-shot, each GPU reads 3 x 16 KiB
+    assert p.allreduce_time(16384, 4, g.interconnect_gbs, True) == pytest.approx(lat + 3 * 16384 / bw, rel=1e-12)
+    # 8 MiB over 8 GPUs: two-shot (two synchronisations, 2 x 7/8 of the message) is the shorter
+    assert p.allreduce_time(2**23, 8, g.interconnect_gbs, True) == pytest.approx(
+        2 * lat + 2 * 7 / 8 * 2**23 / bw, rel=1e-12)
+    # beyond vLLM's 8 MiB buffer, over 3 GPUs (no custom all-reduce) or without NVLink: NCCL's measured curve
+    for size, tp, nvlink in [(2**24, 4, True), (16384, 3, True), (16384, 4, False)]:
+        assert p.allreduce_time(size, tp, g.interconnect_gbs, nvlink) == p.nccl_allreduce_time(
+            size, tp, g.interconnect_gbs)
+    # never shorter for a larger message, across the switch to NCCL too
+    for gpu in CAT.gpus():
+        for tp in (2, 4, 8):
+            sizes = [2**k for k in range(8, 31)] + [2**23 - 1, 2**23 + 1]
+            times = [gpu.profile.allreduce_time(s, tp, gpu.interconnect_gbs, True) for s in sorted(sizes)]
+            assert times == sorted(times), (gpu.name, tp)
 
 
 def test_cost_model_and_calibration_share_one_formula():

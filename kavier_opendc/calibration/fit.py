@@ -76,14 +76,14 @@ def predict(obs: Observation, profile: GPUProfile, gpu: GPUSpec, overheads: Over
                 + profile.layer_fixed_s
                 + obs.tokens * profile.act_passes * obs.act_bytes_per_token / (profile.gemm_mbu * gpu.mem_bandwidth))
     if obs.kind == "allreduce":
-        return profile.allreduce_time(obs.size_bytes, obs.gpus, gpu.interconnect_gbs)
+        return profile.nccl_allreduce_time(obs.size_bytes, obs.gpus, gpu.interconnect_gbs)  # what was measured
     extra = 0.0
     if overheads is not None:
         profile = dataclasses.replace(profile, overhead_fixed_s=overheads.fixed_s,
                                       overhead_per_seq_s=overheads.per_seq_s)
         extra = sum(w * (overheads.per_token_s * s.n_tokens + overheads.per_token_sq_s * s.n_tokens ** 2)
                     for w, s in obs.iterations)
-    timer = IterationTimer(obs.model, gpu, obs.tp, profile)
+    timer = IterationTimer(obs.model, gpu, obs.tp, profile, obs.vllm_allreduce)
     return extra + sum(w * timer.time(s) for w, s in obs.iterations)
 
 
@@ -203,7 +203,7 @@ def _features(obs: Observation, gpu: GPUSpec, profile: GPUProfile) -> tuple[floa
     """(known time, coefficients of [1/attn_prefill_eff, 1/attn_decode_mbu, fixed, per_seq, per_token,
     per_token² (scaled by SQ_SCALE)])."""
     timer = IterationTimer(obs.model, gpu, obs.tp, dataclasses.replace(
-        profile, overhead_fixed_s=0.0, overhead_per_seq_s=0.0))
+        profile, overhead_fixed_s=0.0, overhead_per_seq_s=0.0), obs.vllm_allreduce)
     known = 0.0
     coef = np.zeros(2 + N_OVERHEADS)
     for w, s in obs.iterations:
@@ -356,8 +356,13 @@ def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, ker
         for k in ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes"):
             prov[k] = f"fitted on {len(gemm)} operator times ({sources(gemm)})"
     if ar:
-        prof = dataclasses.replace(prof, allreduce=fit_allreduce(ar), allreduce_link_gbs=gpu.interconnect_gbs)
+        fastest = min(ar, key=lambda o: (o.measured_s, o.gpus, o.size_bytes))
+        prof = dataclasses.replace(prof, allreduce=fit_allreduce(ar), allreduce_link_gbs=gpu.interconnect_gbs,
+                                   custom_allreduce_latency_s=fastest.measured_s)
         prov["allreduce"] = f"measured NCCL curves ({sources(ar)}), monotone, least relative error"
+        prov["custom_allreduce_latency_s"] = (
+            f"the least all-reduce time measured ({sources(ar)}: {fastest.gpus} GPUs, {fastest.size_bytes:.0f} B): "
+            "no synchronisation over these links took less")
     frameworks: dict[str, Overheads] = {}
     default_seen = any(o.framework == DEFAULT_FRAMEWORK for o in e2e)
     # end-to-end sources of other frameworks alone cannot separate kernels from software overhead
@@ -388,7 +393,7 @@ def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, ker
             for k in ("overhead_fixed_s", "overhead_per_seq_s"):
                 prov[k] = f"fitted on {sources(dsrc)} (marked as the default framework)"
     for name in ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes", "attn_prefill_eff", "attn_decode_mbu",
-                 "overhead_fixed_s", "overhead_per_seq_s", "allreduce"):
+                 "overhead_fixed_s", "overhead_per_seq_s", "allreduce", "custom_allreduce_latency_s"):
         if name not in prov:
             prov[name] = base.provenance.get(name) or base.provenance.get("all") or f"inherited from {base.gpu}"
     measured = bool(gemm or ar or fit_kernels)

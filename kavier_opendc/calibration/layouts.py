@@ -23,7 +23,9 @@ Every layout is a CSV file with a header row; columns are recognised by name
 ``step-times`` (Splitwise's ``perf_model.csv`` reduced)
     ``model, gpu, tp, prompt_size, batch_size, token_size, prompt_time_ms,
     token_time_ms``: the prefill of ``batch_size`` prompts in one iteration, and
-    one decode iteration of the batch (context: prompt + token_size / 2).
+    one decode iteration of the batch (context: prompt + token_size / 2). The
+    harness all-reduces with NCCL (vLLM's custom all-reduce only with
+    ``--default-framework``).
 ``serving`` (ML.ENERGY-style saturated serving benchmark)
     ``gpu, model, tp, max_num_seqs`` or ``avg_batch_size``, ``avg_tpot_s`` (or
     ``itl_s``/``tpot_s``), ``avg_output_tokens`` and optional ``avg_input_tokens``
@@ -87,6 +89,7 @@ class Observation:
     flops: float = 0.0
     size_bytes: float = 0.0
     gpus: int = 1
+    vllm_allreduce: bool = True       # end to end: the software used vLLM's custom all-reduce (else NCCL)
     tokens: float = 0.0               # gemm: tokens in the batch
     act_bytes_per_token: float = 0.0  # gemm: (hidden + ffn/T) activations in bytes
     label: str = ""
@@ -305,11 +308,14 @@ def _step_times(rows: _Rows, catalog: Catalog, opts: ReadOptions) -> list[Observ
         p = int(rows.number(r, line, "prompt_size", integer=True))
         b = int(rows.number(r, line, "batch_size", integer=True))
         tok = rows.number(r, line, "token_size", integer=True)
-        # the whole batch's prompts in one iteration (no token budget in this harness)
+        # the whole batch's prompts in one iteration (no token budget in this harness); a harness that is not
+        # vLLM (unless it is the default framework) all-reduces with NCCL, not vLLM's custom all-reduce
+        vllm = opts.default_framework
         out.append(Observation(str(rows.path), line, "prefill", gpu, rows.number(r, line, "prompt_time_ms") / 1e3,
-                               fw, model, tp, prefill_iterations(p, b * p, b), label=f"tp{tp} b{b} p{p}"))
+                               fw, model, tp, prefill_iterations(p, b * p, b), vllm_allreduce=vllm,
+                               label=f"tp{tp} b{b} p{p}"))
         out.append(Observation(str(rows.path), line, "decode", gpu, rows.number(r, line, "token_time_ms") / 1e3,
-                               fw, model, tp, [decode_iterations(b, p + tok / 2.0, 1.0)],
+                               fw, model, tp, [decode_iterations(b, p + tok / 2.0, 1.0)], vllm_allreduce=vllm,
                                label=f"tp{tp} b{b} p{p}"))
     return out
 

@@ -16,7 +16,9 @@ on the stream; each kernel is its own roofline):
             + ||( W_head / (mbu * BW),     F_head(s) / (mfu * PEAK) )||_p      LM head, sampled tokens only
     t_attn  = F_attn / (attn_prefill_eff * PEAK)                             FlashAttention FLOPs
             + KV_bytes / (attn_decode_mbu * BW)                              paged-attention KV traffic
-    t_comm  = 2 * L * allreduce(n * hidden * bytes, T)                       measured NCCL curve
+    t_comm  = 2 * L * allreduce(n * hidden * bytes, T)                       vLLM's custom all-reduce over
+                                                                             NVLink up to 8 MiB, else the
+                                                                             measured NCCL curve
     t_over  = overhead_fixed_s + overhead_per_seq_s * s                      framework (vLLM v1, CUDA graphs)
 
 ``||(a, b)||_p = (a^p + b^p)^(1/p)`` is a smooth roofline: a GEMM that streams
@@ -46,9 +48,13 @@ STATUSES = ("measured", "derived", "assumed")
 # Fields of GPUProfile that are numbers with a provenance entry each.
 NUMERIC_FIELDS = ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes",
                   "attn_prefill_eff", "attn_decode_mbu",
-                  "overhead_fixed_s", "overhead_per_seq_s", "power_compute_weight",
+                  "overhead_fixed_s", "overhead_per_seq_s", "custom_allreduce_latency_s", "power_compute_weight",
                   "power_memory_weight")
 KNEE_MAX = 1e3  # p above this is the ideal roofline max(a, b)
+# vLLM's custom all-reduce (vllm/distributed/device_communicators/custom_all_reduce.py): TP groups of these
+# sizes whose GPUs are all NVLink-connected, messages up to its buffer size; larger ones go to NCCL
+CUSTOM_ALLREDUCE_GPUS = (2, 4, 6, 8)
+CUSTOM_ALLREDUCE_MAX_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ class GPUProfile:
     attn_decode_mbu: float = 0.6    # decode attention (paged KV reads): achieved / peak bandwidth
     overhead_fixed_s: float = 0.001  # framework time per iteration (scheduler, sampler, launches)
     overhead_per_seq_s: float = 0.0  # framework time per running sequence per iteration
+    custom_allreduce_latency_s: float = 10e-6  # vLLM's custom all-reduce: one synchronisation over NVLink
     allreduce: tuple[AllReduceCurve, ...] = ()
     allreduce_link_gbs: float = 0.0  # interconnect (GB/s per direction) the curves were measured on
     # power-relevant activity weights (bench/calibrate_power.py), see engine/cost_model.py
@@ -123,8 +130,32 @@ class GPUProfile:
             return 0.0
         return hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
 
-    def allreduce_time(self, size_bytes: float, gpus: int, link_gbs: float) -> float:
-        """One all-reduce of ``size_bytes`` over ``gpus`` GPUs whose links give ``link_gbs``.
+    def allreduce_time(self, size_bytes: float, gpus: int, link_gbs: float, nvlink: bool) -> float:
+        """One all-reduce as vLLM runs it: its custom all-reduce where it applies, else NCCL.
+
+        vLLM replaces NCCL by its own all-reduce for TP groups of 2, 4, 6 or 8
+        fully NVLink-connected GPUs and messages up to 8 MiB (every decode
+        step's and most chunks'): one synchronisation (``custom_allreduce_latency_s``)
+        and each GPU reading its peers' data over NVLink, all of it at once
+        (one-shot) or reduce-scatter then all-gather (two-shot, two
+        synchronisations), whichever is shorter.
+        """
+        if gpus <= 1:
+            return 0.0
+        if nvlink and gpus in CUSTOM_ALLREDUCE_GPUS and size_bytes <= CUSTOM_ALLREDUCE_MAX_BYTES and link_gbs > 0:
+            bw = link_gbs * 1e9
+            lat = self.custom_allreduce_latency_s
+            one_shot = lat + (gpus - 1) * size_bytes / bw
+            two_shot = 2.0 * lat + 2.0 * (gpus - 1) / gpus * size_bytes / bw
+            return one_shot if one_shot < two_shot else two_shot
+        t = self.nccl_allreduce_time(size_bytes, gpus, link_gbs)
+        if nvlink and gpus in CUSTOM_ALLREDUCE_GPUS and link_gbs > 0:
+            # past vLLM's buffer NCCL takes over; never less than the custom all-reduce of a full buffer
+            t = max(t, self.allreduce_time(CUSTOM_ALLREDUCE_MAX_BYTES, gpus, link_gbs, nvlink))
+        return t
+
+    def nccl_allreduce_time(self, size_bytes: float, gpus: int, link_gbs: float) -> float:
+        """One NCCL all-reduce of ``size_bytes`` over ``gpus`` GPUs whose links give ``link_gbs``.
 
         Uses the measured curve of the same group size (else the nearest one,
         at the size that moves the same bytes per link: ring all-reduce sends
@@ -152,7 +183,8 @@ class GPUProfile:
                 out.append((name, f"{v} is not a fraction of the datasheet peak in (0, 1]"))
         if not self.gemm_knee >= 1.0:
             out.append(("gemm_knee", f"{self.gemm_knee} is below 1 (the transition cannot be slower than a sum)"))
-        for name in ("overhead_fixed_s", "overhead_per_seq_s", "layer_fixed_s", "act_passes"):
+        for name in ("overhead_fixed_s", "overhead_per_seq_s", "layer_fixed_s", "act_passes",
+                     "custom_allreduce_latency_s"):
             if getattr(self, name) < 0:
                 out.append((name, f"{getattr(self, name)} is negative"))
         if self.status not in STATUSES:
@@ -197,7 +229,8 @@ class IterationShape:
 class IterationTimer:
     """Iteration times of one model on one GPU type with TP degree ``tp`` under ``profile``."""
 
-    def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int, profile: GPUProfile):
+    def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int, profile: GPUProfile, vllm_allreduce: bool = True):
+        """``vllm_allreduce``: the software uses vLLM's custom all-reduce where it applies (else NCCL always)."""
         self.model, self.gpu, self.tp, self.profile = model, gpu, tp, profile
         bpe = model.bytes_per_param
         self.peak = gpu.peak_flops * tp
@@ -222,6 +255,8 @@ class IterationTimer:
         self.s_per_kv_byte = 1.0 / (profile.attn_decode_mbu * self.bw)
         self.allreduce_bytes_per_token = model.hidden_size * bpe
         self.allreduces = 2 * model.num_layers if tp > 1 else 0
+        # an NVLink-class link (faster than the GPU's PCIe) lets vLLM use its custom all-reduce
+        self.nvlink = vllm_allreduce and gpu.interconnect_gbs > gpu.pcie_gbs
         # elementwise kernels: a floor per layer, and activation traffic per token on each GPU
         ffn_active = model.ffn_size * (model.experts_per_token if model.num_experts > 1 else 1)
         self.layer_fixed = model.num_layers * profile.layer_fixed_s
@@ -243,7 +278,7 @@ class IterationTimer:
         t += self.layer_fixed + n_tokens * self.s_per_token_elementwise
         if self.allreduces:
             t += self.allreduces * p.allreduce_time(n_tokens * self.allreduce_bytes_per_token, self.tp,
-                                                    self.gpu.interconnect_gbs)
+                                                    self.gpu.interconnect_gbs, self.nvlink)
         return t
 
     def seq_time(self, n_seqs: float) -> float:
