@@ -103,6 +103,17 @@ def test_unset_limits_are_vllm_v1_defaults_for_the_usage():
     assert (big.replicas[0].budget, big.replicas[0].max_num_seqs) == (8192, 1024)
 
 
+def test_each_replica_group_gets_the_vllm_limits_of_its_gpu():
+    from kavier_opendc.engine.simulator import ReplicaGroup
+    cat = default_catalog()
+    m = cat.model("Llama-3-8B")
+    groups = [ReplicaGroup(m, cat.gpu("A100-80GB"), 1, 1), ReplicaGroup(m, cat.gpu("H100-SXM"), 2, 1)]
+    cfg = SimConfig(model=m, gpu=cat.gpu("A100-80GB"), replicas=3, groups=groups)
+    res = simulate(make_trace([0.0, 1.0, 2.0], [100, 100, 100], [5, 5, 5]), cfg, progress=False)
+    assert [(r.cm.gpu.name, r.budget, r.max_num_seqs) for r in res.replicas] == [
+        ("A100-80GB", 2048, 256), ("H100-SXM", 8192, 1024), ("H100-SXM", 8192, 1024)]
+
+
 def test_kv_cache_off_recomputes_context_by_hand():
     t1 = toy_time(100, 1, 5050, 100)                                 # prefill as with KV on
     # decode without KV cache: recompute all 101 tokens (compute-bound)
