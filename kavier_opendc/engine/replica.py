@@ -231,7 +231,8 @@ class Replica(Scheduler):
         if p[0] == 2:  # a decode run of n iterations
             _, t0, n, drun, alloc0 = p
             self.used += self.dec.blocks_needed(n) - alloc0
-            self._fit()
+            if self.pc is not None:  # evictions only with a prefix cache
+                self._fit()
             self.dec.G += n
             self.iterations += n
             flops, byts = drun.totals(n)
@@ -316,7 +317,8 @@ class Replica(Scheduler):
                 self.waiting.appendleft(child)
                 continue
             self.used += cow
-            self._fit()
+            if self.pc is not None:  # evictions only with a prefix cache
+                self._fit()
             child.computed = req.computed
             child.fork = fork
             fork.alive += 1

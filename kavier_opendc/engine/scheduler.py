@@ -121,8 +121,10 @@ class Scheduler:
         # step 2: admit waiting requests (only when nothing was preempted, as vLLM does)
         if not preempted and self.waiting:
             budget, alloc = self._admit_waiting(t, budget, alloc, chunks)
+        ptoks = 0
         for req, need in chunks:  # prefill chunks: ``need`` new tokens on top of ``computed`` cached ones
             comp = req.computed
+            ptoks += need
             if kv_on:
                 n_tok += need
                 pairs += need * comp + need * (need + 1) // 2
@@ -162,7 +164,8 @@ class Scheduler:
             if n > 1:
                 drun = self.cm.decode_run(d, dec.ctx_off_sum + d * g)
                 self.used += alloc
-                self._fit()
+                if self.pc is not None:  # evictions only with a prefix cache
+                    self._fit()
                 if self.used > self.peak_used:
                     self.peak_used = self.used
                 self.pending = (2, t, n, drun, alloc)
@@ -170,14 +173,14 @@ class Scheduler:
                 self.version += 1
                 return self.next_time
         self.used += alloc
-        self._fit()
+        if self.pc is not None:  # evictions only with a prefix cache
+            self._fit()
         if self.used > self.peak_used:
             self.peak_used = self.used
         dt, flops, byts = self.cm.iteration(n_tok, pairs, kv_read, n_dec + len(chunks))
         if self.extra_time:
             dt += self.extra_time
             self.extra_time = 0.0
-        ptoks = sum(n for _, n in chunks)
         self.pending = (1, t, dec_all, skipped, chunks, flops, byts,
                         n_dec + len(chunks), ptoks, n_dec)
         self.next_time = t + dt
