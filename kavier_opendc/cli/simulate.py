@@ -126,12 +126,13 @@ def cmd_simulate(args) -> int:
 
 
 def format_summary(s: dict, out: Path, wall: float) -> str:
+    from kavier_opendc.engine.outputs import batch_limits_origin
     c = s["config"]
     lines = [
         f"{c['model']} on {c['replicas']} x {c['tp']} x {c['gpu']} ({c['router']}, KV cache {c['kv_cache']}, "
         f"{c['kv_capacity_tokens_per_replica']} KV tokens/replica)",
         f"batching     {c['max_batched_tokens']} tokens, {c['max_num_seqs']} sequences per iteration "
-        f"({'given' if c.get('batch_limits') == 'given' else 'vLLM v1 ' + str(c.get('usage')) + ' defaults'})",
+        f"({batch_limits_origin(c)})",
         f"requests     {s['num_finished']} finished, {s['num_rejected']} rejected, makespan {s['makespan_s']:.1f} s",
         f"throughput   {s['output_tokens_per_s']:.1f} output tok/s, {s['total_tokens_per_s']:.1f} total tok/s",
         f"TTFT         {text.latencies(s['ttft_s'])}",

@@ -214,6 +214,13 @@ def summary_dict(result) -> dict:
     }
 
 
+def batch_limits_origin(config: dict) -> str:
+    """Where a run's batch limits came from, for people: "given" or "vLLM v1 <usage> defaults"."""
+    if config.get("batch_limits", "given") == "given":
+        return "given"
+    return f"vLLM v1 {config.get('usage')} defaults"
+
+
 def write_simulation(result, out_dir: Path) -> dict:
     """Write the three simulation outputs into ``out_dir`` (staged, all or nothing)."""
     summary = summary_dict(result)

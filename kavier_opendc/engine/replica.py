@@ -153,12 +153,11 @@ class Replica(Scheduler):
         req.held_blocks = hb
 
     def _fit(self) -> None:
-        """Evict LRU cached units until referenced plus cached blocks fit in GPU memory."""
+        """Evict LRU cached units until referenced plus cached blocks fit in GPU memory (with a prefix cache)."""
         pc = self.pc
-        if pc is not None:
-            free_plain = self.capacity - self.used - pc.evictable_in_gpu()
-            if free_plain < 0:
-                pc.make_room(free_plain, 0)
+        free_plain = self.capacity - self.used - pc.evictable_in_gpu()
+        if free_plain < 0:
+            pc.make_room(free_plain, 0)
 
     def _blocks_allocated_at(self, now: float) -> int:
         """Blocks allocated at the latest scheduling point before ``now`` (inside a decode run, too)."""

@@ -162,7 +162,7 @@ class SimConfig:
         if self.usage != "auto":
             return self.usage
         arrivals = trace.arrival_s
-        at_once = not getattr(trace, "timed", True) or (len(arrivals) > 0 and arrivals.max() == arrivals.min())
+        at_once = not trace.timed or (len(arrivals) > 0 and arrivals.max() == arrivals.min())
         return "offline" if at_once else "server"
 
     def batch_limits(self, group: ReplicaGroup, usage: str) -> tuple[int, int]:

@@ -344,7 +344,7 @@ def _check_kv_room(norm: dict, groups: list[GroupSpec], problems: list[Problem])
         try:
             # unset limits are vLLM v1's for the GPU (the trace, which decides auto usage, is not read yet:
             # a server's, whose smaller token budget reserves less activation memory)
-            tokens, seqs = vllm_batch_limits(g.gpu, norm.get("usage") if norm.get("usage") == "offline" else "server")
+            tokens, seqs = vllm_batch_limits(g.gpu, "offline" if norm.get("usage") == "offline" else "server")
             if lim["max_batched_tokens"] is None:
                 lim["max_batched_tokens"] = tokens
             if lim["max_num_seqs"] is None:

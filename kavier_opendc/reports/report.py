@@ -98,9 +98,10 @@ def _setup(report: Mapping[str, Any]) -> list[str]:
     if extra:
         pc_text += " (" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")"
     # the limits the engine used (vLLM v1's defaults for the GPU and usage when the experiment leaves them out)
+    from kavier_opendc.engine.outputs import batch_limits_origin
     run_cfg = perf.get("config") or {}
     limits = {k: run_cfg.get(k, srv.get(k)) for k in ("max_num_seqs", "max_batched_tokens")}
-    origin = "" if run_cfg.get("batch_limits", "given") == "given" else f" (vLLM v1 {run_cfg.get('usage')} defaults)"
+    origin = "" if batch_limits_origin(run_cfg) == "given" else f" ({batch_limits_origin(run_cfg)})"
     add(f"| serving | router {srv.get('router')}, max_num_seqs {limits['max_num_seqs']}, max_batched_tokens "
         f"{limits['max_batched_tokens']}{origin}, gpu_memory_utilization {srv.get('gpu_memory_utilization')}, "
         f"KV cache {'on' if srv.get('kv_cache') else 'off'}, prefix cache {pc_text} |")
