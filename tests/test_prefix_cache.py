@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, shared, toy_time
-from kavier_opendc.engine import replica as replica_mod
+from kavier_opendc.engine import kv_manager as kv_manager_mod
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.specs import default_catalog
@@ -231,7 +231,7 @@ def test_cache_invariants_and_fast_equals_exact(seed, blocks, replicas, router, 
         tr = trace(arr, prompts, out, session_id=sess)
 
     # the GPU never holds more blocks than it has, referenced plus cached, at any scheduling point
-    original = replica_mod.Replica._fit
+    original = kv_manager_mod.KVManager._fit
 
     def checked_fit(self):
         original(self)
@@ -242,7 +242,7 @@ def test_cache_invariants_and_fast_equals_exact(seed, blocks, replicas, router, 
     kw = dict(num_kv_blocks=blocks, replicas=replicas, router=router, host_memory_gb=host,
               max_batched_tokens=int(rng.integers(64, 2048)))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(replica_mod.Replica, "_fit", checked_fit)
+        mp.setattr(kv_manager_mod.KVManager, "_fit", checked_fit)
         fast = simulate(tr, toy(**kw), progress=False)
         exact = simulate(tr, toy(exact=True, **kw), progress=False)
     for res in (fast, exact):

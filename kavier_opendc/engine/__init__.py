@@ -4,8 +4,11 @@
     router.py        which replica an arriving request goes to
     replica.py       one replica's state; applies the iterations its scheduler forms
     scheduler.py     batch formation: running requests, admission, preemption, decode runs
+    sched_output.py  what a scheduler forms: an Iteration or a DecodeRunPlan
+    request_queue.py the waiting queue (first come, first served)
     decode_state.py  the decoders, held lazily against one counter
-    kv_cache.py      the prefix cache (KV block pool, LRU, host tier) and the prompt cache
+    kv_manager.py    the owner of a replica's KV blocks: allocation, release, the prefix cache over them
+    kv_cache.py      the prefix cache's data structure (LRU, host tier) and the prompt cache
     cost_model.py    how long one batched forward pass takes
     request.py       the request records; results.py the per-request results arrays
     timeline.py      a replica's activity over time; outputs.py the Parquet/JSON outputs

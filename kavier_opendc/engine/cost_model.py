@@ -42,10 +42,9 @@ from __future__ import annotations
 import math
 
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.engine.kv_manager import BLOCK_SIZE
 from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
 from kavier_opendc.specs.profiles import GPUProfile, IterationTimer
-
-BLOCK_SIZE = 16  # tokens per KV block, vLLM's default
 
 # The efficiency profile of a cost model; ``None`` (the default) means the
 # GPU's own profile from the catalogue.

@@ -15,8 +15,8 @@ import bisect
 import heapq
 import itertools
 
-from kavier_opendc.engine.cost_model import BLOCK_SIZE
-from kavier_opendc.engine.request import BLOCK_MASK, DECODE, PREFILL, Req
+from kavier_opendc.engine.kv_manager import BLOCK_MASK, BLOCK_SIZE
+from kavier_opendc.engine.request import DECODE, PREFILL, Req
 
 
 class DecodeState:

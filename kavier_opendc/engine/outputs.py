@@ -13,6 +13,8 @@ import pyarrow as pa
 
 from kavier_opendc import __version__
 from kavier_opendc.base.atomic import staged_output, write_json_atomic, write_parquet_atomic
+from kavier_opendc.engine.kv_manager import BLOCK_SIZE
+from kavier_opendc.engine.results import FINISHED, REJECTED
 from kavier_opendc.specs.profiles import profile_summary
 
 STATUS_NAMES = np.array(["pending", "finished", "rejected"])
@@ -109,8 +111,8 @@ def prefix_summary(result) -> dict:
     }
     for r in reps:
         if r.pc is not None:
-            out["hit_tokens_gpu"] += r.pc.hits_gpu_blocks * 16
-            out["hit_tokens_host"] += r.pc.hits_host_blocks * 16
+            out["hit_tokens_gpu"] += r.pc.hits_gpu_blocks * BLOCK_SIZE
+            out["hit_tokens_host"] += r.pc.hits_host_blocks * BLOCK_SIZE
             out["evictions"] += r.pc.evictions
             out["host_evictions"] += r.pc.host_evictions
         if r.prompt_cache is not None:
@@ -121,7 +123,7 @@ def prefix_summary(result) -> dict:
 
 def summary_dict(result) -> dict:
     tr, r, cfg = result.trace, result.results, result.config
-    done = r.status == 1
+    done = r.status == FINISHED
     arrival = tr.arrival_s
     makespan = result.makespan_s
     inp = tr.num_input_tokens[done].sum(dtype=np.int64)
@@ -147,7 +149,7 @@ def summary_dict(result) -> dict:
     return {
         "num_requests": int(len(tr)),
         "num_finished": int(done.sum()),
-        "num_rejected": int((r.status == 2).sum()),
+        "num_rejected": int((r.status == REJECTED).sum()),
         # requests longer than the model's context window (a real server would refuse them;
         # --max-model-len makes the simulator refuse them too)
         "num_over_model_context": int(sum(
@@ -191,7 +193,7 @@ def summary_dict(result) -> dict:
             "host_cache_gb": cfg.host_memory_gb,
             "router": cfg.router, "seed": cfg.seed, "mode": "exact" if cfg.exact else "fast",
             "kv_capacity_blocks_per_replica": result.capacity_blocks,
-            "kv_capacity_tokens_per_replica": result.capacity_blocks * 16,
+            "kv_capacity_tokens_per_replica": result.capacity_blocks * BLOCK_SIZE,
             "max_model_len": cfg.max_model_len,
             "efficiency": profile_summary(result.replicas[0].cm.eff),
         },

@@ -6,17 +6,8 @@ written into :class:`kavier_opendc.engine.results.Results`.
 
 from __future__ import annotations
 
-from kavier_opendc.engine.cost_model import BLOCK_SIZE
-
 #: a request's life: queued, computing its prompt (or recomputing after preemption), decoding, finished
 WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
-#: tokens -> position inside a KV block (BLOCK_SIZE is a power of two)
-BLOCK_MASK = BLOCK_SIZE - 1
-
-
-def blocks_for(tokens: int) -> int:
-    """KV blocks that hold ``tokens`` tokens."""
-    return (tokens + BLOCK_MASK) // BLOCK_SIZE
 
 
 class Req:

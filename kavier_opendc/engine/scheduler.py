@@ -16,17 +16,21 @@ At every iteration boundary (vLLM v1 ``Scheduler.schedule``):
    of n iterations, advanced in closed form up to the next event (see
    decode_state.py).
 
-The result is the replica's ``pending`` work: ``(1, t0, ...)`` for one
-iteration or ``(2, t0, n, decode_run, blocks)`` for a decode run;
-:class:`kavier_opendc.engine.replica.Replica` applies it when it ends.
+The result is the replica's ``pending`` work, an
+:class:`~kavier_opendc.engine.sched_output.Iteration` or a
+:class:`~kavier_opendc.engine.sched_output.DecodeRunPlan`;
+:class:`kavier_opendc.engine.replica.Replica` applies it when it ends. KV
+blocks are asked of the replica's
+:class:`~kavier_opendc.engine.kv_manager.KVManager`, which alone changes them.
 """
 
 from __future__ import annotations
 
 import heapq
 
-from kavier_opendc.engine.cost_model import BLOCK_SIZE
-from kavier_opendc.engine.request import BLOCK_MASK, DECODE, PREFILL, WAITING, Req, blocks_for
+from kavier_opendc.engine.kv_manager import BLOCK_MASK, BLOCK_SIZE, NO_MATCH, blocks_for
+from kavier_opendc.engine.request import DECODE, PREFILL, WAITING, Req
+from kavier_opendc.engine.sched_output import DecodeRunPlan, Iteration
 from kavier_opendc.specs.catalog import GPUSpec
 
 USAGES = ("server", "offline")
@@ -55,9 +59,9 @@ class Scheduler:
 
     :class:`~kavier_opendc.engine.replica.Replica` derives from it and owns
     the state scheduled over: ``running`` (admission order) and ``waiting``
-    (FIFO) queues, the KV block count ``used`` of ``capacity``, the lazy
-    decode state ``dec``, the prefix cache ``pc`` or prompt cache, and the
-    limits ``budget`` (tokens per iteration) and ``max_num_seqs``. The methods
+    (FIFO) queues, the KV blocks ``kv`` (with the prefix cache), the lazy
+    decode state ``dec``, and the limits ``budget`` (tokens per iteration)
+    and ``max_num_seqs``. The methods
     are on the replica itself (not a separate object) because they run once
     per iteration, where an extra indirection on every field would cost.
     """
@@ -79,12 +83,13 @@ class Scheduler:
         # most one prefill chunk follows, without preemption, counted from the decode state's aggregates
         # instead of walking the list (inlined: this runs once per iteration)
         kv_on = self.kv_on
+        kv = self.kv
         budget = self.budget
         dec = self.dec
         g = dec.G
         d = dec.D
         h0 = dec.hist[(-g) & BLOCK_MASK] if kv_on else 0
-        free = self.capacity - self.used if kv_on else 1 << 62
+        free = kv.capacity - kv.used if kv_on else 1 << 62
         n_prefilling = self.n_prefilling
         bulk = (kv_on and d <= budget and h0 <= free
                 and (n_prefilling == 0 or (n_prefilling == 1 and running[-1].state == PREFILL)))
@@ -144,17 +149,17 @@ class Scheduler:
             while heap[0][2] != heap[0][3].ver:    # drop stale completions
                 heapq.heappop(heap)
             n = heap[0][0] - g
-            free = self.capacity - self.used
+            free = kv.capacity - kv.used
             # n iterations need at most d blocks per BLOCK_SIZE iterations begun: only when that bound
             # does not fit can the free blocks, not the next completion, end the run
             if d * ((n + BLOCK_SIZE - 1) // BLOCK_SIZE) > free:
                 nb_max = dec.max_iterations_for(free)
                 if nb_max < n:
                     n = nb_max
-            if self.pc is not None and self.waiting and len(running) < self.max_num_seqs and budget > 0:
+            if kv.pc is not None and self.waiting and len(running) < self.max_num_seqs and budget > 0:
                 # the waiting head was refused for lack of blocks; evicting its own cached prefix would
                 # shrink what it needs, so the run must end before the LRU reaches that prefix
-                limit = self._head_eviction_limit()
+                limit = kv.evictable_before(self.waiting[0])
                 if limit < 0:
                     n = 0
                 else:
@@ -163,26 +168,17 @@ class Scheduler:
                         n = nb2
             if n > 1:
                 drun = self.cm.decode_run(d, dec.ctx_off_sum + d * g)
-                self.used += alloc
-                if self.pc is not None:  # evictions only with a prefix cache
-                    self._fit()
-                if self.used > self.peak_used:
-                    self.peak_used = self.used
-                self.pending = (2, t, n, drun, alloc)
+                kv.allocate(alloc)
+                self.pending = DecodeRunPlan(t, n, drun, alloc)
                 self.next_time = t + drun.total_time(n)
                 self.version += 1
                 return self.next_time
-        self.used += alloc
-        if self.pc is not None:  # evictions only with a prefix cache
-            self._fit()
-        if self.used > self.peak_used:
-            self.peak_used = self.used
+        kv.allocate(alloc)
         dt, flops, byts = self.cm.iteration(n_tok, pairs, kv_read, n_dec + len(chunks))
         if self.extra_time:
             dt += self.extra_time
             self.extra_time = 0.0
-        self.pending = (1, t, dec_all, skipped, chunks, flops, byts,
-                        n_dec + len(chunks), ptoks, n_dec)
+        self.pending = Iteration(t, dec_all, skipped, chunks, flops, byts, n_dec + len(chunks), ptoks, n_dec)
         self.next_time = t + dt
         self.version += 1
         return self.next_time
@@ -193,7 +189,8 @@ class Scheduler:
         Returns budget, alloc, chunks, skipped, dec_all, n_dec, preempted, n_tok, pairs, kv_read."""
         running = self.running
         kv_on = self.kv_on
-        cap = self.capacity
+        kv = self.kv
+        cap = kv.capacity
         alloc = 0
         chunks: list = []
         skipped: list = []
@@ -215,7 +212,7 @@ class Scheduler:
                     need = budget
             nb = blocks_for(comp + need) - blocks_for(comp) if kv_on else 0
             self_preempted = False
-            while nb > cap - self.used - alloc:
+            while nb > cap - kv.used - alloc:
                 victim = running.pop()
                 self._preempt(victim)
                 preempted = True
@@ -250,48 +247,30 @@ class Scheduler:
         running = self.running
         waiting = self.waiting
         kv_on = self.kv_on
-        cap = self.capacity
+        kv = self.kv
+        cap = kv.capacity
         max_seqs = self.max_num_seqs
-        pc = self.pc
+        caching = kv.pc is not None or kv.prompt_cache is not None
         while waiting and budget > 0 and len(running) < max_seqs:
             req = waiting[0]
             comp = req.computed
             total = req.prompt + req.gen
-            k = hb = hk = hhb = revive = 0
-            if comp == 0:
-                if pc is not None:
-                    uids = req.uids
-                    if uids is None:
-                        uids, req.usizes = self.index.prompt_units(req.idx)
-                        req.uids = uids
-                    if uids:  # longest cached prefix, leaving at least one token to compute
-                        k, hb, hk, hhb, revive = pc.match(uids, req.usizes, (total - 1) // BLOCK_SIZE)
-                        comp = (hb + hhb) * BLOCK_SIZE
-                elif (self.prompt_cache is not None and req.first_sched < 0
-                      and self.prompt_cache.lookup(self.index.prompt_key(req.idx))):
-                    comp = total - 1   # the whole prompt is cached: only the last token is computed
+            match = NO_MATCH
+            if comp == 0 and caching:
+                match = kv.match_prefix(req)
+                comp = match[5]
             need = total - comp
             if need > budget:
                 need = budget
-            nb = blocks_for(comp + need) - hb if kv_on else 0
-            if nb + revive > cap - self.used - alloc:
+            nb = blocks_for(comp + need) - match[1] if kv_on else 0
+            if nb + match[4] > cap - kv.used - alloc:
                 break
             waiting.popleft()
             running.append(req)
             req.state = PREFILL
             self.n_prefilling += 1
-            if k:
-                self.used += pc.acquire(req.uids, req.usizes, k)
-            if hk:
-                pc.load_from_host(req.uids, req.usizes, k, hk)
-                self.extra_time += hhb * self.host_s_per_block
-            if comp:
-                req.held = k + hk
-                req.held_blocks = hb + hhb
-                req.computed = comp
-                if pc is not None:
-                    pc.hits_gpu_blocks += hb
-                    pc.hits_host_blocks += hhb
+            if match is not NO_MATCH:
+                self.extra_time += kv.admit(req, match)
             if req.first_sched < 0:
                 req.first_sched = t
                 req.cached = comp
@@ -300,39 +279,15 @@ class Scheduler:
             chunks.append((req, need))
         return budget, alloc
 
-    def _head_eviction_limit(self) -> int:
-        """New blocks the decoders may take before an eviction reaches the waiting head's cached prefix.
-
-        Returns -1 when no closed-form bound holds (host tier), so the caller steps one iteration.
-        """
-        pc = self.pc
-        if pc.separate:
-            return 1 << 62
-        if pc.host_cap:
-            return -1
-        req = self.waiting[0]
-        if req.computed or not req.uids:
-            return 1 << 62
-        k = pc.match(req.uids, req.usizes, (req.prompt + req.gen - 1) // BLOCK_SIZE)[0]
-        mine = {u for u in req.uids[:k] if u in pc.lru}
-        if not mine:
-            return 1 << 62
-        before = 0
-        for uid, b in pc.lru.items():
-            if uid in mine:
-                break
-            before += b
-        return self.capacity - self.used - pc.lru_blocks + before
-
     def _preempt(self, victim: Req) -> None:
         """Free ``victim``'s blocks and put it back at the head of the queue, to be recomputed."""
         if victim.state == DECODE:
             self.dec.remove(victim)
         else:
             self.n_prefilling -= 1
-        self._release(victim, victim.computed)
+        self.kv.release(victim, victim.computed)
         victim.computed = 0
         victim.state = WAITING
         victim.preempt += 1
         self.preemptions += 1
-        self.waiting.appendleft(victim)
+        self.waiting.put_back(victim)

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kavier_opendc.engine.cost_model import BLOCK_SIZE, DEFAULT_EFFICIENCY, CostModel, Efficiency
+from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel, Efficiency
+from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
 from kavier_opendc.engine.replica import Replica
-from kavier_opendc.engine.request import Req, blocks_for
-from kavier_opendc.engine.results import Results
+from kavier_opendc.engine.request import Req
+from kavier_opendc.engine.results import FINISHED, REJECTED, Results
 from kavier_opendc.engine.router import Router, normalise_router
 from kavier_opendc.engine.scheduler import USAGES, vllm_batch_limits
 from kavier_opendc.base import limits
@@ -265,14 +266,14 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             req.uids, req.usizes = prefix.index.prompt_units(i)
         r = router.choose(ta, req)
         rep = reps[r]
-        if (kv_on and blocks_for(p + o - 1) > rep.capacity) or p + o > max_len:
-            res.status[i] = 2
+        if (kv_on and blocks_for(p + o - 1) > rep.kv.capacity) or p + o > max_len:
+            res.status[i] = REJECTED
             res.replica[i] = r
-        elif full_cache and rep.prompt_cache.lookup(prefix.index.prompt_key(i)):
+        elif full_cache and rep.kv.prompt_cache.lookup(prefix.index.prompt_key(i)):
             # the answer is served from the cache: done on arrival, nothing runs on the GPU
             res.first_sched[i] = res.first_token[i] = res.finish[i] = ta
             res.cached[i] = p
-            res.status[i] = 1
+            res.status[i] = FINISHED
             res.replica[i] = r
         else:
             rep.enqueue(req)
@@ -280,7 +281,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
                 rep.busy = True
                 rep.version += 1
                 push(heap, (ta, rep.version, r))
-            elif rep.pending is not None and rep.pending[0] == 2:
+            elif rep.in_decode_run():
                 old = rep.version
                 nt = rep.cut(ta)
                 if rep.version != old:
@@ -293,9 +294,8 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     end = result.makespan_s
     for rep in reps:  # every replica idles until the last request of the whole system finishes
         if rep.t < end:
-            gc = rep.gpu_cache  # its cached prefixes stay in memory while it idles
-            rep.timeline.add(rep.t, end, 0.0, 0.0, 0.0, 0, 0,
-                             gc.lru_blocks / rep.capacity if gc is not None and rep.capacity else 0.0)
+            # its cached prefixes stay in memory while it idles
+            rep.timeline.add(rep.t, end, 0.0, 0.0, 0.0, 0, 0, rep.kv.cached_load())
     result.wall_s = time.perf_counter() - t_wall
     return result
 
