@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import TOY_BODY, TOY_EFF, TOY_GPU, TOY_HEAD, TOY_MODEL, make_trace, toy_time
 from kavier_opendc.engine.cost_model import CostModel
-from kavier_opendc.engine.scheduler import vllm_batch_limits
+from kavier_opendc.specs.frameworks import framework
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.specs import default_catalog
@@ -79,8 +79,8 @@ def test_token_budget_chunks_prefill_by_hand():
     ("MI300X", (8192, 1024), (16384, 1024))])
 def test_vllm_v1_batch_limits_by_gpu_and_usage(gpu, server, offline):
     spec = default_catalog().gpu(gpu)
-    assert vllm_batch_limits(spec, "server") == server
-    assert vllm_batch_limits(spec, "offline") == offline
+    assert framework("vllm-v1").batch_limits(spec, "server", 8192) == server
+    assert framework("vllm-v1").batch_limits(spec, "offline", 8192) == offline
 
 
 def test_unset_limits_are_vllm_v1_defaults_for_the_usage():

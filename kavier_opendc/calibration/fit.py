@@ -34,7 +34,7 @@ from kavier_opendc.calibration.layouts import Observation
 from kavier_opendc.specs.catalog import Catalog, GPUSpec
 from kavier_opendc.specs.profiles import AllReduceCurve, GPUProfile, IterationTimer
 
-E2E_KINDS = ("prefill", "decode", "tpot")
+E2E_KINDS = ("prefill", "decode", "tpot", "batch")
 DEFAULT_FRAMEWORK = "default"
 
 
@@ -238,7 +238,7 @@ PRIOR_WEIGHT = 0.02  # pulls parameters the data cannot determine to the inherit
 
 
 def fit_end_to_end(obs: list[Observation], gpu: GPUSpec, profile: GPUProfile,
-                   fit_attention: bool = True) -> tuple[GPUProfile, dict[str, Overheads]]:
+                   fit_attention: bool = True, per_step_only: bool = False) -> tuple[GPUProfile, dict[str, Overheads]]:
     """Attention efficiencies (unless ``fit_attention`` is False) and each framework's overheads.
 
     Parameters x = [1/attn_prefill_eff, 1/attn_decode_mbu, then per framework
@@ -247,6 +247,9 @@ def fit_end_to_end(obs: list[Observation], gpu: GPUSpec, profile: GPUProfile,
     attention efficiency where the data says little. ``attn_decode_mbu`` is
     set to ``gemm_mbu``: KV traffic streams HBM like weight reads, and
     end-to-end times cannot separate it from per-sequence overhead.
+    ``per_step_only``: every framework gets CPU time per step and per running
+    sequence only (an engine's scheduler, input preparation and sampler),
+    as the default framework always does.
     """
     frameworks = sorted({o.framework for o in obs})
     nf = len(frameworks)
@@ -286,7 +289,7 @@ def fit_end_to_end(obs: list[Observation], gpu: GPUSpec, profile: GPUProfile,
         seqs = {round(s.n_seqs, 6) for o in obs if o.framework == fw for _, s in o.iterations}
         if len(seqs) < 3:
             free[3 + m * k] = False
-        if fw == DEFAULT_FRAMEWORK:
+        if fw == DEFAULT_FRAMEWORK or per_step_only:
             free[4 + m * k] = free[5 + m * k] = False
     x = _bounded_lstsq(a, b, lower, free)
     prof = dataclasses.replace(profile, attn_prefill_eff=1.0 / x[0], attn_decode_mbu=1.0 / x[1])

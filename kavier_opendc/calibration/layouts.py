@@ -34,6 +34,17 @@ Every layout is a CSV file with a header row; columns are recognised by name
     at the running batch (context: prompt + half the output) plus the prefills
     that enter meanwhile (old vLLM runs each as its own iteration).
 
+``batch-latency`` (Argonne's offline ``benchmark_latency`` of vLLM 0.5-0.6)
+    ``gpu, tp, model, in_out_tokens, batch_size, latency_s``: the wall time of
+    ``batch_size`` requests of ``in_out_tokens`` prompt and output tokens each,
+    submitted together to the ``LLM`` class. vLLM v0's rules: whole prompts in
+    prefill-only iterations of at most ``max(max_model_len, 2048)`` tokens
+    (the model's context) and 256 sequences, then ``in_out_tokens - 1`` decode
+    iterations of the whole batch. Rows whose batch does not fit in the KV
+    cache (v0 would preempt and recompute, a schedule no closed form gives)
+    are left out and listed. NCCL all-reduces (vLLM's custom one only with
+    ``--default-framework``).
+
 Measurements from different frameworks carry different software overheads
 (old vLLM adds CPU time per step): each file is its own ``framework`` whose
 per-iteration overheads are fitted separately; only a file marked as the
@@ -52,7 +63,7 @@ from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.specs.catalog import Catalog, ModelSpec
 from kavier_opendc.specs.profiles import IterationShape
 
-LAYOUTS = ("single-request", "operator", "allreduce", "step-times", "serving")
+LAYOUTS = ("single-request", "operator", "allreduce", "step-times", "serving", "batch-latency")
 GEMM_COLUMNS = ("attn_pre_proj_ms", "attn_post_proj_ms", "mlp_up_proj_ms", "mlp_down_proj_ms")
 ELEMENTWISE_COLUMNS = ("mlp_act_ms", "input_layernorm_ms", "post_attention_layernorm_ms", "attn_rope_ms", "add_ms")
 _REQUIRED = {
@@ -63,6 +74,7 @@ _REQUIRED = {
     "step-times": ("model", "gpu", "tp", "prompt_size", "batch_size", "token_size", "prompt_time_ms",
                    "token_time_ms"),
     "serving": ("gpu", "model", "tp", "avg_output_tokens"),
+    "batch-latency": ("gpu", "tp", "model", "in_out_tokens", "batch_size", "latency_s"),
 }
 
 
@@ -105,6 +117,7 @@ class ReadOptions:
     max_batched_tokens: int = 8192
     prompt_tokens: float = 100.0
     default_framework: bool = False
+    skipped: list = field(default_factory=list)   # (file, line, why) of rows a reader left out
 
 
 class _Rows:
@@ -152,7 +165,7 @@ class _Rows:
 
 def detect_layout(header: Iterable[str]) -> str | None:
     cols = set(header)
-    for name in ("single-request", "operator", "allreduce", "step-times"):
+    for name in ("single-request", "operator", "allreduce", "step-times", "batch-latency"):
         if all(c in cols for c in _REQUIRED[name]):
             return name
     if all(c in cols for c in _REQUIRED["serving"]) and ({"avg_tpot_s", "tpot_s", "itl_s"} & cols) and (
@@ -183,7 +196,7 @@ def read_measurements(path: str | Path, catalog: Catalog, options: ReadOptions |
     if not rows.rows:
         raise KavierInputError("no data rows", source=str(path), expected="at least one measurement")
     reader: Callable = {"single-request": _single_request, "operator": _operator, "allreduce": _allreduce,
-                        "step-times": _step_times, "serving": _serving}[layout]
+                        "step-times": _step_times, "serving": _serving, "batch-latency": _batch_latency}[layout]
     return layout, reader(rows, catalog, opts)
 
 
@@ -339,4 +352,43 @@ def _serving(rows: _Rows, catalog: Catalog, opts: ReadOptions) -> list[Observati
         its += [(share * c, s) for c, s in prefill_iterations(int(round(pin)), 1 << 30)]
         out.append(Observation(str(rows.path), line, "tpot", gpu, tpot, fw, model, tp, its,
                                label=f"{model.name} tp{tp} batch {batch:g}"))
+    return out
+
+
+#: vLLM v0's limits without chunked prefill: the token budget is max(max_model_len, V0_MIN_BUDGET), 256 sequences
+V0_MIN_BUDGET, V0_MAX_SEQS = 2048, 256
+
+
+def _batch_latency(rows: _Rows, catalog: Catalog, opts: ReadOptions) -> list[Observation]:
+    from kavier_opendc.engine.cost_model import CostModel   # KV capacity as the engine computes it
+
+    out = []
+    for r, line in rows.rows:
+        model = _model(rows, catalog, r["model"], line, "model")
+        gpu = _gpu(rows, catalog, r["gpu"], line, "gpu")
+        tp = int(rows.number(r, line, "tp", integer=True))
+        n = int(rows.number(r, line, "in_out_tokens", integer=True))
+        b = int(rows.number(r, line, "batch_size", integer=True))
+        if n < 2:
+            raise rows.error(line, "in_out_tokens", f"{n} output tokens leave no decode iteration", "at least 2")
+        budget = max(model.max_context, V0_MIN_BUDGET)
+        blocks = CostModel(model, catalog.gpu(gpu), tp).kv_capacity_blocks(0.9, budget, V0_MAX_SEQS)
+        need = b * -(-(2 * n - 1) // 16)
+        if need > blocks:
+            opts.skipped.append((str(rows.path), line, f"the batch needs {need} KV blocks, {gpu} x {tp} holds "
+                                                       f"{blocks}: vLLM v0 preempts, no closed form"))
+            continue
+        per_it = max(1, min(b, budget // n, V0_MAX_SEQS))
+        its = []
+        left = b
+        while left > 0:
+            k = min(per_it, left)
+            its.append((1.0, IterationShape(n_tokens=k * n, n_seqs=k, attn_pairs=k * n * (n + 1) / 2.0,
+                                            kv_read_tokens=0.0)))
+            left -= k
+        # decode iteration j = 1..n-1 caches n + j - 1 tokens per sequence: mean n + n/2 - 1
+        its.append(decode_iterations(b, n + n / 2.0 - 1.0, n - 1))
+        out.append(Observation(str(rows.path), line, "batch", gpu, rows.number(r, line, "latency_s"),
+                               _framework(rows, opts, tp), model, tp, its, vllm_allreduce=opts.default_framework,
+                               label=f"{model.name} tp{tp} b{b} n{n}"))
     return out

@@ -15,6 +15,7 @@ from pathlib import Path
 from kavier_opendc.base import limits
 from kavier_opendc.cli.args import bounded_float, positive_int
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.calibration.layouts import LAYOUTS
 
 HEADER = """GPU efficiency profiles written by 'kavier calibrate' from:
 {files}
@@ -35,7 +36,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", help="model of single-request files (catalogue name)")
     p.add_argument("--gpu", help="GPU of single-request files (catalogue name)")
     p.add_argument("--tp", type=positive_int("--tp", limits.TP), default=1, help="tensor parallelism of single-request files (default 1)")
-    p.add_argument("--layout", choices=["single-request", "operator", "allreduce", "step-times", "serving"],
+    p.add_argument("--layout", choices=list(LAYOUTS),
                    help="force the layout of every file instead of detecting it")
     p.add_argument("--default-framework", action="store_true",
                    help="the files' end-to-end times are of the framework the simulator models (vLLM v1): their "

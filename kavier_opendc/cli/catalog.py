@@ -1,8 +1,9 @@
-"""``kavier catalog``: print the models and GPUs the simulator knows (inputs A and B)."""
+"""``kavier catalog``: print the models, GPUs and serving frameworks the simulator knows (inputs A and B)."""
 
 from __future__ import annotations
 
 from kavier_opendc.cli.args import catalog_with
+from kavier_opendc.specs.frameworks import builtin_frameworks
 
 
 def cmd_catalog(args) -> int:
@@ -17,12 +18,19 @@ def cmd_catalog(args) -> int:
         for g in cat.gpus():
             print(f"  {g.name:<10} {g.peak_fp16_tflops:8.1f} {g.mem_bandwidth_gbs:7.0f} {g.memory_gib:5.0f} "
                   f"{g.idle_power_w:4.0f}-{g.max_power_w:<5.0f} {g.price_per_hour:5.2f}")
+    if args.what in ("frameworks", "all"):
+        print("Serving frameworks (--framework; scheduler rules, serving path, step overhead):")
+        for fw in builtin_frameworks().values():
+            over = ("the GPU profile's" if fw.step_overhead is None else
+                    f"fitted per GPU/TP ({len(fw.step_overhead)})" if ("*", "*") not in fw.step_overhead
+                    else "derived, uncalibrated")
+            print(f"  {fw.name:<16} {fw.policy:<8} {fw.serving_path:<8} {over:<22} {fw.versions}")
     return 0
 
 
 def register(sub) -> None:
-    c = sub.add_parser("catalog", help="list the built-in (and your) models and GPUs")
-    c.add_argument("what", nargs="?", choices=["models", "gpus", "all"], default="all",
-                   help="what to list: models, gpus or all (default all)")
+    c = sub.add_parser("catalog", help="list the built-in (and your) models and GPUs, and the serving frameworks")
+    c.add_argument("what", nargs="?", choices=["models", "gpus", "frameworks", "all"], default="all",
+                   help="what to list: models, gpus, frameworks or all (default all)")
     c.add_argument("--catalog", action="append", metavar="FILE", help="extra catalogue file; repeatable")
     c.set_defaults(func=cmd_catalog)

@@ -48,6 +48,9 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
                     help="token budget per iteration, prefill chunks plus decodes (vLLM max_num_batched_tokens; "
                          "default vLLM v1's: as a server 8192 on GPUs of 70 GiB or more other than A100, else "
                          "2048; offline 16384 and 8192)")
+    ap.add_argument("--framework", default="vllm-v1", metavar="NAME",
+                    help="serving framework whose scheduler rules, batch defaults and CPU time per step are "
+                         "simulated: vllm-v1 (default), vllm-v0-server, vllm-v0-offline; 'kavier catalog' lists them")
     ap.add_argument("--usage", choices=("auto", "server", "offline"), default="auto",
                     help="whose vLLM v1 batch defaults apply: server (vllm serve), offline (the LLM class), or "
                          "auto: offline when every request arrives at once (default)")
@@ -106,7 +109,7 @@ def cmd_simulate(args) -> int:
     model, gpu = cat.model(args.model), cat.gpu(args.gpu)
     cfg = SimConfig(model=model, gpu=gpu, replicas=args.replicas, tp=args.tp, max_num_seqs=args.max_num_seqs,
                     max_batched_tokens=args.max_batched_tokens, usage=args.usage,
-                    gpu_memory_utilization=args.gpu_memory_utilization, kv_cache=args.kv_cache == "on",
+                    framework=args.framework, gpu_memory_utilization=args.gpu_memory_utilization, kv_cache=args.kv_cache == "on",
                     prefix_cache=args.prefix_cache.lower(), prefix_min_tokens=args.prefix_cache_min_tokens,
                     prefix_scope=args.prefix_cache_scope,
                     prefix_capacity_prompts=args.prefix_cache_capacity_prompts,
@@ -131,6 +134,7 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
     lines = [
         f"{c['model']} on {c['replicas']} x {c['tp']} x {c['gpu']} ({c['router']}, KV cache {c['kv_cache']}, "
         f"{c['kv_capacity_tokens_per_replica']} KV tokens/replica)",
+        f"framework    {c['framework']['name']} ({c['framework']['versions']})",
         f"batching     {c['max_batched_tokens']} tokens, {c['max_num_seqs']} sequences per iteration "
         f"({batch_limits_origin(c)})",
         f"requests     {s['num_finished']} finished, {s['num_rejected']} rejected, makespan {s['makespan_s']:.1f} s",

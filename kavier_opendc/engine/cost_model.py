@@ -39,11 +39,13 @@ measurements with a linear power model between idle and maximum power.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE
 from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
+from kavier_opendc.specs.frameworks import FrameworkProfile
 from kavier_opendc.specs.profiles import GPUProfile, IterationTimer
 
 # The efficiency profile of a cost model; ``None`` (the default) means the
@@ -72,7 +74,9 @@ class CostModel:
     """
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int = 1,
-                 efficiency: GPUProfile | None = DEFAULT_EFFICIENCY):
+                 efficiency: GPUProfile | None = DEFAULT_EFFICIENCY, framework: FrameworkProfile | None = None):
+        """``framework`` (default: vLLM v1, whose step overhead is the GPU profile's) sets the CPU time per
+        step and the all-reduce implementation."""
         if tp < 1:
             raise KavierInputError(f"tensor parallelism must be >= 1, got {tp}", location="--tp")
         if model.num_attention_heads % tp != 0:
@@ -82,7 +86,14 @@ class CostModel:
                 expected="a TP degree that divides the number of attention heads")
         profile = efficiency if efficiency is not None else profile_of(gpu)
         self.model, self.gpu, self.tp, self.eff = model, gpu, tp, profile
-        self.timer = timer = IterationTimer(model, gpu, tp, profile)
+        overhead = framework.overhead_for(gpu.name, tp) if framework is not None else None
+        timed = profile
+        if overhead is not None:   # the framework's step overhead in place of the GPU profile's
+            timed = dataclasses.replace(profile, overhead_fixed_s=overhead.fixed_s,
+                                        overhead_per_seq_s=overhead.per_seq_s)
+        self.overhead = overhead
+        self.timer = timer = IterationTimer(model, gpu, tp, timed,
+                                            vllm_allreduce=framework is None or framework.allreduce == "vllm-custom")
         bpe = model.bytes_per_param
         # KV heads are split over the TP group, but never below one per GPU (replicated).
         kv_heads_per_gpu = max(1, _ceil_div(model.num_kv_heads, tp))
@@ -137,7 +148,11 @@ class CostModel:
         """Linear layers and TP all-reduces of ``n_tokens`` tokens (memoised)."""
         t = self._body.get(n_tokens)
         if t is None:
-            t = self._body[n_tokens] = self.timer.body_time(n_tokens)
+            t = self.timer.body_time(n_tokens)
+            o = self.overhead
+            if o is not None and (o.per_token_s or o.per_token_sq_s):   # framework time that grows with tokens
+                t += o.per_token_s * n_tokens + o.per_token_sq_s * n_tokens * n_tokens
+            self._body[n_tokens] = t
         return t
 
     def seq_time(self, n_seqs: int) -> float:

@@ -145,6 +145,7 @@ def summary_dict(result) -> dict:
     cached = r.cached.sum(dtype=np.int64)
     wall = result.wall_s
     groups = cfg.replica_groups()
+    fw = cfg.framework_profile()
     tr_rep = r.replica
     return {
         "num_requests": int(len(tr)),
@@ -185,7 +186,9 @@ def summary_dict(result) -> dict:
             "max_num_seqs": result.replicas[0].max_num_seqs, "max_batched_tokens": result.replicas[0].budget,
             "usage": result.usage,
             "batch_limits": ("given" if cfg.max_num_seqs is not None and cfg.max_batched_tokens is not None
-                             else f"vLLM v1 defaults ({result.usage})"),
+                             else f"vLLM v1 defaults ({result.usage})" if fw.batch_defaults == "vllm-v1"
+                             else f"{fw.name} defaults ({result.usage})"),
+            "framework": fw.summary(),
             "gpu_memory_utilization": cfg.gpu_memory_utilization,
             "kv_cache": "on" if cfg.kv_cache else "off", "prefix_cache": cfg.prefix_cache,
             "prefix_cache_capacity_tokens": cfg.prefix_capacity_tokens,
@@ -218,9 +221,12 @@ def summary_dict(result) -> dict:
 
 def batch_limits_origin(config: dict) -> str:
     """Where a run's batch limits came from, for people: "given" or "vLLM v1 <usage> defaults"."""
-    if config.get("batch_limits", "given") == "given":
+    origin = config.get("batch_limits", "given")
+    if origin == "given":
         return "given"
-    return f"vLLM v1 {config.get('usage')} defaults"
+    if origin.startswith("vLLM v1"):
+        return f"vLLM v1 {config.get('usage')} defaults"
+    return origin
 
 
 def write_simulation(result, out_dir: Path) -> dict:

@@ -35,6 +35,7 @@ from kavier_opendc.engine.request_queue import FCFSQueue
 from kavier_opendc.engine.results import Results
 from kavier_opendc.engine.sched_output import DecodeRunPlan, Iteration
 from kavier_opendc.engine.scheduler import Scheduler
+from kavier_opendc.engine.scheduler_v0 import SchedulerV0
 from kavier_opendc.engine.timeline import Timeline
 
 
@@ -264,3 +265,11 @@ class Replica(Scheduler):
                 self._finish(child, t)
             else:
                 self.dec.add(child)
+
+
+class ReplicaV0(SchedulerV0, Replica):
+    """A replica scheduled by vLLM v0's rules (scheduler_v0.py)."""
+
+
+#: the replica of each scheduler policy (FrameworkProfile.policy)
+REPLICA_CLASSES = {"vllm-v1": Replica, "vllm-v0": ReplicaV0}

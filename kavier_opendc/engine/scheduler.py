@@ -31,27 +31,6 @@ import heapq
 from kavier_opendc.engine.kv_manager import BLOCK_MASK, BLOCK_SIZE, NO_MATCH, blocks_for
 from kavier_opendc.engine.request import DECODE, PREFILL, WAITING, Req
 from kavier_opendc.engine.sched_output import DecodeRunPlan, Iteration
-from kavier_opendc.specs.catalog import GPUSpec
-
-USAGES = ("server", "offline")
-
-
-def vllm_batch_limits(gpu: GPUSpec, usage: str) -> tuple[int, int]:
-    """(max_batched_tokens, max_num_seqs) that vLLM v1 picks when none are given.
-
-    vLLM v1 (``EngineArgs.get_batch_defaults`` in vllm/engine/arg_utils.py)
-    sizes them by GPU and use: GPUs with at least 70 GiB that are not A100s
-    (H100, H200, B200, MI300X) get 8,192 tokens per iteration as an API server
-    (``vllm serve``) and 16,384 offline (the ``LLM`` class), and 1,024
-    sequences; every other GPU (A100 included: larger budgets lowered its
-    throughput, vLLM PR #17885) 2,048 as a server, 8,192 offline, and 256.
-    """
-    if usage not in USAGES:
-        raise ValueError(f"usage must be one of {USAGES}, not {usage!r}")
-    large = gpu.memory_gib >= 70 and "a100" not in gpu.name.lower()
-    if large:
-        return (8192 if usage == "server" else 16384), 1024
-    return (2048 if usage == "server" else 8192), 256
 
 
 class Scheduler:
@@ -65,6 +44,9 @@ class Scheduler:
     are on the replica itself (not a separate object) because they run once
     per iteration, where an extra indirection on every field would cost.
     """
+
+    #: waiting requests join an iteration that has decoders in it (vLLM v1); scheduler_v0 says no
+    admits_in_decode = True
 
     def _schedule(self, t: float) -> float | None:
         """Form the iteration starting at ``t``; return its end time, or None when idle.
@@ -123,8 +105,9 @@ class Scheduler:
         else:
             (budget, alloc, chunks, skipped, dec_all, n_dec, preempted,
              n_tok, pairs, kv_read) = self._walk_running(budget, g)
-        # step 2: admit waiting requests (only when nothing was preempted, as vLLM does)
-        if not preempted and self.waiting:
+        # step 2: admit waiting requests (only when nothing was preempted, as vLLM does; never under v0's rules,
+        # which admit prompts in iterations of their own)
+        if not preempted and self.waiting and self.admits_in_decode:
             budget, alloc = self._admit_waiting(t, budget, alloc, chunks)
         ptoks = 0
         for req, need in chunks:  # prefill chunks: ``need`` new tokens on top of ``computed`` cached ones

@@ -18,15 +18,15 @@ import numpy as np
 
 from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel, Efficiency
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
-from kavier_opendc.engine.replica import Replica
+from kavier_opendc.engine.replica import REPLICA_CLASSES
 from kavier_opendc.engine.request import Req
 from kavier_opendc.engine.results import FINISHED, REJECTED, Results
 from kavier_opendc.engine.router import Router, normalise_router
-from kavier_opendc.engine.scheduler import USAGES, vllm_batch_limits
 from kavier_opendc.base import limits
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.progress import Progress
 from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
+from kavier_opendc.specs.frameworks import DEFAULT_FRAMEWORK, USAGES, FrameworkProfile, framework
 from kavier_opendc.workload.prefix import PrefixIndex
 from kavier_opendc.workload.trace import Trace
 
@@ -61,7 +61,8 @@ class SimConfig:
     gpu: GPUSpec
     replicas: int = 1
     tp: int = 1
-    max_num_seqs: int | None = None        # None: vLLM v1's default for the GPU and usage (vllm_batch_limits)
+    framework: str = DEFAULT_FRAMEWORK     # serving framework (specs/frameworks.yaml): scheduler rules, overheads
+    max_num_seqs: int | None = None        # None: the framework's default for the GPU and usage
     max_batched_tokens: int | None = None  # None: likewise
     usage: str = "auto"                    # server (vllm serve) | offline (LLM class) | auto: from the trace
     gpu_memory_utilization: float = 0.9
@@ -120,6 +121,28 @@ class SimConfig:
             raise KavierInputError("prefix cache sizes must be >= 0", location="--prefix-cache-*",
                                    expected="non-negative numbers")
         self.router = normalise_router(self.router)
+        self._check_framework()
+
+    def framework_profile(self) -> FrameworkProfile:
+        return framework(self.framework)
+
+    def _check_framework(self) -> None:
+        """The framework exists, and can run what is asked of it."""
+        fw = self.framework_profile()
+        if self.usage != "auto" and fw.serving_path != "auto" and self.usage != fw.serving_path:
+            raise KavierInputError(
+                f"framework {fw.name} is the {fw.serving_path} serving path; --usage {self.usage} contradicts it",
+                location="--usage", expected=f"auto or {fw.serving_path}, or a framework of the {self.usage} path")
+        if not fw.prefix_caching and self.prefix_cache not in ("auto", "none"):
+            raise KavierInputError(
+                f"prefix cache policy '{self.prefix_cache}' is not modelled for framework {fw.name} "
+                f"({fw.versions}: automatic prefix caching was off by default there and the simulator does not "
+                "model it for this engine)", location="--prefix-cache",
+                expected="none or auto, or a framework with prefix caching such as vllm-v1")
+        if fw.policy != "vllm-v1" and not self.kv_cache:
+            raise KavierInputError(f"--kv-cache off (recompute every step) is modelled with vLLM v1's scheduler "
+                                   f"only, not {fw.name}'s", location="--kv-cache",
+                                   expected="on, or framework vllm-v1")
 
 
     def _check_sizes(self) -> None:
@@ -159,7 +182,11 @@ class SimConfig:
                     "(serving.allow_long_max_model_len: true in an experiment)", location="--max-model-len")
 
     def resolved_usage(self, trace: Trace) -> str:
-        """``server`` or ``offline``: as given, or (auto) offline when every request arrives at once."""
+        """``server`` or ``offline``: the framework's serving path, as given, or (auto) offline when every
+        request arrives at once."""
+        fw = self.framework_profile()
+        if fw.serving_path != "auto":
+            return fw.serving_path
         if self.usage != "auto":
             return self.usage
         arrivals = trace.arrival_s
@@ -167,8 +194,9 @@ class SimConfig:
         return "offline" if at_once else "server"
 
     def batch_limits(self, group: ReplicaGroup, usage: str) -> tuple[int, int]:
-        """(max_batched_tokens, max_num_seqs) of ``group``'s replicas: the given ones, else vLLM v1's."""
-        tokens, seqs = vllm_batch_limits(group.gpu, usage)
+        """(max_batched_tokens, max_num_seqs) of ``group``'s replicas: the given ones, else the framework's."""
+        tokens, seqs = self.framework_profile().batch_limits(group.gpu, usage,
+                                                             self.max_model_len or group.model.max_context)
         return (self.max_batched_tokens if self.max_batched_tokens is not None else tokens,
                 self.max_num_seqs if self.max_num_seqs is not None else seqs)
 
@@ -210,8 +238,11 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     prefix = _prefix_setup(trace, cfg)
     reps: list[Replica] = []
     usage = cfg.resolved_usage(trace)
+    fw = cfg.framework_profile()
+    replica_class = REPLICA_CLASSES[fw.policy]
     for group in cfg.replica_groups():
-        cm = CostModel(group.model, group.gpu, group.tp, cfg.efficiency)
+        cm = CostModel(group.model, group.gpu, group.tp, cfg.efficiency,
+                       framework=fw)
         max_tokens, max_seqs = cfg.batch_limits(group, usage)
         cap = (cfg.num_kv_blocks if cfg.num_kv_blocks is not None else
                cm.kv_capacity_blocks(cfg.gpu_memory_utilization, max_tokens, max_seqs))
@@ -222,7 +253,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
                 f"gpu_memory_utilization={cfg.gpu_memory_utilization}", location="--model/--gpu/--tp",
                 expected="a larger GPU, more tensor parallelism, or a smaller model")
         for _ in range(group.replicas):
-            reps.append(Replica(len(reps), cm, cap, max_num_seqs=max_seqs,
+            reps.append(replica_class(len(reps), cm, cap, max_num_seqs=max_seqs,
                                 max_batched_tokens=max_tokens, kv_cache=cfg.kv_cache,
                                 exact=cfg.exact, results=res, merge_tol=cfg.timeline_merge_tol, prefix=prefix))
     cap = reps[0].capacity
@@ -302,7 +333,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
 
 def _prefix_setup(trace: Trace, cfg: SimConfig) -> PrefixSetup | None:
     policy = cfg.prefix_cache
-    if policy == "none" or not cfg.kv_cache:
+    if policy == "none" or not cfg.kv_cache or (policy == "auto" and not cfg.framework_profile().prefix_caching):
         return None
     index = PrefixIndex(trace, block_size=BLOCK_SIZE, scope=cfg.prefix_scope)
     if policy == "auto":

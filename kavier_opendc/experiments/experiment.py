@@ -45,7 +45,7 @@ from kavier_opendc.base.validation import (Problem, explain_schema_error, json_p
 
 SCHEMA_FILE = "experiment.schema.json"
 PREFIX_POLICIES = ("auto", "none", "off", "block", "vllm", "prefill", "full")
-SERVING_DEFAULTS = {"max_num_seqs": None, "max_batched_tokens": None, "usage": "auto", "gpu_memory_utilization": 0.9,
+SERVING_DEFAULTS = {"framework": "vllm-v1", "max_num_seqs": None, "max_batched_tokens": None, "usage": "auto", "gpu_memory_utilization": 0.9,
                     "num_kv_blocks": None, "max_model_len": None, "allow_long_max_model_len": False, "kv_cache": True, "router": "round-robin",
                     "exact": False}
 GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization")
@@ -324,6 +324,16 @@ def _serving(serving: dict, problems: list[Problem]) -> dict:
                              + (f" (did you mean {hint[0]!r}?)" if hint else "")
                              + f"; expected one of {', '.join(PREFIX_POLICIES)}"))
     norm["prefix_cache"] = pc
+    if isinstance(norm["framework"], str):
+        from kavier_opendc.specs.frameworks import builtin_frameworks
+        names = list(builtin_frameworks())
+        if norm["framework"].strip().lower() not in names:
+            hint = difflib.get_close_matches(norm["framework"].strip().lower(), names, n=1)
+            problems.append((("serving", "framework"), f"unknown serving framework {norm['framework']!r}"
+                             + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                             + f"; expected one of {', '.join(names)}"))
+        else:
+            norm["framework"] = norm["framework"].strip().lower()
     if isinstance(norm["router"], str):
         from kavier_opendc.engine.router import normalise_router
         try:
@@ -338,13 +348,15 @@ def _check_kv_room(norm: dict, groups: list[GroupSpec], problems: list[Problem])
     if not norm["kv_cache"] or norm["num_kv_blocks"] is not None:
         return
     from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel
-    from kavier_opendc.engine.scheduler import vllm_batch_limits
+    from kavier_opendc.specs.frameworks import framework
     for g in groups:
         lim = {**{k: norm[k] for k in GROUP_LIMIT_KEYS}, **dict(g.limits)}
         try:
             # unset limits are vLLM v1's for the GPU (the trace, which decides auto usage, is not read yet:
             # a server's, whose smaller token budget reserves less activation memory)
-            tokens, seqs = vllm_batch_limits(g.gpu, "offline" if norm.get("usage") == "offline" else "server")
+            fw = framework(norm.get("framework"))
+            usage = fw.usage("offline" if norm.get("usage") == "offline" else "server")
+            tokens, seqs = fw.batch_limits(g.gpu, usage, norm.get("max_model_len") or g.model.max_context)
             if lim["max_batched_tokens"] is None:
                 lim["max_batched_tokens"] = tokens
             if lim["max_num_seqs"] is None:
@@ -421,6 +433,7 @@ def _experiment_name(data: dict, source: str) -> str:
 _ENGINE_LOCATIONS = {"--replicas": ("serving", "replicas"), "--tp": ("serving", "tp"),
                      "--max-num-seqs": ("serving", "max_num_seqs"),
                      "--max-batched-tokens": ("serving", "max_batched_tokens"), "--usage": ("serving", "usage"),
+                     "--framework": ("serving", "framework"), "--kv-cache": ("serving", "kv_cache"),
                      "--gpu-memory-utilization": ("serving", "gpu_memory_utilization"),
                      "--prefix-cache": ("serving", "prefix_cache"), "--router": ("serving", "router"),
                      "--max-model-len": ("serving", "max_model_len"), "--num-kv-blocks": ("serving", "num_kv_blocks"),

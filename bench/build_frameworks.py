@@ -1,0 +1,111 @@
+"""Refit the built-in framework profiles' step overheads (kavier_opendc/specs/frameworks.yaml).
+
+Each fitted framework is fitted on the shared measurements of the engine that
+produced them, with the built-in GPU profiles held fixed
+(kavier_opendc/calibration/frameworks.py), and the lines between its
+``# BEGIN fitted NAME`` / ``# END fitted NAME`` markers are rewritten:
+
+    python bench/build_frameworks.py           # rewrite the fitted entries, print the error table
+    python bench/build_frameworks.py --check   # fail if the committed entries differ from a refit
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from kavier_opendc.calibration.frameworks import fit_framework, overhead_entries
+from kavier_opendc.specs import default_catalog
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("KAVIER_SHARED_DATA") or REPO.parent / "shared" / "data")
+OUT = REPO / "kavier_opendc" / "specs" / "frameworks.yaml"
+
+#: framework -> the shared files measured with it
+SOURCES = {
+    "vllm-v0-server": ["calibration/mlenergy_v2_vllm054_chat.csv"],
+    "vllm-v0-offline": ["calibration/argonne_vllm_batch_latency.csv"],
+}
+
+
+def entry_line(row: dict) -> str:
+    return "      - {" + ", ".join(f"{k}: {v}" for k, v in row.items()) + "}"
+
+
+def rebuild(text: str, data: Path = DATA) -> tuple[str, list[str]]:
+    """``text`` with every fitted block refitted, and the error table's lines."""
+    table = ["| framework | source | GPU | TP | rows | MAPE | fixed ms/step | us/sequence |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    cat = default_catalog()
+    for name, files in SOURCES.items():
+        fit = fit_framework([data / f for f in files], cat)
+        lines = "\n".join(entry_line(r) for r in overhead_entries(fit))
+        pattern = re.compile(rf"(# BEGIN fitted {re.escape(name)}\n)(?:.*?\n)??([ ]*# END fitted {re.escape(name)})",
+                             re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"no '# BEGIN fitted {name}' block in {OUT}")
+        text = pattern.sub(lambda m: m.group(1) + lines + "\n" + m.group(2), text)
+        for (src, gpu, tp), err in fit.mape().items():
+            o = fit.overheads[(gpu, tp)]
+            table.append(f"| {name} | {src} | {gpu} | {tp} | {len(fit.errors[(src, gpu, tp)])} | {100 * err:.1f} % "
+                         f"| {1e3 * o.fixed_s:.2f} | {1e6 * o.per_seq_s:.0f} |")
+        for src, line, why in fit.skipped:
+            table.append(f"<!-- left out: {Path(src).name} line {line}: {why} -->")
+    return text, table
+
+
+def simulated_batch_latency(framework: str, files: list[str], data: Path = DATA) -> dict[tuple[str, int], list[float]]:
+    """Relative errors of the whole simulator on batch-latency rows: ``b`` requests of n in / n out at t = 0."""
+    import numpy as np
+
+    from kavier_opendc.calibration.layouts import ReadOptions, read_measurements
+    from kavier_opendc.engine.simulator import SimConfig, simulate
+    from kavier_opendc.workload.trace import Trace
+
+    cat = default_catalog()
+    errs: dict[tuple[str, int], list[float]] = {}
+    for f in files:
+        layout, obs = read_measurements(data / f, cat, ReadOptions())
+        if layout != "batch-latency":
+            continue
+        for o in obs:
+            b, n = (int(x[1:]) for x in o.label.split()[-2:])
+            tr = Trace(np.zeros(b), np.full(b, n, dtype=np.int64), np.full(b, n, dtype=np.int64),
+                       source=f, format="kavier", timed=False)
+            res = simulate(tr, SimConfig(model=o.model, gpu=cat.gpu(o.gpu), tp=o.tp, framework=framework),
+                           progress=False)
+            errs.setdefault((o.gpu, o.tp), []).append(abs(res.makespan_s - o.measured_s) / o.measured_s)
+    return errs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="compare with the committed file instead of writing it")
+    args = ap.parse_args(argv)
+    missing = [f for files in SOURCES.values() for f in files if not (DATA / f).exists()]
+    if missing:
+        print("measurements not found: " + ", ".join(missing), file=sys.stderr)
+        return 1
+    old = OUT.read_text(encoding="utf-8")
+    new, table = rebuild(old)
+    if args.check:
+        print("frameworks.yaml is up to date" if new == old else "frameworks.yaml differs from a refit")
+        return 0 if new == old else 1
+    OUT.write_text(new, encoding="utf-8")
+    print(f"wrote {OUT}\n")
+    print("\n".join(line for line in table if not line.startswith("<!--")))
+    left = [line for line in table if line.startswith("<!--")]
+    if left:
+        print(f"\n{len(left)} rows left out (their batch does not fit in the KV cache: vLLM v0 preempts)")
+    print("\nThrough the whole simulator (kavier simulate's engine, offline batch at t = 0):")
+    for name, files in SOURCES.items():
+        for (gpu, tp), e in sorted(simulated_batch_latency(name, files).items()):
+            print(f"  {name} {gpu} TP{tp}: {len(e)} rows, MAPE {100 * sum(e) / len(e):.1f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

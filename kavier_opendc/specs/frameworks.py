@@ -1,0 +1,179 @@
+"""Serving-framework profiles: what the engine software does, apart from what the GPU does.
+
+A GPU profile (profiles.py) times kernels. A :class:`FrameworkProfile` says
+how one engine, at one version and driven one way, turns requests into
+kernels and how much CPU time it adds:
+
+- ``policy``: the scheduler rules (engine/scheduler.py for vLLM v1,
+  engine/scheduler_v0.py for vLLM v0's prefill-first scheduling);
+- ``batch_defaults``: how unset ``max_num_batched_tokens`` / ``max_num_seqs``
+  are chosen (vLLM v1 by GPU and usage; vLLM v0 ``max(max_model_len, 2048)``
+  and 256);
+- ``serving_path``: ``server`` (an API server), ``offline`` (the ``LLM``
+  class) or ``auto`` (``--usage`` decides);
+- ``step_overhead``: CPU time per engine step that the GPU waits for, per
+  (GPU, TP) where it was fitted: fixed + per running sequence + per token and
+  per token² in the step. ``None`` (vLLM v1) uses the GPU profile's own
+  ``overhead_*`` numbers, calibrated with ``--default-framework``;
+- ``prefix_caching``: whether the simulator models this engine's automatic
+  prefix caching (vLLM v0 had it off by default; it is not modelled there);
+- ``allreduce``: vLLM's custom all-reduce where it applies, or NCCL always.
+
+Every number names its source in ``provenance``. The built-in profiles are in
+frameworks.yaml.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from kavier_opendc.base.errors import KavierInputError
+
+POLICIES = ("vllm-v1", "vllm-v0")
+BATCH_DEFAULTS = ("vllm-v1", "vllm-v0")
+SERVING_PATHS = ("auto", "server", "offline")
+USAGES = ("server", "offline")
+ALLREDUCE = ("vllm-custom", "nccl")
+DEFAULT_FRAMEWORK = "vllm-v1"
+BUILTIN_FILE = Path(__file__).with_name("frameworks.yaml")
+
+
+@dataclass(frozen=True)
+class StepOverhead:
+    """CPU time per engine step not hidden behind GPU work (s): fixed + per sequence + per token (+ token²)."""
+
+    fixed_s: float
+    per_seq_s: float = 0.0
+    per_token_s: float = 0.0
+    per_token_sq_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class FrameworkProfile:
+    """One serving engine at one version, driven one way (see the module doc)."""
+
+    name: str
+    engine: str
+    versions: str
+    policy: str
+    batch_defaults: str
+    serving_path: str = "auto"
+    chunked_prefill: bool = True
+    prefix_caching: bool = True
+    allreduce: str = "vllm-custom"
+    # (GPU name, TP) -> overhead; "*" entries apply to any GPU / TP; None: the GPU profile's overheads
+    step_overhead: Mapping[tuple[str, int | str], StepOverhead] | None = None
+    description: str = ""
+    provenance: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    # ------------------------------------------------------------ rules
+    def usage(self, requested: str) -> str:
+        """The serving path in force: the framework's own, or (``auto``) the requested one."""
+        return requested if self.serving_path == "auto" else self.serving_path
+
+    def batch_limits(self, gpu, usage: str, max_model_len: int) -> tuple[int, int]:
+        """(max_num_batched_tokens, max_num_seqs) this engine picks when none are given.
+
+        vLLM v1 (``EngineArgs.get_batch_defaults``, vllm/engine/arg_utils.py):
+        GPUs with at least 70 GiB that are not A100s get 8,192 tokens per
+        iteration as a server and 16,384 offline, and 1,024 sequences; every
+        other GPU (A100 included: larger budgets lowered its throughput, vLLM
+        PR #17885) 2,048 as a server, 8,192 offline, and 256. vLLM v0
+        (``SchedulerConfig``, vllm/config.py of v0.5-v0.6, chunked prefill off):
+        ``max(max_model_len, 2048)`` tokens, so a whole prompt always fits in
+        one iteration, and 256 sequences, whatever the GPU or usage.
+        """
+        if usage not in USAGES:
+            raise ValueError(f"usage must be one of {USAGES}, not {usage!r}")
+        if self.batch_defaults == "vllm-v0":
+            return max(max_model_len, 2048), 256
+        large = gpu.memory_gib >= 70 and "a100" not in gpu.name.lower()
+        if large:
+            return (8192 if usage == "server" else 16384), 1024
+        return (2048 if usage == "server" else 8192), 256
+
+    def overhead_for(self, gpu: str, tp: int) -> StepOverhead | None:
+        """The step overhead for ``gpu`` at TP ``tp``: the pair's fitted one, else the GPU's at its nearest
+        fitted TP, else a ``*`` entry, else another GPU's at this TP (the first by name), else the first
+        entry; None when the framework defers to the GPU profile."""
+        table = self.step_overhead
+        if table is None:
+            return None
+        if (gpu, tp) in table:
+            return table[(gpu, tp)]
+        same_gpu = [k for k in table if k[0] == gpu and k[1] != "*"]
+        if same_gpu:
+            return table[min(same_gpu, key=lambda k: (abs(int(k[1]) - tp), int(k[1])))]
+        for key in ((gpu, "*"), ("*", tp), ("*", "*")):
+            if key in table:
+                return table[key]
+        same_tp = sorted(k for k in table if k[1] == tp)
+        return table[same_tp[0]] if same_tp else next(iter(table.values()))
+
+    def summary(self) -> dict[str, Any]:
+        """The profile as a run summary shows it."""
+        return {"name": self.name, "engine": self.engine, "versions": self.versions, "policy": self.policy,
+                "batch_defaults": self.batch_defaults, "serving_path": self.serving_path,
+                "chunked_prefill": self.chunked_prefill, "prefix_caching": self.prefix_caching,
+                "allreduce": self.allreduce,
+                "step_overhead": ("the GPU profile's" if self.step_overhead is None else
+                                  {f"{g}/tp{t}": vars(o) for (g, t), o in self.step_overhead.items()}),
+                "provenance": dict(self.provenance)}
+
+
+# ---------------------------------------------------------------------------
+# The built-in file.
+# ---------------------------------------------------------------------------
+
+def _overheads(entry: Any, where: str) -> dict | None:
+    if entry is None:
+        return None
+    out = {}
+    for row in entry:
+        gpu, tp = str(row["gpu"]), row.get("tp", "*")
+        vals = {k: float(row.get(k, 0.0)) for k in ("fixed_s", "per_seq_s", "per_token_s", "per_token_sq_s")}
+        if any(v < 0 for v in vals.values()):
+            raise KavierInputError("a step overhead is negative", source=where, location=f"{gpu} tp {tp}",
+                                   expected="numbers >= 0")
+        out[(gpu, tp if tp == "*" else int(tp))] = StepOverhead(**vals)
+    return out
+
+
+def framework_from_entry(entry: Mapping[str, Any], where: str = str(BUILTIN_FILE)) -> FrameworkProfile:
+    kw = dict(entry)
+    kw["step_overhead"] = _overheads(kw.get("step_overhead"), where)
+    kw["provenance"] = dict(kw.get("provenance", {}))
+    fw = FrameworkProfile(**kw)
+    for name, value, allowed in (("policy", fw.policy, POLICIES), ("batch_defaults", fw.batch_defaults, BATCH_DEFAULTS),
+                                 ("serving_path", fw.serving_path, SERVING_PATHS), ("allreduce", fw.allreduce, ALLREDUCE)):
+        if value not in allowed:
+            raise KavierInputError(f"unknown {name} {value!r}", source=where, location=f"{fw.name}.{name}",
+                                   expected="one of " + ", ".join(allowed))
+    return fw
+
+
+_BUILTIN: dict[str, FrameworkProfile] | None = None
+
+
+def builtin_frameworks() -> dict[str, FrameworkProfile]:
+    """The built-in framework profiles by name (frameworks.yaml), parsed once."""
+    global _BUILTIN
+    if _BUILTIN is None:
+        data = yaml.safe_load(BUILTIN_FILE.read_text(encoding="utf-8"))
+        _BUILTIN = {e["name"]: framework_from_entry(e) for e in data["frameworks"]}
+    return _BUILTIN
+
+
+def framework(name: str | None) -> FrameworkProfile:
+    """The built-in framework called ``name`` (case-insensitive; None: the default, vLLM v1)."""
+    fws = builtin_frameworks()
+    key = (name or DEFAULT_FRAMEWORK).strip().lower()
+    for fw in fws.values():
+        if fw.name.lower() == key:
+            return fw
+    raise KavierInputError(f"unknown serving framework '{name}'", location="--framework",
+                           expected="one of " + ", ".join(fws))

@@ -1,0 +1,260 @@
+"""Serving frameworks: the profiles, vLLM v0's prefill-first rules by hand, invariants, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace, shared, toy_time
+from test_engine import _random_trace, check_invariants
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.engine.simulator import SimConfig, simulate
+from kavier_opendc.specs import default_catalog
+from kavier_opendc.specs.frameworks import builtin_frameworks, framework
+
+V0 = "vllm-v0-offline"          # on the toy GPU: the '*' entry, 1.5 ms + 75 us per sequence per step
+
+
+def v0_time(n_tokens, n_seqs, pairs, kv_tokens):
+    """toy_time with vllm-v0-offline's step overhead in place of the toy profile's 1 ms."""
+    return toy_time(n_tokens, n_seqs, pairs, kv_tokens) - 1e-3 + 1.5e-3 + 75e-6 * n_seqs
+
+
+def toy(**kw) -> SimConfig:
+    base = dict(model=TOY_MODEL, gpu=TOY_GPU, efficiency=TOY_EFF, num_kv_blocks=10_000)
+    base.update(kw)
+    return SimConfig(**base)
+
+
+def run(arrivals, prompts, outputs, **kw):
+    return simulate(make_trace(arrivals, prompts, outputs), toy(**kw), progress=False)
+
+
+# ------------------------------------------------------------------ the profiles
+def test_builtin_frameworks_are_complete_and_physical():
+    fws = builtin_frameworks()
+    assert {"vllm-v1", "vllm-v0-server", "vllm-v0-offline"} <= set(fws)
+    for fw in fws.values():
+        assert fw.provenance.get("policy") and fw.provenance.get("step_overhead")
+        for o in (fw.step_overhead or {}).values():
+            assert min(o.fixed_s, o.per_seq_s, o.per_token_s, o.per_token_sq_s) >= 0
+    assert framework(None).name == "vllm-v1" and framework("VLLM-V0-Server").name == "vllm-v0-server"
+
+
+def test_overhead_lookup_prefers_the_gpu_then_its_nearest_tp():
+    fw = framework("vllm-v0-server")
+    assert fw.overhead_for("H100-SXM", 1).fixed_s == pytest.approx(0.01626)
+    assert framework("vllm-v0-offline").overhead_for("toygpu", 1).fixed_s == pytest.approx(0.0015)
+    assert fw.overhead_for("H100-SXM", 2).fixed_s == pytest.approx(0.01626)   # nearest TP of that GPU
+    assert fw.overhead_for("A100-40GB", 8).per_seq_s == pytest.approx(9.731e-5)
+    assert fw.overhead_for("L40S", 1).fixed_s == pytest.approx(0.01013)       # same TP, first GPU by name
+    assert framework("vllm-v1").overhead_for("H100-SXM", 1) is None          # the GPU profile's own
+
+
+def test_batch_defaults_per_framework():
+    cat = default_catalog()
+    h100, a100 = cat.gpu("H100-SXM"), cat.gpu("A100-80GB")
+    v1, v0 = framework("vllm-v1"), framework("vllm-v0-server")
+    assert v1.batch_limits(h100, "server", 8192) == (8192, 1024)
+    assert v1.batch_limits(a100, "offline", 8192) == (8192, 256)
+    assert v0.batch_limits(h100, "server", 8192) == (8192, 256)       # max(max_model_len, 2048)
+    assert v0.batch_limits(a100, "server", 1024) == (2048, 256)
+    r = simulate(make_trace([0.0, 1.0], [10, 10], [2, 2]),
+                 SimConfig(model=cat.model("Llama-3-8B"), gpu=h100, framework="vllm-v0-server"), progress=False)
+    assert (r.replicas[0].budget, r.replicas[0].max_num_seqs, r.usage) == (8192, 256, "server")
+
+
+def test_default_framework_is_todays_engine():
+    trace = _random_trace(11)
+    a = simulate(trace, toy(num_kv_blocks=200), progress=False)
+    b = simulate(trace, toy(num_kv_blocks=200, framework="vllm-v1"), progress=False)
+    for name in ("first_sched", "first_token", "finish"):
+        assert np.array_equal(getattr(a.results, name), getattr(b.results, name), equal_nan=True)
+
+
+# ------------------------------------------------------------------ vLLM v0 by hand
+def test_v0_prefill_first_stalls_decodes_by_hand():
+    # A (100 prompt, 3 out) at 0, B (100, 2) at 1 ms, while A's prefill runs.
+    # v0: prefill A | prefill B alone (A waits) | decode A+B (B done) | decode A (A done)
+    t1 = v0_time(100, 1, 5050, 100)
+    t2 = v0_time(100, 1, 5050, 100)
+    t3 = v0_time(2, 2, 202, 202)
+    t4 = v0_time(1, 1, 102, 102)
+    res = run([0.0, 0.001], [100, 100], [3, 2], framework=V0).results
+    assert res.first_token[0] == pytest.approx(t1, rel=1e-12)
+    assert res.first_sched[1] == pytest.approx(t1, rel=1e-12)
+    assert res.first_token[1] == pytest.approx(t1 + t2, rel=1e-12)
+    assert res.finish[1] == pytest.approx(t1 + t2 + t3, rel=1e-12)
+    assert res.finish[0] == pytest.approx(t1 + t2 + t3 + t4, rel=1e-12)
+    # v1 puts B's prompt beside A's decode instead: B's first token comes with A's second
+    v1 = run([0.0, 0.001], [100, 100], [3, 2]).results
+    mixed = toy_time(101, 2, 101 + 5050, 100 + 101)
+    assert v1.first_token[1] == pytest.approx(toy_time(100, 1, 5050, 100) + mixed, rel=1e-12)
+    assert v1.finish[0] - v1.first_token[0] < res.finish[0] - res.first_token[0]   # v0 decodes stall longer
+
+
+def test_v0_whole_prompts_within_the_token_budget_by_hand():
+    # budget 150: one 100-token prompt per iteration; a 200-token prompt never fits and is rejected
+    t = v0_time(100, 1, 5050, 100)
+    res = run([0.0, 0.0, 0.0, 0.0], [100, 100, 200, 100], [1, 1, 1, 1], framework=V0,
+              max_batched_tokens=150).results
+    assert list(res.status) == [1, 1, 2, 1]
+    assert res.first_token[0] == pytest.approx(t, rel=1e-12)
+    assert res.first_token[1] == pytest.approx(2 * t, rel=1e-12)
+    assert res.first_token[3] == pytest.approx(3 * t, rel=1e-12)
+    # v1 chunks the same prompts to the same budget instead: the 200-token one is served
+    assert (run([0.0] * 4, [100, 100, 200, 100], [1] * 4, max_batched_tokens=150).results.status == 1).all()
+
+
+def test_v0_admission_keeps_the_watermark_free():
+    # 200 blocks: 1 % watermark = 2 blocks. Two prompts of 99 blocks each (1584 tokens) do not both fit
+    # (200 - 99 - 99 = 2 is not < 2: they do); three of 66 blocks need 198 (2 left: fits), a fourth waits
+    res = run([0.0, 0.0], [99 * 16, 99 * 16], [1, 1], framework=V0, num_kv_blocks=200).results
+    assert res.first_token[0] == res.first_token[1]                      # one iteration: 198 + 2 free
+    res = run([0.0, 0.0], [99 * 16, 100 * 16], [1, 1], framework=V0, num_kv_blocks=200).results
+    assert res.first_token[1] > res.first_token[0]                       # 199 blocks would leave 1 < 2
+
+
+def test_v0_chunked_prefill_switch_uses_the_budget_rules():
+    a = run([0.0, 0.001], [100, 100], [3, 2], framework=V0)
+    for rep in a.replicas:
+        assert rep.chunked_prefill is False and rep.admits_in_decode is False
+
+
+# ------------------------------------------------------------------ invariants and fast paths under v0
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), replicas=st.integers(1, 3), blocks=st.integers(60, 400),
+       seqs=st.integers(1, 32), budget=st.integers(600, 2048),
+       fw=st.sampled_from(["vllm-v0-offline", "vllm-v0-server"]))
+def test_v0_invariants_and_decode_runs_equal_stepping(seed, replicas, blocks, seqs, budget, fw):
+    trace = _random_trace(seed)
+    kw = dict(replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget,
+              seed=seed, framework=fw)
+    fast = simulate(trace, toy(**kw), progress=False)
+    exact = simulate(trace, toy(exact=True, **kw), progress=False)
+    check_invariants(fast)
+    check_invariants(exact)
+    for name in ("first_sched", "first_token", "finish"):
+        x, y = getattr(fast.results, name), getattr(exact.results, name)
+        assert np.array_equal(np.isnan(x), np.isnan(y))
+        ok = ~np.isnan(y)
+        assert np.allclose(x[ok], y[ok], rtol=1e-9, atol=0)
+    assert np.array_equal(fast.results.status, exact.results.status)
+    assert np.array_equal(fast.results.preemptions, exact.results.preemptions)
+
+
+def test_v0_server_overheads_make_a_load_v1_sustains_blow_up():
+    # Llama-3-8B on one A100-40GB, Poisson arrivals of 256-in/256-out requests at a rate v1 sustains:
+    # v0's CPU time per step (10 ms + 0.26 ms per sequence, fitted on ML.ENERGY) saturates it, and the
+    # queue grows over the run: the last requests wait far longer than the first
+    cat = default_catalog()
+    rng = np.random.default_rng(1)
+    n = 1500
+    arr = np.cumsum(rng.exponential(1 / 14.0, n))
+    arr -= arr[0]
+    trace = make_trace(arr, np.full(n, 256), np.full(n, 256))
+    kw = dict(model=cat.model("Llama-3-8B"), gpu=cat.gpu("A100-40GB"))
+    v1 = simulate(trace, SimConfig(**kw), progress=False).results
+    v0 = simulate(trace, SimConfig(framework="vllm-v0-server", **kw), progress=False).results
+    ttft1, ttft0 = v1.first_token - arr, v0.first_token - arr
+    assert np.percentile(ttft1, 99) < 1.0                           # v1 keeps up
+    assert np.mean(ttft0[-200:]) > 10 * np.mean(ttft0[:200])        # v0 queues up
+    assert np.mean(ttft0[-200:]) > 5.0
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("kw, match", [
+    (dict(framework="vllm-v9"), "unknown serving framework"),
+    (dict(framework="vllm-v0-offline", usage="server"), "contradicts"),
+    (dict(framework="vllm-v0-server", prefix_cache="block"), "not modelled"),
+    (dict(framework="vllm-v0-server", kv_cache=False), "kv-cache"),
+])
+def test_framework_errors(kw, match):
+    with pytest.raises(KavierInputError, match=match):
+        run([0.0], [10], [2], **kw)
+
+
+def test_cli_framework_flag_and_errors(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,num_input_tokens,num_output_tokens\n0,100,5\n0.5,50,5\n")
+    out = tmp_path / "o"
+    ok = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "simulate", "--model", "llama-3-8b", "--gpu",
+                         "a100-80gb", "--trace", str(trace), "--out", str(out), "--framework", "vllm-v0-server"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "framework    vllm-v0-server" in ok.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["framework"]["name"] == "vllm-v0-server"
+    assert summary["config"]["batch_limits"] == "vllm-v0-server defaults (server)"
+    bad = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "simulate", "--model", "llama-3-8b", "--gpu",
+                          "a100-80gb", "--trace", str(trace), "--out", str(tmp_path / "b"), "--framework", "vllm-v9"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown serving framework 'vllm-v9'" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------ calibration of frameworks
+def test_framework_fit_round_trip(tmp_path):
+    # synthetic offline batch latencies from known overheads (2 ms per step, 60 us per sequence) on top of
+    # the built-in H100 kernel times are fitted back within 2 % of each term
+    import dataclasses
+
+    from kavier_opendc.calibration.fit import Overheads, predict
+    from kavier_opendc.calibration.frameworks import fit_framework
+    from kavier_opendc.calibration.layouts import ReadOptions, read_measurements
+
+    cat = default_catalog()
+    rows = ["gpu,tp,model,in_out_tokens,batch_size,latency_s"]
+    rows += [f"H100-SXM,1,Llama-3-8B,{n},{b},1.0" for n in (128, 256, 512, 1024) for b in (1, 16, 32, 64)]
+    draft = tmp_path / "draft.csv"
+    draft.write_text("\n".join(rows) + "\n")
+    truth = Overheads(2e-3, 60e-6)
+    gpu = dataclasses.replace(cat.gpu("H100-SXM"), profile=None)
+    prof = cat.profile_for("H100-SXM")
+    obs = read_measurements(draft, cat, ReadOptions())[1]
+    real = tmp_path / "synthetic.csv"
+    real.write_text("\n".join([rows[0]] + [
+        f"H100-SXM,1,Llama-3-8B,{o.label.split()[-1][1:]},{o.label.split()[-2][1:]},{predict(o, prof, gpu, truth)!r}"
+        for o in obs]) + "\n")
+    fit = fit_framework([real], cat)
+    got = fit.overheads[("H100-SXM", 1)]
+    assert got.fixed_s == pytest.approx(truth.fixed_s, rel=0.02)
+    assert got.per_seq_s == pytest.approx(truth.per_seq_s, rel=0.02)
+    assert max(fit.mape().values()) < 1e-6
+
+
+def test_framework_fit_needs_several_batch_sizes(tmp_path):
+    from kavier_opendc.calibration.frameworks import fit_framework
+
+    one = tmp_path / "one.csv"
+    one.write_text("gpu,tp,model,in_out_tokens,batch_size,latency_s\nH100-SXM,1,Llama-3-8B,128,16,1.5\n"
+                   "H100-SXM,1,Llama-3-8B,256,16,3.0\n")
+    with pytest.raises(KavierInputError, match="batch sizes"):
+        fit_framework([one], default_catalog())
+
+
+def test_builtin_framework_overheads_are_a_refit_of_the_shared_data():
+    import importlib.util
+    from pathlib import Path
+
+    shared("calibration/argonne_vllm_batch_latency.csv")
+    spec = importlib.util.spec_from_file_location("build_frameworks",
+                                                  Path(__file__).resolve().parents[1] / "bench" / "build_frameworks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = mod.OUT.read_text(encoding="utf-8")
+    new, table = mod.rebuild(text, shared("calibration").parent)
+    assert new == text, "frameworks.yaml differs from a refit: run python bench/build_frameworks.py"
+    # every shared source within 10 % under the framework that produced it, through the whole simulator too
+    mapes = [float(line.split("|")[6].strip(" %")) for line in table[2:] if line.startswith("| vllm")]
+    assert mapes and max(mapes) < 10.0
+    for (gpu, tp), e in mod.simulated_batch_latency("vllm-v0-offline",
+                                                    ["calibration/argonne_vllm_batch_latency.csv"],
+                                                    shared("calibration").parent).items():
+        assert sum(e) / len(e) < 0.10, (gpu, tp)
