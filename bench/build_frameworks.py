@@ -17,6 +17,8 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from kavier_opendc.calibration.frameworks import fit_framework, overhead_entries
 from kavier_opendc.specs import default_catalog
 
@@ -24,15 +26,50 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("KAVIER_SHARED_DATA") or REPO.parent / "shared" / "data")
 OUT = REPO / "kavier_opendc" / "specs" / "frameworks.yaml"
 
+#: framework -> inference-perf variants (load sweeps on one H100) measured with it
+LOAD_SWEEPS = {
+    "vllm-0.11-server": ["vllm", "vllm+batch_size"],
+    "vllm-0.9-v0-server": ["vllm+v0_engine"],
+}
+INFERENCE_PERF = "calibration/inference_perf_vllm011_h100.csv"
+
 #: framework -> the shared files measured with it
 SOURCES = {
-    "vllm-v0-server": ["calibration/mlenergy_v2_vllm054_chat.csv"],
-    "vllm-v0-offline": ["calibration/argonne_vllm_batch_latency.csv"],
+    "vllm-0.5-server": ["calibration/mlenergy_v2_vllm054_chat.csv"],
+    "vllm-0.5-offline": ["calibration/argonne_vllm_batch_latency.csv"],
 }
 
 
 def entry_line(row: dict) -> str:
     return "      - {" + ", ".join(f"{k}: {v}" for k, v in row.items()) + "}"
+
+
+def inference_perf_points(variants: list[str], data: Path = DATA) -> list:
+    """inference-perf's stages as load points: Llama-3-8B-Instruct on one H100 (GKE's SXM part)."""
+    import csv
+
+    from kavier_opendc.calibration.load_sweep import LoadPoint
+
+    out = []
+    with open(data / INFERENCE_PERF, newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            if r["variant"] not in variants:
+                continue
+            seqs = re.search(r"max-num-seqs=(\d+)", r["config"])
+            out.append(LoadPoint(INFERENCE_PERF, f"{r['variant']} stage {r['stage']}", r["variant"], "Llama-3-8B",
+                                 "H100-SXM", 1,
+                                 float(r["requested_rate_rps"]), float(r["achieved_rate_rps"]),
+                                 round(float(r["prompt_len_mean"])), round(float(r["output_len_mean"])),
+                                 float(r["ttft_mean_s"]), float(r["e2e_mean_s"]), 60.0,
+                                 int(seqs.group(1)) if seqs else None, None, int(r["max_model_len"])))
+    return out
+
+
+def _replace_block(text: str, name: str, lines: str) -> str:
+    pattern = re.compile(rf"(# BEGIN fitted {re.escape(name)}\n)(?:.*?\n)??([ ]*# END fitted {re.escape(name)})", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"no '# BEGIN fitted {name}' block in {OUT}")
+    return pattern.sub(lambda m: m.group(1) + lines + "\n" + m.group(2), text)
 
 
 def rebuild(text: str, data: Path = DATA) -> tuple[str, list[str]]:
@@ -42,18 +79,29 @@ def rebuild(text: str, data: Path = DATA) -> tuple[str, list[str]]:
     cat = default_catalog()
     for name, files in SOURCES.items():
         fit = fit_framework([data / f for f in files], cat)
-        lines = "\n".join(entry_line(r) for r in overhead_entries(fit))
-        pattern = re.compile(rf"(# BEGIN fitted {re.escape(name)}\n)(?:.*?\n)??([ ]*# END fitted {re.escape(name)})",
-                             re.S)
-        if not pattern.search(text):
-            raise SystemExit(f"no '# BEGIN fitted {name}' block in {OUT}")
-        text = pattern.sub(lambda m: m.group(1) + lines + "\n" + m.group(2), text)
+        text = _replace_block(text, name, "\n".join(entry_line(r) for r in overhead_entries(fit)))
         for (src, gpu, tp), err in fit.mape().items():
             o = fit.overheads[(gpu, tp)]
             table.append(f"| {name} | {src} | {gpu} | {tp} | {len(fit.errors[(src, gpu, tp)])} | {100 * err:.1f} % "
                          f"| {1e3 * o.fixed_s:.2f} | {1e6 * o.per_seq_s:.0f} |")
         for src, line, why in fit.skipped:
             table.append(f"<!-- left out: {Path(src).name} line {line}: {why} -->")
+    from kavier_opendc.calibration.load_sweep import fit_load_sweep
+    from kavier_opendc.specs.frameworks import framework
+
+    table += ["", "| framework | source | GPU | TP | stages | per-token MAPE | TTFT MAPE | fixed ms/step | us/sequence "
+              "| client ms |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, variants in LOAD_SWEEPS.items():
+        fit = fit_load_sweep(inference_perf_points(variants, data), cat, framework(name))
+        o = fit.overhead
+        lines = [f"    client_latency_s: {float(f'{fit.client_latency_s:.4g}')}", "    step_overhead:",
+                 "      - {gpu: H100-SXM, tp: 1, fixed_s: " + f"{float(f'{o.fixed_s:.4g}')}, per_seq_s: "
+                 f"{float(f'{o.per_seq_s:.4g}')}" + "}"]
+        text = _replace_block(text, name, "\n".join(lines))
+        e = fit.errors()
+        table.append(f"| {name} | {Path(INFERENCE_PERF).name} ({', '.join(variants)}) | H100-SXM | 1 | {len(fit.points)} "
+                     f"| {100 * np.mean(e['per_token']):.1f} % | {100 * np.mean(e['ttft']):.1f} % "
+                     f"| {1e3 * o.fixed_s:.2f} | {1e6 * o.per_seq_s:.0f} | {1e3 * fit.client_latency_s:.1f} |")
     return text, table
 
 

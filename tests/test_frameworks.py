@@ -16,13 +16,13 @@ from test_engine import _random_trace, check_invariants
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.specs import default_catalog
-from kavier_opendc.specs.frameworks import builtin_frameworks, framework
+from kavier_opendc.specs.frameworks import StepOverhead, builtin_frameworks, framework
 
-V0 = "vllm-v0-offline"          # on the toy GPU: the '*' entry, 1.5 ms + 75 us per sequence per step
+V0 = "vllm-0.5-offline"          # on the toy GPU: the '*' entry, 1.5 ms + 75 us per sequence per step
 
 
 def v0_time(n_tokens, n_seqs, pairs, kv_tokens):
-    """toy_time with vllm-v0-offline's step overhead in place of the toy profile's 1 ms."""
+    """toy_time with vllm-0.5-offline's step overhead in place of the toy profile's 1 ms."""
     return toy_time(n_tokens, n_seqs, pairs, kv_tokens) - 1e-3 + 1.5e-3 + 75e-6 * n_seqs
 
 
@@ -39,18 +39,18 @@ def run(arrivals, prompts, outputs, **kw):
 # ------------------------------------------------------------------ the profiles
 def test_builtin_frameworks_are_complete_and_physical():
     fws = builtin_frameworks()
-    assert {"vllm-v1", "vllm-v0-server", "vllm-v0-offline"} <= set(fws)
+    assert {"vllm-v1", "vllm-0.11-server", "vllm-0.9-v0-server", "vllm-0.5-server", "vllm-0.5-offline"} <= set(fws)
     for fw in fws.values():
         assert fw.provenance.get("policy") and fw.provenance.get("step_overhead")
         for o in (fw.step_overhead or {}).values():
             assert min(o.fixed_s, o.per_seq_s, o.per_token_s, o.per_token_sq_s) >= 0
-    assert framework(None).name == "vllm-v1" and framework("VLLM-V0-Server").name == "vllm-v0-server"
+    assert framework(None).name == "vllm-v1" and framework("VLLM-0.5-Server").name == "vllm-0.5-server"
 
 
 def test_overhead_lookup_prefers_the_gpu_then_its_nearest_tp():
-    fw = framework("vllm-v0-server")
+    fw = framework("vllm-0.5-server")
     assert fw.overhead_for("H100-SXM", 1).fixed_s == pytest.approx(0.01626)
-    assert framework("vllm-v0-offline").overhead_for("toygpu", 1).fixed_s == pytest.approx(0.0015)
+    assert framework("vllm-0.5-offline").overhead_for("toygpu", 1).fixed_s == pytest.approx(0.0015)
     assert fw.overhead_for("H100-SXM", 2).fixed_s == pytest.approx(0.01626)   # nearest TP of that GPU
     assert fw.overhead_for("A100-40GB", 8).per_seq_s == pytest.approx(9.731e-5)
     assert fw.overhead_for("L40S", 1).fixed_s == pytest.approx(0.01013)       # same TP, first GPU by name
@@ -60,13 +60,13 @@ def test_overhead_lookup_prefers_the_gpu_then_its_nearest_tp():
 def test_batch_defaults_per_framework():
     cat = default_catalog()
     h100, a100 = cat.gpu("H100-SXM"), cat.gpu("A100-80GB")
-    v1, v0 = framework("vllm-v1"), framework("vllm-v0-server")
+    v1, v0 = framework("vllm-v1"), framework("vllm-0.5-server")
     assert v1.batch_limits(h100, "server", 8192) == (8192, 1024)
     assert v1.batch_limits(a100, "offline", 8192) == (8192, 256)
     assert v0.batch_limits(h100, "server", 8192) == (8192, 256)       # max(max_model_len, 2048)
     assert v0.batch_limits(a100, "server", 1024) == (2048, 256)
     r = simulate(make_trace([0.0, 1.0], [10, 10], [2, 2]),
-                 SimConfig(model=cat.model("Llama-3-8B"), gpu=h100, framework="vllm-v0-server"), progress=False)
+                 SimConfig(model=cat.model("Llama-3-8B"), gpu=h100, framework="vllm-0.5-server"), progress=False)
     assert (r.replicas[0].budget, r.replicas[0].max_num_seqs, r.usage) == (8192, 256, "server")
 
 
@@ -131,7 +131,7 @@ def test_v0_chunked_prefill_switch_uses_the_budget_rules():
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), replicas=st.integers(1, 3), blocks=st.integers(60, 400),
        seqs=st.integers(1, 32), budget=st.integers(600, 2048),
-       fw=st.sampled_from(["vllm-v0-offline", "vllm-v0-server"]))
+       fw=st.sampled_from(["vllm-0.5-offline", "vllm-0.5-server"]))
 def test_v0_invariants_and_decode_runs_equal_stepping(seed, replicas, blocks, seqs, budget, fw):
     trace = _random_trace(seed)
     kw = dict(replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget,
@@ -161,7 +161,7 @@ def test_v0_server_overheads_make_a_load_v1_sustains_blow_up():
     trace = make_trace(arr, np.full(n, 256), np.full(n, 256))
     kw = dict(model=cat.model("Llama-3-8B"), gpu=cat.gpu("A100-40GB"))
     v1 = simulate(trace, SimConfig(**kw), progress=False).results
-    v0 = simulate(trace, SimConfig(framework="vllm-v0-server", **kw), progress=False).results
+    v0 = simulate(trace, SimConfig(framework="vllm-0.5-server", **kw), progress=False).results
     ttft1, ttft0 = v1.first_token - arr, v0.first_token - arr
     assert np.percentile(ttft1, 99) < 1.0                           # v1 keeps up
     assert np.mean(ttft0[-200:]) > 10 * np.mean(ttft0[:200])        # v0 queues up
@@ -171,9 +171,9 @@ def test_v0_server_overheads_make_a_load_v1_sustains_blow_up():
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("kw, match", [
     (dict(framework="vllm-v9"), "unknown serving framework"),
-    (dict(framework="vllm-v0-offline", usage="server"), "contradicts"),
-    (dict(framework="vllm-v0-server", prefix_cache="block"), "not modelled"),
-    (dict(framework="vllm-v0-server", kv_cache=False), "kv-cache"),
+    (dict(framework="vllm-0.5-offline", usage="server"), "contradicts"),
+    (dict(framework="vllm-0.5-server", prefix_cache="block"), "not modelled"),
+    (dict(framework="vllm-0.5-server", kv_cache=False), "kv-cache"),
 ])
 def test_framework_errors(kw, match):
     with pytest.raises(KavierInputError, match=match):
@@ -185,13 +185,13 @@ def test_cli_framework_flag_and_errors(tmp_path):
     trace.write_text("arrival_s,num_input_tokens,num_output_tokens\n0,100,5\n0.5,50,5\n")
     out = tmp_path / "o"
     ok = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "simulate", "--model", "llama-3-8b", "--gpu",
-                         "a100-80gb", "--trace", str(trace), "--out", str(out), "--framework", "vllm-v0-server"],
+                         "a100-80gb", "--trace", str(trace), "--out", str(out), "--framework", "vllm-0.5-server"],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert "framework    vllm-v0-server" in ok.stdout
+    assert "framework    vllm-0.5-server" in ok.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["config"]["framework"]["name"] == "vllm-v0-server"
-    assert summary["config"]["batch_limits"] == "vllm-v0-server defaults (server)"
+    assert summary["config"]["framework"]["name"] == "vllm-0.5-server"
+    assert summary["config"]["batch_limits"] == "vllm-0.5-server defaults (server)"
     bad = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "simulate", "--model", "llama-3-8b", "--gpu",
                           "a100-80gb", "--trace", str(trace), "--out", str(tmp_path / "b"), "--framework", "vllm-v9"],
                          capture_output=True, text=True)
@@ -253,8 +253,50 @@ def test_builtin_framework_overheads_are_a_refit_of_the_shared_data():
     assert new == text, "frameworks.yaml differs from a refit: run python bench/build_frameworks.py"
     # every shared source within 10 % under the framework that produced it, through the whole simulator too
     mapes = [float(line.split("|")[6].strip(" %")) for line in table[2:] if line.startswith("| vllm")]
-    assert mapes and max(mapes) < 10.0
-    for (gpu, tp), e in mod.simulated_batch_latency("vllm-v0-offline",
+    assert len(mapes) == 13 and max(mapes) < 10.0
+    for (gpu, tp), e in mod.simulated_batch_latency("vllm-0.5-offline",
                                                     ["calibration/argonne_vllm_batch_latency.csv"],
                                                     shared("calibration").parent).items():
         assert sum(e) / len(e) < 0.10, (gpu, tp)
+
+
+def test_load_sweep_fit_round_trip():
+    # load points made by simulating a server with known CPU time (2 ms per step, 50 us per sequence) and
+    # 15 ms of client latency are fitted back within 5 % of each term
+    import dataclasses
+
+    from kavier_opendc.calibration.load_sweep import LoadPoint, fit_load_sweep, simulate_point
+
+    cat = default_catalog()
+    base = framework("vllm-0.11-server")
+    truth = dataclasses.replace(base, step_overhead={("H100-SXM", 1): StepOverhead(2e-3, 50e-6)})
+    points = []
+    for rate in (1.0, 30.0, 60.0, 200.0):
+        draft = LoadPoint("synthetic", f"{rate}", "s", "Llama-3-8B", "H100-SXM", 1, rate, rate, 200, 64, 1.0, 2.0,
+                          duration_s=20.0, max_num_seqs=128, max_model_len=512)
+        sim = simulate_point(draft, cat, truth)
+        achieved = rate if rate < 100 else 90.0        # the last stage saturates: left out of the fit
+        points.append(dataclasses.replace(draft, achieved_rps=achieved, ttft_s=sim.ttft_s + 0.015,
+                                          e2e_s=sim.ttft_s + 0.015 + sim.per_token_s * 63))
+    fit = fit_load_sweep(points, cat, base, evaluations=60)
+    assert len(fit.points) == 3 and len(fit.left_out) == 1
+    assert fit.overhead.fixed_s == pytest.approx(2e-3, rel=0.05)
+    assert fit.overhead.per_seq_s == pytest.approx(50e-6, rel=0.05)
+    assert fit.client_latency_s == pytest.approx(0.015, rel=0.05)
+
+
+def test_client_latency_is_on_the_client_clock_only_for_servers(tmp_path):
+    from kavier_opendc.engine.outputs import summary_dict
+
+    cat = default_catalog()
+    trace = make_trace([0.0, 0.5], [100, 100], [5, 5])
+    kw = dict(model=cat.model("Llama-3-8B"), gpu=cat.gpu("H100-SXM"))
+    engine = simulate(trace, SimConfig(framework="vllm-v1", **kw), progress=False)
+    server = simulate(trace, SimConfig(framework="vllm-0.11-server", **kw), progress=False)
+    c = framework("vllm-0.11-server").client_latency_s
+    assert c > 0
+    s = summary_dict(server)
+    ttft = server.results.first_token - trace.arrival_s
+    assert s["ttft_s"]["mean"] == pytest.approx(float(np.mean(ttft)) + c, rel=1e-12)
+    assert summary_dict(engine)["ttft_s"]["mean"] == pytest.approx(
+        float(np.mean(engine.results.first_token - trace.arrival_s)), rel=1e-12)

@@ -122,7 +122,7 @@ def fit_gemm(obs: list[Observation], gpu: GPUSpec) -> tuple[float, float, float,
         hi, lo = np.maximum(tm, tc), np.minimum(tm, tc)
         g = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
         a = np.column_stack([np.ones_like(t), act / mbu]) / t[:, None]
-        c = _bounded_lstsq(a, 1.0 - g / t, np.zeros(2), np.ones(2, dtype=bool))
+        c = bounded_lstsq(a, 1.0 - g / t, np.zeros(2), np.ones(2, dtype=bool))
         err = (g + c[0] + c[1] * act / mbu) / t - 1.0
         penalty = 1e3 * (max(0.0, mbu - 1.0) + max(0.0, mfu - 1.0))
         return float(np.mean(err ** 2)) + penalty, mbu, mfu, p, float(c[0]), float(c[1])
@@ -132,8 +132,8 @@ def fit_gemm(obs: list[Observation], gpu: GPUSpec) -> tuple[float, float, float,
     x0 = np.log([min(0.95, w[small] / t[small]), min(0.95, f[large] / t[large]), 1.0])
     best = None
     for start in (x0, x0 + np.array([0.0, 0.0, 1.5])):
-        x = _nelder_mead(lambda v: solve(v)[0], start, iters=600)
-        x = _nelder_mead(lambda v: solve(v)[0], x, step=0.02, iters=600)
+        x = nelder_mead(lambda v: solve(v)[0], start, iters=600)
+        x = nelder_mead(lambda v: solve(v)[0], x, step=0.02, iters=600)
         r = solve(x)
         if best is None or r[0] < best[0]:
             best = r
@@ -214,7 +214,7 @@ def _features(obs: Observation, gpu: GPUSpec, profile: GPUProfile) -> tuple[floa
     return known, coef
 
 
-def _bounded_lstsq(a: np.ndarray, b: np.ndarray, lower: np.ndarray, free: np.ndarray) -> np.ndarray:
+def bounded_lstsq(a: np.ndarray, b: np.ndarray, lower: np.ndarray, free: np.ndarray) -> np.ndarray:
     """min ||a x - b|| with x >= lower, only ``free`` columns fitted (others at their lower bound)."""
     x = lower.copy()
     active = free.copy()
@@ -291,7 +291,7 @@ def fit_end_to_end(obs: list[Observation], gpu: GPUSpec, profile: GPUProfile,
             free[3 + m * k] = False
         if fw == DEFAULT_FRAMEWORK or per_step_only:
             free[4 + m * k] = free[5 + m * k] = False
-    x = _bounded_lstsq(a, b, lower, free)
+    x = bounded_lstsq(a, b, lower, free)
     prof = dataclasses.replace(profile, attn_prefill_eff=1.0 / x[0], attn_decode_mbu=1.0 / x[1])
     fws = {}
     for k, fw in enumerate(frameworks):
@@ -300,7 +300,7 @@ def fit_end_to_end(obs: list[Observation], gpu: GPUSpec, profile: GPUProfile,
     return prof, fws
 
 
-def _nelder_mead(f, x0: np.ndarray, step: float = 0.15, iters: int = 300) -> np.ndarray:
+def nelder_mead(f, x0: np.ndarray, step: float = 0.15, iters: int = 300) -> np.ndarray:
     n = len(x0)
     simplex = [x0] + [x0 + step * np.eye(n)[i] for i in range(n)]
     values = [f(x) for x in simplex]
@@ -380,7 +380,7 @@ def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, ker
                 p2, fws = fit_end_to_end(e2e, gpu, trial)
                 return _weighted_sq_error(e2e, p2, fws, gpu)
 
-            x = _nelder_mead(loss, np.log([prof.gemm_mbu, prof.gemm_mfu]))
+            x = nelder_mead(loss, np.log([prof.gemm_mbu, prof.gemm_mfu]))
             prof = dataclasses.replace(prof, gemm_mbu=math.exp(x[0]), gemm_mfu=math.exp(x[1]))
             for k in ("gemm_mbu", "gemm_mfu"):
                 prov[k] = f"fitted on {len(e2e)} end-to-end times ({sources(e2e)})"

@@ -50,7 +50,7 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
                          "2048; offline 16384 and 8192)")
     ap.add_argument("--framework", default="vllm-v1", metavar="NAME",
                     help="serving framework whose scheduler rules, batch defaults and CPU time per step are "
-                         "simulated: vllm-v1 (default), vllm-v0-server, vllm-v0-offline; 'kavier catalog' lists them")
+                         "simulated: vllm-v1 (default), vllm-0.5-server, vllm-0.5-offline; 'kavier catalog' lists them")
     ap.add_argument("--usage", choices=("auto", "server", "offline"), default="auto",
                     help="whose vLLM v1 batch defaults apply: server (vllm serve), offline (the LLM class), or "
                          "auto: offline when every request arrives at once (default)")

@@ -30,6 +30,12 @@ def stats(values: np.ndarray) -> dict:
             "max": float(v.max())}
 
 
+def client_latency(result) -> float:
+    """Seconds a client sees beyond the engine's TTFT and e2e: the framework's serving path (0 offline)."""
+    fw = result.config.framework_profile()
+    return fw.client_latency_s if result.usage == "server" else 0.0
+
+
 def requests_table(result) -> pa.Table:
     tr, r = result.trace, result.results
     n = len(tr)
@@ -37,6 +43,10 @@ def requests_table(result) -> pa.Table:
     out = tr.num_output_tokens
     ttft = r.first_token - arrival
     e2e = r.finish - arrival
+    c = client_latency(result)
+    if c:   # latencies on the client's clock
+        ttft = ttft + c
+        e2e = e2e + c
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(out > 1, (r.finish - r.first_token) / np.maximum(out - 1, 1), np.nan)
     cols = {
@@ -146,6 +156,7 @@ def summary_dict(result) -> dict:
     wall = result.wall_s
     groups = cfg.replica_groups()
     fw = cfg.framework_profile()
+    c = client_latency(result)
     tr_rep = r.replica
     return {
         "num_requests": int(len(tr)),
@@ -162,9 +173,9 @@ def summary_dict(result) -> dict:
         "total_tokens_per_s": float((inp + outp) / makespan) if makespan > 0 else 0.0,
         "input_tokens": int(inp),
         "output_tokens": int(outp),
-        "ttft_s": stats(r.first_token - arrival),
+        "ttft_s": stats(r.first_token - arrival + c if c else r.first_token - arrival),
         "tpot_s": stats(tpot),
-        "e2e_s": stats(r.finish - arrival),
+        "e2e_s": stats(r.finish - arrival + c if c else r.finish - arrival),
         "queue_s": stats(r.first_sched - arrival),
         "prefix_cache_hit_ratio": float(cached / prompt_all) if prompt_all else 0.0,
         "cached_tokens": int(cached),

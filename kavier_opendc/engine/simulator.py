@@ -61,7 +61,7 @@ class SimConfig:
     gpu: GPUSpec
     replicas: int = 1
     tp: int = 1
-    framework: str = DEFAULT_FRAMEWORK     # serving framework (specs/frameworks.yaml): scheduler rules, overheads
+    framework: str | FrameworkProfile = DEFAULT_FRAMEWORK   # serving framework (specs/frameworks.yaml)
     max_num_seqs: int | None = None        # None: the framework's default for the GPU and usage
     max_batched_tokens: int | None = None  # None: likewise
     usage: str = "auto"                    # server (vllm serve) | offline (LLM class) | auto: from the trace
@@ -124,7 +124,8 @@ class SimConfig:
         self._check_framework()
 
     def framework_profile(self) -> FrameworkProfile:
-        return framework(self.framework)
+        """The framework in force (``framework`` is a built-in's name, or a profile being calibrated)."""
+        return self.framework if isinstance(self.framework, FrameworkProfile) else framework(self.framework)
 
     def _check_framework(self) -> None:
         """The framework exists, and can run what is asked of it."""

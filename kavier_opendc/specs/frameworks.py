@@ -17,7 +17,11 @@ kernels and how much CPU time it adds:
   ``overhead_*`` numbers, calibrated with ``--default-framework``;
 - ``prefix_caching``: whether the simulator models this engine's automatic
   prefix caching (vLLM v0 had it off by default; it is not modelled there);
-- ``allreduce``: vLLM's custom all-reduce where it applies, or NCCL always.
+- ``allreduce``: vLLM's custom all-reduce where it applies, or NCCL always;
+- ``client_latency_s``: a server's time outside the engine steps (request
+  handling, tokenisation, hand-off, streaming the tokens back): the TTFT and
+  e2e of ``requests.parquet`` and ``summary.json`` are on the client's clock,
+  engine clock plus this (0 offline).
 
 Every number names its source in ``provenance``. The built-in profiles are in
 frameworks.yaml.
@@ -65,6 +69,9 @@ class FrameworkProfile:
     chunked_prefill: bool = True
     prefix_caching: bool = True
     allreduce: str = "vllm-custom"
+    # a server's time outside the engine steps that a client's TTFT and e2e include (request handling,
+    # tokenisation, hand-off to the engine, delivery of the streamed tokens); 0 offline
+    client_latency_s: float = 0.0
     # (GPU name, TP) -> overhead; "*" entries apply to any GPU / TP; None: the GPU profile's overheads
     step_overhead: Mapping[tuple[str, int | str], StepOverhead] | None = None
     description: str = ""
@@ -119,7 +126,7 @@ class FrameworkProfile:
         return {"name": self.name, "engine": self.engine, "versions": self.versions, "policy": self.policy,
                 "batch_defaults": self.batch_defaults, "serving_path": self.serving_path,
                 "chunked_prefill": self.chunked_prefill, "prefix_caching": self.prefix_caching,
-                "allreduce": self.allreduce,
+                "allreduce": self.allreduce, "client_latency_s": self.client_latency_s,
                 "step_overhead": ("the GPU profile's" if self.step_overhead is None else
                                   {f"{g}/tp{t}": vars(o) for (g, t), o in self.step_overhead.items()}),
                 "provenance": dict(self.provenance)}
@@ -148,6 +155,9 @@ def framework_from_entry(entry: Mapping[str, Any], where: str = str(BUILTIN_FILE
     kw["step_overhead"] = _overheads(kw.get("step_overhead"), where)
     kw["provenance"] = dict(kw.get("provenance", {}))
     fw = FrameworkProfile(**kw)
+    if not (isinstance(fw.client_latency_s, (int, float)) and fw.client_latency_s >= 0):
+        raise KavierInputError("client_latency_s must be a number >= 0", source=where,
+                               location=f"{fw.name}.client_latency_s", expected="seconds >= 0")
     for name, value, allowed in (("policy", fw.policy, POLICIES), ("batch_defaults", fw.batch_defaults, BATCH_DEFAULTS),
                                  ("serving_path", fw.serving_path, SERVING_PATHS), ("allreduce", fw.allreduce, ALLREDUCE)):
         if value not in allowed:
