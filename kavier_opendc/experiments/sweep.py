@@ -115,10 +115,6 @@ class Sweep:
     jobs: int | None = None
 
 
-def is_sweep_document(doc: Any) -> bool:
-    return isinstance(doc, dict) and "axes" in doc and "base" in doc
-
-
 def _label(value: Any) -> str:
     if isinstance(value, str):
         return value
