@@ -154,7 +154,7 @@ def test_a_worker_without_the_drivers_files_mirrors_inputs_and_ships_the_output(
     """execute() as a remote worker runs it: the inputs' paths do not exist there, only their bytes."""
     exp = tiny_experiment(tmp_path / "driver")
     from kavier_opendc.experiments.experiment import load_experiment
-    from kavier_opendc.experiments.pipeline import absolutized
+    from kavier_opendc.experiments.run_folder import absolutized
 
     doc = absolutized(load_experiment(exp, opendc=False))
     task = RunTask("r0", doc, str(tmp_path / "driver"), str(exp), tmp_path / "runs" / "r0", False)

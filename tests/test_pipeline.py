@@ -24,7 +24,8 @@ import yaml
 from conftest import needs_opendc
 from kavier_opendc.base.errors import KavierRuntimeError
 from kavier_opendc.experiments.experiment import load_experiment
-from kavier_opendc.experiments.pipeline import INCOMPLETE, run_experiment, sha256_file
+from kavier_opendc.experiments.pipeline import run_experiment
+from kavier_opendc.experiments.run_folder import INCOMPLETE, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "kavier_opendc" / "data"

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from kavier_opendc.base.errors import KavierInputError
-from kavier_opendc.experiments.sweep import DONE, LOG, load_sweep
+from kavier_opendc.experiments.run_folder import DONE
+from kavier_opendc.experiments.sweep import LOG, load_sweep
 from conftest import HAVE_OPENDC
 from test_pipeline import tiny_experiment
 

@@ -22,6 +22,9 @@ import pyarrow.parquet as pq
 
 from kavier_opendc.base.errors import KavierInputError
 
+#: The marker file a folder holds while it is not whole (a run, sweep, export or trace in progress or failed).
+INCOMPLETE = "INCOMPLETE"
+
 
 def check_writable_dir(out: Path, what: str = "--out") -> None:
     """Fail early, before any work, when ``out`` cannot be created or written."""

@@ -122,13 +122,14 @@ def _demo_init(dest: Path) -> int:
 def cmd_validate(args) -> int:
     """Validate experiment, sweep, plan, workload, datacenter or catalogue files; report every problem."""
     from kavier_opendc.base.errors import KavierError
+    from kavier_opendc.experiments.documents import is_trace_file
     from kavier_opendc.experiments.experiment import read_document
 
     failed = 0
     for f in args.files:
         path = Path(f)
         try:
-            if _is_trace_file(path):
+            if is_trace_file(path):
                 from kavier_opendc.workload.trace import load_trace
 
                 trace = load_trace(path)
@@ -143,42 +144,11 @@ def cmd_validate(args) -> int:
     return 2 if failed else 0
 
 
-def _is_trace_file(path: Path) -> bool:
-    from kavier_opendc.workload.trace import CSV_EXTENSIONS, JSONL_EXTENSIONS, PARQUET_EXTENSIONS
-
-    suffixes = [x.lower() for x in path.suffixes if x.lower() != ".gz"]
-    return bool(suffixes) and suffixes[-1] in (*CSV_EXTENSIONS, *PARQUET_EXTENSIONS, *JSONL_EXTENSIONS) \
-        and suffixes[-1] != ".json"
-
-
-#: keys that tell the kinds of input file apart (an experiment is everything else)
-_WORKLOAD_KEYS = {"input", "output", "num_requests", "rate", "arrival", "sessions"}
-_CATALOG_KEYS = {"models", "gpus", "profiles"}
-
-
-def _document_kind(doc) -> str:
-    from kavier_opendc.experiments.plan_file import is_plan_document
-    from kavier_opendc.experiments.sweep import is_sweep_document
-
-    if is_plan_document(doc):
-        return "plan"
-    if is_sweep_document(doc):
-        return "sweep"
-    if isinstance(doc, dict):
-        keys = set(doc)
-        if doc.get("kind") == "synthetic" or ("input" in keys and "output" in keys
-                                               and not keys & {"trace", "model", "gpu", "serving"}):
-            return "workload"
-        if keys and keys <= _CATALOG_KEYS | {"$schema"}:
-            return "catalog"
-        if "hosts" in keys and not keys & {"trace", "model", "gpu", "serving"}:
-            return "datacenter"
-    return "experiment"
-
-
 def _validate_document(path: Path, doc, no_opendc: bool) -> str:
     """One line saying what the file is and that it is valid (errors are raised)."""
-    kind = _document_kind(doc)
+    from kavier_opendc.experiments.documents import document_kind
+
+    kind = document_kind(doc)
     if kind == "plan":
         from kavier_opendc.experiments.plan_file import load_plan
 

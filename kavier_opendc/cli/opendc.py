@@ -14,6 +14,7 @@ def cmd_export_opendc(args) -> int:
     from kavier_opendc.opendc.datacenter import load_datacenter
     from kavier_opendc.opendc.inputs import write_opendc_inputs
     from kavier_opendc.base.atomic import check_writable_dir
+    from kavier_opendc.experiments.run_folder import clear_incomplete, mark_incomplete
 
     sim = Path(args.sim_dir)
     for name in ("timeline.parquet", "summary.json"):
@@ -30,10 +31,9 @@ def cmd_export_opendc(args) -> int:
     # experiment.json holds absolute paths into ``out``, so it is written in place; a marker
     # says the directory is incomplete until every file is there
     out.mkdir(parents=True, exist_ok=True)
-    marker = out / "INCOMPLETE"
-    marker.write_text("kavier export-opendc did not finish\n")
+    mark_incomplete(out, "kavier export-opendc did not finish\n")
     stats = write_opendc_inputs(sim, datacenter, out, **opts)
-    marker.unlink()
+    clear_incomplete(out, missing_ok=False)
     if not args.quiet:
         print(f"wrote {out}/workload/tasks.parquet, workload/fragments.parquet, topology.json, experiment.json")
         print(f"export: {stats['mode']} mode, tolerance {stats['tolerance']}: {stats['fragments']} fragments "

@@ -3,7 +3,9 @@
     experiment.py     read and check an experiment file (schemas/experiment.schema.json)
     engine_config.py  an experiment's serving setup as the engine's SimConfig
     pipeline.py       `kavier run`: trace -> simulation -> OpenDC -> reports, in stages
+    run_folder.py     a run's output folder: its markers, configuration hash, done check, experiment copy
     sweep.py          the cartesian product of experiment variations, run in parallel
+    documents.py      which kind of input a file is (trace, experiment, sweep, plan, workload, ...)
     demo.py           the built-in demo's files
 
 This layer calls every layer below it (reports, opendc, engine, workload,

@@ -55,6 +55,7 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from kavier_opendc.base.errors import KavierError, KavierRuntimeError
+from kavier_opendc.experiments.run_folder import mark_failed_run, sha256_file
 
 TOPIC = "kavier-run"
 PLUGIN_NAME = "kavier-opendc-bridge"
@@ -177,17 +178,15 @@ class BridgeOwner(WorkerPlugin):
 
 
 def file_sha256(path: Path) -> str:
+    """:func:`sha256_file`, remembered per path while the file's size and mtime stay the same."""
     st = path.stat()
     key = str(path.resolve())
     hit = _HASHES.get(key)
     if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
         return hit[2]
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    _HASHES[key] = (st.st_size, st.st_mtime_ns, h.hexdigest())
-    return h.hexdigest()
+    digest = sha256_file(path)
+    _HASHES[key] = (st.st_size, st.st_mtime_ns, digest)
+    return digest
 
 
 def _replace_strings(x: Any, mapping: dict[str, str]) -> Any:
@@ -259,19 +258,6 @@ def _announce(event: str, payload: dict, **extra) -> dict:
         except Exception:  # noqa: BLE001 - progress only; never fail a run for it
             pass
     return rec
-
-
-def mark_failed_run(run_dir: Path, error: str) -> None:
-    """A run that failed before its own folder was prepared still gets an INCOMPLETE marker."""
-    from kavier_opendc.experiments.pipeline import INCOMPLETE
-
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / INCOMPLETE).exists():
-            (run_dir / INCOMPLETE).write_text(f"kavier sweep: this run FAILED before it started:\n{error}\n",
-                                              encoding="utf-8")
-    except OSError:
-        pass
 
 
 def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:

@@ -15,17 +15,16 @@ All or nothing: while a run is in progress, and after it failed, ``DIR``
 holds a file ``INCOMPLETE`` (with the stage and the error); ``report.json``
 exists only in a complete run, and a complete run has no ``INCOMPLETE``.
 Re-running into a folder that holds an earlier run replaces it.
+The folder's names, markers and experiment copy are ``run_folder.py``'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import platform
 import shlex
-import shutil
 import sys
 import time
 import traceback
@@ -39,9 +38,13 @@ from kavier_opendc.base.units import latencies
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
 from kavier_opendc.experiments.engine_config import sim_config_from_experiment
 from kavier_opendc.experiments.experiment import Experiment, to_jsonable
-
-INCOMPLETE = "INCOMPLETE"
-RUN_ENTRIES = ("simulation", "opendc", "plots", "report.json", "report.md", "experiment.json", INCOMPLETE)
+from kavier_opendc.experiments.run_folder import (
+    clear_incomplete,
+    mark_incomplete,
+    prepare_out_dir,
+    sha256_file,
+    write_experiment_copy,
+)
 
 
 # --------------------------------------------------------------------------
@@ -94,35 +97,8 @@ class Stages:
 # Helpers
 # --------------------------------------------------------------------------
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def prepare_out_dir(out: Path) -> None:
-    """Make ``out`` ready for a run: create it, or clear an earlier run in it.
-    A non-empty folder that does not hold a kavier run is refused."""
-    from kavier_opendc.base.atomic import check_writable_dir
-
-    out = Path(out)
-    check_writable_dir(out)
-    if out.exists():
-        entries = [p for p in out.iterdir()]
-        known = {p.name for p in entries} & set(RUN_ENTRIES)
-        if entries and not known:
-            raise KavierInputError(f"output folder {out} is not empty and holds no earlier kavier run",
-                                   location="--out", expected="a new or empty folder, or one written by kavier run")
-        for p in entries:
-            if p.name in RUN_ENTRIES:
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _kept_performance_results(out: Path, stage: str) -> str:
@@ -132,57 +108,6 @@ def _kept_performance_results(out: Path, stage: str) -> str:
         return ""
     return (f"The simulation had finished: its performance results in {sim} (requests.parquet, summary.json, "
             f"timeline.parquet) are complete; 'kavier run --no-opendc' writes the report without OpenDC.")
-
-
-def _write_marker(out: Path, text: str) -> None:
-    from kavier_opendc.base.atomic import atomic_write_text
-    atomic_write_text(Path(out) / INCOMPLETE, text)
-
-
-def absolutized(exp: Experiment) -> dict:
-    """The experiment document with every relative path made absolute, so the
-    copy in the output folder runs from anywhere."""
-    import copy
-
-    d = copy.deepcopy(exp.data)
-    base = exp.base_dir
-
-    def ab(v):
-        p = Path(v).expanduser()
-        return str(p if p.is_absolute() else (base / p).resolve())
-    t = d.get("trace")
-    if isinstance(t, str):
-        d["trace"] = ab(t)
-    elif isinstance(t, dict):
-        if isinstance(t.get("file"), str):
-            t["file"] = ab(t["file"])
-        if isinstance(t.get("synthetic"), str):
-            t["synthetic"] = ab(t["synthetic"])
-        elif isinstance(t.get("synthetic"), dict):
-            _abs_files(t["synthetic"], ab)
-    if isinstance(d.get("datacenter"), str):
-        d["datacenter"] = ab(d["datacenter"])
-    elif isinstance(d.get("datacenter"), dict):
-        ps = d["datacenter"].get("power_source")
-        if isinstance(ps, dict) and isinstance(ps.get("carbon_trace"), str):
-            from kavier_opendc.opendc.carbon import looks_like_path
-            if looks_like_path(ps["carbon_trace"]):
-                ps["carbon_trace"] = ab(ps["carbon_trace"])
-    if isinstance(d.get("catalog"), list):
-        d["catalog"] = [ab(c) if isinstance(c, str) else c for c in d["catalog"]]
-    c = d.get("carbon")
-    if isinstance(c, dict) and isinstance(c.get("trace"), str):
-        c["trace"] = ab(c["trace"])
-    return d
-
-
-def _abs_files(x, ab) -> None:
-    if isinstance(x, dict):
-        for k, v in x.items():
-            if k == "file" and isinstance(v, str):
-                x[k] = ab(v)
-            else:
-                _abs_files(v, ab)
 
 
 def carbon_trace_for(exp: Experiment, odc_dir: Path, makespan_s: float, start: str) -> tuple[Path | None, dict]:
@@ -312,7 +237,7 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
             trace = load_trace_for(exp)
         st.say(f"      {len(trace)} requests, {trace.total_tokens():,} tokens ({trace.format})")
     prepare_out_dir(out)
-    _write_marker(out, f"kavier run in progress since {started} (pid {os.getpid()}); this folder is not a "
+    mark_incomplete(out, f"kavier run in progress since {started} (pid {os.getpid()}); this folder is not a "
                        "complete result until this file is gone.\n")
     try:
         report = _run_stages(exp, out, trace, cfg, st, use_opendc, plots, quiet, bridge, bridge_info,
@@ -327,7 +252,7 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
             text = "".join(traceback.format_exception(exc)).strip()
         kept = _kept_performance_results(out, what)
         try:
-            _write_marker(out, f"kavier run FAILED during stage '{what}' at {_utc_now()}:\n{text}\n\n"
+            mark_incomplete(out, f"kavier run FAILED during stage '{what}' at {_utc_now()}:\n{text}\n\n"
                                + (kept + "\n" if kept else "")
                                + "The files in this folder are partial; rerun the experiment.\n")
         except OSError:
@@ -335,7 +260,7 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
         if kept and isinstance(exc, KavierRuntimeError):
             exc.args = (f"{exc} {kept}",) + exc.args[1:]
         raise
-    (out / INCOMPLETE).unlink()
+    clear_incomplete(out, missing_ok=False)
     return RunResult(out, report, time.perf_counter() - t_start)
 
 
@@ -344,9 +269,7 @@ def _run_stages(exp: Experiment, out: Path, trace, cfg, st: Stages, use_opendc: 
     """The stages after the trace is loaded: simulate, export, OpenDC, report; returns the report."""
     import pandas as pd
 
-    from kavier_opendc.base.atomic import write_json_atomic
-
-    write_json_atomic(out / "experiment.json", absolutized(exp))
+    write_experiment_copy(out, exp)
     sim_dir = out / "simulation"
     summary = _stage_simulate(exp, trace, cfg, sim_dir, st)
     requests = pd.read_parquet(sim_dir / "requests.parquet")

@@ -45,7 +45,8 @@ from typing import Any
 
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.experiments.plan_file import OBJECTIVES, SLO, Plan, Shape, shape_problems, traffic_at
-from kavier_opendc.experiments.sweep import DONE, config_hash, report_row, run_is_done
+from kavier_opendc.experiments.run_folder import absolutized, clear_done, config_hash, mark_done, run_is_done
+from kavier_opendc.experiments.sweep import report_row
 
 LOG = "plan_log.jsonl"
 METRICS = {"cost": "cost_per_mtoken", "energy": "wh_per_mtoken", "carbon": "gco2_per_mtoken"}
@@ -151,7 +152,6 @@ class PlanRuns:
         """Request a run; its evaluation comes back from :meth:`next` with ``token``."""
         from kavier_opendc.experiments.executor import RunTask
         from kavier_opendc.experiments.experiment import load_experiment
-        from kavier_opendc.experiments.pipeline import absolutized
 
         traffic = self.traffic(rate)
         doc = self.plan.experiment(shape, units, traffic, opendc=opendc)
@@ -172,7 +172,7 @@ class PlanRuns:
             self.executor = RunExecutor(jobs=self.jobs, scheduler=self.scheduler, log=self.log, say=self.say,
                                         prestart_opendc=opendc)
             self.executor.__enter__()
-        (rd / DONE).unlink(missing_ok=True)
+        clear_done(rd)
         self._waiting[rid] = (token, key, h)
         self.log(event="submit", id=rid)
         self.executor.submit(RunTask(rid, adoc, str(self.plan.base_dir), f"{self.plan.source} [{rid}]", rd, opendc,
@@ -183,16 +183,14 @@ class PlanRuns:
 
     def next(self) -> tuple[Any, Evaluation]:
         """The next finished run (those read back from disk first)."""
-        from kavier_opendc.base.atomic import write_json_atomic
-
         if self._ready:
             return self._ready.pop(0)
         rec = self.executor.next_completed()
         token, key, h = self._waiting.pop(rec.task.id)
         self.simulated["opendc" if key[2] else "no_opendc"] += 1
         if rec.status == "done":
-            write_json_atomic(rec.task.run_dir / DONE, {"config_hash": h, "id": rec.task.id, "finished": rec.end,
-                                                        "wall_s": rec.wall_s, "pid": rec.pid, "worker": rec.worker})
+            mark_done(rec.task.run_dir, h, id=rec.task.id, finished=rec.end, wall_s=rec.wall_s, pid=rec.pid,
+                      worker=rec.worker)
         ev = self._evaluate(key, rec.task.id, rec.status, rec.error)
         self.say(f"  {rec.task.id}: " + ("meets the SLOs" if ev.meets else f"misses ({ev.why})")
                  + f" [{self.executor.done} done, {self.executor.running} running, {self.executor.failed} failed]")

@@ -51,10 +51,6 @@ DEFAULT_NEAR_FRONT = 0.1
 OBJECTIVES = ("cost", "energy", "carbon")
 
 
-def is_plan_document(doc: Any) -> bool:
-    return isinstance(doc, dict) and "candidates" in doc and "traffic" in doc
-
-
 @dataclass(frozen=True)
 class Shape:
     """One candidate serving setup; the replica count is what the planner searches."""
@@ -344,5 +340,5 @@ def _absolute_files(x: Any, base: Path) -> Any:
     return x
 
 
-__all__ = ["EXAMPLE_PLAN", "OBJECTIVES", "Plan", "SLO", "Shape", "is_plan_document", "load_plan", "shape_problems",
+__all__ = ["EXAMPLE_PLAN", "OBJECTIVES", "Plan", "SLO", "Shape", "load_plan", "shape_problems",
            "sized_datacenter", "traffic_at"]

@@ -31,14 +31,12 @@ Results: ``DIR/comparison.csv``, ``DIR/comparison.md`` and plots under
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import math
 import os
 import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,9 +51,18 @@ from kavier_opendc.experiments.experiment import (
     schema_problems,
     with_overrides,
 )
+from kavier_opendc.experiments.run_folder import (
+    absolutized,
+    clear_done,
+    clear_incomplete,
+    config_hash,
+    is_incomplete,
+    mark_done,
+    mark_incomplete,
+    run_is_done,
+)
 
 SCHEMA_FILE = "sweep.schema.json"
-DONE = "DONE"
 LOG = "sweep_log.jsonl"
 
 TABLE_COLUMNS = [
@@ -106,10 +113,6 @@ class Sweep:
     runs: list[RunSpec]
     opendc: bool | None
     jobs: int | None = None
-
-
-def is_sweep_document(doc: Any) -> bool:
-    return isinstance(doc, dict) and "axes" in doc and "base" in doc
 
 
 def _label(value: Any) -> str:
@@ -166,8 +169,6 @@ def _short_axis(name: str) -> str:
 
 def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
     """Read and validate a sweep file and every configuration it produces."""
-    from kavier_opendc.experiments.pipeline import absolutized
-
     p = Path(path)
     doc = read_document(p, "sweep")
     src = str(p)
@@ -224,21 +225,6 @@ def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
     return Sweep(str(name), src, axes, runs, opendc, doc.get("jobs"))
 
 
-def config_hash(document: Mapping, exp, opendc: bool | None) -> str:
-    """Hash of a run's configuration: its document, its input files' bytes and the OpenDC switch."""
-    from kavier_opendc.experiments.pipeline import sha256_file
-
-    h = hashlib.sha256()
-    h.update(json.dumps(document, sort_keys=True, default=str).encode())
-    h.update(json.dumps({"opendc": opendc}).encode())
-    for role, p in exp.input_files:
-        try:
-            h.update(f"{role}:{sha256_file(Path(p))}".encode())
-        except OSError:
-            h.update(f"{role}:missing".encode())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------
 # The sweep
 # --------------------------------------------------------------------------
@@ -266,19 +252,6 @@ def _log(out: Path, **rec) -> None:
     rec.setdefault("time", time.time())
     with open(out / LOG, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(rec, default=str) + "\n")
-
-
-def run_is_done(run_dir: Path, config_hash: str) -> bool:
-    """A finished run: DONE marker with the same configuration hash, report.json, no INCOMPLETE."""
-    from kavier_opendc.experiments.pipeline import INCOMPLETE
-
-    marker = run_dir / DONE
-    if not marker.is_file() or (run_dir / INCOMPLETE).exists() or not (run_dir / "report.json").is_file():
-        return False
-    try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("config_hash") == config_hash
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bool = False, quiet: bool = False,
@@ -331,7 +304,7 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
                          say=say) as ex:
             for r in todo:
                 rd = out / "runs" / r.id
-                (rd / DONE).unlink(missing_ok=True)
+                clear_done(rd)
                 _log(out, event="submit", id=r.id)
                 ex.submit(RunTask(r.id, r.document, r.base_dir, r.source, rd, sweep.opendc, run_plots, command))
             by_id = {r.id: r for r in todo}
@@ -339,9 +312,8 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
                 for rec in ex.completed():
                     r = by_id[rec.task.id]
                     if rec.status == "done":
-                        write_json_atomic(rec.task.run_dir / DONE, {
-                            "config_hash": r.config_hash, "id": r.id, "finished": rec.end, "wall_s": rec.wall_s,
-                            "pid": rec.pid, "worker": rec.worker})
+                        mark_done(rec.task.run_dir, r.config_hash, id=r.id, finished=rec.end, wall_s=rec.wall_s,
+                                  pid=rec.pid, worker=rec.worker)
                         res.done += 1
                         res.ran.append(r.id)
                     else:
@@ -361,28 +333,24 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
 def _begin_sweep(out: Path) -> None:
     """Mark the sweep folder incomplete until every run is done, and drop a previous comparison
     (it is written again at the end), so that a failing sweep never looks complete."""
-    from kavier_opendc.base.atomic import atomic_write_text
-    from kavier_opendc.experiments.pipeline import INCOMPLETE
-
-    atomic_write_text(out / INCOMPLETE, f"kavier sweep in progress since {time.strftime('%Y-%m-%dT%H:%M:%S')} "
-                                        f"(pid {os.getpid()}); this folder is not complete until this file is gone.\n")
+    mark_incomplete(out, f"kavier sweep in progress since {time.strftime('%Y-%m-%dT%H:%M:%S')} "
+                         f"(pid {os.getpid()}); this folder is not complete until this file is gone.\n")
     for name in ("comparison.csv", "comparison.md"):
         (out / name).unlink(missing_ok=True)
 
 
 def _end_sweep(out: Path, res: SweepResult) -> None:
     """sweep.json says complete and the INCOMPLETE marker goes only when no run failed."""
-    from kavier_opendc.base.atomic import atomic_write_text, write_json_atomic
-    from kavier_opendc.experiments.pipeline import INCOMPLETE
+    from kavier_opendc.base.atomic import write_json_atomic
 
     if res.failed:
-        atomic_write_text(out / INCOMPLETE, f"kavier sweep finished with {res.failed} failed run(s); rerun it to "
-                                            "retry them (finished runs are kept):\n"
-                          + "".join(f"  {rid}: {err}\n" for rid, err in res.errors.items()))
+        mark_incomplete(out, f"kavier sweep finished with {res.failed} failed run(s); rerun it to "
+                             "retry them (finished runs are kept):\n"
+                        + "".join(f"  {rid}: {err}\n" for rid, err in res.errors.items()))
         return
     doc = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
     write_json_atomic(out / "sweep.json", {**doc, "complete": True})
-    (out / INCOMPLETE).unlink(missing_ok=True)
+    clear_incomplete(out)
 
 
 # --------------------------------------------------------------------------
@@ -430,7 +398,7 @@ def comparison_table(sweep: Sweep, out: Path):
             except (OSError, json.JSONDecodeError, KeyError) as exc:
                 row.update(status=f"unreadable report ({exc})")
         else:
-            row.update(status="failed" if (rd / "INCOMPLETE").exists() else "not run")
+            row.update(status="failed" if is_incomplete(rd) else "not run")
         rows.append(row)
     return pd.DataFrame(rows)
 

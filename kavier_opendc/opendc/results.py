@@ -38,13 +38,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text
 from kavier_opendc.base.documents import load_json
 from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
 
 OUTPUT_FILES = ("host", "powerSource", "task", "service", "battery")
 #: OpenDC's default power model when a topology gives none (TopologySpecs.kt).
 OPENDC_DEFAULT_POWER = {"modelType": "linear", "idlePower": 200.0, "maxPower": 400.0, "power": 350.0}
-INCOMPLETE_MARKER = "INCOMPLETE"
 #: Fragment statistics copied from DIR/export.json into sustainability.json.
 EXPORT_STAT_KEYS = ("mode", "tolerance", "interval_s", "start", "makespan_s", "gpu", "replicas", "tp",
                     "tasks", "timeline_segments", "fragments", "compression_ratio",
@@ -506,9 +506,8 @@ def run_opendc_dir(dir: str | os.PathLike, progress: Callable | None = None, *,
     if sus.exists():
         sus.unlink()
     out.mkdir(parents=True)
-    marker = out / INCOMPLETE_MARKER
-    marker.write_text("OpenDC run in progress or failed; rerun `kavier opendc` on this folder.\n",
-                      encoding="utf-8")
+    marker = out / INCOMPLETE
+    atomic_write_text(marker, "OpenDC run in progress or failed; rerun `kavier opendc` on this folder.\n")
     try:
         run_path, exp, topo = prepare_experiment(d)
     except KavierInputError:

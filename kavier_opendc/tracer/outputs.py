@@ -34,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 
 from kavier_opendc import __version__
-from kavier_opendc.base.atomic import staged_output, write_json_atomic, write_parquet_atomic
+from kavier_opendc.base.atomic import INCOMPLETE, staged_output, write_json_atomic, write_parquet_atomic
 from kavier_opendc.engine.outputs import stats
 from kavier_opendc.base.atomic import atomic_write_text
 from kavier_opendc.tracer.runner import Measurement
@@ -182,8 +182,8 @@ def write_measurement(m: Measurement, out: Path) -> dict:
                                                                                 float_format="%.6f"))
         write_json_atomic(stage / "summary.json", summary)
         if not summary["complete"]:
-            atomic_write_text(stage / "INCOMPLETE", f"kavier trace did not complete: {summary['status']}\n")
-    stale = (["INCOMPLETE"] if summary["complete"] else []) + ([MEASUREMENTS_FILE] if m.mode != "sweep" else [])
+            atomic_write_text(stage / INCOMPLETE, f"kavier trace did not complete: {summary['status']}\n")
+    stale = ([INCOMPLETE] if summary["complete"] else []) + ([MEASUREMENTS_FILE] if m.mode != "sweep" else [])
     for name in stale:                 # left by an earlier run into the same directory
         if (Path(out) / name).is_file():
             (Path(out) / name).unlink()

@@ -1,0 +1,186 @@
+"""A run's output folder: what it holds, its markers, its configuration hash, and whether it is done.
+
+This module owns:
+
+- the names in a `kavier run` folder (:data:`RUN_ENTRIES`, :data:`REPORT_JSON`,
+  :data:`EXPERIMENT_COPY`) and making a folder ready for a run
+  (:func:`prepare_out_dir`);
+- the markers: ``INCOMPLETE`` (the folder is not whole: a run, sweep or
+  export in progress or failed; the name itself lives in ``base.atomic`` so
+  the lower layers use the same one) and ``DONE`` (a sweep's or plan's
+  finished run, holding its configuration hash); written atomically
+  (:func:`mark_incomplete`, :func:`mark_failed_run`, :func:`mark_done`) and
+  cleared (:func:`clear_incomplete`, :func:`clear_done`);
+- the hashes: :func:`sha256_file` and :func:`config_hash` (what a ``DONE``
+  marker holds);
+- :func:`run_is_done`: a finished run a sweep or plan may reuse;
+- the experiment as run (:func:`absolutized`, :func:`write_experiment_copy`):
+  ``DIR/experiment.json`` with every path absolute.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writable_dir, write_json_atomic
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.experiments.experiment import Experiment
+from kavier_opendc.opendc.carbon import looks_like_path
+
+DONE = "DONE"
+REPORT_JSON = "report.json"
+EXPERIMENT_COPY = "experiment.json"
+#: Everything a `kavier run` writes into its folder (and clears from it before the next run).
+RUN_ENTRIES = ("simulation", "opendc", "plots", REPORT_JSON, "report.md", EXPERIMENT_COPY, INCOMPLETE)
+
+
+# --------------------------------------------------------------------------
+# The folder and its markers
+# --------------------------------------------------------------------------
+
+def prepare_out_dir(out: Path) -> None:
+    """Make ``out`` ready for a run: create it, or clear an earlier run in it.
+    A non-empty folder that does not hold a kavier run is refused."""
+    out = Path(out)
+    check_writable_dir(out)
+    if out.exists():
+        entries = [p for p in out.iterdir()]
+        known = {p.name for p in entries} & set(RUN_ENTRIES)
+        if entries and not known:
+            raise KavierInputError(f"output folder {out} is not empty and holds no earlier kavier run",
+                                   location="--out", expected="a new or empty folder, or one written by kavier run")
+        for p in entries:
+            if p.name in RUN_ENTRIES:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def mark_incomplete(folder: Path, text: str) -> None:
+    """``folder/INCOMPLETE`` holding ``text``, written atomically (readers never see half of it)."""
+    atomic_write_text(Path(folder) / INCOMPLETE, text)
+
+
+def clear_incomplete(folder: Path, *, missing_ok: bool = True) -> None:
+    (Path(folder) / INCOMPLETE).unlink(missing_ok=missing_ok)
+
+
+def is_incomplete(folder: Path) -> bool:
+    return (Path(folder) / INCOMPLETE).exists()
+
+
+def mark_failed_run(run_dir: Path, error: str) -> None:
+    """A run that failed before its own folder was prepared still gets an INCOMPLETE marker
+    (an earlier one, with the stage that failed, is kept)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not is_incomplete(run_dir):
+            mark_incomplete(run_dir, f"kavier sweep: this run FAILED before it started:\n{error}\n")
+    except OSError:
+        pass
+
+
+def mark_done(run_dir: Path, config_hash: str, **details) -> None:
+    """``run_dir/DONE``: the run finished with configuration ``config_hash`` (and ``details``: id, times, worker)."""
+    write_json_atomic(Path(run_dir) / DONE, {"config_hash": config_hash, **details})
+
+
+def clear_done(run_dir: Path) -> None:
+    (Path(run_dir) / DONE).unlink(missing_ok=True)
+
+
+def run_is_done(run_dir: Path, config_hash: str) -> bool:
+    """A finished run: DONE marker with the same configuration hash, report.json, no INCOMPLETE."""
+    marker = run_dir / DONE
+    if not marker.is_file() or is_incomplete(run_dir) or not (run_dir / REPORT_JSON).is_file():
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("config_hash") == config_hash
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+# --------------------------------------------------------------------------
+# Hashes
+# --------------------------------------------------------------------------
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def config_hash(document: Mapping, exp, opendc: bool | None) -> str:
+    """Hash of a run's configuration: its document, its input files' bytes and the OpenDC switch."""
+    h = hashlib.sha256()
+    h.update(json.dumps(document, sort_keys=True, default=str).encode())
+    h.update(json.dumps({"opendc": opendc}).encode())
+    for role, p in exp.input_files:
+        try:
+            h.update(f"{role}:{sha256_file(Path(p))}".encode())
+        except OSError:
+            h.update(f"{role}:missing".encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------
+# The experiment as run
+# --------------------------------------------------------------------------
+
+def absolutized(exp: Experiment) -> dict:
+    """The experiment document with every relative path made absolute, so the
+    copy in the output folder runs from anywhere."""
+    d = copy.deepcopy(exp.data)
+    base = exp.base_dir
+
+    def ab(v):
+        p = Path(v).expanduser()
+        return str(p if p.is_absolute() else (base / p).resolve())
+    t = d.get("trace")
+    if isinstance(t, str):
+        d["trace"] = ab(t)
+    elif isinstance(t, dict):
+        if isinstance(t.get("file"), str):
+            t["file"] = ab(t["file"])
+        if isinstance(t.get("synthetic"), str):
+            t["synthetic"] = ab(t["synthetic"])
+        elif isinstance(t.get("synthetic"), dict):
+            _abs_files(t["synthetic"], ab)
+    if isinstance(d.get("datacenter"), str):
+        d["datacenter"] = ab(d["datacenter"])
+    elif isinstance(d.get("datacenter"), dict):
+        ps = d["datacenter"].get("power_source")
+        if isinstance(ps, dict) and isinstance(ps.get("carbon_trace"), str):
+            if looks_like_path(ps["carbon_trace"]):
+                ps["carbon_trace"] = ab(ps["carbon_trace"])
+    if isinstance(d.get("catalog"), list):
+        d["catalog"] = [ab(c) if isinstance(c, str) else c for c in d["catalog"]]
+    c = d.get("carbon")
+    if isinstance(c, dict) and isinstance(c.get("trace"), str):
+        c["trace"] = ab(c["trace"])
+    return d
+
+
+def _abs_files(x, ab) -> None:
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if k == "file" and isinstance(v, str):
+                x[k] = ab(v)
+            else:
+                _abs_files(v, ab)
+
+
+def write_experiment_copy(out: Path, exp: Experiment) -> None:
+    """``out/experiment.json``: the experiment as run, its paths absolute."""
+    write_json_atomic(Path(out) / EXPERIMENT_COPY, absolutized(exp))
+
+
+__all__ = ["DONE", "EXPERIMENT_COPY", "INCOMPLETE", "REPORT_JSON", "RUN_ENTRIES", "absolutized", "clear_done",
+           "clear_incomplete", "config_hash", "is_incomplete", "mark_done", "mark_failed_run", "mark_incomplete",
+           "prepare_out_dir", "run_is_done", "sha256_file", "write_experiment_copy"]
