@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import HAVE_OPENDC
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.experiments.sweep import DONE, LOG, load_sweep
-from conftest import HAVE_OPENDC
 from test_pipeline import tiny_experiment
 
 FLAGS = [] if HAVE_OPENDC else ["--no-opendc"]

@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kavier_opendc.base import limits
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.progress import Progress
 from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel, Efficiency
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
 from kavier_opendc.engine.replica import REPLICA_CLASSES, Replica
 from kavier_opendc.engine.request import Req
 from kavier_opendc.engine.results import FINISHED, REJECTED, Results
 from kavier_opendc.engine.router import Router, normalise_router
-from kavier_opendc.base import limits
-from kavier_opendc.base.errors import KavierInputError
-from kavier_opendc.base.progress import Progress
 from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
 from kavier_opendc.specs.frameworks import DEFAULT_FRAMEWORK, USAGES, FrameworkProfile, framework
 from kavier_opendc.workload.prefix import PrefixIndex
