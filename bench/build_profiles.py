@@ -27,8 +27,15 @@ import tempfile
 from pathlib import Path
 
 from kavier_opendc.calibration.layouts import ReadOptions
-from kavier_opendc.calibration.report import (Source, all_profiles, calibrate_files, describe_profiles,
-                                              error_markdown, error_table, write_catalog)
+from kavier_opendc.calibration.report import (
+    Source,
+    all_profiles,
+    calibrate_files,
+    describe_profiles,
+    error_markdown,
+    error_table,
+    write_catalog,
+)
 from kavier_opendc.specs.catalog import Catalog, default_catalog
 
 REPO = Path(__file__).resolve().parents[1]

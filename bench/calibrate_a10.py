@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kavier_opendc.specs.profiles import GPUProfile
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.specs import default_catalog
+from kavier_opendc.specs.profiles import GPUProfile
 from kavier_opendc.workload.trace import Trace
 
 DATA = Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") / "measurements" / "kavier_a10_llama3_8b_vllm.csv"

@@ -26,8 +26,8 @@ DEFAULT_TRACE = Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).reso
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kavier_opendc.engine.simulator import SimConfig, simulate
     from kavier_opendc.engine.outputs import write_simulation
+    from kavier_opendc.engine.simulator import SimConfig, simulate
     from kavier_opendc.specs import default_catalog
     from kavier_opendc.workload.synthetic import LengthSpec, synthetic_trace
     from kavier_opendc.workload.trace import load_trace

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kavier_opendc.specs.profiles import KNEE_MAX, GPUProfile
 from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
+from kavier_opendc.specs.profiles import KNEE_MAX, GPUProfile
 from kavier_opendc.workload.trace import Trace
 
 REPO = Path(__file__).resolve().parents[1]

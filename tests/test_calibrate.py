@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from pathlib import Path
-
 import itertools
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import shared
+from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.calibration.fit import Overheads, _isotonic_relative_l1, calibrate_all, predict
 from kavier_opendc.calibration.layouts import ReadOptions, read_measurements
 from kavier_opendc.cli import main as kavier
-from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
 from kavier_opendc.specs.profiles import AllReduceCurve, GPUProfile
 

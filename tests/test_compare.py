@@ -51,7 +51,7 @@ def test_a10_mape_equals_the_calibration_script():
     """The same numbers as bench/calibrate_a10.py computes, to the last digit."""
     import importlib.util
 
-    from kavier_opendc.reports.compare import Side, compare_tables, _read_table
+    from kavier_opendc.reports.compare import Side, _read_table, compare_tables
     from kavier_opendc.specs import default_catalog
 
     table = shared(A10)

@@ -22,10 +22,9 @@ import pytest
 import yaml
 
 from conftest import HAVE_OPENDC
+from kavier_opendc.experiments.executor import RunTask, execute, file_sha256, input_files, unpack_run
 from test_pipeline import tiny_experiment
 from test_sweep import log_events, sweep_cli
-
-from kavier_opendc.experiments.executor import RunTask, execute, file_sha256, input_files, unpack_run
 
 REPO = Path(__file__).resolve().parents[1]
 FLAGS = [] if HAVE_OPENDC else ["--no-opendc"]

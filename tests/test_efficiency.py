@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from kavier_opendc.reports import efficiency as E
 from conftest import HAVE_OPENDC
+from kavier_opendc.reports import efficiency as E
 from test_pipeline import FakeOpenDC, tiny_experiment
 
 EXACT = dict(rel=1e-9, abs=1e-12)

@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TOY_BODY, TOY_EFF, TOY_GPU, TOY_HEAD, TOY_MODEL, make_trace, toy_time
-from kavier_opendc.engine.cost_model import CostModel
-from kavier_opendc.specs.frameworks import framework
-from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.engine.cost_model import CostModel
+from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.specs import default_catalog
+from kavier_opendc.specs.frameworks import framework
 
 
 def toy(**kw) -> SimConfig:

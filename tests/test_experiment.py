@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from kavier_opendc.base.errors import KavierInputError
-from kavier_opendc.experiments.experiment import experiment_problems, json_path, load_experiment, with_overrides
 from kavier_opendc.experiments.engine_config import sim_config_from_experiment
+from kavier_opendc.experiments.experiment import experiment_problems, json_path, load_experiment, with_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "kavier_opendc" / "data"

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace, shared, toy_time
-from test_engine import _random_trace, check_invariants
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.specs import default_catalog
 from kavier_opendc.specs.frameworks import StepOverhead, builtin_frameworks, framework
+from test_engine import _random_trace, check_invariants
 
 V0 = "vllm-0.5-offline"          # on the toy GPU: the '*' entry, 1.5 ms + 75 us per sequence per step
 

@@ -14,11 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import SHARED_DATA, needs_opendc
 from kavier_opendc.opendc import carbon as C
 from kavier_opendc.opendc.inputs import write_opendc_inputs
 from kavier_opendc.opendc.results import run_opendc_dir
-
-from conftest import SHARED_DATA, needs_opendc
 
 NL = SHARED_DATA / "carbon" / "NL_2022.parquet"
 

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, shared, toy_time
+from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine import kv_manager as kv_manager_mod
 from kavier_opendc.engine.simulator import SimConfig, simulate
-from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.specs import default_catalog
 from kavier_opendc.workload.trace import Trace, load_trace
 

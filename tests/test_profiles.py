@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from conftest import REPO, shared
-from kavier_opendc.engine.cost_model import CostModel
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.engine.cost_model import CostModel
 from kavier_opendc.specs.catalog import GPUSpec, default_catalog, load_catalog_file
 from kavier_opendc.specs.profiles import IterationShape, IterationTimer, profile_to_entry
 

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import HAVE_OPENDC
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.experiments.run_folder import DONE
 from kavier_opendc.experiments.sweep import LOG, load_sweep
-from conftest import HAVE_OPENDC
 from test_pipeline import tiny_experiment
 
 FLAGS = [] if HAVE_OPENDC else ["--no-opendc"]

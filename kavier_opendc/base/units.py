@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 #: (unit, seconds per unit, use it while the largest value is below this many seconds)
 _UNITS = (("ms", 1e-3, 10.0), ("s", 1.0, 600.0), ("min", 60.0, 2 * 3600.0), ("h", 3600.0, float("inf")))
@@ -19,7 +20,7 @@ def duration_unit(largest_s: float) -> tuple[str, float]:
 
 def latencies(stats: Mapping, keys: tuple[str, ...] = ("mean", "p50", "p99")) -> str:
     """'mean 84.7 / p50 62.1 / p99 463.7 ms' in a unit that fits the largest of ``keys``."""
-    values = {k: stats.get(k) for k in keys if stats.get(k) is not None}
+    values: dict[str, Any] = {k: stats.get(k) for k in keys if stats.get(k) is not None}  # numbers, never None
     if not values:
         return "n/a"
     unit, size = duration_unit(max(abs(v) for v in values.values()))

@@ -59,7 +59,7 @@ def explain_schema_error(err) -> list[Problem]:
     kind = err.validator
     if kind == "additionalProperties" and isinstance(err.instance, dict):
         allowed = sorted(err.schema.get("properties", {}))
-        out = []
+        out: list[Problem] = []
         for key in err.instance:
             if key in allowed:
                 continue
@@ -84,7 +84,7 @@ def explain_schema_error(err) -> list[Problem]:
                 top = sum(1 for e in errs if tuple(e.absolute_path) == path)
                 return (top, -max(len(e.absolute_path) for e in errs))
             best = min(fits, key=score)[1]
-            out: list[Problem] = []
+            out = []
             for e in best:
                 out.extend(explain_schema_error(e))
             if out:

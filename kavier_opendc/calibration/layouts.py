@@ -360,7 +360,7 @@ V0_MIN_BUDGET, V0_MAX_SEQS = 2048, 256
 
 
 def _batch_latency(rows: _Rows, catalog: Catalog, opts: ReadOptions) -> list[Observation]:
-    from kavier_opendc.engine.cost_model import CostModel   # KV capacity as the engine computes it
+    from kavier_opendc.engine.cost_model import CostModel  # KV capacity as the engine computes it
 
     out = []
     for r, line in rows.rows:

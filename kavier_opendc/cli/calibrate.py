@@ -13,9 +13,9 @@ import argparse
 from pathlib import Path
 
 from kavier_opendc.base import limits
-from kavier_opendc.cli.args import bounded_float, positive_int
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.calibration.layouts import LAYOUTS
+from kavier_opendc.cli.args import bounded_float, positive_int
 
 HEADER = """GPU efficiency profiles written by 'kavier calibrate' from:
 {files}
@@ -53,8 +53,15 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def cmd_calibrate(args) -> int:
     from kavier_opendc.calibration.layouts import ReadOptions
-    from kavier_opendc.calibration.report import (Source, all_profiles, calibrate_files, describe_profiles,
-                                                  error_markdown, error_table, write_catalog)
+    from kavier_opendc.calibration.report import (
+        Source,
+        all_profiles,
+        calibrate_files,
+        describe_profiles,
+        error_markdown,
+        error_table,
+        write_catalog,
+    )
     from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
 
     out = Path(args.out)

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base import limits
+from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.cli import text
 from kavier_opendc.cli.args import bounded_float, positive_int
 from kavier_opendc.experiments.demo import DEMO_EXPERIMENT, copy_demo_inputs

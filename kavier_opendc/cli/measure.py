@@ -10,9 +10,9 @@ import os
 import sys
 from pathlib import Path
 
+from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
 from kavier_opendc.cli import text
 from kavier_opendc.cli.args import seed
-from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
 
 DEFAULT_PROMPT_LENGTHS = "64,128,256,512,1024,2048"
 DEFAULT_OUTPUT_LENGTHS = "128"

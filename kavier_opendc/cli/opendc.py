@@ -11,10 +11,10 @@ from kavier_opendc.cli.args import bounded_float
 
 def cmd_export_opendc(args) -> int:
     """A simulation's timeline as OpenDC's workload, topology and experiment."""
-    from kavier_opendc.opendc.datacenter import load_datacenter
-    from kavier_opendc.opendc.inputs import write_opendc_inputs
     from kavier_opendc.base.atomic import check_writable_dir
     from kavier_opendc.experiments.run_folder import clear_incomplete, mark_incomplete
+    from kavier_opendc.opendc.datacenter import load_datacenter
+    from kavier_opendc.opendc.inputs import write_opendc_inputs
 
     sim = Path(args.sim_dir)
     for name in ("timeline.parquet", "summary.json"):
@@ -44,8 +44,8 @@ def cmd_export_opendc(args) -> int:
 
 def cmd_opendc(args) -> int:
     """Run an OpenDC experiment directory through the bridge; write sustainability.json."""
-    from kavier_opendc.opendc.results import run_opendc_dir
     from kavier_opendc.base.progress import Progress
+    from kavier_opendc.opendc.results import run_opendc_dir
 
     d = Path(args.dir)
     if not (d / "experiment.json").is_file():

@@ -16,8 +16,8 @@ from kavier_opendc.cli.args import positive_int
 
 def cmd_plan(args) -> int:
     """kavier plan PLAN_FILE --out DIR [--objective ...] [--max-rate] [--jobs N | --scheduler ADDR]"""
-    from kavier_opendc.experiments.plan import run_max_rate, run_plan
     from kavier_opendc.base.errors import KavierInputError
+    from kavier_opendc.experiments.plan import run_max_rate, run_plan
     from kavier_opendc.experiments.plan_file import EXAMPLE_PLAN, load_plan
 
     if (args.plan is None) == (not args.example):

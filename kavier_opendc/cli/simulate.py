@@ -9,8 +9,7 @@ from pathlib import Path
 
 from kavier_opendc.base import limits
 from kavier_opendc.cli import text
-from kavier_opendc.cli.args import (bounded_float, bounded_int, catalog_with, count_or_inf, fraction,
-                                     positive_int, seed)
+from kavier_opendc.cli.args import bounded_float, bounded_int, catalog_with, count_or_inf, fraction, positive_int, seed
 from kavier_opendc.engine.router import ROUTERS
 
 
@@ -97,10 +96,10 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
 
 
 def cmd_simulate(args) -> int:
-    from kavier_opendc.engine.simulator import SimConfig, simulate
-    from kavier_opendc.workload.load import load_workload
     from kavier_opendc.base.atomic import check_writable_dir
     from kavier_opendc.engine.outputs import write_simulation
+    from kavier_opendc.engine.simulator import SimConfig, simulate
+    from kavier_opendc.workload.load import load_workload
 
     t0 = time.perf_counter()
     out = Path(args.out)

@@ -128,7 +128,7 @@ class PrefixCache:
         """Blocks of the longest prefix present in GPU memory, ignoring units in ``gone`` (for routers)."""
         size = self.size
         blocks = 0
-        for uid, b in zip(ids, sizes):
+        for uid, b in zip(ids, sizes, strict=True):
             if uid not in size or uid in gone or blocks + b > max_blocks:
                 break
             blocks += b

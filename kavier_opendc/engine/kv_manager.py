@@ -116,6 +116,7 @@ class KVManager:
     def _fit(self) -> None:
         """Evict LRU cached units until referenced plus cached blocks fit in GPU memory."""
         pc = self.pc
+        assert pc is not None  # callers check self.pc
         free_plain = self.capacity - self.used - pc.evictable_in_gpu()
         if free_plain < 0:
             pc.make_room(free_plain, 0)
@@ -131,15 +132,19 @@ class KVManager:
         if pc is not None:
             uids = req.uids
             if uids is None:
-                uids, req.usizes = self.index.prompt_units(req.idx)
+                index = self.index
+                assert index is not None  # a prefix cache is made only with a prefix setup's index
+                uids, req.usizes = index.prompt_units(req.idx)
                 req.uids = uids
             if uids:
+                assert req.usizes is not None  # set with uids
                 total = req.prompt + req.gen
                 k, hb, hk, hhb, revive = pc.match(uids, req.usizes, (total - 1) // BLOCK_SIZE)
                 return k, hb, hk, hhb, revive, (hb + hhb) * BLOCK_SIZE
             return NO_MATCH
         if (self.prompt_cache is not None and req.first_sched < 0
-                and self.prompt_cache.lookup(self.index.prompt_key(req.idx))):
+                and self.prompt_cache.lookup(self.index.prompt_key(req.idx))):  # type: ignore[union-attr]
+            # (a prompt cache is made only with a prefix setup, so the index is set)
             return 0, 0, 0, 0, 0, req.prompt + req.gen - 1  # the whole prompt is cached: only its last token runs
         return NO_MATCH
 
@@ -148,9 +153,11 @@ class KVManager:
         k, hb, hk, hhb, _, comp = match
         pc = self.pc
         extra = 0.0
-        if k:
+        if k:  # cached units were matched: the prefix cache and the prompt's units are there
+            assert pc is not None and req.uids is not None and req.usizes is not None
             self.used += pc.acquire(req.uids, req.usizes, k)
         if hk:
+            assert pc is not None and req.uids is not None and req.usizes is not None
             pc.load_from_host(req.uids, req.usizes, k, hk)
             extra = hhb * self.host_s_per_block
         if comp:
@@ -168,6 +175,7 @@ class KVManager:
             return
         pc = self.pc
         uids, sizes = req.uids, req.usizes
+        assert sizes is not None  # set with uids
         h, hb, comp = req.held, req.held_blocks, req.computed
         n = len(uids)
         while h < n:
@@ -185,7 +193,8 @@ class KVManager:
     def finished(self, req: Req) -> None:
         """A finished request's prompt enters the prompt-level cache."""
         if self.prompt_cache is not None and req.prompt >= self.min_tokens:
-            self.prompt_cache.insert(self.index.prompt_key(req.idx))
+            # a prompt cache is made only with a prefix setup, so the index is set
+            self.prompt_cache.insert(self.index.prompt_key(req.idx))  # type: ignore[union-attr]
 
     def release(self, req: Req, computed: int) -> None:
         """Free the KV blocks of a request leaving the GPU (finished or preempted).
@@ -204,9 +213,12 @@ class KVManager:
             fork.alive -= 1
             if fork.alive == 0 and on:
                 units = fork.units
-                self.used -= fork.shared - sum(pc.size[u] for u in units) if units else fork.shared
                 if units:
+                    assert pc is not None  # units come from the prefix cache
+                    self.used -= fork.shared - sum(pc.size[u] for u in units)
                     self.used -= pc.release(units[::-1])
+                else:
+                    self.used -= fork.shared
             return
         if pc is None or req.uids is None:
             self.used -= blocks
@@ -214,8 +226,10 @@ class KVManager:
         held = req.held
         hb = req.held_blocks
         ids = req.uids[:held]
-        if self.index.source == "sessions" and held == len(req.uids) and req.prompt >= self.min_tokens:
-            for uid in self.index.output_units(req.idx, hb, computed // BLOCK_SIZE):
+        index = self.index
+        assert index is not None  # a prefix cache is made only with a prefix setup's index
+        if index.source == "sessions" and held == len(req.uids) and req.prompt >= self.min_tokens:
+            for uid in index.output_units(req.idx, hb, computed // BLOCK_SIZE):
                 if not pc.register(uid, 1):
                     self.used += pc.take(uid) - 1
                 ids.append(uid)
@@ -233,12 +247,14 @@ class KVManager:
         Returns -1 when no closed-form bound holds (host tier): the caller steps one iteration.
         """
         pc = self.pc
+        assert pc is not None  # the scheduler asks only with a prefix cache (kv.pc is not None)
         if pc.separate:
             return 1 << 62
         if pc.host_cap:
             return -1
         if req.computed or not req.uids:
             return 1 << 62
+        assert req.usizes is not None  # set with uids
         k = pc.match(req.uids, req.usizes, (req.prompt + req.gen - 1) // BLOCK_SIZE)[0]
         mine = {u for u in req.uids[:k] if u in pc.lru}
         if not mine:
@@ -260,6 +276,7 @@ class KVManager:
         pc = self.pc
         if pc is None or not req.uids:
             return 0
+        assert req.usizes is not None  # set with uids
         gone: set | frozenset = frozenset()
         if used is not None:
             gone = pc.lru_head(used + pc.evictable_in_gpu() - self.capacity)

@@ -72,7 +72,7 @@ def requests_table(result) -> pa.Table:
 
 
 def timeline_table(result) -> pa.Table:
-    parts = {k: [] for k in ("replica", "start_s", "end_s", "gpu_utilization", "batch_size",
+    parts: dict[str, list] = {k: [] for k in ("replica", "start_s", "end_s", "gpu_utilization", "batch_size",
                              "kv_utilization", "kv_cached", "prefill_tokens", "decode_tokens")}
     for rep in result.replicas:
         tl = rep.timeline

@@ -170,6 +170,7 @@ class Replica(Scheduler):
 
     def _apply(self, t: float) -> None:
         p = self.pending
+        assert p is not None  # boundary() applies pending work only
         self.pending = None
         kv = self.kv
         if p.is_decode_run:  # a decode run of n iterations
@@ -239,7 +240,7 @@ class Replica(Scheduler):
         n = req.n
         req.n = 1
         shared = req.prompt // BLOCK_SIZE
-        units = req.uids[:req.held] if req.uids is not None else []
+        units: list = req.uids[:req.held] if req.uids is not None else []
         fork = Fork(shared, units)
         req.fork = fork
         req.held = req.held_blocks = 0

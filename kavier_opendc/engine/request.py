@@ -34,12 +34,12 @@ class Req:
         self.first_token = -1.0
         self.preempt = 0
         self.cached = 0
-        self.uids = None          # prefix-cache unit identities of the prompt (loaded at admission)
-        self.usizes = None
+        self.uids: list | None = None          # prefix-cache unit identities of the prompt (loaded at admission)
+        self.usizes: list | None = None
         self.held = 0             # leading units referenced in the prefix cache
         self.held_blocks = 0
         self.n = 1                # samples of this prompt (branching, DP3)
-        self.fork = None          # Fork shared with its sibling samples, while they share prompt blocks
+        self.fork: Fork | None = None          # Fork shared with its sibling samples, while they share prompt blocks
 
 
 class Fork:

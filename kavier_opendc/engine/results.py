@@ -24,7 +24,7 @@ class Results:
         self.preemptions = np.zeros(n, dtype=np.int32)
         self.cached = np.zeros(n, dtype=np.int64)
         self.status = np.zeros(n, dtype=np.int8)  # PENDING, FINISHED or REJECTED
-        self.remaining = None     # per request: samples still running (only for traces with n > 1)
+        self.remaining: np.ndarray | None = None     # per request: samples still running (only for traces with n > 1)
 
     def record_finish(self, req, t: float, replica: int) -> None:
         """``req`` (one sample of request ``req.idx``) finished at ``t`` on ``replica``."""

@@ -7,7 +7,7 @@ decision, so they stay as cheap as the tuples they replace.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # pragma: no cover
     from kavier_opendc.engine.cost_model import DecodeRun
@@ -19,7 +19,7 @@ class Iteration:
 
     __slots__ = ("t0", "all_decoders", "skipped", "chunks", "flops", "bytes", "batch", "prefill_tokens",
                  "decode_tokens")
-    is_decode_run = False
+    is_decode_run: Literal[False] = False
 
     def __init__(self, t0: float, all_decoders: bool, skipped: list[Req], chunks: list[tuple[Req, int]],
                  flops: float, byts: float, batch: int, prefill_tokens: int, decode_tokens: int):
@@ -38,7 +38,7 @@ class DecodeRunPlan:
     """``n`` consecutive decode-only iterations of the same decoders, advanced in closed form."""
 
     __slots__ = ("t0", "n", "run", "allocated")
-    is_decode_run = True
+    is_decode_run: Literal[True] = True
 
     def __init__(self, t0: float, n: int, run: DecodeRun, allocated: int):
         self.t0 = t0

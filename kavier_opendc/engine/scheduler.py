@@ -27,10 +27,18 @@ blocks are asked of the replica's
 from __future__ import annotations
 
 import heapq
+from typing import TYPE_CHECKING
 
 from kavier_opendc.engine.kv_manager import BLOCK_MASK, BLOCK_SIZE, NO_MATCH, blocks_for
 from kavier_opendc.engine.request import DECODE, PREFILL, WAITING, Req
 from kavier_opendc.engine.sched_output import DecodeRunPlan, Iteration
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kavier_opendc.engine.cost_model import CostModel
+    from kavier_opendc.engine.decode_state import DecodeState
+    from kavier_opendc.engine.kv_manager import KVManager
+    from kavier_opendc.engine.request_queue import FCFSQueue
+    from kavier_opendc.engine.results import Results
 
 
 class Scheduler:
@@ -47,6 +55,27 @@ class Scheduler:
 
     #: waiting requests join an iteration that has decoders in it (vLLM v1); scheduler_v0 says no
     admits_in_decode = True
+
+    # the replica's state scheduled over, set in Replica.__init__ (declared here for the type checker only)
+    idx: int
+    cm: CostModel
+    max_num_seqs: int
+    budget: int
+    kv_on: bool
+    fast: bool
+    res: Results
+    running: list[Req]
+    waiting: FCFSQueue
+    dec: DecodeState
+    kv: KVManager
+    n_prefilling: int
+    outstanding: int
+    version: int
+    busy: bool
+    next_time: float
+    pending: Iteration | DecodeRunPlan | None
+    preemptions: int
+    extra_time: float
 
     def _schedule(self, t: float) -> float | None:
         """Form the iteration starting at ``t``; return its end time, or None when idle.

@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kavier_opendc.base import limits
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.progress import Progress
 from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel, Efficiency
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
 from kavier_opendc.engine.replica import REPLICA_CLASSES, Replica
 from kavier_opendc.engine.request import Req
 from kavier_opendc.engine.results import FINISHED, REJECTED, Results
 from kavier_opendc.engine.router import Router, normalise_router
-from kavier_opendc.base import limits
-from kavier_opendc.base.errors import KavierInputError
-from kavier_opendc.base.progress import Progress
 from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
 from kavier_opendc.specs.frameworks import DEFAULT_FRAMEWORK, USAGES, FrameworkProfile, framework
 from kavier_opendc.workload.prefix import PrefixIndex
@@ -38,7 +38,7 @@ class PrefixSetup:
     """What each replica needs to know about prefix caching."""
 
     policy: str
-    index: PrefixIndex | None
+    index: PrefixIndex
     min_tokens: int = 0
     capacity_prompts: float = math.inf
     capacity_tokens: float | None = None
@@ -76,7 +76,7 @@ class SimConfig:
     router: str = "round-robin"
     seed: int = 0
     exact: bool = False
-    efficiency: Efficiency = DEFAULT_EFFICIENCY
+    efficiency: Efficiency | None = DEFAULT_EFFICIENCY
     timeline_merge_tol: float = 1e-3
     num_kv_blocks: int | None = None  # override the memory-derived KV capacity
     max_model_len: int | None = None  # reject requests whose prompt + output exceed this (vLLM max_model_len)
@@ -294,14 +294,14 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
         req = Req(i, ta, p, o)
         if samples is not None:
             req.n = samples[i]
-        if affinity:
-            req.uids, req.usizes = prefix.index.prompt_units(i)
+        if affinity:  # (affinity and full_cache imply a prefix setup, and full_cache its prompt caches)
+            req.uids, req.usizes = prefix.index.prompt_units(i)  # type: ignore[union-attr]
         r = router.choose(ta, req)
         rep = reps[r]
         if (kv_on and blocks_for(p + o - 1) > rep.kv.capacity) or p + o > max_len:
             res.status[i] = REJECTED
             res.replica[i] = r
-        elif full_cache and rep.kv.prompt_cache.lookup(prefix.index.prompt_key(i)):
+        elif full_cache and rep.kv.prompt_cache.lookup(prefix.index.prompt_key(i)):  # type: ignore[union-attr]
             # the answer is served from the cache: done on arrival, nothing runs on the GPU
             res.first_sched[i] = res.first_token[i] = res.finish[i] = ta
             res.cached[i] = p

@@ -38,10 +38,16 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.documents import SafeDocumentLoader, parse_document
-from kavier_opendc.base.validation import (Problem, explain_schema_error, json_path, load_schema, non_finite,
-                                           schema_validator)
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.validation import (
+    Problem,
+    explain_schema_error,
+    json_path,
+    load_schema,
+    non_finite,
+    schema_validator,
+)
 
 SCHEMA_FILE = "experiment.schema.json"
 PREFIX_POLICIES = ("auto", "none", "off", "block", "vllm", "prefill", "full")

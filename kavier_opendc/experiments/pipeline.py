@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kavier_opendc import __version__
-from kavier_opendc.base.units import latencies
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
+from kavier_opendc.base.units import latencies
 from kavier_opendc.experiments.engine_config import sim_config_from_experiment
 from kavier_opendc.experiments.experiment import Experiment, to_jsonable
 from kavier_opendc.experiments.run_folder import (
@@ -45,7 +45,6 @@ from kavier_opendc.experiments.run_folder import (
     sha256_file,
     write_experiment_copy,
 )
-
 
 # --------------------------------------------------------------------------
 # Progress per stage

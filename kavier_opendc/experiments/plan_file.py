@@ -39,8 +39,14 @@ from typing import Any
 
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import json_path, schema_validator
-from kavier_opendc.experiments.experiment import (SYNTHETIC_SUFFIXES, experiment_problems, raise_problems,
-                                                  read_document, schema_problems, with_overrides)
+from kavier_opendc.experiments.experiment import (
+    SYNTHETIC_SUFFIXES,
+    experiment_problems,
+    raise_problems,
+    read_document,
+    schema_problems,
+    with_overrides,
+)
 
 SCHEMA_FILE = "plan.schema.json"
 # the built-in example (`kavier plan --example`): multi-turn chat on A100 or H100, TP 1/2, prefix caching on/off

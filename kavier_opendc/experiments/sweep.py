@@ -262,8 +262,7 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
     or the existing one whose scheduler listens at ``scheduler`` (``tcp://HOST:PORT``)."""
     import sys
 
-    from kavier_opendc.base.atomic import write_json_atomic
-    from kavier_opendc.base.atomic import check_writable_dir
+    from kavier_opendc.base.atomic import check_writable_dir, write_json_atomic
     from kavier_opendc.experiments.pipeline import check_opendc_available
 
     out = Path(out)

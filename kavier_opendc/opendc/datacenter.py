@@ -24,8 +24,8 @@ from jsonschema import Draft202012Validator
 
 from kavier_opendc.base import limits
 from kavier_opendc.base.documents import parse_document
-from kavier_opendc.base.validation import explain_schema_error, json_path, non_finite, load_schema, schema_validator
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.validation import explain_schema_error, json_path, load_schema, non_finite, schema_validator
 
 SCHEMA_FILE = "datacenter.schema.json"
 DEFAULT_START = "2022-01-01T00:00:00"
@@ -487,7 +487,7 @@ def _power_source(data: dict, base: Path, year: int, problems: list) -> PowerSou
     trace_ref = ps.get("carbon_trace", data.get("region"))
     trace_path = None
     if trace_ref is not None:
-        from kavier_opendc.opendc.carbon import resolve_carbon_trace, read_carbon_trace
+        from kavier_opendc.opendc.carbon import read_carbon_trace, resolve_carbon_trace
         loc = "power_source.carbon_trace" if "carbon_trace" in ps else "region"
         try:
             trace_path = resolve_carbon_trace(trace_ref, base, year=year, source=None, location=None)

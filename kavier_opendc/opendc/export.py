@@ -73,8 +73,7 @@ import pyarrow.parquet as pq
 from kavier_opendc.base.atomic import write_parquet_atomic
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.opendc.datacenter import DEFAULT_START, Datacenter, load_datacenter
-from kavier_opendc.opendc.topology import (OpenDCHost, TaskPlan, opendc_host_name, opendc_hosts, plan_replicas,
-                                          same_gpu)
+from kavier_opendc.opendc.topology import OpenDCHost, TaskPlan, opendc_host_name, opendc_hosts, plan_replicas, same_gpu
 
 MODES = ("adaptive", "interval", "segments", "per-request")
 #: OpenDC prefab schedulers whose filters look at GPUs (VGpuFilter: free GPU cores).

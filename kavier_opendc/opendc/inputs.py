@@ -12,8 +12,6 @@ from kavier_opendc.opendc.export import export_with_hosts
 from kavier_opendc.opendc.topology import experiment_dict, topology_dict
 
 
-
-
 def write_opendc_inputs(sim_dir: str | os.PathLike, datacenter, out_dir: str | os.PathLike,
                         **export_opts) -> dict[str, Any]:
     """Write OpenDC's inputs for a simulation: ``out_dir/workload/tasks.parquet``,

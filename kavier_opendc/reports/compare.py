@@ -42,8 +42,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from kavier_opendc.base.errors import KavierInputError  # noqa: E402
 from kavier_opendc.base.atomic import atomic_write_text, staged_output, write_json_atomic  # noqa: E402
+from kavier_opendc.base.errors import KavierInputError  # noqa: E402
 
 TABLE_COLUMNS = ("prompt_size", "prefill_input_tokens", "reality_prefill", "kavier_prefill", "decode_input_tokens",
                  "decode_output_tokens", "reality_decode", "kavier_decode")

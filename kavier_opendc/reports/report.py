@@ -294,8 +294,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 def write_report(out_dir: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
     """Write report.md, then report.json (atomically, report.json last)."""
-    from kavier_opendc.base.atomic import write_json_atomic
-    from kavier_opendc.base.atomic import atomic_write_text
+    from kavier_opendc.base.atomic import atomic_write_text, write_json_atomic
 
     out_dir = Path(out_dir)
     md = out_dir / REPORT_MD

@@ -21,9 +21,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.documents import parse_document
-from kavier_opendc.base.validation import explain_schema_error, json_path, non_finite, load_schema, schema_validator
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.validation import explain_schema_error, json_path, load_schema, non_finite, schema_validator
 from kavier_opendc.specs.profiles import GPUProfile, derive_profile, profile_from_entry, profile_to_entry
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}

@@ -34,9 +34,14 @@ import pandas as pd
 import pyarrow as pa
 
 from kavier_opendc import __version__
-from kavier_opendc.base.atomic import INCOMPLETE, staged_output, write_json_atomic, write_parquet_atomic
+from kavier_opendc.base.atomic import (
+    INCOMPLETE,
+    atomic_write_text,
+    staged_output,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from kavier_opendc.engine.outputs import stats
-from kavier_opendc.base.atomic import atomic_write_text
 from kavier_opendc.tracer.runner import Measurement
 
 A10_COLUMNS = ["prompt_size", "prefill_input_tokens", "reality_prefill", "kavier_prefill", "decode_input_tokens",

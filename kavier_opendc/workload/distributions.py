@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeGuard
 
 import numpy as np
 
@@ -31,12 +31,12 @@ def spec_path(base: str, key: str | int) -> str:
     return f"{base}[{key}]" if isinstance(key, int) else f"{base}.{key}"
 
 
-def is_int(x: Any) -> bool:
+def is_int(x: Any) -> TypeGuard[int | np.integer]:
     """An integer (numpy's too), not a bool."""
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
-def is_num(x: Any) -> bool:
+def is_num(x: Any) -> TypeGuard[int | float | np.integer | np.floating]:
     """A finite number (numpy's too), not a bool."""
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_)) \
         and math.isfinite(float(x))

@@ -40,6 +40,7 @@ class PrefixIndex:
         self.trace = trace
         self.block_size = block_size
         self.scope = scope
+        self.source: str | None
         if trace.input_tokens is not None and any(len(t) for t in trace.input_tokens):
             self.source = "tokens"
         elif trace.hash_ids is not None and any(len(h) for h in trace.hash_ids):
@@ -63,7 +64,7 @@ class PrefixIndex:
         p = tr.num_input_tokens
         o = tr.num_output_tokens
         epoch = np.zeros(len(tr), dtype=np.int64)
-        last: dict[int, tuple[int, int, int]] = {}  # session -> (epoch, prompt + answer)
+        last: dict[int, tuple[int, int]] = {}  # session -> (epoch, prompt + answer)
         for i in range(len(tr)):
             s = int(sess[i])
             prev = last.get(s)
@@ -73,6 +74,7 @@ class PrefixIndex:
         return epoch
 
     def _session_base(self, i: int) -> int:
+        assert self.sessions is not None and self._epoch is not None  # source "sessions" sets both
         return ((int(self.sessions[i]) * 4096 + int(self._epoch[i]) % 4096) << 24)
 
     def prompt_units(self, i: int) -> tuple[list, list]:
@@ -85,6 +87,7 @@ class PrefixIndex:
             base = self._session_base(i)
             return [base | j for j in range(full)], [1] * full
         if src == "hash_ids":
+            assert self.trace.hash_ids is not None  # source "hash_ids" needs them
             hids = self.trace.hash_ids[i]
             ub = self.unit_blocks
             ids, sizes = [], []
@@ -99,6 +102,7 @@ class PrefixIndex:
                 left -= b
             return ids, sizes
         if src == "tokens":
+            assert self.trace.input_tokens is not None  # source "tokens" needs them
             toks = self.trace.input_tokens[i]
             h = ("s", int(self.sessions[i])) if self.scope == "session" and self.sessions is not None else 0
             ids = []
@@ -120,8 +124,10 @@ class PrefixIndex:
         p = int(self.trace.num_input_tokens[i])
         scope = int(self.sessions[i]) if self.scope == "session" and self.sessions is not None else None
         if self.source == "tokens":
+            assert self.trace.input_tokens is not None  # source "tokens" needs them
             return (scope, hash(tuple(self.trace.input_tokens[i])))
         if self.source == "hash_ids":
+            assert self.trace.hash_ids is not None  # source "hash_ids" needs them
             return (scope, tuple(self.trace.hash_ids[i]), p)
         if self.source == "sessions":
             return (scope, self._session_base(i), p)
