@@ -99,7 +99,8 @@ def rebuild(text: str, data: Path = DATA) -> tuple[str, list[str]]:
                  f"{float(f'{o.per_seq_s:.4g}')}" + "}"]
         text = _replace_block(text, name, "\n".join(lines))
         e = fit.errors()
-        table.append(f"| {name} | {Path(INFERENCE_PERF).name} ({', '.join(variants)}) | H100-SXM | 1 | {len(fit.points)} "
+        source = f"{Path(INFERENCE_PERF).name} ({', '.join(variants)})"
+        table.append(f"| {name} | {source} | H100-SXM | 1 | {len(fit.points)} "
                      f"| {100 * np.mean(e['per_token']):.1f} % | {100 * np.mean(e['ttft']):.1f} % "
                      f"| {1e3 * o.fixed_s:.2f} | {1e6 * o.per_seq_s:.0f} | {1e3 * fit.client_latency_s:.1f} |")
     return text, table

@@ -19,7 +19,7 @@ CAT = default_catalog()
 
 def test_every_catalogue_gpu_has_a_profile_measured_or_derived():
     measured = {g.name for g in CAT.gpus() if g.profile.status == "measured"}
-    assert {"A10", "A100-80GB", "H100-SXM"} <= measured
+    assert {"A10", "A100-80GB", "H100-SXM", "L40S", "H200"} <= measured
     for g in CAT.gpus():
         p = g.profile
         assert p.gpu == g.name
@@ -28,7 +28,7 @@ def test_every_catalogue_gpu_has_a_profile_measured_or_derived():
         if p.status == "derived":
             assert p.derived_from in measured
     # same architecture first
-    assert CAT.gpu("H200").profile.derived_from == "H100-SXM"
+    assert CAT.gpu("L4").profile.derived_from == "L40S"
     assert CAT.gpu("H100-PCIe").profile.derived_from == "H100-SXM"
     assert CAT.gpu("A100-40GB").profile.derived_from == "A100-80GB"
 

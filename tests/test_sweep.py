@@ -138,7 +138,9 @@ def test_killed_sweep_resumes(tmp_path):
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            if (out / LOG).is_file() and any(e["event"] == "done" for e in log_events(out)):
+            # a run counts as finished once its DONE marker is there (written just after its log event)
+            runs = out / "runs"
+            if runs.is_dir() and any((p / DONE).is_file() for p in runs.iterdir()):
                 break
             if proc.poll() is not None:
                 break

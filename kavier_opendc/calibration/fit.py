@@ -30,11 +30,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kavier_opendc.calibration.layouts import Observation
+from kavier_opendc.calibration.layouts import KERNEL_KINDS, Observation
 from kavier_opendc.specs.catalog import Catalog, GPUSpec
-from kavier_opendc.specs.profiles import AllReduceCurve, GPUProfile, IterationTimer
+from kavier_opendc.specs.profiles import ASSUMED_OVERHEAD, AllReduceCurve, GPUProfile, IterationTimer
 
 E2E_KINDS = ("prefill", "decode", "tpot", "batch")
+#: single kernels fit what they time; the short ones carry launch and tile costs the cost model has not
+KERNEL_PREFILL_MIN_TOKENS = 2048
+KERNEL_GEMM_MIN_S = 20e-6
+KERNEL_DECODE_MIN_BYTES = 2**30   # decode attention reaches its bandwidth only past about 1 GiB of KV
 DEFAULT_FRAMEWORK = "default"
 
 
@@ -77,6 +81,14 @@ def predict(obs: Observation, profile: GPUProfile, gpu: GPUSpec, overheads: Over
                 + obs.tokens * profile.act_passes * obs.act_bytes_per_token / (profile.gemm_mbu * gpu.mem_bandwidth))
     if obs.kind == "allreduce":
         return profile.nccl_allreduce_time(obs.size_bytes, obs.gpus, gpu.interconnect_gbs)  # what was measured
+    if obs.kind == "gemm_kernel":
+        return profile.gemm_time(obs.weight_bytes, obs.flops, gpu.peak_flops, gpu.mem_bandwidth)
+    if obs.kind == "attn_prefill":
+        return obs.flops / (profile.attn_prefill_eff * gpu.peak_flops)
+    if obs.kind == "attn_decode":
+        return obs.size_bytes / (profile.attn_decode_mbu * gpu.mem_bandwidth)
+    if obs.kind == "custom_allreduce":
+        return profile.allreduce_time(obs.size_bytes, obs.gpus, gpu.interconnect_gbs, nvlink=True)
     extra = 0.0
     if overheads is not None:
         profile = dataclasses.replace(profile, overhead_fixed_s=overheads.fixed_s,
@@ -89,9 +101,10 @@ def predict(obs: Observation, profile: GPUProfile, gpu: GPUSpec, overheads: Over
 
 def ideal_time(obs: Observation, gpu: GPUSpec) -> float:
     """A lower bound: the observation's FLOPs at 100 % of the datasheet peak."""
-    if obs.kind == "gemm":
+    if obs.kind in ("gemm", "gemm_kernel", "attn_prefill"):
         return obs.flops / gpu.peak_flops
-    if obs.kind == "allreduce" or obs.model is None:
+    if obs.kind in ("allreduce", "custom_allreduce", "attn_decode") or obs.model is None:
+        # a small KV cache is read from L2 (tens of MB), faster than HBM: no HBM bound for decode kernels
         return 0.0
     timer = IterationTimer(obs.model, gpu, obs.tp, GPUProfile(gpu.name))
     return sum(w * s.n_tokens * timer.flops_per_body_token / timer.peak for w, s in obs.iterations)
@@ -105,11 +118,15 @@ def mape(obs: list[Observation], fit: Fit, gpu: GPUSpec) -> float:
 
 # ------------------------------------------------------------------- GEMMs --
 
-def fit_gemm(obs: list[Observation], gpu: GPUSpec) -> tuple[float, float, float, float, float]:
+def fit_gemm(obs: list[Observation], gpu: GPUSpec,
+             elementwise: bool = True) -> tuple[float, float, float, float, float]:
     """(mbu, mfu, knee, layer_fixed_s, act_passes) minimising the relative squared error of layer times.
 
     Nelder-Mead over (log mbu, log mfu, log(knee - 1)); for each trial the
     elementwise floor and traffic are a non-negative linear least-squares fit.
+    Single GEMM kernels (``elementwise=False``) get a floor per kernel (its
+    launch and tail) and no traffic term; the floor is returned as
+    ``layer_fixed_s`` but is one kernel's, not a layer's.
     """
     w = np.array([o.weight_bytes / gpu.mem_bandwidth for o in obs])
     f = np.array([o.flops / gpu.peak_flops for o in obs])
@@ -122,7 +139,7 @@ def fit_gemm(obs: list[Observation], gpu: GPUSpec) -> tuple[float, float, float,
         hi, lo = np.maximum(tm, tc), np.minimum(tm, tc)
         g = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
         a = np.column_stack([np.ones_like(t), act / mbu]) / t[:, None]
-        c = bounded_lstsq(a, 1.0 - g / t, np.zeros(2), np.ones(2, dtype=bool))
+        c = bounded_lstsq(a, 1.0 - g / t, np.zeros(2), np.array([True, elementwise]))
         err = (g + c[0] + c[1] * act / mbu) / t - 1.0
         penalty = 1e3 * (max(0.0, mbu - 1.0) + max(0.0, mfu - 1.0))
         return float(np.mean(err ** 2)) + penalty, mbu, mfu, p, float(c[0]), float(c[1])
@@ -139,6 +156,12 @@ def fit_gemm(obs: list[Observation], gpu: GPUSpec) -> tuple[float, float, float,
             best = r
     _, mbu, mfu, p, fixed, passes = best
     return mbu, mfu, p, fixed, passes
+
+
+def _efficiency(obs: list[Observation], peak: float, work: str) -> float:
+    """The fraction of ``peak`` whose times t = work / (eff * peak) have the least relative squared error."""
+    a = np.array([getattr(o, work) / peak / o.measured_s for o in obs])
+    return float(min(1.0, (a * a).sum() / a.sum()))
 
 
 # -------------------------------------------------------------- all-reduce --
@@ -347,6 +370,7 @@ def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, ker
         else:
             kept.append(o)
     gemm = [o for o in kept if o.kind == "gemm"]
+    kern = {k: [o for o in kept if o.kind == k] for k in KERNEL_KINDS}
     ar = [o for o in kept if o.kind == "allreduce"]
     e2e = [o for o in kept if o.kind in E2E_KINDS]
     prof = dataclasses.replace(base, gpu=gpu.name, derived_from="", provenance={})
@@ -358,6 +382,37 @@ def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, ker
                                    act_passes=passes)
         for k in ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes"):
             prov[k] = f"fitted on {len(gemm)} operator times ({sources(gemm)})"
+    # GEMM kernels of at least KERNEL_GEMM_MIN_S at the datasheet peaks: the smaller ones are launch-bound
+    big_gemms = [o for o in kern["gemm_kernel"]
+                 if max(o.weight_bytes / gpu.mem_bandwidth, o.flops / gpu.peak_flops) >= KERNEL_GEMM_MIN_S]
+    if big_gemms and not gemm:
+        mbu, mfu, knee, _, _ = fit_gemm(big_gemms, gpu, elementwise=False)
+        prof = dataclasses.replace(prof, gemm_mbu=mbu, gemm_mfu=mfu, gemm_knee=knee)
+        for k in ("gemm_mbu", "gemm_mfu", "gemm_knee"):
+            prov[k] = (f"fitted on {len(big_gemms)} GEMM kernel times of >= {KERNEL_GEMM_MIN_S * 1e6:.0f} us at "
+                       f"the datasheet peaks ({sources(big_gemms)})")
+    long_prompts = [o for o in kern["attn_prefill"] if o.tokens >= KERNEL_PREFILL_MIN_TOKENS]
+    if long_prompts:
+        prof = dataclasses.replace(prof, attn_prefill_eff=_efficiency(long_prompts, gpu.peak_flops, "flops"))
+        prov["attn_prefill_eff"] = (f"fitted on {len(long_prompts)} prefill attention kernel times of prompts >= "
+                                    f"{KERNEL_PREFILL_MIN_TOKENS} tokens ({sources(long_prompts)})")
+    big_kv = [o for o in kern["attn_decode"] if o.size_bytes >= KERNEL_DECODE_MIN_BYTES]
+    if big_kv:
+        prof = dataclasses.replace(prof, attn_decode_mbu=_efficiency(big_kv, gpu.mem_bandwidth, "size_bytes"))
+        prov["attn_decode_mbu"] = (f"fitted on {len(big_kv)} decode attention kernel times reading >= 1 GiB of KV "
+                                   f"per layer ({sources(big_kv)}): the saturated bandwidth, as gemm_mbu is for "
+                                   "GPUs fitted end to end")
+    if kern["custom_allreduce"] and not ar:
+        fastest = min(kern["custom_allreduce"], key=lambda o: (o.measured_s, o.gpus, o.size_bytes))
+        prof = dataclasses.replace(prof, custom_allreduce_latency_s=fastest.measured_s)
+        prov["custom_allreduce_latency_s"] = (
+            f"the least custom all-reduce time measured in CUDA graphs ({sources(kern['custom_allreduce'])}: "
+            f"{fastest.gpus} GPUs, {fastest.size_bytes:.0f} B)")
+    kernels_only = any(kern.values()) and not e2e and not gemm
+    if kernels_only:
+        # CPU time per step is the framework's, not the GPU's: these kernels are vLLM 0.14's (a V1 engine)
+        prof = dataclasses.replace(prof, overhead_fixed_s=0.001, overhead_per_seq_s=0.0)
+        prov["overhead_fixed_s"] = prov["overhead_per_seq_s"] = ASSUMED_OVERHEAD
     if ar:
         fastest = min(ar, key=lambda o: (o.measured_s, o.gpus, o.size_bytes))
         prof = dataclasses.replace(prof, allreduce=fit_allreduce(ar), allreduce_link_gbs=gpu.interconnect_gbs,
@@ -395,11 +450,12 @@ def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, ker
             dsrc = [o for o in e2e if o.framework == DEFAULT_FRAMEWORK]
             for k in ("overhead_fixed_s", "overhead_per_seq_s"):
                 prov[k] = f"fitted on {sources(dsrc)} (marked as the default framework)"
-    for name in ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes", "attn_prefill_eff", "attn_decode_mbu",
+    for name in ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes", "attn_prefill_eff",
+                 "attn_decode_mbu",
                  "overhead_fixed_s", "overhead_per_seq_s", "allreduce", "custom_allreduce_latency_s"):
         if name not in prov:
             prov[name] = base.provenance.get(name) or base.provenance.get("all") or f"inherited from {base.gpu}"
-    measured = bool(gemm or ar or fit_kernels)
+    measured = bool(gemm or ar or fit_kernels or any(kern.values()))
     prof = dataclasses.replace(prof, status="measured" if measured else "derived",
                                derived_from="" if measured else (base.derived_from or base.gpu),
                                provenance=prov)

@@ -45,6 +45,15 @@ Every layout is a CSV file with a header row; columns are recognised by name
     are left out and listed. NCCL all-reduces (vLLM's custom one only with
     ``--default-framework``).
 
+``kernels`` (AIConfigurator's operator tables, ``aiconfigurator_*_kernels.csv``)
+    ``system, op, latency_ms`` with ``kernel_source``, ``dtype`` and per op:
+    ``gemm`` ``m, n, k`` (one GEMM of m tokens, bf16 rows only); ``context_attention``
+    ``batch_size, isl, num_heads, head_dim`` (causal prefill attention of one layer on
+    one GPU); ``generation_attention`` ``batch_size, kv_len_step, num_kv_heads,
+    head_dim`` (one decode step's KV read); ``all_reduce`` ``num_gpus, message_size``
+    (bf16 elements; the CUDA-graph rows, as vLLM runs it). ``system`` names the GPU
+    (a100_sxm, h100_sxm, h200_sxm, l40s, or a catalogue name).
+
 Measurements from different frameworks carry different software overheads
 (old vLLM adds CPU time per step): each file is its own ``framework`` whose
 per-iteration overheads are fitted separately; only a file marked as the
@@ -63,7 +72,7 @@ from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.specs.catalog import Catalog, ModelSpec
 from kavier_opendc.specs.profiles import IterationShape
 
-LAYOUTS = ("single-request", "operator", "allreduce", "step-times", "serving", "batch-latency")
+LAYOUTS = ("single-request", "operator", "allreduce", "step-times", "serving", "batch-latency", "kernels")
 GEMM_COLUMNS = ("attn_pre_proj_ms", "attn_post_proj_ms", "mlp_up_proj_ms", "mlp_down_proj_ms")
 ELEMENTWISE_COLUMNS = ("mlp_act_ms", "input_layernorm_ms", "post_attention_layernorm_ms", "attn_rope_ms", "add_ms")
 _REQUIRED = {
@@ -75,7 +84,12 @@ _REQUIRED = {
                    "token_time_ms"),
     "serving": ("gpu", "model", "tp", "avg_output_tokens"),
     "batch-latency": ("gpu", "tp", "model", "in_out_tokens", "batch_size", "latency_s"),
+    "kernels": ("system", "op", "kernel_source", "latency_ms"),
 }
+#: AIConfigurator's system names -> catalogue GPUs
+KERNEL_SYSTEMS = {"a100_sxm": "A100-80GB", "h100_sxm": "H100-SXM", "h200_sxm": "H200", "l40s": "L40S"}
+#: observation kinds of single kernels (calibration/fit.py fits each on its own)
+KERNEL_KINDS = ("gemm_kernel", "attn_prefill", "attn_decode", "custom_allreduce")
 
 
 @dataclass
@@ -118,6 +132,7 @@ class ReadOptions:
     prompt_tokens: float = 100.0
     default_framework: bool = False
     skipped: list = field(default_factory=list)   # (file, line, why) of rows a reader left out
+    only_gpus: tuple[str, ...] = ()               # kernels layout: keep these GPUs' rows only (empty: all)
 
 
 class _Rows:
@@ -165,7 +180,7 @@ class _Rows:
 
 def detect_layout(header: Iterable[str]) -> str | None:
     cols = set(header)
-    for name in ("single-request", "operator", "allreduce", "step-times", "batch-latency"):
+    for name in ("single-request", "operator", "allreduce", "step-times", "batch-latency", "kernels"):
         if all(c in cols for c in _REQUIRED[name]):
             return name
     if all(c in cols for c in _REQUIRED["serving"]) and ({"avg_tpot_s", "tpot_s", "itl_s"} & cols) and (
@@ -196,7 +211,8 @@ def read_measurements(path: str | Path, catalog: Catalog, options: ReadOptions |
     if not rows.rows:
         raise KavierInputError("no data rows", source=str(path), expected="at least one measurement")
     reader: Callable = {"single-request": _single_request, "operator": _operator, "allreduce": _allreduce,
-                        "step-times": _step_times, "serving": _serving, "batch-latency": _batch_latency}[layout]
+                        "step-times": _step_times, "serving": _serving, "batch-latency": _batch_latency,
+                        "kernels": _kernels}[layout]
     return layout, reader(rows, catalog, opts)
 
 
@@ -391,4 +407,40 @@ def _batch_latency(rows: _Rows, catalog: Catalog, opts: ReadOptions) -> list[Obs
         out.append(Observation(str(rows.path), line, "batch", gpu, rows.number(r, line, "latency_s"),
                                _framework(rows, opts, tp), model, tp, its, vllm_allreduce=opts.default_framework,
                                label=f"{model.name} tp{tp} b{b} n{n}"))
+    return out
+
+
+def _kernels(rows: _Rows, catalog: Catalog, opts: ReadOptions) -> list[Observation]:
+    out = []
+    keep = {catalog.gpu(g).name for g in opts.only_gpus}
+    for r, line in rows.rows:
+        system = r["system"]
+        gpu = _gpu(rows, catalog, KERNEL_SYSTEMS.get(system, system), line, "system")
+        if keep and gpu not in keep:
+            continue
+        op, src = r["op"], r["kernel_source"]
+        t = rows.number(r, line, "latency_ms") / 1e3
+        if op == "gemm":
+            if r.get("dtype", "bfloat16") not in ("bfloat16", "float16"):
+                continue                    # the cost model is of 16-bit weights
+            m, n, k = (rows.number(r, line, c, integer=True) for c in ("m", "n", "k"))
+            out.append(Observation(str(rows.path), line, "gemm_kernel", gpu, t, weight_bytes=2.0 * n * k,
+                                   flops=2.0 * m * n * k, tokens=m, label=f"gemm m={m:g} n={n:g} k={k:g}"))
+        elif op == "context_attention":
+            b, isl = rows.number(r, line, "batch_size"), rows.number(r, line, "isl")
+            heads, d = rows.number(r, line, "num_heads"), rows.number(r, line, "head_dim")
+            pairs = b * isl * (isl + 1) / 2.0
+            out.append(Observation(str(rows.path), line, "attn_prefill", gpu, t, flops=4.0 * heads * d * pairs,
+                                   tokens=isl, label=f"prefill b={b:g} isl={isl:g} h={heads:g}"))
+        elif op == "generation_attention":
+            b, kv = rows.number(r, line, "batch_size"), rows.number(r, line, "kv_len_step", positive=False) + 1
+            kvh, d = rows.number(r, line, "num_kv_heads"), rows.number(r, line, "head_dim")
+            out.append(Observation(str(rows.path), line, "attn_decode", gpu, t, size_bytes=b * kv * kvh * d * 2 * 2,
+                                   tokens=b * kv, label=f"decode b={b:g} kv={kv:g} kvh={kvh:g}"))
+        elif op == "all_reduce":
+            if "graph" not in src:
+                continue                    # vLLM captures its decode steps in CUDA graphs
+            g = int(rows.number(r, line, "num_gpus", integer=True))
+            out.append(Observation(str(rows.path), line, "custom_allreduce", gpu, t, gpus=g,
+                                   size_bytes=2.0 * rows.number(r, line, "message_size"), label=f"custom AR {g} GPUs"))
     return out

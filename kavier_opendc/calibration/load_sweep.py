@@ -125,7 +125,8 @@ def fit_load_sweep(points: list[LoadPoint], catalog: Catalog, base: FrameworkPro
     if len(kept) < 2:
         raise KavierInputError(
             f"{len(kept)} load point(s) below the saturation knee: the overhead per step and per sequence "
-            "need at least two rates the server kept up with, under 90 % of its highest achieved rate", source=", ".join(sorted({p.source for p in points})),
+            "need at least two rates the server kept up with, under 90 % of its highest achieved rate",
+            source=", ".join(sorted({p.source for p in points})),
             location="requested_rate_rps", expected="a rate sweep with two or more unsaturated stages")
     gpus = {(p.gpu, p.tp) for p in kept}
     if len(gpus) != 1:

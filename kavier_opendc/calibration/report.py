@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from kavier_opendc.calibration.fit import E2E_KINDS, Fit, calibrate_all, fit_end_to_end, predict
-from kavier_opendc.calibration.layouts import Observation, ReadOptions, read_measurements
+from kavier_opendc.calibration.layouts import KERNEL_KINDS, Observation, ReadOptions, read_measurements
 from kavier_opendc.specs.catalog import Catalog
 from kavier_opendc.specs.profiles import GPUProfile, profile_to_entry
 
@@ -152,9 +152,13 @@ def _mapes(obs: list[Observation], fits: dict[str, Fit], catalog: Catalog, own_o
 
 
 def error_table(cal: Calibration, catalog: Catalog, loso: bool = True) -> list[ErrorRow]:
-    """MAPE per (source, GPU, kind); with ``loso`` also refit without each source and predict it."""
+    """MAPE per (source, GPU, kind); with ``loso`` also refit without each source and predict it.
+
+    Single kernels are left out: each efficiency describes one regime of them (long prompts, large KV
+    caches, GEMMs past their launch cost), and bench/build_profiles.py reports them in that regime.
+    """
     rejected = {id(o) for f in cal.fits.values() for o, _ in f.rejected}
-    kept = [o for o in cal.observations if id(o) not in rejected]
+    kept = [o for o in cal.observations if id(o) not in rejected and o.kind not in KERNEL_KINDS]
     nrej: dict[tuple, int] = defaultdict(int)
     for f in cal.fits.values():
         for o, _ in f.rejected:
