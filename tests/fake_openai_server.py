@@ -15,6 +15,13 @@ Timing: a request with P prompt tokens is answered with its first token
 ``ttft_base_s + ttft_per_token_s * P`` after the server received it and its k-th token
 (k = 0, 1, ...) at ``ttft + k * (tpot_base_s + tpot_per_token_s * P)``, scheduled against
 the receipt time (no drift), so the programmed latencies are known exactly.
+
+Engine mode (``engine``: ``{"model", "gpu", "fixed_s", "per_seq_s", "client_s"}``): the requests
+share one continuously batched engine instead. A request enters it ``client_s`` after it was
+received (request handling); every step runs every request in it, a whole prompt for one that
+just entered and one token for the others, and lasts what Kavier's cost model gives for that
+batch on ``gpu`` with ``fixed_s`` + ``per_seq_s`` x sequences of CPU time; a step's tokens are
+sent when it ends. The programmed engine is the one ``kavier calibrate`` is asked to recover.
 """
 
 from __future__ import annotations
@@ -44,7 +51,66 @@ DEFAULTS = {
     "fail_from": 0,               # the failure mode applies from this completion request on (0: the first)
     "fail_every": 1,              # ... and then to every n-th one (by arrival order)
     "max_model_len": 4096,
+    "engine": None,               # an engine to emulate (see the module doc), or None
 }
+
+
+class Engine:
+    """A continuously batched engine whose step times come from Kavier's cost model (engine mode)."""
+
+    def __init__(self, spec: dict):
+        import dataclasses
+
+        from kavier_opendc.engine.cost_model import CostModel
+        from kavier_opendc.specs import default_catalog
+        from kavier_opendc.specs.frameworks import StepOverhead, framework
+
+        cat = default_catalog()
+        gpu = cat.gpu(spec["gpu"])
+        fw = dataclasses.replace(framework("vllm-v1"), step_overhead={
+            (gpu.name, 1): StepOverhead(float(spec["fixed_s"]), float(spec.get("per_seq_s", 0.0)))})
+        self.cm = CostModel(cat.model(spec["model"]), gpu, 1, framework=fw)
+        self.client_s = float(spec.get("client_s", 0.0))
+        self.joining: list = []          # [prompt tokens, tokens to produce, queue of token times]
+        self.running: list = []
+        self.wake = asyncio.Event()
+        self.task = asyncio.ensure_future(self.loop())
+
+    def submit(self, p: int, n_out: int) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue()
+        self.joining.append([p, n_out, q, 0])
+        self.wake.set()
+        return q
+
+    async def loop(self) -> None:
+        t_end = 0.0
+        while True:
+            if not self.joining and not self.running:
+                self.wake.clear()
+                await self.wake.wait()
+                t_end = 0.0
+            # back to back on the programmed clock: a late wake-up does not stretch the next step
+            t0 = max(t_end, time.perf_counter()) if t_end == 0.0 else t_end
+            new, self.joining = self.joining, []
+            n_tok = pairs = kv = 0
+            for p, _, _, _ in new:
+                n_tok += p
+                pairs += p * (p + 1) // 2
+            for r in self.running:          # r[3]: tokens generated; context = prompt + generated
+                c = r[0] + r[3]
+                n_tok += 1
+                pairs += c
+                kv += c - 1
+            dt = self.cm.iteration(n_tok, pairs, kv, len(new) + len(self.running))[0]
+            t_end = t0 + dt
+            await sleep_until(t_end)
+            t = time.perf_counter()
+            self.running += new
+            for r in self.running:
+                r[3] += 1
+                r[2].put_nowait(t)
+            self.running = [r for r in self.running if r[3] < r[1]]
+
 
 
 async def sleep_until(deadline: float) -> None:
@@ -68,10 +134,14 @@ class FakeServer:
         self.last_headers: dict = {}
         self.bodies: list = []
         self.lateness: list = []      # actual minus scheduled write time of every token, seconds
+        self.engine: Engine | None = None
 
     # ------------------------------------------------------------------ hooks
     async def config(self, request: web.Request) -> web.Response:
         self.cfg.update(await request.json())   # a new configuration also resets the statistics
+        if self.engine is not None:
+            self.engine.task.cancel()
+        self.engine = Engine(self.cfg["engine"]) if self.cfg.get("engine") else None
         self.seen = 0
         self.max_open_streams = 0
         self.bodies = []
@@ -144,6 +214,8 @@ class FakeServer:
                                                 "total_tokens": p + n_out}})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        if self.engine is not None:
+            return await self._engine_stream(resp, chunk, body, p, n_out, max_tokens, t_recv)
         self.open_streams += 1
         self.max_open_streams = max(self.max_open_streams, self.open_streams)
         try:
@@ -184,6 +256,24 @@ class FakeServer:
             return resp
         finally:
             self.open_streams -= 1
+
+
+    async def _engine_stream(self, resp, chunk, body, p: int, n_out: int, max_tokens: int,
+                             t_recv: float) -> web.StreamResponse:
+        engine = self.engine
+        await sleep_until(t_recv + engine.client_s)
+        q = engine.submit(p, n_out)
+        for k in range(n_out):
+            await q.get()
+            finish = ("length" if n_out == max_tokens else "stop") if k == n_out - 1 else None
+            await resp.write(chunk(f" t{k}", finish))
+        so = body.get("stream_options") or {}
+        if so.get("include_usage"):
+            await resp.write(("data: " + json.dumps({"choices": [], "usage": {
+                "prompt_tokens": p, "completion_tokens": n_out, "total_tokens": p + n_out}}) + "\n\n").encode())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
 
 
 def make_app() -> web.Application:

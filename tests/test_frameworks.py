@@ -300,3 +300,57 @@ def test_client_latency_is_on_the_client_clock_only_for_servers(tmp_path):
     assert s["ttft_s"]["mean"] == pytest.approx(float(np.mean(ttft)) + c, rel=1e-12)
     assert summary_dict(engine)["ttft_s"]["mean"] == pytest.approx(
         float(np.mean(engine.results.first_token - trace.arrival_s)), rel=1e-12)
+
+
+def _replay(path, n=5, status="finished"):
+    import pandas as pd
+
+    path.mkdir()
+    pd.DataFrame({"arrival_s": np.arange(n) * 0.5, "num_input_tokens": [50] * n, "num_output_tokens": [8] * n,
+                  "ttft_s": [0.05] * n, "e2e_s": [0.4] * n,
+                  "status": [status] + ["finished"] * (n - 1)}).to_parquet(path / "requests.parquet")
+    return path
+
+
+@pytest.mark.parametrize("case, extra, needle", [
+    ("no model", [], "--model and --gpu"),
+    ("one replay", ["--model", "llama-3-8b", "--gpu", "a10"], "at least two rates"),
+    ("a failed request", ["--model", "llama-3-8b", "--gpu", "a10"], "did not finish"),
+    ("mixed inputs", ["--model", "llama-3-8b", "--gpu", "a10"], "cannot be mixed"),
+])
+def test_calibrate_replay_errors(tmp_path, capsys, case, extra, needle):
+    from kavier_opendc.cli import main
+
+    files = [str(_replay(tmp_path / "a", status="failed" if case == "a failed request" else "finished"))]
+    if case != "one replay":
+        files.append(str(_replay(tmp_path / "b")))
+    if case == "mixed inputs":
+        (tmp_path / "m.csv").write_text("gpu,num_workers,size_bytes,all_reduce_median_ms\nA100-80GB,2,1024,0.01\n")
+        files.append(str(tmp_path / "m.csv"))
+    try:
+        rc = main(["calibrate", *files, "--out", str(tmp_path / "fw.yaml"), *extra])
+    except SystemExit as exc:
+        rc = exc.code
+    assert rc not in (0, None)
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and not (tmp_path / "fw.yaml").exists()
+
+
+def test_catalogue_framework_files(tmp_path):
+    from kavier_opendc.specs.catalog import load_catalog_file
+
+    good = tmp_path / "fw.yaml"
+    good.write_text("frameworks:\n  - name: mine\n    base: vllm-0.9-v0-server\n    client_latency_s: 0.01\n"
+                    "    step_overhead:\n      - {gpu: A10, tp: 1, fixed_s: 0.003}\n")
+    cat = load_catalog_file(good)
+    fw = cat.framework("MINE")
+    assert fw.policy == "vllm-v0" and fw.client_latency_s == 0.01
+    assert fw.overhead_for("A10", 1).fixed_s == 0.003 and fw.provenance["step_overhead"] == f"given in {good}"
+    assert "mine" in cat.frameworks() and "mine" not in default_catalog().frameworks()
+    for text, needle in [("frameworks:\n  - name: x\n    base: nope\n", "unknown base framework"),
+                         ("frameworks:\n  - name: x\n    policy: magic\n", "policy"),
+                         ("frameworks:\n  - {name: x, step_overhead: [{gpu: A10, fixed_s: -1}]}\n", "fixed_s")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(KavierInputError, match=needle):
+            load_catalog_file(bad)

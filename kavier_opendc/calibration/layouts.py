@@ -149,7 +149,8 @@ class _Rows:
         except FileNotFoundError:
             raise KavierInputError("measurement file not found", source=str(path)) from None
         except IsADirectoryError:
-            raise KavierInputError("is a directory, not a measurement file", source=str(path)) from None
+            raise KavierInputError("is a directory, not a measurement file (a 'kavier trace' replay folder holds a "
+                                   "requests.parquet)", source=str(path)) from None
         except (UnicodeDecodeError, csv.Error, OSError) as exc:
             raise KavierInputError(f"not a readable CSV file ({exc})", source=str(path)) from None
         if not self.header:

@@ -5,13 +5,14 @@ replays, a benchmark's serving runs): requests of known mean lengths sent at
 a rate, with the mean TTFT and e2e a client measured. Unlike single steps, a
 load point's latencies come out of the whole serving dynamics (batching,
 queueing), so each point is simulated. The framework's CPU time per step
-(fixed + per running sequence) minimises the mean relative error of the
-simulated time per output token. A first guess holds each point's batch
-fixed: a request's time per token is then the simulated one plus fixed +
-per_seq x B, where B is the batch its decode steps ran in (steps weighted by
-their sequences), one linear solve; from there a Nelder-Mead search over the
-simulated error itself takes the queueing feedback into account (more CPU
-time per step, larger batches). The client latency (request handling and
+(fixed + per running sequence) minimises the relative error of the
+simulated time per output token. With each point's batch held fixed, a
+request's time per token is the simulated one plus fixed + per_seq x B,
+where B is the batch its decode steps ran in (steps weighted by their
+sequences): one linear solve. The batch answers the overheads only through
+queueing, so a few such solves, each at the batches of the previous
+overheads, converge below the knee; a Nelder-Mead search on the simulated
+error itself then polishes (near the knee the batch grows fast). The client latency (request handling and
 streaming outside the engine) is then the median of measured minus
 simulated TTFT.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -59,14 +61,20 @@ class LoadPoint:
     max_num_seqs: int | None = None
     max_batched_tokens: int | None = None
     max_model_len: int | None = None
+    requests: Trace | None = None   # the requests as sent (a replay), instead of a constant rate
+    mean_per_token_s: float | None = None   # a replay's mean over requests of their time per token
 
     @property
     def per_token_s(self) -> float:
         """Time per output token after the first, as the client saw it."""
+        if self.mean_per_token_s is not None:
+            return self.mean_per_token_s
         return (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
 
     def trace(self) -> Trace:
-        """The stage's requests: evenly spaced at the rate (a constant-rate load generator)."""
+        """The stage's requests: as sent, or evenly spaced at the rate (a constant-rate load generator)."""
+        if self.requests is not None:
+            return self.requests
         n = max(1, int(round(self.rate_rps * self.duration_s)))
         return Trace(np.arange(n) / self.rate_rps, np.full(n, self.prompt_tokens, dtype=np.int64),
                      np.full(n, self.output_tokens, dtype=np.int64), source=self.source, format="kavier")
@@ -104,7 +112,8 @@ def simulate_point(point: LoadPoint, catalog: Catalog, fw: FrameworkProfile) -> 
     r, tr = res.results, res.trace
     done = r.status == 1
     ttft = float(np.mean((r.first_token - tr.arrival_s)[done]))
-    per_token = float(np.mean(((r.finish - r.first_token) / (tr.num_output_tokens - 1))[done]))
+    many = done & (tr.num_output_tokens > 1)
+    per_token = float(np.mean(((r.finish - r.first_token)[many] / (tr.num_output_tokens[many] - 1))))
     num = den = 0.0
     for rep in res.replicas:
         tl = rep.timeline
@@ -120,7 +129,9 @@ def fit_load_sweep(points: list[LoadPoint], catalog: Catalog, base: FrameworkPro
     top: dict[str, float] = {}
     for p in points:
         top[p.sweep] = max(top.get(p.sweep, 0.0), p.achieved_rps)
-    kept = [p for p in points if p.achieved_rps >= KEPT_UP * p.rate_rps and p.rate_rps <= BELOW_KNEE * top[p.sweep]]
+    # a replay (sweep "") stands alone: the user chose rates the server kept up with
+    kept = [p for p in points if not p.sweep or (
+        p.achieved_rps >= KEPT_UP * p.rate_rps and p.rate_rps <= BELOW_KNEE * top[p.sweep])]
     left = [p for p in points if p not in kept]
     if len(kept) < 2:
         raise KavierInputError(
@@ -138,28 +149,77 @@ def fit_load_sweep(points: list[LoadPoint], catalog: Catalog, base: FrameworkPro
         fw = dataclasses.replace(base, step_overhead={(gpu, tp): over}, client_latency_s=0.0)
         return [simulate_point(p, catalog, fw) for p in kept]
 
-    # a first guess with each point's batch held fixed (one linear solve), then the simulated error itself
+    def linear(over: StepOverhead, sims: list[SimulatedPoint]) -> StepOverhead:
+        """The overheads that give every point its measured time per token at its simulated batch."""
+        rows, rhs = [], []
+        for s in sims:
+            w = 1.0 / s.point.per_token_s
+            kernel = s.per_token_s - over.fixed_s - over.per_seq_s * s.batch
+            rows.append([w, s.batch * w])
+            rhs.append((s.point.per_token_s - kernel) * w)
+        x = bounded_lstsq(np.array(rows), np.array(rhs), np.zeros(2), np.ones(2, dtype=bool))
+        return StepOverhead(fixed_s=float(x[0]), per_seq_s=float(x[1]))
+
+    # the batch answers the overheads only through queueing: a few linear solves at the simulated batches
+    # converge below the knee; a Nelder-Mead search on the simulated error itself then polishes
     over = StepOverhead(fixed_s=0.001, per_seq_s=0.0)
-    sims = run(over)
-    rows, rhs = [], []
-    for s in sims:
-        w = 1.0 / s.point.per_token_s
-        kernel = s.per_token_s - over.fixed_s - over.per_seq_s * s.batch
-        rows.append([w, s.batch * w])
-        rhs.append((s.point.per_token_s - kernel) * w)
-    x0 = bounded_lstsq(np.array(rows), np.array(rhs), np.zeros(2), np.ones(2, dtype=bool))
-    scale = np.array([1e-3, 1e-5])          # search in ms per step and 10 us per sequence
+    for _ in range(6):
+        new = linear(over, run(over))
+        done = (abs(new.fixed_s - over.fixed_s) <= 1e-3 * max(new.fixed_s, 1e-6)
+                and abs(new.per_seq_s - over.per_seq_s) <= 1e-3 * max(new.per_seq_s, 1e-9))
+        over = new
+        if done:
+            break
+    x0 = np.array([max(over.fixed_s, 1e-4), max(over.per_seq_s, 1e-6)])
 
     def loss(v: np.ndarray) -> float:
         if (v < 0).any():
             return 1e3 + float(-v[v < 0].sum())
-        sim = run(StepOverhead(fixed_s=float(v[0] * scale[0]), per_seq_s=float(v[1] * scale[1])))
+        sim = run(StepOverhead(fixed_s=float(v[0] * x0[0]), per_seq_s=float(v[1] * x0[1])))
         return float(np.mean([abs(s.per_token_s - s.point.per_token_s) / s.point.per_token_s for s in sim]))
 
-    v = nelder_mead(loss, np.maximum(x0 / scale, 0.05), step=0.5, iters=evaluations)
-    v = np.maximum(v, 0.0)
-    over = StepOverhead(fixed_s=float(v[0] * scale[0]), per_seq_s=float(v[1] * scale[1]))
+    v = np.maximum(nelder_mead(loss, np.ones(2), step=0.3, iters=evaluations), 0.0)
+    polished = StepOverhead(fixed_s=float(v[0] * x0[0]), per_seq_s=float(v[1] * x0[1]))
+    if loss(v) < loss(np.ones(2)):
+        over = polished
     sims = run(over)
     # queueing near the knee inflates some points' TTFT: the median gap is the server's own time
     client = max(0.0, float(np.median([s.point.ttft_s - s.ttft_s for s in sims])))
     return LoadSweepFit(over, client, sims, left)
+
+
+def replay_point(run_dir: Path, model: str, gpu: str, tp: int = 1) -> LoadPoint:
+    """A ``kavier trace`` replay folder as a load point: its requests as sent and their measured means."""
+    import pandas as pd
+
+    path = Path(run_dir) / "requests.parquet"
+    if not path.is_file():
+        raise KavierInputError("not a 'kavier trace' replay folder: no requests.parquet", source=str(run_dir),
+                               expected="the --out folder of 'kavier trace --mode replay'")
+    try:
+        df = pd.read_parquet(path, columns=["arrival_s", "num_input_tokens", "num_output_tokens", "ttft_s",
+                                            "e2e_s", "status"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise KavierInputError(f"unreadable or without the tracer's columns ({exc})", source=str(path)) from None
+    ok = (df["status"] == "finished") & (df["num_output_tokens"] > 1)
+    if ok.sum() < 2:
+        raise KavierInputError(f"{int(ok.sum())} finished request(s) with more than one output token",
+                               source=str(path), location="status", expected="a replay with at least 2")
+    if (df["status"] != "finished").any():
+        raise KavierInputError(f"{int((df['status'] != 'finished').sum())} request(s) did not finish: a replay "
+                               "with failures does not say what the server did", source=str(path),
+                               location="status", expected="a replay whose requests all finished")
+    arr = df["arrival_s"].to_numpy(dtype=float)
+    arr = arr - arr.min()
+    order = np.argsort(arr, kind="stable")
+    prompts = df["num_input_tokens"].to_numpy(dtype=np.int64)[order]
+    outs = df["num_output_tokens"].to_numpy(dtype=np.int64)[order]
+    trace = Trace(arr[order], prompts, outs, source=str(path), format="kavier")
+    m = df[ok]
+    per_token = float(((m["e2e_s"] - m["ttft_s"]) / (m["num_output_tokens"] - 1)).mean())
+    duration = float(arr.max()) if len(arr) > 1 else 1.0
+    rate = len(arr) / duration if duration > 0 else float(len(arr))
+    return LoadPoint(str(run_dir), Path(run_dir).name, "", model, gpu, tp, rate, rate,
+                     int(round(float(m["num_input_tokens"].mean()))), int(round(float(m["num_output_tokens"].mean()))),
+                     float(m["ttft_s"].mean()), float(m["e2e_s"].mean()), duration, requests=trace,
+                     mean_per_token_s=per_token)

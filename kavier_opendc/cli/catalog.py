@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from kavier_opendc.cli.args import catalog_with
-from kavier_opendc.specs.frameworks import builtin_frameworks
 
 
 def cmd_catalog(args) -> int:
@@ -20,11 +19,11 @@ def cmd_catalog(args) -> int:
                   f"{g.idle_power_w:4.0f}-{g.max_power_w:<5.0f} {g.price_per_hour:5.2f}")
     if args.what in ("frameworks", "all"):
         print("Serving frameworks (--framework; scheduler rules, serving path, step overhead):")
-        for fw in builtin_frameworks().values():
-            over = ("the GPU profile's" if fw.step_overhead is None else
-                    f"fitted per GPU/TP ({len(fw.step_overhead)})" if ("*", "*") not in fw.step_overhead
-                    else "derived, uncalibrated")
-            print(f"  {fw.name:<16} {fw.policy:<8} {fw.serving_path:<8} {over:<22} {fw.versions}")
+        for fw in cat.frameworks().values():
+            table = fw.step_overhead
+            over = ("the GPU profile's" if table is None else
+                    f"{sum(1 for g, t in table if g != '*')} GPU/TP entries" + (" + '*'" if ("*", "*") in table else ""))
+            print(f"  {fw.name:<20} {fw.policy:<8} {fw.serving_path:<8} {over:<22} {fw.versions}")
     return 0
 
 

@@ -108,7 +108,7 @@ def cmd_simulate(args) -> int:
     model, gpu = cat.model(args.model), cat.gpu(args.gpu)
     cfg = SimConfig(model=model, gpu=gpu, replicas=args.replicas, tp=args.tp, max_num_seqs=args.max_num_seqs,
                     max_batched_tokens=args.max_batched_tokens, usage=args.usage,
-                    framework=args.framework, gpu_memory_utilization=args.gpu_memory_utilization, kv_cache=args.kv_cache == "on",
+                    framework=cat.framework(args.framework), gpu_memory_utilization=args.gpu_memory_utilization, kv_cache=args.kv_cache == "on",
                     prefix_cache=args.prefix_cache.lower(), prefix_min_tokens=args.prefix_cache_min_tokens,
                     prefix_scope=args.prefix_cache_scope,
                     prefix_capacity_prompts=args.prefix_cache_capacity_prompts,

@@ -45,7 +45,7 @@ def sim_config_from_experiment(exp: Experiment):
     kwargs: dict[str, Any] = dict(model=g0.model, gpu=g0.gpu, replicas=g0.replicas, tp=g0.tp,
                                   kv_cache=bool(srv["kv_cache"]), router=srv["router"], seed=exp.seed,
                                   exact=bool(srv["exact"]), usage=srv.get("usage") or "auto",
-                                  framework=srv.get("framework") or "vllm-v1", **limits)
+                                  framework=exp.catalog.framework(srv.get("framework")), **limits)
     if srv.get("num_kv_blocks") is not None:
         kwargs["num_kv_blocks"] = srv["num_kv_blocks"]
     if srv.get("max_model_len") is not None:

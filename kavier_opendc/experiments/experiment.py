@@ -235,9 +235,9 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
     serving = data.get("serving") if isinstance(data.get("serving"), dict) else {}
     groups = _groups(data, serving, cat, problems)
 
-    norm = _serving(serving, problems)
+    norm = _serving(serving, problems, cat)
 
-    _check_kv_room(norm, groups, problems)
+    _check_kv_room(norm, groups, problems, cat)
 
     # trace
     trace = _trace(data.get("trace"), base, problems, inputs)
@@ -265,7 +265,7 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
     name = _experiment_name(data, source)
     seed = data.get("seed", 0) if isinstance(data.get("seed"), int) else 0
 
-    problems += _engine_problems(norm, groups, seed)
+    problems += _engine_problems(norm, groups, seed, cat)
     if problems:
         return problems, None
     exp = Experiment(data=data, source=source, base_dir=base, name=name, seed=seed, catalog=cat,
@@ -275,7 +275,7 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
     return [], exp
 
 
-def _engine_problems(norm: dict, groups: list[GroupSpec], seed: int) -> list[Problem]:
+def _engine_problems(norm: dict, groups: list[GroupSpec], seed: int, catalog) -> list[Problem]:
     """The engine's own checks of the serving setup (TP against the model's heads, max_model_len against
     its context window, sizes), named by their ``serving.*`` paths; run with the other checks, so that
     they are reported before any trace is loaded."""
@@ -285,7 +285,7 @@ def _engine_problems(norm: dict, groups: list[GroupSpec], seed: int) -> list[Pro
     if not groups:
         return []
     try:
-        sim_config_from_experiment(SimpleNamespace(serving=norm, groups=groups, seed=seed)).validate()
+        sim_config_from_experiment(SimpleNamespace(serving=norm, groups=groups, seed=seed, catalog=catalog)).validate()
     except KavierInputError as exc:
         loc = getattr(exc, "location", None) or ""
         return [(_engine_path(loc), _msg(exc).replace(f"{loc}: ", "", 1) if loc else _msg(exc))]
@@ -311,7 +311,7 @@ def _catalog(data: dict, base: Path, problems: list[Problem], inputs: list):
     return cat
 
 
-def _serving(serving: dict, problems: list[Problem]) -> dict:
+def _serving(serving: dict, problems: list[Problem], catalog) -> dict:
     """The serving options with defaults filled in, kv_cache as a bool, prefix_cache as a dict, router normalised."""
     norm = dict(SERVING_DEFAULTS)
     for k in SERVING_DEFAULTS:
@@ -331,8 +331,7 @@ def _serving(serving: dict, problems: list[Problem]) -> dict:
                              + f"; expected one of {', '.join(PREFIX_POLICIES)}"))
     norm["prefix_cache"] = pc
     if isinstance(norm["framework"], str):
-        from kavier_opendc.specs.frameworks import builtin_frameworks
-        names = list(builtin_frameworks())
+        names = [n.lower() for n in catalog.frameworks()]
         if norm["framework"].strip().lower() not in names:
             hint = difflib.get_close_matches(norm["framework"].strip().lower(), names, n=1)
             problems.append((("serving", "framework"), f"unknown serving framework {norm['framework']!r}"
@@ -349,18 +348,17 @@ def _serving(serving: dict, problems: list[Problem]) -> dict:
     return norm
 
 
-def _check_kv_room(norm: dict, groups: list[GroupSpec], problems: list[Problem]) -> None:
+def _check_kv_room(norm: dict, groups: list[GroupSpec], problems: list[Problem], catalog) -> None:
     """KV memory: does each group's model leave room for a KV cache on its GPUs?"""
     if not norm["kv_cache"] or norm["num_kv_blocks"] is not None:
         return
     from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel
-    from kavier_opendc.specs.frameworks import framework
     for g in groups:
         lim = {**{k: norm[k] for k in GROUP_LIMIT_KEYS}, **dict(g.limits)}
         try:
             # unset limits are vLLM v1's for the GPU (the trace, which decides auto usage, is not read yet:
             # a server's, whose smaller token budget reserves less activation memory)
-            fw = framework(norm.get("framework"))
+            fw = catalog.framework(norm.get("framework"))
             usage = fw.usage("offline" if norm.get("usage") == "offline" else "server")
             tokens, seqs = fw.batch_limits(g.gpu, usage, norm.get("max_model_len") or g.model.max_context)
             if lim["max_batched_tokens"] is None:

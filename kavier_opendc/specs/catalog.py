@@ -24,6 +24,8 @@ from jsonschema import Draft202012Validator
 from kavier_opendc.base.documents import parse_document
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import explain_schema_error, json_path, load_schema, non_finite, schema_validator
+from kavier_opendc.specs.frameworks import (FrameworkProfile, builtin_frameworks, framework, framework_from_entry,
+                                            framework_to_entry)
 from kavier_opendc.specs.profiles import GPUProfile, derive_profile, profile_from_entry, profile_to_entry
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -329,7 +331,7 @@ def validate_catalog_data(data: Any, source: str = "<catalogue>") -> None:
     exc = KavierInputError(
         f"invalid catalogue, {n} problem{'s' if n != 1 else ''}: " + "; ".join(lines),
         source=source,
-        expected="an object with optional 'models', 'gpus' and 'profiles' lists as described by "
+        expected="an object with optional 'models', 'gpus', 'profiles' and 'frameworks' lists as described by "
                  "schemas/catalog.schema.json")
     exc.problems = lines  # type: ignore[attr-defined]
     raise exc
@@ -381,15 +383,25 @@ def spec_to_entry(spec: ModelSpec | GPUSpec) -> dict[str, Any]:
     return out
 
 
-def catalog_from_data(data: Any, source: str = "<catalogue>") -> Catalog:
-    """Validate a parsed catalogue document and build a Catalog of just its entries."""
+def catalog_from_data(data: Any, source: str = "<catalogue>",
+                      frameworks: Mapping[str, FrameworkProfile] | None = None) -> Catalog:
+    """Validate a parsed catalogue document and build a Catalog of just its entries.
+
+    ``frameworks``: the ones a ``frameworks`` entry may name as its ``base`` (default: the built-in ones).
+    """
     if data is None:  # an empty file adds nothing
         data = {}
     validate_catalog_data(data, source)
+    bases = dict(frameworks if frameworks is not None else builtin_frameworks())
+    fws = []
+    for e in data.get("frameworks", []):
+        fw = framework_from_entry(e, source, bases)
+        bases[fw.name] = fw
+        fws.append(fw)
     return Catalog(models=[_model_from_entry(e) for e in data.get("models", [])],
                    gpus=[_gpu_from_entry(e) for e in data.get("gpus", [])],
                    profiles=[profile_from_entry(e) for e in data.get("profiles", [])],
-                   sources=[source])
+                   frameworks=fws, sources=[source])
 
 
 # --------------------------------------------------------------- lookups ----
@@ -410,7 +422,8 @@ class Catalog:
     """
 
     def __init__(self, models: Iterable[ModelSpec] = (), gpus: Iterable[GPUSpec] = (),
-                 *, profiles: Iterable[GPUProfile] = (), sources: Iterable[str] = ()):
+                 *, profiles: Iterable[GPUProfile] = (), frameworks: Iterable[FrameworkProfile] = (),
+                 sources: Iterable[str] = ()):
         self.model_specs: dict[str, ModelSpec] = {}
         self.gpu_specs: dict[str, GPUSpec] = {}
         self.model_aliases: dict[str, str] = {}   # alias key -> canonical key
@@ -419,6 +432,8 @@ class Catalog:
         # a GPU without one gets a derived profile on lookup (cached in _derived)
         self.profile_specs: dict[str, GPUProfile] = {_key(p.gpu): p for p in profiles}
         self._derived: dict[str, GPUProfile] = {}
+        # serving frameworks of catalogue files (the built-in ones come from specs/frameworks.yaml)
+        self.framework_specs: dict[str, FrameworkProfile] = {f.name: f for f in frameworks}
         self._attached: dict[str, GPUSpec] = {}   # GPU key -> its spec with the profile attached
         self.sources: tuple[str, ...] = tuple(sources)
         for m in models:
@@ -527,6 +542,16 @@ class Catalog:
         """Every GPU, with its efficiency profile attached."""
         return [self.gpu(g) for g in self.gpu_specs.values()]
 
+    def frameworks(self) -> dict[str, FrameworkProfile]:
+        """Every serving framework by name: the built-in ones, then (overriding) the catalogue files'."""
+        return {**builtin_frameworks(), **self.framework_specs}
+
+    def framework(self, name: str | FrameworkProfile | None) -> FrameworkProfile:
+        """A serving framework by name (case-insensitive; None: the default)."""
+        if isinstance(name, FrameworkProfile):
+            return name
+        return framework(name, self.framework_specs)
+
     def model_names(self) -> list[str]:
         return [m.name for m in self.model_specs.values()]
 
@@ -543,6 +568,7 @@ class Catalog:
         out.model_aliases = {**self.model_aliases, **other.model_aliases}
         out.gpu_aliases = {**self.gpu_aliases, **other.gpu_aliases}
         out.profile_specs = {**self.profile_specs, **other.profile_specs}
+        out.framework_specs = {**self.framework_specs, **other.framework_specs}
         return out
 
     def to_dict(self) -> dict[str, list[dict[str, Any]]]:
@@ -551,6 +577,8 @@ class Catalog:
                "gpus": [spec_to_entry(g) for g in self.gpus()]}
         if self.profile_specs:
             out["profiles"] = [profile_to_entry(p) for p in self.profile_specs.values()]
+        if self.framework_specs:
+            out["frameworks"] = [framework_to_entry(f) for f in self.framework_specs.values()]
         return out
 
     def __len__(self) -> int:
@@ -589,8 +617,9 @@ def load_catalog_file(path: str | Path, base: Catalog | None = None) -> Catalog:
     data, fmt = _read_document(path)
     if fmt == "yaml":
         data = _coerce_yaml_numbers(data)
-    user = catalog_from_data(data, source=str(path))
-    merged = (base if base is not None else default_catalog()).merged(user)
+    start = base if base is not None else default_catalog()
+    user = catalog_from_data(data, source=str(path), frameworks=start.frameworks())
+    merged = start.merged(user)
     for i, prof in enumerate(user.profile_specs.values()):
         if not merged.has_gpu(prof.gpu):
             raise KavierInputError(

@@ -29,6 +29,7 @@ frameworks.yaml.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -150,10 +151,32 @@ def _overheads(entry: Any, where: str) -> dict | None:
     return out
 
 
-def framework_from_entry(entry: Mapping[str, Any], where: str = str(BUILTIN_FILE)) -> FrameworkProfile:
+def framework_from_entry(entry: Mapping[str, Any], where: str = str(BUILTIN_FILE),
+                         bases: Mapping[str, FrameworkProfile] | None = None) -> FrameworkProfile:
+    """A profile from a catalogue entry; ``base: NAME`` starts from that framework (a user's own
+    calibration of an engine keeps its rules and changes its overheads)."""
     kw = dict(entry)
-    kw["step_overhead"] = _overheads(kw.get("step_overhead"), where)
-    kw["provenance"] = dict(kw.get("provenance", {}))
+    start: dict[str, Any] = {}
+    if "base" in kw:
+        name = kw.pop("base")
+        table = bases if bases is not None else builtin_frameworks()
+        found = {k.lower(): v for k, v in table.items()}.get(str(name).strip().lower())
+        if found is None:
+            raise KavierInputError(f"unknown base framework '{name}'", source=where,
+                                   location=f"frameworks.{kw.get('name')}.base", expected="one of " + ", ".join(table))
+        start = dataclasses.asdict(found) | {"step_overhead": found.step_overhead,
+                                             "provenance": dict(found.provenance)}
+    if "step_overhead" in kw:
+        kw["step_overhead"] = _overheads(kw["step_overhead"], where)
+    own = dict(kw.get("provenance", {}))
+    if start:   # what the entry changes is the entry's, not the base's
+        prov = dict(start["provenance"])
+        for key in kw:
+            if key not in ("name", "provenance"):
+                prov[key] = own.get(key) or f"given in {where}"
+        own = prov | own
+    kw = start | kw
+    kw["provenance"] = own
     fw = FrameworkProfile(**kw)
     if not (isinstance(fw.client_latency_s, (int, float)) and fw.client_latency_s >= 0):
         raise KavierInputError("client_latency_s must be a number >= 0", source=where,
@@ -178,12 +201,27 @@ def builtin_frameworks() -> dict[str, FrameworkProfile]:
     return _BUILTIN
 
 
-def framework(name: str | None) -> FrameworkProfile:
-    """The built-in framework called ``name`` (case-insensitive; None: the default, vLLM v1)."""
-    fws = builtin_frameworks()
+def framework(name: str | None, extra: Mapping[str, FrameworkProfile] | None = None) -> FrameworkProfile:
+    """The framework called ``name`` (case-insensitive; None: the default, vLLM v1): one of ``extra``
+    (a catalogue file's) or a built-in one."""
+    fws = {**builtin_frameworks(), **(extra or {})}
     key = (name or DEFAULT_FRAMEWORK).strip().lower()
     for fw in fws.values():
         if fw.name.lower() == key:
             return fw
     raise KavierInputError(f"unknown serving framework '{name}'", location="--framework",
                            expected="one of " + ", ".join(fws))
+
+
+def framework_to_entry(fw: FrameworkProfile) -> dict[str, Any]:
+    """The profile as a catalogue entry (``frameworks:`` list) that ``framework_from_entry`` reads back."""
+    out: dict[str, Any] = {k: v for k, v in dataclasses.asdict(fw).items() if k not in ("step_overhead", "provenance")}
+    if fw.step_overhead is not None:
+        out["step_overhead"] = [{"gpu": g, "tp": t, **{k: float(f"{v:.6g}") for k, v in vars(o).items() if v}}
+                                for (g, t), o in fw.step_overhead.items()]
+        for row in out["step_overhead"]:
+            row.setdefault("fixed_s", 0.0)
+    else:
+        out["step_overhead"] = None
+    out["provenance"] = dict(fw.provenance)
+    return out

@@ -22,7 +22,8 @@ num_input_tokens, num_output_tokens, input_tokens, output_tokens``) load as
 the kavier layout.  Like the prototype itself, which replays such a file in
 row order, the loader ignores ``turn_id``, ``ts`` (in the prototype's example
 a per-session offset, not a global clock) and ``output_tokens``; such a file
-is an offline batch unless it also has ``arrival_time_s``.
+is an offline batch unless it also has ``arrival_time_s`` (or ``arrival_s``, the
+column of the ``requests.parquet`` that ``kavier simulate`` and ``kavier trace`` write).
 
 Every row is validated with vectorised checks; the first problem is reported
 as a :class:`~kavier_opendc.base.errors.KavierInputError` naming the file, the
@@ -366,7 +367,10 @@ def _read_parquet(path: Path, fmt: str | None) -> tuple[pd.DataFrame, _Layout, _
     names = list(schema.names)
     _check_unique_columns(src, [n.strip() for n in names])
     lay = _pick_layout(src, [n.strip() for n in names], fmt)
-    wanted = [n for n in names if n.strip() in set(lay.columns)]
+    keep = set(lay.columns)
+    if lay.name == "kavier" and "arrival_time_s" not in keep & {n.strip() for n in names}:
+        keep.add("arrival_s")   # a requests.parquet read back as a trace (see _build)
+    wanted = [n for n in names if n.strip() in keep]
     try:
         table = pq.read_table(path, columns=wanted)
         df = table.to_pandas()
@@ -781,15 +785,18 @@ def _build(df: pd.DataFrame, lay: _Layout, src: _Source, keep_overlong: bool = F
     n_out = _int_column(src, df[lay.output_col], lay.output_col, "" if native else "output tokens", 1)
     if not keep_overlong:
         _check_context(src, lay, n_in, n_out)
-    if lay.time_col and lay.time_col in df.columns:
-        secs = _time_seconds(src, df[lay.time_col], lay.time_col, lay.time_kind)
+    time_col = lay.time_col
+    if native and time_col not in df.columns and "arrival_s" in df.columns:
+        time_col = "arrival_s"   # requests.parquet of 'kavier simulate' or 'kavier trace': its own arrivals
+    if time_col and time_col in df.columns:
+        secs = _time_seconds(src, df[time_col], time_col, lay.time_kind)
         arrival = secs - secs[0]
     else:
         arrival = np.zeros(len(df), dtype=np.float64)
     trace = Trace(arrival_s=np.ascontiguousarray(arrival, dtype=np.float64),
                   num_input_tokens=n_in, num_output_tokens=n_out,
                   source=src.path, format=lay.name,
-                  timed=bool(lay.time_col and lay.time_col in df.columns))
+                  timed=bool(time_col and time_col in df.columns))
     if "session_id" in lay.optional and "session_id" in df.columns:
         s = df["session_id"]
         miss = _first(s.isna().to_numpy())
