@@ -740,7 +740,7 @@ def with_overrides(data: Mapping, overrides: Mapping[str, Any]) -> dict:
     for dotted, value in overrides.items():
         parts = dotted.split(".")
         cur = out
-        for i, part in enumerate(parts[:-1]):
+        for part in parts[:-1]:
             nxt = cur.get(part)
             if part == "prefix_cache" and isinstance(nxt, str):
                 nxt = {"policy": nxt}

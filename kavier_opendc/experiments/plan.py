@@ -388,7 +388,7 @@ def run_plan(plan: Plan, out: Path, *, jobs: int = 2, scheduler: str | None = No
                      "ttft_p99_s": e.row.get("ttft_p99_s")} for e in screening]
         on_est_front = set(pareto_front(est_rows, ("cost_per_mtoken", "wh_per_mtoken", "ttft_p99_s")))
         chosen_for_opendc = []
-        for i, e in enumerate(screening):
+        for i in range(len(screening)):
             near = any(r is not None and est_rows[i][m] is not None and est_rows[i][m] <= (1 + plan.near_front) * r
                        for m, r in ((m, min((x[m] for x in est_rows if x[m] is not None), default=None))
                                     for m in ("cost_per_mtoken", "wh_per_mtoken")))

@@ -168,7 +168,7 @@ def sweep_frame(m: Measurement) -> pd.DataFrame:
     fin = df[df["status"] == "finished"] if len(df) else df
     rows = []
     if len(fin):
-        for (p, o), g in fin.groupby(["target_input_tokens", "target_output_tokens"], sort=True):
+        for (p, _o), g in fin.groupby(["target_input_tokens", "target_output_tokens"], sort=True):
             n_in = int(np.median(g["num_input_tokens"]))
             rows.append({"prompt_size": int(p), "prefill_input_tokens": n_in,
                          "reality_prefill": float(g["ttft_s"].mean()), "kavier_prefill": math.nan,
