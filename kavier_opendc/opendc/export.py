@@ -726,8 +726,10 @@ def _write_tables(out_dir, task_rows: dict[str, list], frag_cols: tuple[list, li
         cols = {k: [v[i] for i in order] for k, v in task_rows.items()}
     tasks = pa.Table.from_pydict(
         {k: pa.array(v, type=TASKS_SCHEMA.field(k).type) for k, v in cols.items()}, schema=TASKS_SCHEMA)
-    cat = (lambda parts, dt: np.concatenate([parts[i] for i in order]).astype(dt) if order
-           else np.zeros(0, dt))
+
+    def cat(parts, dt):
+        return np.concatenate([parts[i] for i in order]).astype(dt) if order else np.zeros(0, dt)
+
     frags = pa.Table.from_arrays(
         [pa.array(cat(frag_ids, np.int32), pa.int32()),
          pa.array(cat(frag_dur, np.int64), pa.int64()),

@@ -426,8 +426,11 @@ def report_markdown(result: dict, plots: list[str]) -> str:
                 lines.append(f"| {_label(k)} | {st} | {_ms(d['simulated'])} | {_ms(d['measured'])} | "
                              f"{_pct(d['error_pct'])} |")
         lines += ["", "| throughput | simulated | measured | error |", "|---|---:|---:|---:|"]
+
+        def f(v):
+            return "n/a" if v is None else f"{v:.2f}"
+
         for k, d in result["throughput"].items():
-            f = (lambda v: "n/a" if v is None else f"{v:.2f}")
             lines.append(f"| {k} | {f(d['simulated'])} | {f(d['measured'])} | {_pct(d['error_pct'])} |")
         if result.get("token_count_mismatches"):
             lines += ["", f"Note: {result['token_count_mismatches']} matched requests have different token "
