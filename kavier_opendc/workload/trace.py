@@ -584,7 +584,7 @@ def _numeric_values(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if pd.api.types.is_numeric_dtype(dtype):
         return s.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(s), dtype=bool)
     present = s.notna().to_numpy()
-    if dtype == object:
+    if dtype == np.dtype(object):
         is_bool = np.fromiter((isinstance(v, (bool, np.bool_)) for v in s), dtype=bool, count=len(s))
         is_container = np.fromiter((isinstance(v, (list, dict, tuple, np.ndarray)) for v in s),
                                    dtype=bool, count=len(s))
