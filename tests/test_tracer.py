@@ -153,8 +153,8 @@ def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spac
         srv.configure(**cfg)
         out = tmp_path / f"out{attempt}"
         codes = []
-        others = _other_cores(lambda: codes.append(trace_cli(srv, out, "--trace", str(trace), "--concurrency",
-                                                             str(concurrency))), srv.proc.pid)
+        others = _other_cores(lambda codes=codes, out=out: codes.append(trace_cli(
+            srv, out, "--trace", str(trace), "--concurrency", str(concurrency))), srv.proc.pid)
         assert codes == [0]
         st = srv.stats()
         df = pd.read_parquet(out / "requests.parquet")
