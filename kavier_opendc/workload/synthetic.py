@@ -88,6 +88,10 @@ ARRIVAL_KINDS: tuple[str, ...] = ("poisson", "gamma", "constant", "batch")
 
 _SCHEMA_NAME = "synthetic_workload.schema.json"
 
+# synthetic_trace's default lengths (LengthSpec is frozen, so one instance serves every call)
+_DEFAULT_INPUT = LengthSpec.constant(512)
+_DEFAULT_OUTPUT = LengthSpec.constant(128)
+
 
 # --------------------------------------------------------------------------- generation
 
@@ -120,8 +124,8 @@ def synthetic_trace(
     rate: float | None,
     arrival: str = "poisson",
     cv: float = 1.0,
-    input: LengthSpec | int | Mapping = LengthSpec.constant(512),  # noqa: A002 - public name
-    output: LengthSpec | int | Mapping = LengthSpec.constant(128),
+    input: LengthSpec | int | Mapping = _DEFAULT_INPUT,  # noqa: A002 - public name
+    output: LengthSpec | int | Mapping = _DEFAULT_OUTPUT,
     seed: int = 0,
     sessions: Mapping | SessionSpec | None = None,
     *,
