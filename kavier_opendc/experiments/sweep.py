@@ -206,7 +206,7 @@ def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
         overrides: dict[str, Any] = {}
         for v in combo:
             overrides.update(v.set)
-        labels = {a.name: v.label for a, v in zip(axes, combo)}
+        labels = {a.name: v.label for a, v in zip(axes, combo, strict=True)}
         rid = f"r{i:03d}-" + _slug("_".join(f"{_short_axis(k)}-{v}" for k, v in labels.items()), 70)
         rdoc = with_overrides(base_doc, overrides)
         rdoc["name"] = _slug(f"{name}-{rid}", 100)

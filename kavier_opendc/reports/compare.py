@@ -250,7 +250,7 @@ def simulate_table(frame: pd.DataFrame, model, gpu, efficiency=None) -> pd.DataF
     out = frame.copy()
     out["kavier_prefill"] = [one(int(p), 1)[0] for p in frame["prefill_input_tokens"]]
     out["kavier_decode"] = [one(int(p), int(o))[1]
-                            for p, o in zip(frame["decode_input_tokens"], frame["decode_output_tokens"])]
+                            for p, o in zip(frame["decode_input_tokens"], frame["decode_output_tokens"], strict=True)]
     return out
 
 
@@ -323,7 +323,7 @@ def _label(k: str) -> str:
 
 def plot_requests(per: pd.DataFrame, out: Path) -> list[str]:
     fig, axes = _figure(3)
-    for ax, k in zip(axes, REQUEST_METRICS):
+    for ax, k in zip(axes, REQUEST_METRICS, strict=True):
         for which, color in (("measured", "#1f77b4"), ("sim", "#ff7f0e")):
             v = np.sort(per[f"{k}_{which}"].to_numpy(dtype=np.float64))
             v = v[np.isfinite(v)] * 1e3
@@ -336,7 +336,7 @@ def plot_requests(per: pd.DataFrame, out: Path) -> list[str]:
         ax.legend(loc="lower right")
     _save(fig, out / "cdf.png")
     fig, axes = _figure(3)
-    for ax, k in zip(axes, REQUEST_METRICS):
+    for ax, k in zip(axes, REQUEST_METRICS, strict=True):
         x = per[f"{k}_measured"].to_numpy(dtype=np.float64) * 1e3
         y = per[f"{k}_sim"].to_numpy(dtype=np.float64) * 1e3
         ok = np.isfinite(x) & np.isfinite(y)
@@ -354,7 +354,7 @@ def plot_requests(per: pd.DataFrame, out: Path) -> list[str]:
 
 def plot_table(per: pd.DataFrame, out: Path) -> list[str]:
     fig, axes = _figure(2)
-    for ax, k in zip(axes, TABLE_METRICS):
+    for ax, k in zip(axes, TABLE_METRICS, strict=True):
         x = per[f"{k}_measured_s"].to_numpy(dtype=np.float64)
         y = per[f"{k}_sim_s"].to_numpy(dtype=np.float64)
         ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
@@ -370,7 +370,7 @@ def plot_table(per: pd.DataFrame, out: Path) -> list[str]:
         ax.grid(alpha=0.3, which="both")
     _save(fig, out / "scatter.png")
     fig, axes = _figure(2)
-    for ax, k, xcol in zip(axes, TABLE_METRICS, ("prefill_input_tokens", "decode_output_tokens")):
+    for ax, k, xcol in zip(axes, TABLE_METRICS, ("prefill_input_tokens", "decode_output_tokens"), strict=True):
         x = per[xcol].to_numpy(dtype=np.float64)
         y = per[f"{k}_error_pct"].to_numpy(dtype=np.float64)
         ax.axhline(0, color="grey", lw=1)

@@ -440,7 +440,7 @@ def _block_hashes(n_in: np.ndarray, owner: np.ndarray, shared: int, block: int) 
     ids[last_partial] = partial_base + np.repeat(np.arange(n, dtype=np.int64), counts)[last_partial]
     flat = ids.tolist()
     ends = (starts + counts).tolist()
-    return [flat[a:b] for a, b in zip(starts.tolist(), ends)]
+    return [flat[a:b] for a, b in zip(starts.tolist(), ends, strict=True)]
 
 
 # --------------------------------------------------------------------------- spec files
