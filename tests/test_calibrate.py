@@ -56,7 +56,8 @@ def synthetic_files(tmp: Path, profile: GPUProfile) -> list[Path]:
         row[10:14] = [t_ms - 3e-6, 1e-6, 1e-6, 1e-6]
     _write(p_ops, ops_header, ops)
     p_ar = _write(tmp / "allreduce.csv", ["gpu", "node", "num_workers", "size_bytes", "all_reduce_median_ms"],
-                  [[GPU, "dgx", c.gpus, int(s), t * 1e3] for c in profile.allreduce for s, t in zip(c.sizes, c.seconds, strict=True)])
+                  [[GPU, "dgx", c.gpus, int(s), t * 1e3] for c in profile.allreduce
+                   for s, t in zip(c.sizes, c.seconds, strict=True)])
     single_header = ["prefill_input_tokens", "reality_prefill", "decode_input_tokens", "decode_output_tokens",
                      "reality_decode"]
     single = [[p, 1, 7, o, 1] for p, o in [(64, 50), (256, 200), (1024, 800), (4096, 3000), (16384, 12000)]]

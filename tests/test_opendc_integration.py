@@ -157,7 +157,8 @@ def test_exported_workload_runs_and_places_replicas(tmp_path, bridge):
     # one time base for task times: simulation ms since the start, submissions at 0
     tasks = r["tasks"]
     assert tasks["submission_time_ms"] == [0, 0, 0, 0]
-    assert all(0 <= s <= f <= T * 1000 + 1 for s, f in zip(tasks["schedule_time_ms"], tasks["finish_time_ms"], strict=True))
+    assert all(0 <= s <= f <= T * 1000 + 1
+               for s, f in zip(tasks["schedule_time_ms"], tasks["finish_time_ms"], strict=True))
     assert set(r["tasks"]["states"]) <= {"COMPLETED", "TERMINATED"}
     # GPU energy: 8 idle GPUs + dynamic part of 2 GPUs per replica; CPU idle (both halves)
     gpu_j = 8 * I_GPU * T + (M_GPU - I_GPU) * 2 * sum(us) * T

@@ -350,7 +350,8 @@ def test_one_million_requests_speed():
                          output=LengthSpec.uniform(1, 1024))
     plain = time.perf_counter() - t
     t = time.perf_counter()
-    tr2 = synthetic_trace(1_000_000, 100.0, seed=1, input=LengthSpec.uniform(10, 500), output=LengthSpec.uniform(1, 500),
+    tr2 = synthetic_trace(1_000_000, 100.0, seed=1, input=LengthSpec.uniform(10, 500),
+                          output=LengthSpec.uniform(1, 500),
                           sessions={"turns": {"dist": "uniform", "low": 1, "high": 10}, "think_time_s": 30,
                                     "accumulate_context": True})
     sessions = time.perf_counter() - t

@@ -471,7 +471,8 @@ def compare_paths(sim_path: Path, meas_path: Path, out: Path, simulate=None) -> 
 
 def format_result(result: dict, out: Path) -> str:
     if result["kind"] == "table":
-        body = [f"{k:<8} MAPE {_abs_pct(result['metrics'][k]['mape_pct'])}, bias {_pct(result['metrics'][k]['bias_pct'])}"
+        body = [f"{k:<8} MAPE {_abs_pct(result['metrics'][k]['mape_pct'])}, "
+                f"bias {_pct(result['metrics'][k]['bias_pct'])}"
                 for k in TABLE_METRICS]
         head = f"{result['matched']} rows; simulated values from {result['simulated_values']}"
     else:
