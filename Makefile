@@ -19,7 +19,9 @@ bridge:           ## build the OpenDC bridge jar (OpenDC inside) with Maven on a
 bridge-lite:      ## only on request: the gateway WITHOUT OpenDC, for developing the Py4J plumbing
 	$(PYTHON) -m kavier_opendc.opendc.bridge build --lite --with-tests
 
-test: setup       ## the whole test suite: the bridge's JUnit tests (in 'setup') and pytest
+test: setup       ## the whole test suite: the bridge's JUnit tests (in 'setup'), ruff, mypy and pytest
+	$(PYTHON) -m ruff check kavier_opendc tests bench
+	$(PYTHON) -m mypy
 	$(PYTHON) -m pytest
 
 demo:             ## a demo simulation on a built-in synthetic workload

@@ -27,7 +27,8 @@ from kavier_opendc.specs import default_catalog
 from kavier_opendc.specs.profiles import GPUProfile
 from kavier_opendc.workload.trace import Trace
 
-DATA = Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") / "measurements" / "kavier_a10_llama3_8b_vllm.csv"
+DATA = (Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+        / "measurements" / "kavier_a10_llama3_8b_vllm.csv")
 
 
 def load_rows(path: Path = DATA) -> list[dict]:

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {p}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        stale = [name for name, p in zip(TRACES, write_all(Path(tmp)))
+        stale = [name for name, p in zip(TRACES, write_all(Path(tmp)), strict=True)
                  if not (args.out / name).is_file() or not filecmp.cmp(p, args.out / name, shallow=False)]
     for name in stale:
         print(f"{args.out / name} is missing or out of date; run python bench/make_traces.py", file=sys.stderr)

@@ -613,7 +613,7 @@ class RandomLlama:
         """One token per sequence, x [B, hidden]; its K/V go to the last slot of each [B, KVH, C, D] cache."""
         s = self.shape
         batch = x.shape[0]
-        for w, (k_cache, v_cache) in zip(self.layers, caches):
+        for w, (k_cache, v_cache) in zip(self.layers, caches, strict=True):
             q, k, v = self._split_qkv(F.linear(rms_norm(x, w.norm), w.qkv))
             k_cache[:, :, -1].copy_(apply_rope(k, cos, sin))
             v_cache[:, :, -1].copy_(v)
@@ -626,7 +626,7 @@ class RandomLlama:
                 sin: torch.Tensor, attention: AttentionChoice) -> torch.Tensor:
         """One prompt, x [T, hidden]; K/V are stored into [T, KVH, D] caches; logits of the last token only."""
         tokens = x.shape[0]
-        for w, (k_cache, v_cache) in zip(self.layers, caches):
+        for w, (k_cache, v_cache) in zip(self.layers, caches, strict=True):
             q, k, v = self._split_qkv(F.linear(rms_norm(x, w.norm), w.qkv))
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             k_cache.copy_(k)

@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_TRACE = Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") / "traces" / "azure_llm_2023_conv.csv"
+DEFAULT_TRACE = (Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+                 / "traces" / "azure_llm_2023_conv.csv")
 
 
 def main(argv: list[str] | None = None) -> int:

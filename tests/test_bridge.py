@@ -226,7 +226,7 @@ def test_tiny_experiment_energy_matches_hand_computation(opendc_jar, tmp_path):
 
     assert out.resolve() == (tmp_path / "output" / "tiny").resolve()
     assert seen[0] == 0.0 and seen[-1] == 1.0
-    assert all(0.0 <= a <= b <= 1.0 for a, b in zip(seen, seen[1:]))
+    assert all(0.0 <= a <= b <= 1.0 for a, b in zip(seen, seen[1:], strict=False))
     [seed_dir] = seed_output_dirs(out)
     assert seed_dir.relative_to(out).as_posix() == "raw-output/0/seed=0"
     host = pq.read_table(seed_dir / "host.parquet").to_pandas()

@@ -51,12 +51,13 @@ def synthetic_files(tmp: Path, profile: GPUProfile) -> list[Path]:
            for name, h, kv, hid, ffn in shapes for tp in (1, 2, 4) for k in range(0, 14)]
     p_ops = _write(tmp / "ops.csv", ops_header, ops)
     _, obs = read_measurements(p_ops, CAT)
-    for row, o in zip(ops, obs):
+    for row, o in zip(ops, obs, strict=True):
         t_ms = predict(o, profile, gpu) * 1e3
         row[10:14] = [t_ms - 3e-6, 1e-6, 1e-6, 1e-6]
     _write(p_ops, ops_header, ops)
     p_ar = _write(tmp / "allreduce.csv", ["gpu", "node", "num_workers", "size_bytes", "all_reduce_median_ms"],
-                  [[GPU, "dgx", c.gpus, int(s), t * 1e3] for c in profile.allreduce for s, t in zip(c.sizes, c.seconds)])
+                  [[GPU, "dgx", c.gpus, int(s), t * 1e3] for c in profile.allreduce
+                   for s, t in zip(c.sizes, c.seconds, strict=True)])
     single_header = ["prefill_input_tokens", "reality_prefill", "decode_input_tokens", "decode_output_tokens",
                      "reality_decode"]
     single = [[p, 1, 7, o, 1] for p, o in [(64, 50), (256, 200), (1024, 800), (4096, 3000), (16384, 12000)]]
@@ -71,7 +72,7 @@ def synthetic_files(tmp: Path, profile: GPUProfile) -> list[Path]:
                for b in (1, 8, 32, 64, 128, 256)]
     p_serving = _write(tmp / "serving.csv", serving_header, serving)
     _, obs = read_measurements(p_serving, CAT, opts)
-    for row, o in zip(serving, obs):
+    for row, o in zip(serving, obs, strict=True):
         row[4] = predict(o, profile, gpu)
     _write(p_serving, serving_header, serving)
     return [p_ops, p_ar, p_single, p_serving]
@@ -88,7 +89,7 @@ def test_round_trip_recovers_the_profile_within_2_percent(tmp_path, capsys):
     for name in FITTED:
         want, got = getattr(TRUE, name), getattr(fitted, name)
         assert got == pytest.approx(want, rel=0.02), name
-    for a, b in zip(TRUE.allreduce, fitted.allreduce):
+    for a, b in zip(TRUE.allreduce, fitted.allreduce, strict=True):
         assert a.gpus == b.gpus and b.sizes == a.sizes
         assert b.seconds == pytest.approx(a.seconds, rel=1e-5)
     text = capsys.readouterr().out
@@ -132,7 +133,7 @@ def test_allreduce_curve_is_the_monotone_curve_of_least_relative_error():
 
 
 def _relative_l1(values: list[float], groups: list[list[float]]) -> float:
-    return sum(abs(v - y) / y for v, ys in zip(values, groups) for y in ys)
+    return sum(abs(v - y) / y for v, ys in zip(values, groups, strict=True) for y in ys)
 
 
 @settings(max_examples=150, deadline=None)
@@ -140,7 +141,7 @@ def _relative_l1(values: list[float], groups: list[list[float]]) -> float:
                 min_size=1, max_size=5))
 def test_allreduce_curve_fit_is_optimal_and_monotone(groups):
     got = _isotonic_relative_l1(groups)
-    assert all(a <= b for a, b in zip(got, got[1:]))
+    assert all(a <= b for a, b in zip(got, got[1:], strict=False))
     values = sorted({y for ys in groups for y in ys})
     best = min(_relative_l1(list(c), groups) for c in itertools.combinations_with_replacement(values, len(groups)))
     assert _relative_l1(got, groups) == pytest.approx(best, abs=1e-9)

@@ -118,7 +118,7 @@ def test_help_documents_every_flag():
 def test_bad_arguments_clear_error_no_output(tmp_path, small_trace, args, needle):
     base = {"--model": "Llama-3-8B", "--gpu": "A100-80GB", "--trace": str(small_trace),
             "--out": str(tmp_path / "out")}
-    base.update(dict(zip(args[::2], args[1::2])))
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
     argv = ["simulate"] + [x for kv in base.items() for x in kv]
     r = kavier(*argv)
     assert r.returncode != 0

@@ -50,7 +50,7 @@ def make_recipe(target: str) -> list[str]:
 def test_compose_services_run_and_sweep_on_a_mounted_folder(compose):
     services = compose["services"]
     assert {"run", "sweep"} <= set(services)
-    for name, svc in services.items():
+    for svc in services.values():
         assert svc["image"].startswith("kavier-opendc")
         assert svc["build"]["context"] == "." and svc["build"].get("dockerfile", "Dockerfile") == "Dockerfile"
         mounts = [v.split(":") for v in svc["volumes"]]

@@ -177,7 +177,8 @@ def test_tensor_parallel_adds_allreduce_and_splits_work():
     assert t8 < t4                                 # more GPUs share the weights
     assert one.timer.allreduces == two.timer.allreduces == 2 * m.num_layers
     prof = g.profile
-    assert 0 < prof.allreduce_time(2**20, 4, g.interconnect_gbs, True) < prof.allreduce_time(2**26, 4, g.interconnect_gbs, True)
+    assert 0 < prof.allreduce_time(2**20, 4, g.interconnect_gbs, True) \
+        < prof.allreduce_time(2**26, 4, g.interconnect_gbs, True)
     assert CostModel(m, g, 1).timer.allreduces == 0
     with pytest.raises(KavierInputError):
         CostModel(m, g, 3)                        # 64 heads cannot be split over 3 GPUs

@@ -55,7 +55,8 @@ def test_demo_experiment_is_valid():
     assert exp.gpu_counts() == {"A100-80GB": 4}
     assert exp.carbon["kind"] == "synthetic"
     assert exp.prices["gpu_hour"]["A100-80GB"] > 0
-    assert exp.trace["path"] == (DATA / "demo_workload.yaml").resolve() or exp.trace["path"].name == "demo_workload.yaml"
+    assert exp.trace["path"] == (DATA / "demo_workload.yaml").resolve() \
+        or exp.trace["path"].name == "demo_workload.yaml"
 
 
 def test_tiny_experiment_valid_and_paths_relative_to_file(tmp_path, monkeypatch):

@@ -223,7 +223,7 @@ def test_total_ms_equals_makespan_without_drift(tmp_path):
         f, t = frags(out), tasks(out)
         expected = int(math.floor(makespan * 1000 + 0.5))
         assert stats["makespan_ms"] == expected
-        for tid, g in f.groupby("id"):
+        for _tid, g in f.groupby("id"):
             assert int(g["duration"].sum()) == expected, mode
         assert t["duration"].tolist() == [expected, expected]
         assert (f["duration"] > 0).all()

@@ -120,7 +120,7 @@ def test_carbon_with_real_nl_trace(tmp_path, bridge):
     edges = [t0] + [t for t in trace["timestamp"] if t0 < t < t0 + pd.Timedelta(seconds=T)] \
         + [t0 + pd.Timedelta(seconds=T)]
     expected = 0.0
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in zip(edges[:-1], edges[1:], strict=False):
         ci = C.intensity_at(trace, np.array([a.value // 1_000_000]))[0]
         expected += P * (b - a).total_seconds() * ci / 3.6e6
     assert len(edges) >= 5
@@ -157,7 +157,8 @@ def test_exported_workload_runs_and_places_replicas(tmp_path, bridge):
     # one time base for task times: simulation ms since the start, submissions at 0
     tasks = r["tasks"]
     assert tasks["submission_time_ms"] == [0, 0, 0, 0]
-    assert all(0 <= s <= f <= T * 1000 + 1 for s, f in zip(tasks["schedule_time_ms"], tasks["finish_time_ms"]))
+    assert all(0 <= s <= f <= T * 1000 + 1
+               for s, f in zip(tasks["schedule_time_ms"], tasks["finish_time_ms"], strict=True))
     assert set(r["tasks"]["states"]) <= {"COMPLETED", "TERMINATED"}
     # GPU energy: 8 idle GPUs + dynamic part of 2 GPUs per replica; CPU idle (both halves)
     gpu_j = 8 * I_GPU * T + (M_GPU - I_GPU) * 2 * sum(us) * T

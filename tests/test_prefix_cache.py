@@ -218,7 +218,7 @@ def test_cache_invariants_and_fast_equals_exact(seed, blocks, replicas, router, 
         prompts = rng.integers(40, 1200, n)
         ids = [[int(heads[i]), 100 + int(heads[i]) * 10 + int(rng.integers(0, 2))] + [10_000 + i * 10 + j
                for j in range(3)] for i in range(n)]
-        ids = [x[: (p + 511) // 512] for x, p in zip(ids, prompts)]
+        ids = [x[: (p + 511) // 512] for x, p in zip(ids, prompts, strict=True)]
         tr = trace(arr, prompts, out, hash_ids=ids, hash_block_size=512)
     else:
         sess = rng.integers(0, 5, n)

@@ -144,7 +144,7 @@ def test_histogram_from_file_stays_in_support():
     assert set(np.unique(tr.num_output_tokens)) <= obs_out
     # auto joint sampling keeps observed (input, output) pairs and their correlation
     pairs = set(rows)
-    assert all(p in pairs for p in zip(tr.num_input_tokens.tolist(), tr.num_output_tokens.tolist()))
+    assert all(p in pairs for p in zip(tr.num_input_tokens.tolist(), tr.num_output_tokens.tolist(), strict=True))
     obs = np.array(rows, dtype=float)
     r_obs = np.corrcoef(obs[:, 0], obs[:, 1])[0, 1]
     r_syn = np.corrcoef(tr.num_input_tokens, tr.num_output_tokens)[0, 1]
@@ -153,7 +153,7 @@ def test_histogram_from_file_stays_in_support():
     ind = synthetic_trace(50_000, 3.0, input=LengthSpec.histogram(file=f), output=LengthSpec.histogram(file=f),
                           seed=9, joint=False)
     assert set(np.unique(ind.num_input_tokens)) <= obs_in
-    assert not all(p in pairs for p in zip(ind.num_input_tokens.tolist(), ind.num_output_tokens.tolist()))
+    assert not all(p in pairs for p in zip(ind.num_input_tokens.tolist(), ind.num_output_tokens.tolist(), strict=True))
     assert abs(np.corrcoef(ind.num_input_tokens, ind.num_output_tokens)[0, 1]) < 0.03
 
 
@@ -235,10 +235,10 @@ def test_sessions_exact_count_and_accumulated_context():
             prev, cur = tr.hash_ids[g[k - 1]], tr.hash_ids[g[k]]
             full_prev = ins[k - 1] // 512
             assert cur[:full_prev] == prev[:full_prev]
-    assert all(len(h) == -(-n // 512) for h, n in zip(tr.hash_ids, tr.num_input_tokens.tolist()))
+    assert all(len(h) == -(-n // 512) for h, n in zip(tr.hash_ids, tr.num_input_tokens.tolist(), strict=True))
     assert all(h[:2] == [0, 1] for h in tr.hash_ids)  # two full blocks of the shared prefix
     # partially filled last blocks are unique
-    partial = [h[-1] for h, n in zip(tr.hash_ids, tr.num_input_tokens.tolist()) if n % 512]
+    partial = [h[-1] for h, n in zip(tr.hash_ids, tr.num_input_tokens.tolist(), strict=True) if n % 512]
     assert len(partial) == len(set(partial))
 
 
@@ -350,7 +350,8 @@ def test_one_million_requests_speed():
                          output=LengthSpec.uniform(1, 1024))
     plain = time.perf_counter() - t
     t = time.perf_counter()
-    tr2 = synthetic_trace(1_000_000, 100.0, seed=1, input=LengthSpec.uniform(10, 500), output=LengthSpec.uniform(1, 500),
+    tr2 = synthetic_trace(1_000_000, 100.0, seed=1, input=LengthSpec.uniform(10, 500),
+                          output=LengthSpec.uniform(1, 500),
                           sessions={"turns": {"dist": "uniform", "low": 1, "high": 10}, "think_time_s": 30,
                                     "accumulate_context": True})
     sessions = time.perf_counter() - t

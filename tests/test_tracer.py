@@ -95,7 +95,8 @@ def _timing(concurrency: int) -> dict:
 
 def _timing_errors(df: pd.DataFrame, cfg: dict) -> dict:
     ttft, tpot, e2e = programmed(cfg, df)
-    gaps = max((np.abs(np.diff(t) - want).max() for t, want in zip(df["token_times_s"], tpot)), default=0.0)
+    gaps = max((np.abs(np.diff(t) - want).max() for t, want in zip(df["token_times_s"], tpot, strict=True)),
+               default=0.0)
     return {"ttft": float(np.abs(df["ttft_s"] - ttft).max()), "tpot": float(np.abs(df["tpot_s"] - tpot).max()),
             "e2e": float(np.abs(df["e2e_s"] - e2e).max()), "token_gap": float(gaps)}
 
@@ -153,8 +154,8 @@ def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spac
         srv.configure(**cfg)
         out = tmp_path / f"out{attempt}"
         codes = []
-        others = _other_cores(lambda: codes.append(trace_cli(srv, out, "--trace", str(trace), "--concurrency",
-                                                             str(concurrency))), srv.proc.pid)
+        others = _other_cores(lambda codes=codes, out=out: codes.append(trace_cli(
+            srv, out, "--trace", str(trace), "--concurrency", str(concurrency))), srv.proc.pid)
         assert codes == [0]
         st = srv.stats()
         df = pd.read_parquet(out / "requests.parquet")

@@ -38,15 +38,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="catalogue file to write (.yaml or .json)")
     p.add_argument("--model", help="model of single-request files (catalogue name)")
     p.add_argument("--gpu", help="GPU of single-request files (catalogue name)")
-    p.add_argument("--tp", type=positive_int("--tp", limits.TP), default=1, help="tensor parallelism of single-request files (default 1)")
+    p.add_argument("--tp", type=positive_int("--tp", limits.TP), default=1,
+                   help="tensor parallelism of single-request files (default 1)")
     p.add_argument("--layout", choices=list(LAYOUTS),
                    help="force the layout of every file instead of detecting it")
     p.add_argument("--default-framework", action="store_true",
                    help="the files' end-to-end times are of the framework the simulator models (vLLM v1): their "
                         "overheads become the profile's own (otherwise each file's overheads are fitted apart)")
-    p.add_argument("--max-batched-tokens", type=positive_int("--max-batched-tokens", limits.BATCHED_TOKENS), default=8192,
+    p.add_argument("--max-batched-tokens", type=positive_int("--max-batched-tokens", limits.BATCHED_TOKENS),
+                   default=8192,
                    help="token budget that chunked single-request prefills (default 8192)")
-    p.add_argument("--prompt-tokens", type=bounded_float("--prompt-tokens", 0.0, limits.CONTEXT_TOKENS, exclusive=True), default=100.0,
+    p.add_argument("--prompt-tokens", type=bounded_float("--prompt-tokens", 0.0, limits.CONTEXT_TOKENS, exclusive=True),
+                   default=100.0,
                    help="mean prompt length of serving files without avg_input_tokens (default 100)")
     p.add_argument("--framework-name", metavar="NAME", default=None,
                    help="replay folders: the name of the framework to write (default: calibrated-<base>)")
@@ -108,7 +111,8 @@ def cmd_calibrate(args) -> int:
             print(f"left out {o.source} line {o.row}: {why}")
     for name, fit in cal.fits.items():
         for fw, o in fit.frameworks.items():
-            print(f"{name}: overheads of {fw}: {o.fixed_s * 1e3:.2f} ms/iteration, {o.per_seq_s * 1e6:.1f} us/sequence, "
+            print(f"{name}: overheads of {fw}: {o.fixed_s * 1e3:.2f} ms/iteration, "
+                  f"{o.per_seq_s * 1e6:.1f} us/sequence, "
                   f"{o.per_token_s * 1e6:.2f} us/token, {o.per_token_sq_s * 1e12:.3g} ps/token²")
     rows = error_table(cal, cat, loso=args.loso)
     print(error_markdown(rows))
@@ -158,7 +162,8 @@ def _calibrate_framework(args, cat, out: Path) -> int:
     print(f"framework {name} (scheduler {base.policy}, from {base.name}) on {gpu.name} x {args.tp}, {model.name}:")
     print(f"  CPU time per step  {o.fixed_s * 1e3:.3f} ms + {o.per_seq_s * 1e6:.1f} us per running sequence")
     print(f"  client latency     {fit.client_latency_s * 1e3:.2f} ms")
-    print(f"  fit                {len(fit.points)} replays, time per output token MAPE "
-          f"{100 * sum(e['per_token']) / len(e['per_token']):.2f} %, TTFT MAPE {100 * sum(e['ttft']) / len(e['ttft']):.2f} %")
+    per_token, ttft = (100 * sum(e[k]) / len(e[k]) for k in ("per_token", "ttft"))
+    print(f"  fit                {len(fit.points)} replays, time per output token MAPE {per_token:.2f} %, "
+          f"TTFT MAPE {ttft:.2f} %")
     print(f"wrote {out} (use it with --catalog {out} --framework {name})")
     return 0

@@ -21,8 +21,9 @@ def cmd_catalog(args) -> int:
         print("Serving frameworks (--framework; scheduler rules, serving path, step overhead):")
         for fw in cat.frameworks().values():
             table = fw.step_overhead
+            wildcard = " + '*'" if table is not None and ("*", "*") in table else ""
             over = ("the GPU profile's" if table is None else
-                    f"{sum(1 for g, t in table if g != '*')} GPU/TP entries" + (" + '*'" if ("*", "*") in table else ""))
+                    f"{sum(1 for g, _ in table if g != '*')} GPU/TP entries{wildcard}")
             print(f"  {fw.name:<20} {fw.policy:<8} {fw.serving_path:<8} {over:<22} {fw.versions}")
     return 0
 

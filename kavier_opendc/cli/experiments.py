@@ -72,9 +72,11 @@ def format_run_summary(report: dict, out: Path, wall_s: float, plots: bool = Tru
     ]
     lines.append(f"GPU busy     {text.gpu_line(p)}")
     if e.get("slo_attainment") is not None:
-        lines.append(f"SLOs         {e['slo_attainment']:.1%} of requests met both, goodput {e['goodput_rps']:.3f} req/s")
+        lines.append(f"SLOs         {e['slo_attainment']:.1%} of requests met both, "
+                     f"goodput {e['goodput_rps']:.3f} req/s")
     if s is not None:
-        lines.append(f"energy       {s['energy_wh']:.2f} Wh, avg {s['avg_power_w']:.0f} W, peak {s['peak_power_w']:.0f} W, "
+        lines.append(f"energy       {s['energy_wh']:.2f} Wh, avg {s['avg_power_w']:.0f} W, "
+                     f"peak {s['peak_power_w']:.0f} W, "
                      f"carbon {s['carbon_g']:.2f} gCO2")
         lines.append(f"efficiency   {e['wh_per_mtoken']:.1f} Wh/Mtoken, {e['gco2_per_mtoken']:.1f} gCO2/Mtoken, "
                      f"{e['cost_per_mtoken']:.3f} {cur}/Mtoken")
@@ -284,7 +286,8 @@ def register(sub) -> None:
     demo.set_defaults(func=cmd_demo)
 
     val = sub.add_parser("validate", help="check experiment, sweep or plan files and report every problem",
-                         description="Validate experiment, sweep, plan, synthetic workload, datacenter or catalogue files "
+                         description="Validate experiment, sweep, plan, synthetic workload, datacenter or "
+                                     "catalogue files "
                                      "against their schemas and check their meaning (catalogue names, files, "
                                      "datacenter size); every problem is reported with its JSON path, and for a run "
                                      "that needs OpenDC whether it is available here. Exit status 0 when all are "
@@ -321,7 +324,8 @@ def register(sub) -> None:
                                     "(/3600; the prototype divides by 1000).")
     ef.add_argument("--tasks", required=True, metavar="TASKS", help="the prototype's tasks.parquet")
     ef.add_argument("--opendc", required=True, metavar="POWERSOURCE", help="OpenDC's powerSource.parquet")
-    ef.add_argument("--price", type=bounded_float("--price"), default=10.0, help="GPU-hour price (default 10.0, the prototype's)")
+    ef.add_argument("--price", type=bounded_float("--price"), default=10.0,
+                    help="GPU-hour price (default 10.0, the prototype's)")
     ef.add_argument("--total-tokens", type=bounded_float("--total-tokens", exclusive=True), default=None,
                     help="tokens to divide by (default: sum of the tasks' total_tokens column)")
     ef.add_argument("--duration-unit", choices=["ms", "s"], default="ms",

@@ -75,12 +75,16 @@ def register(sub) -> None:
                    help="adaptive: merge timeline segments whose utilisation differs by at most --tolerance "
                         "(default); interval: fixed --interval bins; segments: one fragment per segment; "
                         "per-request: one task per request (the Kavier prototype's way)")
-    e.add_argument("--tolerance", type=bounded_float("--tolerance", 0.0, limits.Limit(1.0, "", "a utilisation difference is at most 1")), default=0.02, help="adaptive merging tolerance (default 0.02)")
+    e.add_argument("--tolerance",
+                   type=bounded_float("--tolerance", 0.0,
+                                      limits.Limit(1.0, "", "a utilisation difference is at most 1")),
+                   default=0.02, help="adaptive merging tolerance (default 0.02)")
     e.add_argument("--min-fragment", type=bounded_float("--min-fragment", 0.0, limits.DURATION_S), default=None,
                    metavar="SECONDS",
                    help="adaptive mode: no fragment shorter than this, shorter runs merged by their mean "
                         "(default: the datacenter's export_interval_s; 0: tolerance merging only)")
-    e.add_argument("--interval", type=bounded_float("--interval", 0.0, limits.DURATION_S, exclusive=True), default=0.1, help="bin length in seconds for --mode interval")
+    e.add_argument("--interval", type=bounded_float("--interval", 0.0, limits.DURATION_S, exclusive=True), default=0.1,
+                   help="bin length in seconds for --mode interval")
     e.add_argument("--start", default=None, help="calendar start of the run (ISO date; default: the datacenter's)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_export_opendc)

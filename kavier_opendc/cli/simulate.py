@@ -43,7 +43,8 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-num-seqs", type=positive_int("--max-num-seqs", limits.NUM_SEQS), default=None,
                     help="most sequences running at once per replica (vLLM max_num_seqs; default vLLM v1's: "
                          "1024 on GPUs of 70 GiB or more other than A100, else 256)")
-    ap.add_argument("--max-batched-tokens", type=positive_int("--max-batched-tokens", limits.BATCHED_TOKENS), default=None,
+    ap.add_argument("--max-batched-tokens", type=positive_int("--max-batched-tokens", limits.BATCHED_TOKENS),
+                    default=None,
                     help="token budget per iteration, prefill chunks plus decodes (vLLM max_num_batched_tokens; "
                          "default vLLM v1's: as a server 8192 on GPUs of 70 GiB or more other than A100, else "
                          "2048; offline 16384 and 8192)")
@@ -57,7 +58,8 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
                     help="fraction of GPU memory vLLM may use for weights, activations and KV cache (default 0.9)")
     ap.add_argument("--num-kv-blocks", type=positive_int("--num-kv-blocks", limits.KV_BLOCKS), default=None,
                     help="override the KV capacity per replica, in 16-token blocks (default: derived from memory)")
-    ap.add_argument("--max-model-len", type=bounded_int("--max-model-len", 2, limits.CONTEXT_TOKENS), default=None, metavar="N",
+    ap.add_argument("--max-model-len", type=bounded_int("--max-model-len", 2, limits.CONTEXT_TOKENS), default=None,
+                    metavar="N",
                     help="reject requests whose prompt plus output exceed N tokens, as a server with this "
                          "context length would (default: no limit; summary.json counts the requests longer "
                          "than the model's context window)")
@@ -71,7 +73,8 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
                          "prefill / full (the Kavier paper's prompt cache: a repeated prompt skips prefill / "
                          "prefill and decode), none, or auto (default: block when the trace has token ids, "
                          "hash_ids or session ids, else none)")
-    ap.add_argument("--prefix-cache-min-tokens", type=bounded_int("--prefix-cache-min-tokens", 0, limits.CONTEXT_TOKENS), default=0, metavar="N",
+    ap.add_argument("--prefix-cache-min-tokens",
+                    type=bounded_int("--prefix-cache-min-tokens", 0, limits.CONTEXT_TOKENS), default=0, metavar="N",
                     help="prompts shorter than N tokens never enter the prefix cache (default 0)")
     ap.add_argument("--prefix-cache-scope", choices=["global", "session"], default="global",
                     help="share cached prefixes across all users (global) or only within a session")
@@ -80,7 +83,8 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--prefix-cache-capacity-tokens", type=count_or_inf, default=None, metavar="N|inf",
                     help="block policy: keep evictable cached blocks in a pool of N tokens (or inf: never "
                          "evict) instead of in the GPU's free KV memory (default: GPU memory bounds the cache)")
-    ap.add_argument("--host-cache-gb", type=bounded_float("--host-cache-gb", 0.0, limits.MEMORY_GB), default=0.0, metavar="GB",
+    ap.add_argument("--host-cache-gb", type=bounded_float("--host-cache-gb", 0.0, limits.MEMORY_GB), default=0.0,
+                    metavar="GB",
                     help="block policy: a second cache tier in host memory per replica; blocks evicted from "
                          "the GPU go there and come back over PCIe instead of being recomputed (default 0)")
     ap.add_argument("--router", type=router, default="round-robin",
@@ -108,7 +112,8 @@ def cmd_simulate(args) -> int:
     model, gpu = cat.model(args.model), cat.gpu(args.gpu)
     cfg = SimConfig(model=model, gpu=gpu, replicas=args.replicas, tp=args.tp, max_num_seqs=args.max_num_seqs,
                     max_batched_tokens=args.max_batched_tokens, usage=args.usage,
-                    framework=cat.framework(args.framework), gpu_memory_utilization=args.gpu_memory_utilization, kv_cache=args.kv_cache == "on",
+                    framework=cat.framework(args.framework), gpu_memory_utilization=args.gpu_memory_utilization,
+                    kv_cache=args.kv_cache == "on",
                     prefix_cache=args.prefix_cache.lower(), prefix_min_tokens=args.prefix_cache_min_tokens,
                     prefix_scope=args.prefix_cache_scope,
                     prefix_capacity_prompts=args.prefix_cache_capacity_prompts,

@@ -428,7 +428,7 @@ class RunExecutor:
         paths = input_files(task)
         inputs = [(str(p), file_sha256(p)) for p in paths]
         files = {}
-        for p, (_, sha) in zip(paths, inputs):
+        for p, (_, sha) in zip(paths, inputs, strict=True):
             if sha not in self._scattered:
                 # hash=False and our own key: the bytes are stored once under their content's name
                 [self._scattered[sha]] = self.client.scatter([p.read_bytes()], hash=False)

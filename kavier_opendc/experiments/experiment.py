@@ -51,9 +51,9 @@ from kavier_opendc.base.validation import (
 
 SCHEMA_FILE = "experiment.schema.json"
 PREFIX_POLICIES = ("auto", "none", "off", "block", "vllm", "prefill", "full")
-SERVING_DEFAULTS = {"framework": "vllm-v1", "max_num_seqs": None, "max_batched_tokens": None, "usage": "auto", "gpu_memory_utilization": 0.9,
-                    "num_kv_blocks": None, "max_model_len": None, "allow_long_max_model_len": False, "kv_cache": True, "router": "round-robin",
-                    "exact": False}
+SERVING_DEFAULTS = {"framework": "vllm-v1", "max_num_seqs": None, "max_batched_tokens": None, "usage": "auto",
+                    "gpu_memory_utilization": 0.9, "num_kv_blocks": None, "max_model_len": None,
+                    "allow_long_max_model_len": False, "kv_cache": True, "router": "round-robin", "exact": False}
 GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization")
 TRACE_FORMATS = ("kavier", "native", "azure", "mooncake", "vidur", "splitwise", "sarathi")
 SYNTHETIC_SUFFIXES = (".yaml", ".yml")
@@ -738,7 +738,7 @@ def with_overrides(data: Mapping, overrides: Mapping[str, Any]) -> dict:
     for dotted, value in overrides.items():
         parts = dotted.split(".")
         cur = out
-        for i, part in enumerate(parts[:-1]):
+        for part in parts[:-1]:
             nxt = cur.get(part)
             if part == "prefix_cache" and isinstance(nxt, str):
                 nxt = {"policy": nxt}

@@ -182,8 +182,9 @@ def _trim_sustainability(rec: dict, out: Path) -> dict:
         except ValueError:
             s["raw_output"] = str(raw)
     exp = rec.get("export") or {}
-    s["export"] = {k: exp.get(k) for k in ("mode", "tolerance", "min_fragment_s", "interval_s", "start", "tasks", "fragments",
-                                           "timeline_segments", "compression_ratio", "max_abs_utilization_error",
+    s["export"] = {k: exp.get(k) for k in ("mode", "tolerance", "min_fragment_s", "interval_s", "start", "tasks",
+                                           "fragments", "timeline_segments", "compression_ratio",
+                                           "max_abs_utilization_error",
                                            "gpu_energy_linear_wh", "cpu_load_cores") if k in exp}
     return s
 

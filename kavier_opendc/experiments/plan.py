@@ -388,7 +388,7 @@ def run_plan(plan: Plan, out: Path, *, jobs: int = 2, scheduler: str | None = No
                      "ttft_p99_s": e.row.get("ttft_p99_s")} for e in screening]
         on_est_front = set(pareto_front(est_rows, ("cost_per_mtoken", "wh_per_mtoken", "ttft_p99_s")))
         chosen_for_opendc = []
-        for i, e in enumerate(screening):
+        for i in range(len(screening)):
             near = any(r is not None and est_rows[i][m] is not None and est_rows[i][m] <= (1 + plan.near_front) * r
                        for m, r in ((m, min((x[m] for x in est_rows if x[m] is not None), default=None))
                                     for m in ("cost_per_mtoken", "wh_per_mtoken")))
@@ -623,14 +623,16 @@ def run_max_rate(plan: Plan, out: Path, *, jobs: int = 1, scheduler: str | None 
             result, note = low, f"between {low:.4g} (meets) and {high:.4g} req/s (misses)"
     finally:
         runs.close()
-    summary = {"plan": plan.name, "shape": shape.label, "replicas": shape.replicas_of(units), "slo": plan.slo.describe(),
-               "max_rate_rps": result, "note": note, "tolerance": tol, "probes": probes,
+    summary = {"plan": plan.name, "shape": shape.label, "replicas": shape.replicas_of(units),
+               "slo": plan.slo.describe(), "max_rate_rps": result, "note": note, "tolerance": tol, "probes": probes,
                "wall_s": time.perf_counter() - t0}
     write_json_atomic(out / "max_rate.json", summary)
-    text = (f"max sustainable rate of {shape.label} x {shape.replicas_of(units)} replica(s) under {plan.slo.describe()}: "
+    text = (f"max sustainable rate of {shape.label} x {shape.replicas_of(units)} replica(s) "
+            f"under {plan.slo.describe()}: "
             + (f"{result:.4g} req/s" if result is not None else "none") + f" ({note}); {len(probes)} simulations, "
             f"{summary['wall_s']:.1f} s")
-    atomic_write_text(out / "max_rate.md", "# " + text + "\n\n| rate (req/s) | meets | why not | run |\n|---:|---|---|---|\n"
+    atomic_write_text(out / "max_rate.md", "# " + text + "\n\n| rate (req/s) | meets | why not | run |\n"
+                      "|---:|---|---|---|\n"
                       + "\n".join(f"| {p['rate']:.4g} | {'yes' if p['meets'] else 'no'} | {p['why']} | {p['run']} |"
                                   for p in probes) + "\n")
     return PlanResult(out, summary, text)

@@ -206,7 +206,7 @@ def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
         overrides: dict[str, Any] = {}
         for v in combo:
             overrides.update(v.set)
-        labels = {a.name: v.label for a, v in zip(axes, combo)}
+        labels = {a.name: v.label for a, v in zip(axes, combo, strict=True)}
         rid = f"r{i:03d}-" + _slug("_".join(f"{_short_axis(k)}-{v}" for k, v in labels.items()), 70)
         rdoc = with_overrides(base_doc, overrides)
         rdoc["name"] = _slug(f"{name}-{rid}", 100)
@@ -369,7 +369,8 @@ def report_row(report: dict) -> dict[str, Any]:
         "ttft_p50_s": q(p.get("ttft_s"), "p50"), "ttft_p99_s": q(p.get("ttft_s"), "p99"),
         "tpot_p50_s": q(p.get("tpot_s"), "p50"), "tpot_p99_s": q(p.get("tpot_s"), "p99"),
         "e2e_p99_s": q(p.get("e2e_s"), "p99"),
-        "prefix_cache_hit_ratio": p.get("prefix_cache_hit_ratio"), "gpu_utilization_mean": p.get("gpu_utilization_mean"),
+        "prefix_cache_hit_ratio": p.get("prefix_cache_hit_ratio"),
+        "gpu_utilization_mean": p.get("gpu_utilization_mean"),
         "preemptions": p.get("preemptions"),
         "slo_attainment": e.get("slo_attainment"), "goodput_rps": e.get("goodput_rps"),
         "energy_wh": s.get("energy_wh"), "avg_power_w": s.get("avg_power_w"), "peak_power_w": s.get("peak_power_w"),

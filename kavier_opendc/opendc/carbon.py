@@ -292,7 +292,8 @@ def resolve_carbon_trace(value: str, base_dir: str | os.PathLike | None = None, 
         if not p.is_file():
             raise KavierInputError(f"carbon trace '{value}' not found (resolved to {p})",
                                    source=source, location=location,
-                                   expected="a Parquet file in OpenDC's carbon format, path relative to the description file")
+                                   expected="a Parquet file in OpenDC's carbon format, path relative to the "
+                                            "description file")
         return p
     region = value.strip()
     if not region:

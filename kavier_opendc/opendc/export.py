@@ -345,7 +345,7 @@ def _per_replica_column(tl: pd.DataFrame, col: str, src: str, conv) -> dict[int,
         vals = sorted(str(v) for v in pairs.loc[pairs["replica"] == r, "v"])
         raise KavierInputError(f"replica {r} has several values {vals}", source=src,
                                location=f"column {col}", expected=f"one {col} per replica")
-    return {int(r): v for r, v in zip(pairs["replica"], pairs["v"])}
+    return {int(r): v for r, v in zip(pairs["replica"], pairs["v"], strict=True)}
 
 
 def _conv_tp(x) -> int:
@@ -640,7 +640,7 @@ def _prepare(sim_dir, datacenter, start: str | None, cpu_load_cores: float, *, c
     sim = read_simulation(sim_dir)
     dc, specs = _gpu_specs_for(sim, dc)
     hosts = opendc_hosts(dc)
-    plans = plan_replicas(hosts, [(g.name, tp) for g, tp in zip(specs, sim.replica_tp)], source=dc.source)
+    plans = plan_replicas(hosts, [(g.name, tp) for g, tp in zip(specs, sim.replica_tp, strict=True)], source=dc.source)
     start = _normalise_start(start if start is not None else (dc.start or DEFAULT_START))
     sub_ms = _epoch_ms(start)
     cpu_count = max(1, int(math.ceil(cpu_load_cores - 1e-12)))
@@ -688,7 +688,7 @@ def _placement(prep: _Prepared, task_ids, gpu_count, cpu_count, mem_mib, task_ty
     gpu_aware = prep.dc.allocation_policy in GPU_AWARE_POLICIES
     verdict: dict[tuple, bool] = {}
     not_pinned: list[int] = []
-    for tid, g, c, m, gtype in zip(task_ids, gpu_count, cpu_count, mem_mib, task_type):
+    for tid, g, c, m, gtype in zip(task_ids, gpu_count, cpu_count, mem_mib, task_type, strict=True):
         key = (gtype, int(g), int(c), int(m))
         if key not in verdict:
             loose = False
@@ -726,8 +726,10 @@ def _write_tables(out_dir, task_rows: dict[str, list], frag_cols: tuple[list, li
         cols = {k: [v[i] for i in order] for k, v in task_rows.items()}
     tasks = pa.Table.from_pydict(
         {k: pa.array(v, type=TASKS_SCHEMA.field(k).type) for k, v in cols.items()}, schema=TASKS_SCHEMA)
-    cat = (lambda parts, dt: np.concatenate([parts[i] for i in order]).astype(dt) if order
-           else np.zeros(0, dt))
+
+    def cat(parts, dt):
+        return np.concatenate([parts[i] for i in order]).astype(dt) if order else np.zeros(0, dt)
+
     frags = pa.Table.from_arrays(
         [pa.array(cat(frag_ids, np.int32), pa.int32()),
          pa.array(cat(frag_dur, np.int64), pa.int64()),

@@ -351,7 +351,8 @@ def _task_summary(task: pd.DataFrame | None, start_epoch_ms: int | None) -> dict
     if "task_state" in last:
         out["states"] = {str(k): int(v) for k, v in last["task_state"].value_counts().items()}
     if "host_name" in last:
-        out["hosts"] = {str(t): (None if pd.isna(h) else str(h)) for t, h in zip(last["task_id"], last["host_name"])}
+        out["hosts"] = {str(t): (None if pd.isna(h) else str(h))
+                        for t, h in zip(last["task_id"], last["host_name"], strict=True)}
     return out
 
 

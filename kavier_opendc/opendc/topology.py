@@ -1,4 +1,5 @@
-"""A datacenter description as OpenDC's topology: hosts under the 4-GPU limit, replica placement, topology and experiment JSON.
+"""A datacenter description as OpenDC's topology: hosts under the 4-GPU limit, replica placement, topology and
+experiment JSON.
 
 The description itself is read by ``datacenter.py``;
 :func:`kavier_opendc.opendc.inputs.write_opendc_inputs` uses this module and

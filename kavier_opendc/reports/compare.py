@@ -250,7 +250,7 @@ def simulate_table(frame: pd.DataFrame, model, gpu, efficiency=None) -> pd.DataF
     out = frame.copy()
     out["kavier_prefill"] = [one(int(p), 1)[0] for p in frame["prefill_input_tokens"]]
     out["kavier_decode"] = [one(int(p), int(o))[1]
-                            for p, o in zip(frame["decode_input_tokens"], frame["decode_output_tokens"])]
+                            for p, o in zip(frame["decode_input_tokens"], frame["decode_output_tokens"], strict=True)]
     return out
 
 
@@ -323,7 +323,7 @@ def _label(k: str) -> str:
 
 def plot_requests(per: pd.DataFrame, out: Path) -> list[str]:
     fig, axes = _figure(3)
-    for ax, k in zip(axes, REQUEST_METRICS):
+    for ax, k in zip(axes, REQUEST_METRICS, strict=True):
         for which, color in (("measured", "#1f77b4"), ("sim", "#ff7f0e")):
             v = np.sort(per[f"{k}_{which}"].to_numpy(dtype=np.float64))
             v = v[np.isfinite(v)] * 1e3
@@ -336,7 +336,7 @@ def plot_requests(per: pd.DataFrame, out: Path) -> list[str]:
         ax.legend(loc="lower right")
     _save(fig, out / "cdf.png")
     fig, axes = _figure(3)
-    for ax, k in zip(axes, REQUEST_METRICS):
+    for ax, k in zip(axes, REQUEST_METRICS, strict=True):
         x = per[f"{k}_measured"].to_numpy(dtype=np.float64) * 1e3
         y = per[f"{k}_sim"].to_numpy(dtype=np.float64) * 1e3
         ok = np.isfinite(x) & np.isfinite(y)
@@ -354,7 +354,7 @@ def plot_requests(per: pd.DataFrame, out: Path) -> list[str]:
 
 def plot_table(per: pd.DataFrame, out: Path) -> list[str]:
     fig, axes = _figure(2)
-    for ax, k in zip(axes, TABLE_METRICS):
+    for ax, k in zip(axes, TABLE_METRICS, strict=True):
         x = per[f"{k}_measured_s"].to_numpy(dtype=np.float64)
         y = per[f"{k}_sim_s"].to_numpy(dtype=np.float64)
         ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
@@ -370,7 +370,7 @@ def plot_table(per: pd.DataFrame, out: Path) -> list[str]:
         ax.grid(alpha=0.3, which="both")
     _save(fig, out / "scatter.png")
     fig, axes = _figure(2)
-    for ax, k, xcol in zip(axes, TABLE_METRICS, ("prefill_input_tokens", "decode_output_tokens")):
+    for ax, k, xcol in zip(axes, TABLE_METRICS, ("prefill_input_tokens", "decode_output_tokens"), strict=True):
         x = per[xcol].to_numpy(dtype=np.float64)
         y = per[f"{k}_error_pct"].to_numpy(dtype=np.float64)
         ax.axhline(0, color="grey", lw=1)
@@ -426,8 +426,11 @@ def report_markdown(result: dict, plots: list[str]) -> str:
                 lines.append(f"| {_label(k)} | {st} | {_ms(d['simulated'])} | {_ms(d['measured'])} | "
                              f"{_pct(d['error_pct'])} |")
         lines += ["", "| throughput | simulated | measured | error |", "|---|---:|---:|---:|"]
+
+        def f(v):
+            return "n/a" if v is None else f"{v:.2f}"
+
         for k, d in result["throughput"].items():
-            f = (lambda v: "n/a" if v is None else f"{v:.2f}")
             lines.append(f"| {k} | {f(d['simulated'])} | {f(d['measured'])} | {_pct(d['error_pct'])} |")
         if result.get("token_count_mismatches"):
             lines += ["", f"Note: {result['token_count_mismatches']} matched requests have different token "
@@ -468,7 +471,8 @@ def compare_paths(sim_path: Path, meas_path: Path, out: Path, simulate=None) -> 
 
 def format_result(result: dict, out: Path) -> str:
     if result["kind"] == "table":
-        body = [f"{k:<8} MAPE {_abs_pct(result['metrics'][k]['mape_pct'])}, bias {_pct(result['metrics'][k]['bias_pct'])}"
+        body = [f"{k:<8} MAPE {_abs_pct(result['metrics'][k]['mape_pct'])}, "
+                f"bias {_pct(result['metrics'][k]['bias_pct'])}"
                 for k in TABLE_METRICS]
         head = f"{result['matched']} rows; simulated values from {result['simulated_values']}"
     else:

@@ -71,7 +71,7 @@ def latency_cdfs(requests: pd.DataFrame, path: Path, slo: Mapping[str, Any] | No
     specs = [("ttft_s", "Time to first token", slo.get("ttft_s")),
              ("tpot_s", "Time per output token", slo.get("tpot_s")),
              ("e2e_s", "End-to-end latency", None)]
-    for ax, (col, label, target) in zip(axes[0], specs):
+    for ax, (col, label, target) in zip(axes[0], specs, strict=True):
         v = fin[col].to_numpy(np.float64)
         v = np.sort(v[np.isfinite(v)])
         if v.size == 0:
@@ -337,7 +337,7 @@ def energy_breakdown(sustainability: Mapping[str, Any], path: Path, title: str |
         vals = np.array([r[k + 1] for r in rows])
         ax.barh(y, vals, left=left, color=colors[k], label=labels[k], height=0.6)
         left += vals
-    for yi, tot in zip(y, left):
+    for yi, tot in zip(y, left, strict=True):
         ax.text(tot, yi, f" {tot:.4g} Wh", va="center", fontsize=8)
     ax.set_yticks(y)
     ax.set_yticklabels([r[0] for r in rows])
@@ -413,7 +413,7 @@ def sweep_tradeoff(table: pd.DataFrame, path: Path, x: str = "ttft_p99_s", y: st
         _empty(ax, f"no finished runs with {x} and {y}")
         return _save(fig, path)
     xs, ys = t[x].to_numpy(np.float64), t[y].to_numpy(np.float64)
-    for i, (xi, yi, lab) in enumerate(zip(xs, ys, t["label"])):
+    for i, (xi, yi, lab) in enumerate(zip(xs, ys, t["label"], strict=True)):
         ax.scatter([xi], [yi], s=70, color=COLORS[i % len(COLORS)], marker=MARKERS[(i // len(COLORS)) % len(MARKERS)],
                    zorder=3, label=_fmt_label(str(lab), 60), edgecolor="k", linewidth=0.5)
     if xs.min() > 0 and xs.max() / xs.min() > 30:
@@ -434,14 +434,14 @@ def sweep_bars(table: pd.DataFrame, metrics: Sequence[tuple[str, str]], path: Pa
     n = max(1, len(t))
     fig, axes = _figure(4.2 * len(metrics), 1.2 + 0.35 * n, 1, len(metrics), sharey=True)
     y = np.arange(n)[::-1]
-    for k, (ax, (col, label)) in enumerate(zip(axes[0], metrics)):
+    for k, (ax, (col, label)) in enumerate(zip(axes[0], metrics, strict=True)):
         vals = pd.to_numeric(t[col], errors="coerce").to_numpy(np.float64) if col in t and len(t) else np.zeros(0)
         if vals.size == 0 or not np.isfinite(vals).any():
             _empty(ax, f"no {col}")
             ax.set_title(label, fontsize=9)
             continue
         ax.barh(y, np.nan_to_num(vals), color=COLORS[k % len(COLORS)], height=0.6)
-        for yi, v in zip(y, vals):
+        for yi, v in zip(y, vals, strict=True):
             if math.isfinite(v):
                 ax.text(v, yi, f" {v:.3g}", va="center", fontsize=7)
         ax.set_title(label, fontsize=9)

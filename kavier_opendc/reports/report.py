@@ -139,7 +139,8 @@ def _performance(report: Mapping[str, Any]) -> list[str]:
     add("")
     add("| latency (ms) | mean | p50 | p90 | p99 |")
     add("|---|---:|---:|---:|---:|")
-    for key, label in (("ttft_s", "TTFT (arrival to first token)"), ("tpot_s", "TPOT (per output token after the first)"),
+    for key, label in (("ttft_s", "TTFT (arrival to first token)"),
+                       ("tpot_s", "TPOT (per output token after the first)"),
                        ("e2e_s", "end-to-end"), ("queue_s", "queueing")):
         d = perf.get(key)
         if d:

@@ -17,15 +17,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 from jsonschema import Draft202012Validator
 
 from kavier_opendc.base.documents import parse_document
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import explain_schema_error, json_path, load_schema, non_finite, schema_validator
-from kavier_opendc.specs.frameworks import (FrameworkProfile, builtin_frameworks, framework, framework_from_entry,
-                                            framework_to_entry)
+from kavier_opendc.specs.frameworks import (
+    FrameworkProfile,
+    builtin_frameworks,
+    framework,
+    framework_from_entry,
+    framework_to_entry,
+)
 from kavier_opendc.specs.profiles import GPUProfile, derive_profile, profile_from_entry, profile_to_entry
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -229,7 +234,7 @@ def _schema_problems(data: Any) -> list[tuple[tuple, str]]:
     return problems
 
 
-def _is_num(value: Any) -> bool:
+def _is_num(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -248,7 +253,7 @@ def _semantic_problems(data: Any) -> list[tuple[tuple, str]]:
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
                 continue
-            keys = [("name", entry.get("name"))]
+            keys: list[tuple[str | tuple[str, int], Any]] = [("name", entry.get("name"))]
             aliases = entry.get("aliases")
             if isinstance(aliases, list):
                 keys += [(("aliases", j), a) for j, a in enumerate(aliases)]
@@ -414,6 +419,9 @@ def _loose(key: str) -> str:
     return re.sub(r"[\s_\-]+", "", key)
 
 
+_Spec = TypeVar("_Spec", ModelSpec, GPUSpec)  # a catalogue table's entry type
+
+
 class Catalog:
     """Model and GPU specs keyed by lower-cased name, with aliases.
 
@@ -500,7 +508,7 @@ class Catalog:
         return self._find(self.gpu_specs, self.gpu_aliases, name) is not None
 
     @staticmethod
-    def _find(table: dict, aliases: dict, name: Any):
+    def _find(table: dict[str, _Spec], aliases: dict[str, str], name: Any) -> _Spec | None:
         if not isinstance(name, str):
             return None
         key = _key(name)
@@ -515,7 +523,7 @@ class Catalog:
             return table[hits.pop()]
         return None
 
-    def _resolve(self, table: dict, aliases: dict, name: Any, kind: str):
+    def _resolve(self, table: dict[str, _Spec], aliases: dict[str, str], name: Any, kind: str) -> _Spec:
         spec = self._find(table, aliases, name)
         if spec is not None:
             return spec

@@ -181,8 +181,10 @@ def framework_from_entry(entry: Mapping[str, Any], where: str = str(BUILTIN_FILE
     if not (isinstance(fw.client_latency_s, (int, float)) and fw.client_latency_s >= 0):
         raise KavierInputError("client_latency_s must be a number >= 0", source=where,
                                location=f"{fw.name}.client_latency_s", expected="seconds >= 0")
-    for name, value, allowed in (("policy", fw.policy, POLICIES), ("batch_defaults", fw.batch_defaults, BATCH_DEFAULTS),
-                                 ("serving_path", fw.serving_path, SERVING_PATHS), ("allreduce", fw.allreduce, ALLREDUCE)):
+    for name, value, allowed in (("policy", fw.policy, POLICIES),
+                                 ("batch_defaults", fw.batch_defaults, BATCH_DEFAULTS),
+                                 ("serving_path", fw.serving_path, SERVING_PATHS),
+                                 ("allreduce", fw.allreduce, ALLREDUCE)):
         if value not in allowed:
             raise KavierInputError(f"unknown {name} {value!r}", source=where, location=f"{fw.name}.{name}",
                                    expected="one of " + ", ".join(allowed))

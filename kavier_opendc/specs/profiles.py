@@ -192,8 +192,8 @@ class GPUProfile:
         for c in self.allreduce:
             if c.gpus < 2 or len(c.sizes) != len(c.seconds) or not c.sizes:
                 out.append(("allreduce", f"curve for {c.gpus} GPUs is malformed"))
-            elif any(b <= a for a, b in zip(c.sizes, c.sizes[1:])) or any(
-                    b < a for a, b in zip(c.seconds, c.seconds[1:])) or c.seconds[0] < 0:
+            elif any(b <= a for a, b in zip(c.sizes, c.sizes[1:], strict=False)) or any(
+                    b < a for a, b in zip(c.seconds, c.seconds[1:], strict=False)) or c.seconds[0] < 0:
                 out.append(("allreduce", f"curve for {c.gpus} GPUs must have increasing sizes and "
                                          f"non-decreasing, non-negative times"))
         return out

@@ -83,7 +83,8 @@ _SCHEMA = pa.schema([
     ("num_input_tokens", pa.int64()), ("num_output_tokens", pa.int64()), ("cached_tokens", pa.int64()),
     ("queue_s", pa.float64()), ("ttft_s", pa.float64()), ("tpot_s", pa.float64()), ("e2e_s", pa.float64()),
     ("finish_s", pa.float64()), ("preemptions", pa.int32()), ("status", pa.string()),
-    ("start_s", pa.float64()), ("send_s", pa.float64()), ("first_token_s", pa.float64()), ("client_wait_s", pa.float64()),
+    ("start_s", pa.float64()), ("send_s", pa.float64()), ("first_token_s", pa.float64()),
+    ("client_wait_s", pa.float64()),
     ("target_input_tokens", pa.int64()), ("target_output_tokens", pa.int64()),
     ("expected_input_tokens", pa.int64()), ("num_chunks", pa.int64()), ("sse_ignored_lines", pa.int64()),
     ("token_times_s", pa.list_(pa.float64())),
@@ -168,7 +169,7 @@ def sweep_frame(m: Measurement) -> pd.DataFrame:
     fin = df[df["status"] == "finished"] if len(df) else df
     rows = []
     if len(fin):
-        for (p, o), g in fin.groupby(["target_input_tokens", "target_output_tokens"], sort=True):
+        for (p, _o), g in fin.groupby(["target_input_tokens", "target_output_tokens"], sort=True):
             n_in = int(np.median(g["num_input_tokens"]))
             rows.append({"prompt_size": int(p), "prefill_input_tokens": n_in,
                          "reality_prefill": float(g["ttft_s"].mean()), "kavier_prefill": math.nan,

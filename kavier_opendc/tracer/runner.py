@@ -157,7 +157,7 @@ async def measure(endpoint: Endpoint, plans: list[Plan], *, mode: str, concurren
         gc.freeze()       # the collector then skips every object made so far: no long pauses mid-run
         try:
             t0 = time.perf_counter()
-            for rec, plan, (text, _) in zip(records, plans, prompts):
+            for rec, plan, (text, _) in zip(records, plans, prompts, strict=True):
                 if stop.is_set():
                     break
                 delay = t0 + plan.arrival_s - time.perf_counter()

@@ -107,6 +107,7 @@ class LengthSpec:
         spec, problems = cls.parse(obj, path)
         if problems:
             raise KavierInputError("invalid length distribution: " + "; ".join(problems))
+        assert spec is not None  # parse returns None only together with problems
         return spec
 
     @classmethod
@@ -255,15 +256,24 @@ class LengthSpec:
 
     def sample(self, rng: np.random.Generator, size: int, *, role: str = "input",
                base_dir: str | os.PathLike | None = None) -> np.ndarray:
-        """``size`` int64 lengths, clipped to ``[min, max]``."""
+        """``size`` int64 lengths, clipped to ``[min, max]``.
+
+        The spec is a valid one (``problems()`` empty): the fields its ``dist`` needs are set."""
         d = self.dist
         if d == "constant":
+            assert self.value is not None
             out = np.full(size, int(self.value), dtype=np.int64)
         elif d == "uniform":
+            assert self.low is not None and self.high is not None
             out = rng.integers(int(self.low), int(self.high), size=size, endpoint=True, dtype=np.int64)
         elif d == "lognormal":
+            assert self.sigma is not None
             sigma = float(self.sigma)
-            mu = math.log(self.median) if self.median is not None else math.log(self.mean) - sigma * sigma / 2
+            if self.median is not None:
+                mu = math.log(self.median)
+            else:
+                assert self.mean is not None  # exactly one of mean and median is given
+                mu = math.log(self.mean) - sigma * sigma / 2
             x = rng.lognormal(mu, sigma, size=size)
             np.rint(x, out=x)
             hi = float(self.max) if self.max is not None else 2.0**53
@@ -283,6 +293,7 @@ class LengthSpec:
         return out
 
     def _sample_zipf(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        assert self.alpha is not None  # required for dist 'zipf' (a valid spec)
         a = float(self.alpha)
         lo = int(self.min)
         if self.max is not None and int(self.max) - lo + 1 <= _ZIPF_TABLE_LIMIT:
@@ -312,10 +323,12 @@ class LengthSpec:
         return rng.integers(edges[b], edges[b + 1], dtype=np.int64)
 
     def mean_estimate(self) -> float | None:
-        """Analytic mean where cheap (used for defaults only)."""
+        """Analytic mean where cheap (used for defaults only); the spec is a valid one."""
         if self.dist == "constant":
+            assert self.value is not None
             return float(self.value)
         if self.dist == "uniform":
+            assert self.low is not None and self.high is not None
             return (self.low + self.high) / 2
         return None
 
@@ -409,14 +422,23 @@ class ThinkTimeSpec:
         return out
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """``size`` durations; the spec is a valid one (``problems()`` empty): the fields its ``dist`` needs are set."""
         if self.dist == "constant":
+            assert self.value is not None
             return np.full(size, float(self.value))
         if self.dist == "exponential":
+            assert self.mean is not None
             return rng.exponential(float(self.mean), size=size) if self.mean > 0 else np.zeros(size)
         if self.dist == "uniform":
+            assert self.low is not None and self.high is not None
             return rng.uniform(float(self.low), float(self.high), size=size)
+        assert self.sigma is not None
         sigma = float(self.sigma)
-        mu = math.log(self.median) if self.median is not None else math.log(self.mean) - sigma * sigma / 2
+        if self.median is not None:
+            mu = math.log(self.median)
+        else:
+            assert self.mean is not None  # exactly one of mean and median is given
+            mu = math.log(self.mean) - sigma * sigma / 2
         return rng.lognormal(mu, sigma, size=size)
 
 

@@ -104,11 +104,13 @@ class PrefixIndex:
         if src == "tokens":
             assert self.trace.input_tokens is not None  # source "tokens" needs them
             toks = self.trace.input_tokens[i]
-            h = ("s", int(self.sessions[i])) if self.scope == "session" and self.sessions is not None else 0
+            chain: tuple[str, int] | int = 0  # the hash chain; under session scope it starts at the session
+            if self.scope == "session" and self.sessions is not None:
+                chain = ("s", int(self.sessions[i]))
             ids = []
             for j in range(min(full, len(toks) // block)):
-                h = hash((h, tuple(toks[j * block:(j + 1) * block])))
-                ids.append(h)
+                chain = hash((chain, tuple(toks[j * block:(j + 1) * block])))
+                ids.append(chain)
             return ids, [1] * len(ids)
         return [], []
 

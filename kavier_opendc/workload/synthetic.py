@@ -88,6 +88,10 @@ ARRIVAL_KINDS: tuple[str, ...] = ("poisson", "gamma", "constant", "batch")
 
 _SCHEMA_NAME = "synthetic_workload.schema.json"
 
+# synthetic_trace's default lengths (LengthSpec is frozen, so one instance serves every call)
+_DEFAULT_INPUT = LengthSpec.constant(512)
+_DEFAULT_OUTPUT = LengthSpec.constant(128)
+
 
 # --------------------------------------------------------------------------- generation
 
@@ -98,6 +102,7 @@ def _gaps(kind: str, rate: float | None, cv: float, n: int, rng: np.random.Gener
         return np.zeros(0)
     if kind == "batch":
         return np.zeros(n)
+    assert rate is not None  # validated: every arrival kind but batch requires a rate
     if kind == "constant":
         return np.arange(n, dtype=np.float64) / rate
     if kind == "poisson":
@@ -120,8 +125,8 @@ def synthetic_trace(
     rate: float | None,
     arrival: str = "poisson",
     cv: float = 1.0,
-    input: LengthSpec | int | Mapping = LengthSpec.constant(512),  # noqa: A002 - public name
-    output: LengthSpec | int | Mapping = LengthSpec.constant(128),
+    input: LengthSpec | int | Mapping = _DEFAULT_INPUT,  # noqa: A002 - public name
+    output: LengthSpec | int | Mapping = _DEFAULT_OUTPUT,
     seed: int = 0,
     sessions: Mapping | SessionSpec | None = None,
     *,
@@ -138,9 +143,10 @@ def synthetic_trace(
     current directory).  Raises :class:`KavierInputError` for invalid
     parameters, listing every problem with its path.
     """
-    params = {"num_requests": num_requests, "rate": rate, "arrival": arrival, "cv": cv, "input": input,
-              "output": output, "seed": seed, "joint": joint, "shared_prefix_tokens": shared_prefix_tokens,
-              "hash_ids": hash_ids, "hash_block_size": hash_block_size}
+    params: dict[str, Any] = {"num_requests": num_requests, "rate": rate, "arrival": arrival, "cv": cv, "input": input,
+                              "output": output, "seed": seed, "joint": joint,
+                              "shared_prefix_tokens": shared_prefix_tokens, "hash_ids": hash_ids,
+                              "hash_block_size": hash_block_size}
     if sessions is not None:
         params["sessions"] = sessions
     parsed, problems = _parse_params(params, base_dir)
@@ -218,6 +224,7 @@ def _parse_params(p: Mapping[str, Any], base_dir) -> tuple[dict, list[str]]:
         spec = out[role]
         if isinstance(spec, LengthSpec) and spec.file is not None:
             f = spec.resolved_file(base_dir)
+            assert f is not None  # spec.file is set
             if not f.is_file():
                 problems.append(f"$.{role}.file: {str(f)!r} does not exist")
             else:
@@ -227,6 +234,7 @@ def _parse_params(p: Mapping[str, Any], base_dir) -> tuple[dict, list[str]]:
                     problems.append(f"$.{role}.file: {exc}")
     if sess is not None and sess.turns.file is not None:
         f = sess.turns.resolved_file(base_dir)
+        assert f is not None  # sess.turns.file is set
         if not f.is_file():
             problems.append(f"$.sessions.turns.file: {str(f)!r} does not exist")
         elif sess.turns.column is None:
@@ -343,6 +351,7 @@ def _generate(p: dict, base_dir, source: str | None) -> Trace:
 
     accumulate = sess is not None and sess.accumulate_context
     if accumulate:
+        assert turn_counts is not None  # accumulate implies sessions, whose turns were drawn above
         first = _segment_offsets(turn_counts)
         c = new_in + n_out
         csum = np.cumsum(c)
@@ -360,6 +369,7 @@ def _generate(p: dict, base_dir, source: str | None) -> Trace:
     hashes = None
     if p["hash_ids"]:
         stream_owner = owner if accumulate else np.arange(n, dtype=np.int64)
+        assert stream_owner is not None  # accumulate implies sessions, which set owner
         hashes = _block_hashes(n_in, stream_owner, p["shared_prefix_tokens"], p["hash_block_size"])
 
     # ---- sort by arrival (stable: ties keep generation order)
@@ -372,6 +382,7 @@ def _generate(p: dict, base_dir, source: str | None) -> Trace:
         # Session starts are non-decreasing in the session index and each session's first
         # turn arrives at its start, so after the stable sort the indices already appear
         # for the first time in increasing order: they are the dense ids.
+        assert owner is not None  # set with the sessions above
         session_id = owner[order]
         if hashes is not None:
             hashes = [hashes[i] for i in order.tolist()]
@@ -397,6 +408,8 @@ def _draw_turns(sess: SessionSpec, num_requests: int | None, rng: np.random.Gene
             t = t[: k + 1].copy()
             t[k] -= int(cs[k] - num_requests)
         return t
+    # validated: num_requests is required when sessions.num_sessions is not given
+    assert num_requests is not None
     chunks: list[np.ndarray] = []
     total = 0
     est = sess.turns.mean_estimate() or 4.0
@@ -436,7 +449,7 @@ def _block_hashes(n_in: np.ndarray, owner: np.ndarray, shared: int, block: int) 
     ids[last_partial] = partial_base + np.repeat(np.arange(n, dtype=np.int64), counts)[last_partial]
     flat = ids.tolist()
     ends = (starts + counts).tolist()
-    return [flat[a:b] for a, b in zip(starts.tolist(), ends)]
+    return [flat[a:b] for a, b in zip(starts.tolist(), ends, strict=True)]
 
 
 # --------------------------------------------------------------------------- spec files

@@ -447,7 +447,7 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], _Source, list[str]]
             records = None
         if records is None:  # slow path: find the offending line
             records = []
-            for ln_no, ln in zip(line_numbers, lines):
+            for ln_no, ln in zip(line_numbers, lines, strict=True):
                 where = f"row {len(records) + 1} (line {int(ln_no)})"
                 try:
                     records.append(json.loads(ln, object_pairs_hook=_unique_object))
@@ -588,7 +588,7 @@ def _numeric_values(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if pd.api.types.is_numeric_dtype(dtype):
         return s.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(s), dtype=bool)
     present = s.notna().to_numpy()
-    if dtype == object:
+    if dtype == np.dtype(object):
         is_bool = np.fromiter((isinstance(v, (bool, np.bool_)) for v in s), dtype=bool, count=len(s))
         is_container = np.fromiter((isinstance(v, (list, dict, tuple, np.ndarray)) for v in s),
                                    dtype=bool, count=len(s))
@@ -754,13 +754,13 @@ def _list_column(src: _Source, s: pd.Series, column: str) -> list[list[int]]:
             parsed = None
         if parsed is None:
             parsed = []
-            for i, t in zip(str_idx, texts):
+            for i, t in zip(str_idx, texts, strict=True):
                 try:
                     parsed.append(json.loads(t))
                 except json.JSONDecodeError:
                     raise src.error(i, f"{column} is {_short(t)}, which is not a JSON list; expected a "
                                        "list of integers such as [0, 1, 2]") from None
-        for i, p in zip(str_idx, parsed):
+        for i, p in zip(str_idx, parsed, strict=True):
             out[i] = p
     types = set(map(type, out))
     if not types <= {list}:
@@ -914,7 +914,7 @@ def write_trace(trace: Trace, path: str | Path) -> Path:
         columns = [df[c].tolist() for c in names]
         opener = gzip.open if compression == "gzip" else open
         with opener(p, "wt", encoding="utf-8") as fh:
-            for row in zip(*columns):
-                fh.write(json.dumps(dict(zip(names, row))))
+            for row in zip(*columns, strict=True):
+                fh.write(json.dumps(dict(zip(names, row, strict=True))))
                 fh.write("\n")
     return p
