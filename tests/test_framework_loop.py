@@ -2,7 +2,7 @@
 
 The server is the project's test server in engine mode (tests/fake_openai_server.py): one continuously
 batched engine whose steps last what the cost model gives for Llama-3-8B on an A10, plus a programmed
-CPU time per step (4 ms) and per running sequence (0.8 ms) and 6 ms of request handling. Replays at
+CPU time per step (8 ms) and per running sequence (1.5 ms) and 6 ms of request handling. Replays at
 three rates calibrate a framework; a fourth replay, held out, is simulated with it and compared.
 """
 
@@ -17,7 +17,7 @@ import yaml
 from kavier_opendc.cli import main
 from test_tracer import Server
 
-FIXED_S, PER_SEQ_S, CLIENT_S = 0.004, 0.0008, 0.006
+FIXED_S, PER_SEQ_S, CLIENT_S = 0.008, 0.0015, 0.006
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def engine_server():
 
 def test_trace_calibrate_simulate_compare(engine_server, tmp_path, capsys):
     trace = tmp_path / "t.csv"
-    pd.DataFrame({"num_input_tokens": [100] * 20, "num_output_tokens": [16] * 20}).to_csv(trace, index=False)
+    pd.DataFrame({"num_input_tokens": [100] * 30, "num_output_tokens": [16] * 30}).to_csv(trace, index=False)
     runs = {}
     for rate in (2, 6, 12, 8):
         out = tmp_path / f"rate{rate}"
@@ -46,8 +46,9 @@ def test_trace_calibrate_simulate_compare(engine_server, tmp_path, capsys):
     assert (entry["name"], entry["base"], step["gpu"], step["tp"]) == ("traced-a10", "vllm-v1", "A10", 1)
     assert step["fixed_s"] == pytest.approx(FIXED_S, rel=0.05)          # the programmed engine, recovered
     assert step["per_seq_s"] == pytest.approx(PER_SEQ_S, rel=0.05)
-    # the client latency is the programmed request handling plus the real HTTP round trip on loopback
-    assert CLIENT_S <= entry["client_latency_s"] < CLIENT_S + 0.005
+    # the client latency is the programmed request handling plus what is real here: the HTTP round trip on
+    # loopback and the timers' late wake-ups (a few ms on a virtual machine)
+    assert CLIENT_S <= entry["client_latency_s"] < CLIENT_S + 0.015
     # the held-out replay, simulated from its own requests.parquet with the calibrated framework
     sim = tmp_path / "sim"
     assert main(["simulate", "--model", "llama-3-8b", "--gpu", "a10", "--trace", str(runs[8] / "requests.parquet"),

@@ -130,16 +130,17 @@ def _other_cores(run, server_pid: int) -> float | None:
 
 @pytest.mark.parametrize("concurrency,n,spacing", [(1, 8, 0.0), (16, 32, 0.002), (64, 64, 0.003)])
 def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spacing):
-    """TTFT, TPOT and e2e of every request equal the server's programme within 2 ms (the largest error
-    between one token and the next is printed too; the server's lateness on a middle token shows there).
+    """TTFT, TPOT and e2e of every request equal what the server did within 2 ms: its programme plus
+    its own lateness (the largest error between one token and the next is printed too).
 
     Wall-clock bounds need CPUs: where other programs keep the few CPUs busy, the OS may not run the test
-    server (or the tracer) on time.  A run that misses the bound is repeated (at most 8 runs); the test
-    passes when one run with ``concurrency`` streams open at once meets it for every request.  A run
-    counts against the tracer only when it was checkable: the test server kept its own programme (it
-    reports how late it wrote any token, at most 0.5 ms) and other programs left the test at least 1.5
-    CPU cores.  When no run met the bound and none was checkable the test is skipped, saying so.  Each
-    run's numbers are printed."""
+    server (or the tracer) on time, and on a virtual machine the timers themselves wake up late now and
+    then (p99 2 ms, single wake-ups 5-9 ms seen here on an idle 2-core VM). The test server reports how
+    late it wrote any token; the tracer is not to blame for that, so the bound is 2 ms beyond the
+    server's lateness in that run. A run that misses it is repeated (at most 8 runs); the test passes
+    when one run with ``concurrency`` streams open at once meets it for every request. A run counts
+    against the tracer only when other programs left the test at least 1.5 CPU cores; when no run met
+    the bound and none was checkable the test is skipped, saying so. Each run's numbers are printed."""
     rng = np.random.default_rng(concurrency)
     prompts = rng.integers(10, 50, size=n)
     # at 64, arrivals 3 ms apart and >= 14 tokens 16+ ms apart: the first request still streams when the
@@ -166,20 +167,21 @@ def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spac
         full = st["max_open_streams"] == concurrency           # ... and this run had that many at once
         err = _timing_errors(df, cfg)
         late = st["lateness_max_s"]
-        if full and late <= 0.0005 and (others is None or others <= cpus - 1.5):
-            checkable.append(err)
+        if full and (others is None or others <= cpus - 1.5):
+            checkable.append((err, late))
         print(f"concurrency {concurrency}, run {attempt + 1}: max |measured - programmed| ms "
               + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in err.items())
               + f"; test server late by up to {late * 1e3:.3f} ms; other programs used "
               + ("?" if others is None else f"{others:.2f}") + f" of {cpus} CPUs; "
               + f"{st['max_open_streams']} streams at once")
-        if full and max(err[k] for k in ("ttft", "tpot", "e2e")) <= TOL_S:
+        if full and max(err[k] for k in ("ttft", "tpot", "e2e")) <= TOL_S + late:
             break
     else:
         if not checkable:
-            pytest.skip(f"timing not checkable: in 8 runs other programs kept the {cpus} CPUs busy or the test "
-                        f"server could not keep its own programme; last run {err}")
-        assert max(checkable[-1][k] for k in ("ttft", "tpot", "e2e")) <= TOL_S, checkable
+            pytest.skip(f"timing not checkable: in 8 runs other programs kept the {cpus} CPUs busy; "
+                        f"last run {err}")
+        last, late = checkable[-1]
+        assert max(last[k] for k in ("ttft", "tpot", "e2e")) <= TOL_S + late, checkable
     s = json.loads((out / "summary.json").read_text())
     assert s["complete"] is True and s["status"] == "ok" and s["num_finished"] == n
     assert s["ttft_s"]["mean"] == pytest.approx(df["ttft_s"].mean())
