@@ -236,16 +236,10 @@ def check_invariants(result, capacity=None):
         assert prefill + decode >= need_prefill + need_decode
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), replicas=st.integers(1, 3), blocks=st.integers(40, 400),
-       seqs=st.integers(1, 32), budget=st.integers(8, 1024),
-       router=st.sampled_from(["round-robin", "least-outstanding", "least-kv", "random"]))
-def test_invariants_and_fast_equals_exact(seed, replicas, blocks, seqs, budget, router):
-    trace = _random_trace(seed)
-    kw = dict(replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget,
-              router=router, seed=seed)
-    fast = simulate(trace, toy(**kw), progress=False)
-    exact = simulate(trace, toy(exact=True, **kw), progress=False)
+def fast_and_exact(trace, fast_cfg: SimConfig, exact_cfg: SimConfig):
+    """Both runs keep the invariants and give the same per-request times, statuses and preemptions."""
+    fast = simulate(trace, fast_cfg, progress=False)
+    exact = simulate(trace, exact_cfg, progress=False)
     check_invariants(fast)
     check_invariants(exact)
     for name in ("first_sched", "first_token", "finish"):
@@ -253,7 +247,19 @@ def test_invariants_and_fast_equals_exact(seed, replicas, blocks, seqs, budget, 
         assert np.array_equal(np.isnan(x), np.isnan(y))
         ok = ~np.isnan(y)
         assert np.allclose(x[ok], y[ok], rtol=1e-9, atol=0)
+    assert np.array_equal(fast.results.status, exact.results.status)
     assert np.array_equal(fast.results.preemptions, exact.results.preemptions)
+    return fast, exact
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), replicas=st.integers(1, 3), blocks=st.integers(40, 400),
+       seqs=st.integers(1, 32), budget=st.integers(8, 1024),
+       router=st.sampled_from(["round-robin", "least-outstanding", "least-kv", "random"]))
+def test_invariants_and_fast_equals_exact(seed, replicas, blocks, seqs, budget, router):
+    kw = dict(replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget,
+              router=router, seed=seed)
+    fast, exact = fast_and_exact(_random_trace(seed), toy(**kw), toy(exact=True, **kw))
     assert np.array_equal(fast.results.replica, exact.results.replica)
     assert sum(r.iterations for r in fast.replicas) == sum(r.iterations for r in exact.replicas)
 

@@ -46,9 +46,9 @@ def test_trace_calibrate_simulate_compare(engine_server, tmp_path, capsys):
     assert (entry["name"], entry["base"], step["gpu"], step["tp"]) == ("traced-a10", "vllm-v1", "A10", 1)
     assert step["fixed_s"] == pytest.approx(FIXED_S, rel=0.05)          # the programmed engine, recovered
     assert step["per_seq_s"] == pytest.approx(PER_SEQ_S, rel=0.05)
-    # the client latency is the programmed request handling plus what is real here: the HTTP round trip on
-    # loopback and the timers' late wake-ups (a few ms on a virtual machine)
-    assert CLIENT_S <= entry["client_latency_s"] < CLIENT_S + 0.015
+    # the client latency is the programmed request handling plus what is real here (the HTTP round trip on
+    # loopback), seen through the timers' late wake-ups, a few ms either way on a virtual machine
+    assert abs(entry["client_latency_s"] - CLIENT_S) < 0.010
     # the held-out replay, simulated from its own requests.parquet with the calibrated framework
     sim = tmp_path / "sim"
     assert main(["simulate", "--model", "llama-3-8b", "--gpu", "a10", "--trace", str(runs[8] / "requests.parquet"),

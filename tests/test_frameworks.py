@@ -16,7 +16,7 @@ from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.specs import default_catalog
 from kavier_opendc.specs.frameworks import StepOverhead, builtin_frameworks, framework
-from test_engine import _random_trace, check_invariants
+from test_engine import _random_trace, fast_and_exact
 
 V0 = "vllm-0.5-offline"          # on the toy GPU: the '*' entry, 1.5 ms + 75 us per sequence per step
 
@@ -133,20 +133,9 @@ def test_v0_chunked_prefill_switch_uses_the_budget_rules():
        seqs=st.integers(1, 32), budget=st.integers(600, 2048),
        fw=st.sampled_from(["vllm-0.5-offline", "vllm-0.5-server"]))
 def test_v0_invariants_and_decode_runs_equal_stepping(seed, replicas, blocks, seqs, budget, fw):
-    trace = _random_trace(seed)
     kw = dict(replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget,
               seed=seed, framework=fw)
-    fast = simulate(trace, toy(**kw), progress=False)
-    exact = simulate(trace, toy(exact=True, **kw), progress=False)
-    check_invariants(fast)
-    check_invariants(exact)
-    for name in ("first_sched", "first_token", "finish"):
-        x, y = getattr(fast.results, name), getattr(exact.results, name)
-        assert np.array_equal(np.isnan(x), np.isnan(y))
-        ok = ~np.isnan(y)
-        assert np.allclose(x[ok], y[ok], rtol=1e-9, atol=0)
-    assert np.array_equal(fast.results.status, exact.results.status)
-    assert np.array_equal(fast.results.preemptions, exact.results.preemptions)
+    fast_and_exact(_random_trace(seed), toy(**kw), toy(exact=True, **kw))
 
 
 def test_v0_server_overheads_make_a_load_v1_sustains_blow_up():
