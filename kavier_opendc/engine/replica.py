@@ -181,8 +181,10 @@ class Replica(Scheduler):
             flops, byts = p.run.totals(n)
             d = self.dec.D
             t0 = p.t0
-            self.timeline.add(t0, t, self.cm.activity(t - t0, flops, byts), d, kv.load(), 0, d * n,
-                              kv.cached_load())
+            # kv.load() and kv.cached_load(), inlined: this runs once per event
+            cap, gc = kv.capacity, kv.gpu_cache
+            self.timeline.add(t0, t, self.cm.activity(t - t0, flops, byts), d, kv.used / cap if cap else 0.0, 0,
+                              d * n, gc.lru_blocks / cap if gc is not None and cap else 0.0)
             self.busy_time += t - t0
         else:
             dec = self.dec
@@ -195,8 +197,10 @@ class Replica(Scheduler):
                 dec.add(req)
             self.iterations += 1
             t0 = p.t0
-            self.timeline.add(t0, t, self.cm.activity(t - t0, p.flops, p.bytes), p.batch, kv.load(),
-                              p.prefill_tokens, p.decode_tokens, kv.cached_load())
+            cap, gc = kv.capacity, kv.gpu_cache
+            self.timeline.add(t0, t, self.cm.activity(t - t0, p.flops, p.bytes), p.batch,
+                              kv.used / cap if cap else 0.0, p.prefill_tokens, p.decode_tokens,
+                              gc.lru_blocks / cap if gc is not None and cap else 0.0)
             self.busy_time += t - t0
             caching = kv.pc is not None
             for req, n in p.chunks:

@@ -180,12 +180,15 @@ class Scheduler:
                         n = nb2
             if n > 1:
                 drun = self.cm.decode_run(d, dec.ctx_off_sum + d * g)
-                kv.allocate(alloc)
+                # no new block: nothing to evict, only a peak to note (copy-on-write forks raise it)
+                if alloc or kv.used > kv.peak:
+                    kv.allocate(alloc)
                 self.pending = DecodeRunPlan(t, n, drun, alloc)
                 self.next_time = t + drun.total_time(n)
                 self.version += 1
                 return self.next_time
-        kv.allocate(alloc)
+        if alloc or kv.used > kv.peak:
+            kv.allocate(alloc)
         dt, flops, byts = self.cm.iteration(n_tok, pairs, kv_read, n_dec + len(chunks))
         if self.extra_time:
             dt += self.extra_time
