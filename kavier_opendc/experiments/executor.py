@@ -26,7 +26,8 @@ retried: the same configuration fails the same way). A worker that dies loses
 only the run it was executing: the scheduler gives it to another worker; a
 local cluster allows this once (``distributed.scheduler.allowed-failures``
 = 1) and then reports the run as failed; a remote scheduler applies its own
-setting (Dask's default is 3).
+setting (Dask's default is 3). A run the cluster cancels on its own (a killed
+worker's task can come back "already forgotten") is submitted once more.
 
 Progress: workers announce the start of each run on a Dask event topic, so
 the driver knows which runs are running, where, and since when; every start,
@@ -347,6 +348,7 @@ class RunExecutor:
         self.client = None
         self.cluster = None
         self._futures: dict[str, RunTask] = {}       # Dask key -> the task it runs
+        self._resubmitted: dict[str, int] = {}       # run id -> times the cluster lost it and it was sent again
         self._scattered: dict[str, Any] = {}         # sha256 -> the future of that file's bytes on the cluster
         self._running: dict[str, dict] = {}          # run id -> its start event (started, not yet back)
         self._finished: set[str] = set()             # run ids whose record came back
@@ -456,14 +458,26 @@ class RunExecutor:
         """The next run to finish (blocks until one does; there must be one pending), its output written."""
         from distributed.client import FutureCancelledError
 
-        fut = next(self._as_completed)
-        task = self._futures.pop(fut.key)
-        try:
-            out = fut.result()
-        except (FutureCancelledError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # noqa: BLE001 - a worker died (KilledWorker) or the task could not run
-            out = {"status": "failed", "error": f"worker failed: {type(exc).__name__}: {exc}"}
+        while True:
+            fut = next(self._as_completed)
+            task = self._futures.pop(fut.key)
+            try:
+                out = fut.result()
+            except KeyboardInterrupt:
+                raise
+            except FutureCancelledError as exc:
+                # only close() cancels, and it is never followed by this call: the cluster lost the task
+                # (a killed worker's run can come back 'already forgotten'); it is sent again, once
+                tries = self._resubmitted.get(task.id, 0)
+                if tries < 1:
+                    self._resubmitted[task.id] = tries + 1
+                    self.log(event="resubmit", id=task.id, reason=str(exc))
+                    self.submit(task)
+                    continue
+                out = {"status": "failed", "error": f"the cluster cancelled the run twice: {exc}"}
+            except Exception as exc:  # noqa: BLE001 - a worker died (KilledWorker) or the task could not run
+                out = {"status": "failed", "error": f"worker failed: {type(exc).__name__}: {exc}"}
+            break
         with self._lock:
             started = self._running.pop(task.id, None) or {}
             self._finished.add(task.id)
