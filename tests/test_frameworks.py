@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace, shared, toy_time
+from conftest import make_trace, shared, toy_time
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.specs import default_catalog
 from kavier_opendc.specs.frameworks import StepOverhead, builtin_frameworks, framework
-from test_engine import _random_trace, fast_and_exact
+from test_engine import _random_trace, fast_and_exact, run, toy
 
 V0 = "vllm-0.5-offline"          # on the toy GPU: the '*' entry, 1.5 ms + 75 us per sequence per step
 
@@ -24,16 +24,6 @@ V0 = "vllm-0.5-offline"          # on the toy GPU: the '*' entry, 1.5 ms + 75 us
 def v0_time(n_tokens, n_seqs, pairs, kv_tokens):
     """toy_time with vllm-0.5-offline's step overhead in place of the toy profile's 1 ms."""
     return toy_time(n_tokens, n_seqs, pairs, kv_tokens) - 1e-3 + 1.5e-3 + 75e-6 * n_seqs
-
-
-def toy(**kw) -> SimConfig:
-    base = dict(model=TOY_MODEL, gpu=TOY_GPU, efficiency=TOY_EFF, num_kv_blocks=10_000)
-    base.update(kw)
-    return SimConfig(**base)
-
-
-def run(arrivals, prompts, outputs, **kw):
-    return simulate(make_trace(arrivals, prompts, outputs), toy(**kw), progress=False)
 
 
 # ------------------------------------------------------------------ the profiles
