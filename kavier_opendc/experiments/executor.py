@@ -11,7 +11,8 @@ every output itself; workers only compute. Two kinds of cluster:
   workers may not share the driver's file system. Every input file of a run
   (trace, synthetic description and the files it names, catalogues,
   datacenter, carbon trace) travels to the workers once, scattered by content
-  hash; a worker whose own copy at the same path has the same SHA-256 uses it,
+  hash and copied to every worker (a killed worker takes no input's only copy
+  with it); a worker whose own copy at the same path has the same SHA-256 uses it,
   otherwise it mirrors the files under a worker-local folder (relative
   references between them keep working) and rewrites the document's paths.
   The run is written into a worker-local temporary folder and comes back to
@@ -431,9 +432,11 @@ class RunExecutor:
         inputs = [(str(p), file_sha256(p)) for p in paths]
         files = {}
         for p, (_, sha) in zip(paths, inputs, strict=True):
-            if sha not in self._scattered:
-                # hash=False and our own key: the bytes are stored once under their content's name
-                [self._scattered[sha]] = self.client.scatter([p.read_bytes()], hash=False)
+            held = self._scattered.get(sha)
+            if held is None or held.status != "finished":
+                # on every worker (broadcast): a killed worker must not take a sweep's only copy of an input
+                # with it; a copy the cluster lost anyway (all holders died) is sent again
+                [self._scattered[sha]] = self.client.scatter([p.read_bytes()], hash=False, broadcast=True)
             files[sha] = self._scattered[sha]
         return inputs, files
 
