@@ -300,5 +300,5 @@ def test_routers_balance():
 def test_max_model_len_rejects_long_requests():
     r = run([0.0, 0.0, 0.0], [100, 900, 1000], [10, 100, 1], max_model_len=1000)
     assert list(r.results.status) == [1, 1, 2]   # 900 + 100 fits exactly; 1000 + 1 does not
-    with pytest.raises(KavierInputError, match="--max-model-len"):
+    with pytest.raises(KavierInputError, match="max_model_len"):
         run([0.0], [10], [1], max_model_len=1)

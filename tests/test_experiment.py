@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from kavier_opendc.base.errors import KavierInputError
-from kavier_opendc.experiments.engine_config import sim_config_from_experiment
 from kavier_opendc.experiments.experiment import experiment_problems, json_path, load_experiment, with_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,7 +159,7 @@ def test_sim_config_from_experiment(tmp_path):
     doc["serving"].update(tp=1, max_num_seqs=64, max_batched_tokens=4096, kv_cache="off",
                           prefix_cache={"policy": "prefill", "min_prompt_tokens": 100, "capacity_prompts": 50,
                                         "scope": "session", "capacity_tokens": "inf"})
-    cfg = sim_config_from_experiment(load_experiment(doc, base_dir=tmp_path))
+    cfg = load_experiment(doc, base_dir=tmp_path).sim_config()
     assert (cfg.model.name, cfg.gpu.name, cfg.replicas, cfg.tp) == ("Llama-3-8B", "A100-80GB", 2, 1)
     assert (cfg.max_num_seqs, cfg.max_batched_tokens, cfg.kv_cache, cfg.router, cfg.seed) == \
         (64, 4096, False, "least-kv", 3)
@@ -176,8 +175,8 @@ def test_one_replica_group_equals_top_level(tmp_path):
     b.pop("gpu")
     b["serving"].pop("replicas")
     b["serving"]["replica_groups"] = [{"model": "Llama-3-8B", "gpu": "A100-80GB", "replicas": 2}]
-    ca = sim_config_from_experiment(load_experiment(a, base_dir=tmp_path))
-    cb = sim_config_from_experiment(load_experiment(b, base_dir=tmp_path))
+    ca = load_experiment(a, base_dir=tmp_path).sim_config()
+    cb = load_experiment(b, base_dir=tmp_path).sim_config()
     assert (ca.model, ca.gpu, ca.replicas, ca.tp) == (cb.model, cb.gpu, cb.replicas, cb.tp)
 
 
@@ -189,7 +188,7 @@ def test_several_replica_groups(tmp_path):
     if probs:  # an engine without heterogeneous groups says so, naming the field
         assert any("serving.replica_groups" in json_path(p) for p, _ in probs)
         return
-    cfg = sim_config_from_experiment(exp)
+    cfg = exp.sim_config()
     assert [(g.gpu.name, g.replicas) for g in cfg.groups] == [("A100-80GB", 1), ("H100-SXM", 2)]
     assert exp.gpu_counts() == {"A100-80GB": 1, "H100-SXM": 2}
 

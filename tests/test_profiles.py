@@ -12,7 +12,8 @@ from conftest import REPO, shared
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.cost_model import CostModel
 from kavier_opendc.specs.catalog import GPUSpec, default_catalog, load_catalog_file
-from kavier_opendc.specs.profiles import IterationShape, IterationTimer, profile_to_entry
+from kavier_opendc.specs.iteration_time import IterationShape, IterationTimer
+from kavier_opendc.specs.profiles import profile_to_entry
 
 CAT = default_catalog()
 

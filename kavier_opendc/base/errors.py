@@ -31,9 +31,15 @@ class KavierInputError(KavierError):
         if expected:
             text += f" (expected {expected})"
         super().__init__(text)
+        self.message = message
         self.source = source
         self.location = location
         self.expected = expected
+
+
+    def relocated(self, location: str | None) -> KavierInputError:
+        """The same error at another name of its location (a front end's word for an engine field)."""
+        return KavierInputError(self.message, source=self.source, location=location, expected=self.expected)
 
 
 class KavierRuntimeError(KavierError):

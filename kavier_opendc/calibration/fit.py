@@ -32,7 +32,8 @@ import numpy as np
 
 from kavier_opendc.calibration.layouts import KERNEL_KINDS, Observation
 from kavier_opendc.specs.catalog import Catalog, GPUSpec
-from kavier_opendc.specs.profiles import ASSUMED_OVERHEAD, AllReduceCurve, GPUProfile, IterationTimer
+from kavier_opendc.specs.iteration_time import IterationTimer
+from kavier_opendc.specs.profiles import ASSUMED_OVERHEAD, AllReduceCurve, GPUProfile
 
 E2E_KINDS = ("prefill", "decode", "tpot", "batch")
 #: single kernels fit what they time; the short ones carry launch and tile costs the cost model has not

@@ -70,7 +70,7 @@ from typing import Callable, Iterable
 
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.specs.catalog import Catalog, ModelSpec
-from kavier_opendc.specs.profiles import IterationShape
+from kavier_opendc.specs.iteration_time import IterationShape
 
 LAYOUTS = ("single-request", "operator", "allreduce", "step-times", "serving", "batch-latency", "kernels")
 GEMM_COLUMNS = ("attn_pre_proj_ms", "attn_post_proj_ms", "mlp_up_proj_ms", "mlp_down_proj_ms")

@@ -46,7 +46,8 @@ from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE
 from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
 from kavier_opendc.specs.frameworks import FrameworkProfile
-from kavier_opendc.specs.profiles import GPUProfile, IterationTimer
+from kavier_opendc.specs.iteration_time import IterationTimer
+from kavier_opendc.specs.profiles import GPUProfile
 
 # The efficiency profile of a cost model; ``None`` (the default) means the
 # GPU's own profile from the catalogue.
@@ -78,11 +79,11 @@ class CostModel:
         """``framework`` (default: vLLM v1, whose step overhead is the GPU profile's) sets the CPU time per
         step and the all-reduce implementation."""
         if tp < 1:
-            raise KavierInputError(f"tensor parallelism must be >= 1, got {tp}", location="--tp")
+            raise KavierInputError(f"tensor parallelism must be >= 1, got {tp}", location="tp")
         if model.num_attention_heads % tp != 0:
             raise KavierInputError(
                 f"{model.name} has {model.num_attention_heads} attention heads, which cannot be "
-                f"split evenly over {tp} GPUs", location="--tp",
+                f"split evenly over {tp} GPUs", location="tp",
                 expected="a TP degree that divides the number of attention heads")
         profile = efficiency if efficiency is not None else profile_of(gpu)
         self.model, self.gpu, self.tp, self.eff = model, gpu, tp, profile

@@ -26,7 +26,7 @@ def normalise_router(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in ROUTERS:
-        raise KavierInputError(f"unknown router '{name}'", location="--router",
+        raise KavierInputError(f"unknown router '{name}'", location="router",
                                expected="one of " + ", ".join(ROUTERS))
     return key
 

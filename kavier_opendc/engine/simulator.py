@@ -9,6 +9,7 @@ rejected when it can never fit in a replica's KV memory.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import time
@@ -19,6 +20,7 @@ import numpy as np
 from kavier_opendc.base import limits
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.progress import Progress
+from kavier_opendc.engine import knobs
 from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel, Efficiency
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
 from kavier_opendc.engine.replica import REPLICA_CLASSES, Replica
@@ -26,11 +28,12 @@ from kavier_opendc.engine.request import Req
 from kavier_opendc.engine.results import FINISHED, REJECTED, Results
 from kavier_opendc.engine.router import Router, normalise_router
 from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
-from kavier_opendc.specs.frameworks import DEFAULT_FRAMEWORK, USAGES, FrameworkProfile, framework
+from kavier_opendc.specs.frameworks import FrameworkProfile, framework
 from kavier_opendc.workload.prefix import PrefixIndex
 from kavier_opendc.workload.trace import Trace
 
-PREFIX_POLICIES = ("auto", "none", "block", "prefill", "full")
+PREFIX_POLICIES = knobs.PREFIX_POLICIES
+_d = knobs.default
 
 
 @dataclass
@@ -57,30 +60,32 @@ class ReplicaGroup:
 
 @dataclass
 class SimConfig:
+    """A serving setup. The knobs' defaults, bounds and front-end names are declared in engine/knobs.py."""
+
     model: ModelSpec
     gpu: GPUSpec
-    replicas: int = 1
-    tp: int = 1
-    framework: str | FrameworkProfile = DEFAULT_FRAMEWORK   # serving framework (specs/frameworks.yaml)
-    max_num_seqs: int | None = None        # None: the framework's default for the GPU and usage
-    max_batched_tokens: int | None = None  # None: likewise
-    usage: str = "auto"                    # server (vllm serve) | offline (LLM class) | auto: from the trace
-    gpu_memory_utilization: float = 0.9
-    kv_cache: bool = True
-    prefix_cache: str = "auto"          # auto | none | block | prefill | full
-    prefix_min_tokens: int = 0           # prompts shorter than this never enter the cache
-    prefix_capacity_prompts: float = math.inf   # prompt-level policies: LRU capacity in prompts
-    prefix_scope: str = "global"         # global | session
-    prefix_capacity_tokens: float | None = None  # None: bounded by GPU memory; a number or inf: own pool
-    host_memory_gb: float = 0.0          # second cache tier in host DRAM per replica (block policy)
-    router: str = "round-robin"
-    seed: int = 0
-    exact: bool = False
+    replicas: int = _d("replicas")
+    tp: int = _d("tp")
+    framework: str | FrameworkProfile = _d("framework")      # a name (specs/frameworks.yaml) or a profile
+    max_num_seqs: int | None = _d("max_num_seqs")            # None: the framework's default for GPU and usage
+    max_batched_tokens: int | None = _d("max_batched_tokens")  # None: likewise
+    usage: str = _d("usage")                                 # server | offline | auto: from the trace
+    gpu_memory_utilization: float = _d("gpu_memory_utilization")
+    kv_cache: bool = _d("kv_cache")
+    prefix_cache: str = _d("prefix_cache")                   # auto | none | block | prefill | full
+    prefix_min_tokens: int = _d("prefix_min_tokens")         # shorter prompts never enter the cache
+    prefix_capacity_prompts: float = _d("prefix_capacity_prompts")  # prompt-level policies: LRU size in prompts
+    prefix_scope: str = _d("prefix_scope")                   # global | session
+    prefix_capacity_tokens: float | None = _d("prefix_capacity_tokens")  # None: GPU memory bounds it
+    host_memory_gb: float = _d("host_memory_gb")             # host-DRAM cache tier per replica (block policy)
+    router: str = _d("router")
+    seed: int = _d("seed")
+    exact: bool = _d("exact")
     efficiency: Efficiency | None = DEFAULT_EFFICIENCY
     timeline_merge_tol: float = 1e-3
-    num_kv_blocks: int | None = None  # override the memory-derived KV capacity
-    max_model_len: int | None = None  # reject requests whose prompt + output exceed this (vLLM max_model_len)
-    allow_long_max_model_len: bool = False  # accept max_model_len above the model's context window (a warning)
+    num_kv_blocks: int | None = _d("num_kv_blocks")          # overrides the memory-derived KV capacity
+    max_model_len: int | None = _d("max_model_len")          # longer requests are rejected (vLLM max_model_len)
+    allow_long_max_model_len: bool = _d("allow_long_max_model_len")  # above the context window: a warning
     groups: list[ReplicaGroup] | None = None  # heterogeneous replica groups; None = one group from above
 
     def replica_groups(self) -> list[ReplicaGroup]:
@@ -88,40 +93,40 @@ class SimConfig:
             return list(self.groups)
         return [ReplicaGroup(self.model, self.gpu, self.replicas, self.tp)]
 
+    def normalised(self) -> SimConfig:
+        """A copy with the choices in their canonical spelling (prefix policy, scope, usage, router);
+        raises :class:`KavierInputError` naming the field of an unknown one."""
+        changes = {}
+        for name, what in (("prefix_cache", "prefix cache policy"), ("prefix_scope", "prefix cache scope"),
+                           ("usage", "usage")):
+            knob = knobs.BY_FIELD[name]
+            value = knob.normalise(getattr(self, name))
+            if knob.problem(value):
+                raise KavierInputError(f"unknown {what} '{getattr(self, name)}'", location=name,
+                                       expected=knob.expected)
+            changes[name] = value
+        changes["router"] = normalise_router(self.router)
+        return dataclasses.replace(self, **changes)
+
     def validate(self) -> None:
-        """Refuse settings no server could run, before any allocation (names as ``kavier simulate``'s flags;
-        experiments map them to their ``serving.*`` fields)."""
-        checks = [
-            ("--replicas", self.replicas >= 1, "an integer >= 1"),
-            ("--tp", self.tp >= 1, "an integer >= 1"),
-            ("--max-num-seqs", self.max_num_seqs is None or self.max_num_seqs >= 1, "an integer >= 1"),
-            ("--max-batched-tokens", self.max_batched_tokens is None or self.max_batched_tokens >= 1,
-             "an integer >= 1"),
-            ("--usage", self.usage in ("auto",) + USAGES, "auto, server or offline"),
-            ("--gpu-memory-utilization", 0.0 < self.gpu_memory_utilization <= 1.0, "a fraction in (0, 1]"),
-            ("--max-model-len", self.max_model_len is None or self.max_model_len >= 2, "an integer >= 2"),
-        ]
-        for i, g in enumerate(self.groups or []):
-            checks.append((f"groups[{i}].replicas", g.replicas >= 1, "an integer >= 1"))
-            checks.append((f"groups[{i}].tp", g.tp >= 1, "an integer >= 1"))
-        for name, ok, expected in checks:
-            if not ok:
-                raise KavierInputError("invalid value", location=name, expected=expected)
-        self._check_sizes()
-        self._check_groups()
-        self.prefix_cache = {"off": "none", "vllm": "block"}.get(self.prefix_cache.lower(), self.prefix_cache.lower())
-        if self.prefix_cache not in PREFIX_POLICIES:
-            raise KavierInputError(f"unknown prefix cache policy '{self.prefix_cache}'", location="--prefix-cache",
-                                   expected="one of " + ", ".join(PREFIX_POLICIES))
-        if self.prefix_scope not in ("global", "session"):
-            raise KavierInputError(f"unknown prefix cache scope '{self.prefix_scope}'",
-                                   location="--prefix-cache-scope", expected="global or session")
-        if self.prefix_min_tokens < 0 or self.host_memory_gb < 0 or self.prefix_capacity_prompts < 0 or (
-                self.prefix_capacity_tokens is not None and self.prefix_capacity_tokens < 0):
-            raise KavierInputError("prefix cache sizes must be >= 0", location="--prefix-cache-*",
-                                   expected="non-negative numbers")
-        self.router = normalise_router(self.router)
-        self._check_framework()
+        """Refuse settings no server could run, before any allocation; never changes the config. Errors name
+        SimConfig fields (``groups[i].tp`` for a group's); each front end words them its own way
+        (:mod:`kavier_opendc.engine.knobs`)."""
+        cfg = self.normalised()
+        for knob in knobs.KNOBS:
+            value = getattr(cfg, knob.field)
+            problem = knob.problem(value)
+            if problem:
+                raise KavierInputError(problem, location=knob.field, expected=knob.expected)
+        for i, g in enumerate(cfg.groups or []):
+            for name in ("replicas", "tp"):
+                problem = knobs.BY_FIELD[name].problem(getattr(g, name))
+                if problem:
+                    raise KavierInputError(problem, location=f"groups[{i}].{name}",
+                                           expected=knobs.BY_FIELD[name].expected)
+        cfg._check_sizes()
+        cfg._check_groups()
+        cfg._check_framework()
 
     def framework_profile(self) -> FrameworkProfile:
         """The framework in force (``framework`` is a built-in's name, or a profile being calibrated)."""
@@ -133,32 +138,24 @@ class SimConfig:
         if self.usage != "auto" and fw.serving_path != "auto" and self.usage != fw.serving_path:
             raise KavierInputError(
                 f"framework {fw.name} is the {fw.serving_path} serving path; --usage {self.usage} contradicts it",
-                location="--usage", expected=f"auto or {fw.serving_path}, or a framework of the {self.usage} path")
+                location="usage", expected=f"auto or {fw.serving_path}, or a framework of the {self.usage} path")
         if not fw.prefix_caching and self.prefix_cache not in ("auto", "none"):
             raise KavierInputError(
                 f"prefix cache policy '{self.prefix_cache}' is not modelled for framework {fw.name} "
                 f"({fw.versions}: automatic prefix caching was off by default there and the simulator does not "
-                "model it for this engine)", location="--prefix-cache",
+                "model it for this engine)", location="prefix_cache",
                 expected="none or auto, or a framework with prefix caching such as vllm-v1")
         if fw.policy != "vllm-v1" and not self.kv_cache:
             raise KavierInputError(f"--kv-cache off (recompute every step) is modelled with vLLM v1's scheduler "
-                                   f"only, not {fw.name}'s", location="--kv-cache",
+                                   f"only, not {fw.name}'s", location="kv_cache",
                                    expected="on, or framework vllm-v1")
 
 
     def _check_sizes(self) -> None:
-        sizes = [("--replicas", sum(g.replicas for g in self.replica_groups()), limits.REPLICAS),
-                 ("--max-num-seqs", self.max_num_seqs, limits.NUM_SEQS),
-                 ("--max-batched-tokens", self.max_batched_tokens, limits.BATCHED_TOKENS),
-                 ("--num-kv-blocks", self.num_kv_blocks, limits.KV_BLOCKS),
-                 ("--max-model-len", self.max_model_len, limits.CONTEXT_TOKENS),
-                 ("--prefix-cache-min-tokens", self.prefix_min_tokens, limits.CONTEXT_TOKENS),
-                 ("--host-cache-gb", self.host_memory_gb, limits.MEMORY_GB)]
-        if self.prefix_capacity_tokens != math.inf:
-            sizes.append(("--prefix-cache-capacity-tokens", self.prefix_capacity_tokens, limits.CACHE_TOKENS))
-        gpus = sum(g.replicas * g.tp for g in self.replica_groups())
-        sizes.append(("--replicas x --tp", gpus, limits.GPUS))
-        for name, value, limit in sizes:
+        """Totals over the replica groups (each knob's own bound is checked with the knob)."""
+        groups = self.replica_groups()
+        for name, value, limit in (("replicas", sum(g.replicas for g in groups), limits.REPLICAS),
+                                   ("replicas/tp", sum(g.replicas * g.tp for g in groups), limits.GPUS)):
             if limits.check(name, value, limit):
                 raise KavierInputError(limit.above(value), location=name)
 
@@ -166,7 +163,7 @@ class SimConfig:
         """Per replica group: the TP degree must split the model's heads, and --max-model-len must fit its
         context window (vLLM refuses a longer one unless VLLM_ALLOW_LONG_MAX_MODEL_LEN is set)."""
         for i, g in enumerate(self.replica_groups()):
-            where = "--tp" if not self.groups else f"groups[{i}].tp"
+            where = "tp" if not self.groups else f"groups[{i}].tp"
             if g.tp > limits.TP.value:
                 raise KavierInputError(limits.TP.above(g.tp), location=where)
             if g.model.num_attention_heads % g.tp != 0:
@@ -180,7 +177,7 @@ class SimConfig:
                     f"{self.max_model_len} is longer than {g.model.name}'s context window of "
                     f"{g.model.max_context} tokens; a server refuses it (vLLM unless "
                     "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1); allow it explicitly with --allow-long-max-model-len "
-                    "(serving.allow_long_max_model_len: true in an experiment)", location="--max-model-len")
+                    "(serving.allow_long_max_model_len: true in an experiment)", location="max_model_len")
 
     def resolved_usage(self, trace: Trace) -> str:
         """``server`` or ``offline``: the framework's serving path, as given, or (auto) offline when every
@@ -231,8 +228,9 @@ class SimulationResult:
 
 
 def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> SimulationResult:
-    """Run the serving simulation of ``trace`` under ``cfg``."""
+    """Run the serving simulation of ``trace`` under ``cfg`` (the result holds its normalised copy)."""
     cfg.validate()
+    cfg = cfg.normalised()
     t_wall = time.perf_counter()
     n = len(trace)
     res = Results(n)
@@ -251,7 +249,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             raise KavierInputError(
                 f"{group.model.name} ({group.model.weight_bytes / 2**30:.1f} GiB of weights) leaves no room for "
                 f"a KV cache on {group.tp} x {group.gpu.name} ({group.gpu.memory_gib:g} GiB each) at "
-                f"gpu_memory_utilization={cfg.gpu_memory_utilization}", location="--model/--gpu/--tp",
+                f"gpu_memory_utilization={cfg.gpu_memory_utilization}", location="model/gpu/tp",
                 expected="a larger GPU, more tensor parallelism, or a smaller model")
         for _ in range(group.replicas):
             reps.append(replica_class(len(reps), cm, cap, max_num_seqs=max_seqs,
@@ -345,6 +343,6 @@ def _prefix_setup(trace: Trace, cfg: SimConfig) -> PrefixSetup | None:
         raise KavierInputError(
             f"prefix cache policy '{policy}' needs prompt identities, but the trace has no token ids "
             "(input_tokens), no prefix-block hashes (hash_ids) and no session ids", source=str(trace.source),
-            location="--prefix-cache", expected="a trace with input_tokens, hash_ids or session_id, or policy none")
+            location="prefix_cache", expected="a trace with input_tokens, hash_ids or session_id, or policy none")
     return PrefixSetup(policy, index, cfg.prefix_min_tokens, cfg.prefix_capacity_prompts,
                        cfg.prefix_capacity_tokens, cfg.host_memory_gb)

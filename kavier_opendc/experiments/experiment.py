@@ -48,13 +48,17 @@ from kavier_opendc.base.validation import (
     non_finite,
     schema_validator,
 )
+from kavier_opendc.engine import knobs
+from kavier_opendc.experiments.engine_config import GROUP_LIMIT_KEYS, sim_config
 
 SCHEMA_FILE = "experiment.schema.json"
-PREFIX_POLICIES = ("auto", "none", "off", "block", "vllm", "prefill", "full")
-SERVING_DEFAULTS = {"framework": "vllm-v1", "max_num_seqs": None, "max_batched_tokens": None, "usage": "auto",
-                    "gpu_memory_utilization": 0.9, "num_kv_blocks": None, "max_model_len": None,
-                    "allow_long_max_model_len": False, "kv_cache": True, "router": "round-robin", "exact": False}
-GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization")
+_PREFIX = knobs.BY_FIELD["prefix_cache"]
+#: the policies and their other spellings, each after the policy it names
+PREFIX_POLICIES = tuple(name for policy in _PREFIX.choices
+                        for name in (policy, *(a for a, p in _PREFIX.aliases.items() if p == policy)))
+SERVING_DEFAULTS = {name: knobs.default(name) for name in (
+    "framework", "max_num_seqs", "max_batched_tokens", "usage", "gpu_memory_utilization", "num_kv_blocks",
+    "max_model_len", "allow_long_max_model_len", "kv_cache", "router", "exact")}
 TRACE_FORMATS = ("kavier", "native", "azure", "mooncake", "vidur", "splitwise", "sarathi")
 SYNTHETIC_SUFFIXES = (".yaml", ".yml")
 
@@ -103,6 +107,10 @@ class Experiment:
     opendc_enabled: bool
     export_opts: dict
     input_files: list[tuple[str, Path]] = field(default_factory=list)
+
+    def sim_config(self):
+        """The engine's SimConfig for this experiment's serving setup."""
+        return sim_config(self.serving, self.groups, self.seed, self.catalog)
 
     @property
     def path(self) -> Path | None:
@@ -279,16 +287,15 @@ def _engine_problems(norm: dict, groups: list[GroupSpec], seed: int, catalog) ->
     """The engine's own checks of the serving setup (TP against the model's heads, max_model_len against
     its context window, sizes), named by their ``serving.*`` paths; run with the other checks, so that
     they are reported before any trace is loaded."""
-    from types import SimpleNamespace
-
-    from kavier_opendc.experiments.engine_config import sim_config_from_experiment
     if not groups:
         return []
     try:
-        sim_config_from_experiment(SimpleNamespace(serving=norm, groups=groups, seed=seed, catalog=catalog)).validate()
+        sim_config(norm, groups, seed, catalog).validate()
     except KavierInputError as exc:
-        loc = getattr(exc, "location", None) or ""
-        return [(_engine_path(loc), _msg(exc).replace(f"{loc}: ", "", 1) if loc else _msg(exc))]
+        loc = exc.location or ""
+        if loc.startswith("serving."):  # already named as the experiment names it
+            return [(_split(loc), _msg(exc).replace(f"{loc}: ", "", 1))]
+        return [(knobs.experiment_path(loc) if loc else ("serving",), _msg(exc.relocated(None)))]
     except (TypeError, ValueError, AttributeError):
         return []  # a value of the wrong type: the schema has reported it
     return []
@@ -344,7 +351,7 @@ def _serving(serving: dict, problems: list[Problem], catalog) -> dict:
         try:
             norm["router"] = normalise_router(norm["router"])
         except KavierInputError as exc:
-            problems.append((("serving", "router"), str(exc).replace("--router: ", "")))
+            problems.append((("serving", "router"), _msg(exc.relocated(None))))
     return norm
 
 
@@ -432,28 +439,6 @@ def _experiment_name(data: dict, source: str) -> str:
         if not name[0].isalnum():
             name = "x" + name
     return name
-
-
-_ENGINE_LOCATIONS = {"--replicas": ("serving", "replicas"), "--tp": ("serving", "tp"),
-                     "--max-num-seqs": ("serving", "max_num_seqs"),
-                     "--max-batched-tokens": ("serving", "max_batched_tokens"), "--usage": ("serving", "usage"),
-                     "--framework": ("serving", "framework"), "--kv-cache": ("serving", "kv_cache"),
-                     "--gpu-memory-utilization": ("serving", "gpu_memory_utilization"),
-                     "--prefix-cache": ("serving", "prefix_cache"), "--router": ("serving", "router"),
-                     "--max-model-len": ("serving", "max_model_len"), "--num-kv-blocks": ("serving", "num_kv_blocks"),
-                     "--prefix-cache-min-tokens": ("serving", "prefix_cache", "min_prompt_tokens"),
-                     "--prefix-cache-capacity-tokens": ("serving", "prefix_cache", "capacity_tokens"),
-                     "--host-cache-gb": ("serving", "prefix_cache", "host_memory_gb")}
-
-
-def _engine_path(loc: str) -> tuple:
-    if loc in _ENGINE_LOCATIONS:
-        return _ENGINE_LOCATIONS[loc]
-    if loc.startswith("serving"):
-        return _split(loc)
-    if loc.startswith("groups["):
-        return ("serving", "replica_" + loc.split(".")[0]) + tuple(_split(loc)[1:])
-    return ("serving",)
 
 
 def _split(path: str) -> tuple:

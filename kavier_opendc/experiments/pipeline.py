@@ -36,7 +36,6 @@ from typing import Any, Callable, Iterator
 from kavier_opendc import __version__
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
 from kavier_opendc.base.units import latencies
-from kavier_opendc.experiments.engine_config import sim_config_from_experiment
 from kavier_opendc.experiments.experiment import Experiment, to_jsonable
 from kavier_opendc.experiments.run_folder import (
     clear_incomplete,
@@ -224,7 +223,7 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
     st.names = names
     if use_opendc and bridge is None:
         check_opendc_available()
-    cfg = sim_config_from_experiment(exp)
+    cfg = exp.sim_config()
     cfg.validate()
     for warning in cfg.warnings():
         print(f"kavier: warning: {warning}", file=sys.stderr)

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from kavier_opendc.specs.frameworks import (
     framework_from_entry,
     framework_to_entry,
 )
-from kavier_opendc.specs.profiles import GPUProfile, derive_profile, profile_from_entry, profile_to_entry
+from kavier_opendc.specs.profiles import GPUProfile, assumed_profile, profile_from_entry, profile_to_entry
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
@@ -642,3 +643,39 @@ def load_catalog_files(paths: Iterable[str | Path], base: Catalog | None = None)
     for p in paths:
         cat = load_catalog_file(p, base=cat)
     return cat
+
+
+# -- profiles of GPUs without measurements ----------------------------------
+
+def architecture(gpu: GPUSpec) -> str:
+    """The GPU's architecture family (first word of ``extra.architecture``), '' if unknown."""
+    arch = str((gpu.extra or {}).get("architecture", "")).strip()
+    return arch.split()[0].lower() if arch else ""
+
+
+def derive_profile(gpu: GPUSpec, measured: Mapping[str, tuple[GPUSpec, GPUProfile]]) -> GPUProfile:
+    """A profile for ``gpu`` from the nearest measured GPU (same architecture first).
+
+    "Nearest" is the measured GPU of the same architecture family whose
+    datasheet (peak FLOP/s, bandwidth, interconnect, form factor) is closest
+    in log distance; without one, the closest measured GPU of any family. The
+    efficiencies are fractions of the datasheet peaks and are kept; the
+    all-reduce curve is rescaled to this GPU's interconnect when it is used.
+    """
+    if not measured:
+        return assumed_profile(gpu.name)
+    arch = architecture(gpu)
+    same = {k: v for k, v in measured.items() if arch and architecture(v[0]) == arch}
+    pool = same or measured
+
+    def distance(spec: GPUSpec) -> float:
+        return (abs(math.log(spec.peak_flops / gpu.peak_flops)) + abs(math.log(spec.mem_bandwidth / gpu.mem_bandwidth))
+                + 0.5 * abs(math.log(spec.interconnect_gbs / gpu.interconnect_gbs)))
+
+    src_spec, src = min(pool.values(), key=lambda v: (distance(v[0]), v[0].name))
+    how = "same architecture" if same else f"no measured {arch or 'same-architecture'} GPU; nearest datasheet"
+    note = (f"derived from {src_spec.name} ({how}): efficiencies are fractions of {gpu.name}'s own datasheet "
+            f"peaks; all-reduce curve rescaled from {src.allreduce_link_gbs or src_spec.interconnect_gbs:g} to "
+            f"{gpu.interconnect_gbs:g} GB/s")
+    return dataclasses.replace(src, gpu=gpu.name, status="derived", derived_from=src_spec.name,
+                               provenance={"all": note})

@@ -211,7 +211,7 @@ def framework(name: str | None, extra: Mapping[str, FrameworkProfile] | None = N
     for fw in fws.values():
         if fw.name.lower() == key:
             return fw
-    raise KavierInputError(f"unknown serving framework '{name}'", location="--framework",
+    raise KavierInputError(f"unknown serving framework '{name}'", location="framework",
                            expected="one of " + ", ".join(fws))
 
 

@@ -4,7 +4,8 @@ A :class:`GPUProfile` holds the few measured numbers that turn datasheet peaks
 into achieved speed on one GPU type, and the kernel-time formulas that use
 them. The serving engine's cost model (``engine/cost_model.py``) and the
 calibration (``kavier_opendc/calibration``) both time an iteration with these
-functions, so what is fitted is exactly what is simulated.
+formulas (``specs/iteration_time.py``), so what is fitted is exactly what is
+simulated.
 
 One iteration of ``n`` tokens for ``s`` sequences on a TP group of ``T`` GPUs
 runs, in this order, kernels whose times add up (they run one after another
@@ -36,13 +37,8 @@ curve is rescaled by the ratio of interconnect bandwidths.
 from __future__ import annotations
 
 import bisect
-import dataclasses
-import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
-
-if TYPE_CHECKING:  # pragma: no cover
-    from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
+from typing import Any, Mapping
 
 STATUSES = ("measured", "derived", "assumed")
 # Fields of GPUProfile that are numbers with a provenance entry each.
@@ -200,104 +196,6 @@ class GPUProfile:
 
 
 # ---------------------------------------------------------------------------
-# Iteration time, as one formula for both the engine and the calibration.
-# ---------------------------------------------------------------------------
-
-def model_weight_split(model: ModelSpec) -> tuple[float, float]:
-    """(body parameters, LM-head parameters) that take part in matrix products.
-
-    The input embedding is a lookup (no FLOPs, a few rows read), so it is left
-    out unless it is tied to the LM head, which is a (vocab x hidden) GEMM run
-    only for the tokens that are sampled.
-    """
-    head = float(model.vocab_size * model.hidden_size)
-    embedding = 0.0 if model.tie_word_embeddings else head
-    body = max(0.0, model.total_params - embedding - head)
-    return body, head
-
-
-@dataclass(frozen=True)
-class IterationShape:
-    """The work of one iteration on one replica (all TP GPUs together)."""
-
-    n_tokens: float        # tokens through the linear layers
-    n_seqs: float          # sequences that sample a token (LM head, per-sequence overhead)
-    attn_pairs: float      # (query, key) pairs attended
-    kv_read_tokens: float  # cached tokens whose K/V are read
-
-
-class IterationTimer:
-    """Iteration times of one model on one GPU type with TP degree ``tp`` under ``profile``."""
-
-    def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int, profile: GPUProfile, vllm_allreduce: bool = True):
-        """``vllm_allreduce``: the software uses vLLM's custom all-reduce where it applies (else NCCL always)."""
-        self.model, self.gpu, self.tp, self.profile = model, gpu, tp, profile
-        bpe = model.bytes_per_param
-        self.peak = gpu.peak_flops * tp
-        self.bw = gpu.mem_bandwidth * tp
-        body, head = model_weight_split(model)
-        self.head_bytes = head * bpe
-        self.body_bytes = body * bpe
-        if model.num_experts > 1:
-            self.expert_bytes = ((3.0 if model.gated_mlp else 2.0) * model.hidden_size * model.ffn_size
-                                 * model.num_layers * model.num_experts * bpe)
-            self.shared_bytes = max(0.0, self.body_bytes - self.expert_bytes)
-        else:
-            self.expert_bytes = 0.0
-            self.shared_bytes = self.body_bytes
-        active_body = max(0.0, model.active_params - (model.total_params - body))
-        self.flops_per_body_token = 2.0 * active_body
-        self.flops_per_head_token = 2.0 * head
-        self.flops_per_attn_pair = 4.0 * model.num_layers * model.num_attention_heads * model.dim_head
-        kv_heads_per_gpu = max(1, -(-model.num_kv_heads // tp))
-        self.kv_bytes_per_token = 2.0 * model.num_layers * kv_heads_per_gpu * model.dim_head * bpe * tp
-        self.s_per_attn_pair = self.flops_per_attn_pair / (profile.attn_prefill_eff * self.peak)
-        self.s_per_kv_byte = 1.0 / (profile.attn_decode_mbu * self.bw)
-        self.allreduce_bytes_per_token = model.hidden_size * bpe
-        self.allreduces = 2 * model.num_layers if tp > 1 else 0
-        # an NVLink-class link (faster than the GPU's PCIe) lets vLLM use its custom all-reduce
-        self.nvlink = vllm_allreduce and gpu.interconnect_gbs > gpu.pcie_gbs
-        # elementwise kernels: a floor per layer, and activation traffic per token on each GPU
-        ffn_active = model.ffn_size * (model.experts_per_token if model.num_experts > 1 else 1)
-        self.layer_fixed = model.num_layers * profile.layer_fixed_s
-        self.s_per_token_elementwise = (model.num_layers * profile.act_passes * (model.hidden_size + ffn_active / tp)
-                                        * bpe / (profile.gemm_mbu * gpu.mem_bandwidth))
-
-    def body_read_bytes(self, n_tokens: float) -> float:
-        """Linear-layer weight bytes read for ``n_tokens`` tokens (MoE: only experts some token hits)."""
-        if self.expert_bytes == 0.0:
-            return self.body_bytes
-        e, k = self.model.num_experts, self.model.experts_per_token
-        touched = 1.0 - (1.0 - k / e) ** n_tokens
-        return self.shared_bytes + self.expert_bytes * touched
-
-    def body_time(self, n_tokens: float) -> float:
-        """Linear layers plus the TP all-reduces: depends on the token count only."""
-        p = self.profile
-        t = p.gemm_time(self.body_read_bytes(n_tokens), n_tokens * self.flops_per_body_token, self.peak, self.bw)
-        t += self.layer_fixed + n_tokens * self.s_per_token_elementwise
-        if self.allreduces:
-            t += self.allreduces * p.allreduce_time(n_tokens * self.allreduce_bytes_per_token, self.tp,
-                                                    self.gpu.interconnect_gbs, self.nvlink)
-        return t
-
-    def seq_time(self, n_seqs: float) -> float:
-        """LM head and framework overhead: depends on the sampled sequences only."""
-        p = self.profile
-        t = p.overhead_fixed_s + p.overhead_per_seq_s * n_seqs
-        if n_seqs > 0:
-            t += p.gemm_time(self.head_bytes, n_seqs * self.flops_per_head_token, self.peak, self.bw)
-        return t
-
-    def attn_time(self, attn_pairs: float, kv_tokens: float) -> float:
-        return attn_pairs * self.s_per_attn_pair + kv_tokens * self.kv_bytes_per_token * self.s_per_kv_byte
-
-    def time(self, shape: IterationShape) -> float:
-        return (self.body_time(shape.n_tokens) + self.seq_time(shape.n_seqs)
-                + self.attn_time(shape.attn_pairs, shape.kv_read_tokens + shape.n_tokens))
-
-
-# ---------------------------------------------------------------------------
 # Catalogue entries (the ``profiles`` list of a catalogue file) and derivation.
 # ---------------------------------------------------------------------------
 
@@ -351,37 +249,3 @@ def assumed_profile(gpu: str) -> GPUProfile:
     prov["power_compute_weight"] = prov["power_memory_weight"] = "bench/calibrate_power.py (Argonne A100/H100 power)"
     prov["allreduce"] = "assumed: 10 us + ring traffic at the interconnect's datasheet bandwidth"
     return GPUProfile(gpu=gpu, status="assumed", provenance=prov)
-
-
-def architecture(gpu: GPUSpec) -> str:
-    """The GPU's architecture family (first word of ``extra.architecture``), '' if unknown."""
-    arch = str((gpu.extra or {}).get("architecture", "")).strip()
-    return arch.split()[0].lower() if arch else ""
-
-
-def derive_profile(gpu: GPUSpec, measured: Mapping[str, tuple[GPUSpec, GPUProfile]]) -> GPUProfile:
-    """A profile for ``gpu`` from the nearest measured GPU (same architecture first).
-
-    "Nearest" is the measured GPU of the same architecture family whose
-    datasheet (peak FLOP/s, bandwidth, interconnect, form factor) is closest
-    in log distance; without one, the closest measured GPU of any family. The
-    efficiencies are fractions of the datasheet peaks and are kept; the
-    all-reduce curve is rescaled to this GPU's interconnect when it is used.
-    """
-    if not measured:
-        return assumed_profile(gpu.name)
-    arch = architecture(gpu)
-    same = {k: v for k, v in measured.items() if arch and architecture(v[0]) == arch}
-    pool = same or measured
-
-    def distance(spec: GPUSpec) -> float:
-        return (abs(math.log(spec.peak_flops / gpu.peak_flops)) + abs(math.log(spec.mem_bandwidth / gpu.mem_bandwidth))
-                + 0.5 * abs(math.log(spec.interconnect_gbs / gpu.interconnect_gbs)))
-
-    src_spec, src = min(pool.values(), key=lambda v: (distance(v[0]), v[0].name))
-    how = "same architecture" if same else f"no measured {arch or 'same-architecture'} GPU; nearest datasheet"
-    note = (f"derived from {src_spec.name} ({how}): efficiencies are fractions of {gpu.name}'s own datasheet "
-            f"peaks; all-reduce curve rescaled from {src.allreduce_link_gbs or src_spec.interconnect_gbs:g} to "
-            f"{gpu.interconnect_gbs:g} GB/s")
-    return dataclasses.replace(src, gpu=gpu.name, status="derived", derived_from=src_spec.name,
-                               provenance={"all": note})

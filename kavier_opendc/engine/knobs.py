@@ -1,0 +1,182 @@
+"""Every serving knob of the engine, declared once.
+
+A knob is a :class:`~kavier_opendc.engine.simulator.SimConfig` field with what
+the front ends need to offer it: the `kavier simulate` flag, the place an
+experiment file sets it, the bounds (from ``base/limits.py``), the values it
+takes and their aliases, and its help. The CLI builds its flags from this
+table, the engine checks its configuration against it and names fields in
+its errors, and each front end words a field its own way (a flag, or a
+``serving.*`` path) through :func:`flag_of` and :func:`experiment_path`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kavier_opendc.base import limits
+from kavier_opendc.base.limits import Limit
+from kavier_opendc.engine.router import ROUTERS
+from kavier_opendc.specs.frameworks import DEFAULT_FRAMEWORK
+
+#: how a value is read and checked: a whole number, a real number, a fraction in (0, 1], a count or inf,
+#: one of ``choices``, a name looked up elsewhere (catalogue, router table), a switch
+Kind = Literal["int", "float", "fraction", "count_or_inf", "choice", "name", "switch"]
+
+PREFIX_POLICIES = ("auto", "none", "block", "prefill", "full")
+USAGE_CHOICES = ("auto", "server", "offline")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One serving knob: a SimConfig field and how each front end offers it."""
+
+    field: str                               # SimConfig field
+    kind: Kind
+    flag: str | None                         # kavier simulate's flag (None: not offered there)
+    path: tuple[str, ...] | None             # where an experiment file sets it (None: not there)
+    help: str = ""
+    default: Any = None                      # SimConfig's default (it reads it from here)
+    minimum: float | None = None             # smallest valid value (int/float kinds)
+    limit: Limit | None = None               # largest valid value, with its reason
+    choices: tuple[str, ...] = ()            # the values a choice takes
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)  # other spellings -> a choice
+    metavar: str | None = None
+
+    @property
+    def expected(self) -> str:
+        """The valid values, as an error's "expected ..." words them."""
+        if self.kind == "fraction":
+            return "a fraction in (0, 1]"
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.kind == "count_or_inf":
+            return "a whole number >= 0 or inf"
+        what = "an integer" if self.kind == "int" else "a number"
+        return f"{what} >= {self.minimum:g}" if self.minimum is not None else what
+
+    def normalise(self, value: Any) -> Any:
+        """A choice's canonical spelling (case and aliases folded); other values as given."""
+        if self.kind == "choice" and isinstance(value, str):
+            v = value.strip().lower()
+            return self.aliases.get(v, v)
+        return value
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` (already normalised), or None. ``None`` means "the default"."""
+        if value is None or self.kind in ("name", "switch"):
+            return None
+        if self.kind == "choice":
+            return None if value in self.choices else f"unknown value {value!r}"
+        if self.kind == "fraction":
+            return None if 0.0 < value <= 1.0 else "invalid value"
+        if self.minimum is not None and value < self.minimum:
+            return "invalid value"
+        if self.limit is not None and value != float("inf") and value > self.limit.value:
+            return self.limit.above(value)
+        return None
+
+
+def _k(field_: str, kind: Kind, flag: str | None, path: tuple[str, ...] | None, help: str = "", **kw) -> Knob:
+    return Knob(field_, kind, flag, path, help, **kw)
+
+
+_PC = ("serving", "prefix_cache")
+KNOBS: tuple[Knob, ...] = (
+    _k("replicas", "int", "--replicas", ("serving", "replicas"), "number of serving replicas (default 1)",
+       default=1, minimum=1, limit=limits.REPLICAS),
+    _k("tp", "int", "--tp", ("serving", "tp"), "tensor-parallel GPUs per replica (default 1)",
+       minimum=1, limit=limits.TP, default=1),
+    _k("max_num_seqs", "int", "--max-num-seqs", ("serving", "max_num_seqs"),
+       "most sequences running at once per replica (vLLM max_num_seqs; default vLLM v1's: 1024 on GPUs of "
+       "70 GiB or more other than A100, else 256)", minimum=1, limit=limits.NUM_SEQS),
+    _k("max_batched_tokens", "int", "--max-batched-tokens", ("serving", "max_batched_tokens"),
+       "token budget per iteration, prefill chunks plus decodes (vLLM max_num_batched_tokens; default vLLM "
+       "v1's: as a server 8192 on GPUs of 70 GiB or more other than A100, else 2048; offline 16384 and 8192)",
+       minimum=1, limit=limits.BATCHED_TOKENS),
+    _k("framework", "name", "--framework", ("serving", "framework"),
+       "serving framework whose scheduler rules, batch defaults and CPU time per step are simulated: vllm-v1 "
+       "(default), vllm-0.5-server, vllm-0.5-offline; 'kavier catalog' lists them", metavar="NAME",
+       default=DEFAULT_FRAMEWORK),
+    _k("usage", "choice", "--usage", ("serving", "usage"),
+       "whose vLLM v1 batch defaults apply: server (vllm serve), offline (the LLM class), or auto: offline "
+       "when every request arrives at once (default)", choices=USAGE_CHOICES, default="auto"),
+    _k("gpu_memory_utilization", "fraction", "--gpu-memory-utilization", ("serving", "gpu_memory_utilization"),
+       "fraction of GPU memory vLLM may use for weights, activations and KV cache (default 0.9)", default=0.9),
+    _k("num_kv_blocks", "int", "--num-kv-blocks", ("serving", "num_kv_blocks"),
+       "override the KV capacity per replica, in 16-token blocks (default: derived from memory)",
+       minimum=1, limit=limits.KV_BLOCKS),
+    _k("max_model_len", "int", "--max-model-len", ("serving", "max_model_len"),
+       "reject requests whose prompt plus output exceed N tokens, as a server with this context length "
+       "would (default: no limit; summary.json counts the requests longer than the model's context window)",
+       minimum=2, limit=limits.CONTEXT_TOKENS, metavar="N"),
+    _k("allow_long_max_model_len", "switch", "--allow-long-max-model-len", ("serving", "allow_long_max_model_len"),
+       "accept a --max-model-len longer than the model's context window (refused otherwise, as vLLM does "
+       "without VLLM_ALLOW_LONG_MAX_MODEL_LEN=1); a warning is printed", default=False),
+    _k("kv_cache", "switch", "--kv-cache", ("serving", "kv_cache"),
+       "'off' recomputes the whole context at every decode step (seed paper, experiment 2)", default=True),
+    _k("prefix_cache", "choice", "--prefix-cache", _PC,
+       "prefix-cache policy: block (vLLM automatic prefix caching over 16-token KV blocks), prefill / full "
+       "(the Kavier paper's prompt cache: a repeated prompt skips prefill / prefill and decode), none, or "
+       "auto (default: block when the trace has token ids, hash_ids or session ids, else none)",
+       choices=PREFIX_POLICIES, aliases={"off": "none", "vllm": "block"}, metavar="POLICY", default="auto"),
+    _k("prefix_min_tokens", "int", "--prefix-cache-min-tokens", _PC + ("min_prompt_tokens",),
+       "prompts shorter than N tokens never enter the prefix cache (default 0)",
+       minimum=0, limit=limits.CONTEXT_TOKENS, metavar="N", default=0),
+    _k("prefix_scope", "choice", "--prefix-cache-scope", _PC + ("scope",),
+       "share cached prefixes across all users (global) or only within a session", default="global",
+       choices=("global", "session")),
+    _k("prefix_capacity_prompts", "count_or_inf", "--prefix-cache-capacity-prompts", _PC + ("capacity_prompts",),
+       "prefill/full policies: prompts kept in the LRU prompt cache (default inf)", minimum=0,
+       limit=limits.CACHE_TOKENS, metavar="N|inf", default=math.inf),
+    _k("prefix_capacity_tokens", "count_or_inf", "--prefix-cache-capacity-tokens", _PC + ("capacity_tokens",),
+       "block policy: keep evictable cached blocks in a pool of N tokens (or inf: never evict) instead of in "
+       "the GPU's free KV memory (default: GPU memory bounds the cache)", minimum=0, limit=limits.CACHE_TOKENS,
+       metavar="N|inf"),
+    _k("host_memory_gb", "float", "--host-cache-gb", _PC + ("host_memory_gb",),
+       "block policy: a second cache tier in host memory per replica; blocks evicted from the GPU go there "
+       "and come back over PCIe instead of being recomputed (default 0)", minimum=0.0, limit=limits.MEMORY_GB,
+       metavar="GB", default=0.0),
+    _k("router", "name", "--router", ("serving", "router"),
+       f"{', '.join(ROUTERS[:-1])} or {ROUTERS[-1]} (default round-robin; the last two are cache-aware: a session "
+       "stays on one replica, or the replica holding the longest cached prefix among the less loaded ones)",
+       default="round-robin"),
+    _k("seed", "int", "--seed", ("seed",), "seed for the random router and synthetic workloads",
+       minimum=0, limit=limits.SEED, default=0),
+    _k("exact", "switch", "--exact", ("serving", "exact"),
+       "step every iteration instead of advancing decode runs in closed form (same results, slower)", default=False),
+)
+BY_FIELD: dict[str, Knob] = {k.field: k for k in KNOBS}
+
+
+def default(name: str) -> Any:
+    """The default of the knob ``name``."""
+    return BY_FIELD[name].default
+#: where an experiment's ``serving.prefix_cache`` options go: option name -> SimConfig field
+PREFIX_OPTION_FIELDS: dict[str, str] = {k.path[-1]: k.field for k in KNOBS
+                                        if k.path is not None and len(k.path) == 3 and k.path[:2] == _PC}
+
+_GROUP = re.compile(r"groups\[(\d+)\]\.(\w+)")
+
+
+def flag_of(location: str) -> str:
+    """An engine error's location (fields, ``a/b`` for several, ``groups[i].f``) as `kavier simulate` names it."""
+    if _GROUP.fullmatch(location):
+        return location
+    return "/".join(BY_FIELD[f].flag or f if f in BY_FIELD else f"--{f.replace('_', '-')}"
+                    for f in location.split("/"))
+
+
+def experiment_path(location: str) -> tuple:
+    """An engine error's location as the path of the experiment field that sets it."""
+    m = _GROUP.fullmatch(location)
+    if m:
+        return ("serving", "replica_groups", int(m.group(1)), m.group(2))
+    first = location.split("/")[0]
+    knob = BY_FIELD.get(first)
+    if knob is not None and knob.path is not None:
+        return knob.path
+    return ("serving",)
