@@ -1,23 +1,75 @@
 """Simulation outputs (CONTRACT.md): requests.parquet, summary.json, timeline.parquet.
 
+The columns of both tables are declared once here (:data:`REQUESTS_COLUMNS`,
+:data:`TIMELINE_COLUMNS`, as OpenDC declares its task and fragment columns). A
+:class:`SimulationOutput` holds the three outputs in memory: built from a
+simulation result, or read back from a folder; a run hands it to the OpenDC
+export, the report and the plots, so nothing is read back from disk.
+
 Outputs are staged in a hidden sibling folder and moved into place only when
 every file is complete, so a failed run never leaves a half-written result.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from kavier_opendc import __version__
 from kavier_opendc.base.atomic import staged_output, write_json_atomic, write_parquet_atomic
+from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE
 from kavier_opendc.engine.results import FINISHED, REJECTED
 from kavier_opendc.specs.profiles import profile_summary
 
 STATUS_NAMES = np.array(["pending", "finished", "rejected"])
+
+#: requests.parquet: one row per trace row: column -> (Arrow type, meaning). The last two only when the trace
+#: has sessions / samples per prompt.
+REQUESTS_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "request_id": (pa.int64(), "the trace row"),
+    "replica": (pa.int32(), "the replica the router chose"),
+    "arrival_s": (pa.float64(), "arrival time, s"),
+    "num_input_tokens": (pa.int64(), "prompt tokens"),
+    "num_output_tokens": (pa.int64(), "output tokens (per sample)"),
+    "cached_tokens": (pa.int64(), "prompt tokens served from the prefix cache"),
+    "queue_s": (pa.float64(), "arrival to first scheduled, s"),
+    "ttft_s": (pa.float64(), "time to first token, s (client's clock)"),
+    "tpot_s": (pa.float64(), "time per output token after the first, s"),
+    "e2e_s": (pa.float64(), "arrival to last token, s (client's clock)"),
+    "finish_s": (pa.float64(), "time of the last token, s (engine's clock)"),
+    "preemptions": (pa.int32(), "times the request was preempted"),
+    "status": (pa.string(), "finished | rejected"),
+    "session_id": (pa.int64(), "the trace's session (optional)"),
+    "n": (pa.int64(), "samples per prompt (optional)"),
+}
+REQUESTS_OPTIONAL = ("session_id", "n")
+#: timeline.parquet: per replica, segments of constant activity: column -> (Arrow type, meaning)
+TIMELINE_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "replica": (pa.int32(), "replica index (numbered group after group)"),
+    "start_s": (pa.float64(), "segment start, s"),
+    "end_s": (pa.float64(), "segment end, s"),
+    "gpu_utilization": (pa.float64(), "power-relevant activity 0..1"),
+    "batch_size": (pa.float64(), "mean sequences per iteration"),
+    "kv_utilization": (pa.float64(), "KV memory in use, fraction of capacity"),
+    "kv_cached": (pa.float64(), "KV memory held by cached prefixes, fraction of capacity"),
+    "prefill_tokens": (pa.int64(), "prompt tokens computed in the segment"),
+    "decode_tokens": (pa.int64(), "output tokens computed in the segment"),
+    "prefill_share": (pa.float64(), "share of the segment's tokens that are prompt tokens"),
+    "gpu": (pa.string(), "the replica's GPU type"),
+    "tp": (pa.int32(), "the replica's tensor-parallel degree"),
+    "model": (pa.string(), "the replica's model"),
+}
+#: what the OpenDC export needs of a timeline written by another version or by hand
+TIMELINE_REQUIRED = ("replica", "start_s", "end_s", "gpu_utilization")
+#: what the per-request export needs of requests.parquet
+REQUESTS_REQUIRED = ("replica", "arrival_s", "num_input_tokens", "num_output_tokens")
+FILES = ("requests.parquet", "timeline.parquet", "summary.json")
 
 
 def stats(values: np.ndarray) -> dict:
@@ -240,11 +292,83 @@ def batch_limits_origin(config: dict) -> str:
     return origin
 
 
+@dataclass
+class SimulationOutput:
+    """The three outputs of a simulation, in memory; ``folder`` is where they are (or were written)."""
+
+    summary: dict
+    requests: pa.Table | None          # None: a folder without requests.parquet (the export may not need it)
+    timeline: pa.Table
+    folder: Path | None = None
+    _frames: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_result(cls, result) -> SimulationOutput:
+        return cls(summary_dict(result), requests_table(result), timeline_table(result))
+
+    @classmethod
+    def read(cls, folder: str | Path) -> SimulationOutput:
+        """The outputs in ``folder`` (as `kavier simulate` writes them), each with a clear error when it is
+        missing or unreadable; requests.parquet may be absent."""
+        folder = Path(folder)
+        timeline = _read_table(folder / "timeline.parquet", "timeline not found")
+        requests = (_read_table(folder / "requests.parquet", "requests not found")
+                    if (folder / "requests.parquet").is_file() else None)
+        summary: Any = {}
+        sp = folder / "summary.json"
+        if sp.is_file():
+            try:
+                summary = json.loads(sp.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise KavierInputError(f"invalid JSON ({exc})", source=str(sp)) from None
+        if not isinstance(summary, dict):
+            raise KavierInputError(f"the document is {type(summary).__name__}, not an object", source=str(sp),
+                                   expected="summary.json written by `kavier simulate`")
+        return cls(summary, requests, timeline, folder)
+
+    def write(self, folder: str | Path) -> None:
+        """Write the three files into ``folder`` (staged, all or nothing)."""
+        assert self.requests is not None, "a simulation's own output has its requests"
+        with staged_output(Path(folder)) as stage:
+            write_parquet_atomic(stage / "requests.parquet", self.requests)
+            write_parquet_atomic(stage / "timeline.parquet", self.timeline)
+            write_json_atomic(stage / "summary.json", self.summary)
+        self.folder = Path(folder)
+
+    def path(self, name: str) -> str:
+        """How errors name one of the outputs: its file, or the in-memory table."""
+        return str(self.folder / name) if self.folder is not None else f"<simulation>/{name}"
+
+    def requests_frame(self):
+        """requests as a pandas DataFrame (converted once; callers must not change it)."""
+        if "requests" not in self._frames:
+            if self.requests is None:
+                raise KavierInputError("requests not found", source=self.path("requests.parquet"),
+                                       expected="a simulation output folder written by `kavier simulate`")
+            self._frames["requests"] = self.requests.to_pandas()
+        return self._frames["requests"]
+
+    def timeline_frame(self):
+        """timeline as a pandas DataFrame (converted once; callers must not change it)."""
+        if "timeline" not in self._frames:
+            self._frames["timeline"] = self.timeline.to_pandas()
+        return self._frames["timeline"]
+
+
+def _read_table(path: Path, not_found: str) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise KavierInputError(not_found, source=str(path),
+                               expected="a simulation output folder written by `kavier simulate`")
+    try:
+        return pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same input error
+        raise KavierInputError(f"cannot read Parquet ({exc})", source=str(path)) from None
+
+
 def write_simulation(result, out_dir: Path) -> dict:
-    """Write the three simulation outputs into ``out_dir`` (staged, all or nothing)."""
-    summary = summary_dict(result)
-    with staged_output(Path(out_dir)) as stage:
-        write_parquet_atomic(stage / "requests.parquet", requests_table(result))
-        write_parquet_atomic(stage / "timeline.parquet", timeline_table(result))
-        write_json_atomic(stage / "summary.json", summary)
-    return summary
+    """Write the three simulation outputs into ``out_dir`` (staged, all or nothing); returns the summary."""
+    output = SimulationOutput.from_result(result)
+    output.write(out_dir)
+    return output.summary

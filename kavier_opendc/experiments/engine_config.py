@@ -7,11 +7,13 @@ knob, in :mod:`kavier_opendc.engine.knobs`; this module only assembles them.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine import knobs
-from kavier_opendc.engine.simulator import ReplicaGroup, SimConfig
+
+if TYPE_CHECKING:
+    from kavier_opendc.engine.simulator import SimConfig
 
 #: serving.* options passed to SimConfig as they are (the prefix-cache options go through PREFIX_OPTION_FIELDS)
 _DIRECT = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization", "usage", "num_kv_blocks",
@@ -27,6 +29,10 @@ def sim_config(serving: dict, groups: list, seed: int, catalog) -> SimConfig:
     One replica group maps onto SimConfig's model/gpu/replicas/tp; several use its ``groups``. Per-group
     limits must equal the serving-wide ones when there are several groups (the engine applies one setting).
     """
+    # the engine module (numpy, the trace reader's pandas) is imported when a config is built, not when an
+    # experiment file is only checked: `kavier validate` stays quick
+    from kavier_opendc.engine.simulator import ReplicaGroup, SimConfig
+
     g0 = groups[0]
     for i, g in enumerate(groups):
         for k, v in g.limits.items():

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator
 from kavier_opendc import __version__
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
 from kavier_opendc.base.units import latencies
+from kavier_opendc.engine.outputs import SimulationOutput
 from kavier_opendc.experiments.experiment import Experiment, to_jsonable
 from kavier_opendc.experiments.run_folder import (
     clear_incomplete,
@@ -266,20 +267,16 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
 def _run_stages(exp: Experiment, out: Path, trace, cfg, st: Stages, use_opendc: bool, plots: bool, quiet: bool,
                 bridge, bridge_info, command, started, t_start, extra_inputs) -> dict:
     """The stages after the trace is loaded: simulate, export, OpenDC, report; returns the report."""
-    import pandas as pd
-
     write_experiment_copy(out, exp)
-    sim_dir = out / "simulation"
-    summary = _stage_simulate(exp, trace, cfg, sim_dir, st)
-    requests = pd.read_parquet(sim_dir / "requests.parquet")
+    output = _stage_simulate(exp, trace, cfg, out / "simulation", st)
     opendc_run = OpenDCRun(bridge_info=bridge_info)
     if use_opendc:
         odc = out / "opendc"
-        _stage_export(exp, sim_dir, summary, odc, st, opendc_run)
+        _stage_export(exp, output, odc, st, opendc_run)
         _stage_opendc(odc, out, st, bridge, opendc_run)
     with st.stage("report", "report.json, report.md" + (", plots" if plots else "")):
-        report = _stage_report(exp, out, sim_dir, summary, requests, opendc_run, st, use_opendc, plots,
-                               command, started, t_start, extra_inputs)
+        report = _stage_report(exp, out, output, opendc_run, st, use_opendc, plots, command, started, t_start,
+                               extra_inputs)
     report["provenance"]["stages_s"] = dict(st.times)
     return report
 
@@ -296,21 +293,22 @@ class OpenDCRun:
     host: Any = None                      # OpenDC's host.parquet, for the plots
 
 
-def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> dict:
-    """The serving simulation, written to ``sim_dir``; returns summary.json's content."""
-    from kavier_opendc.engine.outputs import write_simulation
+def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> SimulationOutput:
+    """The serving simulation, written to ``sim_dir``; returns its outputs (in memory, for the later stages)."""
     from kavier_opendc.engine.simulator import simulate
 
     with st.stage("simulate", exp.describe()):
         result = simulate(trace, cfg, progress=st.tty)
-        summary = write_simulation(result, sim_dir)
+        output = SimulationOutput.from_result(result)
+        output.write(sim_dir)
+        summary = output.summary
         st.say(f"      {summary['num_finished']} finished, makespan {summary['makespan_s']:.1f} s, "
                f"{summary['output_tokens_per_s']:.1f} output tok/s, TTFT "
                f"{latencies(summary['ttft_s'], ('p99',))}")
-    return summary
+    return output
 
 
-def _stage_export(exp: Experiment, sim_dir: Path, summary: dict, odc: Path, st: Stages, run: OpenDCRun) -> None:
+def _stage_export(exp: Experiment, output: SimulationOutput, odc: Path, st: Stages, run: OpenDCRun) -> None:
     """The timeline as OpenDC's workload, the datacenter as its topology, and the carbon trace."""
     from kavier_opendc.opendc.datacenter import DEFAULT_START
     from kavier_opendc.opendc.inputs import write_opendc_inputs
@@ -318,12 +316,12 @@ def _stage_export(exp: Experiment, sim_dir: Path, summary: dict, odc: Path, st: 
     with st.stage("export", "timeline -> OpenDC tasks, fragments, topology, experiment"):
         odc.mkdir(parents=True, exist_ok=True)
         start = exp.datacenter.get("start", DEFAULT_START)
-        carbon_path, run.carbon_info = carbon_trace_for(exp, odc, summary["makespan_s"], start)
+        carbon_path, run.carbon_info = carbon_trace_for(exp, odc, output.summary["makespan_s"], start)
         dc = datacenter_for(exp, carbon_path)
         run.datacenter = dc.to_dict()
         if carbon_path is None and dc.power_source.carbon_trace is not None:
             run.carbon_info = {"kind": "datacenter", "path": str(dc.power_source.carbon_trace)}
-        stats = write_opendc_inputs(sim_dir, dc, odc, **exp.export_opts)
+        stats = write_opendc_inputs(output, dc, odc, **exp.export_opts)
         st.say(f"      {stats['tasks']} task(s), {stats['fragments']} fragments from "
                f"{stats['timeline_segments']} timeline segments ({stats['mode']})")
 
@@ -360,17 +358,19 @@ def _stage_opendc(odc: Path, out: Path, st: Stages, bridge, run: OpenDCRun) -> N
                f"peak {sustainability['peak_power_w']:.0f} W, {sustainability['carbon_g']:.2f} gCO2")
 
 
-def _stage_report(exp: Experiment, out: Path, sim_dir: Path, summary: dict, requests, run: OpenDCRun, st: Stages,
+def _stage_report(exp: Experiment, out: Path, output: SimulationOutput, run: OpenDCRun, st: Stages,
                   use_opendc: bool, plots: bool, command, started, t_start, extra_inputs) -> dict:
     """Efficiency, plots and provenance; writes report.md and report.json (last) and returns the report."""
     from kavier_opendc.reports.efficiency import efficiency_report
     from kavier_opendc.reports.report import write_report
 
+    summary, requests = output.summary, output.requests_frame()
     eff = efficiency_report(summary, requests, run.sustainability, gpu_counts=exp.gpu_counts(),
                             prices=exp.prices, slo=exp.slo)
     plot_files: list[str] = []
     if plots:
-        plot_files = make_run_plots(out, requests, sim_dir, exp, run.sustainability, run.power, run.host,
+        plot_files = make_run_plots(out, requests, output.timeline_frame(), exp, run.sustainability, run.power,
+                                    run.host,
                                     run.carbon_info.get("path"))
     inputs = _input_checksums(exp, extra_inputs, run.carbon_info)
     bi = run.bridge_info or {}
@@ -428,16 +428,15 @@ def _input_checksums(exp: Experiment, extra_inputs, carbon_info: dict) -> list[d
     return inputs
 
 
-def make_run_plots(out: Path, requests, sim_dir: Path, exp: Experiment, sustainability, power, host,
+def make_run_plots(out: Path, requests, timeline, exp: Experiment, sustainability, power, host,
                    carbon_path: str | None = None) -> list[str]:
-    """All PNG plots of a run under ``out/plots``; returns paths relative to ``out``."""
-    import pandas as pd
-
+    """All PNG plots of a run under ``out/plots`` (``requests`` and ``timeline`` as DataFrames); returns paths
+    relative to ``out``."""
     from kavier_opendc.reports import plots as P
 
     d = out / "plots"
     files = [P.latency_cdfs(requests, d / "latency_cdf.png", exp.slo),
-             P.gpu_utilization(pd.read_parquet(sim_dir / "timeline.parquet"), d / "gpu_utilization.png"),
+             P.gpu_utilization(timeline, d / "gpu_utilization.png"),
              P.cache_hit_ratio(requests, d / "cache_hit_ratio.png")]
     if sustainability is not None:
         files.append(P.host_power(host, d / "power.png"))

@@ -57,7 +57,6 @@ TIMESTAMP(MILLIS, UTC) in epoch milliseconds.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -72,6 +71,7 @@ import pyarrow.parquet as pq
 
 from kavier_opendc.base.atomic import write_parquet_atomic
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.engine.outputs import REQUESTS_REQUIRED, TIMELINE_REQUIRED, SimulationOutput
 from kavier_opendc.opendc.datacenter import DEFAULT_START, Datacenter, load_datacenter
 from kavier_opendc.opendc.topology import OpenDCHost, TaskPlan, opendc_host_name, opendc_hosts, plan_replicas, same_gpu
 
@@ -103,7 +103,6 @@ FRAGMENTS_SCHEMA = pa.schema([
     pa.field("gpu_usage", pa.float64(), nullable=True),
 ])
 
-TIMELINE_REQUIRED = ("replica", "start_s", "end_s", "gpu_utilization")
 _UTIL_SLACK = 1e-6
 
 
@@ -272,6 +271,7 @@ class Simulation:
     replica_tp: list = field(default_factory=list)
     replica_model: list = field(default_factory=list)
     sim_dir: Path | None = None
+    output: SimulationOutput | None = None   # the outputs it was read from (requests for the per-request export)
 
     @property
     def gpu_types(self) -> list[str]:
@@ -353,19 +353,9 @@ def _conv_tp(x) -> int:
     return v if v is not None else -1
 
 
-def _read_output_table(path: Path, not_found: str) -> pd.DataFrame:
-    """One Parquet output of ``kavier simulate``, with a clear error when it is missing or unreadable."""
-    if not path.is_file():
-        raise KavierInputError(not_found, source=str(path),
-                               expected="a simulation output folder written by `kavier simulate`")
-    try:
-        return pq.read_table(path).to_pandas()
-    except Exception as exc:
-        raise KavierInputError(f"cannot read Parquet ({exc})", source=str(path)) from None
-
-
-def read_simulation(sim_dir: str | os.PathLike) -> Simulation:
-    """Read and check ``SIM_DIR/timeline.parquet`` and ``SIM_DIR/summary.json``.
+def read_simulation(source: str | os.PathLike | SimulationOutput) -> Simulation:
+    """Check a simulation's timeline and summary (a folder's ``timeline.parquet`` and ``summary.json``, or a
+    :class:`SimulationOutput` in memory) and describe its replicas for the export.
 
     Each replica's GPU type and tp come from summary.json's
     ``config.replica_groups`` (replicas numbered group after group), checked
@@ -373,24 +363,16 @@ def read_simulation(sim_dir: str | os.PathLike) -> Simulation:
     those columns, and for replicas without timeline rows from
     ``config.gpu``/``config.tp`` (or the one value all other replicas share).
     """
-    sim_dir = Path(sim_dir)
-    tl_path = sim_dir / "timeline.parquet"
-    src = str(tl_path)
-    tl = _read_output_table(tl_path, "timeline not found")
+    output = source if isinstance(source, SimulationOutput) else SimulationOutput.read(source)
+    sim_dir = output.folder
+    src = output.path("timeline.parquet")
+    tl = output.timeline_frame()
     missing = [c for c in TIMELINE_REQUIRED if c not in tl.columns]
     if missing:
         raise KavierInputError(f"missing column(s) {missing}", source=src,
                                expected=f"columns {list(TIMELINE_REQUIRED)} (+ gpu, tp)")
-    summary: dict = {}
-    sp = sim_dir / "summary.json"
-    if sp.is_file():
-        try:
-            summary = json.loads(sp.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise KavierInputError(f"invalid JSON ({exc})", source=str(sp)) from None
-    if not isinstance(summary, dict):
-        raise KavierInputError(f"the document is {type(summary).__name__}, not an object", source=str(sp),
-                               expected="summary.json written by `kavier simulate`")
+    summary = output.summary
+    sp = Path(output.path("summary.json"))
     cfg = summary.get("config", {}) if isinstance(summary.get("config"), dict) else {}
     for col in ("start_s", "end_s", "gpu_utilization"):
         v = tl[col].to_numpy(np.float64)
@@ -496,7 +478,7 @@ def read_simulation(sim_dir: str | os.PathLike) -> Simulation:
     kinds = {g.strip().lower() for g in r_gpu if g is not None}
     gpu = r_gpu[0] if len(kinds) == 1 and None not in r_gpu else None
     tp = r_tp[0] if len(set(r_tp)) == 1 else None
-    return Simulation(tl, summary, makespan, replicas, tp, gpu, src, r_gpu, r_tp, r_model, sim_dir)
+    return Simulation(tl, summary, makespan, replicas, tp, gpu, src, r_gpu, r_tp, r_model, sim_dir, output)
 
 
 # --------------------------------------------------------------------------
@@ -877,7 +859,6 @@ def export_with_hosts(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", t
 # Per-request export (the Kavier prototype's way, for comparison)
 # --------------------------------------------------------------------------
 
-REQUESTS_REQUIRED = ("replica", "arrival_s", "num_input_tokens", "num_output_tokens")
 
 
 def attribute_gpu_time(bounds_s, util, start_s, end_s, weight) -> tuple[np.ndarray, np.ndarray, float]:
@@ -948,9 +929,12 @@ def read_requests(sim: Simulation) -> tuple[pd.DataFrame, int]:
     """Finished requests of ``SIM_DIR/requests.parquet`` with ``replica``,
     ``arrival_s``, ``e2e_s`` and ``tokens`` (prompt tokens + output tokens x
     samples); also the number of requests left out (not finished)."""
-    path = Path(sim.sim_dir) / "requests.parquet"
-    src = str(path)
-    df = _read_output_table(path, "requests not found (needed by the per-request export)")
+    output = sim.output if sim.output is not None else SimulationOutput.read(sim.sim_dir or ".")
+    src = output.path("requests.parquet")
+    if output.requests is None:
+        raise KavierInputError("requests not found (needed by the per-request export)", source=src,
+                               expected="a simulation output folder written by `kavier simulate`")
+    df = output.requests_frame()
     missing = [c for c in REQUESTS_REQUIRED if c not in df.columns]
     if "e2e_s" not in df.columns and "finish_s" not in df.columns:
         missing.append("e2e_s (or finish_s)")
@@ -996,7 +980,7 @@ def _export_per_request(prep: _Prepared, out_dir, cpu_load_cores: float) -> dict
     req, skipped = read_requests(sim)
     if not len(req):
         raise KavierInputError("no finished request: nothing to export per request",
-                               source=str(Path(sim.sim_dir) / "requests.parquet"),
+                               source=sim.output.path("requests.parquet") if sim.output else "requests.parquet",
                                expected="at least one request with status 'finished'")
     n = len(req)
     sub = prep.sub_ms + to_ms(req["arrival_s"].to_numpy())
