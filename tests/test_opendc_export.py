@@ -20,19 +20,17 @@ from conftest import SHARED_DATA
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.opendc import carbon as C
 from kavier_opendc.opendc.datacenter import load_datacenter
-from kavier_opendc.opendc.export import (
-    FRAGMENTS_SCHEMA,
-    TASKS_SCHEMA,
+from kavier_opendc.opendc.export import FRAGMENTS_SCHEMA, TASKS_SCHEMA, export_workload
+from kavier_opendc.opendc.fragments import (
     attribute_gpu_time,
-    export_workload,
     interval_bins,
     merge_adaptive,
     merge_short,
     peak_concurrency,
-    read_simulation,
 )
 from kavier_opendc.opendc.inputs import write_opendc_inputs
 from kavier_opendc.opendc.results import read_opendc_output, run_opendc_dir
+from kavier_opendc.opendc.simulation_view import read_simulation
 from kavier_opendc.opendc.topology import opendc_hosts, plan_replicas, plan_tasks
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from kavier_opendc.engine.outputs import (
 from kavier_opendc.engine.simulator import simulate
 from kavier_opendc.experiments.experiment import load_experiment
 from kavier_opendc.experiments.pipeline import run_experiment
-from kavier_opendc.opendc.export import read_simulation
+from kavier_opendc.opendc.simulation_view import read_simulation
 from kavier_opendc.workload.trace import Trace
 from test_engine import toy
 from test_pipeline import FakeOpenDC, tiny_experiment
