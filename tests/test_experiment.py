@@ -52,10 +52,10 @@ def test_demo_experiment_is_valid():
     exp = load_experiment(DATA / "demo_experiment.yaml")
     assert exp.name == "demo-chat-llama3-8b-a100"
     assert exp.gpu_counts() == {"A100-80GB": 4}
-    assert exp.carbon["kind"] == "synthetic"
+    assert exp.carbon.kind == "synthetic"
     assert exp.prices["gpu_hour"]["A100-80GB"] > 0
-    assert exp.trace["path"] == (DATA / "demo_workload.yaml").resolve() \
-        or exp.trace["path"].name == "demo_workload.yaml"
+    assert exp.trace.path == (DATA / "demo_workload.yaml").resolve() \
+        or exp.trace.path.name == "demo_workload.yaml"
 
 
 def test_tiny_experiment_valid_and_paths_relative_to_file(tmp_path, monkeypatch):
@@ -64,7 +64,7 @@ def test_tiny_experiment_valid_and_paths_relative_to_file(tmp_path, monkeypatch)
     p = write(tmp_path / "sub", tiny_doc(trace="wl.yaml"), "exp.json")
     monkeypatch.chdir(tmp_path)  # a different working folder: the trace is found next to the experiment
     exp = load_experiment(p)
-    assert exp.trace["kind"] == "synthetic" and exp.trace["path"] == tmp_path / "sub" / "wl.yaml"
+    assert exp.trace.kind == "synthetic" and exp.trace.path == tmp_path / "sub" / "wl.yaml"
     assert [r for r, _ in exp.input_files] == ["experiment", "trace"]
 
 

@@ -145,7 +145,7 @@ def test_experiment_copy_has_absolute_paths_and_runs_from_anywhere(tmp_path):
     assert copy == rf.absolutized(exp) and exp.data["trace"] == "workload.yaml"   # the experiment is unchanged
     assert leftovers(out) == []
     again = load_experiment(out / "experiment.json", opendc=False)
-    assert again.trace["path"] == (tmp_path / "exp" / "workload.yaml").resolve()
+    assert again.trace.path == (tmp_path / "exp" / "workload.yaml").resolve()
 
 
 def test_prepare_out_dir_clears_an_earlier_run_and_refuses_other_folders(tmp_path):

@@ -116,9 +116,9 @@ def carbon_trace_for(exp: Experiment, odc_dir: Path, makespan_s: float, start: s
 
     if exp.carbon is None:
         return None, {}
-    if exp.carbon["kind"] != "synthetic":
-        return Path(exp.carbon["path"]), {"kind": exp.carbon["kind"], "path": str(exp.carbon["path"])}
-    params = dict(exp.carbon["params"])
+    if exp.carbon.kind != "synthetic":
+        return Path(str(exp.carbon.path)), {"kind": exp.carbon.kind, "path": str(exp.carbon.path)}
+    params = dict(exp.carbon.params)
     t0 = datetime.fromisoformat(start)
     midnight = t0.replace(hour=0, minute=0, second=0, microsecond=0)
     need_days = math.ceil(((t0 - midnight).total_seconds() + makespan_s) / 86400.0) + 1
@@ -232,7 +232,7 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
     # the way, no permission) before the trace is loaded
     from kavier_opendc.base.atomic import check_writable_dir
     check_writable_dir(out)
-    with st.stage("trace", exp.trace["path"].name if exp.trace["path"] is not None else "inline synthetic"):
+    with st.stage("trace", exp.trace.path.name if exp.trace.path is not None else "inline synthetic"):
         if trace is None:
             trace = load_trace_for(exp)
         st.say(f"      {len(trace)} requests, {trace.total_tokens():,} tokens ({trace.format})")
