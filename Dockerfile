@@ -34,6 +34,7 @@ RUN mvn -B -q -f opendc-bridge/pom.xml dependency:go-offline || true
 
 # 2. the package, installed as `make setup` does: pip install -e '.[test]'
 COPY pyproject.toml setup.py MANIFEST.in README.md Makefile ./
+# kavier_opendc/schemas is a symlink to ../schemas (COPY keeps it a link), so both are copied
 COPY schemas ./schemas
 COPY kavier_opendc ./kavier_opendc
 COPY opendc-bridge ./opendc-bridge
