@@ -58,7 +58,7 @@ def _run(pip_installed: dict, *args: str, timeout: float = 600) -> subprocess.Co
 
 def test_installed_package_is_not_the_checkout(pip_installed):
     proc = subprocess.run([str(pip_installed["bin"] / "python"), "-c",
-                           "import kavier_opendc.opendc.bridge as b, matplotlib; "
+                           "import kavier_opendc.opendc.jvm as b, matplotlib; "
                            "print(b.in_source_checkout(), (b.PACKAGED_BRIDGE_DIR / 'pom.xml').is_file())"],
                           capture_output=True, text=True, env=pip_installed["env"], cwd=pip_installed["root"])
     assert proc.returncode == 0, proc.stderr

@@ -5,6 +5,7 @@
     export.py      a simulation's timeline as OpenDC tasks and fragments (Parquet)
     inputs.py      every OpenDC input for one simulation, written together
     carbon.py      carbon-intensity traces
-    bridge.py      the Py4J bridge to the real OpenDC on the JVM
+    jvm.py         the JVM side: a Java >= 21, the bridge jar, its Maven build
+    bridge.py      the Py4J session with the real OpenDC on the JVM (starts the jar, runs, stops it)
     results.py     OpenDC's output as energy, power and carbon
 """
