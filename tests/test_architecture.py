@@ -120,3 +120,16 @@ def test_command_line_entry_points():
     r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "--version"], cwd=REPO, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("kavier-opendc "), r.stdout + r.stderr
+
+
+def test_every_package_docstring_lists_its_modules():
+    """Each package's docstring names every module in it, one line each, indented: ``    name.py  what``."""
+    missing = []
+    for init in sorted(PACKAGE.glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text()), clean=False) or ""
+        listed = {line.split()[0] for line in doc.splitlines()
+                  if line.startswith("    ") and line.split()[0].endswith(".py")}
+        for module in sorted(init.parent.glob("*.py")):
+            if module.name != "__init__.py" and module.name not in listed:
+                missing.append(f"{init.parent.name}/{module.name}")
+    assert not missing, "modules missing from their package's docstring: " + ", ".join(missing)
