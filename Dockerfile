@@ -1,7 +1,7 @@
 # Kavier-OpenDC in a container: Python 3.11, a Temurin JDK 21, Maven, the
 # OpenDC bridge jar and the `kavier` command. The steps mirror the README's
 # set-up (`make setup`): pip install the package with its test extra, then build
-# the bridge jar with Maven (python -m kavier_opendc.opendc.bridge build).
+# the bridge jar with Maven (python -m kavier_opendc.cli bridge build).
 #
 #   docker build -t kavier-opendc .
 #   docker run --rm -v "$PWD/experiments:/experiments" kavier-opendc \
@@ -34,14 +34,15 @@ RUN mvn -B -q -f opendc-bridge/pom.xml dependency:go-offline || true
 
 # 2. the package, installed as `make setup` does: pip install -e '.[test]'
 COPY pyproject.toml setup.py MANIFEST.in README.md Makefile ./
+# kavier_opendc/schemas is a symlink to ../schemas (COPY keeps it a link), so both are copied
 COPY schemas ./schemas
 COPY kavier_opendc ./kavier_opendc
 COPY opendc-bridge ./opendc-bridge
 RUN python -m pip install -e '.[test]'
 
 # 3. the OpenDC bridge jar, as `make bridge` does (opendc-bridge/target/kavier-opendc-bridge.jar)
-RUN python -m kavier_opendc.opendc.bridge build \
-    && python -m kavier_opendc.opendc.bridge check
+RUN python -m kavier_opendc.cli bridge build \
+    && python -m kavier_opendc.cli bridge check
 
 # Experiments are mounted here; results are written back into the mount.
 WORKDIR /experiments

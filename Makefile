@@ -14,10 +14,10 @@ setup:            ## install the package (with test extras) and build the OpenDC
 	  echo "WARNING: and 'kavier run' needs --no-opendc. A local Maven repository with OpenDC: KAVIER_OPENDC_REPO=DIR."; }
 
 bridge:           ## build the OpenDC bridge jar (OpenDC inside) with Maven on a JDK >= 21, running its JUnit tests
-	$(PYTHON) -m kavier_opendc.opendc.bridge build --with-tests
+	$(PYTHON) -m kavier_opendc.cli bridge build --with-tests
 
 bridge-lite:      ## only on request: the gateway WITHOUT OpenDC, for developing the Py4J plumbing
-	$(PYTHON) -m kavier_opendc.opendc.bridge build --lite --with-tests
+	$(PYTHON) -m kavier_opendc.cli bridge build --lite --with-tests
 
 test: setup       ## the whole test suite: the bridge's JUnit tests (in 'setup'), ruff, mypy and pytest
 	$(PYTHON) -m ruff check kavier_opendc tests bench

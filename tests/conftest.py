@@ -23,7 +23,7 @@ OPENDC_SKIP = "OpenDC unavailable"
 
 def _opendc_problem() -> str | None:
     from kavier_opendc.base.errors import KavierRuntimeError
-    from kavier_opendc.opendc.bridge import BUILD_COMMAND, find_bridge_jar, find_java, jar_flavour
+    from kavier_opendc.opendc.jvm import BUILD_COMMAND, find_bridge_jar, find_java, jar_flavour
 
     try:
         jar = find_bridge_jar()

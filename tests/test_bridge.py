@@ -25,12 +25,10 @@ from kavier_opendc.opendc.bridge import (
     OpenDCBridge,
     OpenDCBridgeError,
     OpenDCInputError,
-    find_bridge_jar,
-    find_java,
-    java_version,
     run_opendc_experiment,
     seed_output_dirs,
 )
+from kavier_opendc.opendc.jvm import find_bridge_jar, find_java, java_version
 
 CARBON_TRACE = SHARED_DATA / "carbon" / "NL_2022.parquet"
 
@@ -367,7 +365,23 @@ def test_gateway_is_local_and_needs_the_token(bridge_jar):
 
 
 def test_module_cli_check(bridge_jar):
-    proc = subprocess.run([sys.executable, "-m", "kavier_opendc.opendc.bridge", "check"],
+    proc = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "bridge", "check"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "bridge_version" in proc.stdout
+
+
+def test_cli_bridge_build_options():
+    from kavier_opendc.cli import build_parser
+
+    args = build_parser().parse_args(["bridge", "build", "--with-tests", "--lite", "--opendc-repo", "/r"])
+    assert (args.bridge_command, args.with_tests, args.lite, args.opendc_repo) == ("build", True, True, "/r")
+    assert args.func.__module__ == "kavier_opendc.cli.bridge"
+
+
+def test_old_module_command_fails_and_names_the_new_one():
+    """``python -m kavier_opendc.opendc.bridge build`` moved to ``kavier bridge``: it must not pass silently."""
+    proc = subprocess.run([sys.executable, "-m", "kavier_opendc.opendc.bridge", "build"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "kavier bridge build" in proc.stderr and "building" not in proc.stderr

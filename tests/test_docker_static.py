@@ -95,7 +95,7 @@ def test_dockerfile_mirrors_make_setup(dockerfile):
     assert any("pip install" in r and "-e" in shlex.split(r) and spec in shlex.split(r) for r in runs), (spec, runs)
     # make setup builds the bridge (via `make bridge`), whose command the Dockerfile runs too
     assert any("$(MAKE) --no-print-directory bridge" in line or "make bridge" in line for line in setup)
-    bridge_cmd = "kavier_opendc.opendc.bridge build"
+    bridge_cmd = "kavier_opendc.cli bridge build"
     assert any(bridge_cmd in line for line in make_recipe("bridge"))
     assert any(bridge_cmd in r for r in runs)
     # the package is installed before the jar is built, from the files it copies

@@ -457,11 +457,6 @@ def test_region_name_resolved(tmp_path, monkeypatch):
         load_datacenter(dc(region="YY"))
 
 
-def test_schema_copy_is_byte_identical():
-    assert (REPO / "schemas" / "datacenter.schema.json").read_bytes() == \
-        (REPO / "kavier_opendc" / "schemas" / "datacenter.schema.json").read_bytes()
-
-
 # -------------------------------------------------------------- carbon -----
 
 def test_synthetic_carbon_round_trip_and_daily_cycle(tmp_path):

@@ -25,7 +25,10 @@ def _tracked_copy(dest: Path) -> Path:
                            capture_output=True, check=True).stdout.decode().split("\0")
     for rel in filter(None, files):
         src = REPO / rel
-        if src.is_file():
+        if src.is_symlink():  # kavier_opendc/schemas -> ../schemas: a link, as git checks it out
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(src), dest / rel)
+        elif src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     return dest
@@ -55,11 +58,28 @@ def _run(pip_installed: dict, *args: str, timeout: float = 600) -> subprocess.Co
 
 def test_installed_package_is_not_the_checkout(pip_installed):
     proc = subprocess.run([str(pip_installed["bin"] / "python"), "-c",
-                           "import kavier_opendc.opendc.bridge as b, matplotlib; "
+                           "import kavier_opendc.opendc.jvm as b, matplotlib; "
                            "print(b.in_source_checkout(), (b.PACKAGED_BRIDGE_DIR / 'pom.xml').is_file())"],
                           capture_output=True, text=True, env=pip_installed["env"], cwd=pip_installed["root"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "True"]   # no checkout; the bridge's Maven project is shipped
+
+
+def test_installed_package_holds_real_schema_files(pip_installed):
+    """The wheel copies the files behind kavier_opendc/schemas -> ../schemas, every one of them."""
+    proc = subprocess.run([str(pip_installed["bin"] / "python"), "-c",
+                           "import json, pathlib; from kavier_opendc.base.validation import load_schema, schema_file; "
+                           "import kavier_opendc; pkg = pathlib.Path(kavier_opendc.__file__).parent / 'schemas'; "
+                           "names = sorted(p.name for p in pkg.iterdir()); "
+                           "print(json.dumps([pkg.is_symlink(), names, [str(schema_file(n)) for n in names], "
+                           "[load_schema(n)['$id'] for n in names]]))"],
+                          capture_output=True, text=True, env=pip_installed["env"], cwd=pip_installed["root"])
+    assert proc.returncode == 0, proc.stderr
+    is_link, names, files, ids = json.loads(proc.stdout)
+    expected = sorted(p.name for p in (REPO / "schemas").glob("*.schema.json"))
+    assert not is_link and names == expected
+    assert all("site-packages" in f for f in files)
+    assert ids == [json.loads((REPO / "schemas" / n).read_text())["$id"] for n in expected]
 
 
 def test_demo_without_a_jar_names_only_real_commands(pip_installed):

@@ -2,6 +2,9 @@
 
     errors.py      the error types and their file/row/field wording
     validation.py  JSON Schema loading and one-line problems with JSON paths
+    documents.py   safe JSON/YAML parsing (no hostile document hangs or crashes the process)
+    limits.py      the largest sizes accepted, each with its reason
     atomic.py      atomic file and folder writing
     progress.py    the progress bar (tqdm), quiet off a terminal
+    units.py       human units for printed durations
 """

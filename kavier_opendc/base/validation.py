@@ -117,7 +117,10 @@ def non_finite(data: Any, path: tuple = ()) -> list[Problem]:
 
 
 def schema_file(name: str) -> Path:
-    """A schema of ``schemas/``: the packaged copy, or the source checkout's."""
+    """A schema of ``schemas/``, through ``kavier_opendc/schemas`` (a symlink to it; real files in a wheel).
+
+    The direct path to ``schemas/`` is kept for checkouts made without symlinks (git's core.symlinks=false).
+    """
     packaged = resources.files("kavier_opendc").joinpath("schemas", name)
     if packaged.is_file():
         return Path(str(packaged))

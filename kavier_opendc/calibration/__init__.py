@@ -1,10 +1,10 @@
 """Fitting GPU efficiency profiles to measurements (``kavier calibrate``).
 
-``layouts`` reads measurement files (seven documented CSV layouts) into
-:class:`~kavier_opendc.calibration.layouts.Observation` records; ``fit``
-turns observations of one GPU into a :class:`~kavier_opendc.specs.profiles.GPUProfile`
-and reports the error of its predictions per source; ``frameworks`` and
-``load_sweep`` fit a serving framework's CPU time with the GPU profiles held
-fixed (the latter by simulating each load point with the engine). What is
-fitted is the formula the engine runs (``specs.profiles.IterationTimer``).
+    layouts.py     measurement files (the documented CSV layouts) as Observation records
+    fit.py         a GPU's profile fitted to its observations, and the error of its predictions per source
+    frameworks.py  a serving framework's CPU time per step, the GPU profiles held fixed
+    load_sweep.py  the same from load points, each simulated with the engine
+    report.py      calibrating from files: the catalogue of profiles written, the errors reported
+
+What is fitted is the formula the engine runs (``specs.profiles.IterationTimer``).
 """

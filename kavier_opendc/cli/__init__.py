@@ -10,10 +10,12 @@ arguments into calls and results into text. :func:`main` prints every
     opendc.py       kavier export-opendc, opendc
     catalog.py      kavier catalog
     calibrate.py    kavier calibrate (fit GPU profiles from measurements)
-    bridge.py       kavier bridge (build or check the OpenDC bridge jar)
+    bridge.py       kavier bridge build, check, run (the OpenDC bridge jar)
     measure.py      kavier trace, compare (measure a real deployment, compare the simulator with it)
     plan.py         kavier plan (capacity planning under latency SLOs)
     args.py         argument types shared by the groups
+    text.py         wording shared by the printed summaries
+    __main__.py     python -m kavier_opendc.cli, the same as kavier
 """
 
 from __future__ import annotations

@@ -1,20 +1,64 @@
-"""``kavier bridge build|check|run ...``: build or check the OpenDC bridge jar (the bridge's own command line)."""
+"""``kavier bridge build|check|run``: build the OpenDC bridge jar, check it, or run one OpenDC experiment.
+
+The Makefile and the Dockerfile call it as ``python -m kavier_opendc.cli bridge ...`` (no ``kavier`` on
+PATH needed).
+"""
 
 from __future__ import annotations
 
-import argparse
+import sys
+import time
+
+from kavier_opendc.opendc.jvm import OPENDC_REPO_ENV
 
 
-def cmd_bridge(args: argparse.Namespace) -> int:
-    from kavier_opendc.opendc.bridge import bridge_main
+def cmd_build(args) -> int:
+    from kavier_opendc.opendc.jvm import build_bridge_jar
 
-    return bridge_main(args.bridge_args, prog="kavier bridge")
+    t0 = time.monotonic()
+    print("building the OpenDC bridge jar with Maven (minutes the first time, while Maven downloads "
+          "OpenDC and its dependencies) ...", file=sys.stderr, flush=True)
+    jar = build_bridge_jar(run_tests=args.with_tests, lite=args.lite, quiet=not args.verbose,
+                           opendc_version=args.opendc_version, update=args.update, opendc_repo=args.opendc_repo)
+    print(f"built {jar} in {time.monotonic() - t0:.1f} s")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from kavier_opendc.opendc.bridge import OpenDCBridge
+
+    with OpenDCBridge() as bridge:
+        for k, v in bridge.info().items():
+            print(f"{k}: {v}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from kavier_opendc.opendc.bridge import run_opendc_experiment
+
+    t0 = time.monotonic()
+    out = run_opendc_experiment(args.experiment, progress=lambda f: print(f"progress {f:.0%}", file=sys.stderr))
+    print(out)
+    print(f"done in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    return 0
 
 
 def register(sub) -> None:
-    # every argument goes to the bridge's own parser (kavier bridge --help shows it)
-    b = sub.add_parser("bridge", add_help=False, prefix_chars="\0",
-                       help="build or check the OpenDC bridge jar: kavier bridge build|check|run ... "
-                            "(kavier bridge --help)")
-    b.add_argument("bridge_args", nargs=argparse.REMAINDER)
-    b.set_defaults(func=cmd_bridge)
+    b = sub.add_parser("bridge", help="build or check the OpenDC bridge jar: kavier bridge build|check|run ...",
+                       description="Build, check or run the Kavier-OpenDC bridge.")
+    actions = b.add_subparsers(dest="bridge_command", required=True, metavar="{build,check,run}")
+    build = actions.add_parser("build", help="build the bridge jar with Maven (opendc-bridge/target/ in a source "
+                                             "checkout, else the per-user data folder)")
+    build.add_argument("--with-tests", action="store_true", help="also run the bridge's JUnit tests")
+    build.add_argument("--lite", action="store_true", help="build the gateway without OpenDC")
+    build.add_argument("--opendc-version", default=None, help="OpenDC release (default: the pom's)")
+    build.add_argument("--update", action="store_true", help="mvn -U: retry downloads that failed before")
+    build.add_argument("--opendc-repo", metavar="DIR", default=None,
+                       help=f"a local Maven repository holding OpenDC's artifacts (default ${OPENDC_REPO_ENV})")
+    build.add_argument("--verbose", action="store_true", help="show Maven's output")
+    build.set_defaults(func=cmd_build)
+    check = actions.add_parser("check", help="start the bridge and print versions")
+    check.set_defaults(func=cmd_check)
+    run = actions.add_parser("run", help="run an OpenDC experiment JSON through the bridge")
+    run.add_argument("experiment")
+    run.set_defaults(func=cmd_run)

@@ -1,15 +1,19 @@
 """Input D, the serving simulation: an event loop over a router and vLLM-style replicas.
 
     simulator.py     the discrete-event loop (arrivals -> router -> replicas) and SimConfig
+    knobs.py         every serving knob declared once: its CLI flag, experiment path, bounds, help
     router.py        which replica an arriving request goes to
     replica.py       one replica's state; applies the iterations its scheduler forms
-    scheduler.py     batch formation: running requests, admission, preemption, decode runs
+    scheduler.py     batch formation: running requests, admission, preemption, decode runs (vLLM v1)
+    scheduler_v0.py  batch formation by vLLM v0's rules
     sched_output.py  what a scheduler forms: an Iteration or a DecodeRunPlan
     request_queue.py the waiting queue (first come, first served)
     decode_state.py  the decoders, held lazily against one counter
     kv_manager.py    the owner of a replica's KV blocks: allocation, release, the prefix cache over them
     kv_cache.py      the prefix cache's data structure (LRU, host tier) and the prompt cache
     cost_model.py    how long one batched forward pass takes
-    request.py       the request records; results.py the per-request results arrays
-    timeline.py      a replica's activity over time; outputs.py the Parquet/JSON outputs
+    request.py       the request records
+    results.py       the per-request results arrays
+    timeline.py      a replica's activity over time
+    outputs.py       the Parquet/JSON outputs (requests.parquet, summary.json, timeline.parquet)
 """

@@ -145,7 +145,7 @@ def datacenter_for(exp: Experiment, carbon_path: Path | None):
 
 def check_opendc_available() -> None:
     """Fail before any work when OpenDC cannot run (no jar, a lite jar, or no Java 21+)."""
-    from kavier_opendc.opendc.bridge import BUILD_COMMAND, find_bridge_jar, find_java, jar_flavour
+    from kavier_opendc.opendc.jvm import BUILD_COMMAND, find_bridge_jar, find_java, jar_flavour
 
     hint = " To get the performance report without OpenDC, add --no-opendc."
     try:

@@ -2,9 +2,12 @@
 
     datacenter.py  the datacenter description (hosts, power models, power source, battery)
     topology.py    OpenDC hosts under the 4-GPU limit, replica placement, topology/experiment JSON
-    export.py      a simulation's timeline as OpenDC tasks and fragments (Parquet)
+    simulation_view.py  a simulation's outputs as the export sees them: checked, per-replica GPU, tp and model
+    fragments.py   the export's algorithms: timeline segments -> fragments, GPU time shared among requests
+    export.py      the writer: a simulation's timeline as OpenDC tasks and fragments (Parquet)
     inputs.py      every OpenDC input for one simulation, written together
     carbon.py      carbon-intensity traces
-    bridge.py      the Py4J bridge to the real OpenDC on the JVM
+    jvm.py         the JVM side: a Java >= 21, the bridge jar, its Maven build
+    bridge.py      the Py4J session with the real OpenDC on the JVM (starts the jar, runs, stops it)
     results.py     OpenDC's output as energy, power and carbon
 """
