@@ -57,7 +57,10 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from kavier_opendc.base.errors import KavierError, KavierRuntimeError
+from kavier_opendc.experiments.experiment import load_experiment, synthetic_input_files
+from kavier_opendc.experiments.pipeline import run_experiment
 from kavier_opendc.experiments.run_folder import mark_failed_run, sha256_file
+from kavier_opendc.opendc.bridge import OpenDCBridge, OpenDCBridgeError
 
 TOPIC = "kavier-run"
 PLUGIN_NAME = "kavier-opendc-bridge"
@@ -144,7 +147,6 @@ def worker_bridge():
         if _BRIDGE is not None and not _BRIDGE.alive:
             close_worker_bridge()
         if _BRIDGE is None:
-            from kavier_opendc.opendc.bridge import OpenDCBridge
 
             bridge = OpenDCBridge()
             bridge.start()
@@ -265,8 +267,6 @@ def _announce(event: str, payload: dict, **extra) -> dict:
 def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
     """On a worker: run one experiment. Returns a plain record; with ``files`` (a remote cluster) the inputs
     are checked or mirrored here and the output folder comes back as ``archive`` (tar.gz bytes)."""
-    from kavier_opendc.experiments.experiment import load_experiment
-    from kavier_opendc.experiments.pipeline import run_experiment
 
     start = _announce("start", payload)
     out: dict[str, Any] = {"pid": start["pid"], "worker": start["worker_name"], "start": start["time"]}
@@ -282,7 +282,6 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
                              bridge_info=info, command=payload["command"])
         out.update(status="done", wall_s=res.wall_s)
     except Exception as exc:  # noqa: BLE001 - the run's failure, reported to the driver
-        from kavier_opendc.opendc.bridge import OpenDCBridgeError
 
         if isinstance(exc, OpenDCBridgeError):
             close_worker_bridge()  # a fresh JVM for the next run
@@ -303,7 +302,6 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
 
 def input_files(task: RunTask) -> list[Path]:
     """Every file a run reads (each once): the experiment's inputs and the files a synthetic workload names."""
-    from kavier_opendc.experiments.experiment import load_experiment, synthetic_input_files
 
     exp = load_experiment(task.document, base_dir=task.base_dir, source=task.source, opendc=task.opendc)
     seen: dict[str, Path] = {}

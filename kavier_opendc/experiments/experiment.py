@@ -49,7 +49,12 @@ from kavier_opendc.base.validation import (
     schema_validator,
 )
 from kavier_opendc.engine import knobs
+from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel
+from kavier_opendc.engine.router import normalise_router
 from kavier_opendc.experiments.engine_config import GROUP_LIMIT_KEYS, sim_config
+from kavier_opendc.opendc import topology as T
+from kavier_opendc.opendc.datacenter import load_datacenter
+from kavier_opendc.specs import default_catalog, load_catalog_file
 
 SCHEMA_FILE = "experiment.schema.json"
 _PREFIX = knobs.BY_FIELD["prefix_cache"]
@@ -323,7 +328,6 @@ def _engine_problems(norm: dict, groups: list[GroupSpec], seed: int, catalog) ->
 
 def _catalog(data: dict, base: Path, problems: list[Problem], inputs: list):
     """The built-in catalogue extended by the experiment's ``catalog`` files."""
-    from kavier_opendc.specs import default_catalog, load_catalog_file
 
     cat = default_catalog()
     for i, f in enumerate(data.get("catalog") or []):
@@ -367,7 +371,6 @@ def _serving(serving: dict, problems: list[Problem], catalog) -> dict:
         else:
             norm["framework"] = norm["framework"].strip().lower()
     if isinstance(norm["router"], str):
-        from kavier_opendc.engine.router import normalise_router
         try:
             norm["router"] = normalise_router(norm["router"])
         except KavierInputError as exc:
@@ -379,7 +382,6 @@ def _check_kv_room(norm: dict, groups: list[GroupSpec], problems: list[Problem],
     """KV memory: does each group's model leave room for a KV cache on its GPUs?"""
     if not norm["kv_cache"] or norm["num_kv_blocks"] is not None:
         return
-    from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel
     for g in groups:
         lim = {**{k: norm[k] for k in GROUP_LIMIT_KEYS}, **dict(g.limits)}
         try:
@@ -608,8 +610,6 @@ def _carbon(cv: Any, base: Path, data: dict, problems: list[Problem], inputs: li
 
 def _datacenter(dc: dict, dc_base: Path, dc_source: str, exp_source: str, cat, groups: list[GroupSpec],
                 carbon_override: bool, enabled: bool, export_opts: dict, inputs: list) -> list[Problem]:
-    from kavier_opendc.opendc import topology as T
-    from kavier_opendc.opendc.datacenter import load_datacenter
 
     prefix: tuple = ("datacenter",)
     if not isinstance(dc, dict):

@@ -34,10 +34,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kavier_opendc import __version__
+from kavier_opendc.base.atomic import check_writable_dir
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
+from kavier_opendc.base.progress import Progress
 from kavier_opendc.base.units import latencies
 from kavier_opendc.engine.outputs import SimulationOutput
-from kavier_opendc.experiments.experiment import Experiment, to_jsonable
+from kavier_opendc.engine.simulator import simulate
+from kavier_opendc.experiments.experiment import Experiment, load_trace_for, synthetic_input_files, to_jsonable
 from kavier_opendc.experiments.run_folder import (
     clear_incomplete,
     mark_incomplete,
@@ -45,6 +48,13 @@ from kavier_opendc.experiments.run_folder import (
     sha256_file,
     write_experiment_copy,
 )
+from kavier_opendc.opendc.bridge import OpenDCBridge
+from kavier_opendc.opendc.datacenter import DEFAULT_START, load_datacenter
+from kavier_opendc.opendc.inputs import write_opendc_inputs
+from kavier_opendc.opendc.jvm import BUILD_COMMAND, find_bridge_jar, find_java, jar_flavour
+from kavier_opendc.opendc.results import run_opendc_dir, sustainability_record
+from kavier_opendc.reports.efficiency import efficiency_report
+from kavier_opendc.reports.report import write_report
 
 # --------------------------------------------------------------------------
 # Progress per stage
@@ -81,7 +91,6 @@ class Stages:
         self.current = None
 
     def bar(self, label: str):
-        from kavier_opendc.base.progress import Progress
 
         p = Progress(1.0, f"      {label}", enabled=self.tty, stream=self.stream)
 
@@ -133,7 +142,6 @@ def datacenter_for(exp: Experiment, carbon_path: Path | None):
     """The validated :class:`Datacenter`, with the experiment's carbon trace."""
     import copy
 
-    from kavier_opendc.opendc.datacenter import load_datacenter
 
     dc = copy.deepcopy(exp.datacenter)
     if carbon_path is not None:
@@ -145,7 +153,6 @@ def datacenter_for(exp: Experiment, carbon_path: Path | None):
 
 def check_opendc_available() -> None:
     """Fail before any work when OpenDC cannot run (no jar, a lite jar, or no Java 21+)."""
-    from kavier_opendc.opendc.jvm import BUILD_COMMAND, find_bridge_jar, find_java, jar_flavour
 
     hint = " To get the performance report without OpenDC, add --no-opendc."
     try:
@@ -210,7 +217,6 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
     run; ``trace``: an already loaded trace (else it is loaded here, before the
     output folder is touched).
     """
-    from kavier_opendc.experiments.experiment import load_trace_for, synthetic_input_files
 
     t_start = time.perf_counter()
     started = _utc_now()
@@ -230,7 +236,6 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
         print(f"kavier: warning: {warning}", file=sys.stderr)
     # input errors first, before the output folder is touched; the folder's own problems (a file in
     # the way, no permission) before the trace is loaded
-    from kavier_opendc.base.atomic import check_writable_dir
     check_writable_dir(out)
     with st.stage("trace", exp.trace.path.name if exp.trace.path is not None else "inline synthetic"):
         if trace is None:
@@ -295,7 +300,6 @@ class OpenDCRun:
 
 def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> SimulationOutput:
     """The serving simulation, written to ``sim_dir``; returns its outputs (in memory, for the later stages)."""
-    from kavier_opendc.engine.simulator import simulate
 
     with st.stage("simulate", exp.describe()):
         result = simulate(trace, cfg, progress=st.tty)
@@ -310,8 +314,6 @@ def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> S
 
 def _stage_export(exp: Experiment, output: SimulationOutput, odc: Path, st: Stages, run: OpenDCRun) -> None:
     """The timeline as OpenDC's workload, the datacenter as its topology, and the carbon trace."""
-    from kavier_opendc.opendc.datacenter import DEFAULT_START
-    from kavier_opendc.opendc.inputs import write_opendc_inputs
 
     with st.stage("export", "timeline -> OpenDC tasks, fragments, topology, experiment"):
         odc.mkdir(parents=True, exist_ok=True)
@@ -330,12 +332,10 @@ def _stage_opendc(odc: Path, out: Path, st: Stages, bridge, run: OpenDCRun) -> N
     """OpenDC on the exported inputs, through ``bridge`` or a bridge started (and closed) here."""
     import pandas as pd
 
-    from kavier_opendc.opendc.results import run_opendc_dir, sustainability_record
 
     with st.stage("opendc", "running OpenDC through the bridge"):
         own = bridge is None
         if own:
-            from kavier_opendc.opendc.bridge import OpenDCBridge
             bridge = OpenDCBridge(cwd=odc)
             bridge.start()
         try:
@@ -361,8 +361,6 @@ def _stage_opendc(odc: Path, out: Path, st: Stages, bridge, run: OpenDCRun) -> N
 def _stage_report(exp: Experiment, out: Path, output: SimulationOutput, run: OpenDCRun, st: Stages,
                   use_opendc: bool, plots: bool, command, started, t_start, extra_inputs) -> dict:
     """Efficiency, plots and provenance; writes report.md and report.json (last) and returns the report."""
-    from kavier_opendc.reports.efficiency import efficiency_report
-    from kavier_opendc.reports.report import write_report
 
     summary, requests = output.summary, output.requests_frame()
     eff = efficiency_report(summary, requests, run.sustainability, gpu_counts=exp.gpu_counts(),

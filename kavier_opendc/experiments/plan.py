@@ -43,7 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kavier_opendc.base.atomic import atomic_write_text, check_writable_dir, write_json_atomic
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.experiments.executor import RunExecutor, RunTask
+from kavier_opendc.experiments.experiment import load_experiment
+from kavier_opendc.experiments.pipeline import check_opendc_available
 from kavier_opendc.experiments.plan_file import OBJECTIVES, SLO, Plan, Shape, shape_problems, traffic_at
 from kavier_opendc.experiments.run_folder import absolutized, clear_done, config_hash, mark_done, run_is_done
 from kavier_opendc.experiments.sweep import report_row
@@ -150,8 +154,6 @@ class PlanRuns:
 
     def ask(self, token: Any, shape: Shape, units: int, opendc: bool, rate: float | None = None) -> None:
         """Request a run; its evaluation comes back from :meth:`next` with ``token``."""
-        from kavier_opendc.experiments.executor import RunTask
-        from kavier_opendc.experiments.experiment import load_experiment
 
         traffic = self.traffic(rate)
         doc = self.plan.experiment(shape, units, traffic, opendc=opendc)
@@ -167,7 +169,6 @@ class PlanRuns:
             self._ready.append((token, self._evaluate(key, rid, "done", "")))
             return
         if self.executor is None:
-            from kavier_opendc.experiments.executor import RunExecutor
 
             self.executor = RunExecutor(jobs=self.jobs, scheduler=self.scheduler, log=self.log, say=self.say,
                                         prestart_opendc=opendc)
@@ -197,7 +198,6 @@ class PlanRuns:
         return token, ev
 
     def _evaluate(self, key: tuple, rid: str, status: str, error: str) -> Evaluation:
-        from kavier_opendc.experiments.experiment import load_experiment
 
         shape, units, opendc, rate = key
         ev = Evaluation(shape, units, opendc, rid, status, rate=rate)
@@ -342,8 +342,6 @@ def run_plan(plan: Plan, out: Path, *, jobs: int = 2, scheduler: str | None = No
              objective: str | dict | None = None, quiet: bool = False, run_plots: bool = False,
              command: str = "kavier plan") -> PlanResult:
     """Search the plan's candidates (see the module docstring); write the outputs into ``out``."""
-    from kavier_opendc.base.atomic import check_writable_dir
-    from kavier_opendc.experiments.pipeline import check_opendc_available
 
     t0 = time.perf_counter()
     objective = objective or plan.objective
@@ -516,7 +514,6 @@ def write_plan_outputs(plan: Plan, out: Path, summary: dict, runs: PlanRuns) -> 
     """plan.json, plan.md, candidates.csv/.md, evaluations.csv, front.csv and plots; returns the summary text."""
     import pandas as pd
 
-    from kavier_opendc.base.atomic import atomic_write_text, write_json_atomic
     from kavier_opendc.reports import plots as P
 
     shapes = pd.DataFrame(summary["shapes"])
@@ -572,7 +569,6 @@ def run_max_rate(plan: Plan, out: Path, *, jobs: int = 1, scheduler: str | None 
                  run_plots: bool = False, command: str = "kavier plan --max-rate") -> PlanResult:
     """The highest arrival rate at which one shape at a fixed replica count meets the SLOs (no OpenDC: latency
     does not depend on it)."""
-    from kavier_opendc.base.atomic import atomic_write_text, check_writable_dir, write_json_atomic
 
     t0 = time.perf_counter()
     if len(plan.shapes) != 1:

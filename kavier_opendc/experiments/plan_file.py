@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kavier_opendc.base.atomic import atomic_write_text
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import json_path, schema_validator
 from kavier_opendc.experiments.experiment import (
@@ -313,7 +314,6 @@ def traffic_at(plan: Plan, rate: float | None, folder: Path) -> Path:
         out = folder / f"{plan.workload.stem}-rate{tag}.yaml"
         import yaml
 
-        from kavier_opendc.base.atomic import atomic_write_text
 
         atomic_write_text(out, yaml.safe_dump(spec, sort_keys=False))
         return out

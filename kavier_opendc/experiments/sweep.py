@@ -42,8 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from kavier_opendc.base import limits
+from kavier_opendc.base.atomic import atomic_write_text, check_writable_dir, write_json_atomic
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import json_path, schema_validator
+from kavier_opendc.experiments.executor import RunExecutor, RunTask
 from kavier_opendc.experiments.experiment import (
     experiment_problems,
     raise_problems,
@@ -51,6 +53,7 @@ from kavier_opendc.experiments.experiment import (
     schema_problems,
     with_overrides,
 )
+from kavier_opendc.experiments.pipeline import check_opendc_available
 from kavier_opendc.experiments.run_folder import (
     absolutized,
     clear_done,
@@ -61,6 +64,7 @@ from kavier_opendc.experiments.run_folder import (
     mark_incomplete,
     run_is_done,
 )
+from kavier_opendc.reports.report import fmt
 
 SCHEMA_FILE = "sweep.schema.json"
 LOG = "sweep_log.jsonl"
@@ -262,8 +266,6 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
     or the existing one whose scheduler listens at ``scheduler`` (``tcp://HOST:PORT``)."""
     import sys
 
-    from kavier_opendc.base.atomic import check_writable_dir, write_json_atomic
-    from kavier_opendc.experiments.pipeline import check_opendc_available
 
     out = Path(out)
     check_writable_dir(out)
@@ -295,7 +297,6 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
     say(f"sweep {sweep.name}: {len(sweep.runs)} configurations, {len(skipped)} already done, "
         f"{len(todo)} to run {where}")
     if todo:
-        from kavier_opendc.experiments.executor import RunExecutor, RunTask
 
         def log(**rec) -> None:
             _log(out, **rec)
@@ -340,7 +341,6 @@ def _begin_sweep(out: Path) -> None:
 
 def _end_sweep(out: Path, res: SweepResult) -> None:
     """sweep.json says complete and the INCOMPLETE marker goes only when no run failed."""
-    from kavier_opendc.base.atomic import write_json_atomic
 
     if res.failed:
         mark_incomplete(out, f"kavier sweep finished with {res.failed} failed run(s); rerun it to "
@@ -404,7 +404,6 @@ def comparison_table(sweep: Sweep, out: Path):
 
 
 def _fmt(v: Any) -> str:
-    from kavier_opendc.reports.report import fmt
     if isinstance(v, float) and math.isnan(v):
         return "n/a"
     return fmt(v)
@@ -412,7 +411,6 @@ def _fmt(v: Any) -> str:
 
 def write_comparison(sweep: Sweep, out: Path, table) -> None:
     """comparison.csv (every column), comparison.md (the key ones) and plots."""
-    from kavier_opendc.base.atomic import atomic_write_text
     from kavier_opendc.reports import plots as P
 
     tmp = out / ".comparison.csv.tmp"
