@@ -11,16 +11,18 @@ submitted together; ../shared/data/calibration/README.md), on this same grid
 of GPUs, models, lengths and batches. In the simulator that engine is the
 framework ``vllm-0.5-offline`` (specs/frameworks.yaml), whose CPU time per
 step (0.7-1.6 ms + 75-77 us per running sequence at TP 1) was fitted on
-Argonne's batch latencies of the same runs (its simulated times are within
-4 % of them). Every row is simulated under it, so the activity is that of the
+Argonne's batch latencies (the simulated batches of these 16 configurations
+are 3.1 % off Argonne's latencies on average, 7.0 % at worst: printed beside
+each row). Every row is simulated under it, so the activity is that of the
 run whose power was measured.
 
 How the CPU time counts: as GPU idle. It is part of each iteration's duration
 and carries none of its FLOPs or bytes, so an iteration's activity is diluted
 by it (power at the idle level for that share). The data supports that: on
-the H100, where the CPU time is 21-34 % of every step, a fitted power level in
+the H100, where the CPU time is 20-34 % of each run, a fitted power level in
 the gaps comes out at the idle level (``--gaps``: -0.12 of the idle-to-maximum
-span, i.e. none); the A100-40GB's gaps (5-16 %) are too short to tell.
+span, i.e. none above idle); the A100-40GB's gaps (5-16 %) are too short to
+tell (its fitted level, -5.6, is no power level at all).
 
 The activity of an iteration is w_c x (achieved / peak FLOP/s) + w_m x
 (weight bytes / peak bandwidth) + w_kv x (KV-cache bytes / peak bandwidth),
@@ -60,6 +62,8 @@ from kavier_opendc.workload.trace import Trace
 DATA = (Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
         / "measurements" / "gpu_power_vllm_batch.csv")
 MODEL_NAMES = {"Llama-2-7b-hf": "Llama-2-7B", "Meta-Llama-3-8B": "Llama-3-8B"}
+# Argonne's batch latencies of the same grid: the timing of the runs whose power was measured
+LATENCY = DATA.parents[1] / "calibration" / "argonne_vllm_batch_latency.csv"
 # the simulator's framework for the engine that produced the file's rows (see the module doc)
 FRAMEWORK = "vllm-0.5-offline"
 WEIGHT_NAMES = ("power_compute_weight", "power_memory_weight", "power_kv_weight")
@@ -112,8 +116,23 @@ def simulated_power(row: dict, weights: tuple[float, ...] | None = None, catalog
     activity weights; ``catalog`` (default: the built-in one) gives the GPU
     and its profile.
     """
+    return simulated_run(row, weights, catalog)[0]
+
+
+def simulated_run(row: dict, weights: tuple[float, ...] | None = None, catalog=None) -> tuple[float, float]:
+    """(average GPU power in W, duration of the batch in s) of one measurement row as simulated."""
     gpu, res = _simulate_row(row, weights, catalog)
-    return gpu.idle_power_w + (gpu.max_power_w - gpu.idle_power_w) * _mean_activity(res)
+    return gpu.idle_power_w + (gpu.max_power_w - gpu.idle_power_w) * _mean_activity(res), float(res.makespan_s)
+
+
+def measured_latencies(path: Path = LATENCY) -> dict[tuple[str, str, int], float]:
+    """Argonne's batch latencies (s) of the same runs' grid, TP 1 and 1024 tokens in and out, by
+    (GPU, catalogue model, batch); empty when the file is absent."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as fh:
+        return {(r["gpu"], r["model"], int(r["batch_size"])): float(r["latency_s"]) for r in csv.DictReader(fh)
+                if r["tp"] == "1" and r["in_out_tokens"] == "1024"}
 
 
 def activity_parts(row: dict, catalog=None) -> tuple[np.ndarray, np.ndarray]:
@@ -193,21 +212,27 @@ def fit_weights(rows: list[dict], catalog=None) -> dict[str, tuple[float, float,
 
 
 def evaluate(rows: list[dict], weights: tuple[float, ...] | None = None) -> tuple[float, list[tuple]]:
+    """Power MAPE (%) and per row (GPU, model, batch, measured W, simulated W, error %, simulated s,
+    Argonne's measured batch latency s or nan)."""
+    cat = default_catalog()
+    lat = measured_latencies()
     table = []
     for r in rows:
-        p = simulated_power(r, weights)
+        p, t = simulated_run(r, weights)
         m = float(r["avg_power_w"])
-        table.append((r["gpu"], r["model"], int(r["batch_size"]), m, p, 100 * (p - m) / m))
+        key = (cat.gpu(r["gpu"]).name, cat.model(MODEL_NAMES.get(r["model"], r["model"])).name, int(r["batch_size"]))
+        table.append((r["gpu"], r["model"], int(r["batch_size"]), m, p, 100 * (p - m) / m, t,
+                      lat.get(key, float("nan"))))
     return float(np.mean([abs(t[5]) for t in table])), table
 
 
-def gap_level(rows: list[dict], catalog=None) -> tuple[tuple[float, ...], float]:
+def gap_level(rows: list[dict], catalog=None) -> tuple[tuple[float, ...], float, list[float]]:
     """Least squares of the measured activity on (compute, weight bytes, KV bytes, CPU-gap share).
 
     The gap share of a row is the framework's CPU time (fixed per step and per
     running sequence) over the run's duration; its coefficient is the power
     level of the gaps as a fraction of the idle-to-maximum span (0: idle).
-    Returns the four coefficients and the fit's mean relative error.
+    Returns the four coefficients, the fit's mean relative error and the rows' gap shares.
     """
     cat = catalog or default_catalog()
     feats, target = [], []
@@ -224,7 +249,7 @@ def gap_level(rows: list[dict], catalog=None) -> tuple[tuple[float, ...], float]
         target.append((float(r["avg_power_w"]) - gpu.idle_power_w) / (gpu.max_power_w - gpu.idle_power_w))
     a, y = np.array(feats), np.array(target)
     coef = np.linalg.lstsq(a, y, rcond=None)[0]
-    return tuple(float(c) for c in coef), float(np.mean(np.abs(a @ coef - y) / y))
+    return tuple(float(c) for c in coef), float(np.mean(np.abs(a @ coef - y) / y)), [float(g) for g in a[:, 3]]
 
 
 def saturated_decode_power(gpu_name: str, model_name: str = "Llama-3-8B", catalog=None,
@@ -324,19 +349,24 @@ def main(argv: list[str] | None = None) -> int:
                   f"KV bytes {p.power_kv_weight}")
     else:
         print(f"weights (all GPUs): compute {weights[0]}, weight bytes {weights[1]}, KV bytes {weights[2]}")
-    print("| GPU | model | batch | measured W | simulated W | err % |")
-    print("|---|---|---:|---:|---:|---:|")
-    for g, m, b, meas, sim, err in table:
-        print(f"| {g} | {m} | {b} | {meas:.1f} | {sim:.1f} | {err:+.1f} |")
+    print("| GPU | model | batch | measured W | simulated W | err % | simulated s | Argonne's latency s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for g, m, b, meas, sim, err, t_sim, t_meas in table:
+        print(f"| {g} | {m} | {b} | {meas:.1f} | {sim:.1f} | {err:+.1f} | {t_sim:.2f} | {t_meas:.2f} |")
     print(f"power MAPE {mape:.2f}%")
+    terr = [abs(t[6] - t[7]) / t[7] for t in table if t[7] == t[7]]
+    if terr:
+        print(f"batch duration against Argonne's latency of the same configuration: mean error "
+              f"{100 * np.mean(terr):.1f} %, worst {100 * max(terr):.1f} % ({len(terr)} rows)")
     for name in sorted({cat.gpu(r["gpu"]).name for r in rows}):
         errs = [abs(t[5]) for t in table if cat.gpu(t[0]).name == name]
         print(f"  {name}: MAPE {np.mean(errs):.2f}% over {len(errs)} rows, worst {max(errs):.1f}%")
     if args.gaps:
         for name in sorted({cat.gpu(r["gpu"]).name for r in rows}):
-            coef, err = gap_level([r for r in rows if cat.gpu(r["gpu"]).name == name], cat)
-            print(f"{name}: activity = {coef[0]:.3f} compute + {coef[1]:.3f} weight bytes + {coef[2]:.3f} KV bytes "
-                  f"+ {coef[3]:+.3f} x CPU-gap share (least squares, mean error {100 * err:.1f} %)")
+            coef, err, shares = gap_level([r for r in rows if cat.gpu(r["gpu"]).name == name], cat)
+            print(f"{name}: CPU time {100 * min(shares):.0f}-{100 * max(shares):.0f} % of the run; activity = "
+                  f"{coef[0]:.3f} compute + {coef[1]:.3f} weight bytes + {coef[2]:.3f} KV bytes "
+                  f"{coef[3]:+.3f} x CPU-gap share (least squares, mean error {100 * err:.1f} %)")
     if args.tied:
         for name in sorted({cat.gpu(r["gpu"]).name for r in rows}):
             sub = [r for r in rows if cat.gpu(r["gpu"]).name == name]
@@ -364,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {s['gpu']}: {s['steady_w']:.0f} W while all decode ({100 * s['steady_w'] / s['max_w']:.1f} % of "
               f"its {s['max_w']:.0f} W maximum; activity {s['steady_activity']:.2f} before the cap at 1), "
               f"{s['run_w']:.0f} W over the run, {s['preemptions']} preemptions")
+    by_batch = [(b, saturated_decode_power("H100-SXM", catalog=cat, shape=(b, prompt, out))["steady_w"])
+                for b in (1, 16, 64, 128, 256)]
+    print("  H100-SXM by batch: " + ", ".join(f"{b} sequences {w:.0f} W" for b, w in by_batch))
     return 0
 
 
