@@ -81,13 +81,15 @@ def with_power_weights(profiles: list, base: Catalog) -> list:
         return profiles
     cat = base.merged(Catalog(profiles=profiles))
     weights = power.fit_weights(power.load_rows(), cat)
+    data = (f"gpu_power_vllm_batch.csv (Argonne, vLLM 0.5-0.6 offline) simulated as {power.FRAMEWORK}, CPU time "
+            "per step as GPU idle (bench/calibrate_power.py)")
     out = []
     for p in profiles:
-        wc, wm = weights.get(p.gpu, weights["*"])
-        how = (f"fitted on measured power of {p.gpu} (gpu_power_vllm_batch.csv, bench/calibrate_power.py)"
-               if p.gpu in weights else "fitted on all GPUs of gpu_power_vllm_batch.csv (no power data of this GPU)")
-        prov = {**p.provenance, "power_compute_weight": how, "power_memory_weight": how}
-        out.append(dataclasses.replace(p, power_compute_weight=wc, power_memory_weight=wm, provenance=prov))
+        triple = weights.get(p.gpu, weights["*"])
+        how = (f"fitted on measured power of {p.gpu}: {data}" if p.gpu in weights
+               else f"fitted on all GPUs' measured power (none of this GPU): {data}")
+        prov = {**p.provenance, **{name: how for name in power.WEIGHT_NAMES}}
+        out.append(dataclasses.replace(p, provenance=prov, **dict(zip(power.WEIGHT_NAMES, triple, strict=True))))
     return out
 
 

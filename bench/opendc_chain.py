@@ -4,7 +4,8 @@ Two measurements, each run through the `kavier` command line exactly as a user w
 
   power      Each row of ../shared/data/measurements/gpu_power_vllm_batch.csv (average GPU power of vLLM
              serving a batch of identical 1024/1024-token requests, Argonne LLM-Inference-Bench) becomes an
-             experiment on a one-GPU host with the catalogue's GPU power model; `kavier run` simulates it,
+             experiment on a one-GPU host with the catalogue's GPU power model and the framework of the
+             engine that ran it (vllm-0.5-offline, as bench/calibrate_power.py); `kavier run` simulates it,
              exports the timeline, runs OpenDC and reads the GPU's average power back. Prints the error per
              row and the MAPE per GPU.
   fragments  The Azure conversation trace on 2 replicas: fragment count of the adaptive export vs a 0.1 s
@@ -34,6 +35,8 @@ POWER_CSV = SHARED / "measurements" / "gpu_power_vllm_batch.csv"
 AZURE_CONV = SHARED / "traces" / "azure_llm_2023_conv.csv"
 MODEL_NAMES = {"Llama-2-7b-hf": "Llama-2-7B", "Meta-Llama-3-8B": "Llama-3-8B"}
 GPU_NAMES = {"H100": "H100-SXM"}
+# the framework of the engine that produced the power rows (vLLM 0.5-0.6 offline), as bench/calibrate_power.py
+POWER_FRAMEWORK = "vllm-0.5-offline"
 
 
 def kavier(*args: str) -> subprocess.CompletedProcess:
@@ -54,7 +57,8 @@ def one_gpu_experiment(row: dict, work: Path) -> Path:
                      + "".join(f"0,{n_in},{n_out}\n" for _ in range(b)))
     exp = {
         "name": name, "model": MODEL_NAMES[row["model"]], "gpu": gpu, "trace": trace.name,
-        "serving": {"replicas": 1, "tp": 1, "max_num_seqs": max(b, 1), "kv_cache": "on"},
+        "serving": {"replicas": 1, "tp": 1, "max_num_seqs": max(b, 1), "kv_cache": "on",
+                    "framework": POWER_FRAMEWORK},
         "datacenter": {
             "name": "bench", "export_interval_s": 1,
             "hosts": [{"name": "node", "count": 1, "gpus_per_host": 1,

@@ -23,18 +23,35 @@ of the same architecture when a GPU has none); see ``specs/profiles.py``.
 The *power-relevant activity* of an iteration, used as ``gpu_utilization`` in
 the timeline that OpenDC turns into watts, is
 
-    u = min(1, w_c * F / (T * peak_flops * t_iter) + w_m * B / (T * mem_bandwidth * t_iter))
+    u = min(1, (w_c * F / (T * peak_flops) + (w_m * B_w + w_kv * B_kv) / (T * mem_bandwidth)) / t_iter)
 
 with F its FLOPs (2 x active parameters per token + 4 L H_q d_head per
-attended pair) and B its HBM bytes (weights read once + KV read and
-written): achieved FLOP/s and achieved bytes/s, each relative to the
-datasheet peak, weighted by how much power each draws. The weights w_c and
-w_m are the profile's ``power_compute_weight`` / ``power_memory_weight``,
-fitted on measured GPU power of vLLM serving (Argonne LLM-Inference-Bench:
-A100-40GB and H100, Llama-2-7B and Llama-3-8B, batch 1-64) per GPU where
-measured and over all rows for the other GPUs (``bench/build_profiles.py``
-with ``bench/calibrate_power.py``): 7.6 % mean absolute error on those 16
+attended pair), B_w the weight bytes it reads and B_kv the KV-cache bytes it
+reads and writes: achieved FLOP/s and achieved bytes/s, each relative to the
+datasheet peak, weighted by how much power each draws. The framework's CPU
+time per step is part of t_iter with no work in it, so it counts as GPU idle.
+The weights are the profile's ``power_compute_weight``, ``power_memory_weight``
+(weight bytes) and ``power_kv_weight`` (KV bytes), fitted on measured GPU
+power of vLLM 0.5-0.6 run offline (Argonne LLM-Inference-Bench: A100-40GB
+and H100, Llama-2-7B and Llama-3-8B, batch 1-64), each row simulated under
+that engine's framework (``vllm-0.5-offline``), per GPU where measured and
+over all rows for the other GPUs (``bench/build_profiles.py`` with
+``bench/calibrate_power.py``): 1.6 % mean absolute error on those 16
 measurements with a linear power model between idle and maximum power.
+
+Why a KV byte weighs more than a weight byte (1.33 on the A100-40GB and 1.37
+on the H100, against 0.71 and 0.80: fitted apart, alike): Llama-2-7B (32 KV
+heads, 4 x the KV bytes per token of Llama-3-8B's 8) draws up to 140 W more
+than Llama-3-8B at the same batch. With one weight for all bytes
+(``calibrate_power.py --tied``) the fit can follow the rise of power with the
+batch only through the compute weight (2.5-3.3: a GEMM would reach the power
+limit at a third of its peak FLOP/s) and still leaves the Llama-2-7B rows at
+batch 16-64 12-22 % low. A plausible reason: weights are streamed in bulk
+tile copies into GEMMs shared by the whole batch, while decode attention
+gathers the KV cache block by block through the block table, with its dot
+products, softmax and rescaling on every byte read. With these weights a
+compute-bound GEMM (0.8 of peak) or a KV-bound decode reaches the power
+limit, as GPUs do, and weight streaming alone (batch 1) about half of it.
 """
 
 from __future__ import annotations
@@ -102,7 +119,10 @@ class CostModel:
         self.kv_bytes_per_token = self.kv_bytes_per_token_gpu * tp  # over the whole group
         self.weight_bytes = model.weight_bytes
         self._peak, self._bw = timer.peak, timer.bw
-        self._w_c, self._w_m = profile.power_compute_weight, profile.power_memory_weight
+        # power-relevant activity per FLOP, per weight byte and per KV byte (see the module doc)
+        self._u_flop = profile.power_compute_weight / timer.peak
+        self._u_wbyte = profile.power_memory_weight / timer.bw
+        self._u_kvbyte = profile.power_kv_weight / timer.bw
         # Seconds per unit of attention work, per replica (all TP GPUs together).
         self.s_per_attn_pair = timer.s_per_attn_pair
         self.s_per_kv_byte = timer.s_per_kv_byte
@@ -164,8 +184,8 @@ class CostModel:
         return t
 
     def iteration(self, n_tokens: int, attn_pairs: float, kv_read_tokens: float,
-                  n_seqs: int | None = None) -> tuple[float, float, float]:
-        """Time (s), FLOPs and bytes of one iteration (whole replica).
+                  n_seqs: int | None = None) -> tuple[float, float, float, float]:
+        """Time (s), FLOPs, weight bytes and KV-cache bytes of one iteration (whole replica).
 
         ``n_seqs`` is the number of sequences in the batch (decodes plus
         prefill chunks); unknown (None) counts every token as one.
@@ -182,14 +202,14 @@ class CostModel:
         t = body + seq + attn_pairs * self.s_per_attn_pair + kv_tokens * self.s_per_kv_token
         flops = n_tokens * self.flops_per_lin_token + attn_pairs * self.flops_per_attn_pair
         wb = self._dense_weight_bytes
-        byts = (wb if wb is not None else self.weight_read_bytes(n_tokens)) + self.kv_bytes_per_token * kv_tokens
-        return t, flops, byts
+        return (t, flops, wb if wb is not None else self.weight_read_bytes(n_tokens),
+                self.kv_bytes_per_token * kv_tokens)
 
-    def activity(self, duration: float, flops: float, byts: float) -> float:
+    def activity(self, duration: float, flops: float, weight_bytes: float, kv_bytes: float) -> float:
         """Power-relevant GPU activity in 0..1 over ``duration`` seconds (see module doc)."""
         if duration <= 0.0:
             return 0.0
-        u = (self._w_c * flops / self._peak + self._w_m * byts / self._bw) / duration
+        u = (self._u_flop * flops + self._u_wbyte * weight_bytes + self._u_kvbyte * kv_bytes) / duration
         return 1.0 if u > 1.0 else u
 
     def decode_run(self, d: int, ctx_sum: int) -> "DecodeRun":
@@ -236,13 +256,12 @@ class DecodeRun:
             return 0.0
         return self.a * n + self.b * (n * (n + 1) / 2.0)
 
-    def totals(self, n: int) -> tuple[float, float]:
-        """Total FLOPs and bytes of iterations 1..n."""
+    def totals(self, n: int) -> tuple[float, float, float]:
+        """Total FLOPs, weight bytes and KV-cache bytes of iterations 1..n."""
         cm, d = self.cm, self.d
         pairs = n * self.ctx_sum + d * n * (n + 1) / 2.0
         flops = n * d * cm.flops_per_lin_token + pairs * cm.flops_per_attn_pair
-        byts = n * self.wb + cm.kv_bytes_per_token * pairs
-        return flops, byts
+        return flops, n * self.wb, cm.kv_bytes_per_token * pairs
 
     def iterations_until(self, dt: float, n_max: int) -> int:
         """Smallest n in 1..n_max with total_time(n) >= dt (n_max if none).

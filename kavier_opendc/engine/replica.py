@@ -178,13 +178,14 @@ class Replica(Scheduler):
             kv.extend(self.dec.blocks_needed(n) - p.allocated)
             self.dec.G += n
             self.iterations += n
-            flops, byts = p.run.totals(n)
+            flops, wbytes, kvbytes = p.run.totals(n)
             d = self.dec.D
             t0 = p.t0
             # kv.load() and kv.cached_load(), inlined: this runs once per event
             cap, gc = kv.capacity, kv.gpu_cache
-            self.timeline.add(t0, t, self.cm.activity(t - t0, flops, byts), d, kv.used / cap if cap else 0.0, 0,
-                              d * n, gc.lru_blocks / cap if gc is not None and cap else 0.0)
+            self.timeline.add(t0, t, self.cm.activity(t - t0, flops, wbytes, kvbytes), d,
+                              kv.used / cap if cap else 0.0, 0, d * n,
+                              gc.lru_blocks / cap if gc is not None and cap else 0.0)
             self.busy_time += t - t0
         else:
             dec = self.dec
@@ -198,7 +199,7 @@ class Replica(Scheduler):
             self.iterations += 1
             t0 = p.t0
             cap, gc = kv.capacity, kv.gpu_cache
-            self.timeline.add(t0, t, self.cm.activity(t - t0, p.flops, p.bytes), p.batch,
+            self.timeline.add(t0, t, self.cm.activity(t - t0, p.flops, p.weight_bytes, p.kv_bytes), p.batch,
                               kv.used / cap if cap else 0.0, p.prefill_tokens, p.decode_tokens,
                               gc.lru_blocks / cap if gc is not None and cap else 0.0)
             self.busy_time += t - t0

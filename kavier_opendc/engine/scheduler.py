@@ -189,11 +189,12 @@ class Scheduler:
                 return self.next_time
         if alloc or kv.used > kv.peak:
             kv.allocate(alloc)
-        dt, flops, byts = self.cm.iteration(n_tok, pairs, kv_read, n_dec + len(chunks))
+        dt, flops, wbytes, kvbytes = self.cm.iteration(n_tok, pairs, kv_read, n_dec + len(chunks))
         if self.extra_time:
             dt += self.extra_time
             self.extra_time = 0.0
-        self.pending = Iteration(t, dec_all, skipped, chunks, flops, byts, n_dec + len(chunks), ptoks, n_dec)
+        self.pending = Iteration(t, dec_all, skipped, chunks, flops, wbytes, kvbytes, n_dec + len(chunks), ptoks,
+                                 n_dec)
         self.next_time = t + dt
         self.version += 1
         return self.next_time

@@ -90,8 +90,8 @@ class SchedulerV0(Scheduler):
             return None
         self.busy = True
         kv.allocate(alloc)
-        dt, flops, byts = self.cm.iteration(n_tok, pairs, 0, len(chunks))
-        self.pending = Iteration(t, False, [], chunks, flops, byts, len(chunks), n_tok, 0)
+        dt, flops, wbytes, kvbytes = self.cm.iteration(n_tok, pairs, 0, len(chunks))
+        self.pending = Iteration(t, False, [], chunks, flops, wbytes, kvbytes, len(chunks), n_tok, 0)
         self.next_time = t + dt
         self.version += 1
         return self.next_time

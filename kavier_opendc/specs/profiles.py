@@ -45,7 +45,7 @@ STATUSES = ("measured", "derived", "assumed")
 NUMERIC_FIELDS = ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes",
                   "attn_prefill_eff", "attn_decode_mbu",
                   "overhead_fixed_s", "overhead_per_seq_s", "custom_allreduce_latency_s", "power_compute_weight",
-                  "power_memory_weight")
+                  "power_memory_weight", "power_kv_weight")
 KNEE_MAX = 1e3  # p above this is the ideal roofline max(a, b)
 # vLLM's custom all-reduce (vllm/distributed/device_communicators/custom_all_reduce.py): TP groups of these
 # sizes whose GPUs are all NVLink-connected, messages up to its buffer size; larger ones go to NCCL
@@ -107,9 +107,11 @@ class GPUProfile:
     custom_allreduce_latency_s: float = 10e-6  # vLLM's custom all-reduce: one synchronisation over NVLink
     allreduce: tuple[AllReduceCurve, ...] = ()
     allreduce_link_gbs: float = 0.0  # interconnect (GB/s per direction) the curves were measured on
-    # power-relevant activity weights (bench/calibrate_power.py), see engine/cost_model.py
+    # power-relevant activity weights (bench/calibrate_power.py), see engine/cost_model.py: per unit of
+    # achieved / peak FLOP/s, of weight bytes / peak bandwidth, of KV-cache bytes / peak bandwidth
     power_compute_weight: float = 1.2
-    power_memory_weight: float = 0.85
+    power_memory_weight: float = 0.75
+    power_kv_weight: float = 1.41
     derived_from: str = ""
     provenance: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -180,7 +182,7 @@ class GPUProfile:
         if not self.gemm_knee >= 1.0:
             out.append(("gemm_knee", f"{self.gemm_knee} is below 1 (the transition cannot be slower than a sum)"))
         for name in ("overhead_fixed_s", "overhead_per_seq_s", "layer_fixed_s", "act_passes",
-                     "custom_allreduce_latency_s"):
+                     "custom_allreduce_latency_s", "power_compute_weight", "power_memory_weight", "power_kv_weight"):
             if getattr(self, name) < 0:
                 out.append((name, f"{getattr(self, name)} is negative"))
         if self.status not in STATUSES:
@@ -246,6 +248,7 @@ def assumed_profile(gpu: str) -> GPUProfile:
     """Round, typical numbers for a GPU nothing measured can be inherited from."""
     prov = {name: "assumed: typical value, no measurement" for name in NUMERIC_FIELDS}
     prov["overhead_fixed_s"] = prov["overhead_per_seq_s"] = ASSUMED_OVERHEAD
-    prov["power_compute_weight"] = prov["power_memory_weight"] = "bench/calibrate_power.py (Argonne A100/H100 power)"
+    prov["power_compute_weight"] = prov["power_memory_weight"] = prov["power_kv_weight"] = (
+        "typical value of bench/calibrate_power.py's fits (Argonne A100/H100 power)")
     prov["allreduce"] = "assumed: 10 us + ring traffic at the interconnect's datasheet bandwidth"
     return GPUProfile(gpu=gpu, status="assumed", provenance=prov)
