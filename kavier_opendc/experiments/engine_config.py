@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine import knobs
+from kavier_opendc.experiments.serving import Serving
 
 if TYPE_CHECKING:
     from kavier_opendc.engine.simulator import SimConfig
@@ -22,7 +23,7 @@ _DIRECT = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization", "usag
 GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization")
 
 
-def sim_config(serving: dict, groups: list, seed: int, catalog) -> SimConfig:
+def sim_config(serving: Serving, groups: list, seed: int, catalog) -> SimConfig:
     """The engine's :class:`SimConfig` for an experiment's normalised ``serving`` options and replica
     ``groups`` (:class:`~kavier_opendc.experiments.experiment.GroupSpec`), its seed and catalogue.
 
@@ -36,19 +37,19 @@ def sim_config(serving: dict, groups: list, seed: int, catalog) -> SimConfig:
     g0 = groups[0]
     for i, g in enumerate(groups):
         for k, v in g.limits.items():
-            if v != serving[k] and len(groups) > 1:
+            if v != serving.get(k) and len(groups) > 1:
                 raise KavierInputError(
                     f"per-group {k} ({v}) differs from serving.{k} "
-                    f"({'vLLM v1 default' if serving[k] is None else serving[k]}); this engine version applies "
+                    f"({'vLLM v1 default' if serving.get(k) is None else serving.get(k)}); this engine version applies "
                     "one setting to every group", location=f"serving.replica_groups[{i}].{k}",
                     expected=f"the same value as serving.{k}, or leave it out")
-    kwargs: dict[str, Any] = {k: serving[k] for k in _DIRECT if serving.get(k) is not None}
+    kwargs: dict[str, Any] = {k: serving.get(k) for k in _DIRECT if serving.get(k) is not None}
     kwargs.update({k: g0.limits[k] for k in GROUP_LIMIT_KEYS if g0.limits.get(k) is not None})
-    kwargs.update(model=g0.model, gpu=g0.gpu, replicas=g0.replicas, tp=g0.tp, kv_cache=bool(serving["kv_cache"]),
-                  seed=seed, exact=bool(serving["exact"]), usage=serving.get("usage") or "auto",
+    kwargs.update(model=g0.model, gpu=g0.gpu, replicas=g0.replicas, tp=g0.tp, kv_cache=bool(serving.kv_cache),
+                  seed=seed, exact=bool(serving.exact), usage=serving.get("usage") or "auto",
                   allow_long_max_model_len=bool(serving.get("allow_long_max_model_len")),
                   framework=catalog.framework(serving.get("framework")))
-    for option, value in serving["prefix_cache"].items():
+    for option, value in serving.prefix_cache.items():
         if option == "policy":
             if value is not None:
                 kwargs["prefix_cache"] = value

@@ -28,6 +28,7 @@ Minimal example (YAML)::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import re
 from collections.abc import Mapping
@@ -52,6 +53,7 @@ from kavier_opendc.engine import knobs
 from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel
 from kavier_opendc.engine.router import normalise_router
 from kavier_opendc.experiments.engine_config import GROUP_LIMIT_KEYS, sim_config
+from kavier_opendc.experiments.serving import DEFAULTS, Serving
 from kavier_opendc.opendc import topology as T
 from kavier_opendc.opendc.datacenter import load_datacenter
 from kavier_opendc.specs import default_catalog, load_catalog_file
@@ -61,9 +63,7 @@ _PREFIX = knobs.BY_FIELD["prefix_cache"]
 #: the policies and their other spellings, each after the policy it names
 PREFIX_POLICIES = tuple(name for policy in _PREFIX.choices
                         for name in (policy, *(a for a, p in _PREFIX.aliases.items() if p == policy)))
-SERVING_DEFAULTS = {name: knobs.default(name) for name in (
-    "framework", "max_num_seqs", "max_batched_tokens", "usage", "gpu_memory_utilization", "num_kv_blocks",
-    "max_model_len", "allow_long_max_model_len", "kv_cache", "router", "exact")}
+SERVING_DEFAULTS = DEFAULTS
 TRACE_FORMATS = ("kavier", "native", "azure", "mooncake", "vidur", "splitwise", "sarathi")
 SYNTHETIC_SUFFIXES = (".yaml", ".yml")
 
@@ -121,7 +121,7 @@ class Experiment:
     seed: int
     catalog: Any                     # Catalog
     groups: list[GroupSpec]
-    serving: dict                    # normalised serving options (SERVING_DEFAULTS + prefix_cache dict)
+    serving: Serving                 # normalised serving options
     trace: TraceSource
     datacenter: dict | None          # datacenter description (carbon keys removed when `carbon` overrides)
     datacenter_base: Path
@@ -308,7 +308,7 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
     return [], exp
 
 
-def _engine_problems(norm: dict, groups: list[GroupSpec], seed: int, catalog) -> list[Problem]:
+def _engine_problems(norm: Serving, groups: list[GroupSpec], seed: int, catalog) -> list[Problem]:
     """The engine's own checks of the serving setup (TP against the model's heads, max_model_len against
     its context window, sizes), named by their ``serving.*`` paths; run with the other checks, so that
     they are reported before any trace is loaded."""
@@ -342,7 +342,7 @@ def _catalog(data: dict, base: Path, problems: list[Problem], inputs: list):
     return cat
 
 
-def _serving(serving: dict, problems: list[Problem], catalog) -> dict:
+def _serving(serving: dict, problems: list[Problem], catalog) -> Serving:
     """The serving options with defaults filled in, kv_cache as a bool, prefix_cache as a dict, router normalised."""
     norm = dict(SERVING_DEFAULTS)
     for k in SERVING_DEFAULTS:
@@ -375,15 +375,15 @@ def _serving(serving: dict, problems: list[Problem], catalog) -> dict:
             norm["router"] = normalise_router(norm["router"])
         except KavierInputError as exc:
             problems.append((("serving", "router"), _msg(exc.relocated(None))))
-    return norm
+    return Serving(**norm)
 
 
-def _check_kv_room(norm: dict, groups: list[GroupSpec], problems: list[Problem], catalog) -> None:
+def _check_kv_room(norm: Serving, groups: list[GroupSpec], problems: list[Problem], catalog) -> None:
     """KV memory: does each group's model leave room for a KV cache on its GPUs?"""
-    if not norm["kv_cache"] or norm["num_kv_blocks"] is not None:
+    if not norm.kv_cache or norm.num_kv_blocks is not None:
         return
     for g in groups:
-        lim = {**{k: norm[k] for k in GROUP_LIMIT_KEYS}, **dict(g.limits)}
+        lim = {**{k: norm.get(k) for k in GROUP_LIMIT_KEYS}, **dict(g.limits)}
         try:
             # unset limits are vLLM v1's for the GPU (the trace, which decides auto usage, is not read yet:
             # a server's, whose smaller token budget reserves less activation memory)
@@ -768,7 +768,7 @@ def to_jsonable(exp: Experiment) -> dict:
         "seed": exp.seed,
         "replica_groups": [{"name": g.name, "model": g.model.name, "gpu": g.gpu.name, "replicas": g.replicas,
                             "tp": g.tp, **dict(g.limits)} for g in exp.groups],
-        "serving": {k: v for k, v in exp.serving.items()},
+        "serving": dataclasses.asdict(exp.serving),
         "trace": {"kind": exp.trace.kind, "path": None if exp.trace.path is None else str(exp.trace.path),
                   "format": exp.trace.format, "inline": exp.trace.inline is not None},
         "carbon": None if exp.carbon is None else {"kind": exp.carbon.kind,
