@@ -89,6 +89,9 @@ def cmd_simulate(args) -> int:
     values = {k.field: getattr(args, k.field) for k in knobs.KNOBS if k.flag}
     values["framework"] = cat.framework(args.framework)
     values["kv_cache"] = args.kv_cache == "on"
+    for name in ("prefill_gpu", "decode_gpu"):
+        if values[name] is not None:
+            values[name] = cat.gpu(values[name])
     try:
         cfg = SimConfig(model=model, gpu=gpu, **values)
         cfg.validate()
@@ -124,6 +127,16 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
         f"{s['prefix_cache']['evictions']} evictions",
         f"wrote        {out}/requests.parquet, summary.json, timeline.parquet in {wall:.2f} s",
     ]
+    pd = s.get("disaggregation")
+    if pd:
+        p, d, link = pd["prefill_pool"], pd["decode_pool"], pd["link"]
+        mean = link["transfer_s_mean"]
+        pools = (f"prefill {p['replicas']} x {p['tp']} x {p['gpu']} (busy {p['busy_fraction']:.3f}), "
+                 f"decode {d['replicas']} x {d['tp']} x {d['gpu']} (busy {d['busy_fraction']:.3f})")
+        moved = (f"KV link {link['gbs']:g} GB/s {link['mode']}: {link['bytes_moved'] / 1e9:.2f} GB in "
+                 f"{link['transfers']} transfers, busy {link['busy_fraction']:.3f}, mean "
+                 + (f"{mean * 1e3:.2f} ms" if mean is not None else "-"))
+        lines.insert(1, f"disaggregated {pools}; {moved}")
     if s.get("num_over_model_context") and c.get("max_model_len") is None:
         lines.insert(-1, f"note         {s['num_over_model_context']} requests are longer than {c['model']}'s context "
                          "window; a real server would refuse them (--max-model-len N does)")
