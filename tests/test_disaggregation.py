@@ -222,6 +222,29 @@ def test_random_traces_keep_the_invariants(data):
         assert (e >= s).all() and (s[1:] >= e[:-1] - 1e-12).all()
 
 
+def test_prefix_caching_works_on_the_prefill_pool():
+    # block policy (hash_ids of 512-token units): the second request reuses the first's cached prompt on the
+    # prefill replica, which keeps it as evictable after the first's KV has left; the decode pool caches nothing
+    from kavier_opendc.workload.trace import Trace
+
+    tr = Trace(np.array([0.0, 10.0, 20.0]), np.array([1024, 1024, 1024]), np.array([5, 5, 5]), source="test",
+               format="kavier", hash_ids=[[1, 2], [1, 2], [3, 4]])
+    r = simulate(tr, pd(prefix_cache="block"), progress=False)
+    co = simulate(tr, dataclasses.replace(pd(prefix_cache="block"), prefill_replicas=None, decode_replicas=None),
+                  progress=False)
+    assert r.results.cached.tolist() == co.results.cached.tolist() == [0, 512, 0]
+    np.testing.assert_allclose(r.results.first_token, co.results.first_token, rtol=1e-12)   # TTFT: same prefill
+    pre, dec = r.replicas
+    assert pre.pc is not None and dec.pc is None and pre.kv.used == 0 and dec.kv.used == 0
+    assert sum(pre.timeline.prefill) == 1024 + 512 + 1024
+    # the 'prefill' prompt cache and the 'full' one (an answer served from the cache never reaches a GPU)
+    tr = Trace(np.array([0.0, 10.0]), np.array([500, 500]), np.array([20, 20]), source="test", format="kavier",
+               hash_ids=[[1], [1]])
+    assert simulate(tr, pd(prefix_cache="prefill"), progress=False).results.cached.tolist() == [0, 499]
+    full = simulate(tr, pd(prefix_cache="full"), progress=False)
+    assert full.results.finish[1] == 10.0 and full.extra["pd"].link.transfers == 1
+
+
 # ------------------------------------------------------------------ outputs
 def test_outputs_have_the_pd_columns_and_sections_only_in_pd_runs():
     r = run([0.0, 0.1], [100, 50], [3, 1])
@@ -234,7 +257,14 @@ def test_outputs_have_the_pd_columns_and_sections_only_in_pd_runs():
     assert s["prefill_pool"]["replica_ids"] == [0] and s["decode_pool"]["replica_ids"] == [1]
     assert s["link"]["bytes_moved"] == 100 * KV_BYTES and s["link"]["transfers"] == 1
     assert s["link"]["transfer_s_mean"] == pytest.approx(0.002 + 100 * KV_BYTES / 1e9 + 0.001, rel=1e-9)
+    assert s["link"]["exposed_s_mean"] == pytest.approx(s["link"]["transfer_s_mean"], rel=1e-9)   # whole mode
     assert set(out.timeline.column("replica").to_pylist()) == {0, 1}
+    # the replicas group after group, as the OpenDC export places them: the prefill pool, then the decode pool
+    groups = summary_dict(r)["config"]["replica_groups"]
+    assert [(g["gpu"], g["replicas"]) for g in groups] == [("toygpu", 1), ("toygpu", 1)]
+    wide = simulate(make_trace([0.0], [100], [3]), pd(decode_replicas=3, decode_tp=1, prefill_tp=1), progress=False)
+    assert [g["replicas"] for g in summary_dict(wide)["config"]["replica_groups"]] == [1, 3]
+    assert summary_dict(wide)["config"]["replicas"] == 4
     co = simulate(make_trace([0.0], [100], [3]), dataclasses.replace(pd(), prefill_replicas=None,
                                                                      decode_replicas=None), progress=False)
     assert "pd" not in co.extra and "disaggregation" not in summary_dict(co)
@@ -286,3 +316,35 @@ def test_requests_that_no_pool_can_hold_are_rejected():
     r = run([0.0, 0.0], [100, 300], [3, 100], num_kv_blocks=20, max_model_len=320)
     assert r.results.status.tolist() == [FINISHED, REJECTED]
     assert blocks_for(300 + 100 - 1) > 20
+
+
+# ------------------------------------------------------------------ kavier simulate
+def test_cli_runs_a_disaggregated_simulation_and_names_its_flags(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrival_time_s,num_input_tokens,num_output_tokens\n0.0,500,20\n0.1,800,1\n0.2,300,50\n")
+    out = tmp_path / "out"
+
+    def kavier(*extra):
+        return subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "simulate", "--model", "Llama-3-8B",
+                               "--gpu", "A100-80GB", "--trace", str(trace), "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=300)
+
+    r = kavier("--prefill-replicas", "1", "--decode-replicas", "2", "--decode-gpu", "H100-SXM",
+               "--kv-transfer-mode", "layerwise")
+    assert r.returncode == 0, r.stderr
+    assert "disaggregated prefill 1 x 1 x A100-80GB" in r.stdout and "decode 2 x 1 x H100-SXM" in r.stdout
+    req = pq.read_table(out / "requests.parquet").to_pandas()
+    assert req["prefill_replica"].tolist() == [0, 0, 0] and req["decode_replica"].tolist()[1] == -1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["disaggregation"]["link"]["transfers"] == 2
+    assert [x["gpu"] for x in summary["replicas"]] == ["A100-80GB", "H100-SXM", "H100-SXM"]
+    r = kavier("--prefill-replicas", "1", "--decode-replicas", "1", "--kv-link-gbs", "0")
+    assert r.returncode != 0 and "--kv-link-gbs" in r.stderr
+    r = kavier("--prefill-replicas", "1")
+    assert r.returncode != 0 and "--decode-replicas" in r.stderr

@@ -158,6 +158,9 @@ def disaggregation_summary(result) -> dict:
     moved = np.isfinite(pd.transfer_end)
     times = pd.transfer_end[moved] - pd.transfer_start[moved]
     wait = pd.decode_wait[moved]
+    # what the request waits for after its prefill (and any decode-admission wait): all of a whole transfer,
+    # what is left of a layerwise one
+    exposed = pd.transfer_end[moved] - result.results.first_token[moved] - wait
     return {
         "prefill_pool": pools["prefill"], "decode_pool": pools["decode"],
         "link": {"gbs": link.spec.gbs, "latency_s": link.spec.latency_s, "setup_s": link.spec.setup_s,
@@ -165,7 +168,8 @@ def disaggregation_summary(result) -> dict:
                  "bytes_moved": link.bytes_moved,
                  "busy_fraction": link.busy_s / makespan if makespan > 0 else 0.0,
                  "transfer_s_mean": float(times.mean()) if times.size else None,
-                 "transfer_s_p99": float(np.percentile(times, 99)) if times.size else None},
+                 "transfer_s_p99": float(np.percentile(times, 99)) if times.size else None,
+                 "exposed_s_mean": float(exposed.mean()) if exposed.size else None},
         "decode_wait_s": stats(wait),
     }
 

@@ -116,8 +116,12 @@ class SimConfig:
                  self.num_kv_blocks), link)
 
     def replica_groups(self) -> list[ReplicaGroup]:
+        """The replicas, group after group (a disaggregated topology: the prefill pool, then the decode pool)."""
         if self.groups:
             return list(self.groups)
+        topo = self.topology()
+        if topo is not None:
+            return [ReplicaGroup(p.model, p.gpu, p.replicas, p.tp) for p in (topo.prefill, topo.decode)]
         return [ReplicaGroup(self.model, self.gpu, self.replicas, self.tp)]
 
     def normalised(self) -> SimConfig:
@@ -151,10 +155,10 @@ class SimConfig:
                 if problem:
                     raise KavierInputError(problem, location=f"groups[{i}].{name}",
                                            expected=knobs.BY_FIELD[name].expected)
+        cfg._check_disaggregation()   # first: its errors name the pools' fields, not the co-located ones
         cfg._check_sizes()
         cfg._check_groups()
         cfg._check_framework()
-        cfg._check_disaggregation()
 
     def _check_disaggregation(self) -> None:
         """A disaggregated topology: both pools, the cluster's one model, a link that carries bytes, and what
