@@ -14,7 +14,7 @@ from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace, toy_time
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine import knobs
 from kavier_opendc.engine.kv_link import Disaggregation, KVLink, LinkSpec, Pool
-from kavier_opendc.engine.kv_manager import blocks_for
+from kavier_opendc.engine.kv_manager import KVManager, blocks_for
 from kavier_opendc.engine.outputs import PD_COLUMNS, REQUESTS_COLUMNS, SimulationOutput, summary_dict
 from kavier_opendc.engine.results import FINISHED, REJECTED
 from kavier_opendc.engine.simulator import SimConfig, simulate
@@ -171,7 +171,23 @@ def test_random_traces_keep_the_invariants(data):
               max_batched_tokens=data.draw(st.sampled_from([64, 2048])), num_kv_blocks=blocks,
               max_model_len=blocks * 16, exact=data.draw(st.booleans()))
     model = TOY_MODEL if kw["kv_transfer_mode"] == "whole" else dataclasses.replace(TOY_MODEL, num_layers=3)
-    r = run(arrivals, prompts, outs, model=model, **kw)
+    # KV never above capacity, after every door that adds blocks (peak_used is noted at scheduling points only)
+    doors = {name: getattr(KVManager, name) for name in ("allocate", "extend", "receive")}
+
+    def watched(door):
+        def call(self, blocks):
+            out = door(self, blocks)
+            assert self.used <= self.capacity, (door.__name__, self.used, self.capacity)
+            return out
+        return call
+
+    for name, door in doors.items():
+        setattr(KVManager, name, watched(door))
+    try:
+        r = run(arrivals, prompts, outs, model=model, **kw)
+    finally:
+        for name, door in doors.items():
+            setattr(KVManager, name, door)
     again = run(arrivals, prompts, outs, model=model, **kw)
     res, rec = r.results, r.extra["pd"]
     p, o = np.array(prompts), np.array(outs)
@@ -294,6 +310,8 @@ def test_zero_link_bandwidth_and_half_a_topology_are_refused():
     assert _error(pd(kv_transfer_mode="sideways")).location == "kv_transfer_mode"
     assert _error(pd(framework="vllm-0.5-server")).location == "framework"
     assert _error(pd(kv_cache=False)).location == "kv_cache"
+    assert _error(pd(decode_gpu="H100-SXM")).location == "decode_gpu"          # a name, not a catalogue GPU
+    assert _error(pd(prefill_tp=3)).location == "prefill_tp"                   # 1 attention head: tp 1 only
 
 
 def test_pools_with_another_model_are_refused():

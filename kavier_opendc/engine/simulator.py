@@ -180,6 +180,9 @@ class SimConfig:
         for role, pool in (("prefill", topo.prefill), ("decode", topo.decode)):
             def where(name: str, role=role) -> str:
                 return f"disaggregation.{role}.{name}" if given else f"{role}_{name}"
+            if not isinstance(pool.gpu, GPUSpec):
+                raise KavierInputError(f"the {role} pool's GPU must be a catalogue GPU, got {pool.gpu!r}",
+                                       location=where("gpu"), expected="a GPUSpec, e.g. default_catalog().gpu(name)")
             if pool.model.name != self.model.name:
                 raise KavierInputError(
                     f"the {role} pool serves {pool.model.name}, the cluster {self.model.name}; disaggregated "
