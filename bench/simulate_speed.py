@@ -8,6 +8,7 @@ to show that memory stays bounded.
 
     python bench/simulate_speed.py
     python bench/simulate_speed.py --exact
+    python bench/simulate_speed.py --prefill-replicas 1 --decode-replicas 1
     python bench/simulate_speed.py --synthetic 1000000
     python bench/simulate_speed.py --trace ../shared/data/traces/mooncake_conversation.jsonl --prefix-cache block
 """
@@ -47,11 +48,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead of --trace, N synthetic requests (Poisson, ShareGPT-like lengths)")
     ap.add_argument("--rate", type=float, default=None, help="synthetic arrival rate (default: 2.5 req/s per replica)")
     ap.add_argument("--repeat", type=int, default=3, help="runs; the best is reported")
+    ap.add_argument("--prefill-replicas", type=int, default=None, metavar="N",
+                    help="disaggregated serving: N prefill replicas (with --decode-replicas; --replicas is unused)")
+    ap.add_argument("--decode-replicas", type=int, default=None, metavar="N")
+    ap.add_argument("--kv-transfer-mode", default="whole", choices=("whole", "layerwise"))
     args = ap.parse_args(argv)
 
     cat = default_catalog()
     cfg = SimConfig(model=cat.model(args.model), gpu=cat.gpu(args.gpu), replicas=args.replicas,
-                    router=args.router, exact=args.exact, prefix_cache=args.prefix_cache)
+                    router=args.router, exact=args.exact, prefix_cache=args.prefix_cache,
+                    prefill_replicas=args.prefill_replicas, decode_replicas=args.decode_replicas,
+                    kv_transfer_mode=args.kv_transfer_mode)
     best = None
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             break
     wall, load, sim, write, n, result = best
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"trace        {name} ({n} requests), {cfg.model.name} on {cfg.replicas} x {cfg.gpu.name}, "
+    topo = cfg.topology()
+    where = (f"{cfg.replicas} x {cfg.gpu.name}" if topo is None else
+             f"{topo.prefill.replicas} prefill + {topo.decode.replicas} decode x {cfg.gpu.name} "
+             f"({topo.link.mode} KV transfer)")
+    print(f"trace        {name} ({n} requests), {cfg.model.name} on {where}, "
           f"{'exact' if cfg.exact else 'fast'} mode, prefix cache {result.replicas[0].policy}")
     print(f"makespan     {result.makespan_s:.1f} s simulated, "
           f"{sum(r.iterations for r in result.replicas)} iterations")

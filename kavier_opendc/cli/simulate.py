@@ -89,6 +89,9 @@ def cmd_simulate(args) -> int:
     values = {k.field: getattr(args, k.field) for k in knobs.KNOBS if k.flag}
     values["framework"] = cat.framework(args.framework)
     values["kv_cache"] = args.kv_cache == "on"
+    for name in ("prefill_gpu", "decode_gpu"):
+        if values[name] is not None:
+            values[name] = cat.gpu(values[name])
     try:
         cfg = SimConfig(model=model, gpu=gpu, **values)
         cfg.validate()
@@ -107,9 +110,15 @@ def cmd_simulate(args) -> int:
 def format_summary(s: dict, out: Path, wall: float) -> str:
     from kavier_opendc.engine.outputs import batch_limits_origin
     c = s["config"]
+    head = (f"{c['model']} on {c['replicas']} x {c['tp']} x {c['gpu']} ({c['router']}, KV cache {c['kv_cache']}, "
+            f"{c['kv_capacity_tokens_per_replica']} KV tokens/replica)")
+    pd = s.get("disaggregation")
+    if pd:   # routing is the P/D loop's own; each pool's capacity is in its section
+        head = (f"{c['model']} on {c['replicas']} replicas, disaggregated (KV cache {c['kv_cache']}, "
+                f"{pd['prefill_pool']['kv_capacity_blocks'] * 16} / {pd['decode_pool']['kv_capacity_blocks'] * 16} "
+                "KV tokens per prefill / decode replica)")
     lines = [
-        f"{c['model']} on {c['replicas']} x {c['tp']} x {c['gpu']} ({c['router']}, KV cache {c['kv_cache']}, "
-        f"{c['kv_capacity_tokens_per_replica']} KV tokens/replica)",
+        head,
         f"framework    {c['framework']['name']} ({c['framework']['versions']})",
         f"batching     {c['max_batched_tokens']} tokens, {c['max_num_seqs']} sequences per iteration "
         f"({batch_limits_origin(c)})",
@@ -124,6 +133,16 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
         f"{s['prefix_cache']['evictions']} evictions",
         f"wrote        {out}/requests.parquet, summary.json, timeline.parquet in {wall:.2f} s",
     ]
+    if pd:
+        p, d, link = pd["prefill_pool"], pd["decode_pool"], pd["link"]
+        mean = link["transfer_s_mean"]
+        pools = (f"prefill {p['replicas']} x {p['tp']} x {p['gpu']} (busy {p['busy_fraction']:.3f}), "
+                 f"decode {d['replicas']} x {d['tp']} x {d['gpu']} (busy {d['busy_fraction']:.3f})")
+        moved = (f"KV link {link['gbs']:g} GB/s {link['mode']}: {link['bytes_moved'] / 1e9:.2f} GB in "
+                 f"{link['transfers']} transfers, busy {link['busy_fraction']:.3f}, mean "
+                 + (f"{mean * 1e3:.2f} ms ({link['exposed_s_mean'] * 1e3:.2f} ms after the prefill)"
+                    if mean is not None else "-"))
+        lines.insert(1, f"disaggregated {pools}; {moved}")
     if s.get("num_over_model_context") and c.get("max_model_len") is None:
         lines.insert(-1, f"note         {s['num_over_model_context']} requests are longer than {c['model']}'s context "
                          "window; a real server would refuse them (--max-model-len N does)")

@@ -2,6 +2,8 @@
 
     simulator.py     the discrete-event loop (arrivals -> router -> replicas) and SimConfig
     knobs.py         every serving knob declared once: its CLI flag, experiment path, bounds, help
+    disaggregated.py disaggregated prefill/decode: the prefill and decode replicas and their event loop
+    kv_link.py       the P/D topology (pools, link) and the FIFO KV-transfer link model
     router.py        which replica an arriving request goes to
     replica.py       one replica's state; applies the iterations its scheduler forms
     scheduler.py     batch formation: running requests, admission, preemption, decode runs (vLLM v1)

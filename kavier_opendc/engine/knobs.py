@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from kavier_opendc.base import limits
 from kavier_opendc.base.limits import Limit
+from kavier_opendc.engine.kv_link import TRANSFER_MODES
 from kavier_opendc.engine.router import ROUTERS
 from kavier_opendc.specs.frameworks import DEFAULT_FRAMEWORK
 
@@ -146,6 +147,32 @@ KNOBS: tuple[Knob, ...] = (
        default="round-robin"),
     _k("seed", "int", "--seed", ("seed",), "seed for the random router and synthetic workloads",
        minimum=0, limit=limits.SEED, default=0),
+    # disaggregated prefill/decode (engine/kv_link.py, engine/disaggregated.py); not in experiment files yet
+    _k("prefill_replicas", "int", "--prefill-replicas", None,
+       "disaggregated serving: replicas of the prefill pool (with --decode-replicas; default: co-located)",
+       minimum=1, limit=limits.REPLICAS, metavar="N"),
+    _k("decode_replicas", "int", "--decode-replicas", None,
+       "disaggregated serving: replicas of the decode pool (with --prefill-replicas)",
+       minimum=1, limit=limits.REPLICAS, metavar="N"),
+    _k("prefill_gpu", "name", "--prefill-gpu", None, "GPU of the prefill pool (default: --gpu)", metavar="GPU"),
+    _k("decode_gpu", "name", "--decode-gpu", None, "GPU of the decode pool (default: --gpu)", metavar="GPU"),
+    _k("prefill_tp", "int", "--prefill-tp", None, "tensor-parallel GPUs per prefill replica (default: --tp)",
+       minimum=1, limit=limits.TP),
+    _k("decode_tp", "int", "--decode-tp", None, "tensor-parallel GPUs per decode replica (default: --tp)",
+       minimum=1, limit=limits.TP),
+    _k("kv_link_gbs", "float", "--kv-link-gbs", None,
+       "bandwidth of the link that moves KV caches from prefill to decode replicas, GB/s, shared FIFO by all "
+       "transfers (default 25: a 200 Gb/s RDMA NIC)", minimum=0.0, metavar="GB/s", default=25.0),
+    _k("kv_link_latency_s", "float", "--kv-link-latency-s", None,
+       "propagation latency of a KV transfer, s (default 1e-5)", minimum=0.0, limit=limits.DURATION_S,
+       metavar="S", default=1e-5),
+    _k("kv_link_setup_s", "float", "--kv-link-setup-s", None,
+       "per-transfer setup time on the KV link, s (default 0)", minimum=0.0, limit=limits.DURATION_S,
+       metavar="S", default=0.0),
+    _k("kv_transfer_mode", "choice", "--kv-transfer-mode", None,
+       "whole: a request's KV moves after its prefill (DistServe); layerwise: sent layer by layer while the "
+       "prefill runs, only the last layer's share left after it (Splitwise) (default whole)",
+       choices=TRANSFER_MODES, default="whole"),
     _k("exact", "switch", "--exact", ("serving", "exact"),
        "step every iteration instead of advancing decode runs in closed form (same results, slower)", default=False),
 )
@@ -164,7 +191,7 @@ _GROUP = re.compile(r"groups\[(\d+)\]\.(\w+)")
 
 def flag_of(location: str) -> str:
     """An engine error's location (fields, ``a/b`` for several, ``groups[i].f``) as `kavier simulate` names it."""
-    if _GROUP.fullmatch(location):
+    if _GROUP.fullmatch(location) or location.startswith("disaggregation."):
         return location
     return "/".join(BY_FIELD[f].flag or f if f in BY_FIELD else f"--{f.replace('_', '-')}"
                     for f in location.split("/"))

@@ -113,6 +113,19 @@ class KVManager:
             self._fit()
         return True
 
+    def receive(self, blocks: int) -> bool:
+        """Blocks for a request whose KV arrives from another replica (disaggregated serving, the decode
+        side); False when they do not fit. Taken when its transfer starts, so the receiver never
+        over-commits."""
+        if self.capacity - self.used < blocks:
+            return False
+        self.used += blocks
+        if self.pc is not None:
+            self._fit()
+        if self.used > self.peak:
+            self.peak = self.used
+        return True
+
     def _fit(self) -> None:
         """Evict LRU cached units until referenced plus cached blocks fit in GPU memory."""
         pc = self.pc

@@ -29,8 +29,8 @@ from kavier_opendc.specs.profiles import profile_summary
 
 STATUS_NAMES = np.array(["pending", "finished", "rejected"])
 
-#: requests.parquet: one row per trace row: column -> (Arrow type, meaning). The last two only when the trace
-#: has sessions / samples per prompt.
+#: requests.parquet: one row per trace row: column -> (Arrow type, meaning). session_id and n only when the trace
+#: has sessions / samples per prompt, the PD_COLUMNS only in disaggregated runs.
 REQUESTS_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "request_id": (pa.int64(), "the trace row"),
     "replica": (pa.int32(), "the replica the router chose"),
@@ -47,8 +47,16 @@ REQUESTS_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "status": (pa.string(), "finished | rejected"),
     "session_id": (pa.int64(), "the trace's session (optional)"),
     "n": (pa.int64(), "samples per prompt (optional)"),
+    # disaggregated prefill/decode runs only (engine/disaggregated.py)
+    "prefill_replica": (pa.int32(), "the prefill replica (disaggregated runs only)"),
+    "decode_replica": (pa.int32(), "the decode replica, -1 for none (disaggregated runs only)"),
+    "transfer_start_s": (pa.float64(), "first KV byte sent to the decode replica, s (disaggregated runs only)"),
+    "transfer_end_s": (pa.float64(), "last KV byte landed on the decode replica, s (disaggregated runs only)"),
+    "decode_wait_s": (pa.float64(), "end of prefill to the transfer's submission: no decode replica had room, s "
+                                    "(disaggregated runs only)"),
 }
-REQUESTS_OPTIONAL = ("session_id", "n")
+PD_COLUMNS = ("prefill_replica", "decode_replica", "transfer_start_s", "transfer_end_s", "decode_wait_s")
+REQUESTS_OPTIONAL = ("session_id", "n", *PD_COLUMNS)
 #: timeline.parquet: per replica, segments of constant activity: column -> (Arrow type, meaning)
 TIMELINE_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "replica": (pa.int32(), "replica index (numbered group after group)"),
@@ -120,7 +128,50 @@ def requests_table(result) -> pa.Table:
         cols["session_id"] = pa.array(np.asarray(tr.session_id, dtype=np.int64))
     if tr.n is not None:
         cols["n"] = pa.array(np.asarray(tr.n, dtype=np.int64))   # samples per prompt; each has num_output_tokens
+    pd = result.extra.get("pd")
+    if pd is not None:
+        cols["prefill_replica"] = pa.array(pd.prefill_replica)
+        cols["decode_replica"] = pa.array(pd.decode_replica)
+        cols["transfer_start_s"] = pa.array(pd.transfer_start)
+        cols["transfer_end_s"] = pa.array(pd.transfer_end)
+        cols["decode_wait_s"] = pa.array(pd.decode_wait)
     return pa.table(cols)
+
+
+def disaggregation_summary(result) -> dict:
+    """summary.json's ``disaggregation`` section: each pool, and the KV link."""
+    pd = result.extra["pd"]
+    topo = result.config.topology()
+    makespan = result.makespan_s
+    reps = {rep.idx: rep for rep in result.replicas}
+    served = pd.decode_replica
+    pools = {}
+    for role, pool, ids in (("prefill", topo.prefill, pd.prefill_ids), ("decode", topo.decode, pd.decode_ids)):
+        busy = sum(reps[i].busy_time for i in ids)
+        of_pool = pd.prefill_replica if role == "prefill" else served
+        done = (result.results.status == FINISHED) & np.isin(of_pool, ids)
+        pools[role] = {"replicas": pool.replicas, "gpu": pool.gpu.name, "tp": pool.tp, "replica_ids": list(ids),
+                       "kv_capacity_blocks": reps[ids[0]].capacity,
+                       "busy_fraction": busy / (len(ids) * makespan) if makespan > 0 else 0.0,
+                       "requests": int(done.sum())}
+    link = pd.link
+    moved = np.isfinite(pd.transfer_end)
+    times = pd.transfer_end[moved] - pd.transfer_start[moved]
+    wait = pd.decode_wait[moved]
+    # what the request waits for after its prefill (and any decode-admission wait): all of a whole transfer,
+    # what is left of a layerwise one
+    exposed = pd.transfer_end[moved] - result.results.first_token[moved] - wait
+    return {
+        "prefill_pool": pools["prefill"], "decode_pool": pools["decode"],
+        "link": {"gbs": link.spec.gbs, "latency_s": link.spec.latency_s, "setup_s": link.spec.setup_s,
+                 "mode": link.spec.mode, "policy": "fifo", "transfers": link.transfers,
+                 "bytes_moved": link.bytes_moved,
+                 "busy_fraction": link.busy_s / makespan if makespan > 0 else 0.0,
+                 "transfer_s_mean": float(times.mean()) if times.size else None,
+                 "transfer_s_p99": float(np.percentile(times, 99)) if times.size else None,
+                 "exposed_s_mean": float(exposed.mean()) if exposed.size else None},
+        "decode_wait_s": stats(wait),
+    }
 
 
 def timeline_table(result) -> pa.Table:
@@ -273,6 +324,7 @@ def summary_dict(result) -> dict:
             for rep in result.replicas],
         "trace": {"source": str(tr.source), "format": tr.format,
                   "offline_batch": not getattr(tr, "timed", True)},
+        **({"disaggregation": disaggregation_summary(result)} if "pd" in result.extra else {}),
         "engine": {
             "version": __version__,
             "iterations": int(sum(rep.iterations for rep in result.replicas)),

@@ -162,6 +162,8 @@ class Replica(Scheduler):
         return self._schedule(t)
 
     def _finish(self, req: Req, t: float) -> None:
+        """``req`` sampled its last token at ``t``: its blocks are freed and its result written."""
+        self.kv.release(req, req.computed)
         self.res.record_finish(req, t, self.idx)
         req.state = DONE
         self.outstanding -= 1
@@ -216,7 +218,6 @@ class Replica(Scheduler):
                     if req.n > 1 and req.gen == 1:
                         self._fork(req, t)
                     if req.gen >= req.out:
-                        kv.release(req, req.computed)
                         self._finish(req, t)
                     else:
                         self.dec.add(req)
@@ -229,7 +230,6 @@ class Replica(Scheduler):
             if ver != req.ver or req.state != DECODE:
                 continue                    # stale: the request left the decoders since it was pushed
             dec.remove(req)
-            kv.release(req, req.computed)
             if req.first_token < 0:
                 req.first_token = t
             self._finish(req, t)
@@ -267,7 +267,6 @@ class Replica(Scheduler):
             fork.alive += 1
             self.running.append(child)
             if child.gen >= child.out:
-                self.kv.release(child, child.computed)
                 self._finish(child, t)
             else:
                 self.dec.add(child)

@@ -22,6 +22,8 @@ from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.progress import Progress
 from kavier_opendc.engine import knobs
 from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel, Efficiency
+from kavier_opendc.engine.disaggregated import DecodeReplica, PrefillReplica, run_disaggregated
+from kavier_opendc.engine.kv_link import TRANSFER_MODES, Disaggregation, LinkSpec, Pool
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
 from kavier_opendc.engine.replica import REPLICA_CLASSES, Replica
 from kavier_opendc.engine.request import Req
@@ -87,10 +89,39 @@ class SimConfig:
     max_model_len: int | None = _d("max_model_len")          # longer requests are rejected (vLLM max_model_len)
     allow_long_max_model_len: bool = _d("allow_long_max_model_len")  # above the context window: a warning
     groups: list[ReplicaGroup] | None = None  # heterogeneous replica groups; None = one group from above
+    # disaggregated prefill/decode: the pools and link from the knobs below, or given whole (API callers)
+    prefill_replicas: int | None = _d("prefill_replicas")   # both None: co-located serving
+    decode_replicas: int | None = _d("decode_replicas")
+    prefill_gpu: GPUSpec | None = _d("prefill_gpu")          # None: ``gpu``
+    decode_gpu: GPUSpec | None = _d("decode_gpu")
+    prefill_tp: int | None = _d("prefill_tp")                # None: ``tp``
+    decode_tp: int | None = _d("decode_tp")
+    kv_link_gbs: float = _d("kv_link_gbs")
+    kv_link_latency_s: float = _d("kv_link_latency_s")
+    kv_link_setup_s: float = _d("kv_link_setup_s")
+    kv_transfer_mode: str = _d("kv_transfer_mode")
+    disaggregation: Disaggregation | None = None
+
+    def topology(self) -> Disaggregation | None:
+        """The disaggregated topology (None: co-located serving): ``disaggregation``, or built from the knobs."""
+        if self.disaggregation is not None:
+            return self.disaggregation
+        if self.prefill_replicas is None or self.decode_replicas is None:
+            return None
+        link = LinkSpec(self.kv_link_gbs, self.kv_link_latency_s, self.kv_link_setup_s, self.kv_transfer_mode)
+        return Disaggregation(
+            Pool(self.model, self.prefill_gpu or self.gpu, self.prefill_replicas, self.prefill_tp or self.tp,
+                 self.num_kv_blocks),
+            Pool(self.model, self.decode_gpu or self.gpu, self.decode_replicas, self.decode_tp or self.tp,
+                 self.num_kv_blocks), link)
 
     def replica_groups(self) -> list[ReplicaGroup]:
+        """The replicas, group after group (a disaggregated topology: the prefill pool, then the decode pool)."""
         if self.groups:
             return list(self.groups)
+        topo = self.topology()
+        if topo is not None:
+            return [ReplicaGroup(p.model, p.gpu, p.replicas, p.tp) for p in (topo.prefill, topo.decode)]
         return [ReplicaGroup(self.model, self.gpu, self.replicas, self.tp)]
 
     def normalised(self) -> SimConfig:
@@ -98,7 +129,7 @@ class SimConfig:
         raises :class:`KavierInputError` naming the field of an unknown one."""
         changes = {}
         for name, what in (("prefix_cache", "prefix cache policy"), ("prefix_scope", "prefix cache scope"),
-                           ("usage", "usage")):
+                           ("usage", "usage"), ("kv_transfer_mode", "KV transfer mode")):
             knob = knobs.BY_FIELD[name]
             value = knob.normalise(getattr(self, name))
             if knob.problem(value):
@@ -124,9 +155,69 @@ class SimConfig:
                 if problem:
                     raise KavierInputError(problem, location=f"groups[{i}].{name}",
                                            expected=knobs.BY_FIELD[name].expected)
+        cfg._check_disaggregation()   # first: its errors name the pools' fields, not the co-located ones
         cfg._check_sizes()
         cfg._check_groups()
         cfg._check_framework()
+
+    def _check_disaggregation(self) -> None:
+        """A disaggregated topology: both pools, the cluster's one model, a link that carries bytes, and what
+        the P/D loop models (vLLM v1's scheduler, a KV cache, one replica group per pool)."""
+        if (self.prefill_replicas is None) != (self.decode_replicas is None) and self.disaggregation is None:
+            missing = "decode_replicas" if self.decode_replicas is None else "prefill_replicas"
+            raise KavierInputError("disaggregated serving needs both a prefill and a decode pool", location=missing,
+                                   expected="--prefill-replicas N and --decode-replicas N together")
+        topo = self.topology()
+        if topo is None:
+            return
+        given = self.disaggregation is not None
+        if given and self.prefill_replicas is not None:
+            raise KavierInputError("a disaggregated topology is given twice (disaggregation and the knobs)",
+                                   location="prefill_replicas", expected="one of the two")
+        if self.groups:
+            raise KavierInputError("replica groups and a disaggregated topology cannot be combined yet",
+                                   location="groups", expected="no groups with --prefill-replicas/--decode-replicas")
+        for role, pool in (("prefill", topo.prefill), ("decode", topo.decode)):
+            def where(name: str, role=role) -> str:
+                return f"disaggregation.{role}.{name}" if given else f"{role}_{name}"
+            if not isinstance(pool.gpu, GPUSpec):
+                raise KavierInputError(f"the {role} pool's GPU must be a catalogue GPU, got {pool.gpu!r}",
+                                       location=where("gpu"), expected="a GPUSpec, e.g. default_catalog().gpu(name)")
+            if pool.model.name != self.model.name:
+                raise KavierInputError(
+                    f"the {role} pool serves {pool.model.name}, the cluster {self.model.name}; disaggregated "
+                    "serving moves one model's KV cache between its pools", location=where("model"),
+                    expected=self.model.name)
+            for name, value, limit in (("replicas", pool.replicas, limits.REPLICAS), ("tp", pool.tp, limits.TP)):
+                if value < 1 or limits.check(name, value, limit):
+                    raise KavierInputError(limit.above(value) if value >= 1 else "must be at least 1",
+                                           location=where(name), expected="an integer >= 1")
+            if pool.model.num_attention_heads % pool.tp != 0:
+                raise KavierInputError(
+                    f"{pool.model.name} has {pool.model.num_attention_heads} attention heads, which cannot be "
+                    f"split evenly over {pool.tp} GPUs", location=where("tp"),
+                    expected="a TP degree that divides the number of attention heads")
+        link = topo.link
+        lwhere = (lambda name: f"disaggregation.link.{name}") if given else (lambda name: f"kv_link_{name}")
+        if not (math.isfinite(link.gbs) and link.gbs > 0):
+            raise KavierInputError(f"the KV link's bandwidth must be a positive number of GB/s, got {link.gbs:g}",
+                                   location=lwhere("gbs"), expected="a number > 0")
+        for name, seconds in (("latency_s", link.latency_s), ("setup_s", link.setup_s)):
+            if not (math.isfinite(seconds) and seconds >= 0):
+                raise KavierInputError(f"invalid value {seconds!r}", location=lwhere(name), expected="a number >= 0")
+        if link.mode not in TRANSFER_MODES:
+            raise KavierInputError(f"unknown KV transfer mode {link.mode!r}",
+                                   location="disaggregation.link.mode" if given else "kv_transfer_mode",
+                                   expected="one of " + ", ".join(TRANSFER_MODES))
+        if self.framework_profile().policy != "vllm-v1":
+            raise KavierInputError("disaggregated serving is modelled with vLLM v1's scheduler only",
+                                   location="framework", expected="vllm-v1")
+        if not self.kv_cache:
+            raise KavierInputError("disaggregated serving moves the KV cache: it needs one", location="kv_cache",
+                                   expected="on")
+        total = topo.prefill.replicas * topo.prefill.tp + topo.decode.replicas * topo.decode.tp
+        if limits.check("replicas/tp", total, limits.GPUS):
+            raise KavierInputError(limits.GPUS.above(total), location="prefill_replicas/decode_replicas")
 
     def framework_profile(self) -> FrameworkProfile:
         """The framework in force (``framework`` is a built-in's name, or a profile being calibrated)."""
@@ -231,6 +322,9 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     """Run the serving simulation of ``trace`` under ``cfg`` (the result holds its normalised copy)."""
     cfg.validate()
     cfg = cfg.normalised()
+    topo = cfg.topology()
+    if topo is not None:
+        return _simulate_disaggregated(trace, cfg, topo, progress)
     t_wall = time.perf_counter()
     n = len(trace)
     res = Results(n)
@@ -326,6 +420,58 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
         if rep.t < end:
             # its cached prefixes stay in memory while it idles
             rep.timeline.add(rep.t, end, 0.0, 0.0, 0.0, 0, 0, rep.kv.cached_load())
+    result.wall_s = time.perf_counter() - t_wall
+    return result
+
+
+def _simulate_disaggregated(trace: Trace, cfg: SimConfig, topo: Disaggregation, progress: bool | None
+                            ) -> SimulationResult:
+    """The disaggregated run (engine/disaggregated.py): a prefill pool, a decode pool, the KV link."""
+    t_wall = time.perf_counter()
+    if trace.n is not None and (trace.n > 1).any():
+        raise KavierInputError("branching prompts (n > 1) are not modelled with disaggregated serving yet",
+                               source=str(trace.source), location="n", expected="one sample per prompt")
+    n = len(trace)
+    res = Results(n)
+    prefix = _prefix_setup(trace, cfg)
+    usage = cfg.resolved_usage(trace)
+    fw = cfg.framework_profile()
+    max_len = int(min(cfg.max_model_len or limits.CONTEXT_TOKENS.value, limits.CONTEXT_TOKENS.value))
+    given = cfg.disaggregation is not None
+    pools: dict[str, list] = {"prefill": [], "decode": []}
+    idx = 0
+    for role, pool, cls in (("prefill", topo.prefill, PrefillReplica), ("decode", topo.decode, DecodeReplica)):
+        group = ReplicaGroup(pool.model, pool.gpu, pool.replicas, pool.tp)
+        cm = CostModel(pool.model, pool.gpu, pool.tp, cfg.efficiency, framework=fw)
+        max_tokens, max_seqs = cfg.batch_limits(group, usage)
+        cap = (pool.num_kv_blocks if pool.num_kv_blocks is not None else
+               cm.kv_capacity_blocks(cfg.gpu_memory_utilization, max_tokens, max_seqs))
+        longest = min(cfg.max_model_len or pool.model.max_context, max_len)
+        if cap < blocks_for(longest):
+            where = ("num_kv_blocks" if pool.num_kv_blocks is not None and not given
+                     else f"disaggregation.{role}.num_kv_blocks" if pool.num_kv_blocks is not None
+                     else f"disaggregation.{role}.gpu" if given else f"{role}_gpu/{role}_tp")
+            raise KavierInputError(
+                f"a {role} replica ({pool.tp} x {pool.gpu.name}, {cap} KV blocks of {BLOCK_SIZE} tokens) cannot "
+                f"hold the KV cache of one request of {longest} tokens ({blocks_for(longest)} blocks)",
+                location=where, expected="a larger GPU, more tensor parallelism, or a shorter --max-model-len")
+        for _ in range(pool.replicas):
+            pools[role].append(cls(idx, cm, cap, max_num_seqs=max_seqs, max_batched_tokens=max_tokens,
+                                   kv_cache=True, exact=cfg.exact, results=res, merge_tol=cfg.timeline_merge_tol,
+                                   prefix=prefix if role == "prefill" else None))
+            idx += 1
+    reps: list[Replica] = [*pools["prefill"], *pools["decode"]]
+    full_key = (prefix.index.prompt_key if prefix is not None and prefix.policy == "full" else None)
+    bar = Progress(n, "simulate", enabled=progress, unit="req")
+    rec = run_disaggregated(topo, pools["prefill"], pools["decode"], res, trace.arrival_s.tolist(),
+                            trace.num_input_tokens.tolist(), trace.num_output_tokens.tolist(), max_len,
+                            full_cache_key=full_key, progress=bar)
+    bar.close()
+    result = SimulationResult(trace, cfg, res, reps, reps[0].capacity, usage=usage, extra={"pd": rec})
+    end = result.makespan_s
+    for rep in reps:
+        if rep.t < end:
+            rep.timeline.add(rep.t, end, 0.0, 0.0, rep.kv.load(), 0, 0, rep.kv.cached_load())
     result.wall_s = time.perf_counter() - t_wall
     return result
 

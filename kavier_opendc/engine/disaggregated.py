@@ -1,0 +1,252 @@
+"""The event loop of disaggregated prefill/decode serving (DistServe, Splitwise): two pools and a KV link.
+
+Flow of a request (the topology and the link model are in kv_link.py):
+
+1. It arrives and is routed to the prefill replica with the fewest prompt
+   tokens routed to it and not yet prefilled (ties: lowest index).
+2. The prefill replica runs it as a one-token request (vLLM v1 scheduling,
+   chunked prefill, prefix caching): its first token is sampled there, so
+   TTFT ends with the prefill. It keeps the request's KV blocks.
+3. Its KV moves to the decode replica with the most free blocks (then the
+   fewest outstanding requests) among those that could ever hold the whole
+   request. The decode replica takes the blocks of the prompt's KV when the
+   transfer starts; when no candidate has them free, the request waits, in
+   FIFO order, until one has (``decode_wait_s``): a receiver never
+   over-commits. A decode replica inside a decode run offers only the blocks
+   the run will not take before it ends.
+4. When the last byte lands, the prefill replica frees the blocks and the
+   request joins the decode replica's next iteration as a decoder, its
+   prompt's KV computed and its first token generated.
+
+Decode replicas never prefill, with one documented exception: a decoder
+preempted for lack of blocks is recomputed there (prompt plus the tokens it
+generated), as vLLM's recompute preemption does; prefill replicas never
+decode (a request of one output token finishes on its prefill replica,
+without a transfer). Events at one time: arrivals, then transfers landing,
+then replica boundaries, so a request landing at a boundary joins it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.engine.kv_link import Disaggregation, KVLink
+from kavier_opendc.engine.kv_manager import blocks_for
+from kavier_opendc.engine.replica import Replica
+from kavier_opendc.engine.request import DONE, Req
+from kavier_opendc.engine.results import FINISHED, REJECTED, Results
+
+
+class PrefillReplica(Replica):
+    """A replica of the prefill pool: requests end at their first token, and keep their KV blocks until
+    the transfer to a decode replica completes (``handoffs`` collects them for the event loop)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.handoffs: list[Req] = []     # prefilled at the latest boundary, for the event loop to move
+        self.queued_prompt_tokens = 0     # prompt tokens routed here and not yet prefilled (the router's key)
+        self.held = 0                     # requests prefilled whose KV has not left yet
+
+    def _finish(self, req: Req, t: float) -> None:
+        req.state = DONE
+        self.outstanding -= 1
+        self.running.remove(req)
+        self.kv.finished(req)
+        self.queued_prompt_tokens -= req.prompt
+        self.held += 1
+        self.handoffs.append(req)
+
+    def release_transferred(self, req: Req) -> None:
+        """The KV of ``req`` has left: free its blocks."""
+        self.kv.release(req, req.computed)
+        self.held -= 1
+
+
+class DecodeReplica(Replica):
+    """A replica of the decode pool: requests arrive with their prompt's KV and first token, and decode."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.incoming: list[Req] = []     # landed since the latest boundary: they join the next one
+
+    def receivable_blocks(self) -> int:
+        """Blocks free for a new request's KV now, less those a decode run in flight will still take."""
+        free = self.kv.capacity - self.kv.used
+        p = self.pending
+        if p is not None and p.is_decode_run:
+            free -= self.dec.blocks_needed(p.n) - p.allocated
+        return free
+
+    def boundary(self, t: float) -> float | None:
+        if self.pending is not None:
+            self._apply(t)
+        elif t > self.t:  # waking up from idle
+            kv = self.kv
+            self.timeline.add(self.t, t, 0.0, 0.0, kv.load(), 0, 0, kv.cached_load())
+        self.t = t
+        if self.incoming:
+            for req in self.incoming:     # blocks taken at the transfer's start; the decode counter applies now
+                self.running.append(req)
+                self.dec.add(req)
+            self.incoming.clear()
+        return self._schedule(t)
+
+
+@dataclass
+class PDRecord:
+    """Per-request arrays of a disaggregated run (requests.parquet's P/D columns)."""
+
+    prefill_replica: np.ndarray
+    decode_replica: np.ndarray
+    transfer_start: np.ndarray
+    transfer_end: np.ndarray
+    decode_wait: np.ndarray
+    link: KVLink
+    prefill_ids: list[int]
+    decode_ids: list[int]
+
+    @classmethod
+    def empty(cls, n: int, link: KVLink, prefill_ids: list[int], decode_ids: list[int]) -> PDRecord:
+        return cls(np.full(n, -1, dtype=np.int32), np.full(n, -1, dtype=np.int32), np.full(n, np.nan),
+                   np.full(n, np.nan), np.full(n, np.nan), link, prefill_ids, decode_ids)
+
+
+def run_disaggregated(topology: Disaggregation, prefill: list[PrefillReplica], decode: list[DecodeReplica],
+                      res: Results, arrivals: list, prompts: list, outs: list, max_len: int,
+                      full_cache_key=None, progress=None) -> PDRecord:
+    """Simulate a trace on the two pools; fills ``res`` and returns the P/D per-request record.
+
+    ``full_cache_key(i)``: the prompt key of request i when the 'full' prompt cache is on (None: off)."""
+    n = len(arrivals)
+    reps: list[Replica] = [*prefill, *decode]
+    link = KVLink(topology.link)
+    rec = PDRecord.empty(n, link, [r.idx for r in prefill], [r.idx for r in decode])
+    kv_bytes = topology.prefill.model.kv_bytes_per_token
+    layers = topology.prefill.model.num_layers
+    pre_cap = min(r.kv.capacity for r in prefill)
+    dec_cap = max(r.kv.capacity for r in decode)
+    heap: list = []
+    push, pop = heapq.heappush, heapq.heappop
+    waiting: list = []          # (req, prefill replica, prefill end): prefilled, no decode replica had room
+    wait_head = 0
+    in_flight: list = []        # transfer id -> (req, prefill replica, decode replica)
+    t_out = [0] * n             # output tokens of each request (the prefill side runs them with one)
+    inf = math.inf
+    i = 0
+
+    def wake(rep: Replica, t: float) -> None:
+        if not rep.busy:
+            if rep.running or rep.waiting or getattr(rep, "incoming", None):
+                rep.busy = True
+                rep.version += 1
+                push(heap, (t, rep.version, rep.idx))
+        elif rep.in_decode_run():
+            old = rep.version
+            nt = rep.cut(t)
+            if rep.version != old:
+                push(heap, (nt, rep.version, rep.idx))
+
+    def place(req: Req, pre: PrefillReplica, t_ready: float, now: float) -> bool:
+        """Start the transfer of ``req``'s KV at ``now`` if a decode replica has room; False otherwise."""
+        need_total = blocks_for(req.prompt + t_out[req.idx] - 1)
+        blocks = blocks_for(req.computed)
+        best, best_key = None, None
+        for d in decode:
+            if d.kv.capacity < need_total:
+                continue
+            key = (-d.receivable_blocks(), d.outstanding)
+            if best_key is None or key < best_key:
+                best, best_key = d, key
+        if best is None or -best_key[0] < blocks:  # type: ignore[index]
+            return False
+        assert best.kv.receive(blocks)
+        best.outstanding += 1
+        waited = now > t_ready
+        start, _, landed = link.reserve(now, req.computed * kv_bytes, layers,
+                                        None if waited else req.first_sched)
+        j = req.idx
+        rec.decode_replica[j] = best.idx
+        rec.transfer_start[j] = start
+        rec.transfer_end[j] = landed
+        rec.decode_wait[j] = now - t_ready
+        in_flight.append((req, pre, best))
+        push(heap, (landed, -1, len(in_flight) - 1))
+        return True
+
+    def drain_waiting(now: float) -> None:
+        nonlocal wait_head
+        while wait_head < len(waiting):
+            req, pre, t_ready = waiting[wait_head]
+            if not place(req, pre, t_ready, now):
+                break
+            waiting[wait_head] = None
+            wait_head += 1
+
+    while True:
+        ta = arrivals[i] if i < n else inf
+        if heap and heap[0][0] < ta:
+            t, ver, r = pop(heap)
+            if ver < 0:  # a transfer landed
+                req, pre, dst = in_flight[r]
+                in_flight[r] = None
+                pre.release_transferred(req)
+                wake(pre, t)
+                req.out = t_out[req.idx]
+                dst.incoming.append(req)
+                wake(dst, t)
+                continue
+            rep = reps[r]
+            if ver != rep.version:
+                continue
+            nt = rep.boundary(t)
+            if nt is not None:
+                push(heap, (nt, rep.version, r))
+            if isinstance(rep, PrefillReplica):
+                if rep.handoffs:
+                    for req in rep.handoffs:
+                        if t_out[req.idx] <= 1:   # nothing to decode: done where it was prefilled
+                            rep.release_transferred(req)
+                            res.record_finish(req, t, rep.idx)
+                        else:
+                            waiting.append((req, rep, t))
+                    rep.handoffs.clear()
+                    wake(rep, t)
+                    drain_waiting(t)
+            elif wait_head < len(waiting):
+                drain_waiting(t)
+            continue
+        if i >= n:
+            break
+        p, o = prompts[i], outs[i]
+        t_out[i] = o
+        req = Req(i, ta, p, 1)
+        best_pre = None
+        for rep in prefill:
+            if best_pre is None or rep.queued_prompt_tokens < best_pre.queued_prompt_tokens:
+                best_pre = rep
+        assert best_pre is not None
+        rec.prefill_replica[i] = best_pre.idx
+        if blocks_for(p) > pre_cap or blocks_for(p + o - 1) > dec_cap or p + o > max_len:
+            res.status[i] = REJECTED
+            res.replica[i] = best_pre.idx
+        elif full_cache_key is not None and best_pre.kv.prompt_cache.lookup(full_cache_key(i)):  # type: ignore[union-attr]
+            res.first_sched[i] = res.first_token[i] = res.finish[i] = ta
+            res.cached[i] = p
+            res.status[i] = FINISHED
+            res.replica[i] = best_pre.idx
+        else:
+            best_pre.enqueue(req)
+            best_pre.queued_prompt_tokens += p
+            wake(best_pre, ta)
+        i += 1
+        if progress is not None and not i & 0x3FFF:
+            progress.update(i)
+    if wait_head < len(waiting):  # cannot happen: every waiting request fits an idle decode replica
+        raise KavierInputError(f"{len(waiting) - wait_head} prefilled requests never found room in the decode "
+                               "pool", location="decode_gpu")
+    return rec
