@@ -2,6 +2,7 @@
 
     experiment.py     read and check an experiment file (schemas/experiment.schema.json)
     engine_config.py  an experiment's serving setup as the engine's SimConfig
+    serving.py        the experiment's serving section as a typed record (defaults from the engine's knobs)
     pipeline.py       `kavier run`: trace -> simulation -> OpenDC -> reports, in stages
     run_folder.py     a run's output folder: its markers, configuration hash, done check, experiment copy
     sweep.py          the cartesian product of experiment variations, run in parallel
