@@ -4,13 +4,16 @@ the link model, invariants over random traces, bad input."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
+import pandas
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace, toy_time
+from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace, needs_opendc, toy_time
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine import knobs
 from kavier_opendc.engine.kv_link import Disaggregation, KVLink, LinkSpec, Pool
@@ -366,3 +369,105 @@ def test_cli_runs_a_disaggregated_simulation_and_names_its_flags(tmp_path):
     assert r.returncode != 0 and "--kv-link-gbs" in r.stderr
     r = kavier("--prefill-replicas", "1")
     assert r.returncode != 0 and "--decode-replicas" in r.stderr
+
+
+# ----------------------------------------------------------------------------- experiment files
+
+
+def _pd_experiment(tmp_path, **serving):
+    from test_pipeline import tiny_experiment
+
+    dis = {"prefill": {"replicas": 1}, "decode": {"replicas": 1, "num_kv_blocks": 3000},
+           "link": {"gbs": 50, "latency_s": 2e-5, "mode": "layerwise"}}
+    return tiny_experiment(tmp_path, serving={"router": "least-kv", "prefix_cache": "block",
+                                              "disaggregation": dis, **serving})
+
+
+def test_an_experiment_declares_the_pools_and_the_link(tmp_path):
+    from kavier_opendc.experiments.experiment import load_experiment
+
+    exp = load_experiment(_pd_experiment(tmp_path))
+    assert [(g.name, g.gpu.name, g.replicas, g.tp) for g in exp.groups] == [("prefill", "A100-80GB", 1, 1),
+                                                                          ("decode", "A100-80GB", 1, 1)]
+    topo = exp.sim_config().topology()
+    assert (topo.prefill.replicas, topo.decode.replicas, topo.decode.num_kv_blocks) == (1, 1, 3000)
+    assert (topo.link.gbs, topo.link.latency_s, topo.link.setup_s, topo.link.mode) == (50, 2e-5, 0.0, "layerwise")
+    assert exp.gpu_counts() == {"A100-80GB": 2}
+
+
+def test_an_experiment_runs_the_same_simulation_as_the_cli_flags(tmp_path):
+    import subprocess
+    import sys
+
+    from kavier_opendc.experiments.experiment import load_experiment
+    from kavier_opendc.experiments.pipeline import run_experiment
+
+    exp = load_experiment(_pd_experiment(tmp_path))
+    run_experiment(exp, tmp_path / "run", opendc=False, plots=False, quiet=True)
+    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "simulate", "--model", "Llama-3-8B", "--gpu",
+                        "A100-80GB", "--trace", str(tmp_path / "workload.yaml"), "--seed", "7", "--router",
+                        "least-kv", "--prefix-cache", "block", "--prefill-replicas", "1", "--decode-replicas", "1",
+                        "--kv-link-gbs", "50", "--kv-link-latency-s", "2e-5", "--kv-transfer-mode", "layerwise",
+                        "--out", str(tmp_path / "cli"), "--quiet"], capture_output=True, text=True)
+    # the experiment's decode pool has its own KV capacity (3,000 blocks, never full here): the same timings
+    assert r.returncode == 0, r.stderr
+    a = pandas.read_parquet(tmp_path / "run" / "simulation" / "requests.parquet")
+    b = pandas.read_parquet(tmp_path / "cli" / "requests.parquet")
+    assert len(a) == len(b) == 60 and (a["status"] == "finished").all()
+    assert {"prefill_replica", "decode_replica", "transfer_start_s", "transfer_end_s", "decode_wait_s"} <= set(a)
+    assert np.allclose(a["ttft_s"], b["ttft_s"]) and np.allclose(a["transfer_end_s"], b["transfer_end_s"])
+    assert (a["prefill_replica"] == 0).all() and (a["decode_replica"] == 1).all()
+    summary = json.loads((tmp_path / "run" / "simulation" / "summary.json").read_text())
+    assert [g["gpu"] for g in summary["config"]["replica_groups"]] == ["A100-80GB", "A100-80GB"]
+
+
+@pytest.mark.parametrize("serving, path, words", [
+    ({"replicas": 2}, ("serving", "replicas"), "not allowed together with serving.disaggregation"),
+    ({"disaggregation": {"prefill": {"replicas": 1, "tp": 3}, "decode": {"replicas": 1}}},
+     ("serving", "disaggregation", "prefill", "tp"), "cannot be split evenly over 3 GPUs"),
+    ({"disaggregation": {"prefill": {"replicas": 1, "gpu": "NoSuchGPU"}, "decode": {"replicas": 1}}},
+     ("serving", "disaggregation", "prefill", "gpu"), "unknown GPU"),
+    ({"disaggregation": {"prefill": {"replicas": 1}, "decode": {"replicas": 1}, "link": {"gbs": 0}}},
+     ("serving", "disaggregation", "link", "gbs"), "0"),
+])
+def test_a_bad_disaggregated_experiment_names_its_field(tmp_path, serving, path, words):
+    from kavier_opendc.experiments.experiment import experiment_problems
+    from test_pipeline import tiny_experiment
+
+    doc = yaml.safe_load(tiny_experiment(tmp_path).read_text())
+    doc["serving"] = {**_pd_doc_serving(), **serving}
+    problems, exp = experiment_problems(doc, base_dir=tmp_path, opendc=False)
+    assert exp is None
+    assert any(p == path and words in m for p, m in problems), problems
+
+
+def _pd_doc_serving() -> dict:
+    return {"disaggregation": {"prefill": {"replicas": 1}, "decode": {"replicas": 1}}}
+
+
+@needs_opendc
+def test_a_disaggregated_experiment_gets_each_pools_energy_from_opendc(tmp_path):
+    from kavier_opendc.experiments.experiment import load_experiment
+    from kavier_opendc.experiments.pipeline import run_experiment
+
+    node = {"cpu": {"cores": 16, "mhz": 2000}, "memory_gib": 256, "count": 1,
+            "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300}}
+    dc = {"start": "2022-01-01T12:00:00", "export_interval_s": 1,
+          "hosts": [{"name": "prefill-node", "gpu": "A100-80GB", "gpus_per_host": 1, **node},
+                    {"name": "decode-node", "gpu": "H100-SXM", "gpus_per_host": 2, **node}]}
+    dis = {"prefill": {"replicas": 1}, "decode": {"replicas": 2, "gpu": "H100-SXM"}, "link": {"mode": "layerwise"}}
+    from test_pipeline import tiny_experiment
+    exp = load_experiment(tiny_experiment(tmp_path, serving={"disaggregation": dis}, datacenter=dc))
+    assert exp.gpu_counts() == {"A100-80GB": 1, "H100-SXM": 2}
+    report = run_experiment(exp, tmp_path / "out", plots=False, quiet=True).report
+    hosts = {h["host_name"]: h for h in report["sustainability"]["per_host"]}
+    assert set(hosts) == {"prefill-node", "decode-node"}
+    assert (hosts["prefill-node"]["gpus"], hosts["decode-node"]["gpus"]) == (1, 2)
+    # each pool's GPUs draw between their catalogue idle and maximum power (A100-80GB 60-400 W, H100-SXM
+    # 70-700 W), above idle since they serve; the total is the pools' sum
+    for name, n_gpus, idle_w, max_w in (("prefill-node", 1, 60.0, 400.0), ("decode-node", 2, 70.0, 700.0)):
+        hours = hosts[name]["duration_s"] / 3600
+        assert n_gpus * idle_w * hours * 1.01 < hosts[name]["gpu_energy_wh"] < n_gpus * max_w * hours
+    total = report["sustainability"]["energy_wh"]
+    assert abs(sum(h["energy_wh"] for h in hosts.values()) - total) <= 1e-6 * total + 1e-6
+    assert report["performance"]["num_finished"] == 60

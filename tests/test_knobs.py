@@ -52,7 +52,8 @@ def test_every_experiment_path_is_in_the_experiment_schema():
         else:
             assert knob.path[:2] == ("serving", "prefix_cache") and knob.path[2] in prefix, knob.path
     # and the other way round: every serving option the schema offers is a knob (or the groups list)
-    assert serving - {k.path[1] for k in knobs.KNOBS if k.path and len(k.path) >= 2} == {"replica_groups"}
+    assert serving - {k.path[1] for k in knobs.KNOBS if k.path and len(k.path) >= 2} == {"replica_groups",
+                                                                                         "disaggregation"}
 
 
 def test_validate_does_not_change_the_config_and_normalised_returns_a_copy():

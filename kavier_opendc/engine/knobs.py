@@ -202,6 +202,8 @@ def experiment_path(location: str) -> tuple:
     m = _GROUP.fullmatch(location)
     if m:
         return ("serving", "replica_groups", int(m.group(1)), m.group(2))
+    if location.startswith("disaggregation."):
+        return ("serving", *location.split("/")[0].split("."))
     first = location.split("/")[0]
     knob = BY_FIELD.get(first)
     if knob is not None and knob.path is not None:

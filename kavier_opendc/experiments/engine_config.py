@@ -35,7 +35,7 @@ def sim_config(serving: Serving, groups: list, seed: int, catalog) -> SimConfig:
     from kavier_opendc.engine.simulator import ReplicaGroup, SimConfig
 
     g0 = groups[0]
-    for i, g in enumerate(groups):
+    for i, g in enumerate(groups if serving.disaggregation is None else ()):
         for k, v in g.limits.items():
             if v != serving.get(k) and len(groups) > 1:
                 raise KavierInputError(
@@ -59,7 +59,25 @@ def sim_config(serving: Serving, groups: list, seed: int, catalog) -> SimConfig:
                                    location=f"serving.prefix_cache.{option}",
                                    expected="one of policy, " + ", ".join(knobs.PREFIX_OPTION_FIELDS))
         kwargs[knobs.PREFIX_OPTION_FIELDS[option]] = math.inf if value == "inf" else value
-    if len(groups) > 1:
+    if serving.disaggregation is not None:
+        kwargs["disaggregation"] = _topology(serving.disaggregation, groups)
+        kwargs["replicas"] = sum(g.replicas for g in groups)
+    elif len(groups) > 1:
         kwargs["groups"] = [ReplicaGroup(g.model, g.gpu, g.replicas, g.tp) for g in groups]
         kwargs["replicas"] = sum(g.replicas for g in groups)
     return SimConfig(**kwargs)
+
+
+def _topology(spec: dict, groups: list):
+    """The engine's disaggregated topology from ``serving.disaggregation`` and its pools' groups (prefill, decode)."""
+    from kavier_opendc.engine.kv_link import Disaggregation, LinkSpec, Pool
+
+    pools = {g.name: g for g in groups}
+    built = [Pool(pools[role].model, pools[role].gpu, pools[role].replicas, pools[role].tp,
+                  spec[role].get("num_kv_blocks")) for role in ("prefill", "decode")]
+    link = spec.get("link") or {}
+    defaults = LinkSpec()
+    return Disaggregation(built[0], built[1], LinkSpec(link.get("gbs", defaults.gbs),
+                                                       link.get("latency_s", defaults.latency_s),
+                                                       link.get("setup_s", defaults.setup_s),
+                                                       link.get("mode", defaults.mode)))

@@ -375,6 +375,8 @@ def _serving(serving: dict, problems: list[Problem], catalog) -> Serving:
             norm["router"] = normalise_router(norm["router"])
         except KavierInputError as exc:
             problems.append((("serving", "router"), _msg(exc.relocated(None))))
+    dis = serving.get("disaggregation")
+    norm["disaggregation"] = dict(dis) if isinstance(dis, dict) else None
     return Serving(**norm)
 
 
@@ -489,6 +491,8 @@ def _lookup(cat, kind: str, name: Any, path: tuple, problems: list[Problem]):
 
 def _groups(data: dict, serving: dict, cat, problems: list[Problem]) -> list[GroupSpec]:
     groups: list[GroupSpec] = []
+    if isinstance(serving.get("disaggregation"), dict):
+        return _pool_groups(data, serving, cat, problems)
     rg = serving.get("replica_groups")
     if isinstance(rg, list) and rg:
         for key in ("replicas", "tp"):
@@ -528,6 +532,33 @@ def _groups(data: dict, serving: dict, cat, problems: list[Problem]) -> list[Gro
             and not isinstance(reps, bool) and not isinstance(tp, bool):
         groups.append(GroupSpec(m, gp, reps, tp, "group0", {}, "serving"))
     return groups
+
+
+def _pool_groups(data: dict, serving: dict, cat, problems: list[Problem]) -> list[GroupSpec]:
+    """A disaggregated cluster's pools as replica groups named prefill and decode (the datacenter, costs and
+    the OpenDC export see each pool's GPUs); the engine gets the topology itself (engine_config)."""
+    for key in ("replicas", "tp", "replica_groups"):
+        if key in serving:
+            problems.append((("serving", key), "not allowed together with serving.disaggregation (give replicas "
+                                               "and tp per pool)"))
+    if "model" not in data:
+        problems.append((("model",), "required field is missing"))
+    m = _lookup(cat, "model", data.get("model"), ("model",), problems)
+    groups: list[GroupSpec] = []
+    for role in ("prefill", "decode"):
+        pool = serving["disaggregation"].get(role)
+        if not isinstance(pool, dict):
+            continue  # the schema has reported it
+        path = ("serving", "disaggregation", role)
+        gname = pool.get("gpu", data.get("gpu"))
+        if gname is None:
+            problems.append((path + ("gpu",), "required field is missing (no top-level gpu either)"))
+        gp = _lookup(cat, "gpu", gname, path + ("gpu",) if "gpu" in pool else ("gpu",), problems)
+        reps, tp = pool.get("replicas", 1), pool.get("tp", 1)
+        if m is not None and gp is not None and isinstance(reps, int) and isinstance(tp, int) \
+                and not isinstance(reps, bool) and not isinstance(tp, bool):
+            groups.append(GroupSpec(m, gp, reps, tp, role, {}, json_path(path)))
+    return groups if len(groups) == 2 else []   # both pools or none: the other checks need the topology whole
 
 
 def _trace(tv: Any, base: Path, problems: list[Problem], inputs: list) -> TraceSource:
@@ -768,7 +799,8 @@ def to_jsonable(exp: Experiment) -> dict:
         "seed": exp.seed,
         "replica_groups": [{"name": g.name, "model": g.model.name, "gpu": g.gpu.name, "replicas": g.replicas,
                             "tp": g.tp, **dict(g.limits)} for g in exp.groups],
-        "serving": dataclasses.asdict(exp.serving),
+        "serving": {k: v for k, v in dataclasses.asdict(exp.serving).items()
+                    if k != "disaggregation" or v is not None},
         "trace": {"kind": exp.trace.kind, "path": None if exp.trace.path is None else str(exp.trace.path),
                   "format": exp.trace.format, "inline": exp.trace.inline is not None},
         "carbon": None if exp.carbon is None else {"kind": exp.carbon.kind,

@@ -30,6 +30,7 @@ class Serving:
     router: Any = DEFAULTS["router"]
     exact: Any = DEFAULTS["exact"]
     prefix_cache: dict = field(default_factory=dict)   # {"policy": ..., option: value}; {} = the engine's default
+    disaggregation: dict | None = None  # {prefill: pool, decode: pool, link: {...}} as written; None: co-located
 
     def get(self, name: str) -> Any:
         """The option called ``name`` (a group may override the limits; see GROUP_LIMIT_KEYS)."""
