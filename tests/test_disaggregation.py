@@ -471,3 +471,22 @@ def test_a_disaggregated_experiment_gets_each_pools_energy_from_opendc(tmp_path)
     total = report["sustainability"]["energy_wh"]
     assert abs(sum(h["energy_wh"] for h in hosts.values()) - total) <= 1e-6 * total + 1e-6
     assert report["performance"]["num_finished"] == 60
+    pools = {p["pool"]: p for p in report["sustainability"]["per_pool"]}
+    assert pools["prefill"]["hosts"] == ["prefill-node"] and pools["decode"]["hosts"] == ["decode-node"]
+    assert pools["decode"]["energy_wh"] == hosts["decode-node"]["energy_wh"]
+    assert "## Disaggregated pools" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_pool_energy_is_its_hosts_and_never_a_guessed_share_of_a_shared_host():
+    from kavier_opendc.reports.efficiency import pool_energy
+
+    dis = {"prefill_pool": {"replica_ids": [0], "gpu": "A", "replicas": 1, "tp": 1},
+           "decode_pool": {"replica_ids": [1, 2], "gpu": "B", "replicas": 2, "tp": 1}}
+    tasks = [{"task_id": i, "replica": i} for i in range(3)]
+    per_host = [{"host_name": "a", "energy_wh": 10.0, "gpu_energy_wh": 4.0},
+                {"host_name": "b", "energy_wh": 30.0, "gpu_energy_wh": 20.0}]
+    own = pool_energy(dis, tasks, {"0": "a", "1": "b", "2": "b"}, per_host)
+    assert [(p["pool"], p["hosts"], p["energy_wh"], p["gpu_energy_wh"]) for p in own] == \
+        [("prefill", ["a"], 10.0, 4.0), ("decode", ["b"], 30.0, 20.0)]
+    shared = pool_energy(dis, tasks, {"0": "b", "1": "b", "2": "a"}, per_host)   # OpenDC put replica 0 on b
+    assert [(p["energy_wh"], p["shared_hosts"]) for p in shared] == [(None, ["b"]), (None, ["b"])]

@@ -53,7 +53,7 @@ from kavier_opendc.opendc.datacenter import DEFAULT_START, load_datacenter
 from kavier_opendc.opendc.inputs import write_opendc_inputs
 from kavier_opendc.opendc.jvm import BUILD_COMMAND, find_bridge_jar, find_java, jar_flavour
 from kavier_opendc.opendc.results import run_opendc_dir, sustainability_record
-from kavier_opendc.reports.efficiency import efficiency_report
+from kavier_opendc.reports.efficiency import efficiency_report, pool_energy
 from kavier_opendc.reports.report import write_report
 
 # --------------------------------------------------------------------------
@@ -295,6 +295,7 @@ class OpenDCRun:
     bridge_info: dict | None = None       # OpenDC, bridge and Java versions (given by a sweep, or asked)
     sustainability: dict | None = None    # energy, power, carbon (sustainability_record, trimmed)
     power: Any = None                     # OpenDC's power samples
+    task_map: list = dataclasses.field(default_factory=list)  # the export's tasks: replica, part, planned host
     host: Any = None                      # OpenDC's host.parquet, for the plots
 
 
@@ -324,6 +325,7 @@ def _stage_export(exp: Experiment, output: SimulationOutput, odc: Path, st: Stag
         if carbon_path is None and dc.power_source.carbon_trace is not None:
             run.carbon_info = {"kind": "datacenter", "path": str(dc.power_source.carbon_trace)}
         stats = write_opendc_inputs(output, dc, odc, **exp.export_opts)
+        run.task_map = list(stats.get("task_map") or [])
         st.say(f"      {stats['tasks']} task(s), {stats['fragments']} fragments from "
                f"{stats['timeline_segments']} timeline segments ({stats['mode']})")
 
@@ -363,6 +365,10 @@ def _stage_report(exp: Experiment, out: Path, output: SimulationOutput, run: Ope
     """Efficiency, plots and provenance; writes report.md and report.json (last) and returns the report."""
 
     summary, requests = output.summary, output.requests_frame()
+    if summary.get("disaggregation") and run.sustainability is not None:
+        run.sustainability["per_pool"] = pool_energy(summary["disaggregation"], run.task_map,
+                                                     (run.sustainability.get("tasks") or {}).get("hosts") or {},
+                                                     run.sustainability.get("per_host") or [])
     eff = efficiency_report(summary, requests, run.sustainability, gpu_counts=exp.gpu_counts(),
                             prices=exp.prices, slo=exp.slo)
     plot_files: list[str] = []

@@ -258,3 +258,34 @@ def prototype_efficiency_summary(tasks: pd.DataFrame, power_source: pd.DataFrame
         "prototype_sustainability_efficiency_as_printed": _per(energy_j / 1000.0 / 1000.0 * total_latency_s, mtok),
         "note": PROTOTYPE_NOTE,
     }
+
+
+def pool_energy(disaggregation: Mapping[str, Any], task_map: list, task_hosts: Mapping[str, str],
+                per_host: list) -> list[dict]:
+    """Energy of each pool of a disaggregated run: the OpenDC energy of the hosts its replicas' tasks ran on.
+
+    ``task_map`` (the export's) gives each task's replica, ``task_hosts`` (OpenDC's) each task's host. A host
+    that ran tasks of both pools cannot be split between them without a per-GPU placement OpenDC does not
+    report: such a pool's energy is None, with the shared hosts named (never an invented share).
+    """
+    replica_pool = {r: role for role in ("prefill", "decode")
+                    for r in (disaggregation.get(f"{role}_pool") or {}).get("replica_ids", [])}
+    hosts_of: dict[str, set] = {"prefill": set(), "decode": set()}
+    for t in task_map:
+        role = replica_pool.get(t.get("replica"))
+        host = task_hosts.get(str(t.get("task_id")))
+        if role is not None and host is not None:
+            hosts_of[role].add(host)
+    energy = {h["host_name"]: h for h in per_host}
+    shared = hosts_of["prefill"] & hosts_of["decode"]
+    out = []
+    for role in ("prefill", "decode"):
+        pool = disaggregation.get(f"{role}_pool") or {}
+        hosts = sorted(hosts_of[role])
+        exclusive = not (shared & hosts_of[role]) and all(h in energy for h in hosts) and hosts
+        out.append({"pool": role, "gpu": pool.get("gpu"), "replicas": pool.get("replicas"), "tp": pool.get("tp"),
+                    "busy_fraction": pool.get("busy_fraction"), "hosts": hosts,
+                    "energy_wh": sum(energy[h]["energy_wh"] for h in hosts) if exclusive else None,
+                    "gpu_energy_wh": sum(energy[h].get("gpu_energy_wh") or 0.0 for h in hosts) if exclusive else None,
+                    "shared_hosts": sorted(shared & hosts_of[role])})
+    return out

@@ -159,6 +159,34 @@ def _performance(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _pools(report: Mapping[str, Any]) -> list[str]:
+    """A disaggregated run's pools and KV link (engine), and each pool's energy where OpenDC gives it."""
+    dis = report["performance"].get("disaggregation")
+    if not dis:
+        return []
+    per_pool = {p["pool"]: p for p in ((report.get("sustainability") or {}).get("per_pool") or [])}
+    lines = ["## Disaggregated pools", "",
+             "| pool | replicas x TP x GPU | busy | requests | energy (Wh) | GPU energy (Wh) | hosts |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for role in ("prefill", "decode"):
+        p, e = dis.get(f"{role}_pool") or {}, per_pool.get(role) or {}
+        energy = (fmt(e["energy_wh"]) if e.get("energy_wh") is not None
+                  else "shared host(s) " + ", ".join(e["shared_hosts"]) if e.get("shared_hosts") else "-")
+        gpu_energy = fmt(e["gpu_energy_wh"]) if e.get("gpu_energy_wh") is not None else "-"
+        lines.append(f"| {role} | {p.get('replicas')} x {p.get('tp')} x {p.get('gpu')} | "
+                     f"{(p.get('busy_fraction') or 0):.1%} | {fmt(p.get('requests'))} | {energy} | {gpu_energy} | "
+                     f"{', '.join(e.get('hosts') or []) or '-'} |")
+    link = dis.get("link") or {}
+    wait = dis.get("decode_wait_s") or {}
+    lines += ["", f"KV link: {fmt(link.get('gbs'))} GB/s, {link.get('mode')} ({link.get('policy', 'fifo')}), "
+              f"{(link.get('bytes_moved') or 0) / 1e9:.2f} GB in {fmt(link.get('transfers'))} transfers, busy "
+              f"{(link.get('busy_fraction') or 0):.1%}, transfer mean {_ms(link, 'transfer_s_mean')} ms / p99 "
+              f"{_ms(link, 'transfer_s_p99')} ms, {_ms(link, 'exposed_s_mean')} ms of it after the prefill on "
+              f"average; decode admission wait mean {_ms(wait, 'mean')} ms / p99 {_ms(wait, 'p99')} ms. "
+              "A pool's energy is its hosts' (OpenDC); a host that ran both pools is not split between them.", ""]
+    return lines
+
+
 def _sustainability(report: Mapping[str, Any]) -> list[str]:
     """Energy, power and carbon from OpenDC, per host and per GPU."""
     sus = report.get("sustainability")
@@ -285,7 +313,7 @@ def _provenance(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-SECTIONS = (_title, _setup, _performance, _sustainability, _efficiency, _plots, _definitions, _provenance)
+SECTIONS = (_title, _setup, _performance, _pools, _sustainability, _efficiency, _plots, _definitions, _provenance)
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
