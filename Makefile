@@ -25,7 +25,7 @@ test: setup       ## the whole test suite: the bridge's JUnit tests (in 'setup')
 	$(PYTHON) -m pytest
 
 demo:             ## a demo simulation on a built-in synthetic workload
-	kavier demo --out out/demo
+	kavier demo --out out/demo --overwrite
 
 bench:            ## requests simulated per second on the Azure conversation trace
 	$(PYTHON) bench/simulate_speed.py

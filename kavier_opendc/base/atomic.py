@@ -26,6 +26,18 @@ from kavier_opendc.base.errors import KavierInputError
 INCOMPLETE = "INCOMPLETE"
 
 
+def refuse_complete_output(out: Path, files: tuple[str, ...], what: str, *, overwrite: bool) -> None:
+    """An output folder that holds a complete earlier result (all of ``files``, no INCOMPLETE marker) is
+    replaced only when asked: a rerun never deletes finished results by surprise. An incomplete one (a
+    failed or killed run) is replaced as before."""
+    out = Path(out)
+    if overwrite or not out.is_dir() or (out / INCOMPLETE).exists():
+        return
+    if all((out / f).is_file() for f in files):
+        raise KavierInputError(f"{out} already holds a complete {what}, which is kept", location="--out",
+                               expected="another folder, or --overwrite to replace it")
+
+
 def check_writable_dir(out: Path, what: str = "--out") -> None:
     """Fail early, before any work, when ``out`` cannot be created or written."""
     out = Path(out)

@@ -35,14 +35,18 @@ def add_run_args(ap: argparse.ArgumentParser, experiment: bool = True) -> None:
     ap.add_argument("--no-opendc", action="store_true",
                     help="skip OpenDC: simulation and the performance report only (no JVM needed)")
     ap.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace a complete earlier run in --out (refused otherwise; an incomplete one is replaced)")
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr and no summary on stdout")
 
 
 def _run_file(path: Path, args, command: str) -> int:
+    from kavier_opendc.base.atomic import refuse_complete_output
     from kavier_opendc.experiments.experiment import load_experiment
     from kavier_opendc.experiments.pipeline import run_experiment
 
     exp = load_experiment(path, opendc=False if args.no_opendc else None)
+    refuse_complete_output(Path(args.out), ("report.json",), "run (report.json)", overwrite=args.overwrite)
     res = run_experiment(exp, Path(args.out), opendc=False if args.no_opendc else None, plots=not args.no_plots,
                          quiet=args.quiet, command=command)
     if not args.quiet:
@@ -280,6 +284,7 @@ def register(sub) -> None:
     demo.add_argument("--out", metavar="DIR", help="output folder (as for kavier run)")
     demo.add_argument("--no-opendc", action="store_true", help="skip OpenDC (performance report only)")
     demo.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+    demo.add_argument("--overwrite", action="store_true", help="replace a complete earlier demo run in --out")
     demo.add_argument("--quiet", action="store_true", help="no progress and no summary")
     demo.add_argument("--init", metavar="DIR", help="instead of running, copy the demo experiment, workload and "
                                                    "sweep into DIR as a starting point")

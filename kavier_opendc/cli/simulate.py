@@ -72,17 +72,21 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
         ap.add_argument(knob.flag, **_argument(knob))
     ap.add_argument("--catalog", action="append", metavar="FILE",
                     help="extra model/GPU catalogue (JSON/YAML, schemas/catalog.schema.json); repeatable")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace a complete earlier simulation in --out (refused otherwise)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stdout")
 
 
 def cmd_simulate(args) -> int:
-    from kavier_opendc.base.atomic import check_writable_dir
-    from kavier_opendc.engine.outputs import write_simulation
+    from kavier_opendc.base.atomic import check_writable_dir, refuse_complete_output
+    from kavier_opendc.engine.outputs import FILES, write_simulation
     from kavier_opendc.engine.simulator import SimConfig, simulate
     from kavier_opendc.workload.load import load_workload
 
     t0 = time.perf_counter()
     out = Path(args.out)
+    refuse_complete_output(out, FILES, "simulation (requests.parquet, timeline.parquet, summary.json)",
+                           overwrite=args.overwrite)
     check_writable_dir(out)
     cat = catalog_with(args.catalog)
     model, gpu = cat.model(args.model), cat.gpu(args.gpu)
