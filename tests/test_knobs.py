@@ -97,6 +97,7 @@ def test_front_ends_word_a_field_their_own_way():
     assert knobs.flag_of("host_memory_gb") == "--host-cache-gb"
     assert knobs.flag_of("model/gpu/tp") == "--model/--gpu/--tp"
     assert knobs.flag_of("groups[1].tp") == "groups[1].tp"
+    assert knobs.flag_of("--out") == "--out"           # a location a front end already named stays
     assert knobs.experiment_path("host_memory_gb") == ("serving", "prefix_cache", "host_memory_gb")
     assert knobs.experiment_path("groups[1].tp") == ("serving", "replica_groups", 1, "tp")
     assert knobs.experiment_path("model/gpu/tp") == ("serving",)

@@ -24,7 +24,8 @@ def test_simulate_keeps_a_complete_earlier_simulation_unless_told(tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     r = cli(*SIM, "--out", out, "--replicas", "2")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "already holds a complete simulation" in r.stderr and "--overwrite" in r.stderr
+    assert f"kavier: error: --out: {out} already holds a complete simulation" in r.stderr
+    assert "--overwrite to replace it" in r.stderr
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before   # nothing touched
     assert cli(*SIM, "--out", out, "--replicas", "2", "--overwrite").returncode == 0
     assert (out / "summary.json").stat().st_mtime_ns != before["summary.json"]

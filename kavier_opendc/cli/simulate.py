@@ -85,8 +85,6 @@ def cmd_simulate(args) -> int:
 
     t0 = time.perf_counter()
     out = Path(args.out)
-    refuse_complete_output(out, FILES, "simulation (requests.parquet, timeline.parquet, summary.json)",
-                           overwrite=args.overwrite)
     check_writable_dir(out)
     cat = catalog_with(args.catalog)
     model, gpu = cat.model(args.model), cat.gpu(args.gpu)
@@ -99,6 +97,9 @@ def cmd_simulate(args) -> int:
     try:
         cfg = SimConfig(model=model, gpu=gpu, **values)
         cfg.validate()
+        # the settings' own errors first; then a complete earlier result in --out, before any work
+        refuse_complete_output(out, FILES, "simulation (requests.parquet, timeline.parquet, summary.json)",
+                               overwrite=args.overwrite)
         for warning in cfg.warnings():
             print(f"kavier: warning: {warning}", file=sys.stderr)
         trace = load_workload(args.trace, args.trace_format, args.seed, keep_overlong=args.keep_overlong_requests)

@@ -193,8 +193,8 @@ def flag_of(location: str) -> str:
     """An engine error's location (fields, ``a/b`` for several, ``groups[i].f``) as `kavier simulate` names it."""
     if _GROUP.fullmatch(location) or location.startswith("disaggregation."):
         return location
-    return "/".join(BY_FIELD[f].flag or f if f in BY_FIELD else f"--{f.replace('_', '-')}"
-                    for f in location.split("/"))
+    return "/".join(f if f.startswith("--") else BY_FIELD[f].flag or f if f in BY_FIELD
+                    else f"--{f.replace('_', '-')}" for f in location.split("/"))
 
 
 def experiment_path(location: str) -> tuple:
