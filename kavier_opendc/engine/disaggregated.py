@@ -83,12 +83,7 @@ class DecodeReplica(Replica):
         return free
 
     def boundary(self, t: float) -> float | None:
-        if self.pending is not None:
-            self._apply(t)
-        elif t > self.t:  # waking up from idle
-            kv = self.kv
-            self.timeline.add(self.t, t, 0.0, 0.0, kv.load(), 0, 0, kv.cached_load())
-        self.t = t
+        self._advance(t)
         if self.incoming:
             for req in self.incoming:     # blocks taken at the transfer's start; the decode counter applies now
                 self.running.append(req)

@@ -153,13 +153,17 @@ class Replica(Scheduler):
     # ------------------------------------------------------------ boundary
     def boundary(self, t: float) -> float | None:
         """Apply the iteration(s) ending at ``t``, schedule the next; return its end time or None if idle."""
+        self._advance(t)
+        return self._schedule(t)
+
+    def _advance(self, t: float) -> None:
+        """Bring the replica to ``t``: apply the iteration(s) ending then, or record the idle span before it."""
         if self.pending is not None:
             self._apply(t)
         elif t > self.t:  # waking up from idle
             kv = self.kv
             self.timeline.add(self.t, t, 0.0, 0.0, kv.load(), 0, 0, kv.cached_load())
         self.t = t
-        return self._schedule(t)
 
     def _finish(self, req: Req, t: float) -> None:
         """``req`` sampled its last token at ``t``: its blocks are freed and its result written."""
