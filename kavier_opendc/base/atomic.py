@@ -3,6 +3,9 @@
 Every writer goes through a temporary sibling and a rename (``os.replace``), so
 a reader (or a crashed run) never sees half a file; ``staged_output`` does the
 same for a whole folder. ``check_writable_dir`` fails before any work is done.
+Temporary files and folders are made private (0600/0700) by ``tempfile``; what
+is renamed into place gets the modes the umask gives, like any Unix tool's
+output (a Docker volume's host user or a colleague can read the results).
 """
 
 from __future__ import annotations
@@ -24,6 +27,25 @@ from kavier_opendc.base.errors import KavierInputError
 
 #: The marker file a folder holds while it is not whole (a run, sweep, export or trace in progress or failed).
 INCOMPLETE = "INCOMPLETE"
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (setting it is process-wide
+    and would race with threads writing files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: str | os.PathLike, *, directory: bool = False) -> None:
+    """Give a temporary file (0600) or folder (0700) the mode a plain open()/mkdir() would have."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
 def refuse_complete_output(out: Path, files: tuple[str, ...], what: str, *, overwrite: bool) -> None:
@@ -86,6 +108,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        public_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -105,6 +128,7 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> None:
     os.close(fd)
     try:
         pq.write_table(table, tmp)
+        public_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

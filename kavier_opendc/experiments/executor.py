@@ -56,6 +56,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from kavier_opendc.base.atomic import public_mode
 from kavier_opendc.base.errors import KavierError, KavierRuntimeError
 from kavier_opendc.experiments.experiment import load_experiment, synthetic_input_files
 from kavier_opendc.experiments.pipeline import run_experiment
@@ -321,6 +322,7 @@ def unpack_run(archive: bytes, run_dir: Path) -> None:
             tar.extractall(stage, filter="data")
         if run_dir.exists():
             shutil.rmtree(run_dir)
+        public_mode(stage, directory=True)
         os.replace(stage, run_dir)
     finally:
         if stage.exists():
