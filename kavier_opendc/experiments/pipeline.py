@@ -123,7 +123,7 @@ def carbon_trace_for(exp: Experiment, odc_dir: Path, makespan_s: float, start: s
     generated into ``odc_dir/carbon/``) or None to keep the datacenter's own."""
     from kavier_opendc.opendc import carbon as C
 
-    if exp.carbon is None:
+    if exp.carbon is None or exp.carbon.kind == "datacenter":
         return None, {}
     if exp.carbon.kind != "synthetic":
         return Path(str(exp.carbon.path)), {"kind": exp.carbon.kind, "path": str(exp.carbon.path)}
@@ -319,11 +319,22 @@ def _stage_export(exp: Experiment, output: SimulationOutput, odc: Path, st: Stag
     with st.stage("export", "timeline -> OpenDC tasks, fragments, topology, experiment"):
         odc.mkdir(parents=True, exist_ok=True)
         start = exp.datacenter.get("start", DEFAULT_START)
-        carbon_path, run.carbon_info = carbon_trace_for(exp, odc, output.summary["makespan_s"], start)
+        makespan = output.summary["makespan_s"]
+        carbon_path, run.carbon_info = carbon_trace_for(exp, odc, makespan, start)
         dc = datacenter_for(exp, carbon_path)
-        run.datacenter = dc.to_dict()
         if carbon_path is None and dc.power_source.carbon_trace is not None:
             run.carbon_info = {"kind": "datacenter", "path": str(dc.power_source.carbon_trace)}
+        if run.carbon_info and run.carbon_info["kind"] != "synthetic":
+            from kavier_opendc.opendc.carbon import fit_trace_to_run
+
+            kind = run.carbon_info["kind"]
+            fitted, mapping = fit_trace_to_run(run.carbon_info["path"], dc.start, makespan,
+                                               "none" if exp.carbon is None else exp.carbon.align, odc / "carbon",
+                                               location="datacenter" if kind == "datacenter" else f"carbon.{kind}")
+            if mapping:   # the run lies outside the trace's dates: an aligned copy, said in the report
+                run.carbon_info.update(mapping)
+                dc = datacenter_for(exp, fitted)
+        run.datacenter = dc.to_dict()
         stats = write_opendc_inputs(output, dc, odc, **exp.export_opts)
         run.task_map = list(stats.get("task_map") or [])
         st.say(f"      {stats['tasks']} task(s), {stats['fragments']} fragments from "

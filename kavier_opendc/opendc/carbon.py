@@ -11,8 +11,9 @@ reader through the bridge):
 Each value holds until the next row. OpenDC sorts the rows, stretches the
 first value back to the beginning of time and the last value forward to the
 end of time (``CarbonTraceLoader.fixReportTimes``), so a run outside the
-trace's range silently uses the first or last value; :func:`trace_coverage`
-lets callers warn about that.
+trace's range would silently use the first or last value: :func:`fit_trace_to_run`
+refuses that, or maps the run onto the trace's days when asked
+(``carbon.align: same-day-of-year``).
 
 This module reads and validates such traces, resolves region names to trace
 files, and generates a synthetic profile with a daily cycle (for the demo;
@@ -151,18 +152,71 @@ def validate_carbon_trace(path: str | os.PathLike) -> CarbonTraceInfo:
                            float(ci.mean()), float(ci.min()), float(ci.max()))
 
 
-def trace_coverage(path: str | os.PathLike, start: datetime | str, duration_s: float) -> bool:
-    """True when ``[start, start + duration_s]`` lies within the trace's rows
-    (OpenDC clamps to the first/last value outside them)."""
-    df = read_carbon_trace(path)
-    t0 = _to_utc_naive(start)
-    t1 = t0 + timedelta(seconds=float(duration_s))
+#: How a run outside its carbon trace's dates is mapped onto it (experiment ``carbon.align``).
+CARBON_ALIGN = ("none", "same-day-of-year")
+
+
+def _span(df: pd.DataFrame) -> tuple[datetime, datetime]:
+    """First instant and end of the last row's validity (one more step; its own instant for one row)."""
     first = df["timestamp"].iloc[0].to_pydatetime()
     last = df["timestamp"].iloc[-1].to_pydatetime()
     if len(df) > 1:
-        step = df["timestamp"].iloc[-1] - df["timestamp"].iloc[-2]
-        last = last + step.to_pytimedelta()
-    return first <= t0 and t1 <= last
+        last = last + (df["timestamp"].iloc[-1] - df["timestamp"].iloc[-2]).to_pytimedelta()
+    return first, last
+
+
+def fit_trace_to_run(path: str | os.PathLike, start: datetime | str, duration_s: float, align: str,
+                     out_dir: str | os.PathLike, *, location: str = "carbon") -> tuple[Path, dict]:
+    """The carbon trace a run of ``duration_s`` from ``start`` uses, and how it was mapped.
+
+    A trace that covers the run is used as it is (``{}``). Otherwise, with ``align == "same-day-of-year"``,
+    a copy whose rows are moved by whole years (the same month, day and time; 29 February falls on the
+    28th) and repeated year after year until it covers the run is written into ``out_dir``; without it the
+    run is refused, since OpenDC would hold the trace's first or last value for the whole run.
+    """
+    df = read_carbon_trace(path)
+    t0 = _to_utc_naive(start)
+    t1 = t0 + timedelta(seconds=float(duration_s))
+    first, last = _span(df)
+    if first <= t0 and t1 <= last:
+        return Path(path), {}
+    fmt = "%Y-%m-%dT%H:%M:%S"
+    where = (f"the run ({t0.strftime(fmt)} to {t1.strftime(fmt)} UTC) lies outside the carbon trace "
+             f"{Path(path).name} ({first.strftime(fmt)} to {last.strftime(fmt)} UTC)")
+    if align != "same-day-of-year":
+        raise KavierInputError(f"{where}; OpenDC would hold the trace's {'last' if t0 >= first else 'first'} "
+                               "value for the whole run", location=location,
+                               expected="a datacenter.start inside the trace, another trace, or carbon.align: "
+                                        "same-day-of-year to map the run onto the trace's calendar days")
+    if last - first < timedelta(days=360):   # a year's trace may lack a day or two (NL 2022: 364 days)
+        raise KavierInputError(f"{where}, and the trace covers less than a year, so the same day of another "
+                               "year is not in it", location=location,
+                               expected="a trace of (nearly) a whole year for carbon.align: same-day-of-year")
+    years = t0.year - first.year - (1 if (t0.month, t0.day) < (first.month, first.day) else 0)
+    moved = pd.DataFrame({"timestamp": df["timestamp"] + pd.DateOffset(years=years),
+                          "carbon_intensity": df["carbon_intensity"]})
+    repeats = 1
+    lo, hi = _span(moved)
+    while hi < t1 and repeats < 1000:   # the next year's copy continues where the last one ends
+        nxt = df["timestamp"] + pd.DateOffset(years=years + repeats)
+        keep = nxt >= hi
+        moved = pd.concat([moved, pd.DataFrame({"timestamp": nxt[keep],
+                                                "carbon_intensity": df["carbon_intensity"][keep]})],
+                          ignore_index=True)
+        repeats += 1
+        lo, hi = _span(moved)
+    if not (lo <= t0 and t1 <= hi):
+        raise KavierInputError(f"{where}, and no whole-year shift of it covers the run", location=location,
+                               expected="a trace whose calendar days cover the run's")
+    ms = moved["timestamp"].to_numpy().astype("datetime64[ms]").astype(np.int64)
+    gaps = np.diff(ms)   # where a year's copy lacks days the previous value holds: said, not hidden
+    in_run = (ms[1:] > int(t0.replace(tzinfo=timezone.utc).timestamp() * 1000)) & \
+             (ms[:-1] < int(t1.replace(tzinfo=timezone.utc).timestamp() * 1000))
+    longest = float(gaps[in_run].max()) / 1000.0 if in_run.any() else 0.0
+    out = Path(out_dir) / f"{Path(path).stem}_aligned.parquet"
+    write_carbon_trace(moved, out)
+    return out, {"align": "same-day-of-year", "shift_years": years, "repeats": repeats,
+                 "longest_gap_s": longest, "source_trace": str(Path(path).resolve()), "path": str(out)}
 
 
 def intensity_at(df: pd.DataFrame, when_ms: np.ndarray) -> np.ndarray:

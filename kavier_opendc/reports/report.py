@@ -117,7 +117,10 @@ def _setup(report: Mapping[str, Any]) -> list[str]:
         c = exp["carbon"]
         params = ", ".join(f"{k}={v}" for k, v in (c.get("params") or {}).items())
         add(f"| carbon trace | {c['kind']}" + (f": {c['path']}" if c.get("path") else "")
-            + (f" ({params})" if params else "") + " |")
+            + (f" ({params})" if params else "")
+            + (f"; the run lies outside its dates: {Path(c['source_trace']).name} moved by "
+               f"{c['shift_years']:+d} year(s) to the same day of year (carbon.align), longest gap "
+               f"{c['longest_gap_s'] / 3600:.2f} h" if c.get("align") == "same-day-of-year" else "") + " |")
     slo = eff.get("slo", {})
     add(f"| SLOs | TTFT <= {slo.get('ttft_s', 'n/a')} s, TPOT <= {slo.get('tpot_s', 'n/a')} s |")
     add(f"| seed | {prov.get('seed')} |")
