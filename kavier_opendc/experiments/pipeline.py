@@ -151,6 +151,15 @@ def datacenter_for(exp: Experiment, carbon_path: Path | None):
     return load_datacenter(dc, catalog=exp.catalog, base_dir=exp.datacenter_base, source=exp.datacenter_source)
 
 
+def datacenter_gpus(datacenter: dict | None) -> dict[str, int]:
+    """Every GPU of the datacenter OpenDC ran, per type: what its energy counts, so what the cost counts."""
+    out: dict[str, int] = {}
+    for h in (datacenter or {}).get("hosts", []):
+        if h.get("gpu") and h.get("gpus_per_host"):
+            out[h["gpu"]] = out.get(h["gpu"], 0) + int(h["count"]) * int(h["gpus_per_host"])
+    return out
+
+
 def check_opendc_available() -> None:
     """Fail before any work when OpenDC cannot run (no jar, a lite jar, or no Java 21+)."""
 
@@ -381,7 +390,8 @@ def _stage_report(exp: Experiment, out: Path, output: SimulationOutput, run: Ope
                                                      (run.sustainability.get("tasks") or {}).get("hosts") or {},
                                                      run.sustainability.get("per_host") or [])
     eff = efficiency_report(summary, requests, run.sustainability, gpu_counts=exp.gpu_counts(),
-                            prices=exp.prices, slo=exp.slo)
+                            prices=exp.prices, slo=exp.slo,
+                            datacenter_gpus=datacenter_gpus(run.datacenter) if run.sustainability else None)
     plot_files: list[str] = []
     if plots:
         plot_files = make_run_plots(out, requests, output.timeline_frame(), exp, run.sustainability, run.power,

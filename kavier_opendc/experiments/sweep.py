@@ -436,7 +436,8 @@ def write_comparison(sweep: Sweep, out: Path, table) -> None:
         vals = [str(row["run"])] + [str(row[a]) for a in axes] + [_fmt(row.get(c)) for c in cols] + [str(row["status"])]
         lines.append("| " + " | ".join(vals) + " |")
     lines += ["", "Definitions: as in each run's report.md (tokens = input + output tokens of finished requests; "
-                  "energy from OpenDC, J / 3600 = Wh; cost = GPU-hours of the serving GPUs x price + electricity).",
+                  "energy from OpenDC, J / 3600 = Wh; cost = GPU-hours of the GPUs whose energy is counted "
+                  "(the datacenter's with OpenDC) x price + electricity).",
               "", "![trade-off](plots/tradeoff.png)", "", "![metrics](plots/metrics.png)", ""]
     atomic_write_text(out / "comparison.md", "\n".join(lines))
     pd_dir = out / "plots"

@@ -41,7 +41,9 @@ DEFINITIONS: dict[str, str] = {
     "gco2_per_mtoken": "carbon_g / (tokens / 1e6), carbon_g = OpenDC's emissions (energy x grid "
                        "carbon intensity of each interval)",
     "gco2_per_mtoken_output": "carbon_g / (tokens_output / 1e6)",
-    "gpu_hours": "sum over GPU types of GPUs serving the replicas (replicas x tp) x window_s / 3600",
+    "gpu_hours": "sum over GPU types of the GPUs counted x window_s / 3600; the GPUs counted are those whose "
+                 "energy is counted (gpu_counts_basis): every GPU of the datacenter when OpenDC ran (idle ones "
+                 "draw power and are paid for), the GPUs serving the replicas (replicas x tp) without OpenDC",
     "gpu_cost": "sum over GPU types of GPUs x window_s / 3600 x price per GPU-hour",
     "electricity_cost": "energy_wh / 1000 x electricity price per kWh (0 when no price is given)",
     "total_cost": "gpu_cost + electricity_cost",
@@ -156,14 +158,16 @@ def goodput(requests: pd.DataFrame, window_s: float, slo: Mapping[str, Any]) -> 
 
 def efficiency_report(performance: Mapping[str, Any], requests: pd.DataFrame,
                       sustainability: Mapping[str, Any] | None, *, gpu_counts: Mapping[str, int],
-                      prices: Mapping[str, Any], slo: Mapping[str, Any]) -> dict[str, Any]:
+                      prices: Mapping[str, Any], slo: Mapping[str, Any],
+                      datacenter_gpus: Mapping[str, int] | None = None) -> dict[str, Any]:
     """All efficiency metrics of one run (see :data:`DEFINITIONS`).
 
     ``performance``: summary.json (``input_tokens``, ``output_tokens``,
     ``makespan_s``); ``requests``: requests.parquet; ``sustainability``:
     OpenDC's summary (``energy_wh``, ``carbon_g``) or None without OpenDC
     (energy and carbon metrics are then None); ``gpu_counts``: GPUs per type
-    serving the replicas; ``prices``: ``gpu_hour`` per type,
+    serving the replicas; ``datacenter_gpus``: every GPU of the datacenter per type (OpenDC's energy
+    counts them all, so the cost does too when it is given); ``prices``: ``gpu_hour`` per type,
     ``electricity_per_kwh``, ``currency``; ``slo``: ``ttft_s``, ``tpot_s``.
     """
     window = float(performance["makespan_s"])
@@ -172,6 +176,10 @@ def efficiency_report(performance: Mapping[str, Any], requests: pd.DataFrame,
     tokens = tok_in + tok_out
     energy = None if sustainability is None else sustainability.get("energy_wh")
     carbon = None if sustainability is None else sustainability.get("carbon_g")
+    serving = dict(gpu_counts)
+    basis = "datacenter" if datacenter_gpus else "replicas"
+    if datacenter_gpus:
+        gpu_counts = {k: int(n) for k, n in datacenter_gpus.items() if n}
     hours = gpu_hours(gpu_counts, window)
     g_cost = gpu_cost(gpu_counts, window, prices["gpu_hour"])
     e_price = prices.get("electricity_per_kwh")
@@ -191,6 +199,8 @@ def efficiency_report(performance: Mapping[str, Any], requests: pd.DataFrame,
         "gco2_per_mtoken_output": gco2_per_mtoken(carbon, tok_out),
         "currency": prices.get("currency", "USD"),
         "gpu_counts": dict(gpu_counts),
+        "gpu_counts_basis": basis,
+        "serving_gpu_counts": serving,
         "gpu_hour_price": {k: float(prices["gpu_hour"][k]) for k in gpu_counts},
         "electricity_per_kwh": e_price,
         "gpu_hours": float(sum(hours.values())),

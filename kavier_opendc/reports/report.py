@@ -254,6 +254,14 @@ def _efficiency(report: Mapping[str, Any]) -> list[str]:
         + (f", electricity {eff['electricity_per_kwh']:g} {cur}/kWh" if eff.get("electricity_per_kwh") is not None
            else ", electricity not priced") + ".")
     add("")
+    counted = ", ".join(f"{n} x {k}" for k, n in eff.get("gpu_counts", {}).items())
+    serving = ", ".join(f"{n} x {k}" for k, n in (eff.get("serving_gpu_counts") or {}).items())
+    if eff.get("gpu_counts_basis") == "datacenter":
+        add(f"Hardware counted: cost and energy both count the datacenter's {counted} GPU(s) (OpenDC's energy "
+            f"includes idle GPUs, and they are paid for); the replicas use {serving}.")
+    else:
+        add(f"Hardware counted: the cost counts the {counted} GPU(s) serving the replicas (no OpenDC energy).")
+    add("")
     add("**Comparability with the Kavier paper.** The paper reports efficiency per *million tokens per second*: a "
         "total (cost, Wh, kgCO2) divided by the throughput in Mtokens/s (`*_per_mtoken_per_s` above). Dividing by "
         "a throughput rewards fast runs twice, so the per-million-token metrics (`*_per_mtoken`) are the ones to "
