@@ -101,6 +101,22 @@ def _timing_errors(df: pd.DataFrame, cfg: dict) -> dict:
             "e2e": float(np.abs(df["e2e_s"] - e2e).max()), "token_gap": float(gaps)}
 
 
+def _check_what_load_cannot_change(df: pd.DataFrame, cfg: dict) -> None:
+    """What holds however late the OS runs either process: one time per streamed token; ttft, tpot and
+    e2e are exactly what the tracer's own token times give (an off-by-one in the divisor or the origin
+    shows here); and no token is seen before the server could write it (the server writes late under
+    load, never early), so ttft and e2e are at least the programmed ones."""
+    ttft, _, e2e = programmed(cfg, df)
+    for row in df.itertuples():
+        t = np.asarray(row.token_times_s)
+        assert len(t) == row.num_output_tokens and (np.diff(t) >= 0).all()
+        assert row.ttft_s == pytest.approx(t[0] - row.send_s, abs=1e-9)
+        assert row.e2e_s == pytest.approx(t[-1] - row.send_s, abs=1e-9)
+        assert row.tpot_s == pytest.approx((t[-1] - t[0]) / (len(t) - 1), abs=1e-9)
+    assert (df["ttft_s"].to_numpy() >= ttft - TOL_S).all(), (df["ttft_s"] - ttft).min()
+    assert (df["e2e_s"].to_numpy() >= e2e - TOL_S).all(), (df["e2e_s"] - e2e).min()
+
+
 def _busy_ticks() -> int | None:
     """CPU ticks spent busy by the whole machine so far (Linux), or None."""
     try:
@@ -139,8 +155,10 @@ def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spac
     late it wrote any token; the tracer is not to blame for that, so the bound is 2 ms beyond the
     server's lateness in that run. A run that misses it is repeated (at most 8 runs); the test passes
     when one run with ``concurrency`` streams open at once meets it for every request. A run counts
-    against the tracer only when other programs left the test at least 1.5 CPU cores; when no run met
-    the bound and none was checkable the test is skipped, saying so. Each run's numbers are printed."""
+    against the tracer only when other programs left the test at least 1.5 CPU cores. What load cannot
+    change is checked on every run (``_check_what_load_cannot_change``), so on a machine too busy for
+    the 2 ms bound the test still passes or fails on the tracer's arithmetic and causality, never skips.
+    Each run's numbers are printed."""
     rng = np.random.default_rng(concurrency)
     prompts = rng.integers(10, 50, size=n)
     # at 64, arrivals 3 ms apart and >= 14 tokens 16+ ms apart: the first request still streams when the
@@ -165,6 +183,7 @@ def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spac
         assert (df["num_output_tokens"] == outputs).all()      # ignore_eos: the asked length
         assert st["max_open_streams"] <= concurrency           # never more in flight than allowed
         full = st["max_open_streams"] == concurrency           # ... and this run had that many at once
+        _check_what_load_cannot_change(df, cfg)
         err = _timing_errors(df, cfg)
         late = st["lateness_max_s"]
         if full and (others is None or others <= cpus - 1.5):
@@ -177,11 +196,9 @@ def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spac
         if full and max(err[k] for k in ("ttft", "tpot", "e2e")) <= TOL_S + late:
             break
     else:
-        if not checkable:
-            pytest.skip(f"timing not checkable: in 8 runs other programs kept the {cpus} CPUs busy; "
-                        f"last run {err}")
-        last, late = checkable[-1]
-        assert max(last[k] for k in ("ttft", "tpot", "e2e")) <= TOL_S + late, checkable
+        if checkable:   # else: the machine was too busy for the 2 ms bound in every run (printed above)
+            last, late = checkable[-1]
+            assert max(last[k] for k in ("ttft", "tpot", "e2e")) <= TOL_S + late, checkable
     s = json.loads((out / "summary.json").read_text())
     assert s["complete"] is True and s["status"] == "ok" and s["num_finished"] == n
     assert s["ttft_s"]["mean"] == pytest.approx(df["ttft_s"].mean())
