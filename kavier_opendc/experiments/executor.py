@@ -204,9 +204,10 @@ def _replace_strings(x: Any, mapping: dict[str, str]) -> Any:
     return x
 
 
-def _local_inputs(payload: dict, files: dict[str, bytes]) -> dict:
+def _local_inputs(payload: dict, files: dict[str, bytes]) -> tuple[dict, dict[str, str]]:
     """The document to run here: as sent when this worker sees every input file with the same content,
-    else with its paths pointing at a worker-local mirror of the files (written once per content)."""
+    else with its paths pointing at a worker-local mirror of the files (written once per content); and
+    the mirror's paths mapped back to the driver's (for what the run records)."""
     inputs: list[tuple[str, str]] = payload["inputs"]
     same = True
     for path, sha in inputs:
@@ -218,7 +219,7 @@ def _local_inputs(payload: dict, files: dict[str, bytes]) -> dict:
         if not same:
             break
     if same:
-        return payload["document"]
+        return payload["document"], {}
     root = Path(tempfile.gettempdir()) / f"kavier-inputs-{os.getuid() if hasattr(os, 'getuid') else 0}"
     mapping = {}
     for path, sha in inputs:
@@ -232,7 +233,30 @@ def _local_inputs(payload: dict, files: dict[str, bytes]) -> dict:
             os.replace(tmp, target)
         mapping[path] = str(target)
         mapping[str(Path(path).resolve())] = str(target)
-    return _replace_strings(payload["document"], mapping)
+    back = {local: str(Path(path).resolve()) for path, local in mapping.items()}
+    return _replace_strings(payload["document"], mapping), back
+
+
+#: the run folder's files that may name paths (the rest is data: Parquet, PNG)
+_TEXT_SUFFIXES = (".json", ".md", ".yaml", ".yml", ".txt", ".csv", "")
+
+
+def _record_driver_paths(run_dir: Path, replacements: dict[str, str]) -> None:
+    """A remote run's folder names the worker's temporary run folder and input mirror; once unpacked on
+    the driver those are gone, so the recorded paths are rewritten to the driver's (longest first)."""
+    order = sorted(replacements, key=len, reverse=True)
+    for f in sorted(run_dir.rglob("*")):
+        if not f.is_file() or f.suffix not in _TEXT_SUFFIXES:
+            continue
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        new = text
+        for old in order:
+            new = new.replace(old, replacements[old])
+        if new != text:
+            f.write_text(new, encoding="utf-8")
 
 
 def _input_set_id(inputs: list[tuple[str, str]]) -> str:
@@ -273,8 +297,9 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
     out: dict[str, Any] = {"pid": start["pid"], "worker": start["worker_name"], "start": start["time"]}
     ship = files is not None
     run_dir = Path(tempfile.mkdtemp(prefix=f"kavier-run-{payload['id']}-")) if ship else Path(payload["run_dir"])
+    back: dict[str, str] = {}   # the worker's input mirror -> the driver's paths
     try:
-        document = _local_inputs(payload, files) if ship else payload["document"]
+        document, back = _local_inputs(payload, files) if ship else (payload["document"], {})
         opendc = payload["opendc"]
         exp = load_experiment(document, base_dir=payload["base_dir"], source=payload["source"], opendc=opendc)
         use_opendc = exp.opendc_enabled if opendc is None else opendc
@@ -290,6 +315,10 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
         mark_failed_run(run_dir, out["error"])
     if ship:
         try:
+            if run_dir.is_dir():
+                _record_driver_paths(run_dir, {**back,
+                                               str(run_dir): str(payload["run_dir"]),
+                                               str(run_dir.resolve()): str(payload["run_dir"])})
             out["archive"] = _pack(run_dir) if run_dir.is_dir() else None
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
