@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text
@@ -483,6 +484,48 @@ def prepare_experiment(dir: str | os.PathLike) -> tuple[Path, dict, Path | None]
     return run_path, new, (topo_files[0] if topo_files else None)
 
 
+def check_tasks_fit(exp: dict, source: str) -> None:
+    """Refuse, before the JVM starts, a workload that no host of the topology can run: OpenDC keeps such
+    a task waiting for ever (a GPU task on GPU-less hosts hangs OpenDC's own runner too)."""
+    hosts: list[tuple[str, int, int]] = []   # name, CPU cores, GPU cores of one host
+    for t in exp.get("topologies", []):
+        try:
+            topo = json.loads(Path(t["pathToFile"]).read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return   # read and reported by OpenDC itself
+        for cl in topo.get("clusters", []) or []:
+            for h in cl.get("hosts", []) or []:
+                cpu, gpu = h.get("cpu") or {}, h.get("gpu") or {}
+                hosts.append((str(h.get("name")), int(cpu.get("coreCount", 0)) * int(cpu.get("count", 1)),
+                              int(gpu.get("coreCount", 0)) * int(gpu.get("count", 1)) if gpu else 0))
+    if not hosts:
+        return
+    for i, w in enumerate(exp.get("workloads", [])):
+        tasks = Path(w.get("pathToFile", "")) / "tasks.parquet"
+        try:
+            cols = {"id", "cpu_count", "gpu_count"} & set(pq.read_schema(tasks).names)
+            if not {"id", "cpu_count"} <= cols:
+                return
+            table = pq.read_table(tasks, columns=sorted(cols)).to_pandas()
+        except (OSError, pa.ArrowException):
+            return
+        most_cpu = max(h[1] for h in hosts)
+        most_gpu = max(h[2] for h in hosts)
+        gpus = table["gpu_count"].fillna(0) if "gpu_count" in table else None
+        for what, need, have in (("CPU cores", table["cpu_count"], most_cpu),
+                                 ("GPU cores", gpus, most_gpu)):
+            if need is None or not (need > have).any():
+                continue
+            row = int((need > have).to_numpy().argmax())
+            hint = ("the topology has no GPU at all" if what == "GPU cores" and most_gpu == 0
+                    else f"the largest host has {have}")
+            raise KavierInputError(f"task {int(table['id'].iloc[row])} needs {int(need.iloc[row])} {what} but "
+                                   f"{hint}, so OpenDC would wait for ever", source=str(tasks),
+                                   location=f"workloads[{i}] / {what}",
+                                   expected="a topology with hosts that fit every task (for GPU tasks: hosts "
+                                            "with a gpu section)")
+
+
 def run_opendc_dir(dir: str | os.PathLike, progress: Callable | None = None, *,
                    bridge: Any = None) -> dict[str, Any]:
     """Run ``dir/experiment.json`` in OpenDC (through the bridge), put the
@@ -511,6 +554,7 @@ def run_opendc_dir(dir: str | os.PathLike, progress: Callable | None = None, *,
     atomic_write_text(marker, "OpenDC run in progress or failed; rerun `kavier opendc` on this folder.\n")
     try:
         run_path, exp, topo = prepare_experiment(d)
+        check_tasks_fit(exp, str(run_path))
     except KavierInputError:
         shutil.rmtree(out, ignore_errors=True)  # nothing ran: leave no output/ behind
         raise
