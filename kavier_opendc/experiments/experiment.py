@@ -638,19 +638,18 @@ def _carbon(cv: Any, base: Path, data: dict, problems: list[Problem], inputs: li
                                        "experiment file's folder)")
         else:
             p = C.resolve_carbon_trace(value, base, year=year, location=f"carbon.{kind}")
-        C.read_carbon_trace(p)
+        if align == "none":   # read, and the start checked (the run's end once the simulation gave its length)
+            start = dcv.get("start", DEFAULT_START) if isinstance(dcv, dict) else DEFAULT_START
+            try:
+                C.fit_trace_to_run(p, start, 0.0, "none", base, location=f"carbon.{kind}")
+            except (TypeError, ValueError):   # a malformed start: reported with the datacenter
+                C.read_carbon_trace(p)
+        else:
+            C.read_carbon_trace(p)
     except KavierInputError as exc:
         problems.append((("carbon", kind), str(exc).replace(f"carbon.{kind}: ", "", 1)))
         return None
     inputs.append(("carbon", p))
-    if align == "none":   # checked here for the start; the run's end once the simulation gave its length
-        start = dcv.get("start", DEFAULT_START) if isinstance(dcv, dict) else DEFAULT_START
-        try:
-            C.fit_trace_to_run(p, start, 0.0, "none", base, location=f"carbon.{kind}")
-        except KavierInputError as exc:
-            problems.append((("carbon", kind), str(exc).replace(f"carbon.{kind}: ", "", 1)))
-        except (TypeError, ValueError):
-            pass  # a malformed start: reported with the datacenter
     return CarbonSource(kind, p, {}, align)
 
 

@@ -484,10 +484,10 @@ def prepare_experiment(dir: str | os.PathLike) -> tuple[Path, dict, Path | None]
     return run_path, new, (topo_files[0] if topo_files else None)
 
 
-def check_tasks_fit(exp: dict, source: str) -> None:
+def check_tasks_fit(exp: dict) -> None:
     """Refuse, before the JVM starts, a workload that no host of the topology can run: OpenDC keeps such
     a task waiting for ever (a GPU task on GPU-less hosts hangs OpenDC's own runner too)."""
-    hosts: list[tuple[str, int, int]] = []   # name, CPU cores, GPU cores of one host
+    hosts: list[tuple[int, int]] = []   # CPU cores, GPU cores of one host
     for t in exp.get("topologies", []):
         try:
             topo = json.loads(Path(t["pathToFile"]).read_text(encoding="utf-8"))
@@ -496,10 +496,12 @@ def check_tasks_fit(exp: dict, source: str) -> None:
         for cl in topo.get("clusters", []) or []:
             for h in cl.get("hosts", []) or []:
                 cpu, gpu = h.get("cpu") or {}, h.get("gpu") or {}
-                hosts.append((str(h.get("name")), int(cpu.get("coreCount", 0)) * int(cpu.get("count", 1)),
+                hosts.append((int(cpu.get("coreCount", 0)) * int(cpu.get("count", 1)),
                               int(gpu.get("coreCount", 0)) * int(gpu.get("count", 1)) if gpu else 0))
     if not hosts:
         return
+    most_cpu = max(h[0] for h in hosts)
+    most_gpu = max(h[1] for h in hosts)
     for i, w in enumerate(exp.get("workloads", [])):
         tasks = Path(w.get("pathToFile", "")) / "tasks.parquet"
         try:
@@ -509,8 +511,6 @@ def check_tasks_fit(exp: dict, source: str) -> None:
             table = pq.read_table(tasks, columns=sorted(cols)).to_pandas()
         except (OSError, pa.ArrowException):
             return
-        most_cpu = max(h[1] for h in hosts)
-        most_gpu = max(h[2] for h in hosts)
         gpus = table["gpu_count"].fillna(0) if "gpu_count" in table else None
         for what, need, have in (("CPU cores", table["cpu_count"], most_cpu),
                                  ("GPU cores", gpus, most_gpu)):
@@ -554,7 +554,7 @@ def run_opendc_dir(dir: str | os.PathLike, progress: Callable | None = None, *,
     atomic_write_text(marker, "OpenDC run in progress or failed; rerun `kavier opendc` on this folder.\n")
     try:
         run_path, exp, topo = prepare_experiment(d)
-        check_tasks_fit(exp, str(run_path))
+        check_tasks_fit(exp)
     except KavierInputError:
         shutil.rmtree(out, ignore_errors=True)  # nothing ran: leave no output/ behind
         raise
