@@ -17,13 +17,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from kavier_opendc.base.errors import KavierInputError
+
+if TYPE_CHECKING:  # pyarrow is imported when a table is written: argument parsing stays fast
+    import pyarrow as pa
 
 #: The marker file a folder holds while it is not whole (a run, sweep, export or trace in progress or failed).
 INCOMPLETE = "INCOMPLETE"
@@ -126,6 +127,8 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    import pyarrow.parquet as pq
+
     try:
         pq.write_table(table, tmp)
         public_mode(tmp)

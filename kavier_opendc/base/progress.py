@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from tqdm import tqdm
-
 
 class Progress:
     """A bar over ``total`` units, moved to absolute positions with :meth:`update`.
@@ -24,6 +22,8 @@ class Progress:
         if self.enabled:
             # a fractional total (a share of a run) shows as a percentage; a count shows its rate
             fractional = total <= 1.0
+            from tqdm import tqdm  # only when a bar is drawn
+
             self._bar = tqdm(total=self.total, desc=label, file=stream, mininterval=0.1, unit=unit,
                              dynamic_ncols=True, leave=True,
                              bar_format=("{desc} {percentage:5.1f}%|{bar}| {elapsed}<{remaining}"

@@ -2,11 +2,15 @@
 
 The work itself happens in the layers below (``experiments``, ``reports``,
 ``opendc``, ``engine``, ``workload``, ``specs``); a command module only turns
-arguments into calls and results into text. :func:`main` prints every
-:class:`KavierError` as one paragraph without a traceback.
+arguments into calls and results into text. A command line imports only its
+command's module (:func:`build_parser`), so ``kavier --help`` and light commands
+never load the simulator. :func:`main` prints every :class:`KavierError` as one
+paragraph without a traceback.
 
+    commands.py     the command table: each command's module and help line (all `kavier --help` reads)
     simulate.py     kavier simulate
-    experiments.py  kavier run, demo, validate, sweep, efficiency
+    experiments.py  kavier run, demo, sweep, efficiency
+    validate.py     kavier validate
     opendc.py       kavier export-opendc, opendc
     catalog.py      kavier catalog
     calibrate.py    kavier calibrate (fit GPU profiles from measurements)
@@ -21,32 +25,38 @@ arguments into calls and results into text. :func:`main` prints every
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from kavier_opendc import __version__
 from kavier_opendc.base.errors import KavierError
-from kavier_opendc.cli import bridge, calibrate, catalog, experiments, measure, opendc, plan, simulate
+from kavier_opendc.cli.commands import HELP, MODULES, chosen_command
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``kavier`` parser. Given the command line, only its command's module is imported and the other
+    commands are named by their help line; without one (tests, documentation) every command is complete."""
     ap = argparse.ArgumentParser(prog="kavier", description="Kavier-OpenDC: cache-aware LLM inference "
                                  "simulation co-simulated with OpenDC for power, energy and carbon.")
     ap.add_argument("--version", action="version", version=f"kavier-opendc {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-    # registration order is the order of `kavier --help`
-    simulate.register(sub)
-    experiments.register(sub)
-    opendc.register(sub)
-    catalog.register(sub)
-    calibrate.register(sub)
-    bridge.register(sub)
-    measure.register(sub)
-    plan.register(sub)
+    chosen = None if argv is None else MODULES.get(chosen_command(argv) or "")
+    registered: set[str] = set()
+    for command, module in MODULES.items():
+        if module in registered:
+            continue
+        if argv is None or module == chosen:
+            # a module registers all of its commands, which sit together in the table
+            importlib.import_module(f"kavier_opendc.cli.{module}").register(sub)
+            registered.add(module)
+        else:
+            sub.add_parser(command, help=HELP[command])
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -9,12 +9,12 @@ from __future__ import annotations
 import sys
 import time
 
-from kavier_opendc.opendc.jvm import OPENDC_REPO_ENV
+from kavier_opendc.cli.commands import HELP
+from kavier_opendc.opendc.bridge import OpenDCBridge, run_opendc_experiment
+from kavier_opendc.opendc.jvm import OPENDC_REPO_ENV, build_bridge_jar
 
 
 def cmd_build(args) -> int:
-    from kavier_opendc.opendc.jvm import build_bridge_jar
-
     t0 = time.monotonic()
     print("building the OpenDC bridge jar with Maven (minutes the first time, while Maven downloads "
           "OpenDC and its dependencies) ...", file=sys.stderr, flush=True)
@@ -25,8 +25,6 @@ def cmd_build(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from kavier_opendc.opendc.bridge import OpenDCBridge
-
     with OpenDCBridge() as bridge:
         for k, v in bridge.info().items():
             print(f"{k}: {v}")
@@ -34,8 +32,6 @@ def cmd_check(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from kavier_opendc.opendc.bridge import run_opendc_experiment
-
     t0 = time.monotonic()
     out = run_opendc_experiment(args.experiment, progress=lambda f: print(f"progress {f:.0%}", file=sys.stderr))
     print(out)
@@ -44,7 +40,7 @@ def cmd_run(args) -> int:
 
 
 def register(sub) -> None:
-    b = sub.add_parser("bridge", help="build or check the OpenDC bridge jar: kavier bridge build|check|run ...",
+    b = sub.add_parser("bridge", help=HELP["bridge"],
                        description="Build, check or run the Kavier-OpenDC bridge.")
     actions = b.add_subparsers(dest="bridge_command", required=True, metavar="{build,check,run}")
     build = actions.add_parser("build", help="build the bridge jar with Maven (opendc-bridge/target/ in a source "

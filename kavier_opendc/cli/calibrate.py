@@ -13,9 +13,24 @@ import argparse
 from pathlib import Path
 
 from kavier_opendc.base import limits
+from kavier_opendc.base.atomic import atomic_write_text
 from kavier_opendc.base.errors import KavierInputError
-from kavier_opendc.calibration.layouts import LAYOUTS
+from kavier_opendc.calibration.layouts import LAYOUTS, ReadOptions
+from kavier_opendc.calibration.load_sweep import fit_load_sweep, replay_point
+from kavier_opendc.calibration.report import (
+    Source,
+    all_profiles,
+    calibrate_files,
+    describe_profiles,
+    error_markdown,
+    error_table,
+    write_catalog,
+)
 from kavier_opendc.cli.args import bounded_float, positive_int
+from kavier_opendc.cli.commands import HELP
+from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
+from kavier_opendc.specs.frameworks import framework_to_entry
+from kavier_opendc.specs.profiles import profile_to_entry
 
 HEADER = """GPU efficiency profiles written by 'kavier calibrate' from:
 {files}
@@ -25,7 +40,7 @@ Use with --catalog (kavier_opendc/specs/profiles.py documents every field)."""
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``calibrate`` to the ``kavier`` sub-command parser."""
     p = subparsers.add_parser(
-        "calibrate", help="fit GPU efficiency profiles to measurements; write a catalogue file",
+        "calibrate", help=HELP["calibrate"],
         description="Fit per-GPU efficiency profiles (GEMM, attention, all-reduce, framework overhead) to "
                     "measurement files and write them as a catalogue file for --catalog. Layouts (detected from "
                     "the CSV header): single-request (the Kavier A10 table; needs --model/--gpu), operator "
@@ -62,18 +77,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_calibrate(args) -> int:
-    from kavier_opendc.calibration.layouts import ReadOptions
-    from kavier_opendc.calibration.report import (
-        Source,
-        all_profiles,
-        calibrate_files,
-        describe_profiles,
-        error_markdown,
-        error_table,
-        write_catalog,
-    )
-    from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
-
     out = Path(args.out)
     if out.suffix.lower() not in (".yaml", ".yml", ".json"):
         raise KavierInputError("the catalogue file must end in .yaml, .yml or .json", location="--out")
@@ -97,7 +100,6 @@ def cmd_calibrate(args) -> int:
     if out.suffix.lower() == ".json":
         import json
 
-        from kavier_opendc.specs.profiles import profile_to_entry
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(json.dumps({"description": header, "profiles": [profile_to_entry(p) for p in profiles]},
                                   indent=2), encoding="utf-8")
@@ -125,11 +127,6 @@ def _calibrate_framework(args, cat, out: Path) -> int:
     import dataclasses
 
     import yaml
-
-    from kavier_opendc.base.atomic import atomic_write_text
-    from kavier_opendc.calibration.load_sweep import fit_load_sweep, replay_point
-    from kavier_opendc.specs.catalog import load_catalog_file
-    from kavier_opendc.specs.frameworks import framework_to_entry
 
     if not args.model or not args.gpu:
         raise KavierInputError("a replay does not name the model and GPU it measured", location="--model/--gpu",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kavier_opendc.cli.args import catalog_with
+from kavier_opendc.cli.commands import HELP
 
 
 def cmd_catalog(args) -> int:
@@ -29,7 +30,7 @@ def cmd_catalog(args) -> int:
 
 
 def register(sub) -> None:
-    c = sub.add_parser("catalog", help="list the built-in (and your) models and GPUs, and the serving frameworks")
+    c = sub.add_parser("catalog", help=HELP["catalog"])
     c.add_argument("what", nargs="?", choices=["models", "gpus", "frameworks", "all"], default="all",
                    help="what to list: models, gpus, frameworks or all (default all)")
     c.add_argument("--catalog", action="append", metavar="FILE", help="extra catalogue file; repeatable")

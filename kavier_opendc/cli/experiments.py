@@ -1,4 +1,4 @@
-"""The experiment pipeline's commands: run, validate, sweep, efficiency, demo.
+"""The experiment pipeline's commands: run, demo, sweep, efficiency.
 
 `kavier_opendc.cli` calls :func:`register` with its sub-parsers. Every
 command returns an exit code and raises :class:`KavierError` subclasses for
@@ -15,10 +15,17 @@ import time
 from pathlib import Path
 
 from kavier_opendc.base import limits
-from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.atomic import refuse_complete_output, write_json_atomic
+from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
 from kavier_opendc.cli import text
 from kavier_opendc.cli.args import bounded_float, positive_int
+from kavier_opendc.cli.commands import HELP
 from kavier_opendc.experiments.demo import DEMO_EXPERIMENT, copy_demo_inputs
+from kavier_opendc.experiments.experiment import load_experiment
+from kavier_opendc.experiments.pipeline import run_experiment
+from kavier_opendc.experiments.sweep import load_sweep, run_sweep
+from kavier_opendc.opendc.jvm import check_opendc_available
+from kavier_opendc.reports.efficiency import prototype_efficiency_summary
 
 
 def _command_line(argv_name: str = "kavier") -> str:
@@ -41,10 +48,6 @@ def add_run_args(ap: argparse.ArgumentParser, experiment: bool = True) -> None:
 
 
 def _run_file(path: Path, args, command: str) -> int:
-    from kavier_opendc.base.atomic import refuse_complete_output
-    from kavier_opendc.experiments.experiment import load_experiment
-    from kavier_opendc.experiments.pipeline import run_experiment
-
     exp = load_experiment(path, opendc=False if args.no_opendc else None)
     refuse_complete_output(Path(args.out), ("report.json",), "run (report.json)", overwrite=args.overwrite)
     res = run_experiment(exp, Path(args.out), opendc=False if args.no_opendc else None, plots=not args.no_plots,
@@ -104,9 +107,6 @@ def cmd_demo(args) -> int:
     if not args.no_opendc:
         # the demo must run on any fresh machine: without a working OpenDC bridge it still gives the
         # performance report, and says loudly why the sustainability part is missing
-        from kavier_opendc.base.errors import KavierRuntimeError
-        from kavier_opendc.experiments.pipeline import check_opendc_available
-
         try:
             check_opendc_available()
         except KavierRuntimeError as exc:
@@ -124,93 +124,9 @@ def _demo_init(dest: Path) -> int:
     return 0
 
 
-# ----------------------------------------------------------------- validate
-def cmd_validate(args) -> int:
-    """Validate experiment, sweep, plan, workload, datacenter or catalogue files; report every problem."""
-    from kavier_opendc.base.errors import KavierError
-    from kavier_opendc.experiments.documents import is_trace_file
-    from kavier_opendc.experiments.experiment import read_document
-
-    failed = 0
-    for f in args.files:
-        path = Path(f)
-        try:
-            if is_trace_file(path):
-                from kavier_opendc.workload.trace import load_trace
-
-                trace = load_trace(path)
-                print(f"{path}: valid {trace.format} trace, {len(trace)} requests, {trace.total_tokens():,} tokens"
-                      + ("" if trace.timed else " (no arrival times: an offline batch)"))
-                continue
-            doc = read_document(path, "input")
-            print(_validate_document(path, doc, args.no_opendc))
-        except KavierError as exc:
-            failed += 1
-            print(f"kavier: error: {exc}", file=sys.stderr)
-    return 2 if failed else 0
-
-
-def _validate_document(path: Path, doc, no_opendc: bool) -> str:
-    """One line saying what the file is and that it is valid (errors are raised)."""
-    from kavier_opendc.experiments.documents import document_kind
-
-    kind = document_kind(doc)
-    if kind == "plan":
-        from kavier_opendc.experiments.plan_file import load_plan
-
-        plan = load_plan(path, opendc=False if no_opendc else None)
-        return (f"{path}: valid plan '{plan.name}', {len(plan.shapes)} candidate shapes x replicas "
-                f"{plan.units[0]}..{plan.units[1]}" + _opendc_status(not no_opendc))
-    if kind == "sweep":
-        from kavier_opendc.experiments.sweep import load_sweep
-
-        sweep = load_sweep(path, opendc=False if no_opendc else None)
-        return (f"{path}: valid sweep, {len(sweep.runs)} configurations "
-                f"({' x '.join(str(len(a.values)) for a in sweep.axes)})" + _opendc_status(
-                    not no_opendc and any(r.document.get("opendc", {}).get("enabled", True) for r in sweep.runs)))
-    if kind == "workload":
-        from kavier_opendc.workload.synthetic import load_synthetic_spec
-
-        trace = load_synthetic_spec(path)
-        return f"{path}: valid synthetic workload, {len(trace)} requests, {trace.total_tokens():,} tokens"
-    if kind == "catalog":
-        from kavier_opendc.specs.catalog import load_catalog_file
-
-        load_catalog_file(path)
-        return (f"{path}: valid catalogue (" + ", ".join(f"{len(doc.get(k) or [])} {k}" for k in
-                                                          ("models", "gpus", "profiles") if k in doc) + ")")
-    if kind == "datacenter":
-        from kavier_opendc.opendc.datacenter import load_datacenter
-
-        load_datacenter(path)
-        return f"{path}: valid datacenter description"
-    from kavier_opendc.experiments.experiment import load_experiment, load_trace_for
-
-    exp = load_experiment(path, opendc=False if no_opendc else None)
-    trace = load_trace_for(exp)
-    return (f"{path}: valid experiment '{exp.name}': {exp.describe()}, {len(trace)} requests"
-            + _opendc_status(exp.opendc_enabled and not no_opendc))
-
-
-def _opendc_status(wanted: bool) -> str:
-    """Whether the OpenDC part of the run can run on this machine."""
-    if not wanted:
-        return " (OpenDC off)"
-    from kavier_opendc.base.errors import KavierRuntimeError
-    from kavier_opendc.experiments.pipeline import check_opendc_available
-
-    try:
-        check_opendc_available()
-    except KavierRuntimeError as exc:
-        return f"; OpenDC is NOT available here, so `kavier run` would stop: {exc}"
-    return "; OpenDC is available (bridge jar and Java found)"
-
-
 # ----------------------------------------------------------------- sweep
 def cmd_sweep(args) -> int:
     """kavier sweep SWEEP_FILE --out DIR [--jobs N]"""
-    from kavier_opendc.experiments.sweep import load_sweep, run_sweep
-
     sweep = load_sweep(Path(args.sweep), opendc=False if args.no_opendc else None)
     t0 = time.perf_counter()
     res = run_sweep(sweep, Path(args.out), jobs=args.jobs, run_plots=args.run_plots, quiet=args.quiet,
@@ -225,8 +141,6 @@ def cmd_efficiency(args) -> int:
     """The Kavier prototype's efficiency summary from its tasks.parquet and
     OpenDC's powerSource.parquet, with the J-to-Wh error fixed."""
     import pandas as pd
-
-    from kavier_opendc.reports.efficiency import prototype_efficiency_summary
 
     def read(path: str, what: str, cols: list[str]):
         p = Path(path)
@@ -259,7 +173,6 @@ def cmd_efficiency(args) -> int:
     print("------------------------------------------")
     print("Note: " + s["note"])
     if args.out:
-        from kavier_opendc.base.atomic import write_json_atomic
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, s)
@@ -269,15 +182,15 @@ def cmd_efficiency(args) -> int:
 
 # ----------------------------------------------------------------- registration
 def register(sub) -> None:
-    """Add run, validate, sweep, efficiency and demo to the ``kavier`` parser."""
-    run = sub.add_parser("run", help="run an experiment end to end: simulation, OpenDC, reports",
+    """Add run, demo, sweep and efficiency to the ``kavier`` parser."""
+    run = sub.add_parser("run", help=HELP["run"],
                          description="Run an experiment file end to end: trace -> serving simulation -> OpenDC "
                                      "export -> OpenDC (through the bridge) -> report.json, report.md and plots. "
                                      "The output folder holds a file INCOMPLETE while running or after a failure.")
     add_run_args(run)
     run.set_defaults(func=cmd_run)
 
-    demo = sub.add_parser("demo", help="run the built-in demo experiment (as `kavier run` would)",
+    demo = sub.add_parser("demo", help=HELP["demo"],
                           description="Run the built-in demo experiment (kavier_opendc/data/demo_experiment.yaml: "
                                       "synthetic multi-turn chat on Llama-3-8B, 4 x A100-80GB in 2 hosts, a synthetic "
                                       "daily carbon cycle) exactly as `kavier run` would.")
@@ -290,20 +203,7 @@ def register(sub) -> None:
                                                    "sweep into DIR as a starting point")
     demo.set_defaults(func=cmd_demo)
 
-    val = sub.add_parser("validate", help="check experiment, sweep or plan files and report every problem",
-                         description="Validate experiment, sweep, plan, synthetic workload, datacenter or "
-                                     "catalogue files "
-                                     "against their schemas and check their meaning (catalogue names, files, "
-                                     "datacenter size); every problem is reported with its JSON path, and for a run "
-                                     "that needs OpenDC whether it is available here. Exit status 0 when all are "
-                                     "valid.")
-    val.add_argument("files", nargs="+", metavar="FILE",
-                     help="experiment, sweep, plan, synthetic workload, datacenter or catalogue files (JSON or YAML; "
-                          "the kind is recognised from the keys) or trace files (CSV, Parquet, JSON Lines)")
-    val.add_argument("--no-opendc", action="store_true", help="validate as for a run without OpenDC")
-    val.set_defaults(func=cmd_validate)
-
-    sw = sub.add_parser("sweep", help="run the cartesian product of experiment variations in parallel",
+    sw = sub.add_parser("sweep", help=HELP["sweep"],
                         description="Run a sweep (schemas/sweep.schema.json): a base experiment and axes whose "
                                     "cartesian product gives the configurations; runs them on a Dask cluster (local "
                                     "worker processes, or --scheduler; one JVM per worker), skips finished runs when "
@@ -321,7 +221,7 @@ def register(sub) -> None:
     sw.add_argument("--quiet", action="store_true", help="no progress and no summary")
     sw.set_defaults(func=cmd_sweep)
 
-    ef = sub.add_parser("efficiency", help="the Kavier prototype's efficiency summary, unit error fixed",
+    ef = sub.add_parser("efficiency", help=HELP["efficiency"],
                         description="Reproduce the Kavier prototype's efficiency summary (financial, energy and "
                                     "carbon efficiency per million tokens per second) from its tasks.parquet "
                                     "(duration in ms, total_tokens) and OpenDC's powerSource.parquet "

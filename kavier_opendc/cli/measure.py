@@ -10,9 +10,18 @@ import os
 import sys
 from pathlib import Path
 
+from kavier_opendc.base.atomic import check_writable_dir
 from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
 from kavier_opendc.cli import text
 from kavier_opendc.cli.args import seed
+from kavier_opendc.cli.commands import HELP
+from kavier_opendc.reports.compare import compare_paths, format_result
+from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
+from kavier_opendc.tracer.client import Endpoint, api_key_from_env
+from kavier_opendc.tracer.outputs import MEASUREMENTS_FILE, write_measurement
+from kavier_opendc.tracer.runner import replay_plans, run_measurement, sweep_plans
+from kavier_opendc.workload.synthetic import load_synthetic_spec
+from kavier_opendc.workload.trace import load_trace
 
 DEFAULT_PROMPT_LENGTHS = "64,128,256,512,1024,2048"
 DEFAULT_OUTPUT_LENGTHS = "128"
@@ -45,7 +54,7 @@ def _positive(kind, name: str, minimum=1):
 
 def register(sub) -> None:
     t = sub.add_parser(
-        "trace", help="measure an OpenAI-compatible streaming endpoint (sweep or replay)",
+        "trace", help=HELP["trace"],
         description="Measure a real LLM deployment through its OpenAI-compatible /v1/completions endpoint "
                     "(stream: true). sweep: single requests over a grid of prompt x output lengths, written "
                     "as DIR/measurements.csv in the layout of the A10 measurement table (what the calibration "
@@ -93,7 +102,7 @@ def register(sub) -> None:
     t.set_defaults(func=cmd_trace)
 
     c = sub.add_parser(
-        "compare", help="errors of a simulation against a measurement",
+        "compare", help=HELP["compare"],
         description="Compare a simulation with a measurement of the same trace: per-request and aggregate "
                     "MAPE and signed bias of TTFT, TPOT and e2e (mean, p50, p90, p99) and throughput; CDF "
                     "and scatter plots (PNG), report.md and compare.json. Either side may be a directory "
@@ -113,12 +122,8 @@ def register(sub) -> None:
 
 # ----------------------------------------------------------------- trace
 def _load_trace(path: str, fmt: str | None):
-    from kavier_opendc.workload.trace import load_trace
-
     p = Path(path)
     if p.suffix.lower() in (".yaml", ".yml"):
-        from kavier_opendc.workload.synthetic import load_synthetic_spec
-
         if fmt:
             raise KavierInputError("--trace-format applies to trace files, not to synthetic workload "
                                    "descriptions", source=str(p), location="--trace-format")
@@ -127,11 +132,6 @@ def _load_trace(path: str, fmt: str | None):
 
 
 def cmd_trace(args) -> int:
-    from kavier_opendc.base.atomic import check_writable_dir
-    from kavier_opendc.tracer.client import Endpoint, api_key_from_env
-    from kavier_opendc.tracer.outputs import MEASUREMENTS_FILE, write_measurement
-    from kavier_opendc.tracer.runner import replay_plans, run_measurement, sweep_plans
-
     out = Path(args.out)
     check_writable_dir(out)
     if args.mode == "sweep":
@@ -211,9 +211,6 @@ def _format(s: dict, out: Path, files: str) -> str:
 
 # ----------------------------------------------------------------- compare
 def cmd_compare(args) -> int:
-    from kavier_opendc.base.atomic import check_writable_dir
-    from kavier_opendc.reports.compare import compare_paths, format_result
-
     out = Path(args.out)
     check_writable_dir(out)
     if (args.model is None) != (args.gpu is None):
@@ -221,8 +218,6 @@ def cmd_compare(args) -> int:
                                expected="both (to simulate the rows of an A10-layout table) or neither")
     simulate = None
     if args.model:
-        from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
-
         cat = default_catalog()
         for f in args.catalog or []:
             cat = load_catalog_file(f, base=cat)

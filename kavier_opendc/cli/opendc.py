@@ -5,16 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from kavier_opendc.base import limits
+from kavier_opendc.base.atomic import check_writable_dir
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.progress import Progress
 from kavier_opendc.cli.args import bounded_float
+from kavier_opendc.cli.commands import HELP
+from kavier_opendc.experiments.run_folder import clear_incomplete, mark_incomplete
+from kavier_opendc.opendc.datacenter import load_datacenter
+from kavier_opendc.opendc.inputs import write_opendc_inputs
+from kavier_opendc.opendc.results import run_opendc_dir
 
 
 def cmd_export_opendc(args) -> int:
     """A simulation's timeline as OpenDC's workload, topology and experiment."""
-    from kavier_opendc.base.atomic import check_writable_dir
-    from kavier_opendc.experiments.run_folder import clear_incomplete, mark_incomplete
-    from kavier_opendc.opendc.datacenter import load_datacenter
-    from kavier_opendc.opendc.inputs import write_opendc_inputs
 
     sim = Path(args.sim_dir)
     for name in ("timeline.parquet", "summary.json"):
@@ -44,8 +47,6 @@ def cmd_export_opendc(args) -> int:
 
 def cmd_opendc(args) -> int:
     """Run an OpenDC experiment directory through the bridge; write sustainability.json."""
-    from kavier_opendc.base.progress import Progress
-    from kavier_opendc.opendc.results import run_opendc_dir
 
     d = Path(args.dir)
     if not (d / "experiment.json").is_file():
@@ -64,7 +65,7 @@ def cmd_opendc(args) -> int:
 
 
 def register(sub) -> None:
-    e = sub.add_parser("export-opendc", help="turn a simulation's timeline into an OpenDC experiment",
+    e = sub.add_parser("export-opendc", help=HELP["export-opendc"],
                        description="Write DIR/workload/tasks.parquet, DIR/workload/fragments.parquet, "
                                    "DIR/topology.json and DIR/experiment.json in OpenDC's formats.")
     e.add_argument("sim_dir", help="output directory of 'kavier simulate'")
@@ -88,7 +89,7 @@ def register(sub) -> None:
     e.add_argument("--start", default=None, help="calendar start of the run (ISO date; default: the datacenter's)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_export_opendc)
-    o = sub.add_parser("opendc", help="run an OpenDC experiment directory through the bridge",
+    o = sub.add_parser("opendc", help=HELP["opendc"],
                        description="Run DIR/experiment.json with the real OpenDC (JVM, Py4J), put OpenDC's "
                                    "output under DIR/output/ and write DIR/sustainability.json.")
     o.add_argument("dir", help="directory with experiment.json, topology.json and workload/")

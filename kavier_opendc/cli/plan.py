@@ -11,14 +11,15 @@ import shlex
 import sys
 from pathlib import Path
 
+from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.cli.args import positive_int
+from kavier_opendc.cli.commands import HELP
+from kavier_opendc.experiments.plan import run_max_rate, run_plan
+from kavier_opendc.experiments.plan_file import EXAMPLE_PLAN, load_plan
 
 
 def cmd_plan(args) -> int:
     """kavier plan PLAN_FILE --out DIR [--objective ...] [--max-rate] [--jobs N | --scheduler ADDR]"""
-    from kavier_opendc.base.errors import KavierInputError
-    from kavier_opendc.experiments.plan import run_max_rate, run_plan
-    from kavier_opendc.experiments.plan_file import EXAMPLE_PLAN, load_plan
 
     if (args.plan is None) == (not args.example):
         raise KavierInputError("give a PLAN_FILE or --example (not both)", location="PLAN_FILE")
@@ -38,8 +39,7 @@ def cmd_plan(args) -> int:
 
 def register(sub) -> None:
     """Add ``plan`` to the ``kavier`` parser."""
-    ap = sub.add_parser("plan", help="capacity planning: the configuration meeting latency SLOs at the lowest "
-                                     "cost, energy or carbon",
+    ap = sub.add_parser("plan", help=HELP["plan"],
                         description="Search a plan file's candidates (schemas/plan.schema.json): per serving shape "
                                     "the smallest replica count meeting the SLOs (bisection, without OpenDC), then "
                                     "OpenDC for the shapes on or near the Pareto front; prints the chosen "

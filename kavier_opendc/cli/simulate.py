@@ -7,16 +7,20 @@ import sys
 import time
 from pathlib import Path
 
+from kavier_opendc.base.atomic import check_writable_dir, refuse_complete_output
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.cli import text
 from kavier_opendc.cli.args import bounded_float, bounded_int, catalog_with, count_or_inf, fraction
+from kavier_opendc.cli.commands import HELP
 from kavier_opendc.engine import knobs
-from kavier_opendc.engine.router import ROUTERS
+from kavier_opendc.engine.outputs import FILES, batch_limits_origin, write_simulation
+from kavier_opendc.engine.router import ROUTERS, normalise_router
+from kavier_opendc.engine.simulator import SimConfig, simulate
+from kavier_opendc.workload.load import load_workload
 
 
 def router(text: str) -> str:
     """A router name (or alias), checked by the parser."""
-    from kavier_opendc.engine.router import normalise_router
 
     try:
         return normalise_router(text)
@@ -78,11 +82,6 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
 
 
 def cmd_simulate(args) -> int:
-    from kavier_opendc.base.atomic import check_writable_dir, refuse_complete_output
-    from kavier_opendc.engine.outputs import FILES, write_simulation
-    from kavier_opendc.engine.simulator import SimConfig, simulate
-    from kavier_opendc.workload.load import load_workload
-
     t0 = time.perf_counter()
     out = Path(args.out)
     check_writable_dir(out)
@@ -113,7 +112,6 @@ def cmd_simulate(args) -> int:
 
 
 def format_summary(s: dict, out: Path, wall: float) -> str:
-    from kavier_opendc.engine.outputs import batch_limits_origin
     c = s["config"]
     head = (f"{c['model']} on {c['replicas']} x {c['tp']} x {c['gpu']} ({c['router']}, KV cache {c['kv_cache']}, "
             f"{c['kv_capacity_tokens_per_replica']} KV tokens/replica)")
@@ -158,7 +156,7 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
 
 
 def register(sub) -> None:
-    sim = sub.add_parser("simulate", help="simulate serving a trace (performance only, no JVM)",
+    sim = sub.add_parser("simulate", help=HELP["simulate"],
                          description="Simulate an LLM serving cluster (continuous batching, chunked prefill, "
                                      "KV-cache memory, preemption, routing) on a trace and write "
                                      "requests.parquet, summary.json and timeline.parquet.")

@@ -51,7 +51,7 @@ from kavier_opendc.experiments.run_folder import (
 from kavier_opendc.opendc.bridge import OpenDCBridge
 from kavier_opendc.opendc.datacenter import DEFAULT_START, load_datacenter
 from kavier_opendc.opendc.inputs import write_opendc_inputs
-from kavier_opendc.opendc.jvm import BUILD_COMMAND, find_bridge_jar, find_java, jar_flavour
+from kavier_opendc.opendc.jvm import check_opendc_available
 from kavier_opendc.opendc.results import run_opendc_dir, sustainability_record
 from kavier_opendc.reports.efficiency import efficiency_report, pool_energy
 from kavier_opendc.reports.report import write_report
@@ -158,21 +158,6 @@ def datacenter_gpus(datacenter: dict | None) -> dict[str, int]:
         if h.get("gpu") and h.get("gpus_per_host"):
             out[h["gpu"]] = out.get(h["gpu"], 0) + int(h["count"]) * int(h["gpus_per_host"])
     return out
-
-
-def check_opendc_available() -> None:
-    """Fail before any work when OpenDC cannot run (no jar, a lite jar, or no Java 21+)."""
-
-    hint = " To get the performance report without OpenDC, add --no-opendc."
-    try:
-        jar = find_bridge_jar()
-        find_java()
-    except KavierRuntimeError as exc:
-        raise KavierRuntimeError(f"{exc}{hint}") from None
-    if jar_flavour(jar) == "lite":
-        raise KavierRuntimeError(f"The OpenDC bridge jar {jar} is a lite build without OpenDC (OpenDC's artifacts "
-                                 f"could not be resolved when it was built); build the real one with "
-                                 f"'{BUILD_COMMAND}'.{hint}")
 
 
 def _library_versions() -> dict[str, str]:

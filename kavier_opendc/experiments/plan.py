@@ -47,10 +47,10 @@ from kavier_opendc.base.atomic import atomic_write_text, check_writable_dir, wri
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.experiments.executor import RunExecutor, RunTask
 from kavier_opendc.experiments.experiment import load_experiment
-from kavier_opendc.experiments.pipeline import check_opendc_available
 from kavier_opendc.experiments.plan_file import OBJECTIVES, SLO, Plan, Shape, shape_problems, traffic_at
 from kavier_opendc.experiments.run_folder import absolutized, clear_done, config_hash, mark_done, run_is_done
 from kavier_opendc.experiments.sweep import report_row
+from kavier_opendc.opendc.jvm import check_opendc_available
 
 LOG = "plan_log.jsonl"
 METRICS = {"cost": "cost_per_mtoken", "energy": "wh_per_mtoken", "carbon": "gco2_per_mtoken"}

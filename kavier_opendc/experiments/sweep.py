@@ -53,7 +53,6 @@ from kavier_opendc.experiments.experiment import (
     schema_problems,
     with_overrides,
 )
-from kavier_opendc.experiments.pipeline import check_opendc_available
 from kavier_opendc.experiments.run_folder import (
     absolutized,
     clear_done,
@@ -64,6 +63,7 @@ from kavier_opendc.experiments.run_folder import (
     mark_incomplete,
     run_is_done,
 )
+from kavier_opendc.opendc.jvm import check_opendc_available
 from kavier_opendc.reports.report import fmt
 
 SCHEMA_FILE = "sweep.schema.json"

@@ -29,6 +29,7 @@ __all__ = [
     "user_jar",
     "find_java",
     "java_version",
+    "check_opendc_available",
 ]
 
 #: OpenDC's bytecode targets Java 21.
@@ -353,3 +354,18 @@ def build_bridge_jar(*, run_tests: bool = False, lite: bool = False, quiet: bool
         os.replace(tmp, jar_dir / name)
         return jar_dir / name
     return built
+
+
+def check_opendc_available() -> None:
+    """Fail before any work when OpenDC cannot run (no jar, a lite jar, or no Java 21+)."""
+
+    hint = " To get the performance report without OpenDC, add --no-opendc."
+    try:
+        jar = find_bridge_jar()
+        find_java()
+    except KavierRuntimeError as exc:
+        raise KavierRuntimeError(f"{exc}{hint}") from None
+    if jar_flavour(jar) == "lite":
+        raise KavierRuntimeError(f"The OpenDC bridge jar {jar} is a lite build without OpenDC (OpenDC's artifacts "
+                                 f"could not be resolved when it was built); build the real one with "
+                                 f"'{BUILD_COMMAND}'.{hint}")

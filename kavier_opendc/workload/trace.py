@@ -50,13 +50,15 @@ import warnings
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import pandas as pd
 
 from kavier_opendc.base import limits
 from kavier_opendc.base.errors import KavierInputError
+
+if TYPE_CHECKING:  # pandas is imported where a trace is read: commands that only parse arguments stay fast
+    import pandas as pd
 
 TRACE_FORMATS: tuple[str, ...] = ("kavier", "azure", "mooncake", "vidur")
 _FORMAT_ALIASES = {"native": "kavier", "splitwise": "vidur", "sarathi": "vidur"}
@@ -95,6 +97,7 @@ class Trace:
 
     def to_frame(self) -> pd.DataFrame:
         """The trace as a DataFrame in the kavier native layout."""
+        import pandas as pd
         cols: dict[str, Any] = {
             "arrival_time_s": self.arrival_s,
             "num_input_tokens": self.num_input_tokens,
@@ -276,6 +279,7 @@ def _pick_layout(src: _Source, columns: Sequence[str], fmt: str | None) -> _Layo
 
 
 def _read_csv(path: Path, compression: str | None, fmt: str | None) -> tuple[pd.DataFrame, _Layout, _Source]:
+    import pandas as pd
     src = _Source(str(path))
     try:
         header = pd.read_csv(path, nrows=0, compression=compression)
@@ -318,6 +322,7 @@ def _check_unique_columns(src: _Source, columns: Sequence[str]) -> None:
 
 def _csv_frame(path: Path, compression: str | None) -> pd.DataFrame:
     """The whole CSV file as a DataFrame; malformed files raise KavierInputError."""
+    import pandas as pd
     # No usecols: with it pandas silently drops surplus fields of malformed rows (for
     # example an unquoted JSON list), which must be reported instead.
     try:
@@ -481,6 +486,7 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], _Source, list[str]]
 
 
 def _records_frame(records: list[dict], columns: Sequence[str]) -> pd.DataFrame:
+    import pandas as pd
     return pd.DataFrame({c: _series_from_values([rec.get(c) for rec in records]) for c in columns})
 
 
@@ -543,6 +549,7 @@ def _read_jsonl(path: Path, compression: str | None, fmt: str | None) -> tuple[p
 
 def _series_from_values(values: list) -> pd.Series:
     """A Series from JSON values; list-valued cells stay Python lists."""
+    import pandas as pd
     if values and any(isinstance(v, (list, dict)) for v in values[:50]):
         arr = np.empty(len(values), dtype=object)
         arr[:] = values
@@ -582,6 +589,7 @@ def _first(mask: np.ndarray) -> int | None:
 
 def _numeric_values(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """(float64 values with NaN for missing/bad, mask of cells that are present but not numbers)."""
+    import pandas as pd
     dtype = s.dtype
     if pd.api.types.is_bool_dtype(dtype):
         return np.full(len(s), np.nan), np.ones(len(s), dtype=bool)
@@ -616,6 +624,7 @@ def _to_float(v: Any) -> float:
 
 def _int_column(src: _Source, s: pd.Series, column: str, meaning: str, minimum: int = 1) -> np.ndarray:
     """Validate a column of integer counts >= ``minimum``; return int64."""
+    import pandas as pd
     what = f"{column} ({meaning})" if meaning else column
     dtype = s.dtype
     if pd.api.types.is_integer_dtype(dtype) and not s.isna().any():
@@ -699,6 +708,7 @@ def _time_seconds(src: _Source, s: pd.Series, column: str, kind: str) -> np.ndar
 
 
 def _datetime_seconds(src: _Source, s: pd.Series, column: str) -> np.ndarray:
+    import pandas as pd
     if pd.api.types.is_datetime64_any_dtype(s.dtype):
         ts = s
         bad_value = np.zeros(len(s), dtype=bool)
@@ -726,6 +736,7 @@ def _datetime_seconds(src: _Source, s: pd.Series, column: str) -> np.ndarray:
 
 def _list_column(src: _Source, s: pd.Series, column: str) -> list[list[int]]:
     """A column of integer lists (JSON strings in CSV, lists in JSON/Parquet); empty cells -> []."""
+    import pandas as pd
     values = s.tolist()
     n = len(values)
     out: list[Any] = [None] * n
@@ -777,6 +788,7 @@ def _list_column(src: _Source, s: pd.Series, column: str) -> list[list[int]]:
 
 
 def _build(df: pd.DataFrame, lay: _Layout, src: _Source, keep_overlong: bool = False) -> Trace:
+    import pandas as pd
     if len(df) == 0:
         raise KavierInputError("trace contains no requests (only a header)", source=src.path,
                                expected="at least one data row")
@@ -864,6 +876,7 @@ def read_length_column(path: str | Path, column: str) -> np.ndarray:
 
     Used for empirical length distributions from files that are not traces.
     """
+    import pandas as pd
     p = Path(path)
     _check_file(p)
     kind, compression = _file_kind(p)
