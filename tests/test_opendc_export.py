@@ -346,8 +346,12 @@ def test_eight_gpu_host_split_into_two_four_gpu_hosts(tmp_path):
     assert set(exp) == {"name", "outputFolder", "topologies", "workloads", "allocationPolicies",
                         "exportModels"}
     assert exp["workloads"][0]["type"] == "ComputeWorkload"
-    assert Path(exp["workloads"][0]["pathToFile"]).is_absolute()
-    assert Path(exp["topologies"][0]["pathToFile"]) == (tmp_path / "odc" / "topology.json").resolve()
+    # paths relative to the folder (portable), naming the folder's own files
+    assert exp["outputFolder"] == "output"
+    assert exp["workloads"][0]["pathToFile"] == "workload"
+    assert exp["topologies"][0]["pathToFile"] == "topology.json"
+    assert (tmp_path / "odc" / exp["workloads"][0]["pathToFile"] / "tasks.parquet").is_file()
+    assert (tmp_path / "odc" / exp["topologies"][0]["pathToFile"]).is_file()
     for name in ("workload/tasks.parquet", "workload/fragments.parquet", "topology.json", "experiment.json"):
         assert (tmp_path / "odc" / name).is_file()
 
@@ -428,7 +432,7 @@ def test_schema_errors_name_json_paths(tmp_path):
     assert any(p.startswith("power_source.carbon_trace:") for p in probs)
 
 
-def test_carbon_path_relative_to_description_written_absolute(tmp_path):
+def test_carbon_trace_copied_into_folder_and_named_relatively(tmp_path):
     (tmp_path / "traces").mkdir()
     C.write_synthetic_carbon_trace(tmp_path / "traces" / "syn.parquet", days=1)
     f = tmp_path / "dc.json"
@@ -440,8 +444,12 @@ def test_carbon_path_relative_to_description_written_absolute(tmp_path):
     sim = write_sim(tmp_path / "sim", {0: [(0, 1, 0.5)]})
     write_opendc_inputs(sim, f, tmp_path / "odc")
     cl = json.loads((tmp_path / "odc" / "topology.json").read_text())["clusters"][0]
-    assert cl["powerSource"] == {"name": "grid", "maxPower": 100000,
-                                 "carbonTracePath": str((tmp_path / "traces" / "syn.parquet").resolve())}
+    # the trace (relative to the description) is copied into the folder, named relative to it
+    assert cl["powerSource"] == {"name": "grid", "maxPower": 100000, "carbonTracePath": "carbon/syn.parquet"}
+    assert (tmp_path / "odc" / "carbon" / "syn.parquet").read_bytes() == \
+        (tmp_path / "traces" / "syn.parquet").read_bytes()
+    ex = json.loads((tmp_path / "odc" / "export.json").read_text())
+    assert ex["datacenter"]["power_source"]["carbon_trace"] == "carbon/syn.parquet"
     assert cl["battery"] == {"name": "Battery", "capacity": 1.5, "chargingSpeed": 500.0, "initialCharge": 0.0,
                              "batteryPolicy": {"type": "double", "lowerThreshold": 100.0,
                                                "upperThreshold": 200.0}}

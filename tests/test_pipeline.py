@@ -47,8 +47,14 @@ class FakeOpenDC:
 
     def run(self, experiment_json, progress=None, **kw):
         exp = json.loads(Path(experiment_json).read_text())
-        topo = json.loads(Path(exp["topologies"][0]["pathToFile"]).read_text())
-        wdir = Path(exp["workloads"][0]["pathToFile"])
+        base = Path(experiment_json).resolve().parent   # relative paths: against the experiment's folder
+
+        def at(p, folder=base):
+            return Path(p) if Path(p).is_absolute() else folder / p
+
+        topo_path = at(exp["topologies"][0]["pathToFile"])
+        topo = json.loads(topo_path.read_text())
+        wdir = at(exp["workloads"][0]["pathToFile"])
         tasks = pd.read_parquet(wdir / "tasks.parquet")
         frags = pd.read_parquet(wdir / "fragments.parquet")
         start_ms = int(pd.Timestamp(exp["workloads"][0]["submissionTime"]).value // 10**6)
@@ -93,8 +99,8 @@ class FakeOpenDC:
         ctp = cl.get("powerSource", {}).get("carbonTracePath")
         if ctp:
             from kavier_opendc.opendc.carbon import intensity_at, read_carbon_trace
-            ci = intensity_at(read_carbon_trace(ctp), ts - 1000 + start_ms)
-        out = Path(exp["outputFolder"]) / exp["name"]
+            ci = intensity_at(read_carbon_trace(at(ctp, topo_path.parent)), ts - 1000 + start_ms)
+        out = at(exp["outputFolder"]) / exp["name"]
         raw = out / "raw-output" / "0" / "seed=0"
         raw.mkdir(parents=True, exist_ok=True)
         pd.concat(rows).to_parquet(raw / "host.parquet", index=False)
@@ -190,7 +196,7 @@ def test_pipeline_with_stand_in_bridge(fake_run):
     assert {"experiment", "trace", "carbon (generated)"} <= roles
     assert (out / "opendc" / "carbon" / "synthetic_carbon.parquet").is_file()
     topo = json.loads((out / "opendc" / "topology.json").read_text())
-    assert topo["clusters"][0]["powerSource"]["carbonTracePath"].endswith("synthetic_carbon.parquet")
+    assert topo["clusters"][0]["powerSource"]["carbonTracePath"] == "carbon/synthetic_carbon.parquet"
     # the experiment copy in the output runs from anywhere (absolute paths)
     copy = json.loads((out / "experiment.json").read_text())
     assert Path(copy["trace"]).is_absolute()

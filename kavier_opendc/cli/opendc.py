@@ -31,7 +31,7 @@ def cmd_export_opendc(args) -> int:
         opts["start"] = args.start
     out = Path(args.out)
     check_writable_dir(out)
-    # experiment.json holds absolute paths into ``out``, so it is written in place; a marker
+    # the folder's paths are relative to it (it can be copied or moved afterwards); a marker
     # says the directory is incomplete until every file is there
     out.mkdir(parents=True, exist_ok=True)
     mark_incomplete(out, "kavier export-opendc did not finish\n")

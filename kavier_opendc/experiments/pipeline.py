@@ -5,9 +5,10 @@ Output folder layout (``--out DIR``)::
     DIR/experiment.json          the experiment as run (paths made absolute)
     DIR/simulation/              requests.parquet, summary.json, timeline.parquet
     DIR/opendc/                  workload/{tasks,fragments}.parquet, topology.json,
-                                 experiment.json, export.json, carbon/ (generated
-                                 carbon trace), output/ (OpenDC's raw output),
-                                 sustainability.json
+                                 experiment.json, export.json, carbon/ (the carbon
+                                 trace: generated, aligned or copied), output/
+                                 (OpenDC's raw output), sustainability.json; its
+                                 paths are relative to it (portable)
     DIR/plots/*.png
     DIR/report.md, DIR/report.json   (report.json is written last)
 

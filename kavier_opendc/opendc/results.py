@@ -401,10 +401,13 @@ def _resolve(p: str, base: Path) -> str:
 
 def prepare_experiment(dir: str | os.PathLike) -> tuple[Path, dict, Path | None]:
     """Read ``dir/experiment.json``; return (experiment file to run, the
-    experiment dict, first topology file). Relative paths (experiment and
-    topology carbon traces) are resolved against ``dir`` and the output folder
-    is forced to ``dir/output``; when that changes anything, resolved copies
-    are written under ``dir/output/inputs/``."""
+    experiment dict, first topology file). Relative paths are resolved against
+    the folder of the file naming them (the experiment's against ``dir``, a
+    topology's carbon trace against that topology's folder), never the process's
+    working directory, and the output folder is forced to ``dir/output``; when
+    that changes anything (always for the relative paths that
+    :func:`~kavier_opendc.opendc.inputs.write_opendc_inputs` writes), resolved
+    copies are written under ``dir/output/inputs/``."""
     d = Path(dir).resolve()
     exp_path = d / "experiment.json"
     src = str(exp_path)
@@ -575,6 +578,9 @@ def run_opendc_dir(dir: str | os.PathLike, progress: Callable | None = None, *,
     if not find_raw_outputs(search):
         search = Path(result_dir) if result_dir is not None and find_raw_outputs(result_dir) else out
     result = read_opendc_output(search, topology=topo, export_stats=export_stats)
-    write_sustainability(sus, result)
+    raw = result.get("raw_output")
+    # the file names OpenDC's output relative to the folder, which stays portable
+    rel = Path(raw).resolve().relative_to(d).as_posix() if raw and Path(raw).resolve().is_relative_to(d) else raw
+    write_sustainability(sus, {**result, "raw_output": rel} if raw else result)
     marker.unlink()
     return result

@@ -364,15 +364,18 @@ def same_gpu(model_name: str, gpu_name: str) -> bool:
 # OpenDC JSON files
 # --------------------------------------------------------------------------
 
-def topology_dict(datacenter: Datacenter, gpu=None, hosts: list[OpenDCHost] | None = None) -> dict[str, Any]:
-    """OpenDC topology JSON (release format, no unknown keys)."""
+def topology_dict(datacenter: Datacenter, gpu=None, hosts: list[OpenDCHost] | None = None, *,
+                  carbon_trace_path: str | None = None) -> dict[str, Any]:
+    """OpenDC topology JSON (release format, no unknown keys). The power source's
+    ``carbonTracePath`` is ``carbon_trace_path`` when given (the exported folder
+    names its own copy, relative to the topology file), else the trace's absolute path."""
     hosts = hosts if hosts is not None else opendc_hosts(datacenter, gpu)
     ps = datacenter.power_source
     psj: dict[str, Any] = {"name": ps.name}
     if ps.max_power_w is not None:
         psj["maxPower"] = int(round(ps.max_power_w))
     if ps.carbon_trace is not None:
-        psj["carbonTracePath"] = str(Path(ps.carbon_trace).resolve())
+        psj["carbonTracePath"] = carbon_trace_path or str(Path(ps.carbon_trace).resolve())
     cluster: dict[str, Any] = {"name": datacenter.name,
                                "hosts": [e for h in hosts for e in h.to_opendc_entries()],
                                "powerSource": psj}
@@ -383,13 +386,16 @@ def topology_dict(datacenter: Datacenter, gpu=None, hosts: list[OpenDCHost] | No
 
 def experiment_dict(out_dir: Path, datacenter: Datacenter, *, name: str = "kavier",
                     start: str | None = None) -> dict[str, Any]:
-    """OpenDC experiment JSON whose absolute paths point into ``out_dir``."""
-    out_dir = Path(out_dir).resolve()
+    """OpenDC experiment JSON for the folder ``out_dir``: its paths are relative to
+    that folder (``output``, ``topology.json``, ``workload``), so the folder can be
+    copied or moved and still run (``kavier opendc`` resolves them against the
+    folder; OpenDC's own runner resolves them against its working directory)."""
+    del out_dir   # the paths name the folder's own files, whichever folder it is
     return {
         "name": name,
-        "outputFolder": str(out_dir / "output"),
-        "topologies": [{"pathToFile": str(out_dir / "topology.json")}],
-        "workloads": [{"pathToFile": str(out_dir / "workload"), "type": "ComputeWorkload",
+        "outputFolder": "output",
+        "topologies": [{"pathToFile": "topology.json"}],
+        "workloads": [{"pathToFile": "workload", "type": "ComputeWorkload",
                        "submissionTime": start or datacenter.start}],
         "allocationPolicies": [{"type": "prefab", "policyName": datacenter.allocation_policy}],
         "exportModels": [{"exportInterval": int(datacenter.export_interval_s)}],
