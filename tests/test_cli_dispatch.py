@@ -42,10 +42,8 @@ def test_every_command_is_listed_in_the_same_order_with_the_same_help_either_way
     full = _choices(build_parser())
     light = _choices(build_parser(["--help"]))
     assert list(full) == list(light) == list(MODULES)
-    for name, parser in full.items():
-        help_line = next(a.help for a in build_parser()._subparsers._group_actions[0]._choices_actions
-                         if a.dest == name)
-        assert help_line == HELP[name], name
+    listed = {a.dest: a.help for a in build_parser()._subparsers._group_actions[0]._choices_actions}
+    assert listed == HELP
     # the chosen command is complete, the others are named only
     chosen = _choices(build_parser(["run", "x.yaml", "--out", "o"]))
     assert any(a.dest == "no_opendc" for a in chosen["run"]._actions)

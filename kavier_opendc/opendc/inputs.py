@@ -35,7 +35,7 @@ def write_opendc_inputs(sim_dir: str | os.PathLike, datacenter, out_dir: str | o
     start = stats["start"]
     carbon_rel = folder_carbon_trace(dc_used.power_source.carbon_trace, out)
     topo = topology_dict(dc_used, hosts=hosts, carbon_trace_path=carbon_rel)
-    exp = experiment_dict(out, dc_used, start=start)
+    exp = experiment_dict(dc_used, start=start)
     write_json_atomic(out / "topology.json", topo)
     write_json_atomic(out / "experiment.json", exp)
     stats["topology"] = "topology.json"

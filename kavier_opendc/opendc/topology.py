@@ -384,13 +384,11 @@ def topology_dict(datacenter: Datacenter, gpu=None, hosts: list[OpenDCHost] | No
     return {"clusters": [cluster]}
 
 
-def experiment_dict(out_dir: Path, datacenter: Datacenter, *, name: str = "kavier",
-                    start: str | None = None) -> dict[str, Any]:
-    """OpenDC experiment JSON for the folder ``out_dir``: its paths are relative to
-    that folder (``output``, ``topology.json``, ``workload``), so the folder can be
+def experiment_dict(datacenter: Datacenter, *, name: str = "kavier", start: str | None = None) -> dict[str, Any]:
+    """OpenDC experiment JSON for an exported folder: its paths are relative to the
+    folder (``output``, ``topology.json``, ``workload``), so the folder can be
     copied or moved and still run (``kavier opendc`` resolves them against the
     folder; OpenDC's own runner resolves them against its working directory)."""
-    del out_dir   # the paths name the folder's own files, whichever folder it is
     return {
         "name": name,
         "outputFolder": "output",
