@@ -11,10 +11,10 @@ import yaml
 from conftest import needs_opendc
 from kavier_opendc.experiments.experiment import load_experiment
 from kavier_opendc.experiments.pipeline import run_experiment
-from kavier_opendc.reports.efficiency import efficiency_report
+from kavier_opendc.reports.efficiency import LatencyTargets, Prices, efficiency_report
 from test_pipeline import tiny_experiment
 
-PRICES = {"gpu_hour": {"A100-80GB": 2.0}, "electricity_per_kwh": 0.3, "currency": "EUR"}
+PRICES = Prices(gpu_hour={"A100-80GB": 2.0}, electricity_per_kwh=0.3, currency="EUR")
 PERF = {"makespan_s": 3600.0, "input_tokens": 600_000, "output_tokens": 400_000}
 
 
@@ -22,7 +22,7 @@ def test_the_cost_counts_the_datacenters_gpus_when_given():
     import pandas as pd
 
     req = pd.DataFrame({"ttft_s": [0.1], "tpot_s": [0.01], "status": [0]})
-    kw = dict(gpu_counts={"A100-80GB": 2}, prices=PRICES, slo={"ttft_s": None, "tpot_s": None})
+    kw = dict(gpu_counts={"A100-80GB": 2}, prices=PRICES, slo=LatencyTargets())
     alone = efficiency_report(PERF, req, None, **kw)
     assert alone["gpu_counts_basis"] == "replicas" and alone["gpu_hours"] == 2.0 and alone["gpu_cost"] == 4.0
     full = efficiency_report(PERF, req, {"energy_wh": 1000.0, "carbon_g": 1.0}, datacenter_gpus={"A100-80GB": 8},

@@ -48,8 +48,8 @@ def test_slo_mask_nan_tpot_passes_and_missing_target_is_not_checked():
 def test_goodput_without_slo_is_none():
     df = pd.DataFrame({"ttft_s": [0.1], "tpot_s": [0.01], "status": ["finished"], "num_input_tokens": [10],
                        "num_output_tokens": [5]})
-    assert E.goodput(df, 10.0, {})["goodput_rps"] is None
-    g = E.goodput(df, 10.0, {"ttft_s": 1.0})
+    assert E.goodput(df, 10.0, E.LatencyTargets())["goodput_rps"] is None
+    g = E.goodput(df, 10.0, E.LatencyTargets(ttft_s=1.0))
     assert g["goodput_rps"] == 0.1 and g["goodput_tokens_per_s"] == 1.5 and g["slo_attainment"] == 1.0
 
 

@@ -53,7 +53,7 @@ def test_demo_experiment_is_valid():
     assert exp.name == "demo-chat-llama3-8b-a100"
     assert exp.gpu_counts() == {"A100-80GB": 4}
     assert exp.carbon.kind == "synthetic"
-    assert exp.prices["gpu_hour"]["A100-80GB"] > 0
+    assert exp.prices.gpu_hour["A100-80GB"] > 0
     assert exp.trace.path == (DATA / "demo_workload.yaml").resolve() \
         or exp.trace.path.name == "demo_workload.yaml"
 
@@ -151,7 +151,7 @@ def test_yaml_12_floats_are_numbers(tmp_path):
     p = tmp_path / "exp.yaml"
     text = yaml.safe_dump(tiny_doc()).replace("ttft_s: 0.2", "ttft_s: 2e-1")
     p.write_text(text)
-    assert load_experiment(p).slo["ttft_s"] == pytest.approx(0.2)
+    assert load_experiment(p).slo.ttft_s == pytest.approx(0.2)
 
 
 def test_sim_config_from_experiment(tmp_path):

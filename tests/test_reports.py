@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from kavier_opendc.reports import plots as P
-from kavier_opendc.reports.efficiency import DEFINITIONS
+from kavier_opendc.reports.efficiency import DEFINITIONS, LatencyTargets
 from kavier_opendc.reports.report import fmt, render_markdown
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -49,7 +49,7 @@ def test_time_unit():
 
 def test_run_plots_are_written(tmp_path):
     req = requests_frame()
-    assert png_ok(P.latency_cdfs(req, tmp_path / "lat.png", {"ttft_s": 0.2, "tpot_s": 0.05}))
+    assert png_ok(P.latency_cdfs(req, tmp_path / "lat.png", LatencyTargets(ttft_s=0.2, tpot_s=0.05)))
     assert png_ok(P.cache_hit_ratio(req, tmp_path / "cache.png"))
     tl = pd.DataFrame({"replica": [0, 0, 1, 1], "start_s": [0, 300, 0, 200], "end_s": [300, 620, 200, 620],
                        "gpu_utilization": [0.4, 0.8, 0.2, 0.6], "kv_utilization": [0.1, 0.3, 0.05, 0.2],

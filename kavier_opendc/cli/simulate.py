@@ -99,7 +99,11 @@ def cmd_simulate(args) -> int:
         # the settings' own errors first; then a complete earlier result in --out, before any work
         refuse_complete_output(out, FILES, "simulation (requests.parquet, timeline.parquet, summary.json)",
                                overwrite=args.overwrite)
-        for warning in cfg.warnings():
+        names = [(f"--{f.replace('_', '-')}", getattr(args, f), "model" if f == "model" else "gpu")
+                 for f in ("model", "gpu", "prefill_gpu", "decode_gpu")]
+        notes = [f"{flag}: {n}" for flag, value, kind in names if isinstance(value, str)
+                 for n in [cat.resolution_note(value, kind)] if n]
+        for warning in notes + cfg.warnings():
             print(f"kavier: warning: {warning}", file=sys.stderr)
         trace = load_workload(args.trace, args.trace_format, args.seed, keep_overlong=args.keep_overlong_requests)
         result = simulate(trace, cfg, progress=False if args.quiet else None)

@@ -65,6 +65,8 @@ def _validate_document(path: Path, doc, no_opendc: bool) -> str:
         load_datacenter(path)
         return f"{path}: valid datacenter description"
     exp = load_experiment(path, opendc=False if no_opendc else None)
+    for note in exp.notes:
+        print(f"kavier: warning: {path}: {note}", file=sys.stderr)
     trace = load_trace_for(exp)
     return (f"{path}: valid experiment '{exp.name}': {exp.describe()}, {len(trace)} requests"
             + _opendc_status(exp.opendc_enabled and not no_opendc))

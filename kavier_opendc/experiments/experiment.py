@@ -56,6 +56,7 @@ from kavier_opendc.experiments.engine_config import GROUP_LIMIT_KEYS, sim_config
 from kavier_opendc.experiments.serving import DEFAULTS, Serving
 from kavier_opendc.opendc import topology as T
 from kavier_opendc.opendc.datacenter import DEFAULT_START, load_datacenter
+from kavier_opendc.reports.efficiency import LatencyTargets, Prices
 from kavier_opendc.specs import default_catalog, load_catalog_file
 
 SCHEMA_FILE = "experiment.schema.json"
@@ -128,11 +129,13 @@ class Experiment:
     datacenter_base: Path
     datacenter_source: str
     carbon: CarbonSource | None
-    prices: dict                     # {"currency", "gpu_hour": {gpu: price}, "electricity_per_kwh"}
-    slo: dict                        # {"ttft_s": float|None, "tpot_s": float|None}
+    prices: Prices                   # the GPU-hour price of every GPU type it uses, of a kWh
+    slo: LatencyTargets              # per-request TTFT / TPOT targets
     opendc_enabled: bool
     export_opts: dict
     input_files: list[tuple[str, Path]] = field(default_factory=list)
+    #: what a run of it should warn about: implausible values, short names standing for one of several
+    notes: list[str] = field(default_factory=list)
 
     def sim_config(self):
         """The engine's SimConfig for this experiment's serving setup."""
@@ -295,7 +298,7 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
     prices = _prices(data, cat, groups, problems)
 
     slo_in = data.get("slo") if isinstance(data.get("slo"), dict) else {}
-    slo = {"ttft_s": slo_in.get("ttft_s"), "tpot_s": slo_in.get("tpot_s")}
+    slo = LatencyTargets(ttft_s=slo_in.get("ttft_s"), tpot_s=slo_in.get("tpot_s"))
 
     name = _experiment_name(data, source)
     seed = data.get("seed", 0) if isinstance(data.get("seed"), int) else 0
@@ -306,8 +309,46 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
     exp = Experiment(data=data, source=source, base_dir=base, name=name, seed=seed, catalog=cat,
                      groups=groups, serving=norm, trace=trace, datacenter=dc_data, datacenter_base=dc_base,
                      datacenter_source=dc_source, carbon=carbon, prices=prices, slo=slo,
-                     opendc_enabled=enabled, export_opts=export_opts, input_files=inputs)
+                     opendc_enabled=enabled, export_opts=export_opts, input_files=inputs,
+                     notes=_name_notes(data, cat) + _slo_notes(slo))
     return [], exp
+
+
+#: latency targets beyond these are almost surely milliseconds written as seconds
+PLAUSIBLE_SLO_S = {"ttft_s": 60.0, "tpot_s": 2.0}
+
+
+def _slo_notes(slo: LatencyTargets) -> list[str]:
+    """A note for each SLO target too long to be meant in seconds (``ttft_s: 500`` for 500 ms)."""
+    out = []
+    for key, limit in PLAUSIBLE_SLO_S.items():
+        value = getattr(slo, key)
+        if value is not None and value > limit:
+            out.append(f"slo.{key} is {value:g} s, longer than any service level in use (over {limit:g} s); "
+                       f"SLOs are in seconds: write {value / 1000:g} for {value:g} ms")
+    return out
+
+
+def _name_notes(data: dict, cat) -> list[str]:
+    """A note for each GPU or model named by a short name that stands for one of several catalogue entries."""
+    out: list[str] = []
+
+    def walk(node: Any, path: tuple) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                kind = "gpu" if k in ("gpu", "prefill_gpu", "decode_gpu") else "model" if k == "model" else None
+                if kind and isinstance(v, str):
+                    note = cat.resolution_note(v, kind)
+                    if note:
+                        out.append(f"{json_path(path + (k,))}: {note}")
+                else:
+                    walk(v, path + (k,))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, path + (i,))
+
+    walk({k: data[k] for k in ("model", "gpu", "serving") if k in data}, ())
+    return out
 
 
 def _engine_problems(norm: Serving, groups: list[GroupSpec], seed: int, catalog) -> list[Problem]:
@@ -434,14 +475,11 @@ def _datacenter_document(dcv: Any, base: Path, source: str, enabled: bool, probl
     return dc_data, dc_base, dc_source
 
 
-def _prices(data: dict, cat, groups: list[GroupSpec], problems: list[Problem]) -> dict:
+def _prices(data: dict, cat, groups: list[GroupSpec], problems: list[Problem]) -> Prices:
     """Currency, GPU-hour price per GPU type (the catalogue's unless given) and electricity price."""
-    prices = {"currency": "USD", "gpu_hour": {}, "electricity_per_kwh": None}
     pr = data.get("prices") if isinstance(data.get("prices"), dict) else {}
-    if isinstance(pr.get("currency"), str):
-        prices["currency"] = pr["currency"]
-    if isinstance(pr.get("electricity_per_kwh"), (int, float)):
-        prices["electricity_per_kwh"] = float(pr["electricity_per_kwh"])
+    currency = pr["currency"] if isinstance(pr.get("currency"), str) else "USD"
+    kwh = float(pr["electricity_per_kwh"]) if isinstance(pr.get("electricity_per_kwh"), (int, float)) else None
     given: dict[str, float] = {}
     for name, price in (pr.get("gpu_hour") or {}).items() if isinstance(pr.get("gpu_hour"), dict) else []:
         try:
@@ -450,11 +488,12 @@ def _prices(data: dict, cat, groups: list[GroupSpec], problems: list[Problem]) -
             problems.append((("prices", "gpu_hour", name), str(exc)))
         except (TypeError, ValueError):
             pass
+    gpu_hour: dict[str, float] = {}
     for g in groups:
-        prices["gpu_hour"][g.gpu.name] = given.get(g.gpu.name, float(g.gpu.price_per_hour))
+        gpu_hour[g.gpu.name] = given.get(g.gpu.name, float(g.gpu.price_per_hour))
     for name, price in given.items():
-        prices["gpu_hour"].setdefault(name, price)
-    return prices
+        gpu_hour.setdefault(name, price)
+    return Prices(gpu_hour=gpu_hour, currency=currency, electricity_per_kwh=kwh)
 
 
 def _experiment_name(data: dict, source: str) -> str:
@@ -831,8 +870,8 @@ def to_jsonable(exp: Experiment) -> dict:
                                                    else str(exp.carbon.path),
                                                    "params": exp.carbon.params,
                                                    "align": exp.carbon.align},
-        "prices": exp.prices,
-        "slo": exp.slo,
+        "prices": exp.prices.to_dict(),
+        "slo": exp.slo.to_dict(),
         "opendc": {"enabled": exp.opendc_enabled, "export": exp.export_opts},
     }
 

@@ -227,7 +227,7 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
         check_opendc_available()
     cfg = exp.sim_config()
     cfg.validate()
-    for warning in cfg.warnings():
+    for warning in exp.notes + cfg.warnings():
         print(f"kavier: warning: {warning}", file=sys.stderr)
     # input errors first, before the output folder is touched; the folder's own problems (a file in
     # the way, no permission) before the trace is loaded

@@ -21,10 +21,42 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # frames come in from the caller; importing pandas here would slow every command
+    import pandas as pd
+
+
+@dataclass(frozen=True)
+class LatencyTargets:
+    """Per-request latency targets (an experiment's ``slo``): a finished request meets them when its TTFT
+    and its TPOT are within the targets given; None sets no target."""
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+
+    @property
+    def given(self) -> bool:
+        return self.ttft_s is not None or self.tpot_s is not None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"ttft_s": self.ttft_s, "tpot_s": self.tpot_s}
+
+
+@dataclass(frozen=True)
+class Prices:
+    """What a run costs: the price of a GPU-hour per GPU type, of a kWh (None: electricity not priced)."""
+
+    gpu_hour: Mapping[str, float] = field(default_factory=dict)
+    currency: str = "USD"
+    electricity_per_kwh: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"currency": self.currency, "gpu_hour": dict(self.gpu_hour),
+                "electricity_per_kwh": self.electricity_per_kwh}
 
 J_PER_WH = 3600.0
 MILLION = 1e6
@@ -130,7 +162,7 @@ def slo_mask(ttft_s: np.ndarray, tpot_s: np.ndarray, finished: np.ndarray,
     return ok
 
 
-def goodput(requests: pd.DataFrame, window_s: float, slo: Mapping[str, Any]) -> dict[str, Any]:
+def goodput(requests: pd.DataFrame, window_s: float, slo: LatencyTargets) -> dict[str, Any]:
     """Goodput and SLO attainment from requests.parquet.
 
     ``goodput_rps`` = requests meeting the SLOs / window_s;
@@ -138,7 +170,7 @@ def goodput(requests: pd.DataFrame, window_s: float, slo: Mapping[str, Any]) -> 
     ``slo_attainment`` = requests meeting the SLOs / all requests.
     Without any SLO target every value is None.
     """
-    ttft_t, tpot_t = slo.get("ttft_s"), slo.get("tpot_s")
+    ttft_t, tpot_t = slo.ttft_s, slo.tpot_s
     if ttft_t is None and tpot_t is None:
         return {"slo_met_requests": None, "goodput_rps": None, "goodput_tokens_per_s": None,
                 "slo_attainment": None}
@@ -158,7 +190,7 @@ def goodput(requests: pd.DataFrame, window_s: float, slo: Mapping[str, Any]) -> 
 
 def efficiency_report(performance: Mapping[str, Any], requests: pd.DataFrame,
                       sustainability: Mapping[str, Any] | None, *, gpu_counts: Mapping[str, int],
-                      prices: Mapping[str, Any], slo: Mapping[str, Any],
+                      prices: Prices, slo: LatencyTargets,
                       datacenter_gpus: Mapping[str, int] | None = None) -> dict[str, Any]:
     """All efficiency metrics of one run (see :data:`DEFINITIONS`).
 
@@ -167,8 +199,7 @@ def efficiency_report(performance: Mapping[str, Any], requests: pd.DataFrame,
     OpenDC's summary (``energy_wh``, ``carbon_g``) or None without OpenDC
     (energy and carbon metrics are then None); ``gpu_counts``: GPUs per type
     serving the replicas; ``datacenter_gpus``: every GPU of the datacenter per type (OpenDC's energy
-    counts them all, so the cost does too when it is given); ``prices``: ``gpu_hour`` per type,
-    ``electricity_per_kwh``, ``currency``; ``slo``: ``ttft_s``, ``tpot_s``.
+    counts them all, so the cost does too when it is given); ``prices`` and ``slo`` the experiment's.
     """
     window = float(performance["makespan_s"])
     tok_in = int(performance["input_tokens"])
@@ -181,8 +212,8 @@ def efficiency_report(performance: Mapping[str, Any], requests: pd.DataFrame,
     if datacenter_gpus:
         gpu_counts = {k: int(n) for k, n in datacenter_gpus.items() if n}
     hours = gpu_hours(gpu_counts, window)
-    g_cost = gpu_cost(gpu_counts, window, prices["gpu_hour"])
-    e_price = prices.get("electricity_per_kwh")
+    g_cost = gpu_cost(gpu_counts, window, prices.gpu_hour)
+    e_price = prices.electricity_per_kwh
     e_cost = electricity_cost(energy, e_price)
     total = g_cost + e_cost
     out: dict[str, Any] = {
@@ -197,11 +228,11 @@ def efficiency_report(performance: Mapping[str, Any], requests: pd.DataFrame,
         "wh_per_mtoken_output": wh_per_mtoken(energy, tok_out),
         "gco2_per_mtoken": gco2_per_mtoken(carbon, tokens),
         "gco2_per_mtoken_output": gco2_per_mtoken(carbon, tok_out),
-        "currency": prices.get("currency", "USD"),
+        "currency": prices.currency,
         "gpu_counts": dict(gpu_counts),
         "gpu_counts_basis": basis,
         "serving_gpu_counts": serving,
-        "gpu_hour_price": {k: float(prices["gpu_hour"][k]) for k in gpu_counts},
+        "gpu_hour_price": {k: float(prices.gpu_hour[k]) for k in gpu_counts},
         "electricity_per_kwh": e_price,
         "gpu_hours": float(sum(hours.values())),
         "gpu_cost": g_cost,
@@ -209,7 +240,7 @@ def efficiency_report(performance: Mapping[str, Any], requests: pd.DataFrame,
         "total_cost": total,
         "cost_per_mtoken": cost_per_mtoken(total, tokens),
         "cost_per_mtoken_output": cost_per_mtoken(total, tok_out),
-        "slo": {"ttft_s": slo.get("ttft_s"), "tpot_s": slo.get("tpot_s")},
+        "slo": slo.to_dict(),
         **goodput(requests, window, slo),
         "cost_per_mtoken_per_s": per_mtoken_per_s(total, tokens, window),
         "wh_per_mtoken_per_s": per_mtoken_per_s(energy, tokens, window),

@@ -18,6 +18,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from kavier_opendc.reports.efficiency import LatencyTargets  # noqa: E402
+
 DPI = 110
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
           "#bcbd22", "#17becf"]
@@ -61,15 +63,15 @@ def _empty(ax, text: str) -> None:
 # One run
 # --------------------------------------------------------------------------
 
-def latency_cdfs(requests: pd.DataFrame, path: Path, slo: Mapping[str, Any] | None = None,
+def latency_cdfs(requests: pd.DataFrame, path: Path, slo: LatencyTargets | None = None,
                  title: str | None = None) -> Path:
     """CDFs of TTFT, TPOT and end-to-end latency (finished requests), with
     p50/p99 marks and the SLO targets."""
-    slo = slo or {}
+    slo = slo or LatencyTargets()
     fig, axes = _figure(13.0, 4.0, 1, 3)
     fin = requests[requests["status"] == "finished"] if "status" in requests else requests
-    specs = [("ttft_s", "Time to first token", slo.get("ttft_s")),
-             ("tpot_s", "Time per output token", slo.get("tpot_s")),
+    specs = [("ttft_s", "Time to first token", slo.ttft_s),
+             ("tpot_s", "Time per output token", slo.tpot_s),
              ("e2e_s", "End-to-end latency", None)]
     for ax, (col, label, target) in zip(axes[0], specs, strict=True):
         v = fin[col].to_numpy(np.float64)

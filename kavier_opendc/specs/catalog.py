@@ -502,6 +502,21 @@ class Catalog:
             self._derived[key] = derive_profile(spec, self.measured_profiles())
         return self._derived[key]
 
+    def resolution_note(self, name: str, kind: str = "gpu") -> str | None:
+        """A note when a short name stands for one entry while others share its stem (``a100`` is the
+        A100-80GB, yet the A100-40GB exists); None when the name is the entry's own or is unambiguous."""
+        table: Mapping[str, ModelSpec | GPUSpec] = self.gpu_specs if kind == "gpu" else self.model_specs
+        spec = self._find(self.gpu_specs, self.gpu_aliases, name) if kind == "gpu" else \
+            self._find(self.model_specs, self.model_aliases, name)
+        if spec is None or not isinstance(name, str) or _key(name) == _key(spec.name):
+            return None
+        stem = _loose(_key(name))
+        others = sorted(s.name for k, s in table.items() if s is not spec and _loose(k).startswith(stem))
+        if not others:
+            return None
+        return (f"{kind.replace('gpu', 'GPU')} '{name}' is the {spec.name}; the catalogue also has "
+                f"{', '.join(others)} (give the full name to choose)")
+
     def has_model(self, name: str) -> bool:
         return self._find(self.model_specs, self.model_aliases, name) is not None
 
