@@ -23,6 +23,7 @@ import yaml
 
 from conftest import HAVE_OPENDC
 from kavier_opendc.experiments.executor import RunTask, execute, file_sha256, input_files, unpack_run
+from kavier_opendc.experiments.sweep import load_sweep
 from test_pipeline import tiny_experiment
 from test_sweep import log_events, sweep_cli
 
@@ -133,6 +134,12 @@ def test_sweep_on_a_dask_cluster_survives_a_killed_worker(tmp_path, dask_cluster
     assert sum(e["event"] == "done" for e in events) == 6
     remote = pd.read_csv(out / "comparison.csv")
     assert len(remote) == 6 and (remote["status"] == "done").all()
+    # the same run folders, keyed by configuration, as the sweep file names them (issue 17 item 3)
+    spec = load_sweep(sweep, opendc=False if FLAGS else None)
+    assert list(remote["run"]) == [r.id for r in spec.runs]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(r.id for r in spec.runs)
+    assert all(json.loads((out / "runs" / r.id / "DONE").read_text())["key"] == r.key and r.id.endswith(r.key)
+               for r in spec.runs)
 
     local_out = tmp_path / "local"
     r = sweep_cli(sweep, local_out)

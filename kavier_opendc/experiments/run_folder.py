@@ -11,8 +11,9 @@ This module owns:
   finished run, holding its configuration hash); written atomically
   (:func:`mark_incomplete`, :func:`mark_failed_run`, :func:`mark_done`) and
   cleared (:func:`clear_incomplete`, :func:`clear_done`);
-- the hashes: :func:`sha256_file` and :func:`config_hash` (what a ``DONE``
-  marker holds);
+- the hashes: :func:`sha256_file`, :func:`config_hash` (what a ``DONE``
+  marker holds) and :func:`run_key` (the short hash a sweep names a run's
+  folder by, also in its ``DONE`` marker: :func:`recorded_key`);
 - :func:`run_is_done`: a finished run a sweep or plan may reuse;
 - the experiment as run (:func:`absolutized`, :func:`write_experiment_copy`):
   ``DIR/experiment.json`` with every path absolute.
@@ -116,6 +117,32 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+#: hex digits of a run key: 48 bits, so 100,000 configurations collide with odds of about 1 in 50,000 (a sweep
+#: checks: two configurations with the same key are refused)
+RUN_KEY_LENGTH = 12
+
+
+def run_key(document: Mapping, opendc: bool | None) -> str:
+    """The short, stable key of a run's configuration: the first :data:`RUN_KEY_LENGTH` hex digits of the
+    SHA-256 of the canonical JSON of its experiment document (paths absolute, keys sorted, ASCII, no spaces;
+    the ``name`` left out, as a sweep derives the name from this key) and the OpenDC switch. It does not
+    depend on dict order, on the run's position in a sweep or on the Python version; the input files' bytes
+    are not in it (:func:`config_hash` has them), so an edited trace reruns a run in the same folder."""
+    doc = {k: v for k, v in document.items() if k != "name"}
+    text = json.dumps({"experiment": doc, "opendc": opendc}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True, allow_nan=True, default=str)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:RUN_KEY_LENGTH]
+
+
+def recorded_key(run_dir: Path) -> str | None:
+    """The run key in ``run_dir/DONE`` (None without a marker, or one that names no key)."""
+    try:
+        key = json.loads((Path(run_dir) / DONE).read_text(encoding="utf-8")).get("key")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
 def config_hash(document: Mapping, exp, opendc: bool | None) -> str:
     """Hash of a run's configuration: its document, its input files' bytes and the OpenDC switch."""
     h = hashlib.sha256()
@@ -181,6 +208,7 @@ def write_experiment_copy(out: Path, exp: Experiment) -> None:
     write_json_atomic(Path(out) / EXPERIMENT_COPY, absolutized(exp))
 
 
-__all__ = ["DONE", "EXPERIMENT_COPY", "INCOMPLETE", "REPORT_JSON", "RUN_ENTRIES", "absolutized", "clear_done",
-           "clear_incomplete", "config_hash", "is_incomplete", "mark_done", "mark_failed_run", "mark_incomplete",
-           "prepare_out_dir", "run_is_done", "sha256_file", "write_experiment_copy"]
+__all__ = ["DONE", "EXPERIMENT_COPY", "INCOMPLETE", "REPORT_JSON", "RUN_ENTRIES", "RUN_KEY_LENGTH",
+           "absolutized", "clear_done", "clear_incomplete", "config_hash", "is_incomplete", "mark_done",
+           "mark_failed_run", "mark_incomplete", "prepare_out_dir", "recorded_key", "run_is_done", "run_key",
+           "sha256_file", "write_experiment_copy"]

@@ -18,11 +18,26 @@ cluster (``executor.py``): ``--jobs`` local worker processes, or an existing
 cluster (``--scheduler tcp://HOST:PORT``); each worker keeps one OpenDC JVM
 for all its runs.
 
-Resuming: a finished run gets a marker ``DIR/runs/<id>/DONE`` holding a hash
-of its configuration (the experiment document and its input files). A
-restarted sweep skips runs whose marker matches and redoes the others
-(interrupted runs have no marker). ``DIR/sweep_log.jsonl`` records every
-start, finish, failure and skip with the worker's name, pid and timestamps.
+Run folders are keyed by their configuration, never by their position in the
+sweep file: ``<id>`` is the run's varied values followed by its run key, 12
+hex digits of the SHA-256 of the canonical JSON of the run's resolved
+experiment (``run_folder.run_key``), e.g.
+``gpu-A100-80GB_policy-none_replicas-2-22405300a93e`` (the values in the
+order of the axes' names, so reordering axes renames nothing). Two
+configurations that resolve to the same experiment are refused.
+
+Resuming: a finished run gets a marker ``DIR/runs/<id>/DONE`` holding its run
+key and a hash of its configuration (the experiment document and its input
+files' bytes). A restarted sweep skips runs whose marker matches and redoes
+the others (interrupted runs have no marker, failed ones an ``INCOMPLETE``);
+so adding a value to an axis runs only the new configurations, reordering
+values runs nothing, and an edited input file reruns its runs in the same
+folders. Folders of configurations no longer in the sweep (a removed value)
+are kept, named in a printed note and in ``sweep.json`` (``stale_runs``), and
+left out of the comparison. A folder whose ``DONE`` names another run key
+than its name (renamed or copied by hand) is refused before anything runs.
+``DIR/sweep_log.jsonl`` records every start, finish, failure and skip with
+the worker's name, pid and timestamps.
 
 Results: ``DIR/comparison.csv``, ``DIR/comparison.md`` and plots under
 ``DIR/plots/`` (energy per token vs p99 TTFT, and bars of the key metrics).
@@ -61,7 +76,9 @@ from kavier_opendc.experiments.run_folder import (
     is_incomplete,
     mark_done,
     mark_incomplete,
+    recorded_key,
     run_is_done,
+    run_key,
 )
 from kavier_opendc.opendc.jvm import check_opendc_available
 from kavier_opendc.reports.report import fmt
@@ -103,6 +120,7 @@ class RunSpec:
     base_dir: str
     source: str
     config_hash: str = ""
+    key: str = ""                   # run_key(document): the folder's name ends with it
 
     @property
     def label(self) -> str:
@@ -171,6 +189,14 @@ def _short_axis(name: str) -> str:
     return name.split(".")[-1]
 
 
+def run_folder_name(labels: dict[str, str], key: str) -> str:
+    """A run's folder under ``runs/``: its varied values (readable, at most 70 characters; axes sorted by name,
+    so reordering the axes renames nothing) and its run key, e.g.
+    ``gpu-A100-80GB_policy-none_replicas-2-22405300a93e``. The key makes it the configuration's own name: the
+    same for the same configuration whatever its position in the sweep file, different for any other."""
+    return _slug("_".join(f"{_short_axis(k)}-{labels[k]}" for k in sorted(labels)), 70) + f"-{key}"
+
+
 def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
     """Read and validate a sweep file and every configuration it produces."""
     p = Path(path)
@@ -206,14 +232,14 @@ def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
         raise_problems([(("axes",), f"{' x '.join(str(len(a.values)) for a in axes)} values give "
                                     + limits.SWEEP_RUNS.above(count))], src, "sweep")
     combos = list(itertools.product(*[a.values for a in axes]))
+    by_key: dict[str, str] = {}
     for i, combo in enumerate(combos):
         overrides: dict[str, Any] = {}
         for v in combo:
             overrides.update(v.set)
         labels = {a.name: v.label for a, v in zip(axes, combo, strict=True)}
-        rid = f"r{i:03d}-" + _slug("_".join(f"{_short_axis(k)}-{v}" for k, v in labels.items()), 70)
         rdoc = with_overrides(base_doc, overrides)
-        rdoc["name"] = _slug(f"{name}-{rid}", 100)
+        rdoc["name"] = _slug(str(name), 100)
         where = f"configuration {i} ({', '.join(f'{k}={v}' for k, v in labels.items())})"
         probs, exp = experiment_problems(rdoc, base_dir=exp_base, source=f"{exp_src} [{where}]", opendc=opendc)
         if probs:
@@ -221,7 +247,16 @@ def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
                 exp_problems.append(((f"{where}: {json_path(pth)}",), msg))
             continue
         adoc = absolutized(exp)
-        spec = RunSpec(i, rid, labels, overrides, adoc, str(exp_base), f"{src} [{where}]")
+        key = run_key(adoc, opendc)
+        if key in by_key:
+            exp_problems.append(((where,), f"the same experiment as {by_key[key]} (both resolve to one "
+                                           "configuration); drop one of the values"))
+            continue
+        by_key[key] = where
+        rid = run_folder_name(labels, key)
+        # the run's name comes from its key (never its position), so it is the same whatever else the sweep holds
+        adoc["name"] = f"{_slug(str(name), max(1, 99 - len(rid)))}-{rid}"
+        spec = RunSpec(i, rid, labels, overrides, adoc, str(exp_base), f"{src} [{where}]", key=key)
         spec.config_hash = config_hash(adoc, exp, opendc)
         runs.append(spec)
     if exp_problems:
@@ -242,12 +277,16 @@ class SweepResult:
     failed: int = 0
     ran: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)   # run folders of configurations not in this sweep (kept)
 
     def summary_text(self, wall_s: float) -> str:
         lines = [f"sweep: {self.done} run(s) done now, {self.skipped} skipped (already done), "
                  f"{self.failed} failed, in {wall_s:.1f} s"]
         for rid, err in self.errors.items():
             lines.append(f"  FAILED {rid}: {err.splitlines()[0] if err else ''}")
+        if self.stale:
+            lines.append(f"note: {len(self.stale)} run folder(s) in {self.out / 'runs'} not in this sweep were kept "
+                         "(named above and in sweep.json, stale_runs)")
         lines.append(f"wrote {self.out}/comparison.csv, comparison.md, plots/")
         return "\n".join(lines)
 
@@ -269,18 +308,21 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
 
     out = Path(out)
     check_writable_dir(out)
+    check_run_folders(sweep, out)
     out.mkdir(parents=True, exist_ok=True)
     _begin_sweep(out)
     (out / "runs").mkdir(exist_ok=True)
+    stale = stale_run_folders(sweep, out)
     write_json_atomic(out / "sweep.json", {
         "name": sweep.name, "source": sweep.source, "complete": False,
         "axes": [{"name": a.name, "values": [{"label": v.label, "set": v.set} for v in a.values]} for a in sweep.axes],
-        "runs": [{"id": r.id, "labels": r.labels, "overrides": r.overrides, "config_hash": r.config_hash}
-                 for r in sweep.runs]})
+        "runs": [{"id": r.id, "key": r.key, "folder": f"runs/{r.id}", "labels": r.labels, "overrides": r.overrides,
+                  "config_hash": r.config_hash} for r in sweep.runs],
+        "stale_runs": stale})
     todo, skipped = [], []
     for r in sweep.runs:
         (skipped if run_is_done(out / "runs" / r.id, r.config_hash) else todo).append(r)
-    res = SweepResult(out, None, skipped=len(skipped))
+    res = SweepResult(out, None, skipped=len(skipped), stale=stale)
 
     def say(text: str) -> None:
         if not quiet:
@@ -288,6 +330,8 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
 
     for r in skipped:
         _log(out, event="skip", id=r.id)
+    if stale:
+        _log(out, event="stale", ids=stale)
     needs_opendc = any(r.document.get("opendc", {}).get("enabled", True) for r in todo) \
         if sweep.opendc is None else sweep.opendc
     if todo and needs_opendc and scheduler is None:  # a remote cluster's workers have their own OpenDC
@@ -296,6 +340,8 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
     where = f"on the Dask cluster at {scheduler}" if scheduler else f"in {n_jobs} local worker process(es)"
     say(f"sweep {sweep.name}: {len(sweep.runs)} configurations, {len(skipped)} already done, "
         f"{len(todo)} to run {where}")
+    if stale:
+        say(stale_note(stale, out / "runs"))
     if todo:
 
         def log(**rec) -> None:
@@ -312,8 +358,8 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
                 for rec in ex.completed():
                     r = by_id[rec.task.id]
                     if rec.status == "done":
-                        mark_done(rec.task.run_dir, r.config_hash, id=r.id, finished=rec.end, wall_s=rec.wall_s,
-                                  pid=rec.pid, worker=rec.worker)
+                        mark_done(rec.task.run_dir, r.config_hash, id=r.id, key=r.key, finished=rec.end,
+                                  wall_s=rec.wall_s, pid=rec.pid, worker=rec.worker)
                         res.done += 1
                         res.ran.append(r.id)
                     else:
@@ -328,6 +374,41 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
     write_comparison(sweep, out, table)
     _end_sweep(out, res)
     return res
+
+
+def check_run_folders(sweep: Sweep, out: Path) -> None:
+    """Refuse, before anything runs or is written, a run folder whose ``DONE`` marker names another run key
+    than its folder's name (a folder renamed or copied by hand): it holds another configuration's results,
+    which a rerun would overwrite and a resume would pass off as this one's."""
+    bad = []
+    for r in sweep.runs:
+        rd = out / "runs" / r.id
+        key = recorded_key(rd)
+        if key is not None and key != r.key:
+            bad.append(f"{rd} (its DONE marker says run key {key})")
+    if bad:
+        raise KavierInputError(
+            f"{len(bad)} run folder(s) hold another configuration than their name says: " + "; ".join(bad),
+            source=str(out / "runs"),
+            expected="each folder's DONE marker naming the run key its name ends with; move or delete these "
+                     "folders (kavier never overwrites them), then rerun the sweep")
+
+
+def stale_run_folders(sweep: Sweep, out: Path) -> list[str]:
+    """The folders under ``out/runs`` that are no run of this sweep (a value removed from an axis, an edited
+    base experiment, folders of an older kavier): kept, never deleted; sorted."""
+    ids = {r.id for r in sweep.runs}
+    runs = out / "runs"
+    if not runs.is_dir():
+        return []
+    return sorted(p.name for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in ids)
+
+
+def stale_note(stale: list[str], where: Path | None = None, show: int = 10) -> str:
+    """One note naming the run folders that are not in this sweep (the first ``show`` of them)."""
+    names = ", ".join(stale[:show]) + (f" and {len(stale) - show} more" if len(stale) > show else "")
+    return (f"note: {len(stale)} run folder(s) {'in ' + str(where) + ' ' if where else ''}are not in this sweep "
+            f"and were kept (not in comparison.csv; sweep.json lists them under stale_runs): {names}")
 
 
 def _begin_sweep(out: Path) -> None:
@@ -435,6 +516,11 @@ def write_comparison(sweep: Sweep, out: Path, table) -> None:
     for _, row in table.iterrows():
         vals = [str(row["run"])] + [str(row[a]) for a in axes] + [_fmt(row.get(c)) for c in cols] + [str(row["status"])]
         lines.append("| " + " | ".join(vals) + " |")
+    stale = stale_run_folders(sweep, out)
+    if stale:
+        lines += ["", f"{len(stale)} folder(s) under runs/ belong to no configuration of this sweep and were kept: "
+                      + ", ".join(f"`{n}`" for n in stale[:50])
+                      + (f" and {len(stale) - 50} more (sweep.json lists them)" if len(stale) > 50 else "") + "."]
     lines += ["", "Definitions: as in each run's report.md (tokens = input + output tokens of finished requests; "
                   "energy from OpenDC, J / 3600 = Wh; cost = GPU-hours of the GPUs whose energy is counted "
                   "(the datacenter's with OpenDC) x price + electricity).",
