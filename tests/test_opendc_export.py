@@ -922,3 +922,38 @@ def test_per_request_needs_requests_file(tmp_path):
     sim = write_groups_sim(tmp_path / "sim", {0: [(0, 1, 0.5)], 1: [(0, 1, 0.5)], 2: [(0, 1, 0.5)]})
     with pytest.raises(KavierInputError, match="requests not found"):
         export_workload(sim, tmp_path / "wl", two_type_dc(), mode="per-request")
+
+
+# ----------------------------------------------------------------- non-linear power curves (issue 17 item 9)
+def _one_gpu_dc(model: str) -> dict:
+    return {"name": "dc", "hosts": [
+        {"name": "n", "gpus_per_host": 1, "gpu": "A100-80GB", "cpu": {"cores": 16, "mhz": 2000},
+         "gpu_power_model": {"model": model, "idle_w": 100, "max_w": 400}, "memory_gib": 256}]}
+
+
+def test_a_curved_gpu_power_model_says_what_merging_does_to_energy_and_peak(tmp_path):
+    """Idle for 1 s, then busy for 1 s, exported as one 2 s bin at the mean utilisation 0.5: under sqrt the
+    exact GPU energy is 100 J + 400 J = 500 J and the peak 400 W; the bin gives 2 s x (100 + 300 sqrt(0.5)) W
+    = 624.26 J (+24.9 %) and a peak of 312.13 W (-22.0 %)."""
+    sim = write_sim(tmp_path / "sim", {0: [(0.0, 1.0, 0.0), (1.0, 2.0, 1.0)]})
+    stats = write_opendc_inputs(sim, _one_gpu_dc("sqrt"), tmp_path / "odc", mode="interval", interval_s=2.0)
+    c = stats["power_curve"]
+    assert c["models"] == ["sqrt"]
+    assert c["gpu_energy_exact_wh"] * 3600 == pytest.approx(500.0)
+    assert c["gpu_energy_exported_wh"] * 3600 == pytest.approx(2 * (100 + 300 * math.sqrt(0.5)))
+    assert c["energy_change"] == pytest.approx(2 * (100 + 300 * math.sqrt(0.5)) / 500 - 1)
+    assert c["replica_peak_exact_w"] == pytest.approx(400.0)
+    assert c["peak_change"] == pytest.approx((100 + 300 * math.sqrt(0.5)) / 400 - 1)
+    assert "+24.9%" in c["note"] and "-22.0%" in c["note"] and "'segments'" in c["note"]
+    exported = json.loads((tmp_path / "odc" / "export.json").read_text())
+    assert exported["power_curve"]["note"] == c["note"]
+
+
+def test_a_linear_curve_or_the_segments_export_needs_no_note(tmp_path):
+    sim = write_sim(tmp_path / "sim", {0: [(0.0, 1.0, 0.0), (1.0, 2.0, 1.0)]})
+    assert "power_curve" not in write_opendc_inputs(sim, _one_gpu_dc("linear"), tmp_path / "a", mode="interval",
+                                                    interval_s=2.0)
+    assert "power_curve" not in write_opendc_inputs(sim, _one_gpu_dc("cubic"), tmp_path / "b", mode="segments")
+    flat = write_sim(tmp_path / "flat", {0: [(0.0, 1.0, 0.5), (1.0, 2.0, 0.5)]})
+    same = write_opendc_inputs(flat, _one_gpu_dc("square"), tmp_path / "c", mode="interval", interval_s=2.0)
+    assert same["power_curve"]["energy_change"] == pytest.approx(0.0) and "note" not in same["power_curve"]

@@ -328,3 +328,19 @@ def test_jvm_killed_mid_run_keeps_the_performance_results(tmp_path):
     summary = json.loads((out / "simulation" / "summary.json").read_text())
     assert len(requests) == summary["num_requests"] == 60
     assert pd.read_parquet(out / "simulation" / "timeline.parquet")["end_s"].max() > 0
+
+
+def test_a_curved_gpu_power_model_warns_and_the_report_says_so(tmp_path, capsys):
+    """An approximation that changes a number says so (issue 17 item 9): the default (adaptive) export
+    under a sqrt GPU curve prints the change and report.md names it."""
+    p = tiny_experiment(tmp_path)
+    doc = yaml.safe_load(p.read_text())
+    doc["datacenter"]["hosts"][0]["gpu_power_model"] = {"model": "sqrt", "idle_w": 90, "max_w": 400}
+    p.write_text(yaml.safe_dump(doc))
+    run_experiment(load_experiment(p), tmp_path / "out", bridge=FakeOpenDC(), quiet=True, plots=False)
+    err = capsys.readouterr().err
+    assert "kavier: warning: the GPU power model is not linear (sqrt)" in err and "segments" in err
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    curve = rep["sustainability"]["export"]["power_curve"]
+    assert curve["models"] == ["sqrt"] and curve["energy_change"] != 0.0
+    assert "Approximation: the GPU power model is not linear" in (tmp_path / "out" / "report.md").read_text()

@@ -75,3 +75,19 @@ def test_simulate_says_what_a_short_gpu_name_resolved_to(tmp_path):
     assert rc == 0 and "--gpu: GPU 'a100' is the A100-80GB" in err
     rc, _, err = run(base + ["--gpu", "A100-80GB", "--out", tmp_path / "b"])
     assert rc == 0 and "warning" not in err
+
+
+def test_run_and_simulate_both_note_requests_longer_than_the_context_window(tmp_path):
+    (tmp_path / "t.csv").write_text("arrival_time,num_prefill_tokens,num_decode_tokens\n0.0,100,5\n0.5,9000,4\n")
+    doc = {"name": "w", "model": "Llama-3-8B", "gpu": "A100-80GB", "trace": "t.csv", "opendc": {"enabled": False}}
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(doc))
+    rc, out, _ = run(["run", tmp_path / "e.yaml", "--out", tmp_path / "o", "--no-opendc", "--no-plots"])
+    note = "1 requests are longer than Llama-3-8B's context window; a real server would refuse them"
+    assert rc == 0 and f"note         {note}" in out
+    rc, out, _ = run(["simulate", "--trace", tmp_path / "t.csv", "--model", "Llama-3-8B", "--gpu", "A100-80GB",
+                      "--out", tmp_path / "s"])
+    assert rc == 0 and f"note         {note}" in out
+    doc["serving"] = {"max_model_len": 8192}
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(doc))
+    rc, out, _ = run(["run", tmp_path / "e.yaml", "--out", tmp_path / "o2", "--no-opendc", "--no-plots"])
+    assert rc == 0 and "context window" not in out and "1 rejected" in out

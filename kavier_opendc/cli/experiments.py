@@ -89,9 +89,9 @@ def format_run_summary(report: dict, out: Path, wall_s: float, plots: bool = Tru
                      f"{e['cost_per_mtoken']:.3f} {cur}/Mtoken")
     else:
         lines.append(f"cost         {e['cost_per_mtoken']:.3f} {cur}/Mtoken (GPU-hours only; no OpenDC)")
-    note = text.offline_batch_note(p)
-    if note:
-        lines.append(f"note         {note}")
+    for note in (text.context_note(p), text.offline_batch_note(p)):
+        if note:
+            lines.append(f"note         {note}")
     written = "report.json, report.md" + ("" if not plots else ", plots/")
     lines.append(f"wrote        {out}/{written} in {wall_s:.1f} s")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from kavier_opendc.base import limits
@@ -37,11 +38,15 @@ def cmd_export_opendc(args) -> int:
     mark_incomplete(out, "kavier export-opendc did not finish\n")
     stats = write_opendc_inputs(sim, datacenter, out, **opts)
     clear_incomplete(out, missing_ok=False)
+    note = (stats.get("power_curve") or {}).get("note")
+    if note:  # an approximation that changes a number says so
+        print(f"kavier: warning: {note} (--mode segments)", file=sys.stderr)
     if not args.quiet:
         print(f"wrote {out}/workload/tasks.parquet, workload/fragments.parquet, topology.json, experiment.json")
         print(f"export: {stats['mode']} mode, tolerance {stats['tolerance']}: {stats['fragments']} fragments "
-              f"from {stats['timeline_segments']} timeline segments, GPU energy (linear model) "
-              f"{stats['gpu_energy_linear_wh']:.3f} Wh")
+              f"from {stats['timeline_segments']} timeline segments"
+              + (f", GPU energy (linear model) {stats['gpu_energy_linear_wh']:.3f} Wh"
+                 if stats.get("gpu_energy_linear_wh") is not None else ""))
     return 0
 
 

@@ -150,12 +150,9 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
                  + (f"{mean * 1e3:.2f} ms ({link['exposed_s_mean'] * 1e3:.2f} ms after the prefill)"
                     if mean is not None else "-"))
         lines.insert(1, f"disaggregated {pools}; {moved}")
-    if s.get("num_over_model_context") and c.get("max_model_len") is None:
-        lines.insert(-1, f"note         {s['num_over_model_context']} requests are longer than {c['model']}'s context "
-                         "window; a real server would refuse them (--max-model-len N does)")
-    note = text.offline_batch_note(s)
-    if note:
-        lines.insert(-1, f"note         {note}")
+    for note in (text.context_note(s), text.offline_batch_note(s)):
+        if note:
+            lines.insert(-1, f"note         {note}")
     return "\n".join(lines)
 
 

@@ -9,7 +9,18 @@ from collections.abc import Mapping
 
 from kavier_opendc.base.units import latencies
 
-__all__ = ["gpu_line", "latencies", "offline_batch_note"]
+__all__ = ["context_note", "gpu_line", "latencies", "offline_batch_note"]
+
+
+def context_note(summary: Mapping) -> str | None:
+    """The note for requests longer than the model's context window that were simulated anyway
+    (no ``max_model_len`` set, so nothing refused them), or None."""
+    n, config = summary.get("num_over_model_context"), summary.get("config") or {}
+    if n and config.get("max_model_len") is None:
+        return (f"{n} requests are longer than {config.get('model')}'s context window; a real server would "
+                "refuse them (--max-model-len N, or serving.max_model_len, does)")
+    return None
+
 
 def offline_batch_note(summary: Mapping) -> str | None:
     """The note for a trace without arrival times (every request at 0), or None."""

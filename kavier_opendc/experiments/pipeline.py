@@ -187,7 +187,7 @@ def _trim_sustainability(rec: dict, out: Path) -> dict:
     s["export"] = {k: exp.get(k) for k in ("mode", "tolerance", "min_fragment_s", "interval_s", "start", "tasks",
                                            "fragments", "timeline_segments", "compression_ratio",
                                            "max_abs_utilization_error",
-                                           "gpu_energy_linear_wh", "cpu_load_cores") if k in exp}
+                                           "gpu_energy_linear_wh", "cpu_load_cores", "power_curve") if k in exp}
     return s
 
 
@@ -334,12 +334,14 @@ def _stage_export(exp: Experiment, output: SimulationOutput, odc: Path, st: Stag
         run.task_map = list(stats.get("task_map") or [])
         st.say(f"      {stats['tasks']} task(s), {stats['fragments']} fragments from "
                f"{stats['timeline_segments']} timeline segments ({stats['mode']})")
+        note = (stats.get("power_curve") or {}).get("note")
+        if note:  # an approximation that changes a number says so
+            print(f"kavier: warning: {note} (opendc.export.mode: segments)", file=sys.stderr)
 
 
 def _stage_opendc(odc: Path, out: Path, st: Stages, bridge, run: OpenDCRun) -> None:
     """OpenDC on the exported inputs, through ``bridge`` or a bridge started (and closed) here."""
     import pandas as pd
-
 
     with st.stage("opendc", "running OpenDC through the bridge"):
         own = bridge is None

@@ -78,7 +78,9 @@ from kavier_opendc.base.atomic import write_parquet_atomic
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.opendc.datacenter import DEFAULT_START, Datacenter, load_datacenter
 from kavier_opendc.opendc.fragments import (
+    PLAIN_CURVES,
     attribute_gpu_time,
+    curve_gpu_energy_j,
     interval_bins,
     linear_gpu_energy_j,
     merge_adaptive,
@@ -379,6 +381,54 @@ def _type_stats(prep: _Prepared) -> dict[str, Any]:
     }
 
 
+class CurveCheck:
+    """What merging fragments does to the GPU energy and peak under a non-linear power curve.
+
+    A merged fragment carries its pieces' mean utilisation, which keeps the energy of a linear curve;
+    under a curved one (sqrt, square, cubic: Jensen's inequality) the energy and the peaks change. The
+    exact value is the curve over the timeline's own pieces (``--mode segments`` gives OpenDC those)."""
+
+    def __init__(self) -> None:
+        self.models: set[str] = set()
+        self.unchecked: set[str] = set()   # curves computed inside OpenDC only (mse, asymptotic)
+        self.exported_j = self.exact_j = 0.0
+        self.exported_peak_w = self.exact_peak_w = 0.0
+
+    def add(self, power, gpus: int, exported: tuple[np.ndarray, np.ndarray],
+            exact: tuple[np.ndarray, np.ndarray]) -> None:
+        if power.model not in PLAIN_CURVES:
+            self.unchecked.add(power.model)
+            return
+        self.models.add(power.model)
+        self.exported_j += curve_gpu_energy_j(*exported, gpus, power.model, power.idle_w, power.max_w)
+        self.exact_j += curve_gpu_energy_j(*exact, gpus, power.model, power.idle_w, power.max_w)
+        for (dur, u), attr in ((exported, "exported_peak_w"), (exact, "exact_peak_w")):
+            if dur.size:
+                peak = gpus * power.power(float(np.max(u)))
+                setattr(self, attr, max(getattr(self, attr), peak))
+
+    def summary(self, mode: str) -> dict[str, Any] | None:
+        if not self.models and not self.unchecked:
+            return None
+        out: dict[str, Any] = {"models": sorted(self.models | self.unchecked), "mode": mode}
+        if self.models and self.exact_j > 0:
+            e = self.exported_j / self.exact_j - 1.0
+            pk = self.exported_peak_w / self.exact_peak_w - 1.0 if self.exact_peak_w > 0 else 0.0
+            out.update(gpu_energy_exact_wh=self.exact_j / 3600.0, gpu_energy_exported_wh=self.exported_j / 3600.0,
+                       energy_change=e, replica_peak_exact_w=self.exact_peak_w,
+                       replica_peak_exported_w=self.exported_peak_w, peak_change=pk)
+            if abs(e) >= 0.0005 or abs(pk) >= 0.005:   # below these the approximation changes no printed digit
+                out["note"] = (f"the GPU power model is not linear ({', '.join(sorted(self.models))}): the {mode} "
+                               f"export's merged fragments change the GPU energy by {e:+.1%} and the highest GPU "
+                               f"power of a replica by {pk:+.1%} against the timeline's own pieces; export mode "
+                               "'segments' gives OpenDC those (exact, more fragments)")
+        else:
+            out["note"] = (f"the GPU power model is not linear ({', '.join(sorted(self.unchecked))}): merged "
+                           "fragments change its energy and peaks by an amount only OpenDC computes; export mode "
+                           "'segments' is exact")
+        return out
+
+
 def export_with_hosts(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", tolerance: float = DEFAULT_TOLERANCE,
             interval_s: float = DEFAULT_INTERVAL_S, start: str | None = None,
             cpu_load_cores: float = DEFAULT_CPU_LOAD_CORES, pad_to_makespan: bool = True,
@@ -403,29 +453,29 @@ def export_with_hosts(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", t
     max_err = 0.0
     energy_linear = 0.0
     busy_gpu_s = 0.0
-    cache: dict[int, tuple[np.ndarray, np.ndarray, int, float]] = {}
+    cache: dict[int, tuple[np.ndarray, np.ndarray, int, float, np.ndarray, np.ndarray]] = {}
+    curve = CurveCheck()
     for p in plans:
         if p.replica not in cache:
             seg = groups.get(p.replica, empty)
             rep_end = sim.makespan_s if pad_to_makespan else (float(seg["end_s"].max()) if len(seg) else 0.0)
             bounds, util = replica_pieces(seg, rep_end, source=sim.source, replica=p.replica)
             n_seg = int(len(seg))
+            seg_ms = np.diff(to_ms(bounds))
+            keep = seg_ms > 0
             if mode == "interval":
                 dur, u = interval_bins(bounds, util, interval_s)
                 err = float("nan")
             else:
-                seg_ms = np.diff(to_ms(bounds))
                 if mode == "adaptive":
                     dur, u, _ = merge_adaptive(seg_ms, util, tolerance)
                     dur, u = merge_short(dur, u, min_fragment_ms)
-                    keep = seg_ms > 0
                     group = np.searchsorted(np.cumsum(dur), np.cumsum(seg_ms[keep]) - 1, side="right")
                     err = float(np.max(np.abs(util[keep] - u[group]))) if dur.size else 0.0
                 else:
-                    keep = seg_ms > 0
                     dur, u, err = seg_ms[keep], util[keep], 0.0
-            cache[p.replica] = (dur, u, n_seg, err)
-        dur, u, n_seg, err = cache[p.replica]
+            cache[p.replica] = (dur, u, n_seg, err, seg_ms[keep], util[keep])
+        dur, u, n_seg, err, seg_dur, seg_u = cache[p.replica]
         if p.part == 0:
             n_segments_total += n_seg
             if not math.isnan(err):
@@ -452,6 +502,8 @@ def export_with_hosts(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", t
         power = t["power"]
         if power is not None and power.model != "constant":
             energy_linear += linear_gpu_energy_j(dur, u, p.gpus, power.idle_w, power.max_w)
+        if power is not None and power.model not in ("constant", "linear") and mode != "segments":
+            curve.add(power, p.gpus, (dur, u), (seg_dur, seg_u))
         busy_gpu_s += float(np.sum(u * dur) / 1000.0) * p.gpus
         per_task.append({"task_id": p.task_id, "replica": p.replica, "part": p.part, "gpus": p.gpus,
                          "gpu": spec.name, "tp": tp, "model": sim.replica_model[p.replica],
@@ -485,6 +537,7 @@ def export_with_hosts(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", t
         "cpu_usage_mhz": float(cpu_load_cores * prep.per_type[prep.specs[0].name]["cpu_mhz"]),
         "gpu_busy_seconds": busy_gpu_s,
         "gpu_energy_linear_wh": energy_linear / 3600.0 if energy_linear else None,
+        **({"power_curve": curve.summary(mode)} if curve.summary(mode) else {}),   # only for curved models
         "placement": _placement(prep, task_rows["id"], task_rows["gpu_count"], task_rows["cpu_count"],
                                 [m // 1000 for m in task_rows["mem_capacity"]], [prep.specs[p.replica].name
                                                                                for p in plans]),

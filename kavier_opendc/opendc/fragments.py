@@ -160,6 +160,17 @@ def linear_gpu_energy_j(durations_ms, util, gpus: int, idle_w: float, max_w: flo
 
 
 
+#: OpenDC's power curves that are plain functions of the utilisation: power = idle + (max - idle) * f(u)
+PLAIN_CURVES = {"linear": lambda u: u, "square": np.square, "cubic": lambda u: u ** 3, "sqrt": np.sqrt}
+
+
+def curve_gpu_energy_j(durations_ms, util, gpus: int, model: str, idle_w: float, max_w: float) -> float:
+    """GPU energy (J) of pieces under one of OpenDC's :data:`PLAIN_CURVES`."""
+    d = np.asarray(durations_ms, dtype=np.float64) / 1000.0
+    u = np.clip(np.asarray(util, dtype=np.float64), 0.0, 1.0)
+    return float(np.sum((idle_w + (max_w - idle_w) * PLAIN_CURVES[model](u)) * d) * gpus)
+
+
 def attribute_gpu_time(bounds_s, util, start_s, end_s, weight) -> tuple[np.ndarray, np.ndarray, float]:
     """Share one replica's GPU time among its requests in proportion to their tokens.
 

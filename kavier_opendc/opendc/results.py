@@ -50,7 +50,7 @@ OPENDC_DEFAULT_POWER = {"modelType": "linear", "idlePower": 200.0, "maxPower": 4
 EXPORT_STAT_KEYS = ("mode", "tolerance", "interval_s", "start", "makespan_s", "gpu", "replicas", "tp",
                     "tasks", "timeline_segments", "fragments", "compression_ratio",
                     "max_abs_utilization_error", "gpu_capacity_mhz_per_gpu", "cpu_load_cores",
-                    "gpu_busy_seconds", "gpu_energy_linear_wh")
+                    "gpu_busy_seconds", "gpu_energy_linear_wh", "power_curve")
 
 
 # --------------------------------------------------------------------------

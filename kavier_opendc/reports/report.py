@@ -231,6 +231,10 @@ def _sustainability(report: Mapping[str, Any]) -> list[str]:
                     f"{fmt(g.get('peak_power_w'))} | {fmt(g.get('avg_utilization'))} |")
             add("")
         add("Energy is OpenDC's `energy_usage` (J) summed over hosts and intervals and divided by 3600 (J to Wh).")
+        note = ((sus.get("export") or {}).get("power_curve") or {}).get("note")
+        if note:
+            add("")
+            add(f"Approximation: {note}.")
     add("")
     return lines
 
