@@ -191,6 +191,11 @@ def framework_from_entry(entry: Mapping[str, Any], where: str = str(BUILTIN_FILE
         own = prov | own
     kw = start | kw
     kw["provenance"] = own
+    missing = [k for k in ("engine", "versions", "policy", "batch_defaults") if k not in kw]
+    if missing:
+        raise KavierInputError(f"framework '{kw.get('name')}' gives neither a base nor " + ", ".join(missing),
+                               source=where, location=f"frameworks.{kw.get('name')}.{missing[0]}",
+                               expected="a base framework, or engine, versions, policy and batch_defaults")
     fw = FrameworkProfile(**kw)
     if not (isinstance(fw.client_latency_s, (int, float)) and fw.client_latency_s >= 0):
         raise KavierInputError("client_latency_s must be a number >= 0", source=where,
