@@ -270,3 +270,28 @@ def test_serving_benchmark_fit_errors():
         assert tpot < 5.0 and ttft < 25.0 and e2e < 15.0, cells
     offline = [line.split("|") for line in table if line.startswith("| offline")]
     assert len(offline) == 4 and all(abs(float(c[8].strip(" %"))) < 20.0 for c in offline)
+
+
+def test_serving_bench_workload_helpers(tmp_path):
+    from kavier_opendc.calibration.serving_bench import output_law, read_rows, sharegpt_lengths, sharegpt_trace
+
+    # the power law gives the lengths the mean and median asked for, keeping their order
+    o = np.arange(4, 1001, dtype=np.int64)        # an odd count: the median is one of them
+    c, b = output_law(o, 194.3, 119.0)
+    mapped = c * o.astype(float) ** b
+    assert np.median(mapped) == pytest.approx(119.0, rel=1e-9) and mapped.mean() == pytest.approx(194.3, rel=1e-6)
+    with pytest.raises(KavierInputError, match="power law"):
+        output_law(np.full(10, 7), 194.3, 119.0)          # equal lengths: no law separates mean and median
+    # the benchmark's ShareGPT filter; Poisson arrivals at the rate, all at once offline
+    lengths = sharegpt_lengths(shared("traces/sharegpt_lengths_llama2.csv"))
+    p, o = lengths
+    assert (p >= 4).all() and (o >= 4).all() and (p <= 1024).all() and (p + o <= 2048).all()
+    tr = sharegpt_trace(lengths, 2000, 8.0)
+    assert len(tr) == 2000 and tr.arrival_s[0] == 0 and 2000 / tr.arrival_s[-1] == pytest.approx(8.0, rel=0.1)
+    assert (sharegpt_trace(lengths, 50, float("inf")).arrival_s == 0).all()
+    # a bad row names its line
+    bad = tmp_path / "rows.csv"
+    bad.write_text("scenario,model,gpu,tp,request_rate_rps,num_prompts,engine,median_ttft_ms\n"
+                   "online,m,g,one,4,100,e,30\n")
+    with pytest.raises(KavierInputError, match="line 2"):
+        read_rows(bad, {"m": "Llama-3.1-8B"}, {"g": "A100-80GB"})
