@@ -33,6 +33,17 @@ LOAD_SWEEPS = {
 }
 INFERENCE_PERF = "calibration/inference_perf_vllm011_h100.csv"
 
+#: framework -> the engine (the ``engine`` column's start) of the serving-benchmark rows measured with it
+SERVING_BENCH = {
+    "sglang-0.3-server": "SGLang v0.3.0",
+    "vllm-0.6-multistep-server": "vLLM v0.6.0",
+}
+SERVING_BENCH_FILE = "calibration/sglang030_vllm060_sharegpt.csv"
+SHAREGPT = "traces/sharegpt_lengths_llama2.csv"
+BENCH_MODELS = {"Llama-3.1-8B-Instruct": "Llama-3.1-8B", "Llama-3.1-70B-Instruct": "Llama-3.1-70B"}
+#: the benchmark's GPUs: its README's "A100 80GB" and "H100" (the SXM part of the DGX/HGX boards assumed)
+BENCH_GPUS = {"1x A100 80GB": "A100-80GB", "4x H100 80GB": "H100-SXM"}
+
 #: framework -> the shared files measured with it
 SOURCES = {
     "vllm-0.5-server": ["calibration/mlenergy_v2_vllm054_chat.csv"],
@@ -103,7 +114,59 @@ def rebuild(text: str, data: Path = DATA) -> tuple[str, list[str]]:
         table.append(f"| {name} | {source} | H100-SXM | 1 | {len(fit.points)} "
                      f"| {100 * np.mean(e['per_token']):.1f} % | {100 * np.mean(e['ttft']):.1f} % "
                      f"| {1e3 * o.fixed_s:.2f} | {1e6 * o.per_seq_s:.0f} | {1e3 * fit.client_latency_s:.1f} |")
+    blocks: dict[str, str] = {}
+    table += serving_bench_fits(cat, data, blocks)
+    for name, lines in blocks.items():
+        text = _replace_block(text, name, lines)
     return text, table
+
+
+def serving_bench_fits(cat, data: Path, blocks: dict) -> list[str]:
+    """Fit the frameworks of the serving-benchmark rows (calibration/serving_bench.py); ``blocks`` gets each
+    framework's fitted lines; returns the error table (measured vs simulated, per row)."""
+    from kavier_opendc.calibration.serving_bench import (
+        fit_bench,
+        output_law,
+        read_rows,
+        sharegpt_lengths,
+        workload_lengths,
+    )
+    from kavier_opendc.specs.frameworks import framework
+
+    rows = read_rows(data / SERVING_BENCH_FILE, BENCH_MODELS, BENCH_GPUS)
+    lengths = sharegpt_lengths(data / SHAREGPT)
+    mean, median = workload_lengths(rows)
+    law = output_law(lengths[1], mean, median)
+    table = ["", f"Serving benchmark ({Path(SERVING_BENCH_FILE).name}): ShareGPT lengths ({Path(SHAREGPT).name}, "
+             f"answers mapped to mean {mean:.1f} / median {median:.1f} tokens), medians; measured / simulated",
+             "| row | framework | model | GPU | TP | rate | TTFT ms | TPOT ms | e2e s | TTFT err | TPOT err "
+             "| e2e err |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    checks = ["", "| check | framework | model | GPU | TP | requests/s measured | simulated | error |",
+              "|---|---|---|---|---:|---:|---:|---:|"]
+    for name, engine in SERVING_BENCH.items():
+        fit = fit_bench([r for r in rows if r.engine.startswith(engine)], cat, framework(name), lengths, law)
+        lines = [f"    client_latency_s: {fit.client_latency_s}", "    step_overhead:"]
+        lines += ["      - {gpu: " + f"{g}, tp: {t}, fixed_s: {o.fixed_s}" + "}" for (g, t), o in fit.overheads.items()]
+        blocks[name] = "\n".join(lines)
+        c = fit.client_latency_s
+        for s in fit.online:
+            r, e = s.row, fit.errors(s)
+            table.append(f"| online | {name} | {r.model} | {r.gpu} | {r.tp} | {r.rate_rps:g} "
+                         f"| {1e3 * r.ttft_s:.1f} / {1e3 * (s.ttft_s + c):.1f} "
+                         f"| {1e3 * r.tpot_s:.2f} / {1e3 * s.tpot_s:.2f} "
+                         f"| {r.e2e_s:.2f} / {s.e2e_s + c:.2f} | {100 * e['ttft']:.1f} % | {100 * e['tpot']:.1f} % "
+                         f"| {100 * e['e2e']:.1f} % |")
+        errs = [fit.errors(s) for s in fit.online]
+        mape = {k: 100 * np.mean([e[k] for e in errs]) for k in ("ttft", "tpot", "e2e")}
+        table.append(f"| MAPE | {name} | | | | | | | | {mape['ttft']:.1f} % | {mape['tpot']:.1f} % "
+                     f"| {mape['e2e']:.1f} % |")
+        for s in fit.offline:
+            r = s.row
+            err = (s.request_throughput_rps - r.request_throughput_rps) / r.request_throughput_rps
+            checks.append(f"| offline | {name} | {r.model} | {r.gpu} | {r.tp} | {r.request_throughput_rps:.2f} "
+                          f"| {s.request_throughput_rps:.2f} | {100 * err:+.1f} % |")
+    return table + checks
 
 
 def simulated_batch_latency(framework: str, files: list[str], data: Path = DATA) -> dict[tuple[str, int], list[float]]:
@@ -134,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare with the committed file instead of writing it")
     args = ap.parse_args(argv)
-    missing = [f for files in SOURCES.values() for f in files if not (DATA / f).exists()]
+    missing = [f for files in [*SOURCES.values(), [SERVING_BENCH_FILE, SHAREGPT]] for f in files
+               if not (DATA / f).exists()]
     if missing:
         print("measurements not found: " + ", ".join(missing), file=sys.stderr)
         return 1

@@ -35,6 +35,8 @@ from kavier_opendc.engine.request_queue import FCFSQueue
 from kavier_opendc.engine.results import Results
 from kavier_opendc.engine.sched_output import DecodeRunPlan, Iteration
 from kavier_opendc.engine.scheduler import Scheduler
+from kavier_opendc.engine.scheduler_multistep import SchedulerMultiStep
+from kavier_opendc.engine.scheduler_sglang import SchedulerSGLang
 from kavier_opendc.engine.scheduler_v0 import SchedulerV0
 from kavier_opendc.engine.timeline import Timeline
 
@@ -280,5 +282,20 @@ class ReplicaV0(SchedulerV0, Replica):
     """A replica scheduled by vLLM v0's rules (scheduler_v0.py)."""
 
 
+class ReplicaV0MultiStep(SchedulerMultiStep, Replica):
+    """A replica scheduled by vLLM v0's rules with multi-step decode blocks (scheduler_multistep.py)."""
+
+
+class ReplicaSGLang(SchedulerSGLang, Replica):
+    """A replica scheduled by SGLang v0.3's rules (scheduler_sglang.py)."""
+
+
 #: the replica of each scheduler policy (FrameworkProfile.policy)
-REPLICA_CLASSES = {"vllm-v1": Replica, "vllm-v0": ReplicaV0}
+REPLICA_CLASSES = {"vllm-v1": Replica, "vllm-v0": ReplicaV0, "sglang": ReplicaSGLang}
+
+
+def replica_class(fw) -> type[Replica]:
+    """The replica class of framework ``fw``: its policy's, multi-step for vllm-v0 with scheduler_steps > 1."""
+    if fw.policy == "vllm-v0" and fw.scheduler_steps > 1:
+        return ReplicaV0MultiStep
+    return REPLICA_CLASSES[fw.policy]

@@ -55,6 +55,10 @@ class Scheduler:
 
     #: waiting requests join an iteration that has decoders in it (vLLM v1); scheduler_v0 says no
     admits_in_decode = True
+    #: the policy may shorten a decode run (``_cap_run``): scheduler_sglang's admission changes every step
+    caps_runs = False
+    #: decode steps per scheduler call (vLLM's --num-scheduler-steps; scheduler_multistep.py uses it)
+    scheduler_steps = 1
 
     # the replica's state scheduled over, set in Replica.__init__ (declared here for the type checker only)
     idx: int
@@ -178,6 +182,8 @@ class Scheduler:
                     nb2 = dec.max_iterations_for(limit)
                     if nb2 < n:
                         n = nb2
+            if self.caps_runs:
+                n = self._cap_run(n)
             if n > 1:
                 drun = self.cm.decode_run(d, dec.ctx_off_sum + d * g)
                 # no new block: nothing to evict, only a peak to note (copy-on-write forks raise it)
@@ -198,6 +204,10 @@ class Scheduler:
         self.next_time = t + dt
         self.version += 1
         return self.next_time
+
+    def _cap_run(self, n: int) -> int:
+        """The decode iterations a run may take when the policy has its own limit (``caps_runs``)."""
+        return n
 
     def _walk_running(self, budget: int, g: int) -> tuple:
         """Step 1, generic path: walk the running list in order, preempting the newest when blocks run out.

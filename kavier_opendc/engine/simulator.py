@@ -25,7 +25,7 @@ from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel, Effic
 from kavier_opendc.engine.disaggregated import DecodeReplica, PrefillReplica, run_disaggregated
 from kavier_opendc.engine.kv_link import TRANSFER_MODES, Disaggregation, LinkSpec, Pool
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
-from kavier_opendc.engine.replica import REPLICA_CLASSES, Replica
+from kavier_opendc.engine.replica import Replica, replica_class
 from kavier_opendc.engine.request import Req
 from kavier_opendc.engine.results import FINISHED, REJECTED, Results
 from kavier_opendc.engine.router import Router, normalise_router
@@ -332,7 +332,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     reps: list[Replica] = []
     usage = cfg.resolved_usage(trace)
     fw = cfg.framework_profile()
-    replica_class = REPLICA_CLASSES[fw.policy]
+    rep_class = replica_class(fw)
     for group in cfg.replica_groups():
         cm = CostModel(group.model, group.gpu, group.tp, cfg.efficiency,
                        framework=fw)
@@ -346,9 +346,12 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
                 f"gpu_memory_utilization={cfg.gpu_memory_utilization}", location="model/gpu/tp",
                 expected="a larger GPU, more tensor parallelism, or a smaller model")
         for _ in range(group.replicas):
-            reps.append(replica_class(len(reps), cm, cap, max_num_seqs=max_seqs,
-                                max_batched_tokens=max_tokens, kv_cache=cfg.kv_cache,
-                                exact=cfg.exact, results=res, merge_tol=cfg.timeline_merge_tol, prefix=prefix))
+            rep = rep_class(len(reps), cm, cap, max_num_seqs=max_seqs, max_batched_tokens=max_tokens,
+                            kv_cache=cfg.kv_cache, exact=cfg.exact, results=res, merge_tol=cfg.timeline_merge_tol,
+                            prefix=prefix)
+            if fw.scheduler_steps > 1:
+                rep.scheduler_steps = fw.scheduler_steps
+            reps.append(rep)
     cap = reps[0].capacity
     router = Router(cfg.router, reps, cfg.seed, sessions=trace.session_id)
     affinity = router.policy == "prefix-affinity" and prefix is not None and prefix.policy == "block"

@@ -5,10 +5,15 @@ how one engine, at one version and driven one way, turns requests into
 kernels and how much CPU time it adds:
 
 - ``policy``: the scheduler rules (engine/scheduler.py for vLLM v1,
-  engine/scheduler_v0.py for vLLM v0's prefill-first scheduling);
+  engine/scheduler_v0.py for vLLM v0's prefill-first scheduling,
+  engine/scheduler_multistep.py for v0 with ``scheduler_steps`` > 1,
+  engine/scheduler_sglang.py for SGLang v0.3's extend/decode batches);
+- ``scheduler_steps``: vLLM 0.6's ``--num-scheduler-steps`` (multi-step
+  scheduling, policy ``vllm-v0`` only): a decode batch runs this many steps
+  before the scheduler runs again; 1 otherwise;
 - ``batch_defaults``: how unset ``max_num_batched_tokens`` / ``max_num_seqs``
   are chosen (vLLM v1 by GPU and usage; vLLM v0 ``max(max_model_len, 2048)``
-  and 256);
+  and 256; SGLang its chunked-prefill size 8,192 and 2,048 requests);
 - ``serving_path``: ``server`` (an API server), ``offline`` (the ``LLM``
   class) or ``auto`` (``--usage`` decides);
 - ``step_overhead``: CPU time per engine step that the GPU waits for, per
@@ -38,8 +43,8 @@ import yaml
 
 from kavier_opendc.base.errors import KavierInputError
 
-POLICIES = ("vllm-v1", "vllm-v0")
-BATCH_DEFAULTS = ("vllm-v1", "vllm-v0")
+POLICIES = ("vllm-v1", "vllm-v0", "sglang")
+BATCH_DEFAULTS = ("vllm-v1", "vllm-v0", "sglang")
 SERVING_PATHS = ("auto", "server", "offline")
 USAGES = ("server", "offline")
 ALLREDUCE = ("vllm-custom", "nccl")
@@ -73,6 +78,8 @@ class FrameworkProfile:
     # a server's time outside the engine steps that a client's TTFT and e2e include (request handling,
     # tokenisation, hand-off to the engine, delivery of the streamed tokens); 0 offline
     client_latency_s: float = 0.0
+    # vLLM's --num-scheduler-steps (multi-step scheduling, vllm-v0 only): decode steps per scheduler call
+    scheduler_steps: int = 1
     # (GPU name, TP) -> overhead; "*" entries apply to any GPU / TP; None: the GPU profile's overheads
     step_overhead: Mapping[tuple[str, int | str], StepOverhead] | None = None
     description: str = ""
@@ -93,12 +100,18 @@ class FrameworkProfile:
         PR #17885) 2,048 as a server, 8,192 offline, and 256. vLLM v0
         (``SchedulerConfig``, vllm/config.py of v0.5-v0.6, chunked prefill off):
         ``max(max_model_len, 2048)`` tokens, so a whole prompt always fits in
-        one iteration, and 256 sequences, whatever the GPU or usage.
+        one iteration, and 256 sequences, whatever the GPU or usage. SGLang
+        v0.3 (``ServerArgs``, python/sglang/srt/server_args.py): prompt chunks
+        of ``chunked_prefill_size`` = 8,192 tokens; at most
+        ``max_running_requests`` = min(KV tokens // 2, request slots), the
+        slots' floor of 2,048 on these GPUs (model_runner.py).
         """
         if usage not in USAGES:
             raise ValueError(f"usage must be one of {USAGES}, not {usage!r}")
         if self.batch_defaults == "vllm-v0":
             return max(max_model_len, 2048), 256
+        if self.batch_defaults == "sglang":
+            return 8192, 2048
         large = gpu.memory_gib >= 70 and "a100" not in gpu.name.lower()
         if large:
             return (8192 if usage == "server" else 16384), 1024
@@ -128,6 +141,7 @@ class FrameworkProfile:
                 "batch_defaults": self.batch_defaults, "serving_path": self.serving_path,
                 "chunked_prefill": self.chunked_prefill, "prefix_caching": self.prefix_caching,
                 "allreduce": self.allreduce, "client_latency_s": self.client_latency_s,
+                "scheduler_steps": self.scheduler_steps,
                 "step_overhead": ("the GPU profile's" if self.step_overhead is None else
                                   {f"{g}/tp{t}": vars(o) for (g, t), o in self.step_overhead.items()}),
                 "provenance": dict(self.provenance)}
@@ -177,10 +191,23 @@ def framework_from_entry(entry: Mapping[str, Any], where: str = str(BUILTIN_FILE
         own = prov | own
     kw = start | kw
     kw["provenance"] = own
+    missing = [k for k in ("engine", "versions", "policy", "batch_defaults") if k not in kw]
+    if missing:
+        raise KavierInputError(f"framework '{kw.get('name')}' gives neither a base nor " + ", ".join(missing),
+                               source=where, location=f"frameworks.{kw.get('name')}.{missing[0]}",
+                               expected="a base framework, or engine, versions, policy and batch_defaults")
     fw = FrameworkProfile(**kw)
     if not (isinstance(fw.client_latency_s, (int, float)) and fw.client_latency_s >= 0):
         raise KavierInputError("client_latency_s must be a number >= 0", source=where,
                                location=f"{fw.name}.client_latency_s", expected="seconds >= 0")
+    steps = fw.scheduler_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1024:
+        raise KavierInputError(f"scheduler_steps must be an integer from 1 to 1024, not {steps!r}", source=where,
+                               location=f"{fw.name}.scheduler_steps", expected="an integer 1-1024")
+    if steps > 1 and fw.policy != "vllm-v0":
+        raise KavierInputError(f"scheduler_steps {steps} (multi-step scheduling) is modelled for policy vllm-v0 "
+                               f"only, not {fw.policy}", source=where, location=f"{fw.name}.scheduler_steps",
+                               expected="1, or policy vllm-v0")
     for name, value, allowed in (("policy", fw.policy, POLICIES),
                                  ("batch_defaults", fw.batch_defaults, BATCH_DEFAULTS),
                                  ("serving_path", fw.serving_path, SERVING_PATHS),
