@@ -8,6 +8,8 @@
     replica.py       one replica's state; applies the iterations its scheduler forms
     scheduler.py     batch formation: running requests, admission, preemption, decode runs (vLLM v1)
     scheduler_v0.py  batch formation by vLLM v0's rules
+    scheduler_multistep.py  vLLM v0 with multi-step scheduling (--num-scheduler-steps, vLLM 0.6)
+    scheduler_sglang.py     batch formation by SGLang v0.3's rules (extend or decode batches)
     sched_output.py  what a scheduler forms: an Iteration or a DecodeRunPlan
     request_queue.py the waiting queue (first come, first served)
     decode_state.py  the decoders, held lazily against one counter
