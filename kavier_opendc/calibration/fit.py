@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kavier_opendc.calibration.layouts import KERNEL_KINDS, Observation
-from kavier_opendc.specs.catalog import Catalog, GPUSpec
+from kavier_opendc.specs.catalog import Catalog, GPUSpec, default_catalog
 from kavier_opendc.specs.iteration_time import IterationTimer
 from kavier_opendc.specs.profiles import ASSUMED_OVERHEAD, AllReduceCurve, GPUProfile
 
@@ -41,6 +41,14 @@ KERNEL_PREFILL_MIN_TOKENS = 2048
 KERNEL_GEMM_MIN_S = 20e-6
 KERNEL_DECODE_MIN_BYTES = 2**30   # decode attention reaches its bandwidth only past about 1 GiB of KV
 DEFAULT_FRAMEWORK = "default"
+#: the framework's CPU time per step: a GPU's own (fitted or assumed), never another GPU's harness's
+OVERHEAD_FIELDS = ("overhead_fixed_s", "overhead_per_seq_s")
+NOT_IDENTIFIABLE = "not identifiable from these files"
+#: every number of a profile (profiles.NUMERIC_FIELDS and the all-reduce curves), in the order their
+#: provenance is written
+UNFITTED_ORDER = ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes", "attn_prefill_eff",
+                  "attn_decode_mbu", "overhead_fixed_s", "overhead_per_seq_s", "allreduce",
+                  "custom_allreduce_latency_s", "power_compute_weight", "power_memory_weight", "power_kv_weight")
 
 
 @dataclass
@@ -355,11 +363,18 @@ def nelder_mead(f, x0: np.ndarray, step: float = 0.15, iters: int = 300) -> np.n
 
 # --------------------------------------------------------------- one GPU ----
 
-def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, kernels_from_e2e: bool = True) -> Fit:
+def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, kernels_from_e2e: bool = True,
+                  own: str = "") -> Fit:
     """Fit ``gpu``'s profile to its observations, starting from (and inheriting from) ``base``.
 
-    ``base`` provides every number the observations cannot determine (a
-    derived profile of the same architecture, or the built-in one).
+    ``base`` provides every number the observations cannot determine. ``own``
+    names it when it is this GPU's own profile ("the built-in H100-SXM
+    profile"): every such number is kept exactly, the framework overheads
+    included, and its provenance says so. Otherwise ``base`` is another GPU's
+    (derived from the nearest measured one) and gives the kernel numbers, but
+    not its framework overheads: those belong to the harness that measured
+    that GPU (the A10 table's 9.3 ms per iteration), so unless these
+    observations fit them they are the assumed vLLM v1 ones.
     """
     rejected = []
     kept = []
@@ -375,6 +390,9 @@ def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, ker
     ar = [o for o in kept if o.kind == "allreduce"]
     e2e = [o for o in kept if o.kind in E2E_KINDS]
     prof = dataclasses.replace(base, gpu=gpu.name, derived_from="", provenance={})
+    if not own:
+        prof = dataclasses.replace(prof, overhead_fixed_s=GPUProfile.overhead_fixed_s,
+                                   overhead_per_seq_s=GPUProfile.overhead_per_seq_s)
     prov: dict[str, str] = {}
     sources = lambda rows: ", ".join(sorted({o.source.rsplit('/', 1)[-1] for o in rows}))  # noqa: E731
     if gemm:
@@ -409,11 +427,6 @@ def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, ker
         prov["custom_allreduce_latency_s"] = (
             f"the least custom all-reduce time measured in CUDA graphs ({sources(kern['custom_allreduce'])}: "
             f"{fastest.gpus} GPUs, {fastest.size_bytes:.0f} B)")
-    kernels_only = any(kern.values()) and not e2e and not gemm
-    if kernels_only:
-        # CPU time per step is the framework's, not the GPU's: these kernels are vLLM 0.14's (a V1 engine)
-        prof = dataclasses.replace(prof, overhead_fixed_s=0.001, overhead_per_seq_s=0.0)
-        prov["overhead_fixed_s"] = prov["overhead_per_seq_s"] = ASSUMED_OVERHEAD
     if ar:
         fastest = min(ar, key=lambda o: (o.measured_s, o.gpus, o.size_bytes))
         prof = dataclasses.replace(prof, allreduce=fit_allreduce(ar), allreduce_link_gbs=gpu.interconnect_gbs,
@@ -451,16 +464,28 @@ def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, ker
             dsrc = [o for o in e2e if o.framework == DEFAULT_FRAMEWORK]
             for k in ("overhead_fixed_s", "overhead_per_seq_s"):
                 prov[k] = f"fitted on {sources(dsrc)} (marked as the default framework)"
-    for name in ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes", "attn_prefill_eff",
-                 "attn_decode_mbu",
-                 "overhead_fixed_s", "overhead_per_seq_s", "allreduce", "custom_allreduce_latency_s"):
+    for name in UNFITTED_ORDER:
         if name not in prov:
-            prov[name] = base.provenance.get(name) or base.provenance.get("all") or f"inherited from {base.gpu}"
+            prov[name] = _unfitted_provenance(name, base, own)
     measured = bool(gemm or ar or fit_kernels or any(kern.values()))
-    prof = dataclasses.replace(prof, status="measured" if measured else "derived",
-                               derived_from="" if measured else (base.derived_from or base.gpu),
-                               provenance=prov)
+    if measured:
+        status, derived_from = "measured", ""
+    elif own:
+        status, derived_from = base.status, base.derived_from
+    else:
+        status, derived_from = "derived", base.derived_from or base.gpu
+    prof = dataclasses.replace(prof, status=status, derived_from=derived_from, provenance=prov)
     return Fit(prof, frameworks, rejected)
+
+
+def _unfitted_provenance(name: str, base: GPUProfile, own: str) -> str:
+    """Where a number the observations do not determine comes from (``calibrate_gpu``'s ``base``)."""
+    there = base.provenance.get(name) or base.provenance.get("all") or ""
+    if own:
+        return f"kept from {own} ({NOT_IDENTIFIABLE})" + (f"; there: {there}" if there else "")
+    if name in OVERHEAD_FIELDS:
+        return ASSUMED_OVERHEAD
+    return there or f"inherited from {base.gpu}"
 
 
 def _weighted_sq_error(obs: list[Observation], prof: GPUProfile, fws: dict[str, Overheads], gpu: GPUSpec) -> float:
@@ -475,9 +500,13 @@ def _weighted_sq_error(obs: list[Observation], prof: GPUProfile, fws: dict[str, 
 def calibrate_all(obs: list[Observation], catalog: Catalog) -> dict[str, Fit]:
     """Fit every GPU that has observations.
 
-    GPUs whose observations fit kernels come first; the others (and every
-    number a GPU's data cannot determine) inherit from the nearest of those of
-    the same architecture, as the catalogue derives profiles.
+    Every number a GPU's observations cannot determine is kept from that
+    GPU's own profile in ``catalog`` (the built-in one, or a --catalog
+    file's). A GPU without one inherits them from the nearest measured GPU
+    (of the same architecture first, as the catalogue derives profiles):
+    those of the catalogue that these observations do not refit, and the
+    GPUs fitted before it (GPUs whose observations fit kernels come first),
+    except for the framework overheads (``calibrate_gpu``).
     """
     by_gpu: dict[str, list[Observation]] = defaultdict(list)
     for o in obs:
@@ -492,9 +521,18 @@ def calibrate_all(obs: list[Observation], catalog: Catalog) -> dict[str, Fit]:
     order = sorted(by_gpu, key=lambda g: (not any(o.kind in ("gemm", "allreduce") for o in by_gpu[g]), g))
     for name in order:
         gpu = dataclasses.replace(catalog.gpu(name), profile=None)
-        inherit = work.profile_for(gpu)
-        fit = calibrate_gpu(by_gpu[name], gpu, inherit)
+        own = catalog.own_profile(gpu)
+        if own is not None:
+            fit = calibrate_gpu(by_gpu[name], gpu, own, own=_own_name(own, gpu))
+        else:
+            fit = calibrate_gpu(by_gpu[name], gpu, work.profile_for(gpu))
         fits[name] = fit
         if fit.profile.status == "measured":
             work = work.merged(Catalog(profiles=[fit.profile]))
     return fits
+
+
+def _own_name(own: GPUProfile, gpu: GPUSpec) -> str:
+    """How a provenance names a GPU's own profile: the built-in one (profiles.yaml) or a catalogue file's."""
+    builtin = default_catalog().own_profile(gpu.name)
+    return f"the built-in {gpu.name} profile" if builtin == own else f"the catalogue's {gpu.name} profile"

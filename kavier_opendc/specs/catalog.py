@@ -489,13 +489,23 @@ class Catalog:
                 out[gkey] = (self.gpu_specs[gkey], prof)
         return out
 
-    def profile_for(self, gpu: str | GPUSpec) -> GPUProfile:
-        """The profile of a GPU: its own from a catalogue file, else derived from the nearest measured GPU."""
-        spec = gpu if isinstance(gpu, GPUSpec) else self._resolve(self.gpu_specs, self.gpu_aliases, gpu, "GPU")
+    def own_profile(self, gpu: str | GPUSpec) -> GPUProfile | None:
+        """The GPU's own profile from a catalogue file (the built-in profiles.yaml or a --catalog file);
+        None if it has none (or the catalogue has no such GPU)."""
+        spec = gpu if isinstance(gpu, GPUSpec) else self._find(self.gpu_specs, self.gpu_aliases, gpu)
+        if spec is None:
+            return None
         key = _key(spec.name)
         own = self.profile_specs.get(key)
         if own is None:  # a profile may name the GPU by an alias
             own = next((p for p in self.profile_specs.values() if self._profile_key(p.gpu) == key), None)
+        return own
+
+    def profile_for(self, gpu: str | GPUSpec) -> GPUProfile:
+        """The profile of a GPU: its own from a catalogue file, else derived from the nearest measured GPU."""
+        spec = gpu if isinstance(gpu, GPUSpec) else self._resolve(self.gpu_specs, self.gpu_aliases, gpu, "GPU")
+        key = _key(spec.name)
+        own = self.own_profile(spec)
         if own is not None:
             return own
         if key not in self._derived:
