@@ -738,13 +738,10 @@ def _datacenter(dc: dict, dc_base: Path, dc_source: str, exp_source: str, cat, g
                              "leave 'gpu' out to use the replicas' GPU"))
     if problems or not enabled or not groups:
         return problems
-    try:  # enough GPU slots of each type for every replica (the export places them the same way)
-        if len(groups) == 1:
-            g = groups[0]
-            T.plan_tasks(T.opendc_hosts(d.with_gpu(g.gpu)), g.replicas, g.tp, g.gpu.name, source=dc_source)
-        else:
-            T.plan_replicas(T.opendc_hosts(d), [(g.gpu.name, g.tp) for g in groups for _ in range(g.replicas)],
-                            source=dc_source)
+    try:  # enough GPU slots of each type for every replica: the export's own placement, run ahead
+        one_type = len({g.gpu.name for g in groups}) == 1   # host groups naming no GPU take it, as in the export
+        T.plan_replicas(T.opendc_hosts(d.with_gpu(groups[0].gpu) if one_type else d),
+                        [(g.gpu.name, g.tp) for g in groups for _ in range(g.replicas)], source=dc_source)
     except KavierInputError as exc:
         problems.append((prefix + ("hosts",), _msg(exc, dc_source).replace("hosts: ", "", 1) + where))
     return problems
