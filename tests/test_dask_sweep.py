@@ -187,3 +187,18 @@ def test_a_worker_without_the_drivers_files_mirrors_inputs_and_ships_the_output(
         if f.is_file() and f.suffix in (".json", ".md", ".yaml", ""):
             text = f.read_text()
             assert "kavier-inputs-" not in text and "kavier-run-r0-" not in text, f
+
+
+def test_workers_that_cannot_start_give_one_paragraph_and_no_dask_traceback(tmp_path):
+    """Issue 17 item 11: a local cluster whose workers fail to start (here a Dask preload that cannot be
+    imported) ends in kavier's own error naming the cause, exit 3, no log record or traceback of Dask's,
+    and a sweep folder marked INCOMPLETE."""
+    sweep = Path(__file__).resolve().parents[1] / "kavier_opendc" / "data" / "demo_sweep.yaml"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": '["no_such_module_for_kavier"]'}
+    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "sweep", str(sweep), "--out", str(tmp_path / "s"),
+                        "--no-opendc", "--quiet"], capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.startswith("kavier: error: could not start the local Dask cluster of 2 worker process(es)")
+    assert "No module named 'no_such_module_for_kavier'" in r.stderr
+    assert "Traceback" not in r.stderr and "distributed." not in r.stderr and r.stderr.count("\n") == 1
+    assert (tmp_path / "s" / "INCOMPLETE").exists() and not (tmp_path / "s" / "comparison.csv").exists()

@@ -358,6 +358,17 @@ def unpack_run(archive: bytes, run_dir: Path) -> None:
             shutil.rmtree(stage, ignore_errors=True)
 
 
+def _root_cause(exc: BaseException) -> str:
+    """An exception and the one it came from, innermost last ("Nanny failed to start (ModuleNotFoundError:
+    No module named 'x')")."""
+    chain = [exc]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
+        chain.append(nxt)
+    text = str(exc).rstrip(".") or type(exc).__name__
+    inner = chain[-1]
+    return text if inner is exc else f"{text} ({type(inner).__name__}: {inner})"
+
+
 class RunExecutor:
     """Runs :class:`RunTask`s on a local or remote Dask cluster and hands back :class:`RunRecord`s as they finish.
 
@@ -397,10 +408,19 @@ class RunExecutor:
             except (OSError, TimeoutError) as exc:
                 raise KavierRuntimeError(f"cannot reach the Dask scheduler {self.scheduler}: {exc}") from None
         else:
-            with dask.config.set(LOCAL_CONFIG):
-                self.cluster = LocalCluster(n_workers=self.jobs, threads_per_worker=1, processes=True,
-                                            memory_limit=0, dashboard_address=None, silence_logs=logging.ERROR)
-                self.client = Client(self.cluster)
+            try:
+                with dask.config.set(LOCAL_CONFIG):
+                    # CRITICAL: Dask's own log records (a worker's traceback) would come before kavier's error
+                    self.cluster = LocalCluster(n_workers=self.jobs, threads_per_worker=1, processes=True,
+                                                memory_limit=0, dashboard_address=None,
+                                                silence_logs=logging.CRITICAL)
+                    self.client = Client(self.cluster)
+            except Exception as exc:  # noqa: BLE001 - Dask raises many kinds; the root cause is what matters
+                self.close()
+                raise KavierRuntimeError(
+                    f"could not start the local Dask cluster of {self.jobs} worker process(es): {_root_cause(exc)}. "
+                    "Check the Dask configuration (DASK_* environment variables, ~/.config/dask) and that this "
+                    "Python environment can start new processes; nothing was run") from None
         self.client.register_plugin(BridgeOwner(self.prestart_opendc), name=PLUGIN_NAME)
         self.client.subscribe_topic(TOPIC, self._on_event)
         self._as_completed = as_completed()
