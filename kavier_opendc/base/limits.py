@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from kavier_opendc.base.errors import KavierInputError
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -108,6 +110,39 @@ DOCUMENT_BYTES = Limit(8 * 2**20, "characters", "descriptions are kilobytes; put
 #: (``python bench/simulate_speed.py --synthetic 400000`` peaks at 437 MiB); 1,500 leaves room for sessions
 #: and prefix identities.
 BYTES_PER_REQUEST = 1_500
+
+
+#: The OpenDC watchdog: an OpenDC run whose progress (finished (scenario, seed) runs, the bridge's phase,
+#: and OpenDC's hourly task counts) has not advanced for this long is stopped. On the demo OpenDC reports
+#: progress only at its start and its end, 2 to 3 s apart, and a normal run never waits more than a few
+#: seconds between reports; 300 s is a hundred times that and still stops a hung run within five minutes.
+OPENDC_STALL_DEFAULT_S = 300.0
+#: The environment variable that sets the watchdog's limit in seconds (0: no watchdog).
+OPENDC_STALL_ENV = "KAVIER_OPENDC_STALL_S"
+#: The largest stall limit accepted (``--stall-timeout``, ``$KAVIER_OPENDC_STALL_S``).
+OPENDC_STALL_S = Limit(7 * 86_400, "s", "a week without progress is a hung run; use 0 for no watchdog")
+
+
+def opendc_stall_s(value: Any = None) -> float:
+    """The OpenDC watchdog's stall limit in seconds (0: off): ``value`` when given, else
+    ``$KAVIER_OPENDC_STALL_S``, else :data:`OPENDC_STALL_DEFAULT_S`."""
+    source = None
+    if value is None:
+        raw = os.environ.get(OPENDC_STALL_ENV, "").strip()
+        if not raw:
+            return OPENDC_STALL_DEFAULT_S
+        source, value = f"${OPENDC_STALL_ENV}", raw
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise KavierInputError(f"{value!r} is not a number of seconds", source=source or "stall timeout",
+                               expected="seconds without progress before OpenDC is stopped (0: never)") from None
+    if not seconds >= 0:   # also refuses NaN
+        raise KavierInputError(f"{value!r} is negative", source=source or "stall timeout",
+                               expected="seconds without progress before OpenDC is stopped (0: never)")
+    if seconds > OPENDC_STALL_S.value:
+        raise KavierInputError(OPENDC_STALL_S.above(seconds), source=source or "stall timeout")
+    return seconds
 
 
 def physical_memory_bytes() -> int:

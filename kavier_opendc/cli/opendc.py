@@ -59,7 +59,7 @@ def cmd_opendc(args) -> int:
                                expected="a directory with experiment.json, topology.json and workload/")
     bar = Progress(1.0, "opendc", enabled=False if args.quiet else None)
     try:
-        result = run_opendc_dir(d, progress=bar.update)
+        result = run_opendc_dir(d, progress=bar.update, stall_timeout=args.stall_timeout)
     finally:
         bar.close()
     if not args.quiet:
@@ -98,5 +98,10 @@ def register(sub) -> None:
                        description="Run DIR/experiment.json with the real OpenDC (JVM, Py4J), put OpenDC's "
                                    "output under DIR/output/ and write DIR/sustainability.json.")
     o.add_argument("dir", help="directory with experiment.json, topology.json and workload/")
+    o.add_argument("--stall-timeout", type=bounded_float("--stall-timeout", 0.0, limits.OPENDC_STALL_S),
+                   default=None, metavar="SECONDS",
+                   help="stop OpenDC (kill its JVM, exit status 3) when its progress has not advanced for this "
+                        f"long (default: ${limits.OPENDC_STALL_ENV} or {limits.OPENDC_STALL_DEFAULT_S:g} s; "
+                        "0: never)")
     o.add_argument("--quiet", action="store_true")
     o.set_defaults(func=cmd_opendc)

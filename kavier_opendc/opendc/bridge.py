@@ -18,12 +18,18 @@ or, to run several experiments in one JVM::
 Security: the gateway listens on 127.0.0.1 on a port the OS picks, and only accepts a client that presents
 a random token, handed to the JVM in the environment (``KAVIER_BRIDGE_TOKEN``), never on its command line.
 
+Every :meth:`OpenDCBridge.run` has a watchdog: when the run's progress (finished (scenario, seed) runs,
+the bridge's phase, OpenDC's hourly task counts: see :class:`_Watch`) has not advanced for the stall
+limit (``stall_timeout``, else ``$KAVIER_OPENDC_STALL_S``, else 300 s), the JVM is killed and
+:class:`OpenDCStallError` raised; the bridge is then closed and a new one is needed.
+
 The command line is ``kavier bridge build|check|run`` (:mod:`kavier_opendc.cli.bridge`).
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import re
 import secrets
@@ -38,12 +44,14 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
+from kavier_opendc.base.limits import OPENDC_STALL_ENV, opendc_stall_s
 from kavier_opendc.opendc.jvm import BUILD_COMMAND, find_bridge_jar, find_java, java_version
 
 __all__ = [
     "OpenDCBridge",
     "OpenDCBridgeError",
     "OpenDCInputError",
+    "OpenDCStallError",
     "run_opendc_experiment",
     "seed_output_dirs",
 ]
@@ -57,6 +65,21 @@ _INPUT_KINDS = {"EXPERIMENT_NOT_FOUND", "BAD_EXPERIMENT", "BAD_TOPOLOGY", "BAD_W
 _KIND_RE = re.compile(r"^\[([A-Z_]+)\]\s*(.*)$", re.S)
 
 ProgressCallback = Callable[[float], object]
+
+# Py4J logs a traceback at ERROR for each retry to reach a JVM that went away under a call (a crash, or
+# the watchdog's kill); the bridge reports that in its own one-paragraph error, so Py4J's records about
+# the ports of JVMs known to be gone are dropped.
+_GONE_PORTS: set[int] = set()
+
+
+def _drop_gone_jvm_records(record: logging.LogRecord) -> bool:
+    if not _GONE_PORTS:
+        return True
+    text = str(record.msg)   # "An error occurred while trying to connect to the Java server (HOST:PORT)"
+    return not any(text.endswith(f":{port})") for port in _GONE_PORTS)
+
+
+logging.getLogger("py4j.java_gateway").addFilter(_drop_gone_jvm_records)
 
 
 class OpenDCBridgeError(KavierRuntimeError):
@@ -74,6 +97,104 @@ class OpenDCInputError(KavierInputError):
     def __init__(self, message: str, *, kind: str, source: str | None = None):
         super().__init__(message, source=source)
         self.kind = kind
+
+
+class OpenDCStallError(OpenDCBridgeError):
+    """The watchdog stopped an OpenDC run whose progress did not advance for ``stalled_s`` seconds."""
+
+    def __init__(self, message: str, *, stalled_s: float, limit_s: float, last_progress: str,
+                 stderr_tail: str = ""):
+        super().__init__(message, kind="STALLED", stderr_tail=stderr_tail)
+        self.stalled_s = stalled_s
+        self.limit_s = limit_s
+        self.last_progress = last_progress
+
+
+# OpenDC's ComputeMetricReader logs, once per simulated hour, a block of task counts:
+#     Metrics after 32 hours:
+#         Tasks Total: 2 / Tasks Active: 0 / Tasks Pending: 2 / Tasks Completed: 0 / Tasks Terminated: 0
+_HOURS_RE = re.compile(r"Metrics after (\d+) hours?")
+_COUNT_RE = re.compile(r"Tasks (Total|Active|Pending|Completed|Terminated):\s*(\d+)")
+
+
+class _Watch:
+    """What the watchdog knows about one OpenDC run, fed by the poll loop and by the JVM's output lines.
+
+    The run *advances* when the fraction of finished (scenario, seed) runs or the bridge's phase changes,
+    when OpenDC's hourly metrics show a task submitted, finished or terminated, or when simulated time
+    moves on while a task runs (or none waits). Simulated time moving on with tasks pending and none
+    active is not progress: that is how OpenDC spins for ever on a task no host can take.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.last_advance = time.monotonic()
+        self.fraction = 0.0
+        self.phase = ""
+        self.hours: int | None = None     # the last metrics block's simulated hours
+        self.counts: dict[str, int] = {}  # and its task counts
+        self.advanced_hours: int | None = None   # simulated hours at the last advance
+        self._block: dict[str, int] = {}
+        self._block_hours: int | None = None
+        self.advances: list[float] = [self.last_advance]   # monotonic times of the advances (newest 1000)
+        self.stalled_s: float | None = None   # set by the watchdog when it stops the run
+
+    def _advance(self) -> None:
+        self.last_advance = time.monotonic()
+        self.advanced_hours = self.hours
+        self.advances.append(self.last_advance)
+        del self.advances[:-1000]
+
+    def note(self, fraction: float, phase: str) -> None:
+        with self._lock:
+            if fraction != self.fraction or phase != self.phase:
+                self.fraction, self.phase = fraction, phase
+                self._advance()
+
+    def feed(self, line: str) -> None:
+        if "Metrics after" not in line and "Tasks " not in line:
+            return
+        with self._lock:
+            m = _HOURS_RE.search(line)
+            if m:
+                self._block_hours, self._block = int(m.group(1)), {}
+                return
+            m = _COUNT_RE.search(line)
+            if m is None or self._block_hours is None:
+                return
+            self._block[m.group(1)] = int(m.group(2))
+            if m.group(1) == "Terminated":   # the block's last line
+                self._end_block(self._block_hours, self._block)
+                self._block_hours, self._block = None, {}
+
+    def _end_block(self, hours: int, counts: dict[str, int]) -> None:
+        before, before_hours = self.counts, self.hours
+        self.hours, self.counts = hours, dict(counts)
+        moved = any(counts.get(k) != before.get(k) for k in ("Total", "Completed", "Terminated"))
+        spinning = counts.get("Active", 0) == 0 and counts.get("Pending", 0) > 0
+        if moved or (before_hours is not None and hours > before_hours and not spinning):
+            self._advance()
+
+    def idle_s(self) -> float:
+        with self._lock:
+            return time.monotonic() - self.last_advance
+
+    def describe(self) -> str:
+        """The last progress reached, in words."""
+        with self._lock:
+            parts = [f"{self.fraction:.0%} of the (scenario, seed) runs finished"]
+            if self.phase:
+                parts.append(f"OpenDC was {self.phase}")
+            if self.hours is not None:
+                c = self.counts
+                parts.append(f"its last metrics, after {self.hours} simulated hours, count {c.get('Total', 0)} "
+                             f"task(s): {c.get('Active', 0)} active, {c.get('Pending', 0)} pending, "
+                             f"{c.get('Completed', 0)} completed, {c.get('Terminated', 0)} terminated")
+                if self.advanced_hours is not None and self.advanced_hours != self.hours:
+                    parts.append(f"no task has run or finished since simulated hour {self.advanced_hours}")
+            else:
+                parts.append("it had logged no task metrics (it logs them once per simulated hour)")
+            return "; ".join(parts)
 
 
 def seed_output_dirs(output_folder: str | os.PathLike[str]) -> list[Path]:
@@ -160,6 +281,9 @@ class OpenDCBridge:
         self._readers: list[threading.Thread] = []
         self._finalizer: weakref.finalize | None = None
         self._closed = False
+        self._watch: _Watch | None = None   # the current run's watchdog state, fed by the readers
+        self._watch_limit = 0.0
+        self._watch_folder = ""
         self.port: int | None = None
         self.jar: Path | None = None
         self.java: str | None = None
@@ -239,11 +363,18 @@ class OpenDCBridge:
                         ready.set()
                         continue
                 self._stderr.append(line)
+                watch = self._watch
+                if watch is not None:
+                    watch.feed(line)
             ready.set()  # EOF: wake the waiter, which then sees the process is gone
 
         def read_stderr(stream) -> None:
             for raw in iter(stream.readline, b""):
-                self._stderr.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                self._stderr.append(line)
+                watch = self._watch
+                if watch is not None:
+                    watch.feed(line)
 
         for target, stream in ((read_stdout, self._proc.stdout), (read_stderr, self._proc.stderr)):
             t = threading.Thread(target=target, args=(stream,), daemon=True,
@@ -359,6 +490,8 @@ class OpenDCBridge:
         except Py4JJavaError as e:
             raise self._translate(e, what) from None
         except Py4JError as e:
+            if self._watch is not None and self._watch.stalled_s is not None:
+                raise self._stall_error() from None   # the watchdog killed the JVM under this call
             if self._proc is not None and self._proc.poll() is None:
                 # The process may be dying; give it a moment to report its exit status.
                 try:
@@ -397,11 +530,15 @@ class OpenDCBridge:
         return bool(self._call("asking whether OpenDC is available", "isOpenDCAvailable"))
 
     def run(self, experiment_json: str | os.PathLike[str], progress: ProgressCallback | None = None, *,
-            poll_interval: float = 0.2, timeout: float | None = None) -> Path:
+            poll_interval: float = 0.2, timeout: float | None = None, stall_timeout: float | None = None,
+            folder: str | os.PathLike[str] | None = None) -> Path:
         """Runs an OpenDC experiment JSON and returns its output folder ``<outputFolder>/<name>``.
 
         ``progress``, if given, is called with fractions in [0, 1]: 0 at the start, the fraction of
         (scenario, seed) runs finished as they finish, and 1 at the end.
+        ``stall_timeout``: the watchdog's limit, seconds without progress (see :class:`_Watch`) after
+        which the JVM is killed and :class:`OpenDCStallError` raised; None: ``$KAVIER_OPENDC_STALL_S`` or
+        300 s; 0: no watchdog. ``folder`` names the experiment in that error (default: the JSON file).
         Raises :class:`OpenDCInputError` (a KavierInputError) when OpenDC rejects an input file,
         :class:`OpenDCBridgeError` (a KavierRuntimeError) when OpenDC or the JVM fails, including the JVM
         dying mid-run (with the tail of its stderr).
@@ -410,7 +547,25 @@ class OpenDCBridge:
         if not path.is_file():
             raise OpenDCInputError("OpenDC experiment file does not exist", kind="EXPERIMENT_NOT_FOUND",
                                    source=str(path))
+        limit = opendc_stall_s(stall_timeout)
         what = f"running {path}"
+        watch = _Watch()
+        self._watch = watch
+        self._watch_limit = limit
+        self._watch_folder = str(folder) if folder is not None else str(path)
+        stop = threading.Event()
+        if limit > 0:
+            threading.Thread(target=self._watchdog, args=(watch, limit, stop), daemon=True,
+                             name="kavier-opendc-watchdog").start()
+        try:
+            return self._run(path, what, watch, progress, poll_interval, timeout)
+        finally:
+            stop.set()
+            if watch.stalled_s is None:
+                self._watch = None
+
+    def _run(self, path: Path, what: str, watch: _Watch, progress: ProgressCallback | None,
+             poll_interval: float, timeout: float | None) -> Path:
         self._call(what, "startExperiment", str(path))
         last = -1.0
 
@@ -426,10 +581,12 @@ class OpenDCBridge:
         wait_ms = max(1, int(poll_interval * 1000))
         while True:
             done = bool(self._call(what, "awaitDone", wait_ms))
-            if not done or progress is not None:
-                fraction = float(self._call(what, "getProgress"))
-                if not done:
-                    report(min(fraction, 0.999))
+            fraction = float(self._call(what, "getProgress"))
+            if not done:
+                watch.note(fraction, str(self._call(what, "getPhase")))
+                report(min(fraction, 0.999))
+            if watch.stalled_s is not None:
+                raise self._stall_error()
             if done:
                 break
             if deadline is not None and time.monotonic() > deadline:
@@ -442,6 +599,40 @@ class OpenDCBridge:
         report(1.0)
         return Path(str(result))
 
+    def _watchdog(self, watch: _Watch, limit: float, stop: threading.Event) -> None:
+        """Kills the JVM when ``watch`` has not advanced for ``limit`` seconds (until ``stop`` is set)."""
+        while not stop.wait(min(1.0, max(0.05, limit / 10))):
+            idle = watch.idle_s()
+            if idle <= limit:
+                continue
+            watch.stalled_s = idle
+            if self.port is not None:
+                _GONE_PORTS.add(self.port)
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                try:
+                    proc.kill()   # the poll loop's pending call fails at once and raises the stall error
+                except OSError:
+                    pass
+            return
+
+    def _stall_error(self) -> OpenDCStallError:
+        """The watchdog's error, once the JVM is gone (this bridge is closed: start a new one)."""
+        watch = self._watch
+        assert watch is not None and watch.stalled_s is not None
+        self.close(grace=0.0)
+        last = watch.describe()
+        folder = self._watch_folder
+        limit = self._watch_limit
+        return OpenDCStallError(
+            f"OpenDC stopped advancing on {folder}: no progress for {watch.stalled_s:.0f} s (the stall limit "
+            f"is {limit:g} s), so the watchdog killed its JVM; the last progress reached: {last}. The output "
+            f"folder keeps its INCOMPLETE marker. Check that every task of the workload fits a host of the "
+            f"topology (a GPU task needs hosts with a gpu section, and enough CPU cores and memory): OpenDC "
+            f"waits for ever on a task no host can take. If the run is only slow, raise the limit with "
+            f"'kavier opendc --stall-timeout S' or {OPENDC_STALL_ENV}=S (0: no watchdog).",
+            stalled_s=watch.stalled_s, limit_s=limit, last_progress=last, stderr_tail=self.stderr_tail())
+
     def run_blocking(self, experiment_json: str | os.PathLike[str]) -> Path:
         """Runs an experiment with the Java side's blocking ``runExperiment`` (no progress reports)."""
         path = Path(experiment_json).expanduser().resolve()
@@ -450,7 +641,8 @@ class OpenDCBridge:
 
 def run_opendc_experiment(experiment_json: str | os.PathLike[str], progress: ProgressCallback | None = None,
                           *, jar: str | os.PathLike[str] | None = None, java: str | None = None,
-                          timeout: float | None = None) -> Path:
+                          timeout: float | None = None, stall_timeout: float | None = None,
+                          folder: str | os.PathLike[str] | None = None) -> Path:
     """Starts a bridge JVM, runs one OpenDC experiment JSON, stops the JVM; returns the output folder.
 
     Relative paths inside the experiment are resolved against the experiment file's folder (the JVM's
@@ -461,7 +653,7 @@ def run_opendc_experiment(experiment_json: str | os.PathLike[str], progress: Pro
         raise OpenDCInputError("OpenDC experiment file does not exist", kind="EXPERIMENT_NOT_FOUND",
                                source=str(path))
     with OpenDCBridge(jar=jar, java=java, cwd=path.parent) as bridge:
-        return bridge.run(path, progress=progress, timeout=timeout)
+        return bridge.run(path, progress=progress, timeout=timeout, stall_timeout=stall_timeout, folder=folder)
 
 
 if __name__ == "__main__":

@@ -530,7 +530,7 @@ def check_tasks_fit(exp: dict) -> None:
 
 
 def run_opendc_dir(dir: str | os.PathLike, progress: Callable | None = None, *,
-                   bridge: Any = None) -> dict[str, Any]:
+                   bridge: Any = None, stall_timeout: float | None = None) -> dict[str, Any]:
     """Run ``dir/experiment.json`` in OpenDC (through the bridge), put the
     output under ``dir/output/``, and write ``dir/sustainability.json``.
 
@@ -541,6 +541,10 @@ def run_opendc_dir(dir: str | os.PathLike, progress: Callable | None = None, *,
     summary (:func:`read_opendc_output`, with the power DataFrame).
     ``bridge``: an open :class:`~kavier_opendc.opendc.bridge.OpenDCBridge`
     to reuse (one JVM for several runs); default: start one for this run.
+    ``stall_timeout``: the watchdog's limit in seconds without progress (None:
+    ``$KAVIER_OPENDC_STALL_S`` or 300 s; 0: none); a stalled run's JVM is
+    killed and :class:`~kavier_opendc.opendc.bridge.OpenDCStallError` raised,
+    ``dir/output`` keeping its marker (a reused ``bridge`` is then closed).
     """
     d = Path(dir).resolve()
     out = d / "output"
@@ -562,10 +566,10 @@ def run_opendc_dir(dir: str | os.PathLike, progress: Callable | None = None, *,
         shutil.rmtree(out, ignore_errors=True)  # nothing ran: leave no output/ behind
         raise
     if bridge is not None:
-        result_dir = bridge.run(run_path, progress=progress)
+        result_dir = bridge.run(run_path, progress=progress, stall_timeout=stall_timeout, folder=d)
     else:
         from kavier_opendc.opendc.bridge import run_opendc_experiment
-        result_dir = run_opendc_experiment(run_path, progress=progress)
+        result_dir = run_opendc_experiment(run_path, progress=progress, stall_timeout=stall_timeout, folder=d)
     export_stats = None
     ep = d / "export.json"
     if ep.is_file():
