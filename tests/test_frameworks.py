@@ -333,3 +333,40 @@ def test_catalogue_framework_files(tmp_path):
         bad.write_text(text)
         with pytest.raises(KavierInputError, match=needle):
             load_catalog_file(bad)
+
+
+# ------------------------------------------------------------------ physics, per framework (issue 18 item 6)
+@pytest.mark.parametrize("name", sorted(builtin_frameworks()))
+@pytest.mark.parametrize(("gpu", "model", "tp"), [("A100-80GB", "Llama-3-8B", 1), ("H100-SXM", "Llama-3-8B", 1),
+                                                   ("H100-SXM", "Llama-3.1-70B", 4)])
+def test_every_framework_step_time_grows_with_the_batch(name, gpu, model, tp):
+    """A decode step of every built-in framework takes longer with more sequences (each at 1,000 tokens of
+    context) and never less than its kernels alone (the default framework's kernels with no CPU time)."""
+    from kavier_opendc.engine.cost_model import CostModel
+
+    cat = default_catalog()
+    m, g = cat.model(model), cat.gpu(gpu)
+    fw = framework(name)
+    cm = CostModel(m, g, tp, framework=fw)
+    times = [cm.iteration(b, b * 1000.0, b * 1000.0, n_seqs=b)[0] for b in (1, 2, 8, 32, 128, 256)]
+    assert all(b > a for a, b in zip(times, times[1:], strict=False)), (name, times)
+    o = fw.overhead_for(g.name, tp)
+    assert o is None or min(o.fixed_s, o.per_seq_s, o.per_token_s, o.per_token_sq_s) >= 0
+
+
+def test_v1_is_never_slower_than_the_v0_server_at_equal_kernel_times():
+    """The same trace and GPU under vllm-v1 and under vllm-0.5-server (same kernels; v0 adds its CPU time per
+    step and prefill-first scheduling): every latency percentile of v1 is at most v0's."""
+    cat = default_catalog()
+    trace = make_trace(np.arange(200) * 0.05, [300 + 7 * (i % 40) for i in range(200)],
+                       [40 + (i % 30) for i in range(200)])
+    out = {}
+    for name in ("vllm-v1", "vllm-0.5-server"):
+        cfg = SimConfig(model=cat.model("Llama-3-8B"), gpu=cat.gpu("A100-40GB"), framework=framework(name))
+        r = simulate(trace, cfg).results
+        arrival = trace.arrival_s
+        lat = {"ttft": r.first_token - arrival, "e2e": r.finish - arrival,
+               "tpot": (r.finish - r.first_token) / np.maximum(trace.num_output_tokens - 1, 1)}
+        out[name] = {k: np.nanpercentile(v, [50, 90, 99]) for k, v in lat.items()}
+    for k in ("ttft", "tpot", "e2e"):
+        assert np.all(out["vllm-v1"][k] <= out["vllm-0.5-server"][k] + 1e-12), (k, out)
