@@ -47,11 +47,16 @@ KERNEL_FITTED_GPUS = ("L40S", "H200")
 def sources(data: Path = DATA) -> list[Source]:
     return [
         Source(str(data / "measurements" / "kavier_a10_llama3_8b_vllm.csv"),
-               ReadOptions(model="Llama-3-8B", gpu="A10", default_framework=True)),
-        Source(str(data / "calibration" / "vidur_linear_ops_a100_h100.csv")),
-        Source(str(data / "calibration" / "vidur_allreduce_a100_h100.csv")),
-        Source(str(data / "calibration" / "splitwise_llama2_70b_dgx.csv")),
-        Source(str(data / "calibration" / "mlenergy_v2_vllm054_chat.csv")),
+               ReadOptions(model="Llama-3-8B", gpu="A10", default_framework=True),
+               framework="vLLM, single requests (version not recorded; sets the A10's own overheads)"),
+        Source(str(data / "calibration" / "vidur_linear_ops_a100_h100.csv"),
+               framework="none: operators timed alone (Vidur's profiler)"),
+        Source(str(data / "calibration" / "vidur_allreduce_a100_h100.csv"),
+               framework="none: NCCL all-reduces timed alone"),
+        Source(str(data / "calibration" / "splitwise_llama2_70b_dgx.csv"),
+               framework="Splitwise's harness (engine not named; own overheads per TP)"),
+        Source(str(data / "calibration" / "mlenergy_v2_vllm054_chat.csv"),
+               framework="vLLM 0.5.4 OpenAI server (vllm-0.5-server)"),
         # vLLM 0.14's kernels fit the GPUs nothing else measures; A100 and H100 keep their fits (checked)
         Source(str(data / "calibration" / "aiconfigurator_vllm014_kernels.csv"),
                ReadOptions(only_gpus=KERNEL_FITTED_GPUS)),
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(kernel_check(profiles)))
     if not args.no_loso:
         print()
-        print(error_markdown(error_table(cal, base)))
+        print(error_markdown(error_table(cal, base), {Path(s.path).name: s.framework for s in sources()}))
     return 0
 
 

@@ -17,7 +17,7 @@ import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import yaml
@@ -35,6 +35,8 @@ class Source:
     path: str
     options: ReadOptions = dataclasses.field(default_factory=ReadOptions)
     layout: str | None = None
+    #: the serving framework (or harness) whose timing the file holds, for the error table
+    framework: str = ""
 
 
 @dataclass
@@ -180,16 +182,20 @@ def error_table(cal: Calibration, catalog: Catalog, loso: bool = True) -> list[E
             for k, v in sorted(full.items())]
 
 
-def error_markdown(rows: list[ErrorRow]) -> str:
-    lines = ["| source | GPU | measurement | rows | MAPE | leave-one-source-out MAPE | LOSO, own overheads |",
-             "|---|---|---|---:|---:|---:|---:|"]
+def error_markdown(rows: list[ErrorRow], frameworks: Mapping[str, str] | None = None) -> str:
+    """The error table; ``frameworks`` (file name -> the framework that produced it) adds that column."""
+    fw_col = frameworks is not None
+    lines = ["| source | " + ("framework | " if fw_col else "") + "GPU | measurement | rows | MAPE | "
+             "leave-one-source-out MAPE | LOSO, own overheads |",
+             "|---|" + ("---|" if fw_col else "") + "---|---|---:|---:|---:|---:|"]
 
     def pct(x: float) -> str:
         return "-" if x != x else f"{x:.1f} %"
 
     for r in rows:
         n = f"{r.rows}" + (f" (+{r.rejected} rejected)" if r.rejected else "")
-        lines.append(f"| {r.source} | {r.gpu} | {r.kind} | {n} | {r.mape:.1f} % | {pct(r.loso_mape)} | "
+        fw = f" {(frameworks or {}).get(r.source, '')} |" if fw_col else ""
+        lines.append(f"| {r.source} |{fw} {r.gpu} | {r.kind} | {n} | {r.mape:.1f} % | {pct(r.loso_mape)} | "
                      f"{pct(r.loso_own_overheads_mape)} |")
     return "\n".join(lines)
 
