@@ -89,9 +89,9 @@ def register(sub) -> None:
     t.add_argument("--concurrency", type=_positive(int, "--concurrency"), default=None,
                    help="most requests in flight (replay default 64; sweep always sends one at a time)")
     t.add_argument("--timeout", type=_positive(float, "--timeout", 1e-3), default=600.0, metavar="S",
-                   help="longest a request may take, in seconds (default 600)")
+                   help="longest one attempt of a request may take, in seconds (default 600)")
     t.add_argument("--connect-timeout", type=_positive(float, "--connect-timeout", 1e-3), default=10.0,
-                   metavar="S", help="longest wait for a connection (default 10 s)")
+                   metavar="S", help="longest wait for a connection, DNS included (default 10 s)")
     t.add_argument("--first-byte-timeout", type=_positive(float, "--first-byte-timeout", 1e-3), default=None,
                    metavar="S", help="longest wait from sending a request to the first byte of its reply, the "
                                      "connection included (default: --read-timeout)")
