@@ -44,9 +44,19 @@ DEFAULTS = {
     "tpot_per_token_s": 0.0,
     "natural_length": 5,          # tokens produced before EOS when ignore_eos is not set
     "tokenize": True,             # serve /tokenize
+    "tokenize_limit": None,       # answer only this many /tokenize calls, HTTP 500 after them (None: all)
     "list_models": True,          # serve /v1/models
     "mode": "normal",             # normal | error_mid_stream | close_mid_stream | hang | invalid_json |
-                                  # malformed_lines | non_streaming | no_usage | http_500
+                                  # malformed_lines | non_streaming | no_usage | http_500 |
+                                  # faults (tests/test_tracer_faults.py): no_answer (never sends the headers) |
+                                  # http_429 | no_done (no [DONE]) | garbage (junk lines, then invalid JSON) |
+                                  # flood (tokens without end, max_tokens ignored) | huge_line (a data line
+                                  # of huge_line_bytes) | echo_key (HTTP echo_status quoting the Authorization
+                                  # header in body, headers and reason) | echo_key_stream (the same in an
+                                  # error chunk mid-stream) | echo_key_json (... in a line of invalid JSON)
+    "retry_after": None,          # http_429: the Retry-After header's value, or None for none
+    "echo_status": 500,           # echo_key: the HTTP status
+    "huge_line_bytes": 64 << 20,  # huge_line: bytes of the line before its end of line
     "fail_after_tokens": 2,       # error_mid_stream / close_mid_stream / hang / invalid_json
     "fail_from": 0,               # the failure mode applies from this completion request on (0: the first)
     "fail_every": 1,              # ... and then to every n-th one (by arrival order)
@@ -129,6 +139,7 @@ class FakeServer:
     def __init__(self):
         self.cfg = dict(DEFAULTS)
         self.seen = 0
+        self.tokenized = 0
         self.open_streams = 0
         self.max_open_streams = 0
         self.last_headers: dict = {}
@@ -143,6 +154,7 @@ class FakeServer:
             self.engine.task.cancel()
         self.engine = Engine(self.cfg["engine"]) if self.cfg.get("engine") else None
         self.seen = 0
+        self.tokenized = 0
         self.max_open_streams = 0
         self.bodies = []
         self.lateness = []
@@ -165,6 +177,9 @@ class FakeServer:
     async def tokenize(self, request: web.Request) -> web.Response:
         if not self.cfg["tokenize"]:
             raise web.HTTPNotFound()
+        self.tokenized += 1
+        if self.cfg["tokenize_limit"] is not None and self.tokenized > self.cfg["tokenize_limit"]:
+            return self._error(500, "tokenizer crashed (programmed)", "InternalServerError")
         body = await request.json()
         n = count_tokens(body.get("prompt", ""))
         return web.json_response({"count": n, "max_model_len": self.cfg["max_model_len"],
@@ -197,6 +212,19 @@ class FakeServer:
         mode = cfg["mode"] if failing else "normal"
         if mode == "http_500":
             return self._error(500, "internal server error (programmed)", "InternalServerError")
+        auth = request.headers.get("Authorization", "")
+        if mode == "http_429":
+            resp = self._error(429, "rate limit exceeded (programmed)", "RateLimitError")
+            if cfg["retry_after"] is not None:
+                resp.headers["Retry-After"] = str(cfg["retry_after"])
+            return resp
+        if mode == "echo_key":
+            return web.json_response({"error": {"message": f"invalid credentials {auth} for this server",
+                                                "type": "AuthError", "code": cfg["echo_status"]}},
+                                     status=cfg["echo_status"], reason=f"Bad {auth}",
+                                     headers={"X-Echo-Authorization": auth, "WWW-Authenticate": auth})
+        if mode == "no_answer":
+            await asyncio.sleep(3600)
         created = int(time.time())
         rid = f"cmpl-{idx}"
 
@@ -219,6 +247,8 @@ class FakeServer:
         self.open_streams += 1
         self.max_open_streams = max(self.max_open_streams, self.open_streams)
         try:
+            if mode in ("flood", "huge_line", "garbage", "echo_key_stream", "echo_key_json", "no_done"):
+                return await self._fault_stream(resp, chunk, mode, body, p, n_out, auth)
             for k in range(n_out):
                 if mode in ("error_mid_stream", "close_mid_stream", "hang", "invalid_json") \
                         and k == cfg["fail_after_tokens"]:
@@ -257,6 +287,45 @@ class FakeServer:
         finally:
             self.open_streams -= 1
 
+
+    async def _fault_stream(self, resp, chunk, mode: str, body, p: int, n_out: int, auth: str):
+        """The misbehaving streams of tests/test_tracer_faults.py (a client hanging up ends them)."""
+        cfg = self.cfg
+        await resp.write(chunk(" t0"))
+        if mode == "flood":                 # tokens without end, max_tokens ignored
+            k = 1
+            while True:
+                await resp.write(b"".join(chunk(f" t{k + i}") for i in range(50)))
+                k += 50
+                await asyncio.sleep(0.001)
+        if mode == "huge_line":             # one line of huge_line_bytes, in pieces of 256 KiB
+            await resp.write(b"data: ")
+            left = int(cfg["huge_line_bytes"])
+            piece = b"x" * (256 << 10)
+            while left > 0:
+                await resp.write(piece[:left])
+                left -= len(piece)
+            await resp.write(b"\n\n")
+        elif mode == "garbage":             # junk that is skipped, then data that is not JSON
+            await resp.write(b"\x00\xff\xfe garbage\n\nevent: x\ndata\n:::\n\n")
+            await resp.write(chunk(" t1"))
+            await resp.write(b"data: {not json at all\n\n")
+        elif mode == "echo_key_stream":
+            err = {"error": {"message": f"token {auth} rejected mid-stream", "type": "AuthError", "code": 401}}
+            await resp.write(f"data: {json.dumps(err)}\n\n".encode())
+        elif mode == "echo_key_json":
+            await resp.write(f"data: {{'{auth}' is not JSON\n\n".encode())
+        elif mode == "no_done":             # a whole answer, usage included, but no [DONE]
+            for k in range(1, n_out):
+                await resp.write(chunk(f" t{k}", "length" if k == n_out - 1 else None))
+            usage = {"choices": [], "usage": {"prompt_tokens": p, "completion_tokens": n_out,
+                                              "total_tokens": p + n_out}}
+            await resp.write(f"data: {json.dumps(usage)}\n\n".encode())
+            await resp.write_eof()
+            return resp
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
 
     async def _engine_stream(self, resp, chunk, body, p: int, n_out: int, max_tokens: int,
                              t_recv: float) -> web.StreamResponse:

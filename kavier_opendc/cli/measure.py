@@ -10,14 +10,14 @@ import os
 import sys
 from pathlib import Path
 
-from kavier_opendc.base.atomic import check_writable_dir
-from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
+from kavier_opendc.base.atomic import check_writable_dir, refuse_complete_output
+from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
 from kavier_opendc.cli import text
 from kavier_opendc.cli.args import seed
 from kavier_opendc.cli.commands import HELP
 from kavier_opendc.reports.compare import compare_paths, format_result
 from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
-from kavier_opendc.tracer.client import Endpoint, api_key_from_env
+from kavier_opendc.tracer.client import REDACTED, Endpoint, api_key_from_env
 from kavier_opendc.tracer.outputs import MEASUREMENTS_FILE, write_measurement
 from kavier_opendc.tracer.runner import replay_plans, run_measurement, sweep_plans
 from kavier_opendc.workload.synthetic import load_synthetic_spec
@@ -61,7 +61,9 @@ def register(sub) -> None:
                     "reads). replay: a trace sent at its arrival times (or --rate, or --all-at-once); writes "
                     "DIR/requests.parquet with the simulator's columns plus every token's arrival time, and "
                     "DIR/summary.json. An API key is read from $KAVIER_API_KEY or $OPENAI_API_KEY and never "
-                    "written. Ctrl-C writes what was measured, marked incomplete.")
+                    "written (nor quoted from a server that echoes it). A request that fails is recorded with its "
+                    "reason and counted in summary.json; when all fail the command exits 3 with the outputs marked "
+                    "incomplete. Ctrl-C writes what was measured, marked incomplete.")
     t.add_argument("endpoint", metavar="ENDPOINT", help="the server's base URL, e.g. http://localhost:8000")
     t.add_argument("--model", required=True, help="model name as the server knows it (see GET /v1/models)")
     t.add_argument("--out", required=True, help="output directory")
@@ -87,14 +89,23 @@ def register(sub) -> None:
     t.add_argument("--concurrency", type=_positive(int, "--concurrency"), default=None,
                    help="most requests in flight (replay default 64; sweep always sends one at a time)")
     t.add_argument("--timeout", type=_positive(float, "--timeout", 1e-3), default=600.0, metavar="S",
-                   help="longest a request may take, in seconds (default 600)")
+                   help="longest one attempt of a request may take, in seconds (default 600)")
     t.add_argument("--connect-timeout", type=_positive(float, "--connect-timeout", 1e-3), default=10.0,
-                   metavar="S", help="longest wait for a connection (default 10 s)")
+                   metavar="S", help="longest wait for a connection, DNS included (default 10 s)")
+    t.add_argument("--first-byte-timeout", type=_positive(float, "--first-byte-timeout", 1e-3), default=None,
+                   metavar="S", help="longest wait from sending a request to the first byte of its reply, the "
+                                     "connection included (default: --read-timeout)")
     t.add_argument("--read-timeout", type=_positive(float, "--read-timeout", 1e-3), default=60.0, metavar="S",
-                   help="longest wait for the next byte of an answer (default 60 s)")
+                   help="longest wait for the first token after the reply's headers, and between two chunks of "
+                        "the stream (default 60 s)")
     t.add_argument("--retries", type=_positive(int, "--retries", 0), default=0,
                    help="resend a request that failed before any answer arrived (default 0: a retried request "
-                        "is a different measurement)")
+                        "is a different measurement); HTTP 4xx other than 408, 409, 425 and 429 is not retried")
+    t.add_argument("--retry-backoff", type=_positive(float, "--retry-backoff", 0.0), default=1.0, metavar="S",
+                   help="wait before the n-th retry: S x 2^(n-1) seconds, or the server's Retry-After; at most "
+                        "60 s (default 1)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a complete earlier measurement in --out (refused otherwise)")
     t.add_argument("--no-ignore-eos", action="store_true",
                    help="do not send ignore_eos (for servers that reject it); output lengths may then fall short")
     t.add_argument("--seed", type=seed, default=0, help="seed for prompts and --rate arrivals (default 0)")
@@ -131,9 +142,25 @@ def _load_trace(path: str, fmt: str | None):
     return load_trace(p, fmt)
 
 
+TRACE_FILES = ("requests.parquet", "summary.json")
+
+
 def cmd_trace(args) -> int:
+    """``kavier trace``; every message it ends with has the API key redacted (a server may echo it)."""
+    api_key = api_key_from_env(os.environ)
+    try:
+        return _trace(args, api_key)
+    except KavierError as exc:
+        if api_key:
+            exc.args = tuple(str(a).replace(api_key, REDACTED) for a in exc.args)
+        raise
+
+
+def _trace(args, api_key: str | None) -> int:
     out = Path(args.out)
     check_writable_dir(out)
+    refuse_complete_output(out, TRACE_FILES, "measurement (requests.parquet, summary.json)",
+                           overwrite=args.overwrite)
     if args.mode == "sweep":
         for opt, val in (("--trace", args.trace), ("--rate", args.rate), ("--max-requests", args.max_requests)):
             if val:
@@ -164,15 +191,17 @@ def cmd_trace(args) -> int:
         trace_info = {"source": str(trace.source), "format": trace.format,
                       "arrivals": "all-at-once" if args.all_at_once else
                       (f"poisson {args.rate}/s" if args.rate else "trace")}
-    api_key = api_key_from_env(os.environ)
     endpoint = Endpoint(args.endpoint, args.model, api_key, timeout_s=args.timeout,
                         connect_timeout_s=args.connect_timeout, read_timeout_s=args.read_timeout,
-                        concurrency=concurrency, ignore_eos=not args.no_ignore_eos, retries=args.retries)
+                        first_byte_timeout_s=args.first_byte_timeout, concurrency=concurrency,
+                        ignore_eos=not args.no_ignore_eos, retries=args.retries, retry_backoff_s=args.retry_backoff)
     m = run_measurement(endpoint, plans, mode=args.mode, concurrency=concurrency, seed=args.seed, warmup=warmup,
                         progress=False if args.quiet else None)
     m.settings = {"endpoint": endpoint.public, "model": args.model, "concurrency": concurrency,
                   "timeout_s": args.timeout, "connect_timeout_s": args.connect_timeout,
-                  "read_timeout_s": args.read_timeout, "retries": args.retries,
+                  "read_timeout_s": args.read_timeout, "first_byte_timeout_s": endpoint.first_byte_timeout_s,
+                  "retries": args.retries, "retry_backoff_s": args.retry_backoff,
+                  "max_line_bytes": endpoint.max_line_bytes,
                   "ignore_eos": not args.no_ignore_eos, "seed": args.seed, "warmup": warmup,
                   "api_key_set": bool(api_key), "trace": trace_info}
     summary = write_measurement(m, out)

@@ -5,7 +5,16 @@ One :class:`RequestRecord` per request holds what the client saw, on one clock
 sent, when each streamed chunk with text arrived, the server's ``usage`` counts,
 and the error if it failed.  A request that fails is recorded, never retried
 unless ``retries`` says so (a retried request is a different measurement), and
-only when it failed before any byte of its answer arrived.
+only when it failed before any byte of its answer arrived, after a backoff
+(the server's ``Retry-After`` when it sends one).
+
+Faults of a server during a run are bounded: four timeouts (connect, first
+byte, between chunks, total), a cap on a line of the stream
+(:data:`MAX_LINE_BYTES`), on the text chunks of one answer (``max_tokens`` +
+:data:`EXTRA_CHUNKS`: a server that ignores ``max_tokens``), on the lines that
+are not data (:data:`MAX_IGNORED_LINES`) and on an error body that is quoted
+(:data:`MAX_ERROR_BODY_BYTES`).  Every message that quotes the server has the
+API key replaced by ``[REDACTED]`` (a server may echo it back).
 
 Problems with the endpoint itself (nothing listening, a wrong path, a model the
 server does not have, no streaming, a stream that is not JSON) are found by
@@ -16,10 +25,12 @@ server does not have, no streaming, a stream that is not JSON) are found by
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,16 +38,57 @@ import aiohttp
 from kavier_opendc.base.errors import KavierInputError
 
 API_KEY_ENV = ("KAVIER_API_KEY", "OPENAI_API_KEY")
+REDACTED = "[REDACTED]"
+MAX_LINE_BYTES = 1 << 20          # one line of the event stream (a token's chunk is ~200 bytes)
+EXTRA_CHUNKS = 16                 # text chunks tolerated beyond max_tokens before a stream is cut off
+MAX_IGNORED_LINES = 100_000       # comments, other fields and junk lines in one answer
+MAX_ERROR_BODY_BYTES = 64 << 10   # the part of an error reply that is read (and quoted, shortened)
+MAX_JSON_BYTES = 16 << 20         # a /v1/models or /tokenize reply
+MAX_RETRY_WAIT_S = 60.0           # the longest backoff, whatever Retry-After says
+NOT_RETRIED = frozenset(range(400, 500)) - {408, 409, 425, 429}   # the request itself was refused
 
 
 class RequestFailed(Exception):
     """A request that did not complete; ``kind`` is a short category for the summary."""
 
-    def __init__(self, kind: str, message: str, http_status: int | None = None, fatal_hint: str | None = None):
+    def __init__(self, kind: str, message: str, http_status: int | None = None, fatal_hint: str | None = None,
+                 retry_after_s: float | None = None):
         super().__init__(message)
         self.kind = kind
         self.http_status = http_status
         self.fatal_hint = fatal_hint
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds (a number of seconds or an HTTP date), None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        secs = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        secs = (when - datetime.now(timezone.utc)).total_seconds()
+    if secs != secs:
+        return None
+    return max(0.0, secs)
+
+
+async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of a reply's body and whether there was more (the rest is not read)."""
+    buf = bytearray()
+    while len(buf) <= limit:
+        data = await resp.content.readany()
+        if not data:
+            return bytes(buf), False
+        buf += data
+    return bytes(buf[:limit]), True
 
 
 @dataclass
@@ -134,18 +186,25 @@ class Endpoint:
     """An OpenAI-compatible server: base URL, model, credentials and timeouts."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *, timeout_s: float = 600.0,
-                 connect_timeout_s: float = 10.0, read_timeout_s: float = 60.0, concurrency: int = 1,
-                 ignore_eos: bool = True, retries: int = 0, extra_body: dict | None = None):
+                 connect_timeout_s: float = 10.0, read_timeout_s: float = 60.0,
+                 first_byte_timeout_s: float | None = None, concurrency: int = 1, ignore_eos: bool = True,
+                 retries: int = 0, retry_backoff_s: float = 1.0, extra_body: dict | None = None,
+                 max_line_bytes: int = MAX_LINE_BYTES):
         self.base = normalise_endpoint(base_url)
         self.public = public_url(self.base)
         self.model = model
         self._api_key = api_key
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s,
-                                             sock_read=read_timeout_s)
+        if first_byte_timeout_s is None:
+            first_byte_timeout_s = read_timeout_s
+        # connect: DNS, TCP (and TLS); the rest is timed per phase by _stream_once itself
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=None)
         self.timeout_s, self.connect_timeout_s, self.read_timeout_s = timeout_s, connect_timeout_s, read_timeout_s
+        self.first_byte_timeout_s = first_byte_timeout_s
         self.concurrency = concurrency
         self.ignore_eos = ignore_eos
         self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
+        self.max_line_bytes = max_line_bytes
         self.extra_body = dict(extra_body or {})
         self.session: aiohttp.ClientSession | None = None
         self.has_tokenize = False
@@ -172,19 +231,41 @@ class Endpoint:
     def url(self, path: str) -> str:
         return self.base + path
 
+    # ------------------------------------------------------------------ credentials out of every message
+    def redact(self, text):
+        """``text`` with the API key (and user:password of the URL) replaced by [REDACTED]."""
+        if text is None:
+            return None
+        text = str(text)
+        for secret in (self._api_key, urlsplit(self.base).password):
+            if secret:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def quote(self, text, limit: int = 160) -> str:
+        """Server (or library) text for a message: the key redacted first, then shortened."""
+        return _short(self.redact(text) or "", limit)
+
     # ------------------------------------------------------------------ small JSON calls
     async def _get_json(self, path: str, body: dict | None = None) -> tuple[int, object]:
         """(HTTP status, parsed JSON or None) of a GET (no body) or POST; connection errors propagate."""
         assert self.session is not None
         method = self.session.post if body is not None else self.session.get
         async with method(self.url(path), json=body,
-                          timeout=aiohttp.ClientTimeout(total=min(self.timeout_s, 60.0),
-                                                        connect=self.connect_timeout_s)) as resp:
-            text = await resp.text()
+                          timeout=aiohttp.ClientTimeout(total=self.json_timeout_s, connect=self.connect_timeout_s,
+                                                        sock_read=self.first_byte_timeout_s)) as resp:
+            raw, more = await read_limited(resp, MAX_JSON_BYTES)
+            if more:
+                return resp.status, None
             try:
-                return resp.status, json.loads(text)
+                return resp.status, json.loads(raw.decode("utf-8", "replace"))
             except (json.JSONDecodeError, ValueError):
                 return resp.status, None
+
+    @property
+    def json_timeout_s(self) -> float:
+        """The longest a small JSON call (/v1/models, /tokenize) may take."""
+        return min(self.timeout_s, 60.0)
 
     async def count_tokens(self, text: str) -> int:
         """The server tokenizer's count for ``text`` (vLLM's ``/tokenize``)."""
@@ -203,16 +284,26 @@ class Endpoint:
         where = self.public
         try:
             status, obj = await self._get_json("/v1/models")
+        except aiohttp.ClientConnectorDNSError as exc:
+            raise KavierInputError(f"cannot resolve the host name of {where}: "
+                                   f"{self.quote(getattr(exc, 'os_error', exc) or exc)}", location="ENDPOINT",
+                                   expected="a host name that resolves (DNS) or an IP address") from None
+        except aiohttp.ConnectionTimeoutError:
+            raise KavierInputError(f"cannot connect to {where}: no connection within --connect-timeout "
+                                   f"{self.connect_timeout_s:g} s", location="ENDPOINT",
+                                   expected="a reachable server at this address") from None
         except (aiohttp.ClientConnectorError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
-            raise KavierInputError(f"cannot connect to {where}: {_short(getattr(exc, 'os_error', exc) or exc)}",
+            raise KavierInputError(f"cannot connect to {where}: {self.quote(getattr(exc, 'os_error', exc) or exc)}",
                                    location="ENDPOINT",
                                    expected="a running OpenAI-compatible server at this address") from None
         except asyncio.TimeoutError:
-            raise KavierInputError(f"{where} did not answer GET /v1/models within "
-                                   f"{min(self.timeout_s, 60.0):g} s", location="ENDPOINT",
-                                   expected="a responsive OpenAI-compatible server") from None
+            raise KavierInputError(f"{where} accepted the connection but did not answer GET /v1/models within "
+                                   f"{min(self.json_timeout_s, self.first_byte_timeout_s):g} s",
+                                   location="ENDPOINT",
+                                   expected="a responsive OpenAI-compatible server (--first-byte-timeout)") \
+                from None
         except aiohttp.ClientError as exc:
-            raise KavierInputError(f"cannot talk to {where}: {_short(exc)}", location="ENDPOINT",
+            raise KavierInputError(f"cannot talk to {where}: {self.quote(exc)}", location="ENDPOINT",
                                    expected="an OpenAI-compatible HTTP server") from None
         if status in (401, 403):
             raise KavierInputError(f"{where} refused the credentials (HTTP {status})", location="ENDPOINT",
@@ -235,15 +326,26 @@ class Endpoint:
                 "not_streaming": "a streaming reply (Content-Type text/event-stream) to stream: true",
                 "invalid_json": "SSE 'data:' lines holding JSON chunks",
                 "server_error": "a stream of completion chunks",
-                "timeout": "a server that answers within the timeouts (--timeout, --read-timeout)",
+                "rate_limited": "a server that accepts requests (it answered HTTP 429: --retries, "
+                                "--retry-backoff)",
+                "timeout": "a server that answers within the timeouts (--connect-timeout, --first-byte-timeout, "
+                           "--read-timeout, --timeout)",
                 "connection": "a server that keeps the connection open until [DONE]",
+                "incomplete_stream": "a stream that ends with 'data: [DONE]'",
                 "no_tokens": "at least one streamed token",
+                "flood": "a server that honours max_tokens",
+                "line_too_long": f"stream lines shorter than {self.max_line_bytes} bytes",
             }.get(probe.error_kind or "", "a working /v1/completions endpoint")
+            if probe.error_kind == "http" and (probe.http_status or 0) >= 500:
+                hint = "a server that answers a short completion (it failed with a server error)"
+            elif probe.error_kind == "http" and probe.http_status in (401, 403):
+                hint = f"an API key it accepts, in ${API_KEY_ENV[0]} or ${API_KEY_ENV[1]}"
             if probe.error_kind == "http" and probe.http_status in (400, 404) and probe.error \
                     and "model" in probe.error.lower():
-                raise KavierInputError(f"{where}/v1/completions rejected model {self.model!r}: {probe.error}",
+                raise KavierInputError(f"{where}/v1/completions rejected model {self.model!r}: "
+                                       f"{self.redact(probe.error)}",
                                        location="--model", expected="a model name the server serves")
-            raise KavierInputError(f"test request to {where}/v1/completions failed: {probe.error}",
+            raise KavierInputError(f"test request to {where}/v1/completions failed: {self.redact(probe.error)}",
                                    location="ENDPOINT", expected=hint)
         self.usage_reported = probe.prompt_tokens is not None
         return {"served_models": self.served_models, "tokenize": self.has_tokenize,
@@ -265,108 +367,207 @@ class Endpoint:
             rec.attempts = attempt + 1
             rec.token_times_s = []
             rec.num_chunks = 0
+            rec.ignored_lines = 0
+            retry_after = None
+            retryable = True
             try:
-                await self._stream_once(rec, body, clock0)
+                await self._stream_once(rec, body, clock0, int(max_tokens))
                 rec.status, rec.error_kind, rec.error = "finished", None, None
                 return rec
             except RequestFailed as exc:
                 rec.status, rec.error_kind, rec.error = "error", exc.kind, str(exc)
                 if exc.http_status is not None:
                     rec.http_status = exc.http_status
-            except asyncio.TimeoutError:
-                phase = "the first token" if not rec.token_times_s else "the next token"
+                    retryable = exc.http_status not in NOT_RETRIED
+                retry_after = exc.retry_after_s
+            except aiohttp.ConnectionTimeoutError:
                 rec.status, rec.error_kind = "error", "timeout"
-                rec.error = (f"no answer within the timeouts while waiting for {phase} "
-                             f"(read {self.read_timeout_s:g} s, total {self.timeout_s:g} s)")
+                rec.error = f"no connection within --connect-timeout {self.connect_timeout_s:g} s"
             except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
                 rec.status, rec.error_kind = "error", "connection"
-                rec.error = f"the server closed the connection mid-stream ({_short(exc)})"
+                rec.error = f"the server closed the connection mid-stream ({self.quote(exc)})"
+            except aiohttp.ClientConnectorDNSError as exc:
+                rec.status, rec.error_kind = "error", "connection"
+                rec.error = f"cannot resolve the host name: {self.quote(getattr(exc, 'os_error', exc) or exc)}"
             except aiohttp.ClientConnectorError as exc:
                 rec.status, rec.error_kind = "error", "connection"
-                rec.error = f"cannot connect: {_short(getattr(exc, 'os_error', exc) or exc)}"
+                rec.error = f"cannot connect: {self.quote(getattr(exc, 'os_error', exc) or exc)}"
             except aiohttp.ClientError as exc:
                 rec.status, rec.error_kind = "error", "connection"
-                rec.error = _short(f"{type(exc).__name__}: {exc}")
-            if rec.token_times_s:      # part of the answer arrived: retrying would measure something else
+                rec.error = self.quote(f"{type(exc).__name__}: {exc}")
+            except asyncio.TimeoutError:   # a timer of aiohttp's own (ours are RequestFailed("timeout"))
+                rec.status, rec.error_kind = "error", "timeout"
+                rec.error = f"no answer within the timeouts (total {self.timeout_s:g} s)"
+            except (OSError, ValueError, UnicodeError) as exc:   # the socket or the bytes: still a failed request
+                rec.status, rec.error_kind = "error", "connection"
+                rec.error = self.quote(f"{type(exc).__name__}: {exc}")
+            rec.error = self.redact(rec.error)
+            if rec.token_times_s or not retryable:   # part of the answer arrived: a retry measures something else
                 break
+            if attempt < self.retries:
+                wait = retry_after if retry_after is not None else self.retry_backoff_s * 2 ** attempt
+                await asyncio.sleep(min(wait, MAX_RETRY_WAIT_S))
+        if rec.attempts > 1:
+            rec.error = f"{rec.error} (gave up after {rec.attempts} attempts)"
         return rec
 
-    async def _stream_once(self, rec: RequestRecord, body: dict, clock0: float) -> None:
+    async def _stream_once(self, rec: RequestRecord, body: dict, clock0: float, max_tokens: int) -> None:
+        """One attempt. Its timers: until the first byte of the reply (``first_byte_timeout_s``, the connection
+        included), then between two reads of the stream (``read_timeout_s``), all within ``timeout_s``."""
         assert self.session is not None
         clock = time.perf_counter
+        loop = asyncio.get_running_loop()
         rec.start_s = clock() - clock0
         rec.send_s = math.nan
-        async with self.session.post(self.url("/v1/completions"), json=body,
-                                     trace_request_ctx={"record": rec, "clock0": clock0}) as resp:
-            if math.isnan(rec.send_s):
-                rec.send_s = rec.start_s
-            rec.http_status = resp.status
-            if resp.status != 200:
-                text = await resp.text()
-                raise RequestFailed("http", f"HTTP {resp.status} {resp.reason}: {_server_message(text)}",
-                                    resp.status)
-            ctype = resp.headers.get("Content-Type", "")
-            if "text/event-stream" not in ctype:
-                text = await resp.text()
-                raise RequestFailed("not_streaming",
-                                    f"the server answered stream: true with Content-Type {ctype or '(none)'} "
-                                    f"instead of text/event-stream: {_short(text, 100)}")
-            done = False
-            times = rec.token_times_s
-            async for raw in resp.content:
-                now = clock() - clock0
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                if not line:
-                    continue
-                if not line.startswith("data:"):
-                    rec.ignored_lines += 1      # SSE comments, other fields, junk: not data
-                    continue
-                data = line[5:]
-                if data.startswith(" "):
-                    data = data[1:]
-                if not data.strip():
-                    rec.ignored_lines += 1
-                    continue
-                if data.strip() == "[DONE]":
+        deadline = loop.time() + self.timeout_s
+        phase = ["first byte of the reply", self.first_byte_timeout_s, "--first-byte-timeout"]
+
+        def arm(timer, what: str, seconds: float, flag: str) -> None:
+            phase[:] = [what, seconds, flag]
+            timer.reschedule(min(loop.time() + seconds, deadline))
+
+        timer = asyncio.timeout_at(min(loop.time() + self.first_byte_timeout_s, deadline))
+        try:
+            async with timer:
+                resp = await self.session.post(self.url("/v1/completions"), json=body,
+                                               trace_request_ctx={"record": rec, "clock0": clock0})
+                try:
+                    await self._read_reply(rec, resp, clock, clock0, max_tokens,
+                                           lambda what: arm(timer, what, self.read_timeout_s, "--read-timeout"))
+                except BaseException:
+                    resp.close()          # a connection with an unread or broken stream is not reused
+                    raise
+                resp.release()
+        except TimeoutError:
+            if not timer.expired():     # aiohttp's own (the connect timeout): the caller's
+                raise
+            if loop.time() >= deadline - 1e-3:
+                raise RequestFailed("timeout", f"the request took longer than --timeout {self.timeout_s:g} s "
+                                               f"(waiting for the {phase[0]})") from None
+            raise RequestFailed("timeout", f"no {phase[0]} within {phase[2]} {phase[1]:g} s") from None
+
+    async def _read_reply(self, rec: RequestRecord, resp: aiohttp.ClientResponse, clock, clock0: float,
+                          max_tokens: int, arm) -> None:
+        if math.isnan(rec.send_s):
+            rec.send_s = rec.start_s
+        rec.http_status = resp.status
+        arm("rest of the reply")
+        if resp.status != 200:
+            raw, more = await read_limited(resp, MAX_ERROR_BODY_BYTES)
+            text = raw.decode("utf-8", "replace")
+            kind = "rate_limited" if resp.status == 429 else "http"
+            wait = retry_after_seconds(resp.headers.get("Retry-After"))
+            raise RequestFailed(kind, f"HTTP {resp.status} {self.quote(resp.reason or '', 60)}: "
+                                      f"{_server_message(self.redact(text))}"
+                                      + (f" (Retry-After {wait:g} s)" if wait is not None else ""),
+                                resp.status, retry_after_s=wait)
+        ctype = resp.headers.get("Content-Type", "")
+        if "text/event-stream" not in ctype:
+            raw, _ = await read_limited(resp, MAX_ERROR_BODY_BYTES)
+            raise RequestFailed("not_streaming",
+                                f"the server answered stream: true with Content-Type "
+                                f"{self.quote(ctype, 60) or '(none)'} instead of text/event-stream: "
+                                f"{self.quote(raw.decode('utf-8', 'replace'), 100)}")
+        arm("first token")
+        limit = self.max_line_bytes
+        max_chunks = max_tokens + EXTRA_CHUNKS
+        times = rec.token_times_s
+        buf = bytearray()
+        done = False
+        while not done:
+            data = await resp.content.readany()
+            now = clock() - clock0
+            if not data:
+                break
+            buf += data
+            start = 0
+            while True:
+                nl = buf.find(b"\n", start)
+                if nl < 0:
+                    break
+                if nl - start > limit:
+                    raise RequestFailed("line_too_long", f"a line of the stream is longer than {limit} bytes: "
+                                                         f"stopped reading")
+                line = bytes(buf[start:nl])
+                start = nl + 1
+                if self._line(rec, line, now, max_chunks, max_tokens):
                     done = True
                     break
-                try:
-                    obj = json.loads(data)
-                except (json.JSONDecodeError, ValueError):
-                    raise RequestFailed("invalid_json", f"invalid JSON in the stream: {_short(data, 80)!r}") \
-                        from None
-                if not isinstance(obj, dict):
-                    raise RequestFailed("invalid_json", f"a stream chunk is not a JSON object: {_short(data, 80)!r}")
-                if "error" in obj or obj.get("object") == "error":
-                    raise RequestFailed("server_error", f"the server reported an error mid-stream: "
-                                                        f"{_server_message(data)}")
-                text_seen = False
-                for ch in obj.get("choices") or []:
-                    if not isinstance(ch, dict):
-                        continue
-                    piece = ch.get("text")
-                    if piece is None and isinstance(ch.get("delta"), dict):
-                        piece = ch["delta"].get("content")
-                    if piece:
-                        text_seen = True
-                    if ch.get("finish_reason"):
-                        rec.finish_reason = str(ch["finish_reason"])
-                if text_seen:
-                    times.append(now)
-                    rec.num_chunks += 1
-                usage = obj.get("usage")
-                if isinstance(usage, dict):
-                    if isinstance(usage.get("prompt_tokens"), int):
-                        rec.prompt_tokens = usage["prompt_tokens"]
-                    if isinstance(usage.get("completion_tokens"), int):
-                        rec.completion_tokens = usage["completion_tokens"]
-                    details = usage.get("prompt_tokens_details")
-                    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-                        rec.cached_tokens = details["cached_tokens"]
-            if not done:
-                raise RequestFailed("connection", "the stream ended before 'data: [DONE]' "
-                                                  "(the server closed the connection mid-stream)")
-            if not times:
-                raise RequestFailed("no_tokens", "the stream ended without any generated text")
-            rec.first_token_s = times[0]
-            rec.last_token_s = times[-1]
+            del buf[:start]
+            if len(buf) > limit:
+                raise RequestFailed("line_too_long", f"a line of the stream is longer than {limit} bytes "
+                                                     f"(no end of line after {len(buf)} bytes): stopped reading")
+            arm("next chunk of the stream" if times else "first token")
+        if not done:
+            if buf.strip() and self._line(rec, bytes(buf), clock() - clock0, max_chunks, max_tokens):
+                done = True
+        if not done:
+            raise RequestFailed("incomplete_stream",
+                                f"the stream ended without 'data: [DONE]' after {rec.num_chunks} chunks of text "
+                                f"(finish_reason {rec.finish_reason or 'none'}): the answer may be incomplete")
+        if not times:
+            raise RequestFailed("no_tokens", "the stream ended without any generated text")
+        rec.first_token_s = times[0]
+        rec.last_token_s = times[-1]
+
+    def _line(self, rec: RequestRecord, raw: bytes, now: float, max_chunks: int, max_tokens: int) -> bool:
+        """Take one line of the stream into ``rec``; True at ``data: [DONE]``."""
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            return False
+        if not line.startswith("data:"):
+            rec.ignored_lines += 1      # SSE comments, other fields, junk: not data
+            self._check_ignored(rec)
+            return False
+        data = line[5:]
+        if data.startswith(" "):
+            data = data[1:]
+        if not data.strip():
+            rec.ignored_lines += 1
+            self._check_ignored(rec)
+            return False
+        if data.strip() == "[DONE]":
+            return True
+        try:
+            obj = json.loads(data)
+        except (json.JSONDecodeError, ValueError):
+            raise RequestFailed("invalid_json", f"invalid JSON in the stream: {self.quote(data, 80)!r}") from None
+        if not isinstance(obj, dict):
+            raise RequestFailed("invalid_json", f"a stream chunk is not a JSON object: {self.quote(data, 80)!r}")
+        if "error" in obj or obj.get("object") == "error":
+            raise RequestFailed("server_error", f"the server reported an error mid-stream: "
+                                                f"{_server_message(self.redact(data))}")
+        text_seen = False
+        for ch in obj.get("choices") or []:
+            if not isinstance(ch, dict):
+                continue
+            piece = ch.get("text")
+            if piece is None and isinstance(ch.get("delta"), dict):
+                piece = ch["delta"].get("content")
+            if piece:
+                text_seen = True
+            if ch.get("finish_reason"):
+                rec.finish_reason = _short(self.redact(ch["finish_reason"]), 40)
+        if text_seen:
+            rec.token_times_s.append(now)
+            rec.num_chunks += 1
+            if rec.num_chunks > max_chunks:
+                raise RequestFailed("flood", f"the server streamed more than {max_chunks} chunks of text for "
+                                             f"max_tokens {max_tokens} (it does not honour max_tokens): "
+                                             f"stopped reading")
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            if isinstance(usage.get("prompt_tokens"), int):
+                rec.prompt_tokens = usage["prompt_tokens"]
+            if isinstance(usage.get("completion_tokens"), int):
+                rec.completion_tokens = usage["completion_tokens"]
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+                rec.cached_tokens = details["cached_tokens"]
+        return False
+
+    @staticmethod
+    def _check_ignored(rec: RequestRecord) -> None:
+        if rec.ignored_lines > MAX_IGNORED_LINES:
+            raise RequestFailed("flood", f"more than {MAX_IGNORED_LINES} lines of the stream were not data "
+                                         f"(comments or junk): stopped reading")

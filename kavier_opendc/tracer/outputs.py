@@ -7,7 +7,10 @@
     target_input_tokens, target_output_tokens, expected_input_tokens,
     num_chunks, token_times_s`` (list: arrival of every streamed chunk with
     text), ``sse_ignored_lines`` (comments and lines that were not data),
-    ``finish_reason, error_kind, error, http_status, attempts``.
+    ``finish_reason, error_kind, error, http_status, attempts`` (``error_kind``: http,
+    rate_limited, server_error, connection, incomplete_stream, timeout, invalid_json,
+    no_tokens, flood, line_too_long, not_streaming, client; ``error`` never holds the
+    API key, which is redacted wherever the server is quoted).
 ``summary.json``      the simulator's summary keys, plus ``complete``,
     ``status`` and how the measurement was taken.
 ``measurements.csv``  (sweep) prefill and decode times per length, in the

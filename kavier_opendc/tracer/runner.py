@@ -23,14 +23,29 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import aiohttp
 import numpy as np
 
-from kavier_opendc.tracer.client import Endpoint, RequestRecord
+from kavier_opendc.base.errors import KavierRuntimeError
+from kavier_opendc.tracer.client import Endpoint, RequestFailed, RequestRecord
 from kavier_opendc.tracer.prompts import PromptBuilder
 
 
 class Interrupted(Exception):
     """SIGINT before anything was measured: nothing to write."""
+
+
+def _lost(endpoint: Endpoint, what: str, exc: BaseException) -> KavierRuntimeError:
+    """The endpoint failed while the run was being prepared (after its check): one error, nothing written."""
+    if isinstance(exc, TimeoutError):
+        why = "no answer within the timeouts"
+    else:
+        why = endpoint.quote(str(exc) or type(exc).__name__)
+    return KavierRuntimeError(f"{endpoint.public} stopped answering while {what} ({why}); nothing was measured "
+                              f"and nothing written")
+
+
+_PREP_ERRORS = (RequestFailed, aiohttp.ClientError, TimeoutError, OSError)
 
 
 @dataclass
@@ -127,12 +142,18 @@ async def measure(endpoint: Endpoint, plans: list[Plan], *, mode: str, concurren
                 return await builder.build(plan.request_id, plan.input_tokens)
 
         built = asyncio.gather(*(build(p) for p in plans))
-        if not await _until(built, stop):
-            raise Interrupted
+        try:
+            if not await _until(built, stop):
+                raise Interrupted
+        except _PREP_ERRORS as exc:
+            raise _lost(endpoint, "the prompts were prepared (POST /tokenize)", exc) from None
         prompts = built.result()
         for i in range(warmup):           # warm the server (CUDA graphs, caches); not recorded
             w = plans[i % len(plans)] if plans else Plan(0, 0.0, 16, 4)
-            text, _ = await builder.build(-10 - i, w.input_tokens)
+            try:
+                text, _ = await builder.build(-10 - i, w.input_tokens)
+            except _PREP_ERRORS as exc:
+                raise _lost(endpoint, "the warm-up prompts were prepared (POST /tokenize)", exc) from None
             if not await _until(endpoint.stream(RequestRecord(-1, 0.0, 0, 0), text, w.output_tokens,
                                                 time.perf_counter()), stop):
                 raise Interrupted
@@ -149,6 +170,9 @@ async def measure(endpoint: Endpoint, plans: list[Plan], *, mode: str, concurren
                 rec.status = "cancelled"
                 rec.error_kind, rec.error = "cancelled", "interrupted before the answer was complete"
                 raise
+            except Exception as exc:  # noqa: BLE001 - a fault the client did not foresee: still one failed request
+                rec.status, rec.error_kind = "error", "client"
+                rec.error = endpoint.quote(f"{type(exc).__name__}: {exc}")
             finally:
                 sem.release()
                 bar.update(1)
