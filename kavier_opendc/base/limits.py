@@ -78,6 +78,17 @@ DURATION_S = Limit(10 * 365 * 86_400, "s", "ten years of simulated time")
 DURATION_MIN = Limit(DURATION_S.value / 60, "min", "ten years of simulated time")
 #: Simulated time in days (carbon profiles).
 DURATION_DAYS = Limit(DURATION_S.value / 86_400, "days", "ten years of simulated time")
+#: Export intervals OpenDC steps through in one run: the simulated span (first submission to last task end)
+#: divided by datacenter.export_interval_s. OpenDC wakes at every interval, idle or not, to write a row per
+#: host and power source, so its time and memory grow with the span even when nothing runs. Measured with
+#: OpenDC 2.4u's own ExperimentCli, one host, 1 s interval, one task idle in between: 100,000 intervals
+#: 20 s and 330 MB resident, 1,000,000 intervals 45 s and 870 MB, 3,000,000 intervals 133 s and 1.0 GB
+#: (about 23,000 intervals a second); a trace with arrivals a year apart (30,000,000 intervals) was still
+#: running in `kavier run` after 5 minutes with 1.3 GB resident, on course for about 25 minutes. The limit
+#: lets a run of four months at 1 s (or years at a minute) through in under 8 minutes.
+OPENDC_INTERVALS = Limit(10_000_000, "export intervals",
+                         "OpenDC steps through every export interval of the span, idle or not, at about 23,000 "
+                         "a second with memory growing with the span: more would take OpenDC over 7 minutes")
 #: Turns of one conversation.
 TURNS = Limit(1_000_000, "turns", "a conversation that long would exceed any context window")
 #: Coefficient of variation of inter-arrival times.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from kavier_opendc.experiments.run_folder import clear_incomplete, mark_incomple
 from kavier_opendc.opendc.datacenter import load_datacenter
 from kavier_opendc.opendc.inputs import write_opendc_inputs
 from kavier_opendc.opendc.results import run_opendc_dir
+from kavier_opendc.opendc.span import check_span, experiment_dir_span
 
 
 def cmd_export_opendc(args) -> int:
@@ -30,6 +32,11 @@ def cmd_export_opendc(args) -> int:
             "min_fragment_s": args.min_fragment}
     if args.start:
         opts["start"] = args.start
+    # a span OpenDC would step through for hours is refused before anything is written
+    makespan = json.loads((sim / "summary.json").read_text(encoding="utf-8")).get("makespan_s")
+    if isinstance(makespan, (int, float)):
+        check_span(float(makespan), float(datacenter.export_interval_s), source=str(sim / "summary.json"),
+                   location="makespan_s")
     out = Path(args.out)
     check_writable_dir(out)
     # the folder's paths are relative to it (it can be copied or moved afterwards); a marker
@@ -57,6 +64,10 @@ def cmd_opendc(args) -> int:
     if not (d / "experiment.json").is_file():
         raise KavierInputError(f"{d / 'experiment.json'} not found", source=str(d), location="experiment.json",
                                expected="a directory with experiment.json, topology.json and workload/")
+    span = experiment_dir_span(d)   # before the JVM: a span OpenDC would step through for hours
+    if span is not None:
+        check_span(*span, source=str(d / "experiment.json"), location="workloads",
+                   interval_field="exportModels[].exportInterval (datacenter.export_interval_s)")
     bar = Progress(1.0, "opendc", enabled=False if args.quiet else None)
     try:
         result = run_opendc_dir(d, progress=bar.update, stall_timeout=args.stall_timeout)

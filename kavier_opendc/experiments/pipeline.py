@@ -54,6 +54,7 @@ from kavier_opendc.opendc.datacenter import DEFAULT_START, load_datacenter
 from kavier_opendc.opendc.inputs import write_opendc_inputs
 from kavier_opendc.opendc.jvm import check_opendc_available
 from kavier_opendc.opendc.results import run_opendc_dir, sustainability_record
+from kavier_opendc.opendc.span import check_span, longest_gap
 from kavier_opendc.reports.efficiency import efficiency_report, pool_energy
 from kavier_opendc.reports.report import write_report
 
@@ -236,6 +237,9 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
         if trace is None:
             trace = load_trace_for(exp)
         st.say(f"      {len(trace)} requests, {trace.total_tokens():,} tokens ({trace.format})")
+    if use_opendc and len(trace):   # the arrivals alone span too long for OpenDC: refused before any output
+        check_span(float(trace.arrival_s[-1] - trace.arrival_s[0]), _export_interval_s(exp), source=exp.source,
+                   location="trace", gap=longest_gap(trace.arrival_s))
     prepare_out_dir(out)
     mark_incomplete(out, f"kavier run in progress since {started} (pid {os.getpid()}); this folder is not a "
                        "complete result until this file is gone.\n")
@@ -308,13 +312,23 @@ def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> S
     return output
 
 
+def _export_interval_s(exp: Experiment) -> float:
+    from kavier_opendc.opendc.datacenter import DEFAULT_EXPORT_INTERVAL_S
+
+    value = (exp.datacenter or {}).get("export_interval_s", DEFAULT_EXPORT_INTERVAL_S)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else \
+        float(DEFAULT_EXPORT_INTERVAL_S)
+
+
 def _stage_export(exp: Experiment, output: SimulationOutput, odc: Path, st: Stages, run: OpenDCRun) -> None:
     """The timeline as OpenDC's workload, the datacenter as its topology, and the carbon trace."""
 
     with st.stage("export", "timeline -> OpenDC tasks, fragments, topology, experiment"):
+        makespan = output.summary["makespan_s"]
+        # the simulated span (arrivals and the last answer) is checked before anything of OpenDC is written
+        check_span(float(makespan), _export_interval_s(exp), source=exp.source, location="simulation makespan")
         odc.mkdir(parents=True, exist_ok=True)
         start = exp.datacenter.get("start", DEFAULT_START)
-        makespan = output.summary["makespan_s"]
         carbon_path, run.carbon_info = carbon_trace_for(exp, odc, makespan, start)
         dc = datacenter_for(exp, carbon_path)
         if carbon_path is None and dc.power_source.carbon_trace is not None:
