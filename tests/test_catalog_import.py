@@ -401,3 +401,38 @@ def test_catalog_arguments(capsys, tmp_path):
     assert rc == 2 and "unexpected argument 'extra'" in err
     rc, out, _ = run_cli(capsys, "catalog", "models")
     assert rc == 0 and "DeepSeek-V3" in out and "gpt-oss-120b" in out
+
+
+def test_config_count_is_checked(tmp_path, capsys):
+    from kavier_opendc.specs.hf_import import entry_from_config
+
+    same = entry_from_config({**LLAMA_31_8B, "num_parameters": 8_030_261_248}, "a", "x")
+    assert "notes" not in same
+    off = entry_from_config({**LLAMA_31_8B, "num_parameters": 9_000_000_000}, "b", "x")
+    assert "the config states num_parameters 9,000,000,000" in off["notes"] and "10.8% apart" in off["notes"]
+    path = write_config(tmp_path / "c", {**LLAMA_31_8B, "num_parameters": 9_000_000_000})
+    rc, _, err = run_cli(capsys, "catalog", "import", str(path), "--name", "c")
+    assert rc == 0 and "kavier: warning: the config states num_parameters 9,000,000,000" in err
+
+
+def test_new_fields_checked_in_catalogue_files(tmp_path):
+    from kavier_opendc.base.errors import KavierInputError
+    from kavier_opendc.specs.hf_import import entry_from_config
+
+    entry = entry_from_config(DEEPSEEK_V3, "ds", "x")
+    bad = tmp_path / "bad.yaml"
+    broken = {**entry, "dense_layers": 61, "q_lora_rank": 1536}
+    del broken["head_dim"]
+    bad.write_text(yaml.safe_dump({"models": [broken]}))
+    with pytest.raises(KavierInputError) as info:
+        load_catalog_file(bad)
+    assert "models[0].dense_layers: 61 leaves no MoE layer" in str(info.value)
+    assert "models[0].head_dim: required with MLA" in str(info.value)
+    dense = {k: v for k, v in entry_from_config(QWEN3_32B, "q", "x").items()}
+    bad.write_text(yaml.safe_dump({"models": [{**dense, "shared_experts": 1, "qk_rope_head_dim": 64,
+                                               "expert_dtype": "fp4"}]}))
+    with pytest.raises(KavierInputError) as info:
+        load_catalog_file(bad)
+    text = str(info.value)
+    assert "shared_experts: only for MoE models" in text and "qk_rope_head_dim: an MLA field" in text
+    assert "expert_dtype" in text

@@ -22,6 +22,8 @@ def cmd_import(args) -> int:
     source = args.source or str(path.resolve())
     entry = hf_import.entry_from_config(cfg, name, source, origin=str(path))
     print(hf_import.describe(entry), file=sys.stderr)
+    if "the config states num_parameters" in entry.get("notes", ""):
+        print(f"kavier: warning: {entry['notes'].split(': check the entry')[0]}: check the entry", file=sys.stderr)
     if args.out:
         action = hf_import.write_entry(entry, Path(args.out), overwrite=args.overwrite)
         print(f"{action} model {entry['name']!r} in {args.out} (use it with --catalog {args.out})", file=sys.stderr)

@@ -472,6 +472,17 @@ def _model_from_entry(entry: Mapping[str, Any]) -> ModelSpec:
     return ModelSpec(**kw)
 
 
+def model_from_entry(entry: Mapping[str, Any]) -> ModelSpec:
+    """The ModelSpec of one validated ``models`` entry (a plain dict)."""
+    return _model_from_entry(entry)
+
+
+def read_catalog_document(path: Path) -> tuple[Any, str]:
+    """A catalogue file's parsed document and its format ("json" or "yaml"); KavierInputError naming the
+    file when it cannot be read or parsed."""
+    return _read_document(path)
+
+
 def _gpu_from_entry(entry: Mapping[str, Any]) -> GPUSpec:
     kw = dict(entry)
     for name in _GPU_FLOAT_FIELDS:

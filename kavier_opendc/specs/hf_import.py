@@ -23,8 +23,8 @@ from kavier_opendc.base.documents import parse_document
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.specs.catalog import (
     ModelSpec,
-    _model_from_entry,
     count_params,
+    model_from_entry,
     validate_catalog_data,
 )
 
@@ -304,13 +304,13 @@ def entry_from_config(cfg: Mapping[str, Any], name: str, source: str, *, origin:
     entry.update(extra)
     entry["source"] = source
     validate_catalog_data({"models": [entry]}, where)
-    spec = _model_from_entry(entry)
+    spec = model_from_entry(entry)
     total, active = count_params(spec)
     if total > limits.PARAMS.value:
         raise KavierInputError(f"parameter count: {limits.PARAMS.above(total)}", source=where,
                                expected="the architecture numbers of a real model")
     entry["total_params"], entry["active_params"] = total, active
-    notes = engine_notes(_model_from_entry(entry), cfg)
+    notes = engine_notes(model_from_entry(entry), cfg)
     stated = cfg.get("num_parameters")
     if isinstance(stated, (int, float)) and not isinstance(stated, bool) and stated > 0:
         off = abs(total - stated) / stated
@@ -352,7 +352,7 @@ def engine_notes(spec: ModelSpec, cfg: Mapping[str, Any]) -> list[str]:
 
 def describe(entry: Mapping[str, Any]) -> str:
     """One line on what was detected: MoE, attention kind, parameters."""
-    spec = _model_from_entry(entry)
+    spec = model_from_entry(entry)
     if spec.is_moe:
         moe = f"MoE, {spec.num_experts} experts, {spec.experts_per_token} per token"
         if spec.shared_experts:
@@ -388,7 +388,7 @@ def write_entry(entry: dict[str, Any], out: Path, *, overwrite: bool) -> str:
     An entry of the same name (or one of whose names it is) is refused unless ``overwrite``.
     """
     from kavier_opendc.base.atomic import atomic_write_text
-    from kavier_opendc.specs.catalog import CATALOG_EXTENSIONS, _read_document
+    from kavier_opendc.specs.catalog import CATALOG_EXTENSIONS, read_catalog_document
 
     fmt = CATALOG_EXTENSIONS.get(out.suffix.lower())
     if fmt is None:
@@ -396,7 +396,7 @@ def write_entry(entry: dict[str, Any], out: Path, *, overwrite: bool) -> str:
                                source=str(out), expected="a .yaml, .yml or .json file")
     data: Any = {}
     if out.exists():
-        data, _ = _read_document(out)
+        data, _ = read_catalog_document(out)
         data = {} if data is None else copy.deepcopy(data)
         if not isinstance(data, dict):
             raise KavierInputError("not a catalogue document (the top level is not an object)", source=str(out))
