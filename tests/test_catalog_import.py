@@ -415,6 +415,15 @@ def test_config_count_is_checked(tmp_path, capsys):
     assert rc == 0 and "kavier: warning: the config states num_parameters 9,000,000,000" in err
 
 
+def test_quantized_configs():
+    from kavier_opendc.specs.hf_import import entry_from_config
+
+    awq = entry_from_config({**QWEN3_32B, "quantization_config": {"quant_method": "awq", "bits": 4}}, "a", "x")
+    assert awq["dtype"] == "int4"
+    other = entry_from_config({**QWEN3_32B, "quantization_config": {"quant_method": "bitsandbytes"}}, "b", "x")
+    assert other["dtype"] == "bf16" and "'bitsandbytes' is not read" in other["notes"]
+
+
 def test_new_fields_checked_in_catalogue_files(tmp_path):
     from kavier_opendc.base.errors import KavierInputError
     from kavier_opendc.specs.hf_import import entry_from_config

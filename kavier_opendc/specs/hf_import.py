@@ -290,10 +290,16 @@ def entry_from_config(cfg: Mapping[str, Any], name: str, source: str, *, origin:
         raise KavierInputError(f"{arch} config, {n} problem{'s' if n != 1 else ''}: " + "; ".join(f.problems),
                                source=where, expected="the fields of a HuggingFace config.json of this architecture")
     quant = _quant_method(cfg)
+    quant_note = None
     if quant == "fp8":
         dtype = "fp8"
     elif quant == "mxfp4":
         extra["expert_dtype"] = "mxfp4"
+    elif quant in ("awq", "gptq") and cfg["quantization_config"].get("bits") in (4, 8):
+        dtype = f"int{cfg['quantization_config']['bits']}"
+    elif quant is not None:
+        quant_note = (f"quantization_config's quant_method {quant!r} is not read: the weights are counted at "
+                      f"the config's {dtype}.")
     if head_dim is not None and (head_dim * heads != hidden or "kv_lora_rank" in extra):
         entry["head_dim"] = head_dim
     if dense_ffn and dense_ffn != ffn:
@@ -310,7 +316,7 @@ def entry_from_config(cfg: Mapping[str, Any], name: str, source: str, *, origin:
         raise KavierInputError(f"parameter count: {limits.PARAMS.above(total)}", source=where,
                                expected="the architecture numbers of a real model")
     entry["total_params"], entry["active_params"] = total, active
-    notes = engine_notes(model_from_entry(entry), cfg)
+    notes = engine_notes(model_from_entry(entry), cfg) + ([quant_note] if quant_note else [])
     stated = cfg.get("num_parameters")
     if isinstance(stated, (int, float)) and not isinstance(stated, bool) and stated > 0:
         off = abs(total - stated) / stated
