@@ -111,25 +111,40 @@ def architecture_param_count(m: ModelSpec) -> tuple[float, float]:
     """(total, active) weights from the architecture numbers alone.
 
     embeddings (+ learned positions) + lm_head unless tied
-    + layers x (attention + experts x MLP + router + 2 norms) + final norm.
+    + layers x (attention + experts x MLP + router + 2 norms) + final norm;
+    MLA attention (low-rank q, compressed KV latent), shared experts and dense layers
+    of MoE models, per-head q/k norms, router biases and attention sinks where set.
     """
-    h, hd = m.hidden_size, m.dim_head
-    q_out, kv_out = m.num_attention_heads * hd, m.num_kv_heads * hd
-    attention = h * q_out + 2 * h * kv_out + q_out * h           # q, k, v, o
-    if m.qkv_bias or m.linear_bias:
-        attention += q_out + 2 * kv_out
+    h, hd, nh = m.hidden_size, m.dim_head, m.num_attention_heads
+    if m.kv_lora_rank:
+        v, rope, qr, kvr = m.v_head_dim or hd, m.qk_rope_head_dim, m.q_lora_rank, m.kv_lora_rank
+        q_proj = (h * qr + qr + qr * nh * hd) if qr else h * nh * hd   # down, norm, up (or one matrix)
+        kv_proj = h * kvr + h * rope + kvr + kvr * nh * (hd - rope) + kvr * nh * v
+        attention = q_proj + kv_proj + nh * v * h
+    else:
+        q_out, kv_out = nh * hd, m.num_kv_heads * hd
+        attention = h * q_out + 2 * h * kv_out + q_out * h           # q, k, v, o
+        if m.qkv_bias or m.linear_bias:
+            attention += q_out + 2 * kv_out
+        if m.qk_norm:
+            attention += 2 * hd
     if m.linear_bias:
         attention += h                                         # o bias
-    mlp = (3 if m.gated_mlp else 2) * h * m.ffn_size
-    if m.linear_bias:
-        mlp += m.ffn_size + h
+    attention += nh if m.attention_sinks else 0
+    matrices = 3 if m.gated_mlp else 2
+
+    def mlp(ffn):
+        return matrices * h * ffn + ((matrices - 1) * ffn + h if m.linear_bias else 0)
+
     norm = h * (2 if m.norm == "layernorm" else 1)             # LayerNorm has a bias
-    router = h * m.num_experts if m.num_experts > 1 else 0
-    layer = attention + m.num_experts * mlp + router + 2 * norm
+    router = (h + m.router_bias) * m.num_experts if m.num_experts > 1 else 0
+    moe_layers = m.num_layers - m.dense_layers
+    moe_layer = attention + (m.num_experts + m.shared_experts) * mlp(m.ffn_size) + router + 2 * norm
+    dense_layer = attention + mlp(m.dense_ffn_size or m.ffn_size) + 2 * norm
     embeddings = m.vocab_size * h + m.learned_pos_embeddings * h
     lm_head = 0 if m.tie_word_embeddings else m.vocab_size * h
-    total = embeddings + lm_head + m.num_layers * layer + norm
-    active = total - m.num_layers * (m.num_experts - m.experts_per_token) * mlp
+    total = embeddings + lm_head + moe_layers * moe_layer + m.dense_layers * dense_layer + norm
+    active = total - moe_layers * (m.num_experts - m.experts_per_token) * mlp(m.ffn_size)
     return float(total), float(active)
 
 

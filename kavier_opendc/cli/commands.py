@@ -34,7 +34,7 @@ HELP: dict[str, str] = {
     "efficiency": "the Kavier prototype's efficiency summary, unit error fixed",
     "export-opendc": "turn a simulation's timeline into an OpenDC experiment",
     "opendc": "run an OpenDC experiment directory through the bridge",
-    "catalog": "list the built-in (and your) models and GPUs, and the serving frameworks",
+    "catalog": "list the models, GPUs and serving frameworks; import a model from its HF config.json",
     "calibrate": "fit GPU efficiency profiles to measurements; write a catalogue file",
     "bridge": "build or check the OpenDC bridge jar: kavier bridge build|check|run ...",
     "trace": "measure an OpenAI-compatible streaming endpoint (sweep or replay)",

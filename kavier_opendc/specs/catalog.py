@@ -65,10 +65,41 @@ class ModelSpec:
     linear_bias: bool = False          # bias on every linear layer (OPT)
     norm: str = "rmsnorm"              # "rmsnorm" or "layernorm" (with bias)
     learned_pos_embeddings: int = 0    # rows of a learned position table (OPT)
+    # Architecture features of the models imported from HuggingFace configs (issue 22). The defaults are
+    # "none of them", so the models above are unchanged; the parameter count (count_params) uses them all,
+    # the engine's cost model not yet (see each entry's notes).
+    dense_layers: int = 0                # MoE: layers with one dense MLP instead of experts (DeepSeek's first 3)
+    dense_ffn_size: int | None = None    # intermediate size of those dense layers (default ffn_size)
+    shared_experts: int = 0              # MoE: experts every token uses besides its top-k (DeepSeek: 1)
+    router_bias: bool = False            # one bias per expert on the router (gpt-oss; DeepSeek's score correction)
+    qk_norm: bool = False                # RMSNorm over each query and key head (Qwen3)
+    attention_sinks: bool = False        # one learned sink logit per head and layer (gpt-oss)
+    q_lora_rank: int = 0                 # MLA: rank of the query down-projection (0: one full q projection)
+    kv_lora_rank: int = 0                # MLA: rank of the compressed KV latent (0: not MLA)
+    qk_rope_head_dim: int = 0            # MLA: rotary part of each q/k head (head_dim = non-rotary + rotary)
+    v_head_dim: int | None = None        # MLA: value head size (default head_dim)
+    sliding_window: int = 0              # tokens a sliding-window layer attends to (0: none)
+    sliding_window_layers: int = 0       # how many layers use that window
+    expert_dtype: str | None = None      # precision of the expert weights when not dtype (gpt-oss: mxfp4)
+    notes: str = field(default="", compare=False)  # what the engine does not model of this model yet
 
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 1
+
+    @property
+    def is_mla(self) -> bool:
+        """Multi-head latent attention (DeepSeek-V2/V3): K and V come from one compressed latent."""
+        return self.kv_lora_rank > 0
+
+    @property
+    def attention_kind(self) -> str:
+        """'mla', 'mha' (as many KV heads as query heads), 'mqa' (one KV head) or 'gqa'."""
+        if self.is_mla:
+            return "mla"
+        if self.num_kv_heads == self.num_attention_heads:
+            return "mha"
+        return "mqa" if self.num_kv_heads == 1 else "gqa"
 
     @property
     def bytes_per_param(self) -> float:
@@ -123,6 +154,55 @@ class GPUSpec:
         return self.memory_gib * 2**30
 
 
+def count_params(m: ModelSpec) -> tuple[int, int]:
+    """(total, active) weights of ``m`` counted from its architecture numbers alone.
+
+    Embeddings (+ learned positions) + LM head unless tied + every layer's attention, MLP or experts
+    (+ router, shared experts), norms and biases + the final norm. Active: total less the routed
+    experts a token does not use (the input embedding is counted, as in the catalogue's active_params).
+    """
+    h, hd, heads = m.hidden_size, m.dim_head, m.num_attention_heads
+    if m.is_mla:
+        rope = m.qk_rope_head_dim
+        v = m.v_head_dim or hd
+        if m.q_lora_rank:   # down-projection, its RMSNorm, up-projection to every head's q
+            q = h * m.q_lora_rank + m.q_lora_rank + m.q_lora_rank * heads * hd
+        else:
+            q = h * heads * hd
+        # the latent and the shared rotary key, the latent's RMSNorm, then per head the non-rotary k and v
+        kv = h * (m.kv_lora_rank + rope) + m.kv_lora_rank + m.kv_lora_rank * heads * (hd - rope + v)
+        attention = q + kv + heads * v * h
+        if m.linear_bias:
+            attention += h
+    else:
+        q_out, kv_out = heads * hd, m.num_kv_heads * hd
+        attention = h * q_out + 2 * h * kv_out + q_out * h           # q, k, v, o
+        if m.qkv_bias or m.linear_bias:
+            attention += q_out + 2 * kv_out
+        if m.linear_bias:
+            attention += h                                         # o bias
+        if m.qk_norm:
+            attention += 2 * hd
+    if m.attention_sinks:
+        attention += heads
+    matrices = 3 if m.gated_mlp else 2
+
+    def mlp(ffn: int) -> int:
+        return matrices * h * ffn + (((matrices - 1) * ffn + h) if m.linear_bias else 0)
+
+    norm = h * (2 if m.norm == "layernorm" else 1)                 # LayerNorm has a bias
+    expert = mlp(m.ffn_size)
+    moe_layers = m.num_layers - m.dense_layers if m.is_moe else 0
+    router = h * m.num_experts + (m.num_experts if m.router_bias else 0)
+    moe_layer = attention + (m.num_experts + m.shared_experts) * expert + router + 2 * norm
+    dense_layer = attention + mlp(m.dense_ffn_size or m.ffn_size) + 2 * norm
+    embeddings = m.vocab_size * h + m.learned_pos_embeddings * h
+    lm_head = 0 if m.tie_word_embeddings else m.vocab_size * h
+    total = embeddings + lm_head + moe_layers * moe_layer + (m.num_layers - moe_layers) * dense_layer + norm
+    active = total - moe_layers * (m.num_experts - m.experts_per_token) * expert
+    return total, active
+
+
 # ---------------------------------------------------------------------------
 # Catalogue loading: built-in YAML files, user JSON/YAML files, lookups.
 # ---------------------------------------------------------------------------
@@ -134,7 +214,14 @@ CATALOG_EXTENSIONS = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
 _MODEL_INT_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads",
                      "ffn_size", "vocab_size", "head_dim", "num_experts",
-                     "experts_per_token", "max_context", "learned_pos_embeddings")
+                     "experts_per_token", "max_context", "learned_pos_embeddings", "dense_layers",
+                     "dense_ffn_size", "shared_experts", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
+                     "v_head_dim", "sliding_window", "sliding_window_layers")
+# Fields added after the first catalogue: written only when not at their default, so the catalogue
+# documents of the models that do not use them stay as they were.
+_MODEL_OPTIONAL_FIELDS = ("dense_layers", "dense_ffn_size", "shared_experts", "router_bias", "qk_norm",
+                          "attention_sinks", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "v_head_dim",
+                          "sliding_window", "sliding_window_layers", "expert_dtype", "notes")
 _MODEL_FLOAT_FIELDS = ("total_params", "active_params")
 _GPU_FLOAT_FIELDS = ("peak_fp16_tflops", "mem_bandwidth_gbs", "memory_gib", "idle_power_w",
                      "max_power_w", "price_per_hour", "interconnect_gbs", "pcie_gbs",
@@ -285,6 +372,34 @@ def _semantic_problems(data: Any) -> list[tuple[tuple, str]]:
                 if _is_num(ne) and _is_num(k) and k > ne:
                     problems.append(((section, i, "experts_per_token"),
                                      f"{k} is more than num_experts ({ne})"))
+                dense = g("dense_layers", 0)
+                layers = g("num_layers")
+                if _is_num(dense) and _is_num(layers) and dense >= layers and dense > 0:
+                    problems.append(((section, i, "dense_layers"),
+                                     f"{dense} leaves no MoE layer of num_layers ({layers})"))
+                if _is_num(dense) and dense > 0 and _is_num(ne) and ne < 2:
+                    problems.append(((section, i, "dense_layers"), "only for MoE models (num_experts >= 2)"))
+                shared = g("shared_experts", 0)
+                if _is_num(shared) and shared > 0 and _is_num(ne) and ne < 2:
+                    problems.append(((section, i, "shared_experts"), "only for MoE models (num_experts >= 2)"))
+                sw, swl = g("sliding_window", 0), g("sliding_window_layers", 0)
+                if _is_num(swl) and _is_num(layers) and swl > layers:
+                    problems.append(((section, i, "sliding_window_layers"),
+                                     f"{swl} is more than num_layers ({layers})"))
+                if _is_num(swl) and swl > 0 and _is_num(sw) and sw == 0:
+                    problems.append(((section, i, "sliding_window_layers"), "needs sliding_window"))
+                kvr, rope, hdim = g("kv_lora_rank", 0), g("qk_rope_head_dim", 0), g("head_dim")
+                mla_only = [k for k in ("q_lora_rank", "qk_rope_head_dim", "v_head_dim") if g(k)]
+                if _is_num(kvr) and kvr == 0 and mla_only:
+                    problems.append(((section, i, mla_only[0]), "an MLA field: needs kv_lora_rank (MLA)"))
+                if _is_num(kvr) and kvr > 0:
+                    if hdim is None:
+                        problems.append(((section, i, "head_dim"),
+                                         "required with MLA (kv_lora_rank): the q/k head size, rotary part "
+                                         "included"))
+                    elif _is_num(rope) and _is_num(hdim) and rope >= hdim:
+                        problems.append(((section, i, "qk_rope_head_dim"),
+                                         f"{rope} leaves no non-rotary part of head_dim ({hdim})"))
                 tot, act = g("total_params"), g("active_params")
                 if _is_num(tot) and _is_num(act) and act > tot:
                     problems.append(((section, i, "active_params"),
@@ -357,6 +472,17 @@ def _model_from_entry(entry: Mapping[str, Any]) -> ModelSpec:
     return ModelSpec(**kw)
 
 
+def model_from_entry(entry: Mapping[str, Any]) -> ModelSpec:
+    """The ModelSpec of one validated ``models`` entry (a plain dict)."""
+    return _model_from_entry(entry)
+
+
+def read_catalog_document(path: Path) -> tuple[Any, str]:
+    """A catalogue file's parsed document and its format ("json" or "yaml"); KavierInputError naming the
+    file when it cannot be read or parsed."""
+    return _read_document(path)
+
+
 def _gpu_from_entry(entry: Mapping[str, Any]) -> GPUSpec:
     kw = dict(entry)
     for name in _GPU_FLOAT_FIELDS:
@@ -382,6 +508,8 @@ def spec_to_entry(spec: ModelSpec | GPUSpec) -> dict[str, Any]:
                 out["extra"] = copy.deepcopy(value)
             continue
         if f.name == "head_dim" and value is None:
+            continue
+        if f.name in _MODEL_OPTIONAL_FIELDS and value == f.default:
             continue
         if f.name == "profile":
             continue
