@@ -6,6 +6,7 @@
     fragments.py   the export's algorithms: timeline segments -> fragments, GPU time shared among requests
     export.py      the writer: a simulation's timeline as OpenDC tasks and fragments (Parquet)
     inputs.py      every OpenDC input for one simulation, written together
+    span.py        the simulated span OpenDC would step through, refused before the JVM when too long
     carbon.py      carbon-intensity traces
     jvm.py         the JVM side: a Java >= 21, the bridge jar, its Maven build
     bridge.py      the Py4J session with the real OpenDC on the JVM (starts the jar, runs, stops it)

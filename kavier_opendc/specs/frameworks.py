@@ -141,7 +141,7 @@ class FrameworkProfile:
                 "batch_defaults": self.batch_defaults, "serving_path": self.serving_path,
                 "chunked_prefill": self.chunked_prefill, "prefix_caching": self.prefix_caching,
                 "allreduce": self.allreduce, "client_latency_s": self.client_latency_s,
-                "scheduler_steps": self.scheduler_steps,
+                **({"scheduler_steps": self.scheduler_steps} if self.scheduler_steps != 1 else {}),  # multi-step
                 "step_overhead": ("the GPU profile's" if self.step_overhead is None else
                                   {f"{g}/tp{t}": vars(o) for (g, t), o in self.step_overhead.items()}),
                 "provenance": dict(self.provenance)}
