@@ -104,6 +104,13 @@ def test_kv_bytes_per_token():
     assert cat.model("Llama-2-7B").kv_bytes_per_token == 2 * 32 * 32 * 128 * 2 == 524288
     assert cat.model("Llama-2-70B").kv_bytes_per_token == 2 * 80 * 8 * 128 * 2
     assert cat.model("Qwen2.5-7B").kv_bytes_per_token == 2 * 28 * 4 * 128 * 2
+    # MLA caches one latent per layer: kv_lora_rank + the rotary key, in the model's dtype (FP8 here)
+    ds = cat.model("DeepSeek-V3")
+    assert ds.kv_bytes_per_token == 61 * (512 + 64) * 1 == 35136
+    assert ds.kv_bytes_per_token_gpu(8) == ds.kv_bytes_per_token       # every GPU holds the whole latent
+    # GQA: KV heads split over the group, never below one head per GPU
+    l70 = cat.model("Llama-2-70B")
+    assert l70.kv_bytes_per_token_gpu(4) == 2 * 80 * 2 * 128 * 2 and l70.kv_bytes_per_token_gpu(16) == 2 * 80 * 128 * 2
     assert cat.model("Mistral-Small-24B").dim_head == 128  # explicit head_dim
 
 

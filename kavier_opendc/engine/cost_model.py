@@ -80,10 +80,6 @@ def profile_of(gpu: GPUSpec) -> GPUProfile:
     return default_catalog().profile_for(gpu)
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 class CostModel:
     """Iteration times for one model served on one GPU type with TP degree ``tp``.
 
@@ -112,10 +108,7 @@ class CostModel:
         self.overhead = overhead
         self.timer = timer = IterationTimer(model, gpu, tp, timed,
                                             vllm_allreduce=framework is None or framework.allreduce == "vllm-custom")
-        bpe = model.bytes_per_param
-        # KV heads are split over the TP group, but never below one per GPU (replicated).
-        kv_heads_per_gpu = max(1, _ceil_div(model.num_kv_heads, tp))
-        self.kv_bytes_per_token_gpu = 2.0 * model.num_layers * kv_heads_per_gpu * model.dim_head * bpe
+        self.kv_bytes_per_token_gpu = model.kv_bytes_per_token_gpu(tp)
         self.kv_bytes_per_token = self.kv_bytes_per_token_gpu * tp  # over the whole group
         self.weight_bytes = model.weight_bytes
         self._peak, self._bw = timer.peak, timer.bw

@@ -115,8 +115,21 @@ class ModelSpec:
 
     @property
     def kv_bytes_per_token(self) -> float:
-        """K and V for every layer of one token (bytes), KV cache in model dtype."""
-        return 2.0 * self.num_layers * self.num_kv_heads * self.dim_head * self.bytes_per_param
+        """The KV cache of one token over every layer (bytes, in the model's dtype), as one GPU holds it."""
+        return self.kv_bytes_per_token_gpu(1)
+
+    def kv_bytes_per_token_gpu(self, tp: int) -> float:
+        """The KV cache of one token on one GPU of a TP group of ``tp`` (bytes, every layer).
+
+        K and V of the GPU's share of the KV heads, never less than one head (a head is not split; with
+        fewer KV heads than GPUs they are replicated). MLA caches one compressed latent per token and layer,
+        ``kv_lora_rank`` values plus the shared rotary key (``qk_rope_head_dim``), not K and V per head;
+        every GPU of the group holds it whole (DeepSeek-V3: 61 x 576 values, 70 KiB in bf16, where K and V
+        of its 128 heads would be 5.7 MiB)."""
+        if self.is_mla:
+            return self.num_layers * (self.kv_lora_rank + self.qk_rope_head_dim) * self.bytes_per_param
+        kv_heads = max(1, -(-self.num_kv_heads // tp))
+        return 2.0 * self.num_layers * kv_heads * self.dim_head * self.bytes_per_param
 
 
 @dataclass(frozen=True)

@@ -334,8 +334,10 @@ def engine_notes(spec: ModelSpec, cfg: Mapping[str, Any]) -> list[str]:
     notes = []
     if spec.is_mla:
         latent = spec.kv_lora_rank + spec.qk_rope_head_dim
-        notes.append(f"MLA: the engine sizes the KV cache as K and V of {spec.num_kv_heads} heads x "
-                     f"{spec.dim_head} per layer, not the compressed latent ({latent} values per layer).")
+        notes.append(f"MLA: the KV cache is the compressed latent ({latent} values per layer and token, held "
+                     "whole by every GPU of a TP group), in the model's dtype (vLLM's default kv-cache dtype "
+                     "is the activations': bf16 for an FP8 checkpoint); attention FLOPs are those of the "
+                     "expanded form.")
     if spec.dense_layers or spec.shared_experts:
         parts = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in
                  ((spec.dense_layers, "dense layer"), (spec.shared_experts, "shared expert")) if n]

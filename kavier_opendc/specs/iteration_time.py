@@ -61,8 +61,7 @@ class IterationTimer:
         self.flops_per_body_token = 2.0 * active_body
         self.flops_per_head_token = 2.0 * head
         self.flops_per_attn_pair = 4.0 * model.num_layers * model.num_attention_heads * model.dim_head
-        kv_heads_per_gpu = max(1, -(-model.num_kv_heads // tp))
-        self.kv_bytes_per_token = 2.0 * model.num_layers * kv_heads_per_gpu * model.dim_head * bpe * tp
+        self.kv_bytes_per_token = model.kv_bytes_per_token_gpu(tp) * tp
         self.s_per_attn_pair = self.flops_per_attn_pair / (profile.attn_prefill_eff * self.peak)
         self.s_per_kv_byte = 1.0 / (profile.attn_decode_mbu * self.bw)
         self.allreduce_bytes_per_token = model.hidden_size * bpe
