@@ -418,3 +418,19 @@ def test_random_gpu_entries_round_trip_through_yaml(tmp_path, entry):
             assert getattr(spec, key) == value, key
     for alias in entry.get("aliases", []):
         assert cat.gpu(alias) is spec
+
+
+def test_moe_weight_reads_count_routed_experts_of_moe_layers_only():
+    """DeepSeek-V3: 58 of 61 layers are MoE with 256 routed experts of 3 x 7168 x 2048 (FP8, 1 byte); the 3
+    dense layers and the shared expert are read every iteration. Touched experts for T tokens with k = 8:
+    E (1 - (1 - k/E)^T): 8 for T = 1, 101.9 for T = 16, all 256 (to 1e-12) for T = 1024."""
+    from kavier_opendc.specs.iteration_time import IterationTimer
+
+    cat = default_catalog()
+    m, g = cat.model("DeepSeek-V3"), cat.gpu("H200")
+    t = IterationTimer(m, g, 8, g.profile)
+    assert t.expert_bytes == 3 * 7168 * 2048 * 58 * 256
+    assert t.shared_bytes == pytest.approx(t.body_bytes - t.expert_bytes)
+    for n, touched in ((1, 8.0), (16, 256 * (1 - (1 - 8 / 256) ** 16)), (1024, 256 * (1 - (1 - 8 / 256) ** 1024))):
+        assert t.body_read_bytes(n) == pytest.approx(t.shared_bytes + t.expert_bytes * touched / 256)
+    assert 256 * (1 - (1 - 8 / 256) ** 16) == pytest.approx(101.9, abs=0.1)

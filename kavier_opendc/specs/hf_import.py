@@ -338,11 +338,6 @@ def engine_notes(spec: ModelSpec, cfg: Mapping[str, Any]) -> list[str]:
                      "whole by every GPU of a TP group), in the model's dtype (vLLM's default kv-cache dtype "
                      "is the activations': bf16 for an FP8 checkpoint); attention FLOPs are those of the "
                      "expanded form.")
-    if spec.dense_layers or spec.shared_experts:
-        parts = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in
-                 ((spec.dense_layers, "dense layer"), (spec.shared_experts, "shared expert")) if n]
-        notes.append("The iteration time counts every layer as an MoE layer of num_experts experts; the "
-                     f"{' and the '.join(parts)} are in the parameter count only.")
     if spec.expert_dtype:
         notes.append(f"The engine holds and reads every weight at {spec.dtype}, not the experts at "
                      f"{spec.expert_dtype} as published.")

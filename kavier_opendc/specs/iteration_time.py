@@ -51,8 +51,9 @@ class IterationTimer:
         self.head_bytes = head * bpe
         self.body_bytes = body * bpe
         if model.num_experts > 1:
+            # the routed experts of the MoE layers (dense first layers and shared experts are always read)
             self.expert_bytes = ((3.0 if model.gated_mlp else 2.0) * model.hidden_size * model.ffn_size
-                                 * model.num_layers * model.num_experts * bpe)
+                                 * (model.num_layers - model.dense_layers) * model.num_experts * bpe)
             self.shared_bytes = max(0.0, self.body_bytes - self.expert_bytes)
         else:
             self.expert_bytes = 0.0
