@@ -521,7 +521,7 @@ def write_plan_outputs(plan: Plan, out: Path, summary: dict, runs: PlanRuns) -> 
                            "opendc": e.opendc, "status": e.status, "meets_slo": e.meets, "why": e.why, **e.row}
                           for e in runs.evaluations])
     for name, df in (("candidates.csv", shapes), ("evaluations.csv", evals),
-                     ("front.csv", shapes[shapes.get("on_front", pd.Series(False, index=shapes.index)) == True])):  # noqa: E712
+                     ("front.csv", shapes[shapes.get("on_front", pd.Series(False, index=shapes.index)).eq(True)])):
         tmp = out / f".{name}.tmp"
         df.to_csv(tmp, index=False)
         tmp.replace(out / name)
