@@ -57,7 +57,7 @@ from kavier_opendc.experiments.serving import DEFAULTS, Serving
 from kavier_opendc.opendc import topology as T
 from kavier_opendc.opendc.datacenter import DEFAULT_START, load_datacenter
 from kavier_opendc.reports.efficiency import LatencyTargets, Prices
-from kavier_opendc.specs import default_catalog, load_catalog_file
+from kavier_opendc.specs import Catalog, default_catalog, load_catalog_file
 
 SCHEMA_FILE = "experiment.schema.json"
 _PREFIX = knobs.BY_FIELD["prefix_cache"]
@@ -121,7 +121,7 @@ class Experiment:
     base_dir: Path                   # relative paths are resolved against it
     name: str
     seed: int
-    catalog: Any                     # Catalog
+    catalog: Catalog
     groups: list[GroupSpec]
     serving: Serving                 # normalised serving options
     trace: TraceSource
