@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import importlib.util
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -155,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         print("profiles.yaml is up to date" if same else "profiles.yaml differs from a rebuild")
         return 0 if same else 1
     write_catalog(args.out, profiles, HEADER)
-    print(f"wrote {args.out}\n")
+    print(f"wrote {args.out}")
+    if Path(args.out).resolve() == OUT.resolve():   # the catalogue snapshot follows the built-in files
+        subprocess.run([sys.executable, str(Path(__file__).with_name("build_catalog.py"))], check=True)
+    print()
     print(describe_profiles(profiles))
     for fit in cal.fits.values():
         for o, why in fit.rejected:

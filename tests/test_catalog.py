@@ -434,3 +434,30 @@ def test_moe_weight_reads_count_routed_experts_of_moe_layers_only():
     for n, touched in ((1, 8.0), (16, 256 * (1 - (1 - 8 / 256) ** 16)), (1024, 256 * (1 - (1 - 8 / 256) ** 1024))):
         assert t.body_read_bytes(n) == pytest.approx(t.shared_bytes + t.expert_bytes * touched / 256)
     assert 256 * (1 - (1 - 8 / 256) ** 16) == pytest.approx(101.9, abs=0.1)
+
+
+# ----------------------------------------------------------------- the pre-validated snapshot (issue 20)
+def test_the_committed_snapshot_is_a_rebuild_of_the_builtin_files():
+    """kavier_opendc/specs/builtin_catalog.json holds models/gpus/profiles.yaml parsed and validated;
+    `python bench/build_catalog.py` rewrites it after any of them changes."""
+    import json
+    from importlib import resources
+
+    from kavier_opendc.specs.catalog import SNAPSHOT_FILE, builtin_snapshot
+
+    committed = json.loads(resources.files("kavier_opendc.specs").joinpath(SNAPSHOT_FILE).read_text())
+    assert committed == json.loads(json.dumps(builtin_snapshot())), "run python bench/build_catalog.py"
+
+
+def test_the_snapshot_gives_the_catalogue_the_yaml_gives(monkeypatch):
+    from kavier_opendc.specs import catalog as C
+
+    docs = C._builtin_documents()
+    assert [v for _, _, v in docs] == [True, True, True]          # the snapshot matches every file
+    fast = C._builtin_catalog.__wrapped__()
+    monkeypatch.setattr(C, "SNAPSHOT_FILE", "no-such-snapshot.json")  # as for a YAML edited after the build
+    assert [v for _, _, v in C._builtin_documents()] == [False, False, False]
+    slow = C._builtin_catalog.__wrapped__()
+    assert fast.model_specs == slow.model_specs and fast.gpu_specs == slow.gpu_specs
+    assert fast.profile_specs == slow.profile_specs
+    assert {k: s.aliases for k, s in fast.model_specs.items()} == {k: s.aliases for k, s in slow.model_specs.items()}
