@@ -173,3 +173,18 @@ def test_cli_weight_only_fallback_warns(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "weight-only" in r.stderr
+
+
+def test_experiment_serving_precisions(tmp_path):
+    from kavier_opendc.experiments.experiment import load_experiment
+    from test_experiment import tiny_doc
+
+    doc = tiny_doc()
+    doc["serving"].update(weight_dtype="fp8", kv_cache_dtype="fp8", weight_only_fallback=True)
+    cfg = load_experiment(doc, base_dir=tmp_path).sim_config()
+    assert (cfg.weight_dtype, cfg.kv_cache_dtype, cfg.weight_only_fallback) == ("fp8", "fp8", True)
+    model = cfg.replica_groups()[0].model
+    assert (model.dtype, model.kv_cache_dtype) == ("fp8", "fp8")
+    doc["serving"].pop("weight_only_fallback")          # an A100: refused, naming the experiment's field
+    with pytest.raises(KavierInputError, match="serving.weight_dtype: fp8 weights on A100-80GB"):
+        load_experiment(doc, base_dir=tmp_path)
