@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -104,9 +105,12 @@ def test_kv_bytes_per_token():
     assert cat.model("Llama-2-7B").kv_bytes_per_token == 2 * 32 * 32 * 128 * 2 == 524288
     assert cat.model("Llama-2-70B").kv_bytes_per_token == 2 * 80 * 8 * 128 * 2
     assert cat.model("Qwen2.5-7B").kv_bytes_per_token == 2 * 28 * 4 * 128 * 2
-    # MLA caches one latent per layer: kv_lora_rank + the rotary key, in the model's dtype (FP8 here)
+    # MLA caches one latent per layer: kv_lora_rank + the rotary key, in the KV cache's dtype: by default the
+    # activations' (bf16 for this FP8 checkpoint, vLLM's kv_cache_dtype auto), 1 byte with an FP8 KV cache
     ds = cat.model("DeepSeek-V3")
-    assert ds.kv_bytes_per_token == 61 * (512 + 64) * 1 == 35136
+    assert ds.dtype == "fp8" and ds.kv_cache_dtype == "bf16"
+    assert ds.kv_bytes_per_token == 61 * (512 + 64) * 2 == 70272
+    assert dataclasses.replace(ds, kv_dtype="fp8").kv_bytes_per_token == 61 * (512 + 64) * 1 == 35136
     assert ds.kv_bytes_per_token_gpu(8) == ds.kv_bytes_per_token       # every GPU holds the whole latent
     # GQA: KV heads split over the group, never below one head per GPU
     l70 = cat.model("Llama-2-70B")

@@ -114,6 +114,11 @@ def test_help_documents_every_flag():
     (["--replicas", "0"], "--replicas must be >= 1"),
     (["--tp", "3"], "cannot be split evenly"),
     (["--prefix-cache", "magic"], "--prefix-cache"),
+    # precisions (issue 22): the flag is named; FP8 on an A100 is refused unless the weight-only fallback is asked
+    (["--weight-dtype", "fp5"], "--weight-dtype: unknown weight dtype 'fp5'"),
+    (["--kv-cache-dtype", "int4"], "--kv-cache-dtype: unknown KV cache dtype 'int4'"),
+    (["--weight-dtype", "fp8"], "--weight-dtype: fp8 weights on A100-80GB, which has no FP8 tensor cores"),
+    (["--weight-dtype", "nvfp4", "--gpu", "H100-SXM"], "no peak_fp4_tflops"),
 ])
 def test_bad_arguments_clear_error_no_output(tmp_path, small_trace, args, needle):
     base = {"--model": "Llama-3-8B", "--gpu": "A100-80GB", "--trace": str(small_trace),

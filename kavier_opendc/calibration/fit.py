@@ -116,7 +116,7 @@ def ideal_time(obs: Observation, gpu: GPUSpec) -> float:
         # a small KV cache is read from L2 (tens of MB), faster than HBM: no HBM bound for decode kernels
         return 0.0
     timer = IterationTimer(obs.model, gpu, obs.tp, GPUProfile(gpu.name))
-    return sum(w * s.n_tokens * timer.flops_per_body_token / timer.peak for w, s in obs.iterations)
+    return sum(w * s.n_tokens * timer.flops_per_body_token / timer.gemm_peak for w, s in obs.iterations)
 
 
 def mape(obs: list[Observation], fit: Fit, gpu: GPUSpec) -> float:

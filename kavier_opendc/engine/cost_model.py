@@ -113,7 +113,8 @@ class CostModel:
         self.weight_bytes = model.weight_bytes
         self._peak, self._bw = timer.peak, timer.bw
         # power-relevant activity per FLOP, per weight byte and per KV byte (see the module doc)
-        self._u_flop = profile.power_compute_weight / timer.peak
+        # (FLOPs against the GEMMs' peak: the FP8 peak for W8A8, else the FP16 peak, as before)
+        self._u_flop = profile.power_compute_weight / timer.gemm_peak
         self._u_wbyte = profile.power_memory_weight / timer.bw
         self._u_kvbyte = profile.power_kv_weight / timer.bw
         # Seconds per unit of attention work, per replica (all TP GPUs together).
@@ -149,7 +150,7 @@ class CostModel:
         the sampler's fp32 logits for max_num_seqs sequences.
         """
         m = self.model
-        bpe = m.bytes_per_param
+        bpe = m.bytes_per_activation   # activations are 16-bit also for FP8/INT4 weights
         activation = (max_batched_tokens * (4 * m.hidden_size + 2 * m.ffn_size / self.tp) * bpe
                       + max_num_seqs * m.vocab_size * 4.0)
         non_torch = 1.0 * 2**30

@@ -29,6 +29,10 @@ Kind = Literal["int", "float", "fraction", "count_or_inf", "choice", "name", "sw
 
 PREFIX_POLICIES = ("auto", "none", "block", "prefill", "full")
 USAGE_CHOICES = ("auto", "server", "offline")
+#: the weights' datatypes (auto: the model's catalogue dtype) and the KV cache's (auto: the activations')
+WEIGHT_DTYPES = ("auto", "fp16", "bf16", "fp8", "int8", "int4", "mxfp4", "nvfp4")
+KV_CACHE_DTYPES = ("auto", "fp16", "bf16", "fp8")
+_DTYPE_ALIASES = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8"}
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,20 @@ KNOBS: tuple[Knob, ...] = (
     _k("allow_long_max_model_len", "switch", "--allow-long-max-model-len", ("serving", "allow_long_max_model_len"),
        "accept a --max-model-len longer than the model's context window (refused otherwise, as vLLM does "
        "without VLLM_ALLOW_LONG_MAX_MODEL_LEN=1); a warning is printed", default=False),
+    _k("weight_dtype", "choice", "--weight-dtype", ("serving", "weight_dtype"),
+       "datatype of the weights: auto (default: the model's catalogue dtype), fp16, bf16, fp8, int8, int4, mxfp4 "
+       "or nvfp4; sets the weight bytes held and read; fp8 (W8A8) and mxfp4/nvfp4 compute at the GPU's FP8/FP4 "
+       "peak, int8/int4 are weight-only (GPTQ/AWQ, FP16 compute); refused on a GPU without that peak unless "
+       "--weight-only-fallback", choices=WEIGHT_DTYPES, aliases=dict(_DTYPE_ALIASES), metavar="DTYPE",
+       default="auto"),
+    _k("kv_cache_dtype", "choice", "--kv-cache-dtype", ("serving", "kv_cache_dtype"),
+       "datatype of the KV cache (vLLM --kv-cache-dtype): auto (default: the activations', bf16/fp16, also for "
+       "an FP8 checkpoint), fp16, bf16 or fp8 (fp8_e4m3/fp8_e5m2: half the bytes, twice the KV capacity)",
+       choices=KV_CACHE_DTYPES, aliases=dict(_DTYPE_ALIASES), metavar="DTYPE", default="auto"),
+    _k("weight_only_fallback", "switch", "--weight-only-fallback", ("serving", "weight_only_fallback"),
+       "run FP8/FP4 weights on a GPU without FP8/FP4 tensor cores (A100, A10; FP4 before Blackwell) weight-only, "
+       "as vLLM does with its Marlin kernels: the weights' bytes, FP16 compute; a warning is printed "
+       "(refused otherwise)", default=False),
     _k("kv_cache", "switch", "--kv-cache", ("serving", "kv_cache"),
        "'off' recomputes the whole context at every decode step (seed paper, experiment 2)", default=True),
     _k("prefix_cache", "choice", "--prefix-cache", _PC,

@@ -29,7 +29,7 @@ from kavier_opendc.engine.replica import Replica, replica_class
 from kavier_opendc.engine.request import Req
 from kavier_opendc.engine.results import FINISHED, REJECTED, Results
 from kavier_opendc.engine.router import Router, normalise_router
-from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
+from kavier_opendc.specs.catalog import GEMM_PEAK_FIELDS, GPUSpec, ModelSpec
 from kavier_opendc.specs.frameworks import FrameworkProfile, framework
 from kavier_opendc.workload.prefix import PrefixIndex
 from kavier_opendc.workload.trace import Trace
@@ -88,6 +88,9 @@ class SimConfig:
     num_kv_blocks: int | None = _d("num_kv_blocks")          # overrides the memory-derived KV capacity
     max_model_len: int | None = _d("max_model_len")          # longer requests are rejected (vLLM max_model_len)
     allow_long_max_model_len: bool = _d("allow_long_max_model_len")  # above the context window: a warning
+    weight_dtype: str = _d("weight_dtype")                   # auto: the model's catalogue dtype
+    kv_cache_dtype: str = _d("kv_cache_dtype")               # auto: the activations' dtype (bf16/fp16)
+    weight_only_fallback: bool = _d("weight_only_fallback")  # FP8/FP4 weights without that peak: FP16 compute
     groups: list[ReplicaGroup] | None = None  # heterogeneous replica groups; None = one group from above
     # disaggregated prefill/decode: the pools and link from the knobs below, or given whole (API callers)
     prefill_replicas: int | None = _d("prefill_replicas")   # both None: co-located serving
@@ -102,34 +105,53 @@ class SimConfig:
     kv_transfer_mode: str = _d("kv_transfer_mode")
     disaggregation: Disaggregation | None = None
 
+    def served_model(self, model: ModelSpec) -> ModelSpec:
+        """``model`` in the precisions served: its weights in ``weight_dtype`` (auto: its catalogue dtype) and
+        its KV cache in ``kv_cache_dtype`` (auto: the activations' dtype, as vLLM's default). Weight bytes, KV
+        bytes per token, KV capacity and the GEMMs' peak all follow from these (ModelSpec, IterationTimer)."""
+        w = knobs.BY_FIELD["weight_dtype"].normalise(self.weight_dtype)
+        kv = knobs.BY_FIELD["kv_cache_dtype"].normalise(self.kv_cache_dtype)
+        changes: dict = {}
+        if w not in (None, "auto") and w != model.dtype:
+            changes["dtype"] = w
+        if kv not in (None, "auto"):
+            changes["kv_dtype"] = kv
+        return dataclasses.replace(model, **changes) if changes else model
+
     def topology(self) -> Disaggregation | None:
-        """The disaggregated topology (None: co-located serving): ``disaggregation``, or built from the knobs."""
+        """The disaggregated topology (None: co-located serving): ``disaggregation``, or built from the knobs;
+        its pools' models in the served precisions (:meth:`served_model`)."""
         if self.disaggregation is not None:
-            return self.disaggregation
+            d = self.disaggregation
+            pre, dec = (dataclasses.replace(p, model=self.served_model(p.model)) for p in (d.prefill, d.decode))
+            return dataclasses.replace(d, prefill=pre, decode=dec)
         if self.prefill_replicas is None or self.decode_replicas is None:
             return None
         link = LinkSpec(self.kv_link_gbs, self.kv_link_latency_s, self.kv_link_setup_s, self.kv_transfer_mode)
+        model = self.served_model(self.model)
         return Disaggregation(
-            Pool(self.model, self.prefill_gpu or self.gpu, self.prefill_replicas, self.prefill_tp or self.tp,
+            Pool(model, self.prefill_gpu or self.gpu, self.prefill_replicas, self.prefill_tp or self.tp,
                  self.num_kv_blocks),
-            Pool(self.model, self.decode_gpu or self.gpu, self.decode_replicas, self.decode_tp or self.tp,
+            Pool(model, self.decode_gpu or self.gpu, self.decode_replicas, self.decode_tp or self.tp,
                  self.num_kv_blocks), link)
 
     def replica_groups(self) -> list[ReplicaGroup]:
-        """The replicas, group after group (a disaggregated topology: the prefill pool, then the decode pool)."""
+        """The replicas, group after group (a disaggregated topology: the prefill pool, then the decode pool),
+        their models in the served precisions (:meth:`served_model`)."""
         if self.groups:
-            return list(self.groups)
+            return [dataclasses.replace(g, model=self.served_model(g.model)) for g in self.groups]
         topo = self.topology()
         if topo is not None:
             return [ReplicaGroup(p.model, p.gpu, p.replicas, p.tp) for p in (topo.prefill, topo.decode)]
-        return [ReplicaGroup(self.model, self.gpu, self.replicas, self.tp)]
+        return [ReplicaGroup(self.served_model(self.model), self.gpu, self.replicas, self.tp)]
 
     def normalised(self) -> SimConfig:
         """A copy with the choices in their canonical spelling (prefix policy, scope, usage, router);
         raises :class:`KavierInputError` naming the field of an unknown one."""
         changes = {}
         for name, what in (("prefix_cache", "prefix cache policy"), ("prefix_scope", "prefix cache scope"),
-                           ("usage", "usage"), ("kv_transfer_mode", "KV transfer mode")):
+                           ("usage", "usage"), ("kv_transfer_mode", "KV transfer mode"),
+                           ("weight_dtype", "weight dtype"), ("kv_cache_dtype", "KV cache dtype")):
             knob = knobs.BY_FIELD[name]
             value = knob.normalise(getattr(self, name))
             if knob.problem(value):
@@ -159,6 +181,38 @@ class SimConfig:
         cfg._check_sizes()
         cfg._check_groups()
         cfg._check_framework()
+        cfg._check_precision()
+
+    def _precision_gaps(self) -> list[tuple[ModelSpec, GPUSpec]]:
+        """(served model, GPU) of the replica groups whose FP8/FP4 weights have no such peak on their GPU."""
+        out = []
+        for g in self.replica_groups():
+            if g.model.dtype in GEMM_PEAK_FIELDS and not g.gpu.has_gemm_peak(g.model.dtype):
+                out.append((g.model, g.gpu))
+        return out
+
+    def _check_precision(self) -> None:
+        """FP8/FP4 weights on a GPU without FP8/FP4 tensor cores: refused unless ``weight_only_fallback``.
+
+        vLLM runs an FP8 checkpoint on Ampere (no FP8 tensor cores) weight-only, dequantising in its FP8 Marlin
+        GEMM (FP8 storage, FP16 compute; vllm/model_executor/layers/quantization/fp8.py and
+        utils/marlin_utils_fp8.py, docs/features/quantization/fp8.md: "Ampere GPUs are supported for W8A16
+        (weight-only FP8) utilizing Marlin kernels"), and FP4 likewise through Marlin before Blackwell. The
+        simulator asks for that choice explicitly, so that an FP8 run on an A100 is never timed at an FP8
+        peak the GPU lacks nor silently at FP16."""
+        if self.weight_only_fallback:
+            return
+        for model, gpu in self._precision_gaps():
+            field_ = GEMM_PEAK_FIELDS[model.dtype]
+            kind = "FP8" if model.dtype == "fp8" else "FP4"
+            given = knobs.BY_FIELD["weight_dtype"].normalise(self.weight_dtype)
+            whose = "" if given not in (None, "auto") else f" ({model.name}'s catalogue dtype)"
+            raise KavierInputError(
+                f"{model.dtype} weights{whose} on {gpu.name}, which has no {kind} tensor cores (no {field_} in "
+                f"the catalogue); vLLM runs them weight-only ({model.dtype} storage, FP16 compute through its "
+                "Marlin kernels): allow that with --weight-only-fallback (serving.weight_only_fallback: true in "
+                "an experiment)", location="weight_dtype",
+                expected=f"a GPU with {field_}, a 16-bit or int8/int4 weight dtype, or the weight-only fallback")
 
     def _check_disaggregation(self) -> None:
         """A disaggregated topology: both pools, the cluster's one model, a link that carries bytes, and what
@@ -298,6 +352,11 @@ class SimConfig:
                     out.append(f"max_model_len {self.max_model_len} is longer than {g.model.name}'s context "
                                f"window of {g.model.max_context} tokens (allowed explicitly); its outputs "
                                "beyond the window would be unreliable on a real server")
+        if self.weight_only_fallback:
+            for model, gpu in self._precision_gaps():
+                out.append(f"{gpu.name} has no {'FP8' if model.dtype == 'fp8' else 'FP4'} tensor cores: "
+                           f"{model.name}'s {model.dtype} weights run weight-only (their bytes, FP16 compute), as "
+                           "vLLM's Marlin kernels do")
         return out
 
 

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 #: serving.* options passed to SimConfig as they are (the prefix-cache options go through PREFIX_OPTION_FIELDS)
 _DIRECT = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization", "usage", "num_kv_blocks",
-           "max_model_len", "allow_long_max_model_len", "router", "exact")
+           "max_model_len", "allow_long_max_model_len", "router", "exact", "weight_dtype", "kv_cache_dtype",
+           "weight_only_fallback")
 #: limits a replica group may set for itself
 GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization")
 

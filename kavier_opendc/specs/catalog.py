@@ -36,7 +36,15 @@ from kavier_opendc.specs.frameworks import (
 )
 from kavier_opendc.specs.profiles import GPUProfile, assumed_profile, profile_from_entry, profile_to_entry
 
-DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5,
+               # the 4-bit floats with their block scales: MXFP4 one 8-bit scale per 32 values (4.25 bits),
+               # NVFP4 one FP8 scale per 16 values (4.5 bits); int4 (GPTQ/AWQ) is counted without its scales
+               "mxfp4": 4.25 / 8, "nvfp4": 4.5 / 8}
+#: the datatypes activations are held in; a model stored in another (fp8, int8, int4, fp4) computes in bf16
+ACTIVATION_DTYPES = ("fp32", "fp16", "bf16")
+#: weight datatypes whose GEMMs run in that datatype on a GPU with its peak (W8A8 FP8, W4A4 FP4), and the
+#: GPUSpec field of that peak; int8/int4 (GPTQ/AWQ) are weight-only (W8A16/W4A16) and compute in FP16
+GEMM_PEAK_FIELDS = {"fp8": "peak_fp8_tflops", "mxfp4": "peak_fp4_tflops", "nvfp4": "peak_fp4_tflops"}
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,9 @@ class ModelSpec:
     sliding_window: int = 0              # tokens a sliding-window layer attends to (0: none)
     sliding_window_layers: int = 0       # how many layers use that window
     expert_dtype: str | None = None      # precision of the expert weights when not dtype (gpt-oss: mxfp4)
+    # A serving setting, not a catalogue field (engine knob kv_cache_dtype): the KV cache's datatype;
+    # None = the activations' (vLLM's kv_cache_dtype "auto": bf16 also for an FP8 checkpoint)
+    kv_dtype: str | None = None
     notes: str = field(default="", compare=False)  # what the engine does not model of this model yet
 
     @property
@@ -105,7 +116,27 @@ class ModelSpec:
 
     @property
     def bytes_per_param(self) -> float:
+        """Bytes of one weight, in the weights' datatype ``dtype``."""
         return DTYPE_BYTES[self.dtype]
+
+    @property
+    def activation_dtype(self) -> str:
+        """The activations' datatype: ``dtype`` when it is a float of 16 bits or more, else bf16 (the
+        activations of an FP8/INT8/INT4/FP4 checkpoint are 16-bit, as vLLM serves them)."""
+        return self.dtype if self.dtype in ACTIVATION_DTYPES else "bf16"
+
+    @property
+    def bytes_per_activation(self) -> float:
+        return DTYPE_BYTES[self.activation_dtype]
+
+    @property
+    def kv_cache_dtype(self) -> str:
+        """The KV cache's datatype: ``kv_dtype``, else the activations'."""
+        return self.kv_dtype or self.activation_dtype
+
+    @property
+    def bytes_per_kv_value(self) -> float:
+        return DTYPE_BYTES[self.kv_cache_dtype]
 
     @property
     def dim_head(self) -> int:
@@ -117,7 +148,7 @@ class ModelSpec:
 
     @property
     def kv_bytes_per_token(self) -> float:
-        """The KV cache of one token over every layer (bytes, in the model's dtype), as one GPU holds it."""
+        """The KV cache of one token over every layer (bytes, in the KV cache's dtype), as one GPU holds it."""
         return self.kv_bytes_per_token_gpu(1)
 
     def kv_bytes_per_token_gpu(self, tp: int) -> float:
@@ -127,11 +158,12 @@ class ModelSpec:
         fewer KV heads than GPUs they are replicated). MLA caches one compressed latent per token and layer,
         ``kv_lora_rank`` values plus the shared rotary key (``qk_rope_head_dim``), not K and V per head;
         every GPU of the group holds it whole (DeepSeek-V3: 61 x 576 values, 70 KiB in bf16, where K and V
-        of its 128 heads would be 5.7 MiB)."""
+        of its 128 heads would be 5.7 MiB). Each value takes ``bytes_per_kv_value`` bytes (the KV cache's
+        dtype, :attr:`kv_cache_dtype`)."""
         if self.is_mla:
-            return self.num_layers * (self.kv_lora_rank + self.qk_rope_head_dim) * self.bytes_per_param
+            return self.num_layers * (self.kv_lora_rank + self.qk_rope_head_dim) * self.bytes_per_kv_value
         kv_heads = max(1, -(-self.num_kv_heads // tp))
-        return 2.0 * self.num_layers * kv_heads * self.dim_head * self.bytes_per_param
+        return 2.0 * self.num_layers * kv_heads * self.dim_head * self.bytes_per_kv_value
 
 
 @dataclass(frozen=True)
@@ -151,6 +183,10 @@ class GPUSpec:
     boost_clock_mhz: float         # OpenDC coreSpeed
     num_sms: int                   # streaming multiprocessors / compute units: OpenDC coreCount
     source: str = ""
+    # dense (no sparsity) tensor peaks of the lower-precision datatypes; None: the GPU has no such tensor cores
+    peak_fp8_tflops: float | None = None   # FP8 (E4M3/E5M2): Ada, Hopper, Blackwell, CDNA 3
+    peak_fp4_tflops: float | None = None   # FP4 (NVFP4/MXFP4): Blackwell
+    peak_int8_tops: float | None = None    # INT8 tensor TOPS (catalogue data; INT8 weights run weight-only)
     extra: dict = field(default_factory=dict, compare=False)
     aliases: tuple[str, ...] = field(default=(), compare=False)
     # The efficiency profile (specs/profiles.py) the catalogue attaches on lookup.
@@ -158,7 +194,27 @@ class GPUSpec:
 
     @property
     def peak_flops(self) -> float:
+        """The dense FP16/BF16 tensor peak, FLOP/s."""
         return self.peak_fp16_tflops * 1e12
+
+    def has_gemm_peak(self, weight_dtype: str) -> bool:
+        """Whether GEMMs of weights in ``weight_dtype`` run in that datatype here (FP8/FP4 tensor cores)."""
+        name = GEMM_PEAK_FIELDS.get(weight_dtype)
+        return name is not None and getattr(self, name) is not None
+
+    def gemm_dtype(self, weight_dtype: str) -> str:
+        """The datatype the linear layers compute in for weights stored in ``weight_dtype``: fp8 (W8A8) or
+        fp4 (W4A4) where this GPU has that peak, else fp16 (weight-only: FP16/BF16 compute over the stored
+        weights, as vLLM's Marlin kernels run FP8 on Ampere and GPTQ/AWQ INT4/INT8 everywhere)."""
+        if self.has_gemm_peak(weight_dtype):
+            return "fp4" if weight_dtype in ("mxfp4", "nvfp4") else weight_dtype
+        return "fp16"
+
+    def gemm_peak_flops(self, weight_dtype: str) -> float:
+        """The dense tensor peak (FLOP/s) of the GEMMs of weights in ``weight_dtype`` (:meth:`gemm_dtype`)."""
+        if self.has_gemm_peak(weight_dtype):
+            return float(getattr(self, GEMM_PEAK_FIELDS[weight_dtype])) * 1e12
+        return self.peak_flops
 
     @property
     def mem_bandwidth(self) -> float:
@@ -241,10 +297,11 @@ _MODEL_FLOAT_FIELDS = ("total_params", "active_params")
 _GPU_FLOAT_FIELDS = ("peak_fp16_tflops", "mem_bandwidth_gbs", "memory_gib", "idle_power_w",
                      "max_power_w", "price_per_hour", "interconnect_gbs", "pcie_gbs",
                      "boost_clock_mhz")
+_GPU_OPTIONAL_FLOAT_FIELDS = ("peak_fp8_tflops", "peak_fp4_tflops", "peak_int8_tops")
 _GPU_INT_FIELDS = ("num_sms",)
 _NUMERIC_FIELDS = {
     "models": set(_MODEL_INT_FIELDS) | set(_MODEL_FLOAT_FIELDS),
-    "gpus": set(_GPU_FLOAT_FIELDS) | set(_GPU_INT_FIELDS),
+    "gpus": set(_GPU_FLOAT_FIELDS) | set(_GPU_OPTIONAL_FLOAT_FIELDS) | set(_GPU_INT_FIELDS),
 }
 # YAML 1.1 (PyYAML) reads "8.03e9" or "1e9" as strings; in numeric fields we
 # accept them as the numbers a user obviously meant (YAML 1.2 / JSON syntax).
@@ -502,6 +559,9 @@ def _gpu_from_entry(entry: Mapping[str, Any]) -> GPUSpec:
     kw = dict(entry)
     for name in _GPU_FLOAT_FIELDS:
         kw[name] = float(kw[name])
+    for name in _GPU_OPTIONAL_FLOAT_FIELDS:
+        if kw.get(name) is not None:
+            kw[name] = float(kw[name])
     for name in _GPU_INT_FIELDS:
         kw[name] = int(kw[name])
     kw["aliases"] = tuple(kw.get("aliases", ()))
@@ -526,7 +586,9 @@ def spec_to_entry(spec: ModelSpec | GPUSpec) -> dict[str, Any]:
             continue
         if f.name in _MODEL_OPTIONAL_FIELDS and value == f.default:
             continue
-        if f.name == "profile":
+        if f.name in _GPU_OPTIONAL_FLOAT_FIELDS and value is None:
+            continue
+        if f.name in ("profile", "kv_dtype"):   # kv_dtype: a serving setting, not a catalogue field
             continue
         out[f.name] = value
     return out

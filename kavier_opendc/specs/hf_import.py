@@ -335,8 +335,9 @@ def engine_notes(spec: ModelSpec, cfg: Mapping[str, Any]) -> list[str]:
     if spec.is_mla:
         latent = spec.kv_lora_rank + spec.qk_rope_head_dim
         notes.append(f"MLA: the KV cache is the compressed latent ({latent} values per layer and token, held "
-                     "whole by every GPU of a TP group), in the model's dtype (vLLM's default kv-cache dtype "
-                     "is the activations': bf16 for an FP8 checkpoint); attention FLOPs are those of the "
+                     "whole by every GPU of a TP group), in the KV cache's dtype (by default the activations': "
+                     "bf16 for an FP8 checkpoint, as vLLM's kv-cache dtype auto; fp8 with --kv-cache-dtype "
+                     "fp8); attention FLOPs are those of the "
                      "expanded form.")
     if spec.expert_dtype:
         notes.append(f"The engine holds and reads every weight at {spec.dtype}, not the experts at "

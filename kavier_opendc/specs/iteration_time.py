@@ -44,8 +44,13 @@ class IterationTimer:
     def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int, profile: GPUProfile, vllm_allreduce: bool = True):
         """``vllm_allreduce``: the software uses vLLM's custom all-reduce where it applies (else NCCL always)."""
         self.model, self.gpu, self.tp, self.profile = model, gpu, tp, profile
-        bpe = model.bytes_per_param
-        self.peak = gpu.peak_flops * tp
+        bpe = model.bytes_per_param           # the weights' datatype
+        act = model.bytes_per_activation      # the activations' (16-bit for an FP8/INT4/FP4 checkpoint)
+        self.peak = gpu.peak_flops * tp       # FP16/BF16: attention (FlashAttention runs in 16 bits)
+        # the linear layers' GEMMs: at the FP8/FP4 peak where the GPU has one for the weights' datatype
+        # (W8A8/W4A4), else at the FP16 peak (weight-only: FP8 Marlin on Ampere, GPTQ/AWQ INT4/INT8)
+        self.gemm_dtype = gpu.gemm_dtype(model.dtype)
+        self.gemm_peak = gpu.gemm_peak_flops(model.dtype) * tp
         self.bw = gpu.mem_bandwidth * tp
         body, head = model_weight_split(model)
         self.head_bytes = head * bpe
@@ -65,7 +70,7 @@ class IterationTimer:
         self.kv_bytes_per_token = model.kv_bytes_per_token_gpu(tp) * tp
         self.s_per_attn_pair = self.flops_per_attn_pair / (profile.attn_prefill_eff * self.peak)
         self.s_per_kv_byte = 1.0 / (profile.attn_decode_mbu * self.bw)
-        self.allreduce_bytes_per_token = model.hidden_size * bpe
+        self.allreduce_bytes_per_token = model.hidden_size * act
         self.allreduces = 2 * model.num_layers if tp > 1 else 0
         # an NVLink-class link (faster than the GPU's PCIe) lets vLLM use its custom all-reduce
         self.nvlink = vllm_allreduce and gpu.interconnect_gbs > gpu.pcie_gbs
@@ -73,7 +78,7 @@ class IterationTimer:
         ffn_active = model.ffn_size * (model.experts_per_token if model.num_experts > 1 else 1)
         self.layer_fixed = model.num_layers * profile.layer_fixed_s
         self.s_per_token_elementwise = (model.num_layers * profile.act_passes * (model.hidden_size + ffn_active / tp)
-                                        * bpe / (profile.gemm_mbu * gpu.mem_bandwidth))
+                                        * act / (profile.gemm_mbu * gpu.mem_bandwidth))
 
     def body_read_bytes(self, n_tokens: float) -> float:
         """Linear-layer weight bytes read for ``n_tokens`` tokens (MoE: only experts some token hits)."""
@@ -86,7 +91,8 @@ class IterationTimer:
     def body_time(self, n_tokens: float) -> float:
         """Linear layers plus the TP all-reduces: depends on the token count only."""
         p = self.profile
-        t = p.gemm_time(self.body_read_bytes(n_tokens), n_tokens * self.flops_per_body_token, self.peak, self.bw)
+        t = p.gemm_time(self.body_read_bytes(n_tokens), n_tokens * self.flops_per_body_token, self.gemm_peak,
+                        self.bw)
         t += self.layer_fixed + n_tokens * self.s_per_token_elementwise
         if self.allreduces:
             t += self.allreduces * p.allreduce_time(n_tokens * self.allreduce_bytes_per_token, self.tp,
@@ -98,7 +104,7 @@ class IterationTimer:
         p = self.profile
         t = p.overhead_fixed_s + p.overhead_per_seq_s * n_seqs
         if n_seqs > 0:
-            t += p.gemm_time(self.head_bytes, n_seqs * self.flops_per_head_token, self.peak, self.bw)
+            t += p.gemm_time(self.head_bytes, n_seqs * self.flops_per_head_token, self.gemm_peak, self.bw)
         return t
 
     def attn_time(self, attn_pairs: float, kv_tokens: float) -> float:
