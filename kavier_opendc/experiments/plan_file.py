@@ -289,7 +289,7 @@ def _shapes(cand: dict, units: tuple[int, int] = DEFAULT_REPLICAS,
             out.append(s)
     for combo in itertools.product(*axes):
         s = Shape(*combo)
-        if colocated:
+        if colocated or len(s.gpus) != 1:
             add(s)
         if not splits or len(s.gpus) != 1:
             continue   # mixes are replica groups, which the P/D engine does not take
