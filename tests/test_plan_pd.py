@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from kavier_opendc.base.errors import KavierInputError
-from kavier_opendc.experiments.plan_file import load_plan, parse_ratio, pd_splits
+from kavier_opendc.experiments.plan_file import EXAMPLE_PLAN, load_plan, parse_ratio, pd_splits
 from test_plan import bursts_plan, plan_cli
 
 BASE = {"gpu": ["A100-80GB"], "prefix_cache": ["none"], "router": ["round-robin"], "max_num_seqs": [1],
@@ -142,3 +142,9 @@ def test_bad_pd_input_is_named_by_its_path(tmp_path):
         load_plan(pd_plan(tmp_path / "link", link={"mode": "fast"}))
     with pytest.raises(KavierInputError, match=r"unknown GPU 'NoSuchGPU'"):
         load_plan(pd_plan(tmp_path / "gpu", decode_gpu=["NoSuchGPU"]))
+
+
+def test_the_readme_pd_example_is_a_valid_plan():
+    plan = load_plan(EXAMPLE_PLAN.parent / "plan_pd_example.yaml")
+    assert [s.layout for s in plan.shapes] == ["colocated", "1:3", "1:1", "3:1"]
+    assert plan.pd_link == {"gbs": 25, "mode": "layerwise"}

@@ -542,6 +542,10 @@ def write_plan_outputs(plan: Plan, out: Path, summary: dict, runs: PlanRuns) -> 
                            **e.shape.pool_sizes(e.units),
                            "opendc": e.opendc, "status": e.status, "meets_slo": e.meets, "why": e.why, **e.row}
                           for e in runs.evaluations])
+    for df in (shapes, evals):
+        for col in ("prefill_replicas", "decode_replicas"):
+            if col in df:
+                df[col] = df[col].astype("Int64")   # whole numbers, empty for co-located shapes
     for name, df in (("candidates.csv", shapes), ("evaluations.csv", evals),
                      ("front.csv", shapes[shapes.get("on_front", pd.Series(False, index=shapes.index)).eq(True)])):
         tmp = out / f".{name}.tmp"
