@@ -229,7 +229,8 @@ class PlanRuns:
 
 @dataclass
 class ShapeSearch:
-    """Bisection of one shape's smallest replica count meeting the SLOs, in [lo, hi].
+    """Bisection of one shape's smallest replica count meeting the SLOs, among ``counts`` (default lo..hi; a
+    P/D shape: the counts it has a split at).
 
     Invariant: every count <= ``bad`` misses the SLOs (``bad`` = lo - 1 before any miss); ``good`` (once
     known) meets them, and so does every larger count.
@@ -238,6 +239,7 @@ class ShapeSearch:
     shape: Shape
     lo: int
     hi: int
+    counts: list[int] = field(default_factory=list)
     bad: int = 0
     good: int | None = None
     state: str = "searching"          # searching | feasible | infeasible | invalid
@@ -246,7 +248,13 @@ class ShapeSearch:
     runs: int = 0
 
     def __post_init__(self) -> None:
+        self.counts = sorted(self.counts) or list(range(self.lo, self.hi + 1))
+        self.lo, self.hi = self.counts[0], self.counts[-1]
         self.bad = self.lo - 1
+
+    def _index(self, units: int) -> int:
+        """The position of ``units`` among the counts (-1: below them all)."""
+        return self.counts.index(units) if units in self.counts else -1
 
     def next_units(self) -> int | None:
         """The next count to try, or None when the search is over."""
@@ -254,14 +262,16 @@ class ShapeSearch:
             return None
         if self.good is None:
             return self.hi
-        if self.good - self.bad <= 1:
+        bi, gi = self._index(self.bad), self._index(self.good)
+        if gi - bi <= 1:
             self.state = "feasible"
             return None
         if self.runs == 1 and self.busy_share is not None:
             # a work-conserving guess: the GPU time the traffic needs, at full use
-            guess = max(self.bad + 1, min(self.good - 1, math.ceil(self.busy_share * self.good)))
-            return guess
-        return (self.bad + self.good) // 2
+            want = math.ceil(self.busy_share * self.good)
+            between = self.counts[bi + 1:gi]
+            return next((c for c in between if c >= want), between[-1])
+        return self.counts[(bi + gi) // 2]
 
     def record(self, ev: Evaluation) -> None:
         self.runs += 1
@@ -277,7 +287,7 @@ class ShapeSearch:
             self.good = ev.units if self.good is None else min(self.good, ev.units)
         else:
             self.bad = max(self.bad, ev.units)
-        if self.good is not None and self.good - self.bad <= 1:
+        if self.good is not None and self._index(self.good) - self._index(self.bad) <= 1:
             self.state = "feasible"
 
 
@@ -358,11 +368,11 @@ def run_plan(plan: Plan, out: Path, *, jobs: int = 2, scheduler: str | None = No
     lo, hi = plan.units
     say(f"plan {plan.name}: {len(plan.shapes)} candidate shapes x replicas {lo}..{hi}; SLOs {plan.slo.describe()}")
     runs = PlanRuns(plan, out, jobs=jobs, scheduler=scheduler, run_plots=run_plots, command=command, say=say)
-    searches = [ShapeSearch(s, lo, hi) for s in plan.shapes]
+    searches = [ShapeSearch(s, lo, hi, s.counts(lo, hi)) for s in plan.shapes]
     try:
         say("[1/3] feasibility: the smallest replica count meeting the SLOs, per shape (no OpenDC)")
         for s in searches:
-            probs = shape_problems(plan, s.shape, hi, runs.traffic(), opendc)
+            probs = shape_problems(plan, s.shape, s.hi, runs.traffic(), opendc)
             if probs:
                 s.state, s.why = "invalid", "cannot run: " + "; ".join(probs)
                 say(f"  pruned {s.shape.label}: {s.why}")
@@ -416,14 +426,17 @@ def run_plan(plan: Plan, out: Path, *, jobs: int = 2, scheduler: str | None = No
 
 
 def _shape_record(s: ShapeSearch, ev: Evaluation | None, screened: Evaluation | None) -> dict:
-    rec = {"shape": s.shape.label, "gpu": s.shape.gpu_label, "tp": s.shape.tp, "prefix_cache": s.shape.prefix_cache,
+    rec = {"shape": s.shape.label, "layout": s.shape.layout, "gpu": s.shape.gpu_label,
+           "decode_gpu": (s.shape.decode_gpu or s.shape.gpus[0][0]) if s.shape.ratio else None,
+           "tp": s.shape.tp, "prefix_cache": s.shape.prefix_cache,
            "router": s.shape.router, "max_num_seqs": s.shape.max_num_seqs,
            "max_batched_tokens": s.shape.max_batched_tokens, "status": s.state, "replicas": None, "why": s.why,
            "search_runs": s.runs, "opendc": False, "run": None}
     if s.state == "feasible":
         src = ev or screened
         rec.update(replicas=s.shape.replicas_of(s.good), units=s.good, gpus=src.row.get("gpus"),
-                   opendc=ev is not None and ev.opendc, run=src.run_id)
+                   opendc=ev is not None and ev.opendc, run=src.run_id,
+                   **s.shape.pool_sizes(s.good))
         if ev is None:
             rec["status"] = "screened out"
         for k in ("cost_per_mtoken", "wh_per_mtoken", "gco2_per_mtoken", "energy_wh", "carbon_g", "ttft_p50_s",
@@ -452,7 +465,6 @@ def _summarise(plan: Plan, searches: list[ShapeSearch], final: dict, objective, 
     scores = objective_scores(evaluated, objective) if evaluated else []
     if scores and min(scores) < math.inf:
         chosen = evaluated[scores.index(min(scores))]
-    n_units = plan.units[1] - plan.units[0] + 1
     return {
         "plan": plan.name, "source": plan.source, "slo": plan.slo.describe(), "rate": plan.rate,
         "objective": objective_name(objective), "opendc": opendc,
@@ -463,7 +475,7 @@ def _summarise(plan: Plan, searches: list[ShapeSearch], final: dict, objective, 
                         "total": len(runs.evaluations),
                         "no_opendc": sum(1 for e in runs.evaluations if not e.opendc),
                         "opendc": sum(1 for e in runs.evaluations if e.opendc),
-                        "full_grid": len(plan.shapes) * n_units},
+                        "full_grid": sum(len(s.shape.counts(*plan.units)) for s in searches)},
         "wall_s": wall_s,
     }
 
@@ -493,16 +505,24 @@ def summary_text(summary: dict) -> str:
     elif c is None:
         lines.append("no candidate meets the SLOs within the replica range (see candidates.md for why)")
     else:
-        lines.append(f"chosen ({summary['objective']}): {c['shape']}, {c['replicas']} replica(s) = {c['gpus']} GPU(s)"
+        split = (f" ({c['prefill_replicas']} prefill + {c['decode_replicas']} decode)"
+                 if c.get("prefill_replicas") else "")
+        lines.append(f"chosen ({summary['objective']}): {c['shape']}, {c['replicas']} replica(s){split} = "
+                     f"{c['gpus']} GPU(s)"
                      f": {_f(c['cost_per_mtoken'])} cost/Mtoken, {_f(c['wh_per_mtoken'])} Wh/Mtoken, "
                      f"{_f(c.get('gco2_per_mtoken'))} gCO2/Mtoken, p99 TTFT {_f(c['ttft_p99_s'])} s")
     for k, v in summary["best"].items():
         lines.append(f"best {k:<7} {v}")
     lines.append("Pareto front (cost, energy, carbon, p99 TTFT):")
-    lines.append(f"  {'shape':<44} {'replicas':>8} {'cost/Mtok':>10} {'Wh/Mtok':>9} {'gCO2/Mtok':>10} {'TTFT p99':>9}")
+    w = max([44] + [len(r["shape"]) for r in summary["shapes"] if r.get("on_front")])
+    lines.append(f"  {'shape':<{w}} {'layout':<9} {'replicas':>8} {'cost/Mtok':>10} {'Wh/Mtok':>9} {'gCO2/Mtok':>10} "
+                 f"{'TTFT p99':>9}")
     for r in summary["shapes"]:
         if r.get("on_front"):
-            lines.append(f"  {r['shape']:<44} {r['replicas']:>8} {_f(r['cost_per_mtoken']):>10} "
+            reps = (f"{r['prefill_replicas']}P+{r['decode_replicas']}D" if r.get("prefill_replicas")
+                    else str(r["replicas"]))
+            lines.append(f"  {r['shape']:<{w}} {r.get('layout', 'colocated'):<9} {reps:>8} "
+                         f"{_f(r['cost_per_mtoken']):>10} "
                          f"{_f(r['wh_per_mtoken']):>9} {_f(r.get('gco2_per_mtoken')):>10} {_f(r['ttft_p99_s']):>9}")
     lines.append(f"simulations: {sims['total']} ({sims['no_opendc']} without OpenDC, {sims['opendc']} with; "
                  f"{sims['reused']} reused from earlier runs) vs a full grid of {sims['full_grid']} OpenDC runs; "
@@ -517,9 +537,15 @@ def write_plan_outputs(plan: Plan, out: Path, summary: dict, runs: PlanRuns) -> 
     from kavier_opendc.reports import plots as P
 
     shapes = pd.DataFrame(summary["shapes"])
-    evals = pd.DataFrame([{"run": e.run_id, "shape": e.shape.label, "replicas": e.shape.replicas_of(e.units),
+    evals = pd.DataFrame([{"run": e.run_id, "shape": e.shape.label, "layout": e.shape.layout,
+                           "replicas": e.shape.replicas_of(e.units),
+                           **e.shape.pool_sizes(e.units),
                            "opendc": e.opendc, "status": e.status, "meets_slo": e.meets, "why": e.why, **e.row}
                           for e in runs.evaluations])
+    for df in (shapes, evals):
+        for col in ("prefill_replicas", "decode_replicas"):
+            if col in df:
+                df[col] = df[col].astype("Int64")   # whole numbers, empty for co-located shapes
     for name, df in (("candidates.csv", shapes), ("evaluations.csv", evals),
                      ("front.csv", shapes[shapes.get("on_front", pd.Series(False, index=shapes.index)).eq(True)])):
         tmp = out / f".{name}.tmp"
@@ -527,7 +553,8 @@ def write_plan_outputs(plan: Plan, out: Path, summary: dict, runs: PlanRuns) -> 
         tmp.replace(out / name)
     write_json_atomic(out / "plan.json", summary)
     text = summary_text(summary)
-    cols = [("shape", "shape"), ("status", "status"), ("replicas", "replicas"), ("gpus", "GPUs"),
+    cols = [("shape", "shape"), ("layout", "layout"), ("status", "status"), ("replicas", "replicas"),
+            ("prefill_replicas", "prefill"), ("decode_replicas", "decode"), ("gpus", "GPUs"),
             ("cost_per_mtoken", "cost/Mtoken"), ("wh_per_mtoken", "Wh/Mtoken"),
             ("wh_per_mtoken_estimate", "GPU Wh/Mtoken (estimate)"), ("gco2_per_mtoken", "gCO2/Mtoken"),
             ("ttft_p99_s", "TTFT p99 (s)"), ("tpot_p99_s", "TPOT p99 (s)"), ("on_front", "front"),

@@ -33,7 +33,8 @@ import dataclasses
 import itertools
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +69,20 @@ class Shape:
     router: str | None
     max_num_seqs: int | None
     max_batched_tokens: int | None
+    ratio: str | None = None            # P/D "p:d" (prefill:decode); None: co-located
+    decode_gpu: str | None = None       # the decode pool's GPU type when it differs from the prefill pool's
+    # (N, prefill replicas, decode replicas) for each searched replica count N this P/D shape exists at
+    splits: tuple[tuple[int, int, int], ...] = field(default=(), repr=False)
+
+    @property
+    def layout(self) -> str:
+        """``colocated``, or the P/D ratio (``1:3``)."""
+        return self.ratio or "colocated"
 
     @property
     def gpu_label(self) -> str:
+        if self.ratio is not None and self.decode_gpu:
+            return f"{self.gpus[0][0]}+{self.decode_gpu} decode"
         if len(self.gpus) == 1:
             return self.gpus[0][0]
         return "+".join(f"{k}x{g}" for g, k in self.gpus)
@@ -78,6 +90,8 @@ class Shape:
     @property
     def label(self) -> str:
         parts = [self.gpu_label, f"TP{self.tp}", f"prefix {self.prefix_cache}"]
+        if self.ratio:
+            parts.append(f"P/D {self.ratio}")
         if self.router:
             parts.append(self.router)
         if self.max_num_seqs:
@@ -88,18 +102,47 @@ class Shape:
 
     @property
     def slug(self) -> str:
-        text = "_".join([self.gpu_label, f"tp{self.tp}", f"pc-{self.prefix_cache}"]
+        text = "_".join([self.gpu_label.replace(" decode", ""), f"tp{self.tp}", f"pc-{self.prefix_cache}"]
+                        + ([f"pd{self.ratio.replace(':', '-')}"] if self.ratio else [])
                         + ([self.router] if self.router else [])
                         + ([f"seqs{self.max_num_seqs}"] if self.max_num_seqs else [])
                         + ([f"tok{self.max_batched_tokens}"] if self.max_batched_tokens else []))
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
     def replicas_of(self, units: int) -> int:
-        """Replicas in ``units`` copies of the mix (a single GPU type: ``units`` replicas)."""
+        """Replicas in ``units`` copies of the mix (a single GPU type, or P/D pools: ``units`` replicas)."""
         return units * sum(k for _, k in self.gpus)
 
+    def split(self, units: int) -> tuple[int, int]:
+        """(prefill, decode) replicas of a P/D shape at ``units`` replicas (KeyError: it does not exist there)."""
+        for n, p, d in self.splits:
+            if n == units:
+                return p, d
+        raise KeyError(f"{self.label} has no P/D split at {units} replicas")
+
+    def pool_sizes(self, units: int) -> dict[str, int | None]:
+        """{prefill_replicas, decode_replicas} at ``units`` (None for a co-located shape): output columns."""
+        p, d = self.split(units) if self.ratio is not None else (None, None)
+        return {"prefill_replicas": p, "decode_replicas": d}
+
+    def counts(self, lo: int, hi: int) -> list[int]:
+        """The replica counts in lo..hi this shape exists at (all, co-located; P/D: those with a split)."""
+        if self.ratio is None:
+            return list(range(lo, hi + 1))
+        return [n for n, _, _ in self.splits if lo <= n <= hi]
+
+    def replicas_per_gpu(self, units: int) -> dict[str, int]:
+        """Replicas of each GPU type at ``units`` (P/D: both pools, summed when of one type)."""
+        if self.ratio is None:
+            return {g: units * k for g, k in self.gpus}
+        p, d = self.split(units)
+        out = {self.gpus[0][0]: p}
+        dg = self.decode_gpu or self.gpus[0][0]
+        out[dg] = out.get(dg, 0) + d
+        return out
+
     def gpus_of(self, units: int) -> dict[str, int]:
-        return {g: units * k * self.tp for g, k in self.gpus}
+        return {g: r * self.tp for g, r in self.replicas_per_gpu(units).items()}
 
 
 @dataclass
@@ -141,6 +184,7 @@ class Plan:
     objective: str | dict
     near_front: float
     max_rate: dict
+    pd_link: dict | None = None         # candidates.disaggregation.link: the KV link of every P/D shape
 
     # ----------------------------------------------------------------- experiments
     def experiment(self, shape: Shape, units: int, traffic: Path, *, opendc: bool) -> dict:
@@ -154,7 +198,17 @@ class Plan:
                                "trace": str(traffic)}
         if self.workload_format and Path(traffic) == self.workload:
             doc["trace"] = {"file": str(traffic), "format": self.workload_format}
-        if len(shape.gpus) == 1:
+        if shape.ratio is not None:
+            doc["gpu"] = shape.gpus[0][0]
+            p, dd = shape.split(units)
+            dis: dict[str, Any] = {"prefill": {"replicas": p, "tp": shape.tp},
+                                   "decode": {"replicas": dd, "tp": shape.tp}}
+            if shape.decode_gpu:
+                dis["decode"]["gpu"] = shape.decode_gpu
+            if self.pd_link:
+                dis["link"] = copy.deepcopy(self.pd_link)
+            serving["disaggregation"] = dis
+        elif len(shape.gpus) == 1:
             doc["gpu"] = shape.gpus[0][0]
             serving.update(replicas=units, tp=shape.tp)
         else:
@@ -188,19 +242,21 @@ class Plan:
 
 def sized_datacenter(dc: dict, shape: Shape, units: int) -> dict:
     """The plan's datacenter with host counts sized to the shape: per GPU type, the first host group that names
-    that type (or names none) gets enough hosts for its replicas; the other groups are left out."""
+    that type (or names none) gets enough hosts for its replicas (a P/D shape: both pools' replicas of that
+    type); the other groups are left out."""
     out = copy.deepcopy(dc)
     templates = [h for h in dc.get("hosts") or [] if isinstance(h, dict)]
     hosts = []
-    for gpu, per_unit in shape.gpus:
+    per_gpu = shape.replicas_per_gpu(units)
+    for gpu, replicas in per_gpu.items():
         tmpl = next((h for h in templates if h.get("gpu") == gpu), None) \
             or next((h for h in templates if "gpu" not in h), None)
         if tmpl is None:
             continue
         h = copy.deepcopy(tmpl)
         per_host = max(1, int(h.get("gpus_per_host", 1)) // shape.tp)   # replicas a host holds whole
-        h["count"] = max(1, math.ceil(units * per_unit / per_host))
-        if len(shape.gpus) > 1:
+        h["count"] = max(1, math.ceil(replicas / per_host))
+        if len(per_gpu) > 1:
             h["gpu"] = gpu
             h["name"] = f"{h.get('name', 'node')}-{gpu}"
         hosts.append(h)
@@ -212,18 +268,90 @@ def sized_datacenter(dc: dict, shape: Shape, units: int) -> dict:
 # Loading
 # --------------------------------------------------------------------------
 
-def _shapes(cand: dict) -> list[Shape]:
+def _shapes(cand: dict, units: tuple[int, int] = DEFAULT_REPLICAS,
+            ratios: list[tuple[str, int, int]] | None = None) -> list[Shape]:
+    """The candidate shapes: the product of the candidate lists; with ``ratios`` (label, p, d), every
+    single-GPU-type shape also as a P/D shape per ratio and decode GPU (no router: the P/D engine routes by
+    itself), kept only when it has a split at some searched replica count (see :func:`pd_splits`)."""
     gpus: list[tuple[tuple[str, int], ...]] = [((g, 1),) for g in cand.get("gpu") or []]
     gpus += [tuple(sorted((str(g), int(k)) for g, k in mix.items())) for mix in cand.get("mixes") or []
              if isinstance(mix, dict)]
     axes = [gpus, cand.get("tp") or [1], cand.get("prefix_cache") or ["block"], cand.get("router") or [None],
             cand.get("max_num_seqs") or [None], cand.get("max_batched_tokens") or [None]]
+    dis = cand.get("disaggregation") if isinstance(cand.get("disaggregation"), dict) else None
+    colocated = dis is None or dis.get("colocated", True) is not False
+    splits = pd_splits([(p, d) for _, p, d in ratios], *units) if dis is not None and ratios else []
     seen, out = set(), []
-    for combo in itertools.product(*axes):
-        s = Shape(*combo)
+
+    def add(s: Shape) -> None:
         if s not in seen:
             seen.add(s)
             out.append(s)
+    for combo in itertools.product(*axes):
+        s = Shape(*combo)
+        if colocated or len(s.gpus) != 1:
+            add(s)
+        if not splits or len(s.gpus) != 1:
+            continue   # mixes are replica groups, which the P/D engine does not take
+        for decode_gpu in (dis or {}).get("decode_gpu") or [None]:
+            dg = None if decode_gpu == s.gpus[0][0] else decode_gpu
+            for (label, _, _), sp in zip(ratios or [], splits, strict=True):
+                if sp:
+                    add(dataclasses.replace(s, router=None, ratio=label, decode_gpu=dg, splits=sp))
+    return out
+
+
+def parse_ratio(text: Any) -> tuple[int, int] | str:
+    """``"p:d"`` as (p, d), or why it is not a ratio."""
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(text))
+    if not isinstance(text, str) or m is None:
+        return (f"{text!r} is not a ratio PREFILL:DECODE of whole numbers (e.g. \"1:3\": one prefill replica "
+                "for three decode replicas)")
+    p, d = int(m.group(1)), int(m.group(2))
+    if p == 0 or d == 0:
+        return f"{text!r} leaves the {'prefill' if p == 0 else 'decode'} pool empty (both sides must be at least 1)"
+    return p, d
+
+
+def pd_splits(ratios: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[tuple[int, int, int], ...]]:
+    """Per ratio p:d, the (N, prefill, decode) splits of each replica count N in lo..hi: prefill =
+    round(N p / (p + d)) (halves up), decode the rest. N is skipped for a ratio when a pool would be empty,
+    or when another ratio gives the same split and is closer to it (the first listed on a tie)."""
+    per: list[list[tuple[int, int, int]]] = [[] for _ in ratios]
+    for n in range(max(lo, 2), hi + 1):
+        owner: dict[tuple[int, int], tuple[Fraction, int]] = {}
+        for i, (a, b) in enumerate(ratios):
+            p = (2 * n * a + a + b) // (2 * (a + b))
+            if p < 1 or n - p < 1:
+                continue
+            dist = abs(Fraction(p, n) - Fraction(a, a + b))
+            if (p, n - p) not in owner or dist < owner[(p, n - p)][0]:
+                owner[(p, n - p)] = (dist, i)
+        for (p, d), (_, i) in owner.items():
+            per[i].append((n, p, d))
+    return [tuple(x) for x in per]
+
+
+def _ratios(cand: dict, problems: list) -> list[tuple[str, int, int]]:
+    """candidates.disaggregation.ratios as (label, p, d); a ratio that does not parse, or repeats another's
+    proportion, is a problem at its path."""
+    dis = cand.get("disaggregation")
+    if not isinstance(dis, dict):
+        return []
+    out: list[tuple[str, int, int]] = []
+    seen: dict[Fraction, int] = {}
+    for i, text in enumerate(dis.get("ratios") or []):
+        r = parse_ratio(text)
+        path = ("candidates", "disaggregation", "ratios", i)
+        if isinstance(r, str):
+            problems.append((path, r))
+            continue
+        share = Fraction(r[0], r[0] + r[1])
+        if share in seen:
+            problems.append((path, f"{text!r} is the same proportion as ratios[{seen[share]}]"))
+            continue
+        seen[share] = i
+        out.append((f"{r[0]}:{r[1]}", *r))
     return out
 
 
@@ -260,24 +388,57 @@ def load_plan(path: str | Path, *, opendc: bool | None = None) -> Plan:
     units = _units(cand)
     if units[0] > units[1]:
         problems.append((("candidates", "replicas"), f"min {units[0]} is above max {units[1]}"))
+    ratios = _ratios(cand, problems)
+    dis = cand.get("disaggregation")
+    fw_problem = _pd_framework_problem(doc) if isinstance(dis, dict) else None
+    if fw_problem:
+        problems.append((("candidates", "disaggregation"), fw_problem))
+    shapes = _shapes(cand, units, ratios)
+    if isinstance(dis, dict) and ratios and not any(s.ratio for s in shapes):
+        problems.append((("candidates", "disaggregation", "ratios"),
+                         f"no ratio splits any replica count in {units[0]}..{units[1]} into two non-empty pools "
+                         "(raise candidates.replicas.max)"))
     plan = Plan(data=doc, source=src, base_dir=base, name=str(doc.get("name") or p.stem), seed=int(doc.get("seed", 0)),
                 model=doc["model"], workload=workload, workload_format=traffic.get("format"),
-                rate=traffic.get("rate"), slo=slo, shapes=_shapes(cand), units=units,
+                rate=traffic.get("rate"), slo=slo, shapes=shapes, units=units,
                 objective=doc.get("objective", "cost"), near_front=float(doc.get("near_front", DEFAULT_NEAR_FRONT)),
-                max_rate=dict(doc.get("max_rate") or {}))
+                max_rate=dict(doc.get("max_rate") or {}),
+                pd_link=dict(dis["link"]) if isinstance(dis, dict) and isinstance(dis.get("link"), dict) else None)
     # every shape's experiment must be valid (catalogue names, policies, routers, a datacenter template per
     # GPU type); only errors that hold at every replica count are the file's fault
     for shape in plan.shapes:
-        exp_doc = plan.experiment(shape, units[1], workload, opendc=opendc is not False)
+        counts = shape.counts(*units)
+        if not counts:
+            continue
+        exp_doc = plan.experiment(shape, counts[-1], workload, opendc=opendc is not False)
         probs, _ = experiment_problems(exp_doc, base_dir=base, source=f"{src} [{shape.label}]",
                                        opendc=opendc is not False)
         for pth, msg in probs:
-            if _depends_on_size(pth, msg):
+            if _depends_on_size(pth, msg) or (fw_problem and shape.ratio and pth == ("serving", "framework")):
                 continue
             problems.append(((f"candidate {shape.label}: {json_path(pth)}",), msg))
     if problems:
         raise_problems(problems, src, "plan")
     return plan
+
+
+def _pd_framework_problem(doc: dict) -> str | None:
+    """Why the plan's framework (experiment.serving.framework) cannot serve P/D shapes, or None."""
+    from kavier_opendc.specs.frameworks import framework
+
+    serving = (doc.get("experiment") or {}).get("serving") if isinstance(doc.get("experiment"), dict) else None
+    name = serving.get("framework") if isinstance(serving, dict) else None
+    if not isinstance(name, str):
+        return None
+    try:
+        fw = framework(name)
+    except KavierInputError:
+        return None   # the unknown name is reported by every shape's experiment
+    if fw.policy != "vllm-v1":
+        return (f"framework {name!r} (experiment.serving.framework) cannot run disaggregated prefill/decode: "
+                "the engine models it with vLLM v1's scheduler only (use a vllm-v1 scheduler framework, or "
+                "drop candidates.disaggregation)")
+    return None
 
 
 def _depends_on_size(path: tuple, msg: str) -> bool:
@@ -288,7 +449,9 @@ def _depends_on_size(path: tuple, msg: str) -> bool:
 
 def shape_problems(plan: Plan, shape: Shape, units: int, traffic: Path, opendc: bool) -> list[str]:
     """Why the experiment of ``shape`` at ``units`` replicas cannot run (empty when it can)."""
-    doc = plan.experiment(shape, units, traffic, opendc=opendc)
+    counts = shape.counts(*plan.units)
+    doc = plan.experiment(shape, units if shape.ratio is None or units in counts else counts[-1], traffic,
+                          opendc=opendc)
     probs, _ = experiment_problems(doc, base_dir=plan.base_dir, source=plan.source, opendc=opendc)
     return [f"{json_path(p)}: {m}" for p, m in probs]
 
@@ -346,5 +509,5 @@ def _absolute_files(x: Any, base: Path) -> Any:
     return x
 
 
-__all__ = ["EXAMPLE_PLAN", "OBJECTIVES", "Plan", "SLO", "Shape", "load_plan", "shape_problems",
-           "sized_datacenter", "traffic_at"]
+__all__ = ["EXAMPLE_PLAN", "OBJECTIVES", "Plan", "SLO", "Shape", "load_plan", "parse_ratio", "pd_splits",
+           "shape_problems", "sized_datacenter", "traffic_at"]
