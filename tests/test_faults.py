@@ -441,3 +441,37 @@ def test_a_killed_simulate_overwrite_never_loses_the_earlier_files(tmp_path):
     if rc == 143:
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not earlier_path(out).exists()
+
+
+def test_replacing_puts_the_earlier_entries_back_on_any_failure_and_recovery_mends_a_cut_move(tmp_path):
+    from kavier_opendc.base.output_folder import recover_replacement, replacing
+
+    entries, files = ("report.json", "simulation", INCOMPLETE), ("report.json",)
+    out = tmp_path / "out"
+    (out / "simulation").mkdir(parents=True)
+    (out / "simulation" / "a").write_text("old sim")
+    (out / "report.json").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError), replacing(out, entries, files, first="report.json") as replaced:
+        assert replaced and not (out / "report.json").exists() and (out / INCOMPLETE).is_file()
+        (out / "simulation").mkdir()
+        (out / "simulation" / "a").write_text("new, partial")
+        raise RuntimeError("the new run failed")
+    assert (out / "report.json").read_text() == "old" and (out / "simulation" / "a").read_text() == "old sim"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.json", "simulation"]
+    assert not earlier_path(out).exists()
+    # a kill in the middle of the move aside (report.json moved, simulation not, no marker yet): all comes back
+    aside = earlier_path(out)
+    aside.mkdir()
+    (out / "report.json").rename(aside / "report.json")
+    assert "was put back" in recover_replacement(out, entries, files)
+    assert (out / "report.json").read_text() == "old" and (out / "simulation" / "a").read_text() == "old sim"
+    assert not aside.exists() and not (out / INCOMPLETE).exists()
+    # a kill after the new result was complete but before the earlier one was removed: the new one stays
+    with replacing(out, entries, files) as replaced:
+        (out / "report.json").write_text("new")
+    assert (out / "report.json").read_text() == "new" and not aside.exists()
+    aside.mkdir()
+    (aside / "report.json").write_text("old")
+    assert recover_replacement(out, entries, files) is None
+    assert (out / "report.json").read_text() == "new" and not aside.exists()

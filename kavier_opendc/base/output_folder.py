@@ -2,19 +2,20 @@
 
 The lock (:func:`output_lock`): every command that writes an ``--out`` folder (``kavier run``, ``demo``,
 ``simulate``, ``sweep``, ``plan``) holds an exclusive ``flock`` on ``<parent>/.<name>.kavier-lock`` (beside
-the folder, so it never shows up in it, and it stays put while the folder's entries are moved) for the
-whole command. A second command into the same folder fails at once (:class:`OutputInUseError`, exit 2)
-naming the folder and the holder's pid and command, and touches nothing. The kernel drops the lock when
-its process dies, however it dies (SIGKILL included); the file itself is removed on a normal exit and a
-leftover one (after SIGKILL) is simply locked again by the next command.
+the folder, so it never shows up in it, and it stays put while the folder's entries are moved; inside it, as
+``.kavier-lock``, only where the parent cannot be written) for the whole command. A second command into the
+same folder fails at once (:class:`OutputInUseError`, exit 2) naming the folder and the holder's pid and
+command, and touches nothing. The kernel drops the lock when its process dies, however it dies (SIGKILL
+included); the file itself is removed on a normal exit and a leftover one (after SIGKILL) is simply locked
+again by the next command.
 
-The replacement (:func:`replacing`): ``--overwrite`` of a complete earlier result first moves that
-result's entries (``report.json`` first) into the sibling folder ``<out>.kavier-earlier``, then marks
-``<out>`` INCOMPLETE and runs; only when the new result is complete is the earlier one removed. A
-replacement that fails or is interrupted (SIGINT, SIGTERM) puts the earlier result back before the
-command exits; one that is killed outright (SIGKILL, power loss) leaves it in ``<out>.kavier-earlier``,
-and the next command into ``<out>`` puts it back before it does anything else
-(:func:`recover_replacement`). Files in ``<out>`` that are not the command's own stay where they are.
+The replacement (:func:`replacing`): ``--overwrite`` of a complete earlier result first moves that result's
+entries (``report.json`` first) into the sibling folder ``<out>.kavier-earlier``, then marks ``<out>``
+INCOMPLETE and runs; only when the new result is complete is the earlier one removed. A replacement that fails
+or is interrupted (SIGINT, SIGTERM) puts the earlier result back before the command exits; one that is killed
+outright (SIGKILL, power loss) leaves it in ``<out>.kavier-earlier``, and the next command into ``<out>`` puts
+it back before it does anything else (:func:`recover_replacement`). Files in ``<out>`` that are not the
+command's own stay where they are.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writable_dir, current_umask
-from kavier_opendc.base.errors import KavierError
+from kavier_opendc.base.errors import KavierError, KavierInputError
 from kavier_opendc.base.interrupts import deferred
 
 LOCK_SUFFIX = ".kavier-lock"
@@ -43,9 +44,16 @@ class OutputInUseError(KavierError):
     exit_code = 2
 
 
+#: The lock's name inside the folder, where the folder's parent is not writable (a mounted volume's root)
+INNER_LOCK = LOCK_SUFFIX
+
+
 def lock_path(out: str | os.PathLike) -> Path:
-    """The lock file of output folder ``out``: ``<parent>/.<name>.kavier-lock`` (symbolic links resolved)."""
+    """The lock file of output folder ``out``: ``<parent>/.<name>.kavier-lock`` (symbolic links resolved), or
+    ``<out>/.kavier-lock`` when only the folder itself can be written."""
     out = Path(out).resolve()
+    if out.is_dir() and not os.access(out.parent, os.W_OK | os.X_OK) and os.access(out, os.W_OK | os.X_OK):
+        return out / INNER_LOCK
     return out.parent / f".{out.name}{LOCK_SUFFIX}"
 
 
@@ -77,7 +85,12 @@ def output_lock(out: str | os.PathLike, *, command: str | None = None, location:
     path = lock_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~current_umask())
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~current_umask())
+        except OSError as exc:
+            raise KavierInputError(f"cannot create the lock file {path} of output folder {out}: "
+                                   f"{exc.strerror or exc}", location=location,
+                                   expected="a writable folder, or one whose parent is writable") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -163,26 +176,28 @@ def replacing(out: str | os.PathLike, entries: tuple[str, ...], files: tuple[str
         return
     aside = earlier_path(out)
     order = ([first] if first else []) + [e for e in entries if e != first]
-    with deferred():
-        aside.mkdir()
-        for name in order:
-            if (out / name).exists() or (out / name).is_symlink():
-                os.replace(out / name, aside / name)
-        atomic_write_text(out / INCOMPLETE, f"replacing the complete result that was here (pid {os.getpid()}); "
-                          f"it is kept in {aside} until this one is complete, and comes back if this one fails "
-                          "(the next kavier command into this folder puts it back after a kill)\n")
+    started = False     # every earlier entry is aside and out is marked: what is in out from then on is new
     try:
+        with deferred():
+            aside.mkdir()
+            for name in order:
+                if (out / name).exists() or (out / name).is_symlink():
+                    os.replace(out / name, aside / name)
+            atomic_write_text(out / INCOMPLETE, f"replacing the complete result that was here (pid {os.getpid()}); "
+                              f"it is kept in {aside} until this one is complete, and comes back if this one "
+                              "fails (the next kavier command into this folder puts it back after a kill)\n")
+            started = True
         yield True
     except BaseException:
         with deferred():
-            for name in entries:
-                if name != INCOMPLETE:
+            if started:
+                for name in entries:
                     _remove(out / name)
-            for p in aside.iterdir():
-                _remove(out / p.name)
-                os.replace(p, out / p.name)
-            (out / INCOMPLETE).unlink(missing_ok=True)
-            aside.rmdir()
+            if aside.is_dir():
+                for p in aside.iterdir():
+                    _remove(out / p.name)
+                    os.replace(p, out / p.name)
+                aside.rmdir()
         raise
     with deferred():
         (out / INCOMPLETE).unlink(missing_ok=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writable_dir, write_json_atomic
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.output_folder import INNER_LOCK
 from kavier_opendc.experiments.experiment import Experiment
 from kavier_opendc.opendc.carbon import looks_like_path
 
@@ -52,7 +53,7 @@ def prepare_out_dir(out: Path) -> None:
     out = Path(out)
     check_writable_dir(out)
     if out.exists():
-        entries = [p for p in out.iterdir()]
+        entries = [p for p in out.iterdir() if p.name != INNER_LOCK]
         known = {p.name for p in entries} & set(RUN_ENTRIES)
         if entries and not known:
             raise KavierInputError(f"output folder {out} is not empty and holds no earlier kavier run",
