@@ -84,6 +84,12 @@ def test_run_is_done_needs_done_with_the_same_hash_a_report_and_no_incomplete(tm
     rf.mark_done(rd, "h1", id="run")
     assert not rf.run_is_done(rd, "h1")                      # no report.json
     (rd / "report.json").write_text("{}")
+    assert not rf.run_is_done(rd, "h1")                      # not a report, and no simulation files
+    (rd / "report.json").write_text('{"performance": {}, "efficiency": {}, "provenance": {}}')
+    (rd / "simulation").mkdir()
+    for name in ("requests.parquet", "timeline.parquet"):
+        (rd / "simulation" / name).write_bytes(b"PAR1" + bytes(8) + b"PAR1")
+    (rd / "simulation" / "summary.json").write_text("{}")
     assert rf.run_is_done(rd, "h1")
     assert not rf.run_is_done(rd, "h2")                      # another configuration
     rf.mark_incomplete(rd, "FAILED\n")
@@ -155,7 +161,8 @@ def test_prepare_out_dir_clears_an_earlier_run_and_refuses_other_folders(tmp_pat
     rf.mark_incomplete(run, "old\n")
     (run / "notes.txt").write_text("mine")
     rf.prepare_out_dir(run)
-    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    # cleared, and marked INCOMPLETE first (a kill while clearing leaves no complete-looking folder)
+    assert sorted(p.name for p in run.iterdir()) == ["INCOMPLETE", "notes.txt"]
     other = tmp_path / "other"
     other.mkdir()
     (other / "thesis.tex").write_text("x")

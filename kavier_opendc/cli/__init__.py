@@ -5,7 +5,8 @@ The work itself happens in the layers below (``experiments``, ``reports``,
 arguments into calls and results into text. A command line imports only its
 command's module (:func:`build_parser`), so ``kavier --help`` and light commands
 never load the simulator. :func:`main` prints every :class:`KavierError` as one
-paragraph without a traceback.
+paragraph without a traceback, and SIGINT or SIGTERM as one line (``kavier: interrupted (SIGTERM)``,
+exit 130 or 143) after the command's own clean-up.
 
     commands.py     the command table: each command's module and help line (all `kavier --help` reads)
     simulate.py     kavier simulate
@@ -30,6 +31,7 @@ import sys
 
 from kavier_opendc import __version__
 from kavier_opendc.base.errors import KavierError
+from kavier_opendc.base.interrupts import Interrupted, signals_as_interrupts
 from kavier_opendc.cli.commands import HELP, MODULES, chosen_command
 
 
@@ -55,18 +57,25 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; SIGINT and SIGTERM end it alike (its clean-up runs, one line, exit 130 or 143)."""
+    with signals_as_interrupts():
+        try:
+            return _main(argv)
+        except KavierError as exc:
+            msg = " ".join(str(exc).split("\n")) if "\n" not in str(exc).strip() else str(exc)
+            print(f"kavier: error: {msg}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt as exc:
+            name = exc.signame if isinstance(exc, Interrupted) else "SIGINT"
+            print(f"kavier: interrupted ({name})", file=sys.stderr)
+            return exc.exit_code if isinstance(exc, Interrupted) else 130
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return args.func(args)
-    except KavierError as exc:
-        msg = " ".join(str(exc).split("\n")) if "\n" not in str(exc).strip() else str(exc)
-        print(f"kavier: error: {msg}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("kavier: interrupted", file=sys.stderr)
-        return 130
+    return args.func(args)

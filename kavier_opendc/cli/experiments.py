@@ -16,13 +16,15 @@ from pathlib import Path
 
 from kavier_opendc.base import limits
 from kavier_opendc.base.atomic import refuse_complete_output, write_json_atomic
-from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
+from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
+from kavier_opendc.base.output_folder import output_lock, recover_replacement, replacing
 from kavier_opendc.cli import text
 from kavier_opendc.cli.args import bounded_float, positive_int
 from kavier_opendc.cli.commands import HELP
 from kavier_opendc.experiments.demo import DEMO_EXPERIMENT, copy_demo_inputs
 from kavier_opendc.experiments.experiment import load_experiment
 from kavier_opendc.experiments.pipeline import run_experiment
+from kavier_opendc.experiments.run_folder import REPORT_JSON, RUN_ENTRIES
 from kavier_opendc.experiments.sweep import load_sweep, run_sweep
 from kavier_opendc.opendc.jvm import check_opendc_available
 from kavier_opendc.reports.efficiency import prototype_efficiency_summary
@@ -49,9 +51,20 @@ def add_run_args(ap: argparse.ArgumentParser, experiment: bool = True) -> None:
 
 def _run_file(path: Path, args, command: str) -> int:
     exp = load_experiment(path, opendc=False if args.no_opendc else None)
-    refuse_complete_output(Path(args.out), ("report.json",), "run (report.json)", overwrite=args.overwrite)
-    res = run_experiment(exp, Path(args.out), opendc=False if args.no_opendc else None, plots=not args.no_plots,
-                         quiet=args.quiet, command=command)
+    out = Path(args.out)
+    with output_lock(out, command=command):
+        note = recover_replacement(out, RUN_ENTRIES, (REPORT_JSON,))
+        if note:
+            print(f"kavier: note: {note}", file=sys.stderr)
+        refuse_complete_output(out, (REPORT_JSON,), "run (report.json)", overwrite=args.overwrite)
+        with replacing(out, RUN_ENTRIES, (REPORT_JSON,), first=REPORT_JSON) as replaced:
+            try:
+                res = run_experiment(exp, out, opendc=False if args.no_opendc else None, plots=not args.no_plots,
+                                     quiet=args.quiet, command=command, partial_note=not replaced)
+            except KavierError as exc:
+                if replaced:
+                    exc.args = (f"{exc} The earlier complete run in {out} was put back unchanged.",)
+                raise
     if not args.quiet:
         print(format_run_summary(res.report, Path(args.out), res.wall_s, plots=not args.no_plots))
     return 0
@@ -129,8 +142,9 @@ def cmd_sweep(args) -> int:
     """kavier sweep SWEEP_FILE --out DIR [--jobs N]"""
     sweep = load_sweep(Path(args.sweep), opendc=False if args.no_opendc else None)
     t0 = time.perf_counter()
-    res = run_sweep(sweep, Path(args.out), jobs=args.jobs, run_plots=args.run_plots, quiet=args.quiet,
-                    retry_failed=True, command=_command_line(), scheduler=args.scheduler)
+    with output_lock(Path(args.out), command=_command_line()):
+        res = run_sweep(sweep, Path(args.out), jobs=args.jobs, run_plots=args.run_plots, quiet=args.quiet,
+                        retry_failed=True, command=_command_line(), scheduler=args.scheduler)
     if not args.quiet:
         print(res.summary_text(time.perf_counter() - t0))
     return 0 if res.failed == 0 else 3

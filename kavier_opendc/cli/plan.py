@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.output_folder import output_lock
 from kavier_opendc.cli.args import positive_int
 from kavier_opendc.cli.commands import HELP
 from kavier_opendc.experiments.plan import run_max_rate, run_plan
@@ -25,6 +26,11 @@ def cmd_plan(args) -> int:
         raise KavierInputError("give a PLAN_FILE or --example (not both)", location="PLAN_FILE")
     command = " ".join(["kavier"] + [shlex.quote(a) for a in sys.argv[1:]])
     plan = load_plan(EXAMPLE_PLAN if args.example else Path(args.plan), opendc=False if args.no_opendc else None)
+    with output_lock(Path(args.out), command=command):
+        return _plan(plan, args, command)
+
+
+def _plan(plan, args, command: str) -> int:
     if args.max_rate:
         res = run_max_rate(plan, Path(args.out), jobs=args.jobs, scheduler=args.scheduler, quiet=args.quiet,
                            run_plots=args.run_plots, command=command)

@@ -7,8 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from kavier_opendc.base.atomic import check_writable_dir, refuse_complete_output
+from kavier_opendc.base.atomic import INCOMPLETE, check_writable_dir, refuse_complete_output
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.output_folder import output_lock, recover_replacement, replacing
 from kavier_opendc.cli import text
 from kavier_opendc.cli.args import bounded_float, bounded_int, catalog_with, count_or_inf, fraction
 from kavier_opendc.cli.commands import HELP
@@ -85,6 +86,12 @@ def cmd_simulate(args) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
     check_writable_dir(out)
+    with output_lock(out):
+        return _simulate(args, out, t0)
+
+
+def _simulate(args, out: Path, t0: float) -> int:
+    """cmd_simulate holding --out's lock."""
     cat = catalog_with(args.catalog)
     model, gpu = cat.model(args.model), cat.gpu(args.gpu)
     values = {k.field: getattr(args, k.field) for k in knobs.KNOBS if k.flag}
@@ -97,6 +104,9 @@ def cmd_simulate(args) -> int:
         cfg = SimConfig(model=model, gpu=gpu, **values)
         cfg.validate()
         # the settings' own errors first; then a complete earlier result in --out, before any work
+        note = recover_replacement(out, FILES + (INCOMPLETE,), FILES)
+        if note:
+            print(f"kavier: note: {note}", file=sys.stderr)
         refuse_complete_output(out, FILES, "simulation (requests.parquet, timeline.parquet, summary.json)",
                                overwrite=args.overwrite)
         names = [(f"--{f.replace('_', '-')}", getattr(args, f), "model" if f == "model" else "gpu")
@@ -109,7 +119,8 @@ def cmd_simulate(args) -> int:
         result = simulate(trace, cfg, progress=False if args.quiet else None)
     except KavierInputError as exc:
         raise _as_flags(exc) from None
-    summary = write_simulation(result, out)
+    with replacing(out, FILES + (INCOMPLETE,), FILES, first="summary.json"):  # the earlier one kept until then
+        summary = write_simulation(result, out)
     if not args.quiet:
         print(format_summary(summary, out, time.perf_counter() - t0))
     return 0

@@ -205,13 +205,16 @@ class RunResult:
 
 def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | None = None, plots: bool = True,
                    quiet: bool = False, bridge=None, command: str | None = None, trace=None,
-                   stages: Stages | None = None, bridge_info: dict | None = None) -> RunResult:
+                   stages: Stages | None = None, bridge_info: dict | None = None,
+                   partial_note: bool = True) -> RunResult:
     """Run an experiment end to end into ``out`` (see the module docstring).
 
     ``opendc``: override the experiment's ``opendc.enabled``; ``bridge``: an
     open :class:`OpenDCBridge` to reuse (sweeps), else one is started for the
     run; ``trace``: an already loaded trace (else it is loaded here, before the
-    output folder is touched).
+    output folder is touched); ``partial_note``: a failure after the simulation
+    says that its results are kept (False when the caller removes them: a
+    replacement that fails puts the earlier run back).
     """
 
     t_start = time.perf_counter()
@@ -249,12 +252,12 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
     except BaseException as exc:
         what = st.current or "run"
         if isinstance(exc, KeyboardInterrupt):
-            text = "interrupted (KeyboardInterrupt)"
+            text = f"interrupted ({str(exc) or 'KeyboardInterrupt'})"
         elif isinstance(exc, KavierError):
             text = str(exc)
         else:
             text = "".join(traceback.format_exception(exc)).strip()
-        kept = _kept_performance_results(out, what)
+        kept = _kept_performance_results(out, what) if partial_note else ""
         try:
             mark_incomplete(out, f"kavier run FAILED during stage '{what}' at {_utc_now()}:\n{text}\n\n"
                                + (kept + "\n" if kept else "")

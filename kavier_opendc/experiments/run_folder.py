@@ -14,7 +14,8 @@ This module owns:
 - the hashes: :func:`sha256_file`, :func:`config_hash` (what a ``DONE``
   marker holds) and :func:`run_key` (the short hash a sweep names a run's
   folder by, also in its ``DONE`` marker: :func:`recorded_key`);
-- :func:`run_is_done`: a finished run a sweep or plan may reuse;
+- :func:`run_is_done`: a finished run a sweep or plan may reuse, its files verified
+  (:func:`run_done_problem` says what is wrong with one that is not);
 - the experiment as run (:func:`absolutized`, :func:`write_experiment_copy`):
   ``DIR/experiment.json`` with every path absolute.
 """
@@ -24,12 +25,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writable_dir, write_json_atomic
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.output_folder import INNER_LOCK
 from kavier_opendc.experiments.experiment import Experiment
 from kavier_opendc.opendc.carbon import looks_like_path
 
@@ -50,13 +53,15 @@ def prepare_out_dir(out: Path) -> None:
     out = Path(out)
     check_writable_dir(out)
     if out.exists():
-        entries = [p for p in out.iterdir()]
+        entries = [p for p in out.iterdir() if p.name != INNER_LOCK]
         known = {p.name for p in entries} & set(RUN_ENTRIES)
         if entries and not known:
             raise KavierInputError(f"output folder {out} is not empty and holds no earlier kavier run",
                                    location="--out", expected="a new or empty folder, or one written by kavier run")
+        if known:  # marked first: a kill while the earlier run is cleared leaves no complete-looking folder
+            mark_incomplete(out, f"kavier run: clearing an earlier run (pid {os.getpid()})\n")
         for p in entries:
-            if p.name in RUN_ENTRIES:
+            if p.name in RUN_ENTRIES and p.name != INCOMPLETE:
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p)
                 else:
@@ -98,14 +103,59 @@ def clear_done(run_dir: Path) -> None:
 
 
 def run_is_done(run_dir: Path, config_hash: str) -> bool:
-    """A finished run: DONE marker with the same configuration hash, report.json, no INCOMPLETE."""
+    """A finished run a sweep or plan may reuse (:func:`run_done_problem` finds nothing wrong with it)."""
+    return run_done_problem(run_dir, config_hash) is None
+
+
+#: The files a finished run must hold whole (besides report.json): the simulation's outputs.
+SIMULATION_FILES = ("simulation/requests.parquet", "simulation/timeline.parquet", "simulation/summary.json")
+
+
+def run_done_problem(run_dir: Path, config_hash: str) -> str | None:
+    """Why ``run_dir`` is not a finished run of configuration ``config_hash`` (None: it is one): no DONE
+    marker, another hash, an INCOMPLETE marker, or a file it must hold missing, empty or cut short
+    (report.json and the simulation's summary.json must parse, the Parquet files end with their footer)."""
+    run_dir = Path(run_dir)
     marker = run_dir / DONE
-    if not marker.is_file() or is_incomplete(run_dir) or not (run_dir / REPORT_JSON).is_file():
-        return False
+    if not marker.is_file():
+        return "no DONE marker"
+    if is_incomplete(run_dir):
+        return "INCOMPLETE"
     try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("config_hash") == config_hash
-    except (OSError, json.JSONDecodeError):
-        return False
+        if json.loads(marker.read_text(encoding="utf-8")).get("config_hash") != config_hash:
+            return "another configuration"
+    except (OSError, ValueError, AttributeError):
+        return "unreadable DONE marker"
+    for name in (REPORT_JSON, *SIMULATION_FILES):
+        problem = _file_problem(run_dir / name)
+        if problem:
+            return f"{name} {problem}"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    """What is wrong with one output file (None: it looks whole)."""
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            return "is not a file"
+        if size == 0:
+            return "is empty"
+        if path.suffix == ".parquet":
+            with open(path, "rb") as fh:
+                head = fh.read(4)
+                fh.seek(max(0, size - 4))
+                tail = fh.read(4)
+            return None if size >= 12 and head == tail == b"PAR1" else "is cut short (no Parquet footer)"
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "is missing"
+    except (OSError, ValueError) as exc:
+        return f"is unreadable or cut short ({type(exc).__name__})"
+    if path.name == REPORT_JSON and not (isinstance(data, dict)
+                                         and all(k in data for k in ("performance", "efficiency", "provenance"))):
+        return "lacks a report's sections"
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -210,5 +260,6 @@ def write_experiment_copy(out: Path, exp: Experiment) -> None:
 
 __all__ = ["DONE", "EXPERIMENT_COPY", "INCOMPLETE", "REPORT_JSON", "RUN_ENTRIES", "RUN_KEY_LENGTH",
            "absolutized", "clear_done", "clear_incomplete", "config_hash", "is_incomplete", "mark_done",
-           "mark_failed_run", "mark_incomplete", "prepare_out_dir", "recorded_key", "run_is_done", "run_key",
+           "mark_failed_run", "mark_incomplete", "prepare_out_dir", "recorded_key", "run_done_problem", "run_is_done",
+           "run_key", "SIMULATION_FILES",
            "sha256_file", "write_experiment_copy"]

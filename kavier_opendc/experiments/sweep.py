@@ -30,7 +30,9 @@ Resuming: a finished run gets a marker ``DIR/runs/<id>/DONE`` holding its run
 key and a hash of its configuration (the experiment document and its input
 files' bytes). A restarted sweep skips runs whose marker matches and redoes
 the others (interrupted runs have no marker, failed ones an ``INCOMPLETE``);
-so adding a value to an axis runs only the new configurations, reordering
+a run marked DONE whose files are not whole (report.json or a simulation file missing, empty or cut
+short: ``run_folder.run_done_problem``) runs again, with a note; so adding a value to an axis runs only
+the new configurations, reordering
 values runs nothing, and an edited input file reruns its runs in the same
 folders. Folders of configurations no longer in the sweep (a removed value)
 are kept, named in a printed note and in ``sweep.json`` (``stale_runs``), and
@@ -77,6 +79,7 @@ from kavier_opendc.experiments.run_folder import (
     mark_done,
     mark_incomplete,
     recorded_key,
+    run_done_problem,
     run_is_done,
     run_key,
 )
@@ -84,6 +87,8 @@ from kavier_opendc.opendc.jvm import check_opendc_available
 from kavier_opendc.reports.report import fmt
 
 SCHEMA_FILE = "sweep.schema.json"
+#: run_done_problem's answers for a run that never finished (anything else: a DONE run whose files are not whole)
+_NOT_FINISHED = ("no DONE marker", "INCOMPLETE", "another configuration", "unreadable DONE marker")
 LOG = "sweep_log.jsonl"
 
 TABLE_COLUMNS = [
@@ -319,14 +324,18 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
         "runs": [{"id": r.id, "key": r.key, "folder": f"runs/{r.id}", "labels": r.labels, "overrides": r.overrides,
                   "config_hash": r.config_hash} for r in sweep.runs],
         "stale_runs": stale})
-    todo, skipped = [], []
-    for r in sweep.runs:
-        (skipped if run_is_done(out / "runs" / r.id, r.config_hash) else todo).append(r)
-    res = SweepResult(out, None, skipped=len(skipped), stale=stale)
-
     def say(text: str) -> None:
         if not quiet:
             print(text, file=sys.stderr, flush=True)
+
+    todo, skipped = [], []
+    for r in sweep.runs:
+        problem = run_done_problem(out / "runs" / r.id, r.config_hash)
+        (skipped if problem is None else todo).append(r)
+        if problem is not None and problem not in _NOT_FINISHED:   # marked DONE, but its files are not whole
+            _log(out, event="redo", id=r.id, reason=problem)
+            say(f"note: run {r.id} is marked DONE but its {problem}: running it again")
+    res = SweepResult(out, None, skipped=len(skipped), stale=stale)
 
     for r in skipped:
         _log(out, event="skip", id=r.id)

@@ -1,0 +1,208 @@
+"""One command per output folder, and replacing a complete result without ever losing it.
+
+The lock (:func:`output_lock`): every command that writes an ``--out`` folder (``kavier run``, ``demo``,
+``simulate``, ``sweep``, ``plan``) holds an exclusive ``flock`` on ``<parent>/.<name>.kavier-lock`` (beside
+the folder, so it never shows up in it, and it stays put while the folder's entries are moved; inside it, as
+``.kavier-lock``, only where the parent cannot be written) for the whole command. A second command into the
+same folder fails at once (:class:`OutputInUseError`, exit 2) naming the folder and the holder's pid and
+command, and touches nothing. The kernel drops the lock when its process dies, however it dies (SIGKILL
+included); the file itself is removed on a normal exit and a leftover one (after SIGKILL) is simply locked
+again by the next command.
+
+The replacement (:func:`replacing`): ``--overwrite`` of a complete earlier result first moves that result's
+entries (``report.json`` first) into the sibling folder ``<out>.kavier-earlier``, then marks ``<out>``
+INCOMPLETE and runs; only when the new result is complete is the earlier one removed. A replacement that fails
+or is interrupted (SIGINT, SIGTERM) puts the earlier result back before the command exits; one that is killed
+outright (SIGKILL, power loss) leaves it in ``<out>.kavier-earlier``, and the next command into ``<out>`` puts
+it back before it does anything else (:func:`recover_replacement`). Files in ``<out>`` that are not the
+command's own stay where they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writable_dir, current_umask
+from kavier_opendc.base.errors import KavierError, KavierInputError
+from kavier_opendc.base.interrupts import deferred
+
+LOCK_SUFFIX = ".kavier-lock"
+EARLIER_SUFFIX = ".kavier-earlier"
+
+
+class OutputInUseError(KavierError):
+    """Another kavier command holds the output folder's lock."""
+
+    exit_code = 2
+
+
+#: The lock's name inside the folder, where the folder's parent is not writable (a mounted volume's root)
+INNER_LOCK = LOCK_SUFFIX
+
+
+def lock_path(out: str | os.PathLike) -> Path:
+    """The lock file of output folder ``out``: ``<parent>/.<name>.kavier-lock`` (symbolic links resolved), or
+    ``<out>/.kavier-lock`` when only the folder itself can be written."""
+    out = Path(out).resolve()
+    if out.is_dir() and not os.access(out.parent, os.W_OK | os.X_OK) and os.access(out, os.W_OK | os.X_OK):
+        return out / INNER_LOCK
+    return out.parent / f".{out.name}{LOCK_SUFFIX}"
+
+
+def earlier_path(out: str | os.PathLike) -> Path:
+    """Where a replacement keeps the earlier complete result until the new one is complete."""
+    out = Path(out).resolve()
+    return out.parent / f"{out.name}{EARLIER_SUFFIX}"
+
+
+def _holder(fd: int) -> str:
+    """The lock holder's own description of itself (written right after it took the lock)."""
+    for _ in range(20):
+        try:
+            data = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "null")
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict):
+            return (f"pid {data.get('pid')}: {data.get('command') or 'kavier'}, "
+                    f"since {data.get('since') or 'an unknown time'}")
+        time.sleep(0.05)
+    return "pid unknown"
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike, *, command: str | None = None, location: str = "--out") -> Iterator[Path]:
+    """Hold the exclusive lock of output folder ``out`` while inside (see the module docstring)."""
+    out = Path(out)
+    check_writable_dir(out, location)
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~current_umask())
+        except OSError as exc:
+            raise KavierInputError(f"cannot create the lock file {path} of output folder {out}: "
+                                   f"{exc.strerror or exc}", location=location,
+                                   expected="a writable folder, or one whose parent is writable") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise OutputInUseError(
+                f"{location}: output folder {out.resolve()} is in use by another kavier command ({holder}), "
+                f"which holds its lock {path}; nothing was changed (expected: wait until that command ends, "
+                f"or another {location})") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # the previous holder removes the file as it ends: a lock on a removed file is no lock
+        try:
+            st, now = os.fstat(fd), os.stat(path)
+            same = (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        text = json.dumps({"pid": os.getpid(), "command": command or " ".join(["kavier"] + sys.argv[1:]),
+                           "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "folder": str(out.resolve())})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text.encode("utf-8"), 0)
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)      # while still holding it: whoever opens it next finds a new file
+        os.close(fd)
+
+
+def holds_complete(out: Path, files: tuple[str, ...]) -> bool:
+    """``out`` holds a complete result: all of ``files`` and no INCOMPLETE marker."""
+    out = Path(out)
+    return out.is_dir() and not (out / INCOMPLETE).exists() and all((out / f).is_file() for f in files)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+def recover_replacement(out: str | os.PathLike, entries: tuple[str, ...], files: tuple[str, ...]) -> str | None:
+    """Put right a replacement that was killed outright (call it holding the lock): when ``<out>`` is complete
+    the replacement had finished, and the earlier result is removed; otherwise the replacement's partial
+    entries go and the earlier result comes back. Returns a note saying what was done (None: nothing)."""
+    out = Path(out)
+    aside = earlier_path(out)
+    if not aside.is_dir():
+        return None
+    if holds_complete(out, files):
+        shutil.rmtree(aside)
+        return None
+    with deferred():
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / INCOMPLETE).exists():   # the replacement had started: every entry of ours in out is its
+            for name in entries:
+                if name != INCOMPLETE:
+                    _remove(out / name)
+        for p in aside.iterdir():
+            _remove(out / p.name)
+            os.replace(p, out / p.name)
+        (out / INCOMPLETE).unlink(missing_ok=True)   # an earlier complete result has none
+        aside.rmdir()
+    return (f"the earlier complete result in {out}, moved aside to {aside} by a replacement that did not "
+            "finish, was put back")
+
+
+@contextlib.contextmanager
+def replacing(out: str | os.PathLike, entries: tuple[str, ...], files: tuple[str, ...], *,
+              first: str | None = None) -> Iterator[bool]:
+    """Replace the complete result in ``out`` (its ``files``, no INCOMPLETE) by what the block writes; yields
+    whether there was one. Its ``entries`` (``first`` moved first, so ``out`` is never complete-looking in
+    between) go to ``<out>.kavier-earlier``; ``out`` is marked INCOMPLETE; the earlier entries are removed
+    when the block ends normally (the INCOMPLETE marker too) and put back when it raises."""
+    out = Path(out)
+    if not holds_complete(out, files):
+        yield False
+        return
+    aside = earlier_path(out)
+    order = ([first] if first else []) + [e for e in entries if e != first]
+    started = False     # every earlier entry is aside and out is marked: what is in out from then on is new
+    try:
+        with deferred():
+            aside.mkdir()
+            for name in order:
+                if (out / name).exists() or (out / name).is_symlink():
+                    os.replace(out / name, aside / name)
+            atomic_write_text(out / INCOMPLETE, f"replacing the complete result that was here (pid {os.getpid()}); "
+                              f"it is kept in {aside} until this one is complete, and comes back if this one "
+                              "fails (the next kavier command into this folder puts it back after a kill)\n")
+            started = True
+        yield True
+    except BaseException:
+        with deferred():
+            if started:
+                for name in entries:
+                    _remove(out / name)
+            if aside.is_dir():
+                for p in aside.iterdir():
+                    _remove(out / p.name)
+                    os.replace(p, out / p.name)
+                aside.rmdir()
+        raise
+    with deferred():
+        (out / INCOMPLETE).unlink(missing_ok=True)
+        shutil.rmtree(aside)
+
+
+__all__ = ["EARLIER_SUFFIX", "LOCK_SUFFIX", "OutputInUseError", "earlier_path", "holds_complete", "lock_path",
+           "output_lock", "recover_replacement", "replacing"]
