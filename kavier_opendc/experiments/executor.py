@@ -38,6 +38,7 @@ finish and failure goes to the caller's log.
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import io
 import logging
@@ -53,8 +54,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from distributed.diagnostics.plugin import WorkerPlugin
 
 from kavier_opendc.base.atomic import public_mode
 from kavier_opendc.base.errors import KavierError, KavierRuntimeError
@@ -167,19 +166,35 @@ def _prestart_bridge() -> None:
         pass
 
 
-class BridgeOwner(WorkerPlugin):
-    """Owns the worker's OpenDC JVM: with ``prestart``, boots it in the background as the worker joins (so it
-    is up, or nearly, when the first run needs it); closes it when the worker shuts down."""
+@functools.cache
+def _bridge_owner_class() -> type:
+    """The worker plugin class :data:`BridgeOwner`, made on first use: distributed is imported by sweeps and
+    plans only, never by a plain `kavier run` (it costs about half a second)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
 
-    def __init__(self, prestart: bool = False):
-        self.prestart = prestart
+    class BridgeOwner(WorkerPlugin):
+        """Owns the worker's OpenDC JVM: with ``prestart``, boots it in the background as the worker joins (so
+        it is up, or nearly, when the first run needs it); closes it when the worker shuts down."""
 
-    def setup(self, worker) -> None:  # noqa: ARG002 - Dask's signature
-        if self.prestart:
-            threading.Thread(target=_prestart_bridge, name="kavier-bridge-prestart", daemon=True).start()
+        def __init__(self, prestart: bool = False):
+            self.prestart = prestart
 
-    def teardown(self, worker) -> None:  # noqa: ARG002 - Dask's signature
-        close_worker_bridge()
+        def setup(self, worker) -> None:  # noqa: ARG002 - Dask's signature
+            if self.prestart:
+                threading.Thread(target=_prestart_bridge, name="kavier-bridge-prestart", daemon=True).start()
+
+        def teardown(self, worker) -> None:  # noqa: ARG002 - Dask's signature
+            close_worker_bridge()
+
+    # pickled by reference, as kavier_opendc.experiments.executor.BridgeOwner (module __getattr__ below)
+    BridgeOwner.__module__, BridgeOwner.__qualname__ = __name__, "BridgeOwner"
+    return BridgeOwner
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BridgeOwner":
+        return _bridge_owner_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def file_sha256(path: Path) -> str:
@@ -421,7 +436,7 @@ class RunExecutor:
                     f"could not start the local Dask cluster of {self.jobs} worker process(es): {_root_cause(exc)}. "
                     "Check the Dask configuration (DASK_* environment variables, ~/.config/dask) and that this "
                     "Python environment can start new processes; nothing was run") from None
-        self.client.register_plugin(BridgeOwner(self.prestart_opendc), name=PLUGIN_NAME)
+        self.client.register_plugin(_bridge_owner_class()(self.prestart_opendc), name=PLUGIN_NAME)
         self.client.subscribe_topic(TOPIC, self._on_event)
         self._as_completed = as_completed()
         return self
