@@ -21,6 +21,7 @@ bridge-lite:      ## only on request: the gateway WITHOUT OpenDC, for developing
 
 test: setup       ## the whole test suite: the bridge's JUnit tests (in 'setup'), ruff, mypy and pytest
 	$(PYTHON) -m ruff check kavier_opendc tests bench
+	$(PYTHON) -m ruff format --check kavier_opendc tests bench
 	$(PYTHON) -m mypy
 	$(PYTHON) -m pytest
 

@@ -67,12 +67,26 @@ def inference_perf_points(variants: list[str], data: Path = DATA) -> list:
             if r["variant"] not in variants:
                 continue
             seqs = re.search(r"max-num-seqs=(\d+)", r["config"])
-            out.append(LoadPoint(INFERENCE_PERF, f"{r['variant']} stage {r['stage']}", r["variant"], "Llama-3-8B",
-                                 "H100-SXM", 1,
-                                 float(r["requested_rate_rps"]), float(r["achieved_rate_rps"]),
-                                 round(float(r["prompt_len_mean"])), round(float(r["output_len_mean"])),
-                                 float(r["ttft_mean_s"]), float(r["e2e_mean_s"]), 60.0,
-                                 int(seqs.group(1)) if seqs else None, None, int(r["max_model_len"])))
+            out.append(
+                LoadPoint(
+                    INFERENCE_PERF,
+                    f"{r['variant']} stage {r['stage']}",
+                    r["variant"],
+                    "Llama-3-8B",
+                    "H100-SXM",
+                    1,
+                    float(r["requested_rate_rps"]),
+                    float(r["achieved_rate_rps"]),
+                    round(float(r["prompt_len_mean"])),
+                    round(float(r["output_len_mean"])),
+                    float(r["ttft_mean_s"]),
+                    float(r["e2e_mean_s"]),
+                    60.0,
+                    int(seqs.group(1)) if seqs else None,
+                    None,
+                    int(r["max_model_len"]),
+                )
+            )
     return out
 
 
@@ -85,35 +99,48 @@ def _replace_block(text: str, name: str, lines: str) -> str:
 
 def rebuild(text: str, data: Path = DATA) -> tuple[str, list[str]]:
     """``text`` with every fitted block refitted, and the error table's lines."""
-    table = ["| framework | source | GPU | TP | rows | MAPE | fixed ms/step | us/sequence |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    table = [
+        "| framework | source | GPU | TP | rows | MAPE | fixed ms/step | us/sequence |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     cat = default_catalog()
     for name, files in SOURCES.items():
         fit = fit_framework([data / f for f in files], cat)
         text = _replace_block(text, name, "\n".join(entry_line(r) for r in overhead_entries(fit)))
         for (src, gpu, tp), err in fit.mape().items():
             o = fit.overheads[(gpu, tp)]
-            table.append(f"| {name} | {src} | {gpu} | {tp} | {len(fit.errors[(src, gpu, tp)])} | {100 * err:.1f} % "
-                         f"| {1e3 * o.fixed_s:.2f} | {1e6 * o.per_seq_s:.0f} |")
+            table.append(
+                f"| {name} | {src} | {gpu} | {tp} | {len(fit.errors[(src, gpu, tp)])} | {100 * err:.1f} % "
+                f"| {1e3 * o.fixed_s:.2f} | {1e6 * o.per_seq_s:.0f} |"
+            )
         for src, line, why in fit.skipped:
             table.append(f"<!-- left out: {Path(src).name} line {line}: {why} -->")
     from kavier_opendc.calibration.load_sweep import fit_load_sweep
     from kavier_opendc.specs.frameworks import framework
 
-    table += ["", "| framework | source | GPU | TP | stages | per-token MAPE | TTFT MAPE | fixed ms/step | us/sequence "
-              "| client ms |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    table += [
+        "",
+        "| framework | source | GPU | TP | stages | per-token MAPE | TTFT MAPE | fixed ms/step | us/sequence "
+        "| client ms |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, variants in LOAD_SWEEPS.items():
         fit = fit_load_sweep(inference_perf_points(variants, data), cat, framework(name))
         o = fit.overhead
-        lines = [f"    client_latency_s: {float(f'{fit.client_latency_s:.4g}')}", "    step_overhead:",
-                 "      - {gpu: H100-SXM, tp: 1, fixed_s: " + f"{float(f'{o.fixed_s:.4g}')}, per_seq_s: "
-                 f"{float(f'{o.per_seq_s:.4g}')}" + "}"]
+        lines = [
+            f"    client_latency_s: {float(f'{fit.client_latency_s:.4g}')}",
+            "    step_overhead:",
+            "      - {gpu: H100-SXM, tp: 1, fixed_s: " + f"{float(f'{o.fixed_s:.4g}')}, per_seq_s: "
+            f"{float(f'{o.per_seq_s:.4g}')}" + "}",
+        ]
         text = _replace_block(text, name, "\n".join(lines))
         e = fit.errors()
         source = f"{Path(INFERENCE_PERF).name} ({', '.join(variants)})"
-        table.append(f"| {name} | {source} | H100-SXM | 1 | {len(fit.points)} "
-                     f"| {100 * np.mean(e['per_token']):.1f} % | {100 * np.mean(e['ttft']):.1f} % "
-                     f"| {1e3 * o.fixed_s:.2f} | {1e6 * o.per_seq_s:.0f} | {1e3 * fit.client_latency_s:.1f} |")
+        table.append(
+            f"| {name} | {source} | H100-SXM | 1 | {len(fit.points)} "
+            f"| {100 * np.mean(e['per_token']):.1f} % | {100 * np.mean(e['ttft']):.1f} % "
+            f"| {1e3 * o.fixed_s:.2f} | {1e6 * o.per_seq_s:.0f} | {1e3 * fit.client_latency_s:.1f} |"
+        )
     blocks: dict[str, str] = {}
     table += serving_bench_fits(cat, data, blocks)
     for name, lines in blocks.items():
@@ -137,13 +164,18 @@ def serving_bench_fits(cat, data: Path, blocks: dict) -> list[str]:
     lengths = sharegpt_lengths(data / SHAREGPT)
     mean, median = workload_lengths(rows)
     law = output_law(lengths[1], mean, median)
-    table = ["", f"Serving benchmark ({Path(SERVING_BENCH_FILE).name}): ShareGPT lengths ({Path(SHAREGPT).name}, "
-             f"answers mapped to mean {mean:.1f} / median {median:.1f} tokens), medians; measured / simulated",
-             "| row | framework | model | GPU | TP | rate | TTFT ms | TPOT ms | e2e s | TTFT err | TPOT err "
-             "| e2e err |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    checks = ["", "| check | framework | model | GPU | TP | requests/s measured | simulated | error |",
-              "|---|---|---|---|---:|---:|---:|---:|"]
+    table = [
+        "",
+        f"Serving benchmark ({Path(SERVING_BENCH_FILE).name}): ShareGPT lengths ({Path(SHAREGPT).name}, "
+        f"answers mapped to mean {mean:.1f} / median {median:.1f} tokens), medians; measured / simulated",
+        "| row | framework | model | GPU | TP | rate | TTFT ms | TPOT ms | e2e s | TTFT err | TPOT err | e2e err |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    checks = [
+        "",
+        "| check | framework | model | GPU | TP | requests/s measured | simulated | error |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
     for name, engine in SERVING_BENCH.items():
         fit = fit_bench([r for r in rows if r.engine.startswith(engine)], cat, framework(name), lengths, law)
         lines = [f"    client_latency_s: {fit.client_latency_s}", "    step_overhead:"]
@@ -152,20 +184,25 @@ def serving_bench_fits(cat, data: Path, blocks: dict) -> list[str]:
         c = fit.client_latency_s
         for s in fit.online:
             r, e = s.row, fit.errors(s)
-            table.append(f"| online | {name} | {r.model} | {r.gpu} | {r.tp} | {r.rate_rps:g} "
-                         f"| {1e3 * r.ttft_s:.1f} / {1e3 * (s.ttft_s + c):.1f} "
-                         f"| {1e3 * r.tpot_s:.2f} / {1e3 * s.tpot_s:.2f} "
-                         f"| {r.e2e_s:.2f} / {s.e2e_s + c:.2f} | {100 * e['ttft']:.1f} % | {100 * e['tpot']:.1f} % "
-                         f"| {100 * e['e2e']:.1f} % |")
+            table.append(
+                f"| online | {name} | {r.model} | {r.gpu} | {r.tp} | {r.rate_rps:g} "
+                f"| {1e3 * r.ttft_s:.1f} / {1e3 * (s.ttft_s + c):.1f} "
+                f"| {1e3 * r.tpot_s:.2f} / {1e3 * s.tpot_s:.2f} "
+                f"| {r.e2e_s:.2f} / {s.e2e_s + c:.2f} | {100 * e['ttft']:.1f} % | {100 * e['tpot']:.1f} % "
+                f"| {100 * e['e2e']:.1f} % |"
+            )
         errs = [fit.errors(s) for s in fit.online]
         mape = {k: 100 * np.mean([e[k] for e in errs]) for k in ("ttft", "tpot", "e2e")}
-        table.append(f"| MAPE | {name} | | | | | | | | {mape['ttft']:.1f} % | {mape['tpot']:.1f} % "
-                     f"| {mape['e2e']:.1f} % |")
+        table.append(
+            f"| MAPE | {name} | | | | | | | | {mape['ttft']:.1f} % | {mape['tpot']:.1f} % | {mape['e2e']:.1f} % |"
+        )
         for s in fit.offline:
             r = s.row
             err = (s.request_throughput_rps - r.request_throughput_rps) / r.request_throughput_rps
-            checks.append(f"| offline | {name} | {r.model} | {r.gpu} | {r.tp} | {r.request_throughput_rps:.2f} "
-                          f"| {s.request_throughput_rps:.2f} | {100 * err:+.1f} % |")
+            checks.append(
+                f"| offline | {name} | {r.model} | {r.gpu} | {r.tp} | {r.request_throughput_rps:.2f} "
+                f"| {s.request_throughput_rps:.2f} | {100 * err:+.1f} % |"
+            )
     return table + checks
 
 
@@ -185,10 +222,17 @@ def simulated_batch_latency(framework: str, files: list[str], data: Path = DATA)
             continue
         for o in obs:
             b, n = (int(x[1:]) for x in o.label.split()[-2:])
-            tr = Trace(np.zeros(b), np.full(b, n, dtype=np.int64), np.full(b, n, dtype=np.int64),
-                       source=f, format="kavier", timed=False)
-            res = simulate(tr, SimConfig(model=o.model, gpu=cat.gpu(o.gpu), tp=o.tp, framework=framework),
-                           progress=False)
+            tr = Trace(
+                np.zeros(b),
+                np.full(b, n, dtype=np.int64),
+                np.full(b, n, dtype=np.int64),
+                source=f,
+                format="kavier",
+                timed=False,
+            )
+            res = simulate(
+                tr, SimConfig(model=o.model, gpu=cat.gpu(o.gpu), tp=o.tp, framework=framework), progress=False
+            )
             errs.setdefault((o.gpu, o.tp), []).append(abs(res.makespan_s - o.measured_s) / o.measured_s)
     return errs
 
@@ -197,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare with the committed file instead of writing it")
     args = ap.parse_args(argv)
-    missing = [f for files in [*SOURCES.values(), [SERVING_BENCH_FILE, SHAREGPT]] for f in files
-               if not (DATA / f).exists()]
+    missing = [
+        f for files in [*SOURCES.values(), [SERVING_BENCH_FILE, SHAREGPT]] for f in files if not (DATA / f).exists()
+    ]
     if missing:
         print("measurements not found: " + ", ".join(missing), file=sys.stderr)
         return 1

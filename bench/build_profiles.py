@@ -47,20 +47,30 @@ KERNEL_FITTED_GPUS = ("L40S", "H200")
 
 def sources(data: Path = DATA) -> list[Source]:
     return [
-        Source(str(data / "measurements" / "kavier_a10_llama3_8b_vllm.csv"),
-               ReadOptions(model="Llama-3-8B", gpu="A10", default_framework=True),
-               framework="vLLM, single requests (version not recorded; sets the A10's own overheads)"),
-        Source(str(data / "calibration" / "vidur_linear_ops_a100_h100.csv"),
-               framework="none: operators timed alone (Vidur's profiler)"),
-        Source(str(data / "calibration" / "vidur_allreduce_a100_h100.csv"),
-               framework="none: NCCL all-reduces timed alone"),
-        Source(str(data / "calibration" / "splitwise_llama2_70b_dgx.csv"),
-               framework="Splitwise's harness (engine not named; own overheads per TP)"),
-        Source(str(data / "calibration" / "mlenergy_v2_vllm054_chat.csv"),
-               framework="vLLM 0.5.4 OpenAI server (vllm-0.5-server)"),
+        Source(
+            str(data / "measurements" / "kavier_a10_llama3_8b_vllm.csv"),
+            ReadOptions(model="Llama-3-8B", gpu="A10", default_framework=True),
+            framework="vLLM, single requests (version not recorded; sets the A10's own overheads)",
+        ),
+        Source(
+            str(data / "calibration" / "vidur_linear_ops_a100_h100.csv"),
+            framework="none: operators timed alone (Vidur's profiler)",
+        ),
+        Source(
+            str(data / "calibration" / "vidur_allreduce_a100_h100.csv"), framework="none: NCCL all-reduces timed alone"
+        ),
+        Source(
+            str(data / "calibration" / "splitwise_llama2_70b_dgx.csv"),
+            framework="Splitwise's harness (engine not named; own overheads per TP)",
+        ),
+        Source(
+            str(data / "calibration" / "mlenergy_v2_vllm054_chat.csv"),
+            framework="vLLM 0.5.4 OpenAI server (vllm-0.5-server)",
+        ),
         # vLLM 0.14's kernels fit the GPUs nothing else measures; A100 and H100 keep their fits (checked)
-        Source(str(data / "calibration" / "aiconfigurator_vllm014_kernels.csv"),
-               ReadOptions(only_gpus=KERNEL_FITTED_GPUS)),
+        Source(
+            str(data / "calibration" / "aiconfigurator_vllm014_kernels.csv"), ReadOptions(only_gpus=KERNEL_FITTED_GPUS)
+        ),
     ]
 
 
@@ -74,8 +84,9 @@ Formulas: kavier_opendc/specs/profiles.py."""
 
 def builtin_catalog_without_profiles() -> Catalog:
     cat = default_catalog()
-    return Catalog(models=cat.models(), gpus=[dataclasses.replace(g, profile=None) for g in cat.gpus()],
-                   sources=cat.sources)
+    return Catalog(
+        models=cat.models(), gpus=[dataclasses.replace(g, profile=None) for g in cat.gpus()], sources=cat.sources
+    )
 
 
 def with_power_weights(profiles: list, base: Catalog) -> list:
@@ -87,13 +98,18 @@ def with_power_weights(profiles: list, base: Catalog) -> list:
         return profiles
     cat = base.merged(Catalog(profiles=profiles))
     weights = power.fit_weights(power.load_rows(), cat)
-    data = (f"gpu_power_vllm_batch.csv (Argonne, vLLM 0.5-0.6 offline) simulated as {power.FRAMEWORK}, CPU time "
-            "per step as GPU idle (bench/calibrate_power.py)")
+    data = (
+        f"gpu_power_vllm_batch.csv (Argonne, vLLM 0.5-0.6 offline) simulated as {power.FRAMEWORK}, CPU time "
+        "per step as GPU idle (bench/calibrate_power.py)"
+    )
     out = []
     for p in profiles:
         triple = weights.get(p.gpu, weights["*"])
-        how = (f"fitted on measured power of {p.gpu}: {data}" if p.gpu in weights
-               else f"fitted on all GPUs' measured power (none of this GPU): {data}")
+        how = (
+            f"fitted on measured power of {p.gpu}: {data}"
+            if p.gpu in weights
+            else f"fitted on all GPUs' measured power (none of this GPU): {data}"
+        )
         prov = {**p.provenance, **{name: how for name in power.WEIGHT_NAMES}}
         out.append(dataclasses.replace(p, provenance=prov, **dict(zip(power.WEIGHT_NAMES, triple, strict=True))))
     return out
@@ -124,12 +140,15 @@ def kernel_check(profiles: list, data: Path = DATA) -> list[str]:
         if o.kind == "gemm_kernel" and roofline < KERNEL_GEMM_MIN_S:
             continue
         if (o.kind == "attn_prefill" and o.tokens < KERNEL_PREFILL_MIN_TOKENS) or (
-                o.kind == "attn_decode" and o.size_bytes < KERNEL_DECODE_MIN_BYTES):
+            o.kind == "attn_decode" and o.size_bytes < KERNEL_DECODE_MIN_BYTES
+        ):
             continue
         errs[(o.gpu, o.kind)].append(abs(predict(o, by_gpu[o.gpu], gpu) - o.measured_s) / o.measured_s)
     kinds = ("gemm_kernel", "attn_prefill", "attn_decode", "custom_allreduce")
-    out = ["| GPU | use | GEMM | prefill attention | decode attention | custom all-reduce |",
-           "|---|---|---:|---:|---:|---:|"]
+    out = [
+        "| GPU | use | GEMM | prefill attention | decode attention | custom all-reduce |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for g in sorted({k[0] for k in errs}, key=lambda n: [p.gpu for p in profiles].index(n)):
         cells = [f"{100 * sum(errs[(g, k)]) / len(errs[(g, k)]):.1f} % ({len(errs[(g, k)])})" for k in kinds]
         out.append(f"| {g} | {'fitted' if g in KERNEL_FITTED_GPUS else 'check'} | " + " | ".join(cells) + " |")
@@ -157,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if same else 1
     write_catalog(args.out, profiles, HEADER)
     print(f"wrote {args.out}")
-    if Path(args.out).resolve() == OUT.resolve():   # the catalogue snapshot follows the built-in files
+    if Path(args.out).resolve() == OUT.resolve():  # the catalogue snapshot follows the built-in files
         subprocess.run([sys.executable, str(Path(__file__).with_name("build_catalog.py"))], check=True)
     print()
     print(describe_profiles(profiles))

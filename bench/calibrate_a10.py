@@ -27,8 +27,11 @@ from kavier_opendc.specs import default_catalog
 from kavier_opendc.specs.profiles import GPUProfile
 from kavier_opendc.workload.trace import Trace
 
-DATA = (Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-        / "measurements" / "kavier_a10_llama3_8b_vllm.csv")
+DATA = (
+    Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    / "measurements"
+    / "kavier_a10_llama3_8b_vllm.csv"
+)
 
 
 def load_rows(path: Path = DATA) -> list[dict]:
@@ -51,8 +54,18 @@ def evaluate(rows: list[dict], eff: GPUProfile | None = None) -> tuple[float, fl
     for r in rows:
         ttft, _ = single_request(int(r["prefill_input_tokens"]), 1, eff)
         _, dec = single_request(int(r["decode_input_tokens"]), int(r["decode_output_tokens"]), eff)
-        table.append((int(r["prefill_input_tokens"]), r["reality_prefill"], ttft, r["kavier_prefill"],
-                      int(r["decode_output_tokens"]), r["reality_decode"], dec, r["kavier_decode"]))
+        table.append(
+            (
+                int(r["prefill_input_tokens"]),
+                r["reality_prefill"],
+                ttft,
+                r["kavier_prefill"],
+                int(r["decode_output_tokens"]),
+                r["reality_decode"],
+                dec,
+                r["kavier_decode"],
+            )
+        )
     pre = float(np.mean([abs(t[2] - t[1]) / t[1] for t in table])) * 100
     dec = float(np.mean([abs(t[6] - t[5]) / t[5] for t in table])) * 100
     return pre, dec, table
@@ -67,15 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     rows = load_rows()
     eff = default_catalog().gpu("A10").profile
     pre, dec, table = evaluate(rows, eff)
-    print(f"A10 profile ({eff.status}): gemm_mbu={eff.gemm_mbu:.4f} gemm_mfu={eff.gemm_mfu:.4f} "
-          f"attn_prefill_eff={eff.attn_prefill_eff:.4f} attn_decode_mbu={eff.attn_decode_mbu:.4f} "
-          f"overhead_fixed_s={eff.overhead_fixed_s:.5f}")
-    print("| prompt | real prefill s | sim prefill s | err % | Kavier proto s | out tokens | real decode s "
-          "| sim decode s | err % | Kavier proto s |")
+    print(
+        f"A10 profile ({eff.status}): gemm_mbu={eff.gemm_mbu:.4f} gemm_mfu={eff.gemm_mfu:.4f} "
+        f"attn_prefill_eff={eff.attn_prefill_eff:.4f} attn_decode_mbu={eff.attn_decode_mbu:.4f} "
+        f"overhead_fixed_s={eff.overhead_fixed_s:.5f}"
+    )
+    print(
+        "| prompt | real prefill s | sim prefill s | err % | Kavier proto s | out tokens | real decode s "
+        "| sim decode s | err % | Kavier proto s |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p, rp, sp, kp, o, rd, sd, kd in table:
-        print(f"| {p} | {rp:.3f} | {sp:.3f} | {100 * (sp - rp) / rp:+.1f} | {kp:.3f} | {o} | {rd:.3f} | "
-              f"{sd:.3f} | {100 * (sd - rd) / rd:+.1f} | {kd:.3f} |")
+        print(
+            f"| {p} | {rp:.3f} | {sp:.3f} | {100 * (sp - rp) / rp:+.1f} | {kp:.3f} | {o} | {rd:.3f} | "
+            f"{sd:.3f} | {100 * (sd - rd) / rd:+.1f} | {kd:.3f} |"
+        )
     kp = np.mean([abs(t[3] - t[1]) / t[1] for t in table]) * 100
     kd = np.mean([abs(t[7] - t[5]) / t[5] for t in table]) * 100
     print(f"prefill MAPE {pre:.2f}% (Kavier prototype {kp:.2f}%), decode MAPE {dec:.2f}% (prototype {kd:.2f}%)")

@@ -59,8 +59,11 @@ from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.specs import default_catalog
 from kavier_opendc.workload.trace import Trace
 
-DATA = (Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-        / "measurements" / "gpu_power_vllm_batch.csv")
+DATA = (
+    Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    / "measurements"
+    / "gpu_power_vllm_batch.csv"
+)
 MODEL_NAMES = {"Llama-2-7b-hf": "Llama-2-7B", "Meta-Llama-3-8B": "Llama-3-8B"}
 # Argonne's batch latencies of the same grid: the timing of the runs whose power was measured
 LATENCY = DATA.parents[1] / "calibration" / "argonne_vllm_batch_latency.csv"
@@ -96,10 +99,19 @@ def _simulate_row(row: dict, weights: tuple[float, ...] | None, catalog, merge_t
     gpu = cat.gpu(row["gpu"])
     model = cat.model(MODEL_NAMES.get(row["model"], row["model"]))
     b = int(row["batch_size"])
-    trace = Trace(np.zeros(b), np.full(b, int(row["input_tokens"]), dtype=np.int64),
-                  np.full(b, int(row["output_tokens"]), dtype=np.int64))
-    cfg = SimConfig(model=model, gpu=gpu, max_num_seqs=b, efficiency=_profile(gpu, weights),
-                    framework=row.get("kavier_framework", FRAMEWORK), timeline_merge_tol=merge_tol)
+    trace = Trace(
+        np.zeros(b),
+        np.full(b, int(row["input_tokens"]), dtype=np.int64),
+        np.full(b, int(row["output_tokens"]), dtype=np.int64),
+    )
+    cfg = SimConfig(
+        model=model,
+        gpu=gpu,
+        max_num_seqs=b,
+        efficiency=_profile(gpu, weights),
+        framework=row.get("kavier_framework", FRAMEWORK),
+        timeline_merge_tol=merge_tol,
+    )
     return gpu, simulate(trace, cfg, progress=False)
 
 
@@ -131,8 +143,11 @@ def measured_latencies(path: Path = LATENCY) -> dict[tuple[str, str, int], float
     if not path.exists():
         return {}
     with open(path, newline="") as fh:
-        return {(r["gpu"], r["model"], int(r["batch_size"])): float(r["latency_s"]) for r in csv.DictReader(fh)
-                if r["tp"] == "1" and r["in_out_tokens"] == "1024"}
+        return {
+            (r["gpu"], r["model"], int(r["batch_size"])): float(r["latency_s"])
+            for r in csv.DictReader(fh)
+            if r["tp"] == "1" and r["in_out_tokens"] == "1024"
+        }
 
 
 def activity_parts(row: dict, catalog=None) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +159,7 @@ def activity_parts(row: dict, catalog=None) -> tuple[np.ndarray, np.ndarray]:
     """
     runs = []
     for unit in UNIT:
-        _, res = _simulate_row(row, unit, catalog, merge_tol=-1.0)   # a negative tolerance never merges
+        _, res = _simulate_row(row, unit, catalog, merge_tol=-1.0)  # a negative tolerance never merges
         tl = res.replicas[0].timeline
         runs.append((np.asarray(tl.start), np.asarray(tl.end), np.asarray(tl.util)))
     start, end = runs[0][0], runs[0][1]
@@ -158,7 +173,7 @@ def _power_of(parts: list[tuple], w: np.ndarray) -> np.ndarray:
     """Predicted power (W) of every row (axis 0) for every weight triple (columns of ``w``, 3 x k)."""
     out = []
     for d, u, idle, span in parts:
-        act = np.minimum(1.0, u @ w)                    # segments x candidates
+        act = np.minimum(1.0, u @ w)  # segments x candidates
         out.append(idle + span * (d @ act) / d.sum())
     return np.array(out)
 
@@ -184,8 +199,8 @@ def fit(rows: list[dict], catalog=None, tied: bool = False) -> tuple[float, floa
 
     def best(cands: np.ndarray) -> np.ndarray:
         errs = []
-        for k in range(0, cands.shape[1], 4096):    # bounded memory: segments x 4096 candidates per row
-            c = cands[:, k:k + 4096]
+        for k in range(0, cands.shape[1], 4096):  # bounded memory: segments x 4096 candidates per row
+            c = cands[:, k : k + 4096]
             errs.append(np.mean(np.abs(_power_of(parts, c) - meas) / meas, axis=0))
         return cands[:, int(np.argmin(np.concatenate(errs)))]
 
@@ -197,6 +212,7 @@ def fit(rows: list[dict], catalog=None, tied: bool = False) -> tuple[float, floa
         def grid(lo: np.ndarray, hi: np.ndarray, step: float) -> np.ndarray:
             g = _grid(lo, hi, step)
             return np.unique(np.vstack([g[0], g[1], g[1]]), axis=1)
+
     w = best(grid(lo, hi, COARSE))
     w = best(grid(np.maximum(lo, w - COARSE), np.minimum(hi, w + COARSE), FINE))
     return tuple(round(float(x), 2) for x in w)  # type: ignore[return-value]
@@ -221,8 +237,9 @@ def evaluate(rows: list[dict], weights: tuple[float, ...] | None = None) -> tupl
         p, t = simulated_run(r, weights)
         m = float(r["avg_power_w"])
         key = (cat.gpu(r["gpu"]).name, cat.model(MODEL_NAMES.get(r["model"], r["model"])).name, int(r["batch_size"]))
-        table.append((r["gpu"], r["model"], int(r["batch_size"]), m, p, 100 * (p - m) / m, t,
-                      lat.get(key, float("nan"))))
+        table.append(
+            (r["gpu"], r["model"], int(r["batch_size"]), m, p, 100 * (p - m) / m, t, lat.get(key, float("nan")))
+        )
     return float(np.mean([abs(t[5]) for t in table])), table
 
 
@@ -241,8 +258,11 @@ def gap_level(rows: list[dict], catalog=None) -> tuple[tuple[float, ...], float,
         rep = res.replicas[0]
         d, u = activity_parts(r, cat)
         over = rep.cm.overhead
-        fixed, per_seq = ((over.fixed_s, over.per_seq_s) if over is not None else
-                          (rep.cm.eff.overhead_fixed_s, rep.cm.eff.overhead_per_seq_s))
+        fixed, per_seq = (
+            (over.fixed_s, over.per_seq_s)
+            if over is not None
+            else (rep.cm.eff.overhead_fixed_s, rep.cm.eff.overhead_per_seq_s)
+        )
         sampled = int(r["batch_size"]) * int(r["output_tokens"])
         gap = (rep.iterations * fixed + per_seq * sampled) / d.sum()
         feats.append(list(d @ u / d.sum()) + [gap])
@@ -252,8 +272,13 @@ def gap_level(rows: list[dict], catalog=None) -> tuple[tuple[float, ...], float,
     return tuple(float(c) for c in coef), float(np.mean(np.abs(a @ coef - y) / y)), [float(g) for g in a[:, 3]]
 
 
-def saturated_decode_power(gpu_name: str, model_name: str = "Llama-3-8B", catalog=None,
-                           framework: str = "vllm-v1", shape: tuple[int, int, int] = SATURATED) -> dict:
+def saturated_decode_power(
+    gpu_name: str,
+    model_name: str = "Llama-3-8B",
+    catalog=None,
+    framework: str = "vllm-v1",
+    shape: tuple[int, int, int] = SATURATED,
+) -> dict:
     """Average power (W) of ``seqs`` sequences decoding together (all arrive at once), under the profile's weights.
 
     ``steady_w`` averages the iterations in which every sequence decodes (no
@@ -266,9 +291,15 @@ def saturated_decode_power(gpu_name: str, model_name: str = "Llama-3-8B", catalo
     seqs, prompt, out = shape
     trace = Trace(np.zeros(seqs), np.full(seqs, prompt, dtype=np.int64), np.full(seqs, out, dtype=np.int64))
     runs = []
-    for unit in UNIT:   # as activity_parts: one segment per iteration or decode run, activity per unit weight
-        cfg = SimConfig(model=model, gpu=gpu, max_num_seqs=seqs, framework=framework,
-                        efficiency=_profile(gpu, unit), timeline_merge_tol=-1.0)
+    for unit in UNIT:  # as activity_parts: one segment per iteration or decode run, activity per unit weight
+        cfg = SimConfig(
+            model=model,
+            gpu=gpu,
+            max_num_seqs=seqs,
+            framework=framework,
+            efficiency=_profile(gpu, unit),
+            timeline_merge_tol=-1.0,
+        )
         runs.append(simulate(trace, cfg, progress=False))
     tl = runs[0].replicas[0].timeline
     d = np.asarray(tl.end) - np.asarray(tl.start)
@@ -277,11 +308,15 @@ def saturated_decode_power(gpu_name: str, model_name: str = "Llama-3-8B", catalo
     act = np.minimum(1.0, raw)
     steady = (np.asarray(tl.batch) == seqs) & (np.asarray(tl.prefill) == 0)
     span = gpu.max_power_w - gpu.idle_power_w
-    return {"gpu": gpu.name, "max_w": gpu.max_power_w, "idle_w": gpu.idle_power_w,
-            "steady_w": gpu.idle_power_w + span * float(d[steady] @ act[steady] / d[steady].sum()),
-            "run_w": gpu.idle_power_w + span * float(d @ act / d.sum()),
-            "steady_activity": float(d[steady] @ raw[steady] / d[steady].sum()),
-            "preemptions": int(np.sum(runs[0].results.preemptions))}
+    return {
+        "gpu": gpu.name,
+        "max_w": gpu.max_power_w,
+        "idle_w": gpu.idle_power_w,
+        "steady_w": gpu.idle_power_w + span * float(d[steady] @ act[steady] / d[steady].sum()),
+        "run_w": gpu.idle_power_w + span * float(d @ act / d.sum()),
+        "steady_activity": float(d[steady] @ raw[steady] / d[steady].sum()),
+        "preemptions": int(np.sum(runs[0].results.preemptions)),
+    }
 
 
 MLENERGY = DATA.parents[1] / "calibration" / "mlenergy_v2_vllm054_chat.csv"
@@ -317,11 +352,18 @@ def mlenergy_check(catalog=None, path: Path = MLENERGY) -> list[dict]:
             kernel_t += count * max(dt - over, 0.0)
         span = gpu.max_power_w - gpu.idle_power_w
         row = measured[o.row]
-        out.append({"gpu": gpu.name, "model": o.model.name, "tp": o.tp, "max_num_seqs": int(row["max_num_seqs"]),
-                    "measured_w": float(row["avg_power_all_gpus_w"]) / o.tp,
-                    "idle_gaps_w": gpu.idle_power_w + span * work / t,
-                    "busy_w": gpu.idle_power_w + span * min(1.0, work / kernel_t),
-                    "cpu_share": 1.0 - kernel_t / t})
+        out.append(
+            {
+                "gpu": gpu.name,
+                "model": o.model.name,
+                "tp": o.tp,
+                "max_num_seqs": int(row["max_num_seqs"]),
+                "measured_w": float(row["avg_power_all_gpus_w"]) / o.tp,
+                "idle_gaps_w": gpu.idle_power_w + span * work / t,
+                "busy_w": gpu.idle_power_w + span * min(1.0, work / kernel_t),
+                "cpu_share": 1.0 - kernel_t / t,
+            }
+        )
     return out
 
 
@@ -329,10 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fit", action="store_true", help="grid-search one weight triple for all GPUs")
     ap.add_argument("--gaps", action="store_true", help="also fit a power level for the CPU time per step")
-    ap.add_argument("--tied", action="store_true",
-                    help="also fit one weight for all bytes (weights and KV alike) per GPU, for comparison")
-    ap.add_argument("--mlenergy", action="store_true",
-                    help="also check ML.ENERGY's measured power of vLLM 0.5.4's server (not fitted)")
+    ap.add_argument(
+        "--tied",
+        action="store_true",
+        help="also fit one weight for all bytes (weights and KV alike) per GPU, for comparison",
+    )
+    ap.add_argument(
+        "--mlenergy",
+        action="store_true",
+        help="also check ML.ENERGY's measured power of vLLM 0.5.4's server (not fitted)",
+    )
     args = ap.parse_args(argv)
     if not DATA.exists():
         print(f"measurements not found: {DATA}", file=sys.stderr)
@@ -345,8 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     if weights is None:
         for name in sorted({cat.gpu(r["gpu"]).name for r in rows}):
             p = cat.gpu(name).profile
-            print(f"{name}: weights compute {p.power_compute_weight}, weight bytes {p.power_memory_weight}, "
-                  f"KV bytes {p.power_kv_weight}")
+            print(
+                f"{name}: weights compute {p.power_compute_weight}, weight bytes {p.power_memory_weight}, "
+                f"KV bytes {p.power_kv_weight}"
+            )
     else:
         print(f"weights (all GPUs): compute {weights[0]}, weight bytes {weights[1]}, KV bytes {weights[2]}")
     print("| GPU | model | batch | measured W | simulated W | err % | simulated s | Argonne's latency s |")
@@ -356,32 +406,40 @@ def main(argv: list[str] | None = None) -> int:
     print(f"power MAPE {mape:.2f}%")
     terr = [abs(t[6] - t[7]) / t[7] for t in table if t[7] == t[7]]
     if terr:
-        print(f"batch duration against Argonne's latency of the same configuration: mean error "
-              f"{100 * np.mean(terr):.1f} %, worst {100 * max(terr):.1f} % ({len(terr)} rows)")
+        print(
+            f"batch duration against Argonne's latency of the same configuration: mean error "
+            f"{100 * np.mean(terr):.1f} %, worst {100 * max(terr):.1f} % ({len(terr)} rows)"
+        )
     for name in sorted({cat.gpu(r["gpu"]).name for r in rows}):
         errs = [abs(t[5]) for t in table if cat.gpu(t[0]).name == name]
         print(f"  {name}: MAPE {np.mean(errs):.2f}% over {len(errs)} rows, worst {max(errs):.1f}%")
     if args.gaps:
         for name in sorted({cat.gpu(r["gpu"]).name for r in rows}):
             coef, err, shares = gap_level([r for r in rows if cat.gpu(r["gpu"]).name == name], cat)
-            print(f"{name}: CPU time {100 * min(shares):.0f}-{100 * max(shares):.0f} % of the run; activity = "
-                  f"{coef[0]:.3f} compute + {coef[1]:.3f} weight bytes + {coef[2]:.3f} KV bytes "
-                  f"{coef[3]:+.3f} x CPU-gap share (least squares, mean error {100 * err:.1f} %)")
+            print(
+                f"{name}: CPU time {100 * min(shares):.0f}-{100 * max(shares):.0f} % of the run; activity = "
+                f"{coef[0]:.3f} compute + {coef[1]:.3f} weight bytes + {coef[2]:.3f} KV bytes "
+                f"{coef[3]:+.3f} x CPU-gap share (least squares, mean error {100 * err:.1f} %)"
+            )
     if args.tied:
         for name in sorted({cat.gpu(r["gpu"]).name for r in rows}):
             sub = [r for r in rows if cat.gpu(r["gpu"]).name == name]
             w = fit(sub, cat, tied=True)
             errs = [abs(t[5]) for t in evaluate(sub, w)[1]]
-            print(f"{name}, one weight for all bytes: compute {w[0]}, bytes {w[1]}: MAPE {np.mean(errs):.2f}%, "
-                  f"worst {max(errs):.1f}%")
+            print(
+                f"{name}, one weight for all bytes: compute {w[0]}, bytes {w[1]}: MAPE {np.mean(errs):.2f}%, "
+                f"worst {max(errs):.1f}%"
+            )
     if args.mlenergy:
         print(f"ML.ENERGY v2 (vLLM 0.5.4 OpenAI server, saturated), simulated as {MLENERGY_FRAMEWORK}, W per GPU:")
         print("| GPU | model | TP | max_num_seqs | CPU share | measured | CPU time idle | CPU time busy |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         checks = mlenergy_check(cat)
         for c in checks:
-            print(f"| {c['gpu']} | {c['model']} | {c['tp']} | {c['max_num_seqs']} | {100 * c['cpu_share']:.0f} % | "
-                  f"{c['measured_w']:.0f} | {c['idle_gaps_w']:.0f} | {c['busy_w']:.0f} |")
+            print(
+                f"| {c['gpu']} | {c['model']} | {c['tp']} | {c['max_num_seqs']} | {100 * c['cpu_share']:.0f} % | "
+                f"{c['measured_w']:.0f} | {c['idle_gaps_w']:.0f} | {c['busy_w']:.0f} |"
+            )
         for g in sorted({c["gpu"] for c in checks}):
             rs = [c for c in checks if c["gpu"] == g]
             for key, what in (("idle_gaps_w", "CPU time idle"), ("busy_w", "CPU time busy")):
@@ -391,11 +449,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"physics check: saturated decode, Llama-3-8B, {seqs} sequences of {prompt} + {out} tokens, vllm-v1")
     for name in ("A100-80GB", "H100-SXM"):
         s = saturated_decode_power(name, catalog=cat)
-        print(f"  {s['gpu']}: {s['steady_w']:.0f} W while all decode ({100 * s['steady_w'] / s['max_w']:.1f} % of "
-              f"its {s['max_w']:.0f} W maximum; activity {s['steady_activity']:.2f} before the cap at 1), "
-              f"{s['run_w']:.0f} W over the run, {s['preemptions']} preemptions")
-    by_batch = [(b, saturated_decode_power("H100-SXM", catalog=cat, shape=(b, prompt, out))["steady_w"])
-                for b in (1, 16, 64, 128, 256)]
+        print(
+            f"  {s['gpu']}: {s['steady_w']:.0f} W while all decode ({100 * s['steady_w'] / s['max_w']:.1f} % of "
+            f"its {s['max_w']:.0f} W maximum; activity {s['steady_activity']:.2f} before the cap at 1), "
+            f"{s['run_w']:.0f} W over the run, {s['preemptions']} preemptions"
+        )
+    by_batch = [
+        (b, saturated_decode_power("H100-SXM", catalog=cat, shape=(b, prompt, out))["steady_w"])
+        for b in (1, 16, 64, 128, 256)
+    ]
     print("  H100-SXM by batch: " + ", ".join(f"{b} sequences {w:.0f} W" for b, w in by_batch))
     return 0
 

@@ -36,20 +36,32 @@ def demo_chat() -> Trace:
 
 def sessions_prefix() -> Trace:
     return synthetic_trace(
-        400, rate=2.0, arrival="poisson", seed=7,
+        400,
+        rate=2.0,
+        arrival="poisson",
+        seed=7,
         input={"dist": "lognormal", "median": 200, "sigma": 0.8, "min": 8, "max": 2000},
         output={"dist": "lognormal", "median": 150, "sigma": 0.7, "min": 1, "max": 1000},
-        sessions={"turns": {"dist": "uniform", "low": 2, "high": 6},
-                  "think_time_s": {"dist": "exponential", "mean": 30},
-                  "accumulate_context": True},
-        shared_prefix_tokens=1024, hash_ids=True, hash_block_size=512)
+        sessions={
+            "turns": {"dist": "uniform", "low": 2, "high": 6},
+            "think_time_s": {"dist": "exponential", "mean": 30},
+            "accumulate_context": True,
+        },
+        shared_prefix_tokens=1024,
+        hash_ids=True,
+        hash_block_size=512,
+    )
 
 
 def offline_batch() -> Trace:
     return synthetic_trace(
-        500, rate=None, arrival="batch", seed=11,
+        500,
+        rate=None,
+        arrival="batch",
+        seed=11,
         input={"dist": "lognormal", "median": 600, "sigma": 0.9, "min": 4, "max": 6000},
-        output={"dist": "lognormal", "median": 200, "sigma": 0.9, "min": 1, "max": 2000})
+        output={"dist": "lognormal", "median": 200, "sigma": 0.9, "min": 1, "max": 2000},
+    )
 
 
 #: file name -> the function that draws it
@@ -70,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {p}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        stale = [name for name, p in zip(TRACES, write_all(Path(tmp)), strict=True)
-                 if not (args.out / name).is_file() or not filecmp.cmp(p, args.out / name, shallow=False)]
+        stale = [
+            name
+            for name, p in zip(TRACES, write_all(Path(tmp)), strict=True)
+            if not (args.out / name).is_file() or not filecmp.cmp(p, args.out / name, shallow=False)
+        ]
     for name in stale:
         print(f"{args.out / name} is missing or out of date; run python bench/make_traces.py", file=sys.stderr)
     return 1 if stale else 0

@@ -68,11 +68,11 @@ TIMED_LOOPS = 5
 TARGET_LOOP_MS = 1.0
 MAX_CALLS_PER_LOOP = 200
 NORM_EPS = 1e-5
-WEIGHT_SCALE = 0.02          # random weights this small keep 32 layers of fp16 finite
+WEIGHT_SCALE = 0.02  # random weights this small keep 32 layers of fp16 finite
 DECODE_KV_LIMIT_BYTES = 20e9
 STEP_MEMORY_LIMIT_BYTES = 50e9
 MATH_SCORES_LIMIT_BYTES = 8e9  # the math SDPA backend materialises the score matrix
-MAX_CONSECUTIVE_ERRORS = 3     # a section gives up after this many failed groups in a row
+MAX_CONSECUTIVE_ERRORS = 3  # a section gives up after this many failed groups in a row
 
 GPU_NAMES = {
     "NVIDIA H200": "H200",
@@ -87,14 +87,40 @@ GPU_NAMES = {
 }
 
 OPERATOR_HEADER = [
-    "gpu", "model", "tp", "num_tokens", "n_head", "n_kv_head", "hidden", "ffn", "vocab", "gated_mlp",
-    "attn_pre_proj_ms", "attn_post_proj_ms", "mlp_up_proj_ms", "mlp_act_ms", "mlp_down_proj_ms",
-    "input_layernorm_ms", "post_attention_layernorm_ms", "attn_rope_ms", "add_ms",
+    "gpu",
+    "model",
+    "tp",
+    "num_tokens",
+    "n_head",
+    "n_kv_head",
+    "hidden",
+    "ffn",
+    "vocab",
+    "gated_mlp",
+    "attn_pre_proj_ms",
+    "attn_post_proj_ms",
+    "mlp_up_proj_ms",
+    "mlp_act_ms",
+    "mlp_down_proj_ms",
+    "input_layernorm_ms",
+    "post_attention_layernorm_ms",
+    "attn_rope_ms",
+    "add_ms",
 ]
-PREFILL_HEADER = ["gpu", "n_head", "n_kv_head", "head_dim", "batch", "context", "causal", "time_ms", "tflops",
-                  "backend", "note"]
-DECODE_HEADER = ["gpu", "n_head", "n_kv_head", "head_dim", "batch", "context", "time_ms", "kv_bytes", "gbps",
-                 "method"]
+PREFILL_HEADER = [
+    "gpu",
+    "n_head",
+    "n_kv_head",
+    "head_dim",
+    "batch",
+    "context",
+    "causal",
+    "time_ms",
+    "tflops",
+    "backend",
+    "note",
+]
+DECODE_HEADER = ["gpu", "n_head", "n_kv_head", "head_dim", "batch", "context", "time_ms", "kv_bytes", "gbps", "method"]
 STEP_HEADER = ["gpu", "model", "batch", "context", "phase", "tokens", "time_ms", "graph"]
 SECTIONS = ("ops", "prefill", "decode", "step")
 
@@ -141,13 +167,21 @@ class Plan:
 
 def make_plan(quick: bool, tiny: bool) -> Plan:
     if tiny:
-        return Plan(op_models=((TINY, (1, 2)),), op_tokens=(1, 4, 16), head_dim=TINY.head_dim,
-                    attn_heads=((TINY.n_head, TINY.n_kv_head),),
-                    prefill_shapes=((1, 64), (1, 128), (2, 64), (2, 128)),
-                    decode_heads=((TINY.n_head, TINY.n_kv_head),),
-                    decode_batches=(1, 2), decode_contexts=(64, 128), step_model=TINY,
-                    step_decode=((1, 64), (2, 64), (1, 128), (2, 128)), step_prefill=(64, 128),
-                    copy_bytes=64 * 2**20, matmul_size=512)
+        return Plan(
+            op_models=((TINY, (1, 2)),),
+            op_tokens=(1, 4, 16),
+            head_dim=TINY.head_dim,
+            attn_heads=((TINY.n_head, TINY.n_kv_head),),
+            prefill_shapes=((1, 64), (1, 128), (2, 64), (2, 128)),
+            decode_heads=((TINY.n_head, TINY.n_kv_head),),
+            decode_batches=(1, 2),
+            decode_contexts=(64, 128),
+            step_model=TINY,
+            step_decode=((1, 64), (2, 64), (1, 128), (2, 128)),
+            step_prefill=(64, 128),
+            copy_bytes=64 * 2**20,
+            matmul_size=512,
+        )
     if quick:
         op_models = ((LLAMA3_8B, (1, 2)), (LLAMA2_70B, (2, 4, 8)), (LLAMA2_7B, (1,)))
         op_tokens = (1, 4, 16, 64, 256, 1024, 4096, 8192)
@@ -156,14 +190,21 @@ def make_plan(quick: bool, tiny: bool) -> Plan:
         op_models = tuple((m, (1, 2, 4, 8)) for m in (LLAMA2_7B, LLAMA3_8B, LLAMA2_70B))
         op_tokens = tuple(2**i for i in range(15))  # 1 ... 16384
         contexts = (256, 512, 1024, 2048, 4096, 8192, 16384)
-    return Plan(op_models=op_models, op_tokens=op_tokens, head_dim=128,
-                attn_heads=((32, 8), (8, 1), (16, 2)),  # Llama-3-8B tp1, Llama-2-70B tp8 and tp4
-                prefill_shapes=tuple((1, c) for c in contexts) + ((8, 512), (4, 2048)),
-                decode_heads=((32, 8), (8, 1)),
-                decode_batches=(1, 8, 32, 128, 256), decode_contexts=(512, 2048, 8192),
-                step_model=LLAMA3_8B,
-                step_decode=tuple((b, 1024) for b in (1, 8, 32, 64, 128, 256)) + ((1, 4096), (64, 4096)),
-                step_prefill=(512, 1024, 2048, 4096), copy_bytes=4 * 2**30, matmul_size=8192)
+    return Plan(
+        op_models=op_models,
+        op_tokens=op_tokens,
+        head_dim=128,
+        attn_heads=((32, 8), (8, 1), (16, 2)),  # Llama-3-8B tp1, Llama-2-70B tp8 and tp4
+        prefill_shapes=tuple((1, c) for c in contexts) + ((8, 512), (4, 2048)),
+        decode_heads=((32, 8), (8, 1)),
+        decode_batches=(1, 8, 32, 128, 256),
+        decode_contexts=(512, 2048, 8192),
+        step_model=LLAMA3_8B,
+        step_decode=tuple((b, 1024) for b in (1, 8, 32, 64, 128, 256)) + ((1, 4096), (64, 4096)),
+        step_prefill=(512, 1024, 2048, 4096),
+        copy_bytes=4 * 2**30,
+        matmul_size=8192,
+    )
 
 
 # ---------------------------------------------------------------- timing
@@ -173,6 +214,7 @@ def _repeat(fn: Callable[[], object], calls: int) -> Callable[[], None]:
     def loop() -> None:
         for _ in range(calls):
             fn()
+
     return loop
 
 
@@ -328,8 +370,12 @@ class AttentionChoice:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
         from torch.nn.attention import SDPBackend, sdpa_kernel
-        backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                   "math": SDPBackend.MATH}[self.backend]
+
+        backend = {
+            "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "math": SDPBackend.MATH,
+        }[self.backend]
         extra = {"enable_gqa": True} if self.native_gqa and self.groups > 1 else {}
         with sdpa_kernel([backend]):
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal, **extra)
@@ -344,7 +390,7 @@ def choose_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
         if backend == "math" and batch * heads * length * k.shape[2] * 4 > MATH_SCORES_LIMIT_BYTES:
             errors.append("math: score matrix too large")
             continue
-        for native in ((True, False) if groups > 1 else (True,)):
+        for native in (True, False) if groups > 1 else (True,):
             choice = AttentionChoice(backend, native, groups)
             try:
                 with warnings.catch_warnings():  # a refused backend warns why; we only need to know it refused
@@ -494,18 +540,30 @@ def section_ops(ctx: Context) -> bool:
     section = Section(ctx, "ops", "operators.csv", OPERATOR_HEADER)
     for model, tps in ctx.plan.op_models:
         for tp in tps:
+
             def measure(model: ModelShape = model, tp: int = tp) -> list[dict]:
                 weights = LayerWeights(ctx, model, tp)
                 rows = []
                 for tokens in ctx.plan.op_tokens:
-                    row = {"gpu": ctx.gpu, "model": model.name, "tp": tp, "num_tokens": tokens,
-                           "n_head": model.n_head, "n_kv_head": model.n_kv_head, "hidden": model.hidden,
-                           "ffn": model.ffn, "vocab": model.vocab, "gated_mlp": "True"}
+                    row = {
+                        "gpu": ctx.gpu,
+                        "model": model.name,
+                        "tp": tp,
+                        "num_tokens": tokens,
+                        "n_head": model.n_head,
+                        "n_kv_head": model.n_kv_head,
+                        "hidden": model.hidden,
+                        "ffn": model.ffn,
+                        "vocab": model.vocab,
+                        "gated_mlp": "True",
+                    }
                     row.update(layer_op_times(ctx, weights, tokens))
                     rows.append(row)
                 return rows
-            section.group(f"{model.name} tp={tp}, {len(ctx.plan.op_tokens)} token counts ({ctx.timer.counts()} so far)",
-                          measure)
+
+            section.group(
+                f"{model.name} tp={tp}, {len(ctx.plan.op_tokens)} token counts ({ctx.timer.counts()} so far)", measure
+            )
     return section.finish()
 
 
@@ -517,8 +575,10 @@ def section_prefill(ctx: Context) -> bool:
     dim = ctx.plan.head_dim
     for heads, kv_heads in ctx.plan.attn_heads:
         for batch, context in ctx.plan.prefill_shapes:
-            def measure(heads: int = heads, kv_heads: int = kv_heads, batch: int = batch,
-                        context: int = context) -> list[dict]:
+
+            def measure(
+                heads: int = heads, kv_heads: int = kv_heads, batch: int = batch, context: int = context
+            ) -> list[dict]:
                 q = ctx.randn(batch, heads, context, dim)
                 k, v = ctx.randn(batch, kv_heads, context, dim), ctx.randn(batch, kv_heads, context, dim)
                 choice = choose_attention(q, k, v, causal=True)
@@ -526,9 +586,22 @@ def section_prefill(ctx: Context) -> bool:
                 require_finite(choice(q, k, v, True), "prefill attention")
                 ms, _ = ctx.timer.measure(lambda: choice(q, k, v, True))
                 flops = 2 * 2 * batch * heads * dim * context**2 / 2  # QK^T and PV, causal half
-                return [{"gpu": ctx.gpu, "n_head": heads, "n_kv_head": kv_heads, "head_dim": dim, "batch": batch,
-                         "context": context, "causal": "True", "time_ms": fmt(ms),
-                         "tflops": fmt(flops / (ms / 1e3) / 1e12), "backend": choice.backend, "note": choice.note}]
+                return [
+                    {
+                        "gpu": ctx.gpu,
+                        "n_head": heads,
+                        "n_kv_head": kv_heads,
+                        "head_dim": dim,
+                        "batch": batch,
+                        "context": context,
+                        "causal": "True",
+                        "time_ms": fmt(ms),
+                        "tflops": fmt(flops / (ms / 1e3) / 1e12),
+                        "backend": choice.backend,
+                        "note": choice.note,
+                    }
+                ]
+
             section.group(f"heads {heads}/{kv_heads} batch {batch} context {context}", measure)
     return section.finish()
 
@@ -542,6 +615,7 @@ def sdpa_gqa_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     if q.device.type != "cuda":
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
     with sdpa_kernel(fused):
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
@@ -556,12 +630,20 @@ def section_decode(ctx: Context) -> bool:
             for context in ctx.plan.decode_contexts:
                 kv_bytes = 2 * batch * context * kv_heads * dim * element
                 if kv_bytes > DECODE_KV_LIMIT_BYTES:
-                    progress("decode", f"heads {heads}/{kv_heads} batch {batch} context {context}: skipped, "
-                                       f"KV {kv_bytes / 1e9:.1f} GB")
+                    progress(
+                        "decode",
+                        f"heads {heads}/{kv_heads} batch {batch} context {context}: skipped, "
+                        f"KV {kv_bytes / 1e9:.1f} GB",
+                    )
                     continue
 
-                def measure(heads: int = heads, kv_heads: int = kv_heads, batch: int = batch,
-                            context: int = context, kv_bytes: int = kv_bytes) -> list[dict]:
+                def measure(
+                    heads: int = heads,
+                    kv_heads: int = kv_heads,
+                    batch: int = batch,
+                    context: int = context,
+                    kv_bytes: int = kv_bytes,
+                ) -> list[dict]:
                     q = ctx.randn(batch, heads, 1, dim)
                     k, v = ctx.randn(batch, kv_heads, context, dim), ctx.randn(batch, kv_heads, context, dim)
                     require_finite(gqa_decode_attention(q, k, v), "decode attention")
@@ -574,9 +656,21 @@ def section_decode(ctx: Context) -> bool:
                     except (RuntimeError, TypeError, ImportError, FloatingPointError):  # manual one stands
                         pass
                     method, ms = min(results.items(), key=lambda item: item[1])
-                    return [{"gpu": ctx.gpu, "n_head": heads, "n_kv_head": kv_heads, "head_dim": dim,
-                             "batch": batch, "context": context, "time_ms": fmt(ms), "kv_bytes": kv_bytes,
-                             "gbps": fmt(kv_bytes / (ms / 1e3) / 1e9), "method": method}]
+                    return [
+                        {
+                            "gpu": ctx.gpu,
+                            "n_head": heads,
+                            "n_kv_head": kv_heads,
+                            "head_dim": dim,
+                            "batch": batch,
+                            "context": context,
+                            "time_ms": fmt(ms),
+                            "kv_bytes": kv_bytes,
+                            "gbps": fmt(kv_bytes / (ms / 1e3) / 1e9),
+                            "method": method,
+                        }
+                    ]
+
                 section.group(f"heads {heads}/{kv_heads} batch {batch} context {context}", measure)
     return section.finish()
 
@@ -601,15 +695,19 @@ class RandomLlama:
         s = self.shape
         tokens = qkv.shape[0]
         q, k, v = qkv.split([s.n_head * s.head_dim, s.n_kv_head * s.head_dim, s.n_kv_head * s.head_dim], dim=-1)
-        return (q.view(tokens, s.n_head, s.head_dim), k.view(tokens, s.n_kv_head, s.head_dim),
-                v.view(tokens, s.n_kv_head, s.head_dim))
+        return (
+            q.view(tokens, s.n_head, s.head_dim),
+            k.view(tokens, s.n_kv_head, s.head_dim),
+            v.view(tokens, s.n_kv_head, s.head_dim),
+        )
 
     def _mlp(self, x: torch.Tensor, w: LayerWeights) -> torch.Tensor:
         gate, up = F.linear(rms_norm(x, w.norm), w.up).chunk(2, dim=-1)
         return x + F.linear(F.silu(gate) * up, w.down)
 
-    def decode(self, x: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]], cos: torch.Tensor,
-               sin: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, x: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]], cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
         """One token per sequence, x [B, hidden]; its K/V go to the last slot of each [B, KVH, C, D] cache."""
         s = self.shape
         batch = x.shape[0]
@@ -622,8 +720,14 @@ class RandomLlama:
             x = self._mlp(x + F.linear(attn, w.o), w)
         return F.linear(rms_norm(x, self.final_norm), self.lm_head)
 
-    def prefill(self, x: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]], cos: torch.Tensor,
-                sin: torch.Tensor, attention: AttentionChoice) -> torch.Tensor:
+    def prefill(
+        self,
+        x: torch.Tensor,
+        caches: list[tuple[torch.Tensor, torch.Tensor]],
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attention: AttentionChoice,
+    ) -> torch.Tensor:
         """One prompt, x [T, hidden]; K/V are stored into [T, KVH, D] caches; logits of the last token only."""
         tokens = x.shape[0]
         for w, (k_cache, v_cache) in zip(self.layers, caches, strict=True):
@@ -645,8 +749,16 @@ def section_step(ctx: Context) -> bool:
     progress("step", f"{shape.name}: {model.weight_bytes() / 1e9:.1f} GB of random weights")
 
     def row(batch: int, context: int, phase: str, tokens: int, ms: float, graph: bool) -> dict:
-        return {"gpu": ctx.gpu, "model": shape.name, "batch": batch, "context": context, "phase": phase,
-                "tokens": tokens, "time_ms": fmt(ms), "graph": str(graph)}
+        return {
+            "gpu": ctx.gpu,
+            "model": shape.name,
+            "batch": batch,
+            "context": context,
+            "phase": phase,
+            "tokens": tokens,
+            "time_ms": fmt(ms),
+            "graph": str(graph),
+        }
 
     for batch, context in ctx.plan.step_decode:
         need = model.weight_bytes() + batch * context * kv_bytes_per_token
@@ -655,20 +767,29 @@ def section_step(ctx: Context) -> bool:
             continue
 
         def measure_decode(batch: int = batch, context: int = context) -> list[dict]:
-            caches = [(ctx.randn(batch, shape.n_kv_head, context, shape.head_dim),
-                       ctx.randn(batch, shape.n_kv_head, context, shape.head_dim)) for _ in range(shape.layers)]
+            caches = [
+                (
+                    ctx.randn(batch, shape.n_kv_head, context, shape.head_dim),
+                    ctx.randn(batch, shape.n_kv_head, context, shape.head_dim),
+                )
+                for _ in range(shape.layers)
+            ]
             x = ctx.randn(batch, shape.hidden)
             positions = torch.full((batch,), context - 1, device=ctx.device)
             cos, sin = rope_tables(positions, shape.head_dim, ctx.dtype)
             require_finite(model.decode(x, caches, cos, sin), "decode step logits")
             ms, graph = ctx.timer.measure(lambda: model.decode(x, caches, cos, sin))
             return [row(batch, context, "decode", batch, ms, graph)]
+
         section.group(f"decode batch {batch} context {context}", measure_decode)
 
     for prompt in ctx.plan.step_prefill:
+
         def measure_prefill(prompt: int = prompt) -> list[dict]:
-            caches = [(ctx.randn(prompt, shape.n_kv_head, shape.head_dim),
-                       ctx.randn(prompt, shape.n_kv_head, shape.head_dim)) for _ in range(shape.layers)]
+            caches = [
+                (ctx.randn(prompt, shape.n_kv_head, shape.head_dim), ctx.randn(prompt, shape.n_kv_head, shape.head_dim))
+                for _ in range(shape.layers)
+            ]
             x = ctx.randn(prompt, shape.hidden)
             cos, sin = rope_tables(torch.arange(prompt, device=ctx.device), shape.head_dim, ctx.dtype)
             probe_q = ctx.randn(1, shape.n_head, prompt, shape.head_dim)
@@ -678,9 +799,13 @@ def section_step(ctx: Context) -> bool:
             require_finite(model.prefill(x, caches, cos, sin, attention), "prefill logits")
             eager = Timer(ctx.device, graphs=False)  # prefill runs eagerly in vLLM too
             ms, _ = eager.measure(lambda: model.prefill(x, caches, cos, sin, attention))
-            progress("step", f"prefill {prompt} tokens: attention backend {attention.backend}"
-                             + (f" ({attention.note})" if attention.note else ""))
+            progress(
+                "step",
+                f"prefill {prompt} tokens: attention backend {attention.backend}"
+                + (f" ({attention.note})" if attention.note else ""),
+            )
             return [row(1, prompt, "prefill", prompt, ms, False)]
+
         section.group(f"prefill {prompt} tokens", measure_prefill)
     return section.finish()
 
@@ -699,8 +824,12 @@ def nvidia_smi() -> str | None:
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem,power.limit",
-                               "--format=csv"], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,clocks.sm,clocks.max.sm,clocks.mem,power.limit", "--format=csv"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return done.stdout.strip() or done.stderr.strip()
     except (OSError, subprocess.SubprocessError) as exc:
         return f"failed: {exc}"
@@ -737,9 +866,14 @@ def measure_ceilings(ctx: Context) -> dict:
     matmul = matmul_ms(ctx)
     ctx.free()
     n = ctx.plan.matmul_size
-    return {"copy_bytes": ctx.plan.copy_bytes, "copy_ms": copy,
-            "copy_bandwidth_gbps": 2 * ctx.plan.copy_bytes / (copy / 1e3) / 1e9,
-            "matmul_size": n, "matmul_ms": matmul, "matmul_tflops": 2 * n**3 / (matmul / 1e3) / 1e12}
+    return {
+        "copy_bytes": ctx.plan.copy_bytes,
+        "copy_ms": copy,
+        "copy_bandwidth_gbps": 2 * ctx.plan.copy_bytes / (copy / 1e3) / 1e9,
+        "matmul_size": n,
+        "matmul_ms": matmul,
+        "matmul_tflops": 2 * n**3 / (matmul / 1e3) / 1e12,
+    }
 
 
 def write_device_json(ctx: Context, args: argparse.Namespace) -> None:
@@ -757,10 +891,15 @@ def write_device_json(ctx: Context, args: argparse.Namespace) -> None:
     }
     if ctx.device.type == "cuda":
         props = torch.cuda.get_device_properties(ctx.device)
-        info.update({"device_name": props.name, "sm_count": props.multi_processor_count,
-                     "total_memory_bytes": props.total_memory,
-                     "compute_capability": f"{props.major}.{props.minor}",
-                     "cudnn_version": torch.backends.cudnn.version()})
+        info.update(
+            {
+                "device_name": props.name,
+                "sm_count": props.multi_processor_count,
+                "total_memory_bytes": props.total_memory,
+                "compute_capability": f"{props.major}.{props.minor}",
+                "cudnn_version": torch.backends.cudnn.version(),
+            }
+        )
     else:
         info.update({"device_name": "cpu", "cpu_threads": torch.get_num_threads()})
     try:
@@ -771,8 +910,11 @@ def write_device_json(ctx: Context, args: argparse.Namespace) -> None:
         ctx.free()
     info["nvidia_smi"] = nvidia_smi()
     write_json(ctx.out / "device.json", info)
-    progress("device", f"{info.get('device_name')}: copy {info.get('copy_bandwidth_gbps', float('nan')):.0f} GB/s, "
-                       f"matmul {info.get('matmul_tflops', float('nan')):.1f} TFLOP/s -> {ctx.out / 'device.json'}")
+    progress(
+        "device",
+        f"{info.get('device_name')}: copy {info.get('copy_bandwidth_gbps', float('nan')):.0f} GB/s, "
+        f"matmul {info.get('matmul_tflops', float('nan')):.1f} TFLOP/s -> {ctx.out / 'device.json'}",
+    )
 
 
 # ---------------------------------------------------------------- main
@@ -787,8 +929,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16")
     p.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (cpu needs --tiny)")
-    p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True,
-                   help="time loops as CUDA graph replays, without CPU launch overhead (default on)")
+    p.add_argument(
+        "--graphs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time loops as CUDA graph replays, without CPU launch overhead (default on)",
+    )
     args = p.parse_args(argv)
     args.section_list = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(args.section_list) - set(SECTIONS))
@@ -813,10 +959,19 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    ctx = Context(device=device, dtype=dtype, gpu=args.gpu_name or default_gpu_name(device),
-                  plan=make_plan(args.quick, args.tiny), timer=Timer(device, args.graphs), out=args.out)
-    progress("start", f"gpu {ctx.gpu}, torch {torch.__version__}, {args.dtype}, graphs {ctx.timer.graphs}, "
-                      f"sections {','.join(args.section_list)} -> {args.out}")
+    ctx = Context(
+        device=device,
+        dtype=dtype,
+        gpu=args.gpu_name or default_gpu_name(device),
+        plan=make_plan(args.quick, args.tiny),
+        timer=Timer(device, args.graphs),
+        out=args.out,
+    )
+    progress(
+        "start",
+        f"gpu {ctx.gpu}, torch {torch.__version__}, {args.dtype}, graphs {ctx.timer.graphs}, "
+        f"sections {','.join(args.section_list)} -> {args.out}",
+    )
     started = time.perf_counter()
     try:
         write_device_json(ctx, args)
@@ -837,8 +992,11 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # report and go on to the next section
             progress(name, f"FAILED after {time.perf_counter() - start:.1f} s: {one_line(exc)}")
         ctx.free()
-    progress("end", f"{len(written)} of {len(args.section_list)} sections written in "
-                    f"{time.perf_counter() - started:.1f} s: {', '.join(written) or 'none'}")
+    progress(
+        "end",
+        f"{len(written)} of {len(args.section_list)} sections written in "
+        f"{time.perf_counter() - started:.1f} s: {', '.join(written) or 'none'}",
+    )
     return 0 if written else 1
 
 

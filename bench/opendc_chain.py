@@ -40,8 +40,7 @@ POWER_FRAMEWORK = "vllm-0.5-offline"
 
 
 def kavier(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", *map(str, args)], capture_output=True,
-                          text=True)
+    proc = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", *map(str, args)], capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"kavier {' '.join(map(str, args))} failed:\n{proc.stderr}")
     return proc
@@ -53,17 +52,28 @@ def one_gpu_experiment(row: dict, work: Path) -> Path:
     gpu = GPU_NAMES.get(row["gpu"], row["gpu"])
     name = f"{gpu}-{MODEL_NAMES[row['model']]}-b{b}"
     trace = work / f"{name}.csv"
-    trace.write_text("arrival_time_s,num_input_tokens,num_output_tokens\n"
-                     + "".join(f"0,{n_in},{n_out}\n" for _ in range(b)))
+    trace.write_text(
+        "arrival_time_s,num_input_tokens,num_output_tokens\n" + "".join(f"0,{n_in},{n_out}\n" for _ in range(b))
+    )
     exp = {
-        "name": name, "model": MODEL_NAMES[row["model"]], "gpu": gpu, "trace": trace.name,
-        "serving": {"replicas": 1, "tp": 1, "max_num_seqs": max(b, 1), "kv_cache": "on",
-                    "framework": POWER_FRAMEWORK},
+        "name": name,
+        "model": MODEL_NAMES[row["model"]],
+        "gpu": gpu,
+        "trace": trace.name,
+        "serving": {"replicas": 1, "tp": 1, "max_num_seqs": max(b, 1), "kv_cache": "on", "framework": POWER_FRAMEWORK},
         "datacenter": {
-            "name": "bench", "export_interval_s": 1,
-            "hosts": [{"name": "node", "count": 1, "gpus_per_host": 1,
-                       "cpu": {"cores": 16, "mhz": 2000, "count": 1},
-                       "cpu_power_model": {"model": "linear", "idle_w": 0, "max_w": 0}, "memory_gib": 256}],
+            "name": "bench",
+            "export_interval_s": 1,
+            "hosts": [
+                {
+                    "name": "node",
+                    "count": 1,
+                    "gpus_per_host": 1,
+                    "cpu": {"cores": 16, "mhz": 2000, "count": 1},
+                    "cpu_power_model": {"model": "linear", "idle_w": 0, "max_w": 0},
+                    "memory_gib": 256,
+                }
+            ],
         },
         "opendc": {"export": {"mode": "adaptive", "tolerance": 0.02}},
     }
@@ -88,8 +98,10 @@ def power(work: Path) -> None:
         measured = float(row["avg_power_w"])
         err = 100.0 * (predicted - measured) / measured
         by_gpu[row["gpu"]].append(abs(err))
-        print(f"{row['gpu']:<10} {row['model']:<16} {int(row['batch_size']):>5} {measured:>10.1f} "
-              f"{predicted:>9.1f} {err:>+8.1f}")
+        print(
+            f"{row['gpu']:<10} {row['model']:<16} {int(row['batch_size']):>5} {measured:>10.1f} "
+            f"{predicted:>9.1f} {err:>+8.1f}"
+        )
     for gpu, errs in by_gpu.items():
         print(f"MAPE {gpu}: {sum(errs) / len(errs):.1f} % over {len(errs)} rows")
     every = [e for errs in by_gpu.values() for e in errs]
@@ -98,19 +110,47 @@ def power(work: Path) -> None:
 
 def fragments(work: Path) -> None:
     sim = work / "azure-sim"
-    kavier("simulate", "--model", "llama-3-8b", "--gpu", "a100-80gb", "--replicas", "2", "--trace", AZURE_CONV,
-           "--out", sim, "--quiet")
+    kavier(
+        "simulate",
+        "--model",
+        "llama-3-8b",
+        "--gpu",
+        "a100-80gb",
+        "--replicas",
+        "2",
+        "--trace",
+        AZURE_CONV,
+        "--out",
+        sim,
+        "--quiet",
+    )
     dc = work / "dc.yaml"
-    dc.write_text(yaml.safe_dump({
-        "name": "azure-dc", "export_interval_s": 1,
-        "hosts": [{"name": "node", "count": 1, "gpus_per_host": 2, "gpu": "A100-80GB",
-                   "cpu": {"cores": 32, "mhz": 2400, "count": 1},
-                   "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300}, "memory_gib": 512}]}))
+    dc.write_text(
+        yaml.safe_dump(
+            {
+                "name": "azure-dc",
+                "export_interval_s": 1,
+                "hosts": [
+                    {
+                        "name": "node",
+                        "count": 1,
+                        "gpus_per_host": 2,
+                        "gpu": "A100-80GB",
+                        "cpu": {"cores": 32, "mhz": 2400, "count": 1},
+                        "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
+                        "memory_gib": 512,
+                    }
+                ],
+            }
+        )
+    )
     results = {}
-    for label, extra in (("adaptive 0.02", ["--mode", "adaptive", "--tolerance", "0.02"]),
-                         ("adaptive 0.05", ["--mode", "adaptive", "--tolerance", "0.05"]),
-                         ("adaptive 0.1", ["--mode", "adaptive", "--tolerance", "0.1"]),
-                         ("interval 0.1 s", ["--mode", "interval", "--interval", "0.1"])):
+    for label, extra in (
+        ("adaptive 0.02", ["--mode", "adaptive", "--tolerance", "0.02"]),
+        ("adaptive 0.05", ["--mode", "adaptive", "--tolerance", "0.05"]),
+        ("adaptive 0.1", ["--mode", "adaptive", "--tolerance", "0.1"]),
+        ("interval 0.1 s", ["--mode", "interval", "--interval", "0.1"]),
+    ):
         odc = work / ("odc-" + label.replace(" ", "-"))
         kavier("export-opendc", sim, "--datacenter", dc, "--out", odc, *extra, "--quiet")
         n_frag = sum(1 for _ in _fragment_rows(odc))
@@ -120,11 +160,15 @@ def fragments(work: Path) -> None:
         sus = json.loads((odc / "sustainability.json").read_text())
         results[label] = (n_frag, sus["energy_wh"], sus["gpu_energy_wh"], sus["peak_power_w"], wall)
     base = results["interval 0.1 s"]
-    print(f"{'export':<16} {'fragments':>10} {'OpenDC Wh':>10} {'GPU Wh':>9} {'vs interval':>12} {'peak W':>7} "
-          f"{'OpenDC s':>9}")
+    print(
+        f"{'export':<16} {'fragments':>10} {'OpenDC Wh':>10} {'GPU Wh':>9} {'vs interval':>12} {'peak W':>7} "
+        f"{'OpenDC s':>9}"
+    )
     for label, (n, e, g, peak, wall) in results.items():
-        print(f"{label:<16} {n:>10,} {e:>10.3f} {g:>9.3f} {100 * (e - base[1]) / base[1]:>+11.3f}% {peak:>7.0f} "
-              f"{wall:>9.1f}")
+        print(
+            f"{label:<16} {n:>10,} {e:>10.3f} {g:>9.3f} {100 * (e - base[1]) / base[1]:>+11.3f}% {peak:>7.0f} "
+            f"{wall:>9.1f}"
+        )
     for label, (n, *_rest) in results.items():
         if label != "interval 0.1 s":
             print(f"{label}: {base[0] / n:.1f}x fewer fragments than the 0.1 s interval export")

@@ -23,27 +23,92 @@ DATA = Path(os.environ.get("KAVIER_SHARED_DATA") or HERE.parent / "shared" / "da
 
 #: name -> `kavier simulate` arguments (the trace first)
 CASES: dict[str, list[str]] = {
-    "azure-conv": ["--trace", f"{DATA}/traces/azure_llm_2023_conv.csv", "--model", "Llama-2-7B",
-                   "--gpu", "A100-80GB", "--replicas", "2"],
-    "mooncake-prefix": ["--trace", f"{DATA}/traces/mooncake_conversation.jsonl", "--model", "Llama-3-8B",
-                        "--gpu", "A100-80GB", "--prefix-cache", "block"],
-    "llama70b-preempting": ["--trace", f"{DATA}/traces/azure_llm_2023_code.csv", "--model", "Llama-2-70B",
-                            "--gpu", "A100-80GB", "--tp", "4", "--num-kv-blocks", "2000"],
-    "vllm-0.5-server": ["--trace", f"{DATA}/traces/azure_llm_2023_conv.csv", "--model", "Llama-3-8B",
-                        "--gpu", "H100-SXM", "--framework", "vllm-0.5-server"],
+    "azure-conv": [
+        "--trace",
+        f"{DATA}/traces/azure_llm_2023_conv.csv",
+        "--model",
+        "Llama-2-7B",
+        "--gpu",
+        "A100-80GB",
+        "--replicas",
+        "2",
+    ],
+    "mooncake-prefix": [
+        "--trace",
+        f"{DATA}/traces/mooncake_conversation.jsonl",
+        "--model",
+        "Llama-3-8B",
+        "--gpu",
+        "A100-80GB",
+        "--prefix-cache",
+        "block",
+    ],
+    "llama70b-preempting": [
+        "--trace",
+        f"{DATA}/traces/azure_llm_2023_code.csv",
+        "--model",
+        "Llama-2-70B",
+        "--gpu",
+        "A100-80GB",
+        "--tp",
+        "4",
+        "--num-kv-blocks",
+        "2000",
+    ],
+    "vllm-0.5-server": [
+        "--trace",
+        f"{DATA}/traces/azure_llm_2023_conv.csv",
+        "--model",
+        "Llama-3-8B",
+        "--gpu",
+        "H100-SXM",
+        "--framework",
+        "vllm-0.5-server",
+    ],
 }
 #: JSON keys whose values are times of the run or paths of its folder, not results
-VOLATILE = {"wall_s", "started", "finished", "started_at", "finished_at", "command", "path", "paths", "out",
-            "raw_output", "topology", "experiment", "created", "date", "versions", "library_versions",
-            "wall_time_s", "elapsed_s", "host", "python", "source", "inputs", "input_files", "files",
-            "carbon_trace", "stages", "timings", "requests_per_s", "provenance", "cwd", "pathToFile",
-            "outputFolder", "carbonTracePath"}
+VOLATILE = {
+    "wall_s",
+    "started",
+    "finished",
+    "started_at",
+    "finished_at",
+    "command",
+    "path",
+    "paths",
+    "out",
+    "raw_output",
+    "topology",
+    "experiment",
+    "created",
+    "date",
+    "versions",
+    "library_versions",
+    "wall_time_s",
+    "elapsed_s",
+    "host",
+    "python",
+    "source",
+    "inputs",
+    "input_files",
+    "files",
+    "carbon_trace",
+    "stages",
+    "timings",
+    "requests_per_s",
+    "provenance",
+    "cwd",
+    "pathToFile",
+    "outputFolder",
+    "carbonTracePath",
+}
 
 
 def run(checkout: Path, args: list[str]) -> None:
     env = {**os.environ, "PYTHONPATH": str(checkout)}
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", *args], cwd=checkout, env=env,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", *args], cwd=checkout, env=env, capture_output=True, text=True
+    )
     if r.returncode != 0:
         raise SystemExit(f"{checkout}: kavier {' '.join(args)} failed:\n{r.stderr}")
 
@@ -59,9 +124,11 @@ def scrub(value):
 def compare(a: Path, b: Path, roots: tuple[Path, Path]) -> list[str]:
     """The files that differ between folders a and b (or exist in one only); in JSON files the two
     checkouts' paths (``roots``) count as the same."""
+
     def files(d: Path) -> set[Path]:
         # output/inputs/ holds OpenDC's copies of the inputs with their paths resolved: paths, not results
         return {p.relative_to(d) for p in d.rglob("*") if p.is_file() and "inputs" not in p.relative_to(d).parts}
+
     fa, fb = files(a), files(b)
     out = [f"only in one: {p}" for p in sorted(fa ^ fb)]
     for rel in sorted(fa & fb):

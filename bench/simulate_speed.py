@@ -23,8 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_TRACE = (Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-                 / "traces" / "azure_llm_2023_conv.csv")
+DEFAULT_TRACE = (
+    Path(os.environ.get("KAVIER_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    / "traces"
+    / "azure_llm_2023_conv.csv"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,34 +44,58 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--router", default="round-robin")
     ap.add_argument("--exact", action="store_true", help="step every iteration")
-    ap.add_argument("--prefix-cache", default="auto", metavar="POLICY",
-                    help="prefix-cache policy as for kavier simulate (default auto: block when the trace has "
-                         "hash_ids, token ids or sessions)")
-    ap.add_argument("--synthetic", type=int, default=0, metavar="N",
-                    help="instead of --trace, N synthetic requests (Poisson, ShareGPT-like lengths)")
+    ap.add_argument(
+        "--prefix-cache",
+        default="auto",
+        metavar="POLICY",
+        help="prefix-cache policy as for kavier simulate (default auto: block when the trace has "
+        "hash_ids, token ids or sessions)",
+    )
+    ap.add_argument(
+        "--synthetic",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of --trace, N synthetic requests (Poisson, ShareGPT-like lengths)",
+    )
     ap.add_argument("--rate", type=float, default=None, help="synthetic arrival rate (default: 2.5 req/s per replica)")
     ap.add_argument("--repeat", type=int, default=3, help="runs; the best is reported")
-    ap.add_argument("--prefill-replicas", type=int, default=None, metavar="N",
-                    help="disaggregated serving: N prefill replicas (with --decode-replicas; --replicas is unused)")
+    ap.add_argument(
+        "--prefill-replicas",
+        type=int,
+        default=None,
+        metavar="N",
+        help="disaggregated serving: N prefill replicas (with --decode-replicas; --replicas is unused)",
+    )
     ap.add_argument("--decode-replicas", type=int, default=None, metavar="N")
     ap.add_argument("--kv-transfer-mode", default="whole", choices=("whole", "layerwise"))
     args = ap.parse_args(argv)
 
     cat = default_catalog()
-    cfg = SimConfig(model=cat.model(args.model), gpu=cat.gpu(args.gpu), replicas=args.replicas,
-                    router=args.router, exact=args.exact, prefix_cache=args.prefix_cache,
-                    prefill_replicas=args.prefill_replicas, decode_replicas=args.decode_replicas,
-                    kv_transfer_mode=args.kv_transfer_mode)
+    cfg = SimConfig(
+        model=cat.model(args.model),
+        gpu=cat.gpu(args.gpu),
+        replicas=args.replicas,
+        router=args.router,
+        exact=args.exact,
+        prefix_cache=args.prefix_cache,
+        prefill_replicas=args.prefill_replicas,
+        decode_replicas=args.decode_replicas,
+        kv_transfer_mode=args.kv_transfer_mode,
+    )
     best = None
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             if args.synthetic:
                 rate = args.rate or 2.5 * args.replicas
-                trace = synthetic_trace(args.synthetic, rate=rate,
-                                        input=LengthSpec.lognormal(median=600, sigma=0.9, min=4, max=6000),
-                                        output=LengthSpec.lognormal(median=200, sigma=0.9, min=1, max=2000),
-                                        seed=1)
+                trace = synthetic_trace(
+                    args.synthetic,
+                    rate=rate,
+                    input=LengthSpec.lognormal(median=600, sigma=0.9, min=4, max=6000),
+                    output=LengthSpec.lognormal(median=200, sigma=0.9, min=1, max=2000),
+                    seed=1,
+                )
                 name = f"synthetic {args.synthetic} requests at {rate} req/s"
             else:
                 trace = load_trace(args.trace)
@@ -86,13 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     wall, load, sim, write, n, result = best
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     topo = cfg.topology()
-    where = (f"{cfg.replicas} x {cfg.gpu.name}" if topo is None else
-             f"{topo.prefill.replicas} prefill + {topo.decode.replicas} decode x {cfg.gpu.name} "
-             f"({topo.link.mode} KV transfer)")
-    print(f"trace        {name} ({n} requests), {cfg.model.name} on {where}, "
-          f"{'exact' if cfg.exact else 'fast'} mode, prefix cache {result.replicas[0].policy}")
-    print(f"makespan     {result.makespan_s:.1f} s simulated, "
-          f"{sum(r.iterations for r in result.replicas)} iterations")
+    where = (
+        f"{cfg.replicas} x {cfg.gpu.name}"
+        if topo is None
+        else f"{topo.prefill.replicas} prefill + {topo.decode.replicas} decode x {cfg.gpu.name} "
+        f"({topo.link.mode} KV transfer)"
+    )
+    print(
+        f"trace        {name} ({n} requests), {cfg.model.name} on {where}, "
+        f"{'exact' if cfg.exact else 'fast'} mode, prefix cache {result.replicas[0].policy}"
+    )
+    print(f"makespan     {result.makespan_s:.1f} s simulated, {sum(r.iterations for r in result.replicas)} iterations")
     print(f"wall         {wall:.3f} s (load {load:.3f}, simulate {sim:.3f}, write {write:.3f})")
     print(f"peak RSS     {rss_mib:.0f} MiB")
     print(f"requests/s   {n / wall:,.0f}")

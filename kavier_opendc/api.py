@@ -39,8 +39,9 @@ __all__ = ["load_workload", "simulate", "summary", "requests_table", "load_exper
 PathLike = str | os.PathLike[str]
 
 
-def load_workload(source: PathLike | Mapping[str, Any], *, trace_format: str | None = None,
-                  keep_overlong: bool = False) -> Trace:
+def load_workload(
+    source: PathLike | Mapping[str, Any], *, trace_format: str | None = None, keep_overlong: bool = False
+) -> Trace:
     """A trace, read from a file or generated from a synthetic workload description, as ``kavier simulate
     --trace`` takes it.
 
@@ -66,9 +67,16 @@ def _catalog(catalog: Catalog | PathLike | Sequence[PathLike] | None) -> Catalog
     return cat
 
 
-def simulate(trace: Trace | PathLike | Mapping[str, Any], model: str | ModelSpec, gpu: str | GPUSpec, *,
-             catalog: Catalog | PathLike | Sequence[PathLike] | None = None, out: PathLike | None = None,
-             progress: bool | None = False, **serving: Any) -> SimulationResult:
+def simulate(
+    trace: Trace | PathLike | Mapping[str, Any],
+    model: str | ModelSpec,
+    gpu: str | GPUSpec,
+    *,
+    catalog: Catalog | PathLike | Sequence[PathLike] | None = None,
+    out: PathLike | None = None,
+    progress: bool | None = False,
+    **serving: Any,
+) -> SimulationResult:
     """Simulate serving ``trace`` (``kavier simulate``, performance only, no JVM); returns the engine's result.
 
     ``trace``: a :class:`Trace`, or anything :func:`load_workload` reads. ``model``, ``gpu``: catalogue names
@@ -92,7 +100,8 @@ def simulate(trace: Trace | PathLike | Mapping[str, Any], model: str | ModelSpec
         warnings.warn(warning, UserWarning, stacklevel=2)
     if out is not None:
         from kavier_opendc.base.atomic import check_writable_dir
-        check_writable_dir(Path(out))   # before the simulation, as the command does
+
+        check_writable_dir(Path(out))  # before the simulation, as the command does
     result = _simulate(trace, cfg, progress=progress)
     if out is not None:
         write_simulation(result, Path(out))
@@ -120,8 +129,14 @@ def load_experiment(source: PathLike | Mapping[str, Any], *, opendc: bool | None
     return _experiment.load_experiment(source if isinstance(source, Mapping) else Path(source), opendc=opendc)
 
 
-def run_experiment(experiment: _experiment.Experiment | PathLike | Mapping[str, Any], out: PathLike, *,
-                   opendc: bool | None = False, plots: bool = True, quiet: bool = True) -> _pipeline.RunResult:
+def run_experiment(
+    experiment: _experiment.Experiment | PathLike | Mapping[str, Any],
+    out: PathLike,
+    *,
+    opendc: bool | None = False,
+    plots: bool = True,
+    quiet: bool = True,
+) -> _pipeline.RunResult:
     """Run an experiment end to end into ``out`` (``kavier run``); returns its ``RunResult``.
 
     The result's ``report`` is report.json's content; ``out`` holds what the command writes (simulation/,

@@ -42,26 +42,26 @@ DEFAULTS = {
     "ttft_per_token_s": 0.0,
     "tpot_base_s": 0.010,
     "tpot_per_token_s": 0.0,
-    "natural_length": 5,          # tokens produced before EOS when ignore_eos is not set
-    "tokenize": True,             # serve /tokenize
-    "tokenize_limit": None,       # answer only this many /tokenize calls, HTTP 500 after them (None: all)
-    "list_models": True,          # serve /v1/models
-    "mode": "normal",             # normal | error_mid_stream | close_mid_stream | hang | invalid_json |
-                                  # malformed_lines | non_streaming | no_usage | http_500 |
-                                  # faults (tests/test_tracer_faults.py): no_answer (never sends the headers) |
-                                  # http_429 | no_done (no [DONE]) | garbage (junk lines, then invalid JSON) |
-                                  # flood (tokens without end, max_tokens ignored) | huge_line (a data line
-                                  # of huge_line_bytes) | echo_key (HTTP echo_status quoting the Authorization
-                                  # header in body, headers and reason) | echo_key_stream (the same in an
-                                  # error chunk mid-stream) | echo_key_json (... in a line of invalid JSON)
-    "retry_after": None,          # http_429: the Retry-After header's value, or None for none
-    "echo_status": 500,           # echo_key: the HTTP status
+    "natural_length": 5,  # tokens produced before EOS when ignore_eos is not set
+    "tokenize": True,  # serve /tokenize
+    "tokenize_limit": None,  # answer only this many /tokenize calls, HTTP 500 after them (None: all)
+    "list_models": True,  # serve /v1/models
+    "mode": "normal",  # normal | error_mid_stream | close_mid_stream | hang | invalid_json |
+    # malformed_lines | non_streaming | no_usage | http_500 |
+    # faults (tests/test_tracer_faults.py): no_answer (never sends the headers) |
+    # http_429 | no_done (no [DONE]) | garbage (junk lines, then invalid JSON) |
+    # flood (tokens without end, max_tokens ignored) | huge_line (a data line
+    # of huge_line_bytes) | echo_key (HTTP echo_status quoting the Authorization
+    # header in body, headers and reason) | echo_key_stream (the same in an
+    # error chunk mid-stream) | echo_key_json (... in a line of invalid JSON)
+    "retry_after": None,  # http_429: the Retry-After header's value, or None for none
+    "echo_status": 500,  # echo_key: the HTTP status
     "huge_line_bytes": 64 << 20,  # huge_line: bytes of the line before its end of line
-    "fail_after_tokens": 2,       # error_mid_stream / close_mid_stream / hang / invalid_json
-    "fail_from": 0,               # the failure mode applies from this completion request on (0: the first)
-    "fail_every": 1,              # ... and then to every n-th one (by arrival order)
+    "fail_after_tokens": 2,  # error_mid_stream / close_mid_stream / hang / invalid_json
+    "fail_from": 0,  # the failure mode applies from this completion request on (0: the first)
+    "fail_every": 1,  # ... and then to every n-th one (by arrival order)
     "max_model_len": 4096,
-    "engine": None,               # an engine to emulate (see the module doc), or None
+    "engine": None,  # an engine to emulate (see the module doc), or None
 }
 
 
@@ -77,11 +77,13 @@ class Engine:
 
         cat = default_catalog()
         gpu = cat.gpu(spec["gpu"])
-        fw = dataclasses.replace(framework("vllm-v1"), step_overhead={
-            (gpu.name, 1): StepOverhead(float(spec["fixed_s"]), float(spec.get("per_seq_s", 0.0)))})
+        fw = dataclasses.replace(
+            framework("vllm-v1"),
+            step_overhead={(gpu.name, 1): StepOverhead(float(spec["fixed_s"]), float(spec.get("per_seq_s", 0.0)))},
+        )
         self.cm = CostModel(cat.model(spec["model"]), gpu, 1, framework=fw)
         self.client_s = float(spec.get("client_s", 0.0))
-        self.joining: list = []          # [prompt tokens, tokens to produce, queue of token times]
+        self.joining: list = []  # [prompt tokens, tokens to produce, queue of token times]
         self.running: list = []
         self.wake = asyncio.Event()
         self.task = asyncio.ensure_future(self.loop())
@@ -106,7 +108,7 @@ class Engine:
             for p, _, _, _ in new:
                 n_tok += p
                 pairs += p * (p + 1) // 2
-            for r in self.running:          # r[3]: tokens generated; context = prompt + generated
+            for r in self.running:  # r[3]: tokens generated; context = prompt + generated
                 c = r[0] + r[3]
                 n_tok += 1
                 pairs += c
@@ -120,7 +122,6 @@ class Engine:
                 r[3] += 1
                 r[2].put_nowait(t)
             self.running = [r for r in self.running if r[3] < r[1]]
-
 
 
 async def sleep_until(deadline: float) -> None:
@@ -144,12 +145,12 @@ class FakeServer:
         self.max_open_streams = 0
         self.last_headers: dict = {}
         self.bodies: list = []
-        self.lateness: list = []      # actual minus scheduled write time of every token, seconds
+        self.lateness: list = []  # actual minus scheduled write time of every token, seconds
         self.engine: Engine | None = None
 
     # ------------------------------------------------------------------ hooks
     async def config(self, request: web.Request) -> web.Response:
-        self.cfg.update(await request.json())   # a new configuration also resets the statistics
+        self.cfg.update(await request.json())  # a new configuration also resets the statistics
         if self.engine is not None:
             self.engine.task.cancel()
         self.engine = Engine(self.cfg["engine"]) if self.cfg.get("engine") else None
@@ -161,18 +162,25 @@ class FakeServer:
         return web.json_response(self.cfg)
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"seen": self.seen, "max_open_streams": self.max_open_streams,
-                                  "open_streams": self.open_streams, "last_headers": self.last_headers,
-                                  "bodies": self.bodies[-5:],
-                                  "lateness_max_s": max(self.lateness, default=0.0),
-                                  "lateness_mean_s": sum(self.lateness) / max(1, len(self.lateness))})
+        return web.json_response(
+            {
+                "seen": self.seen,
+                "max_open_streams": self.max_open_streams,
+                "open_streams": self.open_streams,
+                "last_headers": self.last_headers,
+                "bodies": self.bodies[-5:],
+                "lateness_max_s": max(self.lateness, default=0.0),
+                "lateness_mean_s": sum(self.lateness) / max(1, len(self.lateness)),
+            }
+        )
 
     # ------------------------------------------------------------------ OpenAI-compatible API
     async def models(self, request: web.Request) -> web.Response:
         if not self.cfg["list_models"]:
             raise web.HTTPNotFound()
-        return web.json_response({"object": "list", "data": [{"id": m, "object": "model", "owned_by": "test"}
-                                                             for m in self.cfg["models"]]})
+        return web.json_response(
+            {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "test"} for m in self.cfg["models"]]}
+        )
 
     async def tokenize(self, request: web.Request) -> web.Response:
         if not self.cfg["tokenize"]:
@@ -182,12 +190,12 @@ class FakeServer:
             return self._error(500, "tokenizer crashed (programmed)", "InternalServerError")
         body = await request.json()
         n = count_tokens(body.get("prompt", ""))
-        return web.json_response({"count": n, "max_model_len": self.cfg["max_model_len"],
-                                  "tokens": list(range(n))})
+        return web.json_response({"count": n, "max_model_len": self.cfg["max_model_len"], "tokens": list(range(n))})
 
     def _error(self, status: int, message: str, kind: str) -> web.Response:
-        return web.json_response({"object": "error", "message": message, "type": kind, "param": None,
-                                  "code": status}, status=status)
+        return web.json_response(
+            {"object": "error", "message": message, "type": kind, "param": None, "code": status}, status=status
+        )
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         t_recv = time.perf_counter()
@@ -219,27 +227,45 @@ class FakeServer:
                 resp.headers["Retry-After"] = str(cfg["retry_after"])
             return resp
         if mode == "echo_key":
-            return web.json_response({"error": {"message": f"invalid credentials {auth} for this server",
-                                                "type": "AuthError", "code": cfg["echo_status"]}},
-                                     status=cfg["echo_status"], reason=f"Bad {auth}",
-                                     headers={"X-Echo-Authorization": auth, "WWW-Authenticate": auth})
+            return web.json_response(
+                {
+                    "error": {
+                        "message": f"invalid credentials {auth} for this server",
+                        "type": "AuthError",
+                        "code": cfg["echo_status"],
+                    }
+                },
+                status=cfg["echo_status"],
+                reason=f"Bad {auth}",
+                headers={"X-Echo-Authorization": auth, "WWW-Authenticate": auth},
+            )
         if mode == "no_answer":
             await asyncio.sleep(3600)
         created = int(time.time())
         rid = f"cmpl-{idx}"
 
         def chunk(text: str, finish=None) -> bytes:
-            obj = {"id": rid, "object": "text_completion", "created": created, "model": body["model"],
-                   "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+            obj = {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": body["model"],
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+            }
             return f"data: {json.dumps(obj)}\n\n".encode()
 
         if mode == "non_streaming" or not body.get("stream"):
             await sleep_until(t_recv + ttft + (n_out - 1) * tpot)
-            return web.json_response({"id": rid, "object": "text_completion", "created": created,
-                                      "model": body["model"],
-                                      "choices": [{"index": 0, "text": " tok" * n_out, "finish_reason": "length"}],
-                                      "usage": {"prompt_tokens": p, "completion_tokens": n_out,
-                                                "total_tokens": p + n_out}})
+            return web.json_response(
+                {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": body["model"],
+                    "choices": [{"index": 0, "text": " tok" * n_out, "finish_reason": "length"}],
+                    "usage": {"prompt_tokens": p, "completion_tokens": n_out, "total_tokens": p + n_out},
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         if self.engine is not None:
@@ -250,11 +276,19 @@ class FakeServer:
             if mode in ("flood", "huge_line", "garbage", "echo_key_stream", "echo_key_json", "no_done"):
                 return await self._fault_stream(resp, chunk, mode, body, p, n_out, auth)
             for k in range(n_out):
-                if mode in ("error_mid_stream", "close_mid_stream", "hang", "invalid_json") \
-                        and k == cfg["fail_after_tokens"]:
+                if (
+                    mode in ("error_mid_stream", "close_mid_stream", "hang", "invalid_json")
+                    and k == cfg["fail_after_tokens"]
+                ):
                     if mode == "error_mid_stream":
-                        err = {"error": {"object": "error", "message": "CUDA out of memory (programmed)",
-                                         "type": "InternalServerError", "code": 500}}
+                        err = {
+                            "error": {
+                                "object": "error",
+                                "message": "CUDA out of memory (programmed)",
+                                "type": "InternalServerError",
+                                "code": 500,
+                            }
+                        }
                         await resp.write(f"data: {json.dumps(err)}\n\n".encode())
                         await resp.write(b"data: [DONE]\n\n")
                         return resp
@@ -269,17 +303,20 @@ class FakeServer:
                         return resp
                 await sleep_until(t_recv + ttft + k * tpot)
                 if mode == "malformed_lines":
-                    await resp.write(b": keep-alive comment\n\nevent: ping\n\nthis line is not SSE\n\n"
-                                     b"data:\n\n")
-                finish = "length" if k == n_out - 1 and n_out == max_tokens else (
-                    "stop" if k == n_out - 1 else None)
+                    await resp.write(b": keep-alive comment\n\nevent: ping\n\nthis line is not SSE\n\ndata:\n\n")
+                finish = "length" if k == n_out - 1 and n_out == max_tokens else ("stop" if k == n_out - 1 else None)
                 self.lateness.append(time.perf_counter() - (t_recv + ttft + k * tpot))
                 await resp.write(chunk(f" t{k}", finish))
             so = body.get("stream_options") or {}
             if so.get("include_usage") and mode != "no_usage":
-                usage = {"id": rid, "object": "text_completion", "created": created, "model": body["model"],
-                         "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": n_out,
-                                                  "total_tokens": p + n_out}}
+                usage = {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": body["model"],
+                    "choices": [],
+                    "usage": {"prompt_tokens": p, "completion_tokens": n_out, "total_tokens": p + n_out},
+                }
                 await resp.write(f"data: {json.dumps(usage)}\n\n".encode())
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
@@ -287,18 +324,17 @@ class FakeServer:
         finally:
             self.open_streams -= 1
 
-
     async def _fault_stream(self, resp, chunk, mode: str, body, p: int, n_out: int, auth: str):
         """The misbehaving streams of tests/test_tracer_faults.py (a client hanging up ends them)."""
         cfg = self.cfg
         await resp.write(chunk(" t0"))
-        if mode == "flood":                 # tokens without end, max_tokens ignored
+        if mode == "flood":  # tokens without end, max_tokens ignored
             k = 1
             while True:
                 await resp.write(b"".join(chunk(f" t{k + i}") for i in range(50)))
                 k += 50
                 await asyncio.sleep(0.001)
-        if mode == "huge_line":             # one line of huge_line_bytes, in pieces of 256 KiB
+        if mode == "huge_line":  # one line of huge_line_bytes, in pieces of 256 KiB
             await resp.write(b"data: ")
             left = int(cfg["huge_line_bytes"])
             piece = b"x" * (256 << 10)
@@ -306,7 +342,7 @@ class FakeServer:
                 await resp.write(piece[:left])
                 left -= len(piece)
             await resp.write(b"\n\n")
-        elif mode == "garbage":             # junk that is skipped, then data that is not JSON
+        elif mode == "garbage":  # junk that is skipped, then data that is not JSON
             await resp.write(b"\x00\xff\xfe garbage\n\nevent: x\ndata\n:::\n\n")
             await resp.write(chunk(" t1"))
             await resp.write(b"data: {not json at all\n\n")
@@ -315,11 +351,13 @@ class FakeServer:
             await resp.write(f"data: {json.dumps(err)}\n\n".encode())
         elif mode == "echo_key_json":
             await resp.write(f"data: {{'{auth}' is not JSON\n\n".encode())
-        elif mode == "no_done":             # a whole answer, usage included, but no [DONE]
+        elif mode == "no_done":  # a whole answer, usage included, but no [DONE]
             for k in range(1, n_out):
                 await resp.write(chunk(f" t{k}", "length" if k == n_out - 1 else None))
-            usage = {"choices": [], "usage": {"prompt_tokens": p, "completion_tokens": n_out,
-                                              "total_tokens": p + n_out}}
+            usage = {
+                "choices": [],
+                "usage": {"prompt_tokens": p, "completion_tokens": n_out, "total_tokens": p + n_out},
+            }
             await resp.write(f"data: {json.dumps(usage)}\n\n".encode())
             await resp.write_eof()
             return resp
@@ -327,8 +365,9 @@ class FakeServer:
         await resp.write_eof()
         return resp
 
-    async def _engine_stream(self, resp, chunk, body, p: int, n_out: int, max_tokens: int,
-                             t_recv: float) -> web.StreamResponse:
+    async def _engine_stream(
+        self, resp, chunk, body, p: int, n_out: int, max_tokens: int, t_recv: float
+    ) -> web.StreamResponse:
         engine = self.engine
         await sleep_until(t_recv + engine.client_s)
         q = engine.submit(p, n_out)
@@ -338,8 +377,18 @@ class FakeServer:
             await resp.write(chunk(f" t{k}", finish))
         so = body.get("stream_options") or {}
         if so.get("include_usage"):
-            await resp.write(("data: " + json.dumps({"choices": [], "usage": {
-                "prompt_tokens": p, "completion_tokens": n_out, "total_tokens": p + n_out}}) + "\n\n").encode())
+            await resp.write(
+                (
+                    "data: "
+                    + json.dumps(
+                        {
+                            "choices": [],
+                            "usage": {"prompt_tokens": p, "completion_tokens": n_out, "total_tokens": p + n_out},
+                        }
+                    )
+                    + "\n\n"
+                ).encode()
+            )
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -348,9 +397,15 @@ class FakeServer:
 def make_app() -> web.Application:
     srv = FakeServer()
     app = web.Application()
-    app.add_routes([web.get("/v1/models", srv.models), web.post("/tokenize", srv.tokenize),
-                    web.post("/v1/completions", srv.completions), web.post("/_config", srv.config),
-                    web.get("/_stats", srv.stats)])
+    app.add_routes(
+        [
+            web.get("/v1/models", srv.models),
+            web.post("/tokenize", srv.tokenize),
+            web.post("/v1/completions", srv.completions),
+            web.post("/_config", srv.config),
+            web.get("/_stats", srv.stats),
+        ]
+    )
     return app
 
 
@@ -360,8 +415,8 @@ async def _serve() -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
-    logging.getLogger("aiohttp").setLevel(logging.CRITICAL)   # a client hanging up is part of the tests
-    gc.freeze()         # no collector pauses over the start-up objects while serving
+    logging.getLogger("aiohttp").setLevel(logging.CRITICAL)  # a client hanging up is part of the tests
+    gc.freeze()  # no collector pauses over the start-up objects while serving
     print(f"PORT {port}", flush=True)
     await asyncio.Event().wait()
 

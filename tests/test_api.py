@@ -23,9 +23,14 @@ from kavier_opendc.cli import main
 from test_experiment import tiny_doc, write
 
 DEMO_CHAT = REPO / "traces" / "demo_chat.csv"
-SYNTHETIC = {"num_requests": 25, "rate": 5.0, "arrival": "poisson", "seed": 7,
-             "input": {"dist": "uniform", "low": 20, "high": 300},
-             "output": {"dist": "uniform", "low": 2, "high": 40}}
+SYNTHETIC = {
+    "num_requests": 25,
+    "rate": 5.0,
+    "arrival": "poisson",
+    "seed": 7,
+    "input": {"dist": "uniform", "low": 20, "high": 300},
+    "output": {"dist": "uniform", "low": 2, "high": 40},
+}
 
 
 def _csv_column(path, name) -> list[int]:
@@ -34,9 +39,11 @@ def _csv_column(path, name) -> list[int]:
 
 
 def test_import_is_cheap_and_the_api_loads_on_first_use():
-    code = ("import sys, kavier_opendc as k; heavy = ('numpy', 'pandas', 'pyarrow', 'kavier_opendc.api'); "
-            "before = [m for m in heavy if m in sys.modules]; f = k.simulate; "
-            "print(before, f.__module__, 'kavier_opendc.api' in sys.modules, sorted(k.__all__))")
+    code = (
+        "import sys, kavier_opendc as k; heavy = ('numpy', 'pandas', 'pyarrow', 'kavier_opendc.api'); "
+        "before = [m for m in heavy if m in sys.modules]; f = k.simulate; "
+        "print(before, f.__module__, 'kavier_opendc.api' in sys.modules, sorted(k.__all__))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split(" ", 1)[0] == "[]"
@@ -72,9 +79,31 @@ def test_load_workload_generates_a_description_file_or_mapping_alike(tmp_path):
 def test_simulate_equals_kavier_simulate(tmp_path):
     settings = {"replicas": 2, "router": "random", "seed": 5, "max_num_seqs": 64}
     cli_out = tmp_path / "cli"
-    assert main(["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str(DEMO_CHAT),
-                 "--replicas", "2", "--router", "random", "--seed", "5", "--max-num-seqs", "64",
-                 "--out", str(cli_out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--model",
+                "Llama-3-8B",
+                "--gpu",
+                "A100-80GB",
+                "--trace",
+                str(DEMO_CHAT),
+                "--replicas",
+                "2",
+                "--router",
+                "random",
+                "--seed",
+                "5",
+                "--max-num-seqs",
+                "64",
+                "--out",
+                str(cli_out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     result = ko.simulate(str(DEMO_CHAT), model="llama-3-8b", gpu="A100-80GB", out=tmp_path / "api", **settings)
     summary = ko.summary(result)
     assert summary["num_requests"] == summary["num_finished"] == 3000

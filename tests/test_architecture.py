@@ -34,10 +34,18 @@ def test_import_linter_contracts_are_kept():
     if importlib.util.find_spec("importlinter") is None:
         pytest.fail("import-linter is not installed; it is in the 'test' extra: pip install -e '.[test]'")
     exe = shutil.which("lint-imports")
-    cmd = [exe] if exe else [sys.executable, "-c", "from importlinter.cli import lint_imports_command; "
-                                                   "lint_imports_command()"]
-    r = subprocess.run(cmd + ["--no-cache", "--config", str(REPO / "pyproject.toml")], cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
+    cmd = (
+        [exe]
+        if exe
+        else [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()"]
+    )
+    r = subprocess.run(
+        cmd + ["--no-cache", "--config", str(REPO / "pyproject.toml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 broken" in r.stdout
 
@@ -70,7 +78,7 @@ def test_no_import_cycle_between_modules():
                 stack.pop()
                 path.pop()
             elif colour.get(nxt, BLACK) == GREY:
-                cycles.append(path[path.index(nxt):] + [nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt])
             elif colour.get(nxt, BLACK) == WHITE:
                 colour[nxt] = GREY
                 stack.append((nxt, iter(edges[nxt])))
@@ -100,11 +108,14 @@ def test_no_private_name_is_imported_from_another_module():
                     if alias.name.startswith("kavier_opendc") and alias.asname:
                         imported[alias.asname] = alias.name
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                    and node.value.id in imported and _private(node.attr)
-                    and not imported[node.value.id].startswith(mod + ".")):
-                found.append(f"{mod}:{node.lineno} uses {node.value.id}.{node.attr} "
-                             f"({imported[node.value.id]})")
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in imported
+                and _private(node.attr)
+                and not imported[node.value.id].startswith(mod + ".")
+            ):
+                found.append(f"{mod}:{node.lineno} uses {node.value.id}.{node.attr} ({imported[node.value.id]})")
     assert not found, "private names used across modules:\n" + "\n".join(found)
 
 
@@ -118,8 +129,9 @@ def test_command_line_entry_points():
     from kavier_opendc.cli import main
 
     assert callable(main)
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "--version"], cwd=REPO, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "--version"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0 and r.stdout.startswith("kavier-opendc "), r.stdout + r.stderr
 
 

@@ -64,23 +64,27 @@ def opendc_jar(bridge_jar: Path) -> Path:
 # ------------------------------------------------------------------------------------------ inputs
 
 
-TASKS_SCHEMA = pa.schema([
-    pa.field("id", pa.int32(), nullable=False),
-    pa.field("submission_time", pa.int64(), nullable=False),  # epoch ms
-    pa.field("duration", pa.int64(), nullable=False),  # ms
-    pa.field("cpu_count", pa.int32(), nullable=False),
-    pa.field("cpu_capacity", pa.float64(), nullable=False),  # MHz
-    pa.field("mem_capacity", pa.int64(), nullable=False),  # KB
-    pa.field("gpu_count", pa.int32(), nullable=True),
-    pa.field("gpu_capacity", pa.float64(), nullable=True),  # MHz
-])
+TASKS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int32(), nullable=False),
+        pa.field("submission_time", pa.int64(), nullable=False),  # epoch ms
+        pa.field("duration", pa.int64(), nullable=False),  # ms
+        pa.field("cpu_count", pa.int32(), nullable=False),
+        pa.field("cpu_capacity", pa.float64(), nullable=False),  # MHz
+        pa.field("mem_capacity", pa.int64(), nullable=False),  # KB
+        pa.field("gpu_count", pa.int32(), nullable=True),
+        pa.field("gpu_capacity", pa.float64(), nullable=True),  # MHz
+    ]
+)
 
-FRAGMENTS_SCHEMA = pa.schema([
-    pa.field("id", pa.int32(), nullable=False),
-    pa.field("duration", pa.int64(), nullable=False),  # ms
-    pa.field("cpu_usage", pa.float64(), nullable=False),  # MHz
-    pa.field("gpu_usage", pa.float64(), nullable=True),  # MHz
-])
+FRAGMENTS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int32(), nullable=False),
+        pa.field("duration", pa.int64(), nullable=False),  # ms
+        pa.field("cpu_usage", pa.float64(), nullable=False),  # MHz
+        pa.field("gpu_usage", pa.float64(), nullable=True),  # MHz
+    ]
+)
 
 
 def write_workload(directory: Path, *, bad_id_type: bool = False) -> None:
@@ -89,22 +93,28 @@ def write_workload(directory: Path, *, bad_id_type: bool = False) -> None:
     tasks_schema = TASKS_SCHEMA
     if bad_id_type:
         tasks_schema = tasks_schema.set(0, pa.field("id", pa.int64(), nullable=False))
-    tasks = pa.table({
-        "id": [0, 1],
-        "submission_time": [SUBMISSION_MS, SUBMISSION_MS],
-        "duration": [DURATION_S * 1000, DURATION_S * 1000],
-        "cpu_count": [1, 1],
-        "cpu_capacity": [1000.0, 1000.0],
-        "mem_capacity": [1_000_000, 1_000_000],
-        "gpu_count": [1, 0],
-        "gpu_capacity": [GPU_MHZ, 0.0],
-    }, schema=tasks_schema)
-    fragments = pa.table({
-        "id": [0, 1],
-        "duration": [DURATION_S * 1000, DURATION_S * 1000],
-        "cpu_usage": [100.0, 500.0],
-        "gpu_usage": [UTIL * GPU_MHZ, 0.0],
-    }, schema=FRAGMENTS_SCHEMA)
+    tasks = pa.table(
+        {
+            "id": [0, 1],
+            "submission_time": [SUBMISSION_MS, SUBMISSION_MS],
+            "duration": [DURATION_S * 1000, DURATION_S * 1000],
+            "cpu_count": [1, 1],
+            "cpu_capacity": [1000.0, 1000.0],
+            "mem_capacity": [1_000_000, 1_000_000],
+            "gpu_count": [1, 0],
+            "gpu_capacity": [GPU_MHZ, 0.0],
+        },
+        schema=tasks_schema,
+    )
+    fragments = pa.table(
+        {
+            "id": [0, 1],
+            "duration": [DURATION_S * 1000, DURATION_S * 1000],
+            "cpu_usage": [100.0, 500.0],
+            "gpu_usage": [UTIL * GPU_MHZ, 0.0],
+        },
+        schema=FRAGMENTS_SCHEMA,
+    )
     pq.write_table(tasks, directory / "tasks.parquet")
     pq.write_table(fragments, directory / "fragments.parquet")
 
@@ -113,32 +123,43 @@ def topology(carbon_trace: Path | None) -> dict:
     power_source: dict = {"name": "PS01"}
     if carbon_trace is not None:
         power_source["carbonTracePath"] = str(carbon_trace)
-    return {"clusters": [{
-        "name": "C01",
-        "hosts": [{
-            "name": "H01",
-            "count": 1,
-            "cpu": {"coreCount": 4, "coreSpeed": "1000 MHz"},
-            "memory": {"memorySize": "64 GiB"},
-            "gpu": {"count": 1, "coreCount": 1, "coreSpeed": f"{GPU_MHZ:.0f} MHz"},
-            "cpuPowerModel": {"modelType": "linear", "idlePower": "0 W", "maxPower": "0 W"},
-            "gpuPowerModel": {"modelType": "linear", "idlePower": f"{IDLE_W:.0f} W",
-                              "maxPower": f"{MAX_W:.0f} W"},
-        }],
-        "powerSource": power_source,
-    }]}
+    return {
+        "clusters": [
+            {
+                "name": "C01",
+                "hosts": [
+                    {
+                        "name": "H01",
+                        "count": 1,
+                        "cpu": {"coreCount": 4, "coreSpeed": "1000 MHz"},
+                        "memory": {"memorySize": "64 GiB"},
+                        "gpu": {"count": 1, "coreCount": 1, "coreSpeed": f"{GPU_MHZ:.0f} MHz"},
+                        "cpuPowerModel": {"modelType": "linear", "idlePower": "0 W", "maxPower": "0 W"},
+                        "gpuPowerModel": {
+                            "modelType": "linear",
+                            "idlePower": f"{IDLE_W:.0f} W",
+                            "maxPower": f"{MAX_W:.0f} W",
+                        },
+                    }
+                ],
+                "powerSource": power_source,
+            }
+        ]
+    }
 
 
-def write_experiment(root: Path, *, carbon_trace: Path | None = None, bad_id_type: bool = False,
-                     topology_doc: dict | None = None) -> Path:
+def write_experiment(
+    root: Path, *, carbon_trace: Path | None = None, bad_id_type: bool = False, topology_doc: dict | None = None
+) -> Path:
     write_workload(root / "workload", bad_id_type=bad_id_type)
     (root / "topology.json").write_text(json.dumps(topology_doc or topology(carbon_trace), indent=2))
     experiment = {
         "name": "tiny",
         "outputFolder": str(root / "output"),
         "topologies": [{"pathToFile": str(root / "topology.json")}],
-        "workloads": [{"pathToFile": str(root / "workload"), "type": "ComputeWorkload",
-                       "submissionTime": "2022-01-01T00:00:00"}],
+        "workloads": [
+            {"pathToFile": str(root / "workload"), "type": "ComputeWorkload", "submissionTime": "2022-01-01T00:00:00"}
+        ],
         "allocationPolicies": [{"type": "prefab", "policyName": "Mem"}],
         "exportModels": [{"exportInterval": EXPORT_INTERVAL_S}],
     }
@@ -177,7 +198,7 @@ def test_find_java_skips_too_old_java_home(monkeypatch, tmp_path):
     fake_home = tmp_path / "jdk8"
     (fake_home / "bin").mkdir(parents=True)
     fake_java = fake_home / "bin" / "java"
-    fake_java.write_text('#!/bin/sh\necho \'openjdk version "1.8.0_392"\' >&2\n')
+    fake_java.write_text("#!/bin/sh\necho 'openjdk version \"1.8.0_392\"' >&2\n")
     fake_java.chmod(0o755)
     assert java_version(fake_java) == 8
     monkeypatch.setenv("JAVA_HOME", str(fake_home))
@@ -230,8 +251,15 @@ def test_tiny_experiment_energy_matches_hand_computation(opendc_jar, tmp_path):
     host = pq.read_table(seed_dir / "host.parquet").to_pandas()
     source = pq.read_table(seed_dir / "powerSource.parquet").to_pandas()
 
-    for column in ("timestamp", "timestamp_absolute", "host_name", "power_draw", "energy_usage",
-                   "gpu_utilization_0", "gpu_power_draw_0"):
+    for column in (
+        "timestamp",
+        "timestamp_absolute",
+        "host_name",
+        "power_draw",
+        "energy_usage",
+        "gpu_utilization_0",
+        "gpu_power_draw_0",
+    ):
         assert column in host.columns, f"host.parquet lacks {column}: {list(host.columns)}"
     for column in ("power_draw", "energy_usage", "carbon_intensity", "carbon_emission"):
         assert column in source.columns, f"powerSource.parquet lacks {column}: {list(source.columns)}"
@@ -338,9 +366,11 @@ def test_gateway_is_local_and_needs_the_token(bridge_jar):
     from py4j.protocol import Py4JError
 
     with OpenDCBridge() as bridge:
-        intruder = JavaGateway(gateway_parameters=GatewayParameters(
-            address="127.0.0.1", port=bridge.port, auth_token="not-the-token",
-            enable_memory_management=False))
+        intruder = JavaGateway(
+            gateway_parameters=GatewayParameters(
+                address="127.0.0.1", port=bridge.port, auth_token="not-the-token", enable_memory_management=False
+            )
+        )
         try:
             with pytest.raises(Py4JError):
                 intruder.entry_point.ping()
@@ -360,13 +390,15 @@ def test_gateway_is_local_and_needs_the_token(bridge_jar):
                 for local in (row.split()[1] for row in rows if row.split()[3] == "0A"):  # LISTEN
                     if local.endswith(port_hex):
                         address = local[: -len(port_hex)]
-                        assert address in ("0100007F", "0000000000000000FFFF00000100007F"), \
+                        assert address in ("0100007F", "0000000000000000FFFF00000100007F"), (
                             f"{table}: listening on {local}, not on 127.0.0.1"
+                        )
 
 
 def test_module_cli_check(bridge_jar):
-    proc = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "bridge", "check"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "bridge", "check"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "bridge_version" in proc.stdout
 
@@ -381,7 +413,8 @@ def test_cli_bridge_build_options():
 
 def test_old_module_command_fails_and_names_the_new_one():
     """``python -m kavier_opendc.opendc.bridge build`` moved to ``kavier bridge``: it must not pass silently."""
-    proc = subprocess.run([sys.executable, "-m", "kavier_opendc.opendc.bridge", "build"], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.opendc.bridge", "build"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "kavier bridge build" in proc.stderr and "building" not in proc.stderr

@@ -21,16 +21,39 @@ from kavier_opendc.specs.profiles import AllReduceCurve, GPUProfile
 
 CAT = default_catalog()
 GPU = "A100-80GB"
-SIZES = tuple(float(2 ** k) for k in range(11, 28, 2))
-CURVES = tuple(AllReduceCurve(g, SIZES, tuple(12e-6 * g ** 0.5 + s * 2 * (g - 1) / g / 200e9 for s in SIZES))
-               for g in (2, 4, 8))
+SIZES = tuple(float(2**k) for k in range(11, 28, 2))
+CURVES = tuple(
+    AllReduceCurve(g, SIZES, tuple(12e-6 * g**0.5 + s * 2 * (g - 1) / g / 200e9 for s in SIZES)) for g in (2, 4, 8)
+)
 TRUE = GPUProfile(
-    gpu=GPU, status="measured", gemm_mbu=0.81, gemm_mfu=0.72, gemm_knee=2.6, layer_fixed_s=25e-6, act_passes=9.0,
-    attn_prefill_eff=0.55, attn_decode_mbu=0.81, overhead_fixed_s=3e-3, overhead_per_seq_s=20e-6,
+    gpu=GPU,
+    status="measured",
+    gemm_mbu=0.81,
+    gemm_mfu=0.72,
+    gemm_knee=2.6,
+    layer_fixed_s=25e-6,
+    act_passes=9.0,
+    attn_prefill_eff=0.55,
+    attn_decode_mbu=0.81,
+    overhead_fixed_s=3e-3,
+    overhead_per_seq_s=20e-6,
     # vLLM's custom all-reduce latency is the least all-reduce time measured
-    custom_allreduce_latency_s=min(c.seconds[0] for c in CURVES), allreduce=CURVES, allreduce_link_gbs=300.0)
-FITTED = ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes", "attn_prefill_eff",
-          "attn_decode_mbu", "overhead_fixed_s", "overhead_per_seq_s", "custom_allreduce_latency_s")
+    custom_allreduce_latency_s=min(c.seconds[0] for c in CURVES),
+    allreduce=CURVES,
+    allreduce_link_gbs=300.0,
+)
+FITTED = (
+    "gemm_mbu",
+    "gemm_mfu",
+    "gemm_knee",
+    "layer_fixed_s",
+    "act_passes",
+    "attn_prefill_eff",
+    "attn_decode_mbu",
+    "overhead_fixed_s",
+    "overhead_per_seq_s",
+    "custom_allreduce_latency_s",
+)
 
 
 def _write(path: Path, header: list[str], rows: list[list]) -> Path:
@@ -44,22 +67,51 @@ def _write(path: Path, header: list[str], rows: list[list]) -> Path:
 def synthetic_files(tmp: Path, profile: GPUProfile) -> list[Path]:
     """Measurement files of all four layouts whose times ``profile`` predicts exactly."""
     gpu = dataclasses.replace(CAT.gpu(GPU), profile=None)
-    ops_header = ["gpu", "model", "tp", "num_tokens", "n_head", "n_kv_head", "hidden", "ffn", "vocab", "gated_mlp",
-                  "attn_pre_proj_ms", "attn_post_proj_ms", "mlp_up_proj_ms", "mlp_down_proj_ms"]
+    ops_header = [
+        "gpu",
+        "model",
+        "tp",
+        "num_tokens",
+        "n_head",
+        "n_kv_head",
+        "hidden",
+        "ffn",
+        "vocab",
+        "gated_mlp",
+        "attn_pre_proj_ms",
+        "attn_post_proj_ms",
+        "mlp_up_proj_ms",
+        "mlp_down_proj_ms",
+    ]
     shapes = [("Llama-3-8B", 32, 8, 4096, 14336), ("Llama-2-70B", 64, 8, 8192, 28672)]
-    ops = [[GPU, name, tp, 2 ** k, h, kv, hid, ffn, 32000, True, 1, 1, 1, 1]
-           for name, h, kv, hid, ffn in shapes for tp in (1, 2, 4) for k in range(0, 14)]
+    ops = [
+        [GPU, name, tp, 2**k, h, kv, hid, ffn, 32000, True, 1, 1, 1, 1]
+        for name, h, kv, hid, ffn in shapes
+        for tp in (1, 2, 4)
+        for k in range(0, 14)
+    ]
     p_ops = _write(tmp / "ops.csv", ops_header, ops)
     _, obs = read_measurements(p_ops, CAT)
     for row, o in zip(ops, obs, strict=True):
         t_ms = predict(o, profile, gpu) * 1e3
         row[10:14] = [t_ms - 3e-6, 1e-6, 1e-6, 1e-6]
     _write(p_ops, ops_header, ops)
-    p_ar = _write(tmp / "allreduce.csv", ["gpu", "node", "num_workers", "size_bytes", "all_reduce_median_ms"],
-                  [[GPU, "dgx", c.gpus, int(s), t * 1e3] for c in profile.allreduce
-                   for s, t in zip(c.sizes, c.seconds, strict=True)])
-    single_header = ["prefill_input_tokens", "reality_prefill", "decode_input_tokens", "decode_output_tokens",
-                     "reality_decode"]
+    p_ar = _write(
+        tmp / "allreduce.csv",
+        ["gpu", "node", "num_workers", "size_bytes", "all_reduce_median_ms"],
+        [
+            [GPU, "dgx", c.gpus, int(s), t * 1e3]
+            for c in profile.allreduce
+            for s, t in zip(c.sizes, c.seconds, strict=True)
+        ],
+    )
+    single_header = [
+        "prefill_input_tokens",
+        "reality_prefill",
+        "decode_input_tokens",
+        "decode_output_tokens",
+        "reality_decode",
+    ]
     single = [[p, 1, 7, o, 1] for p, o in [(64, 50), (256, 200), (1024, 800), (4096, 3000), (16384, 12000)]]
     p_single = _write(tmp / "single.csv", single_header, single)
     opts = ReadOptions(model="Llama-3-8B", gpu=GPU, default_framework=True)
@@ -68,8 +120,11 @@ def synthetic_files(tmp: Path, profile: GPUProfile) -> list[Path]:
         row[1], row[4] = predict(obs[2 * i], profile, gpu), predict(obs[2 * i + 1], profile, gpu)
     _write(p_single, single_header, single)
     serving_header = ["gpu", "model", "tp", "max_num_seqs", "avg_tpot_s", "avg_output_tokens", "avg_input_tokens"]
-    serving = [[GPU, m, tp, b, 1, 400, 300] for m, tp in [("Llama-3-8B", 1), ("Llama-3-70B", 4)]
-               for b in (1, 8, 32, 64, 128, 256)]
+    serving = [
+        [GPU, m, tp, b, 1, 400, 300]
+        for m, tp in [("Llama-3-8B", 1), ("Llama-3-70B", 4)]
+        for b in (1, 8, 32, 64, 128, 256)
+    ]
     p_serving = _write(tmp / "serving.csv", serving_header, serving)
     _, obs = read_measurements(p_serving, CAT, opts)
     for row, o in zip(serving, obs, strict=True):
@@ -81,8 +136,9 @@ def synthetic_files(tmp: Path, profile: GPUProfile) -> list[Path]:
 def test_round_trip_recovers_the_profile_within_2_percent(tmp_path, capsys):
     files = synthetic_files(tmp_path, TRUE)
     out = tmp_path / "fitted.yaml"
-    rc = kavier(["calibrate", *map(str, files), "--model", "Llama-3-8B", "--gpu", GPU, "--default-framework",
-                 "--out", str(out)])
+    rc = kavier(
+        ["calibrate", *map(str, files), "--model", "Llama-3-8B", "--gpu", GPU, "--default-framework", "--out", str(out)]
+    )
     assert rc == 0, capsys.readouterr().err
     fitted = load_catalog_file(out).gpu(GPU).profile
     assert fitted.status == "measured"
@@ -102,8 +158,11 @@ def test_harness_overheads_of_a_step_times_file_are_fitted_back(tmp_path):
     harness = {2: Overheads(9e-3, 0.2e-3, 20e-6, 3e-9), 4: Overheads(15e-3, 0.25e-3, 12e-6, 5e-9)}
     gpu = dataclasses.replace(CAT.gpu(GPU), profile=None)
     header = ["model", "gpu", "tp", "prompt_size", "batch_size", "token_size", "prompt_time_ms", "token_time_ms"]
-    rows = [["Llama-2-70B", GPU, tp, p, b, 128, 1, 1] for tp in (2, 4)
-            for p, b in [(128, 1), (512, 1), (2048, 1), (8192, 1), (512, 4), (512, 16), (512, 64)]]
+    rows = [
+        ["Llama-2-70B", GPU, tp, p, b, 128, 1, 1]
+        for tp in (2, 4)
+        for p, b in [(128, 1), (512, 1), (2048, 1), (8192, 1), (512, 4), (512, 16), (512, 64)]
+    ]
     path = _write(tmp_path / "steps.csv", header, rows)
     _, obs = read_measurements(path, CAT)
     for i, row in enumerate(rows):
@@ -112,8 +171,9 @@ def test_harness_overheads_of_a_step_times_file_are_fitted_back(tmp_path):
     _write(path, header, rows)
     obs = []
     for f in (files[0], files[1], files[2], path):
-        obs += read_measurements(f, CAT, ReadOptions(model="Llama-3-8B", gpu=GPU, default_framework=True)
-                                 if f == files[2] else ReadOptions())[1]
+        obs += read_measurements(
+            f, CAT, ReadOptions(model="Llama-3-8B", gpu=GPU, default_framework=True) if f == files[2] else ReadOptions()
+        )[1]
     fit = calibrate_all(obs, CAT)[GPU]
     assert fit.profile.attn_prefill_eff == pytest.approx(TRUE.attn_prefill_eff, rel=0.02)
     for tp, want in harness.items():
@@ -137,8 +197,9 @@ def _relative_l1(values: list[float], groups: list[list[float]]) -> float:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.lists(st.sampled_from([0.01, 0.02, 0.03, 0.05, 0.08]), min_size=1, max_size=2),
-                min_size=1, max_size=5))
+@given(
+    st.lists(st.lists(st.sampled_from([0.01, 0.02, 0.03, 0.05, 0.08]), min_size=1, max_size=2), min_size=1, max_size=5)
+)
 def test_allreduce_curve_fit_is_optimal_and_monotone(groups):
     got = _isotonic_relative_l1(groups)
     assert all(a <= b for a, b in zip(got, got[1:], strict=False))
@@ -153,7 +214,7 @@ def test_single_request_layout_alone_fits_kernels_and_overhead(tmp_path):
     fit = calibrate_all(obs, CAT)[GPU]
     gpu = dataclasses.replace(CAT.gpu(GPU), profile=None)
     errs = [abs(predict(o, fit.profile, gpu) / o.measured_s - 1) for o in obs]
-    assert max(errs) < 0.03           # 10 rows, 5 free numbers: a fit, not a copy
+    assert max(errs) < 0.03  # 10 rows, 5 free numbers: a fit, not a copy
     assert fit.profile.gemm_mbu <= 1 and fit.profile.gemm_mfu <= 1 and fit.profile.overhead_fixed_s >= 0
 
 
@@ -168,6 +229,7 @@ def test_shared_data_calibration_rejects_the_implausible_splitwise_rows():
 
 
 # ------------------------------------------------------------- bad files ----
+
 
 def _bad(tmp_path, text: str, name: str = "m.csv", **opts) -> str:
     path = tmp_path / name
@@ -193,11 +255,19 @@ def test_bad_measurement_files_name_file_row_and_column(tmp_path):
     assert "line 2, column 'model'" in msg
     msg = _bad(tmp_path, "a,b\n1,2\n")
     assert "cannot tell the layout" in msg
-    msg = _bad(tmp_path, "prefill_input_tokens,reality_prefill,decode_input_tokens,decode_output_tokens,"
-                         "reality_decode\n64,0.05,7,53,2.3\n")
+    msg = _bad(
+        tmp_path,
+        "prefill_input_tokens,reality_prefill,decode_input_tokens,decode_output_tokens,"
+        "reality_decode\n64,0.05,7,53,2.3\n",
+    )
     assert "--model and --gpu" in msg
-    msg = _bad(tmp_path, "prefill_input_tokens,reality_prefill,decode_input_tokens,decode_output_tokens,"
-                         "reality_decode\n64,0.05,7,1.5,2.3\n", model="Llama-3-8B", gpu="A10")
+    msg = _bad(
+        tmp_path,
+        "prefill_input_tokens,reality_prefill,decode_input_tokens,decode_output_tokens,"
+        "reality_decode\n64,0.05,7,1.5,2.3\n",
+        model="Llama-3-8B",
+        gpu="A10",
+    )
     assert "line 2, column 'decode_output_tokens'" in msg
     msg = _bad(tmp_path, "")
     assert "no header" in msg

@@ -64,7 +64,7 @@ def test_h100_from_the_vidur_files_keeps_its_builtin_unfitted_numbers():
     # the built-in's own provenance is quoted after the note
     assert "there: fitted on 147 end-to-end times" in p.provenance["attn_prefill_eff"]
     assert "hopper" not in json.dumps(dict(p.provenance))
-    assert set(p.provenance) == set(NUMERIC_FIELDS) | {"allreduce"}   # every number says where it comes from
+    assert set(p.provenance) == set(NUMERIC_FIELDS) | {"allreduce"}  # every number says where it comes from
 
 
 def test_h100_from_one_file_keeps_what_the_other_would_fit():
@@ -81,7 +81,7 @@ def test_h100_from_one_file_keeps_what_the_other_would_fit():
 
 def test_a100_does_not_take_the_a10_overhead():
     p = calibrate_all(_obs("vidur_linear_ops_a100_h100.csv", "vidur_allreduce_a100_h100.csv"), CAT)["A100-80GB"].profile
-    assert p.overhead_fixed_s == 0.001 and p.overhead_per_seq_s == 0.0   # not the A10 table's 9.3 ms
+    assert p.overhead_fixed_s == 0.001 and p.overhead_per_seq_s == 0.0  # not the A10 table's 9.3 ms
     _assert_kept(p, "A100-80GB", ATTENTION + OVERHEAD_FIELDS + POWER)
     assert "A10 " not in json.dumps(dict(p.provenance)) and "A10)" not in json.dumps(dict(p.provenance))
 
@@ -89,8 +89,7 @@ def test_a100_does_not_take_the_a10_overhead():
 def test_a_gpu_without_its_own_profile_is_derived_and_says_from_which():
     # the catalogue without the A100-80GB's and H100-SXM's profiles: both derive what the files do not fit
     keep = [p for p in CAT.profile_specs.values() if p.gpu not in ("A100-80GB", "H100-SXM")]
-    cat = Catalog(models=CAT.models(), gpus=[dataclasses.replace(g, profile=None) for g in CAT.gpus()],
-                  profiles=keep)
+    cat = Catalog(models=CAT.models(), gpus=[dataclasses.replace(g, profile=None) for g in CAT.gpus()], profiles=keep)
     fits = calibrate_all(_obs("vidur_linear_ops_a100_h100.csv", "vidur_allreduce_a100_h100.csv"), cat)
     a100, h100 = fits["A100-80GB"].profile, fits["H100-SXM"].profile
     a10, h200 = CAT.profile_for("A10"), CAT.profile_for("H200")
@@ -113,7 +112,8 @@ def test_a_catalogue_file_profile_is_kept_and_named_as_the_catalogue_s(tmp_path)
     p = calibrate_all(_obs("vidur_allreduce_a100_h100.csv"), cat)["H100-SXM"].profile
     assert p.attn_prefill_eff == 0.45 and p.overhead_fixed_s == 2e-3
     assert p.provenance["overhead_fixed_s"].startswith(
-        "kept from the catalogue's H100-SXM profile (not identifiable from these files)")
+        "kept from the catalogue's H100-SXM profile (not identifiable from these files)"
+    )
 
 
 def _tpot_ms(tmp_path, name: str, gpu: str, trace, catalog=None) -> float:
@@ -126,10 +126,22 @@ def _tpot_ms(tmp_path, name: str, gpu: str, trace, catalog=None) -> float:
 def test_tpot_with_the_calibrated_catalogue_stays_near_the_builtin(tmp_path, capsys):
     d = shared("calibration")
     cal = tmp_path / "h.yaml"
-    assert kavier(["calibrate", str(d / "vidur_linear_ops_a100_h100.csv"), str(d / "vidur_allreduce_a100_h100.csv"),
-                   "--gpu", "H100-SXM", "--out", str(cal)]) == 0
+    assert (
+        kavier(
+            [
+                "calibrate",
+                str(d / "vidur_linear_ops_a100_h100.csv"),
+                str(d / "vidur_allreduce_a100_h100.csv"),
+                "--gpu",
+                "H100-SXM",
+                "--out",
+                str(cal),
+            ]
+        )
+        == 0
+    )
     with open(shared("traces/azure_llm_2023_conv.csv"), newline="") as fh:
-        rows = list(csv.reader(fh))[:401]   # the first 400 requests of the hour
+        rows = list(csv.reader(fh))[:401]  # the first 400 requests of the hour
     trace = tmp_path / "azure400.csv"
     with open(trace, "w", newline="") as fh:
         csv.writer(fh).writerows(rows)

@@ -17,7 +17,7 @@ from kavier_opendc.experiments.pipeline import run_experiment
 from kavier_opendc.opendc import carbon as C
 from test_pipeline import cli, tiny_experiment
 
-NL = SHARED_DATA / "carbon" / "NL_2022.parquet"   # 2022-01-01 00:00 .. 2022-12-30 23:45, every 15 min
+NL = SHARED_DATA / "carbon" / "NL_2022.parquet"  # 2022-01-01 00:00 .. 2022-12-30 23:45, every 15 min
 
 
 def year_trace(tmp_path, year=2022, days=365):
@@ -38,12 +38,14 @@ def test_a_run_outside_is_refused_with_both_ranges_named(tmp_path):
     with pytest.raises(KavierInputError) as e:
         C.fit_trace_to_run(p, "2023-06-01T00:00:00", 60, "none", tmp_path, location="carbon.region")
     msg = str(e.value)
-    assert msg.startswith("carbon.region: the run (2023-06-01T00:00:00 to 2023-06-01T00:01:00 UTC) lies outside "
-                          "the carbon trace T_2022.parquet (2022-01-01T00:00:00 to 2023-01-01T00:00:00 UTC)")
+    assert msg.startswith(
+        "carbon.region: the run (2023-06-01T00:00:00 to 2023-06-01T00:01:00 UTC) lies outside "
+        "the carbon trace T_2022.parquet (2022-01-01T00:00:00 to 2023-01-01T00:00:00 UTC)"
+    )
     assert "last value" in msg and "carbon.align: same-day-of-year" in msg
     with pytest.raises(KavierInputError, match="first value"):
-        C.fit_trace_to_run(p, "2021-12-31T23:00:00", 7200, "none", tmp_path)   # starts before it
-    assert not list(tmp_path.glob("*_aligned.parquet"))   # nothing written when refused
+        C.fit_trace_to_run(p, "2021-12-31T23:00:00", 7200, "none", tmp_path)  # starts before it
+    assert not list(tmp_path.glob("*_aligned.parquet"))  # nothing written when refused
 
 
 def test_same_day_of_year_moves_by_whole_years_and_repeats(tmp_path):
@@ -67,9 +69,9 @@ def test_same_day_of_year_moves_by_whole_years_and_repeats(tmp_path):
 
 def test_a_leap_day_and_a_short_year_are_gaps_that_are_said(tmp_path):
     _, info = C.fit_trace_to_run(NL, "2024-02-28T12:00:00", 2 * 86400, "same-day-of-year", tmp_path)
-    assert info["shift_years"] == 2 and info["longest_gap_s"] == 86400.0 + 900.0   # 29 Feb 2024 is not in 2022
+    assert info["shift_years"] == 2 and info["longest_gap_s"] == 86400.0 + 900.0  # 29 Feb 2024 is not in 2022
     _, info = C.fit_trace_to_run(NL, "2023-12-31T06:00:00", 3600, "same-day-of-year", tmp_path)
-    assert info["longest_gap_s"] == 86400.0 + 900.0   # NL 2022 lacks 31 December
+    assert info["longest_gap_s"] == 86400.0 + 900.0  # NL 2022 lacks 31 December
 
 
 def test_a_trace_shorter_than_a_year_cannot_be_aligned(tmp_path):
@@ -118,8 +120,14 @@ def test_an_aligned_run_gets_the_carbon_of_the_same_day_a_year_before(tmp_path):
             doc = yaml.safe_load(exp.read_text())
             doc["datacenter"]["start"] = f"{year}-06-01T11:45:00"
             exp.write_text(yaml.safe_dump(doc))
-            run_experiment(load_experiment(exp), tmp_path / str(year) / "out", bridge=bridge, plots=False,
-                           quiet=True, command="test")
+            run_experiment(
+                load_experiment(exp),
+                tmp_path / str(year) / "out",
+                bridge=bridge,
+                plots=False,
+                quiet=True,
+                command="test",
+            )
             results[year] = json.loads((tmp_path / str(year) / "out" / "report.json").read_text())
     s22, s23 = (results[y]["sustainability"] for y in (2022, 2023))
     assert s22["energy_wh"] == s23["energy_wh"] and s22["carbon_g"] == s23["carbon_g"] > 0

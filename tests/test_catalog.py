@@ -28,13 +28,22 @@ from kavier_opendc.specs.catalog import (
 REPO = Path(__file__).resolve().parents[1]
 SPECS = REPO / "kavier_opendc" / "specs"
 
-CONTRACT_MODELS = ["Llama-3-8B", "Llama-3-70B", "Llama-2-7B", "Llama-2-13B", "Llama-2-70B",
-                   "OPT-13B", "Mistral-7B", "Mixtral-8x7B", "Qwen2.5-7B"]
-CONTRACT_GPUS = ["A10", "L4", "L40S", "A100-40GB", "A100-80GB", "H100-SXM", "H100-PCIe",
-                 "H200", "B200", "MI300X"]
+CONTRACT_MODELS = [
+    "Llama-3-8B",
+    "Llama-3-70B",
+    "Llama-2-7B",
+    "Llama-2-13B",
+    "Llama-2-70B",
+    "OPT-13B",
+    "Mistral-7B",
+    "Mixtral-8x7B",
+    "Qwen2.5-7B",
+]
+CONTRACT_GPUS = ["A10", "L4", "L40S", "A100-40GB", "A100-80GB", "H100-SXM", "H100-PCIe", "H200", "B200", "MI300X"]
 
 
 # ------------------------------------------------------------ built-ins ----
+
 
 @pytest.mark.parametrize("name", CONTRACT_MODELS)
 def test_contract_models_resolve_case_insensitively(name):
@@ -55,7 +64,7 @@ def test_aliases():
     assert cat.model("llama3-8b").name == "Llama-3-8B"
     assert cat.model("meta-llama/Meta-Llama-3-8B").name == "Llama-3-8B"
     assert cat.model("META-LLAMA/META-LLAMA-3-8B").name == "Llama-3-8B"
-    assert cat.model("llama_3_8b").name == "Llama-3-8B"      # loose match
+    assert cat.model("llama_3_8b").name == "Llama-3-8B"  # loose match
     assert cat.model("mistralai/Mixtral-8x7B-v0.1").name == "Mixtral-8x7B"
     assert cat.gpu("h100").name == "H100-SXM"
     assert cat.gpu("a100").name == "A100-80GB"
@@ -111,7 +120,7 @@ def test_kv_bytes_per_token():
     assert ds.dtype == "fp8" and ds.kv_cache_dtype == "bf16"
     assert ds.kv_bytes_per_token == 61 * (512 + 64) * 2 == 70272
     assert dataclasses.replace(ds, kv_dtype="fp8").kv_bytes_per_token == 61 * (512 + 64) * 1 == 35136
-    assert ds.kv_bytes_per_token_gpu(8) == ds.kv_bytes_per_token       # every GPU holds the whole latent
+    assert ds.kv_bytes_per_token_gpu(8) == ds.kv_bytes_per_token  # every GPU holds the whole latent
     # GQA: KV heads split over the group, never below one head per GPU
     l70 = cat.model("Llama-2-70B")
     assert l70.kv_bytes_per_token_gpu(4) == 2 * 80 * 2 * 128 * 2 and l70.kv_bytes_per_token_gpu(16) == 2 * 80 * 128 * 2
@@ -129,25 +138,25 @@ def architecture_param_count(m: ModelSpec) -> tuple[float, float]:
     h, hd, nh = m.hidden_size, m.dim_head, m.num_attention_heads
     if m.kv_lora_rank:
         v, rope, qr, kvr = m.v_head_dim or hd, m.qk_rope_head_dim, m.q_lora_rank, m.kv_lora_rank
-        q_proj = (h * qr + qr + qr * nh * hd) if qr else h * nh * hd   # down, norm, up (or one matrix)
+        q_proj = (h * qr + qr + qr * nh * hd) if qr else h * nh * hd  # down, norm, up (or one matrix)
         kv_proj = h * kvr + h * rope + kvr + kvr * nh * (hd - rope) + kvr * nh * v
         attention = q_proj + kv_proj + nh * v * h
     else:
         q_out, kv_out = nh * hd, m.num_kv_heads * hd
-        attention = h * q_out + 2 * h * kv_out + q_out * h           # q, k, v, o
+        attention = h * q_out + 2 * h * kv_out + q_out * h  # q, k, v, o
         if m.qkv_bias or m.linear_bias:
             attention += q_out + 2 * kv_out
         if m.qk_norm:
             attention += 2 * hd
     if m.linear_bias:
-        attention += h                                         # o bias
+        attention += h  # o bias
     attention += nh if m.attention_sinks else 0
     matrices = 3 if m.gated_mlp else 2
 
     def mlp(ffn):
         return matrices * h * ffn + ((matrices - 1) * ffn + h if m.linear_bias else 0)
 
-    norm = h * (2 if m.norm == "layernorm" else 1)             # LayerNorm has a bias
+    norm = h * (2 if m.norm == "layernorm" else 1)  # LayerNorm has a bias
     router = (h + m.router_bias) * m.num_experts if m.num_experts > 1 else 0
     moe_layers = m.num_layers - m.dense_layers
     moe_layer = attention + (m.num_experts + m.shared_experts) * mlp(m.ffn_size) + router + 2 * norm
@@ -182,10 +191,16 @@ def test_published_param_counts():
 def test_gpu_datasheet_numbers():
     cat = default_catalog()
     expected = {  # name: (dense fp16 TFLOPS, GB/s, TDP W)
-        "A10": (125, 600, 150), "L4": (121, 300, 72), "L40S": (362.05, 864, 350),
-        "A100-40GB": (312, 1555, 400), "A100-80GB": (312, 2039, 400),
-        "H100-SXM": (989.4, 3350, 700), "H100-PCIe": (756, 2000, 350),
-        "H200": (989.4, 4800, 700), "B200": (2250, 8000, 1000), "MI300X": (1307.4, 5300, 750),
+        "A10": (125, 600, 150),
+        "L4": (121, 300, 72),
+        "L40S": (362.05, 864, 350),
+        "A100-40GB": (312, 1555, 400),
+        "A100-80GB": (312, 2039, 400),
+        "H100-SXM": (989.4, 3350, 700),
+        "H100-PCIe": (756, 2000, 350),
+        "H200": (989.4, 4800, 700),
+        "B200": (2250, 8000, 1000),
+        "MI300X": (1307.4, 5300, 750),
     }
     for name, (tflops, bw, tdp) in expected.items():
         g = cat.gpu(name)
@@ -215,19 +230,37 @@ def test_catalog_schema_is_the_schemas_file():
 
 # ------------------------------------------------------------ user files ----
 
+
 def _gpu_entry(**over):
-    entry = {"name": "MyGPU", "vendor": "ACME", "peak_fp16_tflops": 100.0,
-             "mem_bandwidth_gbs": 1000.0, "memory_gib": 32.0, "idle_power_w": 30.0,
-             "max_power_w": 300.0, "price_per_hour": 1.5, "interconnect_gbs": 32.0,
-             "pcie_gbs": 32.0, "boost_clock_mhz": 1500.0, "num_sms": 64}
+    entry = {
+        "name": "MyGPU",
+        "vendor": "ACME",
+        "peak_fp16_tflops": 100.0,
+        "mem_bandwidth_gbs": 1000.0,
+        "memory_gib": 32.0,
+        "idle_power_w": 30.0,
+        "max_power_w": 300.0,
+        "price_per_hour": 1.5,
+        "interconnect_gbs": 32.0,
+        "pcie_gbs": 32.0,
+        "boost_clock_mhz": 1500.0,
+        "num_sms": 64,
+    }
     entry.update(over)
     return entry
 
 
 def _model_entry(**over):
-    entry = {"name": "Tiny-1B", "num_layers": 16, "hidden_size": 2048,
-             "num_attention_heads": 32, "num_kv_heads": 8, "ffn_size": 8192,
-             "vocab_size": 128256, "total_params": 1.24e9}
+    entry = {
+        "name": "Tiny-1B",
+        "num_layers": 16,
+        "hidden_size": 2048,
+        "num_attention_heads": 32,
+        "num_kv_heads": 8,
+        "ffn_size": 8192,
+        "vocab_size": 128256,
+        "total_params": 1.24e9,
+    }
     entry.update(over)
     return entry
 
@@ -240,20 +273,21 @@ def test_user_file_adds_model_and_overrides_gpu(tmp_path):
         "    aliases: [tiny]\n"
         "    num_layers: 16\n    hidden_size: 2048\n    num_attention_heads: 32\n"
         "    num_kv_heads: 8\n    ffn_size: 8192\n    vocab_size: 128256\n"
-        "    total_params: 1.24e9\n"          # YAML-1.2 float syntax accepted
+        "    total_params: 1.24e9\n"  # YAML-1.2 float syntax accepted
         "gpus:\n"
-        "  - name: h100-sxm\n"                 # overrides the built-in, any case
+        "  - name: h100-sxm\n"  # overrides the built-in, any case
         "    vendor: NVIDIA\n    peak_fp16_tflops: 989.4\n    mem_bandwidth_gbs: 3350\n"
         "    memory_gib: 80\n    idle_power_w: 80\n    max_power_w: 700\n"
         "    price_per_hour: 1.99\n    interconnect_gbs: 450\n    pcie_gbs: 64\n"
-        "    boost_clock_mhz: 1980\n    num_sms: 132\n")
+        "    boost_clock_mhz: 1980\n    num_sms: 132\n"
+    )
     cat = load_catalog_file(path)
     tiny = cat.model("TINY-1b")
     assert tiny.total_params == 1.24e9 and tiny.active_params == 1.24e9
     assert cat.model("tiny") is tiny
     assert tiny.kv_bytes_per_token == 2 * 16 * 8 * 64 * 2
     assert cat.gpu("H100-SXM").price_per_hour == 1.99
-    assert cat.gpu("h100").price_per_hour == 1.99      # built-in alias follows the override
+    assert cat.gpu("h100").price_per_hour == 1.99  # built-in alias follows the override
     assert cat.gpu("A10") == default_catalog().gpu("A10")
     assert default_catalog().gpu("H100-SXM").price_per_hour == 2.99  # built-ins untouched
     assert not default_catalog().has_model("Tiny-1B")
@@ -343,15 +377,22 @@ def test_every_problem_reported_at_once(tmp_path):
     del bad_gpu["vendor"]
     data = {"models": [_model_entry(num_kv_heads="8", dtype="fp64")], "gpus": [_gpu_entry(), bad_gpu]}
     msg = _load_error(tmp_path, "many.json", json.dumps(data))
-    for fragment in ("models[0].num_kv_heads", "models[0].dtype", "gpus[1].mem_bandwidth_gbs",
-                     "gpus[1].colour", "gpus[1].vendor", "5 problems"):
+    for fragment in (
+        "models[0].num_kv_heads",
+        "models[0].dtype",
+        "gpus[1].mem_bandwidth_gbs",
+        "gpus[1].colour",
+        "gpus[1].vendor",
+        "5 problems",
+    ):
         assert fragment in msg, fragment
 
 
 def test_semantic_checks(tmp_path):
-    data = {"models": [_model_entry(num_kv_heads=5),
-                       _model_entry(name="Moe", num_experts=4)],   # MoE without active_params
-            "gpus": [_gpu_entry(idle_power_w=500), _gpu_entry(name="mygpu")]}
+    data = {
+        "models": [_model_entry(num_kv_heads=5), _model_entry(name="Moe", num_experts=4)],  # MoE without active_params
+        "gpus": [_gpu_entry(idle_power_w=500), _gpu_entry(name="mygpu")],
+    }
     msg = _load_error(tmp_path, "s.json", json.dumps(data))
     assert "models[0].num_kv_heads" in msg
     assert "models[1].active_params" in msg
@@ -457,7 +498,7 @@ def test_the_snapshot_gives_the_catalogue_the_yaml_gives(monkeypatch):
     from kavier_opendc.specs import catalog as C
 
     docs = C._builtin_documents()
-    assert [v for _, _, v in docs] == [True, True, True]          # the snapshot matches every file
+    assert [v for _, _, v in docs] == [True, True, True]  # the snapshot matches every file
     fast = C._builtin_catalog.__wrapped__()
     monkeypatch.setattr(C, "SNAPSHOT_FILE", "no-such-snapshot.json")  # as for a YAML edited after the build
     assert [v for _, _, v in C._builtin_documents()] == [False, False, False]

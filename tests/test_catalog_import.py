@@ -19,88 +19,247 @@ from kavier_opendc.cli import main
 from kavier_opendc.specs.catalog import count_params, default_catalog, load_catalog_file, spec_to_entry
 
 LLAMA_31_8B = {
-    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-    "bos_token_id": 128000, "eos_token_id": 128001, "hidden_act": "silu", "hidden_size": 4096,
-    "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 131072,
-    "mlp_bias": False, "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32,
-    "num_key_value_heads": 8, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
-    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-    "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-    "transformers_version": "4.43.0.dev0", "use_cache": True, "vocab_size": 128256,
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 131072,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.43.0.dev0",
+    "use_cache": True,
+    "vocab_size": 128256,
 }
 
-LLAMA_31_70B = {**LLAMA_31_8B, "hidden_size": 8192, "intermediate_size": 28672, "num_attention_heads": 64,
-                "num_hidden_layers": 80}
+LLAMA_31_70B = {
+    **LLAMA_31_8B,
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_attention_heads": 64,
+    "num_hidden_layers": 80,
+}
 
 MIXTRAL_8X7B = {
-    "architectures": ["MixtralForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2,
-    "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336,
-    "max_position_embeddings": 32768, "model_type": "mixtral", "num_attention_heads": 32,
-    "num_experts_per_tok": 2, "num_hidden_layers": 32, "num_key_value_heads": 8, "num_local_experts": 8,
-    "output_router_logits": False, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
-    "router_aux_loss_coef": 0.02, "sliding_window": None, "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16", "transformers_version": "4.36.0.dev0", "use_cache": True, "vocab_size": 32000,
+    "architectures": ["MixtralForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 32768,
+    "model_type": "mixtral",
+    "num_attention_heads": 32,
+    "num_experts_per_tok": 2,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "num_local_experts": 8,
+    "output_router_logits": False,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 1000000.0,
+    "router_aux_loss_coef": 0.02,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.36.0.dev0",
+    "use_cache": True,
+    "vocab_size": 32000,
 }
 
 QWEN3_32B = {
-    "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-    "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu",
-    "hidden_size": 5120, "initializer_range": 0.02, "intermediate_size": 25600,
-    "max_position_embeddings": 40960, "max_window_layers": 64, "model_type": "qwen3",
-    "num_attention_heads": 64, "num_hidden_layers": 64, "num_key_value_heads": 8, "rms_norm_eps": 1e-06,
-    "rope_scaling": None, "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16", "transformers_version": "4.51.0", "use_cache": True,
-    "use_sliding_window": False, "vocab_size": 151936,
+    "architectures": ["Qwen3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 5120,
+    "initializer_range": 0.02,
+    "intermediate_size": 25600,
+    "max_position_embeddings": 40960,
+    "max_window_layers": 64,
+    "model_type": "qwen3",
+    "num_attention_heads": 64,
+    "num_hidden_layers": 64,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.51.0",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
 }
 
 QWEN3_235B_A22B = {
-    "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-    "bos_token_id": 151643, "decoder_sparse_step": 1, "eos_token_id": 151645, "head_dim": 128,
-    "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 12288,
-    "max_position_embeddings": 40960, "max_window_layers": 94, "mlp_only_layers": [],
-    "model_type": "qwen3_moe", "moe_intermediate_size": 1536, "norm_topk_prob": True,
-    "num_attention_heads": 64, "num_experts": 128, "num_experts_per_tok": 8, "num_hidden_layers": 94,
-    "num_key_value_heads": 4, "output_router_logits": False, "rms_norm_eps": 1e-06, "rope_scaling": None,
-    "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001, "sliding_window": None,
-    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.51.0",
-    "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+    "architectures": ["Qwen3MoeForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "decoder_sparse_step": 1,
+    "eos_token_id": 151645,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 12288,
+    "max_position_embeddings": 40960,
+    "max_window_layers": 94,
+    "mlp_only_layers": [],
+    "model_type": "qwen3_moe",
+    "moe_intermediate_size": 1536,
+    "norm_topk_prob": True,
+    "num_attention_heads": 64,
+    "num_experts": 128,
+    "num_experts_per_tok": 8,
+    "num_hidden_layers": 94,
+    "num_key_value_heads": 4,
+    "output_router_logits": False,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000.0,
+    "router_aux_loss_coef": 0.001,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.51.0",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
 }
 
 DEEPSEEK_V3 = {
-    "architectures": ["DeepseekV3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
-    "aux_loss_alpha": 0.001, "bos_token_id": 0, "eos_token_id": 1, "ep_size": 1, "first_k_dense_replace": 3,
-    "hidden_act": "silu", "hidden_size": 7168, "initializer_range": 0.02, "intermediate_size": 18432,
-    "kv_lora_rank": 512, "max_position_embeddings": 163840, "model_type": "deepseek_v3",
-    "moe_intermediate_size": 2048, "moe_layer_freq": 1, "n_group": 8, "n_routed_experts": 256,
-    "n_shared_experts": 1, "norm_topk_prob": True, "num_attention_heads": 128, "num_experts_per_tok": 8,
-    "num_hidden_layers": 61, "num_key_value_heads": 128, "num_nextn_predict_layers": 1, "q_lora_rank": 1536,
-    "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
-    "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                            "weight_block_size": [128, 128]},
+    "architectures": ["DeepseekV3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "aux_loss_alpha": 0.001,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "ep_size": 1,
+    "first_k_dense_replace": 3,
+    "hidden_act": "silu",
+    "hidden_size": 7168,
+    "initializer_range": 0.02,
+    "intermediate_size": 18432,
+    "kv_lora_rank": 512,
+    "max_position_embeddings": 163840,
+    "model_type": "deepseek_v3",
+    "moe_intermediate_size": 2048,
+    "moe_layer_freq": 1,
+    "n_group": 8,
+    "n_routed_experts": 256,
+    "n_shared_experts": 1,
+    "norm_topk_prob": True,
+    "num_attention_heads": 128,
+    "num_experts_per_tok": 8,
+    "num_hidden_layers": 61,
+    "num_key_value_heads": 128,
+    "num_nextn_predict_layers": 1,
+    "q_lora_rank": 1536,
+    "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "quantization_config": {
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "quant_method": "fp8",
+        "weight_block_size": [128, 128],
+    },
     "rms_norm_eps": 1e-06,
-    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
-                     "original_max_position_embeddings": 4096, "type": "yarn"},
-    "rope_theta": 10000, "routed_scaling_factor": 2.5, "scoring_func": "sigmoid", "tie_word_embeddings": False,
-    "topk_group": 4, "topk_method": "noaux_tc", "torch_dtype": "bfloat16", "transformers_version": "4.33.1",
-    "use_cache": True, "v_head_dim": 128, "vocab_size": 129280,
+    "rope_scaling": {
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "factor": 40,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+        "original_max_position_embeddings": 4096,
+        "type": "yarn",
+    },
+    "rope_theta": 10000,
+    "routed_scaling_factor": 2.5,
+    "scoring_func": "sigmoid",
+    "tie_word_embeddings": False,
+    "topk_group": 4,
+    "topk_method": "noaux_tc",
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.33.1",
+    "use_cache": True,
+    "v_head_dim": 128,
+    "vocab_size": 129280,
 }
 
 GPT_OSS_120B = {
-    "architectures": ["GptOssForCausalLM"], "attention_bias": True, "attention_dropout": 0.0,
-    "eos_token_id": 200002, "experts_per_token": 4, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2880,
-    "initial_context_length": 4096, "initializer_range": 0.02, "intermediate_size": 2880,
-    "layer_types": ["sliding_attention", "full_attention"] * 18, "max_position_embeddings": 131072,
-    "model_type": "gpt_oss", "num_attention_heads": 64, "num_experts_per_tok": 4, "num_hidden_layers": 36,
-    "num_key_value_heads": 8, "num_local_experts": 128, "output_router_logits": False, "pad_token_id": 199999,
-    "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
-                                                       "model.embed_tokens", "lm_head"],
-                            "quant_method": "mxfp4"},
+    "architectures": ["GptOssForCausalLM"],
+    "attention_bias": True,
+    "attention_dropout": 0.0,
+    "eos_token_id": 200002,
+    "experts_per_token": 4,
+    "head_dim": 64,
+    "hidden_act": "silu",
+    "hidden_size": 2880,
+    "initial_context_length": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 2880,
+    "layer_types": ["sliding_attention", "full_attention"] * 18,
+    "max_position_embeddings": 131072,
+    "model_type": "gpt_oss",
+    "num_attention_heads": 64,
+    "num_experts_per_tok": 4,
+    "num_hidden_layers": 36,
+    "num_key_value_heads": 8,
+    "num_local_experts": 128,
+    "output_router_logits": False,
+    "pad_token_id": 199999,
+    "quantization_config": {
+        "modules_to_not_convert": [
+            "model.layers.*.self_attn",
+            "model.layers.*.mlp.router",
+            "model.embed_tokens",
+            "lm_head",
+        ],
+        "quant_method": "mxfp4",
+    },
     "rms_norm_eps": 1e-05,
-    "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096,
-                     "rope_type": "yarn", "truncate": False},
-    "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128, "swiglu_limit": 7.0,
-    "tie_word_embeddings": False, "transformers_version": "4.55.0.dev0", "use_cache": True, "vocab_size": 201088,
+    "rope_scaling": {
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "factor": 32.0,
+        "original_max_position_embeddings": 4096,
+        "rope_type": "yarn",
+        "truncate": False,
+    },
+    "rope_theta": 150000,
+    "router_aux_loss_coef": 0.9,
+    "sliding_window": 128,
+    "swiglu_limit": 7.0,
+    "tie_word_embeddings": False,
+    "transformers_version": "4.55.0.dev0",
+    "use_cache": True,
+    "vocab_size": 201088,
 }
 
 URL = {
@@ -113,9 +272,15 @@ URL = {
     "gpt-oss-120b": "https://huggingface.co/openai/gpt-oss-120b/blob/main/config.json",
 }
 
-CONFIGS = {"Llama-3.1-8B": LLAMA_31_8B, "Llama-3.1-70B": LLAMA_31_70B, "Mixtral-8x7B": MIXTRAL_8X7B,
-           "Qwen3-32B": QWEN3_32B, "Qwen3-235B-A22B": QWEN3_235B_A22B, "DeepSeek-V3": DEEPSEEK_V3,
-           "gpt-oss-120b": GPT_OSS_120B}
+CONFIGS = {
+    "Llama-3.1-8B": LLAMA_31_8B,
+    "Llama-3.1-70B": LLAMA_31_70B,
+    "Mixtral-8x7B": MIXTRAL_8X7B,
+    "Qwen3-32B": QWEN3_32B,
+    "Qwen3-235B-A22B": QWEN3_235B_A22B,
+    "DeepSeek-V3": DEEPSEEK_V3,
+    "gpt-oss-120b": GPT_OSS_120B,
+}
 
 # Published totals and active parameters: (total, active, tolerance of active, what the active figure counts).
 PUBLISHED = {
@@ -135,8 +300,12 @@ PUBLISHED = {
 }
 ACCEPTANCE = ["Llama-3.1-8B", "Mixtral-8x7B", "Qwen3-32B", "Qwen3-235B-A22B", "gpt-oss-120b"]
 KINDS = {  # what the import must detect: (MoE, attention)
-    "Llama-3.1-8B": (False, "gqa"), "Llama-3.1-70B": (False, "gqa"), "Mixtral-8x7B": (True, "gqa"),
-    "Qwen3-32B": (False, "gqa"), "Qwen3-235B-A22B": (True, "gqa"), "gpt-oss-120b": (True, "gqa"),
+    "Llama-3.1-8B": (False, "gqa"),
+    "Llama-3.1-70B": (False, "gqa"),
+    "Mixtral-8x7B": (True, "gqa"),
+    "Qwen3-32B": (False, "gqa"),
+    "Qwen3-235B-A22B": (True, "gqa"),
+    "gpt-oss-120b": (True, "gqa"),
     "DeepSeek-V3": (True, "mla"),
 }
 
@@ -162,8 +331,9 @@ def active_as_published(spec, convention: str) -> float:
 def test_import_matches_published_counts(name, tmp_path, capsys):
     path = write_config(tmp_path / "hf", CONFIGS[name])
     out = tmp_path / "mine.yaml"
-    rc, _, err = run_cli(capsys, "catalog", "import", str(path), "--name", name, "--out", str(out),
-                         "--source", URL[name])
+    rc, _, err = run_cli(
+        capsys, "catalog", "import", str(path), "--name", name, "--out", str(out), "--source", URL[name]
+    )
     assert rc == 0, err
     assert f"added model '{name}'" in err
     spec = load_catalog_file(out).model(name)
@@ -216,29 +386,47 @@ def test_exact_counts_and_fields():
     qwen = entry_from_config(QWEN3_235B_A22B, "q", "x")
     assert qwen["qk_norm"] is True and "dense_layers" not in qwen and "sliding_window" not in qwen
     sparse = entry_from_config({**QWEN3_235B_A22B, "decoder_sparse_step": 2, "mlp_only_layers": [1]}, "q2", "x")
-    assert (sparse["dense_layers"], sparse["dense_ffn_size"]) == (48, 12288)   # 47 odd layers + layer 1
+    assert (sparse["dense_layers"], sparse["dense_ffn_size"]) == (48, 12288)  # 47 odd layers + layer 1
 
     llama = entry_from_config(LLAMA_31_8B, "l", "x")
     assert llama["total_params"] == default_catalog().model("Llama-3.1-8B").total_params == 8_030_261_248
     mixtral = entry_from_config(MIXTRAL_8X7B, "m", "x")
     assert mixtral["total_params"] == default_catalog().model("Mixtral-8x7B").total_params
-    assert "sliding_window" not in mixtral   # null in the config
+    assert "sliding_window" not in mixtral  # null in the config
 
 
-@pytest.mark.parametrize("name,gpu,tp", [
-    ("Qwen3-32B", "H100-SXM", "2"),
-    ("Qwen3-235B-A22B", "H100-SXM", "8"),
-    ("gpt-oss-120b", "H100-SXM", "4"),
-    ("DeepSeek-V3", "H200", "8"),
-])
+@pytest.mark.parametrize(
+    "name,gpu,tp",
+    [
+        ("Qwen3-32B", "H100-SXM", "2"),
+        ("Qwen3-235B-A22B", "H100-SXM", "8"),
+        ("gpt-oss-120b", "H100-SXM", "4"),
+        ("DeepSeek-V3", "H200", "8"),
+    ],
+)
 def test_imported_model_simulates(name, gpu, tp, tmp_path, capsys):
     path = write_config(tmp_path / "hf", CONFIGS[name])
     cat = tmp_path / "mine.yaml"
     assert run_cli(capsys, "catalog", "import", str(path), "--name", f"my-{name}", "--out", str(cat))[0] == 0
     trace = tmp_path / "tiny.csv"
     trace.write_text("arrival_time_s,num_input_tokens,num_output_tokens\n0.0,200,20\n0.5,300,30\n1.0,100,10\n")
-    rc, _, err = run_cli(capsys, "simulate", "--model", f"my-{name}", "--gpu", gpu, "--tp", tp, "--trace",
-                         str(trace), "--out", str(tmp_path / "out"), "--catalog", str(cat), "--quiet")
+    rc, _, err = run_cli(
+        capsys,
+        "simulate",
+        "--model",
+        f"my-{name}",
+        "--gpu",
+        gpu,
+        "--tp",
+        tp,
+        "--trace",
+        str(trace),
+        "--out",
+        str(tmp_path / "out"),
+        "--catalog",
+        str(cat),
+        "--quiet",
+    )
     assert rc == 0, err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert "my-" + name in json.dumps(summary)
@@ -247,8 +435,21 @@ def test_imported_model_simulates(name, gpu, tp, tmp_path, capsys):
 def test_671b_model_on_h100_is_a_clear_error(tmp_path, capsys):
     trace = tmp_path / "tiny.csv"
     trace.write_text("arrival_time_s,num_input_tokens,num_output_tokens\n0.0,200,20\n")
-    rc, _, err = run_cli(capsys, "simulate", "--model", "DeepSeek-V3", "--gpu", "H100-SXM", "--tp", "8",
-                         "--trace", str(trace), "--out", str(tmp_path / "out"), "--quiet")
+    rc, _, err = run_cli(
+        capsys,
+        "simulate",
+        "--model",
+        "DeepSeek-V3",
+        "--gpu",
+        "H100-SXM",
+        "--tp",
+        "8",
+        "--trace",
+        str(trace),
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    )
     assert rc == 2
     assert "DeepSeek-V3" in err and "leaves no room for a KV cache on 8 x H100-SXM" in err
 
@@ -282,7 +483,7 @@ def test_out_appends_refuses_and_overwrites(tmp_path, capsys):
     assert rc == 0 and "replaced model 'A'" in err
     cat = load_catalog_file(out)
     assert cat.model("A").num_experts == 8 and cat.model("B").num_experts == 8
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temporary left
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
     js = tmp_path / "cat.json"
     assert run_cli(capsys, "catalog", "import", str(a), "--name", "A", "--out", str(js))[0] == 0
     assert load_catalog_file(js).model("A").qk_norm is True
@@ -314,9 +515,18 @@ def test_builtin_entries_as_imported():
         fresh = entry_from_config(CONFIGS[name], name, built["source"])
         assert built.pop("aliases")
         assert {k: v for k, v in fresh.items()} == {k: built[k] for k in fresh}, name
-        assert set(built) - set(fresh) <= {"dtype", "head_dim", "num_experts", "experts_per_token",
-                                           "tie_word_embeddings", "gated_mlp", "qkv_bias", "linear_bias",
-                                           "norm", "learned_pos_embeddings"}   # written with their defaults
+        assert set(built) - set(fresh) <= {
+            "dtype",
+            "head_dim",
+            "num_experts",
+            "experts_per_token",
+            "tie_word_embeddings",
+            "gated_mlp",
+            "qkv_bias",
+            "linear_bias",
+            "norm",
+            "learned_pos_embeddings",
+        }  # written with their defaults
 
 
 def test_old_entries_unchanged_by_new_fields():
@@ -326,6 +536,7 @@ def test_old_entries_unchanged_by_new_fields():
 
 
 # ------------------------------------------------------------------------------------------ bad input
+
 
 def _import_error(tmp_path, capsys, cfg, name="X") -> str:
     path = write_config(tmp_path / "bad", cfg) if not isinstance(cfg, Path) else cfg
@@ -375,15 +586,18 @@ def test_unknown_architecture(tmp_path, capsys):
     assert "LlamaForCausalLM" in err and "DeepseekV3ForCausalLM" in err and "GptOssForCausalLM" in err
     cfg = {k: v for k, v in LLAMA_31_8B.items() if k not in ("architectures", "model_type")}
     assert "'architectures' is missing" in _import_error(tmp_path, capsys, cfg)
-    cfg = {k: v for k, v in LLAMA_31_8B.items() if k != "architectures"}   # model_type is enough
+    cfg = {k: v for k, v in LLAMA_31_8B.items() if k != "architectures"}  # model_type is enough
     assert run_cli(capsys, "catalog", "import", str(write_config(tmp_path / "mt", cfg)), "--name", "m")[0] == 0
 
 
 def test_hostile_sizes(tmp_path, capsys):
     err = _import_error(tmp_path, capsys, {**LLAMA_31_8B, "num_hidden_layers": 10**30})
     assert "'num_hidden_layers'" in err and "is above the limit of 100,000,000" in err
-    err = _import_error(tmp_path, capsys, {**LLAMA_31_8B, "hidden_size": 8_000_000, "intermediate_size": 90_000_000,
-                                           "num_attention_heads": 64})
+    err = _import_error(
+        tmp_path,
+        capsys,
+        {**LLAMA_31_8B, "hidden_size": 8_000_000, "intermediate_size": 90_000_000, "num_attention_heads": 64},
+    )
     assert "parameter count" in err and "is above the limit of 100,000,000,000,000 parameters" in err
     err = _import_error(tmp_path, capsys, {**LLAMA_31_8B, "max_position_embeddings": 10**9})
     assert "'max_position_embeddings'" in err and "10,000,000 tokens" in err
@@ -438,8 +652,9 @@ def test_new_fields_checked_in_catalogue_files(tmp_path):
     assert "models[0].dense_layers: 61 leaves no MoE layer" in str(info.value)
     assert "models[0].head_dim: required with MLA" in str(info.value)
     dense = {k: v for k, v in entry_from_config(QWEN3_32B, "q", "x").items()}
-    bad.write_text(yaml.safe_dump({"models": [{**dense, "shared_experts": 1, "qk_rope_head_dim": 64,
-                                               "expert_dtype": "fp4"}]}))
+    bad.write_text(
+        yaml.safe_dump({"models": [{**dense, "shared_experts": 1, "qk_rope_head_dim": 64, "expert_dtype": "fp4"}]})
+    )
     with pytest.raises(KavierInputError) as info:
         load_catalog_file(bad)
     text = str(info.value)

@@ -12,8 +12,10 @@ from kavier_opendc.cli.commands import HELP, MODULES, chosen_command
 
 def _modules_after(argv: list[str]) -> list[str]:
     """The project's modules imported once the parser for ``argv`` is built (in a fresh interpreter)."""
-    code = ("import json, sys; from kavier_opendc.cli import build_parser; build_parser(%r); "
-            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('kavier_opendc'))))" % (argv,))
+    code = (
+        "import json, sys; from kavier_opendc.cli import build_parser; build_parser(%r); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('kavier_opendc'))))" % (argv,)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 
@@ -24,8 +26,9 @@ def _choices(parser) -> dict:
 
 def test_listing_the_commands_imports_none_of_them():
     loaded = _modules_after(["--help"])
-    assert not [m for m in loaded if m.startswith("kavier_opendc.cli.") and m not in
-                ("kavier_opendc.cli.commands",)], loaded
+    assert not [m for m in loaded if m.startswith("kavier_opendc.cli.") and m not in ("kavier_opendc.cli.commands",)], (
+        loaded
+    )
     assert "kavier_opendc.engine.simulator" not in loaded and "kavier_opendc.experiments.pipeline" not in loaded
 
 

@@ -20,8 +20,11 @@ A10 = "measurements/kavier_a10_llama3_8b_vllm.csv"
 def readme_a10_figures() -> tuple[float, float, float, float]:
     """(prefill, decode MAPE of this simulator, prefill, decode of the Kavier prototype) as the README states."""
     text = (REPO / "README.md").read_text()
-    m = re.search(r"Prefill MAPE ([\d.]+) ?% and decode MAPE ([\d.]+) ?% \(the Kavier prototype: ([\d.]+) ?% "
-                  r"and ([\d.]+) ?%\)", " ".join(text.split()))
+    m = re.search(
+        r"Prefill MAPE ([\d.]+) ?% and decode MAPE ([\d.]+) ?% \(the Kavier prototype: ([\d.]+) ?% "
+        r"and ([\d.]+) ?%\)",
+        " ".join(text.split()),
+    )
     assert m, "README.md no longer states the A10 MAPE figures in the expected sentence"
     return tuple(float(g) for g in m.groups())
 
@@ -30,8 +33,12 @@ def test_a10_table_reproduces_the_readme_mape(tmp_path, capsys):
     table = shared(A10)
     pre, dec, proto_pre, proto_dec = readme_a10_figures()
     # this simulator, each row's single requests simulated now
-    assert main(["compare", str(table), str(table), "--model", "Llama-3-8B", "--gpu", "A10",
-                 "--out", str(tmp_path / "sim")]) == 0
+    assert (
+        main(
+            ["compare", str(table), str(table), "--model", "Llama-3-8B", "--gpu", "A10", "--out", str(tmp_path / "sim")]
+        )
+        == 0
+    )
     r = json.loads((tmp_path / "sim" / "compare.json").read_text())
     assert r["kind"] == "table" and r["matched"] == 9
     assert round(r["metrics"]["prefill"]["mape_pct"], 2) == pre
@@ -80,10 +87,30 @@ def sim_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("sim")
     trace = d / "trace.csv"
     rng = np.random.default_rng(0)
-    pd.DataFrame({"arrival_time_s": np.arange(40) * 0.05, "num_input_tokens": rng.integers(50, 500, 40),
-                  "num_output_tokens": rng.integers(2, 100, 40)}).to_csv(trace, index=False)
-    assert main(["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str(trace),
-                 "--out", str(d / "out"), "--quiet"]) == 0
+    pd.DataFrame(
+        {
+            "arrival_time_s": np.arange(40) * 0.05,
+            "num_input_tokens": rng.integers(50, 500, 40),
+            "num_output_tokens": rng.integers(2, 100, 40),
+        }
+    ).to_csv(trace, index=False)
+    assert (
+        main(
+            [
+                "simulate",
+                "--model",
+                "Llama-3-8B",
+                "--gpu",
+                "A100-80GB",
+                "--trace",
+                str(trace),
+                "--out",
+                str(d / "out"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return d / "out"
 
 
@@ -92,8 +119,8 @@ def test_requests_comparison_known_errors(sim_dir, tmp_path):
     meas.mkdir()
     df = pd.read_parquet(sim_dir / "requests.parquet")
     m = df.copy()
-    m["ttft_s"] *= 1.25          # measured 25 % longer: the simulator is 20 % low
-    m["e2e_s"] *= 0.8            # measured 20 % shorter: the simulator is 25 % high
+    m["ttft_s"] *= 1.25  # measured 25 % longer: the simulator is 20 % low
+    m["e2e_s"] *= 0.8  # measured 20 % shorter: the simulator is 25 % high
     m = m[m["request_id"] != 5]  # one request missing from the measurement
     m.to_parquet(meas / "requests.parquet")
     summary = json.loads((sim_dir / "summary.json").read_text())

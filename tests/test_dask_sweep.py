@@ -31,9 +31,22 @@ REPO = Path(__file__).resolve().parents[1]
 FLAGS = [] if HAVE_OPENDC else ["--no-opendc"]
 AXES = {"serving.replicas": [1, 2], "serving.prefix_cache.policy": ["none", "block", "prefill"]}
 # columns that are the runs' results (wall times and paths differ between any two runs)
-RESULTS = ["num_finished", "makespan_s", "ttft_p50_s", "ttft_p99_s", "tpot_p99_s", "e2e_p99_s",
-           "prefix_cache_hit_ratio", "slo_attainment", "goodput_rps", "energy_wh", "carbon_g", "wh_per_mtoken",
-           "gco2_per_mtoken", "cost_per_mtoken"]
+RESULTS = [
+    "num_finished",
+    "makespan_s",
+    "ttft_p50_s",
+    "ttft_p99_s",
+    "tpot_p99_s",
+    "e2e_p99_s",
+    "prefix_cache_hit_ratio",
+    "slo_attainment",
+    "goodput_rps",
+    "energy_wh",
+    "carbon_g",
+    "wh_per_mtoken",
+    "gco2_per_mtoken",
+    "cost_per_mtoken",
+]
 
 
 def free_port() -> int:
@@ -65,24 +78,60 @@ def dask_cluster(tmp_path):
 
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1",
+    }
     logs = tmp_path / "dask-logs"
     logs.mkdir()
     procs: dict[str, subprocess.Popen] = {}
     try:
         procs["scheduler"] = subprocess.Popen(
-            [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
-             "--dashboard-address", "127.0.0.1:0"], env=env, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=open(logs / "scheduler.log", "w"))
+            [
+                sys.executable,
+                "-m",
+                "dask",
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dashboard-address",
+                "127.0.0.1:0",
+            ],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=open(logs / "scheduler.log", "w"),
+        )
         for name in ("w1", "w2"):
             wdir = tmp_path / f"worker-{name}"
             wdir.mkdir()
             procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "dask", "worker", address, "--name", name, "--nthreads", "1",
-                 "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0", "--local-directory", str(wdir)],
-                env=env, cwd=wdir, start_new_session=True, stdout=subprocess.DEVNULL,
-                stderr=open(logs / f"{name}.log", "w"))
+                [
+                    sys.executable,
+                    "-m",
+                    "dask",
+                    "worker",
+                    address,
+                    "--name",
+                    name,
+                    "--nthreads",
+                    "1",
+                    "--host",
+                    "127.0.0.1",
+                    "--dashboard-address",
+                    "127.0.0.1:0",
+                    "--local-directory",
+                    str(wdir),
+                ],
+                env=env,
+                cwd=wdir,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=open(logs / f"{name}.log", "w"),
+            )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -103,8 +152,18 @@ def test_sweep_on_a_dask_cluster_survives_a_killed_worker(tmp_path, dask_cluster
     address, procs = dask_cluster
     sweep = write_sweep(tmp_path / "inputs")
     out = tmp_path / "remote"
-    cmd = [sys.executable, "-m", "kavier_opendc.cli", "sweep", str(sweep), "--out", str(out), "--scheduler", address,
-           *FLAGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kavier_opendc.cli",
+        "sweep",
+        str(sweep),
+        "--out",
+        str(out),
+        "--scheduler",
+        address,
+        *FLAGS,
+    ]
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     victim = None
     try:
@@ -113,8 +172,9 @@ def test_sweep_on_a_dask_cluster_survives_a_killed_worker(tmp_path, dask_cluster
             events = log_events(out) if (out / "sweep_log.jsonl").is_file() else []
             finished = {e["id"] for e in events if e["event"] in ("done", "failed")}
             # w1 is running a run (announced, not back yet)
-            running = [e["id"] for e in events if e["event"] == "start" and e.get("worker") == "w1"
-                       and e["id"] not in finished]
+            running = [
+                e["id"] for e in events if e["event"] == "start" and e.get("worker") == "w1" and e["id"] not in finished
+            ]
             if running:
                 victim = running[-1]
                 os.killpg(procs["w1"].pid, signal.SIGKILL)
@@ -138,8 +198,10 @@ def test_sweep_on_a_dask_cluster_survives_a_killed_worker(tmp_path, dask_cluster
     spec = load_sweep(sweep, opendc=False if FLAGS else None)
     assert list(remote["run"]) == [r.id for r in spec.runs]
     assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(r.id for r in spec.runs)
-    assert all(json.loads((out / "runs" / r.id / "DONE").read_text())["key"] == r.key and r.id.endswith(r.key)
-               for r in spec.runs)
+    assert all(
+        json.loads((out / "runs" / r.id / "DONE").read_text())["key"] == r.key and r.id.endswith(r.key)
+        for r in spec.runs
+    )
 
     local_out = tmp_path / "local"
     r = sweep_cli(sweep, local_out)
@@ -171,8 +233,17 @@ def test_a_worker_without_the_drivers_files_mirrors_inputs_and_ships_the_output(
     # the worker's side: the driver's folder is gone
     gone = tmp_path / "driver-moved"
     (tmp_path / "driver").rename(gone)
-    payload = {"id": "r0", "document": doc, "base_dir": str(tmp_path / "driver"), "source": str(exp),
-               "run_dir": str(task.run_dir), "opendc": False, "plots": False, "command": "test", "inputs": inputs}
+    payload = {
+        "id": "r0",
+        "document": doc,
+        "base_dir": str(tmp_path / "driver"),
+        "source": str(exp),
+        "run_dir": str(task.run_dir),
+        "opendc": False,
+        "plots": False,
+        "command": "test",
+        "inputs": inputs,
+    }
     rec = execute(payload, files)
     assert rec["status"] == "done", rec.get("error")
     assert not task.run_dir.exists(), "a remote worker does not write into the driver's folder"
@@ -195,8 +266,23 @@ def test_workers_that_cannot_start_give_one_paragraph_and_no_dask_traceback(tmp_
     and a sweep folder marked INCOMPLETE."""
     sweep = Path(__file__).resolve().parents[1] / "kavier_opendc" / "data" / "demo_sweep.yaml"
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": '["no_such_module_for_kavier"]'}
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "sweep", str(sweep), "--out", str(tmp_path / "s"),
-                        "--no-opendc", "--quiet"], capture_output=True, text=True, env=env, timeout=240)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kavier_opendc.cli",
+            "sweep",
+            str(sweep),
+            "--out",
+            str(tmp_path / "s"),
+            "--no-opendc",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert r.returncode == 3, r.stderr
     assert r.stderr.startswith("kavier: error: could not start the local Dask cluster of 2 worker process(es)")
     assert "No module named 'no_such_module_for_kavier'" in r.stderr

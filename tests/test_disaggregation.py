@@ -22,12 +22,21 @@ from kavier_opendc.engine.outputs import PD_COLUMNS, REQUESTS_COLUMNS, Simulatio
 from kavier_opendc.engine.results import FINISHED, REJECTED
 from kavier_opendc.engine.simulator import SimConfig, simulate
 
-KV_BYTES = TOY_MODEL.kv_bytes_per_token          # 2 x 1 layer x 1 KV head x 128 x 2 bytes = 512
+KV_BYTES = TOY_MODEL.kv_bytes_per_token  # 2 x 1 layer x 1 KV head x 128 x 2 bytes = 512
 
 
 def pd(**kw) -> SimConfig:
-    base = dict(model=TOY_MODEL, gpu=TOY_GPU, efficiency=TOY_EFF, num_kv_blocks=10_000, prefill_replicas=1,
-                decode_replicas=1, kv_link_gbs=1.0, kv_link_latency_s=0.001, kv_link_setup_s=0.002)
+    base = dict(
+        model=TOY_MODEL,
+        gpu=TOY_GPU,
+        efficiency=TOY_EFF,
+        num_kv_blocks=10_000,
+        prefill_replicas=1,
+        decode_replicas=1,
+        kv_link_gbs=1.0,
+        kv_link_latency_s=0.001,
+        kv_link_setup_s=0.002,
+    )
     base.update(kw)
     return SimConfig(**base)
 
@@ -49,8 +58,8 @@ def test_kv_bytes_per_token_is_layers_heads_dim_two_bytes():
 def test_one_request_1p1d_by_hand():
     r = run([0.0], [100], [3])
     res, rec = r.results, r.extra["pd"]
-    t1 = toy_time(100, 1, 5050, 100)                           # the prefill, alone on the prefill replica
-    transfer = 0.002 + 100 * KV_BYTES / 1e9 + 0.001            # setup + bytes / bandwidth + latency
+    t1 = toy_time(100, 1, 5050, 100)  # the prefill, alone on the prefill replica
+    transfer = 0.002 + 100 * KV_BYTES / 1e9 + 0.001  # setup + bytes / bandwidth + latency
     assert res.first_token[0] == pytest.approx(t1, rel=1e-12)  # TTFT: the prefill and nothing else
     assert rec.transfer_start[0] == pytest.approx(t1, rel=1e-12)
     assert rec.transfer_end[0] == pytest.approx(t1 + transfer, rel=1e-12)
@@ -58,10 +67,14 @@ def test_one_request_1p1d_by_hand():
     assert (rec.prefill_replica[0], rec.decode_replica[0], res.replica[0]) == (0, 1, 1)
     assert res.finish[0] == pytest.approx(t1 + transfer + decode_steps(100, 2), rel=1e-12)
     # the decode side is exactly a co-located decode of the same context
-    co = simulate(make_trace([0.0], [100], [3]), dataclasses.replace(pd(), prefill_replicas=None,
-                                                                     decode_replicas=None), progress=False)
-    assert res.finish[0] - rec.transfer_end[0] == pytest.approx(co.results.finish[0] - co.results.first_token[0],
-                                                                rel=1e-9)
+    co = simulate(
+        make_trace([0.0], [100], [3]),
+        dataclasses.replace(pd(), prefill_replicas=None, decode_replicas=None),
+        progress=False,
+    )
+    assert res.finish[0] - rec.transfer_end[0] == pytest.approx(
+        co.results.finish[0] - co.results.first_token[0], rel=1e-9
+    )
     # the prefill replica never decodes, the decode replica never prefills
     pre, dec = r.replicas
     assert sum(pre.timeline.decode) == 0 and sum(pre.timeline.prefill) == 100
@@ -79,15 +92,16 @@ def test_a_one_token_request_finishes_on_its_prefill_replica_without_transfer():
 
 def test_two_concurrent_transfers_on_one_link_take_twice_as_long():
     # both prompts are prefilled in one iteration and handed off together; no setup, no latency
-    r = run([0.0, 0.0], [100, 100], [2, 2], decode_replicas=2, kv_link_gbs=0.01, kv_link_latency_s=0.0,
-            kv_link_setup_s=0.0)
+    r = run(
+        [0.0, 0.0], [100, 100], [2, 2], decode_replicas=2, kv_link_gbs=0.01, kv_link_latency_s=0.0, kv_link_setup_s=0.0
+    )
     rec = r.extra["pd"]
     t1 = toy_time(200, 2, 2 * 5050, 200)
     one = 100 * KV_BYTES / 0.01e9
     assert r.results.first_token == pytest.approx([t1, t1], rel=1e-12)
     assert rec.transfer_end[0] - t1 == pytest.approx(one, rel=1e-12)
-    assert rec.transfer_end[1] - t1 == pytest.approx(2 * one, rel=1e-12)   # FIFO: the second waits for the first
-    assert sorted(rec.decode_replica) == [1, 2]                            # most free blocks: one each
+    assert rec.transfer_end[1] - t1 == pytest.approx(2 * one, rel=1e-12)  # FIFO: the second waits for the first
+    assert sorted(rec.decode_replica) == [1, 2]  # most free blocks: one each
     link = KVLink(LinkSpec(gbs=2.0, latency_s=0.0, setup_s=0.0))
     alone = KVLink(LinkSpec(gbs=2.0, latency_s=0.0, setup_s=0.0)).reserve(5.0, 4e9, 1)[2] - 5.0
     both = [link.reserve(5.0, 4e9, 1)[2] - 5.0 for _ in range(2)]
@@ -98,7 +112,7 @@ def test_layerwise_leaves_only_the_last_layers_share_after_prefill():
     # a link fast enough to keep up with the prefill: of L layers' KV, the first L-1 moved during it
     link = KVLink(LinkSpec(gbs=1.0, latency_s=0.5, setup_s=0.0, mode="layerwise"))
     start, end, landed = link.reserve(10.0, 4e9, 4, overlap_from=0.0)
-    assert end == pytest.approx(10.0 + 1e9 / 1e9)              # the last layer's 1 GB after the prefill
+    assert end == pytest.approx(10.0 + 1e9 / 1e9)  # the last layer's 1 GB after the prefill
     assert landed == pytest.approx(11.5) and start == pytest.approx(7.0)
     # a slow link (window of 1 s for 8 GB): (L-1)/L of what it carried in the window overlaps
     link = KVLink(LinkSpec(gbs=1.0, latency_s=0.0, setup_s=0.0, mode="layerwise"))
@@ -120,29 +134,32 @@ def test_layerwise_in_a_run_by_hand():
     lw = simulate(make_trace([0.0], [100], [3]), pd(model=model, kv_transfer_mode="layerwise"), progress=False)
     t1 = whole.results.first_token[0]
     assert lw.results.first_token[0] == t1
-    b = 100 * model.kv_bytes_per_token / 1e9          # seconds of the whole transfer on the link
-    assert t1 - 0.002 > b                             # the link keeps up with the prefill
+    b = 100 * model.kv_bytes_per_token / 1e9  # seconds of the whole transfer on the link
+    assert t1 - 0.002 > b  # the link keeps up with the prefill
     assert whole.extra["pd"].transfer_end[0] == pytest.approx(t1 + 0.002 + b + 0.001, rel=1e-12)
     assert lw.extra["pd"].transfer_end[0] == pytest.approx(t1 + b / 4 + 0.001, rel=1e-12)
 
 
 def test_decode_pool_without_free_blocks_delays_admission_by_the_computed_time():
     # decode replica: 10 blocks. A (100 + 60 tokens) needs all 10 by its end; B's 7 prompt blocks must wait
-    topo = Disaggregation(Pool(TOY_MODEL, TOY_GPU, 1, 1, 10_000), Pool(TOY_MODEL, TOY_GPU, 1, 1, 10),
-                          LinkSpec(gbs=1.0, latency_s=0.001, setup_s=0.0))
+    topo = Disaggregation(
+        Pool(TOY_MODEL, TOY_GPU, 1, 1, 10_000),
+        Pool(TOY_MODEL, TOY_GPU, 1, 1, 10),
+        LinkSpec(gbs=1.0, latency_s=0.001, setup_s=0.0),
+    )
     cfg = SimConfig(model=TOY_MODEL, gpu=TOY_GPU, efficiency=TOY_EFF, max_model_len=160, disaggregation=topo)
     r = simulate(make_trace([0.0, 0.0], [100, 100], [60, 2]), cfg, progress=False)
     res, rec = r.results, r.extra["pd"]
-    t1 = toy_time(200, 2, 2 * 5050, 200)               # both prefilled in one iteration
+    t1 = toy_time(200, 2, 2 * 5050, 200)  # both prefilled in one iteration
     move = 100 * KV_BYTES / 1e9 + 0.001
     finish_a = t1 + move + decode_steps(100, 59)
     assert res.finish[0] == pytest.approx(finish_a, rel=1e-9)
     assert rec.decode_wait[0] == 0.0
-    assert rec.decode_wait[1] == pytest.approx(finish_a - t1, rel=1e-9)     # until A's blocks are freed
+    assert rec.decode_wait[1] == pytest.approx(finish_a - t1, rel=1e-9)  # until A's blocks are freed
     assert rec.transfer_start[1] == pytest.approx(finish_a, rel=1e-9)
     assert res.finish[1] == pytest.approx(finish_a + move + decode_steps(100, 1), rel=1e-9)
     dec = r.replicas[1]
-    assert dec.peak_used <= dec.capacity == 10 and dec.preemptions == 0    # never over-committed
+    assert dec.peak_used <= dec.capacity == 10 and dec.preemptions == 0  # never over-committed
     # the prefill replica held B's blocks until B's transfer completed
     assert r.replicas[0].kv.used == 0 and r.replicas[0].peak_used == 14
 
@@ -167,12 +184,17 @@ def test_random_traces_keep_the_invariants(data):
     prompts = data.draw(st.lists(st.integers(1, 300), min_size=n, max_size=n))
     outs = data.draw(st.lists(st.integers(1, 60), min_size=n, max_size=n))
     blocks = data.draw(st.integers(20, 40))
-    kw = dict(prefill_replicas=data.draw(st.integers(1, 2)), decode_replicas=data.draw(st.integers(1, 2)),
-              kv_link_gbs=data.draw(st.sampled_from([0.001, 0.1, 10.0])),
-              kv_link_setup_s=data.draw(st.sampled_from([0.0, 0.001])),
-              kv_transfer_mode=data.draw(st.sampled_from(["whole", "layerwise"])),
-              max_batched_tokens=data.draw(st.sampled_from([64, 2048])), num_kv_blocks=blocks,
-              max_model_len=blocks * 16, exact=data.draw(st.booleans()))
+    kw = dict(
+        prefill_replicas=data.draw(st.integers(1, 2)),
+        decode_replicas=data.draw(st.integers(1, 2)),
+        kv_link_gbs=data.draw(st.sampled_from([0.001, 0.1, 10.0])),
+        kv_link_setup_s=data.draw(st.sampled_from([0.0, 0.001])),
+        kv_transfer_mode=data.draw(st.sampled_from(["whole", "layerwise"])),
+        max_batched_tokens=data.draw(st.sampled_from([64, 2048])),
+        num_kv_blocks=blocks,
+        max_model_len=blocks * 16,
+        exact=data.draw(st.booleans()),
+    )
     model = TOY_MODEL if kw["kv_transfer_mode"] == "whole" else dataclasses.replace(TOY_MODEL, num_layers=3)
     # KV never above capacity, after every door that adds blocks (peak_used is noted at scheduling points only)
     doors = {name: getattr(KVManager, name) for name in ("allocate", "extend", "receive")}
@@ -182,6 +204,7 @@ def test_random_traces_keep_the_invariants(data):
             out = door(self, blocks)
             assert self.used <= self.capacity, (door.__name__, self.used, self.capacity)
             return out
+
         return call
 
     for name, door in doors.items():
@@ -213,7 +236,7 @@ def test_random_traces_keep_the_invariants(data):
     assert sum(sum(x.timeline.decode) for x in pre) == 0
     recomputed = sum(x.preemptions for x in dec)
     decoded, wanted = sum(sum(x.timeline.decode) for x in dec), np.maximum(o[done] - 1, 0).sum()
-    assert decoded <= wanted <= decoded + recomputed      # a recompute samples at most one token per preemption
+    assert decoded <= wanted <= decoded + recomputed  # a recompute samples at most one token per preemption
     if recomputed == 0:
         assert decoded == wanted and sum(sum(x.timeline.prefill) for x in dec) == 0
     # KV never above capacity, everything released at the end
@@ -227,8 +250,9 @@ def test_random_traces_keep_the_invariants(data):
     order = np.argsort(rec.transfer_start[moved], kind="stable")
     starts, ends = rec.transfer_start[moved][order], (rec.transfer_start[moved] + occupancy)[order]
     assert (starts[1:] >= ends[:-1] - 1e-9).all()
-    np.testing.assert_allclose(rec.transfer_end[moved] - rec.transfer_start[moved],
-                               occupancy + 0.001, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        rec.transfer_end[moved] - rec.transfer_start[moved], occupancy + 0.001, rtol=1e-9, atol=1e-12
+    )
     # time never goes backwards
     a = np.array(arrivals)
     assert (res.first_sched[done] >= a[done]).all() and (res.first_token[done] >= res.first_sched[done]).all()
@@ -246,19 +270,32 @@ def test_prefix_caching_works_on_the_prefill_pool():
     # prefill replica, which keeps it as evictable after the first's KV has left; the decode pool caches nothing
     from kavier_opendc.workload.trace import Trace
 
-    tr = Trace(np.array([0.0, 10.0, 20.0]), np.array([1024, 1024, 1024]), np.array([5, 5, 5]), source="test",
-               format="kavier", hash_ids=[[1, 2], [1, 2], [3, 4]])
+    tr = Trace(
+        np.array([0.0, 10.0, 20.0]),
+        np.array([1024, 1024, 1024]),
+        np.array([5, 5, 5]),
+        source="test",
+        format="kavier",
+        hash_ids=[[1, 2], [1, 2], [3, 4]],
+    )
     r = simulate(tr, pd(prefix_cache="block"), progress=False)
-    co = simulate(tr, dataclasses.replace(pd(prefix_cache="block"), prefill_replicas=None, decode_replicas=None),
-                  progress=False)
+    co = simulate(
+        tr, dataclasses.replace(pd(prefix_cache="block"), prefill_replicas=None, decode_replicas=None), progress=False
+    )
     assert r.results.cached.tolist() == co.results.cached.tolist() == [0, 512, 0]
-    np.testing.assert_allclose(r.results.first_token, co.results.first_token, rtol=1e-12)   # TTFT: same prefill
+    np.testing.assert_allclose(r.results.first_token, co.results.first_token, rtol=1e-12)  # TTFT: same prefill
     pre, dec = r.replicas
     assert pre.pc is not None and dec.pc is None and pre.kv.used == 0 and dec.kv.used == 0
     assert sum(pre.timeline.prefill) == 1024 + 512 + 1024
     # the 'prefill' prompt cache and the 'full' one (an answer served from the cache never reaches a GPU)
-    tr = Trace(np.array([0.0, 10.0]), np.array([500, 500]), np.array([20, 20]), source="test", format="kavier",
-               hash_ids=[[1], [1]])
+    tr = Trace(
+        np.array([0.0, 10.0]),
+        np.array([500, 500]),
+        np.array([20, 20]),
+        source="test",
+        format="kavier",
+        hash_ids=[[1], [1]],
+    )
     assert simulate(tr, pd(prefix_cache="prefill"), progress=False).results.cached.tolist() == [0, 499]
     full = simulate(tr, pd(prefix_cache="full"), progress=False)
     assert full.results.finish[1] == 10.0 and full.extra["pd"].link.transfers == 1
@@ -276,7 +313,7 @@ def test_outputs_have_the_pd_columns_and_sections_only_in_pd_runs():
     assert s["prefill_pool"]["replica_ids"] == [0] and s["decode_pool"]["replica_ids"] == [1]
     assert s["link"]["bytes_moved"] == 100 * KV_BYTES and s["link"]["transfers"] == 1
     assert s["link"]["transfer_s_mean"] == pytest.approx(0.002 + 100 * KV_BYTES / 1e9 + 0.001, rel=1e-9)
-    assert s["link"]["exposed_s_mean"] == pytest.approx(s["link"]["transfer_s_mean"], rel=1e-9)   # whole mode
+    assert s["link"]["exposed_s_mean"] == pytest.approx(s["link"]["transfer_s_mean"], rel=1e-9)  # whole mode
     assert set(out.timeline.column("replica").to_pylist()) == {0, 1}
     # the replicas group after group, as the OpenDC export places them: the prefill pool, then the decode pool
     groups = summary_dict(r)["config"]["replica_groups"]
@@ -284,8 +321,11 @@ def test_outputs_have_the_pd_columns_and_sections_only_in_pd_runs():
     wide = simulate(make_trace([0.0], [100], [3]), pd(decode_replicas=3, decode_tp=1, prefill_tp=1), progress=False)
     assert [g["replicas"] for g in summary_dict(wide)["config"]["replica_groups"]] == [1, 3]
     assert summary_dict(wide)["config"]["replicas"] == 4
-    co = simulate(make_trace([0.0], [100], [3]), dataclasses.replace(pd(), prefill_replicas=None,
-                                                                     decode_replicas=None), progress=False)
+    co = simulate(
+        make_trace([0.0], [100], [3]),
+        dataclasses.replace(pd(), prefill_replicas=None, decode_replicas=None),
+        progress=False,
+    )
     assert "pd" not in co.extra and "disaggregation" not in summary_dict(co)
     assert not set(PD_COLUMNS) & set(SimulationOutput.from_result(co).requests.column_names)
 
@@ -298,7 +338,7 @@ def _error(cfg: SimConfig, trace=None) -> KavierInputError:
 
 
 def test_decode_gpus_that_cannot_hold_one_request_are_refused():
-    tiny = dataclasses.replace(TOY_GPU, name="tiny", memory_gib=2.5)   # 2 GB of weights: a few KV blocks left
+    tiny = dataclasses.replace(TOY_GPU, name="tiny", memory_gib=2.5)  # 2 GB of weights: a few KV blocks left
     exc = _error(pd(num_kv_blocks=None, decode_gpu=tiny))
     assert exc.location == "decode_gpu/decode_tp" and "cannot hold" in str(exc)
     assert knobs.flag_of(exc.location) == "--decode-gpu/--decode-tp"
@@ -313,8 +353,8 @@ def test_zero_link_bandwidth_and_half_a_topology_are_refused():
     assert _error(pd(kv_transfer_mode="sideways")).location == "kv_transfer_mode"
     assert _error(pd(framework="vllm-0.5-server")).location == "framework"
     assert _error(pd(kv_cache=False)).location == "kv_cache"
-    assert _error(pd(decode_gpu="H100-SXM")).location == "decode_gpu"          # a name, not a catalogue GPU
-    assert _error(pd(prefill_tp=3)).location == "prefill_tp"                   # 1 attention head: tp 1 only
+    assert _error(pd(decode_gpu="H100-SXM")).location == "decode_gpu"  # a name, not a catalogue GPU
+    assert _error(pd(prefill_tp=3)).location == "prefill_tp"  # 1 attention head: tp 1 only
 
 
 def test_pools_with_another_model_are_refused():
@@ -352,12 +392,37 @@ def test_cli_runs_a_disaggregated_simulation_and_names_its_flags(tmp_path):
     out = tmp_path / "out"
 
     def kavier(*extra):
-        return subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "simulate", "--model", "Llama-3-8B",
-                               "--gpu", "A100-80GB", "--trace", str(trace), "--out", str(out), *extra],
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kavier_opendc.cli",
+                "simulate",
+                "--model",
+                "Llama-3-8B",
+                "--gpu",
+                "A100-80GB",
+                "--trace",
+                str(trace),
+                "--out",
+                str(out),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
-    r = kavier("--prefill-replicas", "1", "--decode-replicas", "2", "--decode-gpu", "H100-SXM",
-               "--kv-transfer-mode", "layerwise")
+    r = kavier(
+        "--prefill-replicas",
+        "1",
+        "--decode-replicas",
+        "2",
+        "--decode-gpu",
+        "H100-SXM",
+        "--kv-transfer-mode",
+        "layerwise",
+    )
     assert r.returncode == 0, r.stderr
     assert "disaggregated prefill 1 x 1 x A100-80GB" in r.stdout and "decode 2 x 1 x H100-SXM" in r.stdout
     req = pq.read_table(out / "requests.parquet").to_pandas()
@@ -377,18 +442,24 @@ def test_cli_runs_a_disaggregated_simulation_and_names_its_flags(tmp_path):
 def _pd_experiment(tmp_path, **serving):
     from test_pipeline import tiny_experiment
 
-    dis = {"prefill": {"replicas": 1}, "decode": {"replicas": 1, "num_kv_blocks": 3000},
-           "link": {"gbs": 50, "latency_s": 2e-5, "mode": "layerwise"}}
-    return tiny_experiment(tmp_path, serving={"router": "least-kv", "prefix_cache": "block",
-                                              "disaggregation": dis, **serving})
+    dis = {
+        "prefill": {"replicas": 1},
+        "decode": {"replicas": 1, "num_kv_blocks": 3000},
+        "link": {"gbs": 50, "latency_s": 2e-5, "mode": "layerwise"},
+    }
+    return tiny_experiment(
+        tmp_path, serving={"router": "least-kv", "prefix_cache": "block", "disaggregation": dis, **serving}
+    )
 
 
 def test_an_experiment_declares_the_pools_and_the_link(tmp_path):
     from kavier_opendc.experiments.experiment import load_experiment
 
     exp = load_experiment(_pd_experiment(tmp_path))
-    assert [(g.name, g.gpu.name, g.replicas, g.tp) for g in exp.groups] == [("prefill", "A100-80GB", 1, 1),
-                                                                          ("decode", "A100-80GB", 1, 1)]
+    assert [(g.name, g.gpu.name, g.replicas, g.tp) for g in exp.groups] == [
+        ("prefill", "A100-80GB", 1, 1),
+        ("decode", "A100-80GB", 1, 1),
+    ]
     topo = exp.sim_config().topology()
     assert (topo.prefill.replicas, topo.decode.replicas, topo.decode.num_kv_blocks) == (1, 1, 3000)
     assert (topo.link.gbs, topo.link.latency_s, topo.link.setup_s, topo.link.mode) == (50, 2e-5, 0.0, "layerwise")
@@ -404,11 +475,41 @@ def test_an_experiment_runs_the_same_simulation_as_the_cli_flags(tmp_path):
 
     exp = load_experiment(_pd_experiment(tmp_path))
     run_experiment(exp, tmp_path / "run", opendc=False, plots=False, quiet=True)
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "simulate", "--model", "Llama-3-8B", "--gpu",
-                        "A100-80GB", "--trace", str(tmp_path / "workload.yaml"), "--seed", "7", "--router",
-                        "least-kv", "--prefix-cache", "block", "--prefill-replicas", "1", "--decode-replicas", "1",
-                        "--kv-link-gbs", "50", "--kv-link-latency-s", "2e-5", "--kv-transfer-mode", "layerwise",
-                        "--out", str(tmp_path / "cli"), "--quiet"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kavier_opendc.cli",
+            "simulate",
+            "--model",
+            "Llama-3-8B",
+            "--gpu",
+            "A100-80GB",
+            "--trace",
+            str(tmp_path / "workload.yaml"),
+            "--seed",
+            "7",
+            "--router",
+            "least-kv",
+            "--prefix-cache",
+            "block",
+            "--prefill-replicas",
+            "1",
+            "--decode-replicas",
+            "1",
+            "--kv-link-gbs",
+            "50",
+            "--kv-link-latency-s",
+            "2e-5",
+            "--kv-transfer-mode",
+            "layerwise",
+            "--out",
+            str(tmp_path / "cli"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     # the experiment's decode pool has its own KV capacity (3,000 blocks, never full here): the same timings
     assert r.returncode == 0, r.stderr
     a = pandas.read_parquet(tmp_path / "run" / "simulation" / "requests.parquet")
@@ -421,15 +522,27 @@ def test_an_experiment_runs_the_same_simulation_as_the_cli_flags(tmp_path):
     assert [g["gpu"] for g in summary["config"]["replica_groups"]] == ["A100-80GB", "A100-80GB"]
 
 
-@pytest.mark.parametrize("serving, path, words", [
-    ({"replicas": 2}, ("serving", "replicas"), "not allowed together with serving.disaggregation"),
-    ({"disaggregation": {"prefill": {"replicas": 1, "tp": 3}, "decode": {"replicas": 1}}},
-     ("serving", "disaggregation", "prefill", "tp"), "cannot be split evenly over 3 GPUs"),
-    ({"disaggregation": {"prefill": {"replicas": 1, "gpu": "NoSuchGPU"}, "decode": {"replicas": 1}}},
-     ("serving", "disaggregation", "prefill", "gpu"), "unknown GPU"),
-    ({"disaggregation": {"prefill": {"replicas": 1}, "decode": {"replicas": 1}, "link": {"gbs": 0}}},
-     ("serving", "disaggregation", "link", "gbs"), "0"),
-])
+@pytest.mark.parametrize(
+    "serving, path, words",
+    [
+        ({"replicas": 2}, ("serving", "replicas"), "not allowed together with serving.disaggregation"),
+        (
+            {"disaggregation": {"prefill": {"replicas": 1, "tp": 3}, "decode": {"replicas": 1}}},
+            ("serving", "disaggregation", "prefill", "tp"),
+            "cannot be split evenly over 3 GPUs",
+        ),
+        (
+            {"disaggregation": {"prefill": {"replicas": 1, "gpu": "NoSuchGPU"}, "decode": {"replicas": 1}}},
+            ("serving", "disaggregation", "prefill", "gpu"),
+            "unknown GPU",
+        ),
+        (
+            {"disaggregation": {"prefill": {"replicas": 1}, "decode": {"replicas": 1}, "link": {"gbs": 0}}},
+            ("serving", "disaggregation", "link", "gbs"),
+            "0",
+        ),
+    ],
+)
 def test_a_bad_disaggregated_experiment_names_its_field(tmp_path, serving, path, words):
     from kavier_opendc.experiments.experiment import experiment_problems
     from test_pipeline import tiny_experiment
@@ -450,13 +563,23 @@ def test_a_disaggregated_experiment_gets_each_pools_energy_from_opendc(tmp_path)
     from kavier_opendc.experiments.experiment import load_experiment
     from kavier_opendc.experiments.pipeline import run_experiment
 
-    node = {"cpu": {"cores": 16, "mhz": 2000}, "memory_gib": 256, "count": 1,
-            "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300}}
-    dc = {"start": "2022-01-01T12:00:00", "export_interval_s": 1,
-          "hosts": [{"name": "prefill-node", "gpu": "A100-80GB", "gpus_per_host": 1, **node},
-                    {"name": "decode-node", "gpu": "H100-SXM", "gpus_per_host": 2, **node}]}
+    node = {
+        "cpu": {"cores": 16, "mhz": 2000},
+        "memory_gib": 256,
+        "count": 1,
+        "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
+    }
+    dc = {
+        "start": "2022-01-01T12:00:00",
+        "export_interval_s": 1,
+        "hosts": [
+            {"name": "prefill-node", "gpu": "A100-80GB", "gpus_per_host": 1, **node},
+            {"name": "decode-node", "gpu": "H100-SXM", "gpus_per_host": 2, **node},
+        ],
+    }
     dis = {"prefill": {"replicas": 1}, "decode": {"replicas": 2, "gpu": "H100-SXM"}, "link": {"mode": "layerwise"}}
     from test_pipeline import tiny_experiment
+
     exp = load_experiment(tiny_experiment(tmp_path, serving={"disaggregation": dis}, datacenter=dc))
     assert exp.gpu_counts() == {"A100-80GB": 1, "H100-SXM": 2}
     report = run_experiment(exp, tmp_path / "out", plots=False, quiet=True).report
@@ -480,13 +603,19 @@ def test_a_disaggregated_experiment_gets_each_pools_energy_from_opendc(tmp_path)
 def test_pool_energy_is_its_hosts_and_never_a_guessed_share_of_a_shared_host():
     from kavier_opendc.reports.efficiency import pool_energy
 
-    dis = {"prefill_pool": {"replica_ids": [0], "gpu": "A", "replicas": 1, "tp": 1},
-           "decode_pool": {"replica_ids": [1, 2], "gpu": "B", "replicas": 2, "tp": 1}}
+    dis = {
+        "prefill_pool": {"replica_ids": [0], "gpu": "A", "replicas": 1, "tp": 1},
+        "decode_pool": {"replica_ids": [1, 2], "gpu": "B", "replicas": 2, "tp": 1},
+    }
     tasks = [{"task_id": i, "replica": i} for i in range(3)]
-    per_host = [{"host_name": "a", "energy_wh": 10.0, "gpu_energy_wh": 4.0},
-                {"host_name": "b", "energy_wh": 30.0, "gpu_energy_wh": 20.0}]
+    per_host = [
+        {"host_name": "a", "energy_wh": 10.0, "gpu_energy_wh": 4.0},
+        {"host_name": "b", "energy_wh": 30.0, "gpu_energy_wh": 20.0},
+    ]
     own = pool_energy(dis, tasks, {"0": "a", "1": "b", "2": "b"}, per_host)
-    assert [(p["pool"], p["hosts"], p["energy_wh"], p["gpu_energy_wh"]) for p in own] == \
-        [("prefill", ["a"], 10.0, 4.0), ("decode", ["b"], 30.0, 20.0)]
-    shared = pool_energy(dis, tasks, {"0": "b", "1": "b", "2": "a"}, per_host)   # OpenDC put replica 0 on b
+    assert [(p["pool"], p["hosts"], p["energy_wh"], p["gpu_energy_wh"]) for p in own] == [
+        ("prefill", ["a"], 10.0, 4.0),
+        ("decode", ["b"], 30.0, 20.0),
+    ]
+    shared = pool_energy(dis, tasks, {"0": "b", "1": "b", "2": "a"}, per_host)  # OpenDC put replica 0 on b
     assert [(p["energy_wh"], p["shared_hosts"]) for p in shared] == [(None, ["b"]), (None, ["b"])]

@@ -21,6 +21,7 @@ EXACT = dict(rel=1e-9, abs=1e-12)
 
 # ----------------------------------------------------------------- formulas
 
+
 def test_joules_to_wh_is_divided_by_3600():
     assert E.joules_to_wh(3600.0) == 1.0
     assert E.joules_to_wh(1000.0) == pytest.approx(0.2777777778)
@@ -46,14 +47,16 @@ def test_slo_mask_nan_tpot_passes_and_missing_target_is_not_checked():
 
 
 def test_goodput_without_slo_is_none():
-    df = pd.DataFrame({"ttft_s": [0.1], "tpot_s": [0.01], "status": ["finished"], "num_input_tokens": [10],
-                       "num_output_tokens": [5]})
+    df = pd.DataFrame(
+        {"ttft_s": [0.1], "tpot_s": [0.01], "status": ["finished"], "num_input_tokens": [10], "num_output_tokens": [5]}
+    )
     assert E.goodput(df, 10.0, E.LatencyTargets())["goodput_rps"] is None
     g = E.goodput(df, 10.0, E.LatencyTargets(ttft_s=1.0))
     assert g["goodput_rps"] == 0.1 and g["goodput_tokens_per_s"] == 1.5 and g["slo_attainment"] == 1.0
 
 
 # ----------------------------------------------------------------- a run, checked by hand
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -66,8 +69,9 @@ def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eff")
     # SLOs between the faster and the slower requests of this run (A100-80GB profile)
     p = tiny_experiment(tmp, slo={"ttft_s": 0.04, "tpot_s": 0.012})
-    run_experiment(load_experiment(p), tmp / "out", bridge=None if HAVE_OPENDC else FakeOpenDC(), quiet=True,
-                   plots=False)
+    run_experiment(
+        load_experiment(p), tmp / "out", bridge=None if HAVE_OPENDC else FakeOpenDC(), quiet=True, plots=False
+    )
     return p, tmp / "out"
 
 
@@ -96,13 +100,17 @@ def test_every_efficiency_number_by_hand(run_dir):
 
     assert 0 < ok.sum() < len(req), "the tiny experiment's SLOs should separate requests"
     expected = {
-        "tokens": tokens, "tokens_output": tout, "window_s": window,
+        "tokens": tokens,
+        "tokens_output": tout,
+        "window_s": window,
         "wh_per_mtoken": energy_wh / (tokens / 1e6),
         "wh_per_mtoken_output": energy_wh / (tout / 1e6),
         "gco2_per_mtoken": carbon_g / (tokens / 1e6),
         "gco2_per_mtoken_output": carbon_g / (tout / 1e6),
         "gpu_hours": gpus * window / 3600.0,
-        "gpu_cost": gpu_cost, "electricity_cost": elec_cost, "total_cost": total,
+        "gpu_cost": gpu_cost,
+        "electricity_cost": elec_cost,
+        "total_cost": total,
         "cost_per_mtoken": total / (tokens / 1e6),
         "cost_per_mtoken_output": total / (tout / 1e6),
         "goodput_rps": ok.sum() / window,
@@ -132,11 +140,16 @@ def test_sustainability_energy_is_joules_over_3600(run_dir):
 
 # ----------------------------------------------------------------- the Kavier prototype
 
+
 def prototype_files(tmp: Path) -> tuple[Path, Path]:
-    tasks = pd.DataFrame({"id": np.arange(3, dtype=np.int32), "duration": np.array([2000, 3000, 5000], np.int64),
-                          "total_tokens": np.array([1000, 2000, 2000], np.int64)})
-    ps = pd.DataFrame({"timestamp": [1000, 2000], "energy_usage": [36_000.0, 72_000.0],
-                       "carbon_emission": [3.0, 5.0]})
+    tasks = pd.DataFrame(
+        {
+            "id": np.arange(3, dtype=np.int32),
+            "duration": np.array([2000, 3000, 5000], np.int64),
+            "total_tokens": np.array([1000, 2000, 2000], np.int64),
+        }
+    )
+    ps = pd.DataFrame({"timestamp": [1000, 2000], "energy_usage": [36_000.0, 72_000.0], "carbon_emission": [3.0, 5.0]})
     tp, pp = tmp / "tasks.parquet", tmp / "powerSource.parquet"
     tasks.to_parquet(tp, index=False)
     ps.to_parquet(pp, index=False)
@@ -150,25 +163,55 @@ def test_prototype_summary_by_hand(tmp_path):
     assert s["total_latency_s"] == T and s["total_tokens"] == N
     assert s["financial_efficiency (EUR / million token / s)"] == pytest.approx((10.0 / 3600) / (N / T) * 1e6, **EXACT)
     assert s["sustainability_efficiency (Wh / million token / s)"] == pytest.approx(J / 3600 * T / (N / 1e6), **EXACT)
-    assert s["sustainability_efficiency (kgCO2 / million token / s)"] == pytest.approx(g / 1000 * T / (N / 1e6),
-                                                                                        **EXACT)
+    assert s["sustainability_efficiency (kgCO2 / million token / s)"] == pytest.approx(
+        g / 1000 * T / (N / 1e6), **EXACT
+    )
     # the prototype's own number (J / 1000 / 1000) is 3600 / 1e6 of the corrected one
     assert s["prototype_sustainability_efficiency_as_printed"] == pytest.approx(
-        s["sustainability_efficiency (Wh / million token / s)"] * 3600 / 1e6, **EXACT)
+        s["sustainability_efficiency (Wh / million token / s)"] * 3600 / 1e6, **EXACT
+    )
     assert "3600" in s["note"]
 
 
 def test_cli_efficiency(tmp_path):
     tp, pp = prototype_files(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "efficiency", "--tasks", tp, "--opendc", pp,
-                        "--price", "2.5", "--out", tmp_path / "s.json"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kavier_opendc.cli",
+            "efficiency",
+            "--tasks",
+            tp,
+            "--opendc",
+            pp,
+            "--price",
+            "2.5",
+            "--out",
+            tmp_path / "s.json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "sustainability_efficiency (Wh / million token / s)" in r.stdout and "3600" in r.stdout
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["financial_efficiency (EUR / million token / s)"] == pytest.approx((2.5 / 3600) / 500.0 * 1e6, **EXACT)
     pd.DataFrame({"duration": [1]}).to_parquet(tmp_path / "bad.parquet")
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "efficiency", "--tasks", tmp_path / "bad.parquet",
-                        "--opendc", pp, "--price", "1"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kavier_opendc.cli",
+            "efficiency",
+            "--tasks",
+            tmp_path / "bad.parquet",
+            "--opendc",
+            pp,
+            "--price",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "total_tokens" in r.stderr and "Traceback" not in r.stderr
-
-

@@ -32,7 +32,8 @@ def test_toy_formula_by_hand():
     # prefill 100 tokens: the body GEMM is exactly at the ridge (100 FLOP/byte): 2e9 B / 1e12 = 2e-3 s;
     # LM head for 1 sequence: 256 kB / 1e12; attention: 512 * 5050 / 1e14 + 512 * 100 / 1e12; overhead 1 ms
     assert toy_time(100, 1, 5050, 100) == pytest.approx(
-        (2e9 - 256_000) / 1e12 + 256_000 / 1e12 + 512 * 5050 / 1e14 + 512 * 100 / 1e12 + 1e-3, rel=1e-15)
+        (2e9 - 256_000) / 1e12 + 256_000 / 1e12 + 512 * 5050 / 1e14 + 512 * 100 / 1e12 + 1e-3, rel=1e-15
+    )
     assert toy_time(100, 1, 5050, 100) == pytest.approx(0.003000077056, rel=1e-12)
     cm = CostModel(TOY_MODEL, TOY_GPU, 1, TOY_EFF)
     for shape in [(100, 1, 5050, 0), (1, 1, 101, 100), (200, 2, 10100, 0), (1000, 3, 1e5, 500)]:
@@ -41,8 +42,8 @@ def test_toy_formula_by_hand():
 
 
 def test_one_request_alone_by_hand():
-    t1 = toy_time(100, 1, 5050, 100)                   # prefill: 100 tokens written to the KV cache
-    t2 = toy_time(1, 1, 101, 101)                      # decode with 100 cached tokens (+1 written)
+    t1 = toy_time(100, 1, 5050, 100)  # prefill: 100 tokens written to the KV cache
+    t2 = toy_time(1, 1, 101, 101)  # decode with 100 cached tokens (+1 written)
     t3 = toy_time(1, 1, 102, 102)
     res = run([0.0], [100], [3]).results
     assert res.first_sched[0] == 0.0
@@ -54,8 +55,9 @@ def test_one_request_alone_by_hand():
 def test_two_requests_batched_by_hand():
     # one prefill iteration of 200 tokens, compute-bound body GEMM: 2 * (1e9 - 128000) * 200 / 1e14
     t1 = toy_time(200, 2, 2 * 5050, 200)
-    assert t1 == pytest.approx(2 * TOY_BODY * 200 / 1e14 + 2 * TOY_HEAD / 1e12 + 512 * 10100 / 1e14
-                               + 512 * 200 / 1e12 + 1e-3, rel=1e-15)
+    assert t1 == pytest.approx(
+        2 * TOY_BODY * 200 / 1e14 + 2 * TOY_HEAD / 1e12 + 512 * 10100 / 1e14 + 512 * 200 / 1e12 + 1e-3, rel=1e-15
+    )
     # one decode iteration of 2 sequences with 100 cached tokens each
     t2 = toy_time(2, 2, 202, 202)
     res = run([0.0, 0.0], [100, 100], [2, 2]).results
@@ -66,17 +68,24 @@ def test_two_requests_batched_by_hand():
 def test_token_budget_chunks_prefill_by_hand():
     # budget 64: a 100-token prompt is prefilled in chunks of 64 and 36; the second chunk attends 64 cached
     t1 = toy_time(64, 1, 64 * 65 / 2, 64)
-    t2 = toy_time(36, 1, 36 * 64 + 36 * 37 / 2, 64 + 36)   # reads 64 cached tokens, writes 36
+    t2 = toy_time(36, 1, 36 * 64 + 36 * 37 / 2, 64 + 36)  # reads 64 cached tokens, writes 36
     res = run([0.0], [100], [1], max_batched_tokens=64).results
     assert res.first_token[0] == pytest.approx(t1 + t2, rel=1e-12)
     assert res.finish[0] == res.first_token[0]
 
 
-@pytest.mark.parametrize("gpu, server, offline", [
-    ("A10", (2048, 256), (8192, 256)), ("L40S", (2048, 256), (8192, 256)),
-    ("A100-40GB", (2048, 256), (8192, 256)), ("A100-80GB", (2048, 256), (8192, 256)),  # A100s: never the large
-    ("H100-SXM", (8192, 1024), (16384, 1024)), ("H200", (8192, 1024), (16384, 1024)),
-    ("MI300X", (8192, 1024), (16384, 1024))])
+@pytest.mark.parametrize(
+    "gpu, server, offline",
+    [
+        ("A10", (2048, 256), (8192, 256)),
+        ("L40S", (2048, 256), (8192, 256)),
+        ("A100-40GB", (2048, 256), (8192, 256)),
+        ("A100-80GB", (2048, 256), (8192, 256)),  # A100s: never the large
+        ("H100-SXM", (8192, 1024), (16384, 1024)),
+        ("H200", (8192, 1024), (16384, 1024)),
+        ("MI300X", (8192, 1024), (16384, 1024)),
+    ],
+)
 def test_vllm_v1_batch_limits_by_gpu_and_usage(gpu, server, offline):
     spec = default_catalog().gpu(gpu)
     assert framework("vllm-v1").batch_limits(spec, "server", 8192) == server
@@ -105,17 +114,21 @@ def test_unset_limits_are_vllm_v1_defaults_for_the_usage():
 
 def test_each_replica_group_gets_the_vllm_limits_of_its_gpu():
     from kavier_opendc.engine.simulator import ReplicaGroup
+
     cat = default_catalog()
     m = cat.model("Llama-3-8B")
     groups = [ReplicaGroup(m, cat.gpu("A100-80GB"), 1, 1), ReplicaGroup(m, cat.gpu("H100-SXM"), 2, 1)]
     cfg = SimConfig(model=m, gpu=cat.gpu("A100-80GB"), replicas=3, groups=groups)
     res = simulate(make_trace([0.0, 1.0, 2.0], [100, 100, 100], [5, 5, 5]), cfg, progress=False)
     assert [(r.cm.gpu.name, r.budget, r.max_num_seqs) for r in res.replicas] == [
-        ("A100-80GB", 2048, 256), ("H100-SXM", 8192, 1024), ("H100-SXM", 8192, 1024)]
+        ("A100-80GB", 2048, 256),
+        ("H100-SXM", 8192, 1024),
+        ("H100-SXM", 8192, 1024),
+    ]
 
 
 def test_kv_cache_off_recomputes_context_by_hand():
-    t1 = toy_time(100, 1, 5050, 100)                                 # prefill as with KV on
+    t1 = toy_time(100, 1, 5050, 100)  # prefill as with KV on
     # decode without KV cache: recompute all 101 tokens (compute-bound)
     t2 = toy_time(101, 1, 101 * 102 / 2, 101)
     t3 = toy_time(102, 1, 102 * 103 / 2, 102)
@@ -138,7 +151,7 @@ def test_preemption_by_recomputation():
     cm = CostModel(TOY_MODEL, TOY_GPU, 1, TOY_EFF)
     t_prefill = cm.iteration(192, 2 * (96 * 97 // 2), 0, 2)[0]
     assert res.first_token[0] == pytest.approx(t_prefill, rel=1e-12)
-    assert res.first_token[1] == pytest.approx(t_prefill, rel=1e-12)   # its first token stays
+    assert res.first_token[1] == pytest.approx(t_prefill, rel=1e-12)  # its first token stays
     # A then decodes alone: 19 iterations with 96..114 cached tokens
     t = t_prefill + sum(cm.iteration(1, c + 1, c, 1)[0] for c in range(96, 115))
     assert res.finish[0] == pytest.approx(t, rel=1e-12)
@@ -174,14 +187,17 @@ def test_tensor_parallel_adds_allreduce_and_splits_work():
     two = CostModel(m, g, 8)
     t4 = one.iteration(1, 1000, 999)[0]
     t8 = two.iteration(1, 1000, 999)[0]
-    assert t8 < t4                                 # more GPUs share the weights
+    assert t8 < t4  # more GPUs share the weights
     assert one.timer.allreduces == two.timer.allreduces == 2 * m.num_layers
     prof = g.profile
-    assert 0 < prof.allreduce_time(2**20, 4, g.interconnect_gbs, True) \
+    assert (
+        0
+        < prof.allreduce_time(2**20, 4, g.interconnect_gbs, True)
         < prof.allreduce_time(2**26, 4, g.interconnect_gbs, True)
+    )
     assert CostModel(m, g, 1).timer.allreduces == 0
     with pytest.raises(KavierInputError):
-        CostModel(m, g, 3)                        # 64 heads cannot be split over 3 GPUs
+        CostModel(m, g, 3)  # 64 heads cannot be split over 3 GPUs
 
 
 def test_kv_capacity_from_memory():
@@ -208,16 +224,16 @@ def _random_trace(seed, n_max=120):
 
 def check_invariants(result, capacity=None):
     tr, res = result.trace, result.results
-    assert (res.status != 0).all()                                 # no request lost
+    assert (res.status != 0).all()  # no request lost
     done = res.status == 1
     a = tr.arrival_s[done]
     assert (res.first_sched[done] >= a).all()
     assert (res.first_token[done] >= res.first_sched[done]).all()
-    assert (res.finish[done] >= res.first_token[done]).all()       # ttft <= e2e
+    assert (res.finish[done] >= res.first_token[done]).all()  # ttft <= e2e
     prefill = decode = 0
     for rep in result.replicas:
         assert rep.used == 0 and rep.D == 0 and not rep.running and not rep.waiting
-        assert rep.peak_used <= rep.capacity                       # memory never over capacity
+        assert rep.peak_used <= rep.capacity  # memory never over capacity
         tl = rep.timeline
         st_, en = np.asarray(tl.start), np.asarray(tl.end)
         assert (en > st_).all() and np.allclose(st_[1:], en[:-1], rtol=0, atol=1e-12)  # contiguous, forward
@@ -253,12 +269,18 @@ def fast_and_exact(trace, fast_cfg: SimConfig, exact_cfg: SimConfig):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), replicas=st.integers(1, 3), blocks=st.integers(40, 400),
-       seqs=st.integers(1, 32), budget=st.integers(8, 1024),
-       router=st.sampled_from(["round-robin", "least-outstanding", "least-kv", "random"]))
+@given(
+    seed=st.integers(0, 10_000),
+    replicas=st.integers(1, 3),
+    blocks=st.integers(40, 400),
+    seqs=st.integers(1, 32),
+    budget=st.integers(8, 1024),
+    router=st.sampled_from(["round-robin", "least-outstanding", "least-kv", "random"]),
+)
 def test_invariants_and_fast_equals_exact(seed, replicas, blocks, seqs, budget, router):
-    kw = dict(replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget,
-              router=router, seed=seed)
+    kw = dict(
+        replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget, router=router, seed=seed
+    )
     fast, exact = fast_and_exact(_random_trace(seed), toy(**kw), toy(exact=True, **kw))
     assert np.array_equal(fast.results.replica, exact.results.replica)
     assert sum(r.iterations for r in fast.replicas) == sum(r.iterations for r in exact.replicas)
@@ -269,8 +291,7 @@ def test_fast_equals_exact_real_catalogue(gpu):
     cat = default_catalog()
     rng = np.random.default_rng(7)
     n = 400
-    trace = make_trace(np.cumsum(rng.exponential(0.05, n)) - 0.0, rng.integers(1, 4000, n),
-                       rng.integers(1, 1000, n))
+    trace = make_trace(np.cumsum(rng.exponential(0.05, n)) - 0.0, rng.integers(1, 4000, n), rng.integers(1, 1000, n))
     trace.arrival_s -= trace.arrival_s[0]
     kw = dict(model=cat.model("Llama-3-8B"), gpu=cat.gpu(gpu), replicas=2, router="least-kv")
     fast = simulate(trace, SimConfig(**kw), progress=False)
@@ -299,6 +320,6 @@ def test_routers_balance():
 
 def test_max_model_len_rejects_long_requests():
     r = run([0.0, 0.0, 0.0], [100, 900, 1000], [10, 100, 1], max_model_len=1000)
-    assert list(r.results.status) == [1, 1, 2]   # 900 + 100 fits exactly; 1000 + 1 does not
+    assert list(r.results.status) == [1, 1, 2]  # 900 + 100 fits exactly; 1000 + 1 does not
     with pytest.raises(KavierInputError, match="max_model_len"):
         run([0.0], [10], [1], max_model_len=1)

@@ -24,13 +24,27 @@ def tiny_doc(**over) -> dict:
         "model": "Llama-3-8B",
         "gpu": "A100-80GB",
         "seed": 3,
-        "trace": {"synthetic": {"num_requests": 40, "rate": 4.0, "arrival": "poisson",
-                                "input": {"dist": "uniform", "low": 50, "high": 400},
-                                "output": {"dist": "uniform", "low": 5, "high": 60}}},
+        "trace": {
+            "synthetic": {
+                "num_requests": 40,
+                "rate": 4.0,
+                "arrival": "poisson",
+                "input": {"dist": "uniform", "low": 50, "high": 400},
+                "output": {"dist": "uniform", "low": 5, "high": 60},
+            }
+        },
         "serving": {"replicas": 2, "router": "least-kv"},
-        "datacenter": {"hosts": [{"name": "node", "gpus_per_host": 2, "cpu": {"cores": 16, "mhz": 2000},
-                                  "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
-                                  "memory_gib": 256}]},
+        "datacenter": {
+            "hosts": [
+                {
+                    "name": "node",
+                    "gpus_per_host": 2,
+                    "cpu": {"cores": 16, "mhz": 2000},
+                    "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
+                    "memory_gib": 256,
+                }
+            ]
+        },
         "slo": {"ttft_s": 0.2, "tpot_s": 0.03},
     }
     doc.update(over)
@@ -54,8 +68,7 @@ def test_demo_experiment_is_valid():
     assert exp.gpu_counts() == {"A100-80GB": 4}
     assert exp.carbon.kind == "synthetic"
     assert exp.prices.gpu_hour["A100-80GB"] > 0
-    assert exp.trace.path == (DATA / "demo_workload.yaml").resolve() \
-        or exp.trace.path.name == "demo_workload.yaml"
+    assert exp.trace.path == (DATA / "demo_workload.yaml").resolve() or exp.trace.path.name == "demo_workload.yaml"
 
 
 def test_tiny_experiment_valid_and_paths_relative_to_file(tmp_path, monkeypatch):
@@ -68,28 +81,34 @@ def test_tiny_experiment_valid_and_paths_relative_to_file(tmp_path, monkeypatch)
     assert [r for r, _ in exp.input_files] == ["experiment", "trace"]
 
 
-@pytest.mark.parametrize("mutate, path, words", [
-    (lambda d: d["serving"].update(replicas="two"), "serving.replicas", "wrong type"),
-    (lambda d: d["serving"].update(replicas=-1), "serving.replicas", "minimum of 1"),
-    (lambda d: d["serving"].update(replicas=0), "serving.replicas", "minimum of 1"),
-    (lambda d: d.update(model="Llama-3-8Bx"), "model", "Did you mean 'Llama-3-8B'"),
-    (lambda d: d.update(gpu="H101"), "gpu", "unknown GPU"),
-    (lambda d: d.update(trace="nope/missing.csv"), "trace", "not found"),
-    (lambda d: d.update(trace={"file": "missing.parquet"}), "trace.file", "not found"),
-    (lambda d: d["serving"].update(colour="red"), "serving.colour", "unknown key"),
-    (lambda d: d["serving"].update(router="fastest"), "serving.router", "unknown router"),
-    (lambda d: d["serving"].update(prefix_cache="blok"), "serving.prefix_cache", "did you mean 'block'"),
-    (lambda d: d["slo"].update(ttft_s=0), "slo.ttft_s", "minimum of 0"),
-    (lambda d: d["datacenter"]["hosts"][0]["cpu"].update(cores=0), "datacenter.hosts[0].cpu.cores", "minimum"),
-    (lambda d: d["datacenter"]["hosts"][0].update(gpus_per_host=1), "datacenter.hosts", "too few GPU slots"),
-    (lambda d: d.update(prices={"gpu_hour": {"B300": 2.0}}), "prices.gpu_hour.B300", "unknown GPU"),
-    (lambda d: d.update(carbon={"region": "XX"}), "carbon.region", "no carbon trace"),
-    (lambda d: d.update(carbon={"synthetic": {"mean": 100, "amplitude": 500}}), "carbon.synthetic", "amplitude"),
-    (lambda d: d.pop("model"), "model", "required"),
-    (lambda d: d.update(model="Llama-3-70B", gpu="A10"), "serving.tp", "no room for a KV cache"),
-    (lambda d: d["serving"].update(replica_groups=[{"model": "Llama-3-8B", "gpu": "A1O"}]),
-     "serving.replica_groups[0].gpu", "unknown GPU"),
-])
+@pytest.mark.parametrize(
+    "mutate, path, words",
+    [
+        (lambda d: d["serving"].update(replicas="two"), "serving.replicas", "wrong type"),
+        (lambda d: d["serving"].update(replicas=-1), "serving.replicas", "minimum of 1"),
+        (lambda d: d["serving"].update(replicas=0), "serving.replicas", "minimum of 1"),
+        (lambda d: d.update(model="Llama-3-8Bx"), "model", "Did you mean 'Llama-3-8B'"),
+        (lambda d: d.update(gpu="H101"), "gpu", "unknown GPU"),
+        (lambda d: d.update(trace="nope/missing.csv"), "trace", "not found"),
+        (lambda d: d.update(trace={"file": "missing.parquet"}), "trace.file", "not found"),
+        (lambda d: d["serving"].update(colour="red"), "serving.colour", "unknown key"),
+        (lambda d: d["serving"].update(router="fastest"), "serving.router", "unknown router"),
+        (lambda d: d["serving"].update(prefix_cache="blok"), "serving.prefix_cache", "did you mean 'block'"),
+        (lambda d: d["slo"].update(ttft_s=0), "slo.ttft_s", "minimum of 0"),
+        (lambda d: d["datacenter"]["hosts"][0]["cpu"].update(cores=0), "datacenter.hosts[0].cpu.cores", "minimum"),
+        (lambda d: d["datacenter"]["hosts"][0].update(gpus_per_host=1), "datacenter.hosts", "too few GPU slots"),
+        (lambda d: d.update(prices={"gpu_hour": {"B300": 2.0}}), "prices.gpu_hour.B300", "unknown GPU"),
+        (lambda d: d.update(carbon={"region": "XX"}), "carbon.region", "no carbon trace"),
+        (lambda d: d.update(carbon={"synthetic": {"mean": 100, "amplitude": 500}}), "carbon.synthetic", "amplitude"),
+        (lambda d: d.pop("model"), "model", "required"),
+        (lambda d: d.update(model="Llama-3-70B", gpu="A10"), "serving.tp", "no room for a KV cache"),
+        (
+            lambda d: d["serving"].update(replica_groups=[{"model": "Llama-3-8B", "gpu": "A1O"}]),
+            "serving.replica_groups[0].gpu",
+            "unknown GPU",
+        ),
+    ],
+)
 def test_each_problem_names_its_json_path(tmp_path, mutate, path, words):
     doc = tiny_doc()
     mutate(doc)
@@ -156,13 +175,28 @@ def test_yaml_12_floats_are_numbers(tmp_path):
 
 def test_sim_config_from_experiment(tmp_path):
     doc = tiny_doc()
-    doc["serving"].update(tp=1, max_num_seqs=64, max_batched_tokens=4096, kv_cache="off",
-                          prefix_cache={"policy": "prefill", "min_prompt_tokens": 100, "capacity_prompts": 50,
-                                        "scope": "session", "capacity_tokens": "inf"})
+    doc["serving"].update(
+        tp=1,
+        max_num_seqs=64,
+        max_batched_tokens=4096,
+        kv_cache="off",
+        prefix_cache={
+            "policy": "prefill",
+            "min_prompt_tokens": 100,
+            "capacity_prompts": 50,
+            "scope": "session",
+            "capacity_tokens": "inf",
+        },
+    )
     cfg = load_experiment(doc, base_dir=tmp_path).sim_config()
     assert (cfg.model.name, cfg.gpu.name, cfg.replicas, cfg.tp) == ("Llama-3-8B", "A100-80GB", 2, 1)
-    assert (cfg.max_num_seqs, cfg.max_batched_tokens, cfg.kv_cache, cfg.router, cfg.seed) == \
-        (64, 4096, False, "least-kv", 3)
+    assert (cfg.max_num_seqs, cfg.max_batched_tokens, cfg.kv_cache, cfg.router, cfg.seed) == (
+        64,
+        4096,
+        False,
+        "least-kv",
+        3,
+    )
     assert cfg.prefix_cache == "prefill"
     assert cfg.prefix_min_tokens == 100 and cfg.prefix_capacity_prompts == 50
     assert cfg.prefix_scope == "session" and cfg.prefix_capacity_tokens == math.inf
@@ -201,10 +235,14 @@ def test_replica_groups_exclude_top_level_replicas(tmp_path):
 
 def test_with_overrides():
     base = {"serving": {"replicas": 1, "prefix_cache": "none"}, "carbon": {"synthetic": {}}}
-    out = with_overrides(base, {"serving.replicas": 4, "serving.prefix_cache.scope": "session",
-                                "carbon.region": "FR", "gpu": "H100-SXM"})
-    assert out == {"serving": {"replicas": 4, "prefix_cache": {"policy": "none", "scope": "session"}},
-                   "carbon": {"region": "FR"}, "gpu": "H100-SXM"}
+    out = with_overrides(
+        base, {"serving.replicas": 4, "serving.prefix_cache.scope": "session", "carbon.region": "FR", "gpu": "H100-SXM"}
+    )
+    assert out == {
+        "serving": {"replicas": 4, "prefix_cache": {"policy": "none", "scope": "session"}},
+        "carbon": {"region": "FR"},
+        "gpu": "H100-SXM",
+    }
     assert base["serving"]["replicas"] == 1  # not changed
 
 
@@ -213,15 +251,19 @@ def test_cli_validate_reports_every_problem_without_traceback(tmp_path):
     doc["serving"]["replicas"] = -1
     bad = write(tmp_path, doc)
     good = write(tmp_path, tiny_doc(), "good.yaml")
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "validate", str(bad), str(good)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "validate", str(bad), str(good)], capture_output=True, text=True
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     for path in ("model:", "trace:", "serving.replicas:"):
         assert f"  {path}" in r.stderr, r.stderr
     assert "good.yaml: valid experiment 'tiny'" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "validate", str(DATA / "demo_experiment.yaml")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "validate", str(DATA / "demo_experiment.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "3000 requests" in r.stdout
 
@@ -230,8 +272,9 @@ def test_cli_run_invalid_experiment_leaves_nothing(tmp_path):
     p = tmp_path / "exp.yaml"
     p.write_text("model: Llama-3-8B\ngpu: A100-80GB\ntrace: [1, 2\n")
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "run", str(p), "--out", str(out)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "run", str(p), "--out", str(out)], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "invalid YAML" in r.stderr and "line 4" in r.stderr
     assert not out.exists()
@@ -240,14 +283,37 @@ def test_cli_run_invalid_experiment_leaves_nothing(tmp_path):
 def test_heterogeneous_groups_need_slots_of_each_gpu_type(tmp_path):
     workload = Path(__file__).resolve().parents[1] / "kavier_opendc" / "data" / "demo_workload.yaml"
     doc = {
-        "name": "het", "model": "Llama-3-8B", "trace": str(workload),
-        "serving": {"replica_groups": [{"model": "Llama-3-8B", "gpu": "A100-80GB", "replicas": 2},
-                                       {"model": "Llama-3-8B", "gpu": "H100-SXM", "replicas": 3}]},
-        "datacenter": {"name": "mixed", "power_source": {"name": "grid"}, "hosts": [
-            {"name": "a100", "count": 1, "gpus_per_host": 2, "gpu": "A100-80GB",
-             "cpu": {"cores": 32, "mhz": 2400}, "memory_gib": 512},
-            {"name": "h100", "count": 1, "gpus_per_host": 2, "gpu": "H100-SXM",
-             "cpu": {"cores": 32, "mhz": 2400}, "memory_gib": 512}]},
+        "name": "het",
+        "model": "Llama-3-8B",
+        "trace": str(workload),
+        "serving": {
+            "replica_groups": [
+                {"model": "Llama-3-8B", "gpu": "A100-80GB", "replicas": 2},
+                {"model": "Llama-3-8B", "gpu": "H100-SXM", "replicas": 3},
+            ]
+        },
+        "datacenter": {
+            "name": "mixed",
+            "power_source": {"name": "grid"},
+            "hosts": [
+                {
+                    "name": "a100",
+                    "count": 1,
+                    "gpus_per_host": 2,
+                    "gpu": "A100-80GB",
+                    "cpu": {"cores": 32, "mhz": 2400},
+                    "memory_gib": 512,
+                },
+                {
+                    "name": "h100",
+                    "count": 1,
+                    "gpus_per_host": 2,
+                    "gpu": "H100-SXM",
+                    "cpu": {"cores": 32, "mhz": 2400},
+                    "memory_gib": 512,
+                },
+            ],
+        },
         "carbon": {"synthetic": {"mean": 300}},
     }
     with pytest.raises(KavierInputError, match="too few GPU slots of type 'H100-SXM'") as exc:

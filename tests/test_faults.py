@@ -31,19 +31,21 @@ from kavier_opendc.base.output_folder import earlier_path, lock_path, output_loc
 from kavier_opendc.experiments.demo import DEMO_EXPERIMENT, DEMO_WORKLOAD
 from kavier_opendc.experiments.run_folder import DONE, run_done_problem
 
-WAIT = 300.0          # seconds any one stage may take on a loaded machine
+WAIT = 300.0  # seconds any one stage may take on a loaded machine
 CLI = [sys.executable, "-m", "kavier_opendc.cli"]
 
 
 # ------------------------------------------------------------------------------ processes
+
 
 class Cmd:
     """A `kavier` command started in its own process group; stderr collected line by line as it comes."""
 
     def __init__(self, *args, cwd: Path | None = None):
         self.args = [str(a) for a in args]
-        self.proc = subprocess.Popen(CLI + self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True, cwd=cwd)
+        self.proc = subprocess.Popen(
+            CLI + self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=cwd
+        )
         self.pgid = self.proc.pid
         self.err: list[str] = []
         self.out = ""
@@ -64,8 +66,11 @@ class Cmd:
         return "".join(self.err)
 
     def wait_stage(self, text: str, timeout: float = WAIT) -> None:
-        wait_for(lambda: any(text in line for line in self.err) or self.proc.poll() is not None, timeout,
-                 f"stage {text!r} of {self.args}")
+        wait_for(
+            lambda: any(text in line for line in self.err) or self.proc.poll() is not None,
+            timeout,
+            f"stage {text!r} of {self.args}",
+        )
         assert self.proc.poll() is None, f"{self.args} ended before {text!r}: {self.stderr}"
 
     def kill(self, sig: int) -> int:
@@ -95,7 +100,7 @@ def _processes() -> dict[int, tuple[int, int, str]]:
             continue
         try:
             stat = (d / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             if fields[0] == "Z":
                 continue
             line = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -139,12 +144,13 @@ def assert_nothing_left(cmd: Cmd, children: dict[int, str] | None = None, timeou
         left[:] = [f"{pid} {c}" for pid, (_, g, c) in procs.items() if g == cmd.pgid]
         left.extend(f"{pid} {c}" for pid, c in (children or {}).items() if pid in procs and procs[pid][2] == c)
         return not left
+
     try:
         wait_for(gone, timeout, "the command's processes to end", every=0.5)
     except AssertionError:
         for line in left:
             try:
-                os.kill(int(line.split()[0]), signal.SIGKILL)      # our own leftovers: never leave them running
+                os.kill(int(line.split()[0]), signal.SIGKILL)  # our own leftovers: never leave them running
             except OSError:
                 pass
         raise AssertionError(f"processes left behind by {cmd.args}: {left}") from None
@@ -191,6 +197,7 @@ def assert_complete_run(out: Path) -> None:
 
 # ------------------------------------------------------------------------------ inputs
 
+
 def demo_copy(tmp: Path, requests: int = 3000, **serving) -> Path:
     """The demo experiment with ``requests`` requests (and ``serving`` changes) in ``tmp``."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -206,6 +213,7 @@ def demo_copy(tmp: Path, requests: int = 3000, **serving) -> Path:
 
 # ------------------------------------------------------------------------------ 1. one lock per folder
 
+
 def test_a_second_run_into_the_same_folder_fails_at_once_and_the_first_finishes_whole(tmp_path):
     exp = demo_copy(tmp_path / "in", requests=6000)
     out = tmp_path / "out"
@@ -216,8 +224,7 @@ def test_a_second_run_into_the_same_folder_fails_at_once_and_the_first_finishes_
     still_running = first.proc.poll() is None
     assert second.returncode == 2, second.stderr
     assert_one_paragraph_error(second.stderr)
-    assert f"output folder {out.resolve()} is in use by another kavier command (pid {first.proc.pid}: " \
-           in second.stderr
+    assert f"output folder {out.resolve()} is in use by another kavier command (pid {first.proc.pid}: " in second.stderr
     assert "nothing was changed" in second.stderr
     assert first.wait() == 0, first.stderr
     assert still_running, "the first run ended before the second was refused: the test proved nothing"
@@ -231,17 +238,28 @@ def test_every_command_writing_an_out_folder_refuses_a_locked_one(tmp_path, comm
     sweep = tmp_path / "in" / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({"name": "s", "base": "experiment.yaml", "axes": {"serving.replicas": [1, 2]}}))
     out = tmp_path / "out"
-    args = {"run": ["run", exp, "--no-opendc"], "demo": ["demo", "--no-opendc"],
-            "simulate": ["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace",
-                         tmp_path / "in" / "demo_workload.yaml"],
-            "sweep": ["sweep", sweep, "--no-opendc"], "plan": ["plan", "--example", "--no-opendc"]}[command]
+    args = {
+        "run": ["run", exp, "--no-opendc"],
+        "demo": ["demo", "--no-opendc"],
+        "simulate": [
+            "simulate",
+            "--model",
+            "Llama-3-8B",
+            "--gpu",
+            "A100-80GB",
+            "--trace",
+            tmp_path / "in" / "demo_workload.yaml",
+        ],
+        "sweep": ["sweep", sweep, "--no-opendc"],
+        "plan": ["plan", "--example", "--no-opendc"],
+    }[command]
     with output_lock(out, command="the test holding the lock"):
         r = cli(*args, "--out", out, timeout=WAIT)
     assert r.returncode == 2, r.stderr
     assert_one_paragraph_error(r.stderr)
     assert f"{out} is in use by another kavier command (pid {os.getpid()}: the test holding the lock" in r.stderr
-    assert not out.exists()                      # touched nothing
-    assert not lock_path(out).exists()           # the holder removed its lock file as it ended
+    assert not out.exists()  # touched nothing
+    assert not lock_path(out).exists()  # the holder removed its lock file as it ended
 
 
 # ------------------------------------------------------------------------------ 2. kills, then rerun
@@ -265,7 +283,7 @@ def test_a_killed_run_without_opendc_is_incomplete_and_reruns(tmp_path, sig, mom
     assert_whole_or_incomplete(out)
     if MOMENTS_OFF[moment] is not None:
         assert (out / INCOMPLETE).is_file() and not (out / "report.json").exists()
-    again = cli("run", exp, "--out", out, "--no-opendc", "--no-plots", "--quiet")   # no --overwrite needed
+    again = cli("run", exp, "--out", out, "--no-opendc", "--no-plots", "--quiet")  # no --overwrite needed
     assert again.returncode == 0, again.stderr
     assert_complete_run(out)
     assert not lock_path(out).exists()
@@ -278,8 +296,10 @@ def test_a_run_killed_during_opendc_leaves_no_jvm_and_reruns(tmp_path, sig):
     cmd.wait_stage("[4/5] opendc")
 
     def jvm() -> bool:
-        return any("kavier-opendc-bridge" in c for c in descendants(cmd.proc.pid).values()) \
-            or cmd.proc.poll() is not None
+        return (
+            any("kavier-opendc-bridge" in c for c in descendants(cmd.proc.pid).values()) or cmd.proc.poll() is not None
+        )
+
     wait_for(jvm, WAIT, "the bridge's JVM")
     time.sleep(0.5)
     rc, children = kill_recorded(cmd, sig)
@@ -298,15 +318,19 @@ def test_a_run_killed_during_opendc_leaves_no_jvm_and_reruns(tmp_path, sig):
 def _sweep_inputs(tmp: Path) -> Path:
     demo_copy(tmp, requests=1500)
     sweep = tmp / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump({"name": "faults", "base": "experiment.yaml",
-                                     "axes": {"serving.replicas": [2, 3, 4]}}))
+    sweep.write_text(
+        yaml.safe_dump({"name": "faults", "base": "experiment.yaml", "axes": {"serving.replicas": [2, 3, 4]}})
+    )
     return sweep
 
 
 def _done_runs(out: Path) -> dict[str, str]:
     runs = out / "runs"
-    return {p.name: (p / DONE).read_text() for p in sorted(runs.iterdir()) if (p / DONE).is_file()} \
-        if runs.is_dir() else {}
+    return (
+        {p.name: (p / DONE).read_text() for p in sorted(runs.iterdir()) if (p / DONE).is_file()}
+        if runs.is_dir()
+        else {}
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
@@ -327,11 +351,12 @@ def test_a_killed_sweep_resumes_without_redoing_its_finished_runs(tmp_path, sig)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{len(done)} already done, {3 - len(done)} to run" in resumed.stderr
     after = _done_runs(out)
-    assert len(after) == 3 and all(after[k] == v for k, v in done.items())   # finished runs not redone
+    assert len(after) == 3 and all(after[k] == v for k, v in done.items())  # finished runs not redone
     assert not (out / INCOMPLETE).exists() and json.loads((out / "sweep.json").read_text())["complete"]
 
 
 # ------------------------------------------------------------------------------ 3. a resume verifies files
+
 
 def test_a_resumed_sweep_reruns_a_done_run_whose_files_are_cut_short(tmp_path):
     sweep = _sweep_inputs(tmp_path / "in")
@@ -342,7 +367,7 @@ def test_a_resumed_sweep_reruns_a_done_run_whose_files_are_cut_short(tmp_path):
     names = sorted(done)
     assert len(names) == 3
     cut = out / "runs" / names[0] / "report.json"
-    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])          # truncated, DONE kept
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # truncated, DONE kept
     gone = out / "runs" / names[1] / "simulation" / "requests.parquet"
     gone.unlink()
     resumed = cli("sweep", sweep, "--out", out, "--no-opendc", "--jobs", "2")
@@ -379,12 +404,13 @@ def test_run_done_problem_names_what_is_wrong(tmp_path):
 
 # ------------------------------------------------------------------------------ 4. replacing safely
 
+
 def _complete_run(tmp: Path) -> tuple[Path, Path, bytes]:
     exp = demo_copy(tmp / "in", requests=3000)
     out = tmp / "out"
     r = cli("run", exp, "--out", out, "--no-opendc", "--no-plots", "--quiet")
     assert r.returncode == 0, r.stderr
-    (out / "notes.txt").write_text("mine")      # not kavier's: stays whatever happens
+    (out / "notes.txt").write_text("mine")  # not kavier's: stays whatever happens
     return exp, out, (out / "report.json").read_bytes()
 
 
@@ -409,12 +435,14 @@ def test_a_killed_overwrite_keeps_the_earlier_run_and_the_next_command_puts_it_b
     assert cmd.kill(signal.SIGKILL) == -signal.SIGKILL
     assert_nothing_left(cmd)
     aside = earlier_path(out)
-    assert (aside / "report.json").read_bytes() == report          # the earlier run, whole, beside
+    assert (aside / "report.json").read_bytes() == report  # the earlier run, whole, beside
     assert (out / INCOMPLETE).is_file() and not (out / "report.json").exists()
-    again = cli("run", exp, "--out", out, "--no-opendc", "--no-plots", "--quiet")   # no --overwrite: kept
+    again = cli("run", exp, "--out", out, "--no-opendc", "--no-plots", "--quiet")  # no --overwrite: kept
     assert again.returncode == 2
-    assert again.stderr.startswith(f"kavier: note: the earlier complete result in {out}, moved aside to {aside} "
-                                   "by a replacement that did not finish, was put back\n")
+    assert again.stderr.startswith(
+        f"kavier: note: the earlier complete result in {out}, moved aside to {aside} "
+        "by a replacement that did not finish, was put back\n"
+    )
     assert f"{out} already holds a complete run (report.json), which is kept" in again.stderr
     assert "Traceback" not in again.stderr
     assert (out / "report.json").read_bytes() == report and not aside.exists()

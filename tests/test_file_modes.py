@@ -21,20 +21,25 @@ TRACE = REPO / "traces" / "demo_chat.csv"
 
 
 def cli_with_umask(mask: int, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kavier_opendc.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, preexec_fn=lambda: os.umask(mask))
+    return subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: os.umask(mask),
+    )
 
 
 def modes(folder: Path) -> dict[str, tuple[bool, int]]:
-    return {str(p.relative_to(folder)): (p.is_dir(), stat.S_IMODE(p.stat().st_mode))
-            for p in sorted(folder.rglob("*"))}
+    return {str(p.relative_to(folder)): (p.is_dir(), stat.S_IMODE(p.stat().st_mode)) for p in sorted(folder.rglob("*"))}
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
 def test_simulate_outputs_follow_the_umask(tmp_path, mask):
     out = tmp_path / "sim"
-    r = cli_with_umask(mask, "simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", TRACE,
-                       "--quiet", "--out", out)
+    r = cli_with_umask(
+        mask, "simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", TRACE, "--quiet", "--out", out
+    )
     assert r.returncode == 0, r.stderr
     found = modes(out)
     assert set(found) == {"requests.parquet", "timeline.parquet", "summary.json"}
@@ -70,4 +75,4 @@ def test_atomic_writers_and_an_unpacked_remote_run_follow_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o640
-    assert stat.S_IMODE((tmp_path / "run-0").stat().st_mode) == 0o750   # was mkdtemp's 0700
+    assert stat.S_IMODE((tmp_path / "run-0").stat().st_mode) == 0o750  # was mkdtemp's 0700

@@ -23,8 +23,9 @@ FIXED_S, PER_SEQ_S, CLIENT_S = 0.008, 0.0015, 0.006
 @pytest.fixture(scope="module")
 def engine_server():
     s = Server()
-    s.configure(engine={"model": "Llama-3-8B", "gpu": "A10", "fixed_s": FIXED_S, "per_seq_s": PER_SEQ_S,
-                        "client_s": CLIENT_S})
+    s.configure(
+        engine={"model": "Llama-3-8B", "gpu": "A10", "fixed_s": FIXED_S, "per_seq_s": PER_SEQ_S, "client_s": CLIENT_S}
+    )
     yield s
     s.stop()
 
@@ -37,30 +38,91 @@ def _loop(server, tmp_path) -> dict:
     runs = {}
     for rate in (2, 6, 12, 8):
         out = tmp_path / f"rate{rate}"
-        assert main(["trace", server.url, "--model", "fake-model", "--trace", str(trace), "--rate", str(rate),
-                     "--seed", str(rate), "--out", str(out), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "trace",
+                    server.url,
+                    "--model",
+                    "fake-model",
+                    "--trace",
+                    str(trace),
+                    "--rate",
+                    str(rate),
+                    "--seed",
+                    str(rate),
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         runs[rate] = out
     fw_file = tmp_path / "fw.yaml"
-    assert main(["calibrate", str(runs[2]), str(runs[6]), str(runs[12]), "--model", "llama-3-8b", "--gpu", "a10",
-                 "--framework-name", "traced-a10", "--out", str(fw_file)]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                str(runs[2]),
+                str(runs[6]),
+                str(runs[12]),
+                "--model",
+                "llama-3-8b",
+                "--gpu",
+                "a10",
+                "--framework-name",
+                "traced-a10",
+                "--out",
+                str(fw_file),
+            ]
+        )
+        == 0
+    )
     entry = yaml.safe_load(fw_file.read_text())["frameworks"][0]
     step = entry["step_overhead"][0]
     assert (entry["name"], entry["base"], step["gpu"], step["tp"]) == ("traced-a10", "vllm-v1", "A10", 1)
     # the held-out replay, simulated from its own requests.parquet with the calibrated framework
     sim = tmp_path / "sim"
-    assert main(["simulate", "--model", "llama-3-8b", "--gpu", "a10", "--trace", str(runs[8] / "requests.parquet"),
-                 "--catalog", str(fw_file), "--framework", "traced-a10", "--out", str(sim), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--model",
+                "llama-3-8b",
+                "--gpu",
+                "a10",
+                "--trace",
+                str(runs[8] / "requests.parquet"),
+                "--catalog",
+                str(fw_file),
+                "--framework",
+                "traced-a10",
+                "--out",
+                str(sim),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert main(["compare", str(sim), str(runs[8]), "--out", str(tmp_path / "cmp")]) == 0
     metrics = json.loads((tmp_path / "cmp" / "compare.json").read_text())["metrics"]
-    return {"fixed_s": step["fixed_s"], "per_seq_s": step["per_seq_s"], "client_s": entry["client_latency_s"],
-            **{f"{k} MAPE %": metrics[k]["mape_pct"] for k in ("ttft_s", "tpot_s", "e2e_s")}}
+    return {
+        "fixed_s": step["fixed_s"],
+        "per_seq_s": step["per_seq_s"],
+        "client_s": entry["client_latency_s"],
+        **{f"{k} MAPE %": metrics[k]["mape_pct"] for k in ("ttft_s", "tpot_s", "e2e_s")},
+    }
 
 
 def _meets(r: dict) -> bool:
-    return (abs(r["fixed_s"] / FIXED_S - 1) <= 0.05 and abs(r["per_seq_s"] / PER_SEQ_S - 1) <= 0.05
-            # the programmed request handling plus the loopback HTTP round trip
-            and CLIENT_S <= r["client_s"] < CLIENT_S + 0.010
-            and max(r[f"{k} MAPE %"] for k in ("ttft_s", "tpot_s", "e2e_s")) < 5.0)
+    return (
+        abs(r["fixed_s"] / FIXED_S - 1) <= 0.05
+        and abs(r["per_seq_s"] / PER_SEQ_S - 1) <= 0.05
+        # the programmed request handling plus the loopback HTTP round trip
+        and CLIENT_S <= r["client_s"] < CLIENT_S + 0.010
+        and max(r[f"{k} MAPE %"] for k in ("ttft_s", "tpot_s", "e2e_s")) < 5.0
+    )
 
 
 def test_trace_calibrate_simulate_compare(engine_server, tmp_path):

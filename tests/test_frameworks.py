@@ -18,7 +18,7 @@ from kavier_opendc.specs import default_catalog
 from kavier_opendc.specs.frameworks import StepOverhead, builtin_frameworks, framework
 from test_engine import _random_trace, fast_and_exact, run, toy
 
-V0 = "vllm-0.5-offline"          # on the toy GPU: the '*' entry, 1.5 ms + 75 us per sequence per step
+V0 = "vllm-0.5-offline"  # on the toy GPU: the '*' entry, 1.5 ms + 75 us per sequence per step
 
 
 def v0_time(n_tokens, n_seqs, pairs, kv_tokens):
@@ -41,10 +41,10 @@ def test_overhead_lookup_prefers_the_gpu_then_its_nearest_tp():
     fw = framework("vllm-0.5-server")
     assert fw.overhead_for("H100-SXM", 1).fixed_s == pytest.approx(0.01626)
     assert framework("vllm-0.5-offline").overhead_for("toygpu", 1).fixed_s == pytest.approx(0.0015)
-    assert fw.overhead_for("H100-SXM", 2).fixed_s == pytest.approx(0.01626)   # nearest TP of that GPU
+    assert fw.overhead_for("H100-SXM", 2).fixed_s == pytest.approx(0.01626)  # nearest TP of that GPU
     assert fw.overhead_for("A100-40GB", 8).per_seq_s == pytest.approx(9.731e-5)
-    assert fw.overhead_for("L40S", 1).fixed_s == pytest.approx(0.01013)       # same TP, first GPU by name
-    assert framework("vllm-v1").overhead_for("H100-SXM", 1) is None          # the GPU profile's own
+    assert fw.overhead_for("L40S", 1).fixed_s == pytest.approx(0.01013)  # same TP, first GPU by name
+    assert framework("vllm-v1").overhead_for("H100-SXM", 1) is None  # the GPU profile's own
 
 
 def test_batch_defaults_per_framework():
@@ -53,10 +53,13 @@ def test_batch_defaults_per_framework():
     v1, v0 = framework("vllm-v1"), framework("vllm-0.5-server")
     assert v1.batch_limits(h100, "server", 8192) == (8192, 1024)
     assert v1.batch_limits(a100, "offline", 8192) == (8192, 256)
-    assert v0.batch_limits(h100, "server", 8192) == (8192, 256)       # max(max_model_len, 2048)
+    assert v0.batch_limits(h100, "server", 8192) == (8192, 256)  # max(max_model_len, 2048)
     assert v0.batch_limits(a100, "server", 1024) == (2048, 256)
-    r = simulate(make_trace([0.0, 1.0], [10, 10], [2, 2]),
-                 SimConfig(model=cat.model("Llama-3-8B"), gpu=h100, framework="vllm-0.5-server"), progress=False)
+    r = simulate(
+        make_trace([0.0, 1.0], [10, 10], [2, 2]),
+        SimConfig(model=cat.model("Llama-3-8B"), gpu=h100, framework="vllm-0.5-server"),
+        progress=False,
+    )
     assert (r.replicas[0].budget, r.replicas[0].max_num_seqs, r.usage) == (8192, 256, "server")
 
 
@@ -86,14 +89,13 @@ def test_v0_prefill_first_stalls_decodes_by_hand():
     v1 = run([0.0, 0.001], [100, 100], [3, 2]).results
     mixed = toy_time(101, 2, 101 + 5050, 100 + 101)
     assert v1.first_token[1] == pytest.approx(toy_time(100, 1, 5050, 100) + mixed, rel=1e-12)
-    assert v1.finish[0] - v1.first_token[0] < res.finish[0] - res.first_token[0]   # v0 decodes stall longer
+    assert v1.finish[0] - v1.first_token[0] < res.finish[0] - res.first_token[0]  # v0 decodes stall longer
 
 
 def test_v0_whole_prompts_within_the_token_budget_by_hand():
     # budget 150: one 100-token prompt per iteration; a 200-token prompt never fits and is rejected
     t = v0_time(100, 1, 5050, 100)
-    res = run([0.0, 0.0, 0.0, 0.0], [100, 100, 200, 100], [1, 1, 1, 1], framework=V0,
-              max_batched_tokens=150).results
+    res = run([0.0, 0.0, 0.0, 0.0], [100, 100, 200, 100], [1, 1, 1, 1], framework=V0, max_batched_tokens=150).results
     assert list(res.status) == [1, 1, 2, 1]
     assert res.first_token[0] == pytest.approx(t, rel=1e-12)
     assert res.first_token[1] == pytest.approx(2 * t, rel=1e-12)
@@ -106,9 +108,9 @@ def test_v0_admission_keeps_the_watermark_free():
     # 200 blocks: 1 % watermark = 2 blocks. Two prompts of 99 blocks each (1584 tokens) do not both fit
     # (200 - 99 - 99 = 2 is not < 2: they do); three of 66 blocks need 198 (2 left: fits), a fourth waits
     res = run([0.0, 0.0], [99 * 16, 99 * 16], [1, 1], framework=V0, num_kv_blocks=200).results
-    assert res.first_token[0] == res.first_token[1]                      # one iteration: 198 + 2 free
+    assert res.first_token[0] == res.first_token[1]  # one iteration: 198 + 2 free
     res = run([0.0, 0.0], [99 * 16, 100 * 16], [1, 1], framework=V0, num_kv_blocks=200).results
-    assert res.first_token[1] > res.first_token[0]                       # 199 blocks would leave 1 < 2
+    assert res.first_token[1] > res.first_token[0]  # 199 blocks would leave 1 < 2
 
 
 def test_v0_chunked_prefill_switch_uses_the_budget_rules():
@@ -119,12 +121,18 @@ def test_v0_chunked_prefill_switch_uses_the_budget_rules():
 
 # ------------------------------------------------------------------ invariants and fast paths under v0
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), replicas=st.integers(1, 3), blocks=st.integers(60, 400),
-       seqs=st.integers(1, 32), budget=st.integers(600, 2048),
-       fw=st.sampled_from(["vllm-0.5-offline", "vllm-0.5-server"]))
+@given(
+    seed=st.integers(0, 10_000),
+    replicas=st.integers(1, 3),
+    blocks=st.integers(60, 400),
+    seqs=st.integers(1, 32),
+    budget=st.integers(600, 2048),
+    fw=st.sampled_from(["vllm-0.5-offline", "vllm-0.5-server"]),
+)
 def test_v0_invariants_and_decode_runs_equal_stepping(seed, replicas, blocks, seqs, budget, fw):
-    kw = dict(replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget,
-              seed=seed, framework=fw)
+    kw = dict(
+        replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget, seed=seed, framework=fw
+    )
     fast_and_exact(_random_trace(seed), toy(**kw), toy(exact=True, **kw))
 
 
@@ -142,18 +150,21 @@ def test_v0_server_overheads_make_a_load_v1_sustains_blow_up():
     v1 = simulate(trace, SimConfig(**kw), progress=False).results
     v0 = simulate(trace, SimConfig(framework="vllm-0.5-server", **kw), progress=False).results
     ttft1, ttft0 = v1.first_token - arr, v0.first_token - arr
-    assert np.percentile(ttft1, 99) < 1.0                           # v1 keeps up
-    assert np.mean(ttft0[-200:]) > 10 * np.mean(ttft0[:200])        # v0 queues up
+    assert np.percentile(ttft1, 99) < 1.0  # v1 keeps up
+    assert np.mean(ttft0[-200:]) > 10 * np.mean(ttft0[:200])  # v0 queues up
     assert np.mean(ttft0[-200:]) > 5.0
 
 
 # ------------------------------------------------------------------ bad input
-@pytest.mark.parametrize("kw, match", [
-    (dict(framework="vllm-v9"), "unknown serving framework"),
-    (dict(framework="vllm-0.5-offline", usage="server"), "contradicts"),
-    (dict(framework="vllm-0.5-server", prefix_cache="block"), "not modelled"),
-    (dict(framework="vllm-0.5-server", kv_cache=False), "kv-cache"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(framework="vllm-v9"), "unknown serving framework"),
+        (dict(framework="vllm-0.5-offline", usage="server"), "contradicts"),
+        (dict(framework="vllm-0.5-server", prefix_cache="block"), "not modelled"),
+        (dict(framework="vllm-0.5-server", kv_cache=False), "kv-cache"),
+    ],
+)
 def test_framework_errors(kw, match):
     with pytest.raises(KavierInputError, match=match):
         run([0.0], [10], [2], **kw)
@@ -163,17 +174,51 @@ def test_cli_framework_flag_and_errors(tmp_path):
     trace = tmp_path / "t.csv"
     trace.write_text("arrival_s,num_input_tokens,num_output_tokens\n0,100,5\n0.5,50,5\n")
     out = tmp_path / "o"
-    ok = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "simulate", "--model", "llama-3-8b", "--gpu",
-                         "a100-80gb", "--trace", str(trace), "--out", str(out), "--framework", "vllm-0.5-server"],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kavier_opendc.cli",
+            "simulate",
+            "--model",
+            "llama-3-8b",
+            "--gpu",
+            "a100-80gb",
+            "--trace",
+            str(trace),
+            "--out",
+            str(out),
+            "--framework",
+            "vllm-0.5-server",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "framework    vllm-0.5-server" in ok.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["framework"]["name"] == "vllm-0.5-server"
     assert summary["config"]["batch_limits"] == "vllm-0.5-server defaults (server)"
-    bad = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "simulate", "--model", "llama-3-8b", "--gpu",
-                          "a100-80gb", "--trace", str(trace), "--out", str(tmp_path / "b"), "--framework", "vllm-v9"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kavier_opendc.cli",
+            "simulate",
+            "--model",
+            "llama-3-8b",
+            "--gpu",
+            "a100-80gb",
+            "--trace",
+            str(trace),
+            "--out",
+            str(tmp_path / "b"),
+            "--framework",
+            "vllm-v9",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0 and "unknown serving framework 'vllm-v9'" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "b").exists()
 
@@ -198,9 +243,17 @@ def test_framework_fit_round_trip(tmp_path):
     prof = cat.profile_for("H100-SXM")
     obs = read_measurements(draft, cat, ReadOptions())[1]
     real = tmp_path / "synthetic.csv"
-    real.write_text("\n".join([rows[0]] + [
-        f"H100-SXM,1,Llama-3-8B,{o.label.split()[-1][1:]},{o.label.split()[-2][1:]},{predict(o, prof, gpu, truth)!r}"
-        for o in obs]) + "\n")
+    real.write_text(
+        "\n".join(
+            [rows[0]]
+            + [
+                f"H100-SXM,1,Llama-3-8B,{o.label.split()[-1][1:]},{o.label.split()[-2][1:]},"
+                f"{predict(o, prof, gpu, truth)!r}"
+                for o in obs
+            ]
+        )
+        + "\n"
+    )
     fit = fit_framework([real], cat)
     got = fit.overheads[("H100-SXM", 1)]
     assert got.fixed_s == pytest.approx(truth.fixed_s, rel=0.02)
@@ -212,8 +265,10 @@ def test_framework_fit_needs_several_batch_sizes(tmp_path):
     from kavier_opendc.calibration.frameworks import fit_framework
 
     one = tmp_path / "one.csv"
-    one.write_text("gpu,tp,model,in_out_tokens,batch_size,latency_s\nH100-SXM,1,Llama-3-8B,128,16,1.5\n"
-                   "H100-SXM,1,Llama-3-8B,256,16,3.0\n")
+    one.write_text(
+        "gpu,tp,model,in_out_tokens,batch_size,latency_s\nH100-SXM,1,Llama-3-8B,128,16,1.5\n"
+        "H100-SXM,1,Llama-3-8B,256,16,3.0\n"
+    )
     with pytest.raises(KavierInputError, match="batch sizes"):
         fit_framework([one], default_catalog())
 
@@ -223,8 +278,9 @@ def test_builtin_framework_overheads_are_a_refit_of_the_shared_data():
     from pathlib import Path
 
     shared("calibration/argonne_vllm_batch_latency.csv")
-    spec = importlib.util.spec_from_file_location("build_frameworks",
-                                                  Path(__file__).resolve().parents[1] / "bench" / "build_frameworks.py")
+    spec = importlib.util.spec_from_file_location(
+        "build_frameworks", Path(__file__).resolve().parents[1] / "bench" / "build_frameworks.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     text = mod.OUT.read_text(encoding="utf-8")
@@ -233,9 +289,9 @@ def test_builtin_framework_overheads_are_a_refit_of_the_shared_data():
     # every shared source within 10 % under the framework that produced it, through the whole simulator too
     mapes = [float(line.split("|")[6].strip(" %")) for line in table[2:] if line.startswith("| vllm")]
     assert len(mapes) == 13 and max(mapes) < 10.0
-    for (gpu, tp), e in mod.simulated_batch_latency("vllm-0.5-offline",
-                                                    ["calibration/argonne_vllm_batch_latency.csv"],
-                                                    shared("calibration").parent).items():
+    for (gpu, tp), e in mod.simulated_batch_latency(
+        "vllm-0.5-offline", ["calibration/argonne_vllm_batch_latency.csv"], shared("calibration").parent
+    ).items():
         assert sum(e) / len(e) < 0.10, (gpu, tp)
 
 
@@ -251,12 +307,30 @@ def test_load_sweep_fit_round_trip():
     truth = dataclasses.replace(base, step_overhead={("H100-SXM", 1): StepOverhead(2e-3, 50e-6)})
     points = []
     for rate in (1.0, 30.0, 60.0, 200.0):
-        draft = LoadPoint("synthetic", f"{rate}", "s", "Llama-3-8B", "H100-SXM", 1, rate, rate, 200, 64, 1.0, 2.0,
-                          duration_s=20.0, max_num_seqs=128, max_model_len=512)
+        draft = LoadPoint(
+            "synthetic",
+            f"{rate}",
+            "s",
+            "Llama-3-8B",
+            "H100-SXM",
+            1,
+            rate,
+            rate,
+            200,
+            64,
+            1.0,
+            2.0,
+            duration_s=20.0,
+            max_num_seqs=128,
+            max_model_len=512,
+        )
         sim = simulate_point(draft, cat, truth)
-        achieved = rate if rate < 100 else 90.0        # the last stage saturates: left out of the fit
-        points.append(dataclasses.replace(draft, achieved_rps=achieved, ttft_s=sim.ttft_s + 0.015,
-                                          e2e_s=sim.ttft_s + 0.015 + sim.per_token_s * 63))
+        achieved = rate if rate < 100 else 90.0  # the last stage saturates: left out of the fit
+        points.append(
+            dataclasses.replace(
+                draft, achieved_rps=achieved, ttft_s=sim.ttft_s + 0.015, e2e_s=sim.ttft_s + 0.015 + sim.per_token_s * 63
+            )
+        )
     fit = fit_load_sweep(points, cat, base, evaluations=60)
     assert len(fit.points) == 3 and len(fit.left_out) == 1
     assert fit.overhead.fixed_s == pytest.approx(2e-3, rel=0.05)
@@ -278,25 +352,36 @@ def test_client_latency_is_on_the_client_clock_only_for_servers(tmp_path):
     ttft = server.results.first_token - trace.arrival_s
     assert s["ttft_s"]["mean"] == pytest.approx(float(np.mean(ttft)) + c, rel=1e-12)
     assert summary_dict(engine)["ttft_s"]["mean"] == pytest.approx(
-        float(np.mean(engine.results.first_token - trace.arrival_s)), rel=1e-12)
+        float(np.mean(engine.results.first_token - trace.arrival_s)), rel=1e-12
+    )
 
 
 def _replay(path, n=5, status="finished"):
     import pandas as pd
 
     path.mkdir()
-    pd.DataFrame({"arrival_s": np.arange(n) * 0.5, "num_input_tokens": [50] * n, "num_output_tokens": [8] * n,
-                  "ttft_s": [0.05] * n, "e2e_s": [0.4] * n,
-                  "status": [status] + ["finished"] * (n - 1)}).to_parquet(path / "requests.parquet")
+    pd.DataFrame(
+        {
+            "arrival_s": np.arange(n) * 0.5,
+            "num_input_tokens": [50] * n,
+            "num_output_tokens": [8] * n,
+            "ttft_s": [0.05] * n,
+            "e2e_s": [0.4] * n,
+            "status": [status] + ["finished"] * (n - 1),
+        }
+    ).to_parquet(path / "requests.parquet")
     return path
 
 
-@pytest.mark.parametrize("case, extra, needle", [
-    ("no model", [], "--model and --gpu"),
-    ("one replay", ["--model", "llama-3-8b", "--gpu", "a10"], "at least two rates"),
-    ("a failed request", ["--model", "llama-3-8b", "--gpu", "a10"], "did not finish"),
-    ("mixed inputs", ["--model", "llama-3-8b", "--gpu", "a10"], "cannot be mixed"),
-])
+@pytest.mark.parametrize(
+    "case, extra, needle",
+    [
+        ("no model", [], "--model and --gpu"),
+        ("one replay", ["--model", "llama-3-8b", "--gpu", "a10"], "at least two rates"),
+        ("a failed request", ["--model", "llama-3-8b", "--gpu", "a10"], "did not finish"),
+        ("mixed inputs", ["--model", "llama-3-8b", "--gpu", "a10"], "cannot be mixed"),
+    ],
+)
 def test_calibrate_replay_errors(tmp_path, capsys, case, extra, needle):
     from kavier_opendc.cli import main
 
@@ -319,16 +404,20 @@ def test_catalogue_framework_files(tmp_path):
     from kavier_opendc.specs.catalog import load_catalog_file
 
     good = tmp_path / "fw.yaml"
-    good.write_text("frameworks:\n  - name: mine\n    base: vllm-0.9-v0-server\n    client_latency_s: 0.01\n"
-                    "    step_overhead:\n      - {gpu: A10, tp: 1, fixed_s: 0.003}\n")
+    good.write_text(
+        "frameworks:\n  - name: mine\n    base: vllm-0.9-v0-server\n    client_latency_s: 0.01\n"
+        "    step_overhead:\n      - {gpu: A10, tp: 1, fixed_s: 0.003}\n"
+    )
     cat = load_catalog_file(good)
     fw = cat.framework("MINE")
     assert fw.policy == "vllm-v0" and fw.client_latency_s == 0.01
     assert fw.overhead_for("A10", 1).fixed_s == 0.003 and fw.provenance["step_overhead"] == f"given in {good}"
     assert "mine" in cat.frameworks() and "mine" not in default_catalog().frameworks()
-    for text, needle in [("frameworks:\n  - name: x\n    base: nope\n", "unknown base framework"),
-                         ("frameworks:\n  - name: x\n    policy: magic\n", "policy"),
-                         ("frameworks:\n  - {name: x, step_overhead: [{gpu: A10, fixed_s: -1}]}\n", "fixed_s")]:
+    for text, needle in [
+        ("frameworks:\n  - name: x\n    base: nope\n", "unknown base framework"),
+        ("frameworks:\n  - name: x\n    policy: magic\n", "policy"),
+        ("frameworks:\n  - {name: x, step_overhead: [{gpu: A10, fixed_s: -1}]}\n", "fixed_s"),
+    ]:
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
         with pytest.raises(KavierInputError, match=needle):
@@ -337,8 +426,10 @@ def test_catalogue_framework_files(tmp_path):
 
 # ------------------------------------------------------------------ physics, per framework (issue 18 item 6)
 @pytest.mark.parametrize("name", sorted(builtin_frameworks()))
-@pytest.mark.parametrize(("gpu", "model", "tp"), [("A100-80GB", "Llama-3-8B", 1), ("H100-SXM", "Llama-3-8B", 1),
-                                                   ("H100-SXM", "Llama-3.1-70B", 4)])
+@pytest.mark.parametrize(
+    ("gpu", "model", "tp"),
+    [("A100-80GB", "Llama-3-8B", 1), ("H100-SXM", "Llama-3-8B", 1), ("H100-SXM", "Llama-3.1-70B", 4)],
+)
 def test_every_framework_step_time_grows_with_the_batch(name, gpu, model, tp):
     """A decode step of every built-in framework takes longer with more sequences (each at 1,000 tokens of
     context) and never less than its kernels alone (the default framework's kernels with no CPU time)."""
@@ -358,15 +449,19 @@ def test_v1_is_never_slower_than_the_v0_server_at_equal_kernel_times():
     """The same trace and GPU under vllm-v1 and under vllm-0.5-server (same kernels; v0 adds its CPU time per
     step and prefill-first scheduling): every latency percentile of v1 is at most v0's."""
     cat = default_catalog()
-    trace = make_trace(np.arange(200) * 0.05, [300 + 7 * (i % 40) for i in range(200)],
-                       [40 + (i % 30) for i in range(200)])
+    trace = make_trace(
+        np.arange(200) * 0.05, [300 + 7 * (i % 40) for i in range(200)], [40 + (i % 30) for i in range(200)]
+    )
     out = {}
     for name in ("vllm-v1", "vllm-0.5-server"):
         cfg = SimConfig(model=cat.model("Llama-3-8B"), gpu=cat.gpu("A100-40GB"), framework=framework(name))
         r = simulate(trace, cfg).results
         arrival = trace.arrival_s
-        lat = {"ttft": r.first_token - arrival, "e2e": r.finish - arrival,
-               "tpot": (r.finish - r.first_token) / np.maximum(trace.num_output_tokens - 1, 1)}
+        lat = {
+            "ttft": r.first_token - arrival,
+            "e2e": r.finish - arrival,
+            "tpot": (r.finish - r.first_token) / np.maximum(trace.num_output_tokens - 1, 1),
+        }
         out[name] = {k: np.nanpercentile(v, [50, 90, 99]) for k, v in lat.items()}
     for k in ("ttft", "tpot", "e2e"):
         assert np.all(out["vllm-v1"][k] <= out["vllm-0.5-server"][k] + 1e-12), (k, out)

@@ -59,13 +59,13 @@ def test_multistep_blocks_by_hand():
     b1 = decode(100, 50, 20) + decode(101, 51, 21) + decode(102, 52, 22)
     t3 = v0_time(10, 1, 55, 10)
     b2 = decode(103, 10) + decode(104, 11) + decode(105, 12)
-    d_at = t1 + t2 + 0.5 * decode(100, 50, 20)        # inside block 1
+    d_at = t1 + t2 + 0.5 * decode(100, 50, 20)  # inside block 1
     res = run([0.0, 0.001, 0.002, d_at], [100, 50, 20, 10], [5, 3, 2, 2], framework=multistep(3))
     r = res.results
     assert r.first_token[0] == pytest.approx(t1, rel=1e-12)
     assert r.first_token[1] == r.first_token[2] == pytest.approx(t1 + t2, rel=1e-12)
-    assert r.finish[1] == r.finish[2] == pytest.approx(t1 + t2 + b1, rel=1e-12)   # the block's end, not step 1/2
-    assert r.first_sched[3] == pytest.approx(t1 + t2 + b1, rel=1e-12)             # admitted between blocks only
+    assert r.finish[1] == r.finish[2] == pytest.approx(t1 + t2 + b1, rel=1e-12)  # the block's end, not step 1/2
+    assert r.first_sched[3] == pytest.approx(t1 + t2 + b1, rel=1e-12)  # admitted between blocks only
     assert r.first_token[3] == pytest.approx(t1 + t2 + b1 + t3, rel=1e-12)
     assert r.finish[0] == r.finish[3] == pytest.approx(t1 + t2 + b1 + t3 + b2, rel=1e-12)
     # the GPU ran every step of both blocks: 9 + 6 decode tokens for the 4 + 2 + 1 + 1 the requests needed
@@ -87,7 +87,8 @@ def test_multistep_streams_a_block_at_a_time():
     r12 = run([0.0], [100], [12], framework=multistep(10)).results
     assert r12.finish[0] == pytest.approx(t1 + blocks, rel=1e-12)
     assert run([0.0], [100], [12], framework=_BASE).results.finish[0] == pytest.approx(
-        t1 + sum(decode(100 + k) for k in range(11)), rel=1e-12)
+        t1 + sum(decode(100 + k) for k in range(11)), rel=1e-12
+    )
 
 
 def test_multistep_preempts_for_the_lookahead_slots():
@@ -187,20 +188,38 @@ def _check_multistep(result, steps):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), replicas=st.integers(1, 3), blocks=st.integers(40, 400),
-       seqs=st.integers(1, 32), budget=st.integers(8, 2048))
+@given(
+    seed=st.integers(0, 10_000),
+    replicas=st.integers(1, 3),
+    blocks=st.integers(40, 400),
+    seqs=st.integers(1, 32),
+    budget=st.integers(8, 2048),
+)
 def test_sglang_invariants_and_fast_equals_exact(seed, replicas, blocks, seqs, budget):
-    kw = dict(replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget, seed=seed,
-              framework=SGL)
+    kw = dict(
+        replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget, seed=seed, framework=SGL
+    )
     fast_and_exact(_random_trace(seed), toy(**kw), toy(exact=True, **kw))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), replicas=st.integers(1, 3), blocks=st.integers(60, 400),
-       seqs=st.integers(1, 32), budget=st.integers(600, 2048), steps=st.sampled_from([2, 3, 10]))
+@given(
+    seed=st.integers(0, 10_000),
+    replicas=st.integers(1, 3),
+    blocks=st.integers(60, 400),
+    seqs=st.integers(1, 32),
+    budget=st.integers(600, 2048),
+    steps=st.sampled_from([2, 3, 10]),
+)
 def test_multistep_invariants_and_fast_equals_exact(seed, replicas, blocks, seqs, budget, steps):
-    kw = dict(replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget, seed=seed,
-              framework=multistep(steps))
+    kw = dict(
+        replicas=replicas,
+        num_kv_blocks=blocks,
+        max_num_seqs=seqs,
+        max_batched_tokens=budget,
+        seed=seed,
+        framework=multistep(steps),
+    )
     trace = _random_trace(seed)
     fast = simulate(trace, toy(**kw), progress=False)
     exact = simulate(trace, toy(exact=True, **kw), progress=False)
@@ -219,18 +238,19 @@ def test_catalogue_files_with_the_new_policies_and_bad_ones(tmp_path):
     from kavier_opendc.specs.catalog import load_catalog_file
 
     good = tmp_path / "fw.yaml"
-    good.write_text("frameworks:\n  - name: mine\n    base: vllm-0.6-multistep-server\n    scheduler_steps: 4\n"
-                    "  - name: sg\n    base: sglang-0.3-server\n    client_latency_s: 0.01\n")
+    good.write_text(
+        "frameworks:\n  - name: mine\n    base: vllm-0.6-multistep-server\n    scheduler_steps: 4\n"
+        "  - name: sg\n    base: sglang-0.3-server\n    client_latency_s: 0.01\n"
+    )
     cat = load_catalog_file(good)
     assert cat.framework("mine").scheduler_steps == 4 and cat.framework("sg").policy == "sglang"
-    for text, needle in [("frameworks:\n  - name: x\n    policy: sglang-0.4\n", "policy"),
-                         ("frameworks:\n  - name: x\n    base: vllm-v1\n    scheduler_steps: 10\n",
-                          "scheduler_steps"),
-                         ("frameworks:\n  - name: x\n    scheduler_steps: 10\n", "policy"),
-                         ("frameworks:\n  - name: x\n    base: sglang-0.3-server\n    scheduler_steps: 2\n",
-                          "scheduler_steps"),
-                         ("frameworks:\n  - name: x\n    base: vllm-0.5-server\n    scheduler_steps: 0\n",
-                          "scheduler_steps")]:
+    for text, needle in [
+        ("frameworks:\n  - name: x\n    policy: sglang-0.4\n", "policy"),
+        ("frameworks:\n  - name: x\n    base: vllm-v1\n    scheduler_steps: 10\n", "scheduler_steps"),
+        ("frameworks:\n  - name: x\n    scheduler_steps: 10\n", "policy"),
+        ("frameworks:\n  - name: x\n    base: sglang-0.3-server\n    scheduler_steps: 2\n", "scheduler_steps"),
+        ("frameworks:\n  - name: x\n    base: vllm-0.5-server\n    scheduler_steps: 0\n", "scheduler_steps"),
+    ]:
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
         with pytest.raises(KavierInputError, match=needle):
@@ -254,8 +274,9 @@ def test_serving_benchmark_fit_errors():
     from pathlib import Path
 
     shared("calibration/sglang030_vllm060_sharegpt.csv")
-    spec = importlib.util.spec_from_file_location("build_frameworks",
-                                                  Path(__file__).resolve().parents[1] / "bench" / "build_frameworks.py")
+    spec = importlib.util.spec_from_file_location(
+        "build_frameworks", Path(__file__).resolve().parents[1] / "bench" / "build_frameworks.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     from kavier_opendc.specs import default_catalog
@@ -276,12 +297,12 @@ def test_serving_bench_workload_helpers(tmp_path):
     from kavier_opendc.calibration.serving_bench import output_law, read_rows, sharegpt_lengths, sharegpt_trace
 
     # the power law gives the lengths the mean and median asked for, keeping their order
-    o = np.arange(4, 1001, dtype=np.int64)        # an odd count: the median is one of them
+    o = np.arange(4, 1001, dtype=np.int64)  # an odd count: the median is one of them
     c, b = output_law(o, 194.3, 119.0)
     mapped = c * o.astype(float) ** b
     assert np.median(mapped) == pytest.approx(119.0, rel=1e-9) and mapped.mean() == pytest.approx(194.3, rel=1e-6)
     with pytest.raises(KavierInputError, match="power law"):
-        output_law(np.full(10, 7), 194.3, 119.0)          # equal lengths: no law separates mean and median
+        output_law(np.full(10, 7), 194.3, 119.0)  # equal lengths: no law separates mean and median
     # the benchmark's ShareGPT filter; Poisson arrivals at the rate, all at once offline
     lengths = sharegpt_lengths(shared("traces/sharegpt_lengths_llama2.csv"))
     p, o = lengths
@@ -291,7 +312,8 @@ def test_serving_bench_workload_helpers(tmp_path):
     assert (sharegpt_trace(lengths, 50, float("inf")).arrival_s == 0).all()
     # a bad row names its line
     bad = tmp_path / "rows.csv"
-    bad.write_text("scenario,model,gpu,tp,request_rate_rps,num_prompts,engine,median_ttft_ms\n"
-                   "online,m,g,one,4,100,e,30\n")
+    bad.write_text(
+        "scenario,model,gpu,tp,request_rate_rps,num_prompts,engine,median_ttft_ms\nonline,m,g,one,4,100,e,30\n"
+    )
     with pytest.raises(KavierInputError, match="line 2"):
         read_rows(bad, {"m": "Llama-3.1-8B"}, {"g": "A100-80GB"})

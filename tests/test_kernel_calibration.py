@@ -10,35 +10,66 @@ from kavier_opendc.calibration.fit import calibrate_gpu, predict
 from kavier_opendc.calibration.layouts import ReadOptions, read_measurements
 from kavier_opendc.specs import default_catalog
 
-HEADER = ("system,device,framework,version,op,kernel_source,dtype,kv_cache_dtype,m,n,k,batch_size,isl,kv_len_step,"
-          "num_heads,num_kv_heads,head_dim,num_gpus,message_size,latency_ms")
+HEADER = (
+    "system,device,framework,version,op,kernel_source,dtype,kv_cache_dtype,m,n,k,batch_size,isl,kv_len_step,"
+    "num_heads,num_kv_heads,head_dim,num_gpus,message_size,latency_ms"
+)
 
 
-def row(op, src="vllm_default", dtype="bfloat16", m="", n="", k="", b="", isl="", kv="", h="", kvh="", d="",
-        g="", size="", ms=1.0, system="l40s"):
+def row(
+    op,
+    src="vllm_default",
+    dtype="bfloat16",
+    m="",
+    n="",
+    k="",
+    b="",
+    isl="",
+    kv="",
+    h="",
+    kvh="",
+    d="",
+    g="",
+    size="",
+    ms=1.0,
+    system="l40s",
+):
     shape = f"{m},{n},{k},{b},{isl},{kv},{h},{kvh},{d},{g},{size}"
     return f"{system},NVIDIA L40S,vLLM,0.14.0,{op},{src},{dtype},,{shape},{ms}"
 
 
 def test_kernel_rows_become_observations_by_hand(tmp_path):
     p = tmp_path / "k.csv"
-    p.write_text("\n".join([
-        HEADER,
-        row("gemm", m=4, n=1024, k=2048, ms=0.01),
-        row("gemm", dtype="fp8", m=4, n=1024, k=2048, ms=0.01),            # 8-bit weights: not this model's
-        row("context_attention", src="vllm_flash_attn", b=2, isl=100, h=8, d=128, ms=0.02),
-        row("generation_attention", src="vllm_flash_attn", b=4, kv=99, kvh=2, d=128, ms=0.03),
-        row("all_reduce", src="vLLM_custom_graph", g=2, size=1024, ms=0.005),
-        row("all_reduce", src="vLLM_custom_eager", g=2, size=1024, ms=0.02),  # eager: not how vLLM serves
-    ]) + "\n")
+    p.write_text(
+        "\n".join(
+            [
+                HEADER,
+                row("gemm", m=4, n=1024, k=2048, ms=0.01),
+                row("gemm", dtype="fp8", m=4, n=1024, k=2048, ms=0.01),  # 8-bit weights: not this model's
+                row("context_attention", src="vllm_flash_attn", b=2, isl=100, h=8, d=128, ms=0.02),
+                row("generation_attention", src="vllm_flash_attn", b=4, kv=99, kvh=2, d=128, ms=0.03),
+                row("all_reduce", src="vLLM_custom_graph", g=2, size=1024, ms=0.005),
+                row("all_reduce", src="vLLM_custom_eager", g=2, size=1024, ms=0.02),  # eager: not how vLLM serves
+            ]
+        )
+        + "\n"
+    )
     layout, obs = read_measurements(p, default_catalog(), ReadOptions())
-    assert layout == "kernels" and [o.kind for o in obs] == ["gemm_kernel", "attn_prefill", "attn_decode",
-                                                             "custom_allreduce"]
+    assert layout == "kernels" and [o.kind for o in obs] == [
+        "gemm_kernel",
+        "attn_prefill",
+        "attn_decode",
+        "custom_allreduce",
+    ]
     gemm, pre, dec, ar = obs
-    assert (gemm.gpu, gemm.weight_bytes, gemm.flops, gemm.measured_s) == ("L40S", 2 * 1024 * 2048,
-                                                                        2 * 4 * 1024 * 2048, 1e-5)
+    assert (gemm.gpu, gemm.weight_bytes, gemm.flops, gemm.measured_s) == (
+        "L40S",
+        2 * 1024 * 2048,
+        2 * 4 * 1024 * 2048,
+        1e-5,
+    )
     assert pre.flops == 4 * 8 * 128 * (2 * 100 * 101 / 2) and pre.tokens == 100
-    assert dec.size_bytes == 4 * 100 * 2 * 128 * 2 * 2                   # K and V, 2 bytes, kv_len_step + 1
+    assert dec.size_bytes == 4 * 100 * 2 * 128 * 2 * 2  # K and V, 2 bytes, kv_len_step + 1
     assert (ar.gpus, ar.size_bytes) == (2, 2048.0)
     only = read_measurements(p, default_catalog(), ReadOptions(only_gpus=("H200",)))[1]
     assert only == []
@@ -48,14 +79,21 @@ def test_kernel_efficiencies_are_fitted_back(tmp_path):
     # kernel times made from a known profile (L40S with round efficiencies) are fitted back
     cat = default_catalog()
     gpu = dataclasses.replace(cat.gpu("L40S"), profile=None)
-    truth = dataclasses.replace(cat.profile_for("L40S"), gemm_mbu=0.7, gemm_mfu=0.6, gemm_knee=3.0,
-                                attn_prefill_eff=0.5, attn_decode_mbu=0.8)
+    truth = dataclasses.replace(
+        cat.profile_for("L40S"), gemm_mbu=0.7, gemm_mfu=0.6, gemm_knee=3.0, attn_prefill_eff=0.5, attn_decode_mbu=0.8
+    )
     draft = tmp_path / "draft.csv"
     rows = [row("gemm", m=m, n=n, k=4096) for m in (1, 16, 256, 1024, 4096, 16384) for n in (4096, 8192, 16384)]
-    rows += [row("context_attention", src="vllm_flash_attn", b=b, isl=isl, h=32, d=128)
-             for b in (1, 4) for isl in (2048, 4096, 8192)]
-    rows += [row("generation_attention", src="vllm_flash_attn", b=b, kv=kv - 1, kvh=8, d=128)
-             for b in (64, 128) for kv in (65536, 131072)]
+    rows += [
+        row("context_attention", src="vllm_flash_attn", b=b, isl=isl, h=32, d=128)
+        for b in (1, 4)
+        for isl in (2048, 4096, 8192)
+    ]
+    rows += [
+        row("generation_attention", src="vllm_flash_attn", b=b, kv=kv - 1, kvh=8, d=128)
+        for b in (64, 128)
+        for kv in (65536, 131072)
+    ]
     draft.write_text("\n".join([HEADER] + rows) + "\n")
     obs = read_measurements(draft, cat, ReadOptions())[1]
     timed = [dataclasses.replace(o, measured_s=predict(o, truth, gpu)) for o in obs]
@@ -74,4 +112,4 @@ def test_kernel_measured_gpus_are_physical():
         p = cat.gpu(name).profile
         assert p.status == "measured" and not p.problems()
         assert "aiconfigurator_vllm014_kernels.csv" in p.provenance["gemm_mbu"]
-        assert 0.6 < p.gemm_mbu < 0.95 and 0.6 < p.gemm_mfu < 0.95      # near the datasheet, never above
+        assert 0.6 < p.gemm_mbu < 0.95 and 0.6 < p.gemm_mfu < 0.95  # near the datasheet, never above

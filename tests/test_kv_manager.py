@@ -22,8 +22,9 @@ class Units:
 
 
 def manager(capacity: int, chains: dict) -> KVManager:
-    return KVManager(capacity, kv_cache=True, kv_bytes_per_token=1.0, pcie_gbs=1.0,
-                     prefix=PrefixSetup("block", Units(chains)))
+    return KVManager(
+        capacity, kv_cache=True, kv_bytes_per_token=1.0, pcie_gbs=1.0, prefix=PrefixSetup("block", Units(chains))
+    )
 
 
 def test_blocks_for_rounds_up_to_whole_blocks():
@@ -43,17 +44,17 @@ def test_allocate_and_release_without_a_cache():
 
 def test_a_computed_prefix_is_cached_matched_revived_and_evicted_lru_first():
     kv = manager(6, {0: ["a", "b", "c"], 1: ["a", "b", "x"], 2: ["y", "z", "w"]})
-    first = Req(0, 0.0, 48, 2)                 # 3 full blocks
+    first = Req(0, 0.0, 48, 2)  # 3 full blocks
     assert kv.match_prefix(first) == (0, 0, 0, 0, 0, 0)
     kv.allocate(3)
     first.computed = 48
     kv.register_computed(first)
     assert first.held == 3 and kv.pc.ref == {"a": 1, "b": 1, "c": 1}
-    kv.release(first, 48)                     # its units stay as evictable, tail first in the LRU
+    kv.release(first, 48)  # its units stay as evictable, tail first in the LRU
     assert kv.used == 0 and list(kv.pc.lru) == ["c", "b", "a"] and kv.pc.lru_blocks == 3
     second = Req(1, 1.0, 48, 2)
     match = kv.match_prefix(second)
-    assert match == (2, 2, 0, 0, 2, 32)       # a and b: 2 blocks, both revived, 32 tokens not recomputed
+    assert match == (2, 2, 0, 0, 2, 32)  # a and b: 2 blocks, both revived, 32 tokens not recomputed
     kv.admit(second, match)
     assert kv.used == 2 and second.computed == 32 and list(kv.pc.lru) == ["c"]
     # 5 more blocks do not fit beside 2 referenced + 1 cached: the cached unit c goes

@@ -34,42 +34,83 @@ from kavier_opendc.opendc.simulation_view import read_simulation
 from kavier_opendc.opendc.topology import opendc_hosts, plan_replicas, plan_tasks
 
 REPO = Path(__file__).resolve().parents[1]
-A100_CAP = 108 * 1410.0          # SMs x boost MHz of one A100-80GB (catalogue)
+A100_CAP = 108 * 1410.0  # SMs x boost MHz of one A100-80GB (catalogue)
 SHARED_CARBON = SHARED_DATA / "carbon"
 
 
 # ----------------------------------------------------------------- helpers --
 
-def write_sim(sim_dir: Path, segments: dict[int, list[tuple[float, float, float]]], *,
-              gpu="A100-80GB", tp=1, makespan=None, replicas=None) -> Path:
+
+def write_sim(
+    sim_dir: Path,
+    segments: dict[int, list[tuple[float, float, float]]],
+    *,
+    gpu="A100-80GB",
+    tp=1,
+    makespan=None,
+    replicas=None,
+) -> Path:
     """Hand-made simulation output: segments[replica] = [(start, end, util)]."""
     sim_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for r, segs in segments.items():
         for s, e, u in segs:
-            rows.append({"replica": r, "start_s": s, "end_s": e, "gpu_utilization": u,
-                         "batch_size": 1.0, "kv_utilization": 0.1, "prefill_tokens": 10,
-                         "decode_tokens": 5, "gpu": gpu, "tp": tp})
+            rows.append(
+                {
+                    "replica": r,
+                    "start_s": s,
+                    "end_s": e,
+                    "gpu_utilization": u,
+                    "batch_size": 1.0,
+                    "kv_utilization": 0.1,
+                    "prefill_tokens": 10,
+                    "decode_tokens": 5,
+                    "gpu": gpu,
+                    "tp": tp,
+                }
+            )
     df = pd.DataFrame(rows)
-    table = pa.Table.from_pandas(df, preserve_index=False).cast(pa.schema([
-        ("replica", pa.int32()), ("start_s", pa.float64()), ("end_s", pa.float64()),
-        ("gpu_utilization", pa.float64()), ("batch_size", pa.float64()),
-        ("kv_utilization", pa.float64()), ("prefill_tokens", pa.int64()),
-        ("decode_tokens", pa.int64()), ("gpu", pa.string()), ("tp", pa.int32())]))
+    table = pa.Table.from_pandas(df, preserve_index=False).cast(
+        pa.schema(
+            [
+                ("replica", pa.int32()),
+                ("start_s", pa.float64()),
+                ("end_s", pa.float64()),
+                ("gpu_utilization", pa.float64()),
+                ("batch_size", pa.float64()),
+                ("kv_utilization", pa.float64()),
+                ("prefill_tokens", pa.int64()),
+                ("decode_tokens", pa.int64()),
+                ("gpu", pa.string()),
+                ("tp", pa.int32()),
+            ]
+        )
+    )
     pq.write_table(table, sim_dir / "timeline.parquet")
     ms = makespan if makespan is not None else float(df["end_s"].max())
-    summary = {"makespan_s": ms, "config": {"model": "Llama-3-8B", "gpu": gpu,
-                                            "replicas": replicas or len(segments), "tp": tp}}
+    summary = {
+        "makespan_s": ms,
+        "config": {"model": "Llama-3-8B", "gpu": gpu, "replicas": replicas or len(segments), "tp": tp},
+    }
     (sim_dir / "summary.json").write_text(json.dumps(summary))
     return sim_dir
 
 
 def dc(gpus_per_host=1, count=1, **extra) -> dict:
-    d = {"name": "dc", "hosts": [{"name": "node", "count": count, "gpus_per_host": gpus_per_host,
-                                  "gpu": "A100-80GB",
-                                  "cpu": {"cores": 16, "mhz": 2000, "count": 1},
-                                  "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
-                                  "memory_gib": 256}]}
+    d = {
+        "name": "dc",
+        "hosts": [
+            {
+                "name": "node",
+                "count": count,
+                "gpus_per_host": gpus_per_host,
+                "gpu": "A100-80GB",
+                "cpu": {"cores": 16, "mhz": 2000, "count": 1},
+                "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
+                "memory_gib": 256,
+            }
+        ],
+    }
     d.update(extra)
     return d
 
@@ -83,6 +124,7 @@ def tasks(out: Path) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------- Parquet schema --
+
 
 def test_parquet_schemas_are_exactly_opendcs(tmp_path):
     sim = write_sim(tmp_path / "sim", {0: [(0, 1, 0.5), (1, 2, 0.7)]})
@@ -103,12 +145,17 @@ def test_parquet_schemas_are_exactly_opendcs(tmp_path):
     assert tf["gpu_count"] == (pa.int32(), True)
     assert tf["gpu_capacity"] == (pa.float64(), True)
     ff = {fld.name: (fld.type, fld.nullable) for fld in f.schema}
-    assert ff == {"id": (pa.int32(), False), "duration": (pa.int64(), False),
-                  "cpu_usage": (pa.float64(), False), "gpu_usage": (pa.float64(), True)}
+    assert ff == {
+        "id": (pa.int32(), False),
+        "duration": (pa.int64(), False),
+        "cpu_usage": (pa.float64(), False),
+        "gpu_usage": (pa.float64(), True),
+    }
     # Parquet physical level
     ps = pq.ParquetFile(out / "tasks.parquet").schema
-    phys = {ps.column(i).name: (ps.column(i).physical_type, ps.column(i).max_definition_level)
-            for i in range(len(ps.names))}
+    phys = {
+        ps.column(i).name: (ps.column(i).physical_type, ps.column(i).max_definition_level) for i in range(len(ps.names))
+    }
     assert phys["id"] == ("INT32", 0)
     assert phys["submission_time"] == ("INT64", 0)
     assert phys["duration"] == ("INT64", 0)
@@ -135,6 +182,7 @@ def test_submission_time_follows_start(tmp_path):
 
 
 # ------------------------------------------------------------ merging ------
+
 
 def test_adaptive_merge_by_hand(tmp_path):
     segs = [(0, 1, 0.50), (1, 2, 0.51), (2, 4, 0.52), (4, 5, 0.80), (5, 5.5, 0.81), (5.5, 6, 0.0)]
@@ -171,8 +219,7 @@ def test_merge_short_by_hand():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 3000), st.floats(0, 1)), min_size=1, max_size=80),
-       st.integers(0, 2000))
+@given(st.lists(st.tuples(st.integers(1, 3000), st.floats(0, 1)), min_size=1, max_size=80), st.integers(0, 2000))
 def test_merge_short_preserves_energy_and_bounds_count(pieces, min_ms):
     d = np.array([p[0] for p in pieces], dtype=np.int64)
     u = np.array([p[1] for p in pieces])
@@ -193,8 +240,7 @@ def test_merge_adaptive_function_and_zero_tolerance():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5000), st.floats(0, 1)), min_size=1, max_size=60),
-       st.floats(0, 0.5))
+@given(st.lists(st.tuples(st.integers(0, 5000), st.floats(0, 1)), min_size=1, max_size=60), st.floats(0, 0.5))
 def test_merge_preserves_energy_and_bounds_error(pieces, tol):
     d = np.array([p[0] for p in pieces], dtype=np.int64)
     u = np.array([p[1] for p in pieces])
@@ -208,7 +254,7 @@ def test_merge_preserves_energy_and_bounds_error(pieces, tol):
 def test_total_ms_equals_makespan_without_drift(tmp_path):
     # 3000 segments of 1/3 ms-ish durations: rounding each would drift by ~1000 ms
     n = 3000
-    bounds = np.cumsum(np.full(n, 0.0014999)) .tolist()
+    bounds = np.cumsum(np.full(n, 0.0014999)).tolist()
     bounds = [0.0] + bounds
     rng = np.random.default_rng(1)
     utils = rng.uniform(0, 1, n)
@@ -286,11 +332,11 @@ def test_gpu_usage_scales_with_tp_and_cpu_load(tmp_path):
     f, t = frags(out), tasks(out)
     assert f["gpu_usage"].tolist() == pytest.approx([0.25 * 2 * A100_CAP])
     assert f["cpu_usage"].tolist() == pytest.approx([1.5 * 2000])
-    assert t["gpu_count"].tolist() == [2 * 108]          # OpenDC counts GPU cores (SMs)
+    assert t["gpu_count"].tolist() == [2 * 108]  # OpenDC counts GPU cores (SMs)
     assert t["gpu_capacity"].tolist() == pytest.approx([2 * A100_CAP])
     assert t["cpu_count"].tolist() == [2]
     assert t["cpu_capacity"].tolist() == pytest.approx([2 * 2000.0])
-    assert t["mem_capacity"].tolist() == [256 * 1024 // 2 * 1000]   # KB: GPU share of host memory
+    assert t["mem_capacity"].tolist() == [256 * 1024 // 2 * 1000]  # KB: GPU share of host memory
     assert stats["gpu_busy_seconds"] == pytest.approx(0.25 * 2 * 2)
 
 
@@ -309,6 +355,7 @@ def test_bad_timeline_is_reported(tmp_path):
 
 # ------------------------------------------------------------ topology -----
 
+
 def test_eight_gpu_host_split_into_two_four_gpu_hosts(tmp_path):
     d = dc(gpus_per_host=8)
     d["hosts"][0]["cpu"] = {"cores": 32, "mhz": 2400, "count": 2}
@@ -323,8 +370,13 @@ def test_eight_gpu_host_split_into_two_four_gpu_hosts(tmp_path):
     h = hosts[0]
     assert h["count"] == 1 and h["gpu"]["count"] == 4
     assert h["gpu"]["coreCount"] == 108 and h["gpu"]["coreSpeed"] == "1410 MHz"
-    assert h["cpu"] == {"coreCount": 32, "coreSpeed": "2400 MHz", "count": 1,
-                        "modelName": "unknown", "vendor": "unknown"}
+    assert h["cpu"] == {
+        "coreCount": 32,
+        "coreSpeed": "2400 MHz",
+        "count": 1,
+        "modelName": "unknown",
+        "vendor": "unknown",
+    }
     assert h["cpuPowerModel"] == {"modelType": "linear", "idlePower": "50 W", "maxPower": "150 W"}
     assert h["gpuPowerModel"] == {"modelType": "linear", "idlePower": "60 W", "maxPower": "400 W"}
     assert h["memory"] == {"memorySize": "524288 MiB"}
@@ -333,18 +385,35 @@ def test_eight_gpu_host_split_into_two_four_gpu_hosts(tmp_path):
     assert planned == ["node-0", "node-0", "node-1", "node-1"]
     # only known release-format keys
     cluster_keys = {"name", "count", "hosts", "powerSource", "battery"}
-    host_keys = {"name", "cpu", "count", "memory", "gpu", "cpuPowerModel", "gpuPowerModel",
-                 "cpuDistributionPolicy", "gpuDistributionPolicy"}
-    gpu_keys = {"count", "coreCount", "coreSpeed", "memorySize", "memoryBandwidth", "vendor",
-                "modelName", "architecture", "virtualizationOverHeadModel"}
+    host_keys = {
+        "name",
+        "cpu",
+        "count",
+        "memory",
+        "gpu",
+        "cpuPowerModel",
+        "gpuPowerModel",
+        "cpuDistributionPolicy",
+        "gpuDistributionPolicy",
+    }
+    gpu_keys = {
+        "count",
+        "coreCount",
+        "coreSpeed",
+        "memorySize",
+        "memoryBandwidth",
+        "vendor",
+        "modelName",
+        "architecture",
+        "virtualizationOverHeadModel",
+    }
     pm_keys = {"modelType", "power", "maxPower", "idlePower", "calibrationFactor", "asymUtil", "dvfs"}
     assert set(topo) == {"clusters"}
     assert set(topo["clusters"][0]) <= cluster_keys
     assert set(h) <= host_keys and set(h["gpu"]) <= gpu_keys
     assert set(h["cpuPowerModel"]) <= pm_keys and set(h["gpuPowerModel"]) <= pm_keys
     exp = json.loads((tmp_path / "odc" / "experiment.json").read_text())
-    assert set(exp) == {"name", "outputFolder", "topologies", "workloads", "allocationPolicies",
-                        "exportModels"}
+    assert set(exp) == {"name", "outputFolder", "topologies", "workloads", "allocationPolicies", "exportModels"}
     assert exp["workloads"][0]["type"] == "ComputeWorkload"
     # paths relative to the folder (portable), naming the folder's own files
     assert exp["outputFolder"] == "output"
@@ -401,10 +470,20 @@ def test_gpu_from_simulation_and_mismatch(tmp_path):
 def test_schema_errors_name_json_paths(tmp_path):
     bad = {
         "hosts": [
-            {"name": "a", "gpus_per_host": 4, "gpu": "A100-80GB", "cpu": {"cores": 0, "mhz": 2000},
-             "memory_gib": 64, "gpus": 3},
-            {"name": "b", "cpu": {"cores": 8}, "memory_gib": -1,
-             "cpu_power_model": {"model": "quartic", "idle_w": 10, "max_w": 20}},
+            {
+                "name": "a",
+                "gpus_per_host": 4,
+                "gpu": "A100-80GB",
+                "cpu": {"cores": 0, "mhz": 2000},
+                "memory_gib": 64,
+                "gpus": 3,
+            },
+            {
+                "name": "b",
+                "cpu": {"cores": 8},
+                "memory_gib": -1,
+                "cpu_power_model": {"model": "quartic", "idle_w": 10, "max_w": 20},
+            },
         ],
         "battery": {"charging_speed_w": 100, "policy": {"type": "single"}},
         "export_interval_s": 0,
@@ -413,16 +492,25 @@ def test_schema_errors_name_json_paths(tmp_path):
         load_datacenter(bad)
     msg = str(ei.value)
     probs = ei.value.problems
-    for path in ("hosts[0].cpu.cores", "hosts[0].gpus", "hosts[1].cpu.mhz", "hosts[1].memory_gib",
-                 "hosts[1].cpu_power_model.model", "battery.capacity_kwh",
-                 "battery.policy.carbon_threshold", "export_interval_s"):
+    for path in (
+        "hosts[0].cpu.cores",
+        "hosts[0].gpus",
+        "hosts[1].cpu.mhz",
+        "hosts[1].memory_gib",
+        "hosts[1].cpu_power_model.model",
+        "battery.capacity_kwh",
+        "battery.policy.carbon_threshold",
+        "export_interval_s",
+    ):
         assert any(p.startswith(path + ":") for p in probs), (path, probs)
     assert "unknown key 'gpus' (did you mean 'gpu'?)" in msg
     # semantic problems also carry paths, and a file is named in the message
     f = tmp_path / "dc.yaml"
-    f.write_text("hosts:\n  - gpus_per_host: 2\n    gpu: A100-80GBX\n    cpu: {cores: 8, mhz: 2000}\n"
-                 "    memory_gib: 64\n    gpu_power_model: {idle_w: 500, max_w: 100}\n"
-                 "power_source: {carbon_trace: missing.parquet}\n")
+    f.write_text(
+        "hosts:\n  - gpus_per_host: 2\n    gpu: A100-80GBX\n    cpu: {cores: 8, mhz: 2000}\n"
+        "    memory_gib: 64\n    gpu_power_model: {idle_w: 500, max_w: 100}\n"
+        "power_source: {carbon_trace: missing.parquet}\n"
+    )
     with pytest.raises(KavierInputError) as ei:
         load_datacenter(f)
     probs = ei.value.problems
@@ -438,21 +526,29 @@ def test_carbon_trace_copied_into_folder_and_named_relatively(tmp_path):
     f = tmp_path / "dc.json"
     d = dc()
     d["power_source"] = {"name": "grid", "max_power_w": 100000, "carbon_trace": "traces/syn.parquet"}
-    d["battery"] = {"capacity_kwh": 1.5, "charging_speed_w": 500,
-                    "policy": {"type": "double", "lower_threshold": 100, "upper_threshold": 200}}
+    d["battery"] = {
+        "capacity_kwh": 1.5,
+        "charging_speed_w": 500,
+        "policy": {"type": "double", "lower_threshold": 100, "upper_threshold": 200},
+    }
     f.write_text(json.dumps(d))
     sim = write_sim(tmp_path / "sim", {0: [(0, 1, 0.5)]})
     write_opendc_inputs(sim, f, tmp_path / "odc")
     cl = json.loads((tmp_path / "odc" / "topology.json").read_text())["clusters"][0]
     # the trace (relative to the description) is copied into the folder, named relative to it
     assert cl["powerSource"] == {"name": "grid", "maxPower": 100000, "carbonTracePath": "carbon/syn.parquet"}
-    assert (tmp_path / "odc" / "carbon" / "syn.parquet").read_bytes() == \
-        (tmp_path / "traces" / "syn.parquet").read_bytes()
+    assert (tmp_path / "odc" / "carbon" / "syn.parquet").read_bytes() == (
+        tmp_path / "traces" / "syn.parquet"
+    ).read_bytes()
     ex = json.loads((tmp_path / "odc" / "export.json").read_text())
     assert ex["datacenter"]["power_source"]["carbon_trace"] == "carbon/syn.parquet"
-    assert cl["battery"] == {"name": "Battery", "capacity": 1.5, "chargingSpeed": 500.0, "initialCharge": 0.0,
-                             "batteryPolicy": {"type": "double", "lowerThreshold": 100.0,
-                                               "upperThreshold": 200.0}}
+    assert cl["battery"] == {
+        "name": "Battery",
+        "capacity": 1.5,
+        "chargingSpeed": 500.0,
+        "initialCharge": 0.0,
+        "batteryPolicy": {"type": "double", "lowerThreshold": 100.0, "upperThreshold": 200.0},
+    }
 
 
 def test_region_name_resolved(tmp_path, monkeypatch):
@@ -467,15 +563,17 @@ def test_region_name_resolved(tmp_path, monkeypatch):
 
 # -------------------------------------------------------------- carbon -----
 
+
 def test_synthetic_carbon_round_trip_and_daily_cycle(tmp_path):
-    p = C.write_synthetic_carbon_trace(tmp_path / "syn.parquet", mean=300, amplitude=100,
-                                       trough_hour=13, days=3, step_minutes=15)
+    p = C.write_synthetic_carbon_trace(
+        tmp_path / "syn.parquet", mean=300, amplitude=100, trough_hour=13, days=3, step_minutes=15
+    )
     schema = pq.ParquetFile(p).schema
     assert schema.column(0).name == "timestamp" and schema.column(0).physical_type == "INT64"
     assert json.loads(schema.column(0).logical_type.to_json())["timeUnit"] == "milliseconds"
     assert schema.column(1).name == "carbon_intensity" and schema.column(1).physical_type == "DOUBLE"
     assert schema.column(0).max_definition_level == 0 and schema.column(1).max_definition_level == 0
-    if (SHARED_CARBON / "NL_2022.parquet").exists():   # same layout as the real traces
+    if (SHARED_CARBON / "NL_2022.parquet").exists():  # same layout as the real traces
         assert pq.read_schema(p).equals(pq.read_schema(SHARED_CARBON / "NL_2022.parquet"), check_metadata=False)
     df = C.read_carbon_trace(p)
     ref = C.synthetic_carbon_profile(mean=300, amplitude=100, trough_hour=13, days=3, step_minutes=15)
@@ -502,8 +600,9 @@ def test_carbon_trace_validation_errors(tmp_path):
     with pytest.raises(KavierInputError, match="carbon_intensity"):
         C.read_carbon_trace(bad2)
     bad3 = tmp_path / "bad3.parquet"
-    pq.write_table(pa.table({"timestamp": pa.array([0, 1000], pa.timestamp("ms")),
-                             "carbon_intensity": [1.0, -2.0]}), bad3)
+    pq.write_table(
+        pa.table({"timestamp": pa.array([0, 1000], pa.timestamp("ms")), "carbon_intensity": [1.0, -2.0]}), bad3
+    )
     with pytest.raises(KavierInputError, match="row 1"):
         C.read_carbon_trace(bad3)
     with pytest.raises(KavierInputError, match="amplitude"):
@@ -519,6 +618,7 @@ def test_real_traces_validate():
 
 # ------------------------------------------------------- output reading ----
 
+
 def _fake_output(root: Path) -> Path:
     """A tiny OpenDC-shaped output: 2 intervals of 10 s, one host with one
     GPU, and OpenDC's extra final row (state after the last task, 0 J)."""
@@ -526,20 +626,32 @@ def _fake_output(root: Path) -> Path:
     raw.mkdir(parents=True)
     ts = [10_000, 20_000, 20_000]
     f32 = lambda *v: np.array(v, np.float32)  # noqa: E731
-    host = pd.DataFrame({"timestamp": ts, "timestamp_absolute": [1640995210000, 1640995220000, 1640995220000],
-                         "host_name": ["node"] * 3, "cluster_name": ["dc"] * 3,
-                         "power_draw": f32(500.0, 300.0, 160.0),
-                         "energy_usage": f32(5000.0, 3000.0, 0.0),
-                         "cpu_utilization": f32(0.0, 0.0, 0.0),
-                         "gpu_power_draw_0": f32(400.0, 200.0, 60.0),
-                         "gpu_utilization_0": f32(1.0, 0.4117647, 0.0),
-                         "gpu_time_active_0": np.array([10_000, 4_118, 0], np.int64)})
-    ps = pd.DataFrame({"timestamp": ts, "timestamp_absolute": [1640995210000, 1640995220000, 1640995220000],
-                       "source_name": ["PS"] * 3, "cluster_name": ["dc"] * 3,
-                       "power_draw": f32(500.0, 300.0, 160.0),
-                       "energy_usage": f32(5000.0, 3000.0, 0.0),
-                       "carbon_intensity": f32(100.0, 200.0, 200.0),
-                       "carbon_emission": f32(5000 * 100 / 3.6e6, 3000 * 200 / 3.6e6, 0.0)})
+    host = pd.DataFrame(
+        {
+            "timestamp": ts,
+            "timestamp_absolute": [1640995210000, 1640995220000, 1640995220000],
+            "host_name": ["node"] * 3,
+            "cluster_name": ["dc"] * 3,
+            "power_draw": f32(500.0, 300.0, 160.0),
+            "energy_usage": f32(5000.0, 3000.0, 0.0),
+            "cpu_utilization": f32(0.0, 0.0, 0.0),
+            "gpu_power_draw_0": f32(400.0, 200.0, 60.0),
+            "gpu_utilization_0": f32(1.0, 0.4117647, 0.0),
+            "gpu_time_active_0": np.array([10_000, 4_118, 0], np.int64),
+        }
+    )
+    ps = pd.DataFrame(
+        {
+            "timestamp": ts,
+            "timestamp_absolute": [1640995210000, 1640995220000, 1640995220000],
+            "source_name": ["PS"] * 3,
+            "cluster_name": ["dc"] * 3,
+            "power_draw": f32(500.0, 300.0, 160.0),
+            "energy_usage": f32(5000.0, 3000.0, 0.0),
+            "carbon_intensity": f32(100.0, 200.0, 200.0),
+            "carbon_emission": f32(5000 * 100 / 3.6e6, 3000 * 200 / 3.6e6, 0.0),
+        }
+    )
     pq.write_table(pa.Table.from_pandas(host, preserve_index=False), raw / "host.parquet")
     pq.write_table(pa.Table.from_pandas(ps, preserve_index=False), raw / "powerSource.parquet")
     return raw
@@ -547,17 +659,27 @@ def _fake_output(root: Path) -> Path:
 
 def test_read_output_units(tmp_path):
     _fake_output(tmp_path)
-    topo = {"clusters": [{"name": "dc", "hosts": [{"name": "node", "cpu": {"coreCount": 4, "coreSpeed": 1000},
-                                                  "memory": {"memorySize": 1000},
-                                                  "gpu": {"count": 1, "coreCount": 1, "coreSpeed": 1},
-                                                  "cpuPowerModel": {"modelType": "linear", "idlePower": "100 W",
-                                                                    "maxPower": "200 W"},
-                                                  "gpuPowerModel": {"modelType": "linear", "idlePower": 60,
-                                                                    "maxPower": "400 W"}}]}]}
+    topo = {
+        "clusters": [
+            {
+                "name": "dc",
+                "hosts": [
+                    {
+                        "name": "node",
+                        "cpu": {"coreCount": 4, "coreSpeed": 1000},
+                        "memory": {"memorySize": 1000},
+                        "gpu": {"count": 1, "coreCount": 1, "coreSpeed": 1},
+                        "cpuPowerModel": {"modelType": "linear", "idlePower": "100 W", "maxPower": "200 W"},
+                        "gpuPowerModel": {"modelType": "linear", "idlePower": 60, "maxPower": "400 W"},
+                    }
+                ],
+            }
+        ]
+    }
     r = read_opendc_output(tmp_path / "out", topology=topo)
-    assert r["energy_wh"] == pytest.approx(8000 / 3600)          # J / 3600, not / 1000
+    assert r["energy_wh"] == pytest.approx(8000 / 3600)  # J / 3600, not / 1000
     assert r["duration_s"] == 20 and r["avg_power_w"] == pytest.approx(400)
-    assert r["peak_power_w"] == pytest.approx(500)     # not 500 + the duplicate final row
+    assert r["peak_power_w"] == pytest.approx(500)  # not 500 + the duplicate final row
     assert r["carbon_g"] == pytest.approx((5000 * 100 + 3000 * 200) / 3.6e6, rel=1e-6)
     g = r["per_gpu"][0]
     assert g["method"] == "active-time"
@@ -576,19 +698,36 @@ def test_run_opendc_dir_requires_experiment(tmp_path):
 
 # --------------------------------------------- several GPU types (DP1) -----
 
-H100_CAP = 132 * 1980.0          # SMs x boost MHz of one H100-SXM (catalogue)
-TL_SCHEMA = pa.schema([("replica", pa.int32()), ("start_s", pa.float64()), ("end_s", pa.float64()),
-                       ("gpu_utilization", pa.float64()), ("batch_size", pa.float64()),
-                       ("kv_utilization", pa.float64()), ("prefill_tokens", pa.int64()),
-                       ("decode_tokens", pa.int64()), ("gpu", pa.string()), ("tp", pa.int32()),
-                       ("model", pa.string())])
+H100_CAP = 132 * 1980.0  # SMs x boost MHz of one H100-SXM (catalogue)
+TL_SCHEMA = pa.schema(
+    [
+        ("replica", pa.int32()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("gpu_utilization", pa.float64()),
+        ("batch_size", pa.float64()),
+        ("kv_utilization", pa.float64()),
+        ("prefill_tokens", pa.int64()),
+        ("decode_tokens", pa.int64()),
+        ("gpu", pa.string()),
+        ("tp", pa.int32()),
+        ("model", pa.string()),
+    ]
+)
 #: (model, gpu, replicas, tp), replicas numbered group after group
 TWO_GROUPS = [("Llama-3-8B", "A100-80GB", 2, 1), ("Llama-3-70B", "H100-SXM", 1, 2)]
 
 
-def write_groups_sim(sim_dir: Path, segments: dict[int, list[tuple[float, float, float]]], *,
-                     groups=TWO_GROUPS, makespan=None, requests=None, summary_groups=True,
-                     timeline_columns=True) -> Path:
+def write_groups_sim(
+    sim_dir: Path,
+    segments: dict[int, list[tuple[float, float, float]]],
+    *,
+    groups=TWO_GROUPS,
+    makespan=None,
+    requests=None,
+    summary_groups=True,
+    timeline_columns=True,
+) -> Path:
     """A hand-made heterogeneous simulation output: timeline.parquet with
     per-replica gpu/tp/model columns, summary.json with config.replica_groups
     and (optionally) requests.parquet (rows of replica, arrival_s, e2e_s,
@@ -599,9 +738,21 @@ def write_groups_sim(sim_dir: Path, segments: dict[int, list[tuple[float, float,
     for r, segs in segments.items():
         m, g, tp = per_rep[r]
         for s, e, u in segs:
-            rows.append({"replica": r, "start_s": s, "end_s": e, "gpu_utilization": u, "batch_size": 1.0,
-                         "kv_utilization": 0.1, "prefill_tokens": 10, "decode_tokens": 5, "gpu": g, "tp": tp,
-                         "model": m})
+            rows.append(
+                {
+                    "replica": r,
+                    "start_s": s,
+                    "end_s": e,
+                    "gpu_utilization": u,
+                    "batch_size": 1.0,
+                    "kv_utilization": 0.1,
+                    "prefill_tokens": 10,
+                    "decode_tokens": 5,
+                    "gpu": g,
+                    "tp": tp,
+                    "model": m,
+                }
+            )
     table = pa.Table.from_pylist(rows, schema=TL_SCHEMA)
     if not timeline_columns:
         table = table.drop(["gpu", "tp", "model"])
@@ -624,14 +775,30 @@ def write_groups_sim(sim_dir: Path, segments: dict[int, list[tuple[float, float,
 
 
 def two_type_dc(a100_gpus=2, h100_gpus=2, a100_count=1, h100_count=1, **extra) -> dict:
-    d = {"name": "dc", "hosts": [
-        {"name": "a100", "count": a100_count, "gpus_per_host": a100_gpus, "gpu": "A100-80GB",
-         "cpu": {"cores": 16, "mhz": 2000}, "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
-         "memory_gib": 256},
-        {"name": "h100", "count": h100_count, "gpus_per_host": h100_gpus, "gpu": "H100-SXM",
-         "gpu_power_model": {"model": "linear", "idle_w": 90},          # max_w from the catalogue (700 W)
-         "cpu": {"cores": 32, "mhz": 2500}, "cpu_power_model": {"model": "linear", "idle_w": 150, "max_w": 350},
-         "memory_gib": 512}]}
+    d = {
+        "name": "dc",
+        "hosts": [
+            {
+                "name": "a100",
+                "count": a100_count,
+                "gpus_per_host": a100_gpus,
+                "gpu": "A100-80GB",
+                "cpu": {"cores": 16, "mhz": 2000},
+                "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
+                "memory_gib": 256,
+            },
+            {
+                "name": "h100",
+                "count": h100_count,
+                "gpus_per_host": h100_gpus,
+                "gpu": "H100-SXM",
+                "gpu_power_model": {"model": "linear", "idle_w": 90},  # max_w from the catalogue (700 W)
+                "cpu": {"cores": 32, "mhz": 2500},
+                "cpu_power_model": {"model": "linear", "idle_w": 150, "max_w": 350},
+                "memory_gib": 512,
+            },
+        ],
+    }
     d.update(extra)
     return d
 
@@ -647,13 +814,12 @@ def test_two_gpu_types_export_and_topology(tmp_path):
     by_id = t.set_index("id")
     # replica -> task: ids in replica order; rows written largest GPU request first (the H100 task)
     assert t["id"].tolist() == [2, 0, 1]
-    assert by_id.loc[[0, 1, 2], "gpu_count"].tolist() == [108, 108, 2 * 132]       # SMs x GPUs held
+    assert by_id.loc[[0, 1, 2], "gpu_count"].tolist() == [108, 108, 2 * 132]  # SMs x GPUs held
     assert by_id.loc[[0, 1, 2], "gpu_capacity"].tolist() == pytest.approx([A100_CAP, A100_CAP, 2 * H100_CAP])
     assert by_id.loc[[0, 1, 2], "name"].tolist() == ["replica-0", "replica-1", "replica-2"]
     # CPU and host memory from each type's own hosts
     assert by_id.loc[[0, 1, 2], "cpu_capacity"].tolist() == pytest.approx([2000.0, 2000.0, 2500.0])
-    assert by_id.loc[[0, 1, 2], "mem_capacity"].tolist() == [128 * 1024 * 1000, 128 * 1024 * 1000,
-                                                             512 * 1024 * 1000]
+    assert by_id.loc[[0, 1, 2], "mem_capacity"].tolist() == [128 * 1024 * 1000, 128 * 1024 * 1000, 512 * 1024 * 1000]
     # gpu_usage = utilisation x GPUs held x SMs x MHz of the replica's own GPU type
     u = {tid: (g["gpu_usage"] / by_id.loc[tid, "gpu_capacity"]).tolist() for tid, g in f.groupby("id")}
     assert u[0] == pytest.approx([0.5, 0.25]) and u[1] == pytest.approx([0.75]) and u[2] == pytest.approx([1.0, 0.4])
@@ -676,8 +842,10 @@ def test_two_gpu_types_export_and_topology(tmp_path):
     assert planned == {0: ("A100-80GB", "a100"), 1: ("A100-80GB", "a100"), 2: ("H100-SXM", "h100")}
     assert stats["gpu"] == ["A100-80GB", "H100-SXM"] and stats["tp"] == [1, 2]
     assert stats["gpu_capacity_mhz_per_gpu"] == pytest.approx({"A100-80GB": A100_CAP, "H100-SXM": H100_CAP})
-    assert [(g["gpu"], g["replicas"], g["tp"]) for g in stats["replica_groups"]] == \
-        [("A100-80GB", 2, 1), ("H100-SXM", 1, 2)]
+    assert [(g["gpu"], g["replicas"], g["tp"]) for g in stats["replica_groups"]] == [
+        ("A100-80GB", 2, 1),
+        ("H100-SXM", 1, 2),
+    ]
     # GPU energy with each type's linear model (one GPU of A100: 60..400 W; H100 here: 90..700 W)
     e = (60 * 2 + 340 * (0.5 + 0.25)) + (60 * 2 + 340 * 0.75 * 2) + 2 * (90 * 2 + 610 * (1.0 + 0.4))
     assert stats["gpu_energy_linear_wh"] * 3600 == pytest.approx(e, rel=1e-12)
@@ -723,8 +891,11 @@ def test_plan_replicas_first_fit_decreasing_per_type():
     # tp=1, tp=1, tp=2 A100 replicas on one 4-GPU host: tp=2 placed first, all fit
     plans = plan_replicas(hosts, [("A100-80GB", 1), ("A100-80GB", 1), ("A100-80GB", 2), ("H100-SXM", 4)])
     assert [(p.task_id, p.replica, p.gpus, hosts[p.host_entry].name, p.gpu_type) for p in plans] == [
-        (0, 0, 1, "a100", "A100-80GB"), (1, 1, 1, "a100", "A100-80GB"), (2, 2, 2, "a100", "A100-80GB"),
-        (3, 3, 4, "h100", "H100-SXM")]
+        (0, 0, 1, "a100", "A100-80GB"),
+        (1, 1, 1, "a100", "A100-80GB"),
+        (2, 2, 2, "a100", "A100-80GB"),
+        (3, 3, 4, "h100", "H100-SXM"),
+    ]
     # a replica larger than the type's hosts is split over them
     plans = plan_replicas(opendc_hosts(load_datacenter(two_type_dc(h100_gpus=8))), [("H100-SXM", 8)])
     assert [p.gpus for p in plans] == [4, 4]
@@ -739,15 +910,17 @@ def test_host_group_without_gpu_type_with_several_types(tmp_path):
     assert "host group 'h100' names no GPU type" in str(ei.value) and "hosts[1].gpu" in str(ei.value)
     # a host group of a type no replica runs on is refused (OpenDC could put replicas there)
     d = two_type_dc()
-    d["hosts"].append({"name": "l4", "gpus_per_host": 2, "gpu": "L4", "cpu": {"cores": 8, "mhz": 2000},
-                       "memory_gib": 64})
+    d["hosts"].append(
+        {"name": "l4", "gpus_per_host": 2, "gpu": "L4", "cpu": {"cores": 8, "mhz": 2000}, "memory_gib": 64}
+    )
     with pytest.raises(KavierInputError, match=r"GPU type\(s\) \['L4'\] but the simulation ran on"):
         write_opendc_inputs(sim, d, tmp_path / "odc2")
 
 
 def test_one_type_keeps_unnamed_host_groups_and_scalar_stats(tmp_path):
-    sim = write_groups_sim(tmp_path / "sim", {0: [(0, 1, 0.5)], 1: [(0, 1, 0.25)]},
-                           groups=[("Llama-3-8B", "H100-SXM", 2, 1)])
+    sim = write_groups_sim(
+        tmp_path / "sim", {0: [(0, 1, 0.5)], 1: [(0, 1, 0.25)]}, groups=[("Llama-3-8B", "H100-SXM", 2, 1)]
+    )
     d = dc(gpus_per_host=2)
     del d["hosts"][0]["gpu"]
     stats = write_opendc_inputs(sim, d, tmp_path / "odc")
@@ -774,8 +947,10 @@ def test_replica_types_from_timeline_columns_and_mismatch(tmp_path):
     assert stats["tasks"] == 3 and stats["fragments_per_task"] == [1, 1, 1]
     # the summary's groups and the timeline disagree
     summary = json.loads((sim / "summary.json").read_text())
-    summary["config"]["replica_groups"] = [{"model": "m", "gpu": "H100-SXM", "replicas": 1, "tp": 2},
-                                           {"model": "m", "gpu": "A100-80GB", "replicas": 2, "tp": 1}]
+    summary["config"]["replica_groups"] = [
+        {"model": "m", "gpu": "H100-SXM", "replicas": 1, "tp": 2},
+        {"model": "m", "gpu": "A100-80GB", "replicas": 2, "tp": 1},
+    ]
     (sim / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(KavierInputError, match="replica 0 runs on 'A100-80GB' in the timeline but on 'H100-SXM'"):
         read_simulation(sim)
@@ -794,17 +969,22 @@ def test_aggregated_host_energy_counts_each_gpu_once(tmp_path):
 
 # ------------------------------------------------------- per-request mode --
 
+
 def _requests_case(tmp_path: Path) -> Path:
     """One A100 replica and one H100 tp=2 replica with overlapping requests,
     sub-millisecond times and a little busy time outside every request."""
-    segs = {0: [(0.0, 0.5004, 0.9), (0.5004, 1.2, 0.6), (1.2, 2.0, 0.3), (2.0, 2.01, 0.2)],
-            2: [(0.1, 1.0003, 0.8), (1.0003, 2.0, 0.5)]}
-    reqs = {"replica": [0, 0, 0, 2, 2, 1],
-            "arrival_s": [0.0, 0.2502, 0.9, 0.1, 0.6001, 0.5],
-            "e2e_s": [1.2, 1.7498, 0.7, 1.9, 0.9, float("nan")],
-            "num_input_tokens": [100, 300, 50, 400, 200, 10],
-            "num_output_tokens": [20, 60, 10, 100, 50, 0],
-            "status": ["finished"] * 5 + ["rejected"]}
+    segs = {
+        0: [(0.0, 0.5004, 0.9), (0.5004, 1.2, 0.6), (1.2, 2.0, 0.3), (2.0, 2.01, 0.2)],
+        2: [(0.1, 1.0003, 0.8), (1.0003, 2.0, 0.5)],
+    }
+    reqs = {
+        "replica": [0, 0, 0, 2, 2, 1],
+        "arrival_s": [0.0, 0.2502, 0.9, 0.1, 0.6001, 0.5],
+        "e2e_s": [1.2, 1.7498, 0.7, 1.9, 0.9, float("nan")],
+        "num_input_tokens": [100, 300, 50, 400, 200, 10],
+        "num_output_tokens": [20, 60, 10, 100, 50, 0],
+        "status": ["finished"] * 5 + ["rejected"],
+    }
     return write_groups_sim(tmp_path / "sim", segs, makespan=2.01, requests=reqs)
 
 
@@ -816,14 +996,19 @@ def test_per_request_schema_and_layout(tmp_path):
     assert t.schema.equals(TASKS_SCHEMA, check_metadata=False)
     assert f.schema.equals(FRAGMENTS_SCHEMA, check_metadata=False)
     ps = pq.ParquetFile(out / "tasks.parquet").schema
-    phys = {ps.column(i).name: (ps.column(i).physical_type, ps.column(i).max_definition_level)
-            for i in range(len(ps.names))}
+    phys = {
+        ps.column(i).name: (ps.column(i).physical_type, ps.column(i).max_definition_level) for i in range(len(ps.names))
+    }
     assert phys["id"] == ("INT32", 0) and phys["submission_time"] == ("INT64", 0)
     assert phys["duration"] == ("INT64", 0) and phys["mem_capacity"] == ("INT64", 0)
     assert phys["cpu_count"] == ("INT32", 0) and phys["cpu_capacity"] == ("DOUBLE", 0)
     fs = pq.ParquetFile(out / "fragments.parquet").schema
-    assert {fs.column(i).name: fs.column(i).physical_type for i in range(len(fs.names))} == \
-        {"id": "INT32", "duration": "INT64", "cpu_usage": "DOUBLE", "gpu_usage": "DOUBLE"}
+    assert {fs.column(i).name: fs.column(i).physical_type for i in range(len(fs.names))} == {
+        "id": "INT32",
+        "duration": "INT64",
+        "cpu_usage": "DOUBLE",
+        "gpu_usage": "DOUBLE",
+    }
     assert all(t.column(c).null_count == 0 for c in t.column_names)
     td, fd = t.to_pandas(), f.to_pandas()
     # the rejected request is left out; tasks in arrival order, one fragment each
@@ -831,7 +1016,7 @@ def test_per_request_schema_and_layout(tmp_path):
     assert td["name"].tolist() == ["request-0", "request-3", "request-1", "request-4", "request-2"]
     assert fd["id"].tolist() == td["id"].tolist() == [0, 1, 2, 3, 4]
     sub = td["submission_time"].astype("int64").to_numpy() - 1640995200000
-    assert sub.tolist() == [0, 100, 250, 600, 900]               # arrival in epoch ms
+    assert sub.tolist() == [0, 100, 250, 600, 900]  # arrival in epoch ms
     assert td["duration"].tolist() == [1200, 1900, 1750, 900, 700] == fd["duration"].tolist()
     # resources: the replica's capacity, its GPU cores shared by its peak concurrency (A100: 3, H100: 2)
     assert td["gpu_capacity"].tolist() == pytest.approx([A100_CAP, 2 * H100_CAP, A100_CAP, 2 * H100_CAP, A100_CAP])
@@ -852,17 +1037,19 @@ def test_per_request_attribution_by_hand():
     a = 0.8 * 1 + 0.8 * 1 / 4 + 0.2 * 1 / 4 + 0.2 * 1
     b = 0.8 * 1 * 3 / 4 + 0.2 * 1 * 3 / 4
     assert busy.tolist() == pytest.approx([a, b]) and un == 0.0
-    assert busy.sum() == pytest.approx(0.8 * 2 + 0.2 * 2)           # busy GPU time conserved
+    assert busy.sum() == pytest.approx(0.8 * 2 + 0.2 * 2)  # busy GPU time conserved
     assert share.tolist() == pytest.approx([1 + 0.5 + 1, 1.5])
     # busy time with no request in flight is reported, not attributed
     busy, _, un = attribute_gpu_time([0, 2, 4], [0.8, 0.2], [0.5], [2.0], [5])
     assert busy.tolist() == pytest.approx([1.2]) and un == pytest.approx(0.4 + 0.4)
-    assert peak_concurrency([0, 1, 3], [3, 3, 4]) == 2           # [0,3) [1,3) [3,4): ends before starts
+    assert peak_concurrency([0, 1, 3], [3, 3, 4]) == 2  # [0,3) [1,3) [3,4): ends before starts
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.floats(0, 9), st.floats(0, 3), st.integers(1, 5000)), min_size=1, max_size=30),
-       st.lists(st.floats(0, 1), min_size=10, max_size=10))
+@given(
+    st.lists(st.tuples(st.floats(0, 9), st.floats(0, 3), st.integers(1, 5000)), min_size=1, max_size=30),
+    st.lists(st.floats(0, 1), min_size=10, max_size=10),
+)
 def test_attribution_conserves_busy_time(reqs, utils):
     bounds = np.arange(11, dtype=float)
     a = np.array([r[0] for r in reqs])
@@ -909,12 +1096,13 @@ def test_per_request_energy_close_to_adaptive(tmp_path):
         idle, mx, cap = pw[rep_gpu[int(req.loc[i, "replica"])]]
         e_pr += (mx - idle) * fr.loc[i, "gpu_usage"] / cap * fr.loc[i, "duration"] / 1000.0
     assert e_pr == pytest.approx(e_ad, rel=0.02)
-    assert e_pr != pytest.approx(e_ad, rel=1e-6)        # the case does exercise the differences
+    assert e_pr != pytest.approx(e_ad, rel=1e-6)  # the case does exercise the differences
     # the statistics say the same
     assert ad["gpu_energy_linear_wh"] * 3600 == pytest.approx(e_ad, rel=1e-9)
     assert pr["gpu_energy_linear_wh"] * 3600 == pytest.approx(e_pr, rel=1e-9)
-    assert pr["gpu_busy_seconds"] + pr["gpu_busy_seconds_unattributed"] == \
-        pytest.approx(pr["gpu_busy_seconds_timeline"], rel=1e-12)
+    assert pr["gpu_busy_seconds"] + pr["gpu_busy_seconds_unattributed"] == pytest.approx(
+        pr["gpu_busy_seconds_timeline"], rel=1e-12
+    )
     assert pr["gpu_busy_seconds_timeline"] == pytest.approx(ad["gpu_busy_seconds"], rel=1e-3)
 
 
@@ -926,9 +1114,19 @@ def test_per_request_needs_requests_file(tmp_path):
 
 # ----------------------------------------------------------------- non-linear power curves (issue 17 item 9)
 def _one_gpu_dc(model: str) -> dict:
-    return {"name": "dc", "hosts": [
-        {"name": "n", "gpus_per_host": 1, "gpu": "A100-80GB", "cpu": {"cores": 16, "mhz": 2000},
-         "gpu_power_model": {"model": model, "idle_w": 100, "max_w": 400}, "memory_gib": 256}]}
+    return {
+        "name": "dc",
+        "hosts": [
+            {
+                "name": "n",
+                "gpus_per_host": 1,
+                "gpu": "A100-80GB",
+                "cpu": {"cores": 16, "mhz": 2000},
+                "gpu_power_model": {"model": model, "idle_w": 100, "max_w": 400},
+                "memory_gib": 256,
+            }
+        ],
+    }
 
 
 def test_a_curved_gpu_power_model_says_what_merging_does_to_energy_and_peak(tmp_path):
@@ -951,8 +1149,9 @@ def test_a_curved_gpu_power_model_says_what_merging_does_to_energy_and_peak(tmp_
 
 def test_a_linear_curve_or_the_segments_export_needs_no_note(tmp_path):
     sim = write_sim(tmp_path / "sim", {0: [(0.0, 1.0, 0.0), (1.0, 2.0, 1.0)]})
-    assert "power_curve" not in write_opendc_inputs(sim, _one_gpu_dc("linear"), tmp_path / "a", mode="interval",
-                                                    interval_s=2.0)
+    assert "power_curve" not in write_opendc_inputs(
+        sim, _one_gpu_dc("linear"), tmp_path / "a", mode="interval", interval_s=2.0
+    )
     assert "power_curve" not in write_opendc_inputs(sim, _one_gpu_dc("cubic"), tmp_path / "b", mode="segments")
     flat = write_sim(tmp_path / "flat", {0: [(0.0, 1.0, 0.5), (1.0, 2.0, 0.5)]})
     same = write_opendc_inputs(flat, _one_gpu_dc("square"), tmp_path / "c", mode="interval", interval_s=2.0)

@@ -15,8 +15,12 @@ from test_pipeline import tiny_experiment
 def _exported(tmp_path):
     exp = tiny_experiment(tmp_path)
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "run", str(exp), "--out", str(out),
-                        "--no-plots", "--quiet"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "run", str(exp), "--out", str(out), "--no-plots", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     return out / "opendc"
 
@@ -32,9 +36,13 @@ def test_a_gpu_workload_on_hosts_without_gpus_is_refused_before_opendc_starts(tm
         for h in cl["hosts"]:
             h.pop("gpu", None)
             h.pop("gpuPowerModel", None)
-    topo_path.write_text(json.dumps(topo))   # the copy's paths are relative: it runs on its own files
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "opendc", str(copy), "--quiet"],
-                       capture_output=True, text=True, timeout=120)   # hung for ever before
+    topo_path.write_text(json.dumps(topo))  # the copy's paths are relative: it runs on its own files
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "opendc", str(copy), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # hung for ever before
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "needs 108 GPU cores but the topology has no GPU at all, so OpenDC would wait for ever" in r.stderr
     assert not (copy / "output").exists() and not (copy / "sustainability.json").exists()
@@ -50,6 +58,10 @@ def test_a_task_larger_than_every_host_is_refused(tmp_path):
             h["gpu"]["count"] = 0 if h["gpu"]["count"] > 1 else h["gpu"]["count"]
             h["cpu"]["coreCount"] = 0
     topo_path.write_text(json.dumps(topo))
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "opendc", str(d), "--quiet"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "opendc", str(d), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "needs 1 CPU cores but the largest host has 0" in r.stderr

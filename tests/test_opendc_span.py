@@ -39,15 +39,31 @@ def no_opendc(monkeypatch):
 
 def _experiment(tmp: Path, arrivals, interval_s=1) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "trace.csv").write_text("arrival_time_s,num_input_tokens,num_output_tokens\n"
-                                   + "".join(f"{a!r},200,50\n" for a in arrivals))
-    doc = {"name": "idle", "model": "Llama-3-8B", "gpu": "A100-80GB", "seed": 7, "trace": "trace.csv",
-           "serving": {"replicas": 1},
-           "datacenter": {"start": "2022-01-01T12:00:00", "export_interval_s": interval_s,
-                          "hosts": [{"name": "node", "gpus_per_host": 1, "cpu": {"cores": 16, "mhz": 2000},
-                                     "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
-                                     "memory_gib": 256}]},
-           "carbon": {"synthetic": {"mean": 250, "amplitude": 100, "trough_hour": 12}}}
+    (tmp / "trace.csv").write_text(
+        "arrival_time_s,num_input_tokens,num_output_tokens\n" + "".join(f"{a!r},200,50\n" for a in arrivals)
+    )
+    doc = {
+        "name": "idle",
+        "model": "Llama-3-8B",
+        "gpu": "A100-80GB",
+        "seed": 7,
+        "trace": "trace.csv",
+        "serving": {"replicas": 1},
+        "datacenter": {
+            "start": "2022-01-01T12:00:00",
+            "export_interval_s": interval_s,
+            "hosts": [
+                {
+                    "name": "node",
+                    "gpus_per_host": 1,
+                    "cpu": {"cores": 16, "mhz": 2000},
+                    "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
+                    "memory_gib": 256,
+                }
+            ],
+        },
+        "carbon": {"synthetic": {"mean": 250, "amplitude": 100, "trough_hour": 12}},
+    }
     (tmp / "exp.yaml").write_text(yaml.safe_dump(doc))
     return tmp / "exp.yaml"
 
@@ -59,10 +75,11 @@ def test_the_message_names_span_interval_limit_and_what_to_do():
     assert "30,000,001 export intervals of 1 s" in msg
     assert f"above the limit of {LIMIT:,} export intervals" in msg
     assert "datacenter.export_interval_s to at least 4 s" in msg
-    assert "split the trace (its longest idle gap: 29,999,999.0 s between the arrivals at 1.0 s and " \
-           "30,000,000.0 s)" in msg
+    assert (
+        "split the trace (its longest idle gap: 29,999,999.0 s between the arrivals at 1.0 s and 30,000,000.0 s)" in msg
+    )
     assert "--no-opendc" in msg
-    assert span_problem(YEAR_S, 3) is None                # 10,000,000 intervals: at the limit, allowed
+    assert span_problem(YEAR_S, 3) is None  # 10,000,000 intervals: at the limit, allowed
     assert span_problem(LIMIT + 1, 1) is not None
     assert span_problem(3600.0, 1) is None
 
@@ -75,7 +92,7 @@ def test_kavier_run_refuses_a_year_long_idle_span_before_anything(tmp_path, caps
     assert err.startswith("kavier: error: ") and err.count("\n") == 1
     assert "trace: the run spans 30,000,000.0 s of simulated time" in err
     assert "at least 3 s" in err and "split the trace" in err
-    assert not out.exists()                              # refused before the output folder was made
+    assert not out.exists()  # refused before the output folder was made
 
 
 def test_a_makespan_over_the_limit_stops_at_the_export_stage(tmp_path, capsys, no_opendc):
@@ -87,7 +104,7 @@ def test_a_makespan_over_the_limit_stops_at_the_export_stage(tmp_path, capsys, n
     assert "simulation makespan: the run spans 10,000,000" in err and "10,000,001 export intervals" in err
     marker = (out / "INCOMPLETE").read_text()
     assert "FAILED during stage 'export'" in marker and "export intervals" in marker
-    assert not (out / "opendc").exists()                 # nothing of OpenDC half-written
+    assert not (out / "opendc").exists()  # nothing of OpenDC half-written
     assert (out / "simulation" / "timeline.parquet").is_file()
 
 
@@ -95,15 +112,17 @@ def test_export_opendc_refuses_before_writing(tmp_path, capsys, no_opendc):
     sim = write_sim(tmp_path / "sim", {0: [(0, 1, 0.6), (1, YEAR_S - 1, 0.0), (YEAR_S - 1, YEAR_S, 0.6)]})
     (tmp_path / "dc.json").write_text(json.dumps(dc(export_interval_s=1)))
     out = tmp_path / "odc"
-    assert main(["export-opendc", str(sim), "--datacenter", str(tmp_path / "dc.json"), "--out", str(out),
-                 "--quiet"]) == 2
+    assert (
+        main(["export-opendc", str(sim), "--datacenter", str(tmp_path / "dc.json"), "--out", str(out), "--quiet"]) == 2
+    )
     err = capsys.readouterr().err
     assert "summary.json: makespan_s: the run spans 30,000,000.0 s" in err
     assert "datacenter.export_interval_s to at least 3 s" in err
     assert not out.exists()
-    (tmp_path / "dc.json").write_text(json.dumps(dc(export_interval_s=3)))   # what the message says works
-    assert main(["export-opendc", str(sim), "--datacenter", str(tmp_path / "dc.json"), "--out", str(out),
-                 "--quiet"]) == 0
+    (tmp_path / "dc.json").write_text(json.dumps(dc(export_interval_s=3)))  # what the message says works
+    assert (
+        main(["export-opendc", str(sim), "--datacenter", str(tmp_path / "dc.json"), "--out", str(out), "--quiet"]) == 0
+    )
     assert experiment_dir_span(out) == (YEAR_S, 3.0)
 
 
@@ -112,7 +131,7 @@ def test_kavier_opendc_refuses_a_folder_before_the_jvm(tmp_path, capsys, no_open
     odc = tmp_path / "odc"
     write_opendc_inputs(sim, dc(export_interval_s=100), odc)
     exp = json.loads((odc / "experiment.json").read_text())
-    exp["exportModels"] = [{"exportInterval": 1}]        # a hand-edited folder
+    exp["exportModels"] = [{"exportInterval": 1}]  # a hand-edited folder
     (odc / "experiment.json").write_text(json.dumps(exp))
     assert main(["opendc", str(odc), "--quiet"]) == 2
     err = capsys.readouterr().err

@@ -33,7 +33,7 @@ def _pid_alive(pid: int) -> bool:
     """Whether ``pid`` is a live process (a zombie is not)."""
     try:
         import psutil
-    except ImportError:   # /proc instead
+    except ImportError:  # /proc instead
         stat = Path(f"/proc/{pid}/stat")
         try:
             return stat.read_text().split(") ", 1)[1][0] != "Z"
@@ -50,8 +50,22 @@ def folders(tmp_path_factory):
     """An exported OpenDC folder (``good``) and a copy of it whose hosts have no GPU (``nogpu``)."""
     tmp = tmp_path_factory.mktemp("watchdog")
     exp = tiny_experiment(tmp)
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "run", str(exp), "--out", str(tmp / "run"),
-                        "--no-plots", "--quiet"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kavier_opendc.cli",
+            "run",
+            str(exp),
+            "--out",
+            str(tmp / "run"),
+            "--no-plots",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     good = tmp / "run" / "opendc"
     nogpu = tmp / "nogpu"
@@ -86,9 +100,14 @@ _CLI_WITHOUT_FIT_CHECK = textwrap.dedent("""
 
 def _stalled_cli(folder: Path, pid_file: Path, *args: str, env: dict | None = None):
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-c", _CLI_WITHOUT_FIT_CHECK, str(folder), str(pid_file), *args],
-                       capture_output=True, text=True, timeout=120, cwd=REPO,
-                       env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    r = subprocess.run(
+        [sys.executable, "-c", _CLI_WITHOUT_FIT_CHECK, str(folder), str(pid_file), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    )
     return r, time.monotonic() - t0
 
 
@@ -98,11 +117,11 @@ def _check_stopped(r, elapsed: float, folder: Path, pid_file: Path, limit: float
     err = r.stderr
     assert "Traceback" not in err and "ERROR:py4j" not in err, err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("kavier: error: "), err   # one paragraph
+    assert len(lines) == 1 and lines[0].startswith("kavier: error: "), err  # one paragraph
     assert f"OpenDC stopped advancing on {folder.resolve()}: no progress for" in err
     assert f"(the stall limit is {limit:g} s), so the watchdog killed its JVM" in err
     assert "the last progress reached: 0% of the (scenario, seed) runs finished" in err
-    assert "0 active, 2 pending, 0 completed" in err   # OpenDC's own task counts: nothing could start
+    assert "0 active, 2 pending, 0 completed" in err  # OpenDC's own task counts: nothing could start
     assert "keeps its INCOMPLETE marker" in err
     assert "a GPU task needs hosts with a gpu section" in err
     assert f"--stall-timeout S' or {limits.OPENDC_STALL_ENV}=S" in err
@@ -138,7 +157,7 @@ def test_a_reused_bridge_is_closed_and_the_next_worker_run_gets_a_fresh_one(fold
     good_copy = tmp_path / "good"
     shutil.copytree(good, good_copy)
     monkeypatch.setattr(results, "check_tasks_fit", lambda exp: None)
-    assert issubclass(OpenDCStallError, OpenDCBridgeError)   # the worker closes its bridge on these
+    assert issubclass(OpenDCStallError, OpenDCBridgeError)  # the worker closes its bridge on these
     monkeypatch.setattr(executor, "_BRIDGE", None)
     try:
         first, _ = executor.worker_bridge()
@@ -156,7 +175,7 @@ def test_a_reused_bridge_is_closed_and_the_next_worker_run_gets_a_fresh_one(fold
         # a normal run: its progress pauses for a second or two, far below the limit
         res = results.run_opendc_dir(good_copy, bridge=second, stall_timeout=20)
         assert res["energy_wh"] > 0 and not (good_copy / "output" / "INCOMPLETE").exists()
-        assert second.alive   # the same JVM serves the worker's next run
+        assert second.alive  # the same JVM serves the worker's next run
     finally:
         executor.close_worker_bridge()
 
@@ -166,10 +185,16 @@ def test_a_reused_bridge_is_closed_and_the_next_worker_run_gets_a_fresh_one(fold
 
 def _metrics(hours: int, total: int, active: int, pending: int, completed: int) -> list[str]:
     """The lines of one ComputeMetricReader block as OpenDC 2.4u logs them."""
-    return ["09:08:36.385 [WARN ] org.opendc.compute.simulator.telemetry.ComputeMetricReader - ",
-            f"\t\t\t\t\tMetrics after {hours} hours:", f"\t\t\t\t\t\tTasks Total: {total}",
-            f"\t\t\t\t\t\tTasks Active: {active}", f"\t\t\t\t\t\tTasks Pending: {pending}",
-            f"\t\t\t\t\t\tTasks Completed: {completed}", "\t\t\t\t\t\tTasks Terminated: 0", ""]
+    return [
+        "09:08:36.385 [WARN ] org.opendc.compute.simulator.telemetry.ComputeMetricReader - ",
+        f"\t\t\t\t\tMetrics after {hours} hours:",
+        f"\t\t\t\t\t\tTasks Total: {total}",
+        f"\t\t\t\t\t\tTasks Active: {active}",
+        f"\t\t\t\t\t\tTasks Pending: {pending}",
+        f"\t\t\t\t\t\tTasks Completed: {completed}",
+        "\t\t\t\t\t\tTasks Terminated: 0",
+        "",
+    ]
 
 
 def _feed(watch: _Watch, lines: list[str]) -> bool:
@@ -183,24 +208,24 @@ def _feed(watch: _Watch, lines: list[str]) -> bool:
 
 def test_what_counts_as_progress():
     w = _Watch()
-    assert _feed(w, _metrics(0, 2, 0, 2, 0))          # the first metrics
-    assert _feed(w, _metrics(1, 2, 2, 0, 0))          # simulated time moves on with tasks running
+    assert _feed(w, _metrics(0, 2, 0, 2, 0))  # the first metrics
+    assert _feed(w, _metrics(1, 2, 2, 0, 0))  # simulated time moves on with tasks running
     assert _feed(w, _metrics(2, 2, 2, 0, 0))
-    assert not _feed(w, _metrics(2, 2, 2, 0, 0))      # nothing moved
-    assert _feed(w, _metrics(3, 2, 1, 0, 1))          # a task finished
-    assert _feed(w, _metrics(4, 3, 1, 0, 1))          # a task submitted
-    assert not _feed(w, _metrics(5, 3, 0, 2, 1))      # time moves, tasks wait, none runs: OpenDC spinning
+    assert not _feed(w, _metrics(2, 2, 2, 0, 0))  # nothing moved
+    assert _feed(w, _metrics(3, 2, 1, 0, 1))  # a task finished
+    assert _feed(w, _metrics(4, 3, 1, 0, 1))  # a task submitted
+    assert not _feed(w, _metrics(5, 3, 0, 2, 1))  # time moves, tasks wait, none runs: OpenDC spinning
     assert not _feed(w, _metrics(6, 3, 0, 2, 1))
     assert "no task has run or finished since simulated hour 4" in w.describe()
-    assert not _feed(w, ["Tasks Total: 9", "some other line"])   # outside a block
+    assert not _feed(w, ["Tasks Total: 9", "some other line"])  # outside a block
     before = w.last_advance
     time.sleep(0.002)
-    w.note(0.0, "simulating scenario 1/1 (id 0), seed 0 of 1")   # the bridge's phase changed
+    w.note(0.0, "simulating scenario 1/1 (id 0), seed 0 of 1")  # the bridge's phase changed
     assert w.last_advance != before
     before = w.last_advance
     w.note(0.0, "simulating scenario 1/1 (id 0), seed 0 of 1")
     assert w.last_advance == before
-    w.note(0.5, "simulating scenario 1/1 (id 0), seed 0 of 1")   # a (scenario, seed) run finished
+    w.note(0.5, "simulating scenario 1/1 (id 0), seed 0 of 1")  # a (scenario, seed) run finished
     assert w.last_advance != before and "50% of the (scenario, seed) runs finished" in w.describe()
 
 
@@ -210,7 +235,7 @@ def test_the_stall_limit(monkeypatch):
     assert limits.opendc_stall_s(5) == 5
     monkeypatch.setenv(limits.OPENDC_STALL_ENV, "0")
     assert limits.opendc_stall_s() == 0
-    assert limits.opendc_stall_s(7) == 7   # an explicit value wins
+    assert limits.opendc_stall_s(7) == 7  # an explicit value wins
     for bad in ("soon", "-1", "nan", "1e9"):
         monkeypatch.setenv(limits.OPENDC_STALL_ENV, bad)
         with pytest.raises(KavierInputError, match=limits.OPENDC_STALL_ENV):
@@ -218,7 +243,11 @@ def test_the_stall_limit(monkeypatch):
 
 
 def test_the_stall_timeout_flag_is_checked(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "opendc", str(tmp_path), "--stall-timeout",
-                        "-1"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "opendc", str(tmp_path), "--stall-timeout", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert r.returncode == 2 and "--stall-timeout must be >= 0" in r.stderr and "Traceback" not in r.stderr
-

@@ -27,8 +27,13 @@ from test_pipeline import FakeOpenDC, tiny_experiment
 
 def _result(sessions: bool = False):
     import numpy as np
-    tr = Trace(np.array([0.0, 0.5, 1.0]), np.array([100, 200, 50]), np.array([10, 5, 20]),
-               session_id=np.array([1, 1, 2]) if sessions else None)
+
+    tr = Trace(
+        np.array([0.0, 0.5, 1.0]),
+        np.array([100, 200, 50]),
+        np.array([10, 5, 20]),
+        session_id=np.array([1, 1, 2]) if sessions else None,
+    )
     return simulate(tr, toy(), progress=False)
 
 
@@ -51,8 +56,10 @@ def test_a_folder_reads_back_as_the_same_output(tmp_path):
     mem = SimulationOutput.from_result(result)
     assert back.requests.equals(mem.requests) and back.timeline.equals(mem.timeline)
     assert back.summary == json.loads((tmp_path / "sim" / "summary.json").read_text())
-    assert (back.summary["num_finished"], back.summary["makespan_s"]) == (summary["num_finished"],
-                                                                           summary["makespan_s"])
+    assert (back.summary["num_finished"], back.summary["makespan_s"]) == (
+        summary["num_finished"],
+        summary["makespan_s"],
+    )
     assert back.folder == tmp_path / "sim"
     # the export's view is the same whether it reads the folder or gets the output in memory
     a, b = read_simulation(tmp_path / "sim"), read_simulation(back)
@@ -66,8 +73,10 @@ def test_a_missing_or_broken_output_is_a_clear_error(tmp_path):
     (tmp_path / "timeline.parquet").write_text("not parquet")
     with pytest.raises(KavierInputError, match="cannot read Parquet"):
         SimulationOutput.read(tmp_path)
-    pq.write_table(pa.table({"replica": [0], "start_s": [0.0], "end_s": [1.0], "gpu_utilization": [0.5]}),
-                   tmp_path / "timeline.parquet")
+    pq.write_table(
+        pa.table({"replica": [0], "start_s": [0.0], "end_s": [1.0], "gpu_utilization": [0.5]}),
+        tmp_path / "timeline.parquet",
+    )
     (tmp_path / "summary.json").write_text("[1, 2]")
     with pytest.raises(KavierInputError, match="summary.json: the document is list, not an object"):
         SimulationOutput.read(tmp_path)
@@ -84,8 +93,8 @@ def test_kavier_run_reads_nothing_back_from_its_simulation_folder(tmp_path, monk
     real_read_table, real_read_parquet = pq.read_table, __import__("pandas").read_parquet
     monkeypatch.setattr(pq, "read_table", lambda p, *a, **k: (reads.append(str(p)), real_read_table(p, *a, **k))[1])
     import pandas as pd
-    monkeypatch.setattr(pd, "read_parquet", lambda p, *a, **k: (reads.append(str(p)),
-                                                               real_read_parquet(p, *a, **k))[1])
+
+    monkeypatch.setattr(pd, "read_parquet", lambda p, *a, **k: (reads.append(str(p)), real_read_parquet(p, *a, **k))[1])
     run_experiment(exp, tmp_path / "out", bridge=FakeOpenDC(), quiet=True, command="test")
     assert (tmp_path / "out" / "simulation" / "timeline.parquet").is_file()
     assert not [p for p in reads if "simulation" in p], reads

@@ -14,8 +14,9 @@ SIM = ["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kavier_opendc.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_simulate_keeps_a_complete_earlier_simulation_unless_told(tmp_path):
@@ -26,7 +27,7 @@ def test_simulate_keeps_a_complete_earlier_simulation_unless_told(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"kavier: error: --out: {out} already holds a complete simulation" in r.stderr
     assert "--overwrite to replace it" in r.stderr
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before   # nothing touched
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing touched
     assert cli(*SIM, "--out", out, "--replicas", "2", "--overwrite").returncode == 0
     assert (out / "summary.json").stat().st_mtime_ns != before["summary.json"]
 
@@ -34,11 +35,11 @@ def test_simulate_keeps_a_complete_earlier_simulation_unless_told(tmp_path):
 def test_an_incomplete_or_foreign_folder_is_no_complete_result(tmp_path):
     out = tmp_path / "sim"
     assert cli(*SIM, "--out", out).returncode == 0
-    (out / INCOMPLETE).write_text("killed\n")          # a failed or killed run: replaced without asking
+    (out / INCOMPLETE).write_text("killed\n")  # a failed or killed run: replaced without asking
     assert cli(*SIM, "--out", out).returncode == 0
     other = tmp_path / "other"
     other.mkdir()
-    (other / "notes.txt").write_text("mine")            # a folder without a result: written into as before
+    (other / "notes.txt").write_text("mine")  # a folder without a result: written into as before
     assert cli(*SIM, "--out", other).returncode == 0 and (other / "notes.txt").read_text() == "mine"
 
 

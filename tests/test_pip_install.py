@@ -21,8 +21,16 @@ from conftest import REPO, skip_without_opendc
 
 
 def _tracked_copy(dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         src = REPO / rel
         if src.is_symlink():  # kavier_opendc/schemas -> ../schemas: a link, as git checks it out
@@ -43,8 +51,12 @@ def pip_installed(tmp_path_factory) -> dict:
     env_dir = root / "venv"
     venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
     bin_dir = env_dir / ("Scripts" if os.name == "nt" else "bin")
-    proc = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                           str(src)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(src)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAVIER_BRIDGE_JAR", "PYTHONPATH"))}
     env.update(XDG_DATA_HOME=str(root / "xdg"), MPLBACKEND="Agg", PATH=f"{bin_dir}{os.pathsep}{env['PATH']}")
@@ -52,28 +64,50 @@ def pip_installed(tmp_path_factory) -> dict:
 
 
 def _run(pip_installed: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(pip_installed["bin"] / "kavier"), *args], capture_output=True, text=True,
-                          env=pip_installed["env"], cwd=pip_installed["root"], timeout=timeout)
+    return subprocess.run(
+        [str(pip_installed["bin"] / "kavier"), *args],
+        capture_output=True,
+        text=True,
+        env=pip_installed["env"],
+        cwd=pip_installed["root"],
+        timeout=timeout,
+    )
 
 
 def test_installed_package_is_not_the_checkout(pip_installed):
-    proc = subprocess.run([str(pip_installed["bin"] / "python"), "-c",
-                           "import kavier_opendc.opendc.jvm as b, matplotlib; "
-                           "print(b.in_source_checkout(), (b.PACKAGED_BRIDGE_DIR / 'pom.xml').is_file())"],
-                          capture_output=True, text=True, env=pip_installed["env"], cwd=pip_installed["root"])
+    proc = subprocess.run(
+        [
+            str(pip_installed["bin"] / "python"),
+            "-c",
+            "import kavier_opendc.opendc.jvm as b, matplotlib; "
+            "print(b.in_source_checkout(), (b.PACKAGED_BRIDGE_DIR / 'pom.xml').is_file())",
+        ],
+        capture_output=True,
+        text=True,
+        env=pip_installed["env"],
+        cwd=pip_installed["root"],
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "True"]   # no checkout; the bridge's Maven project is shipped
+    assert proc.stdout.split() == ["False", "True"]  # no checkout; the bridge's Maven project is shipped
 
 
 def test_installed_package_holds_real_schema_files(pip_installed):
     """The wheel copies the files behind kavier_opendc/schemas -> ../schemas, every one of them."""
-    proc = subprocess.run([str(pip_installed["bin"] / "python"), "-c",
-                           "import json, pathlib; from kavier_opendc.base.validation import load_schema, schema_file; "
-                           "import kavier_opendc; pkg = pathlib.Path(kavier_opendc.__file__).parent / 'schemas'; "
-                           "names = sorted(p.name for p in pkg.iterdir()); "
-                           "print(json.dumps([pkg.is_symlink(), names, [str(schema_file(n)) for n in names], "
-                           "[load_schema(n)['$id'] for n in names]]))"],
-                          capture_output=True, text=True, env=pip_installed["env"], cwd=pip_installed["root"])
+    proc = subprocess.run(
+        [
+            str(pip_installed["bin"] / "python"),
+            "-c",
+            "import json, pathlib; from kavier_opendc.base.validation import load_schema, schema_file; "
+            "import kavier_opendc; pkg = pathlib.Path(kavier_opendc.__file__).parent / 'schemas'; "
+            "names = sorted(p.name for p in pkg.iterdir()); "
+            "print(json.dumps([pkg.is_symlink(), names, [str(schema_file(n)) for n in names], "
+            "[load_schema(n)['$id'] for n in names]]))",
+        ],
+        capture_output=True,
+        text=True,
+        env=pip_installed["env"],
+        cwd=pip_installed["root"],
+    )
     assert proc.returncode == 0, proc.stderr
     is_link, names, files, ids = json.loads(proc.stdout)
     expected = sorted(p.name for p in (REPO / "schemas").glob("*.schema.json"))
@@ -93,7 +127,7 @@ def test_demo_without_a_jar_names_only_real_commands(pip_installed):
 
 
 def test_bridge_build_then_demo_with_real_opendc(pip_installed):
-    skip_without_opendc()   # Maven must be able to reach OpenDC (Maven Central or $KAVIER_OPENDC_REPO)
+    skip_without_opendc()  # Maven must be able to reach OpenDC (Maven Central or $KAVIER_OPENDC_REPO)
     build = _run(pip_installed, "bridge", "build", timeout=900)
     assert build.returncode == 0, build.stdout + build.stderr
     jar = pip_installed["root"] / "xdg" / "kavier-opendc" / "kavier-opendc-bridge.jar"

@@ -47,7 +47,7 @@ class FakeOpenDC:
 
     def run(self, experiment_json, progress=None, **kw):
         exp = json.loads(Path(experiment_json).read_text())
-        base = Path(experiment_json).resolve().parent   # relative paths: against the experiment's folder
+        base = Path(experiment_json).resolve().parent  # relative paths: against the experiment's folder
 
         def at(p, folder=base):
             return Path(p) if Path(p).is_absolute() else folder / p
@@ -88,8 +88,15 @@ class FakeOpenDC:
             gpu_p = w(gp["idlePower"]) + (w(gp["maxPower"]) - w(gp["idlePower"])) * util[name]
             p = w(cp["idlePower"]) + gpu_p.sum(0)
             tot += p
-            d = {"timestamp": ts, "timestamp_absolute": ts + start_ms, "host_name": name, "cluster_name": cl["name"],
-                 "power_draw": p, "energy_usage": p * dt, "cpu_utilization": np.zeros(n)}
+            d = {
+                "timestamp": ts,
+                "timestamp_absolute": ts + start_ms,
+                "host_name": name,
+                "cluster_name": cl["name"],
+                "power_draw": p,
+                "energy_usage": p * dt,
+                "cpu_utilization": np.zeros(n),
+            }
             for i in range(gpu_p.shape[0]):
                 d[f"gpu_power_draw_{i}"] = gpu_p[i]
                 d[f"gpu_utilization_{i}"] = util[name][i]
@@ -99,14 +106,22 @@ class FakeOpenDC:
         ctp = cl.get("powerSource", {}).get("carbonTracePath")
         if ctp:
             from kavier_opendc.opendc.carbon import intensity_at, read_carbon_trace
+
             ci = intensity_at(read_carbon_trace(at(ctp, topo_path.parent)), ts - 1000 + start_ms)
         out = at(exp["outputFolder"]) / exp["name"]
         raw = out / "raw-output" / "0" / "seed=0"
         raw.mkdir(parents=True, exist_ok=True)
         pd.concat(rows).to_parquet(raw / "host.parquet", index=False)
-        pd.DataFrame({"timestamp": ts, "timestamp_absolute": ts + start_ms, "power_draw": tot, "energy_usage": e,
-                      "carbon_intensity": ci, "carbon_emission": ci * e / 3.6e6}).to_parquet(
-            raw / "powerSource.parquet", index=False)
+        pd.DataFrame(
+            {
+                "timestamp": ts,
+                "timestamp_absolute": ts + start_ms,
+                "power_draw": tot,
+                "energy_usage": e,
+                "carbon_intensity": ci,
+                "carbon_emission": ci * e / 3.6e6,
+            }
+        ).to_parquet(raw / "powerSource.parquet", index=False)
         if progress:
             progress(1.0)
         return out
@@ -121,30 +136,52 @@ def tiny_experiment(tmp: Path, **over) -> Path:
         "seed": 7,
         "trace": "workload.yaml",
         "serving": {"replicas": 2, "router": "least-kv", "prefix_cache": "block"},
-        "datacenter": {"start": "2022-01-01T12:00:00", "export_interval_s": 1,
-                       "hosts": [{"name": "node", "gpus_per_host": 2, "cpu": {"cores": 16, "mhz": 2000},
-                                  "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
-                                  "memory_gib": 256}]},
+        "datacenter": {
+            "start": "2022-01-01T12:00:00",
+            "export_interval_s": 1,
+            "hosts": [
+                {
+                    "name": "node",
+                    "gpus_per_host": 2,
+                    "cpu": {"cores": 16, "mhz": 2000},
+                    "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
+                    "memory_gib": 256,
+                }
+            ],
+        },
         "carbon": {"synthetic": {"mean": 250, "amplitude": 100, "trough_hour": 12}},
         "prices": {"gpu_hour": {"A100-80GB": 2.0}, "electricity_per_kwh": 0.3, "currency": "EUR"},
         "slo": {"ttft_s": 0.15, "tpot_s": 0.025},
     }
     doc.update(over)
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "workload.yaml").write_text(yaml.safe_dump({
-        "num_requests": 60, "rate": 3.0, "arrival": "poisson", "seed": 1, "shared_prefix_tokens": 64,
-        "input": {"dist": "lognormal", "median": 200, "sigma": 0.6, "min": 16, "max": 2000},
-        "output": {"dist": "lognormal", "median": 60, "sigma": 0.6, "min": 1, "max": 400},
-        "sessions": {"turns": {"dist": "uniform", "low": 1, "high": 3}, "think_time_s": 5.0,
-                     "accumulate_context": True}}))
+    (tmp / "workload.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "num_requests": 60,
+                "rate": 3.0,
+                "arrival": "poisson",
+                "seed": 1,
+                "shared_prefix_tokens": 64,
+                "input": {"dist": "lognormal", "median": 200, "sigma": 0.6, "min": 16, "max": 2000},
+                "output": {"dist": "lognormal", "median": 60, "sigma": 0.6, "min": 1, "max": 400},
+                "sessions": {
+                    "turns": {"dist": "uniform", "low": 1, "high": 3},
+                    "think_time_s": 5.0,
+                    "accumulate_context": True,
+                },
+            }
+        )
+    )
     p = tmp / "experiment.yaml"
     p.write_text(yaml.safe_dump(doc))
     return p
 
 
 def cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kavier_opendc.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -173,15 +210,26 @@ def check_complete_run(out: Path, opendc: bool) -> dict:
         assert sha256_file(Path(f["path"])) == f["sha256"]
     assert prov["kavier_opendc_version"] and prov["python"] and prov["seed"] is not None
     if opendc:
-        for f in ("workload/tasks.parquet", "workload/fragments.parquet", "topology.json", "experiment.json",
-                  "sustainability.json"):
+        for f in (
+            "workload/tasks.parquet",
+            "workload/fragments.parquet",
+            "topology.json",
+            "experiment.json",
+            "sustainability.json",
+        ):
             assert (out / "opendc" / f).is_file(), f
         s = rep["sustainability"]
         assert s["energy_wh"] > 0 and s["avg_power_w"] > 0 and s["peak_power_w"] >= s["avg_power_w"]
         assert s["carbon_g"] > 0 and s["per_host"] and s["per_gpu"]
         assert rep["efficiency"]["wh_per_mtoken"] > 0
-        assert {Path(p).name for p in rep["plots"]} == {"latency_cdf.png", "gpu_utilization.png", "power.png",
-                                                         "carbon.png", "energy_breakdown.png", "cache_hit_ratio.png"}
+        assert {Path(p).name for p in rep["plots"]} == {
+            "latency_cdf.png",
+            "gpu_utilization.png",
+            "power.png",
+            "carbon.png",
+            "energy_breakdown.png",
+            "cache_hit_ratio.png",
+        }
     else:
         assert rep["sustainability"] is None and not (out / "opendc").exists()
         assert rep["efficiency"]["wh_per_mtoken"] is None and rep["efficiency"]["cost_per_mtoken"] > 0
@@ -207,6 +255,7 @@ def test_failed_run_is_marked_incomplete_and_rerun_replaces_it(tmp_path):
     class Broken(FakeOpenDC):
         def run(self, *a, **k):
             raise KavierRuntimeError("OpenDC exploded")
+
     exp = load_experiment(tiny_experiment(tmp_path))
     out = tmp_path / "out"
     with pytest.raises(KavierRuntimeError):
@@ -224,6 +273,7 @@ def test_foreign_non_empty_folder_is_refused(tmp_path):
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
     from kavier_opendc.base.errors import KavierInputError
+
     with pytest.raises(KavierInputError, match="not empty"):
         run_experiment(exp, out, opendc=False, quiet=True)
     assert (out / "thesis.tex").read_text() == "precious"
@@ -242,9 +292,12 @@ def test_cli_run_no_opendc(tmp_path):
 def test_cli_run_without_opendc_jar_fails_before_any_work(tmp_path, monkeypatch):
     p = tiny_experiment(tmp_path)
     env_jar = tmp_path / "no.jar"
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "run", str(p), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, env={**__import__("os").environ,
-                                                           "KAVIER_BRIDGE_JAR": str(env_jar)})
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "run", str(p), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "KAVIER_BRIDGE_JAR": str(env_jar)},
+    )
     assert r.returncode == 3 and "Traceback" not in r.stderr
     assert "--no-opendc" in r.stderr
     assert not (tmp_path / "o").exists()
@@ -257,8 +310,10 @@ def test_demo_no_opendc_and_init(tmp_path):
     assert rep["experiment"]["name"] == "demo-chat-llama3-8b-a100"
     assert rep["performance"]["num_requests"] == 3000
     # the demo leaves the batch limits to vLLM v1: a server on A100s, and report.md says which were used
-    assert "max_num_seqs 256, max_batched_tokens 2048 (vLLM v1 server defaults)" in \
-        (tmp_path / "demo" / "report.md").read_text()
+    assert (
+        "max_num_seqs 256, max_batched_tokens 2048 (vLLM v1 server defaults)"
+        in (tmp_path / "demo" / "report.md").read_text()
+    )
     r = cli("demo", "--init", tmp_path / "exp")
     assert r.returncode == 0, r.stderr
     assert {p.name for p in (tmp_path / "exp").iterdir()} >= {"experiment.yaml", "demo_workload.yaml"}
@@ -267,6 +322,7 @@ def test_demo_no_opendc_and_init(tmp_path):
 
 
 # ----------------------------------------------------------------- real OpenDC
+
 
 @needs_opendc
 def test_cli_run_with_real_opendc(tmp_path):
@@ -311,6 +367,7 @@ def test_jvm_killed_mid_run_keeps_the_performance_results(tmp_path):
                     os.kill(self.pid, signal.SIGKILL)
                 if progress is not None:
                     progress(fraction)
+
             return super().run(experiment_json, progress=kill_when_started, **kw)
 
     exp = load_experiment(tiny_experiment(tmp_path))

@@ -29,17 +29,28 @@ REPO = Path(__file__).resolve().parents[1]
 
 def bursts_plan(tmp: Path, **over) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
-    rows = [{"arrival_time_s": 20.0 * b, "num_input_tokens": 100, "num_output_tokens": 200}
-            for b in range(4) for _ in range(3)]
+    rows = [
+        {"arrival_time_s": 20.0 * b, "num_input_tokens": 100, "num_output_tokens": 200}
+        for b in range(4)
+        for _ in range(3)
+    ]
     pd.DataFrame(rows).to_csv(tmp / "bursts.csv", index=False)
     doc = {
-        "name": "bursts", "model": "Llama-3-8B",
+        "name": "bursts",
+        "model": "Llama-3-8B",
         "traffic": {"workload": "bursts.csv"},
         "slo": {"ttft_s": 0.5, "percentile": 100},
-        "candidates": {"gpu": ["A100-80GB"], "tp": [1], "prefix_cache": ["none"], "router": ["round-robin"],
-                       "max_num_seqs": [1], "replicas": {"min": 1, "max": 6}},
-        "datacenter": {"hosts": [{"name": "node", "gpus_per_host": 4, "cpu": {"cores": 16, "mhz": 2000},
-                                  "memory_gib": 256}]},
+        "candidates": {
+            "gpu": ["A100-80GB"],
+            "tp": [1],
+            "prefix_cache": ["none"],
+            "router": ["round-robin"],
+            "max_num_seqs": [1],
+            "replicas": {"min": 1, "max": 6},
+        },
+        "datacenter": {
+            "hosts": [{"name": "node", "gpus_per_host": 4, "cpu": {"cores": 16, "mhz": 2000}, "memory_gib": 256}]
+        },
         "carbon": {"synthetic": {"mean": 250, "amplitude": 0}},
         "objective": "cost",
     }
@@ -51,8 +62,14 @@ def bursts_plan(tmp: Path, **over) -> Path:
 
 def plan_cli(*args, timeout=300, cwd=REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "plan", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "plan", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +113,17 @@ def test_rerun_with_another_objective_reuses_every_run(planned):
 
 
 def test_a_shape_that_never_meets_the_slo_is_pruned_after_one_run(tmp_path):
-    plan = bursts_plan(tmp_path, slo={"ttft_s": 0.001, "percentile": 100},
-                       candidates={"gpu": ["A100-80GB"], "max_num_seqs": [1], "router": ["round-robin"],
-                                   "prefix_cache": ["none"], "replicas": {"max": 4}})
+    plan = bursts_plan(
+        tmp_path,
+        slo={"ttft_s": 0.001, "percentile": 100},
+        candidates={
+            "gpu": ["A100-80GB"],
+            "max_num_seqs": [1],
+            "router": ["round-robin"],
+            "prefix_cache": ["none"],
+            "replicas": {"max": 4},
+        },
+    )
     r = plan_cli(plan, "--out", tmp_path / "out", "--no-opendc")
     assert r.returncode == 3, r.stderr
     summary = json.loads((tmp_path / "out" / "plan.json").read_text())
@@ -111,12 +136,16 @@ def test_a_shape_that_never_meets_the_slo_is_pruned_after_one_run(tmp_path):
 def test_max_sustainable_rate(tmp_path):
     # a steady trace (one request a second); its arrival times are scaled to each probed rate
     tmp_path.mkdir(exist_ok=True)
-    pd.DataFrame([{"arrival_time_s": float(i), "num_input_tokens": 1000, "num_output_tokens": 300}
-                  for i in range(300)]).to_csv(tmp_path / "steady.csv", index=False)
-    plan = bursts_plan(tmp_path, traffic={"workload": "steady.csv", "rate": 1.0},
-                       candidates={"gpu": ["A100-80GB"], "prefix_cache": ["none"], "replicas": 1},
-                       slo={"ttft_s": 0.5, "tpot_s": 0.05, "percentile": 90},
-                       max_rate={"low": 0.5, "high": 200, "tolerance": 0.25})
+    pd.DataFrame(
+        [{"arrival_time_s": float(i), "num_input_tokens": 1000, "num_output_tokens": 300} for i in range(300)]
+    ).to_csv(tmp_path / "steady.csv", index=False)
+    plan = bursts_plan(
+        tmp_path,
+        traffic={"workload": "steady.csv", "rate": 1.0},
+        candidates={"gpu": ["A100-80GB"], "prefix_cache": ["none"], "replicas": 1},
+        slo={"ttft_s": 0.5, "tpot_s": 0.05, "percentile": 90},
+        max_rate={"low": 0.5, "high": 200, "tolerance": 0.25},
+    )
     # a relative --out: the scaled traces it holds are still found
     r = plan_cli(plan, "--out", "out", "--no-opendc", "--max-rate", "--jobs", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -130,13 +159,16 @@ def test_max_sustainable_rate(tmp_path):
 
 def test_validate_knows_plan_files(tmp_path):
     plan = bursts_plan(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "validate", str(plan), str(EXAMPLE_PLAN)],
-                       capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "validate", str(plan), str(EXAMPLE_PLAN)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr
     assert "valid plan 'bursts', 1 candidate shapes x replicas 1..6" in r.stdout
     assert "valid plan 'chat-capacity', 8 candidate shapes" in r.stdout
-    bad = bursts_plan(tmp_path / "bad", candidates={"gpu": ["A100-80GB", "NoSuchGPU"], "tp": [0]},
-                      objective="speed")
+    bad = bursts_plan(tmp_path / "bad", candidates={"gpu": ["A100-80GB", "NoSuchGPU"], "tp": [0]}, objective="speed")
     with pytest.raises(KavierInputError) as ei:
         load_plan(bad)
     text = str(ei.value)
@@ -152,12 +184,17 @@ def test_pareto_front():
 
 
 def test_gpu_mixes_become_replica_groups_on_sized_host_groups(tmp_path):
-    plan = load_plan(bursts_plan(tmp_path, candidates={"mixes": [{"A100-80GB": 1, "H100-SXM": 2}], "tp": [2],
-                                                        "replicas": {"max": 3}}))
+    plan = load_plan(
+        bursts_plan(
+            tmp_path, candidates={"mixes": [{"A100-80GB": 1, "H100-SXM": 2}], "tp": [2], "replicas": {"max": 3}}
+        )
+    )
     [shape] = plan.shapes
     assert shape.gpu_label == "1xA100-80GB+2xH100-SXM" and shape.replicas_of(3) == 9
     doc = plan.experiment(shape, 3, plan.workload, opendc=True)
-    assert doc["serving"]["replica_groups"] == [{"name": "A100-80GB", "gpu": "A100-80GB", "replicas": 3, "tp": 2},
-                                                {"name": "H100-SXM", "gpu": "H100-SXM", "replicas": 6, "tp": 2}]
+    assert doc["serving"]["replica_groups"] == [
+        {"name": "A100-80GB", "gpu": "A100-80GB", "replicas": 3, "tp": 2},
+        {"name": "H100-SXM", "gpu": "H100-SXM", "replicas": 6, "tp": 2},
+    ]
     # 4-GPU hosts hold two TP2 replicas each
     assert [(h["gpu"], h["count"]) for h in doc["datacenter"]["hosts"]] == [("A100-80GB", 2), ("H100-SXM", 3)]

@@ -18,8 +18,13 @@ from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.experiments.plan_file import EXAMPLE_PLAN, load_plan, parse_ratio, pd_splits
 from test_plan import bursts_plan, plan_cli
 
-BASE = {"gpu": ["A100-80GB"], "prefix_cache": ["none"], "router": ["round-robin"], "max_num_seqs": [1],
-        "replicas": {"min": 2, "max": 4}}
+BASE = {
+    "gpu": ["A100-80GB"],
+    "prefix_cache": ["none"],
+    "router": ["round-robin"],
+    "max_num_seqs": [1],
+    "replicas": {"min": 2, "max": 4},
+}
 PD = {"ratios": ["1:3", "1:1", "3:1"], "link": {"gbs": 25, "mode": "layerwise"}}
 
 
@@ -29,31 +34,46 @@ def pd_plan(tmp, **dis):
 
 def test_the_shapes_of_a_plan_with_ratios(tmp_path):
     plan = load_plan(pd_plan(tmp_path, decode_gpu=["A100-80GB", "H100-SXM"]))
-    got = [(s.layout, s.decode_gpu, s.router, {n: (p, d) for n, p, d in s.splits}, s.counts(2, 4))
-           for s in plan.shapes]
+    got = [(s.layout, s.decode_gpu, s.router, {n: (p, d) for n, p, d in s.splits}, s.counts(2, 4)) for s in plan.shapes]
     # N = 2: 1:3 rounds to 1P1D, which 1:1 gives exactly (1:1 keeps it); 3:1 leaves no decode replica.
     # N = 3: 1:1 rounds to 2P1D, nearer to 3:1 (2/3 vs 3/4) than to 1:1 (1/2): 3:1 keeps it.
     # N = 4: 1P3D, 2P2D, 3P1D. The P/D shapes have no router (the P/D engine routes by itself).
-    pd_layouts = [("1:3", {3: (1, 2), 4: (1, 3)}, [3, 4]), ("1:1", {2: (1, 1), 4: (2, 2)}, [2, 4]),
-                  ("3:1", {3: (2, 1), 4: (3, 1)}, [3, 4])]
-    assert got == [("colocated", None, "round-robin", {}, [2, 3, 4])] \
-        + [(lay, None, None, sp, c) for lay, sp, c in pd_layouts] \
-        + [(lay, "H100-SXM", None, sp, c) for lay, sp, c in pd_layouts]
-    assert [s.label for s in plan.shapes[:2]] == ["A100-80GB, TP1, prefix none, round-robin, seqs 1",
-                                                  "A100-80GB, TP1, prefix none, P/D 1:3, seqs 1"]
+    pd_layouts = [
+        ("1:3", {3: (1, 2), 4: (1, 3)}, [3, 4]),
+        ("1:1", {2: (1, 1), 4: (2, 2)}, [2, 4]),
+        ("3:1", {3: (2, 1), 4: (3, 1)}, [3, 4]),
+    ]
+    assert got == [("colocated", None, "round-robin", {}, [2, 3, 4])] + [
+        (lay, None, None, sp, c) for lay, sp, c in pd_layouts
+    ] + [(lay, "H100-SXM", None, sp, c) for lay, sp, c in pd_layouts]
+    assert [s.label for s in plan.shapes[:2]] == [
+        "A100-80GB, TP1, prefix none, round-robin, seqs 1",
+        "A100-80GB, TP1, prefix none, P/D 1:3, seqs 1",
+    ]
     assert plan.shapes[4].label == "A100-80GB+H100-SXM decode, TP1, prefix none, P/D 1:3, seqs 1"
     assert plan.shapes[4].gpus_of(4) == {"A100-80GB": 1, "H100-SXM": 3}
     # colocated: false keeps the P/D shapes only; a mix stays co-located
-    only = load_plan(bursts_plan(tmp_path / "only", candidates={**BASE, "mixes": [{"A100-80GB": 1, "H100-SXM": 1}],
-                                                                 "disaggregation": {**PD, "colocated": False}}))
+    only = load_plan(
+        bursts_plan(
+            tmp_path / "only",
+            candidates={
+                **BASE,
+                "mixes": [{"A100-80GB": 1, "H100-SXM": 1}],
+                "disaggregation": {**PD, "colocated": False},
+            },
+        )
+    )
     assert [s.layout for s in only.shapes] == ["1:3", "1:1", "3:1", "colocated"]
     assert len(only.shapes[3].gpus) == 2
 
 
 def test_pd_splits_by_hand():
-    assert pd_splits([(1, 3), (1, 1), (3, 1)], 1, 4) == [((3, 1, 2), (4, 1, 3)), ((2, 1, 1), (4, 2, 2)),
-                                                          ((3, 2, 1), (4, 3, 1))]
-    assert pd_splits([(1, 1)], 1, 1) == [()]          # one replica cannot be split
+    assert pd_splits([(1, 3), (1, 1), (3, 1)], 1, 4) == [
+        ((3, 1, 2), (4, 1, 3)),
+        ((2, 1, 1), (4, 2, 2)),
+        ((3, 2, 1), (4, 3, 1)),
+    ]
+    assert pd_splits([(1, 1)], 1, 1) == [()]  # one replica cannot be split
     assert pd_splits([(1, 2)], 5, 5) == [((5, 2, 3),)]  # 5/3 = 1.67 rounds to 2
     assert parse_ratio(" 2 : 5 ") == (2, 5)
 
@@ -63,20 +83,37 @@ def test_the_experiment_of_a_pd_shape(tmp_path):
     shape = next(s for s in plan.shapes if s.layout == "1:3")
     host = {"name": "node", "gpus_per_host": 4, "cpu": {"cores": 16, "mhz": 2000}, "memory_gib": 256}
     assert plan.experiment(shape, 4, plan.workload, opendc=True) == {
-        "name": "bursts-A100-80GB-H100-SXM_tp1_pc-none_pd1-3_seqs1-n4", "seed": 0, "model": "Llama-3-8B",
-        "trace": str(plan.workload), "gpu": "A100-80GB",
-        "serving": {"prefix_cache": {"policy": "none"}, "max_num_seqs": 1,
-                    "disaggregation": {"prefill": {"replicas": 1, "tp": 1},
-                                       "decode": {"replicas": 3, "tp": 1, "gpu": "H100-SXM"},
-                                       "link": {"gbs": 25, "mode": "layerwise"}}},
-        "carbon": {"synthetic": {"mean": 250, "amplitude": 0}}, "slo": {"ttft_s": 0.5},
-        "datacenter": {"hosts": [{**host, "name": "node-A100-80GB", "count": 1, "gpu": "A100-80GB"},
-                                 {**host, "name": "node-H100-SXM", "count": 1, "gpu": "H100-SXM"}]},
+        "name": "bursts-A100-80GB-H100-SXM_tp1_pc-none_pd1-3_seqs1-n4",
+        "seed": 0,
+        "model": "Llama-3-8B",
+        "trace": str(plan.workload),
+        "gpu": "A100-80GB",
+        "serving": {
+            "prefix_cache": {"policy": "none"},
+            "max_num_seqs": 1,
+            "disaggregation": {
+                "prefill": {"replicas": 1, "tp": 1},
+                "decode": {"replicas": 3, "tp": 1, "gpu": "H100-SXM"},
+                "link": {"gbs": 25, "mode": "layerwise"},
+            },
+        },
+        "carbon": {"synthetic": {"mean": 250, "amplitude": 0}},
+        "slo": {"ttft_s": 0.5},
+        "datacenter": {
+            "hosts": [
+                {**host, "name": "node-A100-80GB", "count": 1, "gpu": "A100-80GB"},
+                {**host, "name": "node-H100-SXM", "count": 1, "gpu": "H100-SXM"},
+            ]
+        },
         "opendc": {"enabled": True},
     }
     # one GPU type: both pools on one host group, sized to all their replicas (5 + 3 TP2 replicas on 4-GPU hosts)
-    plan2 = load_plan(bursts_plan(tmp_path / "tp2", candidates={**BASE, "tp": [2], "replicas": {"min": 8, "max": 8},
-                                                                 "disaggregation": {"ratios": ["2:1"]}}))
+    plan2 = load_plan(
+        bursts_plan(
+            tmp_path / "tp2",
+            candidates={**BASE, "tp": [2], "replicas": {"min": 8, "max": 8}, "disaggregation": {"ratios": ["2:1"]}},
+        )
+    )
     pd2 = plan2.shapes[1]
     doc = plan2.experiment(pd2, 8, plan2.workload, opendc=False)
     assert doc["serving"]["disaggregation"] == {"prefill": {"replicas": 5, "tp": 2}, "decode": {"replicas": 3, "tp": 2}}
@@ -98,12 +135,12 @@ def test_plan_run_over_ratios_names_layouts(planned):
     shapes = {s["layout"]: s for s in summary["shapes"]}
     assert set(shapes) == {"colocated", "1:3", "1:1", "3:1"}
     assert shapes["colocated"]["replicas"] == 3 and shapes["colocated"]["prefill_replicas"] is None
-    assert (shapes["1:1"]["replicas"], shapes["1:1"]["prefill_replicas"], shapes["1:1"]["decode_replicas"]) \
-        == (2, 1, 1)
+    assert (shapes["1:1"]["replicas"], shapes["1:1"]["prefill_replicas"], shapes["1:1"]["decode_replicas"]) == (2, 1, 1)
     chosen = summary["chosen"]
     assert chosen in summary["shapes"] and chosen["layout"] == "1:1" and chosen["gpus"] == 2
-    assert ("chosen (cost): A100-80GB, TP1, prefix none, P/D 1:1, seqs 1, 2 replica(s) (1 prefill + 1 decode) "
-            "= 2 GPU(s)") in r.stdout
+    assert (
+        "chosen (cost): A100-80GB, TP1, prefix none, P/D 1:1, seqs 1, 2 replica(s) (1 prefill + 1 decode) = 2 GPU(s)"
+    ) in r.stdout
     assert "1P+1D" in r.stdout and "layout" in r.stdout
     cands, evals, front = (pd.read_csv(out / f) for f in ("candidates.csv", "evaluations.csv", "front.csv"))
     assert set(cands["layout"]) == set(evals["layout"]) == {"colocated", "1:3", "1:1", "3:1"}
@@ -130,12 +167,19 @@ def test_bad_pd_input_is_named_by_its_path(tmp_path):
     with pytest.raises(KavierInputError, match=r"ratios\[1\]: '2:2' is the same proportion as ratios\[0\]"):
         load_plan(pd_plan(tmp_path / "dup", ratios=["1:1", "2:2"]))
     with pytest.raises(KavierInputError) as ei:
-        load_plan(bursts_plan(tmp_path / "v0", candidates={**BASE, "disaggregation": PD},
-                              experiment={"serving": {"framework": "vllm-0.5-server"}}))
+        load_plan(
+            bursts_plan(
+                tmp_path / "v0",
+                candidates={**BASE, "disaggregation": PD},
+                experiment={"serving": {"framework": "vllm-0.5-server"}},
+            )
+        )
     text = str(ei.value)
-    assert ("candidates.disaggregation: framework 'vllm-0.5-server' (experiment.serving.framework) cannot run "
-            "disaggregated prefill/decode") in text
-    assert "P/D 1:3" not in text   # said once, not again per P/D shape
+    assert (
+        "candidates.disaggregation: framework 'vllm-0.5-server' (experiment.serving.framework) cannot run "
+        "disaggregated prefill/decode"
+    ) in text
+    assert "P/D 1:3" not in text  # said once, not again per P/D shape
     with pytest.raises(KavierInputError, match=r"candidates.disaggregation.ratios: no ratio splits any replica count"):
         load_plan(bursts_plan(tmp_path / "one", candidates={**BASE, "replicas": 1, "disaggregation": PD}))
     with pytest.raises(KavierInputError, match=r"candidates.disaggregation.link.mode"):

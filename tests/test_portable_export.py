@@ -53,14 +53,17 @@ def _export(tmp_path: Path) -> Path:
 def test_exported_json_holds_no_absolute_path(tmp_path):
     odc = _export(tmp_path)
     exp = json.loads((odc / "experiment.json").read_text())
-    assert (exp["outputFolder"], exp["topologies"][0]["pathToFile"], exp["workloads"][0]["pathToFile"]) == \
-        ("output", "topology.json", "workload")
+    assert (exp["outputFolder"], exp["topologies"][0]["pathToFile"], exp["workloads"][0]["pathToFile"]) == (
+        "output",
+        "topology.json",
+        "workload",
+    )
     ctp = json.loads((odc / "topology.json").read_text())["clusters"][0]["powerSource"]["carbonTracePath"]
-    assert ctp == "carbon/grid.parquet" and (odc / ctp).is_file()   # copied into the folder, named relatively
+    assert ctp == "carbon/grid.parquet" and (odc / ctp).is_file()  # copied into the folder, named relatively
     for name in ("experiment.json", "topology.json", "export.json"):
         doc = json.loads((odc / name).read_text())
         assert not [s for s in _strings(doc) if s.startswith("/")], name
-    assert not _names(odc, str(tmp_path))   # no file names where the folder (or the trace) was written
+    assert not _names(odc, str(tmp_path))  # no file names where the folder (or the trace) was written
 
 
 def test_copied_folder_runs_on_its_own_files(tmp_path):
@@ -89,18 +92,26 @@ def test_copied_run_folder_reproduces_energy_in_real_opendc(tmp_path):
     C.write_synthetic_carbon_trace(exp_dir / "traces" / "grid.parquet", days=2)
     exp = tiny_experiment(exp_dir, carbon={"trace": "traces/grid.parquet"})
     run = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "run", str(exp), "--out", str(run),
-                        "--no-plots", "--quiet"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "run", str(exp), "--out", str(run), "--no-plots", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     odc = (run / "opendc").resolve()
     assert (odc / "carbon" / "grid.parquet").is_file()
     first = json.loads((odc / "sustainability.json").read_text())
     copy = tmp_path / "moved" / "odc"
     shutil.copytree(odc, copy)
-    run.rename(tmp_path / "run-gone")                     # neither the original folder nor the trace is there
+    run.rename(tmp_path / "run-gone")  # neither the original folder nor the trace is there
     (exp_dir / "traces").rename(exp_dir / "traces-gone")
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "opendc", str(copy), "--quiet"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "opendc", str(copy), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     again = json.loads((copy / "sustainability.json").read_text())
     assert again["energy_wh"] == first["energy_wh"] and again["carbon_g"] == first["carbon_g"]
@@ -137,8 +148,14 @@ def opendc_classpath() -> str:
     java_home = Path(os.path.realpath(jvm.find_java(require_jdk=True))).parent.parent
     env = dict(os.environ, JAVA_HOME=str(java_home))
     CLASSPATH_FILE.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [mvn, "-B", "-q", "dependency:build-classpath", "-Dmdep.includeScope=runtime",
-           f"-Dmdep.outputFile={CLASSPATH_FILE}"]
+    cmd = [
+        mvn,
+        "-B",
+        "-q",
+        "dependency:build-classpath",
+        "-Dmdep.includeScope=runtime",
+        f"-Dmdep.outputFile={CLASSPATH_FILE}",
+    ]
     repo = os.environ.get(jvm.OPENDC_REPO_ENV)
     if repo:
         cmd.append(f"-Dopendc.repo={jvm.opendc_repo_url(repo)}")
@@ -153,8 +170,9 @@ def _power_source_wh(output: Path) -> float:
     """OpenDC's own powerSource.parquet energy (J per interval, summed) in Wh."""
     files = list(output.rglob("powerSource.parquet"))
     assert len(files) == 1, files
-    return float(pq.read_table(files[0], columns=["energy_usage"]).column(0).to_numpy().astype("float64").sum()) \
-        / 3600.0
+    return (
+        float(pq.read_table(files[0], columns=["energy_usage"]).column(0).to_numpy().astype("float64").sum()) / 3600.0
+    )
 
 
 @needs_opendc
@@ -166,22 +184,45 @@ def test_copied_export_gives_the_same_energy_in_kavier_and_in_opendcs_experiment
     (tmp_path / "dc.json").write_text(json.dumps(d))
     sim = write_sim(tmp_path / "sim", {0: [(0, 20, 0.6)], 1: [(0, 5, 0.2), (5, 30, 0.9)]})
     odc = tmp_path / "odc"
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "export-opendc", str(sim), "--datacenter",
-                        str(tmp_path / "dc.json"), "--out", str(odc), "--quiet"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kavier_opendc.cli",
+            "export-opendc",
+            str(sim),
+            "--datacenter",
+            str(tmp_path / "dc.json"),
+            "--out",
+            str(odc),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     ours, theirs = tmp_path / "moved" / "ours", tmp_path / "moved" / "theirs"
     shutil.copytree(odc, ours)
     shutil.copytree(odc, theirs)
-    odc.rename(tmp_path / "odc-gone")                     # neither the original folder nor the trace is there
+    odc.rename(tmp_path / "odc-gone")  # neither the original folder nor the trace is there
     (tmp_path / "traces").rename(tmp_path / "traces-gone")
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "opendc", str(ours), "--quiet"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "opendc", str(ours), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     # OpenDC's own runner, started in the copy: the folder's relative paths resolve against the working directory
     java = jvm.find_java()
-    r = subprocess.run([java, "-cp", cp, EXPERIMENT_CLI, "--experiment-path", "experiment.json"], cwd=theirs,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [java, "-cp", cp, EXPERIMENT_CLI, "--experiment-path", "experiment.json"],
+        cwd=theirs,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     sus = json.loads((ours / "sustainability.json").read_text())
     kavier_wh, cli_wh = _power_source_wh(ours / "output"), _power_source_wh(theirs / "output")

@@ -35,10 +35,10 @@ CP = _calibrate_power()
 
 @pytest.mark.parametrize("gpu", ["H100-SXM", "A100-80GB"])
 def test_saturated_decode_reaches_the_power_limit(gpu):
-    s = CP.saturated_decode_power(gpu)   # Llama-3-8B, 256 sequences of 512 + 1024 tokens, vllm-v1
-    assert s["preemptions"] == 0          # a steady batch, not recomputation
+    s = CP.saturated_decode_power(gpu)  # Llama-3-8B, 256 sequences of 512 + 1024 tokens, vllm-v1
+    assert s["preemptions"] == 0  # a steady batch, not recomputation
     assert 0.95 * s["max_w"] <= s["steady_w"] <= s["max_w"]
-    assert 0.93 * s["max_w"] <= s["run_w"] <= s["max_w"]   # prefill at the start and all, nearly as high
+    assert 0.93 * s["max_w"] <= s["run_w"] <= s["max_w"]  # prefill at the start and all, nearly as high
 
 
 def test_decode_power_rises_with_the_batch_from_well_below_the_limit():
@@ -58,7 +58,7 @@ def test_cpu_time_per_step_counts_as_gpu_idle():
     assert 0.0 < u < 1.0
     for gap in (0.001, 0.01, 0.1):
         assert cm.activity(t + gap, flops, wb, kvb) == pytest.approx(u * t / (t + gap), rel=1e-12)
-    assert cm.activity(0.05, 0.0, 0.0, 0.0) == 0.0   # CPU time alone: idle power
+    assert cm.activity(0.05, 0.0, 0.0, 0.0) == 0.0  # CPU time alone: idle power
     # a framework with more CPU time per step (vLLM 0.5 offline) gives a lower activity for the same batch
     slow = CostModel(m, g, framework=_framework("vllm-0.5-offline"))
     ts, fs, ws, ks = slow.iteration(64, 64 * 1025, 64 * 1024, 64)
@@ -68,6 +68,7 @@ def test_cpu_time_per_step_counts_as_gpu_idle():
 
 def _framework(name):
     from kavier_opendc.specs.frameworks import framework
+
     return framework(name)
 
 
@@ -88,8 +89,9 @@ def test_power_weights_change_power_only():
     trace = Trace(np.sort(rng.uniform(0, 20, n)), rng.integers(50, 2000, n), rng.integers(10, 500, n))
     runs = []
     for weights in ((1.3, 0.8, 1.37), (0.5, 0.5, 0.5)):
-        eff = dataclasses.replace(g.profile, power_compute_weight=weights[0], power_memory_weight=weights[1],
-                                  power_kv_weight=weights[2])
+        eff = dataclasses.replace(
+            g.profile, power_compute_weight=weights[0], power_memory_weight=weights[1], power_kv_weight=weights[2]
+        )
         runs.append(simulate(trace, SimConfig(model=m, gpu=g, efficiency=eff), progress=False))
     a, b = runs
     for col in ("first_token", "finish"):

@@ -43,9 +43,21 @@ def test_builtin_profiles_file_is_generated_from_shared_data():
 
 
 def test_user_gpu_inherits_from_its_architecture(tmp_path):
-    entry = {"name": "MyHopper", "vendor": "NVIDIA", "peak_fp16_tflops": 500, "mem_bandwidth_gbs": 2000,
-             "memory_gib": 80, "idle_power_w": 50, "max_power_w": 400, "price_per_hour": 1, "interconnect_gbs": 100,
-             "pcie_gbs": 64, "boost_clock_mhz": 1700, "num_sms": 100, "extra": {"architecture": "Hopper GH100"}}
+    entry = {
+        "name": "MyHopper",
+        "vendor": "NVIDIA",
+        "peak_fp16_tflops": 500,
+        "mem_bandwidth_gbs": 2000,
+        "memory_gib": 80,
+        "idle_power_w": 50,
+        "max_power_w": 400,
+        "price_per_hour": 1,
+        "interconnect_gbs": 100,
+        "pcie_gbs": 64,
+        "boost_clock_mhz": 1700,
+        "num_sms": 100,
+        "extra": {"architecture": "Hopper GH100"},
+    }
     path = tmp_path / "cat.yaml"
     path.write_text(yaml.safe_dump({"gpus": [entry]}), encoding="utf-8")
     g = load_catalog_file(path).gpu("MyHopper")
@@ -75,16 +87,24 @@ def test_catalogue_file_overrides_a_profile_and_is_validated(tmp_path):
 
 # --------------------------------------------------------------- physics ----
 
-CASES = [(g.name, m, tp) for g in CAT.gpus() for m, tp in
-         [("Llama-3-8B", 1), ("Llama-3-8B", 2), ("Llama-3-70B", 4), ("Llama-3-70B", 8), ("Mixtral-8x7B", 2)]]
+CASES = [
+    (g.name, m, tp)
+    for g in CAT.gpus()
+    for m, tp in [("Llama-3-8B", 1), ("Llama-3-8B", 2), ("Llama-3-70B", 4), ("Llama-3-70B", 8), ("Mixtral-8x7B", 2)]
+]
 
 
 @pytest.mark.parametrize("gpu,model,tp", CASES)
 def test_achieved_never_above_peak(gpu, model, tp):
     g, m = CAT.gpu(gpu), CAT.model(model)
     cm = CostModel(m, g, tp)
-    for n, s, pairs, kv in [(1, 1, 100, 99), (64, 64, 64 * 2000, 64 * 1999), (512, 1, 512 * 513 / 2, 0),
-                            (8192, 1, 8192 * 8193 / 2, 0), (8192, 256, 8192 * 4096, 8192 * 4000)]:
+    for n, s, pairs, kv in [
+        (1, 1, 100, 99),
+        (64, 64, 64 * 2000, 64 * 1999),
+        (512, 1, 512 * 513 / 2, 0),
+        (8192, 1, 8192 * 8193 / 2, 0),
+        (8192, 256, 8192 * 4096, 8192 * 4000),
+    ]:
         t, flops, wbytes, kvbytes = cm.iteration(n, pairs, kv, s)
         assert flops / t <= g.peak_flops * tp * (1 + 1e-9)
         assert (wbytes + kvbytes) / t <= g.mem_bandwidth * tp * (1 + 1e-9)
@@ -142,11 +162,13 @@ def test_vllm_custom_allreduce_by_hand():
     assert p.allreduce_time(16384, 4, g.interconnect_gbs, True) == pytest.approx(lat + 3 * 16384 / bw, rel=1e-12)
     # 8 MiB over 8 GPUs: two-shot (two synchronisations, 2 x 7/8 of the message) is the shorter
     assert p.allreduce_time(2**23, 8, g.interconnect_gbs, True) == pytest.approx(
-        2 * lat + 2 * 7 / 8 * 2**23 / bw, rel=1e-12)
+        2 * lat + 2 * 7 / 8 * 2**23 / bw, rel=1e-12
+    )
     # beyond vLLM's 8 MiB buffer, over 3 GPUs (no custom all-reduce) or without NVLink: NCCL's measured curve
     for size, tp, nvlink in [(2**24, 4, True), (16384, 3, True), (16384, 4, False)]:
         assert p.allreduce_time(size, tp, g.interconnect_gbs, nvlink) == p.nccl_allreduce_time(
-            size, tp, g.interconnect_gbs)
+            size, tp, g.interconnect_gbs
+        )
     # never shorter for a larger message, across the switch to NCCL too
     for gpu in CAT.gpus():
         for tp in (2, 4, 8):
@@ -160,15 +182,25 @@ def test_cost_model_and_calibration_share_one_formula():
     timer = IterationTimer(m, g, 4, g.profile)
     cm = CostModel(m, g, 4)
     for n, s, pairs, kv in [(1, 1, 3000, 2999), (300, 2, 50_000, 1000), (64, 64, 64 * 513, 64 * 512)]:
-        assert cm.iteration(n, pairs, kv, s)[0] == pytest.approx(
-            timer.time(IterationShape(n, s, pairs, kv)), rel=1e-12)
+        assert cm.iteration(n, pairs, kv, s)[0] == pytest.approx(timer.time(IterationShape(n, s, pairs, kv)), rel=1e-12)
 
 
 def test_unknown_gpu_spec_gets_a_derived_profile():
     g = dataclasses.replace(CAT.gpu("A100-80GB"), name="A100-clone", profile=None)
     cm = CostModel(CAT.model("Llama-3-8B"), g, 1)
     assert cm.eff.status == "derived" and cm.eff.derived_from == "A100-80GB"
-    odd = GPUSpec(name="odd", vendor="x", peak_fp16_tflops=10, mem_bandwidth_gbs=100, memory_gib=16,
-                  idle_power_w=1, max_power_w=10, price_per_hour=0, interconnect_gbs=10, pcie_gbs=10,
-                  boost_clock_mhz=1000, num_sms=1)
+    odd = GPUSpec(
+        name="odd",
+        vendor="x",
+        peak_fp16_tflops=10,
+        mem_bandwidth_gbs=100,
+        memory_gib=16,
+        idle_power_w=1,
+        max_power_w=10,
+        price_per_hour=0,
+        interconnect_gbs=10,
+        pcie_gbs=10,
+        boost_clock_mhz=1000,
+        num_sms=1,
+    )
     assert CostModel(CAT.model("Llama-3-8B"), odd, 1).eff.status == "derived"

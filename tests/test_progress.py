@@ -25,8 +25,8 @@ def test_drawn_on_a_terminal_with_rate_and_the_end_reached():
     out = FakeTerminal()
     bar = Progress(100, "simulate", stream=out, unit="req")
     bar.update(40)
-    bar.update(30)          # positions are absolute: going back is ignored
-    bar.close()             # close fills the bar
+    bar.update(30)  # positions are absolute: going back is ignored
+    bar.close()  # close fills the bar
     text = out.getvalue()
     assert "simulate" in text and "100/100" in text and "req/s" in text
 

@@ -34,8 +34,9 @@ def test_overlong_rows_are_kept_as_rejected_requests_when_asked(tmp_path):
     (tmp_path / "t.csv").write_text("num_input_tokens,num_output_tokens\n100,10\n20000000,5\n")
     rc, _, err = run(SIM + ["--trace", tmp_path / "t.csv", "--out", tmp_path / "o", "--quiet"])
     assert rc == 2 and "row 2" in err
-    rc, _, err = run(SIM + ["--trace", tmp_path / "t.csv", "--out", tmp_path / "o", "--quiet",
-                            "--keep-overlong-requests"])
+    rc, _, err = run(
+        SIM + ["--trace", tmp_path / "t.csv", "--out", tmp_path / "o", "--quiet", "--keep-overlong-requests"]
+    )
     assert rc == 0, err
     req = pd.read_parquet(tmp_path / "o" / "requests.parquet")
     assert list(req["status"]) == ["finished", "rejected"]
@@ -71,7 +72,7 @@ def test_a_large_description_is_refused_quickly(tmp_path):
 
 # ----------------------------------------------------------------- 6. nothing half-written
 def test_out_problems_come_before_the_trace_is_read(tmp_path):
-    (tmp_path / "t.csv").write_text("bad,columns\n1,2\n")   # would fail if it were read
+    (tmp_path / "t.csv").write_text("bad,columns\n1,2\n")  # would fail if it were read
     (tmp_path / "e.yaml").write_text(EXPERIMENT)
     (tmp_path / "out").write_text("a file")
     rc, _, err = run(["run", tmp_path / "e.yaml", "--out", tmp_path / "out", "--no-plots"])
@@ -177,10 +178,26 @@ def test_kv_plot_shows_cached_blocks_and_many_replicas_as_a_band(tmp_path, repli
 
     rows = []
     for r in range(replicas):
-        rows += [{"replica": r, "start_s": 0.0, "end_s": 5.0, "gpu_utilization": 0.5, "kv_utilization": 0.2,
-                  "kv_cached": 0.3, "gpu": "A100-80GB"},
-                 {"replica": r, "start_s": 5.0, "end_s": 10.0, "gpu_utilization": 0.1, "kv_utilization": 0.1,
-                  "kv_cached": 0.6, "gpu": "A100-80GB"}]
+        rows += [
+            {
+                "replica": r,
+                "start_s": 0.0,
+                "end_s": 5.0,
+                "gpu_utilization": 0.5,
+                "kv_utilization": 0.2,
+                "kv_cached": 0.3,
+                "gpu": "A100-80GB",
+            },
+            {
+                "replica": r,
+                "start_s": 5.0,
+                "end_s": 10.0,
+                "gpu_utilization": 0.1,
+                "kv_utilization": 0.1,
+                "kv_cached": 0.6,
+                "gpu": "A100-80GB",
+            },
+        ]
     path = P.gpu_utilization(pd.DataFrame(rows), tmp_path / "g.png")
     assert path.is_file() and path.stat().st_size > 10_000
 
@@ -202,6 +219,6 @@ def test_limits_are_far_above_real_values_and_name_their_reason():
     cat = default_catalog()
     assert max(cat.model(m).max_context for m in cat.model_names()) < limits.CONTEXT_TOKENS.value
     assert max(cat.gpu(g).memory_gib for g in cat.gpu_names()) < limits.MEMORY_GB.value
-    assert limits.requests_limit().value >= 1_000_000   # the benchmark's million requests fit
+    assert limits.requests_limit().value >= 1_000_000  # the benchmark's million requests fit
     for lim in (limits.CONTEXT_TOKENS, limits.GPUS, limits.DURATION_S, limits.DOCUMENT_DEPTH):
         assert lim.why and lim.text()

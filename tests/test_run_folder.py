@@ -20,8 +20,15 @@ def leftovers(folder: Path) -> list[str]:
 
 def test_marker_names_are_the_ones_on_disk():
     assert rf.INCOMPLETE == "INCOMPLETE" and rf.DONE == "DONE"
-    assert rf.RUN_ENTRIES == ("simulation", "opendc", "plots", "report.json", "report.md", "experiment.json",
-                              "INCOMPLETE")
+    assert rf.RUN_ENTRIES == (
+        "simulation",
+        "opendc",
+        "plots",
+        "report.json",
+        "report.md",
+        "experiment.json",
+        "INCOMPLETE",
+    )
 
 
 def test_incomplete_marker_is_written_whole_and_cleared(tmp_path):
@@ -47,6 +54,7 @@ def test_a_failed_marker_write_leaves_the_old_marker_and_no_partial_file(tmp_pat
 
     def no_rename(src, dst):
         raise OSError("disk gone")
+
     monkeypatch.setattr(atomic.os, "replace", no_rename)
     with pytest.raises(OSError):
         rf.mark_incomplete(tmp_path, "FAILED\n" * 10_000)
@@ -57,8 +65,9 @@ def test_a_failed_marker_write_leaves_the_old_marker_and_no_partial_file(tmp_pat
 def test_failed_before_start_marker_keeps_an_earlier_one(tmp_path):
     rd = tmp_path / "runs" / "r000"
     rf.mark_failed_run(rd, "ValueError: boom")
-    assert (rd / "INCOMPLETE").read_text(encoding="utf-8") == \
-        "kavier sweep: this run FAILED before it started:\nValueError: boom\n"
+    assert (rd / "INCOMPLETE").read_text(
+        encoding="utf-8"
+    ) == "kavier sweep: this run FAILED before it started:\nValueError: boom\n"
     assert leftovers(rd) == []
     rf.mark_incomplete(rd, "kavier run FAILED during stage 'simulate'\n")
     rf.mark_failed_run(rd, "again")
@@ -69,8 +78,13 @@ def test_done_marker_holds_the_hash_then_the_details(tmp_path):
     rf.mark_done(tmp_path, "abc", id="r000", finished=1.5, wall_s=0.5, pid=42, worker="w0")
     raw = (tmp_path / "DONE").read_text(encoding="utf-8")
     assert list(json.loads(raw)) == ["config_hash", "id", "finished", "wall_s", "pid", "worker"]
-    assert raw == json.dumps({"config_hash": "abc", "id": "r000", "finished": 1.5, "wall_s": 0.5, "pid": 42,
-                              "worker": "w0"}, indent=2) + "\n"
+    assert (
+        raw
+        == json.dumps(
+            {"config_hash": "abc", "id": "r000", "finished": 1.5, "wall_s": 0.5, "pid": 42, "worker": "w0"}, indent=2
+        )
+        + "\n"
+    )
     assert leftovers(tmp_path) == []
     rf.clear_done(tmp_path)
     rf.clear_done(tmp_path)
@@ -82,18 +96,18 @@ def test_run_is_done_needs_done_with_the_same_hash_a_report_and_no_incomplete(tm
     rd.mkdir()
     assert not rf.run_is_done(rd, "h1")
     rf.mark_done(rd, "h1", id="run")
-    assert not rf.run_is_done(rd, "h1")                      # no report.json
+    assert not rf.run_is_done(rd, "h1")  # no report.json
     (rd / "report.json").write_text("{}")
-    assert not rf.run_is_done(rd, "h1")                      # not a report, and no simulation files
+    assert not rf.run_is_done(rd, "h1")  # not a report, and no simulation files
     (rd / "report.json").write_text('{"performance": {}, "efficiency": {}, "provenance": {}}')
     (rd / "simulation").mkdir()
     for name in ("requests.parquet", "timeline.parquet"):
         (rd / "simulation" / name).write_bytes(b"PAR1" + bytes(8) + b"PAR1")
     (rd / "simulation" / "summary.json").write_text("{}")
     assert rf.run_is_done(rd, "h1")
-    assert not rf.run_is_done(rd, "h2")                      # another configuration
+    assert not rf.run_is_done(rd, "h2")  # another configuration
     rf.mark_incomplete(rd, "FAILED\n")
-    assert not rf.run_is_done(rd, "h1")                      # INCOMPLETE wins
+    assert not rf.run_is_done(rd, "h1")  # INCOMPLETE wins
     rf.clear_incomplete(rd)
     assert rf.run_is_done(rd, "h1")
     (rd / "DONE").write_text("{not json")
@@ -112,8 +126,9 @@ def test_config_hash_is_the_one_resumed_sweeps_expect(tmp_path):
     """The hash value did not change when it moved here (a changed value would rerun every finished run)."""
     (tmp_path / "trace.csv").write_bytes(b"abc")
     (tmp_path / "dc.yaml").write_bytes(b"xyz\n")
-    exp = _Inputs([("trace", tmp_path / "trace.csv"), ("datacenter", tmp_path / "dc.yaml"),
-                   ("catalog", tmp_path / "nope.yaml")])
+    exp = _Inputs(
+        [("trace", tmp_path / "trace.csv"), ("datacenter", tmp_path / "dc.yaml"), ("catalog", tmp_path / "nope.yaml")]
+    )
     doc = {"name": "golden", "serving": {"replicas": 2, "router": "least-kv"}, "seed": 7, "when": Path("/x")}
     assert rf.config_hash(doc, exp, None) == "59c9cce9fdf0e8338e1b3cfe9f61e32bb0a13f4c417f005f2845cdd07d1610eb"
     assert rf.config_hash(doc, exp, False) == "7ae9ebc41799ff187d856fc8727e013dc45a22603627b82c3b8b2dcfa7a0904e"
@@ -126,14 +141,14 @@ def test_config_hash_is_stable_for_equal_configurations_and_differs_otherwise(tm
 
     path = tiny_experiment(tmp_path / "a")
     a = hashed(path)
-    assert hashed(path) == a                                                  # the same files, loaded again
-    assert hashed(tiny_experiment(tmp_path / "b")) != a                       # another folder: other paths
-    assert hashed(tiny_experiment(tmp_path / "a", seed=8)) != a               # another document
-    assert hashed(tiny_experiment(tmp_path / "a")) == a                       # back to the first
-    assert hashed(path, opendc=False) != a                                    # another OpenDC switch
+    assert hashed(path) == a  # the same files, loaded again
+    assert hashed(tiny_experiment(tmp_path / "b")) != a  # another folder: other paths
+    assert hashed(tiny_experiment(tmp_path / "a", seed=8)) != a  # another document
+    assert hashed(tiny_experiment(tmp_path / "a")) == a  # back to the first
+    assert hashed(path, opendc=False) != a  # another OpenDC switch
     workload = tmp_path / "a" / "workload.yaml"
     workload.write_text(workload.read_text().replace("num_requests: 60", "num_requests: 61"))
-    assert hashed(path) != a                                                  # another input file's bytes
+    assert hashed(path) != a  # another input file's bytes
 
 
 def test_sha256_file(tmp_path):
@@ -148,7 +163,7 @@ def test_experiment_copy_has_absolute_paths_and_runs_from_anywhere(tmp_path):
     rf.write_experiment_copy(out, exp)
     copy = json.loads((out / "experiment.json").read_text(encoding="utf-8"))
     assert copy["trace"] == str((tmp_path / "exp" / "workload.yaml").resolve())
-    assert copy == rf.absolutized(exp) and exp.data["trace"] == "workload.yaml"   # the experiment is unchanged
+    assert copy == rf.absolutized(exp) and exp.data["trace"] == "workload.yaml"  # the experiment is unchanged
     assert leftovers(out) == []
     again = load_experiment(out / "experiment.json", opendc=False)
     assert again.trace.path == (tmp_path / "exp" / "workload.yaml").resolve()

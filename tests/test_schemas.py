@@ -22,8 +22,14 @@ NAMES = sorted(p.name for p in SCHEMAS.glob("*.schema.json"))
 
 
 def test_there_are_schemas():
-    assert {"catalog.schema.json", "datacenter.schema.json", "experiment.schema.json", "plan.schema.json",
-            "sweep.schema.json", "synthetic_workload.schema.json"} <= set(NAMES)
+    assert {
+        "catalog.schema.json",
+        "datacenter.schema.json",
+        "experiment.schema.json",
+        "plan.schema.json",
+        "sweep.schema.json",
+        "synthetic_workload.schema.json",
+    } <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -42,8 +48,13 @@ def test_the_package_schemas_folder_is_a_link_to_schemas():
 def test_git_holds_one_copy_of_each_schema():
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
-    tracked = subprocess.run(["git", "ls-files", "-s", "--", "*.schema.json", "kavier_opendc/schemas"], cwd=REPO,
-                             capture_output=True, text=True, check=True).stdout.splitlines()
+    tracked = subprocess.run(
+        ["git", "ls-files", "-s", "--", "*.schema.json", "kavier_opendc/schemas"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     entries = {line.split("\t", 1)[1]: line.split()[0] for line in tracked}
     assert entries.pop("kavier_opendc/schemas") == "120000"  # git's mode for a symbolic link
     assert sorted(entries) == [f"schemas/{n}" for n in NAMES]

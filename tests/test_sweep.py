@@ -29,16 +29,35 @@ FLAGS = [] if HAVE_OPENDC else ["--no-opendc"]
 
 def write_sweep(tmp: Path, axes=None, name="sweep.yaml") -> Path:
     tiny_experiment(tmp)
-    doc = {"name": "tiny-sweep", "base": "experiment.yaml",
-           "axes": axes or {"serving.replicas": [1, 2], "serving.prefix_cache.policy": ["none", "block"]}}
+    doc = {
+        "name": "tiny-sweep",
+        "base": "experiment.yaml",
+        "axes": axes or {"serving.replicas": [1, 2], "serving.prefix_cache.policy": ["none", "block"]},
+    }
     p = tmp / name
     p.write_text(yaml.safe_dump(doc))
     return p
 
 
 def sweep_cli(sweep: Path, out: Path, *extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "sweep", str(sweep), "--out", str(out),
-                           "--jobs", "2", *FLAGS, *extra], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kavier_opendc.cli",
+            "sweep",
+            str(sweep),
+            "--out",
+            str(out),
+            "--jobs",
+            "2",
+            *FLAGS,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def log_events(out: Path) -> list[dict]:
@@ -59,15 +78,14 @@ def test_sweep_runs_all_configurations_in_parallel(swept):
     sweep, out, r = swept
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert len(runs) == 4
-    assert all((out / "runs" / rid / DONE).is_file() and (out / "runs" / rid / "report.json").is_file()
-               for rid in runs)
+    assert all((out / "runs" / rid / DONE).is_file() and (out / "runs" / rid / "report.json").is_file() for rid in runs)
     done = [e for e in log_events(out) if e["event"] == "done"]
     assert len(done) == 4
     assert len({e["pid"] for e in done}) == 2, "two worker processes shared the runs"
     assert all(e["pid"] != os.getpid() for e in done)
     # runs of different workers overlapped in time
     spans = sorted((e["start"], e["end"], e["pid"]) for e in done)
-    assert any(a[1] > b[0] and a[2] != b[2] for i, a in enumerate(spans) for b in spans[i + 1:])
+    assert any(a[1] > b[0] and a[2] != b[2] for i, a in enumerate(spans) for b in spans[i + 1 :])
     assert "4 run(s) done now, 0 skipped" in r.stdout
 
 
@@ -125,18 +143,24 @@ def test_changed_configuration_is_rerun(swept, tmp_path):
     new = log_events(out)[n_events:]
     ran = sorted(e["id"] for e in new if e["event"] == "done")
     # runs are keyed by their configuration: the 4 finished ones are kept, only the 2 new ones run
-    assert sorted(e["id"] for e in new if e["event"] == "skip") == sorted(p.name for p in (out / "runs").iterdir()
-                                                                          if "prefill" not in p.name)
+    assert sorted(e["id"] for e in new if e["event"] == "skip") == sorted(
+        p.name for p in (out / "runs").iterdir() if "prefill" not in p.name
+    )
     assert len(ran) == 2 and all("prefill" in rid for rid in ran)
 
 
 def test_killed_sweep_resumes(tmp_path):
-    sweep = write_sweep(tmp_path, axes={"serving.replicas": [1, 2], "serving.prefix_cache.policy": ["none", "block"],
-                                        "slo.ttft_s": [0.1, 0.3]})
+    sweep = write_sweep(
+        tmp_path,
+        axes={"serving.replicas": [1, 2], "serving.prefix_cache.policy": ["none", "block"], "slo.ttft_s": [0.1, 0.3]},
+    )
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "kavier_opendc.cli", "sweep", str(sweep), "--out", str(out),
-                             "--jobs", "2", *FLAGS], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kavier_opendc.cli", "sweep", str(sweep), "--out", str(out), "--jobs", "2", *FLAGS],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -171,19 +195,35 @@ def test_invalid_configuration_is_reported_before_running(tmp_path):
     text = str(ei.value)
     assert "configuration 2 (gpu=NoSuchGPU, serving.replicas=1): gpu: unknown GPU 'NoSuchGPU'" in text
     assert "serving.replicas=5): datacenter.hosts: the datacenter has too few GPU slots" in text
-    r = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "sweep", str(sweep), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "sweep", str(sweep), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "o").exists()
 
 
 def test_axes_as_labelled_variants(tmp_path):
-    sweep = write_sweep(tmp_path, axes=[
-        {"name": "site", "values": [{"label": "sunny", "set": {"carbon.synthetic": {"mean": 100, "amplitude": 50}}},
-                                    {"label": "coal", "set": {"carbon.synthetic": {"mean": 800, "amplitude": 0}}}]},
-        {"name": "replicas", "path": "serving.replicas", "values": [1, 2]}])
+    sweep = write_sweep(
+        tmp_path,
+        axes=[
+            {
+                "name": "site",
+                "values": [
+                    {"label": "sunny", "set": {"carbon.synthetic": {"mean": 100, "amplitude": 50}}},
+                    {"label": "coal", "set": {"carbon.synthetic": {"mean": 800, "amplitude": 0}}},
+                ],
+            },
+            {"name": "replicas", "path": "serving.replicas", "values": [1, 2]},
+        ],
+    )
     s = load_sweep(sweep)
-    assert [r.labels for r in s.runs] == [{"site": "sunny", "replicas": "1"}, {"site": "sunny", "replicas": "2"},
-                                          {"site": "coal", "replicas": "1"}, {"site": "coal", "replicas": "2"}]
+    assert [r.labels for r in s.runs] == [
+        {"site": "sunny", "replicas": "1"},
+        {"site": "sunny", "replicas": "2"},
+        {"site": "coal", "replicas": "1"},
+        {"site": "coal", "replicas": "2"},
+    ]
     assert s.runs[2].document["carbon"] == {"synthetic": {"mean": 800, "amplitude": 0}}
     assert len({r.config_hash for r in s.runs}) == 4
     bad = write_sweep(tmp_path, axes=[{"name": "x", "values": [1, 2]}], name="bad.yaml")

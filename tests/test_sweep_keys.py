@@ -28,14 +28,30 @@ POLICY = "serving.prefix_cache.policy"
 
 def write(inputs: Path, values: list[str], name: str) -> Path:
     p = inputs / name
-    p.write_text(yaml.safe_dump({"name": "keyed", "base": "experiment.yaml",
-                                 "axes": {"serving.replicas": [1], POLICY: values}}))
+    p.write_text(
+        yaml.safe_dump({"name": "keyed", "base": "experiment.yaml", "axes": {"serving.replicas": [1], POLICY: values}})
+    )
     return p
 
 
 def sweep(sweep_file: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "sweep", str(sweep_file), "--out", str(out),
-                           "--jobs", "1", "--no-opendc"], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kavier_opendc.cli",
+            "sweep",
+            str(sweep_file),
+            "--out",
+            str(out),
+            "--jobs",
+            "1",
+            "--no-opendc",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def files(folder: Path) -> dict[str, int]:
@@ -94,8 +110,10 @@ def test_folder_names_do_not_depend_on_position(finished, tmp_path):
     assert one == {k: two[k] for k in one}
     assert all(rid.startswith(f"policy-{v}_replicas-1-") for v, rid in two.items())
     # reordered axes: the same folders
-    axes = [{"name": POLICY, "path": POLICY, "values": ["none", "block"]},
-            {"name": "serving.replicas", "path": "serving.replicas", "values": [1, 2]}]
+    axes = [
+        {"name": POLICY, "path": POLICY, "values": ["none", "block"]},
+        {"name": "serving.replicas", "path": "serving.replicas", "values": [1, 2]},
+    ]
     runs = []
     for i, order in enumerate((axes, axes[::-1])):
         p = inputs / f"axes{i}.yaml"
@@ -185,8 +203,21 @@ def test_folder_holding_another_configuration_is_refused(resumed):
 def test_same_configuration_twice_is_refused(finished):
     inputs, _ = finished
     p = inputs / "twice.yaml"
-    p.write_text(yaml.safe_dump({"base": "experiment.yaml", "axes": [
-        {"name": "r", "values": [{"label": "one", "set": {"serving.replicas": 1}},
-                                 {"label": "uno", "set": {"serving.replicas": 1}}]}]}))
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "base": "experiment.yaml",
+                "axes": [
+                    {
+                        "name": "r",
+                        "values": [
+                            {"label": "one", "set": {"serving.replicas": 1}},
+                            {"label": "uno", "set": {"serving.replicas": 1}},
+                        ],
+                    }
+                ],
+            }
+        )
+    )
     with pytest.raises(Exception, match="the same experiment as configuration 0"):
         load_sweep(p, opendc=False)

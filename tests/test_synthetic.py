@@ -40,8 +40,11 @@ def sharegpt_rows() -> list[tuple[int, int]]:
 
 
 def same(a: Trace, b: Trace) -> bool:
-    ok = (np.array_equal(a.arrival_s, b.arrival_s) and np.array_equal(a.num_input_tokens, b.num_input_tokens)
-          and np.array_equal(a.num_output_tokens, b.num_output_tokens))
+    ok = (
+        np.array_equal(a.arrival_s, b.arrival_s)
+        and np.array_equal(a.num_input_tokens, b.num_input_tokens)
+        and np.array_equal(a.num_output_tokens, b.num_output_tokens)
+    )
     if a.session_id is not None or b.session_id is not None:
         ok = ok and np.array_equal(a.session_id, b.session_id)
     return ok and a.hash_ids == b.hash_ids
@@ -61,10 +64,15 @@ def check_invariants(tr: Trace) -> None:
 # --------------------------------------------------------------------------- determinism
 
 
-SESSION_KW = dict(sessions={"turns": {"dist": "uniform", "low": 1, "high": 6},
-                            "think_time_s": {"dist": "exponential", "mean": 20.0},
-                            "accumulate_context": True},
-                  hash_ids=True, shared_prefix_tokens=600)
+SESSION_KW = dict(
+    sessions={
+        "turns": {"dist": "uniform", "low": 1, "high": 6},
+        "think_time_s": {"dist": "exponential", "mean": 20.0},
+        "accumulate_context": True,
+    },
+    hash_ids=True,
+    shared_prefix_tokens=600,
+)
 
 
 @pytest.mark.parametrize("kw", [{}, {"arrival": "gamma", "cv": 2.0}, SESSION_KW], ids=["poisson", "gamma", "sessions"])
@@ -115,12 +123,18 @@ def test_constant_uniform_lengths():
 
 
 def test_lognormal_mean_and_median():
-    tr = synthetic_trace(200_000, 1.0, input=LengthSpec.lognormal(mean=1000, sigma=0.5),
-                         output=LengthSpec.lognormal(median=200, sigma=1.0), seed=4)
+    tr = synthetic_trace(
+        200_000,
+        1.0,
+        input=LengthSpec.lognormal(mean=1000, sigma=0.5),
+        output=LengthSpec.lognormal(median=200, sigma=1.0),
+        seed=4,
+    )
     assert tr.num_input_tokens.mean() == pytest.approx(1000, rel=0.02)
     assert np.median(tr.num_output_tokens) == pytest.approx(200, rel=0.03)
-    tr = synthetic_trace(10_000, 1.0, input=LengthSpec.lognormal(mean=1000, sigma=2.0, min=50, max=4096),
-                         output=1, seed=4)
+    tr = synthetic_trace(
+        10_000, 1.0, input=LengthSpec.lognormal(mean=1000, sigma=2.0, min=50, max=4096), output=1, seed=4
+    )
     assert tr.num_input_tokens.min() >= 50 and tr.num_input_tokens.max() <= 4096
 
 
@@ -130,7 +144,7 @@ def test_zipf_bounded_and_unbounded():
     assert x.min() >= 5 and x.max() <= 300
     counts = np.bincount(x)
     assert counts[5] == counts.max()  # the mode is the minimum
-    assert counts[5] / counts[6] == pytest.approx(2 ** 1.1, rel=0.1)
+    assert counts[5] / counts[6] == pytest.approx(2**1.1, rel=0.1)
     assert tr.num_output_tokens.min() >= 1
 
 
@@ -150,8 +164,9 @@ def test_histogram_from_file_stays_in_support():
     r_syn = np.corrcoef(tr.num_input_tokens, tr.num_output_tokens)[0, 1]
     assert r_syn == pytest.approx(r_obs, abs=0.03)
     # explicit independent sampling breaks the pairing
-    ind = synthetic_trace(50_000, 3.0, input=LengthSpec.histogram(file=f), output=LengthSpec.histogram(file=f),
-                          seed=9, joint=False)
+    ind = synthetic_trace(
+        50_000, 3.0, input=LengthSpec.histogram(file=f), output=LengthSpec.histogram(file=f), seed=9, joint=False
+    )
     assert set(np.unique(ind.num_input_tokens)) <= obs_in
     assert not all(p in pairs for p in zip(ind.num_input_tokens.tolist(), ind.num_output_tokens.tolist(), strict=True))
     assert abs(np.corrcoef(ind.num_input_tokens, ind.num_output_tokens)[0, 1]) < 0.03
@@ -160,15 +175,25 @@ def test_histogram_from_file_stays_in_support():
 def test_histogram_named_column(tmp_path):
     p = tmp_path / "lens.csv"
     p.write_text("prompt,answer\n10,1\n20,2\n30,3\n")
-    tr = synthetic_trace(1000, 1.0, input={"dist": "histogram", "file": str(p), "column": "prompt"},
-                         output={"dist": "histogram", "file": str(p), "column": "answer"}, seed=1)
+    tr = synthetic_trace(
+        1000,
+        1.0,
+        input={"dist": "histogram", "file": str(p), "column": "prompt"},
+        output={"dist": "histogram", "file": str(p), "column": "answer"},
+        seed=1,
+    )
     assert set(np.unique(tr.num_input_tokens)) <= {10, 20, 30}
     np.testing.assert_array_equal(tr.num_input_tokens, tr.num_output_tokens * 10)  # joint rows
 
 
 def test_histogram_bins_and_values():
-    tr = synthetic_trace(100_000, 1.0, input=LengthSpec.histogram(bins=[1, 100, 1000, 4000], weights=[0.5, 0.3, 0.2]),
-                         output=LengthSpec.histogram(values=[7, 70], weights=[3, 1]), seed=11)
+    tr = synthetic_trace(
+        100_000,
+        1.0,
+        input=LengthSpec.histogram(bins=[1, 100, 1000, 4000], weights=[0.5, 0.3, 0.2]),
+        output=LengthSpec.histogram(values=[7, 70], weights=[3, 1]),
+        seed=11,
+    )
     x = tr.num_input_tokens
     assert x.min() >= 1 and x.max() < 4000
     frac = [np.mean(x < 100), np.mean((x >= 100) & (x < 1000)), np.mean(x >= 1000)]
@@ -178,8 +203,13 @@ def test_histogram_bins_and_values():
 
 
 @settings(max_examples=30, deadline=None)
-@given(low=st.integers(1, 10_000), span=st.integers(0, 10_000), lo_clip=st.integers(1, 5000),
-       seed=st.integers(0, 2**32 - 1), n=st.integers(1, 2000))
+@given(
+    low=st.integers(1, 10_000),
+    span=st.integers(0, 10_000),
+    lo_clip=st.integers(1, 5000),
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 2000),
+)
 def test_lengths_always_respect_clips(low, span, lo_clip, seed, n):
     spec = LengthSpec("lognormal", median=float(low), sigma=1.5, min=lo_clip, max=lo_clip + span)
     tr = synthetic_trace(n, 2.0, input=spec, output=LengthSpec.uniform(low, low + span), seed=seed)
@@ -200,8 +230,14 @@ def _by_session(tr: Trace) -> dict[int, np.ndarray]:
 
 
 def test_sessions_ids_turns_and_think_time():
-    tr = synthetic_trace(20_000, 50.0, input=100, output=10, seed=3,
-                         sessions={"turns": {"dist": "uniform", "low": 2, "high": 5}, "think_time_s": 7.5})
+    tr = synthetic_trace(
+        20_000,
+        50.0,
+        input=100,
+        output=10,
+        seed=3,
+        sessions={"turns": {"dist": "uniform", "low": 2, "high": 5}, "think_time_s": 7.5},
+    )
     check_invariants(tr)
     assert len(tr) == 20_000
     sid = tr.session_id
@@ -221,11 +257,22 @@ def test_sessions_ids_turns_and_think_time():
 
 
 def test_sessions_exact_count_and_accumulated_context():
-    tr = synthetic_trace(None, 5.0, input=LengthSpec.uniform(10, 50), output=LengthSpec.uniform(1, 30), seed=12,
-                         sessions={"num_sessions": 300, "turns": {"dist": "uniform", "low": 1, "high": 4},
-                                   "think_time_s": {"dist": "exponential", "mean": 3.0},
-                                   "accumulate_context": True},
-                         shared_prefix_tokens=1100, hash_ids=True, hash_block_size=512)
+    tr = synthetic_trace(
+        None,
+        5.0,
+        input=LengthSpec.uniform(10, 50),
+        output=LengthSpec.uniform(1, 30),
+        seed=12,
+        sessions={
+            "num_sessions": 300,
+            "turns": {"dist": "uniform", "low": 1, "high": 4},
+            "think_time_s": {"dist": "exponential", "mean": 3.0},
+            "accumulate_context": True,
+        },
+        shared_prefix_tokens=1100,
+        hash_ids=True,
+        hash_block_size=512,
+    )
     check_invariants(tr)
     assert np.unique(tr.session_id).size == 300
     for g in _by_session(tr).values():
@@ -243,11 +290,24 @@ def test_sessions_exact_count_and_accumulated_context():
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 3000), hi=st.integers(1, 6), think=st.floats(0, 100), seed=st.integers(0, 10**6),
-       arrival=st.sampled_from(["poisson", "gamma", "constant", "batch"]))
+@given(
+    n=st.integers(1, 3000),
+    hi=st.integers(1, 6),
+    think=st.floats(0, 100),
+    seed=st.integers(0, 10**6),
+    arrival=st.sampled_from(["poisson", "gamma", "constant", "batch"]),
+)
 def test_sessions_property(n, hi, think, seed, arrival):
-    tr = synthetic_trace(n, 3.0, arrival=arrival, cv=2.0, input=5, output=5, seed=seed,
-                         sessions={"turns": {"dist": "uniform", "low": 1, "high": hi}, "think_time_s": think})
+    tr = synthetic_trace(
+        n,
+        3.0,
+        arrival=arrival,
+        cv=2.0,
+        input=5,
+        output=5,
+        seed=seed,
+        sessions={"turns": {"dist": "uniform", "low": 1, "high": hi}, "think_time_s": think},
+    )
     check_invariants(tr)
     assert len(tr) == n
     assert tr.session_id is not None and tr.session_id.min() == 0
@@ -269,21 +329,34 @@ def test_invalid_parameters_report_every_problem():
 def test_spec_file_json_and_yaml(tmp_path):
     (tmp_path / "lens.csv").write_text("num_prefill_tokens,num_decode_tokens\n100,10\n200,20\n300,30\n")
     spec = {
-        "name": "demo", "num_requests": 2000, "rate": 4.0, "arrival": "gamma", "cv": 1.5, "seed": 42,
-        "input": {"dist": "histogram", "file": "lens.csv"}, "output": {"dist": "histogram", "file": "lens.csv"},
+        "name": "demo",
+        "num_requests": 2000,
+        "rate": 4.0,
+        "arrival": "gamma",
+        "cv": 1.5,
+        "seed": 42,
+        "input": {"dist": "histogram", "file": "lens.csv"},
+        "output": {"dist": "histogram", "file": "lens.csv"},
         "sessions": {"turns": {"dist": "uniform", "low": 1, "high": 3}, "think_time_s": 4},
     }
     (tmp_path / "w.json").write_text(json.dumps(spec))
     (tmp_path / "w.yaml").write_text(
         "name: demo\nnum_requests: 2000\nrate: 4.0\narrival: gamma\ncv: 1.5\nseed: 42\n"
         "input: {dist: histogram, file: lens.csv}\noutput: {dist: histogram, file: lens.csv}\n"
-        "sessions:\n  turns: {dist: uniform, low: 1, high: 3}\n  think_time_s: 4\n")
+        "sessions:\n  turns: {dist: uniform, low: 1, high: 3}\n  think_time_s: 4\n"
+    )
     a = load_synthetic_spec(tmp_path / "w.json")
     b = load_synthetic_spec(tmp_path / "w.yaml")
-    c = synthetic_trace(2000, 4.0, arrival="gamma", cv=1.5, seed=42,
-                        input=LengthSpec.histogram(file=tmp_path / "lens.csv"),
-                        output=LengthSpec.histogram(file=tmp_path / "lens.csv"),
-                        sessions={"turns": {"dist": "uniform", "low": 1, "high": 3}, "think_time_s": 4})
+    c = synthetic_trace(
+        2000,
+        4.0,
+        arrival="gamma",
+        cv=1.5,
+        seed=42,
+        input=LengthSpec.histogram(file=tmp_path / "lens.csv"),
+        output=LengthSpec.histogram(file=tmp_path / "lens.csv"),
+        sessions={"turns": {"dist": "uniform", "low": 1, "high": 3}, "think_time_s": 4},
+    )
     check_invariants(a)
     assert same(a, b) and same(a, c)
     assert a.source == str(tmp_path / "w.json")
@@ -293,27 +366,47 @@ def test_spec_file_json_and_yaml(tmp_path):
 
 
 def test_spec_validation_lists_every_problem_with_paths(tmp_path):
-    bad = {"num_requests": 0, "rate": "fast", "arrival": "weibull", "bogus": 1,
-           "input": {"dist": "uniform", "low": 5},
-           "output": {"dist": "lognormal", "mean": 10},
-           "sessions": {"turns": 0}}
+    bad = {
+        "num_requests": 0,
+        "rate": "fast",
+        "arrival": "weibull",
+        "bogus": 1,
+        "input": {"dist": "uniform", "low": 5},
+        "output": {"dist": "lognormal", "mean": 10},
+        "sessions": {"turns": 0},
+    }
     p = tmp_path / "bad.json"
     p.write_text(json.dumps(bad))
     with pytest.raises(KavierInputError) as ei:
         load_synthetic_spec(p)
     msg = str(ei.value)
     assert "bad.json" in msg
-    for needle in ("$.num_requests", "$.rate", "$.arrival", "bogus", "$.input", "'high'", "$.output", "'sigma'",
-                   "$.sessions", "'think_time_s'", "$.sessions.turns"):
+    for needle in (
+        "$.num_requests",
+        "$.rate",
+        "$.arrival",
+        "bogus",
+        "$.input",
+        "'high'",
+        "$.output",
+        "'sigma'",
+        "$.sessions",
+        "'think_time_s'",
+        "$.sessions.turns",
+    ):
         assert needle in msg, (needle, msg)
     assert "\n" not in msg
     assert len(validate_synthetic_spec(bad)) >= 8
 
 
 def test_spec_semantic_problems(tmp_path):
-    spec = {"num_requests": 10, "rate": 1, "input": {"dist": "uniform", "low": 50, "high": 5},
-            "output": {"dist": "histogram", "file": "nowhere.csv"},
-            "sessions": {"turns": 2, "think_time_s": {"dist": "lognormal", "sigma": 1}}}
+    spec = {
+        "num_requests": 10,
+        "rate": 1,
+        "input": {"dist": "uniform", "low": 50, "high": 5},
+        "output": {"dist": "histogram", "file": "nowhere.csv"},
+        "sessions": {"turns": 2, "think_time_s": {"dist": "lognormal", "sigma": 1}},
+    }
     with pytest.raises(KavierInputError) as ei:
         load_synthetic_spec(spec, base_dir=tmp_path)
     msg = str(ei.value)
@@ -342,15 +435,25 @@ def test_schema_path_is_the_schemas_file():
 
 def test_one_million_requests_speed():
     t = time.perf_counter()
-    tr = synthetic_trace(1_000_000, 100.0, arrival="gamma", cv=2.0, seed=1,
-                         input=LengthSpec.lognormal(mean=900, sigma=1.0, max=16_000),
-                         output=LengthSpec.uniform(1, 1024))
+    tr = synthetic_trace(
+        1_000_000,
+        100.0,
+        arrival="gamma",
+        cv=2.0,
+        seed=1,
+        input=LengthSpec.lognormal(mean=900, sigma=1.0, max=16_000),
+        output=LengthSpec.uniform(1, 1024),
+    )
     plain = time.perf_counter() - t
     t = time.perf_counter()
-    tr2 = synthetic_trace(1_000_000, 100.0, seed=1, input=LengthSpec.uniform(10, 500),
-                          output=LengthSpec.uniform(1, 500),
-                          sessions={"turns": {"dist": "uniform", "low": 1, "high": 10}, "think_time_s": 30,
-                                    "accumulate_context": True})
+    tr2 = synthetic_trace(
+        1_000_000,
+        100.0,
+        seed=1,
+        input=LengthSpec.uniform(10, 500),
+        output=LengthSpec.uniform(1, 500),
+        sessions={"turns": {"dist": "uniform", "low": 1, "high": 10}, "think_time_s": 30, "accumulate_context": True},
+    )
     sessions = time.perf_counter() - t
     assert len(tr) == len(tr2) == 1_000_000
     check_invariants(tr2)

@@ -138,16 +138,33 @@ def _plain(v):
 
 
 LAYOUT_FRAMES = {
-    "kavier": pd.DataFrame({"arrival_time_s": [10.0, 10.5, 12.0], "num_input_tokens": [5, 6, 7],
-                            "num_output_tokens": [1, 2, 3], "session_id": ["a", "b", "a"],
-                            "n": [1, 2, 1]}),
-    "azure": pd.DataFrame({"TIMESTAMP": ["2023-11-16 18:15:46.6805900", "2023-11-16 18:15:47.1805900",
-                                         "2023-11-16 18:15:49"],
-                           "ContextTokens": [5, 6, 7], "GeneratedTokens": [1, 2, 3]}),
-    "mooncake": pd.DataFrame({"timestamp": [1000, 1500, 3000], "input_length": [5, 6, 7],
-                              "output_length": [1, 2, 3], "hash_ids": [[0], [0], [1]]}),
-    "vidur": pd.DataFrame({"arrived_at": [10.0, 10.5, 12.0], "num_prefill_tokens": [5, 6, 7],
-                           "num_decode_tokens": [1, 2, 3]}),
+    "kavier": pd.DataFrame(
+        {
+            "arrival_time_s": [10.0, 10.5, 12.0],
+            "num_input_tokens": [5, 6, 7],
+            "num_output_tokens": [1, 2, 3],
+            "session_id": ["a", "b", "a"],
+            "n": [1, 2, 1],
+        }
+    ),
+    "azure": pd.DataFrame(
+        {
+            "TIMESTAMP": ["2023-11-16 18:15:46.6805900", "2023-11-16 18:15:47.1805900", "2023-11-16 18:15:49"],
+            "ContextTokens": [5, 6, 7],
+            "GeneratedTokens": [1, 2, 3],
+        }
+    ),
+    "mooncake": pd.DataFrame(
+        {
+            "timestamp": [1000, 1500, 3000],
+            "input_length": [5, 6, 7],
+            "output_length": [1, 2, 3],
+            "hash_ids": [[0], [0], [1]],
+        }
+    ),
+    "vidur": pd.DataFrame(
+        {"arrived_at": [10.0, 10.5, 12.0], "num_prefill_tokens": [5, 6, 7], "num_decode_tokens": [1, 2, 3]}
+    ),
 }
 
 
@@ -192,7 +209,8 @@ def test_kavier_prototype_input_layout(tmp_path):
         "session_id,turn_id,ts,num_input_tokens,num_output_tokens,input_tokens,output_tokens\n"
         '7,0,0.0,3,2,"[1, 5, 2]","[9, 2]"\n'
         '7,1,1.0,5,1,"[1, 5, 2, 9, 2]","[3]"\n'
-        '4,0,0.0,2,2,"[1, 8]","[4, 2]"\n')
+        '4,0,0.0,2,2,"[1, 8]","[4, 2]"\n'
+    )
     tr = load_trace(path)
     assert tr.format == "kavier"
     np.testing.assert_array_equal(tr.session_id, [0, 0, 1])
@@ -201,8 +219,14 @@ def test_kavier_prototype_input_layout(tmp_path):
 
 
 def test_explicit_override(tmp_path):
-    df = pd.DataFrame({"num_input_tokens": [5, 6], "num_output_tokens": [1, 2],
-                       "num_prefill_tokens": [50, 60], "num_decode_tokens": [10, 20]})
+    df = pd.DataFrame(
+        {
+            "num_input_tokens": [5, 6],
+            "num_output_tokens": [1, 2],
+            "num_prefill_tokens": [50, 60],
+            "num_decode_tokens": [10, 20],
+        }
+    )
     path = _write(tmp_path / "both.csv", df)
     assert load_trace(path).format == "kavier"
     tr = load_trace(path, fmt="vidur")
@@ -259,20 +283,44 @@ BAD_CSV = [
     ("session_missing", "num_input_tokens,num_output_tokens,session_id\n5,1,a\n5,1,\n", 2, ["session_id"]),
     ("n_zero", "num_input_tokens,num_output_tokens,n\n5,1,1\n5,1,0\n", 2, ["n ", ">= 1"]),
     ("hash_not_list", 'num_input_tokens,num_output_tokens,hash_ids\n5,1,"[1, 2]"\n5,1,"7"\n', 2, ["hash_ids"]),
-    ("hash_not_ints", 'num_input_tokens,num_output_tokens,hash_ids\n5,1,"[1, 2]"\n5,1,"[1, ""a""]"\n', 2,
-     ["hash_ids", "'a'", "list of integers"]),
+    (
+        "hash_not_ints",
+        'num_input_tokens,num_output_tokens,hash_ids\n5,1,"[1, 2]"\n5,1,"[1, ""a""]"\n',
+        2,
+        ["hash_ids", "'a'", "list of integers"],
+    ),
     ("hash_floats", 'num_input_tokens,num_output_tokens,hash_ids\n5,1,"[1.5]"\n', 1, ["hash_ids", "1.5"]),
-    ("hash_bad_json", 'num_input_tokens,num_output_tokens,hash_ids\n5,1,"[1, 2]"\n5,1,"[1, 2"\n', 2,
-     ["hash_ids", "not a JSON list"]),
-    ("tokens_len", 'num_input_tokens,num_output_tokens,input_tokens\n2,1,"[1, 2]"\n3,1,"[1, 2]"\n', 2,
-     ["input_tokens", "num_input_tokens is 3"]),
-    ("azure_time", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,5,1\nyesterday,5,1\n", 2,
-     ["'yesterday'", "TIMESTAMP", "date-time"]),
-    ("azure_unsorted", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,5,1\n"
-                       "2023-11-16 18:15:47.0000000,5,1\n2023-11-16 18:15:46.9000000,5,1\n", 3,
-     ["TIMESTAMP", "backwards"]),
-    ("azure_zero_out", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,5,0\n", 1,
-     ["GeneratedTokens", "at least one output token"]),
+    (
+        "hash_bad_json",
+        'num_input_tokens,num_output_tokens,hash_ids\n5,1,"[1, 2]"\n5,1,"[1, 2"\n',
+        2,
+        ["hash_ids", "not a JSON list"],
+    ),
+    (
+        "tokens_len",
+        'num_input_tokens,num_output_tokens,input_tokens\n2,1,"[1, 2]"\n3,1,"[1, 2]"\n',
+        2,
+        ["input_tokens", "num_input_tokens is 3"],
+    ),
+    (
+        "azure_time",
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,5,1\nyesterday,5,1\n",
+        2,
+        ["'yesterday'", "TIMESTAMP", "date-time"],
+    ),
+    (
+        "azure_unsorted",
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,5,1\n"
+        "2023-11-16 18:15:47.0000000,5,1\n2023-11-16 18:15:46.9000000,5,1\n",
+        3,
+        ["TIMESTAMP", "backwards"],
+    ),
+    (
+        "azure_zero_out",
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,5,0\n",
+        1,
+        ["GeneratedTokens", "at least one output token"],
+    ),
     ("vidur_neg", "num_prefill_tokens,num_decode_tokens\n4,4\n-4,4\n", 2, ["num_prefill_tokens", "-4"]),
 ]
 
@@ -292,29 +340,76 @@ def test_bad_csv_rows(tmp_path, name, text, row, needles):
 
 
 BAD_JSONL = [
-    ("invalid_json", ['{"timestamp": 0, "input_length": 5, "output_length": 1}',
-                      '{"timestamp": 1, "input_length": 5, "output_length": 1',
-                      '{"timestamp": 2, "input_length": 5, "output_length": 1}'], "line 2", ["invalid JSON"]),
-    ("not_object", ['{"timestamp": 0, "input_length": 5, "output_length": 1}', "[1, 2]"], "line 2",
-     ["JSON object"]),
-    ("hash_str", ['{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [0]}',
-                  '{"timestamp": 1, "input_length": 5, "output_length": 1, "hash_ids": "0,1"}'], "line 2",
-     ["hash_ids"]),
-    ("hash_mixed", ['{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [0, true]}'], "line 1",
-     ["hash_ids", "True"]),
-    ("float_len", ['{"timestamp": 0, "input_length": 5, "output_length": 1}',
-                   '{"timestamp": 0, "input_length": 5.5, "output_length": 1}'], "line 2", ["5.5", "input_length"]),
-    ("null_len", ['{"timestamp": 0, "input_length": 5, "output_length": 1}',
-                  '{"timestamp": 0, "input_length": 5}'], "line 2", ["output_length", "missing"]),
-    ("string_time", ['{"timestamp": 0, "input_length": 5, "output_length": 1}',
-                     '{"timestamp": "late", "input_length": 5, "output_length": 1}'], "line 2", ["'late'"]),
-    ("unsorted_ms", ['{"timestamp": 0, "input_length": 5, "output_length": 1}',
-                     '{"timestamp": 10, "input_length": 5, "output_length": 1}',
-                     '{"timestamp": 5, "input_length": 5, "output_length": 1}'], "line 3", ["backwards"]),
-    ("hash_float_later", ['{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [0, 1]}',
-                          '{"timestamp": 1, "input_length": 5, "output_length": 1, "hash_ids": [0, 2]}',
-                          '{"timestamp": 2, "input_length": 5, "output_length": 1, "hash_ids": [0, 2.5]}'],
-     "line 3", ["hash_ids", "2.5"]),
+    (
+        "invalid_json",
+        [
+            '{"timestamp": 0, "input_length": 5, "output_length": 1}',
+            '{"timestamp": 1, "input_length": 5, "output_length": 1',
+            '{"timestamp": 2, "input_length": 5, "output_length": 1}',
+        ],
+        "line 2",
+        ["invalid JSON"],
+    ),
+    ("not_object", ['{"timestamp": 0, "input_length": 5, "output_length": 1}', "[1, 2]"], "line 2", ["JSON object"]),
+    (
+        "hash_str",
+        [
+            '{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [0]}',
+            '{"timestamp": 1, "input_length": 5, "output_length": 1, "hash_ids": "0,1"}',
+        ],
+        "line 2",
+        ["hash_ids"],
+    ),
+    (
+        "hash_mixed",
+        ['{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [0, true]}'],
+        "line 1",
+        ["hash_ids", "True"],
+    ),
+    (
+        "float_len",
+        [
+            '{"timestamp": 0, "input_length": 5, "output_length": 1}',
+            '{"timestamp": 0, "input_length": 5.5, "output_length": 1}',
+        ],
+        "line 2",
+        ["5.5", "input_length"],
+    ),
+    (
+        "null_len",
+        ['{"timestamp": 0, "input_length": 5, "output_length": 1}', '{"timestamp": 0, "input_length": 5}'],
+        "line 2",
+        ["output_length", "missing"],
+    ),
+    (
+        "string_time",
+        [
+            '{"timestamp": 0, "input_length": 5, "output_length": 1}',
+            '{"timestamp": "late", "input_length": 5, "output_length": 1}',
+        ],
+        "line 2",
+        ["'late'"],
+    ),
+    (
+        "unsorted_ms",
+        [
+            '{"timestamp": 0, "input_length": 5, "output_length": 1}',
+            '{"timestamp": 10, "input_length": 5, "output_length": 1}',
+            '{"timestamp": 5, "input_length": 5, "output_length": 1}',
+        ],
+        "line 3",
+        ["backwards"],
+    ),
+    (
+        "hash_float_later",
+        [
+            '{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [0, 1]}',
+            '{"timestamp": 1, "input_length": 5, "output_length": 1, "hash_ids": [0, 2]}',
+            '{"timestamp": 2, "input_length": 5, "output_length": 1, "hash_ids": [0, 2.5]}',
+        ],
+        "line 3",
+        ["hash_ids", "2.5"],
+    ),
     ("bool_len", ['{"timestamp": 0, "input_length": true, "output_length": 1}'], "line 1", ["input_length"]),
 ]
 
@@ -333,8 +428,10 @@ def test_bad_jsonl_rows(tmp_path, name, lines, where, needles):
 
 def test_jsonl_blank_lines_keep_line_numbers(tmp_path):
     path = tmp_path / "gaps.jsonl"
-    path.write_text('{"timestamp": 0, "input_length": 5, "output_length": 1}\n\n'
-                    '{"timestamp": 0, "input_length": 5, "output_length": 0}\n')
+    path.write_text(
+        '{"timestamp": 0, "input_length": 5, "output_length": 1}\n\n'
+        '{"timestamp": 0, "input_length": 5, "output_length": 0}\n'
+    )
     with pytest.raises(KavierInputError) as ei:
         load_trace(path)
     assert "row 2 (line 3)" in str(ei.value)
@@ -353,8 +450,9 @@ def test_empty_traces(tmp_path):
             load_trace(p)
         assert name in str(ei.value) and ("empty" in str(ei.value) or "no requests" in str(ei.value))
     p = tmp_path / "empty.parquet"
-    pd.DataFrame({"num_input_tokens": pd.Series([], dtype="int64"),
-                  "num_output_tokens": pd.Series([], dtype="int64")}).to_parquet(p)
+    pd.DataFrame(
+        {"num_input_tokens": pd.Series([], dtype="int64"), "num_output_tokens": pd.Series([], dtype="int64")}
+    ).to_parquet(p)
     with pytest.raises(KavierInputError, match="no requests"):
         load_trace(p)
 
@@ -374,8 +472,10 @@ def test_file_problems(tmp_path):
     with pytest.raises(KavierInputError, match="Parquet") as ei:
         load_trace(tmp_path / "junk.parquet")
     assert "junk.parquet" in str(ei.value)
-    (tmp_path / "latin.jsonl").write_bytes(b'{"timestamp": 0, "input_length": 5, "output_length": 1}\n'
-                                           b'{"timestamp": 0, "input_length": "\xff", "output_length": 1}\n')
+    (tmp_path / "latin.jsonl").write_bytes(
+        b'{"timestamp": 0, "input_length": 5, "output_length": 1}\n'
+        b'{"timestamp": 0, "input_length": "\xff", "output_length": 1}\n'
+    )
     with pytest.raises(KavierInputError, match="UTF-8") as ei:
         load_trace(tmp_path / "latin.jsonl")
     assert "line 2" in str(ei.value)
@@ -401,9 +501,15 @@ def test_gzip_and_json_array(tmp_path):
 
 
 def test_write_trace_round_trip(tmp_path):
-    tr = Trace(arrival_s=np.array([0.0, 0.25, 1.5]), num_input_tokens=np.array([3, 4, 600]),
-               num_output_tokens=np.array([1, 2, 3]), session_id=np.array([0, 1, 0]),
-               hash_ids=[[1], [1], [1, 2]], input_tokens=[[1, 2, 3], [], [7] * 600], n=np.array([1, 1, 4]))
+    tr = Trace(
+        arrival_s=np.array([0.0, 0.25, 1.5]),
+        num_input_tokens=np.array([3, 4, 600]),
+        num_output_tokens=np.array([1, 2, 3]),
+        session_id=np.array([0, 1, 0]),
+        hash_ids=[[1], [1], [1, 2]],
+        input_tokens=[[1, 2, 3], [], [7] * 600],
+        n=np.array([1, 1, 4]),
+    )
     for ext in (".csv", ".parquet", ".jsonl"):
         back = load_trace(write_trace(tr, tmp_path / f"w{ext}"))
         np.testing.assert_array_equal(back.arrival_s, tr.arrival_s)
@@ -426,8 +532,7 @@ def kavier_tables(draw):
         "num_output_tokens": draw(st.lists(st.integers(1, 10**6), min_size=n, max_size=n)),
     }
     if draw(st.booleans()):
-        t = sorted(draw(st.lists(st.floats(-1e6, 1e7, allow_nan=False, allow_infinity=False),
-                                 min_size=n, max_size=n)))
+        t = sorted(draw(st.lists(st.floats(-1e6, 1e7, allow_nan=False, allow_infinity=False), min_size=n, max_size=n)))
         cols["arrival_time_s"] = t
     if draw(st.booleans()):
         kind = draw(st.sampled_from(["int", "str"]))
@@ -438,11 +543,14 @@ def kavier_tables(draw):
     if draw(st.booleans()):
         # one id per 512 prompt tokens (the last partial), or none for the row
         base = draw(st.integers(0, 2**62 - 2 * 10**5))
-        cols["hash_ids"] = [list(range(base + i, base + i - (-k // 512))) if draw(st.booleans()) else []
-                            for i, k in enumerate(cols["num_input_tokens"])]
+        cols["hash_ids"] = [
+            list(range(base + i, base + i - (-k // 512))) if draw(st.booleans()) else []
+            for i, k in enumerate(cols["num_input_tokens"])
+        ]
     if with_tokens:
-        cols["input_tokens"] = [draw(st.lists(st.integers(0, 200_000), min_size=k, max_size=k))
-                                for k in cols["num_input_tokens"]]
+        cols["input_tokens"] = [
+            draw(st.lists(st.integers(0, 200_000), min_size=k, max_size=k)) for k in cols["num_input_tokens"]
+        ]
     return pd.DataFrame(cols)
 
 
@@ -487,11 +595,13 @@ def test_round_trip_property(df, ext):
 @st.composite
 def corrupted_tables(draw):
     n = draw(st.integers(1, 30))
-    df = pd.DataFrame({
-        "arrival_time_s": np.arange(n, dtype=np.float64) * 0.5,
-        "num_input_tokens": draw(st.lists(st.integers(1, 5000), min_size=n, max_size=n)),
-        "num_output_tokens": draw(st.lists(st.integers(1, 5000), min_size=n, max_size=n)),
-    })
+    df = pd.DataFrame(
+        {
+            "arrival_time_s": np.arange(n, dtype=np.float64) * 0.5,
+            "num_input_tokens": draw(st.lists(st.integers(1, 5000), min_size=n, max_size=n)),
+            "num_output_tokens": draw(st.lists(st.integers(1, 5000), min_size=n, max_size=n)),
+        }
+    )
     row = draw(st.integers(0, n - 1))
     col = draw(st.sampled_from(["num_input_tokens", "num_output_tokens", "arrival_time_s"]))
     kinds = ["nan", "string"] if col == "arrival_time_s" else ["negative", "nan", "float", "string", "zero"]

@@ -21,10 +21,12 @@ from kavier_opendc.cli import main
 from kavier_opendc.tracer.client import normalise_endpoint
 
 SERVER = Path(__file__).with_name("fake_openai_server.py")
-A10_HEADER = ("prompt_size,prefill_input_tokens,reality_prefill,kavier_prefill,decode_input_tokens,"
-              "decode_output_tokens,reality_decode,kavier_decode")
-TOL_S = 0.002     # the acceptance: measured equals programmed within 2 ms per request
-LOOSE_S = 0.25    # where timing is not what a test is about (it must hold on a busy machine)
+A10_HEADER = (
+    "prompt_size,prefill_input_tokens,reality_prefill,kavier_prefill,decode_input_tokens,"
+    "decode_output_tokens,reality_decode,kavier_decode"
+)
+TOL_S = 0.002  # the acceptance: measured equals programmed within 2 ms per request
+LOOSE_S = 0.25  # where timing is not what a test is about (it must hold on a busy machine)
 
 
 class Server:
@@ -39,8 +41,9 @@ class Server:
         from fake_openai_server import DEFAULTS
 
         body = dict(DEFAULTS, **cfg)
-        req = urllib.request.Request(self.url + "/_config", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + "/_config", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         return json.loads(urllib.request.urlopen(req, timeout=5).read())
 
     def stats(self) -> dict:
@@ -89,16 +92,25 @@ def programmed(cfg: dict, df: pd.DataFrame):
 def _timing(concurrency: int) -> dict:
     # first token 5 ms + 0.2 ms per prompt token; then one token every 5 ms (15 ms at 64 streams, to keep
     # the two processes' load modest on a small shared machine) + 0.1 ms per prompt token
-    return {"ttft_base_s": 0.005, "ttft_per_token_s": 0.0002,
-            "tpot_base_s": 0.015 if concurrency >= 64 else 0.005, "tpot_per_token_s": 0.0001}
+    return {
+        "ttft_base_s": 0.005,
+        "ttft_per_token_s": 0.0002,
+        "tpot_base_s": 0.015 if concurrency >= 64 else 0.005,
+        "tpot_per_token_s": 0.0001,
+    }
 
 
 def _timing_errors(df: pd.DataFrame, cfg: dict) -> dict:
     ttft, tpot, e2e = programmed(cfg, df)
-    gaps = max((np.abs(np.diff(t) - want).max() for t, want in zip(df["token_times_s"], tpot, strict=True)),
-               default=0.0)
-    return {"ttft": float(np.abs(df["ttft_s"] - ttft).max()), "tpot": float(np.abs(df["tpot_s"] - tpot).max()),
-            "e2e": float(np.abs(df["e2e_s"] - e2e).max()), "token_gap": float(gaps)}
+    gaps = max(
+        (np.abs(np.diff(t) - want).max() for t, want in zip(df["token_times_s"], tpot, strict=True)), default=0.0
+    )
+    return {
+        "ttft": float(np.abs(df["ttft_s"] - ttft).max()),
+        "tpot": float(np.abs(df["tpot_s"] - tpot).max()),
+        "e2e": float(np.abs(df["e2e_s"] - e2e).max()),
+        "token_gap": float(gaps),
+    }
 
 
 def _check_what_load_cannot_change(df: pd.DataFrame, cfg: dict) -> None:
@@ -124,13 +136,13 @@ def _busy_ticks() -> int | None:
             v = [int(x) for x in fh.readline().split()[1:9]]
     except (OSError, ValueError):
         return None
-    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]      # user nice system irq softirq steal
+    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]  # user nice system irq softirq steal
 
 
 def _process_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])            # utime + stime
+    return int(fields[11]) + int(fields[12])  # utime + stime
 
 
 def _other_cores(run, server_pid: int) -> float | None:
@@ -163,8 +175,13 @@ def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spac
     prompts = rng.integers(10, 50, size=n)
     # at 64, arrivals 3 ms apart and >= 14 tokens 16+ ms apart: the first request still streams when the
     # last arrives, so all 64 are in flight at once
-    outputs = rng.integers(4, 10, size=n) if concurrency == 1 else rng.integers(12, 17, size=n) \
-        if concurrency < 64 else rng.integers(14, 19, size=n)
+    outputs = (
+        rng.integers(4, 10, size=n)
+        if concurrency == 1
+        else rng.integers(12, 17, size=n)
+        if concurrency < 64
+        else rng.integers(14, 19, size=n)
+    )
     trace = write_trace(tmp_path / "t.csv", prompts, outputs, np.arange(n) * spacing)
     cfg = _timing(concurrency)
     cpus = os.cpu_count() or 1
@@ -173,30 +190,37 @@ def test_measured_latencies_equal_programmed(srv, tmp_path, concurrency, n, spac
         srv.configure(**cfg)
         out = tmp_path / f"out{attempt}"
         codes = []
-        others = _other_cores(lambda codes=codes, out=out: codes.append(trace_cli(
-            srv, out, "--trace", str(trace), "--concurrency", str(concurrency))), srv.proc.pid)
+        others = _other_cores(
+            lambda codes=codes, out=out: codes.append(
+                trace_cli(srv, out, "--trace", str(trace), "--concurrency", str(concurrency))
+            ),
+            srv.proc.pid,
+        )
         assert codes == [0]
         st = srv.stats()
         df = pd.read_parquet(out / "requests.parquet")
         assert (df["status"] == "finished").all()
-        assert (df["num_input_tokens"] == prompts).all()       # prompts built to the exact token count
-        assert (df["num_output_tokens"] == outputs).all()      # ignore_eos: the asked length
-        assert st["max_open_streams"] <= concurrency           # never more in flight than allowed
-        full = st["max_open_streams"] == concurrency           # ... and this run had that many at once
+        assert (df["num_input_tokens"] == prompts).all()  # prompts built to the exact token count
+        assert (df["num_output_tokens"] == outputs).all()  # ignore_eos: the asked length
+        assert st["max_open_streams"] <= concurrency  # never more in flight than allowed
+        full = st["max_open_streams"] == concurrency  # ... and this run had that many at once
         _check_what_load_cannot_change(df, cfg)
         err = _timing_errors(df, cfg)
         late = st["lateness_max_s"]
         if full and (others is None or others <= cpus - 1.5):
             checkable.append((err, late))
-        print(f"concurrency {concurrency}, run {attempt + 1}: max |measured - programmed| ms "
-              + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in err.items())
-              + f"; test server late by up to {late * 1e3:.3f} ms; other programs used "
-              + ("?" if others is None else f"{others:.2f}") + f" of {cpus} CPUs; "
-              + f"{st['max_open_streams']} streams at once")
+        print(
+            f"concurrency {concurrency}, run {attempt + 1}: max |measured - programmed| ms "
+            + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in err.items())
+            + f"; test server late by up to {late * 1e3:.3f} ms; other programs used "
+            + ("?" if others is None else f"{others:.2f}")
+            + f" of {cpus} CPUs; "
+            + f"{st['max_open_streams']} streams at once"
+        )
         if full and max(err[k] for k in ("ttft", "tpot", "e2e")) <= TOL_S + late:
             break
     else:
-        if checkable:   # else: the machine was too busy for the 2 ms bound in every run (printed above)
+        if checkable:  # else: the machine was too busy for the 2 ms bound in every run (printed above)
             last, late = checkable[-1]
             assert max(last[k] for k in ("ttft", "tpot", "e2e")) <= TOL_S + late, checkable
     s = json.loads((out / "summary.json").read_text())
@@ -212,7 +236,7 @@ def test_concurrency_limit_all_at_once(srv, tmp_path):
     assert srv.stats()["max_open_streams"] == 8
     df = pd.read_parquet(tmp_path / "o" / "requests.parquet")
     assert (df["status"] == "finished").all() and (df["arrival_s"] == 0).all()
-    assert df["client_wait_s"].max() > 0.03        # the last ones waited for a free slot on the client
+    assert df["client_wait_s"].max() > 0.03  # the last ones waited for a free slot on the client
 
 
 def test_poisson_rate_arrivals(srv, tmp_path):
@@ -238,24 +262,43 @@ def test_sweep_writes_the_a10_table_layout(srv, tmp_path):
     cfg = dict(ttft_base_s=0.004, ttft_per_token_s=0.0001, tpot_base_s=0.004, tpot_per_token_s=0.0)
     srv.configure(**cfg)
     out = tmp_path / "sweep"
-    assert trace_cli(srv, out, "--mode", "sweep", "--prompt-lengths", "8,40", "--output-lengths", "3,6",
-                     "--repetitions", "2") == 0
+    assert (
+        trace_cli(
+            srv, out, "--mode", "sweep", "--prompt-lengths", "8,40", "--output-lengths", "3,6", "--repetitions", "2"
+        )
+        == 0
+    )
     text = (out / "measurements.csv").read_text()
-    assert text.splitlines()[0] == A10_HEADER                  # exactly the A10 table's columns
-    rows = _bench("calibrate_a10").load_rows(out / "measurements.csv")   # the project's reader, unchanged
+    assert text.splitlines()[0] == A10_HEADER  # exactly the A10 table's columns
+    rows = _bench("calibrate_a10").load_rows(out / "measurements.csv")  # the project's reader, unchanged
     assert len(rows) == 4
     for r in rows:
         assert r["prefill_input_tokens"] == r["prompt_size"] == r["decode_input_tokens"]
         assert r["reality_prefill"] == pytest.approx(0.004 + 0.0001 * r["prompt_size"], abs=LOOSE_S)
         assert r["reality_decode"] == pytest.approx((r["decode_output_tokens"] - 1) * 0.004, abs=LOOSE_S)
     assert sorted((r["prompt_size"], r["decode_output_tokens"]) for r in rows) == [(8, 3), (8, 6), (40, 3), (40, 6)]
-    assert srv.stats()["seen"] == 1 + 1 + 8                    # probe, warm-up, 2 x 2 x 2 measured
-    assert srv.stats()["max_open_streams"] == 1                # single requests
+    assert srv.stats()["seen"] == 1 + 1 + 8  # probe, warm-up, 2 x 2 x 2 measured
+    assert srv.stats()["max_open_streams"] == 1  # single requests
     df = pd.read_parquet(out / "requests.parquet")
     assert len(df) == 8 and (df["status"] == "finished").all()
     # and it feeds the comparison with this simulator directly
-    assert main(["compare", str(out), str(out / "measurements.csv"), "--model", "Llama-3-8B", "--gpu", "A10",
-                 "--out", str(tmp_path / "cmp"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(out),
+                str(out / "measurements.csv"),
+                "--model",
+                "Llama-3-8B",
+                "--gpu",
+                "A10",
+                "--out",
+                str(tmp_path / "cmp"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["matched"] == 4
 
 
@@ -274,8 +317,9 @@ def test_prompts_without_tokenize_use_a_calibrated_estimate(srv, tmp_path):
 
 # ------------------------------------------------------------------ failures during a run
 def test_server_error_mid_stream_is_recorded(srv, tmp_path):
-    srv.configure(mode="error_mid_stream", fail_from=1, fail_every=3, fail_after_tokens=2, ttft_base_s=0.003,
-                  tpot_base_s=0.003)
+    srv.configure(
+        mode="error_mid_stream", fail_from=1, fail_every=3, fail_after_tokens=2, ttft_base_s=0.003, tpot_base_s=0.003
+    )
     trace = write_trace(tmp_path / "t.csv", [10] * 9, [6] * 9)
     assert trace_cli(srv, tmp_path / "o", "--trace", str(trace), "--concurrency", "1") == 0
     df = pd.read_parquet(tmp_path / "o" / "requests.parquet")
@@ -318,7 +362,7 @@ def test_malformed_sse_lines_are_skipped(srv, tmp_path):
     assert trace_cli(srv, tmp_path / "o", "--trace", str(trace), "--concurrency", "1") == 0
     df = pd.read_parquet(tmp_path / "o" / "requests.parquet")
     assert (df["status"] == "finished").all() and (df["num_chunks"] == 5).all()
-    assert (df["sse_ignored_lines"] == 5 * 4).all()   # comment, event: field, junk line, empty data
+    assert (df["sse_ignored_lines"] == 5 * 4).all()  # comment, event: field, junk line, empty data
     assert np.abs(df["e2e_s"] - 0.004 * 5).max() <= LOOSE_S
 
 
@@ -329,45 +373,65 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("case,cfg,extra,needle", [
-    ("refused", {}, {"url": "refused"}, "cannot connect"),
-    ("404", {}, {"url": "/nothing/here"}, "HTTP 404"),
-    ("non-streaming", {"mode": "non_streaming"}, {}, "instead of text/event-stream"),
-    ("invalid-json", {"mode": "invalid_json", "fail_after_tokens": 0}, {}, "invalid JSON in the stream"),
-    ("unknown-model", {}, {"model": "no-such-model"}, "not served"),
-    ("unknown-model-no-list", {"list_models": False}, {"model": "other", "url": "nolist"}, "rejected model"),
-    ("http-500", {"mode": "http_500"}, {}, "HTTP 500"),
-    ("slow", {"ttft_base_s": 1.0}, {"args": ["--read-timeout", "0.2"]}, "timeouts"),
-])
+@pytest.mark.parametrize(
+    "case,cfg,extra,needle",
+    [
+        ("refused", {}, {"url": "refused"}, "cannot connect"),
+        ("404", {}, {"url": "/nothing/here"}, "HTTP 404"),
+        ("non-streaming", {"mode": "non_streaming"}, {}, "instead of text/event-stream"),
+        ("invalid-json", {"mode": "invalid_json", "fail_after_tokens": 0}, {}, "invalid JSON in the stream"),
+        ("unknown-model", {}, {"model": "no-such-model"}, "not served"),
+        ("unknown-model-no-list", {"list_models": False}, {"model": "other", "url": "nolist"}, "rejected model"),
+        ("http-500", {"mode": "http_500"}, {}, "HTTP 500"),
+        ("slow", {"ttft_base_s": 1.0}, {"args": ["--read-timeout", "0.2"]}, "timeouts"),
+    ],
+)
 def test_bad_endpoint_one_error_no_output(srv, tmp_path, capsys, case, cfg, extra, needle):
     srv.configure(**cfg)
     url = srv.url
     if extra.get("url") == "refused":
         url = f"http://127.0.0.1:{_free_port()}"
     elif extra.get("url") == "nolist":
-        url = srv.url + "/v1"     # accepted as the base URL too
+        url = srv.url + "/v1"  # accepted as the base URL too
     elif extra.get("url"):
         url = srv.url + extra["url"]
     trace = write_trace(tmp_path / "t.csv", [10] * 3, [5] * 3)
     out = tmp_path / "o"
-    rc = trace_cli(srv, out, "--trace", str(trace), *extra.get("args", []), model=extra.get("model", "fake-model"),
-                   url=url)
+    rc = trace_cli(
+        srv, out, "--trace", str(trace), *extra.get("args", []), model=extra.get("model", "fake-model"), url=url
+    )
     cap = capsys.readouterr()
     lines = cap.err.strip().splitlines()
     assert rc != 0
     assert len(lines) == 1 and lines[0].startswith("kavier: error: "), cap.err
     assert needle in lines[0], lines[0]
     assert "Traceback" not in cap.err + cap.out
-    assert not out.exists()                       # nothing that looks like a measurement
+    assert not out.exists()  # nothing that looks like a measurement
 
 
 def test_bad_endpoint_via_the_console_script(srv, tmp_path):
     """The same through a separate process: exit status and stderr as a user sees them."""
     trace = write_trace(tmp_path / "t.csv", [10], [5])
-    p = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "trace", f"http://127.0.0.1:{_free_port()}",
-                        "--model", "m", "--trace", str(trace), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                       timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kavier_opendc.cli",
+            "trace",
+            f"http://127.0.0.1:{_free_port()}",
+            "--model",
+            "m",
+            "--trace",
+            str(trace),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=60,
+    )
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("kavier: error: ") and "Traceback" not in p.stderr
     assert not (tmp_path / "o").exists()
@@ -378,10 +442,28 @@ def test_ctrl_c_writes_what_was_measured_marked_incomplete(srv, tmp_path):
     srv.configure(ttft_base_s=0.01, tpot_base_s=0.01)
     trace = write_trace(tmp_path / "t.csv", [10] * 200, [10] * 200)
     out = tmp_path / "o"
-    p = subprocess.Popen([sys.executable, "-m", "kavier_opendc.cli", "trace", srv.url, "--model", "fake-model",
-                          "--trace", str(trace), "--out", str(out), "--concurrency", "1"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kavier_opendc.cli",
+            "trace",
+            srv.url,
+            "--model",
+            "fake-model",
+            "--trace",
+            str(trace),
+            "--out",
+            str(out),
+            "--concurrency",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     deadline = time.time() + 30
     while srv.stats()["seen"] < 6 and time.time() < deadline:
         time.sleep(0.05)
@@ -415,16 +497,40 @@ def test_requests_carry_the_simulators_columns(srv, tmp_path):
     trace = write_trace(tmp_path / "t.csv", [10, 11], [3, 1], [0.0, 0.01])
     assert trace_cli(srv, tmp_path / "o", "--trace", str(trace)) == 0
     df = pd.read_parquet(tmp_path / "o" / "requests.parquet")
-    for c in ("request_id", "replica", "arrival_s", "num_input_tokens", "num_output_tokens", "cached_tokens",
-              "queue_s", "ttft_s", "tpot_s", "e2e_s", "finish_s", "preemptions", "status", "token_times_s"):
+    for c in (
+        "request_id",
+        "replica",
+        "arrival_s",
+        "num_input_tokens",
+        "num_output_tokens",
+        "cached_tokens",
+        "queue_s",
+        "ttft_s",
+        "tpot_s",
+        "e2e_s",
+        "finish_s",
+        "preemptions",
+        "status",
+        "token_times_s",
+    ):
         assert c in df.columns
-    assert df["request_id"].tolist() == [0, 1] and np.isnan(df["tpot_s"].iloc[1])   # one token: no TPOT
+    assert df["request_id"].tolist() == [0, 1] and np.isnan(df["tpot_s"].iloc[1])  # one token: no TPOT
     body = srv.stats()["bodies"][-1]
     assert body["stream"] is True and body["ignore_eos"] is True and body["max_tokens"] == 1
     assert body["stream_options"] == {"include_usage": True}
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
-    for k in ("num_requests", "makespan_s", "output_tokens_per_s", "total_tokens_per_s", "ttft_s", "tpot_s",
-              "e2e_s", "prefix_cache_hit_ratio", "preemptions", "gpu_utilization_mean"):
+    for k in (
+        "num_requests",
+        "makespan_s",
+        "output_tokens_per_s",
+        "total_tokens_per_s",
+        "ttft_s",
+        "tpot_s",
+        "e2e_s",
+        "prefix_cache_hit_ratio",
+        "preemptions",
+        "gpu_utilization_mean",
+    ):
         assert k in s
 
 
@@ -438,10 +544,26 @@ def test_replay_then_compare_with_a_simulation(srv, tmp_path):
     srv.configure(ttft_base_s=0.004, tpot_base_s=0.004)
     trace = write_trace(tmp_path / "t.csv", [20, 40, 80, 30], [5, 8, 3, 6], [0.0, 0.01, 0.02, 0.03])
     assert trace_cli(srv, tmp_path / "meas", "--trace", str(trace)) == 0
-    assert main(["simulate", "--model", "Llama-3-8B", "--gpu", "A10", "--trace", str(trace),
-                 "--out", str(tmp_path / "sim"), "--quiet"]) == 0
-    assert main(["compare", str(tmp_path / "sim"), str(tmp_path / "meas"), "--out", str(tmp_path / "c"),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--model",
+                "Llama-3-8B",
+                "--gpu",
+                "A10",
+                "--trace",
+                str(trace),
+                "--out",
+                str(tmp_path / "sim"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["compare", str(tmp_path / "sim"), str(tmp_path / "meas"), "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    )
     r = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert r["matched"] == 4 and r["token_count_mismatches"] == 0
 
@@ -466,14 +588,38 @@ def test_measurement_arithmetic_exactly():
     from kavier_opendc.tracer.outputs import requests_frame, summary_dict, sweep_frame
     from kavier_opendc.tracer.runner import Measurement
 
-    ok = RequestRecord(0, 1.0, 100, 4, start_s=1.25, send_s=1.5, first_token_s=1.75, last_token_s=2.5,
-                       token_times_s=[1.75, 2.0, 2.25, 2.5], prompt_tokens=101, completion_tokens=4,
-                       num_chunks=4, status="finished")
-    one = RequestRecord(1, 2.0, 10, 1, send_s=2.0, first_token_s=2.125, last_token_s=2.125,
-                        token_times_s=[2.125], prompt_tokens=10, completion_tokens=1, num_chunks=1,
-                        status="finished")
-    bad = RequestRecord(2, 3.0, 10, 5, send_s=3.0, token_times_s=[3.5], status="error", error_kind="timeout",
-                        error="no answer")
+    ok = RequestRecord(
+        0,
+        1.0,
+        100,
+        4,
+        start_s=1.25,
+        send_s=1.5,
+        first_token_s=1.75,
+        last_token_s=2.5,
+        token_times_s=[1.75, 2.0, 2.25, 2.5],
+        prompt_tokens=101,
+        completion_tokens=4,
+        num_chunks=4,
+        status="finished",
+    )
+    one = RequestRecord(
+        1,
+        2.0,
+        10,
+        1,
+        send_s=2.0,
+        first_token_s=2.125,
+        last_token_s=2.125,
+        token_times_s=[2.125],
+        prompt_tokens=10,
+        completion_tokens=1,
+        num_chunks=1,
+        status="finished",
+    )
+    bad = RequestRecord(
+        2, 3.0, 10, 5, send_s=3.0, token_times_s=[3.5], status="error", error_kind="timeout", error="no answer"
+    )
     m = Measurement("sweep", [ok, one, bad])
     df = requests_frame(m)
     assert df["ttft_s"].tolist()[:2] == [0.25, 0.125]
@@ -485,11 +631,11 @@ def test_measurement_arithmetic_exactly():
     s = summary_dict(m)
     assert s["num_finished"] == 2 and s["num_failed"] == 1 and s["status"] == "some_failed"
     assert s["makespan_s"] == 2.5 and s["output_tokens_per_s"] == 5 / 2.5 and s["input_tokens"] == 111
-    assert s["input_token_mismatches"] == 1       # 101 processed where 100 were asked
+    assert s["input_token_mismatches"] == 1  # 101 processed where 100 were asked
     rows = sweep_frame(m).set_index("prompt_size")
     assert rows.loc[100, "reality_prefill"] == 0.25 and rows.loc[100, "reality_decode"] == 0.75
     assert rows.loc[100, "prefill_input_tokens"] == 101 and rows.loc[100, "decode_output_tokens"] == 4
-    assert len(rows) == 2                          # the failed request has no row
+    assert len(rows) == 2  # the failed request has no row
 
 
 def test_sweep_output_feeds_kavier_calibrate(srv, tmp_path):
@@ -498,11 +644,26 @@ def test_sweep_output_feeds_kavier_calibrate(srv, tmp_path):
     physically possible for Llama-3-8B on an A10 (its 16 GB of weights take >= 27 ms to stream)."""
     srv.configure(ttft_base_s=0.040, ttft_per_token_s=0.0002, tpot_base_s=0.032, tpot_per_token_s=0.0)
     out = tmp_path / "sweep"
-    assert trace_cli(srv, out, "--mode", "sweep", "--prompt-lengths", "16,64,128", "--output-lengths", "4,8",
-                     "--repetitions", "1") == 0
+    assert (
+        trace_cli(
+            srv,
+            out,
+            "--mode",
+            "sweep",
+            "--prompt-lengths",
+            "16,64,128",
+            "--output-lengths",
+            "4,8",
+            "--repetitions",
+            "1",
+        )
+        == 0
+    )
     cat = tmp_path / "a10-measured.yaml"
-    assert main(["calibrate", str(out / "measurements.csv"), "--model", "Llama-3-8B", "--gpu", "A10",
-                 "--out", str(cat)]) == 0
+    assert (
+        main(["calibrate", str(out / "measurements.csv"), "--model", "Llama-3-8B", "--gpu", "A10", "--out", str(cat)])
+        == 0
+    )
     from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
 
     catalog = load_catalog_file(cat, base=default_catalog())

@@ -29,7 +29,7 @@ from kavier_opendc.tracer.client import EXTRA_CHUNKS, MAX_LINE_BYTES, REDACTED, 
 from test_tracer import SERVER, Server, _free_port, write_trace
 
 KEY = "sk-faults-SECRET-7f3a9c1e"
-BOUND_S = 60          # "does not hang": every case here ends well within this, even on a loaded machine
+BOUND_S = 60  # "does not hang": every case here ends well within this, even on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,9 @@ def srv(server):
 def run(srv, out, trace, *extra, url=None, capsys=None):
     """main() in this process: (exit status, stdout, stderr), with the checks every fault shares."""
     t = time.perf_counter()
-    rc = main(["trace", url or srv.url, "--model", "fake-model", "--out", str(out), "--quiet",
-               "--trace", str(trace), *extra])
+    rc = main(
+        ["trace", url or srv.url, "--model", "fake-model", "--out", str(out), "--quiet", "--trace", str(trace), *extra]
+    )
     assert time.perf_counter() - t < BOUND_S
     cap = capsys.readouterr() if capsys else None
     if cap:
@@ -133,14 +134,12 @@ class RawServer:
 
 
 def _reply(conn, status: str, body: bytes, ctype: str = "application/json") -> bool:
-    conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                 + body)
+    conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
     return True
 
 
 def _chunk(text: str) -> bytes:
-    return ("data: " + json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": None}]})
-            + "\n\n").encode()
+    return ("data: " + json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": None}]}) + "\n\n").encode()
 
 
 def eof_mid_stream(server, conn, path, body) -> bool:
@@ -156,16 +155,14 @@ def eof_mid_stream(server, conn, path, body) -> bool:
     if server.completions == 1 or (server.completions > 1 and b"Hello world" in body):
         usage = {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}
         conn.sendall(("data: " + json.dumps(usage) + "\n\n").encode() + b"data: [DONE]\n\n")
-    return False          # close the connection
+    return False  # close the connection
 
 
 # ------------------------------------------------------------------ (1) closed mid-stream
 def test_closed_mid_stream_every_request_fails_marked_incomplete(srv, tmp_path, capsys):
-    srv.configure(mode="close_mid_stream", fail_from=1, fail_after_tokens=2, ttft_base_s=0.002,
-                  tpot_base_s=0.002)
+    srv.configure(mode="close_mid_stream", fail_from=1, fail_after_tokens=2, ttft_base_s=0.002, tpot_base_s=0.002)
     out = tmp_path / "o"
-    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 3, [5] * 3), "--retries", "2",
-                     capsys=capsys)
+    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 3, [5] * 3), "--retries", "2", capsys=capsys)
     assert rc == 3
     line = one_error_line(err)
     assert "all 3 requests" in line and "closed the connection mid-stream" in line and "incomplete" in line
@@ -173,7 +170,7 @@ def test_closed_mid_stream_every_request_fails_marked_incomplete(srv, tmp_path, 
     assert s["status"] == "all_failed" and s["errors"] == {"connection": 3}
     assert_marked_incomplete(out)
     df = pd.read_parquet(out / "requests.parquet")
-    assert (df["attempts"] == 1).all()           # part of the answer had arrived: not retried
+    assert (df["attempts"] == 1).all()  # part of the answer had arrived: not retried
     assert (df["num_chunks"] == 2).all() and df["ttft_s"].isna().all()
 
 
@@ -181,8 +178,7 @@ def test_clean_eof_before_done_is_an_incomplete_stream(tmp_path, capsys):
     raw = RawServer(eof_mid_stream)
     try:
         out = tmp_path / "o"
-        rc, _, err = run(None, out, write_trace(tmp_path / "t.csv", [10] * 2, [4] * 2), url=raw.url,
-                         capsys=capsys)
+        rc, _, err = run(None, out, write_trace(tmp_path / "t.csv", [10] * 2, [4] * 2), url=raw.url, capsys=capsys)
     finally:
         raw.close()
     assert rc == 3 and "without 'data: [DONE]'" in one_error_line(err)
@@ -194,15 +190,14 @@ def test_clean_eof_before_done_is_an_incomplete_stream(tmp_path, capsys):
 def test_garbage_lines_skipped_invalid_json_recorded(srv, tmp_path, capsys):
     srv.configure(mode="garbage", fail_from=1, fail_every=2, ttft_base_s=0.002, tpot_base_s=0.002)
     out = tmp_path / "o"
-    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 4, [3] * 4), "--concurrency", "1",
-                     capsys=capsys)
+    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 4, [3] * 4), "--concurrency", "1", capsys=capsys)
     assert rc == 0
     assert err.startswith("kavier: warning: 2 of 4 requests failed (invalid_json: 2") and err.count("\n") == 1
     df = pd.read_parquet(out / "requests.parquet")
     assert list(df["status"]) == ["error", "finished", "error", "finished"]
     bad = df[df["status"] == "error"]
     assert (bad["error_kind"] == "invalid_json").all() and bad["error"].str.contains("invalid JSON").all()
-    assert (bad["sse_ignored_lines"] == 4).all()     # the binary junk, event:, a bare field, a comment
+    assert (bad["sse_ignored_lines"] == 4).all()  # the binary junk, event:, a bare field, a comment
     s = summary(out)
     assert s["status"] == "some_failed" and s["complete"] is True and s["errors"] == {"invalid_json": 2}
     assert not (out / "INCOMPLETE").exists()
@@ -211,8 +206,7 @@ def test_garbage_lines_skipped_invalid_json_recorded(srv, tmp_path, capsys):
 def test_missing_done_is_recorded_not_taken_as_complete(srv, tmp_path, capsys):
     srv.configure(mode="no_done", fail_from=1, fail_every=2, ttft_base_s=0.002, tpot_base_s=0.002)
     out = tmp_path / "o"
-    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 4, [3] * 4), "--concurrency", "1",
-                     capsys=capsys)
+    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 4, [3] * 4), "--concurrency", "1", capsys=capsys)
     assert rc == 0 and "incomplete_stream: 2" in err
     df = pd.read_parquet(out / "requests.parquet")
     bad = df[df["status"] == "error"]
@@ -226,8 +220,15 @@ def test_accepts_but_never_answers_the_check(tmp_path, capsys):
     try:
         out = tmp_path / "o"
         t = time.perf_counter()
-        rc, _, err = run(None, out, write_trace(tmp_path / "t.csv", [10], [3]), "--first-byte-timeout", "0.5",
-                         url=raw.url, capsys=capsys)
+        rc, _, err = run(
+            None,
+            out,
+            write_trace(tmp_path / "t.csv", [10], [3]),
+            "--first-byte-timeout",
+            "0.5",
+            url=raw.url,
+            capsys=capsys,
+        )
         assert time.perf_counter() - t < BOUND_S
     finally:
         raw.close()
@@ -240,8 +241,16 @@ def test_accepts_but_never_answers_the_check(tmp_path, capsys):
 def test_first_byte_timeout_records_every_request(srv, tmp_path, capsys):
     srv.configure(mode="no_answer", fail_from=1, ttft_base_s=0.002, tpot_base_s=0.002)
     out = tmp_path / "o"
-    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 3, [3] * 3), "--first-byte-timeout",
-                     "0.5", "--read-timeout", "30", capsys=capsys)
+    rc, _, err = run(
+        srv,
+        out,
+        write_trace(tmp_path / "t.csv", [10] * 3, [3] * 3),
+        "--first-byte-timeout",
+        "0.5",
+        "--read-timeout",
+        "30",
+        capsys=capsys,
+    )
     assert rc == 3 and "no first byte of the reply within --first-byte-timeout 0.5 s" in one_error_line(err)
     assert summary(out)["errors"] == {"timeout": 3}
     assert_marked_incomplete(out)
@@ -250,8 +259,16 @@ def test_first_byte_timeout_records_every_request(srv, tmp_path, capsys):
 def test_total_timeout_ends_a_stalled_stream(srv, tmp_path, capsys):
     srv.configure(mode="hang", fail_from=1, fail_after_tokens=1, ttft_base_s=0.002, tpot_base_s=0.002)
     out = tmp_path / "o"
-    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 2, [4] * 2), "--timeout", "1",
-                     "--read-timeout", "30", capsys=capsys)
+    rc, _, err = run(
+        srv,
+        out,
+        write_trace(tmp_path / "t.csv", [10] * 2, [4] * 2),
+        "--timeout",
+        "1",
+        "--read-timeout",
+        "30",
+        capsys=capsys,
+    )
     assert rc == 3
     assert "took longer than --timeout 1 s (waiting for the next chunk of the stream)" in one_error_line(err)
     df = pd.read_parquet(out / "requests.parquet")
@@ -261,20 +278,28 @@ def test_total_timeout_ends_a_stalled_stream(srv, tmp_path, capsys):
 def test_between_chunks_timeout(srv, tmp_path, capsys):
     srv.configure(mode="hang", fail_from=1, fail_after_tokens=1, ttft_base_s=0.002, tpot_base_s=0.002)
     out = tmp_path / "o"
-    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10], [4]), "--read-timeout", "0.5",
-                     capsys=capsys)
+    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10], [4]), "--read-timeout", "0.5", capsys=capsys)
     assert rc == 3 and "no next chunk of the stream within --read-timeout 0.5 s" in one_error_line(err)
 
 
 # ------------------------------------------------------------------ (4) 429 and 500, retried with backoff
 def test_429_with_retry_after_is_waited_then_succeeds(srv, tmp_path, capsys):
-    srv.configure(mode="http_429", retry_after=1, fail_from=1, fail_every=1000, ttft_base_s=0.001,
-                  tpot_base_s=0.001)
+    srv.configure(mode="http_429", retry_after=1, fail_from=1, fail_every=1000, ttft_base_s=0.001, tpot_base_s=0.001)
     out = tmp_path / "o"
     t = time.perf_counter()
-    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 2, [3] * 2), "--concurrency", "1",
-                     "--retries", "2", "--retry-backoff", "0.01", capsys=capsys)
-    assert time.perf_counter() - t >= 0.95          # Retry-After: 1 was waited, not the 0.01 s backoff
+    rc, _, err = run(
+        srv,
+        out,
+        write_trace(tmp_path / "t.csv", [10] * 2, [3] * 2),
+        "--concurrency",
+        "1",
+        "--retries",
+        "2",
+        "--retry-backoff",
+        "0.01",
+        capsys=capsys,
+    )
+    assert time.perf_counter() - t >= 0.95  # Retry-After: 1 was waited, not the 0.01 s backoff
     assert rc == 0 and err == ""
     df = pd.read_parquet(out / "requests.parquet")
     assert (df["status"] == "finished").all() and df["attempts"].tolist() == [2, 1]
@@ -284,9 +309,19 @@ def test_429_without_retry_after_backs_off_then_is_recorded(srv, tmp_path, capsy
     srv.configure(mode="http_429", retry_after=None, fail_from=1, ttft_base_s=0.001, tpot_base_s=0.001)
     out = tmp_path / "o"
     t = time.perf_counter()
-    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 2, [3] * 2), "--concurrency", "1",
-                     "--retries", "2", "--retry-backoff", "0.1", capsys=capsys)
-    assert time.perf_counter() - t >= 2 * (0.1 + 0.2) * 0.9    # 0.1 s, then 0.2 s, for each request
+    rc, _, err = run(
+        srv,
+        out,
+        write_trace(tmp_path / "t.csv", [10] * 2, [3] * 2),
+        "--concurrency",
+        "1",
+        "--retries",
+        "2",
+        "--retry-backoff",
+        "0.1",
+        capsys=capsys,
+    )
+    assert time.perf_counter() - t >= 2 * (0.1 + 0.2) * 0.9  # 0.1 s, then 0.2 s, for each request
     assert rc == 3
     line = one_error_line(err)
     assert "HTTP 429" in line and "rate limit exceeded" in line and "gave up after 3 attempts" in line
@@ -300,19 +335,31 @@ def test_500_retried_then_recorded_and_4xx_not_retried(srv, tmp_path, capsys):
     srv.configure(mode="http_500", fail_from=1, fail_every=2, ttft_base_s=0.001, tpot_base_s=0.001)
     out = tmp_path / "a"
     # arrival order 1 (fails), 2 (ok: the retry), 3 (fails), 4 (ok) ...: every request ends finished
-    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 3, [3] * 3), "--concurrency", "1",
-                     "--retries", "1", "--retry-backoff", "0.01", capsys=capsys)
+    rc, _, err = run(
+        srv,
+        out,
+        write_trace(tmp_path / "t.csv", [10] * 3, [3] * 3),
+        "--concurrency",
+        "1",
+        "--retries",
+        "1",
+        "--retry-backoff",
+        "0.01",
+        capsys=capsys,
+    )
     assert rc == 0
     df = pd.read_parquet(out / "requests.parquet")
     assert (df["status"] == "finished").all() and df["attempts"].tolist() == [2, 2, 2]
     srv.configure(mode="http_500", fail_from=1, ttft_base_s=0.001, tpot_base_s=0.001)
-    rc, _, err = run(srv, tmp_path / "b", tmp_path / "t.csv", "--retries", "1", "--retry-backoff", "0.01",
-                     capsys=capsys)
+    rc, _, err = run(
+        srv, tmp_path / "b", tmp_path / "t.csv", "--retries", "1", "--retry-backoff", "0.01", capsys=capsys
+    )
     assert rc == 3 and "HTTP 500" in one_error_line(err)
     assert (pd.read_parquet(tmp_path / "b" / "requests.parquet")["attempts"] == 2).all()
     srv.configure(mode="echo_key", echo_status=400, fail_from=1, ttft_base_s=0.001, tpot_base_s=0.001)
-    rc, _, err = run(srv, tmp_path / "c", tmp_path / "t.csv", "--retries", "3", "--retry-backoff", "0.01",
-                     capsys=capsys)
+    rc, _, err = run(
+        srv, tmp_path / "c", tmp_path / "t.csv", "--retries", "3", "--retry-backoff", "0.01", capsys=capsys
+    )
     assert rc == 3 and "HTTP 400" in one_error_line(err)
     assert (pd.read_parquet(tmp_path / "c" / "requests.parquet")["attempts"] == 1).all()
 
@@ -321,7 +368,7 @@ def test_retry_after_header_forms():
     assert retry_after_seconds("3") == 3.0 and retry_after_seconds(" 0.5 ") == 0.5
     assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
     assert retry_after_seconds("-4") == 0.0
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0    # a date in the past: now
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: now
 
 
 # ------------------------------------------------------------------ (5) floods
@@ -336,11 +383,16 @@ def test_tokens_without_end_are_cut_off(srv, tmp_path, capsys):
 
 
 def test_huge_line_is_cut_off_at_the_line_cap(srv, tmp_path, capsys):
-    srv.configure(mode="huge_line", huge_line_bytes=8 * MAX_LINE_BYTES, fail_from=1, fail_every=2,
-                  ttft_base_s=0.001, tpot_base_s=0.001)
+    srv.configure(
+        mode="huge_line",
+        huge_line_bytes=8 * MAX_LINE_BYTES,
+        fail_from=1,
+        fail_every=2,
+        ttft_base_s=0.001,
+        tpot_base_s=0.001,
+    )
     out = tmp_path / "o"
-    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 2, [3] * 2), "--concurrency", "1",
-                     capsys=capsys)
+    rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 2, [3] * 2), "--concurrency", "1", capsys=capsys)
     assert rc == 0 and "line_too_long: 1" in err
     df = pd.read_parquet(out / "requests.parquet")
     assert list(df["status"]) == ["error", "finished"]
@@ -357,15 +409,17 @@ def _assert_key_nowhere(out: Path, *texts: str) -> None:
         assert KEY not in t
 
 
-@pytest.mark.parametrize("mode,kind", [("echo_key", "http"), ("echo_key_stream", "server_error"),
-                                       ("echo_key_json", "invalid_json")])
+@pytest.mark.parametrize(
+    "mode,kind", [("echo_key", "http"), ("echo_key_stream", "server_error"), ("echo_key_json", "invalid_json")]
+)
 def test_echoed_api_key_is_redacted_everywhere(srv, tmp_path, capsys, monkeypatch, mode, kind):
     monkeypatch.setenv("KAVIER_API_KEY", KEY)
     srv.configure(mode=mode, fail_from=1, fail_every=2, ttft_base_s=0.001, tpot_base_s=0.001)
     out = tmp_path / "o"
-    rc, stdout, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 4, [3] * 4), "--concurrency", "1",
-                          capsys=capsys)
-    assert srv.stats()["last_headers"]["Authorization"] == f"Bearer {KEY}"   # the key did go over the wire
+    rc, stdout, err = run(
+        srv, out, write_trace(tmp_path / "t.csv", [10] * 4, [3] * 4), "--concurrency", "1", capsys=capsys
+    )
+    assert srv.stats()["last_headers"]["Authorization"] == f"Bearer {KEY}"  # the key did go over the wire
     assert rc == 0 and f"{kind}: 2" in err
     df = pd.read_parquet(out / "requests.parquet")
     bad = df[df["status"] == "error"]
@@ -377,9 +431,26 @@ def test_echoed_api_key_redacted_in_the_check_error_and_a_separate_process(srv, 
     srv.configure(mode="echo_key", fail_from=0, ttft_base_s=0.001, tpot_base_s=0.001)
     trace = write_trace(tmp_path / "t.csv", [10], [3])
     out = tmp_path / "o"
-    p = subprocess.run([sys.executable, "-m", "kavier_opendc.cli", "trace", srv.url, "--model", "fake-model",
-                        "--trace", str(trace), "--out", str(out)], capture_output=True, text=True, cwd=REPO,
-                       env=dict(os.environ, PYTHONPATH=str(REPO), KAVIER_API_KEY=KEY), timeout=BOUND_S)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kavier_opendc.cli",
+            "trace",
+            srv.url,
+            "--model",
+            "fake-model",
+            "--trace",
+            str(trace),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO), KAVIER_API_KEY=KEY),
+        timeout=BOUND_S,
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr
     line = one_error_line(p.stderr)
     assert "HTTP 500" in line and REDACTED in line
@@ -390,7 +461,7 @@ def test_echoed_api_key_redacted_in_the_check_error_and_a_separate_process(srv, 
         async with Endpoint(srv.url, "fake-model", KEY) as ep:
             await ep.check()
 
-    with pytest.raises(KavierInputError) as info:      # the exception itself, not only what the CLI prints
+    with pytest.raises(KavierInputError) as info:  # the exception itself, not only what the CLI prints
         asyncio.run(check())
     assert KEY not in str(info.value) and KEY not in repr(info.value.args)
 
@@ -400,16 +471,19 @@ def test_connection_refused_and_dns_failure_one_paragraph(tmp_path, capsys):
     trace = write_trace(tmp_path / "t.csv", [10], [3])
     rc, _, err = run(None, tmp_path / "a", trace, url=f"http://127.0.0.1:{_free_port()}", capsys=capsys)
     assert rc == 2 and "cannot connect to http://127.0.0.1:" in one_error_line(err)
-    rc, _, err = run(None, tmp_path / "b", trace, "--connect-timeout", "10",
-                     url="http://no-such-host.invalid:8000", capsys=capsys)
+    rc, _, err = run(
+        None, tmp_path / "b", trace, "--connect-timeout", "10", url="http://no-such-host.invalid:8000", capsys=capsys
+    )
     line = one_error_line(err)
-    assert rc == 2 and ("cannot resolve the host name of http://no-such-host.invalid:8000" in line
-                        or "no connection within --connect-timeout" in line), line
+    assert rc == 2 and (
+        "cannot resolve the host name of http://no-such-host.invalid:8000" in line
+        or "no connection within --connect-timeout" in line
+    ), line
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_endpoint_lost_while_preparing_prompts(srv, tmp_path, capsys):
-    srv.configure(tokenize_limit=1, ttft_base_s=0.001, tpot_base_s=0.001)   # the check's call, then HTTP 500
+    srv.configure(tokenize_limit=1, ttft_base_s=0.001, tpot_base_s=0.001)  # the check's call, then HTTP 500
     out = tmp_path / "o"
     rc, _, err = run(srv, out, write_trace(tmp_path / "t.csv", [10] * 3, [3] * 3), capsys=capsys)
     assert rc == 3
@@ -424,16 +498,16 @@ def test_complete_earlier_measurement_is_kept(srv, tmp_path, capsys):
     trace = write_trace(tmp_path / "t.csv", [10] * 2, [3] * 2)
     assert run(srv, out, trace, capsys=capsys)[0] == 0
     before = {f.name: f.read_bytes() for f in out.iterdir()}
-    rc, _, err = run(srv, out, trace, capsys=capsys)                       # no --overwrite: refused
+    rc, _, err = run(srv, out, trace, capsys=capsys)  # no --overwrite: refused
     assert rc == 2 and "already holds a complete measurement" in one_error_line(err)
-    srv.configure(mode="echo_key", fail_from=0)                            # --overwrite, the check fails
+    srv.configure(mode="echo_key", fail_from=0)  # --overwrite, the check fails
     rc, _, err = run(srv, out, trace, "--overwrite", capsys=capsys)
     assert rc == 2
-    assert {f.name: f.read_bytes() for f in out.iterdir()} == before       # untouched
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # untouched
     srv.configure(mode="close_mid_stream", fail_from=1, ttft_base_s=0.001, tpot_base_s=0.001)
-    rc, _, err = run(srv, out, trace, "--overwrite", capsys=capsys)        # replaced, marked incomplete
+    rc, _, err = run(srv, out, trace, "--overwrite", capsys=capsys)  # replaced, marked incomplete
     assert rc == 3
     assert_marked_incomplete(out)
     srv.configure(ttft_base_s=0.001, tpot_base_s=0.001)
-    assert run(srv, out, trace, capsys=capsys)[0] == 0                     # an incomplete one is replaced
+    assert run(srv, out, trace, capsys=capsys)[0] == 0  # an incomplete one is replaced
     assert summary(out)["complete"] is True and not (out / "INCOMPLETE").exists()

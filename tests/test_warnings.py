@@ -34,8 +34,9 @@ def experiment(tmp_path, **over):
     return p
 
 
-@pytest.mark.parametrize(("name", "resolved", "others"), [("a100", "A100-80GB", "A100-40GB"),
-                                                          ("h100", "H100-SXM", "H100-PCIe")])
+@pytest.mark.parametrize(
+    ("name", "resolved", "others"), [("a100", "A100-80GB", "A100-40GB"), ("h100", "H100-SXM", "H100-PCIe")]
+)
 def test_a_short_gpu_name_says_which_gpu_it_is_and_which_others_exist(name, resolved, others):
     note = default_catalog().resolution_note(name)
     assert note is not None and f"is the {resolved}" in note and others in note
@@ -52,8 +53,11 @@ def test_an_experiment_naming_a_short_gpu_warns_at_its_path(tmp_path):
     assert len(exp.notes) == 1 and exp.notes[0].startswith("gpu: GPU 'a100' is the A100-80GB")
     rc, out, err = run(["validate", tmp_path / "e.yaml", "--no-opendc"])
     assert rc == 0 and "valid experiment" in out and "warning" in err and "A100-40GB" in err
-    exp = load_experiment(experiment(tmp_path, serving={"replica_groups": [
-        {"gpu": "h100", "replicas": 1}, {"gpu": "A100-80GB", "replicas": 1}]}))
+    exp = load_experiment(
+        experiment(
+            tmp_path, serving={"replica_groups": [{"gpu": "h100", "replicas": 1}, {"gpu": "A100-80GB", "replicas": 1}]}
+        )
+    )
     assert [n.split(":")[0] for n in exp.notes] == ["serving.replica_groups[0].gpu"]
 
 
@@ -62,8 +66,7 @@ def test_an_slo_in_milliseconds_warns_and_says_what_to_write(tmp_path):
     assert len(exp.notes) == 2
     assert "slo.ttft_s is 500 s" in exp.notes[0] and "write 0.5 for 500 ms" in exp.notes[0]
     assert "slo.tpot_s is 50 s" in exp.notes[1] and "write 0.05 for 50 ms" in exp.notes[1]
-    rc, out, err = run(["run", tmp_path / "e.yaml", "--out", tmp_path / "o", "--no-opendc", "--no-plots",
-                        "--quiet"])
+    rc, out, err = run(["run", tmp_path / "e.yaml", "--out", tmp_path / "o", "--no-opendc", "--no-plots", "--quiet"])
     assert rc == 0 and "kavier: warning: slo.ttft_s is 500 s" in err
     assert load_experiment(experiment(tmp_path, slo={"ttft_s": 2.0, "tpot_s": 0.1})).notes == []
 
@@ -84,8 +87,19 @@ def test_run_and_simulate_both_note_requests_longer_than_the_context_window(tmp_
     rc, out, _ = run(["run", tmp_path / "e.yaml", "--out", tmp_path / "o", "--no-opendc", "--no-plots"])
     note = "1 requests are longer than Llama-3-8B's context window; a real server would refuse them"
     assert rc == 0 and f"note         {note}" in out
-    rc, out, _ = run(["simulate", "--trace", tmp_path / "t.csv", "--model", "Llama-3-8B", "--gpu", "A100-80GB",
-                      "--out", tmp_path / "s"])
+    rc, out, _ = run(
+        [
+            "simulate",
+            "--trace",
+            tmp_path / "t.csv",
+            "--model",
+            "Llama-3-8B",
+            "--gpu",
+            "A100-80GB",
+            "--out",
+            tmp_path / "s",
+        ]
+    )
     assert rc == 0 and f"note         {note}" in out
     doc["serving"] = {"max_model_len": 8192}
     (tmp_path / "e.yaml").write_text(yaml.safe_dump(doc))

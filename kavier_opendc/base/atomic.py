@@ -57,16 +57,20 @@ def refuse_complete_output(out: Path, files: tuple[str, ...], what: str, *, over
     if overwrite or not out.is_dir() or (out / INCOMPLETE).exists():
         return
     if all((out / f).is_file() for f in files):
-        raise KavierInputError(f"{out} already holds a complete {what}, which is kept", location="--out",
-                               expected="another folder, or --overwrite to replace it")
+        raise KavierInputError(
+            f"{out} already holds a complete {what}, which is kept",
+            location="--out",
+            expected="another folder, or --overwrite to replace it",
+        )
 
 
 def check_writable_dir(out: Path, what: str = "--out") -> None:
     """Fail early, before any work, when ``out`` cannot be created or written."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise KavierInputError(f"output path {out} exists and is not a directory", location=what,
-                               expected="a directory path")
+        raise KavierInputError(
+            f"output path {out} exists and is not a directory", location=what, expected="a directory path"
+        )
     parent = out if out.exists() else out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -74,8 +78,9 @@ def check_writable_dir(out: Path, what: str = "--out") -> None:
         probe = tempfile.mkdtemp(prefix=".kavier-probe-", dir=parent)
         os.rmdir(probe)
     except OSError as exc:
-        raise KavierInputError(f"cannot write to {out}: {exc.strerror or exc} in {parent}", location=what,
-                               expected="a writable directory") from None
+        raise KavierInputError(
+            f"cannot write to {out}: {exc.strerror or exc} in {parent}", location=what, expected="a writable directory"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -87,8 +92,9 @@ def staged_output(out: Path) -> Iterator[Path]:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     except OSError as exc:
-        raise KavierInputError(f"cannot write to {out}: {exc.strerror or exc}", location="--out",
-                               expected="a writable directory") from None
+        raise KavierInputError(
+            f"cannot write to {out}: {exc.strerror or exc}", location="--out", expected="a writable directory"
+        ) from None
     try:
         yield stage
         out.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,8 @@ class SafeDocumentLoader(yaml.SafeLoader):
             if self.depth > limits.DOCUMENT_DEPTH.value:
                 mark = self.peek_event().start_mark
                 raise yaml.composer.ComposerError(
-                    None, None, f"nested deeper than {limits.DOCUMENT_DEPTH.text()} ({limits.DOCUMENT_DEPTH.why})",
-                    mark)
+                    None, None, f"nested deeper than {limits.DOCUMENT_DEPTH.text()} ({limits.DOCUMENT_DEPTH.why})", mark
+                )
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
@@ -54,15 +54,16 @@ class SafeDocumentLoader(yaml.SafeLoader):
                     continue
                 if key_node.value in seen:
                     raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
+                        "while constructing a mapping",
+                        node.start_mark,
                         f"found duplicate key {key_node.value!r} (first at line {seen[key_node.value].line + 1})",
-                        key_node.start_mark)
+                        key_node.start_mark,
+                    )
                 seen[key_node.value] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 
 
-SafeDocumentLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                                   SafeDocumentLoader.construct_mapping)
+SafeDocumentLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, SafeDocumentLoader.construct_mapping)
 
 
 def _check_bytes(text: str, source: str) -> None:
@@ -114,8 +115,9 @@ def load_yaml(text: str, source: str, loader: type[SafeDocumentLoader] = SafeDoc
     """Parse YAML text with ``loader``; syntax errors raise ``yaml.YAMLError``, limits a KavierInputError."""
     _check_bytes(text, source)
     if _flow_depth(text) > limits.DOCUMENT_DEPTH.value:
-        raise KavierInputError(f"brackets nested deeper than {limits.DOCUMENT_DEPTH.text()} "
-                               f"({limits.DOCUMENT_DEPTH.why})", source=source)
+        raise KavierInputError(
+            f"brackets nested deeper than {limits.DOCUMENT_DEPTH.text()} ({limits.DOCUMENT_DEPTH.why})", source=source
+        )
     ldr = loader(text)
     try:
         node = ldr.get_single_node()
@@ -125,7 +127,9 @@ def load_yaml(text: str, source: str, loader: type[SafeDocumentLoader] = SafeDoc
         if nodes > limits.DOCUMENT_NODES.value:
             raise KavierInputError(
                 f"YAML aliases (*name) expand the document to {nodes:,} values, above the limit of "
-                f"{limits.DOCUMENT_NODES.text()} ({limits.DOCUMENT_NODES.why})", source=source)
+                f"{limits.DOCUMENT_NODES.text()} ({limits.DOCUMENT_NODES.why})",
+                source=source,
+            )
         return ldr.construct_document(node)
     finally:
         ldr.dispose()
@@ -142,21 +146,22 @@ def load_json(text: str, source: str) -> Any:
     else:
         deep = nesting_depth(data) > limits.DOCUMENT_DEPTH.value
     if deep:
-        raise KavierInputError(f"nested deeper than {limits.DOCUMENT_DEPTH.text()} "
-                               f"({limits.DOCUMENT_DEPTH.why})", source=source)
+        raise KavierInputError(
+            f"nested deeper than {limits.DOCUMENT_DEPTH.text()} ({limits.DOCUMENT_DEPTH.why})", source=source
+        )
     return data
 
 
-def parse_document(text: str, fmt: str, source: str,
-                   loader: type[SafeDocumentLoader] = SafeDocumentLoader) -> Any:
+def parse_document(text: str, fmt: str, source: str, loader: type[SafeDocumentLoader] = SafeDocumentLoader) -> Any:
     """Parse ``text`` as ``fmt`` ("json" or "yaml"); every syntax error becomes one KavierInputError naming the
     file, line and column (the one wording for all input documents)."""
     if fmt == "json":
         try:
             return load_json(text, source)
         except json.JSONDecodeError as exc:
-            raise KavierInputError(f"invalid JSON syntax: {exc.msg}", source=source,
-                                   location=f"line {exc.lineno}, column {exc.colno}") from None
+            raise KavierInputError(
+                f"invalid JSON syntax: {exc.msg}", source=source, location=f"line {exc.lineno}, column {exc.colno}"
+            ) from None
     try:
         return load_yaml(text, source, loader)
     except yaml.MarkedYAMLError as exc:

@@ -19,8 +19,9 @@ class KavierInputError(KavierError):
     The message names the file, the row or field, and what was expected.
     """
 
-    def __init__(self, message: str, *, source: str | None = None,
-                 location: str | None = None, expected: str | None = None):
+    def __init__(
+        self, message: str, *, source: str | None = None, location: str | None = None, expected: str | None = None
+    ):
         parts = []
         if source:
             parts.append(f"{source}")
@@ -35,7 +36,6 @@ class KavierInputError(KavierError):
         self.source = source
         self.location = location
         self.expected = expected
-
 
     def relocated(self, location: str | None) -> KavierInputError:
         """The same error at another name of its location (a front end's word for an engine field)."""

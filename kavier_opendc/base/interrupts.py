@@ -57,7 +57,7 @@ def _handler(signum, frame) -> None:
     if not _pending:
         return
     if _deferring[0]:
-        return                     # deferred() raises it at its end
+        return  # deferred() raises it at its end
     if _inside_unsafe(frame):
         signal.setitimer(signal.ITIMER_REAL, RETRY_S)
         return

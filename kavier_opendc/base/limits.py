@@ -49,14 +49,13 @@ def _shown(value: Any) -> str:
 
 
 #: A request's prompt or answer, a model's context window, --max-model-len.
-CONTEXT_TOKENS = Limit(10_000_000, "tokens",
-                       "longer than the context window of any model released, the longest being 10M tokens")
+CONTEXT_TOKENS = Limit(
+    10_000_000, "tokens", "longer than the context window of any model released, the longest being 10M tokens"
+)
 #: Replicas, hosts and GPUs of one simulation.
-GPUS = Limit(1_000_000, "GPUs",
-             "five times the largest GPU cluster ever built, which has about 200,000 GPUs")
+GPUS = Limit(1_000_000, "GPUs", "five times the largest GPU cluster ever built, which has about 200,000 GPUs")
 #: Serving replicas of one simulation (each holds at least one GPU).
-REPLICAS = Limit(GPUS.value, "replicas", "each needs a GPU, and no datacenter holds more than "
-                                         f"{int(GPUS.value):,}")
+REPLICAS = Limit(GPUS.value, "replicas", f"each needs a GPU, and no datacenter holds more than {int(GPUS.value):,}")
 #: Hosts of one datacenter.
 HOSTS = Limit(GPUS.value, "hosts", "no datacenter holds more hosts than the largest cluster has GPUs")
 #: GPUs in one host (one server or one rack-scale NVLink domain).
@@ -64,8 +63,9 @@ GPUS_PER_HOST = Limit(128, "GPUs per host", "the densest servers and NVLink rack
 #: Sequences running at once per replica.
 NUM_SEQS = Limit(1_000_000, "sequences", "each running sequence holds KV memory; no GPU holds a million")
 #: Tokens one iteration may process.
-BATCHED_TOKENS = Limit(10_000_000, "tokens per iteration",
-                       "the activations of one iteration would exceed any GPU's memory")
+BATCHED_TOKENS = Limit(
+    10_000_000, "tokens per iteration", "the activations of one iteration would exceed any GPU's memory"
+)
 #: KV-cache capacity per replica, in 16-token blocks (a counter, not an allocation).
 KV_BLOCKS = Limit(2**30, "KV blocks", "16 billion tokens of KV cache, a thousand times any GPU's memory")
 #: Prefix-cache pool outside GPU memory, in tokens.
@@ -86,9 +86,12 @@ DURATION_DAYS = Limit(DURATION_S.value / 86_400, "days", "ten years of simulated
 #: (about 23,000 intervals a second); a trace with arrivals a year apart (30,000,000 intervals) was still
 #: running in `kavier run` after 5 minutes with 1.3 GB resident, on course for about 25 minutes. The limit
 #: lets a run of four months at 1 s (or years at a minute) through in under 8 minutes.
-OPENDC_INTERVALS = Limit(10_000_000, "export intervals",
-                         "OpenDC steps through every export interval of the span, idle or not, at about 23,000 "
-                         "a second with memory growing with the span: more would take OpenDC over 7 minutes")
+OPENDC_INTERVALS = Limit(
+    10_000_000,
+    "export intervals",
+    "OpenDC steps through every export interval of the span, idle or not, at about 23,000 "
+    "a second with memory growing with the span: more would take OpenDC over 7 minutes",
+)
 #: Turns of one conversation.
 TURNS = Limit(1_000_000, "turns", "a conversation that long would exceed any context window")
 #: Coefficient of variation of inter-arrival times.
@@ -146,11 +149,17 @@ def opendc_stall_s(value: Any = None) -> float:
     try:
         seconds = float(value)
     except (TypeError, ValueError):
-        raise KavierInputError(f"{value!r} is not a number of seconds", source=source or "stall timeout",
-                               expected="seconds without progress before OpenDC is stopped (0: never)") from None
-    if not seconds >= 0:   # also refuses NaN
-        raise KavierInputError(f"{value!r} is negative", source=source or "stall timeout",
-                               expected="seconds without progress before OpenDC is stopped (0: never)")
+        raise KavierInputError(
+            f"{value!r} is not a number of seconds",
+            source=source or "stall timeout",
+            expected="seconds without progress before OpenDC is stopped (0: never)",
+        ) from None
+    if not seconds >= 0:  # also refuses NaN
+        raise KavierInputError(
+            f"{value!r} is negative",
+            source=source or "stall timeout",
+            expected="seconds without progress before OpenDC is stopped (0: never)",
+        )
     if seconds > OPENDC_STALL_S.value:
         raise KavierInputError(OPENDC_STALL_S.above(seconds), source=source or "stall timeout")
     return seconds
@@ -167,9 +176,11 @@ def physical_memory_bytes() -> int:
 def requests_limit() -> Limit:
     """How many requests one run may hold: this machine's memory / memory per request."""
     mem = physical_memory_bytes()
-    return Limit(mem // BYTES_PER_REQUEST, "requests",
-                 f"about {BYTES_PER_REQUEST} bytes each would exceed this machine's "
-                 f"{mem / 2**30:.0f} GiB of memory")
+    return Limit(
+        mem // BYTES_PER_REQUEST,
+        "requests",
+        f"about {BYTES_PER_REQUEST} bytes each would exceed this machine's {mem / 2**30:.0f} GiB of memory",
+    )
 
 
 def check(field: str, value: Any, limit: Limit) -> str | None:
@@ -185,29 +196,64 @@ def check(field: str, value: Any, limit: Limit) -> str | None:
 #: name in that schema gets ``maximum`` (and ``x-kavier-limit`` naming the Limit, for the wording).
 SCHEMA_LIMITS: dict[str, dict[str, str]] = {
     "experiment.schema.json": {
-        "replicas": "REPLICAS", "tp": "TP", "max_num_seqs": "NUM_SEQS", "max_batched_tokens": "BATCHED_TOKENS",
-        "num_kv_blocks": "KV_BLOCKS", "max_model_len": "CONTEXT_TOKENS", "min_prompt_tokens": "CONTEXT_TOKENS",
-        "capacity_tokens": "CACHE_TOKENS", "host_memory_gb": "MEMORY_GB",
-        "ttft_s": "DURATION_S", "tpot_s": "DURATION_S", "seed": "SEED", "interval_s": "DURATION_S",
-        "step_minutes": "DURATION_MIN", "days": "DURATION_DAYS",
+        "replicas": "REPLICAS",
+        "tp": "TP",
+        "max_num_seqs": "NUM_SEQS",
+        "max_batched_tokens": "BATCHED_TOKENS",
+        "num_kv_blocks": "KV_BLOCKS",
+        "max_model_len": "CONTEXT_TOKENS",
+        "min_prompt_tokens": "CONTEXT_TOKENS",
+        "capacity_tokens": "CACHE_TOKENS",
+        "host_memory_gb": "MEMORY_GB",
+        "ttft_s": "DURATION_S",
+        "tpot_s": "DURATION_S",
+        "seed": "SEED",
+        "interval_s": "DURATION_S",
+        "step_minutes": "DURATION_MIN",
+        "days": "DURATION_DAYS",
     },
     "datacenter.schema.json": {
-        "count": "HOSTS", "gpus_per_host": "GPUS_PER_HOST", "cores": "CORES", "memory_gib": "MEMORY_GB",
-        "export_interval_s": "DURATION_S", "watts": "POWER_W", "max_power_w": "POWER_W",
-        "idle_w": "POWER_W", "max_w": "POWER_W",
+        "count": "HOSTS",
+        "gpus_per_host": "GPUS_PER_HOST",
+        "cores": "CORES",
+        "memory_gib": "MEMORY_GB",
+        "export_interval_s": "DURATION_S",
+        "watts": "POWER_W",
+        "max_power_w": "POWER_W",
+        "idle_w": "POWER_W",
+        "max_w": "POWER_W",
     },
     "catalog.schema.json": {
-        "memory_gib": "MEMORY_GB", "total_params": "PARAMS", "active_params": "PARAMS",
-        "max_context": "CONTEXT_TOKENS", "idle_power_w": "POWER_W", "max_power_w": "POWER_W",
+        "memory_gib": "MEMORY_GB",
+        "total_params": "PARAMS",
+        "active_params": "PARAMS",
+        "max_context": "CONTEXT_TOKENS",
+        "idle_power_w": "POWER_W",
+        "max_power_w": "POWER_W",
     },
     "synthetic_workload.schema.json": {
-        "num_requests": "REQUESTS", "num_sessions": "REQUESTS", "rate": "RATE_RPS", "cv": "CV",
-        "input": "CONTEXT_TOKENS", "output": "CONTEXT_TOKENS", "turns": "TURNS",
-        "shared_prefix_tokens": "CONTEXT_TOKENS", "hash_block_size": "CONTEXT_TOKENS", "seed": "SEED",
-        "value": "CONTEXT_TOKENS", "low": "CONTEXT_TOKENS", "high": "CONTEXT_TOKENS",
-        "min": "CONTEXT_TOKENS", "max": "CONTEXT_TOKENS", "median": "CONTEXT_TOKENS",
-        "mean": "CONTEXT_TOKENS", "duration.value": "DURATION_S", "duration.mean": "DURATION_S",
-        "duration.low": "DURATION_S", "duration.high": "DURATION_S", "duration.median": "DURATION_S",
+        "num_requests": "REQUESTS",
+        "num_sessions": "REQUESTS",
+        "rate": "RATE_RPS",
+        "cv": "CV",
+        "input": "CONTEXT_TOKENS",
+        "output": "CONTEXT_TOKENS",
+        "turns": "TURNS",
+        "shared_prefix_tokens": "CONTEXT_TOKENS",
+        "hash_block_size": "CONTEXT_TOKENS",
+        "seed": "SEED",
+        "value": "CONTEXT_TOKENS",
+        "low": "CONTEXT_TOKENS",
+        "high": "CONTEXT_TOKENS",
+        "min": "CONTEXT_TOKENS",
+        "max": "CONTEXT_TOKENS",
+        "median": "CONTEXT_TOKENS",
+        "mean": "CONTEXT_TOKENS",
+        "duration.value": "DURATION_S",
+        "duration.mean": "DURATION_S",
+        "duration.low": "DURATION_S",
+        "duration.high": "DURATION_S",
+        "duration.median": "DURATION_S",
     },
     "sweep.schema.json": {"jobs": "JOBS"},
 }

@@ -71,8 +71,10 @@ def _holder(fd: int) -> str:
         except (OSError, ValueError):
             data = None
         if isinstance(data, dict):
-            return (f"pid {data.get('pid')}: {data.get('command') or 'kavier'}, "
-                    f"since {data.get('since') or 'an unknown time'}")
+            return (
+                f"pid {data.get('pid')}: {data.get('command') or 'kavier'}, "
+                f"since {data.get('since') or 'an unknown time'}"
+            )
         time.sleep(0.05)
     return "pid unknown"
 
@@ -88,9 +90,11 @@ def output_lock(out: str | os.PathLike, *, command: str | None = None, location:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~current_umask())
         except OSError as exc:
-            raise KavierInputError(f"cannot create the lock file {path} of output folder {out}: "
-                                   f"{exc.strerror or exc}", location=location,
-                                   expected="a writable folder, or one whose parent is writable") from None
+            raise KavierInputError(
+                f"cannot create the lock file {path} of output folder {out}: {exc.strerror or exc}",
+                location=location,
+                expected="a writable folder, or one whose parent is writable",
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -99,7 +103,8 @@ def output_lock(out: str | os.PathLike, *, command: str | None = None, location:
             raise OutputInUseError(
                 f"{location}: output folder {out.resolve()} is in use by another kavier command ({holder}), "
                 f"which holds its lock {path}; nothing was changed (expected: wait until that command ends, "
-                f"or another {location})") from None
+                f"or another {location})"
+            ) from None
         except BaseException:
             os.close(fd)
             raise
@@ -113,14 +118,20 @@ def output_lock(out: str | os.PathLike, *, command: str | None = None, location:
             break
         os.close(fd)
     try:
-        text = json.dumps({"pid": os.getpid(), "command": command or " ".join(["kavier"] + sys.argv[1:]),
-                           "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "folder": str(out.resolve())})
+        text = json.dumps(
+            {
+                "pid": os.getpid(),
+                "command": command or " ".join(["kavier"] + sys.argv[1:]),
+                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "folder": str(out.resolve()),
+            }
+        )
         os.ftruncate(fd, 0)
         os.pwrite(fd, text.encode("utf-8"), 0)
         yield path
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(path)      # while still holding it: whoever opens it next finds a new file
+            os.unlink(path)  # while still holding it: whoever opens it next finds a new file
         os.close(fd)
 
 
@@ -150,22 +161,25 @@ def recover_replacement(out: str | os.PathLike, entries: tuple[str, ...], files:
         return None
     with deferred():
         out.mkdir(parents=True, exist_ok=True)
-        if (out / INCOMPLETE).exists():   # the replacement had started: every entry of ours in out is its
+        if (out / INCOMPLETE).exists():  # the replacement had started: every entry of ours in out is its
             for name in entries:
                 if name != INCOMPLETE:
                     _remove(out / name)
         for p in aside.iterdir():
             _remove(out / p.name)
             os.replace(p, out / p.name)
-        (out / INCOMPLETE).unlink(missing_ok=True)   # an earlier complete result has none
+        (out / INCOMPLETE).unlink(missing_ok=True)  # an earlier complete result has none
         aside.rmdir()
-    return (f"the earlier complete result in {out}, moved aside to {aside} by a replacement that did not "
-            "finish, was put back")
+    return (
+        f"the earlier complete result in {out}, moved aside to {aside} by a replacement that did not "
+        "finish, was put back"
+    )
 
 
 @contextlib.contextmanager
-def replacing(out: str | os.PathLike, entries: tuple[str, ...], files: tuple[str, ...], *,
-              first: str | None = None) -> Iterator[bool]:
+def replacing(
+    out: str | os.PathLike, entries: tuple[str, ...], files: tuple[str, ...], *, first: str | None = None
+) -> Iterator[bool]:
     """Replace the complete result in ``out`` (its ``files``, no INCOMPLETE) by what the block writes; yields
     whether there was one. Its ``entries`` (``first`` moved first, so ``out`` is never complete-looking in
     between) go to ``<out>.kavier-earlier``; ``out`` is marked INCOMPLETE; the earlier entries are removed
@@ -176,16 +190,19 @@ def replacing(out: str | os.PathLike, entries: tuple[str, ...], files: tuple[str
         return
     aside = earlier_path(out)
     order = ([first] if first else []) + [e for e in entries if e != first]
-    started = False     # every earlier entry is aside and out is marked: what is in out from then on is new
+    started = False  # every earlier entry is aside and out is marked: what is in out from then on is new
     try:
         with deferred():
             aside.mkdir()
             for name in order:
                 if (out / name).exists() or (out / name).is_symlink():
                     os.replace(out / name, aside / name)
-            atomic_write_text(out / INCOMPLETE, f"replacing the complete result that was here (pid {os.getpid()}); "
-                              f"it is kept in {aside} until this one is complete, and comes back if this one "
-                              "fails (the next kavier command into this folder puts it back after a kill)\n")
+            atomic_write_text(
+                out / INCOMPLETE,
+                f"replacing the complete result that was here (pid {os.getpid()}); "
+                f"it is kept in {aside} until this one is complete, and comes back if this one "
+                "fails (the next kavier command into this folder puts it back after a kill)\n",
+            )
             started = True
         yield True
     except BaseException:
@@ -204,5 +221,14 @@ def replacing(out: str | os.PathLike, entries: tuple[str, ...], files: tuple[str
         shutil.rmtree(aside)
 
 
-__all__ = ["EARLIER_SUFFIX", "LOCK_SUFFIX", "OutputInUseError", "earlier_path", "holds_complete", "lock_path",
-           "output_lock", "recover_replacement", "replacing"]
+__all__ = [
+    "EARLIER_SUFFIX",
+    "LOCK_SUFFIX",
+    "OutputInUseError",
+    "earlier_path",
+    "holds_complete",
+    "lock_path",
+    "output_lock",
+    "recover_replacement",
+    "replacing",
+]

@@ -24,10 +24,16 @@ class Progress:
             fractional = total <= 1.0
             from tqdm import tqdm  # only when a bar is drawn
 
-            self._bar = tqdm(total=self.total, desc=label, file=stream, mininterval=0.1, unit=unit,
-                             dynamic_ncols=True, leave=True,
-                             bar_format=("{desc} {percentage:5.1f}%|{bar}| {elapsed}<{remaining}"
-                                         if fractional else None))
+            self._bar = tqdm(
+                total=self.total,
+                desc=label,
+                file=stream,
+                mininterval=0.1,
+                unit=unit,
+                dynamic_ncols=True,
+                leave=True,
+                bar_format=("{desc} {percentage:5.1f}%|{bar}| {elapsed}<{remaining}" if fractional else None),
+            )
 
     def update(self, done: float, force: bool = False) -> None:
         bar = self._bar

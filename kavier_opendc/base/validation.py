@@ -36,7 +36,7 @@ def json_path(parts) -> str:
 
 def short(value: Any, limit: int = 60) -> str:
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _describe_alternatives(options) -> str:
@@ -65,8 +65,11 @@ def explain_schema_error(err) -> list[Problem]:
                 continue
             hint = difflib.get_close_matches(str(key), allowed, n=1)
             msg = f"unknown key {key!r}"
-            msg += f" (did you mean {hint[0]!r}?)" if hint else (
-                f" (allowed keys: {', '.join(allowed)})" if allowed else "")
+            msg += (
+                f" (did you mean {hint[0]!r}?)"
+                if hint
+                else (f" (allowed keys: {', '.join(allowed)})" if allowed else "")
+            )
             out.append((path + (key,), msg))
         return out or [(path, err.message)]
     if kind == "required" and isinstance(err.instance, dict):
@@ -76,21 +79,27 @@ def explain_schema_error(err) -> list[Problem]:
         for sub in err.context or []:
             branches.setdefault(sub.schema_path[0] if sub.schema_path else 0, []).append(sub)
         # branches whose shape fits (no type error at this level), fewest top-level complaints first
-        fits = [(idx, errs) for idx, errs in branches.items()
-                if not any(e.validator == "type" and tuple(e.absolute_path) == path for e in errs)]
+        fits = [
+            (idx, errs)
+            for idx, errs in branches.items()
+            if not any(e.validator == "type" and tuple(e.absolute_path) == path for e in errs)
+        ]
         if fits:
+
             def score(item):
                 errs = item[1]
                 top = sum(1 for e in errs if tuple(e.absolute_path) == path)
                 return (top, -max(len(e.absolute_path) for e in errs))
+
             best = min(fits, key=score)[1]
             out = []
             for e in best:
                 out.extend(explain_schema_error(e))
             if out:
                 return out
-        return [(path, f"{short(err.instance)} is not valid here: expected "
-                       f"{_describe_alternatives(err.validator_value)}")]
+        return [
+            (path, f"{short(err.instance)} is not valid here: expected {_describe_alternatives(err.validator_value)}")
+        ]
     if kind == "maximum" and isinstance(err.schema, dict) and err.schema.get("x-kavier-limit"):
         return [(path, limits.named(err.schema["x-kavier-limit"]).above(err.instance))]
     if kind == "type":
@@ -139,8 +148,12 @@ def schema_validator(name: str) -> Draft202012Validator:
     from referencing import Registry, Resource
 
     resources_ = []
-    for other in ("datacenter.schema.json", "synthetic_workload.schema.json", "experiment.schema.json",
-                  "sweep.schema.json"):
+    for other in (
+        "datacenter.schema.json",
+        "synthetic_workload.schema.json",
+        "experiment.schema.json",
+        "sweep.schema.json",
+    ):
         try:
             s = load_schema(other)
         except (FileNotFoundError, OSError):

@@ -39,16 +39,29 @@ E2E_KINDS = ("prefill", "decode", "tpot", "batch")
 #: single kernels fit what they time; the short ones carry launch and tile costs the cost model has not
 KERNEL_PREFILL_MIN_TOKENS = 2048
 KERNEL_GEMM_MIN_S = 20e-6
-KERNEL_DECODE_MIN_BYTES = 2**30   # decode attention reaches its bandwidth only past about 1 GiB of KV
+KERNEL_DECODE_MIN_BYTES = 2**30  # decode attention reaches its bandwidth only past about 1 GiB of KV
 DEFAULT_FRAMEWORK = "default"
 #: the framework's CPU time per step: a GPU's own (fitted or assumed), never another GPU's harness's
 OVERHEAD_FIELDS = ("overhead_fixed_s", "overhead_per_seq_s")
 NOT_IDENTIFIABLE = "not identifiable from these files"
 #: every number of a profile (profiles.NUMERIC_FIELDS and the all-reduce curves), in the order their
 #: provenance is written
-UNFITTED_ORDER = ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes", "attn_prefill_eff",
-                  "attn_decode_mbu", "overhead_fixed_s", "overhead_per_seq_s", "allreduce",
-                  "custom_allreduce_latency_s", "power_compute_weight", "power_memory_weight", "power_kv_weight")
+UNFITTED_ORDER = (
+    "gemm_mbu",
+    "gemm_mfu",
+    "gemm_knee",
+    "layer_fixed_s",
+    "act_passes",
+    "attn_prefill_eff",
+    "attn_decode_mbu",
+    "overhead_fixed_s",
+    "overhead_per_seq_s",
+    "allreduce",
+    "custom_allreduce_latency_s",
+    "power_compute_weight",
+    "power_memory_weight",
+    "power_kv_weight",
+)
 
 
 @dataclass
@@ -82,12 +95,15 @@ class Fit:
 
 # ------------------------------------------------------------- prediction --
 
+
 def predict(obs: Observation, profile: GPUProfile, gpu: GPUSpec, overheads: Overheads | None = None) -> float:
     """The profile's prediction (s) of one observation."""
     if obs.kind == "gemm":
-        return (profile.gemm_time(obs.weight_bytes, obs.flops, gpu.peak_flops, gpu.mem_bandwidth)
-                + profile.layer_fixed_s
-                + obs.tokens * profile.act_passes * obs.act_bytes_per_token / (profile.gemm_mbu * gpu.mem_bandwidth))
+        return (
+            profile.gemm_time(obs.weight_bytes, obs.flops, gpu.peak_flops, gpu.mem_bandwidth)
+            + profile.layer_fixed_s
+            + obs.tokens * profile.act_passes * obs.act_bytes_per_token / (profile.gemm_mbu * gpu.mem_bandwidth)
+        )
     if obs.kind == "allreduce":
         return profile.nccl_allreduce_time(obs.size_bytes, obs.gpus, gpu.interconnect_gbs)  # what was measured
     if obs.kind == "gemm_kernel":
@@ -100,10 +116,13 @@ def predict(obs: Observation, profile: GPUProfile, gpu: GPUSpec, overheads: Over
         return profile.allreduce_time(obs.size_bytes, obs.gpus, gpu.interconnect_gbs, nvlink=True)
     extra = 0.0
     if overheads is not None:
-        profile = dataclasses.replace(profile, overhead_fixed_s=overheads.fixed_s,
-                                      overhead_per_seq_s=overheads.per_seq_s)
-        extra = sum(w * (overheads.per_token_s * s.n_tokens + overheads.per_token_sq_s * s.n_tokens ** 2)
-                    for w, s in obs.iterations)
+        profile = dataclasses.replace(
+            profile, overhead_fixed_s=overheads.fixed_s, overhead_per_seq_s=overheads.per_seq_s
+        )
+        extra = sum(
+            w * (overheads.per_token_s * s.n_tokens + overheads.per_token_sq_s * s.n_tokens**2)
+            for w, s in obs.iterations
+        )
     timer = IterationTimer(obs.model, gpu, obs.tp, profile, obs.vllm_allreduce)
     return extra + sum(w * timer.time(s) for w, s in obs.iterations)
 
@@ -120,15 +139,18 @@ def ideal_time(obs: Observation, gpu: GPUSpec) -> float:
 
 
 def mape(obs: list[Observation], fit: Fit, gpu: GPUSpec) -> float:
-    errs = [abs(predict(o, fit.profile, gpu, fit.frameworks.get(o.framework)) - o.measured_s) / o.measured_s
-            for o in obs]
+    errs = [
+        abs(predict(o, fit.profile, gpu, fit.frameworks.get(o.framework)) - o.measured_s) / o.measured_s for o in obs
+    ]
     return 100.0 * float(np.mean(errs)) if errs else float("nan")
 
 
 # ------------------------------------------------------------------- GEMMs --
 
-def fit_gemm(obs: list[Observation], gpu: GPUSpec,
-             elementwise: bool = True) -> tuple[float, float, float, float, float]:
+
+def fit_gemm(
+    obs: list[Observation], gpu: GPUSpec, elementwise: bool = True
+) -> tuple[float, float, float, float, float]:
     """(mbu, mfu, knee, layer_fixed_s, act_passes) minimising the relative squared error of layer times.
 
     Nelder-Mead over (log mbu, log mfu, log(knee - 1)); for each trial the
@@ -151,7 +173,7 @@ def fit_gemm(obs: list[Observation], gpu: GPUSpec,
         c = bounded_lstsq(a, 1.0 - g / t, np.zeros(2), np.array([True, elementwise]))
         err = (g + c[0] + c[1] * act / mbu) / t - 1.0
         penalty = 1e3 * (max(0.0, mbu - 1.0) + max(0.0, mfu - 1.0))
-        return float(np.mean(err ** 2)) + penalty, mbu, mfu, p, float(c[0]), float(c[1])
+        return float(np.mean(err**2)) + penalty, mbu, mfu, p, float(c[0]), float(c[1])
 
     # start: bandwidth of the fewest tokens, FLOP/s of the most
     small, large = np.argmin(f), np.argmax(f)
@@ -174,6 +196,7 @@ def _efficiency(obs: list[Observation], peak: float, work: str) -> float:
 
 
 # -------------------------------------------------------------- all-reduce --
+
 
 def fit_allreduce(obs: list[Observation]) -> tuple[AllReduceCurve, ...]:
     """One curve per group size: the non-decreasing curve closest to every measured time.
@@ -234,15 +257,27 @@ N_OVERHEADS = 4  # fixed, per sequence, per token, per token²
 def _features(obs: Observation, gpu: GPUSpec, profile: GPUProfile) -> tuple[float, np.ndarray]:
     """(known time, coefficients of [1/attn_prefill_eff, 1/attn_decode_mbu, fixed, per_seq, per_token,
     per_token² (scaled by SQ_SCALE)])."""
-    timer = IterationTimer(obs.model, gpu, obs.tp, dataclasses.replace(
-        profile, overhead_fixed_s=0.0, overhead_per_seq_s=0.0), obs.vllm_allreduce)
+    timer = IterationTimer(
+        obs.model,
+        gpu,
+        obs.tp,
+        dataclasses.replace(profile, overhead_fixed_s=0.0, overhead_per_seq_s=0.0),
+        obs.vllm_allreduce,
+    )
     known = 0.0
     coef = np.zeros(2 + N_OVERHEADS)
     for w, s in obs.iterations:
         known += w * (timer.body_time(s.n_tokens) + timer.seq_time(s.n_seqs))
-        coef += w * np.array([s.attn_pairs * timer.flops_per_attn_pair / timer.peak,
-                              (s.kv_read_tokens + s.n_tokens) * timer.kv_bytes_per_token / timer.bw,
-                              1.0, s.n_seqs, s.n_tokens, s.n_tokens ** 2 * SQ_SCALE])
+        coef += w * np.array(
+            [
+                s.attn_pairs * timer.flops_per_attn_pair / timer.peak,
+                (s.kv_read_tokens + s.n_tokens) * timer.kv_bytes_per_token / timer.bw,
+                1.0,
+                s.n_seqs,
+                s.n_tokens,
+                s.n_tokens**2 * SQ_SCALE,
+            ]
+        )
     return known, coef
 
 
@@ -269,8 +304,9 @@ def bounded_lstsq(a: np.ndarray, b: np.ndarray, lower: np.ndarray, free: np.ndar
 PRIOR_WEIGHT = 0.02  # pulls parameters the data cannot determine to the inherited values
 
 
-def fit_end_to_end(obs: list[Observation], gpu: GPUSpec, profile: GPUProfile,
-                   fit_attention: bool = True, per_step_only: bool = False) -> tuple[GPUProfile, dict[str, Overheads]]:
+def fit_end_to_end(
+    obs: list[Observation], gpu: GPUSpec, profile: GPUProfile, fit_attention: bool = True, per_step_only: bool = False
+) -> tuple[GPUProfile, dict[str, Overheads]]:
     """Attention efficiencies (unless ``fit_attention`` is False) and each framework's overheads.
 
     Parameters x = [1/attn_prefill_eff, 1/attn_decode_mbu, then per framework
@@ -297,7 +333,7 @@ def fit_end_to_end(obs: list[Observation], gpu: GPUSpec, profile: GPUProfile,
         row = np.zeros(npar)
         row[:2] = c[:2]
         k = 2 + m * frameworks.index(o.framework)
-        row[k:k + m] = c[2:]
+        row[k : k + m] = c[2:]
         rows.append(row * weight / o.measured_s)
         rhs.append((o.measured_s - known) * weight / o.measured_s)
     x0 = np.array([1.0 / profile.attn_prefill_eff, 1.0 / profile.gemm_mbu] + [0.0] * (m * nf))
@@ -327,7 +363,7 @@ def fit_end_to_end(obs: list[Observation], gpu: GPUSpec, profile: GPUProfile,
     prof = dataclasses.replace(profile, attn_prefill_eff=1.0 / x[0], attn_decode_mbu=1.0 / x[1])
     fws = {}
     for k, fw in enumerate(frameworks):
-        fixed, per_seq, per_token, per_token_sq = (float(v) for v in x[2 + m * k:2 + m * (k + 1)])
+        fixed, per_seq, per_token, per_token_sq = (float(v) for v in x[2 + m * k : 2 + m * (k + 1)])
         fws[fw] = Overheads(fixed, per_seq, per_token, per_token_sq * SQ_SCALE)
     return prof, fws
 
@@ -363,8 +399,10 @@ def nelder_mead(f, x0: np.ndarray, step: float = 0.15, iters: int = 300) -> np.n
 
 # --------------------------------------------------------------- one GPU ----
 
-def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, kernels_from_e2e: bool = True,
-                  own: str = "") -> Fit:
+
+def calibrate_gpu(
+    obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, kernels_from_e2e: bool = True, own: str = ""
+) -> Fit:
     """Fit ``gpu``'s profile to its observations, starting from (and inheriting from) ``base``.
 
     ``base`` provides every number the observations cannot determine. ``own``
@@ -381,8 +419,13 @@ def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, ker
     for o in obs:
         ideal = ideal_time(o, gpu)
         if o.measured_s < ideal:
-            rejected.append((o, f"{o.measured_s * 1e3:.3g} ms is faster than the datasheet peak allows "
-                                f"({ideal * 1e3:.3g} ms at 100 % of {gpu.peak_fp16_tflops:g} TFLOP/s per GPU)"))
+            rejected.append(
+                (
+                    o,
+                    f"{o.measured_s * 1e3:.3g} ms is faster than the datasheet peak allows "
+                    f"({ideal * 1e3:.3g} ms at 100 % of {gpu.peak_fp16_tflops:g} TFLOP/s per GPU)",
+                )
+            )
         else:
             kept.append(o)
     gemm = [o for o in kept if o.kind == "gemm"]
@@ -391,56 +434,74 @@ def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, ker
     e2e = [o for o in kept if o.kind in E2E_KINDS]
     prof = dataclasses.replace(base, gpu=gpu.name, derived_from="", provenance={})
     if not own:
-        prof = dataclasses.replace(prof, overhead_fixed_s=GPUProfile.overhead_fixed_s,
-                                   overhead_per_seq_s=GPUProfile.overhead_per_seq_s)
+        prof = dataclasses.replace(
+            prof, overhead_fixed_s=GPUProfile.overhead_fixed_s, overhead_per_seq_s=GPUProfile.overhead_per_seq_s
+        )
     prov: dict[str, str] = {}
-    sources = lambda rows: ", ".join(sorted({o.source.rsplit('/', 1)[-1] for o in rows}))  # noqa: E731
+    sources = lambda rows: ", ".join(sorted({o.source.rsplit("/", 1)[-1] for o in rows}))  # noqa: E731
     if gemm:
         mbu, mfu, knee, fixed, passes = fit_gemm(gemm, gpu)
-        prof = dataclasses.replace(prof, gemm_mbu=mbu, gemm_mfu=mfu, gemm_knee=knee, layer_fixed_s=fixed,
-                                   act_passes=passes)
+        prof = dataclasses.replace(
+            prof, gemm_mbu=mbu, gemm_mfu=mfu, gemm_knee=knee, layer_fixed_s=fixed, act_passes=passes
+        )
         for k in ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes"):
             prov[k] = f"fitted on {len(gemm)} operator times ({sources(gemm)})"
     # GEMM kernels of at least KERNEL_GEMM_MIN_S at the datasheet peaks: the smaller ones are launch-bound
-    big_gemms = [o for o in kern["gemm_kernel"]
-                 if max(o.weight_bytes / gpu.mem_bandwidth, o.flops / gpu.peak_flops) >= KERNEL_GEMM_MIN_S]
+    big_gemms = [
+        o
+        for o in kern["gemm_kernel"]
+        if max(o.weight_bytes / gpu.mem_bandwidth, o.flops / gpu.peak_flops) >= KERNEL_GEMM_MIN_S
+    ]
     if big_gemms and not gemm:
         mbu, mfu, knee, _, _ = fit_gemm(big_gemms, gpu, elementwise=False)
         prof = dataclasses.replace(prof, gemm_mbu=mbu, gemm_mfu=mfu, gemm_knee=knee)
         for k in ("gemm_mbu", "gemm_mfu", "gemm_knee"):
-            prov[k] = (f"fitted on {len(big_gemms)} GEMM kernel times of >= {KERNEL_GEMM_MIN_S * 1e6:.0f} us at "
-                       f"the datasheet peaks ({sources(big_gemms)})")
+            prov[k] = (
+                f"fitted on {len(big_gemms)} GEMM kernel times of >= {KERNEL_GEMM_MIN_S * 1e6:.0f} us at "
+                f"the datasheet peaks ({sources(big_gemms)})"
+            )
     long_prompts = [o for o in kern["attn_prefill"] if o.tokens >= KERNEL_PREFILL_MIN_TOKENS]
     if long_prompts:
         prof = dataclasses.replace(prof, attn_prefill_eff=_efficiency(long_prompts, gpu.peak_flops, "flops"))
-        prov["attn_prefill_eff"] = (f"fitted on {len(long_prompts)} prefill attention kernel times of prompts >= "
-                                    f"{KERNEL_PREFILL_MIN_TOKENS} tokens ({sources(long_prompts)})")
+        prov["attn_prefill_eff"] = (
+            f"fitted on {len(long_prompts)} prefill attention kernel times of prompts >= "
+            f"{KERNEL_PREFILL_MIN_TOKENS} tokens ({sources(long_prompts)})"
+        )
     big_kv = [o for o in kern["attn_decode"] if o.size_bytes >= KERNEL_DECODE_MIN_BYTES]
     if big_kv:
         prof = dataclasses.replace(prof, attn_decode_mbu=_efficiency(big_kv, gpu.mem_bandwidth, "size_bytes"))
-        prov["attn_decode_mbu"] = (f"fitted on {len(big_kv)} decode attention kernel times reading >= 1 GiB of KV "
-                                   f"per layer ({sources(big_kv)}): the saturated bandwidth, as gemm_mbu is for "
-                                   "GPUs fitted end to end")
+        prov["attn_decode_mbu"] = (
+            f"fitted on {len(big_kv)} decode attention kernel times reading >= 1 GiB of KV "
+            f"per layer ({sources(big_kv)}): the saturated bandwidth, as gemm_mbu is for "
+            "GPUs fitted end to end"
+        )
     if kern["custom_allreduce"] and not ar:
         fastest = min(kern["custom_allreduce"], key=lambda o: (o.measured_s, o.gpus, o.size_bytes))
         prof = dataclasses.replace(prof, custom_allreduce_latency_s=fastest.measured_s)
         prov["custom_allreduce_latency_s"] = (
             f"the least custom all-reduce time measured in CUDA graphs ({sources(kern['custom_allreduce'])}: "
-            f"{fastest.gpus} GPUs, {fastest.size_bytes:.0f} B)")
+            f"{fastest.gpus} GPUs, {fastest.size_bytes:.0f} B)"
+        )
     if ar:
         fastest = min(ar, key=lambda o: (o.measured_s, o.gpus, o.size_bytes))
-        prof = dataclasses.replace(prof, allreduce=fit_allreduce(ar), allreduce_link_gbs=gpu.interconnect_gbs,
-                                   custom_allreduce_latency_s=fastest.measured_s)
+        prof = dataclasses.replace(
+            prof,
+            allreduce=fit_allreduce(ar),
+            allreduce_link_gbs=gpu.interconnect_gbs,
+            custom_allreduce_latency_s=fastest.measured_s,
+        )
         prov["allreduce"] = f"measured NCCL curves ({sources(ar)}), monotone, least relative error"
         prov["custom_allreduce_latency_s"] = (
             f"the least all-reduce time measured ({sources(ar)}: {fastest.gpus} GPUs, {fastest.size_bytes:.0f} B): "
-            "no synchronisation over these links took less")
+            "no synchronisation over these links took less"
+        )
     frameworks: dict[str, Overheads] = {}
     default_seen = any(o.framework == DEFAULT_FRAMEWORK for o in e2e)
     # end-to-end sources of other frameworks alone cannot separate kernels from software overhead
     fit_kernels = bool(e2e) and (default_seen or bool(gemm))
     if e2e:
         if not gemm and fit_kernels and kernels_from_e2e:
+
             def loss(x: np.ndarray) -> float:
                 mbu, mfu = math.exp(x[0]), math.exp(x[1])
                 if mbu > 1.0 or mfu > 1.0:
@@ -456,8 +517,10 @@ def calibrate_gpu(obs: list[Observation], gpu: GPUSpec, base: GPUProfile, *, ker
         prof, frameworks = fit_end_to_end(e2e, gpu, prof, fit_attention=fit_kernels)
         if fit_kernels:
             prov["attn_prefill_eff"] = f"fitted on {len(e2e)} end-to-end times ({sources(e2e)})"
-            prov["attn_decode_mbu"] = ("= gemm_mbu: KV reads stream HBM like weight reads (end-to-end times "
-                                       "cannot separate KV time from per-sequence overhead)")
+            prov["attn_decode_mbu"] = (
+                "= gemm_mbu: KV reads stream HBM like weight reads (end-to-end times "
+                "cannot separate KV time from per-sequence overhead)"
+            )
         if DEFAULT_FRAMEWORK in frameworks:
             d = frameworks[DEFAULT_FRAMEWORK]
             prof = dataclasses.replace(prof, overhead_fixed_s=d.fixed_s, overhead_per_seq_s=d.per_seq_s)
@@ -497,6 +560,7 @@ def _weighted_sq_error(obs: list[Observation], prof: GPUProfile, fws: dict[str, 
 
 # ----------------------------------------------------------- many GPUs ----
 
+
 def calibrate_all(obs: list[Observation], catalog: Catalog) -> dict[str, Fit]:
     """Fit every GPU that has observations.
 
@@ -513,10 +577,14 @@ def calibrate_all(obs: list[Observation], catalog: Catalog) -> dict[str, Fit]:
         by_gpu[o.gpu].append(o)
     fits: dict[str, Fit] = {}
     # what a GPU inherits: the catalogue's measured profiles of GPUs these observations do not refit
-    keep = [p for p in catalog.profile_specs.values()
-            if p.status == "measured" and catalog.has_gpu(p.gpu) and catalog.gpu(p.gpu).name not in by_gpu]
-    work = Catalog(models=catalog.models(), gpus=[dataclasses.replace(g, profile=None) for g in catalog.gpus()],
-                   profiles=keep)
+    keep = [
+        p
+        for p in catalog.profile_specs.values()
+        if p.status == "measured" and catalog.has_gpu(p.gpu) and catalog.gpu(p.gpu).name not in by_gpu
+    ]
+    work = Catalog(
+        models=catalog.models(), gpus=[dataclasses.replace(g, profile=None) for g in catalog.gpus()], profiles=keep
+    )
     # order: GPUs with operator times first, then the others (they may inherit)
     order = sorted(by_gpu, key=lambda g: (not any(o.kind in ("gemm", "allreduce") for o in by_gpu[g]), g))
     for name in order:

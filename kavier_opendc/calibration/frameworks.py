@@ -33,7 +33,7 @@ class FrameworkFit:
     """Fitted overheads per (GPU, TP), the relative error of every row, and the rows left out."""
 
     overheads: dict[tuple[str, int], Overheads] = field(default_factory=dict)
-    errors: dict[tuple[str, str, int], list[float]] = field(default_factory=dict)   # (file, GPU, TP) -> errors
+    errors: dict[tuple[str, str, int], list[float]] = field(default_factory=dict)  # (file, GPU, TP) -> errors
     skipped: list[tuple[str, int, str]] = field(default_factory=list)
 
     def mape(self) -> dict[tuple[str, str, int], float]:
@@ -55,8 +55,11 @@ def fit_framework(paths: list[str | Path], catalog: Catalog, options: ReadOption
         if len(seqs) < 2:
             raise KavierInputError(
                 f"the rows of {gpu_name} at TP {tp} have one batch size only: the overhead per step and the "
-                "overhead per sequence cannot be told apart", source=", ".join(sorted({o.source for o in rows})),
-                location="batch_size", expected="rows of at least two batch sizes per GPU and TP")
+                "overhead per sequence cannot be told apart",
+                source=", ".join(sorted({o.source for o in rows})),
+                location="batch_size",
+                expected="rows of at least two batch sizes per GPU and TP",
+            )
         gpu = dataclasses.replace(catalog.gpu(gpu_name), profile=None)
         profile = catalog.profile_for(gpu_name)
         # one framework per (GPU, TP): relabel so the fit gives one set of overheads

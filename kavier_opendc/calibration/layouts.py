@@ -76,12 +76,16 @@ LAYOUTS = ("single-request", "operator", "allreduce", "step-times", "serving", "
 GEMM_COLUMNS = ("attn_pre_proj_ms", "attn_post_proj_ms", "mlp_up_proj_ms", "mlp_down_proj_ms")
 ELEMENTWISE_COLUMNS = ("mlp_act_ms", "input_layernorm_ms", "post_attention_layernorm_ms", "attn_rope_ms", "add_ms")
 _REQUIRED = {
-    "single-request": ("prefill_input_tokens", "reality_prefill", "decode_input_tokens",
-                       "decode_output_tokens", "reality_decode"),
+    "single-request": (
+        "prefill_input_tokens",
+        "reality_prefill",
+        "decode_input_tokens",
+        "decode_output_tokens",
+        "reality_decode",
+    ),
     "operator": ("gpu", "tp", "num_tokens", "n_head", "n_kv_head", "hidden", "ffn") + GEMM_COLUMNS,
     "allreduce": ("gpu", "num_workers", "size_bytes", "all_reduce_median_ms"),
-    "step-times": ("model", "gpu", "tp", "prompt_size", "batch_size", "token_size", "prompt_time_ms",
-                   "token_time_ms"),
+    "step-times": ("model", "gpu", "tp", "prompt_size", "batch_size", "token_size", "prompt_time_ms", "token_time_ms"),
     "serving": ("gpu", "model", "tp", "avg_output_tokens"),
     "batch-latency": ("gpu", "tp", "model", "in_out_tokens", "batch_size", "latency_s"),
     "kernels": ("system", "op", "kernel_source", "latency_ms"),
@@ -115,8 +119,8 @@ class Observation:
     flops: float = 0.0
     size_bytes: float = 0.0
     gpus: int = 1
-    vllm_allreduce: bool = True       # end to end: the software used vLLM's custom all-reduce (else NCCL)
-    tokens: float = 0.0               # gemm: tokens in the batch
+    vllm_allreduce: bool = True  # end to end: the software used vLLM's custom all-reduce (else NCCL)
+    tokens: float = 0.0  # gemm: tokens in the batch
     act_bytes_per_token: float = 0.0  # gemm: (hidden + ffn/T) activations in bytes
     label: str = ""
 
@@ -131,8 +135,8 @@ class ReadOptions:
     max_batched_tokens: int = 8192
     prompt_tokens: float = 100.0
     default_framework: bool = False
-    skipped: list = field(default_factory=list)   # (file, line, why) of rows a reader left out
-    only_gpus: tuple[str, ...] = ()               # kernels layout: keep these GPUs' rows only (empty: all)
+    skipped: list = field(default_factory=list)  # (file, line, why) of rows a reader left out
+    only_gpus: tuple[str, ...] = ()  # kernels layout: keep these GPUs' rows only (empty: all)
 
 
 class _Rows:
@@ -144,23 +148,29 @@ class _Rows:
             with open(path, newline="", encoding="utf-8") as fh:
                 reader = csv.DictReader(fh)
                 self.header = [h.strip() for h in (reader.fieldnames or [])]
-                self.rows = [({(k or "").strip(): (v or "").strip() for k, v in r.items()}, i + 2)
-                             for i, r in enumerate(reader)]
+                self.rows = [
+                    ({(k or "").strip(): (v or "").strip() for k, v in r.items()}, i + 2) for i, r in enumerate(reader)
+                ]
         except FileNotFoundError:
             raise KavierInputError("measurement file not found", source=str(path)) from None
         except IsADirectoryError:
-            raise KavierInputError("is a directory, not a measurement file (a 'kavier trace' replay folder holds a "
-                                   "requests.parquet)", source=str(path)) from None
+            raise KavierInputError(
+                "is a directory, not a measurement file (a 'kavier trace' replay folder holds a requests.parquet)",
+                source=str(path),
+            ) from None
         except (UnicodeDecodeError, csv.Error, OSError) as exc:
             raise KavierInputError(f"not a readable CSV file ({exc})", source=str(path)) from None
         if not self.header:
-            raise KavierInputError("empty file: no header row", source=str(path),
-                                   expected="a CSV header naming the columns of one of the layouts "
-                                            + ", ".join(LAYOUTS))
+            raise KavierInputError(
+                "empty file: no header row",
+                source=str(path),
+                expected="a CSV header naming the columns of one of the layouts " + ", ".join(LAYOUTS),
+            )
 
     def error(self, line: int, column: str, message: str, expected: str | None = None) -> KavierInputError:
-        return KavierInputError(message, source=str(self.path), location=f"line {line}, column '{column}'",
-                                expected=expected)
+        return KavierInputError(
+            message, source=str(self.path), location=f"line {line}, column '{column}'", expected=expected
+        )
 
     def number(self, row: dict, line: int, column: str, *, positive: bool = True, integer: bool = False) -> float:
         text = row.get(column, "")
@@ -184,14 +194,18 @@ def detect_layout(header: Iterable[str]) -> str | None:
     for name in ("single-request", "operator", "allreduce", "step-times", "batch-latency", "kernels"):
         if all(c in cols for c in _REQUIRED[name]):
             return name
-    if all(c in cols for c in _REQUIRED["serving"]) and ({"avg_tpot_s", "tpot_s", "itl_s"} & cols) and (
-            {"max_num_seqs", "avg_batch_size"} & cols):
+    if (
+        all(c in cols for c in _REQUIRED["serving"])
+        and ({"avg_tpot_s", "tpot_s", "itl_s"} & cols)
+        and ({"max_num_seqs", "avg_batch_size"} & cols)
+    ):
         return "serving"
     return None
 
 
-def read_measurements(path: str | Path, catalog: Catalog, options: ReadOptions | None = None,
-                      layout: str | None = None) -> tuple[str, list[Observation]]:
+def read_measurements(
+    path: str | Path, catalog: Catalog, options: ReadOptions | None = None, layout: str | None = None
+) -> tuple[str, list[Observation]]:
     """Read one measurement file; return its layout and its observations."""
     opts = options or ReadOptions()
     rows = _Rows(Path(path))
@@ -200,24 +214,34 @@ def read_measurements(path: str | Path, catalog: Catalog, options: ReadOptions |
         layout = found
     if layout is None:
         raise KavierInputError(
-            f"cannot tell the layout from the header ({', '.join(rows.header)})", source=str(path),
-            expected="the columns of one of the layouts: " + "; ".join(
-                f"{k}: {', '.join(v)}" for k, v in _REQUIRED.items()))
+            f"cannot tell the layout from the header ({', '.join(rows.header)})",
+            source=str(path),
+            expected="the columns of one of the layouts: "
+            + "; ".join(f"{k}: {', '.join(v)}" for k, v in _REQUIRED.items()),
+        )
     if layout not in LAYOUTS:
         raise KavierInputError(f"unknown layout {layout!r}", location="--layout", expected=", ".join(LAYOUTS))
     missing = [c for c in _REQUIRED[layout] if c not in rows.header]
     if missing:
-        raise KavierInputError(f"the {layout} layout needs the column(s) {', '.join(missing)}",
-                               source=str(path), location="header")
+        raise KavierInputError(
+            f"the {layout} layout needs the column(s) {', '.join(missing)}", source=str(path), location="header"
+        )
     if not rows.rows:
         raise KavierInputError("no data rows", source=str(path), expected="at least one measurement")
-    reader: Callable = {"single-request": _single_request, "operator": _operator, "allreduce": _allreduce,
-                        "step-times": _step_times, "serving": _serving, "batch-latency": _batch_latency,
-                        "kernels": _kernels}[layout]
+    reader: Callable = {
+        "single-request": _single_request,
+        "operator": _operator,
+        "allreduce": _allreduce,
+        "step-times": _step_times,
+        "serving": _serving,
+        "batch-latency": _batch_latency,
+        "kernels": _kernels,
+    }[layout]
     return layout, reader(rows, catalog, opts)
 
 
 # ------------------------------------------------------------------ shapes --
+
 
 def prefill_iterations(prompt: int, budget: int, batch: int = 1) -> list[tuple[float, IterationShape]]:
     """Iterations of ``batch`` prompts of ``prompt`` tokens prefilled together, chunked by ``budget`` tokens."""
@@ -225,9 +249,17 @@ def prefill_iterations(prompt: int, budget: int, batch: int = 1) -> list[tuple[f
     done = 0
     while done < prompt:
         c = min(prompt - done, max(1, budget // batch))
-        out.append((1.0, IterationShape(n_tokens=batch * c, n_seqs=batch,
-                                        attn_pairs=batch * (c * done + c * (c + 1) / 2.0),
-                                        kv_read_tokens=batch * done)))
+        out.append(
+            (
+                1.0,
+                IterationShape(
+                    n_tokens=batch * c,
+                    n_seqs=batch,
+                    attn_pairs=batch * (c * done + c * (c + 1) / 2.0),
+                    kv_read_tokens=batch * done,
+                ),
+            )
+        )
         done += c
     return out
 
@@ -237,8 +269,10 @@ def decode_iterations(batch: float, context: float, count: float) -> tuple[float
 
     Time is affine in the attended pairs, so the mean shape times the count is exact.
     """
-    return (count, IterationShape(n_tokens=batch, n_seqs=batch, attn_pairs=batch * (context + 1),
-                                  kv_read_tokens=batch * context))
+    return (
+        count,
+        IterationShape(n_tokens=batch, n_seqs=batch, attn_pairs=batch * (context + 1), kv_read_tokens=batch * context),
+    )
 
 
 def _model(rows: _Rows, catalog: Catalog, name: str, line: int, column: str) -> ModelSpec:
@@ -268,27 +302,56 @@ def _framework(rows: _Rows, opts: ReadOptions, tp: int = 1) -> str:
 
 # ----------------------------------------------------------------- readers --
 
+
 def _single_request(rows: _Rows, catalog: Catalog, opts: ReadOptions) -> list[Observation]:
     if not opts.model or not opts.gpu:
-        raise KavierInputError("the single-request layout does not name the model and GPU",
-                               source=str(rows.path), expected="--model and --gpu on the command line")
+        raise KavierInputError(
+            "the single-request layout does not name the model and GPU",
+            source=str(rows.path),
+            expected="--model and --gpu on the command line",
+        )
     model = catalog.model(opts.model)
     gpu = catalog.gpu(opts.gpu).name
     fw = _framework(rows, opts)
     out = []
     for r, line in rows.rows:
         p = int(rows.number(r, line, "prefill_input_tokens", integer=True))
-        out.append(Observation(str(rows.path), line, "prefill", gpu, rows.number(r, line, "reality_prefill"), fw,
-                               model, opts.tp, prefill_iterations(p, opts.max_batched_tokens), label=f"prompt {p}"))
+        out.append(
+            Observation(
+                str(rows.path),
+                line,
+                "prefill",
+                gpu,
+                rows.number(r, line, "reality_prefill"),
+                fw,
+                model,
+                opts.tp,
+                prefill_iterations(p, opts.max_batched_tokens),
+                label=f"prompt {p}",
+            )
+        )
         pin = rows.number(r, line, "decode_input_tokens", integer=True)
         o = rows.number(r, line, "decode_output_tokens", integer=True)
         if o < 2:
-            raise rows.error(line, "decode_output_tokens", f"{o:g} output tokens leave no decode iteration",
-                             "at least 2")
+            raise rows.error(
+                line, "decode_output_tokens", f"{o:g} output tokens leave no decode iteration", "at least 2"
+            )
         # iteration k = 1..o-1 caches pin + k - 1 tokens: mean pin + o/2 - 1
         it = decode_iterations(1, pin + o / 2.0 - 1.0, o - 1)
-        out.append(Observation(str(rows.path), line, "decode", gpu, rows.number(r, line, "reality_decode"), fw,
-                               model, opts.tp, [it], label=f"{o:g} tokens"))
+        out.append(
+            Observation(
+                str(rows.path),
+                line,
+                "decode",
+                gpu,
+                rows.number(r, line, "reality_decode"),
+                fw,
+                model,
+                opts.tp,
+                [it],
+                label=f"{o:g} tokens",
+            )
+        )
     return out
 
 
@@ -302,13 +365,26 @@ def _operator(rows: _Rows, catalog: Catalog, opts: ReadOptions) -> list[Observat
         hidden, ffn = rows.number(r, line, "hidden", integer=True), rows.number(r, line, "ffn", integer=True)
         gated = r.get("gated_mlp", "True").lower() not in ("false", "0", "no")
         head_dim = hidden / heads
-        params = (hidden * (heads + 2 * kv) * head_dim + heads * head_dim * hidden
-                  + (3 if gated else 2) * hidden * ffn) / tp
+        params = (
+            hidden * (heads + 2 * kv) * head_dim + heads * head_dim * hidden + (3 if gated else 2) * hidden * ffn
+        ) / tp
         t = sum(rows.number(r, line, c) for c in GEMM_COLUMNS)
         t += sum(rows.number(r, line, c, positive=False) for c in ELEMENTWISE_COLUMNS if r.get(c, "") != "")
-        out.append(Observation(str(rows.path), line, "gemm", gpu, t / 1e3, weight_bytes=2.0 * params,
-                               flops=2.0 * params * n, tp=tp, tokens=n, act_bytes_per_token=2.0 * (hidden + ffn / tp),
-                               label=f"{r.get('model', '')} tp{tp} n={n:g}"))
+        out.append(
+            Observation(
+                str(rows.path),
+                line,
+                "gemm",
+                gpu,
+                t / 1e3,
+                weight_bytes=2.0 * params,
+                flops=2.0 * params * n,
+                tp=tp,
+                tokens=n,
+                act_bytes_per_token=2.0 * (hidden + ffn / tp),
+                label=f"{r.get('model', '')} tp{tp} n={n:g}",
+            )
+        )
     return out
 
 
@@ -319,10 +395,18 @@ def _allreduce(rows: _Rows, catalog: Catalog, opts: ReadOptions) -> list[Observa
         workers = int(rows.number(r, line, "num_workers", integer=True))
         if workers < 2:
             raise rows.error(line, "num_workers", f"{workers} GPUs do not all-reduce", "at least 2")
-        out.append(Observation(str(rows.path), line, "allreduce", gpu,
-                               rows.number(r, line, "all_reduce_median_ms") / 1e3,
-                               size_bytes=rows.number(r, line, "size_bytes"), gpus=workers,
-                               label=r.get("node", "")))
+        out.append(
+            Observation(
+                str(rows.path),
+                line,
+                "allreduce",
+                gpu,
+                rows.number(r, line, "all_reduce_median_ms") / 1e3,
+                size_bytes=rows.number(r, line, "size_bytes"),
+                gpus=workers,
+                label=r.get("node", ""),
+            )
+        )
     # a node name with 'pairwise' (no NVSwitch) is used only where nothing else was measured
     switched = {(o.gpu, o.gpus) for o in out if "pairwise" not in o.label}
     return [o for o in out if "pairwise" not in o.label or (o.gpu, o.gpus) not in switched]
@@ -341,12 +425,36 @@ def _step_times(rows: _Rows, catalog: Catalog, opts: ReadOptions) -> list[Observ
         # the whole batch's prompts in one iteration (no token budget in this harness); a harness that is not
         # vLLM (unless it is the default framework) all-reduces with NCCL, not vLLM's custom all-reduce
         vllm = opts.default_framework
-        out.append(Observation(str(rows.path), line, "prefill", gpu, rows.number(r, line, "prompt_time_ms") / 1e3,
-                               fw, model, tp, prefill_iterations(p, b * p, b), vllm_allreduce=vllm,
-                               label=f"tp{tp} b{b} p{p}"))
-        out.append(Observation(str(rows.path), line, "decode", gpu, rows.number(r, line, "token_time_ms") / 1e3,
-                               fw, model, tp, [decode_iterations(b, p + tok / 2.0, 1.0)], vllm_allreduce=vllm,
-                               label=f"tp{tp} b{b} p{p}"))
+        out.append(
+            Observation(
+                str(rows.path),
+                line,
+                "prefill",
+                gpu,
+                rows.number(r, line, "prompt_time_ms") / 1e3,
+                fw,
+                model,
+                tp,
+                prefill_iterations(p, b * p, b),
+                vllm_allreduce=vllm,
+                label=f"tp{tp} b{b} p{p}",
+            )
+        )
+        out.append(
+            Observation(
+                str(rows.path),
+                line,
+                "decode",
+                gpu,
+                rows.number(r, line, "token_time_ms") / 1e3,
+                fw,
+                model,
+                tp,
+                [decode_iterations(b, p + tok / 2.0, 1.0)],
+                vllm_allreduce=vllm,
+                label=f"tp{tp} b{b} p{p}",
+            )
+        )
     return out
 
 
@@ -367,8 +475,20 @@ def _serving(rows: _Rows, catalog: Catalog, opts: ReadOptions) -> list[Observati
         # per decode iteration batch/outs requests finish; each new one is prefilled in its own iteration
         share = batch / outs
         its += [(share * c, s) for c, s in prefill_iterations(int(round(pin)), 1 << 30)]
-        out.append(Observation(str(rows.path), line, "tpot", gpu, tpot, fw, model, tp, its,
-                               label=f"{model.name} tp{tp} batch {batch:g}"))
+        out.append(
+            Observation(
+                str(rows.path),
+                line,
+                "tpot",
+                gpu,
+                tpot,
+                fw,
+                model,
+                tp,
+                its,
+                label=f"{model.name} tp{tp} batch {batch:g}",
+            )
+        )
     return out
 
 
@@ -392,22 +512,40 @@ def _batch_latency(rows: _Rows, catalog: Catalog, opts: ReadOptions) -> list[Obs
         blocks = CostModel(model, catalog.gpu(gpu), tp).kv_capacity_blocks(0.9, budget, V0_MAX_SEQS)
         need = b * -(-(2 * n - 1) // 16)
         if need > blocks:
-            opts.skipped.append((str(rows.path), line, f"the batch needs {need} KV blocks, {gpu} x {tp} holds "
-                                                       f"{blocks}: vLLM v0 preempts, no closed form"))
+            opts.skipped.append(
+                (
+                    str(rows.path),
+                    line,
+                    f"the batch needs {need} KV blocks, {gpu} x {tp} holds {blocks}: vLLM v0 preempts, no closed form",
+                )
+            )
             continue
         per_it = max(1, min(b, budget // n, V0_MAX_SEQS))
         its = []
         left = b
         while left > 0:
             k = min(per_it, left)
-            its.append((1.0, IterationShape(n_tokens=k * n, n_seqs=k, attn_pairs=k * n * (n + 1) / 2.0,
-                                            kv_read_tokens=0.0)))
+            its.append(
+                (1.0, IterationShape(n_tokens=k * n, n_seqs=k, attn_pairs=k * n * (n + 1) / 2.0, kv_read_tokens=0.0))
+            )
             left -= k
         # decode iteration j = 1..n-1 caches n + j - 1 tokens per sequence: mean n + n/2 - 1
         its.append(decode_iterations(b, n + n / 2.0 - 1.0, n - 1))
-        out.append(Observation(str(rows.path), line, "batch", gpu, rows.number(r, line, "latency_s"),
-                               _framework(rows, opts, tp), model, tp, its, vllm_allreduce=opts.default_framework,
-                               label=f"{model.name} tp{tp} b{b} n{n}"))
+        out.append(
+            Observation(
+                str(rows.path),
+                line,
+                "batch",
+                gpu,
+                rows.number(r, line, "latency_s"),
+                _framework(rows, opts, tp),
+                model,
+                tp,
+                its,
+                vllm_allreduce=opts.default_framework,
+                label=f"{model.name} tp{tp} b{b} n{n}",
+            )
+        )
     return out
 
 
@@ -423,25 +561,66 @@ def _kernels(rows: _Rows, catalog: Catalog, opts: ReadOptions) -> list[Observati
         t = rows.number(r, line, "latency_ms") / 1e3
         if op == "gemm":
             if r.get("dtype", "bfloat16") not in ("bfloat16", "float16"):
-                continue                    # the cost model is of 16-bit weights
+                continue  # the cost model is of 16-bit weights
             m, n, k = (rows.number(r, line, c, integer=True) for c in ("m", "n", "k"))
-            out.append(Observation(str(rows.path), line, "gemm_kernel", gpu, t, weight_bytes=2.0 * n * k,
-                                   flops=2.0 * m * n * k, tokens=m, label=f"gemm m={m:g} n={n:g} k={k:g}"))
+            out.append(
+                Observation(
+                    str(rows.path),
+                    line,
+                    "gemm_kernel",
+                    gpu,
+                    t,
+                    weight_bytes=2.0 * n * k,
+                    flops=2.0 * m * n * k,
+                    tokens=m,
+                    label=f"gemm m={m:g} n={n:g} k={k:g}",
+                )
+            )
         elif op == "context_attention":
             b, isl = rows.number(r, line, "batch_size"), rows.number(r, line, "isl")
             heads, d = rows.number(r, line, "num_heads"), rows.number(r, line, "head_dim")
             pairs = b * isl * (isl + 1) / 2.0
-            out.append(Observation(str(rows.path), line, "attn_prefill", gpu, t, flops=4.0 * heads * d * pairs,
-                                   tokens=isl, label=f"prefill b={b:g} isl={isl:g} h={heads:g}"))
+            out.append(
+                Observation(
+                    str(rows.path),
+                    line,
+                    "attn_prefill",
+                    gpu,
+                    t,
+                    flops=4.0 * heads * d * pairs,
+                    tokens=isl,
+                    label=f"prefill b={b:g} isl={isl:g} h={heads:g}",
+                )
+            )
         elif op == "generation_attention":
             b, kv = rows.number(r, line, "batch_size"), rows.number(r, line, "kv_len_step", positive=False) + 1
             kvh, d = rows.number(r, line, "num_kv_heads"), rows.number(r, line, "head_dim")
-            out.append(Observation(str(rows.path), line, "attn_decode", gpu, t, size_bytes=b * kv * kvh * d * 2 * 2,
-                                   tokens=b * kv, label=f"decode b={b:g} kv={kv:g} kvh={kvh:g}"))
+            out.append(
+                Observation(
+                    str(rows.path),
+                    line,
+                    "attn_decode",
+                    gpu,
+                    t,
+                    size_bytes=b * kv * kvh * d * 2 * 2,
+                    tokens=b * kv,
+                    label=f"decode b={b:g} kv={kv:g} kvh={kvh:g}",
+                )
+            )
         elif op == "all_reduce":
             if "graph" not in src:
-                continue                    # vLLM captures its decode steps in CUDA graphs
+                continue  # vLLM captures its decode steps in CUDA graphs
             g = int(rows.number(r, line, "num_gpus", integer=True))
-            out.append(Observation(str(rows.path), line, "custom_allreduce", gpu, t, gpus=g,
-                                   size_bytes=2.0 * rows.number(r, line, "message_size"), label=f"custom AR {g} GPUs"))
+            out.append(
+                Observation(
+                    str(rows.path),
+                    line,
+                    "custom_allreduce",
+                    gpu,
+                    t,
+                    gpus=g,
+                    size_bytes=2.0 * rows.number(r, line, "message_size"),
+                    label=f"custom AR {g} GPUs",
+                )
+            )
     return out

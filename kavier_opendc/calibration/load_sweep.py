@@ -37,7 +37,7 @@ from kavier_opendc.specs.catalog import Catalog
 from kavier_opendc.specs.frameworks import FrameworkProfile, StepOverhead
 from kavier_opendc.workload.trace import Trace
 
-KEPT_UP = 0.97   # achieved / requested rate above which a point counts as not saturated
+KEPT_UP = 0.97  # achieved / requested rate above which a point counts as not saturated
 BELOW_KNEE = 0.9  # and its rate at most this share of its sweep's highest achieved rate (queueing grows there)
 
 
@@ -47,7 +47,7 @@ class LoadPoint:
 
     source: str
     label: str
-    sweep: str            # the rate sweep the point belongs to (one server configuration)
+    sweep: str  # the rate sweep the point belongs to (one server configuration)
     model: str
     gpu: str
     tp: int
@@ -61,8 +61,8 @@ class LoadPoint:
     max_num_seqs: int | None = None
     max_batched_tokens: int | None = None
     max_model_len: int | None = None
-    requests: Trace | None = None   # the requests as sent (a replay), instead of a constant rate
-    mean_per_token_s: float | None = None   # a replay's mean over requests of their time per token
+    requests: Trace | None = None  # the requests as sent (a replay), instead of a constant rate
+    mean_per_token_s: float | None = None  # a replay's mean over requests of their time per token
 
     @property
     def per_token_s(self) -> float:
@@ -76,8 +76,13 @@ class LoadPoint:
         if self.requests is not None:
             return self.requests
         n = max(1, int(round(self.rate_rps * self.duration_s)))
-        return Trace(np.arange(n) / self.rate_rps, np.full(n, self.prompt_tokens, dtype=np.int64),
-                     np.full(n, self.output_tokens, dtype=np.int64), source=self.source, format="kavier")
+        return Trace(
+            np.arange(n) / self.rate_rps,
+            np.full(n, self.prompt_tokens, dtype=np.int64),
+            np.full(n, self.output_tokens, dtype=np.int64),
+            source=self.source,
+            format="kavier",
+        )
 
 
 @dataclass
@@ -85,7 +90,7 @@ class SimulatedPoint:
     point: LoadPoint
     ttft_s: float
     per_token_s: float
-    batch: float          # sequences per decode step, as the requests saw them
+    batch: float  # sequences per decode step, as the requests saw them
 
 
 @dataclass
@@ -105,9 +110,16 @@ class LoadSweepFit:
 
 
 def simulate_point(point: LoadPoint, catalog: Catalog, fw: FrameworkProfile) -> SimulatedPoint:
-    cfg = SimConfig(model=catalog.model(point.model), gpu=catalog.gpu(point.gpu), tp=point.tp, framework=fw,
-                    usage="server" if fw.serving_path == "auto" else "auto", max_num_seqs=point.max_num_seqs,
-                    max_batched_tokens=point.max_batched_tokens, max_model_len=point.max_model_len)
+    cfg = SimConfig(
+        model=catalog.model(point.model),
+        gpu=catalog.gpu(point.gpu),
+        tp=point.tp,
+        framework=fw,
+        usage="server" if fw.serving_path == "auto" else "auto",
+        max_num_seqs=point.max_num_seqs,
+        max_batched_tokens=point.max_batched_tokens,
+        max_model_len=point.max_model_len,
+    )
     res = simulate(point.trace(), cfg, progress=False)
     r, tr = res.results, res.trace
     done = r.status == 1
@@ -123,27 +135,36 @@ def simulate_point(point: LoadPoint, catalog: Catalog, fw: FrameworkProfile) -> 
     return SimulatedPoint(point, ttft, per_token, num / den if den else 1.0)
 
 
-def fit_load_sweep(points: list[LoadPoint], catalog: Catalog, base: FrameworkProfile,
-                   evaluations: int = 40) -> LoadSweepFit:
+def fit_load_sweep(
+    points: list[LoadPoint], catalog: Catalog, base: FrameworkProfile, evaluations: int = 40
+) -> LoadSweepFit:
     """Step overhead (fixed + per sequence) and client latency of ``base``'s engine from ``points``."""
     top: dict[str, float] = {}
     for p in points:
         top[p.sweep] = max(top.get(p.sweep, 0.0), p.achieved_rps)
     # a replay (sweep "") stands alone: the user chose rates the server kept up with
-    kept = [p for p in points if not p.sweep or (
-        p.achieved_rps >= KEPT_UP * p.rate_rps and p.rate_rps <= BELOW_KNEE * top[p.sweep])]
+    kept = [
+        p
+        for p in points
+        if not p.sweep or (p.achieved_rps >= KEPT_UP * p.rate_rps and p.rate_rps <= BELOW_KNEE * top[p.sweep])
+    ]
     left = [p for p in points if p not in kept]
     if len(kept) < 2:
         raise KavierInputError(
             f"{len(kept)} load point(s) below the saturation knee: the overhead per step and per sequence "
             "need at least two rates the server kept up with, under 90 % of its highest achieved rate",
             source=", ".join(sorted({p.source for p in points})),
-            location="requested_rate_rps", expected="a rate sweep with two or more unsaturated stages")
+            location="requested_rate_rps",
+            expected="a rate sweep with two or more unsaturated stages",
+        )
     gpus = {(p.gpu, p.tp) for p in kept}
     if len(gpus) != 1:
-        raise KavierInputError("a load sweep is fitted per GPU and TP; these points mix " +
-                               ", ".join(f"{g} TP{t}" for g, t in sorted(gpus)), source=kept[0].source)
-    (gpu, tp), = gpus
+        raise KavierInputError(
+            "a load sweep is fitted per GPU and TP; these points mix "
+            + ", ".join(f"{g} TP{t}" for g, t in sorted(gpus)),
+            source=kept[0].source,
+        )
+    ((gpu, tp),) = gpus
 
     def run(over: StepOverhead) -> list[SimulatedPoint]:
         fw = dataclasses.replace(base, step_overhead={(gpu, tp): over}, client_latency_s=0.0)
@@ -165,8 +186,9 @@ def fit_load_sweep(points: list[LoadPoint], catalog: Catalog, base: FrameworkPro
     over = StepOverhead(fixed_s=0.001, per_seq_s=0.0)
     for _ in range(6):
         new = linear(over, run(over))
-        done = (abs(new.fixed_s - over.fixed_s) <= 1e-3 * max(new.fixed_s, 1e-6)
-                and abs(new.per_seq_s - over.per_seq_s) <= 1e-3 * max(new.per_seq_s, 1e-9))
+        done = abs(new.fixed_s - over.fixed_s) <= 1e-3 * max(new.fixed_s, 1e-6) and abs(
+            new.per_seq_s - over.per_seq_s
+        ) <= 1e-3 * max(new.per_seq_s, 1e-9)
         over = new
         if done:
             break
@@ -194,21 +216,33 @@ def replay_point(run_dir: Path, model: str, gpu: str, tp: int = 1) -> LoadPoint:
 
     path = Path(run_dir) / "requests.parquet"
     if not path.is_file():
-        raise KavierInputError("not a 'kavier trace' replay folder: no requests.parquet", source=str(run_dir),
-                               expected="the --out folder of 'kavier trace --mode replay'")
+        raise KavierInputError(
+            "not a 'kavier trace' replay folder: no requests.parquet",
+            source=str(run_dir),
+            expected="the --out folder of 'kavier trace --mode replay'",
+        )
     try:
-        df = pd.read_parquet(path, columns=["arrival_s", "num_input_tokens", "num_output_tokens", "ttft_s",
-                                            "e2e_s", "status"])
+        df = pd.read_parquet(
+            path, columns=["arrival_s", "num_input_tokens", "num_output_tokens", "ttft_s", "e2e_s", "status"]
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise KavierInputError(f"unreadable or without the tracer's columns ({exc})", source=str(path)) from None
     ok = (df["status"] == "finished") & (df["num_output_tokens"] > 1)
     if ok.sum() < 2:
-        raise KavierInputError(f"{int(ok.sum())} finished request(s) with more than one output token",
-                               source=str(path), location="status", expected="a replay with at least 2")
+        raise KavierInputError(
+            f"{int(ok.sum())} finished request(s) with more than one output token",
+            source=str(path),
+            location="status",
+            expected="a replay with at least 2",
+        )
     if (df["status"] != "finished").any():
-        raise KavierInputError(f"{int((df['status'] != 'finished').sum())} request(s) did not finish: a replay "
-                               "with failures does not say what the server did", source=str(path),
-                               location="status", expected="a replay whose requests all finished")
+        raise KavierInputError(
+            f"{int((df['status'] != 'finished').sum())} request(s) did not finish: a replay "
+            "with failures does not say what the server did",
+            source=str(path),
+            location="status",
+            expected="a replay whose requests all finished",
+        )
     arr = df["arrival_s"].to_numpy(dtype=float)
     arr = arr - arr.min()
     order = np.argsort(arr, kind="stable")
@@ -219,7 +253,20 @@ def replay_point(run_dir: Path, model: str, gpu: str, tp: int = 1) -> LoadPoint:
     per_token = float(((m["e2e_s"] - m["ttft_s"]) / (m["num_output_tokens"] - 1)).mean())
     duration = float(arr.max()) if len(arr) > 1 else 1.0
     rate = len(arr) / duration if duration > 0 else float(len(arr))
-    return LoadPoint(str(run_dir), Path(run_dir).name, "", model, gpu, tp, rate, rate,
-                     int(round(float(m["num_input_tokens"].mean()))), int(round(float(m["num_output_tokens"].mean()))),
-                     float(m["ttft_s"].mean()), float(m["e2e_s"].mean()), duration, requests=trace,
-                     mean_per_token_s=per_token)
+    return LoadPoint(
+        str(run_dir),
+        Path(run_dir).name,
+        "",
+        model,
+        gpu,
+        tp,
+        rate,
+        rate,
+        int(round(float(m["num_input_tokens"].mean()))),
+        int(round(float(m["num_output_tokens"].mean()))),
+        float(m["ttft_s"].mean()),
+        float(m["e2e_s"].mean()),
+        duration,
+        requests=trace,
+        mean_per_token_s=per_token,
+    )

@@ -60,16 +60,22 @@ def calibrate_files(sources: Iterable[Source], catalog: Catalog) -> Calibration:
 
 
 def _with_profiles(catalog: Catalog, fits: dict[str, Fit]) -> Catalog:
-    base = Catalog(models=catalog.models(), gpus=[dataclasses.replace(g, profile=None) for g in catalog.gpus()],
-                   profiles=[p for p in catalog.profile_specs.values()], sources=catalog.sources)
+    base = Catalog(
+        models=catalog.models(),
+        gpus=[dataclasses.replace(g, profile=None) for g in catalog.gpus()],
+        profiles=[p for p in catalog.profile_specs.values()],
+        sources=catalog.sources,
+    )
     return base.merged(Catalog(profiles=[f.profile for f in fits.values()]))
 
 
 def all_profiles(cal: Calibration, only_fitted: bool = False) -> list[GPUProfile]:
     """Profiles of the fitted GPUs, then (unless ``only_fitted``) every other catalogue GPU, derived."""
-    measured = Catalog(models=cal.catalog.models(),
-                       gpus=[dataclasses.replace(g, profile=None) for g in cal.catalog.gpus()],
-                       profiles=[f.profile for f in cal.fits.values() if f.profile.status == "measured"])
+    measured = Catalog(
+        models=cal.catalog.models(),
+        gpus=[dataclasses.replace(g, profile=None) for g in cal.catalog.gpus()],
+        profiles=[f.profile for f in cal.fits.values() if f.profile.status == "measured"],
+    )
     out = []
     for g in cal.catalog.gpus():
         if g.name in cal.fits:
@@ -81,8 +87,13 @@ def all_profiles(cal: Calibration, only_fitted: bool = False) -> list[GPUProfile
 
 def write_catalog(path: str | Path, profiles: list[GPUProfile], header: str) -> str:
     """The catalogue document (YAML text) with ``profiles``; written to ``path`` atomically."""
-    body = yaml.dump({"profiles": [profile_to_entry(p) for p in profiles]}, Dumper=_Dumper, sort_keys=False,
-                     width=110, allow_unicode=True)
+    body = yaml.dump(
+        {"profiles": [profile_to_entry(p) for p in profiles]},
+        Dumper=_Dumper,
+        sort_keys=False,
+        width=110,
+        allow_unicode=True,
+    )
     text = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines()) + body
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -105,6 +116,7 @@ _Dumper.add_representer(list, _represent_list)
 
 # --------------------------------------------------------------- errors ----
 
+
 @dataclass
 class ErrorRow:
     source: str
@@ -121,15 +133,19 @@ def _key(o: Observation) -> tuple[str, str, str]:
     return (Path(o.source).name, o.gpu, o.kind)
 
 
-def _mapes(obs: list[Observation], fits: dict[str, Fit], catalog: Catalog, own_overheads: bool = False
-           ) -> dict[tuple, list[float]]:
+def _mapes(
+    obs: list[Observation], fits: dict[str, Fit], catalog: Catalog, own_overheads: bool = False
+) -> dict[tuple, list[float]]:
     """Relative errors per (source, GPU, kind) of ``fits``; GPUs without a fit use a derived profile.
 
     ``own_overheads``: frameworks that ``fits`` never saw get their overheads fitted on ``obs``
     (kernel numbers stay as they are).
     """
-    measured = Catalog(models=catalog.models(), gpus=[dataclasses.replace(g, profile=None) for g in catalog.gpus()],
-                       profiles=[f.profile for f in fits.values() if f.profile.status == "measured"])
+    measured = Catalog(
+        models=catalog.models(),
+        gpus=[dataclasses.replace(g, profile=None) for g in catalog.gpus()],
+        profiles=[f.profile for f in fits.values() if f.profile.status == "measured"],
+    )
     errs: dict[tuple, list[float]] = defaultdict(list)
     refitted: dict[str, dict] = {}
     if own_overheads:
@@ -178,16 +194,20 @@ def error_table(cal: Calibration, catalog: Catalog, loso: bool = True) -> list[E
     def pct(table: dict, k: tuple) -> float:
         return 100.0 * float(np.mean(table[k])) if k in table else float("nan")
 
-    return [ErrorRow(k[0], k[1], k[2], len(v), nrej[k], 100.0 * float(np.mean(v)), pct(left_out, k), pct(own, k))
-            for k, v in sorted(full.items())]
+    return [
+        ErrorRow(k[0], k[1], k[2], len(v), nrej[k], 100.0 * float(np.mean(v)), pct(left_out, k), pct(own, k))
+        for k, v in sorted(full.items())
+    ]
 
 
 def error_markdown(rows: list[ErrorRow], frameworks: Mapping[str, str] | None = None) -> str:
     """The error table; ``frameworks`` (file name -> the framework that produced it) adds that column."""
     fw_col = frameworks is not None
-    lines = ["| source | " + ("framework | " if fw_col else "") + "GPU | measurement | rows | MAPE | "
-             "leave-one-source-out MAPE | LOSO, own overheads |",
-             "|---|" + ("---|" if fw_col else "") + "---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| source | " + ("framework | " if fw_col else "") + "GPU | measurement | rows | MAPE | "
+        "leave-one-source-out MAPE | LOSO, own overheads |",
+        "|---|" + ("---|" if fw_col else "") + "---|---|---:|---:|---:|---:|",
+    ]
 
     def pct(x: float) -> str:
         return "-" if x != x else f"{x:.1f} %"
@@ -195,17 +215,24 @@ def error_markdown(rows: list[ErrorRow], frameworks: Mapping[str, str] | None = 
     for r in rows:
         n = f"{r.rows}" + (f" (+{r.rejected} rejected)" if r.rejected else "")
         fw = f" {(frameworks or {}).get(r.source, '')} |" if fw_col else ""
-        lines.append(f"| {r.source} |{fw} {r.gpu} | {r.kind} | {n} | {r.mape:.1f} % | {pct(r.loso_mape)} | "
-                     f"{pct(r.loso_own_overheads_mape)} |")
+        lines.append(
+            f"| {r.source} |{fw} {r.gpu} | {r.kind} | {n} | {r.mape:.1f} % | {pct(r.loso_mape)} | "
+            f"{pct(r.loso_own_overheads_mape)} |"
+        )
     return "\n".join(lines)
 
 
 def describe_profiles(profiles: list[GPUProfile]) -> str:
-    lines = ["| GPU | status | GEMM mbu | GEMM mfu | knee p | prefill attn eff | decode KV mbu | "
-             "overhead ms/iter | overhead us/seq |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| GPU | status | GEMM mbu | GEMM mfu | knee p | prefill attn eff | decode KV mbu | "
+        "overhead ms/iter | overhead us/seq |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for p in profiles:
         status = p.status + (f" from {p.derived_from}" if p.derived_from else "")
-        lines.append(f"| {p.gpu} | {status} | {p.gemm_mbu:.3f} | {p.gemm_mfu:.3f} | {p.gemm_knee:.2f} | "
-                     f"{p.attn_prefill_eff:.3f} | {p.attn_decode_mbu:.3f} | {p.overhead_fixed_s * 1e3:.2f} | "
-                     f"{p.overhead_per_seq_s * 1e6:.1f} |")
+        lines.append(
+            f"| {p.gpu} | {status} | {p.gemm_mbu:.3f} | {p.gemm_mfu:.3f} | {p.gemm_knee:.2f} | "
+            f"{p.attn_prefill_eff:.3f} | {p.attn_decode_mbu:.3f} | {p.overhead_fixed_s * 1e3:.2f} | "
+            f"{p.overhead_per_seq_s * 1e6:.1f} |"
+        )
     return "\n".join(lines)

@@ -44,8 +44,8 @@ from kavier_opendc.specs.catalog import Catalog
 from kavier_opendc.specs.frameworks import FrameworkProfile, StepOverhead
 from kavier_opendc.workload.trace import Trace
 
-SEED = 1                # the benchmark's default --seed
-MAX_PROMPT = 1024       # the benchmark's ShareGPT filter
+SEED = 1  # the benchmark's default --seed
+MAX_PROMPT = 1024  # the benchmark's ShareGPT filter
 MAX_TOTAL = 2048
 MIN_LEN = 4
 
@@ -80,7 +80,7 @@ class BenchRow:
 @dataclass
 class SimulatedRow:
     row: BenchRow
-    ttft_s: float            # medians on the engine's clock (no client latency)
+    ttft_s: float  # medians on the engine's clock (no client latency)
     tpot_s: float
     e2e_s: float
     request_throughput_rps: float
@@ -96,8 +96,11 @@ class BenchFit:
     def errors(self, s: SimulatedRow) -> dict[str, float]:
         """Relative errors of one online row on the client's clock: TTFT, TPOT and e2e medians."""
         c, r = self.client_latency_s, s.row
-        return {"ttft": abs(s.ttft_s + c - r.ttft_s) / r.ttft_s, "tpot": abs(s.tpot_s - r.tpot_s) / r.tpot_s,
-                "e2e": abs(s.e2e_s + c - r.e2e_s) / r.e2e_s}
+        return {
+            "ttft": abs(s.ttft_s + c - r.ttft_s) / r.ttft_s,
+            "tpot": abs(s.tpot_s - r.tpot_s) / r.tpot_s,
+            "e2e": abs(s.e2e_s + c - r.e2e_s) / r.e2e_s,
+        }
 
 
 def workload_lengths(rows: list[BenchRow]) -> tuple[float, float]:
@@ -106,14 +109,17 @@ def workload_lengths(rows: list[BenchRow]) -> tuple[float, float]:
     off = [r.output_tok_s / r.request_throughput_rps for r in rows if not r.online]
     on = [(r.e2e_s - r.ttft_s) / r.tpot_s + 1 for r in rows if r.online]
     if not off or not on:
-        raise KavierInputError("the output lengths need offline (throughput) and online (median) rows",
-                               source=", ".join(sorted({r.source for r in rows})))
+        raise KavierInputError(
+            "the output lengths need offline (throughput) and online (median) rows",
+            source=", ".join(sorted({r.source for r in rows})),
+        )
     return float(np.mean(off)), float(np.median(on))
 
 
 def read_rows(path: str | Path, models: dict[str, str], gpus: dict[str, str]) -> list[BenchRow]:
     """The rows of a benchmark table (the columns of sglang030_vllm060_sharegpt.csv), names mapped to the
     catalogue's by ``models`` and ``gpus``."""
+
     def num(r: dict, key: str) -> float:
         v = r.get(key) or ""
         return float(v) if v.strip() else math.nan
@@ -122,14 +128,30 @@ def read_rows(path: str | Path, models: dict[str, str], gpus: dict[str, str]) ->
     with open(path, newline="", encoding="utf-8") as fh:
         for line, r in enumerate(csv.DictReader(fh), start=2):
             try:
-                out.append(BenchRow(str(path), r["engine"], models[r["model"]], gpus[r["gpu"]], int(r["tp"]),
-                                    float(r["request_rate_rps"]), int(r["num_prompts"]),
-                                    num(r, "median_ttft_ms") / 1e3, num(r, "median_tpot_ms") / 1e3,
-                                    num(r, "median_itl_ms") / 1e3, num(r, "median_e2e_ms") / 1e3,
-                                    num(r, "request_throughput_rps"), num(r, "output_tok_s")))
+                out.append(
+                    BenchRow(
+                        str(path),
+                        r["engine"],
+                        models[r["model"]],
+                        gpus[r["gpu"]],
+                        int(r["tp"]),
+                        float(r["request_rate_rps"]),
+                        int(r["num_prompts"]),
+                        num(r, "median_ttft_ms") / 1e3,
+                        num(r, "median_tpot_ms") / 1e3,
+                        num(r, "median_itl_ms") / 1e3,
+                        num(r, "median_e2e_ms") / 1e3,
+                        num(r, "request_throughput_rps"),
+                        num(r, "output_tok_s"),
+                    )
+                )
             except (KeyError, ValueError) as exc:
-                raise KavierInputError(f"unreadable row ({exc})", source=str(path), location=f"line {line}",
-                                       expected="the columns of a serving-benchmark table") from None
+                raise KavierInputError(
+                    f"unreadable row ({exc})",
+                    source=str(path),
+                    location=f"line {line}",
+                    expected="the columns of a serving-benchmark table",
+                ) from None
     return out
 
 
@@ -148,12 +170,14 @@ def output_law(o: np.ndarray, mean: float, median: float) -> tuple[float, float]
     target = mean / median
 
     def ratio(b: float) -> float:
-        return float(np.mean((x / med) ** b))   # mean / median of o^b
+        return float(np.mean((x / med) ** b))  # mean / median of o^b
 
     lo, hi = 1e-3, 8.0
     if not ratio(lo) <= target <= ratio(hi):
-        raise KavierInputError(f"no power law gives these lengths a mean of {mean:g} and a median of {median:g}",
-                               expected="a mean / median ratio the length table can reach")
+        raise KavierInputError(
+            f"no power law gives these lengths a mean of {mean:g} and a median of {median:g}",
+            expected="a mean / median ratio the length table can reach",
+        )
     for _ in range(100):
         mid = 0.5 * (lo + hi)
         if ratio(mid) < target:
@@ -161,11 +185,16 @@ def output_law(o: np.ndarray, mean: float, median: float) -> tuple[float, float]
         else:
             hi = mid
     b = 0.5 * (lo + hi)
-    return median / med ** b, b
+    return median / med**b, b
 
 
-def sharegpt_trace(lengths: tuple[np.ndarray, np.ndarray], num_prompts: int, rate_rps: float,
-                   law: tuple[float, float] | None = None, seed: int = SEED) -> Trace:
+def sharegpt_trace(
+    lengths: tuple[np.ndarray, np.ndarray],
+    num_prompts: int,
+    rate_rps: float,
+    law: tuple[float, float] | None = None,
+    seed: int = SEED,
+) -> Trace:
     """``num_prompts`` requests of ShareGPT lengths at ``rate_rps`` (Poisson; ``inf``: all at once), their
     answers mapped by the power law ``law`` (:func:`output_law`) when given."""
     p, o = lengths
@@ -180,8 +209,14 @@ def sharegpt_trace(lengths: tuple[np.ndarray, np.ndarray], num_prompts: int, rat
         arrivals -= arrivals[0]
     else:
         arrivals = np.zeros(num_prompts)
-    return Trace(arrivals, prompts.astype(np.int64), outs, source="ShareGPT lengths", format="kavier",
-                 timed=math.isfinite(rate_rps))
+    return Trace(
+        arrivals,
+        prompts.astype(np.int64),
+        outs,
+        source="ShareGPT lengths",
+        format="kavier",
+        timed=math.isfinite(rate_rps),
+    )
 
 
 def simulate_row(row: BenchRow, trace: Trace, catalog: Catalog, fw: FrameworkProfile) -> SimulatedRow:
@@ -197,8 +232,14 @@ def simulate_row(row: BenchRow, trace: Trace, catalog: Catalog, fw: FrameworkPro
     return SimulatedRow(row, ttft, tpot, e2e, int(done.sum()) / span if span > 0 else math.nan)
 
 
-def fit_bench(rows: list[BenchRow], catalog: Catalog, base: FrameworkProfile, lengths: tuple[np.ndarray, np.ndarray],
-              law: tuple[float, float] | None = None, iters: int = 40) -> BenchFit:
+def fit_bench(
+    rows: list[BenchRow],
+    catalog: Catalog,
+    base: FrameworkProfile,
+    lengths: tuple[np.ndarray, np.ndarray],
+    law: tuple[float, float] | None = None,
+    iters: int = 40,
+) -> BenchFit:
     """``fixed_s`` per (GPU, TP) from the online rows' median TPOT, the client latency from their TTFT; the
     offline rows are simulated with the result, as a check."""
     online = [r for r in rows if r.online]
@@ -208,14 +249,20 @@ def fit_bench(rows: list[BenchRow], catalog: Catalog, base: FrameworkProfile, le
     for r in online:
         groups.setdefault((r.gpu, r.tp), []).append(r)
     if not groups:
-        raise KavierInputError("no online rows (a finite request rate with median TPOT) to fit",
-                               source=", ".join(sorted({r.source for r in rows})))
+        raise KavierInputError(
+            "no online rows (a finite request rate with median TPOT) to fit",
+            source=", ".join(sorted({r.source for r in rows})),
+        )
     over: dict[tuple[str, int], StepOverhead] = {}
     sims: list[SimulatedRow] = []
     for (gpu, tp), grp in sorted(groups.items()):
+
         def run(fixed: float) -> list[SimulatedRow]:
-            fw = dataclasses.replace(base, step_overhead={(gpu, tp): StepOverhead(fixed_s=fixed)},  # noqa: B023
-                                     client_latency_s=0.0)
+            fw = dataclasses.replace(
+                base,
+                step_overhead={(gpu, tp): StepOverhead(fixed_s=fixed)},  # noqa: B023
+                client_latency_s=0.0,
+            )
             return [simulate_row(r, traces[id(r)], catalog, fw) for r in grp]  # noqa: B023
 
         def bias(fixed: float) -> float:

@@ -38,8 +38,11 @@ from kavier_opendc.cli.commands import HELP, MODULES, chosen_command
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``kavier`` parser. Given the command line, only its command's module is imported and the other
     commands are named by their help line; without one (tests, documentation) every command is complete."""
-    ap = argparse.ArgumentParser(prog="kavier", description="Kavier-OpenDC: cache-aware LLM inference "
-                                 "simulation co-simulated with OpenDC for power, energy and carbon.")
+    ap = argparse.ArgumentParser(
+        prog="kavier",
+        description="Kavier-OpenDC: cache-aware LLM inference "
+        "simulation co-simulated with OpenDC for power, energy and carbon.",
+    )
     ap.add_argument("--version", action="version", version=f"kavier-opendc {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     chosen = None if argv is None else MODULES.get(chosen_command(argv) or "")

@@ -22,6 +22,7 @@ def _over(name: str, v, limit: Limit | None) -> None:
 
 def bounded_int(name: str, minimum: int = 1, limit: Limit | None = None):
     """An integer >= ``minimum`` and within ``limit``."""
+
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -31,6 +32,7 @@ def bounded_int(name: str, minimum: int = 1, limit: Limit | None = None):
             raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {v}")
         _over(name, v, limit)
         return v
+
     return parse
 
 
@@ -46,6 +48,7 @@ def seed(text: str) -> int:
 
 def bounded_float(name: str, minimum: float = 0.0, limit: Limit | None = None, *, exclusive: bool = False):
     """A finite number >= ``minimum`` (> with ``exclusive``) and within ``limit``."""
+
     def parse(text: str) -> float:
         try:
             v = float(text)
@@ -57,6 +60,7 @@ def bounded_float(name: str, minimum: float = 0.0, limit: Limit | None = None, *
             raise argparse.ArgumentTypeError(f"{name} must be {'>' if exclusive else '>='} {minimum:g}, got {v:g}")
         _over(name, v, limit)
         return v
+
     return parse
 
 

@@ -37,15 +37,26 @@ def _command_line(argv_name: str = "kavier") -> str:
 # ----------------------------------------------------------------- run
 def add_run_args(ap: argparse.ArgumentParser, experiment: bool = True) -> None:
     if experiment:
-        ap.add_argument("experiment", metavar="EXPERIMENT",
-                        help="experiment file (JSON or YAML, schemas/experiment.schema.json)")
-    ap.add_argument("--out", required=True, metavar="DIR",
-                    help="output folder: report.json, report.md, plots/, simulation/, opendc/")
-    ap.add_argument("--no-opendc", action="store_true",
-                    help="skip OpenDC: simulation and the performance report only (no JVM needed)")
+        ap.add_argument(
+            "experiment", metavar="EXPERIMENT", help="experiment file (JSON or YAML, schemas/experiment.schema.json)"
+        )
+    ap.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder: report.json, report.md, plots/, simulation/, opendc/",
+    )
+    ap.add_argument(
+        "--no-opendc",
+        action="store_true",
+        help="skip OpenDC: simulation and the performance report only (no JVM needed)",
+    )
     ap.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="replace a complete earlier run in --out (refused otherwise; an incomplete one is replaced)")
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete earlier run in --out (refused otherwise; an incomplete one is replaced)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr and no summary on stdout")
 
 
@@ -59,8 +70,15 @@ def _run_file(path: Path, args, command: str) -> int:
         refuse_complete_output(out, (REPORT_JSON,), "run (report.json)", overwrite=args.overwrite)
         with replacing(out, RUN_ENTRIES, (REPORT_JSON,), first=REPORT_JSON) as replaced:
             try:
-                res = run_experiment(exp, out, opendc=False if args.no_opendc else None, plots=not args.no_plots,
-                                     quiet=args.quiet, command=command, partial_note=not replaced)
+                res = run_experiment(
+                    exp,
+                    out,
+                    opendc=False if args.no_opendc else None,
+                    plots=not args.no_plots,
+                    quiet=args.quiet,
+                    command=command,
+                    partial_note=not replaced,
+                )
             except KavierError as exc:
                 if replaced:
                     exc.args = (f"{exc} The earlier complete run in {out} was put back unchanged.",)
@@ -82,9 +100,12 @@ def format_run_summary(report: dict, out: Path, wall_s: float, plots: bool = Tru
 
     def ms(d):
         return text.latencies(d, ("p50", "p99"))
+
     lines = [
-        f"{report['experiment']['name']}: " + ", ".join(
-            f"{g['replicas']} x {g['tp']} x {g['gpu']} ({g['model']})" for g in report["experiment"]["replica_groups"]),
+        f"{report['experiment']['name']}: "
+        + ", ".join(
+            f"{g['replicas']} x {g['tp']} x {g['gpu']} ({g['model']})" for g in report["experiment"]["replica_groups"]
+        ),
         f"requests     {p['num_finished']} finished, {p['num_rejected']} rejected, makespan {p['makespan_s']:.1f} s",
         f"throughput   {p['output_tokens_per_s']:.1f} output tok/s, {p['total_tokens_per_s']:.1f} total tok/s",
         f"TTFT         {ms(p['ttft_s'])}",
@@ -92,14 +113,19 @@ def format_run_summary(report: dict, out: Path, wall_s: float, plots: bool = Tru
     ]
     lines.append(f"GPU busy     {text.gpu_line(p)}")
     if e.get("slo_attainment") is not None:
-        lines.append(f"SLOs         {e['slo_attainment']:.1%} of requests met both, "
-                     f"goodput {e['goodput_rps']:.3f} req/s")
+        lines.append(
+            f"SLOs         {e['slo_attainment']:.1%} of requests met both, goodput {e['goodput_rps']:.3f} req/s"
+        )
     if s is not None:
-        lines.append(f"energy       {s['energy_wh']:.2f} Wh, avg {s['avg_power_w']:.0f} W, "
-                     f"peak {s['peak_power_w']:.0f} W, "
-                     f"carbon {s['carbon_g']:.2f} gCO2")
-        lines.append(f"efficiency   {e['wh_per_mtoken']:.1f} Wh/Mtoken, {e['gco2_per_mtoken']:.1f} gCO2/Mtoken, "
-                     f"{e['cost_per_mtoken']:.3f} {cur}/Mtoken")
+        lines.append(
+            f"energy       {s['energy_wh']:.2f} Wh, avg {s['avg_power_w']:.0f} W, "
+            f"peak {s['peak_power_w']:.0f} W, "
+            f"carbon {s['carbon_g']:.2f} gCO2"
+        )
+        lines.append(
+            f"efficiency   {e['wh_per_mtoken']:.1f} Wh/Mtoken, {e['gco2_per_mtoken']:.1f} gCO2/Mtoken, "
+            f"{e['cost_per_mtoken']:.3f} {cur}/Mtoken"
+        )
     else:
         lines.append(f"cost         {e['cost_per_mtoken']:.3f} {cur}/Mtoken (GPU-hours only; no OpenDC)")
     for note in (text.context_note(p), text.offline_batch_note(p)):
@@ -123,8 +149,7 @@ def cmd_demo(args) -> int:
         try:
             check_opendc_available()
         except KavierRuntimeError as exc:
-            print(f"kavier: warning: running the demo without OpenDC (performance report only): {exc}",
-                  file=sys.stderr)
+            print(f"kavier: warning: running the demo without OpenDC (performance report only): {exc}", file=sys.stderr)
             args.no_opendc = True
     return _run_file(DEMO_EXPERIMENT, args, _command_line())
 
@@ -143,8 +168,16 @@ def cmd_sweep(args) -> int:
     sweep = load_sweep(Path(args.sweep), opendc=False if args.no_opendc else None)
     t0 = time.perf_counter()
     with output_lock(Path(args.out), command=_command_line()):
-        res = run_sweep(sweep, Path(args.out), jobs=args.jobs, run_plots=args.run_plots, quiet=args.quiet,
-                        retry_failed=True, command=_command_line(), scheduler=args.scheduler)
+        res = run_sweep(
+            sweep,
+            Path(args.out),
+            jobs=args.jobs,
+            run_plots=args.run_plots,
+            quiet=args.quiet,
+            retry_failed=True,
+            command=_command_line(),
+            scheduler=args.scheduler,
+        )
     if not args.quiet:
         print(res.summary_text(time.perf_counter() - t0))
     return 0 if res.failed == 0 else 3
@@ -166,9 +199,11 @@ def cmd_efficiency(args) -> int:
             raise KavierInputError(f"cannot read Parquet ({type(exc).__name__}: {exc})", source=str(p)) from None
         missing = [c for c in cols if c not in df.columns]
         if missing:
-            raise KavierInputError(f"missing column(s) {', '.join(missing)}; columns found: "
-                                   f"{', '.join(map(str, df.columns))}", source=str(p),
-                                   expected=f"the {what} layout with {', '.join(cols)}")
+            raise KavierInputError(
+                f"missing column(s) {', '.join(missing)}; columns found: {', '.join(map(str, df.columns))}",
+                source=str(p),
+                expected=f"the {what} layout with {', '.join(cols)}",
+            )
         return df
 
     tasks = read(args.tasks, "tasks file", ["duration"] + ([] if args.total_tokens is not None else ["total_tokens"]))
@@ -177,8 +212,11 @@ def cmd_efficiency(args) -> int:
         tasks = tasks.assign(duration=tasks["duration"] * 1000.0)
     s = prototype_efficiency_summary(tasks, ps, args.price, args.total_tokens)
     if s["total_tokens"] <= 0 or s["total_latency_s"] <= 0:
-        raise KavierInputError(f"total_tokens={s['total_tokens']}, total_latency_s={s['total_latency_s']}",
-                               source=args.tasks, expected="positive token counts and task durations")
+        raise KavierInputError(
+            f"total_tokens={s['total_tokens']}, total_latency_s={s['total_latency_s']}",
+            source=args.tasks,
+            expected="positive token counts and task durations",
+        )
     print("\n----------  Efficiency summary  ----------")
     for k, v in s.items():
         if k == "note":
@@ -197,58 +235,91 @@ def cmd_efficiency(args) -> int:
 # ----------------------------------------------------------------- registration
 def register(sub) -> None:
     """Add run, demo, sweep and efficiency to the ``kavier`` parser."""
-    run = sub.add_parser("run", help=HELP["run"],
-                         description="Run an experiment file end to end: trace -> serving simulation -> OpenDC "
-                                     "export -> OpenDC (through the bridge) -> report.json, report.md and plots. "
-                                     "The output folder holds a file INCOMPLETE while running or after a failure.")
+    run = sub.add_parser(
+        "run",
+        help=HELP["run"],
+        description="Run an experiment file end to end: trace -> serving simulation -> OpenDC "
+        "export -> OpenDC (through the bridge) -> report.json, report.md and plots. "
+        "The output folder holds a file INCOMPLETE while running or after a failure.",
+    )
     add_run_args(run)
     run.set_defaults(func=cmd_run)
 
-    demo = sub.add_parser("demo", help=HELP["demo"],
-                          description="Run the built-in demo experiment (kavier_opendc/data/demo_experiment.yaml: "
-                                      "synthetic multi-turn chat on Llama-3-8B, 4 x A100-80GB in 2 hosts, a synthetic "
-                                      "daily carbon cycle) exactly as `kavier run` would.")
+    demo = sub.add_parser(
+        "demo",
+        help=HELP["demo"],
+        description="Run the built-in demo experiment (kavier_opendc/data/demo_experiment.yaml: "
+        "synthetic multi-turn chat on Llama-3-8B, 4 x A100-80GB in 2 hosts, a synthetic "
+        "daily carbon cycle) exactly as `kavier run` would.",
+    )
     demo.add_argument("--out", metavar="DIR", help="output folder (as for kavier run)")
     demo.add_argument("--no-opendc", action="store_true", help="skip OpenDC (performance report only)")
     demo.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
     demo.add_argument("--overwrite", action="store_true", help="replace a complete earlier demo run in --out")
     demo.add_argument("--quiet", action="store_true", help="no progress and no summary")
-    demo.add_argument("--init", metavar="DIR", help="instead of running, copy the demo experiment, workload and "
-                                                   "sweep into DIR as a starting point")
+    demo.add_argument(
+        "--init",
+        metavar="DIR",
+        help="instead of running, copy the demo experiment, workload and sweep into DIR as a starting point",
+    )
     demo.set_defaults(func=cmd_demo)
 
-    sw = sub.add_parser("sweep", help=HELP["sweep"],
-                        description="Run a sweep (schemas/sweep.schema.json): a base experiment and axes whose "
-                                    "cartesian product gives the configurations; runs them on a Dask cluster (local "
-                                    "worker processes, or --scheduler; one JVM per worker), skips finished runs when "
-                                    "restarted, and writes comparison.csv, comparison.md and comparison plots.")
-    sw.add_argument("sweep", metavar="SWEEP_FILE",
-                    help="sweep file (JSON or YAML, schemas/sweep.schema.json): a base experiment and its axes")
+    sw = sub.add_parser(
+        "sweep",
+        help=HELP["sweep"],
+        description="Run a sweep (schemas/sweep.schema.json): a base experiment and axes whose "
+        "cartesian product gives the configurations; runs them on a Dask cluster (local "
+        "worker processes, or --scheduler; one JVM per worker), skips finished runs when "
+        "restarted, and writes comparison.csv, comparison.md and comparison plots.",
+    )
+    sw.add_argument(
+        "sweep",
+        metavar="SWEEP_FILE",
+        help="sweep file (JSON or YAML, schemas/sweep.schema.json): a base experiment and its axes",
+    )
     sw.add_argument("--out", required=True, metavar="DIR", help="sweep output folder (runs/<id>/ per configuration)")
-    sw.add_argument("--jobs", type=positive_int("--jobs", limits.JOBS), default=2,
-                    help="worker processes of the local Dask cluster (default 2)")
-    sw.add_argument("--scheduler", metavar="tcp://HOST:PORT",
-                    help="run on an existing Dask cluster through its scheduler instead of a local one "
-                         "(inputs travel to the workers, outputs come back to --out)")
+    sw.add_argument(
+        "--jobs",
+        type=positive_int("--jobs", limits.JOBS),
+        default=2,
+        help="worker processes of the local Dask cluster (default 2)",
+    )
+    sw.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="run on an existing Dask cluster through its scheduler instead of a local one "
+        "(inputs travel to the workers, outputs come back to --out)",
+    )
     sw.add_argument("--no-opendc", action="store_true", help="skip OpenDC in every run")
     sw.add_argument("--run-plots", action="store_true", help="also draw each run's own plots (slower)")
     sw.add_argument("--quiet", action="store_true", help="no progress and no summary")
     sw.set_defaults(func=cmd_sweep)
 
-    ef = sub.add_parser("efficiency", help=HELP["efficiency"],
-                        description="Reproduce the Kavier prototype's efficiency summary (financial, energy and "
-                                    "carbon efficiency per million tokens per second) from its tasks.parquet "
-                                    "(duration in ms, total_tokens) and OpenDC's powerSource.parquet "
-                                    "(energy_usage J, carbon_emission g), with joules converted to Wh correctly "
-                                    "(/3600; the prototype divides by 1000).")
+    ef = sub.add_parser(
+        "efficiency",
+        help=HELP["efficiency"],
+        description="Reproduce the Kavier prototype's efficiency summary (financial, energy and "
+        "carbon efficiency per million tokens per second) from its tasks.parquet "
+        "(duration in ms, total_tokens) and OpenDC's powerSource.parquet "
+        "(energy_usage J, carbon_emission g), with joules converted to Wh correctly "
+        "(/3600; the prototype divides by 1000).",
+    )
     ef.add_argument("--tasks", required=True, metavar="TASKS", help="the prototype's tasks.parquet")
     ef.add_argument("--opendc", required=True, metavar="POWERSOURCE", help="OpenDC's powerSource.parquet")
-    ef.add_argument("--price", type=bounded_float("--price"), default=10.0,
-                    help="GPU-hour price (default 10.0, the prototype's)")
-    ef.add_argument("--total-tokens", type=bounded_float("--total-tokens", exclusive=True), default=None,
-                    help="tokens to divide by (default: sum of the tasks' total_tokens column)")
-    ef.add_argument("--duration-unit", choices=["ms", "s"], default="ms",
-                    help="unit of the tasks' duration column (the prototype's formula assumes ms)")
+    ef.add_argument(
+        "--price", type=bounded_float("--price"), default=10.0, help="GPU-hour price (default 10.0, the prototype's)"
+    )
+    ef.add_argument(
+        "--total-tokens",
+        type=bounded_float("--total-tokens", exclusive=True),
+        default=None,
+        help="tokens to divide by (default: sum of the tasks' total_tokens column)",
+    )
+    ef.add_argument(
+        "--duration-unit",
+        choices=["ms", "s"],
+        default="ms",
+        help="unit of the tasks' duration column (the prototype's formula assumes ms)",
+    )
     ef.add_argument("--out", metavar="JSON", help="also save the summary as JSON")
     ef.set_defaults(func=cmd_efficiency)
-

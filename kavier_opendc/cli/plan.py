@@ -32,12 +32,28 @@ def cmd_plan(args) -> int:
 
 def _plan(plan, args, command: str) -> int:
     if args.max_rate:
-        res = run_max_rate(plan, Path(args.out), jobs=args.jobs, scheduler=args.scheduler, quiet=args.quiet,
-                           run_plots=args.run_plots, command=command)
+        res = run_max_rate(
+            plan,
+            Path(args.out),
+            jobs=args.jobs,
+            scheduler=args.scheduler,
+            quiet=args.quiet,
+            run_plots=args.run_plots,
+            command=command,
+        )
         print(res.text)
         return 0 if res.summary["max_rate_rps"] is not None else 3
-    res = run_plan(plan, Path(args.out), jobs=args.jobs, scheduler=args.scheduler, opendc=not args.no_opendc,
-                   objective=args.objective, quiet=args.quiet, run_plots=args.run_plots, command=command)
+    res = run_plan(
+        plan,
+        Path(args.out),
+        jobs=args.jobs,
+        scheduler=args.scheduler,
+        opendc=not args.no_opendc,
+        objective=args.objective,
+        quiet=args.quiet,
+        run_plots=args.run_plots,
+        command=command,
+    )
     print(res.text)
     print(f"wrote {args.out}/plan.md, plan.json, candidates.csv, evaluations.csv, front.csv, plots/, runs/")
     return 0 if res.summary["chosen"] is not None else 3
@@ -45,26 +61,42 @@ def _plan(plan, args, command: str) -> int:
 
 def register(sub) -> None:
     """Add ``plan`` to the ``kavier`` parser."""
-    ap = sub.add_parser("plan", help=HELP["plan"],
-                        description="Search a plan file's candidates (schemas/plan.schema.json): per serving shape "
-                                    "the smallest replica count meeting the SLOs (bisection, without OpenDC), then "
-                                    "OpenDC for the shapes on or near the Pareto front; prints the chosen "
-                                    "configuration and the front, and writes plan.md, tables, plots and every run. "
-                                    "With --max-rate: the highest request rate one configuration sustains.")
+    ap = sub.add_parser(
+        "plan",
+        help=HELP["plan"],
+        description="Search a plan file's candidates (schemas/plan.schema.json): per serving shape "
+        "the smallest replica count meeting the SLOs (bisection, without OpenDC), then "
+        "OpenDC for the shapes on or near the Pareto front; prints the chosen "
+        "configuration and the front, and writes plan.md, tables, plots and every run. "
+        "With --max-rate: the highest request rate one configuration sustains.",
+    )
     ap.add_argument("plan", metavar="PLAN_FILE", nargs="?", help="the plan file (JSON or YAML)")
-    ap.add_argument("--example", action="store_true",
-                    help="plan the built-in example (kavier_opendc/data/plan_example.yaml: multi-turn chat at "
-                         "24 req/s on Llama-3-8B; A100-80GB or H100-SXM, TP 1/2, prefix caching on/off)")
+    ap.add_argument(
+        "--example",
+        action="store_true",
+        help="plan the built-in example (kavier_opendc/data/plan_example.yaml: multi-turn chat at "
+        "24 req/s on Llama-3-8B; A100-80GB or H100-SXM, TP 1/2, prefix caching on/off)",
+    )
     ap.add_argument("--out", required=True, metavar="DIR", help="output folder (runs/<id>/ per evaluated run)")
-    ap.add_argument("--objective", choices=["cost", "energy", "carbon"],
-                    help="what the chosen configuration minimises (default: the plan file's objective)")
-    ap.add_argument("--max-rate", action="store_true",
-                    help="find the highest request rate at which the plan's single configuration meets the SLOs")
-    ap.add_argument("--jobs", type=positive_int("--jobs"), default=2,
-                    help="worker processes of the local Dask cluster (default 2)")
+    ap.add_argument(
+        "--objective",
+        choices=["cost", "energy", "carbon"],
+        help="what the chosen configuration minimises (default: the plan file's objective)",
+    )
+    ap.add_argument(
+        "--max-rate",
+        action="store_true",
+        help="find the highest request rate at which the plan's single configuration meets the SLOs",
+    )
+    ap.add_argument(
+        "--jobs", type=positive_int("--jobs"), default=2, help="worker processes of the local Dask cluster (default 2)"
+    )
     ap.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on an existing Dask cluster instead")
-    ap.add_argument("--no-opendc", action="store_true",
-                    help="no OpenDC at all: energy is the estimate from the catalogue's GPU power, carbon unknown")
+    ap.add_argument(
+        "--no-opendc",
+        action="store_true",
+        help="no OpenDC at all: energy is the estimate from the catalogue's GPU power, carbon unknown",
+    )
     ap.add_argument("--run-plots", action="store_true", help="also draw each run's own plots (slower)")
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
     ap.set_defaults(func=cmd_plan)

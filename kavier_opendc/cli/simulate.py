@@ -64,21 +64,33 @@ def _as_flags(exc: KavierInputError) -> KavierInputError:
 def add_simulate_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", required=True, help="LLM name from the catalogue (case-insensitive), e.g. Llama-3-8B")
     ap.add_argument("--gpu", required=True, help="GPU name from the catalogue (case-insensitive), e.g. A100-80GB")
-    ap.add_argument("--trace", required=True,
-                    help="trace file (CSV, Parquet or JSON Lines: kavier, azure, mooncake or vidur layout, "
-                         "detected from the columns) or a synthetic workload description (YAML/JSON)")
-    ap.add_argument("--out", required=True, help="output directory for requests.parquet, summary.json, "
-                                                 "timeline.parquet")
+    ap.add_argument(
+        "--trace",
+        required=True,
+        help="trace file (CSV, Parquet or JSON Lines: kavier, azure, mooncake or vidur layout, "
+        "detected from the columns) or a synthetic workload description (YAML/JSON)",
+    )
+    ap.add_argument(
+        "--out", required=True, help="output directory for requests.parquet, summary.json, timeline.parquet"
+    )
     ap.add_argument("--trace-format", default=None, help="force the trace layout: kavier, azure, mooncake, vidur")
-    ap.add_argument("--keep-overlong-requests", action="store_true",
-                    help="keep trace rows longer than any model's context (10M tokens) as rejected requests "
-                         "instead of refusing the trace")
+    ap.add_argument(
+        "--keep-overlong-requests",
+        action="store_true",
+        help="keep trace rows longer than any model's context (10M tokens) as rejected requests "
+        "instead of refusing the trace",
+    )
     for knob in knobs.KNOBS:
         ap.add_argument(knob.flag, **_argument(knob))
-    ap.add_argument("--catalog", action="append", metavar="FILE",
-                    help="extra model/GPU catalogue (JSON/YAML, schemas/catalog.schema.json); repeatable")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="replace a complete earlier simulation in --out (refused otherwise)")
+    ap.add_argument(
+        "--catalog",
+        action="append",
+        metavar="FILE",
+        help="extra model/GPU catalogue (JSON/YAML, schemas/catalog.schema.json); repeatable",
+    )
+    ap.add_argument(
+        "--overwrite", action="store_true", help="replace a complete earlier simulation in --out (refused otherwise)"
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stdout")
 
 
@@ -107,12 +119,20 @@ def _simulate(args, out: Path, t0: float) -> int:
         note = recover_replacement(out, FILES + (INCOMPLETE,), FILES)
         if note:
             print(f"kavier: note: {note}", file=sys.stderr)
-        refuse_complete_output(out, FILES, "simulation (requests.parquet, timeline.parquet, summary.json)",
-                               overwrite=args.overwrite)
-        names = [(f"--{f.replace('_', '-')}", getattr(args, f), "model" if f == "model" else "gpu")
-                 for f in ("model", "gpu", "prefill_gpu", "decode_gpu")]
-        notes = [f"{flag}: {n}" for flag, value, kind in names if isinstance(value, str)
-                 for n in [cat.resolution_note(value, kind)] if n]
+        refuse_complete_output(
+            out, FILES, "simulation (requests.parquet, timeline.parquet, summary.json)", overwrite=args.overwrite
+        )
+        names = [
+            (f"--{f.replace('_', '-')}", getattr(args, f), "model" if f == "model" else "gpu")
+            for f in ("model", "gpu", "prefill_gpu", "decode_gpu")
+        ]
+        notes = [
+            f"{flag}: {n}"
+            for flag, value, kind in names
+            if isinstance(value, str)
+            for n in [cat.resolution_note(value, kind)]
+            if n
+        ]
         for warning in notes + cfg.warnings():
             print(f"kavier: warning: {warning}", file=sys.stderr)
         trace = load_workload(args.trace, args.trace_format, args.seed, keep_overlong=args.keep_overlong_requests)
@@ -128,13 +148,17 @@ def _simulate(args, out: Path, t0: float) -> int:
 
 def format_summary(s: dict, out: Path, wall: float) -> str:
     c = s["config"]
-    head = (f"{c['model']} on {c['replicas']} x {c['tp']} x {c['gpu']} ({c['router']}, KV cache {c['kv_cache']}, "
-            f"{c['kv_capacity_tokens_per_replica']} KV tokens/replica)")
+    head = (
+        f"{c['model']} on {c['replicas']} x {c['tp']} x {c['gpu']} ({c['router']}, KV cache {c['kv_cache']}, "
+        f"{c['kv_capacity_tokens_per_replica']} KV tokens/replica)"
+    )
     pd = s.get("disaggregation")
-    if pd:   # routing is the P/D loop's own; each pool's capacity is in its section
-        head = (f"{c['model']} on {c['replicas']} replicas, disaggregated (KV cache {c['kv_cache']}, "
-                f"{pd['prefill_pool']['kv_capacity_blocks'] * 16} / {pd['decode_pool']['kv_capacity_blocks'] * 16} "
-                "KV tokens per prefill / decode replica)")
+    if pd:  # routing is the P/D loop's own; each pool's capacity is in its section
+        head = (
+            f"{c['model']} on {c['replicas']} replicas, disaggregated (KV cache {c['kv_cache']}, "
+            f"{pd['prefill_pool']['kv_capacity_blocks'] * 16} / {pd['decode_pool']['kv_capacity_blocks'] * 16} "
+            "KV tokens per prefill / decode replica)"
+        )
     lines = [
         head,
         f"framework    {c['framework']['name']} ({c['framework']['versions']})",
@@ -154,12 +178,19 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
     if pd:
         p, d, link = pd["prefill_pool"], pd["decode_pool"], pd["link"]
         mean = link["transfer_s_mean"]
-        pools = (f"prefill {p['replicas']} x {p['tp']} x {p['gpu']} (busy {p['busy_fraction']:.3f}), "
-                 f"decode {d['replicas']} x {d['tp']} x {d['gpu']} (busy {d['busy_fraction']:.3f})")
-        moved = (f"KV link {link['gbs']:g} GB/s {link['mode']}: {link['bytes_moved'] / 1e9:.2f} GB in "
-                 f"{link['transfers']} transfers, busy {link['busy_fraction']:.3f}, mean "
-                 + (f"{mean * 1e3:.2f} ms ({link['exposed_s_mean'] * 1e3:.2f} ms after the prefill)"
-                    if mean is not None else "-"))
+        pools = (
+            f"prefill {p['replicas']} x {p['tp']} x {p['gpu']} (busy {p['busy_fraction']:.3f}), "
+            f"decode {d['replicas']} x {d['tp']} x {d['gpu']} (busy {d['busy_fraction']:.3f})"
+        )
+        moved = (
+            f"KV link {link['gbs']:g} GB/s {link['mode']}: {link['bytes_moved'] / 1e9:.2f} GB in "
+            f"{link['transfers']} transfers, busy {link['busy_fraction']:.3f}, mean "
+            + (
+                f"{mean * 1e3:.2f} ms ({link['exposed_s_mean'] * 1e3:.2f} ms after the prefill)"
+                if mean is not None
+                else "-"
+            )
+        )
         lines.insert(1, f"disaggregated {pools}; {moved}")
     for note in (text.context_note(s), text.offline_batch_note(s)):
         if note:
@@ -168,9 +199,12 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
 
 
 def register(sub) -> None:
-    sim = sub.add_parser("simulate", help=HELP["simulate"],
-                         description="Simulate an LLM serving cluster (continuous batching, chunked prefill, "
-                                     "KV-cache memory, preemption, routing) on a trace and write "
-                                     "requests.parquet, summary.json and timeline.parquet.")
+    sim = sub.add_parser(
+        "simulate",
+        help=HELP["simulate"],
+        description="Simulate an LLM serving cluster (continuous batching, chunked prefill, "
+        "KV-cache memory, preemption, routing) on a trace and write "
+        "requests.parquet, summary.json and timeline.parquet.",
+    )
     add_simulate_args(sim)
     sim.set_defaults(func=cmd_simulate)

@@ -17,16 +17,20 @@ def context_note(summary: Mapping) -> str | None:
     (no ``max_model_len`` set, so nothing refused them), or None."""
     n, config = summary.get("num_over_model_context"), summary.get("config") or {}
     if n and config.get("max_model_len") is None:
-        return (f"{n} requests are longer than {config.get('model')}'s context window; a real server would "
-                "refuse them (--max-model-len N, or serving.max_model_len, does)")
+        return (
+            f"{n} requests are longer than {config.get('model')}'s context window; a real server would "
+            "refuse them (--max-model-len N, or serving.max_model_len, does)"
+        )
     return None
 
 
 def offline_batch_note(summary: Mapping) -> str | None:
     """The note for a trace without arrival times (every request at 0), or None."""
     if (summary.get("trace") or {}).get("offline_batch"):
-        return ("the trace has no arrival times: all requests arrive at 0 (an offline batch), so latencies "
-                "include waiting for the whole batch")
+        return (
+            "the trace has no arrival times: all requests arrive at 0 (an offline batch), so latencies "
+            "include waiting for the whole batch"
+        )
     return None
 
 
@@ -34,5 +38,4 @@ def gpu_line(summary: Mapping) -> str:
     """Busy fraction (the load) and the power-relevant activity (what OpenDC's power model gets)."""
     busy = summary.get("gpu_busy_fraction_mean")
     busy_text = f"{busy:.1%} of the time" if busy is not None else "n/a"
-    return (f"{busy_text}, power-relevant activity {summary.get('gpu_utilization_mean', 0.0):.3f} "
-            "(mean over replicas)")
+    return f"{busy_text}, power-relevant activity {summary.get('gpu_utilization_mean', 0.0):.3f} (mean over replicas)"

@@ -31,8 +31,10 @@ def cmd_validate(args) -> int:
         try:
             if is_trace_file(path):
                 trace = load_trace(path)
-                print(f"{path}: valid {trace.format} trace, {len(trace)} requests, {trace.total_tokens():,} tokens"
-                      + ("" if trace.timed else " (no arrival times: an offline batch)"))
+                print(
+                    f"{path}: valid {trace.format} trace, {len(trace)} requests, {trace.total_tokens():,} tokens"
+                    + ("" if trace.timed else " (no arrival times: an offline batch)")
+                )
                 continue
             doc = read_document(path, "input")
             print(_validate_document(path, doc, args.no_opendc))
@@ -47,20 +49,29 @@ def _validate_document(path: Path, doc, no_opendc: bool) -> str:
     kind = document_kind(doc)
     if kind == "plan":
         plan = load_plan(path, opendc=False if no_opendc else None)
-        return (f"{path}: valid plan '{plan.name}', {len(plan.shapes)} candidate shapes x replicas "
-                f"{plan.units[0]}..{plan.units[1]}" + _opendc_status(not no_opendc))
+        return (
+            f"{path}: valid plan '{plan.name}', {len(plan.shapes)} candidate shapes x replicas "
+            f"{plan.units[0]}..{plan.units[1]}" + _opendc_status(not no_opendc)
+        )
     if kind == "sweep":
         sweep = load_sweep(path, opendc=False if no_opendc else None)
-        return (f"{path}: valid sweep, {len(sweep.runs)} configurations "
-                f"({' x '.join(str(len(a.values)) for a in sweep.axes)})" + _opendc_status(
-                    not no_opendc and any(r.document.get("opendc", {}).get("enabled", True) for r in sweep.runs)))
+        return (
+            f"{path}: valid sweep, {len(sweep.runs)} configurations "
+            f"({' x '.join(str(len(a.values)) for a in sweep.axes)})"
+            + _opendc_status(
+                not no_opendc and any(r.document.get("opendc", {}).get("enabled", True) for r in sweep.runs)
+            )
+        )
     if kind == "workload":
         trace = load_synthetic_spec(path)
         return f"{path}: valid synthetic workload, {len(trace)} requests, {trace.total_tokens():,} tokens"
     if kind == "catalog":
         load_catalog_file(path)
-        return (f"{path}: valid catalogue (" + ", ".join(f"{len(doc.get(k) or [])} {k}" for k in
-                                                          ("models", "gpus", "profiles") if k in doc) + ")")
+        return (
+            f"{path}: valid catalogue ("
+            + ", ".join(f"{len(doc.get(k) or [])} {k}" for k in ("models", "gpus", "profiles") if k in doc)
+            + ")"
+        )
     if kind == "datacenter":
         load_datacenter(path)
         return f"{path}: valid datacenter description"
@@ -68,8 +79,9 @@ def _validate_document(path: Path, doc, no_opendc: bool) -> str:
     for note in exp.notes:
         print(f"kavier: warning: {path}: {note}", file=sys.stderr)
     trace = load_trace_for(exp)
-    return (f"{path}: valid experiment '{exp.name}': {exp.describe()}, {len(trace)} requests"
-            + _opendc_status(exp.opendc_enabled and not no_opendc))
+    return f"{path}: valid experiment '{exp.name}': {exp.describe()}, {len(trace)} requests" + _opendc_status(
+        exp.opendc_enabled and not no_opendc
+    )
 
 
 def _opendc_status(wanted: bool) -> str:
@@ -85,15 +97,22 @@ def _opendc_status(wanted: bool) -> str:
 
 def register(sub) -> None:
     """Add ``validate`` to the ``kavier`` parser."""
-    val = sub.add_parser("validate", help=HELP["validate"],
-                         description="Validate experiment, sweep, plan, synthetic workload, datacenter or "
-                                     "catalogue files "
-                                     "against their schemas and check their meaning (catalogue names, files, "
-                                     "datacenter size); every problem is reported with its JSON path, and for a run "
-                                     "that needs OpenDC whether it is available here. Exit status 0 when all are "
-                                     "valid.")
-    val.add_argument("files", nargs="+", metavar="FILE",
-                     help="experiment, sweep, plan, synthetic workload, datacenter or catalogue files (JSON or YAML; "
-                          "the kind is recognised from the keys) or trace files (CSV, Parquet, JSON Lines)")
+    val = sub.add_parser(
+        "validate",
+        help=HELP["validate"],
+        description="Validate experiment, sweep, plan, synthetic workload, datacenter or "
+        "catalogue files "
+        "against their schemas and check their meaning (catalogue names, files, "
+        "datacenter size); every problem is reported with its JSON path, and for a run "
+        "that needs OpenDC whether it is available here. Exit status 0 when all are "
+        "valid.",
+    )
+    val.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="experiment, sweep, plan, synthetic workload, datacenter or catalogue files (JSON or YAML; "
+        "the kind is recognised from the keys) or trace files (CSV, Parquet, JSON Lines)",
+    )
     val.add_argument("--no-opendc", action="store_true", help="validate as for a run without OpenDC")
     val.set_defaults(func=cmd_validate)

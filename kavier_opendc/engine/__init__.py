@@ -1,23 +1,23 @@
 """Input D, the serving simulation: an event loop over a router and vLLM-style replicas.
 
-    simulator.py     the discrete-event loop (arrivals -> router -> replicas) and SimConfig
-    knobs.py         every serving knob declared once: its CLI flag, experiment path, bounds, help
-    disaggregated.py disaggregated prefill/decode: the prefill and decode replicas and their event loop
-    kv_link.py       the P/D topology (pools, link) and the FIFO KV-transfer link model
-    router.py        which replica an arriving request goes to
-    replica.py       one replica's state; applies the iterations its scheduler forms
-    scheduler.py     batch formation: running requests, admission, preemption, decode runs (vLLM v1)
-    scheduler_v0.py  batch formation by vLLM v0's rules
-    scheduler_multistep.py  vLLM v0 with multi-step scheduling (--num-scheduler-steps, vLLM 0.6)
-    scheduler_sglang.py     batch formation by SGLang v0.3's rules (extend or decode batches)
-    sched_output.py  what a scheduler forms: an Iteration or a DecodeRunPlan
-    request_queue.py the waiting queue (first come, first served)
-    decode_state.py  the decoders, held lazily against one counter
-    kv_manager.py    the owner of a replica's KV blocks: allocation, release, the prefix cache over them
-    kv_cache.py      the prefix cache's data structure (LRU, host tier) and the prompt cache
-    cost_model.py    how long one batched forward pass takes
-    request.py       the request records
-    results.py       the per-request results arrays
-    timeline.py      a replica's activity over time
-    outputs.py       the Parquet/JSON outputs (requests.parquet, summary.json, timeline.parquet)
+simulator.py     the discrete-event loop (arrivals -> router -> replicas) and SimConfig
+knobs.py         every serving knob declared once: its CLI flag, experiment path, bounds, help
+disaggregated.py disaggregated prefill/decode: the prefill and decode replicas and their event loop
+kv_link.py       the P/D topology (pools, link) and the FIFO KV-transfer link model
+router.py        which replica an arriving request goes to
+replica.py       one replica's state; applies the iterations its scheduler forms
+scheduler.py     batch formation: running requests, admission, preemption, decode runs (vLLM v1)
+scheduler_v0.py  batch formation by vLLM v0's rules
+scheduler_multistep.py  vLLM v0 with multi-step scheduling (--num-scheduler-steps, vLLM 0.6)
+scheduler_sglang.py     batch formation by SGLang v0.3's rules (extend or decode batches)
+sched_output.py  what a scheduler forms: an Iteration or a DecodeRunPlan
+request_queue.py the waiting queue (first come, first served)
+decode_state.py  the decoders, held lazily against one counter
+kv_manager.py    the owner of a replica's KV blocks: allocation, release, the prefix cache over them
+kv_cache.py      the prefix cache's data structure (LRU, host tier) and the prompt cache
+cost_model.py    how long one batched forward pass takes
+request.py       the request records
+results.py       the per-request results arrays
+timeline.py      a replica's activity over time
+outputs.py       the Parquet/JSON outputs (requests.parquet, summary.json, timeline.parquet)
 """

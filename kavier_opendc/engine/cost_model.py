@@ -77,6 +77,7 @@ def profile_of(gpu: GPUSpec) -> GPUProfile:
     if gpu.profile is not None:
         return gpu.profile
     from kavier_opendc.specs.catalog import default_catalog
+
     return default_catalog().profile_for(gpu)
 
 
@@ -87,8 +88,14 @@ class CostModel:
     with round numbers to check times by hand).
     """
 
-    def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int = 1,
-                 efficiency: GPUProfile | None = DEFAULT_EFFICIENCY, framework: FrameworkProfile | None = None):
+    def __init__(
+        self,
+        model: ModelSpec,
+        gpu: GPUSpec,
+        tp: int = 1,
+        efficiency: GPUProfile | None = DEFAULT_EFFICIENCY,
+        framework: FrameworkProfile | None = None,
+    ):
         """``framework`` (default: vLLM v1, whose step overhead is the GPU profile's) sets the CPU time per
         step and the all-reduce implementation."""
         if tp < 1:
@@ -96,18 +103,22 @@ class CostModel:
         if model.num_attention_heads % tp != 0:
             raise KavierInputError(
                 f"{model.name} has {model.num_attention_heads} attention heads, which cannot be "
-                f"split evenly over {tp} GPUs", location="tp",
-                expected="a TP degree that divides the number of attention heads")
+                f"split evenly over {tp} GPUs",
+                location="tp",
+                expected="a TP degree that divides the number of attention heads",
+            )
         profile = efficiency if efficiency is not None else profile_of(gpu)
         self.model, self.gpu, self.tp, self.eff = model, gpu, tp, profile
         overhead = framework.overhead_for(gpu.name, tp) if framework is not None else None
         timed = profile
-        if overhead is not None:   # the framework's step overhead in place of the GPU profile's
-            timed = dataclasses.replace(profile, overhead_fixed_s=overhead.fixed_s,
-                                        overhead_per_seq_s=overhead.per_seq_s)
+        if overhead is not None:  # the framework's step overhead in place of the GPU profile's
+            timed = dataclasses.replace(
+                profile, overhead_fixed_s=overhead.fixed_s, overhead_per_seq_s=overhead.per_seq_s
+            )
         self.overhead = overhead
-        self.timer = timer = IterationTimer(model, gpu, tp, timed,
-                                            vllm_allreduce=framework is None or framework.allreduce == "vllm-custom")
+        self.timer = timer = IterationTimer(
+            model, gpu, tp, timed, vllm_allreduce=framework is None or framework.allreduce == "vllm-custom"
+        )
         self.kv_bytes_per_token_gpu = model.kv_bytes_per_token_gpu(tp)
         self.kv_bytes_per_token = self.kv_bytes_per_token_gpu * tp  # over the whole group
         self.weight_bytes = model.weight_bytes
@@ -139,8 +150,9 @@ class CostModel:
         t = self.timer
         return t.body_read_bytes(n_tokens) + t.head_bytes
 
-    def kv_capacity_blocks(self, gpu_memory_utilization: float = 0.9,
-                           max_batched_tokens: int = 8192, max_num_seqs: int = 256) -> int:
+    def kv_capacity_blocks(
+        self, gpu_memory_utilization: float = 0.9, max_batched_tokens: int = 8192, max_num_seqs: int = 256
+    ) -> int:
         """KV blocks that fit on a replica (vLLM's memory profiling, approximated).
 
         Per GPU: memory x gpu_memory_utilization - weights/T - activation peak
@@ -150,12 +162,13 @@ class CostModel:
         the sampler's fp32 logits for max_num_seqs sequences.
         """
         m = self.model
-        bpe = m.bytes_per_activation   # activations are 16-bit also for FP8/INT4 weights
-        activation = (max_batched_tokens * (4 * m.hidden_size + 2 * m.ffn_size / self.tp) * bpe
-                      + max_num_seqs * m.vocab_size * 4.0)
+        bpe = m.bytes_per_activation  # activations are 16-bit also for FP8/INT4 weights
+        activation = (
+            max_batched_tokens * (4 * m.hidden_size + 2 * m.ffn_size / self.tp) * bpe
+            + max_num_seqs * m.vocab_size * 4.0
+        )
         non_torch = 1.0 * 2**30
-        free = (self.gpu.memory_bytes * gpu_memory_utilization - self.weight_bytes / self.tp
-                - activation - non_torch)
+        free = self.gpu.memory_bytes * gpu_memory_utilization - self.weight_bytes / self.tp - activation - non_torch
         return max(0, int(free // (BLOCK_SIZE * self.kv_bytes_per_token_gpu)))
 
     # ----------------------------------------------------------------- timing
@@ -165,7 +178,7 @@ class CostModel:
         if t is None:
             t = self.timer.body_time(n_tokens)
             o = self.overhead
-            if o is not None and (o.per_token_s or o.per_token_sq_s):   # framework time that grows with tokens
+            if o is not None and (o.per_token_s or o.per_token_sq_s):  # framework time that grows with tokens
                 t += o.per_token_s * n_tokens + o.per_token_sq_s * n_tokens * n_tokens
             self._body[n_tokens] = t
         return t
@@ -177,8 +190,9 @@ class CostModel:
             t = self._seq[n_seqs] = self.timer.seq_time(n_seqs)
         return t
 
-    def iteration(self, n_tokens: int, attn_pairs: float, kv_read_tokens: float,
-                  n_seqs: int | None = None) -> tuple[float, float, float, float]:
+    def iteration(
+        self, n_tokens: int, attn_pairs: float, kv_read_tokens: float, n_seqs: int | None = None
+    ) -> tuple[float, float, float, float]:
         """Time (s), FLOPs, weight bytes and KV-cache bytes of one iteration (whole replica).
 
         ``n_seqs`` is the number of sequences in the batch (decodes plus
@@ -196,8 +210,12 @@ class CostModel:
         t = body + seq + attn_pairs * self.s_per_attn_pair + kv_tokens * self.s_per_kv_token
         flops = n_tokens * self.flops_per_lin_token + attn_pairs * self.flops_per_attn_pair
         wb = self._dense_weight_bytes
-        return (t, flops, wb if wb is not None else self.weight_read_bytes(n_tokens),
-                self.kv_bytes_per_token * kv_tokens)
+        return (
+            t,
+            flops,
+            wb if wb is not None else self.weight_read_bytes(n_tokens),
+            self.kv_bytes_per_token * kv_tokens,
+        )
 
     def activity(self, duration: float, flops: float, weight_bytes: float, kv_bytes: float) -> float:
         """Power-relevant GPU activity in 0..1 over ``duration`` seconds (see module doc)."""

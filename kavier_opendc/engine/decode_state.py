@@ -25,15 +25,15 @@ class DecodeState:
     __slots__ = ("G", "hist", "ctx_off_sum", "D", "done_heap", "heap_seq")
 
     def __init__(self):
-        self.G = 0                         # decode iterations so far (the lazy clock of every decoder)
-        self.hist = [0] * BLOCK_SIZE       # decoders by c_off mod BLOCK_SIZE
-        self.ctx_off_sum = 0               # sum of c_off over decoders: context = ctx_off_sum + D * G
-        self.D = 0                         # decoding sequences
+        self.G = 0  # decode iterations so far (the lazy clock of every decoder)
+        self.hist = [0] * BLOCK_SIZE  # decoders by c_off mod BLOCK_SIZE
+        self.ctx_off_sum = 0  # sum of c_off over decoders: context = ctx_off_sum + D * G
+        self.D = 0  # decoding sequences
         # (G at completion, seq, ver, req), a min-heap: the replica pops the entries due at each boundary and
         # the scheduler peeks at the next one to size a decode run; an entry whose ver differs from req.ver
         # is stale (the request left the decoders) and is skipped
         self.done_heap: list = []
-        self.heap_seq = 0                  # unique, deterministic tie-break (samples of one prompt share idx)
+        self.heap_seq = 0  # unique, deterministic tie-break (samples of one prompt share idx)
 
     def add(self, req: Req) -> None:
         """``req`` starts (or resumes) decoding: store it against G."""
@@ -70,7 +70,7 @@ class DecodeState:
         hist = self.hist
         start = (-self.G) & BLOCK_MASK
         lo = start - r + 1
-        extra = sum(hist[lo:start + 1]) if lo >= 0 else sum(hist[:start + 1]) + sum(hist[BLOCK_SIZE + lo:])
+        extra = sum(hist[lo : start + 1]) if lo >= 0 else sum(hist[: start + 1]) + sum(hist[BLOCK_SIZE + lo :])
         return self.D * q + extra
 
     def max_iterations_for(self, free: int) -> int:

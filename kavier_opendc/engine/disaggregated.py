@@ -48,9 +48,9 @@ class PrefillReplica(Replica):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.handoffs: list[Req] = []     # prefilled at the latest boundary, for the event loop to move
-        self.queued_prompt_tokens = 0     # prompt tokens routed here and not yet prefilled (the router's key)
-        self.held = 0                     # requests prefilled whose KV has not left yet
+        self.handoffs: list[Req] = []  # prefilled at the latest boundary, for the event loop to move
+        self.queued_prompt_tokens = 0  # prompt tokens routed here and not yet prefilled (the router's key)
+        self.held = 0  # requests prefilled whose KV has not left yet
 
     def _finish(self, req: Req, t: float) -> None:
         req.state = DONE
@@ -72,7 +72,7 @@ class DecodeReplica(Replica):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.incoming: list[Req] = []     # landed since the latest boundary: they join the next one
+        self.incoming: list[Req] = []  # landed since the latest boundary: they join the next one
 
     def receivable_blocks(self) -> int:
         """Blocks free for a new request's KV now, less those a decode run in flight will still take."""
@@ -85,7 +85,7 @@ class DecodeReplica(Replica):
     def boundary(self, t: float) -> float | None:
         self._advance(t)
         if self.incoming:
-            for req in self.incoming:     # blocks taken at the transfer's start; the decode counter applies now
+            for req in self.incoming:  # blocks taken at the transfer's start; the decode counter applies now
                 self.running.append(req)
                 self.dec.add(req)
             self.incoming.clear()
@@ -107,13 +107,30 @@ class PDRecord:
 
     @classmethod
     def empty(cls, n: int, link: KVLink, prefill_ids: list[int], decode_ids: list[int]) -> PDRecord:
-        return cls(np.full(n, -1, dtype=np.int32), np.full(n, -1, dtype=np.int32), np.full(n, np.nan),
-                   np.full(n, np.nan), np.full(n, np.nan), link, prefill_ids, decode_ids)
+        return cls(
+            np.full(n, -1, dtype=np.int32),
+            np.full(n, -1, dtype=np.int32),
+            np.full(n, np.nan),
+            np.full(n, np.nan),
+            np.full(n, np.nan),
+            link,
+            prefill_ids,
+            decode_ids,
+        )
 
 
-def run_disaggregated(topology: Disaggregation, prefill: list[PrefillReplica], decode: list[DecodeReplica],
-                      res: Results, arrivals: list, prompts: list, outs: list, max_len: int,
-                      full_cache_key=None, progress=None) -> PDRecord:
+def run_disaggregated(
+    topology: Disaggregation,
+    prefill: list[PrefillReplica],
+    decode: list[DecodeReplica],
+    res: Results,
+    arrivals: list,
+    prompts: list,
+    outs: list,
+    max_len: int,
+    full_cache_key=None,
+    progress=None,
+) -> PDRecord:
     """Simulate a trace on the two pools; fills ``res`` and returns the P/D per-request record.
 
     ``full_cache_key(i)``: the prompt key of request i when the 'full' prompt cache is on (None: off)."""
@@ -127,10 +144,10 @@ def run_disaggregated(topology: Disaggregation, prefill: list[PrefillReplica], d
     dec_cap = max(r.kv.capacity for r in decode)
     heap: list = []
     push, pop = heapq.heappush, heapq.heappop
-    waiting: list = []          # (req, prefill replica, prefill end): prefilled, no decode replica had room
+    waiting: list = []  # (req, prefill replica, prefill end): prefilled, no decode replica had room
     wait_head = 0
-    in_flight: list = []        # transfer id -> (req, prefill replica, decode replica)
-    t_out = [0] * n             # output tokens of each request (the prefill side runs them with one)
+    in_flight: list = []  # transfer id -> (req, prefill replica, decode replica)
+    t_out = [0] * n  # output tokens of each request (the prefill side runs them with one)
     inf = math.inf
     i = 0
 
@@ -162,8 +179,7 @@ def run_disaggregated(topology: Disaggregation, prefill: list[PrefillReplica], d
         assert best.kv.receive(blocks)
         best.outstanding += 1
         waited = now > t_ready
-        start, _, landed = link.reserve(now, req.computed * kv_bytes, layers,
-                                        None if waited else req.first_sched)
+        start, _, landed = link.reserve(now, req.computed * kv_bytes, layers, None if waited else req.first_sched)
         j = req.idx
         rec.decode_replica[j] = best.idx
         rec.transfer_start[j] = start
@@ -204,7 +220,7 @@ def run_disaggregated(topology: Disaggregation, prefill: list[PrefillReplica], d
             if isinstance(rep, PrefillReplica):
                 if rep.handoffs:
                     for req in rep.handoffs:
-                        if t_out[req.idx] <= 1:   # nothing to decode: done where it was prefilled
+                        if t_out[req.idx] <= 1:  # nothing to decode: done where it was prefilled
                             rep.release_transferred(req)
                             res.record_finish(req, t, rep.idx)
                         else:
@@ -242,6 +258,7 @@ def run_disaggregated(topology: Disaggregation, prefill: list[PrefillReplica], d
         if progress is not None and not i & 0x3FFF:
             progress.update(i)
     if wait_head < len(waiting):  # cannot happen: every waiting request fits an idle decode replica
-        raise KavierInputError(f"{len(waiting) - wait_head} prefilled requests never found room in the decode "
-                               "pool", location="decode_gpu")
+        raise KavierInputError(
+            f"{len(waiting) - wait_head} prefilled requests never found room in the decode pool", location="decode_gpu"
+        )
     return rec

@@ -39,15 +39,15 @@ _DTYPE_ALIASES = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "fp8_e4
 class Knob:
     """One serving knob: a SimConfig field and how each front end offers it."""
 
-    field: str                               # SimConfig field
+    field: str  # SimConfig field
     kind: Kind
-    flag: str | None                         # kavier simulate's flag (None: not offered there)
-    path: tuple[str, ...] | None             # where an experiment file sets it (None: not there)
+    flag: str | None  # kavier simulate's flag (None: not offered there)
+    path: tuple[str, ...] | None  # where an experiment file sets it (None: not there)
     help: str = ""
-    default: Any = None                      # SimConfig's default (it reads it from here)
-    minimum: float | None = None             # smallest valid value (int/float kinds)
-    limit: Limit | None = None               # largest valid value, with its reason
-    choices: tuple[str, ...] = ()            # the values a choice takes
+    default: Any = None  # SimConfig's default (it reads it from here)
+    minimum: float | None = None  # smallest valid value (int/float kinds)
+    limit: Limit | None = None  # largest valid value, with its reason
+    choices: tuple[str, ...] = ()  # the values a choice takes
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)  # other spellings -> a choice
     metavar: str | None = None
 
@@ -91,108 +91,325 @@ def _k(field_: str, kind: Kind, flag: str | None, path: tuple[str, ...] | None, 
 
 _PC = ("serving", "prefix_cache")
 KNOBS: tuple[Knob, ...] = (
-    _k("replicas", "int", "--replicas", ("serving", "replicas"), "number of serving replicas (default 1)",
-       default=1, minimum=1, limit=limits.REPLICAS),
-    _k("tp", "int", "--tp", ("serving", "tp"), "tensor-parallel GPUs per replica (default 1)",
-       minimum=1, limit=limits.TP, default=1),
-    _k("max_num_seqs", "int", "--max-num-seqs", ("serving", "max_num_seqs"),
-       "most sequences running at once per replica (vLLM max_num_seqs; default vLLM v1's: 1024 on GPUs of "
-       "70 GiB or more other than A100, else 256)", minimum=1, limit=limits.NUM_SEQS),
-    _k("max_batched_tokens", "int", "--max-batched-tokens", ("serving", "max_batched_tokens"),
-       "token budget per iteration, prefill chunks plus decodes (vLLM max_num_batched_tokens; default vLLM "
-       "v1's: as a server 8192 on GPUs of 70 GiB or more other than A100, else 2048; offline 16384 and 8192)",
-       minimum=1, limit=limits.BATCHED_TOKENS),
-    _k("framework", "name", "--framework", ("serving", "framework"),
-       "serving framework whose scheduler rules, batch defaults and CPU time per step are simulated: vllm-v1 "
-       "(default), vllm-0.5-server, vllm-0.5-offline; 'kavier catalog' lists them", metavar="NAME",
-       default=DEFAULT_FRAMEWORK),
-    _k("usage", "choice", "--usage", ("serving", "usage"),
-       "whose vLLM v1 batch defaults apply: server (vllm serve), offline (the LLM class), or auto: offline "
-       "when every request arrives at once (default)", choices=USAGE_CHOICES, default="auto"),
-    _k("gpu_memory_utilization", "fraction", "--gpu-memory-utilization", ("serving", "gpu_memory_utilization"),
-       "fraction of GPU memory vLLM may use for weights, activations and KV cache (default 0.9)", default=0.9),
-    _k("num_kv_blocks", "int", "--num-kv-blocks", ("serving", "num_kv_blocks"),
-       "override the KV capacity per replica, in 16-token blocks (default: derived from memory)",
-       minimum=1, limit=limits.KV_BLOCKS),
-    _k("max_model_len", "int", "--max-model-len", ("serving", "max_model_len"),
-       "reject requests whose prompt plus output exceed N tokens, as a server with this context length "
-       "would (default: no limit; summary.json counts the requests longer than the model's context window)",
-       minimum=2, limit=limits.CONTEXT_TOKENS, metavar="N"),
-    _k("allow_long_max_model_len", "switch", "--allow-long-max-model-len", ("serving", "allow_long_max_model_len"),
-       "accept a --max-model-len longer than the model's context window (refused otherwise, as vLLM does "
-       "without VLLM_ALLOW_LONG_MAX_MODEL_LEN=1); a warning is printed", default=False),
-    _k("weight_dtype", "choice", "--weight-dtype", ("serving", "weight_dtype"),
-       "datatype of the weights: auto (default: the model's catalogue dtype), fp16, bf16, fp8, int8, int4, mxfp4 "
-       "or nvfp4; sets the weight bytes held and read; fp8 (W8A8) and mxfp4/nvfp4 compute at the GPU's FP8/FP4 "
-       "peak, int8/int4 are weight-only (GPTQ/AWQ, FP16 compute); refused on a GPU without that peak unless "
-       "--weight-only-fallback", choices=WEIGHT_DTYPES, aliases=dict(_DTYPE_ALIASES), metavar="DTYPE",
-       default="auto"),
-    _k("kv_cache_dtype", "choice", "--kv-cache-dtype", ("serving", "kv_cache_dtype"),
-       "datatype of the KV cache (vLLM --kv-cache-dtype): auto (default: the activations', bf16/fp16, also for "
-       "an FP8 checkpoint), fp16, bf16 or fp8 (fp8_e4m3/fp8_e5m2: half the bytes, twice the KV capacity)",
-       choices=KV_CACHE_DTYPES, aliases=dict(_DTYPE_ALIASES), metavar="DTYPE", default="auto"),
-    _k("weight_only_fallback", "switch", "--weight-only-fallback", ("serving", "weight_only_fallback"),
-       "run FP8/FP4 weights on a GPU without FP8/FP4 tensor cores (A100, A10; FP4 before Blackwell) weight-only, "
-       "as vLLM does with its Marlin kernels: the weights' bytes, FP16 compute; a warning is printed "
-       "(refused otherwise)", default=False),
-    _k("kv_cache", "switch", "--kv-cache", ("serving", "kv_cache"),
-       "'off' recomputes the whole context at every decode step (seed paper, experiment 2)", default=True),
-    _k("prefix_cache", "choice", "--prefix-cache", _PC,
-       "prefix-cache policy: block (vLLM automatic prefix caching over 16-token KV blocks), prefill / full "
-       "(the Kavier paper's prompt cache: a repeated prompt skips prefill / prefill and decode), none, or "
-       "auto (default: block when the trace has token ids, hash_ids or session ids, else none)",
-       choices=PREFIX_POLICIES, aliases={"off": "none", "vllm": "block"}, metavar="POLICY", default="auto"),
-    _k("prefix_min_tokens", "int", "--prefix-cache-min-tokens", _PC + ("min_prompt_tokens",),
-       "prompts shorter than N tokens never enter the prefix cache (default 0)",
-       minimum=0, limit=limits.CONTEXT_TOKENS, metavar="N", default=0),
-    _k("prefix_scope", "choice", "--prefix-cache-scope", _PC + ("scope",),
-       "share cached prefixes across all users (global) or only within a session", default="global",
-       choices=("global", "session")),
-    _k("prefix_capacity_prompts", "count_or_inf", "--prefix-cache-capacity-prompts", _PC + ("capacity_prompts",),
-       "prefill/full policies: prompts kept in the LRU prompt cache (default inf)", minimum=0,
-       limit=limits.CACHE_TOKENS, metavar="N|inf", default=math.inf),
-    _k("prefix_capacity_tokens", "count_or_inf", "--prefix-cache-capacity-tokens", _PC + ("capacity_tokens",),
-       "block policy: keep evictable cached blocks in a pool of N tokens (or inf: never evict) instead of in "
-       "the GPU's free KV memory (default: GPU memory bounds the cache)", minimum=0, limit=limits.CACHE_TOKENS,
-       metavar="N|inf"),
-    _k("host_memory_gb", "float", "--host-cache-gb", _PC + ("host_memory_gb",),
-       "block policy: a second cache tier in host memory per replica; blocks evicted from the GPU go there "
-       "and come back over PCIe instead of being recomputed (default 0)", minimum=0.0, limit=limits.MEMORY_GB,
-       metavar="GB", default=0.0),
-    _k("router", "name", "--router", ("serving", "router"),
-       f"{', '.join(ROUTERS[:-1])} or {ROUTERS[-1]} (default round-robin; the last two are cache-aware: a session "
-       "stays on one replica, or the replica holding the longest cached prefix among the less loaded ones)",
-       default="round-robin"),
-    _k("seed", "int", "--seed", ("seed",), "seed for the random router and synthetic workloads",
-       minimum=0, limit=limits.SEED, default=0),
+    _k(
+        "replicas",
+        "int",
+        "--replicas",
+        ("serving", "replicas"),
+        "number of serving replicas (default 1)",
+        default=1,
+        minimum=1,
+        limit=limits.REPLICAS,
+    ),
+    _k(
+        "tp",
+        "int",
+        "--tp",
+        ("serving", "tp"),
+        "tensor-parallel GPUs per replica (default 1)",
+        minimum=1,
+        limit=limits.TP,
+        default=1,
+    ),
+    _k(
+        "max_num_seqs",
+        "int",
+        "--max-num-seqs",
+        ("serving", "max_num_seqs"),
+        "most sequences running at once per replica (vLLM max_num_seqs; default vLLM v1's: 1024 on GPUs of "
+        "70 GiB or more other than A100, else 256)",
+        minimum=1,
+        limit=limits.NUM_SEQS,
+    ),
+    _k(
+        "max_batched_tokens",
+        "int",
+        "--max-batched-tokens",
+        ("serving", "max_batched_tokens"),
+        "token budget per iteration, prefill chunks plus decodes (vLLM max_num_batched_tokens; default vLLM "
+        "v1's: as a server 8192 on GPUs of 70 GiB or more other than A100, else 2048; offline 16384 and 8192)",
+        minimum=1,
+        limit=limits.BATCHED_TOKENS,
+    ),
+    _k(
+        "framework",
+        "name",
+        "--framework",
+        ("serving", "framework"),
+        "serving framework whose scheduler rules, batch defaults and CPU time per step are simulated: vllm-v1 "
+        "(default), vllm-0.5-server, vllm-0.5-offline; 'kavier catalog' lists them",
+        metavar="NAME",
+        default=DEFAULT_FRAMEWORK,
+    ),
+    _k(
+        "usage",
+        "choice",
+        "--usage",
+        ("serving", "usage"),
+        "whose vLLM v1 batch defaults apply: server (vllm serve), offline (the LLM class), or auto: offline "
+        "when every request arrives at once (default)",
+        choices=USAGE_CHOICES,
+        default="auto",
+    ),
+    _k(
+        "gpu_memory_utilization",
+        "fraction",
+        "--gpu-memory-utilization",
+        ("serving", "gpu_memory_utilization"),
+        "fraction of GPU memory vLLM may use for weights, activations and KV cache (default 0.9)",
+        default=0.9,
+    ),
+    _k(
+        "num_kv_blocks",
+        "int",
+        "--num-kv-blocks",
+        ("serving", "num_kv_blocks"),
+        "override the KV capacity per replica, in 16-token blocks (default: derived from memory)",
+        minimum=1,
+        limit=limits.KV_BLOCKS,
+    ),
+    _k(
+        "max_model_len",
+        "int",
+        "--max-model-len",
+        ("serving", "max_model_len"),
+        "reject requests whose prompt plus output exceed N tokens, as a server with this context length "
+        "would (default: no limit; summary.json counts the requests longer than the model's context window)",
+        minimum=2,
+        limit=limits.CONTEXT_TOKENS,
+        metavar="N",
+    ),
+    _k(
+        "allow_long_max_model_len",
+        "switch",
+        "--allow-long-max-model-len",
+        ("serving", "allow_long_max_model_len"),
+        "accept a --max-model-len longer than the model's context window (refused otherwise, as vLLM does "
+        "without VLLM_ALLOW_LONG_MAX_MODEL_LEN=1); a warning is printed",
+        default=False,
+    ),
+    _k(
+        "weight_dtype",
+        "choice",
+        "--weight-dtype",
+        ("serving", "weight_dtype"),
+        "datatype of the weights: auto (default: the model's catalogue dtype), fp16, bf16, fp8, int8, int4, mxfp4 "
+        "or nvfp4; sets the weight bytes held and read; fp8 (W8A8) and mxfp4/nvfp4 compute at the GPU's FP8/FP4 "
+        "peak, int8/int4 are weight-only (GPTQ/AWQ, FP16 compute); refused on a GPU without that peak unless "
+        "--weight-only-fallback",
+        choices=WEIGHT_DTYPES,
+        aliases=dict(_DTYPE_ALIASES),
+        metavar="DTYPE",
+        default="auto",
+    ),
+    _k(
+        "kv_cache_dtype",
+        "choice",
+        "--kv-cache-dtype",
+        ("serving", "kv_cache_dtype"),
+        "datatype of the KV cache (vLLM --kv-cache-dtype): auto (default: the activations', bf16/fp16, also for "
+        "an FP8 checkpoint), fp16, bf16 or fp8 (fp8_e4m3/fp8_e5m2: half the bytes, twice the KV capacity)",
+        choices=KV_CACHE_DTYPES,
+        aliases=dict(_DTYPE_ALIASES),
+        metavar="DTYPE",
+        default="auto",
+    ),
+    _k(
+        "weight_only_fallback",
+        "switch",
+        "--weight-only-fallback",
+        ("serving", "weight_only_fallback"),
+        "run FP8/FP4 weights on a GPU without FP8/FP4 tensor cores (A100, A10; FP4 before Blackwell) weight-only, "
+        "as vLLM does with its Marlin kernels: the weights' bytes, FP16 compute; a warning is printed "
+        "(refused otherwise)",
+        default=False,
+    ),
+    _k(
+        "kv_cache",
+        "switch",
+        "--kv-cache",
+        ("serving", "kv_cache"),
+        "'off' recomputes the whole context at every decode step (seed paper, experiment 2)",
+        default=True,
+    ),
+    _k(
+        "prefix_cache",
+        "choice",
+        "--prefix-cache",
+        _PC,
+        "prefix-cache policy: block (vLLM automatic prefix caching over 16-token KV blocks), prefill / full "
+        "(the Kavier paper's prompt cache: a repeated prompt skips prefill / prefill and decode), none, or "
+        "auto (default: block when the trace has token ids, hash_ids or session ids, else none)",
+        choices=PREFIX_POLICIES,
+        aliases={"off": "none", "vllm": "block"},
+        metavar="POLICY",
+        default="auto",
+    ),
+    _k(
+        "prefix_min_tokens",
+        "int",
+        "--prefix-cache-min-tokens",
+        _PC + ("min_prompt_tokens",),
+        "prompts shorter than N tokens never enter the prefix cache (default 0)",
+        minimum=0,
+        limit=limits.CONTEXT_TOKENS,
+        metavar="N",
+        default=0,
+    ),
+    _k(
+        "prefix_scope",
+        "choice",
+        "--prefix-cache-scope",
+        _PC + ("scope",),
+        "share cached prefixes across all users (global) or only within a session",
+        default="global",
+        choices=("global", "session"),
+    ),
+    _k(
+        "prefix_capacity_prompts",
+        "count_or_inf",
+        "--prefix-cache-capacity-prompts",
+        _PC + ("capacity_prompts",),
+        "prefill/full policies: prompts kept in the LRU prompt cache (default inf)",
+        minimum=0,
+        limit=limits.CACHE_TOKENS,
+        metavar="N|inf",
+        default=math.inf,
+    ),
+    _k(
+        "prefix_capacity_tokens",
+        "count_or_inf",
+        "--prefix-cache-capacity-tokens",
+        _PC + ("capacity_tokens",),
+        "block policy: keep evictable cached blocks in a pool of N tokens (or inf: never evict) instead of in "
+        "the GPU's free KV memory (default: GPU memory bounds the cache)",
+        minimum=0,
+        limit=limits.CACHE_TOKENS,
+        metavar="N|inf",
+    ),
+    _k(
+        "host_memory_gb",
+        "float",
+        "--host-cache-gb",
+        _PC + ("host_memory_gb",),
+        "block policy: a second cache tier in host memory per replica; blocks evicted from the GPU go there "
+        "and come back over PCIe instead of being recomputed (default 0)",
+        minimum=0.0,
+        limit=limits.MEMORY_GB,
+        metavar="GB",
+        default=0.0,
+    ),
+    _k(
+        "router",
+        "name",
+        "--router",
+        ("serving", "router"),
+        f"{', '.join(ROUTERS[:-1])} or {ROUTERS[-1]} (default round-robin; the last two are cache-aware: a session "
+        "stays on one replica, or the replica holding the longest cached prefix among the less loaded ones)",
+        default="round-robin",
+    ),
+    _k(
+        "seed",
+        "int",
+        "--seed",
+        ("seed",),
+        "seed for the random router and synthetic workloads",
+        minimum=0,
+        limit=limits.SEED,
+        default=0,
+    ),
     # disaggregated prefill/decode (engine/kv_link.py, engine/disaggregated.py); not in experiment files yet
-    _k("prefill_replicas", "int", "--prefill-replicas", None,
-       "disaggregated serving: replicas of the prefill pool (with --decode-replicas; default: co-located)",
-       minimum=1, limit=limits.REPLICAS, metavar="N"),
-    _k("decode_replicas", "int", "--decode-replicas", None,
-       "disaggregated serving: replicas of the decode pool (with --prefill-replicas)",
-       minimum=1, limit=limits.REPLICAS, metavar="N"),
+    _k(
+        "prefill_replicas",
+        "int",
+        "--prefill-replicas",
+        None,
+        "disaggregated serving: replicas of the prefill pool (with --decode-replicas; default: co-located)",
+        minimum=1,
+        limit=limits.REPLICAS,
+        metavar="N",
+    ),
+    _k(
+        "decode_replicas",
+        "int",
+        "--decode-replicas",
+        None,
+        "disaggregated serving: replicas of the decode pool (with --prefill-replicas)",
+        minimum=1,
+        limit=limits.REPLICAS,
+        metavar="N",
+    ),
     _k("prefill_gpu", "name", "--prefill-gpu", None, "GPU of the prefill pool (default: --gpu)", metavar="GPU"),
     _k("decode_gpu", "name", "--decode-gpu", None, "GPU of the decode pool (default: --gpu)", metavar="GPU"),
-    _k("prefill_tp", "int", "--prefill-tp", None, "tensor-parallel GPUs per prefill replica (default: --tp)",
-       minimum=1, limit=limits.TP),
-    _k("decode_tp", "int", "--decode-tp", None, "tensor-parallel GPUs per decode replica (default: --tp)",
-       minimum=1, limit=limits.TP),
-    _k("kv_link_gbs", "float", "--kv-link-gbs", None,
-       "bandwidth of the link that moves KV caches from prefill to decode replicas, GB/s, shared FIFO by all "
-       "transfers (default 25: a 200 Gb/s RDMA NIC)", minimum=0.0, metavar="GB/s", default=25.0),
-    _k("kv_link_latency_s", "float", "--kv-link-latency-s", None,
-       "propagation latency of a KV transfer, s (default 1e-5)", minimum=0.0, limit=limits.DURATION_S,
-       metavar="S", default=1e-5),
-    _k("kv_link_setup_s", "float", "--kv-link-setup-s", None,
-       "per-transfer setup time on the KV link, s (default 0)", minimum=0.0, limit=limits.DURATION_S,
-       metavar="S", default=0.0),
-    _k("kv_transfer_mode", "choice", "--kv-transfer-mode", None,
-       "whole: a request's KV moves after its prefill (DistServe); layerwise: sent layer by layer while the "
-       "prefill runs, only the last layer's share left after it (Splitwise) (default whole)",
-       choices=TRANSFER_MODES, default="whole"),
-    _k("exact", "switch", "--exact", ("serving", "exact"),
-       "step every iteration instead of advancing decode runs in closed form (same results, slower)", default=False),
+    _k(
+        "prefill_tp",
+        "int",
+        "--prefill-tp",
+        None,
+        "tensor-parallel GPUs per prefill replica (default: --tp)",
+        minimum=1,
+        limit=limits.TP,
+    ),
+    _k(
+        "decode_tp",
+        "int",
+        "--decode-tp",
+        None,
+        "tensor-parallel GPUs per decode replica (default: --tp)",
+        minimum=1,
+        limit=limits.TP,
+    ),
+    _k(
+        "kv_link_gbs",
+        "float",
+        "--kv-link-gbs",
+        None,
+        "bandwidth of the link that moves KV caches from prefill to decode replicas, GB/s, shared FIFO by all "
+        "transfers (default 25: a 200 Gb/s RDMA NIC)",
+        minimum=0.0,
+        metavar="GB/s",
+        default=25.0,
+    ),
+    _k(
+        "kv_link_latency_s",
+        "float",
+        "--kv-link-latency-s",
+        None,
+        "propagation latency of a KV transfer, s (default 1e-5)",
+        minimum=0.0,
+        limit=limits.DURATION_S,
+        metavar="S",
+        default=1e-5,
+    ),
+    _k(
+        "kv_link_setup_s",
+        "float",
+        "--kv-link-setup-s",
+        None,
+        "per-transfer setup time on the KV link, s (default 0)",
+        minimum=0.0,
+        limit=limits.DURATION_S,
+        metavar="S",
+        default=0.0,
+    ),
+    _k(
+        "kv_transfer_mode",
+        "choice",
+        "--kv-transfer-mode",
+        None,
+        "whole: a request's KV moves after its prefill (DistServe); layerwise: sent layer by layer while the "
+        "prefill runs, only the last layer's share left after it (Splitwise) (default whole)",
+        choices=TRANSFER_MODES,
+        default="whole",
+    ),
+    _k(
+        "exact",
+        "switch",
+        "--exact",
+        ("serving", "exact"),
+        "step every iteration instead of advancing decode runs in closed form (same results, slower)",
+        default=False,
+    ),
 )
 BY_FIELD: dict[str, Knob] = {k.field: k for k in KNOBS}
 
@@ -200,9 +417,12 @@ BY_FIELD: dict[str, Knob] = {k.field: k for k in KNOBS}
 def default(name: str) -> Any:
     """The default of the knob ``name``."""
     return BY_FIELD[name].default
+
+
 #: where an experiment's ``serving.prefix_cache`` options go: option name -> SimConfig field
-PREFIX_OPTION_FIELDS: dict[str, str] = {k.path[-1]: k.field for k in KNOBS
-                                        if k.path is not None and len(k.path) == 3 and k.path[:2] == _PC}
+PREFIX_OPTION_FIELDS: dict[str, str] = {
+    k.path[-1]: k.field for k in KNOBS if k.path is not None and len(k.path) == 3 and k.path[:2] == _PC
+}
 
 _GROUP = re.compile(r"groups\[(\d+)\]\.(\w+)")
 
@@ -211,8 +431,10 @@ def flag_of(location: str) -> str:
     """An engine error's location (fields, ``a/b`` for several, ``groups[i].f``) as `kavier simulate` names it."""
     if _GROUP.fullmatch(location) or location.startswith("disaggregation."):
         return location
-    return "/".join(f if f.startswith("--") else BY_FIELD[f].flag or f if f in BY_FIELD
-                    else f"--{f.replace('_', '-')}" for f in location.split("/"))
+    return "/".join(
+        f if f.startswith("--") else BY_FIELD[f].flag or f if f in BY_FIELD else f"--{f.replace('_', '-')}"
+        for f in location.split("/")
+    )
 
 
 def experiment_path(location: str) -> tuple:

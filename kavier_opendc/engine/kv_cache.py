@@ -30,17 +30,29 @@ from collections import OrderedDict
 
 
 class PrefixCache:
-    __slots__ = ("gpu_capacity", "separate", "pool_cap", "ref", "size", "lru", "lru_blocks",
-                 "host", "host_blocks", "host_cap", "evictions", "host_evictions", "hits_gpu_blocks",
-                 "hits_host_blocks")
+    __slots__ = (
+        "gpu_capacity",
+        "separate",
+        "pool_cap",
+        "ref",
+        "size",
+        "lru",
+        "lru_blocks",
+        "host",
+        "host_blocks",
+        "host_cap",
+        "evictions",
+        "host_evictions",
+        "hits_gpu_blocks",
+        "hits_host_blocks",
+    )
 
-    def __init__(self, gpu_capacity: int, *, capacity_blocks: float | None = None,
-                 host_capacity_blocks: int = 0):
+    def __init__(self, gpu_capacity: int, *, capacity_blocks: float | None = None, host_capacity_blocks: int = 0):
         self.gpu_capacity = gpu_capacity
-        self.separate = capacity_blocks is not None       # evictable units outside GPU memory
+        self.separate = capacity_blocks is not None  # evictable units outside GPU memory
         self.pool_cap = capacity_blocks if capacity_blocks is not None else 0
-        self.ref: dict = {}              # unit id -> number of running requests referencing it
-        self.size: dict = {}             # unit id -> blocks, for every unit in GPU memory
+        self.ref: dict = {}  # unit id -> number of running requests referencing it
+        self.size: dict = {}  # unit id -> blocks, for every unit in GPU memory
         self.lru: OrderedDict = OrderedDict()  # evictable unit id -> blocks, least recently freed first
         self.lru_blocks = 0
         self.host: OrderedDict = OrderedDict()

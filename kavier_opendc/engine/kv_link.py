@@ -51,17 +51,17 @@ class Pool:
     gpu: GPUSpec
     replicas: int = 1
     tp: int = 1
-    num_kv_blocks: int | None = None      # overrides the memory-derived KV capacity of each replica
+    num_kv_blocks: int | None = None  # overrides the memory-derived KV capacity of each replica
 
 
 @dataclass(frozen=True)
 class LinkSpec:
     """The KV-transfer link between the pools."""
 
-    gbs: float = 25.0                     # bandwidth, GB/s (1e9 bytes/s): a 200 Gb/s RDMA NIC
-    latency_s: float = 1e-5               # propagation, s (does not occupy the link)
-    setup_s: float = 0.0                  # per transfer, s (occupies the link)
-    mode: str = "whole"                   # whole | layerwise
+    gbs: float = 25.0  # bandwidth, GB/s (1e9 bytes/s): a 200 Gb/s RDMA NIC
+    latency_s: float = 1e-5  # propagation, s (does not occupy the link)
+    setup_s: float = 0.0  # per transfer, s (occupies the link)
+    mode: str = "whole"  # whole | layerwise
 
     @property
     def bytes_per_s(self) -> float:
@@ -84,13 +84,14 @@ class KVLink:
 
     def __init__(self, spec: LinkSpec):
         self.spec = spec
-        self.free_at = 0.0        # end of the last occupancy interval: the link is idle from then on
-        self.busy_s = 0.0         # total occupancy
+        self.free_at = 0.0  # end of the last occupancy interval: the link is idle from then on
+        self.busy_s = 0.0  # total occupancy
         self.bytes_moved = 0.0
         self.transfers = 0
 
-    def reserve(self, now: float, nbytes: float, layers: int, overlap_from: float | None = None
-                ) -> tuple[float, float, float]:
+    def reserve(
+        self, now: float, nbytes: float, layers: int, overlap_from: float | None = None
+    ) -> tuple[float, float, float]:
         """Submit a transfer of ``nbytes`` at ``now`` (callers submit in time order).
 
         ``overlap_from``: layerwise mode, the prefill's start when the destination was known during the
@@ -105,7 +106,7 @@ class KVLink:
             if window > 0:
                 ov = (layers - 1) / layers * min(nbytes, bw * window)
         if ov > 0:
-            start = now - spec.setup_s - ov / bw          # >= max(overlap_from, free_at): the link was idle
+            start = now - spec.setup_s - ov / bw  # >= max(overlap_from, free_at): the link was idle
         else:
             start = now if now > self.free_at else self.free_at
         end = start + occupancy

@@ -43,11 +43,30 @@ NO_MATCH = (0, 0, 0, 0, 0, 0)
 class KVManager:
     """The KV blocks of one replica, and the prefix (or prompt) cache over them."""
 
-    __slots__ = ("capacity", "used", "peak", "on", "policy", "index", "min_tokens", "pc", "gpu_cache",
-                 "prompt_cache", "host_s_per_block")
+    __slots__ = (
+        "capacity",
+        "used",
+        "peak",
+        "on",
+        "policy",
+        "index",
+        "min_tokens",
+        "pc",
+        "gpu_cache",
+        "prompt_cache",
+        "host_s_per_block",
+    )
 
-    def __init__(self, capacity_blocks: int, *, kv_cache: bool, kv_bytes_per_token: float = 0.0,
-                 pcie_gbs: float = 0.0, gpus: int = 1, prefix=None):
+    def __init__(
+        self,
+        capacity_blocks: int,
+        *,
+        kv_cache: bool,
+        kv_bytes_per_token: float = 0.0,
+        pcie_gbs: float = 0.0,
+        gpus: int = 1,
+        prefix=None,
+    ):
         """``prefix`` is the simulator's PrefixSetup (or None); host-tier loads use ``gpus`` PCIe links of
         ``pcie_gbs`` GB/s (the replica's KV bytes per token over all its GPUs)."""
         self.capacity = capacity_blocks
@@ -56,17 +75,20 @@ class KVManager:
         self.on = kv_cache
         self.policy = prefix.policy if prefix is not None and kv_cache else "none"
         self.index = prefix.index if prefix is not None else None
-        self.min_tokens = prefix.min_tokens if prefix is not None else 0   # shorter prompts are never cached
+        self.min_tokens = prefix.min_tokens if prefix is not None else 0  # shorter prompts are never cached
         self.pc: PrefixCache | None = None
-        self.gpu_cache: PrefixCache | None = None   # the prefix cache when its units live in GPU memory
+        self.gpu_cache: PrefixCache | None = None  # the prefix cache when its units live in GPU memory
         self.prompt_cache: PromptCache | None = None
         self.host_s_per_block = 0.0
         if self.policy == "block":
             block_bytes = BLOCK_SIZE * kv_bytes_per_token
             cap_blocks = None
             if prefix.capacity_tokens is not None:
-                cap_blocks = (float("inf") if prefix.capacity_tokens == float("inf")
-                              else int(prefix.capacity_tokens // BLOCK_SIZE))
+                cap_blocks = (
+                    float("inf")
+                    if prefix.capacity_tokens == float("inf")
+                    else int(prefix.capacity_tokens // BLOCK_SIZE)
+                )
             host_blocks = int(prefix.host_memory_gb * 1e9 // block_bytes) if prefix.host_memory_gb else 0
             self.pc = PrefixCache(capacity_blocks, capacity_blocks=cap_blocks, host_capacity_blocks=host_blocks)
             if not self.pc.separate:
@@ -155,8 +177,11 @@ class KVManager:
                 k, hb, hk, hhb, revive = pc.match(uids, req.usizes, (total - 1) // BLOCK_SIZE)
                 return k, hb, hk, hhb, revive, (hb + hhb) * BLOCK_SIZE
             return NO_MATCH
-        if (self.prompt_cache is not None and req.first_sched < 0
-                and self.prompt_cache.lookup(self.index.prompt_key(req.idx))):  # type: ignore[union-attr]
+        if (
+            self.prompt_cache is not None
+            and req.first_sched < 0
+            and self.prompt_cache.lookup(self.index.prompt_key(req.idx))  # type: ignore[union-attr]
+        ):
             # (a prompt cache is made only with a prefix setup, so the index is set)
             return 0, 0, 0, 0, 0, req.prompt + req.gen - 1  # the whole prompt is cached: only its last token runs
         return NO_MATCH
@@ -196,7 +221,7 @@ class KVManager:
             if (hb + b) * BLOCK_SIZE > comp:
                 break
             uid = uids[h]
-            if not pc.register(uid, b):      # an equal unit was cached meanwhile: share it, drop our copy
+            if not pc.register(uid, b):  # an equal unit was cached meanwhile: share it, drop our copy
                 self.used += pc.take(uid) - b
             h += 1
             hb += b

@@ -52,8 +52,10 @@ REQUESTS_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "decode_replica": (pa.int32(), "the decode replica, -1 for none (disaggregated runs only)"),
     "transfer_start_s": (pa.float64(), "first KV byte sent to the decode replica, s (disaggregated runs only)"),
     "transfer_end_s": (pa.float64(), "last KV byte landed on the decode replica, s (disaggregated runs only)"),
-    "decode_wait_s": (pa.float64(), "end of prefill to the transfer's submission: no decode replica had room, s "
-                                    "(disaggregated runs only)"),
+    "decode_wait_s": (
+        pa.float64(),
+        "end of prefill to the transfer's submission: no decode replica had room, s (disaggregated runs only)",
+    ),
 }
 PD_COLUMNS = ("prefill_replica", "decode_replica", "transfer_start_s", "transfer_end_s", "decode_wait_s")
 REQUESTS_OPTIONAL = ("session_id", "n", *PD_COLUMNS)
@@ -86,8 +88,7 @@ def stats(values: np.ndarray) -> dict:
     if v.size == 0:
         return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
     p50, p90, p99 = np.percentile(v, [50, 90, 99])
-    return {"mean": float(v.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
-            "max": float(v.max())}
+    return {"mean": float(v.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(v.max())}
 
 
 def client_latency(result) -> float:
@@ -104,7 +105,7 @@ def requests_table(result) -> pa.Table:
     ttft = r.first_token - arrival
     e2e = r.finish - arrival
     c = client_latency(result)
-    if c:   # latencies on the client's clock
+    if c:  # latencies on the client's clock
         ttft = ttft + c
         e2e = e2e + c
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -127,7 +128,7 @@ def requests_table(result) -> pa.Table:
     if tr.session_id is not None:
         cols["session_id"] = pa.array(np.asarray(tr.session_id, dtype=np.int64))
     if tr.n is not None:
-        cols["n"] = pa.array(np.asarray(tr.n, dtype=np.int64))   # samples per prompt; each has num_output_tokens
+        cols["n"] = pa.array(np.asarray(tr.n, dtype=np.int64))  # samples per prompt; each has num_output_tokens
     pd = result.extra.get("pd")
     if pd is not None:
         cols["prefill_replica"] = pa.array(pd.prefill_replica)
@@ -150,10 +151,15 @@ def disaggregation_summary(result) -> dict:
         busy = sum(reps[i].busy_time for i in ids)
         of_pool = pd.prefill_replica if role == "prefill" else served
         done = (result.results.status == FINISHED) & np.isin(of_pool, ids)
-        pools[role] = {"replicas": pool.replicas, "gpu": pool.gpu.name, "tp": pool.tp, "replica_ids": list(ids),
-                       "kv_capacity_blocks": reps[ids[0]].capacity,
-                       "busy_fraction": busy / (len(ids) * makespan) if makespan > 0 else 0.0,
-                       "requests": int(done.sum())}
+        pools[role] = {
+            "replicas": pool.replicas,
+            "gpu": pool.gpu.name,
+            "tp": pool.tp,
+            "replica_ids": list(ids),
+            "kv_capacity_blocks": reps[ids[0]].capacity,
+            "busy_fraction": busy / (len(ids) * makespan) if makespan > 0 else 0.0,
+            "requests": int(done.sum()),
+        }
     link = pd.link
     moved = np.isfinite(pd.transfer_end)
     times = pd.transfer_end[moved] - pd.transfer_start[moved]
@@ -162,21 +168,40 @@ def disaggregation_summary(result) -> dict:
     # what is left of a layerwise one
     exposed = pd.transfer_end[moved] - result.results.first_token[moved] - wait
     return {
-        "prefill_pool": pools["prefill"], "decode_pool": pools["decode"],
-        "link": {"gbs": link.spec.gbs, "latency_s": link.spec.latency_s, "setup_s": link.spec.setup_s,
-                 "mode": link.spec.mode, "policy": "fifo", "transfers": link.transfers,
-                 "bytes_moved": link.bytes_moved,
-                 "busy_fraction": link.busy_s / makespan if makespan > 0 else 0.0,
-                 "transfer_s_mean": float(times.mean()) if times.size else None,
-                 "transfer_s_p99": float(np.percentile(times, 99)) if times.size else None,
-                 "exposed_s_mean": float(exposed.mean()) if exposed.size else None},
+        "prefill_pool": pools["prefill"],
+        "decode_pool": pools["decode"],
+        "link": {
+            "gbs": link.spec.gbs,
+            "latency_s": link.spec.latency_s,
+            "setup_s": link.spec.setup_s,
+            "mode": link.spec.mode,
+            "policy": "fifo",
+            "transfers": link.transfers,
+            "bytes_moved": link.bytes_moved,
+            "busy_fraction": link.busy_s / makespan if makespan > 0 else 0.0,
+            "transfer_s_mean": float(times.mean()) if times.size else None,
+            "transfer_s_p99": float(np.percentile(times, 99)) if times.size else None,
+            "exposed_s_mean": float(exposed.mean()) if exposed.size else None,
+        },
         "decode_wait_s": stats(wait),
     }
 
 
 def timeline_table(result) -> pa.Table:
-    parts: dict[str, list] = {k: [] for k in ("replica", "start_s", "end_s", "gpu_utilization", "batch_size",
-                             "kv_utilization", "kv_cached", "prefill_tokens", "decode_tokens")}
+    parts: dict[str, list] = {
+        k: []
+        for k in (
+            "replica",
+            "start_s",
+            "end_s",
+            "gpu_utilization",
+            "batch_size",
+            "kv_utilization",
+            "kv_cached",
+            "prefill_tokens",
+            "decode_tokens",
+        )
+    }
     for rep in result.replicas:
         tl = rep.timeline
         m = len(tl.start)
@@ -218,7 +243,11 @@ def prefix_summary(result) -> dict:
         "identity_source": index.source if index is not None else None,
         "scope": result.config.prefix_scope,
         "min_tokens": result.config.prefix_min_tokens,
-        "hit_tokens_gpu": 0, "hit_tokens_host": 0, "evictions": 0, "host_evictions": 0, "prompt_hits": 0,
+        "hit_tokens_gpu": 0,
+        "hit_tokens_host": 0,
+        "evictions": 0,
+        "host_evictions": 0,
+        "prompt_hits": 0,
         "prefill_tokens_saved": cached,
         "prefill_flops_saved": cached * flops_per_token,
     }
@@ -243,8 +272,9 @@ def summary_dict(result) -> dict:
     samples = np.asarray(tr.n, dtype=np.int64) if tr.n is not None else 1
     outp = (tr.num_output_tokens * samples)[done].sum(dtype=np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(tr.num_output_tokens > 1,
-                        (r.finish - r.first_token) / np.maximum(tr.num_output_tokens - 1, 1), np.nan)
+        tpot = np.where(
+            tr.num_output_tokens > 1, (r.finish - r.first_token) / np.maximum(tr.num_output_tokens - 1, 1), np.nan
+        )
     busy_weighted = 0.0
     total_time = 0.0
     kv_peak = 0.0
@@ -267,9 +297,12 @@ def summary_dict(result) -> dict:
         "num_rejected": int((r.status == REJECTED).sum()),
         # requests longer than the model's context window (a real server would refuse them;
         # --max-model-len makes the simulator refuse them too)
-        "num_over_model_context": int(sum(
-            int(((tr.num_input_tokens + tr.num_output_tokens)[tr_rep == rep.idx] > rep.cm.model.max_context).sum())
-            for rep in result.replicas)),
+        "num_over_model_context": int(
+            sum(
+                int(((tr.num_input_tokens + tr.num_output_tokens)[tr_rep == rep.idx] > rep.cm.model.max_context).sum())
+                for rep in result.replicas
+            )
+        ),
         "makespan_s": makespan,
         "request_throughput_per_s": float(done.sum() / makespan) if makespan > 0 else 0.0,
         "output_tokens_per_s": float(outp / makespan) if makespan > 0 else 0.0,
@@ -287,43 +320,63 @@ def summary_dict(result) -> dict:
         # the timeline's power-relevant activity (what OpenDC's power model gets), time-weighted
         "gpu_utilization_mean": busy_weighted / total_time if total_time > 0 else 0.0,
         # the load a user means by utilisation: the fraction of the makespan the GPUs were computing
-        "gpu_busy_fraction_mean": (sum(rep.busy_time for rep in result.replicas)
-                                   / (len(result.replicas) * makespan)) if makespan > 0 else 0.0,
+        "gpu_busy_fraction_mean": (sum(rep.busy_time for rep in result.replicas) / (len(result.replicas) * makespan))
+        if makespan > 0
+        else 0.0,
         "kv_utilization_peak": kv_peak,
         "config": {
-            "model": groups[0].model.name, "gpu": groups[0].gpu.name,
-            "replicas": len(result.replicas), "tp": groups[0].tp,
-            "replica_groups": [{"model": g.model.name, "gpu": g.gpu.name, "replicas": g.replicas, "tp": g.tp}
-                               for g in groups],
+            "model": groups[0].model.name,
+            "gpu": groups[0].gpu.name,
+            "replicas": len(result.replicas),
+            "tp": groups[0].tp,
+            "replica_groups": [
+                {"model": g.model.name, "gpu": g.gpu.name, "replicas": g.replicas, "tp": g.tp} for g in groups
+            ],
             # the limits of the first group's replicas (each replica's own are under "replicas"); "given", or
             # vLLM v1's defaults for that GPU and usage
-            "max_num_seqs": result.replicas[0].max_num_seqs, "max_batched_tokens": result.replicas[0].budget,
+            "max_num_seqs": result.replicas[0].max_num_seqs,
+            "max_batched_tokens": result.replicas[0].budget,
             "usage": result.usage,
-            "batch_limits": ("given" if cfg.max_num_seqs is not None and cfg.max_batched_tokens is not None
-                             else f"vLLM v1 defaults ({result.usage})" if fw.batch_defaults == "vllm-v1"
-                             else f"{fw.name} defaults ({result.usage})"),
+            "batch_limits": (
+                "given"
+                if cfg.max_num_seqs is not None and cfg.max_batched_tokens is not None
+                else f"vLLM v1 defaults ({result.usage})"
+                if fw.batch_defaults == "vllm-v1"
+                else f"{fw.name} defaults ({result.usage})"
+            ),
             "framework": fw.summary(),
             "gpu_memory_utilization": cfg.gpu_memory_utilization,
-            "kv_cache": "on" if cfg.kv_cache else "off", "prefix_cache": cfg.prefix_cache,
+            "kv_cache": "on" if cfg.kv_cache else "off",
+            "prefix_cache": cfg.prefix_cache,
             "prefix_cache_capacity_tokens": cfg.prefix_capacity_tokens,
             "prefix_cache_capacity_prompts": cfg.prefix_capacity_prompts,
             "host_cache_gb": cfg.host_memory_gb,
-            "router": cfg.router, "seed": cfg.seed, "mode": "exact" if cfg.exact else "fast",
+            "router": cfg.router,
+            "seed": cfg.seed,
+            "mode": "exact" if cfg.exact else "fast",
             "kv_capacity_blocks_per_replica": result.capacity_blocks,
             "kv_capacity_tokens_per_replica": result.capacity_blocks * BLOCK_SIZE,
             "max_model_len": cfg.max_model_len,
             "efficiency": profile_summary(result.replicas[0].cm.eff),
         },
         "replicas": [
-            {"replica": rep.idx, "model": rep.cm.model.name, "gpu": rep.cm.gpu.name, "tp": rep.cm.tp,
-             "busy_s": rep.busy_time, "busy_fraction": rep.busy_time / makespan if makespan > 0 else 0.0,
-             "iterations": rep.iterations, "preemptions": rep.preemptions,
-             "max_num_seqs": rep.max_num_seqs, "max_batched_tokens": rep.budget,
-             "kv_capacity_blocks": rep.capacity,
-             "kv_utilization_peak": rep.peak_used / rep.capacity if rep.capacity else 0.0}
-            for rep in result.replicas],
-        "trace": {"source": str(tr.source), "format": tr.format,
-                  "offline_batch": not getattr(tr, "timed", True)},
+            {
+                "replica": rep.idx,
+                "model": rep.cm.model.name,
+                "gpu": rep.cm.gpu.name,
+                "tp": rep.cm.tp,
+                "busy_s": rep.busy_time,
+                "busy_fraction": rep.busy_time / makespan if makespan > 0 else 0.0,
+                "iterations": rep.iterations,
+                "preemptions": rep.preemptions,
+                "max_num_seqs": rep.max_num_seqs,
+                "max_batched_tokens": rep.budget,
+                "kv_capacity_blocks": rep.capacity,
+                "kv_utilization_peak": rep.peak_used / rep.capacity if rep.capacity else 0.0,
+            }
+            for rep in result.replicas
+        ],
+        "trace": {"source": str(tr.source), "format": tr.format, "offline_batch": not getattr(tr, "timed", True)},
         **({"disaggregation": disaggregation_summary(result)} if "pd" in result.extra else {}),
         "engine": {
             "version": __version__,
@@ -349,7 +402,7 @@ class SimulationOutput:
     """The three outputs of a simulation, in memory; ``folder`` is where they are (or were written)."""
 
     summary: dict
-    requests: pa.Table | None          # None: a folder without requests.parquet (the export may not need it)
+    requests: pa.Table | None  # None: a folder without requests.parquet (the export may not need it)
     timeline: pa.Table
     folder: Path | None = None
     _frames: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -364,8 +417,11 @@ class SimulationOutput:
         missing or unreadable; requests.parquet may be absent."""
         folder = Path(folder)
         timeline = _read_table(folder / "timeline.parquet", "timeline not found")
-        requests = (_read_table(folder / "requests.parquet", "requests not found")
-                    if (folder / "requests.parquet").is_file() else None)
+        requests = (
+            _read_table(folder / "requests.parquet", "requests not found")
+            if (folder / "requests.parquet").is_file()
+            else None
+        )
         summary: Any = {}
         sp = folder / "summary.json"
         if sp.is_file():
@@ -374,8 +430,11 @@ class SimulationOutput:
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise KavierInputError(f"invalid JSON ({exc})", source=str(sp)) from None
         if not isinstance(summary, dict):
-            raise KavierInputError(f"the document is {type(summary).__name__}, not an object", source=str(sp),
-                                   expected="summary.json written by `kavier simulate`")
+            raise KavierInputError(
+                f"the document is {type(summary).__name__}, not an object",
+                source=str(sp),
+                expected="summary.json written by `kavier simulate`",
+            )
         return cls(summary, requests, timeline, folder)
 
     def write(self, folder: str | Path) -> None:
@@ -395,8 +454,11 @@ class SimulationOutput:
         """requests as a pandas DataFrame (converted once; callers must not change it)."""
         if "requests" not in self._frames:
             if self.requests is None:
-                raise KavierInputError("requests not found", source=self.path("requests.parquet"),
-                                       expected="a simulation output folder written by `kavier simulate`")
+                raise KavierInputError(
+                    "requests not found",
+                    source=self.path("requests.parquet"),
+                    expected="a simulation output folder written by `kavier simulate`",
+                )
             self._frames["requests"] = self.requests.to_pandas()
         return self._frames["requests"]
 
@@ -411,8 +473,9 @@ def _read_table(path: Path, not_found: str) -> pa.Table:
     import pyarrow.parquet as pq
 
     if not path.is_file():
-        raise KavierInputError(not_found, source=str(path),
-                               expected="a simulation output folder written by `kavier simulate`")
+        raise KavierInputError(
+            not_found, source=str(path), expected="a simulation output folder written by `kavier simulate`"
+        )
     try:
         return pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same input error

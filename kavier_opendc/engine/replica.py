@@ -44,9 +44,20 @@ from kavier_opendc.engine.timeline import Timeline
 class Replica(Scheduler):
     """One replica: ``tp`` GPUs serving one model copy, with its own KV pool and queues."""
 
-    def __init__(self, idx: int, cm: CostModel, capacity_blocks: int, *, max_num_seqs: int,
-                 max_batched_tokens: int, kv_cache: bool, exact: bool, results: Results,
-                 merge_tol: float = 1e-3, prefix=None):
+    def __init__(
+        self,
+        idx: int,
+        cm: CostModel,
+        capacity_blocks: int,
+        *,
+        max_num_seqs: int,
+        max_batched_tokens: int,
+        kv_cache: bool,
+        exact: bool,
+        results: Results,
+        merge_tol: float = 1e-3,
+        prefix=None,
+    ):
         self.idx = idx
         self.cm = cm
         self.max_num_seqs = max_num_seqs
@@ -57,21 +68,27 @@ class Replica(Scheduler):
         self.timeline = Timeline(merge_tol)
         self.running: list[Req] = []
         self.waiting = FCFSQueue()
-        self.dec = DecodeState()           # the decoding sequences, lazily against the decode counter G
+        self.dec = DecodeState()  # the decoding sequences, lazily against the decode counter G
         # the KV blocks and the prefix cache (see kv_manager.py); ``prefix`` is the simulator's PrefixSetup
-        self.kv = KVManager(capacity_blocks, kv_cache=kv_cache, kv_bytes_per_token=cm.kv_bytes_per_token,
-                            pcie_gbs=cm.gpu.pcie_gbs, gpus=cm.tp, prefix=prefix)
+        self.kv = KVManager(
+            capacity_blocks,
+            kv_cache=kv_cache,
+            kv_bytes_per_token=cm.kv_bytes_per_token,
+            pcie_gbs=cm.gpu.pcie_gbs,
+            gpus=cm.tp,
+            prefix=prefix,
+        )
         self.n_prefilling = 0
-        self.outstanding = 0               # requests routed here and not finished
-        self.version = 0                   # invalidates stale heap events
-        self.t = 0.0                       # time of the latest applied boundary
-        self.busy = False                  # an event for this replica is in the heap
+        self.outstanding = 0  # requests routed here and not finished
+        self.version = 0  # invalidates stale heap events
+        self.t = 0.0  # time of the latest applied boundary
+        self.busy = False  # an event for this replica is in the heap
         self.next_time = 0.0
-        self.pending: Iteration | DecodeRunPlan | None = None   # the work in flight (sched_output.py)
+        self.pending: Iteration | DecodeRunPlan | None = None  # the work in flight (sched_output.py)
         self.iterations = 0
         self.preemptions = 0
         self.busy_time = 0.0
-        self.extra_time = 0.0          # host-to-GPU cache transfers of the iteration being scheduled
+        self.extra_time = 0.0  # host-to-GPU cache transfers of the iteration being scheduled
 
     # ------------------------------------------------------------ read-only views (reports, tests)
     @property
@@ -191,14 +208,21 @@ class Replica(Scheduler):
             t0 = p.t0
             # kv.load() and kv.cached_load(), inlined: this runs once per event
             cap, gc = kv.capacity, kv.gpu_cache
-            self.timeline.add(t0, t, self.cm.activity(t - t0, flops, wbytes, kvbytes), d,
-                              kv.used / cap if cap else 0.0, 0, d * n,
-                              gc.lru_blocks / cap if gc is not None and cap else 0.0)
+            self.timeline.add(
+                t0,
+                t,
+                self.cm.activity(t - t0, flops, wbytes, kvbytes),
+                d,
+                kv.used / cap if cap else 0.0,
+                0,
+                d * n,
+                gc.lru_blocks / cap if gc is not None and cap else 0.0,
+            )
             self.busy_time += t - t0
         else:
             dec = self.dec
             skipped = p.skipped
-            for req in skipped:          # decoders left out of this iteration stay put
+            for req in skipped:  # decoders left out of this iteration stay put
                 dec.remove(req)
             if p.all_decoders or skipped:
                 dec.G += 1
@@ -207,16 +231,23 @@ class Replica(Scheduler):
             self.iterations += 1
             t0 = p.t0
             cap, gc = kv.capacity, kv.gpu_cache
-            self.timeline.add(t0, t, self.cm.activity(t - t0, p.flops, p.weight_bytes, p.kv_bytes), p.batch,
-                              kv.used / cap if cap else 0.0, p.prefill_tokens, p.decode_tokens,
-                              gc.lru_blocks / cap if gc is not None and cap else 0.0)
+            self.timeline.add(
+                t0,
+                t,
+                self.cm.activity(t - t0, p.flops, p.weight_bytes, p.kv_bytes),
+                p.batch,
+                kv.used / cap if cap else 0.0,
+                p.prefill_tokens,
+                p.decode_tokens,
+                gc.lru_blocks / cap if gc is not None and cap else 0.0,
+            )
             self.busy_time += t - t0
             caching = kv.pc is not None
             for req, n in p.chunks:
                 req.computed += n
                 if caching:
                     kv.register_computed(req)
-                if req.computed >= req.prompt + req.gen:   # all tokens computed: sample one
+                if req.computed >= req.prompt + req.gen:  # all tokens computed: sample one
                     req.gen += 1
                     if req.first_token < 0:
                         req.first_token = t
@@ -234,7 +265,7 @@ class Replica(Scheduler):
         while heap and heap[0][0] <= g:
             _, _, ver, req = heapq.heappop(heap)
             if ver != req.ver or req.state != DECODE:
-                continue                    # stale: the request left the decoders since it was pushed
+                continue  # stale: the request left the decoders since it was pushed
             dec.remove(req)
             if req.first_token < 0:
                 req.first_token = t
@@ -251,7 +282,7 @@ class Replica(Scheduler):
         n = req.n
         req.n = 1
         shared = req.prompt // BLOCK_SIZE
-        units: list = req.uids[:req.held] if req.uids is not None else []
+        units: list = req.uids[: req.held] if req.uids is not None else []
         fork = Fork(shared, units)
         req.fork = fork
         req.held = req.held_blocks = 0

@@ -19,27 +19,46 @@ class Req:
     decode_state.py): computed = c_off + G, gen = g_off + G.
     """
 
-    __slots__ = ("idx", "arrival", "prompt", "out", "gen", "computed", "c_off", "g_off",
-                 "ver", "state", "first_sched", "first_token", "preempt", "cached",
-                 "uids", "usizes", "held", "held_blocks", "n", "fork")
+    __slots__ = (
+        "idx",
+        "arrival",
+        "prompt",
+        "out",
+        "gen",
+        "computed",
+        "c_off",
+        "g_off",
+        "ver",
+        "state",
+        "first_sched",
+        "first_token",
+        "preempt",
+        "cached",
+        "uids",
+        "usizes",
+        "held",
+        "held_blocks",
+        "n",
+        "fork",
+    )
 
     def __init__(self, idx: int, arrival: float, prompt: int, out: int):
         self.idx, self.arrival, self.prompt, self.out = idx, arrival, prompt, out
         self.gen = 0
         self.computed = 0
         self.c_off = self.g_off = 0
-        self.ver = 0              # bumped whenever the request leaves the decoders: stale heap entries skip
+        self.ver = 0  # bumped whenever the request leaves the decoders: stale heap entries skip
         self.state = WAITING
         self.first_sched = -1.0
         self.first_token = -1.0
         self.preempt = 0
         self.cached = 0
-        self.uids: list | None = None          # prefix-cache unit identities of the prompt (loaded at admission)
+        self.uids: list | None = None  # prefix-cache unit identities of the prompt (loaded at admission)
         self.usizes: list | None = None
-        self.held = 0             # leading units referenced in the prefix cache
+        self.held = 0  # leading units referenced in the prefix cache
         self.held_blocks = 0
-        self.n = 1                # samples of this prompt (branching, DP3)
-        self.fork: Fork | None = None          # Fork shared with its sibling samples, while they share prompt blocks
+        self.n = 1  # samples of this prompt (branching, DP3)
+        self.fork: Fork | None = None  # Fork shared with its sibling samples, while they share prompt blocks
 
 
 class Fork:
@@ -48,6 +67,6 @@ class Fork:
     __slots__ = ("alive", "shared", "units")
 
     def __init__(self, shared: int, units: list):
-        self.alive = 1            # members still holding the shared blocks
-        self.shared = shared      # full prompt blocks, held once for all members
-        self.units = units        # prefix-cache units among them (released when the last member leaves)
+        self.alive = 1  # members still holding the shared blocks
+        self.shared = shared  # full prompt blocks, held once for all members
+        self.units = units  # prefix-cache units among them (released when the last member leaves)

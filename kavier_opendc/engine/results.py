@@ -24,12 +24,12 @@ class Results:
         self.preemptions = np.zeros(n, dtype=np.int32)
         self.cached = np.zeros(n, dtype=np.int64)
         self.status = np.zeros(n, dtype=np.int8)  # PENDING, FINISHED or REJECTED
-        self.remaining: np.ndarray | None = None     # per request: samples still running (only for traces with n > 1)
+        self.remaining: np.ndarray | None = None  # per request: samples still running (only for traces with n > 1)
 
     def record_finish(self, req, t: float, replica: int) -> None:
         """``req`` (one sample of request ``req.idx``) finished at ``t`` on ``replica``."""
         i = req.idx
-        if self.remaining is not None:      # branching prompts: the request ends with its last sample
+        if self.remaining is not None:  # branching prompts: the request ends with its last sample
             self.remaining[i] -= 1
             self.preemptions[i] += req.preempt
             last = self.remaining[i] <= 0
@@ -38,10 +38,10 @@ class Results:
             last = True
         if req.cached:
             self.cached[i] = req.cached
-        if self.first_sched[i] != self.first_sched[i]:   # NaN: not set yet
+        if self.first_sched[i] != self.first_sched[i]:  # NaN: not set yet
             self.first_sched[i] = req.first_sched
             self.first_token[i] = req.first_token
-        self.finish[i] = t                  # events come in time order: the last sample sets it
+        self.finish[i] = t  # events come in time order: the last sample sets it
         if last:
             self.status[i] = FINISHED
         self.replica[i] = replica

@@ -10,10 +10,18 @@ from __future__ import annotations
 from kavier_opendc.base.errors import KavierInputError
 
 ROUTERS = ("round-robin", "least-outstanding", "least-kv", "random", "session-affinity", "prefix-affinity")
-_ALIASES = {"rr": "round-robin", "roundrobin": "round-robin", "lor": "least-outstanding",
-            "least-outstanding-requests": "least-outstanding", "least-kv-load": "least-kv",
-            "kv": "least-kv", "session": "session-affinity", "sticky": "session-affinity",
-            "prefix": "prefix-affinity", "cache-aware": "prefix-affinity"}
+_ALIASES = {
+    "rr": "round-robin",
+    "roundrobin": "round-robin",
+    "lor": "least-outstanding",
+    "least-outstanding-requests": "least-outstanding",
+    "least-kv-load": "least-kv",
+    "kv": "least-kv",
+    "session": "session-affinity",
+    "sticky": "session-affinity",
+    "prefix": "prefix-affinity",
+    "cache-aware": "prefix-affinity",
+}
 
 # prefix-affinity: a replica is a candidate while its outstanding requests are at most
 # LOAD_SLACK_FACTOR x the least loaded replica's plus LOAD_SLACK_ABS (bounded load, so a hot
@@ -26,8 +34,7 @@ def normalise_router(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in ROUTERS:
-        raise KavierInputError(f"unknown router '{name}'", location="router",
-                               expected="one of " + ", ".join(ROUTERS))
+        raise KavierInputError(f"unknown router '{name}'", location="router", expected="one of " + ", ".join(ROUTERS))
     return key
 
 
@@ -39,7 +46,7 @@ class Router:
         self.replicas = replicas
         self._next = 0
         self._rng = np.random.default_rng(seed)
-        self.sessions = sessions        # per-request session ids (session-affinity)
+        self.sessions = sessions  # per-request session ids (session-affinity)
         self._home: dict[int, int] = {}
 
     def _least_outstanding(self) -> int:

@@ -106,8 +106,12 @@ class Scheduler:
         h0 = dec.hist[(-g) & BLOCK_MASK] if kv_on else 0
         free = kv.capacity - kv.used if kv_on else 1 << 62
         n_prefilling = self.n_prefilling
-        bulk = (kv_on and d <= budget and h0 <= free
-                and (n_prefilling == 0 or (n_prefilling == 1 and running[-1].state == PREFILL)))
+        bulk = (
+            kv_on
+            and d <= budget
+            and h0 <= free
+            and (n_prefilling == 0 or (n_prefilling == 1 and running[-1].state == PREFILL))
+        )
         if bulk and n_prefilling == 1 and budget - d > 0:
             req = running[-1]
             comp = req.computed
@@ -124,7 +128,7 @@ class Scheduler:
             n_dec = n_tok = d
             alloc = h0
             budget -= d
-            kv_read = dec.ctx_off_sum + d * g      # cached tokens of all decoders
+            kv_read = dec.ctx_off_sum + d * g  # cached tokens of all decoders
             pairs = kv_read + d
             if n_prefilling == 1 and budget > 0:
                 req = running[-1]
@@ -136,8 +140,9 @@ class Scheduler:
                 budget -= need
                 chunks.append((req, need))
         else:
-            (budget, alloc, chunks, skipped, dec_all, n_dec, preempted,
-             n_tok, pairs, kv_read) = self._walk_running(budget, g)
+            (budget, alloc, chunks, skipped, dec_all, n_dec, preempted, n_tok, pairs, kv_read) = self._walk_running(
+                budget, g
+            )
         # step 2: admit waiting requests (only when nothing was preempted, as vLLM does; never under v0's rules,
         # which admit prompts in iterations of their own)
         if not preempted and self.waiting and self.admits_in_decode:
@@ -162,7 +167,7 @@ class Scheduler:
         # event. Only in fast mode, which needs the KV cache on, so block counts come from the decode state.
         if self.fast and bulk and not chunks and d > 0:
             heap = dec.done_heap
-            while heap[0][2] != heap[0][3].ver:    # drop stale completions
+            while heap[0][2] != heap[0][3].ver:  # drop stale completions
                 heapq.heappop(heap)
             n = heap[0][0] - g
             free = kv.capacity - kv.used
@@ -199,8 +204,7 @@ class Scheduler:
         if self.extra_time:
             dt += self.extra_time
             self.extra_time = 0.0
-        self.pending = Iteration(t, dec_all, skipped, chunks, flops, wbytes, kvbytes, n_dec + len(chunks), ptoks,
-                                 n_dec)
+        self.pending = Iteration(t, dec_all, skipped, chunks, flops, wbytes, kvbytes, n_dec + len(chunks), ptoks, n_dec)
         self.next_time = t + dt
         self.version += 1
         return self.next_time
@@ -220,7 +224,7 @@ class Scheduler:
         alloc = 0
         chunks: list = []
         skipped: list = []
-        n_dec = 0                                  # decoders in this iteration
+        n_dec = 0  # decoders in this iteration
         preempted = False
         n_tok = 0
         pairs = 0

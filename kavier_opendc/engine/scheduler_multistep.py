@@ -64,13 +64,13 @@ class SchedulerMultiStep(SchedulerV0):
             self._preempt(running.pop())
             preempted = True
         if not running:
-            return self._schedule(t)        # every decoder went back to the queue: the head is a prompt again
+            return self._schedule(t)  # every decoder went back to the queue: the head is a prompt again
         self.busy = True
         d = dec.D
         n = steps
-        if self.fast and not preempted:    # a preempted request may be admitted at the next block boundary
+        if self.fast and not preempted:  # a preempted request may be admitted at the next block boundary
             heap = dec.done_heap
-            while heap[0][2] != heap[0][3].ver:    # drop stale completions
+            while heap[0][2] != heap[0][3].ver:  # drop stale completions
                 heapq.heappop(heap)
             to_done = heap[0][0] - dec.G
             blocks = max(1, -(-to_done // steps))

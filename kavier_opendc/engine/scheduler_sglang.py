@@ -53,10 +53,10 @@ from kavier_opendc.engine.scheduler import Scheduler
 
 #: SGLang v0.3 global_config / server_args defaults
 INIT_NEW_TOKEN_RATIO = 0.7
-MIN_NEW_TOKEN_RATIO = 0.1          # base_min_new_token_ratio x schedule_conservativeness (1.0)
+MIN_NEW_TOKEN_RATIO = 0.1  # base_min_new_token_ratio x schedule_conservativeness (1.0)
 NEW_TOKEN_RATIO_DECAY = 0.001
 RETRACT_DECODE_STEPS = 20
-CLIP_MAX_NEW_TOKENS = 4096         # SGLANG_CLIP_MAX_NEW_TOKENS
+CLIP_MAX_NEW_TOKENS = 4096  # SGLANG_CLIP_MAX_NEW_TOKENS
 MAX_PREFILL_TOKENS = 16384
 
 
@@ -69,8 +69,8 @@ class SchedulerSGLang(Scheduler):
     # a decode run of n steps and n single steps give the same number
     ratio_base = INIT_NEW_TOKEN_RATIO
     ratio_steps = 0
-    no_decay = False                 # the step being run retracted: it does not lower the ratio
-    inflight: Req | None = None      # the request being prefilled in chunks
+    no_decay = False  # the step being run retracted: it does not lower the ratio
+    inflight: Req | None = None  # the request being prefilled in chunks
 
     @property
     def new_token_ratio(self) -> float:
@@ -118,7 +118,7 @@ class SchedulerSGLang(Scheduler):
         if self.dec.blocks_needed(1) > kv.capacity - kv.used:
             self._retract()
         budget = self.budget
-        if self.dec.D > budget:       # decoders are not limited by the prompt chunk size
+        if self.dec.D > budget:  # decoders are not limited by the prompt chunk size
             self.budget = self.dec.D
             try:
                 return super()._schedule(t)
@@ -152,7 +152,7 @@ class SchedulerSGLang(Scheduler):
             rest = inflight.prompt + inflight.gen - comp
             need = rest if rest < rem_chunk else rem_chunk
             nb = blocks_for(comp + need) - blocks_for(comp)
-            if nb > free:                      # cannot happen after the reservation; recompute it later
+            if nb > free:  # cannot happen after the reservation; recompute it later
                 running.remove(inflight)
                 self.inflight = None
                 self._preempt(inflight)

@@ -63,10 +63,10 @@ class SchedulerV0(Scheduler):
         pairs = 0
         while waiting:
             req = waiting[0]
-            need = req.prompt + req.gen          # whole prompt (and, after preemption, what it had generated)
+            need = req.prompt + req.gen  # whole prompt (and, after preemption, what it had generated)
             nb = blocks_for(need)
             if need > self.budget or nb > kv.capacity - watermark:
-                waiting.popleft()               # can never run here: v0 ignores it
+                waiting.popleft()  # can never run here: v0 ignores it
                 self._reject(req)
                 continue
             if need > budget or len(running) + 1 > self.max_num_seqs:

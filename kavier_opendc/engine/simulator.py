@@ -68,36 +68,36 @@ class SimConfig:
     gpu: GPUSpec
     replicas: int = _d("replicas")
     tp: int = _d("tp")
-    framework: str | FrameworkProfile = _d("framework")      # a name (specs/frameworks.yaml) or a profile
-    max_num_seqs: int | None = _d("max_num_seqs")            # None: the framework's default for GPU and usage
+    framework: str | FrameworkProfile = _d("framework")  # a name (specs/frameworks.yaml) or a profile
+    max_num_seqs: int | None = _d("max_num_seqs")  # None: the framework's default for GPU and usage
     max_batched_tokens: int | None = _d("max_batched_tokens")  # None: likewise
-    usage: str = _d("usage")                                 # server | offline | auto: from the trace
+    usage: str = _d("usage")  # server | offline | auto: from the trace
     gpu_memory_utilization: float = _d("gpu_memory_utilization")
     kv_cache: bool = _d("kv_cache")
-    prefix_cache: str = _d("prefix_cache")                   # auto | none | block | prefill | full
-    prefix_min_tokens: int = _d("prefix_min_tokens")         # shorter prompts never enter the cache
+    prefix_cache: str = _d("prefix_cache")  # auto | none | block | prefill | full
+    prefix_min_tokens: int = _d("prefix_min_tokens")  # shorter prompts never enter the cache
     prefix_capacity_prompts: float = _d("prefix_capacity_prompts")  # prompt-level policies: LRU size in prompts
-    prefix_scope: str = _d("prefix_scope")                   # global | session
+    prefix_scope: str = _d("prefix_scope")  # global | session
     prefix_capacity_tokens: float | None = _d("prefix_capacity_tokens")  # None: GPU memory bounds it
-    host_memory_gb: float = _d("host_memory_gb")             # host-DRAM cache tier per replica (block policy)
+    host_memory_gb: float = _d("host_memory_gb")  # host-DRAM cache tier per replica (block policy)
     router: str = _d("router")
     seed: int = _d("seed")
     exact: bool = _d("exact")
     efficiency: Efficiency | None = DEFAULT_EFFICIENCY
     timeline_merge_tol: float = 1e-3
-    num_kv_blocks: int | None = _d("num_kv_blocks")          # overrides the memory-derived KV capacity
-    max_model_len: int | None = _d("max_model_len")          # longer requests are rejected (vLLM max_model_len)
+    num_kv_blocks: int | None = _d("num_kv_blocks")  # overrides the memory-derived KV capacity
+    max_model_len: int | None = _d("max_model_len")  # longer requests are rejected (vLLM max_model_len)
     allow_long_max_model_len: bool = _d("allow_long_max_model_len")  # above the context window: a warning
-    weight_dtype: str = _d("weight_dtype")                   # auto: the model's catalogue dtype
-    kv_cache_dtype: str = _d("kv_cache_dtype")               # auto: the activations' dtype (bf16/fp16)
+    weight_dtype: str = _d("weight_dtype")  # auto: the model's catalogue dtype
+    kv_cache_dtype: str = _d("kv_cache_dtype")  # auto: the activations' dtype (bf16/fp16)
     weight_only_fallback: bool = _d("weight_only_fallback")  # FP8/FP4 weights without that peak: FP16 compute
     groups: list[ReplicaGroup] | None = None  # heterogeneous replica groups; None = one group from above
     # disaggregated prefill/decode: the pools and link from the knobs below, or given whole (API callers)
-    prefill_replicas: int | None = _d("prefill_replicas")   # both None: co-located serving
+    prefill_replicas: int | None = _d("prefill_replicas")  # both None: co-located serving
     decode_replicas: int | None = _d("decode_replicas")
-    prefill_gpu: GPUSpec | None = _d("prefill_gpu")          # None: ``gpu``
+    prefill_gpu: GPUSpec | None = _d("prefill_gpu")  # None: ``gpu``
     decode_gpu: GPUSpec | None = _d("decode_gpu")
-    prefill_tp: int | None = _d("prefill_tp")                # None: ``tp``
+    prefill_tp: int | None = _d("prefill_tp")  # None: ``tp``
     decode_tp: int | None = _d("decode_tp")
     kv_link_gbs: float = _d("kv_link_gbs")
     kv_link_latency_s: float = _d("kv_link_latency_s")
@@ -130,10 +130,18 @@ class SimConfig:
         link = LinkSpec(self.kv_link_gbs, self.kv_link_latency_s, self.kv_link_setup_s, self.kv_transfer_mode)
         model = self.served_model(self.model)
         return Disaggregation(
-            Pool(model, self.prefill_gpu or self.gpu, self.prefill_replicas, self.prefill_tp or self.tp,
-                 self.num_kv_blocks),
-            Pool(model, self.decode_gpu or self.gpu, self.decode_replicas, self.decode_tp or self.tp,
-                 self.num_kv_blocks), link)
+            Pool(
+                model,
+                self.prefill_gpu or self.gpu,
+                self.prefill_replicas,
+                self.prefill_tp or self.tp,
+                self.num_kv_blocks,
+            ),
+            Pool(
+                model, self.decode_gpu or self.gpu, self.decode_replicas, self.decode_tp or self.tp, self.num_kv_blocks
+            ),
+            link,
+        )
 
     def replica_groups(self) -> list[ReplicaGroup]:
         """The replicas, group after group (a disaggregated topology: the prefill pool, then the decode pool),
@@ -149,14 +157,18 @@ class SimConfig:
         """A copy with the choices in their canonical spelling (prefix policy, scope, usage, router);
         raises :class:`KavierInputError` naming the field of an unknown one."""
         changes = {}
-        for name, what in (("prefix_cache", "prefix cache policy"), ("prefix_scope", "prefix cache scope"),
-                           ("usage", "usage"), ("kv_transfer_mode", "KV transfer mode"),
-                           ("weight_dtype", "weight dtype"), ("kv_cache_dtype", "KV cache dtype")):
+        for name, what in (
+            ("prefix_cache", "prefix cache policy"),
+            ("prefix_scope", "prefix cache scope"),
+            ("usage", "usage"),
+            ("kv_transfer_mode", "KV transfer mode"),
+            ("weight_dtype", "weight dtype"),
+            ("kv_cache_dtype", "KV cache dtype"),
+        ):
             knob = knobs.BY_FIELD[name]
             value = knob.normalise(getattr(self, name))
             if knob.problem(value):
-                raise KavierInputError(f"unknown {what} '{getattr(self, name)}'", location=name,
-                                       expected=knob.expected)
+                raise KavierInputError(f"unknown {what} '{getattr(self, name)}'", location=name, expected=knob.expected)
             changes[name] = value
         changes["router"] = normalise_router(self.router)
         return dataclasses.replace(self, **changes)
@@ -175,9 +187,10 @@ class SimConfig:
             for name in ("replicas", "tp"):
                 problem = knobs.BY_FIELD[name].problem(getattr(g, name))
                 if problem:
-                    raise KavierInputError(problem, location=f"groups[{i}].{name}",
-                                           expected=knobs.BY_FIELD[name].expected)
-        cfg._check_disaggregation()   # first: its errors name the pools' fields, not the co-located ones
+                    raise KavierInputError(
+                        problem, location=f"groups[{i}].{name}", expected=knobs.BY_FIELD[name].expected
+                    )
+        cfg._check_disaggregation()  # first: its errors name the pools' fields, not the co-located ones
         cfg._check_sizes()
         cfg._check_groups()
         cfg._check_framework()
@@ -211,64 +224,96 @@ class SimConfig:
                 f"{model.dtype} weights{whose} on {gpu.name}, which has no {kind} tensor cores (no {field_} in "
                 f"the catalogue); vLLM runs them weight-only ({model.dtype} storage, FP16 compute through its "
                 "Marlin kernels): allow that with --weight-only-fallback (serving.weight_only_fallback: true in "
-                "an experiment)", location="weight_dtype",
-                expected=f"a GPU with {field_}, a 16-bit or int8/int4 weight dtype, or the weight-only fallback")
+                "an experiment)",
+                location="weight_dtype",
+                expected=f"a GPU with {field_}, a 16-bit or int8/int4 weight dtype, or the weight-only fallback",
+            )
 
     def _check_disaggregation(self) -> None:
         """A disaggregated topology: both pools, the cluster's one model, a link that carries bytes, and what
         the P/D loop models (vLLM v1's scheduler, a KV cache, one replica group per pool)."""
         if (self.prefill_replicas is None) != (self.decode_replicas is None) and self.disaggregation is None:
             missing = "decode_replicas" if self.decode_replicas is None else "prefill_replicas"
-            raise KavierInputError("disaggregated serving needs both a prefill and a decode pool", location=missing,
-                                   expected="--prefill-replicas N and --decode-replicas N together")
+            raise KavierInputError(
+                "disaggregated serving needs both a prefill and a decode pool",
+                location=missing,
+                expected="--prefill-replicas N and --decode-replicas N together",
+            )
         topo = self.topology()
         if topo is None:
             return
         given = self.disaggregation is not None
         if given and self.prefill_replicas is not None:
-            raise KavierInputError("a disaggregated topology is given twice (disaggregation and the knobs)",
-                                   location="prefill_replicas", expected="one of the two")
+            raise KavierInputError(
+                "a disaggregated topology is given twice (disaggregation and the knobs)",
+                location="prefill_replicas",
+                expected="one of the two",
+            )
         if self.groups:
-            raise KavierInputError("replica groups and a disaggregated topology cannot be combined yet",
-                                   location="groups", expected="no groups with --prefill-replicas/--decode-replicas")
+            raise KavierInputError(
+                "replica groups and a disaggregated topology cannot be combined yet",
+                location="groups",
+                expected="no groups with --prefill-replicas/--decode-replicas",
+            )
         for role, pool in (("prefill", topo.prefill), ("decode", topo.decode)):
+
             def where(name: str, role=role) -> str:
                 return f"disaggregation.{role}.{name}" if given else f"{role}_{name}"
+
             if not isinstance(pool.gpu, GPUSpec):
-                raise KavierInputError(f"the {role} pool's GPU must be a catalogue GPU, got {pool.gpu!r}",
-                                       location=where("gpu"), expected="a GPUSpec, e.g. default_catalog().gpu(name)")
+                raise KavierInputError(
+                    f"the {role} pool's GPU must be a catalogue GPU, got {pool.gpu!r}",
+                    location=where("gpu"),
+                    expected="a GPUSpec, e.g. default_catalog().gpu(name)",
+                )
             if pool.model.name != self.model.name:
                 raise KavierInputError(
                     f"the {role} pool serves {pool.model.name}, the cluster {self.model.name}; disaggregated "
-                    "serving moves one model's KV cache between its pools", location=where("model"),
-                    expected=self.model.name)
+                    "serving moves one model's KV cache between its pools",
+                    location=where("model"),
+                    expected=self.model.name,
+                )
             for name, value, limit in (("replicas", pool.replicas, limits.REPLICAS), ("tp", pool.tp, limits.TP)):
                 if value < 1 or limits.check(name, value, limit):
-                    raise KavierInputError(limit.above(value) if value >= 1 else "must be at least 1",
-                                           location=where(name), expected="an integer >= 1")
+                    raise KavierInputError(
+                        limit.above(value) if value >= 1 else "must be at least 1",
+                        location=where(name),
+                        expected="an integer >= 1",
+                    )
             if pool.model.num_attention_heads % pool.tp != 0:
                 raise KavierInputError(
                     f"{pool.model.name} has {pool.model.num_attention_heads} attention heads, which cannot be "
-                    f"split evenly over {pool.tp} GPUs", location=where("tp"),
-                    expected="a TP degree that divides the number of attention heads")
+                    f"split evenly over {pool.tp} GPUs",
+                    location=where("tp"),
+                    expected="a TP degree that divides the number of attention heads",
+                )
         link = topo.link
         lwhere = (lambda name: f"disaggregation.link.{name}") if given else (lambda name: f"kv_link_{name}")
         if not (math.isfinite(link.gbs) and link.gbs > 0):
-            raise KavierInputError(f"the KV link's bandwidth must be a positive number of GB/s, got {link.gbs:g}",
-                                   location=lwhere("gbs"), expected="a number > 0")
+            raise KavierInputError(
+                f"the KV link's bandwidth must be a positive number of GB/s, got {link.gbs:g}",
+                location=lwhere("gbs"),
+                expected="a number > 0",
+            )
         for name, seconds in (("latency_s", link.latency_s), ("setup_s", link.setup_s)):
             if not (math.isfinite(seconds) and seconds >= 0):
                 raise KavierInputError(f"invalid value {seconds!r}", location=lwhere(name), expected="a number >= 0")
         if link.mode not in TRANSFER_MODES:
-            raise KavierInputError(f"unknown KV transfer mode {link.mode!r}",
-                                   location="disaggregation.link.mode" if given else "kv_transfer_mode",
-                                   expected="one of " + ", ".join(TRANSFER_MODES))
+            raise KavierInputError(
+                f"unknown KV transfer mode {link.mode!r}",
+                location="disaggregation.link.mode" if given else "kv_transfer_mode",
+                expected="one of " + ", ".join(TRANSFER_MODES),
+            )
         if self.framework_profile().policy != "vllm-v1":
-            raise KavierInputError("disaggregated serving is modelled with vLLM v1's scheduler only",
-                                   location="framework", expected="vllm-v1")
+            raise KavierInputError(
+                "disaggregated serving is modelled with vLLM v1's scheduler only",
+                location="framework",
+                expected="vllm-v1",
+            )
         if not self.kv_cache:
-            raise KavierInputError("disaggregated serving moves the KV cache: it needs one", location="kv_cache",
-                                   expected="on")
+            raise KavierInputError(
+                "disaggregated serving moves the KV cache: it needs one", location="kv_cache", expected="on"
+            )
         total = topo.prefill.replicas * topo.prefill.tp + topo.decode.replicas * topo.decode.tp
         if limits.check("replicas/tp", total, limits.GPUS):
             raise KavierInputError(limits.GPUS.above(total), location="prefill_replicas/decode_replicas")
@@ -283,24 +328,31 @@ class SimConfig:
         if self.usage != "auto" and fw.serving_path != "auto" and self.usage != fw.serving_path:
             raise KavierInputError(
                 f"framework {fw.name} is the {fw.serving_path} serving path; --usage {self.usage} contradicts it",
-                location="usage", expected=f"auto or {fw.serving_path}, or a framework of the {self.usage} path")
+                location="usage",
+                expected=f"auto or {fw.serving_path}, or a framework of the {self.usage} path",
+            )
         if not fw.prefix_caching and self.prefix_cache not in ("auto", "none"):
             raise KavierInputError(
                 f"prefix cache policy '{self.prefix_cache}' is not modelled for framework {fw.name} "
                 f"({fw.versions}: automatic prefix caching was off by default there and the simulator does not "
-                "model it for this engine)", location="prefix_cache",
-                expected="none or auto, or a framework with prefix caching such as vllm-v1")
+                "model it for this engine)",
+                location="prefix_cache",
+                expected="none or auto, or a framework with prefix caching such as vllm-v1",
+            )
         if fw.policy != "vllm-v1" and not self.kv_cache:
-            raise KavierInputError(f"--kv-cache off (recompute every step) is modelled with vLLM v1's scheduler "
-                                   f"only, not {fw.name}'s", location="kv_cache",
-                                   expected="on, or framework vllm-v1")
-
+            raise KavierInputError(
+                f"--kv-cache off (recompute every step) is modelled with vLLM v1's scheduler only, not {fw.name}'s",
+                location="kv_cache",
+                expected="on, or framework vllm-v1",
+            )
 
     def _check_sizes(self) -> None:
         """Totals over the replica groups (each knob's own bound is checked with the knob)."""
         groups = self.replica_groups()
-        for name, value, limit in (("replicas", sum(g.replicas for g in groups), limits.REPLICAS),
-                                   ("replicas/tp", sum(g.replicas * g.tp for g in groups), limits.GPUS)):
+        for name, value, limit in (
+            ("replicas", sum(g.replicas for g in groups), limits.REPLICAS),
+            ("replicas/tp", sum(g.replicas * g.tp for g in groups), limits.GPUS),
+        ):
             if limits.check(name, value, limit):
                 raise KavierInputError(limit.above(value), location=name)
 
@@ -314,15 +366,22 @@ class SimConfig:
             if g.model.num_attention_heads % g.tp != 0:
                 raise KavierInputError(
                     f"{g.model.name} has {g.model.num_attention_heads} attention heads, which cannot be "
-                    f"split evenly over {g.tp} GPUs", location=where,
-                    expected="a TP degree that divides the number of attention heads")
-            if (self.max_model_len is not None and self.max_model_len > g.model.max_context
-                    and not self.allow_long_max_model_len):
+                    f"split evenly over {g.tp} GPUs",
+                    location=where,
+                    expected="a TP degree that divides the number of attention heads",
+                )
+            if (
+                self.max_model_len is not None
+                and self.max_model_len > g.model.max_context
+                and not self.allow_long_max_model_len
+            ):
                 raise KavierInputError(
                     f"{self.max_model_len} is longer than {g.model.name}'s context window of "
                     f"{g.model.max_context} tokens; a server refuses it (vLLM unless "
                     "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1); allow it explicitly with --allow-long-max-model-len "
-                    "(serving.allow_long_max_model_len: true in an experiment)", location="max_model_len")
+                    "(serving.allow_long_max_model_len: true in an experiment)",
+                    location="max_model_len",
+                )
 
     def resolved_usage(self, trace: Trace) -> str:
         """``server`` or ``offline``: the framework's serving path, as given, or (auto) offline when every
@@ -338,10 +397,13 @@ class SimConfig:
 
     def batch_limits(self, group: ReplicaGroup, usage: str) -> tuple[int, int]:
         """(max_batched_tokens, max_num_seqs) of ``group``'s replicas: the given ones, else the framework's."""
-        tokens, seqs = self.framework_profile().batch_limits(group.gpu, usage,
-                                                             self.max_model_len or group.model.max_context)
-        return (self.max_batched_tokens if self.max_batched_tokens is not None else tokens,
-                self.max_num_seqs if self.max_num_seqs is not None else seqs)
+        tokens, seqs = self.framework_profile().batch_limits(
+            group.gpu, usage, self.max_model_len or group.model.max_context
+        )
+        return (
+            self.max_batched_tokens if self.max_batched_tokens is not None else tokens,
+            self.max_num_seqs if self.max_num_seqs is not None else seqs,
+        )
 
     def warnings(self) -> list[str]:
         """What a run under this configuration should warn about (printed by the CLI)."""
@@ -349,14 +411,18 @@ class SimConfig:
         if self.max_model_len is not None and self.allow_long_max_model_len:
             for g in self.replica_groups():
                 if self.max_model_len > g.model.max_context:
-                    out.append(f"max_model_len {self.max_model_len} is longer than {g.model.name}'s context "
-                               f"window of {g.model.max_context} tokens (allowed explicitly); its outputs "
-                               "beyond the window would be unreliable on a real server")
+                    out.append(
+                        f"max_model_len {self.max_model_len} is longer than {g.model.name}'s context "
+                        f"window of {g.model.max_context} tokens (allowed explicitly); its outputs "
+                        "beyond the window would be unreliable on a real server"
+                    )
         if self.weight_only_fallback:
             for model, gpu in self._precision_gaps():
-                out.append(f"{gpu.name} has no {'FP8' if model.dtype == 'fp8' else 'FP4'} tensor cores: "
-                           f"{model.name}'s {model.dtype} weights run weight-only (their bytes, FP16 compute), as "
-                           "vLLM's Marlin kernels do")
+                out.append(
+                    f"{gpu.name} has no {'FP8' if model.dtype == 'fp8' else 'FP4'} tensor cores: "
+                    f"{model.name}'s {model.dtype} weights run weight-only (their bytes, FP16 compute), as "
+                    "vLLM's Marlin kernels do"
+                )
         return out
 
 
@@ -366,8 +432,8 @@ class SimulationResult:
     config: SimConfig
     results: Results
     replicas: list[Replica]
-    capacity_blocks: int          # per replica of the first group (see each replica's .capacity)
-    usage: str = "server"         # the usage whose vLLM batch limits apply (SimConfig.resolved_usage)
+    capacity_blocks: int  # per replica of the first group (see each replica's .capacity)
+    usage: str = "server"  # the usage whose vLLM batch limits apply (SimConfig.resolved_usage)
     wall_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -393,21 +459,34 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     fw = cfg.framework_profile()
     rep_class = replica_class(fw)
     for group in cfg.replica_groups():
-        cm = CostModel(group.model, group.gpu, group.tp, cfg.efficiency,
-                       framework=fw)
+        cm = CostModel(group.model, group.gpu, group.tp, cfg.efficiency, framework=fw)
         max_tokens, max_seqs = cfg.batch_limits(group, usage)
-        cap = (cfg.num_kv_blocks if cfg.num_kv_blocks is not None else
-               cm.kv_capacity_blocks(cfg.gpu_memory_utilization, max_tokens, max_seqs))
+        cap = (
+            cfg.num_kv_blocks
+            if cfg.num_kv_blocks is not None
+            else cm.kv_capacity_blocks(cfg.gpu_memory_utilization, max_tokens, max_seqs)
+        )
         if cfg.kv_cache and cap <= 0:
             raise KavierInputError(
                 f"{group.model.name} ({group.model.weight_bytes / 2**30:.1f} GiB of weights) leaves no room for "
                 f"a KV cache on {group.tp} x {group.gpu.name} ({group.gpu.memory_gib:g} GiB each) at "
-                f"gpu_memory_utilization={cfg.gpu_memory_utilization}", location="model/gpu/tp",
-                expected="a larger GPU, more tensor parallelism, or a smaller model")
+                f"gpu_memory_utilization={cfg.gpu_memory_utilization}",
+                location="model/gpu/tp",
+                expected="a larger GPU, more tensor parallelism, or a smaller model",
+            )
         for _ in range(group.replicas):
-            rep = rep_class(len(reps), cm, cap, max_num_seqs=max_seqs, max_batched_tokens=max_tokens,
-                            kv_cache=cfg.kv_cache, exact=cfg.exact, results=res, merge_tol=cfg.timeline_merge_tol,
-                            prefix=prefix)
+            rep = rep_class(
+                len(reps),
+                cm,
+                cap,
+                max_num_seqs=max_seqs,
+                max_batched_tokens=max_tokens,
+                kv_cache=cfg.kv_cache,
+                exact=cfg.exact,
+                results=res,
+                merge_tol=cfg.timeline_merge_tol,
+                prefix=prefix,
+            )
             if fw.scheduler_steps > 1:
                 rep.scheduler_steps = fw.scheduler_steps
             reps.append(rep)
@@ -486,13 +565,18 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     return result
 
 
-def _simulate_disaggregated(trace: Trace, cfg: SimConfig, topo: Disaggregation, progress: bool | None
-                            ) -> SimulationResult:
+def _simulate_disaggregated(
+    trace: Trace, cfg: SimConfig, topo: Disaggregation, progress: bool | None
+) -> SimulationResult:
     """The disaggregated run (engine/disaggregated.py): a prefill pool, a decode pool, the KV link."""
     t_wall = time.perf_counter()
     if trace.n is not None and (trace.n > 1).any():
-        raise KavierInputError("branching prompts (n > 1) are not modelled with disaggregated serving yet",
-                               source=str(trace.source), location="n", expected="one sample per prompt")
+        raise KavierInputError(
+            "branching prompts (n > 1) are not modelled with disaggregated serving yet",
+            source=str(trace.source),
+            location="n",
+            expected="one sample per prompt",
+        )
     n = len(trace)
     res = Results(n)
     prefix = _prefix_setup(trace, cfg)
@@ -506,28 +590,59 @@ def _simulate_disaggregated(trace: Trace, cfg: SimConfig, topo: Disaggregation, 
         group = ReplicaGroup(pool.model, pool.gpu, pool.replicas, pool.tp)
         cm = CostModel(pool.model, pool.gpu, pool.tp, cfg.efficiency, framework=fw)
         max_tokens, max_seqs = cfg.batch_limits(group, usage)
-        cap = (pool.num_kv_blocks if pool.num_kv_blocks is not None else
-               cm.kv_capacity_blocks(cfg.gpu_memory_utilization, max_tokens, max_seqs))
+        cap = (
+            pool.num_kv_blocks
+            if pool.num_kv_blocks is not None
+            else cm.kv_capacity_blocks(cfg.gpu_memory_utilization, max_tokens, max_seqs)
+        )
         longest = min(cfg.max_model_len or pool.model.max_context, max_len)
         if cap < blocks_for(longest):
-            where = ("num_kv_blocks" if pool.num_kv_blocks is not None and not given
-                     else f"disaggregation.{role}.num_kv_blocks" if pool.num_kv_blocks is not None
-                     else f"disaggregation.{role}.gpu" if given else f"{role}_gpu/{role}_tp")
+            where = (
+                "num_kv_blocks"
+                if pool.num_kv_blocks is not None and not given
+                else f"disaggregation.{role}.num_kv_blocks"
+                if pool.num_kv_blocks is not None
+                else f"disaggregation.{role}.gpu"
+                if given
+                else f"{role}_gpu/{role}_tp"
+            )
             raise KavierInputError(
                 f"a {role} replica ({pool.tp} x {pool.gpu.name}, {cap} KV blocks of {BLOCK_SIZE} tokens) cannot "
                 f"hold the KV cache of one request of {longest} tokens ({blocks_for(longest)} blocks)",
-                location=where, expected="a larger GPU, more tensor parallelism, or a shorter --max-model-len")
+                location=where,
+                expected="a larger GPU, more tensor parallelism, or a shorter --max-model-len",
+            )
         for _ in range(pool.replicas):
-            pools[role].append(cls(idx, cm, cap, max_num_seqs=max_seqs, max_batched_tokens=max_tokens,
-                                   kv_cache=True, exact=cfg.exact, results=res, merge_tol=cfg.timeline_merge_tol,
-                                   prefix=prefix if role == "prefill" else None))
+            pools[role].append(
+                cls(
+                    idx,
+                    cm,
+                    cap,
+                    max_num_seqs=max_seqs,
+                    max_batched_tokens=max_tokens,
+                    kv_cache=True,
+                    exact=cfg.exact,
+                    results=res,
+                    merge_tol=cfg.timeline_merge_tol,
+                    prefix=prefix if role == "prefill" else None,
+                )
+            )
             idx += 1
     reps: list[Replica] = [*pools["prefill"], *pools["decode"]]
-    full_key = (prefix.index.prompt_key if prefix is not None and prefix.policy == "full" else None)
+    full_key = prefix.index.prompt_key if prefix is not None and prefix.policy == "full" else None
     bar = Progress(n, "simulate", enabled=progress, unit="req")
-    rec = run_disaggregated(topo, pools["prefill"], pools["decode"], res, trace.arrival_s.tolist(),
-                            trace.num_input_tokens.tolist(), trace.num_output_tokens.tolist(), max_len,
-                            full_cache_key=full_key, progress=bar)
+    rec = run_disaggregated(
+        topo,
+        pools["prefill"],
+        pools["decode"],
+        res,
+        trace.arrival_s.tolist(),
+        trace.num_input_tokens.tolist(),
+        trace.num_output_tokens.tolist(),
+        max_len,
+        full_cache_key=full_key,
+        progress=bar,
+    )
     bar.close()
     result = SimulationResult(trace, cfg, res, reps, reps[0].capacity, usage=usage, extra={"pd": rec})
     end = result.makespan_s
@@ -550,7 +665,16 @@ def _prefix_setup(trace: Trace, cfg: SimConfig) -> PrefixSetup | None:
     elif not index.available:
         raise KavierInputError(
             f"prefix cache policy '{policy}' needs prompt identities, but the trace has no token ids "
-            "(input_tokens), no prefix-block hashes (hash_ids) and no session ids", source=str(trace.source),
-            location="prefix_cache", expected="a trace with input_tokens, hash_ids or session_id, or policy none")
-    return PrefixSetup(policy, index, cfg.prefix_min_tokens, cfg.prefix_capacity_prompts,
-                       cfg.prefix_capacity_tokens, cfg.host_memory_gb)
+            "(input_tokens), no prefix-block hashes (hash_ids) and no session ids",
+            source=str(trace.source),
+            location="prefix_cache",
+            expected="a trace with input_tokens, hash_ids or session_id, or policy none",
+        )
+    return PrefixSetup(
+        policy,
+        index,
+        cfg.prefix_min_tokens,
+        cfg.prefix_capacity_prompts,
+        cfg.prefix_capacity_tokens,
+        cfg.host_memory_gb,
+    )

@@ -20,16 +20,17 @@ class Timeline:
         # Invariant: segment k covers [start[k], end[k]); segments are in time order and do not overlap.
         self.start = array("d")
         self.end = array("d")
-        self.util = array("d")       # GPU utilisation (cost model's activity), 0..1
-        self.batch = array("d")      # mean sequences per iteration
-        self.kv = array("d")         # fraction of KV blocks allocated to running requests
-        self.cached = array("d")     # fraction of KV blocks free but holding cached prefixes (evictable)
-        self.prefill = array("q")    # prompt tokens computed in the segment
-        self.decode = array("q")     # tokens decoded in the segment
+        self.util = array("d")  # GPU utilisation (cost model's activity), 0..1
+        self.batch = array("d")  # mean sequences per iteration
+        self.kv = array("d")  # fraction of KV blocks allocated to running requests
+        self.cached = array("d")  # fraction of KV blocks free but holding cached prefixes (evictable)
+        self.prefill = array("q")  # prompt tokens computed in the segment
+        self.decode = array("q")  # tokens decoded in the segment
         self.merge_tol = merge_tol
 
-    def add(self, t0: float, t1: float, util: float, batch: float, kv: float,
-            prefill: int, decode: int, cached: float = 0.0) -> None:
+    def add(
+        self, t0: float, t1: float, util: float, batch: float, kv: float, prefill: int, decode: int, cached: float = 0.0
+    ) -> None:
         if t1 <= t0:
             return
         if self.end and self.end[-1] == t0 and abs(self.util[-1] - util) <= self.merge_tol:

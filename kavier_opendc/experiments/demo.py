@@ -24,20 +24,26 @@ def copy_demo_inputs(dest: Path) -> list[Path]:
     for name in files.values():
         target = dest / name
         if target.exists():
-            raise KavierInputError(f"{target} exists; not overwriting it", location="--init",
-                                   expected="a folder without experiment.yaml/sweep.yaml/demo_workload.yaml")
+            raise KavierInputError(
+                f"{target} exists; not overwriting it",
+                location="--init",
+                expected="a folder without experiment.yaml/sweep.yaml/demo_workload.yaml",
+            )
     for src, name in files.items():
         text = src.read_text(encoding="utf-8")
         if name == "sweep.yaml":
             text = text.replace("base: demo_experiment.yaml", "base: experiment.yaml")
             # the comment says how to run this copy, not the packaged original
-            text = text.replace("kavier sweep kavier_opendc/data/demo_sweep.yaml --out out/sweep",
-                                f"kavier sweep {dest / name} --out {dest / 'sweep-results'}")
+            text = text.replace(
+                "kavier sweep kavier_opendc/data/demo_sweep.yaml --out out/sweep",
+                f"kavier sweep {dest / name} --out {dest / 'sweep-results'}",
+            )
             text = text.replace("over the demo experiment:", "over experiment.yaml (the demo experiment):")
         elif name == "experiment.yaml":
-            text = text.replace("# The built-in demo experiment (`kavier demo --out DIR` runs exactly this, as\n"
-                                "# `kavier run` would).",
-                                f"# A copy of the built-in demo experiment; run it with\n"
-                                f"#   kavier run {dest / name} --out {dest / 'results'}\n#")
+            text = text.replace(
+                "# The built-in demo experiment (`kavier demo --out DIR` runs exactly this, as\n# `kavier run` would).",
+                f"# A copy of the built-in demo experiment; run it with\n"
+                f"#   kavier run {dest / name} --out {dest / 'results'}\n#",
+            )
         (dest / name).write_text(text, encoding="utf-8")
     return [dest / name for name in files.values()]

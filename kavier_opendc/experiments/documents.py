@@ -27,8 +27,11 @@ EXPERIMENT_KEYS = {"trace", "model", "gpu", "serving"}
 
 def is_trace_file(path: Path) -> bool:
     suffixes = [x.lower() for x in Path(path).suffixes if x.lower() != ".gz"]
-    return bool(suffixes) and suffixes[-1] in (*CSV_EXTENSIONS, *PARQUET_EXTENSIONS, *JSONL_EXTENSIONS) \
+    return (
+        bool(suffixes)
+        and suffixes[-1] in (*CSV_EXTENSIONS, *PARQUET_EXTENSIONS, *JSONL_EXTENSIONS)
         and suffixes[-1] != ".json"
+    )
 
 
 def is_plan_document(doc: Any) -> bool:
@@ -56,5 +59,12 @@ def document_kind(doc: Any) -> str:
     return "experiment"
 
 
-__all__ = ["CATALOG_KEYS", "DOCUMENT_KINDS", "EXPERIMENT_KEYS", "document_kind", "is_plan_document",
-           "is_sweep_document", "is_trace_file"]
+__all__ = [
+    "CATALOG_KEYS",
+    "DOCUMENT_KINDS",
+    "EXPERIMENT_KEYS",
+    "document_kind",
+    "is_plan_document",
+    "is_sweep_document",
+    "is_trace_file",
+]

@@ -17,9 +17,20 @@ if TYPE_CHECKING:
     from kavier_opendc.engine.simulator import SimConfig
 
 #: serving.* options passed to SimConfig as they are (the prefix-cache options go through PREFIX_OPTION_FIELDS)
-_DIRECT = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization", "usage", "num_kv_blocks",
-           "max_model_len", "allow_long_max_model_len", "router", "exact", "weight_dtype", "kv_cache_dtype",
-           "weight_only_fallback")
+_DIRECT = (
+    "max_num_seqs",
+    "max_batched_tokens",
+    "gpu_memory_utilization",
+    "usage",
+    "num_kv_blocks",
+    "max_model_len",
+    "allow_long_max_model_len",
+    "router",
+    "exact",
+    "weight_dtype",
+    "kv_cache_dtype",
+    "weight_only_fallback",
+)
 #: limits a replica group may set for itself
 GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization")
 
@@ -42,23 +53,35 @@ def sim_config(serving: Serving, groups: list, seed: int, catalog) -> SimConfig:
                 raise KavierInputError(
                     f"per-group {k} ({v}) differs from serving.{k} "
                     f"({'vLLM v1 default' if serving.get(k) is None else serving.get(k)}); this engine version applies "
-                    "one setting to every group", location=f"serving.replica_groups[{i}].{k}",
-                    expected=f"the same value as serving.{k}, or leave it out")
+                    "one setting to every group",
+                    location=f"serving.replica_groups[{i}].{k}",
+                    expected=f"the same value as serving.{k}, or leave it out",
+                )
     kwargs: dict[str, Any] = {k: serving.get(k) for k in _DIRECT if serving.get(k) is not None}
     kwargs.update({k: g0.limits[k] for k in GROUP_LIMIT_KEYS if g0.limits.get(k) is not None})
-    kwargs.update(model=g0.model, gpu=g0.gpu, replicas=g0.replicas, tp=g0.tp, kv_cache=bool(serving.kv_cache),
-                  seed=seed, exact=bool(serving.exact), usage=serving.get("usage") or "auto",
-                  allow_long_max_model_len=bool(serving.get("allow_long_max_model_len")),
-                  framework=catalog.framework(serving.get("framework")))
+    kwargs.update(
+        model=g0.model,
+        gpu=g0.gpu,
+        replicas=g0.replicas,
+        tp=g0.tp,
+        kv_cache=bool(serving.kv_cache),
+        seed=seed,
+        exact=bool(serving.exact),
+        usage=serving.get("usage") or "auto",
+        allow_long_max_model_len=bool(serving.get("allow_long_max_model_len")),
+        framework=catalog.framework(serving.get("framework")),
+    )
     for option, value in serving.prefix_cache.items():
         if option == "policy":
             if value is not None:
                 kwargs["prefix_cache"] = value
             continue
         if option not in knobs.PREFIX_OPTION_FIELDS:
-            raise KavierInputError(f"the prefix-cache option {option!r} is not supported by this engine version",
-                                   location=f"serving.prefix_cache.{option}",
-                                   expected="one of policy, " + ", ".join(knobs.PREFIX_OPTION_FIELDS))
+            raise KavierInputError(
+                f"the prefix-cache option {option!r} is not supported by this engine version",
+                location=f"serving.prefix_cache.{option}",
+                expected="one of policy, " + ", ".join(knobs.PREFIX_OPTION_FIELDS),
+            )
         kwargs[knobs.PREFIX_OPTION_FIELDS[option]] = math.inf if value == "inf" else value
     if serving.disaggregation is not None:
         kwargs["disaggregation"] = _topology(serving.disaggregation, groups)
@@ -74,11 +97,19 @@ def _topology(spec: dict, groups: list):
     from kavier_opendc.engine.kv_link import Disaggregation, LinkSpec, Pool
 
     pools = {g.name: g for g in groups}
-    built = [Pool(pools[role].model, pools[role].gpu, pools[role].replicas, pools[role].tp,
-                  spec[role].get("num_kv_blocks")) for role in ("prefill", "decode")]
+    built = [
+        Pool(pools[role].model, pools[role].gpu, pools[role].replicas, pools[role].tp, spec[role].get("num_kv_blocks"))
+        for role in ("prefill", "decode")
+    ]
     link = spec.get("link") or {}
     defaults = LinkSpec()
-    return Disaggregation(built[0], built[1], LinkSpec(link.get("gbs", defaults.gbs),
-                                                       link.get("latency_s", defaults.latency_s),
-                                                       link.get("setup_s", defaults.setup_s),
-                                                       link.get("mode", defaults.mode)))
+    return Disaggregation(
+        built[0],
+        built[1],
+        LinkSpec(
+            link.get("gbs", defaults.gbs),
+            link.get("latency_s", defaults.latency_s),
+            link.get("setup_s", defaults.setup_s),
+            link.get("mode", defaults.mode),
+        ),
+    )

@@ -73,15 +73,16 @@ LOCAL_CONFIG = {
     "distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES,
     "distributed.worker.profile.enabled": False,
     "distributed.admin.system-monitor.interval": "2s",
-    "distributed.admin.tick.interval": "500ms",      # the event-loop health check (default every 20 ms)
+    "distributed.admin.tick.interval": "500ms",  # the event-loop health check (default every 20 ms)
     "distributed.admin.tick.limit": "30s",
-    "distributed.scheduler.work-stealing": False,    # queued tasks go to a worker only when it is free anyway
+    "distributed.scheduler.work-stealing": False,  # queued tasks go to a worker only when it is free anyway
     # the workers' environment as this process has it; Dask would set MALLOC_TRIM_THRESHOLD_ (glibc returns
     # freed memory at once, slowing allocation-heavy pandas and numpy code) and one BLAS thread
     "distributed.nanny.pre-spawn-environ": {},
     # workers forked from a fork server start and import faster than spawned ones (and stop faster)
-    "distributed.worker.multiprocessing-method":
-        "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn",
+    "distributed.worker.multiprocessing-method": "forkserver"
+    if "forkserver" in multiprocessing.get_all_start_methods()
+    else "spawn",
 }
 
 
@@ -94,7 +95,7 @@ class RunTask:
     base_dir: str
     source: str
     run_dir: Path
-    opendc: bool | None = None      # None: as the document says
+    opendc: bool | None = None  # None: as the document says
     plots: bool = False
     command: str = "kavier"
 
@@ -113,9 +114,15 @@ class RunRecord:
     end: float | None = None
 
     def log_fields(self) -> dict:
-        return {"id": self.task.id, "pid": self.pid, "worker": self.worker, "start": self.start, "end": self.end,
-                **({"wall_s": self.wall_s} if self.wall_s is not None else {}),
-                **({"error": self.error} if self.error else {})}
+        return {
+            "id": self.task.id,
+            "pid": self.pid,
+            "worker": self.worker,
+            "start": self.start,
+            "end": self.end,
+            **({"wall_s": self.wall_s} if self.wall_s is not None else {}),
+            **({"error": self.error} if self.error else {}),
+        }
 
 
 # --------------------------------------------------------------------------
@@ -147,7 +154,6 @@ def worker_bridge():
         if _BRIDGE is not None and not _BRIDGE.alive:
             close_worker_bridge()
         if _BRIDGE is None:
-
             bridge = OpenDCBridge()
             bridge.start()
             _BRIDGE = bridge
@@ -312,18 +318,25 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
     out: dict[str, Any] = {"pid": start["pid"], "worker": start["worker_name"], "start": start["time"]}
     ship = files is not None
     run_dir = Path(tempfile.mkdtemp(prefix=f"kavier-run-{payload['id']}-")) if ship else Path(payload["run_dir"])
-    back: dict[str, str] = {}   # the worker's input mirror -> the driver's paths
+    back: dict[str, str] = {}  # the worker's input mirror -> the driver's paths
     try:
         document, back = _local_inputs(payload, files) if ship else (payload["document"], {})
         opendc = payload["opendc"]
         exp = load_experiment(document, base_dir=payload["base_dir"], source=payload["source"], opendc=opendc)
         use_opendc = exp.opendc_enabled if opendc is None else opendc
         bridge, info = worker_bridge() if use_opendc else (None, None)
-        res = run_experiment(exp, run_dir, opendc=opendc, plots=payload["plots"], quiet=True, bridge=bridge,
-                             bridge_info=info, command=payload["command"])
+        res = run_experiment(
+            exp,
+            run_dir,
+            opendc=opendc,
+            plots=payload["plots"],
+            quiet=True,
+            bridge=bridge,
+            bridge_info=info,
+            command=payload["command"],
+        )
         out.update(status="done", wall_s=res.wall_s)
     except Exception as exc:  # noqa: BLE001 - the run's failure, reported to the driver
-
         if isinstance(exc, OpenDCBridgeError):
             close_worker_bridge()  # a fresh JVM for the next run
         out.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -331,9 +344,10 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
     if ship:
         try:
             if run_dir.is_dir():
-                _record_driver_paths(run_dir, {**back,
-                                               str(run_dir): str(payload["run_dir"]),
-                                               str(run_dir.resolve()): str(payload["run_dir"])})
+                _record_driver_paths(
+                    run_dir,
+                    {**back, str(run_dir): str(payload["run_dir"]), str(run_dir.resolve()): str(payload["run_dir"])},
+                )
             out["archive"] = _pack(run_dir) if run_dir.is_dir() else None
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -344,6 +358,7 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
 # --------------------------------------------------------------------------
 # Driver side
 # --------------------------------------------------------------------------
+
 
 def input_files(task: RunTask) -> list[Path]:
     """Every file a run reads (each once): the experiment's inputs and the files a synthetic workload names."""
@@ -393,8 +408,15 @@ class RunExecutor:
     finished run with the counts of runs done, running, failed and queued.
     """
 
-    def __init__(self, *, jobs: int = 2, scheduler: str | None = None, prestart_opendc: bool = False,
-                 log: Callable[..., None] | None = None, say: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        *,
+        jobs: int = 2,
+        scheduler: str | None = None,
+        prestart_opendc: bool = False,
+        log: Callable[..., None] | None = None,
+        say: Callable[[str], None] | None = None,
+    ):
         self.jobs = max(1, int(jobs))
         self.scheduler = scheduler
         self.remote = scheduler is not None
@@ -403,11 +425,11 @@ class RunExecutor:
         self.say = say or (lambda _text: None)
         self.client = None
         self.cluster = None
-        self._futures: dict[str, RunTask] = {}       # Dask key -> the task it runs
-        self._resubmitted: dict[str, int] = {}       # run id -> times the cluster lost it and it was sent again
-        self._scattered: dict[str, Any] = {}         # sha256 -> the future of that file's bytes on the cluster
-        self._running: dict[str, dict] = {}          # run id -> its start event (started, not yet back)
-        self._finished: set[str] = set()             # run ids whose record came back
+        self._futures: dict[str, RunTask] = {}  # Dask key -> the task it runs
+        self._resubmitted: dict[str, int] = {}  # run id -> times the cluster lost it and it was sent again
+        self._scattered: dict[str, Any] = {}  # sha256 -> the future of that file's bytes on the cluster
+        self._running: dict[str, dict] = {}  # run id -> its start event (started, not yet back)
+        self._finished: set[str] = set()  # run ids whose record came back
         self._lock = threading.Lock()
         self._as_completed = None
         self.done = self.failed = 0
@@ -426,16 +448,22 @@ class RunExecutor:
             try:
                 with dask.config.set(LOCAL_CONFIG):
                     # CRITICAL: Dask's own log records (a worker's traceback) would come before kavier's error
-                    self.cluster = LocalCluster(n_workers=self.jobs, threads_per_worker=1, processes=True,
-                                                memory_limit=0, dashboard_address=None,
-                                                silence_logs=logging.CRITICAL)
+                    self.cluster = LocalCluster(
+                        n_workers=self.jobs,
+                        threads_per_worker=1,
+                        processes=True,
+                        memory_limit=0,
+                        dashboard_address=None,
+                        silence_logs=logging.CRITICAL,
+                    )
                     self.client = Client(self.cluster)
             except Exception as exc:  # noqa: BLE001 - Dask raises many kinds; the root cause is what matters
                 self.close()
                 raise KavierRuntimeError(
                     f"could not start the local Dask cluster of {self.jobs} worker process(es): {_root_cause(exc)}. "
                     "Check the Dask configuration (DASK_* environment variables, ~/.config/dask) and that this "
-                    "Python environment can start new processes; nothing was run") from None
+                    "Python environment can start new processes; nothing was run"
+                ) from None
         self.client.register_plugin(_bridge_owner_class()(self.prestart_opendc), name=PLUGIN_NAME)
         self.client.subscribe_topic(TOPIC, self._on_event)
         self._as_completed = as_completed()
@@ -476,8 +504,7 @@ class RunExecutor:
             if rec["id"] in self._finished:
                 return  # a late announcement of a run already back
             self._running[rec["id"]] = rec
-        self.log(event="start", id=rec["id"], pid=rec.get("pid"), worker=rec.get("worker_name"),
-                 start=rec.get("time"))
+        self.log(event="start", id=rec["id"], pid=rec.get("pid"), worker=rec.get("worker_name"), start=rec.get("time"))
 
     @property
     def running(self) -> int:
@@ -507,9 +534,17 @@ class RunExecutor:
     def submit(self, task: RunTask) -> None:
         """Queue one run on the cluster."""
         inputs, files = self._scatter_inputs(task)
-        payload = {"id": task.id, "document": task.document, "base_dir": task.base_dir, "source": task.source,
-                   "run_dir": str(task.run_dir), "opendc": task.opendc, "plots": task.plots,
-                   "command": task.command, "inputs": inputs}
+        payload = {
+            "id": task.id,
+            "document": task.document,
+            "base_dir": task.base_dir,
+            "source": task.source,
+            "run_dir": str(task.run_dir),
+            "opendc": task.opendc,
+            "plots": task.plots,
+            "command": task.command,
+            "inputs": inputs,
+        }
         key = f"kavier-run-{task.id}-{uuid.uuid4().hex[:8]}"
         fut = self.client.submit(execute, payload, files, key=key, pure=False)
         self._futures[fut.key] = task
@@ -551,9 +586,16 @@ class RunExecutor:
         archive = out.pop("archive", None)
         if archive:
             unpack_run(archive, Path(task.run_dir))
-        rec = RunRecord(task, out.get("status", "failed"), wall_s=out.get("wall_s"), error=out.get("error", ""),
-                        pid=out.get("pid", started.get("pid")), worker=out.get("worker", started.get("worker_name")),
-                        start=out.get("start", started.get("time")), end=out.get("end", time.time()))
+        rec = RunRecord(
+            task,
+            out.get("status", "failed"),
+            wall_s=out.get("wall_s"),
+            error=out.get("error", ""),
+            pid=out.get("pid", started.get("pid")),
+            worker=out.get("worker", started.get("worker_name")),
+            start=out.get("start", started.get("time")),
+            end=out.get("end", time.time()),
+        )
         if rec.status == "done":
             self.done += 1
         else:
@@ -571,5 +613,13 @@ class RunExecutor:
         return f"[{counts}] {rec.task.id} {what} ({where})"
 
 
-__all__ = ["RunExecutor", "RunRecord", "RunTask", "close_worker_bridge", "execute", "input_files", "unpack_run",
-           "worker_bridge"]
+__all__ = [
+    "RunExecutor",
+    "RunRecord",
+    "RunTask",
+    "close_worker_bridge",
+    "execute",
+    "input_files",
+    "unpack_run",
+    "worker_bridge",
+]

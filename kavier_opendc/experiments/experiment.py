@@ -62,45 +62,46 @@ from kavier_opendc.specs import Catalog, default_catalog, load_catalog_file
 SCHEMA_FILE = "experiment.schema.json"
 _PREFIX = knobs.BY_FIELD["prefix_cache"]
 #: the policies and their other spellings, each after the policy it names
-PREFIX_POLICIES = tuple(name for policy in _PREFIX.choices
-                        for name in (policy, *(a for a, p in _PREFIX.aliases.items() if p == policy)))
+PREFIX_POLICIES = tuple(
+    name for policy in _PREFIX.choices for name in (policy, *(a for a, p in _PREFIX.aliases.items() if p == policy))
+)
 SERVING_DEFAULTS = DEFAULTS
 TRACE_FORMATS = ("kavier", "native", "azure", "mooncake", "vidur", "splitwise", "sarathi")
 SYNTHETIC_SUFFIXES = (".yaml", ".yml")
-
 
 
 # --------------------------------------------------------------------------
 # Data classes
 # --------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class TraceSource:
     """Where an experiment's requests come from."""
 
-    kind: str | None                 # file | synthetic (None: not given; the schema has said so)
-    path: Path | None = None         # the trace file or the synthetic description (None: inline)
-    format: str | None = None        # a forced trace layout
-    inline: dict | None = None       # an inline synthetic description
-    keep_overlong: bool = False      # keep rows longer than any context as rejected requests
+    kind: str | None  # file | synthetic (None: not given; the schema has said so)
+    path: Path | None = None  # the trace file or the synthetic description (None: inline)
+    format: str | None = None  # a forced trace layout
+    inline: dict | None = None  # an inline synthetic description
+    keep_overlong: bool = False  # keep rows longer than any context as rejected requests
 
 
 @dataclass(frozen=True)
 class CarbonSource:
     """The experiment's carbon intensity: a trace file, a region's trace, or a synthetic daily cycle."""
 
-    kind: str                        # trace | region | synthetic | datacenter (its own trace, only aligned)
-    path: Path | None = None         # the resolved trace (None: synthetic or the datacenter's)
+    kind: str  # trace | region | synthetic | datacenter (its own trace, only aligned)
+    path: Path | None = None  # the resolved trace (None: synthetic or the datacenter's)
     params: dict = field(default_factory=dict)  # the synthetic cycle's parameters
-    align: str = "none"              # how a run outside the trace's dates is mapped (carbon.align)
+    align: str = "none"  # how a run outside the trace's dates is mapped (carbon.align)
 
 
 @dataclass(frozen=True)
 class GroupSpec:
     """One replica group after catalogue lookup."""
 
-    model: Any                   # ModelSpec
-    gpu: Any                     # GPUSpec
+    model: Any  # ModelSpec
+    gpu: Any  # GPUSpec
     replicas: int = 1
     tp: int = 1
     name: str = "group0"
@@ -116,21 +117,21 @@ class GroupSpec:
 class Experiment:
     """A validated experiment (see the module docstring)."""
 
-    data: dict                       # the document as written (after YAML/JSON parsing)
-    source: str                      # experiment file, or a label
-    base_dir: Path                   # relative paths are resolved against it
+    data: dict  # the document as written (after YAML/JSON parsing)
+    source: str  # experiment file, or a label
+    base_dir: Path  # relative paths are resolved against it
     name: str
     seed: int
     catalog: Catalog
     groups: list[GroupSpec]
-    serving: Serving                 # normalised serving options
+    serving: Serving  # normalised serving options
     trace: TraceSource
-    datacenter: dict | None          # datacenter description (carbon keys removed when `carbon` overrides)
+    datacenter: dict | None  # datacenter description (carbon keys removed when `carbon` overrides)
     datacenter_base: Path
     datacenter_source: str
     carbon: CarbonSource | None
-    prices: Prices                   # the GPU-hour price of every GPU type it uses, of a kWh
-    slo: LatencyTargets              # per-request TTFT / TPOT targets
+    prices: Prices  # the GPU-hour price of every GPU type it uses, of a kWh
+    slo: LatencyTargets  # per-request TTFT / TPOT targets
     opendc_enabled: bool
     export_opts: dict
     input_files: list[tuple[str, Path]] = field(default_factory=list)
@@ -162,15 +163,15 @@ class Experiment:
 # Reading documents
 # --------------------------------------------------------------------------
 
+
 class _Loader(SafeDocumentLoader):
     """Safe YAML loader (duplicate keys and hostile documents refused, see ``base/documents.py``) that
     reads YAML 1.2 floats such as ``1e-3`` (PyYAML's YAML 1.1 reads them as strings)."""
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)[eE][-+]?\d+$"),
-    list("-+0123456789."))
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)[eE][-+]?\d+$"), list("-+0123456789.")
+)
 
 
 def read_document(path: str | Path, what: str = "experiment") -> Any:
@@ -181,8 +182,9 @@ def read_document(path: str | Path, what: str = "experiment") -> Any:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise KavierInputError(f"{what} file not found", source=src,
-                               expected=f"an existing JSON or YAML {what} file") from None
+        raise KavierInputError(
+            f"{what} file not found", source=src, expected=f"an existing JSON or YAML {what} file"
+        ) from None
     except IsADirectoryError:
         article = "an" if what[:1] in "aeiou" else "a"
         raise KavierInputError(f"is a directory, not {article} {what} file", source=src) from None
@@ -200,11 +202,10 @@ def parse_text(text: str, fmt: str, source: str) -> Any:
 # Schema
 # --------------------------------------------------------------------------
 
+
 def experiment_schema() -> dict:
     """The experiment JSON Schema (Draft 2020-12), as a fresh dict."""
     return copy.deepcopy(load_schema(SCHEMA_FILE))
-
-
 
 
 def schema_problems(data: Any, validator: Draft202012Validator, skip: tuple | None = None) -> list[Problem]:
@@ -214,13 +215,14 @@ def schema_problems(data: Any, validator: Draft202012Validator, skip: tuple | No
     for err in validator.iter_errors(data):
         problems.extend(explain_schema_error(err))
     if skip is not None:
-        problems = [(p, m) for p, m in problems if tuple(p[:len(skip)]) != skip]
+        problems = [(p, m) for p, m in problems if tuple(p[: len(skip)]) != skip]
     return problems
 
 
 # --------------------------------------------------------------------------
 # Loading and checking
 # --------------------------------------------------------------------------
+
 
 def raise_problems(problems: list[Problem], source: str, what: str = "experiment") -> None:
     unique: dict[tuple, None] = {}
@@ -232,8 +234,9 @@ def raise_problems(problems: list[Problem], source: str, what: str = "experiment
     if n == 1:
         exc = KavierInputError(f"invalid {what}: {lines[0]} (see {schema})", source=source)
     else:
-        exc = KavierInputError(f"invalid {what}, {n} problems:\n  " + "\n  ".join(lines)
-                               + f"\n(see {schema})", source=source)
+        exc = KavierInputError(
+            f"invalid {what}, {n} problems:\n  " + "\n  ".join(lines) + f"\n(see {schema})", source=source
+        )
     exc.problems = lines  # type: ignore[attr-defined]
     raise exc
 
@@ -246,12 +249,13 @@ def _resolve(base: Path, value: str) -> Path:
 def _msg(exc: KavierInputError, drop_source: str | None = None) -> str:
     text = str(exc)
     if drop_source and text.startswith(drop_source + ": "):
-        text = text[len(drop_source) + 2:]
+        text = text[len(drop_source) + 2 :]
     return text
 
 
-def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source: str = "<experiment>",
-                        opendc: bool | None = None) -> tuple[list[Problem], Experiment | None]:
+def experiment_problems(
+    data: Any, *, base_dir: str | Path | None = None, source: str = "<experiment>", opendc: bool | None = None
+) -> tuple[list[Problem], Experiment | None]:
     """Every problem of an experiment document, and the experiment when there are none.
 
     ``opendc``: whether OpenDC will run (None: as the document says), which
@@ -259,8 +263,13 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
     """
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     if not isinstance(data, dict):
-        return [((), f"the document is {type(data).__name__ if data is not None else 'empty'}, "
-                     "not a mapping (expected keys such as model, gpu, trace, serving, datacenter)")], None
+        return [
+            (
+                (),
+                f"the document is {type(data).__name__ if data is not None else 'empty'}, "
+                "not a mapping (expected keys such as model, gpu, trace, serving, datacenter)",
+            )
+        ], None
     problems: list[Problem] = []
     dc_is_obj = isinstance(data.get("datacenter"), dict)
     problems += schema_problems(data, schema_validator(SCHEMA_FILE), skip=("datacenter",) if dc_is_obj else None)
@@ -288,12 +297,21 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
     # carbon
     carbon = _carbon(data.get("carbon"), base, data, problems, inputs)
 
-    dc_data, dc_base, dc_source = _datacenter_document(data.get("datacenter"), base, source, enabled,
-                                                       problems, inputs)
+    dc_data, dc_base, dc_source = _datacenter_document(data.get("datacenter"), base, source, enabled, problems, inputs)
     if dc_data is not None:
-        problems += _datacenter(dc_data, dc_base, dc_source, source, cat, groups,
-                                carbon is not None and carbon.kind != "datacenter",
-                                enabled, export_opts, inputs, "none" if carbon is None else carbon.align)
+        problems += _datacenter(
+            dc_data,
+            dc_base,
+            dc_source,
+            source,
+            cat,
+            groups,
+            carbon is not None and carbon.kind != "datacenter",
+            enabled,
+            export_opts,
+            inputs,
+            "none" if carbon is None else carbon.align,
+        )
 
     prices = _prices(data, cat, groups, problems)
 
@@ -306,11 +324,27 @@ def experiment_problems(data: Any, *, base_dir: str | Path | None = None, source
     problems += _engine_problems(norm, groups, seed, cat)
     if problems:
         return problems, None
-    exp = Experiment(data=data, source=source, base_dir=base, name=name, seed=seed, catalog=cat,
-                     groups=groups, serving=norm, trace=trace, datacenter=dc_data, datacenter_base=dc_base,
-                     datacenter_source=dc_source, carbon=carbon, prices=prices, slo=slo,
-                     opendc_enabled=enabled, export_opts=export_opts, input_files=inputs,
-                     notes=_name_notes(data, cat) + _slo_notes(slo))
+    exp = Experiment(
+        data=data,
+        source=source,
+        base_dir=base,
+        name=name,
+        seed=seed,
+        catalog=cat,
+        groups=groups,
+        serving=norm,
+        trace=trace,
+        datacenter=dc_data,
+        datacenter_base=dc_base,
+        datacenter_source=dc_source,
+        carbon=carbon,
+        prices=prices,
+        slo=slo,
+        opendc_enabled=enabled,
+        export_opts=export_opts,
+        input_files=inputs,
+        notes=_name_notes(data, cat) + _slo_notes(slo),
+    )
     return [], exp
 
 
@@ -324,8 +358,10 @@ def _slo_notes(slo: LatencyTargets) -> list[str]:
     for key, limit in PLAUSIBLE_SLO_S.items():
         value = getattr(slo, key)
         if value is not None and value > limit:
-            out.append(f"slo.{key} is {value:g} s, longer than any service level in use (over {limit:g} s); "
-                       f"SLOs are in seconds: write {value / 1000:g} for {value:g} ms")
+            out.append(
+                f"slo.{key} is {value:g} s, longer than any service level in use (over {limit:g} s); "
+                f"SLOs are in seconds: write {value / 1000:g} for {value:g} ms"
+            )
     return out
 
 
@@ -400,17 +436,27 @@ def _serving(serving: dict, problems: list[Problem], catalog) -> Serving:
         if pc["policy"] not in PREFIX_POLICIES:
             hint = difflib.get_close_matches(pc["policy"], PREFIX_POLICIES, n=1)
             where = ("serving", "prefix_cache") + (("policy",) if isinstance(serving.get("prefix_cache"), dict) else ())
-            problems.append((where, f"unknown prefix-cache policy {pc['policy']!r}"
-                             + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                             + f"; expected one of {', '.join(PREFIX_POLICIES)}"))
+            problems.append(
+                (
+                    where,
+                    f"unknown prefix-cache policy {pc['policy']!r}"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + f"; expected one of {', '.join(PREFIX_POLICIES)}",
+                )
+            )
     norm["prefix_cache"] = pc
     if isinstance(norm["framework"], str):
         names = [n.lower() for n in catalog.frameworks()]
         if norm["framework"].strip().lower() not in names:
             hint = difflib.get_close_matches(norm["framework"].strip().lower(), names, n=1)
-            problems.append((("serving", "framework"), f"unknown serving framework {norm['framework']!r}"
-                             + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                             + f"; expected one of {', '.join(names)}"))
+            problems.append(
+                (
+                    ("serving", "framework"),
+                    f"unknown serving framework {norm['framework']!r}"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + f"; expected one of {', '.join(names)}",
+                )
+            )
         else:
             norm["framework"] = norm["framework"].strip().lower()
     if isinstance(norm["router"], str):
@@ -439,29 +485,42 @@ def _check_kv_room(norm: Serving, groups: list[GroupSpec], problems: list[Proble
                 lim["max_batched_tokens"] = tokens
             if lim["max_num_seqs"] is None:
                 lim["max_num_seqs"] = seqs
-            if not (isinstance(lim["gpu_memory_utilization"], (int, float))
-                    and isinstance(lim["max_batched_tokens"], int) and isinstance(lim["max_num_seqs"], int)):
+            if not (
+                isinstance(lim["gpu_memory_utilization"], (int, float))
+                and isinstance(lim["max_batched_tokens"], int)
+                and isinstance(lim["max_num_seqs"], int)
+            ):
                 continue
             cap = CostModel(g.model, g.gpu, g.tp, DEFAULT_EFFICIENCY).kv_capacity_blocks(
-                lim["gpu_memory_utilization"], lim["max_batched_tokens"], lim["max_num_seqs"])
+                lim["gpu_memory_utilization"], lim["max_batched_tokens"], lim["max_num_seqs"]
+            )
         except Exception:  # noqa: BLE001 - a broken spec is reported elsewhere
             continue
         if cap <= 0:
-            problems.append(((*_split(g.path), "tp"),
-                             f"{g.model.name} ({g.model.weight_bytes / 2**30:.1f} GiB of weights) leaves no "
-                             f"room for a KV cache on {g.tp} x {g.gpu.name} ({g.gpu.memory_gib:g} GiB each) at "
-                             f"gpu_memory_utilization={lim['gpu_memory_utilization']}; use a larger GPU, "
-                             "more tensor parallelism or a smaller model"))
+            problems.append(
+                (
+                    (*_split(g.path), "tp"),
+                    f"{g.model.name} ({g.model.weight_bytes / 2**30:.1f} GiB of weights) leaves no "
+                    f"room for a KV cache on {g.tp} x {g.gpu.name} ({g.gpu.memory_gib:g} GiB each) at "
+                    f"gpu_memory_utilization={lim['gpu_memory_utilization']}; use a larger GPU, "
+                    "more tensor parallelism or a smaller model",
+                )
+            )
 
 
-def _datacenter_document(dcv: Any, base: Path, source: str, enabled: bool, problems: list[Problem],
-                         inputs: list) -> tuple[dict | None, Path, str]:
+def _datacenter_document(
+    dcv: Any, base: Path, source: str, enabled: bool, problems: list[Problem], inputs: list
+) -> tuple[dict | None, Path, str]:
     """The datacenter description (inline or a file), the folder its paths are relative to, and its source."""
     dc_data, dc_base, dc_source = None, base, source
     if dcv is None:
         if enabled:
-            problems.append((("datacenter",), "required to run OpenDC (or turn OpenDC off: "
-                                              "`kavier run --no-opendc` or opendc.enabled: false)"))
+            problems.append(
+                (
+                    ("datacenter",),
+                    "required to run OpenDC (or turn OpenDC off: `kavier run --no-opendc` or opendc.enabled: false)",
+                )
+            )
     elif isinstance(dcv, str):
         p = _resolve(base, dcv)
         try:
@@ -518,8 +577,6 @@ def _split(path: str) -> tuple:
     return tuple(out)
 
 
-
-
 def _lookup(cat, kind: str, name: Any, path: tuple, problems: list[Problem]):
     if not isinstance(name, str) or not name:
         return None
@@ -538,8 +595,12 @@ def _groups(data: dict, serving: dict, cat, problems: list[Problem]) -> list[Gro
     if isinstance(rg, list) and rg:
         for key in ("replicas", "tp"):
             if key in serving:
-                problems.append((("serving", key), "not allowed together with serving.replica_groups "
-                                                   "(give replicas and tp per group)"))
+                problems.append(
+                    (
+                        ("serving", key),
+                        "not allowed together with serving.replica_groups (give replicas and tp per group)",
+                    )
+                )
         names = set()
         for i, g in enumerate(rg):
             if not isinstance(g, dict):
@@ -559,8 +620,11 @@ def _groups(data: dict, serving: dict, cat, problems: list[Problem]) -> list[Gro
             names.add(name)
             reps, tp = g.get("replicas", 1), g.get("tp", 1)
             if m is not None and gp is not None and isinstance(reps, int) and isinstance(tp, int):
-                groups.append(GroupSpec(m, gp, reps, tp, str(name),
-                                        {k: g[k] for k in GROUP_LIMIT_KEYS if k in g}, json_path(path)))
+                groups.append(
+                    GroupSpec(
+                        m, gp, reps, tp, str(name), {k: g[k] for k in GROUP_LIMIT_KEYS if k in g}, json_path(path)
+                    )
+                )
         return groups
     if "model" not in data:
         problems.append((("model",), "required field is missing (or give serving.replica_groups)"))
@@ -569,8 +633,14 @@ def _groups(data: dict, serving: dict, cat, problems: list[Problem]) -> list[Gro
     m = _lookup(cat, "model", data.get("model"), ("model",), problems)
     gp = _lookup(cat, "gpu", data.get("gpu"), ("gpu",), problems)
     reps, tp = serving.get("replicas", 1), serving.get("tp", 1)
-    if m is not None and gp is not None and isinstance(reps, int) and isinstance(tp, int) \
-            and not isinstance(reps, bool) and not isinstance(tp, bool):
+    if (
+        m is not None
+        and gp is not None
+        and isinstance(reps, int)
+        and isinstance(tp, int)
+        and not isinstance(reps, bool)
+        and not isinstance(tp, bool)
+    ):
         groups.append(GroupSpec(m, gp, reps, tp, "group0", {}, "serving"))
     return groups
 
@@ -580,8 +650,9 @@ def _pool_groups(data: dict, serving: dict, cat, problems: list[Problem]) -> lis
     the OpenDC export see each pool's GPUs); the engine gets the topology itself (engine_config)."""
     for key in ("replicas", "tp", "replica_groups"):
         if key in serving:
-            problems.append((("serving", key), "not allowed together with serving.disaggregation (give replicas "
-                                               "and tp per pool)"))
+            problems.append(
+                (("serving", key), "not allowed together with serving.disaggregation (give replicas and tp per pool)")
+            )
     if "model" not in data:
         problems.append((("model",), "required field is missing"))
     m = _lookup(cat, "model", data.get("model"), ("model",), problems)
@@ -596,10 +667,16 @@ def _pool_groups(data: dict, serving: dict, cat, problems: list[Problem]) -> lis
             problems.append((path + ("gpu",), "required field is missing (no top-level gpu either)"))
         gp = _lookup(cat, "gpu", gname, path + ("gpu",) if "gpu" in pool else ("gpu",), problems)
         reps, tp = pool.get("replicas", 1), pool.get("tp", 1)
-        if m is not None and gp is not None and isinstance(reps, int) and isinstance(tp, int) \
-                and not isinstance(reps, bool) and not isinstance(tp, bool):
+        if (
+            m is not None
+            and gp is not None
+            and isinstance(reps, int)
+            and isinstance(tp, int)
+            and not isinstance(reps, bool)
+            and not isinstance(tp, bool)
+        ):
             groups.append(GroupSpec(m, gp, reps, tp, role, {}, json_path(path)))
-    return groups if len(groups) == 2 else []   # both pools or none: the other checks need the topology whole
+    return groups if len(groups) == 2 else []  # both pools or none: the other checks need the topology whole
 
 
 def _trace(tv: Any, base: Path, problems: list[Problem], inputs: list) -> TraceSource:
@@ -610,15 +687,24 @@ def _trace(tv: Any, base: Path, problems: list[Problem], inputs: list) -> TraceS
         loc: tuple = ("trace",)
     elif isinstance(tv, dict) and "file" in tv and isinstance(tv["file"], str):
         p = _resolve(base, tv["file"])
-        out.update(kind="synthetic" if p.suffix.lower() in SYNTHETIC_SUFFIXES else "file", path=p,
-                   format=tv.get("format"), keep_overlong=tv.get("keep_overlong_requests") is True)
+        out.update(
+            kind="synthetic" if p.suffix.lower() in SYNTHETIC_SUFFIXES else "file",
+            path=p,
+            format=tv.get("format"),
+            keep_overlong=tv.get("keep_overlong_requests") is True,
+        )
         loc = ("trace", "file")
         fmt = tv.get("format")
         if isinstance(fmt, str) and fmt.strip().lower() not in TRACE_FORMATS:
             hint = difflib.get_close_matches(fmt.strip().lower(), TRACE_FORMATS, n=1)
-            problems.append((("trace", "format"), f"unknown trace format {fmt!r}"
-                             + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                             + f"; expected one of {', '.join(TRACE_FORMATS)}"))
+            problems.append(
+                (
+                    ("trace", "format"),
+                    f"unknown trace format {fmt!r}"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + f"; expected one of {', '.join(TRACE_FORMATS)}",
+                )
+            )
     elif isinstance(tv, dict) and "synthetic" in tv:
         s = tv["synthetic"]
         if isinstance(s, str):
@@ -646,9 +732,9 @@ def _carbon(cv: Any, base: Path, data: dict, problems: list[Problem], inputs: li
     from kavier_opendc.opendc import carbon as C
 
     align = cv.get("align", "none")
-    align = align if align in C.CARBON_ALIGN else "none"   # another value: the schema has reported it
+    align = align if align in C.CARBON_ALIGN else "none"  # another value: the schema has reported it
     sources = [k for k in ("trace", "region", "synthetic") if k in cv]
-    if len(sources) != 1:   # none: the datacenter's own trace; several: the schema has reported it
+    if len(sources) != 1:  # none: the datacenter's own trace; several: the schema has reported it
         return CarbonSource("datacenter", None, {}, align) if not sources and "align" in cv else None
     kind, value = sources[0], cv[sources[0]]
     if kind == "synthetic":
@@ -673,15 +759,16 @@ def _carbon(cv: Any, base: Path, data: dict, problems: list[Problem], inputs: li
         if kind == "trace":
             p = _resolve(base, value).resolve()
             if not p.is_file():
-                raise KavierInputError(f"carbon trace {str(p)!r} not found (paths are relative to the "
-                                       "experiment file's folder)")
+                raise KavierInputError(
+                    f"carbon trace {str(p)!r} not found (paths are relative to the experiment file's folder)"
+                )
         else:
             p = C.resolve_carbon_trace(value, base, year=year, location=f"carbon.{kind}")
-        if align == "none":   # read, and the start checked (the run's end once the simulation gave its length)
+        if align == "none":  # read, and the start checked (the run's end once the simulation gave its length)
             start = dcv.get("start", DEFAULT_START) if isinstance(dcv, dict) else DEFAULT_START
             try:
                 C.fit_trace_to_run(p, start, 0.0, "none", base, location=f"carbon.{kind}")
-            except (TypeError, ValueError):   # a malformed start: reported with the datacenter
+            except (TypeError, ValueError):  # a malformed start: reported with the datacenter
                 C.read_carbon_trace(p)
         else:
             C.read_carbon_trace(p)
@@ -692,9 +779,19 @@ def _carbon(cv: Any, base: Path, data: dict, problems: list[Problem], inputs: li
     return CarbonSource(kind, p, {}, align)
 
 
-def _datacenter(dc: dict, dc_base: Path, dc_source: str, exp_source: str, cat, groups: list[GroupSpec],
-                carbon_override: bool, enabled: bool, export_opts: dict, inputs: list,
-                carbon_align: str = "none") -> list[Problem]:
+def _datacenter(
+    dc: dict,
+    dc_base: Path,
+    dc_source: str,
+    exp_source: str,
+    cat,
+    groups: list[GroupSpec],
+    carbon_override: bool,
+    enabled: bool,
+    export_opts: dict,
+    inputs: list,
+    carbon_align: str = "none",
+) -> list[Problem]:
 
     prefix: tuple = ("datacenter",)
     if not isinstance(dc, dict):
@@ -724,8 +821,9 @@ def _datacenter(dc: dict, dc_base: Path, dc_source: str, exp_source: str, cat, g
     problems: list[Problem] = []
     if d.power_source.carbon_trace is not None:
         inputs.append(("carbon", Path(d.power_source.carbon_trace)))
-        if carbon_align == "none":   # the start here, the run's end once the simulation gave its length
+        if carbon_align == "none":  # the start here, the run's end once the simulation gave its length
             from kavier_opendc.opendc.carbon import fit_trace_to_run
+
             try:
                 fit_trace_to_run(d.power_source.carbon_trace, d.start, 0.0, "none", dc_base)
             except KavierInputError as exc:
@@ -733,22 +831,34 @@ def _datacenter(dc: dict, dc_base: Path, dc_source: str, exp_source: str, cat, g
                 problems.append((prefix + tuple(loc.split(".")), str(exc).replace("carbon: ", "", 1) + where))
     for i, h in enumerate(d.hosts):
         if h.gpu is not None and gpus and h.gpu.name not in gpus:
-            problems.append((prefix + ("hosts", i, "gpu"),
-                             f"{h.gpu.name!r} but the replicas run on {', '.join(map(repr, gpus))}{where}; "
-                             "leave 'gpu' out to use the replicas' GPU"))
+            problems.append(
+                (
+                    prefix + ("hosts", i, "gpu"),
+                    f"{h.gpu.name!r} but the replicas run on {', '.join(map(repr, gpus))}{where}; "
+                    "leave 'gpu' out to use the replicas' GPU",
+                )
+            )
     if problems or not enabled or not groups:
         return problems
     try:  # enough GPU slots of each type for every replica: the export's own placement, run ahead
-        one_type = len({g.gpu.name for g in groups}) == 1   # host groups naming no GPU take it, as in the export
-        T.plan_replicas(T.opendc_hosts(d.with_gpu(groups[0].gpu) if one_type else d),
-                        [(g.gpu.name, g.tp) for g in groups for _ in range(g.replicas)], source=dc_source)
+        one_type = len({g.gpu.name for g in groups}) == 1  # host groups naming no GPU take it, as in the export
+        T.plan_replicas(
+            T.opendc_hosts(d.with_gpu(groups[0].gpu) if one_type else d),
+            [(g.gpu.name, g.tp) for g in groups for _ in range(g.replicas)],
+            source=dc_source,
+        )
     except KavierInputError as exc:
         problems.append((prefix + ("hosts",), _msg(exc, dc_source).replace("hosts: ", "", 1) + where))
     return problems
 
 
-def load_experiment(path_or_dict: str | Path | Mapping, *, base_dir: str | Path | None = None,
-                    source: str | None = None, opendc: bool | None = None) -> Experiment:
+def load_experiment(
+    path_or_dict: str | Path | Mapping,
+    *,
+    base_dir: str | Path | None = None,
+    source: str | None = None,
+    opendc: bool | None = None,
+) -> Experiment:
     """Read, validate and check an experiment; raise every problem at once.
 
     ``path_or_dict``: a JSON/YAML file or an already parsed mapping (then
@@ -793,6 +903,7 @@ def load_trace_for(exp: Experiment):
     assert t.path is not None, "a file trace has its path"
     if t.path.suffix.lower() == ".json":
         from kavier_opendc.workload.load import load_workload  # a JSON file is a description or JSON Lines
+
         return load_workload(str(t.path), t.format, keep_overlong=t.keep_overlong)
     return load_trace(t.path, t.format, keep_overlong=t.keep_overlong)
 
@@ -820,6 +931,7 @@ def synthetic_input_files(exp: Experiment) -> list[tuple[str, Path]]:
                         out.append((f"trace.{path}.file".replace("..", "."), p))
                 else:
                     walk(v, f"{path}.{k}" if path else k)
+
     walk(spec, "")
     return out
 
@@ -856,17 +968,32 @@ def to_jsonable(exp: Experiment) -> dict:
         "name": exp.name,
         "source": exp.source,
         "seed": exp.seed,
-        "replica_groups": [{"name": g.name, "model": g.model.name, "gpu": g.gpu.name, "replicas": g.replicas,
-                            "tp": g.tp, **dict(g.limits)} for g in exp.groups],
-        "serving": {k: v for k, v in dataclasses.asdict(exp.serving).items()
-                    if k != "disaggregation" or v is not None},
-        "trace": {"kind": exp.trace.kind, "path": None if exp.trace.path is None else str(exp.trace.path),
-                  "format": exp.trace.format, "inline": exp.trace.inline is not None},
-        "carbon": None if exp.carbon is None else {"kind": exp.carbon.kind,
-                                                   "path": None if exp.carbon.path is None
-                                                   else str(exp.carbon.path),
-                                                   "params": exp.carbon.params,
-                                                   "align": exp.carbon.align},
+        "replica_groups": [
+            {
+                "name": g.name,
+                "model": g.model.name,
+                "gpu": g.gpu.name,
+                "replicas": g.replicas,
+                "tp": g.tp,
+                **dict(g.limits),
+            }
+            for g in exp.groups
+        ],
+        "serving": {k: v for k, v in dataclasses.asdict(exp.serving).items() if k != "disaggregation" or v is not None},
+        "trace": {
+            "kind": exp.trace.kind,
+            "path": None if exp.trace.path is None else str(exp.trace.path),
+            "format": exp.trace.format,
+            "inline": exp.trace.inline is not None,
+        },
+        "carbon": None
+        if exp.carbon is None
+        else {
+            "kind": exp.carbon.kind,
+            "path": None if exp.carbon.path is None else str(exp.carbon.path),
+            "params": exp.carbon.params,
+            "align": exp.carbon.align,
+        },
         "prices": exp.prices.to_dict(),
         "slo": exp.slo.to_dict(),
         "opendc": {"enabled": exp.opendc_enabled, "export": exp.export_opts},

@@ -62,6 +62,7 @@ from kavier_opendc.reports.report import write_report
 # Progress per stage
 # --------------------------------------------------------------------------
 
+
 class Stages:
     """Prints one line per stage to stderr (unless quiet) and times them."""
 
@@ -100,12 +101,14 @@ class Stages:
             p.update(frac)
             if frac >= 1.0:
                 p.close()
+
         return update
 
 
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------
+
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -116,8 +119,10 @@ def _kept_performance_results(out: Path, stage: str) -> str:
     sim = Path(out) / "simulation"
     if stage in ("trace", "simulate", "run") or not (sim / "summary.json").is_file():
         return ""
-    return (f"The simulation had finished: its performance results in {sim} (requests.parquet, summary.json, "
-            f"timeline.parquet) are complete; 'kavier run --no-opendc' writes the report without OpenDC.")
+    return (
+        f"The simulation had finished: its performance results in {sim} (requests.parquet, summary.json, "
+        f"timeline.parquet) are complete; 'kavier run --no-opendc' writes the report without OpenDC."
+    )
 
 
 def carbon_trace_for(exp: Experiment, odc_dir: Path, makespan_s: float, start: str) -> tuple[Path | None, dict]:
@@ -144,7 +149,6 @@ def datacenter_for(exp: Experiment, carbon_path: Path | None):
     """The validated :class:`Datacenter`, with the experiment's carbon trace."""
     import copy
 
-
     dc = copy.deepcopy(exp.datacenter)
     if carbon_path is not None:
         dc.pop("region", None)
@@ -167,6 +171,7 @@ def _library_versions() -> dict[str, str]:
     for mod in ("numpy", "pandas", "pyarrow", "matplotlib", "py4j"):
         try:
             from importlib.metadata import version
+
             out[mod] = version(mod)
         except Exception:  # noqa: BLE001
             pass
@@ -174,9 +179,25 @@ def _library_versions() -> dict[str, str]:
 
 
 def _trim_sustainability(rec: dict, out: Path) -> dict:
-    keep = ("energy_wh", "avg_power_w", "peak_power_w", "peak_interval_avg_power_w", "carbon_g", "duration_s",
-            "grid_energy_wh", "gpu_energy_wh", "cpu_energy_wh", "idle_energy_wh", "dynamic_energy_wh",
-            "carbon_intensity_avg_g_per_kwh", "start_epoch_ms", "per_host", "per_gpu", "battery", "tasks")
+    keep = (
+        "energy_wh",
+        "avg_power_w",
+        "peak_power_w",
+        "peak_interval_avg_power_w",
+        "carbon_g",
+        "duration_s",
+        "grid_energy_wh",
+        "gpu_energy_wh",
+        "cpu_energy_wh",
+        "idle_energy_wh",
+        "dynamic_energy_wh",
+        "carbon_intensity_avg_g_per_kwh",
+        "start_epoch_ms",
+        "per_host",
+        "per_gpu",
+        "battery",
+        "tasks",
+    )
     s = {k: rec.get(k) for k in keep}
     raw = rec.get("raw_output")
     if raw:
@@ -185,16 +206,32 @@ def _trim_sustainability(rec: dict, out: Path) -> dict:
         except ValueError:
             s["raw_output"] = str(raw)
     exp = rec.get("export") or {}
-    s["export"] = {k: exp.get(k) for k in ("mode", "tolerance", "min_fragment_s", "interval_s", "start", "tasks",
-                                           "fragments", "timeline_segments", "compression_ratio",
-                                           "max_abs_utilization_error",
-                                           "gpu_energy_linear_wh", "cpu_load_cores", "power_curve") if k in exp}
+    s["export"] = {
+        k: exp.get(k)
+        for k in (
+            "mode",
+            "tolerance",
+            "min_fragment_s",
+            "interval_s",
+            "start",
+            "tasks",
+            "fragments",
+            "timeline_segments",
+            "compression_ratio",
+            "max_abs_utilization_error",
+            "gpu_energy_linear_wh",
+            "cpu_load_cores",
+            "power_curve",
+        )
+        if k in exp
+    }
     return s
 
 
 # --------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class RunResult:
@@ -203,10 +240,20 @@ class RunResult:
     wall_s: float
 
 
-def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | None = None, plots: bool = True,
-                   quiet: bool = False, bridge=None, command: str | None = None, trace=None,
-                   stages: Stages | None = None, bridge_info: dict | None = None,
-                   partial_note: bool = True) -> RunResult:
+def run_experiment(
+    exp: Experiment,
+    out: str | os.PathLike,
+    *,
+    opendc: bool | None = None,
+    plots: bool = True,
+    quiet: bool = False,
+    bridge=None,
+    command: str | None = None,
+    trace=None,
+    stages: Stages | None = None,
+    bridge_info: dict | None = None,
+    partial_note: bool = True,
+) -> RunResult:
     """Run an experiment end to end into ``out`` (see the module docstring).
 
     ``opendc``: override the experiment's ``opendc.enabled``; ``bridge``: an
@@ -222,8 +269,12 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
     out = Path(out)
     use_opendc = exp.opendc_enabled if opendc is None else bool(opendc)
     if use_opendc and exp.datacenter is None:
-        raise KavierInputError("no datacenter: OpenDC needs one", source=exp.source, location="datacenter",
-                               expected="a datacenter description, or --no-opendc")
+        raise KavierInputError(
+            "no datacenter: OpenDC needs one",
+            source=exp.source,
+            location="datacenter",
+            expected="a datacenter description, or --no-opendc",
+        )
     names = ["trace", "simulate"] + (["export", "opendc"] if use_opendc else []) + ["report"]
     st = stages or Stages(names, quiet=quiet)
     st.names = names
@@ -240,15 +291,37 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
         if trace is None:
             trace = load_trace_for(exp)
         st.say(f"      {len(trace)} requests, {trace.total_tokens():,} tokens ({trace.format})")
-    if use_opendc and len(trace):   # the arrivals alone span too long for OpenDC: refused before any output
-        check_span(float(trace.arrival_s[-1] - trace.arrival_s[0]), _export_interval_s(exp), source=exp.source,
-                   location="trace", gap=longest_gap(trace.arrival_s))
+    if use_opendc and len(trace):  # the arrivals alone span too long for OpenDC: refused before any output
+        check_span(
+            float(trace.arrival_s[-1] - trace.arrival_s[0]),
+            _export_interval_s(exp),
+            source=exp.source,
+            location="trace",
+            gap=longest_gap(trace.arrival_s),
+        )
     prepare_out_dir(out)
-    mark_incomplete(out, f"kavier run in progress since {started} (pid {os.getpid()}); this folder is not a "
-                       "complete result until this file is gone.\n")
+    mark_incomplete(
+        out,
+        f"kavier run in progress since {started} (pid {os.getpid()}); this folder is not a "
+        "complete result until this file is gone.\n",
+    )
     try:
-        report = _run_stages(exp, out, trace, cfg, st, use_opendc, plots, quiet, bridge, bridge_info,
-                             command, started, t_start, synthetic_input_files(exp))
+        report = _run_stages(
+            exp,
+            out,
+            trace,
+            cfg,
+            st,
+            use_opendc,
+            plots,
+            quiet,
+            bridge,
+            bridge_info,
+            command,
+            started,
+            t_start,
+            synthetic_input_files(exp),
+        )
     except BaseException as exc:
         what = st.current or "run"
         if isinstance(exc, KeyboardInterrupt):
@@ -259,9 +332,12 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
             text = "".join(traceback.format_exception(exc)).strip()
         kept = _kept_performance_results(out, what) if partial_note else ""
         try:
-            mark_incomplete(out, f"kavier run FAILED during stage '{what}' at {_utc_now()}:\n{text}\n\n"
-                               + (kept + "\n" if kept else "")
-                               + "The files in this folder are partial; rerun the experiment.\n")
+            mark_incomplete(
+                out,
+                f"kavier run FAILED during stage '{what}' at {_utc_now()}:\n{text}\n\n"
+                + (kept + "\n" if kept else "")
+                + "The files in this folder are partial; rerun the experiment.\n",
+            )
         except OSError:
             pass
         if kept and isinstance(exc, KavierRuntimeError):
@@ -271,8 +347,22 @@ def run_experiment(exp: Experiment, out: str | os.PathLike, *, opendc: bool | No
     return RunResult(out, report, time.perf_counter() - t_start)
 
 
-def _run_stages(exp: Experiment, out: Path, trace, cfg, st: Stages, use_opendc: bool, plots: bool, quiet: bool,
-                bridge, bridge_info, command, started, t_start, extra_inputs) -> dict:
+def _run_stages(
+    exp: Experiment,
+    out: Path,
+    trace,
+    cfg,
+    st: Stages,
+    use_opendc: bool,
+    plots: bool,
+    quiet: bool,
+    bridge,
+    bridge_info,
+    command,
+    started,
+    t_start,
+    extra_inputs,
+) -> dict:
     """The stages after the trace is loaded: simulate, export, OpenDC, report; returns the report."""
     write_experiment_copy(out, exp)
     output = _stage_simulate(exp, trace, cfg, out / "simulation", st)
@@ -282,8 +372,9 @@ def _run_stages(exp: Experiment, out: Path, trace, cfg, st: Stages, use_opendc: 
         _stage_export(exp, output, odc, st, opendc_run)
         _stage_opendc(odc, out, st, bridge, opendc_run)
     with st.stage("report", "report.json, report.md" + (", plots" if plots else "")):
-        report = _stage_report(exp, out, output, opendc_run, st, use_opendc, plots, command, started, t_start,
-                               extra_inputs)
+        report = _stage_report(
+            exp, out, output, opendc_run, st, use_opendc, plots, command, started, t_start, extra_inputs
+        )
     report["provenance"]["stages_s"] = dict(st.times)
     return report
 
@@ -292,13 +383,13 @@ def _run_stages(exp: Experiment, out: Path, trace, cfg, st: Stages, use_opendc: 
 class OpenDCRun:
     """What the export and OpenDC stages hand to the report (all None/empty without OpenDC)."""
 
-    carbon_info: dict = dataclasses.field(default_factory=dict)   # the carbon trace used: kind, path, params
-    datacenter: dict | None = None        # the datacenter as exported
-    bridge_info: dict | None = None       # OpenDC, bridge and Java versions (given by a sweep, or asked)
-    sustainability: dict | None = None    # energy, power, carbon (sustainability_record, trimmed)
-    power: Any = None                     # OpenDC's power samples
+    carbon_info: dict = dataclasses.field(default_factory=dict)  # the carbon trace used: kind, path, params
+    datacenter: dict | None = None  # the datacenter as exported
+    bridge_info: dict | None = None  # OpenDC, bridge and Java versions (given by a sweep, or asked)
+    sustainability: dict | None = None  # energy, power, carbon (sustainability_record, trimmed)
+    power: Any = None  # OpenDC's power samples
     task_map: list = dataclasses.field(default_factory=list)  # the export's tasks: replica, part, planned host
-    host: Any = None                      # OpenDC's host.parquet, for the plots
+    host: Any = None  # OpenDC's host.parquet, for the plots
 
 
 def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> SimulationOutput:
@@ -309,9 +400,11 @@ def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> S
         output = SimulationOutput.from_result(result)
         output.write(sim_dir)
         summary = output.summary
-        st.say(f"      {summary['num_finished']} finished, makespan {summary['makespan_s']:.1f} s, "
-               f"{summary['output_tokens_per_s']:.1f} output tok/s, TTFT "
-               f"{latencies(summary['ttft_s'], ('p99',))}")
+        st.say(
+            f"      {summary['num_finished']} finished, makespan {summary['makespan_s']:.1f} s, "
+            f"{summary['output_tokens_per_s']:.1f} output tok/s, TTFT "
+            f"{latencies(summary['ttft_s'], ('p99',))}"
+        )
     return output
 
 
@@ -319,8 +412,11 @@ def _export_interval_s(exp: Experiment) -> float:
     from kavier_opendc.opendc.datacenter import DEFAULT_EXPORT_INTERVAL_S
 
     value = (exp.datacenter or {}).get("export_interval_s", DEFAULT_EXPORT_INTERVAL_S)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else \
-        float(DEFAULT_EXPORT_INTERVAL_S)
+    return (
+        float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        else float(DEFAULT_EXPORT_INTERVAL_S)
+    )
 
 
 def _stage_export(exp: Experiment, output: SimulationOutput, odc: Path, st: Stages, run: OpenDCRun) -> None:
@@ -340,17 +436,24 @@ def _stage_export(exp: Experiment, output: SimulationOutput, odc: Path, st: Stag
             from kavier_opendc.opendc.carbon import fit_trace_to_run
 
             kind = run.carbon_info["kind"]
-            fitted, mapping = fit_trace_to_run(run.carbon_info["path"], dc.start, makespan,
-                                               "none" if exp.carbon is None else exp.carbon.align, odc / "carbon",
-                                               location="datacenter" if kind == "datacenter" else f"carbon.{kind}")
-            if mapping:   # the run lies outside the trace's dates: an aligned copy, said in the report
+            fitted, mapping = fit_trace_to_run(
+                run.carbon_info["path"],
+                dc.start,
+                makespan,
+                "none" if exp.carbon is None else exp.carbon.align,
+                odc / "carbon",
+                location="datacenter" if kind == "datacenter" else f"carbon.{kind}",
+            )
+            if mapping:  # the run lies outside the trace's dates: an aligned copy, said in the report
                 run.carbon_info.update(mapping)
                 dc = datacenter_for(exp, fitted)
         run.datacenter = dc.to_dict()
         stats = write_opendc_inputs(output, dc, odc, **exp.export_opts)
         run.task_map = list(stats.get("task_map") or [])
-        st.say(f"      {stats['tasks']} task(s), {stats['fragments']} fragments from "
-               f"{stats['timeline_segments']} timeline segments ({stats['mode']})")
+        st.say(
+            f"      {stats['tasks']} task(s), {stats['fragments']} fragments from "
+            f"{stats['timeline_segments']} timeline segments ({stats['mode']})"
+        )
         note = (stats.get("power_curve") or {}).get("note")
         if note:  # an approximation that changes a number says so
             print(f"kavier: warning: {note} (opendc.export.mode: segments)", file=sys.stderr)
@@ -381,27 +484,56 @@ def _stage_opendc(odc: Path, out: Path, st: Stages, bridge, run: OpenDCRun) -> N
             hp = Path(res["raw_output"]) / "host.parquet"
             if hp.is_file():
                 run.host = pd.read_parquet(hp, columns=None)
-        st.say(f"      {sustainability['energy_wh']:.2f} Wh, avg {sustainability['avg_power_w']:.0f} W, "
-               f"peak {sustainability['peak_power_w']:.0f} W, {sustainability['carbon_g']:.2f} gCO2")
+        st.say(
+            f"      {sustainability['energy_wh']:.2f} Wh, avg {sustainability['avg_power_w']:.0f} W, "
+            f"peak {sustainability['peak_power_w']:.0f} W, {sustainability['carbon_g']:.2f} gCO2"
+        )
 
 
-def _stage_report(exp: Experiment, out: Path, output: SimulationOutput, run: OpenDCRun, st: Stages,
-                  use_opendc: bool, plots: bool, command, started, t_start, extra_inputs) -> dict:
+def _stage_report(
+    exp: Experiment,
+    out: Path,
+    output: SimulationOutput,
+    run: OpenDCRun,
+    st: Stages,
+    use_opendc: bool,
+    plots: bool,
+    command,
+    started,
+    t_start,
+    extra_inputs,
+) -> dict:
     """Efficiency, plots and provenance; writes report.md and report.json (last) and returns the report."""
 
     summary, requests = output.summary, output.requests_frame()
     if summary.get("disaggregation") and run.sustainability is not None:
-        run.sustainability["per_pool"] = pool_energy(summary["disaggregation"], run.task_map,
-                                                     (run.sustainability.get("tasks") or {}).get("hosts") or {},
-                                                     run.sustainability.get("per_host") or [])
-    eff = efficiency_report(summary, requests, run.sustainability, gpu_counts=exp.gpu_counts(),
-                            prices=exp.prices, slo=exp.slo,
-                            datacenter_gpus=datacenter_gpus(run.datacenter) if run.sustainability else None)
+        run.sustainability["per_pool"] = pool_energy(
+            summary["disaggregation"],
+            run.task_map,
+            (run.sustainability.get("tasks") or {}).get("hosts") or {},
+            run.sustainability.get("per_host") or [],
+        )
+    eff = efficiency_report(
+        summary,
+        requests,
+        run.sustainability,
+        gpu_counts=exp.gpu_counts(),
+        prices=exp.prices,
+        slo=exp.slo,
+        datacenter_gpus=datacenter_gpus(run.datacenter) if run.sustainability else None,
+    )
     plot_files: list[str] = []
     if plots:
-        plot_files = make_run_plots(out, requests, output.timeline_frame(), exp, run.sustainability, run.power,
-                                    run.host,
-                                    run.carbon_info.get("path"))
+        plot_files = make_run_plots(
+            out,
+            requests,
+            output.timeline_frame(),
+            exp,
+            run.sustainability,
+            run.power,
+            run.host,
+            run.carbon_info.get("path"),
+        )
     inputs = _input_checksums(exp, extra_inputs, run.carbon_info)
     bi = run.bridge_info or {}
     prov = {
@@ -433,8 +565,7 @@ def _stage_report(exp: Experiment, out: Path, output: SimulationOutput, run: Ope
         "experiment": exp_summary,
         "datacenter": run.datacenter,
         "plots": plot_files,
-        "outputs": {"simulation": "simulation", "opendc": "opendc" if use_opendc else None,
-                    "report_md": "report.md"},
+        "outputs": {"simulation": "simulation", "opendc": "opendc" if use_opendc else None, "report_md": "report.md"},
     }
     prov["stages_s"]["report"] = time.perf_counter() - st.t0
     write_report(out, report)
@@ -446,33 +577,39 @@ def _input_checksums(exp: Experiment, extra_inputs, carbon_info: dict) -> list[d
     inputs = []
     seen = set()
     gen_carbon = carbon_info.get("kind") == "synthetic"
-    for role, p in list(exp.input_files) + list(extra_inputs) + (
-            [("carbon (generated)", Path(carbon_info["path"]))] if gen_carbon else []):
+    for role, p in (
+        list(exp.input_files)
+        + list(extra_inputs)
+        + ([("carbon (generated)", Path(carbon_info["path"]))] if gen_carbon else [])
+    ):
         p = Path(p)
         key = (role, str(p.resolve()))
         if key in seen or not p.is_file():
             continue
         seen.add(key)
-        inputs.append({"role": role, "path": str(p.resolve()), "sha256": sha256_file(p),
-                       "bytes": p.stat().st_size})
+        inputs.append({"role": role, "path": str(p.resolve()), "sha256": sha256_file(p), "bytes": p.stat().st_size})
     return inputs
 
 
-def make_run_plots(out: Path, requests, timeline, exp: Experiment, sustainability, power, host,
-                   carbon_path: str | None = None) -> list[str]:
+def make_run_plots(
+    out: Path, requests, timeline, exp: Experiment, sustainability, power, host, carbon_path: str | None = None
+) -> list[str]:
     """All PNG plots of a run under ``out/plots`` (``requests`` and ``timeline`` as DataFrames); returns paths
     relative to ``out``."""
     from kavier_opendc.reports import plots as P
 
     d = out / "plots"
-    files = [P.latency_cdfs(requests, d / "latency_cdf.png", exp.slo),
-             P.gpu_utilization(timeline, d / "gpu_utilization.png"),
-             P.cache_hit_ratio(requests, d / "cache_hit_ratio.png")]
+    files = [
+        P.latency_cdfs(requests, d / "latency_cdf.png", exp.slo),
+        P.gpu_utilization(timeline, d / "gpu_utilization.png"),
+        P.cache_hit_ratio(requests, d / "cache_hit_ratio.png"),
+    ]
     if sustainability is not None:
         files.append(P.host_power(host, d / "power.png"))
         trace = None
         if carbon_path:
             from kavier_opendc.opendc.carbon import read_carbon_trace
+
             try:
                 trace = read_carbon_trace(carbon_path)
             except KavierError:

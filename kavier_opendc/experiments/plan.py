@@ -61,6 +61,7 @@ FRONT_AXES = ("cost_per_mtoken", "wh_per_mtoken", "gco2_per_mtoken", "ttft_p99_s
 # One run, and whether it meets the SLOs
 # --------------------------------------------------------------------------
 
+
 @dataclass
 class Evaluation:
     """One finished run of a shape at a replica count (and rate), judged against the SLOs."""
@@ -69,10 +70,10 @@ class Evaluation:
     units: int
     opendc: bool
     run_id: str
-    status: str                      # done | failed
+    status: str  # done | failed
     meets: bool = False
-    why: str = ""                    # which SLO it misses, or the failure
-    row: dict = field(default_factory=dict)   # report_row() plus the SLO percentiles
+    why: str = ""  # which SLO it misses, or the failure
+    row: dict = field(default_factory=dict)  # report_row() plus the SLO percentiles
     rate: float | None = None
 
 
@@ -89,9 +90,11 @@ def slo_check(run_dir: Path, slo: SLO) -> tuple[bool, str, dict]:
     ttft = done["ttft_s"].to_numpy(np.float64)
     tpot = done["tpot_s"].to_numpy(np.float64)
     tpot = tpot[np.isfinite(tpot)]
-    vals = {"ttft_q_s": float(np.percentile(ttft, q)) if len(ttft) else math.inf,
-            "tpot_q_s": float(np.percentile(tpot, q)) if len(tpot) else 0.0,
-            "attainment": rep["efficiency"].get("slo_attainment")}
+    vals = {
+        "ttft_q_s": float(np.percentile(ttft, q)) if len(ttft) else math.inf,
+        "tpot_q_s": float(np.percentile(tpot, q)) if len(tpot) else 0.0,
+        "attainment": rep["efficiency"].get("slo_attainment"),
+    }
     why = []
     if len(done) < len(req):
         why.append(f"{len(req) - len(done)} of {len(req)} requests not finished")
@@ -117,22 +120,32 @@ def energy_estimate_wh(report: dict, exp) -> float:
 # Running: resume from disk, else on the cluster
 # --------------------------------------------------------------------------
 
+
 class PlanRuns:
     """Asks for runs by (shape, replicas, OpenDC, rate) and hands back :class:`Evaluation`s: a run already
     finished on disk (same configuration hash) is read back, any other goes to the Dask cluster, which is
     started on the first such run."""
 
-    def __init__(self, plan: Plan, out: Path, *, jobs: int, scheduler: str | None, run_plots: bool, command: str,
-                 say: Callable[[str], None]):
+    def __init__(
+        self,
+        plan: Plan,
+        out: Path,
+        *,
+        jobs: int,
+        scheduler: str | None,
+        run_plots: bool,
+        command: str,
+        say: Callable[[str], None],
+    ):
         self.plan, self.out = plan, out
         self.jobs, self.scheduler, self.run_plots, self.command, self.say = jobs, scheduler, run_plots, command, say
         self.executor = None
-        self._ready: list[tuple[Any, Evaluation]] = []              # finished on disk, not yet handed back
-        self._waiting: dict[str, tuple[Any, tuple, str]] = {}      # run id -> (token, key, config hash)
-        self.simulated = {"no_opendc": 0, "opendc": 0}             # runs this invocation computed
+        self._ready: list[tuple[Any, Evaluation]] = []  # finished on disk, not yet handed back
+        self._waiting: dict[str, tuple[Any, tuple, str]] = {}  # run id -> (token, key, config hash)
+        self.simulated = {"no_opendc": 0, "opendc": 0}  # runs this invocation computed
         self.reused = 0
         self.evaluations: list[Evaluation] = []
-        self._traffic: dict[float | None, Path] = {}               # rate -> the workload file at that rate
+        self._traffic: dict[float | None, Path] = {}  # rate -> the workload file at that rate
 
     def log(self, **rec) -> None:
         rec.setdefault("time", time.time())
@@ -169,15 +182,25 @@ class PlanRuns:
             self._ready.append((token, self._evaluate(key, rid, "done", "")))
             return
         if self.executor is None:
-
-            self.executor = RunExecutor(jobs=self.jobs, scheduler=self.scheduler, log=self.log, say=self.say,
-                                        prestart_opendc=opendc)
+            self.executor = RunExecutor(
+                jobs=self.jobs, scheduler=self.scheduler, log=self.log, say=self.say, prestart_opendc=opendc
+            )
             self.executor.__enter__()
         clear_done(rd)
         self._waiting[rid] = (token, key, h)
         self.log(event="submit", id=rid)
-        self.executor.submit(RunTask(rid, adoc, str(self.plan.base_dir), f"{self.plan.source} [{rid}]", rd, opendc,
-                                     self.run_plots, self.command))
+        self.executor.submit(
+            RunTask(
+                rid,
+                adoc,
+                str(self.plan.base_dir),
+                f"{self.plan.source} [{rid}]",
+                rd,
+                opendc,
+                self.run_plots,
+                self.command,
+            )
+        )
 
     def pending(self) -> bool:
         return bool(self._ready or self._waiting)
@@ -190,11 +213,15 @@ class PlanRuns:
         token, key, h = self._waiting.pop(rec.task.id)
         self.simulated["opendc" if key[2] else "no_opendc"] += 1
         if rec.status == "done":
-            mark_done(rec.task.run_dir, h, id=rec.task.id, finished=rec.end, wall_s=rec.wall_s, pid=rec.pid,
-                      worker=rec.worker)
+            mark_done(
+                rec.task.run_dir, h, id=rec.task.id, finished=rec.end, wall_s=rec.wall_s, pid=rec.pid, worker=rec.worker
+            )
         ev = self._evaluate(key, rec.task.id, rec.status, rec.error)
-        self.say(f"  {rec.task.id}: " + ("meets the SLOs" if ev.meets else f"misses ({ev.why})")
-                 + f" [{self.executor.done} done, {self.executor.running} running, {self.executor.failed} failed]")
+        self.say(
+            f"  {rec.task.id}: "
+            + ("meets the SLOs" if ev.meets else f"misses ({ev.why})")
+            + f" [{self.executor.done} done, {self.executor.running} running, {self.executor.failed} failed]"
+        )
         return token, ev
 
     def _evaluate(self, key: tuple, rid: str, status: str, error: str) -> Evaluation:
@@ -208,12 +235,20 @@ class PlanRuns:
             rep = json.loads((rd / "report.json").read_text(encoding="utf-8"))
             ev.meets, ev.why, vals = slo_check(rd, self.plan.slo)
             ev.row = {**report_row(rep), **vals}
-            exp = load_experiment(json.loads((rd / "experiment.json").read_text(encoding="utf-8")),
-                                  base_dir=self.plan.base_dir, source=str(rd / "experiment.json"), opendc=False)
+            exp = load_experiment(
+                json.loads((rd / "experiment.json").read_text(encoding="utf-8")),
+                base_dir=self.plan.base_dir,
+                source=str(rd / "experiment.json"),
+                opendc=False,
+            )
             tokens = (rep["efficiency"].get("tokens") or 0) or 1
             est = energy_estimate_wh(rep, exp)
-            ev.row.update(energy_estimate_wh=est, wh_per_mtoken_estimate=est / tokens * 1e6,
-                          gpus=sum(g.gpus for g in exp.groups), replicas=sum(g.replicas for g in exp.groups))
+            ev.row.update(
+                energy_estimate_wh=est,
+                wh_per_mtoken_estimate=est / tokens * 1e6,
+                gpus=sum(g.gpus for g in exp.groups),
+                replicas=sum(g.replicas for g in exp.groups),
+            )
         self.evaluations.append(ev)
         return ev
 
@@ -226,6 +261,7 @@ class PlanRuns:
 # --------------------------------------------------------------------------
 # The search for the smallest replica count of each shape
 # --------------------------------------------------------------------------
+
 
 @dataclass
 class ShapeSearch:
@@ -242,9 +278,9 @@ class ShapeSearch:
     counts: list[int] = field(default_factory=list)
     bad: int = 0
     good: int | None = None
-    state: str = "searching"          # searching | feasible | infeasible | invalid
+    state: str = "searching"  # searching | feasible | infeasible | invalid
     why: str = ""
-    busy_share: float | None = None   # mean GPU utilisation at the largest count
+    busy_share: float | None = None  # mean GPU utilisation at the largest count
     runs: int = 0
 
     def __post_init__(self) -> None:
@@ -269,7 +305,7 @@ class ShapeSearch:
         if self.runs == 1 and self.busy_share is not None:
             # a work-conserving guess: the GPU time the traffic needs, at full use
             want = math.ceil(self.busy_share * self.good)
-            between = self.counts[bi + 1:gi]
+            between = self.counts[bi + 1 : gi]
             return next((c for c in between if c >= want), between[-1])
         return self.counts[(bi + gi) // 2]
 
@@ -295,11 +331,14 @@ class ShapeSearch:
 # Pareto front and objectives
 # --------------------------------------------------------------------------
 
+
 def pareto_front(rows: list[dict], axes: tuple[str, ...]) -> list[int]:
     """Indices of the rows no other row dominates (all axes lower is better; missing values count as worst)."""
+
     def v(r, a):
         x = r.get(a)
         return math.inf if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
     out = []
     for i, r in enumerate(rows):
         dominated = False
@@ -317,8 +356,7 @@ def pareto_front(rows: list[dict], axes: tuple[str, ...]) -> list[int]:
 def objective_scores(rows: list[dict], objective: str | dict) -> list[float]:
     """Lower is better: the objective's metric, or the weighted sum of each metric over its best value."""
     if isinstance(objective, str):
-        return [float(r.get(METRICS[objective]) if r.get(METRICS[objective]) is not None else math.inf)
-                for r in rows]
+        return [float(r.get(METRICS[objective]) if r.get(METRICS[objective]) is not None else math.inf) for r in rows]
     weights = objective["weights"]
     best = {k: min((r[METRICS[k]] for r in rows if r.get(METRICS[k]) is not None), default=None) for k in weights}
     scores = []
@@ -341,6 +379,7 @@ def objective_name(objective: str | dict) -> str:
 # The plan
 # --------------------------------------------------------------------------
 
+
 @dataclass
 class PlanResult:
     out: Path
@@ -348,9 +387,18 @@ class PlanResult:
     text: str
 
 
-def run_plan(plan: Plan, out: Path, *, jobs: int = 2, scheduler: str | None = None, opendc: bool = True,
-             objective: str | dict | None = None, quiet: bool = False, run_plots: bool = False,
-             command: str = "kavier plan") -> PlanResult:
+def run_plan(
+    plan: Plan,
+    out: Path,
+    *,
+    jobs: int = 2,
+    scheduler: str | None = None,
+    opendc: bool = True,
+    objective: str | dict | None = None,
+    quiet: bool = False,
+    run_plots: bool = False,
+    command: str = "kavier plan",
+) -> PlanResult:
     """Search the plan's candidates (see the module docstring); write the outputs into ``out``."""
 
     t0 = time.perf_counter()
@@ -392,20 +440,32 @@ def run_plan(plan: Plan, out: Path, *, jobs: int = 2, scheduler: str | None = No
         feasible = [s for s in searches if s.state == "feasible"]
         by_key = {(e.shape, e.units, e.opendc, e.rate): e for e in runs.evaluations}
         screening = [by_key[(s.shape, s.good, False, None)] for s in feasible]
-        est_rows = [{"cost_per_mtoken": e.row.get("cost_per_mtoken"), "wh_per_mtoken": e.row["wh_per_mtoken_estimate"],
-                     "ttft_p99_s": e.row.get("ttft_p99_s")} for e in screening]
+        est_rows = [
+            {
+                "cost_per_mtoken": e.row.get("cost_per_mtoken"),
+                "wh_per_mtoken": e.row["wh_per_mtoken_estimate"],
+                "ttft_p99_s": e.row.get("ttft_p99_s"),
+            }
+            for e in screening
+        ]
         on_est_front = set(pareto_front(est_rows, ("cost_per_mtoken", "wh_per_mtoken", "ttft_p99_s")))
         chosen_for_opendc = []
         for i in range(len(screening)):
-            near = any(r is not None and est_rows[i][m] is not None and est_rows[i][m] <= (1 + plan.near_front) * r
-                       for m, r in ((m, min((x[m] for x in est_rows if x[m] is not None), default=None))
-                                    for m in ("cost_per_mtoken", "wh_per_mtoken")))
+            near = any(
+                r is not None and est_rows[i][m] is not None and est_rows[i][m] <= (1 + plan.near_front) * r
+                for m, r in (
+                    (m, min((x[m] for x in est_rows if x[m] is not None), default=None))
+                    for m in ("cost_per_mtoken", "wh_per_mtoken")
+                )
+            )
             if i in on_est_front or near:
                 chosen_for_opendc.append(i)
         final: dict[Shape, Evaluation] = {}
         if opendc and screening:
-            say(f"[2/3] screening: {len(chosen_for_opendc)} of {len(screening)} feasible shapes on or near the "
-                f"estimated front go to OpenDC")
+            say(
+                f"[2/3] screening: {len(chosen_for_opendc)} of {len(screening)} feasible shapes on or near the "
+                f"estimated front go to OpenDC"
+            )
             say("[3/3] OpenDC: energy and carbon of the shapes near the front")
             for i in chosen_for_opendc:
                 runs.ask(i, screening[i].shape, screening[i].units, True)
@@ -426,28 +486,58 @@ def run_plan(plan: Plan, out: Path, *, jobs: int = 2, scheduler: str | None = No
 
 
 def _shape_record(s: ShapeSearch, ev: Evaluation | None, screened: Evaluation | None) -> dict:
-    rec = {"shape": s.shape.label, "layout": s.shape.layout, "gpu": s.shape.gpu_label,
-           "decode_gpu": (s.shape.decode_gpu or s.shape.gpus[0][0]) if s.shape.ratio else None,
-           "tp": s.shape.tp, "prefix_cache": s.shape.prefix_cache,
-           "router": s.shape.router, "max_num_seqs": s.shape.max_num_seqs,
-           "max_batched_tokens": s.shape.max_batched_tokens, "status": s.state, "replicas": None, "why": s.why,
-           "search_runs": s.runs, "opendc": False, "run": None}
+    rec = {
+        "shape": s.shape.label,
+        "layout": s.shape.layout,
+        "gpu": s.shape.gpu_label,
+        "decode_gpu": (s.shape.decode_gpu or s.shape.gpus[0][0]) if s.shape.ratio else None,
+        "tp": s.shape.tp,
+        "prefix_cache": s.shape.prefix_cache,
+        "router": s.shape.router,
+        "max_num_seqs": s.shape.max_num_seqs,
+        "max_batched_tokens": s.shape.max_batched_tokens,
+        "status": s.state,
+        "replicas": None,
+        "why": s.why,
+        "search_runs": s.runs,
+        "opendc": False,
+        "run": None,
+    }
     if s.state == "feasible":
         src = ev or screened
-        rec.update(replicas=s.shape.replicas_of(s.good), units=s.good, gpus=src.row.get("gpus"),
-                   opendc=ev is not None and ev.opendc, run=src.run_id,
-                   **s.shape.pool_sizes(s.good))
+        rec.update(
+            replicas=s.shape.replicas_of(s.good),
+            units=s.good,
+            gpus=src.row.get("gpus"),
+            opendc=ev is not None and ev.opendc,
+            run=src.run_id,
+            **s.shape.pool_sizes(s.good),
+        )
         if ev is None:
             rec["status"] = "screened out"
-        for k in ("cost_per_mtoken", "wh_per_mtoken", "gco2_per_mtoken", "energy_wh", "carbon_g", "ttft_p50_s",
-                  "ttft_p99_s", "tpot_p99_s", "slo_attainment", "prefix_cache_hit_ratio", "gpu_utilization_mean",
-                  "wh_per_mtoken_estimate", "ttft_q_s", "tpot_q_s"):
+        for k in (
+            "cost_per_mtoken",
+            "wh_per_mtoken",
+            "gco2_per_mtoken",
+            "energy_wh",
+            "carbon_g",
+            "ttft_p50_s",
+            "ttft_p99_s",
+            "tpot_p99_s",
+            "slo_attainment",
+            "prefix_cache_hit_ratio",
+            "gpu_utilization_mean",
+            "wh_per_mtoken_estimate",
+            "ttft_q_s",
+            "tpot_q_s",
+        ):
             rec[k] = src.row.get(k)
     return rec
 
 
-def _summarise(plan: Plan, searches: list[ShapeSearch], final: dict, objective, runs: PlanRuns, opendc: bool,
-               wall_s: float) -> dict:
+def _summarise(
+    plan: Plan, searches: list[ShapeSearch], final: dict, objective, runs: PlanRuns, opendc: bool, wall_s: float
+) -> dict:
     by_key = {(e.shape, e.units, e.opendc, e.rate): e for e in runs.evaluations}
     shapes = [_shape_record(s, final.get(s.shape), by_key.get((s.shape, s.good, False, None))) for s in searches]
     evaluated = [r for r in shapes if r["status"] == "feasible"]
@@ -466,16 +556,24 @@ def _summarise(plan: Plan, searches: list[ShapeSearch], final: dict, objective, 
     if scores and min(scores) < math.inf:
         chosen = evaluated[scores.index(min(scores))]
     return {
-        "plan": plan.name, "source": plan.source, "slo": plan.slo.describe(), "rate": plan.rate,
-        "objective": objective_name(objective), "opendc": opendc,
-        "chosen": chosen, "best": best,
+        "plan": plan.name,
+        "source": plan.source,
+        "slo": plan.slo.describe(),
+        "rate": plan.rate,
+        "objective": objective_name(objective),
+        "opendc": opendc,
+        "chosen": chosen,
+        "best": best,
         "front": [r["shape"] for r in evaluated if r.get("on_front")],
         "shapes": shapes,
-        "simulations": {"run_now": dict(runs.simulated), "reused": runs.reused,
-                        "total": len(runs.evaluations),
-                        "no_opendc": sum(1 for e in runs.evaluations if not e.opendc),
-                        "opendc": sum(1 for e in runs.evaluations if e.opendc),
-                        "full_grid": sum(len(s.shape.counts(*plan.units)) for s in searches)},
+        "simulations": {
+            "run_now": dict(runs.simulated),
+            "reused": runs.reused,
+            "total": len(runs.evaluations),
+            "no_opendc": sum(1 for e in runs.evaluations if not e.opendc),
+            "opendc": sum(1 for e in runs.evaluations if e.opendc),
+            "full_grid": sum(len(s.shape.counts(*plan.units)) for s in searches),
+        },
         "wall_s": wall_s,
     }
 
@@ -483,6 +581,7 @@ def _summarise(plan: Plan, searches: list[ShapeSearch], final: dict, objective, 
 # --------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------
+
 
 def _f(v: Any, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -498,35 +597,46 @@ def summary_text(summary: dict) -> str:
     """What `kavier plan` prints: the chosen configuration, the best per objective and the front."""
     c = summary["chosen"]
     sims = summary["simulations"]
-    lines = [f"plan {summary['plan']}: SLOs {summary['slo']}" + (f" at {summary['rate']:g} req/s"
-                                                                   if summary["rate"] else "")]
+    lines = [
+        f"plan {summary['plan']}: SLOs {summary['slo']}" + (f" at {summary['rate']:g} req/s" if summary["rate"] else "")
+    ]
     if c is None and summary["best"]:
         lines.append(f"no choice for {summary['objective']}: carbon needs OpenDC (the figures below are without it)")
     elif c is None:
         lines.append("no candidate meets the SLOs within the replica range (see candidates.md for why)")
     else:
-        split = (f" ({c['prefill_replicas']} prefill + {c['decode_replicas']} decode)"
-                 if c.get("prefill_replicas") else "")
-        lines.append(f"chosen ({summary['objective']}): {c['shape']}, {c['replicas']} replica(s){split} = "
-                     f"{c['gpus']} GPU(s)"
-                     f": {_f(c['cost_per_mtoken'])} cost/Mtoken, {_f(c['wh_per_mtoken'])} Wh/Mtoken, "
-                     f"{_f(c.get('gco2_per_mtoken'))} gCO2/Mtoken, p99 TTFT {_f(c['ttft_p99_s'])} s")
+        split = (
+            f" ({c['prefill_replicas']} prefill + {c['decode_replicas']} decode)" if c.get("prefill_replicas") else ""
+        )
+        lines.append(
+            f"chosen ({summary['objective']}): {c['shape']}, {c['replicas']} replica(s){split} = "
+            f"{c['gpus']} GPU(s)"
+            f": {_f(c['cost_per_mtoken'])} cost/Mtoken, {_f(c['wh_per_mtoken'])} Wh/Mtoken, "
+            f"{_f(c.get('gco2_per_mtoken'))} gCO2/Mtoken, p99 TTFT {_f(c['ttft_p99_s'])} s"
+        )
     for k, v in summary["best"].items():
         lines.append(f"best {k:<7} {v}")
     lines.append("Pareto front (cost, energy, carbon, p99 TTFT):")
     w = max([44] + [len(r["shape"]) for r in summary["shapes"] if r.get("on_front")])
-    lines.append(f"  {'shape':<{w}} {'layout':<9} {'replicas':>8} {'cost/Mtok':>10} {'Wh/Mtok':>9} {'gCO2/Mtok':>10} "
-                 f"{'TTFT p99':>9}")
+    lines.append(
+        f"  {'shape':<{w}} {'layout':<9} {'replicas':>8} {'cost/Mtok':>10} {'Wh/Mtok':>9} {'gCO2/Mtok':>10} "
+        f"{'TTFT p99':>9}"
+    )
     for r in summary["shapes"]:
         if r.get("on_front"):
-            reps = (f"{r['prefill_replicas']}P+{r['decode_replicas']}D" if r.get("prefill_replicas")
-                    else str(r["replicas"]))
-            lines.append(f"  {r['shape']:<{w}} {r.get('layout', 'colocated'):<9} {reps:>8} "
-                         f"{_f(r['cost_per_mtoken']):>10} "
-                         f"{_f(r['wh_per_mtoken']):>9} {_f(r.get('gco2_per_mtoken')):>10} {_f(r['ttft_p99_s']):>9}")
-    lines.append(f"simulations: {sims['total']} ({sims['no_opendc']} without OpenDC, {sims['opendc']} with; "
-                 f"{sims['reused']} reused from earlier runs) vs a full grid of {sims['full_grid']} OpenDC runs; "
-                 f"{summary['wall_s']:.1f} s")
+            reps = (
+                f"{r['prefill_replicas']}P+{r['decode_replicas']}D" if r.get("prefill_replicas") else str(r["replicas"])
+            )
+            lines.append(
+                f"  {r['shape']:<{w}} {r.get('layout', 'colocated'):<9} {reps:>8} "
+                f"{_f(r['cost_per_mtoken']):>10} "
+                f"{_f(r['wh_per_mtoken']):>9} {_f(r.get('gco2_per_mtoken')):>10} {_f(r['ttft_p99_s']):>9}"
+            )
+    lines.append(
+        f"simulations: {sims['total']} ({sims['no_opendc']} without OpenDC, {sims['opendc']} with; "
+        f"{sims['reused']} reused from earlier runs) vs a full grid of {sims['full_grid']} OpenDC runs; "
+        f"{summary['wall_s']:.1f} s"
+    )
     return "\n".join(lines)
 
 
@@ -537,52 +647,97 @@ def write_plan_outputs(plan: Plan, out: Path, summary: dict, runs: PlanRuns) -> 
     from kavier_opendc.reports import plots as P
 
     shapes = pd.DataFrame(summary["shapes"])
-    evals = pd.DataFrame([{"run": e.run_id, "shape": e.shape.label, "layout": e.shape.layout,
-                           "replicas": e.shape.replicas_of(e.units),
-                           **e.shape.pool_sizes(e.units),
-                           "opendc": e.opendc, "status": e.status, "meets_slo": e.meets, "why": e.why, **e.row}
-                          for e in runs.evaluations])
+    evals = pd.DataFrame(
+        [
+            {
+                "run": e.run_id,
+                "shape": e.shape.label,
+                "layout": e.shape.layout,
+                "replicas": e.shape.replicas_of(e.units),
+                **e.shape.pool_sizes(e.units),
+                "opendc": e.opendc,
+                "status": e.status,
+                "meets_slo": e.meets,
+                "why": e.why,
+                **e.row,
+            }
+            for e in runs.evaluations
+        ]
+    )
     for df in (shapes, evals):
         for col in ("prefill_replicas", "decode_replicas"):
             if col in df:
-                df[col] = df[col].astype("Int64")   # whole numbers, empty for co-located shapes
-    for name, df in (("candidates.csv", shapes), ("evaluations.csv", evals),
-                     ("front.csv", shapes[shapes.get("on_front", pd.Series(False, index=shapes.index)).eq(True)])):
+                df[col] = df[col].astype("Int64")  # whole numbers, empty for co-located shapes
+    for name, df in (
+        ("candidates.csv", shapes),
+        ("evaluations.csv", evals),
+        ("front.csv", shapes[shapes.get("on_front", pd.Series(False, index=shapes.index)).eq(True)]),
+    ):
         tmp = out / f".{name}.tmp"
         df.to_csv(tmp, index=False)
         tmp.replace(out / name)
     write_json_atomic(out / "plan.json", summary)
     text = summary_text(summary)
-    cols = [("shape", "shape"), ("layout", "layout"), ("status", "status"), ("replicas", "replicas"),
-            ("prefill_replicas", "prefill"), ("decode_replicas", "decode"), ("gpus", "GPUs"),
-            ("cost_per_mtoken", "cost/Mtoken"), ("wh_per_mtoken", "Wh/Mtoken"),
-            ("wh_per_mtoken_estimate", "GPU Wh/Mtoken (estimate)"), ("gco2_per_mtoken", "gCO2/Mtoken"),
-            ("ttft_p99_s", "TTFT p99 (s)"), ("tpot_p99_s", "TPOT p99 (s)"), ("on_front", "front"),
-            ("search_runs", "runs"), ("why", "why not")]
+    cols = [
+        ("shape", "shape"),
+        ("layout", "layout"),
+        ("status", "status"),
+        ("replicas", "replicas"),
+        ("prefill_replicas", "prefill"),
+        ("decode_replicas", "decode"),
+        ("gpus", "GPUs"),
+        ("cost_per_mtoken", "cost/Mtoken"),
+        ("wh_per_mtoken", "Wh/Mtoken"),
+        ("wh_per_mtoken_estimate", "GPU Wh/Mtoken (estimate)"),
+        ("gco2_per_mtoken", "gCO2/Mtoken"),
+        ("ttft_p99_s", "TTFT p99 (s)"),
+        ("tpot_p99_s", "TPOT p99 (s)"),
+        ("on_front", "front"),
+        ("search_runs", "runs"),
+        ("why", "why not"),
+    ]
     table = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in summary["shapes"]:
         table.append("| " + " | ".join(_f(r.get(k)).replace("|", "/") for k, _ in cols) + " |")
     atomic_write_text(out / "candidates.md", "\n".join(table) + "\n")
     plots = []
     if not shapes.empty and "cost_per_mtoken" in shapes:
-        t = shapes[shapes["status"] == "feasible"].assign(label=lambda d: d["shape"] + ", n=" + d["replicas"]
-                                                           .astype("Int64").astype(str), status="done")
-        pairs = [("cost_per_mtoken", "wh_per_mtoken", "cost per million tokens", "energy per million tokens (Wh)"),
-                 ("ttft_p99_s", "cost_per_mtoken", "p99 TTFT (s)", "cost per million tokens")]
+        t = shapes[shapes["status"] == "feasible"].assign(
+            label=lambda d: d["shape"] + ", n=" + d["replicas"].astype("Int64").astype(str), status="done"
+        )
+        pairs = [
+            ("cost_per_mtoken", "wh_per_mtoken", "cost per million tokens", "energy per million tokens (Wh)"),
+            ("ttft_p99_s", "cost_per_mtoken", "p99 TTFT (s)", "cost per million tokens"),
+        ]
         if summary["opendc"]:
-            pairs.insert(1, ("cost_per_mtoken", "gco2_per_mtoken", "cost per million tokens",
-                             "carbon per million tokens (gCO2)"))
+            pairs.insert(
+                1, ("cost_per_mtoken", "gco2_per_mtoken", "cost per million tokens", "carbon per million tokens (gCO2)")
+            )
         for x, y, xl, yl in pairs:
             f = out / "plots" / f"front_{y}_vs_{x}.png"
             P.sweep_tradeoff(t, f, x=x, y=y, xlabel=xl, ylabel=yl, title=f"{plan.name}: {yl} vs {xl}")
             plots.append(f.relative_to(out))
-    md = [f"# Capacity plan {plan.name}", "", f"Source: {plan.source}. SLOs: {summary['slo']}"
-          + (f"; traffic at {summary['rate']:g} requests/s." if summary["rate"] else "."), "",
-          "```", text, "```", "", "## Candidates", "",
-          "Feasible shapes at their smallest replica count meeting the SLOs; 'screened out' shapes were neither on "
-          "the estimated front nor near its best cost or energy, so OpenDC did not run them (their figures are "
-          "estimates without OpenDC).", "", *table, "",
-          "Every run is a complete `kavier run` output under `runs/`; `evaluations.csv` lists them all.", ""]
+    md = [
+        f"# Capacity plan {plan.name}",
+        "",
+        f"Source: {plan.source}. SLOs: {summary['slo']}"
+        + (f"; traffic at {summary['rate']:g} requests/s." if summary["rate"] else "."),
+        "",
+        "```",
+        text,
+        "```",
+        "",
+        "## Candidates",
+        "",
+        "Feasible shapes at their smallest replica count meeting the SLOs; 'screened out' shapes were neither on "
+        "the estimated front nor near its best cost or energy, so OpenDC did not run them (their figures are "
+        "estimates without OpenDC).",
+        "",
+        *table,
+        "",
+        "Every run is a complete `kavier run` output under `runs/`; `evaluations.csv` lists them all.",
+        "",
+    ]
     md += [f"![{p.stem}]({p})" for p in plots]
     atomic_write_text(out / "plan.md", "\n".join(md) + "\n")
     return text
@@ -592,16 +747,28 @@ def write_plan_outputs(plan: Plan, out: Path, summary: dict, runs: PlanRuns) -> 
 # Max sustainable rate
 # --------------------------------------------------------------------------
 
-def run_max_rate(plan: Plan, out: Path, *, jobs: int = 1, scheduler: str | None = None, quiet: bool = False,
-                 run_plots: bool = False, command: str = "kavier plan --max-rate") -> PlanResult:
+
+def run_max_rate(
+    plan: Plan,
+    out: Path,
+    *,
+    jobs: int = 1,
+    scheduler: str | None = None,
+    quiet: bool = False,
+    run_plots: bool = False,
+    command: str = "kavier plan --max-rate",
+) -> PlanResult:
     """The highest arrival rate at which one shape at a fixed replica count meets the SLOs (no OpenDC: latency
     does not depend on it)."""
 
     t0 = time.perf_counter()
     if len(plan.shapes) != 1:
-        raise KavierInputError(f"max-rate mode needs exactly one candidate shape, the plan has {len(plan.shapes)}",
-                               source=plan.source, location="candidates",
-                               expected="one value per candidates list (and candidates.replicas: N)")
+        raise KavierInputError(
+            f"max-rate mode needs exactly one candidate shape, the plan has {len(plan.shapes)}",
+            source=plan.source,
+            location="candidates",
+            expected="one value per candidates list (and candidates.replicas: N)",
+        )
     shape, units = plan.shapes[0], plan.units[1]
     base_rate = plan.rate
     mr = plan.max_rate
@@ -609,8 +776,9 @@ def run_max_rate(plan: Plan, out: Path, *, jobs: int = 1, scheduler: str | None 
     high = float(mr.get("high") or (base_rate * 8 if base_rate else 64.0))
     tol = float(mr.get("tolerance") or 0.05)
     if low >= high:
-        raise KavierInputError(f"max_rate.low {low:g} is not below max_rate.high {high:g}", source=plan.source,
-                               location="max_rate")
+        raise KavierInputError(
+            f"max_rate.low {low:g} is not below max_rate.high {high:g}", source=plan.source, location="max_rate"
+        )
     out = Path(out).resolve()  # the experiments name their traffic file by its absolute path
     check_writable_dir(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -626,8 +794,16 @@ def run_max_rate(plan: Plan, out: Path, *, jobs: int = 1, scheduler: str | None 
     def probe(rate: float) -> bool:
         runs.ask(None, shape, units, False, rate)
         _, ev = runs.next()
-        probes.append({"rate": rate, "meets": ev.meets, "why": ev.why, "run": ev.run_id,
-                       "ttft_q_s": ev.row.get("ttft_q_s"), "tpot_q_s": ev.row.get("tpot_q_s")})
+        probes.append(
+            {
+                "rate": rate,
+                "meets": ev.meets,
+                "why": ev.why,
+                "run": ev.run_id,
+                "ttft_q_s": ev.row.get("ttft_q_s"),
+                "tpot_q_s": ev.row.get("tpot_q_s"),
+            }
+        )
         say(f"  {rate:.4g} req/s: " + ("meets the SLOs" if ev.meets else f"misses ({ev.why})"))
         return ev.meets
 
@@ -646,20 +822,44 @@ def run_max_rate(plan: Plan, out: Path, *, jobs: int = 1, scheduler: str | None 
             result, note = low, f"between {low:.4g} (meets) and {high:.4g} req/s (misses)"
     finally:
         runs.close()
-    summary = {"plan": plan.name, "shape": shape.label, "replicas": shape.replicas_of(units),
-               "slo": plan.slo.describe(), "max_rate_rps": result, "note": note, "tolerance": tol, "probes": probes,
-               "wall_s": time.perf_counter() - t0}
+    summary = {
+        "plan": plan.name,
+        "shape": shape.label,
+        "replicas": shape.replicas_of(units),
+        "slo": plan.slo.describe(),
+        "max_rate_rps": result,
+        "note": note,
+        "tolerance": tol,
+        "probes": probes,
+        "wall_s": time.perf_counter() - t0,
+    }
     write_json_atomic(out / "max_rate.json", summary)
-    text = (f"max sustainable rate of {shape.label} x {shape.replicas_of(units)} replica(s) "
-            f"under {plan.slo.describe()}: "
-            + (f"{result:.4g} req/s" if result is not None else "none") + f" ({note}); {len(probes)} simulations, "
-            f"{summary['wall_s']:.1f} s")
-    atomic_write_text(out / "max_rate.md", "# " + text + "\n\n| rate (req/s) | meets | why not | run |\n"
-                      "|---:|---|---|---|\n"
-                      + "\n".join(f"| {p['rate']:.4g} | {'yes' if p['meets'] else 'no'} | {p['why']} | {p['run']} |"
-                                  for p in probes) + "\n")
+    text = (
+        f"max sustainable rate of {shape.label} x {shape.replicas_of(units)} replica(s) "
+        f"under {plan.slo.describe()}: "
+        + (f"{result:.4g} req/s" if result is not None else "none")
+        + f" ({note}); {len(probes)} simulations, "
+        f"{summary['wall_s']:.1f} s"
+    )
+    atomic_write_text(
+        out / "max_rate.md",
+        "# " + text + "\n\n| rate (req/s) | meets | why not | run |\n"
+        "|---:|---|---|---|\n"
+        + "\n".join(f"| {p['rate']:.4g} | {'yes' if p['meets'] else 'no'} | {p['why']} | {p['run']} |" for p in probes)
+        + "\n",
+    )
     return PlanResult(out, summary, text)
 
 
-__all__ = ["Evaluation", "PlanResult", "PlanRuns", "ShapeSearch", "objective_scores", "pareto_front", "run_max_rate",
-           "run_plan", "slo_check", "summary_text"]
+__all__ = [
+    "Evaluation",
+    "PlanResult",
+    "PlanRuns",
+    "ShapeSearch",
+    "objective_scores",
+    "pareto_front",
+    "run_max_rate",
+    "run_plan",
+    "slo_check",
+    "summary_text",
+]

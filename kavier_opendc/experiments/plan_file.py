@@ -63,14 +63,14 @@ OBJECTIVES = ("cost", "energy", "carbon")
 class Shape:
     """One candidate serving setup; the replica count is what the planner searches."""
 
-    gpus: tuple[tuple[str, int], ...]   # (GPU type, replicas per unit of the mix); one entry: a single type
+    gpus: tuple[tuple[str, int], ...]  # (GPU type, replicas per unit of the mix); one entry: a single type
     tp: int
     prefix_cache: str
     router: str | None
     max_num_seqs: int | None
     max_batched_tokens: int | None
-    ratio: str | None = None            # P/D "p:d" (prefill:decode); None: co-located
-    decode_gpu: str | None = None       # the decode pool's GPU type when it differs from the prefill pool's
+    ratio: str | None = None  # P/D "p:d" (prefill:decode); None: co-located
+    decode_gpu: str | None = None  # the decode pool's GPU type when it differs from the prefill pool's
     # (N, prefill replicas, decode replicas) for each searched replica count N this P/D shape exists at
     splits: tuple[tuple[int, int, int], ...] = field(default=(), repr=False)
 
@@ -102,11 +102,13 @@ class Shape:
 
     @property
     def slug(self) -> str:
-        text = "_".join([self.gpu_label.replace(" decode", ""), f"tp{self.tp}", f"pc-{self.prefix_cache}"]
-                        + ([f"pd{self.ratio.replace(':', '-')}"] if self.ratio else [])
-                        + ([self.router] if self.router else [])
-                        + ([f"seqs{self.max_num_seqs}"] if self.max_num_seqs else [])
-                        + ([f"tok{self.max_batched_tokens}"] if self.max_batched_tokens else []))
+        text = "_".join(
+            [self.gpu_label.replace(" decode", ""), f"tp{self.tp}", f"pc-{self.prefix_cache}"]
+            + ([f"pd{self.ratio.replace(':', '-')}"] if self.ratio else [])
+            + ([self.router] if self.router else [])
+            + ([f"seqs{self.max_num_seqs}"] if self.max_num_seqs else [])
+            + ([f"tok{self.max_batched_tokens}"] if self.max_batched_tokens else [])
+        )
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
     def replicas_of(self, units: int) -> int:
@@ -180,11 +182,11 @@ class Plan:
     rate: float | None
     slo: SLO
     shapes: list[Shape]
-    units: tuple[int, int]              # the searched range of replica counts (units of a mix)
+    units: tuple[int, int]  # the searched range of replica counts (units of a mix)
     objective: str | dict
     near_front: float
     max_rate: dict
-    pd_link: dict | None = None         # candidates.disaggregation.link: the KV link of every P/D shape
+    pd_link: dict | None = None  # candidates.disaggregation.link: the KV link of every P/D shape
 
     # ----------------------------------------------------------------- experiments
     def experiment(self, shape: Shape, units: int, traffic: Path, *, opendc: bool) -> dict:
@@ -194,15 +196,21 @@ class Plan:
         for key in ("router", "max_num_seqs", "max_batched_tokens"):
             if getattr(shape, key) is not None:
                 serving[key] = getattr(shape, key)
-        doc: dict[str, Any] = {"name": f"{self.name}-{shape.slug}-n{units}", "seed": self.seed, "model": self.model,
-                               "trace": str(traffic)}
+        doc: dict[str, Any] = {
+            "name": f"{self.name}-{shape.slug}-n{units}",
+            "seed": self.seed,
+            "model": self.model,
+            "trace": str(traffic),
+        }
         if self.workload_format and Path(traffic) == self.workload:
             doc["trace"] = {"file": str(traffic), "format": self.workload_format}
         if shape.ratio is not None:
             doc["gpu"] = shape.gpus[0][0]
             p, dd = shape.split(units)
-            dis: dict[str, Any] = {"prefill": {"replicas": p, "tp": shape.tp},
-                                   "decode": {"replicas": dd, "tp": shape.tp}}
+            dis: dict[str, Any] = {
+                "prefill": {"replicas": p, "tp": shape.tp},
+                "decode": {"replicas": dd, "tp": shape.tp},
+            }
             if shape.decode_gpu:
                 dis["decode"]["gpu"] = shape.decode_gpu
             if self.pd_link:
@@ -212,8 +220,9 @@ class Plan:
             doc["gpu"] = shape.gpus[0][0]
             serving.update(replicas=units, tp=shape.tp)
         else:
-            serving["replica_groups"] = [{"name": g, "gpu": g, "replicas": units * k, "tp": shape.tp}
-                                         for g, k in shape.gpus]
+            serving["replica_groups"] = [
+                {"name": g, "gpu": g, "replicas": units * k, "tp": shape.tp} for g, k in shape.gpus
+            ]
         doc["serving"] = serving
         for key in ("catalog", "carbon", "prices"):
             if key in d:
@@ -231,6 +240,7 @@ class Plan:
                     flatten(f"{prefix}.{k}" if prefix else k, v)
             else:
                 overrides[prefix] = x
+
         if extra:
             flatten("", extra)
         doc = with_overrides(doc, overrides) if overrides else doc
@@ -249,12 +259,13 @@ def sized_datacenter(dc: dict, shape: Shape, units: int) -> dict:
     hosts = []
     per_gpu = shape.replicas_per_gpu(units)
     for gpu, replicas in per_gpu.items():
-        tmpl = next((h for h in templates if h.get("gpu") == gpu), None) \
-            or next((h for h in templates if "gpu" not in h), None)
+        tmpl = next((h for h in templates if h.get("gpu") == gpu), None) or next(
+            (h for h in templates if "gpu" not in h), None
+        )
         if tmpl is None:
             continue
         h = copy.deepcopy(tmpl)
-        per_host = max(1, int(h.get("gpus_per_host", 1)) // shape.tp)   # replicas a host holds whole
+        per_host = max(1, int(h.get("gpus_per_host", 1)) // shape.tp)  # replicas a host holds whole
         h["count"] = max(1, math.ceil(replicas / per_host))
         if len(per_gpu) > 1:
             h["gpu"] = gpu
@@ -268,16 +279,27 @@ def sized_datacenter(dc: dict, shape: Shape, units: int) -> dict:
 # Loading
 # --------------------------------------------------------------------------
 
-def _shapes(cand: dict, units: tuple[int, int] = DEFAULT_REPLICAS,
-            ratios: list[tuple[str, int, int]] | None = None) -> list[Shape]:
+
+def _shapes(
+    cand: dict, units: tuple[int, int] = DEFAULT_REPLICAS, ratios: list[tuple[str, int, int]] | None = None
+) -> list[Shape]:
     """The candidate shapes: the product of the candidate lists; with ``ratios`` (label, p, d), every
     single-GPU-type shape also as a P/D shape per ratio and decode GPU (no router: the P/D engine routes by
     itself), kept only when it has a split at some searched replica count (see :func:`pd_splits`)."""
     gpus: list[tuple[tuple[str, int], ...]] = [((g, 1),) for g in cand.get("gpu") or []]
-    gpus += [tuple(sorted((str(g), int(k)) for g, k in mix.items())) for mix in cand.get("mixes") or []
-             if isinstance(mix, dict)]
-    axes = [gpus, cand.get("tp") or [1], cand.get("prefix_cache") or ["block"], cand.get("router") or [None],
-            cand.get("max_num_seqs") or [None], cand.get("max_batched_tokens") or [None]]
+    gpus += [
+        tuple(sorted((str(g), int(k)) for g, k in mix.items()))
+        for mix in cand.get("mixes") or []
+        if isinstance(mix, dict)
+    ]
+    axes = [
+        gpus,
+        cand.get("tp") or [1],
+        cand.get("prefix_cache") or ["block"],
+        cand.get("router") or [None],
+        cand.get("max_num_seqs") or [None],
+        cand.get("max_batched_tokens") or [None],
+    ]
     dis = cand.get("disaggregation") if isinstance(cand.get("disaggregation"), dict) else None
     colocated = dis is None or dis.get("colocated", True) is not False
     splits = pd_splits([(p, d) for _, p, d in ratios], *units) if dis is not None and ratios else []
@@ -287,12 +309,13 @@ def _shapes(cand: dict, units: tuple[int, int] = DEFAULT_REPLICAS,
         if s not in seen:
             seen.add(s)
             out.append(s)
+
     for combo in itertools.product(*axes):
         s = Shape(*combo)
         if colocated or len(s.gpus) != 1:
             add(s)
         if not splits or len(s.gpus) != 1:
-            continue   # mixes are replica groups, which the P/D engine does not take
+            continue  # mixes are replica groups, which the P/D engine does not take
         for decode_gpu in (dis or {}).get("decode_gpu") or [None]:
             dg = None if decode_gpu == s.gpus[0][0] else decode_gpu
             for (label, _, _), sp in zip(ratios or [], splits, strict=True):
@@ -305,8 +328,10 @@ def parse_ratio(text: Any) -> tuple[int, int] | str:
     """``"p:d"`` as (p, d), or why it is not a ratio."""
     m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(text))
     if not isinstance(text, str) or m is None:
-        return (f"{text!r} is not a ratio PREFILL:DECODE of whole numbers (e.g. \"1:3\": one prefill replica "
-                "for three decode replicas)")
+        return (
+            f'{text!r} is not a ratio PREFILL:DECODE of whole numbers (e.g. "1:3": one prefill replica '
+            "for three decode replicas)"
+        )
     p, d = int(m.group(1)), int(m.group(2))
     if p == 0 or d == 0:
         return f"{text!r} leaves the {'prefill' if p == 0 else 'decode'} pool empty (both sides must be at least 1)"
@@ -379,11 +404,23 @@ def load_plan(path: str | Path, *, opendc: bool | None = None) -> Plan:
     wp = Path(traffic["workload"]).expanduser()
     workload = (wp if wp.is_absolute() else base / wp).resolve()
     if not workload.is_file():
-        raise_problems([(("traffic", "workload"), f"file {str(workload)!r} not found (paths are relative to the "
-                                                  "plan file's folder)")], src, "plan")
+        raise_problems(
+            [
+                (
+                    ("traffic", "workload"),
+                    f"file {str(workload)!r} not found (paths are relative to the plan file's folder)",
+                )
+            ],
+            src,
+            "plan",
+        )
     slo_doc = doc["slo"]
-    slo = SLO(slo_doc.get("ttft_s"), slo_doc.get("tpot_s"), float(slo_doc.get("percentile", DEFAULT_PERCENTILE)),
-              slo_doc.get("min_attainment"))
+    slo = SLO(
+        slo_doc.get("ttft_s"),
+        slo_doc.get("tpot_s"),
+        float(slo_doc.get("percentile", DEFAULT_PERCENTILE)),
+        slo_doc.get("min_attainment"),
+    )
     cand = doc["candidates"]
     units = _units(cand)
     if units[0] > units[1]:
@@ -395,15 +432,31 @@ def load_plan(path: str | Path, *, opendc: bool | None = None) -> Plan:
         problems.append((("candidates", "disaggregation"), fw_problem))
     shapes = _shapes(cand, units, ratios)
     if isinstance(dis, dict) and ratios and not any(s.ratio for s in shapes):
-        problems.append((("candidates", "disaggregation", "ratios"),
-                         f"no ratio splits any replica count in {units[0]}..{units[1]} into two non-empty pools "
-                         "(raise candidates.replicas.max)"))
-    plan = Plan(data=doc, source=src, base_dir=base, name=str(doc.get("name") or p.stem), seed=int(doc.get("seed", 0)),
-                model=doc["model"], workload=workload, workload_format=traffic.get("format"),
-                rate=traffic.get("rate"), slo=slo, shapes=shapes, units=units,
-                objective=doc.get("objective", "cost"), near_front=float(doc.get("near_front", DEFAULT_NEAR_FRONT)),
-                max_rate=dict(doc.get("max_rate") or {}),
-                pd_link=dict(dis["link"]) if isinstance(dis, dict) and isinstance(dis.get("link"), dict) else None)
+        problems.append(
+            (
+                ("candidates", "disaggregation", "ratios"),
+                f"no ratio splits any replica count in {units[0]}..{units[1]} into two non-empty pools "
+                "(raise candidates.replicas.max)",
+            )
+        )
+    plan = Plan(
+        data=doc,
+        source=src,
+        base_dir=base,
+        name=str(doc.get("name") or p.stem),
+        seed=int(doc.get("seed", 0)),
+        model=doc["model"],
+        workload=workload,
+        workload_format=traffic.get("format"),
+        rate=traffic.get("rate"),
+        slo=slo,
+        shapes=shapes,
+        units=units,
+        objective=doc.get("objective", "cost"),
+        near_front=float(doc.get("near_front", DEFAULT_NEAR_FRONT)),
+        max_rate=dict(doc.get("max_rate") or {}),
+        pd_link=dict(dis["link"]) if isinstance(dis, dict) and isinstance(dis.get("link"), dict) else None,
+    )
     # every shape's experiment must be valid (catalogue names, policies, routers, a datacenter template per
     # GPU type); only errors that hold at every replica count are the file's fault
     for shape in plan.shapes:
@@ -411,8 +464,9 @@ def load_plan(path: str | Path, *, opendc: bool | None = None) -> Plan:
         if not counts:
             continue
         exp_doc = plan.experiment(shape, counts[-1], workload, opendc=opendc is not False)
-        probs, _ = experiment_problems(exp_doc, base_dir=base, source=f"{src} [{shape.label}]",
-                                       opendc=opendc is not False)
+        probs, _ = experiment_problems(
+            exp_doc, base_dir=base, source=f"{src} [{shape.label}]", opendc=opendc is not False
+        )
         for pth, msg in probs:
             if _depends_on_size(pth, msg) or (fw_problem and shape.ratio and pth == ("serving", "framework")):
                 continue
@@ -433,11 +487,13 @@ def _pd_framework_problem(doc: dict) -> str | None:
     try:
         fw = framework(name)
     except KavierInputError:
-        return None   # the unknown name is reported by every shape's experiment
+        return None  # the unknown name is reported by every shape's experiment
     if fw.policy != "vllm-v1":
-        return (f"framework {name!r} (experiment.serving.framework) cannot run disaggregated prefill/decode: "
-                "the engine models it with vLLM v1's scheduler only (use a vllm-v1 scheduler framework, or "
-                "drop candidates.disaggregation)")
+        return (
+            f"framework {name!r} (experiment.serving.framework) cannot run disaggregated prefill/decode: "
+            "the engine models it with vLLM v1's scheduler only (use a vllm-v1 scheduler framework, or "
+            "drop candidates.disaggregation)"
+        )
     return None
 
 
@@ -450,8 +506,9 @@ def _depends_on_size(path: tuple, msg: str) -> bool:
 def shape_problems(plan: Plan, shape: Shape, units: int, traffic: Path, opendc: bool) -> list[str]:
     """Why the experiment of ``shape`` at ``units`` replicas cannot run (empty when it can)."""
     counts = shape.counts(*plan.units)
-    doc = plan.experiment(shape, units if shape.ratio is None or units in counts else counts[-1], traffic,
-                          opendc=opendc)
+    doc = plan.experiment(
+        shape, units if shape.ratio is None or units in counts else counts[-1], traffic, opendc=opendc
+    )
     probs, _ = experiment_problems(doc, base_dir=plan.base_dir, source=plan.source, opendc=opendc)
     return [f"{json_path(p)}: {m}" for p, m in probs]
 
@@ -459,6 +516,7 @@ def shape_problems(plan: Plan, shape: Shape, units: int, traffic: Path, opendc: 
 # --------------------------------------------------------------------------
 # Traffic at a rate
 # --------------------------------------------------------------------------
+
 
 def traffic_at(plan: Plan, rate: float | None, folder: Path) -> Path:
     """The plan's workload at ``rate`` requests/s (None: as it is), written under ``folder`` when changed:
@@ -477,7 +535,6 @@ def traffic_at(plan: Plan, rate: float | None, folder: Path) -> Path:
         out = folder / f"{plan.workload.stem}-rate{tag}.yaml"
         import yaml
 
-
         atomic_write_text(out, yaml.safe_dump(spec, sort_keys=False))
         return out
     from kavier_opendc.workload.trace import load_trace, write_trace
@@ -485,8 +542,11 @@ def traffic_at(plan: Plan, rate: float | None, folder: Path) -> Path:
     trace = load_trace(plan.workload, plan.workload_format)
     span = float(trace.arrival_s[-1] - trace.arrival_s[0]) if len(trace) > 1 else 0.0
     if span <= 0:
-        raise KavierInputError("cannot scale a trace whose requests all arrive at once to a rate",
-                               source=str(plan.workload), location="traffic.rate")
+        raise KavierInputError(
+            "cannot scale a trace whose requests all arrive at once to a rate",
+            source=str(plan.workload),
+            location="traffic.rate",
+        )
     own = (len(trace) - 1) / span
     scaled = dataclasses.replace(trace, arrival_s=trace.arrival_s * (own / float(rate)))
     out = folder / f"{plan.workload.stem}-rate{tag}.parquet"
@@ -509,5 +569,16 @@ def _absolute_files(x: Any, base: Path) -> Any:
     return x
 
 
-__all__ = ["EXAMPLE_PLAN", "OBJECTIVES", "Plan", "SLO", "Shape", "load_plan", "parse_ratio", "pd_splits",
-           "shape_problems", "sized_datacenter", "traffic_at"]
+__all__ = [
+    "EXAMPLE_PLAN",
+    "OBJECTIVES",
+    "Plan",
+    "SLO",
+    "Shape",
+    "load_plan",
+    "parse_ratio",
+    "pd_splits",
+    "shape_problems",
+    "sized_datacenter",
+    "traffic_at",
+]

@@ -47,6 +47,7 @@ RUN_ENTRIES = ("simulation", "opendc", "plots", REPORT_JSON, "report.md", EXPERI
 # The folder and its markers
 # --------------------------------------------------------------------------
 
+
 def prepare_out_dir(out: Path) -> None:
     """Make ``out`` ready for a run: create it, or clear an earlier run in it.
     A non-empty folder that does not hold a kavier run is refused."""
@@ -56,8 +57,11 @@ def prepare_out_dir(out: Path) -> None:
         entries = [p for p in out.iterdir() if p.name != INNER_LOCK]
         known = {p.name for p in entries} & set(RUN_ENTRIES)
         if entries and not known:
-            raise KavierInputError(f"output folder {out} is not empty and holds no earlier kavier run",
-                                   location="--out", expected="a new or empty folder, or one written by kavier run")
+            raise KavierInputError(
+                f"output folder {out} is not empty and holds no earlier kavier run",
+                location="--out",
+                expected="a new or empty folder, or one written by kavier run",
+            )
         if known:  # marked first: a kill while the earlier run is cleared leaves no complete-looking folder
             mark_incomplete(out, f"kavier run: clearing an earlier run (pid {os.getpid()})\n")
         for p in entries:
@@ -152,8 +156,9 @@ def _file_problem(path: Path) -> str | None:
         return "is missing"
     except (OSError, ValueError) as exc:
         return f"is unreadable or cut short ({type(exc).__name__})"
-    if path.name == REPORT_JSON and not (isinstance(data, dict)
-                                         and all(k in data for k in ("performance", "efficiency", "provenance"))):
+    if path.name == REPORT_JSON and not (
+        isinstance(data, dict) and all(k in data for k in ("performance", "efficiency", "provenance"))
+    ):
         return "lacks a report's sections"
     return None
 
@@ -161,6 +166,7 @@ def _file_problem(path: Path) -> str | None:
 # --------------------------------------------------------------------------
 # Hashes
 # --------------------------------------------------------------------------
+
 
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as fh:
@@ -179,8 +185,14 @@ def run_key(document: Mapping, opendc: bool | None) -> str:
     depend on dict order, on the run's position in a sweep or on the Python version; the input files' bytes
     are not in it (:func:`config_hash` has them), so an edited trace reruns a run in the same folder."""
     doc = {k: v for k, v in document.items() if k != "name"}
-    text = json.dumps({"experiment": doc, "opendc": opendc}, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=True, allow_nan=True, default=str)
+    text = json.dumps(
+        {"experiment": doc, "opendc": opendc},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+        allow_nan=True,
+        default=str,
+    )
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:RUN_KEY_LENGTH]
 
 
@@ -210,6 +222,7 @@ def config_hash(document: Mapping, exp, opendc: bool | None) -> str:
 # The experiment as run
 # --------------------------------------------------------------------------
 
+
 def absolutized(exp: Experiment) -> dict:
     """The experiment document with every relative path made absolute, so the
     copy in the output folder runs from anywhere."""
@@ -219,6 +232,7 @@ def absolutized(exp: Experiment) -> dict:
     def ab(v):
         p = Path(v).expanduser()
         return str(p if p.is_absolute() else (base / p).resolve())
+
     t = d.get("trace")
     if isinstance(t, str):
         d["trace"] = ab(t)
@@ -258,8 +272,27 @@ def write_experiment_copy(out: Path, exp: Experiment) -> None:
     write_json_atomic(Path(out) / EXPERIMENT_COPY, absolutized(exp))
 
 
-__all__ = ["DONE", "EXPERIMENT_COPY", "INCOMPLETE", "REPORT_JSON", "RUN_ENTRIES", "RUN_KEY_LENGTH",
-           "absolutized", "clear_done", "clear_incomplete", "config_hash", "is_incomplete", "mark_done",
-           "mark_failed_run", "mark_incomplete", "prepare_out_dir", "recorded_key", "run_done_problem", "run_is_done",
-           "run_key", "SIMULATION_FILES",
-           "sha256_file", "write_experiment_copy"]
+__all__ = [
+    "DONE",
+    "EXPERIMENT_COPY",
+    "INCOMPLETE",
+    "REPORT_JSON",
+    "RUN_ENTRIES",
+    "RUN_KEY_LENGTH",
+    "absolutized",
+    "clear_done",
+    "clear_incomplete",
+    "config_hash",
+    "is_incomplete",
+    "mark_done",
+    "mark_failed_run",
+    "mark_incomplete",
+    "prepare_out_dir",
+    "recorded_key",
+    "run_done_problem",
+    "run_is_done",
+    "run_key",
+    "SIMULATION_FILES",
+    "sha256_file",
+    "write_experiment_copy",
+]

@@ -8,9 +8,22 @@ from typing import Any
 from kavier_opendc.engine import knobs
 
 #: the serving options an experiment sets directly (the prefix cache is its own section), with their defaults
-OPTIONS = ("framework", "max_num_seqs", "max_batched_tokens", "usage", "gpu_memory_utilization", "num_kv_blocks",
-           "max_model_len", "allow_long_max_model_len", "kv_cache", "router", "exact", "weight_dtype", "kv_cache_dtype",
-           "weight_only_fallback")
+OPTIONS = (
+    "framework",
+    "max_num_seqs",
+    "max_batched_tokens",
+    "usage",
+    "gpu_memory_utilization",
+    "num_kv_blocks",
+    "max_model_len",
+    "allow_long_max_model_len",
+    "kv_cache",
+    "router",
+    "exact",
+    "weight_dtype",
+    "kv_cache_dtype",
+    "weight_only_fallback",
+)
 DEFAULTS: dict[str, Any] = {name: knobs.default(name) for name in OPTIONS}
 
 
@@ -33,7 +46,7 @@ class Serving:
     weight_dtype: Any = DEFAULTS["weight_dtype"]
     kv_cache_dtype: Any = DEFAULTS["kv_cache_dtype"]
     weight_only_fallback: Any = DEFAULTS["weight_only_fallback"]
-    prefix_cache: dict = field(default_factory=dict)   # {"policy": ..., option: value}; {} = the engine's default
+    prefix_cache: dict = field(default_factory=dict)  # {"policy": ..., option: value}; {} = the engine's default
     disaggregation: dict | None = None  # {prefill: pool, decode: pool, link: {...}} as written; None: co-located
 
     def get(self, name: str) -> Any:

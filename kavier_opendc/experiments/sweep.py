@@ -92,13 +92,26 @@ _NOT_FINISHED = ("no DONE marker", "INCOMPLETE", "another configuration", "unrea
 LOG = "sweep_log.jsonl"
 
 TABLE_COLUMNS = [
-    ("num_finished", "finished"), ("makespan_s", "makespan (s)"), ("output_tokens_per_s", "output tok/s"),
-    ("ttft_p50_s", "TTFT p50 (s)"), ("ttft_p99_s", "TTFT p99 (s)"), ("tpot_p50_s", "TPOT p50 (s)"),
-    ("tpot_p99_s", "TPOT p99 (s)"), ("e2e_p99_s", "E2E p99 (s)"), ("prefix_cache_hit_ratio", "prefix hit ratio"),
-    ("gpu_utilization_mean", "GPU util"), ("slo_attainment", "SLO attainment"), ("goodput_rps", "goodput (req/s)"),
-    ("energy_wh", "energy (Wh)"), ("avg_power_w", "avg power (W)"), ("carbon_g", "carbon (g)"),
-    ("wh_per_mtoken", "Wh/Mtoken"), ("gco2_per_mtoken", "gCO2/Mtoken"), ("cost_per_mtoken", "cost/Mtoken"),
-    ("wh_per_mtoken_per_s", "Wh/(Mtoken/s)"), ("kgco2_per_mtoken_per_s", "kgCO2/(Mtoken/s)"),
+    ("num_finished", "finished"),
+    ("makespan_s", "makespan (s)"),
+    ("output_tokens_per_s", "output tok/s"),
+    ("ttft_p50_s", "TTFT p50 (s)"),
+    ("ttft_p99_s", "TTFT p99 (s)"),
+    ("tpot_p50_s", "TPOT p50 (s)"),
+    ("tpot_p99_s", "TPOT p99 (s)"),
+    ("e2e_p99_s", "E2E p99 (s)"),
+    ("prefix_cache_hit_ratio", "prefix hit ratio"),
+    ("gpu_utilization_mean", "GPU util"),
+    ("slo_attainment", "SLO attainment"),
+    ("goodput_rps", "goodput (req/s)"),
+    ("energy_wh", "energy (Wh)"),
+    ("avg_power_w", "avg power (W)"),
+    ("carbon_g", "carbon (g)"),
+    ("wh_per_mtoken", "Wh/Mtoken"),
+    ("gco2_per_mtoken", "gCO2/Mtoken"),
+    ("cost_per_mtoken", "cost/Mtoken"),
+    ("wh_per_mtoken_per_s", "Wh/(Mtoken/s)"),
+    ("kgco2_per_mtoken_per_s", "kgCO2/(Mtoken/s)"),
     ("cost_per_mtoken_per_s", "cost/(Mtoken/s)"),
 ]
 
@@ -119,13 +132,13 @@ class Axis:
 class RunSpec:
     index: int
     id: str
-    labels: dict[str, str]          # axis name -> label
+    labels: dict[str, str]  # axis name -> label
     overrides: dict[str, Any]
-    document: dict                  # the experiment document of this run (absolute paths)
+    document: dict  # the experiment document of this run (absolute paths)
     base_dir: str
     source: str
     config_hash: str = ""
-    key: str = ""                   # run_key(document): the folder's name ends with it
+    key: str = ""  # run_key(document): the folder's name ends with it
 
     @property
     def label(self) -> str:
@@ -175,8 +188,12 @@ def _axes(doc: dict, problems: list) -> list[Axis]:
                 elif "path" in a:
                     vs.append(Variant(_label(v), {a["path"]: v}))
                 else:
-                    problems.append((("axes", i, "values", j), "a plain value needs the axis' 'path' "
-                                                               "(or write {label, set: {path: value}})"))
+                    problems.append(
+                        (
+                            ("axes", i, "values", j),
+                            "a plain value needs the axis' 'path' (or write {label, set: {path: value}})",
+                        )
+                    )
             axes.append(Axis(str(a.get("name")), vs))
     names = [a.name for a in axes]
     for n in set(names):
@@ -234,8 +251,16 @@ def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
     exp_problems: list = []
     count = math.prod(len(a.values) for a in axes)
     if count > limits.SWEEP_RUNS.value:
-        raise_problems([(("axes",), f"{' x '.join(str(len(a.values)) for a in axes)} values give "
-                                    + limits.SWEEP_RUNS.above(count))], src, "sweep")
+        raise_problems(
+            [
+                (
+                    ("axes",),
+                    f"{' x '.join(str(len(a.values)) for a in axes)} values give " + limits.SWEEP_RUNS.above(count),
+                )
+            ],
+            src,
+            "sweep",
+        )
     combos = list(itertools.product(*[a.values for a in axes]))
     by_key: dict[str, str] = {}
     for i, combo in enumerate(combos):
@@ -254,8 +279,12 @@ def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
         adoc = absolutized(exp)
         key = run_key(adoc, opendc)
         if key in by_key:
-            exp_problems.append(((where,), f"the same experiment as {by_key[key]} (both resolve to one "
-                                           "configuration); drop one of the values"))
+            exp_problems.append(
+                (
+                    (where,),
+                    f"the same experiment as {by_key[key]} (both resolve to one configuration); drop one of the values",
+                )
+            )
             continue
         by_key[key] = where
         rid = run_folder_name(labels, key)
@@ -273,6 +302,7 @@ def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
 # The sweep
 # --------------------------------------------------------------------------
 
+
 @dataclass
 class SweepResult:
     out: Path
@@ -282,16 +312,20 @@ class SweepResult:
     failed: int = 0
     ran: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
-    stale: list[str] = field(default_factory=list)   # run folders of configurations not in this sweep (kept)
+    stale: list[str] = field(default_factory=list)  # run folders of configurations not in this sweep (kept)
 
     def summary_text(self, wall_s: float) -> str:
-        lines = [f"sweep: {self.done} run(s) done now, {self.skipped} skipped (already done), "
-                 f"{self.failed} failed, in {wall_s:.1f} s"]
+        lines = [
+            f"sweep: {self.done} run(s) done now, {self.skipped} skipped (already done), "
+            f"{self.failed} failed, in {wall_s:.1f} s"
+        ]
         for rid, err in self.errors.items():
             lines.append(f"  FAILED {rid}: {err.splitlines()[0] if err else ''}")
         if self.stale:
-            lines.append(f"note: {len(self.stale)} run folder(s) in {self.out / 'runs'} not in this sweep were kept "
-                         "(named above and in sweep.json, stale_runs)")
+            lines.append(
+                f"note: {len(self.stale)} run folder(s) in {self.out / 'runs'} not in this sweep were kept "
+                "(named above and in sweep.json, stale_runs)"
+            )
         lines.append(f"wrote {self.out}/comparison.csv, comparison.md, plots/")
         return "\n".join(lines)
 
@@ -302,14 +336,22 @@ def _log(out: Path, **rec) -> None:
         fh.write(json.dumps(rec, default=str) + "\n")
 
 
-def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bool = False, quiet: bool = False,
-              retry_failed: bool = True, command: str = "kavier sweep", scheduler: str | None = None) -> SweepResult:
+def run_sweep(
+    sweep: Sweep,
+    out: Path,
+    *,
+    jobs: int | None = None,
+    run_plots: bool = False,
+    quiet: bool = False,
+    retry_failed: bool = True,
+    command: str = "kavier sweep",
+    scheduler: str | None = None,
+) -> SweepResult:
     """Run every configuration not yet done, then write the comparison.
 
     The runs go to a Dask cluster (``experiments/executor.py``): a local one with ``jobs`` worker processes,
     or the existing one whose scheduler listens at ``scheduler`` (``tcp://HOST:PORT``)."""
     import sys
-
 
     out = Path(out)
     check_writable_dir(out)
@@ -318,12 +360,30 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
     _begin_sweep(out)
     (out / "runs").mkdir(exist_ok=True)
     stale = stale_run_folders(sweep, out)
-    write_json_atomic(out / "sweep.json", {
-        "name": sweep.name, "source": sweep.source, "complete": False,
-        "axes": [{"name": a.name, "values": [{"label": v.label, "set": v.set} for v in a.values]} for a in sweep.axes],
-        "runs": [{"id": r.id, "key": r.key, "folder": f"runs/{r.id}", "labels": r.labels, "overrides": r.overrides,
-                  "config_hash": r.config_hash} for r in sweep.runs],
-        "stale_runs": stale})
+    write_json_atomic(
+        out / "sweep.json",
+        {
+            "name": sweep.name,
+            "source": sweep.source,
+            "complete": False,
+            "axes": [
+                {"name": a.name, "values": [{"label": v.label, "set": v.set} for v in a.values]} for a in sweep.axes
+            ],
+            "runs": [
+                {
+                    "id": r.id,
+                    "key": r.key,
+                    "folder": f"runs/{r.id}",
+                    "labels": r.labels,
+                    "overrides": r.overrides,
+                    "config_hash": r.config_hash,
+                }
+                for r in sweep.runs
+            ],
+            "stale_runs": stale,
+        },
+    )
+
     def say(text: str) -> None:
         if not quiet:
             print(text, file=sys.stderr, flush=True)
@@ -332,7 +392,7 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
     for r in sweep.runs:
         problem = run_done_problem(out / "runs" / r.id, r.config_hash)
         (skipped if problem is None else todo).append(r)
-        if problem is not None and problem not in _NOT_FINISHED:   # marked DONE, but its files are not whole
+        if problem is not None and problem not in _NOT_FINISHED:  # marked DONE, but its files are not whole
             _log(out, event="redo", id=r.id, reason=problem)
             say(f"note: run {r.id} is marked DONE but its {problem}: running it again")
     res = SweepResult(out, None, skipped=len(skipped), stale=stale)
@@ -341,22 +401,24 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
         _log(out, event="skip", id=r.id)
     if stale:
         _log(out, event="stale", ids=stale)
-    needs_opendc = any(r.document.get("opendc", {}).get("enabled", True) for r in todo) \
-        if sweep.opendc is None else sweep.opendc
+    needs_opendc = (
+        any(r.document.get("opendc", {}).get("enabled", True) for r in todo) if sweep.opendc is None else sweep.opendc
+    )
     if todo and needs_opendc and scheduler is None:  # a remote cluster's workers have their own OpenDC
         check_opendc_available()
     n_jobs = max(1, min(jobs or sweep.jobs or 2, len(todo) or 1))
     where = f"on the Dask cluster at {scheduler}" if scheduler else f"in {n_jobs} local worker process(es)"
-    say(f"sweep {sweep.name}: {len(sweep.runs)} configurations, {len(skipped)} already done, "
-        f"{len(todo)} to run {where}")
+    say(
+        f"sweep {sweep.name}: {len(sweep.runs)} configurations, {len(skipped)} already done, {len(todo)} to run {where}"
+    )
     if stale:
         say(stale_note(stale, out / "runs"))
     if todo:
 
         def log(**rec) -> None:
             _log(out, **rec)
-        with RunExecutor(jobs=n_jobs, scheduler=scheduler, prestart_opendc=bool(needs_opendc), log=log,
-                         say=say) as ex:
+
+        with RunExecutor(jobs=n_jobs, scheduler=scheduler, prestart_opendc=bool(needs_opendc), log=log, say=say) as ex:
             for r in todo:
                 rd = out / "runs" / r.id
                 clear_done(rd)
@@ -367,8 +429,16 @@ def run_sweep(sweep: Sweep, out: Path, *, jobs: int | None = None, run_plots: bo
                 for rec in ex.completed():
                     r = by_id[rec.task.id]
                     if rec.status == "done":
-                        mark_done(rec.task.run_dir, r.config_hash, id=r.id, key=r.key, finished=rec.end,
-                                  wall_s=rec.wall_s, pid=rec.pid, worker=rec.worker)
+                        mark_done(
+                            rec.task.run_dir,
+                            r.config_hash,
+                            id=r.id,
+                            key=r.key,
+                            finished=rec.end,
+                            wall_s=rec.wall_s,
+                            pid=rec.pid,
+                            worker=rec.worker,
+                        )
                         res.done += 1
                         res.ran.append(r.id)
                     else:
@@ -400,7 +470,8 @@ def check_run_folders(sweep: Sweep, out: Path) -> None:
             f"{len(bad)} run folder(s) hold another configuration than their name says: " + "; ".join(bad),
             source=str(out / "runs"),
             expected="each folder's DONE marker naming the run key its name ends with; move or delete these "
-                     "folders (kavier never overwrites them), then rerun the sweep")
+            "folders (kavier never overwrites them), then rerun the sweep",
+        )
 
 
 def stale_run_folders(sweep: Sweep, out: Path) -> list[str]:
@@ -416,15 +487,20 @@ def stale_run_folders(sweep: Sweep, out: Path) -> list[str]:
 def stale_note(stale: list[str], where: Path | None = None, show: int = 10) -> str:
     """One note naming the run folders that are not in this sweep (the first ``show`` of them)."""
     names = ", ".join(stale[:show]) + (f" and {len(stale) - show} more" if len(stale) > show else "")
-    return (f"note: {len(stale)} run folder(s) {'in ' + str(where) + ' ' if where else ''}are not in this sweep "
-            f"and were kept (not in comparison.csv; sweep.json lists them under stale_runs): {names}")
+    return (
+        f"note: {len(stale)} run folder(s) {'in ' + str(where) + ' ' if where else ''}are not in this sweep "
+        f"and were kept (not in comparison.csv; sweep.json lists them under stale_runs): {names}"
+    )
 
 
 def _begin_sweep(out: Path) -> None:
     """Mark the sweep folder incomplete until every run is done, and drop a previous comparison
     (it is written again at the end), so that a failing sweep never looks complete."""
-    mark_incomplete(out, f"kavier sweep in progress since {time.strftime('%Y-%m-%dT%H:%M:%S')} "
-                         f"(pid {os.getpid()}); this folder is not complete until this file is gone.\n")
+    mark_incomplete(
+        out,
+        f"kavier sweep in progress since {time.strftime('%Y-%m-%dT%H:%M:%S')} "
+        f"(pid {os.getpid()}); this folder is not complete until this file is gone.\n",
+    )
     for name in ("comparison.csv", "comparison.md"):
         (out / name).unlink(missing_ok=True)
 
@@ -433,9 +509,11 @@ def _end_sweep(out: Path, res: SweepResult) -> None:
     """sweep.json says complete and the INCOMPLETE marker goes only when no run failed."""
 
     if res.failed:
-        mark_incomplete(out, f"kavier sweep finished with {res.failed} failed run(s); rerun it to "
-                             "retry them (finished runs are kept):\n"
-                        + "".join(f"  {rid}: {err}\n" for rid, err in res.errors.items()))
+        mark_incomplete(
+            out,
+            f"kavier sweep finished with {res.failed} failed run(s); rerun it to "
+            "retry them (finished runs are kept):\n" + "".join(f"  {rid}: {err}\n" for rid, err in res.errors.items()),
+        )
         return
     doc = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
     write_json_atomic(out / "sweep.json", {**doc, "complete": True})
@@ -446,29 +524,41 @@ def _end_sweep(out: Path, res: SweepResult) -> None:
 # Comparison
 # --------------------------------------------------------------------------
 
+
 def report_row(report: dict) -> dict[str, Any]:
     """The key metrics of one run's report.json, flat (one row of a comparison table)."""
     p, s, e = report["performance"], report.get("sustainability") or {}, report["efficiency"]
 
     def q(d, k):
         return None if not d or d.get(k) is None else float(d[k])
+
     return {
-        "num_requests": p.get("num_requests"), "num_finished": p.get("num_finished"),
-        "makespan_s": p.get("makespan_s"), "output_tokens_per_s": p.get("output_tokens_per_s"),
+        "num_requests": p.get("num_requests"),
+        "num_finished": p.get("num_finished"),
+        "makespan_s": p.get("makespan_s"),
+        "output_tokens_per_s": p.get("output_tokens_per_s"),
         "total_tokens_per_s": p.get("total_tokens_per_s"),
-        "ttft_p50_s": q(p.get("ttft_s"), "p50"), "ttft_p99_s": q(p.get("ttft_s"), "p99"),
-        "tpot_p50_s": q(p.get("tpot_s"), "p50"), "tpot_p99_s": q(p.get("tpot_s"), "p99"),
+        "ttft_p50_s": q(p.get("ttft_s"), "p50"),
+        "ttft_p99_s": q(p.get("ttft_s"), "p99"),
+        "tpot_p50_s": q(p.get("tpot_s"), "p50"),
+        "tpot_p99_s": q(p.get("tpot_s"), "p99"),
         "e2e_p99_s": q(p.get("e2e_s"), "p99"),
         "prefix_cache_hit_ratio": p.get("prefix_cache_hit_ratio"),
         "gpu_utilization_mean": p.get("gpu_utilization_mean"),
         "preemptions": p.get("preemptions"),
-        "slo_attainment": e.get("slo_attainment"), "goodput_rps": e.get("goodput_rps"),
-        "energy_wh": s.get("energy_wh"), "avg_power_w": s.get("avg_power_w"), "peak_power_w": s.get("peak_power_w"),
+        "slo_attainment": e.get("slo_attainment"),
+        "goodput_rps": e.get("goodput_rps"),
+        "energy_wh": s.get("energy_wh"),
+        "avg_power_w": s.get("avg_power_w"),
+        "peak_power_w": s.get("peak_power_w"),
         "carbon_g": s.get("carbon_g"),
-        "wh_per_mtoken": e.get("wh_per_mtoken"), "gco2_per_mtoken": e.get("gco2_per_mtoken"),
-        "cost_per_mtoken": e.get("cost_per_mtoken"), "wh_per_mtoken_per_s": e.get("wh_per_mtoken_per_s"),
+        "wh_per_mtoken": e.get("wh_per_mtoken"),
+        "gco2_per_mtoken": e.get("gco2_per_mtoken"),
+        "cost_per_mtoken": e.get("cost_per_mtoken"),
+        "wh_per_mtoken_per_s": e.get("wh_per_mtoken_per_s"),
         "kgco2_per_mtoken_per_s": e.get("kgco2_per_mtoken_per_s"),
-        "cost_per_mtoken_per_s": e.get("cost_per_mtoken_per_s"), "currency": e.get("currency"),
+        "cost_per_mtoken_per_s": e.get("cost_per_mtoken_per_s"),
+        "currency": e.get("currency"),
         "wall_s": (report.get("provenance") or {}).get("wall_s"),
     }
 
@@ -508,45 +598,94 @@ def write_comparison(sweep: Sweep, out: Path, table) -> None:
     os.replace(tmp, out / "comparison.csv")
     axes = [a.name for a in sweep.axes]
     has_energy = "energy_wh" in table and table["energy_wh"].notna().any()
-    cols = ["ttft_p50_s", "ttft_p99_s", "tpot_p99_s", "e2e_p99_s", "prefix_cache_hit_ratio", "slo_attainment",
-            "goodput_rps"] + (["energy_wh", "carbon_g", "wh_per_mtoken", "gco2_per_mtoken"] if has_energy else []) \
+    cols = (
+        [
+            "ttft_p50_s",
+            "ttft_p99_s",
+            "tpot_p99_s",
+            "e2e_p99_s",
+            "prefix_cache_hit_ratio",
+            "slo_attainment",
+            "goodput_rps",
+        ]
+        + (["energy_wh", "carbon_g", "wh_per_mtoken", "gco2_per_mtoken"] if has_energy else [])
         + ["cost_per_mtoken"]
+    )
     names = dict(TABLE_COLUMNS)
     cur = next((c for c in table.get("currency", []) if isinstance(c, str)), "USD") if len(table) else "USD"
     head = ["run"] + axes + [names.get(c, c).replace("cost", cur) for c in cols] + ["status"]
     unfinished = int((table["status"] != "done").sum()) if len(table) else 0
-    lines = [f"# Sweep {sweep.name}", ""] + ([
-        f"**Incomplete: {unfinished} of {len(table)} configurations did not finish** (see INCOMPLETE and "
-        "the status column); rerun the sweep to retry them.", ""] if unfinished else []) + [
-             f"{len(table)} configurations ({' x '.join(f'{len(a.values)} {a.name}' for a in sweep.axes)}); "
-             f"source {sweep.source}.", "",
-             "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * (1 + len(axes)) + ["---:"] * len(cols)
-                                                            + ["---"]) + "|"]
+    lines = (
+        [f"# Sweep {sweep.name}", ""]
+        + (
+            [
+                f"**Incomplete: {unfinished} of {len(table)} configurations did not finish** (see INCOMPLETE and "
+                "the status column); rerun the sweep to retry them.",
+                "",
+            ]
+            if unfinished
+            else []
+        )
+        + [
+            f"{len(table)} configurations ({' x '.join(f'{len(a.values)} {a.name}' for a in sweep.axes)}); "
+            f"source {sweep.source}.",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "|".join(["---"] * (1 + len(axes)) + ["---:"] * len(cols) + ["---"]) + "|",
+        ]
+    )
     for _, row in table.iterrows():
         vals = [str(row["run"])] + [str(row[a]) for a in axes] + [_fmt(row.get(c)) for c in cols] + [str(row["status"])]
         lines.append("| " + " | ".join(vals) + " |")
     stale = stale_run_folders(sweep, out)
     if stale:
-        lines += ["", f"{len(stale)} folder(s) under runs/ belong to no configuration of this sweep and were kept: "
-                      + ", ".join(f"`{n}`" for n in stale[:50])
-                      + (f" and {len(stale) - 50} more (sweep.json lists them)" if len(stale) > 50 else "") + "."]
-    lines += ["", "Definitions: as in each run's report.md (tokens = input + output tokens of finished requests; "
-                  "energy from OpenDC, J / 3600 = Wh; cost = GPU-hours of the GPUs whose energy is counted "
-                  "(the datacenter's with OpenDC) x price + electricity).",
-              "", "![trade-off](plots/tradeoff.png)", "", "![metrics](plots/metrics.png)", ""]
+        lines += [
+            "",
+            f"{len(stale)} folder(s) under runs/ belong to no configuration of this sweep and were kept: "
+            + ", ".join(f"`{n}`" for n in stale[:50])
+            + (f" and {len(stale) - 50} more (sweep.json lists them)" if len(stale) > 50 else "")
+            + ".",
+        ]
+    lines += [
+        "",
+        "Definitions: as in each run's report.md (tokens = input + output tokens of finished requests; "
+        "energy from OpenDC, J / 3600 = Wh; cost = GPU-hours of the GPUs whose energy is counted "
+        "(the datacenter's with OpenDC) x price + electricity).",
+        "",
+        "![trade-off](plots/tradeoff.png)",
+        "",
+        "![metrics](plots/metrics.png)",
+        "",
+    ]
     atomic_write_text(out / "comparison.md", "\n".join(lines))
     pd_dir = out / "plots"
     if has_energy:
         P.sweep_tradeoff(table, pd_dir / "tradeoff.png", x="ttft_p99_s", y="wh_per_mtoken")
-        P.sweep_tradeoff(table, pd_dir / "tradeoff_carbon.png", x="ttft_p99_s", y="gco2_per_mtoken",
-                         ylabel="carbon per million tokens (gCO2/Mtoken)")
-        metrics = [("ttft_p99_s", "p99 TTFT (s)"), ("wh_per_mtoken", "energy (Wh/Mtoken)"),
-                   ("gco2_per_mtoken", "carbon (gCO2/Mtoken)"), ("cost_per_mtoken", f"cost ({cur}/Mtoken)")]
+        P.sweep_tradeoff(
+            table,
+            pd_dir / "tradeoff_carbon.png",
+            x="ttft_p99_s",
+            y="gco2_per_mtoken",
+            ylabel="carbon per million tokens (gCO2/Mtoken)",
+        )
+        metrics = [
+            ("ttft_p99_s", "p99 TTFT (s)"),
+            ("wh_per_mtoken", "energy (Wh/Mtoken)"),
+            ("gco2_per_mtoken", "carbon (gCO2/Mtoken)"),
+            ("cost_per_mtoken", f"cost ({cur}/Mtoken)"),
+        ]
     else:
-        P.sweep_tradeoff(table, pd_dir / "tradeoff.png", x="ttft_p99_s", y="cost_per_mtoken",
-                         ylabel=f"cost per million tokens ({cur}/Mtoken)")
-        metrics = [("ttft_p99_s", "p99 TTFT (s)"), ("tpot_p99_s", "p99 TPOT (s)"),
-                   ("prefix_cache_hit_ratio", "prefix hit ratio"), ("cost_per_mtoken", f"cost ({cur}/Mtoken)")]
+        P.sweep_tradeoff(
+            table,
+            pd_dir / "tradeoff.png",
+            x="ttft_p99_s",
+            y="cost_per_mtoken",
+            ylabel=f"cost per million tokens ({cur}/Mtoken)",
+        )
+        metrics = [
+            ("ttft_p99_s", "p99 TTFT (s)"),
+            ("tpot_p99_s", "p99 TPOT (s)"),
+            ("prefix_cache_hit_ratio", "prefix hit ratio"),
+            ("cost_per_mtoken", f"cost ({cur}/Mtoken)"),
+        ]
     P.sweep_bars(table, metrics, pd_dir / "metrics.png", title=f"Sweep {sweep.name}")
-
-

@@ -75,7 +75,7 @@ _GONE_PORTS: set[int] = set()
 def _drop_gone_jvm_records(record: logging.LogRecord) -> bool:
     if not _GONE_PORTS:
         return True
-    text = str(record.msg)   # "An error occurred while trying to connect to the Java server (HOST:PORT)"
+    text = str(record.msg)  # "An error occurred while trying to connect to the Java server (HOST:PORT)"
     return not any(text.endswith(f":{port})") for port in _GONE_PORTS)
 
 
@@ -102,8 +102,7 @@ class OpenDCInputError(KavierInputError):
 class OpenDCStallError(OpenDCBridgeError):
     """The watchdog stopped an OpenDC run whose progress did not advance for ``stalled_s`` seconds."""
 
-    def __init__(self, message: str, *, stalled_s: float, limit_s: float, last_progress: str,
-                 stderr_tail: str = ""):
+    def __init__(self, message: str, *, stalled_s: float, limit_s: float, last_progress: str, stderr_tail: str = ""):
         super().__init__(message, kind="STALLED", stderr_tail=stderr_tail)
         self.stalled_s = stalled_s
         self.limit_s = limit_s
@@ -131,13 +130,13 @@ class _Watch:
         self.last_advance = time.monotonic()
         self.fraction = 0.0
         self.phase = ""
-        self.hours: int | None = None     # the last metrics block's simulated hours
+        self.hours: int | None = None  # the last metrics block's simulated hours
         self.counts: dict[str, int] = {}  # and its task counts
-        self.advanced_hours: int | None = None   # simulated hours at the last advance
+        self.advanced_hours: int | None = None  # simulated hours at the last advance
         self._block: dict[str, int] = {}
         self._block_hours: int | None = None
-        self.advances: list[float] = [self.last_advance]   # monotonic times of the advances (newest 1000)
-        self.stalled_s: float | None = None   # set by the watchdog when it stops the run
+        self.advances: list[float] = [self.last_advance]  # monotonic times of the advances (newest 1000)
+        self.stalled_s: float | None = None  # set by the watchdog when it stops the run
 
     def _advance(self) -> None:
         self.last_advance = time.monotonic()
@@ -163,7 +162,7 @@ class _Watch:
             if m is None or self._block_hours is None:
                 return
             self._block[m.group(1)] = int(m.group(2))
-            if m.group(1) == "Terminated":   # the block's last line
+            if m.group(1) == "Terminated":  # the block's last line
                 self._end_block(self._block_hours, self._block)
                 self._block_hours, self._block = None, {}
 
@@ -187,9 +186,11 @@ class _Watch:
                 parts.append(f"OpenDC was {self.phase}")
             if self.hours is not None:
                 c = self.counts
-                parts.append(f"its last metrics, after {self.hours} simulated hours, count {c.get('Total', 0)} "
-                             f"task(s): {c.get('Active', 0)} active, {c.get('Pending', 0)} pending, "
-                             f"{c.get('Completed', 0)} completed, {c.get('Terminated', 0)} terminated")
+                parts.append(
+                    f"its last metrics, after {self.hours} simulated hours, count {c.get('Total', 0)} "
+                    f"task(s): {c.get('Active', 0)} active, {c.get('Pending', 0)} pending, "
+                    f"{c.get('Completed', 0)} completed, {c.get('Terminated', 0)} terminated"
+                )
                 if self.advanced_hours is not None and self.advanced_hours != self.hours:
                     parts.append(f"no task has run or finished since simulated hour {self.advanced_hours}")
             else:
@@ -266,9 +267,16 @@ class OpenDCBridge:
     ``cwd`` (default: this process's working directory).
     """
 
-    def __init__(self, jar: str | os.PathLike[str] | None = None, java: str | None = None, *,
-                 cwd: str | os.PathLike[str] | None = None, startup_timeout: float = 120.0,
-                 jvm_options: Iterable[str] | None = None, stderr_lines: int = 400):
+    def __init__(
+        self,
+        jar: str | os.PathLike[str] | None = None,
+        java: str | None = None,
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 120.0,
+        jvm_options: Iterable[str] | None = None,
+        stderr_lines: int = 400,
+    ):
         self._jar_arg = jar
         self._java_arg = java
         self.cwd = Path(cwd) if cwd is not None else None
@@ -281,7 +289,7 @@ class OpenDCBridge:
         self._readers: list[threading.Thread] = []
         self._finalizer: weakref.finalize | None = None
         self._closed = False
-        self._watch: _Watch | None = None   # the current run's watchdog state, fed by the readers
+        self._watch: _Watch | None = None  # the current run's watchdog state, fed by the readers
         self._watch_limit = 0.0
         self._watch_folder = ""
         self.port: int | None = None
@@ -324,26 +332,31 @@ class OpenDCBridge:
         if self._proc is not None:
             if self.alive:
                 return self
-            raise OpenDCBridgeError("This OpenDCBridge was already used and its JVM has stopped; "
-                                    "create a new one.")
+            raise OpenDCBridgeError("This OpenDCBridge was already used and its JVM has stopped; create a new one.")
         from py4j.java_gateway import GatewayParameters, JavaGateway  # lazy: py4j only when needed
         from py4j.protocol import Py4JError
 
         self.jar = Path(self._jar_arg) if self._jar_arg is not None else find_bridge_jar()
         if not self.jar.is_file():
-            raise KavierRuntimeError(f"The OpenDC bridge jar {self.jar} does not exist; build it with "
-                                     f"'{BUILD_COMMAND}'.")
+            raise KavierRuntimeError(
+                f"The OpenDC bridge jar {self.jar} does not exist; build it with '{BUILD_COMMAND}'."
+            )
         self.java = self._java_arg or find_java()
-        options = self._jvm_options if self._jvm_options is not None else \
-            self._default_jvm_options(java_version(self.java))
+        options = (
+            self._jvm_options if self._jvm_options is not None else self._default_jvm_options(java_version(self.java))
+        )
         token = secrets.token_urlsafe(32)
         env = dict(os.environ)
         env[TOKEN_ENV] = token
         cmd = [self.java, *options, "-jar", str(self.jar), "--exit-on-stdin-eof"]
         try:
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                cwd=str(self.cwd) if self.cwd is not None else None, env=env,
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=str(self.cwd) if self.cwd is not None else None,
+                env=env,
                 start_new_session=(os.name == "posix"),  # Ctrl-C reaches Python, which stops the JVM
             )
         except OSError as e:
@@ -377,8 +390,7 @@ class OpenDCBridge:
                     watch.feed(line)
 
         for target, stream in ((read_stdout, self._proc.stdout), (read_stderr, self._proc.stderr)):
-            t = threading.Thread(target=target, args=(stream,), daemon=True,
-                                 name=f"kavier-bridge-{target.__name__}")
+            t = threading.Thread(target=target, args=(stream,), daemon=True, name=f"kavier-bridge-{target.__name__}")
             t.start()
             self._readers.append(t)
 
@@ -393,23 +405,34 @@ class OpenDCBridge:
                     raise OpenDCBridgeError(
                         f"The OpenDC bridge JVM did not report ready within {self.startup_timeout:.0f} s "
                         f"({' '.join(cmd)}). Last stderr lines:\n{self.stderr_tail(15)}",
-                        stderr_tail=self.stderr_tail())
+                        stderr_tail=self.stderr_tail(),
+                    )
                 self._wait_readers()
                 raise OpenDCBridgeError(
                     f"The OpenDC bridge JVM exited ({_describe_exit(code)}) before it was ready "
                     f"({' '.join(cmd)}). Last stderr lines:\n{self.stderr_tail(15)}",
-                    stderr_tail=self.stderr_tail())
+                    stderr_tail=self.stderr_tail(),
+                )
             self.port = port_box[0]
             try:
-                self._gateway = JavaGateway(gateway_parameters=GatewayParameters(
-                    address="127.0.0.1", port=self.port, auth_token=token, auto_convert=True,
-                    eager_load=True, enable_memory_management=False))
+                self._gateway = JavaGateway(
+                    gateway_parameters=GatewayParameters(
+                        address="127.0.0.1",
+                        port=self.port,
+                        auth_token=token,
+                        auto_convert=True,
+                        eager_load=True,
+                        enable_memory_management=False,
+                    )
+                )
                 self._entry = self._gateway.entry_point
                 self._entry.ping()
             except Py4JError as e:
                 raise OpenDCBridgeError(
                     f"Could not connect to the OpenDC bridge on 127.0.0.1:{self.port}: {e}. Last stderr "
-                    f"lines:\n{self.stderr_tail(15)}", stderr_tail=self.stderr_tail()) from e
+                    f"lines:\n{self.stderr_tail(15)}",
+                    stderr_tail=self.stderr_tail(),
+                ) from e
         except BaseException:
             self.close()
             raise
@@ -475,10 +498,16 @@ class OpenDCBridge:
         if code is None:
             return OpenDCBridgeError(
                 f"Lost the connection to the OpenDC bridge JVM (pid {self.pid}) while {what}. "
-                f"Last stderr lines:\n{tail}", kind="CONNECTION_LOST", stderr_tail=tail)
+                f"Last stderr lines:\n{tail}",
+                kind="CONNECTION_LOST",
+                stderr_tail=tail,
+            )
         return OpenDCBridgeError(
             f"The OpenDC JVM (pid {self.pid}) died while {what} ({_describe_exit(code)}). "
-            f"Last stderr lines:\n{tail if tail else '(none)'}", kind="JVM_DIED", stderr_tail=tail)
+            f"Last stderr lines:\n{tail if tail else '(none)'}",
+            kind="JVM_DIED",
+            stderr_tail=tail,
+        )
 
     def _call(self, what: str, method: str, *args):
         from py4j.protocol import Py4JError, Py4JJavaError
@@ -491,7 +520,7 @@ class OpenDCBridge:
             raise self._translate(e, what) from None
         except Py4JError as e:
             if self._watch is not None and self._watch.stalled_s is not None:
-                raise self._stall_error() from None   # the watchdog killed the JVM under this call
+                raise self._stall_error() from None  # the watchdog killed the JVM under this call
             if self._proc is not None and self._proc.poll() is None:
                 # The process may be dying; give it a moment to report its exit status.
                 try:
@@ -509,8 +538,7 @@ class OpenDCBridge:
         kind, detail = (match.group(1), match.group(2)) if match else ("JAVA_EXCEPTION", message)
         if kind in _INPUT_KINDS:
             return OpenDCInputError(detail, kind=kind)
-        return OpenDCBridgeError(f"OpenDC failed while {what}: {detail}", kind=kind,
-                                 stderr_tail=self.stderr_tail())
+        return OpenDCBridgeError(f"OpenDC failed while {what}: {detail}", kind=kind, stderr_tail=self.stderr_tail())
 
     def info(self) -> dict:
         """Versions reported by the running bridge."""
@@ -529,9 +557,16 @@ class OpenDCBridge:
     def opendc_available(self) -> bool:
         return bool(self._call("asking whether OpenDC is available", "isOpenDCAvailable"))
 
-    def run(self, experiment_json: str | os.PathLike[str], progress: ProgressCallback | None = None, *,
-            poll_interval: float = 0.2, timeout: float | None = None, stall_timeout: float | None = None,
-            folder: str | os.PathLike[str] | None = None) -> Path:
+    def run(
+        self,
+        experiment_json: str | os.PathLike[str],
+        progress: ProgressCallback | None = None,
+        *,
+        poll_interval: float = 0.2,
+        timeout: float | None = None,
+        stall_timeout: float | None = None,
+        folder: str | os.PathLike[str] | None = None,
+    ) -> Path:
         """Runs an OpenDC experiment JSON and returns its output folder ``<outputFolder>/<name>``.
 
         ``progress``, if given, is called with fractions in [0, 1]: 0 at the start, the fraction of
@@ -545,8 +580,9 @@ class OpenDCBridge:
         """
         path = Path(experiment_json).expanduser().resolve()
         if not path.is_file():
-            raise OpenDCInputError("OpenDC experiment file does not exist", kind="EXPERIMENT_NOT_FOUND",
-                                   source=str(path))
+            raise OpenDCInputError(
+                "OpenDC experiment file does not exist", kind="EXPERIMENT_NOT_FOUND", source=str(path)
+            )
         limit = opendc_stall_s(stall_timeout)
         what = f"running {path}"
         watch = _Watch()
@@ -555,8 +591,9 @@ class OpenDCBridge:
         self._watch_folder = str(folder) if folder is not None else str(path)
         stop = threading.Event()
         if limit > 0:
-            threading.Thread(target=self._watchdog, args=(watch, limit, stop), daemon=True,
-                             name="kavier-opendc-watchdog").start()
+            threading.Thread(
+                target=self._watchdog, args=(watch, limit, stop), daemon=True, name="kavier-opendc-watchdog"
+            ).start()
         try:
             return self._run(path, what, watch, progress, poll_interval, timeout)
         finally:
@@ -564,8 +601,15 @@ class OpenDCBridge:
             if watch.stalled_s is None:
                 self._watch = None
 
-    def _run(self, path: Path, what: str, watch: _Watch, progress: ProgressCallback | None,
-             poll_interval: float, timeout: float | None) -> Path:
+    def _run(
+        self,
+        path: Path,
+        what: str,
+        watch: _Watch,
+        progress: ProgressCallback | None,
+        poll_interval: float,
+        timeout: float | None,
+    ) -> Path:
         self._call(what, "startExperiment", str(path))
         last = -1.0
 
@@ -593,8 +637,9 @@ class OpenDCBridge:
                 phase = self._call(what, "getPhase")
                 self.close()
                 raise OpenDCBridgeError(
-                    f"OpenDC did not finish {path} within {timeout:.0f} s (it was {phase}); the JVM was "
-                    f"stopped.", kind="TIMEOUT")
+                    f"OpenDC did not finish {path} within {timeout:.0f} s (it was {phase}); the JVM was stopped.",
+                    kind="TIMEOUT",
+                )
         result = self._call(what, "getResult")
         report(1.0)
         return Path(str(result))
@@ -611,7 +656,7 @@ class OpenDCBridge:
             proc = self._proc
             if proc is not None and proc.poll() is None:
                 try:
-                    proc.kill()   # the poll loop's pending call fails at once and raises the stall error
+                    proc.kill()  # the poll loop's pending call fails at once and raises the stall error
                 except OSError:
                     pass
             return
@@ -631,7 +676,11 @@ class OpenDCBridge:
             f"topology (a GPU task needs hosts with a gpu section, and enough CPU cores and memory): OpenDC "
             f"waits for ever on a task no host can take. If the run is only slow, raise the limit with "
             f"'kavier opendc --stall-timeout S' or {OPENDC_STALL_ENV}=S (0: no watchdog).",
-            stalled_s=watch.stalled_s, limit_s=limit, last_progress=last, stderr_tail=self.stderr_tail())
+            stalled_s=watch.stalled_s,
+            limit_s=limit,
+            last_progress=last,
+            stderr_tail=self.stderr_tail(),
+        )
 
     def run_blocking(self, experiment_json: str | os.PathLike[str]) -> Path:
         """Runs an experiment with the Java side's blocking ``runExperiment`` (no progress reports)."""
@@ -639,10 +688,16 @@ class OpenDCBridge:
         return Path(str(self._call(f"running {path}", "runExperiment", str(path))))
 
 
-def run_opendc_experiment(experiment_json: str | os.PathLike[str], progress: ProgressCallback | None = None,
-                          *, jar: str | os.PathLike[str] | None = None, java: str | None = None,
-                          timeout: float | None = None, stall_timeout: float | None = None,
-                          folder: str | os.PathLike[str] | None = None) -> Path:
+def run_opendc_experiment(
+    experiment_json: str | os.PathLike[str],
+    progress: ProgressCallback | None = None,
+    *,
+    jar: str | os.PathLike[str] | None = None,
+    java: str | None = None,
+    timeout: float | None = None,
+    stall_timeout: float | None = None,
+    folder: str | os.PathLike[str] | None = None,
+) -> Path:
     """Starts a bridge JVM, runs one OpenDC experiment JSON, stops the JVM; returns the output folder.
 
     Relative paths inside the experiment are resolved against the experiment file's folder (the JVM's
@@ -650,14 +705,16 @@ def run_opendc_experiment(experiment_json: str | os.PathLike[str], progress: Pro
     """
     path = Path(experiment_json).expanduser().resolve()
     if not path.is_file():
-        raise OpenDCInputError("OpenDC experiment file does not exist", kind="EXPERIMENT_NOT_FOUND",
-                               source=str(path))
+        raise OpenDCInputError("OpenDC experiment file does not exist", kind="EXPERIMENT_NOT_FOUND", source=str(path))
     with OpenDCBridge(jar=jar, java=java, cwd=path.parent) as bridge:
         return bridge.run(path, progress=progress, timeout=timeout, stall_timeout=stall_timeout, folder=folder)
 
 
 if __name__ == "__main__":
     # the command line moved up to the cli layer; an old script must not think its build ran
-    print("python -m kavier_opendc.opendc.bridge is gone: use 'kavier bridge build|check|run' "
-          "(or python -m kavier_opendc.cli bridge ...)", file=sys.stderr)
+    print(
+        "python -m kavier_opendc.opendc.bridge is gone: use 'kavier bridge build|check|run' "
+        "(or python -m kavier_opendc.cli bridge ...)",
+        file=sys.stderr,
+    )
     sys.exit(2)

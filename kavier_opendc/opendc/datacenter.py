@@ -40,6 +40,7 @@ DEFAULT_CPU_POWER = {"model": "linear", "idle_w": 200.0, "max_w": 400.0}
 # Data classes
 # --------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class PowerModel:
     """An OpenDC power model: power = idle + (max - idle) * f(u)."""
@@ -47,16 +48,19 @@ class PowerModel:
     model: str = "linear"
     idle_w: float = 0.0
     max_w: float = 0.0
-    power_w: float | None = None          # 'constant' model only
-    calibration_factor: float = 1.0       # 'mse'
-    asym_util: float = 0.0                # 'asymptotic'
-    dvfs: bool = True                     # 'asymptotic'
+    power_w: float | None = None  # 'constant' model only
+    calibration_factor: float = 1.0  # 'mse'
+    asym_util: float = 0.0  # 'asymptotic'
+    dvfs: bool = True  # 'asymptotic'
 
     def scaled(self, factor: float) -> "PowerModel":
         """The same curve with all powers multiplied by ``factor``."""
         return dataclasses.replace(
-            self, idle_w=self.idle_w * factor, max_w=self.max_w * factor,
-            power_w=None if self.power_w is None else self.power_w * factor)
+            self,
+            idle_w=self.idle_w * factor,
+            max_w=self.max_w * factor,
+            power_w=None if self.power_w is None else self.power_w * factor,
+        )
 
     def power(self, u: float) -> float:
         """Power in W at utilisation ``u`` for the curves whose formula is a
@@ -64,7 +68,7 @@ class PowerModel:
         u = min(max(float(u), 0.0), 1.0)
         if self.model == "constant":
             return float(self.power_w if self.power_w is not None else 0.0)
-        f = {"linear": u, "square": u * u, "cubic": u ** 3, "sqrt": math.sqrt(u)}.get(self.model)
+        f = {"linear": u, "square": u * u, "cubic": u**3, "sqrt": math.sqrt(u)}.get(self.model)
         if f is None:
             raise NotImplementedError(f"power({self.model}) is only computed inside OpenDC")
         return self.idle_w + (self.max_w - self.idle_w) * f
@@ -75,9 +79,11 @@ class PowerModel:
         return float(self.power_w or 0.0) if self.model == "constant" else self.idle_w
 
     def to_opendc(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"modelType": self.model,
-                               "idlePower": opendc_watts(self.idle_w),
-                               "maxPower": opendc_watts(self.max_w)}
+        out: dict[str, Any] = {
+            "modelType": self.model,
+            "idlePower": opendc_watts(self.idle_w),
+            "maxPower": opendc_watts(self.max_w),
+        }
         if self.model == "constant":
             out["power"] = opendc_watts(self.power_w or 0.0)
         if self.model == "mse":
@@ -106,16 +112,16 @@ class HostGroup:
     name: str
     count: int
     gpus_per_host: int
-    gpu: Any | None                     # GPUSpec, None = GPU of the simulation
-    gpu_power_spec: Mapping[str, Any]   # user's gpu_power_model (may lack idle/max)
-    cpu_cores: int                      # per CPU
+    gpu: Any | None  # GPUSpec, None = GPU of the simulation
+    gpu_power_spec: Mapping[str, Any]  # user's gpu_power_model (may lack idle/max)
+    cpu_cores: int  # per CPU
     cpu_mhz: float
     cpu_count: int
     cpu_power: PowerModel
     memory_gib: float
     cpu_model: str = "unknown"
     cpu_vendor: str = "unknown"
-    path: str = "hosts[0]"              # JSON path in the description
+    path: str = "hosts[0]"  # JSON path in the description
 
     @property
     def total_cores(self) -> int:
@@ -132,8 +138,9 @@ class HostGroup:
             model=s.get("model", "linear"),
             idle_w=float(s.get("idle_w", gpu.idle_power_w)),
             max_w=float(s.get("max_w", gpu.max_power_w)),
-            power_w=float(s["power_w"]) if "power_w" in s else (
-                float(gpu.max_power_w) if s.get("model") == "constant" else None),
+            power_w=float(s["power_w"])
+            if "power_w" in s
+            else (float(gpu.max_power_w) if s.get("model") == "constant" else None),
             calibration_factor=float(s.get("calibration_factor", 1.0)),
             asym_util=float(s.get("asym_util", 0.0)),
             dvfs=bool(s.get("dvfs", True)),
@@ -144,7 +151,7 @@ class HostGroup:
 class PowerSource:
     name: str = "PowerSource"
     max_power_w: float | None = None
-    carbon_trace: Path | None = None    # absolute
+    carbon_trace: Path | None = None  # absolute
 
 
 @dataclass(frozen=True)
@@ -168,10 +175,13 @@ class Battery:
         else:
             p["startingThreshold"] = float(pol["starting_threshold"])
             p["windowSize"] = int(pol["window_size"])
-        out: dict[str, Any] = {"name": self.name, "capacity": float(self.capacity_kwh),
-                               "chargingSpeed": float(self.charging_speed_w),
-                               "initialCharge": float(self.initial_charge_kwh),
-                               "batteryPolicy": p}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "capacity": float(self.capacity_kwh),
+            "chargingSpeed": float(self.charging_speed_w),
+            "initialCharge": float(self.initial_charge_kwh),
+            "batteryPolicy": p,
+        }
         if self.embodied_carbon_g is not None:
             out["embodiedCarbon"] = float(self.embodied_carbon_g)
         if self.expected_lifetime_years is not None:
@@ -191,7 +201,7 @@ class Datacenter:
     start: str = DEFAULT_START
     export_interval_s: int = DEFAULT_EXPORT_INTERVAL_S
     allocation_policy: str = DEFAULT_ALLOCATION_POLICY
-    source: str | None = None           # file it was read from, for messages
+    source: str | None = None  # file it was read from, for messages
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -214,8 +224,9 @@ class Datacenter:
 
     def with_gpu(self, gpu) -> "Datacenter":
         """Fill in ``gpu`` for host groups that have GPUs but name none."""
-        hosts = tuple(dataclasses.replace(h, gpu=gpu) if (h.gpus_per_host > 0 and h.gpu is None) else h
-                      for h in self.hosts)
+        hosts = tuple(
+            dataclasses.replace(h, gpu=gpu) if (h.gpus_per_host > 0 and h.gpu is None) else h for h in self.hosts
+        )
         return dataclasses.replace(self, hosts=hosts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,29 +236,32 @@ class Datacenter:
             "start": self.start,
             "export_interval_s": self.export_interval_s,
             "allocation_policy": self.allocation_policy,
-            "hosts": [{
-                "name": h.name, "count": h.count, "gpus_per_host": h.gpus_per_host,
-                "gpu": None if h.gpu is None else h.gpu.name,
-                "gpu_power_model": None if h.gpu_power() is None else h.gpu_power().to_dict(),
-                "cpu": {"cores": h.cpu_cores, "mhz": h.cpu_mhz, "count": h.cpu_count},
-                "cpu_power_model": h.cpu_power.to_dict(),
-                "memory_gib": h.memory_gib,
-            } for h in self.hosts],
+            "hosts": [
+                {
+                    "name": h.name,
+                    "count": h.count,
+                    "gpus_per_host": h.gpus_per_host,
+                    "gpu": None if h.gpu is None else h.gpu.name,
+                    "gpu_power_model": None if h.gpu_power() is None else h.gpu_power().to_dict(),
+                    "cpu": {"cores": h.cpu_cores, "mhz": h.cpu_mhz, "count": h.cpu_count},
+                    "cpu_power_model": h.cpu_power.to_dict(),
+                    "memory_gib": h.memory_gib,
+                }
+                for h in self.hosts
+            ],
             "power_source": {
                 "name": self.power_source.name,
                 "max_power_w": self.power_source.max_power_w,
-                "carbon_trace": None if self.power_source.carbon_trace is None
-                else str(self.power_source.carbon_trace),
+                "carbon_trace": None if self.power_source.carbon_trace is None else str(self.power_source.carbon_trace),
             },
             "battery": None if self.battery is None else dataclasses.asdict(self.battery),
         }
 
 
-
-
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------
+
 
 def opendc_decimal(x: float) -> str:
     """A decimal literal OpenDC's unit parser accepts (no exponent with '+')."""
@@ -276,13 +290,16 @@ def _schema_problems(data: Any) -> list[tuple[tuple, str]]:
     for err in _validator().iter_errors(data):
         path = tuple(err.absolute_path)
         if err.validator == "oneOf" and path and path[-1] == "gpu":
-            problems.append((path, f"{err.instance!r} is neither a GPU name nor an object "
-                                   "{name, overrides...} (see schemas/datacenter.schema.json)"))
+            problems.append(
+                (
+                    path,
+                    f"{err.instance!r} is neither a GPU name nor an object "
+                    "{name, overrides...} (see schemas/datacenter.schema.json)",
+                )
+            )
         else:
             problems.extend(explain_schema_error(err))
     return problems
-
-
 
 
 def _read_description(path: Path) -> Any:
@@ -290,8 +307,9 @@ def _read_description(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise KavierInputError("datacenter file not found", source=src,
-                               expected="a JSON or YAML datacenter description") from None
+        raise KavierInputError(
+            "datacenter file not found", source=src, expected="a JSON or YAML datacenter description"
+        ) from None
     except IsADirectoryError:
         raise KavierInputError("is a directory, not a datacenter file", source=src) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -301,6 +319,7 @@ def _read_description(path: Path) -> Any:
 
 def _default_catalog():
     from kavier_opendc.specs import default_catalog  # lazy: catalogue loads YAML
+
     return default_catalog()
 
 
@@ -308,9 +327,14 @@ def _default_catalog():
 # Loading and validation
 # --------------------------------------------------------------------------
 
-def load_datacenter(path_or_dict: str | os.PathLike | Mapping[str, Any] | Datacenter, *,
-                    catalog=None, base_dir: str | os.PathLike | None = None,
-                    source: str | None = None) -> Datacenter:
+
+def load_datacenter(
+    path_or_dict: str | os.PathLike | Mapping[str, Any] | Datacenter,
+    *,
+    catalog=None,
+    base_dir: str | os.PathLike | None = None,
+    source: str | None = None,
+) -> Datacenter:
     """Read and validate a datacenter description.
 
     ``path_or_dict`` is a JSON/YAML file or an already parsed mapping (then
@@ -332,8 +356,11 @@ def load_datacenter(path_or_dict: str | os.PathLike | Mapping[str, Any] | Datace
         src = source or str(p)
         base = Path(base_dir) if base_dir is not None else p.resolve().parent
     if not isinstance(data, dict):
-        raise KavierInputError(f"the document is {type(data).__name__}, not an object", source=src,
-                               expected="a mapping with at least 'hosts' (schemas/datacenter.schema.json)")
+        raise KavierInputError(
+            f"the document is {type(data).__name__}, not an object",
+            source=src,
+            expected="a mapping with at least 'hosts' (schemas/datacenter.schema.json)",
+        )
     problems = _schema_problems(data) + non_finite(data)
     if not problems:
         problems = _size_problems(data)
@@ -367,13 +394,14 @@ def _raise_problems(problems: list[tuple[tuple, str]], src: str) -> None:
     n = len(lines)
     exc = KavierInputError(
         f"invalid datacenter description, {n} problem{'s' if n != 1 else ''}: " + "; ".join(lines),
-        source=src, expected="a description as in schemas/datacenter.schema.json")
+        source=src,
+        expected="a description as in schemas/datacenter.schema.json",
+    )
     exc.problems = lines  # type: ignore[attr-defined]
     raise exc
 
 
-def _power_model(spec: Mapping[str, Any] | None, default: Mapping[str, Any], path: tuple,
-                 problems: list) -> PowerModel:
+def _power_model(spec: Mapping[str, Any] | None, default: Mapping[str, Any], path: tuple, problems: list) -> PowerModel:
     s = dict(default)
     s.update(spec or {})
     model = s.get("model", "linear")
@@ -383,14 +411,26 @@ def _power_model(spec: Mapping[str, Any] | None, default: Mapping[str, Any], pat
         problems.append((path + ("power_w",), "required for the 'constant' power model"))
     if mx < idle:
         problems.append((path + ("max_w",), f"{mx:g} W is less than idle_w ({idle:g} W)"))
-    return PowerModel(model=model, idle_w=idle, max_w=mx,
-                      power_w=float(s["power_w"]) if "power_w" in s else None,
-                      calibration_factor=float(s.get("calibration_factor", 1.0)),
-                      asym_util=float(s.get("asym_util", 0.0)), dvfs=bool(s.get("dvfs", True)))
+    return PowerModel(
+        model=model,
+        idle_w=idle,
+        max_w=mx,
+        power_w=float(s["power_w"]) if "power_w" in s else None,
+        calibration_factor=float(s.get("calibration_factor", 1.0)),
+        asym_util=float(s.get("asym_util", 0.0)),
+        dvfs=bool(s.get("dvfs", True)),
+    )
 
 
-_GPU_OVERRIDES = ("idle_power_w", "max_power_w", "num_sms", "boost_clock_mhz", "memory_gib",
-                  "mem_bandwidth_gbs", "vendor")
+_GPU_OVERRIDES = (
+    "idle_power_w",
+    "max_power_w",
+    "num_sms",
+    "boost_clock_mhz",
+    "memory_gib",
+    "mem_bandwidth_gbs",
+    "vendor",
+)
 
 
 def _build(data: dict, base: Path, src: str, get_catalog) -> tuple[Datacenter | None, list]:
@@ -410,12 +450,18 @@ def _build(data: dict, base: Path, src: str, get_catalog) -> tuple[Datacenter | 
     battery = _battery(data["battery"], problems) if "battery" in data else None
     if problems:
         return None, problems
-    dc = Datacenter(hosts=tuple(hosts), name=data.get("name", "datacenter"),
-                    gpu_host_limit=data.get("gpu_host_limit", "split"), power_source=power_source,
-                    battery=battery, start=start,
-                    export_interval_s=int(data.get("export_interval_s", DEFAULT_EXPORT_INTERVAL_S)),
-                    allocation_policy=data.get("allocation_policy", DEFAULT_ALLOCATION_POLICY),
-                    source=src, raw=data)
+    dc = Datacenter(
+        hosts=tuple(hosts),
+        name=data.get("name", "datacenter"),
+        gpu_host_limit=data.get("gpu_host_limit", "split"),
+        power_source=power_source,
+        battery=battery,
+        start=start,
+        export_interval_s=int(data.get("export_interval_s", DEFAULT_EXPORT_INTERVAL_S)),
+        allocation_policy=data.get("allocation_policy", DEFAULT_ALLOCATION_POLICY),
+        source=src,
+        raw=data,
+    )
     return dc, []
 
 
@@ -431,41 +477,57 @@ def _host_group(h: dict, name: str, path: tuple, get_catalog, problems: list) ->
         try:
             gpu_spec = get_catalog().gpu(gname)
         except KavierInputError as exc:
-            problems.append((path + (("gpu",) if isinstance(gref, str) else ("gpu", "name")),
-                             str(exc)))
+            problems.append((path + (("gpu",) if isinstance(gref, str) else ("gpu", "name")), str(exc)))
         if gpu_spec is not None and isinstance(gref, dict):
             over = {k: gref[k] for k in _GPU_OVERRIDES if k in gref}
             if over:
                 gpu_spec = dataclasses.replace(gpu_spec, **over)
         if gpu_spec is not None and gpu_spec.idle_power_w > gpu_spec.max_power_w:
-            problems.append((path + ("gpu",), f"idle power {gpu_spec.idle_power_w:g} W exceeds "
-                             f"max power {gpu_spec.max_power_w:g} W"))
+            problems.append(
+                (
+                    path + ("gpu",),
+                    f"idle power {gpu_spec.idle_power_w:g} W exceeds max power {gpu_spec.max_power_w:g} W",
+                )
+            )
     gpm = h.get("gpu_power_model") or {}
     if gpm and gpus == 0:
         problems.append((path + ("gpu_power_model",), "given for a host without GPUs (gpus_per_host is 0)"))
     if gpm.get("model") == "constant" and "power_w" not in gpm:
         problems.append((path + ("gpu_power_model", "power_w"), "required for the 'constant' power model"))
     if "idle_w" in gpm and "max_w" in gpm and gpm["max_w"] < gpm["idle_w"]:
-        problems.append((path + ("gpu_power_model", "max_w"),
-                         f"{gpm['max_w']:g} W is less than idle_w ({gpm['idle_w']:g} W)"))
+        problems.append(
+            (path + ("gpu_power_model", "max_w"), f"{gpm['max_w']:g} W is less than idle_w ({gpm['idle_w']:g} W)")
+        )
     if gpu_spec is not None:
         idle = gpm.get("idle_w", gpu_spec.idle_power_w)
         mx = gpm.get("max_w", gpu_spec.max_power_w)
         if ("idle_w" in gpm) != ("max_w" in gpm) and mx < idle:
-            problems.append((path + ("gpu_power_model",),
-                             f"max power {mx:g} W is less than idle power {idle:g} W"))
+            problems.append((path + ("gpu_power_model",), f"max power {mx:g} W is less than idle power {idle:g} W"))
     cpu = h["cpu"]
-    cpu_power = _power_model(h.get("cpu_power_model"), DEFAULT_CPU_POWER if "cpu_power_model" not in h
-                             else {"model": "linear"}, path + ("cpu_power_model",), problems)
+    cpu_power = _power_model(
+        h.get("cpu_power_model"),
+        DEFAULT_CPU_POWER if "cpu_power_model" not in h else {"model": "linear"},
+        path + ("cpu_power_model",),
+        problems,
+    )
     cpm = h.get("cpu_power_model")
     if cpm is not None and cpm.get("model", "linear") != "constant" and not ("idle_w" in cpm and "max_w" in cpm):
         problems.append((path + ("cpu_power_model",), "needs both idle_w and max_w"))
     return HostGroup(
-        name=name, count=int(h.get("count", 1)), gpus_per_host=gpus, gpu=gpu_spec,
-        gpu_power_spec=dict(gpm), cpu_cores=int(cpu["cores"]), cpu_mhz=float(cpu["mhz"]),
-        cpu_count=int(cpu.get("count", 1)), cpu_power=cpu_power,
-        memory_gib=float(h["memory_gib"]), cpu_model=str(cpu.get("model", "unknown")),
-        cpu_vendor=str(cpu.get("vendor", "unknown")), path=json_path(path))
+        name=name,
+        count=int(h.get("count", 1)),
+        gpus_per_host=gpus,
+        gpu=gpu_spec,
+        gpu_power_spec=dict(gpm),
+        cpu_cores=int(cpu["cores"]),
+        cpu_mhz=float(cpu["mhz"]),
+        cpu_count=int(cpu.get("count", 1)),
+        cpu_power=cpu_power,
+        memory_gib=float(h["memory_gib"]),
+        cpu_model=str(cpu.get("model", "unknown")),
+        cpu_vendor=str(cpu.get("vendor", "unknown")),
+        path=json_path(path),
+    )
 
 
 def _start(data: dict, problems: list) -> tuple[str, datetime]:
@@ -474,7 +536,8 @@ def _start(data: dict, problems: list) -> tuple[str, datetime]:
     try:
         start_dt = datetime.fromisoformat(start)
         start = start_dt.strftime("%Y-%m-%dT%H:%M:%S") + (
-            f".{start_dt.microsecond:06d}".rstrip("0") if start_dt.microsecond else "")
+            f".{start_dt.microsecond:06d}".rstrip("0") if start_dt.microsecond else ""
+        )
     except ValueError as exc:
         problems.append((("start",), f"{start!r} is not a valid date-time ({exc})"))
         start_dt = datetime.fromisoformat(DEFAULT_START)
@@ -488,6 +551,7 @@ def _power_source(data: dict, base: Path, year: int, problems: list) -> PowerSou
     trace_path = None
     if trace_ref is not None:
         from kavier_opendc.opendc.carbon import read_carbon_trace, resolve_carbon_trace
+
         loc = "power_source.carbon_trace" if "carbon_trace" in ps else "region"
         try:
             trace_path = resolve_carbon_trace(trace_ref, base, year=year, source=None, location=None)
@@ -495,23 +559,37 @@ def _power_source(data: dict, base: Path, year: int, problems: list) -> PowerSou
         except KavierInputError as exc:
             problems.append(((tuple(loc.split("."))), str(exc)))
             trace_path = None
-    power_source = PowerSource(name=ps.get("name", "PowerSource"),
-                               max_power_w=float(ps["max_power_w"]) if "max_power_w" in ps else None,
-                               carbon_trace=trace_path)
+    power_source = PowerSource(
+        name=ps.get("name", "PowerSource"),
+        max_power_w=float(ps["max_power_w"]) if "max_power_w" in ps else None,
+        carbon_trace=trace_path,
+    )
     return power_source
 
 
 def _battery(b: dict, problems: list) -> Battery:
     """The optional battery and its charging policy."""
     if "initial_charge_kwh" in b and b["initial_charge_kwh"] > b["capacity_kwh"]:
-        problems.append((("battery", "initial_charge_kwh"),
-                         f"{b['initial_charge_kwh']:g} kWh exceeds capacity_kwh ({b['capacity_kwh']:g})"))
+        problems.append(
+            (
+                ("battery", "initial_charge_kwh"),
+                f"{b['initial_charge_kwh']:g} kWh exceeds capacity_kwh ({b['capacity_kwh']:g})",
+            )
+        )
     pol = b["policy"]
-    if pol.get("type") == "double" and "lower_threshold" in pol and "upper_threshold" in pol \
-            and pol["lower_threshold"] > pol["upper_threshold"]:
+    if (
+        pol.get("type") == "double"
+        and "lower_threshold" in pol
+        and "upper_threshold" in pol
+        and pol["lower_threshold"] > pol["upper_threshold"]
+    ):
         problems.append((("battery", "policy", "lower_threshold"), "is above upper_threshold"))
-    return Battery(name=b.get("name", "Battery"), capacity_kwh=float(b["capacity_kwh"]),
-                   charging_speed_w=float(b["charging_speed_w"]), policy=dict(pol),
-                   initial_charge_kwh=float(b.get("initial_charge_kwh", 0.0)),
-                   embodied_carbon_g=b.get("embodied_carbon_g"),
-                   expected_lifetime_years=b.get("expected_lifetime_years"))
+    return Battery(
+        name=b.get("name", "Battery"),
+        capacity_kwh=float(b["capacity_kwh"]),
+        charging_speed_w=float(b["charging_speed_w"]),
+        policy=dict(pol),
+        initial_charge_kwh=float(b.get("initial_charge_kwh", 0.0)),
+        embodied_carbon_g=b.get("embodied_carbon_g"),
+        expected_lifetime_years=b.get("expected_lifetime_years"),
+    )

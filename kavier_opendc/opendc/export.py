@@ -101,30 +101,34 @@ DEFAULT_INTERVAL_S = 0.1
 #: HTTP server): a constant half core by default.
 DEFAULT_CPU_LOAD_CORES = 0.5
 
-TASKS_SCHEMA = pa.schema([
-    pa.field("id", pa.int32(), nullable=False),
-    pa.field("name", pa.string(), nullable=True),
-    pa.field("submission_time", pa.timestamp("ms", tz="UTC"), nullable=False),
-    pa.field("duration", pa.int64(), nullable=False),
-    pa.field("cpu_count", pa.int32(), nullable=False),
-    pa.field("cpu_capacity", pa.float64(), nullable=False),
-    pa.field("mem_capacity", pa.int64(), nullable=False),
-    pa.field("gpu_count", pa.int32(), nullable=True),
-    pa.field("gpu_capacity", pa.float64(), nullable=True),
-])
+TASKS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int32(), nullable=False),
+        pa.field("name", pa.string(), nullable=True),
+        pa.field("submission_time", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("duration", pa.int64(), nullable=False),
+        pa.field("cpu_count", pa.int32(), nullable=False),
+        pa.field("cpu_capacity", pa.float64(), nullable=False),
+        pa.field("mem_capacity", pa.int64(), nullable=False),
+        pa.field("gpu_count", pa.int32(), nullable=True),
+        pa.field("gpu_capacity", pa.float64(), nullable=True),
+    ]
+)
 
-FRAGMENTS_SCHEMA = pa.schema([
-    pa.field("id", pa.int32(), nullable=False),
-    pa.field("duration", pa.int64(), nullable=False),
-    pa.field("cpu_usage", pa.float64(), nullable=False),
-    pa.field("gpu_usage", pa.float64(), nullable=True),
-])
-
+FRAGMENTS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int32(), nullable=False),
+        pa.field("duration", pa.int64(), nullable=False),
+        pa.field("cpu_usage", pa.float64(), nullable=False),
+        pa.field("gpu_usage", pa.float64(), nullable=True),
+    ]
+)
 
 
 # --------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------
+
 
 def _epoch_ms(start: str) -> int:
     txt = start.strip()
@@ -141,8 +145,9 @@ def _normalise_start(start: str) -> str:
     try:
         dt = datetime.fromisoformat(txt[:-1] + "+00:00" if txt.endswith("Z") else txt)
     except ValueError:
-        raise KavierInputError(f"start {start!r} is not an ISO date-time", location="start",
-                               expected="e.g. 2022-01-01T00:00:00 (UTC)") from None
+        raise KavierInputError(
+            f"start {start!r} is not an ISO date-time", location="start", expected="e.g. 2022-01-01T00:00:00 (UTC)"
+        ) from None
     if dt.tzinfo is not None:
         dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
     return dt.strftime("%Y-%m-%dT%H:%M:%S")
@@ -165,10 +170,14 @@ def _gpu_specs_for(sim: Simulation, dc: Datacenter) -> tuple[Datacenter, list]:
         if len(kinds) == 1:
             spec = named[0].gpu
             return dc.with_gpu(spec), [spec] * sim.replicas
-        raise KavierInputError("the simulation names no GPU and the datacenter does not name exactly one",
-                               source=sim.source, location="summary.json config.gpu",
-                               expected="a GPU catalogue name")
+        raise KavierInputError(
+            "the simulation names no GPU and the datacenter does not name exactly one",
+            source=sim.source,
+            location="summary.json config.gpu",
+            expected="a GPU catalogue name",
+        )
     from kavier_opendc.specs import default_catalog
+
     cat = default_catalog()
     specs: dict[str, Any] = {}
     matched: set[int] = set()
@@ -183,15 +192,21 @@ def _gpu_specs_for(sim: Simulation, dc: Datacenter) -> tuple[Datacenter, list]:
         if same:
             caps = {(h.gpu.num_sms, h.gpu.boost_clock_mhz) for h in same}
             if len(caps) > 1:
-                raise KavierInputError(f"host groups give {name!r} different num_sms/boost_clock_mhz {sorted(caps)}",
-                                       source=dc.source, location="hosts[*].gpu",
-                                       expected="one GPU capacity per GPU type")
+                raise KavierInputError(
+                    f"host groups give {name!r} different num_sms/boost_clock_mhz {sorted(caps)}",
+                    source=dc.source,
+                    location="hosts[*].gpu",
+                    expected="one GPU capacity per GPU type",
+                )
             specs[name.strip().lower()] = same[0].gpu
         elif cspec is None:
-            raise KavierInputError(f"GPU {name!r} of the simulation is not in the GPU catalogue and no host "
-                                   "group of the datacenter describes it", source=sim.source,
-                                   location="column gpu / summary.json config.gpu",
-                                   expected="a catalogue GPU name, or a datacenter host 'gpu' entry with that name")
+            raise KavierInputError(
+                f"GPU {name!r} of the simulation is not in the GPU catalogue and no host "
+                "group of the datacenter describes it",
+                source=sim.source,
+                location="column gpu / summary.json config.gpu",
+                expected="a catalogue GPU name, or a datacenter host 'gpu' entry with that name",
+            )
         else:
             specs[name.strip().lower()] = cspec
     others = [h for h in named if id(h) not in matched]
@@ -201,15 +216,21 @@ def _gpu_specs_for(sim: Simulation, dc: Datacenter) -> tuple[Datacenter, list]:
         raise KavierInputError(
             f"the datacenter has hosts with GPU type(s) {kinds} but the simulation ran on {ran} only; "
             "OpenDC's schedulers cannot keep replicas off hosts of another GPU type",
-            source=dc.source, location=f"{others[0].path}.gpu",
+            source=dc.source,
+            location=f"{others[0].path}.gpu",
             expected=f"only GPU types the replicas run on ({ran}), or leave 'gpu' out to use the simulation's GPU"
-            if len(types) == 1 else f"only GPU types the replicas run on ({ran})")
+            if len(types) == 1
+            else f"only GPU types the replicas run on ({ran})",
+        )
     if unnamed:
         if len(types) > 1:
             raise KavierInputError(
                 f"host group '{unnamed[0].name}' names no GPU type, but the simulation's replicas run on "
-                f"{len(types)} GPU types ({', '.join(types)})", source=dc.source, location=f"{unnamed[0].path}.gpu",
-                expected="a GPU type on every host group with GPUs, e.g. gpu: " + specs[types[0].lower()].name)
+                f"{len(types)} GPU types ({', '.join(types)})",
+                source=dc.source,
+                location=f"{unnamed[0].path}.gpu",
+                expected="a GPU type on every host group with GPUs, e.g. gpu: " + specs[types[0].lower()].name,
+            )
         dc = dc.with_gpu(specs[types[0].strip().lower()])
     return dc, [specs[g.strip().lower()] for g in sim.replica_gpu]
 
@@ -219,8 +240,12 @@ def _resolve_gpu(sim: Simulation, dc: Datacenter):
     _, specs = _gpu_specs_for(sim, dc)
     kinds = {s.name for s in specs}
     if len(kinds) != 1:
-        raise KavierInputError(f"several GPU types {sorted(kinds)}", source=sim.source, location="column gpu",
-                               expected="one GPU type (use _gpu_specs_for for several)")
+        raise KavierInputError(
+            f"several GPU types {sorted(kinds)}",
+            source=sim.source,
+            location="column gpu",
+            expected="one GPU type (use _gpu_specs_for for several)",
+        )
     return specs[0]
 
 
@@ -233,29 +258,38 @@ class _Prepared:
     dc: Datacenter
     hosts: list[OpenDCHost]
     plans: list[TaskPlan]
-    specs: list                    # GPUSpec per replica
+    specs: list  # GPUSpec per replica
     start: str
     sub_ms: int
     cpu_count: int
-    per_type: dict[str, dict]      # GPU name -> {spec, entries, cpu_mhz, mem_ratio_mib, power}
+    per_type: dict[str, dict]  # GPU name -> {spec, entries, cpu_mhz, mem_ratio_mib, power}
 
 
-def _check_options(mode: str, tolerance: float, interval_s: float, cpu_load_cores: float,
-                   min_fragment_s: float | None = None) -> None:
+def _check_options(
+    mode: str, tolerance: float, interval_s: float, cpu_load_cores: float, min_fragment_s: float | None = None
+) -> None:
     if min_fragment_s is not None and not (math.isfinite(min_fragment_s) and min_fragment_s >= 0):
-        raise KavierInputError(f"min_fragment_s {min_fragment_s!r}", location="min_fragment_s",
-                               expected="a non-negative duration in seconds (0: no minimum)")
+        raise KavierInputError(
+            f"min_fragment_s {min_fragment_s!r}",
+            location="min_fragment_s",
+            expected="a non-negative duration in seconds (0: no minimum)",
+        )
     if mode not in MODES:
         raise KavierInputError(f"unknown export mode {mode!r}", location="mode", expected=" or ".join(MODES))
     if not (math.isfinite(tolerance) and tolerance >= 0):
-        raise KavierInputError(f"tolerance {tolerance!r}", location="tolerance",
-                               expected="a non-negative utilisation difference, e.g. 0.02")
+        raise KavierInputError(
+            f"tolerance {tolerance!r}",
+            location="tolerance",
+            expected="a non-negative utilisation difference, e.g. 0.02",
+        )
     if not (math.isfinite(interval_s) and interval_s >= 0.001):
-        raise KavierInputError(f"interval_s {interval_s!r}", location="interval_s",
-                               expected="at least 0.001 s (one millisecond)")
+        raise KavierInputError(
+            f"interval_s {interval_s!r}", location="interval_s", expected="at least 0.001 s (one millisecond)"
+        )
     if not (math.isfinite(cpu_load_cores) and cpu_load_cores >= 0):
-        raise KavierInputError(f"cpu_load_cores {cpu_load_cores!r}", location="cpu_load_cores",
-                               expected="a non-negative number of cores")
+        raise KavierInputError(
+            f"cpu_load_cores {cpu_load_cores!r}", location="cpu_load_cores", expected="a non-negative number of cores"
+        )
 
 
 def _prepare(sim_dir, datacenter, start: str | None, cpu_load_cores: float, *, check_cpu: bool) -> _Prepared:
@@ -277,8 +311,11 @@ def _prepare(sim_dir, datacenter, start: str | None, cpu_load_cores: float, *, c
             if ntasks * cpu_count > cores:
                 raise KavierInputError(
                     f"OpenDC host '{hosts[hi].name}' would hold {ntasks} replica task(s) of {cpu_count} core(s) "
-                    f"but has {cores} core(s)", source=dc.source, location=f"{dc.hosts[hosts[hi].group].path}.cpu",
-                    expected="more CPU cores per host or a smaller cpu_load_cores")
+                    f"but has {cores} core(s)",
+                    source=dc.source,
+                    location=f"{dc.hosts[hosts[hi].group].path}.cpu",
+                    expected="more CPU cores per host or a smaller cpu_load_cores",
+                )
     per_type: dict[str, dict] = {}
     for p in plans:
         g = specs[p.replica]
@@ -292,10 +329,11 @@ def _prepare(sim_dir, datacenter, start: str | None, cpu_load_cores: float, *, c
         t["cpu_mhz"] = first.cpu_mhz
         # host memory reserved per GPU: the smallest memory-per-GPU of the planned hosts of that type
         t["mem_ratio_mib"] = min(hosts[i].memory_mib / hosts[i].physical_gpus for i in t["entries"])
-        t["power"] = dc.hosts[first.group].gpu_power(t["spec"])   # one physical GPU (not aggregated)
+        t["power"] = dc.hosts[first.group].gpu_power(t["spec"])  # one physical GPU (not aggregated)
         t["capacity_mhz"] = float(t["spec"].num_sms) * float(t["spec"].boost_clock_mhz)
-        t["max_host_gpu_cores"] = max(h.gpus * h.gpu_core_count for h in hosts
-                                      if h.physical_gpus > 0 and same_gpu(h.gpu_model, t["spec"].name))
+        t["max_host_gpu_cores"] = max(
+            h.gpus * h.gpu_core_count for h in hosts if h.physical_gpus > 0 and same_gpu(h.gpu_model, t["spec"].name)
+        )
     return _Prepared(sim, dc, hosts, plans, specs, start, sub_ms, cpu_count, per_type)
 
 
@@ -318,27 +356,41 @@ def _placement(prep: _Prepared, task_ids, gpu_count, cpu_count, mem_mib, task_ty
             for h in prep.hosts:
                 if h.physical_gpus > 0 and same_gpu(h.gpu_model, gtype):
                     continue
-                if not gpu_aware or (h.physical_gpus > 0 and h.gpus * h.gpu_core_count >= key[1]
-                                     and h.cpu_cores * h.cpu_count >= key[2] and h.memory_mib >= key[3]):
+                if not gpu_aware or (
+                    h.physical_gpus > 0
+                    and h.gpus * h.gpu_core_count >= key[1]
+                    and h.cpu_cores * h.cpu_count >= key[2]
+                    and h.memory_mib >= key[3]
+                ):
                     loose = True
                     break
             verdict[key] = loose
         if verdict[key]:
             not_pinned.append(int(tid))
     if not gpu_aware:
-        note = (f"the allocation policy {prep.dc.allocation_policy} ignores GPUs: OpenDC may put a task on any "
-                "host with free CPU cores and memory")
+        note = (
+            f"the allocation policy {prep.dc.allocation_policy} ignores GPUs: OpenDC may put a task on any "
+            "host with free CPU cores and memory"
+        )
     elif not_pinned:
-        note = ("OpenDC's schedulers know no GPU types: these tasks also fit a host of another GPU type, so "
-                "OpenDC may place them there (tasks are written largest GPU request first to make that rarer)")
+        note = (
+            "OpenDC's schedulers know no GPU types: these tasks also fit a host of another GPU type, so "
+            "OpenDC may place them there (tasks are written largest GPU request first to make that rarer)"
+        )
     else:
         note = "every task fits only hosts of its own GPU type"
-    return {"gpu_types": sorted(prep.per_type), "allocation_policy": prep.dc.allocation_policy,
-            "gpu_aware_scheduler": gpu_aware, "tasks_not_pinned": sorted(not_pinned), "note": note}
+    return {
+        "gpu_types": sorted(prep.per_type),
+        "allocation_policy": prep.dc.allocation_policy,
+        "gpu_aware_scheduler": gpu_aware,
+        "tasks_not_pinned": sorted(not_pinned),
+        "note": note,
+    }
 
 
-def _write_tables(out_dir, task_rows: dict[str, list], frag_cols: tuple[list, list, list, list],
-                  order: list[int] | None = None) -> tuple[pa.Table, pa.Table, Path, Path]:
+def _write_tables(
+    out_dir, task_rows: dict[str, list], frag_cols: tuple[list, list, list, list], order: list[int] | None = None
+) -> tuple[pa.Table, pa.Table, Path, Path]:
     """Write tasks.parquet and fragments.parquet; ``order`` is the row order
     of the tasks (their fragments follow the same order)."""
     frag_ids, frag_dur, frag_cpu, frag_gpu = frag_cols
@@ -348,17 +400,21 @@ def _write_tables(out_dir, task_rows: dict[str, list], frag_cols: tuple[list, li
     else:
         cols = {k: [v[i] for i in order] for k, v in task_rows.items()}
     tasks = pa.Table.from_pydict(
-        {k: pa.array(v, type=TASKS_SCHEMA.field(k).type) for k, v in cols.items()}, schema=TASKS_SCHEMA)
+        {k: pa.array(v, type=TASKS_SCHEMA.field(k).type) for k, v in cols.items()}, schema=TASKS_SCHEMA
+    )
 
     def cat(parts, dt):
         return np.concatenate([parts[i] for i in order]).astype(dt) if order else np.zeros(0, dt)
 
     frags = pa.Table.from_arrays(
-        [pa.array(cat(frag_ids, np.int32), pa.int32()),
-         pa.array(cat(frag_dur, np.int64), pa.int64()),
-         pa.array(cat(frag_cpu, np.float64), pa.float64()),
-         pa.array(cat(frag_gpu, np.float64), pa.float64())],
-        schema=FRAGMENTS_SCHEMA)
+        [
+            pa.array(cat(frag_ids, np.int32), pa.int32()),
+            pa.array(cat(frag_dur, np.int64), pa.int64()),
+            pa.array(cat(frag_cpu, np.float64), pa.float64()),
+            pa.array(cat(frag_gpu, np.float64), pa.float64()),
+        ],
+        schema=FRAGMENTS_SCHEMA,
+    )
     out_dir = Path(out_dir)
     tasks_path, frags_path = out_dir / "tasks.parquet", out_dir / "fragments.parquet"
     write_parquet_atomic(frags_path, frags)
@@ -375,9 +431,16 @@ def _type_stats(prep: _Prepared) -> dict[str, Any]:
         "gpu": names[0] if len(names) == 1 else names,
         "tp": sim.tp if sim.tp is not None else sorted(set(sim.replica_tp)),
         "gpu_capacity_mhz_per_gpu": caps[names[0]] if len(names) == 1 else caps,
-        "replica_groups": [{"model": g["model"], "gpu": prep.specs[g["first_replica"]].name,
-                            "replicas": g["replicas"], "tp": g["tp"], "first_replica": g["first_replica"]}
-                           for g in sim.groups],
+        "replica_groups": [
+            {
+                "model": g["model"],
+                "gpu": prep.specs[g["first_replica"]].name,
+                "replicas": g["replicas"],
+                "tp": g["tp"],
+                "first_replica": g["first_replica"],
+            }
+            for g in sim.groups
+        ],
     }
 
 
@@ -390,12 +453,13 @@ class CurveCheck:
 
     def __init__(self) -> None:
         self.models: set[str] = set()
-        self.unchecked: set[str] = set()   # curves computed inside OpenDC only (mse, asymptotic)
+        self.unchecked: set[str] = set()  # curves computed inside OpenDC only (mse, asymptotic)
         self.exported_j = self.exact_j = 0.0
         self.exported_peak_w = self.exact_peak_w = 0.0
 
-    def add(self, power, gpus: int, exported: tuple[np.ndarray, np.ndarray],
-            exact: tuple[np.ndarray, np.ndarray]) -> None:
+    def add(
+        self, power, gpus: int, exported: tuple[np.ndarray, np.ndarray], exact: tuple[np.ndarray, np.ndarray]
+    ) -> None:
         if power.model not in PLAIN_CURVES:
             self.unchecked.add(power.model)
             return
@@ -414,25 +478,43 @@ class CurveCheck:
         if self.models and self.exact_j > 0:
             e = self.exported_j / self.exact_j - 1.0
             pk = self.exported_peak_w / self.exact_peak_w - 1.0 if self.exact_peak_w > 0 else 0.0
-            out.update(gpu_energy_exact_wh=self.exact_j / 3600.0, gpu_energy_exported_wh=self.exported_j / 3600.0,
-                       energy_change=e, replica_peak_exact_w=self.exact_peak_w,
-                       replica_peak_exported_w=self.exported_peak_w, peak_change=pk)
-            if abs(e) >= 0.0005 or abs(pk) >= 0.005:   # below these the approximation changes no printed digit
-                out["note"] = (f"the GPU power model is not linear ({', '.join(sorted(self.models))}): the {mode} "
-                               f"export's merged fragments change the GPU energy by {e:+.1%} and the highest GPU "
-                               f"power of a replica by {pk:+.1%} against the timeline's own pieces; export mode "
-                               "'segments' gives OpenDC those (exact, more fragments)")
+            out.update(
+                gpu_energy_exact_wh=self.exact_j / 3600.0,
+                gpu_energy_exported_wh=self.exported_j / 3600.0,
+                energy_change=e,
+                replica_peak_exact_w=self.exact_peak_w,
+                replica_peak_exported_w=self.exported_peak_w,
+                peak_change=pk,
+            )
+            if abs(e) >= 0.0005 or abs(pk) >= 0.005:  # below these the approximation changes no printed digit
+                out["note"] = (
+                    f"the GPU power model is not linear ({', '.join(sorted(self.models))}): the {mode} "
+                    f"export's merged fragments change the GPU energy by {e:+.1%} and the highest GPU "
+                    f"power of a replica by {pk:+.1%} against the timeline's own pieces; export mode "
+                    "'segments' gives OpenDC those (exact, more fragments)"
+                )
         else:
-            out["note"] = (f"the GPU power model is not linear ({', '.join(sorted(self.unchecked))}): merged "
-                           "fragments change its energy and peaks by an amount only OpenDC computes; export mode "
-                           "'segments' is exact")
+            out["note"] = (
+                f"the GPU power model is not linear ({', '.join(sorted(self.unchecked))}): merged "
+                "fragments change its energy and peaks by an amount only OpenDC computes; export mode "
+                "'segments' is exact"
+            )
         return out
 
 
-def export_with_hosts(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", tolerance: float = DEFAULT_TOLERANCE,
-            interval_s: float = DEFAULT_INTERVAL_S, start: str | None = None,
-            cpu_load_cores: float = DEFAULT_CPU_LOAD_CORES, pad_to_makespan: bool = True,
-            min_fragment_s: float | None = None) -> tuple[dict, Datacenter, list[OpenDCHost]]:
+def export_with_hosts(
+    sim_dir,
+    out_dir,
+    datacenter,
+    *,
+    mode: str = "adaptive",
+    tolerance: float = DEFAULT_TOLERANCE,
+    interval_s: float = DEFAULT_INTERVAL_S,
+    start: str | None = None,
+    cpu_load_cores: float = DEFAULT_CPU_LOAD_CORES,
+    pad_to_makespan: bool = True,
+    min_fragment_s: float | None = None,
+) -> tuple[dict, Datacenter, list[OpenDCHost]]:
     _check_options(mode, tolerance, interval_s, cpu_load_cores, min_fragment_s)
     if mode == "per-request":
         prep = _prepare(sim_dir, datacenter, start, cpu_load_cores, check_cpu=False)
@@ -505,15 +587,26 @@ def export_with_hosts(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", t
         if power is not None and power.model not in ("constant", "linear") and mode != "segments":
             curve.add(power, p.gpus, (dur, u), (seg_dur, seg_u))
         busy_gpu_s += float(np.sum(u * dur) / 1000.0) * p.gpus
-        per_task.append({"task_id": p.task_id, "replica": p.replica, "part": p.part, "gpus": p.gpus,
-                         "gpu": spec.name, "tp": tp, "model": sim.replica_model[p.replica],
-                         "fragments": int(dur.size), "duration_ms": total_ms,
-                         "planned_host": opendc_host_name(hosts[p.host_entry], p.host_instance)})
+        per_task.append(
+            {
+                "task_id": p.task_id,
+                "replica": p.replica,
+                "part": p.part,
+                "gpus": p.gpus,
+                "gpu": spec.name,
+                "tp": tp,
+                "model": sim.replica_model[p.replica],
+                "fragments": int(dur.size),
+                "duration_ms": total_ms,
+                "planned_host": opendc_host_name(hosts[p.host_entry], p.host_instance),
+            }
+        )
 
     # largest GPU request first: OpenDC keeps file order for equal submission times (FIFO)
     order = sorted(range(len(plans)), key=lambda i: (-task_rows["gpu_count"][i], i))
-    tasks, frags, tasks_path, frags_path = _write_tables(out_dir, task_rows, (frag_ids, frag_dur, frag_cpu, frag_gpu),
-                                                         order)
+    tasks, frags, tasks_path, frags_path = _write_tables(
+        out_dir, task_rows, (frag_ids, frag_dur, frag_cpu, frag_gpu), order
+    )
     n_frag = int(frags.num_rows)
     stats: dict[str, Any] = {
         "mode": mode,
@@ -537,10 +630,15 @@ def export_with_hosts(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", t
         "cpu_usage_mhz": float(cpu_load_cores * prep.per_type[prep.specs[0].name]["cpu_mhz"]),
         "gpu_busy_seconds": busy_gpu_s,
         "gpu_energy_linear_wh": energy_linear / 3600.0 if energy_linear else None,
-        **({"power_curve": curve.summary(mode)} if curve.summary(mode) else {}),   # only for curved models
-        "placement": _placement(prep, task_rows["id"], task_rows["gpu_count"], task_rows["cpu_count"],
-                                [m // 1000 for m in task_rows["mem_capacity"]], [prep.specs[p.replica].name
-                                                                               for p in plans]),
+        **({"power_curve": curve.summary(mode)} if curve.summary(mode) else {}),  # only for curved models
+        "placement": _placement(
+            prep,
+            task_rows["id"],
+            task_rows["gpu_count"],
+            task_rows["cpu_count"],
+            [m // 1000 for m in task_rows["mem_capacity"]],
+            [prep.specs[p.replica].name for p in plans],
+        ),
         "task_map": per_task,
         "paths": {"tasks": str(tasks_path.resolve()), "fragments": str(frags_path.resolve())},
     }
@@ -552,20 +650,21 @@ def export_with_hosts(sim_dir, out_dir, datacenter, *, mode: str = "adaptive", t
 # --------------------------------------------------------------------------
 
 
-
 def _export_per_request(prep: _Prepared, out_dir, cpu_load_cores: float) -> dict[str, Any]:
     sim = prep.sim
     req, skipped = read_requests(sim)
     if not len(req):
-        raise KavierInputError("no finished request: nothing to export per request",
-                               source=sim.output.path("requests.parquet") if sim.output else "requests.parquet",
-                               expected="at least one request with status 'finished'")
+        raise KavierInputError(
+            "no finished request: nothing to export per request",
+            source=sim.output.path("requests.parquet") if sim.output else "requests.parquet",
+            expected="at least one request with status 'finished'",
+        )
     n = len(req)
     sub = prep.sub_ms + to_ms(req["arrival_s"].to_numpy())
     dur = np.maximum(to_ms(req["e2e_s"].to_numpy()), 1)
-    busy = np.zeros(n)         # GPU-seconds of ONE replica GPU attributed to the request
+    busy = np.zeros(n)  # GPU-seconds of ONE replica GPU attributed to the request
     share = np.zeros(n)
-    unattributed = 0.0         # GPU-seconds (all GPUs of the replicas)
+    unattributed = 0.0  # GPU-seconds (all GPUs of the replicas)
     peak: dict[int, int] = {}
     groups = {int(r): g for r, g in sim.timeline.groupby("replica", sort=True)}
     empty = sim.timeline.iloc[0:0]
@@ -590,18 +689,35 @@ def _export_per_request(prep: _Prepared, out_dir, cpu_load_cores: float) -> dict
     rids = req["request_id"].to_numpy()
     names = [g.name for g in prep.specs]
     r_tp = np.asarray(sim.replica_tp, dtype=np.float64)
-    r_cap = np.array([prep.per_type[g]["capacity_mhz"] for g in names]) * r_tp       # replica capacity, MHz
+    r_cap = np.array([prep.per_type[g]["capacity_mhz"] for g in names]) * r_tp  # replica capacity, MHz
     r_cpu_mhz = np.array([prep.per_type[g]["cpu_mhz"] for g in names])
     r_peak = np.array([max(peak[r], 1) for r in range(sim.replicas)], dtype=np.int64)
     # the replica's GPU cores shared by its most simultaneous requests, at most one OpenDC host's
-    r_cores = np.array([min(max(1, (int(prep.specs[r].num_sms) * sim.replica_tp[r]) // int(r_peak[r])),
-                            prep.per_type[names[r]]["max_host_gpu_cores"]) for r in range(sim.replicas)], np.int64)
-    r_mem = np.array([max(1, int(math.floor(prep.per_type[names[r]]["mem_ratio_mib"] * sim.replica_tp[r]
-                                            / int(r_peak[r])))) for r in range(sim.replicas)], np.int64)
-    r_dyn_w = np.array([(p.max_w - p.idle_w) if p is not None and p.model != "constant" else 0.0
-                        for p in (prep.per_type[g]["power"] for g in names)])
+    r_cores = np.array(
+        [
+            min(
+                max(1, (int(prep.specs[r].num_sms) * sim.replica_tp[r]) // int(r_peak[r])),
+                prep.per_type[names[r]]["max_host_gpu_cores"],
+            )
+            for r in range(sim.replicas)
+        ],
+        np.int64,
+    )
+    r_mem = np.array(
+        [
+            max(1, int(math.floor(prep.per_type[names[r]]["mem_ratio_mib"] * sim.replica_tp[r] / int(r_peak[r]))))
+            for r in range(sim.replicas)
+        ],
+        np.int64,
+    )
+    r_dyn_w = np.array(
+        [
+            (p.max_w - p.idle_w) if p is not None and p.model != "constant" else 0.0
+            for p in (prep.per_type[g]["power"] for g in names)
+        ]
+    )
     d_s = dur.astype(np.float64) / 1000.0
-    usage = busy * r_cap[reps] / d_s                     # MHz: usage x duration = attributed GPU time
+    usage = busy * r_cap[reps] / d_s  # MHz: usage x duration = attributed GPU time
     cpu_usage = cpu_load_cores * r_cpu_mhz[reps] * share / d_s
     ids = np.arange(n, dtype=np.int32)
     task_rows = {
@@ -652,19 +768,28 @@ def _export_per_request(prep: _Prepared, out_dir, cpu_load_cores: float) -> dict
         "gpu_busy_seconds_timeline": busy_total,
         "gpu_busy_seconds_unattributed": unattributed,
         "gpu_energy_linear_wh": energy_j / 3600.0 if energy_j else None,
-        "placement": _placement(prep, ids, task_rows["gpu_count"], task_rows["cpu_count"], r_mem[reps],
-                                [names[r] for r in reps]),
+        "placement": _placement(
+            prep, ids, task_rows["gpu_count"], task_rows["cpu_count"], r_mem[reps], [names[r] for r in reps]
+        ),
         "task_map": None,
         "paths": {"tasks": str(tasks_path.resolve()), "fragments": str(frags_path.resolve())},
     }
     return stats
 
 
-def export_workload(sim_dir: str | os.PathLike, out_dir: str | os.PathLike, datacenter, *,
-                    mode: str = "adaptive", tolerance: float = DEFAULT_TOLERANCE,
-                    interval_s: float = DEFAULT_INTERVAL_S, start: str | None = None,
-                    cpu_load_cores: float = DEFAULT_CPU_LOAD_CORES,
-                    pad_to_makespan: bool = True, min_fragment_s: float | None = None) -> dict[str, Any]:
+def export_workload(
+    sim_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    datacenter,
+    *,
+    mode: str = "adaptive",
+    tolerance: float = DEFAULT_TOLERANCE,
+    interval_s: float = DEFAULT_INTERVAL_S,
+    start: str | None = None,
+    cpu_load_cores: float = DEFAULT_CPU_LOAD_CORES,
+    pad_to_makespan: bool = True,
+    min_fragment_s: float | None = None,
+) -> dict[str, Any]:
     """Write ``out_dir/tasks.parquet`` and ``out_dir/fragments.parquet`` for
     the simulation in ``sim_dir`` on ``datacenter`` (a :class:`Datacenter`,
     a description file or a mapping).
@@ -722,9 +847,18 @@ def export_workload(sim_dir: str | os.PathLike, out_dir: str | os.PathLike, data
     GPUs' linear power models, the placement check (``placement``), the
     task -> replica map and the paths.
     """
-    stats, _, _ = export_with_hosts(sim_dir, out_dir, datacenter, mode=mode, tolerance=tolerance,
-                          interval_s=interval_s, start=start, cpu_load_cores=cpu_load_cores,
-                          pad_to_makespan=pad_to_makespan, min_fragment_s=min_fragment_s)
+    stats, _, _ = export_with_hosts(
+        sim_dir,
+        out_dir,
+        datacenter,
+        mode=mode,
+        tolerance=tolerance,
+        interval_s=interval_s,
+        start=start,
+        cpu_load_cores=cpu_load_cores,
+        pad_to_makespan=pad_to_makespan,
+        min_fragment_s=min_fragment_s,
+    )
     return stats
 
 

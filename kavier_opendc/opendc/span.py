@@ -37,8 +37,13 @@ def longest_gap(arrival_s) -> tuple[float, float, float] | None:
     return float(d[i]), float(a[i]), float(a[i + 1])
 
 
-def span_problem(span_s: float, interval_s: float, *, gap: tuple[float, float, float] | None = None,
-                 interval_field: str = "datacenter.export_interval_s") -> str | None:
+def span_problem(
+    span_s: float,
+    interval_s: float,
+    *,
+    gap: tuple[float, float, float] | None = None,
+    interval_field: str = "datacenter.export_interval_s",
+) -> str | None:
     """The one-paragraph refusal for a span of more than OPENDC_INTERVALS export intervals, or None."""
     lim = limits.OPENDC_INTERVALS
     if not (interval_s > 0) or not math.isfinite(span_s):
@@ -49,19 +54,28 @@ def span_problem(span_s: float, interval_s: float, *, gap: tuple[float, float, f
     need = math.ceil(span_s / lim.value)
     gap_text = ""
     if gap is not None and gap[0] > 0.5 * span_s:
-        gap_text = (f" (its longest idle gap: {gap[0]:,.1f} s between the arrivals at {gap[1]:,.1f} s and "
-                    f"{gap[2]:,.1f} s)")
-    return (f"the run spans {span_s:,.1f} s of simulated time ({_days(span_s)}), which OpenDC would step "
-            f"through in {intervals:,} export intervals of {interval_s:g} s: this is above the limit of "
-            f"{lim.text()} ({lim.why}). Refused before OpenDC starts; compressing the idle time instead would "
-            f"change the energy, since hosts draw idle power all along. Set {interval_field} to at least "
-            f"{need:,} s (OpenDC then reports power at that resolution), or split the trace{gap_text} and run "
-            f"the parts separately; 'kavier run --no-opendc' gives the performance results without OpenDC.")
+        gap_text = (
+            f" (its longest idle gap: {gap[0]:,.1f} s between the arrivals at {gap[1]:,.1f} s and {gap[2]:,.1f} s)"
+        )
+    return (
+        f"the run spans {span_s:,.1f} s of simulated time ({_days(span_s)}), which OpenDC would step "
+        f"through in {intervals:,} export intervals of {interval_s:g} s: this is above the limit of "
+        f"{lim.text()} ({lim.why}). Refused before OpenDC starts; compressing the idle time instead would "
+        f"change the energy, since hosts draw idle power all along. Set {interval_field} to at least "
+        f"{need:,} s (OpenDC then reports power at that resolution), or split the trace{gap_text} and run "
+        f"the parts separately; 'kavier run --no-opendc' gives the performance results without OpenDC."
+    )
 
 
-def check_span(span_s: float, interval_s: float, *, source: str | None, location: str | None = None,
-               gap: tuple[float, float, float] | None = None,
-               interval_field: str = "datacenter.export_interval_s") -> None:
+def check_span(
+    span_s: float,
+    interval_s: float,
+    *,
+    source: str | None,
+    location: str | None = None,
+    gap: tuple[float, float, float] | None = None,
+    interval_field: str = "datacenter.export_interval_s",
+) -> None:
     """Raise :class:`KavierInputError` (exit code 2) when :func:`span_problem` finds one."""
     problem = span_problem(span_s, interval_s, gap=gap, interval_field=interval_field)
     if problem:
@@ -92,7 +106,15 @@ def experiment_dir_span(dir: str | os.PathLike) -> tuple[float, float] | None:
             busy = pd.Series(fdur).groupby(frags.column("id").to_numpy()).sum()
             task_busy = busy.reindex(ids).fillna(0.0).to_numpy(dtype=np.float64)
             span = max(span, float((sub - sub.min() + task_busy).max()) / 1000.0)
-    except (KavierInputError, OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError,
-            pa.ArrowException):
+    except (
+        KavierInputError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+        pa.ArrowException,
+    ):
         return None
     return span, interval

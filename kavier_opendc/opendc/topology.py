@@ -88,21 +88,21 @@ class OpenDCHost:
 
     name: str
     count: int
-    gpus: int                  # OpenDC GPUs on the host
-    physical_gpus: int         # physical GPUs represented (aggregate: n on one OpenDC GPU)
-    gpu_core_count: int        # coreCount of one OpenDC GPU
+    gpus: int  # OpenDC GPUs on the host
+    physical_gpus: int  # physical GPUs represented (aggregate: n on one OpenDC GPU)
+    gpu_core_count: int  # coreCount of one OpenDC GPU
     gpu_mhz: float
     gpu_memory_mib: int
     gpu_bandwidth_gbs: float
     gpu_model: str
     gpu_vendor: str
     gpu_power: PowerModel | None
-    cpu_cores: int             # per CPU
+    cpu_cores: int  # per CPU
     cpu_count: int
     cpu_mhz: float
     cpu_power: PowerModel
     memory_mib: int
-    group: int                 # index into Datacenter.hosts
+    group: int  # index into Datacenter.hosts
     cpu_model: str = "unknown"
     cpu_vendor: str = "unknown"
 
@@ -125,9 +125,13 @@ class OpenDCHost:
         out: dict[str, Any] = {
             "name": self.name,
             "count": int(self.count),
-            "cpu": {"coreCount": int(self.cpu_cores), "coreSpeed": f"{opendc_decimal(self.cpu_mhz)} MHz",
-                    "count": int(self.cpu_count), "modelName": self.cpu_model,
-                    "vendor": self.cpu_vendor},
+            "cpu": {
+                "coreCount": int(self.cpu_cores),
+                "coreSpeed": f"{opendc_decimal(self.cpu_mhz)} MHz",
+                "count": int(self.cpu_count),
+                "modelName": self.cpu_model,
+                "vendor": self.cpu_vendor,
+            },
             "memory": {"memorySize": f"{int(self.memory_mib)} MiB"},
             "cpuPowerModel": self.cpu_power.to_opendc(),
         }
@@ -149,9 +153,11 @@ def opendc_host_name(host: OpenDCHost, instance: int) -> str:
     """The name OpenDC reports for physical host ``instance`` of a host entry."""
     return host.name if host.count <= 1 else f"{host.name}-{instance}"
 
+
 # --------------------------------------------------------------------------
 # OpenDC hosts: the 4-GPU limit
 # --------------------------------------------------------------------------
+
 
 def _even_split(total: int, weights: list[int]) -> list[int]:
     """Split integer ``total`` in proportion to ``weights`` (largest remainder)."""
@@ -177,38 +183,76 @@ def opendc_hosts(datacenter: Datacenter, gpu=None) -> list[OpenDCHost]:
     for gi, h in enumerate(datacenter.hosts):
         n = h.gpus_per_host
         if n > 0 and h.gpu is None:
-            raise KavierInputError("the host group names no GPU type and the simulation does not give exactly "
-                                   "one", source=datacenter.source, location=f"{h.path}.gpu",
-                                   expected="a GPU name from the catalogue (required for every host group with "
-                                            "GPUs when the replicas run on several GPU types)")
+            raise KavierInputError(
+                "the host group names no GPU type and the simulation does not give exactly one",
+                source=datacenter.source,
+                location=f"{h.path}.gpu",
+                expected="a GPU name from the catalogue (required for every host group with "
+                "GPUs when the replicas run on several GPU types)",
+            )
         mem_mib = int(round(h.memory_gib * 1024))
         g = h.gpu
         gp = h.gpu_power()
-        base = dict(gpu_core_count=int(g.num_sms) if g else 0, gpu_mhz=float(g.boost_clock_mhz) if g else 0.0,
-                    gpu_memory_mib=int(round(g.memory_gib * 1024)) if g else 0,
-                    gpu_bandwidth_gbs=float(g.mem_bandwidth_gbs) if g else 0.0,
-                    gpu_model=g.name if g else "none", gpu_vendor=g.vendor if g else "unknown",
-                    gpu_power=gp, group=gi, cpu_model=h.cpu_model, cpu_vendor=h.cpu_vendor)
+        base = dict(
+            gpu_core_count=int(g.num_sms) if g else 0,
+            gpu_mhz=float(g.boost_clock_mhz) if g else 0.0,
+            gpu_memory_mib=int(round(g.memory_gib * 1024)) if g else 0,
+            gpu_bandwidth_gbs=float(g.mem_bandwidth_gbs) if g else 0.0,
+            gpu_model=g.name if g else "none",
+            gpu_vendor=g.vendor if g else "unknown",
+            gpu_power=gp,
+            group=gi,
+            cpu_model=h.cpu_model,
+            cpu_vendor=h.cpu_vendor,
+        )
         if n <= MAX_GPUS_PER_OPENDC_HOST:
-            out.append(OpenDCHost(name=h.name, count=h.count, gpus=n, physical_gpus=n,
-                                  cpu_cores=h.cpu_cores, cpu_count=h.cpu_count, cpu_mhz=h.cpu_mhz,
-                                  cpu_power=h.cpu_power, memory_mib=mem_mib, **base))
+            out.append(
+                OpenDCHost(
+                    name=h.name,
+                    count=h.count,
+                    gpus=n,
+                    physical_gpus=n,
+                    cpu_cores=h.cpu_cores,
+                    cpu_count=h.cpu_count,
+                    cpu_mhz=h.cpu_mhz,
+                    cpu_power=h.cpu_power,
+                    memory_mib=mem_mib,
+                    **base,
+                )
+            )
         elif datacenter.gpu_host_limit == "aggregate":
-            base.update(gpu_core_count=int(g.num_sms) * n, gpu_memory_mib=base["gpu_memory_mib"] * n,
-                        gpu_bandwidth_gbs=base["gpu_bandwidth_gbs"] * n, gpu_power=gp.scaled(n),
-                        gpu_model=f"{g.name} x{n}")
-            out.append(OpenDCHost(name=h.name, count=h.count, gpus=1, physical_gpus=n,
-                                  cpu_cores=h.cpu_cores, cpu_count=h.cpu_count, cpu_mhz=h.cpu_mhz,
-                                  cpu_power=h.cpu_power, memory_mib=mem_mib, **base))
+            base.update(
+                gpu_core_count=int(g.num_sms) * n,
+                gpu_memory_mib=base["gpu_memory_mib"] * n,
+                gpu_bandwidth_gbs=base["gpu_bandwidth_gbs"] * n,
+                gpu_power=gp.scaled(n),
+                gpu_model=f"{g.name} x{n}",
+            )
+            out.append(
+                OpenDCHost(
+                    name=h.name,
+                    count=h.count,
+                    gpus=1,
+                    physical_gpus=n,
+                    cpu_cores=h.cpu_cores,
+                    cpu_count=h.cpu_count,
+                    cpu_mhz=h.cpu_mhz,
+                    cpu_power=h.cpu_power,
+                    memory_mib=mem_mib,
+                    **base,
+                )
+            )
         else:  # split
             k = math.ceil(n / MAX_GPUS_PER_OPENDC_HOST)
             parts = [n // k + (1 if j < n % k else 0) for j in range(k)]
             total_cores = h.total_cores
             if total_cores < k:
                 raise KavierInputError(
-                    f"cannot split a host with {n} GPUs into {k} OpenDC hosts: it has only "
-                    f"{total_cores} CPU core(s)", source=datacenter.source, location=f"{h.path}.cpu",
-                    expected=f"at least {k} cores, or gpu_host_limit: aggregate")
+                    f"cannot split a host with {n} GPUs into {k} OpenDC hosts: it has only {total_cores} CPU core(s)",
+                    source=datacenter.source,
+                    location=f"{h.path}.cpu",
+                    expected=f"at least {k} cores, or gpu_host_limit: aggregate",
+                )
             if h.cpu_count % k == 0 and len(set(parts)) == 1:
                 cpu_splits = [(h.cpu_cores, h.cpu_count // k)] * k
             else:
@@ -223,15 +267,27 @@ def opendc_hosts(datacenter: Datacenter, gpu=None) -> list[OpenDCHost]:
             for s_idx, ((g_n, (c_cores, c_count), m), times) in enumerate(shapes.items()):
                 frac = (c_cores * c_count) / total_cores
                 name = h.name if len(shapes) == 1 else f"{h.name}.{s_idx}"
-                out.append(OpenDCHost(name=name, count=h.count * times, gpus=g_n, physical_gpus=g_n,
-                                      cpu_cores=c_cores, cpu_count=c_count, cpu_mhz=h.cpu_mhz,
-                                      cpu_power=h.cpu_power.scaled(frac), memory_mib=m, **base))
+                out.append(
+                    OpenDCHost(
+                        name=name,
+                        count=h.count * times,
+                        gpus=g_n,
+                        physical_gpus=g_n,
+                        cpu_cores=c_cores,
+                        cpu_count=c_count,
+                        cpu_mhz=h.cpu_mhz,
+                        cpu_power=h.cpu_power.scaled(frac),
+                        memory_mib=m,
+                        **base,
+                    )
+                )
     return out
 
 
 # --------------------------------------------------------------------------
 # Replica placement
 # --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TaskPlan:
@@ -240,9 +296,9 @@ class TaskPlan:
     task_id: int
     replica: int
     part: int
-    gpus: int                  # physical GPUs held
-    host_entry: int            # planned OpenDC host entry (index into opendc_hosts)
-    host_instance: int         # which of that entry's `count` copies
+    gpus: int  # physical GPUs held
+    host_entry: int  # planned OpenDC host entry (index into opendc_hosts)
+    host_instance: int  # which of that entry's `count` copies
     gpu_type: str | None = None  # GPU type the replica runs on (None: any GPU host)
 
 
@@ -254,8 +310,9 @@ def _replica_parts(tp: int, largest: int) -> list[int]:
     return [tp // k + (1 if j < tp % k else 0) for j in range(k)]
 
 
-def plan_replicas(hosts: list[OpenDCHost], replicas: list[tuple[str | None, int]], *,
-                  source: str | None = None) -> list[TaskPlan]:
+def plan_replicas(
+    hosts: list[OpenDCHost], replicas: list[tuple[str | None, int]], *, source: str | None = None
+) -> list[TaskPlan]:
     """Place heterogeneous replicas onto the OpenDC hosts of their GPU type.
 
     ``replicas[r]`` is ``(gpu_type, tp)`` of replica ``r`` (``gpu_type``
@@ -269,12 +326,17 @@ def plan_replicas(hosts: list[OpenDCHost], replicas: list[tuple[str | None, int]
     when a type has too few GPU slots.
     """
     if not replicas:
-        raise KavierInputError("no replicas to place", source=source, location="simulation config",
-                               expected="at least one replica")
+        raise KavierInputError(
+            "no replicas to place", source=source, location="simulation config", expected="at least one replica"
+        )
     for r, (_, tp) in enumerate(replicas):
         if tp < 1:
-            raise KavierInputError(f"replica {r} has tp={tp}", source=source, location="simulation config",
-                                   expected="a positive tensor-parallel degree")
+            raise KavierInputError(
+                f"replica {r} has tp={tp}",
+                source=source,
+                location="simulation config",
+                expected="a positive tensor-parallel degree",
+            )
     free: list[list[int]] = [[h.physical_gpus] * h.count for h in hosts]
     placed: dict[int, list[TaskPlan]] = {}
     types: dict[str, str | None] = {}
@@ -282,18 +344,23 @@ def plan_replicas(hosts: list[OpenDCHost], replicas: list[tuple[str | None, int]
         types.setdefault("" if gtype is None else gtype.strip().lower(), gtype)
     for key, gtype in types.items():
         members = [r for r, (g, _) in enumerate(replicas) if ("" if g is None else g.strip().lower()) == key]
-        eligible = [i for i, h in enumerate(hosts) if h.physical_gpus > 0 and
-                    (gtype is None or same_gpu(h.gpu_model, gtype))]
+        eligible = [
+            i for i, h in enumerate(hosts) if h.physical_gpus > 0 and (gtype is None or same_gpu(h.gpu_model, gtype))
+        ]
         label = "" if gtype is None else f" of type {gtype!r}"
         if not eligible:
             present = sorted({re.sub(r" x\d+$", "", h.gpu_model) for h in hosts if h.physical_gpus > 0})
             raise KavierInputError(
                 f"the datacenter has no host with GPUs{label} but {len(members)} replica(s) of the simulation "
-                f"run on it (host GPU types: {', '.join(present) or 'none'})", source=source,
-                location="hosts", expected=f"at least one host group with gpus_per_host > 0 and gpu: {gtype}"
-                if gtype else "at least one host group with gpus_per_host > 0")
+                f"run on it (host GPU types: {', '.join(present) or 'none'})",
+                source=source,
+                location="hosts",
+                expected=f"at least one host group with gpus_per_host > 0 and gpu: {gtype}"
+                if gtype
+                else "at least one host group with gpus_per_host > 0",
+            )
         largest = max(hosts[i].physical_gpus for i in eligible)
-        order = sorted(members, key=lambda r: -replicas[r][1])      # stable: ties keep replica order
+        order = sorted(members, key=lambda r: -replicas[r][1])  # stable: ties keep replica order
         done = 0
         for r in order:
             tp = replicas[r][1]
@@ -302,12 +369,15 @@ def plan_replicas(hosts: list[OpenDCHost], replicas: list[tuple[str | None, int]
             for p, g in enumerate(parts):
                 spot = next(((i, c) for i in eligible for c in range(hosts[i].count) if free[i][c] >= g), None)
                 if spot is None:
-                    for t in got:                                       # keep the message's counts exact
+                    for t in got:  # keep the message's counts exact
                         free[t.host_entry][t.host_instance] += t.gpus
-                    raise KavierInputError(_shortage(hosts, eligible, [replicas[m][1] for m in members],
-                                                     gtype, done, parts), source=source, location="hosts",
-                                           expected="more hosts or GPUs per host (gpus_per_host, count)"
-                                           + (f" in host groups with gpu: {gtype}" if gtype else ""))
+                    raise KavierInputError(
+                        _shortage(hosts, eligible, [replicas[m][1] for m in members], gtype, done, parts),
+                        source=source,
+                        location="hosts",
+                        expected="more hosts or GPUs per host (gpus_per_host, count)"
+                        + (f" in host groups with gpu: {gtype}" if gtype else ""),
+                    )
                 i, c = spot
                 free[i][c] -= g
                 got.append(TaskPlan(-1, r, p, g, i, c, gtype))
@@ -320,8 +390,9 @@ def plan_replicas(hosts: list[OpenDCHost], replicas: list[tuple[str | None, int]
     return plans
 
 
-def _shortage(hosts: list[OpenDCHost], eligible: list[int], tps: list[int], gtype: str | None,
-              fitted: int, parts: list[int]) -> str:
+def _shortage(
+    hosts: list[OpenDCHost], eligible: list[int], tps: list[int], gtype: str | None, fitted: int, parts: list[int]
+) -> str:
     need = sum(tps)
     have = sum(hosts[i].physical_gpus * hosts[i].count for i in eligible)
     by_tp: dict[int, int] = {}
@@ -330,16 +401,22 @@ def _shortage(hosts: list[OpenDCHost], eligible: list[int], tps: list[int], gtyp
     mix = " + ".join(f"{n} x tp={tp}" for tp, n in sorted(by_tp.items(), reverse=True))
     label = "" if gtype is None else f" of type {gtype!r}"
     where = ", ".join(f"{hosts[i].count} x {hosts[i].physical_gpus} on '{hosts[i].name}'" for i in eligible)
-    how = ("each replica's GPUs on one host" if len(parts) == 1 else
-           f"a replica in parts of {parts} GPUs, each part on one host")
-    return (f"the datacenter has too few GPU slots{label}: the simulation needs {len(tps)} replica(s)"
-            f"{label} ({mix}) = {need} GPUs ({how}), but the "
-            f"hosts with that GPU have {have} GPU slot(s) ({where}) and only {fitted} of the "
-            f"{len(tps)} replica(s) fit")
+    how = (
+        "each replica's GPUs on one host"
+        if len(parts) == 1
+        else f"a replica in parts of {parts} GPUs, each part on one host"
+    )
+    return (
+        f"the datacenter has too few GPU slots{label}: the simulation needs {len(tps)} replica(s)"
+        f"{label} ({mix}) = {need} GPUs ({how}), but the "
+        f"hosts with that GPU have {have} GPU slot(s) ({where}) and only {fitted} of the "
+        f"{len(tps)} replica(s) fit"
+    )
 
 
-def plan_tasks(hosts: list[OpenDCHost], replicas: int, tp: int, gpu_name: str | None = None, *,
-               source: str | None = None) -> list[TaskPlan]:
+def plan_tasks(
+    hosts: list[OpenDCHost], replicas: int, tp: int, gpu_name: str | None = None, *, source: str | None = None
+) -> list[TaskPlan]:
     """Place ``replicas`` replicas of ``tp`` GPUs of type ``gpu_name`` onto
     the OpenDC hosts (see :func:`plan_replicas`, the heterogeneous form).
 
@@ -350,8 +427,9 @@ def plan_tasks(hosts: list[OpenDCHost], replicas: int, tp: int, gpu_name: str | 
     :class:`KavierInputError` when the datacenter has too few GPU slots.
     """
     if replicas < 1 or tp < 1:
-        raise KavierInputError(f"replicas={replicas}, tp={tp}", source=source,
-                               location="simulation config", expected="positive integers")
+        raise KavierInputError(
+            f"replicas={replicas}, tp={tp}", source=source, location="simulation config", expected="positive integers"
+        )
     return plan_replicas(hosts, [(gpu_name, tp)] * replicas, source=source)
 
 
@@ -364,8 +442,10 @@ def same_gpu(model_name: str, gpu_name: str) -> bool:
 # OpenDC JSON files
 # --------------------------------------------------------------------------
 
-def topology_dict(datacenter: Datacenter, gpu=None, hosts: list[OpenDCHost] | None = None, *,
-                  carbon_trace_path: str | None = None) -> dict[str, Any]:
+
+def topology_dict(
+    datacenter: Datacenter, gpu=None, hosts: list[OpenDCHost] | None = None, *, carbon_trace_path: str | None = None
+) -> dict[str, Any]:
     """OpenDC topology JSON (release format, no unknown keys). The power source's
     ``carbonTracePath`` is ``carbon_trace_path`` when given (the exported folder
     names its own copy, relative to the topology file), else the trace's absolute path."""
@@ -376,9 +456,11 @@ def topology_dict(datacenter: Datacenter, gpu=None, hosts: list[OpenDCHost] | No
         psj["maxPower"] = int(round(ps.max_power_w))
     if ps.carbon_trace is not None:
         psj["carbonTracePath"] = carbon_trace_path or str(Path(ps.carbon_trace).resolve())
-    cluster: dict[str, Any] = {"name": datacenter.name,
-                               "hosts": [e for h in hosts for e in h.to_opendc_entries()],
-                               "powerSource": psj}
+    cluster: dict[str, Any] = {
+        "name": datacenter.name,
+        "hosts": [e for h in hosts for e in h.to_opendc_entries()],
+        "powerSource": psj,
+    }
     if datacenter.battery is not None:
         cluster["battery"] = datacenter.battery.to_opendc()
     return {"clusters": [cluster]}
@@ -393,8 +475,9 @@ def experiment_dict(datacenter: Datacenter, *, name: str = "kavier", start: str 
         "name": name,
         "outputFolder": "output",
         "topologies": [{"pathToFile": "topology.json"}],
-        "workloads": [{"pathToFile": "workload", "type": "ComputeWorkload",
-                       "submissionTime": start or datacenter.start}],
+        "workloads": [
+            {"pathToFile": "workload", "type": "ComputeWorkload", "submissionTime": start or datacenter.start}
+        ],
         "allocationPolicies": [{"type": "prefab", "policyName": datacenter.allocation_policy}],
         "exportModels": [{"exportInterval": int(datacenter.export_interval_s)}],
     }

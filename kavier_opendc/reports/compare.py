@@ -45,8 +45,16 @@ import pandas as pd  # noqa: E402
 from kavier_opendc.base.atomic import atomic_write_text, staged_output, write_json_atomic  # noqa: E402
 from kavier_opendc.base.errors import KavierInputError  # noqa: E402
 
-TABLE_COLUMNS = ("prompt_size", "prefill_input_tokens", "reality_prefill", "kavier_prefill", "decode_input_tokens",
-                 "decode_output_tokens", "reality_decode", "kavier_decode")
+TABLE_COLUMNS = (
+    "prompt_size",
+    "prefill_input_tokens",
+    "reality_prefill",
+    "kavier_prefill",
+    "decode_input_tokens",
+    "decode_output_tokens",
+    "reality_decode",
+    "kavier_decode",
+)
 TABLE_KEY = ("prefill_input_tokens", "decode_input_tokens", "decode_output_tokens")
 REQUEST_METRICS = ("ttft_s", "tpot_s", "e2e_s")
 TABLE_METRICS = ("prefill", "decode")
@@ -57,7 +65,7 @@ TABLE_FILE_NAMES = ("measurements.csv",)
 
 @dataclass
 class Side:
-    kind: str                 # "requests" | "table"
+    kind: str  # "requests" | "table"
     path: Path
     frame: pd.DataFrame
     summary: dict | None = None
@@ -72,16 +80,21 @@ def _read_table(path: Path) -> pd.DataFrame:
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in TABLE_COLUMNS if c not in df.columns]
     if missing:
-        raise KavierInputError(f"missing column(s) {', '.join(missing)}", source=str(path), location="columns",
-                               expected="the A10 measurement layout: " + ", ".join(TABLE_COLUMNS))
+        raise KavierInputError(
+            f"missing column(s) {', '.join(missing)}",
+            source=str(path),
+            location="columns",
+            expected="the A10 measurement layout: " + ", ".join(TABLE_COLUMNS),
+        )
     if len(df) == 0:
         raise KavierInputError("the table has no rows", source=str(path))
     for c in TABLE_COLUMNS:
         vals = pd.to_numeric(df[c], errors="coerce")
         bad = np.flatnonzero(vals.isna() & df[c].notna() & (df[c].astype(str).str.lower() != "nan"))
         if bad.size:
-            raise KavierInputError(f"{c} is {df[c].iloc[bad[0]]!r}, which is not a number", source=str(path),
-                                   location=f"row {bad[0] + 1}")
+            raise KavierInputError(
+                f"{c} is {df[c].iloc[bad[0]]!r}, which is not a number", source=str(path), location=f"row {bad[0] + 1}"
+            )
         df[c] = vals.astype(np.float64)
     return df
 
@@ -103,37 +116,49 @@ def load_side(path: Path, role: str, prefer_table: bool = False) -> Side:
     path = Path(path)
     what = "SIM_DIR" if role == "simulated" else "MEASURED_DIR"
     if not path.exists():
-        raise KavierInputError(f"{path} not found", location=what,
-                               expected="an output directory of 'kavier simulate' / 'kavier trace', or an "
-                                        "A10-layout CSV")
+        raise KavierInputError(
+            f"{path} not found",
+            location=what,
+            expected="an output directory of 'kavier simulate' / 'kavier trace', or an A10-layout CSV",
+        )
     if path.is_file():
         if _is_table_csv(path):
             return Side("table", path, _read_table(path))
         if path.suffix.lower() in (".parquet", ".pq"):
             return _requests_side(path, path.with_name("summary.json"), what)
-        raise KavierInputError("is neither an A10-layout table (CSV with reality_prefill, reality_decode, ...) "
-                               "nor a requests.parquet", source=str(path), location=what)
+        raise KavierInputError(
+            "is neither an A10-layout table (CSV with reality_prefill, reality_decode, ...) nor a requests.parquet",
+            source=str(path),
+            location=what,
+        )
     tables = [path / n for n in TABLE_FILE_NAMES if (path / n).is_file() and _is_table_csv(path / n)]
     if tables and (prefer_table or not (path / "requests.parquet").is_file()):
         return Side("table", tables[0], _read_table(tables[0]))
     if (path / "requests.parquet").is_file():
         return _requests_side(path / "requests.parquet", path / "summary.json", what)
-    raise KavierInputError(f"{path} has no requests.parquet (nor measurements.csv)", location=what,
-                           expected="the output directory of 'kavier simulate' or 'kavier trace'")
+    raise KavierInputError(
+        f"{path} has no requests.parquet (nor measurements.csv)",
+        location=what,
+        expected="the output directory of 'kavier simulate' or 'kavier trace'",
+    )
 
 
 def _requests_side(parquet: Path, summary_path: Path, what: str) -> Side:
     try:
         df = pd.read_parquet(parquet)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file
-        raise KavierInputError(f"cannot read: {' '.join(str(exc).split())}", source=str(parquet),
-                               location=what) from None
+        raise KavierInputError(
+            f"cannot read: {' '.join(str(exc).split())}", source=str(parquet), location=what
+        ) from None
     need = ("request_id", *REQUEST_METRICS)
     missing = [c for c in need if c not in df.columns]
     if missing:
-        raise KavierInputError(f"missing column(s) {', '.join(missing)}", source=str(parquet), location="columns",
-                               expected="the request columns of 'kavier simulate' (request_id, ttft_s, tpot_s, "
-                                        "e2e_s, ...)")
+        raise KavierInputError(
+            f"missing column(s) {', '.join(missing)}",
+            source=str(parquet),
+            location="columns",
+            expected="the request columns of 'kavier simulate' (request_id, ttft_s, tpot_s, e2e_s, ...)",
+        )
     summary = None
     if summary_path.is_file():
         try:
@@ -141,9 +166,11 @@ def _requests_side(parquet: Path, summary_path: Path, what: str) -> Side:
         except (OSError, json.JSONDecodeError) as exc:
             raise KavierInputError(f"cannot read: {exc}", source=str(summary_path)) from None
     if summary is not None and summary.get("complete") is False:
-        raise KavierInputError("the measurement is marked incomplete (summary.json \"complete\": false, "
-                               f"status {summary.get('status')!r})", source=str(summary_path),
-                               expected="a complete run of 'kavier trace'")
+        raise KavierInputError(
+            f'the measurement is marked incomplete (summary.json "complete": false, status {summary.get("status")!r})',
+            source=str(summary_path),
+            expected="a complete run of 'kavier trace'",
+        )
     return Side("requests", parquet, df, summary)
 
 
@@ -154,14 +181,26 @@ def errors(sim: np.ndarray, meas: np.ndarray) -> dict:
     meas = np.asarray(meas, dtype=np.float64)
     ok = np.isfinite(sim) & np.isfinite(meas) & (meas > 0)
     if not ok.any():
-        return {"n": 0, "mape_pct": None, "bias_pct": None, "median_ape_pct": None, "max_ape_pct": None,
-                "mae_s": None, "bias_s": None}
+        return {
+            "n": 0,
+            "mape_pct": None,
+            "bias_pct": None,
+            "median_ape_pct": None,
+            "max_ape_pct": None,
+            "mae_s": None,
+            "bias_s": None,
+        }
     rel = (sim[ok] - meas[ok]) / meas[ok]
     diff = sim[ok] - meas[ok]
-    return {"n": int(ok.sum()), "mape_pct": float(np.mean(np.abs(rel)) * 100),
-            "bias_pct": float(np.mean(rel) * 100), "median_ape_pct": float(np.median(np.abs(rel)) * 100),
-            "max_ape_pct": float(np.max(np.abs(rel)) * 100),
-            "mae_s": float(np.mean(np.abs(diff))), "bias_s": float(np.mean(diff))}
+    return {
+        "n": int(ok.sum()),
+        "mape_pct": float(np.mean(np.abs(rel)) * 100),
+        "bias_pct": float(np.mean(rel) * 100),
+        "median_ape_pct": float(np.median(np.abs(rel)) * 100),
+        "max_ape_pct": float(np.max(np.abs(rel)) * 100),
+        "mae_s": float(np.mean(np.abs(diff))),
+        "bias_s": float(np.mean(diff)),
+    }
 
 
 def _stat(values: np.ndarray, which: str) -> float | None:
@@ -188,9 +227,11 @@ def _throughputs(side: Side) -> dict:
     span = float(fin["finish_s"].max()) if "finish_s" in fin and len(fin) else 0.0
     out = float(fin["num_output_tokens"].sum()) if "num_output_tokens" in fin else math.nan
     inp = float(fin["num_input_tokens"].sum()) if "num_input_tokens" in fin else math.nan
-    return {"output_tokens_per_s": out / span if span > 0 else None,
-            "total_tokens_per_s": (out + inp) / span if span > 0 else None,
-            "request_throughput_per_s": len(fin) / span if span > 0 else None}
+    return {
+        "output_tokens_per_s": out / span if span > 0 else None,
+        "total_tokens_per_s": (out + inp) / span if span > 0 else None,
+        "request_throughput_per_s": len(fin) / span if span > 0 else None,
+    }
 
 
 def compare_requests(sim: Side, meas: Side) -> tuple[dict, pd.DataFrame]:
@@ -198,8 +239,11 @@ def compare_requests(sim: Side, meas: Side) -> tuple[dict, pd.DataFrame]:
     m = _finished(meas.frame).drop_duplicates("request_id").set_index("request_id")
     ids = s.index.intersection(m.index).sort_values()
     if len(ids) == 0:
-        raise KavierInputError(f"no request_id is finished in both {sim.path} and {meas.path}",
-                               location="request_id", expected="a simulation and a measurement of the same trace")
+        raise KavierInputError(
+            f"no request_id is finished in both {sim.path} and {meas.path}",
+            location="request_id",
+            expected="a simulation and a measurement of the same trace",
+        )
     per = pd.DataFrame({"request_id": ids.to_numpy()})
     metrics = {}
     for k in REQUEST_METRICS:
@@ -222,14 +266,18 @@ def compare_requests(sim: Side, meas: Side) -> tuple[dict, pd.DataFrame]:
             mismatched = max(mismatched, int(np.sum(np.isfinite(b) & (a != b))))
     ts, tm = _throughputs(sim), _throughputs(meas)
     result = {
-        "kind": "requests", "simulated": str(sim.path), "measured": str(meas.path),
+        "kind": "requests",
+        "simulated": str(sim.path),
+        "measured": str(meas.path),
         "matched": int(len(ids)),
         "unmatched_simulated": int(len(s.index.difference(m.index))),
         "unmatched_measured": int(len(m.index.difference(s.index))),
         "token_count_mismatches": mismatched,
         "metrics": metrics,
-        "throughput": {k: {"simulated": ts.get(k), "measured": tm.get(k), "error_pct": _rel(ts.get(k), tm.get(k))}
-                       for k in THROUGHPUTS},
+        "throughput": {
+            k: {"simulated": ts.get(k), "measured": tm.get(k), "error_pct": _rel(ts.get(k), tm.get(k))}
+            for k in THROUGHPUTS
+        },
     }
     return result, per
 
@@ -249,16 +297,21 @@ def simulate_table(frame: pd.DataFrame, model, gpu, efficiency=None) -> pd.DataF
 
     out = frame.copy()
     out["kavier_prefill"] = [one(int(p), 1)[0] for p in frame["prefill_input_tokens"]]
-    out["kavier_decode"] = [one(int(p), int(o))[1]
-                            for p, o in zip(frame["decode_input_tokens"], frame["decode_output_tokens"], strict=True)]
+    out["kavier_decode"] = [
+        one(int(p), int(o))[1] for p, o in zip(frame["decode_input_tokens"], frame["decode_output_tokens"], strict=True)
+    ]
     return out
 
 
 def _match_rows(sim: pd.DataFrame, meas: pd.DataFrame) -> list[tuple[int, int]]:
     """Pairs of row positions with equal token counts (duplicates paired in order)."""
+
     def keys(df):
-        return [tuple(int(round(v)) if np.isfinite(v) else -1 for v in row)
-                for row in df[list(TABLE_KEY)].to_numpy(dtype=np.float64)]
+        return [
+            tuple(int(round(v)) if np.isfinite(v) else -1 for v in row)
+            for row in df[list(TABLE_KEY)].to_numpy(dtype=np.float64)
+        ]
+
     pool: dict[tuple, list[int]] = {}
     for i, k in enumerate(keys(sim)):
         pool.setdefault(k, []).append(i)
@@ -271,33 +324,55 @@ def _match_rows(sim: pd.DataFrame, meas: pd.DataFrame) -> list[tuple[int, int]]:
 
 def compare_tables(sim: Side, meas: Side, simulate=None) -> tuple[dict, pd.DataFrame]:
     sframe = simulate_table(sim.frame, *simulate) if simulate else sim.frame
-    source = (f"this simulator ({simulate[0].name} on {simulate[1].name})" if simulate
-              else f"the kavier_prefill/kavier_decode columns of {sim.path}")
+    source = (
+        f"this simulator ({simulate[0].name} on {simulate[1].name})"
+        if simulate
+        else f"the kavier_prefill/kavier_decode columns of {sim.path}"
+    )
     pairs = _match_rows(sframe, meas.frame)
     if not pairs:
-        raise KavierInputError(f"no row of {sim.path} has the token counts of a row of {meas.path}",
-                               location=", ".join(TABLE_KEY), expected="tables of the same lengths")
+        raise KavierInputError(
+            f"no row of {sim.path} has the token counts of a row of {meas.path}",
+            location=", ".join(TABLE_KEY),
+            expected="tables of the same lengths",
+        )
     si = [p[0] for p in pairs]
     mi = [p[1] for p in pairs]
     S = sframe.iloc[si].reset_index(drop=True)
     M = meas.frame.iloc[mi].reset_index(drop=True)
-    per = pd.DataFrame({"prompt_size": M["prompt_size"], "prefill_input_tokens": M["prefill_input_tokens"],
-                        "decode_input_tokens": M["decode_input_tokens"],
-                        "decode_output_tokens": M["decode_output_tokens"]})
+    per = pd.DataFrame(
+        {
+            "prompt_size": M["prompt_size"],
+            "prefill_input_tokens": M["prefill_input_tokens"],
+            "decode_input_tokens": M["decode_input_tokens"],
+            "decode_output_tokens": M["decode_output_tokens"],
+        }
+    )
     metrics = {}
     for k in TABLE_METRICS:
         sv = S[f"kavier_{k}"].to_numpy(dtype=np.float64)
         mv = M[f"reality_{k}"].to_numpy(dtype=np.float64)
         if not np.isfinite(sv).any():
-            raise KavierInputError(f"kavier_{k} has no values", source=str(sim.path), location=f"kavier_{k}",
-                                   expected="simulated times, or --model and --gpu to simulate each row")
+            raise KavierInputError(
+                f"kavier_{k} has no values",
+                source=str(sim.path),
+                location=f"kavier_{k}",
+                expected="simulated times, or --model and --gpu to simulate each row",
+            )
         per[f"{k}_sim_s"], per[f"{k}_measured_s"] = sv, mv
         with np.errstate(invalid="ignore", divide="ignore"):
             per[f"{k}_error_pct"] = (sv - mv) / mv * 100
         metrics[k] = errors(sv, mv)
-    result = {"kind": "table", "simulated": str(sim.path), "measured": str(meas.path), "simulated_values": source,
-              "matched": len(pairs), "unmatched_simulated": len(sframe) - len(pairs),
-              "unmatched_measured": len(meas.frame) - len(pairs), "metrics": metrics}
+    result = {
+        "kind": "table",
+        "simulated": str(sim.path),
+        "measured": str(meas.path),
+        "simulated_values": source,
+        "matched": len(pairs),
+        "unmatched_simulated": len(sframe) - len(pairs),
+        "unmatched_measured": len(meas.frame) - len(pairs),
+        "metrics": metrics,
+    }
     return result, per
 
 
@@ -317,8 +392,7 @@ def _save(fig, path: Path) -> None:
 
 
 def _label(k: str) -> str:
-    return {"ttft_s": "TTFT", "tpot_s": "TPOT", "e2e_s": "end-to-end", "prefill": "prefill",
-            "decode": "decode"}[k]
+    return {"ttft_s": "TTFT", "tpot_s": "TPOT", "e2e_s": "end-to-end", "prefill": "prefill", "decode": "decode"}[k]
 
 
 def plot_requests(per: pd.DataFrame, out: Path) -> list[str]:
@@ -328,8 +402,13 @@ def plot_requests(per: pd.DataFrame, out: Path) -> list[str]:
             v = np.sort(per[f"{k}_{which}"].to_numpy(dtype=np.float64))
             v = v[np.isfinite(v)] * 1e3
             if v.size:
-                ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", color=color,
-                        label="measured" if which == "measured" else "simulated")
+                ax.step(
+                    v,
+                    np.arange(1, v.size + 1) / v.size,
+                    where="post",
+                    color=color,
+                    label="measured" if which == "measured" else "simulated",
+                )
         ax.set_xlabel(f"{_label(k)} (ms)")
         ax.set_ylabel("fraction of requests")
         ax.grid(alpha=0.3)
@@ -397,34 +476,56 @@ def _ms(v) -> str:
 
 
 def report_markdown(result: dict, plots: list[str]) -> str:
-    lines = ["# Simulation vs measurement", "",
-             f"- simulated: `{result['simulated']}`", f"- measured: `{result['measured']}`"]
+    lines = [
+        "# Simulation vs measurement",
+        "",
+        f"- simulated: `{result['simulated']}`",
+        f"- measured: `{result['measured']}`",
+    ]
     if result["kind"] == "table":
         lines.append(f"- simulated values: {result['simulated_values']}")
-    lines += [f"- matched {'rows' if result['kind'] == 'table' else 'requests'}: {result['matched']} "
-              f"(unmatched: {result['unmatched_simulated']} simulated, {result['unmatched_measured']} measured)",
-              "", "Relative error = (simulated - measured) / measured. MAPE is the mean of its absolute value; "
-              "bias is its mean (positive: the simulator predicts longer times).", ""]
+    lines += [
+        f"- matched {'rows' if result['kind'] == 'table' else 'requests'}: {result['matched']} "
+        f"(unmatched: {result['unmatched_simulated']} simulated, {result['unmatched_measured']} measured)",
+        "",
+        "Relative error = (simulated - measured) / measured. MAPE is the mean of its absolute value; "
+        "bias is its mean (positive: the simulator predicts longer times).",
+        "",
+    ]
     if result["kind"] == "table":
         lines += ["| metric | rows | MAPE | bias | median APE | max APE |", "|---|---:|---:|---:|---:|---:|"]
         for k in TABLE_METRICS:
             e = result["metrics"][k]
-            lines.append(f"| {k} | {e['n']} | {_abs_pct(e['mape_pct'])} | {_pct(e['bias_pct'])} | "
-                         f"{_abs_pct(e['median_ape_pct'])} | {_abs_pct(e['max_ape_pct'])} |")
+            lines.append(
+                f"| {k} | {e['n']} | {_abs_pct(e['mape_pct'])} | {_pct(e['bias_pct'])} | "
+                f"{_abs_pct(e['median_ape_pct'])} | {_abs_pct(e['max_ape_pct'])} |"
+            )
     else:
-        lines += ["## Per request", "", "| metric | requests | MAPE | bias | mean abs error | mean error |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "## Per request",
+            "",
+            "| metric | requests | MAPE | bias | mean abs error | mean error |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for k in REQUEST_METRICS:
             e = result["metrics"][k]
-            lines.append(f"| {_label(k)} | {e['n']} | {_abs_pct(e['mape_pct'])} | {_pct(e['bias_pct'])} | "
-                         f"{_ms(e['mae_s'])} | {_ms(e['bias_s'])} |")
-        lines += ["", "## Aggregates", "", "| metric | statistic | simulated | measured | error |",
-                  "|---|---|---:|---:|---:|"]
+            lines.append(
+                f"| {_label(k)} | {e['n']} | {_abs_pct(e['mape_pct'])} | {_pct(e['bias_pct'])} | "
+                f"{_ms(e['mae_s'])} | {_ms(e['bias_s'])} |"
+            )
+        lines += [
+            "",
+            "## Aggregates",
+            "",
+            "| metric | statistic | simulated | measured | error |",
+            "|---|---|---:|---:|---:|",
+        ]
         for k in REQUEST_METRICS:
             for st in STATS:
                 d = result["metrics"][k]["stats"][st]
-                lines.append(f"| {_label(k)} | {st} | {_ms(d['simulated'])} | {_ms(d['measured'])} | "
-                             f"{_pct(d['error_pct'])} |")
+                lines.append(
+                    f"| {_label(k)} | {st} | {_ms(d['simulated'])} | {_ms(d['measured'])} | {_pct(d['error_pct'])} |"
+                )
         lines += ["", "| throughput | simulated | measured | error |", "|---|---:|---:|---:|"]
 
         def f(v):
@@ -433,8 +534,11 @@ def report_markdown(result: dict, plots: list[str]) -> str:
         for k, d in result["throughput"].items():
             lines.append(f"| {k} | {f(d['simulated'])} | {f(d['measured'])} | {_pct(d['error_pct'])} |")
         if result.get("token_count_mismatches"):
-            lines += ["", f"Note: {result['token_count_mismatches']} matched requests have different token "
-                          "counts on the two sides (the server produced other lengths than the trace asked)."]
+            lines += [
+                "",
+                f"Note: {result['token_count_mismatches']} matched requests have different token "
+                "counts on the two sides (the server produced other lengths than the trace asked).",
+            ]
     lines += ["", "## Plots", ""] + ([f"![{p}]({p})" for p in plots] or [result.get("plots_note", "none")]) + [""]
     return "\n".join(lines)
 
@@ -443,13 +547,15 @@ def compare_paths(sim_path: Path, meas_path: Path, out: Path, simulate=None) -> 
     """Compare, then write compare.json, report.md, per_request.csv and the plots into ``out``."""
     sim = load_side(sim_path, "simulated", prefer_table=bool(simulate))
     meas = load_side(meas_path, "measured", prefer_table=bool(simulate))
-    if sim.kind != meas.kind:      # a sweep's directory next to a table: compare the tables
+    if sim.kind != meas.kind:  # a sweep's directory next to a table: compare the tables
         sim = load_side(sim_path, "simulated", prefer_table=True)
         meas = load_side(meas_path, "measured", prefer_table=True)
     if sim.kind != meas.kind:
-        raise KavierInputError(f"cannot compare a {sim.kind} input ({sim.path}) with a {meas.kind} input "
-                               f"({meas.path})", location="SIM_DIR/MEASURED_DIR",
-                               expected="two request directories or two A10-layout tables")
+        raise KavierInputError(
+            f"cannot compare a {sim.kind} input ({sim.path}) with a {meas.kind} input ({meas.path})",
+            location="SIM_DIR/MEASURED_DIR",
+            expected="two request directories or two A10-layout tables",
+        )
     if simulate and sim.kind != "table":
         raise KavierInputError("--model/--gpu apply to A10-layout tables only", location="--model")
     if sim.kind == "table":
@@ -459,7 +565,7 @@ def compare_paths(sim_path: Path, meas_path: Path, out: Path, simulate=None) -> 
     with staged_output(Path(out)) as stage:
         try:
             plots = plot_table(per, stage) if sim.kind == "table" else plot_requests(per, stage)
-        except ImportError:            # matplotlib is the 'plots' extra
+        except ImportError:  # matplotlib is the 'plots' extra
             plots = []
             result["plots_note"] = "matplotlib is not installed: no plots"
         result["plots"] = plots
@@ -471,15 +577,24 @@ def compare_paths(sim_path: Path, meas_path: Path, out: Path, simulate=None) -> 
 
 def format_result(result: dict, out: Path) -> str:
     if result["kind"] == "table":
-        body = [f"{k:<8} MAPE {_abs_pct(result['metrics'][k]['mape_pct'])}, "
-                f"bias {_pct(result['metrics'][k]['bias_pct'])}"
-                for k in TABLE_METRICS]
+        body = [
+            f"{k:<8} MAPE {_abs_pct(result['metrics'][k]['mape_pct'])}, bias {_pct(result['metrics'][k]['bias_pct'])}"
+            for k in TABLE_METRICS
+        ]
         head = f"{result['matched']} rows; simulated values from {result['simulated_values']}"
     else:
-        body = [f"{_label(k):<10} MAPE {_abs_pct(result['metrics'][k]['mape_pct'])}, "
-                f"bias {_pct(result['metrics'][k]['bias_pct'])}" for k in REQUEST_METRICS]
+        body = [
+            f"{_label(k):<10} MAPE {_abs_pct(result['metrics'][k]['mape_pct'])}, "
+            f"bias {_pct(result['metrics'][k]['bias_pct'])}"
+            for k in REQUEST_METRICS
+        ]
         tp = result["throughput"]["output_tokens_per_s"]
         body.append(f"throughput output tok/s error {_pct(tp['error_pct'])}")
         head = f"{result['matched']} matched requests"
-    return "\n".join([head, *body, f"wrote {out}/report.md, compare.json, per_request.csv"
-                      + "".join(f", {p}" for p in result["plots"])])
+    return "\n".join(
+        [
+            head,
+            *body,
+            f"wrote {out}/report.md, compare.json, per_request.csv" + "".join(f", {p}" for p in result["plots"]),
+        ]
+    )

@@ -55,15 +55,18 @@ class Prices:
     electricity_per_kwh: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"currency": self.currency, "gpu_hour": dict(self.gpu_hour),
-                "electricity_per_kwh": self.electricity_per_kwh}
+        return {
+            "currency": self.currency,
+            "gpu_hour": dict(self.gpu_hour),
+            "electricity_per_kwh": self.electricity_per_kwh,
+        }
+
 
 J_PER_WH = 3600.0
 MILLION = 1e6
 
 DEFINITIONS: dict[str, str] = {
-    "tokens": "input (prompt) + output tokens of finished requests; prompt tokens served from the "
-              "prefix cache count",
+    "tokens": "input (prompt) + output tokens of finished requests; prompt tokens served from the prefix cache count",
     "tokens_output": "output tokens of finished requests",
     "window_s": "the simulated makespan: first arrival (t = 0) to the last token of the last request",
     "throughput_mtokens_per_s": "tokens / window_s / 1e6",
@@ -71,27 +74,27 @@ DEFINITIONS: dict[str, str] = {
     "wh_per_mtoken": "energy_wh / (tokens / 1e6)",
     "wh_per_mtoken_output": "energy_wh / (tokens_output / 1e6)",
     "gco2_per_mtoken": "carbon_g / (tokens / 1e6), carbon_g = OpenDC's emissions (energy x grid "
-                       "carbon intensity of each interval)",
+    "carbon intensity of each interval)",
     "gco2_per_mtoken_output": "carbon_g / (tokens_output / 1e6)",
     "gpu_hours": "sum over GPU types of the GPUs counted x window_s / 3600; the GPUs counted are those whose "
-                 "energy is counted (gpu_counts_basis): every GPU of the datacenter when OpenDC ran (idle ones "
-                 "draw power and are paid for), the GPUs serving the replicas (replicas x tp) without OpenDC",
+    "energy is counted (gpu_counts_basis): every GPU of the datacenter when OpenDC ran (idle ones "
+    "draw power and are paid for), the GPUs serving the replicas (replicas x tp) without OpenDC",
     "gpu_cost": "sum over GPU types of GPUs x window_s / 3600 x price per GPU-hour",
     "electricity_cost": "energy_wh / 1000 x electricity price per kWh (0 when no price is given)",
     "total_cost": "gpu_cost + electricity_cost",
     "cost_per_mtoken": "total_cost / (tokens / 1e6)",
     "cost_per_mtoken_output": "total_cost / (tokens_output / 1e6)",
     "slo_met": "a finished request with TTFT <= slo.ttft_s and TPOT <= slo.tpot_s (TPOT of a one-token "
-               "answer is undefined and passes; a target that is not given is not checked)",
+    "answer is undefined and passes; a target that is not given is not checked)",
     "goodput_rps": "requests meeting the SLOs / window_s",
     "goodput_tokens_per_s": "input + output tokens of requests meeting the SLOs / window_s",
     "slo_attainment": "requests meeting the SLOs / all requests (rejected requests count as misses)",
     "cost_per_mtoken_per_s": "Kavier paper's financial efficiency: total_cost / throughput_mtokens_per_s "
-                             "(currency per million tokens per second)",
+    "(currency per million tokens per second)",
     "wh_per_mtoken_per_s": "Kavier paper's energy efficiency: energy_wh / throughput_mtokens_per_s "
-                           "(Wh per million tokens per second)",
+    "(Wh per million tokens per second)",
     "kgco2_per_mtoken_per_s": "Kavier paper's carbon efficiency: carbon_g / 1000 / throughput_mtokens_per_s "
-                              "(kgCO2 per million tokens per second)",
+    "(kgCO2 per million tokens per second)",
 }
 
 
@@ -147,8 +150,9 @@ def per_mtoken_per_s(total: float | None, tokens: float, window_s: float) -> flo
     return _per(total, tokens / window_s / MILLION)
 
 
-def slo_mask(ttft_s: np.ndarray, tpot_s: np.ndarray, finished: np.ndarray,
-             ttft_target: float | None, tpot_target: float | None) -> np.ndarray:
+def slo_mask(
+    ttft_s: np.ndarray, tpot_s: np.ndarray, finished: np.ndarray, ttft_target: float | None, tpot_target: float | None
+) -> np.ndarray:
     """Requests meeting both SLOs: finished, ``ttft <= ttft_target`` and
     ``tpot <= tpot_target`` (a NaN TPOT, i.e. a one-token answer, passes; a
     None target is not checked)."""
@@ -172,26 +176,39 @@ def goodput(requests: pd.DataFrame, window_s: float, slo: LatencyTargets) -> dic
     """
     ttft_t, tpot_t = slo.ttft_s, slo.tpot_s
     if ttft_t is None and tpot_t is None:
-        return {"slo_met_requests": None, "goodput_rps": None, "goodput_tokens_per_s": None,
-                "slo_attainment": None}
-    finished = (requests["status"] == "finished").to_numpy() if "status" in requests else \
-        np.isfinite(requests["finish_s"].to_numpy(np.float64))
-    ok = slo_mask(requests["ttft_s"].to_numpy(np.float64), requests["tpot_s"].to_numpy(np.float64),
-                  finished, ttft_t, tpot_t)
+        return {"slo_met_requests": None, "goodput_rps": None, "goodput_tokens_per_s": None, "slo_attainment": None}
+    finished = (
+        (requests["status"] == "finished").to_numpy()
+        if "status" in requests
+        else np.isfinite(requests["finish_s"].to_numpy(np.float64))
+    )
+    ok = slo_mask(
+        requests["ttft_s"].to_numpy(np.float64), requests["tpot_s"].to_numpy(np.float64), finished, ttft_t, tpot_t
+    )
     n_ok = int(ok.sum())
-    toks = float(requests["num_input_tokens"].to_numpy(np.int64)[ok].sum()
-                 + requests["num_output_tokens"].to_numpy(np.int64)[ok].sum())
+    toks = float(
+        requests["num_input_tokens"].to_numpy(np.int64)[ok].sum()
+        + requests["num_output_tokens"].to_numpy(np.int64)[ok].sum()
+    )
     n = len(requests)
-    return {"slo_met_requests": n_ok,
-            "goodput_rps": _per(n_ok, window_s),
-            "goodput_tokens_per_s": _per(toks, window_s),
-            "slo_attainment": _per(n_ok, n)}
+    return {
+        "slo_met_requests": n_ok,
+        "goodput_rps": _per(n_ok, window_s),
+        "goodput_tokens_per_s": _per(toks, window_s),
+        "slo_attainment": _per(n_ok, n),
+    }
 
 
-def efficiency_report(performance: Mapping[str, Any], requests: pd.DataFrame,
-                      sustainability: Mapping[str, Any] | None, *, gpu_counts: Mapping[str, int],
-                      prices: Prices, slo: LatencyTargets,
-                      datacenter_gpus: Mapping[str, int] | None = None) -> dict[str, Any]:
+def efficiency_report(
+    performance: Mapping[str, Any],
+    requests: pd.DataFrame,
+    sustainability: Mapping[str, Any] | None,
+    *,
+    gpu_counts: Mapping[str, int],
+    prices: Prices,
+    slo: LatencyTargets,
+    datacenter_gpus: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
     """All efficiency metrics of one run (see :data:`DEFINITIONS`).
 
     ``performance``: summary.json (``input_tokens``, ``output_tokens``,
@@ -260,11 +277,13 @@ PROTOTYPE_NOTE = (
     "tokens/s). Here energy is J / 3600 = Wh; the corrected value is the prototype's x 1e6 / 3600 "
     "(x 277.8). The financial and CO2 formulas have no unit error and are reproduced as they are; note "
     "that the financial one, (GPU price per second) / (tokens per second) x 1e6, is dimensionally a price "
-    "per million tokens for one GPU.")
+    "per million tokens for one GPU."
+)
 
 
-def prototype_efficiency_summary(tasks: pd.DataFrame, power_source: pd.DataFrame, gpu_hour_price: float,
-                                 total_tokens: float | None = None) -> dict[str, Any]:
+def prototype_efficiency_summary(
+    tasks: pd.DataFrame, power_source: pd.DataFrame, gpu_hour_price: float, total_tokens: float | None = None
+) -> dict[str, Any]:
     """The Kavier prototype's efficiency summary from its two Parquet files,
     with the J-to-Wh unit error fixed.
 
@@ -301,16 +320,20 @@ def prototype_efficiency_summary(tasks: pd.DataFrame, power_source: pd.DataFrame
     }
 
 
-def pool_energy(disaggregation: Mapping[str, Any], task_map: list, task_hosts: Mapping[str, str],
-                per_host: list) -> list[dict]:
+def pool_energy(
+    disaggregation: Mapping[str, Any], task_map: list, task_hosts: Mapping[str, str], per_host: list
+) -> list[dict]:
     """Energy of each pool of a disaggregated run: the OpenDC energy of the hosts its replicas' tasks ran on.
 
     ``task_map`` (the export's) gives each task's replica, ``task_hosts`` (OpenDC's) each task's host. A host
     that ran tasks of both pools cannot be split between them without a per-GPU placement OpenDC does not
     report: such a pool's energy is None, with the shared hosts named (never an invented share).
     """
-    replica_pool = {r: role for role in ("prefill", "decode")
-                    for r in (disaggregation.get(f"{role}_pool") or {}).get("replica_ids", [])}
+    replica_pool = {
+        r: role
+        for role in ("prefill", "decode")
+        for r in (disaggregation.get(f"{role}_pool") or {}).get("replica_ids", [])
+    }
     hosts_of: dict[str, set] = {"prefill": set(), "decode": set()}
     for t in task_map:
         role = replica_pool.get(t.get("replica"))
@@ -324,9 +347,17 @@ def pool_energy(disaggregation: Mapping[str, Any], task_map: list, task_hosts: M
         pool = disaggregation.get(f"{role}_pool") or {}
         hosts = sorted(hosts_of[role])
         exclusive = not (shared & hosts_of[role]) and all(h in energy for h in hosts) and hosts
-        out.append({"pool": role, "gpu": pool.get("gpu"), "replicas": pool.get("replicas"), "tp": pool.get("tp"),
-                    "busy_fraction": pool.get("busy_fraction"), "hosts": hosts,
-                    "energy_wh": sum(energy[h]["energy_wh"] for h in hosts) if exclusive else None,
-                    "gpu_energy_wh": sum(energy[h].get("gpu_energy_wh") or 0.0 for h in hosts) if exclusive else None,
-                    "shared_hosts": sorted(shared & hosts_of[role])})
+        out.append(
+            {
+                "pool": role,
+                "gpu": pool.get("gpu"),
+                "replicas": pool.get("replicas"),
+                "tp": pool.get("tp"),
+                "busy_fraction": pool.get("busy_fraction"),
+                "hosts": hosts,
+                "energy_wh": sum(energy[h]["energy_wh"] for h in hosts) if exclusive else None,
+                "gpu_energy_wh": sum(energy[h].get("gpu_energy_wh") or 0.0 for h in hosts) if exclusive else None,
+                "shared_hosts": sorted(shared & hosts_of[role]),
+            }
+        )
     return out

@@ -21,8 +21,7 @@ import pandas as pd  # noqa: E402
 from kavier_opendc.reports.efficiency import LatencyTargets  # noqa: E402
 
 DPI = 110
-COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-          "#bcbd22", "#17becf"]
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
 def _figure(w: float = 8.0, h: float = 4.5, nrows: int = 1, ncols: int = 1, **kw):
@@ -63,16 +62,20 @@ def _empty(ax, text: str) -> None:
 # One run
 # --------------------------------------------------------------------------
 
-def latency_cdfs(requests: pd.DataFrame, path: Path, slo: LatencyTargets | None = None,
-                 title: str | None = None) -> Path:
+
+def latency_cdfs(
+    requests: pd.DataFrame, path: Path, slo: LatencyTargets | None = None, title: str | None = None
+) -> Path:
     """CDFs of TTFT, TPOT and end-to-end latency (finished requests), with
     p50/p99 marks and the SLO targets."""
     slo = slo or LatencyTargets()
     fig, axes = _figure(13.0, 4.0, 1, 3)
     fin = requests[requests["status"] == "finished"] if "status" in requests else requests
-    specs = [("ttft_s", "Time to first token", slo.ttft_s),
-             ("tpot_s", "Time per output token", slo.tpot_s),
-             ("e2e_s", "End-to-end latency", None)]
+    specs = [
+        ("ttft_s", "Time to first token", slo.ttft_s),
+        ("tpot_s", "Time per output token", slo.tpot_s),
+        ("e2e_s", "End-to-end latency", None),
+    ]
     for ax, (col, label, target) in zip(axes[0], specs, strict=True):
         v = fin[col].to_numpy(np.float64)
         v = np.sort(v[np.isfinite(v)])
@@ -117,9 +120,16 @@ def _label_inside(ax, x: float, y: float, text: str, color) -> None:
     (a p99 near the right edge would otherwise spill into the next panel)."""
     frac = ax.transAxes.inverted().transform(ax.transData.transform((x, 0.0)))[0]
     right_half = frac > 0.55
-    ax.text(x, y, (text + " ") if right_half else (" " + text), fontsize=8, color=color,
-            ha="right" if right_half else "left", clip_on=True,
-            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})
+    ax.text(
+        x,
+        y,
+        (text + " ") if right_half else (" " + text),
+        fontsize=8,
+        color=color,
+        ha="right" if right_half else "left",
+        clip_on=True,
+        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1},
+    )
 
 
 def _binned_mean(start: np.ndarray, end: np.ndarray, value: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -171,10 +181,14 @@ def gpu_utilization(timeline: pd.DataFrame, path: Path, bins: int = 300, title: 
         s = seg["start_s"].to_numpy(np.float64)
         e = seg["end_s"].to_numpy(np.float64)
         util[r] = _binned_mean(s, e, seg["gpu_utilization"].to_numpy(np.float64), edges)
-        used[r] = (_binned_mean(s, e, seg["kv_utilization"].to_numpy(np.float64), edges)
-                   if "kv_utilization" in seg else np.zeros(bins))
-        cached[r] = (_binned_mean(s, e, seg["kv_cached"].to_numpy(np.float64), edges)
-                     if "kv_cached" in seg else np.zeros(bins))
+        used[r] = (
+            _binned_mean(s, e, seg["kv_utilization"].to_numpy(np.float64), edges)
+            if "kv_utilization" in seg
+            else np.zeros(bins)
+        )
+        cached[r] = (
+            _binned_mean(s, e, seg["kv_cached"].to_numpy(np.float64), edges) if "kv_cached" in seg else np.zeros(bins)
+        )
     gpu_of = {}
     if "gpu" in timeline:
         gpu_of = timeline.groupby("replica")["gpu"].first().to_dict()
@@ -184,8 +198,9 @@ def gpu_utilization(timeline: pd.DataFrame, path: Path, bins: int = 300, title: 
             ax_u.plot(mid, util[r], lw=1.2, color=COLORS[i % len(COLORS)], label=lab)
     else:
         m = np.vstack([util[r] for r in reps])
-        ax_u.fill_between(mid, m.min(0), m.max(0), color=COLORS[0], alpha=0.25, lw=0,
-                          label=f"min-max over {len(reps)} replicas")
+        ax_u.fill_between(
+            mid, m.min(0), m.max(0), color=COLORS[0], alpha=0.25, lw=0, label=f"min-max over {len(reps)} replicas"
+        )
         ax_u.plot(mid, m.mean(0), color=COLORS[0], lw=1.5, label="mean over replicas")
     ax_u.set_ylabel("GPU activity, power-relevant (0-1)")
     ax_u.set_ylim(0, 1.05)
@@ -195,16 +210,28 @@ def gpu_utilization(timeline: pd.DataFrame, path: Path, bins: int = 300, title: 
 
     u = np.clip(np.vstack([used[r] for r in reps]).mean(0), 0.0, 1.0)
     c = np.clip(np.vstack([cached[r] for r in reps]).mean(0), 0.0, 1.0 - u)
-    ax_kv.stackplot(mid, u, c, 1.0 - u - c, colors=[COLORS[3], COLORS[1], "#dddddd"], lw=0,
-                    labels=["used by running requests", "cached prefixes (free, evictable)", "free"])
+    ax_kv.stackplot(
+        mid,
+        u,
+        c,
+        1.0 - u - c,
+        colors=[COLORS[3], COLORS[1], "#dddddd"],
+        lw=0,
+        labels=["used by running requests", "cached prefixes (free, evictable)", "free"],
+    )
     ax_kv.set_ylabel("KV-cache blocks (fraction)")
     ax_kv.set_ylim(0, 1.0)
     ax_kv.grid(alpha=0.3)
-    ax_kv.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
-                 title=f"mean of {len(reps)} replica{'s' if len(reps) != 1 else ''}", title_fontsize=8)
+    ax_kv.legend(
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0,
+        title=f"mean of {len(reps)} replica{'s' if len(reps) != 1 else ''}",
+        title_fontsize=8,
+    )
     ax_kv.set_xlabel(f"simulated time ({unit})")
-    fig.suptitle(title or "GPU activity and KV-cache memory per replica "
-                 f"(mean over {t_end / bins:.3g} s bins)")
+    fig.suptitle(title or f"GPU activity and KV-cache memory per replica (mean over {t_end / bins:.3g} s bins)")
     return _save(fig, path)
 
 
@@ -221,12 +248,18 @@ def host_power(host: pd.DataFrame, path: Path, title: str | None = None) -> Path
     names = list(dict.fromkeys(host["host_name"]))
     for i, name in enumerate(names):
         g = host[host["host_name"] == name].sort_values("timestamp")
-        ax.plot(g["timestamp"].to_numpy() / 1000.0 / div, g["power_draw"].to_numpy(np.float64), lw=1.0,
-                color=COLORS[i % len(COLORS)], label=str(name))
+        ax.plot(
+            g["timestamp"].to_numpy() / 1000.0 / div,
+            g["power_draw"].to_numpy(np.float64),
+            lw=1.0,
+            color=COLORS[i % len(COLORS)],
+            label=str(name),
+        )
     if len(names) > 1:
         tot = host.groupby("timestamp")["power_draw"].sum().sort_index()
-        ax.plot(tot.index.to_numpy() / 1000.0 / div, tot.to_numpy(np.float64), color="k", lw=1.4, ls="--",
-                label="all hosts")
+        ax.plot(
+            tot.index.to_numpy() / 1000.0 / div, tot.to_numpy(np.float64), color="k", lw=1.4, ls="--", label="all hosts"
+        )
     ax.set_xlabel(f"simulated time ({unit})")
     ax.set_ylabel("power draw (W)")
     ax.set_ylim(bottom=0)
@@ -236,8 +269,13 @@ def host_power(host: pd.DataFrame, path: Path, title: str | None = None) -> Path
     return _save(fig, path)
 
 
-def carbon(power: pd.DataFrame, path: Path, start_epoch_ms: int | None = None,
-           carbon_trace: pd.DataFrame | None = None, title: str | None = None) -> Path:
+def carbon(
+    power: pd.DataFrame,
+    path: Path,
+    start_epoch_ms: int | None = None,
+    carbon_trace: pd.DataFrame | None = None,
+    title: str | None = None,
+) -> Path:
     """Grid carbon intensity (gCO2/kWh) against the emission rate (gCO2/h)
     over the run, from OpenDC's power-source output. With the carbon trace
     (``timestamp``, ``carbon_intensity``) and the start time, a first panel
@@ -380,8 +418,14 @@ def cache_hit_ratio(requests: pd.DataFrame, path: Path, bins: int = 60, title: s
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     if cached.sum() == 0:
-        ax.text(0.5, 0.5, "no prompt tokens were served from the prefix cache", transform=ax.transAxes,
-                ha="center", color="0.4")
+        ax.text(
+            0.5,
+            0.5,
+            "no prompt tokens were served from the prefix cache",
+            transform=ax.transAxes,
+            ha="center",
+            color="0.4",
+        )
     fig.suptitle(title or f"Prefix-cache hit ratio over time ({t_end / bins:.3g} s bins by arrival)")
     return _save(fig, path)
 
@@ -390,16 +434,23 @@ def cache_hit_ratio(requests: pd.DataFrame, path: Path, bins: int = 60, title: s
 # Sweeps
 # --------------------------------------------------------------------------
 
+
 def _fmt_label(s: str, width: int = 28) -> str:
-    return s if len(s) <= width else s[:width - 1] + "…"
+    return s if len(s) <= width else s[: width - 1] + "…"
 
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 
 
-def sweep_tradeoff(table: pd.DataFrame, path: Path, x: str = "ttft_p99_s", y: str = "wh_per_mtoken",
-                   xlabel: str = "p99 TTFT (s)", ylabel: str = "energy per million tokens (Wh/Mtoken)",
-                   title: str | None = None) -> Path:
+def sweep_tradeoff(
+    table: pd.DataFrame,
+    path: Path,
+    x: str = "ttft_p99_s",
+    y: str = "wh_per_mtoken",
+    xlabel: str = "p99 TTFT (s)",
+    ylabel: str = "energy per million tokens (Wh/Mtoken)",
+    title: str | None = None,
+) -> Path:
     """One point per configuration: ``y`` against ``x``; the legend names the
     configurations (lower left is better for both)."""
     fig, axes = _figure(11.0, 6.0)
@@ -416,21 +467,35 @@ def sweep_tradeoff(table: pd.DataFrame, path: Path, x: str = "ttft_p99_s", y: st
         return _save(fig, path)
     xs, ys = t[x].to_numpy(np.float64), t[y].to_numpy(np.float64)
     for i, (xi, yi, lab) in enumerate(zip(xs, ys, t["label"], strict=True)):
-        ax.scatter([xi], [yi], s=70, color=COLORS[i % len(COLORS)], marker=MARKERS[(i // len(COLORS)) % len(MARKERS)],
-                   zorder=3, label=_fmt_label(str(lab), 60), edgecolor="k", linewidth=0.5)
+        ax.scatter(
+            [xi],
+            [yi],
+            s=70,
+            color=COLORS[i % len(COLORS)],
+            marker=MARKERS[(i // len(COLORS)) % len(MARKERS)],
+            zorder=3,
+            label=_fmt_label(str(lab), 60),
+            edgecolor="k",
+            linewidth=0.5,
+        )
     if xs.min() > 0 and xs.max() / xs.min() > 30:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, title="configuration",
-              title_fontsize=8)
+    ax.legend(
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0,
+        title="configuration",
+        title_fontsize=8,
+    )
     fig.suptitle(title or f"{ylabel} vs {xlabel} (lower left is better)")
     return _save(fig, path)
 
 
-def sweep_bars(table: pd.DataFrame, metrics: Sequence[tuple[str, str]], path: Path,
-               title: str | None = None) -> Path:
+def sweep_bars(table: pd.DataFrame, metrics: Sequence[tuple[str, str]], path: Path, title: str | None = None) -> Path:
     """Horizontal bars of several metrics (column, axis label) per configuration."""
     t = table[table["status"] == "done"] if "status" in table else table
     n = max(1, len(t))

@@ -68,9 +68,12 @@ def _title(report: Mapping[str, Any]) -> list[str]:
     add = lines.append
     add(f"# Kavier-OpenDC report: {exp.get('name', 'experiment')}")
     add("")
-    add(f"Generated {prov.get('finished_utc', '')} by kavier-opendc {prov.get('kavier_opendc_version', '')}"
+    add(
+        f"Generated {prov.get('finished_utc', '')} by kavier-opendc {prov.get('kavier_opendc_version', '')}"
         + (f" with OpenDC {prov['opendc_version']}" if prov.get("opendc_version") else "")
-        + ("" if sus is not None else " (performance only: OpenDC was not run)") + ".")
+        + ("" if sus is not None else " (performance only: OpenDC was not run)")
+        + "."
+    )
     add("")
     return lines
 
@@ -88,8 +91,10 @@ def _setup(report: Mapping[str, Any]) -> list[str]:
     add("| | |")
     add("|---|---|")
     for g in exp.get("replica_groups", []):
-        add(f"| replicas | {g['replicas']} replica(s) of {g['model']}, each on {g['tp']} x {g['gpu']} "
-            f"(tensor parallel {g['tp']}) |")
+        add(
+            f"| replicas | {g['replicas']} replica(s) of {g['model']}, each on {g['tp']} x {g['gpu']} "
+            f"(tensor parallel {g['tp']}) |"
+        )
     srv = exp.get("serving", {})
     pc = srv.get("prefix_cache", {})
     effective = (perf.get("config") or {}).get("prefix_cache")
@@ -99,28 +104,44 @@ def _setup(report: Mapping[str, Any]) -> list[str]:
         pc_text += " (" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")"
     # the limits the engine used (vLLM v1's defaults for the GPU and usage when the experiment leaves them out)
     from kavier_opendc.engine.outputs import batch_limits_origin
+
     run_cfg = perf.get("config") or {}
     limits = {k: run_cfg.get(k, srv.get(k)) for k in ("max_num_seqs", "max_batched_tokens")}
     origin = "" if batch_limits_origin(run_cfg) == "given" else f" ({batch_limits_origin(run_cfg)})"
-    add(f"| serving | router {srv.get('router')}, max_num_seqs {limits['max_num_seqs']}, max_batched_tokens "
+    add(
+        f"| serving | router {srv.get('router')}, max_num_seqs {limits['max_num_seqs']}, max_batched_tokens "
         f"{limits['max_batched_tokens']}{origin}, gpu_memory_utilization {srv.get('gpu_memory_utilization')}, "
-        f"KV cache {'on' if srv.get('kv_cache') else 'off'}, prefix cache {pc_text} |")
+        f"KV cache {'on' if srv.get('kv_cache') else 'off'}, prefix cache {pc_text} |"
+    )
     tr = exp.get("trace", {})
-    add(f"| trace | {tr.get('kind')}: {tr.get('path') or 'inline description'} ({fmt(perf.get('num_requests'))} "
-        "requests) |")
+    add(
+        f"| trace | {tr.get('kind')}: {tr.get('path') or 'inline description'} ({fmt(perf.get('num_requests'))} "
+        "requests) |"
+    )
     if report.get("datacenter"):
         dc = report["datacenter"]
-        hosts = "; ".join(f"{h['count']} x {h['name']} ({h['gpus_per_host']} x {h.get('gpu') or '-'} GPUs, "
-                          f"{h['cpu']['count']} x {h['cpu']['cores']} cores)" for h in dc.get("hosts", []))
+        hosts = "; ".join(
+            f"{h['count']} x {h['name']} ({h['gpus_per_host']} x {h.get('gpu') or '-'} GPUs, "
+            f"{h['cpu']['count']} x {h['cpu']['cores']} cores)"
+            for h in dc.get("hosts", [])
+        )
         add(f"| datacenter | {hosts}; start {dc.get('start')} UTC |")
     if exp.get("carbon"):
         c = exp["carbon"]
         params = ", ".join(f"{k}={v}" for k, v in (c.get("params") or {}).items())
-        add(f"| carbon trace | {c['kind']}" + (f": {c['path']}" if c.get("path") else "")
+        add(
+            f"| carbon trace | {c['kind']}"
+            + (f": {c['path']}" if c.get("path") else "")
             + (f" ({params})" if params else "")
-            + (f"; the run lies outside its dates: {Path(c['source_trace']).name} moved by "
-               f"{c['shift_years']:+d} year(s) to the same day of year (carbon.align), longest gap "
-               f"{c['longest_gap_s'] / 3600:.2f} h" if c.get("align") == "same-day-of-year" else "") + " |")
+            + (
+                f"; the run lies outside its dates: {Path(c['source_trace']).name} moved by "
+                f"{c['shift_years']:+d} year(s) to the same day of year (carbon.align), longest gap "
+                f"{c['longest_gap_s'] / 3600:.2f} h"
+                if c.get("align") == "same-day-of-year"
+                else ""
+            )
+            + " |"
+        )
     slo = eff.get("slo", {})
     add(f"| SLOs | TTFT <= {slo.get('ttft_s', 'n/a')} s, TPOT <= {slo.get('tpot_s', 'n/a')} s |")
     add(f"| seed | {prov.get('seed')} |")
@@ -135,29 +156,38 @@ def _performance(report: Mapping[str, Any]) -> list[str]:
     add = lines.append
     add("## Performance")
     add("")
-    add(f"{fmt(perf['num_finished'])} of {fmt(perf['num_requests'])} requests finished "
+    add(
+        f"{fmt(perf['num_finished'])} of {fmt(perf['num_requests'])} requests finished "
         f"({fmt(perf.get('num_rejected', 0))} rejected) in a makespan of {perf['makespan_s']:.1f} s: "
         f"{perf['output_tokens_per_s']:.1f} output tokens/s, {perf['total_tokens_per_s']:.1f} total tokens/s, "
-        f"{perf.get('request_throughput_per_s', 0):.3f} requests/s.")
+        f"{perf.get('request_throughput_per_s', 0):.3f} requests/s."
+    )
     add("")
     add("| latency (ms) | mean | p50 | p90 | p99 |")
     add("|---|---:|---:|---:|---:|")
-    for key, label in (("ttft_s", "TTFT (arrival to first token)"),
-                       ("tpot_s", "TPOT (per output token after the first)"),
-                       ("e2e_s", "end-to-end"), ("queue_s", "queueing")):
+    for key, label in (
+        ("ttft_s", "TTFT (arrival to first token)"),
+        ("tpot_s", "TPOT (per output token after the first)"),
+        ("e2e_s", "end-to-end"),
+        ("queue_s", "queueing"),
+    ):
         d = perf.get(key)
         if d:
             add(f"| {label} | {_ms(d, 'mean')} | {_ms(d, 'p50')} | {_ms(d, 'p90')} | {_ms(d, 'p99')} |")
     add("")
-    add(f"Prefix-cache hit ratio {perf.get('prefix_cache_hit_ratio', 0):.1%} (cached prompt tokens / all prompt "
+    add(
+        f"Prefix-cache hit ratio {perf.get('prefix_cache_hit_ratio', 0):.1%} (cached prompt tokens / all prompt "
         f"tokens), preemptions {fmt(perf.get('preemptions'))}, GPUs busy "
         f"{perf.get('gpu_busy_fraction_mean', 0):.1%} of the time (mean power-relevant activity "
         f"{perf.get('gpu_utilization_mean', 0):.3f}, what OpenDC's power model gets), peak KV-cache utilisation "
-        f"{perf.get('kv_utilization_peak', 0):.3f}.")
+        f"{perf.get('kv_utilization_peak', 0):.3f}."
+    )
     if (perf.get("trace") or {}).get("offline_batch"):
         add("")
-        add("Note: the trace has no arrival times, so every request arrives at 0 (an offline batch); latencies "
-            "include waiting for the rest of the batch.")
+        add(
+            "Note: the trace has no arrival times, so every request arrives at 0 (an offline batch); latencies "
+            "include waiting for the rest of the batch."
+        )
     add("")
     return lines
 
@@ -168,25 +198,39 @@ def _pools(report: Mapping[str, Any]) -> list[str]:
     if not dis:
         return []
     per_pool = {p["pool"]: p for p in ((report.get("sustainability") or {}).get("per_pool") or [])}
-    lines = ["## Disaggregated pools", "",
-             "| pool | replicas x TP x GPU | busy | requests | energy (Wh) | GPU energy (Wh) | hosts |",
-             "|---|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "## Disaggregated pools",
+        "",
+        "| pool | replicas x TP x GPU | busy | requests | energy (Wh) | GPU energy (Wh) | hosts |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
     for role in ("prefill", "decode"):
         p, e = dis.get(f"{role}_pool") or {}, per_pool.get(role) or {}
-        energy = (fmt(e["energy_wh"]) if e.get("energy_wh") is not None
-                  else "shared host(s) " + ", ".join(e["shared_hosts"]) if e.get("shared_hosts") else "-")
+        energy = (
+            fmt(e["energy_wh"])
+            if e.get("energy_wh") is not None
+            else "shared host(s) " + ", ".join(e["shared_hosts"])
+            if e.get("shared_hosts")
+            else "-"
+        )
         gpu_energy = fmt(e["gpu_energy_wh"]) if e.get("gpu_energy_wh") is not None else "-"
-        lines.append(f"| {role} | {p.get('replicas')} x {p.get('tp')} x {p.get('gpu')} | "
-                     f"{(p.get('busy_fraction') or 0):.1%} | {fmt(p.get('requests'))} | {energy} | {gpu_energy} | "
-                     f"{', '.join(e.get('hosts') or []) or '-'} |")
+        lines.append(
+            f"| {role} | {p.get('replicas')} x {p.get('tp')} x {p.get('gpu')} | "
+            f"{(p.get('busy_fraction') or 0):.1%} | {fmt(p.get('requests'))} | {energy} | {gpu_energy} | "
+            f"{', '.join(e.get('hosts') or []) or '-'} |"
+        )
     link = dis.get("link") or {}
     wait = dis.get("decode_wait_s") or {}
-    lines += ["", f"KV link: {fmt(link.get('gbs'))} GB/s, {link.get('mode')} ({link.get('policy', 'fifo')}), "
-              f"{(link.get('bytes_moved') or 0) / 1e9:.2f} GB in {fmt(link.get('transfers'))} transfers, busy "
-              f"{(link.get('busy_fraction') or 0):.1%}, transfer mean {_ms(link, 'transfer_s_mean')} ms / p99 "
-              f"{_ms(link, 'transfer_s_p99')} ms, {_ms(link, 'exposed_s_mean')} ms of it after the prefill on "
-              f"average; decode admission wait mean {_ms(wait, 'mean')} ms / p99 {_ms(wait, 'p99')} ms. "
-              "A pool's energy is its hosts' (OpenDC); a host that ran both pools is not split between them.", ""]
+    lines += [
+        "",
+        f"KV link: {fmt(link.get('gbs'))} GB/s, {link.get('mode')} ({link.get('policy', 'fifo')}), "
+        f"{(link.get('bytes_moved') or 0) / 1e9:.2f} GB in {fmt(link.get('transfers'))} transfers, busy "
+        f"{(link.get('busy_fraction') or 0):.1%}, transfer mean {_ms(link, 'transfer_s_mean')} ms / p99 "
+        f"{_ms(link, 'transfer_s_p99')} ms, {_ms(link, 'exposed_s_mean')} ms of it after the prefill on "
+        f"average; decode admission wait mean {_ms(wait, 'mean')} ms / p99 {_ms(wait, 'p99')} ms. "
+        "A pool's energy is its hosts' (OpenDC); a host that ran both pools is not split between them.",
+        "",
+    ]
     return lines
 
 
@@ -203,9 +247,12 @@ def _sustainability(report: Mapping[str, Any]) -> list[str]:
         add("| metric | value |")
         add("|---|---:|")
         add(f"| energy, all hosts | {fmt(sus['energy_wh'])} Wh |")
-        for k, label in (("gpu_energy_wh", "of which GPUs"), ("cpu_energy_wh", "of which CPUs"),
-                         ("idle_energy_wh", "of which idle (static) power"),
-                         ("dynamic_energy_wh", "of which utilisation-dependent")):
+        for k, label in (
+            ("gpu_energy_wh", "of which GPUs"),
+            ("cpu_energy_wh", "of which CPUs"),
+            ("idle_energy_wh", "of which idle (static) power"),
+            ("dynamic_energy_wh", "of which utilisation-dependent"),
+        ):
             if sus.get(k) is not None:
                 add(f"| {label} | {fmt(sus[k])} Wh |")
         add(f"| average power | {fmt(sus['avg_power_w'])} W |")
@@ -219,16 +266,20 @@ def _sustainability(report: Mapping[str, Any]) -> list[str]:
             add("| host | energy (Wh) | GPU (Wh) | CPU (Wh) | idle (Wh) | avg power (W) | peak power (W) |")
             add("|---|---:|---:|---:|---:|---:|---:|")
             for h in sus["per_host"]:
-                add(f"| {h['host_name']} | {fmt(h['energy_wh'])} | {fmt(h.get('gpu_energy_wh'))} | "
+                add(
+                    f"| {h['host_name']} | {fmt(h['energy_wh'])} | {fmt(h.get('gpu_energy_wh'))} | "
                     f"{fmt(h.get('cpu_energy_wh'))} | {fmt(h.get('idle_energy_wh'))} | {fmt(h.get('avg_power_w'))} | "
-                    f"{fmt(h.get('peak_power_w'))} |")
+                    f"{fmt(h.get('peak_power_w'))} |"
+                )
             add("")
         if sus.get("per_gpu"):
             add("| host | GPU | energy (Wh) | avg power (W) | peak power (W) | avg utilisation |")
             add("|---|---:|---:|---:|---:|---:|")
             for g in sus["per_gpu"]:
-                add(f"| {g['host_name']} | {g['gpu_index']} | {fmt(g['energy_wh'])} | {fmt(g.get('avg_power_w'))} | "
-                    f"{fmt(g.get('peak_power_w'))} | {fmt(g.get('avg_utilization'))} |")
+                add(
+                    f"| {g['host_name']} | {g['gpu_index']} | {fmt(g['energy_wh'])} | {fmt(g.get('avg_power_w'))} | "
+                    f"{fmt(g.get('peak_power_w'))} | {fmt(g.get('avg_utilization'))} |"
+                )
             add("")
         add("Energy is OpenDC's `energy_usage` (J) summed over hosts and intervals and divided by 3600 (J to Wh).")
         note = ((sus.get("export") or {}).get("power_curve") or {}).get("note")
@@ -252,25 +303,35 @@ def _efficiency(report: Mapping[str, Any]) -> list[str]:
     for key, label, unit in EFFICIENCY_ROWS:
         add(f"| {label} (`{key}`) | {fmt(eff.get(key))} | {unit.format(cur=cur)} | {DEFINITIONS.get(key, '')} |")
     add("")
-    add(f"Tokens: {fmt(eff['tokens'])} ({fmt(eff['tokens_input'])} input + {fmt(eff['tokens_output'])} output) "
+    add(
+        f"Tokens: {fmt(eff['tokens'])} ({fmt(eff['tokens_input'])} input + {fmt(eff['tokens_output'])} output) "
         f"over a window of {eff['window_s']:.1f} s. Prices: "
         + ", ".join(f"{k} {v:g} {cur}/GPU-hour" for k, v in eff.get("gpu_hour_price", {}).items())
-        + (f", electricity {eff['electricity_per_kwh']:g} {cur}/kWh" if eff.get("electricity_per_kwh") is not None
-           else ", electricity not priced") + ".")
+        + (
+            f", electricity {eff['electricity_per_kwh']:g} {cur}/kWh"
+            if eff.get("electricity_per_kwh") is not None
+            else ", electricity not priced"
+        )
+        + "."
+    )
     add("")
     counted = ", ".join(f"{n} x {k}" for k, n in eff.get("gpu_counts", {}).items())
     serving = ", ".join(f"{n} x {k}" for k, n in (eff.get("serving_gpu_counts") or {}).items())
     if eff.get("gpu_counts_basis") == "datacenter":
-        add(f"Hardware counted: cost and energy both count the datacenter's {counted} GPU(s) (OpenDC's energy "
-            f"includes idle GPUs, and they are paid for); the replicas use {serving}.")
+        add(
+            f"Hardware counted: cost and energy both count the datacenter's {counted} GPU(s) (OpenDC's energy "
+            f"includes idle GPUs, and they are paid for); the replicas use {serving}."
+        )
     else:
         add(f"Hardware counted: the cost counts the {counted} GPU(s) serving the replicas (no OpenDC energy).")
     add("")
-    add("**Comparability with the Kavier paper.** The paper reports efficiency per *million tokens per second*: a "
+    add(
+        "**Comparability with the Kavier paper.** The paper reports efficiency per *million tokens per second*: a "
         "total (cost, Wh, kgCO2) divided by the throughput in Mtokens/s (`*_per_mtoken_per_s` above). Dividing by "
         "a throughput rewards fast runs twice, so the per-million-token metrics (`*_per_mtoken`) are the ones to "
         "compare configurations with; the paper's are given for comparison with its numbers. The prototype's "
-        "energy figure divided joules by 1000 to get 'Wh'; here 1 Wh = 3600 J.")
+        "energy figure divided joules by 1000 to get 'Wh'; here 1 Wh = 3600 J."
+    )
     add("")
     return lines
 
@@ -297,8 +358,10 @@ def _definitions(report: Mapping[str, Any]) -> list[str]:
     add("")
     for k, v in DEFINITIONS.items():
         add(f"- `{k}`: {v}")
-    add("- TTFT: arrival to first output token; TPOT: (last token - first token) / (output tokens - 1); "
-        "end-to-end: arrival to last token; percentiles over finished requests.")
+    add(
+        "- TTFT: arrival to first output token; TPOT: (last token - first token) / (output tokens - 1); "
+        "end-to-end: arrival to last token; percentiles over finished requests."
+    )
     add("")
     return lines
 
@@ -311,13 +374,16 @@ def _provenance(report: Mapping[str, Any]) -> list[str]:
     add("## Provenance")
     add("")
     add(f"- command: `{prov.get('command')}`")
-    add(f"- kavier-opendc {prov.get('kavier_opendc_version')}, Python {prov.get('python')}, "
-        + ", ".join(f"{k} {v}" for k, v in (prov.get("libraries") or {}).items()))
+    add(
+        f"- kavier-opendc {prov.get('kavier_opendc_version')}, Python {prov.get('python')}, "
+        + ", ".join(f"{k} {v}" for k, v in (prov.get("libraries") or {}).items())
+    )
     if prov.get("opendc_version"):
-        add(f"- OpenDC {prov['opendc_version']} (bridge {prov.get('bridge_version')}, Java "
-            f"{prov.get('java_version')})")
-    add(f"- seed {prov.get('seed')}; started {prov.get('started_utc')}, finished {prov.get('finished_utc')} "
-        f"({prov.get('wall_s', 0):.1f} s)")
+        add(f"- OpenDC {prov['opendc_version']} (bridge {prov.get('bridge_version')}, Java {prov.get('java_version')})")
+    add(
+        f"- seed {prov.get('seed')}; started {prov.get('started_utc')}, finished {prov.get('finished_utc')} "
+        f"({prov.get('wall_s', 0):.1f} s)"
+    )
     add("- stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in (prov.get("stages_s") or {}).items()))
     add("")
     add("| input | sha256 | path |")

@@ -36,10 +36,18 @@ from kavier_opendc.specs.frameworks import (
 )
 from kavier_opendc.specs.profiles import GPUProfile, assumed_profile, profile_from_entry, profile_to_entry
 
-DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5,
-               # the 4-bit floats with their block scales: MXFP4 one 8-bit scale per 32 values (4.25 bits),
-               # NVFP4 one FP8 scale per 16 values (4.5 bits); int4 (GPTQ/AWQ) is counted without its scales
-               "mxfp4": 4.25 / 8, "nvfp4": 4.5 / 8}
+DTYPE_BYTES = {
+    "fp32": 4.0,
+    "fp16": 2.0,
+    "bf16": 2.0,
+    "fp8": 1.0,
+    "int8": 1.0,
+    "int4": 0.5,
+    # the 4-bit floats with their block scales: MXFP4 one 8-bit scale per 32 values (4.25 bits),
+    # NVFP4 one FP8 scale per 16 values (4.5 bits); int4 (GPTQ/AWQ) is counted without its scales
+    "mxfp4": 4.25 / 8,
+    "nvfp4": 4.5 / 8,
+}
 #: the datatypes activations are held in; a model stored in another (fp8, int8, int4, fp4) computes in bf16
 ACTIVATION_DTYPES = ("fp32", "fp16", "bf16")
 #: weight datatypes whose GEMMs run in that datatype on a GPU with its peak (W8A8 FP8, W4A4 FP4), and the
@@ -55,42 +63,42 @@ class ModelSpec:
     num_layers: int
     hidden_size: int
     num_attention_heads: int
-    num_kv_heads: int              # < num_attention_heads for GQA/MQA
-    ffn_size: int                  # intermediate size of one (expert) MLP
+    num_kv_heads: int  # < num_attention_heads for GQA/MQA
+    ffn_size: int  # intermediate size of one (expert) MLP
     vocab_size: int
-    total_params: float            # all weights, counted once
-    active_params: float           # weights touched per token (MoE: shared + top-k experts)
-    dtype: str = "fp16"            # default serving precision
-    head_dim: int | None = None    # defaults to hidden_size / num_attention_heads
-    num_experts: int = 1           # MoE: experts per layer (1 = dense)
-    experts_per_token: int = 1     # MoE: top-k
+    total_params: float  # all weights, counted once
+    active_params: float  # weights touched per token (MoE: shared + top-k experts)
+    dtype: str = "fp16"  # default serving precision
+    head_dim: int | None = None  # defaults to hidden_size / num_attention_heads
+    num_experts: int = 1  # MoE: experts per layer (1 = dense)
+    experts_per_token: int = 1  # MoE: top-k
     max_context: int = 4096
     source: str = ""
     # Added by the catalogue: lookup aliases and the architecture details that
     # the exact parameter count depends on (defaults = Llama-style decoder).
     aliases: tuple[str, ...] = field(default=(), compare=False)
     tie_word_embeddings: bool = False  # lm_head shares the input embedding
-    gated_mlp: bool = True             # SwiGLU (3 matrices); False = 2-matrix MLP (OPT)
-    qkv_bias: bool = False             # bias on q/k/v projections only (Qwen2)
-    linear_bias: bool = False          # bias on every linear layer (OPT)
-    norm: str = "rmsnorm"              # "rmsnorm" or "layernorm" (with bias)
-    learned_pos_embeddings: int = 0    # rows of a learned position table (OPT)
+    gated_mlp: bool = True  # SwiGLU (3 matrices); False = 2-matrix MLP (OPT)
+    qkv_bias: bool = False  # bias on q/k/v projections only (Qwen2)
+    linear_bias: bool = False  # bias on every linear layer (OPT)
+    norm: str = "rmsnorm"  # "rmsnorm" or "layernorm" (with bias)
+    learned_pos_embeddings: int = 0  # rows of a learned position table (OPT)
     # Architecture features of the models imported from HuggingFace configs (issue 22). The defaults are
     # "none of them", so the models above are unchanged; the parameter count (count_params) uses them all,
     # the engine's cost model not yet (see each entry's notes).
-    dense_layers: int = 0                # MoE: layers with one dense MLP instead of experts (DeepSeek's first 3)
-    dense_ffn_size: int | None = None    # intermediate size of those dense layers (default ffn_size)
-    shared_experts: int = 0              # MoE: experts every token uses besides its top-k (DeepSeek: 1)
-    router_bias: bool = False            # one bias per expert on the router (gpt-oss; DeepSeek's score correction)
-    qk_norm: bool = False                # RMSNorm over each query and key head (Qwen3)
-    attention_sinks: bool = False        # one learned sink logit per head and layer (gpt-oss)
-    q_lora_rank: int = 0                 # MLA: rank of the query down-projection (0: one full q projection)
-    kv_lora_rank: int = 0                # MLA: rank of the compressed KV latent (0: not MLA)
-    qk_rope_head_dim: int = 0            # MLA: rotary part of each q/k head (head_dim = non-rotary + rotary)
-    v_head_dim: int | None = None        # MLA: value head size (default head_dim)
-    sliding_window: int = 0              # tokens a sliding-window layer attends to (0: none)
-    sliding_window_layers: int = 0       # how many layers use that window
-    expert_dtype: str | None = None      # precision of the expert weights when not dtype (gpt-oss: mxfp4)
+    dense_layers: int = 0  # MoE: layers with one dense MLP instead of experts (DeepSeek's first 3)
+    dense_ffn_size: int | None = None  # intermediate size of those dense layers (default ffn_size)
+    shared_experts: int = 0  # MoE: experts every token uses besides its top-k (DeepSeek: 1)
+    router_bias: bool = False  # one bias per expert on the router (gpt-oss; DeepSeek's score correction)
+    qk_norm: bool = False  # RMSNorm over each query and key head (Qwen3)
+    attention_sinks: bool = False  # one learned sink logit per head and layer (gpt-oss)
+    q_lora_rank: int = 0  # MLA: rank of the query down-projection (0: one full q projection)
+    kv_lora_rank: int = 0  # MLA: rank of the compressed KV latent (0: not MLA)
+    qk_rope_head_dim: int = 0  # MLA: rotary part of each q/k head (head_dim = non-rotary + rotary)
+    v_head_dim: int | None = None  # MLA: value head size (default head_dim)
+    sliding_window: int = 0  # tokens a sliding-window layer attends to (0: none)
+    sliding_window_layers: int = 0  # how many layers use that window
+    expert_dtype: str | None = None  # precision of the expert weights when not dtype (gpt-oss: mxfp4)
     # A serving setting, not a catalogue field (engine knob kv_cache_dtype): the KV cache's datatype;
     # None = the activations' (vLLM's kv_cache_dtype "auto": bf16 also for an FP8 checkpoint)
     kv_dtype: str | None = None
@@ -172,21 +180,21 @@ class GPUSpec:
 
     name: str
     vendor: str
-    peak_fp16_tflops: float        # dense FP16/BF16 tensor throughput, TFLOP/s
-    mem_bandwidth_gbs: float       # HBM/GDDR bandwidth, GB/s (1e9 B/s)
-    memory_gib: float              # device memory, GiB
+    peak_fp16_tflops: float  # dense FP16/BF16 tensor throughput, TFLOP/s
+    mem_bandwidth_gbs: float  # HBM/GDDR bandwidth, GB/s (1e9 B/s)
+    memory_gib: float  # device memory, GiB
     idle_power_w: float
-    max_power_w: float             # board power / TDP
-    price_per_hour: float          # USD per GPU-hour, default on-demand price
-    interconnect_gbs: float        # GPU-GPU bandwidth per direction (NVLink/xGMI or PCIe), GB/s
-    pcie_gbs: float                # host link bandwidth per direction, GB/s
-    boost_clock_mhz: float         # OpenDC coreSpeed
-    num_sms: int                   # streaming multiprocessors / compute units: OpenDC coreCount
+    max_power_w: float  # board power / TDP
+    price_per_hour: float  # USD per GPU-hour, default on-demand price
+    interconnect_gbs: float  # GPU-GPU bandwidth per direction (NVLink/xGMI or PCIe), GB/s
+    pcie_gbs: float  # host link bandwidth per direction, GB/s
+    boost_clock_mhz: float  # OpenDC coreSpeed
+    num_sms: int  # streaming multiprocessors / compute units: OpenDC coreCount
     source: str = ""
     # dense (no sparsity) tensor peaks of the lower-precision datatypes; None: the GPU has no such tensor cores
-    peak_fp8_tflops: float | None = None   # FP8 (E4M3/E5M2): Ada, Hopper, Blackwell, CDNA 3
-    peak_fp4_tflops: float | None = None   # FP4 (NVFP4/MXFP4): Blackwell
-    peak_int8_tops: float | None = None    # INT8 tensor TOPS (catalogue data; INT8 weights run weight-only)
+    peak_fp8_tflops: float | None = None  # FP8 (E4M3/E5M2): Ada, Hopper, Blackwell, CDNA 3
+    peak_fp4_tflops: float | None = None  # FP4 (NVFP4/MXFP4): Blackwell
+    peak_int8_tops: float | None = None  # INT8 tensor TOPS (catalogue data; INT8 weights run weight-only)
     extra: dict = field(default_factory=dict, compare=False)
     aliases: tuple[str, ...] = field(default=(), compare=False)
     # The efficiency profile (specs/profiles.py) the catalogue attaches on lookup.
@@ -236,7 +244,7 @@ def count_params(m: ModelSpec) -> tuple[int, int]:
     if m.is_mla:
         rope = m.qk_rope_head_dim
         v = m.v_head_dim or hd
-        if m.q_lora_rank:   # down-projection, its RMSNorm, up-projection to every head's q
+        if m.q_lora_rank:  # down-projection, its RMSNorm, up-projection to every head's q
             q = h * m.q_lora_rank + m.q_lora_rank + m.q_lora_rank * heads * hd
         else:
             q = h * heads * hd
@@ -247,11 +255,11 @@ def count_params(m: ModelSpec) -> tuple[int, int]:
             attention += h
     else:
         q_out, kv_out = heads * hd, m.num_kv_heads * hd
-        attention = h * q_out + 2 * h * kv_out + q_out * h           # q, k, v, o
+        attention = h * q_out + 2 * h * kv_out + q_out * h  # q, k, v, o
         if m.qkv_bias or m.linear_bias:
             attention += q_out + 2 * kv_out
         if m.linear_bias:
-            attention += h                                         # o bias
+            attention += h  # o bias
         if m.qk_norm:
             attention += 2 * hd
     if m.attention_sinks:
@@ -261,7 +269,7 @@ def count_params(m: ModelSpec) -> tuple[int, int]:
     def mlp(ffn: int) -> int:
         return matrices * h * ffn + (((matrices - 1) * ffn + h) if m.linear_bias else 0)
 
-    norm = h * (2 if m.norm == "layernorm" else 1)                 # LayerNorm has a bias
+    norm = h * (2 if m.norm == "layernorm" else 1)  # LayerNorm has a bias
     expert = mlp(m.ffn_size)
     moe_layers = m.num_layers - m.dense_layers if m.is_moe else 0
     router = h * m.num_experts + (m.num_experts if m.router_bias else 0)
@@ -283,20 +291,58 @@ SCHEMA_FILE = "catalog.schema.json"
 BUILTIN_FILES = ("models.yaml", "gpus.yaml", "profiles.yaml")
 CATALOG_EXTENSIONS = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
-_MODEL_INT_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads",
-                     "ffn_size", "vocab_size", "head_dim", "num_experts",
-                     "experts_per_token", "max_context", "learned_pos_embeddings", "dense_layers",
-                     "dense_ffn_size", "shared_experts", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
-                     "v_head_dim", "sliding_window", "sliding_window_layers")
+_MODEL_INT_FIELDS = (
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_kv_heads",
+    "ffn_size",
+    "vocab_size",
+    "head_dim",
+    "num_experts",
+    "experts_per_token",
+    "max_context",
+    "learned_pos_embeddings",
+    "dense_layers",
+    "dense_ffn_size",
+    "shared_experts",
+    "q_lora_rank",
+    "kv_lora_rank",
+    "qk_rope_head_dim",
+    "v_head_dim",
+    "sliding_window",
+    "sliding_window_layers",
+)
 # Fields added after the first catalogue: written only when not at their default, so the catalogue
 # documents of the models that do not use them stay as they were.
-_MODEL_OPTIONAL_FIELDS = ("dense_layers", "dense_ffn_size", "shared_experts", "router_bias", "qk_norm",
-                          "attention_sinks", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "v_head_dim",
-                          "sliding_window", "sliding_window_layers", "expert_dtype", "notes")
+_MODEL_OPTIONAL_FIELDS = (
+    "dense_layers",
+    "dense_ffn_size",
+    "shared_experts",
+    "router_bias",
+    "qk_norm",
+    "attention_sinks",
+    "q_lora_rank",
+    "kv_lora_rank",
+    "qk_rope_head_dim",
+    "v_head_dim",
+    "sliding_window",
+    "sliding_window_layers",
+    "expert_dtype",
+    "notes",
+)
 _MODEL_FLOAT_FIELDS = ("total_params", "active_params")
-_GPU_FLOAT_FIELDS = ("peak_fp16_tflops", "mem_bandwidth_gbs", "memory_gib", "idle_power_w",
-                     "max_power_w", "price_per_hour", "interconnect_gbs", "pcie_gbs",
-                     "boost_clock_mhz")
+_GPU_FLOAT_FIELDS = (
+    "peak_fp16_tflops",
+    "mem_bandwidth_gbs",
+    "memory_gib",
+    "idle_power_w",
+    "max_power_w",
+    "price_per_hour",
+    "interconnect_gbs",
+    "pcie_gbs",
+    "boost_clock_mhz",
+)
 _GPU_OPTIONAL_FLOAT_FIELDS = ("peak_fp8_tflops", "peak_fp4_tflops", "peak_int8_tops")
 _GPU_INT_FIELDS = ("num_sms",)
 _NUMERIC_FIELDS = {
@@ -310,6 +356,7 @@ _YAML12_FLOAT = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][-
 
 # --------------------------------------------------------------- schema ----
 
+
 def catalog_schema() -> dict:
     """The JSON Schema (Draft 2020-12) of these files, as a fresh dict."""
     return copy.deepcopy(load_schema(SCHEMA_FILE))
@@ -322,14 +369,15 @@ def _validator() -> Draft202012Validator:
 # -------------------------------------------------------------- parsing ----
 
 
-
 def _read_document(path: Path) -> tuple[Any, str]:
     source = str(path)
     fmt = CATALOG_EXTENSIONS.get(path.suffix.lower())
     if fmt is None:
         raise KavierInputError(
             f"unsupported catalogue file extension {path.suffix or '(none)'!r}",
-            source=source, expected="a .json, .yaml or .yml file")
+            source=source,
+            expected="a .json, .yaml or .yml file",
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -337,15 +385,14 @@ def _read_document(path: Path) -> tuple[Any, str]:
     except IsADirectoryError:
         raise KavierInputError("is a directory, not a catalogue file", source=source) from None
     except UnicodeDecodeError as exc:
-        raise KavierInputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})",
-                               source=source) from None
+        raise KavierInputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=source) from None
     except OSError as exc:
-        raise KavierInputError(f"cannot read catalogue file: {exc.strerror or exc}",
-                               source=source) from None
+        raise KavierInputError(f"cannot read catalogue file: {exc.strerror or exc}", source=source) from None
     return parse_document(text, fmt, source), fmt
 
 
 # ----------------------------------------------------------- validation ----
+
 
 def _path_sort_key(parts: tuple, top_order: Mapping[Any, int]) -> tuple:
     """Order problems as they appear in the file: top-level keys in file order,
@@ -389,15 +436,12 @@ def _schema_problems(data: Any) -> list[tuple[tuple, str]]:
             problems.extend(explain_schema_error(err))
     # A negative value violates both minimum and exclusiveMinimum: keep one message.
     with_minimum = {p for p, m in problems if "is less than the minimum of" in m}
-    problems = [(p, m) for p, m in problems
-                if not (p in with_minimum and "less than or equal to the minimum" in m)]
+    problems = [(p, m) for p, m in problems if not (p in with_minimum and "less than or equal to the minimum" in m)]
     return problems
 
 
 def _is_num(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 
 
 def _semantic_problems(data: Any) -> list[tuple[tuple, str]]:
@@ -423,32 +467,39 @@ def _semantic_problems(data: Any) -> list[tuple[tuple, str]]:
                 key = _key(value)
                 fp = field_path if isinstance(field_path, tuple) else (field_path,)
                 if key in owners and owners[key][0] != i:
-                    problems.append(((section, i) + fp,
-                                     f"name or alias {value!r} is already used by "
-                                     f"{json_path((section,) + owners[key])}"))
+                    problems.append(
+                        (
+                            (section, i) + fp,
+                            f"name or alias {value!r} is already used by {json_path((section,) + owners[key])}",
+                        )
+                    )
                 else:
                     owners.setdefault(key, (i,) + fp)
             g = entry.get
             if section == "models":
                 heads, kv = g("num_attention_heads"), g("num_kv_heads")
                 if _is_num(heads) and _is_num(kv) and kv > 0 and heads % kv:
-                    problems.append(((section, i, "num_kv_heads"),
-                                     f"{kv} does not divide num_attention_heads ({heads})"))
+                    problems.append(
+                        ((section, i, "num_kv_heads"), f"{kv} does not divide num_attention_heads ({heads})")
+                    )
                 hidden = g("hidden_size")
-                if (g("head_dim") is None and _is_num(hidden) and _is_num(heads)
-                        and heads > 0 and hidden % heads):
-                    problems.append(((section, i, "head_dim"),
-                                     f"required because hidden_size ({hidden}) is not a "
-                                     f"multiple of num_attention_heads ({heads})"))
+                if g("head_dim") is None and _is_num(hidden) and _is_num(heads) and heads > 0 and hidden % heads:
+                    problems.append(
+                        (
+                            (section, i, "head_dim"),
+                            f"required because hidden_size ({hidden}) is not a "
+                            f"multiple of num_attention_heads ({heads})",
+                        )
+                    )
                 ne, k = g("num_experts", 1), g("experts_per_token", 1)
                 if _is_num(ne) and _is_num(k) and k > ne:
-                    problems.append(((section, i, "experts_per_token"),
-                                     f"{k} is more than num_experts ({ne})"))
+                    problems.append(((section, i, "experts_per_token"), f"{k} is more than num_experts ({ne})"))
                 dense = g("dense_layers", 0)
                 layers = g("num_layers")
                 if _is_num(dense) and _is_num(layers) and dense >= layers and dense > 0:
-                    problems.append(((section, i, "dense_layers"),
-                                     f"{dense} leaves no MoE layer of num_layers ({layers})"))
+                    problems.append(
+                        ((section, i, "dense_layers"), f"{dense} leaves no MoE layer of num_layers ({layers})")
+                    )
                 if _is_num(dense) and dense > 0 and _is_num(ne) and ne < 2:
                     problems.append(((section, i, "dense_layers"), "only for MoE models (num_experts >= 2)"))
                 shared = g("shared_experts", 0)
@@ -456,8 +507,9 @@ def _semantic_problems(data: Any) -> list[tuple[tuple, str]]:
                     problems.append(((section, i, "shared_experts"), "only for MoE models (num_experts >= 2)"))
                 sw, swl = g("sliding_window", 0), g("sliding_window_layers", 0)
                 if _is_num(swl) and _is_num(layers) and swl > layers:
-                    problems.append(((section, i, "sliding_window_layers"),
-                                     f"{swl} is more than num_layers ({layers})"))
+                    problems.append(
+                        ((section, i, "sliding_window_layers"), f"{swl} is more than num_layers ({layers})")
+                    )
                 if _is_num(swl) and swl > 0 and _is_num(sw) and sw == 0:
                     problems.append(((section, i, "sliding_window_layers"), "needs sliding_window"))
                 kvr, rope, hdim = g("kv_lora_rank", 0), g("qk_rope_head_dim", 0), g("head_dim")
@@ -466,21 +518,23 @@ def _semantic_problems(data: Any) -> list[tuple[tuple, str]]:
                     problems.append(((section, i, mla_only[0]), "an MLA field: needs kv_lora_rank (MLA)"))
                 if _is_num(kvr) and kvr > 0:
                     if hdim is None:
-                        problems.append(((section, i, "head_dim"),
-                                         "required with MLA (kv_lora_rank): the q/k head size, rotary part "
-                                         "included"))
+                        problems.append(
+                            (
+                                (section, i, "head_dim"),
+                                "required with MLA (kv_lora_rank): the q/k head size, rotary part included",
+                            )
+                        )
                     elif _is_num(rope) and _is_num(hdim) and rope >= hdim:
-                        problems.append(((section, i, "qk_rope_head_dim"),
-                                         f"{rope} leaves no non-rotary part of head_dim ({hdim})"))
+                        problems.append(
+                            ((section, i, "qk_rope_head_dim"), f"{rope} leaves no non-rotary part of head_dim ({hdim})")
+                        )
                 tot, act = g("total_params"), g("active_params")
                 if _is_num(tot) and _is_num(act) and act > tot:
-                    problems.append(((section, i, "active_params"),
-                                     f"{act} is more than total_params ({tot})"))
+                    problems.append(((section, i, "active_params"), f"{act} is more than total_params ({tot})"))
             else:
                 idle, peak = g("idle_power_w"), g("max_power_w")
                 if _is_num(idle) and _is_num(peak) and idle > peak:
-                    problems.append(((section, i, "idle_power_w"),
-                                     f"{idle} is more than max_power_w ({peak})"))
+                    problems.append(((section, i, "idle_power_w"), f"{idle} is more than max_power_w ({peak})"))
     return problems
 
 
@@ -496,8 +550,12 @@ def _profile_problems(data: Any) -> list[tuple[tuple, str]]:
             continue
         key = _key(entry["gpu"])
         if key in seen:
-            problems.append((("profiles", i, "gpu"), f"{entry['gpu']!r} already has a profile at "
-                                                     f"{json_path(('profiles', seen[key]))}"))
+            problems.append(
+                (
+                    ("profiles", i, "gpu"),
+                    f"{entry['gpu']!r} already has a profile at {json_path(('profiles', seen[key]))}",
+                )
+            )
         seen.setdefault(key, i)
         try:
             prof = profile_from_entry(entry)
@@ -525,12 +583,14 @@ def validate_catalog_data(data: Any, source: str = "<catalogue>") -> None:
         f"invalid catalogue, {n} problem{'s' if n != 1 else ''}: " + "; ".join(lines),
         source=source,
         expected="an object with optional 'models', 'gpus', 'profiles' and 'frameworks' lists as described by "
-                 "schemas/catalog.schema.json")
+        "schemas/catalog.schema.json",
+    )
     exc.problems = lines  # type: ignore[attr-defined]
     raise exc
 
 
 # -------------------------------------------------------- spec building ----
+
 
 def _model_from_entry(entry: Mapping[str, Any]) -> ModelSpec:
     kw = dict(entry)
@@ -588,15 +648,19 @@ def spec_to_entry(spec: ModelSpec | GPUSpec) -> dict[str, Any]:
             continue
         if f.name in _GPU_OPTIONAL_FLOAT_FIELDS and value is None:
             continue
-        if f.name in ("profile", "kv_dtype"):   # kv_dtype: a serving setting, not a catalogue field
+        if f.name in ("profile", "kv_dtype"):  # kv_dtype: a serving setting, not a catalogue field
             continue
         out[f.name] = value
     return out
 
 
-def catalog_from_data(data: Any, source: str = "<catalogue>",
-                      frameworks: Mapping[str, FrameworkProfile] | None = None, *,
-                      validated: bool = False) -> Catalog:
+def catalog_from_data(
+    data: Any,
+    source: str = "<catalogue>",
+    frameworks: Mapping[str, FrameworkProfile] | None = None,
+    *,
+    validated: bool = False,
+) -> Catalog:
     """Validate a parsed catalogue document and build a Catalog of just its entries.
 
     ``frameworks``: the ones a ``frameworks`` entry may name as its ``base`` (default: the built-in ones).
@@ -612,13 +676,17 @@ def catalog_from_data(data: Any, source: str = "<catalogue>",
         fw = framework_from_entry(e, source, bases)
         bases[fw.name] = fw
         fws.append(fw)
-    return Catalog(models=[_model_from_entry(e) for e in data.get("models", [])],
-                   gpus=[_gpu_from_entry(e) for e in data.get("gpus", [])],
-                   profiles=[profile_from_entry(e) for e in data.get("profiles", [])],
-                   frameworks=fws, sources=[source])
+    return Catalog(
+        models=[_model_from_entry(e) for e in data.get("models", [])],
+        gpus=[_gpu_from_entry(e) for e in data.get("gpus", [])],
+        profiles=[profile_from_entry(e) for e in data.get("profiles", [])],
+        frameworks=fws,
+        sources=[source],
+    )
 
 
 # --------------------------------------------------------------- lookups ----
+
 
 def _key(name: str) -> str:
     return name.strip().lower()
@@ -638,12 +706,18 @@ class Catalog:
     canonical names, then the aliases, then a match ignoring spaces, '-' and '_'.
     """
 
-    def __init__(self, models: Iterable[ModelSpec] = (), gpus: Iterable[GPUSpec] = (),
-                 *, profiles: Iterable[GPUProfile] = (), frameworks: Iterable[FrameworkProfile] = (),
-                 sources: Iterable[str] = ()):
+    def __init__(
+        self,
+        models: Iterable[ModelSpec] = (),
+        gpus: Iterable[GPUSpec] = (),
+        *,
+        profiles: Iterable[GPUProfile] = (),
+        frameworks: Iterable[FrameworkProfile] = (),
+        sources: Iterable[str] = (),
+    ):
         self.model_specs: dict[str, ModelSpec] = {}
         self.gpu_specs: dict[str, GPUSpec] = {}
-        self.model_aliases: dict[str, str] = {}   # alias key -> canonical key
+        self.model_aliases: dict[str, str] = {}  # alias key -> canonical key
         self.gpu_aliases: dict[str, str] = {}
         # profiles given by catalogue files, keyed by the GPU name they name (lower-cased);
         # a GPU without one gets a derived profile on lookup (cached in _derived)
@@ -651,7 +725,7 @@ class Catalog:
         self._derived: dict[str, GPUProfile] = {}
         # serving frameworks of catalogue files (the built-in ones come from specs/frameworks.yaml)
         self.framework_specs: dict[str, FrameworkProfile] = {f.name: f for f in frameworks}
-        self._attached: dict[str, GPUSpec] = {}   # GPU key -> its spec with the profile attached
+        self._attached: dict[str, GPUSpec] = {}  # GPU key -> its spec with the profile attached
         self.sources: tuple[str, ...] = tuple(sources)
         for m in models:
             self._add(self.model_specs, self.model_aliases, m)
@@ -724,16 +798,21 @@ class Catalog:
         """A note when a short name stands for one entry while others share its stem (``a100`` is the
         A100-80GB, yet the A100-40GB exists); None when the name is the entry's own or is unambiguous."""
         table: Mapping[str, ModelSpec | GPUSpec] = self.gpu_specs if kind == "gpu" else self.model_specs
-        spec = self._find(self.gpu_specs, self.gpu_aliases, name) if kind == "gpu" else \
-            self._find(self.model_specs, self.model_aliases, name)
+        spec = (
+            self._find(self.gpu_specs, self.gpu_aliases, name)
+            if kind == "gpu"
+            else self._find(self.model_specs, self.model_aliases, name)
+        )
         if spec is None or not isinstance(name, str) or _key(name) == _key(spec.name):
             return None
         stem = _loose(_key(name))
         others = sorted(s.name for k, s in table.items() if s is not spec and _loose(k).startswith(stem))
         if not others:
             return None
-        return (f"{kind.replace('gpu', 'GPU')} '{name}' is the {spec.name}; the catalogue also has "
-                f"{', '.join(others)} (give the full name to choose)")
+        return (
+            f"{kind.replace('gpu', 'GPU')} '{name}' is the {spec.name}; the catalogue also has "
+            f"{', '.join(others)} (give the full name to choose)"
+        )
 
     def has_model(self, name: str) -> bool:
         return self._find(self.model_specs, self.model_aliases, name) is not None
@@ -763,18 +842,21 @@ class Catalog:
             return spec
         known = [s.name for s in table.values()]
         if not isinstance(name, str):
-            raise KavierInputError(f"{kind} name must be a string, got {name!r}",
-                                   expected=f"one of: {', '.join(known)}")
-        candidates = {**{k: table[k].name for k in table},
-                      **{a: table[t].name for a, t in aliases.items() if t in table}}
+            raise KavierInputError(
+                f"{kind} name must be a string, got {name!r}", expected=f"one of: {', '.join(known)}"
+            )
+        candidates = {
+            **{k: table[k].name for k in table},
+            **{a: table[t].name for a, t in aliases.items() if t in table},
+        }
         close = difflib.get_close_matches(_key(name), list(candidates), n=3, cutoff=0.6)
         hint = ""
         if close:
-            hint = " Did you mean " + " or ".join(
-                dict.fromkeys(repr(candidates[c]) for c in close)) + "?"
+            hint = " Did you mean " + " or ".join(dict.fromkeys(repr(candidates[c]) for c in close)) + "?"
         raise KavierInputError(
             f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(known)}. "
-            f"Add your own with a catalogue file (schemas/catalog.schema.json)")
+            f"Add your own with a catalogue file (schemas/catalog.schema.json)"
+        )
 
     # -- listing ----------------------------------------------------------
     def models(self) -> list[ModelSpec]:
@@ -803,8 +885,7 @@ class Catalog:
     # -- combining --------------------------------------------------------
     def merged(self, other: Catalog) -> Catalog:
         """A new catalogue: this one plus ``other``; ``other`` wins on equal names."""
-        out = Catalog(sources=self.sources + tuple(s for s in other.sources
-                                                   if s not in self.sources))
+        out = Catalog(sources=self.sources + tuple(s for s in other.sources if s not in self.sources))
         out.model_specs = {**self.model_specs, **other.model_specs}
         out.gpu_specs = {**self.gpu_specs, **other.gpu_specs}
         out.model_aliases = {**self.model_aliases, **other.model_aliases}
@@ -815,8 +896,7 @@ class Catalog:
 
     def to_dict(self) -> dict[str, list[dict[str, Any]]]:
         """The catalogue as a document that ``catalog_from_data`` accepts."""
-        out = {"models": [spec_to_entry(m) for m in self.models()],
-               "gpus": [spec_to_entry(g) for g in self.gpus()]}
+        out = {"models": [spec_to_entry(m) for m in self.models()], "gpus": [spec_to_entry(g) for g in self.gpus()]}
         if self.profile_specs:
             out["profiles"] = [profile_to_entry(p) for p in self.profile_specs.values()]
         if self.framework_specs:
@@ -900,8 +980,10 @@ def load_catalog_file(path: str | Path, base: Catalog | None = None) -> Catalog:
     for i, prof in enumerate(user.profile_specs.values()):
         if not merged.has_gpu(prof.gpu):
             raise KavierInputError(
-                f"profiles[{i}].gpu: no GPU named {prof.gpu!r} in the catalogue", source=str(path),
-                expected="the name of a built-in GPU or of one in this or an earlier catalogue file")
+                f"profiles[{i}].gpu: no GPU named {prof.gpu!r} in the catalogue",
+                source=str(path),
+                expected="the name of a built-in GPU or of one in this or an earlier catalogue file",
+            )
     return merged
 
 
@@ -914,6 +996,7 @@ def load_catalog_files(paths: Iterable[str | Path], base: Catalog | None = None)
 
 
 # -- profiles of GPUs without measurements ----------------------------------
+
 
 def architecture(gpu: GPUSpec) -> str:
     """The GPU's architecture family (first word of ``extra.architecture``), '' if unknown."""
@@ -937,13 +1020,19 @@ def derive_profile(gpu: GPUSpec, measured: Mapping[str, tuple[GPUSpec, GPUProfil
     pool = same or measured
 
     def distance(spec: GPUSpec) -> float:
-        return (abs(math.log(spec.peak_flops / gpu.peak_flops)) + abs(math.log(spec.mem_bandwidth / gpu.mem_bandwidth))
-                + 0.5 * abs(math.log(spec.interconnect_gbs / gpu.interconnect_gbs)))
+        return (
+            abs(math.log(spec.peak_flops / gpu.peak_flops))
+            + abs(math.log(spec.mem_bandwidth / gpu.mem_bandwidth))
+            + 0.5 * abs(math.log(spec.interconnect_gbs / gpu.interconnect_gbs))
+        )
 
     src_spec, src = min(pool.values(), key=lambda v: (distance(v[0]), v[0].name))
     how = "same architecture" if same else f"no measured {arch or 'same-architecture'} GPU; nearest datasheet"
-    note = (f"derived from {src_spec.name} ({how}): efficiencies are fractions of {gpu.name}'s own datasheet "
-            f"peaks; all-reduce curve rescaled from {src.allreduce_link_gbs or src_spec.interconnect_gbs:g} to "
-            f"{gpu.interconnect_gbs:g} GB/s")
-    return dataclasses.replace(src, gpu=gpu.name, status="derived", derived_from=src_spec.name,
-                               provenance={"all": note})
+    note = (
+        f"derived from {src_spec.name} ({how}): efficiencies are fractions of {gpu.name}'s own datasheet "
+        f"peaks; all-reduce curve rescaled from {src.allreduce_link_gbs or src_spec.interconnect_gbs:g} to "
+        f"{gpu.interconnect_gbs:g} GB/s"
+    )
+    return dataclasses.replace(
+        src, gpu=gpu.name, status="derived", derived_from=src_spec.name, provenance={"all": note}
+    )

@@ -137,19 +137,31 @@ class FrameworkProfile:
 
     def summary(self) -> dict[str, Any]:
         """The profile as a run summary shows it."""
-        return {"name": self.name, "engine": self.engine, "versions": self.versions, "policy": self.policy,
-                "batch_defaults": self.batch_defaults, "serving_path": self.serving_path,
-                "chunked_prefill": self.chunked_prefill, "prefix_caching": self.prefix_caching,
-                "allreduce": self.allreduce, "client_latency_s": self.client_latency_s,
-                **({"scheduler_steps": self.scheduler_steps} if self.scheduler_steps != 1 else {}),  # multi-step
-                "step_overhead": ("the GPU profile's" if self.step_overhead is None else
-                                  {f"{g}/tp{t}": vars(o) for (g, t), o in self.step_overhead.items()}),
-                "provenance": dict(self.provenance)}
+        return {
+            "name": self.name,
+            "engine": self.engine,
+            "versions": self.versions,
+            "policy": self.policy,
+            "batch_defaults": self.batch_defaults,
+            "serving_path": self.serving_path,
+            "chunked_prefill": self.chunked_prefill,
+            "prefix_caching": self.prefix_caching,
+            "allreduce": self.allreduce,
+            "client_latency_s": self.client_latency_s,
+            **({"scheduler_steps": self.scheduler_steps} if self.scheduler_steps != 1 else {}),  # multi-step
+            "step_overhead": (
+                "the GPU profile's"
+                if self.step_overhead is None
+                else {f"{g}/tp{t}": vars(o) for (g, t), o in self.step_overhead.items()}
+            ),
+            "provenance": dict(self.provenance),
+        }
 
 
 # ---------------------------------------------------------------------------
 # The built-in file.
 # ---------------------------------------------------------------------------
+
 
 def _overheads(entry: Any, where: str) -> dict | None:
     if entry is None:
@@ -159,14 +171,16 @@ def _overheads(entry: Any, where: str) -> dict | None:
         gpu, tp = str(row["gpu"]), row.get("tp", "*")
         vals = {k: float(row.get(k, 0.0)) for k in ("fixed_s", "per_seq_s", "per_token_s", "per_token_sq_s")}
         if any(v < 0 for v in vals.values()):
-            raise KavierInputError("a step overhead is negative", source=where, location=f"{gpu} tp {tp}",
-                                   expected="numbers >= 0")
+            raise KavierInputError(
+                "a step overhead is negative", source=where, location=f"{gpu} tp {tp}", expected="numbers >= 0"
+            )
         out[(gpu, tp if tp == "*" else int(tp))] = StepOverhead(**vals)
     return out
 
 
-def framework_from_entry(entry: Mapping[str, Any], where: str = str(BUILTIN_FILE),
-                         bases: Mapping[str, FrameworkProfile] | None = None) -> FrameworkProfile:
+def framework_from_entry(
+    entry: Mapping[str, Any], where: str = str(BUILTIN_FILE), bases: Mapping[str, FrameworkProfile] | None = None
+) -> FrameworkProfile:
     """A profile from a catalogue entry; ``base: NAME`` starts from that framework (a user's own
     calibration of an engine keeps its rules and changes its overheads)."""
     kw = dict(entry)
@@ -176,14 +190,17 @@ def framework_from_entry(entry: Mapping[str, Any], where: str = str(BUILTIN_FILE
         table = bases if bases is not None else builtin_frameworks()
         found = {k.lower(): v for k, v in table.items()}.get(str(name).strip().lower())
         if found is None:
-            raise KavierInputError(f"unknown base framework '{name}'", source=where,
-                                   location=f"frameworks.{kw.get('name')}.base", expected="one of " + ", ".join(table))
-        start = dataclasses.asdict(found) | {"step_overhead": found.step_overhead,
-                                             "provenance": dict(found.provenance)}
+            raise KavierInputError(
+                f"unknown base framework '{name}'",
+                source=where,
+                location=f"frameworks.{kw.get('name')}.base",
+                expected="one of " + ", ".join(table),
+            )
+        start = dataclasses.asdict(found) | {"step_overhead": found.step_overhead, "provenance": dict(found.provenance)}
     if "step_overhead" in kw:
         kw["step_overhead"] = _overheads(kw["step_overhead"], where)
     own = dict(kw.get("provenance", {}))
-    if start:   # what the entry changes is the entry's, not the base's
+    if start:  # what the entry changes is the entry's, not the base's
         prov = dict(start["provenance"])
         for key in kw:
             if key not in ("name", "provenance"):
@@ -193,28 +210,48 @@ def framework_from_entry(entry: Mapping[str, Any], where: str = str(BUILTIN_FILE
     kw["provenance"] = own
     missing = [k for k in ("engine", "versions", "policy", "batch_defaults") if k not in kw]
     if missing:
-        raise KavierInputError(f"framework '{kw.get('name')}' gives neither a base nor " + ", ".join(missing),
-                               source=where, location=f"frameworks.{kw.get('name')}.{missing[0]}",
-                               expected="a base framework, or engine, versions, policy and batch_defaults")
+        raise KavierInputError(
+            f"framework '{kw.get('name')}' gives neither a base nor " + ", ".join(missing),
+            source=where,
+            location=f"frameworks.{kw.get('name')}.{missing[0]}",
+            expected="a base framework, or engine, versions, policy and batch_defaults",
+        )
     fw = FrameworkProfile(**kw)
     if not (isinstance(fw.client_latency_s, (int, float)) and fw.client_latency_s >= 0):
-        raise KavierInputError("client_latency_s must be a number >= 0", source=where,
-                               location=f"{fw.name}.client_latency_s", expected="seconds >= 0")
+        raise KavierInputError(
+            "client_latency_s must be a number >= 0",
+            source=where,
+            location=f"{fw.name}.client_latency_s",
+            expected="seconds >= 0",
+        )
     steps = fw.scheduler_steps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1024:
-        raise KavierInputError(f"scheduler_steps must be an integer from 1 to 1024, not {steps!r}", source=where,
-                               location=f"{fw.name}.scheduler_steps", expected="an integer 1-1024")
+        raise KavierInputError(
+            f"scheduler_steps must be an integer from 1 to 1024, not {steps!r}",
+            source=where,
+            location=f"{fw.name}.scheduler_steps",
+            expected="an integer 1-1024",
+        )
     if steps > 1 and fw.policy != "vllm-v0":
-        raise KavierInputError(f"scheduler_steps {steps} (multi-step scheduling) is modelled for policy vllm-v0 "
-                               f"only, not {fw.policy}", source=where, location=f"{fw.name}.scheduler_steps",
-                               expected="1, or policy vllm-v0")
-    for name, value, allowed in (("policy", fw.policy, POLICIES),
-                                 ("batch_defaults", fw.batch_defaults, BATCH_DEFAULTS),
-                                 ("serving_path", fw.serving_path, SERVING_PATHS),
-                                 ("allreduce", fw.allreduce, ALLREDUCE)):
+        raise KavierInputError(
+            f"scheduler_steps {steps} (multi-step scheduling) is modelled for policy vllm-v0 only, not {fw.policy}",
+            source=where,
+            location=f"{fw.name}.scheduler_steps",
+            expected="1, or policy vllm-v0",
+        )
+    for name, value, allowed in (
+        ("policy", fw.policy, POLICIES),
+        ("batch_defaults", fw.batch_defaults, BATCH_DEFAULTS),
+        ("serving_path", fw.serving_path, SERVING_PATHS),
+        ("allreduce", fw.allreduce, ALLREDUCE),
+    ):
         if value not in allowed:
-            raise KavierInputError(f"unknown {name} {value!r}", source=where, location=f"{fw.name}.{name}",
-                                   expected="one of " + ", ".join(allowed))
+            raise KavierInputError(
+                f"unknown {name} {value!r}",
+                source=where,
+                location=f"{fw.name}.{name}",
+                expected="one of " + ", ".join(allowed),
+            )
     return fw
 
 
@@ -238,16 +275,19 @@ def framework(name: str | None, extra: Mapping[str, FrameworkProfile] | None = N
     for fw in fws.values():
         if fw.name.lower() == key:
             return fw
-    raise KavierInputError(f"unknown serving framework '{name}'", location="framework",
-                           expected="one of " + ", ".join(fws))
+    raise KavierInputError(
+        f"unknown serving framework '{name}'", location="framework", expected="one of " + ", ".join(fws)
+    )
 
 
 def framework_to_entry(fw: FrameworkProfile) -> dict[str, Any]:
     """The profile as a catalogue entry (``frameworks:`` list) that ``framework_from_entry`` reads back."""
     out: dict[str, Any] = {k: v for k, v in dataclasses.asdict(fw).items() if k not in ("step_overhead", "provenance")}
     if fw.step_overhead is not None:
-        out["step_overhead"] = [{"gpu": g, "tp": t, **{k: float(f"{v:.6g}") for k, v in vars(o).items() if v}}
-                                for (g, t), o in fw.step_overhead.items()]
+        out["step_overhead"] = [
+            {"gpu": g, "tp": t, **{k: float(f"{v:.6g}") for k, v in vars(o).items() if v}}
+            for (g, t), o in fw.step_overhead.items()
+        ]
         for row in out["step_overhead"]:
             row.setdefault("fixed_s", 0.0)
     else:

@@ -41,14 +41,20 @@ ARCHITECTURES: dict[str, str] = {
 }
 #: ``model_type`` -> architecture, for configs without an ``architectures`` list
 MODEL_TYPES: dict[str, str] = {
-    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
-    "deepseek_v3": "DeepseekV3ForCausalLM", "gpt_oss": "GptOssForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
+    "gpt_oss": "GptOssForCausalLM",
 }
 TORCH_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 #: widths, vocabularies, layer and expert counts above this are not a model (a hundred times the largest)
-DIMENSION = limits.Limit(100_000_000, "", "a hundred times the widest layer, largest vocabulary or "
-                                          "deepest stack of any published model")
+DIMENSION = limits.Limit(
+    100_000_000, "", "a hundred times the widest layer, largest vocabulary or deepest stack of any published model"
+)
 #: how far the recomputed count may be from a count the config states before a warning
 CONFIG_COUNT_TOLERANCE = 0.01
 
@@ -111,26 +117,36 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], Path]:
     p = Path(path)
     if p.is_dir():
         if not (p / "config.json").is_file():
-            raise KavierInputError("no config.json in this folder", source=str(p),
-                                   expected="a HuggingFace model folder holding config.json, or the file itself")
+            raise KavierInputError(
+                "no config.json in this folder",
+                source=str(p),
+                expected="a HuggingFace model folder holding config.json, or the file itself",
+            )
         p = p / "config.json"
     if not p.exists():
         raise KavierInputError("config file not found", source=str(p))
     size = p.stat().st_size
     if size > limits.DOCUMENT_BYTES.value:
-        raise KavierInputError(f"file size: {limits.DOCUMENT_BYTES.above(size)}", source=str(p),
-                               expected="a HuggingFace config.json (a few kilobytes)")
+        raise KavierInputError(
+            f"file size: {limits.DOCUMENT_BYTES.above(size)}",
+            source=str(p),
+            expected="a HuggingFace config.json (a few kilobytes)",
+        )
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise KavierInputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=str(p),
-                               expected="a HuggingFace config.json") from None
+        raise KavierInputError(
+            f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=str(p), expected="a HuggingFace config.json"
+        ) from None
     except OSError as exc:
         raise KavierInputError(f"cannot read config file: {exc.strerror or exc}", source=str(p)) from None
     data = parse_document(text, "json", str(p))
     if not isinstance(data, dict):
-        raise KavierInputError(f"the top level is a {type(data).__name__}, not an object", source=str(p),
-                               expected="a HuggingFace config.json: one JSON object of architecture fields")
+        raise KavierInputError(
+            f"the top level is a {type(data).__name__}, not an object",
+            source=str(p),
+            expected="a HuggingFace config.json: one JSON object of architecture fields",
+        )
     return data, p
 
 
@@ -140,16 +156,23 @@ def architecture_of(cfg: Mapping[str, Any], source: str) -> str:
     if archs is None and isinstance(cfg.get("model_type"), str) and cfg["model_type"] in MODEL_TYPES:
         return MODEL_TYPES[cfg["model_type"]]
     if archs is None:
-        raise KavierInputError("'architectures' is missing (and 'model_type' names no supported one)",
-                               source=source, expected=f"one of: {supported()}")
+        raise KavierInputError(
+            "'architectures' is missing (and 'model_type' names no supported one)",
+            source=source,
+            expected=f"one of: {supported()}",
+        )
     if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
-        raise KavierInputError(f"'architectures' must be a list of names, got {archs!r}", source=source,
-                               expected=f"one of: {supported()}")
+        raise KavierInputError(
+            f"'architectures' must be a list of names, got {archs!r}", source=source, expected=f"one of: {supported()}"
+        )
     for arch in archs:
         if arch in ARCHITECTURES:
             return arch
-    raise KavierInputError(f"unsupported architecture {', '.join(archs)} ('architectures')", source=source,
-                           expected=f"one of: {supported()}")
+    raise KavierInputError(
+        f"unsupported architecture {', '.join(archs)} ('architectures')",
+        source=source,
+        expected=f"one of: {supported()}",
+    )
 
 
 def _dtype(cfg: Mapping[str, Any], problems: list[str]) -> str:
@@ -171,8 +194,11 @@ def _quant_method(cfg: Mapping[str, Any]) -> str | None:
 
 
 def _refuse(arch: str, what: str, source: str) -> KavierInputError:
-    return KavierInputError(f"{arch}: {what} cannot be expressed in a catalogue entry yet", source=source,
-                            expected="the published configuration of this architecture")
+    return KavierInputError(
+        f"{arch}: {what} cannot be expressed in a catalogue entry yet",
+        source=source,
+        expected="the published configuration of this architecture",
+    )
 
 
 def entry_from_config(cfg: Mapping[str, Any], name: str, source: str, *, origin: str | None = None) -> dict[str, Any]:
@@ -200,7 +226,7 @@ def entry_from_config(cfg: Mapping[str, Any], name: str, source: str, *, origin:
     if kind == "dense":
         ffn = f.integer("intermediate_size")
         if arch == "Qwen2ForCausalLM":
-            extra["qkv_bias"] = True            # Qwen2 always biases q, k and v (not o, not the MLP)
+            extra["qkv_bias"] = True  # Qwen2 always biases q, k and v (not o, not the MLP)
         elif f.flag("attention_bias", False) or f.flag("mlp_bias", False):
             if not (f.flag("attention_bias", False) and f.flag("mlp_bias", False)):
                 raise _refuse(arch, "'attention_bias' without 'mlp_bias' (or the other way round)", where)
@@ -244,13 +270,13 @@ def entry_from_config(cfg: Mapping[str, Any], name: str, source: str, *, origin:
             extra["dense_layers"] = dense
             dense_ffn = f.integer("intermediate_size")
         if cfg.get("topk_method") == "noaux_tc":
-            extra["router_bias"] = True         # the e_score_correction_bias of the aux-loss-free router
+            extra["router_bias"] = True  # the e_score_correction_bias of the aux-loss-free router
         q_rank = f.integer("q_lora_rank", 0, minimum=0)
         if q_rank:
             extra["q_lora_rank"] = q_rank
         extra["kv_lora_rank"] = f.integer("kv_lora_rank")
         rope = f.integer("qk_rope_head_dim")
-        head_dim = f.integer("qk_nope_head_dim") + rope     # the q/k head: non-rotary + rotary parts
+        head_dim = f.integer("qk_nope_head_dim") + rope  # the q/k head: non-rotary + rotary parts
         extra["qk_rope_head_dim"] = rope
         extra["v_head_dim"] = f.integer("v_head_dim")
         if f.flag("attention_bias", False):
@@ -262,7 +288,7 @@ def entry_from_config(cfg: Mapping[str, Any], name: str, source: str, *, origin:
         extra["experts_per_token"] = f.integer(per_token)
         if not f.flag("attention_bias", True):
             raise _refuse(arch, "'attention_bias': false (its experts and router keep their biases)", where)
-        extra["linear_bias"] = True             # q, k, v, o, the experts' projections
+        extra["linear_bias"] = True  # q, k, v, o, the experts' projections
         extra["router_bias"] = True
         extra["attention_sinks"] = True
         if head_dim is None:
@@ -273,10 +299,10 @@ def entry_from_config(cfg: Mapping[str, Any], name: str, source: str, *, origin:
         if kind == "gpt_oss":
             types = cfg.get("layer_types")
             n = sum(1 for t in types if t == "sliding_attention") if isinstance(types, list) else layers // 2
-        elif arch.startswith("Qwen"):   # Qwen: only with use_sliding_window, from layer max_window_layers on
+        elif arch.startswith("Qwen"):  # Qwen: only with use_sliding_window, from layer max_window_layers on
             sliding = f.flag("use_sliding_window", False)
             n = max(0, layers - f.integer("max_window_layers", 0, minimum=0)) if sliding else 0
-        else:                           # Mistral v0.1, Mixtral: every layer
+        else:  # Mistral v0.1, Mixtral: every layer
             n = layers
         if n:
             extra["sliding_window"] = f.integer("sliding_window")
@@ -287,8 +313,11 @@ def entry_from_config(cfg: Mapping[str, Any], name: str, source: str, *, origin:
     dtype = _dtype(cfg, f.problems)
     if f.problems:
         n = len(f.problems)
-        raise KavierInputError(f"{arch} config, {n} problem{'s' if n != 1 else ''}: " + "; ".join(f.problems),
-                               source=where, expected="the fields of a HuggingFace config.json of this architecture")
+        raise KavierInputError(
+            f"{arch} config, {n} problem{'s' if n != 1 else ''}: " + "; ".join(f.problems),
+            source=where,
+            expected="the fields of a HuggingFace config.json of this architecture",
+        )
     quant = _quant_method(cfg)
     quant_note = None
     if quant == "fp8":
@@ -298,8 +327,10 @@ def entry_from_config(cfg: Mapping[str, Any], name: str, source: str, *, origin:
     elif quant in ("awq", "gptq") and cfg["quantization_config"].get("bits") in (4, 8):
         dtype = f"int{cfg['quantization_config']['bits']}"
     elif quant is not None:
-        quant_note = (f"quantization_config's quant_method {quant!r} is not read: the weights are counted at "
-                      f"the config's {dtype}.")
+        quant_note = (
+            f"quantization_config's quant_method {quant!r} is not read: the weights are counted at "
+            f"the config's {dtype}."
+        )
     if head_dim is not None and (head_dim * heads != hidden or "kv_lora_rank" in extra):
         entry["head_dim"] = head_dim
     if dense_ffn and dense_ffn != ffn:
@@ -313,16 +344,22 @@ def entry_from_config(cfg: Mapping[str, Any], name: str, source: str, *, origin:
     spec = model_from_entry(entry)
     total, active = count_params(spec)
     if total > limits.PARAMS.value:
-        raise KavierInputError(f"parameter count: {limits.PARAMS.above(total)}", source=where,
-                               expected="the architecture numbers of a real model")
+        raise KavierInputError(
+            f"parameter count: {limits.PARAMS.above(total)}",
+            source=where,
+            expected="the architecture numbers of a real model",
+        )
     entry["total_params"], entry["active_params"] = total, active
     notes = engine_notes(model_from_entry(entry), cfg) + ([quant_note] if quant_note else [])
     stated = cfg.get("num_parameters")
     if isinstance(stated, (int, float)) and not isinstance(stated, bool) and stated > 0:
         off = abs(total - stated) / stated
         if off > CONFIG_COUNT_TOLERANCE:
-            notes.insert(0, f"the config states num_parameters {stated:,.0f}; the architecture numbers give "
-                            f"{total:,} ({off:.1%} apart): check the entry")
+            notes.insert(
+                0,
+                f"the config states num_parameters {stated:,.0f}; the architecture numbers give "
+                f"{total:,} ({off:.1%} apart): check the entry",
+            )
     if notes:
         entry["notes"] = " ".join(notes)
     validate_catalog_data({"models": [entry]}, where)
@@ -334,23 +371,30 @@ def engine_notes(spec: ModelSpec, cfg: Mapping[str, Any]) -> list[str]:
     notes = []
     if spec.is_mla:
         latent = spec.kv_lora_rank + spec.qk_rope_head_dim
-        notes.append(f"MLA: the KV cache is the compressed latent ({latent} values per layer and token, held "
-                     "whole by every GPU of a TP group), in the KV cache's dtype (by default the activations': "
-                     "bf16 for an FP8 checkpoint, as vLLM's kv-cache dtype auto; fp8 with --kv-cache-dtype "
-                     "fp8); attention FLOPs are those of the "
-                     "expanded form.")
+        notes.append(
+            f"MLA: the KV cache is the compressed latent ({latent} values per layer and token, held "
+            "whole by every GPU of a TP group), in the KV cache's dtype (by default the activations': "
+            "bf16 for an FP8 checkpoint, as vLLM's kv-cache dtype auto; fp8 with --kv-cache-dtype "
+            "fp8); attention FLOPs are those of the "
+            "expanded form."
+        )
     if spec.expert_dtype:
-        notes.append(f"The engine holds and reads every weight at {spec.dtype}, not the experts at "
-                     f"{spec.expert_dtype} as published.")
+        notes.append(
+            f"The engine holds and reads every weight at {spec.dtype}, not the experts at "
+            f"{spec.expert_dtype} as published."
+        )
     if spec.sliding_window_layers:
-        notes.append(f"{spec.sliding_window_layers} of {spec.num_layers} layers attend a "
-                     f"{spec.sliding_window}-token sliding window; the engine simulates full attention.")
+        notes.append(
+            f"{spec.sliding_window_layers} of {spec.num_layers} layers attend a "
+            f"{spec.sliding_window}-token sliding window; the engine simulates full attention."
+        )
     if spec.attention_sinks:
         notes.append("Attention sinks are counted, not simulated.")
     mtp = cfg.get("num_nextn_predict_layers")
     if isinstance(mtp, int) and not isinstance(mtp, bool) and mtp > 0:
-        notes.append(f"The multi-token-prediction layers (num_nextn_predict_layers: {mtp}) are neither "
-                     "counted nor simulated.")
+        notes.append(
+            f"The multi-token-prediction layers (num_nextn_predict_layers: {mtp}) are neither counted nor simulated."
+        )
     return notes
 
 
@@ -365,11 +409,17 @@ def describe(entry: Mapping[str, Any]) -> str:
             moe += f", {spec.dense_layers} dense layers"
     else:
         moe = "dense"
-    attention = {"mla": "MLA (multi-head latent attention)", "mha": "MHA", "mqa": "MQA",
-                 "gqa": f"GQA ({spec.num_attention_heads} query / {spec.num_kv_heads} KV heads)"}
-    return (f"{spec.name}: {spec.num_layers} layers, {moe}; attention {attention[spec.attention_kind]}; "
-            f"{spec.total_params / 1e9:.2f}B parameters, {spec.active_params / 1e9:.2f}B active; {spec.dtype}"
-            + (f" (experts {spec.expert_dtype})" if spec.expert_dtype else ""))
+    attention = {
+        "mla": "MLA (multi-head latent attention)",
+        "mha": "MHA",
+        "mqa": "MQA",
+        "gqa": f"GQA ({spec.num_attention_heads} query / {spec.num_kv_heads} KV heads)",
+    }
+    return (
+        f"{spec.name}: {spec.num_layers} layers, {moe}; attention {attention[spec.attention_kind]}; "
+        f"{spec.total_params / 1e9:.2f}B parameters, {spec.active_params / 1e9:.2f}B active; {spec.dtype}"
+        + (f" (experts {spec.expert_dtype})" if spec.expert_dtype else "")
+    )
 
 
 def default_name(cfg: Mapping[str, Any], path: Path, given: Path) -> str | None:
@@ -396,8 +446,11 @@ def write_entry(entry: dict[str, Any], out: Path, *, overwrite: bool) -> str:
 
     fmt = CATALOG_EXTENSIONS.get(out.suffix.lower())
     if fmt is None:
-        raise KavierInputError(f"unsupported catalogue file extension {out.suffix or '(none)'!r}",
-                               source=str(out), expected="a .yaml, .yml or .json file")
+        raise KavierInputError(
+            f"unsupported catalogue file extension {out.suffix or '(none)'!r}",
+            source=str(out),
+            expected="a .yaml, .yml or .json file",
+        )
     data: Any = {}
     if out.exists():
         data, _ = read_catalog_document(out)
@@ -412,9 +465,11 @@ def write_entry(entry: dict[str, Any], out: Path, *, overwrite: bool) -> str:
         names = [old.get("name", "")] + list(old.get("aliases", []))
         if key in (n.strip().lower() for n in names if isinstance(n, str)):
             if not overwrite:
-                raise KavierInputError(f"the catalogue already has a model named {entry['name']!r} "
-                                       f"(models[{i}])", source=str(out),
-                                       expected="another --name, or --overwrite to replace that entry")
+                raise KavierInputError(
+                    f"the catalogue already has a model named {entry['name']!r} (models[{i}])",
+                    source=str(out),
+                    expected="another --name, or --overwrite to replace that entry",
+                )
             models[i] = entry
             action = "replaced"
             break
@@ -423,6 +478,7 @@ def write_entry(entry: dict[str, Any], out: Path, *, overwrite: bool) -> str:
     validate_catalog_data(data, str(out))
     if fmt == "json":
         import json
+
         text = json.dumps(data, indent=2) + "\n"
     else:
         text = yaml.safe_dump(data, sort_keys=False, width=100, allow_unicode=True)
@@ -430,4 +486,3 @@ def write_entry(entry: dict[str, Any], out: Path, *, overwrite: bool) -> str:
             text = "# Catalogue file (schemas/catalog.schema.json) written by `kavier catalog import`.\n" + text
     atomic_write_text(out, text)
     return action
-

@@ -32,9 +32,9 @@ def model_weight_split(model: ModelSpec) -> tuple[float, float]:
 class IterationShape:
     """The work of one iteration on one replica (all TP GPUs together)."""
 
-    n_tokens: float        # tokens through the linear layers
-    n_seqs: float          # sequences that sample a token (LM head, per-sequence overhead)
-    attn_pairs: float      # (query, key) pairs attended
+    n_tokens: float  # tokens through the linear layers
+    n_seqs: float  # sequences that sample a token (LM head, per-sequence overhead)
+    attn_pairs: float  # (query, key) pairs attended
     kv_read_tokens: float  # cached tokens whose K/V are read
 
 
@@ -44,9 +44,9 @@ class IterationTimer:
     def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int, profile: GPUProfile, vllm_allreduce: bool = True):
         """``vllm_allreduce``: the software uses vLLM's custom all-reduce where it applies (else NCCL always)."""
         self.model, self.gpu, self.tp, self.profile = model, gpu, tp, profile
-        bpe = model.bytes_per_param           # the weights' datatype
-        act = model.bytes_per_activation      # the activations' (16-bit for an FP8/INT4/FP4 checkpoint)
-        self.peak = gpu.peak_flops * tp       # FP16/BF16: attention (FlashAttention runs in 16 bits)
+        bpe = model.bytes_per_param  # the weights' datatype
+        act = model.bytes_per_activation  # the activations' (16-bit for an FP8/INT4/FP4 checkpoint)
+        self.peak = gpu.peak_flops * tp  # FP16/BF16: attention (FlashAttention runs in 16 bits)
         # the linear layers' GEMMs: at the FP8/FP4 peak where the GPU has one for the weights' datatype
         # (W8A8/W4A4), else at the FP16 peak (weight-only: FP8 Marlin on Ampere, GPTQ/AWQ INT4/INT8)
         self.gemm_dtype = gpu.gemm_dtype(model.dtype)
@@ -57,8 +57,14 @@ class IterationTimer:
         self.body_bytes = body * bpe
         if model.num_experts > 1:
             # the routed experts of the MoE layers (dense first layers and shared experts are always read)
-            self.expert_bytes = ((3.0 if model.gated_mlp else 2.0) * model.hidden_size * model.ffn_size
-                                 * (model.num_layers - model.dense_layers) * model.num_experts * bpe)
+            self.expert_bytes = (
+                (3.0 if model.gated_mlp else 2.0)
+                * model.hidden_size
+                * model.ffn_size
+                * (model.num_layers - model.dense_layers)
+                * model.num_experts
+                * bpe
+            )
             self.shared_bytes = max(0.0, self.body_bytes - self.expert_bytes)
         else:
             self.expert_bytes = 0.0
@@ -77,8 +83,13 @@ class IterationTimer:
         # elementwise kernels: a floor per layer, and activation traffic per token on each GPU
         ffn_active = model.ffn_size * (model.experts_per_token if model.num_experts > 1 else 1)
         self.layer_fixed = model.num_layers * profile.layer_fixed_s
-        self.s_per_token_elementwise = (model.num_layers * profile.act_passes * (model.hidden_size + ffn_active / tp)
-                                        * act / (profile.gemm_mbu * gpu.mem_bandwidth))
+        self.s_per_token_elementwise = (
+            model.num_layers
+            * profile.act_passes
+            * (model.hidden_size + ffn_active / tp)
+            * act
+            / (profile.gemm_mbu * gpu.mem_bandwidth)
+        )
 
     def body_read_bytes(self, n_tokens: float) -> float:
         """Linear-layer weight bytes read for ``n_tokens`` tokens (MoE: only experts some token hits)."""
@@ -91,12 +102,12 @@ class IterationTimer:
     def body_time(self, n_tokens: float) -> float:
         """Linear layers plus the TP all-reduces: depends on the token count only."""
         p = self.profile
-        t = p.gemm_time(self.body_read_bytes(n_tokens), n_tokens * self.flops_per_body_token, self.gemm_peak,
-                        self.bw)
+        t = p.gemm_time(self.body_read_bytes(n_tokens), n_tokens * self.flops_per_body_token, self.gemm_peak, self.bw)
         t += self.layer_fixed + n_tokens * self.s_per_token_elementwise
         if self.allreduces:
-            t += self.allreduces * p.allreduce_time(n_tokens * self.allreduce_bytes_per_token, self.tp,
-                                                    self.gpu.interconnect_gbs, self.nvlink)
+            t += self.allreduces * p.allreduce_time(
+                n_tokens * self.allreduce_bytes_per_token, self.tp, self.gpu.interconnect_gbs, self.nvlink
+            )
         return t
 
     def seq_time(self, n_seqs: float) -> float:
@@ -111,5 +122,8 @@ class IterationTimer:
         return attn_pairs * self.s_per_attn_pair + kv_tokens * self.kv_bytes_per_token * self.s_per_kv_byte
 
     def time(self, shape: IterationShape) -> float:
-        return (self.body_time(shape.n_tokens) + self.seq_time(shape.n_seqs)
-                + self.attn_time(shape.attn_pairs, shape.kv_read_tokens + shape.n_tokens))
+        return (
+            self.body_time(shape.n_tokens)
+            + self.seq_time(shape.n_seqs)
+            + self.attn_time(shape.attn_pairs, shape.kv_read_tokens + shape.n_tokens)
+        )

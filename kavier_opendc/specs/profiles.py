@@ -42,10 +42,21 @@ from typing import Any, Mapping
 
 STATUSES = ("measured", "derived", "assumed")
 # Fields of GPUProfile that are numbers with a provenance entry each.
-NUMERIC_FIELDS = ("gemm_mbu", "gemm_mfu", "gemm_knee", "layer_fixed_s", "act_passes",
-                  "attn_prefill_eff", "attn_decode_mbu",
-                  "overhead_fixed_s", "overhead_per_seq_s", "custom_allreduce_latency_s", "power_compute_weight",
-                  "power_memory_weight", "power_kv_weight")
+NUMERIC_FIELDS = (
+    "gemm_mbu",
+    "gemm_mfu",
+    "gemm_knee",
+    "layer_fixed_s",
+    "act_passes",
+    "attn_prefill_eff",
+    "attn_decode_mbu",
+    "overhead_fixed_s",
+    "overhead_per_seq_s",
+    "custom_allreduce_latency_s",
+    "power_compute_weight",
+    "power_memory_weight",
+    "power_kv_weight",
+)
 KNEE_MAX = 1e3  # p above this is the ideal roofline max(a, b)
 # vLLM's custom all-reduce (vllm/distributed/device_communicators/custom_all_reduce.py): TP groups of these
 # sizes whose GPUs are all NVLink-connected, messages up to its buffer size; larger ones go to NCCL
@@ -95,13 +106,13 @@ class GPUProfile:
 
     gpu: str
     status: str = "assumed"
-    gemm_mbu: float = 0.75          # GEMM weight streaming: achieved / peak HBM bandwidth
-    gemm_mfu: float = 0.70          # large GEMMs: achieved / peak dense FP16 FLOP/s
-    gemm_knee: float = 2.0          # p of the smooth roofline (memory -> compute transition)
-    layer_fixed_s: float = 0.0      # per decoder layer: the small elementwise kernels' floor (s)
-    act_passes: float = 0.0         # elementwise traffic per token and layer, in (hidden + ffn/T) activations
-    attn_prefill_eff: float = 0.5   # prefill attention (FlashAttention): achieved / peak FLOP/s
-    attn_decode_mbu: float = 0.6    # decode attention (paged KV reads): achieved / peak bandwidth
+    gemm_mbu: float = 0.75  # GEMM weight streaming: achieved / peak HBM bandwidth
+    gemm_mfu: float = 0.70  # large GEMMs: achieved / peak dense FP16 FLOP/s
+    gemm_knee: float = 2.0  # p of the smooth roofline (memory -> compute transition)
+    layer_fixed_s: float = 0.0  # per decoder layer: the small elementwise kernels' floor (s)
+    act_passes: float = 0.0  # elementwise traffic per token and layer, in (hidden + ffn/T) activations
+    attn_prefill_eff: float = 0.5  # prefill attention (FlashAttention): achieved / peak FLOP/s
+    attn_decode_mbu: float = 0.6  # decode attention (paged KV reads): achieved / peak bandwidth
     overhead_fixed_s: float = 0.001  # framework time per iteration (scheduler, sampler, launches)
     overhead_per_seq_s: float = 0.0  # framework time per running sequence per iteration
     custom_allreduce_latency_s: float = 10e-6  # vLLM's custom all-reduce: one synchronisation over NVLink
@@ -181,8 +192,16 @@ class GPUProfile:
                 out.append((name, f"{v} is not a fraction of the datasheet peak in (0, 1]"))
         if not self.gemm_knee >= 1.0:
             out.append(("gemm_knee", f"{self.gemm_knee} is below 1 (the transition cannot be slower than a sum)"))
-        for name in ("overhead_fixed_s", "overhead_per_seq_s", "layer_fixed_s", "act_passes",
-                     "custom_allreduce_latency_s", "power_compute_weight", "power_memory_weight", "power_kv_weight"):
+        for name in (
+            "overhead_fixed_s",
+            "overhead_per_seq_s",
+            "layer_fixed_s",
+            "act_passes",
+            "custom_allreduce_latency_s",
+            "power_compute_weight",
+            "power_memory_weight",
+            "power_kv_weight",
+        ):
             if getattr(self, name) < 0:
                 out.append((name, f"{getattr(self, name)} is negative"))
         if self.status not in STATUSES:
@@ -190,10 +209,17 @@ class GPUProfile:
         for c in self.allreduce:
             if c.gpus < 2 or len(c.sizes) != len(c.seconds) or not c.sizes:
                 out.append(("allreduce", f"curve for {c.gpus} GPUs is malformed"))
-            elif any(b <= a for a, b in zip(c.sizes, c.sizes[1:], strict=False)) or any(
-                    b < a for a, b in zip(c.seconds, c.seconds[1:], strict=False)) or c.seconds[0] < 0:
-                out.append(("allreduce", f"curve for {c.gpus} GPUs must have increasing sizes and "
-                                         f"non-decreasing, non-negative times"))
+            elif (
+                any(b <= a for a, b in zip(c.sizes, c.sizes[1:], strict=False))
+                or any(b < a for a, b in zip(c.seconds, c.seconds[1:], strict=False))
+                or c.seconds[0] < 0
+            ):
+                out.append(
+                    (
+                        "allreduce",
+                        f"curve for {c.gpus} GPUs must have increasing sizes and non-decreasing, non-negative times",
+                    )
+                )
         return out
 
 
@@ -201,11 +227,13 @@ class GPUProfile:
 # Catalogue entries (the ``profiles`` list of a catalogue file) and derivation.
 # ---------------------------------------------------------------------------
 
+
 def profile_from_entry(entry: Mapping[str, Any]) -> GPUProfile:
     kw = {k: v for k, v in entry.items() if k not in ("allreduce", "provenance")}
-    curves = tuple(AllReduceCurve(int(c["gpus"]), tuple(float(x) for x in c["sizes_bytes"]),
-                                  tuple(float(x) for x in c["seconds"]))
-                   for c in entry.get("allreduce", ()))
+    curves = tuple(
+        AllReduceCurve(int(c["gpus"]), tuple(float(x) for x in c["sizes_bytes"]), tuple(float(x) for x in c["seconds"]))
+        for c in entry.get("allreduce", ())
+    )
     for name in NUMERIC_FIELDS + ("allreduce_link_gbs",):
         if name in kw:
             kw[name] = float(kw[name])
@@ -220,8 +248,14 @@ def profile_to_entry(profile: GPUProfile) -> dict[str, Any]:
         out[name] = _round(getattr(profile, name))
     if profile.allreduce:
         out["allreduce_link_gbs"] = profile.allreduce_link_gbs
-        out["allreduce"] = [{"gpus": c.gpus, "sizes_bytes": [int(x) if float(x).is_integer() else x for x in c.sizes],
-                             "seconds": [_round(x) for x in c.seconds]} for c in profile.allreduce]
+        out["allreduce"] = [
+            {
+                "gpus": c.gpus,
+                "sizes_bytes": [int(x) if float(x).is_integer() else x for x in c.sizes],
+                "seconds": [_round(x) for x in c.seconds],
+            }
+            for c in profile.allreduce
+        ]
     if profile.provenance:
         out["provenance"] = dict(profile.provenance)
     return out
@@ -239,9 +273,11 @@ def _round(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-ASSUMED_OVERHEAD = ("assumed: vLLM v1 with CUDA graphs and asynchronous scheduling, 1 ms of unhidden CPU time per "
-                    "iteration and nothing per sequence "
-                    "(no vLLM v1 measurement in the calibration data)")
+ASSUMED_OVERHEAD = (
+    "assumed: vLLM v1 with CUDA graphs and asynchronous scheduling, 1 ms of unhidden CPU time per "
+    "iteration and nothing per sequence "
+    "(no vLLM v1 measurement in the calibration data)"
+)
 
 
 def assumed_profile(gpu: str) -> GPUProfile:
@@ -249,6 +285,7 @@ def assumed_profile(gpu: str) -> GPUProfile:
     prov = {name: "assumed: typical value, no measurement" for name in NUMERIC_FIELDS}
     prov["overhead_fixed_s"] = prov["overhead_per_seq_s"] = ASSUMED_OVERHEAD
     prov["power_compute_weight"] = prov["power_memory_weight"] = prov["power_kv_weight"] = (
-        "typical value of bench/calibrate_power.py's fits (Argonne A100/H100 power)")
+        "typical value of bench/calibrate_power.py's fits (Argonne A100/H100 power)"
+    )
     prov["allreduce"] = "assumed: 10 us + ring traffic at the interconnect's datasheet bandwidth"
     return GPUProfile(gpu=gpu, status="assumed", provenance=prov)

@@ -39,20 +39,26 @@ from kavier_opendc.base.errors import KavierInputError
 
 API_KEY_ENV = ("KAVIER_API_KEY", "OPENAI_API_KEY")
 REDACTED = "[REDACTED]"
-MAX_LINE_BYTES = 1 << 20          # one line of the event stream (a token's chunk is ~200 bytes)
-EXTRA_CHUNKS = 16                 # text chunks tolerated beyond max_tokens before a stream is cut off
-MAX_IGNORED_LINES = 100_000       # comments, other fields and junk lines in one answer
-MAX_ERROR_BODY_BYTES = 64 << 10   # the part of an error reply that is read (and quoted, shortened)
-MAX_JSON_BYTES = 16 << 20         # a /v1/models or /tokenize reply
-MAX_RETRY_WAIT_S = 60.0           # the longest backoff, whatever Retry-After says
-NOT_RETRIED = frozenset(range(400, 500)) - {408, 409, 425, 429}   # the request itself was refused
+MAX_LINE_BYTES = 1 << 20  # one line of the event stream (a token's chunk is ~200 bytes)
+EXTRA_CHUNKS = 16  # text chunks tolerated beyond max_tokens before a stream is cut off
+MAX_IGNORED_LINES = 100_000  # comments, other fields and junk lines in one answer
+MAX_ERROR_BODY_BYTES = 64 << 10  # the part of an error reply that is read (and quoted, shortened)
+MAX_JSON_BYTES = 16 << 20  # a /v1/models or /tokenize reply
+MAX_RETRY_WAIT_S = 60.0  # the longest backoff, whatever Retry-After says
+NOT_RETRIED = frozenset(range(400, 500)) - {408, 409, 425, 429}  # the request itself was refused
 
 
 class RequestFailed(Exception):
     """A request that did not complete; ``kind`` is a short category for the summary."""
 
-    def __init__(self, kind: str, message: str, http_status: int | None = None, fatal_hint: str | None = None,
-                 retry_after_s: float | None = None):
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        http_status: int | None = None,
+        fatal_hint: str | None = None,
+        retry_after_s: float | None = None,
+    ):
         super().__init__(message)
         self.kind = kind
         self.http_status = http_status
@@ -94,22 +100,22 @@ async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes,
 @dataclass
 class RequestRecord:
     request_id: int
-    arrival_s: float                     # scheduled arrival, seconds after the start of the run
+    arrival_s: float  # scheduled arrival, seconds after the start of the run
     target_input_tokens: int
     target_output_tokens: int
     expected_input_tokens: int | None = None  # what the server's tokenizer counted for the prompt
-    start_s: float = math.nan            # handed to the HTTP client (before a connection was ready)
-    send_s: float = math.nan             # the request's headers were written to the connection
+    start_s: float = math.nan  # handed to the HTTP client (before a connection was ready)
+    send_s: float = math.nan  # the request's headers were written to the connection
     first_token_s: float = math.nan
     last_token_s: float = math.nan
     token_times_s: list = field(default_factory=list)
-    prompt_tokens: int | None = None     # usage.prompt_tokens
+    prompt_tokens: int | None = None  # usage.prompt_tokens
     completion_tokens: int | None = None  # usage.completion_tokens
-    cached_tokens: int | None = None     # usage.prompt_tokens_details.cached_tokens, when reported
-    num_chunks: int = 0                  # streamed chunks that carried text
-    ignored_lines: int = 0               # SSE lines that were not data (comments, other fields, junk)
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, when reported
+    num_chunks: int = 0  # streamed chunks that carried text
+    ignored_lines: int = 0  # SSE lines that were not data (comments, other fields, junk)
     finish_reason: str | None = None
-    status: str = "not_sent"             # not_sent | finished | error | cancelled
+    status: str = "not_sent"  # not_sent | finished | error | cancelled
     error_kind: str | None = None
     error: str | None = None
     http_status: int | None = None
@@ -131,8 +137,11 @@ def normalise_endpoint(endpoint: str) -> str:
         text = "http://" + text
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise KavierInputError(f"{endpoint!r} is not an HTTP URL", location="ENDPOINT",
-                               expected="the server's base URL, e.g. http://localhost:8000")
+        raise KavierInputError(
+            f"{endpoint!r} is not an HTTP URL",
+            location="ENDPOINT",
+            expected="the server's base URL, e.g. http://localhost:8000",
+        )
     path = parts.path.rstrip("/")
     for tail in ("/completions", "/chat/completions"):
         if path.endswith(tail):
@@ -185,11 +194,23 @@ def _server_message(text: str) -> str:
 class Endpoint:
     """An OpenAI-compatible server: base URL, model, credentials and timeouts."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, timeout_s: float = 600.0,
-                 connect_timeout_s: float = 10.0, read_timeout_s: float = 60.0,
-                 first_byte_timeout_s: float | None = None, concurrency: int = 1, ignore_eos: bool = True,
-                 retries: int = 0, retry_backoff_s: float = 1.0, extra_body: dict | None = None,
-                 max_line_bytes: int = MAX_LINE_BYTES):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 600.0,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 60.0,
+        first_byte_timeout_s: float | None = None,
+        concurrency: int = 1,
+        ignore_eos: bool = True,
+        retries: int = 0,
+        retry_backoff_s: float = 1.0,
+        extra_body: dict | None = None,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ):
         self.base = normalise_endpoint(base_url)
         self.public = public_url(self.base)
         self.model = model
@@ -219,8 +240,9 @@ class Endpoint:
         connector = aiohttp.TCPConnector(limit=max(1, self.concurrency) + 2, force_close=False)
         tracing = aiohttp.TraceConfig()
         tracing.on_request_headers_sent.append(_headers_sent)
-        self.session = aiohttp.ClientSession(headers=headers, connector=connector, timeout=self.timeout,
-                                             trace_configs=[tracing])
+        self.session = aiohttp.ClientSession(
+            headers=headers, connector=connector, timeout=self.timeout, trace_configs=[tracing]
+        )
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -251,9 +273,13 @@ class Endpoint:
         """(HTTP status, parsed JSON or None) of a GET (no body) or POST; connection errors propagate."""
         assert self.session is not None
         method = self.session.post if body is not None else self.session.get
-        async with method(self.url(path), json=body,
-                          timeout=aiohttp.ClientTimeout(total=self.json_timeout_s, connect=self.connect_timeout_s,
-                                                        sock_read=self.first_byte_timeout_s)) as resp:
+        async with method(
+            self.url(path),
+            json=body,
+            timeout=aiohttp.ClientTimeout(
+                total=self.json_timeout_s, connect=self.connect_timeout_s, sock_read=self.first_byte_timeout_s
+            ),
+        ) as resp:
             raw, more = await read_limited(resp, MAX_JSON_BYTES)
             if more:
                 return resp.status, None
@@ -285,35 +311,50 @@ class Endpoint:
         try:
             status, obj = await self._get_json("/v1/models")
         except aiohttp.ClientConnectorDNSError as exc:
-            raise KavierInputError(f"cannot resolve the host name of {where}: "
-                                   f"{self.quote(getattr(exc, 'os_error', exc) or exc)}", location="ENDPOINT",
-                                   expected="a host name that resolves (DNS) or an IP address") from None
+            raise KavierInputError(
+                f"cannot resolve the host name of {where}: {self.quote(getattr(exc, 'os_error', exc) or exc)}",
+                location="ENDPOINT",
+                expected="a host name that resolves (DNS) or an IP address",
+            ) from None
         except aiohttp.ConnectionTimeoutError:
-            raise KavierInputError(f"cannot connect to {where}: no connection within --connect-timeout "
-                                   f"{self.connect_timeout_s:g} s", location="ENDPOINT",
-                                   expected="a reachable server at this address") from None
+            raise KavierInputError(
+                f"cannot connect to {where}: no connection within --connect-timeout {self.connect_timeout_s:g} s",
+                location="ENDPOINT",
+                expected="a reachable server at this address",
+            ) from None
         except (aiohttp.ClientConnectorError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
-            raise KavierInputError(f"cannot connect to {where}: {self.quote(getattr(exc, 'os_error', exc) or exc)}",
-                                   location="ENDPOINT",
-                                   expected="a running OpenAI-compatible server at this address") from None
+            raise KavierInputError(
+                f"cannot connect to {where}: {self.quote(getattr(exc, 'os_error', exc) or exc)}",
+                location="ENDPOINT",
+                expected="a running OpenAI-compatible server at this address",
+            ) from None
         except asyncio.TimeoutError:
-            raise KavierInputError(f"{where} accepted the connection but did not answer GET /v1/models within "
-                                   f"{min(self.json_timeout_s, self.first_byte_timeout_s):g} s",
-                                   location="ENDPOINT",
-                                   expected="a responsive OpenAI-compatible server (--first-byte-timeout)") \
-                from None
+            raise KavierInputError(
+                f"{where} accepted the connection but did not answer GET /v1/models within "
+                f"{min(self.json_timeout_s, self.first_byte_timeout_s):g} s",
+                location="ENDPOINT",
+                expected="a responsive OpenAI-compatible server (--first-byte-timeout)",
+            ) from None
         except aiohttp.ClientError as exc:
-            raise KavierInputError(f"cannot talk to {where}: {self.quote(exc)}", location="ENDPOINT",
-                                   expected="an OpenAI-compatible HTTP server") from None
+            raise KavierInputError(
+                f"cannot talk to {where}: {self.quote(exc)}",
+                location="ENDPOINT",
+                expected="an OpenAI-compatible HTTP server",
+            ) from None
         if status in (401, 403):
-            raise KavierInputError(f"{where} refused the credentials (HTTP {status})", location="ENDPOINT",
-                                   expected=f"an API key in ${API_KEY_ENV[0]} or ${API_KEY_ENV[1]}")
+            raise KavierInputError(
+                f"{where} refused the credentials (HTTP {status})",
+                location="ENDPOINT",
+                expected=f"an API key in ${API_KEY_ENV[0]} or ${API_KEY_ENV[1]}",
+            )
         if status == 200 and isinstance(obj, dict) and isinstance(obj.get("data"), list):
             self.served_models = [str(m.get("id")) for m in obj["data"] if isinstance(m, dict)]
             if self.served_models and self.model not in self.served_models:
-                raise KavierInputError(f"model {self.model!r} is not served by {where}",
-                                       location="--model",
-                                       expected="one of: " + ", ".join(self.served_models))
+                raise KavierInputError(
+                    f"model {self.model!r} is not served by {where}",
+                    location="--model",
+                    expected="one of: " + ", ".join(self.served_models),
+                )
         try:
             self.has_tokenize = isinstance(await self.count_tokens("Hello world"), int)
         except (RequestFailed, aiohttp.ClientError, asyncio.TimeoutError):
@@ -326,10 +367,9 @@ class Endpoint:
                 "not_streaming": "a streaming reply (Content-Type text/event-stream) to stream: true",
                 "invalid_json": "SSE 'data:' lines holding JSON chunks",
                 "server_error": "a stream of completion chunks",
-                "rate_limited": "a server that accepts requests (it answered HTTP 429: --retries, "
-                                "--retry-backoff)",
+                "rate_limited": "a server that accepts requests (it answered HTTP 429: --retries, --retry-backoff)",
                 "timeout": "a server that answers within the timeouts (--connect-timeout, --first-byte-timeout, "
-                           "--read-timeout, --timeout)",
+                "--read-timeout, --timeout)",
                 "connection": "a server that keeps the connection open until [DONE]",
                 "incomplete_stream": "a stream that ends with 'data: [DONE]'",
                 "no_tokens": "at least one streamed token",
@@ -340,21 +380,38 @@ class Endpoint:
                 hint = "a server that answers a short completion (it failed with a server error)"
             elif probe.error_kind == "http" and probe.http_status in (401, 403):
                 hint = f"an API key it accepts, in ${API_KEY_ENV[0]} or ${API_KEY_ENV[1]}"
-            if probe.error_kind == "http" and probe.http_status in (400, 404) and probe.error \
-                    and "model" in probe.error.lower():
-                raise KavierInputError(f"{where}/v1/completions rejected model {self.model!r}: "
-                                       f"{self.redact(probe.error)}",
-                                       location="--model", expected="a model name the server serves")
-            raise KavierInputError(f"test request to {where}/v1/completions failed: {self.redact(probe.error)}",
-                                   location="ENDPOINT", expected=hint)
+            if (
+                probe.error_kind == "http"
+                and probe.http_status in (400, 404)
+                and probe.error
+                and "model" in probe.error.lower()
+            ):
+                raise KavierInputError(
+                    f"{where}/v1/completions rejected model {self.model!r}: {self.redact(probe.error)}",
+                    location="--model",
+                    expected="a model name the server serves",
+                )
+            raise KavierInputError(
+                f"test request to {where}/v1/completions failed: {self.redact(probe.error)}",
+                location="ENDPOINT",
+                expected=hint,
+            )
         self.usage_reported = probe.prompt_tokens is not None
-        return {"served_models": self.served_models, "tokenize": self.has_tokenize,
-                "usage_reported": self.usage_reported}
+        return {
+            "served_models": self.served_models,
+            "tokenize": self.has_tokenize,
+            "usage_reported": self.usage_reported,
+        }
 
     # ------------------------------------------------------------------ one streamed request
     def body(self, prompt: str, max_tokens: int) -> dict:
-        b = {"model": self.model, "prompt": prompt, "max_tokens": int(max_tokens), "stream": True,
-             "stream_options": {"include_usage": True}}
+        b = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": int(max_tokens),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         if self.ignore_eos:
             b["ignore_eos"] = True
         b.update(self.extra_body)
@@ -395,17 +452,17 @@ class Endpoint:
             except aiohttp.ClientError as exc:
                 rec.status, rec.error_kind = "error", "connection"
                 rec.error = self.quote(f"{type(exc).__name__}: {exc}")
-            except asyncio.TimeoutError:   # a timer of aiohttp's own (ours are RequestFailed("timeout"))
+            except asyncio.TimeoutError:  # a timer of aiohttp's own (ours are RequestFailed("timeout"))
                 rec.status, rec.error_kind = "error", "timeout"
                 rec.error = f"no answer within the timeouts (total {self.timeout_s:g} s)"
-            except (OSError, ValueError, UnicodeError) as exc:   # the socket or the bytes: still a failed request
+            except (OSError, ValueError, UnicodeError) as exc:  # the socket or the bytes: still a failed request
                 rec.status, rec.error_kind = "error", "connection"
                 rec.error = self.quote(f"{type(exc).__name__}: {exc}")
             rec.error = self.redact(rec.error)
-            if rec.token_times_s or not retryable:   # part of the answer arrived: a retry measures something else
+            if rec.token_times_s or not retryable:  # part of the answer arrived: a retry measures something else
                 break
             if attempt < self.retries:
-                wait = retry_after if retry_after is not None else self.retry_backoff_s * 2 ** attempt
+                wait = retry_after if retry_after is not None else self.retry_backoff_s * 2**attempt
                 await asyncio.sleep(min(wait, MAX_RETRY_WAIT_S))
         if rec.attempts > 1:
             rec.error = f"{rec.error} (gave up after {rec.attempts} attempts)"
@@ -429,25 +486,35 @@ class Endpoint:
         timer = asyncio.timeout_at(min(loop.time() + self.first_byte_timeout_s, deadline))
         try:
             async with timer:
-                resp = await self.session.post(self.url("/v1/completions"), json=body,
-                                               trace_request_ctx={"record": rec, "clock0": clock0})
+                resp = await self.session.post(
+                    self.url("/v1/completions"), json=body, trace_request_ctx={"record": rec, "clock0": clock0}
+                )
                 try:
-                    await self._read_reply(rec, resp, clock, clock0, max_tokens,
-                                           lambda what: arm(timer, what, self.read_timeout_s, "--read-timeout"))
+                    await self._read_reply(
+                        rec,
+                        resp,
+                        clock,
+                        clock0,
+                        max_tokens,
+                        lambda what: arm(timer, what, self.read_timeout_s, "--read-timeout"),
+                    )
                 except BaseException:
-                    resp.close()          # a connection with an unread or broken stream is not reused
+                    resp.close()  # a connection with an unread or broken stream is not reused
                     raise
                 resp.release()
         except TimeoutError:
-            if not timer.expired():     # aiohttp's own (the connect timeout): the caller's
+            if not timer.expired():  # aiohttp's own (the connect timeout): the caller's
                 raise
             if loop.time() >= deadline - 1e-3:
-                raise RequestFailed("timeout", f"the request took longer than --timeout {self.timeout_s:g} s "
-                                               f"(waiting for the {phase[0]})") from None
+                raise RequestFailed(
+                    "timeout",
+                    f"the request took longer than --timeout {self.timeout_s:g} s (waiting for the {phase[0]})",
+                ) from None
             raise RequestFailed("timeout", f"no {phase[0]} within {phase[2]} {phase[1]:g} s") from None
 
-    async def _read_reply(self, rec: RequestRecord, resp: aiohttp.ClientResponse, clock, clock0: float,
-                          max_tokens: int, arm) -> None:
+    async def _read_reply(
+        self, rec: RequestRecord, resp: aiohttp.ClientResponse, clock, clock0: float, max_tokens: int, arm
+    ) -> None:
         if math.isnan(rec.send_s):
             rec.send_s = rec.start_s
         rec.http_status = resp.status
@@ -457,17 +524,22 @@ class Endpoint:
             text = raw.decode("utf-8", "replace")
             kind = "rate_limited" if resp.status == 429 else "http"
             wait = retry_after_seconds(resp.headers.get("Retry-After"))
-            raise RequestFailed(kind, f"HTTP {resp.status} {self.quote(resp.reason or '', 60)}: "
-                                      f"{_server_message(self.redact(text))}"
-                                      + (f" (Retry-After {wait:g} s)" if wait is not None else ""),
-                                resp.status, retry_after_s=wait)
+            raise RequestFailed(
+                kind,
+                f"HTTP {resp.status} {self.quote(resp.reason or '', 60)}: "
+                f"{_server_message(self.redact(text))}" + (f" (Retry-After {wait:g} s)" if wait is not None else ""),
+                resp.status,
+                retry_after_s=wait,
+            )
         ctype = resp.headers.get("Content-Type", "")
         if "text/event-stream" not in ctype:
             raw, _ = await read_limited(resp, MAX_ERROR_BODY_BYTES)
-            raise RequestFailed("not_streaming",
-                                f"the server answered stream: true with Content-Type "
-                                f"{self.quote(ctype, 60) or '(none)'} instead of text/event-stream: "
-                                f"{self.quote(raw.decode('utf-8', 'replace'), 100)}")
+            raise RequestFailed(
+                "not_streaming",
+                f"the server answered stream: true with Content-Type "
+                f"{self.quote(ctype, 60) or '(none)'} instead of text/event-stream: "
+                f"{self.quote(raw.decode('utf-8', 'replace'), 100)}",
+            )
         arm("first token")
         limit = self.max_line_bytes
         max_chunks = max_tokens + EXTRA_CHUNKS
@@ -486,8 +558,9 @@ class Endpoint:
                 if nl < 0:
                     break
                 if nl - start > limit:
-                    raise RequestFailed("line_too_long", f"a line of the stream is longer than {limit} bytes: "
-                                                         f"stopped reading")
+                    raise RequestFailed(
+                        "line_too_long", f"a line of the stream is longer than {limit} bytes: stopped reading"
+                    )
                 line = bytes(buf[start:nl])
                 start = nl + 1
                 if self._line(rec, line, now, max_chunks, max_tokens):
@@ -495,16 +568,21 @@ class Endpoint:
                     break
             del buf[:start]
             if len(buf) > limit:
-                raise RequestFailed("line_too_long", f"a line of the stream is longer than {limit} bytes "
-                                                     f"(no end of line after {len(buf)} bytes): stopped reading")
+                raise RequestFailed(
+                    "line_too_long",
+                    f"a line of the stream is longer than {limit} bytes "
+                    f"(no end of line after {len(buf)} bytes): stopped reading",
+                )
             arm("next chunk of the stream" if times else "first token")
         if not done:
             if buf.strip() and self._line(rec, bytes(buf), clock() - clock0, max_chunks, max_tokens):
                 done = True
         if not done:
-            raise RequestFailed("incomplete_stream",
-                                f"the stream ended without 'data: [DONE]' after {rec.num_chunks} chunks of text "
-                                f"(finish_reason {rec.finish_reason or 'none'}): the answer may be incomplete")
+            raise RequestFailed(
+                "incomplete_stream",
+                f"the stream ended without 'data: [DONE]' after {rec.num_chunks} chunks of text "
+                f"(finish_reason {rec.finish_reason or 'none'}): the answer may be incomplete",
+            )
         if not times:
             raise RequestFailed("no_tokens", "the stream ended without any generated text")
         rec.first_token_s = times[0]
@@ -516,7 +594,7 @@ class Endpoint:
         if not line:
             return False
         if not line.startswith("data:"):
-            rec.ignored_lines += 1      # SSE comments, other fields, junk: not data
+            rec.ignored_lines += 1  # SSE comments, other fields, junk: not data
             self._check_ignored(rec)
             return False
         data = line[5:]
@@ -535,8 +613,9 @@ class Endpoint:
         if not isinstance(obj, dict):
             raise RequestFailed("invalid_json", f"a stream chunk is not a JSON object: {self.quote(data, 80)!r}")
         if "error" in obj or obj.get("object") == "error":
-            raise RequestFailed("server_error", f"the server reported an error mid-stream: "
-                                                f"{_server_message(self.redact(data))}")
+            raise RequestFailed(
+                "server_error", f"the server reported an error mid-stream: {_server_message(self.redact(data))}"
+            )
         text_seen = False
         for ch in obj.get("choices") or []:
             if not isinstance(ch, dict):
@@ -552,9 +631,12 @@ class Endpoint:
             rec.token_times_s.append(now)
             rec.num_chunks += 1
             if rec.num_chunks > max_chunks:
-                raise RequestFailed("flood", f"the server streamed more than {max_chunks} chunks of text for "
-                                             f"max_tokens {max_tokens} (it does not honour max_tokens): "
-                                             f"stopped reading")
+                raise RequestFailed(
+                    "flood",
+                    f"the server streamed more than {max_chunks} chunks of text for "
+                    f"max_tokens {max_tokens} (it does not honour max_tokens): "
+                    f"stopped reading",
+                )
         usage = obj.get("usage")
         if isinstance(usage, dict):
             if isinstance(usage.get("prompt_tokens"), int):
@@ -569,5 +651,7 @@ class Endpoint:
     @staticmethod
     def _check_ignored(rec: RequestRecord) -> None:
         if rec.ignored_lines > MAX_IGNORED_LINES:
-            raise RequestFailed("flood", f"more than {MAX_IGNORED_LINES} lines of the stream were not data "
-                                         f"(comments or junk): stopped reading")
+            raise RequestFailed(
+                "flood",
+                f"more than {MAX_IGNORED_LINES} lines of the stream were not data (comments or junk): stopped reading",
+            )

@@ -47,8 +47,16 @@ from kavier_opendc.base.atomic import (
 from kavier_opendc.engine.outputs import stats
 from kavier_opendc.tracer.runner import Measurement
 
-A10_COLUMNS = ["prompt_size", "prefill_input_tokens", "reality_prefill", "kavier_prefill", "decode_input_tokens",
-               "decode_output_tokens", "reality_decode", "kavier_decode"]
+A10_COLUMNS = [
+    "prompt_size",
+    "prefill_input_tokens",
+    "reality_prefill",
+    "kavier_prefill",
+    "decode_input_tokens",
+    "decode_output_tokens",
+    "reality_decode",
+    "kavier_decode",
+]
 MEASUREMENTS_FILE = "measurements.csv"
 
 
@@ -65,35 +73,73 @@ def requests_frame(m: Measurement) -> pd.DataFrame:
         ttft = r.first_token_s - r.send_s if fin else math.nan
         e2e = r.last_token_s - r.send_s if fin else math.nan
         tpot = (r.last_token_s - r.first_token_s) / (n_out - 1) if fin and n_out and n_out > 1 else math.nan
-        rows.append({
-            "request_id": r.request_id, "replica": -1, "arrival_s": r.arrival_s,
-            "num_input_tokens": n_in, "num_output_tokens": n_out, "cached_tokens": r.cached_tokens,
-            "queue_s": math.nan, "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e,
-            "finish_s": r.last_token_s if fin else math.nan, "preemptions": None, "status": r.status,
-            "start_s": r.start_s, "send_s": r.send_s, "first_token_s": r.first_token_s,
-            "client_wait_s": r.send_s - r.arrival_s,
-            "target_input_tokens": r.target_input_tokens, "target_output_tokens": r.target_output_tokens,
-            "expected_input_tokens": r.expected_input_tokens, "num_chunks": r.num_chunks,
-            "sse_ignored_lines": r.ignored_lines,
-            "token_times_s": list(r.token_times_s), "finish_reason": r.finish_reason,
-            "error_kind": r.error_kind, "error": r.error, "http_status": r.http_status, "attempts": r.attempts,
-        })
+        rows.append(
+            {
+                "request_id": r.request_id,
+                "replica": -1,
+                "arrival_s": r.arrival_s,
+                "num_input_tokens": n_in,
+                "num_output_tokens": n_out,
+                "cached_tokens": r.cached_tokens,
+                "queue_s": math.nan,
+                "ttft_s": ttft,
+                "tpot_s": tpot,
+                "e2e_s": e2e,
+                "finish_s": r.last_token_s if fin else math.nan,
+                "preemptions": None,
+                "status": r.status,
+                "start_s": r.start_s,
+                "send_s": r.send_s,
+                "first_token_s": r.first_token_s,
+                "client_wait_s": r.send_s - r.arrival_s,
+                "target_input_tokens": r.target_input_tokens,
+                "target_output_tokens": r.target_output_tokens,
+                "expected_input_tokens": r.expected_input_tokens,
+                "num_chunks": r.num_chunks,
+                "sse_ignored_lines": r.ignored_lines,
+                "token_times_s": list(r.token_times_s),
+                "finish_reason": r.finish_reason,
+                "error_kind": r.error_kind,
+                "error": r.error,
+                "http_status": r.http_status,
+                "attempts": r.attempts,
+            }
+        )
     return pd.DataFrame(rows, columns=None if rows else list(_SCHEMA.names))
 
 
-_SCHEMA = pa.schema([
-    ("request_id", pa.int64()), ("replica", pa.int32()), ("arrival_s", pa.float64()),
-    ("num_input_tokens", pa.int64()), ("num_output_tokens", pa.int64()), ("cached_tokens", pa.int64()),
-    ("queue_s", pa.float64()), ("ttft_s", pa.float64()), ("tpot_s", pa.float64()), ("e2e_s", pa.float64()),
-    ("finish_s", pa.float64()), ("preemptions", pa.int32()), ("status", pa.string()),
-    ("start_s", pa.float64()), ("send_s", pa.float64()), ("first_token_s", pa.float64()),
-    ("client_wait_s", pa.float64()),
-    ("target_input_tokens", pa.int64()), ("target_output_tokens", pa.int64()),
-    ("expected_input_tokens", pa.int64()), ("num_chunks", pa.int64()), ("sse_ignored_lines", pa.int64()),
-    ("token_times_s", pa.list_(pa.float64())),
-    ("finish_reason", pa.string()), ("error_kind", pa.string()), ("error", pa.string()),
-    ("http_status", pa.int32()), ("attempts", pa.int32()),
-])
+_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.int64()),
+        ("replica", pa.int32()),
+        ("arrival_s", pa.float64()),
+        ("num_input_tokens", pa.int64()),
+        ("num_output_tokens", pa.int64()),
+        ("cached_tokens", pa.int64()),
+        ("queue_s", pa.float64()),
+        ("ttft_s", pa.float64()),
+        ("tpot_s", pa.float64()),
+        ("e2e_s", pa.float64()),
+        ("finish_s", pa.float64()),
+        ("preemptions", pa.int32()),
+        ("status", pa.string()),
+        ("start_s", pa.float64()),
+        ("send_s", pa.float64()),
+        ("first_token_s", pa.float64()),
+        ("client_wait_s", pa.float64()),
+        ("target_input_tokens", pa.int64()),
+        ("target_output_tokens", pa.int64()),
+        ("expected_input_tokens", pa.int64()),
+        ("num_chunks", pa.int64()),
+        ("sse_ignored_lines", pa.int64()),
+        ("token_times_s", pa.list_(pa.float64())),
+        ("finish_reason", pa.string()),
+        ("error_kind", pa.string()),
+        ("error", pa.string()),
+        ("http_status", pa.int32()),
+        ("attempts", pa.int32()),
+    ]
+)
 
 
 def requests_table(m: Measurement) -> pa.Table:
@@ -121,10 +167,17 @@ def summary_dict(m: Measurement) -> dict:
     errors = failed["error_kind"].value_counts().to_dict() if len(failed) else {}
     num_finished = int(len(fin))
     complete = not m.interrupted and num_finished > 0
-    status = ("interrupted" if m.interrupted else "all_failed" if num_finished == 0 else
-              "some_failed" if len(failed) else "ok")
-    mismatch = int(((fin["num_input_tokens"] != fin["target_input_tokens"])).sum()) if len(fin) else 0
-    short = int(((fin["num_output_tokens"] != fin["target_output_tokens"])).sum()) if len(fin) else 0
+    status = (
+        "interrupted"
+        if m.interrupted
+        else "all_failed"
+        if num_finished == 0
+        else "some_failed"
+        if len(failed)
+        else "ok"
+    )
+    mismatch = int((fin["num_input_tokens"] != fin["target_input_tokens"]).sum()) if len(fin) else 0
+    short = int((fin["num_output_tokens"] != fin["target_output_tokens"]).sum()) if len(fin) else 0
 
     def col(name):
         return fin[name].to_numpy(dtype=np.float64) if len(fin) else np.zeros(0)
@@ -158,11 +211,14 @@ def summary_dict(m: Measurement) -> dict:
         "first_error": None if not len(failed) else str(failed["error"].iloc[0]),
         "input_token_mismatches": mismatch,
         "output_token_mismatches": short,
-        "config": dict(m.settings, mode=m.mode, prompt_method=m.prompt_method,
-                       chars_per_token=m.chars_per_token),
+        "config": dict(m.settings, mode=m.mode, prompt_method=m.prompt_method, chars_per_token=m.chars_per_token),
         "endpoint": {k: v for k, v in m.endpoint_info.items()},
-        "tracer": {"version": __version__, "started_at_utc": m.started_at_utc, "wall_s": m.wall_s,
-                   "clock": "time.perf_counter, seconds from the start of the run"},
+        "tracer": {
+            "version": __version__,
+            "started_at_utc": m.started_at_utc,
+            "wall_s": m.wall_s,
+            "clock": "time.perf_counter, seconds from the start of the run",
+        },
     }
 
 
@@ -174,10 +230,18 @@ def sweep_frame(m: Measurement) -> pd.DataFrame:
     if len(fin):
         for (p, _o), g in fin.groupby(["target_input_tokens", "target_output_tokens"], sort=True):
             n_in = int(np.median(g["num_input_tokens"]))
-            rows.append({"prompt_size": int(p), "prefill_input_tokens": n_in,
-                         "reality_prefill": float(g["ttft_s"].mean()), "kavier_prefill": math.nan,
-                         "decode_input_tokens": n_in, "decode_output_tokens": int(np.median(g["num_output_tokens"])),
-                         "reality_decode": float((g["e2e_s"] - g["ttft_s"]).mean()), "kavier_decode": math.nan})
+            rows.append(
+                {
+                    "prompt_size": int(p),
+                    "prefill_input_tokens": n_in,
+                    "reality_prefill": float(g["ttft_s"].mean()),
+                    "kavier_prefill": math.nan,
+                    "decode_input_tokens": n_in,
+                    "decode_output_tokens": int(np.median(g["num_output_tokens"])),
+                    "reality_decode": float((g["e2e_s"] - g["ttft_s"]).mean()),
+                    "kavier_decode": math.nan,
+                }
+            )
     return pd.DataFrame(rows, columns=A10_COLUMNS)
 
 
@@ -187,13 +251,14 @@ def write_measurement(m: Measurement, out: Path) -> dict:
     with staged_output(Path(out)) as stage:
         write_parquet_atomic(stage / "requests.parquet", requests_table(m))
         if m.mode == "sweep":
-            atomic_write_text(stage / MEASUREMENTS_FILE, sweep_frame(m).to_csv(index=False, na_rep="nan",
-                                                                                float_format="%.6f"))
+            atomic_write_text(
+                stage / MEASUREMENTS_FILE, sweep_frame(m).to_csv(index=False, na_rep="nan", float_format="%.6f")
+            )
         write_json_atomic(stage / "summary.json", summary)
         if not summary["complete"]:
             atomic_write_text(stage / INCOMPLETE, f"kavier trace did not complete: {summary['status']}\n")
     stale = ([INCOMPLETE] if summary["complete"] else []) + ([MEASUREMENTS_FILE] if m.mode != "sweep" else [])
-    for name in stale:                 # left by an earlier run into the same directory
+    for name in stale:  # left by an earlier run into the same directory
         if (Path(out) / name).is_file():
             (Path(out) / name).unlink()
     return summary

@@ -20,7 +20,8 @@ import numpy as np
 
 from kavier_opendc.tracer.client import Endpoint, RequestFailed, RequestRecord
 
-WORDS = tuple("""
+WORDS = tuple(
+    """
 time year people way day man thing woman life child world school state family student group country
 problem hand part place case week company system program question work government number night point
 home water room mother area money story fact month lot right study book eye job word business issue
@@ -34,7 +35,8 @@ model season society tax director position player record paper space ground form
 center couple site project activity star table need court oil situation cost industry figure street
 image phone data picture practice piece land product doctor wall patient worker news test movie north
 love support technology step baby computer type attention film tree source organization hair window
-evidence population truth song energy bank""".split())
+evidence population truth song energy bank""".split()
+)
 
 
 class PromptBuilder:
@@ -45,7 +47,7 @@ class PromptBuilder:
         self.seed = seed
         self.method = "tokenize" if endpoint.has_tokenize else "estimate"
         self.tokens_per_char: float | None = None
-        self.offset_tokens: float = 1.0   # tokens the server adds (BOS) or that the first word costs extra
+        self.offset_tokens: float = 1.0  # tokens the server adds (BOS) or that the first word costs extra
         self.chars_per_word = float(np.mean([len(w) + 1 for w in WORDS]))
 
     def _words(self, request_id: int, k: int) -> list[str]:
@@ -68,7 +70,7 @@ class PromptBuilder:
         if len(counts) == 2 and counts[1] > counts[0]:
             self.tokens_per_char = (counts[1] - counts[0]) / (len(texts[1]) - len(texts[0]))
             self.offset_tokens = counts[0] - self.tokens_per_char * len(texts[0])
-        else:   # the server reports no usage: one token per word, plus one, is a common tokenizer's ratio
+        else:  # the server reports no usage: one token per word, plus one, is a common tokenizer's ratio
             self.tokens_per_char = 1.0 / self.chars_per_word
             self.offset_tokens = 1.0
             self.method = "estimate-unchecked"
@@ -82,7 +84,7 @@ class PromptBuilder:
         if self.method != "tokenize":
             target = max(1.0, (n - self.offset_tokens) / (self.tokens_per_char or 1.0 / self.chars_per_word))
             text = ""
-            for w in self._words(request_id, int(target / 4) + 8):   # words have >= 3 letters
+            for w in self._words(request_id, int(target / 4) + 8):  # words have >= 3 letters
                 cand = f"{text} {w}" if text else w
                 if len(cand) > target and text:
                     if len(cand) - target < target - len(text):
@@ -105,9 +107,10 @@ class PromptBuilder:
                 return " ".join(words[:k]), c
             step = n - c
             nk = max(1, k + (step if abs(step) > 1 else (1 if step > 0 else -1)))
-            if nk in seen:        # a word is worth two tokens here: swap the last word for another one
-                words[k - 1] = WORDS[(WORDS.index(words[k - 1]) + 1) % len(WORDS)] if words[k - 1] in WORDS \
-                    else WORDS[0]
+            if nk in seen:  # a word is worth two tokens here: swap the last word for another one
+                words[k - 1] = (
+                    WORDS[(WORDS.index(words[k - 1]) + 1) % len(WORDS)] if words[k - 1] in WORDS else WORDS[0]
+                )
                 seen.pop(k, None)
                 continue
             k = nk

@@ -41,8 +41,9 @@ def _lost(endpoint: Endpoint, what: str, exc: BaseException) -> KavierRuntimeErr
         why = "no answer within the timeouts"
     else:
         why = endpoint.quote(str(exc) or type(exc).__name__)
-    return KavierRuntimeError(f"{endpoint.public} stopped answering while {what} ({why}); nothing was measured "
-                              f"and nothing written")
+    return KavierRuntimeError(
+        f"{endpoint.public} stopped answering while {what} ({why}); nothing was measured and nothing written"
+    )
 
 
 _PREP_ERRORS = (RequestFailed, aiohttp.ClientError, TimeoutError, OSError)
@@ -70,8 +71,9 @@ class Measurement:
 
 
 # ------------------------------------------------------------------ plans
-def replay_plans(trace, *, rate: float | None = None, all_at_once: bool = False, seed: int = 0,
-                 limit: int | None = None) -> list[Plan]:
+def replay_plans(
+    trace, *, rate: float | None = None, all_at_once: bool = False, seed: int = 0, limit: int | None = None
+) -> list[Plan]:
     """One plan per trace request: the trace's arrival times, Poisson arrivals at ``rate``, or all at 0."""
     n = len(trace) if limit is None else min(limit, len(trace))
     if all_at_once:
@@ -81,8 +83,9 @@ def replay_plans(trace, *, rate: float | None = None, all_at_once: bool = False,
         arrivals = np.concatenate([[0.0], np.cumsum(gaps[1:])]) if n else np.zeros(0)
     else:
         arrivals = np.asarray(trace.arrival_s[:n], dtype=np.float64)
-    return [Plan(i, float(arrivals[i]), int(trace.num_input_tokens[i]), int(trace.num_output_tokens[i]))
-            for i in range(n)]
+    return [
+        Plan(i, float(arrivals[i]), int(trace.num_input_tokens[i]), int(trace.num_output_tokens[i])) for i in range(n)
+    ]
 
 
 def sweep_plans(prompt_lengths: list[int], output_lengths: list[int], repetitions: int) -> list[Plan]:
@@ -105,7 +108,7 @@ async def _until(aw, stop: asyncio.Event) -> bool:
     finally:
         stopper.cancel()
     if task in done:
-        task.result()          # its exception, if any, is the caller's
+        task.result()  # its exception, if any, is the caller's
         return True
     task.cancel()
     try:
@@ -122,8 +125,17 @@ def _progress(total: int, desc: str, enabled: bool | None):
     return tqdm(total=total, desc=desc, unit="req", disable=not show, file=sys.stderr, dynamic_ncols=True)
 
 
-async def measure(endpoint: Endpoint, plans: list[Plan], *, mode: str, concurrency: int = 1, seed: int = 0,
-                  warmup: int = 0, progress: bool | None = None, stop: asyncio.Event | None = None) -> Measurement:
+async def measure(
+    endpoint: Endpoint,
+    plans: list[Plan],
+    *,
+    mode: str,
+    concurrency: int = 1,
+    seed: int = 0,
+    warmup: int = 0,
+    progress: bool | None = None,
+    stop: asyncio.Event | None = None,
+) -> Measurement:
     stop = stop or asyncio.Event()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t_wall = time.perf_counter()
@@ -148,17 +160,22 @@ async def measure(endpoint: Endpoint, plans: list[Plan], *, mode: str, concurren
         except _PREP_ERRORS as exc:
             raise _lost(endpoint, "the prompts were prepared (POST /tokenize)", exc) from None
         prompts = built.result()
-        for i in range(warmup):           # warm the server (CUDA graphs, caches); not recorded
+        for i in range(warmup):  # warm the server (CUDA graphs, caches); not recorded
             w = plans[i % len(plans)] if plans else Plan(0, 0.0, 16, 4)
             try:
                 text, _ = await builder.build(-10 - i, w.input_tokens)
             except _PREP_ERRORS as exc:
                 raise _lost(endpoint, "the warm-up prompts were prepared (POST /tokenize)", exc) from None
-            if not await _until(endpoint.stream(RequestRecord(-1, 0.0, 0, 0), text, w.output_tokens,
-                                                time.perf_counter()), stop):
+            if not await _until(
+                endpoint.stream(RequestRecord(-1, 0.0, 0, 0), text, w.output_tokens, time.perf_counter()), stop
+            ):
                 raise Interrupted
-        records = [RequestRecord(p.request_id, p.arrival_s, p.input_tokens, p.output_tokens,
-                                 expected_input_tokens=prompts[i][1]) for i, p in enumerate(plans)]
+        records = [
+            RequestRecord(
+                p.request_id, p.arrival_s, p.input_tokens, p.output_tokens, expected_input_tokens=prompts[i][1]
+            )
+            for i, p in enumerate(plans)
+        ]
         bar = _progress(len(plans), mode, progress)
         sem = asyncio.Semaphore(max(1, concurrency))
         tasks: set[asyncio.Task] = set()
@@ -178,7 +195,7 @@ async def measure(endpoint: Endpoint, plans: list[Plan], *, mode: str, concurren
                 bar.update(1)
 
         gc.collect()
-        gc.freeze()       # the collector then skips every object made so far: no long pauses mid-run
+        gc.freeze()  # the collector then skips every object made so far: no long pauses mid-run
         try:
             t0 = time.perf_counter()
             for rec, plan, (text, _) in zip(records, plans, prompts, strict=True):
@@ -203,9 +220,16 @@ async def measure(endpoint: Endpoint, plans: list[Plan], *, mode: str, concurren
         finally:
             bar.close()
             gc.unfreeze()
-    return Measurement(mode=mode, records=records, interrupted=stop.is_set(), prompt_method=builder.method,
-                       chars_per_token=builder.chars_per_token, endpoint_info=info, started_at_utc=started,
-                       wall_s=time.perf_counter() - t_wall)
+    return Measurement(
+        mode=mode,
+        records=records,
+        interrupted=stop.is_set(),
+        prompt_method=builder.method,
+        chars_per_token=builder.chars_per_token,
+        endpoint_info=info,
+        started_at_utc=started,
+        wall_s=time.perf_counter() - t_wall,
+    )
 
 
 def run_measurement(endpoint: Endpoint, plans: list[Plan], **kw) -> Measurement:

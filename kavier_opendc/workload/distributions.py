@@ -38,8 +38,11 @@ def is_int(x: Any) -> TypeGuard[int | np.integer]:
 
 def is_num(x: Any) -> TypeGuard[int | float | np.integer | np.floating]:
     """A finite number (numpy's too), not a bool."""
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_)) \
+    return (
+        isinstance(x, (int, float, np.integer, np.floating))
+        and not isinstance(x, (bool, np.bool_))
         and math.isfinite(float(x))
+    )
 
 
 # --------------------------------------------------------------------------- length specs
@@ -84,8 +87,15 @@ class LengthSpec:
         return cls("uniform", low=low, high=high)
 
     @classmethod
-    def lognormal(cls, *, sigma: float, mean: float | None = None, median: float | None = None,
-                  min: int = 1, max: int | None = None) -> "LengthSpec":  # noqa: A002
+    def lognormal(
+        cls,
+        *,
+        sigma: float,
+        mean: float | None = None,
+        median: float | None = None,
+        min: int = 1,
+        max: int | None = None,
+    ) -> "LengthSpec":  # noqa: A002
         return cls("lognormal", mean=mean, median=median, sigma=sigma, min=min, max=max)
 
     @classmethod
@@ -93,13 +103,27 @@ class LengthSpec:
         return cls("zipf", alpha=alpha, min=min, max=max)
 
     @classmethod
-    def histogram(cls, *, file: str | os.PathLike | None = None, column: str | None = None,
-                  bins=None, values=None, weights=None, min: int = 1,  # noqa: A002
-                  max: int | None = None) -> "LengthSpec":  # noqa: A002
-        return cls("histogram", file=None if file is None else str(file), column=column,
-                   bins=None if bins is None else tuple(bins),
-                   values=None if values is None else tuple(values),
-                   weights=None if weights is None else tuple(weights), min=min, max=max)
+    def histogram(
+        cls,
+        *,
+        file: str | os.PathLike | None = None,
+        column: str | None = None,
+        bins=None,
+        values=None,
+        weights=None,
+        min: int = 1,  # noqa: A002
+        max: int | None = None,
+    ) -> "LengthSpec":  # noqa: A002
+        return cls(
+            "histogram",
+            file=None if file is None else str(file),
+            column=column,
+            bins=None if bins is None else tuple(bins),
+            values=None if values is None else tuple(values),
+            weights=None if weights is None else tuple(weights),
+            min=min,
+            max=max,
+        )
 
     @classmethod
     def coerce(cls, obj: Any, path: str = "$") -> "LengthSpec":
@@ -118,15 +142,22 @@ class LengthSpec:
             spec = cls.constant(int(obj))
             return spec, spec.problems(path)
         if not isinstance(obj, Mapping):
-            return None, [f"{path}: {obj!r} is not a length distribution; expected a positive integer "
-                          f"or an object with 'dist' one of {', '.join(LENGTH_DISTS)}"]
+            return None, [
+                f"{path}: {obj!r} is not a length distribution; expected a positive integer "
+                f"or an object with 'dist' one of {', '.join(LENGTH_DISTS)}"
+            ]
         dist = obj.get("dist", "constant" if "value" in obj else None)
         if dist not in LENGTH_DISTS:
-            return None, [f"{spec_path(path, 'dist')}: {dist!r} is not a length distribution; expected one "
-                          f"of {', '.join(LENGTH_DISTS)}"]
+            return None, [
+                f"{spec_path(path, 'dist')}: {dist!r} is not a length distribution; expected one "
+                f"of {', '.join(LENGTH_DISTS)}"
+            ]
         allowed = _COMMON_LENGTH_KEYS | _LENGTH_KEYS[dist]
-        problems = [f"{spec_path(path, k)}: not used by dist {dist!r} (allowed keys: "
-                    f"{', '.join(sorted(allowed))})" for k in obj if k not in allowed]
+        problems = [
+            f"{spec_path(path, k)}: not used by dist {dist!r} (allowed keys: {', '.join(sorted(allowed))})"
+            for k in obj
+            if k not in allowed
+        ]
         kw: dict[str, Any] = {}
         for k in allowed - {"dist"}:
             if k in obj and obj[k] is not None:
@@ -190,8 +221,10 @@ class LengthSpec:
             elif not is_num(self.alpha) or self.alpha <= 0:
                 out.append(f"{p('alpha')}: {self.alpha!r} must be a number > 0")
             elif self.max is None and self.alpha <= 1:
-                out.append(f"{p('alpha')}: {self.alpha} must be > 1 when 'max' is not given "
-                           "(otherwise the distribution cannot be normalised)")
+                out.append(
+                    f"{p('alpha')}: {self.alpha} must be > 1 when 'max' is not given "
+                    "(otherwise the distribution cannot be normalised)"
+                )
         elif self.dist == "histogram":
             given = [k for k in ("file", "bins", "values") if getattr(self, k) is not None]
             if len(given) != 1:
@@ -216,8 +249,9 @@ class LengthSpec:
                     out.append(f"{spec_path(p('bins'), bad[0])}: {b[bad[0]]!r} must be an integer >= 1")
                 elif any(b[i + 1] <= b[i] for i in range(len(b) - 1)):
                     i = next(i for i in range(len(b) - 1) if b[i + 1] <= b[i])
-                    out.append(f"{spec_path(p('bins'), i + 1)}: bin edges must increase strictly "
-                               f"({b[i + 1]} after {b[i]})")
+                    out.append(
+                        f"{spec_path(p('bins'), i + 1)}: bin edges must increase strictly ({b[i + 1]} after {b[i]})"
+                    )
                 if w is None:
                     out.append(f"{path}: 'weights' (one per bin) are required with 'bins'")
                 elif len(w) != len(b) - 1:
@@ -254,8 +288,9 @@ class LengthSpec:
             key = (str(f), 0, 0)
         return _observed_cached(key, str(f), self.column, role)
 
-    def sample(self, rng: np.random.Generator, size: int, *, role: str = "input",
-               base_dir: str | os.PathLike | None = None) -> np.ndarray:
+    def sample(
+        self, rng: np.random.Generator, size: int, *, role: str = "input", base_dir: str | os.PathLike | None = None
+    ) -> np.ndarray:
         """``size`` int64 lengths, clipped to ``[min, max]``.
 
         The spec is a valid one (``problems()`` empty): the fields its ``dist`` needs are set."""
@@ -298,7 +333,7 @@ class LengthSpec:
         lo = int(self.min)
         if self.max is not None and int(self.max) - lo + 1 <= _ZIPF_TABLE_LIMIT:
             k = np.arange(1, int(self.max) - lo + 2, dtype=np.float64)
-            cdf = np.cumsum(k ** -a)
+            cdf = np.cumsum(k**-a)
             cdf /= cdf[-1]
             idx = np.searchsorted(cdf, rng.random(size), side="right")
             np.minimum(idx, k.size - 1, out=idx)
@@ -307,8 +342,9 @@ class LengthSpec:
         x += lo - 1
         return x
 
-    def _sample_histogram(self, rng: np.random.Generator, size: int, role: str,
-                          base_dir: str | os.PathLike | None) -> np.ndarray:
+    def _sample_histogram(
+        self, rng: np.random.Generator, size: int, role: str, base_dir: str | os.PathLike | None
+    ) -> np.ndarray:
         if self.file is not None:
             obs = self.observed(role, base_dir)
             return obs[rng.integers(0, obs.size, size=size)]
@@ -347,8 +383,9 @@ def _observed_cached(key: tuple, path: str, column: str | None, role: str) -> np
         arr = read_length_column(path, column)
     else:
         if role not in ("input", "output"):
-            raise KavierInputError(f"a histogram file used for {role} needs 'column' naming the column "
-                                   "to sample", source=path)
+            raise KavierInputError(
+                f"a histogram file used for {role} needs 'column' naming the column to sample", source=path
+            )
         tr = load_trace(path)
         arr = tr.num_input_tokens if role == "input" else tr.num_output_tokens
     arr = np.ascontiguousarray(arr, dtype=np.int64)
@@ -387,8 +424,10 @@ class ThinkTimeSpec:
             spec = cls("constant", value=float(obj))
             return spec, spec.problems(path)
         if not isinstance(obj, Mapping):
-            return None, [f"{path}: {obj!r} is not a duration; expected seconds (a number >= 0) or an "
-                          f"object with 'dist' one of {', '.join(THINK_DISTS)}"]
+            return None, [
+                f"{path}: {obj!r} is not a duration; expected seconds (a number >= 0) or an "
+                f"object with 'dist' one of {', '.join(THINK_DISTS)}"
+            ]
         dist = obj.get("dist", "constant" if "value" in obj else None)
         if dist not in THINK_DISTS:
             return None, [f"{spec_path(path, 'dist')}: {dist!r} is not one of {', '.join(THINK_DISTS)}"]
@@ -400,8 +439,12 @@ class ThinkTimeSpec:
     def problems(self, path: str) -> list[str]:
         p = functools.partial(spec_path, path)
         out: list[str] = []
-        need = {"constant": ("value",), "exponential": ("mean",), "uniform": ("low", "high"),
-                "lognormal": ("sigma",)}.get(self.dist)
+        need = {
+            "constant": ("value",),
+            "exponential": ("mean",),
+            "uniform": ("low", "high"),
+            "lognormal": ("sigma",),
+        }.get(self.dist)
         if need is None:
             return [f"{p('dist')}: {self.dist!r} is not one of {', '.join(THINK_DISTS)}"]
         for k in need:
@@ -459,8 +502,11 @@ class SessionSpec:
         if not isinstance(obj, Mapping):
             return None, [f"{path}: {obj!r} is not an object; expected {{'turns': ..., 'think_time_s': ...}}"]
         allowed = {"turns", "think_time_s", "num_sessions", "rate", "accumulate_context"}
-        problems = [f"{spec_path(path, k)}: unknown key (allowed: {', '.join(sorted(allowed))})"
-                    for k in obj if k not in allowed]
+        problems = [
+            f"{spec_path(path, k)}: unknown key (allowed: {', '.join(sorted(allowed))})"
+            for k in obj
+            if k not in allowed
+        ]
         turns = think = None
         if "turns" not in obj:
             problems.append(f"{path}: 'turns' is required")
@@ -483,5 +529,10 @@ class SessionSpec:
             problems.append(f"{spec_path(path, 'accumulate_context')}: {acc!r} must be true or false")
         if problems or turns is None or think is None:
             return None, problems
-        return cls(turns=turns, think_time_s=think, num_sessions=None if ns is None else int(ns),
-                   rate=None if rate is None else float(rate), accumulate_context=acc), []
+        return cls(
+            turns=turns,
+            think_time_s=think,
+            num_sessions=None if ns is None else int(ns),
+            rate=None if rate is None else float(rate),
+            accumulate_context=acc,
+        ), []

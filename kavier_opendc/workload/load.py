@@ -15,12 +15,18 @@ def load_workload(path: str, fmt: str | None = None, seed: int | None = None, *,
     ``keep_overlong``: see :func:`~kavier_opendc.workload.trace.load_trace`."""
     p = Path(path)
     if p.is_dir():
-        raise KavierInputError("is a directory, not a trace file or workload description", source=str(p),
-                               expected="a CSV, Parquet or JSON Lines trace, or a YAML/JSON synthetic workload")
+        raise KavierInputError(
+            "is a directory, not a trace file or workload description",
+            source=str(p),
+            expected="a CSV, Parquet or JSON Lines trace, or a YAML/JSON synthetic workload",
+        )
     if p.suffix.lower() in (".yaml", ".yml") or (p.suffix.lower() == ".json" and is_json_object(p)):
         if fmt:
-            raise KavierInputError("--trace-format applies to trace files, not to synthetic workload "
-                                   "descriptions", source=str(p), location="--trace-format")
+            raise KavierInputError(
+                "--trace-format applies to trace files, not to synthetic workload descriptions",
+                source=str(p),
+                location="--trace-format",
+            )
         return load_synthetic_spec(p)
     return load_trace(p, fmt, keep_overlong=keep_overlong)
 
@@ -37,7 +43,11 @@ def is_json_object(p: Path) -> bool:
     try:
         obj = json.loads(first_line)
         # one object per line (JSON Lines) is a trace; a multi-line object is a description
-        return not isinstance(obj, dict) or "timestamp" not in obj and "input_length" not in obj \
+        return (
+            not isinstance(obj, dict)
+            or "timestamp" not in obj
+            and "input_length" not in obj
             and "num_input_tokens" not in obj
+        )
     except (json.JSONDecodeError, RecursionError):
         return True

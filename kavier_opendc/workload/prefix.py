@@ -75,7 +75,7 @@ class PrefixIndex:
 
     def _session_base(self, i: int) -> int:
         assert self.sessions is not None and self._epoch is not None  # source "sessions" sets both
-        return ((int(self.sessions[i]) * 4096 + int(self._epoch[i]) % 4096) << 24)
+        return (int(self.sessions[i]) * 4096 + int(self._epoch[i]) % 4096) << 24
 
     def prompt_units(self, i: int) -> tuple[list, list]:
         """Identities and sizes (in blocks) of the full blocks of request i's prompt, in order."""
@@ -109,7 +109,7 @@ class PrefixIndex:
                 chain = ("s", int(self.sessions[i]))
             ids = []
             for j in range(min(full, len(toks) // block)):
-                chain = hash((chain, tuple(toks[j * block:(j + 1) * block])))
+                chain = hash((chain, tuple(toks[j * block : (j + 1) * block])))
                 ids.append(chain)
             return ids, [1] * len(ids)
         return [], []

@@ -143,10 +143,19 @@ def synthetic_trace(
     current directory).  Raises :class:`KavierInputError` for invalid
     parameters, listing every problem with its path.
     """
-    params: dict[str, Any] = {"num_requests": num_requests, "rate": rate, "arrival": arrival, "cv": cv, "input": input,
-                              "output": output, "seed": seed, "joint": joint,
-                              "shared_prefix_tokens": shared_prefix_tokens, "hash_ids": hash_ids,
-                              "hash_block_size": hash_block_size}
+    params: dict[str, Any] = {
+        "num_requests": num_requests,
+        "rate": rate,
+        "arrival": arrival,
+        "cv": cv,
+        "input": input,
+        "output": output,
+        "seed": seed,
+        "joint": joint,
+        "shared_prefix_tokens": shared_prefix_tokens,
+        "hash_ids": hash_ids,
+        "hash_block_size": hash_block_size,
+    }
     if sessions is not None:
         params["sessions"] = sessions
     parsed, problems = _parse_params(params, base_dir)
@@ -192,8 +201,9 @@ def _parse_params(p: Mapping[str, Any], base_dir) -> tuple[dict, list[str]]:
     out["sessions"] = sess
     n = p.get("num_requests")
     if n is None:
-        if not (isinstance(p.get("sessions"), Mapping) and p["sessions"].get("num_sessions") is not None) \
-                and not (isinstance(p.get("sessions"), SessionSpec) and p["sessions"].num_sessions):
+        if not (isinstance(p.get("sessions"), Mapping) and p["sessions"].get("num_sessions") is not None) and not (
+            isinstance(p.get("sessions"), SessionSpec) and p["sessions"].num_sessions
+        ):
             problems.append("$.num_requests: required (unless sessions.num_sessions is given)")
     elif not is_int(n) or n < 1:
         problems.append(f"$.num_requests: {n!r} must be an integer >= 1")
@@ -213,9 +223,15 @@ def _parse_params(p: Mapping[str, Any], base_dir) -> tuple[dict, list[str]]:
     if joint is not None and not isinstance(joint, bool):
         problems.append(f"$.joint: {joint!r} must be true, false or null")
     ins, outs = out["input"], out["output"]
-    same_file = (isinstance(ins, LengthSpec) and isinstance(outs, LengthSpec) and ins.dist == "histogram"
-                 and outs.dist == "histogram" and ins.file is not None and outs.file is not None
-                 and _same_file(ins.resolved_file(base_dir), outs.resolved_file(base_dir)))
+    same_file = (
+        isinstance(ins, LengthSpec)
+        and isinstance(outs, LengthSpec)
+        and ins.dist == "histogram"
+        and outs.dist == "histogram"
+        and ins.file is not None
+        and outs.file is not None
+        and _same_file(ins.resolved_file(base_dir), outs.resolved_file(base_dir))
+    )
     if joint is True and not same_file and not problems:
         problems.append("$.joint: joint sampling needs input and output to be histograms of the same file")
     out["joint"] = same_file if joint is None else bool(joint) and same_file
@@ -264,8 +280,10 @@ def _size_problems(out: dict, p: Mapping[str, Any]) -> list[str]:
     if rate is not None and rate > 0 and n is not None and out["arrival"] != "batch":
         span = n / rate
         if span > limits.DURATION_S.value:
-            problems.append(f"$.rate: {rate:g} requests/s spreads {n:,} requests over {span:.3g} s, above the "
-                            f"limit of {limits.DURATION_S.text()} ({limits.DURATION_S.why})")
+            problems.append(
+                f"$.rate: {rate:g} requests/s spreads {n:,} requests over {span:.3g} s, above the "
+                f"limit of {limits.DURATION_S.text()} ({limits.DURATION_S.why})"
+            )
     return problems
 
 
@@ -275,17 +293,19 @@ def _check_generated(n_in: np.ndarray, n_out: np.ndarray, source: str | None, ac
     lim = limits.CONTEXT_TOKENS
     for role, arr in (("input", n_in), ("output", n_out)):
         if arr.size and int(arr.max()) > lim.value:
-            how = " (with the conversation so far, sessions.accumulate_context)" if accumulate and role == "input" \
-                else ""
-            raise KavierInputError(f"$.{role}: one request gets {int(arr.max()):,} tokens{how}, above the limit "
-                                   f"of {lim.text()} ({lim.why}); give the distribution a smaller 'max'",
-                                   source=source or "synthetic workload")
+            how = (
+                " (with the conversation so far, sessions.accumulate_context)" if accumulate and role == "input" else ""
+            )
+            raise KavierInputError(
+                f"$.{role}: one request gets {int(arr.max()):,} tokens{how}, above the limit "
+                f"of {lim.text()} ({lim.why}); give the distribution a smaller 'max'",
+                source=source or "synthetic workload",
+            )
 
 
 def _problems_text(problems: list[str]) -> str:
     n = len(problems)
-    return (f"invalid synthetic workload description ({n} problem{'s' if n != 1 else ''}): "
-            + "; ".join(problems))
+    return f"invalid synthetic workload description ({n} problem{'s' if n != 1 else ''}): " + "; ".join(problems)
 
 
 def _same_file(a: Path | None, b: Path | None) -> bool:
@@ -314,12 +334,13 @@ def _generate(p: dict, base_dir, source: str | None) -> Trace:
         n = int(turn_counts.sum())
         requests = limits.requests_limit()
         if n > requests.value:
-            raise KavierInputError(f"$.sessions: {turn_counts.size:,} sessions give {n:,} requests, above the "
-                                   f"limit of {requests.text()} ({requests.why}); give num_requests to cap them",
-                                   source=source or "synthetic workload")
+            raise KavierInputError(
+                f"$.sessions: {turn_counts.size:,} sessions give {n:,} requests, above the "
+                f"limit of {requests.text()} ({requests.why}); give num_requests to cap them",
+                source=source or "synthetic workload",
+            )
         s_count = turn_counts.size
-        s_rate = sess.rate if sess.rate is not None else (None if rate is None else
-                                                          rate / float(turn_counts.mean()))
+        s_rate = sess.rate if sess.rate is not None else (None if rate is None else rate / float(turn_counts.mean()))
         starts = _gaps(arrival, s_rate, cv, s_count, rng_arr)
         owner_sess = np.repeat(np.arange(s_count, dtype=np.int64), turn_counts)
         first = _segment_offsets(turn_counts)
@@ -339,8 +360,10 @@ def _generate(p: dict, base_dir, source: str | None) -> Trace:
         obs_in = ins.observed("input", base_dir)
         obs_out = outs.observed("output", base_dir)
         if obs_in.size != obs_out.size:
-            raise KavierInputError("joint sampling needs the same number of rows for input and output",
-                                   source=str(ins.resolved_file(base_dir)))
+            raise KavierInputError(
+                "joint sampling needs the same number of rows for input and output",
+                source=str(ins.resolved_file(base_dir)),
+            )
         rows = rng_in.integers(0, obs_in.size, size=n)
         new_in = ins.clip(obs_in[rows])
         n_out = outs.clip(obs_out[rows])
@@ -389,17 +412,24 @@ def _generate(p: dict, base_dir, source: str | None) -> Trace:
     if arrival_s.size:
         arrival_s -= arrival_s[0]
 
-    desc = source or (f"synthetic: {n} requests, {arrival} arrivals"
-                      + ("" if arrival == "batch" else f" at {rate:g}/s") + f", seed {p['seed']}")
-    return Trace(arrival_s=np.ascontiguousarray(arrival_s, dtype=np.float64),
-                 num_input_tokens=np.ascontiguousarray(n_in, dtype=np.int64),
-                 num_output_tokens=np.ascontiguousarray(n_out, dtype=np.int64),
-                 session_id=session_id, hash_ids=hashes, hash_block_size=p["hash_block_size"],
-                 source=desc, format="synthetic")
+    desc = source or (
+        f"synthetic: {n} requests, {arrival} arrivals"
+        + ("" if arrival == "batch" else f" at {rate:g}/s")
+        + f", seed {p['seed']}"
+    )
+    return Trace(
+        arrival_s=np.ascontiguousarray(arrival_s, dtype=np.float64),
+        num_input_tokens=np.ascontiguousarray(n_in, dtype=np.int64),
+        num_output_tokens=np.ascontiguousarray(n_out, dtype=np.int64),
+        session_id=session_id,
+        hash_ids=hashes,
+        hash_block_size=p["hash_block_size"],
+        source=desc,
+        format="synthetic",
+    )
 
 
-def _draw_turns(sess: SessionSpec, num_requests: int | None, rng: np.random.Generator,
-                base_dir) -> np.ndarray:
+def _draw_turns(sess: SessionSpec, num_requests: int | None, rng: np.random.Generator, base_dir) -> np.ndarray:
     if sess.num_sessions is not None:
         t = sess.turns.sample(rng, sess.num_sessions, role="turns", base_dir=base_dir)
         if num_requests is not None and t.sum() > num_requests:
@@ -429,10 +459,10 @@ def _draw_turns(sess: SessionSpec, num_requests: int | None, rng: np.random.Gene
 def _block_hashes(n_in: np.ndarray, owner: np.ndarray, shared: int, block: int) -> list[list[int]]:
     """Mooncake-style block hash ids (see the module documentation)."""
     n = n_in.size
-    g = shared // block                       # full blocks of the shared prefix, ids 0..g-1
+    g = shared // block  # full blocks of the shared prefix, ids 0..g-1
     full = n_in // block
     partial = (n_in % block) != 0
-    own_full = np.maximum(full - g, 0)        # owner-specific full blocks of each request
+    own_full = np.maximum(full - g, 0)  # owner-specific full blocks of each request
     n_owner = int(owner.max()) + 1 if n else 0
     per_owner = np.zeros(n_owner, dtype=np.int64)
     np.maximum.at(per_owner, owner, own_full)
@@ -466,8 +496,9 @@ def _validator():
 
 def _read_spec_file(path: Path) -> Any:
     if not path.exists():
-        raise KavierInputError("file not found", source=str(path),
-                               expected="a JSON or YAML synthetic workload description")
+        raise KavierInputError(
+            "file not found", source=str(path), expected="a JSON or YAML synthetic workload description"
+        )
     if path.is_dir():
         raise KavierInputError("is a directory, not a workload description", source=str(path))
     try:

@@ -76,17 +76,17 @@ _MAX_EXACT = float(2**53)
 class Trace:
     """A sequence of inference requests, sorted by arrival time."""
 
-    arrival_s: np.ndarray                      # float64, first == 0.0, non-decreasing
-    num_input_tokens: np.ndarray               # int64 >= 1
-    num_output_tokens: np.ndarray              # int64 >= 1
-    session_id: np.ndarray | None = None       # int64 dense session index, or None
-    hash_ids: list[list[int]] | None = None    # per request: prefix-block hashes
+    arrival_s: np.ndarray  # float64, first == 0.0, non-decreasing
+    num_input_tokens: np.ndarray  # int64 >= 1
+    num_output_tokens: np.ndarray  # int64 >= 1
+    session_id: np.ndarray | None = None  # int64 dense session index, or None
+    hash_ids: list[list[int]] | None = None  # per request: prefix-block hashes
     hash_block_size: int = 512
     input_tokens: list[list[int]] | None = None  # per request token ids, or None
-    n: np.ndarray | None = None                # int64 >= 1 samples per prompt, or None
-    source: str = ""                           # file path or description
-    format: str = ""                           # kavier|azure|mooncake|vidur|synthetic
-    timed: bool = True                         # False: the file had no arrival times (an offline batch at 0)
+    n: np.ndarray | None = None  # int64 >= 1 samples per prompt, or None
+    source: str = ""  # file path or description
+    format: str = ""  # kavier|azure|mooncake|vidur|synthetic
+    timed: bool = True  # False: the file had no arrival times (an offline batch at 0)
 
     def __len__(self) -> int:
         return int(self.num_input_tokens.shape[0])
@@ -98,6 +98,7 @@ class Trace:
     def to_frame(self) -> pd.DataFrame:
         """The trace as a DataFrame in the kavier native layout."""
         import pandas as pd
+
         cols: dict[str, Any] = {
             "arrival_time_s": self.arrival_s,
             "num_input_tokens": self.num_input_tokens,
@@ -123,7 +124,7 @@ class _Layout:
     input_col: str
     output_col: str
     time_col: str | None
-    time_kind: str              # "seconds" | "milliseconds" | "datetime"
+    time_kind: str  # "seconds" | "milliseconds" | "datetime"
     time_required: bool
     optional: tuple[str, ...] = ()
 
@@ -151,11 +152,17 @@ class _Layout:
 
 
 _LAYOUTS: dict[str, _Layout] = {
-    "kavier": _Layout("kavier", "num_input_tokens", "num_output_tokens", "arrival_time_s", "seconds",
-                      False, ("session_id", "input_tokens", "hash_ids", "n")),
+    "kavier": _Layout(
+        "kavier",
+        "num_input_tokens",
+        "num_output_tokens",
+        "arrival_time_s",
+        "seconds",
+        False,
+        ("session_id", "input_tokens", "hash_ids", "n"),
+    ),
     "azure": _Layout("azure", "ContextTokens", "GeneratedTokens", "TIMESTAMP", "datetime", True),
-    "mooncake": _Layout("mooncake", "input_length", "output_length", "timestamp", "milliseconds",
-                        True, ("hash_ids",)),
+    "mooncake": _Layout("mooncake", "input_length", "output_length", "timestamp", "milliseconds", True, ("hash_ids",)),
     "vidur": _Layout("vidur", "num_prefill_tokens", "num_decode_tokens", "arrived_at", "seconds", False),
 }
 # Detection order when a file happens to carry the token columns of several layouts.
@@ -183,7 +190,8 @@ def _normalise_format(fmt: str, source: str | None = None) -> str:
         raise KavierInputError(
             f"unknown trace format {fmt!r}; known formats are {', '.join(TRACE_FORMATS)} "
             f"(columns: {_expected_layouts_text()})",
-            source=source, location="trace format",
+            source=source,
+            location="trace format",
         )
     return key
 
@@ -211,8 +219,7 @@ class _Source:
         return f"row {i + 1}"
 
     def error(self, i: int | None, message: str) -> KavierInputError:
-        return KavierInputError(message, source=self.path,
-                                location=None if i is None else self.where(i))
+        return KavierInputError(message, source=self.path, location=None if i is None else self.where(i))
 
 
 def _file_kind(path: Path) -> tuple[str, str | None]:
@@ -238,8 +245,9 @@ def _file_kind(path: Path) -> tuple[str, str | None]:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise KavierInputError("file not found", source=str(path),
-                               expected="an existing CSV, Parquet or JSON Lines trace file")
+        raise KavierInputError(
+            "file not found", source=str(path), expected="an existing CSV, Parquet or JSON Lines trace file"
+        )
     if path.is_dir():
         raise KavierInputError("is a directory, not a trace file", source=str(path))
     if not os.access(path, os.R_OK):
@@ -260,32 +268,40 @@ def _pick_layout(src: _Source, columns: Sequence[str], fmt: str | None) -> _Layo
             raise KavierInputError(
                 f"missing required column(s) {', '.join(missing)} for trace format {lay.name!r}; "
                 f"columns found: {found}; expected {lay.describe()}",
-                source=src.path, location="columns")
+                source=src.path,
+                location="columns",
+            )
         return lay
     name = detect_format(columns)
     if name is None:
         raise KavierInputError(
             f"cannot recognise the trace layout; columns found: {found}; expected the columns of one "
             f"of these formats: {_expected_layouts_text()}",
-            source=src.path, location="columns")
+            source=src.path,
+            location="columns",
+        )
     lay = _LAYOUTS[name]
     missing = [c for c in lay.required if c not in columns]
     if missing:
         raise KavierInputError(
             f"looks like a {lay.name!r} trace but is missing required column(s) {', '.join(missing)}; "
             f"columns found: {found}; expected {lay.describe()}",
-            source=src.path, location="columns")
+            source=src.path,
+            location="columns",
+        )
     return lay
 
 
 def _read_csv(path: Path, compression: str | None, fmt: str | None) -> tuple[pd.DataFrame, _Layout, _Source]:
     import pandas as pd
+
     src = _Source(str(path))
     try:
         header = pd.read_csv(path, nrows=0, compression=compression)
     except pd.errors.EmptyDataError:
-        raise KavierInputError("file is empty; expected a header row and at least one request",
-                               source=str(path)) from None
+        raise KavierInputError(
+            "file is empty; expected a header row and at least one request", source=str(path)
+        ) from None
     except (UnicodeDecodeError, OSError, EOFError, pd.errors.ParserError, ValueError) as exc:
         raise KavierInputError(f"cannot read the CSV header: {_one_line(exc)}", source=str(path)) from None
     columns = [c.strip() if isinstance(c, str) else str(c) for c in header.columns]
@@ -314,28 +330,33 @@ def _check_unique_columns(src: _Source, columns: Sequence[str]) -> None:
     seen: set[str] = set()
     for c in columns:
         if c in seen:
-            raise KavierInputError(f"column {c!r} appears more than once; columns found: "
-                                   f"{', '.join(map(str, columns))}", source=src.path, location="columns",
-                                   expected="each column once")
+            raise KavierInputError(
+                f"column {c!r} appears more than once; columns found: {', '.join(map(str, columns))}",
+                source=src.path,
+                location="columns",
+                expected="each column once",
+            )
         seen.add(c)
 
 
 def _csv_frame(path: Path, compression: str | None) -> pd.DataFrame:
     """The whole CSV file as a DataFrame; malformed files raise KavierInputError."""
     import pandas as pd
+
     # No usecols: with it pandas silently drops surplus fields of malformed rows (for
     # example an unquoted JSON list), which must be reported instead.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
             df = pd.read_csv(path, compression=compression, low_memory=False, index_col=False)
-    except (UnicodeDecodeError, OSError, EOFError, pd.errors.ParserError, pd.errors.ParserWarning,
-            ValueError) as exc:
+    except (UnicodeDecodeError, OSError, EOFError, pd.errors.ParserError, pd.errors.ParserWarning, ValueError) as exc:
         row = _ragged_csv_row(path, compression)
-        raise KavierInputError(f"cannot parse the CSV file: {_one_line(exc)}", source=str(path),
-                               location=row,
-                               expected="the same number of comma-separated fields on every line; "
-                                        "quote JSON lists such as \"[1, 2]\"") from None
+        raise KavierInputError(
+            f"cannot parse the CSV file: {_one_line(exc)}",
+            source=str(path),
+            location=row,
+            expected='the same number of comma-separated fields on every line; quote JSON lists such as "[1, 2]"',
+        ) from None
     return _clean_columns(df)
 
 
@@ -352,8 +373,7 @@ def _ragged_csv_row(path: Path, compression: str | None) -> str | None:
                 return None
             for i, fields in enumerate(reader, start=1):
                 if fields and len(fields) != len(header):
-                    return (f"row {i} (line {reader.line_num}) has {len(fields)} fields but the header "
-                            f"has {len(header)}")
+                    return f"row {i} (line {reader.line_num}) has {len(fields)} fields but the header has {len(header)}"
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
     return None
@@ -367,14 +387,15 @@ def _read_parquet(path: Path, fmt: str | None) -> tuple[pd.DataFrame, _Layout, _
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise KavierInputError(f"cannot read the Parquet file: {_one_line(exc)}", source=str(path),
-                               expected="a valid Parquet file") from None
+        raise KavierInputError(
+            f"cannot read the Parquet file: {_one_line(exc)}", source=str(path), expected="a valid Parquet file"
+        ) from None
     names = list(schema.names)
     _check_unique_columns(src, [n.strip() for n in names])
     lay = _pick_layout(src, [n.strip() for n in names], fmt)
     keep = set(lay.columns)
     if lay.name == "kavier" and "arrival_time_s" not in keep & {n.strip() for n in names}:
-        keep.add("arrival_s")   # a requests.parquet read back as a trace (see _build)
+        keep.add("arrival_s")  # a requests.parquet read back as a trace (see _build)
     wanted = [n for n in names if n.strip() in keep]
     try:
         table = pq.read_table(path, columns=wanted)
@@ -398,8 +419,9 @@ def _read_text(path: Path, compression: str | None) -> tuple[bytes, str]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise KavierInputError(f"not UTF-8 text (byte {exc.start}); expected JSON Lines",
-                               source=str(path), location=f"line {line}") from None
+        raise KavierInputError(
+            f"not UTF-8 text (byte {exc.start}); expected JSON Lines", source=str(path), location=f"line {line}"
+        ) from None
     return raw, text
 
 
@@ -429,14 +451,19 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], _Source, list[str]]
         try:
             records = json.loads(text, object_pairs_hook=_unique_object)
         except json.JSONDecodeError as exc:
-            raise KavierInputError(f"invalid JSON: {exc.msg}", source=str(path),
-                                   location=f"line {exc.lineno}, column {exc.colno}") from None
+            raise KavierInputError(
+                f"invalid JSON: {exc.msg}", source=str(path), location=f"line {exc.lineno}, column {exc.colno}"
+            ) from None
         except _DuplicateKey as exc:
-            raise KavierInputError(f"column {str(exc)!r} appears more than once in a record", source=str(path),
-                                   expected="each key once per record") from None
+            raise KavierInputError(
+                f"column {str(exc)!r} appears more than once in a record",
+                source=str(path),
+                expected="each key once per record",
+            ) from None
         except RecursionError:
-            raise KavierInputError(f"nested deeper than Python can parse ({limits.DOCUMENT_DEPTH.why})",
-                                   source=str(path)) from None
+            raise KavierInputError(
+                f"nested deeper than Python can parse ({limits.DOCUMENT_DEPTH.why})", source=str(path)
+            ) from None
         line_numbers = None
     else:
         all_lines = text.split("\n")  # JSON Lines separator (not str.splitlines' extra breaks)
@@ -457,11 +484,19 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], _Source, list[str]]
                 try:
                     records.append(json.loads(ln, object_pairs_hook=_unique_object))
                 except _DuplicateKey as exc:
-                    raise KavierInputError(f"column {str(exc)!r} appears more than once", source=str(path),
-                                           location=where, expected="each key once per record") from None
+                    raise KavierInputError(
+                        f"column {str(exc)!r} appears more than once",
+                        source=str(path),
+                        location=where,
+                        expected="each key once per record",
+                    ) from None
                 except RecursionError:
-                    raise KavierInputError("nested too deeply to be a trace record", source=str(path),
-                                           location=where, expected="one flat JSON object per line") from None
+                    raise KavierInputError(
+                        "nested too deeply to be a trace record",
+                        source=str(path),
+                        location=where,
+                        expected="one flat JSON object per line",
+                    ) from None
                 except json.JSONDecodeError as exc:
                     snippet = ln.strip()
                     if len(snippet) > 80:
@@ -469,16 +504,20 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], _Source, list[str]]
                     raise KavierInputError(
                         f"invalid JSON ({exc.msg} at column {exc.colno}): {snippet!r}; "
                         "expected one JSON object per line",
-                        source=str(path), location=f"row {len(records) + 1} (line {int(ln_no)})") from None
+                        source=str(path),
+                        location=f"row {len(records) + 1} (line {int(ln_no)})",
+                    ) from None
         del lines, all_lines
     src = _Source(str(path), line_numbers)
     if not isinstance(records, list):
-        raise KavierInputError("expected JSON Lines (one object per line) or a JSON array of objects",
-                               source=str(path))
+        raise KavierInputError("expected JSON Lines (one object per line) or a JSON array of objects", source=str(path))
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
-            raise src.error(i, f"is {type(rec).__name__} {_short(rec)}; expected a JSON object "
-                               "such as {\"input_length\": ..., \"output_length\": ...}")
+            raise src.error(
+                i,
+                f"is {type(rec).__name__} {_short(rec)}; expected a JSON object "
+                'such as {"input_length": ..., "output_length": ...}',
+            )
     if not records:
         raise KavierInputError("trace contains no requests", source=str(path))
     columns = [str(k) for k in dict.fromkeys(chain.from_iterable(records))]
@@ -487,13 +526,13 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], _Source, list[str]]
 
 def _records_frame(records: list[dict], columns: Sequence[str]) -> pd.DataFrame:
     import pandas as pd
+
     return pd.DataFrame({c: _series_from_values([rec.get(c) for rec in records]) for c in columns})
 
 
 def _nonblank_line_numbers(raw: bytes) -> np.ndarray:
     """1-based numbers of the non-blank lines of a text (for error messages)."""
-    return np.asarray([no for no, line in enumerate(raw.split(b"\n"), start=1) if line.strip()],
-                      dtype=np.int64)
+    return np.asarray([no for no, line in enumerate(raw.split(b"\n"), start=1) if line.strip()], dtype=np.int64)
 
 
 def _read_jsonl_arrow(path: Path, raw: bytes, fmt: str | None) -> tuple[pd.DataFrame, _Layout, _Source] | None:
@@ -518,9 +557,14 @@ def _read_jsonl_arrow(path: Path, raw: bytes, fmt: str | None) -> tuple[pd.DataF
     for c in ("hash_ids", "input_tokens"):
         if c in wanted:
             t = table.schema.field(c).type
-            ok = (pa.types.is_null(t) or pa.types.is_string(t)
-                  or ((pa.types.is_list(t) or pa.types.is_large_list(t))
-                      and (pa.types.is_integer(t.value_type) or pa.types.is_null(t.value_type))))
+            ok = (
+                pa.types.is_null(t)
+                or pa.types.is_string(t)
+                or (
+                    (pa.types.is_list(t) or pa.types.is_large_list(t))
+                    and (pa.types.is_integer(t.value_type) or pa.types.is_null(t.value_type))
+                )
+            )
             if not ok:  # e.g. one float promoted the whole column: let the precise reader name the row
                 return None
     try:
@@ -550,6 +594,7 @@ def _read_jsonl(path: Path, compression: str | None, fmt: str | None) -> tuple[p
 def _series_from_values(values: list) -> pd.Series:
     """A Series from JSON values; list-valued cells stay Python lists."""
     import pandas as pd
+
     if values and any(isinstance(v, (list, dict)) for v in values[:50]):
         arr = np.empty(len(values), dtype=object)
         arr[:] = values
@@ -590,6 +635,7 @@ def _first(mask: np.ndarray) -> int | None:
 def _numeric_values(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """(float64 values with NaN for missing/bad, mask of cells that are present but not numbers)."""
     import pandas as pd
+
     dtype = s.dtype
     if pd.api.types.is_bool_dtype(dtype):
         return np.full(len(s), np.nan), np.ones(len(s), dtype=bool)
@@ -598,8 +644,9 @@ def _numeric_values(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     present = s.notna().to_numpy()
     if dtype == np.dtype(object):
         is_bool = np.fromiter((isinstance(v, (bool, np.bool_)) for v in s), dtype=bool, count=len(s))
-        is_container = np.fromiter((isinstance(v, (list, dict, tuple, np.ndarray)) for v in s),
-                                   dtype=bool, count=len(s))
+        is_container = np.fromiter(
+            (isinstance(v, (list, dict, tuple, np.ndarray)) for v in s), dtype=bool, count=len(s)
+        )
         bad_obj = is_bool | is_container
         if bad_obj.any():
             s = s.where(~bad_obj, None)
@@ -625,6 +672,7 @@ def _to_float(v: Any) -> float:
 def _int_column(src: _Source, s: pd.Series, column: str, meaning: str, minimum: int = 1) -> np.ndarray:
     """Validate a column of integer counts >= ``minimum``; return int64."""
     import pandas as pd
+
     what = f"{column} ({meaning})" if meaning else column
     dtype = s.dtype
     if pd.api.types.is_integer_dtype(dtype) and not s.isna().any():
@@ -651,8 +699,7 @@ def _int_column(src: _Source, s: pd.Series, column: str, meaning: str, minimum: 
         elif infinite[bad]:
             msg = f"{what} is {_short(raw)}; expected a finite integer >= {minimum}"
         elif nonint[bad]:
-            msg = (f"{what} is {_short(raw)}, which is not a whole number; token counts must be "
-                   f"integers >= {minimum}")
+            msg = f"{what} is {_short(raw)}, which is not a whole number; token counts must be integers >= {minimum}"
         elif small[bad]:
             msg = _too_small_message(what, vals[bad], minimum)
         else:
@@ -664,8 +711,10 @@ def _int_column(src: _Source, s: pd.Series, column: str, meaning: str, minimum: 
 def _too_small_message(what: str, value: float, minimum: int) -> str:
     v = int(value) if float(value).is_integer() else value
     if v == 0 and "output" in what:
-        return (f"{what} is 0; at least one output token is required (every request generates "
-                "at least one token); expected an integer >= 1")
+        return (
+            f"{what} is 0; at least one output token is required (every request generates "
+            "at least one token); expected an integer >= 1"
+        )
     if v < 0:
         return f"{what} is {v}, which is negative; expected an integer >= {minimum}"
     return f"{what} is {v}; expected an integer >= {minimum}"
@@ -696,26 +745,33 @@ def _time_seconds(src: _Source, s: pd.Series, column: str, kind: str) -> np.ndar
             far = _first(secs - secs[0] > limits.DURATION_S.value)
         if far is not None:
             lim = limits.DURATION_S
-            raise src.error(far, f"{column} is {_short(s.iloc[far])}, {secs[far] - secs[0]:.3g} s after the first "
-                                 f"request, above the limit of {lim.text()} ({lim.why})")
+            raise src.error(
+                far,
+                f"{column} is {_short(s.iloc[far])}, {secs[far] - secs[0]:.3g} s after the first "
+                f"request, above the limit of {lim.text()} ({lim.why})",
+            )
     back = _first(np.diff(secs) < 0)
     if back is not None:
         i = back + 1
         raise src.error(
-            i, f"{column} goes backwards: {_short(s.iloc[i])} is earlier than {_short(s.iloc[i - 1])} "
-               f"in {src.where(i - 1)}; requests must be sorted by arrival time")
+            i,
+            f"{column} goes backwards: {_short(s.iloc[i])} is earlier than {_short(s.iloc[i - 1])} "
+            f"in {src.where(i - 1)}; requests must be sorted by arrival time",
+        )
     return secs
 
 
 def _datetime_seconds(src: _Source, s: pd.Series, column: str) -> np.ndarray:
     import pandas as pd
+
     if pd.api.types.is_datetime64_any_dtype(s.dtype):
         ts = s
         bad_value = np.zeros(len(s), dtype=bool)
     else:
         if pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
-            raise src.error(0, f"{column} is {_short(s.iloc[0])}; expected a date-time string such as "
-                               "'2023-11-16 18:15:46.6805900'")
+            raise src.error(
+                0, f"{column} is {_short(s.iloc[0])}; expected a date-time string such as '2023-11-16 18:15:46.6805900'"
+            )
         strs = s.astype("string") if s.dtype == object else s
         try:
             ts = pd.to_datetime(strs, format="ISO8601", utc=True, errors="coerce")
@@ -726,8 +782,10 @@ def _datetime_seconds(src: _Source, s: pd.Series, column: str) -> np.ndarray:
     bad = _first(bad_value | missing)
     if bad is not None:
         if bad_value[bad]:
-            msg = (f"{column} is {_short(s.iloc[bad])}, which is not a date-time; expected a string "
-                   "such as '2023-11-16 18:15:46.6805900'")
+            msg = (
+                f"{column} is {_short(s.iloc[bad])}, which is not a date-time; expected a string "
+                "such as '2023-11-16 18:15:46.6805900'"
+            )
         else:
             msg = f"{column} is missing (empty cell or null); expected a date-time"
         raise src.error(bad, msg)
@@ -737,6 +795,7 @@ def _datetime_seconds(src: _Source, s: pd.Series, column: str) -> np.ndarray:
 def _list_column(src: _Source, s: pd.Series, column: str) -> list[list[int]]:
     """A column of integer lists (JSON strings in CSV, lists in JSON/Parquet); empty cells -> []."""
     import pandas as pd
+
     values = s.tolist()
     n = len(values)
     out: list[Any] = [None] * n
@@ -769,8 +828,11 @@ def _list_column(src: _Source, s: pd.Series, column: str) -> list[list[int]]:
                 try:
                     parsed.append(json.loads(t))
                 except json.JSONDecodeError:
-                    raise src.error(i, f"{column} is {_short(t)}, which is not a JSON list; expected a "
-                                       "list of integers such as [0, 1, 2]") from None
+                    raise src.error(
+                        i,
+                        f"{column} is {_short(t)}, which is not a JSON list; expected a "
+                        "list of integers such as [0, 1, 2]",
+                    ) from None
         for i, p in zip(str_idx, parsed, strict=True):
             out[i] = p
     types = set(map(type, out))
@@ -789,9 +851,11 @@ def _list_column(src: _Source, s: pd.Series, column: str) -> list[list[int]]:
 
 def _build(df: pd.DataFrame, lay: _Layout, src: _Source, keep_overlong: bool = False) -> Trace:
     import pandas as pd
+
     if len(df) == 0:
-        raise KavierInputError("trace contains no requests (only a header)", source=src.path,
-                               expected="at least one data row")
+        raise KavierInputError(
+            "trace contains no requests (only a header)", source=src.path, expected="at least one data row"
+        )
     native = lay.name == "kavier"
     n_in = _int_column(src, df[lay.input_col], lay.input_col, "" if native else "input tokens", 1)
     n_out = _int_column(src, df[lay.output_col], lay.output_col, "" if native else "output tokens", 1)
@@ -799,22 +863,29 @@ def _build(df: pd.DataFrame, lay: _Layout, src: _Source, keep_overlong: bool = F
         _check_context(src, lay, n_in, n_out)
     time_col = lay.time_col
     if native and time_col not in df.columns and "arrival_s" in df.columns:
-        time_col = "arrival_s"   # requests.parquet of 'kavier simulate' or 'kavier trace': its own arrivals
+        time_col = "arrival_s"  # requests.parquet of 'kavier simulate' or 'kavier trace': its own arrivals
     if time_col and time_col in df.columns:
         secs = _time_seconds(src, df[time_col], time_col, lay.time_kind)
         arrival = secs - secs[0]
     else:
         arrival = np.zeros(len(df), dtype=np.float64)
-    trace = Trace(arrival_s=np.ascontiguousarray(arrival, dtype=np.float64),
-                  num_input_tokens=n_in, num_output_tokens=n_out,
-                  source=src.path, format=lay.name,
-                  timed=bool(time_col and time_col in df.columns))
+    trace = Trace(
+        arrival_s=np.ascontiguousarray(arrival, dtype=np.float64),
+        num_input_tokens=n_in,
+        num_output_tokens=n_out,
+        source=src.path,
+        format=lay.name,
+        timed=bool(time_col and time_col in df.columns),
+    )
     if "session_id" in lay.optional and "session_id" in df.columns:
         s = df["session_id"]
         miss = _first(s.isna().to_numpy())
         if miss is not None:
-            raise src.error(miss, "session_id is missing (empty cell, null or NaN); expected a session "
-                                  "identifier (integer or string) in every row")
+            raise src.error(
+                miss,
+                "session_id is missing (empty cell, null or NaN); expected a session "
+                "identifier (integer or string) in every row",
+            )
         codes, _ = pd.factorize(s, sort=False)
         trace.session_id = codes.astype(np.int64)
     if "n" in lay.optional and "n" in df.columns:
@@ -827,8 +898,11 @@ def _build(df: pd.DataFrame, lay: _Layout, src: _Source, keep_overlong: bool = F
         lens = np.fromiter(map(len, toks), dtype=np.int64, count=len(toks))
         bad = _first((lens != 0) & (lens != n_in))
         if bad is not None:
-            raise src.error(bad, f"input_tokens has {int(lens[bad])} token ids but num_input_tokens is "
-                                 f"{int(n_in[bad])}; expected one token id per input token (or an empty cell)")
+            raise src.error(
+                bad,
+                f"input_tokens has {int(lens[bad])} token ids but num_input_tokens is "
+                f"{int(n_in[bad])}; expected one token id per input token (or an empty cell)",
+            )
         trace.input_tokens = toks
     return trace
 
@@ -839,9 +913,12 @@ def _check_context(src: _Source, lay: _Layout, n_in: np.ndarray, n_out: np.ndarr
     total = n_in + n_out
     bad = _first(total > lim.value)
     if bad is not None:
-        raise src.error(bad, f"{lay.input_col} + {lay.output_col} = {int(total[bad]):,} tokens, above the limit "
-                             f"of {lim.text()} ({lim.why}); fix the row, or keep such rows as rejected "
-                             "requests with --keep-overlong-requests (trace.keep_overlong_requests: true)")
+        raise src.error(
+            bad,
+            f"{lay.input_col} + {lay.output_col} = {int(total[bad]):,} tokens, above the limit "
+            f"of {lim.text()} ({lim.why}); fix the row, or keep such rows as rejected "
+            "requests with --keep-overlong-requests (trace.keep_overlong_requests: true)",
+        )
 
 
 def _check_hash_ids(src: _Source, lay: _Layout, hash_ids: list[list[int]], n_in: np.ndarray, block: int) -> None:
@@ -850,8 +927,11 @@ def _check_hash_ids(src: _Source, lay: _Layout, hash_ids: list[list[int]], n_in:
     want = -(-n_in // block)
     bad = _first((counts != 0) & (counts != want))
     if bad is not None:
-        raise src.error(bad, f"hash_ids has {int(counts[bad])} ids but {lay.input_col} is {int(n_in[bad])}, which "
-                             f"needs {int(want[bad])} (one per {block} prompt tokens, the last one partial)")
+        raise src.error(
+            bad,
+            f"hash_ids has {int(counts[bad])} ids but {lay.input_col} is {int(n_in[bad])}, which "
+            f"needs {int(want[bad])} (one per {block} prompt tokens, the last one partial)",
+        )
 
 
 # --------------------------------------------------------------------------- public API
@@ -877,6 +957,7 @@ def read_length_column(path: str | Path, column: str) -> np.ndarray:
     Used for empirical length distributions from files that are not traces.
     """
     import pandas as pd
+
     p = Path(path)
     _check_file(p)
     kind, compression = _file_kind(p)
@@ -889,8 +970,9 @@ def read_length_column(path: str | Path, column: str) -> np.ndarray:
         else:
             records, src, columns = _parse_jsonl(p, _read_text(p, compression)[1])
             if column not in columns:
-                raise KavierInputError(f"has no column {column!r}; columns found: {', '.join(columns)}",
-                                       source=str(p), location="columns")
+                raise KavierInputError(
+                    f"has no column {column!r}; columns found: {', '.join(columns)}", source=str(p), location="columns"
+                )
             df = _records_frame(records, [column])
     except KavierInputError:
         raise
@@ -900,9 +982,11 @@ def read_length_column(path: str | Path, column: str) -> np.ndarray:
         raise KavierInputError(f"cannot read the file: {_one_line(exc)}", source=str(p)) from None
     df = _clean_columns(df)
     if column not in df.columns:
-        raise KavierInputError(f"has no column {column!r}; columns found: "
-                               f"{', '.join(map(str, df.columns)) or '(none)'}", source=str(p),
-                               location="columns")
+        raise KavierInputError(
+            f"has no column {column!r}; columns found: {', '.join(map(str, df.columns)) or '(none)'}",
+            source=str(p),
+            location="columns",
+        )
     if len(df) == 0:
         raise KavierInputError("contains no rows", source=str(p))
     return _int_column(src, df[column], column, "", 1)
