@@ -220,8 +220,14 @@ def test_a_second_run_into_the_same_folder_fails_at_once_and_the_first_finishes_
     first = Cmd("run", exp, "--out", out, "--no-opendc")
     first.wait_stage("simulate")
     assert lock_path(out).is_file()
-    second = cli("run", exp, "--out", out, "--no-opendc", "--overwrite")
-    still_running = first.proc.poll() is None
+    # the first run is paused while the second tries (it keeps its lock): on a loaded machine the second's
+    # start-up alone could outlast the whole first run, and the test would then prove nothing
+    os.kill(first.proc.pid, signal.SIGSTOP)
+    try:
+        second = cli("run", exp, "--out", out, "--no-opendc", "--overwrite")
+        still_running = first.proc.poll() is None
+    finally:
+        os.kill(first.proc.pid, signal.SIGCONT)
     assert second.returncode == 2, second.stderr
     assert_one_paragraph_error(second.stderr)
     assert f"output folder {out.resolve()} is in use by another kavier command (pid {first.proc.pid}: " in second.stderr
