@@ -608,6 +608,7 @@ def export_with_hosts(
         out_dir, task_rows, (frag_ids, frag_dur, frag_cpu, frag_gpu), order
     )
     n_frag = int(frags.num_rows)
+    curve_summary = curve.summary(mode)
     stats: dict[str, Any] = {
         "mode": mode,
         "tolerance": float(tolerance) if mode == "adaptive" else None,
@@ -630,7 +631,7 @@ def export_with_hosts(
         "cpu_usage_mhz": float(cpu_load_cores * prep.per_type[prep.specs[0].name]["cpu_mhz"]),
         "gpu_busy_seconds": busy_gpu_s,
         "gpu_energy_linear_wh": energy_linear / 3600.0 if energy_linear else None,
-        **({"power_curve": curve.summary(mode)} if curve.summary(mode) else {}),  # only for curved models
+        **({"power_curve": curve_summary} if curve_summary else {}),  # only for curved models
         "placement": _placement(
             prep,
             task_rows["id"],
