@@ -100,10 +100,18 @@ class CostModel:
         step and the all-reduce implementation."""
         if tp < 1:
             raise KavierInputError(f"tensor parallelism must be >= 1, got {tp}", location="tp")
-        if model.num_attention_heads % tp != 0:
+        dp = model.attn_dp if model.attn_dp > 1 else 1
+        if tp % dp != 0:
+            raise KavierInputError(
+                f"attention data parallelism over {dp} ranks cannot split a replica of {tp} GPUs evenly",
+                location="data_parallel_size",
+                expected="a data-parallel size that divides the replica's GPUs (--tp)",
+            )
+        attn_tp = tp // dp
+        if model.num_attention_heads % attn_tp != 0:
             raise KavierInputError(
                 f"{model.name} has {model.num_attention_heads} attention heads, which cannot be "
-                f"split evenly over {tp} GPUs",
+                f"split evenly over {attn_tp} GPUs",
                 location="tp",
                 expected="a TP degree that divides the number of attention heads",
             )
@@ -119,19 +127,20 @@ class CostModel:
         self.timer = timer = IterationTimer(
             model, gpu, tp, timed, vllm_allreduce=framework is None or framework.allreduce == "vllm-custom"
         )
-        self.kv_bytes_per_token_gpu = model.kv_bytes_per_token_gpu(tp)
-        self.kv_bytes_per_token = self.kv_bytes_per_token_gpu * tp  # over the whole group
+        a = timer.attn_tp  # GPUs holding one token's KV (the TP group, or one attention-DP rank)
+        self.kv_bytes_per_token_gpu = model.kv_bytes_per_token_gpu(a)
+        self.kv_bytes_per_token = self.kv_bytes_per_token_gpu * a  # over the whole group
         self.weight_bytes = model.weight_bytes
         self._peak, self._bw = timer.peak, timer.bw
         # power-relevant activity per FLOP, per weight byte and per KV byte (see the module doc)
         # (FLOPs against the GEMMs' peak: the FP8 peak for W8A8, else the FP16 peak, as before)
-        self._u_flop = profile.power_compute_weight / timer.gemm_peak
-        self._u_wbyte = profile.power_memory_weight / timer.bw
-        self._u_kvbyte = profile.power_kv_weight / timer.bw
+        self._u_flop = profile.power_compute_weight / timer.replica_gemm_peak
+        self._u_wbyte = profile.power_memory_weight / timer.replica_bw
+        self._u_kvbyte = profile.power_kv_weight / timer.replica_bw
         # Seconds per unit of attention work, per replica (all TP GPUs together).
         self.s_per_attn_pair = timer.s_per_attn_pair
         self.s_per_kv_byte = timer.s_per_kv_byte
-        self.s_per_kv_token = self.kv_bytes_per_token * timer.s_per_kv_byte
+        self.s_per_kv_token = self.kv_bytes_per_token * timer.s_per_kv_byte  # per replica (DP ranks at once)
         self.flops_per_lin_token = 2.0 * model.active_params
         self.flops_per_attn_pair = timer.flops_per_attn_pair
         # Times that depend on the token count / sequence count only, memoised:
@@ -140,6 +149,13 @@ class CostModel:
         self._seq: dict[int, float] = {}
         # dense models read the same weight bytes whatever the batch
         self._dense_weight_bytes = (timer.body_bytes + timer.head_bytes) if timer.expert_bytes == 0.0 else None
+        # weights held by one GPU: the TP group's share; split MoE layouts (EP / attention DP): the
+        # non-expert weights over one attention rank, the experts over all the replica's GPUs
+        if timer.split:
+            experts = timer.expert_bytes
+            self.weight_bytes_per_gpu = (model.weight_bytes - experts) / a + experts / tp
+        else:
+            self.weight_bytes_per_gpu = model.weight_bytes / tp
         self._s_per_attn_token = self.s_per_attn_pair + self.s_per_kv_token  # a decode step's pair reads a KV token
 
     # ----------------------------------------------------------------- memory
@@ -148,7 +164,7 @@ class CostModel:
         if self._dense_weight_bytes is not None:
             return self._dense_weight_bytes
         t = self.timer
-        return t.body_read_bytes(n_tokens) + t.head_bytes
+        return t.body_read_bytes(n_tokens) + t.head_read_bytes
 
     def kv_capacity_blocks(
         self, gpu_memory_utilization: float = 0.9, max_batched_tokens: int = 8192, max_num_seqs: int = 256
@@ -163,13 +179,15 @@ class CostModel:
         """
         m = self.model
         bpe = m.bytes_per_activation  # activations are 16-bit also for FP8/INT4 weights
+        a = self.timer.attn_tp
         activation = (
-            max_batched_tokens * (4 * m.hidden_size + 2 * m.ffn_size / self.tp) * bpe
-            + max_num_seqs * m.vocab_size * 4.0
+            max_batched_tokens * (4 * m.hidden_size + 2 * m.ffn_size / a) * bpe + max_num_seqs * m.vocab_size * 4.0
         )
         non_torch = 1.0 * 2**30
-        free = self.gpu.memory_bytes * gpu_memory_utilization - self.weight_bytes / self.tp - activation - non_torch
-        return max(0, int(free // (BLOCK_SIZE * self.kv_bytes_per_token_gpu)))
+        free = self.gpu.memory_bytes * gpu_memory_utilization - self.weight_bytes_per_gpu - activation - non_torch
+        blocks = max(0, int(free // (BLOCK_SIZE * self.kv_bytes_per_token_gpu)))
+        dp = self.timer.dp
+        return blocks * dp if dp > 1 else blocks  # attention DP: each rank its own KV cache
 
     # ----------------------------------------------------------------- timing
     def body_time(self, n_tokens: int) -> float:

@@ -225,6 +225,42 @@ KNOBS: tuple[Knob, ...] = (
         default=False,
     ),
     _k(
+        "expert_parallel",
+        "switch",
+        "--enable-expert-parallel",
+        ("serving", "expert_parallel"),
+        "MoE models: split the experts whole over all the replica's GPUs (EP size = --tp, as vLLM's "
+        "--enable-expert-parallel makes it TP x DP) instead of TP-sharding each expert; the tokens go to their "
+        "experts' GPUs and back by an all-to-all per MoE layer (refused on a dense model)",
+        default=False,
+    ),
+    _k(
+        "data_parallel_size",
+        "int",
+        "--dp-size",
+        ("serving", "data_parallel_size"),
+        "MoE models: attention data parallelism over N ranks of --tp/N GPUs each (SGLang --dp-size with "
+        "--enable-dp-attention; vLLM --data-parallel-size N with --tensor-parallel-size tp/N): each rank holds "
+        "the attention weights, its own KV cache and an even share of the batch; the experts span all the GPUs "
+        "(default 1)",
+        default=1,
+        minimum=1,
+        limit=limits.TP,
+        metavar="N",
+    ),
+    _k(
+        "expert_imbalance",
+        "float",
+        "--expert-imbalance",
+        ("serving", "expert_imbalance"),
+        "MoE with expert parallelism: the busiest GPU's expert work (tokens, experts touched, all-to-all bytes) "
+        "over the mean; the step waits for it (default 1.0: uniform routing; no measured router skew is in the "
+        "shared data)",
+        default=1.0,
+        minimum=1.0,
+        metavar="X",
+    ),
+    _k(
         "kv_cache",
         "switch",
         "--kv-cache",

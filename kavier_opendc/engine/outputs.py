@@ -358,6 +358,7 @@ def summary_dict(result) -> dict:
             "kv_capacity_tokens_per_replica": result.capacity_blocks * BLOCK_SIZE,
             "max_model_len": cfg.max_model_len,
             "efficiency": profile_summary(result.replicas[0].cm.eff),
+            **_moe_parallel_summary(result.replicas[0].cm),
         },
         "replicas": [
             {
@@ -487,3 +488,29 @@ def write_simulation(result, out_dir: Path) -> dict:
     output = SimulationOutput.from_result(result)
     output.write(out_dir)
     return output.summary
+
+
+def _moe_parallel_summary(cm) -> dict:
+    """The MoE layout of a run with expert or attention data parallelism (absent otherwise: a run without
+    them writes what it always wrote)."""
+    t = cm.timer
+    if not t.split:
+        return {}
+    out: dict = {
+        "moe_parallel": {
+            "expert_parallel": t.ep > 1,
+            "ep_size": t.ep,
+            "data_parallel_size": t.dp,
+            "attention_tp": t.attn_tp,
+            "expert_imbalance": t.imbalance,
+            "expert_imbalance_source": "given"
+            if t.imbalance != 1.0
+            else "assumed uniform routing (no measured router skew in the shared data)",
+        }
+    }
+    if t.ep > 1:
+        out["moe_parallel"]["all_to_all"] = (
+            f"derived from datasheet, uncalibrated: {t.a2a_link_gbs:g} GB/s per direction "
+            f"({'NVLink' if t.tp <= 8 else 'inter-node port'}) + 10 us per dispatch/combine"
+        )
+    return out

@@ -91,6 +91,9 @@ class SimConfig:
     weight_dtype: str = _d("weight_dtype")  # auto: the model's catalogue dtype
     kv_cache_dtype: str = _d("kv_cache_dtype")  # auto: the activations' dtype (bf16/fp16)
     weight_only_fallback: bool = _d("weight_only_fallback")  # FP8/FP4 weights without that peak: FP16 compute
+    expert_parallel: bool = _d("expert_parallel")  # MoE: experts split whole over the replica's GPUs
+    data_parallel_size: int = _d("data_parallel_size")  # MoE: attention DP ranks per replica
+    expert_imbalance: float = _d("expert_imbalance")  # MoE EP: busiest GPU's expert work over the mean
     groups: list[ReplicaGroup] | None = None  # heterogeneous replica groups; None = one group from above
     # disaggregated prefill/decode: the pools and link from the knobs below, or given whole (API callers)
     prefill_replicas: int | None = _d("prefill_replicas")  # both None: co-located serving
@@ -116,6 +119,14 @@ class SimConfig:
             changes["dtype"] = w
         if kv not in (None, "auto"):
             changes["kv_dtype"] = kv
+        if changes.get("dtype") and model.expert_dtype:  # a weight dtype given: the experts take it too
+            changes["expert_dtype"] = None
+        if self.expert_parallel:
+            changes["expert_parallel"] = True
+        if self.data_parallel_size and self.data_parallel_size > 1:
+            changes["attn_dp"] = int(self.data_parallel_size)
+        if self.expert_imbalance and self.expert_imbalance != 1.0:
+            changes["expert_imbalance"] = float(self.expert_imbalance)
         return dataclasses.replace(model, **changes) if changes else model
 
     def topology(self) -> Disaggregation | None:
@@ -195,6 +206,61 @@ class SimConfig:
         cfg._check_groups()
         cfg._check_framework()
         cfg._check_precision()
+        cfg._check_moe_parallel()
+
+    def _check_moe_parallel(self) -> None:
+        """Expert and attention data parallelism: MoE models only, and the GPUs must split evenly.
+
+        Rules as vLLM and SGLang apply them: EP spans all of the replica's GPUs (vLLM
+        docs/serving/expert_parallel_deployment.md: EP size = TP x DP; vllm/config/parallel.py), so they must
+        split the experts evenly; attention DP ranks split the replica's GPUs (SGLang
+        docs/advanced_features/dp_dpa_smg_guide.md: --tp is the GPUs, --dp-size the attention ranks)."""
+        for i, g in enumerate(self.replica_groups()):
+            m = g.model
+            where = "" if not self.groups else f" (replica group {i})"
+            dp = self.data_parallel_size or 1
+            if not m.is_moe and (self.expert_parallel or dp > 1):
+                knob = "expert_parallel" if self.expert_parallel else "data_parallel_size"
+                raise KavierInputError(
+                    f"{m.name} is a dense model{where}: expert parallelism and attention data parallelism apply "
+                    "to mixture-of-experts models only (a dense model's data parallelism is --replicas)",
+                    location=knob,
+                    expected="a MoE model (num_experts > 1), or no --enable-expert-parallel / --dp-size",
+                )
+            if self.expert_parallel and g.tp < 2:
+                raise KavierInputError(
+                    f"expert parallelism over {g.tp} GPU{where} splits nothing",
+                    location="expert_parallel",
+                    expected="--tp 2 or more with --enable-expert-parallel",
+                )
+            if self.expert_parallel and m.num_experts % g.tp != 0:
+                raise KavierInputError(
+                    f"{m.name} has {m.num_experts} experts per layer, which cannot be split evenly over an EP "
+                    f"group of {g.tp} GPUs{where} (EP size = the replica's GPUs, --tp)",
+                    location="expert_parallel",
+                    expected=f"a --tp that divides {m.num_experts}",
+                )
+            if g.tp % dp != 0:
+                raise KavierInputError(
+                    f"{dp} attention data-parallel ranks x {g.tp / dp:g} GPUs each is not the replica's "
+                    f"{g.tp} GPUs{where}",
+                    location="data_parallel_size",
+                    expected=f"a --dp-size that divides --tp ({g.tp})",
+                )
+            if m.num_attention_heads % (g.tp // dp) != 0:
+                raise KavierInputError(
+                    f"{m.name} has {m.num_attention_heads} attention heads, which cannot be split evenly over "
+                    f"{g.tp // dp} GPUs per attention rank{where}",
+                    location="data_parallel_size",
+                    expected="a --dp-size whose ranks' GPU count (--tp / --dp-size) divides the attention heads",
+                )
+            if self.expert_imbalance != 1.0 and not self.expert_parallel:
+                raise KavierInputError(
+                    "an expert imbalance applies under expert parallelism only (without it every GPU holds a "
+                    "slice of every expert)",
+                    location="expert_imbalance",
+                    expected="--enable-expert-parallel with --expert-imbalance, or no --expert-imbalance",
+                )
 
     def _precision_gaps(self) -> list[tuple[ModelSpec, GPUSpec]]:
         """(served model, GPU) of the replica groups whose FP8/FP4 weights have no such peak on their GPU."""

@@ -23,6 +23,9 @@ OPTIONS = (
     "weight_dtype",
     "kv_cache_dtype",
     "weight_only_fallback",
+    "expert_parallel",
+    "data_parallel_size",
+    "expert_imbalance",
 )
 DEFAULTS: dict[str, Any] = {name: knobs.default(name) for name in OPTIONS}
 
@@ -46,6 +49,9 @@ class Serving:
     weight_dtype: Any = DEFAULTS["weight_dtype"]
     kv_cache_dtype: Any = DEFAULTS["kv_cache_dtype"]
     weight_only_fallback: Any = DEFAULTS["weight_only_fallback"]
+    expert_parallel: Any = DEFAULTS["expert_parallel"]
+    data_parallel_size: Any = DEFAULTS["data_parallel_size"]
+    expert_imbalance: Any = DEFAULTS["expert_imbalance"]
     prefix_cache: dict = field(default_factory=dict)  # {"policy": ..., option: value}; {} = the engine's default
     disaggregation: dict | None = None  # {prefill: pool, decode: pool, link: {...}} as written; None: co-located
 

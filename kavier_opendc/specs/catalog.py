@@ -102,6 +102,13 @@ class ModelSpec:
     # A serving setting, not a catalogue field (engine knob kv_cache_dtype): the KV cache's datatype;
     # None = the activations' (vLLM's kv_cache_dtype "auto": bf16 also for an FP8 checkpoint)
     kv_dtype: str | None = None
+    # Serving settings too (engine knobs expert_parallel, data_parallel_size, expert_imbalance; see
+    # specs/iteration_time.py): the experts split whole over the replica's GPUs (EP) instead of each expert
+    # TP-sharded; attention data parallelism over that many ranks; the busiest GPU's share of expert work
+    # over the mean (1.0: uniform routing)
+    expert_parallel: bool = False
+    attn_dp: int = 1
+    expert_imbalance: float = 1.0
     notes: str = field(default="", compare=False)  # what the engine does not model of this model yet
 
     @property
@@ -151,7 +158,23 @@ class ModelSpec:
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
     @property
+    def routed_expert_params(self) -> float:
+        """Weights of the routed experts of every MoE layer (no biases; 0 for a dense model)."""
+        if self.num_experts <= 1:
+            return 0.0
+        per_expert = (3.0 if self.gated_mlp else 2.0) * self.hidden_size * self.ffn_size
+        return per_expert * (self.num_layers - self.dense_layers) * self.num_experts
+
+    @property
+    def bytes_per_expert_param(self) -> float:
+        """Bytes of one routed-expert weight: ``expert_dtype`` (gpt-oss: MXFP4, 4.25 bits), else ``dtype``'s."""
+        return DTYPE_BYTES[self.expert_dtype] if self.expert_dtype else self.bytes_per_param
+
+    @property
     def weight_bytes(self) -> float:
+        if self.expert_dtype and self.expert_dtype != self.dtype:  # the experts in their own datatype
+            experts = self.routed_expert_params
+            return (self.total_params - experts) * self.bytes_per_param + experts * self.bytes_per_expert_param
         return self.total_params * self.bytes_per_param
 
     @property
@@ -648,7 +671,7 @@ def spec_to_entry(spec: ModelSpec | GPUSpec) -> dict[str, Any]:
             continue
         if f.name in _GPU_OPTIONAL_FLOAT_FIELDS and value is None:
             continue
-        if f.name in ("profile", "kv_dtype"):  # kv_dtype: a serving setting, not a catalogue field
+        if f.name in ("profile", "kv_dtype", "expert_parallel", "attn_dp", "expert_imbalance"):  # serving settings
             continue
         out[f.name] = value
     return out

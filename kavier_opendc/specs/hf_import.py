@@ -380,8 +380,8 @@ def engine_notes(spec: ModelSpec, cfg: Mapping[str, Any]) -> list[str]:
         )
     if spec.expert_dtype:
         notes.append(
-            f"The engine holds and reads every weight at {spec.dtype}, not the experts at "
-            f"{spec.expert_dtype} as published."
+            f"The routed experts are held and read at {spec.expert_dtype} (the rest at {spec.dtype}), "
+            f"computed at the GPU's {spec.expert_dtype} peak where it has one, else weight-only."
         )
     if spec.sliding_window_layers:
         notes.append(

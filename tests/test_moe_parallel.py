@@ -1,0 +1,242 @@
+"""Mixture of experts served physically (issue 22 item 2): expert parallelism with its all-to-all, attention
+data parallelism, MXFP4 experts.
+
+Hand-worked numbers on a toy MoE (2 layers, hidden 64, 8 experts of ffn 32, top-2, fp16) on the conftest's
+round GPU, and on the catalogue's DeepSeek-V3 (FP8, 671,026,419,200 weights, MLA latent 61 x 576 values),
+gpt-oss-120b (MXFP4 experts) and Qwen3-235B-A22B.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TOY_EFF, TOY_GPU
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.engine.cost_model import CostModel
+from kavier_opendc.engine.kv_manager import BLOCK_SIZE
+from kavier_opendc.engine.simulator import SimConfig
+from kavier_opendc.specs import default_catalog
+from kavier_opendc.specs.catalog import ModelSpec
+from kavier_opendc.specs.iteration_time import INTER_NODE_GBS, IterationTimer
+
+TOY_MOE = ModelSpec(
+    name="toy-moe",
+    num_layers=2,
+    hidden_size=64,
+    num_attention_heads=4,
+    num_kv_heads=4,
+    ffn_size=32,
+    vocab_size=100,
+    total_params=200_000,
+    active_params=100_000,
+    dtype="fp16",
+    num_experts=8,
+    experts_per_token=2,
+)
+TOY_EXPERTS = 3 * 64 * 32 * 2 * 8  # gate/up/down of 64 x 32, 2 MoE layers, 8 experts: 98,304 weights
+
+
+def toy_timer(tp: int, **serving) -> IterationTimer:
+    return IterationTimer(dataclasses.replace(TOY_MOE, **serving), TOY_GPU, tp, TOY_EFF)
+
+
+def test_touched_experts_per_gpu_by_hand():
+    assert TOY_MOE.routed_expert_params == TOY_EXPERTS
+    t = toy_timer(4, expert_parallel=True)
+    assert t.ep == 4
+    # 8 experts over 4 GPUs: 2 each; 3 tokens of top-2 miss a given expert with (1 - 2/8)^3 = 0.421875
+    assert t.touched_fraction(3) == pytest.approx(0.578125)
+    assert t.touched_experts_per_gpu(3) == pytest.approx(2 * 0.578125)
+    assert toy_timer(4, expert_parallel=True, expert_imbalance=1.5).touched_experts_per_gpu(3) == pytest.approx(
+        1.734375
+    )
+    # the busiest GPU never reads more than the experts it holds
+    assert toy_timer(4, expert_parallel=True, expert_imbalance=2.0).touched_experts_per_gpu(3) == 2.0
+    # bytes per GPU: touched experts x one expert's weights over every MoE layer (3 x 64 x 32 x 2 layers x 2 B)
+    per_expert = 3 * 64 * 32 * 2 * 2.0
+    assert t.expert_bytes / 8 == per_expert
+    p = TOY_EFF  # ideal roofline: memory-bound for 3 tokens
+    assert t.expert_time(3) == pytest.approx(
+        max(per_expert * 2 * 0.578125 / 1e12, 3 * t.flops_per_expert_token / 4 / 1e14)
+    )
+    assert p.gemm_mbu == 1.0
+
+
+def test_all_to_all_bytes_and_time_by_hand():
+    t = toy_timer(4, expert_parallel=True)
+    # 64 tokens: 16 per GPU x hidden 64 x top-2 x 2 bytes, 3/4 of it to the other GPUs = 3,072 B per GPU
+    assert t.all_to_all_bytes(64) == pytest.approx(3072.0)
+    assert t.all_to_all_time(64) == pytest.approx(10e-6 + 3072 / 100e9)  # the toy GPU's 100 GB/s link
+    # dispatch + combine in each of the 2 MoE layers
+    assert t.moe_comm_time(64) == pytest.approx(4 * (10e-6 + 3072 / 100e9))
+    # 16 GPUs span two 8-GPU nodes: the inter-node port (50 GB/s, below the toy's 100) carries it
+    big = IterationTimer(dataclasses.replace(TOY_MOE, num_experts=16, expert_parallel=True), TOY_GPU, 16, TOY_EFF)
+    assert big.a2a_link_gbs == INTER_NODE_GBS == 50.0
+    assert big.all_to_all_bytes(64) == pytest.approx(4 * 64 * 2 * 2 * 15 / 16)
+    assert big.all_to_all_time(64) == pytest.approx(10e-6 + 960 / 50e9)
+
+
+def test_deepseek_v3_fp8_on_8_h200_with_ep8():
+    cat = default_catalog()
+    model, gpu = cat.model("DeepSeek-V3"), cat.gpu("H200")
+    weights = 671_026_419_200  # FP8: one byte each
+    tp_cm = CostModel(model, gpu, 8)
+    ep_cm = CostModel(dataclasses.replace(model, expert_parallel=True), gpu, 8)
+    # EP splits the experts whole over the 8 GPUs, TP each expert: the same bytes per GPU, 78.1 GiB
+    assert ep_cm.weight_bytes_per_gpu == pytest.approx(weights / 8)
+    assert tp_cm.weight_bytes_per_gpu == weights / 8
+    # KV: the MLA latent, 61 x 576 bf16 values = 70,272 B per token, held whole by every GPU
+    kv = 61 * 576 * 2
+    activation = 8192 * (4 * 7168 + 2 * 2048 / 8) * 2 + 256 * 129280 * 4.0
+    free = 141 * 2**30 * 0.9 - weights / 8 - activation - 2**30
+    assert ep_cm.kv_capacity_blocks(0.9, 8192, 256) == int(free // (BLOCK_SIZE * kv)) == 45088
+    # attention DP 8 (one GPU per rank): each rank holds the non-expert weights whole, 1/8 of the experts,
+    # and its own latent cache: 5.6 x the blocks
+    dp_cm = CostModel(dataclasses.replace(model, expert_parallel=True, attn_dp=8), gpu, 8)
+    experts = 3 * 7168 * 2048 * (61 - 3) * 256  # 653,908,770,816 routed-expert weights
+    assert dp_cm.timer.expert_bytes == experts
+    per_gpu = (weights - experts) + experts / 8
+    assert dp_cm.weight_bytes_per_gpu == pytest.approx(per_gpu)
+    activation_dp = 8192 * (4 * 7168 + 2 * 2048 / 1) * 2 + 256 * 129280 * 4.0
+    free_dp = 141 * 2**30 * 0.9 - per_gpu - activation_dp - 2**30
+    assert dp_cm.kv_capacity_blocks(0.9, 8192, 256) == 8 * int(free_dp // (BLOCK_SIZE * kv)) == 253712
+
+
+def test_gpt_oss_120b_mxfp4_experts_fit_one_h100():
+    cat = default_catalog()
+    model, gpu = cat.model("gpt-oss-120b"), cat.gpu("H100-SXM")
+    experts = 3 * 2880 * 2880 * 36 * 128  # 114,661,785,600 expert weights at 4.25 bits
+    assert model.routed_expert_params == experts
+    expected = (116_829_156_672 - experts) * 2 + experts * 4.25 / 8
+    assert model.weight_bytes == pytest.approx(expected)
+    assert 61e9 < model.weight_bytes < 65.5e9  # 65.2 GB (60.8 GiB): published as fitting one 80 GB GPU
+    cfg = SimConfig(model=model, gpu=gpu)  # no FP4 tensor cores: the experts run weight-only, no refusal
+    cfg.validate()
+    assert CostModel(model, gpu, 1).kv_capacity_blocks() > 0
+    # bytes read at batch 1: the 4 touched experts of 128 in MXFP4, the rest in bf16
+    timer = CostModel(model, gpu, 1).timer
+    assert timer.body_read_bytes(1) == pytest.approx(timer.shared_bytes + experts * 4.25 / 8 * 4 / 128)
+    # a weight dtype given replaces the experts' too
+    fp8 = SimConfig(model=model, gpu=gpu, weight_dtype="fp8").replica_groups()[0].model
+    assert fp8.expert_dtype is None and fp8.weight_bytes == 116_829_156_672
+
+
+def test_mxfp4_experts_compute_at_the_fp4_peak_on_b200():
+    cat = default_catalog()
+    model = cat.model("gpt-oss-120b")
+    b200, h100 = (
+        IterationTimer(model, cat.gpu("B200"), 1, TOY_EFF),
+        IterationTimer(model, cat.gpu("H100-SXM"), 1, TOY_EFF),
+    )
+    assert b200.expert_peak_gpu == 9000e12 and b200.expert_flop_scale == pytest.approx(2250 / 9000)
+    assert h100.expert_peak_gpu == h100.gpu.peak_flops and h100.expert_flop_scale == 1.0
+
+
+def test_decode_step_rises_sublinearly_while_experts_saturate():
+    cat = default_catalog()
+    model = dataclasses.replace(cat.model("Qwen3-235B-A22B"), expert_parallel=True)
+    cm = CostModel(model, cat.gpu("H100-SXM"), 8)
+    t = {b: cm.iteration(b, b * 1001, b * 1000, b)[0] for b in (1, 8, 64, 256)}
+    reads = {b: cm.weight_read_bytes(b) for b in (1, 8, 64, 256)}
+    assert t[1] < t[8] < t[64] < t[256]
+    assert t[64] / t[1] < 8  # 64 x the tokens, far less than 64 x the time
+    # the touched experts saturate: from 64 to 256 tokens the bytes read grow by under 2 %
+    assert reads[1] < reads[8] < reads[64] < reads[256] < reads[64] * 1.02
+    assert cm.timer.touched_experts_per_gpu(256) == pytest.approx(16.0, rel=1e-6)  # all 128 / 8 touched
+
+
+def test_ep_vs_tp_on_the_same_8_gpus():
+    """gpt-oss-120b (top-4 of 128) on 8 x H100: EP pays a dispatch and a combine (10 us each) per MoE
+    layer where TP pays one all-reduce, so it is slower for a decode step of few tokens; for a long prefill
+    chunk its all-to-all moves n/8 x k = n/2 token vectors per GPU where TP's all-reduce moves ~2n, so EP
+    is faster."""
+    cat = default_catalog()
+    model, gpu = cat.model("gpt-oss-120b"), cat.gpu("H100-SXM")
+    tp, ep = CostModel(model, gpu, 8), CostModel(dataclasses.replace(model, expert_parallel=True), gpu, 8)
+    assert ep.body_time(1) > tp.body_time(1)
+    assert ep.body_time(4096) < tp.body_time(4096)
+    assert ep.timer.allreduces == 36 and tp.timer.allreduces == 72  # attention only, under EP
+
+
+@pytest.mark.parametrize(
+    "model,kw,location,words",
+    [
+        ("Llama-3-8B", dict(tp=2, expert_parallel=True), "expert_parallel", "dense model"),
+        ("Llama-3-70B", dict(tp=8, data_parallel_size=2), "data_parallel_size", "dense model"),
+        ("Mixtral-8x7B", dict(tp=16, expert_parallel=True), "expert_parallel", "8 experts per layer"),
+        ("Qwen3-235B-A22B", dict(tp=8, data_parallel_size=3), "data_parallel_size", "3 attention data-parallel"),
+        ("Qwen3-235B-A22B", dict(tp=1, expert_parallel=True), "expert_parallel", "splits nothing"),
+        ("Qwen3-235B-A22B", dict(tp=8, expert_imbalance=1.3), "expert_imbalance", "under expert parallelism"),
+    ],
+)
+def test_bad_parallel_settings_name_the_field(model, kw, location, words):
+    cat = default_catalog()
+    cfg = SimConfig(model=cat.model(model), gpu=cat.gpu("H100-SXM"), **kw)
+    with pytest.raises(KavierInputError) as e:
+        cfg.validate()
+    assert e.value.location == location and words in str(e.value)
+
+
+def test_dense_outputs_ignore_the_default_knobs():
+    cat = default_catalog()
+    cfg = SimConfig(model=cat.model("Llama-3-8B"), gpu=cat.gpu("H100-SXM"))
+    assert cfg.replica_groups()[0].model == cat.model("Llama-3-8B")
+
+
+def _trace(tmp_path):
+    trace = tmp_path / "t.csv"
+    rows = "".join(f"{i * 0.05:.2f},{200 + 10 * i},{20 + i}\n" for i in range(30))
+    trace.write_text("arrival_s,num_input_tokens,num_output_tokens\n" + rows)
+    return trace
+
+
+def _simulate(tmp_path, name, *extra):
+    out = tmp_path / name
+    r = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "simulate", "--model", "Qwen3-235B-A22B", "--gpu", "H100-SXM"]
+        + ["--tp", "8", "--trace", str(_trace(tmp_path)), "--out", str(out), "--quiet", *extra],
+        capture_output=True,
+        text=True,
+    )
+    return r, out
+
+
+def test_cli_end_to_end_expert_parallel(tmp_path):
+    import json
+
+    r, out = _simulate(tmp_path, "ep", "--enable-expert-parallel")
+    assert r.returncode == 0, r.stderr
+    ep = json.loads((out / "summary.json").read_text())
+    r, out = _simulate(tmp_path, "tp")
+    assert r.returncode == 0, r.stderr
+    tp = json.loads((out / "summary.json").read_text())
+    r, out = _simulate(tmp_path, "dp", "--enable-expert-parallel", "--dp-size", "8")
+    assert r.returncode == 0, r.stderr
+    dp = json.loads((out / "summary.json").read_text())
+    assert ep["num_finished"] == tp["num_finished"] == dp["num_finished"] == 30
+    assert len({s["tpot_s"]["mean"] for s in (ep, tp, dp)}) == 3  # three layouts, three timings
+    assert "moe_parallel" not in tp["config"]
+    assert ep["config"]["moe_parallel"]["ep_size"] == 8 and dp["config"]["moe_parallel"]["attention_tp"] == 1
+    assert "uncalibrated" in ep["config"]["moe_parallel"]["all_to_all"]
+    r, _ = _simulate(tmp_path, "bad", "--enable-expert-parallel", "--dp-size", "3")
+    assert r.returncode != 0 and "--dp-size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_experiment_serving_parallel_fields(tmp_path):
+    from kavier_opendc.experiments.experiment import load_experiment
+    from test_experiment import tiny_doc
+
+    doc = tiny_doc()
+    doc["serving"].update(expert_parallel=True)  # tiny_doc's Llama-3-8B is dense: refused, by its field
+    with pytest.raises(KavierInputError, match="serving.expert_parallel"):
+        load_experiment(doc, base_dir=tmp_path)
+    doc = tiny_doc(model="Qwen3-235B-A22B", gpu="H100-SXM")
+    doc["serving"].update(replicas=1, tp=8, expert_parallel=True, data_parallel_size=2, expert_imbalance=1.2)
+    doc["datacenter"]["hosts"][0]["gpus_per_host"] = 8
+    cfg = load_experiment(doc, base_dir=tmp_path).sim_config()
+    m = cfg.replica_groups()[0].model
+    assert (m.expert_parallel, m.attn_dp, m.expert_imbalance) == (True, 2, 1.2)
