@@ -11,6 +11,7 @@ to show that memory stays bounded.
     python bench/simulate_speed.py --prefill-replicas 1 --decode-replicas 1
     python bench/simulate_speed.py --synthetic 1000000
     python bench/simulate_speed.py --trace ../shared/data/traces/mooncake_conversation.jsonl --prefix-cache block
+    python bench/simulate_speed.py --model Qwen3-235B-A22B --gpu H100-SXM --tp 8 --enable-expert-parallel
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="Llama-3-8B")
     ap.add_argument("--gpu", default="A100-80GB")
     ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--enable-expert-parallel", action="store_true", help="MoE: expert parallelism")
+    ap.add_argument("--dp-size", type=int, default=1, help="MoE: attention data-parallel ranks")
     ap.add_argument("--router", default="round-robin")
     ap.add_argument("--exact", action="store_true", help="step every iteration")
     ap.add_argument(
@@ -76,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         model=cat.model(args.model),
         gpu=cat.gpu(args.gpu),
         replicas=args.replicas,
+        tp=args.tp,
+        expert_parallel=args.enable_expert_parallel,
+        data_parallel_size=args.dp_size,
         router=args.router,
         exact=args.exact,
         prefix_cache=args.prefix_cache,
@@ -114,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     topo = cfg.topology()
     where = (
-        f"{cfg.replicas} x {cfg.gpu.name}"
+        f"{cfg.replicas} x {cfg.tp} x {cfg.gpu.name}"
+        + (" EP" if cfg.expert_parallel else "")
+        + (f" DP {cfg.data_parallel_size}" if cfg.data_parallel_size > 1 else "")
         if topo is None
         else f"{topo.prefill.replicas} prefill + {topo.decode.replicas} decode x {cfg.gpu.name} "
         f"({topo.link.mode} KV transfer)"

@@ -146,11 +146,22 @@ def _simulate(args, out: Path, t0: float) -> int:
     return 0
 
 
+def _moe_layout(c: dict) -> str:
+    """', EP 8, attention DP 8 x TP 1' for a MoE run with expert / attention data parallelism, else ''."""
+    m = c.get("moe_parallel")
+    if not m:
+        return ""
+    parts = [f"EP {m['ep_size']}"] if m["expert_parallel"] else ["experts TP"]
+    if m["data_parallel_size"] > 1:
+        parts.append(f"attention DP {m['data_parallel_size']} x TP {m['attention_tp']}")
+    return " (" + ", ".join(parts) + ")"
+
+
 def format_summary(s: dict, out: Path, wall: float) -> str:
     c = s["config"]
     head = (
-        f"{c['model']} on {c['replicas']} x {c['tp']} x {c['gpu']} ({c['router']}, KV cache {c['kv_cache']}, "
-        f"{c['kv_capacity_tokens_per_replica']} KV tokens/replica)"
+        f"{c['model']} on {c['replicas']} x {c['tp']} x {c['gpu']}{_moe_layout(c)} ({c['router']}, KV cache "
+        f"{c['kv_cache']}, {c['kv_capacity_tokens_per_replica']} KV tokens/replica)"
     )
     pd = s.get("disaggregation")
     if pd:  # routing is the P/D loop's own; each pool's capacity is in its section
