@@ -13,6 +13,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import TOY_EFF, TOY_GPU
 from kavier_opendc.base.errors import KavierInputError
@@ -261,3 +263,50 @@ def test_low_concurrency_tpot_check_against_aiconfigurator():
         errs.append((t * 1e3 - row.silicon_tpot_ms) / row.silicon_tpot_ms)
     assert len(errs) == 48
     assert sum(abs(e) for e in errs) / len(errs) < 0.15 and max(abs(e) for e in errs) < 0.30
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ep_exp=st.integers(1, 4),
+    per_gpu=st.integers(1, 16),
+    k=st.integers(1, 8),
+    tokens=st.integers(1, 4096),
+    imbalance=st.floats(1.0, 4.0),
+)
+def test_touched_experts_and_all_to_all_invariants(ep_exp, per_gpu, k, tokens, imbalance):
+    """Whatever E, k, T, EP and the imbalance: the busiest GPU touches at most its E/EP experts, at least its
+    uniform share, more with more tokens; the all-to-all bytes grow linearly with the tokens."""
+    ep = 2**ep_exp
+    e = ep * per_gpu
+    k = min(k, e)
+    model = dataclasses.replace(TOY_MOE, num_experts=e, experts_per_token=k, expert_parallel=True)
+    t = IterationTimer(dataclasses.replace(model, expert_imbalance=imbalance), TOY_GPU, ep, TOY_EFF)
+    uniform = IterationTimer(model, TOY_GPU, ep, TOY_EFF)
+    touched = t.touched_experts_per_gpu(tokens)
+    assert uniform.touched_experts_per_gpu(tokens) <= touched + 1e-12 <= per_gpu + 1e-9
+    assert t.touched_experts_per_gpu(tokens + 1) >= touched
+    assert t.all_to_all_bytes(2 * tokens) == pytest.approx(2 * t.all_to_all_bytes(tokens))
+    assert t.body_time(tokens + 1) >= t.body_time(tokens) > 0
+
+
+def test_closed_form_decode_runs_match_exact_stepping_under_ep_and_dp(tmp_path):
+    import numpy as np
+
+    from kavier_opendc.engine.simulator import simulate
+    from kavier_opendc.workload.trace import load_trace
+
+    cat = default_catalog()
+    trace = load_trace(str(_trace(tmp_path)))
+    finish = []
+    for exact in (False, True):
+        cfg = SimConfig(
+            model=cat.model("DeepSeek-V3"),
+            gpu=cat.gpu("H200"),
+            tp=8,
+            expert_parallel=True,
+            data_parallel_size=4,
+            exact=exact,
+        )
+        finish.append(np.asarray(simulate(trace, cfg, progress=False).results.finish))
+    assert np.isfinite(finish[0]).all()
+    np.testing.assert_allclose(finish[0], finish[1], rtol=0, atol=1e-9)

@@ -211,10 +211,11 @@ class SimConfig:
     def _check_moe_parallel(self) -> None:
         """Expert and attention data parallelism: MoE models only, and the GPUs must split evenly.
 
-        Rules as vLLM and SGLang apply them: EP spans all of the replica's GPUs (vLLM
-        docs/serving/expert_parallel_deployment.md: EP size = TP x DP; vllm/config/parallel.py), so they must
-        split the experts evenly; attention DP ranks split the replica's GPUs (SGLang
-        docs/advanced_features/dp_dpa_smg_guide.md: --tp is the GPUs, --dp-size the attention ranks)."""
+        Rules as vLLM and SGLang apply them: EP spans all of the replica's GPUs (vllm-project/vllm
+        docs/serving/expert_parallel_deployment.md @ 13642f1e: EP_SIZE = TP_SIZE x DP_SIZE), so they must
+        split the experts evenly; attention DP ranks split the replica's GPUs (sgl-project/sglang
+        docs/advanced_features/dp_dpa_smg_guide.md @ a35bc5aa: --tp 8 --dp-size 8 --enable-dp-attention,
+        tp_size % dp_size == 0)."""
         for i, g in enumerate(self.replica_groups()):
             m = g.model
             where = "" if not self.groups else f" (replica group {i})"
