@@ -34,6 +34,13 @@ EFFICIENCY_ROWS = [
 ]
 
 
+#: The latencies' definition (report.md, report.html and the comparison pages say it in these words).
+LATENCY_DEFINITION = (
+    "TTFT: arrival to first output token; TPOT: (last token - first token) / (output tokens - 1); "
+    "end-to-end: arrival to last token; percentiles over finished requests."
+)
+
+
 def fmt(x: Any, digits: int = 4) -> str:
     """A number for a table: 4 significant digits, thousands separators for big ones."""
     if x is None:
@@ -358,10 +365,7 @@ def _definitions(report: Mapping[str, Any]) -> list[str]:
     add("")
     for k, v in DEFINITIONS.items():
         add(f"- `{k}`: {v}")
-    add(
-        "- TTFT: arrival to first output token; TPOT: (last token - first token) / (output tokens - 1); "
-        "end-to-end: arrival to last token; percentiles over finished requests."
-    )
+    add(f"- {LATENCY_DEFINITION}")
     add("")
     return lines
 
@@ -403,12 +407,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 
 def write_report(out_dir: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write report.md, then report.json (atomically, report.json last)."""
-    from kavier_opendc.base.atomic import atomic_write_text, write_json_atomic
+    """Write report.md, report.html (the plots in ``out_dir`` embedded), then report.json (each atomically,
+    report.json last: it marks the report done)."""
+    from kavier_opendc.base.atomic import atomic_write_text, jsonable, write_json_atomic
+    from kavier_opendc.reports.html import write_run_html
 
     out_dir = Path(out_dir)
     md = out_dir / REPORT_MD
     atomic_write_text(md, render_markdown(report))
+    write_run_html(out_dir, jsonable(report))  # the numbers exactly as report.json holds them (NaN as null)
     js = out_dir / REPORT_JSON
     write_json_atomic(js, dict(report))
     return js, md
