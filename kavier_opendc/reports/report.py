@@ -407,15 +407,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 
 def write_report(out_dir: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write report.md, report.html (the plots in ``out_dir`` embedded), then report.json (each atomically,
-    report.json last: it marks the report done)."""
-    from kavier_opendc.base.atomic import atomic_write_text, jsonable, write_json_atomic
-    from kavier_opendc.reports.html import write_run_html
+    """Write report.md, then report.json (atomically, report.json last)."""
+    from kavier_opendc.base.atomic import atomic_write_text, write_json_atomic
 
     out_dir = Path(out_dir)
     md = out_dir / REPORT_MD
     atomic_write_text(md, render_markdown(report))
-    write_run_html(out_dir, jsonable(report))  # the numbers exactly as report.json holds them (NaN as null)
     js = out_dir / REPORT_JSON
     write_json_atomic(js, dict(report))
     return js, md
