@@ -130,9 +130,9 @@ def _cells(line: str) -> list[str]:
 
 
 def _md_table(lines: list[str]) -> str:
-    head, align = _cells(lines[0]), _cells(lines[1])
-    right = [a.strip().endswith(":") for a in align]
-    rows = ["<tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr>"]
+    head = _cells(lines[0])
+    right = [a.strip().endswith(":") for a in lines[1].strip().strip("|").split("|")]  # |---|---:|
+    rows = ["<tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr>" if any(head) else ""]
     for line in lines[2:]:
         cells = _cells(line)
         rows.append(
