@@ -372,7 +372,7 @@ def _run_stages(
         odc = out / "opendc"
         _stage_export(exp, output, odc, st, opendc_run)
         _stage_opendc(odc, out, st, bridge, opendc_run)
-    with st.stage("report", "report.json, report.md" + (", plots" if plots else "")):
+    with st.stage("report", "report.json, report.md, report.html" + (", plots" if plots else "")):
         report = _stage_report(
             exp, out, output, opendc_run, st, use_opendc, plots, command, started, t_start, extra_inputs
         )
@@ -504,7 +504,8 @@ def _stage_report(
     t_start,
     extra_inputs,
 ) -> dict:
-    """Efficiency, plots and provenance; writes report.md and report.json (last) and returns the report."""
+    """Efficiency, plots and provenance; writes report.html, report.md and report.json (last) and returns the
+    report."""
 
     summary, requests = output.summary, output.requests_frame()
     if summary.get("disaggregation") and run.sustainability is not None:
