@@ -140,7 +140,7 @@ def run_experiment(
     """Run an experiment end to end into ``out`` (``kavier run``); returns its ``RunResult``.
 
     The result's ``report`` is report.json's content; ``out`` holds what the command writes (simulation/,
-    report.json, report.md, plots/, and opendc/ with OpenDC). ``opendc``: False (the default here) runs
+    report.json, report.md, report.html, plots/, and opendc/ with OpenDC). ``opendc``: False (the default here) runs
     without the JVM, as ``kavier run --no-opendc``; None follows the file's ``opendc.enabled``, True
     requires OpenDC. ``plots``: write plots/*.png; ``quiet``: no stage lines on stderr.
     """

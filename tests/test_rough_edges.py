@@ -159,7 +159,7 @@ def test_no_plots_does_not_claim_plots(tmp_path):
     (tmp_path / "t.csv").write_text(OK_CSV)
     (tmp_path / "e.yaml").write_text(EXPERIMENT)
     rc, out, _ = run(["run", tmp_path / "e.yaml", "--out", tmp_path / "r", "--no-plots"])
-    assert rc == 0 and "report.json, report.md in" in out and "report.md, plots/" not in out
+    assert rc == 0 and "report.json, report.md, report.html in" in out and "report.html, plots/" not in out
     assert not (tmp_path / "r" / "plots").exists()
 
 

@@ -26,6 +26,7 @@ def test_marker_names_are_the_ones_on_disk():
         "plots",
         "report.json",
         "report.md",
+        "report.html",
         "experiment.json",
         "INCOMPLETE",
     )

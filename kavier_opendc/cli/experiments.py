@@ -44,7 +44,7 @@ def add_run_args(ap: argparse.ArgumentParser, experiment: bool = True) -> None:
         "--out",
         required=True,
         metavar="DIR",
-        help="output folder: report.json, report.md, plots/, simulation/, opendc/",
+        help="output folder: report.json, report.md, report.html, plots/, simulation/, opendc/",
     )
     ap.add_argument(
         "--no-opendc",
@@ -131,7 +131,7 @@ def format_run_summary(report: dict, out: Path, wall_s: float, plots: bool = Tru
     for note in (text.context_note(p), text.offline_batch_note(p)):
         if note:
             lines.append(f"note         {note}")
-    written = "report.json, report.md" + ("" if not plots else ", plots/")
+    written = "report.json, report.md, report.html" + ("" if not plots else ", plots/")
     lines.append(f"wrote        {out}/{written} in {wall_s:.1f} s")
     return "\n".join(lines)
 
@@ -239,7 +239,7 @@ def register(sub) -> None:
         "run",
         help=HELP["run"],
         description="Run an experiment file end to end: trace -> serving simulation -> OpenDC "
-        "export -> OpenDC (through the bridge) -> report.json, report.md and plots. "
+        "export -> OpenDC (through the bridge) -> report.json, report.md, report.html and plots. "
         "The output folder holds a file INCOMPLETE while running or after a failure.",
     )
     add_run_args(run)

@@ -55,7 +55,7 @@ def _plan(plan, args, command: str) -> int:
         command=command,
     )
     print(res.text)
-    print(f"wrote {args.out}/plan.md, plan.json, candidates.csv, evaluations.csv, front.csv, plots/, runs/")
+    print(f"wrote {args.out}/plan.md, plan.html, plan.json, candidates.csv, evaluations.csv, front.csv, plots/, runs/")
     return 0 if res.summary["chosen"] is not None else 3
 
 

@@ -10,7 +10,7 @@ Output folder layout (``--out DIR``)::
                                  (OpenDC's raw output), sustainability.json; its
                                  paths are relative to it (portable)
     DIR/plots/*.png
-    DIR/report.md, DIR/report.json   (report.json is written last)
+    DIR/report.html, DIR/report.md, DIR/report.json   (report.json is written last)
 
 All or nothing: while a run is in progress, and after it failed, ``DIR``
 holds a file ``INCOMPLETE`` (with the stage and the error); ``report.json``
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kavier_opendc import __version__
-from kavier_opendc.base.atomic import check_writable_dir
+from kavier_opendc.base.atomic import check_writable_dir, jsonable
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
 from kavier_opendc.base.progress import Progress
 from kavier_opendc.base.units import latencies
@@ -56,6 +56,7 @@ from kavier_opendc.opendc.jvm import check_opendc_available
 from kavier_opendc.opendc.results import run_opendc_dir, sustainability_record
 from kavier_opendc.opendc.span import check_span, longest_gap
 from kavier_opendc.reports.efficiency import efficiency_report, pool_energy
+from kavier_opendc.reports.html import write_run_html
 from kavier_opendc.reports.report import write_report
 
 # --------------------------------------------------------------------------
@@ -371,7 +372,7 @@ def _run_stages(
         odc = out / "opendc"
         _stage_export(exp, output, odc, st, opendc_run)
         _stage_opendc(odc, out, st, bridge, opendc_run)
-    with st.stage("report", "report.json, report.md" + (", plots" if plots else "")):
+    with st.stage("report", "report.json, report.md, report.html" + (", plots" if plots else "")):
         report = _stage_report(
             exp, out, output, opendc_run, st, use_opendc, plots, command, started, t_start, extra_inputs
         )
@@ -503,7 +504,8 @@ def _stage_report(
     t_start,
     extra_inputs,
 ) -> dict:
-    """Efficiency, plots and provenance; writes report.md and report.json (last) and returns the report."""
+    """Efficiency, plots and provenance; writes report.html, report.md and report.json (last) and returns the
+    report."""
 
     summary, requests = output.summary, output.requests_frame()
     if summary.get("disaggregation") and run.sustainability is not None:
@@ -568,7 +570,8 @@ def _stage_report(
         "outputs": {"simulation": "simulation", "opendc": "opendc" if use_opendc else None, "report_md": "report.md"},
     }
     prov["stages_s"]["report"] = time.perf_counter() - st.t0
-    write_report(out, report)
+    write_run_html(out, jsonable(report))  # the numbers exactly as report.json will hold them (NaN as null)
+    write_report(out, report)  # report.md, then report.json last
     return report
 
 

@@ -23,7 +23,7 @@ The search (the plan file is described in ``plan_file.py``):
 Every run is a complete `kavier run` output under ``DIR/runs/<id>/`` with the
 sweep's ``DONE`` marker, so a re-run (for example with another
 ``--objective``) reuses every finished run and starts no cluster when nothing
-is left to do. Outputs: ``plan.json``, ``plan.md``, ``candidates.csv`` and
+is left to do. Outputs: ``plan.json``, ``plan.md``, ``plan.html``, ``candidates.csv`` and
 ``candidates.md`` (one row per shape), ``evaluations.csv`` (one row per run),
 ``front.csv`` and plots under ``plots/``.
 
@@ -51,6 +51,7 @@ from kavier_opendc.experiments.plan_file import OBJECTIVES, SLO, Plan, Shape, sh
 from kavier_opendc.experiments.run_folder import absolutized, clear_done, config_hash, mark_done, run_is_done
 from kavier_opendc.experiments.sweep import report_row
 from kavier_opendc.opendc.jvm import check_opendc_available
+from kavier_opendc.reports.html import PLAN_HTML, write_comparison_html
 
 LOG = "plan_log.jsonl"
 METRICS = {"cost": "cost_per_mtoken", "energy": "wh_per_mtoken", "carbon": "gco2_per_mtoken"}
@@ -641,7 +642,8 @@ def summary_text(summary: dict) -> str:
 
 
 def write_plan_outputs(plan: Plan, out: Path, summary: dict, runs: PlanRuns) -> str:
-    """plan.json, plan.md, candidates.csv/.md, evaluations.csv, front.csv and plots; returns the summary text."""
+    """plan.json, plan.md, candidates.csv/.md, evaluations.csv, front.csv, plots and plan.html (the candidates,
+    sortable, with the Pareto plots embedded); returns the summary text."""
     import pandas as pd
 
     from kavier_opendc.reports import plots as P
@@ -717,11 +719,19 @@ def write_plan_outputs(plan: Plan, out: Path, summary: dict, runs: PlanRuns) -> 
             f = out / "plots" / f"front_{y}_vs_{x}.png"
             P.sweep_tradeoff(t, f, x=x, y=y, xlabel=xl, ylabel=yl, title=f"{plan.name}: {yl} vs {xl}")
             plots.append(f.relative_to(out))
+    source = f"Source: {plan.source}. SLOs: {summary['slo']}" + (
+        f"; traffic at {summary['rate']:g} requests/s." if summary["rate"] else "."
+    )
+    screened = (
+        "Feasible shapes at their smallest replica count meeting the SLOs; 'screened out' shapes were neither on "
+        "the estimated front nor near its best cost or energy, so OpenDC did not run them (their figures are "
+        "estimates without OpenDC)."
+    )
+    runs_note = "Every run is a complete `kavier run` output under `runs/`; `evaluations.csv` lists them all."
     md = [
         f"# Capacity plan {plan.name}",
         "",
-        f"Source: {plan.source}. SLOs: {summary['slo']}"
-        + (f"; traffic at {summary['rate']:g} requests/s." if summary["rate"] else "."),
+        source,
         "",
         "```",
         text,
@@ -729,17 +739,26 @@ def write_plan_outputs(plan: Plan, out: Path, summary: dict, runs: PlanRuns) -> 
         "",
         "## Candidates",
         "",
-        "Feasible shapes at their smallest replica count meeting the SLOs; 'screened out' shapes were neither on "
-        "the estimated front nor near its best cost or energy, so OpenDC did not run them (their figures are "
-        "estimates without OpenDC).",
+        screened,
         "",
         *table,
         "",
-        "Every run is a complete `kavier run` output under `runs/`; `evaluations.csv` lists them all.",
+        runs_note,
         "",
     ]
     md += [f"![{p.stem}]({p})" for p in plots]
     atomic_write_text(out / "plan.md", "\n".join(md) + "\n")
+    write_comparison_html(
+        out / PLAN_HTML,
+        f"Capacity plan {plan.name}",
+        [source, screened],
+        cols,
+        summary["shapes"],
+        [(out / p, f"Pareto front: {p.stem.removeprefix('front_').replace('_vs_', ' against ')}") for p in plots],
+        _f,
+        preformatted=text,
+        notes=[runs_note],
+    )
     return text
 
 

@@ -41,7 +41,7 @@ than its name (renamed or copied by hand) is refused before anything runs.
 ``DIR/sweep_log.jsonl`` records every start, finish, failure and skip with
 the worker's name, pid and timestamps.
 
-Results: ``DIR/comparison.csv``, ``DIR/comparison.md`` and plots under
+Results: ``DIR/comparison.csv``, ``DIR/comparison.md``, ``DIR/sweep.html`` and plots under
 ``DIR/plots/`` (energy per token vs p99 TTFT, and bars of the key metrics).
 """
 
@@ -84,6 +84,7 @@ from kavier_opendc.experiments.run_folder import (
     run_key,
 )
 from kavier_opendc.opendc.jvm import check_opendc_available
+from kavier_opendc.reports.html import SWEEP_HTML, pareto_flags, write_comparison_html
 from kavier_opendc.reports.report import fmt
 
 SCHEMA_FILE = "sweep.schema.json"
@@ -326,7 +327,7 @@ class SweepResult:
                 f"note: {len(self.stale)} run folder(s) in {self.out / 'runs'} not in this sweep were kept "
                 "(named above and in sweep.json, stale_runs)"
             )
-        lines.append(f"wrote {self.out}/comparison.csv, comparison.md, plots/")
+        lines.append(f"wrote {self.out}/comparison.csv, comparison.md, sweep.html, plots/")
         return "\n".join(lines)
 
 
@@ -501,7 +502,7 @@ def _begin_sweep(out: Path) -> None:
         f"kavier sweep in progress since {time.strftime('%Y-%m-%dT%H:%M:%S')} "
         f"(pid {os.getpid()}); this folder is not complete until this file is gone.\n",
     )
-    for name in ("comparison.csv", "comparison.md"):
+    for name in ("comparison.csv", "comparison.md", SWEEP_HTML):
         (out / name).unlink(missing_ok=True)
 
 
@@ -590,7 +591,8 @@ def _fmt(v: Any) -> str:
 
 
 def write_comparison(sweep: Sweep, out: Path, table) -> None:
-    """comparison.csv (every column), comparison.md (the key ones) and plots."""
+    """comparison.csv (every column), comparison.md (the key ones), plots and sweep.html (the key columns,
+    sortable, with the plots embedded)."""
     from kavier_opendc.reports import plots as P
 
     tmp = out / ".comparison.csv.tmp"
@@ -689,3 +691,26 @@ def write_comparison(sweep: Sweep, out: Path, table) -> None:
             ("cost_per_mtoken", f"cost ({cur}/Mtoken)"),
         ]
     P.sweep_bars(table, metrics, pd_dir / "metrics.png", title=f"Sweep {sweep.name}")
+    y_front = "wh_per_mtoken" if has_energy else "cost_per_mtoken"
+    images = [(pd_dir / "tradeoff.png", f"trade-off: ttft_p99_s against {y_front}, one point per configuration")]
+    if has_energy:
+        images.append((pd_dir / "tradeoff_carbon.png", "trade-off in carbon"))
+    images.append((pd_dir / "metrics.png", "key metrics per configuration"))
+    columns = (
+        [("run", "run")]
+        + [(a, a) for a in axes]
+        + [(c, names.get(c, c).replace("cost", cur)) for c in cols]
+        + [("on_front", f"Pareto front (TTFT p99, {y_front})"), ("status", "status")]
+    )
+    rows = [{k: row.get(k) for k, _ in columns} for _, row in table.iterrows()]
+    for r, on in zip(rows, pareto_flags(rows, "ttft_p99_s", y_front), strict=True):
+        r["on_front"] = "yes" if on else ""
+    write_comparison_html(
+        out / SWEEP_HTML,
+        f"Sweep {sweep.name}",
+        [lines[i] for i in range(2, len(lines)) if lines[i] and not lines[i].startswith(("|", "!"))][:2],
+        columns,
+        rows,
+        images,
+        lambda v: v if isinstance(v, str) else _fmt(v),
+    )

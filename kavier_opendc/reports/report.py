@@ -34,6 +34,13 @@ EFFICIENCY_ROWS = [
 ]
 
 
+#: The latencies' definition (report.md, report.html and the comparison pages say it in these words).
+LATENCY_DEFINITION = (
+    "TTFT: arrival to first output token; TPOT: (last token - first token) / (output tokens - 1); "
+    "end-to-end: arrival to last token; percentiles over finished requests."
+)
+
+
 def fmt(x: Any, digits: int = 4) -> str:
     """A number for a table: 4 significant digits, thousands separators for big ones."""
     if x is None:
@@ -358,10 +365,7 @@ def _definitions(report: Mapping[str, Any]) -> list[str]:
     add("")
     for k, v in DEFINITIONS.items():
         add(f"- `{k}`: {v}")
-    add(
-        "- TTFT: arrival to first output token; TPOT: (last token - first token) / (output tokens - 1); "
-        "end-to-end: arrival to last token; percentiles over finished requests."
-    )
+    add(f"- {LATENCY_DEFINITION}")
     add("")
     return lines
 
