@@ -250,3 +250,15 @@ def test_cli_bad_closed_loop(tmp_path, args, needle):
     assert needle in p.stderr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_plan_refuses_a_rate_for_a_closed_loop_workload(tmp_path):
+    from types import SimpleNamespace
+
+    from kavier_opendc.experiments.plan_file import traffic_at
+
+    w = tmp_path / "w.yaml"
+    w.write_text("arrival: closed-loop\nconcurrency: 4\nnum_requests: 8\ninput: 100\noutput: 10\n")
+    with pytest.raises(KavierInputError, match="no request rate to set"):
+        traffic_at(SimpleNamespace(workload=w, workload_format=None), 2.0, tmp_path / "out")
+    assert traffic_at(SimpleNamespace(workload=w, workload_format=None), None, tmp_path / "out") == w
