@@ -44,6 +44,20 @@ BENCH_MODELS = {"Llama-3.1-8B-Instruct": "Llama-3.1-8B", "Llama-3.1-70B-Instruct
 #: the benchmark's GPUs: its README's "A100 80GB" and "H100" (the SXM part of the DGX/HGX boards assumed)
 BENCH_GPUS = {"1x A100 80GB": "A100-80GB", "4x H100 80GB": "H100-SXM"}
 
+#: framework -> (backend, versions) of the closed-loop rows (AIConfigurator's silicon table) it is fitted on;
+#: Qwen3-32B BF16, the ISL 1,024 rows fitted, the others held out (calibration/closed_loop_bench.py)
+CLOSED_LOOP = {
+    "vllm-0.12-server": ("vllm", ("0.12.0",)),
+    "sglang-0.5-server": ("sglang", ("0.5.1.post1", "0.5.8.post1")),
+}
+CLOSED_LOOP_FILE = "calibration/aiconfigurator_e2e_h100.csv"
+CLOSED_LOOP_FIT_ISL = 1024
+#: rows only evaluated (no fitting): (label, backend, versions, model, precision, framework)
+CLOSED_LOOP_CHECKS = (
+    ("vLLM FP8 Llama-3.1-70B (no version recorded)", "vllm", ("unknown",), "Llama-3.1-70B", "fp8", "vllm-0.12-server"),
+    ("vLLM 0.12.0 Qwen3-32B BF16, default profile", "vllm", ("0.12.0",), "Qwen3-32B", "bf16", "vllm-v1"),
+)
+
 #: framework -> the shared files measured with it
 SOURCES = {
     "vllm-0.5-server": ["calibration/mlenergy_v2_vllm054_chat.csv"],
@@ -143,6 +157,7 @@ def rebuild(text: str, data: Path = DATA) -> tuple[str, list[str]]:
         )
     blocks: dict[str, str] = {}
     table += serving_bench_fits(cat, data, blocks)
+    table += closed_loop_fits(cat, data, blocks)
     for name, lines in blocks.items():
         text = _replace_block(text, name, lines)
     return text, table
@@ -206,6 +221,75 @@ def serving_bench_fits(cat, data: Path, blocks: dict) -> list[str]:
     return table + checks
 
 
+def closed_loop_fits(cat, data: Path, blocks: dict) -> list[str]:
+    """Fit the frameworks of the closed-loop rows (calibration/closed_loop_bench.py); ``blocks`` gets each
+    framework's fitted lines; returns the error table (TTFT and TPOT MAPE per framework, set, model and TP)."""
+    import dataclasses
+
+    from kavier_opendc.calibration.closed_loop_bench import evaluate, fit_closed_loop, read_rows
+    from kavier_opendc.specs.frameworks import framework
+
+    rows = read_rows(data / CLOSED_LOOP_FILE)
+    table = [
+        "",
+        f"Closed-loop runs ({Path(CLOSED_LOOP_FILE).name}, H100-SXM, mode agg; fitted: ISL {CLOSED_LOOP_FIT_ISL}, "
+        "held out: the others): mean TTFT and TPOT, MAPE",
+        "| set | framework | rows of | model | precision | TP | rows | TTFT MAPE | TPOT MAPE | fixed ms/step "
+        "| us/sequence | client ms |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def lines_of(name: str, fit, what: str, sets) -> None:
+        for set_name, sims in sets:
+            keys = sorted({(s.row.model, s.row.precision, s.row.tp) for s in sims})
+            for model, prec, tp in keys:
+                grp = [s for s in sims if (s.row.model, s.row.precision, s.row.tp) == (model, prec, tp)]
+                m = fit.mape(grp)
+                near = min(fit.overheads, key=lambda k: (abs(int(k[1]) - tp), int(k[1])), default=None)
+                o = fit.overheads.get(near) if near is not None else None
+                over = (
+                    "GPU profile's | -"
+                    if o is None
+                    else f"{1e3 * o.fixed_s:.2f} | {1e6 * o.per_seq_s:.1f}"
+                    + ("" if near[1] == tp else f" (TP {near[1]}'s)")
+                )
+                table.append(
+                    f"| {set_name} | {name} | {what} | {model} | {prec} | {tp} | {len(grp)} | {100 * m['ttft']:.1f} % "
+                    f"| {100 * m['tpot']:.1f} % | {over} | {1e3 * fit.client_latency_s:.1f} |"
+                )
+
+    fitted: dict[str, object] = {}
+    for name, (backend, versions) in CLOSED_LOOP.items():
+        grp = [
+            r
+            for r in rows
+            if r.backend == backend and r.version in versions and r.model == "Qwen3-32B" and r.precision == "bf16"
+        ]
+        fit = fit_closed_loop(
+            grp, cat, framework(name), lambda r, v=versions[0]: r.isl == CLOSED_LOOP_FIT_ISL and r.version == v
+        )
+        lines = [f"    client_latency_s: {fit.client_latency_s}", "    step_overhead:"]
+        lines += [
+            "      - {gpu: " + f"{g}, tp: {t}, fixed_s: {o.fixed_s}, per_seq_s: {o.per_seq_s}" + "}"
+            for (g, t), o in fit.overheads.items()
+        ]
+        blocks[name] = "\n".join(lines)
+        fitted[name] = dataclasses.replace(
+            framework(name), step_overhead=fit.overheads, client_latency_s=fit.client_latency_s
+        )
+        what = f"{backend} {'/'.join(versions)}"
+        lines_of(name, fit, what, [("fitted", fit.fitted), ("held out", fit.held_out)])
+    for label, backend, versions, model, prec, name in CLOSED_LOOP_CHECKS:
+        grp = [
+            r
+            for r in rows
+            if r.backend == backend and r.version in versions and r.model == model and r.precision == prec
+        ]
+        ev = evaluate(grp, cat, fitted.get(name) or framework(name))
+        lines_of(name, ev, label, [("check", ev.held_out)])
+    return table
+
+
 def simulated_batch_latency(framework: str, files: list[str], data: Path = DATA) -> dict[tuple[str, int], list[float]]:
     """Relative errors of the whole simulator on batch-latency rows: ``b`` requests of n in / n out at t = 0."""
     import numpy as np
@@ -242,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="compare with the committed file instead of writing it")
     args = ap.parse_args(argv)
     missing = [
-        f for files in [*SOURCES.values(), [SERVING_BENCH_FILE, SHAREGPT]] for f in files if not (DATA / f).exists()
+        f
+        for files in [*SOURCES.values(), [SERVING_BENCH_FILE, SHAREGPT, CLOSED_LOOP_FILE]]
+        for f in files
+        if not (DATA / f).exists()
     ]
     if missing:
         print("measurements not found: " + ", ".join(missing), file=sys.stderr)

@@ -186,6 +186,12 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
         f"{s['prefix_cache']['evictions']} evictions",
         f"wrote        {out}/requests.parquet, summary.json, timeline.parquet in {wall:.2f} s",
     ]
+    arr = s.get("arrival")
+    if arr:
+        lines.insert(
+            3,
+            f"arrival      closed-loop, concurrency {arr['concurrency']} (think time {arr['think_time_s']:g} s)",
+        )
     if pd:
         p, d, link = pd["prefill_pool"], pd["decode_pool"], pd["link"]
         mean = link["transfer_s_mean"]

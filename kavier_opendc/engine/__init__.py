@@ -4,6 +4,7 @@ simulator.py     the discrete-event loop (arrivals -> router -> replicas) and Si
 knobs.py         every serving knob declared once: its CLI flag, experiment path, bounds, help
 disaggregated.py disaggregated prefill/decode: the prefill and decode replicas and their event loop
 kv_link.py       the P/D topology (pools, link) and the FIFO KV-transfer link model
+closed_loop.py   closed-loop clients: the arrival of each request when a client is freed
 router.py        which replica an arriving request goes to
 replica.py       one replica's state; applies the iterations its scheduler forms
 scheduler.py     batch formation: running requests, admission, preemption, decode runs (vLLM v1)

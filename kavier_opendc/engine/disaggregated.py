@@ -39,7 +39,7 @@ from kavier_opendc.engine.kv_link import Disaggregation, KVLink
 from kavier_opendc.engine.kv_manager import blocks_for
 from kavier_opendc.engine.replica import Replica
 from kavier_opendc.engine.request import DONE, Req
-from kavier_opendc.engine.results import FINISHED, REJECTED, Results
+from kavier_opendc.engine.results import Results
 
 
 class PrefillReplica(Replica):
@@ -233,6 +233,8 @@ def run_disaggregated(
             continue
         if i >= n:
             break
+        if ta == inf:  # cannot happen: every request in flight ends, and its end frees a client
+            raise RuntimeError(f"closed loop stalled before request {i}")
         p, o = prompts[i], outs[i]
         t_out[i] = o
         req = Req(i, ta, p, 1)
@@ -243,13 +245,9 @@ def run_disaggregated(
         assert best_pre is not None
         rec.prefill_replica[i] = best_pre.idx
         if blocks_for(p) > pre_cap or blocks_for(p + o - 1) > dec_cap or p + o > max_len:
-            res.status[i] = REJECTED
-            res.replica[i] = best_pre.idx
+            res.record_reject(i, best_pre.idx, ta)
         elif full_cache_key is not None and best_pre.kv.prompt_cache.lookup(full_cache_key(i)):  # type: ignore[union-attr]
-            res.first_sched[i] = res.first_token[i] = res.finish[i] = ta
-            res.cached[i] = p
-            res.status[i] = FINISHED
-            res.replica[i] = best_pre.idx
+            res.record_cached(i, best_pre.idx, ta, p)
         else:
             best_pre.enqueue(req)
             best_pre.queued_prompt_tokens += p

@@ -438,6 +438,28 @@ KNOBS: tuple[Knob, ...] = (
         choices=TRANSFER_MODES,
         default="whole",
     ),
+    # closed-loop clients (engine/closed_loop.py); a synthetic workload can declare them too (arrival closed-loop)
+    _k(
+        "concurrency",
+        "int",
+        "--concurrency",
+        None,
+        "closed-loop clients, as benchmark clients (vllm bench serve --max-concurrency, aiperf) run: C clients "
+        "each send the next request of the trace when their previous one ends; the trace's arrival times are "
+        "replaced by the simulated ones (default: the trace's arrivals)",
+        minimum=1,
+        metavar="C",
+    ),
+    _k(
+        "think_time_s",
+        "float",
+        "--think-time",
+        None,
+        "closed loop: seconds a client waits after an answer before sending its next request (default 0)",
+        minimum=0.0,
+        limit=limits.DURATION_S,
+        metavar="S",
+    ),
     _k(
         "exact",
         "switch",

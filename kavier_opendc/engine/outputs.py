@@ -378,6 +378,18 @@ def summary_dict(result) -> dict:
             for rep in result.replicas
         ],
         "trace": {"source": str(tr.source), "format": tr.format, "offline_batch": not getattr(tr, "timed", True)},
+        # closed-loop clients only (open-loop summaries are unchanged): the arrivals are the simulated ones
+        **(
+            {
+                "arrival": {
+                    "process": "closed-loop",
+                    "concurrency": result.extra["closed_loop"].concurrency,
+                    "think_time_s": result.extra["closed_loop"].think_time_s,
+                }
+            }
+            if "closed_loop" in result.extra
+            else {}
+        ),
         **({"disaggregation": disaggregation_summary(result)} if "pd" in result.extra else {}),
         "engine": {
             "version": __version__,

@@ -45,3 +45,15 @@ class Results:
         if last:
             self.status[i] = FINISHED
         self.replica[i] = replica
+
+    def record_reject(self, i: int, replica: int, t: float) -> None:
+        """Request ``i`` can never be served (refused at ``t`` by ``replica``)."""
+        self.status[i] = REJECTED
+        self.replica[i] = replica
+
+    def record_cached(self, i: int, replica: int, t: float, cached: int) -> None:
+        """Request ``i``'s whole answer came from ``replica``'s prompt cache at ``t``: done on arrival."""
+        self.first_sched[i] = self.first_token[i] = self.finish[i] = t
+        self.cached[i] = cached
+        self.status[i] = FINISHED
+        self.replica[i] = replica

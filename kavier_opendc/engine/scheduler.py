@@ -76,6 +76,7 @@ class Scheduler:
     outstanding: int
     version: int
     busy: bool
+    t: float  # time of the latest applied boundary
     next_time: float
     pending: Iteration | DecodeRunPlan | None
     preemptions: int

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
 from kavier_opendc.engine.request import DECODE, PREFILL, WAITING, Req
-from kavier_opendc.engine.results import REJECTED
 from kavier_opendc.engine.sched_output import Iteration
 from kavier_opendc.engine.scheduler import Scheduler
 
@@ -235,7 +234,5 @@ class SchedulerSGLang(Scheduler):
 
     def _reject(self, req: Req) -> None:
         """A request this replica can never serve under these limits."""
-        res = self.res
-        res.status[req.idx] = REJECTED
-        res.replica[req.idx] = self.idx
+        self.res.record_reject(req.idx, self.idx, self.t)
         self.outstanding -= 1

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from kavier_opendc.engine.kv_manager import blocks_for
 from kavier_opendc.engine.request import PREFILL
-from kavier_opendc.engine.results import REJECTED
 from kavier_opendc.engine.sched_output import Iteration
 from kavier_opendc.engine.scheduler import Scheduler
 
@@ -98,7 +97,5 @@ class SchedulerV0(Scheduler):
 
     def _reject(self, req) -> None:
         """A request this replica can never serve under these limits."""
-        res = self.res
-        res.status[req.idx] = REJECTED
-        res.replica[req.idx] = self.idx
+        self.res.record_reject(req.idx, self.idx, self.t)
         self.outstanding -= 1

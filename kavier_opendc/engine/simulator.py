@@ -5,6 +5,13 @@ iteration boundaries (in a heap). At equal times an arrival is handled first,
 so a request arriving exactly at a boundary is seen by that boundary's
 scheduling. Every trace row ends as exactly one result row: finished, or
 rejected when it can never fit in a replica's KV memory.
+
+Closed-loop clients (engine/closed_loop.py) make an arrival when a request
+ends: the arrival list is filled in as the boundaries free clients. A request
+sent by a client freed at a boundary arrives at that boundary's time but after
+it (it is caused by it): the batch formed there is not changed, the request
+joins at that replica's next boundary (an idle replica starts it at once), and
+other replicas' boundaries at the same time see it first, by the tie rule.
 """
 
 from __future__ import annotations
@@ -21,18 +28,19 @@ from kavier_opendc.base import limits
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.progress import Progress
 from kavier_opendc.engine import knobs
+from kavier_opendc.engine.closed_loop import ClientPool, ClosedLoopResults
 from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel, Efficiency
 from kavier_opendc.engine.disaggregated import DecodeReplica, PrefillReplica, run_disaggregated
 from kavier_opendc.engine.kv_link import TRANSFER_MODES, Disaggregation, LinkSpec, Pool
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
 from kavier_opendc.engine.replica import Replica, replica_class
 from kavier_opendc.engine.request import Req
-from kavier_opendc.engine.results import FINISHED, REJECTED, Results
+from kavier_opendc.engine.results import Results
 from kavier_opendc.engine.router import Router, normalise_router
 from kavier_opendc.specs.catalog import GEMM_PEAK_FIELDS, GPUSpec, ModelSpec
 from kavier_opendc.specs.frameworks import FrameworkProfile, framework
 from kavier_opendc.workload.prefix import PrefixIndex
-from kavier_opendc.workload.trace import Trace
+from kavier_opendc.workload.trace import ClosedLoop, Trace
 
 PREFIX_POLICIES = knobs.PREFIX_POLICIES
 _d = knobs.default
@@ -107,6 +115,9 @@ class SimConfig:
     kv_link_setup_s: float = _d("kv_link_setup_s")
     kv_transfer_mode: str = _d("kv_transfer_mode")
     disaggregation: Disaggregation | None = None
+    # closed-loop clients (engine/closed_loop.py): override the trace's arrival process (None: the trace's)
+    concurrency: int | None = _d("concurrency")
+    think_time_s: float | None = _d("think_time_s")  # None: the trace's closed loop's, else 0
 
     def served_model(self, model: ModelSpec) -> ModelSpec:
         """``model`` in the precisions served: its weights in ``weight_dtype`` (auto: its catalogue dtype) and
@@ -189,6 +200,7 @@ class SimConfig:
         SimConfig fields (``groups[i].tp`` for a group's); each front end words them its own way
         (:mod:`kavier_opendc.engine.knobs`)."""
         cfg = self.normalised()
+        cfg._check_closed_loop()  # before the knob table: its own words for a client count
         for knob in knobs.KNOBS:
             value = getattr(cfg, knob.field)
             problem = knob.problem(value)
@@ -262,6 +274,45 @@ class SimConfig:
                     location="expert_imbalance",
                     expected="--enable-expert-parallel with --expert-imbalance, or no --expert-imbalance",
                 )
+
+    def _check_closed_loop(self) -> None:
+        """A client count is a whole number >= 1, a think time a finite number of seconds >= 0."""
+        c = self.concurrency
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1):
+            raise KavierInputError(
+                f"closed-loop concurrency must be a whole number of clients >= 1, got {c!r}",
+                location="concurrency",
+                expected="an integer >= 1",
+            )
+        w = self.think_time_s
+        if w is not None and (
+            isinstance(w, bool) or not isinstance(w, (int, float, np.number)) or not math.isfinite(w) or w < 0
+        ):
+            raise KavierInputError(
+                f"closed-loop think time must be a finite number of seconds >= 0, got {w!r}",
+                location="think_time_s",
+                expected="a number >= 0",
+            )
+
+    def closed_loop(self, trace: Trace) -> ClosedLoop | None:
+        """The closed-loop clients of a run of ``trace``: ``concurrency`` (with ``think_time_s``, default 0)
+        overrides the trace's arrival process; else the trace's own (a synthetic closed-loop workload); None:
+        open loop, the trace's arrival times. A think time without any closed loop is an error."""
+        spec = trace.closed_loop
+        if self.concurrency is not None:
+            think = self.think_time_s if self.think_time_s is not None else 0.0
+            return ClosedLoop(int(self.concurrency), float(think))
+        if spec is not None:
+            if self.think_time_s is not None:
+                return ClosedLoop(spec.concurrency, float(self.think_time_s))
+            return spec
+        if self.think_time_s is not None:
+            raise KavierInputError(
+                "a think time is given but no closed-loop concurrency (open-loop arrivals come from the trace)",
+                location="think_time_s",
+                expected="--concurrency C with --think-time, or a workload with arrival closed-loop",
+            )
+        return None
 
     def _precision_gaps(self) -> list[tuple[ModelSpec, GPUSpec]]:
         """(served model, GPU) of the replica groups whose FP8/FP4 weights have no such peak on their GPU."""
@@ -458,6 +509,8 @@ class SimConfig:
             return fw.serving_path
         if self.usage != "auto":
             return self.usage
+        if self.closed_loop(trace) is not None:  # benchmark clients talk to a server
+            return "server"
         arrivals = trace.arrival_s
         at_once = not trace.timed or (len(arrivals) > 0 and arrivals.max() == arrivals.min())
         return "offline" if at_once else "server"
@@ -519,7 +572,8 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
         return _simulate_disaggregated(trace, cfg, topo, progress)
     t_wall = time.perf_counter()
     n = len(trace)
-    res = Results(n)
+    clients = _client_pool(trace, cfg)
+    res = Results(n) if clients is None else ClosedLoopResults(n, clients)
     prefix = _prefix_setup(trace, cfg)
     reps: list[Replica] = []
     usage = cfg.resolved_usage(trace)
@@ -560,7 +614,8 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     cap = reps[0].capacity
     router = Router(cfg.router, reps, cfg.seed, sessions=trace.session_id)
     affinity = router.policy == "prefix-affinity" and prefix is not None and prefix.policy == "block"
-    arrivals = trace.arrival_s.tolist()
+    # closed loop: the pool's list, filled in as clients are freed (inf: not sent yet)
+    arrivals = trace.arrival_s.tolist() if clients is None else clients.arrivals
     prompts = trace.num_input_tokens.tolist()
     outs = trace.num_output_tokens.tolist()
     samples = trace.n.tolist() if trace.n is not None and (trace.n > 1).any() else None
@@ -589,6 +644,8 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             continue
         if i >= n:
             break
+        if ta == inf:  # cannot happen: every request in flight ends, and its end frees a client
+            raise RuntimeError(f"closed loop stalled before request {i}")
         # arrival
         p, o = prompts[i], outs[i]
         req = Req(i, ta, p, o)
@@ -599,14 +656,10 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
         r = router.choose(ta, req)
         rep = reps[r]
         if (kv_on and blocks_for(p + o - 1) > rep.kv.capacity) or p + o > max_len:
-            res.status[i] = REJECTED
-            res.replica[i] = r
+            res.record_reject(i, r, ta)
         elif full_cache and rep.kv.prompt_cache.lookup(prefix.index.prompt_key(i)):  # type: ignore[union-attr]
             # the answer is served from the cache: done on arrival, nothing runs on the GPU
-            res.first_sched[i] = res.first_token[i] = res.finish[i] = ta
-            res.cached[i] = p
-            res.status[i] = FINISHED
-            res.replica[i] = r
+            res.record_cached(i, r, ta, p)
         else:
             rep.enqueue(req)
             if not rep.busy:
@@ -622,7 +675,9 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
         if not i & 0x3FFF:
             bar.update(i)
     bar.close()
-    result = SimulationResult(trace, cfg, res, reps, cap, usage=usage)
+    result = SimulationResult(_as_simulated(trace, clients), cfg, res, reps, cap, usage=usage)
+    if clients is not None:
+        result.extra["closed_loop"] = clients.spec
     end = result.makespan_s
     for rep in reps:  # every replica idles until the last request of the whole system finishes
         if rep.t < end:
@@ -645,7 +700,8 @@ def _simulate_disaggregated(
             expected="one sample per prompt",
         )
     n = len(trace)
-    res = Results(n)
+    clients = _client_pool(trace, cfg)
+    res = Results(n) if clients is None else ClosedLoopResults(n, clients)
     prefix = _prefix_setup(trace, cfg)
     usage = cfg.resolved_usage(trace)
     fw = cfg.framework_profile()
@@ -703,7 +759,7 @@ def _simulate_disaggregated(
         pools["prefill"],
         pools["decode"],
         res,
-        trace.arrival_s.tolist(),
+        trace.arrival_s.tolist() if clients is None else clients.arrivals,
         trace.num_input_tokens.tolist(),
         trace.num_output_tokens.tolist(),
         max_len,
@@ -711,13 +767,35 @@ def _simulate_disaggregated(
         progress=bar,
     )
     bar.close()
-    result = SimulationResult(trace, cfg, res, reps, reps[0].capacity, usage=usage, extra={"pd": rec})
+    result = SimulationResult(
+        _as_simulated(trace, clients), cfg, res, reps, reps[0].capacity, usage=usage, extra={"pd": rec}
+    )
+    if clients is not None:
+        result.extra["closed_loop"] = clients.spec
     end = result.makespan_s
     for rep in reps:
         if rep.t < end:
             rep.timeline.add(rep.t, end, 0.0, 0.0, rep.kv.load(), 0, 0, rep.kv.cached_load())
     result.wall_s = time.perf_counter() - t_wall
     return result
+
+
+def _client_pool(trace: Trace, cfg: SimConfig) -> ClientPool | None:
+    """The closed-loop clients of this run (None: open loop); they start at the trace's first time."""
+    spec = cfg.closed_loop(trace)
+    if spec is None:
+        return None
+    return ClientPool(len(trace), spec, float(trace.arrival_s[0]) if len(trace) else 0.0)
+
+
+def _as_simulated(trace: Trace, clients: ClientPool | None) -> Trace:
+    """The trace with the arrival times the run gave it (closed loop: when the clients sent each request),
+    so that every output (requests.parquet, the summary's latencies, the OpenDC export) uses them."""
+    if clients is None:
+        return trace
+    return dataclasses.replace(
+        trace, arrival_s=np.asarray(clients.arrivals, dtype=np.float64), closed_loop=clients.spec
+    )
 
 
 def _prefix_setup(trace: Trace, cfg: SimConfig) -> PrefixSetup | None:

@@ -530,6 +530,14 @@ def traffic_at(plan: Plan, rate: float | None, folder: Path) -> Path:
         spec = read_document(plan.workload, "workload")
         if not isinstance(spec, dict):
             raise KavierInputError("the synthetic workload description is not a mapping", source=str(plan.workload))
+        if spec.get("arrival") == "closed-loop":  # its clients set the pace: a rate would be ignored
+            raise KavierInputError(
+                "a closed-loop workload (arrival closed-loop) has no request rate to set: its clients send each "
+                "request when their previous one ends",
+                source=str(plan.workload),
+                location="traffic.rate",
+                expected="an open-loop workload (poisson, gamma, constant), or no traffic rate",
+            )
         spec = _absolute_files(copy.deepcopy(spec), plan.workload.parent)
         spec["rate"] = float(rate)
         out = folder / f"{plan.workload.stem}-rate{tag}.yaml"

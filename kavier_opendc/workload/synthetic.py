@@ -17,7 +17,13 @@ Arrivals (``arrival``), with ``rate`` in requests per second:
   variation ``cv`` (``cv > 1`` is burstier than Poisson, ``cv < 1`` smoother,
   ``cv == 1`` is Poisson);
 * ``constant``: exactly ``1/rate`` apart;
-* ``batch``: an offline batch, every request at 0 (``rate`` is ignored).
+* ``batch``: an offline batch, every request at 0 (``rate`` is ignored);
+* ``closed-loop``: ``concurrency`` clients (an integer >= 1), each sending its
+  next request ``think_time_s`` seconds (default 0) after its previous one
+  ends, as benchmark clients do (``rate`` is ignored). The end times come
+  from the simulation: the trace holds every request at 0 and the clients
+  (:class:`~kavier_opendc.workload.trace.ClosedLoop`); the simulator sets the
+  arrival times (engine/closed_loop.py). No sessions with it.
 
 The first request always arrives at 0.
 
@@ -82,9 +88,11 @@ from kavier_opendc.base.documents import parse_document
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import schema_file, schema_validator
 from kavier_opendc.workload.distributions import LengthSpec, SessionSpec, is_int, is_num
-from kavier_opendc.workload.trace import Trace
+from kavier_opendc.workload.trace import ClosedLoop, Trace
 
-ARRIVAL_KINDS: tuple[str, ...] = ("poisson", "gamma", "constant", "batch")
+ARRIVAL_KINDS: tuple[str, ...] = ("poisson", "gamma", "constant", "batch", "closed-loop")
+#: arrival kinds without a rate (every request at 0 in the generated trace)
+_NO_RATE = ("batch", "closed-loop")
 
 _SCHEMA_NAME = "synthetic_workload.schema.json"
 
@@ -100,7 +108,7 @@ def _gaps(kind: str, rate: float | None, cv: float, n: int, rng: np.random.Gener
     """Arrival times of ``n`` events, the first at 0."""
     if n == 0:
         return np.zeros(0)
-    if kind == "batch":
+    if kind in _NO_RATE:
         return np.zeros(n)
     assert rate is not None  # validated: every arrival kind but batch requires a rate
     if kind == "constant":
@@ -136,6 +144,8 @@ def synthetic_trace(
     hash_block_size: int = 512,
     base_dir: str | os.PathLike | None = None,
     source: str | None = None,
+    concurrency: int | None = None,
+    think_time_s: float | None = None,
 ) -> Trace:
     """Generate a synthetic trace (see the module documentation for every parameter).
 
@@ -156,6 +166,10 @@ def synthetic_trace(
         "hash_ids": hash_ids,
         "hash_block_size": hash_block_size,
     }
+    if concurrency is not None:
+        params["concurrency"] = concurrency
+    if think_time_s is not None:
+        params["think_time_s"] = think_time_s
     if sessions is not None:
         params["sessions"] = sessions
     parsed, problems = _parse_params(params, base_dir)
@@ -172,7 +186,25 @@ def _parse_params(p: Mapping[str, Any], base_dir) -> tuple[dict, list[str]]:
         problems.append(f"$.arrival: {arrival!r} is not one of {', '.join(ARRIVAL_KINDS)}")
     out["arrival"] = arrival
     rate = p.get("rate")
-    if arrival != "batch":
+    closed = arrival == "closed-loop"
+    conc, think = p.get("concurrency"), p.get("think_time_s", 0.0)
+    if think is None:
+        think = 0.0
+    if closed and conc is None:
+        problems.append("$.concurrency: required for arrival 'closed-loop' (the number of clients)")
+    elif conc is not None and (not is_int(conc) or conc < 1):
+        problems.append(f"$.concurrency: {conc!r} must be an integer >= 1 (the number of clients)")
+    if not is_num(think) or not np.isfinite(think) or think < 0:
+        problems.append(f"$.think_time_s: {think!r} must be a number >= 0 (seconds)")
+    if not closed and (conc is not None or p.get("think_time_s") is not None):
+        key = "concurrency" if conc is not None else "think_time_s"
+        problems.append(f"$.{key}: only for arrival 'closed-loop' (got arrival {arrival!r})")
+    if closed and p.get("sessions") is not None:
+        problems.append("$.sessions: not with arrival 'closed-loop' (each client sends the trace's next request)")
+    out["closed_loop"] = (
+        ClosedLoop(int(conc), float(think)) if closed and is_int(conc) and conc >= 1 and is_num(think) else None
+    )
+    if arrival not in _NO_RATE:
         if rate is None:
             problems.append(f"$.rate: required for arrival {arrival!r} (requests per second)")
         elif not is_num(rate) or rate <= 0:
@@ -277,7 +309,7 @@ def _size_problems(out: dict, p: Mapping[str, Any]) -> list[str]:
     rate = out["rate"]
     if rate is not None and rate > limits.RATE_RPS.value:
         problems.append(f"$.rate: {limits.RATE_RPS.above(rate)}")
-    if rate is not None and rate > 0 and n is not None and out["arrival"] != "batch":
+    if rate is not None and rate > 0 and n is not None and out["arrival"] not in _NO_RATE:
         span = n / rate
         if span > limits.DURATION_S.value:
             problems.append(
@@ -414,7 +446,13 @@ def _generate(p: dict, base_dir, source: str | None) -> Trace:
 
     desc = source or (
         f"synthetic: {n} requests, {arrival} arrivals"
-        + ("" if arrival == "batch" else f" at {rate:g}/s")
+        + (
+            ""
+            if arrival == "batch"
+            else f", {p['closed_loop'].concurrency} clients"
+            if arrival == "closed-loop"
+            else f" at {rate:g}/s"
+        )
         + f", seed {p['seed']}"
     )
     return Trace(
@@ -426,6 +464,7 @@ def _generate(p: dict, base_dir, source: str | None) -> Trace:
         hash_block_size=p["hash_block_size"],
         source=desc,
         format="synthetic",
+        closed_loop=p.get("closed_loop"),
     )
 
 

@@ -72,6 +72,16 @@ _SUPPORTED_EXT_TEXT = ".csv, .parquet, .pq, .jsonl, .ndjson, .json (optionally .
 _MAX_EXACT = float(2**53)
 
 
+@dataclass(frozen=True)
+class ClosedLoop:
+    """Closed-loop clients (benchmark clients such as ``vllm bench serve --max-concurrency``): ``concurrency``
+    clients each send their next request ``think_time_s`` after their previous one ends, so the arrival times
+    are the simulation's, not the trace's (only the first one is kept; the requests go in trace order)."""
+
+    concurrency: int
+    think_time_s: float = 0.0
+
+
 @dataclass
 class Trace:
     """A sequence of inference requests, sorted by arrival time."""
@@ -87,6 +97,7 @@ class Trace:
     source: str = ""  # file path or description
     format: str = ""  # kavier|azure|mooncake|vidur|synthetic
     timed: bool = True  # False: the file had no arrival times (an offline batch at 0)
+    closed_loop: ClosedLoop | None = None  # arrivals driven by closed-loop clients (arrival_s: all at 0)
 
     def __len__(self) -> int:
         return int(self.num_input_tokens.shape[0])

@@ -1,0 +1,274 @@
+"""Fit a serving framework to closed-loop benchmark rows: C clients, fixed prompt and answer lengths, each simulated.
+
+A row of AIConfigurator's silicon table (aiconfigurator_e2e_h100.csv, see
+the shared data's README) is one server measured by ``aiperf --concurrency
+C --num-requests 20*C --warmup-request-count 2*C`` with fixed ISL/OSL and
+``ignore_eos``: the mean TTFT and the mean time per output token after the
+first (TPOT). Each row is simulated as such a run (:func:`row_trace`): 22*C
+requests of ISL prompt and OSL answer tokens sent by C closed-loop clients
+(engine/closed_loop.py), all starting at once as aiperf's clients do, the
+first 2*C (the warm-up) left out of the means; the server's max batch is the
+row's ``batch_size`` and FP8 rows run FP8 weights.
+
+The framework's CPU time per engine step, ``fixed_s + per_seq_s x running
+sequences`` per TP, is fitted with the GPU profile held fixed: the simulated
+TPOT grows with both terms almost linearly (each step pays them once), so a
+Gauss-Newton fit on relative errors, its sensitivities from simulated
+differences, finds them in a few simulations per row; the client latency
+(request handling and streaming outside the engine steps) is then the median
+of measured minus simulated TTFT. :func:`fit_closed_loop` fits on the rows a
+predicate selects and reports every row, fitted or held out.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.engine.results import FINISHED
+from kavier_opendc.engine.simulator import SimConfig, simulate
+from kavier_opendc.specs.catalog import Catalog
+from kavier_opendc.specs.frameworks import FrameworkProfile, StepOverhead
+from kavier_opendc.workload.trace import ClosedLoop, Trace
+
+#: the table's model ids -> catalogue names (the models the catalogue holds)
+MODELS = {
+    "Qwen/Qwen3-32B": "Qwen3-32B",
+    "meta-llama/Llama-3.1-8B-Instruct": "Llama-3.1-8B",
+    "meta-llama/Llama-3.1-70B": "Llama-3.1-70B",
+    "meta-llama/Llama-3.1-70B-Instruct": "Llama-3.1-70B",
+}
+GPUS = {"h100_sxm": "H100-SXM"}
+WARMUP_PER_CLIENT = 2  # aiperf --warmup-request-count 2*C
+REQUESTS_PER_CLIENT = 20  # aiperf --num-requests 20*C
+
+
+@dataclass(frozen=True)
+class ClosedLoopRow:
+    """One aggregated-serving row: a server and its clients' mean TTFT and TPOT (s)."""
+
+    id: str
+    backend: str
+    version: str
+    model: str  # catalogue name
+    gpu: str  # catalogue name
+    precision: str  # bf16 | fp8
+    tp: int
+    isl: int
+    osl: int
+    concurrency: int
+    batch_size: int
+    ttft_s: float
+    tpot_s: float
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{self.backend} {self.version} {self.model} {self.precision} TP{self.tp} {self.isl}/{self.osl} "
+            f"C{self.concurrency}"
+        )
+
+
+@dataclass
+class SimulatedRow:
+    row: ClosedLoopRow
+    ttft_s: float  # mean, on the engine's clock (no client latency)
+    tpot_s: float
+
+
+@dataclass
+class ClosedLoopFit:
+    overheads: dict[tuple[str, int], StepOverhead]
+    client_latency_s: float
+    fitted: list[SimulatedRow] = field(default_factory=list)
+    held_out: list[SimulatedRow] = field(default_factory=list)
+
+    def errors(self, s: SimulatedRow) -> dict[str, float]:
+        """Relative errors of one row on the client's clock: mean TTFT and mean TPOT."""
+        r = s.row
+        return {
+            "ttft": abs(s.ttft_s + self.client_latency_s - r.ttft_s) / r.ttft_s,
+            "tpot": abs(s.tpot_s - r.tpot_s) / r.tpot_s,
+        }
+
+    def mape(self, rows: list[SimulatedRow]) -> dict[str, float]:
+        errs = [self.errors(s) for s in rows]
+        return {k: float(np.mean([e[k] for e in errs])) if errs else math.nan for k in ("ttft", "tpot")}
+
+
+def read_rows(path: str | Path, backend: str | None = None) -> list[ClosedLoopRow]:
+    """The ``mode == agg`` rows of ``path`` (the columns of aiconfigurator_e2e_h100.csv) whose model the
+    catalogue holds and whose precision is BF16 or FP8, optionally of one ``backend``."""
+    out = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for line, r in enumerate(csv.DictReader(fh), start=2):
+            if r.get("mode") != "agg" or (backend is not None and r.get("backend") != backend):
+                continue
+            model = MODELS.get(r.get("model_path", ""))
+            precision = (r.get("precision") or "").strip() or "bf16"
+            gpu = GPUS.get(r.get("system", ""))
+            if model is None or gpu is None or precision not in ("bf16", "fp8"):
+                continue
+            try:
+                batch = int(float(r["batch_size"]))
+                conc = int(float(r["concurrency"])) if (r.get("concurrency") or "").strip() else batch
+                out.append(
+                    ClosedLoopRow(
+                        r["id"],
+                        r["backend"],
+                        (r.get("backend_version") or "").strip() or "unknown",
+                        model,
+                        gpu,
+                        precision,
+                        int(float(r["tp_size"])),
+                        int(r["isl"]),
+                        int(r["osl"]),
+                        conc,
+                        batch,
+                        float(r["silicon_ttft_ms"]) / 1e3,
+                        float(r["silicon_tpot_ms"]) / 1e3,
+                    )
+                )
+            except (KeyError, ValueError) as exc:
+                raise KavierInputError(
+                    f"unreadable row ({exc})",
+                    source=str(path),
+                    location=f"line {line}",
+                    expected="the columns of aiconfigurator_e2e_h100.csv",
+                ) from None
+    return out
+
+
+def row_trace(row: ClosedLoopRow) -> Trace:
+    """The row's run: (20 + 2) x C requests of ISL / OSL tokens from C closed-loop clients."""
+    n = (REQUESTS_PER_CLIENT + WARMUP_PER_CLIENT) * row.concurrency
+    return Trace(
+        np.zeros(n),
+        np.full(n, row.isl, dtype=np.int64),
+        np.full(n, row.osl, dtype=np.int64),
+        source=row.id,
+        format="kavier",
+        closed_loop=ClosedLoop(row.concurrency),
+    )
+
+
+def sglang05_memory_fraction(gpu_memory_gib: float, tp: int) -> float:
+    """SGLang 0.5's default ``mem_fraction_static`` (ServerArgs._handle_gpu_memory_settings): (GPU memory -
+    reserved) / GPU memory, reserved (MiB) = 512 + 1.5 x chunked_prefill_size + 2 x cuda_graph_max_bs +
+    TP / 8 x 1024, at least 10 GiB on GPUs above 60 GiB; chunk 8,192 and graphs to 256 sequences (512 from
+    TP 4) on GPUs of 60-90 GiB. SGLang 0.3 took 0.88 / 0.85 / 0.82 / 0.80 by TP instead."""
+    mib = gpu_memory_gib * 1024
+    chunk = 8192 if mib >= 60 * 1024 else 4096
+    graphs = 256 if tp < 4 else 512
+    reserved = 512 + max(chunk, 2048) * 1.5 + graphs * 2 + tp / 8 * 1024
+    if mib > 60 * 1024:
+        reserved = max(reserved, 10 * 1024)
+    return round((mib - reserved) / mib, 3)
+
+
+def simulate_row(row: ClosedLoopRow, catalog: Catalog, fw: FrameworkProfile) -> SimulatedRow:
+    """The row simulated under ``fw``: mean TTFT and TPOT of the requests after the warm-up (engine clock)."""
+    gpu = catalog.gpu(row.gpu)
+    kw: dict = {}
+    if fw.engine == "sglang":
+        kw["gpu_memory_utilization"] = sglang05_memory_fraction(gpu.memory_gib, row.tp)
+    cfg = SimConfig(
+        model=catalog.model(row.model),
+        gpu=gpu,
+        tp=row.tp,
+        framework=dataclasses.replace(fw, client_latency_s=0.0),
+        max_num_seqs=row.batch_size,
+        weight_dtype="fp8" if row.precision == "fp8" else "auto",
+        **kw,
+    )
+    res = simulate(row_trace(row), cfg, progress=False)
+    r, tr = res.results, res.trace
+    keep = np.arange(len(tr)) >= WARMUP_PER_CLIENT * row.concurrency
+    keep &= r.status == FINISHED
+    ttft = float(np.mean((r.first_token - tr.arrival_s)[keep]))
+    tpot = float(np.mean(((r.finish - r.first_token) / max(row.osl - 1, 1))[keep]))
+    return SimulatedRow(row, ttft, tpot)
+
+
+def _with(base: FrameworkProfile, over: dict[tuple[str, int], StepOverhead]) -> FrameworkProfile:
+    return dataclasses.replace(base, step_overhead=dict(over), client_latency_s=0.0)
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def fit_overhead(rows: list[ClosedLoopRow], catalog: Catalog, base: FrameworkProfile, key: tuple[str, int]):
+    """(fixed_s, per_seq_s) >= 0 of the (GPU, TP) ``key`` minimising the relative TPOT errors of ``rows``."""
+    meas = np.array([r.tpot_s for r in rows])
+
+    def tpots(fixed: float, per_seq: float) -> np.ndarray:
+        fw = _with(base, {key: StepOverhead(fixed_s=fixed, per_seq_s=per_seq)})
+        return np.array([simulate_row(r, catalog, fw).tpot_s for r in rows])
+
+    x = np.array([0.0, 0.0])
+    df, dp = 1e-3, 1e-5  # difference steps: 1 ms per step, 10 us per sequence
+    for _ in range(3):
+        t0 = tpots(*x)
+        jac = np.stack([(tpots(x[0] + df, x[1]) - t0) / df, (tpots(x[0], x[1] + dp) - t0) / dp], axis=1)
+        a, b = jac / meas[:, None], (meas - t0) / meas
+        step = _nonneg_lstsq(a, b, x)
+        if np.allclose(step, 0.0, atol=1e-7):
+            break
+        x = np.maximum(x + step, 0.0)
+    return StepOverhead(fixed_s=_round(x[0]), per_seq_s=_round(x[1]))
+
+
+def _nonneg_lstsq(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The least-squares step d of a d = b keeping x + d >= 0 (a term that would go negative is held at 0)."""
+    d = np.linalg.lstsq(a, b, rcond=None)[0]
+    if (x + d >= 0).all():
+        return d
+    best = None
+    for j in range(a.shape[1]):  # one term held at zero, the other fitted alone
+        d1 = np.zeros_like(x)
+        d1[j] = -x[j]
+        other = 1 - j
+        rest = b - a[:, j] * d1[j]
+        col = a[:, other]
+        d1[other] = max(float(col @ rest / (col @ col)) if col @ col > 0 else 0.0, -x[other])
+        cost = float(np.sum((a @ d1 - b) ** 2))
+        if best is None or cost < best[0]:
+            best = (cost, d1)
+    assert best is not None
+    return best[1]
+
+
+def fit_closed_loop(
+    rows: list[ClosedLoopRow],
+    catalog: Catalog,
+    base: FrameworkProfile,
+    train: Callable[[ClosedLoopRow], bool],
+) -> ClosedLoopFit:
+    """Step overheads per (GPU, TP) and the client latency from the rows ``train`` selects; every row simulated
+    with the result (the others are the held-out check)."""
+    fit_rows = [r for r in rows if train(r)]
+    if not fit_rows:
+        raise KavierInputError("no rows to fit", expected="rows the training predicate selects")
+    groups: dict[tuple[str, int], list[ClosedLoopRow]] = {}
+    for r in fit_rows:
+        groups.setdefault((r.gpu, r.tp), []).append(r)
+    over = {key: fit_overhead(grp, catalog, base, key) for key, grp in sorted(groups.items())}
+    fw = _with(base, over)
+    fitted = [simulate_row(r, catalog, fw) for r in fit_rows]
+    client = max(0.0, _round(float(np.median([s.row.ttft_s - s.ttft_s for s in fitted]))))
+    held = [simulate_row(r, catalog, fw) for r in rows if not train(r)]
+    return ClosedLoopFit(over, client, fitted, held)
+
+
+def evaluate(rows: list[ClosedLoopRow], catalog: Catalog, fw: FrameworkProfile) -> ClosedLoopFit:
+    """Every row simulated under ``fw`` as it is (no fitting), for its error table."""
+    over = dict(fw.step_overhead) if fw.step_overhead is not None else {}
+    return ClosedLoopFit(over, fw.client_latency_s, [], [simulate_row(r, catalog, fw) for r in rows])
