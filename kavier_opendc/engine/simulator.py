@@ -25,7 +25,7 @@ from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel, Effic
 from kavier_opendc.engine.disaggregated import DecodeReplica, PrefillReplica, run_disaggregated
 from kavier_opendc.engine.kv_link import TRANSFER_MODES, Disaggregation, LinkSpec, Pool
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
-from kavier_opendc.engine.replica import Replica, replica_class
+from kavier_opendc.engine.replica import Replica, ReplicaTRTLLM, replica_class
 from kavier_opendc.engine.request import Req
 from kavier_opendc.engine.results import FINISHED, REJECTED, Results
 from kavier_opendc.engine.router import Router, normalise_router
@@ -489,6 +489,9 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             )
             if fw.scheduler_steps > 1:
                 rep.scheduler_steps = fw.scheduler_steps
+            if isinstance(rep, ReplicaTRTLLM):  # TensorRT-LLM's capacity policy and context chunking
+                rep.capacity_policy = fw.capacity_scheduler or "guaranteed_no_evict"
+                rep.chunked_context = fw.chunked_prefill
             reps.append(rep)
     cap = reps[0].capacity
     router = Router(cfg.router, reps, cfg.seed, sessions=trace.session_id)
