@@ -334,8 +334,12 @@ class SimConfig:
         if not fw.prefix_caching and self.prefix_cache not in ("auto", "none"):
             raise KavierInputError(
                 f"prefix cache policy '{self.prefix_cache}' is not modelled for framework {fw.name} "
-                f"({fw.versions}: automatic prefix caching was off by default there and the simulator does not "
-                "model it for this engine)",
+                + (
+                    f"({fw.versions}: TensorRT-LLM's KV block reuse is not modelled)"
+                    if fw.policy == "trtllm"
+                    else f"({fw.versions}: automatic prefix caching was off by default there and the simulator "
+                    "does not model it for this engine)"
+                ),
                 location="prefix_cache",
                 expected="none or auto, or a framework with prefix caching such as vllm-v1",
             )
