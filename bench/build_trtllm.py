@@ -1,14 +1,15 @@
-"""Fit the ``trtllm-0.17`` framework's step overhead on TensorRT-LLM's published throughput table.
+"""Fit the ``trtllm-0.17`` and ``trtllm-1.0`` step overheads on TensorRT-LLM's published throughput tables.
 
 Source: calibration/trtllm_perf_overview.csv (TensorRT-LLM's docs/source/performance/perf-overview.md
-@ 258c7540c035, v0.17: the TRT engine with in-flight batching, ``trtllm-bench throughput``, output
-tokens/s of all TP GPUs together). Every row is simulated as trtllm-bench runs it: a batch of requests of
-the row's ISL/OSL at t = 0, the engine's ``max_batch_size`` / ``max_num_tokens`` from trtllm-bench's own
-heuristic (``calc_engine_setting``, below), FP8 weights and KV cache on FP8 rows, KV memory 95 % of what the
-weights leave. With every request there at t = 0 the iterations do not depend on time, so the makespan is
-linear in the two overhead terms: three simulations per row give it exactly, and the fit is a bounded
-linear least squares on relative errors. Fitted on one GPU's rows (H100-SXM, Llama-3.1-8B FP8, TP 1), the
-GPU profiles held fixed; every other row is held out.
+@ 258c7540c035, v0.17: the TRT engine with in-flight batching; @ 00f37686aa85, v1.0: the PyTorch backend;
+both ``trtllm-bench throughput``, output tokens/s of all TP GPUs together). Every row is simulated as
+trtllm-bench runs it: a batch of requests of the row's ISL/OSL at t = 0, the engine's ``max_batch_size`` /
+``max_num_tokens`` from trtllm-bench's own heuristic (``calc_engine_setting``, below), FP8 weights and KV
+cache on FP8 rows, KV memory 95 % of what the weights leave. With every request there at t = 0 the
+iterations do not depend on time, so the makespan is linear in the two overhead terms: three simulations
+per row give it exactly, and the fit is a bounded linear least squares on relative errors. Each version is
+fitted on one GPU's decode-dominated rows (H100-SXM, Llama-3.1-8B FP8, TP 1, OSL >= ISL), the GPU profiles
+held fixed; every other row is held out.
 
     python bench/build_trtllm.py           # rewrite the fitted block in frameworks.yaml, print the tables
     python bench/build_trtllm.py --check   # fail if the committed block differs from a refit
@@ -32,10 +33,20 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("KAVIER_SHARED_DATA") or REPO.parent / "shared" / "data")
 OUT = REPO / "kavier_opendc" / "specs" / "frameworks.yaml"
 SOURCE = "calibration/trtllm_perf_overview.csv"
-NAME = "trtllm-0.17"
-VERSION = "0.17"
-MODELS = {"LLaMA v3.1 8B": "Llama-3.1-8B", "LLaMA v3.1 70B": "Llama-3.1-70B", "Mistral 7B": "Mistral-7B"}
-GPUS = {"H100 80GB HBM3": "H100-SXM", "H200 141GB HBM3": "H200", "A100-SXM4-80GB": "A100-80GB", "L40S": "L40S"}
+#: framework -> (the table's version, its model names -> the catalogue's, its GPU names -> the catalogue's)
+PROFILES = {
+    "trtllm-0.17": (
+        "0.17",
+        {"LLaMA v3.1 8B": "Llama-3.1-8B", "LLaMA v3.1 70B": "Llama-3.1-70B", "Mistral 7B": "Mistral-7B"},
+        {"H100 80GB HBM3": "H100-SXM", "H200 141GB HBM3": "H200", "A100-SXM4-80GB": "A100-80GB", "L40S": "L40S"},
+    ),
+    # Llama 3.3 70B has Llama 3.1 70B's architecture (the same config.json dimensions): the catalogue's
+    "trtllm-1.0": (
+        "1.0",
+        {"Llama 3.1 8B": "Llama-3.1-8B", "Llama 3.3 70B": "Llama-3.1-70B"},
+        {"H100": "H100-SXM", "H200": "H200"},
+    ),
+}
 FIT = ("H100-SXM", "Llama-3.1-8B", 1)  # (GPU, model, TP) of the fitted rows: those with OSL >= ISL
 #: trtllm-bench warns below this KV memory per GPU (calc_engine_setting): such rows are listed apart
 STARVED_GB = 10.0
@@ -47,6 +58,7 @@ KV_FREE_FRACTION = 0.95  # trtllm-bench's kv_cache_free_gpu_mem_fraction (calc_e
 
 @dataclass
 class Row:
+    profile: str  # the framework fitted on this row's version
     model: str
     gpu: str
     precision: str
@@ -84,26 +96,37 @@ class Result:
         return (self.n - self.rejected) * self.row.osl / t
 
 
-def read_rows(data: Path = DATA) -> tuple[list[Row], list[str]]:
-    """The v0.17 rows of the catalogue's models and GPUs, and why each other v0.17 row is not simulated."""
+def read_rows(data: Path = DATA, name: str = "trtllm-0.17") -> tuple[list[Row], list[str]]:
+    """The rows of ``name``'s version on the catalogue's models and GPUs, and why each other is not simulated."""
+    version, models, gpus = PROFILES[name]
     rows, left = [], []
     with open(data / SOURCE, newline="", encoding="utf-8") as fh:
         for i, r in enumerate(csv.DictReader(fh), start=2):
-            if r["trtllm_version"] != VERSION or r["metric"] != "throughput":
+            if r["trtllm_version"] != version or r["metric"] != "throughput":
                 continue
-            model, gpu = MODELS.get(r["model"]), GPUS.get(r["gpu"])
+            model, gpu = models.get(r["model"]), gpus.get(r["gpu"])
             why = None
             if model is None:
-                why = f"model {r['model']} is not modelled here (MoE or 405B)"
+                why = f"model {r['model']} is not mapped to a catalogue model here (MoE, 405B, FP4: outside this fit)"
             elif gpu is None:
-                why = f"GPU {r['gpu']} is not in the catalogue"
+                why = f"GPU {r['gpu']} is not mapped to a catalogue GPU here"
             elif int(r["pp"]) != 1:
                 why = "pipeline parallelism is not modelled"
             if why:
                 left.append(f"line {i}: {r['model']} {r['gpu']} TP{r['tp']} PP{r['pp']}: {why}")
                 continue
             rows.append(
-                Row(model, gpu, r["precision"], int(r["tp"]), int(r["isl"]), int(float(r["osl"])), float(r["value"]), i)
+                Row(
+                    name,
+                    model,
+                    gpu,
+                    r["precision"],
+                    int(r["tp"]),
+                    int(r["isl"]),
+                    int(float(r["osl"])),
+                    float(r["value"]),
+                    i,
+                )
             )
     return rows, left
 
@@ -148,7 +171,7 @@ def simulate_row(row: Row, cat) -> Result:
     bs, tok, kv_gb = engine_setting(model, gpu, row.tp, row.isl, row.osl, fp8)
     n = max(MIN_REQUESTS, BATCHES * bs)
     tr = Trace(np.zeros(n), np.full(n, row.isl), np.full(n, row.osl), source=SOURCE, format="kavier", timed=False)
-    base = framework(NAME)
+    base = framework(row.profile)
     weights = model.total_params * (1 if fp8 else 2) / row.tp
     util = KV_FREE_FRACTION + (1 - KV_FREE_FRACTION) * weights / gpu.memory_bytes
     spans = []
@@ -202,34 +225,47 @@ def is_fitted(row: Row) -> bool:
     return (row.gpu, row.model, row.tp) == FIT and row.osl >= row.isl
 
 
-def fitted_overhead(data: Path = DATA, results: list[Result] | None = None) -> tuple[float, float]:
+def fitted_overhead(
+    data: Path = DATA, name: str = "trtllm-0.17", results: list[Result] | None = None
+) -> tuple[float, float]:
     """The fitted (fixed_s, per_seq_s) at 4 significant digits, simulating the fitted rows only unless given."""
     if results is None:
         from kavier_opendc.specs import default_catalog
 
         cat = default_catalog()
-        results = [simulate_row(r, cat) for r in read_rows(data)[0] if is_fitted(r)]
+        results = [simulate_row(r, cat) for r in read_rows(data, name)[0] if is_fitted(r)]
     fixed, per_seq = fit([r for r in results if r.fitted])
     return float(f"{fixed:.4g}"), float(f"{per_seq:.4g}")
 
 
 def rebuild(text: str, data: Path = DATA) -> tuple[str, list[str]]:
+    """``text`` with every profile's fitted block refitted, and the error tables' lines."""
+    lines: list[str] = []
+    for name in PROFILES:
+        text, more = rebuild_one(text, name, data)
+        lines += more + [""]
+    return text, lines
+
+
+def rebuild_one(text: str, name: str, data: Path = DATA) -> tuple[str, list[str]]:
     from kavier_opendc.specs import default_catalog
 
     cat = default_catalog()
-    rows, left = read_rows(data)
+    rows, left = read_rows(data, name)
     results = [simulate_row(r, cat) for r in rows]
     fitted = [r for r in results if r.fitted]
-    fixed, per_seq = fitted_overhead(data, results)
+    fixed, per_seq = fitted_overhead(data, name, results)
     gpu, _, tp = FIT
     block = "    step_overhead:\n      - {gpu: " + f"{gpu}, tp: {tp}, fixed_s: {fixed}, per_seq_s: {per_seq}" + "}"
-    pattern = re.compile(rf"(# BEGIN fitted {re.escape(NAME)}\n)(?:.*?\n)??([ ]*# END fitted {re.escape(NAME)})", re.S)
+    pattern = re.compile(rf"(# BEGIN fitted {re.escape(name)}\n)(?:.*?\n)??([ ]*# END fitted {re.escape(name)})", re.S)
     if not pattern.search(text):
-        raise SystemExit(f"no '# BEGIN fitted {NAME}' block in {OUT}")
+        raise SystemExit(f"no '# BEGIN fitted {name}' block in {OUT}")
     text = pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), text)
+    at = [r.tok_s(5e-4, 0.0) / r.row.tok_s - 1 for r in fitted]
     lines = [
-        f"{NAME}: fixed {1e3 * fixed:.3f} ms/step, {1e6 * per_seq:.2f} us/sequence, fitted on "
-        f"{len(fitted)} rows ({FIT[1]} on {FIT[0]}, TP {FIT[2]}, OSL >= ISL)",
+        f"{name}: fixed {1e3 * fixed:.3f} ms/step, {1e6 * per_seq:.2f} us/sequence, fitted on "
+        f"{len(fitted)} rows ({FIT[1]} on {FIT[0]}, TP {FIT[2]}, OSL >= ISL); with 0.5 ms/step instead the "
+        f"fitted rows' MAPE would be {100 * np.mean(np.abs(at)):.1f} % (mean {100 * np.mean(at):+.1f} %)",
         "",
         "| set | model | GPU | precision | TP | rows | MAPE | mean signed error |",
         "|---|---|---|---|---:|---:|---:|---:|",
@@ -260,7 +296,7 @@ def rebuild(text: str, data: Path = DATA) -> tuple[str, list[str]]:
                 f"| **all {kind}** | | | | | {len(e)} | {100 * np.mean(np.abs(e)):.1f} % | {100 * np.mean(e):+.1f} % |"
             )
     lines += detail
-    lines += ["", f"{len(left)} v0.17 rows not simulated:"] + [f"  {x}" for x in left]
+    lines += ["", f"{len(left)} rows of version {PROFILES[name][0]} not simulated:"] + [f"  {x}" for x in left]
     return text, lines
 
 

@@ -168,8 +168,9 @@ def test_trtllm_invariants_and_fast_equals_exact(seed, replicas, blocks, seqs, b
 
 
 # ------------------------------------------------------------------ the built-in profile and its physics
-def test_builtin_profile():
-    fw = builtin_frameworks()["trtllm-0.17"]
+@pytest.mark.parametrize("name, commit", [("trtllm-0.17", "258c7540c035"), ("trtllm-1.0", "00f37686aa85")])
+def test_builtin_profiles(name, commit):
+    fw = builtin_frameworks()[name]
     assert (fw.policy, fw.batch_defaults, fw.capacity_scheduler, fw.serving_path) == (
         "trtllm",
         "trtllm",
@@ -177,8 +178,10 @@ def test_builtin_profile():
         "offline",
     )
     assert fw.chunked_prefill and not fw.prefix_caching
-    assert "02a10fed0dbf" in fw.provenance["policy"] and "0a949d3128bf" in fw.provenance["policy"]
-    assert "trtllm_perf_overview.csv" in fw.provenance["step_overhead"]
+    policy = builtin_frameworks()["trtllm-0.17"].provenance["policy"]
+    assert "02a10fed0dbf" in policy and "0a949d3128bf" in policy
+    assert "trtllm_perf_overview.csv" in fw.provenance["step_overhead"] and commit in fw.provenance["step_overhead"]
+    assert set(fw.step_overhead) == {("H100-SXM", 1)}
     assert all(min(o.fixed_s, o.per_seq_s) >= 0 and o.fixed_s < 0.002 for o in fw.step_overhead.values())
     h100 = default_catalog().gpu("H100-SXM")
     assert fw.batch_limits(h100, "offline", 131072) == (8192, 2048)
@@ -194,11 +197,12 @@ def test_step_time_grows_with_the_batch():
     assert all(b > a > 0 for a, b in zip(times, times[1:], strict=False))
 
 
-def test_committed_overhead_is_the_fit():
+@pytest.mark.parametrize("name", ["trtllm-0.17", "trtllm-1.0"])
+def test_committed_overhead_is_the_fit(name):
     shared("calibration/trtllm_perf_overview.csv")
     mod = _bench()
-    fixed, per_seq = mod.fitted_overhead(shared("calibration").parent)
-    o = framework("trtllm-0.17").overhead_for(*mod.FIT[::2])
+    fixed, per_seq = mod.fitted_overhead(shared("calibration").parent, name)
+    o = framework(name).overhead_for(*mod.FIT[::2])
     assert (o.fixed_s, o.per_seq_s) == (fixed, per_seq)
     assert fixed >= 0 and per_seq >= 0
 
