@@ -11,6 +11,7 @@ scheduler.py     batch formation: running requests, admission, preemption, decod
 scheduler_v0.py  batch formation by vLLM v0's rules
 scheduler_multistep.py  vLLM v0 with multi-step scheduling (--num-scheduler-steps, vLLM 0.6)
 scheduler_sglang.py     batch formation by SGLang v0.3's rules (extend or decode batches)
+scheduler_trtllm.py     batch formation by TensorRT-LLM's in-flight batching (capacity and micro-batch rules)
 sched_output.py  what a scheduler forms: an Iteration or a DecodeRunPlan
 request_queue.py the waiting queue (first come, first served)
 decode_state.py  the decoders, held lazily against one counter

@@ -37,6 +37,7 @@ from kavier_opendc.engine.sched_output import DecodeRunPlan, Iteration
 from kavier_opendc.engine.scheduler import Scheduler
 from kavier_opendc.engine.scheduler_multistep import SchedulerMultiStep
 from kavier_opendc.engine.scheduler_sglang import SchedulerSGLang
+from kavier_opendc.engine.scheduler_trtllm import SchedulerTRTLLM
 from kavier_opendc.engine.scheduler_v0 import SchedulerV0
 from kavier_opendc.engine.timeline import Timeline
 
@@ -321,8 +322,12 @@ class ReplicaSGLang(SchedulerSGLang, Replica):
     """A replica scheduled by SGLang v0.3's rules (scheduler_sglang.py)."""
 
 
+class ReplicaTRTLLM(SchedulerTRTLLM, Replica):
+    """A replica scheduled by TensorRT-LLM's in-flight batching rules (scheduler_trtllm.py)."""
+
+
 #: the replica of each scheduler policy (FrameworkProfile.policy)
-REPLICA_CLASSES = {"vllm-v1": Replica, "vllm-v0": ReplicaV0, "sglang": ReplicaSGLang}
+REPLICA_CLASSES = {"vllm-v1": Replica, "vllm-v0": ReplicaV0, "sglang": ReplicaSGLang, "trtllm": ReplicaTRTLLM}
 
 
 def replica_class(fw) -> type[Replica]:

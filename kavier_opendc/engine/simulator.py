@@ -33,7 +33,7 @@ from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel, Effic
 from kavier_opendc.engine.disaggregated import DecodeReplica, PrefillReplica, run_disaggregated
 from kavier_opendc.engine.kv_link import TRANSFER_MODES, Disaggregation, LinkSpec, Pool
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
-from kavier_opendc.engine.replica import Replica, replica_class
+from kavier_opendc.engine.replica import Replica, ReplicaTRTLLM, replica_class
 from kavier_opendc.engine.request import Req
 from kavier_opendc.engine.results import Results
 from kavier_opendc.engine.router import Router, normalise_router
@@ -452,8 +452,12 @@ class SimConfig:
         if not fw.prefix_caching and self.prefix_cache not in ("auto", "none"):
             raise KavierInputError(
                 f"prefix cache policy '{self.prefix_cache}' is not modelled for framework {fw.name} "
-                f"({fw.versions}: automatic prefix caching was off by default there and the simulator does not "
-                "model it for this engine)",
+                + (
+                    f"({fw.versions}: TensorRT-LLM's KV block reuse is not modelled)"
+                    if fw.policy == "trtllm"
+                    else f"({fw.versions}: automatic prefix caching was off by default there and the simulator "
+                    "does not model it for this engine)"
+                ),
                 location="prefix_cache",
                 expected="none or auto, or a framework with prefix caching such as vllm-v1",
             )
@@ -610,6 +614,9 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             )
             if fw.scheduler_steps > 1:
                 rep.scheduler_steps = fw.scheduler_steps
+            if isinstance(rep, ReplicaTRTLLM):  # TensorRT-LLM's capacity policy and context chunking
+                rep.capacity_policy = fw.capacity_scheduler or "guaranteed_no_evict"
+                rep.chunked_context = fw.chunked_prefill
             reps.append(rep)
     cap = reps[0].capacity
     router = Router(cfg.router, reps, cfg.seed, sessions=trace.session_id)

@@ -7,13 +7,19 @@ kernels and how much CPU time it adds:
 - ``policy``: the scheduler rules (engine/scheduler.py for vLLM v1,
   engine/scheduler_v0.py for vLLM v0's prefill-first scheduling,
   engine/scheduler_multistep.py for v0 with ``scheduler_steps`` > 1,
-  engine/scheduler_sglang.py for SGLang v0.3's extend/decode batches);
+  engine/scheduler_sglang.py for SGLang v0.3's extend/decode batches,
+  engine/scheduler_trtllm.py for TensorRT-LLM's in-flight batching);
+- ``capacity_scheduler``: TensorRT-LLM's capacity policy (policy ``trtllm``
+  only): ``guaranteed_no_evict`` (its default: admission reserves a
+  request's blocks to completion) or ``max_utilization`` (packs, pauses the
+  newest when full); None for other engines;
 - ``scheduler_steps``: vLLM 0.6's ``--num-scheduler-steps`` (multi-step
   scheduling, policy ``vllm-v0`` only): a decode batch runs this many steps
   before the scheduler runs again; 1 otherwise;
 - ``batch_defaults``: how unset ``max_num_batched_tokens`` / ``max_num_seqs``
   are chosen (vLLM v1 by GPU and usage; vLLM v0 ``max(max_model_len, 2048)``
-  and 256; SGLang its chunked-prefill size 8,192 and 2,048 requests);
+  and 256; SGLang its chunked-prefill size 8,192 and 2,048 requests;
+  TensorRT-LLM ``max_num_tokens`` 8,192 and ``max_batch_size`` 2,048);
 - ``serving_path``: ``server`` (an API server), ``offline`` (the ``LLM``
   class) or ``auto`` (``--usage`` decides);
 - ``step_overhead``: CPU time per engine step that the GPU waits for, per
@@ -43,8 +49,9 @@ import yaml
 
 from kavier_opendc.base.errors import KavierInputError
 
-POLICIES = ("vllm-v1", "vllm-v0", "sglang")
-BATCH_DEFAULTS = ("vllm-v1", "vllm-v0", "sglang")
+POLICIES = ("vllm-v1", "vllm-v0", "sglang", "trtllm")
+BATCH_DEFAULTS = ("vllm-v1", "vllm-v0", "sglang", "trtllm")
+CAPACITY_SCHEDULERS = ("guaranteed_no_evict", "max_utilization")  # TensorRT-LLM's (policy trtllm)
 SERVING_PATHS = ("auto", "server", "offline")
 USAGES = ("server", "offline")
 ALLREDUCE = ("vllm-custom", "nccl")
@@ -80,6 +87,8 @@ class FrameworkProfile:
     client_latency_s: float = 0.0
     # vLLM's --num-scheduler-steps (multi-step scheduling, vllm-v0 only): decode steps per scheduler call
     scheduler_steps: int = 1
+    # TensorRT-LLM's CapacitySchedulerPolicy (policy trtllm only; None there means guaranteed_no_evict)
+    capacity_scheduler: str | None = None
     # (GPU name, TP) -> overhead; "*" entries apply to any GPU / TP; None: the GPU profile's overheads
     step_overhead: Mapping[tuple[str, int | str], StepOverhead] | None = None
     description: str = ""
@@ -104,13 +113,17 @@ class FrameworkProfile:
         v0.3 (``ServerArgs``, python/sglang/srt/server_args.py): prompt chunks
         of ``chunked_prefill_size`` = 8,192 tokens; at most
         ``max_running_requests`` = min(KV tokens // 2, request slots), the
-        slots' floor of 2,048 on these GPUs (model_runner.py).
+        slots' floor of 2,048 on these GPUs (model_runner.py). TensorRT-LLM
+        (``TorchLlmArgs``/``BuildConfig`` defaults, tensorrt_llm/llmapi/llm_args.py):
+        ``max_num_tokens`` 8,192, ``max_batch_size`` 2,048.
         """
         if usage not in USAGES:
             raise ValueError(f"usage must be one of {USAGES}, not {usage!r}")
         if self.batch_defaults == "vllm-v0":
             return max(max_model_len, 2048), 256
         if self.batch_defaults == "sglang":
+            return 8192, 2048
+        if self.batch_defaults == "trtllm":
             return 8192, 2048
         large = gpu.memory_gib >= 70 and "a100" not in gpu.name.lower()
         if large:
@@ -149,6 +162,7 @@ class FrameworkProfile:
             "allreduce": self.allreduce,
             "client_latency_s": self.client_latency_s,
             **({"scheduler_steps": self.scheduler_steps} if self.scheduler_steps != 1 else {}),  # multi-step
+            **({"capacity_scheduler": self.capacity_scheduler} if self.capacity_scheduler else {}),  # TensorRT-LLM
             "step_overhead": (
                 "the GPU profile's"
                 if self.step_overhead is None
@@ -239,6 +253,16 @@ def framework_from_entry(
             location=f"{fw.name}.scheduler_steps",
             expected="1, or policy vllm-v0",
         )
+    cap = fw.capacity_scheduler
+    if cap is not None and (fw.policy != "trtllm" or cap not in CAPACITY_SCHEDULERS):
+        raise KavierInputError(
+            f"capacity_scheduler {cap!r} is TensorRT-LLM's capacity policy: one of "
+            + ", ".join(CAPACITY_SCHEDULERS)
+            + f" with policy trtllm (this framework's policy is {fw.policy})",
+            source=where,
+            location=f"{fw.name}.capacity_scheduler",
+            expected="policy trtllm and one of " + ", ".join(CAPACITY_SCHEDULERS) + ", or no capacity_scheduler",
+        )
     for name, value, allowed in (
         ("policy", fw.policy, POLICIES),
         ("batch_defaults", fw.batch_defaults, BATCH_DEFAULTS),
@@ -283,6 +307,8 @@ def framework(name: str | None, extra: Mapping[str, FrameworkProfile] | None = N
 def framework_to_entry(fw: FrameworkProfile) -> dict[str, Any]:
     """The profile as a catalogue entry (``frameworks:`` list) that ``framework_from_entry`` reads back."""
     out: dict[str, Any] = {k: v for k, v in dataclasses.asdict(fw).items() if k not in ("step_overhead", "provenance")}
+    if out.get("capacity_scheduler") is None:  # TensorRT-LLM's only
+        out.pop("capacity_scheduler", None)
     if fw.step_overhead is not None:
         out["step_overhead"] = [
             {"gpu": g, "tp": t, **{k: float(f"{v:.6g}") for k, v in vars(o).items() if v}}
