@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import shared
@@ -195,6 +195,9 @@ def _check_multistep(result, steps):
     seqs=st.integers(1, 32),
     budget=st.integers(8, 2048),
 )
+# a retracted request (139 of 173 tokens generated) was re-admitted against its whole output instead of what
+# is left of it, so it never fitted the 40 blocks again and was rejected after its prefill had run
+@example(seed=2646, replicas=2, blocks=40, seqs=2, budget=8)
 def test_sglang_invariants_and_fast_equals_exact(seed, replicas, blocks, seqs, budget):
     kw = dict(
         replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget, seed=seed, framework=SGL

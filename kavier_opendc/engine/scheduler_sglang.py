@@ -158,7 +158,7 @@ class SchedulerSGLang(Scheduler):
             else:
                 truncated = need < rest
                 alloc += nb
-                rem_total -= need + (0 if truncated else min(inflight.out, CLIP_MAX_NEW_TOKENS))
+                rem_total -= need + (0 if truncated else min(inflight.out - inflight.gen, CLIP_MAX_NEW_TOKENS))
                 rem_input -= need
                 rem_chunk -= need
                 chunks.append((inflight, need))
@@ -171,7 +171,9 @@ class SchedulerSGLang(Scheduler):
                 break
             req = waiting[0]
             ext = req.prompt + req.gen
-            full = min(req.out, CLIP_MAX_NEW_TOKENS)
+            # what is left of its output (a retracted request has generated some: SGLang's PrefillAdder
+            # reserves max_new_tokens - len(output_ids))
+            full = min(req.out - req.gen, CLIP_MAX_NEW_TOKENS)
             if ext + full >= rem_total:
                 break
             if ext > rem_input and chunks:
