@@ -353,7 +353,7 @@ def test_written_traces_read_alike_and_fast(counts, gaps, ext, sessions):
     assert got is not None
 
 
-def test_load_trace_reads_json_like_before(tmp_path):
+def test_load_trace_takes_the_fast_path_and_falls_back(tmp_path):
     """The entry point uses the fast reader and falls back: both kinds of file load, errors unchanged."""
     ok = tmp_path / "ok.jsonl"
     ok.write_text(json.dumps({"input_length": 5, "output_length": 1, "timestamp": 0}) + "\n")

@@ -9,7 +9,6 @@ validity bitmap, NaN kept as a value), and hands anything else to it.
 
 from __future__ import annotations
 
-import builtins
 from typing import Any
 
 import numpy as np
@@ -34,11 +33,11 @@ def array(values: Any, type: DataType | None = None) -> pyarrow.Array:  # noqa: 
         if type is None or type == kind:
             data = np.ascontiguousarray(values)
             return pyarrow.Array.from_buffers(kind, len(data), [None, pyarrow.py_buffer(data)])
-    if isinstance(values, list) and type == pyarrow.string() and set(map(builtins.type, values)) <= {str}:
-        text = "".join(values)
+    if isinstance(values, list) and type == pyarrow.string():
         try:
+            text = "".join(values)  # TypeError unless every value is a str
             blob = text.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate: pyarrow's own error
+        except (TypeError, UnicodeEncodeError):  # pyarrow's own conversion, or its own error
             return pyarrow.array(values, type=type)
         if len(blob) == len(text):  # ASCII: a byte per character
             sizes = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
