@@ -15,11 +15,10 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
-
-import numpy as np
 
 from kavier_opendc.base.errors import KavierInputError
 
@@ -150,9 +149,10 @@ def jsonable(x):
         return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [jsonable(v) for v in x]
-    if isinstance(x, (np.integer,)):
+    np = sys.modules.get("numpy")  # a numpy scalar exists only once numpy is loaded: argument parsing skips it
+    if np is not None and isinstance(x, np.integer):
         return int(x)
-    if isinstance(x, (np.floating, float)):
+    if isinstance(x, float) or (np is not None and isinstance(x, np.floating)):
         v = float(x)
         return v if math.isfinite(v) else None
     return x

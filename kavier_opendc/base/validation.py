@@ -14,9 +14,10 @@ import json
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
+if TYPE_CHECKING:  # jsonschema is imported when a file is validated: start-up stays fast
+    from jsonschema import Draft202012Validator
 
 from kavier_opendc.base import limits
 
@@ -145,6 +146,7 @@ def load_schema(name: str) -> dict:
 def schema_validator(name: str) -> Draft202012Validator:
     """A validator for one of our schemas, with the other schemas registered
     so that ``$ref`` between them (experiment -> datacenter, synthetic) resolve."""
+    from jsonschema import Draft202012Validator
     from referencing import Registry, Resource
 
     resources_ = []

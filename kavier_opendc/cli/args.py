@@ -12,7 +12,6 @@ import math
 
 from kavier_opendc.base import limits
 from kavier_opendc.base.limits import Limit
-from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
 
 
 def _over(name: str, v, limit: Limit | None) -> None:
@@ -89,6 +88,7 @@ def fraction(text: str) -> float:
 
 def catalog_with(files: list[str] | None):
     """The built-in catalogue extended by the --catalog files, in order."""
+    from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
 
     cat = default_catalog()
     for f in files or []:

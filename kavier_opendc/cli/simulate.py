@@ -7,17 +7,15 @@ import sys
 import time
 from pathlib import Path
 
-from kavier_opendc.base.atomic import INCOMPLETE, check_writable_dir, refuse_complete_output
 from kavier_opendc.base.errors import KavierInputError
-from kavier_opendc.base.output_folder import output_lock, recover_replacement, replacing
 from kavier_opendc.cli import text
 from kavier_opendc.cli.args import bounded_float, bounded_int, catalog_with, count_or_inf, fraction
 from kavier_opendc.cli.commands import HELP
 from kavier_opendc.engine import knobs
-from kavier_opendc.engine.outputs import FILES, batch_limits_origin, write_simulation
 from kavier_opendc.engine.router import ROUTERS, normalise_router
-from kavier_opendc.engine.simulator import SimConfig, simulate
-from kavier_opendc.workload.load import load_workload
+
+# The parser needs only the knobs; the simulator, the trace readers and the output writers (numpy, pyarrow)
+# are imported by cmd_simulate, so `kavier simulate --help` and a usage error stay fast.
 
 
 def router(text: str) -> str:
@@ -95,6 +93,9 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
 
 
 def cmd_simulate(args) -> int:
+    from kavier_opendc.base.atomic import check_writable_dir
+    from kavier_opendc.base.output_folder import output_lock
+
     t0 = time.perf_counter()
     out = Path(args.out)
     check_writable_dir(out)
@@ -104,6 +105,12 @@ def cmd_simulate(args) -> int:
 
 def _simulate(args, out: Path, t0: float) -> int:
     """cmd_simulate holding --out's lock."""
+    from kavier_opendc.base.atomic import INCOMPLETE, refuse_complete_output
+    from kavier_opendc.base.output_folder import recover_replacement, replacing
+    from kavier_opendc.engine.outputs import FILES, write_simulation
+    from kavier_opendc.engine.simulator import SimConfig, simulate
+    from kavier_opendc.workload.load import load_workload
+
     cat = catalog_with(args.catalog)
     model, gpu = cat.model(args.model), cat.gpu(args.gpu)
     values = {k.field: getattr(args, k.field) for k in knobs.KNOBS if k.flag}
@@ -158,6 +165,8 @@ def _moe_layout(c: dict) -> str:
 
 
 def format_summary(s: dict, out: Path, wall: float) -> str:
+    from kavier_opendc.engine.outputs import batch_limits_origin
+
     c = s["config"]
     head = (
         f"{c['model']} on {c['replicas']} x {c['tp']} x {c['gpu']}{_moe_layout(c)} ({c['router']}, KV cache "

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from kavier_opendc import __version__
+from kavier_opendc.base import arrow as pa  # pyarrow's names; its pa.array without pandas
 from kavier_opendc.base.atomic import staged_output, write_json_atomic, write_parquet_atomic
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE

@@ -20,11 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
-from jsonschema import Draft202012Validator
-
-from kavier_opendc.base.documents import parse_document
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import explain_schema_error, json_path, load_schema, non_finite, schema_validator
 from kavier_opendc.specs.frameworks import (
@@ -35,6 +32,18 @@ from kavier_opendc.specs.frameworks import (
     framework_to_entry,
 )
 from kavier_opendc.specs.profiles import GPUProfile, assumed_profile, profile_from_entry, profile_to_entry
+
+if TYPE_CHECKING:  # jsonschema only when a file is validated (the built-in snapshot is not)
+    from jsonschema import Draft202012Validator
+
+
+def parse_document(text: str, fmt: str, source: str) -> Any:
+    """``base.documents.parse_document``, imported when a file is parsed: PyYAML stays unloaded when the
+    built-in snapshot is read."""
+    from kavier_opendc.base.documents import parse_document as parse
+
+    return parse(text, fmt, source)
+
 
 DTYPE_BYTES = {
     "fp32": 4.0,

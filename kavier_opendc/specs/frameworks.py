@@ -45,8 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from kavier_opendc.base.errors import KavierInputError
 
 POLICIES = ("vllm-v1", "vllm-v0", "sglang", "trtllm")
@@ -286,6 +284,8 @@ def builtin_frameworks() -> dict[str, FrameworkProfile]:
     """The built-in framework profiles by name (frameworks.yaml), parsed once."""
     global _BUILTIN
     if _BUILTIN is None:
+        import yaml
+
         data = yaml.safe_load(BUILTIN_FILE.read_text(encoding="utf-8"))
         _BUILTIN = {e["name"]: framework_from_entry(e) for e in data["frameworks"]}
     return _BUILTIN

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from kavier_opendc.base.errors import KavierInputError
-from kavier_opendc.workload.synthetic import load_synthetic_spec
 from kavier_opendc.workload.trace import load_trace
 
 
@@ -27,6 +26,8 @@ def load_workload(path: str, fmt: str | None = None, seed: int | None = None, *,
                 source=str(p),
                 location="--trace-format",
             )
+        from kavier_opendc.workload.synthetic import load_synthetic_spec  # PyYAML and jsonschema: only here
+
         return load_synthetic_spec(p)
     return load_trace(p, fmt, keep_overlong=keep_overlong)
 

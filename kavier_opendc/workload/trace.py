@@ -42,10 +42,12 @@ Conventions of the loaded :class:`Trace`:
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from itertools import chain
@@ -57,8 +59,9 @@ import numpy as np
 from kavier_opendc.base import limits
 from kavier_opendc.base.errors import KavierInputError
 
-if TYPE_CHECKING:  # pandas is imported where a trace is read: commands that only parse arguments stay fast
+if TYPE_CHECKING:  # pandas and pyarrow are imported where a trace is read: argument parsing stays fast
     import pandas as pd
+    import pyarrow as pa
 
 TRACE_FORMATS: tuple[str, ...] = ("kavier", "azure", "mooncake", "vidur")
 _FORMAT_ALIASES = {"native": "kavier", "splitwise": "vidur", "sarathi": "vidur"}
@@ -807,7 +810,11 @@ def _list_column(src: _Source, s: pd.Series, column: str) -> list[list[int]]:
     """A column of integer lists (JSON strings in CSV, lists in JSON/Parquet); empty cells -> []."""
     import pandas as pd
 
-    values = s.tolist()
+    return _list_values(src, s.tolist(), column, pd.NA)
+
+
+def _list_values(src: _Source, values: list, column: str, na: Any = None) -> list[list[int]]:
+    """_list_column over the cells as Python values (``na``: the reader's own missing-value marker)."""
     n = len(values)
     out: list[Any] = [None] * n
     str_idx = []
@@ -818,7 +825,7 @@ def _list_column(src: _Source, s: pd.Series, column: str) -> list[list[int]]:
             out[i] = v.tolist()
         elif isinstance(v, str):
             str_idx.append(i)
-        elif v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        elif v is None or (isinstance(v, float) and math.isnan(v)) or v is na:
             out[i] = []
         elif isinstance(v, tuple):
             out[i] = list(v)
@@ -945,6 +952,317 @@ def _check_hash_ids(src: _Source, lay: _Layout, hash_ids: list[list[int]], n_in:
         )
 
 
+# --------------------------------------------------------------------------- the fast reader
+#
+# arrow_trace reads a CSV, Parquet or JSON Lines trace with pyarrow straight into numpy arrays and returns the
+# Trace the pandas reader above would return, or None whenever it cannot vouch for that: a cell pyarrow reads
+# differently from pandas (an NA spelling, a float spelling of a token count in CSV), any invalid row, any problem
+# at all. load_trace then reads the file with pandas, which words the error (or reads the unusual file) exactly as
+# before. So the fast reader never raises and never words an error; it only spares the well-formed traces that
+# nearly every run reads the import of pandas (a third of a second). Where pandas infers types each rule below is
+# conservative (None when in doubt); tests/test_trace_arrow.py checks that both readers agree.
+
+
+class _Unsure(Exception):
+    """The pandas reader might read this file differently (or refuse it): let it."""
+
+
+#: date-times both readers parse alike (pandas' format="ISO8601" and numpy's datetime64): no zone, years
+#: 1900-2099 (inside datetime64[ns]), up to nanoseconds
+_ISO = re.compile(r"(19|20)\d\d-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d{1,9})?")
+#: integers pandas' CSV parser reads as int64 (with an optional sign and leading zeros)
+_INT = re.compile(r"[+-]?\d{1,18}")
+#: the cells pandas' CSV reader turns into NaN by default (pandas.io.parsers: STR_NA_VALUES) and its booleans
+_PANDAS_NA = frozenset(
+    "-1.#IND 1.#QNAN 1.#IND -1.#QNAN #N/A N/A n/a NA <NA> #NA NULL null NaN -NaN nan -nan None".split()
+) | {"", "#N/A N/A"}
+_PANDAS_BOOL = frozenset({"True", "TRUE", "true", "False", "FALSE", "false"})
+
+
+def arrow_trace(path: str | Path, fmt: str | None, keep_overlong: bool) -> Trace | None:
+    """The trace in ``path`` as ``trace.load_trace`` reads it, or None where only the pandas reader can say."""
+    try:
+        return _arrow_read(Path(path), fmt, keep_overlong)
+    except Exception:  # noqa: BLE001 - any doubt or problem: the pandas reader decides, with its own words
+        return None
+
+
+def _arrow_read(p: Path, fmt: str | None, keep_overlong: bool) -> Trace:
+    if not p.is_file():
+        raise _Unsure
+    kind, compression = _file_kind(p)
+    if kind == "csv":
+        cols, lay = _arrow_csv_columns(p, compression, fmt)
+    elif kind == "parquet":
+        cols, lay = _arrow_parquet_columns(p, fmt)
+    else:
+        cols, lay = _arrow_jsonl_columns(p, compression, fmt)
+    return _arrow_build(cols, lay, _Source(str(p)), keep_overlong, csv_text=kind == "csv")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _arrow_csv_header(p: Path, compression: str | None) -> list[str]:
+    opener = gzip.open if compression == "gzip" else open
+    with opener(p, "rt", newline="", encoding="utf-8") as fh:
+        fields = next(csv.reader(fh), None)
+    if not fields or fields[0].startswith("\ufeff"):  # pandas drops a byte-order mark; pyarrow may not
+        raise _Unsure
+    stripped = [f.strip() for f in fields]
+    if "" in stripped or len(set(stripped)) != len(stripped):  # pandas names these 'Unnamed: 2' or refuses
+        raise _Unsure
+    return fields
+
+
+def _arrow_csv_columns(p: Path, compression: str | None, fmt: str | None) -> tuple[dict[str, Any], _Layout]:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    header = _arrow_csv_header(p, compression)
+    lay = _pick_layout(_Source(str(p)), [f.strip() for f in header], fmt)
+    # token counts as int64 (a float spelling such as 374.0, an empty cell or NA: not read, pandas decides),
+    # numeric times as float64, the rest as the text written
+    types: dict[str, Any] = {}
+    for name in header:
+        col = name.strip()
+        if col in (lay.input_col, lay.output_col, "n"):
+            types[name] = pa.int64()
+        elif col == lay.time_col and lay.time_kind != "datetime":
+            types[name] = pa.float64()
+        else:
+            types[name] = pa.string()
+    wanted = [name for name in header if name.strip() in set(lay.columns)]
+    table = pacsv.read_csv(
+        pa.input_stream(str(p), compression=compression),
+        parse_options=pacsv.ParseOptions(newlines_in_values=False, ignore_empty_lines=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: types[n] for n in wanted}, include_columns=wanted, strings_can_be_null=False
+        ),
+    )
+    return {name.strip(): table.column(name) for name in wanted}, lay
+
+
+def _arrow_parquet_columns(p: Path, fmt: str | None) -> tuple[dict[str, Any], _Layout]:
+    import pyarrow.parquet as pq
+
+    names = list(pq.read_schema(p).names)
+    stripped = [n.strip() for n in names]
+    if len(set(stripped)) != len(stripped):
+        raise _Unsure
+    lay = _pick_layout(_Source(str(p)), stripped, fmt)
+    keep = set(lay.columns)
+    if lay.name == "kavier" and "arrival_time_s" not in keep & set(stripped):
+        keep.add("arrival_s")  # a requests.parquet read back as a trace (as _read_parquet)
+    wanted = [n for n in names if n.strip() in keep]
+    table = pq.read_table(p, columns=wanted)
+    return {n.strip(): table.column(n) for n in wanted}, lay
+
+
+def _arrow_jsonl_columns(p: Path, compression: str | None, fmt: str | None) -> tuple[dict[str, Any], _Layout]:
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    raw, text = _read_text(p, compression)
+    if not text.strip() or text.lstrip().startswith("["):  # a JSON array: the pure-Python reader's
+        raise _Unsure
+    del text
+    table = pj.read_json(pa.BufferReader(raw))
+    columns = list(table.column_names)
+    lay = _pick_layout(_Source(str(p)), columns, fmt)
+    return {c: table.column(c) for c in columns if c in set(lay.columns)}, lay
+
+
+# --------------------------------------------------------------------------- columns
+
+
+#: numpy's dtype of each arrow number type read here (by the type's name)
+_ARROW_NUMPY_TYPES: dict[str, np.dtype] = {
+    name: np.dtype(name) for name in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
+} | {
+    "float": np.dtype(np.float32),
+    "double": np.dtype(np.float64),
+}
+
+
+def _arrow_numbers(col: pa.ChunkedArray, dtype: np.dtype | None = None) -> np.ndarray:
+    """A column of numbers without nulls as a numpy copy, read from its data buffers (pyarrow's to_numpy
+    would import pandas, a third of a second)."""
+    kind = dtype if dtype is not None else _ARROW_NUMPY_TYPES[str(col.type)]
+    parts = [
+        np.frombuffer(ch.buffers()[1], dtype=kind, count=len(ch), offset=ch.offset * kind.itemsize)
+        for ch in col.chunks
+        if len(ch)
+    ]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=kind)
+
+
+def _arrow_plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    if col.null_count:  # an empty cell or null: the pandas reader names the row
+        raise _Unsure
+    return col
+
+
+def _arrow_counts(col: pa.ChunkedArray) -> np.ndarray:
+    """Token counts (or ``n``): int64 >= 1, as _int_column accepts them."""
+    import pyarrow as pa
+
+    t = _arrow_plain(col).type
+    if pa.types.is_integer(t) and not pa.types.is_uint64(t):
+        arr = _arrow_numbers(col).astype(np.int64)
+    elif pa.types.is_float32(t) or pa.types.is_float64(t):
+        vals = _arrow_numbers(col).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            if not (np.isfinite(vals).all() and (vals == np.floor(vals)).all() and (vals <= _MAX_EXACT).all()):
+                raise _Unsure
+        arr = vals.astype(np.int64)
+    else:
+        raise _Unsure
+    if arr.size and arr.min() < 1:
+        raise _Unsure
+    return arr
+
+
+def _arrow_seconds(col: pa.ChunkedArray, kind: str) -> np.ndarray:
+    """Arrival times in seconds (not re-based), as _time_seconds computes them."""
+    import pyarrow as pa
+
+    t = _arrow_plain(col).type
+    if kind == "datetime":
+        secs = _arrow_datetime_seconds(col)
+    elif (pa.types.is_integer(t) and not pa.types.is_uint64(t)) or pa.types.is_float32(t) or pa.types.is_float64(t):
+        vals = _arrow_numbers(col).astype(np.float64)
+        if not np.isfinite(vals).all():
+            raise _Unsure
+        secs = vals / 1000.0 if kind == "milliseconds" else vals
+    else:
+        raise _Unsure
+    if secs.size and (secs - secs[0] > limits.DURATION_S.value).any():
+        raise _Unsure
+    if (np.diff(secs) < 0).any():
+        raise _Unsure
+    return secs
+
+
+_ARROW_TICKS_PER_S = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+
+
+def _arrow_datetime_seconds(col: pa.ChunkedArray) -> np.ndarray:
+    """Seconds since the first date-time, the way pandas' Series.dt.total_seconds computes them (whole
+    seconds plus the remainder divided by the ticks per second)."""
+    import pyarrow as pa
+
+    t = col.type
+    if pa.types.is_timestamp(t):
+        per_s = _ARROW_TICKS_PER_S[t.unit]
+        ticks = _arrow_numbers(col, np.dtype(np.int64))
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        texts = col.to_pylist()
+        if not all(_ISO.fullmatch(s) for s in texts):
+            raise _Unsure
+        per_s = 10**9
+        ticks = np.array(texts, dtype="datetime64[ns]").view(np.int64)
+    else:
+        raise _Unsure
+    delta = ticks - ticks[0]
+    # above 2**53 nanoseconds (104 days) pandas may nudge a result off a whole second: it decides
+    if np.abs(delta).max() > 2**53 // (10**9 // per_s):
+        raise _Unsure
+    whole, rest = np.divmod(delta, per_s)
+    return whole + rest / per_s
+
+
+def _arrow_sessions(col: pa.ChunkedArray, csv_text: bool) -> np.ndarray:
+    """Dense session indices in order of first appearance (pandas.factorize's codes)."""
+    import pyarrow as pa
+
+    t = _arrow_plain(col).type
+    values: list[Any]
+    if pa.types.is_integer(t) and not pa.types.is_uint64(t):
+        values = col.to_pylist()
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        values = col.to_pylist()
+        if csv_text:  # pandas infers the column's type from the text: mirror it or let it read the file
+            if any(v in _PANDAS_NA for v in values):
+                raise _Unsure
+            if all(_INT.fullmatch(v) for v in values):
+                values = [int(v) for v in values]  # '01' and '1' are one session, as for pandas
+            elif not any(_surely_text(v) for v in values):
+                raise _Unsure
+    else:
+        raise _Unsure
+    index: dict[Any, int] = {}
+    return np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int64, count=len(values))
+
+
+def _surely_text(v: str) -> bool:
+    """A CSV cell no pandas parser reads as a number or boolean (so its column stays text)."""
+    if v in _PANDAS_BOOL:
+        return False
+    try:
+        float(v)  # accepts more spellings than pandas does: a doubt keeps the pandas reader
+    except ValueError:
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------- the trace
+
+
+def _arrow_build(cols: dict[str, Any], lay: _Layout, src: _Source, keep_overlong: bool, csv_text: bool) -> Trace:
+    """_build over arrow columns; every check that would fail there is _Unsure (or raises) here."""
+    rows = len(cols[lay.input_col])
+    if rows == 0:
+        raise _Unsure
+    native = lay.name == "kavier"
+    n_in = _arrow_counts(cols[lay.input_col])
+    n_out = _arrow_counts(cols[lay.output_col])
+    if not keep_overlong:
+        _check_context(src, lay, n_in, n_out)
+    time_col = lay.time_col
+    if native and time_col not in cols and "arrival_s" in cols:
+        time_col = "arrival_s"
+    timed = bool(time_col and time_col in cols)
+    if timed:
+        secs = _arrow_seconds(cols[str(time_col)], lay.time_kind)
+        arrival = secs - secs[0]
+    else:
+        arrival = np.zeros(rows, dtype=np.float64)
+    trace = Trace(
+        arrival_s=np.ascontiguousarray(arrival, dtype=np.float64),
+        num_input_tokens=n_in,
+        num_output_tokens=n_out,
+        source=src.path,
+        format=lay.name,
+        timed=timed,
+    )
+    if "session_id" in lay.optional and "session_id" in cols:
+        trace.session_id = _arrow_sessions(cols["session_id"], csv_text)
+    if "n" in lay.optional and "n" in cols:
+        trace.n = _arrow_counts(cols["n"])
+    for name in ("hash_ids", "input_tokens"):
+        if name in lay.optional and name in cols:
+            values = [_arrow_list_cell(v, csv_text) for v in cols[name].to_pylist()]
+            lists = _list_values(src, values, name)
+            if name == "hash_ids":
+                _check_hash_ids(src, lay, lists, n_in, trace.hash_block_size)
+                trace.hash_ids = lists
+            else:
+                lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+                if ((lens != 0) & (lens != n_in)).any():
+                    raise _Unsure
+                trace.input_tokens = lists
+    return trace
+
+
+def _arrow_list_cell(v: Any, csv_text: bool) -> Any:
+    if csv_text and isinstance(v, str) and v in _PANDAS_NA and v.strip():  # pandas reads 'NA' as an empty cell
+        raise _Unsure
+    if isinstance(v, float) and math.isnan(v):
+        raise _Unsure
+    return v
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -958,6 +1276,9 @@ def load_trace(path: str | Path, fmt: str | None = None, *, keep_overlong: bool 
     """
     if fmt is not None:
         _normalise_format(fmt, str(path))  # reject unknown names before touching the file
+    fast = arrow_trace(path, fmt, keep_overlong)  # pyarrow alone, for the well-formed files it can vouch for
+    if fast is not None:
+        return fast
     df, lay, src = _read_table(path, fmt)
     return _build(df, lay, src, keep_overlong)
 
