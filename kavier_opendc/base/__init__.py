@@ -7,6 +7,7 @@ limits.py      the largest sizes accepted, each with its reason
 atomic.py      atomic file and folder writing
 output_folder.py  one command per output folder (its lock), and replacing a complete result safely
 interrupts.py  SIGINT and SIGTERM as one exception (clean-up runs, exit 130 or 143)
+faults.py      the fault tests' hooks (stop at a named moment, make writes fail), inert unless their variables are set
 progress.py    the progress bar (tqdm), quiet off a terminal
 units.py       human units for printed durations
 """
