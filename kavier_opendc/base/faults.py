@@ -20,6 +20,7 @@ WRITE_FAULT_ENV = "KAVIER_TEST_WRITE_FAULT"
 #: The moments a test can stop a command at.
 LOCKED = "locked"  # the output's lock is held, nothing written yet
 JVM_STARTING = "jvm-starting"  # the OpenDC JVM has been started, its gateway not yet reached
+REPLACING = "replacing"  # --overwrite moved the earlier result aside and marked the folder INCOMPLETE
 WRITTEN_FIRST = "written-first"  # the first output file of a run is written (simulation/requests.parquet)
 
 _stopped: set[str] = set()
@@ -44,4 +45,13 @@ def check_write(path: str | os.PathLike) -> None:
     raise OSError(num, os.strerror(num), str(path))
 
 
-__all__ = ["JVM_STARTING", "LOCKED", "STOP_ENV", "WRITE_FAULT_ENV", "WRITTEN_FIRST", "check_write", "checkpoint"]
+__all__ = [
+    "JVM_STARTING",
+    "LOCKED",
+    "REPLACING",
+    "STOP_ENV",
+    "WRITE_FAULT_ENV",
+    "WRITTEN_FIRST",
+    "check_write",
+    "checkpoint",
+]

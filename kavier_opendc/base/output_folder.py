@@ -33,7 +33,7 @@ from typing import Iterator
 
 from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writable_dir, current_umask
 from kavier_opendc.base.errors import KavierError, KavierInputError
-from kavier_opendc.base.faults import LOCKED, checkpoint
+from kavier_opendc.base.faults import LOCKED, REPLACING, checkpoint
 from kavier_opendc.base.interrupts import deferred
 
 LOCK_SUFFIX = ".kavier-lock"
@@ -153,6 +153,21 @@ def holds_complete(out: Path, files: tuple[str, ...]) -> bool:
     return out.is_dir() and not (out / INCOMPLETE).exists() and all((out / f).is_file() for f in files)
 
 
+def complete_result_name(out: str | os.PathLike, files: tuple[str, ...], key: str) -> str | None:
+    """The name (field ``key`` of the JSON file ``files[0]``) of the complete result in ``out``: all of
+    ``files``, no INCOMPLETE marker, the JSON readable and not ``"complete": false``. None: no complete one."""
+    out = Path(out)
+    if not holds_complete(out, files):
+        return None
+    try:
+        doc = json.loads((out / files[0]).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("complete") is False:
+        return None
+    return str(doc.get(key))
+
+
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p)
@@ -216,6 +231,7 @@ def replacing(
                 "fails (the next kavier command into this folder puts it back after a kill)\n",
             )
             started = True
+        checkpoint(REPLACING)
         yield True
     except BaseException:
         with deferred():
@@ -237,6 +253,7 @@ __all__ = [
     "EARLIER_SUFFIX",
     "LOCK_SUFFIX",
     "OutputInUseError",
+    "complete_result_name",
     "earlier_path",
     "holds_complete",
     "lock_path",

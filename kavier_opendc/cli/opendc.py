@@ -17,6 +17,7 @@ from kavier_opendc.cli.commands import HELP
 from kavier_opendc.experiments.run_folder import clear_incomplete, mark_incomplete
 from kavier_opendc.opendc.datacenter import load_datacenter
 from kavier_opendc.opendc.inputs import write_opendc_inputs
+from kavier_opendc.opendc.jvm import check_bridge_jar, find_bridge_jar, find_java
 from kavier_opendc.opendc.results import run_opendc_dir
 from kavier_opendc.opendc.span import check_span, experiment_dir_span
 
@@ -100,6 +101,9 @@ def cmd_opendc(args) -> int:
             location="workloads",
             interval_field="exportModels[].exportInterval (datacenter.export_interval_s)",
         )
+    # Java and the jar before anything is written (OpenDC's output folder is prepared before the JVM starts)
+    check_bridge_jar(find_bridge_jar())
+    find_java()
     with output_lock(d, command=_command_line(), location="DIR"):  # it writes DIR/output/, sustainability.json
         bar = Progress(1.0, "opendc", enabled=False if args.quiet else None)
         try:
