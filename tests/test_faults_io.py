@@ -535,3 +535,50 @@ def test_a_jar_java_cannot_start_ends_at_once_in_one_paragraph(tmp_path, export_
     assert time.monotonic() - t < 60
     assert "The OpenDC bridge JVM exited (exit code 1) before it was ready" in err
     assert f"its last words: no main manifest attribute, in {jar}" in err
+
+
+# ------------------------------------------------------------------------------ 5. a signal while the JVM starts
+
+
+def _jvms(children: dict[int, str]) -> list[int]:
+    return [pid for pid, c in children.items() if "kavier-opendc-bridge" in c]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+@pytest.mark.parametrize("command", ["opendc", "run"])
+def test_a_signal_while_the_jvm_starts_stops_it_promptly(tmp_path, export_dir, command, sig):
+    import time
+
+    from conftest import skip_without_opendc
+    from kavier_opendc.experiments.demo import DEMO_EXPERIMENT
+    from test_faults import assert_interrupted, assert_nothing_left, descendants
+
+    skip_without_opendc()
+    if command == "opendc":
+        out = tmp_path / "opendc"
+        shutil.copytree(export_dir, out)
+        args = ["opendc", out, "--quiet"]
+    else:
+        out = tmp_path / "run"
+        args = ["run", DEMO_EXPERIMENT, "--out", out, "--no-plots"]
+    cmd = stopped_at(faults.JVM_STARTING, *args)  # the JVM launched, its gateway not yet reached
+    children = descendants(cmd.proc.pid)
+    assert _jvms(children), children
+    os.kill(cmd.proc.pid, sig)
+    t = time.monotonic()
+    resume(cmd)
+    rc = cmd.wait()
+    assert time.monotonic() - t < 30, "not prompt"
+    assert_interrupted(cmd, rc, sig)
+    assert_nothing_left(cmd, children)  # the JVM too (it runs in a session of its own)
+    assert not lock_path(out).exists()
+    if command == "opendc":
+        assert not (out / "sustainability.json").exists()
+        again = cli("opendc", out, "--quiet")
+        assert again.returncode == 0, again.stderr
+        assert json.loads((out / "sustainability.json").read_text())["energy_wh"] > 0
+    else:
+        assert "FAILED during stage 'opendc'" in (out / INCOMPLETE).read_text()
+        again = cli("run", DEMO_EXPERIMENT, "--out", out, "--no-plots", "--quiet")
+        assert again.returncode == 0, again.stderr
+        assert json.loads((out / "report.json").read_text())["sustainability"]["energy_wh"] > 0

@@ -66,9 +66,10 @@ _WRITE_FAULTS = {
 }
 
 
-class OutputWriteError(KavierRuntimeError):
+class OutputWriteError(KavierRuntimeError, OSError):
     """Writing an output failed (a full disk, a read-only file system, a folder removed meanwhile): one
-    paragraph naming the path and the cause (its errno name), never a traceback."""
+    paragraph naming the path and the cause (its errno name), never a traceback. Still an OSError, so the
+    code that tolerates a failed write (``except OSError``) goes on doing so."""
 
     exit_code = 3
 
@@ -78,7 +79,8 @@ class OutputWriteError(KavierRuntimeError):
         if num is None:  # pyarrow's OSError carries the errno in its text only
             m = re.search(r"errno (\d+)", str(exc), re.IGNORECASE)
             num = int(m.group(1)) if m else None
-            cause = os.strerror(num) if num is not None else cause
+        if num is not None:  # the system's words (pyarrow wraps them in its own)
+            cause = os.strerror(num)
         name = errno.errorcode.get(num, "") if num is not None else ""
         where = path if path is not None else (exc.filename or "an output file")
         meaning, expected = _WRITE_FAULTS.get(num, ("", "")) if num is not None else ("", "")
@@ -91,5 +93,3 @@ class OutputWriteError(KavierRuntimeError):
         err = cls(text)
         err.errno = num
         return err
-
-    errno: int | None = None

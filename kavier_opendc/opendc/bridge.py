@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
+from kavier_opendc.base.faults import JVM_STARTING, checkpoint
 from kavier_opendc.base.limits import OPENDC_STALL_ENV, opendc_stall_s
 from kavier_opendc.opendc.jvm import (
     BUILD_COMMAND,
@@ -404,6 +405,7 @@ class OpenDCBridge:
             self._readers.append(t)
 
         try:
+            checkpoint(JVM_STARTING)
             deadline = time.monotonic() + self.startup_timeout
             while not ready.wait(0.1):
                 if self._proc.poll() is not None or time.monotonic() > deadline:
