@@ -235,6 +235,33 @@ def test_a_killed_sweep_overwrite_is_put_back_by_the_next_command(swept, tmp_pat
     assert _entries(out) == before
 
 
+def test_a_sweep_overwrite_whose_runs_fail_puts_the_earlier_sweep_back(swept, tmp_path):
+    _, b, done = swept
+    out = tmp_path / "sweep"
+    shutil.copytree(done, out)
+    before = _entries(out)
+    # every run of the new sweep fails writing its report.md (the workers inherit the fault)
+    r = cli(
+        "sweep",
+        b,
+        "--out",
+        out,
+        "--no-opendc",
+        "--jobs",
+        "1",
+        "--overwrite",
+        env={faults.WRITE_FAULT_ENV: "ENOSPC:report.md"},
+    )
+    assert r.returncode == 3, r.stderr
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("kavier: error: 2 run(s) of sweep 'b' failed (first: ")
+    assert "No space left on device (ENOSPC)" in last
+    assert last.endswith(f"so the new sweep was not kept. The earlier complete sweep in {out} was put back unchanged.")
+    assert _entries(out) == before
+    assert not Path(f"{out}.kavier-earlier").exists() and not lock_path(out).exists()
+
+
 def _bursts_plan(tmp: Path, name: str) -> Path:
     from test_plan import bursts_plan
 

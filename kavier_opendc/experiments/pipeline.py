@@ -345,7 +345,7 @@ def run_experiment(
                 + (kept + "\n" if kept else "")
                 + "The files in this folder are partial; rerun the experiment.\n",
             )
-        except (OSError, OutputWriteError):  # a full or read-only disk: the first marker stays
+        except OSError:  # a full or read-only disk (OutputWriteError is one): the first marker stays
             pass
         if kept and isinstance(exc, KavierRuntimeError) and not isinstance(exc, OutputWriteError):
             exc.args = (f"{exc} {kept}",) + exc.args[1:]
