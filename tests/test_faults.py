@@ -41,10 +41,16 @@ CLI = [sys.executable, "-m", "kavier_opendc.cli"]
 class Cmd:
     """A `kavier` command started in its own process group; stderr collected line by line as it comes."""
 
-    def __init__(self, *args, cwd: Path | None = None):
+    def __init__(self, *args, cwd: Path | None = None, env: dict[str, str] | None = None):
         self.args = [str(a) for a in args]
         self.proc = subprocess.Popen(
-            CLI + self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=cwd
+            CLI + self.args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            cwd=cwd,
+            env=None if env is None else {**os.environ, **env},
         )
         self.pgid = self.proc.pid
         self.err: list[str] = []
@@ -156,8 +162,14 @@ def assert_nothing_left(cmd: Cmd, children: dict[int, str] | None = None, timeou
         raise AssertionError(f"processes left behind by {cmd.args}: {left}") from None
 
 
-def cli(*args, timeout: float = 2 * WAIT) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+def cli(*args, timeout: float = 2 * WAIT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        CLI + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
+    )
 
 
 def assert_one_paragraph_error(stderr: str) -> None:

@@ -8,6 +8,7 @@ atomic.py      atomic file and folder writing
 arrow.py       pyarrow for the output writers, without the pandas import of pyarrow.array
 output_folder.py  one command per output folder (its lock), and replacing a complete result safely
 interrupts.py  SIGINT and SIGTERM as one exception (clean-up runs, exit 130 or 143)
+faults.py      the fault tests' hooks (stop at a named moment, make writes fail), inert unless their variables are set
 progress.py    the progress bar (tqdm), quiet off a terminal
 units.py       human units for printed durations
 """

@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.errors import KavierInputError, OutputWriteError
+from kavier_opendc.base.faults import check_write
 
 if TYPE_CHECKING:  # pyarrow is imported when a table is written: argument parsing stays fast
     import pyarrow as pa
@@ -106,20 +107,39 @@ def staged_output(out: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """An OSError while writing ``path`` (full disk, read-only file system, folder removed) becomes one
+    :class:`OutputWriteError` paragraph naming the path and the errno."""
+    try:
+        check_write(path)
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as exc:
+        raise OutputWriteError.from_os(exc, path) from None
+
+
+def _discard(tmp: str | os.PathLike) -> None:
+    """Remove a temporary file after a failed write (where the file system still allows it)."""
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file through a temporary sibling and a rename: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        public_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            public_mode(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            _discard(tmp)
+            raise
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -129,19 +149,19 @@ def write_json_atomic(path: Path, data) -> None:
 
 def write_parquet_atomic(path: Path, table: pa.Table) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     import pyarrow.parquet as pq
 
-    try:
-        pq.write_table(table, tmp)
-        public_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp)
+            public_mode(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            _discard(tmp)
+            raise
 
 
 def jsonable(x):

@@ -1,7 +1,8 @@
 """One command per output folder, and replacing a complete result without ever losing it.
 
 The lock (:func:`output_lock`): every command that writes an ``--out`` folder (``kavier run``, ``demo``,
-``simulate``, ``sweep``, ``plan``) holds an exclusive ``flock`` on ``<parent>/.<name>.kavier-lock`` (beside
+``simulate``, ``sweep``, ``plan``, ``export-opendc``, ``trace``, ``compare``; ``opendc`` its experiment folder;
+``calibrate`` its ``--out`` file) holds an exclusive ``flock`` on ``<parent>/.<name>.kavier-lock`` (beside
 the folder, so it never shows up in it, and it stays put while the folder's entries are moved; inside it, as
 ``.kavier-lock``, only where the parent cannot be written) for the whole command. A second command into the
 same folder fails at once (:class:`OutputInUseError`, exit 2) naming the folder and the holder's pid and
@@ -32,6 +33,7 @@ from typing import Iterator
 
 from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writable_dir, current_umask
 from kavier_opendc.base.errors import KavierError, KavierInputError
+from kavier_opendc.base.faults import LOCKED, REPLACING, checkpoint
 from kavier_opendc.base.interrupts import deferred
 
 LOCK_SUFFIX = ".kavier-lock"
@@ -80,10 +82,19 @@ def _holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def output_lock(out: str | os.PathLike, *, command: str | None = None, location: str = "--out") -> Iterator[Path]:
-    """Hold the exclusive lock of output folder ``out`` while inside (see the module docstring)."""
+def output_lock(
+    out: str | os.PathLike, *, command: str | None = None, location: str = "--out", file: bool = False
+) -> Iterator[Path]:
+    """Hold the exclusive lock of output folder ``out`` (with ``file``: of output file ``out``, the lock
+    beside it the same way) while inside (see the module docstring)."""
     out = Path(out)
-    check_writable_dir(out, location)
+    what = "output file" if file else "output folder"
+    if file:
+        if out.is_dir():
+            raise KavierInputError(f"{out} is a directory", location=location, expected="a file path")
+        check_writable_dir(out.parent, location)
+    else:
+        check_writable_dir(out, location)
     path = lock_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -91,7 +102,7 @@ def output_lock(out: str | os.PathLike, *, command: str | None = None, location:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~current_umask())
         except OSError as exc:
             raise KavierInputError(
-                f"cannot create the lock file {path} of output folder {out}: {exc.strerror or exc}",
+                f"cannot create the lock file {path} of {what} {out}: {exc.strerror or exc}",
                 location=location,
                 expected="a writable folder, or one whose parent is writable",
             ) from None
@@ -101,7 +112,7 @@ def output_lock(out: str | os.PathLike, *, command: str | None = None, location:
             holder = _holder(fd)
             os.close(fd)
             raise OutputInUseError(
-                f"{location}: output folder {out.resolve()} is in use by another kavier command ({holder}), "
+                f"{location}: {what} {out.resolve()} is in use by another kavier command ({holder}), "
                 f"which holds its lock {path}; nothing was changed (expected: wait until that command ends, "
                 f"or another {location})"
             ) from None
@@ -128,6 +139,7 @@ def output_lock(out: str | os.PathLike, *, command: str | None = None, location:
         )
         os.ftruncate(fd, 0)
         os.pwrite(fd, text.encode("utf-8"), 0)
+        checkpoint(LOCKED)
         yield path
     finally:
         with contextlib.suppress(OSError):
@@ -139,6 +151,21 @@ def holds_complete(out: Path, files: tuple[str, ...]) -> bool:
     """``out`` holds a complete result: all of ``files`` and no INCOMPLETE marker."""
     out = Path(out)
     return out.is_dir() and not (out / INCOMPLETE).exists() and all((out / f).is_file() for f in files)
+
+
+def complete_result_name(out: str | os.PathLike, files: tuple[str, ...], key: str) -> str | None:
+    """The name (field ``key`` of the JSON file ``files[0]``) of the complete result in ``out``: all of
+    ``files``, no INCOMPLETE marker, the JSON readable and not ``"complete": false``. None: no complete one."""
+    out = Path(out)
+    if not holds_complete(out, files):
+        return None
+    try:
+        doc = json.loads((out / files[0]).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("complete") is False:
+        return None
+    return str(doc.get(key))
 
 
 def _remove(p: Path) -> None:
@@ -204,6 +231,7 @@ def replacing(
                 "fails (the next kavier command into this folder puts it back after a kill)\n",
             )
             started = True
+        checkpoint(REPLACING)
         yield True
     except BaseException:
         with deferred():
@@ -225,6 +253,7 @@ __all__ = [
     "EARLIER_SUFFIX",
     "LOCK_SUFFIX",
     "OutputInUseError",
+    "complete_result_name",
     "earlier_path",
     "holds_complete",
     "lock_path",

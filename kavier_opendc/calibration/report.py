@@ -22,6 +22,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import yaml
 
+from kavier_opendc.base.atomic import atomic_write_text
 from kavier_opendc.calibration.fit import E2E_KINDS, Fit, calibrate_all, fit_end_to_end, predict
 from kavier_opendc.calibration.layouts import KERNEL_KINDS, Observation, ReadOptions, read_measurements
 from kavier_opendc.specs.catalog import Catalog
@@ -95,10 +96,7 @@ def write_catalog(path: str | Path, profiles: list[GPUProfile], header: str) -> 
         allow_unicode=True,
     )
     text = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines()) + body
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(Path(path), text)
     return text
 
 

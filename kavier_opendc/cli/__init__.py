@@ -30,7 +30,7 @@ import importlib
 import sys
 
 from kavier_opendc import __version__
-from kavier_opendc.base.errors import KavierError
+from kavier_opendc.base.errors import KavierError, OutputWriteError
 from kavier_opendc.base.interrupts import Interrupted, signals_as_interrupts
 from kavier_opendc.cli.commands import HELP, MODULES, chosen_command
 
@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             msg = " ".join(str(exc).split("\n")) if "\n" not in str(exc).strip() else str(exc)
             print(f"kavier: error: {msg}", file=sys.stderr)
             return exc.exit_code
+        except OSError as exc:  # a disk fault outside the writers' own wrapping: still one paragraph
+            print(f"kavier: error: {OutputWriteError.from_os(exc, writing=False)}", file=sys.stderr)
+            return OutputWriteError.exit_code
         except KeyboardInterrupt as exc:
             name = exc.signame if isinstance(exc, Interrupted) else "SIGINT"
             print(f"kavier: interrupted ({name})", file=sys.stderr)

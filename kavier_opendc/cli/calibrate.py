@@ -10,11 +10,14 @@ predictions per file (with ``--loso``, also leaving each file out in turn).
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
 from kavier_opendc.base import limits
 from kavier_opendc.base.atomic import atomic_write_text
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.output_folder import output_lock
 from kavier_opendc.calibration.layouts import LAYOUTS, ReadOptions
 from kavier_opendc.calibration.load_sweep import fit_load_sweep, replay_point
 from kavier_opendc.calibration.report import (
@@ -108,6 +111,11 @@ def cmd_calibrate(args) -> int:
         raise KavierInputError("the catalogue file must end in .yaml, .yml or .json", location="--out")
     if not out.parent.exists():
         raise KavierInputError("directory does not exist", source=str(out.parent), location="--out")
+    with output_lock(out, command=" ".join(["kavier"] + [shlex.quote(a) for a in sys.argv[1:]]), file=True):
+        return _calibrate(args, out)
+
+
+def _calibrate(args, out: Path) -> int:
     cat = default_catalog()
     for f in args.catalog or []:
         cat = load_catalog_file(f, base=cat)
@@ -134,12 +142,9 @@ def cmd_calibrate(args) -> int:
     if out.suffix.lower() == ".json":
         import json
 
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(
-            json.dumps({"description": header, "profiles": [profile_to_entry(p) for p in profiles]}, indent=2),
-            encoding="utf-8",
+        atomic_write_text(
+            out, json.dumps({"description": header, "profiles": [profile_to_entry(p) for p in profiles]}, indent=2)
         )
-        tmp.replace(out)
     else:
         write_catalog(out, profiles, header)
     load_catalog_file(out, base=cat)  # what we wrote is a valid catalogue

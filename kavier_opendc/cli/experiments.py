@@ -9,6 +9,7 @@ user errors (printed by ``cli.main`` without a traceback). The work is done by
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from kavier_opendc.base import limits
 from kavier_opendc.base.atomic import refuse_complete_output, write_json_atomic
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
-from kavier_opendc.base.output_folder import output_lock, recover_replacement, replacing
+from kavier_opendc.base.output_folder import complete_result_name, output_lock, recover_replacement, replacing
 from kavier_opendc.cli import text
 from kavier_opendc.cli.args import bounded_float, positive_int
 from kavier_opendc.cli.commands import HELP
@@ -25,7 +26,7 @@ from kavier_opendc.experiments.demo import DEMO_EXPERIMENT, copy_demo_inputs
 from kavier_opendc.experiments.experiment import load_experiment
 from kavier_opendc.experiments.pipeline import run_experiment
 from kavier_opendc.experiments.run_folder import REPORT_JSON, RUN_ENTRIES
-from kavier_opendc.experiments.sweep import load_sweep, run_sweep
+from kavier_opendc.experiments.sweep import SWEEP_ENTRIES, SWEEP_FILES, load_sweep, run_sweep
 from kavier_opendc.opendc.jvm import check_opendc_available
 from kavier_opendc.reports.efficiency import prototype_efficiency_summary
 
@@ -164,20 +165,43 @@ def _demo_init(dest: Path) -> int:
 
 # ----------------------------------------------------------------- sweep
 def cmd_sweep(args) -> int:
-    """kavier sweep SWEEP_FILE --out DIR [--jobs N]"""
+    """kavier sweep SWEEP_FILE --out DIR [--jobs N] [--overwrite]"""
     sweep = load_sweep(Path(args.sweep), opendc=False if args.no_opendc else None)
+    out = Path(args.out)
     t0 = time.perf_counter()
-    with output_lock(Path(args.out), command=_command_line()):
-        res = run_sweep(
-            sweep,
-            Path(args.out),
-            jobs=args.jobs,
-            run_plots=args.run_plots,
-            quiet=args.quiet,
-            retry_failed=True,
-            command=_command_line(),
-            scheduler=args.scheduler,
-        )
+    with output_lock(out, command=_command_line()):
+        note = recover_replacement(out, SWEEP_ENTRIES, SWEEP_FILES)
+        if note:
+            print(f"kavier: note: {note}", file=sys.stderr)
+        earlier = complete_result_name(out, SWEEP_FILES, "name")
+        # the same sweep again resumes (or extends) it, reusing its finished runs: nothing of it is lost
+        if earlier is not None and earlier != sweep.name and not args.overwrite:
+            raise KavierInputError(
+                f"{out} already holds the complete sweep '{earlier}' (sweep.json, comparison.csv), which is kept",
+                location="--out",
+                expected=f"another folder, --overwrite to replace it, or sweep '{earlier}' itself to resume or "
+                "extend it",
+            )
+        guard = contextlib.nullcontext(False)
+        if args.overwrite:
+            guard = replacing(out, SWEEP_ENTRIES, SWEEP_FILES, first="sweep.json")
+        with guard as replaced:
+            res = run_sweep(
+                sweep,
+                out,
+                jobs=args.jobs,
+                run_plots=args.run_plots,
+                quiet=args.quiet,
+                retry_failed=True,
+                command=_command_line(),
+                scheduler=args.scheduler,
+            )
+            if replaced and res.failed:
+                first = next(iter(res.errors.items()), ("?", "?"))
+                raise KavierRuntimeError(
+                    f"{res.failed} run(s) of sweep '{sweep.name}' failed (first: {first[0]}: {first[1]}), so the "
+                    f"new sweep was not kept. The earlier complete sweep in {out} was put back unchanged."
+                )
     if not args.quiet:
         print(res.summary_text(time.perf_counter() - t0))
     return 0 if res.failed == 0 else 3
@@ -292,6 +316,12 @@ def register(sub) -> None:
     )
     sw.add_argument("--no-opendc", action="store_true", help="skip OpenDC in every run")
     sw.add_argument("--run-plots", action="store_true", help="also draw each run's own plots (slower)")
+    sw.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete earlier sweep in --out, every run redone (refused for another sweep's "
+        "otherwise; the same sweep again resumes it)",
+    )
     sw.add_argument("--quiet", action="store_true", help="no progress and no summary")
     sw.set_defaults(func=cmd_sweep)
 

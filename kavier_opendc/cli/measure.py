@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from kavier_opendc.base.atomic import check_writable_dir, refuse_complete_output
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
+from kavier_opendc.base.output_folder import output_lock
 from kavier_opendc.cli import text
 from kavier_opendc.cli.args import seed
 from kavier_opendc.cli.commands import HELP
@@ -231,6 +233,17 @@ def cmd_trace(args) -> int:
 def _trace(args, api_key: str | None) -> int:
     out = Path(args.out)
     check_writable_dir(out)
+    with output_lock(out, command=_command_line(api_key)):
+        return _trace_locked(args, api_key, out)
+
+
+def _command_line(api_key: str | None) -> str:
+    """The command line for the lock's holder note (which another user may read): no API key in it."""
+    line = " ".join(["kavier"] + [shlex.quote(a) for a in sys.argv[1:]])
+    return line.replace(api_key, REDACTED) if api_key else line
+
+
+def _trace_locked(args, api_key: str | None, out: Path) -> int:
     refuse_complete_output(out, TRACE_FILES, "measurement (requests.parquet, summary.json)", overwrite=args.overwrite)
     if args.mode == "sweep":
         for opt, val in (("--trace", args.trace), ("--rate", args.rate), ("--max-requests", args.max_requests)):
@@ -370,7 +383,8 @@ def cmd_compare(args) -> int:
         for f in args.catalog or []:
             cat = load_catalog_file(f, base=cat)
         simulate = (cat.model(args.model), cat.gpu(args.gpu))
-    result = compare_paths(Path(args.sim_dir), Path(args.measured_dir), out, simulate=simulate)
+    with output_lock(out, command=_command_line(None)):
+        result = compare_paths(Path(args.sim_dir), Path(args.measured_dir), out, simulate=simulate)
     if not args.quiet:
         print(format_result(result, out))
     return 0

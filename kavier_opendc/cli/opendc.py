@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
 from kavier_opendc.base import limits
 from kavier_opendc.base.atomic import check_writable_dir
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.base.output_folder import output_lock
 from kavier_opendc.base.progress import Progress
 from kavier_opendc.cli.args import bounded_float
 from kavier_opendc.cli.commands import HELP
 from kavier_opendc.experiments.run_folder import clear_incomplete, mark_incomplete
 from kavier_opendc.opendc.datacenter import load_datacenter
 from kavier_opendc.opendc.inputs import write_opendc_inputs
+from kavier_opendc.opendc.jvm import check_bridge_jar, find_bridge_jar, find_java
 from kavier_opendc.opendc.results import run_opendc_dir
 from kavier_opendc.opendc.span import check_span, experiment_dir_span
+
+
+def _command_line() -> str:
+    return " ".join(["kavier"] + [shlex.quote(a) for a in sys.argv[1:]])
 
 
 def cmd_export_opendc(args) -> int:
@@ -53,10 +60,11 @@ def cmd_export_opendc(args) -> int:
     check_writable_dir(out)
     # the folder's paths are relative to it (it can be copied or moved afterwards); a marker
     # says the directory is incomplete until every file is there
-    out.mkdir(parents=True, exist_ok=True)
-    mark_incomplete(out, "kavier export-opendc did not finish\n")
-    stats = write_opendc_inputs(sim, datacenter, out, **opts)
-    clear_incomplete(out, missing_ok=False)
+    with output_lock(out, command=_command_line()):
+        out.mkdir(parents=True, exist_ok=True)
+        mark_incomplete(out, "kavier export-opendc did not finish\n")
+        stats = write_opendc_inputs(sim, datacenter, out, **opts)
+        clear_incomplete(out, missing_ok=False)
     note = (stats.get("power_curve") or {}).get("note")
     if note:  # an approximation that changes a number says so
         print(f"kavier: warning: {note} (--mode segments)", file=sys.stderr)
@@ -93,11 +101,15 @@ def cmd_opendc(args) -> int:
             location="workloads",
             interval_field="exportModels[].exportInterval (datacenter.export_interval_s)",
         )
-    bar = Progress(1.0, "opendc", enabled=False if args.quiet else None)
-    try:
-        result = run_opendc_dir(d, progress=bar.update, stall_timeout=args.stall_timeout)
-    finally:
-        bar.close()
+    # Java and the jar before anything is written (OpenDC's output folder is prepared before the JVM starts)
+    check_bridge_jar(find_bridge_jar())
+    find_java()
+    with output_lock(d, command=_command_line(), location="DIR"):  # it writes DIR/output/, sustainability.json
+        bar = Progress(1.0, "opendc", enabled=False if args.quiet else None)
+        try:
+            result = run_opendc_dir(d, progress=bar.update, stall_timeout=args.stall_timeout)
+        finally:
+            bar.close()
     if not args.quiet:
         print(
             f"energy {result['energy_wh']:.3f} Wh, average power {result['avg_power_w']:.1f} W, "

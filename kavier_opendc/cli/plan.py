@@ -7,16 +7,19 @@ described in ``kavier_opendc.experiments.plan_file`` and
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import sys
 from pathlib import Path
 
 from kavier_opendc.base.errors import KavierInputError
-from kavier_opendc.base.output_folder import output_lock
+from kavier_opendc.base.output_folder import complete_result_name, output_lock, recover_replacement, replacing
 from kavier_opendc.cli.args import positive_int
 from kavier_opendc.cli.commands import HELP
-from kavier_opendc.experiments.plan import run_max_rate, run_plan
+from kavier_opendc.experiments.plan import MAX_RATE_FILES, PLAN_ENTRIES, PLAN_FILES, run_max_rate, run_plan
 from kavier_opendc.experiments.plan_file import EXAMPLE_PLAN, load_plan
+from kavier_opendc.experiments.run_folder import clear_incomplete, mark_incomplete
 
 
 def cmd_plan(args) -> int:
@@ -26,8 +29,29 @@ def cmd_plan(args) -> int:
         raise KavierInputError("give a PLAN_FILE or --example (not both)", location="PLAN_FILE")
     command = " ".join(["kavier"] + [shlex.quote(a) for a in sys.argv[1:]])
     plan = load_plan(EXAMPLE_PLAN if args.example else Path(args.plan), opendc=False if args.no_opendc else None)
-    with output_lock(Path(args.out), command=command):
-        return _plan(plan, args, command)
+    out = Path(args.out)
+    files = MAX_RATE_FILES if args.max_rate else PLAN_FILES
+    with output_lock(out, command=command):
+        note = recover_replacement(out, PLAN_ENTRIES, files)
+        if note:
+            print(f"kavier: note: {note}", file=sys.stderr)
+        earlier = complete_result_name(out, files, "plan")
+        # the same plan again (another objective) reuses its runs: nothing of it is lost
+        if earlier is not None and earlier != plan.name and not args.overwrite:
+            raise KavierInputError(
+                f"{out} already holds the complete plan '{earlier}' ({', '.join(files)}), which is kept",
+                location="--out",
+                expected=f"another folder, --overwrite to replace it, or plan '{earlier}' itself (its runs reused)",
+            )
+        guard = contextlib.nullcontext(False)
+        if args.overwrite:
+            guard = replacing(out, PLAN_ENTRIES, files, first=files[0])
+        with guard as replaced:
+            if not replaced:  # a plan killed or failed midway never leaves a complete-looking folder
+                mark_incomplete(out, f"kavier plan did not finish (pid {os.getpid()}: {command})\n")
+            rc = _plan(plan, args, command)
+            clear_incomplete(out)
+            return rc
 
 
 def _plan(plan, args, command: str) -> int:
@@ -98,5 +122,11 @@ def register(sub) -> None:
         help="no OpenDC at all: energy is the estimate from the catalogue's GPU power, carbon unknown",
     )
     ap.add_argument("--run-plots", action="store_true", help="also draw each run's own plots (slower)")
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a complete earlier plan in --out, every run redone (refused for another plan's "
+        "otherwise; the same plan again reuses its runs)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
     ap.set_defaults(func=cmd_plan)

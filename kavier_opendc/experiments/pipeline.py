@@ -22,6 +22,7 @@ The folder's names, markers and experiment copy are ``run_folder.py``'s.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import platform
@@ -36,7 +37,8 @@ from typing import Any, Callable, Iterator
 
 from kavier_opendc import __version__
 from kavier_opendc.base.atomic import check_writable_dir, jsonable
-from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
+from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError, OutputWriteError
+from kavier_opendc.base.faults import WRITTEN_FIRST, checkpoint
 from kavier_opendc.base.progress import Progress
 from kavier_opendc.base.units import latencies
 from kavier_opendc.engine.outputs import SimulationOutput
@@ -306,6 +308,7 @@ def run_experiment(
         f"kavier run in progress since {started} (pid {os.getpid()}); this folder is not a "
         "complete result until this file is gone.\n",
     )
+    folder = _FolderIdentity(out)
     try:
         report = _run_stages(
             exp,
@@ -322,7 +325,9 @@ def run_experiment(
             started,
             t_start,
             synthetic_input_files(exp),
+            folder,
         )
+        folder.check()  # removed during the report stage: what was written lands in a new folder, marked
     except BaseException as exc:
         what = st.current or "run"
         if isinstance(exc, KeyboardInterrupt):
@@ -333,19 +338,45 @@ def run_experiment(
             text = "".join(traceback.format_exception(exc)).strip()
         kept = _kept_performance_results(out, what) if partial_note else ""
         try:
+            if not out.is_dir():  # a removed folder is not re-created just to be marked
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(out))
             mark_incomplete(
                 out,
                 f"kavier run FAILED during stage '{what}' at {_utc_now()}:\n{text}\n\n"
                 + (kept + "\n" if kept else "")
                 + "The files in this folder are partial; rerun the experiment.\n",
             )
-        except OSError:
+        except OSError:  # a full or read-only disk (OutputWriteError is one): the first marker stays
             pass
-        if kept and isinstance(exc, KavierRuntimeError):
+        if kept and isinstance(exc, KavierRuntimeError) and not isinstance(exc, OutputWriteError):
             exc.args = (f"{exc} {kept}",) + exc.args[1:]
         raise
     clear_incomplete(out, missing_ok=False)
     return RunResult(out, report, time.perf_counter() - t_start)
+
+
+class _FolderIdentity:
+    """The run's folder as it was when the run began (device, inode): a folder removed (or replaced) while the
+    run writes into it is noticed before the next stage and before report.json, instead of being re-created
+    by the writers with only the later stages' files in it, which would look like a complete run."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        st = os.stat(out)
+        self.ident = (st.st_dev, st.st_ino)
+
+    def same(self) -> bool:
+        try:
+            st = os.stat(self.out)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.ident
+
+    def check(self) -> None:
+        if not self.same():
+            raise OutputWriteError.from_os(
+                OSError(errno.ENOENT, os.strerror(errno.ENOENT)), self.out.resolve(), writing=False
+            )
 
 
 def _run_stages(
@@ -363,15 +394,20 @@ def _run_stages(
     started,
     t_start,
     extra_inputs,
+    folder: _FolderIdentity,
 ) -> dict:
     """The stages after the trace is loaded: simulate, export, OpenDC, report; returns the report."""
     write_experiment_copy(out, exp)
     output = _stage_simulate(exp, trace, cfg, out / "simulation", st)
+    checkpoint(WRITTEN_FIRST)
     opendc_run = OpenDCRun(bridge_info=bridge_info)
     if use_opendc:
         odc = out / "opendc"
+        folder.check()
         _stage_export(exp, output, odc, st, opendc_run)
+        folder.check()
         _stage_opendc(odc, out, st, bridge, opendc_run)
+    folder.check()
     with st.stage("report", "report.json, report.md, report.html" + (", plots" if plots else "")):
         report = _stage_report(
             exp, out, output, opendc_run, st, use_opendc, plots, command, started, t_start, extra_inputs

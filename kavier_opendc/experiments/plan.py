@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kavier_opendc.base.atomic import atomic_write_text, check_writable_dir, write_json_atomic
+from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writable_dir, write_json_atomic
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.experiments.executor import RunExecutor, RunTask
 from kavier_opendc.experiments.experiment import load_experiment
@@ -54,6 +54,22 @@ from kavier_opendc.opendc.jvm import check_opendc_available
 from kavier_opendc.reports.html import PLAN_HTML, write_comparison_html
 
 LOG = "plan_log.jsonl"
+#: What makes a plan folder complete (a plan; a --max-rate search), and every entry either writes
+PLAN_FILES = ("plan.json", "plan.md")
+MAX_RATE_FILES = ("max_rate.json", "max_rate.md")
+PLAN_ENTRIES = (
+    *PLAN_FILES,
+    *MAX_RATE_FILES,
+    "candidates.csv",
+    "candidates.md",
+    "evaluations.csv",
+    "front.csv",
+    "plots",
+    "runs",
+    "traffic",
+    LOG,
+    INCOMPLETE,
+)
 METRICS = {"cost": "cost_per_mtoken", "energy": "wh_per_mtoken", "carbon": "gco2_per_mtoken"}
 FRONT_AXES = ("cost_per_mtoken", "wh_per_mtoken", "gco2_per_mtoken", "ttft_p99_s")
 

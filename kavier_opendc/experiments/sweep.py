@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from kavier_opendc.base import limits
-from kavier_opendc.base.atomic import atomic_write_text, check_writable_dir, write_json_atomic
+from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writable_dir, write_json_atomic
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import json_path, schema_validator
 from kavier_opendc.experiments.executor import RunExecutor, RunTask
@@ -91,6 +91,9 @@ SCHEMA_FILE = "sweep.schema.json"
 #: run_done_problem's answers for a run that never finished (anything else: a DONE run whose files are not whole)
 _NOT_FINISHED = ("no DONE marker", "INCOMPLETE", "another configuration", "unreadable DONE marker")
 LOG = "sweep_log.jsonl"
+#: What makes a sweep folder complete, and every entry a sweep writes (what --overwrite moves aside)
+SWEEP_FILES = ("sweep.json", "comparison.csv")
+SWEEP_ENTRIES = ("sweep.json", "comparison.csv", "comparison.md", "plots", "runs", LOG, INCOMPLETE)
 
 TABLE_COLUMNS = [
     ("num_finished", "finished"),

@@ -29,6 +29,7 @@ The command line is ``kavier bridge build|check|run`` (:mod:`kavier_opendc.cli.b
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import re
@@ -44,8 +45,16 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
+from kavier_opendc.base.faults import JVM_STARTING, checkpoint
 from kavier_opendc.base.limits import OPENDC_STALL_ENV, opendc_stall_s
-from kavier_opendc.opendc.jvm import BUILD_COMMAND, find_bridge_jar, find_java, java_version
+from kavier_opendc.opendc.jvm import (
+    BUILD_COMMAND,
+    MIN_JAVA_VERSION,
+    check_bridge_jar,
+    find_bridge_jar,
+    find_java,
+    java_version,
+)
 
 __all__ = [
     "OpenDCBridge",
@@ -341,6 +350,7 @@ class OpenDCBridge:
             raise KavierRuntimeError(
                 f"The OpenDC bridge jar {self.jar} does not exist; build it with '{BUILD_COMMAND}'."
             )
+        check_bridge_jar(self.jar)
         self.java = self._java_arg or find_java()
         options = (
             self._jvm_options if self._jvm_options is not None else self._default_jvm_options(java_version(self.java))
@@ -395,12 +405,16 @@ class OpenDCBridge:
             self._readers.append(t)
 
         try:
+            checkpoint(JVM_STARTING)
             deadline = time.monotonic() + self.startup_timeout
             while not ready.wait(0.1):
                 if self._proc.poll() is not None or time.monotonic() > deadline:
                     break
             if not port_box:
                 code = self._proc.poll()
+                if code is None and ready.is_set():  # its output ended: it is exiting, give it a moment
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        code = self._proc.wait(timeout=10.0)
                 if code is None:
                     raise OpenDCBridgeError(
                         f"The OpenDC bridge JVM did not report ready within {self.startup_timeout:.0f} s "
@@ -408,9 +422,11 @@ class OpenDCBridge:
                         stderr_tail=self.stderr_tail(),
                     )
                 self._wait_readers()
+                last = " / ".join(line.strip() for line in self.stderr_tail(3).splitlines() if line.strip())
                 raise OpenDCBridgeError(
                     f"The OpenDC bridge JVM exited ({_describe_exit(code)}) before it was ready "
-                    f"({' '.join(cmd)}). Last stderr lines:\n{self.stderr_tail(15)}",
+                    f"({' '.join(cmd)}); its last words: {last or 'none'} (expected a Java "
+                    f"{MIN_JAVA_VERSION}+ and a whole bridge jar: 'kavier bridge check' tests both)",
                     stderr_tail=self.stderr_tail(),
                 )
             self.port = port_box[0]

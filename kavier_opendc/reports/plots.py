@@ -7,6 +7,7 @@ with the run length.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from kavier_opendc.base.atomic import write_errors  # noqa: E402
 from kavier_opendc.reports.efficiency import LatencyTargets  # noqa: E402
 
 DPI = 110
@@ -36,10 +38,16 @@ def _figure(w: float = 8.0, h: float = 4.5, nrows: int = 1, ncols: int = 1, **kw
 
 def _save(fig, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-    os.replace(tmp, path)
+    with write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
     return path
 
 
