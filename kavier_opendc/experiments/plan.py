@@ -64,6 +64,7 @@ PLAN_ENTRIES = (
     "candidates.md",
     "evaluations.csv",
     "front.csv",
+    PLAN_HTML,
     "plots",
     "runs",
     "traffic",

@@ -93,7 +93,7 @@ _NOT_FINISHED = ("no DONE marker", "INCOMPLETE", "another configuration", "unrea
 LOG = "sweep_log.jsonl"
 #: What makes a sweep folder complete, and every entry a sweep writes (what --overwrite moves aside)
 SWEEP_FILES = ("sweep.json", "comparison.csv")
-SWEEP_ENTRIES = ("sweep.json", "comparison.csv", "comparison.md", "plots", "runs", LOG, INCOMPLETE)
+SWEEP_ENTRIES = ("sweep.json", "comparison.csv", "comparison.md", SWEEP_HTML, "plots", "runs", LOG, INCOMPLETE)
 
 TABLE_COLUMNS = [
     ("num_finished", "finished"),
