@@ -219,13 +219,14 @@ class Replica(Scheduler):
                 dec = self.dec
                 x = self._e_lin + self._e_wb * p.run.wb / d
                 gsum = n * (dec.G - n) + n * (n + 1) * 0.5  # sum of G after each of the n iterations
-                raw = n * d * x + self._e_y * (n * dec.ctx_off_sum + d * gsum)
-                if raw > 0.0:
-                    s = self._e_tp if u < 1.0 else (t - t0) * self._e_tp / raw  # uncapped: raw is u x dt
-                    sy = s * self._e_y
-                    dec.ex += s * n * x
-                    dec.eg += sy * n
-                    dec.eq += sy * gsum
+                if u < 1.0:  # uncapped: the raw shares sum to u x dt x tp (they are the activity's terms)
+                    s = self._e_tp
+                else:
+                    s = (t - t0) * self._e_tp / (n * d * x + self._e_y * (n * dec.ctx_off_sum + d * gsum))
+                sy = s * self._e_y
+                dec.ex += s * n * x
+                dec.eg += sy * n
+                dec.eq += sy * gsum
             # kv.load() and kv.cached_load(), inlined: this runs once per event
             cap, gc = kv.capacity, kv.gpu_cache
             self.timeline.add(

@@ -530,7 +530,7 @@ def _pue(spec: Any, base: Path, problems: list) -> PUE | None:
     if bad.size:
         i = int(bad[0])
         problems.append(
-            (("pue", "file"), f"{path} row {i + 1}: {col} = {df[col].iloc[i]!r}; a PUE is a number of at least 1")
+            (("pue", "file"), f"{path} row {i + 1}: {col} = {df[col].iloc[i]}; a PUE is a number of at least 1")
         )
         return None
     t = df[tcol]
