@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import TOY_GPU, make_trace, needs_opendc
 from kavier_opendc.engine.energy import request_energy, residence_shares
@@ -223,3 +225,28 @@ def test_cli_run_end_to_end_with_pue_and_embodied(tmp_path):
     mtok = e["tokens"] / 1e6
     assert e["total_gco2_per_mtoken"] == pytest.approx((1.3 * s["carbon_g"] + s["embodied"]["embodied_g"]) / mtok)
     assert e["gco2_per_mtoken"] == pytest.approx(s["carbon_g"] / mtok)  # the IT-only metric is unchanged
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    replicas=st.integers(1, 3),
+    blocks=st.integers(40, 400),
+    seqs=st.integers(1, 32),
+    budget=st.integers(8, 1024),
+)
+def test_property_busy_is_conserved_and_fast_equals_exact(seed, replicas, blocks, seqs, budget):
+    """Any small trace and batch limits (preemptions included): every finished request gets a positive
+    share, the shares sum to the timeline's busy time, and the closed-form decode runs give each request
+    the same share as one iteration at a time."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 25))
+    tr = make_trace(np.sort(rng.uniform(0, 0.5, n)), rng.integers(1, 200, n), rng.integers(1, 60, n))
+    kw = dict(replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget, seed=seed)
+    fast = simulate(tr, toy(**kw), progress=False)
+    exact = simulate(tr, toy(exact=True, **kw), progress=False)
+    for r in (fast, exact):
+        done = r.results.status == 1
+        assert (r.results.busy[done] > 0).all()
+        assert r.results.busy.sum() == pytest.approx(_timeline_busy(r), rel=1e-9, abs=1e-15)
+    assert fast.results.busy == pytest.approx(exact.results.busy, rel=1e-7, abs=1e-15)
