@@ -21,5 +21,6 @@ cost_model.py    how long one batched forward pass takes
 request.py       the request records
 results.py       the per-request results arrays
 timeline.py      a replica's activity over time
+energy.py        per-request energy attribution: the rules, and the static share by residence
 outputs.py       the Parquet/JSON outputs (requests.parquet, summary.json, timeline.parquet)
 """

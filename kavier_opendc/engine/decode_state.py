@@ -22,7 +22,7 @@ from kavier_opendc.engine.request import DECODE, PREFILL, Req
 class DecodeState:
     """The decoding sequences of one replica, held lazily against the decode counter ``G``."""
 
-    __slots__ = ("G", "hist", "ctx_off_sum", "D", "done_heap", "heap_seq")
+    __slots__ = ("G", "hist", "ctx_off_sum", "D", "done_heap", "heap_seq", "ex", "eg", "eq")
 
     def __init__(self):
         self.G = 0  # decode iterations so far (the lazy clock of every decoder)
@@ -34,6 +34,9 @@ class DecodeState:
         # is stale (the request left the decoders) and is skipped
         self.done_heap: list = []
         self.heap_seq = 0  # unique, deterministic tie-break (samples of one prompt share idx)
+        # energy attribution, lazily like G (engine/energy.py): per decoder and decode iteration k, its
+        # share is s_k (X_k + Y (c_off + G_k)); ex = sum s_k X_k, eg = sum s_k Y, eq = sum s_k Y G_k
+        self.ex = self.eg = self.eq = 0.0
 
     def add(self, req: Req) -> None:
         """``req`` starts (or resumes) decoding: store it against G."""
@@ -44,6 +47,7 @@ class DecodeState:
         self.hist[c & BLOCK_MASK] += 1
         self.ctx_off_sum += c
         self.D += 1
+        req.ex0, req.eg0, req.eq0 = self.ex, self.eg, self.eq
         self.heap_seq += 1
         heapq.heappush(self.done_heap, (req.out - req.g_off, self.heap_seq, req.ver, req))
 
@@ -54,6 +58,7 @@ class DecodeState:
         req.gen = req.g_off + g
         self.hist[req.c_off & BLOCK_MASK] -= 1
         self.ctx_off_sum -= req.c_off
+        req.act += (self.ex - req.ex0) + req.c_off * (self.eg - req.eg0) + (self.eq - req.eq0)
         self.D -= 1
         req.ver += 1
         req.state = PREFILL

@@ -23,6 +23,7 @@ from kavier_opendc import __version__
 from kavier_opendc.base import arrow as pa  # pyarrow's names; its pa.array without pandas
 from kavier_opendc.base.atomic import staged_output, write_json_atomic, write_parquet_atomic
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.engine.energy import request_energy
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE
 from kavier_opendc.engine.results import FINISHED, REJECTED
 from kavier_opendc.specs.profiles import profile_summary
@@ -56,6 +57,10 @@ REQUESTS_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
         pa.float64(),
         "end of prefill to the transfer's submission: no decode replica had room, s (disaggregated runs only)",
     ),
+    # energy attribution (engine/energy.py); `kavier run` rewrites energy_j and carbon_g from OpenDC's run
+    "gpu_busy_s": (pa.float64(), "the request's share of its replicas' busy GPU time, GPU-seconds at full activity"),
+    "energy_j": (pa.float64(), "energy attributed to the request, J (simulate: GPUs only, catalogue power)"),
+    "carbon_g": (pa.float64(), "operational carbon attributed to the request, gCO2 (null without OpenDC)"),
 }
 PD_COLUMNS = ("prefill_replica", "decode_replica", "transfer_start_s", "transfer_end_s", "decode_wait_s")
 REQUESTS_OPTIONAL = ("session_id", "n", *PD_COLUMNS)
@@ -136,7 +141,31 @@ def requests_table(result) -> pa.Table:
         cols["transfer_start_s"] = pa.array(pd.transfer_start)
         cols["transfer_end_s"] = pa.array(pd.transfer_end)
         cols["decode_wait_s"] = pa.array(pd.decode_wait)
+    energy, _ = simulated_energy(result)
+    cols["gpu_busy_s"] = pa.array(r.busy)
+    cols["energy_j"] = pa.array(energy)
+    cols["carbon_g"] = pa.nulls(n, pa.float64())  # no carbon trace without OpenDC: unknown
     return pa.table(cols)
+
+
+def simulated_energy(result) -> tuple[np.ndarray, dict]:
+    """Simulator-side per-request GPU energy (J) and its totals: each replica's GPUs under the catalogue's
+    linear power model, idle from 0 to the makespan (as OpenDC draws it), split by engine/energy.py's rules."""
+    r = result.results
+    reps = result.replicas
+    idle = np.array([rep.cm.gpu.idle_power_w * rep.cm.tp for rep in reps], dtype=np.float64)
+    dyn1 = np.array([rep.cm.gpu.max_power_w - rep.cm.gpu.idle_power_w for rep in reps], dtype=np.float64)
+    rep_idx = r.replica.astype(np.int64)
+    dyn_w = (
+        np.where(rep_idx >= 0, dyn1[np.clip(rep_idx, 0, max(len(reps) - 1, 0))], 0.0)
+        if reps
+        else np.zeros(rep_idx.size)
+    )
+    span = result.makespan_s
+    static_j = float(idle.sum()) * span
+    finish = np.where(r.status == FINISHED, r.finish, np.nan)
+    energy, _, dyn = request_energy(r.busy, dyn_w, result.trace.arrival_s, finish, static_j, span)
+    return energy, {"dynamic_j": float(dyn.sum()), "static_j": static_j, "energy_j": float(energy.sum())}
 
 
 def disaggregation_summary(result) -> dict:

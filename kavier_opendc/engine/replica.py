@@ -90,6 +90,14 @@ class Replica(Scheduler):
         self.preemptions = 0
         self.busy_time = 0.0
         self.extra_time = 0.0  # host-to-GPU cache transfers of the iteration being scheduled
+        # energy attribution weights (engine/energy.py): activity per token, per weight byte, per attended
+        # pair, per KV token, and per decode step's context token (pair + KV token)
+        self._e_lin = cm._u_flop * cm.flops_per_lin_token
+        self._e_wb = cm._u_wbyte
+        self._e_pair = cm._u_flop * cm.flops_per_attn_pair
+        self._e_kvt = cm._u_kvbyte * cm.kv_bytes_per_token
+        self._e_y = self._e_pair + self._e_kvt
+        self._e_tp = float(cm.tp)
 
     # ------------------------------------------------------------ read-only views (reports, tests)
     @property
@@ -207,12 +215,25 @@ class Replica(Scheduler):
             flops, wbytes, kvbytes = p.run.totals(n)
             d = self.dec.D
             t0 = p.t0
+            u = self.cm.activity(t - t0, flops, wbytes, kvbytes)
+            if d:  # the run's busy time over its decoders, in closed form (engine/energy.py), inlined
+                dec = self.dec
+                x = self._e_lin + self._e_wb * p.run.wb / d
+                gsum = n * (dec.G - n) + n * (n + 1) * 0.5  # sum of G after each of the n iterations
+                if u < 1.0:  # uncapped: the raw shares sum to u x dt x tp (they are the activity's terms)
+                    s = self._e_tp
+                else:
+                    s = (t - t0) * self._e_tp / (n * d * x + self._e_y * (n * dec.ctx_off_sum + d * gsum))
+                sy = s * self._e_y
+                dec.ex += s * n * x
+                dec.eg += sy * n
+                dec.eq += sy * gsum
             # kv.load() and kv.cached_load(), inlined: this runs once per event
             cap, gc = kv.capacity, kv.gpu_cache
             self.timeline.add(
                 t0,
                 t,
-                self.cm.activity(t - t0, flops, wbytes, kvbytes),
+                u,
                 d,
                 kv.used / cap if cap else 0.0,
                 0,
@@ -225,17 +246,35 @@ class Replica(Scheduler):
             skipped = p.skipped
             for req in skipped:  # decoders left out of this iteration stay put
                 dec.remove(req)
-            if p.all_decoders or skipped:
+            t0 = p.t0
+            u = self.cm.activity(t - t0, p.flops, p.weight_bytes, p.kv_bytes)
+            advance = p.all_decoders or bool(skipped)
+            if u < 1.0 and self.kv_on:
+                # uncapped, the raw shares sum to the busy time u x dt exactly (they are the activity's own
+                # terms): scale tp, no second pass (the general case is _attribute_iteration)
+                tp = self._e_tp
+                w1 = self._e_wb * p.weight_bytes / p.batch if p.batch else 0.0
+                lin, pair, kvt = self._e_lin, self._e_pair, self._e_kvt
+                for req, c in p.chunks:
+                    comp = req.computed
+                    req.act += tp * (w1 + lin * c + pair * (c * comp + c * (c + 1) * 0.5) + kvt * (comp + c))
+                if advance and dec.D:
+                    ty = tp * self._e_y
+                    dec.ex += tp * (w1 + lin)
+                    dec.eg += ty
+                    dec.eq += ty * (dec.G + 1)
+            else:
+                self._attribute_iteration(p, advance, u * (t - t0) * self._e_tp)
+            if advance:
                 dec.G += 1
             for req in skipped:
                 dec.add(req)
             self.iterations += 1
-            t0 = p.t0
             cap, gc = kv.capacity, kv.gpu_cache
             self.timeline.add(
                 t0,
                 t,
-                self.cm.activity(t - t0, p.flops, p.weight_bytes, p.kv_bytes),
+                u,
                 p.batch,
                 kv.used / cap if cap else 0.0,
                 p.prefill_tokens,
@@ -271,6 +310,43 @@ class Replica(Scheduler):
             if req.first_token < 0:
                 req.first_token = t
             self._finish(req, t)
+
+    # ------------------------------------------------------------ energy attribution (engine/energy.py)
+    def _attribute_iteration(self, p: Iteration, advance: bool, busy: float) -> None:
+        """Split one iteration's busy time (utilisation x s) over its prefill chunks and decoders.
+
+        Called before the chunks' tokens and the decode counter move. A sequence's raw share is its
+        weight-read term (the pass's weight bytes split equally per sequence), its linear-layer FLOPs
+        (per token), its attention FLOPs (per attended pair) and its KV bytes, each weighted as in the
+        activity; the shares are scaled to the iteration's busy time (the activity is capped at 1)."""
+        w1 = self._e_wb * p.weight_bytes / p.batch if p.batch else 0.0
+        lin, pair, kvt, y = self._e_lin, self._e_pair, self._e_kvt, self._e_y
+        raws = []
+        raw = 0.0
+        kv_on = self.kv_on
+        for req, n in p.chunks:
+            comp = req.computed
+            if kv_on:
+                r = w1 + lin * n + pair * (n * comp + n * (n + 1) / 2.0) + kvt * (comp + n)
+            else:  # no KV cache: the chunk recomputes its context
+                c = comp + n
+                r = w1 + (lin + kvt) * c + pair * (c * (c + 1) / 2.0)
+            raws.append(r)
+            raw += r
+        dec = self.dec
+        d = dec.D if advance else 0
+        g1 = dec.G + 1  # a decoder attends to, and reads, c_off + G_after tokens
+        if d:
+            raw += d * (w1 + lin) + y * (dec.ctx_off_sum + d * g1)
+        if raw <= 0.0:
+            return
+        s = busy / raw
+        for (req, _), r in zip(p.chunks, raws, strict=True):
+            req.act += s * r
+        if d:
+            dec.ex += s * (w1 + lin)
+            dec.eg += s * y
+            dec.eq += s * y * g1
 
     def _fork(self, req: Req, t: float) -> None:
         """Branching (DP3): after the shared prefill, the prompt's n samples decode separately.

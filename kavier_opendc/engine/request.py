@@ -40,6 +40,10 @@ class Req:
         "held_blocks",
         "n",
         "fork",
+        "act",
+        "ex0",
+        "eg0",
+        "eq0",
     )
 
     def __init__(self, idx: int, arrival: float, prompt: int, out: int):
@@ -59,6 +63,10 @@ class Req:
         self.held_blocks = 0
         self.n = 1  # samples of this prompt (branching, DP3)
         self.fork: Fork | None = None  # Fork shared with its sibling samples, while they share prompt blocks
+        # energy attribution (engine/energy.py): busy time (utilisation x s) attributed so far, and the
+        # decode state's counters when it last started decoding (its decode share is their difference)
+        self.act = 0.0
+        self.ex0 = self.eg0 = self.eq0 = 0.0
 
 
 class Fork:

@@ -23,6 +23,7 @@ class Results:
         self.finish = np.full(n, np.nan)
         self.preemptions = np.zeros(n, dtype=np.int32)
         self.cached = np.zeros(n, dtype=np.int64)
+        self.busy = np.zeros(n)  # attributed replica busy time, utilisation x s (engine/energy.py)
         self.status = np.zeros(n, dtype=np.int8)  # PENDING, FINISHED or REJECTED
         self.remaining: np.ndarray | None = None  # per request: samples still running (only for traces with n > 1)
 
@@ -36,6 +37,7 @@ class Results:
         else:
             self.preemptions[i] = req.preempt
             last = True
+        self.busy[i] += req.act  # samples of one prompt add up
         if req.cached:
             self.cached[i] = req.cached
         if self.first_sched[i] != self.first_sched[i]:  # NaN: not set yet

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import math
 import os
 import platform
@@ -55,6 +56,7 @@ from kavier_opendc.opendc.bridge import OpenDCBridge
 from kavier_opendc.opendc.datacenter import DEFAULT_START, load_datacenter
 from kavier_opendc.opendc.inputs import write_opendc_inputs
 from kavier_opendc.opendc.jvm import check_opendc_available
+from kavier_opendc.opendc.overheads import check_embodied, embodied_carbon, facility
 from kavier_opendc.opendc.results import run_opendc_dir, sustainability_record
 from kavier_opendc.opendc.span import check_span, longest_gap
 from kavier_opendc.reports.efficiency import efficiency_report, pool_energy
@@ -407,6 +409,8 @@ def _run_stages(
         _stage_export(exp, output, odc, st, opendc_run)
         folder.check()
         _stage_opendc(odc, out, st, bridge, opendc_run)
+        _overheads(odc, opendc_run)
+        _attribute_energy(output, out, odc, opendc_run)
     folder.check()
     with st.stage("report", "report.json, report.md, report.html" + (", plots" if plots else "")):
         report = _stage_report(
@@ -427,6 +431,7 @@ class OpenDCRun:
     power: Any = None  # OpenDC's power samples
     task_map: list = dataclasses.field(default_factory=list)  # the export's tasks: replica, part, planned host
     host: Any = None  # OpenDC's host.parquet, for the plots
+    dc: Any = None  # the Datacenter as exported (power models for the per-request attribution)
 
 
 def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> SimulationOutput:
@@ -485,6 +490,8 @@ def _stage_export(exp: Experiment, output: SimulationOutput, odc: Path, st: Stag
                 run.carbon_info.update(mapping)
                 dc = datacenter_for(exp, fitted)
         run.datacenter = dc.to_dict()
+        run.dc = _with_simulated_gpu(dc, output, exp)
+        check_embodied(run.dc)  # before OpenDC runs: a missing embodied value is an input error
         stats = write_opendc_inputs(output, dc, odc, **exp.export_opts)
         run.task_map = list(stats.get("task_map") or [])
         st.say(
@@ -525,6 +532,75 @@ def _stage_opendc(odc: Path, out: Path, st: Stages, bridge, run: OpenDCRun) -> N
             f"      {sustainability['energy_wh']:.2f} Wh, avg {sustainability['avg_power_w']:.0f} W, "
             f"peak {sustainability['peak_power_w']:.0f} W, {sustainability['carbon_g']:.2f} gCO2"
         )
+
+
+def _with_simulated_gpu(dc, output: SimulationOutput, exp: Experiment):
+    """The datacenter with host groups that name no GPU given the simulation's (as the export does)."""
+    if not any(h.gpu is None for h in dc.gpu_hosts()):
+        return dc
+    names = {g["gpu"] for g in (output.summary.get("config") or {}).get("replica_groups") or []}
+    if len(names) != 1:
+        return dc
+    from kavier_opendc.specs import default_catalog
+
+    cat = exp.catalog if exp.catalog is not None else default_catalog()
+    return dc.with_gpu(cat.gpu(names.pop()))
+
+
+def _overheads(odc: Path, run: OpenDCRun) -> None:
+    """PUE and embodied carbon (opendc/overheads.py) into the sustainability record and sustainability.json."""
+    from kavier_opendc.base.atomic import write_json_atomic
+
+    s = run.sustainability
+    if s is None or run.dc is None:
+        return
+    extra: dict[str, Any] = {}
+    fac = facility(run.dc.pue, run.power, s.get("start_epoch_ms"), float(s["energy_wh"]), float(s["carbon_g"]))
+    if fac is not None:
+        extra["facility"] = fac
+    extra["embodied"] = embodied_carbon(run.dc, float(s.get("duration_s") or 0.0))
+    s.update(extra)
+    sus = odc / "sustainability.json"
+    if sus.is_file():
+        rec = json.loads(sus.read_text(encoding="utf-8"))
+        rec.update(extra)
+        write_json_atomic(sus, rec)
+
+
+def _attribute_energy(output: SimulationOutput, out: Path, odc: Path, run: OpenDCRun) -> None:
+    """Per-request energy and carbon consistent with OpenDC's run (opendc/attribution.py): requests.parquet's
+    energy_j and carbon_g rewritten, sessions.parquet where the trace has sessions, the totals in
+    sustainability.json and the report under ``attribution``."""
+    import pyarrow as pa
+
+    from kavier_opendc.base.atomic import write_json_atomic, write_parquet_atomic
+    from kavier_opendc.opendc.attribution import attribute_requests, session_table
+
+    if run.sustainability is None or output.requests is None or run.dc is None:
+        return
+    req = output.requests_frame()
+    tl = output.timeline_frame()
+    n_rep = int((output.summary.get("config") or {}).get("replicas") or 0)
+    names = run.dc.gpu_types()
+    gpus = dict(zip(tl["replica"].astype(int), tl["gpu"].astype(str), strict=False)) if "gpu" in tl else {}
+    replica_gpu = [gpus.get(r, names[0] if names else "") for r in range(max(n_rep, max(gpus, default=-1) + 1))]
+    energy, carbon, summary = attribute_requests(req, replica_gpu, run.dc, run.sustainability, run.power)
+    table = output.requests
+    for name, values in (("energy_j", energy), ("carbon_g", carbon)):
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, type=pa.float64()))
+    output.requests = table
+    output._frames.clear()
+    write_parquet_atomic(out / "simulation" / "requests.parquet", table)
+    sessions = session_table(req, energy, carbon)
+    if sessions is not None:
+        write_parquet_atomic(out / "sessions.parquet", pa.Table.from_pandas(sessions, preserve_index=False))
+        summary["sessions"] = "sessions.parquet"
+    run.sustainability["attribution"] = summary
+    sus = odc / "sustainability.json"
+    if sus.is_file():
+        rec = json.loads(sus.read_text(encoding="utf-8"))
+        rec["attribution"] = summary
+        write_json_atomic(sus, rec)
 
 
 def _stage_report(

@@ -40,7 +40,17 @@ DONE = "DONE"
 REPORT_JSON = "report.json"
 EXPERIMENT_COPY = "experiment.json"
 #: Everything a `kavier run` writes into its folder (and clears from it before the next run).
-RUN_ENTRIES = ("simulation", "opendc", "plots", REPORT_JSON, "report.md", "report.html", EXPERIMENT_COPY, INCOMPLETE)
+RUN_ENTRIES = (
+    "simulation",
+    "opendc",
+    "plots",
+    REPORT_JSON,
+    "report.md",
+    "report.html",
+    "sessions.parquet",
+    EXPERIMENT_COPY,
+    INCOMPLETE,
+)
 
 
 # --------------------------------------------------------------------------

@@ -11,4 +11,6 @@ carbon.py      carbon-intensity traces
 jvm.py         the JVM side: a Java >= 21, the bridge jar, its Maven build
 bridge.py      the Py4J session with the real OpenDC on the JVM (starts the jar, runs, stops it)
 results.py     OpenDC's output as energy, power and carbon
+attribution.py per-request energy and carbon consistent with OpenDC's run
+overheads.py   PUE (facility energy) and the devices' embodied carbon
 """

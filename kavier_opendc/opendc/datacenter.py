@@ -31,6 +31,8 @@ SCHEMA_FILE = "datacenter.schema.json"
 DEFAULT_START = "2022-01-01T00:00:00"
 DEFAULT_EXPORT_INTERVAL_S = 1
 DEFAULT_ALLOCATION_POLICY = "ProvisionedCpuGpuCores"
+#: years a host's embodied carbon is amortised over when the description gives none (a common server life)
+DEFAULT_HOST_LIFETIME_YEARS = 4.0
 POWER_MODEL_TYPES = ("constant", "linear", "square", "cubic", "sqrt", "mse", "asymptotic")
 #: OpenDC's own default power model of a host CPU (TopologySpecs.kt PowerModelSpec.DFLT).
 DEFAULT_CPU_POWER = {"model": "linear", "idle_w": 200.0, "max_w": 400.0}
@@ -106,6 +108,29 @@ class PowerModel:
 
 
 @dataclass(frozen=True)
+class PUE:
+    """Power usage effectiveness: a constant, or a step function of time (epoch ms; value k from times_ms[k])."""
+
+    value: float | None = None
+    times_ms: Any = None  # numpy int64, ascending
+    values: Any = None  # numpy float64, each >= 1
+    path: str | None = None
+
+    def series(self, epoch_ms):
+        """PUE at each of ``epoch_ms`` (a numpy array); before the first row: the first value."""
+        import numpy as np
+
+        t = np.asarray(epoch_ms, dtype=np.float64)
+        if self.value is not None:
+            return np.full(t.shape, float(self.value))
+        k = np.clip(np.searchsorted(self.times_ms, t, side="right") - 1, 0, len(self.values) - 1)
+        return self.values[k]
+
+    def to_dict(self) -> Any:
+        return self.value if self.value is not None else {"file": self.path}
+
+
+@dataclass(frozen=True)
 class HostGroup:
     """``count`` identical physical hosts as described by the user."""
 
@@ -122,6 +147,8 @@ class HostGroup:
     cpu_model: str = "unknown"
     cpu_vendor: str = "unknown"
     path: str = "hosts[0]"  # JSON path in the description
+    embodied_kgco2e: float | None = None  # one host without its GPUs; None: not given
+    lifetime_years: float = DEFAULT_HOST_LIFETIME_YEARS
 
     @property
     def total_cores(self) -> int:
@@ -203,6 +230,8 @@ class Datacenter:
     allocation_policy: str = DEFAULT_ALLOCATION_POLICY
     source: str | None = None  # file it was read from, for messages
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    pue: PUE | None = field(default=None, compare=False)
+    embodied_required: bool = False  # embodied_carbon: true (every GPU type used must have its numbers)
 
     @property
     def start_datetime(self) -> datetime:
@@ -255,6 +284,8 @@ class Datacenter:
                 "carbon_trace": None if self.power_source.carbon_trace is None else str(self.power_source.carbon_trace),
             },
             "battery": None if self.battery is None else dataclasses.asdict(self.battery),
+            **({"pue": self.pue.to_dict()} if self.pue is not None else {}),
+            **({"embodied_carbon": True} if self.embodied_required else {}),
         }
 
 
@@ -430,6 +461,8 @@ _GPU_OVERRIDES = (
     "memory_gib",
     "mem_bandwidth_gbs",
     "vendor",
+    "embodied_kgco2e",
+    "lifetime_years",
 )
 
 
@@ -448,6 +481,7 @@ def _build(data: dict, base: Path, src: str, get_catalog) -> tuple[Datacenter | 
     start, start_dt = _start(data, problems)
     power_source = _power_source(data, base, start_dt.year, problems)
     battery = _battery(data["battery"], problems) if "battery" in data else None
+    pue = _pue(data.get("pue"), base, problems)
     if problems:
         return None, problems
     dc = Datacenter(
@@ -461,8 +495,55 @@ def _build(data: dict, base: Path, src: str, get_catalog) -> tuple[Datacenter | 
         allocation_policy=data.get("allocation_policy", DEFAULT_ALLOCATION_POLICY),
         source=src,
         raw=data,
+        pue=pue,
+        embodied_required=bool(data.get("embodied_carbon", False)),
     )
     return dc, []
+
+
+def _pue(spec: Any, base: Path, problems: list) -> PUE | None:
+    """The PUE: a number (the schema checked it is >= 1) or a trace file read and checked here."""
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        return PUE(value=float(spec))
+    import numpy as np
+    import pandas as pd
+
+    path = Path(spec["file"])
+    path = path if path.is_absolute() else base / path
+    col, tcol = spec.get("column", "pue"), spec.get("time_column", "timestamp")
+    try:
+        df = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        problems.append((("pue", "file"), f"{path}: cannot be read as CSV/Parquet ({exc})"))
+        return None
+    for c, key in ((col, "column"), (tcol, "time_column")):
+        if c not in df.columns:
+            problems.append((("pue", key), f"{path} has no column {c!r} (columns: {', '.join(map(str, df.columns))})"))
+    if problems or not len(df):
+        if not len(df):
+            problems.append((("pue", "file"), f"{path} has no rows"))
+        return None
+    values = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
+    bad = np.flatnonzero(~np.isfinite(values) | (values < 1.0))
+    if bad.size:
+        i = int(bad[0])
+        problems.append(
+            (("pue", "file"), f"{path} row {i + 1}: {col} = {df[col].iloc[i]}; a PUE is a number of at least 1")
+        )
+        return None
+    t = df[tcol]
+    try:
+        if pd.api.types.is_numeric_dtype(t):
+            times = t.to_numpy(np.int64)
+        else:
+            times = pd.to_datetime(t, utc=True).to_numpy("datetime64[ms]").astype(np.int64)
+    except (ValueError, TypeError) as exc:
+        problems.append((("pue", "time_column"), f"{path}: {tcol} is not ISO date-times or epoch ms ({exc})"))
+        return None
+    order = np.argsort(times, kind="stable")
+    return PUE(times_ms=times[order], values=values[order], path=str(path))
 
 
 def _host_group(h: dict, name: str, path: tuple, get_catalog, problems: list) -> HostGroup:
@@ -527,6 +608,8 @@ def _host_group(h: dict, name: str, path: tuple, get_catalog, problems: list) ->
         cpu_model=str(cpu.get("model", "unknown")),
         cpu_vendor=str(cpu.get("vendor", "unknown")),
         path=json_path(path),
+        embodied_kgco2e=float(h["embodied_kgco2e"]) if "embodied_kgco2e" in h else None,
+        lifetime_years=float(h.get("lifetime_years", DEFAULT_HOST_LIFETIME_YEARS)),
     )
 
 

@@ -95,6 +95,15 @@ DEFINITIONS: dict[str, str] = {
     "(Wh per million tokens per second)",
     "kgco2_per_mtoken_per_s": "Kavier paper's carbon efficiency: carbon_g / 1000 / throughput_mtokens_per_s "
     "(kgCO2 per million tokens per second)",
+    "pue": "facility energy / IT energy (datacenter.pue; 1 when not given)",
+    "facility_energy_wh": "energy_wh x PUE (a PUE trace: per OpenDC interval)",
+    "facility_wh_per_mtoken": "facility_energy_wh / (tokens / 1e6)",
+    "operational_gco2": "carbon_g x PUE (per interval for a PUE trace): the facility's operational emissions",
+    "embodied_gco2": "every device's embodied kgCO2e x 1000 x OpenDC's run duration / its lifetime "
+    "(opendc/overheads.py)",
+    "operational_gco2_per_mtoken": "operational_gco2 / (tokens / 1e6)",
+    "embodied_gco2_per_mtoken": "embodied_gco2 / (tokens / 1e6)",
+    "total_gco2_per_mtoken": "(operational_gco2 + embodied_gco2) / (tokens / 1e6)",
 }
 
 
@@ -262,9 +271,33 @@ def efficiency_report(
         "cost_per_mtoken_per_s": per_mtoken_per_s(total, tokens, window),
         "wh_per_mtoken_per_s": per_mtoken_per_s(energy, tokens, window),
         "kgco2_per_mtoken_per_s": per_mtoken_per_s(None if carbon is None else carbon / 1000.0, tokens, window),
+        **_overhead_metrics(sustainability, energy, carbon, tokens),
         "definitions": dict(DEFINITIONS),
     }
     return out
+
+
+def _overhead_metrics(
+    sustainability: Mapping[str, Any] | None, energy: float | None, carbon: float | None, tokens: float
+) -> dict[str, Any]:
+    """PUE and embodied carbon per Mtoken (only with OpenDC: its sustainability record has them)."""
+    if sustainability is None or energy is None or carbon is None:
+        return {}
+    fac = sustainability.get("facility") or {}
+    emb = sustainability.get("embodied") or {}
+    f_wh = fac.get("facility_energy_wh", energy)
+    op = fac.get("facility_carbon_g", carbon)
+    embodied = emb.get("embodied_g")
+    return {
+        "pue": fac.get("pue", 1.0),
+        "facility_energy_wh": f_wh,
+        "facility_wh_per_mtoken": wh_per_mtoken(f_wh, tokens),
+        "operational_gco2": op,
+        "embodied_gco2": embodied,
+        "operational_gco2_per_mtoken": gco2_per_mtoken(op, tokens),
+        "embodied_gco2_per_mtoken": gco2_per_mtoken(embodied, tokens),
+        "total_gco2_per_mtoken": gco2_per_mtoken(None if embodied is None else op + embodied, tokens),
+    }
 
 
 # --------------------------------------------------------------------------

@@ -33,6 +33,15 @@ EFFICIENCY_ROWS = [
     ("kgco2_per_mtoken_per_s", "Kavier paper: carbon efficiency", "kgCO2 per (Mtoken/s)"),
 ]
 
+# rows shown only when OpenDC ran (the efficiency report has them then): PUE and embodied carbon
+OVERHEAD_ROWS = [
+    ("pue", "PUE (facility / IT energy)", ""),
+    ("facility_wh_per_mtoken", "Facility energy per million tokens", "Wh/Mtoken"),
+    ("operational_gco2_per_mtoken", "Operational carbon per million tokens (facility)", "gCO2/Mtoken"),
+    ("embodied_gco2_per_mtoken", "Embodied carbon per million tokens (amortised)", "gCO2/Mtoken"),
+    ("total_gco2_per_mtoken", "Operational + embodied carbon per million tokens", "gCO2/Mtoken"),
+]
+
 
 #: The latencies' definition (report.md, report.html and the comparison pages say it in these words).
 LATENCY_DEFINITION = (
@@ -307,7 +316,7 @@ def _efficiency(report: Mapping[str, Any]) -> list[str]:
     add("")
     add("| metric | value | unit | definition |")
     add("|---|---:|---|---|")
-    for key, label, unit in EFFICIENCY_ROWS:
+    for key, label, unit in EFFICIENCY_ROWS + [r for r in OVERHEAD_ROWS if r[0] in eff]:
         add(f"| {label} (`{key}`) | {fmt(eff.get(key))} | {unit.format(cur=cur)} | {DEFINITIONS.get(key, '')} |")
     add("")
     add(

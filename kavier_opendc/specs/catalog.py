@@ -227,6 +227,11 @@ class GPUSpec:
     peak_fp8_tflops: float | None = None  # FP8 (E4M3/E5M2): Ada, Hopper, Blackwell, CDNA 3
     peak_fp4_tflops: float | None = None  # FP4 (NVFP4/MXFP4): Blackwell
     peak_int8_tops: float | None = None  # INT8 tensor TOPS (catalogue data; INT8 weights run weight-only)
+    # embodied carbon of one device (cradle to gate, kgCO2e) and the lifetime it is amortised over (years);
+    # None: unknown (a run that asks for embodied carbon then says so); embodied_source names where from
+    embodied_kgco2e: float | None = None
+    lifetime_years: float | None = None
+    embodied_source: str = ""
     extra: dict = field(default_factory=dict, compare=False)
     aliases: tuple[str, ...] = field(default=(), compare=False)
     # The efficiency profile (specs/profiles.py) the catalogue attaches on lookup.
@@ -375,7 +380,13 @@ _GPU_FLOAT_FIELDS = (
     "pcie_gbs",
     "boost_clock_mhz",
 )
-_GPU_OPTIONAL_FLOAT_FIELDS = ("peak_fp8_tflops", "peak_fp4_tflops", "peak_int8_tops")
+_GPU_OPTIONAL_FLOAT_FIELDS = (
+    "peak_fp8_tflops",
+    "peak_fp4_tflops",
+    "peak_int8_tops",
+    "embodied_kgco2e",
+    "lifetime_years",
+)
 _GPU_INT_FIELDS = ("num_sms",)
 _NUMERIC_FIELDS = {
     "models": set(_MODEL_INT_FIELDS) | set(_MODEL_FLOAT_FIELDS),
@@ -679,6 +690,8 @@ def spec_to_entry(spec: ModelSpec | GPUSpec) -> dict[str, Any]:
         if f.name in _MODEL_OPTIONAL_FIELDS and value == f.default:
             continue
         if f.name in _GPU_OPTIONAL_FLOAT_FIELDS and value is None:
+            continue
+        if f.name == "embodied_source" and not value:
             continue
         if f.name in ("profile", "kv_dtype", "expert_parallel", "attn_dp", "expert_imbalance"):  # serving settings
             continue
