@@ -27,6 +27,7 @@ def test_marker_names_are_the_ones_on_disk():
         "report.json",
         "report.md",
         "report.html",
+        "sessions.parquet",
         "experiment.json",
         "INCOMPLETE",
     )
