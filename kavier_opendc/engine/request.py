@@ -40,6 +40,8 @@ class Req:
         "held_blocks",
         "n",
         "fork",
+        "last_tok",
+        "itl_s0",
     )
 
     def __init__(self, idx: int, arrival: float, prompt: int, out: int):
@@ -59,6 +61,8 @@ class Req:
         self.held_blocks = 0
         self.n = 1  # samples of this prompt (branching, DP3)
         self.fork: Fork | None = None  # Fork shared with its sibling samples, while they share prompt blocks
+        self.last_tok = -1.0  # time of the latest token delivered (inter-token gaps, engine/itl.py)
+        self.itl_s0 = 0  # the decode state's segment log length when this request last joined the decoders
 
 
 class Fork:
