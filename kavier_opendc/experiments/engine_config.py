@@ -30,6 +30,7 @@ _DIRECT = (
     "weight_dtype",
     "kv_cache_dtype",
     "weight_only_fallback",
+    "enable_chunked_prefill",
 )
 #: limits a replica group may set for itself
 GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization")

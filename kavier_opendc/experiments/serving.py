@@ -23,6 +23,7 @@ OPTIONS = (
     "weight_dtype",
     "kv_cache_dtype",
     "weight_only_fallback",
+    "enable_chunked_prefill",
 )
 DEFAULTS: dict[str, Any] = {name: knobs.default(name) for name in OPTIONS}
 
@@ -46,6 +47,7 @@ class Serving:
     weight_dtype: Any = DEFAULTS["weight_dtype"]
     kv_cache_dtype: Any = DEFAULTS["kv_cache_dtype"]
     weight_only_fallback: Any = DEFAULTS["weight_only_fallback"]
+    enable_chunked_prefill: Any = DEFAULTS["enable_chunked_prefill"]  # None: the framework's
     prefix_cache: dict = field(default_factory=dict)  # {"policy": ..., option: value}; {} = the engine's default
     disaggregation: dict | None = None  # {prefill: pool, decode: pool, link: {...}} as written; None: co-located
 
