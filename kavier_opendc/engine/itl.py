@@ -38,7 +38,7 @@ SEG, STINT, EXTRA = 6, 4, 2
 #: low bits of the sort key that carry a weight (_sorted_weighted)
 WBITS = 16
 #: values a window of pooled_stats may hold before they are expanded and sorted
-WINDOW = 4096
+WINDOW = 1 << 15
 
 
 @dataclass
@@ -112,18 +112,37 @@ def pooled_stats(sv: np.ndarray, sw: np.ndarray, a: np.ndarray, b: np.ndarray, m
     h = (total - 1) * np.asarray(QUANTILES)
     lo = np.floor(h).astype(np.int64)
     ranks = np.stack((lo, np.minimum(lo + 1, total - 1)), axis=1).ravel()  # each quantile's two neighbours
-    # step 1: the pieces at their midpoints (two sorted lists merged: a stable sort of two runs is a merge)
+    # step 1: the order statistics with each piece at its midpoint, by bisection on the value (two sorted
+    # lists and their cumulative weights: O(log) a count)
     s_v, s_w = _sorted_weighted(sv, sw)
     s_cum = np.cumsum(s_w)
     mid = a + b * ((m + 2) / 2.0)
     mo = np.argsort(mid)
-    av = np.concatenate((s_v, mid[mo]))
-    order = np.argsort(av, kind="stable")
-    approx = _select(av[order], np.cumsum(np.concatenate((s_w, cnt[mo]))[order]), ranks)
+    m_v, m_cum = mid[mo], np.cumsum(cnt[mo])
+
+    def approx_count(v: float) -> int:  # values <= v with each piece at its midpoint
+        i, k = int(np.searchsorted(s_v, v, side="right")), int(np.searchsorted(m_v, v, side="right"))
+        return (int(s_cum[i - 1]) if i else 0) + (int(m_cum[k - 1]) if k else 0)
+
+    v_lo = min(float(s_v[0]) if s_v.size else np.inf, float(m_v[0]) if m_v.size else np.inf)
+    v_hi = max(float(s_v[-1]) if s_v.size else -np.inf, float(m_v[-1]) if m_v.size else -np.inf)
+    approx = np.empty(ranks.size)
+    for i, r in enumerate(ranks):
+        lo_v, hi_v = v_lo, v_hi
+        for _ in range(200):  # smallest v counting more than r values
+            mv = (lo_v + hi_v) / 2.0
+            if not lo_v < mv < hi_v:
+                break
+            if approx_count(mv) > r:
+                hi_v = mv
+            else:
+                lo_v = mv
+        approx[i] = hi_v
     half = float((b * (m - 2)).max()) / 2.0 if b.size else 0.0
-    margin = half * (1 + 1e-9) + 1e-12 * float(np.abs(approx).max())
+    margin = half * (1 + 1e-9) + 1e-12 * max(abs(v_lo), abs(v_hi))
     # step 2: exact. Halve each window (counting the values below its middle in closed form) until few
-    # values are left in it, then expand and sort those only
+    # values are left in it, then expand and sort those only. Pieces wholly below or above a window leave
+    # it for good (the window only shrinks): counted once, they drop out of the passes.
     bf = np.where(b > 0, b, 1.0)
     out = np.empty(ranks.size)
     wv = cum = np.zeros(0)
@@ -134,23 +153,30 @@ def pooled_stats(sv: np.ndarray, sw: np.ndarray, a: np.ndarray, b: np.ndarray, m
             out[i] = _select(wv, cum, np.array([local]))[0]
             continue
         lo_v, hi_v = approx[i] - margin, approx[i] + margin
+        pa, pb, pbf, pm, pw = a, b, bf, m, w
+        fixed = 0  # values of the pieces dropped for lying wholly below the window
         for _ in range(64):
-            j0 = np.clip(np.ceil((lo_v - a) / bf), 2, m + 1).astype(np.int64)
-            j1 = np.clip(np.floor((hi_v - a) / bf), j0 - 1, m).astype(np.int64)
+            j0 = np.clip(np.ceil((lo_v - pa) / pbf), 2, pm + 1).astype(np.int64)
+            j1 = np.clip(np.floor((hi_v - pa) / pbf), j0 - 1, pm).astype(np.int64)
+            gone_below = j0 > pm
+            keep = ~gone_below & ~((j0 == 2) & (j1 < 2))
+            if not keep.all():
+                fixed += int(np.dot(pw[gone_below], pm[gone_below] - 1))
+                pa, pb, pbf, pm, pw, j0, j1 = (x[keep] for x in (pa, pb, pbf, pm, pw, j0, j1))
             i0 = int(np.searchsorted(s_v, lo_v, side="left"))
             i1 = int(np.searchsorted(s_v, hi_v, side="right"))
             if int((j1 - j0 + 1).sum()) + i1 - i0 <= WINDOW:
                 break
             mid_v = (lo_v + hi_v) / 2.0
-            jm = np.clip(np.ceil((mid_v - a) / bf), 2, m + 1).astype(np.int64)
+            jm = np.clip(np.ceil((mid_v - pa) / pbf), 2, pm + 1).astype(np.int64)
             im = int(np.searchsorted(s_v, mid_v, side="left"))
-            if (int(s_cum[im - 1]) if im else 0) + int(np.dot(w, jm - 2)) <= r:
+            if (int(s_cum[im - 1]) if im else 0) + fixed + int(np.dot(pw, jm - 2)) <= r:
                 lo_v = mid_v
             else:
                 hi_v = mid_v
-        below = (int(s_cum[i0 - 1]) if i0 else 0) + int(np.dot(w, j0 - 2))
-        ev, piece = expand(a, b, j0, j1)
-        wv, ww = _sorted_weighted(np.concatenate((s_v[i0:i1], ev)), np.concatenate((s_w[i0:i1], w[piece])))
+        below = (int(s_cum[i0 - 1]) if i0 else 0) + fixed + int(np.dot(pw, j0 - 2))
+        ev, piece = expand(pa, pb, j0, j1)
+        wv, ww = _sorted_weighted(np.concatenate((s_v[i0:i1], ev)), np.concatenate((s_w[i0:i1], pw[piece])))
         local = int(r) - below
         cum = np.cumsum(ww)
         if 0 <= local < (int(cum[-1]) if cum.size else 0):
@@ -182,8 +208,8 @@ def collect(replicas, n: int) -> ItlStats:
         seg, st, ex = seg.reshape(-1, SEG), st.reshape(-1, STINT), ex.reshape(-1, EXTRA)
         if ex.size:
             i = ex[:, 0].astype(np.int64)
-            np.add.at(count, i, 1)
-            np.add.at(total, i, ex[:, 1])
+            count += np.bincount(i, minlength=n)
+            total += np.bincount(i, ex[:, 1], minlength=n)
             np.maximum.at(mx, i, ex[:, 1])
             parts["sv"].append(ex[:, 1])
             parts["sw"].append(np.ones(len(ex), dtype=np.int64))
@@ -203,8 +229,8 @@ def collect(replicas, n: int) -> ItlStats:
             last = st[:, 3]
             own = first[s0] - last  # the stint's first gap, from the request's own previous token
             cm = np.concatenate(([0], np.cumsum(m)))
-            np.add.at(count, idx, cm[s1] - cm[s0])
-            np.add.at(total, idx, end[s1 - 1] - last)
+            count += np.bincount(idx, cm[s1] - cm[s0], minlength=n).astype(np.int64)
+            total += np.bincount(idx, end[s1 - 1] - last, minlength=n)
             # the largest gap of segments s0+1..s1-1: max over [l, r) by reduceat on the interleaved bounds
             # (-inf appended so that r may be the end; an empty range gives the sentinel)
             ext = np.append(pmax, -np.inf)
