@@ -59,7 +59,8 @@ class DecodeState:
         self.done_heap: list = []
         self.heap_seq = 0  # unique, deterministic tie-break (samples of one prompt share idx)
         # inter-token gaps (engine/itl.py): T is the time of the latest advance of G; segs holds per advance
-        # six numbers (first delivery time, its gap since T, then gaps A + B*j for j = 2..m, m, participants);
+        # four numbers (first delivery time, then gaps A + B*j for j = 2..m, m; its gap since the previous
+        # advance and its decoders follow from the log and the stints);
         # stints per stay (request, first segment, end segment, time of its token before); extra per token
         # sampled outside the decoders after the first (recomputation): (request, gap). Flat Python lists
         # (a list append is ~20x an array's), moved into float64 chunks now and then to bound the memory;

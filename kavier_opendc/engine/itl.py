@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 #: numbers per segment in DecodeState.segs, per stint in DecodeState.stints, per extra gap in DecodeState.extra
-SEG, STINT, EXTRA = 6, 4, 2
+SEG, STINT, EXTRA = 4, 4, 2
 #: low bits of the sort key that carry a weight (_sorted_weighted)
 WBITS = 16
 #: values a window of pooled_stats may hold before they are expanded and sorted
@@ -215,17 +215,19 @@ def collect(replicas, n: int) -> ItlStats:
             parts["sw"].append(np.ones(len(ex), dtype=np.int64))
         if not seg.size:
             continue
-        first, f, a, b, m, p = (seg[:, k] for k in range(SEG))
+        first, a, b, m = (seg[:, k] for k in range(SEG))
         m = m.astype(np.int64)
-        p = p.astype(np.int64)
         end = first + a * (m - 1) + b * (m * (m + 1) / 2.0 - 1.0)  # time of the segment's last delivery
+        f = first - np.concatenate(([0.0], end[:-1]))  # the first gap, for a decoder in the segment before
+        # decoders in each segment: the stints covering it (every decoder leaves by the end, in a stint)
+        s0 = (st[:, 1] // SEG).astype(np.int64)
+        s1 = (st[:, 2] // SEG).astype(np.int64)
+        p = np.cumsum(np.bincount(s0, minlength=m.size + 1) - np.bincount(s1, minlength=m.size + 1))[: m.size]
         rmax = np.where(m >= 2, a + b * m, -np.inf)  # gaps after the first: a + b j, j = 2..m (b >= 0)
         pmax = np.maximum(f, rmax)
         pf = p
         if st.size:
             idx = st[:, 0].astype(np.int64)
-            s0 = (st[:, 1] // SEG).astype(np.int64)
-            s1 = (st[:, 2] // SEG).astype(np.int64)
             last = st[:, 3]
             own = first[s0] - last  # the stint's first gap, from the request's own previous token
             cm = np.concatenate(([0], np.cumsum(m)))

@@ -214,12 +214,12 @@ class Replica(Scheduler):
             if s == 1:
                 a, b = run.a, run.b
                 first = t0 + a + b
-                dec.segs += (first, first - dec.T, a, b, n, d)
+                dec.segs += (first, a, b, n)
             else:
                 b = run.b * s * s
                 a = s * run.a + run.b * s * (s + 1) / 2.0 - b
                 first = t0 + a + b
-                dec.segs += (first, first - dec.T, a, b, n // s, d)
+                dec.segs += (first, a, b, n // s)
             dec.T = t
             # kv.load() and kv.cached_load(), inlined: this runs once per event
             cap, gc = kv.capacity, kv.gpu_cache
@@ -241,8 +241,7 @@ class Replica(Scheduler):
                 dec.remove(req)
             if p.all_decoders or skipped:
                 dec.G += 1
-                gap = t - dec.T
-                dec.segs += (t, gap, gap, 0.0, 1, dec.D)
+                dec.segs += (t, 0.0, 0.0, 1)
                 dec.T = t
             for req in skipped:
                 dec.add(req)
