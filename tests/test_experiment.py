@@ -322,3 +322,21 @@ def test_heterogeneous_groups_need_slots_of_each_gpu_type(tmp_path):
     doc["datacenter"]["hosts"][1]["gpus_per_host"] = 4
     exp = load_experiment(doc, base_dir=tmp_path)
     assert [g.replicas for g in exp.groups] == [2, 3]
+
+
+def test_serving_enable_chunked_prefill(tmp_path):
+    # vLLM v0's --enable-chunked-prefill as serving.enable_chunked_prefill; refused, by its path, where it does
+    # not apply (vLLM v1 always chunks)
+    doc = tiny_doc()
+    doc["serving"].update(framework="vllm-0.5-server", enable_chunked_prefill=True)
+    cfg = load_experiment(doc, base_dir=tmp_path).sim_config()
+    assert cfg.enable_chunked_prefill is True and cfg.framework_profile().chunked_prefill is True
+    assert load_experiment(tiny_doc(), base_dir=tmp_path).sim_config().enable_chunked_prefill is None
+    doc = tiny_doc()
+    doc["serving"]["enable_chunked_prefill"] = "yes"
+    assert any(p.startswith("serving.enable_chunked_prefill:") for p in problems_of(doc, tmp_path))
+    doc = tiny_doc()
+    doc["serving"]["enable_chunked_prefill"] = True
+    with pytest.raises(KavierInputError, match="vLLM v1 always chunks") as ei:
+        load_experiment(doc, base_dir=tmp_path)
+    assert "serving.enable_chunked_prefill: vLLM v0's chunked-prefill switch does not apply" in str(ei.value)

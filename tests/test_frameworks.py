@@ -119,6 +119,87 @@ def test_v0_chunked_prefill_switch_uses_the_budget_rules():
         assert rep.chunked_prefill is False and rep.admits_in_decode is False
 
 
+def test_v0_enable_chunked_prefill_by_hand():
+    # A (100 prompt, 3 out) at 0, B (100, 2) at 1 ms, as in test_v0_prefill_first_stalls_decodes_by_hand.
+    # With --enable-chunked-prefill, B's prompt joins A's decode (v1's token-budget rules): prefill A | A's
+    # token 2 + B's whole prompt | decode A+B (both done). A's decode no longer stalls; B's first token
+    # comes one mixed iteration after A's prefill instead of one prompt-only iteration.
+    t1 = v0_time(100, 1, 5050, 100)
+    mixed = v0_time(101, 2, 101 + 5050, 100 + 101)
+    t3 = v0_time(2, 2, 102 + 101, 203)
+    off = run([0.0, 0.001], [100, 100], [3, 2], framework=V0)
+    on = run([0.0, 0.001], [100, 100], [3, 2], framework=V0, enable_chunked_prefill=True)
+    r = on.results
+    assert r.first_token[0] == pytest.approx(t1, rel=1e-12)
+    assert r.first_token[1] == pytest.approx(t1 + mixed, rel=1e-12)
+    assert r.finish[0] == r.finish[1] == pytest.approx(t1 + mixed + t3, rel=1e-12)
+    # the rules' prediction: A's time per output token falls (no prompt-only iteration between its tokens),
+    # B's TTFT rises by the decode sharing its iteration (mixed > the prompt alone)
+    t2, t4 = v0_time(100, 1, 5050, 100), v0_time(1, 1, 102, 102)
+    tpot_a = lambda res: (res.finish[0] - res.first_token[0]) / 2  # noqa: E731
+    assert tpot_a(off.results) == pytest.approx((t2 + v0_time(2, 2, 202, 202) + t4) / 2, rel=1e-12)
+    assert tpot_a(r) == pytest.approx((mixed + t3) / 2, rel=1e-12) and tpot_a(r) < tpot_a(off.results)
+    assert r.first_token[1] - off.results.first_token[1] == pytest.approx(mixed - t2, rel=1e-9)
+    assert all(rep.chunked_prefill and rep.admits_in_decode for rep in on.replicas)
+    assert not any(rep.chunked_prefill for rep in off.replicas)
+    # the default budget with chunking is vLLM 0.5's 512 tokens: a 1,000-token prompt in chunks of 512 + 488
+    assert on.replicas[0].budget == 512 and off.replicas[0].budget >= 2048
+    long = run([0.0], [1000], [1], framework=V0, enable_chunked_prefill=True).results
+    c1 = v0_time(512, 1, 512 * 513 // 2, 512)
+    c2 = v0_time(488, 1, 488 * 512 + 488 * 489 // 2, 1000)
+    assert long.first_token[0] == pytest.approx(c1 + c2, rel=1e-12)
+
+
+def test_framework_chunked_prefill_reaches_the_replicas():
+    # a catalogue framework of policy vllm-v0 with chunked_prefill: true is simulated with it on
+    import dataclasses
+
+    fw = dataclasses.replace(framework(V0), name="v0-chunked", chunked_prefill=True)
+    a = run([0.0, 0.001], [100, 100], [3, 2], framework=fw)
+    b = run([0.0, 0.001], [100, 100], [3, 2], framework=V0, enable_chunked_prefill=True)
+    assert all(rep.chunked_prefill for rep in a.replicas)
+    assert np.array_equal(a.results.finish, b.results.finish)
+
+
+@pytest.mark.parametrize(
+    "fw, match",
+    [
+        (None, "vLLM v1 always chunks prompts"),
+        ("sglang-0.3-server", "SGLang chunks prompts by its own chunked_prefill_size"),
+        ("vllm-0.6-multistep-server", "multi-step scheduling"),
+    ],
+)
+def test_enable_chunked_prefill_refused_where_it_does_not_apply(fw, match):
+    kw = {} if fw is None else {"framework": fw}
+    for value in (True, False):
+        with pytest.raises(KavierInputError, match=match) as exc:
+            run([0.0], [10], [2], enable_chunked_prefill=value, **kw)
+        assert exc.value.location == "enable_chunked_prefill"
+
+
+def test_cli_enable_chunked_prefill(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,num_input_tokens,num_output_tokens\n0,100,5\n0.001,50,5\n")
+    base = [sys.executable, "-m", "kavier_opendc.cli", "simulate", "--model", "llama-3-8b", "--gpu", "a100-80gb"]
+    base += ["--trace", str(trace)]
+    ok = subprocess.run(
+        [*base, "--out", str(tmp_path / "o"), "--framework", "vllm-0.5-server", "--enable-chunked-prefill"],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["config"]["framework"]["chunked_prefill"] is True
+    assert summary["config"]["max_batched_tokens"] == 512
+    bad = subprocess.run(
+        [*base, "--out", str(tmp_path / "b"), "--enable-chunked-prefill"], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "--enable-chunked-prefill" in bad.stderr
+    assert "chunked-prefill switch does not apply to framework vllm-v1" in bad.stderr
+    assert "vLLM v1 always chunks" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "b").exists()
+
+
 # ------------------------------------------------------------------ invariants and fast paths under v0
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
@@ -128,10 +209,17 @@ def test_v0_chunked_prefill_switch_uses_the_budget_rules():
     seqs=st.integers(1, 32),
     budget=st.integers(600, 2048),
     fw=st.sampled_from(["vllm-0.5-offline", "vllm-0.5-server"]),
+    chunked=st.sampled_from([None, True]),
 )
-def test_v0_invariants_and_decode_runs_equal_stepping(seed, replicas, blocks, seqs, budget, fw):
+def test_v0_invariants_and_decode_runs_equal_stepping(seed, replicas, blocks, seqs, budget, fw, chunked):
     kw = dict(
-        replicas=replicas, num_kv_blocks=blocks, max_num_seqs=seqs, max_batched_tokens=budget, seed=seed, framework=fw
+        replicas=replicas,
+        num_kv_blocks=blocks,
+        max_num_seqs=seqs,
+        max_batched_tokens=budget,
+        seed=seed,
+        framework=fw,
+        enable_chunked_prefill=chunked,
     )
     fast_and_exact(_random_trace(seed), toy(**kw), toy(exact=True, **kw))
 

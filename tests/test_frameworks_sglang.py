@@ -294,6 +294,11 @@ def test_serving_benchmark_fit_errors():
         assert tpot < 5.0 and ttft < 25.0 and e2e < 15.0, cells
     offline = [line.split("|") for line in table if line.startswith("| offline")]
     assert len(offline) == 4 and all(abs(float(c[8].strip(" %"))) < 20.0 for c in offline)
+    # held out: the median inter-token gap (a 10-step block for vLLM 0.6 multi-step), measured 129-275 ms
+    itl = [line.split("|") for line in table if line.startswith("| ITL")]
+    assert len(itl) == 8 and all(abs(float(c[8].strip(" %"))) < 15.0 for c in itl)
+    multistep_itl = [float(c[7].split("/")[1]) for c in itl if "multistep" in c[2]]
+    assert len(multistep_itl) == 4 and min(multistep_itl) > 100.0  # a block, not a token
 
 
 def test_serving_bench_workload_helpers(tmp_path):

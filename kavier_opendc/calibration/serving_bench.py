@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.engine.itl import itl_of
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.specs.catalog import Catalog
 from kavier_opendc.specs.frameworks import FrameworkProfile, StepOverhead
@@ -84,6 +85,7 @@ class SimulatedRow:
     tpot_s: float
     e2e_s: float
     request_throughput_rps: float
+    itl_s: float = math.nan  # median gap between streamed chunks, every request's pooled (engine/itl.py)
 
 
 @dataclass
@@ -229,7 +231,10 @@ def simulate_row(row: BenchRow, trace: Trace, catalog: Catalog, fw: FrameworkPro
     tpot = float(np.median((r.finish - r.first_token)[many] / (tr.num_output_tokens[many] - 1)))
     e2e = float(np.median((r.finish - tr.arrival_s)[done]))
     span = float(np.nanmax(r.finish[done]) - tr.arrival_s.min())
-    return SimulatedRow(row, ttft, tpot, e2e, int(done.sum()) / span if span > 0 else math.nan)
+    itl = itl_of(res).pooled["p50"]
+    return SimulatedRow(
+        row, ttft, tpot, e2e, int(done.sum()) / span if span > 0 else math.nan, math.nan if itl is None else itl
+    )
 
 
 def fit_bench(

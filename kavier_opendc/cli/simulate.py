@@ -188,6 +188,7 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
         f"throughput   {s['output_tokens_per_s']:.1f} output tok/s, {s['total_tokens_per_s']:.1f} total tok/s",
         f"TTFT         {text.latencies(s['ttft_s'])}",
         f"TPOT         {text.latencies(s['tpot_s'])}",
+        f"ITL          {text.latencies(s['itl_s'])} (gaps between streamed chunks)",
         f"E2E          {text.latencies(s['e2e_s'])}",
         f"GPU busy     {text.gpu_line(s)}",
         f"KV cache     peak {s['kv_utilization_peak']:.3f}, preemptions {s['preemptions']}",

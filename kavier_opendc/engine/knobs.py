@@ -142,6 +142,16 @@ KNOBS: tuple[Knob, ...] = (
         default=DEFAULT_FRAMEWORK,
     ),
     _k(
+        "enable_chunked_prefill",
+        "switch",
+        "--enable-chunked-prefill",
+        ("serving", "enable_chunked_prefill"),
+        "vLLM v0's --enable-chunked-prefill: prompts in chunks within the token budget beside the running "
+        "decodes (default budget 512 tokens) instead of whole prompts in iterations of their own; for vLLM v0 "
+        "frameworks only (default: the framework's)",
+        default=None,
+    ),
+    _k(
         "usage",
         "choice",
         "--usage",

@@ -24,6 +24,7 @@ from kavier_opendc.base import arrow as pa  # pyarrow's names; its pa.array with
 from kavier_opendc.base.atomic import staged_output, write_json_atomic, write_parquet_atomic
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.energy import request_energy
+from kavier_opendc.engine.itl import itl_of
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE
 from kavier_opendc.engine.results import FINISHED, REJECTED
 from kavier_opendc.specs.profiles import profile_summary
@@ -61,6 +62,10 @@ REQUESTS_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "gpu_busy_s": (pa.float64(), "the request's share of its replicas' busy GPU time, GPU-seconds at full activity"),
     "energy_j": (pa.float64(), "energy attributed to the request, J (simulate: GPUs only, catalogue power)"),
     "carbon_g": (pa.float64(), "operational carbon attributed to the request, gCO2 (null without OpenDC)"),
+    # inter-token gaps (engine/itl.py): one per streamed chunk after the first, pooled over a prompt's samples
+    "itl_count": (pa.int64(), "gaps between streamed chunks (output tokens - 1, or blocks under multi-step)"),
+    "itl_mean_s": (pa.float64(), "mean gap between streamed chunks, s (NaN without gaps)"),
+    "itl_max_s": (pa.float64(), "longest gap between streamed chunks (the worst stall), s (NaN without gaps)"),
 }
 PD_COLUMNS = ("prefill_replica", "decode_replica", "transfer_start_s", "transfer_end_s", "decode_wait_s")
 REQUESTS_OPTIONAL = ("session_id", "n", *PD_COLUMNS)
@@ -145,6 +150,10 @@ def requests_table(result) -> pa.Table:
     cols["gpu_busy_s"] = pa.array(r.busy)
     cols["energy_j"] = pa.array(energy)
     cols["carbon_g"] = pa.nulls(n, pa.float64())  # no carbon trace without OpenDC: unknown
+    itl = itl_of(result)
+    cols["itl_count"] = pa.array(itl.count)
+    cols["itl_mean_s"] = pa.array(itl.mean)
+    cols["itl_max_s"] = pa.array(itl.max)
     return pa.table(cols)
 
 
@@ -342,6 +351,8 @@ def summary_dict(result) -> dict:
         "tpot_s": stats(tpot),
         "e2e_s": stats(r.finish - arrival + c if c else r.finish - arrival),
         "queue_s": stats(r.first_sched - arrival),
+        # every gap between streamed chunks of every request, pooled (as vLLM's benchmark_serving reports ITL)
+        "itl_s": itl_of(result).pooled,
         "prefix_cache_hit_ratio": float(cached / prompt_all) if prompt_all else 0.0,
         "cached_tokens": int(cached),
         "prefix_cache": prefix_summary(result),

@@ -209,11 +209,13 @@ class Replica(Scheduler):
         kv = self.kv
         if p.is_decode_run:  # a decode run of n iterations
             n = p.n
-            kv.extend(self.dec.blocks_needed(n) - p.allocated)
-            self.dec.G += n
+            dec = self.dec
+            kv.extend(dec.blocks_needed(n) - p.allocated)
+            dec.G += n
             self.iterations += n
-            flops, wbytes, kvbytes = p.run.totals(n)
-            d = self.dec.D
+            run = p.run
+            flops, wbytes, kvbytes = run.totals(n)
+            d = dec.D
             t0 = p.t0
             u = self.cm.activity(t - t0, flops, wbytes, kvbytes)
             if d:  # the run's busy time over its decoders, in closed form (engine/energy.py), inlined
@@ -228,6 +230,19 @@ class Replica(Scheduler):
                 dec.ex += s * n * x
                 dec.eg += sy * n
                 dec.eq += sy * gsum
+            # the run's gaps (engine/itl.py): iteration k takes a + b k; tokens reach the client once per
+            # scheduler step block of s iterations, so block j takes A + B j
+            s = self.scheduler_steps
+            if s == 1:
+                a, b = run.a, run.b
+                first = t0 + a + b
+                dec.segs += (first, a, b, n)
+            else:
+                b = run.b * s * s
+                a = s * run.a + run.b * s * (s + 1) / 2.0 - b
+                first = t0 + a + b
+                dec.segs += (first, a, b, n // s)
+            dec.T = t
             # kv.load() and kv.cached_load(), inlined: this runs once per event
             cap, gc = kv.capacity, kv.gpu_cache
             self.timeline.add(
@@ -267,6 +282,8 @@ class Replica(Scheduler):
                 self._attribute_iteration(p, advance, u * (t - t0) * self._e_tp)
             if advance:
                 dec.G += 1
+                dec.segs += (t, 0.0, 0.0, 1)
+                dec.T = t
             for req in skipped:
                 dec.add(req)
             self.iterations += 1
@@ -291,6 +308,9 @@ class Replica(Scheduler):
                     req.gen += 1
                     if req.first_token < 0:
                         req.first_token = t
+                    elif req.last_tok >= 0:  # a token after recomputation: one gap outside the decoders
+                        dec.extra += (req.idx, t - req.last_tok)
+                    req.last_tok = t
                     self.n_prefilling -= 1
                     if req.n > 1 and req.gen == 1:
                         self._fork(req, t)
@@ -367,7 +387,7 @@ class Replica(Scheduler):
         for _ in range(n - 1):
             child = Req(req.idx, req.arrival, req.prompt, req.out)
             child.first_sched = req.first_sched
-            child.first_token = t
+            child.first_token = child.last_tok = t
             child.gen = 1
             self.outstanding += 1
             if cow and not self.kv.copy_on_write(cow):

@@ -44,6 +44,8 @@ class Req:
         "ex0",
         "eg0",
         "eq0",
+        "last_tok",
+        "itl_s0",
     )
 
     def __init__(self, idx: int, arrival: float, prompt: int, out: int):
@@ -67,6 +69,8 @@ class Req:
         # decode state's counters when it last started decoding (its decode share is their difference)
         self.act = 0.0
         self.ex0 = self.eg0 = self.eq0 = 0.0
+        self.last_tok = -1.0  # time of the latest token delivered (inter-token gaps, engine/itl.py)
+        self.itl_s0 = 0  # the decode state's segment log length when this request last joined the decoders
 
 
 class Fork:

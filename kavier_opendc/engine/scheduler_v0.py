@@ -19,8 +19,13 @@ Decode-only iterations that repeat become decode runs exactly as under v1:
 between two completions or arrivals nothing can change the decision (blocks
 only shrink while decoding, so a refused prompt stays refused).
 
-With ``chunked_prefill`` (v0's ``--enable-chunked-prefill``) the iteration is
-formed by the token-budget rules of scheduler.py instead.
+With ``chunked_prefill`` (v0's ``--enable-chunked-prefill``; the framework's
+``chunked_prefill``, or ``enable_chunked_prefill`` in the configuration) the
+iteration is formed by the token-budget rules of scheduler.py instead
+(vLLM 0.5 ``Scheduler._schedule_chunked_prefill``: the running requests'
+decodes and prompt chunks first, then waiting prompts, chunked, in the budget
+left), and the default budget is 512 tokens (``SchedulerConfig`` in
+vllm/config.py). v0's admission watermark is not applied then.
 """
 
 from __future__ import annotations
@@ -38,7 +43,11 @@ class SchedulerV0(Scheduler):
     """vLLM v0's scheduling rules over a replica's state (see the module doc)."""
 
     admits_in_decode = False
-    chunked_prefill = False
+    chunked_prefill = False  # the framework's (FrameworkProfile.chunked_prefill), set per replica
+
+    def use_chunked_prefill(self, on: bool) -> None:
+        """v0's ``--enable-chunked-prefill``: v1's token-budget rules, waiting prompts joining the decodes."""
+        self.chunked_prefill = self.admits_in_decode = bool(on)
 
     def _schedule(self, t: float) -> float | None:
         if self.chunked_prefill:

@@ -37,6 +37,7 @@ from kavier_opendc.engine.replica import Replica, ReplicaTRTLLM, replica_class
 from kavier_opendc.engine.request import Req
 from kavier_opendc.engine.results import Results
 from kavier_opendc.engine.router import Router, normalise_router
+from kavier_opendc.engine.scheduler_v0 import SchedulerV0
 from kavier_opendc.specs.catalog import GEMM_PEAK_FIELDS, GPUSpec, ModelSpec
 from kavier_opendc.specs.frameworks import FrameworkProfile, framework
 from kavier_opendc.workload.prefix import PrefixIndex
@@ -102,6 +103,7 @@ class SimConfig:
     expert_parallel: bool = _d("expert_parallel")  # MoE: experts split whole over the replica's GPUs
     data_parallel_size: int = _d("data_parallel_size")  # MoE: attention DP ranks per replica
     expert_imbalance: float = _d("expert_imbalance")  # MoE EP: busiest GPU's expert work over the mean
+    enable_chunked_prefill: bool | None = _d("enable_chunked_prefill")  # None: the framework's chunked_prefill
     groups: list[ReplicaGroup] | None = None  # heterogeneous replica groups; None = one group from above
     # disaggregated prefill/decode: the pools and link from the knobs below, or given whole (API callers)
     prefill_replicas: int | None = _d("prefill_replicas")  # both None: co-located serving
@@ -437,12 +439,36 @@ class SimConfig:
             raise KavierInputError(limits.GPUS.above(total), location="prefill_replicas/decode_replicas")
 
     def framework_profile(self) -> FrameworkProfile:
-        """The framework in force (``framework`` is a built-in's name, or a profile being calibrated)."""
-        return self.framework if isinstance(self.framework, FrameworkProfile) else framework(self.framework)
+        """The framework in force (``framework`` is a built-in's name, or a profile being calibrated), with
+        ``enable_chunked_prefill`` when given."""
+        fw = self.framework if isinstance(self.framework, FrameworkProfile) else framework(self.framework)
+        if self.enable_chunked_prefill is not None and fw.chunked_prefill != self.enable_chunked_prefill:
+            fw = dataclasses.replace(fw, chunked_prefill=bool(self.enable_chunked_prefill))
+        return fw
 
     def _check_framework(self) -> None:
         """The framework exists, and can run what is asked of it."""
         fw = self.framework_profile()
+        if self.enable_chunked_prefill is not None and (fw.policy != "vllm-v0" or fw.scheduler_steps > 1):
+            why = {
+                "vllm-v1": "vLLM v1 always chunks prompts within the token budget (it has no switch to turn off)",
+                "sglang": "SGLang chunks prompts by its own chunked_prefill_size (8,192 tokens)",
+            }.get(fw.policy, f"policy {fw.policy} has no such switch")
+            if fw.policy == "vllm-v0":
+                why = "multi-step scheduling (scheduler_steps > 1) is modelled without chunked prefill"
+            raise KavierInputError(
+                f"vLLM v0's chunked-prefill switch does not apply to framework {fw.name}: {why}",
+                location="enable_chunked_prefill",
+                expected="a vLLM v0 framework without multi-step (vllm-0.5-server, vllm-0.5-offline, "
+                "vllm-0.9-v0-server), or leave it out",
+            )
+        if fw.chunked_prefill and fw.policy == "vllm-v0" and fw.scheduler_steps > 1:
+            raise KavierInputError(
+                f"framework {fw.name}: multi-step scheduling (scheduler_steps {fw.scheduler_steps}) is modelled "
+                "without chunked prefill",
+                location="framework",
+                expected="chunked_prefill: false for a framework with scheduler_steps > 1",
+            )
         if self.usage != "auto" and fw.serving_path != "auto" and self.usage != fw.serving_path:
             raise KavierInputError(
                 f"framework {fw.name} is the {fw.serving_path} serving path; --usage {self.usage} contradicts it",
@@ -617,6 +643,8 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             if isinstance(rep, ReplicaTRTLLM):  # TensorRT-LLM's capacity policy and context chunking
                 rep.capacity_policy = fw.capacity_scheduler or "guaranteed_no_evict"
                 rep.chunked_context = fw.chunked_prefill
+            if isinstance(rep, SchedulerV0):
+                rep.use_chunked_prefill(fw.chunked_prefill)
             reps.append(rep)
     cap = reps[0].capacity
     router = Router(cfg.router, reps, cfg.seed, sessions=trace.session_id)

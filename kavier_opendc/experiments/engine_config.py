@@ -33,6 +33,7 @@ _DIRECT = (
     "expert_parallel",
     "data_parallel_size",
     "expert_imbalance",
+    "enable_chunked_prefill",
 )
 #: limits a replica group may set for itself
 GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization")

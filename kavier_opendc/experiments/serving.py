@@ -26,6 +26,7 @@ OPTIONS = (
     "expert_parallel",
     "data_parallel_size",
     "expert_imbalance",
+    "enable_chunked_prefill",
 )
 DEFAULTS: dict[str, Any] = {name: knobs.default(name) for name in OPTIONS}
 
@@ -52,6 +53,7 @@ class Serving:
     expert_parallel: Any = DEFAULTS["expert_parallel"]
     data_parallel_size: Any = DEFAULTS["data_parallel_size"]
     expert_imbalance: Any = DEFAULTS["expert_imbalance"]
+    enable_chunked_prefill: Any = DEFAULTS["enable_chunked_prefill"]  # None: the framework's
     prefix_cache: dict = field(default_factory=dict)  # {"policy": ..., option: value}; {} = the engine's default
     disaggregation: dict | None = None  # {prefill: pool, decode: pool, link: {...}} as written; None: co-located
 

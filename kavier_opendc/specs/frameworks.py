@@ -117,8 +117,8 @@ class FrameworkProfile:
         """
         if usage not in USAGES:
             raise ValueError(f"usage must be one of {USAGES}, not {usage!r}")
-        if self.batch_defaults == "vllm-v0":
-            return max(max_model_len, 2048), 256
+        if self.batch_defaults == "vllm-v0":  # 512 with --enable-chunked-prefill (SchedulerConfig, vLLM 0.5)
+            return (512 if self.chunked_prefill else max(max_model_len, 2048)), 256
         if self.batch_defaults == "sglang":
             return 8192, 2048
         if self.batch_defaults == "trtllm":
