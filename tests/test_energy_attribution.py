@@ -52,7 +52,9 @@ def test_two_request_iteration_split_by_hand():
     # whole run [0, T], so each carries half of the 50 W idle draw
     t_end = float(r.results.finish.max())
     t = requests_table(r).to_pandas()
-    assert list(t.columns[-3:]) == ["gpu_busy_s", "energy_j", "carbon_g"]
+    cols = list(t.columns)  # appended after the earlier columns (the inter-token gaps follow them)
+    assert cols[cols.index("gpu_busy_s") : cols.index("gpu_busy_s") + 3] == ["gpu_busy_s", "energy_j", "carbon_g"]
+    assert cols.index("gpu_busy_s") > cols.index("e2e_s")
     assert t["energy_j"].to_numpy() == pytest.approx([250 * a + 25 * t_end, 250 * b + 25 * t_end], rel=1e-12)
     assert t["carbon_g"].isna().all()  # no carbon trace without OpenDC
     assert TOY_GPU.idle_power_w == 50 and TOY_GPU.max_power_w == 300
