@@ -607,3 +607,44 @@ def test_a_signal_while_the_jvm_starts_stops_it_promptly(tmp_path, export_dir, c
         again = cli("run", DEMO_EXPERIMENT, "--out", out, "--no-plots", "--quiet")
         assert again.returncode == 0, again.stderr
         assert json.loads((out / "report.json").read_text())["sustainability"]["energy_wh"] > 0
+
+
+@pytest.mark.parametrize("command", ["opendc", "run"])
+def test_a_jvm_killed_mid_run_ends_in_one_paragraph_and_reruns(tmp_path, export_dir, command):
+    # the JVM is killed from outside (the OOM killer, an operator) once it is up and about to run the
+    # experiment: kavier's own paragraph, no Py4J traceback before it (its logger included), nothing that
+    # looks complete, and the rerun succeeds
+    from conftest import skip_without_opendc
+    from kavier_opendc.experiments.demo import DEMO_EXPERIMENT
+    from test_faults import assert_nothing_left, descendants
+
+    skip_without_opendc()
+    if command == "opendc":
+        out = tmp_path / "opendc"
+        shutil.copytree(export_dir, out)
+        args = ["opendc", out, "--quiet"]
+    else:
+        out = tmp_path / "run"
+        args = ["run", DEMO_EXPERIMENT, "--out", out, "--no-plots", "--quiet"]
+    cmd = stopped_at(faults.OPENDC_STARTING, *args)
+    children = descendants(cmd.proc.pid)
+    jvms = _jvms(children)
+    assert len(jvms) == 1, children
+    os.kill(jvms[0], signal.SIGKILL)
+    resume(cmd)
+    rc = cmd.wait()
+    assert rc == 3, (rc, cmd.stderr)
+    assert "py4j" not in cmd.stderr and "ERROR:" not in cmd.stderr, cmd.stderr
+    assert_one_paragraph_error(cmd.stderr)
+    assert f"The OpenDC JVM (pid {jvms[0]}) died while running" in cmd.stderr
+    assert "killed by SIGKILL" in cmd.stderr
+    assert_nothing_left(cmd, children)
+    assert not lock_path(out).exists()
+    if command == "opendc":
+        assert not (out / "sustainability.json").exists()
+        again = cli("opendc", out, "--quiet")
+    else:
+        assert (out / INCOMPLETE).exists() and not (out / "report.json").exists()
+        assert "'kavier run --no-opendc' writes the report without OpenDC" in cmd.stderr
+        again = cli(*args)
+    assert again.returncode == 0, again.stderr

@@ -20,6 +20,7 @@ WRITE_FAULT_ENV = "KAVIER_TEST_WRITE_FAULT"
 #: The moments a test can stop a command at.
 LOCKED = "locked"  # the output's lock is held, nothing written yet
 JVM_STARTING = "jvm-starting"  # the OpenDC JVM has been started, its gateway not yet reached
+OPENDC_STARTING = "opendc-starting"  # the JVM is up and answering; the experiment is about to start in it
 REPLACING = "replacing"  # --overwrite moved the earlier result aside and marked the folder INCOMPLETE
 WRITTEN_FIRST = "written-first"  # the first output file of a run is written (simulation/requests.parquet)
 
@@ -48,6 +49,7 @@ def check_write(path: str | os.PathLike) -> None:
 __all__ = [
     "JVM_STARTING",
     "LOCKED",
+    "OPENDC_STARTING",
     "REPLACING",
     "STOP_ENV",
     "WRITE_FAULT_ENV",

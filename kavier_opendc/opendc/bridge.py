@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
-from kavier_opendc.base.faults import JVM_STARTING, checkpoint
+from kavier_opendc.base.faults import JVM_STARTING, OPENDC_STARTING, checkpoint
 from kavier_opendc.base.limits import OPENDC_STALL_ENV, opendc_stall_s
 from kavier_opendc.opendc.jvm import (
     BUILD_COMMAND,
@@ -75,20 +75,37 @@ _KIND_RE = re.compile(r"^\[([A-Z_]+)\]\s*(.*)$", re.S)
 
 ProgressCallback = Callable[[float], object]
 
-# Py4J logs a traceback at ERROR for each retry to reach a JVM that went away under a call (a crash, or
-# the watchdog's kill); the bridge reports that in its own one-paragraph error, so Py4J's records about
-# the ports of JVMs known to be gone are dropped.
-_GONE_PORTS: set[int] = set()
+# Py4J logs a traceback at ERROR for each retry to reach a JVM that went away under a call (a crash, a
+# JVM killed from outside, or the watchdog's kill); the bridge reports every such failure in its own
+# one-paragraph error, so Py4J's records about the ports of this process's bridges are dropped.
+_OWN_PORTS: set[int] = set()
 
 
 def _drop_gone_jvm_records(record: logging.LogRecord) -> bool:
-    if not _GONE_PORTS:
+    if not _OWN_PORTS:
         return True
     text = str(record.msg)  # "An error occurred while trying to connect to the Java server (HOST:PORT)"
-    return not any(text.endswith(f":{port})") for port in _GONE_PORTS)
+    return not any(text.endswith(f":{port})") for port in _OWN_PORTS)
+
+
+def _drop_py4j_root_records(record: logging.LogRecord) -> bool:
+    # Py4J also logs "Exception while sending command." through the root logger (logging.exception) when
+    # the JVM's socket breaks under a call; the bridge's own error says the same in one paragraph
+    if not _OWN_PORTS or record.exc_info is None:
+        return True
+    exc = record.exc_info[1]
+    return not (exc is not None and type(exc).__module__.startswith("py4j"))
 
 
 logging.getLogger("py4j.java_gateway").addFilter(_drop_gone_jvm_records)
+logging.getLogger().addFilter(_drop_py4j_root_records)
+
+
+def _last_words(tail: str, lines: int = 5) -> str:
+    """The JVM's last stderr lines as one sentence of the error's paragraph (the whole tail is kept in the
+    error's ``stderr_tail``)."""
+    kept = [line.strip() for line in tail.splitlines() if line.strip()][-lines:]
+    return f"Its last stderr lines: {' / '.join(kept)}." if kept else "It wrote nothing to stderr."
 
 
 class OpenDCBridgeError(KavierRuntimeError):
@@ -418,7 +435,7 @@ class OpenDCBridge:
                 if code is None:
                     raise OpenDCBridgeError(
                         f"The OpenDC bridge JVM did not report ready within {self.startup_timeout:.0f} s "
-                        f"({' '.join(cmd)}). Last stderr lines:\n{self.stderr_tail(15)}",
+                        f"({' '.join(cmd)}). {_last_words(self.stderr_tail(15))}",
                         stderr_tail=self.stderr_tail(),
                     )
                 self._wait_readers()
@@ -430,6 +447,7 @@ class OpenDCBridge:
                     stderr_tail=self.stderr_tail(),
                 )
             self.port = port_box[0]
+            _OWN_PORTS.add(self.port)
             try:
                 self._gateway = JavaGateway(
                     gateway_parameters=GatewayParameters(
@@ -513,14 +531,12 @@ class OpenDCBridge:
         tail = self.stderr_tail(20)
         if code is None:
             return OpenDCBridgeError(
-                f"Lost the connection to the OpenDC bridge JVM (pid {self.pid}) while {what}. "
-                f"Last stderr lines:\n{tail}",
+                f"Lost the connection to the OpenDC bridge JVM (pid {self.pid}) while {what}. {_last_words(tail)}",
                 kind="CONNECTION_LOST",
                 stderr_tail=tail,
             )
         return OpenDCBridgeError(
-            f"The OpenDC JVM (pid {self.pid}) died while {what} ({_describe_exit(code)}). "
-            f"Last stderr lines:\n{tail if tail else '(none)'}",
+            f"The OpenDC JVM (pid {self.pid}) died while {what} ({_describe_exit(code)}). {_last_words(tail)}",
             kind="JVM_DIED",
             stderr_tail=tail,
         )
@@ -626,6 +642,7 @@ class OpenDCBridge:
         poll_interval: float,
         timeout: float | None,
     ) -> Path:
+        checkpoint(OPENDC_STARTING)
         self._call(what, "startExperiment", str(path))
         last = -1.0
 
@@ -667,8 +684,6 @@ class OpenDCBridge:
             if idle <= limit:
                 continue
             watch.stalled_s = idle
-            if self.port is not None:
-                _GONE_PORTS.add(self.port)
             proc = self._proc
             if proc is not None and proc.poll() is None:
                 try:
