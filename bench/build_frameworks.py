@@ -7,6 +7,7 @@ produced them, with the built-in GPU profiles held fixed
 
     python bench/build_frameworks.py           # rewrite the fitted entries, print the error table
     python bench/build_frameworks.py --check   # fail if the committed entries differ from a refit
+    python bench/build_frameworks.py --whole-runs  # also the MoE/FP8 closed-loop rows simulated whole (a check)
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ first (TPOT). Each row is simulated as such a run (:func:`row_trace`): 22*C
 requests of ISL prompt and OSL answer tokens sent by C closed-loop clients
 (engine/closed_loop.py), all starting at once as aiperf's clients do, the
 first 2*C (the warm-up) left out of the means; the server's max batch is the
-row's ``batch_size`` and FP8 rows run FP8 weights.
+row's ``batch_size``, FP8 rows run FP8 weights, and a MoE row's layout maps
+onto the engine's (``moe_ep_size`` > 1: expert parallel over the TP GPUs;
+``attention_dp_size``: attention DP ranks; :func:`row_config`).
 
 The framework's CPU time per engine step, ``fixed_s + per_seq_s x running
 sequences`` per TP, is fitted with the GPU profile held fixed: the simulated
