@@ -7,6 +7,7 @@ produced them, with the built-in GPU profiles held fixed
 
     python bench/build_frameworks.py           # rewrite the fitted entries, print the error table
     python bench/build_frameworks.py --check   # fail if the committed entries differ from a refit
+    python bench/build_frameworks.py --whole-runs  # also the MoE/FP8 closed-loop rows simulated whole (a check)
 """
 
 from __future__ import annotations
@@ -44,12 +45,17 @@ BENCH_MODELS = {"Llama-3.1-8B-Instruct": "Llama-3.1-8B", "Llama-3.1-70B-Instruct
 #: the benchmark's GPUs: its README's "A100 80GB" and "H100" (the SXM part of the DGX/HGX boards assumed)
 BENCH_GPUS = {"1x A100 80GB": "A100-80GB", "4x H100 80GB": "H100-SXM"}
 
-#: framework -> (backend, versions) of the closed-loop rows (AIConfigurator's silicon table) it is fitted on;
-#: Qwen3-32B BF16, the ISL 1,024 rows fitted, the others held out (calibration/closed_loop_bench.py)
+#: framework -> (backend, versions, model, precision) of the closed-loop rows (AIConfigurator's silicon table)
+#: it is fitted on: the ISL 1,024 rows of the first version fitted, the others held out
+#: (calibration/closed_loop_bench.py)
 CLOSED_LOOP = {
-    "vllm-0.12-server": ("vllm", ("0.12.0",)),
-    "sglang-0.5-server": ("sglang", ("0.5.1.post1", "0.5.8.post1")),
+    "vllm-0.12-server": ("vllm", ("0.12.0",), "Qwen3-32B", "bf16"),
+    "sglang-0.5-server": ("sglang", ("0.5.1.post1", "0.5.8.post1"), "Qwen3-32B", "bf16"),
+    "trtllm-1.0-server": ("trtllm", ("1.0.0rc3",), "Llama-3.1-8B", "bf16"),
 }
+#: backends whose TTFT jumps (closed_loop_bench.ttft_jumps: an unrecorded batch/token limit of the deployment)
+#: are kept out of the fit and listed as their own set
+CLOSED_LOOP_JUMP_BACKENDS = ("trtllm",)
 CLOSED_LOOP_FILE = "calibration/aiconfigurator_e2e_h100.csv"
 CLOSED_LOOP_FIT_ISL = 1024
 #: rows only evaluated (no fitting): (label, backend, versions, model, precision, framework)
@@ -111,8 +117,9 @@ def _replace_block(text: str, name: str, lines: str) -> str:
     return pattern.sub(lambda m: m.group(1) + lines + "\n" + m.group(2), text)
 
 
-def rebuild(text: str, data: Path = DATA) -> tuple[str, list[str]]:
-    """``text`` with every fitted block refitted, and the error table's lines."""
+def rebuild(text: str, data: Path = DATA, fitted: dict | None = None) -> tuple[str, list[str]]:
+    """``text`` with every fitted block refitted, and the error table's lines; ``fitted`` (if given) gets the
+    closed-loop frameworks as fitted."""
     table = [
         "| framework | source | GPU | TP | rows | MAPE | fixed ms/step | us/sequence |",
         "|---|---|---|---:|---:|---:|---:|---:|",
@@ -157,7 +164,7 @@ def rebuild(text: str, data: Path = DATA) -> tuple[str, list[str]]:
         )
     blocks: dict[str, str] = {}
     table += serving_bench_fits(cat, data, blocks)
-    table += closed_loop_fits(cat, data, blocks)
+    table += closed_loop_fits(cat, data, blocks, fitted)
     for name, lines in blocks.items():
         text = _replace_block(text, name, lines)
     return text, table
@@ -231,12 +238,12 @@ def serving_bench_fits(cat, data: Path, blocks: dict) -> list[str]:
     return table + checks + itl
 
 
-def closed_loop_fits(cat, data: Path, blocks: dict) -> list[str]:
+def closed_loop_fits(cat, data: Path, blocks: dict, fitted: dict | None = None) -> list[str]:
     """Fit the frameworks of the closed-loop rows (calibration/closed_loop_bench.py); ``blocks`` gets each
     framework's fitted lines; returns the error table (TTFT and TPOT MAPE per framework, set, model and TP)."""
     import dataclasses
 
-    from kavier_opendc.calibration.closed_loop_bench import evaluate, fit_closed_loop, read_rows
+    from kavier_opendc.calibration.closed_loop_bench import evaluate, fit_closed_loop, read_rows, ttft_jumps
     from kavier_opendc.specs.frameworks import framework
 
     rows = read_rows(data / CLOSED_LOOP_FILE)
@@ -268,15 +275,19 @@ def closed_loop_fits(cat, data: Path, blocks: dict) -> list[str]:
                     f"| {100 * m['tpot']:.1f} % | {over} | {1e3 * fit.client_latency_s:.1f} |"
                 )
 
-    fitted: dict[str, object] = {}
-    for name, (backend, versions) in CLOSED_LOOP.items():
+    fitted = {} if fitted is None else fitted
+    for name, (backend, versions, model, precision) in CLOSED_LOOP.items():
         grp = [
             r
             for r in rows
-            if r.backend == backend and r.version in versions and r.model == "Qwen3-32B" and r.precision == "bf16"
+            if r.backend == backend and r.version in versions and r.model == model and r.precision == precision
         ]
+        jumps = ttft_jumps(grp) if backend in CLOSED_LOOP_JUMP_BACKENDS else set()
         fit = fit_closed_loop(
-            grp, cat, framework(name), lambda r, v=versions[0]: r.isl == CLOSED_LOOP_FIT_ISL and r.version == v
+            grp,
+            cat,
+            framework(name),
+            lambda r, v=versions[0], j=jumps: r.isl == CLOSED_LOOP_FIT_ISL and r.version == v and r.id not in j,
         )
         lines = [f"    client_latency_s: {fit.client_latency_s}", "    step_overhead:"]
         lines += [
@@ -288,7 +299,11 @@ def closed_loop_fits(cat, data: Path, blocks: dict) -> list[str]:
             framework(name), step_overhead=fit.overheads, client_latency_s=fit.client_latency_s
         )
         what = f"{backend} {'/'.join(versions)}"
-        lines_of(name, fit, what, [("fitted", fit.fitted), ("held out", fit.held_out)])
+        held = [s for s in fit.held_out if s.row.id not in jumps]
+        jumped = [s for s in fit.held_out if s.row.id in jumps]
+        lines_of(name, fit, what, [("fitted", fit.fitted), ("held out", held), ("TTFT jump", jumped)])
+        for s in sorted(jumped, key=lambda s: (s.row.tp, s.row.isl, s.row.osl, s.row.concurrency)):
+            table.append(f"<!-- jump: {s.row.label}: TTFT {1e3 * s.row.ttft_s:.0f} ms measured -->")
     for label, backend, versions, model, prec, name in CLOSED_LOOP_CHECKS:
         grp = [
             r
@@ -297,6 +312,78 @@ def closed_loop_fits(cat, data: Path, blocks: dict) -> list[str]:
         ]
         ev = evaluate(grp, cat, fitted.get(name) or framework(name))
         lines_of(name, ev, label, [("check", ev.held_out)])
+    return table
+
+
+#: the whole-run check (nothing fitted): (backend, model, precision) -> the framework its rows run under
+WHOLE_RUN_CHECKS = {
+    ("trtllm", "Qwen3-235B-A22B", "fp8"): "trtllm-1.0-server",
+    ("trtllm", "Qwen3-32B", "fp8"): "trtllm-1.0-server",
+    ("trtllm", "gpt-oss-120b", "fp8"): "trtllm-1.0-server",
+    ("vllm", "gpt-oss-120b", "fp4"): "vllm-0.12-server",
+    ("vllm", "Qwen3-32B", "fp8"): "vllm-0.12-server",
+}
+
+
+#: why the disaggregated rows are not simulated, by model
+DISAGG_WHY = {
+    "deepseek-ai/DeepSeek-R1": "workers of 16 GPUs (TP / attention DP / EP 16 over two 8-GPU nodes): expert and "
+    "tensor parallelism across nodes is not in the cost model",
+    "deepseek-ai/DeepSeek-V3": "as DeepSeek-R1",
+    "Qwen/Qwen3-235B-A22B-FP8": "workers of TP 1 x attention DP 4 or 8 (the engine's attention DP splits a TP group)",
+    "Qwen/Qwen3-32B": "workers x TP per role would map onto prefill/decode pools, but the KV transfer link and the "
+    "routing are not recorded (5 single points of 4 engines); not simulated yet",
+}
+
+
+def whole_run_checks(fitted: dict, data: Path = DATA) -> list[str]:
+    """The MoE and FP8 rows of the closed-loop table simulated whole under the closest fitted framework, nothing
+    fitted to them: TTFT and TPOT MAPE and signed bias per backend, model, precision and layout; then the rows
+    not simulated and why."""
+    import csv
+
+    from kavier_opendc.calibration.closed_loop_bench import MODELS, evaluate, read_rows
+    from kavier_opendc.specs.frameworks import framework
+
+    cat = default_catalog()
+    rows = read_rows(data / CLOSED_LOOP_FILE)
+    table = [
+        f"Whole closed-loop runs, nothing fitted ({Path(CLOSED_LOOP_FILE).name}, H100-SXM, mode agg): measured vs "
+        "simulated mean TTFT and TPOT; bias = mean (simulated - measured) / measured",
+        "| backend version | framework | model | precision | layout | rows | TTFT MAPE | TTFT bias | TPOT MAPE "
+        "| TPOT bias |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    skipped: dict[str, int] = {}
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        name = WHOLE_RUN_CHECKS.get((r.backend, r.model, r.precision))
+        if name is None:
+            continue
+        why = r.unmodelled_layout()
+        if why is not None:
+            key = f"{r.backend} {r.model} {r.precision} {r.layout}: {why}"
+            skipped[key] = skipped.get(key, 0) + 1
+            continue
+        groups.setdefault((r.backend, r.version, r.model, r.precision, r.layout, name), []).append(r)
+    order = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1], kv[0][3], len(kv[0][4]), kv[0][4]))
+    for (backend, version, model, prec, layout, name), grp in order:
+        ev = evaluate(grp, cat, fitted.get(name) or framework(name))
+        m, b = ev.mape(ev.held_out), ev.bias(ev.held_out)
+        table.append(
+            f"| {backend} {version} | {name} | {model} | {prec} | {layout} | {len(grp)} | {100 * m['ttft']:.1f} % "
+            f"| {100 * b['ttft']:+.1f} % | {100 * m['tpot']:.1f} % | {100 * b['tpot']:+.1f} % |"
+        )
+    with open(data / CLOSED_LOOP_FILE, newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            if r["mode"] == "disagg":
+                key = f"disagg {r['backend']} {r['model_path']}: {DISAGG_WHY.get(r['model_path'], 'not mapped')}"
+            elif r["model_path"] not in MODELS:
+                key = f"agg {r['backend']} {r['model_path']}: not in the catalogue"
+            else:
+                continue
+            skipped[key] = skipped.get(key, 0) + 1
+    table += ["", "Not simulated:"] + [f"- {k} ({n} rows)" for k, n in sorted(skipped.items())]
     return table
 
 
@@ -334,6 +421,9 @@ def simulated_batch_latency(framework: str, files: list[str], data: Path = DATA)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare with the committed file instead of writing it")
+    ap.add_argument(
+        "--whole-runs", action="store_true", help="also simulate the MoE/FP8 closed-loop rows whole (a check)"
+    )
     args = ap.parse_args(argv)
     missing = [
         f
@@ -345,16 +435,23 @@ def main(argv: list[str] | None = None) -> int:
         print("measurements not found: " + ", ".join(missing), file=sys.stderr)
         return 1
     old = OUT.read_text(encoding="utf-8")
-    new, table = rebuild(old)
+    fitted: dict = {}
+    new, table = rebuild(old, fitted=fitted)
     if args.check:
         print("frameworks.yaml is up to date" if new == old else "frameworks.yaml differs from a refit")
         return 0 if new == old else 1
     OUT.write_text(new, encoding="utf-8")
     print(f"wrote {OUT}\n")
     print("\n".join(line for line in table if not line.startswith("<!--")))
-    left = [line for line in table if line.startswith("<!--")]
+    left = [line for line in table if line.startswith("<!-- left out")]
     if left:
         print(f"\n{len(left)} rows left out (their batch does not fit in the KV cache: vLLM v0 preempts)")
+    jumps = [line[len("<!-- jump: ") : -len(" -->")] for line in table if line.startswith("<!-- jump")]
+    if jumps:
+        print(f"\n{len(jumps)} closed-loop rows with a TTFT jump (over 2 x the next lower concurrency's), not fitted:")
+        print("\n".join(f"  {j}" for j in jumps))
+    if args.whole_runs:
+        print("\n" + "\n".join(whole_run_checks(fitted)))
     print("\nThrough the whole simulator (kavier simulate's engine, offline batch at t = 0):")
     for name, files in SOURCES.items():
         for (gpu, tp), e in sorted(simulated_batch_latency(name, files).items()):

@@ -377,6 +377,11 @@ def test_builtin_framework_overheads_are_a_refit_of_the_shared_data():
     # every shared source within 10 % under the framework that produced it, through the whole simulator too
     mapes = [float(line.split("|")[6].strip(" %")) for line in table[2:] if line.startswith("| vllm")]
     assert len(mapes) == 13 and max(mapes) < 10.0
+    # trtllm-1.0-server (closed-loop rows): TPOT within 15 % per TP, fitted and held out; the 34 TTFT-jump
+    # rows listed, one line each, and kept out of the fit
+    trt = [line.split("|") for line in table if line.startswith(("| fitted | trtllm-1.0", "| held out | trtllm-1.0"))]
+    assert len(trt) == 8 and max(float(c[9].strip(" %")) for c in trt) < 15.0
+    assert len([line for line in table if line.startswith("<!-- jump: trtllm 1.0.0rc3 Llama-3.1-8B")]) == 34
     for (gpu, tp), e in mod.simulated_batch_latency(
         "vllm-0.5-offline", ["calibration/argonne_vllm_batch_latency.csv"], shared("calibration").parent
     ).items():

@@ -8,7 +8,9 @@ first (TPOT). Each row is simulated as such a run (:func:`row_trace`): 22*C
 requests of ISL prompt and OSL answer tokens sent by C closed-loop clients
 (engine/closed_loop.py), all starting at once as aiperf's clients do, the
 first 2*C (the warm-up) left out of the means; the server's max batch is the
-row's ``batch_size`` and FP8 rows run FP8 weights.
+row's ``batch_size``, FP8 rows run FP8 weights, and a MoE row's layout maps
+onto the engine's (``moe_ep_size`` > 1: expert parallel over the TP GPUs;
+``attention_dp_size``: attention DP ranks; :func:`row_config`).
 
 The framework's CPU time per engine step, ``fixed_s + per_seq_s x running
 sequences`` per TP, is fitted with the GPU profile held fixed: the simulated
@@ -44,7 +46,13 @@ MODELS = {
     "meta-llama/Llama-3.1-8B-Instruct": "Llama-3.1-8B",
     "meta-llama/Llama-3.1-70B": "Llama-3.1-70B",
     "meta-llama/Llama-3.1-70B-Instruct": "Llama-3.1-70B",
+    "Qwen/Qwen3-235B-A22B-FP8": "Qwen3-235B-A22B",
+    "openai/gpt-oss-120b": "gpt-oss-120b",
+    "deepseek-ai/DeepSeek-V3": "DeepSeek-V3",
+    "deepseek-ai/DeepSeek-R1": "DeepSeek-R1",
 }
+#: precisions read: BF16, FP8 (weights FP8), FP4 (gpt-oss: the catalogue's MXFP4 experts, bf16 elsewhere)
+PRECISIONS = ("bf16", "fp8", "fp4")
 GPUS = {"h100_sxm": "H100-SXM"}
 WARMUP_PER_CLIENT = 2  # aiperf --warmup-request-count 2*C
 REQUESTS_PER_CLIENT = 20  # aiperf --num-requests 20*C
@@ -67,13 +75,34 @@ class ClosedLoopRow:
     batch_size: int
     ttft_s: float
     tpot_s: float
+    # MoE layout as recorded (0 or empty read as 1): expert-parallel and expert-TP ranks, attention DP ranks
+    moe_ep: int = 1
+    moe_tp: int = 1
+    attn_dp: int = 1
 
     @property
     def label(self) -> str:
         return (
-            f"{self.backend} {self.version} {self.model} {self.precision} TP{self.tp} {self.isl}/{self.osl} "
+            f"{self.backend} {self.version} {self.model} {self.precision} {self.layout} {self.isl}/{self.osl} "
             f"C{self.concurrency}"
         )
+
+    @property
+    def layout(self) -> str:
+        out = f"TP{self.tp}" + (f" EP{self.moe_ep}" if self.moe_ep > 1 else "")
+        out += f" moeTP{self.moe_tp}" if self.moe_ep > 1 and self.moe_tp > 1 else ""
+        return out + (f" DP{self.attn_dp}" if self.attn_dp > 1 else "")
+
+    def unmodelled_layout(self) -> str | None:
+        """Why the engine cannot run this row's layout (None: it can). The engine's experts are either all
+        expert-parallel over the replica's GPUs or all tensor-parallel, and attention DP splits those GPUs."""
+        if self.moe_ep > 1 and self.moe_tp > 1:
+            return f"experts split EP {self.moe_ep} x TP {self.moe_tp} (the engine splits them all EP or all TP)"
+        if self.moe_ep > 1 and self.moe_ep != self.tp:
+            return f"EP {self.moe_ep} over part of the TP {self.tp} GPUs"
+        if self.attn_dp > 1 and self.tp % self.attn_dp:
+            return f"attention DP {self.attn_dp} does not divide TP {self.tp}"
+        return None
 
 
 @dataclass
@@ -102,10 +131,19 @@ class ClosedLoopFit:
         errs = [self.errors(s) for s in rows]
         return {k: float(np.mean([e[k] for e in errs])) if errs else math.nan for k in ("ttft", "tpot")}
 
+    def bias(self, rows: list[SimulatedRow]) -> dict[str, float]:
+        """Mean signed relative errors (simulated - measured) / measured: below 0, the simulator is low."""
+        out = {}
+        for k in ("ttft", "tpot"):
+            sim = [s.ttft_s + self.client_latency_s if k == "ttft" else s.tpot_s for s in rows]
+            e = [x / getattr(s.row, f"{k}_s") - 1 for x, s in zip(sim, rows, strict=True)]
+            out[k] = float(np.mean(e)) if e else math.nan
+        return out
+
 
 def read_rows(path: str | Path, backend: str | None = None) -> list[ClosedLoopRow]:
     """The ``mode == agg`` rows of ``path`` (the columns of aiconfigurator_e2e_h100.csv) whose model the
-    catalogue holds and whose precision is BF16 or FP8, optionally of one ``backend``."""
+    catalogue holds and whose precision is BF16, FP8 or FP4, optionally of one ``backend``."""
     out = []
     with open(path, newline="", encoding="utf-8") as fh:
         for line, r in enumerate(csv.DictReader(fh), start=2):
@@ -114,7 +152,7 @@ def read_rows(path: str | Path, backend: str | None = None) -> list[ClosedLoopRo
             model = MODELS.get(r.get("model_path", ""))
             precision = (r.get("precision") or "").strip() or "bf16"
             gpu = GPUS.get(r.get("system", ""))
-            if model is None or gpu is None or precision not in ("bf16", "fp8"):
+            if model is None or gpu is None or precision not in PRECISIONS:
                 continue
             try:
                 batch = int(float(r["batch_size"]))
@@ -134,6 +172,9 @@ def read_rows(path: str | Path, backend: str | None = None) -> list[ClosedLoopRo
                         batch,
                         float(r["silicon_ttft_ms"]) / 1e3,
                         float(r["silicon_tpot_ms"]) / 1e3,
+                        _rank(r.get("moe_ep_size")),
+                        _rank(r.get("moe_tp_size")),
+                        _rank(r.get("attention_dp_size")),
                     )
                 )
             except (KeyError, ValueError) as exc:
@@ -143,6 +184,27 @@ def read_rows(path: str | Path, backend: str | None = None) -> list[ClosedLoopRo
                     location=f"line {line}",
                     expected="the columns of aiconfigurator_e2e_h100.csv",
                 ) from None
+    return out
+
+
+def _rank(cell: str | None) -> int:
+    """A parallel size cell: empty or 0 (the table's "not used") is 1."""
+    return max(int(float(cell)), 1) if (cell or "").strip() else 1
+
+
+def ttft_jumps(rows: list[ClosedLoopRow], factor: float = 2.0) -> set[str]:
+    """Ids of the rows whose mean TTFT is over ``factor`` x that of the next lower concurrency of the same
+    server, precision, layout and ISL/OSL: the jumps the data README ascribes to an unrecorded batch or token
+    limit of the deployment (TRT-LLM TP 4, 1024/128: 102 ms at C = 32, 692 ms at C = 64)."""
+    groups: dict[tuple, list[ClosedLoopRow]] = {}
+    for r in rows:
+        key = (r.backend, r.version, r.model, r.precision, r.layout, r.isl, r.osl)
+        groups.setdefault(key, []).append(r)
+    out = set()
+    for grp in groups.values():
+        grp = sorted(grp, key=lambda r: r.concurrency)
+        pairs = zip(grp, grp[1:], strict=False)
+        out |= {b.id for a, b in pairs if b.concurrency > a.concurrency and b.ttft_s > factor * a.ttft_s}
     return out
 
 
@@ -173,13 +235,19 @@ def sglang05_memory_fraction(gpu_memory_gib: float, tp: int) -> float:
     return round((mib - reserved) / mib, 3)
 
 
-def simulate_row(row: ClosedLoopRow, catalog: Catalog, fw: FrameworkProfile) -> SimulatedRow:
-    """The row simulated under ``fw``: mean TTFT and TPOT of the requests after the warm-up (engine clock)."""
+def row_config(row: ClosedLoopRow, catalog: Catalog, fw: FrameworkProfile) -> SimConfig:
+    """The row's server as a SimConfig: its TP, max batch, weights (FP8 rows FP8 everywhere; FP4 rows the
+    catalogue's MXFP4 experts) and MoE layout (``moe_ep_size`` > 1 -> expert parallel, ``attention_dp_size``
+    -> attention DP ranks)."""
     gpu = catalog.gpu(row.gpu)
     kw: dict = {}
     if fw.engine == "sglang":
         kw["gpu_memory_utilization"] = sglang05_memory_fraction(gpu.memory_gib, row.tp)
-    cfg = SimConfig(
+    if row.moe_ep > 1:
+        kw["expert_parallel"] = True
+    if row.attn_dp > 1:
+        kw["data_parallel_size"] = row.attn_dp
+    return SimConfig(
         model=catalog.model(row.model),
         gpu=gpu,
         tp=row.tp,
@@ -188,7 +256,11 @@ def simulate_row(row: ClosedLoopRow, catalog: Catalog, fw: FrameworkProfile) -> 
         weight_dtype="fp8" if row.precision == "fp8" else "auto",
         **kw,
     )
-    res = simulate(row_trace(row), cfg, progress=False)
+
+
+def simulate_row(row: ClosedLoopRow, catalog: Catalog, fw: FrameworkProfile) -> SimulatedRow:
+    """The row simulated under ``fw``: mean TTFT and TPOT of the requests after the warm-up (engine clock)."""
+    res = simulate(row_trace(row), row_config(row, catalog, fw), progress=False)
     r, tr = res.results, res.trace
     keep = np.arange(len(tr)) >= WARMUP_PER_CLIENT * row.concurrency
     keep &= r.status == FINISHED
