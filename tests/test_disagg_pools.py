@@ -1,0 +1,294 @@
+"""Several pools per role and several KV links (engine/kv_link.py, engine/disaggregated.py): routing across
+heterogeneous decode pools by hand, contention on one link only, link energy by hand, the single-pool
+outputs unchanged, bad input, the CLI end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace, toy_time
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.engine.kv_link import DEFAULT_LINK_J_PER_BYTE, Disaggregation, LinkSpec, PairLink, Pool
+from kavier_opendc.engine.outputs import summary_dict
+from kavier_opendc.engine.simulator import SimConfig, simulate
+
+KV_BYTES = TOY_MODEL.kv_bytes_per_token  # 512
+TOY_GPU2 = dataclasses.replace(TOY_GPU, name="toygpu2", mem_bandwidth_gbs=2000.0)
+
+
+def cfg(topo: Disaggregation, **kw) -> SimConfig:
+    base = dict(
+        model=TOY_MODEL,
+        gpu=TOY_GPU,
+        efficiency=TOY_EFF,
+        disaggregation=topo,
+        max_batched_tokens=4096,
+        max_model_len=400,
+    )
+    base.update(kw)
+    return SimConfig(**base)
+
+
+def pool(blocks: int, gpu=TOY_GPU, replicas: int = 1) -> Pool:
+    return Pool(TOY_MODEL, gpu, replicas, 1, blocks)
+
+
+# ------------------------------------------------------------------ routing by hand
+def test_routing_across_two_decode_pools_of_different_gpus_by_hand():
+    # five 320-token prompts (20 blocks each) at t=0, prefilled together on the one prefill replica (id 0),
+    # then placed in order on the decode replica with the most free blocks, then the fewest requests, then the
+    # lowest id: pool A (toygpu, 100 blocks, id 1), pool B (toygpu2, 120 blocks, id 2).
+    # free (A, B) before each: (100,120) -> B; (100,100), requests 0 vs 1 -> A; (80,100) -> B;
+    # (80,80), requests 1 vs 2 -> A; (60,80) -> B.
+    topo = Disaggregation(pool(10_000), pool(100), LinkSpec(1.0, 0.001, 0.002), more_decode=(pool(120, TOY_GPU2),))
+    c = cfg(topo)
+    c.validate()
+    r = simulate(make_trace([0.0] * 5, [320] * 5, [2] * 5), c, progress=False)
+    rec = r.extra["pd"]
+    assert rec.prefill_replica.tolist() == [0] * 5
+    assert rec.decode_replica.tolist() == [2, 1, 2, 1, 2]
+    # the transfers are one FIFO on the shared link, in placement order, from the prefill's end
+    t1 = toy_time(1600, 5, 5 * 320 * 321 / 2, 1600)
+    occ = 0.002 + 320 * KV_BYTES / 1e9
+    for k in range(5):
+        assert rec.transfer_end[k] == pytest.approx(t1 + (k + 1) * occ + 0.001, rel=1e-9)
+    s = summary_dict(r)["disaggregation"]
+    by_name = {p["name"]: p for p in s["pools"]}
+    assert set(by_name) == {"prefill", "decode-0", "decode-1"}
+    assert (by_name["decode-0"]["gpu"], by_name["decode-0"]["requests"], by_name["decode-0"]["replica_ids"]) == (
+        "toygpu",
+        2,
+        [1],
+    )
+    assert (by_name["decode-1"]["gpu"], by_name["decode-1"]["requests"], by_name["decode-1"]["replica_ids"]) == (
+        "toygpu2",
+        3,
+        [2],
+    )
+    # KV peak of B: its three transfers take 20 blocks each when placed (all at the prefill's end), then the
+    # first to land decodes its second token into a 21st block before the others land: 61 of 120
+    assert by_name["decode-1"]["kv_utilization_peak"] == 61 / 120
+    assert by_name["decode-0"]["kv_utilization_peak"] == 41 / 100
+    assert s["replica_pool"] == {"0": "prefill", "1": "decode-0", "2": "decode-1"}
+    assert s["decode_pool"]["gpu"] == "toygpu+toygpu2" and s["decode_pool"]["replicas"] == 2
+    # the faster GPU decodes the same work faster: its pool's busy time is lower per request
+    assert by_name["decode-1"]["busy_s"] / 3 < by_name["decode-0"]["busy_s"] / 2
+
+
+def test_prefill_pools_share_the_least_queued_prompt_tokens_rule():
+    # two prefill pools of one replica each: 300, then 100 (pool 1 has 0 queued), then 50 (pool 1 has 100)
+    topo = Disaggregation(pool(10_000), pool(10_000), LinkSpec(1.0, 0.0, 0.0), more_prefill=(pool(10_000),))
+    r = simulate(make_trace([0.0, 0.0, 0.0], [300, 100, 50], [2, 2, 2]), cfg(topo), progress=False)
+    assert r.extra["pd"].prefill_replica.tolist() == [0, 1, 1]
+
+
+# ------------------------------------------------------------------ two links
+def test_two_links_contention_on_one_link_only_by_hand():
+    # three 100-token prompts prefilled together; decode pools A (id 1) and B (id 2), equal blocks: A, B, A.
+    # A's transfers share the slow shared link (FIFO: the second takes twice as long); B's own fast link
+    # carries one transfer, unqueued.
+    slow = LinkSpec(0.01, 0.001, 0.0, "whole", 1e-9)
+    fast = LinkSpec(1.0, 1e-6, 0.0005, "whole", 2e-9)
+    topo = Disaggregation(
+        pool(10_000), pool(10_000), slow, more_decode=(pool(10_000),), pair_links=(PairLink(0, 1, fast),)
+    )
+    r = simulate(make_trace([0.0, 0.0, 0.0], [100, 100, 100], [2, 2, 2]), cfg(topo), progress=False)
+    rec = r.extra["pd"]
+    assert rec.decode_replica.tolist() == [1, 2, 1]
+    t1 = toy_time(300, 3, 3 * 5050, 300)
+    nbytes = 100 * KV_BYTES
+    one_slow = nbytes / 0.01e9
+    assert rec.transfer_end[0] == pytest.approx(t1 + one_slow + 0.001, rel=1e-9)
+    assert rec.transfer_end[2] == pytest.approx(t1 + 2 * one_slow + 0.001, rel=1e-9)
+    assert rec.transfer_end[1] == pytest.approx(t1 + 0.0005 + nbytes / 1e9 + 1e-6, rel=1e-9)
+    shared, own = rec.links
+    assert (shared.transfers, own.transfers) == (2, 1)
+    assert shared.busy_s == pytest.approx(2 * one_slow, rel=1e-12)
+    # link energy by hand: bytes x J/byte per link
+    s = summary_dict(r)
+    assert s["kv_transfer"]["energy_j"] == pytest.approx(2 * nbytes * 1e-9 + nbytes * 2e-9, rel=1e-12)
+    assert s["kv_transfer"]["bytes_moved"] == 3 * nbytes and s["kv_transfer"]["transfers"] == 3
+    links = s["disaggregation"]["links"]
+    assert [lk["pair"] for lk in links] == ["shared", "prefill->decode-1"]
+    assert [lk["energy_j"] for lk in links] == pytest.approx([2 * nbytes * 1e-9, nbytes * 2e-9], rel=1e-12)
+
+
+def test_link_energy_default_is_the_derived_figure():
+    assert DEFAULT_LINK_J_PER_BYTE == pytest.approx(3.4e-10)
+    topo = Disaggregation(pool(10_000), pool(10_000), LinkSpec(1.0, 0.0, 0.0))
+    r = simulate(make_trace([0.0], [100], [3]), cfg(topo), progress=False)
+    s = summary_dict(r)
+    assert s["kv_transfer"]["energy_j"] == pytest.approx(100 * KV_BYTES * 3.4e-10, rel=1e-12)
+    assert s["disaggregation"]["link"]["energy_j_per_byte"] == pytest.approx(3.4e-10)
+
+
+# ------------------------------------------------------------------ single pool: unchanged
+def test_a_single_pool_topology_runs_exactly_as_the_old_knobs():
+    arrivals = [0.0, 0.01, 0.02, 0.05, 0.3]
+    prompts, outs = [300, 100, 900, 50, 400], [5, 1, 40, 9, 30]
+    old = SimConfig(
+        model=TOY_MODEL,
+        gpu=TOY_GPU,
+        efficiency=TOY_EFF,
+        num_kv_blocks=10_000,
+        prefill_replicas=1,
+        decode_replicas=2,
+        kv_link_gbs=1.0,
+        kv_link_latency_s=0.001,
+        kv_link_setup_s=0.002,
+    )
+    topo = Disaggregation(pool(10_000), pool(10_000, replicas=2), LinkSpec(1.0, 0.001, 0.002))
+    new = dataclasses.replace(old, prefill_replicas=None, decode_replicas=None, disaggregation=topo)
+    a = simulate(make_trace(arrivals, prompts, outs), old, progress=False)
+    b = simulate(make_trace(arrivals, prompts, outs), new, progress=False)
+    for f in ("prefill_replica", "decode_replica", "transfer_start", "transfer_end", "decode_wait"):
+        np.testing.assert_array_equal(getattr(a.extra["pd"], f), getattr(b.extra["pd"], f))
+    np.testing.assert_array_equal(a.results.finish, b.results.finish)
+    sa, sb = summary_dict(a), summary_dict(b)
+    for s in (sa, sb):
+        s.pop("engine")
+    assert sa == sb
+    # the sections before this change keep their keys and values (pools, links and kv_transfer are added)
+    assert set(sa["disaggregation"]["prefill_pool"]) == {
+        "replicas",
+        "gpu",
+        "tp",
+        "replica_ids",
+        "kv_capacity_blocks",
+        "busy_fraction",
+        "requests",
+    }
+    assert sa["disaggregation"]["links"][0]["pair"] == "shared" and len(sa["disaggregation"]["links"]) == 1
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "topo, where, words",
+    [
+        (
+            Disaggregation(pool(10_000), pool(10_000), more_decode=(Pool(TOY_MODEL, TOY_GPU, 0, 1, 10_000),)),
+            "disaggregation.decode_pools[1].replicas",
+            "at least 1",
+        ),
+        (
+            Disaggregation(pool(10_000), pool(10_000), pair_links=(PairLink(0, 1, LinkSpec()),)),
+            "disaggregation.pair_links[0]",
+            "does not exist",
+        ),
+        (
+            Disaggregation(
+                pool(10_000),
+                pool(10_000),
+                more_decode=(pool(10_000),),
+                pair_links=(PairLink(0, 1, LinkSpec()), PairLink(0, 1, LinkSpec())),
+            ),
+            "disaggregation.pair_links[1]",
+            "two links",
+        ),
+        (
+            Disaggregation(
+                pool(10_000), pool(10_000), more_decode=(pool(10_000),), pair_links=(PairLink(0, 1, LinkSpec(0.0)),)
+            ),
+            "disaggregation.pair_links[0].gbs",
+            "positive",
+        ),
+        (
+            Disaggregation(pool(10_000), pool(10_000), LinkSpec(energy_j_per_byte=-1.0)),
+            "disaggregation.link.energy_j_per_byte",
+            "energy per byte",
+        ),
+    ],
+)
+def test_bad_pools_and_links_are_refused_naming_the_field(topo, where, words):
+    with pytest.raises(KavierInputError, match=words) as e:
+        cfg(topo).validate()
+    assert e.value.location == where
+
+
+def test_a_small_second_pool_is_refused_naming_it():
+    topo = Disaggregation(pool(10_000), pool(10_000), more_decode=(pool(10),))
+    with pytest.raises(KavierInputError, match="cannot hold") as e:
+        simulate(make_trace([0.0], [100], [3]), cfg(topo), progress=False)
+    assert e.value.location == "disaggregation.decode_pools[1].num_kv_blocks"
+
+
+# ------------------------------------------------------------------ CLI
+def _kavier(tmp_path, *extra, out="out"):
+    trace = tmp_path / "trace.csv"
+    trace.write_text(
+        "arrival_time_s,num_input_tokens,num_output_tokens\n0.0,500,20\n0.0,800,30\n0.0,300,50\n0.0,200,10\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB"]
+        + ["--trace", str(trace), "--out", str(tmp_path / out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_two_decode_pools_and_a_pair_link_end_to_end(tmp_path):
+    r = _kavier(
+        tmp_path,
+        "--prefill-pool",
+        "H100-SXM:1:1",
+        "--decode-pool",
+        "A100-80GB:1:1",
+        "--decode-pool",
+        "H100-SXM:1:1",
+        "--kv-link-pair",
+        "0:1:450:1e-6:0:1e-11",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "decode-0 1 x 1 x A100-80GB" in r.stdout and "decode-1 1 x 1 x H100-SXM" in r.stdout
+    assert "prefill->decode-1 450 GB/s" in r.stdout
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    d = s["disaggregation"]
+    assert [x["gpu"] for x in s["replicas"]] == ["H100-SXM", "A100-80GB", "H100-SXM"]
+    assert d["replica_pool"] == {"0": "prefill", "1": "decode-0", "2": "decode-1"}
+    assert sum(p["requests"] for p in d["pools"] if p["role"] == "decode") == 4
+    own = d["links"][1]
+    assert (own["gbs"], own["latency_s"], own["setup_s"], own["energy_j_per_byte"]) == (450, 1e-6, 0, 1e-11)
+    assert d["links"][0]["transfers"] + own["transfers"] == 4 == s["kv_transfer"]["transfers"]
+    total = sum(lk["bytes_moved"] * lk["energy_j_per_byte"] for lk in d["links"])
+    assert s["kv_transfer"]["energy_j"] == pytest.approx(total, rel=1e-12)
+
+
+def test_cli_single_pool_flags_and_pool_flags_write_the_same_files(tmp_path):
+    a = _kavier(tmp_path, "--prefill-replicas", "1", "--decode-replicas", "2", "--decode-gpu", "H100-SXM", out="a")
+    b = _kavier(tmp_path, "--prefill-pool", "A100-80GB:1:1", "--decode-pool", "H100-SXM:1:2", out="b")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    for name in ("requests.parquet", "timeline.parquet"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    sa, sb = (json.loads((tmp_path / x / "summary.json").read_text()) for x in "ab")
+    for s in (sa, sb):
+        s.pop("engine")
+    assert sa == sb
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (("--prefill-pool", "A100-80GB:1:1", "--decode-pool", "H100-SXM:1:0"), "--decode-pool H100-SXM:1:0: must be"),
+        (("--prefill-pool", "A100-80GB:1:1", "--decode-pool", "NoSuchGPU:1:1"), "unknown GPU 'NoSuchGPU'"),
+        (
+            ("--prefill-pool", "A100-80GB:1:1", "--decode-pool", "A100-80GB:1:1", "--kv-link-pair", "0:1:100"),
+            "--kv-link-pair 0:1:100: a link for the pair (prefill pool 0, decode pool 1), which does not exist",
+        ),
+        (("--prefill-pool", "A100-80GB:1", "--decode-pool", "A100-80GB:1:1"), "cannot read the pool"),
+        (("--prefill-pool", "A100-80GB:1:1"), "needs a decode pool"),
+        (
+            ("--prefill-pool", "A100-80GB:1:1", "--prefill-replicas", "1", "--decode-replicas", "1"),
+            "given twice",
+        ),
+    ],
+)
+def test_cli_bad_pools_are_clear_errors(tmp_path, extra, words):
+    r = _kavier(tmp_path, *extra)
+    assert r.returncode != 0 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
