@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace, toy_time
+from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace, needs_opendc, toy_time
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.kv_link import DEFAULT_LINK_J_PER_BYTE, Disaggregation, LinkSpec, PairLink, Pool
 from kavier_opendc.engine.outputs import summary_dict
@@ -292,3 +292,95 @@ def test_cli_single_pool_flags_and_pool_flags_write_the_same_files(tmp_path):
 def test_cli_bad_pools_are_clear_errors(tmp_path, extra, words):
     r = _kavier(tmp_path, *extra)
     assert r.returncode != 0 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------------ experiment files
+NODE = {
+    "cpu": {"cores": 16, "mhz": 2000},
+    "memory_gib": 256,
+    "count": 1,
+    "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
+}
+TWO_DECODE_POOLS = {
+    "prefill": {"replicas": 1, "gpu": "H100-SXM"},
+    "decode": [{"replicas": 1}, {"replicas": 1, "gpu": "H100-SXM", "name": "decode-h100"}],
+    "link": {"gbs": 25, "mode": "layerwise", "energy_j_per_byte": 1e-9},
+    "links": [{"prefill": 0, "decode": 1, "gbs": 450, "latency_s": 1e-6, "energy_j_per_byte": 1e-11}],
+}
+
+
+def _experiment(tmp_path, dis, **over):
+    from test_pipeline import tiny_experiment
+
+    dc = {
+        "start": "2022-01-01T12:00:00",
+        "export_interval_s": 1,
+        "hosts": [
+            {"name": "a100-node", "gpu": "A100-80GB", "gpus_per_host": 1, **NODE},
+            {"name": "h100-node", "gpu": "H100-SXM", "gpus_per_host": 2, **NODE},
+        ],
+    }
+    return tiny_experiment(tmp_path, serving={"disaggregation": dis}, datacenter=dc, **over)
+
+
+def test_an_experiment_declares_pool_lists_and_pair_links(tmp_path):
+    from kavier_opendc.experiments.experiment import load_experiment
+
+    exp = load_experiment(_experiment(tmp_path, TWO_DECODE_POOLS))
+    assert [(g.name, g.gpu.name, g.replicas) for g in exp.groups] == [
+        ("prefill", "H100-SXM", 1),
+        ("decode-0", "A100-80GB", 1),
+        ("decode-h100", "H100-SXM", 1),
+    ]
+    topo = exp.sim_config().topology()
+    assert [p.gpu.name for p in topo.decode_pools] == ["A100-80GB", "H100-SXM"]
+    assert topo.pool_name("decode", 1) == "decode-h100" and topo.pool_name("decode", 0) == "decode-0"
+    (pl,) = topo.pair_links
+    spec = pl.spec
+    assert (pl.prefill, pl.decode, spec.gbs, spec.mode, spec.energy_j_per_byte) == (0, 1, 450, "layerwise", 1e-11)
+    assert exp.gpu_counts() == {"A100-80GB": 1, "H100-SXM": 2}
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"decode": [{"replicas": 1}, {"replicas": 0}]}, "serving.disaggregation.decode[1].replicas"),
+        ({"decode": [{"replicas": 1}, {"replicas": 1, "gpu": "NoSuchGPU"}]}, "NoSuchGPU"),
+        ({"links": [{"prefill": 1, "decode": 0, "gbs": 10}]}, "does not exist"),
+    ],
+)
+def test_a_bad_pool_experiment_names_its_field(tmp_path, change, words):
+    from kavier_opendc.experiments.experiment import load_experiment
+
+    with pytest.raises(KavierInputError) as e:
+        load_experiment(_experiment(tmp_path, {**TWO_DECODE_POOLS, **change})).sim_config().validate()
+    assert words in str(e.value)
+
+
+@needs_opendc
+def test_a_two_decode_pool_experiment_runs_with_opendc(tmp_path):
+    from kavier_opendc.experiments.experiment import load_experiment
+    from kavier_opendc.experiments.pipeline import run_experiment
+
+    exp = load_experiment(_experiment(tmp_path, TWO_DECODE_POOLS))
+    report = run_experiment(exp, tmp_path / "out", plots=False, quiet=True).report
+    sus = report["sustainability"]
+    hosts = {h["host_name"]: h for h in sus["per_host"]}
+    pools = {p["pool"]: p for p in sus["per_pool"]}
+    assert list(pools) == ["prefill", "decode-0", "decode-h100"]
+    # the A100 pool is alone on its host type: its energy is that host's; the two H100 pools share H100 hosts
+    # when OpenDC places them together, and are then named, never split
+    assert pools["decode-0"]["hosts"] == ["a100-node"]
+    assert pools["decode-0"]["energy_wh"] == hosts["a100-node"]["energy_wh"]
+    for name in ("prefill", "decode-h100"):
+        p = pools[name]
+        assert p["energy_wh"] is not None or p["shared_hosts"] == ["h100-node"]
+    # KV transfer energy: the engine's bytes x J/byte, beside OpenDC's energy (no network model there)
+    summary = json.loads((tmp_path / "out" / "simulation" / "summary.json").read_text())
+    links = summary["disaggregation"]["links"]
+    by_hand = sum(lk["bytes_moved"] * lk["energy_j_per_byte"] for lk in links) / 3600
+    assert [lk["energy_j_per_byte"] for lk in links] == [1e-9, 1e-11]
+    assert sus["kv_transfer"]["energy_wh"] == pytest.approx(by_hand, rel=1e-12) and by_hand > 0
+    assert sus["energy_wh_with_kv_transfer"] == pytest.approx(sus["energy_wh"] + by_hand, rel=1e-12)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| decode-h100 | 1 x 1 x H100-SXM |" in md and "KV transfers over the links (engine, not OpenDC)" in md
