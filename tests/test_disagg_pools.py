@@ -11,11 +11,14 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace, needs_opendc, toy_time
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.kv_link import DEFAULT_LINK_J_PER_BYTE, Disaggregation, LinkSpec, PairLink, Pool
 from kavier_opendc.engine.outputs import summary_dict
+from kavier_opendc.engine.results import FINISHED, REJECTED
 from kavier_opendc.engine.simulator import SimConfig, simulate
 
 KV_BYTES = TOY_MODEL.kv_bytes_per_token  # 512
@@ -126,6 +129,58 @@ def test_link_energy_default_is_the_derived_figure():
     s = summary_dict(r)
     assert s["kv_transfer"]["energy_j"] == pytest.approx(100 * KV_BYTES * 3.4e-10, rel=1e-12)
     assert s["disaggregation"]["link"]["energy_j_per_byte"] == pytest.approx(3.4e-10)
+
+
+# ------------------------------------------------------------------ invariants
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_pools_and_links_keep_the_invariants(data):
+    n = data.draw(st.integers(1, 10))
+    arrivals = sorted(data.draw(st.lists(st.floats(0, 0.3), min_size=n, max_size=n)))
+    prompts = data.draw(st.lists(st.integers(1, 300), min_size=n, max_size=n))
+    outs = data.draw(st.lists(st.integers(1, 40), min_size=n, max_size=n))
+
+    def pools(k):
+        return tuple(
+            Pool(
+                TOY_MODEL,
+                data.draw(st.sampled_from([TOY_GPU, TOY_GPU2])),
+                data.draw(st.integers(1, 2)),
+                1,
+                data.draw(st.integers(25, 60)),
+            )
+            for _ in range(k)
+        )
+
+    pre, dec = pools(data.draw(st.integers(1, 3))), pools(data.draw(st.integers(1, 3)))
+    pairs = sorted({(data.draw(st.integers(0, len(pre) - 1)), data.draw(st.integers(0, len(dec) - 1)))})
+    links = tuple(PairLink(a, b, LinkSpec(data.draw(st.sampled_from([0.001, 1.0])), 0.0, 0.001)) for a, b in pairs)
+    shared = LinkSpec(data.draw(st.sampled_from([0.001, 0.1])), 0.0005, 0.0)
+    topo = Disaggregation(pre[0], dec[0], shared, pre[1:], dec[1:], links[: data.draw(st.integers(0, len(links)))])
+    c = cfg(topo, max_model_len=400, max_batched_tokens=data.draw(st.sampled_from([64, 2048])))
+    c.validate()
+    r = simulate(make_trace(arrivals, prompts, outs), c, progress=False)
+    res, rec = r.results, r.extra["pd"]
+    p, o = np.array(prompts), np.array(outs)
+    # every request finished (or rejected: longer than the smallest replica's KV or max_model_len), once
+    assert set(res.status.tolist()) <= {FINISHED, REJECTED}
+    done = res.status == FINISHED
+    # each request's replicas belong to their roles; a transfer iff it finished with more than one token
+    assert set(rec.prefill_replica[done].tolist()) <= set(rec.prefill_ids)
+    moved = done & (o > 1)
+    assert set(rec.decode_replica[moved].tolist()) <= set(rec.decode_ids)
+    assert (np.isfinite(rec.transfer_end) == moved).all()
+    assert sum(lk.transfers for lk in rec.links) == moved.sum()
+    assert sum(lk.bytes_moved for lk in rec.links) == (p[moved] * KV_BYTES).sum()
+    # links never above their bandwidth: busy time at most the makespan, and KV never above capacity
+    for lk in rec.links:
+        assert lk.busy_s <= r.makespan_s + 1e-12
+    for rep in r.replicas:
+        assert rep.peak_used <= rep.capacity
+    # outputs: each pool's requests add up to the role's
+    s = summary_dict(r)["disaggregation"]
+    for role in ("prefill", "decode"):
+        assert sum(q["requests"] for q in s["pools"] if q["role"] == role) == s[f"{role}_pool"]["requests"]
 
 
 # ------------------------------------------------------------------ single pool: unchanged
