@@ -439,3 +439,32 @@ def test_a_two_decode_pool_experiment_runs_with_opendc(tmp_path):
     assert sus["energy_wh_with_kv_transfer"] == pytest.approx(sus["energy_wh"] + by_hand, rel=1e-12)
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| decode-h100 | 1 x 1 x H100-SXM |" in md and "KV transfers over the links (engine, not OpenDC)" in md
+
+
+def test_a_pool_has_its_own_batching():
+    # two 100-token prompts at t=0: one prefill iteration on a default prefill pool, two where the pool's
+    # max_num_seqs is 1 (the second prompt's TTFT then ends with the second iteration)
+    def run(pre: Pool):
+        topo = Disaggregation(pre, pool(10_000), LinkSpec(1.0, 0.0, 0.0))
+        return simulate(make_trace([0.0, 0.0], [100, 100], [2, 2]), cfg(topo), progress=False)
+
+    both = run(pool(10_000))
+    one = run(dataclasses.replace(pool(10_000), max_num_seqs=1, max_batched_tokens=512))
+    t2 = toy_time(200, 2, 2 * 5050, 200)
+    assert both.results.first_token.tolist() == pytest.approx([t2, t2], rel=1e-12)
+    t1 = toy_time(100, 1, 5050, 100)
+    assert one.results.first_token.tolist() == pytest.approx([t1, 2 * t1], rel=1e-12)
+    (q,) = [p for p in summary_dict(one)["disaggregation"]["pools"] if p["role"] == "prefill"]
+    assert (q["max_num_seqs"], q["max_batched_tokens"]) == (1, 512)
+    with pytest.raises(KavierInputError) as e:
+        cfg(Disaggregation(pool(10_000), dataclasses.replace(pool(10_000), max_num_seqs=0))).validate()
+    assert e.value.location == "disaggregation.decode.max_num_seqs"
+
+
+def test_an_experiment_pool_sets_its_own_batching(tmp_path):
+    from kavier_opendc.experiments.experiment import load_experiment
+
+    dis = {**TWO_DECODE_POOLS, "prefill": {"replicas": 1, "gpu": "H100-SXM", "max_batched_tokens": 1024}}
+    topo = load_experiment(_experiment(tmp_path, dis)).sim_config().topology()
+    assert (topo.prefill.max_batched_tokens, topo.prefill.max_num_seqs) == (1024, None)
+    assert topo.decode_pools[1].max_batched_tokens is None

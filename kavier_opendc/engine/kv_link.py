@@ -60,6 +60,8 @@ class Pool:
     tp: int = 1
     num_kv_blocks: int | None = None  # overrides the memory-derived KV capacity of each replica
     name: str | None = None  # None: "prefill"/"decode" for a role's only pool, else "<role>-<k>"
+    max_num_seqs: int | None = None  # this pool's batching (None: the cluster's, i.e. SimConfig's / framework's)
+    max_batched_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,8 @@ def disaggregation_summary(result) -> dict:
                     "replica_ids": ids,
                     "kv_capacity_blocks": reps[ids[0]].capacity,
                     "kv_utilization_peak": float(tl_peak),
+                    "max_num_seqs": reps[ids[0]].max_num_seqs,
+                    "max_batched_tokens": reps[ids[0]].budget,
                     "busy_s": float(sum(reps[i].busy_time for i in ids)),
                     "gpu_utilization_mean": _activity_mean([reps[i] for i in ids]),
                     **activity(ids, role),

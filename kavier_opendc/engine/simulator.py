@@ -399,6 +399,11 @@ class SimConfig:
                     location=where("model"),
                     expected=self.model.name,
                 )
+            for name in ("max_num_seqs", "max_batched_tokens"):
+                value = getattr(pool, name)
+                problem = knobs.BY_FIELD[name].problem(value) if value is not None else None
+                if problem:
+                    raise KavierInputError(problem, location=where(name), expected=knobs.BY_FIELD[name].expected)
             for name, value, limit in (("replicas", pool.replicas, limits.REPLICAS), ("tp", pool.tp, limits.TP)):
                 if value < 1 or limits.check(name, value, limit):
                     raise KavierInputError(
@@ -798,6 +803,8 @@ def _simulate_disaggregated(
         group = ReplicaGroup(pool.model, pool.gpu, pool.replicas, pool.tp)
         cm = CostModel(pool.model, pool.gpu, pool.tp, cfg.efficiency, framework=fw)
         max_tokens, max_seqs = cfg.batch_limits(group, usage)
+        max_tokens = pool.max_batched_tokens if pool.max_batched_tokens is not None else max_tokens
+        max_seqs = pool.max_num_seqs if pool.max_num_seqs is not None else max_seqs
         cap = (
             pool.num_kv_blocks
             if pool.num_kv_blocks is not None

@@ -122,7 +122,18 @@ def _topology(spec: dict, groups: list):
             g = groups[at]
             at += 1
             name = pool.get("name") if isinstance(given, list) else None
-            built[role].append(Pool(g.model, g.gpu, g.replicas, g.tp, pool.get("num_kv_blocks"), name or None))
+            built[role].append(
+                Pool(
+                    g.model,
+                    g.gpu,
+                    g.replicas,
+                    g.tp,
+                    pool.get("num_kv_blocks"),
+                    name or None,
+                    pool.get("max_num_seqs"),
+                    pool.get("max_batched_tokens"),
+                )
+            )
     link = spec.get("link") or {}
     mode = link.get("mode", defaults.mode)
     pairs = tuple(PairLink(int(x["prefill"]), int(x["decode"]), link_of(x, mode)) for x in spec.get("links") or [])
