@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -54,9 +55,116 @@ def _argument(knob: knobs.Knob) -> dict:
     return kw
 
 
-def _as_flags(exc: KavierInputError) -> KavierInputError:
-    """An engine error named by `kavier simulate`'s flag of the field."""
-    return exc.relocated(knobs.flag_of(exc.location)) if exc.location else exc
+def _as_flags(exc: KavierInputError, pool_flags: dict | None = None) -> KavierInputError:
+    """An engine error named by `kavier simulate`'s flag of the field (``pool_flags``: the flags a topology
+    built from --prefill-pool/--decode-pool/--kv-link-pair names its fields by)."""
+    if not exc.location:
+        return exc
+    loc = exc.location
+    for prefix, flag in (pool_flags or {}).items():
+        if loc == prefix or loc.startswith(prefix + "."):
+            field = loc[len(prefix) + 1 :]
+            return exc.relocated(flag(field) if callable(flag) else flag)
+    return exc.relocated(knobs.flag_of(loc))
+
+
+def _pool_spec(text: str, flag: str, cat) -> tuple:
+    """'GPU:TP:REPLICAS' -> (GPUSpec, tp, replicas), or a clear error naming the flag."""
+    parts = text.rsplit(":", 2)
+    try:
+        if len(parts) != 3 or not parts[0]:
+            raise ValueError
+        tp, replicas = int(parts[1]), int(parts[2])
+    except ValueError:
+        raise KavierInputError(
+            f"cannot read the pool {text!r}", location=flag, expected="GPU:TP:REPLICAS, e.g. H100-SXM:1:2"
+        ) from None
+    try:
+        gpu = cat.gpu(parts[0])
+    except KavierInputError as exc:
+        raise exc.relocated(flag) from None
+    return gpu, tp, replicas
+
+
+def _pair_spec(text: str, mode: str):
+    """'P:D:GBS[:LATENCY_S[:SETUP_S[:J_PER_BYTE]]]' -> PairLink (defaults: LinkSpec's)."""
+    from kavier_opendc.engine.kv_link import LinkSpec, PairLink
+
+    parts = text.split(":")
+    d = LinkSpec()
+    try:
+        if not 3 <= len(parts) <= 6:
+            raise ValueError
+        p, q = int(parts[0]), int(parts[1])
+        nums = [float(x) for x in parts[2:]] + [d.latency_s, d.setup_s, math.nan][len(parts) - 3 :]
+    except ValueError:
+        raise KavierInputError(
+            f"cannot read the link {text!r}",
+            location="--kv-link-pair",
+            expected="P:D:GBS[:LATENCY_S[:SETUP_S[:J_PER_BYTE]]], e.g. 0:1:450:1e-6",
+        ) from None
+    energy = None if math.isnan(nums[3]) else nums[3]
+    return PairLink(p, q, LinkSpec(nums[0], nums[1], nums[2], mode, energy))
+
+
+def _pool_topology(args, cat, model, gpu, values: dict) -> dict:
+    """--prefill-pool/--decode-pool/--kv-link-pair/--kv-link-energy-j-per-byte: the topology they declare, put
+    in ``values["disaggregation"]`` (the single-pool flags then describe a role without --<role>-pool). Returns
+    the flags that name its fields in errors."""
+    from kavier_opendc.engine.kv_link import Disaggregation, LinkSpec, Pool
+
+    given = {r: getattr(args, f"{r}_pool", None) or [] for r in ("prefill", "decode")}
+    if not (given["prefill"] or given["decode"] or args.kv_link_pair or args.kv_link_energy_j_per_byte is not None):
+        return {}
+    flags: dict = {}
+    pools: dict[str, list] = {}
+    for role in ("prefill", "decode"):
+        if given[role]:
+            for name in ("replicas", "gpu", "tp"):
+                if values.get(f"{role}_{name}") is not None:
+                    raise KavierInputError(
+                        f"the {role} pools are given twice (--{role}-pool and --{role}-{name})",
+                        location=f"--{role}-{name}",
+                        expected=f"--{role}-pool only, or the single-pool flags only",
+                    )
+            pools[role] = []
+            for k, text in enumerate(given[role]):
+                g, tp, n = _pool_spec(text, f"--{role}-pool", cat)
+                pools[role].append(Pool(model, g, n, tp, values.get("num_kv_blocks")))
+                where = f"--{role}-pool {text}"
+                key = f"disaggregation.{role}_pools[{k}]" if len(given[role]) > 1 else f"disaggregation.{role}"
+                flags[key] = where
+        else:
+            n = values.get(f"{role}_replicas")
+            if n is None:
+                raise KavierInputError(
+                    f"disaggregated serving needs a {role} pool",
+                    location=f"--{role}-pool",
+                    expected=f"--{role}-pool GPU:TP:REPLICAS (or --{role}-replicas N)",
+                )
+            g = values.get(f"{role}_gpu") or gpu
+            pools[role] = [Pool(model, g, n, values.get(f"{role}_tp") or values["tp"], values.get("num_kv_blocks"))]
+            flags[f"disaggregation.{role}"] = lambda field, role=role: f"--{role}-{field.replace('_', '-')}"
+        for name in ("replicas", "gpu", "tp"):
+            values[f"{role}_{name}"] = None
+    mode = values["kv_transfer_mode"]
+    link = LinkSpec(
+        values["kv_link_gbs"],
+        values["kv_link_latency_s"],
+        values["kv_link_setup_s"],
+        mode,
+        args.kv_link_energy_j_per_byte,
+    )
+    flags["disaggregation.link"] = lambda field: (
+        "--kv-transfer-mode" if field == "mode" else f"--kv-link-{field.replace('_', '-')}"
+    )
+    pairs = tuple(_pair_spec(t, mode) for t in args.kv_link_pair or [])
+    for j, t in enumerate(args.kv_link_pair or []):
+        flags[f"disaggregation.pair_links[{j}]"] = f"--kv-link-pair {t}"
+    values["disaggregation"] = Disaggregation(
+        pools["prefill"][0], pools["decode"][0], link, tuple(pools["prefill"][1:]), tuple(pools["decode"][1:]), pairs
+    )
+    return flags
 
 
 def add_simulate_args(ap: argparse.ArgumentParser) -> None:
@@ -80,6 +188,31 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
     )
     for knob in knobs.KNOBS:
         ap.add_argument(knob.flag, **_argument(knob))
+    pools = ap.add_argument_group(
+        "several pools per role (disaggregated serving; README 'Disaggregated prefill/decode')"
+    )
+    for role in ("prefill", "decode"):
+        pools.add_argument(
+            f"--{role}-pool",
+            action="append",
+            metavar="GPU:TP:REPLICAS",
+            help=f"a {role} pool of REPLICAS replicas of TP x GPU; repeatable, pool after pool (named {role}-0, "
+            f"{role}-1, ...); replaces --{role}-replicas/--{role}-gpu/--{role}-tp",
+        )
+    pools.add_argument(
+        "--kv-link-pair",
+        action="append",
+        metavar="P:D:GBS[:LATENCY_S[:SETUP_S[:J_PER_BYTE]]]",
+        help="a link of its own between prefill pool P and decode pool D (0-based, in flag order), with the "
+        "--kv-transfer-mode; repeatable; other pairs share the --kv-link-* link",
+    )
+    pools.add_argument(
+        "--kv-link-energy-j-per-byte",
+        type=float,
+        default=None,
+        metavar="J",
+        help="energy per byte of KV moved on the shared link (default 3.4e-10, derived: engine/kv_link.py)",
+    )
     ap.add_argument(
         "--catalog",
         action="append",
@@ -120,6 +253,7 @@ def _simulate(args, out: Path, t0: float) -> int:
         if values[name] is not None:
             values[name] = cat.gpu(values[name])
     try:
+        pool_flags = _pool_topology(args, cat, model, gpu, values)
         cfg = SimConfig(model=model, gpu=gpu, **values)
         cfg.validate()
         # the settings' own errors first; then a complete earlier result in --out, before any work
@@ -145,7 +279,7 @@ def _simulate(args, out: Path, t0: float) -> int:
         trace = load_workload(args.trace, args.trace_format, args.seed, keep_overlong=args.keep_overlong_requests)
         result = simulate(trace, cfg, progress=False if args.quiet else None)
     except KavierInputError as exc:
-        raise _as_flags(exc) from None
+        raise _as_flags(exc, pool_flags if "pool_flags" in locals() else {}) from None
     with replacing(out, FILES + (INCOMPLETE,), FILES, first="summary.json"):  # the earlier one kept until then
         summary = write_simulation(result, out)
     if not args.quiet:
@@ -218,6 +352,19 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
                 else "-"
             )
         )
+        several = pd.get("pools") and (len(pd["pools"]) > 2 or len(pd["links"]) > 1)
+        if several:  # a line per pool and per link (one pool per role and one link: the line as before)
+            pools = ", ".join(
+                f"{q['name']} {q['replicas']} x {q['tp']} x {q['gpu']} (busy {q['busy_fraction']:.3f}, "
+                f"{q['requests']} requests)"
+                for q in pd["pools"]
+            )
+            per_link = "; ".join(
+                f"{lk['pair']} {lk['gbs']:g} GB/s: {lk['bytes_moved'] / 1e9:.2f} GB in {lk['transfers']} transfers, "
+                f"busy {lk['busy_fraction']:.3f}, {lk['energy_j']:.3g} J"
+                for lk in pd["links"]
+            )
+            moved = f"KV links {link['mode']}: {per_link}"
         lines.insert(1, f"disaggregated {pools}; {moved}")
     for note in (text.context_note(s), text.offline_batch_note(s)):
         if note:

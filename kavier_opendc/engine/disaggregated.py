@@ -9,7 +9,10 @@ Flow of a request (the topology and the link model are in kv_link.py):
    TTFT ends with the prefill. It keeps the request's KV blocks.
 3. Its KV moves to the decode replica with the most free blocks (then the
    fewest outstanding requests) among those that could ever hold the whole
-   request. The decode replica takes the blocks of the prompt's KV when the
+   request, across all decode pools (ties: lowest index, i.e. earlier pool).
+   It uses the link of the (prefill pool, decode pool) pair: its own when
+   declared, else the one shared link. The decode replica takes the blocks
+   of the prompt's KV when the
    transfer starts; when no candidate has them free, the request waits, in
    FIFO order, until one has (``decode_wait_s``): a receiver never
    over-commits. A decode replica inside a decode run offers only the blocks
@@ -28,6 +31,7 @@ then replica boundaries, so a request landing at a boundary joins it.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from dataclasses import dataclass
@@ -101,9 +105,11 @@ class PDRecord:
     transfer_start: np.ndarray
     transfer_end: np.ndarray
     decode_wait: np.ndarray
-    link: KVLink
+    link: KVLink  # the shared link
     prefill_ids: list[int]
     decode_ids: list[int]
+    links: list[KVLink] = dataclasses.field(default_factory=list)  # the shared link, then each pair's own
+    pool_of: dict[int, tuple[str, int]] = dataclasses.field(default_factory=dict)  # replica -> (role, pool)
 
     @classmethod
     def empty(cls, n: int, link: KVLink, prefill_ids: list[int], decode_ids: list[int]) -> PDRecord:
@@ -116,6 +122,7 @@ class PDRecord:
             link,
             prefill_ids,
             decode_ids,
+            [link],
         )
 
 
@@ -138,6 +145,17 @@ def run_disaggregated(
     reps: list[Replica] = [*prefill, *decode]
     link = KVLink(topology.link)
     rec = PDRecord.empty(n, link, [r.idx for r in prefill], [r.idx for r in decode])
+    # replicas are laid out pool after pool: each one's pool, and each pool pair's link
+    for role, reps_of_role in (("prefill", prefill), ("decode", decode)):
+        sizes = [pool.replicas for pool in topology.pools(role)]
+        owner = [k for k, size in enumerate(sizes) for _ in range(size)]
+        for rep, k in zip(reps_of_role, owner, strict=True):
+            rec.pool_of[rep.idx] = (role, k)
+    pair_link: dict[tuple[int, int], KVLink] = {}
+    for pl in topology.pair_links:
+        pair_link[(pl.prefill, pl.decode)] = own = KVLink(pl.spec)
+        rec.links.append(own)
+    pool_of = rec.pool_of
     kv_bytes = topology.prefill.model.kv_bytes_per_token
     layers = topology.prefill.model.num_layers
     pre_cap = min(r.kv.capacity for r in prefill)
@@ -179,7 +197,8 @@ def run_disaggregated(
         assert best.kv.receive(blocks)
         best.outstanding += 1
         waited = now > t_ready
-        start, _, landed = link.reserve(now, req.computed * kv_bytes, layers, None if waited else req.first_sched)
+        on = pair_link.get((pool_of[pre.idx][1], pool_of[best.idx][1]), link) if pair_link else link
+        start, _, landed = on.reserve(now, req.computed * kv_bytes, layers, None if waited else req.first_sched)
         j = req.idx
         rec.decode_replica[j] = best.idx
         rec.transfer_start[j] = start

@@ -505,13 +505,21 @@ def flag_of(location: str) -> str:
     )
 
 
+_POOL_ITEM = re.compile(r"(prefill_pools|decode_pools|pair_links)\[(\d+)\]")
+_POOL_LISTS = {"prefill_pools": "prefill", "decode_pools": "decode", "pair_links": "links"}
+
+
 def experiment_path(location: str) -> tuple:
     """An engine error's location as the path of the experiment field that sets it."""
     m = _GROUP.fullmatch(location)
     if m:
         return ("serving", "replica_groups", int(m.group(1)), m.group(2))
     if location.startswith("disaggregation."):
-        return ("serving", *location.split("/")[0].split("."))
+        path: list = ["serving"]
+        for part in location.split("/")[0].split("."):
+            m = _POOL_ITEM.fullmatch(part)  # decode_pools[1] -> decode, 1; pair_links[0] -> links, 0
+            path += [_POOL_LISTS[m.group(1)], int(m.group(2))] if m else [part]
+        return tuple(path)
     first = location.split("/")[0]
     knob = BY_FIELD.get(first)
     if knob is not None and knob.path is not None:

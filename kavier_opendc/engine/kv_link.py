@@ -42,6 +42,13 @@ from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
 
 TRANSFER_MODES = ("whole", "layerwise")
 
+# Energy per byte of KV moved over an RDMA link when none is declared. Derived, and a lower bound: the only
+# figure found in the vendor's pages is the optics, 17 W for a twin-port 2 x 400 Gb/s OSFP transceiver
+# (docs.nvidia.com/networking/display/800GMMS4X00NS/Overview), i.e. 17 W / 100 GB/s = 1.7e-10 J/byte per
+# transceiver; a transfer crosses two (sender's and receiver's side), so 3.4e-10 J/byte. The NICs' ASICs and
+# the switch are left out (no datasheet figure was at hand); declare ``energy_j_per_byte`` to include them.
+DEFAULT_LINK_J_PER_BYTE = 2 * 17.0 / 100e9
+
 
 @dataclass(frozen=True)
 class Pool:
@@ -52,6 +59,9 @@ class Pool:
     replicas: int = 1
     tp: int = 1
     num_kv_blocks: int | None = None  # overrides the memory-derived KV capacity of each replica
+    name: str | None = None  # None: "prefill"/"decode" for a role's only pool, else "<role>-<k>"
+    max_num_seqs: int | None = None  # this pool's batching (None: the cluster's, i.e. SimConfig's / framework's)
+    max_batched_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,19 +72,57 @@ class LinkSpec:
     latency_s: float = 1e-5  # propagation, s (does not occupy the link)
     setup_s: float = 0.0  # per transfer, s (occupies the link)
     mode: str = "whole"  # whole | layerwise
+    energy_j_per_byte: float | None = None  # None: DEFAULT_LINK_J_PER_BYTE
 
     @property
     def bytes_per_s(self) -> float:
         return self.gbs * 1e9
 
+    @property
+    def j_per_byte(self) -> float:
+        return DEFAULT_LINK_J_PER_BYTE if self.energy_j_per_byte is None else self.energy_j_per_byte
+
+
+@dataclass(frozen=True)
+class PairLink:
+    """A link of its own between prefill pool ``prefill`` and decode pool ``decode`` (indexes in their role)."""
+
+    prefill: int
+    decode: int
+    spec: LinkSpec
+
 
 @dataclass(frozen=True)
 class Disaggregation:
-    """A disaggregated topology: prefill pool, decode pool, the link between them."""
+    """A disaggregated topology: prefill pools, decode pools, the links between them.
+
+    ``prefill``/``decode`` are each role's first pool; ``more_prefill``/``more_decode`` the others (Splitwise's
+    heterogeneous clusters). A (prefill pool, decode pool) pair listed in ``pair_links`` has a link of its own;
+    every other pair shares ``link``, one FIFO for all their transfers."""
 
     prefill: Pool
     decode: Pool
     link: LinkSpec = LinkSpec()
+    more_prefill: tuple[Pool, ...] = ()
+    more_decode: tuple[Pool, ...] = ()
+    pair_links: tuple[PairLink, ...] = ()
+
+    @property
+    def prefill_pools(self) -> tuple[Pool, ...]:
+        return (self.prefill, *self.more_prefill)
+
+    @property
+    def decode_pools(self) -> tuple[Pool, ...]:
+        return (self.decode, *self.more_decode)
+
+    def pools(self, role: str) -> tuple[Pool, ...]:
+        return self.prefill_pools if role == "prefill" else self.decode_pools
+
+    def pool_name(self, role: str, k: int) -> str:
+        pool = self.pools(role)[k]
+        if pool.name:
+            return pool.name
+        return role if len(self.pools(role)) == 1 else f"{role}-{k}"
 
 
 class KVLink:

@@ -178,50 +178,119 @@ def simulated_energy(result) -> tuple[np.ndarray, dict]:
 
 
 def disaggregation_summary(result) -> dict:
-    """summary.json's ``disaggregation`` section: each pool, and the KV link."""
+    """summary.json's ``disaggregation`` section: each role (``prefill_pool``, ``decode_pool``: all its pools
+    together), each pool (``pools``), the shared KV link (``link``) and each pool pair's own (``links``)."""
     pd = result.extra["pd"]
     topo = result.config.topology()
     makespan = result.makespan_s
     reps = {rep.idx: rep for rep in result.replicas}
     served = pd.decode_replica
-    pools = {}
-    for role, pool, ids in (("prefill", topo.prefill, pd.prefill_ids), ("decode", topo.decode, pd.decode_ids)):
+    finished = result.results.status == FINISHED
+
+    def activity(ids: list[int], role: str) -> dict:
         busy = sum(reps[i].busy_time for i in ids)
         of_pool = pd.prefill_replica if role == "prefill" else served
-        done = (result.results.status == FINISHED) & np.isin(of_pool, ids)
-        pools[role] = {
-            "replicas": pool.replicas,
-            "gpu": pool.gpu.name,
-            "tp": pool.tp,
-            "replica_ids": list(ids),
-            "kv_capacity_blocks": reps[ids[0]].capacity,
+        return {
             "busy_fraction": busy / (len(ids) * makespan) if makespan > 0 else 0.0,
-            "requests": int(done.sum()),
+            "requests": int((finished & np.isin(of_pool, ids)).sum()),
         }
-    link = pd.link
+
+    roles = {}
+    pools = []
+    for role in ("prefill", "decode"):
+        ids_all = pd.prefill_ids if role == "prefill" else pd.decode_ids
+        of_role = topo.pools(role)
+        roles[role] = {
+            "replicas": sum(p.replicas for p in of_role),
+            "gpu": "+".join(dict.fromkeys(p.gpu.name for p in of_role)),
+            "tp": of_role[0].tp if len({p.tp for p in of_role}) == 1 else "+".join(str(p.tp) for p in of_role),
+            "replica_ids": list(ids_all),
+            "kv_capacity_blocks": min(reps[i].capacity for i in ids_all),
+            **activity(ids_all, role),
+        }
+        for k, pool in enumerate(of_role):
+            ids = [i for i in ids_all if pd.pool_of[i] == (role, k)]
+            tl_peak = max(reps[i].peak_used / reps[i].capacity if reps[i].capacity else 0.0 for i in ids)
+            pools.append(
+                {
+                    "name": topo.pool_name(role, k),
+                    "role": role,
+                    "index": k,
+                    "gpu": pool.gpu.name,
+                    "tp": pool.tp,
+                    "replicas": pool.replicas,
+                    "replica_ids": ids,
+                    "kv_capacity_blocks": reps[ids[0]].capacity,
+                    "kv_utilization_peak": float(tl_peak),
+                    "max_num_seqs": reps[ids[0]].max_num_seqs,
+                    "max_batched_tokens": reps[ids[0]].budget,
+                    "busy_s": float(sum(reps[i].busy_time for i in ids)),
+                    "gpu_utilization_mean": _activity_mean([reps[i] for i in ids]),
+                    **activity(ids, role),
+                }
+            )
     moved = np.isfinite(pd.transfer_end)
     times = pd.transfer_end[moved] - pd.transfer_start[moved]
     wait = pd.decode_wait[moved]
     # what the request waits for after its prefill (and any decode-admission wait): all of a whole transfer,
     # what is left of a layerwise one
     exposed = pd.transfer_end[moved] - result.results.first_token[moved] - wait
+    pairs = ["shared"] + [
+        f"{topo.pool_name('prefill', pl.prefill)}->{topo.pool_name('decode', pl.decode)}" for pl in topo.pair_links
+    ]
     return {
-        "prefill_pool": pools["prefill"],
-        "decode_pool": pools["decode"],
+        "prefill_pool": roles["prefill"],
+        "decode_pool": roles["decode"],
         "link": {
-            "gbs": link.spec.gbs,
-            "latency_s": link.spec.latency_s,
-            "setup_s": link.spec.setup_s,
-            "mode": link.spec.mode,
-            "policy": "fifo",
-            "transfers": link.transfers,
-            "bytes_moved": link.bytes_moved,
-            "busy_fraction": link.busy_s / makespan if makespan > 0 else 0.0,
+            **_link_stats(pd.link, makespan),
             "transfer_s_mean": float(times.mean()) if times.size else None,
             "transfer_s_p99": float(np.percentile(times, 99)) if times.size else None,
             "exposed_s_mean": float(exposed.mean()) if exposed.size else None,
         },
         "decode_wait_s": stats(wait),
+        "pools": pools,
+        "replica_pool": {str(i): topo.pool_name(*pd.pool_of[i]) for i in sorted(pd.pool_of)},
+        "links": [{"pair": name, **_link_stats(lk, makespan)} for name, lk in zip(pairs, pd.links, strict=True)],
+    }
+
+
+def _activity_mean(reps: list) -> float:
+    """The replicas' timeline activity (what OpenDC's power model gets), time-weighted, as the summary's
+    ``gpu_utilization_mean``."""
+    weighted = total = 0.0
+    for rep in reps:
+        d = np.asarray(rep.timeline.end) - np.asarray(rep.timeline.start)
+        weighted += float(np.dot(d, np.asarray(rep.timeline.util))) if d.size else 0.0
+        total += float(d.sum())
+    return weighted / total if total > 0 else 0.0
+
+
+def _link_stats(link, makespan: float) -> dict:
+    """One KV link's settings and traffic (summary.json's ``disaggregation.link`` and ``links``)."""
+    return {
+        "gbs": link.spec.gbs,
+        "latency_s": link.spec.latency_s,
+        "setup_s": link.spec.setup_s,
+        "mode": link.spec.mode,
+        "policy": "fifo",
+        "transfers": link.transfers,
+        "bytes_moved": link.bytes_moved,
+        "busy_fraction": link.busy_s / makespan if makespan > 0 else 0.0,
+        "energy_j_per_byte": link.spec.j_per_byte,
+        "energy_j": link.bytes_moved * link.spec.j_per_byte,
+    }
+
+
+def kv_transfer_summary(result) -> dict:
+    """summary.json's ``kv_transfer``: the energy of moving KV caches, over every link. Not in the GPUs' energy
+    (nor in OpenDC's: it has no network power model here)."""
+    links = result.extra["pd"].links
+    return {
+        "energy_j": float(sum(lk.bytes_moved * lk.spec.j_per_byte for lk in links)),
+        "bytes_moved": float(sum(lk.bytes_moved for lk in links)),
+        "transfers": int(sum(lk.transfers for lk in links)),
+        "energy_source": "bytes moved x energy_j_per_byte of each link (default derived from the optics' power, "
+        "see engine/kv_link.py DEFAULT_LINK_J_PER_BYTE)",
     }
 
 
@@ -431,6 +500,7 @@ def summary_dict(result) -> dict:
             else {}
         ),
         **({"disaggregation": disaggregation_summary(result)} if "pd" in result.extra else {}),
+        **({"kv_transfer": kv_transfer_summary(result)} if "pd" in result.extra else {}),
         "engine": {
             "version": __version__,
             "iterations": int(sum(rep.iterations for rep in result.replicas)),

@@ -147,8 +147,12 @@ class SimConfig:
         its pools' models in the served precisions (:meth:`served_model`)."""
         if self.disaggregation is not None:
             d = self.disaggregation
-            pre, dec = (dataclasses.replace(p, model=self.served_model(p.model)) for p in (d.prefill, d.decode))
-            return dataclasses.replace(d, prefill=pre, decode=dec)
+
+            def served(pools: tuple[Pool, ...]) -> tuple[Pool, ...]:
+                return tuple(dataclasses.replace(p, model=self.served_model(p.model)) for p in pools)
+
+            pre, dec = served(d.prefill_pools), served(d.decode_pools)
+            return dataclasses.replace(d, prefill=pre[0], decode=dec[0], more_prefill=pre[1:], more_decode=dec[1:])
         if self.prefill_replicas is None or self.decode_replicas is None:
             return None
         link = LinkSpec(self.kv_link_gbs, self.kv_link_latency_s, self.kv_link_setup_s, self.kv_transfer_mode)
@@ -174,7 +178,7 @@ class SimConfig:
             return [dataclasses.replace(g, model=self.served_model(g.model)) for g in self.groups]
         topo = self.topology()
         if topo is not None:
-            return [ReplicaGroup(p.model, p.gpu, p.replicas, p.tp) for p in (topo.prefill, topo.decode)]
+            return [ReplicaGroup(p.model, p.gpu, p.replicas, p.tp) for p in (*topo.prefill_pools, *topo.decode_pools)]
         return [ReplicaGroup(self.served_model(self.model), self.gpu, self.replicas, self.tp)]
 
     def normalised(self) -> SimConfig:
@@ -375,14 +379,16 @@ class SimConfig:
                 location="groups",
                 expected="no groups with --prefill-replicas/--decode-replicas",
             )
-        for role, pool in (("prefill", topo.prefill), ("decode", topo.decode)):
+        for role, k, pool in [(r, k, p) for r in ("prefill", "decode") for k, p in enumerate(topo.pools(r))]:
 
-            def where(name: str, role=role) -> str:
+            def where(name: str, role=role, k=k) -> str:
+                if len(topo.pools(role)) > 1:
+                    return f"disaggregation.{role}_pools[{k}].{name}"
                 return f"disaggregation.{role}.{name}" if given else f"{role}_{name}"
 
             if not isinstance(pool.gpu, GPUSpec):
                 raise KavierInputError(
-                    f"the {role} pool's GPU must be a catalogue GPU, got {pool.gpu!r}",
+                    f"the {role} pool's GPU must be a catalogue GPU, got {pool.gpu!r}",  # noqa: B023
                     location=where("gpu"),
                     expected="a GPUSpec, e.g. default_catalog().gpu(name)",
                 )
@@ -393,6 +399,11 @@ class SimConfig:
                     location=where("model"),
                     expected=self.model.name,
                 )
+            for name in ("max_num_seqs", "max_batched_tokens"):
+                value = getattr(pool, name)
+                problem = knobs.BY_FIELD[name].problem(value) if value is not None else None
+                if problem:
+                    raise KavierInputError(problem, location=where(name), expected=knobs.BY_FIELD[name].expected)
             for name, value, limit in (("replicas", pool.replicas, limits.REPLICAS), ("tp", pool.tp, limits.TP)):
                 if value < 1 or limits.check(name, value, limit):
                     raise KavierInputError(
@@ -407,23 +418,7 @@ class SimConfig:
                     location=where("tp"),
                     expected="a TP degree that divides the number of attention heads",
                 )
-        link = topo.link
-        lwhere = (lambda name: f"disaggregation.link.{name}") if given else (lambda name: f"kv_link_{name}")
-        if not (math.isfinite(link.gbs) and link.gbs > 0):
-            raise KavierInputError(
-                f"the KV link's bandwidth must be a positive number of GB/s, got {link.gbs:g}",
-                location=lwhere("gbs"),
-                expected="a number > 0",
-            )
-        for name, seconds in (("latency_s", link.latency_s), ("setup_s", link.setup_s)):
-            if not (math.isfinite(seconds) and seconds >= 0):
-                raise KavierInputError(f"invalid value {seconds!r}", location=lwhere(name), expected="a number >= 0")
-        if link.mode not in TRANSFER_MODES:
-            raise KavierInputError(
-                f"unknown KV transfer mode {link.mode!r}",
-                location="disaggregation.link.mode" if given else "kv_transfer_mode",
-                expected="one of " + ", ".join(TRANSFER_MODES),
-            )
+        self._check_links(topo, given)
         if self.framework_profile().policy != "vllm-v1":
             raise KavierInputError(
                 "disaggregated serving is modelled with vLLM v1's scheduler only",
@@ -434,9 +429,64 @@ class SimConfig:
             raise KavierInputError(
                 "disaggregated serving moves the KV cache: it needs one", location="kv_cache", expected="on"
             )
-        total = topo.prefill.replicas * topo.prefill.tp + topo.decode.replicas * topo.decode.tp
+        total = sum(p.replicas * p.tp for p in (*topo.prefill_pools, *topo.decode_pools))
         if limits.check("replicas/tp", total, limits.GPUS):
             raise KavierInputError(limits.GPUS.above(total), location="prefill_replicas/decode_replicas")
+
+    @staticmethod
+    def _check_links(topo: Disaggregation, given: bool) -> None:
+        """The shared link and each pool pair's own: bytes carried, times and energy finite, known pairs."""
+        seen: set[tuple[int, int]] = set()
+        for j, pl in enumerate(topo.pair_links):
+            pair = (pl.prefill, pl.decode)
+            n_pre, n_dec = len(topo.prefill_pools), len(topo.decode_pools)
+            if not (0 <= pl.prefill < n_pre and 0 <= pl.decode < n_dec):
+                raise KavierInputError(
+                    f"a link for the pair (prefill pool {pl.prefill}, decode pool {pl.decode}), which does not "
+                    f"exist: there are {n_pre} prefill and {n_dec} decode pools",
+                    location=f"disaggregation.pair_links[{j}]",
+                    expected=f"prefill pool 0..{n_pre - 1} and decode pool 0..{n_dec - 1}",
+                )
+            if pair in seen:
+                raise KavierInputError(
+                    f"the pair (prefill pool {pl.prefill}, decode pool {pl.decode}) has two links",
+                    location=f"disaggregation.pair_links[{j}]",
+                    expected="one link per pair",
+                )
+            seen.add(pair)
+        specs: list[tuple[LinkSpec, int | None]] = [(topo.link, None)]
+        specs += [(pl.spec, k) for k, pl in enumerate(topo.pair_links)]
+        for link, at in specs:
+
+            def lwhere(name: str, at=at) -> str:
+                if at is not None:
+                    return f"disaggregation.pair_links[{at}].{name}"
+                if name == "mode" and not given:
+                    return "kv_transfer_mode"
+                return f"disaggregation.link.{name}" if given else f"kv_link_{name}"
+
+            if not (math.isfinite(link.gbs) and link.gbs > 0):
+                raise KavierInputError(
+                    f"the KV link's bandwidth must be a positive number of GB/s, got {link.gbs:g}",
+                    location=lwhere("gbs"),
+                    expected="a number > 0",
+                )
+            for name, seconds in (("latency_s", link.latency_s), ("setup_s", link.setup_s)):
+                if not (math.isfinite(seconds) and seconds >= 0):
+                    raise KavierInputError(
+                        f"invalid value {seconds!r}", location=lwhere(name), expected="a number >= 0"
+                    )
+            e = link.energy_j_per_byte
+            if e is not None and not (math.isfinite(e) and e >= 0):
+                raise KavierInputError(
+                    f"invalid energy per byte {e!r}", location=lwhere("energy_j_per_byte"), expected="a number >= 0"
+                )
+            if link.mode not in TRANSFER_MODES:
+                raise KavierInputError(
+                    f"unknown KV transfer mode {link.mode!r}",
+                    location=lwhere("mode"),
+                    expected="one of " + ", ".join(TRANSFER_MODES),
+                )
 
     def framework_profile(self) -> FrameworkProfile:
         """The framework in force (``framework`` is a built-in's name, or a profile being calibrated), with
@@ -744,10 +794,17 @@ def _simulate_disaggregated(
     given = cfg.disaggregation is not None
     pools: dict[str, list] = {"prefill": [], "decode": []}
     idx = 0
-    for role, pool, cls in (("prefill", topo.prefill, PrefillReplica), ("decode", topo.decode, DecodeReplica)):
+    for role, k, pool, cls in [
+        (r, k, p, c)
+        for r, c in (("prefill", PrefillReplica), ("decode", DecodeReplica))
+        for k, p in enumerate(topo.pools(r))
+    ]:
+        several = len(topo.pools(role)) > 1
         group = ReplicaGroup(pool.model, pool.gpu, pool.replicas, pool.tp)
         cm = CostModel(pool.model, pool.gpu, pool.tp, cfg.efficiency, framework=fw)
         max_tokens, max_seqs = cfg.batch_limits(group, usage)
+        max_tokens = pool.max_batched_tokens if pool.max_batched_tokens is not None else max_tokens
+        max_seqs = pool.max_num_seqs if pool.max_num_seqs is not None else max_seqs
         cap = (
             pool.num_kv_blocks
             if pool.num_kv_blocks is not None
@@ -756,7 +813,9 @@ def _simulate_disaggregated(
         longest = min(cfg.max_model_len or pool.model.max_context, max_len)
         if cap < blocks_for(longest):
             where = (
-                "num_kv_blocks"
+                f"disaggregation.{role}_pools[{k}].{'num_kv_blocks' if pool.num_kv_blocks is not None else 'gpu'}"
+                if several
+                else "num_kv_blocks"
                 if pool.num_kv_blocks is not None and not given
                 else f"disaggregation.{role}.num_kv_blocks"
                 if pool.num_kv_blocks is not None

@@ -97,23 +97,51 @@ def sim_config(serving: Serving, groups: list, seed: int, catalog) -> SimConfig:
 
 
 def _topology(spec: dict, groups: list):
-    """The engine's disaggregated topology from ``serving.disaggregation`` and its pools' groups (prefill, decode)."""
-    from kavier_opendc.engine.kv_link import Disaggregation, LinkSpec, Pool
+    """The engine's disaggregated topology from ``serving.disaggregation`` and its pools' groups (prefill pools,
+    then decode pools, in the file's order)."""
+    from kavier_opendc.engine.kv_link import Disaggregation, LinkSpec, PairLink, Pool
 
-    pools = {g.name: g for g in groups}
-    built = [
-        Pool(pools[role].model, pools[role].gpu, pools[role].replicas, pools[role].tp, spec[role].get("num_kv_blocks"))
-        for role in ("prefill", "decode")
-    ]
-    link = spec.get("link") or {}
     defaults = LinkSpec()
+
+    def link_of(d: dict, mode: str) -> LinkSpec:
+        return LinkSpec(
+            d.get("gbs", defaults.gbs),
+            d.get("latency_s", defaults.latency_s),
+            d.get("setup_s", defaults.setup_s),
+            mode,
+            d.get("energy_j_per_byte"),
+        )
+
+    built: dict[str, list] = {}
+    at = 0
+    for role in ("prefill", "decode"):
+        given = spec[role]
+        of_role = given if isinstance(given, list) else [given]
+        built[role] = []
+        for pool in of_role:
+            g = groups[at]
+            at += 1
+            name = pool.get("name") if isinstance(given, list) else None
+            built[role].append(
+                Pool(
+                    g.model,
+                    g.gpu,
+                    g.replicas,
+                    g.tp,
+                    pool.get("num_kv_blocks"),
+                    name or None,
+                    pool.get("max_num_seqs"),
+                    pool.get("max_batched_tokens"),
+                )
+            )
+    link = spec.get("link") or {}
+    mode = link.get("mode", defaults.mode)
+    pairs = tuple(PairLink(int(x["prefill"]), int(x["decode"]), link_of(x, mode)) for x in spec.get("links") or [])
     return Disaggregation(
-        built[0],
-        built[1],
-        LinkSpec(
-            link.get("gbs", defaults.gbs),
-            link.get("latency_s", defaults.latency_s),
-            link.get("setup_s", defaults.setup_s),
-            link.get("mode", defaults.mode),
-        ),
+        built["prefill"][0],
+        built["decode"][0],
+        link_of(link, mode),
+        tuple(built["prefill"][1:]),
+        tuple(built["decode"][1:]),
+        pairs,
     )

@@ -646,8 +646,9 @@ def _groups(data: dict, serving: dict, cat, problems: list[Problem]) -> list[Gro
 
 
 def _pool_groups(data: dict, serving: dict, cat, problems: list[Problem]) -> list[GroupSpec]:
-    """A disaggregated cluster's pools as replica groups named prefill and decode (the datacenter, costs and
-    the OpenDC export see each pool's GPUs); the engine gets the topology itself (engine_config)."""
+    """A disaggregated cluster's pools as replica groups, prefill pools then decode pools, named by their pools
+    (prefill and decode for a role's only pool; the datacenter, costs and the OpenDC export see each pool's
+    GPUs); the engine gets the topology itself (engine_config)."""
     for key in ("replicas", "tp", "replica_groups"):
         if key in serving:
             problems.append(
@@ -657,26 +658,44 @@ def _pool_groups(data: dict, serving: dict, cat, problems: list[Problem]) -> lis
         problems.append((("model",), "required field is missing"))
     m = _lookup(cat, "model", data.get("model"), ("model",), problems)
     groups: list[GroupSpec] = []
+    wanted = 0
+    names: set[str] = set()
     for role in ("prefill", "decode"):
-        pool = serving["disaggregation"].get(role)
-        if not isinstance(pool, dict):
-            continue  # the schema has reported it
-        path = ("serving", "disaggregation", role)
-        gname = pool.get("gpu", data.get("gpu"))
-        if gname is None:
-            problems.append((path + ("gpu",), "required field is missing (no top-level gpu either)"))
-        gp = _lookup(cat, "gpu", gname, path + ("gpu",) if "gpu" in pool else ("gpu",), problems)
-        reps, tp = pool.get("replicas", 1), pool.get("tp", 1)
-        if (
-            m is not None
-            and gp is not None
-            and isinstance(reps, int)
-            and isinstance(tp, int)
-            and not isinstance(reps, bool)
-            and not isinstance(tp, bool)
-        ):
-            groups.append(GroupSpec(m, gp, reps, tp, role, {}, json_path(path)))
-    return groups if len(groups) == 2 else []  # both pools or none: the other checks need the topology whole
+        given = serving["disaggregation"].get(role)
+        listed = isinstance(given, list)
+        of_role = given if listed else [given]
+        wanted += len(of_role)
+        for k, pool in enumerate(of_role):
+            if not isinstance(pool, dict):
+                continue  # the schema has reported it
+            path: tuple = ("serving", "disaggregation", role, k) if listed else ("serving", "disaggregation", role)
+            name = pool.get("name") or (role if len(of_role) == 1 else f"{role}-{k}")
+            if name in names:
+                problems.append((path + ("name",), f"the pool name {name!r} is used twice"))
+            names.add(str(name))
+            group = _pool_group(data, pool, path, str(name), m, cat, problems)
+            if group is not None:
+                groups.append(group)
+    return groups if len(groups) == wanted else []  # all pools or none: the other checks need the topology whole
+
+
+def _pool_group(data: dict, pool: dict, path: tuple, name: str, m, cat, problems: list[Problem]):
+    """One pool of ``serving.disaggregation`` as a replica group named ``name`` (None: a problem reported)."""
+    gname = pool.get("gpu", data.get("gpu"))
+    if gname is None:
+        problems.append((path + ("gpu",), "required field is missing (no top-level gpu either)"))
+    gp = _lookup(cat, "gpu", gname, path + ("gpu",) if "gpu" in pool else ("gpu",), problems)
+    reps, tp = pool.get("replicas", 1), pool.get("tp", 1)
+    if (
+        m is not None
+        and gp is not None
+        and isinstance(reps, int)
+        and isinstance(tp, int)
+        and not isinstance(reps, bool)
+        and not isinstance(tp, bool)
+    ):
+        return GroupSpec(m, gp, reps, tp, name, {}, json_path(path))
+    return None
 
 
 def _trace(tv: Any, base: Path, problems: list[Problem], inputs: list) -> TraceSource:

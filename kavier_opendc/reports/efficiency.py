@@ -362,27 +362,27 @@ def pool_energy(
     that ran tasks of both pools cannot be split between them without a per-GPU placement OpenDC does not
     report: such a pool's energy is None, with the shared hosts named (never an invented share).
     """
-    replica_pool = {
-        r: role
-        for role in ("prefill", "decode")
-        for r in (disaggregation.get(f"{role}_pool") or {}).get("replica_ids", [])
-    }
-    hosts_of: dict[str, set] = {"prefill": set(), "decode": set()}
+    # each pool (summary's ``pools``; a summary without them: one pool per role, named by its role)
+    pools = disaggregation.get("pools") or [
+        {"name": role, **(disaggregation.get(f"{role}_pool") or {})} for role in ("prefill", "decode")
+    ]
+    replica_pool = {r: p["name"] for p in pools for r in p.get("replica_ids", [])}
+    hosts_of: dict[str, set] = {p["name"]: set() for p in pools}
     for t in task_map:
-        role = replica_pool.get(t.get("replica"))
+        name = replica_pool.get(t.get("replica"))
         host = task_hosts.get(str(t.get("task_id")))
-        if role is not None and host is not None:
-            hosts_of[role].add(host)
+        if name is not None and host is not None:
+            hosts_of[name].add(host)
     energy = {h["host_name"]: h for h in per_host}
-    shared = hosts_of["prefill"] & hosts_of["decode"]
     out = []
-    for role in ("prefill", "decode"):
-        pool = disaggregation.get(f"{role}_pool") or {}
-        hosts = sorted(hosts_of[role])
-        exclusive = not (shared & hosts_of[role]) and all(h in energy for h in hosts) and hosts
+    for pool in pools:
+        mine = hosts_of[pool["name"]]
+        shared = {h for other, hs in hosts_of.items() if other != pool["name"] for h in hs} & mine
+        hosts = sorted(mine)
+        exclusive = not shared and all(h in energy for h in hosts) and hosts
         out.append(
             {
-                "pool": role,
+                "pool": pool["name"],
                 "gpu": pool.get("gpu"),
                 "replicas": pool.get("replicas"),
                 "tp": pool.get("tp"),
@@ -390,7 +390,7 @@ def pool_energy(
                 "hosts": hosts,
                 "energy_wh": sum(energy[h]["energy_wh"] for h in hosts) if exclusive else None,
                 "gpu_energy_wh": sum(energy[h].get("gpu_energy_wh") or 0.0 for h in hosts) if exclusive else None,
-                "shared_hosts": sorted(shared & hosts_of[role]),
+                "shared_hosts": sorted(shared),
             }
         )
     return out

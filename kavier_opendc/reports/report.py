@@ -220,8 +220,9 @@ def _pools(report: Mapping[str, Any]) -> list[str]:
         "| pool | replicas x TP x GPU | busy | requests | energy (Wh) | GPU energy (Wh) | hosts |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
-    for role in ("prefill", "decode"):
-        p, e = dis.get(f"{role}_pool") or {}, per_pool.get(role) or {}
+    pools = dis.get("pools") or [{"name": role, **(dis.get(f"{role}_pool") or {})} for role in ("prefill", "decode")]
+    for p in pools:
+        role, e = p["name"], per_pool.get(p["name"]) or {}
         energy = (
             fmt(e["energy_wh"])
             if e.get("energy_wh") is not None
@@ -263,6 +264,10 @@ def _sustainability(report: Mapping[str, Any]) -> list[str]:
         add("| metric | value |")
         add("|---|---:|")
         add(f"| energy, all hosts | {fmt(sus['energy_wh'])} Wh |")
+        kv = sus.get("kv_transfer")
+        if kv:  # disaggregated runs: the KV links' energy, beside OpenDC's (which has no network model)
+            add(f"| KV transfers over the links (engine, not OpenDC) | {fmt(kv['energy_wh'])} Wh |")
+            add(f"| energy, hosts and KV transfers | {fmt(sus['energy_wh_with_kv_transfer'])} Wh |")
         for k, label in (
             ("gpu_energy_wh", "of which GPUs"),
             ("cpu_energy_wh", "of which CPUs"),
