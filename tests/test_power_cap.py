@@ -205,3 +205,10 @@ def test_kavier_run_with_a_cap_lowers_energy_and_peak_power(tmp_path):
         out[name] = json.loads((tmp_path / name / "out" / "report.json").read_text())["sustainability"]
     assert out["capped"]["energy_wh"] < out["full"]["energy_wh"]
     assert out["capped"]["peak_power_w"] < out["full"]["peak_power_w"]
+
+
+def test_experiment_with_a_cap_above_the_tdp_names_the_field(tmp_path):
+    p = tiny_experiment(tmp_path, serving={"replicas": 2, "power_cap_w": 500})  # A100-80GB: TDP 400 W
+    r = cli("validate", p)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "serving.power_cap_w" in r.stderr and "100 <= W <= 400" in r.stderr

@@ -93,13 +93,13 @@ def check_knob(knob: ClockKnob, gpu: GPUSpec, cap_field: str = "power_cap_w") ->
             raise KavierInputError(
                 f"the catalogue has no minimum power limit for {gpu.name}, so a power cap cannot be checked",
                 location=cap_field,
-                expected="a GPU with extra.min_power_limit_w in its catalogue entry (A100, H100-SXM, H200)",
+                expected="a GPU with extra.min_power_limit_w in its catalogue entry: A100, H100-SXM, H200",
             )
         if not lo_w <= cap <= gpu.max_power_w:
             raise KavierInputError(
                 f"power cap {cap:g} W is outside what {gpu.name} accepts",
                 location=cap_field,
-                expected=f"{lo_w:g} <= W <= {gpu.max_power_w:g} (its minimum power limit and TDP)",
+                expected=f"{lo_w:g} <= W <= {gpu.max_power_w:g}: its minimum power limit and TDP",
             )
         if cap <= gpu.idle_power_w:
             raise KavierInputError(
@@ -113,13 +113,13 @@ def check_knob(knob: ClockKnob, gpu: GPUSpec, cap_field: str = "power_cap_w") ->
             raise KavierInputError(
                 f"the catalogue has no minimum SM clock for {gpu.name}, so a clock cannot be checked",
                 location="sm_clock_mhz",
-                expected="a GPU with extra.min_clock_mhz in its catalogue entry (A100, H100-SXM, H200)",
+                expected="a GPU with extra.min_clock_mhz in its catalogue entry: A100, H100-SXM, H200",
             )
         if not lo_f <= f <= gpu.boost_clock_mhz:
             raise KavierInputError(
                 f"SM clock {f:g} MHz is outside what {gpu.name} runs at",
                 location="sm_clock_mhz",
-                expected=f"{lo_f:g} <= MHz <= {gpu.boost_clock_mhz:g} (its minimum and boost clocks)",
+                expected=f"{lo_f:g} <= MHz <= {gpu.boost_clock_mhz:g}: its minimum and boost clocks",
             )
 
 

@@ -28,7 +28,7 @@ from kavier_opendc.base import limits
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.progress import Progress
 from kavier_opendc.engine import knobs
-from kavier_opendc.engine.clock import ClockKnob
+from kavier_opendc.engine.clock import ClockKnob, check_knob
 from kavier_opendc.engine.closed_loop import ClientPool, ClosedLoopResults
 from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, Efficiency, make_cost_model
 from kavier_opendc.engine.disaggregated import DecodeReplica, PrefillReplica, run_disaggregated
@@ -244,6 +244,19 @@ class SimConfig:
         cfg._check_framework()
         cfg._check_precision()
         cfg._check_moe_parallel()
+        cfg._check_clock()
+
+    def _check_clock(self) -> None:
+        """Power caps and SM clocks the GPUs cannot set (engine/clock.py), per group or pool."""
+        topo = self.topology()
+        if topo is not None:
+            for role, pool in (("prefill", topo.prefill), ("decode", topo.decode)):
+                check_knob(self.clock_knob(role), pool.gpu, self.cap_field(role))
+            return
+        for g in self.replica_groups():
+            knob = self.clock_knob()
+            if knob.active:
+                check_knob(knob, g.gpu, self.cap_field())
 
     def _check_moe_parallel(self) -> None:
         """Expert and attention data parallelism: MoE models only, and the GPUs must split evenly.
