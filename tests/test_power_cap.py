@@ -212,3 +212,20 @@ def test_experiment_with_a_cap_above_the_tdp_names_the_field(tmp_path):
     r = cli("validate", p)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "serving.power_cap_w" in r.stderr and "100 <= W <= 400" in r.stderr
+
+
+def test_disaggregated_pools_take_their_own_caps(tmp_path):
+    trace = tmp_path / "t.csv"
+    pd.DataFrame({"arrival_time_s": np.arange(40) * 0.05, "num_input_tokens": 1500, "num_output_tokens": 30}).to_csv(
+        trace, index=False
+    )
+    common = ("simulate", "--model", "llama-3-8b", "--gpu", "h100-sxm", "--trace", trace)
+    common += ("--prefill-replicas", "1", "--decode-replicas", "1")
+    a = cli(*common, "--out", tmp_path / "a")
+    b = cli(*common, "--out", tmp_path / "b", "--prefill-power-cap-w", "300")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    sa, sb = (json.loads((tmp_path / x / "summary.json").read_text()) for x in ("a", "b"))
+    assert sb["ttft_s"]["p50"] > 1.5 * sa["ttft_s"]["p50"]  # the capped prefill pool is the bottleneck
+    assert sb["tpot_s"]["p50"] == pytest.approx(sa["tpot_s"]["p50"], rel=0.05)  # the decode pool is not capped
+    bad = cli(*common, "--out", tmp_path / "c", "--decode-power-cap-w", "150")
+    assert bad.returncode == 2 and "--decode-power-cap-w" in bad.stderr and "200 <= W <= 700" in bad.stderr
