@@ -60,6 +60,7 @@ import dataclasses
 import math
 
 from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.engine.clock import ClockKnob, check_knob, clock_ladder, power_scale
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE
 from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
 from kavier_opendc.specs.frameworks import FrameworkProfile
@@ -95,9 +96,11 @@ class CostModel:
         tp: int = 1,
         efficiency: GPUProfile | None = DEFAULT_EFFICIENCY,
         framework: FrameworkProfile | None = None,
+        clock_ratio: float = 1.0,
     ):
         """``framework`` (default: vLLM v1, whose step overhead is the GPU profile's) sets the CPU time per
-        step and the all-reduce implementation."""
+        step and the all-reduce implementation; ``clock_ratio`` (SM clock / boost clock, engine/clock.py)
+        scales the compute peaks and the activity's power."""
         if tp < 1:
             raise KavierInputError(f"tensor parallelism must be >= 1, got {tp}", location="tp")
         dp = model.attn_dp if model.attn_dp > 1 else 1
@@ -124,8 +127,20 @@ class CostModel:
                 profile, overhead_fixed_s=overhead.fixed_s, overhead_per_seq_s=overhead.per_seq_s
             )
         self.overhead = overhead
+        self.clock_ratio = clock_ratio
+        self.clocked = clock_ratio != 1.0
+        self._power_scale = power_scale(clock_ratio) if self.clocked else 1.0
+        timed_gpu = gpu
+        if self.clocked:  # the SMs compute at r x the datasheet peaks; the HBM keeps its clock
+            timed_gpu = dataclasses.replace(
+                gpu,
+                peak_fp16_tflops=gpu.peak_fp16_tflops * clock_ratio,
+                peak_fp8_tflops=gpu.peak_fp8_tflops * clock_ratio if gpu.peak_fp8_tflops else gpu.peak_fp8_tflops,
+                peak_fp4_tflops=gpu.peak_fp4_tflops * clock_ratio if gpu.peak_fp4_tflops else gpu.peak_fp4_tflops,
+                peak_int8_tops=gpu.peak_int8_tops * clock_ratio if gpu.peak_int8_tops else gpu.peak_int8_tops,
+            )
         self.timer = timer = IterationTimer(
-            model, gpu, tp, timed, vllm_allreduce=framework is None or framework.allreduce == "vllm-custom"
+            model, timed_gpu, tp, timed, vllm_allreduce=framework is None or framework.allreduce == "vllm-custom"
         )
         a = timer.attn_tp  # GPUs holding one token's KV (the TP group, or one attention-DP rank)
         self.kv_bytes_per_token_gpu = model.kv_bytes_per_token_gpu(a)
@@ -240,7 +255,8 @@ class CostModel:
         if duration <= 0.0:
             return 0.0
         u = (self._u_flop * flops + self._u_wbyte * weight_bytes + self._u_kvbyte * kv_bytes) / duration
-        return 1.0 if u > 1.0 else u
+        u = 1.0 if u > 1.0 else u
+        return u * self._power_scale if self.clocked else u
 
     def decode_run(self, d: int, ctx_sum: int) -> "DecodeRun":
         """Closed-form times of consecutive decode-only iterations.
@@ -250,6 +266,105 @@ class CostModel:
         and reads ``ctx_sum + d*(k-1)`` cached tokens.
         """
         return DecodeRun(self, d, ctx_sum)
+
+
+class CappedCostModel(CostModel):
+    """A cost model under a power cap: each iteration at the highest clock whose power fits (engine/clock.py).
+
+    Itself the full-clock model (attributes other code reads); the clocked
+    models of the ladder are built when first needed. The clock chosen for an
+    iteration is remembered by its work (FLOPs, weight and KV bytes, which do
+    not depend on the clock) for the activity the replica asks next.
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        gpu: GPUSpec,
+        power_cap_w: float,
+        tp: int = 1,
+        efficiency: GPUProfile | None = DEFAULT_EFFICIENCY,
+        framework: FrameworkProfile | None = None,
+    ):
+        super().__init__(model, gpu, tp, efficiency, framework)
+        self.clocked = True
+        self.power_cap_w = power_cap_w
+        self._args = (model, gpu, tp, efficiency, framework)
+        self._ladder = clock_ladder(gpu)
+        self._models: dict[int, CostModel] = {0: self}
+        self._chosen: dict[tuple[float, float, float], CostModel] = {}
+        # dynamic power budget as a fraction of (max - idle)
+        self._budget = (power_cap_w - gpu.idle_power_w) / (gpu.max_power_w - gpu.idle_power_w)
+
+    def level(self, i: int) -> CostModel:
+        m = self._models.get(i)
+        if m is None:
+            model, gpu, tp, eff, fw = self._args
+            m = self._models[i] = CostModel(model, gpu, tp, eff, fw, clock_ratio=self._ladder[i])
+        return m
+
+    def _solve(self, n_tokens: int, attn_pairs: float, kv_read_tokens: float, n_seqs: int | None) -> CostModel:
+        """The highest clock of the ladder at which this iteration's power fits the cap (bisection)."""
+
+        def fits(i: int) -> bool:
+            m = self.level(i)
+            t, f, wb, kvb = CostModel.iteration(m, n_tokens, attn_pairs, kv_read_tokens, n_seqs)
+            return CostModel.activity(m, t, f, wb, kvb) <= self._budget
+
+        if fits(0):
+            return self
+        lo, hi = 0, len(self._ladder) - 1  # fits(lo) is False; the lowest clock is taken if nothing fits
+        if not fits(hi):
+            return self.level(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                hi = mid
+            else:
+                lo = mid
+        return self.level(hi)
+
+    def iteration(
+        self, n_tokens: int, attn_pairs: float, kv_read_tokens: float, n_seqs: int | None = None
+    ) -> tuple[float, float, float, float]:
+        m = self._solve(n_tokens, attn_pairs, kv_read_tokens, n_seqs)
+        out = CostModel.iteration(m, n_tokens, attn_pairs, kv_read_tokens, n_seqs)
+        if len(self._chosen) > 100_000:
+            self._chosen.clear()
+        self._chosen[(out[1], out[2], out[3])] = m
+        return out
+
+    def activity(self, duration: float, flops: float, weight_bytes: float, kv_bytes: float) -> float:
+        m = self._chosen.get((flops, weight_bytes, kv_bytes), self)
+        return CostModel.activity(m, duration, flops, weight_bytes, kv_bytes)
+
+    def clock_of(self, n_tokens: int, attn_pairs: float, kv_read_tokens: float, n_seqs: int | None = None) -> float:
+        """The clock ratio this iteration runs at (tests, reports)."""
+        return self._solve(n_tokens, attn_pairs, kv_read_tokens, n_seqs).clock_ratio
+
+    def decode_run(self, d: int, ctx_sum: int) -> "DecodeRun":
+        """A closed-form decode run at the clock solved for its first iteration."""
+        m = self._solve(d, ctx_sum + d, ctx_sum, d)
+        return CostModel.decode_run(m, d, ctx_sum)
+
+
+def make_cost_model(
+    model: ModelSpec,
+    gpu: GPUSpec,
+    tp: int = 1,
+    efficiency: GPUProfile | None = DEFAULT_EFFICIENCY,
+    framework: FrameworkProfile | None = None,
+    knob: ClockKnob | None = None,
+    cap_field: str = "power_cap_w",
+) -> CostModel:
+    """The cost model of a GPU group under its clock knob (none: the plain model, unchanged)."""
+    if knob is None or not knob.active:
+        return CostModel(model, gpu, tp, efficiency, framework)
+    check_knob(knob, gpu, cap_field)
+    if knob.sm_clock_mhz is not None:
+        return CostModel(model, gpu, tp, efficiency, framework, clock_ratio=knob.sm_clock_mhz / gpu.boost_clock_mhz)
+    assert knob.power_cap_w is not None
+    return CappedCostModel(model, gpu, knob.power_cap_w, tp, efficiency, framework)
 
 
 class DecodeRun:

@@ -470,6 +470,45 @@ KNOBS: tuple[Knob, ...] = (
         limit=limits.DURATION_S,
         metavar="S",
     ),
+    # GPU power caps and SM clocks (engine/clock.py): one of the two per GPU group
+    _k(
+        "power_cap_w",
+        "float",
+        "--power-cap-w",
+        ("serving", "power_cap_w"),
+        "GPU power cap, W (nvidia-smi -pl): each iteration runs at the highest SM clock whose power fits; "
+        "between the GPU's minimum power limit and its TDP (default: none, the TDP)",
+        minimum=0.0,
+        metavar="W",
+    ),
+    _k(
+        "sm_clock_mhz",
+        "float",
+        "--sm-clock-mhz",
+        ("serving", "sm_clock_mhz"),
+        "locked SM clock, MHz (nvidia-smi -lgc): compute slows by boost/clock, memory time stays; between the "
+        "GPU's minimum and boost clocks (default: none, the boost clock)",
+        minimum=0.0,
+        metavar="MHZ",
+    ),
+    _k(
+        "prefill_power_cap_w",
+        "float",
+        "--prefill-power-cap-w",
+        None,
+        "disaggregated serving: power cap of the prefill pool's GPUs, W (default: --power-cap-w)",
+        minimum=0.0,
+        metavar="W",
+    ),
+    _k(
+        "decode_power_cap_w",
+        "float",
+        "--decode-power-cap-w",
+        None,
+        "disaggregated serving: power cap of the decode pool's GPUs, W (default: --power-cap-w)",
+        minimum=0.0,
+        metavar="W",
+    ),
     _k(
         "exact",
         "switch",

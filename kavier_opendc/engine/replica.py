@@ -98,6 +98,7 @@ class Replica(Scheduler):
         self._e_kvt = cm._u_kvbyte * cm.kv_bytes_per_token
         self._e_y = self._e_pair + self._e_kvt
         self._e_tp = float(cm.tp)
+        self.clocked = cm.clocked  # a power cap or SM clock: the activity is not the raw shares' sum
 
     # ------------------------------------------------------------ read-only views (reports, tests)
     @property
@@ -217,15 +218,15 @@ class Replica(Scheduler):
             flops, wbytes, kvbytes = run.totals(n)
             d = dec.D
             t0 = p.t0
-            u = self.cm.activity(t - t0, flops, wbytes, kvbytes)
+            u = run.cm.activity(t - t0, flops, wbytes, kvbytes)  # the run's own clock (engine/clock.py)
             if d:  # the run's busy time over its decoders, in closed form (engine/energy.py), inlined
                 dec = self.dec
                 x = self._e_lin + self._e_wb * p.run.wb / d
                 gsum = n * (dec.G - n) + n * (n + 1) * 0.5  # sum of G after each of the n iterations
-                if u < 1.0:  # uncapped: the raw shares sum to u x dt x tp (they are the activity's terms)
+                if u < 1.0 and not self.clocked:  # uncapped: the raw shares sum to u x dt x tp
                     s = self._e_tp
-                else:
-                    s = (t - t0) * self._e_tp / (n * d * x + self._e_y * (n * dec.ctx_off_sum + d * gsum))
+                else:  # scaled to the busy time u x dt x tp (u = 1 at the power limit; below it, clocked)
+                    s = u * (t - t0) * self._e_tp / (n * d * x + self._e_y * (n * dec.ctx_off_sum + d * gsum))
                 sy = s * self._e_y
                 dec.ex += s * n * x
                 dec.eg += sy * n
@@ -264,7 +265,7 @@ class Replica(Scheduler):
             t0 = p.t0
             u = self.cm.activity(t - t0, p.flops, p.weight_bytes, p.kv_bytes)
             advance = p.all_decoders or bool(skipped)
-            if u < 1.0 and self.kv_on:
+            if u < 1.0 and self.kv_on and not self.clocked:
                 # uncapped, the raw shares sum to the busy time u x dt exactly (they are the activity's own
                 # terms): scale tp, no second pass (the general case is _attribute_iteration)
                 tp = self._e_tp

@@ -28,8 +28,9 @@ from kavier_opendc.base import limits
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.progress import Progress
 from kavier_opendc.engine import knobs
+from kavier_opendc.engine.clock import ClockKnob, check_knob
 from kavier_opendc.engine.closed_loop import ClientPool, ClosedLoopResults
-from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, CostModel, Efficiency
+from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, Efficiency, make_cost_model
 from kavier_opendc.engine.disaggregated import DecodeReplica, PrefillReplica, run_disaggregated
 from kavier_opendc.engine.kv_link import TRANSFER_MODES, Disaggregation, LinkSpec, Pool
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
@@ -117,6 +118,11 @@ class SimConfig:
     kv_link_setup_s: float = _d("kv_link_setup_s")
     kv_transfer_mode: str = _d("kv_transfer_mode")
     disaggregation: Disaggregation | None = None
+    # GPU power cap / SM clock (engine/clock.py); the pools' caps default to power_cap_w
+    power_cap_w: float | None = _d("power_cap_w")
+    sm_clock_mhz: float | None = _d("sm_clock_mhz")
+    prefill_power_cap_w: float | None = _d("prefill_power_cap_w")
+    decode_power_cap_w: float | None = _d("decode_power_cap_w")
     # closed-loop clients (engine/closed_loop.py): override the trace's arrival process (None: the trace's)
     concurrency: int | None = _d("concurrency")
     think_time_s: float | None = _d("think_time_s")  # None: the trace's closed loop's, else 0
@@ -181,6 +187,23 @@ class SimConfig:
             return [ReplicaGroup(p.model, p.gpu, p.replicas, p.tp) for p in (*topo.prefill_pools, *topo.decode_pools)]
         return [ReplicaGroup(self.served_model(self.model), self.gpu, self.replicas, self.tp)]
 
+    def clock_knob(self, role: str | None = None) -> ClockKnob:
+        """The power cap / SM clock of a GPU group (``role``: a disaggregated pool, whose own cap wins)."""
+        cap = self.power_cap_w
+        if role == "prefill" and self.prefill_power_cap_w is not None:
+            cap = self.prefill_power_cap_w
+        elif role == "decode" and self.decode_power_cap_w is not None:
+            cap = self.decode_power_cap_w
+        return ClockKnob(cap, self.sm_clock_mhz)
+
+    def cap_field(self, role: str | None = None) -> str:
+        """The knob that set a group's power cap, for errors."""
+        if role == "prefill" and self.prefill_power_cap_w is not None:
+            return "prefill_power_cap_w"
+        if role == "decode" and self.decode_power_cap_w is not None:
+            return "decode_power_cap_w"
+        return "power_cap_w"
+
     def normalised(self) -> SimConfig:
         """A copy with the choices in their canonical spelling (prefix policy, scope, usage, router);
         raises :class:`KavierInputError` naming the field of an unknown one."""
@@ -225,6 +248,19 @@ class SimConfig:
         cfg._check_framework()
         cfg._check_precision()
         cfg._check_moe_parallel()
+        cfg._check_clock()
+
+    def _check_clock(self) -> None:
+        """Power caps and SM clocks the GPUs cannot set (engine/clock.py), per group or pool."""
+        topo = self.topology()
+        if topo is not None:
+            for role, pool in (("prefill", topo.prefill), ("decode", topo.decode)):
+                check_knob(self.clock_knob(role), pool.gpu, self.cap_field(role))
+            return
+        for g in self.replica_groups():
+            knob = self.clock_knob()
+            if knob.active:
+                check_knob(knob, g.gpu, self.cap_field())
 
     def _check_moe_parallel(self) -> None:
         """Expert and attention data parallelism: MoE models only, and the GPUs must split evenly.
@@ -660,7 +696,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     fw = cfg.framework_profile()
     rep_class = replica_class(fw)
     for group in cfg.replica_groups():
-        cm = CostModel(group.model, group.gpu, group.tp, cfg.efficiency, framework=fw)
+        cm = make_cost_model(group.model, group.gpu, group.tp, cfg.efficiency, fw, cfg.clock_knob())
         max_tokens, max_seqs = cfg.batch_limits(group, usage)
         cap = (
             cfg.num_kv_blocks
@@ -801,7 +837,9 @@ def _simulate_disaggregated(
     ]:
         several = len(topo.pools(role)) > 1
         group = ReplicaGroup(pool.model, pool.gpu, pool.replicas, pool.tp)
-        cm = CostModel(pool.model, pool.gpu, pool.tp, cfg.efficiency, framework=fw)
+        cm = make_cost_model(
+            pool.model, pool.gpu, pool.tp, cfg.efficiency, fw, cfg.clock_knob(role), cfg.cap_field(role)
+        )
         max_tokens, max_seqs = cfg.batch_limits(group, usage)
         max_tokens = pool.max_batched_tokens if pool.max_batched_tokens is not None else max_tokens
         max_seqs = pool.max_num_seqs if pool.max_num_seqs is not None else max_seqs

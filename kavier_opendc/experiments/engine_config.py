@@ -34,6 +34,8 @@ _DIRECT = (
     "data_parallel_size",
     "expert_imbalance",
     "enable_chunked_prefill",
+    "power_cap_w",
+    "sm_clock_mhz",
 )
 #: limits a replica group may set for itself
 GROUP_LIMIT_KEYS = ("max_num_seqs", "max_batched_tokens", "gpu_memory_utilization")

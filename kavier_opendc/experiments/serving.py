@@ -27,6 +27,8 @@ OPTIONS = (
     "data_parallel_size",
     "expert_imbalance",
     "enable_chunked_prefill",
+    "power_cap_w",
+    "sm_clock_mhz",
 )
 DEFAULTS: dict[str, Any] = {name: knobs.default(name) for name in OPTIONS}
 
@@ -54,6 +56,8 @@ class Serving:
     data_parallel_size: Any = DEFAULTS["data_parallel_size"]
     expert_imbalance: Any = DEFAULTS["expert_imbalance"]
     enable_chunked_prefill: Any = DEFAULTS["enable_chunked_prefill"]  # None: the framework's
+    power_cap_w: Any = None  # GPU power cap, W (engine/clock.py); None: the TDP
+    sm_clock_mhz: Any = None  # locked SM clock, MHz; None: the boost clock
     prefix_cache: dict = field(default_factory=dict)  # {"policy": ..., option: value}; {} = the engine's default
     disaggregation: dict | None = None  # {prefill: pool, decode: pool, link: {...}} as written; None: co-located
 
