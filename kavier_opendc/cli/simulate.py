@@ -119,6 +119,11 @@ def _simulate(args, out: Path, t0: float) -> int:
     for name in ("prefill_gpu", "decode_gpu"):
         if values[name] is not None:
             values[name] = cat.gpu(values[name])
+    if values["draft_model"] is not None:  # looked up in the catalogues given (with --catalog)
+        try:
+            values["draft_model"] = cat.model(values["draft_model"])
+        except KavierInputError as e:
+            raise e.relocated("--draft-model") from None
     try:
         cfg = SimConfig(model=model, gpu=gpu, **values)
         cfg.validate()

@@ -130,10 +130,13 @@ class Replica(Scheduler):
         if sp.method == "ngram":
             return NGRAM_STEP_S + NGRAM_SEQ_S * d
         cm = self._draft_cm if self._draft_cm is not None else self.cm
-        # k sequential draft steps over the same d contexts, each one token longer
+        # k sequential draft steps over the same d contexts, each one token longer; they run inside the
+        # target's step (vLLM v1's proposer), so they pay GPU time, not the framework's CPU time per step
+        p = cm.timer.profile
+        cpu = p.overhead_fixed_s + p.overhead_per_seq_s * d
         t = 0.0
         for j in range(sp.k):
-            t += cm.iteration(d, ctx + d * (j + 1), ctx + d * j, d)[0]
+            t += cm.iteration(d, ctx + d * (j + 1), ctx + d * j, d)[0] - cpu
         return t if self._draft_cm is not None else t / self.cm.model.num_layers  # eagle/mtp: one layer
 
     # ------------------------------------------------------------ read-only views (reports, tests)

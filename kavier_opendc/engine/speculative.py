@@ -118,7 +118,10 @@ def resolve(method, k, a, draft_model, target, catalog_model) -> Speculative | N
                 location="draft_model",
                 expected="a catalogue model name ('kavier catalog' lists them)",
             )
-        draft = catalog_model(draft_model) if isinstance(draft_model, str) else draft_model
+        try:
+            draft = catalog_model(draft_model) if isinstance(draft_model, str) else draft_model
+        except KavierInputError as e:  # the catalogue's own words, at the draft model's field
+            raise e.relocated("draft_model") from None
         if draft.active_params >= target.active_params:
             raise KavierInputError(
                 f"draft model {draft.name} ({draft.active_params / 1e9:.2f}B active parameters) is not smaller "
