@@ -258,3 +258,31 @@ def test_cli_end_to_end(tmp_path):
     bad = sim("bad", "--speculative-method", "draft", "--draft-model", "Nope-1B")
     assert bad.returncode != 0 and "--draft-model" in bad.stderr and "Traceback" not in bad.stderr
     assert math.isfinite(sp["tokens_per_decode_step"])
+
+
+# ------------------------------------------------------------------ experiments
+def test_experiment_serving_speculative(tmp_path):
+    from kavier_opendc.experiments.engine_config import sim_config
+    from kavier_opendc.experiments.experiment import experiment_problems
+
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_time_s,num_input_tokens,num_output_tokens\n0,200,64\n")
+    doc = {
+        "model": "Llama-3-8B",
+        "gpu": "H100-SXM",
+        "trace": str(trace),
+        "serving": {"speculative": {"method": "draft", "draft_model": "Llama-3.2-1B", "num_speculative_tokens": 2}},
+    }
+    problems, exp = experiment_problems(doc, base_dir=tmp_path, opendc=False)
+    assert problems == [] and exp is not None
+    cfg = sim_config(exp.serving, exp.groups, 0, default_catalog())
+    sp = cfg.speculative()
+    assert sp is not None and sp.method == "draft" and sp.k == 2 and sp.draft_model.name == "Llama-3.2-1B"
+    # the schema refuses an acceptance rate of 1; the engine names a draft model larger than the target
+    doc["serving"]["speculative"] = {"method": "ngram", "acceptance_rate": 1.0}
+    problems, _ = experiment_problems(doc, base_dir=tmp_path, opendc=False)
+    assert {p for p, _ in problems} == {("serving", "speculative", "acceptance_rate")}
+    doc["serving"]["speculative"] = {"method": "draft", "draft_model": "Llama-3-70B"}
+    problems, _ = experiment_problems(doc, base_dir=tmp_path, opendc=False)
+    assert [p for p, _ in problems] == [("serving", "speculative", "draft_model")]
+    assert "not smaller than the target" in problems[0][1]

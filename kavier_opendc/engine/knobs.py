@@ -476,7 +476,7 @@ KNOBS: tuple[Knob, ...] = (
         "speculative_method",
         "choice",
         "--speculative-method",
-        None,
+        ("serving", "speculative", "method"),
         "speculative decoding: ngram (prompt lookup), draft (a smaller draft model, --draft-model), eagle or mtp "
         "(one extra decoder layer drafting); each decode step verifies k drafted tokens (default: off)",
         choices=SPEC_METHODS,
@@ -486,7 +486,7 @@ KNOBS: tuple[Knob, ...] = (
         "num_speculative_tokens",
         "int",
         "--num-speculative-tokens",
-        None,
+        ("serving", "speculative", "num_speculative_tokens"),
         "speculative decoding: tokens drafted per step, k (default 3)",
         minimum=1,
         metavar="K",
@@ -495,7 +495,7 @@ KNOBS: tuple[Knob, ...] = (
         "spec_acceptance_rate",
         "float",
         "--spec-acceptance-rate",
-        None,
+        ("serving", "speculative", "acceptance_rate"),
         "speculative decoding: per-token acceptance probability in [0, 1) (default: assumed per method, "
         "ngram 0.5, draft 0.6, eagle 0.75, mtp 0.85; see README)",
         minimum=0.0,
@@ -505,7 +505,7 @@ KNOBS: tuple[Knob, ...] = (
         "draft_model",
         "name",
         "--draft-model",
-        None,
+        ("serving", "speculative", "draft_model"),
         "speculative method draft: the draft model, a catalogue model smaller than --model (same tokenizer "
         "family not checked)",
         metavar="MODEL",
