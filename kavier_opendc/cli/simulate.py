@@ -201,6 +201,15 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
         f"{s['prefix_cache']['evictions']} evictions",
         f"wrote        {out}/requests.parquet, summary.json, timeline.parquet in {wall:.2f} s",
     ]
+    sp = c.get("speculative")
+    if sp:  # after the batching line
+        src = "given" if sp["acceptance_rate_source"] == "given" else "assumed"
+        draft = f", draft {sp['draft_model']}" if sp["draft_model"] else ""
+        lines.insert(
+            3,
+            f"speculative  {sp['method']}{draft}, k={sp['num_speculative_tokens']}, acceptance "
+            f"{sp['acceptance_rate']:g} ({src}): {sp['mean_accepted_length']:.3f} tokens per verify step",
+        )
     arr = s.get("arrival")
     if arr:
         lines.insert(
