@@ -50,6 +50,8 @@ def test_every_experiment_path_is_in_the_experiment_schema():
             continue
         if len(knob.path) == 2:
             assert knob.path[1] in serving, knob.path
+        elif knob.path[:2] == ("serving", "speculative"):
+            assert knob.path[2] in defs["speculative"]["properties"], knob.path
         else:
             assert knob.path[:2] == ("serving", "prefix_cache") and knob.path[2] in prefix, knob.path
     # and the other way round: every serving option the schema offers is a knob (or the groups list)

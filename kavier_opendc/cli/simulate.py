@@ -252,6 +252,11 @@ def _simulate(args, out: Path, t0: float) -> int:
     for name in ("prefill_gpu", "decode_gpu"):
         if values[name] is not None:
             values[name] = cat.gpu(values[name])
+    if values["draft_model"] is not None:  # looked up in the catalogues given (with --catalog)
+        try:
+            values["draft_model"] = cat.model(values["draft_model"])
+        except KavierInputError as e:
+            raise e.relocated("--draft-model") from None
     try:
         pool_flags = _pool_topology(args, cat, model, gpu, values)
         cfg = SimConfig(model=model, gpu=gpu, **values)
@@ -330,6 +335,15 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
         f"{s['prefix_cache']['evictions']} evictions",
         f"wrote        {out}/requests.parquet, summary.json, timeline.parquet in {wall:.2f} s",
     ]
+    sp = c.get("speculative")
+    if sp:  # after the batching line
+        src = "given" if sp["acceptance_rate_source"] == "given" else "assumed"
+        draft = f", draft {sp['draft_model']}" if sp["draft_model"] else ""
+        lines.insert(
+            3,
+            f"speculative  {sp['method']}{draft}, k={sp['num_speculative_tokens']}, acceptance "
+            f"{sp['acceptance_rate']:g} ({src}): {sp['mean_accepted_length']:.3f} tokens per verify step",
+        )
     arr = s.get("arrival")
     if arr:
         lines.insert(

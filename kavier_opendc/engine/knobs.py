@@ -21,6 +21,7 @@ from kavier_opendc.base import limits
 from kavier_opendc.base.limits import Limit
 from kavier_opendc.engine.kv_link import TRANSFER_MODES
 from kavier_opendc.engine.router import ROUTERS
+from kavier_opendc.engine.speculative import METHODS as SPEC_METHODS
 from kavier_opendc.specs.frameworks import DEFAULT_FRAMEWORK
 
 #: how a value is read and checked: a whole number, a real number, a fraction in (0, 1], a count or inf,
@@ -508,6 +509,45 @@ KNOBS: tuple[Knob, ...] = (
         "disaggregated serving: power cap of the decode pool's GPUs, W (default: --power-cap-w)",
         minimum=0.0,
         metavar="W",
+    ),
+    # speculative decoding (engine/speculative.py); vLLM's --speculative-config as separate flags
+    _k(
+        "speculative_method",
+        "choice",
+        "--speculative-method",
+        ("serving", "speculative", "method"),
+        "speculative decoding: ngram (prompt lookup), draft (a smaller draft model, --draft-model), eagle or mtp "
+        "(one extra decoder layer drafting); each decode step verifies k drafted tokens (default: off)",
+        choices=SPEC_METHODS,
+        metavar="METHOD",
+    ),
+    _k(
+        "num_speculative_tokens",
+        "int",
+        "--num-speculative-tokens",
+        ("serving", "speculative", "num_speculative_tokens"),
+        "speculative decoding: tokens drafted per step, k (default 3)",
+        minimum=1,
+        metavar="K",
+    ),
+    _k(
+        "spec_acceptance_rate",
+        "float",
+        "--spec-acceptance-rate",
+        ("serving", "speculative", "acceptance_rate"),
+        "speculative decoding: per-token acceptance probability in [0, 1) (default: assumed per method, "
+        "ngram 0.5, draft 0.6, eagle 0.75, mtp 0.85; see README)",
+        minimum=0.0,
+        metavar="A",
+    ),
+    _k(
+        "draft_model",
+        "name",
+        "--draft-model",
+        ("serving", "speculative", "draft_model"),
+        "speculative method draft: the draft model, a catalogue model smaller than --model (same tokenizer "
+        "family not checked)",
+        metavar="MODEL",
     ),
     _k(
         "exact",

@@ -370,6 +370,23 @@ def prefix_summary(result) -> dict:
     return out
 
 
+def _speculative_summary(result) -> dict:
+    """summary.json's ``speculative`` entry (only when on: the default output is unchanged): the setup, the
+    model's mean tokens per verify step E, and the tokens per decoder-step the simulation emitted."""
+    spec = getattr(result.replicas[0], "spec", None)
+    if spec is None:
+        return {}
+    steps = sum(rep.spec_seq_steps for rep in result.replicas)
+    tokens = sum(rep.spec_tokens for rep in result.replicas)
+    return {
+        "speculative": {
+            **spec.summary(),
+            "decode_steps": int(steps),
+            "tokens_per_decode_step": tokens / steps if steps else 0.0,
+        }
+    }
+
+
 def summary_dict(result) -> dict:
     tr, r, cfg = result.trace, result.results, result.config
     done = r.status == FINISHED
@@ -468,6 +485,7 @@ def summary_dict(result) -> dict:
             "max_model_len": cfg.max_model_len,
             "efficiency": profile_summary(result.replicas[0].cm.eff),
             **_moe_parallel_summary(result.replicas[0].cm),
+            **_speculative_summary(result),
         },
         "replicas": [
             {

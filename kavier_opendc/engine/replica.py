@@ -26,6 +26,7 @@ iteration per event instead; both give the same per-request results.
 from __future__ import annotations
 
 import heapq
+import math
 
 from kavier_opendc.engine.cost_model import CostModel
 from kavier_opendc.engine.decode_state import DecodeState
@@ -39,6 +40,7 @@ from kavier_opendc.engine.scheduler_multistep import SchedulerMultiStep
 from kavier_opendc.engine.scheduler_sglang import SchedulerSGLang
 from kavier_opendc.engine.scheduler_trtllm import SchedulerTRTLLM
 from kavier_opendc.engine.scheduler_v0 import SchedulerV0
+from kavier_opendc.engine.speculative import NGRAM_SEQ_S, NGRAM_STEP_S
 from kavier_opendc.engine.timeline import Timeline
 
 
@@ -99,6 +101,44 @@ class Replica(Scheduler):
         self._e_y = self._e_pair + self._e_kvt
         self._e_tp = float(cm.tp)
         self.clocked = cm.clocked  # a power cap or SM clock: the activity is not the raw shares' sum
+
+    # ------------------------------------------------------------ speculative decoding (engine/speculative.py)
+    def use_speculative(self, spec, draft_cm: CostModel | None = None) -> None:
+        """Decode with speculative decoding ``spec``: k+1 tokens verified per decoder and step, E emitted on
+        average (the j-th decode step emits floor(j E) - floor((j-1) E)); decode runs are stepped one by one."""
+        self.spec = spec
+        self.spec_q = spec.k + 1
+        self._spec_e = spec.mean_tokens_per_step
+        self._spec_j = 0  # decode steps taken
+        self._draft_cm = draft_cm
+        self.spec_seq_steps = 0  # decoder-steps taken, and the tokens they emitted (summary.json)
+        self.spec_tokens = 0
+        self.fast = False
+        self.spec_m = self._spec_next()
+
+    def _spec_next(self) -> int:
+        """Tokens the next decode step emits: floor((j+1) E) - floor(j E), at least 1 and at most k+1."""
+        e, j = self._spec_e, self._spec_j
+        return max(1, min(self.spec_q, math.floor((j + 1) * e) - math.floor(j * e)))
+
+    def _spec_step(self) -> None:
+        self._spec_j += 1
+        self.spec_m = self._spec_next()
+
+    def _draft_time(self, d: int, ctx: int) -> float:
+        sp = self.spec
+        assert sp is not None
+        if sp.method == "ngram":
+            return NGRAM_STEP_S + NGRAM_SEQ_S * d
+        cm = self._draft_cm if self._draft_cm is not None else self.cm
+        # k sequential draft steps over the same d contexts, each one token longer; they run inside the
+        # target's step (vLLM v1's proposer), so they pay GPU time, not the framework's CPU time per step
+        p = cm.timer.profile
+        cpu = p.overhead_fixed_s + p.overhead_per_seq_s * d
+        t = 0.0
+        for j in range(sp.k):
+            t += cm.iteration(d, ctx + d * (j + 1), ctx + d * j, d)[0] - cpu
+        return t if self._draft_cm is not None else t / self.cm.model.num_layers  # eagle/mtp: one layer
 
     # ------------------------------------------------------------ read-only views (reports, tests)
     @property
@@ -265,7 +305,7 @@ class Replica(Scheduler):
             t0 = p.t0
             u = self.cm.activity(t - t0, p.flops, p.weight_bytes, p.kv_bytes)
             advance = p.all_decoders or bool(skipped)
-            if u < 1.0 and self.kv_on and not self.clocked:
+            if u < 1.0 and self.kv_on and not self.clocked and self.spec is None:
                 # uncapped, the raw shares sum to the busy time u x dt exactly (they are the activity's own
                 # terms): scale tp, no second pass (the general case is _attribute_iteration)
                 tp = self._e_tp
@@ -282,7 +322,13 @@ class Replica(Scheduler):
             else:
                 self._attribute_iteration(p, advance, u * (t - t0) * self._e_tp)
             if advance:
-                dec.G += 1
+                if self.spec is None:
+                    dec.G += 1
+                else:  # a verify step emits spec_m tokens to every decoder, delivered as one chunk
+                    dec.G += self.spec_m
+                    self.spec_seq_steps += dec.D
+                    self.spec_tokens += dec.D * self.spec_m
+                    self._spec_step()
                 dec.segs += (t, 0.0, 0.0, 1)
                 dec.T = t
             for req in skipped:
@@ -356,7 +402,11 @@ class Replica(Scheduler):
             raw += r
         dec = self.dec
         d = dec.D if advance else 0
-        g1 = dec.G + 1  # a decoder attends to, and reads, c_off + G_after tokens
+        g1 = dec.G + self.spec_m  # a decoder attends to, and reads, c_off + G_after tokens
+        q = self.spec_q  # tokens per decoder (k+1 with speculative decoding; their pairs counted as q reads)
+        if q > 1:
+            lin *= q
+            y *= q
         if d:
             raw += d * (w1 + lin) + y * (dec.ctx_off_sum + d * g1)
         if raw <= 0.0:

@@ -59,6 +59,11 @@ class Scheduler:
     caps_runs = False
     #: decode steps per scheduler call (vLLM's --num-scheduler-steps; scheduler_multistep.py uses it)
     scheduler_steps = 1
+    #: speculative decoding (engine/speculative.py, Replica.use_speculative): None off; spec_q tokens verified
+    #: per decoding request and step (k+1), spec_m tokens the next decode step keeps (emits)
+    spec = None
+    spec_q = 1
+    spec_m = 1
 
     # the replica's state scheduled over, set in Replica.__init__ (declared here for the type checker only)
     idx: int
@@ -109,6 +114,7 @@ class Scheduler:
         n_prefilling = self.n_prefilling
         bulk = (
             kv_on
+            and self.spec is None
             and d <= budget
             and h0 <= free
             and (n_prefilling == 0 or (n_prefilling == 1 and running[-1].state == PREFILL))
@@ -144,6 +150,7 @@ class Scheduler:
             (budget, alloc, chunks, skipped, dec_all, n_dec, preempted, n_tok, pairs, kv_read) = self._walk_running(
                 budget, g
             )
+        dec_ctx = kv_read  # the decoders' cached tokens (the drafts attend to them)
         # step 2: admit waiting requests (only when nothing was preempted, as vLLM does; never under v0's rules,
         # which admit prompts in iterations of their own)
         if not preempted and self.waiting and self.admits_in_decode:
@@ -201,14 +208,27 @@ class Scheduler:
                 return self.next_time
         if alloc or kv.used > kv.peak:
             kv.allocate(alloc)
-        dt, flops, wbytes, kvbytes = self.cm.iteration(n_tok, pairs, kv_read, n_dec + len(chunks))
+        if self.spec is None:
+            dt, flops, wbytes, kvbytes = self.cm.iteration(n_tok, pairs, kv_read, n_dec + len(chunks))
+            dec_tokens = n_dec
+        else:  # the LM head (and sampler) run on all k+1 positions of each decoding request
+            dt, flops, wbytes, kvbytes = self.cm.iteration(n_tok, pairs, kv_read, n_dec * self.spec_q + len(chunks))
+            if n_dec:
+                dt += self._draft_time(n_dec, dec_ctx)
+            dec_tokens = n_dec * self.spec_m
         if self.extra_time:
             dt += self.extra_time
             self.extra_time = 0.0
-        self.pending = Iteration(t, dec_all, skipped, chunks, flops, wbytes, kvbytes, n_dec + len(chunks), ptoks, n_dec)
+        self.pending = Iteration(
+            t, dec_all, skipped, chunks, flops, wbytes, kvbytes, n_dec + len(chunks), ptoks, dec_tokens
+        )
         self.next_time = t + dt
         self.version += 1
         return self.next_time
+
+    def _draft_time(self, d: int, ctx: int) -> float:
+        """Seconds of drafting for ``d`` decoding requests with ``ctx`` cached tokens (engine/speculative.py)."""
+        return 0.0
 
     def _cap_run(self, n: int) -> int:
         """The decode iterations a run may take when the policy has its own limit (``caps_runs``)."""
@@ -231,11 +251,15 @@ class Scheduler:
         pairs = 0
         kv_read = 0
         i = 0
+        q, m = self.spec_q, self.spec_m  # tokens verified and kept per decoder (1 and 1 without speculation)
+        reserve = 0  # speculative decoding: blocks of the rejected drafts, held during the step only
         while i < len(running) and budget > 0:
             req = running[i]
             if req.state == DECODE:
                 comp = req.c_off + g
-                need = 1
+                need = q
+                if need > budget:  # speculative decoding: not k+1 tokens left in the budget
+                    break
             else:
                 comp = req.computed
                 need = req.prompt + req.gen - comp
@@ -243,7 +267,7 @@ class Scheduler:
                     need = budget
             nb = blocks_for(comp + need) - blocks_for(comp) if kv_on else 0
             self_preempted = False
-            while nb > cap - kv.used - alloc:
+            while nb > cap - kv.used - alloc - reserve:
                 victim = running.pop()
                 self._preempt(victim)
                 preempted = True
@@ -252,13 +276,17 @@ class Scheduler:
                     break
             if self_preempted:
                 break
+            if q > 1 and req.state == DECODE:  # only the kept tokens' blocks stay; the drafts' are rolled back
+                kept = blocks_for(comp + m) - blocks_for(comp)
+                reserve += nb - kept
+                nb = kept
             alloc += nb
             budget -= need
             if req.state == DECODE:
                 n_dec += 1
                 if kv_on:
-                    n_tok += 1
-                    pairs += comp + 1
+                    n_tok += q
+                    pairs += q * comp + q * (q + 1) // 2
                     kv_read += comp
                 else:  # no KV cache: recompute the whole context for every new token
                     c = comp + 1

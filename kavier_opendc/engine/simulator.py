@@ -39,6 +39,9 @@ from kavier_opendc.engine.request import Req
 from kavier_opendc.engine.results import Results
 from kavier_opendc.engine.router import Router, normalise_router
 from kavier_opendc.engine.scheduler_v0 import SchedulerV0
+from kavier_opendc.engine.speculative import POLICIES as SPEC_POLICIES
+from kavier_opendc.engine.speculative import Speculative
+from kavier_opendc.engine.speculative import resolve as resolve_speculative
 from kavier_opendc.specs.catalog import GEMM_PEAK_FIELDS, GPUSpec, ModelSpec
 from kavier_opendc.specs.frameworks import FrameworkProfile, framework
 from kavier_opendc.workload.prefix import PrefixIndex
@@ -126,6 +129,11 @@ class SimConfig:
     # closed-loop clients (engine/closed_loop.py): override the trace's arrival process (None: the trace's)
     concurrency: int | None = _d("concurrency")
     think_time_s: float | None = _d("think_time_s")  # None: the trace's closed loop's, else 0
+    # speculative decoding (engine/speculative.py); method None: off
+    speculative_method: str | None = _d("speculative_method")
+    num_speculative_tokens: int | None = _d("num_speculative_tokens")  # None: 3
+    spec_acceptance_rate: float | None = _d("spec_acceptance_rate")  # None: the method's assumed default
+    draft_model: str | ModelSpec | None = _d("draft_model")  # a catalogue name or a ModelSpec
 
     def served_model(self, model: ModelSpec) -> ModelSpec:
         """``model`` in the precisions served: its weights in ``weight_dtype`` (auto: its catalogue dtype) and
@@ -249,6 +257,7 @@ class SimConfig:
         cfg._check_precision()
         cfg._check_moe_parallel()
         cfg._check_clock()
+        cfg.speculative()
 
     def _check_clock(self) -> None:
         """Power caps and SM clocks the GPUs cannot set (engine/clock.py), per group or pool."""
@@ -524,6 +533,44 @@ class SimConfig:
                     expected="one of " + ", ".join(TRANSFER_MODES),
                 )
 
+    def speculative(self) -> Speculative | None:
+        """The speculative-decoding setup (None: off); raises :class:`KavierInputError` naming the bad field.
+
+        Simulated for co-located vLLM v1 replicas of one model (the scheduler that counts k+1 tokens per
+        decoding request against the token budget) with the KV cache on."""
+        from kavier_opendc.specs.catalog import default_catalog
+
+        spec = resolve_speculative(
+            self.speculative_method,
+            self.num_speculative_tokens,
+            self.spec_acceptance_rate,
+            self.draft_model,
+            self.served_model(self.model),
+            lambda name: default_catalog().model(name),
+        )
+        if spec is None:
+            return None
+        fw = self.framework_profile()
+        if fw.policy not in SPEC_POLICIES:
+            raise KavierInputError(
+                f"speculative decoding is not simulated under framework {fw.name} (scheduler {fw.policy})",
+                location="speculative_method",
+                expected="a vLLM v1 framework (--framework vllm-v1), or no speculative_method",
+            )
+        if self.topology() is not None or self.groups:
+            raise KavierInputError(
+                "speculative decoding is simulated for co-located replicas of one model only",
+                location="speculative_method",
+                expected="no disaggregated pools and no replica groups with speculative decoding",
+            )
+        if not self.kv_cache:
+            raise KavierInputError(
+                "speculative decoding needs the KV cache",
+                location="speculative_method",
+                expected="kv_cache on",
+            )
+        return spec
+
     def framework_profile(self) -> FrameworkProfile:
         """The framework in force (``framework`` is a built-in's name, or a profile being calibrated), with
         ``enable_chunked_prefill`` when given."""
@@ -695,8 +742,12 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     usage = cfg.resolved_usage(trace)
     fw = cfg.framework_profile()
     rep_class = replica_class(fw)
+    spec = cfg.speculative()
     for group in cfg.replica_groups():
         cm = make_cost_model(group.model, group.gpu, group.tp, cfg.efficiency, fw, cfg.clock_knob())
+        draft_cm = None
+        if spec is not None and spec.draft_model is not None:
+            draft_cm = make_cost_model(spec.draft_model, group.gpu, group.tp, cfg.efficiency, fw, cfg.clock_knob())
         max_tokens, max_seqs = cfg.batch_limits(group, usage)
         cap = (
             cfg.num_kv_blocks
@@ -726,6 +777,8 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             )
             if fw.scheduler_steps > 1:
                 rep.scheduler_steps = fw.scheduler_steps
+            if spec is not None:
+                rep.use_speculative(spec, draft_cm)
             if isinstance(rep, ReplicaTRTLLM):  # TensorRT-LLM's capacity policy and context chunking
                 rep.capacity_policy = fw.capacity_scheduler or "guaranteed_no_evict"
                 rep.chunked_context = fw.chunked_prefill

@@ -89,6 +89,18 @@ def sim_config(serving: Serving, groups: list, seed: int, catalog) -> SimConfig:
                 expected="one of policy, " + ", ".join(knobs.PREFIX_OPTION_FIELDS),
             )
         kwargs[knobs.PREFIX_OPTION_FIELDS[option]] = math.inf if value == "inf" else value
+    if serving.speculative is not None:  # serving.speculative.* -> the knobs whose path it is
+        for knob in knobs.KNOBS:
+            if knob.path is not None and knob.path[:2] == ("serving", "speculative"):
+                value = serving.speculative.get(knob.path[2])
+                if value is not None:
+                    kwargs[knob.field] = value
+        draft = kwargs.get("draft_model")
+        if isinstance(draft, str):  # looked up in the experiment's catalogues
+            try:
+                kwargs["draft_model"] = catalog.model(draft)
+            except KavierInputError as exc:
+                raise exc.relocated("serving.speculative.draft_model") from None
     if serving.disaggregation is not None:
         kwargs["disaggregation"] = _topology(serving.disaggregation, groups)
         kwargs["replicas"] = sum(g.replicas for g in groups)

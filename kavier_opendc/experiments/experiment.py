@@ -466,6 +466,8 @@ def _serving(serving: dict, problems: list[Problem], catalog) -> Serving:
             problems.append((("serving", "router"), _msg(exc.relocated(None))))
     dis = serving.get("disaggregation")
     norm["disaggregation"] = dict(dis) if isinstance(dis, dict) else None
+    sp = serving.get("speculative")
+    norm["speculative"] = dict(sp) if isinstance(sp, dict) else None
     return Serving(**norm)
 
 
@@ -998,7 +1000,11 @@ def to_jsonable(exp: Experiment) -> dict:
             }
             for g in exp.groups
         ],
-        "serving": {k: v for k, v in dataclasses.asdict(exp.serving).items() if k != "disaggregation" or v is not None},
+        "serving": {
+            k: v
+            for k, v in dataclasses.asdict(exp.serving).items()
+            if k not in ("disaggregation", "speculative") or v is not None
+        },
         "trace": {
             "kind": exp.trace.kind,
             "path": None if exp.trace.path is None else str(exp.trace.path),

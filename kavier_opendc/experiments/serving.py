@@ -60,6 +60,7 @@ class Serving:
     sm_clock_mhz: Any = None  # locked SM clock, MHz; None: the boost clock
     prefix_cache: dict = field(default_factory=dict)  # {"policy": ..., option: value}; {} = the engine's default
     disaggregation: dict | None = None  # {prefill: pool, decode: pool, link: {...}} as written; None: co-located
+    speculative: dict | None = None  # {method, num_speculative_tokens, acceptance_rate, draft_model}; None: off
 
     def get(self, name: str) -> Any:
         """The option called ``name`` (a group may override the limits; see GROUP_LIMIT_KEYS)."""
