@@ -115,15 +115,17 @@ class DecodeState:
     def remove(self, req: Req) -> None:
         """``req`` leaves the decoders: its lazy counts become real ones (the caller sets its state)."""
         g = self.G
-        req.computed = req.c_off + g
+        c = req.c_off
+        req.computed = c + g
         req.gen = req.g_off + g
         s1 = self.seg_base + len(self.segs)
-        if s1 > req.itl_s0:  # it took part in an advance: a stint, and its latest token came at T
-            self.stints += (req.idx, req.itl_s0, s1, req.last_tok)
+        s0 = req.itl_s0
+        if s1 > s0:  # it took part in an advance: a stint, and its latest token came at T
+            self.stints += (req.idx, s0, s1, req.last_tok)
             req.last_tok = self.T
-        self.hist[req.c_off & BLOCK_MASK] -= 1
-        self.ctx_off_sum -= req.c_off
-        req.act += (self.ex - req.ex0) + req.c_off * (self.eg - req.eg0) + (self.eq - req.eq0)
+        self.hist[c & BLOCK_MASK] -= 1
+        self.ctx_off_sum -= c
+        req.act += (self.ex - req.ex0) + c * (self.eg - req.eg0) + (self.eq - req.eq0)
         self.D -= 1
         req.ver += 1
         req.state = PREFILL

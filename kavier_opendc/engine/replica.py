@@ -101,6 +101,8 @@ class Replica(Scheduler):
         self._e_y = self._e_pair + self._e_kvt
         self._e_tp = float(cm.tp)
         self.clocked = cm.clocked  # a power cap or SM clock: the activity is not the raw shares' sum
+        # the same, in one tuple: _apply unpacks it once per event instead of looking up six attributes
+        self._e = (self._e_lin, self._e_wb, self._e_pair, self._e_kvt, self._e_y, self._e_tp)
 
     # ------------------------------------------------------------ speculative decoding (engine/speculative.py)
     def use_speculative(self, spec, draft_cm: CostModel | None = None) -> None:
@@ -252,7 +254,8 @@ class Replica(Scheduler):
             n = p.n
             dec = self.dec
             kv.extend(dec.blocks_needed(n) - p.allocated)
-            dec.G += n
+            g0 = dec.G
+            dec.G = g0 + n
             self.iterations += n
             run = p.run
             flops, wbytes, kvbytes = run.totals(n)
@@ -260,14 +263,14 @@ class Replica(Scheduler):
             t0 = p.t0
             u = run.cm.activity(t - t0, flops, wbytes, kvbytes)  # the run's own clock (engine/clock.py)
             if d:  # the run's busy time over its decoders, in closed form (engine/energy.py), inlined
-                dec = self.dec
-                x = self._e_lin + self._e_wb * p.run.wb / d
-                gsum = n * (dec.G - n) + n * (n + 1) * 0.5  # sum of G after each of the n iterations
+                e_lin, e_wb, _, _, e_y, e_tp = self._e
+                x = e_lin + e_wb * run.wb / d
+                gsum = n * g0 + n * (n + 1) * 0.5  # sum of G after each of the n iterations
                 if u < 1.0 and not self.clocked:  # uncapped: the raw shares sum to u x dt x tp
-                    s = self._e_tp
+                    s = e_tp
                 else:  # scaled to the busy time u x dt x tp (u = 1 at the power limit; below it, clocked)
-                    s = u * (t - t0) * self._e_tp / (n * d * x + self._e_y * (n * dec.ctx_off_sum + d * gsum))
-                sy = s * self._e_y
+                    s = u * (t - t0) * e_tp / (n * d * x + e_y * (n * dec.ctx_off_sum + d * gsum))
+                sy = s * e_y
                 dec.ex += s * n * x
                 dec.eg += sy * n
                 dec.eq += sy * gsum
@@ -308,14 +311,14 @@ class Replica(Scheduler):
             if u < 1.0 and self.kv_on and not self.clocked and self.spec is None:
                 # uncapped, the raw shares sum to the busy time u x dt exactly (they are the activity's own
                 # terms): scale tp, no second pass (the general case is _attribute_iteration)
-                tp = self._e_tp
-                w1 = self._e_wb * p.weight_bytes / p.batch if p.batch else 0.0
-                lin, pair, kvt = self._e_lin, self._e_pair, self._e_kvt
+                lin, e_wb, pair, kvt, e_y, tp = self._e
+                batch = p.batch
+                w1 = e_wb * p.weight_bytes / batch if batch else 0.0
                 for req, c in p.chunks:
                     comp = req.computed
                     req.act += tp * (w1 + lin * c + pair * (c * comp + c * (c + 1) * 0.5) + kvt * (comp + c))
                 if advance and dec.D:
-                    ty = tp * self._e_y
+                    ty = tp * e_y
                     dec.ex += tp * (w1 + lin)
                     dec.eg += ty
                     dec.eq += ty * (dec.G + 1)
