@@ -240,7 +240,8 @@ def test_a_sweep_overwrite_whose_runs_fail_puts_the_earlier_sweep_back(swept, tm
     out = tmp_path / "sweep"
     shutil.copytree(done, out)
     before = _entries(out)
-    # every run of the new sweep fails writing its report.md (the workers inherit the fault)
+    # the new sweep's first run fails writing its report.md (the workers inherit the fault): a disk fault
+    # stops the whole sweep (section 6)
     r = cli(
         "sweep",
         b,
@@ -255,9 +256,12 @@ def test_a_sweep_overwrite_whose_runs_fail_puts_the_earlier_sweep_back(swept, tm
     assert r.returncode == 3, r.stderr
     assert "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("kavier: error: 2 run(s) of sweep 'b' failed (first: ")
-    assert "No space left on device (ENOSPC)" in last
-    assert last.endswith(f"so the new sweep was not kept. The earlier complete sweep in {out} was put back unchanged.")
+    assert last.startswith("kavier: error: run replicas-1-")
+    assert "/report.md: cannot write it: No space left on device (ENOSPC)" in last
+    assert last.endswith(
+        f"The other runs were stopped, as they would write to the same place. The earlier complete sweep in {out} "
+        "was put back unchanged."
+    )
     assert _entries(out) == before
     assert not Path(f"{out}.kavier-earlier").exists() and not lock_path(out).exists()
 
@@ -607,3 +611,180 @@ def test_a_signal_while_the_jvm_starts_stops_it_promptly(tmp_path, export_dir, c
         again = cli("run", DEMO_EXPERIMENT, "--out", out, "--no-plots", "--quiet")
         assert again.returncode == 0, again.stderr
         assert json.loads((out / "report.json").read_text())["sustainability"]["energy_wh"] > 0
+
+
+# ------------------------------------------------------------------------------ 6. disk faults in sweeps and plans
+
+
+def _stopped_in_a_worker(*args, env: dict[str, str] | None = None) -> tuple[Cmd, dict[int, str]]:
+    """A sweep or plan whose Dask worker stops itself once it has written a run's first file (the driver
+    runs no experiment, so only workers reach that moment); with the command's processes then."""
+
+    def a_worker_stopped() -> bool:
+        return cmd.proc.poll() is not None or any(_stopped(p) for p in descendants(cmd.proc.pid))
+
+    from test_faults import descendants
+
+    cmd = Cmd(*args, env={faults.STOP_ENV: faults.WRITTEN_FIRST, **(env or {})})
+    wait_for(a_worker_stopped, WAIT, f"{args}: a worker to stop at {faults.WRITTEN_FIRST}")
+    assert cmd.proc.poll() is None, cmd.stderr
+    return cmd, descendants(cmd.proc.pid)
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return is_stopped(pid)
+    except (OSError, ValueError):  # gone meanwhile
+        return False
+
+
+def _resume_all_until_done(cmd: Cmd) -> int:
+    """Resume every stopped process of the command (a second worker may stop later, at its own first file)
+    until the command ends; its exit status."""
+    from test_faults import descendants
+
+    def resumed_and_ended() -> bool:
+        for pid in [cmd.proc.pid, *descendants(cmd.proc.pid)]:
+            if _stopped(pid):
+                os.kill(pid, signal.SIGCONT)
+        return cmd.proc.poll() is not None
+
+    wait_for(resumed_and_ended, WAIT, f"{cmd.args} to end")
+    return cmd.wait()
+
+
+def _assert_batch_stopped(cmd: Cmd, rc: int, children: dict[int, str], out: Path, code: str, meaning: str) -> None:
+    from test_faults import assert_nothing_left
+
+    assert rc == 3, cmd.stderr
+    assert "Traceback" not in cmd.stderr
+    last = cmd.stderr.strip().splitlines()[-1]
+    assert last.startswith("kavier: error: run "), cmd.stderr
+    assert f"({code}): {meaning}; the command stopped, and no half-written file was left in place" in last
+    assert f"{out}/runs/" in last and ".partial-" not in last  # the final path, not the staging folder
+    assert "The other runs were stopped, as they would write to the same place" in last
+    assert_nothing_left(cmd, children)  # the Dask scheduler, nanny and workers too
+    assert _lock_is_free(out)
+    _no_temporaries(out)
+
+
+def _sweep_args(tmp: Path, out: Path, jobs: int, *extra) -> list:
+    return ["sweep", _small_sweep(tmp, "s"), "--out", out, "--no-opendc", "--jobs", str(jobs), *extra]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_full_disk_mid_sweep_stops_every_worker_with_one_paragraph(tmp_path, disk, jobs):
+    d, mounted = disk
+    cmd, children = _stopped_in_a_worker(
+        *_sweep_args(tmp_path / "in", d, jobs), env=None if mounted else {faults.WRITE_FAULT_ENV: "ENOSPC:report.md"}
+    )
+    assert any("dask" in c or "distributed" in c or "multiprocessing" in c for c in children.values()), children
+    if mounted:
+        _fill(d)
+    rc = _resume_all_until_done(cmd)
+    _assert_batch_stopped(cmd, rc, children, d, "ENOSPC", "the file system holding it is full")
+    assert (d / INCOMPLETE).is_file() and not (d / "comparison.csv").exists()
+    assert json.loads((d / "sweep.json").read_text())["complete"] is False
+
+
+def test_a_read_only_disk_mid_sweep_stops_with_one_paragraph(tmp_path, disk):
+    import subprocess
+
+    d, mounted = disk
+    cmd, children = _stopped_in_a_worker(
+        *_sweep_args(tmp_path / "in", d, 1), env=None if mounted else {faults.WRITE_FAULT_ENV: "EROFS:report.md"}
+    )
+    if mounted:
+        r = subprocess.run(["mount", "-o", "remount,ro", str(d)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    try:
+        rc = _resume_all_until_done(cmd)
+        _assert_batch_stopped(cmd, rc, children, d, "EROFS", "its file system is read-only")
+        assert (d / INCOMPLETE).is_file() and not (d / "comparison.csv").exists()
+    finally:
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,rw", str(d)], capture_output=True)
+
+
+def test_a_sweep_folder_removed_mid_sweep_is_not_recreated(tmp_path):
+    out = tmp_path / "sweep"
+    cmd, children = _stopped_in_a_worker(*_sweep_args(tmp_path / "in", out, 2))
+    shutil.rmtree(out)  # by another process, while a worker is between two writes
+    rc = _resume_all_until_done(cmd)
+    _assert_batch_stopped(
+        cmd, rc, children, out, "ENOENT", "its folder was removed or moved while the command was writing into it"
+    )
+    assert not out.exists()  # no run folder re-created, no INCOMPLETE marker planted in a new empty folder
+
+
+def test_a_full_disk_during_a_sweep_overwrite_puts_the_earlier_sweep_back(swept, tmp_path, disk):
+    _, b, done = swept
+    disk_dir, mounted = disk
+    d = disk_dir / "sweep"  # inside the file system: the earlier sweep is moved aside beside it (a rename)
+    shutil.copytree(done, d)
+    before = _entries(d)
+    cmd, children = _stopped_in_a_worker(
+        "sweep",
+        b,
+        "--out",
+        d,
+        "--no-opendc",
+        "--jobs",
+        "1",
+        "--overwrite",
+        env=None if mounted else {faults.WRITE_FAULT_ENV: "ENOSPC:report.md"},
+    )
+    assert Path(f"{d}.kavier-earlier", "sweep.json").is_file()
+    if mounted:
+        _fill(disk_dir)
+    rc = _resume_all_until_done(cmd)
+    (disk_dir / "filler").unlink(missing_ok=True)
+    _assert_batch_stopped(cmd, rc, children, d, "ENOSPC", "the file system holding it is full")
+    assert cmd.stderr.strip().endswith(f"same place. The earlier complete sweep in {d} was put back unchanged.")
+    assert _entries(d) == before  # every file of sweep 'a' back, nothing of 'b' left
+    assert not Path(f"{d}.kavier-earlier").exists()
+
+
+def test_a_full_disk_mid_plan_stops_with_one_paragraph(tmp_path, disk):
+    d, mounted = disk
+    plan = _bursts_plan(tmp_path / "in", "p")
+    cmd, children = _stopped_in_a_worker(
+        "plan",
+        plan,
+        "--out",
+        d,
+        "--no-opendc",
+        "--jobs",
+        "2",
+        env=None if mounted else {faults.WRITE_FAULT_ENV: "ENOSPC:report.md"},
+    )
+    if mounted:
+        _fill(d)
+    rc = _resume_all_until_done(cmd)
+    _assert_batch_stopped(cmd, rc, children, d, "ENOSPC", "the file system holding it is full")
+    assert (d / INCOMPLETE).is_file() and not (d / "plan.json").exists()
+
+
+def test_a_write_fault_in_a_staged_folder_names_the_final_path(tmp_path):
+    """simulation/ is written in a hidden staging folder and renamed into place: the error names the final
+    path the user knows, never the staging one."""
+    exp = demo_copy(tmp_path / "in", requests=60)
+    out = tmp_path / "out"
+    r = cli(
+        "run",
+        exp,
+        "--out",
+        out,
+        "--no-opendc",
+        "--no-plots",
+        "--quiet",
+        env={faults.WRITE_FAULT_ENV: "ENOSPC:requests.parquet"},
+    )
+    assert r.returncode == 3, r.stderr
+    assert_one_paragraph_error(r.stderr)
+    assert (
+        f"kavier: error: {out}/simulation/requests.parquet: cannot write it: No space left on device (ENOSPC)"
+    ) in r.stderr
+    assert ".partial-" not in r.stderr
+    _no_temporaries(out)
+    assert not (out / "simulation").exists() and (out / INCOMPLETE).is_file()

@@ -186,16 +186,21 @@ def cmd_sweep(args) -> int:
         if args.overwrite:
             guard = replacing(out, SWEEP_ENTRIES, SWEEP_FILES, first="sweep.json")
         with guard as replaced:
-            res = run_sweep(
-                sweep,
-                out,
-                jobs=args.jobs,
-                run_plots=args.run_plots,
-                quiet=args.quiet,
-                retry_failed=True,
-                command=_command_line(),
-                scheduler=args.scheduler,
-            )
+            try:
+                res = run_sweep(
+                    sweep,
+                    out,
+                    jobs=args.jobs,
+                    run_plots=args.run_plots,
+                    quiet=args.quiet,
+                    retry_failed=True,
+                    command=_command_line(),
+                    scheduler=args.scheduler,
+                )
+            except KavierError as exc:  # (a disk fault stops the sweep: the earlier one comes back)
+                if replaced:
+                    exc.args = (f"{exc}. The earlier complete sweep in {out} was put back unchanged.",)
+                raise
             if replaced and res.failed:
                 first = next(iter(res.errors.items()), ("?", "?"))
                 raise KavierRuntimeError(
