@@ -788,3 +788,59 @@ def test_a_write_fault_in_a_staged_folder_names_the_final_path(tmp_path):
     assert ".partial-" not in r.stderr
     _no_temporaries(out)
     assert not (out / "simulation").exists() and (out / INCOMPLETE).is_file()
+
+
+# ------------------------------------------------------------------------------ 7. Java checked before a sweep writes
+
+
+def _batch_refused(args: list, out: Path, env: dict[str, str]) -> str:
+    """A sweep or plan with OpenDC refused before anything is written (no folder, no lock); its stderr."""
+    r = cli(*args, env=env, timeout=BOUND_S)
+    assert r.returncode == 3, r.stderr
+    assert_one_paragraph_error(r.stderr)
+    assert r.stderr.rstrip().endswith("To get the performance report without OpenDC, add --no-opendc.")
+    assert not out.exists() and not lock_path(out).exists()
+    return r.stderr
+
+
+def _cut_jar(tmp: Path) -> Path:
+    from kavier_opendc.opendc.jvm import find_bridge_jar
+
+    jar = tmp / "cut.jar"
+    with open(find_bridge_jar(), "rb") as src:
+        jar.write_bytes(src.read(200_000))
+    return jar
+
+
+def test_a_sweep_with_opendc_checks_java_and_the_jar_before_writing(tmp_path):
+    sweep = _small_sweep(tmp_path / "in", "s")
+    out = tmp_path / "sweep"
+    old = _old_java(tmp_path)
+    err = _batch_refused(["sweep", sweep, "--out", out, "--jobs", "1"], out, {"KAVIER_JAVA": str(old)})
+    assert f"kavier: error: $KAVIER_JAVA={old}: it is Java 17; the OpenDC bridge needs Java 21 or newer" in err
+    jar = _cut_jar(tmp_path)
+    err = _batch_refused(["sweep", sweep, "--out", out, "--jobs", "1"], out, {"KAVIER_BRIDGE_JAR": str(jar)})
+    assert f"The OpenDC bridge jar {jar} (200,000 bytes) is not a whole jar" in err
+
+
+def test_a_sweep_overwrite_with_opendc_checks_java_before_moving_the_earlier_sweep(swept, tmp_path):
+    _, b, done = swept
+    out = tmp_path / "sweep"
+    shutil.copytree(done, out)
+    before = _entries(out)
+    r = cli("sweep", b, "--out", out, "--jobs", "1", "--overwrite", env={"KAVIER_JAVA": str(_old_java(tmp_path))})
+    assert r.returncode == 3, r.stderr
+    assert_one_paragraph_error(r.stderr)
+    assert "it is Java 17; the OpenDC bridge needs Java 21 or newer" in r.stderr
+    assert _entries(out) == before and not Path(f"{out}.kavier-earlier").exists() and not lock_path(out).exists()
+
+
+def test_a_plan_with_opendc_checks_java_and_the_jar_before_writing(tmp_path):
+    plan = _bursts_plan(tmp_path / "in", "p")
+    out = tmp_path / "plan"
+    old = _old_java(tmp_path)
+    err = _batch_refused(["plan", plan, "--out", out, "--jobs", "1"], out, {"KAVIER_JAVA": str(old)})
+    assert f"kavier: error: $KAVIER_JAVA={old}: it is Java 17; the OpenDC bridge needs Java 21 or newer" in err
+    jar = _cut_jar(tmp_path)
+    err = _batch_refused(["plan", plan, "--out", out, "--jobs", "1"], out, {"KAVIER_BRIDGE_JAR": str(jar)})
+    assert f"The OpenDC bridge jar {jar} (200,000 bytes) is not a whole jar" in err
