@@ -844,3 +844,49 @@ def test_a_plan_with_opendc_checks_java_and_the_jar_before_writing(tmp_path):
     jar = _cut_jar(tmp_path)
     err = _batch_refused(["plan", plan, "--out", out, "--jobs", "1"], out, {"KAVIER_BRIDGE_JAR": str(jar)})
     assert f"The OpenDC bridge jar {jar} (200,000 bytes) is not a whole jar" in err
+
+
+# ------------------------------------------------------------------------------ 8. a disk fault in the OpenDC stage
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_disk_fault_while_opendc_writes_stops_kavier_run_and_its_jvm(tmp_path, disk, fault):
+    """The JVM writes opendc/output itself: its IOException becomes the same paragraph, the JVM goes."""
+    import subprocess
+
+    from conftest import skip_without_opendc
+    from test_faults import assert_nothing_left, descendants
+
+    skip_without_opendc()
+    d, mounted = disk
+    if not mounted:
+        pytest.skip("the JVM's own writes fail only on a real full or read-only file system (mount not permitted)")
+    exp = demo_copy(tmp_path / "in", requests=60)
+    cmd = stopped_at(faults.OPENDC_RUNNING, "run", exp, "--out", d, "--no-plots", "--quiet")
+    children = descendants(cmd.proc.pid)
+    assert _jvms(children), children  # the run's JVM is up, OpenDC not yet called
+    assert (d / "opendc" / "output" / INCOMPLETE).is_file()
+    if fault == "full":
+        _fill(d)
+        code, meaning = "ENOSPC", "the file system holding it is full"
+    else:
+        r = subprocess.run(["mount", "-o", "remount,ro", str(d)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        code, meaning = "EROFS", "its file system is read-only"
+    resume(cmd)
+    try:
+        assert cmd.wait() == 3, cmd.stderr
+        assert_one_paragraph_error(cmd.stderr)
+        assert (
+            f"kavier: error: {d}/opendc/output: cannot write it: {os.strerror(28 if code == 'ENOSPC' else 30)} "
+            f"({code}): {meaning}; the command stopped"
+        ) in cmd.stderr
+        assert cmd.stderr.rstrip().endswith(f"what OpenDC wrote there stays marked {d}/opendc/output/INCOMPLETE")
+        assert_nothing_left(cmd, children)  # the JVM too
+        assert _lock_is_free(d)
+        _no_temporaries(d)
+        assert (d / INCOMPLETE).is_file() and (d / "opendc" / "output" / INCOMPLETE).is_file()
+        assert not (d / "report.json").exists() and not (d / "opendc" / "sustainability.json").exists()
+    finally:
+        if fault != "full":
+            subprocess.run(["mount", "-o", "remount,rw", str(d)], capture_output=True)

@@ -22,6 +22,7 @@ LOCKED = "locked"  # the output's lock is held, nothing written yet
 JVM_STARTING = "jvm-starting"  # the OpenDC JVM has been started, its gateway not yet reached
 REPLACING = "replacing"  # --overwrite moved the earlier result aside and marked the folder INCOMPLETE
 WRITTEN_FIRST = "written-first"  # the first output file of a run is written (simulation/requests.parquet)
+OPENDC_RUNNING = "opendc-running"  # OpenDC's output folder is marked INCOMPLETE, OpenDC about to write into it
 
 _stopped: set[str] = set()
 
@@ -48,6 +49,7 @@ def check_write(path: str | os.PathLike) -> None:
 __all__ = [
     "JVM_STARTING",
     "LOCKED",
+    "OPENDC_RUNNING",
     "REPLACING",
     "STOP_ENV",
     "WRITE_FAULT_ENV",
