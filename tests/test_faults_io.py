@@ -240,7 +240,8 @@ def test_a_sweep_overwrite_whose_runs_fail_puts_the_earlier_sweep_back(swept, tm
     out = tmp_path / "sweep"
     shutil.copytree(done, out)
     before = _entries(out)
-    # every run of the new sweep fails writing its report.md (the workers inherit the fault)
+    # the new sweep's first run fails writing its report.md (the workers inherit the fault): a disk fault
+    # stops the whole sweep (section 6)
     r = cli(
         "sweep",
         b,
@@ -255,9 +256,12 @@ def test_a_sweep_overwrite_whose_runs_fail_puts_the_earlier_sweep_back(swept, tm
     assert r.returncode == 3, r.stderr
     assert "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("kavier: error: 2 run(s) of sweep 'b' failed (first: ")
-    assert "No space left on device (ENOSPC)" in last
-    assert last.endswith(f"so the new sweep was not kept. The earlier complete sweep in {out} was put back unchanged.")
+    assert last.startswith("kavier: error: run replicas-1-")
+    assert "/report.md: cannot write it: No space left on device (ENOSPC)" in last
+    assert last.endswith(
+        f"The other runs were stopped, as they would write to the same place. The earlier complete sweep in {out} "
+        "was put back unchanged."
+    )
     assert _entries(out) == before
     assert not Path(f"{out}.kavier-earlier").exists() and not lock_path(out).exists()
 
@@ -648,3 +652,282 @@ def test_a_jvm_killed_mid_run_ends_in_one_paragraph_and_reruns(tmp_path, export_
         assert "'kavier run --no-opendc' writes the report without OpenDC" in cmd.stderr
         again = cli(*args)
     assert again.returncode == 0, again.stderr
+
+
+# ------------------------------------------------------------------------------ 6. disk faults in sweeps and plans
+
+
+def _stopped_in_a_worker(*args, env: dict[str, str] | None = None) -> tuple[Cmd, dict[int, str]]:
+    """A sweep or plan whose Dask worker stops itself once it has written a run's first file (the driver
+    runs no experiment, so only workers reach that moment); with the command's processes then."""
+
+    def a_worker_stopped() -> bool:
+        return cmd.proc.poll() is not None or any(_stopped(p) for p in descendants(cmd.proc.pid))
+
+    from test_faults import descendants
+
+    cmd = Cmd(*args, env={faults.STOP_ENV: faults.WRITTEN_FIRST, **(env or {})})
+    wait_for(a_worker_stopped, WAIT, f"{args}: a worker to stop at {faults.WRITTEN_FIRST}")
+    assert cmd.proc.poll() is None, cmd.stderr
+    return cmd, descendants(cmd.proc.pid)
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return is_stopped(pid)
+    except (OSError, ValueError):  # gone meanwhile
+        return False
+
+
+def _resume_all_until_done(cmd: Cmd) -> int:
+    """Resume every stopped process of the command (a second worker may stop later, at its own first file)
+    until the command ends; its exit status."""
+    from test_faults import descendants
+
+    def resumed_and_ended() -> bool:
+        for pid in [cmd.proc.pid, *descendants(cmd.proc.pid)]:
+            if _stopped(pid):
+                os.kill(pid, signal.SIGCONT)
+        return cmd.proc.poll() is not None
+
+    wait_for(resumed_and_ended, WAIT, f"{cmd.args} to end")
+    return cmd.wait()
+
+
+def _assert_batch_stopped(cmd: Cmd, rc: int, children: dict[int, str], out: Path, code: str, meaning: str) -> None:
+    from test_faults import assert_nothing_left
+
+    assert rc == 3, cmd.stderr
+    assert "Traceback" not in cmd.stderr
+    last = cmd.stderr.strip().splitlines()[-1]
+    assert last.startswith("kavier: error: run "), cmd.stderr
+    assert f"({code}): {meaning}; the command stopped, and no half-written file was left in place" in last
+    assert f"{out}/runs/" in last and ".partial-" not in last  # the final path, not the staging folder
+    assert "The other runs were stopped, as they would write to the same place" in last
+    assert_nothing_left(cmd, children)  # the Dask scheduler, nanny and workers too
+    assert _lock_is_free(out)
+    _no_temporaries(out)
+
+
+def _sweep_args(tmp: Path, out: Path, jobs: int, *extra) -> list:
+    return ["sweep", _small_sweep(tmp, "s"), "--out", out, "--no-opendc", "--jobs", str(jobs), *extra]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_full_disk_mid_sweep_stops_every_worker_with_one_paragraph(tmp_path, disk, jobs):
+    d, mounted = disk
+    cmd, children = _stopped_in_a_worker(
+        *_sweep_args(tmp_path / "in", d, jobs), env=None if mounted else {faults.WRITE_FAULT_ENV: "ENOSPC:report.md"}
+    )
+    assert any("dask" in c or "distributed" in c or "multiprocessing" in c for c in children.values()), children
+    if mounted:
+        _fill(d)
+    rc = _resume_all_until_done(cmd)
+    _assert_batch_stopped(cmd, rc, children, d, "ENOSPC", "the file system holding it is full")
+    assert (d / INCOMPLETE).is_file() and not (d / "comparison.csv").exists()
+    assert json.loads((d / "sweep.json").read_text())["complete"] is False
+
+
+def test_a_read_only_disk_mid_sweep_stops_with_one_paragraph(tmp_path, disk):
+    import subprocess
+
+    d, mounted = disk
+    cmd, children = _stopped_in_a_worker(
+        *_sweep_args(tmp_path / "in", d, 1), env=None if mounted else {faults.WRITE_FAULT_ENV: "EROFS:report.md"}
+    )
+    if mounted:
+        r = subprocess.run(["mount", "-o", "remount,ro", str(d)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    try:
+        rc = _resume_all_until_done(cmd)
+        _assert_batch_stopped(cmd, rc, children, d, "EROFS", "its file system is read-only")
+        assert (d / INCOMPLETE).is_file() and not (d / "comparison.csv").exists()
+    finally:
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,rw", str(d)], capture_output=True)
+
+
+def test_a_sweep_folder_removed_mid_sweep_is_not_recreated(tmp_path):
+    out = tmp_path / "sweep"
+    cmd, children = _stopped_in_a_worker(*_sweep_args(tmp_path / "in", out, 2))
+    shutil.rmtree(out)  # by another process, while a worker is between two writes
+    rc = _resume_all_until_done(cmd)
+    _assert_batch_stopped(
+        cmd, rc, children, out, "ENOENT", "its folder was removed or moved while the command was writing into it"
+    )
+    assert not out.exists()  # no run folder re-created, no INCOMPLETE marker planted in a new empty folder
+
+
+def test_a_full_disk_during_a_sweep_overwrite_puts_the_earlier_sweep_back(swept, tmp_path, disk):
+    _, b, done = swept
+    disk_dir, mounted = disk
+    d = disk_dir / "sweep"  # inside the file system: the earlier sweep is moved aside beside it (a rename)
+    shutil.copytree(done, d)
+    before = _entries(d)
+    cmd, children = _stopped_in_a_worker(
+        "sweep",
+        b,
+        "--out",
+        d,
+        "--no-opendc",
+        "--jobs",
+        "1",
+        "--overwrite",
+        env=None if mounted else {faults.WRITE_FAULT_ENV: "ENOSPC:report.md"},
+    )
+    assert Path(f"{d}.kavier-earlier", "sweep.json").is_file()
+    if mounted:
+        _fill(disk_dir)
+    rc = _resume_all_until_done(cmd)
+    (disk_dir / "filler").unlink(missing_ok=True)
+    _assert_batch_stopped(cmd, rc, children, d, "ENOSPC", "the file system holding it is full")
+    assert cmd.stderr.strip().endswith(f"same place. The earlier complete sweep in {d} was put back unchanged.")
+    assert _entries(d) == before  # every file of sweep 'a' back, nothing of 'b' left
+    assert not Path(f"{d}.kavier-earlier").exists()
+
+
+def test_a_full_disk_mid_plan_stops_with_one_paragraph(tmp_path, disk):
+    d, mounted = disk
+    plan = _bursts_plan(tmp_path / "in", "p")
+    cmd, children = _stopped_in_a_worker(
+        "plan",
+        plan,
+        "--out",
+        d,
+        "--no-opendc",
+        "--jobs",
+        "2",
+        env=None if mounted else {faults.WRITE_FAULT_ENV: "ENOSPC:report.md"},
+    )
+    if mounted:
+        _fill(d)
+    rc = _resume_all_until_done(cmd)
+    _assert_batch_stopped(cmd, rc, children, d, "ENOSPC", "the file system holding it is full")
+    assert (d / INCOMPLETE).is_file() and not (d / "plan.json").exists()
+
+
+def test_a_write_fault_in_a_staged_folder_names_the_final_path(tmp_path):
+    """simulation/ is written in a hidden staging folder and renamed into place: the error names the final
+    path the user knows, never the staging one."""
+    exp = demo_copy(tmp_path / "in", requests=60)
+    out = tmp_path / "out"
+    r = cli(
+        "run",
+        exp,
+        "--out",
+        out,
+        "--no-opendc",
+        "--no-plots",
+        "--quiet",
+        env={faults.WRITE_FAULT_ENV: "ENOSPC:requests.parquet"},
+    )
+    assert r.returncode == 3, r.stderr
+    assert_one_paragraph_error(r.stderr)
+    assert (
+        f"kavier: error: {out}/simulation/requests.parquet: cannot write it: No space left on device (ENOSPC)"
+    ) in r.stderr
+    assert ".partial-" not in r.stderr
+    _no_temporaries(out)
+    assert not (out / "simulation").exists() and (out / INCOMPLETE).is_file()
+
+
+# ------------------------------------------------------------------------------ 7. Java checked before a sweep writes
+
+
+def _batch_refused(args: list, out: Path, env: dict[str, str]) -> str:
+    """A sweep or plan with OpenDC refused before anything is written (no folder, no lock); its stderr."""
+    r = cli(*args, env=env, timeout=BOUND_S)
+    assert r.returncode == 3, r.stderr
+    assert_one_paragraph_error(r.stderr)
+    assert r.stderr.rstrip().endswith("To get the performance report without OpenDC, add --no-opendc.")
+    assert not out.exists() and not lock_path(out).exists()
+    return r.stderr
+
+
+def _cut_jar(tmp: Path) -> Path:
+    from kavier_opendc.opendc.jvm import find_bridge_jar
+
+    jar = tmp / "cut.jar"
+    with open(find_bridge_jar(), "rb") as src:
+        jar.write_bytes(src.read(200_000))
+    return jar
+
+
+def test_a_sweep_with_opendc_checks_java_and_the_jar_before_writing(tmp_path):
+    sweep = _small_sweep(tmp_path / "in", "s")
+    out = tmp_path / "sweep"
+    old = _old_java(tmp_path)
+    err = _batch_refused(["sweep", sweep, "--out", out, "--jobs", "1"], out, {"KAVIER_JAVA": str(old)})
+    assert f"kavier: error: $KAVIER_JAVA={old}: it is Java 17; the OpenDC bridge needs Java 21 or newer" in err
+    jar = _cut_jar(tmp_path)
+    err = _batch_refused(["sweep", sweep, "--out", out, "--jobs", "1"], out, {"KAVIER_BRIDGE_JAR": str(jar)})
+    assert f"The OpenDC bridge jar {jar} (200,000 bytes) is not a whole jar" in err
+
+
+def test_a_sweep_overwrite_with_opendc_checks_java_before_moving_the_earlier_sweep(swept, tmp_path):
+    _, b, done = swept
+    out = tmp_path / "sweep"
+    shutil.copytree(done, out)
+    before = _entries(out)
+    r = cli("sweep", b, "--out", out, "--jobs", "1", "--overwrite", env={"KAVIER_JAVA": str(_old_java(tmp_path))})
+    assert r.returncode == 3, r.stderr
+    assert_one_paragraph_error(r.stderr)
+    assert "it is Java 17; the OpenDC bridge needs Java 21 or newer" in r.stderr
+    assert _entries(out) == before and not Path(f"{out}.kavier-earlier").exists() and not lock_path(out).exists()
+
+
+def test_a_plan_with_opendc_checks_java_and_the_jar_before_writing(tmp_path):
+    plan = _bursts_plan(tmp_path / "in", "p")
+    out = tmp_path / "plan"
+    old = _old_java(tmp_path)
+    err = _batch_refused(["plan", plan, "--out", out, "--jobs", "1"], out, {"KAVIER_JAVA": str(old)})
+    assert f"kavier: error: $KAVIER_JAVA={old}: it is Java 17; the OpenDC bridge needs Java 21 or newer" in err
+    jar = _cut_jar(tmp_path)
+    err = _batch_refused(["plan", plan, "--out", out, "--jobs", "1"], out, {"KAVIER_BRIDGE_JAR": str(jar)})
+    assert f"The OpenDC bridge jar {jar} (200,000 bytes) is not a whole jar" in err
+
+
+# ------------------------------------------------------------------------------ 8. a disk fault in the OpenDC stage
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_disk_fault_while_opendc_writes_stops_kavier_run_and_its_jvm(tmp_path, disk, fault):
+    """The JVM writes opendc/output itself: its IOException becomes the same paragraph, the JVM goes."""
+    import subprocess
+
+    from conftest import skip_without_opendc
+    from test_faults import assert_nothing_left, descendants
+
+    skip_without_opendc()
+    d, mounted = disk
+    if not mounted:
+        pytest.skip("the JVM's own writes fail only on a real full or read-only file system (mount not permitted)")
+    exp = demo_copy(tmp_path / "in", requests=60)
+    cmd = stopped_at(faults.OPENDC_RUNNING, "run", exp, "--out", d, "--no-plots", "--quiet")
+    children = descendants(cmd.proc.pid)
+    assert _jvms(children), children  # the run's JVM is up, OpenDC not yet called
+    assert (d / "opendc" / "output" / INCOMPLETE).is_file()
+    if fault == "full":
+        _fill(d)
+        code, meaning = "ENOSPC", "the file system holding it is full"
+    else:
+        r = subprocess.run(["mount", "-o", "remount,ro", str(d)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        code, meaning = "EROFS", "its file system is read-only"
+    resume(cmd)
+    try:
+        assert cmd.wait() == 3, cmd.stderr
+        assert_one_paragraph_error(cmd.stderr)
+        assert (
+            f"kavier: error: {d}/opendc/output: cannot write it: {os.strerror(28 if code == 'ENOSPC' else 30)} "
+            f"({code}): {meaning}; the command stopped"
+        ) in cmd.stderr
+        assert cmd.stderr.rstrip().endswith(f"what OpenDC wrote there stays marked {d}/opendc/output/INCOMPLETE")
+        assert_nothing_left(cmd, children)  # the JVM too
+        assert _lock_is_free(d)
+        _no_temporaries(d)
+        assert (d / INCOMPLETE).is_file() and (d / "opendc" / "output" / INCOMPLETE).is_file()
+        assert not (d / "report.json").exists() and not (d / "opendc" / "sustainability.json").exists()
+    finally:
+        if fault != "full":
+            subprocess.run(["mount", "-o", "remount,rw", str(d)], capture_output=True)

@@ -96,7 +96,13 @@ def staged_output(out: Path) -> Iterator[Path]:
             f"cannot write to {out}: {exc.strerror or exc}", location="--out", expected="a writable directory"
         ) from None
     try:
-        yield stage
+        try:
+            yield stage
+        except OSError as exc:  # named by its final place, not the hidden staging folder
+            err = exc if isinstance(exc, OutputWriteError) else OutputWriteError.from_os(exc)
+            moved = OutputWriteError(str(err).replace(str(stage), str(out)))
+            moved.errno = err.errno
+            raise moved from None
         out.mkdir(parents=True, exist_ok=True)
         for item in sorted(stage.iterdir()):
             dest = out / item.name

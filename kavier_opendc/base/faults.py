@@ -23,6 +23,7 @@ JVM_STARTING = "jvm-starting"  # the OpenDC JVM has been started, its gateway no
 OPENDC_STARTING = "opendc-starting"  # the JVM is up and answering; the experiment is about to start in it
 REPLACING = "replacing"  # --overwrite moved the earlier result aside and marked the folder INCOMPLETE
 WRITTEN_FIRST = "written-first"  # the first output file of a run is written (simulation/requests.parquet)
+OPENDC_RUNNING = "opendc-running"  # OpenDC's output folder is marked INCOMPLETE, OpenDC about to write into it
 
 _stopped: set[str] = set()
 
@@ -50,6 +51,7 @@ __all__ = [
     "JVM_STARTING",
     "LOCKED",
     "OPENDC_STARTING",
+    "OPENDC_RUNNING",
     "REPLACING",
     "STOP_ENV",
     "WRITE_FAULT_ENV",

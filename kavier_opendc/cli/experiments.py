@@ -26,7 +26,7 @@ from kavier_opendc.experiments.demo import DEMO_EXPERIMENT, copy_demo_inputs
 from kavier_opendc.experiments.experiment import load_experiment
 from kavier_opendc.experiments.pipeline import run_experiment
 from kavier_opendc.experiments.run_folder import REPORT_JSON, RUN_ENTRIES
-from kavier_opendc.experiments.sweep import SWEEP_ENTRIES, SWEEP_FILES, load_sweep, run_sweep
+from kavier_opendc.experiments.sweep import SWEEP_ENTRIES, SWEEP_FILES, check_opendc_for, load_sweep, run_sweep
 from kavier_opendc.opendc.jvm import check_opendc_available
 from kavier_opendc.reports.efficiency import prototype_efficiency_summary
 
@@ -169,6 +169,8 @@ def cmd_sweep(args) -> int:
     sweep = load_sweep(Path(args.sweep), opendc=False if args.no_opendc else None)
     out = Path(args.out)
     t0 = time.perf_counter()
+    if args.scheduler is None:  # a remote cluster's workers have their own OpenDC
+        check_opendc_for(sweep, out, redo_all=args.overwrite)
     with output_lock(out, command=_command_line()):
         note = recover_replacement(out, SWEEP_ENTRIES, SWEEP_FILES)
         if note:
@@ -186,16 +188,21 @@ def cmd_sweep(args) -> int:
         if args.overwrite:
             guard = replacing(out, SWEEP_ENTRIES, SWEEP_FILES, first="sweep.json")
         with guard as replaced:
-            res = run_sweep(
-                sweep,
-                out,
-                jobs=args.jobs,
-                run_plots=args.run_plots,
-                quiet=args.quiet,
-                retry_failed=True,
-                command=_command_line(),
-                scheduler=args.scheduler,
-            )
+            try:
+                res = run_sweep(
+                    sweep,
+                    out,
+                    jobs=args.jobs,
+                    run_plots=args.run_plots,
+                    quiet=args.quiet,
+                    retry_failed=True,
+                    command=_command_line(),
+                    scheduler=args.scheduler,
+                )
+            except KavierError as exc:  # (a disk fault stops the sweep: the earlier one comes back)
+                if replaced:
+                    exc.args = (f"{exc}. The earlier complete sweep in {out} was put back unchanged.",)
+                raise
             if replaced and res.failed:
                 first = next(iter(res.errors.items()), ("?", "?"))
                 raise KavierRuntimeError(

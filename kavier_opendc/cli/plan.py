@@ -20,6 +20,7 @@ from kavier_opendc.cli.commands import HELP
 from kavier_opendc.experiments.plan import MAX_RATE_FILES, PLAN_ENTRIES, PLAN_FILES, run_max_rate, run_plan
 from kavier_opendc.experiments.plan_file import EXAMPLE_PLAN, load_plan
 from kavier_opendc.experiments.run_folder import clear_incomplete, mark_incomplete
+from kavier_opendc.opendc.jvm import check_opendc_available
 
 
 def cmd_plan(args) -> int:
@@ -31,6 +32,8 @@ def cmd_plan(args) -> int:
     plan = load_plan(EXAMPLE_PLAN if args.example else Path(args.plan), opendc=False if args.no_opendc else None)
     out = Path(args.out)
     files = MAX_RATE_FILES if args.max_rate else PLAN_FILES
+    if not args.max_rate and not args.no_opendc and args.scheduler is None:
+        check_opendc_available()  # before the lock, the INCOMPLETE marker or a folder moved aside
     with output_lock(out, command=command):
         note = recover_replacement(out, PLAN_ENTRIES, files)
         if note:

@@ -38,6 +38,7 @@ finish and failure goes to the caller's log.
 from __future__ import annotations
 
 import atexit
+import errno
 import functools
 import hashlib
 import io
@@ -56,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from kavier_opendc.base.atomic import public_mode
-from kavier_opendc.base.errors import KavierError, KavierRuntimeError
+from kavier_opendc.base.errors import KavierError, KavierRuntimeError, OutputWriteError
 from kavier_opendc.experiments.experiment import load_experiment, synthetic_input_files
 from kavier_opendc.experiments.pipeline import run_experiment
 from kavier_opendc.experiments.run_folder import mark_failed_run, sha256_file
@@ -320,6 +321,10 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix=f"kavier-run-{payload['id']}-")) if ship else Path(payload["run_dir"])
     back: dict[str, str] = {}  # the worker's input mirror -> the driver's paths
     try:
+        if not ship and not run_dir.parent.is_dir():  # the driver made runs/: gone, the batch's folder was removed
+            raise OutputWriteError.from_os(
+                OSError(errno.ENOENT, os.strerror(errno.ENOENT)), run_dir.parent.resolve(), writing=False
+            )
         document, back = _local_inputs(payload, files) if ship else (payload["document"], {})
         opendc = payload["opendc"]
         exp = load_experiment(document, base_dir=payload["base_dir"], source=payload["source"], opendc=opendc)
@@ -340,7 +345,10 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
         if isinstance(exc, OpenDCBridgeError):
             close_worker_bridge()  # a fresh JVM for the next run
         out.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        mark_failed_run(run_dir, out["error"])
+        if isinstance(exc, OutputWriteError):  # a full, read-only or vanished output: the driver stops
+            out.update(write_fault=str(exc), errno=exc.errno)
+        else:
+            mark_failed_run(run_dir, out["error"])
     if ship:
         try:
             if run_dir.is_dir():
@@ -584,6 +592,15 @@ class RunExecutor:
             started = self._running.pop(task.id, None) or {}
             self._finished.add(task.id)
         archive = out.pop("archive", None)
+        if out.get("write_fault"):
+            # the output cannot be written (the disk is full, read-only or the folder gone): no later run
+            # could write its own, so the batch stops here (the caller's `with` closes the cluster)
+            err = OutputWriteError(
+                f"run {task.id}: {out['write_fault']}. The other runs were stopped, as they would write to the "
+                "same place"
+            )
+            err.errno = out.get("errno")
+            raise err
         if archive:
             unpack_run(archive, Path(task.run_dir))
         rec = RunRecord(

@@ -405,9 +405,7 @@ def run_sweep(
         _log(out, event="skip", id=r.id)
     if stale:
         _log(out, event="stale", ids=stale)
-    needs_opendc = (
-        any(r.document.get("opendc", {}).get("enabled", True) for r in todo) if sweep.opendc is None else sweep.opendc
-    )
+    needs_opendc = _needs_opendc(sweep, todo)
     if todo and needs_opendc and scheduler is None:  # a remote cluster's workers have their own OpenDC
         check_opendc_available()
     n_jobs = max(1, min(jobs or sweep.jobs or 2, len(todo) or 1))
@@ -457,6 +455,20 @@ def run_sweep(
     write_comparison(sweep, out, table)
     _end_sweep(out, res)
     return res
+
+
+def _needs_opendc(sweep: Sweep, todo: list) -> bool:
+    return (
+        any(r.document.get("opendc", {}).get("enabled", True) for r in todo) if sweep.opendc is None else sweep.opendc
+    )
+
+
+def check_opendc_for(sweep: Sweep, out: Path, *, redo_all: bool = False) -> None:
+    """Refuse a sweep whose runs to do need OpenDC when Java 21+ or a whole bridge jar is missing, before
+    anything is written (the lock, sweep.json, a folder moved aside). Reads only; ``redo_all``: --overwrite."""
+    todo = [r for r in sweep.runs if redo_all or run_done_problem(out / "runs" / r.id, r.config_hash) is not None]
+    if todo and _needs_opendc(sweep, todo):
+        check_opendc_available()
 
 
 def check_run_folders(sweep: Sweep, out: Path) -> None:

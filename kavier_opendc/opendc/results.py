@@ -26,6 +26,7 @@ host's energy minus its GPUs'.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -41,7 +42,8 @@ import pyarrow.parquet as pq
 
 from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text
 from kavier_opendc.base.documents import load_json
-from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
+from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError, OutputWriteError
+from kavier_opendc.base.faults import OPENDC_RUNNING, checkpoint
 
 OUTPUT_FILES = ("host", "powerSource", "task", "service", "battery")
 #: OpenDC's default power model when a topology gives none (TopologySpecs.kt).
@@ -608,6 +610,26 @@ def check_tasks_fit(exp: dict) -> None:
             )
 
 
+#: A full, over-quota or read-only disk as the JVM words it (Java's IOException carries the C library's text)
+_JAVA_WRITE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _java_write_fault(exc: BaseException, out: Path) -> int | None:
+    """The errno of a write fault OpenDC's JVM met in ``out`` (in its message or last stderr lines, or seen on
+    the folder itself: Java words a file it could not create in a read-only or removed folder as "No such
+    file"); None: another failure (which OpenDC may word as an unreadable input: the first file it wrote)."""
+    text = f"{exc} {getattr(exc, 'stderr_tail', '')}"
+    found = next((num for num in _JAVA_WRITE_FAULTS if os.strerror(num) in text), None)
+    if found is not None:
+        return found
+    try:
+        return errno.EROFS if os.statvfs(out).f_flag & os.ST_RDONLY else None
+    except FileNotFoundError:
+        return errno.ENOENT
+    except OSError:
+        return None
+
+
 def run_opendc_dir(
     dir: str | os.PathLike, progress: Callable | None = None, *, bridge: Any = None, stall_timeout: float | None = None
 ) -> dict[str, Any]:
@@ -648,12 +670,20 @@ def run_opendc_dir(
     except KavierInputError:
         shutil.rmtree(out, ignore_errors=True)  # nothing ran: leave no output/ behind
         raise
-    if bridge is not None:
-        result_dir = bridge.run(run_path, progress=progress, stall_timeout=stall_timeout, folder=d)
-    else:
-        from kavier_opendc.opendc.bridge import run_opendc_experiment
+    checkpoint(OPENDC_RUNNING)
+    try:
+        if bridge is not None:
+            result_dir = bridge.run(run_path, progress=progress, stall_timeout=stall_timeout, folder=d)
+        else:
+            from kavier_opendc.opendc.bridge import run_opendc_experiment
 
-        result_dir = run_opendc_experiment(run_path, progress=progress, stall_timeout=stall_timeout, folder=d)
+            result_dir = run_opendc_experiment(run_path, progress=progress, stall_timeout=stall_timeout, folder=d)
+    except KavierError as exc:
+        fault = _java_write_fault(exc, out)
+        if fault is None:
+            raise
+        err = OutputWriteError.from_os(OSError(fault, os.strerror(fault)), out)
+        raise OutputWriteError(f"{err}; what OpenDC wrote there stays marked {marker}") from None
     export_stats = None
     ep = d / "export.json"
     if ep.is_file():
