@@ -2,7 +2,8 @@
 each (with its own package on PYTHONPATH) and compares every file.
 
 A refactoring must leave these unchanged. JSON files are compared with their timing and path fields
-removed (wall times, dates, the output folder's own path); every Parquet and PNG file byte for byte.
+removed (wall times, dates, the output folder's own path); every Parquet and PNG file byte for byte (Markdown and
+HTML pages hold paths and times, and are built from the JSON beside them).
 
     python bench/same_outputs.py OLD_CHECKOUT [NEW_CHECKOUT]      # NEW defaults to this checkout
     python bench/same_outputs.py /tmp/old --no-demo
@@ -139,7 +140,7 @@ def compare(a: Path, b: Path, roots: tuple[Path, Path]) -> list[str]:
             x, y = (t.replace(str(r).encode(), b"<checkout>") for t, r in ((x, roots[0]), (y, roots[1])))
             if scrub(json.loads(x)) == scrub(json.loads(y)):
                 continue
-        elif rel.suffix in (".md", ".jsonl", ".log"):
+        elif rel.suffix in (".md", ".html", ".jsonl", ".log"):
             continue  # text holding paths and times; the JSON beside it carries the numbers
         out.append(f"differs: {rel}")
     return out
