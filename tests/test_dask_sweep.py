@@ -266,7 +266,28 @@ def test_workers_that_cannot_start_give_one_paragraph_and_no_dask_traceback(tmp_
     and a sweep folder marked INCOMPLETE."""
     sweep = Path(__file__).resolve().parents[1] / "kavier_opendc" / "data" / "demo_sweep.yaml"
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": '["no_such_module_for_kavier"]'}
-    r = subprocess.run(
+    # port 8787 taken (another sweep's cluster, as on a busy machine): the scheduler's HTTP server used to
+    # fall back from it with a "Port 8787 is already in use" warning printed before kavier's error
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a dashboard's server binds it
+    try:
+        holder.bind(("", 8787))
+        holder.listen()
+    except OSError:  # already taken: the same situation
+        pass
+    try:
+        r = _sweep_with_failing_workers(sweep, tmp_path, env)
+    finally:
+        holder.close()
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.startswith("kavier: error: could not start the local Dask cluster of 2 worker process(es)")
+    assert "No module named 'no_such_module_for_kavier'" in r.stderr
+    assert "Traceback" not in r.stderr and "distributed." not in r.stderr and r.stderr.count("\n") == 1
+    assert (tmp_path / "s" / "INCOMPLETE").exists() and not (tmp_path / "s" / "comparison.csv").exists()
+
+
+def _sweep_with_failing_workers(sweep: Path, tmp_path: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -283,8 +304,3 @@ def test_workers_that_cannot_start_give_one_paragraph_and_no_dask_traceback(tmp_
         env=env,
         timeout=240,
     )
-    assert r.returncode == 3, r.stderr
-    assert r.stderr.startswith("kavier: error: could not start the local Dask cluster of 2 worker process(es)")
-    assert "No module named 'no_such_module_for_kavier'" in r.stderr
-    assert "Traceback" not in r.stderr and "distributed." not in r.stderr and r.stderr.count("\n") == 1
-    assert (tmp_path / "s" / "INCOMPLETE").exists() and not (tmp_path / "s" / "comparison.csv").exists()

@@ -18,9 +18,12 @@ decode_state.py  the decoders, held lazily against one counter
 kv_manager.py    the owner of a replica's KV blocks: allocation, release, the prefix cache over them
 kv_cache.py      the prefix cache's data structure (LRU, host tier) and the prompt cache
 cost_model.py    how long one batched forward pass takes
+clock.py         GPU power caps and locked SM clocks: the clock each iteration runs at, and its power
+speculative.py   speculative decoding: tokens verified and emitted per step, the drafting cost
 request.py       the request records
 results.py       the per-request results arrays
 timeline.py      a replica's activity over time
 energy.py        per-request energy attribution: the rules, and the static share by residence
+itl.py           inter-token gaps: per-request and pooled statistics from the decode state's logs
 outputs.py       the Parquet/JSON outputs (requests.parquet, summary.json, timeline.parquet)
 """

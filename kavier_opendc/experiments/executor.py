@@ -462,6 +462,10 @@ class RunExecutor:
                         processes=True,
                         memory_limit=0,
                         dashboard_address=None,
+                        # the scheduler's HTTP server (health and metrics routes) still starts without the
+                        # dashboard, by default on port 8787: a free port of its own instead, so that two
+                        # sweeps at once print no "Port 8787 is already in use" warning
+                        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                         silence_logs=logging.CRITICAL,
                     )
                     self.client = Client(self.cluster)
