@@ -747,17 +747,6 @@ def test_a_read_only_disk_mid_sweep_stops_with_one_paragraph(tmp_path, disk):
             subprocess.run(["mount", "-o", "remount,rw", str(d)], capture_output=True)
 
 
-def test_a_sweep_folder_removed_mid_sweep_is_not_recreated(tmp_path):
-    out = tmp_path / "sweep"
-    cmd, children = _stopped_in_a_worker(*_sweep_args(tmp_path / "in", out, 2))
-    shutil.rmtree(out)  # by another process, while a worker is between two writes
-    rc = _resume_all_until_done(cmd)
-    _assert_batch_stopped(
-        cmd, rc, children, out, "ENOENT", "its folder was removed or moved while the command was writing into it"
-    )
-    assert not out.exists()  # no run folder re-created, no INCOMPLETE marker planted in a new empty folder
-
-
 def test_a_full_disk_during_a_sweep_overwrite_puts_the_earlier_sweep_back(swept, tmp_path, disk):
     _, b, done = swept
     disk_dir, mounted = disk
