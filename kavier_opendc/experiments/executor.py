@@ -381,13 +381,8 @@ def input_files(task: RunTask) -> list[Path]:
 
 
 def unpack_run(archive: bytes, run_dir: Path) -> None:
-    """Replace ``run_dir`` by the run folder in ``archive`` (unpacked beside it, then renamed). The sweep's
-    ``runs/`` folder must still be there: one removed while the sweep runs is not re-created with only the
-    later runs in it."""
-    if not run_dir.parent.is_dir():
-        raise OutputWriteError.from_os(
-            OSError(errno.ENOENT, os.strerror(errno.ENOENT)), run_dir.parent.resolve(), writing=False
-        )
+    """Replace ``run_dir`` by the run folder in ``archive`` (unpacked beside it, then renamed)."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.incoming-", dir=run_dir.parent))
     try:
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
