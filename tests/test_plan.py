@@ -198,3 +198,65 @@ def test_gpu_mixes_become_replica_groups_on_sized_host_groups(tmp_path):
     ]
     # 4-GPU hosts hold two TP2 replicas each
     assert [(h["gpu"], h["count"]) for h in doc["datacenter"]["hosts"]] == [("A100-80GB", 2), ("H100-SXM", 3)]
+
+
+def test_power_caps_are_a_searched_axis(tmp_path):
+    # candidates.power_cap_w: each cap (null: uncapped) is a shape of its own, run with serving.power_cap_w; a
+    # capped A100 prefills slower (compute-bound: the clock falls under the cap), so its TTFT is higher and it
+    # still meets the SLO at 3 replicas
+    plan = bursts_plan(
+        tmp_path,
+        candidates={
+            "gpu": ["A100-80GB"],
+            "prefix_cache": ["none"],
+            "router": ["round-robin"],
+            "max_num_seqs": [1],
+            "power_cap_w": [None, 150],
+            "replicas": {"min": 1, "max": 6},
+        },
+        objective="energy",
+    )
+    r = plan_cli(plan, "--out", tmp_path / "out", "--no-opendc")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "out" / "plan.json").read_text())
+    by_cap = {s["power_cap_w"]: s for s in summary["shapes"]}
+    assert set(by_cap) == {None, 150}
+    assert by_cap[150]["shape"].endswith("cap 150 W") and "cap" not in by_cap[None]["shape"]
+    assert by_cap[150]["replicas"] == by_cap[None]["replicas"] == 3
+    assert by_cap[150]["ttft_p50_s"] > by_cap[None]["ttft_p50_s"]
+    run = by_cap[150]["run"]
+    exp = json.loads((tmp_path / "out" / "runs" / run / "experiment.json").read_text())
+    assert exp["serving"]["power_cap_w"] == 150
+    cands = pd.read_csv(tmp_path / "out" / "candidates.csv")
+    assert "power_cap_w" in cands.columns
+
+
+def test_a_power_cap_outside_a_gpus_range_is_refused(tmp_path):
+    plan = bursts_plan(
+        tmp_path,
+        candidates={"gpu": ["A100-80GB"], "power_cap_w": [None, 50], "replicas": {"max": 2}},
+    )
+    with pytest.raises(KavierInputError, match="power_cap_w") as exc:
+        load_plan(plan, opendc=False)
+    assert "100" in str(exc.value)  # the A100's minimum cap (nvidia-smi's Min Power Limit)
+    bad = bursts_plan(tmp_path / "b", candidates={"gpu": ["A100-80GB"], "power_cap_w": [0]})
+    with pytest.raises(KavierInputError, match="power_cap_w"):
+        load_plan(bad, opendc=False)
+
+
+def test_total_carbon_needs_every_gpus_embodied_carbon(tmp_path):
+    # a user's GPU without embodied_kgco2e would count as carbon-free under total-carbon: refused up front
+    gpus = yaml.safe_load((REPO / "kavier_opendc" / "specs" / "gpus.yaml").read_text())["gpus"]
+    entry = {k: v for k, v in next(g for g in gpus if g["name"] == "A100-80GB").items() if "embodied" not in k}
+    entry.update(name="A100-noemb", aliases=[])
+    (tmp_path / "cat.yaml").write_text(yaml.safe_dump({"gpus": [entry]}))
+    plan = bursts_plan(
+        tmp_path,
+        catalog=["cat.yaml"],
+        candidates={"gpu": ["A100-noemb"], "replicas": {"max": 2}},
+        objective="total-carbon",
+    )
+    r = plan_cli(plan, "--out", tmp_path / "out", "--no-opendc")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "total-carbon objective adds embodied carbon, but GPU 'A100-noemb' has no embodied_kgco2e" in r.stderr
+    assert "candidates.gpu" in r.stderr and not (tmp_path / "out").exists()

@@ -18,7 +18,7 @@ from kavier_opendc.base.output_folder import complete_result_name, output_lock, 
 from kavier_opendc.cli.args import positive_int
 from kavier_opendc.cli.commands import HELP
 from kavier_opendc.experiments.plan import MAX_RATE_FILES, PLAN_ENTRIES, PLAN_FILES, run_max_rate, run_plan
-from kavier_opendc.experiments.plan_file import EXAMPLE_PLAN, load_plan
+from kavier_opendc.experiments.plan_file import EXAMPLE_PLAN, check_embodied_known, load_plan
 from kavier_opendc.experiments.run_folder import clear_incomplete, mark_incomplete
 from kavier_opendc.opendc.jvm import check_opendc_available
 
@@ -30,6 +30,8 @@ def cmd_plan(args) -> int:
         raise KavierInputError("give a PLAN_FILE or --example (not both)", location="PLAN_FILE")
     command = " ".join(["kavier"] + [shlex.quote(a) for a in sys.argv[1:]])
     plan = load_plan(EXAMPLE_PLAN if args.example else Path(args.plan), opendc=False if args.no_opendc else None)
+    if not args.max_rate:
+        check_embodied_known(plan, args.objective or plan.objective)  # before the output folder is touched
     out = Path(args.out)
     files = MAX_RATE_FILES if args.max_rate else PLAN_FILES
     if not args.max_rate and not args.no_opendc and args.scheduler is None:
@@ -107,7 +109,7 @@ def register(sub) -> None:
     ap.add_argument("--out", required=True, metavar="DIR", help="output folder (runs/<id>/ per evaluated run)")
     ap.add_argument(
         "--objective",
-        choices=["cost", "energy", "carbon"],
+        choices=["cost", "energy", "carbon", "total-carbon"],
         help="what the chosen configuration minimises (default: the plan file's objective)",
     )
     ap.add_argument(

@@ -47,7 +47,15 @@ from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writa
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.experiments.executor import RunExecutor, RunTask
 from kavier_opendc.experiments.experiment import load_experiment
-from kavier_opendc.experiments.plan_file import OBJECTIVES, SLO, Plan, Shape, shape_problems, traffic_at
+from kavier_opendc.experiments.plan_file import (
+    OBJECTIVES,
+    SLO,
+    Plan,
+    Shape,
+    check_embodied_known,
+    shape_problems,
+    traffic_at,
+)
 from kavier_opendc.experiments.run_folder import absolutized, clear_done, config_hash, mark_done, run_is_done
 from kavier_opendc.experiments.sweep import report_row
 from kavier_opendc.opendc.jvm import check_opendc_available
@@ -71,7 +79,12 @@ PLAN_ENTRIES = (
     LOG,
     INCOMPLETE,
 )
-METRICS = {"cost": "cost_per_mtoken", "energy": "wh_per_mtoken", "carbon": "gco2_per_mtoken"}
+METRICS = {
+    "cost": "cost_per_mtoken",
+    "energy": "wh_per_mtoken",
+    "carbon": "gco2_per_mtoken",
+    "total-carbon": "total_gco2_per_mtoken",
+}
 FRONT_AXES = ("cost_per_mtoken", "wh_per_mtoken", "gco2_per_mtoken", "ttft_p99_s")
 
 
@@ -421,6 +434,7 @@ def run_plan(
 
     t0 = time.perf_counter()
     objective = objective or plan.objective
+    check_embodied_known(plan, objective)
     out = Path(out).resolve()  # the experiments name their traffic file by its absolute path
     check_writable_dir(out)
     if opendc and scheduler is None:  # a remote cluster's workers have their own OpenDC
@@ -514,6 +528,7 @@ def _shape_record(s: ShapeSearch, ev: Evaluation | None, screened: Evaluation | 
         "router": s.shape.router,
         "max_num_seqs": s.shape.max_num_seqs,
         "max_batched_tokens": s.shape.max_batched_tokens,
+        "power_cap_w": s.shape.power_cap_w,
         "status": s.state,
         "replicas": None,
         "why": s.why,
@@ -537,6 +552,7 @@ def _shape_record(s: ShapeSearch, ev: Evaluation | None, screened: Evaluation | 
             "cost_per_mtoken",
             "wh_per_mtoken",
             "gco2_per_mtoken",
+            "total_gco2_per_mtoken",
             "energy_wh",
             "carbon_g",
             "ttft_p50_s",
@@ -564,7 +580,7 @@ def _summarise(
         r["on_front"] = i in front_idx
     best = {}
     for name in OBJECTIVES:
-        if not opendc and name == "carbon":
+        if not opendc and name in ("carbon", "total-carbon"):
             continue
         scores = objective_scores(evaluated, name)
         if scores and min(scores) < math.inf:

@@ -3,7 +3,7 @@
 A plan names the traffic (a trace or a synthetic workload, optionally at a
 target rate), the SLOs (TTFT and TPOT at a percentile, optionally a minimum
 attainment), the candidates (GPU types or mixes of them, TP degrees, batching
-limits, prefix-cache policies, routers, a replica range), the datacenter whose
+limits, prefix-cache policies, routers, GPU power caps, a replica range), the datacenter whose
 host groups are templates, the carbon source, prices and the objective::
 
     name: chat-capacity
@@ -56,7 +56,8 @@ EXAMPLE_PLAN = Path(__file__).resolve().parent.parent / "data" / "plan_example.y
 DEFAULT_PERCENTILE = 99.0
 DEFAULT_REPLICAS = (1, 8)
 DEFAULT_NEAR_FRONT = 0.1
-OBJECTIVES = ("cost", "energy", "carbon")
+# total-carbon: operational (PUE included) + embodied gCO2 per Mtoken (OpenDC runs only, as carbon)
+OBJECTIVES = ("cost", "energy", "carbon", "total-carbon")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Shape:
     router: str | None
     max_num_seqs: int | None
     max_batched_tokens: int | None
+    power_cap_w: float | None = None  # every GPU's power cap (engine/clock.py); None: uncapped (its TDP)
     ratio: str | None = None  # P/D "p:d" (prefill:decode); None: co-located
     decode_gpu: str | None = None  # the decode pool's GPU type when it differs from the prefill pool's
     # (N, prefill replicas, decode replicas) for each searched replica count N this P/D shape exists at
@@ -98,6 +100,8 @@ class Shape:
             parts.append(f"seqs {self.max_num_seqs}")
         if self.max_batched_tokens:
             parts.append(f"tokens {self.max_batched_tokens}")
+        if self.power_cap_w is not None:
+            parts.append(f"cap {self.power_cap_w:g} W")
         return ", ".join(parts)
 
     @property
@@ -108,6 +112,7 @@ class Shape:
             + ([self.router] if self.router else [])
             + ([f"seqs{self.max_num_seqs}"] if self.max_num_seqs else [])
             + ([f"tok{self.max_batched_tokens}"] if self.max_batched_tokens else [])
+            + ([f"cap{self.power_cap_w:g}W"] if self.power_cap_w is not None else [])
         )
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
@@ -193,7 +198,7 @@ class Plan:
         """The experiment document of ``shape`` at ``units`` replicas (of its mix), on ``traffic``."""
         d = self.data
         serving: dict[str, Any] = {"prefix_cache": {"policy": shape.prefix_cache}}
-        for key in ("router", "max_num_seqs", "max_batched_tokens"):
+        for key in ("router", "max_num_seqs", "max_batched_tokens", "power_cap_w"):
             if getattr(shape, key) is not None:
                 serving[key] = getattr(shape, key)
         doc: dict[str, Any] = {
@@ -299,6 +304,7 @@ def _shapes(
         cand.get("router") or [None],
         cand.get("max_num_seqs") or [None],
         cand.get("max_batched_tokens") or [None],
+        cand.get("power_cap_w") or [None],  # null in the list: uncapped
     ]
     dis = cand.get("disaggregation") if isinstance(cand.get("disaggregation"), dict) else None
     colocated = dis is None or dis.get("colocated", True) is not False
@@ -503,6 +509,36 @@ def _depends_on_size(path: tuple, msg: str) -> bool:
     return "KV" in msg or "does not fit" in msg or "memory" in msg.lower()
 
 
+def uses_objective(objective: str | dict, name: str) -> bool:
+    """Whether ``objective`` (a name, or weights) counts the metric ``name``."""
+    return objective == name or (isinstance(objective, dict) and name in (objective.get("weights") or {}))
+
+
+def check_embodied_known(plan: Plan, objective: str | dict) -> None:
+    """The total-carbon objective adds the GPUs' embodied carbon: every candidate GPU must have it (a GPU
+    without it would count as none, which favours it silently)."""
+    if not uses_objective(objective, "total-carbon"):
+        return
+    from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
+
+    cat = default_catalog()
+    for f in plan.data.get("catalog") or []:
+        p = Path(f).expanduser()
+        cat = load_catalog_file(p if p.is_absolute() else plan.base_dir / p, base=cat)
+    names = sorted({g for s in plan.shapes for g, _ in s.gpus} | {s.decode_gpu for s in plan.shapes if s.decode_gpu})
+    for name in names:
+        gpu = cat.gpu(name)
+        for attr in ("embodied_kgco2e", "lifetime_years"):
+            if getattr(gpu, attr, None) is None:
+                raise KavierInputError(
+                    f"the total-carbon objective adds embodied carbon, but GPU {gpu.name!r} has no {attr}",
+                    source=plan.source,
+                    location="candidates.gpu",
+                    expected=f"{attr} for {gpu.name} in a catalogue file (with embodied_source naming where the "
+                    "number is from), or objective carbon (operational only)",
+                )
+
+
 def shape_problems(plan: Plan, shape: Shape, units: int, traffic: Path, opendc: bool) -> list[str]:
     """Why the experiment of ``shape`` at ``units`` replicas cannot run (empty when it can)."""
     counts = shape.counts(*plan.units)
@@ -580,6 +616,8 @@ def _absolute_files(x: Any, base: Path) -> Any:
 __all__ = [
     "EXAMPLE_PLAN",
     "OBJECTIVES",
+    "check_embodied_known",
+    "uses_objective",
     "Plan",
     "SLO",
     "Shape",

@@ -570,6 +570,7 @@ def report_row(report: dict) -> dict[str, Any]:
         "carbon_g": s.get("carbon_g"),
         "wh_per_mtoken": e.get("wh_per_mtoken"),
         "gco2_per_mtoken": e.get("gco2_per_mtoken"),
+        "total_gco2_per_mtoken": e.get("total_gco2_per_mtoken"),  # operational (PUE) + embodied; OpenDC runs
         "cost_per_mtoken": e.get("cost_per_mtoken"),
         "wh_per_mtoken_per_s": e.get("wh_per_mtoken_per_s"),
         "kgco2_per_mtoken_per_s": e.get("kgco2_per_mtoken_per_s"),
