@@ -260,3 +260,9 @@ def test_total_carbon_needs_every_gpus_embodied_carbon(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "total-carbon objective adds embodied carbon, but GPU 'A100-noemb' has no embodied_kgco2e" in r.stderr
     assert "candidates.gpu" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_power_cap_example_plan_is_valid():
+    plan = load_plan(REPO / "kavier_opendc" / "data" / "plan_power_caps.yaml")
+    assert [s.power_cap_w for s in plan.shapes] == [None, 500, 400, 300] and plan.objective == "total-carbon"
+    assert plan.experiment(plan.shapes[2], 1, plan.workload, opendc=True)["serving"]["power_cap_w"] == 400
