@@ -367,6 +367,40 @@ def mlenergy_check(catalog=None, path: Path = MLENERGY) -> list[dict]:
     return out
 
 
+def mlenergy_gap_level(checks: list[dict], catalog=None) -> dict[str, tuple[float, float]]:
+    """What power level during the server's CPU time would fit ML.ENERGY's rows (an analysis, not used by the
+    model): per GPU and over all rows, the fraction g of the idle-to-maximum span (power = the CPU-time-idle
+    prediction + g x span x CPU share) with the least mean absolute percentage error, on a 0.001 grid.
+    Returns name -> (g, MAPE %); ``fit on A -> B`` entries hold A's g applied to B's rows."""
+    cat = catalog or default_catalog()
+    span = {c["gpu"]: cat.gpu(c["gpu"]).max_power_w - cat.gpu(c["gpu"]).idle_power_w for c in checks}
+
+    def mape(rows: list[dict], g: float) -> float:
+        return float(
+            100
+            * np.mean(
+                [
+                    abs(r["idle_gaps_w"] + g * span[r["gpu"]] * r["cpu_share"] - r["measured_w"]) / r["measured_w"]
+                    for r in rows
+                ]
+            )
+        )
+
+    def best(rows: list[dict]) -> tuple[float, float]:
+        grid = np.linspace(0.0, 1.0, 1001)
+        errs = [mape(rows, g) for g in grid]
+        i = int(np.argmin(errs))
+        return float(grid[i]), errs[i]
+
+    groups = {g: [c for c in checks if c["gpu"] == g] for g in sorted({c["gpu"] for c in checks})}
+    out = {name: best(rows) for name, rows in groups.items()} | {"all": best(checks)}
+    for a in groups:
+        for b in groups:
+            if a != b:
+                out[f"fit on {a} -> {b}"] = (out[a][0], mape(groups[b], out[a][0]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fit", action="store_true", help="grid-search one weight triple for all GPUs")
@@ -445,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
             for key, what in (("idle_gaps_w", "CPU time idle"), ("busy_w", "CPU time busy")):
                 bias = np.mean([100 * (c[key] - c["measured_w"]) / c["measured_w"] for c in rs])
                 print(f"  {g}: {what}: mean error {bias:+.1f} % over {len(rs)} rows")
+        print("  analysis (not used by the model): a power level during the CPU time, as a fraction g of the")
+        print("  idle-to-maximum span, that would fit these rows (least MAPE):")
+        for name, (g, err) in mlenergy_gap_level(checks, cat).items():
+            print(f"    {name}: g = {g:.3f}, MAPE {err:.1f} %")
     seqs, prompt, out = SATURATED
     print(f"physics check: saturated decode, Llama-3-8B, {seqs} sequences of {prompt} + {out} tokens, vllm-v1")
     for name in ("A100-80GB", "H100-SXM"):
