@@ -266,3 +266,38 @@ def test_the_power_cap_example_plan_is_valid():
     plan = load_plan(REPO / "kavier_opendc" / "data" / "plan_power_caps.yaml")
     assert [s.power_cap_w for s in plan.shapes] == [None, 500, 400, 300] and plan.objective == "total-carbon"
     assert plan.experiment(plan.shapes[2], 1, plan.workload, opendc=True)["serving"]["power_cap_w"] == 400
+
+
+def test_expert_parallelism_is_a_searched_axis(tmp_path):
+    # candidates.expert_parallel / data_parallel_size: MoE layouts as shapes of their own (Mixtral-8x7B, TP 2)
+    plan = bursts_plan(
+        tmp_path,
+        model="Mixtral-8x7B",
+        slo={"ttft_s": 5.0, "percentile": 100},
+        candidates={
+            "gpu": ["H100-SXM"],
+            "tp": [2],
+            "prefix_cache": ["none"],
+            "router": ["round-robin"],
+            "expert_parallel": [False, True],
+            "data_parallel_size": [1, 2],
+            "replicas": {"min": 1, "max": 2},
+        },
+    )
+    loaded = load_plan(plan, opendc=False)
+    assert {(s.expert_parallel, s.data_parallel_size) for s in loaded.shapes} == {
+        (False, 1),
+        (False, 2),
+        (True, 1),
+        (True, 2),
+    }
+    r = plan_cli(plan, "--out", tmp_path / "out", "--no-opendc")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "out" / "plan.json").read_text())
+    rows = {(s["expert_parallel"], s["data_parallel_size"]): s for s in summary["shapes"]}
+    assert all(s["status"] == "feasible" for s in rows.values())
+    assert rows[(True, 2)]["shape"].endswith("EP, DP2") and rows[(False, 1)]["shape"].endswith("no EP, DP1")
+    exp = json.loads((tmp_path / "out" / "runs" / rows[(True, 2)]["run"] / "experiment.json").read_text())
+    assert exp["serving"]["expert_parallel"] is True and exp["serving"]["data_parallel_size"] == 2
+    # the layouts are simulated differently (the all-to-all and the attention ranks change the step times)
+    assert len({round(s["tpot_q_s"], 9) for s in rows.values()}) > 1

@@ -529,6 +529,8 @@ def _shape_record(s: ShapeSearch, ev: Evaluation | None, screened: Evaluation | 
         "max_num_seqs": s.shape.max_num_seqs,
         "max_batched_tokens": s.shape.max_batched_tokens,
         "power_cap_w": s.shape.power_cap_w,
+        "expert_parallel": s.shape.expert_parallel,
+        "data_parallel_size": s.shape.data_parallel_size,
         "status": s.state,
         "replicas": None,
         "why": s.why,

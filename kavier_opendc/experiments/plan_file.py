@@ -3,7 +3,8 @@
 A plan names the traffic (a trace or a synthetic workload, optionally at a
 target rate), the SLOs (TTFT and TPOT at a percentile, optionally a minimum
 attainment), the candidates (GPU types or mixes of them, TP degrees, batching
-limits, prefix-cache policies, routers, GPU power caps, a replica range), the datacenter whose
+limits, prefix-cache policies, routers, GPU power caps, MoE expert/attention-data parallelism, a replica
+range), the datacenter whose
 host groups are templates, the carbon source, prices and the objective::
 
     name: chat-capacity
@@ -71,6 +72,8 @@ class Shape:
     max_num_seqs: int | None
     max_batched_tokens: int | None
     power_cap_w: float | None = None  # every GPU's power cap (engine/clock.py); None: uncapped (its TDP)
+    expert_parallel: bool | None = None  # MoE: experts split whole over a replica's GPUs; None: the default (off)
+    data_parallel_size: int | None = None  # MoE: attention DP ranks per replica; None: the default (1)
     ratio: str | None = None  # P/D "p:d" (prefill:decode); None: co-located
     decode_gpu: str | None = None  # the decode pool's GPU type when it differs from the prefill pool's
     # (N, prefill replicas, decode replicas) for each searched replica count N this P/D shape exists at
@@ -102,6 +105,10 @@ class Shape:
             parts.append(f"tokens {self.max_batched_tokens}")
         if self.power_cap_w is not None:
             parts.append(f"cap {self.power_cap_w:g} W")
+        if self.expert_parallel is not None:
+            parts.append("EP" if self.expert_parallel else "no EP")
+        if self.data_parallel_size is not None:
+            parts.append(f"DP{self.data_parallel_size}")
         return ", ".join(parts)
 
     @property
@@ -113,6 +120,8 @@ class Shape:
             + ([f"seqs{self.max_num_seqs}"] if self.max_num_seqs else [])
             + ([f"tok{self.max_batched_tokens}"] if self.max_batched_tokens else [])
             + ([f"cap{self.power_cap_w:g}W"] if self.power_cap_w is not None else [])
+            + ([("ep" if self.expert_parallel else "noep")] if self.expert_parallel is not None else [])
+            + ([f"dp{self.data_parallel_size}"] if self.data_parallel_size is not None else [])
         )
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
@@ -198,7 +207,14 @@ class Plan:
         """The experiment document of ``shape`` at ``units`` replicas (of its mix), on ``traffic``."""
         d = self.data
         serving: dict[str, Any] = {"prefix_cache": {"policy": shape.prefix_cache}}
-        for key in ("router", "max_num_seqs", "max_batched_tokens", "power_cap_w"):
+        for key in (
+            "router",
+            "max_num_seqs",
+            "max_batched_tokens",
+            "power_cap_w",
+            "expert_parallel",
+            "data_parallel_size",
+        ):
             if getattr(shape, key) is not None:
                 serving[key] = getattr(shape, key)
         doc: dict[str, Any] = {
@@ -305,6 +321,8 @@ def _shapes(
         cand.get("max_num_seqs") or [None],
         cand.get("max_batched_tokens") or [None],
         cand.get("power_cap_w") or [None],  # null in the list: uncapped
+        cand.get("expert_parallel") or [None],
+        cand.get("data_parallel_size") or [None],
     ]
     dis = cand.get("disaggregation") if isinstance(cand.get("disaggregation"), dict) else None
     colocated = dis is None or dis.get("colocated", True) is not False
