@@ -196,3 +196,86 @@ def test_cli_deferral_needs_a_carbon_trace_and_writes_the_columns(tmp_path):
     assert {"submitted_s", "held_s", "deadline_s", "deadline_missed"} <= set(cols)
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert summary["deferral"]["policy"] == "lowest-carbon" and "NL_2022" in summary["deferral"]["carbon_basis"]
+
+
+# --------------------------------------------------------------------------- the experiment file, kavier run
+
+
+def _experiment(tmp_path, **over) -> dict:
+    (tmp_path / "jobs.csv").write_text(
+        "arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,200,20,\n5,300,40,20000\n"
+    )
+    doc = {
+        "name": "dfr",
+        "model": "Llama-3-8B",
+        "gpu": "A100-80GB",
+        "trace": "jobs.csv",
+        "serving": {"replicas": 1},
+        "datacenter": {
+            "start": "2022-06-01T06:00:00",
+            "hosts": [
+                {
+                    "name": "node",
+                    "gpus_per_host": 1,
+                    "cpu": {"cores": 16, "mhz": 2000},
+                    "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
+                    "memory_gib": 256,
+                }
+            ],
+        },
+        "carbon": {"trace": str(shared("carbon/NL_2022.parquet"))},
+        "deferral": {"policy": "lowest-carbon"},
+    }
+    doc.update(over)
+    return doc
+
+
+def test_experiment_deferral_field_is_validated(tmp_path):
+    from kavier_opendc.experiments.experiment import experiment_problems, json_path
+
+    probs, exp = experiment_problems(_experiment(tmp_path), base_dir=tmp_path, source="e.yaml", opendc=False)
+    assert probs == [] and exp.deferral == "lowest-carbon"
+    probs, _ = experiment_problems(
+        _experiment(tmp_path, deferral={"policy": "soon"}), base_dir=tmp_path, source="e.yaml", opendc=False
+    )
+    assert any(json_path(p) == "deferral.policy" and "soon" in m for p, m in probs), probs
+    probs, _ = experiment_problems(
+        _experiment(tmp_path, deferral={"when": 1}), base_dir=tmp_path, source="e.yaml", opendc=False
+    )
+    assert any("when" in m for _, m in probs), probs
+
+
+def test_kavier_run_defers_and_reports(tmp_path):
+    import yaml
+
+    exp = tmp_path / "e.yaml"
+    exp.write_text(yaml.safe_dump(_experiment(tmp_path)))
+    rc, out = _run(["run", str(exp), "--out", str(tmp_path / "r"), "--no-opendc", "--no-plots"])
+    assert rc == 0, out
+    assert "deferral     policy lowest-carbon: 1 requests with a deadline, 1 held" in out
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Carbon-aware deferral" in md and "deadlines missed: 0" in md
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["performance"]["deferral"]["held_requests"] == 1
+    # --deferral none overrides the file: nothing held, the deadline still counted
+    rc, out = _run(["run", str(exp), "--out", str(tmp_path / "n"), "--no-opendc", "--no-plots", "--deferral", "none"])
+    assert rc == 0, out
+    rep = json.loads((tmp_path / "n" / "report.json").read_text())
+    assert rep["performance"]["deferral"] == {
+        "policy": "none",
+        "deferrable_requests": 1,
+        "service_time_estimate": rep["performance"]["deferral"]["service_time_estimate"],
+        "deadlines_missed": 0,
+        "missed_request_ids": [],
+    }
+
+
+def test_kavier_run_without_a_carbon_trace_is_refused(tmp_path):
+    import yaml
+
+    doc = _experiment(tmp_path)
+    doc.pop("carbon")
+    exp = tmp_path / "e.yaml"
+    exp.write_text(yaml.safe_dump(doc))
+    rc, out = _run(["run", str(exp), "--out", str(tmp_path / "r"), "--no-opendc", "--no-plots"])
+    assert rc == 2 and "deferral.policy" in out and "Traceback" not in out, out
