@@ -252,7 +252,7 @@ def test_kavier_run_defers_and_reports(tmp_path):
     exp.write_text(yaml.safe_dump(_experiment(tmp_path)))
     rc, out = _run(["run", str(exp), "--out", str(tmp_path / "r"), "--no-opendc", "--no-plots"])
     assert rc == 0, out
-    assert "deferral     policy lowest-carbon: 1 requests with a deadline, 1 held" in out
+    assert "deferral     policy lowest-carbon: 1 request with a deadline, 1 held" in out
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## Carbon-aware deferral" in md and "deadlines missed: 0" in md
     rep = json.loads((tmp_path / "r" / "report.json").read_text())

@@ -313,7 +313,8 @@ def _deadline_summary(out: DeferralOutcome) -> dict:
 def describe(summary: dict) -> list[str]:
     """The deferral summary as lines for people (kavier simulate's output, report.md)."""
     lines = [
-        f"policy {summary['policy']}: {summary['deferrable_requests']} requests with a deadline"
+        f"policy {summary['policy']}: {summary['deferrable_requests']} "
+        f"request{'' if summary['deferrable_requests'] == 1 else 's'} with a deadline"
         + (f", {summary['held_requests']} held" if "held_requests" in summary else "")
     ]
     if "note" in summary:
