@@ -279,3 +279,45 @@ def test_kavier_run_without_a_carbon_trace_is_refused(tmp_path):
     exp.write_text(yaml.safe_dump(doc))
     rc, out = _run(["run", str(exp), "--out", str(tmp_path / "r"), "--no-opendc", "--no-plots"])
     assert rc == 2 and "deferral.policy" in out and "Traceback" not in out, out
+
+
+# --------------------------------------------------------------------------- a deferrable class in synthetic workloads
+
+
+def test_synthetic_deferrable_class_leaves_the_other_draws_alone():
+    from kavier_opendc.workload.synthetic import load_synthetic_spec
+
+    spec = {"num_requests": 2000, "rate": 5.0, "input": 200, "output": 20, "seed": 7}
+    plain = load_synthetic_spec(spec)
+    tr = load_synthetic_spec({**spec, "deferrable": {"share": 0.25, "deadline_s": 3600}})
+    assert np.array_equal(plain.arrival_s, tr.arrival_s) and plain.deadline_s is None
+    ok = np.isfinite(tr.deadline_s)
+    assert 0.2 < ok.mean() < 0.3  # 500 expected, binomial sd 19
+    assert np.array_equal(tr.deadline_s[ok], tr.arrival_s[ok] + 3600)
+    again = load_synthetic_spec({**spec, "deferrable": {"share": 0.25, "deadline_s": 3600}})
+    assert np.array_equal(np.isfinite(again.deadline_s), ok)  # the seed decides
+    with pytest.raises(KavierInputError, match=r"\$\.deferrable\.share: 1\.5 is greater than the maximum of 1"):
+        load_synthetic_spec({**spec, "deferrable": {"share": 1.5, "deadline_s": 10}})
+
+
+def test_synthetic_deferrable_requests_are_held():
+    from kavier_opendc.workload.synthetic import load_synthetic_spec
+
+    tr = load_synthetic_spec(
+        {
+            "num_requests": 50,
+            "rate": 1.0,
+            "input": 100,
+            "output": 10,
+            "seed": 1,
+            "deferrable": {"share": 0.5, "deadline_s": 600},
+        }
+    )
+    # cleaner from 300 s on: every deferrable request that can wait starts at 300 s (or on arrival after it)
+    steps = CarbonSteps(np.array([0.0, 300.0]), np.array([400.0, 100.0]))
+    table = requests_table(simulate_deferred(tr, _cfg(), "lowest-carbon", steps)).to_pandas()
+    d = table[table["deadline_s"].notna()]
+    assert len(d) == int(np.isfinite(tr.deadline_s).sum()) > 0
+    assert np.allclose(d["arrival_s"], np.maximum(d["submitted_s"], 300.0))
+    assert (table.loc[table["deadline_s"].isna(), "held_s"] == 0).all()
+    assert not d["deadline_missed"].any()
