@@ -321,3 +321,29 @@ def test_synthetic_deferrable_requests_are_held():
     assert np.allclose(d["arrival_s"], np.maximum(d["submitted_s"], 300.0))
     assert (table.loc[table["deadline_s"].isna(), "held_s"] == 0).all()
     assert not d["deadline_missed"].any()
+
+
+def test_python_api_defers_as_the_command(tmp_path):
+    import kavier_opendc as ko
+
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,100,10,\n10,100,10,5000\n")
+    steps = carbon_steps(
+        read_carbon_trace(shared("carbon/NL_2022.parquet")), "2022-06-01", 5000, label="NL", location="t"
+    )
+    ko.simulate(str(csv), "Llama-3-8B", "A100-80GB", out=tmp_path / "api", deferral="lowest-carbon", carbon=steps)
+    nl = str(shared("carbon/NL_2022.parquet"))
+    argv = ["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str(csv), "--quiet"]
+    argv += [
+        "--out",
+        str(tmp_path / "cli"),
+        "--deferral",
+        "lowest-carbon",
+        "--carbon-trace",
+        nl,
+        "--start",
+        "2022-06-01",
+    ]
+    assert _run(argv)[0] == 0
+    a = (tmp_path / "api" / "requests.parquet").read_bytes()
+    assert a == (tmp_path / "cli" / "requests.parquet").read_bytes()
