@@ -347,3 +347,27 @@ def test_python_api_defers_as_the_command(tmp_path):
     assert _run(argv)[0] == 0
     a = (tmp_path / "api" / "requests.parquet").read_bytes()
     assert a == (tmp_path / "cli" / "requests.parquet").read_bytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    gaps=st.lists(st.integers(0, 100), min_size=1, max_size=8),
+    slack=st.lists(st.one_of(st.none(), st.integers(-50, 500)), min_size=8, max_size=8),
+    t0=st.integers(0, 10_000),
+)
+def test_reader_keeps_deadlines_on_the_arrival_clock_and_names_the_first_early_row(tmp_path_factory, gaps, slack, t0):
+    arrival = t0 + np.cumsum(gaps)
+    rows = ["arrival_time_s,num_input_tokens,num_output_tokens,deadline_s"]
+    for a, s in zip(arrival, slack, strict=False):
+        rows.append(f"{a},10,5,{'' if s is None else a + s}")
+    csv = tmp_path_factory.mktemp("dl") / "t.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    early = [i for i, s in enumerate(slack[: len(arrival)]) if s is not None and s < 0]
+    if early:
+        with pytest.raises(KavierInputError, match=rf"row {early[0] + 1}: deadline_s is"):
+            load_trace(csv)
+        return
+    tr = load_trace(csv)
+    want = np.array([np.nan if s is None else a + s - arrival[0] for a, s in zip(arrival, slack, strict=False)])
+    assert np.array_equal(tr.deadline_s, want, equal_nan=True)
+    assert (tr.deadline_s[np.isfinite(want)] >= tr.arrival_s[np.isfinite(want)]).all()

@@ -916,9 +916,7 @@ def _build(df: pd.DataFrame, lay: _Layout, src: _Source, keep_overlong: bool = F
     if "n" in lay.optional and "n" in df.columns:
         trace.n = _int_column(src, df["n"], "n", "samples per prompt", 1)
     if "deadline_s" in lay.optional and "deadline_s" in df.columns:
-        trace.deadline_s = _deadline_column(
-            src, df["deadline_s"], secs, str(time_col) if trace.timed else "the arrival at 0 of an untimed trace"
-        )
+        trace.deadline_s = _deadline_column(src, df["deadline_s"], secs, str(time_col) if trace.timed else None)
     if "hash_ids" in lay.optional and "hash_ids" in df.columns:
         trace.hash_ids = _list_column(src, df["hash_ids"], "hash_ids")
         _check_hash_ids(src, lay, trace.hash_ids, n_in, trace.hash_block_size)
@@ -936,7 +934,7 @@ def _build(df: pd.DataFrame, lay: _Layout, src: _Source, keep_overlong: bool = F
     return trace
 
 
-def _deadline_column(src: _Source, s: pd.Series, secs: np.ndarray, time_col: str) -> np.ndarray:
+def _deadline_column(src: _Source, s: pd.Series, secs: np.ndarray, time_col: str | None) -> np.ndarray:
     """Deadlines (s, on the arrival column's clock; re-based with it): an empty cell is a request that is not
     deferrable (NaN); a deadline before its own arrival is an error naming the row."""
     vals, nonnum = _numeric_values(s)
@@ -945,16 +943,17 @@ def _deadline_column(src: _Source, s: pd.Series, secs: np.ndarray, time_col: str
         raise src.error(
             bad,
             f"deadline_s is {_short(s.iloc[bad])}; expected a finite time in seconds on the clock of "
-            f"{time_col} (or an empty cell: not deferrable)",
+            f"{time_col or 'the arrivals (all at 0: the trace has no arrival times)'} (or an empty cell: not "
+            "deferrable)",
         )
     with np.errstate(invalid="ignore"):
         early = _first(vals < secs)
     if early is not None:
         raise src.error(
             early,
-            f"deadline_s is {_short(s.iloc[early])}, before the request's arrival ({time_col} "
-            f"{secs[early]:g}); expected a deadline at or after the arrival, on the same clock "
-            "(or an empty cell: not deferrable)",
+            f"deadline_s is {_short(s.iloc[early])}, before the request's arrival "
+            + (f"({time_col} {secs[early]:g})" if time_col else "(at 0: the trace has no arrival times)")
+            + "; expected a deadline at or after the arrival, on the same clock (or an empty cell: not deferrable)",
         )
     return np.ascontiguousarray(vals - (secs[0] if secs.size else 0.0), dtype=np.float64)
 
