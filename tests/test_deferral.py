@@ -371,3 +371,12 @@ def test_reader_keeps_deadlines_on_the_arrival_clock_and_names_the_first_early_r
     want = np.array([np.nan if s is None else a + s - arrival[0] for a, s in zip(arrival, slack, strict=False)])
     assert np.array_equal(tr.deadline_s, want, equal_nan=True)
     assert (tr.deadline_s[np.isfinite(want)] >= tr.arrival_s[np.isfinite(want)]).all()
+
+
+def test_a_missed_deadline_is_a_warning_even_when_quiet(tmp_path):
+    csv = tmp_path / "tight.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,500,200,0.01\n0,100,10,\n")
+    argv = ["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str(csv), "--quiet"]
+    rc, out = _run(argv + ["--out", str(tmp_path / "o")])
+    assert rc == 0
+    assert "kavier: warning: 1 of 1 deferrable requests missed their deadline_s under deferral policy none" in out

@@ -254,7 +254,7 @@ def _simulate(args, out: Path, t0: float) -> int:
     """cmd_simulate holding --out's lock."""
     from kavier_opendc.base.atomic import INCOMPLETE, refuse_complete_output
     from kavier_opendc.base.output_folder import recover_replacement, replacing
-    from kavier_opendc.engine.deferral import check_policy, simulate_deferred
+    from kavier_opendc.engine.deferral import check_policy, missed_warning, simulate_deferred
     from kavier_opendc.engine.outputs import FILES, write_simulation
     from kavier_opendc.engine.simulator import SimConfig
     from kavier_opendc.workload.load import load_workload
@@ -304,6 +304,9 @@ def _simulate(args, out: Path, t0: float) -> int:
         raise _as_flags(exc, pool_flags if "pool_flags" in locals() else {}) from None
     with replacing(out, FILES + (INCOMPLETE,), FILES, first="summary.json"):  # the earlier one kept until then
         summary = write_simulation(result, out)
+    missed = missed_warning(summary)
+    if missed:
+        print(f"kavier: warning: {missed}", file=sys.stderr)
     if not args.quiet:
         print(format_summary(summary, out, time.perf_counter() - t0))
     return 0

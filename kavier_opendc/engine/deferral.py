@@ -346,3 +346,17 @@ def describe(summary: dict) -> list[str]:
         f"estimate: {summary['service_time_estimate']}",
     ]
     return lines
+
+
+def missed_warning(summary: dict) -> str | None:
+    """A warning for stderr when deadlines were missed (None: none were): printed even with --quiet."""
+    d = summary.get("deferral") or {}
+    missed = int(d.get("deadlines_missed") or 0)
+    if not missed:
+        return None
+    ids = ", ".join(map(str, d.get("missed_request_ids") or []))
+    return (
+        f"{missed} of {d['deferrable_requests']} deferrable requests missed their deadline_s under deferral policy "
+        f"{d['policy']} (request_id {ids}{', ...' if missed > len(d.get('missed_request_ids') or []) else ''}); "
+        "requests.parquet's deadline_missed marks them"
+    )

@@ -42,7 +42,7 @@ from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRunti
 from kavier_opendc.base.faults import WRITTEN_FIRST, checkpoint
 from kavier_opendc.base.progress import Progress
 from kavier_opendc.base.units import latencies
-from kavier_opendc.engine.deferral import simulate_deferred
+from kavier_opendc.engine.deferral import missed_warning, simulate_deferred
 from kavier_opendc.engine.outputs import SimulationOutput
 from kavier_opendc.experiments.experiment import Experiment, load_trace_for, synthetic_input_files, to_jsonable
 from kavier_opendc.experiments.run_folder import (
@@ -478,6 +478,9 @@ def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> S
         output = SimulationOutput.from_result(result)
         output.write(sim_dir)
         summary = output.summary
+        missed = missed_warning(summary)
+        if missed:
+            print(f"kavier: warning: {missed}", file=sys.stderr)
         st.say(
             f"      {summary['num_finished']} finished, makespan {summary['makespan_s']:.1f} s, "
             f"{summary['output_tokens_per_s']:.1f} output tok/s, TTFT "
