@@ -380,3 +380,16 @@ def test_a_missed_deadline_is_a_warning_even_when_quiet(tmp_path):
     rc, out = _run(argv + ["--out", str(tmp_path / "o")])
     assert rc == 0
     assert "kavier: warning: 1 of 1 deferrable requests missed their deadline_s under deferral policy none" in out
+
+
+def test_a_plan_scaling_a_trace_to_a_rate_keeps_each_deadline_window(tmp_path):
+    from types import SimpleNamespace
+
+    from kavier_opendc.experiments.plan_file import traffic_at
+
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,10,5,\n10,10,5,110\n20,10,5,25\n")
+    plan = SimpleNamespace(workload=csv, workload_format=None)
+    scaled = load_trace(traffic_at(plan, 0.01, tmp_path / "t"))  # 0.1 req/s -> 0.01: arrivals x 10
+    assert scaled.arrival_s.tolist() == [0.0, 100.0, 200.0]
+    assert np.array_equal(scaled.deadline_s, [np.nan, 200.0, 205.0], equal_nan=True)
