@@ -362,3 +362,31 @@ def test_load_trace_takes_the_fast_path_and_falls_back(tmp_path):
     bad.write_text(KV + "5,1,0\n6,2,1\n7,abc,2\n")
     with pytest.raises(KavierInputError, match="row 3.*'abc'"):
         tr.load_trace(bad)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_arrival_s_is_read_by_every_reader(tmp_path, suffix):
+    # requests.parquet's own arrival column (a run's output, or a table made from it, read back as a trace):
+    # the pyarrow path and the pandas fallback both take it, and report it when wrong (the pyarrow CSV
+    # reader used to drop it, so such a file loaded silently as an offline batch)
+    import pandas as pd
+
+    df = pd.DataFrame({"arrival_s": [0.0, 0.25, 0.5], "num_input_tokens": [5, 6, 7], "num_output_tokens": [1, 2, 3]})
+    path = tmp_path / f"t{suffix}"
+    if suffix == ".csv":
+        df.to_csv(path, index=False)
+    elif suffix == ".jsonl":
+        df.to_json(path, orient="records", lines=True)
+    else:
+        df.to_parquet(path)
+    got = tr.load_trace(path)
+    assert got.timed and got.arrival_s.tolist() == [0.0, 0.25, 0.5]
+    unsorted = df.assign(arrival_s=[0.0, 0.5, 0.25])
+    if suffix == ".csv":
+        unsorted.to_csv(path, index=False)
+    elif suffix == ".jsonl":
+        unsorted.to_json(path, orient="records", lines=True)
+    else:
+        unsorted.to_parquet(path)
+    with pytest.raises(KavierInputError, match="arrival_s goes backwards"):
+        tr.load_trace(path)

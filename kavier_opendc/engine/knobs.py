@@ -153,6 +153,16 @@ KNOBS: tuple[Knob, ...] = (
         default=None,
     ),
     _k(
+        "async_scheduling",
+        "switch",
+        "--async-scheduling",
+        ("serving", "async_scheduling"),
+        "vLLM v1's --async-scheduling (on by default from vLLM 0.14, framework vllm-0.14-server): step k+1 is "
+        "scheduled while step k runs, so a request arriving during a step joins the step after the next one; for "
+        "vLLM v1 frameworks, co-located (default: the framework's)",
+        default=None,
+    ),
+    _k(
         "usage",
         "choice",
         "--usage",

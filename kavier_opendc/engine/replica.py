@@ -215,6 +215,8 @@ class Replica(Scheduler):
         if p is None or not p.is_decode_run:
             return self.next_time
         k = p.run.iterations_until(now - p.t0, p.n)
+        if self.async_sched and k < p.n:
+            k += 1  # async scheduling: the step after the first boundary was already fixed (scheduler.py)
         if k < p.n:
             p.n = k
             self.next_time = p.t0 + p.run.total_time(k)
@@ -230,10 +232,16 @@ class Replica(Scheduler):
     def _advance(self, t: float) -> None:
         """Bring the replica to ``t``: apply the iteration(s) ending then, or record the idle span before it."""
         if self.pending is not None:
+            if self.async_sched:  # the start of the step ending at t (scheduler.py, async scheduling)
+                p = self.pending
+                self.cutoff = p.t0 + p.run.total_time(p.n - 1) if p.is_decode_run else p.t0
             self._apply(t)
-        elif t > self.t:  # waking up from idle
+        elif t > self.t:  # waking up from idle (an idle engine schedules an arrival at once)
+            self.cutoff = t
             kv = self.kv
             self.timeline.add(self.t, t, 0.0, 0.0, kv.load(), 0, 0, kv.cached_load())
+        else:
+            self.cutoff = t
         self.t = t
 
     def _finish(self, req: Req, t: float) -> None:

@@ -16,6 +16,15 @@ At every iteration boundary (vLLM v1 ``Scheduler.schedule``):
    of n iterations, advanced in closed form up to the next event (see
    decode_state.py).
 
+With async scheduling (``async_sched``: vLLM v1's ``--async-scheduling``,
+the default from 0.14) the engine core keeps two steps in flight
+(``EngineCore.step_with_batch_queue``): it reads new requests, and schedules
+the step after next, only when the older step ends. So while requests keep
+running, the step starting at a boundary was fixed when the step ending
+there began: a request admitted at a boundary must have arrived by that
+start (``cutoff``). A later one waits one more step; an idle engine (nothing
+running) schedules at once.
+
 The result is the replica's ``pending`` work, an
 :class:`~kavier_opendc.engine.sched_output.Iteration` or a
 :class:`~kavier_opendc.engine.sched_output.DecodeRunPlan`;
@@ -32,6 +41,9 @@ from typing import TYPE_CHECKING
 from kavier_opendc.engine.kv_manager import BLOCK_MASK, BLOCK_SIZE, NO_MATCH, blocks_for
 from kavier_opendc.engine.request import DECODE, PREFILL, WAITING, Req
 from kavier_opendc.engine.sched_output import DecodeRunPlan, Iteration
+
+#: slack on the async-scheduling cutoff: an arrival that cut a decode run lies at its boundary up to rounding
+ASYNC_EPS_S = 1e-9
 
 if TYPE_CHECKING:  # pragma: no cover
     from kavier_opendc.engine.cost_model import CostModel
@@ -59,6 +71,9 @@ class Scheduler:
     caps_runs = False
     #: decode steps per scheduler call (vLLM's --num-scheduler-steps; scheduler_multistep.py uses it)
     scheduler_steps = 1
+    #: vLLM v1's async scheduling (module doc); ``cutoff``: the latest arrival the step being formed may hold
+    async_sched = False
+    cutoff = 0.0
     #: speculative decoding (engine/speculative.py, Replica.use_speculative): None off; spec_q tokens verified
     #: per decoding request and step (k+1), spec_m tokens the next decode step keeps (emits)
     spec = None
@@ -197,6 +212,8 @@ class Scheduler:
                         n = nb2
             if self.caps_runs:
                 n = self._cap_run(n)
+            if self.async_sched and self.waiting and self.waiting[0].arrival > self.cutoff + ASYNC_EPS_S:
+                n = 1  # a request arrived during the step that just ended: it joins the one after this
             if n > 1:
                 drun = self.cm.decode_run(d, dec.ctx_off_sum + d * g)
                 # no new block: nothing to evict, only a peak to note (copy-on-write forks raise it)
@@ -310,8 +327,12 @@ class Scheduler:
         cap = kv.capacity
         max_seqs = self.max_num_seqs
         caching = kv.pc is not None or kv.prompt_cache is not None
+        # async scheduling: with requests still running, this step was fixed when the last one began
+        cutoff = self.cutoff + ASYNC_EPS_S if self.async_sched and running else None
         while waiting and budget > 0 and len(running) < max_seqs:
             req = waiting[0]
+            if cutoff is not None and req.arrival > cutoff:
+                break  # arrived during the step that just ended (the queue is in arrival order)
             comp = req.computed
             total = req.prompt + req.gen
             match = NO_MATCH

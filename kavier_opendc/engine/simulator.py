@@ -108,6 +108,7 @@ class SimConfig:
     data_parallel_size: int = _d("data_parallel_size")  # MoE: attention DP ranks per replica
     expert_imbalance: float = _d("expert_imbalance")  # MoE EP: busiest GPU's expert work over the mean
     enable_chunked_prefill: bool | None = _d("enable_chunked_prefill")  # None: the framework's chunked_prefill
+    async_scheduling: bool | None = _d("async_scheduling")  # None: the framework's async_scheduling
     groups: list[ReplicaGroup] | None = None  # heterogeneous replica groups; None = one group from above
     # disaggregated prefill/decode: the pools and link from the knobs below, or given whole (API callers)
     prefill_replicas: int | None = _d("prefill_replicas")  # both None: co-located serving
@@ -577,6 +578,8 @@ class SimConfig:
         fw = self.framework if isinstance(self.framework, FrameworkProfile) else framework(self.framework)
         if self.enable_chunked_prefill is not None and fw.chunked_prefill != self.enable_chunked_prefill:
             fw = dataclasses.replace(fw, chunked_prefill=bool(self.enable_chunked_prefill))
+        if self.async_scheduling is not None and fw.async_scheduling != self.async_scheduling:
+            fw = dataclasses.replace(fw, async_scheduling=bool(self.async_scheduling))
         return fw
 
     def _check_framework(self) -> None:
@@ -594,6 +597,19 @@ class SimConfig:
                 location="enable_chunked_prefill",
                 expected="a vLLM v0 framework without multi-step (vllm-0.5-server, vllm-0.5-offline, "
                 "vllm-0.9-v0-server), or leave it out",
+            )
+        if fw.async_scheduling and fw.policy != "vllm-v1":
+            raise KavierInputError(
+                f"async scheduling is vLLM v1's; framework {fw.name} runs policy {fw.policy}",
+                location="async_scheduling",
+                expected="a vLLM v1 framework (vllm-v1, vllm-0.11-server, vllm-0.12-server, vllm-0.14-server), "
+                "or leave it out",
+            )
+        if fw.async_scheduling and self.topology() is not None:
+            raise KavierInputError(
+                "async scheduling is modelled for co-located replicas only, not for prefill/decode pools",
+                location="async_scheduling",
+                expected="co-located serving, or async_scheduling off",
             )
         if fw.chunked_prefill and fw.policy == "vllm-v0" and fw.scheduler_steps > 1:
             raise KavierInputError(
@@ -777,6 +793,8 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             )
             if fw.scheduler_steps > 1:
                 rep.scheduler_steps = fw.scheduler_steps
+            if fw.async_scheduling:
+                rep.async_sched = True
             if spec is not None:
                 rep.use_speculative(spec, draft_cm)
             if isinstance(rep, ReplicaTRTLLM):  # TensorRT-LLM's capacity policy and context chunking

@@ -34,6 +34,7 @@ _DIRECT = (
     "data_parallel_size",
     "expert_imbalance",
     "enable_chunked_prefill",
+    "async_scheduling",
     "power_cap_w",
     "sm_clock_mhz",
 )

@@ -27,6 +27,7 @@ OPTIONS = (
     "data_parallel_size",
     "expert_imbalance",
     "enable_chunked_prefill",
+    "async_scheduling",
     "power_cap_w",
     "sm_clock_mhz",
 )
@@ -56,6 +57,7 @@ class Serving:
     data_parallel_size: Any = DEFAULTS["data_parallel_size"]
     expert_imbalance: Any = DEFAULTS["expert_imbalance"]
     enable_chunked_prefill: Any = DEFAULTS["enable_chunked_prefill"]  # None: the framework's
+    async_scheduling: Any = DEFAULTS["async_scheduling"]  # None: the framework's
     power_cap_w: Any = None  # GPU power cap, W (engine/clock.py); None: the TDP
     sm_clock_mhz: Any = None  # locked SM clock, MHz; None: the boost clock
     prefix_cache: dict = field(default_factory=dict)  # {"policy": ..., option: value}; {} = the engine's default

@@ -29,6 +29,12 @@ kernels and how much CPU time it adds:
 - ``prefix_caching``: whether the simulator models this engine's automatic
   prefix caching (vLLM v0 had it off by default; it is not modelled there);
 - ``allreduce``: vLLM's custom all-reduce where it applies, or NCCL always;
+- ``async_scheduling``: vLLM v1's async scheduling (``--async-scheduling``,
+  on by default from vLLM 0.14, PR #27614; policy ``vllm-v1`` only): the
+  engine core schedules step k+1 while step k runs, so a request that
+  arrives during a step joins the step after the next one, not the next
+  (engine/scheduler.py); the CPU time per step it hides is the step
+  overhead's business, not this flag's;
 - ``client_latency_s``: a server's time outside the engine steps (request
   handling, tokenisation, hand-off, streaming the tokens back): the TTFT and
   e2e of ``requests.parquet`` and ``summary.json`` are on the client's clock,
@@ -85,6 +91,8 @@ class FrameworkProfile:
     client_latency_s: float = 0.0
     # vLLM's --num-scheduler-steps (multi-step scheduling, vllm-v0 only): decode steps per scheduler call
     scheduler_steps: int = 1
+    # vLLM v1's --async-scheduling (policy vllm-v1 only): an arrival joins the step after the next one
+    async_scheduling: bool = False
     # TensorRT-LLM's CapacitySchedulerPolicy (policy trtllm only; None there means guaranteed_no_evict)
     capacity_scheduler: str | None = None
     # (GPU name, TP) -> overhead; "*" entries apply to any GPU / TP; None: the GPU profile's overheads
@@ -160,6 +168,7 @@ class FrameworkProfile:
             "allreduce": self.allreduce,
             "client_latency_s": self.client_latency_s,
             **({"scheduler_steps": self.scheduler_steps} if self.scheduler_steps != 1 else {}),  # multi-step
+            **({"async_scheduling": True} if self.async_scheduling else {}),  # vLLM v1's one-step look-ahead
             **({"capacity_scheduler": self.capacity_scheduler} if self.capacity_scheduler else {}),  # TensorRT-LLM
             "step_overhead": (
                 "the GPU profile's"
@@ -250,6 +259,20 @@ def framework_from_entry(
             source=where,
             location=f"{fw.name}.scheduler_steps",
             expected="1, or policy vllm-v0",
+        )
+    if not isinstance(fw.async_scheduling, bool):
+        raise KavierInputError(
+            f"async_scheduling must be true or false, not {fw.async_scheduling!r}",
+            source=where,
+            location=f"{fw.name}.async_scheduling",
+            expected="true or false",
+        )
+    if fw.async_scheduling and fw.policy != "vllm-v1":
+        raise KavierInputError(
+            f"async_scheduling is vLLM v1's (policy vllm-v1), not modelled for policy {fw.policy}",
+            source=where,
+            location=f"{fw.name}.async_scheduling",
+            expected="false, or policy vllm-v1",
         )
     cap = fw.capacity_scheduler
     if cap is not None and (fw.policy != "trtllm" or cap not in CAPACITY_SCHEDULERS):

@@ -329,7 +329,7 @@ def _read_csv(path: Path, compression: str | None, fmt: str | None) -> tuple[pd.
     _check_unique_columns(src, _raw_csv_header(path, compression) or columns)
     lay = _pick_layout(src, columns, fmt)
     df = _csv_frame(path, compression)
-    wanted = set(lay.columns)
+    wanted = _kept_columns(lay, columns)
     return df[[c for c in df.columns if c in wanted]], lay, src
 
 
@@ -414,9 +414,7 @@ def _read_parquet(path: Path, fmt: str | None) -> tuple[pd.DataFrame, _Layout, _
     names = list(schema.names)
     _check_unique_columns(src, [n.strip() for n in names])
     lay = _pick_layout(src, [n.strip() for n in names], fmt)
-    keep = set(lay.columns)
-    if lay.name == "kavier" and "arrival_time_s" not in keep & {n.strip() for n in names}:
-        keep.add("arrival_s")  # a requests.parquet read back as a trace (see _build)
+    keep = _kept_columns(lay, [n.strip() for n in names])
     wanted = [n for n in names if n.strip() in keep]
     try:
         table = pq.read_table(path, columns=wanted)
@@ -574,7 +572,8 @@ def _read_jsonl_arrow(path: Path, raw: bytes, fmt: str | None) -> tuple[pd.DataF
     src = _Source(str(path), lambda: _nonblank_line_numbers(raw))
     columns = list(table.column_names)
     lay = _pick_layout(src, columns, fmt)
-    wanted = [c for c in columns if c in set(lay.columns)]
+    keep = _kept_columns(lay, columns)
+    wanted = [c for c in columns if c in keep]
     for c in ("hash_ids", "input_tokens"):
         if c in wanted:
             t = table.schema.field(c).type
@@ -608,7 +607,7 @@ def _read_jsonl(path: Path, compression: str | None, fmt: str | None) -> tuple[p
     del text
     lay = _pick_layout(src, columns, fmt)
     present = set(columns)
-    df = _records_frame(records, [c for c in lay.columns if c in present])
+    df = _records_frame(records, [c for c in _kept_columns(lay, columns) if c in present])
     return df, lay, src
 
 
@@ -1048,12 +1047,22 @@ def _arrow_csv_header(p: Path, compression: str | None) -> list[str]:
     return fields
 
 
+def _kept_columns(lay: _Layout, names: Sequence[str]) -> tuple[str, ...]:
+    """The columns a layout reads from a file with these (stripped) names, in the layout's order: its own, and
+    ``arrival_s`` for a native file without ``arrival_time_s`` (a requests.parquet, or a table written from
+    one, read back: every reader the same, so a CSV's ``arrival_s`` is not dropped by one and kept by another)."""
+    if lay.name == "kavier" and "arrival_time_s" not in names:
+        return (*lay.columns, "arrival_s")
+    return lay.columns
+
+
 def _arrow_csv_columns(p: Path, compression: str | None, fmt: str | None) -> tuple[dict[str, Any], _Layout]:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     header = _arrow_csv_header(p, compression)
     lay = _pick_layout(_Source(str(p)), [f.strip() for f in header], fmt)
+    keep = _kept_columns(lay, [f.strip() for f in header])
     # token counts as int64 (a float spelling such as 374.0, an empty cell or NA: not read, pandas decides),
     # numeric times as float64, the rest as the text written
     types: dict[str, Any] = {}
@@ -1061,11 +1070,11 @@ def _arrow_csv_columns(p: Path, compression: str | None, fmt: str | None) -> tup
         col = name.strip()
         if col in (lay.input_col, lay.output_col, "n"):
             types[name] = pa.int64()
-        elif col == lay.time_col and lay.time_kind != "datetime":
+        elif (col == lay.time_col and lay.time_kind != "datetime") or (col == "arrival_s" and col in keep):
             types[name] = pa.float64()
         else:
             types[name] = pa.string()
-    wanted = [name for name in header if name.strip() in set(lay.columns)]
+    wanted = [name for name in header if name.strip() in keep]
     table = pacsv.read_csv(
         pa.input_stream(str(p), compression=compression),
         parse_options=pacsv.ParseOptions(newlines_in_values=False, ignore_empty_lines=True),
@@ -1084,9 +1093,7 @@ def _arrow_parquet_columns(p: Path, fmt: str | None) -> tuple[dict[str, Any], _L
     if len(set(stripped)) != len(stripped):
         raise _Unsure
     lay = _pick_layout(_Source(str(p)), stripped, fmt)
-    keep = set(lay.columns)
-    if lay.name == "kavier" and "arrival_time_s" not in keep & set(stripped):
-        keep.add("arrival_s")  # a requests.parquet read back as a trace (as _read_parquet)
+    keep = _kept_columns(lay, stripped)
     wanted = [n for n in names if n.strip() in keep]
     table = pq.read_table(p, columns=wanted)
     return {n.strip(): table.column(n) for n in wanted}, lay
@@ -1103,7 +1110,8 @@ def _arrow_jsonl_columns(p: Path, compression: str | None, fmt: str | None) -> t
     table = pj.read_json(pa.BufferReader(raw))
     columns = list(table.column_names)
     lay = _pick_layout(_Source(str(p)), columns, fmt)
-    return {c: table.column(c) for c in columns if c in set(lay.columns)}, lay
+    keep = _kept_columns(lay, columns)
+    return {c: table.column(c) for c in columns if c in keep}, lay
 
 
 # --------------------------------------------------------------------------- columns
