@@ -116,7 +116,7 @@ def test_job_moves_to_the_lowest_carbon_quarter_hour_of_nl_2022(tmp_path):
     assert table["held_s"][0] == 0.0 and pd.isna(table["deadline_s"][0])
     assert table["e2e_s"][1] == pytest.approx(service, rel=1e-9)  # alone on a replica, as without deferral
     s = summary_dict(result)["deferral"]
-    assert s["deadlines_missed"] == 0 and s["held_requests"] == 1
+    assert s["deadlines_missed"] == 0 and s["held_requests"] == 1 and s["largest_release_burst"] == 1
     # the job's energy moved from ci[first] to ci[k]; the idle draw is the same in both runs
     assert s["without_deferral"]["static_g"] == s["with_deferral"]["static_g"]
     d = s["deferrable_dynamic_g"]
@@ -321,6 +321,9 @@ def test_synthetic_deferrable_requests_are_held():
     assert np.allclose(d["arrival_s"], np.maximum(d["submitted_s"], 300.0))
     assert (table.loc[table["deadline_s"].isna(), "held_s"] == 0).all()
     assert not d["deadline_missed"].any()
+    held_at_300 = int(((d["submitted_s"] < 300.0) & (d["arrival_s"] == 300.0)).sum())
+    summary = summary_dict(simulate_deferred(tr, _cfg(), "lowest-carbon", steps))["deferral"]
+    assert summary["largest_release_burst"] == held_at_300 > 1
 
 
 def test_python_api_defers_as_the_command(tmp_path):
