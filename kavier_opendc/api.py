@@ -23,10 +23,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kavier_opendc.engine.deferral import CarbonSteps, check_policy, simulate_deferred
 from kavier_opendc.engine.outputs import requests_table as _requests_table
 from kavier_opendc.engine.outputs import summary_dict, write_simulation
 from kavier_opendc.engine.simulator import SimConfig, SimulationResult
-from kavier_opendc.engine.simulator import simulate as _simulate
 from kavier_opendc.experiments import experiment as _experiment
 from kavier_opendc.experiments import pipeline as _pipeline
 from kavier_opendc.specs.catalog import Catalog, GPUSpec, ModelSpec, default_catalog, load_catalog_file
@@ -75,6 +75,8 @@ def simulate(
     catalog: Catalog | PathLike | Sequence[PathLike] | None = None,
     out: PathLike | None = None,
     progress: bool | None = False,
+    deferral: str = "none",
+    carbon: CarbonSteps | None = None,
     **serving: Any,
 ) -> SimulationResult:
     """Simulate serving ``trace`` (``kavier simulate``, performance only, no JVM); returns the engine's result.
@@ -85,7 +87,9 @@ def simulate(
     (``replicas``, ``tp``, ``framework``, ``max_num_seqs``, ``max_batched_tokens``, ``usage``, ``kv_cache``,
     ``prefix_cache``, ``router``, ``seed``, ``exact``, ``num_kv_blocks``, ``max_model_len``, ...) with the
     command's defaults. ``out``: also write requests.parquet, summary.json and timeline.parquet there, as the
-    command does. ``progress``: a progress bar on stderr (None: on a terminal only).
+    command does. ``progress``: a progress bar on stderr (None: on a terminal only). ``deferral``: the deferral
+    policy of the requests with a deadline (``--deferral``; engine/deferral.py), choosing its windows on
+    ``carbon`` (a :class:`~kavier_opendc.engine.deferral.CarbonSteps` on the trace's clock).
 
     The configuration's warnings (those the command prints) are issued as :class:`UserWarning`.
     """
@@ -102,7 +106,7 @@ def simulate(
         from kavier_opendc.base.atomic import check_writable_dir
 
         check_writable_dir(Path(out))  # before the simulation, as the command does
-    result = _simulate(trace, cfg, progress=progress)
+    result = simulate_deferred(trace, cfg, check_policy(deferral), carbon, progress=progress)
     if out is not None:
         write_simulation(result, Path(out))
     return result

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow
-from pyarrow import DataType, Table, float64, int32, int64, nulls, string, table  # noqa: F401 - the writers' names
+from pyarrow import DataType, Table, bool_, float64, int32, int64, nulls, string, table  # noqa: F401 - the writers' names
 
 #: numpy dtypes (native byte order) whose buffer is the arrow array's data as it is
 _NUMERIC = {

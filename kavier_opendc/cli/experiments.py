@@ -53,6 +53,14 @@ def add_run_args(ap: argparse.ArgumentParser, experiment: bool = True) -> None:
         help="skip OpenDC: simulation and the performance report only (no JVM needed)",
     )
     ap.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+    if experiment:
+        ap.add_argument(
+            "--deferral",
+            default=None,
+            metavar="POLICY",
+            help="deferral policy of the requests with a deadline_s, overriding deferral.policy: none or "
+            "lowest-carbon (on the experiment's carbon trace from datacenter.start)",
+        )
     ap.add_argument(
         "--overwrite",
         action="store_true",
@@ -63,6 +71,10 @@ def add_run_args(ap: argparse.ArgumentParser, experiment: bool = True) -> None:
 
 def _run_file(path: Path, args, command: str) -> int:
     exp = load_experiment(path, opendc=False if args.no_opendc else None)
+    if getattr(args, "deferral", None) is not None:
+        from kavier_opendc.engine.deferral import check_policy
+
+        exp.deferral = check_policy(args.deferral, "--deferral")
     out = Path(args.out)
     with output_lock(out, command=command):
         note = recover_replacement(out, RUN_ENTRIES, (REPORT_JSON,))
@@ -113,6 +125,10 @@ def format_run_summary(report: dict, out: Path, wall_s: float, plots: bool = Tru
         f"TPOT         {ms(p['tpot_s'])}",
     ]
     lines.append(f"GPU busy     {text.gpu_line(p)}")
+    if p.get("deferral"):
+        from kavier_opendc.engine.deferral import describe
+
+        lines += [f"{'deferral' if k == 0 else '':<12} {line}" for k, line in enumerate(describe(p["deferral"]))]
     if e.get("slo_attainment") is not None:
         lines.append(
             f"SLOs         {e['slo_attainment']:.1%} of requests met both, goodput {e['goodput_rps']:.3f} req/s"

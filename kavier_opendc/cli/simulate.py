@@ -58,8 +58,8 @@ def _argument(knob: knobs.Knob) -> dict:
 def _as_flags(exc: KavierInputError, pool_flags: dict | None = None) -> KavierInputError:
     """An engine error named by `kavier simulate`'s flag of the field (``pool_flags``: the flags a topology
     built from --prefill-pool/--decode-pool/--kv-link-pair names its fields by)."""
-    if not exc.location:
-        return exc
+    if not exc.location or (exc.source and exc.location.startswith(("row ", "column"))):
+        return exc  # a file's row or column (a trace's): not a flag
     loc = exc.location
     for prefix, flag in (pool_flags or {}).items():
         if loc == prefix or loc.startswith(prefix + "."):
@@ -213,6 +213,20 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
         metavar="J",
         help="energy per byte of KV moved on the shared link (default 3.4e-10, derived: engine/kv_link.py)",
     )
+    dfr = ap.add_argument_group("carbon-aware deferral of requests with a deadline_s (README 'Carbon-aware deferral')")
+    dfr.add_argument(
+        "--deferral",
+        default="none",
+        metavar="POLICY",
+        help="none (run on arrival, the default) or lowest-carbon (hold each request with a deadline_s until the "
+        "lowest-carbon window before its deadline; needs --carbon-trace and --start)",
+    )
+    dfr.add_argument(
+        "--carbon-trace", default=None, metavar="FILE|REGION", help="carbon-intensity trace (OpenDC Parquet) or region"
+    )
+    dfr.add_argument(
+        "--start", default=None, metavar="ISO", help="calendar time (UTC) of the trace's time 0, e.g. 2022-06-01T00:00"
+    )
     ap.add_argument(
         "--catalog",
         action="append",
@@ -240,8 +254,9 @@ def _simulate(args, out: Path, t0: float) -> int:
     """cmd_simulate holding --out's lock."""
     from kavier_opendc.base.atomic import INCOMPLETE, refuse_complete_output
     from kavier_opendc.base.output_folder import recover_replacement, replacing
+    from kavier_opendc.engine.deferral import check_policy, missed_warning, simulate_deferred
     from kavier_opendc.engine.outputs import FILES, write_simulation
-    from kavier_opendc.engine.simulator import SimConfig, simulate
+    from kavier_opendc.engine.simulator import SimConfig
     from kavier_opendc.workload.load import load_workload
 
     cat = catalog_with(args.catalog)
@@ -281,15 +296,49 @@ def _simulate(args, out: Path, t0: float) -> int:
         ]
         for warning in notes + cfg.warnings():
             print(f"kavier: warning: {warning}", file=sys.stderr)
+        policy = check_policy(args.deferral, "--deferral")
         trace = load_workload(args.trace, args.trace_format, args.seed, keep_overlong=args.keep_overlong_requests)
-        result = simulate(trace, cfg, progress=False if args.quiet else None)
+        steps = _deferral_carbon(args, policy, trace)
+        result = simulate_deferred(trace, cfg, policy, steps, progress=False if args.quiet else None)
     except KavierInputError as exc:
         raise _as_flags(exc, pool_flags if "pool_flags" in locals() else {}) from None
     with replacing(out, FILES + (INCOMPLETE,), FILES, first="summary.json"):  # the earlier one kept until then
         summary = write_simulation(result, out)
+    missed = missed_warning(summary)
+    if missed:
+        print(f"kavier: warning: {missed}", file=sys.stderr)
     if not args.quiet:
         print(format_summary(summary, out, time.perf_counter() - t0))
     return 0
+
+
+def _deferral_carbon(args, policy: str, trace):
+    """The carbon steps a deferral policy needs (None for none): --carbon-trace from --start on."""
+    import numpy as np
+
+    given = args.carbon_trace is not None or args.start is not None
+    if policy == "none":
+        if given:
+            raise KavierInputError(
+                "--carbon-trace and --start are read by a deferral policy only",
+                location="--deferral",
+                expected="--deferral lowest-carbon with them, or neither",
+            )
+        return None
+    if args.carbon_trace is None or args.start is None:
+        raise KavierInputError(
+            f"--deferral {policy} chooses windows on a carbon-intensity trace",
+            location="--carbon-trace" if args.carbon_trace is None else "--start",
+            expected="--carbon-trace FILE|REGION and --start ISO (the calendar time of the trace's time 0)",
+        )
+    from kavier_opendc.opendc import carbon as C
+
+    start = C.parse_start(args.start, "--start")
+    path = C.resolve_carbon_trace(args.carbon_trace, Path.cwd(), year=start.year, location="--carbon-trace")
+    df = C.read_carbon_trace(path)
+    d = trace.deadline_s
+    horizon = float(np.nanmax(d)) if d is not None and np.isfinite(d).any() else float(trace.arrival_s[-1])
+    return C.carbon_steps(df, start, horizon, label=path.name, location="--start/--carbon-trace")
 
 
 def _moe_layout(c: dict) -> str:
@@ -335,6 +384,11 @@ def format_summary(s: dict, out: Path, wall: float) -> str:
         f"{s['prefix_cache']['evictions']} evictions",
         f"wrote        {out}/requests.parquet, summary.json, timeline.parquet in {wall:.2f} s",
     ]
+    dfr = s.get("deferral")
+    if dfr:  # before the "wrote" line
+        from kavier_opendc.engine.deferral import describe
+
+        lines[-1:-1] = [f"{'deferral' if k == 0 else '':<12} {line}" for k, line in enumerate(describe(dfr))]
     sp = c.get("speculative")
     if sp:  # after the batching line
         src = "given" if sp["acceptance_rate_source"] == "given" else "assumed"

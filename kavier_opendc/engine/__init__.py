@@ -1,6 +1,7 @@
 """Input D, the serving simulation: an event loop over a router and vLLM-style replicas.
 
 simulator.py     the discrete-event loop (arrivals -> router -> replicas) and SimConfig
+deferral.py      carbon-aware deferral: when a request with a deadline is released to the router
 knobs.py         every serving knob declared once: its CLI flag, experiment path, bounds, help
 disaggregated.py disaggregated prefill/decode: the prefill and decode replicas and their event loop
 kv_link.py       the P/D topology (pools, link) and the FIFO KV-transfer link model

@@ -58,6 +58,12 @@ REQUESTS_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
         pa.float64(),
         "end of prefill to the transfer's submission: no decode replica had room, s (disaggregated runs only)",
     ),
+    # carbon-aware deferral (engine/deferral.py), only for a trace with deadlines; arrival_s is then the
+    # release to the router and the latencies count from it
+    "submitted_s": (pa.float64(), "the trace's arrival, s (deferral only)"),
+    "held_s": (pa.float64(), "held by the deferral policy before the router: arrival_s - submitted_s (deferral only)"),
+    "deadline_s": (pa.float64(), "the trace's deadline, s; null: not deferrable (deferral only)"),
+    "deadline_missed": (pa.bool_(), "finished after the deadline or never; null: not deferrable (deferral only)"),
     # energy attribution (engine/energy.py); `kavier run` rewrites energy_j and carbon_g from OpenDC's run
     "gpu_busy_s": (pa.float64(), "the request's share of its replicas' busy GPU time, GPU-seconds at full activity"),
     "energy_j": (pa.float64(), "energy attributed to the request, J (simulate: GPUs only, catalogue power)"),
@@ -68,7 +74,8 @@ REQUESTS_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "itl_max_s": (pa.float64(), "longest gap between streamed chunks (the worst stall), s (NaN without gaps)"),
 }
 PD_COLUMNS = ("prefill_replica", "decode_replica", "transfer_start_s", "transfer_end_s", "decode_wait_s")
-REQUESTS_OPTIONAL = ("session_id", "n", *PD_COLUMNS)
+DEFERRAL_COLUMNS = ("submitted_s", "held_s", "deadline_s", "deadline_missed")
+REQUESTS_OPTIONAL = ("session_id", "n", *PD_COLUMNS, *DEFERRAL_COLUMNS)
 #: timeline.parquet: per replica, segments of constant activity: column -> (Arrow type, meaning)
 TIMELINE_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "replica": (pa.int32(), "replica index (numbered group after group)"),
@@ -146,6 +153,15 @@ def requests_table(result) -> pa.Table:
         cols["transfer_start_s"] = pa.array(pd.transfer_start)
         cols["transfer_end_s"] = pa.array(pd.transfer_end)
         cols["decode_wait_s"] = pa.array(pd.decode_wait)
+    dfr = result.extra.get("deferral")
+    if dfr is not None and dfr.deferrable.any():
+        import pyarrow  # masked arrays: pyarrow's own constructor (deferral runs only)
+
+        ok = dfr.deferrable
+        cols["submitted_s"] = pa.array(np.asarray(dfr.submitted_s, dtype=np.float64))
+        cols["held_s"] = pa.array(np.asarray(dfr.held_s, dtype=np.float64))
+        cols["deadline_s"] = pyarrow.array(np.where(ok, dfr.deadline_s, 0.0), type=pa.float64(), mask=~ok)
+        cols["deadline_missed"] = pyarrow.array(dfr.missed, type=pa.bool_(), mask=~ok)
     energy, _ = simulated_energy(result)
     cols["gpu_busy_s"] = pa.array(r.busy)
     cols["energy_j"] = pa.array(energy)
@@ -519,6 +535,8 @@ def summary_dict(result) -> dict:
         ),
         **({"disaggregation": disaggregation_summary(result)} if "pd" in result.extra else {}),
         **({"kv_transfer": kv_transfer_summary(result)} if "pd" in result.extra else {}),
+        # carbon-aware deferral (engine/deferral.py): only for a trace with deadlines or a policy other than none
+        **({"deferral": result.extra["deferral"].summary} if "deferral" in result.extra else {}),
         "engine": {
             "version": __version__,
             "iterations": int(sum(rep.iterations for rep in result.replicas)),

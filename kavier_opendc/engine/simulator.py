@@ -813,6 +813,11 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     samples = trace.n.tolist() if trace.n is not None and (trace.n > 1).any() else None
     if samples is not None:
         res.remaining = np.asarray(trace.n, dtype=np.int32).copy()
+    # held requests (engine/deferral.py) arrive out of trace order: the loop takes them by release time,
+    # each keeping its trace row
+    rows = None if trace.held_s is None else np.argsort(trace.arrival_s, kind="stable").tolist()
+    if rows is not None:
+        arrivals = [arrivals[j] for j in rows]
     heap: list = []
     push, pop = heapq.heappush, heapq.heappop
     bar = Progress(n, "simulate", enabled=progress, unit="req")
@@ -838,20 +843,21 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             break
         if ta == inf:  # cannot happen: every request in flight ends, and its end frees a client
             raise RuntimeError(f"closed loop stalled before request {i}")
-        # arrival
-        p, o = prompts[i], outs[i]
-        req = Req(i, ta, p, o)
+        # arrival (of trace row j)
+        j = i if rows is None else rows[i]
+        p, o = prompts[j], outs[j]
+        req = Req(j, ta, p, o)
         if samples is not None:
-            req.n = samples[i]
+            req.n = samples[j]
         if affinity:  # (affinity and full_cache imply a prefix setup, and full_cache its prompt caches)
-            req.uids, req.usizes = prefix.index.prompt_units(i)  # type: ignore[union-attr]
+            req.uids, req.usizes = prefix.index.prompt_units(j)  # type: ignore[union-attr]
         r = router.choose(ta, req)
         rep = reps[r]
         if (kv_on and blocks_for(p + o - 1) > rep.kv.capacity) or p + o > max_len:
-            res.record_reject(i, r, ta)
-        elif full_cache and rep.kv.prompt_cache.lookup(prefix.index.prompt_key(i)):  # type: ignore[union-attr]
+            res.record_reject(j, r, ta)
+        elif full_cache and rep.kv.prompt_cache.lookup(prefix.index.prompt_key(j)):  # type: ignore[union-attr]
             # the answer is served from the cache: done on arrival, nothing runs on the GPU
-            res.record_cached(i, r, ta, p)
+            res.record_cached(j, r, ta, p)
         else:
             rep.enqueue(req)
             if not rep.busy:

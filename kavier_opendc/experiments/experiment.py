@@ -137,6 +137,8 @@ class Experiment:
     input_files: list[tuple[str, Path]] = field(default_factory=list)
     #: what a run of it should warn about: implausible values, short names standing for one of several
     notes: list[str] = field(default_factory=list)
+    #: the deferral policy of requests with a deadline (engine/deferral.py; deferral.policy, kavier run --deferral)
+    deferral: str = "none"
 
     def sim_config(self):
         """The engine's SimConfig for this experiment's serving setup."""
@@ -318,6 +320,20 @@ def experiment_problems(
     slo_in = data.get("slo") if isinstance(data.get("slo"), dict) else {}
     slo = LatencyTargets(ttft_s=slo_in.get("ttft_s"), tpot_s=slo_in.get("tpot_s"))
 
+    dv = data.get("deferral") if isinstance(data.get("deferral"), dict) else {}
+    deferral = dv.get("policy", "none") if isinstance(dv.get("policy", "none"), str) else "none"
+    dc_carbon = isinstance(dc_data, dict) and (
+        dc_data.get("region") or (dc_data.get("power_source") or {}).get("carbon_trace")
+    )
+    if deferral != "none" and carbon is None and not dc_carbon:
+        problems.append(
+            (
+                ("deferral", "policy"),
+                f"policy '{deferral}' chooses windows on a carbon trace, and the experiment has none (expected "
+                "carbon: {trace | region | synthetic}, or a datacenter with a carbon trace)",
+            )
+        )
+
     name = _experiment_name(data, source)
     seed = data.get("seed", 0) if isinstance(data.get("seed"), int) else 0
 
@@ -344,6 +360,7 @@ def experiment_problems(
         export_opts=export_opts,
         input_files=inputs,
         notes=_name_notes(data, cat) + _slo_notes(slo),
+        deferral=deferral,
     )
     return [], exp
 

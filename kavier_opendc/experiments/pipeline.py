@@ -42,8 +42,8 @@ from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRunti
 from kavier_opendc.base.faults import WRITTEN_FIRST, checkpoint
 from kavier_opendc.base.progress import Progress
 from kavier_opendc.base.units import latencies
+from kavier_opendc.engine.deferral import missed_warning, simulate_deferred
 from kavier_opendc.engine.outputs import SimulationOutput
-from kavier_opendc.engine.simulator import simulate
 from kavier_opendc.experiments.experiment import Experiment, load_trace_for, synthetic_input_files, to_jsonable
 from kavier_opendc.experiments.run_folder import (
     clear_incomplete,
@@ -148,6 +148,41 @@ def carbon_trace_for(exp: Experiment, odc_dir: Path, makespan_s: float, start: s
     path = odc_dir / "carbon" / "synthetic_carbon.parquet"
     C.write_synthetic_carbon_trace(path, **params)
     return path, {"kind": "synthetic", "path": str(path), "params": params}
+
+
+def deferral_steps(exp: Experiment, trace):
+    """The carbon steps the experiment's deferral policy chooses its windows on (None for policy none): the
+    carbon trace the run will use (the experiment's, else the datacenter's), from datacenter.start to the
+    latest deadline, aligned as carbon.align says."""
+    import tempfile
+
+    import numpy as np
+
+    from kavier_opendc.opendc import carbon as C
+    from kavier_opendc.opendc.carbon import fit_trace_to_run
+
+    if exp.deferral == "none":
+        return None
+    d = trace.deadline_s
+    horizon = float(np.nanmax(d)) if d is not None and np.isfinite(d).any() else float(trace.arrival_s[-1])
+    start = (exp.datacenter or {}).get("start", DEFAULT_START)
+    with tempfile.TemporaryDirectory(prefix="kavier-deferral-") as tmp:
+        path, info = carbon_trace_for(exp, Path(tmp), horizon, start)
+        if path is None and exp.datacenter is not None:
+            path = datacenter_for(exp, None).power_source.carbon_trace
+        if path is None:
+            raise KavierInputError(
+                f"deferral policy '{exp.deferral}' chooses windows on a carbon trace, and the experiment has none",
+                source=exp.source,
+                location="deferral.policy",
+                expected="carbon: {trace | region | synthetic} or a datacenter with a carbon trace",
+            )
+        align = "none" if exp.carbon is None else exp.carbon.align
+        if info.get("kind") != "synthetic":
+            path, _ = fit_trace_to_run(path, start, horizon, align, Path(tmp), location="deferral.policy")
+        df = C.read_carbon_trace(path)
+        label = Path(info.get("path") or path).name
+    return C.carbon_steps(df, start, horizon, label=label, location="deferral.policy")
 
 
 def datacenter_for(exp: Experiment, carbon_path: Path | None):
@@ -438,10 +473,14 @@ def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> S
     """The serving simulation, written to ``sim_dir``; returns its outputs (in memory, for the later stages)."""
 
     with st.stage("simulate", exp.describe()):
-        result = simulate(trace, cfg, progress=st.tty)
+        steps = deferral_steps(exp, trace)
+        result = simulate_deferred(trace, cfg, exp.deferral, steps, progress=st.tty)
         output = SimulationOutput.from_result(result)
         output.write(sim_dir)
         summary = output.summary
+        missed = missed_warning(summary)
+        if missed:
+            print(f"kavier: warning: {missed}", file=sys.stderr)
         st.say(
             f"      {summary['num_finished']} finished, makespan {summary['makespan_s']:.1f} s, "
             f"{summary['output_tokens_per_s']:.1f} output tok/s, TTFT "

@@ -610,7 +610,10 @@ def traffic_at(plan: Plan, rate: float | None, folder: Path) -> Path:
             location="traffic.rate",
         )
     own = (len(trace) - 1) / span
-    scaled = dataclasses.replace(trace, arrival_s=trace.arrival_s * (own / float(rate)))
+    arrival = trace.arrival_s * (own / float(rate))
+    # a deadline is a window after its request's arrival: it moves with the arrival, unscaled
+    deadline = None if trace.deadline_s is None else arrival + (trace.deadline_s - trace.arrival_s)
+    scaled = dataclasses.replace(trace, arrival_s=arrival, deadline_s=deadline)
     out = folder / f"{plan.workload.stem}-rate{tag}.parquet"
     tmp = folder / f".{out.stem}.tmp.parquet"
     write_trace(scaled, tmp)

@@ -467,3 +467,35 @@ def resolve_carbon_trace(
         expected=f"a file {region}_<year>.parquet or {region}.parquet in one of those folders "
         f"(add folders with ${CARBON_DIR_ENV}) or a path to a trace",
     )
+
+
+def parse_start(value: str, location: str) -> datetime:
+    """A run's calendar start (ISO, UTC unless it names a zone) as a naive UTC datetime."""
+    try:
+        return _to_utc_naive(value)
+    except (ValueError, TypeError):
+        raise KavierInputError(
+            f"{value!r} is not a date-time", location=location, expected="an ISO date-time such as 2022-06-01T00:00"
+        ) from None
+
+
+def carbon_steps(df: pd.DataFrame, start: datetime | str, horizon_s: float, *, label: str, location: str):
+    """The trace ``df`` as a step function of a run's clock (s from ``start``) for the deferral policies
+    (engine/deferral.py). The run's first ``horizon_s`` seconds (its latest deadline) must lie inside the
+    trace: outside it the first or last value would hold silently, as in OpenDC."""
+    from kavier_opendc.engine.deferral import CarbonSteps
+
+    t0 = _to_utc_naive(start)
+    first, last = _span(df)
+    t1 = t0 + timedelta(seconds=float(horizon_s))
+    if not (first <= t0 and t1 <= last):
+        fmt = "%Y-%m-%dT%H:%M:%S"
+        raise KavierInputError(
+            f"the deferral looks at {t0.strftime(fmt)} to {t1.strftime(fmt)} UTC (the run's start to its latest "
+            f"deadline), outside the carbon trace {label} ({first.strftime(fmt)} to {last.strftime(fmt)} UTC)",
+            location=location,
+            expected="a start and deadlines inside the carbon trace's dates",
+        )
+    ms = df["timestamp"].to_numpy().astype("datetime64[ms]").astype(np.int64)
+    t0_ms = int((t0 - datetime(1970, 1, 1)).total_seconds() * 1000)
+    return CarbonSteps((ms - t0_ms) / 1000.0, df["carbon_intensity"].to_numpy(np.float64), label)

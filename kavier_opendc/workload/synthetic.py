@@ -68,6 +68,10 @@ on the simulated server, which is unknown when the trace is generated, so
 turn k+1 arrives at turn k's *arrival* time plus the think time.  Choose the
 think time to include the expected answer time.
 
+``deferrable`` (``{share, deadline_s}``) makes each request offline batch work with probability
+``share`` (a stream of the seed of its own: the other draws are unchanged), with a deadline
+``deadline_s`` seconds after its arrival (``Trace.deadline_s``; engine/deferral.py).
+
 ``shared_prefix_tokens`` prepends a common prefix (a system prompt) to every
 prompt.  ``hash_ids=True`` attaches Mooncake-style prefix-block hashes (one
 per ``hash_block_size`` tokens): full blocks of the shared prefix share ids
@@ -146,6 +150,7 @@ def synthetic_trace(
     source: str | None = None,
     concurrency: int | None = None,
     think_time_s: float | None = None,
+    deferrable: Mapping | None = None,
 ) -> Trace:
     """Generate a synthetic trace (see the module documentation for every parameter).
 
@@ -172,6 +177,8 @@ def synthetic_trace(
         params["think_time_s"] = think_time_s
     if sessions is not None:
         params["sessions"] = sessions
+    if deferrable is not None:
+        params["deferrable"] = deferrable
     parsed, problems = _parse_params(params, base_dir)
     if problems:
         raise KavierInputError(_problems_text(problems), source=source or "synthetic workload")
@@ -251,6 +258,19 @@ def _parse_params(p: Mapping[str, Any], base_dir) -> tuple[dict, list[str]]:
         if not isinstance(v, bool):
             problems.append(f"$.{key}: {v!r} must be true or false")
         out[key] = bool(v)
+    out["deferrable"] = None
+    d = p.get("deferrable")
+    if d is not None:
+        share = d.get("share") if isinstance(d, Mapping) else None
+        window = d.get("deadline_s") if isinstance(d, Mapping) else None
+        if not (is_num(share) and 0 <= share <= 1):
+            problems.append(f"$.deferrable.share: {share!r} must be a number in [0, 1] (the deferrable fraction)")
+        elif not (is_num(window) and np.isfinite(window) and window >= 0):
+            problems.append(f"$.deferrable.deadline_s: {window!r} must be a number >= 0 (seconds after arrival)")
+        elif closed:
+            problems.append("$.deferrable: not with arrival 'closed-loop' (deferral holds open-loop arrivals)")
+        else:
+            out["deferrable"] = (float(share), float(window))
     joint = p.get("joint")
     if joint is not None and not isinstance(joint, bool):
         problems.append(f"$.joint: {joint!r} must be true, false or null")
@@ -443,6 +463,11 @@ def _generate(p: dict, base_dir, source: str | None) -> Trace:
             hashes = [hashes[i] for i in order.tolist()]
     if arrival_s.size:
         arrival_s -= arrival_s[0]
+    deadline = None
+    if p.get("deferrable") is not None:
+        share, window = p["deferrable"]
+        rng_defer = np.random.default_rng(ss.spawn(1)[0])  # the sixth stream of the seed: the others unchanged
+        deadline = np.where(rng_defer.random(n) < share, arrival_s + window, np.nan)
 
     desc = source or (
         f"synthetic: {n} requests, {arrival} arrivals"
@@ -465,6 +490,7 @@ def _generate(p: dict, base_dir, source: str | None) -> Trace:
         source=desc,
         format="synthetic",
         closed_loop=p.get("closed_loop"),
+        deadline_s=deadline,
     )
 
 

@@ -101,6 +101,11 @@ class Trace:
     format: str = ""  # kavier|azure|mooncake|vidur|synthetic
     timed: bool = True  # False: the file had no arrival times (an offline batch at 0)
     closed_loop: ClosedLoop | None = None  # arrivals driven by closed-loop clients (arrival_s: all at 0)
+    # carbon-aware deferral (engine/deferral.py): a request's deadline on the same clock as arrival_s (NaN: not
+    # deferrable); held_s is set only on a trace whose requests a deferral policy held, whose arrival_s are
+    # then the release times (no longer sorted) and arrival_s - held_s the trace's arrivals
+    deadline_s: np.ndarray | None = None
+    held_s: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.num_input_tokens.shape[0])
@@ -122,6 +127,8 @@ class Trace:
             cols["session_id"] = self.session_id
         if self.n is not None:
             cols["n"] = self.n
+        if self.deadline_s is not None:
+            cols["deadline_s"] = self.deadline_s
         if self.input_tokens is not None:
             cols["input_tokens"] = self.input_tokens
         if self.hash_ids is not None:
@@ -173,7 +180,7 @@ _LAYOUTS: dict[str, _Layout] = {
         "arrival_time_s",
         "seconds",
         False,
-        ("session_id", "input_tokens", "hash_ids", "n"),
+        ("session_id", "input_tokens", "hash_ids", "n", "deadline_s"),
     ),
     "azure": _Layout("azure", "ContextTokens", "GeneratedTokens", "TIMESTAMP", "datetime", True),
     "mooncake": _Layout("mooncake", "input_length", "output_length", "timestamp", "milliseconds", True, ("hash_ids",)),
@@ -885,7 +892,7 @@ def _build(df: pd.DataFrame, lay: _Layout, src: _Source, keep_overlong: bool = F
         secs = _time_seconds(src, df[time_col], time_col, lay.time_kind)
         arrival = secs - secs[0]
     else:
-        arrival = np.zeros(len(df), dtype=np.float64)
+        secs = arrival = np.zeros(len(df), dtype=np.float64)
     trace = Trace(
         arrival_s=np.ascontiguousarray(arrival, dtype=np.float64),
         num_input_tokens=n_in,
@@ -907,6 +914,8 @@ def _build(df: pd.DataFrame, lay: _Layout, src: _Source, keep_overlong: bool = F
         trace.session_id = codes.astype(np.int64)
     if "n" in lay.optional and "n" in df.columns:
         trace.n = _int_column(src, df["n"], "n", "samples per prompt", 1)
+    if "deadline_s" in lay.optional and "deadline_s" in df.columns:
+        trace.deadline_s = _deadline_column(src, df["deadline_s"], secs, str(time_col) if trace.timed else None)
     if "hash_ids" in lay.optional and "hash_ids" in df.columns:
         trace.hash_ids = _list_column(src, df["hash_ids"], "hash_ids")
         _check_hash_ids(src, lay, trace.hash_ids, n_in, trace.hash_block_size)
@@ -922,6 +931,30 @@ def _build(df: pd.DataFrame, lay: _Layout, src: _Source, keep_overlong: bool = F
             )
         trace.input_tokens = toks
     return trace
+
+
+def _deadline_column(src: _Source, s: pd.Series, secs: np.ndarray, time_col: str | None) -> np.ndarray:
+    """Deadlines (s, on the arrival column's clock; re-based with it): an empty cell is a request that is not
+    deferrable (NaN); a deadline before its own arrival is an error naming the row."""
+    vals, nonnum = _numeric_values(s)
+    bad = _first(nonnum | np.isinf(vals))
+    if bad is not None:
+        raise src.error(
+            bad,
+            f"deadline_s is {_short(s.iloc[bad])}; expected a finite time in seconds on the clock of "
+            f"{time_col or 'the arrivals (all at 0: the trace has no arrival times)'} (or an empty cell: not "
+            "deferrable)",
+        )
+    with np.errstate(invalid="ignore"):
+        early = _first(vals < secs)
+    if early is not None:
+        raise src.error(
+            early,
+            f"deadline_s is {_short(s.iloc[early])}, before the request's arrival "
+            + (f"({time_col} {secs[early]:g})" if time_col else "(at 0: the trace has no arrival times)")
+            + "; expected a deadline at or after the arrival, on the same clock (or an empty cell: not deferrable)",
+        )
+    return np.ascontiguousarray(vals - (secs[0] if secs.size else 0.0), dtype=np.float64)
 
 
 def _check_context(src: _Source, lay: _Layout, n_in: np.ndarray, n_out: np.ndarray) -> None:
@@ -1244,6 +1277,8 @@ def _arrow_build(cols: dict[str, Any], lay: _Layout, src: _Source, keep_overlong
         format=lay.name,
         timed=timed,
     )
+    if "deadline_s" in cols:  # empty cells mean "not deferrable": the pandas reader reads and words them
+        raise _Unsure
     if "session_id" in lay.optional and "session_id" in cols:
         trace.session_id = _arrow_sessions(cols["session_id"], csv_text)
     if "n" in lay.optional and "n" in cols:

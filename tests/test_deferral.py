@@ -1,0 +1,398 @@
+"""Carbon-aware deferral (engine/deferral.py): the window chosen, the deadlines counted, the outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import shared
+from kavier_opendc.base.errors import KavierInputError
+from kavier_opendc.cli import main as cli_main
+from kavier_opendc.engine.deferral import CarbonSteps, lowest_carbon_start, simulate_deferred
+from kavier_opendc.engine.outputs import requests_table, summary_dict
+from kavier_opendc.engine.simulator import SimConfig, simulate
+from kavier_opendc.opendc.carbon import carbon_steps, read_carbon_trace
+from kavier_opendc.specs import default_catalog
+from kavier_opendc.workload.trace import load_trace
+
+
+def _cfg() -> SimConfig:
+    cat = default_catalog()
+    return SimConfig(model=cat.model("Llama-3-8B"), gpu=cat.gpu("A100-80GB"))
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            rc = cli_main(argv)
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else 1
+    return rc, err.getvalue() + out.getvalue()
+
+
+# --------------------------------------------------------------------------- the window, by hand
+
+STEPS = CarbonSteps(np.array([0.0, 10.0, 20.0, 30.0]), np.array([4.0, 1.0, 3.0, 2.0]))
+
+
+def test_window_inside_one_step():
+    # a 10 s job from 2 s, due at 35 s: the step [10, 20) at 1 g/kWh holds it whole
+    assert lowest_carbon_start(2.0, 35.0, 10.0, STEPS) == 10.0
+
+
+def test_window_across_steps():
+    # 15 s from t: on [5, 10] the mean is (35 - t)/15, on [10, 15] (2t + 5)/15: the minimum 25/15 at t = 10
+    assert lowest_carbon_start(0.0, 40.0, 15.0, STEPS) == 10.0
+    assert STEPS.mean(np.array([10.0]), 15.0)[0] == pytest.approx(25.0 / 15.0)
+
+
+def test_ties_and_no_room_run_on_arrival():
+    flat = CarbonSteps(np.array([0.0, 10.0]), np.array([2.0, 2.0]))
+    assert lowest_carbon_start(3.0, 100.0, 5.0, flat) == 3.0  # equal everywhere: the earliest
+    assert lowest_carbon_start(3.0, 7.0, 5.0, STEPS) == 3.0  # 5 s of work do not fit in 4 s: now
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.floats(0.0, 500.0), min_size=2, max_size=12),
+    arrival=st.floats(0.0, 50.0),
+    slack=st.floats(0.0, 200.0),
+    service=st.floats(0.0, 40.0),
+)
+def test_window_is_the_lowest_on_a_fine_grid(values, arrival, slack, service):
+    steps = CarbonSteps(np.arange(len(values)) * 15.0, np.array(values))
+    deadline = arrival + slack
+    t = lowest_carbon_start(arrival, deadline, service, steps)
+    latest = max(arrival, deadline - service)
+    assert arrival <= t <= latest + 1e-9
+    grid = np.linspace(arrival, latest, 401)  # any start a brute force tries is no better
+    best = steps.mean(np.array([t]), service)[0]
+    assert best <= steps.mean(grid, service).min() + 1e-6 * max(1.0, best)
+
+
+# --------------------------------------------------------------------------- NL 2022, end to end
+
+
+def test_job_moves_to_the_lowest_carbon_quarter_hour_of_nl_2022(tmp_path):
+    """A job due 24 h after it arrives starts in the quarter hour of NL 2022 with the lowest intensity in that
+    day; the quarter hour is found here from the Parquet file alone."""
+    path = shared("carbon/NL_2022.parquet")
+    start = datetime(2022, 6, 1, 0, 0)
+    arrival, deadline = 600.0, 600.0 + 86400.0
+    csv = tmp_path / "jobs.csv"
+    csv.write_text(
+        f"arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,200,20,\n{arrival},300,40,{deadline}\n"
+    )
+    trace = load_trace(csv)
+    steps = carbon_steps(read_carbon_trace(path), start, deadline, label="NL_2022", location="test")
+    result = simulate_deferred(trace, _cfg(), "lowest-carbon", steps)
+    table = requests_table(result).to_pandas()
+    service = float(simulate(trace, _cfg()).results.finish[1] - arrival)
+
+    raw = pq.read_table(path).to_pandas()
+    t_s = (raw["timestamp"] - pd.Timestamp(start)).dt.total_seconds().to_numpy()
+    ci = raw["carbon_intensity"].to_numpy()
+    # rows in force at some instant of [arrival, deadline - service]; the job (a fraction of a second) fits
+    # inside one quarter hour, so the best window starts where the lowest of them starts (or on arrival)
+    first = np.searchsorted(t_s, arrival, side="right") - 1
+    last = np.searchsorted(t_s, deadline - service, side="right") - 1
+    k = first + int(np.argmin(ci[first : last + 1]))
+    expected = max(arrival, float(t_s[k]))
+    assert 0 < service < 900
+    assert table["arrival_s"][1] == expected
+    assert table["held_s"][1] == expected - arrival
+    assert table["submitted_s"][1] == arrival
+    assert not table["deadline_missed"][1]
+    assert table["held_s"][0] == 0.0 and pd.isna(table["deadline_s"][0])
+    assert table["e2e_s"][1] == pytest.approx(service, rel=1e-9)  # alone on a replica, as without deferral
+    s = summary_dict(result)["deferral"]
+    assert s["deadlines_missed"] == 0 and s["held_requests"] == 1 and s["largest_release_burst"] == 1
+    # the job's energy moved from ci[first] to ci[k]; the idle draw is the same in both runs
+    assert s["without_deferral"]["static_g"] == s["with_deferral"]["static_g"]
+    d = s["deferrable_dynamic_g"]
+    assert d["with_deferral"] == pytest.approx(d["without_deferral"] * ci[k] / ci[first], rel=1e-6)
+    assert s["carbon_saved_g"] == pytest.approx(d["without_deferral"] - d["with_deferral"], rel=1e-6)
+
+
+# --------------------------------------------------------------------------- deadlines, bad input, none
+
+
+def test_deadline_before_arrival_names_the_row_and_field(tmp_path):
+    csv = tmp_path / "bad.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,10,5,\n30,10,5,25\n")
+    with pytest.raises(KavierInputError) as info:
+        load_trace(csv)
+    text = str(info.value)
+    assert "bad.csv: row 2: deadline_s is 25" in text and "before the request's arrival" in text
+    rc, out = _run(
+        ["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str(csv), "--out", str(tmp_path / "o")]
+    )
+    assert rc == 2 and "Traceback" not in out and "row 2: deadline_s" in out and "--row" not in out
+
+
+def test_missed_deadline_is_counted_not_hidden(tmp_path):
+    csv = tmp_path / "tight.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,500,200,0.01\n0,100,10,\n")
+    trace = load_trace(csv)
+    steps = CarbonSteps(np.array([0.0]), np.array([100.0]))
+    result = simulate_deferred(trace, _cfg(), "lowest-carbon", steps)
+    s = summary_dict(result)["deferral"]
+    assert s["deadlines_missed"] == 1 and s["missed_request_ids"] == [0] and s["baseline_deadlines_missed"] == 1
+    table = requests_table(result).to_pandas()
+    assert table["deadline_missed"][0] and pd.isna(table["deadline_missed"][1])
+
+
+def test_policy_none_without_deadlines_is_the_plain_run(tmp_path):
+    csv = tmp_path / "plain.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens\n0,100,10\n0.5,300,30\n")
+    trace = load_trace(csv)
+    a, b = simulate(trace, _cfg()), simulate_deferred(trace, _cfg(), "none", None)
+    assert requests_table(a).equals(requests_table(b))
+    sa, sb = summary_dict(a), summary_dict(b)
+    for s in (sa, sb):
+        s["engine"].pop("wall_s"), s["engine"].pop("requests_per_s")
+    assert sa == sb and "deferral" not in sb
+
+
+def test_policy_none_with_deadlines_counts_them(tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,100,10,100\n1,100,10,1.0001\n")
+    result = simulate_deferred(load_trace(csv), _cfg(), "none", None)
+    s = summary_dict(result)["deferral"]
+    assert s["policy"] == "none" and s["deferrable_requests"] == 2 and s["deadlines_missed"] == 1
+    assert requests_table(result).column("held_s").to_pylist() == [0.0, 0.0]
+
+
+def test_cli_deferral_needs_a_carbon_trace_and_writes_the_columns(tmp_path):
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,100,10,\n10,100,10,5000\n")
+    base = ["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str(csv), "--quiet"]
+    rc, out = _run(base + ["--out", str(tmp_path / "a"), "--deferral", "lowest-carbon"])
+    assert rc == 2 and "--carbon-trace" in out and "Traceback" not in out
+    rc, out = _run(base + ["--out", str(tmp_path / "a"), "--deferral", "later"])
+    assert rc == 2 and "unknown deferral policy 'later'" in out
+    nl = str(shared("carbon/NL_2022.parquet"))
+    rc, out = _run(base + ["--out", str(tmp_path / "b"), "--deferral", "lowest-carbon", "--carbon-trace", nl])
+    assert rc == 2 and "--start" in out
+    rc, out = _run(
+        base
+        + ["--out", str(tmp_path / "c"), "--deferral", "lowest-carbon", "--carbon-trace", nl, "--start", "2023-01-01"]
+    )
+    assert rc == 2 and "outside the carbon trace" in out
+    argv = ["--out", str(tmp_path / "d"), "--deferral", "lowest-carbon", "--carbon-trace", nl, "--start", "2022-06-01"]
+    rc, out = _run(base + argv)
+    assert rc == 0, out
+    cols = pq.read_table(tmp_path / "d" / "requests.parquet").column_names
+    assert {"submitted_s", "held_s", "deadline_s", "deadline_missed"} <= set(cols)
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["deferral"]["policy"] == "lowest-carbon" and "NL_2022" in summary["deferral"]["carbon_basis"]
+
+
+# --------------------------------------------------------------------------- the experiment file, kavier run
+
+
+def _experiment(tmp_path, **over) -> dict:
+    (tmp_path / "jobs.csv").write_text(
+        "arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,200,20,\n5,300,40,20000\n"
+    )
+    doc = {
+        "name": "dfr",
+        "model": "Llama-3-8B",
+        "gpu": "A100-80GB",
+        "trace": "jobs.csv",
+        "serving": {"replicas": 1},
+        "datacenter": {
+            "start": "2022-06-01T06:00:00",
+            "hosts": [
+                {
+                    "name": "node",
+                    "gpus_per_host": 1,
+                    "cpu": {"cores": 16, "mhz": 2000},
+                    "cpu_power_model": {"model": "linear", "idle_w": 100, "max_w": 300},
+                    "memory_gib": 256,
+                }
+            ],
+        },
+        "carbon": {"trace": str(shared("carbon/NL_2022.parquet"))},
+        "deferral": {"policy": "lowest-carbon"},
+    }
+    doc.update(over)
+    return doc
+
+
+def test_experiment_deferral_field_is_validated(tmp_path):
+    from kavier_opendc.experiments.experiment import experiment_problems, json_path
+
+    probs, exp = experiment_problems(_experiment(tmp_path), base_dir=tmp_path, source="e.yaml", opendc=False)
+    assert probs == [] and exp.deferral == "lowest-carbon"
+    probs, _ = experiment_problems(
+        _experiment(tmp_path, deferral={"policy": "soon"}), base_dir=tmp_path, source="e.yaml", opendc=False
+    )
+    assert any(json_path(p) == "deferral.policy" and "soon" in m for p, m in probs), probs
+    probs, _ = experiment_problems(
+        _experiment(tmp_path, deferral={"when": 1}), base_dir=tmp_path, source="e.yaml", opendc=False
+    )
+    assert any("when" in m for _, m in probs), probs
+
+
+def test_kavier_run_defers_and_reports(tmp_path):
+    import yaml
+
+    exp = tmp_path / "e.yaml"
+    exp.write_text(yaml.safe_dump(_experiment(tmp_path)))
+    rc, out = _run(["run", str(exp), "--out", str(tmp_path / "r"), "--no-opendc", "--no-plots"])
+    assert rc == 0, out
+    assert "deferral     policy lowest-carbon: 1 request with a deadline, 1 held" in out
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Carbon-aware deferral" in md and "deadlines missed: 0" in md
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["performance"]["deferral"]["held_requests"] == 1
+    # --deferral none overrides the file: nothing held, the deadline still counted
+    rc, out = _run(["run", str(exp), "--out", str(tmp_path / "n"), "--no-opendc", "--no-plots", "--deferral", "none"])
+    assert rc == 0, out
+    rep = json.loads((tmp_path / "n" / "report.json").read_text())
+    assert rep["performance"]["deferral"] == {
+        "policy": "none",
+        "deferrable_requests": 1,
+        "service_time_estimate": rep["performance"]["deferral"]["service_time_estimate"],
+        "deadlines_missed": 0,
+        "missed_request_ids": [],
+    }
+
+
+def test_kavier_run_without_a_carbon_trace_is_refused(tmp_path):
+    import yaml
+
+    doc = _experiment(tmp_path)
+    doc.pop("carbon")
+    exp = tmp_path / "e.yaml"
+    exp.write_text(yaml.safe_dump(doc))
+    rc, out = _run(["run", str(exp), "--out", str(tmp_path / "r"), "--no-opendc", "--no-plots"])
+    assert rc == 2 and "deferral.policy" in out and "Traceback" not in out, out
+
+
+# --------------------------------------------------------------------------- a deferrable class in synthetic workloads
+
+
+def test_synthetic_deferrable_class_leaves_the_other_draws_alone():
+    from kavier_opendc.workload.synthetic import load_synthetic_spec
+
+    spec = {"num_requests": 2000, "rate": 5.0, "input": 200, "output": 20, "seed": 7}
+    plain = load_synthetic_spec(spec)
+    tr = load_synthetic_spec({**spec, "deferrable": {"share": 0.25, "deadline_s": 3600}})
+    assert np.array_equal(plain.arrival_s, tr.arrival_s) and plain.deadline_s is None
+    ok = np.isfinite(tr.deadline_s)
+    assert 0.2 < ok.mean() < 0.3  # 500 expected, binomial sd 19
+    assert np.array_equal(tr.deadline_s[ok], tr.arrival_s[ok] + 3600)
+    again = load_synthetic_spec({**spec, "deferrable": {"share": 0.25, "deadline_s": 3600}})
+    assert np.array_equal(np.isfinite(again.deadline_s), ok)  # the seed decides
+    with pytest.raises(KavierInputError, match=r"\$\.deferrable\.share: 1\.5 is greater than the maximum of 1"):
+        load_synthetic_spec({**spec, "deferrable": {"share": 1.5, "deadline_s": 10}})
+
+
+def test_synthetic_deferrable_requests_are_held():
+    from kavier_opendc.workload.synthetic import load_synthetic_spec
+
+    tr = load_synthetic_spec(
+        {
+            "num_requests": 50,
+            "rate": 1.0,
+            "input": 100,
+            "output": 10,
+            "seed": 1,
+            "deferrable": {"share": 0.5, "deadline_s": 600},
+        }
+    )
+    # cleaner from 300 s on: every deferrable request that can wait starts at 300 s (or on arrival after it)
+    steps = CarbonSteps(np.array([0.0, 300.0]), np.array([400.0, 100.0]))
+    table = requests_table(simulate_deferred(tr, _cfg(), "lowest-carbon", steps)).to_pandas()
+    d = table[table["deadline_s"].notna()]
+    assert len(d) == int(np.isfinite(tr.deadline_s).sum()) > 0
+    assert np.allclose(d["arrival_s"], np.maximum(d["submitted_s"], 300.0))
+    assert (table.loc[table["deadline_s"].isna(), "held_s"] == 0).all()
+    assert not d["deadline_missed"].any()
+    held_at_300 = int(((d["submitted_s"] < 300.0) & (d["arrival_s"] == 300.0)).sum())
+    summary = summary_dict(simulate_deferred(tr, _cfg(), "lowest-carbon", steps))["deferral"]
+    assert summary["largest_release_burst"] == held_at_300 > 1
+
+
+def test_python_api_defers_as_the_command(tmp_path):
+    import kavier_opendc as ko
+
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,100,10,\n10,100,10,5000\n")
+    steps = carbon_steps(
+        read_carbon_trace(shared("carbon/NL_2022.parquet")), "2022-06-01", 5000, label="NL", location="t"
+    )
+    ko.simulate(str(csv), "Llama-3-8B", "A100-80GB", out=tmp_path / "api", deferral="lowest-carbon", carbon=steps)
+    nl = str(shared("carbon/NL_2022.parquet"))
+    argv = ["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str(csv), "--quiet"]
+    argv += [
+        "--out",
+        str(tmp_path / "cli"),
+        "--deferral",
+        "lowest-carbon",
+        "--carbon-trace",
+        nl,
+        "--start",
+        "2022-06-01",
+    ]
+    assert _run(argv)[0] == 0
+    a = (tmp_path / "api" / "requests.parquet").read_bytes()
+    assert a == (tmp_path / "cli" / "requests.parquet").read_bytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    gaps=st.lists(st.integers(0, 100), min_size=1, max_size=8),
+    slack=st.lists(st.one_of(st.none(), st.integers(-50, 500)), min_size=8, max_size=8),
+    t0=st.integers(0, 10_000),
+)
+def test_reader_keeps_deadlines_on_the_arrival_clock_and_names_the_first_early_row(tmp_path_factory, gaps, slack, t0):
+    arrival = t0 + np.cumsum(gaps)
+    rows = ["arrival_time_s,num_input_tokens,num_output_tokens,deadline_s"]
+    for a, s in zip(arrival, slack, strict=False):
+        rows.append(f"{a},10,5,{'' if s is None else a + s}")
+    csv = tmp_path_factory.mktemp("dl") / "t.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    early = [i for i, s in enumerate(slack[: len(arrival)]) if s is not None and s < 0]
+    if early:
+        with pytest.raises(KavierInputError, match=rf"row {early[0] + 1}: deadline_s is"):
+            load_trace(csv)
+        return
+    tr = load_trace(csv)
+    want = np.array([np.nan if s is None else a + s - arrival[0] for a, s in zip(arrival, slack, strict=False)])
+    assert np.array_equal(tr.deadline_s, want, equal_nan=True)
+    assert (tr.deadline_s[np.isfinite(want)] >= tr.arrival_s[np.isfinite(want)]).all()
+
+
+def test_a_missed_deadline_is_a_warning_even_when_quiet(tmp_path):
+    csv = tmp_path / "tight.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,500,200,0.01\n0,100,10,\n")
+    argv = ["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str(csv), "--quiet"]
+    rc, out = _run(argv + ["--out", str(tmp_path / "o")])
+    assert rc == 0
+    assert "kavier: warning: 1 of 1 deferrable requests missed their deadline_s under deferral policy none" in out
+
+
+def test_a_plan_scaling_a_trace_to_a_rate_keeps_each_deadline_window(tmp_path):
+    from types import SimpleNamespace
+
+    from kavier_opendc.experiments.plan_file import traffic_at
+
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,10,5,\n10,10,5,110\n20,10,5,25\n")
+    plan = SimpleNamespace(workload=csv, workload_format=None)
+    scaled = load_trace(traffic_at(plan, 0.01, tmp_path / "t"))  # 0.1 req/s -> 0.01: arrivals x 10
+    assert scaled.arrival_s.tolist() == [0.0, 100.0, 200.0]
+    assert np.array_equal(scaled.deadline_s, [np.nan, 200.0, 205.0], equal_nan=True)
