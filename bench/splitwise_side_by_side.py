@@ -8,7 +8,10 @@ this script
    ``mixed_pool`` scheduler, its ``db`` performance model, Llama-2-70B, P prompt and D token machines,
 3. runs ``kavier simulate`` with ``--prefill-pool H100-SXM:8:P --decode-pool H100-SXM:8:D`` and the
    batch limits and KV bandwidth read from the checkout's own configuration files,
-4. prints one table: TTFT, TPOT/TBT and E2E p50/p99, machine counts and each simulator's wall time.
+4. runs ours again with the step overheads our calibration fits for the harness behind Splitwise's
+   profile (``splitwise-harness``, see :func:`harness_catalog`): the performance models' difference
+   without that harness's CPU time,
+5. prints one table: TTFT, TPOT/TBT and E2E p50/p99, machine counts and each simulator's wall time.
 
 It also runs one request alone through both (the trace's median lengths) to separate the performance
 models from queueing. Splitwise-sim needs its own Python packages (hydra-core, omegaconf, pandas,
@@ -195,10 +198,51 @@ def run_splitwise(
     return pd.read_csv(detailed), pd.read_csv(out / "request_nodes.csv"), wall
 
 
+def harness_catalog(path: Path) -> dict:
+    """Write a catalogue file with framework ``splitwise-harness``: vLLM v1's scheduling with the step
+    overheads our calibration fits for the harness behind Splitwise's profile (H100-SXM, TP 8).
+
+    bench/build_profiles.py fits them on ../shared/data/calibration/splitwise_llama2_70b_dgx.csv
+    (Splitwise's measured step times, the same harness as Splitwise-sim's profile) and does not keep
+    them: the built-in vLLM v1 framework assumes 1 ms per iteration. The harness is modelled with
+    NCCL all-reduces, as the fit does for software that is not vLLM. Returns the overheads.
+    """
+    import importlib.util
+
+    from kavier_opendc.base.errors import KavierInputError
+    from kavier_opendc.calibration.report import calibrate_files
+
+    spec = importlib.util.spec_from_file_location("build_profiles", REPO / "bench" / "build_profiles.py")
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    missing = [s.path for s in build.sources() if not Path(s.path).is_file()]
+    if missing:
+        raise BenchError(f"calibration data not found: {', '.join(missing)} (set KAVIER_SHARED_DATA).")
+    try:
+        fit = calibrate_files(build.sources(), build.builtin_catalog_without_profiles())
+    except KavierInputError as exc:
+        raise BenchError(str(exc)) from None
+    over = fit.fits[OUR_GPU].frameworks[f"splitwise_llama2_70b_dgx.csv tp{GPUS_PER_MACHINE}"]
+    numbers = {k: float(getattr(over, k)) for k in ("fixed_s", "per_seq_s", "per_token_s", "per_token_sq_s")}
+    entry = {
+        "name": "splitwise-harness",
+        "base": "vllm-v1",
+        "allreduce": "nccl",
+        "step_overhead": [{"gpu": OUR_GPU, "tp": GPUS_PER_MACHINE, **numbers}],
+        "provenance": {"step_overhead": "bench/build_profiles.py's fit on splitwise_llama2_70b_dgx.csv, TP 8"},
+    }
+    path.write_text(yaml.safe_dump({"frameworks": [entry]}, sort_keys=False))
+    return numbers
+
+
 def run_ours(
-    trace_csv: Path, out: Path, prefill: int, decode: int, sw: SplitwiseSettings
+    trace_csv: Path, out: Path, prefill: int, decode: int, sw: SplitwiseSettings, harness: Path | None = None
 ) -> tuple[pd.DataFrame, dict, float]:
-    """One `kavier simulate` run as a fresh process: (requests.parquet, summary.json, wall seconds)."""
+    """One `kavier simulate` run as a fresh process: (requests.parquet, summary.json, wall seconds).
+
+    ``harness``: a catalogue file from :func:`harness_catalog`, to run as ``splitwise-harness``.
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -228,6 +272,7 @@ def run_ours(
         str(out),
         "--overwrite",
         "--quiet",
+        *(["--catalog", str(harness), "--framework", "splitwise-harness"] if harness else []),
     ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     t0 = time.perf_counter()
@@ -236,6 +281,17 @@ def run_ours(
     if proc.returncode != 0:
         raise BenchError(f"kavier simulate failed (exit {proc.returncode}): {proc.stderr.strip()}")
     return pd.read_parquet(out / "requests.parquet"), json.loads((out / "summary.json").read_text()), wall
+
+
+def our_latencies(req: pd.DataFrame) -> dict:
+    """Finished requests' count and TTFT, TPOT, E2E (p50, p99) from our requests.parquet."""
+    done = req[np.isfinite(req["e2e_s"])]
+    return {
+        "requests": len(done),
+        "ttft_s": pcts(done["ttft_s"]),
+        "tpot_s": pcts(done.loc[done["num_output_tokens"] > 1, "tpot_s"]),
+        "e2e_s": pcts(done["e2e_s"]),
+    }
 
 
 def splitwise_tpot(rows: pd.DataFrame) -> np.ndarray:
@@ -282,6 +338,8 @@ def side_by_side(args: argparse.Namespace) -> dict:
         raise BenchError(str(exc)) from None
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="kavier-splitwise-"))
     work.mkdir(parents=True, exist_ok=True)
+    harness = work / "splitwise_harness_catalog.yaml"
+    harness_overheads = harness_catalog(harness)
 
     # one request alone, with the trace's median lengths: the two performance models without queueing
     probe_in = int(np.median(trace.num_input_tokens))
@@ -298,6 +356,7 @@ def side_by_side(args: argparse.Namespace) -> dict:
         "decode_machines": args.decode,
         "probe": {"input_tokens": probe_in, "output_tokens": probe_out},
         "settings": sw.__dict__,
+        "harness_overheads": harness_overheads,
     }
     for case, (arrival, prompt, output) in cases.items():
         folder = work / case
@@ -313,9 +372,11 @@ def side_by_side(args: argparse.Namespace) -> dict:
             args.decode,
         )
         req, summary, our_wall = run_ours(folder / "kavier_trace.csv", folder / "kavier", args.prefill, args.decode, sw)
+        h_req, _, h_wall = run_ours(
+            folder / "kavier_trace.csv", folder / "kavier_harness", args.prefill, args.decode, sw, harness
+        )
         flows = sw_nodes[sw_nodes["node_type"] == "KVCacheTransfer"]
         prompts_on_token, tokens_on_prompt = spillover(sw_nodes, args.prefill)
-        done = req[np.isfinite(req["e2e_s"])]
         result[case] = {
             "splitwise": {
                 "requests": len(sw_rows),
@@ -331,11 +392,8 @@ def side_by_side(args: argparse.Namespace) -> dict:
                 "prompts_on_token_machines": prompts_on_token,
                 "decodes_on_prompt_machines": tokens_on_prompt,
             },
-            "kavier": {
-                "requests": len(done),
-                "ttft_s": pcts(done["ttft_s"]),
-                "tpot_s": pcts(done.loc[done["num_output_tokens"] > 1, "tpot_s"]),
-                "e2e_s": pcts(done["e2e_s"]),
+            "kavier": our_latencies(req)
+            | {
                 "wall_s": our_wall,
                 "transfers": int(summary["disaggregation"]["link"]["transfers"]),
                 # time on the link per transfer (its FIFO queue not included), like Splitwise-sim's flows
@@ -343,6 +401,7 @@ def side_by_side(args: argparse.Namespace) -> dict:
                 "prompts_on_token_machines": 0,  # our pools never lend replicas to each other
                 "decodes_on_prompt_machines": 0,
             },
+            "kavier_harness": our_latencies(h_req) | {"wall_s": h_wall},
         }
     return result
 
@@ -352,32 +411,37 @@ def ms(pair: tuple[float, float]) -> str:
 
 
 def table(r: dict) -> str:
-    """The README table (markdown)."""
+    """The README table (markdown): Splitwise-sim, ours, ours with the harness's step overheads."""
     t, a = r["trace"], r["alone"]
-    s, k = t["splitwise"], t["kavier"]
+    s, k, h = t["splitwise"], t["kavier"], t["kavier_harness"]
+    machines = f"{r['prefill_machines']} + {r['decode_machines']} "
+    machines += f"({(r['prefill_machines'] + r['decode_machines']) * GPUS_PER_MACHINE})"
+    alone = {name: f"{v['ttft_s'][0] * 1e3:.1f}, {v['tpot_s'][0] * 1e3:.1f}" for name, v in a.items()}
+    speed = {name: f"{v['wall_s']:.1f}, {r['requests'] / v['wall_s']:,.0f}" for name, v in t.items()}
     lines = [
         f"Splitwise-HH, Llama-2-70B, {r['prefill_machines']} prompt + {r['decode_machines']} token DGX-H100 "
         f"machines (TP 8), {r['requests']:,} requests; Splitwise-sim commit {r['splitwise_commit'][:12]}",
         "",
-        "| | Splitwise-sim | Kavier |",
-        "|---|---:|---:|",
-        f"| machines prefill + decode (GPUs) | {r['prefill_machines']} + {r['decode_machines']} "
-        f"({(r['prefill_machines'] + r['decode_machines']) * GPUS_PER_MACHINE}) | {r['prefill_machines']} + "
-        f"{r['decode_machines']} ({(r['prefill_machines'] + r['decode_machines']) * GPUS_PER_MACHINE}) |",
-        f"| requests finished | {s['requests']:,} | {k['requests']:,} |",
-        f"| TTFT p50 / p99 (ms) | {ms(s['ttft_s'])} | {ms(k['ttft_s'])} |",
-        f"| TPOT p50 / p99 (ms), (e2e - TTFT) / (output - 1) | {ms(s['tpot_s'])} | {ms(k['tpot_s'])} |",
-        f"| Splitwise-sim's TBT p50 / p99 (ms), (e2e - TTFT) / output | {ms(s['tbt_s'])} | - |",
-        f"| E2E p50 / p99 (ms) | {ms(s['e2e_s'])} | {ms(k['e2e_s'])} |",
+        "| | Splitwise-sim | Kavier | Kavier, harness overheads |",
+        "|---|---:|---:|---:|",
+        f"| machines prefill + decode (GPUs) | {machines} | {machines} | {machines} |",
+        f"| requests finished | {s['requests']:,} | {k['requests']:,} | {h['requests']:,} |",
+        f"| TTFT p50 / p99 (ms) | {ms(s['ttft_s'])} | {ms(k['ttft_s'])} | {ms(h['ttft_s'])} |",
+        f"| TPOT p50 / p99 (ms), (e2e - TTFT) / (output - 1) | {ms(s['tpot_s'])} | {ms(k['tpot_s'])} "
+        f"| {ms(h['tpot_s'])} |",
+        f"| Splitwise-sim's TBT p50 / p99 (ms), (e2e - TTFT) / output | {ms(s['tbt_s'])} | - | - |",
+        f"| E2E p50 / p99 (ms) | {ms(s['e2e_s'])} | {ms(k['e2e_s'])} | {ms(h['e2e_s'])} |",
         f"| KV transfers, mean time (ms) | {s['transfers']:,}, {s['transfer_s_mean'] * 1e3:.2f} | "
-        f"{k['transfers']:,}, {k['transfer_s_mean'] * 1e3:.2f} |",
+        f"{k['transfers']:,}, {k['transfer_s_mean'] * 1e3:.2f} | |",
         f"| prompts on decode machines / decodes on prefill machines | {s['prompts_on_token_machines']:,} / "
-        f"{s['decodes_on_prompt_machines']:,} | 0 / 0 |",
+        f"{s['decodes_on_prompt_machines']:,} | 0 / 0 | 0 / 0 |",
         f"| one request alone ({r['probe']['input_tokens']} in, {r['probe']['output_tokens']} out): "
-        f"TTFT, TPOT (ms) | {a['splitwise']['ttft_s'][0] * 1e3:.1f}, {a['splitwise']['tpot_s'][0] * 1e3:.1f} | "
-        f"{a['kavier']['ttft_s'][0] * 1e3:.1f}, {a['kavier']['tpot_s'][0] * 1e3:.1f} |",
-        f"| wall time (s), requests simulated per second | {s['wall_s']:.1f}, {r['requests'] / s['wall_s']:,.0f} | "
-        f"{k['wall_s']:.1f}, {r['requests'] / k['wall_s']:,.0f} |",
+        f"TTFT, TPOT (ms) | {alone['splitwise']} | {alone['kavier']} | {alone['kavier_harness']} |",
+        f"| wall time (s), requests simulated per second | {speed['splitwise']} | {speed['kavier']} "
+        f"| {speed['kavier_harness']} |",
+        "",
+        "harness overheads (bench/build_profiles.py's fit, H100-SXM TP 8): "
+        + ", ".join(f"{k_} {v * 1e3:.6g} ms" for k_, v in r["harness_overheads"].items()),
     ]
     return "\n".join(lines)
 

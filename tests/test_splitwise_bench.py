@@ -4,6 +4,7 @@ stand-in Splitwise-sim checkout whose run.py answers with known latencies."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -143,4 +144,31 @@ def test_against_a_stand_in_checkout(tmp_path):
     ]
     assert summary["disaggregation"]["link"]["gbs"] == pytest.approx(200 * 1024**3 / 1e9, rel=1e-5)
     assert r["trace"]["kavier"]["requests"] == 3 and r["settings"]["kv_bytes_per_token"] == 2 * 8192 * 80 * 2
-    assert "| machines prefill + decode (GPUs) | 1 + 2 (24) | 1 + 2 (24) |" in proc.stdout
+    assert "| machines prefill + decode (GPUs) | 1 + 2 (24) | 1 + 2 (24) | 1 + 2 (24) |" in proc.stdout
+    # the third run is ours with the harness's fitted step overheads, as a framework of a catalogue file
+    harness = json.loads((work / "trace" / "kavier_harness" / "summary.json").read_text())
+    assert harness["config"]["framework"]["name"] == "splitwise-harness"
+    assert summary["config"]["framework"]["name"] == "vllm-v1"
+    assert r["harness_overheads"]["fixed_s"] > 0.001  # more than vLLM v1's assumed 1 ms per iteration
+
+
+def test_missing_calibration_data_is_named(tmp_path):
+    trace = tmp_path / "t.csv"
+    pd.DataFrame({"arrival_time_s": [0.0], "num_input_tokens": [10], "num_output_tokens": [3]}).to_csv(
+        trace, index=False
+    )
+    env = dict(os.environ, KAVIER_SHARED_DATA=str(tmp_path / "no-data"))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(_fake_checkout(tmp_path / "sw")), "--trace", str(trace)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "calibration data not found" in proc.stderr and "splitwise_llama2_70b_dgx.csv" in proc.stderr
+
+
+def test_unreadable_trace_is_one_paragraph(tmp_path):
+    proc = _run(str(_fake_checkout(tmp_path / "sw")), "--trace", str(tmp_path / "missing.csv"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "missing.csv" in proc.stderr
