@@ -220,3 +220,18 @@ def test_decode_runs_in_closed_form_give_the_stepped_results_when_slots_bind(dat
         np.testing.assert_allclose(
             getattr(fast.extra["pd"], name), getattr(exact.extra["pd"], name), rtol=1e-9, atol=1e-12
         )
+
+
+def test_a_replica_whose_only_decoder_preempts_itself_admits_the_held_kv():
+    # found by the property test above: two decode replicas of 25 blocks, max_num_seqs=1. On one of them the
+    # running decoder needs a block that held (landed, waiting) KV has; it preempts itself and nothing runs:
+    # the held requests must get the slot at once (no event would wake the replica), then the recomputation
+    topo = Disaggregation(pool(), pool(25, replicas=2, max_num_seqs=1), LinkSpec(1.0, 0.0005, 0.0))
+    prompts, outs = [1, 1, 1, 49, 1, 1, 209, 193, 81], [1, 2, 49, 2, 2, 2, 2, 2, 2]
+    for exact in (False, True):
+        r = run(topo, [0.0] * 9, prompts, outs, exact=exact)
+        assert (r.results.status == FINISHED).all()
+        dec = r.replicas[1:]
+        assert sum(x.preemptions for x in dec) >= 1  # the case: a decoder preempted for the held KV's blocks
+        assert all(x.peak_used <= x.capacity and x.kv.used == 0 for x in dec)
+        assert r.extra["pd"].slot_wait.max() > 0

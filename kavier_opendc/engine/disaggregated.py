@@ -83,10 +83,11 @@ class DecodeReplica(Replica):
 
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
-        # KV landed, not running yet, in landing order; their blocks are held since the transfer began. They
-        # join the next boundary while fewer than max_num_seqs sequences run, before any recomputation
-        # waiting in ``waiting`` (that one needs its blocks anew, these have theirs)
-        self.incoming: deque[Req] = deque()
+        # KV landed, not running yet; their blocks are held since the transfer began. They join a boundary
+        # while fewer than max_num_seqs sequences run, in landing order, before any recomputation waiting in
+        # ``waiting`` (that one needs its blocks anew, these have theirs)
+        self.incoming: list[Req] = []  # landed since the latest boundary (the event loop appends)
+        self.held: deque[Req] = deque()  # landed before it, refused there for want of a slot
         self.held_since: dict[int, float] = {}  # request -> the first boundary that had no slot for it
         self.slot_wait: np.ndarray | None = None  # per request, seconds held back for a slot (the event loop's)
 
@@ -100,23 +101,38 @@ class DecodeReplica(Replica):
 
     def boundary(self, t: float) -> float | None:
         self._advance(t)
-        incoming = self.incoming
-        if incoming:
-            running = self.running
-            room = self.max_num_seqs - len(running)
-            held = self.held_since
-            while incoming and room > 0:  # blocks taken at the transfer's start; the decode counter applies now
-                req = incoming.popleft()
+        if self.incoming or self.held:
+            self._admit_landed(t)
+        nt = self._schedule(t)
+        # NOTE: every running sequence preempted itself (the held KV has the blocks they needed): nothing runs,
+        # so the held requests have slots now; without this the replica would idle with no event to wake it
+        while nt is None and self.held and len(self.running) < self.max_num_seqs:
+            self._admit_landed(t)
+            nt = self._schedule(t)
+        return nt
+
+    def _admit_landed(self, t: float) -> None:
+        """Landed requests join the running ones while fewer than max_num_seqs run: the held ones first,
+        then those landed since the latest boundary; the rest are held."""
+        incoming, held, running = self.incoming, self.held, self.running
+        room = self.max_num_seqs - len(running)
+        while held and room > 0:  # blocks taken at the transfer's start; the decode counter applies now
+            req = held.popleft()
+            running.append(req)
+            self.dec.add(req)
+            room -= 1
+            wait = t - self.held_since.pop(req.idx)
+            if self.slot_wait is not None:
+                self.slot_wait[req.idx] = wait
+        for req in incoming:
+            if room > 0:
                 running.append(req)
                 self.dec.add(req)
                 room -= 1
-                if held:
-                    since = held.pop(req.idx, None)
-                    if since is not None and self.slot_wait is not None:
-                        self.slot_wait[req.idx] = t - since
-            for req in incoming:
-                held.setdefault(req.idx, t)
-        return self._schedule(t)
+            else:
+                held.append(req)
+                self.held_since[req.idx] = t
+        incoming.clear()
 
 
 @dataclass
