@@ -7,6 +7,7 @@ HTML pages hold paths and times, and are built from the JSON beside them).
 
     python bench/same_outputs.py OLD_CHECKOUT [NEW_CHECKOUT]      # NEW defaults to this checkout
     python bench/same_outputs.py /tmp/old --no-demo
+    python bench/same_outputs.py /tmp/old --case pd-1p1d-layerwise --case pd-pools
 """
 
 from __future__ import annotations
@@ -65,6 +66,45 @@ CASES: dict[str, list[str]] = {
         "H100-SXM",
         "--framework",
         "vllm-0.5-server",
+    ],
+    # the README's disaggregated examples ("Disaggregated prefill/decode", "Several pools per role")
+    "pd-1p1d-layerwise": [
+        "--trace",
+        f"{DATA}/traces/azure_llm_2023_conv.csv",
+        "--model",
+        "Llama-3-8B",
+        "--gpu",
+        "A100-80GB",
+        "--prefill-replicas",
+        "1",
+        "--decode-replicas",
+        "1",
+        "--decode-gpu",
+        "H100-SXM",
+        "--kv-transfer-mode",
+        "layerwise",
+        "--max-model-len",
+        "8192",
+    ],
+    "pd-pools": [
+        "--trace",
+        f"{DATA}/traces/azure_llm_2023_conv.csv",
+        "--model",
+        "Llama-3-8B",
+        "--gpu",
+        "A100-80GB",
+        "--prefill-pool",
+        "H100-SXM:1:1",
+        "--decode-pool",
+        "A100-80GB:1:1",
+        "--decode-pool",
+        "H100-SXM:1:1",
+        "--kv-link-pair",
+        "0:1:450:1e-6",
+        "--kv-transfer-mode",
+        "layerwise",
+        "--max-model-len",
+        "8192",
     ],
 }
 #: JSON keys whose values are times of the run or paths of its folder, not results
@@ -151,10 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("old", type=Path)
     ap.add_argument("new", type=Path, nargs="?", default=HERE)
     ap.add_argument("--no-demo", action="store_true", help="only the simulate cases (no JVM)")
+    ap.add_argument(
+        "--case", action="append", choices=sorted(CASES), help="run only this simulate case (repeatable; no demo)"
+    )
     args = ap.parse_args(argv)
     bad = 0
     with tempfile.TemporaryDirectory(prefix="kavier-same-") as tmp:
-        cases = {name: ["simulate", *a, "--quiet"] for name, a in CASES.items()}
+        picked = args.case or list(CASES)
+        cases = {name: ["simulate", *CASES[name], "--quiet"] for name in picked}
+        if args.case:
+            args.no_demo = True
         if not args.no_demo:
             cases["demo"] = ["demo", "--quiet"]
         for name, cmd in cases.items():

@@ -19,7 +19,12 @@ Flow of a request (the topology and the link model are in kv_link.py):
    the run will not take before it ends.
 4. When the last byte lands, the prefill replica frees the blocks and the
    request joins the decode replica's next iteration as a decoder, its
-   prompt's KV computed and its first token generated.
+   prompt's KV computed and its first token generated, if fewer than the
+   replica's ``max_num_seqs`` sequences run then (vLLM's KV consumer, SGLang's
+   decode server): otherwise it waits in the replica's FIFO of landed
+   requests, its blocks held, until a sequence finishes. The time from the
+   first boundary that could not take it to the one that did is added to its
+   ``decode_wait_s`` (``PDRecord.slot_wait`` keeps that part alone).
 
 Decode replicas never prefill, with one documented exception: a decoder
 preempted for lack of blocks is recomputed there (prompt plus the tokens it
@@ -34,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,11 +78,18 @@ class PrefillReplica(Replica):
 
 
 class DecodeReplica(Replica):
-    """A replica of the decode pool: requests arrive with their prompt's KV and first token, and decode."""
+    """A replica of the decode pool: requests arrive with their prompt's KV and first token, and decode,
+    at most ``max_num_seqs`` of them at once."""
 
-    def __init__(self, *args, **kw):
+    def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
-        self.incoming: list[Req] = []  # landed since the latest boundary: they join the next one
+        # KV landed, not running yet; their blocks are held since the transfer began. They join a boundary
+        # while fewer than max_num_seqs sequences run, in landing order, before any recomputation waiting in
+        # ``waiting`` (that one needs its blocks anew, these have theirs)
+        self.incoming: list[Req] = []  # landed since the latest boundary (the event loop appends)
+        self.held: deque[Req] = deque()  # landed before it, refused there for want of a slot
+        self.held_since: dict[int, float] = {}  # request -> the first boundary that had no slot for it
+        self.slot_wait: np.ndarray | None = None  # per request, seconds held back for a slot (the event loop's)
 
     def receivable_blocks(self) -> int:
         """Blocks free for a new request's KV now, less those a decode run in flight will still take."""
@@ -88,12 +101,38 @@ class DecodeReplica(Replica):
 
     def boundary(self, t: float) -> float | None:
         self._advance(t)
-        if self.incoming:
-            for req in self.incoming:  # blocks taken at the transfer's start; the decode counter applies now
-                self.running.append(req)
+        if self.incoming or self.held:
+            self._admit_landed(t)
+        nt = self._schedule(t)
+        # NOTE: every running sequence preempted itself (the held KV has the blocks they needed): nothing runs,
+        # so the held requests have slots now; without this the replica would idle with no event to wake it
+        while nt is None and self.held and len(self.running) < self.max_num_seqs:
+            self._admit_landed(t)
+            nt = self._schedule(t)
+        return nt
+
+    def _admit_landed(self, t: float) -> None:
+        """Landed requests join the running ones while fewer than max_num_seqs run: the held ones first,
+        then those landed since the latest boundary; the rest are held."""
+        incoming, held, running = self.incoming, self.held, self.running
+        room = self.max_num_seqs - len(running)
+        while held and room > 0:  # blocks taken at the transfer's start; the decode counter applies now
+            req = held.popleft()
+            running.append(req)
+            self.dec.add(req)
+            room -= 1
+            wait = t - self.held_since.pop(req.idx)
+            if self.slot_wait is not None:
+                self.slot_wait[req.idx] = wait
+        for req in incoming:
+            if room > 0:
+                running.append(req)
                 self.dec.add(req)
-            self.incoming.clear()
-        return self._schedule(t)
+                room -= 1
+            else:
+                held.append(req)
+                self.held_since[req.idx] = t
+        incoming.clear()
 
 
 @dataclass
@@ -104,12 +143,14 @@ class PDRecord:
     decode_replica: np.ndarray
     transfer_start: np.ndarray
     transfer_end: np.ndarray
-    decode_wait: np.ndarray
+    decode_wait: np.ndarray  # end of prefill to the transfer's start, plus slot_wait (decode_wait_s)
     link: KVLink  # the shared link
     prefill_ids: list[int]
     decode_ids: list[int]
     links: list[KVLink] = dataclasses.field(default_factory=list)  # the shared link, then each pair's own
     pool_of: dict[int, tuple[str, int]] = dataclasses.field(default_factory=dict)  # replica -> (role, pool)
+    # the part of decode_wait after the KV landed: the decode replica ran max_num_seqs sequences
+    slot_wait: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
     @classmethod
     def empty(cls, n: int, link: KVLink, prefill_ids: list[int], decode_ids: list[int]) -> PDRecord:
@@ -123,6 +164,7 @@ class PDRecord:
             prefill_ids,
             decode_ids,
             [link],
+            slot_wait=np.zeros(n),
         )
 
 
@@ -156,6 +198,8 @@ def run_disaggregated(
         pair_link[(pl.prefill, pl.decode)] = own = KVLink(pl.spec)
         rec.links.append(own)
     pool_of = rec.pool_of
+    for d in decode:
+        d.slot_wait = rec.slot_wait
     kv_bytes = topology.prefill.model.kv_bytes_per_token
     layers = topology.prefill.model.num_layers
     pre_cap = min(r.kv.capacity for r in prefill)
@@ -278,4 +322,7 @@ def run_disaggregated(
         raise KavierInputError(
             f"{len(waiting) - wait_head} prefilled requests never found room in the decode pool", location="decode_gpu"
         )
+    held = rec.slot_wait > 0.0
+    if held.any():  # only where a request was held: elsewhere decode_wait stays bit for bit as it was
+        rec.decode_wait[held] += rec.slot_wait[held]
     return rec

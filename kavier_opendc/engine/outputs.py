@@ -56,7 +56,8 @@ REQUESTS_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "transfer_end_s": (pa.float64(), "last KV byte landed on the decode replica, s (disaggregated runs only)"),
     "decode_wait_s": (
         pa.float64(),
-        "end of prefill to the transfer's submission: no decode replica had room, s (disaggregated runs only)",
+        "end of prefill to the transfer's submission (no decode replica had room), plus the time landed KV "
+        "waited for a decode slot (max_num_seqs running), s (disaggregated runs only)",
     ),
     # carbon-aware deferral (engine/deferral.py), only for a trace with deadlines; arrival_s is then the
     # release to the router and the latencies count from it
@@ -248,9 +249,11 @@ def disaggregation_summary(result) -> dict:
     moved = np.isfinite(pd.transfer_end)
     times = pd.transfer_end[moved] - pd.transfer_start[moved]
     wait = pd.decode_wait[moved]
-    # what the request waits for after its prefill (and any decode-admission wait): all of a whole transfer,
-    # what is left of a layerwise one
-    exposed = pd.transfer_end[moved] - result.results.first_token[moved] - wait
+    slot = pd.slot_wait[moved] if pd.slot_wait.size else np.zeros(0)
+    # what the request waits for after its prefill (and any wait for room before the transfer): all of a whole
+    # transfer, what is left of a layerwise one; a wait for a decode slot comes after the landing
+    before = wait - slot if slot.any() else wait
+    exposed = pd.transfer_end[moved] - result.results.first_token[moved] - before
     pairs = ["shared"] + [
         f"{topo.pool_name('prefill', pl.prefill)}->{topo.pool_name('decode', pl.decode)}" for pl in topo.pair_links
     ]

@@ -26,6 +26,12 @@ experiment (``run_folder.run_key``), e.g.
 order of the axes' names, so reordering axes renames nothing). Two
 configurations that resolve to the same experiment are refused.
 
+A value that sets ``serving.disaggregation`` (prefill and decode pools, one
+or a list per role) on a co-located base drops the base's
+``serving.replicas``, ``tp`` and ``replica_groups``: an axis can then vary
+pool lists, e.g. H100 prefill with A100 decode against H100 with H100
+(``kavier_opendc/data/pd_pools_sweep.yaml``).
+
 Resuming: a finished run gets a marker ``DIR/runs/<id>/DONE`` holding its run
 key and a hash of its configuration (the experiment document and its input
 files' bytes). A restarted sweep skips runs whose marker matches and redoes
@@ -211,6 +217,24 @@ def _axes(doc: dict, problems: list) -> list[Axis]:
     return axes
 
 
+#: the co-located shape of ``serving`` that a disaggregated topology replaces (experiment files refuse both)
+COLOCATED_SHAPE = ("replicas", "tp", "replica_groups")
+
+
+def _disaggregated_overrides(doc: dict, overrides: dict[str, Any]) -> dict:
+    """A value that sets ``serving.disaggregation`` (say, a list of pools) on a co-located base replaces the
+    base's shape: its ``serving.replicas``, ``tp`` and ``replica_groups`` go, unless the value sets them too
+    (then the experiment's own check refuses the mix, naming the field)."""
+    if not any(k == "serving.disaggregation" or k.startswith("serving.disaggregation.") for k in overrides):
+        return doc
+    serving = doc.get("serving")
+    if isinstance(serving, dict):
+        for key in COLOCATED_SHAPE:
+            if f"serving.{key}" not in overrides:
+                serving.pop(key, None)
+    return doc
+
+
 def _short_axis(name: str) -> str:
     return name.split(".")[-1]
 
@@ -272,7 +296,7 @@ def load_sweep(path: str | Path, *, opendc: bool | None = None) -> Sweep:
         for v in combo:
             overrides.update(v.set)
         labels = {a.name: v.label for a, v in zip(axes, combo, strict=True)}
-        rdoc = with_overrides(base_doc, overrides)
+        rdoc = _disaggregated_overrides(with_overrides(base_doc, overrides), overrides)
         rdoc["name"] = _slug(str(name), 100)
         where = f"configuration {i} ({', '.join(f'{k}={v}' for k, v in labels.items())})"
         probs, exp = experiment_problems(rdoc, base_dir=exp_base, source=f"{exp_src} [{where}]", opendc=opendc)
