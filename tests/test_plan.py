@@ -301,3 +301,50 @@ def test_expert_parallelism_is_a_searched_axis(tmp_path):
     assert exp["serving"]["expert_parallel"] is True and exp["serving"]["data_parallel_size"] == 2
     # the layouts are simulated differently (the all-to-all and the attention ranks change the step times)
     assert len({round(s["tpot_q_s"], 9) for s in rows.values()}) > 1
+
+
+def test_deferral_policies_are_a_searched_axis(tmp_path):
+    # candidates.deferral: the batch requests (with a deadline) held for the low-carbon hours or run at once;
+    # both meet the interactive SLOs (judged on the requests without a deadline) and every deadline
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    rows = [{"arrival_time_s": 20.0 * b, "num_input_tokens": 100, "num_output_tokens": 50} for b in range(4)]
+    rows += [
+        {"arrival_time_s": 20.0 * b + 1, "num_input_tokens": 100, "num_output_tokens": 50, "deadline_s": 43200.0}
+        for b in range(4)
+    ]
+    pd.DataFrame(sorted(rows, key=lambda r: r["arrival_time_s"])).to_csv(tmp_path / "jobs.csv", index=False)
+    plan = bursts_plan(
+        tmp_path,
+        traffic={"workload": "jobs.csv"},
+        slo={"ttft_s": 0.5, "percentile": 100},
+        candidates={
+            "gpu": ["A100-80GB"],
+            "prefix_cache": ["none"],
+            "deferral": ["none", "lowest-carbon"],
+            "replicas": {"max": 2},
+        },
+        # a daily sine with its trough at 13:00; the run starts at midnight
+        carbon={"synthetic": {"mean": 300, "amplitude": 150, "trough_hour": 13, "step_minutes": 15}},
+        datacenter={
+            "start": "2022-06-01T00:00:00",
+            "hosts": [{"name": "node", "gpus_per_host": 4, "cpu": {"cores": 16, "mhz": 2000}, "memory_gib": 256}],
+        },
+    )
+    r = plan_cli(plan, "--out", tmp_path / "out", "--no-opendc")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "out" / "plan.json").read_text())
+    by = {s["deferral"]: s for s in summary["shapes"]}
+    assert set(by) == {"none", "lowest-carbon"} and all(s["status"] == "feasible" for s in by.values())
+    assert by["lowest-carbon"]["shape"].endswith("deferral lowest-carbon")
+    run = tmp_path / "out" / "runs" / by["lowest-carbon"]["run"]
+    assert json.loads((run / "experiment.json").read_text())["deferral"] == {"policy": "lowest-carbon"}
+    held = pd.read_parquet(run / "simulation" / "requests.parquet")
+    assert (held["held_s"][held["deadline_s"].notna()] > 3600).all()  # moved towards the trough
+    assert not held["deadline_missed"].fillna(False).any()
+    # a deadline that cannot be met makes the shape miss the SLOs, and says why
+    rows = [{"arrival_time_s": 0.0, "num_input_tokens": 4000, "num_output_tokens": 500, "deadline_s": 0.01}]
+    pd.DataFrame(rows).to_csv(tmp_path / "jobs.csv", index=False)
+    r = plan_cli(plan, "--out", tmp_path / "out2", "--no-opendc")
+    assert r.returncode == 3, r.stderr
+    summary = json.loads((tmp_path / "out2" / "plan.json").read_text())
+    assert all("1 of 1 deadlines missed" in s["why"] for s in summary["shapes"])

@@ -3,8 +3,8 @@
 A plan names the traffic (a trace or a synthetic workload, optionally at a
 target rate), the SLOs (TTFT and TPOT at a percentile, optionally a minimum
 attainment), the candidates (GPU types or mixes of them, TP degrees, batching
-limits, prefix-cache policies, routers, GPU power caps, MoE expert/attention-data parallelism, a replica
-range), the datacenter whose
+limits, prefix-cache policies, routers, GPU power caps, MoE expert/attention-data parallelism, deferral
+policies for requests with deadlines, a replica range), the datacenter whose
 host groups are templates, the carbon source, prices and the objective::
 
     name: chat-capacity
@@ -74,6 +74,7 @@ class Shape:
     power_cap_w: float | None = None  # every GPU's power cap (engine/clock.py); None: uncapped (its TDP)
     expert_parallel: bool | None = None  # MoE: experts split whole over a replica's GPUs; None: the default (off)
     data_parallel_size: int | None = None  # MoE: attention DP ranks per replica; None: the default (1)
+    deferral: str | None = None  # carbon-aware deferral of requests with deadlines (engine/deferral.py)
     ratio: str | None = None  # P/D "p:d" (prefill:decode); None: co-located
     decode_gpu: str | None = None  # the decode pool's GPU type when it differs from the prefill pool's
     # (N, prefill replicas, decode replicas) for each searched replica count N this P/D shape exists at
@@ -109,6 +110,8 @@ class Shape:
             parts.append("EP" if self.expert_parallel else "no EP")
         if self.data_parallel_size is not None:
             parts.append(f"DP{self.data_parallel_size}")
+        if self.deferral is not None:
+            parts.append(f"deferral {self.deferral}")
         return ", ".join(parts)
 
     @property
@@ -122,6 +125,7 @@ class Shape:
             + ([f"cap{self.power_cap_w:g}W"] if self.power_cap_w is not None else [])
             + ([("ep" if self.expert_parallel else "noep")] if self.expert_parallel is not None else [])
             + ([f"dp{self.data_parallel_size}"] if self.data_parallel_size is not None else [])
+            + ([f"defer-{self.deferral}"] if self.deferral is not None else [])
         )
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
@@ -245,6 +249,8 @@ class Plan:
                 {"name": g, "gpu": g, "replicas": units * k, "tp": shape.tp} for g, k in shape.gpus
             ]
         doc["serving"] = serving
+        if shape.deferral is not None:
+            doc["deferral"] = {"policy": shape.deferral}
         for key in ("catalog", "carbon", "prices"):
             if key in d:
                 doc[key] = copy.deepcopy(d[key])
@@ -323,6 +329,7 @@ def _shapes(
         cand.get("power_cap_w") or [None],  # null in the list: uncapped
         cand.get("expert_parallel") or [None],
         cand.get("data_parallel_size") or [None],
+        cand.get("deferral") or [None],
     ]
     dis = cand.get("disaggregation") if isinstance(cand.get("disaggregation"), dict) else None
     colocated = dis is None or dis.get("colocated", True) is not False
