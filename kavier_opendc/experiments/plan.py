@@ -113,7 +113,6 @@ def slo_check(run_dir: Path, slo: SLO) -> tuple[bool, str, dict]:
     within their limits, attainment at least the minimum. Returns (meets, why not, the measured values)."""
     import numpy as np
     import pandas as pd
-
     import pyarrow.parquet as pq
 
     path = run_dir / "simulation" / "requests.parquet"
