@@ -1113,3 +1113,29 @@ def test_overwrite_of_a_mount_point_replaces_a_sweep(tmp_path, disk, swept):
     assert "2 configurations, 0 already done, 2 to run" in r.stderr
     assert json.loads((d / "sweep.json").read_text())["name"] == "b"
     assert not inner_earlier_path(d).exists() and not earlier_path(d).exists()
+
+
+def test_a_folder_removed_under_overwrite_is_not_recreated_and_the_earlier_run_waits(tmp_path):
+    exp = demo_copy(tmp_path / "in", requests=400)
+    out = tmp_path / "out"
+    args = ["run", exp, "--out", out, "--no-opendc", "--no-plots", "--quiet"]
+    assert (r := cli(*args)).returncode == 0, r.stderr
+    before = _entries(out)
+    cmd = stopped_at(faults.WRITTEN_FIRST, *args, "--overwrite")
+    shutil.rmtree(out)  # the new run's partial folder, by another process
+    resume(cmd)
+    assert cmd.wait() == 3, cmd.stderr
+    assert_one_paragraph_error(cmd.stderr)
+    aside = Path(f"{out}.kavier-earlier")
+    assert cmd.stderr.startswith(
+        f"kavier: error: {out}: No such file or directory (ENOENT): its folder was removed or moved while the "
+        "command was writing into it"
+    ), cmd.stderr
+    assert cmd.stderr.rstrip().endswith(
+        f"The earlier complete run is kept unchanged in {aside}: it could not be moved back into {out} (No such "
+        f"file or directory (ENOENT)); the next kavier command into {out} puts it back."
+    ), cmd.stderr
+    assert not out.exists() and _entries(aside) == before
+    again = cli(*args)
+    assert again.returncode == 2 and "was put back" in again.stderr, again.stderr
+    assert _entries(out) == before and not aside.exists()

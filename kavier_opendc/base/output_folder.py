@@ -16,7 +16,10 @@ INCOMPLETE and runs; only when the new result is complete is the earlier one rem
 or is interrupted (SIGINT, SIGTERM) puts the earlier result back before the command exits; one that is killed
 outright (SIGKILL, power loss) leaves it in ``<out>.kavier-earlier``, and the next command into ``<out>`` puts
 it back before it does anything else (:func:`recover_replacement`). Files in ``<out>`` that are not the
-command's own stay where they are.
+command's own stay where they are. Where ``<out>`` is a mount point (a rename cannot leave its file system)
+or its parent cannot be written, the earlier result waits inside it, in ``<out>/.kavier-earlier``. Where it
+cannot be moved back (the disk turned read-only, ``<out>`` was removed) it stays intact where it waits, the
+error says so, and the next command puts it back.
 """
 
 from __future__ import annotations
@@ -88,7 +91,11 @@ def _make_aside(out: Path) -> Path:
         if exc.errno not in _CANNOT_LEAVE:
             raise
     else:
-        probe = Path(tempfile.mkdtemp(prefix=".kavier-probe-", dir=out))
+        try:
+            probe = Path(tempfile.mkdtemp(prefix=".kavier-probe-", dir=out))
+        except OSError:
+            aside.rmdir()
+            raise
         try:
             os.rename(probe, aside / probe.name)
         except OSError as exc:

@@ -320,8 +320,8 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
     ship = files is not None
     run_dir = Path(tempfile.mkdtemp(prefix=f"kavier-run-{payload['id']}-")) if ship else Path(payload["run_dir"])
     back: dict[str, str] = {}  # the worker's input mirror -> the driver's paths
-    # the driver made runs/ (here the same folder): this worker writes below it only while it is there, so
-    # a batch folder removed meanwhile is never re-created with the later runs in it
+    # the driver made runs/ (a local worker sees the same folder): this worker writes below it only while it
+    # is there, so a batch folder removed meanwhile is never re-created with the later runs in it
     root = contextlib.nullcontext() if ship else output_root(run_dir.parent, create=False)
     try:
         with root:
