@@ -320,11 +320,14 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
     ship = files is not None
     run_dir = Path(tempfile.mkdtemp(prefix=f"kavier-run-{payload['id']}-")) if ship else Path(payload["run_dir"])
     back: dict[str, str] = {}  # the worker's input mirror -> the driver's paths
-    # the driver made runs/ (a local worker sees the same folder): this worker writes below it only while it
-    # is there, so a batch folder removed meanwhile is never re-created with the later runs in it
-    root = contextlib.nullcontext() if ship else output_root(run_dir.parent, create=False)
+
+    def batch_root():
+        # the driver made runs/ (a local worker sees the same folder): this worker writes below it only while
+        # it is there, so a batch folder removed meanwhile is never re-created with the later runs in it
+        return contextlib.nullcontext() if ship else output_root(run_dir.parent, create=False)
+
     try:
-        with root:
+        with batch_root():
             document, back = _local_inputs(payload, files) if ship else (payload["document"], {})
             opendc = payload["opendc"]
             exp = load_experiment(document, base_dir=payload["base_dir"], source=payload["source"], opendc=opendc)
@@ -348,7 +351,8 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
         if isinstance(exc, OutputWriteError):  # a full, read-only or vanished output: the driver stops
             out.update(write_fault=str(exc), errno=exc.errno)
         else:
-            mark_failed_run(run_dir, out["error"])
+            with contextlib.suppress(OSError), batch_root():
+                mark_failed_run(run_dir, out["error"])
     if ship:
         try:
             if run_dir.is_dir():

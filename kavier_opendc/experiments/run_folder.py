@@ -98,11 +98,9 @@ def is_incomplete(folder: Path) -> bool:
 
 def mark_failed_run(run_dir: Path, error: str) -> None:
     """A run that failed before its own folder was prepared still gets an INCOMPLETE marker
-    (an earlier one, with the stage that failed, is kept). Not where the batch's runs/ folder is gone: a
-    removed sweep folder is not re-created for it."""
+    (an earlier one, with the stage that failed, is kept). Below an output root that is gone (a removed
+    sweep folder) nothing is made for it."""
     try:
-        if not Path(run_dir).parent.is_dir():
-            return
         make_dirs(run_dir)
         if not is_incomplete(run_dir):
             mark_incomplete(run_dir, f"kavier sweep: this run FAILED before it started:\n{error}\n")
