@@ -38,6 +38,10 @@ CLI = [sys.executable, "-m", "kavier_opendc.cli"]
 # ------------------------------------------------------------------------------ processes
 
 
+#: every command a test started, newest last: the reaper ends those still there when the test ends
+_started: list["Cmd"] = []
+
+
 class Cmd:
     """A `kavier` command started in its own process group; stderr collected line by line as it comes."""
 
@@ -53,6 +57,7 @@ class Cmd:
             env=None if env is None else {**os.environ, **env},
         )
         self.pgid = self.proc.pid
+        _started.append(self)
         self.err: list[str] = []
         self.out = ""
         self._t = threading.Thread(target=self._read, daemon=True)
@@ -88,6 +93,45 @@ class Cmd:
         self._t.join(timeout=30)
         self._o.join(timeout=30)
         return rc
+
+
+def reap(cmd: Cmd, timeout: float = 30.0) -> list[int]:
+    """SIGKILL whatever is left of ``cmd``: its process group (stopped members too: SIGKILL needs no SIGCONT)
+    and its descendants outside the group (the JVM runs in a session of its own), again until none is left
+    (a nanny may start a worker meanwhile); the pids killed."""
+    killed: list[int] = []
+    known: dict[int, str] = {}  # every descendant seen: still ours once its parent is gone
+    end = time.monotonic() + timeout
+    while True:
+        procs = _processes()
+        known.update(descendants(cmd.proc.pid))
+        targets = {pid for pid, (_, g, _) in procs.items() if g == cmd.pgid}
+        targets |= {pid for pid, c in known.items() if pid in procs and procs[pid][2] == c}
+        if not targets or time.monotonic() > end:
+            break
+        for pid in sorted(targets):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                if pid not in killed:
+                    killed.append(pid)
+            except OSError:  # gone meanwhile
+                pass
+        time.sleep(0.1)
+    try:
+        cmd.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    return killed
+
+
+@pytest.fixture(autouse=True)
+def reap_commands():
+    """After each test (passed or failed), no command it started is left running or stopped (SIGSTOP by
+    the test hook) with its Dask workers or JVM: a failed assertion never leaves them to the next test."""
+    first = len(_started)
+    yield
+    while len(_started) > first:
+        reap(_started.pop())
 
 
 def wait_for(cond, timeout: float = WAIT, what: str = "a condition", every: float = 0.1) -> None:

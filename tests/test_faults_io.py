@@ -21,7 +21,15 @@ from conftest import shared
 from kavier_opendc.base import faults
 from kavier_opendc.base.atomic import INCOMPLETE
 from kavier_opendc.base.output_folder import lock_path
-from test_faults import WAIT, Cmd, assert_one_paragraph_error, cli, demo_copy, wait_for
+from test_faults import (
+    WAIT,
+    Cmd,
+    assert_one_paragraph_error,
+    cli,
+    demo_copy,
+    reap_commands,  # noqa: F401 - the autouse reaper, for this module's tests too
+    wait_for,
+)
 
 A10 = "measurements/kavier_a10_llama3_8b_vllm.csv"
 
@@ -694,7 +702,9 @@ def _resume_all_until_done(cmd: Cmd) -> int:
     return cmd.wait()
 
 
-def _assert_batch_stopped(cmd: Cmd, rc: int, children: dict[int, str], out: Path, code: str, meaning: str) -> None:
+def _assert_batch_stopped(
+    cmd: Cmd, rc: int, children: dict[int, str], out: Path, code: str, meaning: str, where: str | None = None
+) -> None:
     from test_faults import assert_nothing_left
 
     assert rc == 3, cmd.stderr
@@ -702,7 +712,8 @@ def _assert_batch_stopped(cmd: Cmd, rc: int, children: dict[int, str], out: Path
     last = cmd.stderr.strip().splitlines()[-1]
     assert last.startswith("kavier: error: run "), cmd.stderr
     assert f"({code}): {meaning}; the command stopped, and no half-written file was left in place" in last
-    assert f"{out}/runs/" in last and ".partial-" not in last  # the final path, not the staging folder
+    # the final path (or ``where``), not the staging folder
+    assert (where or f"{out}/runs/") in last and ".partial-" not in last
     assert "The other runs were stopped, as they would write to the same place" in last
     assert_nothing_left(cmd, children)  # the Dask scheduler, nanny and workers too
     assert _lock_is_free(out)
@@ -745,6 +756,65 @@ def test_a_read_only_disk_mid_sweep_stops_with_one_paragraph(tmp_path, disk):
     finally:
         if mounted:
             subprocess.run(["mount", "-o", "remount,rw", str(d)], capture_output=True)
+
+
+def test_the_reaper_ends_a_stopped_sweep_with_its_workers(tmp_path):
+    """What the autouse fixture does when a test fails while a worker is stopped: nothing of the command is
+    left, stopped or running, and its lock is free for the next test."""
+    from test_faults import _processes, reap
+
+    out = tmp_path / "sweep"
+    cmd, children = _stopped_in_a_worker(*_sweep_args(tmp_path / "in", out, 2))
+    stopped = [pid for pid in children if _stopped(pid)]
+    assert stopped, children  # the state a failed assertion would leave behind
+    killed = reap(cmd)
+    assert cmd.proc.pid in killed and set(stopped) <= set(killed)
+    procs = _processes()
+    assert not [pid for pid, (_, g, _) in procs.items() if g == cmd.pgid]
+    assert not [pid for pid, c in children.items() if pid in procs and procs[pid][2] == c]
+    assert cmd.proc.returncode == -signal.SIGKILL
+    assert _lock_is_free(out)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_sweep_folder_removed_mid_sweep_is_not_recreated(tmp_path, jobs):
+    out = tmp_path / "sweep"
+    cmd, children = _stopped_in_a_worker(*_sweep_args(tmp_path / "in", out, jobs))
+    shutil.rmtree(out)  # by another process, while a worker is between two writes
+    rc = _resume_all_until_done(cmd)
+    _assert_batch_stopped(
+        cmd,
+        rc,
+        children,
+        out,
+        "ENOENT",
+        "its folder was removed or moved while the command was writing into it",
+        where=f": {out}: No such file or directory (ENOENT)",  # the folder removed, not a run's inside it
+    )
+    # no run folder re-created (by the worker's writers, nor by the driver), no INCOMPLETE marker planted
+    # in a new empty folder
+    assert not out.exists()
+    again = cli(*_sweep_args(tmp_path / "in", out, jobs))
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "sweep.json").read_text())["complete"] is True
+
+
+def test_a_plan_folder_removed_mid_plan_is_not_recreated(tmp_path):
+    plan = _bursts_plan(tmp_path / "in", "p")
+    out = tmp_path / "plan"
+    cmd, children = _stopped_in_a_worker("plan", plan, "--out", out, "--no-opendc", "--jobs", "2")
+    shutil.rmtree(out)
+    rc = _resume_all_until_done(cmd)
+    _assert_batch_stopped(
+        cmd,
+        rc,
+        children,
+        out,
+        "ENOENT",
+        "its folder was removed or moved while the command was writing into it",
+        where=f": {out}: No such file or directory (ENOENT)",
+    )
+    assert not out.exists()
 
 
 def test_a_full_disk_during_a_sweep_overwrite_puts_the_earlier_sweep_back(swept, tmp_path, disk):
@@ -920,3 +990,152 @@ def test_a_disk_fault_while_opendc_writes_stops_kavier_run_and_its_jvm(tmp_path,
     finally:
         if fault != "full":
             subprocess.run(["mount", "-o", "remount,rw", str(d)], capture_output=True)
+
+
+# ------------------------------------------------------------------------------ 9. --overwrite on a disk that
+# turns read-only, and of a folder that is a mount point
+
+
+def _remount(d: Path, mode: str) -> None:
+    import subprocess
+
+    r = subprocess.run(["mount", "-o", f"remount,{mode}", str(d)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def _complete_result(kind: str, tmp: Path, out: Path, swept) -> list:
+    """A complete earlier result of ``kind`` in ``out``; the arguments of a command that replaces it."""
+    if kind == "run":
+        exp = demo_copy(tmp / "in", requests=400)
+        args = ["run", exp, "--out", out, "--no-opendc", "--no-plots", "--quiet"]
+        assert (r := cli(*args)).returncode == 0, r.stderr
+        return args
+    if kind == "sweep":
+        _, b, done = swept
+        shutil.copytree(done, out)
+        return ["sweep", b, "--out", out, "--no-opendc", "--jobs", "1"]
+    a, b = _bursts_plan(tmp / "in", "a"), _bursts_plan(tmp / "in", "b")
+    assert (r := cli("plan", a, "--out", out, "--no-opendc", "--jobs", "1")).returncode == 0, r.stderr
+    return ["plan", b, "--out", out, "--no-opendc", "--jobs", "1"]
+
+
+@pytest.mark.parametrize("kind", ["run", "sweep", "plan"])
+def test_a_disk_turned_read_only_under_overwrite_keeps_the_earlier_result_intact(tmp_path, disk, swept, kind):
+    """The new result fails on a read-only file system, where nothing can be moved back either: the earlier
+    result stays, every byte, in DIR.kavier-earlier, the error says so in one paragraph, and the next command
+    into DIR (the disk writable again) puts it back."""
+    d, mounted = disk
+    if not mounted:
+        pytest.skip("only a real read-only file system keeps the earlier result from moving back (mount refused)")
+    out = d / kind  # inside the file system: the earlier result moves aside beside it, and the lock too
+    args = _complete_result(kind, tmp_path, out, swept)
+    before = _entries(out)
+    if kind == "run":
+        cmd = stopped_at(faults.WRITTEN_FIRST, *args, "--overwrite")
+    else:
+        cmd, _ = _stopped_in_a_worker(*args, "--overwrite")
+    aside = Path(f"{out}.kavier-earlier")
+    assert _entries(aside) == before and (out / INCOMPLETE).is_file()
+    _remount(d, "ro")  # the lock is held through a read-only descriptor: the remount is not refused
+    try:
+        rc = _resume_all_until_done(cmd)
+        assert rc == 3, cmd.stderr
+        last = cmd.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in cmd.stderr and last.startswith("kavier: error: "), cmd.stderr
+        if kind == "run":
+            assert_one_paragraph_error(cmd.stderr)
+        assert "Read-only file system (EROFS): its file system is read-only; the command stopped" in last
+        assert last.endswith(
+            f"The earlier complete {kind} is kept unchanged in {aside}: it could not be moved back into {out} "
+            f"(Read-only file system (EROFS)); the next kavier command into {out} puts it back."
+        ), last
+        assert _entries(aside) == before  # intact, every file
+        assert _lock_is_free(out)
+    finally:
+        _remount(d, "rw")
+    again = cli(*args)  # without --overwrite: put back first, then kept
+    assert again.returncode == 2, again.stderr
+    assert f"kavier: note: the earlier complete result in {out}, moved aside to {aside}" in again.stderr
+    assert "was put back" in again.stderr and "already holds" in again.stderr
+    assert _entries(out) == before and not aside.exists()
+
+
+def test_overwrite_of_a_mount_point_keeps_the_earlier_run_inside_it(tmp_path, disk):
+    """A rename cannot leave a file system (EXDEV), so for an --out that is a mount point the earlier run
+    waits in DIR/.kavier-earlier: replaced when the new one is whole, put back when it is interrupted or,
+    after SIGKILL, by the next command."""
+    from kavier_opendc.base.output_folder import earlier_path, inner_earlier_path
+
+    d, mounted = disk
+    if not mounted:
+        pytest.skip("needs a real mount point (mount refused)")
+    out = d  # the tmpfs itself; its parent is on another file system
+    exp = demo_copy(tmp_path / "in", requests=400)
+    args = ["run", exp, "--out", out, "--no-opendc", "--no-plots", "--quiet"]
+    assert (r := cli(*args)).returncode == 0, r.stderr
+    before = _entries(out)
+    inner, beside = inner_earlier_path(out), earlier_path(out)
+    assert inner == d / ".kavier-earlier"
+
+    cmd = stopped_at(faults.REPLACING, *args, "--overwrite")
+    assert _entries(inner) == before and not beside.exists() and (out / INCOMPLETE).is_file()
+    os.kill(cmd.proc.pid, signal.SIGTERM)
+    resume(cmd)
+    assert cmd.wait() == 143, cmd.stderr
+    assert _entries(out) == before and not inner.exists()
+
+    cmd = stopped_at(faults.REPLACING, *args, "--overwrite")
+    assert cmd.kill(signal.SIGKILL) == -signal.SIGKILL
+    r = cli(*args)
+    assert r.returncode == 2 and f"moved aside to {inner} by a replacement that did not finish, was put back" in (
+        r.stderr
+    ), r.stderr
+    assert _entries(out) == before
+
+    r = cli(*args, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert (out / "report.json").is_file() and not (out / INCOMPLETE).exists()
+    assert not inner.exists() and not beside.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("disk")) == ["disk"]  # nothing beside
+
+
+def test_overwrite_of_a_mount_point_replaces_a_sweep(tmp_path, disk, swept):
+    from kavier_opendc.base.output_folder import earlier_path, inner_earlier_path
+
+    d, mounted = disk
+    if not mounted:
+        pytest.skip("needs a real mount point (mount refused)")
+    _, b, done = swept
+    for p in done.iterdir():  # the complete sweep 'a' in the mount point itself
+        (shutil.copytree if p.is_dir() else shutil.copy2)(p, d / p.name)
+    r = cli("sweep", b, "--out", d, "--no-opendc", "--jobs", "1", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert "2 configurations, 0 already done, 2 to run" in r.stderr
+    assert json.loads((d / "sweep.json").read_text())["name"] == "b"
+    assert not inner_earlier_path(d).exists() and not earlier_path(d).exists()
+
+
+def test_a_folder_removed_under_overwrite_is_not_recreated_and_the_earlier_run_waits(tmp_path):
+    exp = demo_copy(tmp_path / "in", requests=400)
+    out = tmp_path / "out"
+    args = ["run", exp, "--out", out, "--no-opendc", "--no-plots", "--quiet"]
+    assert (r := cli(*args)).returncode == 0, r.stderr
+    before = _entries(out)
+    cmd = stopped_at(faults.WRITTEN_FIRST, *args, "--overwrite")
+    shutil.rmtree(out)  # the new run's partial folder, by another process
+    resume(cmd)
+    assert cmd.wait() == 3, cmd.stderr
+    assert_one_paragraph_error(cmd.stderr)
+    aside = Path(f"{out}.kavier-earlier")
+    assert cmd.stderr.startswith(
+        f"kavier: error: {out}: No such file or directory (ENOENT): its folder was removed or moved while the "
+        "command was writing into it"
+    ), cmd.stderr
+    assert cmd.stderr.rstrip().endswith(
+        f"The earlier complete run is kept unchanged in {aside}: it could not be moved back into {out} (No such "
+        f"file or directory (ENOENT)); the next kavier command into {out} puts it back."
+    ), cmd.stderr
+    assert not out.exists() and _entries(aside) == before
+    again = cli(*args)
+    assert again.returncode == 2 and "was put back" in again.stderr, again.stderr
+    assert _entries(out) == before and not aside.exists()

@@ -16,23 +16,28 @@ INCOMPLETE and runs; only when the new result is complete is the earlier one rem
 or is interrupted (SIGINT, SIGTERM) puts the earlier result back before the command exits; one that is killed
 outright (SIGKILL, power loss) leaves it in ``<out>.kavier-earlier``, and the next command into ``<out>`` puts
 it back before it does anything else (:func:`recover_replacement`). Files in ``<out>`` that are not the
-command's own stay where they are.
+command's own stay where they are. Where ``<out>`` is a mount point (a rename cannot leave its file system)
+or its parent cannot be written, the earlier result waits inside it, in ``<out>/.kavier-earlier``. Where it
+cannot be moved back (the disk turned read-only, ``<out>`` was removed) it stays intact where it waits, the
+error says so, and the next command puts it back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
 from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writable_dir, current_umask
-from kavier_opendc.base.errors import KavierError, KavierInputError
+from kavier_opendc.base.errors import KavierError, KavierInputError, OutputWriteError
 from kavier_opendc.base.faults import LOCKED, REPLACING, checkpoint
 from kavier_opendc.base.interrupts import deferred
 
@@ -63,6 +68,55 @@ def earlier_path(out: str | os.PathLike) -> Path:
     """Where a replacement keeps the earlier complete result until the new one is complete."""
     out = Path(out).resolve()
     return out.parent / f"{out.name}{EARLIER_SUFFIX}"
+
+
+def inner_earlier_path(out: str | os.PathLike) -> Path:
+    """Where it waits instead when ``out`` is a mount point (a rename cannot leave a file system: EXDEV,
+    EBUSY) or its parent cannot be written: inside ``out``, hidden."""
+    return Path(out).resolve() / EARLIER_SUFFIX
+
+
+#: renames out of ``out`` into its parent fail with these where ``out`` is a mount point (or the parent
+#: is not ours to write): the earlier result then waits inside ``out``
+_CANNOT_LEAVE = (errno.EXDEV, errno.EBUSY, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _make_aside(out: Path) -> Path:
+    """Make the (empty) folder the earlier result moves to: beside ``out`` when an entry of ``out`` can be
+    renamed there (tried with an empty probe folder before anything is moved), else inside ``out``."""
+    aside = earlier_path(out)
+    try:
+        aside.mkdir()
+    except OSError as exc:
+        if exc.errno not in _CANNOT_LEAVE:
+            raise
+    else:
+        try:
+            probe = Path(tempfile.mkdtemp(prefix=".kavier-probe-", dir=out))
+        except OSError:
+            aside.rmdir()
+            raise
+        try:
+            os.rename(probe, aside / probe.name)
+        except OSError as exc:
+            probe.rmdir()
+            aside.rmdir()
+            if exc.errno not in _CANNOT_LEAVE:
+                raise
+        else:
+            (aside / probe.name).rmdir()
+            return aside
+    aside = inner_earlier_path(out)
+    aside.mkdir()
+    return aside
+
+
+def _waiting_aside(out: Path) -> Path | None:
+    """The earlier result a replacement left aside (beside ``out`` or inside it), if any."""
+    for aside in (earlier_path(out), inner_earlier_path(out)):
+        if aside.is_dir():
+            return aside
+    return None
 
 
 def _holder(fd: int) -> str:
@@ -98,8 +152,8 @@ def output_lock(
     path = lock_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~current_umask())
+        try:  # read-only: a lock open for writing would keep its file system from being remounted read-only
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~current_umask())
         except OSError as exc:
             raise KavierInputError(
                 f"cannot create the lock file {path} of {what} {out}: {exc.strerror or exc}",
@@ -137,8 +191,11 @@ def output_lock(
                 "folder": str(out.resolve()),
             }
         )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, text.encode("utf-8"), 0)
+        wfd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)  # the description, then closed
+        try:
+            os.write(wfd, text.encode("utf-8"))
+        finally:
+            os.close(wfd)
         checkpoint(LOCKED)
         yield path
     finally:
@@ -180,47 +237,80 @@ def recover_replacement(out: str | os.PathLike, entries: tuple[str, ...], files:
     the replacement had finished, and the earlier result is removed; otherwise the replacement's partial
     entries go and the earlier result comes back. Returns a note saying what was done (None: nothing)."""
     out = Path(out)
-    aside = earlier_path(out)
-    if not aside.is_dir():
+    aside = _waiting_aside(out)
+    if aside is None:
         return None
     if holds_complete(out, files):
         shutil.rmtree(aside)
         return None
     with deferred():
         out.mkdir(parents=True, exist_ok=True)
-        if (out / INCOMPLETE).exists():  # the replacement had started: every entry of ours in out is its
+        if _marker_says(out, PUTTING_BACK):  # only the earlier result's own entries are in out
+            pass
+        elif (out / INCOMPLETE).exists():  # the replacement had started: every entry of ours in out is its
             for name in entries:
                 if name != INCOMPLETE:
                     _remove(out / name)
-        for p in aside.iterdir():
-            _remove(out / p.name)
-            os.replace(p, out / p.name)
-        (out / INCOMPLETE).unlink(missing_ok=True)  # an earlier complete result has none
-        aside.rmdir()
+        _move_back(aside, out)
     return (
         f"the earlier complete result in {out}, moved aside to {aside} by a replacement that did not "
         "finish, was put back"
     )
 
 
+#: how INCOMPLETE begins while a failed replacement puts the earlier result back: what is in the folder
+#: then is the earlier result's (the next command must not remove it)
+PUTTING_BACK = "putting back the earlier complete result"
+
+
+def _marker_says(out: Path, text: str) -> bool:
+    try:
+        return (out / INCOMPLETE).read_text(encoding="utf-8").startswith(text)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _move_back(aside: Path, out: Path) -> None:
+    """Every entry of ``aside`` back into ``out``, then INCOMPLETE (an earlier complete result has none) and
+    ``aside`` go: ``out`` looks complete only once everything is back."""
+    for p in sorted(aside.iterdir()):
+        _remove(out / p.name)
+        os.replace(p, out / p.name)
+    (out / INCOMPLETE).unlink(missing_ok=True)
+    aside.rmdir()
+
+
+def _join(message: str, sentence: str) -> str:
+    message = message.rstrip()
+    return f"{message} {sentence}" if message.endswith(".") else f"{message}. {sentence}"
+
+
 @contextlib.contextmanager
 def replacing(
-    out: str | os.PathLike, entries: tuple[str, ...], files: tuple[str, ...], *, first: str | None = None
+    out: str | os.PathLike,
+    entries: tuple[str, ...],
+    files: tuple[str, ...],
+    *,
+    first: str | None = None,
+    what: str = "result",
 ) -> Iterator[bool]:
     """Replace the complete result in ``out`` (its ``files``, no INCOMPLETE) by what the block writes; yields
     whether there was one. Its ``entries`` (``first`` moved first, so ``out`` is never complete-looking in
-    between) go to ``<out>.kavier-earlier``; ``out`` is marked INCOMPLETE; the earlier entries are removed
-    when the block ends normally (the INCOMPLETE marker too) and put back when it raises."""
+    between) go to ``<out>.kavier-earlier`` (``<out>/.kavier-earlier`` where ``out`` is a mount point);
+    ``out`` is marked INCOMPLETE; the earlier entries are removed when the block ends normally (the INCOMPLETE
+    marker too) and put back when it raises. A :class:`KavierError` (an OSError made one) then ends with what
+    became of the earlier ``what``: put back unchanged, or, where the file system no longer lets it move (gone
+    read-only), kept unchanged aside for the next command into ``out`` to put back."""
     out = Path(out)
     if not holds_complete(out, files):
         yield False
         return
-    aside = earlier_path(out)
     order = ([first] if first else []) + [e for e in entries if e != first]
     started = False  # every earlier entry is aside and out is marked: what is in out from then on is new
+    aside: Path | None = None
     try:
         with deferred():
-            aside.mkdir()
+            aside = _make_aside(out)
             for name in order:
                 if (out / name).exists() or (out / name).is_symlink():
                     os.replace(out / name, aside / name)
@@ -233,17 +323,38 @@ def replacing(
             started = True
         checkpoint(REPLACING)
         yield True
-    except BaseException:
+    except BaseException as exc:
+        stuck: OSError | None = None  # why the earlier result could not be put back (it stays aside)
         with deferred():
-            if started:
-                for name in entries:
-                    _remove(out / name)
-            if aside.is_dir():
-                for p in aside.iterdir():
-                    _remove(out / p.name)
-                    os.replace(p, out / p.name)
-                aside.rmdir()
-        raise
+            try:
+                if started and not out.is_dir():  # removed meanwhile: not made again, even for this
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(out))
+                if started:
+                    for name in entries:
+                        if name != INCOMPLETE:
+                            _remove(out / name)
+                    # from here on what is in out is the earlier result's: said before the first moves back
+                    atomic_write_text(out / INCOMPLETE, f"{PUTTING_BACK} from {aside} (pid {os.getpid()})\n")
+                if aside is not None and aside.is_dir():
+                    _move_back(aside, out)
+            except OSError as err:
+                stuck = err
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        if isinstance(exc, OSError) and not isinstance(exc, KavierError):
+            exc = OutputWriteError.from_os(exc)
+        if not isinstance(exc, KavierError):
+            raise
+        if stuck is None:
+            note = f"The earlier complete {what} in {out} was put back unchanged."
+        else:
+            why = f"{stuck.strerror or stuck} ({errno.errorcode.get(stuck.errno or 0, 'no errno')})"
+            note = (
+                f"The earlier complete {what} is kept unchanged in {aside}: it could not be moved back into "
+                f"{out} ({why}); the next kavier command into {out} puts it back."
+            )
+        exc.args = (_join(str(exc), note),) + exc.args[1:]
+        raise exc from None
     with deferred():
         (out / INCOMPLETE).unlink(missing_ok=True)
         shutil.rmtree(aside)
@@ -255,6 +366,7 @@ __all__ = [
     "OutputInUseError",
     "complete_result_name",
     "earlier_path",
+    "inner_earlier_path",
     "holds_complete",
     "lock_path",
     "output_lock",

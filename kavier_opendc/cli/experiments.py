@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kavier_opendc.base import limits
 from kavier_opendc.base.atomic import refuse_complete_output, write_json_atomic
-from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError
+from kavier_opendc.base.errors import KavierInputError, KavierRuntimeError
 from kavier_opendc.base.output_folder import complete_result_name, output_lock, recover_replacement, replacing
 from kavier_opendc.cli import text
 from kavier_opendc.cli.args import bounded_float, positive_int
@@ -81,21 +81,17 @@ def _run_file(path: Path, args, command: str) -> int:
         if note:
             print(f"kavier: note: {note}", file=sys.stderr)
         refuse_complete_output(out, (REPORT_JSON,), "run (report.json)", overwrite=args.overwrite)
-        with replacing(out, RUN_ENTRIES, (REPORT_JSON,), first=REPORT_JSON) as replaced:
-            try:
-                res = run_experiment(
-                    exp,
-                    out,
-                    opendc=False if args.no_opendc else None,
-                    plots=not args.no_plots,
-                    quiet=args.quiet,
-                    command=command,
-                    partial_note=not replaced,
-                )
-            except KavierError as exc:
-                if replaced:
-                    exc.args = (f"{exc} The earlier complete run in {out} was put back unchanged.",)
-                raise
+        # (a failure ends with what became of the earlier run: put back, or kept aside where it cannot be)
+        with replacing(out, RUN_ENTRIES, (REPORT_JSON,), first=REPORT_JSON, what="run") as replaced:
+            res = run_experiment(
+                exp,
+                out,
+                opendc=False if args.no_opendc else None,
+                plots=not args.no_plots,
+                quiet=args.quiet,
+                command=command,
+                partial_note=not replaced,
+            )
     if not args.quiet:
         print(format_run_summary(res.report, Path(args.out), res.wall_s, plots=not args.no_plots))
     return 0
@@ -202,28 +198,24 @@ def cmd_sweep(args) -> int:
             )
         guard = contextlib.nullcontext(False)
         if args.overwrite:
-            guard = replacing(out, SWEEP_ENTRIES, SWEEP_FILES, first="sweep.json")
+            # (a failure, a disk fault included, ends with what became of the earlier sweep)
+            guard = replacing(out, SWEEP_ENTRIES, SWEEP_FILES, first="sweep.json", what="sweep")
         with guard as replaced:
-            try:
-                res = run_sweep(
-                    sweep,
-                    out,
-                    jobs=args.jobs,
-                    run_plots=args.run_plots,
-                    quiet=args.quiet,
-                    retry_failed=True,
-                    command=_command_line(),
-                    scheduler=args.scheduler,
-                )
-            except KavierError as exc:  # (a disk fault stops the sweep: the earlier one comes back)
-                if replaced:
-                    exc.args = (f"{exc}. The earlier complete sweep in {out} was put back unchanged.",)
-                raise
+            res = run_sweep(
+                sweep,
+                out,
+                jobs=args.jobs,
+                run_plots=args.run_plots,
+                quiet=args.quiet,
+                retry_failed=True,
+                command=_command_line(),
+                scheduler=args.scheduler,
+            )
             if replaced and res.failed:
                 first = next(iter(res.errors.items()), ("?", "?"))
                 raise KavierRuntimeError(
                     f"{res.failed} run(s) of sweep '{sweep.name}' failed (first: {first[0]}: {first[1]}), so the "
-                    f"new sweep was not kept. The earlier complete sweep in {out} was put back unchanged."
+                    "new sweep was not kept"
                 )
     if not args.quiet:
         print(res.summary_text(time.perf_counter() - t0))

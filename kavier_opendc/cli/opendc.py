@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from kavier_opendc.base import limits
-from kavier_opendc.base.atomic import check_writable_dir
+from kavier_opendc.base.atomic import check_writable_dir, output_root
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.output_folder import output_lock
 from kavier_opendc.base.progress import Progress
@@ -60,8 +60,7 @@ def cmd_export_opendc(args) -> int:
     check_writable_dir(out)
     # the folder's paths are relative to it (it can be copied or moved afterwards); a marker
     # says the directory is incomplete until every file is there
-    with output_lock(out, command=_command_line()):
-        out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out, command=_command_line()), output_root(out):
         mark_incomplete(out, "kavier export-opendc did not finish\n")
         stats = write_opendc_inputs(sim, datacenter, out, **opts)
         clear_incomplete(out, missing_ok=False)

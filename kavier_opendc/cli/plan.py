@@ -50,7 +50,7 @@ def cmd_plan(args) -> int:
             )
         guard = contextlib.nullcontext(False)
         if args.overwrite:
-            guard = replacing(out, PLAN_ENTRIES, files, first=files[0])
+            guard = replacing(out, PLAN_ENTRIES, files, first=files[0], what="plan")
         with guard as replaced:
             if not replaced:  # a plan killed or failed midway never leaves a complete-looking folder
                 mark_incomplete(out, f"kavier plan did not finish (pid {os.getpid()}: {command})\n")

@@ -302,7 +302,7 @@ def _simulate(args, out: Path, t0: float) -> int:
         result = simulate_deferred(trace, cfg, policy, steps, progress=False if args.quiet else None)
     except KavierInputError as exc:
         raise _as_flags(exc, pool_flags if "pool_flags" in locals() else {}) from None
-    with replacing(out, FILES + (INCOMPLETE,), FILES, first="summary.json"):  # the earlier one kept until then
+    with replacing(out, FILES + (INCOMPLETE,), FILES, first="summary.json", what="simulation"):  # kept until then
         summary = write_simulation(result, out)
     missed = missed_warning(summary)
     if missed:

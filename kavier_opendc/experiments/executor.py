@@ -38,7 +38,7 @@ finish and failure goes to the caller's log.
 from __future__ import annotations
 
 import atexit
-import errno
+import contextlib
 import functools
 import hashlib
 import io
@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kavier_opendc.base.atomic import public_mode
+from kavier_opendc.base.atomic import make_dirs, output_root, public_mode
 from kavier_opendc.base.errors import KavierError, KavierRuntimeError, OutputWriteError
 from kavier_opendc.experiments.experiment import load_experiment, synthetic_input_files
 from kavier_opendc.experiments.pipeline import run_experiment
@@ -320,27 +320,30 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
     ship = files is not None
     run_dir = Path(tempfile.mkdtemp(prefix=f"kavier-run-{payload['id']}-")) if ship else Path(payload["run_dir"])
     back: dict[str, str] = {}  # the worker's input mirror -> the driver's paths
+
+    def batch_root():
+        # the driver made runs/ (a local worker sees the same folder): this worker writes below it only while
+        # it is there, so a batch folder removed meanwhile is never re-created with the later runs in it
+        return contextlib.nullcontext() if ship else output_root(run_dir.parent, create=False)
+
     try:
-        if not ship and not run_dir.parent.is_dir():  # the driver made runs/: gone, the batch's folder was removed
-            raise OutputWriteError.from_os(
-                OSError(errno.ENOENT, os.strerror(errno.ENOENT)), run_dir.parent.resolve(), writing=False
+        with batch_root():
+            document, back = _local_inputs(payload, files) if ship else (payload["document"], {})
+            opendc = payload["opendc"]
+            exp = load_experiment(document, base_dir=payload["base_dir"], source=payload["source"], opendc=opendc)
+            use_opendc = exp.opendc_enabled if opendc is None else opendc
+            bridge, info = worker_bridge() if use_opendc else (None, None)
+            res = run_experiment(
+                exp,
+                run_dir,
+                opendc=opendc,
+                plots=payload["plots"],
+                quiet=True,
+                bridge=bridge,
+                bridge_info=info,
+                command=payload["command"],
             )
-        document, back = _local_inputs(payload, files) if ship else (payload["document"], {})
-        opendc = payload["opendc"]
-        exp = load_experiment(document, base_dir=payload["base_dir"], source=payload["source"], opendc=opendc)
-        use_opendc = exp.opendc_enabled if opendc is None else opendc
-        bridge, info = worker_bridge() if use_opendc else (None, None)
-        res = run_experiment(
-            exp,
-            run_dir,
-            opendc=opendc,
-            plots=payload["plots"],
-            quiet=True,
-            bridge=bridge,
-            bridge_info=info,
-            command=payload["command"],
-        )
-        out.update(status="done", wall_s=res.wall_s)
+            out.update(status="done", wall_s=res.wall_s)
     except Exception as exc:  # noqa: BLE001 - the run's failure, reported to the driver
         if isinstance(exc, OpenDCBridgeError):
             close_worker_bridge()  # a fresh JVM for the next run
@@ -348,7 +351,8 @@ def execute(payload: dict, files: dict[str, bytes] | None = None) -> dict:
         if isinstance(exc, OutputWriteError):  # a full, read-only or vanished output: the driver stops
             out.update(write_fault=str(exc), errno=exc.errno)
         else:
-            mark_failed_run(run_dir, out["error"])
+            with contextlib.suppress(OSError), batch_root():
+                mark_failed_run(run_dir, out["error"])
     if ship:
         try:
             if run_dir.is_dir():
@@ -381,8 +385,9 @@ def input_files(task: RunTask) -> list[Path]:
 
 
 def unpack_run(archive: bytes, run_dir: Path) -> None:
-    """Replace ``run_dir`` by the run folder in ``archive`` (unpacked beside it, then renamed)."""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    """Replace ``run_dir`` by the run folder in ``archive`` (unpacked beside it, then renamed). Within the
+    sweep's or plan's output root (the driver declared it) its ``runs/`` is made only while that is there."""
+    make_dirs(run_dir.parent)
     stage = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.incoming-", dir=run_dir.parent))
     try:
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
@@ -516,7 +521,12 @@ class RunExecutor:
             if rec["id"] in self._finished:
                 return  # a late announcement of a run already back
             self._running[rec["id"]] = rec
-        self.log(event="start", id=rec["id"], pid=rec.get("pid"), worker=rec.get("worker_name"), start=rec.get("time"))
+        try:
+            self.log(
+                event="start", id=rec["id"], pid=rec.get("pid"), worker=rec.get("worker_name"), start=rec.get("time")
+            )
+        except OSError:  # on Dask's event thread, progress only: a removed folder is reported by the driver
+            pass
 
     @property
     def running(self) -> int:

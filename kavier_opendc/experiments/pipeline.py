@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kavier_opendc import __version__
-from kavier_opendc.base.atomic import check_writable_dir, jsonable
+from kavier_opendc.base.atomic import check_output_root, check_writable_dir, jsonable, make_dirs, output_root
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError, OutputWriteError
 from kavier_opendc.base.faults import WRITTEN_FIRST, checkpoint
 from kavier_opendc.base.progress import Progress
@@ -340,56 +340,58 @@ def run_experiment(
             gap=longest_gap(trace.arrival_s),
         )
     prepare_out_dir(out)
-    mark_incomplete(
-        out,
-        f"kavier run in progress since {started} (pid {os.getpid()}); this folder is not a "
-        "complete result until this file is gone.\n",
-    )
-    folder = _FolderIdentity(out)
-    try:
-        report = _run_stages(
-            exp,
+    # the run's own folder: a writer never re-creates it (or a removed sweep folder above it) once gone
+    with output_root(out, create=False):
+        mark_incomplete(
             out,
-            trace,
-            cfg,
-            st,
-            use_opendc,
-            plots,
-            quiet,
-            bridge,
-            bridge_info,
-            command,
-            started,
-            t_start,
-            synthetic_input_files(exp),
-            folder,
+            f"kavier run in progress since {started} (pid {os.getpid()}); this folder is not a "
+            "complete result until this file is gone.\n",
         )
-        folder.check()  # removed during the report stage: what was written lands in a new folder, marked
-    except BaseException as exc:
-        what = st.current or "run"
-        if isinstance(exc, KeyboardInterrupt):
-            text = f"interrupted ({str(exc) or 'KeyboardInterrupt'})"
-        elif isinstance(exc, KavierError):
-            text = str(exc)
-        else:
-            text = "".join(traceback.format_exception(exc)).strip()
-        kept = _kept_performance_results(out, what) if partial_note else ""
+        folder = _FolderIdentity(out)
         try:
-            if not out.is_dir():  # a removed folder is not re-created just to be marked
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(out))
-            mark_incomplete(
+            report = _run_stages(
+                exp,
                 out,
-                f"kavier run FAILED during stage '{what}' at {_utc_now()}:\n{text}\n\n"
-                + (kept + "\n" if kept else "")
-                + "The files in this folder are partial; rerun the experiment.\n",
+                trace,
+                cfg,
+                st,
+                use_opendc,
+                plots,
+                quiet,
+                bridge,
+                bridge_info,
+                command,
+                started,
+                t_start,
+                synthetic_input_files(exp),
+                folder,
             )
-        except OSError:  # a full or read-only disk (OutputWriteError is one): the first marker stays
-            pass
-        if kept and isinstance(exc, KavierRuntimeError) and not isinstance(exc, OutputWriteError):
-            exc.args = (f"{exc} {kept}",) + exc.args[1:]
-        raise
-    clear_incomplete(out, missing_ok=False)
-    return RunResult(out, report, time.perf_counter() - t_start)
+            folder.check()  # removed after the report stage's last write: not a complete run either
+        except BaseException as exc:
+            what = st.current or "run"
+            if isinstance(exc, KeyboardInterrupt):
+                text = f"interrupted ({str(exc) or 'KeyboardInterrupt'})"
+            elif isinstance(exc, KavierError):
+                text = str(exc)
+            else:
+                text = "".join(traceback.format_exception(exc)).strip()
+            kept = _kept_performance_results(out, what) if partial_note else ""
+            try:
+                if not out.is_dir():  # a removed folder is not re-created just to be marked
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(out))
+                mark_incomplete(
+                    out,
+                    f"kavier run FAILED during stage '{what}' at {_utc_now()}:\n{text}\n\n"
+                    + (kept + "\n" if kept else "")
+                    + "The files in this folder are partial; rerun the experiment.\n",
+                )
+            except OSError:  # a full or read-only disk (OutputWriteError is one): the first marker stays
+                pass
+            if kept and isinstance(exc, KavierRuntimeError) and not isinstance(exc, OutputWriteError):
+                exc.args = (f"{exc} {kept}",) + exc.args[1:]
+            raise
+        clear_incomplete(out, missing_ok=False)
+        return RunResult(out, report, time.perf_counter() - t_start)
 
 
 class _FolderIdentity:
@@ -410,6 +412,7 @@ class _FolderIdentity:
         return (st.st_dev, st.st_ino) == self.ident
 
     def check(self) -> None:
+        check_output_root(self.out)  # names the outermost folder removed (a sweep's, above this run's)
         if not self.same():
             raise OutputWriteError.from_os(
                 OSError(errno.ENOENT, os.strerror(errno.ENOENT)), self.out.resolve(), writing=False
@@ -507,7 +510,7 @@ def _stage_export(exp: Experiment, output: SimulationOutput, odc: Path, st: Stag
         makespan = output.summary["makespan_s"]
         # the simulated span (arrivals and the last answer) is checked before anything of OpenDC is written
         check_span(float(makespan), _export_interval_s(exp), source=exp.source, location="simulation makespan")
-        odc.mkdir(parents=True, exist_ok=True)
+        make_dirs(odc)
         start = exp.datacenter.get("start", DEFAULT_START)
         carbon_path, run.carbon_info = carbon_trace_for(exp, odc, makespan, start)
         dc = datacenter_for(exp, carbon_path)

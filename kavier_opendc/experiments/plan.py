@@ -43,7 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writable_dir, write_json_atomic
+from kavier_opendc.base.atomic import (
+    INCOMPLETE,
+    atomic_write_text,
+    check_writable_dir,
+    make_dirs,
+    output_root,
+    write_json_atomic,
+)
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.experiments.executor import RunExecutor, RunTask
 from kavier_opendc.experiments.experiment import load_experiment
@@ -463,82 +470,84 @@ def run_plan(
     check_writable_dir(out)
     if opendc and scheduler is None:  # a remote cluster's workers have their own OpenDC
         check_opendc_available()
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    # the plan's own folder: once it is removed no writer (driver or worker) makes it again
+    with output_root(out):
+        make_dirs(out / "runs")
 
-    def say(text: str) -> None:
-        if not quiet:
-            print(text, file=sys.stderr, flush=True)
+        def say(text: str) -> None:
+            if not quiet:
+                print(text, file=sys.stderr, flush=True)
 
-    lo, hi = plan.units
-    say(f"plan {plan.name}: {len(plan.shapes)} candidate shapes x replicas {lo}..{hi}; SLOs {plan.slo.describe()}")
-    runs = PlanRuns(plan, out, jobs=jobs, scheduler=scheduler, run_plots=run_plots, command=command, say=say)
-    searches = [ShapeSearch(s, lo, hi, s.counts(lo, hi)) for s in plan.shapes]
-    try:
-        say("[1/3] feasibility: the smallest replica count meeting the SLOs, per shape (no OpenDC)")
-        for s in searches:
-            probs = shape_problems(plan, s.shape, s.hi, runs.traffic(), opendc)
-            if probs:
-                s.state, s.why = "invalid", "cannot run: " + "; ".join(probs)
-                say(f"  pruned {s.shape.label}: {s.why}")
-                continue
-            runs.ask(s, s.shape, s.next_units(), False)
-        while runs.pending():
-            s, ev = runs.next()
-            s.record(ev)
-            nxt = s.next_units()
-            if nxt is not None:
-                runs.ask(s, s.shape, nxt, False)
-            elif s.state == "feasible":
-                say(f"  {s.shape.label}: {s.good} replica(s) needed")
-            else:
-                say(f"  pruned {s.shape.label}: {s.why}")
-
-        feasible = [s for s in searches if s.state == "feasible"]
-        by_key = {(e.shape, e.units, e.opendc, e.rate): e for e in runs.evaluations}
-        screening = [by_key[(s.shape, s.good, False, None)] for s in feasible]
-        est_rows = [
-            {
-                "cost_per_mtoken": e.row.get("cost_per_mtoken"),
-                "wh_per_mtoken": e.row["wh_per_mtoken_estimate"],
-                "ttft_p99_s": e.row.get("ttft_p99_s"),
-            }
-            for e in screening
-        ]
-        on_est_front = set(pareto_front(est_rows, ("cost_per_mtoken", "wh_per_mtoken", "ttft_p99_s")))
-        chosen_for_opendc = []
-        for i in range(len(screening)):
-            near = any(
-                r is not None and est_rows[i][m] is not None and est_rows[i][m] <= (1 + plan.near_front) * r
-                for m, r in (
-                    (m, min((x[m] for x in est_rows if x[m] is not None), default=None))
-                    for m in ("cost_per_mtoken", "wh_per_mtoken")
-                )
-            )
-            if i in on_est_front or near:
-                chosen_for_opendc.append(i)
-        final: dict[Shape, Evaluation] = {}
-        if opendc and screening:
-            say(
-                f"[2/3] screening: {len(chosen_for_opendc)} of {len(screening)} feasible shapes on or near the "
-                f"estimated front go to OpenDC"
-            )
-            say("[3/3] OpenDC: energy and carbon of the shapes near the front")
-            for i in chosen_for_opendc:
-                runs.ask(i, screening[i].shape, screening[i].units, True)
+        lo, hi = plan.units
+        say(f"plan {plan.name}: {len(plan.shapes)} candidate shapes x replicas {lo}..{hi}; SLOs {plan.slo.describe()}")
+        runs = PlanRuns(plan, out, jobs=jobs, scheduler=scheduler, run_plots=run_plots, command=command, say=say)
+        searches = [ShapeSearch(s, lo, hi, s.counts(lo, hi)) for s in plan.shapes]
+        try:
+            say("[1/3] feasibility: the smallest replica count meeting the SLOs, per shape (no OpenDC)")
+            for s in searches:
+                probs = shape_problems(plan, s.shape, s.hi, runs.traffic(), opendc)
+                if probs:
+                    s.state, s.why = "invalid", "cannot run: " + "; ".join(probs)
+                    say(f"  pruned {s.shape.label}: {s.why}")
+                    continue
+                runs.ask(s, s.shape, s.next_units(), False)
             while runs.pending():
-                _, ev = runs.next()
-                final[ev.shape] = ev
-        else:
-            say("[2/3] screening: OpenDC off, energy is the estimate and carbon is unknown")
+                s, ev = runs.next()
+                s.record(ev)
+                nxt = s.next_units()
+                if nxt is not None:
+                    runs.ask(s, s.shape, nxt, False)
+                elif s.state == "feasible":
+                    say(f"  {s.shape.label}: {s.good} replica(s) needed")
+                else:
+                    say(f"  pruned {s.shape.label}: {s.why}")
+
+            feasible = [s for s in searches if s.state == "feasible"]
+            by_key = {(e.shape, e.units, e.opendc, e.rate): e for e in runs.evaluations}
+            screening = [by_key[(s.shape, s.good, False, None)] for s in feasible]
+            est_rows = [
+                {
+                    "cost_per_mtoken": e.row.get("cost_per_mtoken"),
+                    "wh_per_mtoken": e.row["wh_per_mtoken_estimate"],
+                    "ttft_p99_s": e.row.get("ttft_p99_s"),
+                }
+                for e in screening
+            ]
+            on_est_front = set(pareto_front(est_rows, ("cost_per_mtoken", "wh_per_mtoken", "ttft_p99_s")))
+            chosen_for_opendc = []
             for i in range(len(screening)):
-                if screening[i].row.get("wh_per_mtoken") is None:
-                    screening[i].row["wh_per_mtoken"] = screening[i].row["wh_per_mtoken_estimate"]
-                final[screening[i].shape] = screening[i]
-    finally:
-        runs.close()
-    summary = _summarise(plan, searches, final, objective, runs, opendc, time.perf_counter() - t0)
-    text = write_plan_outputs(plan, out, summary, runs)
-    return PlanResult(out, summary, text)
+                near = any(
+                    r is not None and est_rows[i][m] is not None and est_rows[i][m] <= (1 + plan.near_front) * r
+                    for m, r in (
+                        (m, min((x[m] for x in est_rows if x[m] is not None), default=None))
+                        for m in ("cost_per_mtoken", "wh_per_mtoken")
+                    )
+                )
+                if i in on_est_front or near:
+                    chosen_for_opendc.append(i)
+            final: dict[Shape, Evaluation] = {}
+            if opendc and screening:
+                say(
+                    f"[2/3] screening: {len(chosen_for_opendc)} of {len(screening)} feasible shapes on or near the "
+                    f"estimated front go to OpenDC"
+                )
+                say("[3/3] OpenDC: energy and carbon of the shapes near the front")
+                for i in chosen_for_opendc:
+                    runs.ask(i, screening[i].shape, screening[i].units, True)
+                while runs.pending():
+                    _, ev = runs.next()
+                    final[ev.shape] = ev
+            else:
+                say("[2/3] screening: OpenDC off, energy is the estimate and carbon is unknown")
+                for i in range(len(screening)):
+                    if screening[i].row.get("wh_per_mtoken") is None:
+                        screening[i].row["wh_per_mtoken"] = screening[i].row["wh_per_mtoken_estimate"]
+                    final[screening[i].shape] = screening[i]
+        finally:
+            runs.close()
+        summary = _summarise(plan, searches, final, objective, runs, opendc, time.perf_counter() - t0)
+        text = write_plan_outputs(plan, out, summary, runs)
+        return PlanResult(out, summary, text)
 
 
 def _shape_record(s: ShapeSearch, ev: Evaluation | None, screened: Evaluation | None) -> dict:
@@ -860,74 +869,80 @@ def run_max_rate(
         )
     out = Path(out).resolve()  # the experiments name their traffic file by its absolute path
     check_writable_dir(out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    # the plan's own folder: once it is removed no writer (driver or worker) makes it again
+    with output_root(out):
+        make_dirs(out / "runs")
 
-    def say(text: str) -> None:
-        if not quiet:
-            print(text, file=sys.stderr, flush=True)
+        def say(text: str) -> None:
+            if not quiet:
+                print(text, file=sys.stderr, flush=True)
 
-    say(f"max sustainable rate of {shape.label} x {shape.replicas_of(units)} replica(s); SLOs {plan.slo.describe()}")
-    runs = PlanRuns(plan, out, jobs=jobs, scheduler=scheduler, run_plots=run_plots, command=command, say=say)
-    probes: list[dict] = []
-
-    def probe(rate: float) -> bool:
-        runs.ask(None, shape, units, False, rate)
-        _, ev = runs.next()
-        probes.append(
-            {
-                "rate": rate,
-                "meets": ev.meets,
-                "why": ev.why,
-                "run": ev.run_id,
-                "ttft_q_s": ev.row.get("ttft_q_s"),
-                "tpot_q_s": ev.row.get("tpot_q_s"),
-            }
+        say(
+            f"max sustainable rate of {shape.label} x {shape.replicas_of(units)} replica(s); SLOs {plan.slo.describe()}"
         )
-        say(f"  {rate:.4g} req/s: " + ("meets the SLOs" if ev.meets else f"misses ({ev.why})"))
-        return ev.meets
+        runs = PlanRuns(plan, out, jobs=jobs, scheduler=scheduler, run_plots=run_plots, command=command, say=say)
+        probes: list[dict] = []
 
-    try:
-        if not probe(low):
-            result, note = None, f"the SLOs are missed already at {low:g} req/s (lower max_rate.low)"
-        elif probe(high):
-            result, note = high, f"the SLOs hold up to max_rate.high = {high:g} req/s at least (raise it)"
-        else:
-            while high / low > 1 + tol:
-                mid = math.sqrt(low * high)
-                if probe(mid):
-                    low = mid
-                else:
-                    high = mid
-            result, note = low, f"between {low:.4g} (meets) and {high:.4g} req/s (misses)"
-    finally:
-        runs.close()
-    summary = {
-        "plan": plan.name,
-        "shape": shape.label,
-        "replicas": shape.replicas_of(units),
-        "slo": plan.slo.describe(),
-        "max_rate_rps": result,
-        "note": note,
-        "tolerance": tol,
-        "probes": probes,
-        "wall_s": time.perf_counter() - t0,
-    }
-    write_json_atomic(out / "max_rate.json", summary)
-    text = (
-        f"max sustainable rate of {shape.label} x {shape.replicas_of(units)} replica(s) "
-        f"under {plan.slo.describe()}: "
-        + (f"{result:.4g} req/s" if result is not None else "none")
-        + f" ({note}); {len(probes)} simulations, "
-        f"{summary['wall_s']:.1f} s"
-    )
-    atomic_write_text(
-        out / "max_rate.md",
-        "# " + text + "\n\n| rate (req/s) | meets | why not | run |\n"
-        "|---:|---|---|---|\n"
-        + "\n".join(f"| {p['rate']:.4g} | {'yes' if p['meets'] else 'no'} | {p['why']} | {p['run']} |" for p in probes)
-        + "\n",
-    )
-    return PlanResult(out, summary, text)
+        def probe(rate: float) -> bool:
+            runs.ask(None, shape, units, False, rate)
+            _, ev = runs.next()
+            probes.append(
+                {
+                    "rate": rate,
+                    "meets": ev.meets,
+                    "why": ev.why,
+                    "run": ev.run_id,
+                    "ttft_q_s": ev.row.get("ttft_q_s"),
+                    "tpot_q_s": ev.row.get("tpot_q_s"),
+                }
+            )
+            say(f"  {rate:.4g} req/s: " + ("meets the SLOs" if ev.meets else f"misses ({ev.why})"))
+            return ev.meets
+
+        try:
+            if not probe(low):
+                result, note = None, f"the SLOs are missed already at {low:g} req/s (lower max_rate.low)"
+            elif probe(high):
+                result, note = high, f"the SLOs hold up to max_rate.high = {high:g} req/s at least (raise it)"
+            else:
+                while high / low > 1 + tol:
+                    mid = math.sqrt(low * high)
+                    if probe(mid):
+                        low = mid
+                    else:
+                        high = mid
+                result, note = low, f"between {low:.4g} (meets) and {high:.4g} req/s (misses)"
+        finally:
+            runs.close()
+        summary = {
+            "plan": plan.name,
+            "shape": shape.label,
+            "replicas": shape.replicas_of(units),
+            "slo": plan.slo.describe(),
+            "max_rate_rps": result,
+            "note": note,
+            "tolerance": tol,
+            "probes": probes,
+            "wall_s": time.perf_counter() - t0,
+        }
+        write_json_atomic(out / "max_rate.json", summary)
+        text = (
+            f"max sustainable rate of {shape.label} x {shape.replicas_of(units)} replica(s) "
+            f"under {plan.slo.describe()}: "
+            + (f"{result:.4g} req/s" if result is not None else "none")
+            + f" ({note}); {len(probes)} simulations, "
+            f"{summary['wall_s']:.1f} s"
+        )
+        atomic_write_text(
+            out / "max_rate.md",
+            "# " + text + "\n\n| rate (req/s) | meets | why not | run |\n"
+            "|---:|---|---|---|\n"
+            + "\n".join(
+                f"| {p['rate']:.4g} | {'yes' if p['meets'] else 'no'} | {p['why']} | {p['run']} |" for p in probes
+            )
+            + "\n",
+        )
+        return PlanResult(out, summary, text)
 
 
 __all__ = [

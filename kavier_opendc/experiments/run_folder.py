@@ -30,7 +30,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writable_dir, write_json_atomic
+from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writable_dir, make_dirs, write_json_atomic
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.output_folder import INNER_LOCK
 from kavier_opendc.experiments.experiment import Experiment
@@ -80,7 +80,7 @@ def prepare_out_dir(out: Path) -> None:
                     shutil.rmtree(p)
                 else:
                     p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)  # within a sweep's runs/ only while that is still there
 
 
 def mark_incomplete(folder: Path, text: str) -> None:
@@ -98,9 +98,10 @@ def is_incomplete(folder: Path) -> bool:
 
 def mark_failed_run(run_dir: Path, error: str) -> None:
     """A run that failed before its own folder was prepared still gets an INCOMPLETE marker
-    (an earlier one, with the stage that failed, is kept)."""
+    (an earlier one, with the stage that failed, is kept). Below an output root that is gone (a removed
+    sweep folder) nothing is made for it."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(run_dir)
         if not is_incomplete(run_dir):
             mark_incomplete(run_dir, f"kavier sweep: this run FAILED before it started:\n{error}\n")
     except OSError:

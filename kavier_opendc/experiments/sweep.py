@@ -65,7 +65,14 @@ from pathlib import Path
 from typing import Any
 
 from kavier_opendc.base import limits
-from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, check_writable_dir, write_json_atomic
+from kavier_opendc.base.atomic import (
+    INCOMPLETE,
+    atomic_write_text,
+    check_output_root,
+    check_writable_dir,
+    output_root,
+    write_json_atomic,
+)
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import json_path, schema_validator
 from kavier_opendc.experiments.executor import RunExecutor, RunTask
@@ -360,6 +367,7 @@ class SweepResult:
 
 def _log(out: Path, **rec) -> None:
     rec.setdefault("time", time.time())
+    check_output_root(out)  # a removed sweep folder is named as such (open() below never makes one)
     with open(out / LOG, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(rec, default=str) + "\n")
 
@@ -384,101 +392,105 @@ def run_sweep(
     out = Path(out)
     check_writable_dir(out)
     check_run_folders(sweep, out)
-    out.mkdir(parents=True, exist_ok=True)
-    _begin_sweep(out)
-    (out / "runs").mkdir(exist_ok=True)
-    stale = stale_run_folders(sweep, out)
-    write_json_atomic(
-        out / "sweep.json",
-        {
-            "name": sweep.name,
-            "source": sweep.source,
-            "complete": False,
-            "axes": [
-                {"name": a.name, "values": [{"label": v.label, "set": v.set} for v in a.values]} for a in sweep.axes
-            ],
-            "runs": [
-                {
-                    "id": r.id,
-                    "key": r.key,
-                    "folder": f"runs/{r.id}",
-                    "labels": r.labels,
-                    "overrides": r.overrides,
-                    "config_hash": r.config_hash,
-                }
-                for r in sweep.runs
-            ],
-            "stale_runs": stale,
-        },
-    )
+    # the sweep's own folder: once it is removed no writer (driver or worker) makes it again
+    with output_root(out):
+        _begin_sweep(out)
+        (out / "runs").mkdir(exist_ok=True)
+        stale = stale_run_folders(sweep, out)
+        write_json_atomic(
+            out / "sweep.json",
+            {
+                "name": sweep.name,
+                "source": sweep.source,
+                "complete": False,
+                "axes": [
+                    {"name": a.name, "values": [{"label": v.label, "set": v.set} for v in a.values]} for a in sweep.axes
+                ],
+                "runs": [
+                    {
+                        "id": r.id,
+                        "key": r.key,
+                        "folder": f"runs/{r.id}",
+                        "labels": r.labels,
+                        "overrides": r.overrides,
+                        "config_hash": r.config_hash,
+                    }
+                    for r in sweep.runs
+                ],
+                "stale_runs": stale,
+            },
+        )
 
-    def say(text: str) -> None:
-        if not quiet:
-            print(text, file=sys.stderr, flush=True)
+        def say(text: str) -> None:
+            if not quiet:
+                print(text, file=sys.stderr, flush=True)
 
-    todo, skipped = [], []
-    for r in sweep.runs:
-        problem = run_done_problem(out / "runs" / r.id, r.config_hash)
-        (skipped if problem is None else todo).append(r)
-        if problem is not None and problem not in _NOT_FINISHED:  # marked DONE, but its files are not whole
-            _log(out, event="redo", id=r.id, reason=problem)
-            say(f"note: run {r.id} is marked DONE but its {problem}: running it again")
-    res = SweepResult(out, None, skipped=len(skipped), stale=stale)
+        todo, skipped = [], []
+        for r in sweep.runs:
+            problem = run_done_problem(out / "runs" / r.id, r.config_hash)
+            (skipped if problem is None else todo).append(r)
+            if problem is not None and problem not in _NOT_FINISHED:  # marked DONE, but its files are not whole
+                _log(out, event="redo", id=r.id, reason=problem)
+                say(f"note: run {r.id} is marked DONE but its {problem}: running it again")
+        res = SweepResult(out, None, skipped=len(skipped), stale=stale)
 
-    for r in skipped:
-        _log(out, event="skip", id=r.id)
-    if stale:
-        _log(out, event="stale", ids=stale)
-    needs_opendc = _needs_opendc(sweep, todo)
-    if todo and needs_opendc and scheduler is None:  # a remote cluster's workers have their own OpenDC
-        check_opendc_available()
-    n_jobs = max(1, min(jobs or sweep.jobs or 2, len(todo) or 1))
-    where = f"on the Dask cluster at {scheduler}" if scheduler else f"in {n_jobs} local worker process(es)"
-    say(
-        f"sweep {sweep.name}: {len(sweep.runs)} configurations, {len(skipped)} already done, {len(todo)} to run {where}"
-    )
-    if stale:
-        say(stale_note(stale, out / "runs"))
-    if todo:
+        for r in skipped:
+            _log(out, event="skip", id=r.id)
+        if stale:
+            _log(out, event="stale", ids=stale)
+        needs_opendc = _needs_opendc(sweep, todo)
+        if todo and needs_opendc and scheduler is None:  # a remote cluster's workers have their own OpenDC
+            check_opendc_available()
+        n_jobs = max(1, min(jobs or sweep.jobs or 2, len(todo) or 1))
+        where = f"on the Dask cluster at {scheduler}" if scheduler else f"in {n_jobs} local worker process(es)"
+        say(
+            f"sweep {sweep.name}: {len(sweep.runs)} configurations, {len(skipped)} already done, "
+            f"{len(todo)} to run {where}"
+        )
+        if stale:
+            say(stale_note(stale, out / "runs"))
+        if todo:
 
-        def log(**rec) -> None:
-            _log(out, **rec)
+            def log(**rec) -> None:
+                _log(out, **rec)
 
-        with RunExecutor(jobs=n_jobs, scheduler=scheduler, prestart_opendc=bool(needs_opendc), log=log, say=say) as ex:
-            for r in todo:
-                rd = out / "runs" / r.id
-                clear_done(rd)
-                _log(out, event="submit", id=r.id)
-                ex.submit(RunTask(r.id, r.document, r.base_dir, r.source, rd, sweep.opendc, run_plots, command))
-            by_id = {r.id: r for r in todo}
-            try:
-                for rec in ex.completed():
-                    r = by_id[rec.task.id]
-                    if rec.status == "done":
-                        mark_done(
-                            rec.task.run_dir,
-                            r.config_hash,
-                            id=r.id,
-                            key=r.key,
-                            finished=rec.end,
-                            wall_s=rec.wall_s,
-                            pid=rec.pid,
-                            worker=rec.worker,
-                        )
-                        res.done += 1
-                        res.ran.append(r.id)
-                    else:
-                        res.failed += 1
-                        res.errors[r.id] = rec.error
-                    say(ex.progress(rec, total=len(todo)))
-            except KeyboardInterrupt:
-                _log(out, event="interrupted")
-                raise
-    table = comparison_table(sweep, out)
-    res.table = table
-    write_comparison(sweep, out, table)
-    _end_sweep(out, res)
-    return res
+            with RunExecutor(
+                jobs=n_jobs, scheduler=scheduler, prestart_opendc=bool(needs_opendc), log=log, say=say
+            ) as ex:
+                for r in todo:
+                    rd = out / "runs" / r.id
+                    clear_done(rd)
+                    _log(out, event="submit", id=r.id)
+                    ex.submit(RunTask(r.id, r.document, r.base_dir, r.source, rd, sweep.opendc, run_plots, command))
+                by_id = {r.id: r for r in todo}
+                try:
+                    for rec in ex.completed():
+                        r = by_id[rec.task.id]
+                        if rec.status == "done":
+                            mark_done(
+                                rec.task.run_dir,
+                                r.config_hash,
+                                id=r.id,
+                                key=r.key,
+                                finished=rec.end,
+                                wall_s=rec.wall_s,
+                                pid=rec.pid,
+                                worker=rec.worker,
+                            )
+                            res.done += 1
+                            res.ran.append(r.id)
+                        else:
+                            res.failed += 1
+                            res.errors[r.id] = rec.error
+                        say(ex.progress(rec, total=len(todo)))
+                except KeyboardInterrupt:
+                    _log(out, event="interrupted")
+                    raise
+        table = comparison_table(sweep, out)
+        res.table = table
+        write_comparison(sweep, out, table)
+        _end_sweep(out, res)
+        return res
 
 
 def _needs_opendc(sweep: Sweep, todo: list) -> bool:

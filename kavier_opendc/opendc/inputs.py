@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kavier_opendc.base.atomic import write_json_atomic
+from kavier_opendc.base.atomic import make_dirs, write_json_atomic
 from kavier_opendc.opendc.datacenter import load_datacenter
 from kavier_opendc.opendc.export import export_with_hosts
 from kavier_opendc.opendc.topology import experiment_dict, topology_dict
@@ -31,7 +31,7 @@ def write_opendc_inputs(
     """
     dc = load_datacenter(datacenter)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     stats, dc_used, hosts = export_with_hosts(sim_dir, out / "workload", dc, **export_opts)
     start = stats["start"]
     carbon_rel = folder_carbon_trace(dc_used.power_source.carbon_trace, out)
@@ -80,7 +80,7 @@ def folder_carbon_trace(trace: str | os.PathLike | None, out: Path) -> str | Non
     root = out.resolve()
     if not src.is_relative_to(root):
         dest = root / "carbon" / src.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(dest.parent)
         tmp = dest.with_name(f".{dest.name}.tmp")
         shutil.copyfile(src, tmp)
         os.replace(tmp, dest)

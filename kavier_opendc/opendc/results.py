@@ -40,7 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text
+from kavier_opendc.base.atomic import INCOMPLETE, atomic_write_text, make_dirs
 from kavier_opendc.base.documents import load_json
 from kavier_opendc.base.errors import KavierError, KavierInputError, KavierRuntimeError, OutputWriteError
 from kavier_opendc.base.faults import OPENDC_RUNNING, checkpoint
@@ -532,7 +532,7 @@ def prepare_experiment(dir: str | os.PathLike) -> tuple[Path, dict, Path | None]
                     psrc["carbonTracePath"] = r
                     tchanged = True
         if tchanged:
-            inputs.mkdir(parents=True, exist_ok=True)
+            make_dirs(inputs)
             tcopy = inputs / f"topology-{i}.json"
             tcopy.write_text(json.dumps(topo, indent=2), encoding="utf-8")
             t["pathToFile"] = str(tcopy)
@@ -554,7 +554,7 @@ def prepare_experiment(dir: str | os.PathLike) -> tuple[Path, dict, Path | None]
             changed = True
     run_path = exp_path
     if changed:
-        inputs.mkdir(parents=True, exist_ok=True)
+        make_dirs(inputs)
         run_path = inputs / "experiment.json"
         run_path.write_text(json.dumps(new, indent=2), encoding="utf-8")
     return run_path, new, (topo_files[0] if topo_files else None)
@@ -661,7 +661,7 @@ def run_opendc_dir(
         shutil.rmtree(out)
     if sus.exists():
         sus.unlink()
-    out.mkdir(parents=True)
+    make_dirs(out)
     marker = out / INCOMPLETE
     atomic_write_text(marker, "OpenDC run in progress or failed; rerun `kavier opendc` on this folder.\n")
     try:

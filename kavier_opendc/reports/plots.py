@@ -19,7 +19,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from kavier_opendc.base.atomic import write_errors  # noqa: E402
+from kavier_opendc.base.atomic import make_dirs, write_errors  # noqa: E402
 from kavier_opendc.reports.efficiency import LatencyTargets  # noqa: E402
 
 DPI = 110
@@ -40,7 +40,7 @@ def _save(fig, path: Path) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     with write_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         try:
             fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
             os.replace(tmp, path)
