@@ -1,5 +1,7 @@
 # Kavier-OpenDC: one place for the set-up, test and demo commands the README names.
 PYTHON ?= python3
+# pytest worker processes (pytest-xdist); 1 runs the suite in one process, in file order
+PYTEST_WORKERS ?= 2
 
 
 .PHONY: setup bridge bridge-lite test demo bench clean
@@ -23,7 +25,7 @@ test: setup       ## the whole test suite: the bridge's JUnit tests (in 'setup')
 	$(PYTHON) -m ruff check kavier_opendc tests bench
 	$(PYTHON) -m ruff format --check kavier_opendc tests bench
 	$(PYTHON) -m mypy
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest $(if $(filter 1,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS))
 
 demo:             ## a demo simulation on a built-in synthetic workload
 	kavier demo --out out/demo --overwrite
