@@ -174,7 +174,7 @@ def test_validate_knows_plan_files(tmp_path):
     text = str(ei.value)
     assert "candidates.tp[0]" in text and "objective" in text
     bad2 = bursts_plan(tmp_path / "bad2", candidates={"gpu": ["NoSuchGPU"]})
-    with pytest.raises(KavierInputError, match="candidate NoSuchGPU, TP1, prefix block: gpu: unknown GPU 'NoSuchGPU'"):
+    with pytest.raises(KavierInputError, match="candidate NoSuchGPU, TP1, prefix auto: gpu: unknown GPU 'NoSuchGPU'"):
         load_plan(bad2)
 
 
@@ -348,3 +348,16 @@ def test_deferral_policies_are_a_searched_axis(tmp_path):
     assert r.returncode == 3, r.stderr
     summary = json.loads((tmp_path / "out2" / "plan.json").read_text())
     assert all("1 of 1 deadlines missed" in s["why"] for s in summary["shapes"])
+
+
+def test_a_plan_without_prefix_cache_candidates_runs_a_plain_trace(tmp_path):
+    # the default is the engine's auto (block only where the trace has prompt identities): a plain trace's
+    # runs do not all fail for want of token ids
+    plan = bursts_plan(
+        tmp_path,
+        candidates={"gpu": ["A100-80GB"], "router": ["round-robin"], "max_num_seqs": [1], "replicas": {"max": 4}},
+    )
+    assert [s.prefix_cache for s in load_plan(plan, opendc=False).shapes] == ["auto"]
+    r = plan_cli(plan, "--out", tmp_path / "out", "--no-opendc")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "out" / "plan.json").read_text())["chosen"]["replicas"] == 3

@@ -322,7 +322,7 @@ def _shapes(
     axes = [
         gpus,
         cand.get("tp") or [1],
-        cand.get("prefix_cache") or ["block"],
+        cand.get("prefix_cache") or ["auto"],  # the engine's default: block when the trace has prompt identities
         cand.get("router") or [None],
         cand.get("max_num_seqs") or [None],
         cand.get("max_batched_tokens") or [None],
