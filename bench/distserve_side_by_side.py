@@ -135,12 +135,15 @@ def distserve_workload(trace: pd.DataFrame) -> list[dict]:
     ]
 
 
-def run_distserve(checkout: Path, python: str, trace: pd.DataFrame, work: Path) -> tuple[pd.DataFrame, float]:
-    """One simdistserve run: (per-request latencies in ms, wall seconds)."""
+def run_distserve(
+    checkout: Path, python: str, trace: pd.DataFrame, work: Path
+) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """One simdistserve run: (per-request latencies in ms, its per-iteration worker log, wall seconds)."""
     work.mkdir(parents=True, exist_ok=True)
     workload = work / "workload.json"
     workload.write_text(json.dumps(distserve_workload(trace)))
     latency = work / "request_latency.csv"
+    worker = work / "worker.csv"
     cmd = [
         python,
         "-m",
@@ -165,18 +168,20 @@ def run_distserve(checkout: Path, python: str, trace: pd.DataFrame, work: Path) 
         "1",
         "--output-request-latency",
         str(latency),
+        "--output-worker",
+        str(worker),
     ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=checkout, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
-    if proc.returncode != 0 or not latency.is_file():
+    if proc.returncode != 0 or not latency.is_file() or not worker.is_file():
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
         raise BenchError(
             f"simdistserve failed in {checkout} (exit {proc.returncode}) with {python}: "
             + " | ".join(tail)
             + " (it needs simpy, pandas and numpy: pass --distserve-python)"
         )
-    return pd.read_csv(latency), wall
+    return pd.read_csv(latency), pd.read_csv(worker), wall
 
 
 def run_ours(trace_csv: Path, out: Path) -> tuple[pd.DataFrame, dict, float]:
@@ -263,6 +268,45 @@ def our_numbers(req: pd.DataFrame, summary: dict, n: int, wall: float) -> dict:
     }
 
 
+#: simdistserve's Worker._enter_decodes puts at most this many context tokens in one decode batch
+DISTSERVE_DECODE_BATCH_TOKENS = 50_000
+
+
+def distserve_decode(log: pd.DataFrame) -> dict:
+    """Its decode iterations from the worker log (one row per iteration, durations in ms): how many,
+    the mean step, the time-weighted batch, and the share of steps within one OPT-13B context
+    (2,048 tokens) of its per-batch token cap, where the next request may not have fitted."""
+    steps = log[log["event_type"] == "do_decode"]
+    if steps.empty:
+        return {"decode_steps": 0}
+    context = steps["decode_batch"].map(lambda text: sum(json.loads(text)))
+    near_cap = context > DISTSERVE_DECODE_BATCH_TOKENS - MAX_POSITIONS
+    dur = steps["duration"]
+    return {
+        "decode_steps": len(steps),
+        "decode_step_s_mean": float(dur.mean()) / 1e3,
+        "decode_batch_mean": float((steps["decode_bs"] * dur).sum() / dur.sum()),
+        "decode_steps_near_cap": float(near_cap.mean()),
+    }
+
+
+def our_decode(timeline: pd.DataFrame, summary: dict) -> dict:
+    """The decode replica's iterations from our timeline (a row may hold several iterations of one
+    batch: decode_tokens / batch_size of them), its peak KV use, the decode-admission wait."""
+    pool = summary["disaggregation"]["decode_pool"]
+    rows = timeline[timeline["replica"].isin(pool["replica_ids"]) & (timeline["batch_size"] > 0)]
+    dur = rows["end_s"] - rows["start_s"]
+    steps = float((rows["decode_tokens"] / rows["batch_size"]).sum())
+    decode_pool = next(p for p in summary["disaggregation"]["pools"] if p["role"] == "decode")
+    return {
+        "decode_steps": round(steps),
+        "decode_step_s_mean": float(dur.sum() / steps) if steps else float("nan"),
+        "decode_batch_mean": float((rows["batch_size"] * dur).sum() / dur.sum()) if len(rows) else 0.0,
+        "decode_kv_peak": float(decode_pool["kv_utilization_peak"]),
+        "decode_wait_s_mean": float(summary["disaggregation"]["decode_wait_s"]["mean"]),
+    }
+
+
 def side_by_side(args: argparse.Namespace) -> dict:
     """Run both simulators on the workload and on one request alone; the numbers of the table."""
     checkout = Path(args.distserve).resolve()
@@ -299,11 +343,12 @@ def side_by_side(args: argparse.Namespace) -> dict:
         folder = work / case
         folder.mkdir(exist_ok=True)
         frame.to_csv(folder / "kavier_trace.csv", index=False)
-        lat, ds_wall = run_distserve(checkout, args.distserve_python, frame, folder / "distserve")
+        lat, log, ds_wall = run_distserve(checkout, args.distserve_python, frame, folder / "distserve")
         req, summary, our_wall = run_ours(folder / "kavier_trace.csv", folder / "kavier")
         result[case] = {
-            "distserve": distserve_numbers(lat, len(frame), ds_wall),
-            "kavier": our_numbers(req, summary, len(frame), our_wall),
+            "distserve": distserve_numbers(lat, len(frame), ds_wall) | distserve_decode(log),
+            "kavier": our_numbers(req, summary, len(frame), our_wall)
+            | our_decode(pd.read_parquet(folder / "kavier" / "timeline.parquet"), summary),
         }
     return result
 
@@ -336,6 +381,13 @@ def table(r: dict) -> str:
         f"| SLO attainment % (TTFT <= {r['slo_ms']['ttft']:g} ms / TPOT <= {r['slo_ms']['tpot']:g} ms / both) "
         f"| {slo(d)} | {slo(k)} |",
         f"| KV transfer, mean (ms) | 0 (not modelled) | {k['transfer_s_mean'] * 1e3:.2f} |",
+        f"| decode steps, mean step (ms), time-weighted batch | {d['decode_steps']:,}, "
+        f"{d['decode_step_s_mean'] * 1e3:.1f}, {d['decode_batch_mean']:.1f} | {k['decode_steps']:,}, "
+        f"{k['decode_step_s_mean'] * 1e3:.1f}, {k['decode_batch_mean']:.1f} |",
+        f"| decode steps within 2,048 tokens of simdistserve's 50,000-token batch cap | "
+        f"{d['decode_steps_near_cap'] * 100:.0f} % | - |",
+        f"| decode KV peak, mean decode-admission wait (s) | not modelled | {k['decode_kv_peak'] * 100:.0f} %, "
+        f"{k['decode_wait_s_mean']:.2f} |",
         f"| one request alone ({r['probe']['input_tokens']} in, {r['probe']['output_tokens']} out): "
         f"TTFT, TPOT (ms) | {alone['distserve']} | {alone['kavier']} |",
         f"| wall time (s), requests simulated per second | {speed['distserve']} | {speed['kavier']} |",

@@ -30,6 +30,11 @@ FAKE_SIMULATE = textwrap.dedent(
     pd.DataFrame({"first_token_latency": ttft, "decoding_latency": dec,
                   "total_latency": [a + b for a, b in zip(ttft, dec)],
                   "tpot": [30.0] * len(work)}).to_csv(out, index=False)
+    # a worker log of two decode iterations (ms) and one wait: 2 sequences for 30 ms, then one of
+    # 49,000 context tokens (within 2,048 of the 50,000 cap) for 10 ms
+    pd.DataFrame({"event_type": ["do_decode", "wait", "do_decode"], "decode_bs": [2, 0, 1],
+                  "decode_batch": ["[100, 300]", "[]", "[49000]"], "duration": [30.0, 5.0, 10.0]}
+                 ).to_csv(opt["--output-worker"], index=False)
     """
 )
 
@@ -161,4 +166,11 @@ def test_against_a_stand_in_checkout(tmp_path):
     assert link["bytes_moved"] == pytest.approx(2 * 40 * 5120 * 2 * (50 + 100 + 300))
     k = r["trace"]["kavier"]
     assert k["requests"] == 3 and 0 < k["ttft_s"][0] <= k["ttft_s"][1]
+    # its decode iterations: 2 steps of mean 20 ms, batch (2 x 30 + 1 x 10) / 40 = 1.75, one near the cap
+    assert d["decode_steps"] == 2 and d["decode_step_s_mean"] == pytest.approx(0.02)
+    assert d["decode_batch_mean"] == pytest.approx(1.75) and d["decode_steps_near_cap"] == pytest.approx(0.5)
+    # ours: every output token after the first is one decode step of some batch
+    assert 0 < k["decode_steps"] <= (11 - 1) + (21 - 1) + (5 - 1)
+    assert 1 <= k["decode_batch_mean"] <= 3 and 0 < k["decode_kv_peak"] <= 1 and k["decode_wait_s_mean"] >= 0
     assert "| requests finished | 3 | 3 |" in proc.stdout
+    assert "| decode steps within 2,048 tokens of simdistserve's 50,000-token batch cap | 50 % | - |" in proc.stdout
