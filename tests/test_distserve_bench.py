@@ -174,3 +174,12 @@ def test_against_a_stand_in_checkout(tmp_path):
     assert 1 <= k["decode_batch_mean"] <= 3 and 0 < k["decode_kv_peak"] <= 1 and k["decode_wait_s_mean"] >= 0
     assert "| requests finished | 3 | 3 |" in proc.stdout
     assert "| decode steps within 2,048 tokens of simdistserve's 50,000-token batch cap | 50 % | - |" in proc.stdout
+
+
+def test_failing_simdistserve_is_one_paragraph(tmp_path):
+    ds = _fake_checkout(tmp_path / "ds")
+    (ds / "simdistserve/benchmarks/simulate_dist.py").write_text("import simpy_not_installed_here\n")
+    proc = _run(str(ds), "--lengths", str(_lengths(tmp_path / "l.csv")), "--requests", "2")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "simdistserve failed" in proc.stderr and "No module named 'simpy_not_installed_here'" in proc.stderr
+    assert "pass --distserve-python" in proc.stderr
