@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from peer_bench import BenchError, finish, ms, pcts  # bench/peer_bench.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("KAVIER_SHARED_DATA") or REPO.parent / "shared" / "data")
@@ -54,10 +55,6 @@ DECODE_SLO_MS = 100.0
 PROFILE = "simdistserve/estimators/profile_data/profiler-a100-80g.distserve.json"
 MAX_TOKENS = "simdistserve/estimators/profile_data/max_num_tokens.csv"
 ENTRY = "simdistserve/benchmarks/simulate_dist.py"
-
-
-class BenchError(Exception):
-    """A problem with the inputs of this script; printed as one paragraph."""
 
 
 @dataclass(frozen=True)
@@ -219,13 +216,6 @@ def run_ours(trace_csv: Path, out: Path) -> tuple[pd.DataFrame, dict, float]:
     return pd.read_parquet(out / "requests.parquet"), json.loads((out / "summary.json").read_text()), wall
 
 
-def pcts(values: np.ndarray) -> tuple[float, float]:
-    """p50 and p99, linear interpolation (numpy's default; simdistserve's pandas quantile is the same)."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    return float(np.percentile(v, 50)), float(np.percentile(v, 99))
-
-
 def attainment(ttft_s: np.ndarray, tpot_s: np.ndarray, n: int) -> dict:
     """Percent of all n requests within DistServe's targets: TTFT, TPOT and both (its definition)."""
     ok_p = np.asarray(ttft_s) <= PREFILL_SLO_MS / 1e3
@@ -353,10 +343,6 @@ def side_by_side(args: argparse.Namespace) -> dict:
     return result
 
 
-def ms(pair: tuple[float, float]) -> str:
-    return f"{pair[0] * 1e3:.1f} / {pair[1] * 1e3:.1f}"
-
-
 def table(r: dict) -> str:
     """The README table (markdown): simdistserve beside ours."""
     t, a = r["trace"], r["alone"]
@@ -407,16 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", default=str(DEFAULT_LENGTHS), help="prompt/answer length file (default: ShareGPT)")
     p.add_argument("--work", help="folder for the workloads and both runs' outputs (default: a temp folder)")
     p.add_argument("--json", help="also write the numbers to this JSON file")
-    args = p.parse_args(argv)
-    try:
-        result = side_by_side(args)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    return 0
+    return finish(p.parse_args(argv), side_by_side, table)
 
 
 if __name__ == "__main__":

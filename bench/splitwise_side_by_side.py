@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from peer_bench import BenchError, finish, ms, pcts  # bench/peer_bench.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("KAVIER_SHARED_DATA") or REPO.parent / "shared" / "data")
@@ -82,10 +83,6 @@ hydra:
   job:
     chdir: True
 """
-
-
-class BenchError(Exception):
-    """A problem with the inputs of this script; printed as one paragraph."""
 
 
 @dataclass(frozen=True)
@@ -300,13 +297,6 @@ def splitwise_tpot(rows: pd.DataFrame) -> np.ndarray:
     return ((many["response_times"] - many["ttft_times"]) / (many["token_sizes"] - 1)).to_numpy()
 
 
-def pcts(values: np.ndarray) -> tuple[float, float]:
-    """p50 and p99 with linear interpolation (numpy's default, also Splitwise-sim's)."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    return float(np.percentile(v, 50)), float(np.percentile(v, 99))
-
-
 def spillover(nodes: pd.DataFrame, prefill: int) -> tuple[int, int]:
     """(prompts run on token machines, decodes run on prompt machines) in Splitwise-sim's run.
 
@@ -406,10 +396,6 @@ def side_by_side(args: argparse.Namespace) -> dict:
     return result
 
 
-def ms(pair: tuple[float, float]) -> str:
-    return f"{pair[0] * 1e3:.1f} / {pair[1] * 1e3:.1f}"
-
-
 def table(r: dict) -> str:
     """The README table (markdown): Splitwise-sim, ours, ours with the harness's step overheads."""
     t, a = r["trace"], r["alone"]
@@ -457,16 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace", default=str(DEFAULT_TRACE), help="trace file (default: Azure LLM 2023 conversation)")
     p.add_argument("--work", help="folder for the converted traces and both runs' outputs (default: a temp folder)")
     p.add_argument("--json", help="also write the numbers to this JSON file")
-    args = p.parse_args(argv)
-    try:
-        result = side_by_side(args)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    return 0
+    return finish(p.parse_args(argv), side_by_side, table)
 
 
 if __name__ == "__main__":

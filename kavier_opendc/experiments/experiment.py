@@ -438,6 +438,12 @@ def _catalog(data: dict, base: Path, problems: list[Problem], inputs: list):
     return cat
 
 
+def catalog_of(data: dict, base: Path):
+    """The catalogue an experiment (or plan) document uses: the built-in one extended by its ``catalog`` files,
+    relative to ``base`` (a file that does not load is left out: the document's checks report it)."""
+    return _catalog(data, Path(base), [], [])
+
+
 def _serving(serving: dict, problems: list[Problem], catalog) -> Serving:
     """The serving options with defaults filled in, kv_cache as a bool, prefix_cache as a dict, router normalised."""
     norm = dict(SERVING_DEFAULTS)
@@ -652,16 +658,14 @@ def _groups(data: dict, serving: dict, cat, problems: list[Problem]) -> list[Gro
     m = _lookup(cat, "model", data.get("model"), ("model",), problems)
     gp = _lookup(cat, "gpu", data.get("gpu"), ("gpu",), problems)
     reps, tp = serving.get("replicas", 1), serving.get("tp", 1)
-    if (
-        m is not None
-        and gp is not None
-        and isinstance(reps, int)
-        and isinstance(tp, int)
-        and not isinstance(reps, bool)
-        and not isinstance(tp, bool)
-    ):
+    if m is not None and gp is not None and _counts(reps, tp):
         groups.append(GroupSpec(m, gp, reps, tp, "group0", {}, "serving"))
     return groups
+
+
+def _counts(*values: Any) -> bool:
+    """Whole numbers, not booleans (the schema reports anything else)."""
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
 
 def _pool_groups(data: dict, serving: dict, cat, problems: list[Problem]) -> list[GroupSpec]:
@@ -705,14 +709,7 @@ def _pool_group(data: dict, pool: dict, path: tuple, name: str, m, cat, problems
         problems.append((path + ("gpu",), "required field is missing (no top-level gpu either)"))
     gp = _lookup(cat, "gpu", gname, path + ("gpu",) if "gpu" in pool else ("gpu",), problems)
     reps, tp = pool.get("replicas", 1), pool.get("tp", 1)
-    if (
-        m is not None
-        and gp is not None
-        and isinstance(reps, int)
-        and isinstance(tp, int)
-        and not isinstance(reps, bool)
-        and not isinstance(tp, bool)
-    ):
+    if m is not None and gp is not None and _counts(reps, tp):
         return GroupSpec(m, gp, reps, tp, name, {}, json_path(path))
     return None
 
@@ -1044,6 +1041,7 @@ def to_jsonable(exp: Experiment) -> dict:
 
 __all__ = [
     "CarbonSource",
+    "catalog_of",
     "Experiment",
     "GroupSpec",
     "TraceSource",

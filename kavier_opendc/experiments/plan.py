@@ -66,6 +66,7 @@ from kavier_opendc.experiments.plan_file import (
 from kavier_opendc.experiments.run_folder import absolutized, clear_done, config_hash, mark_done, run_is_done
 from kavier_opendc.experiments.sweep import report_row
 from kavier_opendc.opendc.jvm import check_opendc_available
+from kavier_opendc.reports.efficiency import slo_mask
 from kavier_opendc.reports.html import PLAN_HTML, write_comparison_html
 
 LOG = "plan_log.jsonl"
@@ -148,13 +149,14 @@ def slo_check(run_dir: Path, slo: SLO) -> tuple[bool, str, dict]:
     why = []
     if deadlines:
         vals["deadlines_missed"] = missed
-        if len(done):  # the interactive requests' share within both limits
-            ok = np.ones(len(done), dtype=bool)
-            if slo.ttft_s is not None:
-                ok &= done["ttft_s"].to_numpy(np.float64) <= slo.ttft_s
-            if slo.tpot_s is not None:
-                tp = done["tpot_s"].to_numpy(np.float64)
-                ok &= ~np.isfinite(tp) | (tp <= slo.tpot_s)
+        if len(req):  # the report's attainment, over the interactive requests (rejected ones count as misses)
+            ok = slo_mask(
+                req["ttft_s"].to_numpy(np.float64),
+                req["tpot_s"].to_numpy(np.float64),
+                (req["status"] == "finished").to_numpy(),
+                slo.ttft_s,
+                slo.tpot_s,
+            )
             vals["attainment"] = float(ok.mean())
         if missed:
             why.append(f"{missed} of {n_due} deadlines missed")

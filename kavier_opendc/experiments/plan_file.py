@@ -44,6 +44,7 @@ from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import json_path, schema_validator
 from kavier_opendc.experiments.experiment import (
     SYNTHETIC_SUFFIXES,
+    catalog_of,
     experiment_problems,
     raise_problems,
     read_document,
@@ -544,12 +545,7 @@ def check_embodied_known(plan: Plan, objective: str | dict) -> None:
     without it would count as none, which favours it silently)."""
     if not uses_objective(objective, "total-carbon"):
         return
-    from kavier_opendc.specs.catalog import default_catalog, load_catalog_file
-
-    cat = default_catalog()
-    for f in plan.data.get("catalog") or []:
-        p = Path(f).expanduser()
-        cat = load_catalog_file(p if p.is_absolute() else plan.base_dir / p, base=cat)
+    cat = catalog_of(plan.data, plan.base_dir)
     names = sorted({g for s in plan.shapes for g, _ in s.gpus} | {s.decode_gpu for s in plan.shapes if s.decode_gpu})
     for name in names:
         gpu = cat.gpu(name)
