@@ -236,12 +236,9 @@ class Replica(Scheduler):
                 p = self.pending
                 self.cutoff = p.t0 + p.run.total_time(p.n - 1) if p.is_decode_run else p.t0
             self._apply(t)
-        elif t > self.t:  # waking up from idle (an idle engine schedules an arrival at once)
-            self.cutoff = t
+        elif t > self.t:  # waking up from idle (no cutoff: an idle engine schedules an arrival at once)
             kv = self.kv
             self.timeline.add(self.t, t, 0.0, 0.0, kv.load(), 0, 0, kv.cached_load())
-        else:
-            self.cutoff = t
         self.t = t
 
     def _finish(self, req: Req, t: float) -> None:
