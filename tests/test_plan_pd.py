@@ -288,3 +288,10 @@ def test_bad_pool_gpu_input_is_named_by_its_path(tmp_path):
     assert "candidates.disaggregation.decode_gpu[0]: unknown GPU 'NoGPU'" in text
     with pytest.raises(KavierInputError, match=r"candidates.disaggregation.prefill_gpu"):
         load_plan(pd_plan(tmp_path / "empty", prefill_gpu=[]))
+
+
+def test_the_readme_pool_gpus_example_is_a_valid_plan():
+    plan = load_plan(EXAMPLE_PLAN.parent / "plan_pd_pools.yaml")
+    assert len(plan.shapes) == 14
+    assert sum(s.layout == "colocated" for s in plan.shapes) == 2
+    assert {s.decode_label for s in plan.shapes if s.ratio} == {"A100-80GB", "H100-SXM", "1xA100-80GB+1xH100-SXM"}
