@@ -416,6 +416,24 @@ KNOBS: tuple[Knob, ...] = (
         minimum=1,
         limit=limits.TP,
     ),
+    *(
+        _k(
+            f"{role}_{name}",
+            "int",
+            f"--{role}-{name.replace('_', '-')}",
+            None,
+            f"disaggregated serving: {what} per {role} replica, for every {role} pool (default: "
+            f"--{name.replace('_', '-')}, else the framework's)",
+            minimum=1,
+            limit=limit,
+            metavar="N",
+        )
+        for role in ("prefill", "decode")
+        for name, what, limit in (
+            ("max_num_seqs", "most sequences running at once", limits.NUM_SEQS),
+            ("max_batched_tokens", "token budget per iteration", limits.BATCHED_TOKENS),
+        )
+    ),
     _k(
         "kv_link_gbs",
         "float",

@@ -117,6 +117,11 @@ class SimConfig:
     decode_gpu: GPUSpec | None = _d("decode_gpu")
     prefill_tp: int | None = _d("prefill_tp")  # None: ``tp``
     decode_tp: int | None = _d("decode_tp")
+    # each role's batching limits (every pool of the role; None: max_num_seqs / max_batched_tokens)
+    prefill_max_num_seqs: int | None = _d("prefill_max_num_seqs")
+    decode_max_num_seqs: int | None = _d("decode_max_num_seqs")
+    prefill_max_batched_tokens: int | None = _d("prefill_max_batched_tokens")
+    decode_max_batched_tokens: int | None = _d("decode_max_batched_tokens")
     kv_link_gbs: float = _d("kv_link_gbs")
     kv_link_latency_s: float = _d("kv_link_latency_s")
     kv_link_setup_s: float = _d("kv_link_setup_s")
@@ -179,9 +184,17 @@ class SimConfig:
                 self.prefill_replicas,
                 self.prefill_tp or self.tp,
                 self.num_kv_blocks,
+                max_num_seqs=self.prefill_max_num_seqs,
+                max_batched_tokens=self.prefill_max_batched_tokens,
             ),
             Pool(
-                model, self.decode_gpu or self.gpu, self.decode_replicas, self.decode_tp or self.tp, self.num_kv_blocks
+                model,
+                self.decode_gpu or self.gpu,
+                self.decode_replicas,
+                self.decode_tp or self.tp,
+                self.num_kv_blocks,
+                max_num_seqs=self.decode_max_num_seqs,
+                max_batched_tokens=self.decode_max_batched_tokens,
             ),
             link,
         )
@@ -409,16 +422,26 @@ class SimConfig:
                 location=missing,
                 expected="--prefill-replicas N and --decode-replicas N together",
             )
+        role_limits = [f"{r}_{n}" for r in ("prefill", "decode") for n in ("max_num_seqs", "max_batched_tokens")]
         topo = self.topology()
         if topo is None:
+            for name in role_limits:
+                if getattr(self, name) is not None:
+                    raise KavierInputError(
+                        "a pool's batching limit is set, but serving is co-located (no prefill or decode pool)",
+                        location=name,
+                        expected="--prefill-replicas/--decode-replicas or --prefill-pool/--decode-pool with it, "
+                        "or --max-num-seqs / --max-batched-tokens for co-located replicas",
+                    )
             return
         given = self.disaggregation is not None
-        if given and self.prefill_replicas is not None:
-            raise KavierInputError(
-                "a disaggregated topology is given twice (disaggregation and the knobs)",
-                location="prefill_replicas",
-                expected="one of the two",
-            )
+        for name in ("prefill_replicas", *role_limits):
+            if given and getattr(self, name) is not None:
+                raise KavierInputError(
+                    "a disaggregated topology is given twice (disaggregation and the knobs)",
+                    location=name,
+                    expected="one of the two (a pool's own max_num_seqs / max_batched_tokens in disaggregation)",
+                )
         if self.groups:
             raise KavierInputError(
                 "replica groups and a disaggregated topology cannot be combined yet",
