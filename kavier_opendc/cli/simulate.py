@@ -181,8 +181,17 @@ def _pool_topology(args, cat, model, gpu, values: dict) -> dict:
     pairs = tuple(_pair_spec(t, mode) for t in args.kv_link_pair or [])
     for j, t in enumerate(args.kv_link_pair or []):
         flags[f"disaggregation.pair_links[{j}]"] = f"--kv-link-pair {t}"
+    routing = knobs.BY_FIELD["decode_routing"].normalise(values.get("decode_routing")) or "free-kv"
+    values["decode_routing"] = None  # now in the topology
+    flags["disaggregation.decode_routing"] = "--decode-routing"
     values["disaggregation"] = Disaggregation(
-        pools["prefill"][0], pools["decode"][0], link, tuple(pools["prefill"][1:]), tuple(pools["decode"][1:]), pairs
+        pools["prefill"][0],
+        pools["decode"][0],
+        link,
+        tuple(pools["prefill"][1:]),
+        tuple(pools["decode"][1:]),
+        pairs,
+        routing,
     )
     return flags
 
