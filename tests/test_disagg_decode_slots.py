@@ -201,9 +201,8 @@ def test_no_decode_replica_ever_runs_more_than_its_max_num_seqs(data):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_decode_runs_in_closed_form_give_the_stepped_results_when_slots_bind(data):
-    # one decode replica with room for every KV: placement cannot differ between the modes (with several
-    # replicas or a full one it can: a replica inside a decode run offers only the blocks the run will not
-    # take, one stepping offers all it has free now), so any difference would be the slot limit's
+    # one decode replica with room for every KV: placement cannot differ between the modes, so any difference
+    # would be the slot limit's (several decode replicas: tests/test_decode_routing.py)
     n = data.draw(st.integers(1, 12))
     arrivals = sorted(data.draw(st.lists(st.floats(0, 0.2), min_size=n, max_size=n)))
     prompts = data.draw(st.lists(st.integers(1, 300), min_size=n, max_size=n))

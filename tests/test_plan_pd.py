@@ -192,3 +192,106 @@ def test_the_readme_pd_example_is_a_valid_plan():
     plan = load_plan(EXAMPLE_PLAN.parent / "plan_pd_example.yaml")
     assert [s.layout for s in plan.shapes] == ["colocated", "1:3", "1:1", "3:1"]
     assert plan.pd_link == {"gbs": 25, "mode": "layerwise"}
+
+
+POOLS = {
+    "ratios": ["1:1", "1:2"],
+    "prefill_gpu": ["H100-SXM", "A100-80GB"],
+    "decode_gpu": ["A100-80GB", {"A100-80GB": 1, "H100-SXM": 1}],
+    "link": {"gbs": 25},
+}
+
+
+def test_the_shapes_of_a_plan_over_pool_gpus(tmp_path):
+    plan = load_plan(pd_plan(tmp_path, **POOLS))
+    got = [(s.gpu_label, s.layout, [(n, p, d) for n, p, d in s.splits]) for s in plan.shapes]
+    # A100 prefill is listed in candidates.gpu, so it keeps its place (co-located first); H100 is a prefill type
+    # only (no co-located H100 shape). The mix takes decode replicas in pairs: 1:1 at N = 4 (2P2D: 1 A100 and
+    # 1 H100 decode replica), 1:2 at N = 3 (1P2D); N = 2 (1P1D) and 4 for 1:2 (1P3D) do not split in pairs.
+    mix = "[1xA100-80GB+1xH100-SXM] decode"
+    assert got == [
+        ("A100-80GB", "colocated", []),
+        ("A100-80GB", "1:1", [(2, 1, 1), (3, 2, 1), (4, 2, 2)]),
+        ("A100-80GB", "1:2", [(3, 1, 2), (4, 1, 3)]),
+        (f"A100-80GB+{mix}", "1:1", [(4, 2, 2)]),
+        (f"A100-80GB+{mix}", "1:2", [(3, 1, 2)]),
+        ("H100-SXM+A100-80GB decode", "1:1", [(2, 1, 1), (3, 2, 1), (4, 2, 2)]),
+        ("H100-SXM+A100-80GB decode", "1:2", [(3, 1, 2), (4, 1, 3)]),
+        (f"H100-SXM+{mix}", "1:1", [(4, 2, 2)]),
+        (f"H100-SXM+{mix}", "1:2", [(3, 1, 2)]),
+    ]
+    hah = plan.shapes[-1]  # Splitwise's H-AH: an H100 prefill pool, an A100 and an H100 decode pool
+    assert hah.slug == "H100-SXM-1xA100-80GB-1xH100-SXM_tp1_pc-none_pd1-2_seqs1"
+    assert hah.gpus_of(3) == {"H100-SXM": 2, "A100-80GB": 1}
+    doc = plan.experiment(hah, 3, plan.workload, opendc=False)
+    assert doc["gpu"] == "H100-SXM"
+    assert doc["serving"]["disaggregation"] == {
+        "prefill": {"replicas": 1, "tp": 1},
+        "decode": [{"replicas": 1, "tp": 1, "gpu": "A100-80GB"}, {"replicas": 1, "tp": 1, "gpu": "H100-SXM"}],
+        "link": {"gbs": 25},
+    }
+    assert [(h["name"], h["gpu"], h["count"]) for h in doc["datacenter"]["hosts"]] == [
+        ("node-H100-SXM", "H100-SXM", 1),
+        ("node-A100-80GB", "A100-80GB", 1),
+    ]
+
+
+def test_plan_over_pool_gpus_says_which_layout_wins(tmp_path):
+    out = tmp_path / "out"
+    r = plan_cli(pd_plan(tmp_path, **POOLS), "--out", out, "--no-opendc")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "plan.json").read_text())
+    shapes = {s["shape"]: s for s in summary["shapes"]}
+    hah = shapes["H100-SXM+[1xA100-80GB+1xH100-SXM] decode, TP1, prefix none, P/D 1:2, seqs 1"]
+    assert (hah["status"], hah["replicas"], hah["prefill_replicas"], hah["decode_replicas"], hah["gpus"]) == (
+        "feasible",
+        3,
+        1,
+        2,
+        3,
+    )
+    assert hah["decode_gpu"] == "1xA100-80GB+1xH100-SXM"
+    run = json.loads((out / "runs" / hah["run"] / "experiment.json").read_text())
+    assert [p["gpu"] for p in run["serving"]["disaggregation"]["decode"]] == ["A100-80GB", "H100-SXM"]
+    # the bursts need 3 co-located A100s (module docstring); 1 A100 prefill + 1 A100 decode meet the SLO
+    lay = summary["layouts"]
+    assert lay["winner"] == "disaggregated"
+    assert lay["disaggregated"]["shape"] == "A100-80GB, TP1, prefix none, P/D 1:1, seqs 1"
+    assert lay["colocated"]["shape"] == "A100-80GB, TP1, prefix none, round-robin, seqs 1"
+    assert (lay["disaggregated"]["gpus"], lay["colocated"]["gpus"]) == (2, 3)
+    assert lay["disaggregated"]["value"] < lay["colocated"]["value"]
+    assert "disaggregated wins for cost: A100-80GB, TP1, prefix none, P/D 1:1, seqs 1 (2 GPUs) at " in r.stdout
+    assert ", against the best colocated, A100-80GB, TP1, prefix none, round-robin, seqs 1 (3 GPUs) at " in r.stdout
+    assert "disaggregated wins for cost" in (out / "plan.md").read_text()
+    assert set(pd.read_csv(out / "candidates.csv")["decode_gpu"].dropna()) == {
+        "A100-80GB",
+        "1xA100-80GB+1xH100-SXM",
+    }
+
+
+def test_bad_pool_gpu_input_is_named_by_its_path(tmp_path):
+    with pytest.raises(KavierInputError) as ei:
+        load_plan(pd_plan(tmp_path, ratios=["1:1"], decode_gpu=[{"A100-80GB": 1, "H100-SXM": 2}]))
+    assert (
+        "candidates.disaggregation.decode_gpu[0]: the decode pools {'A100-80GB': 1, 'H100-SXM': 2} take decode "
+        "replicas in multiples of 3, and no ratio gives such a decode pool at 2..4 replicas"
+    ) in str(ei.value)
+    with pytest.raises(KavierInputError, match=r"candidates.disaggregation.decode_gpu\[1\]"):
+        load_plan(pd_plan(tmp_path / "one", decode_gpu=["H100-SXM", {"A100-80GB": 2}]))  # a mix of one type
+    with pytest.raises(KavierInputError, match=r"candidates.disaggregation.decode_gpu\[0\]"):
+        load_plan(pd_plan(tmp_path / "zero", decode_gpu=[{"A100-80GB": 0, "H100-SXM": 1}]))
+    with pytest.raises(KavierInputError) as ei:
+        load_plan(pd_plan(tmp_path / "gpu", prefill_gpu=["NoSuchGPU"], decode_gpu=[{"A100-80GB": 1, "NoGPU": 1}]))
+    text = str(ei.value)
+    assert "invalid plan, 2 problems" in text  # once each, at the pool lists, not again per P/D shape
+    assert "candidates.disaggregation.prefill_gpu[0]: unknown GPU 'NoSuchGPU'" in text
+    assert "candidates.disaggregation.decode_gpu[0]: unknown GPU 'NoGPU'" in text
+    with pytest.raises(KavierInputError, match=r"candidates.disaggregation.prefill_gpu"):
+        load_plan(pd_plan(tmp_path / "empty", prefill_gpu=[]))
+
+
+def test_the_readme_pool_gpus_example_is_a_valid_plan():
+    plan = load_plan(EXAMPLE_PLAN.parent / "plan_pd_pools.yaml")
+    assert len(plan.shapes) == 14
+    assert sum(s.layout == "colocated" for s in plan.shapes) == 2
+    assert {s.decode_label for s in plan.shapes if s.ratio} == {"A100-80GB", "H100-SXM", "1xA100-80GB+1xH100-SXM"}

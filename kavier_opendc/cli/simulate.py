@@ -130,7 +130,17 @@ def _pool_topology(args, cat, model, gpu, values: dict) -> dict:
             pools[role] = []
             for k, text in enumerate(given[role]):
                 g, tp, n = _pool_spec(text, f"--{role}-pool", cat)
-                pools[role].append(Pool(model, g, n, tp, values.get("num_kv_blocks")))
+                pools[role].append(
+                    Pool(
+                        model,
+                        g,
+                        n,
+                        tp,
+                        values.get("num_kv_blocks"),
+                        max_num_seqs=values.get(f"{role}_max_num_seqs"),
+                        max_batched_tokens=values.get(f"{role}_max_batched_tokens"),
+                    )
+                )
                 where = f"--{role}-pool {text}"
                 key = f"disaggregation.{role}_pools[{k}]" if len(given[role]) > 1 else f"disaggregation.{role}"
                 flags[key] = where
@@ -143,10 +153,20 @@ def _pool_topology(args, cat, model, gpu, values: dict) -> dict:
                     expected=f"--{role}-pool GPU:TP:REPLICAS (or --{role}-replicas N)",
                 )
             g = values.get(f"{role}_gpu") or gpu
-            pools[role] = [Pool(model, g, n, values.get(f"{role}_tp") or values["tp"], values.get("num_kv_blocks"))]
+            pools[role] = [
+                Pool(
+                    model,
+                    g,
+                    n,
+                    values.get(f"{role}_tp") or values["tp"],
+                    values.get("num_kv_blocks"),
+                    max_num_seqs=values.get(f"{role}_max_num_seqs"),
+                    max_batched_tokens=values.get(f"{role}_max_batched_tokens"),
+                )
+            ]
             flags[f"disaggregation.{role}"] = lambda field, role=role: f"--{role}-{field.replace('_', '-')}"
-        for name in ("replicas", "gpu", "tp"):
-            values[f"{role}_{name}"] = None
+        for name in ("replicas", "gpu", "tp", "max_num_seqs", "max_batched_tokens"):
+            values[f"{role}_{name}"] = None  # now in the pools
     mode = values["kv_transfer_mode"]
     link = LinkSpec(
         values["kv_link_gbs"],
@@ -161,8 +181,17 @@ def _pool_topology(args, cat, model, gpu, values: dict) -> dict:
     pairs = tuple(_pair_spec(t, mode) for t in args.kv_link_pair or [])
     for j, t in enumerate(args.kv_link_pair or []):
         flags[f"disaggregation.pair_links[{j}]"] = f"--kv-link-pair {t}"
+    routing = knobs.BY_FIELD["decode_routing"].normalise(values.get("decode_routing")) or "free-kv"
+    values["decode_routing"] = None  # now in the topology
+    flags["disaggregation.decode_routing"] = "--decode-routing"
     values["disaggregation"] = Disaggregation(
-        pools["prefill"][0], pools["decode"][0], link, tuple(pools["prefill"][1:]), tuple(pools["decode"][1:]), pairs
+        pools["prefill"][0],
+        pools["decode"][0],
+        link,
+        tuple(pools["prefill"][1:]),
+        tuple(pools["decode"][1:]),
+        pairs,
+        routing,
     )
     return flags
 

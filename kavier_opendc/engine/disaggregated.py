@@ -9,14 +9,20 @@ Flow of a request (the topology and the link model are in kv_link.py):
    TTFT ends with the prefill. It keeps the request's KV blocks.
 3. Its KV moves to the decode replica with the most free blocks (then the
    fewest outstanding requests) among those that could ever hold the whole
-   request, across all decode pools (ties: lowest index, i.e. earlier pool).
+   request, across all decode pools (ties: lowest index, i.e. earlier pool);
+   with ``decode_routing`` free-slots, to the one with the most free slots
+   (``max_num_seqs`` less the requests it holds: running, landed and in
+   flight), then the most free blocks, among those with room for its KV now.
    It uses the link of the (prefill pool, decode pool) pair: its own when
    declared, else the one shared link. The decode replica takes the blocks
    of the prompt's KV when the
    transfer starts; when no candidate has them free, the request waits, in
    FIFO order, until one has (``decode_wait_s``): a receiver never
-   over-commits. A decode replica inside a decode run offers only the blocks
-   the run will not take before it ends.
+   over-commits. A decode replica inside a fast-forwarded decode run offers
+   what a stepping replica has free at that instant (the blocks of the
+   iteration running then are taken); when the run would take some of the
+   blocks received before it ends, it is cut to end with that iteration. So
+   fast runs place requests exactly as ``--exact`` does.
 4. When the last byte lands, the prefill replica frees the blocks and the
    request joins the decode replica's next iteration as a decoder, its
    prompt's KV computed and its first token generated, if fewer than the
@@ -91,13 +97,18 @@ class DecodeReplica(Replica):
         self.held_since: dict[int, float] = {}  # request -> the first boundary that had no slot for it
         self.slot_wait: np.ndarray | None = None  # per request, seconds held back for a slot (the event loop's)
 
-    def receivable_blocks(self) -> int:
-        """Blocks free for a new request's KV now, less those a decode run in flight will still take."""
-        free = self.kv.capacity - self.kv.used
+    def receivable_blocks(self, now: float) -> int:
+        """Blocks free at ``now`` for a new request's KV: those a stepping replica has free then (inside a
+        decode run, the blocks allocated by the iteration running at ``now`` are taken)."""
+        return self.kv.capacity - self._blocks_allocated_at(now)
+
+    def make_room(self, blocks: int, now: float) -> None:
+        """Before receiving ``blocks`` at ``now``: a decode run in flight that would take some of them before it
+        ends is cut to end with the iteration running now (a stepping replica would have them taken then)."""
         p = self.pending
         if p is not None and p.is_decode_run:
-            free -= self.dec.blocks_needed(p.n) - p.allocated
-        return free
+            if self.kv.capacity - self.kv.used - (self.dec.blocks_needed(p.n) - p.allocated) < blocks:
+                self.cut(now)
 
     def boundary(self, t: float) -> float | None:
         self._advance(t)
@@ -198,6 +209,7 @@ def run_disaggregated(
         pair_link[(pl.prefill, pl.decode)] = own = KVLink(pl.spec)
         rec.links.append(own)
     pool_of = rec.pool_of
+    by_slots = topology.decode_routing == "free-slots"
     for d in decode:
         d.slot_wait = rec.slot_wait
     kv_bytes = topology.prefill.model.kv_bytes_per_token
@@ -230,14 +242,31 @@ def run_disaggregated(
         need_total = blocks_for(req.prompt + t_out[req.idx] - 1)
         blocks = blocks_for(req.computed)
         best, best_key = None, None
-        for d in decode:
-            if d.kv.capacity < need_total:
-                continue
-            key = (-d.receivable_blocks(), d.outstanding)
-            if best_key is None or key < best_key:
-                best, best_key = d, key
-        if best is None or -best_key[0] < blocks:  # type: ignore[index]
-            return False
+        if by_slots:  # the most free slots among those with room for the KV now, then the most free blocks
+            for d in decode:
+                if d.kv.capacity < need_total:
+                    continue
+                free = d.receivable_blocks(now)
+                if free < blocks:
+                    continue
+                key = (d.outstanding - d.max_num_seqs, -free)
+                if best_key is None or key < best_key:
+                    best, best_key = d, key
+            if best is None:
+                return False
+        else:  # the most free blocks, then the fewest requests: when it has no room, none has
+            for d in decode:
+                if d.kv.capacity < need_total:
+                    continue
+                key = (-d.receivable_blocks(now), d.outstanding)
+                if best_key is None or key < best_key:
+                    best, best_key = d, key
+            if best is None or -best_key[0] < blocks:  # type: ignore[index]
+                return False
+        old = best.version
+        best.make_room(blocks, now)
+        if best.version != old:  # its run was cut: its next boundary is earlier
+            push(heap, (best.next_time, best.version, best.idx))
         assert best.kv.receive(blocks)
         best.outstanding += 1
         waited = now > t_ready

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from kavier_opendc.base import limits
 from kavier_opendc.base.limits import Limit
-from kavier_opendc.engine.kv_link import TRANSFER_MODES
+from kavier_opendc.engine.kv_link import DECODE_ROUTINGS, TRANSFER_MODES
 from kavier_opendc.engine.router import ROUTERS
 from kavier_opendc.engine.speculative import METHODS as SPEC_METHODS
 from kavier_opendc.specs.frameworks import DEFAULT_FRAMEWORK
@@ -416,6 +416,24 @@ KNOBS: tuple[Knob, ...] = (
         minimum=1,
         limit=limits.TP,
     ),
+    *(
+        _k(
+            f"{role}_{name}",
+            "int",
+            f"--{role}-{name.replace('_', '-')}",
+            None,
+            f"disaggregated serving: {what} per {role} replica, for every {role} pool (default: "
+            f"--{name.replace('_', '-')}, else the framework's)",
+            minimum=1,
+            limit=limit,
+            metavar="N",
+        )
+        for role in ("prefill", "decode")
+        for name, what, limit in (
+            ("max_num_seqs", "most sequences running at once", limits.NUM_SEQS),
+            ("max_batched_tokens", "token budget per iteration", limits.BATCHED_TOKENS),
+        )
+    ),
     _k(
         "kv_link_gbs",
         "float",
@@ -458,6 +476,17 @@ KNOBS: tuple[Knob, ...] = (
         "prefill runs, only the last layer's share left after it (Splitwise) (default whole)",
         choices=TRANSFER_MODES,
         default="whole",
+    ),
+    _k(
+        "decode_routing",
+        "choice",
+        "--decode-routing",
+        None,
+        "disaggregated serving: the decode replica a prefilled request's KV goes to: free-kv, the most free KV "
+        "blocks, then the fewest requests (Splitwise-sim, Dynamo); free-slots, the most free sequence slots "
+        "(max_num_seqs less its requests), then the most free blocks (DistServe, llm-d's queue scorer) "
+        "(default free-kv)",
+        choices=DECODE_ROUTINGS,
     ),
     # closed-loop clients (engine/closed_loop.py); a synthetic workload can declare them too (arrival closed-loop)
     _k(

@@ -41,6 +41,12 @@ from dataclasses import dataclass
 from kavier_opendc.specs.catalog import GPUSpec, ModelSpec
 
 TRANSFER_MODES = ("whole", "layerwise")
+# how a prefilled request's decode replica is chosen (engine/disaggregated.py): free-kv, the most free KV
+# blocks then the fewest requests (Splitwise-sim's token-instance choice, least memory in use; Dynamo's KV
+# router's decode cost, active blocks); free-slots, the most free sequence slots (max_num_seqs less the requests
+# it holds) then the most free blocks (DistServe's simdistserve and Splitwise-sim's JSQ: fewest requests in
+# flight; llm-d's queue scorer)
+DECODE_ROUTINGS = ("free-kv", "free-slots")
 
 # Energy per byte of KV moved over an RDMA link when none is declared. Derived, and a lower bound: the only
 # figure found in the vendor's pages is the optics, 17 W for a twin-port 2 x 400 Gb/s OSFP transceiver
@@ -106,6 +112,7 @@ class Disaggregation:
     more_prefill: tuple[Pool, ...] = ()
     more_decode: tuple[Pool, ...] = ()
     pair_links: tuple[PairLink, ...] = ()
+    decode_routing: str = "free-kv"  # one of DECODE_ROUTINGS
 
     @property
     def prefill_pools(self) -> tuple[Pool, ...]:

@@ -32,7 +32,7 @@ from kavier_opendc.engine.clock import ClockKnob, check_knob
 from kavier_opendc.engine.closed_loop import ClientPool, ClosedLoopResults
 from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, Efficiency, make_cost_model
 from kavier_opendc.engine.disaggregated import DecodeReplica, PrefillReplica, run_disaggregated
-from kavier_opendc.engine.kv_link import TRANSFER_MODES, Disaggregation, LinkSpec, Pool
+from kavier_opendc.engine.kv_link import DECODE_ROUTINGS, TRANSFER_MODES, Disaggregation, LinkSpec, Pool
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
 from kavier_opendc.engine.replica import Replica, ReplicaTRTLLM, replica_class
 from kavier_opendc.engine.request import Req
@@ -117,10 +117,16 @@ class SimConfig:
     decode_gpu: GPUSpec | None = _d("decode_gpu")
     prefill_tp: int | None = _d("prefill_tp")  # None: ``tp``
     decode_tp: int | None = _d("decode_tp")
+    # each role's batching limits (every pool of the role; None: max_num_seqs / max_batched_tokens)
+    prefill_max_num_seqs: int | None = _d("prefill_max_num_seqs")
+    decode_max_num_seqs: int | None = _d("decode_max_num_seqs")
+    prefill_max_batched_tokens: int | None = _d("prefill_max_batched_tokens")
+    decode_max_batched_tokens: int | None = _d("decode_max_batched_tokens")
     kv_link_gbs: float = _d("kv_link_gbs")
     kv_link_latency_s: float = _d("kv_link_latency_s")
     kv_link_setup_s: float = _d("kv_link_setup_s")
     kv_transfer_mode: str = _d("kv_transfer_mode")
+    decode_routing: str | None = _d("decode_routing")  # None: free-kv (kv_link.DECODE_ROUTINGS)
     disaggregation: Disaggregation | None = None
     # GPU power cap / SM clock (engine/clock.py); the pools' caps default to power_cap_w
     power_cap_w: float | None = _d("power_cap_w")
@@ -179,11 +185,20 @@ class SimConfig:
                 self.prefill_replicas,
                 self.prefill_tp or self.tp,
                 self.num_kv_blocks,
+                max_num_seqs=self.prefill_max_num_seqs,
+                max_batched_tokens=self.prefill_max_batched_tokens,
             ),
             Pool(
-                model, self.decode_gpu or self.gpu, self.decode_replicas, self.decode_tp or self.tp, self.num_kv_blocks
+                model,
+                self.decode_gpu or self.gpu,
+                self.decode_replicas,
+                self.decode_tp or self.tp,
+                self.num_kv_blocks,
+                max_num_seqs=self.decode_max_num_seqs,
+                max_batched_tokens=self.decode_max_batched_tokens,
             ),
             link,
+            decode_routing=knobs.BY_FIELD["decode_routing"].normalise(self.decode_routing) or "free-kv",
         )
 
     def replica_groups(self) -> list[ReplicaGroup]:
@@ -409,16 +424,29 @@ class SimConfig:
                 location=missing,
                 expected="--prefill-replicas N and --decode-replicas N together",
             )
+        role_limits = [f"{r}_{n}" for r in ("prefill", "decode") for n in ("max_num_seqs", "max_batched_tokens")]
+        role_limits.append("decode_routing")
         topo = self.topology()
         if topo is None:
+            for name in role_limits:
+                if getattr(self, name) is not None:
+                    what = "a decode routing" if name == "decode_routing" else "a pool's batching limit"
+                    raise KavierInputError(
+                        f"{what} is set, but serving is co-located (no prefill or decode pool)",
+                        location=name,
+                        expected="--prefill-replicas/--decode-replicas or --prefill-pool/--decode-pool with it"
+                        + ("" if name == "decode_routing" else ", or --max-num-seqs / --max-batched-tokens"),
+                    )
             return
         given = self.disaggregation is not None
-        if given and self.prefill_replicas is not None:
-            raise KavierInputError(
-                "a disaggregated topology is given twice (disaggregation and the knobs)",
-                location="prefill_replicas",
-                expected="one of the two",
-            )
+        for name in ("prefill_replicas", *role_limits):
+            if given and getattr(self, name) is not None:
+                raise KavierInputError(
+                    "a disaggregated topology is given twice (disaggregation and the knobs)",
+                    location=name,
+                    expected="one of the two (a pool's own max_num_seqs / max_batched_tokens, and decode_routing, "
+                    "in disaggregation)",
+                )
         if self.groups:
             raise KavierInputError(
                 "replica groups and a disaggregated topology cannot be combined yet",
@@ -464,6 +492,12 @@ class SimConfig:
                     location=where("tp"),
                     expected="a TP degree that divides the number of attention heads",
                 )
+        if topo.decode_routing not in DECODE_ROUTINGS:
+            raise KavierInputError(
+                f"unknown decode routing {topo.decode_routing!r}",
+                location="disaggregation.decode_routing" if given else "decode_routing",
+                expected="one of " + ", ".join(DECODE_ROUTINGS),
+            )
         self._check_links(topo, given)
         if self.framework_profile().policy != "vllm-v1":
             raise KavierInputError(

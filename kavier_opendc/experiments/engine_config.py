@@ -159,4 +159,5 @@ def _topology(spec: dict, groups: list):
         tuple(built["prefill"][1:]),
         tuple(built["decode"][1:]),
         pairs,
+        spec.get("decode_routing", "free-kv"),
     )

@@ -93,6 +93,7 @@ METRICS = {
     "carbon": "gco2_per_mtoken",
     "total-carbon": "total_gco2_per_mtoken",
 }
+UNITS = {"cost": "cost/Mtoken", "energy": "Wh/Mtoken", "carbon": "gCO2/Mtoken", "total-carbon": "total gCO2/Mtoken"}
 FRONT_AXES = ("cost_per_mtoken", "wh_per_mtoken", "gco2_per_mtoken", "ttft_p99_s")
 
 
@@ -557,7 +558,7 @@ def _shape_record(s: ShapeSearch, ev: Evaluation | None, screened: Evaluation | 
         "shape": s.shape.label,
         "layout": s.shape.layout,
         "gpu": s.shape.gpu_label,
-        "decode_gpu": (s.shape.decode_gpu or s.shape.gpus[0][0]) if s.shape.ratio else None,
+        "decode_gpu": s.shape.decode_label,
         "tp": s.shape.tp,
         "prefix_cache": s.shape.prefix_cache,
         "router": s.shape.router,
@@ -627,7 +628,7 @@ def _summarise(
     scores = objective_scores(evaluated, objective) if evaluated else []
     if scores and min(scores) < math.inf:
         chosen = evaluated[scores.index(min(scores))]
-    return {
+    out = {
         "plan": plan.name,
         "source": plan.source,
         "slo": plan.slo.describe(),
@@ -648,6 +649,26 @@ def _summarise(
         },
         "wall_s": wall_s,
     }
+    if any(s.ratio for s in plan.shapes):
+        out["layouts"] = layout_contest(evaluated, objective, chosen)
+    return out
+
+
+def layout_contest(evaluated: list[dict], objective: str | dict, chosen: dict | None) -> dict:
+    """Co-located against disaggregated for the objective: the best shape of each side (None: none feasible
+    or scored) and which side the chosen configuration is on."""
+    sides: dict[str, Any] = {}
+    for side, rows in (
+        ("colocated", [r for r in evaluated if r["layout"] == "colocated"]),
+        ("disaggregated", [r for r in evaluated if r["layout"] != "colocated"]),
+    ):
+        scores = objective_scores(rows, objective) if rows else []
+        ok = [(sc, r) for sc, r in zip(scores, rows, strict=True) if sc < math.inf]
+        best = min(ok, key=lambda x: x[0])[1] if ok else None
+        value = best.get(METRICS[objective]) if best is not None and isinstance(objective, str) else None
+        sides[side] = None if best is None else {"shape": best["shape"], "gpus": best["gpus"], "value": value}
+    sides["winner"] = None if chosen is None else ("colocated" if chosen["layout"] == "colocated" else "disaggregated")
+    return sides
 
 
 # --------------------------------------------------------------------------
@@ -688,6 +709,18 @@ def summary_text(summary: dict) -> str:
         )
     for k, v in summary["best"].items():
         lines.append(f"best {k:<7} {v}")
+    lay = summary.get("layouts")
+    if lay and lay.get("winner"):
+        other = "colocated" if lay["winner"] == "disaggregated" else "disaggregated"
+
+        def side(r: dict) -> str:
+            value = f" at {_f(r['value'])} {UNITS[summary['objective']]}" if r.get("value") is not None else ""
+            return f"{r['shape']} ({r['gpus']} GPUs){value}"
+
+        lines.append(
+            f"{lay['winner']} wins for {summary['objective']}: {side(lay[lay['winner']])}, against "
+            + (f"the best {other}, {side(lay[other])}" if lay[other] else f"no {other} shape meeting the SLOs")
+        )
     lines.append("Pareto front (cost, energy, carbon, p99 TTFT):")
     w = max([44] + [len(r["shape"]) for r in summary["shapes"] if r.get("on_front")])
     lines.append(

@@ -78,6 +78,8 @@ class Shape:
     deferral: str | None = None  # carbon-aware deferral of requests with deadlines (engine/deferral.py)
     ratio: str | None = None  # P/D "p:d" (prefill:decode); None: co-located
     decode_gpu: str | None = None  # the decode pool's GPU type when it differs from the prefill pool's
+    # several decode pools, (GPU type, share of the decode replicas): candidates.disaggregation.decode_gpu's mixes
+    decode_mix: tuple[tuple[str, int], ...] = ()
     # (N, prefill replicas, decode replicas) for each searched replica count N this P/D shape exists at
     splits: tuple[tuple[int, int, int], ...] = field(default=(), repr=False)
 
@@ -87,7 +89,18 @@ class Shape:
         return self.ratio or "colocated"
 
     @property
+    def decode_label(self) -> str | None:
+        """The decode side of a P/D shape: its GPU type, or its pools' mix (``1xA100-80GB+1xH100-SXM``)."""
+        if self.ratio is None:
+            return None
+        if self.decode_mix:
+            return "+".join(f"{k}x{g}" for g, k in self.decode_mix)
+        return self.decode_gpu or self.gpus[0][0]
+
+    @property
     def gpu_label(self) -> str:
+        if self.ratio is not None and self.decode_mix:
+            return f"{self.gpus[0][0]}+[{self.decode_label}] decode"
         if self.ratio is not None and self.decode_gpu:
             return f"{self.gpus[0][0]}+{self.decode_gpu} decode"
         if len(self.gpus) == 1:
@@ -118,7 +131,11 @@ class Shape:
     @property
     def slug(self) -> str:
         text = "_".join(
-            [self.gpu_label.replace(" decode", ""), f"tp{self.tp}", f"pc-{self.prefix_cache}"]
+            [
+                self.gpu_label.replace(" decode", "").replace("[", "").replace("]", ""),
+                f"tp{self.tp}",
+                f"pc-{self.prefix_cache}",
+            ]
             + ([f"pd{self.ratio.replace(':', '-')}"] if self.ratio else [])
             + ([self.router] if self.router else [])
             + ([f"seqs{self.max_num_seqs}"] if self.max_num_seqs else [])
@@ -158,9 +175,17 @@ class Shape:
             return {g: units * k for g, k in self.gpus}
         p, d = self.split(units)
         out = {self.gpus[0][0]: p}
-        dg = self.decode_gpu or self.gpus[0][0]
-        out[dg] = out.get(dg, 0) + d
+        for dg, n in self.decode_pools(d):
+            out[dg] = out.get(dg, 0) + n
         return out
+
+    def decode_pools(self, decode: int) -> list[tuple[str, int]]:
+        """(GPU type, replicas) of each decode pool of a P/D shape with ``decode`` decode replicas (a mix:
+        in its proportions; its splits are those where they come out whole)."""
+        if not self.decode_mix:
+            return [(self.decode_gpu or self.gpus[0][0], decode)]
+        per = decode // sum(k for _, k in self.decode_mix)
+        return [(g, per * k) for g, k in self.decode_mix]
 
     def gpus_of(self, units: int) -> dict[str, int]:
         return {g: r * self.tp for g, r in self.replicas_per_gpu(units).items()}
@@ -237,7 +262,9 @@ class Plan:
                 "prefill": {"replicas": p, "tp": shape.tp},
                 "decode": {"replicas": dd, "tp": shape.tp},
             }
-            if shape.decode_gpu:
+            if shape.decode_mix:  # several decode pools, one per GPU type of the mix
+                dis["decode"] = [{"replicas": n, "tp": shape.tp, "gpu": g} for g, n in shape.decode_pools(dd)]
+            elif shape.decode_gpu:
                 dis["decode"]["gpu"] = shape.decode_gpu
             if self.pd_link:
                 dis["link"] = copy.deepcopy(self.pd_link)
@@ -308,18 +335,37 @@ def sized_datacenter(dc: dict, shape: Shape, units: int) -> dict:
 # --------------------------------------------------------------------------
 
 
+def decode_options(dis: dict | None) -> list[str | tuple[tuple[str, int], ...] | None]:
+    """candidates.disaggregation.decode_gpu as decode options: a GPU type (one decode pool), a mix
+    ((GPU type, share), ...) (one decode pool per type), or None (the prefill pool's type)."""
+    out: list[str | tuple[tuple[str, int], ...] | None] = []
+    for item in (dis or {}).get("decode_gpu") or [None]:
+        if isinstance(item, dict):
+            out.append(tuple(sorted((str(g), int(k)) for g, k in item.items())))
+        else:
+            out.append(item)
+    return out
+
+
 def _shapes(
     cand: dict, units: tuple[int, int] = DEFAULT_REPLICAS, ratios: list[tuple[str, int, int]] | None = None
 ) -> list[Shape]:
     """The candidate shapes: the product of the candidate lists; with ``ratios`` (label, p, d), every
-    single-GPU-type shape also as a P/D shape per ratio and decode GPU (no router: the P/D engine routes by
-    itself), kept only when it has a split at some searched replica count (see :func:`pd_splits`)."""
+    single-GPU-type shape (or, with candidates.disaggregation.prefill_gpu, every prefill GPU type listed there)
+    also as a P/D shape per ratio and decode option (no router: the P/D engine routes by itself), kept only
+    when it has a split at some searched replica count (see :func:`pd_splits`; a decode mix: a split whose
+    decode replicas divide into the mix's proportions)."""
     gpus: list[tuple[tuple[str, int], ...]] = [((g, 1),) for g in cand.get("gpu") or []]
     gpus += [
         tuple(sorted((str(g), int(k)) for g, k in mix.items()))
         for mix in cand.get("mixes") or []
         if isinstance(mix, dict)
     ]
+    dis = cand.get("disaggregation") if isinstance(cand.get("disaggregation"), dict) else None
+    colocated_gpus = set(gpus)
+    prefill_gpus = None if dis is None or not dis.get("prefill_gpu") else {((g, 1),) for g in dis["prefill_gpu"]}
+    if prefill_gpus:  # prefill-only GPU types: after the co-located ones, in the order listed
+        gpus += [((g, 1),) for g in dict.fromkeys(dis["prefill_gpu"]) if ((g, 1),) not in colocated_gpus]
     axes = [
         gpus,
         cand.get("tp") or [1],
@@ -332,7 +378,6 @@ def _shapes(
         cand.get("data_parallel_size") or [None],
         cand.get("deferral") or [None],
     ]
-    dis = cand.get("disaggregation") if isinstance(cand.get("disaggregation"), dict) else None
     colocated = dis is None or dis.get("colocated", True) is not False
     splits = pd_splits([(p, d) for _, p, d in ratios], *units) if dis is not None and ratios else []
     seen, out = set(), []
@@ -344,15 +389,27 @@ def _shapes(
 
     for combo in itertools.product(*axes):
         s = Shape(*combo)
-        if colocated or len(s.gpus) != 1:
+        if (colocated and s.gpus in colocated_gpus) or len(s.gpus) != 1:
             add(s)
-        if not splits or len(s.gpus) != 1:
+        if not splits or len(s.gpus) != 1 or (prefill_gpus is not None and s.gpus not in prefill_gpus):
             continue  # mixes are replica groups, which the P/D engine does not take
-        for decode_gpu in (dis or {}).get("decode_gpu") or [None]:
-            dg = None if decode_gpu == s.gpus[0][0] else decode_gpu
+        for option in decode_options(dis):
+            mix = option if isinstance(option, tuple) else ()
+            dg = None if mix or option == s.gpus[0][0] else option
+            share = sum(k for _, k in mix) or 1
             for (label, _, _), sp in zip(ratios or [], splits, strict=True):
+                sp = tuple(x for x in sp if x[2] % share == 0)
                 if sp:
-                    add(dataclasses.replace(s, router=None, ratio=label, decode_gpu=dg, splits=sp))
+                    add(
+                        dataclasses.replace(
+                            s,
+                            router=None,
+                            ratio=label,
+                            decode_gpu=dg,
+                            decode_mix=mix,
+                            splits=sp,  # type: ignore[arg-type]
+                        )
+                    )
     return out
 
 
@@ -462,8 +519,10 @@ def load_plan(path: str | Path, *, opendc: bool | None = None) -> Plan:
     fw_problem = _pd_framework_problem(doc) if isinstance(dis, dict) else None
     if fw_problem:
         problems.append((("candidates", "disaggregation"), fw_problem))
+    pool_gpu_problems = _pool_gpu_problems(doc, base) if isinstance(dis, dict) else []
+    problems += pool_gpu_problems
     shapes = _shapes(cand, units, ratios)
-    if isinstance(dis, dict) and ratios and not any(s.ratio for s in shapes):
+    if isinstance(dis, dict) and ratios and not any(pd_splits([(a, b) for _, a, b in ratios], *units)):
         problems.append(
             (
                 ("candidates", "disaggregation", "ratios"),
@@ -471,6 +530,18 @@ def load_plan(path: str | Path, *, opendc: bool | None = None) -> Plan:
                 "(raise candidates.replicas.max)",
             )
         )
+    elif isinstance(dis, dict) and ratios:
+        for i, option in enumerate(decode_options(dis)):
+            if isinstance(option, tuple) and not any(s.decode_mix == option for s in shapes):
+                share = sum(k for _, k in option)
+                problems.append(
+                    (
+                        ("candidates", "disaggregation", "decode_gpu", i),
+                        f"the decode pools {dis['decode_gpu'][i]} take decode replicas in multiples of {share}, "
+                        f"and no ratio gives such a decode pool at {units[0]}..{units[1]} replicas "
+                        "(raise candidates.replicas.max, or add a ratio with more decode replicas)",
+                    )
+                )
     plan = Plan(
         data=doc,
         source=src,
@@ -502,10 +573,27 @@ def load_plan(path: str | Path, *, opendc: bool | None = None) -> Plan:
         for pth, msg in probs:
             if _depends_on_size(pth, msg) or (fw_problem and shape.ratio and pth == ("serving", "framework")):
                 continue
+            if pool_gpu_problems and shape.ratio and "unknown GPU" in msg:
+                continue  # said once, at the pool's GPU list
             problems.append(((f"candidate {shape.label}: {json_path(pth)}",), msg))
     if problems:
         raise_problems(problems, src, "plan")
     return plan
+
+
+def _pool_gpu_problems(doc: dict, base: Path) -> list:
+    """candidates.disaggregation's prefill_gpu and decode_gpu names the catalogue does not know, at their paths."""
+    cat = catalog_of(doc, base)
+    dis = doc["candidates"]["disaggregation"]
+    out = []
+    for key in ("prefill_gpu", "decode_gpu"):
+        for i, item in enumerate(dis.get(key) or []):
+            for name in item if isinstance(item, dict) else [item]:
+                try:
+                    cat.gpu(name)
+                except KavierInputError as e:
+                    out.append((("candidates", "disaggregation", key, i), e.message))
+    return out
 
 
 def _pd_framework_problem(doc: dict) -> str | None:
@@ -546,7 +634,11 @@ def check_embodied_known(plan: Plan, objective: str | dict) -> None:
     if not uses_objective(objective, "total-carbon"):
         return
     cat = catalog_of(plan.data, plan.base_dir)
-    names = sorted({g for s in plan.shapes for g, _ in s.gpus} | {s.decode_gpu for s in plan.shapes if s.decode_gpu})
+    names = sorted(
+        {g for s in plan.shapes for g, _ in s.gpus}
+        | {s.decode_gpu for s in plan.shapes if s.decode_gpu}
+        | {g for s in plan.shapes for g, _ in s.decode_mix}
+    )
     for name in names:
         gpu = cat.gpu(name)
         for attr in ("embodied_kgco2e", "lifetime_years"):
@@ -639,6 +731,7 @@ def _absolute_files(x: Any, base: Path) -> Any:
 
 __all__ = [
     "EXAMPLE_PLAN",
+    "decode_options",
     "OBJECTIVES",
     "check_embodied_known",
     "uses_objective",
