@@ -326,6 +326,14 @@ class SimConfig:
                     location="expert_imbalance",
                     expected="--enable-expert-parallel with --expert-imbalance, or no --expert-imbalance",
                 )
+            if self.expert_parallel and self.expert_imbalance > g.tp:
+                # the busiest of EP GPUs takes at most all the tokens: EP x its mean share
+                raise KavierInputError(
+                    f"an expert imbalance of {self.expert_imbalance:g} would give the busiest GPU more than all "
+                    f"the tokens of an EP group of {g.tp} GPUs{where}",
+                    location="expert_imbalance",
+                    expected=f"an imbalance from 1 (uniform routing) to the EP size {g.tp} (all tokens on one GPU)",
+                )
 
     def _check_closed_loop(self) -> None:
         """A client count is a whole number >= 1, a think time a finite number of seconds >= 0."""

@@ -155,9 +155,10 @@ class IterationTimer:
         return 1.0 - (1.0 - k / e) ** n_tokens
 
     def touched_experts_per_gpu(self, n_tokens: float) -> float:
-        """Under EP, experts per layer the busiest GPU reads: E/EP x touched fraction x imbalance, at most E/EP."""
-        per_gpu = self.model.num_experts / self.ep
-        return min(per_gpu, per_gpu * self.touched_fraction(n_tokens) * self.imbalance)
+        """Under EP, experts per layer the busiest GPU reads: its E/EP experts receive imbalance x the mean
+        share of the tokens, so each is hit as by imbalance x T tokens: E/EP x (1 - (1 - k/E)^(imbalance x T))
+        (at most E/EP; the uniform share at imbalance 1)."""
+        return self.model.num_experts / self.ep * self.touched_fraction(n_tokens * self.imbalance)
 
     def body_read_bytes(self, n_tokens: float) -> float:
         """Linear-layer weight bytes read for ``n_tokens`` tokens (MoE: only experts some token hits)."""
