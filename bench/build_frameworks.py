@@ -322,6 +322,7 @@ WHOLE_RUN_CHECKS = {
     ("trtllm", "gpt-oss-120b", "fp8"): "trtllm-1.0-server",
     ("vllm", "gpt-oss-120b", "fp4"): "vllm-0.12-server",
     ("vllm", "Qwen3-32B", "fp8"): "vllm-0.12-server",
+    ("vllm", "MiniMax-M2.5", "fp8"): "vllm-0.12-server",
 }
 
 

@@ -50,6 +50,7 @@ MODELS = {
     "openai/gpt-oss-120b": "gpt-oss-120b",
     "deepseek-ai/DeepSeek-V3": "DeepSeek-V3",
     "deepseek-ai/DeepSeek-R1": "DeepSeek-R1",
+    "MiniMaxAI/MiniMax-M2.5": "MiniMax-M2.5",
 }
 #: precisions read: BF16, FP8 (weights FP8), FP4 (gpt-oss: the catalogue's MXFP4 experts, bf16 elsewhere)
 PRECISIONS = ("bf16", "fp8", "fp4")
@@ -93,15 +94,19 @@ class ClosedLoopRow:
         out += f" moeTP{self.moe_tp}" if self.moe_ep > 1 and self.moe_tp > 1 else ""
         return out + (f" DP{self.attn_dp}" if self.attn_dp > 1 else "")
 
+    @property
+    def gpus(self) -> int:
+        """GPUs of the server: AIConfigurator's layouts have tp x attention_dp = moe_tp x moe_ep GPUs (each
+        attention DP rank TP-sharded over ``tp`` GPUs, the experts over all of them)."""
+        return self.tp * self.attn_dp
+
     def unmodelled_layout(self) -> str | None:
         """Why the engine cannot run this row's layout (None: it can). The engine's experts are either all
         expert-parallel over the replica's GPUs or all tensor-parallel, and attention DP splits those GPUs."""
         if self.moe_ep > 1 and self.moe_tp > 1:
             return f"experts split EP {self.moe_ep} x TP {self.moe_tp} (the engine splits them all EP or all TP)"
-        if self.moe_ep > 1 and self.moe_ep != self.tp:
-            return f"EP {self.moe_ep} over part of the TP {self.tp} GPUs"
-        if self.attn_dp > 1 and self.tp % self.attn_dp:
-            return f"attention DP {self.attn_dp} does not divide TP {self.tp}"
+        if self.moe_ep > 1 and self.moe_ep != self.gpus:
+            return f"EP {self.moe_ep} over part of the {self.gpus} GPUs"
         return None
 
 
@@ -236,13 +241,13 @@ def sglang05_memory_fraction(gpu_memory_gib: float, tp: int) -> float:
 
 
 def row_config(row: ClosedLoopRow, catalog: Catalog, fw: FrameworkProfile) -> SimConfig:
-    """The row's server as a SimConfig: its TP, max batch, weights (FP8 rows FP8 everywhere; FP4 rows the
-    catalogue's MXFP4 experts) and MoE layout (``moe_ep_size`` > 1 -> expert parallel, ``attention_dp_size``
-    -> attention DP ranks)."""
+    """The row's server as a SimConfig: its GPUs (:attr:`ClosedLoopRow.gpus`), max batch, weights (FP8 rows FP8
+    everywhere; FP4 rows the catalogue's MXFP4 experts) and MoE layout (``moe_ep_size`` > 1 -> expert
+    parallel over all the GPUs, ``attention_dp_size`` -> attention DP ranks of ``tp_size`` GPUs each)."""
     gpu = catalog.gpu(row.gpu)
     kw: dict = {}
     if fw.engine == "sglang":
-        kw["gpu_memory_utilization"] = sglang05_memory_fraction(gpu.memory_gib, row.tp)
+        kw["gpu_memory_utilization"] = sglang05_memory_fraction(gpu.memory_gib, row.gpus)
     if row.moe_ep > 1:
         kw["expert_parallel"] = True
     if row.attn_dp > 1:
@@ -250,9 +255,9 @@ def row_config(row: ClosedLoopRow, catalog: Catalog, fw: FrameworkProfile) -> Si
     return SimConfig(
         model=catalog.model(row.model),
         gpu=gpu,
-        tp=row.tp,
+        tp=row.gpus,
         framework=dataclasses.replace(fw, client_latency_s=0.0),
-        max_num_seqs=row.batch_size,
+        max_num_seqs=row.batch_size * row.attn_dp,  # the table's batch is per attention DP rank (C / DP)
         weight_dtype="fp8" if row.precision == "fp8" else "auto",
         **kw,
     )
