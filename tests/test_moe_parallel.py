@@ -369,3 +369,13 @@ def test_closed_form_decode_runs_match_exact_stepping_under_ep_and_dp(tmp_path):
         finish.append(np.asarray(simulate(trace, cfg, progress=False).results.finish))
     assert np.isfinite(finish[0]).all()
     np.testing.assert_allclose(finish[0], finish[1], rtol=0, atol=1e-9)
+
+
+def test_allreduce_across_nodes_uses_the_inter_node_port():
+    """A TP group of more than 8 GPUs all-reduces over the inter-node port (50 GB/s), without vLLM's custom
+    all-reduce; attention ranks of 4 GPUs inside a 16-GPU replica keep NVLink."""
+    t8, t16 = IterationTimer(TOY_MOE, TOY_GPU, 8, TOY_EFF), IterationTimer(TOY_MOE, TOY_GPU, 16, TOY_EFF)
+    assert (t8.ar_link_gbs, t16.ar_link_gbs, t16.ar_nvlink) == (100.0, 50.0, False)
+    assert t16.body_time(4096) > t8.body_time(4096) / 2  # the link halves: TP 16 is not twice TP 8
+    dp = IterationTimer(dataclasses.replace(TOY_MOE, num_experts=16, attn_dp=4), TOY_GPU, 16, TOY_EFF)
+    assert (dp.attn_tp, dp.attn_ar_link_gbs, dp.ar_link_gbs) == (4, 100.0, 50.0)
