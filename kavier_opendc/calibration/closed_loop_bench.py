@@ -20,6 +20,12 @@ differences, finds them in a few simulations per row; the client latency
 (request handling and streaming outside the engine steps) is then the median
 of measured minus simulated TTFT. :func:`fit_closed_loop` fits on the rows a
 predicate selects and reports every row, fitted or held out.
+
+The disaggregated rows (``mode == disagg``, :func:`read_disagg_rows`) are
+simulated as a prefill pool and a decode pool of the recorded workers
+(:func:`disagg_config`) under the engine's P/D loop, vLLM v1's scheduler, with
+the backend's fitted step overhead (:func:`disagg_framework`); nothing is
+fitted on them (held out).
 """
 
 from __future__ import annotations
