@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.cli import main
 from kavier_opendc.specs.catalog import count_params, default_catalog, load_catalog_file, spec_to_entry
 
@@ -262,6 +263,45 @@ GPT_OSS_120B = {
     "vocab_size": 201088,
 }
 
+# MiniMax-M2.5's config.json (MiniMaxM2ForCausalLM; the numbers of MiniMax-M2's, which it shares)
+MINIMAX_M25 = {
+    "architectures": ["MiniMaxM2ForCausalLM"],
+    "attn_type_list": [1] * 62,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 3072,
+    "intermediate_size": 1536,
+    "max_position_embeddings": 196608,
+    "model_type": "minimax_m2",
+    "mtp_transformer_layers": 1,
+    "num_attention_heads": 48,
+    "num_experts_per_tok": 8,
+    "num_hidden_layers": 62,
+    "num_key_value_heads": 8,
+    "num_local_experts": 256,
+    "num_mtp_modules": 3,
+    "qk_norm_type": "per_layer",
+    "quantization_config": {
+        "activation_scheme": "dynamic",
+        "fmt": "float8_e4m3fn",
+        "quant_method": "fp8",
+        "weight_block_size": [128, 128],
+        "modules_to_not_convert": ["gate", "e_score_correction_bias", "lm_head"],
+    },
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 5000000,
+    "rotary_dim": 64,
+    "scoring_func": "sigmoid",
+    "shared_intermediate_size": 0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "use_mtp": True,
+    "use_qk_norm": True,
+    "use_routing_bias": True,
+    "vocab_size": 200064,
+}
+
 URL = {
     "Llama-3.1-8B": "https://huggingface.co/meta-llama/Llama-3.1-8B/blob/main/config.json",
     "Llama-3.1-70B": "https://huggingface.co/meta-llama/Llama-3.1-70B/blob/main/config.json",
@@ -270,6 +310,7 @@ URL = {
     "Qwen3-235B-A22B": "https://huggingface.co/Qwen/Qwen3-235B-A22B/blob/main/config.json",
     "DeepSeek-V3": "https://huggingface.co/deepseek-ai/DeepSeek-V3/blob/main/config.json",
     "gpt-oss-120b": "https://huggingface.co/openai/gpt-oss-120b/blob/main/config.json",
+    "MiniMax-M2.5": "https://huggingface.co/MiniMaxAI/MiniMax-M2.5/blob/main/config.json",
 }
 
 CONFIGS = {
@@ -280,6 +321,7 @@ CONFIGS = {
     "Qwen3-235B-A22B": QWEN3_235B_A22B,
     "DeepSeek-V3": DEEPSEEK_V3,
     "gpt-oss-120b": GPT_OSS_120B,
+    "MiniMax-M2.5": MINIMAX_M25,
 }
 
 # Published totals and active parameters: (total, active, tolerance of active, what the active figure counts).
@@ -297,6 +339,9 @@ PUBLISHED = {
     # DeepSeek-V3 report: 671B total, 37B activated. "37B" is rounded to two figures: the exact count is
     # 37.55B with the input embedding and 36.63B without, so it is checked to 2 % only.
     "DeepSeek-V3": (671e9, 37e9, 0.02, "all"),
+    # MiniMax-M2 model card: 230B total, 10B active. "10B" has one or two figures: the count without the
+    # input embedding and the untied LM head is 9.80B, so it is checked to 3 % only.
+    "MiniMax-M2.5": (230e9, 10e9, 0.03, "no embeddings"),
 }
 ACCEPTANCE = ["Llama-3.1-8B", "Mixtral-8x7B", "Qwen3-32B", "Qwen3-235B-A22B", "gpt-oss-120b"]
 KINDS = {  # what the import must detect: (MoE, attention)
@@ -307,6 +352,7 @@ KINDS = {  # what the import must detect: (MoE, attention)
     "Qwen3-235B-A22B": (True, "gqa"),
     "gpt-oss-120b": (True, "gqa"),
     "DeepSeek-V3": (True, "mla"),
+    "MiniMax-M2.5": (True, "gqa"),
 }
 
 
@@ -324,7 +370,8 @@ def write_config(folder: Path, cfg: object, name: str = "config.json") -> Path:
 
 
 def active_as_published(spec, convention: str) -> float:
-    return spec.active_params - (spec.vocab_size * spec.hidden_size if convention == "no input embedding" else 0)
+    embeddings = {"all": 0, "no input embedding": 1, "no embeddings": 2}[convention]
+    return spec.active_params - embeddings * spec.vocab_size * spec.hidden_size
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
@@ -388,6 +435,23 @@ def test_exact_counts_and_fields():
     sparse = entry_from_config({**QWEN3_235B_A22B, "decoder_sparse_step": 2, "mlp_only_layers": [1]}, "q2", "x")
     assert (sparse["dense_layers"], sparse["dense_ffn_size"]) == (48, 12288)  # 47 odd layers + layer 1
 
+    mm = entry_from_config(MINIMAX_M25, "mm", "x")
+    assert (mm["dtype"], mm["router_bias"], mm["qk_norm"], mm["head_dim"]) == ("fp8", True, True, 128)
+    assert "dense_layers" not in mm and "shared_experts" not in mm and "sliding_window" not in mm
+    attention = 3072 * 6144 + 2 * 3072 * 1024 + 6144 * 3072 + 2 * 128  # q, k, v, o, q/k norms (per head)
+    expert = 3 * 3072 * 1536
+    layer = attention + 256 * expert + 256 * 3072 + 256 + 2 * 3072  # + router and its correction bias
+    assert mm["total_params"] == 2 * 200064 * 3072 + 62 * layer + 3072 == 228_689_336_320
+    assert mm["active_params"] == mm["total_params"] - 62 * 248 * expert == 11_030_124_544
+    assert "num_mtp_modules: 3" in mm["notes"] and "per_layer" in mm["notes"]
+    for bad, words in (
+        ({"shared_intermediate_size": 1536}, "shared expert"),
+        ({"attn_type_list": [0] + [1] * 61}, "lightning"),
+        ({"sliding_window": 4096}, "sliding_window"),
+    ):
+        with pytest.raises(KavierInputError, match=words):
+            entry_from_config({**MINIMAX_M25, **bad}, "mm", "x")
+
     llama = entry_from_config(LLAMA_31_8B, "l", "x")
     assert llama["total_params"] == default_catalog().model("Llama-3.1-8B").total_params == 8_030_261_248
     mixtral = entry_from_config(MIXTRAL_8X7B, "m", "x")
@@ -402,6 +466,7 @@ def test_exact_counts_and_fields():
         ("Qwen3-235B-A22B", "H100-SXM", "8"),
         ("gpt-oss-120b", "H100-SXM", "4"),
         ("DeepSeek-V3", "H200", "8"),
+        ("MiniMax-M2.5", "H100-SXM", "4"),
     ],
 )
 def test_imported_model_simulates(name, gpu, tp, tmp_path, capsys):
@@ -510,7 +575,7 @@ def test_builtin_entries_as_imported():
     from kavier_opendc.specs.hf_import import entry_from_config
 
     cat = default_catalog()
-    for name in ("Qwen3-32B", "Qwen3-235B-A22B", "DeepSeek-V3", "gpt-oss-120b"):
+    for name in ("Qwen3-32B", "Qwen3-235B-A22B", "DeepSeek-V3", "gpt-oss-120b", "MiniMax-M2.5"):
         built = spec_to_entry(cat.model(name))
         fresh = entry_from_config(CONFIGS[name], name, built["source"])
         assert built.pop("aliases")

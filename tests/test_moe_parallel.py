@@ -53,11 +53,14 @@ def test_touched_experts_per_gpu_by_hand():
     # 8 experts over 4 GPUs: 2 each; 3 tokens of top-2 miss a given expert with (1 - 2/8)^3 = 0.421875
     assert t.touched_fraction(3) == pytest.approx(0.578125)
     assert t.touched_experts_per_gpu(3) == pytest.approx(2 * 0.578125)
-    assert toy_timer(4, expert_parallel=True, expert_imbalance=1.5).touched_experts_per_gpu(3) == pytest.approx(
-        1.734375
+    # imbalance 2: the busiest GPU's 2 experts see 2 x the mean tokens, hit as by 6 tokens: 1 - 0.75^6
+    assert toy_timer(4, expert_parallel=True, expert_imbalance=2.0).touched_experts_per_gpu(3) == pytest.approx(
+        2 * (1 - 0.177978515625)
     )
-    # the busiest GPU never reads more than the experts it holds
-    assert toy_timer(4, expert_parallel=True, expert_imbalance=2.0).touched_experts_per_gpu(3) == 2.0
+    # all tokens on one GPU (imbalance = EP = 4): hit as by 12 tokens, still under the 2 experts it holds
+    assert toy_timer(4, expert_parallel=True, expert_imbalance=4.0).touched_experts_per_gpu(3) == pytest.approx(
+        2 * (1 - 0.75**12)
+    )
     # bytes per GPU: touched experts x one expert's weights over every MoE layer (3 x 64 x 32 x 2 layers x 2 B)
     per_expert = 3 * 64 * 32 * 2 * 2.0
     assert t.expert_bytes / 8 == per_expert
@@ -66,6 +69,40 @@ def test_touched_experts_per_gpu_by_hand():
         max(per_expert * 2 * 0.578125 / 1e12, 3 * t.flops_per_expert_token / 4 / 1e14)
     )
     assert p.gemm_mbu == 1.0
+
+
+def test_imbalanced_step_waits_for_the_busiest_gpu_by_hand():
+    """Expert load imbalance X (issue 22): the busiest EP GPU gets X x the mean tokens; its experts' GEMMs
+    and its all-to-all set the step. Toy MoE on 4 GPUs, ideal roofline (1e12 B/s, 1e14 FLOP/s)."""
+    even, skew = toy_timer(4, expert_parallel=True), toy_timer(4, expert_parallel=True, expert_imbalance=2.0)
+    # 4,096 tokens x top-2 x 2 x (3 x 64 x 32) FLOPs over 2 MoE layers = 4,096 x 49,152 FLOPs, 1/4 per GPU:
+    # compute-bound (the 2 experts' 49,152 B take 4.9e-8 s); the busiest GPU does twice its share
+    assert even.flops_per_expert_token == 49_152
+    assert even.expert_time(4096) == pytest.approx(4096 * 49_152 / 4 / 1e14)
+    assert skew.expert_time(4096) == pytest.approx(2 * 4096 * 49_152 / 4 / 1e14)
+    # its all-to-all: 2 x (4,096 / 4 x 64 x 2 x 2 B x 3/4) = 393,216 B, each way, each layer
+    assert skew.all_to_all_bytes(4096) == pytest.approx(393_216.0) == pytest.approx(2 * even.all_to_all_bytes(4096))
+    assert skew.moe_comm_time(4096) == pytest.approx(4 * (10e-6 + 393_216 / 100e9))
+    # one decode token: the busiest GPU reads 2 x (1 - 0.75^2) experts of 24,576 B (memory-bound)
+    assert skew.expert_time(1) == pytest.approx(2 * (1 - 0.75**2) * 24_576 / 1e12)
+
+
+@pytest.mark.parametrize(
+    "imbalance,words",
+    [(0.5, "a number >= 1"), (4.5, "more than all the tokens of an EP group of 4 GPUs")],
+)
+def test_imbalance_out_of_range_is_refused(imbalance, words):
+    cat = default_catalog()
+    cfg = SimConfig(
+        model=cat.model("Mixtral-8x7B"),
+        gpu=cat.gpu("H100-SXM"),
+        tp=4,
+        expert_parallel=True,
+        expert_imbalance=imbalance,
+    )
+    with pytest.raises(KavierInputError) as e:
+        cfg.validate()
+    assert e.value.location == "expert_imbalance" and words in str(e.value)
 
 
 def test_all_to_all_bytes_and_time_by_hand():
@@ -228,6 +265,28 @@ def test_cli_end_to_end_expert_parallel(tmp_path):
     assert r.returncode != 0 and "--dp-size" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_cli_expert_imbalance(tmp_path):
+    """--expert-imbalance: stated in summary.json (uniform and said so by default), slower decode steps
+    when skewed; out of range, one paragraph naming the flag."""
+    import json
+
+    r, out = _simulate(tmp_path, "even", "--enable-expert-parallel")
+    assert r.returncode == 0, r.stderr
+    even = json.loads((out / "summary.json").read_text())["config"]["moe_parallel"]
+    assert even["expert_imbalance"] == 1.0 and "assumed uniform" in even["expert_imbalance_source"]
+    r, out = _simulate(tmp_path, "skew", "--enable-expert-parallel", "--expert-imbalance", "1.5")
+    assert r.returncode == 0, r.stderr
+    skew = json.loads((out / "summary.json").read_text())
+    assert skew["config"]["moe_parallel"]["expert_imbalance"] == 1.5
+    assert skew["config"]["moe_parallel"]["expert_imbalance_source"] == "given"
+    base = json.loads((tmp_path / "even" / "summary.json").read_text())
+    assert skew["tpot_s"]["mean"] > base["tpot_s"]["mean"]
+    for value, words in (("0.9", "must be >= 1"), ("9", "more than all the tokens")):
+        r, out = _simulate(tmp_path, f"bad{value}", "--enable-expert-parallel", "--expert-imbalance", value)
+        assert r.returncode != 0 and "--expert-imbalance" in r.stderr and words in r.stderr
+        assert "Traceback" not in r.stderr and not out.exists()
+
+
 def test_experiment_serving_parallel_fields(tmp_path):
     from kavier_opendc.experiments.experiment import load_experiment
     from test_experiment import tiny_doc
@@ -310,3 +369,13 @@ def test_closed_form_decode_runs_match_exact_stepping_under_ep_and_dp(tmp_path):
         finish.append(np.asarray(simulate(trace, cfg, progress=False).results.finish))
     assert np.isfinite(finish[0]).all()
     np.testing.assert_allclose(finish[0], finish[1], rtol=0, atol=1e-9)
+
+
+def test_allreduce_across_nodes_uses_the_inter_node_port():
+    """A TP group of more than 8 GPUs all-reduces over the inter-node port (50 GB/s), without vLLM's custom
+    all-reduce; attention ranks of 4 GPUs inside a 16-GPU replica keep NVLink."""
+    t8, t16 = IterationTimer(TOY_MOE, TOY_GPU, 8, TOY_EFF), IterationTimer(TOY_MOE, TOY_GPU, 16, TOY_EFF)
+    assert (t8.ar_link_gbs, t16.ar_link_gbs, t16.ar_nvlink) == (100.0, 50.0, False)
+    assert t16.body_time(4096) > t8.body_time(4096) / 2  # the link halves: TP 16 is not twice TP 8
+    dp = IterationTimer(dataclasses.replace(TOY_MOE, num_experts=16, attn_dp=4), TOY_GPU, 16, TOY_EFF)
+    assert (dp.attn_tp, dp.attn_ar_link_gbs, dp.ar_link_gbs) == (4, 100.0, 50.0)

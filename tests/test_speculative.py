@@ -286,3 +286,55 @@ def test_experiment_serving_speculative(tmp_path):
     problems, _ = experiment_problems(doc, base_dir=tmp_path, opendc=False)
     assert [p for p, _ in problems] == [("serving", "speculative", "draft_model")]
     assert "not smaller than the target" in problems[0][1]
+
+
+# ------------------------------------------------------------------ other schedulers
+def _trtllm(name="trtllm-1.0"):
+    """A TensorRT-LLM profile on the toy GPU's own step overhead (1 ms), so toy_time holds."""
+    import dataclasses
+
+    from kavier_opendc.specs.frameworks import framework
+
+    return dataclasses.replace(framework(name), step_overhead=None)
+
+
+def test_trtllm_single_request_ngram_by_hand():
+    """TensorRT-LLM's scheduler verifies k+1 tokens per generation request as vLLM v1's does: the same steps
+    as test_single_request_ngram_by_hand (a 100-token context runs whole, then 4 verify steps of 4 tokens)."""
+    t = toy_time(100, 1, 5050, 100)
+    for c in (100, 102, 105, 107):
+        t += toy_time(4, 4, 4 * c + 10, c + 4) + NGRAM
+    r = run([0.0], [100], [11], framework=_trtllm(), **spec())
+    assert r.results.finish[0] == pytest.approx(t, rel=1e-12)
+    assert r.replicas[0].iterations == 5 and sum(r.replicas[0].timeline.decode) == 10
+    assert summary_dict(r)["config"]["speculative"]["decode_steps"] == 4
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 5), policy=st.sampled_from(["trtllm-1.0", "trtllm-1.0-mu"]))
+def test_trtllm_speculative_invariants(seed, k, policy):
+    """Random traces under TensorRT-LLM (both capacity policies) with speculative decoding and a small KV
+    pool: every request ends, its tokens conserved, blocks never over capacity (the invariants of check())."""
+    import dataclasses
+
+    fw = _trtllm()
+    if policy.endswith("-mu"):
+        fw = dataclasses.replace(fw, capacity_scheduler="max_utilization")
+    r = simulate(_random_trace(seed), toy(framework=fw, num_kv_blocks=400, **spec(k=k, a=0.6)), progress=False)
+    check(r, k)
+
+
+@pytest.mark.parametrize(
+    "framework,words",
+    [
+        ("vllm-0.5-server", "spec-decode worker"),
+        ("vllm-0.6-multistep-server", "spec-decode worker"),
+        ("sglang-0.3-server", "draft-extend and verify batches"),
+        ("sglang-0.5-server", "draft-extend and verify batches"),
+    ],
+)
+def test_other_schedulers_refuse_naming_the_field(framework, words):
+    with pytest.raises(KavierInputError) as e:
+        run([0.0], [10], [5], framework=framework, **spec())
+    assert e.value.location == "speculative_method" and words in str(e.value)
+    assert "TensorRT-LLM" in e.value.expected

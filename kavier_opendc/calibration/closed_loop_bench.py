@@ -20,6 +20,12 @@ differences, finds them in a few simulations per row; the client latency
 (request handling and streaming outside the engine steps) is then the median
 of measured minus simulated TTFT. :func:`fit_closed_loop` fits on the rows a
 predicate selects and reports every row, fitted or held out.
+
+The disaggregated rows (``mode == disagg``, :func:`read_disagg_rows`) are
+simulated as a prefill pool and a decode pool of the recorded workers
+(:func:`disagg_config`) under the engine's P/D loop, vLLM v1's scheduler, with
+the backend's fitted step overhead (:func:`disagg_framework`); nothing is
+fitted on them (held out).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.results import FINISHED
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.specs.catalog import Catalog
-from kavier_opendc.specs.frameworks import FrameworkProfile, StepOverhead
+from kavier_opendc.specs.frameworks import FrameworkProfile, StepOverhead, framework
 from kavier_opendc.workload.trace import ClosedLoop, Trace
 
 #: the table's model ids -> catalogue names (the models the catalogue holds)
@@ -50,6 +56,7 @@ MODELS = {
     "openai/gpt-oss-120b": "gpt-oss-120b",
     "deepseek-ai/DeepSeek-V3": "DeepSeek-V3",
     "deepseek-ai/DeepSeek-R1": "DeepSeek-R1",
+    "MiniMaxAI/MiniMax-M2.5": "MiniMax-M2.5",
 }
 #: precisions read: BF16, FP8 (weights FP8), FP4 (gpt-oss: the catalogue's MXFP4 experts, bf16 elsewhere)
 PRECISIONS = ("bf16", "fp8", "fp4")
@@ -93,21 +100,25 @@ class ClosedLoopRow:
         out += f" moeTP{self.moe_tp}" if self.moe_ep > 1 and self.moe_tp > 1 else ""
         return out + (f" DP{self.attn_dp}" if self.attn_dp > 1 else "")
 
+    @property
+    def gpus(self) -> int:
+        """GPUs of the server: AIConfigurator's layouts have tp x attention_dp = moe_tp x moe_ep GPUs (each
+        attention DP rank TP-sharded over ``tp`` GPUs, the experts over all of them)."""
+        return self.tp * self.attn_dp
+
     def unmodelled_layout(self) -> str | None:
         """Why the engine cannot run this row's layout (None: it can). The engine's experts are either all
         expert-parallel over the replica's GPUs or all tensor-parallel, and attention DP splits those GPUs."""
         if self.moe_ep > 1 and self.moe_tp > 1:
             return f"experts split EP {self.moe_ep} x TP {self.moe_tp} (the engine splits them all EP or all TP)"
-        if self.moe_ep > 1 and self.moe_ep != self.tp:
-            return f"EP {self.moe_ep} over part of the TP {self.tp} GPUs"
-        if self.attn_dp > 1 and self.tp % self.attn_dp:
-            return f"attention DP {self.attn_dp} does not divide TP {self.tp}"
+        if self.moe_ep > 1 and self.moe_ep != self.gpus:
+            return f"EP {self.moe_ep} over part of the {self.gpus} GPUs"
         return None
 
 
 @dataclass
 class SimulatedRow:
-    row: ClosedLoopRow
+    row: ClosedLoopRow | DisaggRow
     ttft_s: float  # mean, on the engine's clock (no client latency)
     tpot_s: float
 
@@ -208,7 +219,7 @@ def ttft_jumps(rows: list[ClosedLoopRow], factor: float = 2.0) -> set[str]:
     return out
 
 
-def row_trace(row: ClosedLoopRow) -> Trace:
+def row_trace(row: ClosedLoopRow | DisaggRow) -> Trace:
     """The row's run: (20 + 2) x C requests of ISL / OSL tokens from C closed-loop clients."""
     n = (REQUESTS_PER_CLIENT + WARMUP_PER_CLIENT) * row.concurrency
     return Trace(
@@ -236,13 +247,13 @@ def sglang05_memory_fraction(gpu_memory_gib: float, tp: int) -> float:
 
 
 def row_config(row: ClosedLoopRow, catalog: Catalog, fw: FrameworkProfile) -> SimConfig:
-    """The row's server as a SimConfig: its TP, max batch, weights (FP8 rows FP8 everywhere; FP4 rows the
-    catalogue's MXFP4 experts) and MoE layout (``moe_ep_size`` > 1 -> expert parallel, ``attention_dp_size``
-    -> attention DP ranks)."""
+    """The row's server as a SimConfig: its GPUs (:attr:`ClosedLoopRow.gpus`), max batch, weights (FP8 rows FP8
+    everywhere; FP4 rows the catalogue's MXFP4 experts) and MoE layout (``moe_ep_size`` > 1 -> expert
+    parallel over all the GPUs, ``attention_dp_size`` -> attention DP ranks of ``tp_size`` GPUs each)."""
     gpu = catalog.gpu(row.gpu)
     kw: dict = {}
     if fw.engine == "sglang":
-        kw["gpu_memory_utilization"] = sglang05_memory_fraction(gpu.memory_gib, row.tp)
+        kw["gpu_memory_utilization"] = sglang05_memory_fraction(gpu.memory_gib, row.gpus)
     if row.moe_ep > 1:
         kw["expert_parallel"] = True
     if row.attn_dp > 1:
@@ -250,9 +261,9 @@ def row_config(row: ClosedLoopRow, catalog: Catalog, fw: FrameworkProfile) -> Si
     return SimConfig(
         model=catalog.model(row.model),
         gpu=gpu,
-        tp=row.tp,
+        tp=row.gpus,
         framework=dataclasses.replace(fw, client_latency_s=0.0),
-        max_num_seqs=row.batch_size,
+        max_num_seqs=row.batch_size * row.attn_dp,  # the table's batch is per attention DP rank (C / DP)
         weight_dtype="fp8" if row.precision == "fp8" else "auto",
         **kw,
     )
@@ -344,3 +355,212 @@ def evaluate(rows: list[ClosedLoopRow], catalog: Catalog, fw: FrameworkProfile) 
     """Every row simulated under ``fw`` as it is (no fitting), for its error table."""
     over = dict(fw.step_overhead) if fw.step_overhead is not None else {}
     return ClosedLoopFit(over, fw.client_latency_s, [], [simulate_row(r, catalog, fw) for r in rows])
+
+
+# ---------------------------------------------------------------------------
+# Disaggregated rows (mode disagg): prefill and decode workers, simulated as P/D pools (engine/disaggregated.py)
+# ---------------------------------------------------------------------------
+
+#: the framework whose P/D loop runs every disaggregated row: the engine's P/D serving is vLLM v1's scheduler
+DISAGG_FRAMEWORK = "vllm-0.12-server"
+#: each backend's fitted server profile: its CPU time per step and client latency go with the row
+BACKEND_FRAMEWORKS = {"vllm": "vllm-0.12-server", "sglang": "sglang-0.5-server", "trtllm": "trtllm-1.0-server"}
+
+
+#: why a row without a client count is not simulated
+NO_CLIENTS = (
+    "no client count recorded, and the decode batch is the server's maximum, not the clients (vLLM Qwen3-32B, "
+    "2 decode workers of TP 4 with batch 224: a measured TPOT of 8.7 ms, where 224 sequences of 4,500 tokens "
+    "a worker would take 20 ms to read their BF16 KV alone)"
+)
+
+
+@dataclass(frozen=True)
+class WorkerLayout:
+    """One role's workers in a disaggregated row: how many, and each one's GPUs as AIConfigurator lays them out
+    (``tp`` x ``attn_dp`` GPUs, the experts ``moe_tp`` x ``moe_ep`` over the same GPUs)."""
+
+    workers: int | None  # None: not recorded
+    tp: int
+    attn_dp: int = 1
+    moe_tp: int = 1
+    moe_ep: int = 1
+    batch: int | None = None  # max batch per attention DP rank (None: not recorded)
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.attn_dp
+
+    @property
+    def label(self) -> str:
+        out = f"TP{self.tp}" + (f" DP{self.attn_dp}" if self.attn_dp > 1 else "")
+        out += f" EP{self.moe_ep}" if self.moe_ep > 1 else ""
+        return out + (f" moeTP{self.moe_tp}" if self.moe_ep > 1 and self.moe_tp > 1 else "")
+
+    def unmodelled(self) -> str | None:
+        if self.moe_ep > 1 and self.moe_tp > 1:
+            return f"experts split EP {self.moe_ep} x TP {self.moe_tp} (the engine splits them all EP or all TP)"
+        if self.moe_ep > 1 and self.moe_ep != self.gpus:
+            return f"EP {self.moe_ep} over part of the {self.gpus} GPUs"
+        return None
+
+
+@dataclass(frozen=True)
+class DisaggRow:
+    """One disaggregated-serving row: its prefill and decode workers and the clients' mean TTFT and TPOT (s)."""
+
+    id: str
+    backend: str
+    version: str
+    model: str  # catalogue name
+    gpu: str  # catalogue name
+    precision: str
+    isl: int
+    osl: int
+    concurrency: int
+    ttft_s: float
+    tpot_s: float
+    prefill: WorkerLayout
+    decode: WorkerLayout
+
+    @property
+    def workers(self) -> str:
+        """``NpMd``, ``?`` for a count the row does not record (simulated as 1)."""
+        p, d = self.prefill.workers, self.decode.workers
+        return f"{p if p is not None else '?'}P{d if d is not None else '?'}D"
+
+    @property
+    def layout(self) -> str:
+        return f"{self.workers} P {self.prefill.label} / D {self.decode.label}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.version} {self.model} {self.layout} {self.isl}/{self.osl} C{self.concurrency}"
+
+    def unmodelled(self) -> str | None:
+        """Why the P/D engine cannot run this row (None: it can)."""
+        for role, w in (("prefill", self.prefill), ("decode", self.decode)):
+            why = w.unmodelled()
+            if why is not None:
+                return f"{role} workers: {why}"
+        return None
+
+
+def _count(cell: str | None) -> int | None:
+    """A worker or batch count cell: empty is not recorded (None)."""
+    return int(float(cell)) if (cell or "").strip() else None
+
+
+def read_disagg_rows(path: str | Path) -> tuple[list[DisaggRow], dict[str, int]]:
+    """The ``mode == disagg`` rows of ``path`` the catalogue can serve with their client count, and the others
+    counted by reason."""
+    rows: list[DisaggRow] = []
+    skipped: dict[str, int] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for line, r in enumerate(csv.DictReader(fh), start=2):
+            if r.get("mode") != "disagg":
+                continue
+            model = MODELS.get(r.get("model_path", ""))
+            precision = (r.get("precision") or "").strip() or "bf16"
+            gpu = GPUS.get(r.get("system", ""))
+            if model is None or gpu is None or precision not in PRECISIONS:
+                key = f"{r.get('backend')} {r.get('model_path')}: model, GPU or precision not in the catalogue"
+                skipped[key] = skipped.get(key, 0) + 1
+                continue
+            try:
+                roles = {
+                    role: WorkerLayout(
+                        _count(r.get(f"{role}_num_workers")),
+                        _rank(r.get(f"{role}_tp_size")),
+                        _rank(r.get(f"{role}_attention_dp_size")),
+                        _rank(r.get(f"{role}_moe_tp_size")),
+                        _rank(r.get(f"{role}_moe_ep_size")),
+                        _count(r.get(f"{role}_batch_size")),
+                    )
+                    for role in ("prefill", "decode")
+                }
+                if not (r.get("concurrency") or "").strip():
+                    key = f"{r['backend']} {r['model_path']}: {NO_CLIENTS}"
+                    skipped[key] = skipped.get(key, 0) + 1
+                    continue
+                conc = int(float(r["concurrency"]))
+                rows.append(
+                    DisaggRow(
+                        r["id"],
+                        r["backend"],
+                        (r.get("backend_version") or "").strip() or "unknown",
+                        model,
+                        gpu,
+                        precision,
+                        int(r["isl"]),
+                        int(r["osl"]),
+                        conc,
+                        float(r["silicon_ttft_ms"]) / 1e3,
+                        float(r["silicon_tpot_ms"]) / 1e3,
+                        roles["prefill"],
+                        roles["decode"],
+                    )
+                )
+            except (KeyError, ValueError) as exc:
+                raise KavierInputError(
+                    f"unreadable row ({exc})",
+                    source=str(path),
+                    location=f"line {line}",
+                    expected="the columns of aiconfigurator_e2e_h100.csv",
+                ) from None
+    return rows, skipped
+
+
+def disagg_framework(backend: str) -> FrameworkProfile:
+    """The P/D loop's framework for a backend's row: vLLM v1's scheduler (the only one the engine's P/D
+    serving runs) with the backend's fitted CPU time per step (per TP, the nearest fitted one beyond TP 8)."""
+    own = framework(BACKEND_FRAMEWORKS[backend])
+    base = framework(DISAGG_FRAMEWORK)
+    return dataclasses.replace(
+        base,
+        name=f"{own.name} (P/D: vLLM v1 scheduler)",
+        step_overhead=own.step_overhead,
+        client_latency_s=own.client_latency_s,
+    )
+
+
+def disagg_config(row: DisaggRow, catalog: Catalog, fw: FrameworkProfile) -> SimConfig:
+    """The row's deployment as a SimConfig: a prefill pool and a decode pool of the recorded workers (1 where
+    not recorded), each worker ``tp`` x ``attn_dp`` GPUs with its expert layout and max batch; the KV link one
+    400 Gb/s port per GPU of the smaller worker (DGX H100 datasheet; the rows do not record it)."""
+    from kavier_opendc.engine.kv_link import Disaggregation, LinkSpec, Pool
+    from kavier_opendc.specs.iteration_time import INTER_NODE_GBS
+
+    gpu = catalog.gpu(row.gpu)
+    base = catalog.model(row.model)
+
+    def pool(w: WorkerLayout) -> Pool:
+        model = dataclasses.replace(base, expert_parallel=w.moe_ep > 1, attn_dp=w.attn_dp) if base.is_moe else base
+        seqs = w.batch * w.attn_dp if w.batch is not None else None
+        return Pool(model, gpu, replicas=w.workers or 1, tp=w.gpus, max_num_seqs=seqs)
+
+    link = LinkSpec(gbs=INTER_NODE_GBS * min(row.prefill.gpus, row.decode.gpus))
+    return SimConfig(
+        model=base,
+        gpu=gpu,
+        framework=dataclasses.replace(fw, client_latency_s=0.0),
+        weight_dtype="fp8" if row.precision == "fp8" else "auto",
+        disaggregation=Disaggregation(pool(row.prefill), pool(row.decode), link),
+    )
+
+
+def simulate_disagg_row(row: DisaggRow, catalog: Catalog, fw: FrameworkProfile) -> SimulatedRow:
+    """The row simulated: mean TTFT (engine clock, no client latency) and TPOT after the warm-up."""
+    trace = row_trace(row)  # the same closed loop: C clients, 22 x C requests
+    res = simulate(trace, disagg_config(row, catalog, fw), progress=False)
+    r, tr = res.results, res.trace
+    keep = (np.arange(len(tr)) >= WARMUP_PER_CLIENT * row.concurrency) & (r.status == FINISHED)
+    ttft = float(np.mean((r.first_token - tr.arrival_s)[keep]))
+    tpot = float(np.mean(((r.finish - r.first_token) / max(row.osl - 1, 1))[keep]))
+    return SimulatedRow(row, ttft, tpot)
+
+
+def evaluate_disagg(rows: list[DisaggRow], catalog: Catalog, backend: str) -> ClosedLoopFit:
+    """Rows of one backend simulated under :func:`disagg_framework` as they are (held out: nothing fitted)."""
+    fw = disagg_framework(backend)
+    return ClosedLoopFit({}, fw.client_latency_s, [], [simulate_disagg_row(r, catalog, fw) for r in rows])

@@ -39,6 +39,7 @@ from kavier_opendc.engine.request import Req
 from kavier_opendc.engine.results import Results
 from kavier_opendc.engine.router import Router, normalise_router
 from kavier_opendc.engine.scheduler_v0 import SchedulerV0
+from kavier_opendc.engine.speculative import NOT_SIMULATED as SPEC_NOT_SIMULATED
 from kavier_opendc.engine.speculative import POLICIES as SPEC_POLICIES
 from kavier_opendc.engine.speculative import Speculative
 from kavier_opendc.engine.speculative import resolve as resolve_speculative
@@ -341,6 +342,14 @@ class SimConfig:
                     location="expert_imbalance",
                     expected="--enable-expert-parallel with --expert-imbalance, or no --expert-imbalance",
                 )
+            if self.expert_parallel and self.expert_imbalance > g.tp:
+                # the busiest of EP GPUs takes at most all the tokens: EP x its mean share
+                raise KavierInputError(
+                    f"an expert imbalance of {self.expert_imbalance:g} would give the busiest GPU more than all "
+                    f"the tokens of an EP group of {g.tp} GPUs{where}",
+                    location="expert_imbalance",
+                    expected=f"an imbalance from 1 (uniform routing) to the EP size {g.tp} (all tokens on one GPU)",
+                )
 
     def _check_closed_loop(self) -> None:
         """A client count is a whole number >= 1, a think time a finite number of seconds >= 0."""
@@ -571,8 +580,8 @@ class SimConfig:
     def speculative(self) -> Speculative | None:
         """The speculative-decoding setup (None: off); raises :class:`KavierInputError` naming the bad field.
 
-        Simulated for co-located vLLM v1 replicas of one model (the scheduler that counts k+1 tokens per
-        decoding request against the token budget) with the KV cache on."""
+        Simulated for co-located vLLM v1 or TensorRT-LLM replicas of one model (the schedulers that count k+1
+        tokens per decoding request against the token budget) with the KV cache on."""
         from kavier_opendc.specs.catalog import default_catalog
 
         spec = resolve_speculative(
@@ -587,10 +596,12 @@ class SimConfig:
             return None
         fw = self.framework_profile()
         if fw.policy not in SPEC_POLICIES:
+            why = SPEC_NOT_SIMULATED.get(fw.policy, "its scheduler does not model it")
             raise KavierInputError(
-                f"speculative decoding is not simulated under framework {fw.name} (scheduler {fw.policy})",
+                f"speculative decoding is not simulated under framework {fw.name} (scheduler {fw.policy}): {why}",
                 location="speculative_method",
-                expected="a vLLM v1 framework (--framework vllm-v1), or no speculative_method",
+                expected="a vLLM v1 or TensorRT-LLM framework (--framework vllm-v1, vllm-0.12-server, trtllm-1.0, "
+                "trtllm-1.0-server), or no speculative_method",
             )
         if self.topology() is not None or self.groups:
             raise KavierInputError(

@@ -39,8 +39,19 @@ DEFAULT_ACCEPTANCE = {"ngram": 0.5, "draft": 0.6, "eagle": 0.75, "mtp": 0.85}
 DEFAULT_K = 3
 NGRAM_STEP_S = 1e-4  # assumed CPU time of a prompt-lookup step
 NGRAM_SEQ_S = 2e-6  # assumed, per sequence
-#: policies whose speculative decoding is simulated (the vLLM v1 scheduler's k+1 token budget)
-POLICIES = ("vllm-v1",)
+#: policies whose speculative decoding is simulated: vLLM v1's scheduler counts k+1 tokens per decoding request
+#: against its token budget; TensorRT-LLM's micro-batch scheduler does the same (a generation request's
+#: draft tokens + 1, microBatchScheduler.cpp), and scheduler_trtllm.py takes vLLM v1's walk of the running
+#: requests. Its GUARANTEED_NO_EVICT reservation stays prompt + max new tokens (getRemainingBlocksToCompletion
+#: counts no draft tokens, kvCacheManager.cpp), so the drafts' blocks come from the free ones for the step.
+POLICIES = ("vllm-v1", "trtllm")
+#: why the other policies refuse it (the error names the field)
+NOT_SIMULATED = {
+    "vllm-v0": "vLLM v0 ran speculative decoding in a separate spec-decode worker with its own batch expansion "
+    "(removed in v1), which is not modelled",
+    "sglang": "SGLang's EAGLE/MTP decoding runs draft-extend and verify batches of its own (its speculative "
+    "worker), which its scheduler here does not model",
+}
 
 
 def expected_tokens(a: float, k: int) -> float:

@@ -38,6 +38,7 @@ ARCHITECTURES: dict[str, str] = {
     "Qwen3MoeForCausalLM": "qwen3_moe",
     "DeepseekV3ForCausalLM": "deepseek_v3",
     "GptOssForCausalLM": "gpt_oss",
+    "MiniMaxM2ForCausalLM": "minimax_m2",
 }
 #: ``model_type`` -> architecture, for configs without an ``architectures`` list
 MODEL_TYPES: dict[str, str] = {
@@ -49,6 +50,7 @@ MODEL_TYPES: dict[str, str] = {
     "qwen3_moe": "Qwen3MoeForCausalLM",
     "deepseek_v3": "DeepseekV3ForCausalLM",
     "gpt_oss": "GptOssForCausalLM",
+    "minimax_m2": "MiniMaxM2ForCausalLM",
 }
 TORCH_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 #: widths, vocabularies, layer and expert counts above this are not a model (a hundred times the largest)
@@ -281,6 +283,24 @@ def entry_from_config(cfg: Mapping[str, Any], name: str, source: str, *, origin:
         extra["v_head_dim"] = f.integer("v_head_dim")
         if f.flag("attention_bias", False):
             raise _refuse(arch, "'attention_bias': true", where)
+    elif kind == "minimax_m2":
+        # every layer MoE (Mixtral-style names, intermediate_size the expert's), sigmoid router with a bias
+        ffn = f.integer("intermediate_size")
+        extra["num_experts"] = f.integer("num_local_experts", minimum=2)
+        extra["experts_per_token"] = f.integer("num_experts_per_tok")
+        if f.integer("shared_intermediate_size", 0, minimum=0):
+            raise _refuse(arch, "a shared expert ('shared_intermediate_size' above 0)", where)
+        kinds = cfg.get("attn_type_list")
+        if isinstance(kinds, list) and any(k != 1 for k in kinds):  # 0: MiniMax-01's lightning attention
+            raise _refuse(arch, "linear (lightning) attention layers ('attn_type_list' other than 1)", where)
+        if f.flag("use_routing_bias", False):
+            extra["router_bias"] = True
+        if f.flag("use_qk_norm", False):
+            extra["qk_norm"] = True
+        if f.flag("attention_bias", False):
+            raise _refuse(arch, "'attention_bias': true", where)
+        if head_dim is None:
+            f.problems.append("'head_dim' is missing")
     else:  # gpt_oss
         ffn = f.integer("intermediate_size")
         extra["num_experts"] = f.integer("num_local_experts", minimum=2)
@@ -294,7 +314,9 @@ def entry_from_config(cfg: Mapping[str, Any], name: str, source: str, *, origin:
         if head_dim is None:
             f.problems.append("'head_dim' is missing")
     window = cfg.get("sliding_window")
-    if window is not None and kind != "deepseek_v3":
+    if window is not None and kind == "minimax_m2":
+        raise _refuse(arch, "'sliding_window'", where)
+    if window is not None and kind not in ("deepseek_v3", "minimax_m2"):
         layers = entry["num_layers"]
         if kind == "gpt_oss":
             types = cfg.get("layer_types")
@@ -390,10 +412,15 @@ def engine_notes(spec: ModelSpec, cfg: Mapping[str, Any]) -> list[str]:
         )
     if spec.attention_sinks:
         notes.append("Attention sinks are counted, not simulated.")
-    mtp = cfg.get("num_nextn_predict_layers")
-    if isinstance(mtp, int) and not isinstance(mtp, bool) and mtp > 0:
+    for key in ("num_nextn_predict_layers", "num_mtp_modules"):
+        mtp = cfg.get(key)
+        if isinstance(mtp, int) and not isinstance(mtp, bool) and mtp > 0:
+            notes.append(f"The multi-token-prediction layers ({key}: {mtp}) are neither counted nor simulated.")
+    if cfg.get("qk_norm_type") == "per_layer" and spec.qk_norm:
+        whole = (spec.num_attention_heads + spec.num_kv_heads) * spec.dim_head
         notes.append(
-            f"The multi-token-prediction layers (num_nextn_predict_layers: {mtp}) are neither counted nor simulated."
+            "Its q/k RMSNorms span all heads (qk_norm_type per_layer); they are counted per head, "
+            f"{2 * spec.dim_head} weights a layer instead of {whole} (a negligible share)."
         )
     return notes
 

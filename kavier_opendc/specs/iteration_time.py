@@ -132,6 +132,10 @@ class IterationTimer:
             self.allreduces = model.num_layers + model.dense_layers if a > 1 else 0
         # an NVLink-class link (faster than the GPU's PCIe) lets vLLM use its custom all-reduce
         self.nvlink = vllm_allreduce and gpu.interconnect_gbs > gpu.pcie_gbs
+        # an all-reduce over more GPUs than a node's runs at the inter-node port's speed (NCCL's ring
+        # crosses it), without vLLM's custom all-reduce (one node only): (link GB/s, custom) per group size
+        self.ar_link_gbs, self.ar_nvlink = self._allreduce_link(tp)
+        self.attn_ar_link_gbs, self.attn_ar_nvlink = self._allreduce_link(self.attn_tp)
         # elementwise kernels: a floor per layer, and activation traffic per token on each GPU
         ffn_active = model.ffn_size * (model.experts_per_token if model.num_experts > 1 else 1)
         self.layer_fixed = model.num_layers * profile.layer_fixed_s
@@ -149,15 +153,23 @@ class IterationTimer:
         self.a2a_link_gbs = gpu.interconnect_gbs if tp <= NODE_GPUS else min(gpu.interconnect_gbs, INTER_NODE_GBS)
         self.a2a_bytes_per_token = model.hidden_size * model.experts_per_token * act
 
+    def _allreduce_link(self, gpus: int) -> tuple[float, bool]:
+        """(link GB/s, vLLM custom all-reduce) of an all-reduce over ``gpus`` GPUs: NVLink within a node,
+        the inter-node port beyond it."""
+        if gpus <= NODE_GPUS:
+            return self.gpu.interconnect_gbs, self.nvlink
+        return min(self.gpu.interconnect_gbs, INTER_NODE_GBS), False
+
     def touched_fraction(self, n_tokens: float) -> float:
         """Expected fraction of a layer's routed experts that at least one of ``n_tokens`` tokens hits."""
         e, k = self.model.num_experts, self.model.experts_per_token
         return 1.0 - (1.0 - k / e) ** n_tokens
 
     def touched_experts_per_gpu(self, n_tokens: float) -> float:
-        """Under EP, experts per layer the busiest GPU reads: E/EP x touched fraction x imbalance, at most E/EP."""
-        per_gpu = self.model.num_experts / self.ep
-        return min(per_gpu, per_gpu * self.touched_fraction(n_tokens) * self.imbalance)
+        """Under EP, experts per layer the busiest GPU reads: its E/EP experts receive imbalance x the mean
+        share of the tokens, so each is hit as by imbalance x T tokens: E/EP x (1 - (1 - k/E)^(imbalance x T))
+        (at most E/EP; the uniform share at imbalance 1)."""
+        return self.model.num_experts / self.ep * self.touched_fraction(n_tokens * self.imbalance)
 
     def body_read_bytes(self, n_tokens: float) -> float:
         """Linear-layer weight bytes read for ``n_tokens`` tokens (MoE: only experts some token hits)."""
@@ -211,7 +223,7 @@ class IterationTimer:
             return 2 * self.moe_layers * self.all_to_all_time(n_tokens)
         if self.tp > 1:
             size = n_tokens * self.allreduce_bytes_per_token
-            return self.moe_layers * self.profile.allreduce_time(size, self.tp, self.gpu.interconnect_gbs, self.nvlink)
+            return self.moe_layers * self.profile.allreduce_time(size, self.tp, self.ar_link_gbs, self.ar_nvlink)
         return 0.0
 
     def body_time(self, n_tokens: float) -> float:
@@ -226,7 +238,7 @@ class IterationTimer:
         t += self.layer_fixed + n_tokens * self.s_per_token_elementwise
         if self.allreduces:
             t += self.allreduces * p.allreduce_time(
-                n_tokens * self.allreduce_bytes_per_token, self.tp, self.gpu.interconnect_gbs, self.nvlink
+                n_tokens * self.allreduce_bytes_per_token, self.tp, self.ar_link_gbs, self.ar_nvlink
             )
         return t
 
@@ -238,7 +250,7 @@ class IterationTimer:
         t += self.layer_fixed + nr * self.s_per_token_elementwise
         if self.allreduces:
             t += self.allreduces * p.allreduce_time(
-                nr * self.allreduce_bytes_per_token, self.attn_tp, self.gpu.interconnect_gbs, self.nvlink
+                nr * self.allreduce_bytes_per_token, self.attn_tp, self.attn_ar_link_gbs, self.attn_ar_nvlink
             )
         return t + self.moe_comm_time(n_tokens)
 
