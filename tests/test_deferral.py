@@ -14,10 +14,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import shared
+from conftest import needs_opendc, shared
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.cli import main as cli_main
-from kavier_opendc.engine.deferral import CarbonSteps, lowest_carbon_start, simulate_deferred
+from kavier_opendc.engine.deferral import (
+    Battery,
+    CarbonSteps,
+    battery_aware_start,
+    battery_plan,
+    lowest_carbon_start,
+    simulate_deferred,
+)
 from kavier_opendc.engine.outputs import requests_table, summary_dict
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.opendc.carbon import carbon_steps, read_carbon_trace
@@ -396,3 +403,103 @@ def test_a_plan_scaling_a_trace_to_a_rate_keeps_each_deadline_window(tmp_path):
     scaled = load_trace(traffic_at(plan, 0.01, tmp_path / "t"))  # 0.1 req/s -> 0.01: arrivals x 10
     assert scaled.arrival_s.tolist() == [0.0, 100.0, 200.0]
     assert np.array_equal(scaled.deadline_s, [np.nan, 200.0, 205.0], equal_nan=True)
+
+
+# --------------------------------------------------------------------------- battery-aware, by hand and through OpenDC
+
+# 300 gCO2/kWh until 100 s, 100 until 200, 300 until 300, then 50; the battery charges below 200
+B_STEPS = CarbonSteps(np.array([0.0, 100.0, 200.0, 300.0]), np.array([300.0, 100.0, 300.0, 50.0]))
+B_BATTERY = Battery(capacity_j=5000.0, charging_w=50.0, threshold=200.0)
+
+
+def test_battery_prediction_follows_the_single_threshold_rule():
+    # empty until 100 s (dirty); charges 50 W x 100 s = 5000 J (full) at 100 g/kWh; supplies 100 W from 200 s,
+    # empty at 250 s (dirty until 300 s); charges again from 300 s: 5000 J at 50 g/kWh by the 400 s horizon
+    plan = battery_plan(B_STEPS, B_BATTERY, 100.0, 400.0)
+    assert plan.dirty == ((0.0, 100.0), (250.0, 300.0))
+    assert plan.supplied_s == 50.0
+    assert plan.charging_g == pytest.approx(5000.0 * 100.0 / 3.6e6 + 5000.0 * 50.0 / 3.6e6)
+    assert plan.effective.times_s.tolist() == [0.0, 100.0, 200.0, 250.0, 300.0]
+    assert plan.effective.values.tolist() == [300.0, 100.0, 0.0, 300.0, 50.0]
+
+
+@pytest.mark.parametrize(
+    ("arrival", "service", "deadline", "expected"),
+    [
+        (10.0, 40.0, 390.0, 100.0),  # dirty on arrival: waits for the grid below the threshold
+        (210.0, 30.0, 390.0, 210.0),  # the battery covers [210, 240]: runs on arrival
+        (210.0, 60.0, 390.0, 300.0),  # [210, 270] outlasts the battery (empty at 250): waits for 300
+        (10.0, 40.0, 80.0, 10.0),  # no clean window before 80: lowest-carbon, a tie at 300 -> on arrival
+        (10.0, 40.0, 45.0, 10.0),  # no room at all: on arrival
+    ],
+)
+def test_battery_aware_start_by_hand(arrival, service, deadline, expected):
+    plan = battery_plan(B_STEPS, B_BATTERY, 100.0, 400.0)
+    assert battery_aware_start(arrival, deadline, service, B_STEPS, plan) == expected
+
+
+def test_battery_aware_needs_a_battery(tmp_path):
+    from kavier_opendc.experiments.experiment import experiment_problems, json_path
+
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,100,10,5000\n")
+    with pytest.raises(KavierInputError, match="battery-aware.*there is none"):
+        simulate_deferred(load_trace(csv), _cfg(), "battery-aware", B_STEPS)
+    probs, _ = experiment_problems(
+        _experiment(tmp_path, deferral={"policy": "battery-aware"}), base_dir=tmp_path, source="e.yaml", opendc=False
+    )
+    assert any(json_path(p) == "deferral.policy" and "datacenter has none" in m for p, m in probs), probs
+    doc = _experiment(tmp_path, deferral={"policy": "battery-aware"})
+    doc["datacenter"]["battery"] = {
+        "capacity_kwh": 1,
+        "charging_speed_w": 100,
+        "policy": {"type": "double", "lower_threshold": 100, "upper_threshold": 200},
+    }
+    probs, _ = experiment_problems(doc, base_dir=tmp_path, source="e.yaml", opendc=False)
+    assert any(json_path(p) == "datacenter.battery.policy.type" and "single" in m for p, m in probs), probs
+    rc, out = _run(
+        ["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str(csv), "--quiet"]
+        + ["--out", str(tmp_path / "s"), "--deferral", "battery-aware"]
+        + ["--carbon-trace", str(shared("carbon/NL_2022.parquet")), "--start", "2022-06-01"]
+    )
+    assert rc == 2 and "datacenter's battery" in out and "Traceback" not in out, out
+
+
+@needs_opendc
+def test_kavier_run_battery_aware_through_opendc(tmp_path):
+    """From 06:00 on 1 June (NL 2022) with an empty battery charging below 140 gCO2/kWh, a job arriving at 5 s
+    waits for the first quarter hour below 140 (found here from the Parquet file); OpenDC runs the battery."""
+    import yaml
+
+    doc = _experiment(tmp_path, deferral={"policy": "battery-aware"})
+    doc["datacenter"]["export_interval_s"] = 60
+    doc["datacenter"]["battery"] = {
+        "capacity_kwh": 0.5,
+        "charging_speed_w": 500,
+        "policy": {"type": "single", "carbon_threshold": 140},
+    }
+    exp = tmp_path / "e.yaml"
+    exp.write_text(yaml.safe_dump(doc))
+    rc, out = _run(["run", str(exp), "--out", str(tmp_path / "r"), "--no-plots"])
+    assert rc == 0, out
+    raw = pq.read_table(shared("carbon/NL_2022.parquet")).to_pandas()
+    t_s = (raw["timestamp"] - pd.Timestamp("2022-06-01T06:00:00")).dt.total_seconds().to_numpy()
+    ci = raw["carbon_intensity"].to_numpy()
+    expected = float(t_s[(t_s > 5.0) & (ci < 140.0)][0])
+    assert expected == 5400.0  # 07:30, 137.7 gCO2/kWh (07:15 is 140.1)
+    req = pd.read_parquet(tmp_path / "r" / "simulation" / "requests.parquet")
+    assert req["arrival_s"][1] == expected and req["held_s"][1] == expected - 5.0
+    assert not req["deadline_missed"][1]
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    d = rep["performance"]["deferral"]
+    assert d["policy"] == "battery-aware" and d["deadlines_missed"] == 0 and d["held_requests"] == 1
+    assert d["battery"]["threshold_gco2_per_kwh"] == 140.0 and d["battery"]["fell_back_to_lowest_carbon"] == 0
+    # the estimated draw: the host's CPU idle (100 W) + the A100's idle + the run's mean GPU power above idle
+    a100 = default_catalog().gpu("A100-80GB")
+    assert 100.0 + a100.idle_power_w < d["battery"]["estimated_draw_w"] < 100.0 + a100.max_power_w
+    assert d["latency_added_s"]["deferrable"]["mean"] == pytest.approx(expected - 5.0, abs=1.0)
+    assert d["carbon_saved_g"] > 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "battery (predicted): threshold 140 gCO2/kWh" in md
+    sus = json.loads((tmp_path / "r" / "opendc" / "sustainability.json").read_text())
+    assert sus["battery"]["capacity_wh"] == pytest.approx(500.0) and sus["battery"]["final_charge_wh"] > 0

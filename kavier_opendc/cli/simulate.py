@@ -219,7 +219,8 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
         default="none",
         metavar="POLICY",
         help="none (run on arrival, the default) or lowest-carbon (hold each request with a deadline_s until the "
-        "lowest-carbon window before its deadline; needs --carbon-trace and --start)",
+        "lowest-carbon window before its deadline; needs --carbon-trace and --start); battery-aware follows a "
+        "datacenter battery: kavier run",
     )
     dfr.add_argument(
         "--carbon-trace", default=None, metavar="FILE|REGION", help="carbon-intensity trace (OpenDC Parquet) or region"

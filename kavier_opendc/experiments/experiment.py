@@ -334,6 +334,24 @@ def experiment_problems(
             )
         )
 
+    battery = dc_data.get("battery") if isinstance(dc_data, dict) else None
+    if deferral == "battery-aware" and not isinstance(battery, dict):
+        problems.append(
+            (
+                ("deferral", "policy"),
+                "policy 'battery-aware' follows the datacenter's battery, and the datacenter has none (expected "
+                "datacenter.battery {capacity_kwh, charging_speed_w, policy: {type: single, carbon_threshold}})",
+            )
+        )
+    elif deferral == "battery-aware" and (battery.get("policy") or {}).get("type") != "single":
+        problems.append(
+            (
+                ("datacenter", "battery", "policy", "type"),
+                f"'{(battery.get('policy') or {}).get('type')}': deferral policy 'battery-aware' predicts OpenDC's "
+                "single-threshold battery (expected type single with carbon_threshold)",
+            )
+        )
+
     name = _experiment_name(data, source)
     seed = data.get("seed", 0) if isinstance(data.get("seed"), int) else 0
 
