@@ -503,3 +503,131 @@ def test_kavier_run_battery_aware_through_opendc(tmp_path):
     assert "battery (predicted): threshold 140 gCO2/kWh" in md
     sus = json.loads((tmp_path / "r" / "opendc" / "sustainability.json").read_text())
     assert sus["battery"]["capacity_wh"] == pytest.approx(500.0) and sus["battery"]["final_charge_wh"] > 0
+
+
+# --------------------------------------------------------------------------- deadlines in the other trace layouts
+
+
+def _write_layout(path, rows: list[dict]) -> None:
+    df = pd.DataFrame(rows)
+    if path.suffix == ".parquet":
+        df.to_parquet(path)
+    elif path.suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps({k: v for k, v in r.items() if v is not None}) for r in rows) + "\n")
+    else:
+        df.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_azure_layout_reads_deadline_date_times(tmp_path, ext):
+    # 18:15:46.5 and 18:15:50.5 arrive; the second is due at 19:15:50: 3604 s after the first arrival
+    p = tmp_path / f"az{ext}"
+    rows = [
+        {"TIMESTAMP": "2023-11-16 18:15:46.5", "ContextTokens": 100, "GeneratedTokens": 10, "DEADLINE": None},
+        {
+            "TIMESTAMP": "2023-11-16 18:15:50.5",
+            "ContextTokens": 100,
+            "GeneratedTokens": 10,
+            "DEADLINE": "2023-11-16 19:15:50.5",
+        },
+    ]
+    if ext == ".parquet":  # Parquet holds real timestamps
+        rows = [
+            dict(
+                r,
+                TIMESTAMP=pd.Timestamp(r["TIMESTAMP"]),
+                DEADLINE=pd.Timestamp(r["DEADLINE"]) if r["DEADLINE"] else None,
+            )
+            for r in rows
+        ]
+    _write_layout(p, rows)
+    tr = load_trace(p)
+    assert tr.format == "azure" and tr.arrival_s.tolist() == [0.0, 4.0]
+    assert np.array_equal(tr.deadline_s, [np.nan, 3604.0], equal_nan=True)
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_mooncake_layout_reads_deadline_s_on_its_timestamp_clock(tmp_path, ext):
+    # timestamp 27000 ms with deadline_s 90 (s on timestamp / 1000): due 63 s after it arrives; rebased: 1000 ms = 0
+    p = tmp_path / f"mc{ext}"
+    rows = [
+        {"timestamp": 1000, "input_length": 100, "output_length": 10, "deadline_s": None},
+        {"timestamp": 27000, "input_length": 100, "output_length": 10, "deadline_s": 90.0},
+    ]
+    _write_layout(p, rows)
+    tr = load_trace(p)
+    assert tr.format == "mooncake" and tr.arrival_s.tolist() == [0.0, 26.0]
+    assert np.array_equal(tr.deadline_s, [np.nan, 89.0], equal_nan=True)
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_vidur_layout_reads_deadline_s(tmp_path, ext):
+    p = tmp_path / f"vd{ext}"
+    rows = [
+        {"arrived_at": 5.0, "num_prefill_tokens": 100, "num_decode_tokens": 10, "deadline_s": 100.0},
+        {"arrived_at": 6.0, "num_prefill_tokens": 100, "num_decode_tokens": 10, "deadline_s": None},
+    ]
+    _write_layout(p, rows)
+    tr = load_trace(p)
+    assert tr.format == "vidur" and tr.arrival_s.tolist() == [0.0, 1.0]
+    assert np.array_equal(tr.deadline_s, [95.0, np.nan], equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needles"),
+    [
+        (
+            "az.csv",
+            "TIMESTAMP,ContextTokens,GeneratedTokens,DEADLINE\n2023-11-16 18:15:46.5,100,10,\n"
+            "2023-11-16 18:15:50.5,100,10,2023-11-16 18:15:49\n",
+            ["row 2", "DEADLINE is '2023-11-16 18:15:49', before the request's arrival (TIMESTAMP 4 s after"],
+        ),
+        (
+            "az.csv",
+            "TIMESTAMP,ContextTokens,GeneratedTokens,DEADLINE\n2023-11-16 18:15:46.5,100,10,soon\n",
+            ["row 1", "DEADLINE is 'soon', which is not a date-time"],
+        ),
+        (
+            "az.csv",
+            "TIMESTAMP,ContextTokens,GeneratedTokens,DEADLINE\n2023-11-16 18:15:46.5,100,10,3600\n",
+            ["row 1", "DEADLINE is 3600; expected a date-time as in TIMESTAMP"],
+        ),
+        (
+            "mc.jsonl",
+            '{"timestamp": 1000, "input_length": 100, "output_length": 10, "deadline_s": 0.5}\n',
+            ["row 1 (line 1)", "deadline_s is 0.5, before the request's arrival (timestamp 1 s)"],
+        ),
+        (
+            "mc.jsonl",
+            '{"timestamp": 1000, "input_length": 100, "output_length": 10, "deadline_s": "later"}\n',
+            ["row 1", "deadline_s is 'later'", "milliseconds / 1000"],
+        ),
+        (
+            "vd.csv",
+            "arrived_at,num_prefill_tokens,num_decode_tokens,deadline_s\n5.0,100,10,4\n",
+            ["row 1", "deadline_s is 4, before the request's arrival (arrived_at 5)"],
+        ),
+    ],
+)
+def test_a_bad_deadline_in_each_layout_names_the_row(tmp_path, name, text, needles):
+    p = tmp_path / name
+    p.write_text(text)
+    with pytest.raises(KavierInputError) as e:
+        load_trace(p)
+    assert all(n in str(e.value) for n in needles), str(e.value)
+
+
+def test_cli_defers_an_azure_layout_job(tmp_path):
+    """An Azure-layout job due 24 h after 00:10 on 1 June 2022 moves to 11:45 (NL 2022), as the native one does."""
+    csv = tmp_path / "az.csv"
+    csv.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens,DEADLINE\n2022-06-01 00:00:00,200,20,\n"
+        "2022-06-01 00:10:00,300,40,2022-06-02 00:10:00\n"
+    )
+    nl = str(shared("carbon/NL_2022.parquet"))
+    argv = ["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str(csv), "--quiet"]
+    argv += ["--out", str(tmp_path / "o"), "--deferral", "lowest-carbon", "--carbon-trace", nl, "--start", "2022-06-01"]
+    rc, out = _run(argv)
+    assert rc == 0, out
+    req = pd.read_parquet(tmp_path / "o" / "requests.parquet")
+    assert req["deadline_s"][1] == 87000.0 and req["arrival_s"][1] == 11 * 3600 + 45 * 60
