@@ -24,6 +24,7 @@ from kavier_opendc.engine.deferral import (
     battery_plan,
     lowest_carbon_start,
     simulate_deferred,
+    spread_releases,
 )
 from kavier_opendc.engine.outputs import requests_table, summary_dict
 from kavier_opendc.engine.simulator import SimConfig, simulate
@@ -631,3 +632,83 @@ def test_cli_defers_an_azure_layout_job(tmp_path):
     assert rc == 0, out
     req = pd.read_parquet(tmp_path / "o" / "requests.parquet")
     assert req["deadline_s"][1] == 87000.0 and req["arrival_s"][1] == 11 * 3600 + 45 * 60
+
+
+# --------------------------------------------------------------------------- spreading held requests over the window
+
+
+def test_spread_releases_by_hand():
+    # four held at 10 s (the step [10, 20) at 1 g/kWh): 10, 12.5, 15, 17.5; one of them may start no later than 14
+    release = np.array([10.0, 10.0, 10.0, 10.0, 0.0, 30.0])
+    held = np.array([True, True, True, True, False, True])
+    arrival = np.array([0.0, 1.0, 2.0, 3.0, 0.0, 5.0])
+    deadline = np.array([100.0, 100.0, 15.0, 100.0, np.nan, 100.0])
+    service = np.array([1.0, 1.0, 1.0, 1.0, np.nan, 1.0])
+    out, groups = spread_releases(release, held, arrival, deadline, service, STEPS)
+    assert groups == 1
+    assert out.tolist() == [10.0, 12.5, 14.0, 17.5, 0.0, 30.0]  # the third clipped to its latest start 15 - 1
+    # in the trace's last step (from 30 s, no end) the width runs to the latest of their latest starts
+    out, _ = spread_releases(
+        np.array([30.0, 30.0]), np.array([True, True]), np.zeros(2), np.array([50.0, 71.0]), np.ones(2), STEPS
+    )
+    assert out.tolist() == [30.0, 50.0]  # W = 70 - 30 = 40 (the later latest start, 71 - 1): 30 and 50
+
+
+def test_spread_releases_orders_by_submission():
+    release = np.full(3, 10.0)
+    out, _ = spread_releases(release, np.ones(3, bool), np.array([2.0, 0.0, 1.0]), np.full(3, 100.0), np.ones(3), STEPS)
+    assert out.tolist() == pytest.approx([10.0 + 2 * 10 / 3, 10.0, 10.0 + 10 / 3])
+
+
+def test_simulate_spreads_the_burst_and_meets_every_deadline(tmp_path):
+    csv = tmp_path / "jobs.csv"
+    csv.write_text(
+        "arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n"
+        + "".join(f"{i * 0.5},200,20,35\n" for i in range(4))
+    )
+    trace = load_trace(csv)
+    plain = simulate_deferred(trace, _cfg(), "lowest-carbon", STEPS)
+    assert requests_table(plain).to_pandas()["arrival_s"].tolist() == [10.0] * 4
+    spread = simulate_deferred(trace, _cfg(), "lowest-carbon", STEPS, spread=True)
+    t = requests_table(spread).to_pandas()
+    assert t["arrival_s"].tolist() == [10.0, 12.5, 15.0, 17.5]
+    assert t["held_s"].tolist() == [10.0, 12.0, 14.0, 16.0] and not t["deadline_missed"].any()
+    s = summary_dict(spread)["deferral"]
+    assert s["largest_release_burst"] == 1 and s["spread"]["groups_spread"] == 1
+    # alone on the replica in the same step, each takes its time without deferral: none queues behind another
+    assert (t["e2e_s"] < requests_table(plain).to_pandas()["e2e_s"].max()).all()
+
+
+def test_spread_needs_a_policy_that_holds(tmp_path):
+    from kavier_opendc.experiments.experiment import experiment_problems, json_path
+
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,100,10,5000\n")
+    rc, out = _run(
+        ["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str(csv), "--quiet"]
+        + ["--out", str(tmp_path / "s"), "--deferral-spread"]
+    )
+    assert rc == 2 and "--deferral-spread" in out and "policy none holds none" in out and "Traceback" not in out
+    probs, _ = experiment_problems(
+        _experiment(tmp_path, deferral={"policy": "none", "spread": True}), base_dir=tmp_path, source="e", opendc=False
+    )
+    assert any(json_path(p) == "deferral.spread" for p, _ in probs), probs
+    probs, exp = experiment_problems(
+        _experiment(tmp_path, deferral={"policy": "lowest-carbon", "spread": True}),
+        base_dir=tmp_path,
+        source="e",
+        opendc=False,
+    )
+    assert probs == [] and exp.deferral_spread
+
+
+def test_requests_released_at_one_instant_stay_on_the_server_path(tmp_path):
+    """Two timed requests run as a server (vLLM v1's server batch limits); both held to 10 s they arrive at one
+    instant, which usage auto would read as an offline batch: the deferred run keeps the server's limits."""
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,200,20,35\n1,200,20,35\n")
+    trace = load_trace(csv)
+    assert simulate(trace, _cfg()).usage == "server"
+    result = simulate_deferred(trace, _cfg(), "lowest-carbon", STEPS)
+    assert requests_table(result).to_pandas()["arrival_s"].tolist() == [10.0, 10.0]
+    assert result.usage == "server"

@@ -28,6 +28,15 @@ router, until a time of its choosing:
   the datacenter's power at zero utilisation (every host's CPU and GPU idle
   power) plus the mean GPU power above idle of the run without deferral.
 
+Spreading (``spread``, off by default; any policy but ``none``): the held
+requests that a policy releases at one instant t0 (it gives equal windows one
+start) are released one after another instead, evenly over the carbon step in
+force at t0: the k-th of m (by submission, then row) at t0 + k x W / m, W the
+time from t0 to that step's end (for the trace's last step, to the latest of
+their latest starts), and never after its own latest start (deadline minus
+its estimate): the cleaner interval is shared rather than queued at its
+first instant.
+
 The estimate is the request's own end-to-end time in the same run without
 deferral (:func:`simulate_deferred` runs that first): what it took on the same
 replicas under the same load. Requests moved into one low-carbon window
@@ -234,6 +243,44 @@ def release_times(
     return release
 
 
+#: the spread rule, said in the summary
+SPREAD_RULE = (
+    "the m held requests released at one instant t0 go one after another over the carbon step in force at t0: "
+    "the k-th (by submission) at t0 + k x W / m, W from t0 to the step's end, never after its latest start"
+)
+
+
+def spread_releases(
+    release_s: np.ndarray,
+    held: np.ndarray,
+    arrival_s: np.ndarray,
+    deadline_s: np.ndarray,
+    service_s: np.ndarray,
+    steps: CarbonSteps,
+) -> tuple[np.ndarray, int]:
+    """``release_s`` with each group of ``held`` requests sharing a release instant spread (module docstring);
+    also the number of groups spread."""
+    out = np.array(release_s, dtype=np.float64, copy=True)
+    idx = np.flatnonzero(held)
+    if idx.size == 0:
+        return out, 0
+    latest = deadline_s - service_s
+    groups = 0
+    t = steps.times_s
+    for t0 in np.unique(release_s[idx]):
+        members = idx[release_s[idx] == t0]
+        if members.size < 2:
+            continue
+        members = members[np.lexsort((members, arrival_s[members]))]
+        k = int(np.searchsorted(t, t0, side="right"))  # the first step start after t0: the step's end
+        end = float(t[k]) if k < t.size else float(np.max(latest[members]))
+        width = max(end - float(t0), 0.0)
+        slots = float(t0) + np.arange(members.size) * (width / members.size)
+        out[members] = np.maximum(np.minimum(slots, latest[members]), float(t0))
+        groups += 1
+    return out, groups
+
+
 def check_deadlines(arrival_s: np.ndarray, deadline_s: np.ndarray, source: str = "") -> None:
     """A deadline before its request's arrival is an error naming the row (1-based, as the trace reader)."""
     with np.errstate(invalid="ignore"):
@@ -317,7 +364,13 @@ def _stats(values: np.ndarray) -> dict:
 
 
 def simulate_deferred(
-    trace, cfg, policy: str, steps: CarbonSteps | None, progress: bool | None = None, battery: Battery | None = None
+    trace,
+    cfg,
+    policy: str,
+    steps: CarbonSteps | None,
+    progress: bool | None = None,
+    battery: Battery | None = None,
+    spread: bool = False,
 ):
     """The simulation of ``trace`` under ``cfg`` with deferral ``policy`` (see the module docstring).
 
@@ -382,9 +435,15 @@ def simulate_deferred(
         load = battery.static_w + (dyn / base.makespan_s if base.makespan_s > 0 else 0.0)
         plan = battery_plan(steps, battery, load, max(float(np.nanmax(deadline)), base.makespan_s))
     release = release_times(policy, arrival, deadline, service, steps, plan)
+    spread_groups = None
+    if spread and steps is not None:
+        release, spread_groups = spread_releases(release, release > arrival, arrival, deadline, service, steps)
     held = release - arrival
     moved = dataclasses.replace(trace, arrival_s=release, held_s=held)
-    result = simulate(moved, cfg, progress)
+    # the same server either way: requests released at one instant must not turn it into an offline batch
+    # (usage auto decides by the arrivals)
+    moved_cfg = dataclasses.replace(cfg, usage=cfg.resolved_usage(trace)) if cfg.usage == "auto" else cfg
+    result = simulate(moved, moved_cfg, progress)
     result.trace = moved
     out = DeferralOutcome(policy, arrival, held, deadline, result.results.finish, summary)
     summary.update(_deadline_summary(out))
@@ -435,6 +494,8 @@ def simulate_deferred(
             },
         }
     )
+    if spread_groups is not None:
+        summary["spread"] = {"rule": SPREAD_RULE, "groups_spread": spread_groups}
     if plan is not None and battery is not None:
         summary["battery"] = {
             "rule": BATTERY_RULE,
@@ -502,6 +563,8 @@ def describe(summary: dict) -> list[str]:
         + (f", others mean {lat['other']['mean'] or 0:.3f} s" if lat.get("other") else ""),
         f"estimate: {summary['service_time_estimate']}",
     ]
+    if summary.get("spread"):
+        lines.append(f"spread: {summary['spread']['groups_spread']} release instant(s) spread over their carbon step")
     b = summary.get("battery")
     if b:
         lines.append(

@@ -518,7 +518,9 @@ def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> S
     with st.stage("simulate", exp.describe()):
         steps = deferral_steps(exp, trace)
         battery = deferral_battery(exp, cfg.gpu)
-        result = simulate_deferred(trace, cfg, exp.deferral, steps, progress=st.tty, battery=battery)
+        result = simulate_deferred(
+            trace, cfg, exp.deferral, steps, progress=st.tty, battery=battery, spread=exp.deferral_spread
+        )
         output = SimulationOutput.from_result(result)
         output.write(sim_dir)
         summary = output.summary
