@@ -75,6 +75,29 @@ class PowerModel:
             raise NotImplementedError(f"power({self.model}) is only computed inside OpenDC")
         return self.idle_w + (self.max_w - self.idle_w) * f
 
+    def under_cap(self, cap_w: float) -> "PowerModel":
+        """The curve OpenDC gets for a GPU capped at ``cap_w`` (engine/clock.py): a linear model is left as it is
+        (the timeline's utilisation already carries the capped draw, a fraction of idle-to-max); a constant one
+        draws at most the cap; a curved one (square, cubic, sqrt, mse, asymptotic) runs from idle to the cap,
+        its maximum under the cap, on the utilisation rescaled by :meth:`capped_utilisation`, so that no
+        utilisation draws above the cap."""
+        if self.model == "linear":
+            return self
+        if self.model == "constant":
+            return dataclasses.replace(self, power_w=min(float(self.power_w or 0.0), cap_w))
+        return dataclasses.replace(self, max_w=max(min(self.max_w, cap_w), self.idle_w))
+
+    def capped_utilisation(self, u, cap_w: float):
+        """The utilisation a curved model under :meth:`under_cap` is given: the timeline's ``u`` (a fraction of
+        idle-to-max, the capped draw) as a fraction of idle-to-cap, at most 1; ``u`` itself for linear and
+        constant models."""
+        import numpy as np
+
+        top = min(self.max_w, cap_w)
+        if self.model in ("linear", "constant") or top <= self.idle_w or top >= self.max_w:
+            return u
+        return np.minimum(np.asarray(u, dtype=np.float64) * (self.max_w - self.idle_w) / (top - self.idle_w), 1.0)
+
     @property
     def static_w(self) -> float:
         """Power drawn at zero utilisation."""
@@ -155,6 +178,7 @@ class HostGroup:
     path: str = "hosts[0]"  # JSON path in the description
     embodied_kgco2e: float | None = None  # one host without its GPUs; None: not given
     lifetime_years: float = DEFAULT_HOST_LIFETIME_YEARS
+    power_cap_w: float | None = None  # the run's GPU power cap (engine/clock.py), set by the export
 
     @property
     def total_cores(self) -> int:
@@ -256,6 +280,17 @@ class Datacenter:
             if h.gpu is not None and h.gpu.name not in out:
                 out.append(h.gpu.name)
         return out
+
+    def with_power_caps(self, caps: Mapping[str, float]) -> "Datacenter":
+        """The host groups of each GPU type in ``caps`` (lower-case name -> W) capped there (the topology's
+        curve: :meth:`PowerModel.under_cap`)."""
+        hosts = tuple(
+            dataclasses.replace(h, power_cap_w=caps[h.gpu.name.lower()])
+            if h.gpus_per_host > 0 and h.gpu is not None and h.gpu.name.lower() in caps
+            else h
+            for h in self.hosts
+        )
+        return dataclasses.replace(self, hosts=hosts)
 
     def with_gpu(self, gpu) -> "Datacenter":
         """Fill in ``gpu`` for host groups that have GPUs but name none."""
