@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--horizon-h", type=float, default=9.0)
     ap.add_argument("--export-interval-s", type=float, default=10.0)
     ap.add_argument("--out", default=None, help="folder (default: a temporary one)")
+    ap.add_argument(
+        "--spread", action="store_true", help="lowest-carbon with deferral.spread (README 'Spreading the release')"
+    )
     args = ap.parse_args(argv)
     tmp = Path(args.out or tempfile.mkdtemp(prefix="kavier-deferral-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     for policy in ("none", "lowest-carbon"):
         e = load_experiment(tmp / "experiment.yaml")
         e.deferral = policy
+        e.deferral_spread = args.spread and policy != "none"
         t0 = time.perf_counter()
         run_experiment(e, tmp / policy, quiet=True, plots=False, command=f"bench/deferral_carbon.py ({policy})")
         rep = json.loads((tmp / policy / "report.json").read_text())
