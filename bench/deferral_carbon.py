@@ -3,7 +3,7 @@
 The Azure LLM 2023 conversation trace (19,366 requests, one hour) from 05:00 UTC on 1 June 2022 on the
 Netherlands' 2022 grid (NL_2022.parquet), Llama-3-8B on 2 x A100-80GB in one host. Every --every-th request
 is offline batch work with a deadline --deadline-h hours after its arrival (deadline_s); the rest is
-interactive. `kavier run` runs twice through OpenDC: --deferral none, then lowest-carbon.
+interactive. `kavier run` runs twice through OpenDC: --deferral none, then lowest-carbon (battery-aware with --battery).
 
 So that both OpenDC runs cover the same hours (the datacenter draws its idle power either way), the trace
 written here ends with one marker request (1 prompt token, 1 output token, not deferrable) at --horizon-h
