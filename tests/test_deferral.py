@@ -712,3 +712,29 @@ def test_requests_released_at_one_instant_stay_on_the_server_path(tmp_path):
     result = simulate_deferred(trace, _cfg(), "lowest-carbon", STEPS)
     assert requests_table(result).to_pandas()["arrival_s"].tolist() == [10.0, 10.0]
     assert result.usage == "server"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.integers(50, 300), min_size=2, max_size=8),
+    initial=st.integers(0, 3000),
+    load=st.integers(1, 200),
+    arrival=st.integers(0, 60),
+    slack=st.integers(0, 80),
+    service=st.integers(0, 20),
+)
+def test_battery_aware_start_is_the_earliest_clean_start(values, initial, load, arrival, slack, service):
+    """On a fine grid, no start from the arrival before the chosen one is clean; the chosen one is clean, or
+    no clean start exists and it is the lowest-carbon start; it never leaves [arrival, the latest start]."""
+    steps = CarbonSteps(np.arange(len(values)) * 10.0, np.array(values, dtype=np.float64))
+    plan = battery_plan(steps, Battery(2000.0, 50.0, 150.0, initial_j=float(initial)), float(load), 200.0)
+    deadline = float(arrival + service + slack)
+    t = battery_aware_start(float(arrival), deadline, float(service), steps, plan)
+    latest = deadline - service
+    assert arrival <= t <= max(arrival, latest)
+    grid = np.arange(arrival, latest, 0.25)
+    clean = [g for g in grid if plan.clean(float(g), float(service))]
+    if latest > arrival and plan.clean(t, float(service)):
+        assert not clean or clean[0] >= t - 0.25
+    elif latest > arrival:
+        assert not clean and t == lowest_carbon_start(float(arrival), deadline, float(service), steps)

@@ -155,6 +155,20 @@ class BatteryPlan:
     charging_g: float
     supplied_s: float  # seconds the battery supplies the datacenter
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_ends", np.array([e for _, e in self.dirty], dtype=np.float64))
+
+    def first_dirty_after(self, t: float) -> int | None:
+        """The first dirty interval that ends after ``t`` (they are disjoint and sorted), None if none does."""
+        ends: np.ndarray = self._ends  # type: ignore[attr-defined]
+        k = int(np.searchsorted(ends, t, side="right"))
+        return k if k < ends.size else None
+
+    def clean(self, start: float, length: float) -> bool:
+        """Whether [start, start + length] meets no dirty interval."""
+        k = self.first_dirty_after(start)
+        return k is None or self.dirty[k][0] >= start + length
+
 
 def battery_plan(steps: CarbonSteps, battery: Battery, load_w: float, horizon_s: float) -> BatteryPlan:
     """Replay OpenDC's single-threshold rule on ``steps`` from 0 to ``horizon_s`` at a constant draw ``load_w``."""
@@ -207,10 +221,13 @@ def battery_aware_start(
     latest = deadline_s - service_s
     if not (math.isfinite(latest) and latest > arrival_s):
         return float(arrival_s)
-    cand = [arrival_s] + [e for _, e in plan.dirty if arrival_s < e <= latest]
-    for t in cand:
-        if not any(s < t + service_s and e > t for s, e in plan.dirty):
-            return float(t)
+    t = float(arrival_s)
+    while t <= latest:
+        k = plan.first_dirty_after(t)
+        if plan.clean(t, service_s):
+            return t
+        assert k is not None
+        t = plan.dirty[k][1]  # the window meets an empty battery above the threshold: try from its end
     return lowest_carbon_start(arrival_s, deadline_s, service_s, steps)
 
 
@@ -267,11 +284,13 @@ def spread_releases(
     latest = deadline_s - service_s
     groups = 0
     t = steps.times_s
-    for t0 in np.unique(release_s[idx]):
-        members = idx[release_s[idx] == t0]
+    # by release instant, then submission, then row: each instant's members in the order they are spread
+    idx = idx[np.lexsort((idx, arrival_s[idx], release_s[idx]))]
+    cuts = np.flatnonzero(np.diff(release_s[idx]) != 0) + 1
+    for members in np.split(idx, cuts):
         if members.size < 2:
             continue
-        members = members[np.lexsort((members, arrival_s[members]))]
+        t0 = release_s[members[0]]
         k = int(np.searchsorted(t, t0, side="right"))  # the first step start after t0: the step's end
         end = float(t[k]) if k < t.size else float(np.max(latest[members]))
         width = max(end - float(t0), 0.0)
@@ -508,11 +527,7 @@ def simulate_deferred(
             "empty_above_threshold_s": float(sum(e - s for s, e in plan.dirty)),
             "charging_g": plan.charging_g,
             "fell_back_to_lowest_carbon": int(
-                sum(
-                    1
-                    for i in np.flatnonzero(held > 0)
-                    if any(s < release[i] + service[i] and e > release[i] for s, e in plan.dirty)
-                )
+                sum(1 for i in np.flatnonzero(held > 0) if not plan.clean(float(release[i]), float(service[i])))
             ),
         }
     result.extra["deferral"] = out
