@@ -3,7 +3,7 @@
 The Azure LLM 2023 conversation trace (19,366 requests, one hour) from 05:00 UTC on 1 June 2022 on the
 Netherlands' 2022 grid (NL_2022.parquet), Llama-3-8B on 2 x A100-80GB in one host. Every --every-th request
 is offline batch work with a deadline --deadline-h hours after its arrival (deadline_s); the rest is
-interactive. `kavier run` runs twice through OpenDC: --deferral none, then lowest-carbon.
+interactive. `kavier run` runs twice through OpenDC: --deferral none, then lowest-carbon (battery-aware with --battery).
 
 So that both OpenDC runs cover the same hours (the datacenter draws its idle power either way), the trace
 written here ends with one marker request (1 prompt token, 1 output token, not deferrable) at --horizon-h
@@ -63,6 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--horizon-h", type=float, default=9.0)
     ap.add_argument("--export-interval-s", type=float, default=10.0)
     ap.add_argument("--out", default=None, help="folder (default: a temporary one)")
+    ap.add_argument(
+        "--spread", action="store_true", help="lowest-carbon with deferral.spread (README 'Spreading the release')"
+    )
+    ap.add_argument(
+        "--battery",
+        default=None,
+        metavar="KWH:W:THRESHOLD",
+        help="a datacenter battery (capacity kWh, charging W, single-threshold gCO2/kWh) in every run; the "
+        "deferred run then uses policy battery-aware",
+    )
     args = ap.parse_args(argv)
     tmp = Path(args.out or tempfile.mkdtemp(prefix="kavier-deferral-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -89,6 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         },
         "carbon": {"trace": str(Path(args.carbon).resolve())},
     }
+    policy_b = "lowest-carbon"
+    if args.battery:
+        kwh, w, thr = (float(x) for x in args.battery.split(":"))
+        exp["datacenter"]["battery"] = {
+            "capacity_kwh": kwh,
+            "charging_speed_w": w,
+            "policy": {"type": "single", "carbon_threshold": thr},
+        }
+        policy_b = "battery-aware"
     (tmp / "experiment.yaml").write_text(yaml.safe_dump(exp))
     print(
         f"trace        {args.trace}: {n - 1} requests + 1 horizon marker at {args.horizon_h:g} h; {k} deferrable "
@@ -96,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{Path(args.carbon).name}"
     )
     reports = {}
-    for policy in ("none", "lowest-carbon"):
+    for policy in ("none", policy_b):
         e = load_experiment(tmp / "experiment.yaml")
         e.deferral = policy
+        e.deferral_spread = args.spread and policy != "none"
         t0 = time.perf_counter()
         run_experiment(e, tmp / policy, quiet=True, plots=False, command=f"bench/deferral_carbon.py ({policy})")
         rep = json.loads((tmp / policy / "report.json").read_text())
@@ -108,13 +128,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{policy:<14}OpenDC {s['energy_wh']:.1f} Wh, {s['carbon_g']:.2f} gCO2 over {s['duration_s']:.0f} s; "
             f"deadlines missed {p['deferral']['deadlines_missed']}; {time.perf_counter() - t0:.1f} s wall"
         )
-    a, b = reports["none"]["sustainability"], reports["lowest-carbon"]["sustainability"]
+    a, b = reports["none"]["sustainability"], reports[policy_b]["sustainability"]
     saved = a["carbon_g"] - b["carbon_g"]
     print(
         f"OpenDC       carbon saved {saved:.2f} g ({100 * saved / a['carbon_g']:.2f} %), "
         f"energy {b['energy_wh'] - a['energy_wh']:+.2f} Wh"
     )
-    d = reports["lowest-carbon"]["performance"]["deferral"]
+    d = reports[policy_b]["performance"]["deferral"]
     c0, c1 = d["without_deferral"], d["with_deferral"]
     print(
         f"engine       {c0['carbon_g']:.2f} -> {c1['carbon_g']:.2f} g (above idle {c0['dynamic_g']:.2f} -> "
@@ -126,7 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         f"latency      held mean {d['held_s']['mean']:.0f} s (max {d['held_s']['max']:.0f} s); finish later by "
         f"mean {lat['deferrable']['mean']:.0f} s (deferrable), {lat['other']['mean']:+.3f} s (interactive)"
     )
-    for policy in ("none", "lowest-carbon"):
+    if d.get("battery"):
+        bt = d["battery"]
+        print(
+            f"battery      predicted draw {bt['estimated_draw_w']:.0f} W, supplies {bt['supplied_s']:.0f} s; "
+            f"{bt['fell_back_to_lowest_carbon']} fell back to lowest-carbon; OpenDC battery "
+            f"{(b.get('battery') or {}).get('energy_wh')} Wh out"
+        )
+    for policy in ("none", policy_b):
         pr = reports[policy]["performance"]
         print(
             f"{policy:<14}TTFT p99 {pr['ttft_s']['p99'] * 1e3:.1f} ms, TPOT p99 {pr['tpot_s']['p99'] * 1e3:.1f} ms "

@@ -77,6 +77,7 @@ def simulate(
     progress: bool | None = False,
     deferral: str = "none",
     carbon: CarbonSteps | None = None,
+    deferral_spread: bool = False,
     **serving: Any,
 ) -> SimulationResult:
     """Simulate serving ``trace`` (``kavier simulate``, performance only, no JVM); returns the engine's result.
@@ -89,7 +90,8 @@ def simulate(
     command's defaults. ``out``: also write requests.parquet, summary.json and timeline.parquet there, as the
     command does. ``progress``: a progress bar on stderr (None: on a terminal only). ``deferral``: the deferral
     policy of the requests with a deadline (``--deferral``; engine/deferral.py), choosing its windows on
-    ``carbon`` (a :class:`~kavier_opendc.engine.deferral.CarbonSteps` on the trace's clock).
+    ``carbon`` (a :class:`~kavier_opendc.engine.deferral.CarbonSteps` on the trace's clock);
+    ``deferral_spread``: ``--deferral-spread``.
 
     The configuration's warnings (those the command prints) are issued as :class:`UserWarning`.
     """
@@ -106,7 +108,7 @@ def simulate(
         from kavier_opendc.base.atomic import check_writable_dir
 
         check_writable_dir(Path(out))  # before the simulation, as the command does
-    result = simulate_deferred(trace, cfg, check_policy(deferral), carbon, progress=progress)
+    result = simulate_deferred(trace, cfg, check_policy(deferral), carbon, progress=progress, spread=deferral_spread)
     if out is not None:
         write_simulation(result, Path(out))
     return result

@@ -14,10 +14,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import shared
+from conftest import needs_opendc, shared
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.cli import main as cli_main
-from kavier_opendc.engine.deferral import CarbonSteps, lowest_carbon_start, simulate_deferred
+from kavier_opendc.engine.deferral import (
+    Battery,
+    CarbonSteps,
+    battery_aware_start,
+    battery_plan,
+    lowest_carbon_start,
+    simulate_deferred,
+    spread_releases,
+)
 from kavier_opendc.engine.outputs import requests_table, summary_dict
 from kavier_opendc.engine.simulator import SimConfig, simulate
 from kavier_opendc.opendc.carbon import carbon_steps, read_carbon_trace
@@ -396,3 +404,337 @@ def test_a_plan_scaling_a_trace_to_a_rate_keeps_each_deadline_window(tmp_path):
     scaled = load_trace(traffic_at(plan, 0.01, tmp_path / "t"))  # 0.1 req/s -> 0.01: arrivals x 10
     assert scaled.arrival_s.tolist() == [0.0, 100.0, 200.0]
     assert np.array_equal(scaled.deadline_s, [np.nan, 200.0, 205.0], equal_nan=True)
+
+
+# --------------------------------------------------------------------------- battery-aware, by hand and through OpenDC
+
+# 300 gCO2/kWh until 100 s, 100 until 200, 300 until 300, then 50; the battery charges below 200
+B_STEPS = CarbonSteps(np.array([0.0, 100.0, 200.0, 300.0]), np.array([300.0, 100.0, 300.0, 50.0]))
+B_BATTERY = Battery(capacity_j=5000.0, charging_w=50.0, threshold=200.0)
+
+
+def test_battery_prediction_follows_the_single_threshold_rule():
+    # empty until 100 s (dirty); charges 50 W x 100 s = 5000 J (full) at 100 g/kWh; supplies 100 W from 200 s,
+    # empty at 250 s (dirty until 300 s); charges again from 300 s: 5000 J at 50 g/kWh by the 400 s horizon
+    plan = battery_plan(B_STEPS, B_BATTERY, 100.0, 400.0)
+    assert plan.dirty == ((0.0, 100.0), (250.0, 300.0))
+    assert plan.supplied_s == 50.0
+    assert plan.charging_g == pytest.approx(5000.0 * 100.0 / 3.6e6 + 5000.0 * 50.0 / 3.6e6)
+    assert plan.effective.times_s.tolist() == [0.0, 100.0, 200.0, 250.0, 300.0]
+    assert plan.effective.values.tolist() == [300.0, 100.0, 0.0, 300.0, 50.0]
+
+
+@pytest.mark.parametrize(
+    ("arrival", "service", "deadline", "expected"),
+    [
+        (10.0, 40.0, 390.0, 100.0),  # dirty on arrival: waits for the grid below the threshold
+        (210.0, 30.0, 390.0, 210.0),  # the battery covers [210, 240]: runs on arrival
+        (210.0, 60.0, 390.0, 300.0),  # [210, 270] outlasts the battery (empty at 250): waits for 300
+        (10.0, 40.0, 80.0, 10.0),  # no clean window before 80: lowest-carbon, a tie at 300 -> on arrival
+        (10.0, 40.0, 45.0, 10.0),  # no room at all: on arrival
+    ],
+)
+def test_battery_aware_start_by_hand(arrival, service, deadline, expected):
+    plan = battery_plan(B_STEPS, B_BATTERY, 100.0, 400.0)
+    assert battery_aware_start(arrival, deadline, service, B_STEPS, plan) == expected
+
+
+def test_battery_aware_needs_a_battery(tmp_path):
+    from kavier_opendc.experiments.experiment import experiment_problems, json_path
+
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,100,10,5000\n")
+    with pytest.raises(KavierInputError, match="battery-aware.*there is none"):
+        simulate_deferred(load_trace(csv), _cfg(), "battery-aware", B_STEPS)
+    probs, _ = experiment_problems(
+        _experiment(tmp_path, deferral={"policy": "battery-aware"}), base_dir=tmp_path, source="e.yaml", opendc=False
+    )
+    assert any(json_path(p) == "deferral.policy" and "datacenter has none" in m for p, m in probs), probs
+    doc = _experiment(tmp_path, deferral={"policy": "battery-aware"})
+    doc["datacenter"]["battery"] = {
+        "capacity_kwh": 1,
+        "charging_speed_w": 100,
+        "policy": {"type": "double", "lower_threshold": 100, "upper_threshold": 200},
+    }
+    probs, _ = experiment_problems(doc, base_dir=tmp_path, source="e.yaml", opendc=False)
+    assert any(json_path(p) == "datacenter.battery.policy.type" and "single" in m for p, m in probs), probs
+    rc, out = _run(
+        ["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str(csv), "--quiet"]
+        + ["--out", str(tmp_path / "s"), "--deferral", "battery-aware"]
+        + ["--carbon-trace", str(shared("carbon/NL_2022.parquet")), "--start", "2022-06-01"]
+    )
+    assert rc == 2 and "datacenter's battery" in out and "Traceback" not in out, out
+
+
+@needs_opendc
+def test_kavier_run_battery_aware_through_opendc(tmp_path):
+    """From 06:00 on 1 June (NL 2022) with an empty battery charging below 140 gCO2/kWh, a job arriving at 5 s
+    waits for the first quarter hour below 140 (found here from the Parquet file); OpenDC runs the battery."""
+    import yaml
+
+    doc = _experiment(tmp_path, deferral={"policy": "battery-aware"})
+    doc["datacenter"]["export_interval_s"] = 60
+    doc["datacenter"]["battery"] = {
+        "capacity_kwh": 0.5,
+        "charging_speed_w": 500,
+        "policy": {"type": "single", "carbon_threshold": 140},
+    }
+    exp = tmp_path / "e.yaml"
+    exp.write_text(yaml.safe_dump(doc))
+    rc, out = _run(["run", str(exp), "--out", str(tmp_path / "r"), "--no-plots"])
+    assert rc == 0, out
+    raw = pq.read_table(shared("carbon/NL_2022.parquet")).to_pandas()
+    t_s = (raw["timestamp"] - pd.Timestamp("2022-06-01T06:00:00")).dt.total_seconds().to_numpy()
+    ci = raw["carbon_intensity"].to_numpy()
+    expected = float(t_s[(t_s > 5.0) & (ci < 140.0)][0])
+    assert expected == 5400.0  # 07:30, 137.7 gCO2/kWh (07:15 is 140.1)
+    req = pd.read_parquet(tmp_path / "r" / "simulation" / "requests.parquet")
+    assert req["arrival_s"][1] == expected and req["held_s"][1] == expected - 5.0
+    assert not req["deadline_missed"][1]
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    d = rep["performance"]["deferral"]
+    assert d["policy"] == "battery-aware" and d["deadlines_missed"] == 0 and d["held_requests"] == 1
+    assert d["battery"]["threshold_gco2_per_kwh"] == 140.0 and d["battery"]["fell_back_to_lowest_carbon"] == 0
+    # the estimated draw: the host's CPU idle (100 W) + the A100's idle + the run's mean GPU power above idle
+    a100 = default_catalog().gpu("A100-80GB")
+    assert 100.0 + a100.idle_power_w < d["battery"]["estimated_draw_w"] < 100.0 + a100.max_power_w
+    assert d["latency_added_s"]["deferrable"]["mean"] == pytest.approx(expected - 5.0, abs=1.0)
+    assert d["carbon_saved_g"] > 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "battery (predicted): threshold 140 gCO2/kWh" in md
+    sus = json.loads((tmp_path / "r" / "opendc" / "sustainability.json").read_text())
+    assert sus["battery"]["capacity_wh"] == pytest.approx(500.0) and sus["battery"]["final_charge_wh"] > 0
+
+
+# --------------------------------------------------------------------------- deadlines in the other trace layouts
+
+
+def _write_layout(path, rows: list[dict]) -> None:
+    df = pd.DataFrame(rows)
+    if path.suffix == ".parquet":
+        df.to_parquet(path)
+    elif path.suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps({k: v for k, v in r.items() if v is not None}) for r in rows) + "\n")
+    else:
+        df.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_azure_layout_reads_deadline_date_times(tmp_path, ext):
+    # 18:15:46.5 and 18:15:50.5 arrive; the second is due at 19:15:50: 3604 s after the first arrival
+    p = tmp_path / f"az{ext}"
+    rows = [
+        {"TIMESTAMP": "2023-11-16 18:15:46.5", "ContextTokens": 100, "GeneratedTokens": 10, "DEADLINE": None},
+        {
+            "TIMESTAMP": "2023-11-16 18:15:50.5",
+            "ContextTokens": 100,
+            "GeneratedTokens": 10,
+            "DEADLINE": "2023-11-16 19:15:50.5",
+        },
+    ]
+    if ext == ".parquet":  # Parquet holds real timestamps
+        rows = [
+            dict(
+                r,
+                TIMESTAMP=pd.Timestamp(r["TIMESTAMP"]),
+                DEADLINE=pd.Timestamp(r["DEADLINE"]) if r["DEADLINE"] else None,
+            )
+            for r in rows
+        ]
+    _write_layout(p, rows)
+    tr = load_trace(p)
+    assert tr.format == "azure" and tr.arrival_s.tolist() == [0.0, 4.0]
+    assert np.array_equal(tr.deadline_s, [np.nan, 3604.0], equal_nan=True)
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_mooncake_layout_reads_deadline_s_on_its_timestamp_clock(tmp_path, ext):
+    # timestamp 27000 ms with deadline_s 90 (s on timestamp / 1000): due 63 s after it arrives; rebased: 1000 ms = 0
+    p = tmp_path / f"mc{ext}"
+    rows = [
+        {"timestamp": 1000, "input_length": 100, "output_length": 10, "deadline_s": None},
+        {"timestamp": 27000, "input_length": 100, "output_length": 10, "deadline_s": 90.0},
+    ]
+    _write_layout(p, rows)
+    tr = load_trace(p)
+    assert tr.format == "mooncake" and tr.arrival_s.tolist() == [0.0, 26.0]
+    assert np.array_equal(tr.deadline_s, [np.nan, 89.0], equal_nan=True)
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_vidur_layout_reads_deadline_s(tmp_path, ext):
+    p = tmp_path / f"vd{ext}"
+    rows = [
+        {"arrived_at": 5.0, "num_prefill_tokens": 100, "num_decode_tokens": 10, "deadline_s": 100.0},
+        {"arrived_at": 6.0, "num_prefill_tokens": 100, "num_decode_tokens": 10, "deadline_s": None},
+    ]
+    _write_layout(p, rows)
+    tr = load_trace(p)
+    assert tr.format == "vidur" and tr.arrival_s.tolist() == [0.0, 1.0]
+    assert np.array_equal(tr.deadline_s, [95.0, np.nan], equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needles"),
+    [
+        (
+            "az.csv",
+            "TIMESTAMP,ContextTokens,GeneratedTokens,DEADLINE\n2023-11-16 18:15:46.5,100,10,\n"
+            "2023-11-16 18:15:50.5,100,10,2023-11-16 18:15:49\n",
+            ["row 2", "DEADLINE is '2023-11-16 18:15:49', before the request's arrival (TIMESTAMP 4 s after"],
+        ),
+        (
+            "az.csv",
+            "TIMESTAMP,ContextTokens,GeneratedTokens,DEADLINE\n2023-11-16 18:15:46.5,100,10,soon\n",
+            ["row 1", "DEADLINE is 'soon', which is not a date-time"],
+        ),
+        (
+            "az.csv",
+            "TIMESTAMP,ContextTokens,GeneratedTokens,DEADLINE\n2023-11-16 18:15:46.5,100,10,3600\n",
+            ["row 1", "DEADLINE is 3600; expected a date-time as in TIMESTAMP"],
+        ),
+        (
+            "mc.jsonl",
+            '{"timestamp": 1000, "input_length": 100, "output_length": 10, "deadline_s": 0.5}\n',
+            ["row 1 (line 1)", "deadline_s is 0.5, before the request's arrival (timestamp 1 s)"],
+        ),
+        (
+            "mc.jsonl",
+            '{"timestamp": 1000, "input_length": 100, "output_length": 10, "deadline_s": "later"}\n',
+            ["row 1", "deadline_s is 'later'", "milliseconds / 1000"],
+        ),
+        (
+            "vd.csv",
+            "arrived_at,num_prefill_tokens,num_decode_tokens,deadline_s\n5.0,100,10,4\n",
+            ["row 1", "deadline_s is 4, before the request's arrival (arrived_at 5)"],
+        ),
+    ],
+)
+def test_a_bad_deadline_in_each_layout_names_the_row(tmp_path, name, text, needles):
+    p = tmp_path / name
+    p.write_text(text)
+    with pytest.raises(KavierInputError) as e:
+        load_trace(p)
+    assert all(n in str(e.value) for n in needles), str(e.value)
+
+
+def test_cli_defers_an_azure_layout_job(tmp_path):
+    """An Azure-layout job due 24 h after 00:10 on 1 June 2022 moves to 11:45 (NL 2022), as the native one does."""
+    csv = tmp_path / "az.csv"
+    csv.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens,DEADLINE\n2022-06-01 00:00:00,200,20,\n"
+        "2022-06-01 00:10:00,300,40,2022-06-02 00:10:00\n"
+    )
+    nl = str(shared("carbon/NL_2022.parquet"))
+    argv = ["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str(csv), "--quiet"]
+    argv += ["--out", str(tmp_path / "o"), "--deferral", "lowest-carbon", "--carbon-trace", nl, "--start", "2022-06-01"]
+    rc, out = _run(argv)
+    assert rc == 0, out
+    req = pd.read_parquet(tmp_path / "o" / "requests.parquet")
+    assert req["deadline_s"][1] == 87000.0 and req["arrival_s"][1] == 11 * 3600 + 45 * 60
+
+
+# --------------------------------------------------------------------------- spreading held requests over the window
+
+
+def test_spread_releases_by_hand():
+    # four held at 10 s (the step [10, 20) at 1 g/kWh): 10, 12.5, 15, 17.5; one of them may start no later than 14
+    release = np.array([10.0, 10.0, 10.0, 10.0, 0.0, 30.0])
+    held = np.array([True, True, True, True, False, True])
+    arrival = np.array([0.0, 1.0, 2.0, 3.0, 0.0, 5.0])
+    deadline = np.array([100.0, 100.0, 15.0, 100.0, np.nan, 100.0])
+    service = np.array([1.0, 1.0, 1.0, 1.0, np.nan, 1.0])
+    out, groups = spread_releases(release, held, arrival, deadline, service, STEPS)
+    assert groups == 1
+    assert out.tolist() == [10.0, 12.5, 14.0, 17.5, 0.0, 30.0]  # the third clipped to its latest start 15 - 1
+    # in the trace's last step (from 30 s, no end) the width runs to the latest of their latest starts
+    out, _ = spread_releases(
+        np.array([30.0, 30.0]), np.array([True, True]), np.zeros(2), np.array([50.0, 71.0]), np.ones(2), STEPS
+    )
+    assert out.tolist() == [30.0, 50.0]  # W = 70 - 30 = 40 (the later latest start, 71 - 1): 30 and 50
+
+
+def test_spread_releases_orders_by_submission():
+    release = np.full(3, 10.0)
+    out, _ = spread_releases(release, np.ones(3, bool), np.array([2.0, 0.0, 1.0]), np.full(3, 100.0), np.ones(3), STEPS)
+    assert out.tolist() == pytest.approx([10.0 + 2 * 10 / 3, 10.0, 10.0 + 10 / 3])
+
+
+def test_simulate_spreads_the_burst_and_meets_every_deadline(tmp_path):
+    csv = tmp_path / "jobs.csv"
+    csv.write_text(
+        "arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n"
+        + "".join(f"{i * 0.5},200,20,35\n" for i in range(4))
+    )
+    trace = load_trace(csv)
+    plain = simulate_deferred(trace, _cfg(), "lowest-carbon", STEPS)
+    assert requests_table(plain).to_pandas()["arrival_s"].tolist() == [10.0] * 4
+    spread = simulate_deferred(trace, _cfg(), "lowest-carbon", STEPS, spread=True)
+    t = requests_table(spread).to_pandas()
+    assert t["arrival_s"].tolist() == [10.0, 12.5, 15.0, 17.5]
+    assert t["held_s"].tolist() == [10.0, 12.0, 14.0, 16.0] and not t["deadline_missed"].any()
+    s = summary_dict(spread)["deferral"]
+    assert s["largest_release_burst"] == 1 and s["spread"]["groups_spread"] == 1
+    # alone on the replica in the same step, each takes its time without deferral: none queues behind another
+    assert (t["e2e_s"] < requests_table(plain).to_pandas()["e2e_s"].max()).all()
+
+
+def test_spread_needs_a_policy_that_holds(tmp_path):
+    from kavier_opendc.experiments.experiment import experiment_problems, json_path
+
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,100,10,5000\n")
+    rc, out = _run(
+        ["simulate", "--model", "Llama-3-8B", "--gpu", "A100-80GB", "--trace", str(csv), "--quiet"]
+        + ["--out", str(tmp_path / "s"), "--deferral-spread"]
+    )
+    assert rc == 2 and "--deferral-spread" in out and "policy none holds none" in out and "Traceback" not in out
+    probs, _ = experiment_problems(
+        _experiment(tmp_path, deferral={"policy": "none", "spread": True}), base_dir=tmp_path, source="e", opendc=False
+    )
+    assert any(json_path(p) == "deferral.spread" for p, _ in probs), probs
+    probs, exp = experiment_problems(
+        _experiment(tmp_path, deferral={"policy": "lowest-carbon", "spread": True}),
+        base_dir=tmp_path,
+        source="e",
+        opendc=False,
+    )
+    assert probs == [] and exp.deferral_spread
+
+
+def test_requests_released_at_one_instant_stay_on_the_server_path(tmp_path):
+    """Two timed requests run as a server (vLLM v1's server batch limits); both held to 10 s they arrive at one
+    instant, which usage auto would read as an offline batch: the deferred run keeps the server's limits."""
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("arrival_time_s,num_input_tokens,num_output_tokens,deadline_s\n0,200,20,35\n1,200,20,35\n")
+    trace = load_trace(csv)
+    assert simulate(trace, _cfg()).usage == "server"
+    result = simulate_deferred(trace, _cfg(), "lowest-carbon", STEPS)
+    assert requests_table(result).to_pandas()["arrival_s"].tolist() == [10.0, 10.0]
+    assert result.usage == "server"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.integers(50, 300), min_size=2, max_size=8),
+    initial=st.integers(0, 3000),
+    load=st.integers(1, 200),
+    arrival=st.integers(0, 60),
+    slack=st.integers(0, 80),
+    service=st.integers(0, 20),
+)
+def test_battery_aware_start_is_the_earliest_clean_start(values, initial, load, arrival, slack, service):
+    """On a fine grid, no start from the arrival before the chosen one is clean; the chosen one is clean, or
+    no clean start exists and it is the lowest-carbon start; it never leaves [arrival, the latest start]."""
+    steps = CarbonSteps(np.arange(len(values)) * 10.0, np.array(values, dtype=np.float64))
+    plan = battery_plan(steps, Battery(2000.0, 50.0, 150.0, initial_j=float(initial)), float(load), 200.0)
+    deadline = float(arrival + service + slack)
+    t = battery_aware_start(float(arrival), deadline, float(service), steps, plan)
+    latest = deadline - service
+    assert arrival <= t <= max(arrival, latest)
+    grid = np.arange(arrival, latest, 0.25)
+    clean = [g for g in grid if plan.clean(float(g), float(service))]
+    if latest > arrival and plan.clean(t, float(service)):
+        assert not clean or clean[0] >= t - 0.25
+    elif latest > arrival:
+        assert not clean and t == lowest_carbon_start(float(arrival), deadline, float(service), steps)

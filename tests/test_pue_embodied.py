@@ -4,13 +4,16 @@ cases by hand, the efficiency metrics, and bad input."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import needs_opendc
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.opendc.datacenter import load_datacenter
-from kavier_opendc.opendc.overheads import check_embodied, embodied_carbon, facility
+from kavier_opendc.opendc.overheads import check_embodied, embodied_carbon, facility, pue_from_temperature
 from kavier_opendc.reports.efficiency import _overhead_metrics
 from kavier_opendc.specs import default_catalog
 from test_pipeline import cli, tiny_experiment
@@ -157,3 +160,90 @@ def test_cli_run_refuses_a_pue_below_one(tmp_path):
     r = cli("run", p, "--out", tmp_path / "out")
     assert r.returncode != 0
     assert "pue" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------ PUE from the outside temperature
+def test_pue_from_temperature_by_hand():
+    # 1.1 up to 18 C, + 0.02 per degree above, at most 1.25: 10 C -> 1.1, 18 -> 1.1, 23 -> 1.2, 30 -> 1.25 (cap)
+    got = pue_from_temperature(np.array([10.0, 18.0, 23.0, 30.0]), 1.1, 0.02, max_pue=1.25)
+    assert got.tolist() == pytest.approx([1.1, 1.1, 1.2, 1.25])
+    assert pue_from_temperature(np.array([20.0]), 1.2, 0.01, free_cooling_c=10.0)[0] == pytest.approx(1.3)
+
+
+def test_temperature_pue_one_hour_by_hand(tmp_path):
+    """10 C from 00:00 (PUE 1.1), 28 C from 00:30 (1.1 + 0.02 x 10 = 1.3); two half-hour OpenDC intervals of
+    1000 J / 1 g and 3000 J / 2 g: facility 1000 x 1.1 + 3000 x 1.3 = 5000 J, carbon 1.1 + 2.6 = 3.7 g."""
+    (tmp_path / "t.csv").write_text(
+        "timestamp,temperature_c\n2022-01-01T00:30:00,28\n2022-01-01T00:00:00,10\n"  # out of order: sorted
+    )
+    pue = {"temperature": {"file": "t.csv"}, "free_cooling_pue": 1.1, "per_degree_c": 0.02}
+    dc = load_datacenter({"start": "2022-01-01T00:00:00", "pue": pue, "hosts": _dc().raw["hosts"]}, base_dir=tmp_path)
+    power = pd.DataFrame(
+        {
+            "timestamp_s": [1800.0, 3600.0],
+            "interval_s": [1800.0, 1800.0],
+            "energy_j": [1000.0, 3000.0],
+            "carbon_g": [1.0, 2.0],
+        }
+    )
+    f = facility(dc.pue, power, 1640995200000, 4000.0 / 3600.0, 3.0)
+    assert f["facility_energy_wh"] == pytest.approx(5000.0 / 3600.0)
+    assert f["facility_carbon_g"] == pytest.approx(3.7)
+    assert f["pue"] == pytest.approx(5000.0 / 4000.0) and f["pue_kind"] == "temperature"
+    assert f["pue_model"] == {"free_cooling_pue": 1.1, "per_degree_c": 0.02, "free_cooling_c": 18.0}
+    assert dc.to_dict()["pue"]["temperature"]["file"].endswith("t.csv")
+
+
+@pytest.mark.parametrize(
+    ("pue", "csv", "needles"),
+    [
+        (
+            {"free_cooling_pue": 0.9, "per_degree_c": 0.01},
+            "timestamp,temperature_c\n2022-01-01T00:00:00,10\n",
+            ["pue", "0.9"],
+        ),
+        (
+            {"free_cooling_pue": 1.1, "per_degree_c": 0.01},
+            "timestamp,temperature_c\n2022-01-01T00:00:00,10\n2022-01-01T01:00:00,295.1\n",
+            ["pue.temperature.file", "row 2", "295.1", "degrees Celsius"],
+        ),
+        (
+            {"free_cooling_pue": 1.1, "per_degree_c": 0.01},
+            "timestamp,temp\n2022-01-01T00:00:00,10\n",
+            ["pue.temperature.column", "'temperature_c'"],
+        ),
+        (
+            {"free_cooling_pue": 1.3, "per_degree_c": 0.01, "max_pue": 1.2},
+            "timestamp,temperature_c\n2022-01-01T00:00:00,10\n",
+            ["pue.max_pue", "below free_cooling_pue"],
+        ),
+    ],
+)
+def test_temperature_pue_bad_input_names_the_field(tmp_path, pue, csv, needles):
+    (tmp_path / "t.csv").write_text(csv)
+    with pytest.raises(KavierInputError) as e:
+        load_datacenter(
+            {"pue": {"temperature": {"file": "t.csv"}, **pue}, "hosts": _dc().raw["hosts"]}, base_dir=tmp_path
+        )
+    msg = str(e.value)
+    assert all(n in msg for n in needles), msg
+
+
+@needs_opendc
+def test_cli_run_with_a_temperature_pue(tmp_path):
+    """25 C all along: PUE 1.1 + 0.02 x (25 - 18) = 1.24 on every OpenDC interval."""
+    (tmp_path / "t.csv").write_text("timestamp,temperature_c\n2022-01-01T00:00:00,25\n")
+    p = tiny_experiment(
+        tmp_path,
+        datacenter={
+            "start": "2022-01-01T12:00:00",
+            "pue": {"temperature": {"file": str(tmp_path / "t.csv")}, "free_cooling_pue": 1.1, "per_degree_c": 0.02},
+            "hosts": [{"name": "node", "gpus_per_host": 2, "cpu": {"cores": 16, "mhz": 2000}, "memory_gib": 256}],
+        },
+    )
+    r = cli("run", p, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "out" / "report.json").read_text())["sustainability"]
+    assert s["facility"]["pue_kind"] == "temperature" and s["facility"]["pue"] == pytest.approx(1.24)
+    assert s["facility"]["facility_energy_wh"] == pytest.approx(1.24 * s["energy_wh"])
+    assert s["facility"]["facility_carbon_g"] == pytest.approx(1.24 * s["carbon_g"])

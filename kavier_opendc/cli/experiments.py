@@ -58,8 +58,9 @@ def add_run_args(ap: argparse.ArgumentParser, experiment: bool = True) -> None:
             "--deferral",
             default=None,
             metavar="POLICY",
-            help="deferral policy of the requests with a deadline_s, overriding deferral.policy: none or "
-            "lowest-carbon (on the experiment's carbon trace from datacenter.start)",
+            help="deferral policy of the requests with a deadline_s, overriding deferral.policy: none, "
+            "lowest-carbon (on the experiment's carbon trace from datacenter.start) or battery-aware (also on "
+            "datacenter.battery)",
         )
     ap.add_argument(
         "--overwrite",

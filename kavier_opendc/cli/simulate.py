@@ -248,7 +248,14 @@ def add_simulate_args(ap: argparse.ArgumentParser) -> None:
         default="none",
         metavar="POLICY",
         help="none (run on arrival, the default) or lowest-carbon (hold each request with a deadline_s until the "
-        "lowest-carbon window before its deadline; needs --carbon-trace and --start)",
+        "lowest-carbon window before its deadline; needs --carbon-trace and --start); battery-aware follows a "
+        "datacenter battery: kavier run",
+    )
+    dfr.add_argument(
+        "--deferral-spread",
+        action="store_true",
+        help="release the held requests that share one release instant evenly over the carbon step in force then, "
+        "each by its latest start, instead of all at once (README 'Carbon-aware deferral')",
     )
     dfr.add_argument(
         "--carbon-trace", default=None, metavar="FILE|REGION", help="carbon-intensity trace (OpenDC Parquet) or region"
@@ -328,7 +335,15 @@ def _simulate(args, out: Path, t0: float) -> int:
         policy = check_policy(args.deferral, "--deferral")
         trace = load_workload(args.trace, args.trace_format, args.seed, keep_overlong=args.keep_overlong_requests)
         steps = _deferral_carbon(args, policy, trace)
-        result = simulate_deferred(trace, cfg, policy, steps, progress=False if args.quiet else None)
+        if args.deferral_spread and policy == "none":
+            raise KavierInputError(
+                "--deferral-spread spreads the requests a deferral policy holds, and policy none holds none",
+                location="--deferral-spread",
+                expected="--deferral lowest-carbon (or no --deferral-spread)",
+            )
+        result = simulate_deferred(
+            trace, cfg, policy, steps, progress=False if args.quiet else None, spread=args.deferral_spread
+        )
     except KavierInputError as exc:
         raise _as_flags(exc, pool_flags if "pool_flags" in locals() else {}) from None
     with replacing(out, FILES + (INCOMPLETE,), FILES, first="summary.json", what="simulation"):  # kept until then

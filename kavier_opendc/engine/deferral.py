@@ -14,6 +14,28 @@ router, until a time of its choosing:
   those starts (and the earliest and latest) are the only candidates, and the
   minimum over them is exact. Ties go to the earliest start. A request whose
   estimate does not fit between arrival and deadline is released on arrival.
+* ``battery-aware``: released at the earliest start, from its arrival on, whose
+  whole window (start to start + estimated service time, ending by the
+  deadline) is *clean*: at every instant either the grid's intensity is below
+  the datacenter battery's threshold (OpenDC's single-threshold policy charges
+  the battery then: the work runs on the cleaner grid) or the battery is
+  predicted to hold charge (it supplies the whole datacenter then, OpenDC's
+  BatteryAggregator). When no clean window fits before the deadline the
+  request falls back to ``lowest-carbon``. The prediction (:func:`battery_plan`)
+  replays OpenDC's rule on the carbon trace from the battery's initial charge:
+  below the threshold it charges at its charging speed until full, at or above
+  it discharges at the datacenter's estimated draw until empty; that draw is
+  the datacenter's power at zero utilisation (every host's CPU and GPU idle
+  power) plus the mean GPU power above idle of the run without deferral.
+
+Spreading (``spread``, off by default; any policy but ``none``): the held
+requests that a policy releases at one instant t0 (it gives equal windows one
+start) are released one after another instead, evenly over the carbon step in
+force at t0: the k-th of m (by submission, then row) at t0 + k x W / m, W the
+time from t0 to that step's end (for the trace's last step, to the latest of
+their latest starts), and never after its own latest start (deadline minus
+its estimate): the cleaner interval is shared rather than queued at its
+first instant.
 
 The estimate is the request's own end-to-end time in the same run without
 deferral (:func:`simulate_deferred` runs that first): what it took on the same
@@ -32,7 +54,12 @@ import numpy as np
 
 from kavier_opendc.base.errors import KavierInputError
 
-POLICIES = ("none", "lowest-carbon")
+POLICIES = ("none", "lowest-carbon", "battery-aware")
+#: the battery-aware rule, said in its summary
+BATTERY_RULE = (
+    "release at the earliest start whose whole window runs on the grid below the battery's threshold or on the "
+    "predicted battery; none before the deadline: lowest-carbon"
+)
 #: how the service time of a deferred request is estimated (said in every summary)
 ESTIMATE_RULE = "the request's end-to-end time (arrival to last token) in the same run without deferral"
 
@@ -102,12 +129,115 @@ def lowest_carbon_start(arrival_s: float, deadline_s: float, service_s: float, s
     return float(cand[np.flatnonzero(means <= best + tol)[0]])
 
 
+@dataclass(frozen=True)
+class Battery:
+    """The datacenter's battery as the ``battery-aware`` policy predicts it (OpenDC's single-threshold policy:
+    SingleThresholdBatteryPolicy charges while the intensity is below ``threshold`` and supplies the whole
+    datacenter while it is at or above it). ``static_w``: the datacenter's draw at zero utilisation."""
+
+    capacity_j: float
+    charging_w: float
+    threshold: float  # gCO2/kWh
+    initial_j: float = 0.0
+    static_w: float = 0.0
+    label: str = "datacenter.battery"
+
+
+@dataclass(frozen=True)
+class BatteryPlan:
+    """The predicted battery over [0, horizon]: ``dirty`` are the intervals (start, end) when the grid is at or
+    above the threshold and the battery is empty; ``effective`` is the intensity the datacenter's marginal
+    energy sees (0 while the battery supplies it: its carbon was paid while charging, ``charging_g``)."""
+
+    load_w: float
+    dirty: tuple[tuple[float, float], ...]
+    effective: CarbonSteps
+    charging_g: float
+    supplied_s: float  # seconds the battery supplies the datacenter
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_ends", np.array([e for _, e in self.dirty], dtype=np.float64))
+
+    def first_dirty_after(self, t: float) -> int | None:
+        """The first dirty interval that ends after ``t`` (they are disjoint and sorted), None if none does."""
+        ends: np.ndarray = self._ends  # type: ignore[attr-defined]
+        k = int(np.searchsorted(ends, t, side="right"))
+        return k if k < ends.size else None
+
+    def clean(self, start: float, length: float) -> bool:
+        """Whether [start, start + length] meets no dirty interval."""
+        k = self.first_dirty_after(start)
+        return k is None or self.dirty[k][0] >= start + length
+
+
+def battery_plan(steps: CarbonSteps, battery: Battery, load_w: float, horizon_s: float) -> BatteryPlan:
+    """Replay OpenDC's single-threshold rule on ``steps`` from 0 to ``horizon_s`` at a constant draw ``load_w``."""
+    t = steps.times_s
+    cuts = np.unique(np.concatenate([[0.0, horizon_s], t[(t > 0.0) & (t < horizon_s)]]))
+    q = min(battery.initial_j, battery.capacity_j)
+    dirty: list[tuple[float, float]] = []
+    eff_t: list[float] = []
+    eff_v: list[float] = []
+    charging_g = supplied = 0.0
+
+    def piece(a: float, v: float) -> None:
+        if eff_t and eff_t[-1] == a:
+            eff_v[-1] = v
+        elif not eff_v or eff_v[-1] != v:
+            eff_t.append(a)
+            eff_v.append(v)
+
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        v = float(steps.mean(np.array([a]), 0.0)[0])
+        if v < battery.threshold:
+            added = min(battery.capacity_j - q, battery.charging_w * (b - a))
+            charging_g += added * v / 3.6e6
+            q += added
+            piece(a, v)
+            continue
+        last = b if load_w <= 0 else min(b, a + q / load_w)
+        if last > a:  # the battery supplies [a, last]
+            q = max(q - load_w * (last - a), 0.0) if load_w > 0 else q
+            supplied += last - a
+            piece(a, 0.0)
+        if last < b:
+            q = 0.0
+            dirty.append((float(last), float(b)))
+            piece(last, v)
+    merged: list[tuple[float, float]] = []
+    for s, e in dirty:
+        if merged and merged[-1][1] >= s:
+            merged[-1] = (merged[-1][0], e)
+        else:
+            merged.append((s, e))
+    eff = CarbonSteps(np.array(eff_t), np.array(eff_v), label=f"{steps.label or 'given'} with {battery.label}")
+    return BatteryPlan(load_w, tuple(merged), eff, charging_g, supplied)
+
+
+def battery_aware_start(
+    arrival_s: float, deadline_s: float, service_s: float, steps: CarbonSteps, plan: BatteryPlan
+) -> float:
+    """The release time of one request under ``battery-aware`` (see the module docstring)."""
+    latest = deadline_s - service_s
+    if not (math.isfinite(latest) and latest > arrival_s):
+        return float(arrival_s)
+    t = float(arrival_s)
+    while t <= latest:
+        k = plan.first_dirty_after(t)
+        if plan.clean(t, service_s):
+            return t
+        assert k is not None
+        t = plan.dirty[k][1]  # the window meets an empty battery above the threshold: try from its end
+    return lowest_carbon_start(arrival_s, deadline_s, service_s, steps)
+
+
 def release_times(
     policy: str,
     arrival_s: np.ndarray,
     deadline_s: np.ndarray,
     service_s: np.ndarray,
     steps: CarbonSteps | None,
+    plan: BatteryPlan | None = None,
 ) -> np.ndarray:
     """Per request, when it is released to the router (arrival for requests without a deadline, NaN)."""
     release = np.array(arrival_s, dtype=np.float64, copy=True)
@@ -121,8 +251,53 @@ def release_times(
             "carbon and datacenter.start)",
         )
     for i in np.flatnonzero(np.isfinite(deadline_s) & np.isfinite(service_s)):
-        release[i] = lowest_carbon_start(float(arrival_s[i]), float(deadline_s[i]), float(service_s[i]), steps)
+        a, d, s = float(arrival_s[i]), float(deadline_s[i]), float(service_s[i])
+        if policy == "battery-aware":
+            assert plan is not None  # simulate_deferred builds it
+            release[i] = battery_aware_start(a, d, s, steps, plan)
+        else:
+            release[i] = lowest_carbon_start(a, d, s, steps)
     return release
+
+
+#: the spread rule, said in the summary
+SPREAD_RULE = (
+    "the m held requests released at one instant t0 go one after another over the carbon step in force at t0: "
+    "the k-th (by submission) at t0 + k x W / m, W from t0 to the step's end, never after its latest start"
+)
+
+
+def spread_releases(
+    release_s: np.ndarray,
+    held: np.ndarray,
+    arrival_s: np.ndarray,
+    deadline_s: np.ndarray,
+    service_s: np.ndarray,
+    steps: CarbonSteps,
+) -> tuple[np.ndarray, int]:
+    """``release_s`` with each group of ``held`` requests sharing a release instant spread (module docstring);
+    also the number of groups spread."""
+    out = np.array(release_s, dtype=np.float64, copy=True)
+    idx = np.flatnonzero(held)
+    if idx.size == 0:
+        return out, 0
+    latest = deadline_s - service_s
+    groups = 0
+    t = steps.times_s
+    # by release instant, then submission, then row: each instant's members in the order they are spread
+    idx = idx[np.lexsort((idx, arrival_s[idx], release_s[idx]))]
+    cuts = np.flatnonzero(np.diff(release_s[idx]) != 0) + 1
+    for members in np.split(idx, cuts):
+        if members.size < 2:
+            continue
+        t0 = release_s[members[0]]
+        k = int(np.searchsorted(t, t0, side="right"))  # the first step start after t0: the step's end
+        end = float(t[k]) if k < t.size else float(np.max(latest[members]))
+        width = max(end - float(t0), 0.0)
+        slots = float(t0) + np.arange(members.size) * (width / members.size)
+        out[members] = np.maximum(np.minimum(slots, latest[members]), float(t0))
+        groups += 1
+    return out, groups
 
 
 def check_deadlines(arrival_s: np.ndarray, deadline_s: np.ndarray, source: str = "") -> None:
@@ -207,7 +382,15 @@ def _stats(values: np.ndarray) -> dict:
     return {"mean": float(v.mean()), "p50": float(np.percentile(v, 50)), "max": float(v.max())}
 
 
-def simulate_deferred(trace, cfg, policy: str, steps: CarbonSteps | None, progress: bool | None = None):
+def simulate_deferred(
+    trace,
+    cfg,
+    policy: str,
+    steps: CarbonSteps | None,
+    progress: bool | None = None,
+    battery: Battery | None = None,
+    spread: bool = False,
+):
     """The simulation of ``trace`` under ``cfg`` with deferral ``policy`` (see the module docstring).
 
     A trace without deadlines runs exactly as :func:`simulate` runs it. With deadlines, policy ``none``
@@ -246,6 +429,12 @@ def simulate_deferred(trace, cfg, policy: str, steps: CarbonSteps | None, progre
     deadline = np.asarray(trace.deadline_s, dtype=np.float64)
     check_deadlines(arrival, deadline, str(trace.source))
     deferrable = np.isfinite(deadline)
+    if policy == "battery-aware" and battery is None:
+        raise KavierInputError(
+            "deferral policy 'battery-aware' follows the datacenter's battery, and there is none",
+            location="deferral.policy",
+            expected="kavier run with datacenter.battery (policy type single), or deferral policy lowest-carbon",
+        )
     base = simulate(trace, cfg, progress)
     summary: dict = {
         "policy": policy,
@@ -258,17 +447,34 @@ def simulate_deferred(trace, cfg, policy: str, steps: CarbonSteps | None, progre
         base.extra["deferral"] = out
         return base
     service = np.where(deferrable, base.results.finish - arrival, np.nan)
-    release = release_times(policy, arrival, deadline, service, steps)
+    plan = None
+    if policy == "battery-aware" and steps is not None:
+        assert battery is not None  # checked before the first run
+        dyn = engine_carbon(base, arrival, steps, base.makespan_s)["dynamic_j"]
+        load = battery.static_w + (dyn / base.makespan_s if base.makespan_s > 0 else 0.0)
+        plan = battery_plan(steps, battery, load, max(float(np.nanmax(deadline)), base.makespan_s))
+    release = release_times(policy, arrival, deadline, service, steps, plan)
+    spread_groups = None
+    if spread and steps is not None:
+        release, spread_groups = spread_releases(release, release > arrival, arrival, deadline, service, steps)
     held = release - arrival
     moved = dataclasses.replace(trace, arrival_s=release, held_s=held)
-    result = simulate(moved, cfg, progress)
+    # the same server either way: requests released at one instant must not turn it into an offline batch
+    # (usage auto decides by the arrivals)
+    moved_cfg = dataclasses.replace(cfg, usage=cfg.resolved_usage(trace)) if cfg.usage == "auto" else cfg
+    result = simulate(moved, moved_cfg, progress)
     result.trace = moved
     out = DeferralOutcome(policy, arrival, held, deadline, result.results.finish, summary)
     summary.update(_deadline_summary(out))
     assert steps is not None  # release_times refused a policy without one
     horizon = max(base.makespan_s, result.makespan_s)
-    c0 = engine_carbon(base, arrival, steps, horizon)
-    c1 = engine_carbon(result, release, steps, horizon)
+    csteps = steps if plan is None else plan.effective
+    c0 = engine_carbon(base, arrival, csteps, horizon)
+    c1 = engine_carbon(result, release, csteps, horizon)
+    if plan is not None:  # the battery's charging is the same in both runs (the prediction's draw is)
+        for c in (c0, c1):
+            c["battery_charging_g"] = plan.charging_g
+            c["carbon_g"] += plan.charging_g
     d0, d1 = c0.pop("per_request_dynamic_g"), c1.pop("per_request_dynamic_g")
     finish0 = base.results.finish
     with np.errstate(invalid="ignore"):
@@ -285,7 +491,12 @@ def simulate_deferred(trace, cfg, policy: str, steps: CarbonSteps | None, progre
             else 0,
             "baseline_deadlines_missed": base_missed,
             "carbon_basis": "engine: GPU energy at the catalogue's linear power model x the carbon trace "
-            f"({steps.label or 'given'}); idle GPUs over the same horizon in both runs",
+            f"({csteps.label or 'given'}); idle GPUs over the same horizon in both runs"
+            + (
+                "; 0 gCO2/kWh while the predicted battery supplies the datacenter, its charging added to both"
+                if plan is not None
+                else ""
+            ),
             "horizon_s": horizon,
             "without_deferral": c0,
             "with_deferral": c1,
@@ -302,6 +513,23 @@ def simulate_deferred(trace, cfg, policy: str, steps: CarbonSteps | None, progre
             },
         }
     )
+    if spread_groups is not None:
+        summary["spread"] = {"rule": SPREAD_RULE, "groups_spread": spread_groups}
+    if plan is not None and battery is not None:
+        summary["battery"] = {
+            "rule": BATTERY_RULE,
+            "threshold_gco2_per_kwh": battery.threshold,
+            "capacity_kwh": battery.capacity_j / 3.6e6,
+            "charging_w": battery.charging_w,
+            "initial_kwh": battery.initial_j / 3.6e6,
+            "estimated_draw_w": plan.load_w,
+            "supplied_s": plan.supplied_s,
+            "empty_above_threshold_s": float(sum(e - s for s, e in plan.dirty)),
+            "charging_g": plan.charging_g,
+            "fell_back_to_lowest_carbon": int(
+                sum(1 for i in np.flatnonzero(held > 0) if not plan.clean(float(release[i]), float(service[i])))
+            ),
+        }
     result.extra["deferral"] = out
     return result
 
@@ -350,6 +578,16 @@ def describe(summary: dict) -> list[str]:
         + (f", others mean {lat['other']['mean'] or 0:.3f} s" if lat.get("other") else ""),
         f"estimate: {summary['service_time_estimate']}",
     ]
+    if summary.get("spread"):
+        lines.append(f"spread: {summary['spread']['groups_spread']} release instant(s) spread over their carbon step")
+    b = summary.get("battery")
+    if b:
+        lines.append(
+            f"battery (predicted): threshold {b['threshold_gco2_per_kwh']:g} gCO2/kWh, {b['capacity_kwh']:g} kWh, "
+            f"draw {b['estimated_draw_w']:.0f} W; supplies {b['supplied_s']:.0f} s, empty above the threshold "
+            f"{b['empty_above_threshold_s']:.0f} s, charging {b['charging_g']:.3f} g (in both runs' carbon); "
+            f"{b['fell_back_to_lowest_carbon']} held request(s) fell back to lowest-carbon"
+        )
     return lines
 
 

@@ -520,6 +520,8 @@ def summary_dict(result) -> dict:
                 "max_batched_tokens": rep.budget,
                 "kv_capacity_blocks": rep.capacity,
                 "kv_utilization_peak": rep.peak_used / rep.capacity if rep.capacity else 0.0,
+                # a capped replica only (engine/clock.py): what OpenDC's curved power models top out at
+                **({"power_cap_w": rep.cm.power_cap_w} if getattr(rep.cm, "power_cap_w", None) is not None else {}),
             }
             for rep in result.replicas
         ],

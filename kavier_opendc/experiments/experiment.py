@@ -139,6 +139,8 @@ class Experiment:
     notes: list[str] = field(default_factory=list)
     #: the deferral policy of requests with a deadline (engine/deferral.py; deferral.policy, kavier run --deferral)
     deferral: str = "none"
+    #: spread the requests held at one instant over the carbon step then (deferral.spread; engine/deferral.py)
+    deferral_spread: bool = False
 
     def sim_config(self):
         """The engine's SimConfig for this experiment's serving setup."""
@@ -322,6 +324,15 @@ def experiment_problems(
 
     dv = data.get("deferral") if isinstance(data.get("deferral"), dict) else {}
     deferral = dv.get("policy", "none") if isinstance(dv.get("policy", "none"), str) else "none"
+    deferral_spread = dv.get("spread") is True
+    if deferral_spread and deferral == "none":
+        problems.append(
+            (
+                ("deferral", "spread"),
+                "spreads the requests a deferral policy holds, and policy none holds none (expected policy "
+                "lowest-carbon or battery-aware, or no spread)",
+            )
+        )
     dc_carbon = isinstance(dc_data, dict) and (
         dc_data.get("region") or (dc_data.get("power_source") or {}).get("carbon_trace")
     )
@@ -331,6 +342,24 @@ def experiment_problems(
                 ("deferral", "policy"),
                 f"policy '{deferral}' chooses windows on a carbon trace, and the experiment has none (expected "
                 "carbon: {trace | region | synthetic}, or a datacenter with a carbon trace)",
+            )
+        )
+
+    battery = dc_data.get("battery") if isinstance(dc_data, dict) else None
+    if deferral == "battery-aware" and not isinstance(battery, dict):
+        problems.append(
+            (
+                ("deferral", "policy"),
+                "policy 'battery-aware' follows the datacenter's battery, and the datacenter has none (expected "
+                "datacenter.battery {capacity_kwh, charging_speed_w, policy: {type: single, carbon_threshold}})",
+            )
+        )
+    elif deferral == "battery-aware" and (battery.get("policy") or {}).get("type") != "single":
+        problems.append(
+            (
+                ("datacenter", "battery", "policy", "type"),
+                f"'{(battery.get('policy') or {}).get('type')}': deferral policy 'battery-aware' predicts OpenDC's "
+                "single-threshold battery (expected type single with carbon_threshold)",
             )
         )
 
@@ -361,6 +390,7 @@ def experiment_problems(
         input_files=inputs,
         notes=_name_notes(data, cat) + _slo_notes(slo),
         deferral=deferral,
+        deferral_spread=deferral_spread,
     )
     return [], exp
 

@@ -185,6 +185,46 @@ def deferral_steps(exp: Experiment, trace):
     return C.carbon_steps(df, start, horizon, label=label, location="deferral.policy")
 
 
+def deferral_battery(exp: Experiment, gpu):
+    """The datacenter's battery as the ``battery-aware`` deferral predicts it (None for another policy).
+
+    Its static draw is every host's CPU and GPU power at zero utilisation (the power models OpenDC is given;
+    ``gpu`` fills host groups that name none)."""
+    from kavier_opendc.engine.deferral import Battery
+
+    if exp.deferral != "battery-aware":
+        return None
+    dc = datacenter_for(exp, None).with_gpu(gpu) if exp.datacenter is not None else None
+    if dc is None or dc.battery is None:
+        raise KavierInputError(
+            "deferral policy 'battery-aware' follows the datacenter's battery, and there is none",
+            source=exp.source,
+            location="datacenter.battery",
+            expected="a battery {capacity_kwh, charging_speed_w, policy: {type: single, carbon_threshold}} in the "
+            "datacenter, or deferral policy lowest-carbon",
+        )
+    b = dc.battery
+    if b.policy.get("type") != "single":
+        raise KavierInputError(
+            f"deferral policy 'battery-aware' predicts OpenDC's single-threshold battery; this one is "
+            f"'{b.policy.get('type')}'",
+            source=exp.datacenter_source or exp.source,
+            location="datacenter.battery.policy.type",
+            expected="single (with carbon_threshold), or deferral policy lowest-carbon",
+        )
+    static = 0.0
+    for h in dc.hosts:
+        gp = h.gpu_power()
+        static += h.count * (h.cpu_power.static_w + (h.gpus_per_host * gp.static_w if gp is not None else 0.0))
+    return Battery(
+        capacity_j=b.capacity_kwh * 3.6e6,
+        charging_w=b.charging_speed_w,
+        threshold=float(b.policy["carbon_threshold"]),
+        initial_j=b.initial_charge_kwh * 3.6e6,
+        static_w=static,
+    )
+
+
 def datacenter_for(exp: Experiment, carbon_path: Path | None):
     """The validated :class:`Datacenter`, with the experiment's carbon trace."""
     import copy
@@ -477,7 +517,10 @@ def _stage_simulate(exp: Experiment, trace, cfg, sim_dir: Path, st: Stages) -> S
 
     with st.stage("simulate", exp.describe()):
         steps = deferral_steps(exp, trace)
-        result = simulate_deferred(trace, cfg, exp.deferral, steps, progress=st.tty)
+        battery = deferral_battery(exp, cfg.gpu)
+        result = simulate_deferred(
+            trace, cfg, exp.deferral, steps, progress=st.tty, battery=battery, spread=exp.deferral_spread
+        )
         output = SimulationOutput.from_result(result)
         output.write(sim_dir)
         summary = output.summary

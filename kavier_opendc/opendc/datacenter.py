@@ -75,6 +75,29 @@ class PowerModel:
             raise NotImplementedError(f"power({self.model}) is only computed inside OpenDC")
         return self.idle_w + (self.max_w - self.idle_w) * f
 
+    def under_cap(self, cap_w: float) -> "PowerModel":
+        """The curve OpenDC gets for a GPU capped at ``cap_w`` (engine/clock.py): a linear model is left as it is
+        (the timeline's utilisation already carries the capped draw, a fraction of idle-to-max); a constant one
+        draws at most the cap; a curved one (square, cubic, sqrt, mse, asymptotic) runs from idle to the cap,
+        its maximum under the cap, on the utilisation rescaled by :meth:`capped_utilisation`, so that no
+        utilisation draws above the cap."""
+        if self.model == "linear":
+            return self
+        if self.model == "constant":
+            return dataclasses.replace(self, power_w=min(float(self.power_w or 0.0), cap_w))
+        return dataclasses.replace(self, max_w=max(min(self.max_w, cap_w), self.idle_w))
+
+    def capped_utilisation(self, u, cap_w: float):
+        """The utilisation a curved model under :meth:`under_cap` is given: the timeline's ``u`` (a fraction of
+        idle-to-max, the capped draw) as a fraction of idle-to-cap, at most 1; ``u`` itself for linear and
+        constant models."""
+        import numpy as np
+
+        top = min(self.max_w, cap_w)
+        if self.model in ("linear", "constant") or top <= self.idle_w or top >= self.max_w:
+            return u
+        return np.minimum(np.asarray(u, dtype=np.float64) * (self.max_w - self.idle_w) / (top - self.idle_w), 1.0)
+
     @property
     def static_w(self) -> float:
         """Power drawn at zero utilisation."""
@@ -115,6 +138,8 @@ class PUE:
     times_ms: Any = None  # numpy int64, ascending
     values: Any = None  # numpy float64, each >= 1
     path: str | None = None
+    kind: str = ""  # "trace" (a PUE column) or "temperature" (outside temperatures through the model)
+    model: Mapping[str, Any] | None = None  # the temperature model's constants
 
     def series(self, epoch_ms):
         """PUE at each of ``epoch_ms`` (a numpy array); before the first row: the first value."""
@@ -127,7 +152,11 @@ class PUE:
         return self.values[k]
 
     def to_dict(self) -> Any:
-        return self.value if self.value is not None else {"file": self.path}
+        if self.value is not None:
+            return self.value
+        if self.kind == "temperature":
+            return {"temperature": {"file": self.path}, **dict(self.model or {})}
+        return {"file": self.path}
 
 
 @dataclass(frozen=True)
@@ -149,6 +178,7 @@ class HostGroup:
     path: str = "hosts[0]"  # JSON path in the description
     embodied_kgco2e: float | None = None  # one host without its GPUs; None: not given
     lifetime_years: float = DEFAULT_HOST_LIFETIME_YEARS
+    power_cap_w: float | None = None  # the run's GPU power cap (engine/clock.py), set by the export
 
     @property
     def total_cores(self) -> int:
@@ -250,6 +280,17 @@ class Datacenter:
             if h.gpu is not None and h.gpu.name not in out:
                 out.append(h.gpu.name)
         return out
+
+    def with_power_caps(self, caps: Mapping[str, float]) -> "Datacenter":
+        """The host groups of each GPU type in ``caps`` (lower-case name -> W) capped there (the topology's
+        curve: :meth:`PowerModel.under_cap`)."""
+        hosts = tuple(
+            dataclasses.replace(h, power_cap_w=caps[h.gpu.name.lower()])
+            if h.gpus_per_host > 0 and h.gpu is not None and h.gpu.name.lower() in caps
+            else h
+            for h in self.hosts
+        )
+        return dataclasses.replace(self, hosts=hosts)
 
     def with_gpu(self, gpu) -> "Datacenter":
         """Fill in ``gpu`` for host groups that have GPUs but name none."""
@@ -502,37 +543,82 @@ def _build(data: dict, base: Path, src: str, get_catalog) -> tuple[Datacenter | 
 
 
 def _pue(spec: Any, base: Path, problems: list) -> PUE | None:
-    """The PUE: a number (the schema checked it is >= 1) or a trace file read and checked here."""
+    """The PUE: a number (the schema checked it is >= 1), a PUE trace file, or a temperature trace through the
+    model of opendc/overheads.py; files are read and checked here."""
     if spec is None:
         return None
     if not isinstance(spec, Mapping):
         return PUE(value=float(spec))
     import numpy as np
+
+    if "temperature" not in spec:
+        got = _time_series(spec, ("pue",), "pue", base, problems)
+        if got is None:
+            return None
+        path, times, values, raw, order = got
+        bad = np.flatnonzero(~np.isfinite(values) | (values < 1.0))
+        if bad.size:
+            i = int(bad[0])
+            col = spec.get("column", "pue")
+            problems.append((("pue", "file"), f"{path} row {i + 1}: {col} = {raw[i]}; a PUE is a number of at least 1"))
+            return None
+        return PUE(times_ms=times[order], values=values[order], path=str(path), kind="trace")
+    from kavier_opendc.opendc.overheads import FREE_COOLING_C, pue_from_temperature
+
+    loc = ("pue", "temperature")
+    got = _time_series(spec["temperature"], loc, "temperature_c", base, problems)
+    if got is None:
+        return None
+    path, times, temps, raw, order = got
+    col = spec["temperature"].get("column", "temperature_c")
+    # outside air on Earth: a value beyond this is a unit mistake (Kelvin, Fahrenheit) or a broken row
+    bad = np.flatnonzero(~np.isfinite(temps) | (temps < -90.0) | (temps > 60.0))
+    if bad.size:
+        i = int(bad[0])
+        problems.append(
+            (
+                loc + ("file",),
+                f"{path} row {i + 1}: {col} = {raw[i]}; an outside temperature in degrees Celsius, -90 to 60",
+            )
+        )
+        return None
+    model = {
+        "free_cooling_pue": float(spec["free_cooling_pue"]),
+        "per_degree_c": float(spec["per_degree_c"]),
+        "free_cooling_c": float(spec.get("free_cooling_c", FREE_COOLING_C)),
+        **({"max_pue": float(spec["max_pue"])} if "max_pue" in spec else {}),
+    }
+    if model.get("max_pue", math.inf) < model["free_cooling_pue"]:
+        problems.append(
+            (("pue", "max_pue"), f"{model['max_pue']:g} is below free_cooling_pue ({model['free_cooling_pue']:g})")
+        )
+        return None
+    values = pue_from_temperature(temps[order], **model)
+    return PUE(times_ms=times[order], values=values, path=str(path), kind="temperature", model=model)
+
+
+def _time_series(spec: Mapping[str, Any], loc: tuple, default_col: str, base: Path, problems: list):
+    """(path, epoch-ms times, values, the raw cells) of a CSV/Parquet time series, sorted by time; None after
+    adding the problems (``loc`` is the JSON path of ``spec``)."""
+    import numpy as np
     import pandas as pd
 
     path = Path(spec["file"])
     path = path if path.is_absolute() else base / path
-    col, tcol = spec.get("column", "pue"), spec.get("time_column", "timestamp")
+    col, tcol = spec.get("column", default_col), spec.get("time_column", "timestamp")
     try:
         df = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
     except (OSError, ValueError) as exc:
-        problems.append((("pue", "file"), f"{path}: cannot be read as CSV/Parquet ({exc})"))
+        problems.append((loc + ("file",), f"{path}: cannot be read as CSV/Parquet ({exc})"))
         return None
     for c, key in ((col, "column"), (tcol, "time_column")):
         if c not in df.columns:
-            problems.append((("pue", key), f"{path} has no column {c!r} (columns: {', '.join(map(str, df.columns))})"))
+            problems.append((loc + (key,), f"{path} has no column {c!r} (columns: {', '.join(map(str, df.columns))})"))
     if problems or not len(df):
         if not len(df):
-            problems.append((("pue", "file"), f"{path} has no rows"))
+            problems.append((loc + ("file",), f"{path} has no rows"))
         return None
     values = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
-    bad = np.flatnonzero(~np.isfinite(values) | (values < 1.0))
-    if bad.size:
-        i = int(bad[0])
-        problems.append(
-            (("pue", "file"), f"{path} row {i + 1}: {col} = {df[col].iloc[i]}; a PUE is a number of at least 1")
-        )
-        return None
     t = df[tcol]
     try:
         if pd.api.types.is_numeric_dtype(t):
@@ -540,10 +626,12 @@ def _pue(spec: Any, base: Path, problems: list) -> PUE | None:
         else:
             times = pd.to_datetime(t, utc=True).to_numpy("datetime64[ms]").astype(np.int64)
     except (ValueError, TypeError) as exc:
-        problems.append((("pue", "time_column"), f"{path}: {tcol} is not ISO date-times or epoch ms ({exc})"))
+        problems.append((loc + ("time_column",), f"{path}: {tcol} is not ISO date-times or epoch ms ({exc})"))
         return None
     order = np.argsort(times, kind="stable")
-    return PUE(times_ms=times[order], values=values[order], path=str(path))
+    raw = df[col].to_numpy()
+    # row numbers in messages are the file's (1-based data rows), so the checks run before sorting
+    return path, times, values, raw, order
 
 
 def _host_group(h: dict, name: str, path: tuple, get_catalog, problems: list) -> HostGroup:

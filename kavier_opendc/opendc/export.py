@@ -296,6 +296,7 @@ def _prepare(sim_dir, datacenter, start: str | None, cpu_load_cores: float, *, c
     dc = load_datacenter(datacenter)
     sim = read_simulation(sim_dir)
     dc, specs = _gpu_specs_for(sim, dc)
+    dc = dc.with_power_caps(_power_caps(sim, specs, dc))
     hosts = opendc_hosts(dc)
     plans = plan_replicas(hosts, [(g.name, tp) for g, tp in zip(specs, sim.replica_tp, strict=True)], source=dc.source)
     start = _normalise_start(start if start is not None else (dc.start or DEFAULT_START))
@@ -330,11 +331,44 @@ def _prepare(sim_dir, datacenter, start: str | None, cpu_load_cores: float, *, c
         # host memory reserved per GPU: the smallest memory-per-GPU of the planned hosts of that type
         t["mem_ratio_mib"] = min(hosts[i].memory_mib / hosts[i].physical_gpus for i in t["entries"])
         t["power"] = dc.hosts[first.group].gpu_power(t["spec"])  # one physical GPU (not aggregated)
+        t["cap_w"] = dc.hosts[first.group].power_cap_w
         t["capacity_mhz"] = float(t["spec"].num_sms) * float(t["spec"].boost_clock_mhz)
         t["max_host_gpu_cores"] = max(
             h.gpus * h.gpu_core_count for h in hosts if h.physical_gpus > 0 and same_gpu(h.gpu_model, t["spec"].name)
         )
     return _Prepared(sim, dc, hosts, plans, specs, start, sub_ms, cpu_count, per_type)
+
+
+def _power_caps(sim: Simulation, specs: list, dc: Datacenter) -> dict[str, float]:
+    """The power cap of each GPU type's replicas (summary.json ``replicas[i].power_cap_w``; lower-case name ->
+    W), for the topology's curved power models (datacenter.PowerModel.under_cap). Replicas of one type
+    capped differently (disaggregated pools) cannot share one curve: refused for a curved model only."""
+    reps = sim.summary.get("replicas") if isinstance(sim.summary.get("replicas"), list) else []
+    caps: dict[str, set] = {}
+    for i, g in enumerate(specs):
+        r = reps[i] if i < len(reps) and isinstance(reps[i], dict) else {}
+        caps.setdefault(g.name.lower(), set()).add(r.get("power_cap_w"))
+    out: dict[str, float] = {}
+    for name, vals in caps.items():
+        if vals == {None}:
+            continue
+        curved = [
+            h
+            for h in dc.gpu_hosts()
+            if h.gpu is not None and h.gpu.name.lower() == name and h.gpu_power().model != "linear"
+        ]
+        if len(vals) > 1 and curved:
+            shown = ", ".join("none" if v is None else f"{v:g} W" for v in sorted(vals, key=lambda v: v or 0.0))
+            raise KavierInputError(
+                f"replicas of {curved[0].gpu.name} run under different power caps ({shown}) and its power model "
+                f"'{curved[0].gpu_power().model}' is curved: one OpenDC curve cannot top out at each cap",
+                source=dc.source,
+                location=f"{curved[0].path}.gpu_power_model.model",
+                expected="the linear model (it carries each cap in the utilisation), or one cap for that GPU type",
+            )
+        if None not in vals:
+            out[name] = float(next(iter(vals)))
+    return out
 
 
 def _placement(prep: _Prepared, task_ids, gpu_count, cpu_count, mem_mib, task_type) -> dict[str, Any]:
@@ -518,6 +552,15 @@ def export_with_hosts(
     _check_options(mode, tolerance, interval_s, cpu_load_cores, min_fragment_s)
     if mode == "per-request":
         prep = _prepare(sim_dir, datacenter, start, cpu_load_cores, check_cpu=False)
+        capped = [t for t in prep.per_type.values() if t["cap_w"] is not None and t["power"].model not in ("linear",)]
+        if capped:  # its tasks carry each request's mean share, not the timeline the curve needs
+            raise KavierInputError(
+                f"the per-request export does not model a power cap under the curved power model "
+                f"'{capped[0]['power'].model}' of {capped[0]['spec'].name}",
+                source=prep.dc.source,
+                location="mode",
+                expected="mode adaptive, segments or interval, or the linear GPU power model",
+            )
         return _export_per_request(prep, out_dir, cpu_load_cores), prep.dc, prep.hosts
     prep = _prepare(sim_dir, datacenter, start, cpu_load_cores, check_cpu=True)
     sim, hosts, plans, cpu_count = prep.sim, prep.hosts, prep.plans, prep.cpu_count
@@ -570,7 +613,12 @@ def export_with_hosts(
         frag_ids.append(np.full(dur.size, p.task_id, np.int32))
         frag_dur.append(dur)
         frag_cpu.append(np.full(dur.size, cpu_load_cores * t["cpu_mhz"], np.float64))
-        frag_gpu.append(u * cap)
+        power, cap_w = t["power"], t["cap_w"]
+        u_odc, seg_odc = u, seg_u  # what OpenDC's curve is given
+        if power is not None and cap_w is not None:  # a curved model tops out at the cap: u of idle-to-cap
+            u_odc, seg_odc = power.capped_utilisation(u, cap_w), power.capped_utilisation(seg_u, cap_w)
+            power = power.under_cap(cap_w)
+        frag_gpu.append(u_odc * cap)
         task_rows["id"].append(p.task_id)
         task_rows["name"].append(f"replica-{p.replica}" + (f"-part-{p.part}" if p.part or p.gpus != tp else ""))
         task_rows["submission_time"].append(prep.sub_ms)
@@ -581,11 +629,10 @@ def export_with_hosts(
         task_rows["mem_capacity"].append(mem_mib * 1000)
         task_rows["gpu_count"].append(int(spec.num_sms) * p.gpus)
         task_rows["gpu_capacity"].append(cap)
-        power = t["power"]
         if power is not None and power.model != "constant":
-            energy_linear += linear_gpu_energy_j(dur, u, p.gpus, power.idle_w, power.max_w)
+            energy_linear += linear_gpu_energy_j(dur, u_odc, p.gpus, power.idle_w, power.max_w)
         if power is not None and power.model not in ("constant", "linear") and mode != "segments":
-            curve.add(power, p.gpus, (dur, u), (seg_dur, seg_u))
+            curve.add(power, p.gpus, (dur, u_odc), (seg_dur, seg_odc))
         busy_gpu_s += float(np.sum(u * dur) / 1000.0) * p.gpus
         per_task.append(
             {

@@ -6,6 +6,18 @@ interval's energy and carbon by the PUE at the middle of that interval (the
 value in force then: each row holds until the next). Facility carbon counts
 the overhead at the grid intensity of the same interval.
 
+A trace of outside temperatures becomes a PUE trace row by row
+(:func:`pue_from_temperature`): while the outside air is at or below
+``free_cooling_c`` it cools the halls without chillers and the PUE is the
+site's ``free_cooling_pue``; above it the chillers carry the difference, and
+their power grows with it, taken as linear: ``per_degree_c`` per degree,
+capped at ``max_pue`` (the chillers at full load). Sources: the
+free-cooling bound defaults to 18 C, the lower end of ASHRAE TC 9.9's
+recommended supply-air range (18-27 C): outside air below it can be supplied
+as it is (derived from that range, not measured). ``free_cooling_pue``,
+``per_degree_c`` and ``max_pue`` are the site's own numbers and have no
+default; the linear rise is a first-order model of chiller power, not a fit.
+
 Embodied carbon: each device's kgCO2e (GPUs: the catalogue's
 ``embodied_kgco2e`` or the host group's gpu override; hosts: the host group's
 ``embodied_kgco2e``, the host without its GPUs) amortised linearly over its
@@ -25,6 +37,21 @@ import numpy as np
 from kavier_opendc.base.errors import KavierInputError
 
 SECONDS_PER_YEAR = 365.25 * 86400.0
+#: outside temperature up to which free cooling suffices (derived: ASHRAE TC 9.9's recommended 18-27 C)
+FREE_COOLING_C = 18.0
+
+
+def pue_from_temperature(
+    temperature_c: np.ndarray,
+    free_cooling_pue: float,
+    per_degree_c: float,
+    free_cooling_c: float = FREE_COOLING_C,
+    max_pue: float | None = None,
+) -> np.ndarray:
+    """The PUE at each outside temperature (see the module doc)."""
+    t = np.asarray(temperature_c, dtype=np.float64)
+    pue = free_cooling_pue + per_degree_c * np.maximum(t - free_cooling_c, 0.0)
+    return pue if max_pue is None else np.minimum(pue, max_pue)
 
 
 def _gpu_field(h, name: str) -> str:
@@ -122,8 +149,9 @@ def facility(pue, power, start_epoch_ms: int | None, it_energy_wh: float, carbon
             f_wh, f_c = float(np.sum(e * k)) / 3600.0, float(np.sum(c * k))
     return {
         "pue": f_wh / it_energy_wh if it_energy_wh > 0 else (pue.value if pue.value is not None else None),
-        "pue_kind": "constant" if pue.value is not None else "trace",
+        "pue_kind": "constant" if pue.value is not None else (pue.kind or "trace"),
         "pue_trace": pue.path,
+        **({"pue_model": dict(pue.model)} if pue.model else {}),
         "it_energy_wh": it_energy_wh,
         "facility_energy_wh": f_wh,
         "facility_overhead_wh": f_wh - it_energy_wh,

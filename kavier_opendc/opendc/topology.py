@@ -193,6 +193,8 @@ def opendc_hosts(datacenter: Datacenter, gpu=None) -> list[OpenDCHost]:
         mem_mib = int(round(h.memory_gib * 1024))
         g = h.gpu
         gp = h.gpu_power()
+        if gp is not None and h.power_cap_w is not None:
+            gp = gp.under_cap(h.power_cap_w)  # a curved model tops out at the cap (datacenter.PowerModel)
         base = dict(
             gpu_core_count=int(g.num_sms) if g else 0,
             gpu_mhz=float(g.boost_clock_mhz) if g else 0.0,

@@ -9,13 +9,21 @@ format    columns                                                      arrival t
 ========  ===========================================================  ==================
 kavier    ``num_input_tokens``, ``num_output_tokens``; optional        ``arrival_time_s``
           ``arrival_time_s``, ``session_id``, ``input_tokens``,        (seconds)
-          ``hash_ids``, ``n``
-azure     ``TIMESTAMP``, ``ContextTokens``, ``GeneratedTokens``        date-time strings
+          ``hash_ids``, ``n``, ``deadline_s``
+azure     ``TIMESTAMP``, ``ContextTokens``, ``GeneratedTokens``;       date-time strings
+          optional ``DEADLINE``
 mooncake  ``timestamp``, ``input_length``, ``output_length``;          milliseconds
-          optional ``hash_ids`` (one per 512-token block)
+          optional ``hash_ids`` (one per 512-token block),
+          ``deadline_s``
 vidur     ``num_prefill_tokens``, ``num_decode_tokens``; optional      ``arrived_at``
-          ``arrived_at``  (also Splitwise/Sarathi length files)        (seconds)
+          ``arrived_at``, ``deadline_s`` (also Splitwise/Sarathi       (seconds)
+          length files)
 ========  ===========================================================  ==================
+
+A deadline (carbon-aware deferral, engine/deferral.py) is on the clock of the
+layout's arrival column: ``deadline_s`` in seconds for kavier and vidur, in
+seconds for mooncake too (on its timestamp / 1000), and for azure a
+``DEADLINE`` date-time as TIMESTAMP. An empty cell: not deferrable.
 
 The input files of the Kavier prototype (``session_id, turn_id, ts,
 num_input_tokens, num_output_tokens, input_tokens, output_tokens``) load as
@@ -148,6 +156,7 @@ class _Layout:
     time_kind: str  # "seconds" | "milliseconds" | "datetime"
     time_required: bool
     optional: tuple[str, ...] = ()
+    deadline_col: str = "deadline_s"  # carbon-aware deferral: a deadline on the arrival column's clock
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -182,9 +191,17 @@ _LAYOUTS: dict[str, _Layout] = {
         False,
         ("session_id", "input_tokens", "hash_ids", "n", "deadline_s"),
     ),
-    "azure": _Layout("azure", "ContextTokens", "GeneratedTokens", "TIMESTAMP", "datetime", True),
-    "mooncake": _Layout("mooncake", "input_length", "output_length", "timestamp", "milliseconds", True, ("hash_ids",)),
-    "vidur": _Layout("vidur", "num_prefill_tokens", "num_decode_tokens", "arrived_at", "seconds", False),
+    # a deadline in each layout is on its arrival column's clock: Azure's a date-time as TIMESTAMP, Mooncake's in
+    # seconds (its timestamp / 1000), Vidur's in the seconds of arrived_at
+    "azure": _Layout(
+        "azure", "ContextTokens", "GeneratedTokens", "TIMESTAMP", "datetime", True, ("DEADLINE",), "DEADLINE"
+    ),
+    "mooncake": _Layout(
+        "mooncake", "input_length", "output_length", "timestamp", "milliseconds", True, ("hash_ids", "deadline_s")
+    ),
+    "vidur": _Layout(
+        "vidur", "num_prefill_tokens", "num_decode_tokens", "arrived_at", "seconds", False, ("deadline_s",)
+    ),
 }
 # Detection order when a file happens to carry the token columns of several layouts.
 _DETECT_ORDER = ("kavier", "mooncake", "azure", "vidur")
@@ -914,8 +931,15 @@ def _build(df: pd.DataFrame, lay: _Layout, src: _Source, keep_overlong: bool = F
         trace.session_id = codes.astype(np.int64)
     if "n" in lay.optional and "n" in df.columns:
         trace.n = _int_column(src, df["n"], "n", "samples per prompt", 1)
-    if "deadline_s" in lay.optional and "deadline_s" in df.columns:
-        trace.deadline_s = _deadline_column(src, df["deadline_s"], secs, str(time_col) if trace.timed else None)
+    dcol = lay.deadline_col
+    if dcol in lay.optional and dcol in df.columns:
+        if lay.time_kind == "datetime":
+            deadline = _datetime_deadlines(src, df[dcol], df[str(time_col)], dcol)
+        else:
+            deadline = df[dcol]
+        trace.deadline_s = _deadline_column(
+            src, deadline, secs, str(time_col) if trace.timed else None, dcol, df[dcol], lay.time_kind
+        )
     if "hash_ids" in lay.optional and "hash_ids" in df.columns:
         trace.hash_ids = _list_column(src, df["hash_ids"], "hash_ids")
         _check_hash_ids(src, lay, trace.hash_ids, n_in, trace.hash_block_size)
@@ -933,25 +957,73 @@ def _build(df: pd.DataFrame, lay: _Layout, src: _Source, keep_overlong: bool = F
     return trace
 
 
-def _deadline_column(src: _Source, s: pd.Series, secs: np.ndarray, time_col: str | None) -> np.ndarray:
+def _datetime_deadlines(src: _Source, s: pd.Series, times: pd.Series, column: str) -> pd.Series:
+    """Date-time deadlines as seconds after the first arrival (the clock _datetime_seconds gives the arrivals);
+    an empty cell stays empty (not deferrable), a cell that is not a date-time is an error naming the row."""
+    import pandas as pd
+
+    def parse(x: pd.Series) -> pd.Series:
+        if pd.api.types.is_datetime64_any_dtype(x.dtype):
+            return x if x.dt.tz is not None else x.dt.tz_localize("UTC")
+        strs = x.astype("string") if x.dtype == object else x
+        try:
+            return pd.to_datetime(strs, format="ISO8601", utc=True, errors="coerce")
+        except (ValueError, TypeError, OverflowError):
+            return pd.to_datetime(strs, format="mixed", utc=True, errors="coerce")
+
+    if pd.api.types.is_numeric_dtype(s.dtype) and s.notna().any():
+        i = _first(s.notna().to_numpy())
+        raise src.error(
+            i,
+            f"{column} is {_short(s.iloc[i])}; expected a date-time as in TIMESTAMP (or an empty cell: not deferrable)",
+        )
+    ts = parse(s) if not s.isna().all() else pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns, UTC]")
+    bad = _first((ts.isna() & s.notna() & (s.astype("string").str.strip() != "")).to_numpy())
+    if bad is not None:
+        raise src.error(
+            bad,
+            f"{column} is {_short(s.iloc[bad])}, which is not a date-time; expected a date-time as in TIMESTAMP, "
+            "such as '2023-11-16 18:15:46.6805900' (or an empty cell: not deferrable)",
+        )
+    t0 = parse(times.iloc[:1]).iloc[0]
+    return (ts - t0).dt.total_seconds()
+
+
+def _deadline_column(
+    src: _Source,
+    s: pd.Series,
+    secs: np.ndarray,
+    time_col: str | None,
+    column: str = "deadline_s",
+    raw: pd.Series | None = None,
+    kind: str = "seconds",
+) -> np.ndarray:
     """Deadlines (s, on the arrival column's clock; re-based with it): an empty cell is a request that is not
-    deferrable (NaN); a deadline before its own arrival is an error naming the row."""
+    deferrable (NaN); a deadline before its own arrival is an error naming the row. ``s``: the deadlines in
+    seconds (Azure's date-times already converted); ``raw``: the cells as in the file, for messages."""
+    raw = s if raw is None else raw
     vals, nonnum = _numeric_values(s)
     bad = _first(nonnum | np.isinf(vals))
     if bad is not None:
         raise src.error(
             bad,
-            f"deadline_s is {_short(s.iloc[bad])}; expected a finite time in seconds on the clock of "
-            f"{time_col or 'the arrivals (all at 0: the trace has no arrival times)'} (or an empty cell: not "
-            "deferrable)",
+            f"{column} is {_short(raw.iloc[bad])}; expected a finite time in seconds on the clock of "
+            f"{time_col or 'the arrivals (all at 0: the trace has no arrival times)'}"
+            + (" (its milliseconds / 1000)" if kind == "milliseconds" else "")
+            + " (or an empty cell: not deferrable)",
         )
     with np.errstate(invalid="ignore"):
         early = _first(vals < secs)
     if early is not None:
+        arrival = f"{secs[early]:g}" + ("" if kind == "seconds" else " s")
         raise src.error(
             early,
-            f"deadline_s is {_short(s.iloc[early])}, before the request's arrival "
-            + (f"({time_col} {secs[early]:g})" if time_col else "(at 0: the trace has no arrival times)")
+            f"{column} is {_short(raw.iloc[early])}, before the request's arrival "
+            + (
+                f"({time_col} {arrival}" + (" after the first request" if kind == "datetime" else "") + ")"
+                if time_col
+                else "(at 0: the trace has no arrival times)"
+            )
             + "; expected a deadline at or after the arrival, on the same clock (or an empty cell: not deferrable)",
         )
     return np.ascontiguousarray(vals - (secs[0] if secs.size else 0.0), dtype=np.float64)
@@ -1277,7 +1349,7 @@ def _arrow_build(cols: dict[str, Any], lay: _Layout, src: _Source, keep_overlong
         format=lay.name,
         timed=timed,
     )
-    if "deadline_s" in cols:  # empty cells mean "not deferrable": the pandas reader reads and words them
+    if lay.deadline_col in cols:  # empty cells mean "not deferrable": the pandas reader reads and words them
         raise _Unsure
     if "session_id" in lay.optional and "session_id" in cols:
         trace.session_id = _arrow_sessions(cols["session_id"], csv_text)
