@@ -1147,8 +1147,11 @@ def _arrow_csv_columns(p: Path, compression: str | None, fmt: str | None) -> tup
         else:
             types[name] = pa.string()
     wanted = [name for name in header if name.strip() in keep]
+    raw = pa.input_stream(str(p), compression=compression).read()
+    if b"0x" in raw or b"0X" in raw:  # Arrow reads a hexadecimal count (0x10) as a number; pandas refuses it
+        raise _Unsure
     table = pacsv.read_csv(
-        pa.input_stream(str(p), compression=compression),
+        pa.BufferReader(raw),
         parse_options=pacsv.ParseOptions(newlines_in_values=False, ignore_empty_lines=True),
         convert_options=pacsv.ConvertOptions(
             column_types={n: types[n] for n in wanted}, include_columns=wanted, strings_can_be_null=False
