@@ -39,11 +39,11 @@ def test_builtin_frameworks_are_complete_and_physical():
 
 def test_overhead_lookup_prefers_the_gpu_then_its_nearest_tp():
     fw = framework("vllm-0.5-server")
-    assert fw.overhead_for("H100-SXM", 1).fixed_s == pytest.approx(0.01626)
+    assert fw.overhead_for("H100-SXM", 1).fixed_s == pytest.approx(0.01585)
     assert framework("vllm-0.5-offline").overhead_for("toygpu", 1).fixed_s == pytest.approx(0.0015)
-    assert fw.overhead_for("H100-SXM", 2).fixed_s == pytest.approx(0.01626)  # nearest TP of that GPU
+    assert fw.overhead_for("H100-SXM", 2).fixed_s == pytest.approx(0.01585)  # nearest TP of that GPU
     assert fw.overhead_for("A100-40GB", 8).per_seq_s == pytest.approx(9.731e-5)
-    assert fw.overhead_for("L40S", 1).fixed_s == pytest.approx(0.01013)  # same TP, first GPU by name
+    assert fw.overhead_for("L40S", 1).fixed_s == pytest.approx(0.009644)  # same TP, first GPU by name
     assert framework("vllm-v1").overhead_for("H100-SXM", 1) is None  # the GPU profile's own
 
 

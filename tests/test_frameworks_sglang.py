@@ -39,7 +39,8 @@ def test_builtin_profiles_of_the_two_engines():
     assert (ms.policy, ms.scheduler_steps, ms.serving_path) == ("vllm-v0", 10, "server")
     for fw in (sg, ms):
         assert set(fw.step_overhead) == {("A100-80GB", 1), ("H100-SXM", 4)}
-        assert all(o.per_seq_s == 0 and 0 < o.fixed_s < 0.02 for o in fw.step_overhead.values())
+        # the A100 rows leave no CPU time beside the attention kernels' floor (0.49 ms for 32 layers): fixed_s 0
+        assert all(o.per_seq_s == 0 and 0 <= o.fixed_s < 0.02 for o in fw.step_overhead.values())
         assert 0 <= fw.client_latency_s < 0.1
         assert "sglang030_vllm060_sharegpt.csv" in fw.provenance["step_overhead"]
     assert "05bea6883c4b" in sg.provenance["policy"] and "v0.6.0" in ms.provenance["policy"]

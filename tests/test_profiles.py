@@ -145,6 +145,7 @@ def test_tensor_parallel_never_faster_than_the_ideal_split(gpu):
 def test_overheads_and_kernel_times_non_negative(gpu):
     p = CAT.gpu(gpu).profile
     assert p.overhead_fixed_s >= 0 and p.overhead_per_seq_s >= 0 and p.layer_fixed_s >= 0 and p.act_passes >= 0
+    assert p.attn_fixed_s >= 0
     assert p.custom_allreduce_latency_s >= 0
     for size in [0, 1, 2048, 2**20, 2**30]:
         for tp in (2, 4, 8):
@@ -183,6 +184,29 @@ def test_cost_model_and_calibration_share_one_formula():
     cm = CostModel(m, g, 4)
     for n, s, pairs, kv in [(1, 1, 3000, 2999), (300, 2, 50_000, 1000), (64, 64, 64 * 513, 64 * 512)]:
         assert cm.iteration(n, pairs, kv, s)[0] == pytest.approx(timer.time(IterationShape(n, s, pairs, kv)), rel=1e-12)
+
+
+def test_attention_floor_by_hand():
+    # one attention kernel per layer and iteration: Llama-3-8B's 32 layers at 10 us add 0.32 ms to every
+    # iteration that has a sequence, whatever its size, and nothing to an empty one
+    g, m = CAT.gpu("H100-SXM"), CAT.model("Llama-3-8B")
+    bare = dataclasses.replace(g.profile, attn_fixed_s=0.0)
+    floored = dataclasses.replace(g.profile, attn_fixed_s=10e-6)
+    for tp in (1, 2):
+        a, b = IterationTimer(m, g, tp, bare), IterationTimer(m, g, tp, floored)
+        for shape in [
+            IterationShape(1, 1, 500, 499),
+            IterationShape(4096, 3, 10**6, 2000),
+            IterationShape(64, 64, 0, 0),
+        ]:
+            assert b.time(shape) - a.time(shape) == pytest.approx(32 * 10e-6, rel=1e-9)
+        assert b.seq_time(0) == a.seq_time(0)
+    # in a decode run's closed form too: k iterations of d sequences gain k x the floor
+    cm_a = CostModel(m, dataclasses.replace(g, profile=bare), 1)
+    cm_b = CostModel(m, dataclasses.replace(g, profile=floored), 1)
+    ra, rb = cm_a.decode_run(16, 16 * 700), cm_b.decode_run(16, 16 * 700)
+    assert rb.total_time(50) - ra.total_time(50) == pytest.approx(50 * 32 * 10e-6, rel=1e-9)
+    assert rb.time_of(7) == pytest.approx(cm_b.iteration(16, 16 * 700 + 16 * 7, 16 * 700 + 16 * 6, 16)[0], rel=1e-12)
 
 
 def test_unknown_gpu_spec_gets_a_derived_profile():

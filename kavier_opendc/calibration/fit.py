@@ -54,6 +54,7 @@ UNFITTED_ORDER = (
     "act_passes",
     "attn_prefill_eff",
     "attn_decode_mbu",
+    "attn_fixed_s",
     "overhead_fixed_s",
     "overhead_per_seq_s",
     "allreduce",
@@ -111,7 +112,7 @@ def predict(obs: Observation, profile: GPUProfile, gpu: GPUSpec, overheads: Over
     if obs.kind == "attn_prefill":
         return obs.flops / (profile.attn_prefill_eff * gpu.peak_flops)
     if obs.kind == "attn_decode":
-        return obs.size_bytes / (profile.attn_decode_mbu * gpu.mem_bandwidth)
+        return obs.size_bytes / (profile.attn_decode_mbu * gpu.mem_bandwidth) + profile.attn_fixed_s
     if obs.kind == "custom_allreduce":
         return profile.allreduce_time(obs.size_bytes, obs.gpus, gpu.interconnect_gbs, nvlink=True)
     extra = 0.0
@@ -187,6 +188,17 @@ def fit_gemm(
             best = r
     _, mbu, mfu, p, fixed, passes = best
     return mbu, mfu, p, fixed, passes
+
+
+def fit_attention_floor(obs: list[Observation], bandwidth: float, mbu: float) -> float:
+    """attn_fixed_s of decode attention kernels, given their saturated bandwidth ``mbu`` x ``bandwidth``.
+
+    What the KV bytes leave of each measured time is the kernel's floor: the non-negative constant with the
+    least relative squared error over all rows (small ones included: that is where the floor shows).
+    """
+    y = np.array([o.measured_s for o in obs])
+    r = y - np.array([o.size_bytes for o in obs]) / (mbu * bandwidth)
+    return max(0.0, float((r / y**2).sum() / (1.0 / y**2).sum()))
 
 
 def _efficiency(obs: list[Observation], peak: float, work: str) -> float:
@@ -474,6 +486,17 @@ def calibrate_gpu(
             f"fitted on {len(big_kv)} decode attention kernel times reading >= 1 GiB of KV "
             f"per layer ({sources(big_kv)}): the saturated bandwidth, as gemm_mbu is for "
             "GPUs fitted end to end"
+        )
+    if kern["attn_decode"]:
+        # the floor at the kernels' own saturated bandwidth (the big-KV rows'), so an end-to-end fit of the
+        # bandwidth below leaves it as the kernel times measured it
+        mbu_k = _efficiency(big_kv, gpu.mem_bandwidth, "size_bytes") if big_kv else prof.attn_decode_mbu
+        prof = dataclasses.replace(
+            prof, attn_fixed_s=fit_attention_floor(kern["attn_decode"], gpu.mem_bandwidth, mbu_k)
+        )
+        prov["attn_fixed_s"] = (
+            f"fitted on all {len(kern['attn_decode'])} decode attention kernel times "
+            f"({sources(kern['attn_decode'])}) beside their KV bytes at {mbu_k:.3f} of the bandwidth"
         )
     if kern["custom_allreduce"] and not ar:
         fastest = min(kern["custom_allreduce"], key=lambda o: (o.measured_s, o.gpus, o.size_bytes))

@@ -137,6 +137,7 @@ class ReadOptions:
     default_framework: bool = False
     skipped: list = field(default_factory=list)  # (file, line, why) of rows a reader left out
     only_gpus: tuple[str, ...] = ()  # kernels layout: keep these GPUs' rows only (empty: all)
+    only_ops: tuple[str, ...] = ()  # kernels layout: keep these ops' rows only (empty: all)
 
 
 class _Rows:
@@ -558,6 +559,8 @@ def _kernels(rows: _Rows, catalog: Catalog, opts: ReadOptions) -> list[Observati
         if keep and gpu not in keep:
             continue
         op, src = r["op"], r["kernel_source"]
+        if opts.only_ops and op not in opts.only_ops:
+            continue
         t = rows.number(r, line, "latency_ms") / 1e3
         if op == "gemm":
             if r.get("dtype", "bfloat16") not in ("bfloat16", "float16"):

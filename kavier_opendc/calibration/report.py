@@ -222,15 +222,16 @@ def error_markdown(rows: list[ErrorRow], frameworks: Mapping[str, str] | None = 
 
 def describe_profiles(profiles: list[GPUProfile]) -> str:
     lines = [
-        "| GPU | status | GEMM mbu | GEMM mfu | knee p | prefill attn eff | decode KV mbu | "
+        "| GPU | status | GEMM mbu | GEMM mfu | knee p | prefill attn eff | decode KV mbu | attn floor us/layer | "
         "overhead ms/iter | overhead us/seq |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in profiles:
         status = p.status + (f" from {p.derived_from}" if p.derived_from else "")
         lines.append(
             f"| {p.gpu} | {status} | {p.gemm_mbu:.3f} | {p.gemm_mfu:.3f} | {p.gemm_knee:.2f} | "
-            f"{p.attn_prefill_eff:.3f} | {p.attn_decode_mbu:.3f} | {p.overhead_fixed_s * 1e3:.2f} | "
+            f"{p.attn_prefill_eff:.3f} | {p.attn_decode_mbu:.3f} | {p.attn_fixed_s * 1e6:.1f} | "
+            f"{p.overhead_fixed_s * 1e3:.2f} | "
             f"{p.overhead_per_seq_s * 1e6:.1f} |"
         )
     return "\n".join(lines)

@@ -122,6 +122,7 @@ class IterationTimer:
         self.kv_bytes_per_token = model.kv_bytes_per_token_gpu(a) * a
         self.s_per_attn_pair = self.flops_per_attn_pair / (profile.attn_prefill_eff * self.peak)
         self.s_per_kv_byte = 1.0 / (profile.attn_decode_mbu * self.bw)
+        self.attn_fixed = model.num_layers * profile.attn_fixed_s  # one attention kernel per layer and iteration
         if self.dp > 1:  # the batch split evenly over the attention ranks, which run at once
             self.s_per_attn_pair /= self.dp
             self.s_per_kv_byte /= self.dp
@@ -255,13 +256,16 @@ class IterationTimer:
         return t + self.moe_comm_time(n_tokens)
 
     def seq_time(self, n_seqs: float) -> float:
-        """LM head and framework overhead: depends on the sampled sequences only (per attention rank)."""
+        """LM head, framework overhead and the attention kernels' floor: depends on the sampled sequences
+        only (per attention rank)."""
         p = self.profile
         if self.dp > 1:
             n_seqs = n_seqs / self.dp
         t = p.overhead_fixed_s + p.overhead_per_seq_s * n_seqs
         if n_seqs > 0:
             t += p.gemm_time(self.head_bytes, n_seqs * self.flops_per_head_token, self.gemm_peak, self.bw)
+            if self.attn_fixed:
+                t += self.attn_fixed
         return t
 
     def attn_time(self, attn_pairs: float, kv_tokens: float) -> float:

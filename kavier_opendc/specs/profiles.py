@@ -17,6 +17,7 @@ on the stream; each kernel is its own roofline):
             + ||( W_head / (mbu * BW),     F_head(s) / (mfu * PEAK) )||_p      LM head, sampled tokens only
     t_attn  = F_attn / (attn_prefill_eff * PEAK)                             FlashAttention FLOPs
             + KV_bytes / (attn_decode_mbu * BW)                              paged-attention KV traffic
+            + L * attn_fixed_s                                               the kernel's floor, per layer
     t_comm  = 2 * L * allreduce(n * hidden * bytes, T)                       vLLM's custom all-reduce over
                                                                              NVLink up to 8 MiB, else the
                                                                              measured NCCL curve
@@ -50,6 +51,7 @@ NUMERIC_FIELDS = (
     "act_passes",
     "attn_prefill_eff",
     "attn_decode_mbu",
+    "attn_fixed_s",
     "overhead_fixed_s",
     "overhead_per_seq_s",
     "custom_allreduce_latency_s",
@@ -113,6 +115,9 @@ class GPUProfile:
     act_passes: float = 0.0  # elementwise traffic per token and layer, in (hidden + ffn/T) activations
     attn_prefill_eff: float = 0.5  # prefill attention (FlashAttention): achieved / peak FLOP/s
     attn_decode_mbu: float = 0.6  # decode attention (paged KV reads): achieved / peak bandwidth
+    # the attention kernel's floor per decoder layer and iteration (launch, first KV blocks, tail): a small
+    # decode step reaches only a fraction of attn_decode_mbu (vLLM 0.14 on an H100: 13 us); 0 where unmeasured
+    attn_fixed_s: float = 0.0
     overhead_fixed_s: float = 0.001  # framework time per iteration (scheduler, sampler, launches)
     overhead_per_seq_s: float = 0.0  # framework time per running sequence per iteration
     custom_allreduce_latency_s: float = 10e-6  # vLLM's custom all-reduce: one synchronisation over NVLink
@@ -196,6 +201,7 @@ class GPUProfile:
             "overhead_fixed_s",
             "overhead_per_seq_s",
             "layer_fixed_s",
+            "attn_fixed_s",
             "act_passes",
             "custom_allreduce_latency_s",
             "power_compute_weight",
