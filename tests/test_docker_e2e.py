@@ -1,7 +1,7 @@
 """The container pipeline on a real Docker engine (tests/docker/e2e.sh): the image built with
 docker-compose, the run service through `run` and `up`, the demo sweep on the Dask profile (a scheduler
-and two workers as services), and bad inputs. Outputs are checked as the non-container tests check
-theirs, and their numbers must equal a non-container `kavier demo` and demo sweep.
+and two workers as services), the plan service, and bad inputs. Outputs are checked as the non-container
+tests check theirs, and their numbers must equal a non-container `kavier demo`, demo sweep and plan.
 
 Runs where a Docker engine answers or can be started (root, or sudo, with apt-get), and always under
 CI=true or KAVIER_DOCKER_E2E=1 (.ci/run sets it; a skip is a failure there); KAVIER_DOCKER_E2E=0 skips it
@@ -75,7 +75,10 @@ def e2e(tmp_path_factory):
         [
             "bash",
             "-c",
-            '"$@" demo --out "$0/demo" --quiet && "$@" sweep "$0/exp/sweep.yaml" --out "$0/sweep" --jobs 2 --quiet',
+            '"$@" demo --out "$0/demo" --quiet && "$@" sweep "$0/exp/sweep.yaml" --out "$0/sweep" --jobs 2 --quiet'
+            # the plan on the script's plan inputs, once it has made them
+            ' && until [ -f "$0/../plan-inputs/plan.yaml" ]; do sleep 1; done'
+            ' && "$@" plan "$0/../plan-inputs/plan.yaml" --out "$0/plan" --quiet',
             str(native),
             *CLI,
         ],
@@ -129,7 +132,7 @@ def assert_complete_run(out: Path) -> dict:
 def test_image_is_built_from_the_compose_file(e2e):
     size = int((e2e / "image-size.txt").read_text())
     steps = json.loads((e2e / "steps.json").read_text())
-    assert {"engine", "base_images", "build", "run", "up", "sweep_dask", "bad_inputs"} <= set(steps)
+    assert {"engine", "base_images", "build", "run", "up", "sweep_dask", "plan", "bad_inputs"} <= set(steps)
     print(f"image {size / 1e9:.2f} GB ({(e2e / 'base-images.txt').read_text().strip()} base images); steps {steps}")
     assert 3e8 < size < 3e9
 
@@ -172,6 +175,18 @@ def test_sweep_on_the_dask_profile_equals_the_native_sweep(e2e):
     assert len(done) == 8 and all(str(e["worker"]).startswith("tcp://") for e in done), done
     assert "on the Dask cluster at tcp://dask-scheduler:8786" in log(e2e, "sweep-dask")
     owned_by_test_user(e2e / "exp-dask")
+
+
+def test_plan_service_equals_the_native_plan(e2e):
+    assert rc(e2e, "plan") == 0, log(e2e, "plan")
+    out, native = e2e / "exp-plan" / "plan-results", e2e / "native" / "plan"
+    got, want = (json.loads((d / "plan.json").read_text()) for d in (out, native))
+    assert got["chosen"]["opendc"] is True and got["chosen"]["wh_per_mtoken"] > 0
+    for key in ("chosen", "best", "front", "shapes", "simulations"):
+        assert scrub(got[key]) == scrub(want[key]), key
+    evals = [pd.read_csv(d / "evaluations.csv").drop(columns=["wall_s"]).sort_values("run") for d in (out, native)]
+    pd.testing.assert_frame_equal(*(t.reset_index(drop=True) for t in evals), check_exact=True)
+    owned_by_test_user(e2e / "exp-plan")
 
 
 def _native_error(args: list[str], folder: Path, env: dict | None = None) -> str:

@@ -1,9 +1,9 @@
 """The container pipeline, checked statically (tests/test_docker_e2e.py runs it on a real engine).
 
-docker-compose.yml must parse and run `kavier run` / `kavier sweep` on an
-experiment folder mounted from the host; the Dockerfile must set up the
-package the way the README's `make setup` does (pip install of the package
-with its extras, then the bridge jar built with Maven on a JDK >= 21).
+docker-compose.yml must parse and run `kavier run` / `sweep` / `plan` on an experiment folder mounted
+from the host, as the caller's UID/GID, plus a Dask profile whose sweep goes to its scheduler; the
+Dockerfile must set up the package the way the README's `make setup` does (pip install of the package,
+then the bridge jar built with Maven on a JDK >= 21), with the public base images as the defaults.
 """
 
 from __future__ import annotations

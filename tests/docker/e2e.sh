@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The container pipeline run for real: Docker engine, base images, `docker-compose build`, the run
-# service (`run` and `up`), the sweep on the Dask profile and three bad inputs. tests/test_docker_e2e.py
+# service (`run` and `up`), the sweep on the Dask profile, the plan service and three bad inputs. tests/test_docker_e2e.py
 # drives it and checks the outputs; by hand:
 #
 #   bash tests/docker/e2e.sh WORKDIR      # WORKDIR/exp-*/ hold the experiment folders and their results
@@ -19,6 +19,18 @@ work="$(mkdir -p "$1" && cd "$1" && pwd)"
 : "${KAVIER_DOCKER_TEST_UID:=$( [ "$(id -u)" = 0 ] && echo 4242 || id -u )}"
 : "${KAVIER_DOCKER_TEST_GID:=$( [ "$(id -u)" = 0 ] && echo 4242 || id -g )}"
 PY="${PYTHON:-python3}"
+
+# the plan service's input: the built-in plan example cut to 2 shapes (H100 or A100, TP 1, prefix block),
+# made first, so that a non-container reference can run on the same files meanwhile
+mkdir -p "$work/plan-inputs"
+cp "$repo/kavier_opendc/data/plan_chat_workload.yaml" "$work/plan-inputs/"
+"$PY" - "$repo/kavier_opendc/data/plan_example.yaml" "$work/plan-inputs/plan.yaml.part" <<'PLAN'
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+doc["candidates"].update(tp=[1], prefix_cache=["block"])
+yaml.safe_dump(doc, open(sys.argv[2], "w"), sort_keys=False)
+PLAN
+mv "$work/plan-inputs/plan.yaml.part" "$work/plan-inputs/plan.yaml"
 
 exec 9>/tmp/kavier-docker-e2e.lock
 flock 9
@@ -194,6 +206,13 @@ step_end up
 step_begin sweep_dask
 compose_case "$(new_exp exp-dask)" sweep-dask --profile dask run --rm sweep-dask
 step_end sweep_dask
+
+step_begin plan
+d="$(new_exp exp-plan)"
+cp "$work/plan-inputs/"* "$d/"
+[ "$(id -u)" = 0 ] && chown -R "$KAVIER_UID:$KAVIER_GID" "$d"
+compose_case "$d" plan --profile plan run --rm plan
+step_end plan
 
 step_begin bad_inputs
 # a missing experiments folder: refused before any container starts, and never created
