@@ -80,11 +80,12 @@ cleanup() {
     # the engine's data root (images, layers, build cache): a few GB, not kept
     $as_root rm -rf "$work/docker-root"
   else
-    docker image rm -f "$KAVIER_IMAGE" >/dev/null 2>&1
+    [ -n "${KAVIER_IMAGE:-}" ] && docker image rm -f "$KAVIER_IMAGE" >/dev/null 2>&1
   fi
   exit $rc
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT  # (the EXIT trap then stops what was started)
 
 step_begin engine
 docker_cli=""
