@@ -21,7 +21,7 @@ bridge:           ## build the OpenDC bridge jar (OpenDC inside) with Maven on a
 bridge-lite:      ## only on request: the gateway WITHOUT OpenDC, for developing the Py4J plumbing
 	$(PYTHON) -m kavier_opendc.cli bridge build --lite --with-tests
 
-# the docker-compose pipeline on a real engine (about 5-8 min, mostly the image build): run in a pytest
+# the docker-compose pipeline on a real engine (9-14 min on 2 busy cores, half of it the image build): a pytest
 # process of its own beside the rest of the suite, its log (with each step's time) printed at the end
 DOCKER_E2E = tests/test_docker_e2e.py
 
