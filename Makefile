@@ -21,11 +21,22 @@ bridge:           ## build the OpenDC bridge jar (OpenDC inside) with Maven on a
 bridge-lite:      ## only on request: the gateway WITHOUT OpenDC, for developing the Py4J plumbing
 	$(PYTHON) -m kavier_opendc.cli bridge build --lite --with-tests
 
+# the docker-compose pipeline on a real engine (9-14 min on 2 busy cores, half of it the image build): a pytest
+# process of its own beside the rest of the suite, its log (with each step's time) printed at the end
+DOCKER_E2E = tests/test_docker_e2e.py
+
 test: setup       ## the whole test suite: the bridge's JUnit tests (in 'setup'), ruff, mypy and pytest
 	$(PYTHON) -m ruff check kavier_opendc tests bench
 	$(PYTHON) -m ruff format --check kavier_opendc tests bench
 	$(PYTHON) -m mypy
-	$(PYTHON) -m pytest $(if $(filter 1,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS))
+	@mkdir -p out; \
+	$(PYTHON) -m pytest -p no:xdist -s $(DOCKER_E2E) >out/docker-e2e.log 2>&1 & docker_pid=$$!; \
+	trap 'kill $$docker_pid 2>/dev/null' INT TERM; \
+	$(PYTHON) -m pytest $(if $(filter 1,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS)) --ignore=$(DOCKER_E2E); rc=$$?; \
+	wait $$docker_pid; docker_rc=$$?; \
+	echo "---- $(DOCKER_E2E), run beside the suite (exit code $$docker_rc; log in out/docker-e2e.log):"; \
+	cat out/docker-e2e.log; \
+	[ $$rc = 0 ] && [ $$docker_rc = 0 ]
 
 demo:             ## a demo simulation on a built-in synthetic workload
 	kavier demo --out out/demo --overwrite

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kavier_opendc.base.atomic import atomic_write_text, current_umask, write_json_atomic
+from kavier_opendc.base.errors import KavierRuntimeError
 from kavier_opendc.experiments.executor import unpack_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,3 +78,31 @@ def test_atomic_writers_and_an_unpacked_remote_run_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "run-0").stat().st_mode) == 0o750  # was mkdtemp's 0700
+
+
+def _tar(*members: tarfile.TarInfo) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for m in members:
+            tar.addfile(m, io.BytesIO(b"{}") if m.isfile() else None)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("with_data_filter", [True, False])
+def test_an_unpacked_remote_run_holds_plain_files_only(tmp_path, monkeypatch, with_data_filter):
+    """Python 3.11.0-3.11.3 (Debian bookworm's 3.11.2, the container's stand-in base) have no tarfile
+    "data" filter: the same archives are unpacked and the same ones refused without it."""
+    if not with_data_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    d, f = tarfile.TarInfo("simulation"), tarfile.TarInfo("simulation/summary.json")
+    d.type, f.size = tarfile.DIRTYPE, 2
+    unpack_run(_tar(d, f), tmp_path / "ok")
+    assert (tmp_path / "ok" / "simulation" / "summary.json").read_bytes() == b"{}"
+    link = tarfile.TarInfo("escape")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    outside = tarfile.TarInfo("../outside.json")
+    outside.size = 2
+    for bad in (link, outside):
+        with pytest.raises(KavierRuntimeError, match=f"holds '{re.escape(bad.name)}', which is not a plain file"):
+            unpack_run(_tar(bad), tmp_path / "bad")
+        assert not (tmp_path / "bad").exists() and not (tmp_path / "outside.json").exists()

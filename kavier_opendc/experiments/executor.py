@@ -384,6 +384,19 @@ def input_files(task: RunTask) -> list[Path]:
     return list(seen.values())
 
 
+def _extract_plain(tar: tarfile.TarFile, dest: Path) -> None:
+    """Unpack files and folders only, all inside ``dest``: tarfile's "data" filter, or (Python 3.11.0-3.11.3,
+    e.g. Debian bookworm's, which lack it) the same refusal of links, devices and paths leading out."""
+    members = tar.getmembers()
+    for m in members:
+        if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or ".." in Path(m.name).parts:
+            raise KavierRuntimeError(f"a run archive holds {m.name!r}, which is not a plain file inside its folder")
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, members=members, filter="data")
+    else:
+        tar.extractall(dest, members=members)  # noqa: S202 - every member was checked above
+
+
 def unpack_run(archive: bytes, run_dir: Path) -> None:
     """Replace ``run_dir`` by the run folder in ``archive`` (unpacked beside it, then renamed). Within the
     sweep's or plan's output root (the driver declared it) its ``runs/`` is made only while that is there."""
@@ -391,7 +404,7 @@ def unpack_run(archive: bytes, run_dir: Path) -> None:
     stage = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.incoming-", dir=run_dir.parent))
     try:
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-            tar.extractall(stage, filter="data")
+            _extract_plain(tar, stage)
         if run_dir.exists():
             shutil.rmtree(run_dir)
         public_mode(stage, directory=True)
