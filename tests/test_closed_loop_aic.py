@@ -135,7 +135,7 @@ def test_cli_trtllm_server_closed_loop(tmp_path):
 
 def test_minimax_rows_simulated_whole():
     """MiniMax-M2.5 (vLLM 0.18, FP8, TP 4 x EP 4): the 15 rows simulated whole under vllm-0.12-server, nothing
-    fitted to them, stay within the README's errors (TPOT 10.2 %, TTFT 24.6 % MAPE)."""
+    fitted to them, stay within the README's errors (TPOT 10.3 %, TTFT 24.6 % MAPE)."""
     if not CSV.exists():
         pytest.skip("shared data not found")
     rows = [r for r in read_rows(CSV, "vllm") if r.model == "MiniMax-M2.5" and r.attn_dp == 1]

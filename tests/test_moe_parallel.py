@@ -305,7 +305,7 @@ def test_experiment_serving_parallel_fields(tmp_path):
 
 def test_low_concurrency_tpot_check_against_aiconfigurator():
     """bench/moe_tpot_check.py: the decode step predicted for the measured MoE rows (not fitted to them)
-    stays within the errors reported in the README (mean 13 %, max 28 %; the step is below the measured TPOT,
+    stays within the errors reported in the README (mean 6 %, max 19 %; the step is mostly below the measured TPOT,
     which also holds the closed loop's prefills)."""
     import importlib.util
     from pathlib import Path
