@@ -68,7 +68,7 @@ def run_dir(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("eff")
     # SLOs between the faster and the slower requests of this run (A100-80GB profile)
-    p = tiny_experiment(tmp, slo={"ttft_s": 0.04, "tpot_s": 0.012})
+    p = tiny_experiment(tmp, slo={"ttft_s": 0.04, "tpot_s": 0.0125})
     run_experiment(
         load_experiment(p), tmp / "out", bridge=None if HAVE_OPENDC else FakeOpenDC(), quiet=True, plots=False
     )

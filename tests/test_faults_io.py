@@ -789,7 +789,8 @@ def test_a_sweep_folder_removed_mid_sweep_is_not_recreated(tmp_path, jobs):
         out,
         "ENOENT",
         "its folder was removed or moved while the command was writing into it",
-        where=f": {out}: No such file or directory (ENOENT)",  # the folder removed, not a run's inside it
+        # the folder removed, or (a worker's writer may see it first, under load) a path inside it
+        where=f": {out}",
     )
     # no run folder re-created (by the worker's writers, nor by the driver), no INCOMPLETE marker planted
     # in a new empty folder
