@@ -189,13 +189,17 @@ def read_rows(path: str | Path, backend: str | None = None) -> list[ClosedLoopRo
                     )
                 )
             except (KeyError, ValueError) as exc:
-                raise KavierInputError(
-                    f"unreadable row ({exc})",
-                    source=str(path),
-                    location=f"line {line}",
-                    expected="the columns of aiconfigurator_e2e_h100.csv",
-                ) from None
+                raise _unreadable(path, line, exc) from None
     return out
+
+
+def _unreadable(path: str | Path, line: int, exc: Exception) -> KavierInputError:
+    return KavierInputError(
+        f"unreadable row ({exc})",
+        source=str(path),
+        location=f"line {line}",
+        expected="the columns of aiconfigurator_e2e_h100.csv",
+    )
 
 
 def _rank(cell: str | None) -> int:
@@ -502,12 +506,7 @@ def read_disagg_rows(path: str | Path) -> tuple[list[DisaggRow], dict[str, int]]
                     )
                 )
             except (KeyError, ValueError) as exc:
-                raise KavierInputError(
-                    f"unreadable row ({exc})",
-                    source=str(path),
-                    location=f"line {line}",
-                    expected="the columns of aiconfigurator_e2e_h100.csv",
-                ) from None
+                raise _unreadable(path, line, exc) from None
     return rows, skipped
 
 
