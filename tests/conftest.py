@@ -155,3 +155,20 @@ def make_trace(arrivals, prompts, outputs) -> Trace:
         source="test",
         format="kavier",
     )
+
+
+def toy_pd_config(topo, **kw):
+    """A disaggregated SimConfig of the toy model and GPU over ``topo`` (a kv_link.Disaggregation): 4,096-token
+    budget, 400-token context; ``kw`` overrides any field."""
+    from kavier_opendc.engine.simulator import SimConfig
+
+    base = dict(
+        model=TOY_MODEL,
+        gpu=TOY_GPU,
+        efficiency=TOY_EFF,
+        disaggregation=topo,
+        max_batched_tokens=4096,
+        max_model_len=400,
+    )
+    base.update(kw)
+    return SimConfig(**base)

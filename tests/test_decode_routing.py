@@ -14,26 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace
+from conftest import TOY_GPU, TOY_MODEL, make_trace, toy_pd_config
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.kv_link import Disaggregation, LinkSpec, Pool
 from kavier_opendc.engine.results import FINISHED, REJECTED
-from kavier_opendc.engine.simulator import SimConfig, simulate
+from kavier_opendc.engine.simulator import simulate
 
 LINK = LinkSpec(1.0, 0.001, 0.002)
 
 
-def cfg(topo: Disaggregation, **kw) -> SimConfig:
-    base = dict(
-        model=TOY_MODEL,
-        gpu=TOY_GPU,
-        efficiency=TOY_EFF,
-        disaggregation=topo,
-        max_batched_tokens=4096,
-        max_model_len=400,
-    )
-    base.update(kw)
-    return SimConfig(**base)
+cfg = toy_pd_config
 
 
 def pool(blocks: int, replicas: int = 1, seqs: int | None = None) -> Pool:

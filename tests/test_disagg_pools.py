@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace, needs_opendc, toy_time
+from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace, needs_opendc, toy_pd_config, toy_time
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine.kv_link import DEFAULT_LINK_J_PER_BYTE, Disaggregation, LinkSpec, PairLink, Pool
 from kavier_opendc.engine.outputs import summary_dict
@@ -25,17 +25,7 @@ KV_BYTES = TOY_MODEL.kv_bytes_per_token  # 512
 TOY_GPU2 = dataclasses.replace(TOY_GPU, name="toygpu2", mem_bandwidth_gbs=2000.0)
 
 
-def cfg(topo: Disaggregation, **kw) -> SimConfig:
-    base = dict(
-        model=TOY_MODEL,
-        gpu=TOY_GPU,
-        efficiency=TOY_EFF,
-        disaggregation=topo,
-        max_batched_tokens=4096,
-        max_model_len=400,
-    )
-    base.update(kw)
-    return SimConfig(**base)
+cfg = toy_pd_config
 
 
 def pool(blocks: int, gpu=TOY_GPU, replicas: int = 1) -> Pool:
