@@ -135,14 +135,14 @@ def test_cli_trtllm_server_closed_loop(tmp_path):
 
 def test_minimax_rows_simulated_whole():
     """MiniMax-M2.5 (vLLM 0.18, FP8, TP 4 x EP 4): the 15 rows simulated whole under vllm-0.12-server, nothing
-    fitted to them, stay within the README's errors (TPOT 10.3 %, TTFT 24.6 % MAPE)."""
+    fitted to them, stay within the README's errors (TPOT 12.5 %, TTFT 20.6 % MAPE)."""
     if not CSV.exists():
         pytest.skip("shared data not found")
     rows = [r for r in read_rows(CSV, "vllm") if r.model == "MiniMax-M2.5" and r.attn_dp == 1]
     assert len(rows) == 15 and {(r.gpus, r.moe_ep) for r in rows} == {(4, 4)}
     ev = evaluate(rows, CAT, framework("vllm-0.12-server"))
     m = ev.mape(ev.held_out)
-    assert m["tpot"] < 0.11 and m["ttft"] < 0.26
+    assert m["tpot"] < 0.13 and m["ttft"] < 0.21
 
 
 def test_disaggregated_rows_read_and_laid_out_as_pools():

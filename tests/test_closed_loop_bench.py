@@ -10,12 +10,15 @@ import pytest
 from conftest import SHARED_DATA
 from kavier_opendc.calibration.closed_loop_bench import (
     ClosedLoopRow,
+    deployment_token_budget,
     fit_closed_loop,
     read_rows,
+    row_config,
     row_trace,
     sglang05_memory_fraction,
     simulate_row,
 )
+from kavier_opendc.engine.simulator import simulate
 from kavier_opendc.specs import default_catalog
 from kavier_opendc.specs.frameworks import StepOverhead, framework
 
@@ -48,6 +51,33 @@ def test_row_trace_is_the_aiperf_run():
     tr = row_trace(_row(1024, 128, 8))
     assert len(tr) == 22 * 8 and tr.closed_loop is not None and tr.closed_loop.concurrency == 8
     assert (tr.num_input_tokens == 1024).all() and (tr.num_output_tokens == 128).all()
+
+
+def test_deployment_token_budget_by_hand():
+    # AIConfigurator's generator rule: batch + ISL + 1500 tokens per step (TRT-LLM: up to 32-token blocks)
+    vllm012 = dataclasses.replace(_row(1024, 128, 8), version="0.12.0")
+    assert deployment_token_budget(vllm012) == 8 + 1024 + 1500
+    assert row_config(vllm012, CAT, framework("vllm-0.12-server")).max_batched_tokens == 2532
+    # measured before the generator existed (2025-12-04), or undated and not vLLM 0.12.0: the engine's default
+    assert deployment_token_budget(dataclasses.replace(vllm012, measured="2025-10-29")) is None
+    assert deployment_token_budget(_row(1024, 128, 8)) is None
+    assert row_config(_row(1024, 128, 8), CAT, framework("vllm-0.12-server")).max_batched_tokens is None
+    trt = dataclasses.replace(vllm012, backend="trtllm", version="1.2.0rc6.post1", measured="2026-01-23")
+    assert deployment_token_budget(trt) == 80 * 32  # 2532 -> 2560
+
+
+def test_token_budget_breaks_the_first_waves_lockstep():
+    # 8 prompts of 1,024 tokens at once: the default 8,192-token budget prefills all of them in one step (one
+    # first-token time); 2,532 tokens a step hold at most two whole prompts (the rest chunked), so the first
+    # tokens come over at least four steps and the first one much sooner
+    row = dataclasses.replace(_row(1024, 16, 8), version="0.12.0")
+    fw = framework("vllm-0.12-server")
+    firsts = {}
+    for name, cfg in (("default", row_config(_row(1024, 16, 8), CAT, fw)), ("budget", row_config(row, CAT, fw))):
+        res = simulate(row_trace(row), cfg, progress=False)
+        firsts[name] = np.round(res.results.first_token[:8], 9)
+    assert len(set(firsts["default"])) == 1
+    assert len(set(firsts["budget"])) >= 4 and firsts["budget"].min() < firsts["default"].min() / 2
 
 
 def test_sglang05_memory_fraction_by_hand():

@@ -86,6 +86,7 @@ class ClosedLoopRow:
     moe_ep: int = 1
     moe_tp: int = 1
     attn_dp: int = 1
+    measured: str = ""  # the run's date (ISO), "" where the row does not record it
 
     @property
     def label(self) -> str:
@@ -186,6 +187,7 @@ def read_rows(path: str | Path, backend: str | None = None) -> list[ClosedLoopRo
                         _rank(r.get("moe_ep_size")),
                         _rank(r.get("moe_tp_size")),
                         _rank(r.get("attention_dp_size")),
+                        (r.get("measured_date") or "").strip()[:10],
                     )
                 )
             except (KeyError, ValueError) as exc:
@@ -250,12 +252,43 @@ def sglang05_memory_fraction(gpu_memory_gib: float, tp: int) -> float:
     return round((mib - reserved) / mib, 3)
 
 
+#: AIConfigurator's generator sizes a server's token budget per step as ``max_batch_size + ISL + 1500``
+#: (aggregated) and ``ISL + 1500`` (a prefill worker), TRT-LLM's rounded up to its 32-token KV blocks: the
+#: ``max_num_tokens`` rules of its backend rule plugins (src/aiconfigurator/generator/rule_plugin/*.rule),
+#: from the generator's first version (ai-dynamo/aiconfigurator @ 95ddf241a, 2025-12-04) to 095f58a. It
+#: replaces the engine's default (vLLM 8,192 on an H100 server, which lets one step prefill eight prompts
+#: of 1,024 tokens at once).
+AIC_BUDGET_MARGIN = 1500
+AIC_GENERATOR_DATE = "2025-12-04"
+#: undated rows served from the generator's configurations: its vLLM support (PR #144) came with vLLM
+#: 0.12.0, new that week. Older undated rows (TRT-LLM 1.0.0rc3, SGLang 0.5.1, vLLM without a version,
+#: measured 2025-10) keep the engines' defaults: their deployments' budgets are not recorded.
+AIC_GENERATED_UNDATED = (("vllm", "0.12.0"),)
+
+
+def deployment_token_budget(row: ClosedLoopRow | DisaggRow) -> int | None:
+    """Tokens per step of the row's server (aggregated) or prefill workers (disaggregated) under the
+    generator's rule, where the row ran a generated configuration; None: the framework's default."""
+    if row.measured:
+        generated = row.measured >= AIC_GENERATOR_DATE
+    else:
+        generated = (row.backend, row.version) in AIC_GENERATED_UNDATED
+    if not generated:
+        return None
+    tokens = row.isl + AIC_BUDGET_MARGIN + (row.batch_size if isinstance(row, ClosedLoopRow) else 0)
+    return -(-tokens // 32) * 32 if row.backend == "trtllm" else tokens
+
+
 def row_config(row: ClosedLoopRow, catalog: Catalog, fw: FrameworkProfile) -> SimConfig:
     """The row's server as a SimConfig: its GPUs (:attr:`ClosedLoopRow.gpus`), max batch, weights (FP8 rows FP8
     everywhere; FP4 rows the catalogue's MXFP4 experts) and MoE layout (``moe_ep_size`` > 1 -> expert
-    parallel over all the GPUs, ``attention_dp_size`` -> attention DP ranks of ``tp_size`` GPUs each)."""
+    parallel over all the GPUs, ``attention_dp_size`` -> attention DP ranks of ``tp_size`` GPUs each) and
+    token budget per step (:func:`deployment_token_budget`)."""
     gpu = catalog.gpu(row.gpu)
     kw: dict = {}
+    budget = deployment_token_budget(row)
+    if budget is not None:
+        kw["max_batched_tokens"] = budget
     if fw.engine == "sglang":
         kw["gpu_memory_utilization"] = sglang05_memory_fraction(gpu.memory_gib, row.gpus)
     if row.moe_ep > 1:
@@ -426,6 +459,7 @@ class DisaggRow:
     tpot_s: float
     prefill: WorkerLayout
     decode: WorkerLayout
+    measured: str = ""  # the run's date (ISO), "" where the row does not record it
 
     @property
     def workers(self) -> str:
@@ -503,6 +537,7 @@ def read_disagg_rows(path: str | Path) -> tuple[list[DisaggRow], dict[str, int]]
                         float(r["silicon_tpot_ms"]) / 1e3,
                         roles["prefill"],
                         roles["decode"],
+                        (r.get("measured_date") or "").strip()[:10],
                     )
                 )
             except (KeyError, ValueError) as exc:
@@ -525,7 +560,8 @@ def disagg_framework(backend: str) -> FrameworkProfile:
 
 def disagg_config(row: DisaggRow, catalog: Catalog, fw: FrameworkProfile) -> SimConfig:
     """The row's deployment as a SimConfig: a prefill pool and a decode pool of the recorded workers (1 where
-    not recorded), each worker ``tp`` x ``attn_dp`` GPUs with its expert layout and max batch; the KV link one
+    not recorded), each worker ``tp`` x ``attn_dp`` GPUs with its expert layout and max batch, a prefill
+    worker's token budget per step :func:`deployment_token_budget`; the KV link one
     400 Gb/s port per GPU of the smaller worker (DGX H100 datasheet; the rows do not record it)."""
     from kavier_opendc.engine.kv_link import Disaggregation, LinkSpec, Pool
     from kavier_opendc.specs.iteration_time import INTER_NODE_GBS
@@ -533,10 +569,10 @@ def disagg_config(row: DisaggRow, catalog: Catalog, fw: FrameworkProfile) -> Sim
     gpu = catalog.gpu(row.gpu)
     base = catalog.model(row.model)
 
-    def pool(w: WorkerLayout) -> Pool:
+    def pool(w: WorkerLayout, tokens: int | None = None) -> Pool:
         model = dataclasses.replace(base, expert_parallel=w.moe_ep > 1, attn_dp=w.attn_dp) if base.is_moe else base
         seqs = w.batch * w.attn_dp if w.batch is not None else None
-        return Pool(model, gpu, replicas=w.workers or 1, tp=w.gpus, max_num_seqs=seqs)
+        return Pool(model, gpu, replicas=w.workers or 1, tp=w.gpus, max_num_seqs=seqs, max_batched_tokens=tokens)
 
     link = LinkSpec(gbs=INTER_NODE_GBS * min(row.prefill.gpus, row.decode.gpus))
     return SimConfig(
@@ -544,7 +580,7 @@ def disagg_config(row: DisaggRow, catalog: Catalog, fw: FrameworkProfile) -> Sim
         gpu=gpu,
         framework=dataclasses.replace(fw, client_latency_s=0.0),
         weight_dtype="fp8" if row.precision == "fp8" else "auto",
-        disaggregation=Disaggregation(pool(row.prefill), pool(row.decode), link),
+        disaggregation=Disaggregation(pool(row.prefill, deployment_token_budget(row)), pool(row.decode), link),
     )
 
 
