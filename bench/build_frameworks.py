@@ -64,6 +64,11 @@ CLOSED_LOOP_CHECKS = (
     ("vLLM 0.12.0 Qwen3-32B BF16, default profile", "vllm", ("0.12.0",), "Qwen3-32B", "bf16", "vllm-v1"),
 )
 
+#: framework -> the fitted frameworks of the same serving path whose client latencies it takes (their mean):
+#: vLLM's OpenAI server front end (HTTP, tokenisation, the hand-off to the engine process, streaming) is the
+#: V1 design from 0.8 on, measured on 0.11 (one H100) and 0.12 (TP 2-8); 0.14 has no shared measurement
+INHERITED_CLIENT_LATENCY = {"vllm-0.14-server": ("vllm-0.11-server", "vllm-0.12-server")}
+
 #: framework -> the shared files measured with it
 SOURCES = {
     "vllm-0.5-server": ["calibration/mlenergy_v2_vllm054_chat.csv"],
@@ -145,8 +150,10 @@ def rebuild(text: str, data: Path = DATA, fitted: dict | None = None) -> tuple[s
         "| client ms |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    clients: dict[str, float] = {}  # framework -> its fitted client latency (s)
     for name, variants in LOAD_SWEEPS.items():
         fit = fit_load_sweep(inference_perf_points(variants, data), cat, framework(name))
+        clients[name] = float(f"{fit.client_latency_s:.4g}")
         o = fit.overhead
         lines = [
             f"    client_latency_s: {float(f'{fit.client_latency_s:.4g}')}",
@@ -164,7 +171,12 @@ def rebuild(text: str, data: Path = DATA, fitted: dict | None = None) -> tuple[s
         )
     blocks: dict[str, str] = {}
     table += serving_bench_fits(cat, data, blocks)
+    fitted = {} if fitted is None else fitted
     table += closed_loop_fits(cat, data, blocks, fitted)
+    clients.update({name: fw.client_latency_s for name, fw in fitted.items()})
+    for name, sources in INHERITED_CLIENT_LATENCY.items():
+        mean = float(f"{np.mean([clients[s] for s in sources]):.4g}")
+        blocks[name] = f"    client_latency_s: {mean}"
     for name, lines in blocks.items():
         text = _replace_block(text, name, lines)
     return text, table
