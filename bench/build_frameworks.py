@@ -379,6 +379,50 @@ def disagg_checks(data: Path = DATA) -> tuple[list[str], dict[str, int]]:
     return table, {k if k.startswith("disagg") else f"disagg {k}": n for k, n in skipped.items()}
 
 
+def held_slot_check(fitted: dict, data: Path = DATA) -> list[str]:
+    """An analysis, nothing fitted or kept: the fitted TRT-LLM rows (TTFT jumps left out) simulated as they
+    are and with one batch slot fewer (``max_num_seqs`` = batch_size - 1), TTFT and TPOT MAPE and bias per
+    TP and ISL. With one slot held, one of the C clients waits for the next completion, e2e / C on average:
+    the measured TTFT's fall from C = 8 to 32 and its growth with OSL at C = 8."""
+    import dataclasses
+
+    from kavier_opendc.calibration.closed_loop_bench import evaluate, read_rows, ttft_jumps
+    from kavier_opendc.specs.frameworks import framework
+
+    name = "trtllm-1.0-server"
+    backend, versions, model, precision = CLOSED_LOOP[name]
+    cat = default_catalog()
+    rows = [
+        r
+        for r in read_rows(data / CLOSED_LOOP_FILE)
+        if r.backend == backend and r.version in versions and r.model == model and r.precision == precision
+    ]
+    jumps = ttft_jumps(rows)
+    rows = [r for r in rows if r.id not in jumps]
+    fw = fitted.get(name) or framework(name)
+    table = [
+        f"TRT-LLM rows ({len(rows)}, TTFT jumps left out) with the row's batch and with one slot fewer, under {name}:",
+        "| TP | ISL | rows | TTFT MAPE | TTFT bias | TPOT MAPE | TTFT MAPE, one slot held | TTFT bias | TPOT MAPE |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    errs = {}
+    for held in (0, 1):
+        grp = [dataclasses.replace(r, batch_size=r.batch_size - held) for r in rows]
+        errs[held] = {(s.row.tp, s.row.isl, s.row.id): s for s in evaluate(grp, cat, fw).held_out}
+
+    def stats(sims: list) -> str:
+        t = np.array([(s.ttft_s + fw.client_latency_s) / s.row.ttft_s - 1 for s in sims])
+        p = np.array([s.tpot_s / s.row.tpot_s - 1 for s in sims])
+        return f"{100 * np.abs(t).mean():.1f} % | {100 * t.mean():+.1f} % | {100 * np.abs(p).mean():.1f} %"
+
+    keys = sorted({(tp, isl) for tp, isl, _ in errs[0]})
+    for tp, isl in [*keys, (None, None)]:
+        pick = [[s for (t, i, _), s in errs[h].items() if tp is None or (t, i) == (tp, isl)] for h in (0, 1)]
+        label = "all | all" if tp is None else f"{tp} | {isl:,}"
+        table.append(f"| {label} | {len(pick[0])} | {stats(pick[0])} | {stats(pick[1])} |")
+    return table
+
+
 def whole_run_checks(fitted: dict, data: Path = DATA) -> list[str]:
     """The MoE and FP8 rows of the closed-loop table simulated whole under the closest fitted framework, nothing
     fitted to them: TTFT and TPOT MAPE and signed bias per backend, model, precision and layout; then the rows
@@ -465,6 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--whole-runs", action="store_true", help="also simulate the MoE/FP8 closed-loop rows whole (a check)"
     )
+    ap.add_argument(
+        "--held-slot",
+        action="store_true",
+        help="also simulate the TRT-LLM rows with one batch slot fewer (an analysis, nothing kept)",
+    )
     args = ap.parse_args(argv)
     missing = [
         f
@@ -493,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(f"  {j}" for j in jumps))
     if args.whole_runs:
         print("\n" + "\n".join(whole_run_checks(fitted)))
+    if args.held_slot:
+        print("\n" + "\n".join(held_slot_check(fitted)))
     print("\nThrough the whole simulator (kavier simulate's engine, offline batch at t = 0):")
     for name, files in SOURCES.items():
         for (gpu, tp), e in sorted(simulated_batch_latency(name, files).items()):

@@ -10,7 +10,8 @@ replicas (default batching, round-robin) and prints one table:
 
 Each run is a fresh process (``--worker``), so ``process CPU`` is everything a
 ``kavier simulate`` pays: interpreter start, imports, reading the trace,
-simulating and writing the three output files; ``sim CPU`` is the simulation
+simulating and writing the three output files (under the CLI's conditions: one
+BLAS thread, bytecode cached); ``sim CPU`` is the simulation
 alone (time.process_time around simulate()). requests/s is requests over the
 whole run's wall time. The best of ``--repeat`` runs is reported (the 1M run
 once). With ``--baseline DIR`` (another checkout) every run is made with both
@@ -141,6 +142,10 @@ def measure(checkout: Path, spec: dict) -> dict:
     """One run in a fresh interpreter importing ``checkout``'s package: its report plus the process's CPU
     seconds (user + system, from wait4) and peak RSS."""
     env = dict(os.environ, PYTHONPATH=str(checkout))
+    # as `kavier simulate` runs: one BLAS thread (the CLI's default, kavier_opendc/cli/__init__.py) and
+    # bytecode cached (an installed package has its .pyc; without them every start compiles every module)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],

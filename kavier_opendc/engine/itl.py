@@ -105,9 +105,9 @@ def pooled_stats(sv: np.ndarray, sw: np.ndarray, a: np.ndarray, b: np.ndarray, m
     if total <= 0:
         return dict(NONE)
     fsw = sw.astype(np.float64)
-    mean = float(
-        (np.dot(sv, fsw) + np.dot(w.astype(np.float64), (m - 1) * a + b * ((m * (m + 1)) / 2.0 - 1.0))) / total
-    )
+    # numpy's pairwise sums, not BLAS dot products: the same bits whatever the machine's BLAS threads
+    runs = w.astype(np.float64) * ((m - 1) * a + b * ((m * (m + 1)) / 2.0 - 1.0))
+    mean = float((np.sum(sv * fsw) + np.sum(runs)) / total)
     top = max(float(sv.max()) if sv.size else -np.inf, float((a + b * m).max()) if a.size else -np.inf)
     h = (total - 1) * np.asarray(QUANTILES)
     lo = np.floor(h).astype(np.int64)

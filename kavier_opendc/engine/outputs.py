@@ -279,7 +279,7 @@ def _activity_mean(reps: list) -> float:
     weighted = total = 0.0
     for rep in reps:
         d = np.asarray(rep.timeline.end) - np.asarray(rep.timeline.start)
-        weighted += float(np.dot(d, np.asarray(rep.timeline.util))) if d.size else 0.0
+        weighted += float(np.sum(d * np.asarray(rep.timeline.util)))  # pairwise sum: no BLAS, same bits anywhere
         total += float(d.sum())
     return weighted / total if total > 0 else 0.0
 
@@ -424,7 +424,7 @@ def summary_dict(result) -> dict:
     for rep in result.replicas:
         tl = rep.timeline
         d = np.asarray(tl.end) - np.asarray(tl.start)
-        busy_weighted += float(np.dot(d, np.asarray(tl.util))) if d.size else 0.0
+        busy_weighted += float(np.sum(d * np.asarray(tl.util)))  # pairwise sum: no BLAS, same bits anywhere
         total_time += float(d.sum())
         kv_peak = max(kv_peak, rep.peak_used / rep.capacity if rep.capacity else 0.0)
     prompt_all = tr.num_input_tokens.sum(dtype=np.int64)

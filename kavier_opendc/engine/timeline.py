@@ -73,7 +73,7 @@ class Timeline:
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         tail = np.array(log, dtype=np.float64).reshape(-1, WIDTH)
-        # one contiguous row per column: a strided column would change how np.dot sums it (its last bits)
+        # one contiguous row per column: a strided column would change how numpy sums it (its last bits)
         table = np.ascontiguousarray((np.concatenate([*self._parts, tail]) if self._parts else tail).T)
         self._cache = (key, table)
         return table
