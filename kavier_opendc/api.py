@@ -99,7 +99,7 @@ def simulate(
     if not isinstance(trace, Trace):
         trace = load_workload(trace)
     # a framework name is resolved in the catalogue, whose files may define frameworks of their own
-    serving["framework"] = cat.framework(serving.get("framework"))
+    serving["framework"] = cat.framework(serving.get("framework"), usage=serving.get("usage"))
     cfg = SimConfig(model=cat.model(model), gpu=cat.gpu(gpu), **serving)
     cfg.validate()
     for warning in cfg.warnings():

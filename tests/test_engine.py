@@ -237,7 +237,8 @@ def check_invariants(result, capacity=None):
         tl = rep.timeline
         st_, en = np.asarray(tl.start), np.asarray(tl.end)
         assert (en > st_).all() and np.allclose(st_[1:], en[:-1], rtol=0, atol=1e-12)  # contiguous, forward
-        assert st_[0] == 0.0
+        # from t = 0; a replica whose every request was refused at once has seen no time pass: no segment
+        assert st_[0] == 0.0 if len(st_) else not (res.replica[done] == result.replicas.index(rep)).any()
         u = np.asarray(tl.util)
         assert ((u >= 0) & (u <= 1)).all()
         prefill += sum(tl.prefill)

@@ -63,7 +63,11 @@ def cmd_catalog(args) -> int:
                 f"{g.idle_power_w:4.0f}-{g.max_power_w:<5.0f} {g.price_per_hour:5.2f}"
             )
     if args.what in ("frameworks", "all"):
-        print("Serving frameworks (--framework; scheduler rules, serving path, step overhead):")
+        print(
+            "Serving frameworks (--framework NAME, or ENGINE@VERSION[:PATH] for the one covering that version; "
+            "scheduler rules, serving path, step overhead, versions covered):"
+        )
+        width = max(len(n) for n in cat.frameworks())
         for fw in cat.frameworks().values():
             table = fw.step_overhead
             wildcard = " + '*'" if table is not None and ("*", "*") in table else ""
@@ -72,7 +76,8 @@ def cmd_catalog(args) -> int:
                 if table is None
                 else f"{sum(1 for g, _ in table if g != '*')} GPU/TP entries{wildcard}"
             )
-            print(f"  {fw.name:<20} {fw.policy:<8} {fw.serving_path:<8} {over:<22} {fw.versions}")
+            covers = f"{fw.engine}{fw.covers}" if fw.covers else "by name only"
+            print(f"  {fw.name:<{width}} {fw.policy:<8} {fw.serving_path:<8} {over:<22} {covers:<24} {fw.versions}")
     return 0
 
 

@@ -298,7 +298,10 @@ def _simulate(args, out: Path, t0: float) -> int:
     cat = catalog_with(args.catalog)
     model, gpu = cat.model(args.model), cat.gpu(args.gpu)
     values = {k.field: getattr(args, k.field) for k in knobs.KNOBS if k.flag}
-    values["framework"] = cat.framework(args.framework)
+    try:
+        values["framework"] = cat.framework(args.framework, usage=args.usage)
+    except KavierInputError as e:
+        raise e.relocated("--framework") from None
     values["kv_cache"] = args.kv_cache == "on"
     for name in ("prefill_gpu", "decode_gpu"):
         if values[name] is not None:

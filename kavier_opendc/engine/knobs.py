@@ -138,7 +138,8 @@ KNOBS: tuple[Knob, ...] = (
         "--framework",
         ("serving", "framework"),
         "serving framework whose scheduler rules, batch defaults and CPU time per step are simulated: vllm-v1 "
-        "(default), vllm-0.5-server, vllm-0.5-offline; 'kavier catalog' lists them",
+        "(default), vllm-0.5-server, vllm-0.5-offline, ...; or ENGINE@VERSION[:server|:offline] (vllm@0.13, "
+        "sglang@0.4.6, trtllm@1.0:offline) for the profile covering that version; 'kavier catalog' lists them",
         metavar="NAME",
         default=DEFAULT_FRAMEWORK,
     ),

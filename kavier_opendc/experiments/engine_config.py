@@ -76,7 +76,7 @@ def sim_config(serving: Serving, groups: list, seed: int, catalog) -> SimConfig:
         exact=bool(serving.exact),
         usage=serving.get("usage") or "auto",
         allow_long_max_model_len=bool(serving.get("allow_long_max_model_len")),
-        framework=catalog.framework(serving.get("framework")),
+        framework=catalog.framework(serving.get("framework"), usage=serving.get("usage")),
     )
     for option, value in serving.prefix_cache.items():
         if option == "policy":

@@ -498,7 +498,12 @@ def _serving(serving: dict, problems: list[Problem], catalog) -> Serving:
                 )
             )
     norm["prefix_cache"] = pc
-    if isinstance(norm["framework"], str):
+    if isinstance(norm["framework"], str) and "@" in norm["framework"]:  # ENGINE@VERSION: the profile covering it
+        try:
+            norm["framework"] = catalog.framework(norm["framework"], usage=norm.get("usage")).name
+        except KavierInputError as exc:
+            problems.append((("serving", "framework"), _msg(exc.relocated(None))))
+    elif isinstance(norm["framework"], str):
         names = [n.lower() for n in catalog.frameworks()]
         if norm["framework"].strip().lower() not in names:
             hint = difflib.get_close_matches(norm["framework"].strip().lower(), names, n=1)
@@ -533,7 +538,7 @@ def _check_kv_room(norm: Serving, groups: list[GroupSpec], problems: list[Proble
         try:
             # unset limits are vLLM v1's for the GPU (the trace, which decides auto usage, is not read yet:
             # a server's, whose smaller token budget reserves less activation memory)
-            fw = catalog.framework(norm.get("framework"))
+            fw = catalog.framework(norm.get("framework"), usage=norm.get("usage"))
             usage = fw.usage("offline" if norm.get("usage") == "offline" else "server")
             tokens, seqs = fw.batch_limits(g.gpu, usage, norm.get("max_model_len") or g.model.max_context)
             if lim["max_batched_tokens"] is None:

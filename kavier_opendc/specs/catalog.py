@@ -915,11 +915,12 @@ class Catalog:
         """Every serving framework by name: the built-in ones, then (overriding) the catalogue files'."""
         return {**builtin_frameworks(), **self.framework_specs}
 
-    def framework(self, name: str | FrameworkProfile | None) -> FrameworkProfile:
-        """A serving framework by name (case-insensitive; None: the default)."""
+    def framework(self, name: str | FrameworkProfile | None, usage: str | None = None) -> FrameworkProfile:
+        """A serving framework by name (case-insensitive; None: the default), or by ``ENGINE@VERSION[:PATH]``
+        (the serving path from ``usage`` unless given)."""
         if isinstance(name, FrameworkProfile):
             return name
-        return framework(name, self.framework_specs)
+        return framework(name, self.framework_specs, usage)
 
     def model_names(self) -> list[str]:
         return [m.name for m in self.model_specs.values()]

@@ -38,7 +38,11 @@ kernels and how much CPU time it adds:
 - ``client_latency_s``: a server's time outside the engine steps (request
   handling, tokenisation, hand-off, streaming the tokens back): the TTFT and
   e2e of ``requests.parquet`` and ``summary.json`` are on the client's clock,
-  engine clock plus this (0 offline).
+  engine clock plus this (0 offline);
+- ``covers``: the engine versions (a PEP 440 specifier, e.g. ``>=0.12,<0.14``)
+  for which this profile is the pick of its serving path when a user names
+  the engine and version instead of a profile (``--framework vllm@0.13``,
+  :func:`resolve_framework`); None: never picked that way.
 
 Every number names its source in ``provenance``. The built-in profiles are in
 frameworks.yaml.
@@ -60,6 +64,8 @@ SERVING_PATHS = ("auto", "server", "offline")
 USAGES = ("server", "offline")
 ALLREDUCE = ("vllm-custom", "nccl")
 DEFAULT_FRAMEWORK = "vllm-v1"
+#: other spellings of the engines' names in ENGINE@VERSION (resolve_framework)
+ENGINE_ALIASES = {"trtllm": "tensorrt-llm", "trt-llm": "tensorrt-llm", "tensorrt_llm": "tensorrt-llm"}
 BUILTIN_FILE = Path(__file__).with_name("frameworks.yaml")
 
 
@@ -97,6 +103,8 @@ class FrameworkProfile:
     capacity_scheduler: str | None = None
     # (GPU name, TP) -> overhead; "*" entries apply to any GPU / TP; None: the GPU profile's overheads
     step_overhead: Mapping[tuple[str, int | str], StepOverhead] | None = None
+    # engine versions (PEP 440 specifier) this profile stands for on its serving path (resolve_framework)
+    covers: str | None = None
     description: str = ""
     provenance: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -167,6 +175,7 @@ class FrameworkProfile:
             "prefix_caching": self.prefix_caching,
             "allreduce": self.allreduce,
             "client_latency_s": self.client_latency_s,
+            **({"covers": self.covers} if self.covers else {}),
             **({"scheduler_steps": self.scheduler_steps} if self.scheduler_steps != 1 else {}),  # multi-step
             **({"async_scheduling": True} if self.async_scheduling else {}),  # vLLM v1's one-step look-ahead
             **({"capacity_scheduler": self.capacity_scheduler} if self.capacity_scheduler else {}),  # TensorRT-LLM
@@ -284,6 +293,8 @@ def framework_from_entry(
             location=f"{fw.name}.capacity_scheduler",
             expected="policy trtllm and one of " + ", ".join(CAPACITY_SCHEDULERS) + ", or no capacity_scheduler",
         )
+    if fw.covers is not None:
+        _specifier(fw.covers, where, f"{fw.name}.covers")
     for name, value, allowed in (
         ("policy", fw.policy, POLICIES),
         ("batch_defaults", fw.batch_defaults, BATCH_DEFAULTS),
@@ -316,9 +327,89 @@ def builtin_frameworks() -> dict[str, FrameworkProfile]:
     return _BUILTIN
 
 
-def framework(name: str | None, extra: Mapping[str, FrameworkProfile] | None = None) -> FrameworkProfile:
+def _specifier(text: str, source: str | None, location: str):
+    """``text`` as a PEP 440 version specifier set, or a KavierInputError naming ``location``."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        return SpecifierSet(text)
+    except (InvalidSpecifier, TypeError):
+        raise KavierInputError(
+            f"covers {text!r} is not a version specifier",
+            source=source,
+            location=location,
+            expected="a PEP 440 specifier such as '>=0.12,<0.14'",
+        ) from None
+
+
+def resolve_framework(
+    spec: str, extra: Mapping[str, FrameworkProfile] | None = None, usage: str | None = None
+) -> FrameworkProfile:
+    """The profile for ``ENGINE@VERSION[:PATH]`` (e.g. ``vllm@0.13.1``, ``vllm@0.6:offline``): the one whose
+    ``covers`` holds the version, of that engine and serving path (PATH, else ``usage`` when it is server or
+    offline, else server: ``vllm serve`` and its kin); a catalogue file's (``extra``) before a built-in, a
+    profile of exactly that path before an ``auto`` one. The version counts by its release number (1.0.0rc3
+    as 1.0.0). Errors name what the profiles cover."""
+    from packaging.version import InvalidVersion, Version
+
+    head, _, path = spec.strip().partition(":")
+    engine, _, version_text = head.partition("@")
+    engine = engine.strip().lower()
+    engine = ENGINE_ALIASES.get(engine, engine)
+    path = path.strip().lower() or (usage if usage in USAGES else "server")
+    expected = "ENGINE@VERSION[:server|:offline], e.g. vllm@0.13 or trtllm@1.0:offline"
+    if path not in USAGES:
+        raise KavierInputError(f"unknown serving path '{path}' in '{spec}'", location="framework", expected=expected)
+    try:
+        # the release number: a pre-release, dev or post build stands for its release (1.0.0rc3 for 1.0.0)
+        version = Version(".".join(map(str, Version(version_text.strip()).release)))
+    except InvalidVersion:
+        raise KavierInputError(
+            f"'{version_text.strip()}' in '{spec}' is not a version", location="framework", expected=expected
+        ) from None
+    tiers = (dict(extra or {}), builtin_frameworks())
+    for tier in tiers:
+        for want in (path, "auto"):
+            hits = [
+                fw
+                for fw in tier.values()
+                if fw.engine == engine
+                and fw.serving_path == want
+                and fw.covers is not None
+                and version in _specifier(fw.covers, None, f"{fw.name}.covers")
+            ]
+            if len(hits) > 1:
+                raise KavierInputError(
+                    f"'{spec}' is covered by several {path} profiles: " + ", ".join(f.name for f in hits),
+                    location="framework",
+                    expected="one of them by name",
+                )
+            if hits:
+                return hits[0]
+    known = sorted({fw.engine for t in tiers for fw in t.values()})
+    covered = [
+        f"{fw.name} ({fw.covers}, {fw.serving_path})"
+        for t in tiers
+        for fw in t.values()
+        if fw.engine == engine and fw.covers is not None
+    ]
+    raise KavierInputError(
+        f"no framework profile covers {engine} {version} as {'a server' if path == 'server' else 'offline use'}",
+        location="framework",
+        expected=("profiles of " + engine + ": " + "; ".join(covered))
+        if covered
+        else "an engine among " + ", ".join(known),
+    )
+
+
+def framework(
+    name: str | None, extra: Mapping[str, FrameworkProfile] | None = None, usage: str | None = None
+) -> FrameworkProfile:
     """The framework called ``name`` (case-insensitive; None: the default, vLLM v1): one of ``extra``
-    (a catalogue file's) or a built-in one."""
+    (a catalogue file's) or a built-in one; ``ENGINE@VERSION[:PATH]`` picks by version
+    (:func:`resolve_framework`, the serving path from ``usage`` unless given)."""
+    if name is not None and "@" in name:
+        return resolve_framework(name, extra, usage)
     fws = {**builtin_frameworks(), **(extra or {})}
     key = (name or DEFAULT_FRAMEWORK).strip().lower()
     for fw in fws.values():
@@ -334,6 +425,8 @@ def framework_to_entry(fw: FrameworkProfile) -> dict[str, Any]:
     out: dict[str, Any] = {k: v for k, v in dataclasses.asdict(fw).items() if k not in ("step_overhead", "provenance")}
     if out.get("capacity_scheduler") is None:  # TensorRT-LLM's only
         out.pop("capacity_scheduler", None)
+    if out.get("covers") is None:
+        out.pop("covers", None)
     if fw.step_overhead is not None:
         out["step_overhead"] = [
             {"gpu": g, "tp": t, **{k: float(f"{v:.6g}") for k, v in vars(o).items() if v}}
