@@ -140,3 +140,13 @@ def test_cli_framework_by_version(tmp_path):
     )
     assert bad.returncode != 0 and "no framework profile covers tensorrt-llm 0.9 as a server" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "b").exists()
+
+
+def test_catalog_lists_what_each_profile_covers():
+    out = subprocess.run(
+        [sys.executable, "-m", "kavier_opendc.cli", "catalog", "frameworks"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()[1:] if line.strip()}
+    assert "vllm>=0.12,<0.14" in lines["vllm-0.12-server"] and "tensorrt-llm<1.0" in lines["trtllm-0.17"]
+    assert "by name only" in lines["vllm-0.6-multistep-server"]
