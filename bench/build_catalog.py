@@ -1,8 +1,10 @@
 """Write the snapshot of the built-in catalogue (kavier_opendc/specs/builtin_catalog.json): models.yaml,
-gpus.yaml and profiles.yaml parsed and validated ahead, so that a run loads the catalogue in a millisecond.
+gpus.yaml and profiles.yaml parsed and validated ahead, and frameworks.yaml parsed, so that a run loads the
+catalogue in a millisecond without a YAML parser.
 
-Run it after editing any of those files (bench/build_profiles.py regenerates profiles.yaml); a run whose
-YAML no longer matches the snapshot parses the YAML itself (correct, only slower), and the tests fail.
+Run it after editing any of those files (bench/build_profiles.py regenerates profiles.yaml;
+bench/build_frameworks.py rewrites frameworks.yaml and runs this itself); a run whose YAML no longer
+matches the snapshot parses the YAML itself (correct, only slower), and the tests fail.
 
     python bench/build_catalog.py           # write it
     python bench/build_catalog.py --check   # compare with the committed file

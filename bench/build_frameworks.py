@@ -531,7 +531,11 @@ def main(argv: list[str] | None = None) -> int:
         print("frameworks.yaml is up to date" if new == old else "frameworks.yaml differs from a refit")
         return 0 if new == old else 1
     OUT.write_text(new, encoding="utf-8")
-    print(f"wrote {OUT}\n")
+    print(f"wrote {OUT}")
+    import build_catalog  # this folder's: the built-in snapshot holds frameworks.yaml too
+
+    build_catalog.main([])
+    print()
     print("\n".join(line for line in table if not line.startswith("<!--")))
     left = [line for line in table if line.startswith("<!-- left out")]
     if left:

@@ -483,8 +483,8 @@ def test_moe_weight_reads_count_routed_experts_of_moe_layers_only():
 
 # ----------------------------------------------------------------- the pre-validated snapshot (issue 20)
 def test_the_committed_snapshot_is_a_rebuild_of_the_builtin_files():
-    """kavier_opendc/specs/builtin_catalog.json holds models/gpus/profiles.yaml parsed and validated;
-    `python bench/build_catalog.py` rewrites it after any of them changes."""
+    """kavier_opendc/specs/builtin_catalog.json holds models/gpus/profiles.yaml parsed and validated, and
+    frameworks.yaml parsed; `python bench/build_catalog.py` rewrites it after any of them changes."""
     import json
     from importlib import resources
 
@@ -496,12 +496,23 @@ def test_the_committed_snapshot_is_a_rebuild_of_the_builtin_files():
 
 def test_the_snapshot_gives_the_catalogue_the_yaml_gives(monkeypatch):
     from kavier_opendc.specs import catalog as C
+    from kavier_opendc.specs import frameworks as F
+    from kavier_opendc.specs import snapshot as S
 
     docs = C._builtin_documents()
     assert [v for _, _, v in docs] == [True, True, True]  # the snapshot matches every file
+    text = F.BUILTIN_FILE.read_text(encoding="utf-8")
+    assert S.snapshot_document(F.BUILTIN_FILE.name, text) == (True, F.parse_builtin_frameworks(text))
+    assert S.snapshot_document(F.BUILTIN_FILE.name, text + "# edited\n") == (False, None)  # a stale hash
     fast = C._builtin_catalog.__wrapped__()
-    monkeypatch.setattr(C, "SNAPSHOT_FILE", "no-such-snapshot.json")  # as for a YAML edited after the build
+    monkeypatch.setattr(F, "_BUILTIN", None)
+    fast_fws = F.builtin_frameworks()
+    monkeypatch.setattr(S, "_snapshot", dict)  # no snapshot: as for a YAML edited after the build
     assert [v for _, _, v in C._builtin_documents()] == [False, False, False]
+    monkeypatch.setattr(F, "_BUILTIN", None)
+    slow_fws = F.builtin_frameworks()  # parsed from the YAML now
+    assert fast_fws == slow_fws and fast_fws is not slow_fws
+    assert {k: f.provenance for k, f in fast_fws.items()} == {k: f.provenance for k, f in slow_fws.items()}
     slow = C._builtin_catalog.__wrapped__()
     assert fast.model_specs == slow.model_specs and fast.gpu_specs == slow.gpu_specs
     assert fast.profile_specs == slow.profile_specs

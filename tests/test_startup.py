@@ -1,7 +1,9 @@
 """Start-up of `kavier simulate`: what its help and a small run import (issue 20, item 1).
 
 `kavier simulate --help` needs only the parser (no numpy, no pandas, no engine); a run reads its trace with
-pyarrow and writes its outputs with pyarrow, so pandas, matplotlib, jsonschema, py4j and dask stay unloaded.
+pyarrow and writes its outputs with pyarrow, so pandas, matplotlib, jsonschema, py4j and dask stay unloaded,
+and the built-in catalogue and frameworks come from the snapshot, so no YAML parser (nor packaging, which only
+a framework picked by version needs) either.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 from kavier_opendc.base import arrow
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("pandas", "matplotlib", "jsonschema", "py4j", "distributed", "dask")
+HEAVY = ("pandas", "matplotlib", "jsonschema", "py4j", "distributed", "dask", "yaml", "packaging")
 
 
 def _top_modules_after(argv: list[str]) -> tuple[int, set[str], str]:

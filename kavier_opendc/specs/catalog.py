@@ -12,8 +12,6 @@ import copy
 import dataclasses
 import difflib
 import functools
-import hashlib
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -25,13 +23,18 @@ from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import explain_schema_error, json_path, load_schema, non_finite, schema_validator
 from kavier_opendc.specs.frameworks import (
+    BUILTIN_FILE as BUILTIN_FRAMEWORKS_FILE,
+)
+from kavier_opendc.specs.frameworks import (
     FrameworkProfile,
     builtin_frameworks,
     framework,
     framework_from_entry,
     framework_to_entry,
+    parse_builtin_frameworks,
 )
 from kavier_opendc.specs.profiles import GPUProfile, assumed_profile, profile_from_entry, profile_to_entry
+from kavier_opendc.specs.snapshot import SNAPSHOT_FILE, file_hash, snapshot_document  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # jsonschema only when a file is validated (the built-in snapshot is not)
     from jsonschema import Draft202012Validator
@@ -958,14 +961,11 @@ class Catalog:
 
 # ---------------------------------------------------------- entry points ----
 
-#: the built-in catalogue files parsed and validated ahead (``python bench/build_catalog.py`` writes it): a run
-#: reads it in a millisecond where parsing the YAML and checking it against the schema takes a fifth of a second
-SNAPSHOT_FILE = "builtin_catalog.json"
-
 
 def builtin_snapshot() -> dict[str, Any]:
-    """The snapshot of the built-in catalogue files: per file its SHA-256 and the document as parsed and
-    validated (YAML numbers coerced as for any catalogue file)."""
+    """The snapshot of the built-in specification files (specs/snapshot.py): per file its SHA-256 and the
+    document as parsed; the catalogue files also validated (YAML numbers coerced as for any catalogue
+    file), frameworks.yaml as its reader parses it (its entries are checked when they are built)."""
     here = resources.files("kavier_opendc.specs")
     out: dict[str, Any] = {}
     for fname in BUILTIN_FILES:
@@ -973,7 +973,9 @@ def builtin_snapshot() -> dict[str, Any]:
         text = here.joinpath(fname).read_text(encoding="utf-8")
         data = _coerce_yaml_numbers(parse_document(text, "yaml", source))
         validate_catalog_data(data, source)
-        out[fname] = {"sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "document": data}
+        out[fname] = {"sha256": file_hash(text), "document": data}
+    text = BUILTIN_FRAMEWORKS_FILE.read_text(encoding="utf-8")
+    out[BUILTIN_FRAMEWORKS_FILE.name] = {"sha256": file_hash(text), "document": parse_builtin_frameworks(text)}
     return out
 
 
@@ -981,17 +983,13 @@ def _builtin_documents() -> list[tuple[str, Any, bool]]:
     """(file, document, validated) of each built-in file: the snapshot's where it matches the file byte for
     byte, else the file parsed now (an edited YAML never reads a stale snapshot)."""
     here = resources.files("kavier_opendc.specs")
-    try:
-        snap = json.loads(here.joinpath(SNAPSHOT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        snap = {}
     out = []
     for fname in BUILTIN_FILES:
         source = f"kavier_opendc/specs/{fname}"
         text = here.joinpath(fname).read_text(encoding="utf-8")
-        entry = snap.get(fname) if isinstance(snap, dict) else None
-        if isinstance(entry, dict) and entry.get("sha256") == hashlib.sha256(text.encode("utf-8")).hexdigest():
-            out.append((fname, entry.get("document"), True))
+        found, data = snapshot_document(fname, text)
+        if found:
+            out.append((fname, data, True))
         else:
             out.append((fname, _coerce_yaml_numbers(parse_document(text, "yaml", source)), False))
     return out
