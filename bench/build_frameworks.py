@@ -156,7 +156,7 @@ def rebuild(text: str, data: Path = DATA, fitted: dict | None = None) -> tuple[s
         clients[name] = float(f"{fit.client_latency_s:.4g}")
         o = fit.overhead
         lines = [
-            f"    client_latency_s: {float(f'{fit.client_latency_s:.4g}')}",
+            f"    client_latency_s: {clients[name]}",
             "    step_overhead:",
             "      - {gpu: H100-SXM, tp: 1, fixed_s: " + f"{float(f'{o.fixed_s:.4g}')}, per_seq_s: "
             f"{float(f'{o.per_seq_s:.4g}')}" + "}",
@@ -250,6 +250,15 @@ def serving_bench_fits(cat, data: Path, blocks: dict) -> list[str]:
     return table + checks + itl
 
 
+def closed_loop_rows(rows: list, backend: str, versions: tuple, model: str, precision: str) -> list:
+    """The closed-loop rows of one backend, its versions, a model and a precision."""
+    return [
+        r
+        for r in rows
+        if r.backend == backend and r.version in versions and r.model == model and r.precision == precision
+    ]
+
+
 def closed_loop_fits(cat, data: Path, blocks: dict, fitted: dict | None = None) -> list[str]:
     """Fit the frameworks of the closed-loop rows (calibration/closed_loop_bench.py); ``blocks`` gets each
     framework's fitted lines; returns the error table (TTFT and TPOT MAPE per framework, set, model and TP)."""
@@ -289,11 +298,7 @@ def closed_loop_fits(cat, data: Path, blocks: dict, fitted: dict | None = None) 
 
     fitted = {} if fitted is None else fitted
     for name, (backend, versions, model, precision) in CLOSED_LOOP.items():
-        grp = [
-            r
-            for r in rows
-            if r.backend == backend and r.version in versions and r.model == model and r.precision == precision
-        ]
+        grp = closed_loop_rows(rows, backend, versions, model, precision)
         jumps = ttft_jumps(grp) if backend in CLOSED_LOOP_JUMP_BACKENDS else set()
         fit = fit_closed_loop(
             grp,
@@ -317,11 +322,7 @@ def closed_loop_fits(cat, data: Path, blocks: dict, fitted: dict | None = None) 
         for s in sorted(jumped, key=lambda s: (s.row.tp, s.row.isl, s.row.osl, s.row.concurrency)):
             table.append(f"<!-- jump: {s.row.label}: TTFT {1e3 * s.row.ttft_s:.0f} ms measured -->")
     for label, backend, versions, model, prec, name in CLOSED_LOOP_CHECKS:
-        grp = [
-            r
-            for r in rows
-            if r.backend == backend and r.version in versions and r.model == model and r.precision == prec
-        ]
+        grp = closed_loop_rows(rows, backend, versions, model, prec)
         ev = evaluate(grp, cat, fitted.get(name) or framework(name))
         lines_of(name, ev, label, [("check", ev.held_out)])
     return table
@@ -392,11 +393,7 @@ def held_slot_check(fitted: dict, data: Path = DATA) -> list[str]:
     name = "trtllm-1.0-server"
     backend, versions, model, precision = CLOSED_LOOP[name]
     cat = default_catalog()
-    rows = [
-        r
-        for r in read_rows(data / CLOSED_LOOP_FILE)
-        if r.backend == backend and r.version in versions and r.model == model and r.precision == precision
-    ]
+    rows = closed_loop_rows(read_rows(data / CLOSED_LOOP_FILE), backend, versions, model, precision)
     jumps = ttft_jumps(rows)
     rows = [r for r in rows if r.id not in jumps]
     fw = fitted.get(name) or framework(name)

@@ -22,9 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.base.validation import explain_schema_error, json_path, load_schema, non_finite, schema_validator
-from kavier_opendc.specs.frameworks import (
-    BUILTIN_FILE as BUILTIN_FRAMEWORKS_FILE,
-)
+from kavier_opendc.specs.frameworks import BUILTIN_FILE as BUILTIN_FRAMEWORKS_FILE
 from kavier_opendc.specs.frameworks import (
     FrameworkProfile,
     builtin_frameworks,
