@@ -73,11 +73,25 @@ class PrefixCache:
         if self.separate:
             return
         lru = self.lru
+        if self.host_cap > 0:
+            while free_plain < need and lru:
+                uid, blocks = lru.popitem(last=False)
+                self.lru_blocks -= blocks
+                free_plain += blocks
+                self._drop(uid, blocks)
+            return
+        # no host tier: _drop inlined (this runs for every allocation that evicts)
+        size = self.size
+        got = 0
+        dropped = 0
         while free_plain < need and lru:
             uid, blocks = lru.popitem(last=False)
-            self.lru_blocks -= blocks
+            got += blocks
             free_plain += blocks
-            self._drop(uid, blocks)
+            del size[uid]
+            dropped += 1
+        self.lru_blocks -= got
+        self.evictions += dropped
 
     def _drop(self, uid, blocks: int) -> None:
         del self.size[uid]

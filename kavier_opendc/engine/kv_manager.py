@@ -216,12 +216,18 @@ class KVManager:
         assert sizes is not None  # set with uids
         h, hb, comp = req.held, req.held_blocks, req.computed
         n = len(uids)
+        # PrefixCache.register inlined where no host tier can hold a stale copy (a unit per call, many calls)
+        size, ref = pc.size, pc.ref
+        plain = not pc.host_cap
         while h < n:
             b = sizes[h]
             if (hb + b) * BLOCK_SIZE > comp:
                 break
             uid = uids[h]
-            if not pc.register(uid, b):  # an equal unit was cached meanwhile: share it, drop our copy
+            if plain and uid not in size:
+                size[uid] = b
+                ref[uid] = 1
+            elif not pc.register(uid, b):  # an equal unit was cached meanwhile: share it, drop our copy
                 self.used += pc.take(uid) - b
             h += 1
             hb += b

@@ -30,7 +30,7 @@ import math
 
 from kavier_opendc.engine.cost_model import CostModel
 from kavier_opendc.engine.decode_state import DecodeState
-from kavier_opendc.engine.kv_manager import BLOCK_SIZE, KVManager
+from kavier_opendc.engine.kv_manager import BLOCK_MASK, BLOCK_SIZE, KVManager
 from kavier_opendc.engine.request import DECODE, DONE, WAITING, Fork, Req
 from kavier_opendc.engine.request_queue import FCFSQueue
 from kavier_opendc.engine.results import Results
@@ -385,6 +385,98 @@ class Replica(Scheduler):
             if req.first_token < 0:
                 req.first_token = t
             self._finish(req, t)
+
+    # ------------------------------------------------------------ prompt chunks applied at once
+    def _prefill_run(self, t: float) -> float:
+        """Apply right away the iterations from ``t`` that are every decoder plus one chunk of the prefilling
+        request filling the rest of the token budget; returns the time of the last boundary applied.
+
+        Such an iteration admits nobody (no budget is left), so an arrival cannot change it, and neither can
+        the iteration after it when that one is of the same kind: iteration k is applied here, exactly as
+        boundary() would (same operations, same order), when iteration k+1 also fills the budget with a
+        partial chunk, iteration k completes no decoder (a completion is seen outside: a freed client, the
+        outstanding count) and both fit in the free blocks. The simulator turns this on only where no router
+        reads a replica's KV state between its boundaries. Long prompts, stepped one chunk per event before,
+        cost one event for all their chunks but the last two.
+        """
+        req = self.running[-1]
+        dec = self.dec
+        d = dec.D
+        c = self.budget - d  # the chunk: the budget left after one token per decoder
+        comp = req.computed
+        total = req.prompt + req.gen
+        if c <= 0 or comp + 2 * c >= total:
+            return t
+        kv, cm, tl = self.kv, self.cm, self.timeline
+        cap, gc, hist = kv.capacity, kv.gpu_cache, dec.hist
+        caching = kv.pc is not None
+        heap = dec.done_heap
+        stop = heap[0][0] if d and heap else 1 << 62  # the decode counter at the next completion (or stale entry)
+        g = dec.G
+        n_tok = d + c
+        batch = d + 1
+        lin, e_wb, pair, kvt, e_y, tp = self._e
+        uncapped = not self.clocked
+        ty = tp * e_y
+        t_prev = t
+        applied = 0
+        while comp + 2 * c < total and g + 1 < stop:
+            b1 = (comp + c + BLOCK_MASK) // BLOCK_SIZE
+            alloc = hist[(-g) & BLOCK_MASK] + b1 - (comp + BLOCK_MASK) // BLOCK_SIZE
+            free = cap - kv.used - alloc
+            if free < 0:
+                break
+            nxt = (hist[(-g - 1) & BLOCK_MASK] if d else 0) + (comp + 2 * c + BLOCK_MASK) // BLOCK_SIZE - b1
+            if nxt > free:
+                break
+            # the iteration as _schedule forms it
+            kv_read = dec.ctx_off_sum + d * g
+            pairs = kv_read + d + c * comp + c * (c + 1) // 2
+            kv_read += comp
+            if alloc or kv.used > kv.peak:
+                kv.allocate(alloc)
+            dt, flops, wbytes, kvbytes = cm.iteration(n_tok, pairs, kv_read, batch)
+            t1 = t + dt
+            # ... and as _apply applies it
+            u = cm.activity(t1 - t, flops, wbytes, kvbytes)
+            if u < 1.0 and uncapped:
+                w1 = e_wb * wbytes / batch
+                req.act += tp * (w1 + lin * c + pair * (c * comp + c * (c + 1) * 0.5) + kvt * (comp + c))
+                if d:
+                    dec.ex += tp * (w1 + lin)
+                    dec.eg += ty
+                    dec.eq += ty * (g + 1)
+            else:
+                p = Iteration(t, d > 0, [], [(req, c)], flops, wbytes, kvbytes, batch, c, d)
+                self._attribute_iteration(p, d > 0, u * (t1 - t) * tp)
+            if d:
+                g += 1
+                dec.G = g
+                dec.segs += (t1, 0.0, 0.0, 1)
+                dec.T = t1
+            self.iterations += 1
+            tl.add(
+                t,
+                t1,
+                u,
+                batch,
+                kv.used / cap if cap else 0.0,
+                c,
+                d,
+                gc.lru_blocks / cap if gc is not None and cap else 0.0,
+            )
+            self.busy_time += t1 - t
+            comp += c
+            req.computed = comp
+            if caching:
+                kv.register_computed(req)
+            t_prev, t = t, t1
+            applied += 1
+        if applied:
+            self.t = t
+            if self.async_sched:
+                self.cutoff = t_prev  # the start of the step that ended at t, as _advance would set it
+        return t
 
     # ------------------------------------------------------------ energy attribution (engine/energy.py)
     def _attribute_iteration(self, p: Iteration, advance: bool, busy: float) -> None:

@@ -79,6 +79,9 @@ class Scheduler:
     spec = None
     spec_q = 1
     spec_m = 1
+    #: prompt chunks applied as they are formed (Replica._prefill_run), set by the simulator where nothing
+    #: outside the replica reads its state between its boundaries
+    prefill_runs = False
 
     # the replica's state scheduled over, set in Replica.__init__ (declared here for the type checker only)
     idx: int
@@ -115,6 +118,8 @@ class Scheduler:
             self.busy = False
             return None
         self.busy = True
+        if self.prefill_runs and self.n_prefilling == 1 and running[-1].state == PREFILL:
+            t = self._prefill_run(t)
         # step 1: the running requests' tokens. Fast path (``bulk``): every decoder takes one token and at
         # most one prefill chunk follows, without preemption, counted from the decode state's aggregates
         # instead of walking the list (inlined: this runs once per iteration)
@@ -242,6 +247,10 @@ class Scheduler:
         self.next_time = t + dt
         self.version += 1
         return self.next_time
+
+    def _prefill_run(self, t: float) -> float:
+        """Apply the prompt chunks that cannot depend on what arrives meanwhile; returns the time reached."""
+        return t
 
     def _draft_time(self, d: int, ctx: int) -> float:
         """Seconds of drafting for ``d`` decoding requests with ``ctx`` cached tokens (engine/speculative.py)."""

@@ -49,6 +49,12 @@ from kavier_opendc.workload.prefix import PrefixIndex
 from kavier_opendc.workload.trace import ClosedLoop, Trace
 
 PREFIX_POLICIES = knobs.PREFIX_POLICIES
+#: routers that read a replica's KV blocks or cached prefixes at an arrival (Replica.kv_load_at,
+#: cached_prefix_blocks): with them a replica applies its iterations only at their boundaries
+STATE_ROUTERS = ("least-kv", "prefix-affinity")
+#: apply prompt chunks that no arrival can change as they are formed (Replica._prefill_run); False: at
+#: their boundaries, one event each (tests compare the two)
+EAGER_PREFILL = True
 _d = knobs.default
 
 
@@ -850,6 +856,9 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             reps.append(rep)
     cap = reps[0].capacity
     router = Router(cfg.router, reps, cfg.seed, sessions=trace.session_id)
+    if EAGER_PREFILL and router.policy not in STATE_ROUTERS and spec is None:
+        for rep in reps:
+            rep.prefill_runs = rep.fast and type(rep) is Replica
     affinity = router.policy == "prefix-affinity" and prefix is not None and prefix.policy == "block"
     # closed loop: the pool's list, filled in as clients are freed (inf: not sent yet)
     arrivals = trace.arrival_s.tolist() if clients is None else clients.arrivals
