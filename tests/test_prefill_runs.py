@@ -1,8 +1,9 @@
-"""Prompt chunks applied as they are formed (Replica._prefill_run): the same outputs, fewer events.
+"""Prompt chunks applied as they are formed (Replica._prefill_run), and a replica's boundaries before the
+next arrival taken without the heap: the same outputs, fewer events.
 
-The reference is the same fast mode with the chunks applied at their own boundaries (one event each,
-``simulator.EAGER_PREFILL = False``): every output must be identical, bit for bit; and the per-request
-times agree with ``--exact`` stepping as the fast mode always has.
+The reference is the same fast mode with the chunks applied at their own boundaries, each a heap event
+(``simulator.EAGER_PREFILL = CHAIN_BOUNDARIES = False``): every output must be identical, bit for bit;
+and the per-request times agree with ``--exact`` stepping as the fast mode always has.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def toy(**kw) -> SimConfig:
     return SimConfig(**base)
 
 
-def counted(trace, cfg, eager: bool, monkeypatch) -> tuple:
-    """The simulation with eager prompt chunks on or off, and the number of boundary events it took."""
+def counted(trace, cfg, eager: bool, monkeypatch, chain: bool = True) -> tuple:
+    """The simulation with eager prompt chunks on or off (and the boundaries before an arrival chained, or
+    each a heap event), and the number of boundary events it took."""
     calls = [0]
     original = replica_mod.Replica.boundary
 
@@ -43,6 +45,7 @@ def counted(trace, cfg, eager: bool, monkeypatch) -> tuple:
 
     with monkeypatch.context() as m:
         m.setattr(simulator, "EAGER_PREFILL", eager)
+        m.setattr(simulator, "CHAIN_BOUNDARIES", chain)
         m.setattr(replica_mod.Replica, "boundary", boundary)
         result = simulate(trace, cfg, progress=False)
     return result, calls[0]
@@ -143,7 +146,7 @@ def test_eager_chunks_give_identical_outputs(
         real = dict(model=cat.model("Llama-3-8B"), gpu=cat.gpu("A100-80GB"), efficiency=DEFAULT_EFFICIENCY)
         cfg = dataclasses.replace(cfg, power_cap_w=cap, **real)
     eager, events = counted(trace, cfg, True, monkeypatch)
-    stepped, stepped_events = counted(trace, cfg, False, monkeypatch)
+    stepped, stepped_events = counted(trace, cfg, False, monkeypatch, chain=False)
     assert_identical(eager, stepped)
     assert events <= stepped_events
     if router == "least-kv":  # a router that reads the KV blocks at arrivals: chunks stay at their boundaries

@@ -55,6 +55,9 @@ STATE_ROUTERS = ("least-kv", "prefix-affinity")
 #: apply prompt chunks that no arrival can change as they are formed (Replica._prefill_run); False: at
 #: their boundaries, one event each (tests compare the two)
 EAGER_PREFILL = True
+#: a replica's boundaries before the next arrival taken at once, without the heap (False: one heap event
+#: each; tests compare the two)
+CHAIN_BOUNDARIES = True
 _d = knobs.default
 
 
@@ -882,6 +885,8 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     # no request longer than any model's context is ever served (a trace keeps such rows only when asked
     # to, as rejected requests)
     max_len = min(cfg.max_model_len or limits.CONTEXT_TOKENS.value, limits.CONTEXT_TOKENS.value)
+    # closed loop: a boundary may free a client that arrives sooner than the next arrival known
+    chain = CHAIN_BOUNDARIES and clients is None and not cfg.exact
     while True:
         ta = arrivals[i] if i < n else inf
         if heap and heap[0][0] < ta:
@@ -890,6 +895,11 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             if ver != rep.version:
                 continue
             nt = rep.boundary(t)
+            if chain:
+                # replicas meet only at arrivals (the router): this one's boundaries before the next
+                # arrival are taken now, without the heap (open loop: the arrivals are known)
+                while nt is not None and nt < ta:
+                    nt = rep.boundary(nt)
             if nt is not None:
                 push(heap, (nt, rep.version, r))
             continue
