@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace, toy_time
-from kavier_opendc.engine import replica as replica_mod
 from kavier_opendc.engine import simulator
 from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY
 from kavier_opendc.engine.outputs import requests_table, summary_dict, timeline_table
@@ -36,19 +35,11 @@ def toy(**kw) -> SimConfig:
 def counted(trace, cfg, eager: bool, monkeypatch, chain: bool = True) -> tuple:
     """The simulation with eager prompt chunks on or off (and the boundaries before an arrival chained, or
     each a heap event), and the number of boundary events it took."""
-    calls = [0]
-    original = replica_mod.Replica.boundary
-
-    def boundary(self, t):
-        calls[0] += 1
-        return original(self, t)
-
     with monkeypatch.context() as m:
         m.setattr(simulator, "EAGER_PREFILL", eager)
         m.setattr(simulator, "CHAIN_BOUNDARIES", chain)
-        m.setattr(replica_mod.Replica, "boundary", boundary)
         result = simulate(trace, cfg, progress=False)
-    return result, calls[0]
+    return result, sum(rep.events for rep in result.replicas)
 
 
 def outputs(result) -> tuple:

@@ -27,4 +27,10 @@ timeline.py      a replica's activity over time
 energy.py        per-request energy attribution: the rules, and the static share by residence
 itl.py           inter-token gaps: per-request and pooled statistics from the decode state's logs
 outputs.py       the Parquet/JSON outputs (requests.parquet, summary.json, timeline.parquet)
+replica_policies.py  the replicas of the other policies (vLLM v0, SGLang, TensorRT-LLM), kept interpreted
+compiled.py      which of the modules setup.py compiles with mypyc run compiled, or from their sources
 """
+
+from kavier_opendc.engine import compiled as _compiled
+
+_compiled.install()  # the compiled modules, or their sources (compiled.py), before any is imported

@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import heapq
 import math
+from typing import TYPE_CHECKING
+
+from mypy_extensions import mypyc_attr
 
 from kavier_opendc.engine.cost_model import CostModel
 from kavier_opendc.engine.decode_state import DecodeState
@@ -36,14 +39,15 @@ from kavier_opendc.engine.request_queue import FCFSQueue
 from kavier_opendc.engine.results import Results
 from kavier_opendc.engine.sched_output import DecodeRunPlan, Iteration
 from kavier_opendc.engine.scheduler import Scheduler
-from kavier_opendc.engine.scheduler_multistep import SchedulerMultiStep
-from kavier_opendc.engine.scheduler_sglang import SchedulerSGLang
-from kavier_opendc.engine.scheduler_trtllm import SchedulerTRTLLM
-from kavier_opendc.engine.scheduler_v0 import SchedulerV0
 from kavier_opendc.engine.speculative import NGRAM_SEQ_S, NGRAM_STEP_S
 from kavier_opendc.engine.timeline import Timeline
 
+if TYPE_CHECKING:  # pragma: no cover
+    from kavier_opendc.engine.kv_cache import PrefixCache, PromptCache
+    from kavier_opendc.workload.prefix import PrefixIndex
 
+
+@mypyc_attr(allow_interpreted_subclasses=True)  # policies, disaggregated roles (compiled.py)
 class Replica(Scheduler):
     """One replica: ``tp`` GPUs serving one model copy, with its own KV pool and queues."""
 
@@ -89,6 +93,7 @@ class Replica(Scheduler):
         self.next_time = 0.0
         self.pending: Iteration | DecodeRunPlan | None = None  # the work in flight (sched_output.py)
         self.iterations = 0
+        self.events = 0  # boundaries applied (one per event of the simulator's loop)
         self.preemptions = 0
         self.busy_time = 0.0
         self.extra_time = 0.0  # host-to-GPU cache transfers of the iteration being scheduled
@@ -161,11 +166,11 @@ class Replica(Scheduler):
         return self.kv.peak
 
     @property
-    def pc(self):
+    def pc(self) -> PrefixCache | None:
         return self.kv.pc
 
     @property
-    def prompt_cache(self):
+    def prompt_cache(self) -> PromptCache | None:
         return self.kv.prompt_cache
 
     @property
@@ -173,7 +178,7 @@ class Replica(Scheduler):
         return self.kv.policy
 
     @property
-    def index(self):
+    def index(self) -> PrefixIndex | None:
         return self.kv.index
 
     # ------------------------------------------------------------ KV load seen from outside
@@ -226,6 +231,7 @@ class Replica(Scheduler):
     # ------------------------------------------------------------ boundary
     def boundary(self, t: float) -> float | None:
         """Apply the iteration(s) ending at ``t``, schedule the next; return its end time or None if idle."""
+        self.events += 1
         self._advance(t)
         return self._schedule(t)
 
@@ -281,16 +287,16 @@ class Replica(Scheduler):
                 dec.eq += sy * gsum
             # the run's gaps (engine/itl.py): iteration k takes a + b k; tokens reach the client once per
             # scheduler step block of s iterations, so block j takes A + B j
-            s = self.scheduler_steps
-            if s == 1:
+            steps = self.scheduler_steps
+            if steps == 1:
                 a, b = run.a, run.b
                 first = t0 + a + b
                 dec.segs += (first, a, b, n)
             else:
-                b = run.b * s * s
-                a = s * run.a + run.b * s * (s + 1) / 2.0 - b
+                b = run.b * steps * steps
+                a = steps * run.a + run.b * steps * (steps + 1) / 2.0 - b
                 first = t0 + a + b
-                dec.segs += (first, a, b, n // s)
+                dec.segs += (first, a, b, n // steps)
             dec.T = t
             # kv.load() and kv.cached_load(), inlined: this runs once per event
             cap, gc = kv.capacity, kv.gpu_cache
@@ -555,30 +561,3 @@ class Replica(Scheduler):
                 self._finish(child, t)
             else:
                 self.dec.add(child)
-
-
-class ReplicaV0(SchedulerV0, Replica):
-    """A replica scheduled by vLLM v0's rules (scheduler_v0.py)."""
-
-
-class ReplicaV0MultiStep(SchedulerMultiStep, Replica):
-    """A replica scheduled by vLLM v0's rules with multi-step decode blocks (scheduler_multistep.py)."""
-
-
-class ReplicaSGLang(SchedulerSGLang, Replica):
-    """A replica scheduled by SGLang v0.3's rules (scheduler_sglang.py)."""
-
-
-class ReplicaTRTLLM(SchedulerTRTLLM, Replica):
-    """A replica scheduled by TensorRT-LLM's in-flight batching rules (scheduler_trtllm.py)."""
-
-
-#: the replica of each scheduler policy (FrameworkProfile.policy)
-REPLICA_CLASSES = {"vllm-v1": Replica, "vllm-v0": ReplicaV0, "sglang": ReplicaSGLang, "trtllm": ReplicaTRTLLM}
-
-
-def replica_class(fw) -> type[Replica]:
-    """The replica class of framework ``fw``: its policy's, multi-step for vllm-v0 with scheduler_steps > 1."""
-    if fw.policy == "vllm-v0" and fw.scheduler_steps > 1:
-        return ReplicaV0MultiStep
-    return REPLICA_CLASSES[fw.policy]

@@ -40,12 +40,14 @@ def normalise_router(name: str) -> str:
 
 class Router:
     def __init__(self, policy: str, replicas: list, seed: int = 0, sessions=None):
-        import numpy as np
-
         self.policy = normalise_router(policy)
         self.replicas = replicas
         self._next = 0
-        self._rng = np.random.default_rng(seed)
+        self._rng = None
+        if self.policy == "random":  # numpy.random only where it is drawn from (its import is 10 ms)
+            import numpy as np
+
+            self._rng = np.random.default_rng(seed)
         self.sessions = sessions  # per-request session ids (session-affinity)
         self._home: dict[int, int] = {}
 
@@ -95,4 +97,5 @@ class Router:
                 if best_v is None or v < best_v:
                     best, best_v = i, v
             return best
+        assert self._rng is not None  # made for the random policy, the one left
         return int(self._rng.integers(len(reps)))

@@ -36,7 +36,9 @@ blocks are asked of the replica's
 from __future__ import annotations
 
 import heapq
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from mypy_extensions import mypyc_attr
 
 from kavier_opendc.engine.kv_manager import BLOCK_MASK, BLOCK_SIZE, NO_MATCH, blocks_for
 from kavier_opendc.engine.request import DECODE, PREFILL, WAITING, Req
@@ -53,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from kavier_opendc.engine.results import Results
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the other policies derive from it (compiled.py)
 class Scheduler:
     """The scheduling half of a replica: forms each iteration's batch over the replica's state.
 
@@ -76,7 +79,7 @@ class Scheduler:
     cutoff = 0.0
     #: speculative decoding (engine/speculative.py, Replica.use_speculative): None off; spec_q tokens verified
     #: per decoding request and step (k+1), spec_m tokens the next decode step keeps (emits)
-    spec = None
+    spec: Any = None
     spec_q = 1
     spec_m = 1
     #: prompt chunks applied as they are formed (Replica._prefill_run), set by the simulator where nothing

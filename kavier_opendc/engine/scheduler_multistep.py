@@ -39,7 +39,9 @@ from kavier_opendc.engine.scheduler_v0 import SchedulerV0
 class SchedulerMultiStep(SchedulerV0):
     """vLLM v0 scheduling with decode blocks of ``scheduler_steps`` steps (see the module doc)."""
 
-    scheduler_steps = 10
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scheduler_steps = 10  # on the instance: see SchedulerV0.__init__ (the simulator sets the profile's)
 
     def _schedule(self, t: float) -> float | None:
         if self.waiting:

@@ -62,14 +62,17 @@ MAX_PREFILL_TOKENS = 16384
 class SchedulerSGLang(Scheduler):
     """SGLang v0.3's scheduling rules over a replica's state (see the module doc)."""
 
-    admits_in_decode = False
-    caps_runs = True
     # new_token_ratio = max(ratio_base - DECAY x decode steps since it was set, MIN), counted in steps so that
     # a decode run of n steps and n single steps give the same number
     ratio_base = INIT_NEW_TOKEN_RATIO
     ratio_steps = 0
     no_decay = False  # the step being run retracted: it does not lower the ratio
     inflight: Req | None = None  # the request being prefilled in chunks
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)  # Replica's, after this class in the replica's MRO
+        self.admits_in_decode = False  # on the instance: see SchedulerV0.__init__
+        self.caps_runs = True
 
     @property
     def new_token_ratio(self) -> float:

@@ -42,8 +42,13 @@ WATERMARK = 0.01
 class SchedulerV0(Scheduler):
     """vLLM v0's scheduling rules over a replica's state (see the module doc)."""
 
-    admits_in_decode = False
     chunked_prefill = False  # the framework's (FrameworkProfile.chunked_prefill), set per replica
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)  # Replica's, after this class in the replica's MRO
+        # the scheduler's flags are set on the instance, never as class attributes here: a compiled Replica
+        # (engine/compiled.py) reads its own slot, which a subclass's class attribute would not reach
+        self.admits_in_decode = False
 
     def use_chunked_prefill(self, on: bool) -> None:
         """v0's ``--enable-chunked-prefill``: v1's token-budget rules, waiting prompts joining the decodes."""

@@ -34,7 +34,8 @@ from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, Efficiency, make
 from kavier_opendc.engine.disaggregated import DecodeReplica, PrefillReplica, run_disaggregated
 from kavier_opendc.engine.kv_link import DECODE_ROUTINGS, TRANSFER_MODES, Disaggregation, LinkSpec, Pool
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
-from kavier_opendc.engine.replica import Replica, ReplicaTRTLLM, replica_class
+from kavier_opendc.engine.replica import Replica
+from kavier_opendc.engine.replica_policies import ReplicaTRTLLM, replica_class
 from kavier_opendc.engine.request import Req
 from kavier_opendc.engine.results import Results
 from kavier_opendc.engine.router import Router, normalise_router
