@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from conftest import TOY_EFF, TOY_GPU, TOY_MODEL, make_trace, needs_opendc, toy_time
 from kavier_opendc.base.errors import KavierInputError
 from kavier_opendc.engine import knobs
+from kavier_opendc.engine import kv_manager as kv_manager_mod
 from kavier_opendc.engine.kv_link import Disaggregation, KVLink, LinkSpec, Pool
-from kavier_opendc.engine.kv_manager import KVManager, blocks_for
+from kavier_opendc.engine.kv_manager import blocks_for
 from kavier_opendc.engine.outputs import PD_COLUMNS, REQUESTS_COLUMNS, SimulationOutput, summary_dict
 from kavier_opendc.engine.results import FINISHED, REJECTED
 from kavier_opendc.engine.simulator import SimConfig, simulate
@@ -197,23 +198,11 @@ def test_random_traces_keep_the_invariants(data):
     )
     model = TOY_MODEL if kw["kv_transfer_mode"] == "whole" else dataclasses.replace(TOY_MODEL, num_layers=3)
     # KV never above capacity, after every door that adds blocks (peak_used is noted at scheduling points only)
-    doors = {name: getattr(KVManager, name) for name in ("allocate", "extend", "receive")}
-
-    def watched(door):
-        def call(self, blocks):
-            out = door(self, blocks)
-            assert self.used <= self.capacity, (door.__name__, self.used, self.capacity)
-            return out
-
-        return call
-
-    for name, door in doors.items():
-        setattr(KVManager, name, watched(door))
+    kv_manager_mod.CHECK_INVARIANTS = True
     try:
         r = run(arrivals, prompts, outs, model=model, **kw)
     finally:
-        for name, door in doors.items():
-            setattr(KVManager, name, door)
+        kv_manager_mod.CHECK_INVARIANTS = False
     again = run(arrivals, prompts, outs, model=model, **kw)
     res, rec = r.results, r.extra["pd"]
     p, o = np.array(prompts), np.array(outs)

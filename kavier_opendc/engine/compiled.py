@@ -24,7 +24,17 @@ from pathlib import Path
 
 #: the modules setup.py compiles (engine/<name>.py); the classes other modules derive from carry
 #: ``mypyc_attr(allow_interpreted_subclasses=True)``
-NATIVE = ("request", "sched_output", "timeline", "decode_state", "kv_cache", "cost_model", "scheduler", "replica")
+NATIVE = (
+    "request",
+    "sched_output",
+    "timeline",
+    "decode_state",
+    "kv_cache",
+    "kv_manager",
+    "cost_model",
+    "scheduler",
+    "replica",
+)
 #: setup.py's record of the sources it compiled: {name: crc32 of the file's bytes}
 STAMP = "native_sources.json"
 ENV = "KAVIER_PURE_PYTHON"

@@ -35,6 +35,10 @@ def blocks_for(tokens: int) -> int:
     return (tokens + BLOCK_MASK) // BLOCK_SIZE
 
 
+#: tests turn this on before building replicas: the allocating doors then check the memory invariants after
+#: each call (a compiled KVManager, engine/compiled.py, cannot have its methods wrapped)
+CHECK_INVARIANTS = False
+
 #: what a cached-prefix lookup found, for ``KVManager.admit``: GPU units and blocks, host units and
 #: blocks, GPU blocks that leave the evictable LRU, and the tokens whose KV the request need not compute
 NO_MATCH = (0, 0, 0, 0, 0, 0)
@@ -55,6 +59,7 @@ class KVManager:
         "gpu_cache",
         "prompt_cache",
         "host_s_per_block",
+        "checked",
     )
 
     def __init__(
@@ -80,6 +85,7 @@ class KVManager:
         self.gpu_cache: PrefixCache | None = None  # the prefix cache when its units live in GPU memory
         self.prompt_cache: PromptCache | None = None
         self.host_s_per_block = 0.0
+        self.checked = CHECK_INVARIANTS
         if self.policy == "block":
             block_bytes = BLOCK_SIZE * kv_bytes_per_token
             cap_blocks = None
@@ -111,6 +117,15 @@ class KVManager:
         gc = self.gpu_cache
         return gc.lru_blocks / self.capacity if gc is not None and self.capacity else 0.0
 
+    def check(self, door: str) -> None:
+        """The invariants (CHECK_INVARIANTS): referenced blocks within the capacity, and with the cached
+        units in GPU memory too."""
+        assert self.used <= self.capacity, (door, self.used, self.capacity)
+        pc = self.pc
+        if pc is not None:
+            assert self.used + pc.evictable_in_gpu() <= self.capacity, (door, self.used, pc.evictable_in_gpu())
+            assert all(r > 0 for r in pc.ref.values()), door
+
     # ------------------------------------------------------------ allocation
     def allocate(self, blocks: int) -> None:
         """The blocks of the iteration (or decode run) being scheduled; evicts cached units to make room."""
@@ -119,12 +134,16 @@ class KVManager:
             self._fit()
         if self.used > self.peak:
             self.peak = self.used
+        if self.checked:
+            self.check("allocate")
 
     def extend(self, blocks: int) -> None:
         """Blocks a decode run took beyond those allocated when it was scheduled (counted when it ends)."""
         self.used += blocks
         if self.pc is not None:
             self._fit()
+        if self.checked:
+            self.check("extend")
 
     def copy_on_write(self, blocks: int) -> bool:
         """A sibling sample's copy of the partly filled last prompt block; False when it does not fit."""
@@ -133,6 +152,8 @@ class KVManager:
         self.used += blocks
         if self.pc is not None:
             self._fit()
+        if self.checked:
+            self.check("copy_on_write")
         return True
 
     def receive(self, blocks: int) -> bool:
@@ -146,6 +167,8 @@ class KVManager:
             self._fit()
         if self.used > self.peak:
             self.peak = self.used
+        if self.checked:
+            self.check("receive")
         return True
 
     def _fit(self) -> None:

@@ -837,9 +837,9 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
             rep = rep_class(
                 len(reps),
                 cm,
-                cap,
-                max_num_seqs=max_seqs,
-                max_batched_tokens=max_tokens,
+                int(cap),  # Python ints: a compiled replica (engine/compiled.py) refuses numpy's
+                max_num_seqs=int(max_seqs),
+                max_batched_tokens=int(max_tokens),
                 kv_cache=cfg.kv_cache,
                 exact=cfg.exact,
                 results=res,
@@ -1014,9 +1014,9 @@ def _simulate_disaggregated(
                 cls(
                     idx,
                     cm,
-                    cap,
-                    max_num_seqs=max_seqs,
-                    max_batched_tokens=max_tokens,
+                    int(cap),  # Python ints, as above
+                    max_num_seqs=int(max_seqs),
+                    max_batched_tokens=int(max_tokens),
                     kv_cache=True,
                     exact=cfg.exact,
                     results=res,
