@@ -531,10 +531,12 @@ def test_a_killed_simulate_overwrite_never_loses_the_earlier_files(tmp_path):
     cmd = Cmd(*sim, "--overwrite", "--replicas", "2")
     time.sleep(1.0)
     rc = cmd.kill(signal.SIGTERM)
-    assert rc in (143, 0), cmd.stderr
+    # -15: the signal's default action, before the CLI set its handler (start-up on a loaded machine) or
+    # after the run (exit); the files must then be as in the other cases: untouched, or the new run whole
+    assert rc in (143, 0, -signal.SIGTERM), cmd.stderr
     assert "Traceback" not in cmd.stderr
     after = files()
-    if rc == 143 and after != before:
+    if rc != 0 and after != before:
         # the signal came after the new result was in place (a run of a second or so): the new run whole,
         # never a mix of the two
         assert sorted(after) == sorted(before)

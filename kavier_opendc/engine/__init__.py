@@ -1,6 +1,7 @@
 """Input D, the serving simulation: an event loop over a router and vLLM-style replicas.
 
-simulator.py     the discrete-event loop (arrivals -> router -> replicas) and SimConfig
+simulator.py     SimConfig, and a simulation's set-up (replicas, router) and result
+event_loop.py    the discrete-event loop of co-located serving (arrivals -> router -> replicas)
 deferral.py      carbon-aware deferral: when a request with a deadline is released to the router
 knobs.py         every serving knob declared once: its CLI flag, experiment path, bounds, help
 disaggregated.py disaggregated prefill/decode: the prefill and decode replicas and their event loop

@@ -34,6 +34,7 @@ NATIVE = (
     "cost_model",
     "scheduler",
     "replica",
+    "event_loop",
 )
 #: setup.py's record of the sources it compiled: {name: crc32 of the file's bytes}
 STAMP = "native_sources.json"

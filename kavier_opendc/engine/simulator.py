@@ -1,4 +1,5 @@
-"""The discrete-event loop: arrivals -> router -> replicas (input D).
+"""A serving simulation (input D): its configuration, its replicas and router, the event loop run over them
+(engine/event_loop.py; disaggregated serving: engine/disaggregated.py), and its result.
 
 Events are request arrivals (known in advance from the trace) and replica
 iteration boundaries (in a heap). At equal times an arrival is handled first,
@@ -17,7 +18,6 @@ other replicas' boundaries at the same time see it first, by the tie rule.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import math
 import time
 from dataclasses import dataclass, field
@@ -32,11 +32,11 @@ from kavier_opendc.engine.clock import ClockKnob, check_knob
 from kavier_opendc.engine.closed_loop import ClientPool, ClosedLoopResults
 from kavier_opendc.engine.cost_model import DEFAULT_EFFICIENCY, Efficiency, make_cost_model
 from kavier_opendc.engine.disaggregated import DecodeReplica, PrefillReplica, run_disaggregated
+from kavier_opendc.engine.event_loop import run_events
 from kavier_opendc.engine.kv_link import DECODE_ROUTINGS, TRANSFER_MODES, Disaggregation, LinkSpec, Pool
 from kavier_opendc.engine.kv_manager import BLOCK_SIZE, blocks_for
 from kavier_opendc.engine.replica import Replica
 from kavier_opendc.engine.replica_policies import ReplicaTRTLLM, replica_class
-from kavier_opendc.engine.request import Req
 from kavier_opendc.engine.results import Results
 from kavier_opendc.engine.router import Router, normalise_router
 from kavier_opendc.engine.scheduler_v0 import SchedulerV0
@@ -876,11 +876,7 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     rows = None if trace.held_s is None else np.argsort(trace.arrival_s, kind="stable").tolist()
     if rows is not None:
         arrivals = [arrivals[j] for j in rows]
-    heap: list = []
-    push, pop = heapq.heappush, heapq.heappop
     bar = Progress(n, "simulate", enabled=progress, unit="req")
-    inf = math.inf
-    i = 0
     kv_on = cfg.kv_cache
     full_cache = prefix is not None and prefix.policy == "full" and kv_on
     # no request longer than any model's context is ever served (a trace keeps such rows only when asked
@@ -888,55 +884,8 @@ def simulate(trace: Trace, cfg: SimConfig, progress: bool | None = None) -> Simu
     max_len = min(cfg.max_model_len or limits.CONTEXT_TOKENS.value, limits.CONTEXT_TOKENS.value)
     # closed loop: a boundary may free a client that arrives sooner than the next arrival known
     chain = CHAIN_BOUNDARIES and clients is None and not cfg.exact
-    while True:
-        ta = arrivals[i] if i < n else inf
-        if heap and heap[0][0] < ta:
-            t, ver, r = pop(heap)
-            rep = reps[r]
-            if ver != rep.version:
-                continue
-            nt = rep.boundary(t)
-            if chain:
-                # replicas meet only at arrivals (the router): this one's boundaries before the next
-                # arrival are taken now, without the heap (open loop: the arrivals are known)
-                while nt is not None and nt < ta:
-                    nt = rep.boundary(nt)
-            if nt is not None:
-                push(heap, (nt, rep.version, r))
-            continue
-        if i >= n:
-            break
-        if ta == inf:  # cannot happen: every request in flight ends, and its end frees a client
-            raise RuntimeError(f"closed loop stalled before request {i}")
-        # arrival (of trace row j)
-        j = i if rows is None else rows[i]
-        p, o = prompts[j], outs[j]
-        req = Req(j, ta, p, o)
-        if samples is not None:
-            req.n = samples[j]
-        if affinity:  # (affinity and full_cache imply a prefix setup, and full_cache its prompt caches)
-            req.uids, req.usizes = prefix.index.prompt_units(j)  # type: ignore[union-attr]
-        r = router.choose(ta, req)
-        rep = reps[r]
-        if (kv_on and blocks_for(p + o - 1) > rep.kv.capacity) or p + o > max_len:
-            res.record_reject(j, r, ta)
-        elif full_cache and rep.kv.prompt_cache.lookup(prefix.index.prompt_key(j)):  # type: ignore[union-attr]
-            # the answer is served from the cache: done on arrival, nothing runs on the GPU
-            res.record_cached(j, r, ta, p)
-        else:
-            rep.enqueue(req)
-            if not rep.busy:
-                rep.busy = True
-                rep.version += 1
-                push(heap, (ta, rep.version, r))
-            elif rep.in_decode_run():
-                old = rep.version
-                nt = rep.cut(ta)
-                if rep.version != old:
-                    push(heap, (nt, rep.version, r))
-        i += 1
-        if not i & 0x3FFF:
-            bar.update(i)
+    run_events(reps, router, res, arrivals, prompts, outs, samples, rows, prefix, affinity, full_cache, kv_on, max_len,
+               chain, bar)  # fmt: skip
     bar.close()
     result = SimulationResult(_as_simulated(trace, clients), cfg, res, reps, cap, usage=usage)
     if clients is not None:
